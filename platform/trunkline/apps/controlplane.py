@@ -1,0 +1,303 @@
+"""Composition root of the control plane: the REST API over tenancy, keys and the catalog.
+
+Every error leaves as an RFC 9457 problem detail (``application/problem+json``):
+Trunkline's own error codes are mapped to HTTP here, once, and so are
+Litestar's validation errors, malformed bodies, unknown routes and methods, and
+unique-constraint races. Each request runs in one transaction; when it changed
+what gateways must know, the snapshot is published after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncGenerator
+from http import HTTPStatus
+from typing import Any
+
+import anyio.to_thread
+from litestar import Litestar, Request, Response, get
+from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import trunkline
+from trunkline.apps.runtime import Runtime
+from trunkline.auth.controllers import AuthController, DevLoginController
+from trunkline.auth.guards import provide_principal
+from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
+from trunkline.errors import TrunklineError, Unauthenticated
+from trunkline.keys.controllers import ApiKeyController
+from trunkline.kit.ids import new_request_id
+from trunkline.kit.logging import bind, reset
+from trunkline.pools.controllers import (
+    AvailableModelController,
+    CatalogModelController,
+    EntitlementController,
+    FlavorController,
+    PoolController,
+)
+from trunkline.settings import Settings
+from trunkline.tenancy.changes import config_changed
+from trunkline.tenancy.controllers import (
+    MemberController,
+    ProjectController,
+    TenantController,
+    TierController,
+)
+
+log = logging.getLogger("trunkline.controlplane")
+
+MAX_BODY_BYTES = 1024 * 1024
+PROBLEM_JSON = "application/problem+json"
+_STATUS_BY_CODE = {
+    "invalid_request": 400,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "quota_exhausted": 429,
+    "upstream_error": 502,
+    "upstream_unavailable": 503,
+    "slo_unattainable": 503,
+}
+_CODE_BY_STATUS = {status: code for code, status in reversed(_STATUS_BY_CODE.items())}
+_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def dev_login_enabled(settings: Settings) -> bool:
+    return settings.security.dev_login and not settings.is_production
+
+
+def create_controlplane_app(runtime: Runtime) -> Litestar:
+    handlers: list[Any] = [
+        healthz(runtime),
+        AuthController,
+        TierController,
+        TenantController,
+        MemberController,
+        ProjectController,
+        ApiKeyController,
+        EntitlementController,
+        AvailableModelController,
+        FlavorController,
+        CatalogModelController,
+        PoolController,
+    ]
+    if dev_login_enabled(runtime.settings):
+        handlers.append(DevLoginController)
+    return Litestar(
+        route_handlers=handlers,
+        dependencies={
+            "db_session": Provide(session_provider(runtime)),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+            "server_secret": Provide(secret_provider(runtime), sync_to_thread=False),
+        },
+        middleware=[
+            RequestContextMiddleware,
+            DefineMiddleware(
+                AccessTokenMiddleware,
+                session_factory=runtime.session_factory,
+                server_secret=runtime.server_secret,
+                exclude=["^/schema"],
+            ),
+        ],
+        exception_handlers={
+            TrunklineError: _trunkline_error,
+            ValidationException: _validation_error,
+            HTTPException: _http_error,
+            IntegrityError: _integrity_error,
+            Exception: _internal_error,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Trunkline control plane",
+            version=trunkline.__version__,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+            components=Components(
+                security_schemes={"accessToken": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"accessToken": []}],
+        ),
+        request_max_body_size=MAX_BODY_BYTES,
+        logging_config=None,
+    )
+
+
+def session_provider(runtime: Runtime) -> Any:
+    """One session and one transaction per request; publish after a commit that changed config."""
+
+    async def provide_db_session() -> AsyncGenerator[Session, None]:
+        session = runtime.session_factory()
+        try:
+            yield session
+            await anyio.to_thread.run_sync(session.commit)
+        except BaseException:
+            await anyio.to_thread.run_sync(session.rollback)
+            raise
+        finally:
+            await anyio.to_thread.run_sync(session.close)
+        if config_changed(session):
+            await anyio.to_thread.run_sync(runtime.publish)
+
+    return provide_db_session
+
+
+def secret_provider(runtime: Runtime) -> Any:
+    def provide_server_secret() -> bytes:
+        return runtime.server_secret
+
+    return provide_server_secret
+
+
+def healthz(runtime: Runtime) -> Any:
+    @get("/healthz", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=True, tags=["health"])
+    def health() -> dict[str, str]:
+        """Liveness and database reachability; no authentication."""
+        with runtime.session_factory() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    return health
+
+
+class RequestContextMiddleware:
+    """Bind a request id to every log line of the request and echo it as ``x-request-id``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        method = str(scope.get("method", ""))
+        presented = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = presented if _REQUEST_ID.match(presented) else new_request_id()
+        token = bind(request_id=request_id)
+        started, status = time.perf_counter(), 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "%s %s %s",
+                method,
+                scope["path"],
+                status,
+                extra={"status": status, "duration_ms": _elapsed_ms(started)},
+            )
+            reset(token)
+
+
+def _elapsed_ms(started: float) -> float:
+    return round(1000 * (time.perf_counter() - started), 2)
+
+
+# --- problem details --------------------------------------------------------------------------
+
+
+def problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": f"urn:trunkline:problem:{code}",
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "code": code,
+    }
+    if errors:
+        body["errors"] = errors
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _trunkline_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, TrunklineError)
+    status = _STATUS_BY_CODE.get(exc.code, 500)
+    if status >= 500:
+        log.error("request failed: %s", exc.message, exc_info=exc)
+    errors = None
+    if exc.param is not None:
+        errors = [{"field": exc.param, "message": exc.message}]
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    return problem(request, status, exc.code, exc.message, errors=errors, headers=headers)
+
+
+def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, ValidationException)
+    errors = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        message = str(item.get("message", "invalid value"))
+        key = str(item.get("key") or "")
+        if key in ("", "data") and (named := _FIELD_IN_MESSAGE.search(message)):
+            key = named.group(1)
+        source = str(item.get("source", "body"))
+        errors.append({"field": key or "body", "message": message, "source": source})
+    fields = ", ".join(e["field"] for e in errors) or "the request"
+    return problem(
+        request, 400, "invalid_request", f"invalid value for {fields}", title="Invalid request",
+        errors=errors,
+    )  # fmt: skip
+
+
+def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    code = _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "invalid_request")
+    detail, title = exc.detail, None
+    if status == 400 and _is_decode_error(exc):
+        title, detail = "Malformed request body", f"the body is not valid JSON: {detail}"
+    if status >= 500:
+        log.error("request failed: %s", detail, exc_info=exc)
+        detail = HTTPStatus(status).phrase
+    return problem(request, status, code, detail, title=title, headers=exc.headers)
+
+
+def _is_decode_error(exc: HTTPException) -> bool:
+    # Litestar wraps a body that does not decode in a plain ClientException
+    return isinstance(exc.__cause__, SerializationException) or "JSON" in exc.detail
+
+
+def _integrity_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.info("integrity error answered as conflict: %s", exc)
+    return problem(request, 409, "conflict", "the change conflicts with existing data")
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("unhandled error", exc_info=exc)
+    return problem(request, 500, "internal_error", "internal server error")
+
+
+__all__ = ["create_controlplane_app", "dev_login_enabled", "problem"]

@@ -1,0 +1,209 @@
+"""``trunkline up``: control plane, gateway, simulated engines and usage ingest in one process.
+
+SQLite, in-memory snapshot store and usage stream; nothing to install. The same
+services and apps as production, wired to the embedded implementations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.apps import serving
+from trunkline.apps.controlplane import create_controlplane_app
+from trunkline.apps.gateway import create_gateway_app
+from trunkline.apps.runtime import Runtime, build_runtime
+from trunkline.auth.principal import Principal
+from trunkline.engines import EngineSpec, SimulatedEngines
+from trunkline.keys.schemas import ApiKeyCreate
+from trunkline.keys.service import create_key
+from trunkline.kit.db import transaction
+from trunkline.kit.migrate import upgrade
+from trunkline.metering.ingest import ingest_once
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.models import ApiKey, Project, Tenant
+from trunkline.pools.service import set_pool_endpoints
+from trunkline.settings import Settings
+from trunkline.tenancy.manifests import Manifests, apply_manifests, load_manifests
+
+log = logging.getLogger(__name__)
+
+DEMO_TENANT = "acme"
+DEMO_PROJECT = "demo"
+
+
+@dataclass(frozen=True)
+class DemoKey:
+    key_id: str
+    plaintext: str
+
+
+async def run_embedded(
+    settings: Settings, tenants_dir: Path, *, time_scale: float = 1.0, ready: asyncio.Event | None = None
+) -> None:
+    runtime = build_runtime(settings)
+    try:
+        await _run(runtime, tenants_dir, time_scale, ready)
+    finally:
+        runtime.close()
+
+
+async def _run(
+    runtime: Runtime, tenants_dir: Path, time_scale: float, ready: asyncio.Event | None
+) -> None:
+    settings = runtime.settings
+    await asyncio.to_thread(upgrade, settings.database.url)
+    manifests = load_manifests(tenants_dir)
+    report = await asyncio.to_thread(apply_manifests, runtime.session_factory, manifests)
+    log.info("manifests applied", extra={"changes": len(report.changes)})
+    stream = InMemoryUsageStream()
+    stop = asyncio.Event()
+    serving.install_stop_signals(stop)
+    async with SimulatedEngines(_engine_specs(manifests, time_scale)) as engines:
+        await asyncio.to_thread(_register_engines, runtime, manifests, engines.urls)
+        runtime.publish()
+        demo = await asyncio.to_thread(ensure_demo_key, runtime, Path(settings.state_dir))
+        assert runtime.memory_store is not None
+        gateway = create_gateway_app(
+            source=runtime.memory_store,
+            emitter=stream,
+            server_secret=runtime.server_secret,
+            settings=settings.gateway,
+        )
+        servers = [
+            serving.server(create_controlplane_app(runtime), settings.controlplane.host, settings.controlplane.port),
+            serving.server(gateway, settings.gateway.host, settings.gateway.port),
+        ]
+        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        ingest = asyncio.create_task(_ingest_forever(stream, runtime.session_factory))
+        try:
+            await serving.wait_started(servers, tasks)
+            print(banner(settings, demo, engines.urls), flush=True)
+            if ready is not None:
+                ready.set()
+            await _until_stopped(stop, tasks)
+        finally:
+            for s in servers:
+                s.should_exit = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+            ingest.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ingest
+            await asyncio.to_thread(_drain, stream, runtime.session_factory)
+    print("Trunkline stopped.", flush=True)
+
+
+async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+
+
+def _engine_specs(manifests: Manifests, time_scale: float) -> list[EngineSpec]:
+    specs = []
+    for pool in manifests.pools:
+        if pool.simulated is None:
+            continue
+        for replica in range(pool.simulated.replicas):
+            specs.append(EngineSpec(pool.model, pool.simulated.profile, seed=replica, time_scale=time_scale))
+    return specs
+
+
+def _register_engines(runtime: Runtime, manifests: Manifests, urls: list[str]) -> None:
+    remaining = iter(urls)
+    with transaction(runtime.session_factory) as session:
+        for pool in manifests.pools:
+            if pool.simulated is not None:
+                mine = [next(remaining) for _ in range(pool.simulated.replicas)]
+                set_pool_endpoints(session, pool.name, mine)
+
+
+async def _ingest_forever(stream: InMemoryUsageStream, factory: sessionmaker[Session]) -> None:
+    while True:
+        try:
+            moved = await asyncio.to_thread(ingest_once, stream, factory)
+        except Exception:
+            log.exception("usage ingest failed; events stay in the stream")
+            moved = 0
+        if not moved:
+            await asyncio.sleep(0.5)
+
+
+def _drain(stream: InMemoryUsageStream, factory: sessionmaker[Session]) -> None:
+    while ingest_once(stream, factory):
+        pass
+
+
+def ensure_demo_key(runtime: Runtime, state_dir: Path) -> DemoKey | None:
+    """The demo developer key of tenant ``acme``: reused while it is valid, else made anew.
+
+    Development only: the plaintext is kept in the state directory (mode 0600) so a
+    restarted demo can print it again; production never stores a plaintext key.
+    """
+    path = state_dir / "demo-api-key"
+    with transaction(runtime.session_factory) as session:
+        tenant = session.scalar(select(Tenant).where(Tenant.slug == DEMO_TENANT))
+        if tenant is None:
+            return None
+        if path.exists():
+            plaintext = path.read_text().strip()
+            key_id = plaintext.split("_")[1] if plaintext.count("_") == 2 else ""
+            row = session.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
+            if row is not None and row.revoked_at is None and row.expires_at is None:
+                return DemoKey(key_id, plaintext)
+        project = session.scalar(
+            select(Project).where(Project.tenant_id == tenant.id, Project.name == DEMO_PROJECT)
+        )
+        if project is None:
+            return None
+        created = create_key(
+            session,
+            Principal.system(),
+            runtime.server_secret,
+            tenant.id,
+            ApiKeyCreate(project_id=project.id, name="demo key (trunkline up)"),
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(created.secret + "\n")
+    runtime.publish()
+    return DemoKey(created.key.key_id, created.secret)
+
+
+def banner(settings: Settings, demo: DemoKey | None, engine_urls: list[str]) -> str:
+    gw = f"http://{settings.gateway.host}:{settings.gateway.port}/v1"
+    cp = f"http://{settings.controlplane.host}:{settings.controlplane.port}"
+    key = demo.plaintext if demo else "<create one: trunkline keys create --tenant … --project …>"
+    return f"""
+Trunkline is up (embedded: SQLite at {settings.database.url}, in-memory stores,
+{len(engine_urls)} simulated vLLM engines).
+
+  gateway (OpenAI API)  {gw}
+  control plane API     {cp}/api/v1   (OpenAPI: {cp}/schema)
+
+Paste these two lines into a shell to point any OpenAI client at Trunkline:
+
+  export OPENAI_BASE_URL={gw}
+  export OPENAI_API_KEY={key}
+
+Then try:
+
+  curl -s $OPENAI_BASE_URL/chat/completions -H "Authorization: Bearer $OPENAI_API_KEY" \\
+       -H 'content-type: application/json' \\
+       -d '{{"model": "llama-3.1-8b", "messages": [{{"role": "user", "content": "hello"}}]}}'
+
+  python -c 'from openai import OpenAI; c = OpenAI(); \\
+  print(c.chat.completions.create(model="llama-3.1-8b", \\
+  messages=[{{"role": "user", "content": "hello"}}]).usage)'
+
+Manage tenants and keys: trunkline tenants --help, trunkline keys --help.
+Press Ctrl-C to stop.
+"""

@@ -1,0 +1,87 @@
+"""Shared wiring for every process: database, snapshot publisher, server secret."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.errors import ConfigurationError
+from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.settings import Settings
+from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
+from trunkline.snapshot.builder import publish_snapshot
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    publisher: SnapshotPublisher
+    server_secret: bytes
+    memory_store: InMemorySnapshotStore | None = None
+    _closers: list[object] = field(default_factory=list)
+
+    def publish(self) -> None:
+        """Publish the current configuration to every gateway."""
+        publish_snapshot(self.session_factory, self.publisher)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        for closer in self._closers:
+            close = getattr(closer, "close", None)
+            if callable(close):
+                close()
+
+
+def server_secret(settings: Settings) -> bytes:
+    """The HMAC key for API keys and tokens.
+
+    Production requires it in settings. Development persists a random one in the
+    state directory so a restarted demo still accepts the keys it printed before.
+    """
+    configured = settings.security.key_hash_secret
+    if configured is not None:
+        return configured.get_secret_value().encode()
+    if settings.is_production:
+        raise ConfigurationError("TRUNKLINE_SECURITY__KEY_HASH_SECRET is required in production")
+    path = Path(settings.state_dir) / "key-hash-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip().encode()
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    settings.check_production()
+    url = settings.database.url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url, echo=settings.database.echo)
+    closers: list[object] = []
+    memory: InMemorySnapshotStore | None = None
+    publisher: SnapshotPublisher
+    if settings.redis.url:
+        client = redis.Redis.from_url(settings.redis.url)
+        closers.append(client)
+        publisher = RedisSnapshotPublisher(client, settings.redis.key_prefix)
+    else:
+        memory = InMemorySnapshotStore()
+        publisher = memory
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        session_factory=make_sessionmaker(engine),
+        publisher=publisher,
+        server_secret=server_secret(settings),
+        memory_store=memory,
+        _closers=closers,
+    )

@@ -1,0 +1,44 @@
+"""Statements over users, memberships and access tokens."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trunkline.models import AccessToken, Membership, Role, User
+
+
+class UserRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, user_id: uuid.UUID) -> User | None:
+        return self._session.get(User, user_id)
+
+    def by_email(self, email: str) -> User | None:
+        return self._session.scalars(select(User).where(User.email == email)).one_or_none()
+
+    def add(self, user: User) -> User:
+        self._session.add(user)
+        return user
+
+    def memberships(self, user_id: uuid.UUID) -> dict[uuid.UUID, Role]:
+        rows = self._session.execute(
+            select(Membership.tenant_id, Membership.role).where(Membership.user_id == user_id)
+        )
+        return dict(rows.all())
+
+
+class AccessTokenRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def by_token_id(self, token_id: str) -> AccessToken | None:
+        statement = select(AccessToken).where(AccessToken.token_id == token_id)
+        return self._session.scalars(statement).one_or_none()
+
+    def add(self, token: AccessToken) -> AccessToken:
+        self._session.add(token)
+        return token

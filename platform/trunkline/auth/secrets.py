@@ -1,0 +1,63 @@
+"""High-entropy bearer secrets, stored only as HMAC-SHA256 keyed hashes.
+
+A secret reads ``<prefix>_<id>_<secret>``: the id is public and indexes the
+lookup, the secret part has 240 bits of entropy. The hash covers the whole
+string, keyed with the server secret, so a leaked database cannot be replayed
+against the gateway without that server secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+from typing import NamedTuple
+
+_ALPHABET = string.ascii_letters + string.digits
+ID_LENGTH = 12
+SECRET_LENGTH = 40
+API_KEY_PREFIX = "tlk"
+ACCESS_TOKEN_PREFIX = "tlu"
+
+
+class IssuedSecret(NamedTuple):
+    public_id: str
+    plaintext: str
+    digest: str
+
+
+class ParsedSecret(NamedTuple):
+    public_id: str
+    plaintext: str
+
+
+def _random(n: int) -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def keyed_hash(server_secret: bytes, plaintext: str) -> str:
+    return hmac.new(server_secret, plaintext.encode(), hashlib.sha256).hexdigest()
+
+
+def issue(server_secret: bytes, prefix: str) -> IssuedSecret:
+    public_id = _random(ID_LENGTH)
+    plaintext = f"{prefix}_{public_id}_{_random(SECRET_LENGTH)}"
+    return IssuedSecret(public_id, plaintext, keyed_hash(server_secret, plaintext))
+
+
+def parse(plaintext: str, prefix: str) -> ParsedSecret | None:
+    """Split a presented secret; ``None`` when it cannot be one of ours."""
+    parts = plaintext.split("_")
+    if len(parts) != 3 or parts[0] != prefix:
+        return None
+    public_id, secret = parts[1], parts[2]
+    if len(public_id) != ID_LENGTH or len(secret) != SECRET_LENGTH:
+        return None
+    if not (public_id.isalnum() and secret.isalnum() and public_id.isascii() and secret.isascii()):
+        return None
+    return ParsedSecret(public_id, plaintext)
+
+
+def verify(server_secret: bytes, plaintext: str, digest: str) -> bool:
+    return hmac.compare_digest(keyed_hash(server_secret, plaintext), digest)

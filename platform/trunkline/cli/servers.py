@@ -1,0 +1,107 @@
+"""Sub-commands that run processes: up, migrate, controlplane, gateway, worker, sim."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from trunkline.kit import logging as tlog
+from trunkline.settings import load_settings
+
+
+def register(sub: Any) -> None:
+    up = sub.add_parser("up", help="run the whole platform in one process (SQLite, simulated engines)")
+    up.add_argument("--tenants", type=Path, default=Path("tenants"), help="manifests to apply")
+    up.add_argument("--time-scale", type=float, default=1.0, help="simulated engine speed factor")
+    up.set_defaults(func=_up)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
+    migrate.set_defaults(func=_migrate)
+
+    cp = sub.add_parser("controlplane", help="run the control plane REST API")
+    cp.add_argument("--workers", type=int, default=1)
+    cp.set_defaults(func=_controlplane)
+
+    gw = sub.add_parser("gateway", help="run the OpenAI-compatible gateway (needs Redis)")
+    gw.add_argument("--workers", type=int, default=None)
+    gw.set_defaults(func=_gateway)
+
+    worker = sub.add_parser("worker", help="drain the usage stream into the ledger")
+    worker.set_defaults(func=_worker)
+
+    sim = sub.add_parser("sim", help="serve one simulated vLLM engine")
+    sim.add_argument("--model", required=True)
+    sim.add_argument("--profile", default="h100")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--time-scale", type=float, default=1.0)
+    sim.set_defaults(func=_sim)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from trunkline.apps.embedded import run_embedded
+
+    settings = load_settings()
+    tlog.configure(settings.log_level, json_lines=settings.log_json)
+    if not args.tenants.is_dir():
+        print(f"error: no manifests directory at {args.tenants} (use --tenants DIR)")
+        return 2
+    asyncio.run(run_embedded(settings, args.tenants, time_scale=args.time_scale))
+    return 0
+
+
+def _migrate(_args: argparse.Namespace) -> int:
+    from trunkline.kit.migrate import upgrade
+
+    settings = load_settings()
+    tlog.configure(settings.log_level)
+    settings.check_production()
+    upgrade(settings.database.url)
+    print("database is at the latest migration")
+    return 0
+
+
+def _uvicorn(factory: str, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False)
+
+
+def _controlplane(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.check_production()
+    cp = settings.controlplane
+    _uvicorn("trunkline.apps.production:controlplane_app", cp.host, cp.port, args.workers)
+    return 0
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    settings.check_production()
+    gw = settings.gateway
+    _uvicorn("trunkline.apps.production:gateway_app", gw.host, gw.port, args.workers or gw.workers)
+    return 0
+
+
+def _worker(_args: argparse.Namespace) -> int:
+    from trunkline.apps.production import run_worker
+
+    settings = load_settings()
+    tlog.configure(settings.log_level, json_lines=settings.log_json)
+    run_worker(settings)
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from trunkline.engines import create_sim_app, get_profile
+
+    app = create_sim_app(
+        model=args.model, profile=get_profile(args.profile), seed=args.seed, time_scale=args.time_scale
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0

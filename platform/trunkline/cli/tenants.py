@@ -1,0 +1,98 @@
+"""``trunkline tenants``: validate and apply manifests, print their schema, mint admin tokens."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import timedelta
+from typing import Any
+
+from trunkline.apps.runtime import Runtime, build_runtime
+from trunkline.auth.service import admin_token
+from trunkline.settings import load_settings
+from trunkline.tenancy.changes import unit_of_work
+from trunkline.tenancy.manifests import (
+    ManifestError,
+    apply_manifests,
+    load_manifests,
+    manifest_json_schema_text,
+)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("tenants", help="tenants as code, and platform admin tokens")
+    commands = parser.add_subparsers(dest="tenants_command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check manifests without touching a database")
+    validate.add_argument("path", help="a manifest file or a directory of *.yaml files")
+    validate.set_defaults(func=validate_command)
+
+    apply = commands.add_parser("apply", help="create or update what the manifests declare")
+    apply.add_argument("path", help="a manifest file or a directory of *.yaml files")
+    apply.set_defaults(func=apply_command)
+
+    schema = commands.add_parser("schema", help="print the JSON schema of a manifest document")
+    schema.set_defaults(func=schema_command)
+
+    token = commands.add_parser(
+        "admin-token", help="print an access token for a platform admin (created if needed)"
+    )
+    token.add_argument("--email", required=True)
+    token.add_argument("--ttl-days", type=int, default=30, help="0 for a token that never expires")
+    token.set_defaults(func=admin_token_command)
+
+
+def open_runtime() -> Runtime:
+    """The runtime of the configured environment (``TRUNKLINE_*`` variables)."""
+    return build_runtime(load_settings())
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    try:
+        manifests = load_manifests(args.path)
+    except ManifestError as exc:
+        return _report_issues(exc)
+    files = {d.file for d in manifests.documents}
+    print(f"ok: {len(manifests.documents)} documents in {len(files)} files")
+    return 0
+
+
+def apply_command(args: argparse.Namespace) -> int:
+    try:
+        manifests = load_manifests(args.path)
+    except ManifestError as exc:
+        return _report_issues(exc)
+    runtime = open_runtime()
+    try:
+        report = apply_manifests(runtime.session_factory, manifests, publish=runtime.publish)
+    finally:
+        runtime.close()
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def schema_command(_args: argparse.Namespace) -> int:
+    sys.stdout.write(manifest_json_schema_text())
+    return 0
+
+
+def admin_token_command(args: argparse.Namespace) -> int:
+    ttl = timedelta(days=args.ttl_days) if args.ttl_days > 0 else None
+    runtime = open_runtime()
+    try:
+        with unit_of_work(runtime.session_factory, runtime.publish) as session:
+            issued = admin_token(session, runtime.server_secret, args.email, ttl=ttl)
+    finally:
+        runtime.close()
+    expiry = "never" if issued.expires_at is None else issued.expires_at.isoformat()
+    print(f"platform admin {issued.user.email}, token expires {expiry}", file=sys.stderr)
+    print(issued.access_token)
+    return 0
+
+
+def _report_issues(exc: ManifestError) -> int:
+    for issue in exc.issues:
+        print(issue, file=sys.stderr)
+    print(f"{len(exc.issues)} problem(s) found", file=sys.stderr)
+    return 1

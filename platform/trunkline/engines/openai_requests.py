@@ -1,0 +1,248 @@
+"""Requests to the simulated vLLM server: checks and tokenization of decoded JSON bodies.
+
+Pure functions. What they refuse, they refuse as vLLM does: HTTP 400 ``BadRequestError`` for
+malformed or oversized requests, 404 ``NotFoundError`` for a model the server does not serve,
+with vLLM's messages where the gateway or a client might match on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from trunkline.engines.tokens import VOCAB_SIZE, ChatMessage, apply_chat_template, tokenize
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "ApiError",
+    "EmbeddingParams",
+    "GenerateParams",
+    "ServedModel",
+    "parse_chat",
+    "parse_completion",
+    "parse_embeddings",
+]
+
+DEFAULT_MAX_TOKENS = 16
+Json = dict[str, Any]
+
+
+class ApiError(Exception):
+    """A request the server refuses, rendered in vLLM's error shape."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+    def body(self) -> Json:
+        kind = {404: "NotFoundError"}.get(self.status, "BadRequestError")
+        return {
+            "error": {
+                "message": self.message,
+                "type": kind,
+                "param": self.param,
+                "code": self.status,
+            }
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    name: str
+    max_model_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateParams:
+    prompt_tokens: list[int]
+    max_tokens: int
+    stream: bool = False
+    include_usage: bool = False
+    cache_salt: str | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingParams:
+    inputs: list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def _bad(message: str, param: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param)
+
+
+def _object(body: object) -> Json:
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.")
+    return body
+
+
+def _check_model(body: Json, served: ServedModel) -> None:
+    model = body.get("model")
+    if model is not None and model != served.name:
+        raise ApiError(404, f"The model `{model}` does not exist.", param="model")
+
+
+def _optional(body: Json, name: str, kind: type) -> Any:
+    value = body.get(name)
+    # bool is an int subclass; JSON true is never a valid integer here.
+    if value is not None and (
+        not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
+    ):
+        raise _bad(f"Invalid type for '{name}'.", name)
+    return value
+
+
+def _token_ids(value: object, name: str) -> list[int] | None:
+    if not isinstance(value, list) or not all(
+        isinstance(item, int) and not isinstance(item, bool) for item in value
+    ):
+        return None
+    for item in value:
+        if not 0 <= item < VOCAB_SIZE:
+            raise _bad(f"Token id {item} is out of vocabulary", name)
+    return list(value)
+
+
+def _max_tokens(body: Json, names: tuple[str, ...], prompt_len: int, served: ServedModel) -> int:
+    limit = served.max_model_len
+    if prompt_len >= limit:
+        raise _bad(
+            f"This model's maximum context length is {limit} tokens. However, your request has "
+            f"{prompt_len} input tokens. Please reduce the length of the input messages.",
+            "input_tokens",
+        )
+    requested = next((body[name] for name in names if body.get(name) is not None), None)
+    if requested is None:
+        return min(DEFAULT_MAX_TOKENS, limit - prompt_len)
+    if not isinstance(requested, int) or isinstance(requested, bool):
+        raise _bad("max_tokens must be an integer.", "max_tokens")
+    if requested < 1:
+        raise _bad(f"max_tokens must be at least 1, got {requested}.", "max_tokens")
+    if prompt_len + requested > limit:
+        raise _bad(
+            f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's "
+            f"maximum context length is {limit} tokens and your request has {prompt_len} input "
+            f"tokens ({requested} > {limit} - {prompt_len}).",
+            "max_tokens",
+        )
+    return requested
+
+
+def _generate_params(
+    body: Json, prompt: list[int], names: tuple[str, ...], served: ServedModel
+) -> GenerateParams:
+    stream = bool(_optional(body, "stream", bool))
+    options = _optional(body, "stream_options", dict)
+    if options is not None and not stream:
+        raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
+    if body.get("n") not in (None, 1):
+        raise _bad("The simulator supports only n=1.", "n")
+    return GenerateParams(
+        prompt_tokens=prompt,
+        max_tokens=_max_tokens(body, names, len(prompt), served),
+        stream=stream,
+        include_usage=bool(options and options.get("include_usage")),
+        cache_salt=_optional(body, "cache_salt", str),
+        seed=_optional(body, "seed", int),
+    )
+
+
+def _message_text(message: object, index: int) -> ChatMessage:
+    param = f"messages[{index}]"
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise _bad(f"{param} must be an object with a string 'role'.", param)
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return ChatMessage(message["role"], content or "")
+    if isinstance(content, list):
+        texts = [part.get("text") for part in content if isinstance(part, dict)]
+        if len(texts) == len(content) and all(isinstance(text, str) for text in texts):
+            return ChatMessage(message["role"], "\n".join(str(text) for text in texts))
+    raise _bad(f"{param}.content must be a string or a list of text parts.", param)
+
+
+def parse_chat(body: object, served: ServedModel) -> GenerateParams:
+    """Check a ``/v1/chat/completions`` body and apply the chat template."""
+    request = _object(body)
+    messages = request.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("Field required: 'messages' must be a non-empty list.", "messages")
+    _check_model(request, served)
+    prompt = apply_chat_template(
+        _message_text(message, index) for index, message in enumerate(messages)
+    )
+    return _generate_params(request, prompt, ("max_completion_tokens", "max_tokens"), served)
+
+
+def _prompt_tokens(value: object, name: str) -> list[int]:
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
+        value = value[0]
+    if isinstance(value, str):
+        return tokenize(value)
+    tokens = _token_ids(value, name)
+    if tokens is None:
+        raise _bad(
+            f"'{name}' must be a string, a list of token ids, or a one-element list of either "
+            "(the simulator does not batch prompts).",
+            name,
+        )
+    return tokens
+
+
+def parse_completion(body: object, served: ServedModel) -> GenerateParams:
+    """Check a ``/v1/completions`` body and tokenize its prompt."""
+    request = _object(body)
+    if request.get("prompt") is None:
+        raise _bad("Field required: 'prompt'.", "prompt")
+    _check_model(request, served)
+    prompt = _prompt_tokens(request["prompt"], "prompt")
+    if not prompt:
+        raise _bad("The prompt must not be empty.", "prompt")
+    return _generate_params(request, prompt, ("max_tokens",), served)
+
+
+def parse_embeddings(body: object, served: ServedModel) -> EmbeddingParams:
+    """Check a ``/v1/embeddings`` body and tokenize every input."""
+    request = _object(body)
+    raw = request.get("input")
+    if raw is None or raw == [] or raw == "":
+        raise _bad("Field required: 'input' must be non-empty.", "input")
+    _check_model(request, served)
+    if request.get("dimensions") is not None:
+        raise _bad(
+            f'Model "{served.name}" does not support matryoshka representation, '
+            "changing output dimensions will lead to poor results.",
+            "dimensions",
+        )
+    encoding: Literal["float", "base64"]
+    match request.get("encoding_format"):
+        case None | "float":
+            encoding = "float"
+        case "base64":
+            encoding = "base64"
+        case _:
+            raise _bad("encoding_format must be 'float' or 'base64'.", "encoding_format")
+    if isinstance(raw, str) or _token_ids(raw, "input") is not None:
+        items: list[object] = [raw]
+    elif isinstance(raw, list):
+        items = list(raw)
+    else:
+        raise _bad("'input' must be a string, a list of strings or token id lists.", "input")
+    inputs: list[list[int]] = []
+    for item in items:
+        tokens = tokenize(item) if isinstance(item, str) else _token_ids(item, "input")
+        if not tokens:
+            raise _bad("Every input must be a non-empty string or token id list.", "input")
+        if len(tokens) > served.max_model_len:
+            raise _bad(
+                f"This model's maximum context length is {served.max_model_len} tokens. However,"
+                f" you requested {len(tokens)} tokens in the input for embedding generation. "
+                "Please reduce the length of the input.",
+                "input",
+            )
+        inputs.append(tokens)
+    return EmbeddingParams(inputs=inputs, encoding_format=encoding)

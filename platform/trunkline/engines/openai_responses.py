@@ -1,0 +1,162 @@
+"""Responses of the simulated vLLM server: bodies and SSE chunks shaped exactly like vLLM's.
+
+Pure functions building plain dicts for JSON encoding: the same fields, in the same places and
+with the same nulls as vLLM's OpenAI-compatible server, so clients and the gateway cannot tell
+a simulated engine from a real one by its responses.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from array import array
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from trunkline.engines.events import RequestUsage
+
+__all__ = ["Reply", "embeddings_body", "model_list_body", "usage_body"]
+
+Json = dict[str, Any]
+
+
+def model_list_body(model: str, created: int, max_model_len: int) -> Json:
+    """``GET /v1/models`` for a server that serves one model."""
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex}",
+        "object": "model_permission",
+        "created": created,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+    card = {
+        "id": model,
+        "object": "model",
+        "created": created,
+        "owned_by": "vllm",
+        "root": model,
+        "parent": None,
+        "max_model_len": max_model_len,
+        "permission": [permission],
+    }
+    return {"object": "list", "data": [card]}
+
+
+def embeddings_body(
+    model: str, created: int, vectors: list[list[float]], encoding: str, prompt_tokens: int
+) -> Json:
+    """``POST /v1/embeddings``; ``base64`` packs little-endian float32 as OpenAI's does."""
+    data = [
+        {"index": index, "object": "embedding", "embedding": _encode(vector, encoding)}
+        for index, vector in enumerate(vectors)
+    ]
+    return {
+        "id": f"embd-{uuid.uuid4().hex}",
+        "object": "list",
+        "created": created,
+        "model": model,
+        "data": data,
+        "usage": usage_body(prompt_tokens, 0, None),
+    }
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(array("f", vector).tobytes()).decode()
+    return vector
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None) -> Json:
+    details = None if cached_tokens is None else {"cached_tokens": cached_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+        "prompt_tokens_details": details,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Builds the response body or SSE chunks of one chat or text completion."""
+
+    kind: Literal["chat", "completion"]
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, kind: Literal["chat", "completion"], model: str, created: int) -> Reply:
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        return cls(kind, prefix + uuid.uuid4().hex, created, model)
+
+    def _envelope(self, choices: list[Json], *, chunk: bool) -> Json:
+        suffix = ".chunk" if chunk else ""
+        name = "chat.completion" + suffix if self.kind == "chat" else "text_completion"
+        return {
+            "id": self.id,
+            "object": name,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def chunks(self, text: str, finish_reason: str | None, *, first: bool) -> list[Json]:
+        """SSE payloads for one token; the first chat token is preceded by the role chunk."""
+        payloads: list[Json] = []
+        if self.kind == "chat":
+            if first:
+                delta = {"role": "assistant", "content": ""}
+                payloads.append(
+                    self._envelope([self._stream_choice("delta", delta, None)], chunk=True)
+                )
+            choice = self._stream_choice("delta", {"content": text}, finish_reason)
+        else:
+            choice = self._stream_choice("text", text, finish_reason)
+            choice.setdefault("stop_reason", None)
+        payloads.append(self._envelope([choice], chunk=True))
+        return payloads
+
+    @staticmethod
+    def _stream_choice(field: str, value: object, finish_reason: str | None) -> Json:
+        choice: Json = {"index": 0, field: value, "logprobs": None, "finish_reason": finish_reason}
+        if finish_reason is not None:
+            choice["stop_reason"] = None
+        return choice
+
+    def usage_chunk(self, usage: RequestUsage) -> Json:
+        body = self._envelope([], chunk=True)
+        body["usage"] = usage_body(
+            usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+        )
+        return body
+
+    def full(self, text: str, finish_reason: str, usage: RequestUsage) -> Json:
+        """The non-streamed response body."""
+        if self.kind == "chat":
+            message: Json = {
+                "role": "assistant",
+                "content": text,
+                "refusal": None,
+                "annotations": None,
+                "audio": None,
+                "function_call": None,
+                "tool_calls": [],
+                "reasoning_content": None,
+            }
+            choice: Json = {"index": 0, "message": message, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None}
+        choice.update(finish_reason=finish_reason, stop_reason=None)
+        body = self._envelope([choice], chunk=False)
+        body["usage"] = usage_body(
+            usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
+        )
+        return body

@@ -1,0 +1,244 @@
+"""The simulated vLLM server: a plain ASGI app speaking vLLM's OpenAI-compatible HTTP surface.
+
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``POST /v1/embeddings``, ``GET /health``, ``GET /metrics``. Generation goes through an
+:class:`~trunkline.engines.runner.AsyncEngine`; a client that disconnects mid-request has its
+request aborted in the engine, freeing its batch slot and KV blocks, as vLLM does.
+
+The engine driver starts with the first request, on the loop serving it, so the app also works
+under clients that send no lifespan events (``httpx.ASGITransport``); it stops at lifespan
+shutdown or :meth:`SimApp.aclose` (``async with create_sim_app(...) as app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from trunkline.engines.core import EngineCore
+from trunkline.engines.metrics import METRICS_CONTENT_TYPE, EngineMetrics
+from trunkline.engines.openai_requests import (
+    ApiError,
+    GenerateParams,
+    ServedModel,
+    parse_chat,
+    parse_completion,
+    parse_embeddings,
+)
+from trunkline.engines.openai_responses import Reply, embeddings_body, model_list_body
+from trunkline.engines.profiles import AcceleratorProfile
+from trunkline.engines.runner import AsyncEngine, RequestStream
+from trunkline.engines.tokens import detokenize, embed_tokens
+
+__all__ = ["SimApp", "create_sim_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+_Handler = Callable[[bytes, Send, Receive], Awaitable[None]]
+
+_JSON = b"application/json"
+_SSE = b"text/event-stream; charset=utf-8"
+_DONE = b"data: [DONE]\n\n"
+EMBEDDING_DIMENSIONS = 256
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: bytes = _JSON) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _respond_json(send: Send, status: int, payload: object) -> None:
+    await _respond(send, status, msgspec.json.encode(payload))
+
+
+async def _read_body(receive: Receive) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client disconnected before sending its body")
+        parts.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def _decode(body: bytes) -> object:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"Invalid JSON in request body: {exc}") from None
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class SimApp:
+    """An ASGI app serving one simulated model; also an async context manager."""
+
+    def __init__(
+        self, *, model: str, profile: AcceleratorProfile, seed: int = 0, time_scale: float = 1.0
+    ) -> None:
+        self.model = model
+        self.profile = profile
+        self.created = int(time.time())
+        self.core = EngineCore(profile, seed=seed)
+        self.metrics = EngineMetrics(self.core, model)
+        self.engine = AsyncEngine(self.core, time_scale=time_scale, metrics=self.metrics)
+        self._served = ServedModel(model, profile.max_model_len)
+        self._routes: dict[str, tuple[str, _Handler]] = {
+            "/v1/models": ("GET", self._models),
+            "/v1/chat/completions": ("POST", self._chat),
+            "/v1/completions": ("POST", self._completions),
+            "/v1/embeddings": ("POST", self._embeddings),
+            "/health": ("GET", self._health),
+            "/metrics": ("GET", self._metrics),
+        }
+
+    async def __aenter__(self) -> SimApp:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._routes.get(scope["path"].rstrip("/") or "/")
+        if route is None:
+            await _respond_json(send, 404, {"detail": "Not Found"})
+            return
+        method, handler = route
+        if scope["method"] != method:
+            await _respond_json(send, 405, {"detail": "Method Not Allowed"})
+            return
+        try:
+            body = await _read_body(receive) if method == "POST" else b""
+        except ConnectionError:
+            return
+        try:
+            await handler(body, send, receive)
+        except ApiError as error:
+            await _respond_json(send, error.status, error.body())
+
+    # -- simple routes -----------------------------------------------------------------------
+
+    async def _health(self, body: bytes, send: Send, receive: Receive) -> None:
+        await _respond(send, 200, b"", b"text/plain")
+
+    async def _metrics(self, body: bytes, send: Send, receive: Receive) -> None:
+        await _respond(send, 200, self.metrics.render(), METRICS_CONTENT_TYPE.encode())
+
+    async def _models(self, body: bytes, send: Send, receive: Receive) -> None:
+        payload = model_list_body(self.model, self.created, self.profile.max_model_len)
+        await _respond_json(send, 200, payload)
+
+    async def _embeddings(self, body: bytes, send: Send, receive: Receive) -> None:
+        params = parse_embeddings(_decode(body), self._served)
+        vectors = [embed_tokens(tokens, EMBEDDING_DIMENSIONS) for tokens in params.inputs]
+        prompt_tokens = sum(len(tokens) for tokens in params.inputs)
+        payload = embeddings_body(
+            self.model, int(time.time()), vectors, params.encoding_format, prompt_tokens
+        )
+        await _respond_json(send, 200, payload)
+
+    # -- generation --------------------------------------------------------------------------
+
+    async def _chat(self, body: bytes, send: Send, receive: Receive) -> None:
+        params = parse_chat(_decode(body), self._served)
+        await self._generate(params, Reply.new("chat", self.model, int(time.time())), send, receive)
+
+    async def _completions(self, body: bytes, send: Send, receive: Receive) -> None:
+        params = parse_completion(_decode(body), self._served)
+        await self._generate(
+            params, Reply.new("completion", self.model, int(time.time())), send, receive
+        )
+
+    async def _generate(
+        self, params: GenerateParams, reply: Reply, send: Send, receive: Receive
+    ) -> None:
+        stream = self.engine.submit(
+            params.prompt_tokens,
+            params.max_tokens,
+            cache_salt=params.cache_salt,
+            seed=params.seed,
+        )
+        if params.stream:
+            work = self._send_stream(stream, reply, params.include_usage, send)
+        else:
+            work = self._send_full(stream, reply, send)
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Either the response is complete or the client went away: stop both sides.
+            task.cancel()
+            watcher.cancel()
+            stream.abort()
+            await asyncio.gather(task, watcher, return_exceptions=True)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+    async def _send_full(self, stream: RequestStream, reply: Reply, send: Send) -> None:
+        events = [event async for event in stream]
+        last = events[-1]
+        assert last.finish_reason is not None
+        assert last.usage is not None
+        text = detokenize(event.token_id for event in events)
+        await _respond_json(send, 200, reply.full(text, last.finish_reason, last.usage))
+
+    async def _send_stream(
+        self, stream: RequestStream, reply: Reply, include_usage: bool, send: Send
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", _SSE), (b"cache-control", b"no-cache")],
+            }
+        )
+        async for event in stream:
+            text = detokenize((event.token_id,))
+            for payload in reply.chunks(text, event.finish_reason, first=event.first):
+                await _send_event(send, payload)
+            if event.usage is not None and include_usage:
+                await _send_event(send, reply.usage_chunk(event.usage))
+        await send({"type": "http.response.body", "body": _DONE})
+
+
+async def _send_event(send: Send, payload: object) -> None:
+    data = b"data: " + msgspec.json.encode(payload) + b"\n\n"
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+def create_sim_app(
+    *, model: str, profile: AcceleratorProfile, seed: int = 0, time_scale: float = 1.0
+) -> SimApp:
+    """A simulated vLLM server for ``model`` on ``profile``; ``time_scale`` < 1 runs faster."""
+    return SimApp(model=model, profile=profile, seed=seed, time_scale=time_scale)

@@ -1,0 +1,92 @@
+"""The one error tree of Trunkline.
+
+Domain code raises these; each application maps ``code`` to its transport once
+(the gateway to OpenAI's error JSON, the control plane to RFC 9457 problem
+details). Nothing here knows about HTTP.
+
+    TrunklineError                   internal_error
+    ├── InvalidRequest               invalid_request
+    │   └── PayloadTooLarge          payload_too_large
+    ├── Unauthenticated              unauthenticated
+    ├── Forbidden                    forbidden
+    ├── NotFound                     not_found
+    ├── Conflict                     conflict
+    ├── RateLimited                  rate_limited
+    ├── QuotaExhausted               quota_exhausted
+    ├── SloUnattainable              slo_unattainable
+    ├── UpstreamError                upstream_error
+    │   └── UpstreamUnavailable      upstream_unavailable
+    └── ConfigurationError           configuration_error
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class TrunklineError(Exception):
+    """Root of every error Trunkline raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.reason = reason
+        self.extra = extra or {}
+
+
+class InvalidRequest(TrunklineError):
+    code = "invalid_request"
+
+
+class PayloadTooLarge(InvalidRequest):
+    code = "payload_too_large"
+
+
+class Unauthenticated(TrunklineError):
+    code = "unauthenticated"
+
+
+class Forbidden(TrunklineError):
+    code = "forbidden"
+
+
+class NotFound(TrunklineError):
+    code = "not_found"
+
+
+class Conflict(TrunklineError):
+    code = "conflict"
+
+
+class RateLimited(TrunklineError):
+    code = "rate_limited"
+
+
+class QuotaExhausted(TrunklineError):
+    code = "quota_exhausted"
+
+
+class SloUnattainable(TrunklineError):
+    code = "slo_unattainable"
+
+
+class UpstreamError(TrunklineError):
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class ConfigurationError(TrunklineError):
+    code = "configuration_error"

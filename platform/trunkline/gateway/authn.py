@@ -1,0 +1,51 @@
+"""Authenticate a bearer API key against the snapshot (constant-time compare)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from trunkline.auth.secrets import API_KEY_PREFIX, keyed_hash, parse
+from trunkline.errors import Unauthenticated
+from trunkline.snapshot import KeyEntry, Snapshot, TenantEntry, TierEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    key: KeyEntry
+    tenant: TenantEntry
+    tier: TierEntry
+
+
+def _refuse(message: str) -> Unauthenticated:
+    return Unauthenticated(message, reason="invalid_api_key")
+
+
+def authenticate(
+    snapshot: Snapshot, authorization: str | None, server_secret: bytes, now: float
+) -> Principal:
+    if not authorization:
+        raise _refuse(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
+        )
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _refuse("Malformed Authorization header; expected 'Bearer <key>'.")
+    parsed = parse(token.strip(), API_KEY_PREFIX)
+    if parsed is None:
+        raise _refuse("Incorrect API key provided.")
+    entry = snapshot.keys.get(parsed.public_id)
+    # Hash even when the id is unknown, so timing does not reveal which ids exist.
+    digest = keyed_hash(server_secret, parsed.plaintext)
+    if entry is None or not hmac.compare_digest(digest, entry.secret_hash):
+        raise _refuse("Incorrect API key provided, or the key was revoked.")
+    if entry.expires_at is not None and entry.expires_at <= now:
+        raise _refuse("This API key has expired.")
+    tenant = snapshot.tenants.get(entry.tenant_id)
+    if tenant is None:
+        raise _refuse("The tenant of this API key no longer exists.")
+    tier_name = entry.tier or tenant.tier
+    tier = snapshot.tiers.get(tier_name) or snapshot.tiers.get(tenant.tier)
+    if tier is None:
+        raise _refuse("The tier of this API key is not configured.")
+    return Principal(entry, tenant, tier)

@@ -1,0 +1,139 @@
+"""HTTP surface of the gateway: OpenAI-compatible routes over ``GatewayService``."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+from trunkline.errors import InvalidRequest, NotFound, PayloadTooLarge, TrunklineError
+from trunkline.gateway.errors import encode_error
+from trunkline.gateway.pipeline import visible_aliases
+from trunkline.gateway.service import GatewayService, Reply
+from trunkline.kit import logging as tlog
+from trunkline.kit.ids import new_request_id
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+JSON = "application/json"
+
+
+def _service(state: State) -> GatewayService:
+    service: GatewayService = state.gateway
+    return service
+
+
+def request_id_of(request: Request[object, object, State]) -> str:
+    given = request.headers.get("x-request-id")
+    return given if given and _REQUEST_ID.match(given) else new_request_id()
+
+
+async def _serve(kind: str, request: Request[object, object, State]) -> Response[bytes]:
+    service = _service(request.app.state)
+    request_id = request_id_of(request)
+    principal = service.authenticate(request.headers.get("authorization"))
+    token = tlog.bind(request_id=request_id, tenant=principal.tenant.slug, key_id=principal.key.key_id)
+    try:
+        raw = await request.body()
+        reply = await service.handle(kind, raw, principal, request_id)
+    finally:
+        tlog.reset(token)
+    return _to_response(reply, request_id)
+
+
+def _to_response(reply: Reply, request_id: str) -> Response[bytes]:
+    headers = {**reply.headers, "x-request-id": request_id}
+    if reply.events is not None:
+        headers["cache-control"] = "no-cache"
+        headers["x-accel-buffering"] = "no"
+        return Stream(reply.events, media_type="text/event-stream", headers=headers)  # type: ignore[return-value]
+    return Response(reply.body, status_code=reply.status, media_type=JSON, headers=headers)
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request[object, object, State]) -> Response[bytes]:
+    return await _serve("chat", request)
+
+
+@post("/v1/completions", status_code=200)
+async def completions(request: Request[object, object, State]) -> Response[bytes]:
+    return await _serve("completions", request)
+
+
+@post("/v1/embeddings", status_code=200)
+async def embeddings(request: Request[object, object, State]) -> Response[bytes]:
+    return await _serve("embeddings", request)
+
+
+@get("/v1/models")
+async def list_models(request: Request[object, object, State]) -> Response[bytes]:
+    service = _service(request.app.state)
+    principal = service.authenticate(request.headers.get("authorization"))
+    snapshot = service.holder.current
+    created = int(snapshot.published_at)
+    data = [
+        {"id": a.alias, "object": "model", "created": created, "owned_by": "trunkline"}
+        for a in visible_aliases(snapshot, principal)
+    ]
+    body = msgspec.json.encode({"object": "list", "data": data})
+    return Response(body, media_type=JSON, headers={"x-request-id": request_id_of(request)})
+
+
+@get("/health", include_in_schema=False)
+async def health(request: Request[object, object, State]) -> Response[bytes]:
+    holder = _service(request.app.state).holder
+    ok = holder.current.version > 0
+    body = msgspec.json.encode(
+        {
+            "status": "ok" if ok else "starting",
+            "snapshot_version": holder.current.version,
+            "snapshot_age_s": round(time.time() - holder.current.published_at, 3) if ok else None,
+            "snapshot_store_reachable": holder.healthy,
+        }
+    )
+    return Response(body, status_code=200 if ok else 503, media_type=JSON)
+
+
+def _http_error(exc: HTTPException) -> TrunklineError:
+    if exc.status_code == 413:
+        return PayloadTooLarge("The request body is larger than this gateway accepts.", reason="request_too_large")
+    if exc.status_code == 404:
+        return NotFound("Unknown path. The gateway serves the OpenAI API under /v1.", reason="unknown_url")
+    if exc.status_code == 405:
+        return InvalidRequest("Method not allowed on this path.", reason="method_not_allowed")
+    return InvalidRequest(str(exc.detail), reason="invalid_request")
+
+
+def error_handler(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, HTTPException):
+        exc = _http_error(exc)
+    if not isinstance(exc, TrunklineError):
+        log.exception("unhandled error in the gateway")
+        exc = TrunklineError("The gateway failed to handle the request.")
+    status, body = encode_error(exc)
+    headers = {"x-request-id": request_id_of(request)}
+    if status == 503:
+        headers["retry-after"] = "1"
+    return Response(body, status_code=status, media_type=JSON, headers=headers)
+
+
+ROUTES = [chat_completions, completions, embeddings, list_models, health]
+
+
+def build_app(service: GatewayService, *, max_body_bytes: int, lifespan: list[object]) -> Litestar:
+    return Litestar(
+        route_handlers=ROUTES,
+        state=State({"gateway": service}),
+        exception_handlers={Exception: error_handler},
+        request_max_body_size=max_body_bytes,
+        lifespan=lifespan,  # type: ignore[arg-type]
+        openapi_config=None,
+        debug=False,
+    )

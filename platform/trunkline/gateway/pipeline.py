@@ -1,0 +1,134 @@
+"""Per-request policy before the proxy: parse and check the body, entitle the caller.
+
+Pure functions over the snapshot; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from trunkline.errors import Forbidden, InvalidRequest, NotFound
+from trunkline.gateway.authn import Principal
+from trunkline.snapshot import AliasEntry, Snapshot
+
+_json_decoder = msgspec.json.Decoder()
+
+# endpoint kind -> (required field, alias kinds it may call)
+_REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+_MODEL_KINDS = {
+    "chat": frozenset({"chat"}),
+    "completions": frozenset({"chat", "completion"}),
+    "embeddings": frozenset({"embedding"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    kind: str
+    body: dict[str, Any]
+    alias: str
+    stream: bool
+    client_wants_usage: bool
+
+
+def parse_body(kind: str, raw: bytes) -> ParsedRequest:
+    if not raw.strip():
+        raise InvalidRequest("The request body is empty; expected a JSON object.", reason="invalid_json")
+    try:
+        body = _json_decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}", reason="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", reason="invalid_json")
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("you must provide a model parameter", param="model", reason="missing_required_parameter")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string", param="model", reason="invalid_type")
+    _check_payload(kind, body)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean", param="stream", reason="invalid_type")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest(
+            "'stream_options' must be an object", param="stream_options", reason="invalid_type"
+        )
+    wants_usage = bool(options and options.get("include_usage") is True)
+    return ParsedRequest(kind, body, model, stream and kind != "embeddings", wants_usage)
+
+
+def _check_payload(kind: str, body: dict[str, Any]) -> None:
+    field = _REQUIRED[kind]
+    value = body.get(field)
+    if value is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{field}'.", param=field, reason="missing_required_parameter"
+        )
+    if kind == "chat":
+        if not isinstance(value, list) or not value:
+            raise InvalidRequest("'messages' must be a non-empty array", param="messages", reason="invalid_type")
+        for index, message in enumerate(value):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                raise InvalidRequest(
+                    f"messages[{index}] must be an object with a string 'role'",
+                    param=f"messages[{index}]",
+                    reason="invalid_type",
+                )
+    elif not isinstance(value, str | list) or (isinstance(value, list) and not value):
+        raise InvalidRequest(
+            f"'{field}' must be a string or a non-empty array", param=field, reason="invalid_type"
+        )
+    for name in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(name)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidRequest(f"'{name}' must be a positive integer", param=name, reason="invalid_value")
+
+
+def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) -> AliasEntry:
+    """The alias the caller may use for this request, or a clear refusal."""
+    alias = snapshot.aliases.get(request.alias)
+    allowed = principal.tenant.aliases
+    key_allowed = principal.key.allowed_aliases
+    if alias is None:
+        raise NotFound(
+            f"The model '{request.alias}' does not exist or you do not have access to it.",
+            param="model",
+            reason="model_not_found",
+        )
+    if request.alias not in allowed or (key_allowed is not None and request.alias not in key_allowed):
+        raise Forbidden(
+            f"Your API key is not allowed to use the model '{request.alias}'.",
+            param="model",
+            reason="model_not_allowed",
+        )
+    if alias.kind not in _MODEL_KINDS[request.kind]:
+        raise InvalidRequest(
+            f"The model '{request.alias}' does not support this endpoint.",
+            param="model",
+            reason="model_not_supported",
+        )
+    return alias
+
+
+def visible_aliases(snapshot: Snapshot, principal: Principal) -> list[AliasEntry]:
+    allowed = principal.tenant.aliases
+    if principal.key.allowed_aliases is not None:
+        allowed = allowed & principal.key.allowed_aliases
+    return [snapshot.aliases[name] for name in sorted(allowed) if name in snapshot.aliases]
+
+
+def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:
+    """The body sent to the engine: the served model name, and usage forced on streams."""
+    body = dict(request.body)
+    body["model"] = served_model
+    if request.stream:
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        body["stream_options"] = options
+    return body

@@ -1,0 +1,43 @@
+"""Round-robin over the endpoints a request may use, with filters for residency and tier."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from trunkline.snapshot import AliasEntry, EndpointEntry, PoolEntry, Snapshot, TenantEntry, TierEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    pool: PoolEntry
+    endpoint: EndpointEntry
+
+
+def eligible(
+    snapshot: Snapshot, alias: AliasEntry, tenant: TenantEntry, tier: TierEntry
+) -> list[Candidate]:
+    """Every endpoint that serves the alias inside the tenant's regions and tier."""
+    regions = set(tenant.regions)
+    out = []
+    for pool_name in alias.pools:
+        pool = snapshot.pools.get(pool_name)
+        if pool is None or (regions and pool.region not in regions):
+            continue
+        if pool.burst and not tier.may_use_burst:
+            continue
+        out.extend(Candidate(pool, endpoint) for endpoint in pool.endpoints)
+    return out
+
+
+class RoundRobinRouter:
+    """Orders candidates starting after the last one used, so retries walk the ring."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count()
+
+    def order(self, candidates: list[Candidate]) -> list[Candidate]:
+        if not candidates:
+            return []
+        start = next(self._counter) % len(candidates)
+        return candidates[start:] + candidates[:start]

@@ -1,0 +1,64 @@
+"""The gateway's in-memory copy of the config snapshot, refreshed when its version moves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from trunkline.snapshot import Snapshot, SnapshotSource, decode_snapshot
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotHolder:
+    """Polls the source's version every ``poll_s`` and swaps in a new snapshot.
+
+    Polling (not pub/sub) keeps the guarantee simple: a change is served by every
+    replica within ``poll_s`` plus one fetch, and a missed message cannot strand a
+    replica on an old snapshot. Reads are a plain attribute access.
+    """
+
+    def __init__(self, source: SnapshotSource, poll_s: float = 0.5) -> None:
+        self._source = source
+        self._poll_s = poll_s
+        self.current: Snapshot = Snapshot.empty()
+        self.healthy = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> bool:
+        """Load the snapshot if its version changed; returns whether it did."""
+        version = await self._source.version()
+        if version is None or version == self.current.version:
+            self.healthy = version is not None
+            return False
+        loaded = await self._source.load()
+        if loaded is None:
+            return False
+        self.current = decode_snapshot(loaded[1])
+        self.healthy = True
+        log.info("snapshot loaded", extra={"snapshot_version": self.current.version})
+        return True
+
+    async def start(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:
+            log.exception("initial snapshot load failed; retrying in the background")
+        self._task = asyncio.create_task(self._poll(), name="snapshot-poll")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_s)
+            try:
+                await self.refresh()
+            except Exception:
+                # Keep serving the last good snapshot while the store is away.
+                self.healthy = False
+                log.warning("snapshot refresh failed; serving the last one", exc_info=True)

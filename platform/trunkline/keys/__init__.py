@@ -1,0 +1,1 @@
+"""API keys for the gateway: create (secret shown once), list, revoke, rotate."""

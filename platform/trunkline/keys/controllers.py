@@ -1,0 +1,79 @@
+"""HTTP endpoints of API keys, under the tenant that holds them.
+
+Role: member of the tenant. Developers see and manage the keys they created;
+tenant admins every key of the tenant.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import Controller, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from trunkline.auth.guards import tenant_member
+from trunkline.auth.params import Caller, DbSession, ServerSecret, TenantId
+from trunkline.keys import service
+from trunkline.keys.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated
+
+
+class ApiKeyController(Controller):
+    path = "/api/v1/tenants/{tenant_id:uuid}/keys"
+    tags = ["keys"]
+    guards = [tenant_member]
+
+    @get("/", sync_to_thread=True)
+    def list_keys(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        tenant_id: TenantId,
+        project_id: FromQuery[uuid.UUID | None] = None,
+    ) -> list[ApiKey]:
+        """Keys the caller may manage (never their secrets or hashes)."""
+        return service.list_keys(db_session, principal, tenant_id, project_id)
+
+    @post("/", sync_to_thread=True)
+    def create_key(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        server_secret: ServerSecret,
+        tenant_id: TenantId,
+        data: JSONBody[ApiKeyCreate],
+    ) -> ApiKeyCreated:
+        """Create a key; the response carries its secret, which is never shown again."""
+        return service.create_key(db_session, principal, server_secret, tenant_id, data)
+
+    @get("/{key_id:str}", sync_to_thread=True)
+    def get_key(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        tenant_id: TenantId,
+        key_id: FromPath[str],
+    ) -> ApiKey:
+        return service.get_key(db_session, principal, tenant_id, key_id)
+
+    @post("/{key_id:str}/revoke", status_code=200, sync_to_thread=True)
+    def revoke_key(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        tenant_id: TenantId,
+        key_id: FromPath[str],
+    ) -> ApiKey:
+        """Revoke the key (idempotent)."""
+        return service.revoke_key(db_session, principal, tenant_id, key_id)
+
+    @post("/{key_id:str}/rotate", sync_to_thread=True)
+    def rotate_key(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        server_secret: ServerSecret,
+        tenant_id: TenantId,
+        key_id: FromPath[str],
+    ) -> ApiKeyCreated:
+        """Replace the key with a new one of the same scope; the old one is revoked."""
+        return service.rotate_key(db_session, principal, server_secret, tenant_id, key_id)

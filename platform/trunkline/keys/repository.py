@@ -1,0 +1,52 @@
+"""Statements over API keys, always scoped to one tenant (and to one creator for developers)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from trunkline.models import ApiKey, Project
+
+
+class ApiKeyRepository:
+    def __init__(
+        self, session: Session, tenant_id: uuid.UUID, *, created_by: uuid.UUID | None = None
+    ) -> None:
+        """``created_by`` narrows the scope to the keys one user created (developers)."""
+        self._session = session
+        self._tenant_id = tenant_id
+        self._created_by = created_by
+
+    def _select(self) -> Select[ApiKey, str]:
+        statement = (
+            select(ApiKey, Project.name)
+            .join(Project, ApiKey.project_id == Project.id)
+            .where(ApiKey.tenant_id == self._tenant_id, Project.tenant_id == self._tenant_id)
+        )
+        if self._created_by is not None:
+            statement = statement.where(ApiKey.created_by == self._created_by)
+        return statement
+
+    def all(self, project_id: uuid.UUID | None = None) -> Sequence[tuple[ApiKey, str]]:
+        statement = self._select().order_by(ApiKey.created_at, ApiKey.key_id)
+        if project_id is not None:
+            statement = statement.where(ApiKey.project_id == project_id)
+        return self._session.execute(statement).all()
+
+    def get(self, key_id: str) -> tuple[ApiKey, str] | None:
+        statement = self._select().where(ApiKey.key_id == key_id)
+        return self._session.execute(statement).one_or_none()
+
+    def add(self, key: ApiKey) -> ApiKey:
+        if key.tenant_id != self._tenant_id:
+            raise ValueError("key of another tenant")
+        self._session.add(key)
+        return key
+
+
+def tenant_of_key(session: Session, key_id: str) -> uuid.UUID | None:
+    """The tenant holding ``key_id``; for system callers (the CLI) that name a key alone."""
+    return session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_id == key_id))

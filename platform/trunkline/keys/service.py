@@ -1,0 +1,171 @@
+"""API key operations shared by the REST API and the CLI.
+
+Tenant admins (and platform admins) manage every key of a tenant; developers
+only the keys they created — another developer's key reads as missing. The
+plaintext secret leaves this module exactly once, in ``ApiKeyCreated``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from trunkline.auth import secrets
+from trunkline.auth.principal import Principal
+from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.keys.repository import ApiKeyRepository, tenant_of_key
+from trunkline.keys.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated, status
+from trunkline.kit.ids import utcnow
+from trunkline.models import ApiKey as ApiKeyRow
+from trunkline.models import Tenant
+from trunkline.pools.entitlements import entitled_aliases
+from trunkline.tenancy.changes import flush_or_conflict, mark_config_changed
+from trunkline.tenancy.repository import ProjectRepository, TierRepository
+from trunkline.tenancy.service import tenant_row
+
+
+def _keys(session: Session, principal: Principal, tenant_id: uuid.UUID) -> ApiKeyRepository:
+    principal.require_member(tenant_id)
+    if principal.is_tenant_admin(tenant_id):
+        return ApiKeyRepository(session, tenant_id)
+    return ApiKeyRepository(session, tenant_id, created_by=principal.user_id or uuid.UUID(int=0))
+
+
+def list_keys(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    project_id: uuid.UUID | None = None,
+) -> list[ApiKey]:
+    """Keys the caller may manage, oldest first, revoked and expired included."""
+    return [ApiKey.of(k, p) for k, p in _keys(session, principal, tenant_id).all(project_id)]
+
+
+def get_key(session: Session, principal: Principal, tenant_id: uuid.UUID, key_id: str) -> ApiKey:
+    return ApiKey.of(*_key(session, principal, tenant_id, key_id))
+
+
+def create_key(
+    session: Session,
+    principal: Principal,
+    server_secret: bytes,
+    tenant_id: uuid.UUID,
+    data: ApiKeyCreate,
+) -> ApiKeyCreated:
+    tenant = tenant_row(session, principal, tenant_id)
+    project = ProjectRepository(session, tenant_id).get(data.project_id)
+    if project is None:
+        raise NotFound("project not found", param="project_id")
+    expires_at = _expiry(data.expires_at, data.ttl_days)
+    row = ApiKeyRow(
+        tenant_id=tenant_id,
+        project_id=project.id,
+        created_by=principal.user_id,
+        name=data.name,
+        allowed_models=_allowed_models(session, tenant_id, data.allowed_models),
+        tier_name=_pinned_tier(session, tenant, data.tier),
+        expires_at=expires_at,
+    )
+    return _issue(session, server_secret, row, project.name)
+
+
+def revoke_key(session: Session, principal: Principal, tenant_id: uuid.UUID, key_id: str) -> ApiKey:
+    """Revoke a key (idempotent); gateways refuse it once the new snapshot is published."""
+    key, project = _key(session, principal, tenant_id, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+        mark_config_changed(session)
+    return ApiKey.of(key, project)
+
+
+def rotate_key(
+    session: Session,
+    principal: Principal,
+    server_secret: bytes,
+    tenant_id: uuid.UUID,
+    key_id: str,
+) -> ApiKeyCreated:
+    """Issue a new key with the same scope and revoke the old one, in one transaction."""
+    old, project = _key(session, principal, tenant_id, key_id)
+    if status(old) != "active":
+        raise Conflict(f"key {key_id} is {status(old)} and cannot be rotated", param="key_id")
+    old.revoked_at = utcnow()
+    new = ApiKeyRow(
+        tenant_id=old.tenant_id,
+        project_id=old.project_id,
+        created_by=old.created_by,
+        name=old.name,
+        allowed_models=old.allowed_models,
+        tier_name=old.tier_name,
+        expires_at=old.expires_at,
+        rotated_from=old.id,
+    )
+    return _issue(session, server_secret, new, project)
+
+
+def key_tenant(session: Session, key_id: str) -> uuid.UUID:
+    """The tenant of a key named by id alone (system callers such as the CLI)."""
+    tenant_id = tenant_of_key(session, key_id)
+    if tenant_id is None:
+        raise NotFound(f"key {key_id} not found", param="key_id")
+    return tenant_id
+
+
+def _issue(session: Session, server_secret: bytes, row: ApiKeyRow, project: str) -> ApiKeyCreated:
+    issued = secrets.issue(server_secret, secrets.API_KEY_PREFIX)
+    row.key_id, row.secret_hash = issued.public_id, issued.digest
+    session.add(row)
+    flush_or_conflict(session, "key id collision, try again")
+    mark_config_changed(session)
+    return ApiKeyCreated(secret=issued.plaintext, key=ApiKey.of(row, project))
+
+
+def _key(
+    session: Session, principal: Principal, tenant_id: uuid.UUID, key_id: str
+) -> tuple[ApiKeyRow, str]:
+    found = _keys(session, principal, tenant_id).get(key_id)
+    if found is None:
+        raise NotFound(f"key {key_id} not found", param="key_id")
+    return found
+
+
+def _expiry(expires_at: datetime | None, ttl_days: int | None) -> datetime | None:
+    if expires_at is not None and ttl_days is not None:
+        raise InvalidRequest("give expires_at or ttl_days, not both", param="ttl_days")
+    if ttl_days is not None:
+        return utcnow() + timedelta(days=ttl_days)
+    if expires_at is not None and expires_at <= utcnow():
+        raise InvalidRequest("expires_at must be in the future", param="expires_at")
+    return expires_at
+
+
+def _allowed_models(
+    session: Session, tenant_id: uuid.UUID, requested: list[str] | None
+) -> list[str] | None:
+    if requested is None:
+        return None
+    if not requested:
+        raise InvalidRequest("allowed_models must name at least one alias", param="allowed_models")
+    unknown = sorted(set(requested) - entitled_aliases(session, tenant_id))
+    if unknown:
+        raise InvalidRequest(
+            f"the tenant is not entitled to {', '.join(unknown)}", param="allowed_models"
+        )
+    return list(dict.fromkeys(requested))
+
+
+def _pinned_tier(session: Session, tenant: Tenant, name: str | None) -> str | None:
+    if name is None:
+        return None
+    tier = TierRepository(session).by_name(name)
+    if tier is None:
+        raise InvalidRequest(f"unknown tier {name!r}", param="tier")
+    if tier.priority > tenant.tier.priority:
+        raise InvalidRequest(
+            f"a key may only be pinned to a tier no higher than the tenant's ({tenant.tier.name})",
+            param="tier",
+        )
+    return tier.name

@@ -1,0 +1,89 @@
+"""Structured logs that carry the request id, tenant and key id of the work in progress.
+
+Context lives in a contextvar so every log line emitted while serving a request
+carries it without passing it around. Secrets never go in here: only ids.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from typing import Any
+
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
+    "trunkline_log_context", default={}
+)
+
+_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def bind(**fields: str | None) -> contextvars.Token[dict[str, str]]:
+    """Add fields to the log context of the current task; returns a token for ``reset``."""
+    merged = dict(_context.get())
+    merged.update({k: v for k, v in fields.items() if v is not None})
+    return _context.set(merged)
+
+
+def reset(token: contextvars.Token[dict[str, str]]) -> None:
+    _context.reset(token)
+
+
+def current() -> dict[str, str]:
+    return _context.get()
+
+
+class _ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in _context.get().items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STD_ATTRS and not key.startswith("_"):
+                payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        extras = [
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _STD_ATTRS and not key.startswith("_")
+        ]
+        return base + (" " + " ".join(extras) if extras else "")
+
+
+def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
+    """Install one handler on the root logger (idempotent)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ContextFilter())
+    handler.setFormatter(
+        JsonFormatter()
+        if json_lines
+        else KeyValueFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if getattr(existing, "_trunkline", False):
+            root.removeHandler(existing)
+    handler._trunkline = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

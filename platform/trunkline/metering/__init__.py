@@ -1,0 +1,1 @@
+"""Usage metering: events emitted by the gateway, streamed, ingested into the ledger."""

@@ -1,0 +1,52 @@
+"""API keys (gateway) and access tokens (control plane), stored as keyed hashes only."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import JSON, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from trunkline.models.base import Base, CreatedMixin, IdMixin
+
+
+class ApiKey(IdMixin, CreatedMixin, Base):
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    """The public part of the key, used for lookup; the secret part is never stored."""
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    project_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    """Aliases this key may call; ``None`` means every alias the tenant is entitled to."""
+    tier_name: Mapped[str | None] = mapped_column(String(32))
+    """Pins the key to a lower tier than its tenant's."""
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    rotated_from: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+
+
+class AccessToken(IdMixin, CreatedMixin, Base):
+    __tablename__ = "access_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), default="")
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

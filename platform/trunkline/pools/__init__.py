@@ -1,0 +1,1 @@
+"""The catalog: accelerator flavors, models and aliases, tenant entitlements, pools, endpoints."""

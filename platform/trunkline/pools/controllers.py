@@ -1,0 +1,186 @@
+"""HTTP endpoints of the catalog: admin CRUD under ``/api/v1/catalog``, entitlements per
+tenant, and ``GET /api/v1/models`` for every caller."""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import Controller, delete, get, patch, post, put
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from trunkline.auth.guards import authenticated, platform_admin, tenant_member
+from trunkline.auth.params import Caller, DbSession, TenantId
+from trunkline.pools import entitlements, service
+from trunkline.pools.schemas import (
+    AliasCreate,
+    AvailableModel,
+    Entitlement,
+    Flavor,
+    FlavorCreate,
+    FlavorUpdate,
+    Model,
+    ModelCreate,
+    ModelUpdate,
+    Pool,
+    PoolCreate,
+    PoolEndpoints,
+    PoolUpdate,
+)
+
+CATALOG = "/api/v1/catalog"
+
+
+class FlavorController(Controller):
+    """Accelerator flavors. Role: platform admin."""
+
+    path = CATALOG + "/flavors"
+    tags = ["catalog"]
+    guards = [platform_admin]
+
+    @get("/", sync_to_thread=True)
+    def list_flavors(self, db_session: DbSession) -> list[Flavor]:
+        return service.list_flavors(db_session)
+
+    @post("/", sync_to_thread=True)
+    def create_flavor(self, db_session: DbSession, data: JSONBody[FlavorCreate]) -> Flavor:
+        return service.create_flavor(db_session, data)
+
+    @patch("/{name:str}", sync_to_thread=True)
+    def update_flavor(
+        self,
+        db_session: DbSession,
+        name: FromPath[str],
+        data: JSONBody[FlavorUpdate],
+    ) -> Flavor:
+        return service.update_flavor(db_session, name, data)
+
+    @delete("/{name:str}", sync_to_thread=True)
+    def delete_flavor(self, db_session: DbSession, name: FromPath[str]) -> None:
+        """Refused (409) while a pool uses the flavor."""
+        service.delete_flavor(db_session, name)
+
+
+class CatalogModelController(Controller):
+    """Models and their public aliases. Role: platform admin."""
+
+    path = CATALOG
+    tags = ["catalog"]
+    guards = [platform_admin]
+
+    @get("/models", sync_to_thread=True)
+    def list_models(self, db_session: DbSession) -> list[Model]:
+        return service.list_models(db_session)
+
+    @post("/models", sync_to_thread=True)
+    def create_model(self, db_session: DbSession, data: JSONBody[ModelCreate]) -> Model:
+        return service.create_model(db_session, data)
+
+    @get("/models/{name:path}", sync_to_thread=True)
+    def get_model(self, db_session: DbSession, name: FromPath[str]) -> Model:
+        return service.get_model(db_session, name.lstrip("/"))
+
+    @patch("/models/{name:path}", sync_to_thread=True)
+    def update_model(
+        self, db_session: DbSession, name: FromPath[str], data: JSONBody[ModelUpdate]
+    ) -> Model:
+        return service.update_model(db_session, name.lstrip("/"), data)
+
+    @delete("/models/{name:path}", sync_to_thread=True)
+    def delete_model(self, db_session: DbSession, name: FromPath[str]) -> None:
+        """Refused (409) while a pool serves the model."""
+        service.delete_model(db_session, name.lstrip("/"))
+
+    @post("/aliases", sync_to_thread=True)
+    def add_alias(self, db_session: DbSession, data: JSONBody[AliasCreate]) -> Model:
+        """Add a public alias to a model; answers the model with all its aliases."""
+        return service.add_alias(db_session, data.model, data.alias)
+
+    @delete("/aliases/{alias:path}", sync_to_thread=True)
+    def remove_alias(self, db_session: DbSession, alias: FromPath[str]) -> None:
+        """Remove an alias (and every tenant's entitlement to it)."""
+        service.remove_alias(db_session, alias.lstrip("/"))
+
+
+class PoolController(Controller):
+    """Model pools and their endpoints. Role: platform admin."""
+
+    path = CATALOG + "/pools"
+    tags = ["catalog"]
+    guards = [platform_admin]
+
+    @get("/", sync_to_thread=True)
+    def list_pools(self, db_session: DbSession) -> list[Pool]:
+        return service.list_pools(db_session)
+
+    @post("/", sync_to_thread=True)
+    def create_pool(self, db_session: DbSession, data: JSONBody[PoolCreate]) -> Pool:
+        return service.create_pool(db_session, data)
+
+    @get("/{name:str}", sync_to_thread=True)
+    def get_pool(self, db_session: DbSession, name: FromPath[str]) -> Pool:
+        return service.get_pool(db_session, name)
+
+    @patch("/{name:str}", sync_to_thread=True)
+    def update_pool(
+        self, db_session: DbSession, name: FromPath[str], data: JSONBody[PoolUpdate]
+    ) -> Pool:
+        return service.update_pool(db_session, name, data)
+
+    @delete("/{name:str}", sync_to_thread=True)
+    def delete_pool(self, db_session: DbSession, name: FromPath[str]) -> None:
+        service.delete_pool(db_session, name)
+
+    @put("/{name:str}/endpoints", sync_to_thread=True)
+    def set_endpoints(
+        self,
+        db_session: DbSession,
+        name: FromPath[str],
+        data: JSONBody[PoolEndpoints],
+    ) -> Pool:
+        """Replace the pool's endpoint list."""
+        return service.set_pool_endpoints(db_session, name, data.urls)
+
+
+class EntitlementController(Controller):
+    path = "/api/v1/tenants/{tenant_id:uuid}/entitlements"
+    tags = ["entitlements"]
+
+    @get("/", guards=[tenant_member], sync_to_thread=True)
+    def list_entitlements(self, db_session: DbSession, tenant_id: TenantId) -> list[Entitlement]:
+        """Aliases the tenant may use. Role: member of the tenant."""
+        return entitlements.list_entitlements(db_session, tenant_id)
+
+    @put("/{alias:path}", guards=[platform_admin], sync_to_thread=True)
+    def grant(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        alias: FromPath[str],
+    ) -> Entitlement:
+        """Grant an alias to the tenant (idempotent). Role: platform admin."""
+        return entitlements.grant_entitlement(db_session, tenant_id, alias.lstrip("/"))
+
+    @delete("/{alias:path}", guards=[platform_admin], sync_to_thread=True)
+    def revoke(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        alias: FromPath[str],
+    ) -> None:
+        """Revoke an alias from the tenant. Role: platform admin."""
+        entitlements.revoke_entitlement(db_session, tenant_id, alias.lstrip("/"))
+
+
+class AvailableModelController(Controller):
+    path = "/api/v1/models"
+    tags = ["catalog"]
+
+    @get("/", guards=[authenticated], sync_to_thread=True)
+    def available_models(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        tenant_id: FromQuery[uuid.UUID | None] = None,
+    ) -> list[AvailableModel]:
+        """Aliases the caller's tenants may use; ``?tenant_id=`` narrows to one tenant."""
+        return entitlements.available_models(db_session, principal, tenant_id)

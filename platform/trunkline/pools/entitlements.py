@@ -1,0 +1,92 @@
+"""Which tenants may use which model aliases (the entitlement half of the catalog service)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy.orm import Session
+
+from trunkline.auth.principal import Principal
+from trunkline.errors import InvalidRequest, NotFound
+from trunkline.pools.repository import EntitlementRepository, ModelRepository, entitled_tenants
+from trunkline.pools.schemas import AvailableModel, Entitlement
+from trunkline.tenancy.changes import flush_or_conflict, mark_config_changed
+from trunkline.tenancy.service import tenant_row
+
+
+def list_entitlements(session: Session, tenant_id: uuid.UUID) -> list[Entitlement]:
+    rows = EntitlementRepository(session, tenant_id).all()
+    return [Entitlement(e.tenant_id, a.alias, m.name, e.created_at) for e, a, m in rows]
+
+
+def entitled_aliases(session: Session, tenant_id: uuid.UUID) -> set[str]:
+    return EntitlementRepository(session, tenant_id).aliases()
+
+
+def grant_entitlement(session: Session, tenant_id: uuid.UUID, alias: str) -> Entitlement:
+    """Let the tenant use ``alias`` (idempotent)."""
+    tenant_row(session, Principal.system(), tenant_id)
+    row = ModelRepository(session).alias(alias)
+    if row is None:
+        raise NotFound(f"alias {alias!r} not found", param="alias")
+    entitlements = EntitlementRepository(session, tenant_id)
+    if entitlements.get(alias) is None:
+        entitlements.add(row)
+        flush_or_conflict(session, f"alias {alias!r} is already granted")
+        mark_config_changed(session)
+    return next(e for e in list_entitlements(session, tenant_id) if e.alias == alias)
+
+
+def revoke_entitlement(session: Session, tenant_id: uuid.UUID, alias: str) -> None:
+    tenant_row(session, Principal.system(), tenant_id)
+    entitlements = EntitlementRepository(session, tenant_id)
+    found = entitlements.get(alias)
+    if found is None:
+        raise NotFound(f"tenant is not entitled to {alias!r}", param="alias")
+    entitlements.delete(found)
+    session.flush()
+    mark_config_changed(session)
+
+
+def set_entitlements(
+    session: Session, tenant_id: uuid.UUID, aliases: Iterable[str]
+) -> tuple[list[str], list[str]]:
+    """Make ``aliases`` exactly the tenant's entitlements; returns (granted, revoked)."""
+    wanted = set(aliases)
+    entitlements = EntitlementRepository(session, tenant_id)
+    current = {a.alias: e for e, a, _m in entitlements.all()}
+    granted = sorted(wanted - current.keys())
+    revoked = sorted(current.keys() - wanted)
+    models = ModelRepository(session)
+    for alias in granted:
+        row = models.alias(alias)
+        if row is None:
+            raise InvalidRequest(f"unknown alias {alias!r}", param="models")
+        entitlements.add(row)
+    for alias in revoked:
+        entitlements.delete(current[alias])
+    if granted or revoked:
+        session.flush()
+        mark_config_changed(session)
+    return granted, revoked
+
+
+def available_models(
+    session: Session, principal: Principal, tenant_id: uuid.UUID | None = None
+) -> list[AvailableModel]:
+    """Aliases the caller's tenants may use (every alias for a platform admin).
+
+    ``tenant_id`` narrows the answer to one of the caller's tenants.
+    """
+    visible = principal.visible_tenants()
+    if tenant_id is not None:
+        principal.require_member(tenant_id)
+        visible = frozenset({tenant_id})
+    tenants_by_alias = entitled_tenants(session, visible)
+    return [
+        AvailableModel(alias.alias, model.name, model.kind, model.context_length,
+                       sorted(tenants_by_alias.get(alias.alias, []), key=str))
+        for alias, model in ModelRepository(session).aliases_with_models()
+        if (visible is None and tenant_id is None) or alias.alias in tenants_by_alias
+    ]  # fmt: skip

@@ -1,0 +1,142 @@
+"""Statements over the catalog. Entitlements are tenant data: scoped to one tenant here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from trunkline.models import (
+    AcceleratorFlavor,
+    Endpoint,
+    Entitlement,
+    Model,
+    ModelAlias,
+    Pool,
+)
+
+
+class FlavorRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def all(self) -> Sequence[AcceleratorFlavor]:
+        statement = select(AcceleratorFlavor).order_by(AcceleratorFlavor.name)
+        return self._session.scalars(statement).all()
+
+    def by_name(self, name: str) -> AcceleratorFlavor | None:
+        statement = select(AcceleratorFlavor).where(AcceleratorFlavor.name == name)
+        return self._session.scalars(statement).one_or_none()
+
+
+class ModelRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def all(self) -> Sequence[Model]:
+        return self._session.scalars(select(Model).order_by(Model.name)).all()
+
+    def by_name(self, name: str) -> Model | None:
+        return self._session.scalars(select(Model).where(Model.name == name)).one_or_none()
+
+    def get(self, model_id: uuid.UUID) -> Model | None:
+        return self._session.get(Model, model_id)
+
+    def aliases_of(self, model_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+        found: dict[uuid.UUID, list[str]] = {m: [] for m in model_ids}
+        statement = select(ModelAlias.model_id, ModelAlias.alias).where(
+            ModelAlias.model_id.in_(list(found))
+        )
+        for model_id, alias in self._session.execute(statement):
+            found[model_id].append(alias)
+        return found
+
+    def alias(self, alias: str) -> ModelAlias | None:
+        statement = select(ModelAlias).where(ModelAlias.alias == alias)
+        return self._session.scalars(statement).one_or_none()
+
+    def aliases_with_models(self) -> Sequence[tuple[ModelAlias, Model]]:
+        statement = (
+            select(ModelAlias, Model)
+            .join(Model, ModelAlias.model_id == Model.id)
+            .order_by(ModelAlias.alias)
+        )
+        return self._session.execute(statement).all()
+
+
+class PoolRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def _select(self) -> Select[Pool, Model, AcceleratorFlavor]:
+        return (
+            select(Pool, Model, AcceleratorFlavor)
+            .join(Model, Pool.model_id == Model.id)
+            .join(AcceleratorFlavor, Pool.flavor_id == AcceleratorFlavor.id)
+        )
+
+    def all(self) -> Sequence[tuple[Pool, Model, AcceleratorFlavor]]:
+        return self._session.execute(self._select().order_by(Pool.name)).all()
+
+    def by_name(self, name: str) -> tuple[Pool, Model, AcceleratorFlavor] | None:
+        statement = self._select().where(Pool.name == name)
+        return self._session.execute(statement).one_or_none()
+
+    def endpoints(self, pool_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[Endpoint]]:
+        found: dict[uuid.UUID, list[Endpoint]] = {p: [] for p in pool_ids}
+        statement = select(Endpoint).where(Endpoint.pool_id.in_(list(found))).order_by(Endpoint.url)
+        for endpoint in self._session.scalars(statement):
+            found[endpoint.pool_id].append(endpoint)
+        return found
+
+
+class EntitlementRepository:
+    def __init__(self, session: Session, tenant_id: uuid.UUID) -> None:
+        self._session = session
+        self._tenant_id = tenant_id
+
+    def _select(self) -> Select[Entitlement, ModelAlias, Model]:
+        return (
+            select(Entitlement, ModelAlias, Model)
+            .join(ModelAlias, Entitlement.alias_id == ModelAlias.id)
+            .join(Model, ModelAlias.model_id == Model.id)
+            .where(Entitlement.tenant_id == self._tenant_id)
+        )
+
+    def all(self) -> Sequence[tuple[Entitlement, ModelAlias, Model]]:
+        return self._session.execute(self._select().order_by(ModelAlias.alias)).all()
+
+    def aliases(self) -> set[str]:
+        return {alias.alias for _e, alias, _m in self.all()}
+
+    def get(self, alias: str) -> Entitlement | None:
+        statement = self._select().where(ModelAlias.alias == alias)
+        row = self._session.execute(statement).one_or_none()
+        return None if row is None else row[0]
+
+    def add(self, alias: ModelAlias) -> Entitlement:
+        entitlement = Entitlement(tenant_id=self._tenant_id, alias_id=alias.id)
+        self._session.add(entitlement)
+        return entitlement
+
+    def delete(self, entitlement: Entitlement) -> None:
+        if entitlement.tenant_id != self._tenant_id:
+            raise ValueError("entitlement of another tenant")
+        self._session.delete(entitlement)
+
+
+def entitled_tenants(
+    session: Session, tenant_ids: frozenset[uuid.UUID] | None
+) -> dict[str, list[uuid.UUID]]:
+    """Alias → the given tenants entitled to it (``None``: every tenant)."""
+    statement = select(ModelAlias.alias, Entitlement.tenant_id).join(
+        Entitlement, Entitlement.alias_id == ModelAlias.id
+    )
+    if tenant_ids is not None:
+        statement = statement.where(Entitlement.tenant_id.in_(tenant_ids))
+    found: dict[str, list[uuid.UUID]] = {}
+    for alias, tenant_id in session.execute(statement):
+        found.setdefault(alias, []).append(tenant_id)
+    return found

@@ -1,0 +1,267 @@
+"""Catalog operations shared by the admin API, the manifests and the embedded launcher.
+
+Every mutation marks the unit of work so the composition root republishes the
+gateway snapshot after commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+from sqlalchemy.orm import Session
+
+from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.models import AcceleratorFlavor, Endpoint, ModelAlias
+from trunkline.models import Model as ModelRow
+from trunkline.models import Pool as PoolRow
+from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
+from trunkline.pools.schemas import Endpoint as EndpointView
+from trunkline.pools.schemas import (
+    Flavor,
+    FlavorCreate,
+    FlavorUpdate,
+    Model,
+    ModelCreate,
+    ModelUpdate,
+    Pool,
+    PoolCreate,
+    PoolUpdate,
+    money,
+)
+from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
+from trunkline.tenancy.schemas import given
+
+# --- flavors ----------------------------------------------------------------------------------
+
+
+def list_flavors(session: Session) -> list[Flavor]:
+    return [Flavor.of(f) for f in FlavorRepository(session).all()]
+
+
+def create_flavor(session: Session, data: FlavorCreate) -> Flavor:
+    if FlavorRepository(session).by_name(data.name) is not None:
+        raise Conflict(f"flavor {data.name!r} already exists", param="name")
+    flavor = AcceleratorFlavor(
+        name=data.name,
+        vendor=data.vendor,
+        memory_gb=data.memory_gb,
+        cost_per_hour=money(data.cost_per_hour),
+    )
+    session.add(flavor)
+    flush_or_conflict(session, f"flavor {data.name!r} already exists")
+    mark_config_changed(session)
+    return Flavor.of(flavor)
+
+
+def update_flavor(session: Session, name: str, data: FlavorUpdate) -> Flavor:
+    flavor = flavor_row(session, name)
+    values = given(data)
+    if "cost_per_hour" in values:
+        values["cost_per_hour"] = money(values["cost_per_hour"])
+    if assign(flavor, values):
+        mark_config_changed(session)
+    return Flavor.of(flavor)
+
+
+def delete_flavor(session: Session, name: str) -> None:
+    session.delete(flavor_row(session, name))
+    flush_or_conflict(session, f"flavor {name!r} is used by a pool")
+    mark_config_changed(session)
+
+
+def flavor_row(session: Session, name: str, *, param: str | None = None) -> AcceleratorFlavor:
+    flavor = FlavorRepository(session).by_name(name)
+    if flavor is None:
+        _missing("flavor", name, param)
+    return flavor
+
+
+# --- models and aliases -----------------------------------------------------------------------
+
+
+def list_models(session: Session) -> list[Model]:
+    rows = ModelRepository(session).all()
+    aliases = ModelRepository(session).aliases_of(m.id for m in rows)
+    return [Model.of(m, aliases[m.id]) for m in rows]
+
+
+def get_model(session: Session, name: str) -> Model:
+    return _model_view(session, model_row(session, name))
+
+
+def create_model(session: Session, data: ModelCreate) -> Model:
+    if ModelRepository(session).by_name(data.name) is not None:
+        raise Conflict(f"model {data.name!r} already exists", param="name")
+    model = ModelRow(
+        name=data.name, kind=data.kind, context_length=data.context_length, params_b=data.params_b
+    )
+    session.add(model)
+    flush_or_conflict(session, f"model {data.name!r} already exists")
+    for alias in data.aliases:
+        _add_alias(session, model, alias)
+    mark_config_changed(session)
+    return _model_view(session, model)
+
+
+def update_model(session: Session, name: str, data: ModelUpdate) -> Model:
+    model = model_row(session, name)
+    if assign(model, given(data)):
+        mark_config_changed(session)
+    return _model_view(session, model)
+
+
+def delete_model(session: Session, name: str) -> None:
+    session.delete(model_row(session, name))
+    flush_or_conflict(session, f"model {name!r} is served by a pool")
+    mark_config_changed(session)
+
+
+def add_alias(session: Session, model_name: str, alias: str) -> Model:
+    model = model_row(session, model_name)
+    _add_alias(session, model, alias)
+    mark_config_changed(session)
+    return _model_view(session, model)
+
+
+def remove_alias(session: Session, alias: str) -> None:
+    """Remove an alias; tenants lose their entitlement to it with it."""
+    row = ModelRepository(session).alias(alias)
+    if row is None:
+        raise NotFound(f"alias {alias!r} not found", param="alias")
+    session.delete(row)
+    session.flush()
+    mark_config_changed(session)
+
+
+def _add_alias(session: Session, model: ModelRow, alias: str) -> ModelAlias:
+    if ModelRepository(session).alias(alias) is not None:
+        raise Conflict(f"alias {alias!r} already exists", param="aliases")
+    row = ModelAlias(alias=alias, model_id=model.id)
+    session.add(row)
+    flush_or_conflict(session, f"alias {alias!r} already exists")
+    return row
+
+
+def model_row(session: Session, name: str, *, param: str | None = None) -> ModelRow:
+    model = ModelRepository(session).by_name(name)
+    if model is None:
+        _missing("model", name, param)
+    return model
+
+
+def _model_view(session: Session, model: ModelRow) -> Model:
+    return Model.of(model, ModelRepository(session).aliases_of([model.id])[model.id])
+
+
+# --- pools and endpoints ----------------------------------------------------------------------
+
+
+def list_pools(session: Session) -> list[Pool]:
+    rows = PoolRepository(session).all()
+    endpoints = PoolRepository(session).endpoints(p.id for p, _m, _f in rows)
+    return [_pool_view(p, m, f, endpoints[p.id]) for p, m, f in rows]
+
+
+def get_pool(session: Session, name: str) -> Pool:
+    pool, model, flavor = pool_rows(session, name)
+    return _pool_view(pool, model, flavor, PoolRepository(session).endpoints([pool.id])[pool.id])
+
+
+def create_pool(session: Session, data: PoolCreate) -> Pool:
+    if PoolRepository(session).by_name(data.name) is not None:
+        raise Conflict(f"pool {data.name!r} already exists", param="name")
+    session.add(
+        PoolRow(
+            name=data.name,
+            model_id=model_row(session, data.model, param="model").id,
+            flavor_id=flavor_row(session, data.flavor, param="flavor").id,
+            region=data.region,
+            burst=data.burst,
+            block_size=data.block_size,
+        )
+    )
+    flush_or_conflict(session, f"pool {data.name!r} already exists")
+    mark_config_changed(session)
+    return get_pool(session, data.name)
+
+
+def update_pool(session: Session, name: str, data: PoolUpdate) -> Pool:
+    pool, _model, _flavor = pool_rows(session, name)
+    values = given(data)
+    if "model" in values:
+        values["model_id"] = model_row(session, values.pop("model"), param="model").id
+    if "flavor" in values:
+        values["flavor_id"] = flavor_row(session, values.pop("flavor"), param="flavor").id
+    if assign(pool, values):
+        session.flush()
+        mark_config_changed(session)
+    return get_pool(session, name)
+
+
+def delete_pool(session: Session, name: str) -> None:
+    pool, _model, _flavor = pool_rows(session, name)
+    session.delete(pool)
+    session.flush()
+    mark_config_changed(session)
+
+
+def set_pool_endpoints(session: Session, pool_name: str, urls: Sequence[str]) -> Pool:
+    """Make ``urls`` the pool's complete, enabled endpoint list.
+
+    Endpoints already listed keep their ids, so gateways keep their per-endpoint
+    state; the snapshot is republished after commit only when something changed.
+    """
+    pool, _model, _flavor = pool_rows(session, pool_name)
+    replace_endpoints(session, pool, urls)
+    return get_pool(session, pool_name)
+
+
+def replace_endpoints(session: Session, pool: PoolRow, urls: Sequence[str]) -> list[str]:
+    """Replace a pool's endpoints; returns what changed (``+url`` / ``-url``), empty if nothing."""
+    wanted = list(dict.fromkeys(urls))
+    current = {e.url: e for e in PoolRepository(session).endpoints([pool.id])[pool.id]}
+    changes = []
+    for url, endpoint in current.items():
+        if url not in wanted:
+            session.delete(endpoint)
+            changes.append(f"-{url}")
+        elif not endpoint.enabled:
+            endpoint.enabled = True
+            changes.append(f"+{url}")
+    for url in wanted:
+        if url not in current:
+            session.add(Endpoint(pool_id=pool.id, url=url, enabled=True))
+            changes.append(f"+{url}")
+    if changes:
+        flush_or_conflict(session, f"pool {pool.name!r} lists an endpoint twice")
+        mark_config_changed(session)
+    return changes
+
+
+def pool_rows(session: Session, name: str) -> tuple[PoolRow, ModelRow, AcceleratorFlavor]:
+    found = PoolRepository(session).by_name(name)
+    if found is None:
+        _missing("pool", name, None)
+    return found
+
+
+def _pool_view(
+    pool: PoolRow, model: ModelRow, flavor: AcceleratorFlavor, endpoints: list[Endpoint]
+) -> Pool:
+    return Pool(
+        pool.id,
+        pool.name,
+        model.name,
+        flavor.name,
+        pool.region,
+        pool.burst,
+        pool.block_size,
+        [EndpointView(e.id, e.url, e.enabled) for e in endpoints],
+    )
+
+
+def _missing(what: str, name: str, param: str | None) -> NoReturn:
+    if param is not None:
+        raise InvalidRequest(f"unknown {what} {name!r}", param=param)
+    raise NotFound(f"{what} {name!r} not found", param="name")

@@ -1,0 +1,97 @@
+"""Typed settings, read once in a composition root (``apps/``, ``cli/``) and passed in.
+
+Environment variables use the prefix ``TRUNKLINE_`` and ``__`` between nested
+groups, e.g. ``TRUNKLINE_DATABASE__URL`` or ``TRUNKLINE_SECURITY__KEY_HASH_SECRET``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trunkline.errors import ConfigurationError
+
+MIN_SECRET_LENGTH = 32
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "sqlite:///.trunkline/trunkline.db"
+    echo: bool = False
+
+
+class RedisSettings(BaseModel):
+    url: str | None = None
+    """``redis://…``; unset means in-memory stores (embedded mode only)."""
+    key_prefix: str = "trunkline"
+
+
+class SecuritySettings(BaseModel):
+    key_hash_secret: SecretStr | None = None
+    """HMAC secret for API keys and access tokens; required in production."""
+    dev_login: bool = True
+    """Local development login without an identity provider; refused in production."""
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 4 * 1024 * 1024
+    connect_timeout_s: float = 2.0
+    read_timeout_s: float = 300.0
+    snapshot_poll_s: float = 0.5
+    max_connections: int = 1000
+
+
+class ControlPlaneSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8081
+    public_gateway_url: str = "http://127.0.0.1:8080/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRUNKLINE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    environment: Literal["development", "production"] = "development"
+    state_dir: Path = Path(".trunkline")
+    log_level: str = "INFO"
+    log_json: bool = False
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    controlplane: ControlPlaneSettings = Field(default_factory=ControlPlaneSettings)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    def check_production(self) -> None:
+        """Refuse to start production with development shortcuts."""
+        if not self.is_production:
+            return
+        problems = []
+        secret = self.security.key_hash_secret
+        if secret is None or len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"TRUNKLINE_SECURITY__KEY_HASH_SECRET must be set to at least "
+                f"{MIN_SECRET_LENGTH} characters"
+            )
+        if self.security.dev_login:
+            problems.append("the development login must be off (TRUNKLINE_SECURITY__DEV_LOGIN=false)")
+        if self.database.url.startswith("sqlite"):
+            problems.append("TRUNKLINE_DATABASE__URL must point at PostgreSQL, not SQLite")
+        if not self.redis.url:
+            problems.append("TRUNKLINE_REDIS__URL must be set (in-memory stores are for one process)")
+        if problems:
+            raise ConfigurationError("production settings refused: " + "; ".join(problems))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; keyword overrides win (used by the CLI)."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,41 @@
+"""The versioned configuration snapshot the control plane publishes and gateways serve from.
+
+The gateway's hot path reads only this snapshot (never the database): tenants,
+key hashes, tiers, entitlements, aliases, pools and endpoints.
+"""
+
+from trunkline.snapshot.schemas import (
+    AliasEntry,
+    EndpointEntry,
+    KeyEntry,
+    PoolEntry,
+    Snapshot,
+    TenantEntry,
+    TierEntry,
+    decode_snapshot,
+    encode_snapshot,
+)
+from trunkline.snapshot.store import (
+    InMemorySnapshotStore,
+    RedisSnapshotPublisher,
+    RedisSnapshotSource,
+    SnapshotPublisher,
+    SnapshotSource,
+)
+
+__all__ = [
+    "AliasEntry",
+    "EndpointEntry",
+    "InMemorySnapshotStore",
+    "KeyEntry",
+    "PoolEntry",
+    "RedisSnapshotPublisher",
+    "RedisSnapshotSource",
+    "Snapshot",
+    "SnapshotPublisher",
+    "SnapshotSource",
+    "TenantEntry",
+    "TierEntry",
+    "decode_snapshot",
+    "encode_snapshot",
+]

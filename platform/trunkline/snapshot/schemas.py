@@ -1,0 +1,80 @@
+"""Wire schema of the gateway snapshot (msgspec, encoded as msgpack)."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class TierEntry(msgspec.Struct, frozen=True):
+    name: str
+    priority: int
+    ttft_slo_ms: int
+    itl_slo_ms: int | None
+    may_use_burst: bool
+
+
+class TenantEntry(msgspec.Struct, frozen=True):
+    id: str
+    slug: str
+    tier: str
+    regions: tuple[str, ...]
+    aliases: frozenset[str]
+
+
+class KeyEntry(msgspec.Struct, frozen=True):
+    key_id: str
+    secret_hash: str
+    tenant_id: str
+    project_id: str
+    allowed_aliases: frozenset[str] | None
+    tier: str | None
+    expires_at: float | None
+    """Seconds since the epoch; checked per request so expiry needs no republish."""
+
+
+class EndpointEntry(msgspec.Struct, frozen=True):
+    id: str
+    url: str
+
+
+class PoolEntry(msgspec.Struct, frozen=True):
+    name: str
+    model: str
+    accelerator: str
+    region: str
+    burst: bool
+    block_size: int
+    endpoints: tuple[EndpointEntry, ...]
+
+
+class AliasEntry(msgspec.Struct, frozen=True):
+    alias: str
+    model: str
+    kind: str
+    pools: tuple[str, ...]
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    version: int
+    published_at: float
+    tiers: dict[str, TierEntry]
+    tenants: dict[str, TenantEntry]
+    keys: dict[str, KeyEntry]
+    aliases: dict[str, AliasEntry]
+    pools: dict[str, PoolEntry]
+
+    @classmethod
+    def empty(cls) -> Snapshot:
+        return cls(version=0, published_at=0.0, tiers={}, tenants={}, keys={}, aliases={}, pools={})
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    return _encoder.encode(snapshot)
+
+
+def decode_snapshot(blob: bytes) -> Snapshot:
+    return _decoder.decode(blob)

@@ -1,0 +1,99 @@
+"""Where snapshots live between the control plane and the gateways.
+
+Publishing is synchronous (the control plane's services run in threads);
+reading is asynchronous (the gateway polls the version on its event loop and
+fetches the blob only when it changed). Redis keeps ``<prefix>:snapshot`` and
+``<prefix>:snapshot:version`` in one MULTI so readers never see a torn pair.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import redis
+import redis.asyncio as aioredis
+
+
+class SnapshotPublisher(Protocol):
+    def next_version(self) -> int: ...
+    def publish(self, version: int, blob: bytes) -> None: ...
+
+
+class SnapshotSource(Protocol):
+    async def version(self) -> int | None: ...
+    async def load(self) -> tuple[int, bytes] | None: ...
+
+
+class InMemorySnapshotStore:
+    """Both ends in one process (embedded mode and unit tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._current: tuple[int, bytes] | None = None
+
+    def next_version(self) -> int:
+        with self._lock:
+            self._counter += 1
+            return self._counter
+
+    def publish(self, version: int, blob: bytes) -> None:
+        with self._lock:
+            if self._current is None or version > self._current[0]:
+                self._current = (version, blob)
+
+    async def version(self) -> int | None:
+        current = self._current
+        return None if current is None else current[0]
+
+    async def load(self) -> tuple[int, bytes] | None:
+        return self._current
+
+
+# Publish only when newer than what is stored, atomically: two control-plane
+# replicas publishing at once can never move the version backwards.
+_PUBLISH_LUA = """
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class RedisSnapshotPublisher:
+    def __init__(self, client: redis.Redis, prefix: str = "trunkline") -> None:
+        self._client = client
+        self._blob_key = f"{prefix}:snapshot"
+        self._version_key = f"{prefix}:snapshot:version"
+        self._counter_key = f"{prefix}:snapshot:counter"
+        self._script = client.register_script(_PUBLISH_LUA)
+
+    def next_version(self) -> int:
+        return int(self._client.incr(self._counter_key))
+
+    def publish(self, version: int, blob: bytes) -> None:
+        self._script(keys=[self._blob_key, self._version_key], args=[version, blob])
+
+
+class RedisSnapshotSource:
+    def __init__(self, client: aioredis.Redis, prefix: str = "trunkline") -> None:
+        self._client = client
+        self._blob_key = f"{prefix}:snapshot"
+        self._version_key = f"{prefix}:snapshot:version"
+
+    async def version(self) -> int | None:
+        raw = await self._client.get(self._version_key)
+        return None if raw is None else int(raw)
+
+    async def load(self) -> tuple[int, bytes] | None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._version_key)
+            pipe.get(self._blob_key)
+            version, blob = await pipe.execute()
+        if version is None or blob is None:
+            return None
+        return int(version), bytes(blob)

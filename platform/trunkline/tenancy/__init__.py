@@ -1,0 +1,1 @@
+"""Tenancy: tiers, tenants, members and projects, plus tenants-as-code manifests."""

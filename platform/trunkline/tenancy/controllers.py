@@ -1,0 +1,171 @@
+"""HTTP endpoints of tiers, tenants, members and projects."""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import Controller, delete, get, patch, post
+from litestar.params import FromPath, JSONBody
+
+from trunkline.auth.guards import authenticated, platform_admin, tenant_admin, tenant_member
+from trunkline.auth.params import Caller, DbSession, TenantId
+from trunkline.tenancy import service
+from trunkline.tenancy.schemas import (
+    Member,
+    MemberAdd,
+    MemberUpdate,
+    Project,
+    ProjectCreate,
+    Tenant,
+    TenantCreate,
+    TenantUpdate,
+    Tier,
+    TierCreate,
+    TierUpdate,
+)
+
+TENANT_PATH = "/api/v1/tenants/{tenant_id:uuid}"
+
+
+class TierController(Controller):
+    path = "/api/v1/tiers"
+    tags = ["tiers"]
+
+    @get("/", guards=[authenticated], sync_to_thread=True)
+    def list_tiers(self, db_session: DbSession) -> list[Tier]:
+        """Every tier, highest priority first. Role: any authenticated caller."""
+        return service.list_tiers(db_session)
+
+    @get("/{name:str}", guards=[authenticated], sync_to_thread=True)
+    def get_tier(self, db_session: DbSession, name: FromPath[str]) -> Tier:
+        """Role: any authenticated caller."""
+        return service.get_tier(db_session, name)
+
+    @post("/", guards=[platform_admin], sync_to_thread=True)
+    def create_tier(self, db_session: DbSession, data: JSONBody[TierCreate]) -> Tier:
+        """Role: platform admin."""
+        return service.create_tier(db_session, data)
+
+    @patch("/{name:str}", guards=[platform_admin], sync_to_thread=True)
+    def update_tier(
+        self, db_session: DbSession, name: FromPath[str], data: JSONBody[TierUpdate]
+    ) -> Tier:
+        """Role: platform admin."""
+        return service.update_tier(db_session, name, data)
+
+
+class TenantController(Controller):
+    path = "/api/v1/tenants"
+    tags = ["tenants"]
+
+    @get("/", guards=[authenticated], sync_to_thread=True)
+    def list_tenants(self, db_session: DbSession, principal: Caller) -> list[Tenant]:
+        """All tenants for a platform admin, the caller's own tenants otherwise."""
+        return service.list_tenants(db_session, principal)
+
+    @post("/", guards=[platform_admin], sync_to_thread=True)
+    def create_tenant(self, db_session: DbSession, data: JSONBody[TenantCreate]) -> Tenant:
+        """Role: platform admin."""
+        return service.create_tenant(db_session, data)
+
+    @get("/{tenant_id:uuid}", guards=[tenant_member], sync_to_thread=True)
+    def get_tenant(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        tenant_id: TenantId,
+    ) -> Tenant:
+        """Role: member of the tenant."""
+        return service.get_tenant(db_session, principal, tenant_id)
+
+    @patch("/{tenant_id:uuid}", guards=[platform_admin], sync_to_thread=True)
+    def update_tenant(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        data: JSONBody[TenantUpdate],
+    ) -> Tenant:
+        """Rename, change tier or regions. Role: platform admin."""
+        return service.update_tenant(db_session, tenant_id, data)
+
+
+class MemberController(Controller):
+    path = TENANT_PATH + "/members"
+    tags = ["members"]
+    guards = [tenant_admin]
+
+    @get("/", sync_to_thread=True)
+    def list_members(self, db_session: DbSession, tenant_id: TenantId) -> list[Member]:
+        """Role: tenant admin."""
+        return service.list_members(db_session, tenant_id)
+
+    @post("/", sync_to_thread=True)
+    def add_member(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        data: JSONBody[MemberAdd],
+    ) -> Member:
+        """Add a user by e-mail (created on first sight). Role: tenant admin."""
+        return service.add_member(db_session, tenant_id, data)
+
+    @patch("/{user_id:uuid}", sync_to_thread=True)
+    def update_member(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[MemberUpdate],
+    ) -> Member:
+        """Change a member's role. Role: tenant admin."""
+        return service.update_member(db_session, tenant_id, user_id, data)
+
+    @delete("/{user_id:uuid}", sync_to_thread=True)
+    def remove_member(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        user_id: FromPath[uuid.UUID],
+    ) -> None:
+        """Role: tenant admin."""
+        service.remove_member(db_session, tenant_id, user_id)
+
+
+class ProjectController(Controller):
+    path = TENANT_PATH + "/projects"
+    tags = ["projects"]
+
+    @get("/", guards=[tenant_member], sync_to_thread=True)
+    def list_projects(self, db_session: DbSession, tenant_id: TenantId) -> list[Project]:
+        """Role: member of the tenant."""
+        return service.list_projects(db_session, tenant_id)
+
+    @get("/{project_id:uuid}", guards=[tenant_member], sync_to_thread=True)
+    def get_project(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        project_id: FromPath[uuid.UUID],
+    ) -> Project:
+        """Role: member of the tenant."""
+        return service.get_project(db_session, tenant_id, project_id)
+
+    @post("/", guards=[tenant_admin], sync_to_thread=True)
+    def create_project(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        data: JSONBody[ProjectCreate],
+    ) -> Project:
+        """Role: tenant admin."""
+        return service.create_project(db_session, tenant_id, data)
+
+    @delete("/{project_id:uuid}", guards=[tenant_admin], sync_to_thread=True)
+    def delete_project(
+        self,
+        db_session: DbSession,
+        tenant_id: TenantId,
+        project_id: FromPath[uuid.UUID],
+    ) -> None:
+        """Delete the project and its API keys. Role: tenant admin."""
+        service.delete_project(db_session, tenant_id, project_id)

@@ -1,0 +1,238 @@
+"""Apply manifests to the database: create what is missing, update what differs, say what changed.
+
+Applying the same manifests twice changes nothing the second time, and reports so. Objects
+the manifests do not mention are left alone, with one exception: a tenant's ``models`` is its
+complete entitlement list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.auth.service import ensure_user
+from trunkline.errors import InvalidRequest
+from trunkline.kit.db import transaction
+from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tenant, Tier
+from trunkline.pools.entitlements import set_entitlements
+from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
+from trunkline.pools.schemas import money
+from trunkline.pools.service import flavor_row, model_row, replace_endpoints
+from trunkline.tenancy.changes import assign
+from trunkline.tenancy.manifests.documents import Manifests
+from trunkline.tenancy.manifests.loader import load_manifests
+from trunkline.tenancy.manifests.schemas import (
+    FlavorSpec,
+    ModelSpec,
+    PoolSpec,
+    TenantSpec,
+    TierSpec,
+)
+from trunkline.tenancy.repository import (
+    MembershipRepository,
+    ProjectRepository,
+    TenantRepository,
+    TierRepository,
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str
+    name: str
+    action: str
+    """``created`` or ``updated``."""
+    details: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        text = f"{self.kind} {self.name} {self.action}"
+        return text + (": " + "; ".join(self.details) if self.details else "")
+
+
+@dataclass
+class ApplyReport:
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def lines(self) -> list[str]:
+        return [str(c) for c in self.changes] or ["no changes"]
+
+
+def apply_manifests(
+    session_factory: sessionmaker[Session],
+    path: str | Path | Manifests,
+    *,
+    publish: Callable[[], None] | None = None,
+) -> ApplyReport:
+    """Validate (``ManifestError`` on any issue), apply in one transaction, then publish the
+    gateway snapshot through ``publish`` if, and only if, something changed."""
+    manifests = path if isinstance(path, Manifests) else load_manifests(path)
+    with transaction(session_factory) as session:
+        report = apply_to_session(session, manifests)
+    if report.changed and publish is not None:
+        publish()
+    return report
+
+
+def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
+    report = ApplyReport()
+    for tier in manifests.tiers:
+        _tier(session, tier, report)
+    for flavor in manifests.flavors:
+        _flavor(session, flavor, report)
+    for model in manifests.models:
+        _model(session, model, report)
+    for pool in manifests.pools:
+        _pool(session, pool, report)
+    for tenant in manifests.tenants:
+        _tenant(session, tenant, report)
+    return report
+
+
+def _upsert(
+    session: Session,
+    report: ApplyReport,
+    kind: str,
+    name: str,
+    row: Any | None,
+    create: Callable[[], Any],
+    values: Mapping[str, Any],
+) -> tuple[Any, list[str]]:
+    """Create ``row`` or update its ``values``; returns the row and the details logged so far."""
+    details: list[str] = []
+    if row is None:
+        row = create()
+        session.add(row)
+        session.flush()
+        report.changes.append(Change(kind, name, "created"))
+    elif diff := assign(row, values):
+        details += [f"{key} {old!r} -> {new!r}" for key, (old, new) in diff.items()]
+    return row, details
+
+
+def _record(report: ApplyReport, kind: str, name: str, details: list[str]) -> None:
+    """Attach details to the ``created`` change of this object, or log an ``updated`` one."""
+    if not details:
+        return
+    for index, change in enumerate(report.changes):
+        if (change.kind, change.name, change.action) == (kind, name, "created"):
+            report.changes[index] = Change(kind, name, "created", (*change.details, *details))
+            return
+    report.changes.append(Change(kind, name, "updated", tuple(details)))
+
+
+def _tier(session: Session, spec: TierSpec, report: ApplyReport) -> None:
+    values = {
+        "description": spec.description,
+        "priority": spec.priority,
+        "ttft_slo_ms": spec.ttft_slo_ms,
+        "itl_slo_ms": spec.itl_slo_ms,
+        "may_use_burst": spec.may_use_burst,
+    }
+    row = TierRepository(session).by_name(spec.name)
+    _row, details = _upsert(
+        session, report, "Tier", spec.name, row, lambda: Tier(name=spec.name, **values), values
+    )
+    _record(report, "Tier", spec.name, details)
+
+
+def _flavor(session: Session, spec: FlavorSpec, report: ApplyReport) -> None:
+    values = {
+        "vendor": spec.vendor,
+        "memory_gb": spec.memory_gb,
+        "cost_per_hour": money(spec.cost_per_hour),
+    }
+    row = FlavorRepository(session).by_name(spec.name)
+    create = lambda: AcceleratorFlavor(name=spec.name, **values)  # noqa: E731
+    _row, details = _upsert(session, report, "Flavor", spec.name, row, create, values)
+    _record(report, "Flavor", spec.name, details)
+
+
+def _model(session: Session, spec: ModelSpec, report: ApplyReport) -> None:
+    values = {"kind": spec.type, "context_length": spec.context_length, "params_b": spec.params_b}
+    models = ModelRepository(session)
+    create = lambda: Model(name=spec.name, **values)  # noqa: E731
+    model, details = _upsert(
+        session, report, "Model", spec.name, models.by_name(spec.name), create, values
+    )
+    for alias in spec.aliases:
+        row = models.alias(alias)
+        if row is None:
+            session.add(ModelAlias(alias=alias, model_id=model.id))
+            details.append(f"+alias {alias}")
+        elif row.model_id != model.id:
+            row.model_id = model.id
+            details.append(f"alias {alias} moved here")
+    session.flush()
+    _record(report, "Model", spec.name, details)
+
+
+def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
+    model = model_row(session, spec.model, param="model")
+    flavor = flavor_row(session, spec.flavor, param="flavor")
+    values = {
+        "model_id": model.id,
+        "flavor_id": flavor.id,
+        "region": spec.region,
+        "burst": spec.burst,
+        "block_size": spec.block_size,
+    }
+    found = PoolRepository(session).by_name(spec.name)
+    create = lambda: Pool(name=spec.name, **values)  # noqa: E731
+    pool, details = _upsert(
+        session, report, "Pool", spec.name, None if found is None else found[0], create, values
+    )
+    if spec.endpoints is not None:
+        details += replace_endpoints(session, pool, spec.endpoints)
+    _record(report, "Pool", spec.name, details)
+
+
+def _tenant(session: Session, spec: TenantSpec, report: ApplyReport) -> None:
+    tier = TierRepository(session).by_name(spec.tier)
+    if tier is None:  # load_manifests checks this; a hand-built Manifests may not
+        raise InvalidRequest(f"unknown tier {spec.tier!r}", param="tier")
+    values = {"name": spec.name, "regions": list(spec.regions)}
+    row = TenantRepository(session).by_slug(spec.slug)
+    create = lambda: Tenant(slug=spec.slug, tier=tier, **values)  # noqa: E731
+    tenant, details = _upsert(session, report, "Tenant", spec.slug, row, create, values)
+    if tenant.tier_id != tier.id:
+        details.append(f"tier {tenant.tier.name} -> {tier.name}")
+        tenant.tier = tier
+    granted, revoked = set_entitlements(session, tenant.id, spec.models)
+    details += [f"+model {a}" for a in granted] + [f"-model {a}" for a in revoked]
+    details += _projects(session, tenant, spec) + _members(session, tenant, spec)
+    session.flush()
+    _record(report, "Tenant", spec.slug, details)
+
+
+def _projects(session: Session, tenant: Tenant, spec: TenantSpec) -> list[str]:
+    projects, details = ProjectRepository(session, tenant.id), []
+    for project in spec.projects:
+        row = projects.by_name(project.name)
+        if row is None:
+            projects.add(project.name, project.description)
+            details.append(f"+project {project.name}")
+        elif assign(row, {"description": project.description}):
+            details.append(f"project {project.name} description updated")
+    return details
+
+
+def _members(session: Session, tenant: Tenant, spec: TenantSpec) -> list[str]:
+    members, details = MembershipRepository(session, tenant.id), []
+    for member in spec.members:
+        user = ensure_user(session, member.email, member.name)
+        found = members.get(user.id)
+        if found is None:
+            members.add(user, member.role)
+            details.append(f"+member {user.email} ({member.role.value})")
+        elif found[0].role is not member.role:
+            details.append(f"member {user.email} {found[0].role.value} -> {member.role.value}")
+            found[0].role = member.role
+    return details

@@ -1,0 +1,82 @@
+"""Checks across documents: names defined once, references that resolve within the set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from trunkline.tenancy.manifests.documents import Located, ManifestIssue, Manifests
+from trunkline.tenancy.manifests.schemas import ModelSpec, PoolSpec, TenantSpec, spec_name
+
+
+def check_references(manifests: Manifests) -> list[ManifestIssue]:
+    """Every problem a database is not needed to find, in document order."""
+    issues = _duplicates(manifests.documents)
+    tiers = {t.name for t in manifests.tiers}
+    flavors = {f.name for f in manifests.flavors}
+    models = {m.name for m in manifests.models}
+    owners: dict[str, str] = {}
+    for doc in manifests.documents:
+        spec = doc.spec
+        if isinstance(spec, ModelSpec):
+            for index, alias in enumerate(spec.aliases):
+                owner = owners.setdefault(alias, spec.name)
+                if owner != spec.name:
+                    issues.append(
+                        doc.issue(("aliases", index), f"alias {alias!r} already names {owner!r}")
+                    )
+        elif isinstance(spec, PoolSpec):
+            issues += _pool(doc, spec, models, flavors)
+    for doc in manifests.documents:
+        if isinstance(doc.spec, TenantSpec):
+            issues += _tenant(doc, doc.spec, tiers, set(owners))
+    return issues
+
+
+def _duplicates(documents: Iterable[Located]) -> list[ManifestIssue]:
+    issues, first = [], dict[tuple[type, str], Located]()
+    for doc in documents:
+        key = (type(doc.spec), spec_name(doc.spec))
+        if key in first:
+            seen = first[key]
+            field = "slug" if isinstance(doc.spec, TenantSpec) else "name"
+            issues.append(
+                doc.issue((field,), f"defined twice (first at {seen.file}:{seen.line_of(())})")
+            )
+        else:
+            first[key] = doc
+    return issues
+
+
+def _pool(doc: Located, spec: PoolSpec, models: set[str], flavors: set[str]) -> list[ManifestIssue]:
+    issues = []
+    if spec.model not in models:
+        issues.append(doc.issue(("model",), f"unknown model {spec.model!r}"))
+    if spec.flavor not in flavors:
+        issues.append(doc.issue(("flavor",), f"unknown flavor {spec.flavor!r}"))
+    if spec.endpoints is not None and spec.simulated is not None:
+        issues.append(doc.issue(("simulated",), "give endpoints or simulated, not both"))
+    return issues
+
+
+def _tenant(
+    doc: Located, spec: TenantSpec, tiers: set[str], aliases: set[str]
+) -> list[ManifestIssue]:
+    issues = []
+    if spec.tier not in tiers:
+        issues.append(doc.issue(("tier",), f"unknown tier {spec.tier!r}"))
+    for index, alias in enumerate(spec.models):
+        if alias not in aliases:
+            issues.append(doc.issue(("models", index), f"unknown model alias {alias!r}"))
+    issues += _repeats(doc, "projects", [p.name for p in spec.projects], "project")
+    issues += _repeats(doc, "members", [m.email.lower() for m in spec.members], "member")
+    return issues
+
+
+def _repeats(doc: Located, field: str, values: list[str], what: str) -> list[ManifestIssue]:
+    seen: set[str] = set()
+    issues = []
+    for index, value in enumerate(values):
+        if value in seen:
+            issues.append(doc.issue((field, index), f"{what} {value!r} listed twice"))
+        seen.add(value)
+    return issues

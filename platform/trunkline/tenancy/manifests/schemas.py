@@ -1,0 +1,134 @@
+"""The schema of tenants-as-code manifests: one YAML document per object, told apart by ``kind``.
+
+``tenants/schema.json`` is generated from these structs (``trunkline tenants
+schema``); editors that read JSON schema can check manifests as they are typed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from trunkline.auth.schemas import Email, PersonName
+from trunkline.models import Role
+from trunkline.pools.schemas import Alias, BlockSize, ContextLength, ModelKind, ModelName, Money
+from trunkline.pools.schemas import ParamsB as ParamsB
+from trunkline.pools.schemas import Url as Url
+from trunkline.tenancy.schemas import (
+    Description,
+    DisplayName,
+    Millis,
+    Name,
+    Priority,
+    ProjectName,
+    Slug,
+)
+
+SimulatedProfile = Literal["h100", "a100", "l40s", "xeon"]
+
+
+class _Spec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field="kind"):
+    pass
+
+
+class TierSpec(_Spec, tag="Tier"):
+    """An SLA tier: latency objectives and priority (higher is served first)."""
+
+    name: Name
+    priority: Priority
+    ttft_slo_ms: Millis
+    itl_slo_ms: Millis | None = None
+    may_use_burst: bool = False
+    description: Description = ""
+
+
+class FlavorSpec(_Spec, tag="Flavor"):
+    """An accelerator flavor and what an hour of it costs."""
+
+    name: Name
+    vendor: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    memory_gb: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
+    cost_per_hour: Money = 0.0
+
+
+class ModelSpec(_Spec, tag="Model"):
+    """A model as engines serve it, and the public aliases clients call it by."""
+
+    name: ModelName
+    type: ModelKind = "chat"
+    """What the model serves (``kind`` names the document itself)."""
+    context_length: ContextLength = 8192
+    params_b: ParamsB | None = None
+    aliases: list[Alias] = msgspec.field(default_factory=list)
+
+
+class Simulated(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Simulated vLLM engines the embedded launcher starts for the pool."""
+
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    profile: SimulatedProfile = "h100"
+
+
+class PoolSpec(_Spec, tag="Pool"):
+    """One model deployed on one flavor in one region."""
+
+    name: Name
+    model: ModelName
+    flavor: Name
+    region: Name
+    burst: bool = False
+    block_size: BlockSize = 16
+    endpoints: list[Url] | None = None
+    """The pool's complete endpoint list; omit to leave endpoints as they are."""
+    simulated: Simulated | None = None
+
+
+class ProjectSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: ProjectName
+    description: Description = ""
+
+
+class MemberSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Email
+    role: Role
+    name: PersonName = ""
+
+
+class TenantSpec(_Spec, tag="Tenant"):
+    """A tenant. ``models`` is its complete entitlement list; projects and members are added
+    or updated, never removed (the API may have added more)."""
+
+    slug: Slug
+    name: DisplayName
+    tier: Name
+    regions: list[Name] = msgspec.field(default_factory=list)
+    models: list[Alias] = msgspec.field(default_factory=list)
+    projects: list[ProjectSpec] = msgspec.field(default_factory=list)
+    members: list[MemberSpec] = msgspec.field(default_factory=list)
+
+
+Manifest = TierSpec | FlavorSpec | ModelSpec | PoolSpec | TenantSpec
+
+SCHEMA_ID = "https://trunkline.dev/schemas/tenants-manifest.json"
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    """JSON schema of one manifest document."""
+    schema = msgspec.json.schema(Manifest)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "Trunkline tenants manifest (one YAML document)",
+        **schema,
+    }
+
+
+def manifest_json_schema_text() -> str:
+    """The exact text of ``tenants/schema.json``."""
+    return json.dumps(manifest_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def spec_name(spec: Manifest) -> str:
+    return spec.slug if isinstance(spec, TenantSpec) else spec.name

@@ -1,0 +1,213 @@
+"""Tiers, tenants, members and projects: the operations the API, CLI and manifests share.
+
+Callers have already checked the caller's role (controllers through guards);
+these functions scope every read through the repositories and mark the unit of
+work when the gateway snapshot must be republished after commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.orm import Session
+
+from trunkline.auth.principal import Principal
+from trunkline.auth.service import ensure_user
+from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.models import Membership, Role, User
+from trunkline.models import Tenant as TenantRow
+from trunkline.models import Tier as TierRow
+from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
+from trunkline.tenancy.repository import (
+    MembershipRepository,
+    ProjectRepository,
+    TenantRepository,
+    TierRepository,
+)
+from trunkline.tenancy.schemas import (
+    Member,
+    MemberAdd,
+    MemberUpdate,
+    Project,
+    ProjectCreate,
+    Tenant,
+    TenantCreate,
+    TenantUpdate,
+    Tier,
+    TierCreate,
+    TierUpdate,
+    given,
+)
+
+# --- tiers ------------------------------------------------------------------------------------
+
+
+def list_tiers(session: Session) -> list[Tier]:
+    return [Tier.of(t) for t in TierRepository(session).all()]
+
+
+def get_tier(session: Session, name: str) -> Tier:
+    return Tier.of(_tier(session, name))
+
+
+def create_tier(session: Session, data: TierCreate) -> Tier:
+    tiers = TierRepository(session)
+    if tiers.by_name(data.name) is not None:
+        raise Conflict(f"tier {data.name!r} already exists", param="name")
+    tier = tiers.add(TierRow(**{f: getattr(data, f) for f in data.__struct_fields__}))
+    flush_or_conflict(session, f"tier {data.name!r} already exists")
+    mark_config_changed(session)
+    return Tier.of(tier)
+
+
+def update_tier(session: Session, name: str, data: TierUpdate) -> Tier:
+    tier = _tier(session, name)
+    if assign(tier, given(data)):
+        mark_config_changed(session)
+    return Tier.of(tier)
+
+
+def _tier(session: Session, name: str, *, param: str | None = None) -> TierRow:
+    tier = TierRepository(session).by_name(name)
+    if tier is None:
+        if param is not None:
+            raise InvalidRequest(f"unknown tier {name!r}", param=param)
+        raise NotFound(f"tier {name!r} not found", param="name")
+    return tier
+
+
+# --- tenants ----------------------------------------------------------------------------------
+
+
+def list_tenants(session: Session, principal: Principal) -> list[Tenant]:
+    """Every tenant for a platform admin; the caller's own tenants for anyone else."""
+    return [Tenant.of(t) for t in TenantRepository(session, principal.visible_tenants()).all()]
+
+
+def get_tenant(session: Session, principal: Principal, tenant_id: uuid.UUID) -> Tenant:
+    return Tenant.of(tenant_row(session, principal, tenant_id))
+
+
+def tenant_row(session: Session, principal: Principal, tenant_id: uuid.UUID) -> TenantRow:
+    """The tenant if this caller may see it; another tenant's id reads as a missing one."""
+    tenant = TenantRepository(session, principal.visible_tenants()).get(tenant_id)
+    if tenant is None:
+        raise NotFound("tenant not found", param="tenant_id")
+    return tenant
+
+
+def tenant_by_slug(session: Session, slug: str) -> TenantRow:
+    tenant = TenantRepository(session).by_slug(slug)
+    if tenant is None:
+        raise NotFound(f"tenant {slug!r} not found", param="tenant")
+    return tenant
+
+
+def create_tenant(session: Session, data: TenantCreate) -> Tenant:
+    tenants = TenantRepository(session)
+    if tenants.by_slug(data.slug) is not None:
+        raise Conflict(f"tenant {data.slug!r} already exists", param="slug")
+    tier = _tier(session, data.tier, param="tier")
+    tenant = tenants.add(
+        TenantRow(slug=data.slug, name=data.name, tier=tier, regions=list(data.regions))
+    )
+    flush_or_conflict(session, f"tenant {data.slug!r} already exists")
+    mark_config_changed(session)
+    return Tenant.of(tenant)
+
+
+def update_tenant(session: Session, tenant_id: uuid.UUID, data: TenantUpdate) -> Tenant:
+    tenant = tenant_row(session, Principal.system(), tenant_id)
+    values = given(data)
+    if "tier" in values:
+        values["tier_id"] = _tier(session, values.pop("tier"), param="tier").id
+    if assign(tenant, values):
+        session.flush()
+        session.refresh(tenant)
+        mark_config_changed(session)
+    return Tenant.of(tenant)
+
+
+# --- members ----------------------------------------------------------------------------------
+
+
+def list_members(session: Session, tenant_id: uuid.UUID) -> list[Member]:
+    return [Member.of(m, u) for m, u in MembershipRepository(session, tenant_id).all()]
+
+
+def add_member(session: Session, tenant_id: uuid.UUID, data: MemberAdd) -> Member:
+    """Add a user (created on first sight of the e-mail) to the tenant with a role."""
+    tenant_row(session, Principal.system(), tenant_id)
+    user = ensure_user(session, data.email, data.name)
+    members = MembershipRepository(session, tenant_id)
+    if members.get(user.id) is not None:
+        raise Conflict(f"{user.email} is already a member", param="email")
+    membership = members.add(user, data.role)
+    flush_or_conflict(session, f"{user.email} is already a member")
+    return Member.of(membership, user)
+
+
+def update_member(
+    session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID, data: MemberUpdate
+) -> Member:
+    members = MembershipRepository(session, tenant_id)
+    membership, user = _member(members, user_id)
+    if membership.role is Role.TENANT_ADMIN and data.role is not Role.TENANT_ADMIN:
+        _keep_an_admin(members)
+    membership.role = data.role
+    return Member.of(membership, user)
+
+
+def remove_member(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    members = MembershipRepository(session, tenant_id)
+    membership, _user = _member(members, user_id)
+    if membership.role is Role.TENANT_ADMIN:
+        _keep_an_admin(members)
+    members.delete(membership)
+
+
+def _member(members: MembershipRepository, user_id: uuid.UUID) -> tuple[Membership, User]:
+    found = members.get(user_id)
+    if found is None:
+        raise NotFound("member not found", param="user_id")
+    return found
+
+
+def _keep_an_admin(members: MembershipRepository) -> None:
+    if members.count_admins() <= 1:
+        raise Conflict("a tenant keeps at least one tenant_admin", reason="last_tenant_admin")
+
+
+# --- projects ---------------------------------------------------------------------------------
+
+
+def list_projects(session: Session, tenant_id: uuid.UUID) -> list[Project]:
+    return [Project.of(p) for p in ProjectRepository(session, tenant_id).all()]
+
+
+def get_project(session: Session, tenant_id: uuid.UUID, project_id: uuid.UUID) -> Project:
+    project = ProjectRepository(session, tenant_id).get(project_id)
+    if project is None:
+        raise NotFound("project not found", param="project_id")
+    return Project.of(project)
+
+
+def create_project(session: Session, tenant_id: uuid.UUID, data: ProjectCreate) -> Project:
+    tenant_row(session, Principal.system(), tenant_id)
+    projects = ProjectRepository(session, tenant_id)
+    if projects.by_name(data.name) is not None:
+        raise Conflict(f"project {data.name!r} already exists", param="name")
+    project = projects.add(data.name, data.description)
+    flush_or_conflict(session, f"project {data.name!r} already exists")
+    return Project.of(project)
+
+
+def delete_project(session: Session, tenant_id: uuid.UUID, project_id: uuid.UUID) -> None:
+    """Delete a project and, through the foreign key, every API key it holds."""
+    projects = ProjectRepository(session, tenant_id)
+    project = projects.get(project_id)
+    if project is None:
+        raise NotFound("project not found", param="project_id")
+    projects.delete(project)
+    session.flush()
+    mark_config_changed(session)

@@ -1,0 +1,149 @@
+"""Helpers shared by the control-plane unit and integration tests (no fixtures here).
+
+A ``World`` is a migrated database with ``tenants/`` applied, a control-plane app
+over it, and access tokens for a platform admin and the example tenants' members.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from litestar.testing import TestClient
+from pydantic import SecretStr
+
+from trunkline.apps.runtime import Runtime, build_runtime
+from trunkline.auth.service import admin_token, ensure_user, issue_access_token
+from trunkline.kit.db import transaction
+from trunkline.kit.migrate import upgrade
+from trunkline.settings import DatabaseSettings, SecuritySettings, Settings
+from trunkline.snapshot import Snapshot, decode_snapshot
+from trunkline.tenancy.manifests import apply_manifests
+
+SERVER_SECRET = "control-plane-tests-key-hash-secret-0123456789"
+REPO = Path(__file__).resolve().parents[3]
+TENANTS_DIR = REPO / "tenants"
+PLATFORM_ADMIN = "root@platform.example"
+
+
+def make_settings(url: str, state_dir: Path, *, dev_login: bool = True) -> Settings:
+    return Settings(
+        state_dir=state_dir,
+        database=DatabaseSettings(url=url),
+        security=SecuritySettings(key_hash_secret=SecretStr(SERVER_SECRET), dev_login=dev_login),
+    )
+
+
+def make_runtime(url: str, state_dir: Path, *, dev_login: bool = True) -> Runtime:
+    """Migrate ``url`` and build a runtime with an in-memory snapshot store."""
+    upgrade(url)
+    return build_runtime(make_settings(url, state_dir, dev_login=dev_login))
+
+
+def token_for(runtime: Runtime, email: str) -> str:
+    with transaction(runtime.session_factory) as session:
+        user = ensure_user(session, email)
+        return issue_access_token(session, runtime.server_secret, user).access_token
+
+
+def snapshot(runtime: Runtime) -> Snapshot:
+    assert runtime.memory_store is not None
+    current = runtime.memory_store._current
+    assert current is not None, "nothing published yet"
+    return decode_snapshot(current[1])
+
+
+class Api:
+    """A test client speaking as one caller; every call states the status it expects."""
+
+    def __init__(self, client: TestClient[Any], token: str | None = None) -> None:
+        self.client = client
+        self.headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+
+    def call(self, method: str, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        response = self.client.request(method, path, headers=self.headers, **kwargs)
+        assert response.status_code == expect, (method, path, response.status_code, response.text)
+        if response.status_code == 204 or not response.content:
+            return None
+        if response.status_code >= 400:
+            assert response.headers["content-type"].startswith("application/problem+json")
+        return response.json()
+
+    def get(self, path: str, expect: int = 200, **kwargs: Any) -> Any:
+        return self.call("GET", path, expect, **kwargs)
+
+    def post(self, path: str, json: Any = None, expect: int = 201, **kwargs: Any) -> Any:
+        return self.call("POST", path, expect, json=json, **kwargs)
+
+    def patch(self, path: str, json: Any, expect: int = 200) -> Any:
+        return self.call("PATCH", path, expect, json=json)
+
+    def put(self, path: str, json: Any = None, expect: int = 200) -> Any:
+        return self.call("PUT", path, expect, json=json)
+
+    def delete(self, path: str, expect: int = 204) -> Any:
+        return self.call("DELETE", path, expect)
+
+
+@dataclass
+class World:
+    runtime: Runtime
+    client: TestClient[Any]
+    tokens: dict[str, str]
+    tenants: dict[str, str] = field(default_factory=dict)
+    """slug -> tenant id"""
+
+    def api(self, who: str | None) -> Api:
+        return Api(self.client, None if who is None else self.tokens[who])
+
+    @property
+    def admin(self) -> Api:
+        return self.api("root")
+
+    def tenant(self, slug: str) -> str:
+        return self.tenants[slug]
+
+    def project(self, slug: str, name: str) -> str:
+        projects = self.admin.get(f"/api/v1/tenants/{self.tenant(slug)}/projects")
+        return str(next(p["id"] for p in projects if p["name"] == name))
+
+    def user_id(self, slug: str, email: str) -> str:
+        members = self.admin.get(f"/api/v1/tenants/{self.tenant(slug)}/members")
+        return str(next(m["user_id"] for m in members if m["email"] == email))
+
+    def create_key(self, who: str, slug: str, project: str, **body: Any) -> dict[str, Any]:
+        body = {"project_id": self.project(slug, project), "name": "key", **body}
+        created: dict[str, Any] = self.api(who).post(
+            f"/api/v1/tenants/{self.tenant(slug)}/keys", body
+        )
+        return created
+
+
+MEMBERS = {
+    "acme-admin": "admin@acme.example",
+    "acme-dev": "dev@acme.example",
+    "globex-admin": "admin@globex.example",
+    "outsider": "nobody@elsewhere.example",
+}
+
+
+def build_world(runtime: Runtime, client: TestClient[Any]) -> World:
+    """Apply ``tenants/``, add a developer to globex, and mint a token per caller."""
+    apply_manifests(runtime.session_factory, TENANTS_DIR, publish=runtime.publish)
+    with transaction(runtime.session_factory) as session:
+        root = admin_token(session, runtime.server_secret, PLATFORM_ADMIN).access_token
+    tokens = {"root": root} | {who: token_for(runtime, email) for who, email in MEMBERS.items()}
+    world = World(runtime, client, tokens)
+    world.tenants = {t["slug"]: t["id"] for t in world.admin.get("/api/v1/tenants")}
+    globex = world.tenant("globex")
+    world.api("globex-admin").post(
+        f"/api/v1/tenants/{globex}/members", {"email": "dev@globex.example", "role": "developer"}
+    )
+    world.tokens["globex-dev"] = token_for(runtime, "dev@globex.example")
+    return world
+
+
+def random_id() -> str:
+    return str(uuid.uuid4())

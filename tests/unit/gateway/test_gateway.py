@@ -1,0 +1,267 @@
+"""The gateway as an OpenAI client sees it, with scripted engines behind it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.unit.gateway.conftest import TENANT_B, Harness
+from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
+
+CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def sse_data(text: str) -> list[dict]:  # type: ignore[type-arg]
+    out = []
+    for line in text.split("\n\n"):
+        if line.startswith("data: ") and line != "data: [DONE]":
+            out.append(json.loads(line[6:]))
+    return out
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str) -> dict:  # type: ignore[type-arg]
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code
+    assert error["message"]
+    return error  # type: ignore[no-any-return]
+
+
+def test_models_lists_only_what_the_key_may_use(make_gateway) -> None:
+    gw: Harness = make_gateway(chat_any)
+    key = gw.world.add_key()
+    narrow = gw.world.add_key(allowed=frozenset({"bge"}))
+    gw.world.publish()
+    _wait_for_version(gw)
+    ids = [m["id"] for m in gw.client.get("/v1/models", headers=auth(key)).json()["data"]]
+    assert ids == ["bge", "llama"]
+    ids = [m["id"] for m in gw.client.get("/v1/models", headers=auth(narrow)).json()["data"]]
+    assert ids == ["bge"]
+
+
+def _wait_for_version(gw: Harness) -> None:
+    """Force the holder to pick up what the test just published (no sleeping)."""
+    holder = gw.client.app.state.gateway.holder
+    gw.client.blocking_portal.call(holder.refresh)
+
+
+def _ready(make_gateway, handler=chat_any, **kwargs) -> tuple[Harness, str]:  # type: ignore[no-untyped-def]
+    gw: Harness = make_gateway(handler, **kwargs)
+    key = gw.world.add_key()
+    gw.world.publish()
+    _wait_for_version(gw)
+    return gw, key
+
+
+def test_chat_completion_returns_usage_and_records_one_event(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert response.status_code == 200
+    assert response.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 16
+    sent = json.loads(gw.upstream[0].content)
+    assert sent["model"] == "llama-8b-served"
+    [record] = gw.drain_usage()
+    assert (record.prompt_tokens, record.cached_tokens, record.completion_tokens) == (21, 16, 3)
+    assert record.status == 200 and record.alias == "llama" and record.tier == "gold"
+    assert record.request_id == response.headers["x-request-id"]
+    assert record.pool in {"h100-eu", "l40s-us"} and record.endpoint is not None
+
+
+def test_request_id_is_propagated_upstream_and_back(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    response = gw.client.post(
+        "/v1/chat/completions", json=CHAT, headers={**auth(key), "x-request-id": "abc-123"}
+    )
+    assert response.headers["x-request-id"] == "abc-123"
+    assert gw.upstream[0].headers["x-request-id"] == "abc-123"
+
+
+def test_stream_forces_usage_upstream_and_strips_it_for_the_client(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    response = gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth(key))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_data(response.text)
+    assert all(c["choices"] for c in chunks), "the usage-only chunk must not reach this client"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "hi there you"
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert json.loads(gw.upstream[0].content)["stream_options"] == {"include_usage": True}
+    [record] = gw.drain_usage()
+    assert (record.prompt_tokens, record.completion_tokens, record.stream) == (21, 3, True)
+    assert record.ttft_ms is not None
+
+
+def test_stream_keeps_usage_chunk_when_client_asked(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = sse_data(gw.client.post("/v1/chat/completions", json=body, headers=auth(key)).text)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 21
+
+
+def test_completions_and_embeddings(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    response = gw.client.post("/v1/completions", json={"model": "llama", "prompt": "x"}, headers=auth(key))
+    assert response.status_code == 200
+    assert gw.upstream[-1].url.path == "/v1/completions"
+    response = gw.client.post("/v1/embeddings", json={"model": "bge", "input": "x"}, headers=auth(key))
+    assert response.status_code == 200 and response.json()["data"][0]["embedding"] == [0.1, 0.2]
+    kinds = sorted(r.endpoint_kind for r in gw.drain_usage())
+    assert kinds == ["completions", "embeddings"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        (b"{not json", None, "invalid_json"),
+        (b"[1, 2]", None, "invalid_json"),
+        (b"", None, "invalid_json"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model", "missing_required_parameter"),
+        (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', "model", "invalid_type"),
+        (b'{"model": "llama"}', "messages", "missing_required_parameter"),
+        (b'{"model": "llama", "messages": "hi"}', "messages", "invalid_type"),
+        (b'{"model": "llama", "messages": [{"content": "x"}]}', "messages[0]", "invalid_type"),
+        (b'{"model": "llama", "messages": [{"role": "user"}], "max_tokens": 0}', "max_tokens", "invalid_value"),
+        (b'{"model": "llama", "messages": [{"role": "user"}], "stream": "yes"}', "stream", "invalid_type"),
+    ],
+)
+def test_bad_bodies_get_400_in_openai_shape_and_never_reach_an_engine(make_gateway, body, param, code) -> None:
+    gw, key = _ready(make_gateway)
+    response = gw.client.post(
+        "/v1/chat/completions", content=body, headers={**auth(key), "content-type": "application/json"}
+    )
+    error = assert_openai_error(response, 400, code)
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert gw.upstream == []
+
+
+def test_oversized_body_gets_413(make_gateway) -> None:
+    gw, key = _ready(make_gateway, max_body=1024)
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
+    assert_openai_error(gw.client.post("/v1/chat/completions", json=big, headers=auth(key)), 413, "request_too_large")
+    assert gw.upstream == []
+
+
+def test_unknown_model_is_404_and_unentitled_model_is_403(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=auth(key))
+    assert assert_openai_error(r, 404, "model_not_found")["param"] == "model"
+    r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": "secret-model"}, headers=auth(key))
+    assert_openai_error(r, 403, "model_not_allowed")
+    narrow = gw.world.add_key(allowed=frozenset({"bge"}))
+    gw.world.publish()
+    _wait_for_version(gw)
+    assert_openai_error(gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(narrow)), 403, "model_not_allowed")
+    r = gw.client.post("/v1/embeddings", json={"model": "llama", "input": "x"}, headers=auth(key))
+    assert_openai_error(r, 400, "model_not_supported")
+    assert gw.upstream == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "Bearer", "Basic abc", "Bearer sk-not-ours", "Bearer tlk_AAAAAAAAAAAA_" + "B" * 40],
+)
+def test_missing_or_malformed_keys_get_401(make_gateway, header) -> None:
+    gw, _key = _ready(make_gateway)
+    headers = {} if header is None else {"Authorization": header}
+    assert_openai_error(gw.client.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key")
+    assert_openai_error(gw.client.get("/v1/models", headers=headers), 401, "invalid_api_key")
+
+
+def test_tampered_secret_is_refused(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
+    assert_openai_error(gw.client.get("/v1/models", headers=auth(tampered)), 401, "invalid_api_key")
+
+
+def test_revoked_key_is_refused_after_the_next_snapshot(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    assert gw.client.get("/v1/models", headers=auth(key)).status_code == 200
+    key_id = key.split("_")[1]
+    del gw.world.keys[key_id]
+    gw.world.publish()
+    _wait_for_version(gw)
+    assert_openai_error(gw.client.get("/v1/models", headers=auth(key)), 401, "invalid_api_key")
+
+
+def test_expired_key_is_refused_without_a_new_snapshot(make_gateway) -> None:
+    gw: Harness = make_gateway(chat_any)
+    key = gw.world.add_key(expires_at=time.time() - 1)
+    gw.world.publish()
+    _wait_for_version(gw)
+    error = assert_openai_error(gw.client.get("/v1/models", headers=auth(key)), 401, "invalid_api_key")
+    assert "expired" in error["message"]
+
+
+def test_refused_connection_fails_over_to_another_endpoint(make_gateway) -> None:
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "engine-1":
+            raise httpx.ConnectError("refused", request=request)
+        return chat_any(request)
+
+    gw, key = _ready(make_gateway, flaky)
+    for _ in range(4):
+        assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+    assert all(r.endpoint != "http://engine-1" for r in gw.drain_usage())
+
+
+def test_no_engine_answering_gives_503_and_is_metered(make_gateway) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    gw, key = _ready(make_gateway, down)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert_openai_error(response, 503, "upstream_unavailable")
+    assert response.headers["retry-after"] == "1"
+    assert len(gw.upstream) == 3  # every endpoint of both pools was tried once
+    [record] = gw.drain_usage()
+    assert record.status == 503 and record.completion_tokens == 0
+
+
+def test_engine_dying_mid_stream_ends_with_an_error_event_and_usage_is_kept(make_gateway) -> None:
+    def dies(request: httpx.Request) -> httpx.Response:
+        events = sse_events("llama-8b-served", True)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Chunks(events, fail_after=3))
+
+    gw, key = _ready(make_gateway, dies)
+    response = gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth(key))
+    chunks = sse_data(response.text)
+    assert chunks[-1]["error"]["code"] == "upstream_error"
+    [record] = gw.drain_usage()
+    assert record.status == 502 and record.completion_tokens == 2
+
+
+def test_engine_error_status_passes_through(make_gateway) -> None:
+    def rejects(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "too long", "type": "BadRequestError", "param": None, "code": 400}})
+
+    gw, key = _ready(make_gateway, rejects)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert response.status_code == 400 and response.json()["error"]["message"] == "too long"
+
+
+def test_engine_5xx_becomes_502(make_gateway) -> None:
+    gw, key = _ready(make_gateway, lambda request: httpx.Response(500, text="boom"))
+    assert_openai_error(gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)), 502, "upstream_error")
+
+
+def test_residency_keeps_a_regional_tenant_in_its_region(make_gateway) -> None:
+    gw: Harness = make_gateway(chat_any)
+    key = gw.world.add_key(TENANT_B)
+    gw.world.publish()
+    _wait_for_version(gw)
+    for _ in range(6):
+        assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+    assert {r.region for r in gw.drain_usage()} == {"eu-west"}
+
+
+def test_unknown_path_is_404_in_openai_shape(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    assert_openai_error(gw.client.get("/v1/nope", headers=auth(key)), 404, "unknown_url")
