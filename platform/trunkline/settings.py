@@ -83,11 +83,15 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_LENGTH} characters"
             )
         if self.security.dev_login:
-            problems.append("the development login must be off (TRUNKLINE_SECURITY__DEV_LOGIN=false)")
+            problems.append(
+                "the development login must be off (TRUNKLINE_SECURITY__DEV_LOGIN=false)"
+            )
         if self.database.url.startswith("sqlite"):
             problems.append("TRUNKLINE_DATABASE__URL must point at PostgreSQL, not SQLite")
         if not self.redis.url:
-            problems.append("TRUNKLINE_REDIS__URL must be set (in-memory stores are for one process)")
+            problems.append(
+                "TRUNKLINE_REDIS__URL must be set (in-memory stores are for one process)"
+            )
         if problems:
             raise ConfigurationError("production settings refused: " + "; ".join(problems))
 

@@ -46,7 +46,11 @@ class DemoKey:
 
 
 async def run_embedded(
-    settings: Settings, tenants_dir: Path, *, time_scale: float = 1.0, ready: asyncio.Event | None = None
+    settings: Settings,
+    tenants_dir: Path,
+    *,
+    time_scale: float = 1.0,
+    ready: asyncio.Event | None = None,
 ) -> None:
     runtime = build_runtime(settings)
     try:
@@ -78,7 +82,11 @@ async def _run(
             settings=settings.gateway,
         )
         servers = [
-            serving.server(create_controlplane_app(runtime), settings.controlplane.host, settings.controlplane.port),
+            serving.server(
+                create_controlplane_app(runtime),
+                settings.controlplane.host,
+                settings.controlplane.port,
+            ),
             serving.server(gateway, settings.gateway.host, settings.gateway.port),
         ]
         tasks = [asyncio.create_task(s.serve()) for s in servers]
@@ -112,7 +120,9 @@ def _engine_specs(manifests: Manifests, time_scale: float) -> list[EngineSpec]:
         if pool.simulated is None:
             continue
         for replica in range(pool.simulated.replicas):
-            specs.append(EngineSpec(pool.model, pool.simulated.profile, seed=replica, time_scale=time_scale))
+            specs.append(
+                EngineSpec(pool.model, pool.simulated.profile, seed=replica, time_scale=time_scale)
+            )
     return specs
 
 

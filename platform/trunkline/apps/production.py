@@ -59,7 +59,9 @@ def controlplane_app() -> Litestar:
     return create_controlplane_app(runtime)
 
 
-def run_worker(settings: Settings, *, idle_sleep_s: float = 0.2, max_batches: int | None = None) -> None:
+def run_worker(
+    settings: Settings, *, idle_sleep_s: float = 0.2, max_batches: int | None = None
+) -> None:
     """Drain the usage stream into the ledger until interrupted."""
     runtime = build_runtime(settings)
     client = redis.Redis.from_url(_redis_url(settings))

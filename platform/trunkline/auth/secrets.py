@@ -18,7 +18,7 @@ _ALPHABET = string.ascii_letters + string.digits
 ID_LENGTH = 12
 SECRET_LENGTH = 40
 API_KEY_PREFIX = "tlk"
-ACCESS_TOKEN_PREFIX = "tlu"
+ACCESS_TOKEN_PREFIX = "tlu"  # noqa: S105 - a prefix, not a secret
 
 
 class IssuedSecret(NamedTuple):

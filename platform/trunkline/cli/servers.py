@@ -12,7 +12,9 @@ from trunkline.settings import load_settings
 
 
 def register(sub: Any) -> None:
-    up = sub.add_parser("up", help="run the whole platform in one process (SQLite, simulated engines)")
+    up = sub.add_parser(
+        "up", help="run the whole platform in one process (SQLite, simulated engines)"
+    )
     up.add_argument("--tenants", type=Path, default=Path("tenants"), help="manifests to apply")
     up.add_argument("--time-scale", type=float, default=1.0, help="simulated engine speed factor")
     up.set_defaults(func=_up)
@@ -67,7 +69,15 @@ def _migrate(_args: argparse.Namespace) -> int:
 def _uvicorn(factory: str, host: str, port: int, workers: int) -> None:
     import uvicorn
 
-    uvicorn.run(factory, factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False)
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def _controlplane(args: argparse.Namespace) -> int:
@@ -101,7 +111,10 @@ def _sim(args: argparse.Namespace) -> int:
     from trunkline.engines import create_sim_app, get_profile
 
     app = create_sim_app(
-        model=args.model, profile=get_profile(args.profile), seed=args.seed, time_scale=args.time_scale
+        model=args.model,
+        profile=get_profile(args.profile),
+        seed=args.seed,
+        time_scale=args.time_scale,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

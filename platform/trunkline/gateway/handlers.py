@@ -39,7 +39,9 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
     service = _service(request.app.state)
     request_id = request_id_of(request)
     principal = service.authenticate(request.headers.get("authorization"))
-    token = tlog.bind(request_id=request_id, tenant=principal.tenant.slug, key_id=principal.key.key_id)
+    token = tlog.bind(
+        request_id=request_id, tenant=principal.tenant.slug, key_id=principal.key.key_id
+    )
     try:
         raw = await request.body()
         reply = await service.handle(kind, raw, principal, request_id)
@@ -103,9 +105,13 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
 
 def _http_error(exc: HTTPException) -> TrunklineError:
     if exc.status_code == 413:
-        return PayloadTooLarge("The request body is larger than this gateway accepts.", reason="request_too_large")
+        return PayloadTooLarge(
+            "The request body is larger than this gateway accepts.", reason="request_too_large"
+        )
     if exc.status_code == 404:
-        return NotFound("Unknown path. The gateway serves the OpenAI API under /v1.", reason="unknown_url")
+        return NotFound(
+            "Unknown path. The gateway serves the OpenAI API under /v1.", reason="unknown_url"
+        )
     if exc.status_code == 405:
         return InvalidRequest("Method not allowed on this path.", reason="method_not_allowed")
     return InvalidRequest(str(exc.detail), reason="invalid_request")

@@ -36,7 +36,9 @@ class ParsedRequest:
 
 def parse_body(kind: str, raw: bytes) -> ParsedRequest:
     if not raw.strip():
-        raise InvalidRequest("The request body is empty; expected a JSON object.", reason="invalid_json")
+        raise InvalidRequest(
+            "The request body is empty; expected a JSON object.", reason="invalid_json"
+        )
     try:
         body = _json_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -47,9 +49,13 @@ def parse_body(kind: str, raw: bytes) -> ParsedRequest:
         raise InvalidRequest("The request body must be a JSON object.", reason="invalid_json")
     model = body.get("model")
     if model is None:
-        raise InvalidRequest("you must provide a model parameter", param="model", reason="missing_required_parameter")
+        raise InvalidRequest(
+            "you must provide a model parameter", param="model", reason="missing_required_parameter"
+        )
     if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' must be a non-empty string", param="model", reason="invalid_type")
+        raise InvalidRequest(
+            "'model' must be a non-empty string", param="model", reason="invalid_type"
+        )
     _check_payload(kind, body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -68,11 +74,15 @@ def _check_payload(kind: str, body: dict[str, Any]) -> None:
     value = body.get(field)
     if value is None:
         raise InvalidRequest(
-            f"Missing required parameter: '{field}'.", param=field, reason="missing_required_parameter"
+            f"Missing required parameter: '{field}'.",
+            param=field,
+            reason="missing_required_parameter",
         )
     if kind == "chat":
         if not isinstance(value, list) or not value:
-            raise InvalidRequest("'messages' must be a non-empty array", param="messages", reason="invalid_type")
+            raise InvalidRequest(
+                "'messages' must be a non-empty array", param="messages", reason="invalid_type"
+            )
         for index, message in enumerate(value):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise InvalidRequest(
@@ -86,8 +96,12 @@ def _check_payload(kind: str, body: dict[str, Any]) -> None:
         )
     for name in ("max_tokens", "max_completion_tokens"):
         limit = body.get(name)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise InvalidRequest(f"'{name}' must be a positive integer", param=name, reason="invalid_value")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise InvalidRequest(
+                f"'{name}' must be a positive integer", param=name, reason="invalid_value"
+            )
 
 
 def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) -> AliasEntry:
@@ -101,7 +115,9 @@ def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) ->
             param="model",
             reason="model_not_found",
         )
-    if request.alias not in allowed or (key_allowed is not None and request.alias not in key_allowed):
+    if request.alias not in allowed or (
+        key_allowed is not None and request.alias not in key_allowed
+    ):
         raise Forbidden(
             f"Your API key is not allowed to use the model '{request.alias}'.",
             param="model",

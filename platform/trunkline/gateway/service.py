@@ -25,7 +25,11 @@ from trunkline.metering.stream import UsageEmitter
 
 log = logging.getLogger(__name__)
 
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
 CLIENT_CLOSED = 499
 
 
@@ -56,9 +60,7 @@ class GatewayService:
     def authenticate(self, authorization: str | None) -> Principal:
         return authenticate(self.holder.current, authorization, self.server_secret, time.time())
 
-    async def handle(
-        self, kind: str, raw: bytes, principal: Principal, request_id: str
-    ) -> Reply:
+    async def handle(self, kind: str, raw: bytes, principal: Principal, request_id: str) -> Reply:
         snapshot = self.holder.current
         request = parse_body(kind, raw)
         alias = entitle(snapshot, principal, request)
@@ -102,14 +104,17 @@ class GatewayService:
         elif status >= 500 or status == 404:
             # The engine's own 5xx or a model it does not serve is our upstream failure.
             meter.finish(502, "upstream_error")
-            raise UpstreamError(f"The model endpoint answered HTTP {status}.", reason="upstream_error")
+            raise UpstreamError(
+                f"The model endpoint answered HTTP {status}.", reason="upstream_error"
+            )
         meter.finish(status, None if status == 200 else "upstream_rejected")
         return Reply(status, payload, None, headers)
 
     async def _stream(
         self, response: httpx.Response, meter: _Meter, request: ParsedRequest
     ) -> AsyncIterator[bytes]:
-        status, code = CLIENT_CLOSED, "client_closed"
+        status: int = CLIENT_CLOSED
+        code: str | None = "client_closed"
         try:
             async for chunk in relay_events(
                 response, meter.tally, keep_usage_chunk=request.client_wants_usage

@@ -12,8 +12,9 @@ import logging
 import sys
 from typing import Any
 
+_EMPTY: dict[str, str] = {}
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
-    "trunkline_log_context", default={}
+    "trunkline_log_context", default=_EMPTY
 )
 
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}

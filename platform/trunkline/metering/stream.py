@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -164,12 +164,12 @@ class RedisUsageReader:
                 raise
 
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
-        claimed = self._client.xautoclaim(
+        claimed: Any = self._client.xautoclaim(
             self._stream, self._group, self._consumer, self._claim_idle_ms, "0-0", count=max_count
         )
         messages = list(claimed[1])
         if len(messages) < max_count:
-            fresh = self._client.xreadgroup(
+            fresh: Any = self._client.xreadgroup(
                 self._group, self._consumer, {self._stream: ">"}, count=max_count - len(messages)
             )
             for _stream, items in fresh or []:

@@ -35,9 +35,7 @@ class Entitlement(IdMixin, CreatedMixin, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
-    alias_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("model_aliases.id", ondelete="CASCADE")
-    )
+    alias_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("model_aliases.id", ondelete="CASCADE"))
 
 
 class AcceleratorFlavor(IdMixin, CreatedMixin, Base):

@@ -38,7 +38,9 @@ def build_snapshot(session: Session, version: int) -> Snapshot:
         t.name: TierEntry(t.name, t.priority, t.ttft_slo_ms, t.itl_slo_ms, t.may_use_burst)
         for t in session.scalars(select(Tier))
     }
-    alias_names = dict(session.execute(select(ModelAlias.id, ModelAlias.alias)).tuples().all())
+    alias_names = {
+        row.id: row.alias for row in session.execute(select(ModelAlias.id, ModelAlias.alias))
+    }
     entitled: dict[str, set[str]] = defaultdict(set)
     for tenant_id, alias_id in session.execute(select(Entitlement.tenant_id, Entitlement.alias_id)):
         entitled[str(tenant_id)].add(alias_names[alias_id])
@@ -80,7 +82,7 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
         select(Pool, Model.name, AcceleratorFlavor.name)
         .join(Model, Pool.model_id == Model.id)
         .join(AcceleratorFlavor, Pool.flavor_id == AcceleratorFlavor.id)
-    ).tuples()
+    ).all()
     return {
         pool.name: PoolEntry(
             pool.name,

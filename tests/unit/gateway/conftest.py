@@ -68,15 +68,30 @@ def default_world() -> World:
     gold = TierEntry("gold", 100, 500, 50, True)
     pools = {
         "h100-eu": PoolEntry(
-            "h100-eu", "llama-8b-served", "h100", "eu-west", False, 16,
+            "h100-eu",
+            "llama-8b-served",
+            "h100",
+            "eu-west",
+            False,
+            16,
             (EndpointEntry("e1", "http://engine-1"), EndpointEntry("e2", "http://engine-2")),
         ),
         "l40s-us": PoolEntry(
-            "l40s-us", "llama-8b-served", "l40s", "us-east", False, 16,
+            "l40s-us",
+            "llama-8b-served",
+            "l40s",
+            "us-east",
+            False,
+            16,
             (EndpointEntry("e3", "http://engine-3"),),
         ),
         "embed": PoolEntry(
-            "embed", "bge-served", "l40s", "eu-west", False, 16,
+            "embed",
+            "bge-served",
+            "l40s",
+            "eu-west",
+            False,
+            16,
             (EndpointEntry("e4", "http://engine-4"),),
         ),
     }
@@ -87,7 +102,9 @@ def default_world() -> World:
     }
     tenants = {
         TENANT_A: TenantEntry(TENANT_A, "acme", "gold", (), frozenset({"llama", "bge"})),
-        TENANT_B: TenantEntry(TENANT_B, "globex", "gold", ("eu-west",), frozenset({"llama", "secret-model"})),
+        TENANT_B: TenantEntry(
+            TENANT_B, "globex", "gold", ("eu-west",), frozenset({"llama", "secret-model"})
+        ),
     }
     return World(InMemorySnapshotStore(), {"gold": gold}, tenants, {}, aliases, pools)
 

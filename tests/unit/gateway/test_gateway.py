@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-
 from tests.unit.gateway.conftest import TENANT_B, Harness
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
@@ -86,7 +85,9 @@ def test_request_id_is_propagated_upstream_and_back(make_gateway) -> None:
 
 def test_stream_forces_usage_upstream_and_strips_it_for_the_client(make_gateway) -> None:
     gw, key = _ready(make_gateway)
-    response = gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth(key))
+    response = gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth(key)
+    )
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     chunks = sse_data(response.text)
@@ -108,10 +109,14 @@ def test_stream_keeps_usage_chunk_when_client_asked(make_gateway) -> None:
 
 def test_completions_and_embeddings(make_gateway) -> None:
     gw, key = _ready(make_gateway)
-    response = gw.client.post("/v1/completions", json={"model": "llama", "prompt": "x"}, headers=auth(key))
+    response = gw.client.post(
+        "/v1/completions", json={"model": "llama", "prompt": "x"}, headers=auth(key)
+    )
     assert response.status_code == 200
     assert gw.upstream[-1].url.path == "/v1/completions"
-    response = gw.client.post("/v1/embeddings", json={"model": "bge", "input": "x"}, headers=auth(key))
+    response = gw.client.post(
+        "/v1/embeddings", json={"model": "bge", "input": "x"}, headers=auth(key)
+    )
     assert response.status_code == 200 and response.json()["data"][0]["embedding"] == [0.1, 0.2]
     kinds = sorted(r.endpoint_kind for r in gw.drain_usage())
     assert kinds == ["completions", "embeddings"]
@@ -123,19 +128,35 @@ def test_completions_and_embeddings(make_gateway) -> None:
         (b"{not json", None, "invalid_json"),
         (b"[1, 2]", None, "invalid_json"),
         (b"", None, "invalid_json"),
-        (b'{"messages": [{"role": "user", "content": "x"}]}', "model", "missing_required_parameter"),
+        (
+            b'{"messages": [{"role": "user", "content": "x"}]}',
+            "model",
+            "missing_required_parameter",
+        ),
         (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', "model", "invalid_type"),
         (b'{"model": "llama"}', "messages", "missing_required_parameter"),
         (b'{"model": "llama", "messages": "hi"}', "messages", "invalid_type"),
         (b'{"model": "llama", "messages": [{"content": "x"}]}', "messages[0]", "invalid_type"),
-        (b'{"model": "llama", "messages": [{"role": "user"}], "max_tokens": 0}', "max_tokens", "invalid_value"),
-        (b'{"model": "llama", "messages": [{"role": "user"}], "stream": "yes"}', "stream", "invalid_type"),
+        (
+            b'{"model": "llama", "messages": [{"role": "user"}], "max_tokens": 0}',
+            "max_tokens",
+            "invalid_value",
+        ),
+        (
+            b'{"model": "llama", "messages": [{"role": "user"}], "stream": "yes"}',
+            "stream",
+            "invalid_type",
+        ),
     ],
 )
-def test_bad_bodies_get_400_in_openai_shape_and_never_reach_an_engine(make_gateway, body, param, code) -> None:
+def test_bad_bodies_get_400_in_openai_shape_and_never_reach_an_engine(
+    make_gateway, body, param, code
+) -> None:
     gw, key = _ready(make_gateway)
     response = gw.client.post(
-        "/v1/chat/completions", content=body, headers={**auth(key), "content-type": "application/json"}
+        "/v1/chat/completions",
+        content=body,
+        headers={**auth(key), "content-type": "application/json"},
     )
     error = assert_openai_error(response, 400, code)
     assert error["param"] == param and error["type"] == "invalid_request_error"
@@ -145,7 +166,11 @@ def test_bad_bodies_get_400_in_openai_shape_and_never_reach_an_engine(make_gatew
 def test_oversized_body_gets_413(make_gateway) -> None:
     gw, key = _ready(make_gateway, max_body=1024)
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
-    assert_openai_error(gw.client.post("/v1/chat/completions", json=big, headers=auth(key)), 413, "request_too_large")
+    assert_openai_error(
+        gw.client.post("/v1/chat/completions", json=big, headers=auth(key)),
+        413,
+        "request_too_large",
+    )
     assert gw.upstream == []
 
 
@@ -153,12 +178,18 @@ def test_unknown_model_is_404_and_unentitled_model_is_403(make_gateway) -> None:
     gw, key = _ready(make_gateway)
     r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=auth(key))
     assert assert_openai_error(r, 404, "model_not_found")["param"] == "model"
-    r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": "secret-model"}, headers=auth(key))
+    r = gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": "secret-model"}, headers=auth(key)
+    )
     assert_openai_error(r, 403, "model_not_allowed")
     narrow = gw.world.add_key(allowed=frozenset({"bge"}))
     gw.world.publish()
     _wait_for_version(gw)
-    assert_openai_error(gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(narrow)), 403, "model_not_allowed")
+    assert_openai_error(
+        gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(narrow)),
+        403,
+        "model_not_allowed",
+    )
     r = gw.client.post("/v1/embeddings", json={"model": "llama", "input": "x"}, headers=auth(key))
     assert_openai_error(r, 400, "model_not_supported")
     assert gw.upstream == []
@@ -171,7 +202,9 @@ def test_unknown_model_is_404_and_unentitled_model_is_403(make_gateway) -> None:
 def test_missing_or_malformed_keys_get_401(make_gateway, header) -> None:
     gw, _key = _ready(make_gateway)
     headers = {} if header is None else {"Authorization": header}
-    assert_openai_error(gw.client.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key")
+    assert_openai_error(
+        gw.client.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key"
+    )
     assert_openai_error(gw.client.get("/v1/models", headers=headers), 401, "invalid_api_key")
 
 
@@ -196,7 +229,9 @@ def test_expired_key_is_refused_without_a_new_snapshot(make_gateway) -> None:
     key = gw.world.add_key(expires_at=time.time() - 1)
     gw.world.publish()
     _wait_for_version(gw)
-    error = assert_openai_error(gw.client.get("/v1/models", headers=auth(key)), 401, "invalid_api_key")
+    error = assert_openai_error(
+        gw.client.get("/v1/models", headers=auth(key)), 401, "invalid_api_key"
+    )
     assert "expired" in error["message"]
 
 
@@ -208,7 +243,9 @@ def test_refused_connection_fails_over_to_another_endpoint(make_gateway) -> None
 
     gw, key = _ready(make_gateway, flaky)
     for _ in range(4):
-        assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+        assert (
+            gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+        )
     assert all(r.endpoint != "http://engine-1" for r in gw.drain_usage())
 
 
@@ -228,10 +265,14 @@ def test_no_engine_answering_gives_503_and_is_metered(make_gateway) -> None:
 def test_engine_dying_mid_stream_ends_with_an_error_event_and_usage_is_kept(make_gateway) -> None:
     def dies(request: httpx.Request) -> httpx.Response:
         events = sse_events("llama-8b-served", True)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Chunks(events, fail_after=3))
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Chunks(events, fail_after=3)
+        )
 
     gw, key = _ready(make_gateway, dies)
-    response = gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth(key))
+    response = gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth(key)
+    )
     chunks = sse_data(response.text)
     assert chunks[-1]["error"]["code"] == "upstream_error"
     [record] = gw.drain_usage()
@@ -240,7 +281,17 @@ def test_engine_dying_mid_stream_ends_with_an_error_event_and_usage_is_kept(make
 
 def test_engine_error_status_passes_through(make_gateway) -> None:
     def rejects(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, json={"error": {"message": "too long", "type": "BadRequestError", "param": None, "code": 400}})
+        return httpx.Response(
+            400,
+            json={
+                "error": {
+                    "message": "too long",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                }
+            },
+        )
 
     gw, key = _ready(make_gateway, rejects)
     response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
@@ -249,7 +300,9 @@ def test_engine_error_status_passes_through(make_gateway) -> None:
 
 def test_engine_5xx_becomes_502(make_gateway) -> None:
     gw, key = _ready(make_gateway, lambda request: httpx.Response(500, text="boom"))
-    assert_openai_error(gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)), 502, "upstream_error")
+    assert_openai_error(
+        gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)), 502, "upstream_error"
+    )
 
 
 def test_residency_keeps_a_regional_tenant_in_its_region(make_gateway) -> None:
@@ -258,7 +311,9 @@ def test_residency_keeps_a_regional_tenant_in_its_region(make_gateway) -> None:
     gw.world.publish()
     _wait_for_version(gw)
     for _ in range(6):
-        assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+        assert (
+            gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+        )
     assert {r.region for r in gw.drain_usage()} == {"eu-west"}
 
 

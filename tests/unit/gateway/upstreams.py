@@ -24,8 +24,11 @@ def chat_json(request: httpx.Request) -> httpx.Response:
             "object": "chat.completion",
             "model": body["model"],
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hi there you"},
-                 "finish_reason": "length"}
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi there you"},
+                    "finish_reason": "length",
+                }
             ],
             "usage": USAGE,
         },
@@ -35,16 +38,27 @@ def chat_json(request: httpx.Request) -> httpx.Response:
 def sse_events(model: str, with_usage: bool) -> list[bytes]:
     def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
         data = {
-            "id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         }
         return b"data: " + json.dumps(data).encode() + b"\n\n"
 
-    events = [chunk({"role": "assistant", "content": ""}), chunk({"content": "hi"}),
-              chunk({"content": " there"}), chunk({"content": " you"}, "length")]
+    events = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "hi"}),
+        chunk({"content": " there"}),
+        chunk({"content": " you"}, "length"),
+    ]
     if with_usage:
-        usage = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": model,
-                 "choices": [], "usage": USAGE}
+        usage = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [],
+            "usage": USAGE,
+        }
         events.append(b"data: " + json.dumps(usage).encode() + b"\n\n")
     events.append(b"data: [DONE]\n\n")
     return events
@@ -67,13 +81,18 @@ def chat_any(request: httpx.Request) -> httpx.Response:
     if body.get("stream"):
         include = bool((body.get("stream_options") or {}).get("include_usage"))
         return httpx.Response(
-            200, headers={"content-type": "text/event-stream"},
+            200,
+            headers={"content-type": "text/event-stream"},
             stream=Chunks(sse_events(body["model"], include)),
         )
     if request.url.path == "/v1/embeddings":
-        return httpx.Response(200, json={
-            "object": "list", "model": body["model"],
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-            "usage": {"prompt_tokens": 4, "total_tokens": 4},
-        })
+        return httpx.Response(
+            200,
+            json={
+                "object": "list",
+                "model": body["model"],
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                "usage": {"prompt_tokens": 4, "total_tokens": 4},
+            },
+        )
     return chat_json(request)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from trunkline.snapshot import AliasEntry, EndpointEntry, PoolEntry, Snapshot, TenantEntry, TierEntry
+from trunkline.snapshot import (
+    AliasEntry,
+    EndpointEntry,
+    PoolEntry,
+    Snapshot,
+    TenantEntry,
+    TierEntry,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +26,7 @@ def eligible(
 ) -> list[Candidate]:
     """Every endpoint that serves the alias inside the tenant's regions and tier."""
     regions = set(tenant.regions)
-    out = []
+    out: list[Candidate] = []
     for pool_name in alias.pools:
         pool = snapshot.pools.get(pool_name)
         if pool is None or (regions and pool.region not in regions):

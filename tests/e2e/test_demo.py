@@ -1,0 +1,85 @@
+"""``trunkline up`` as a newcomer runs it: start, paste the two exports, use the OpenAI SDK."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import sqlite3
+from pathlib import Path
+
+import openai
+import pytest
+
+from support.processes import TRUNKLINE, Proc, trunkline_env
+from support.servers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _start(workdir: Path, gateway_port: int, cp_port: int, log: str) -> Proc:
+    env = trunkline_env(
+        TRUNKLINE_GATEWAY__PORT=str(gateway_port), TRUNKLINE_CONTROLPLANE__PORT=str(cp_port)
+    )
+    proc = Proc([*TRUNKLINE, "up", "--time-scale", "0.02"], env, workdir, workdir / log)
+    proc.wait_until(lambda: "Press Ctrl-C to stop." in proc.output(), "the demo banner")
+    return proc
+
+
+def _exports(banner: str) -> dict[str, str]:
+    found = dict(re.findall(r"^\s*export (OPENAI_BASE_URL|OPENAI_API_KEY)=(\S+)$", banner, re.M))
+    assert set(found) == {"OPENAI_BASE_URL", "OPENAI_API_KEY"}, banner
+    return found
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "tenants", tmp_path / "tenants")
+    return tmp_path
+
+
+def test_demo_serves_the_openai_sdk_and_restarts_on_the_same_database(workdir: Path) -> None:
+    gateway_port, cp_port = free_port(), free_port()
+    proc = _start(workdir, gateway_port, cp_port, "first.log")
+    try:
+        exports = _exports(proc.output())
+        client = openai.OpenAI(
+            base_url=exports["OPENAI_BASE_URL"], api_key=exports["OPENAI_API_KEY"], max_retries=0
+        )
+        assert {m.id for m in client.models.list()} == {"llama-3.1-8b", "bge-small"}
+        messages = [{"role": "user", "content": "hello from the e2e test"}]
+        reply = client.chat.completions.create(model="llama-3.1-8b", messages=messages)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content
+        assert reply.usage is not None and reply.usage.prompt_tokens > 0
+        assert reply.usage.completion_tokens > 0
+        chunks = list(
+            client.chat.completions.create(model="llama-3.1-8b", messages=messages, stream=True)  # type: ignore[arg-type]
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text and all(c.usage is None for c in chunks)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(
+                base_url=exports["OPENAI_BASE_URL"], api_key="tlk_wrong", max_retries=0
+            ).models.list()
+    finally:
+        assert proc.stop(signal.SIGINT) == 0, proc.output()
+    assert "Trunkline stopped." in proc.output()
+    db = sqlite3.connect(workdir / ".trunkline" / "trunkline.db")
+    rows = db.execute(
+        "select stream, status, prompt_tokens, completion_tokens from usage_events"
+    ).fetchall()
+    assert sorted(rows) == sorted(
+        [(0, 200, rows[0][2], rows[0][3]), (1, 200, rows[1][2], rows[1][3])]
+    )
+    assert all(prompt > 0 and completion > 0 for _s, _st, prompt, completion in rows)
+
+    again = _start(workdir, gateway_port, cp_port, "second.log")
+    try:
+        assert _exports(again.output())["OPENAI_API_KEY"] == exports["OPENAI_API_KEY"]
+        assert "Traceback" not in again.output()
+        client = openai.OpenAI(
+            base_url=exports["OPENAI_BASE_URL"], api_key=exports["OPENAI_API_KEY"], max_retries=0
+        )
+        assert client.models.list().data
+    finally:
+        assert again.stop(signal.SIGINT) == 0, again.output()

@@ -1,0 +1,206 @@
+"""Production mode: migrate, apply manifests, control plane, several gateway processes and a
+usage worker on real PostgreSQL and Redis, driven by the OpenAI SDK."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import func, select
+
+from support.processes import TRUNKLINE, Proc, trunkline_env
+from support.servers import free_port
+from trunkline.apps.runtime import Runtime, build_runtime
+from trunkline.auth.principal import Principal
+from trunkline.engines import EngineSpec, start_in_thread
+from trunkline.keys.schemas import ApiKeyCreate
+from trunkline.keys.service import create_key, revoke_key
+from trunkline.kit.db import transaction
+from trunkline.models import Project, Tenant, UsageEvent
+from trunkline.pools.service import set_pool_endpoints
+from trunkline.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "integration-secret-" + "x" * 32
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def _settings_env(postgres_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        "TRUNKLINE_ENVIRONMENT": "production",
+        "TRUNKLINE_DATABASE__URL": postgres_url,
+        "TRUNKLINE_REDIS__URL": redis_url,
+        "TRUNKLINE_SECURITY__KEY_HASH_SECRET": SECRET,
+        "TRUNKLINE_SECURITY__DEV_LOGIN": "false",
+        "TRUNKLINE_GATEWAY__SNAPSHOT_POLL_S": "0.5",
+    }
+
+
+class Platform:
+    def __init__(self, tmp: Path, postgres_url: str, redis_url: str) -> None:
+        self.tmp = tmp
+        self.env = _settings_env(postgres_url, redis_url)
+        self.procs: list[Proc] = []
+        self.runtime: Runtime = build_runtime(
+            Settings(
+                environment="production",
+                database={"url": postgres_url},  # type: ignore[arg-type]
+                redis={"url": redis_url},  # type: ignore[arg-type]
+                security={"key_hash_secret": SECRET, "dev_login": False},  # type: ignore[arg-type]
+                state_dir=tmp,
+            )
+        )
+
+    def cli(self, *args: str) -> str:
+        proc = self.spawn(f"cli-{args[0]}", *args)
+        code = proc.popen.wait(120)
+        assert code == 0, proc.output()
+        return proc.output()
+
+    def spawn(self, name: str, *args: str, **extra: str) -> Proc:
+        env = trunkline_env(**self.env, **extra)
+        proc = Proc([*TRUNKLINE, *args], env, self.tmp, self.tmp / f"{name}.log")
+        self.procs.append(proc)
+        return proc
+
+    def gateway(self, name: str) -> str:
+        port = free_port()
+        proc = self.spawn(name, "gateway", TRUNKLINE_GATEWAY__PORT=str(port))
+        proc.wait_http(f"http://127.0.0.1:{port}/health")
+        return f"http://127.0.0.1:{port}/v1"
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.stop(signal.SIGTERM)
+        self.runtime.close()
+
+
+@pytest.fixture
+def platform(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Platform]:
+    shutil.copytree(REPO / "tenants", tmp_path / "tenants")
+    world = Platform(tmp_path, postgres_url, redis_url)
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+def _issue_key(runtime: Runtime) -> str:
+    with transaction(runtime.session_factory) as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == "acme")).one()
+        project = session.scalars(
+            select(Project).where(Project.tenant_id == tenant.id, Project.name == "demo")
+        ).one()
+        created = create_key(
+            session,
+            Principal.system(),
+            runtime.server_secret,
+            tenant.id,
+            ApiKeyCreate(project_id=project.id, name="integration"),
+        )
+    runtime.publish()
+    return created.secret
+
+
+def _refused(base_url: str, key: str) -> bool:
+    response = httpx.get(f"{base_url}/models", headers={"Authorization": f"Bearer {key}"})
+    return response.status_code == 401
+
+
+def test_production_processes_serve_meter_and_revoke_across_replicas(platform: Platform) -> None:
+    assert "latest migration" in platform.cli("migrate")
+    first = platform.cli("tenants", "apply", "tenants")
+    second = platform.cli("tenants", "apply", "tenants")
+    assert first != second
+    with start_in_thread(
+        [EngineSpec("llama-3.1-8b-instruct", "h100", time_scale=0.01)] * 2
+    ) as engines:
+        with transaction(platform.runtime.session_factory) as session:
+            set_pool_endpoints(session, "h100-eu-west", engines.urls[:1])
+            set_pool_endpoints(session, "l40s-us-east", engines.urls[1:])
+        platform.runtime.publish()
+        platform.spawn("worker", "worker")
+        gateways = [platform.gateway("gateway-a"), platform.gateway("gateway-b")]
+        key = _issue_key(platform.runtime)
+
+        for base_url in gateways:
+            client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+            platform.procs[-1].wait_until(
+                lambda c=client: _lists_models(c), "the new key to reach the gateway", 5
+            )
+            reply = client.chat.completions.create(model="llama-3.1-8b", messages=MESSAGES)  # type: ignore[arg-type]
+            assert reply.usage is not None and reply.usage.completion_tokens > 0
+            chunks = list(
+                client.chat.completions.create(
+                    model="llama-3.1-8b",
+                    messages=MESSAGES,
+                    stream=True,  # type: ignore[arg-type]
+                    stream_options={"include_usage": True},
+                )
+            )
+            assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens > 0
+
+        with transaction(platform.runtime.session_factory) as session:
+            tenant_id = session.scalars(select(Tenant.id).where(Tenant.slug == "acme")).one()
+            revoke_key(session, Principal.system(), tenant_id, key.split("_")[1])
+        platform.runtime.publish()
+        revoked_at = time.monotonic()
+        pending = set(gateways)
+        while pending and time.monotonic() - revoked_at < 2.0:
+            pending = {g for g in pending if not _refused(g, key)}
+        assert not pending, f"still accepting a revoked key after 2 s: {pending}"
+
+    _wait_for_ledger(platform.runtime, expected=4)
+
+
+def _lists_models(client: openai.OpenAI) -> bool:
+    try:
+        return bool(client.models.list().data)
+    except openai.AuthenticationError:
+        return False
+
+
+def _wait_for_ledger(runtime: Runtime, expected: int) -> None:
+    deadline = time.monotonic() + 30
+    count = 0
+    while time.monotonic() < deadline:
+        with runtime.session_factory() as session:
+            count = session.scalar(select(func.count()).select_from(UsageEvent)) or 0
+        if count >= expected:
+            break
+        time.sleep(0.1)
+    with runtime.session_factory() as session:
+        rows = session.scalars(select(UsageEvent)).all()
+    assert len(rows) == expected
+    assert {r.status for r in rows} == {200}
+    assert all(r.prompt_tokens > 0 and r.completion_tokens > 0 for r in rows)
+    assert sum(r.stream for r in rows) == 2
+
+
+@pytest.mark.parametrize(
+    ("unset", "message"),
+    [
+        ("TRUNKLINE_SECURITY__KEY_HASH_SECRET", "KEY_HASH_SECRET"),
+        ("TRUNKLINE_SECURITY__DEV_LOGIN", "development login"),
+    ],
+)
+def test_production_refuses_development_shortcuts(
+    platform: Platform, unset: str, message: str
+) -> None:
+    env = dict(platform.env)
+    del env[unset]
+    for command in ("gateway", "controlplane"):
+        proc = Proc(
+            [*TRUNKLINE, command],
+            trunkline_env(**env),
+            platform.tmp,
+            platform.tmp / f"{command}.log",
+        )
+        assert proc.popen.wait(60) != 0
+        assert message in proc.output()

@@ -1,0 +1,103 @@
+"""``trunkline tenants`` and ``trunkline keys`` against the configured database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cp_support import SERVER_SECRET, TENANTS_DIR
+
+from trunkline.cli.main import main
+from trunkline.kit.migrate import upgrade
+
+
+@pytest.fixture
+def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The environment a CLI user sets: a migrated SQLite database and a key-hash secret."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", url)
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    return url
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_schema_prints_the_committed_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "tenants", "schema")
+    assert code == 0
+    assert out == (TENANTS_DIR / "schema.json").read_text()
+
+
+def test_validate_reports_ok_or_every_issue(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(capsys, "tenants", "validate", str(TENANTS_DIR))[:2] == (0, "ok: 13 documents in 3 files\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: Tier\nname: gold\npriority: x\nttft_slo_ms: 1\n")
+
+    code, _, err = run(capsys, "tenants", "validate", str(tmp_path))
+
+    assert code == 1
+    assert f"{bad}:3: Tier gold: priority: 'x' is not of type 'integer'" in err
+
+
+def test_apply_twice_says_the_second_run_changed_nothing(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    code, out, _ = run(capsys, "tenants", "apply", str(TENANTS_DIR))
+    assert code == 0
+    assert "Tier gold created" in out
+    assert "Tenant acme created" in out
+
+    assert run(capsys, "tenants", "apply", str(TENANTS_DIR))[:2] == (0, "no changes\n")
+
+
+def test_admin_token_prints_a_platform_admin_token(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    code, out, err = run(capsys, "tenants", "admin-token", "--email", "ops@platform.example")
+    assert code == 0
+    assert out.startswith("tlu_")
+    assert "platform admin ops@platform.example" in err
+
+
+def test_keys_create_list_rotate_and_revoke(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    run(capsys, "tenants", "apply", str(TENANTS_DIR))
+
+    code, secret, _ = run(
+        capsys, "keys", "create", "--tenant", "acme", "--project", "demo", "--name", "ci",
+        "--models", "llama-3.1-8b", "--ttl-days", "30",
+    )  # fmt: skip
+    assert code == 0
+    key_id = secret.split("_")[1]
+    _, listing, _ = run(capsys, "keys", "list", "--tenant", "acme")
+    assert key_id in listing
+    assert secret.strip() not in listing
+    assert "llama-3.1-8b" in listing
+
+    code, new_secret, err = run(capsys, "keys", "rotate", key_id)
+    assert code == 0
+    new_id = new_secret.split("_")[1]
+    assert f"rotated {key_id} -> {new_id}" in err
+    assert run(capsys, "keys", "revoke", new_id)[:2] == (0, f"revoked {new_id} (ci)\n")
+    _, listing, _ = run(capsys, "keys", "list", "--tenant", "acme")
+    assert listing.count("revoked") == 2
+
+
+def test_key_commands_report_bad_input(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    run(capsys, "tenants", "apply", str(TENANTS_DIR))
+
+    code, _, err = run(capsys, "keys", "create", "--tenant", "initech", "--project", "tps-reports",
+                       "--name", "k", "--models", "bge-small")  # fmt: skip
+    assert (code, err) == (2, "error: the tenant is not entitled to bge-small\n")
+    assert run(capsys, "keys", "revoke", "NoSuchKeyId1")[0] == 2
+    code, _, err = run(capsys, "keys", "create", "--tenant", "nope", "--project", "p", "--name", "k")
+    assert (code, err) == (2, "error: tenant 'nope' not found\n")

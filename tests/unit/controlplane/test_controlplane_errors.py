@@ -1,0 +1,107 @@
+"""Every error leaves the control plane as an RFC 9457 problem detail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cp_support import World
+from litestar.testing import TestClient
+from sqlalchemy.orm import Session
+
+from trunkline.errors import Conflict
+from trunkline.models import Tier
+from trunkline.tenancy.changes import flush_or_conflict
+
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "code"}
+
+
+def problem_of(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert PROBLEM_FIELDS <= body.keys()
+    assert body["status"] == status
+    assert body["type"] == f"urn:trunkline:problem:{body['code']}"
+    return body
+
+
+def post(world: World, path: str, **kwargs: Any) -> Any:
+    headers = {**world.api("root").headers, **kwargs.pop("headers", {})}
+    return world.client.post(path, headers=headers, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "p", "priority": "high", "ttft_slo_ms": 1}, "priority"),
+        ({"name": "p", "priority": 1}, "ttft_slo_ms"),
+        ({"name": "Not A Name", "priority": 1, "ttft_slo_ms": 1}, "name"),
+        ({"name": "p", "priority": 1, "ttft_slo_ms": -5}, "ttft_slo_ms"),
+        ({"name": "p", "priority": 1, "ttft_slo_ms": 1, "colour": "red"}, "colour"),
+    ],
+)
+def test_validation_errors_name_the_field(world: World, body: dict[str, Any], field: str) -> None:
+    problem = problem_of(post(world, "/api/v1/tiers", json=body), 400)
+
+    assert problem["code"] == "invalid_request"
+    assert problem["instance"] == "/api/v1/tiers"
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert field in problem["detail"]
+
+
+def test_nested_validation_errors_name_the_field(world: World) -> None:
+    project = world.project("acme", "demo")
+    path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
+
+    problem = problem_of(post(world, path, json={"project_id": project, "name": "k", "allowed_models": [3]}), 400)
+    assert problem["errors"][0]["field"].startswith("allowed_models")
+    problem = problem_of(post(world, path, json={"project_id": "not-a-uuid", "name": "k"}), 400)
+    assert problem["errors"][0]["field"] == "project_id"
+
+
+@pytest.mark.parametrize("body", [b"{", b'{"name": ', b"not json", b"\xff\xfe"])
+def test_malformed_json_is_a_problem(world: World, body: bytes) -> None:
+    response = post(world, "/api/v1/tiers", content=body, headers={"content-type": "application/json"})
+
+    problem = problem_of(response, 400)
+    assert problem["code"] == "invalid_request"
+    assert problem["title"] == "Malformed request body"
+
+
+def test_a_body_that_is_not_an_object_is_a_problem(world: World) -> None:
+    problem = problem_of(post(world, "/api/v1/tiers", json=[1, 2]), 400)
+    assert problem["errors"][0]["message"] == "Expected `object`, got `array`"
+
+
+def test_a_body_over_the_limit_is_refused(world: World) -> None:
+    problem = problem_of(post(world, "/api/v1/tiers", content=b"x" * (1024 * 1024 + 1)), 413)
+    assert problem["code"] == "payload_too_large"
+
+
+def test_unknown_routes_and_methods_are_problems(client: TestClient[Any]) -> None:
+    assert problem_of(client.get("/api/v1/nothing-here"), 404)["code"] == "not_found"
+    assert problem_of(client.delete("/api/v1/tiers"), 405)["code"] == "method_not_allowed"
+
+
+def test_a_malformed_path_id_reads_as_not_found(world: World) -> None:
+    response = world.client.get("/api/v1/tenants/not-a-uuid", headers=world.api("root").headers)
+    assert problem_of(response, 404)["code"] == "not_found"
+
+
+def test_the_request_id_is_echoed_or_generated(client: TestClient[Any]) -> None:
+    assert client.get("/healthz", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    generated = client.get("/healthz", headers={"x-request-id": "bad id!"}).headers["x-request-id"]
+    assert generated.startswith("req-")
+
+
+def test_unique_constraint_races_become_conflicts(world: World) -> None:
+    with world.runtime.session_factory() as session, session.begin():
+        _add_duplicate_tier(session)
+
+
+def _add_duplicate_tier(session: Session) -> None:
+    session.add(Tier(name="gold", priority=1, ttft_slo_ms=1, itl_slo_ms=None))
+    with pytest.raises(Conflict, match="tier exists"):
+        flush_or_conflict(session, "tier exists")
+    session.rollback()

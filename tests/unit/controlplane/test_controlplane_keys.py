@@ -1,0 +1,164 @@
+"""API keys: the secret is shown once, scope is checked, and the gateway snapshot follows."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cp_support import World, snapshot
+from sqlalchemy import update
+
+from trunkline.auth.secrets import verify
+from trunkline.kit.db import transaction
+from trunkline.kit.ids import utcnow
+from trunkline.models import ApiKey
+
+
+def keys_path(world: World, slug: str = "acme") -> str:
+    return f"/api/v1/tenants/{world.tenant(slug)}/keys"
+
+
+def test_creating_a_key_returns_its_secret_once_and_lists_never_show_it(world: World) -> None:
+    created = world.create_key("acme-dev", "acme", "demo", allowed_models=["llama-3.1-8b"])
+    secret, key = created["secret"], created["key"]
+
+    assert secret.startswith(f"tlk_{key['key_id']}_")
+    assert key["prefix"] == f"tlk_{key['key_id']}_"
+    assert (key["project"], key["status"], key["allowed_models"]) == ("demo", "active", ["llama-3.1-8b"])
+    listed = world.client.get(keys_path(world), headers=world.api("acme-dev").headers).text
+    fetched = world.client.get(
+        f"{keys_path(world)}/{key['key_id']}", headers=world.api("acme-dev").headers
+    ).text
+    entry = snapshot(world.runtime).keys[key["key_id"]]
+    for body in (listed, fetched):
+        assert key["key_id"] in body
+        assert secret not in body
+        assert secret.split("_")[2] not in body
+        assert entry.secret_hash not in body
+        assert "hash" not in body
+    assert verify(world.runtime.server_secret, secret, entry.secret_hash)
+    assert entry.allowed_aliases == frozenset({"llama-3.1-8b"})
+
+
+def test_a_key_without_allowed_models_may_use_every_entitled_alias(world: World) -> None:
+    key = world.create_key("acme-dev", "acme", "demo", ttl_days=7)["key"]
+
+    entry = snapshot(world.runtime).keys[key["key_id"]]
+    assert entry.allowed_aliases is None
+    assert entry.expires_at is not None
+    assert 6.9 * 86400 < entry.expires_at - utcnow().timestamp() <= 7 * 86400
+
+
+def test_allowed_models_must_be_entitled_to_the_tenant(world: World) -> None:
+    project = world.project("initech", "tps-reports")
+    problem = world.api("root").post(
+        keys_path(world, "initech"),
+        {"project_id": project, "name": "k", "allowed_models": ["bge-small"]},
+        expect=400,
+    )
+    assert problem["errors"] == [
+        {"field": "allowed_models", "message": "the tenant is not entitled to bge-small"}
+    ]
+
+
+def test_a_key_may_only_be_pinned_to_a_tier_no_higher_than_its_tenants(world: World) -> None:
+    globex_project = world.project("globex", "support-bot")
+    path = keys_path(world, "globex")
+
+    pinned = world.api("globex-admin").post(
+        path, {"project_id": globex_project, "name": "k", "tier": "bronze"}
+    )
+    assert snapshot(world.runtime).keys[pinned["key"]["key_id"]].tier == "bronze"
+    world.api("globex-admin").post(path, {"project_id": globex_project, "name": "k", "tier": "silver"})
+    problem = world.api("globex-admin").post(
+        path, {"project_id": globex_project, "name": "k", "tier": "gold"}, expect=400
+    )
+    assert problem["errors"][0]["field"] == "tier"
+
+
+def test_expiry_is_given_once_and_in_the_future(world: World) -> None:
+    body = {"project_id": world.project("acme", "demo"), "name": "k"}
+    api = world.api("acme-dev")
+    past = (utcnow() - timedelta(days=1)).isoformat()
+    future = (utcnow() + timedelta(days=1)).isoformat()
+
+    assert api.post(keys_path(world), {**body, "expires_at": past}, 400)["errors"][0]["field"] == "expires_at"
+    both = api.post(keys_path(world), {**body, "expires_at": future, "ttl_days": 1}, 400)
+    assert both["errors"][0]["field"] == "ttl_days"
+    assert api.post(keys_path(world), {**body, "ttl_days": 0}, 400)["errors"][0]["field"] == "ttl_days"
+    naive = api.post(keys_path(world), {**body, "expires_at": "2999-01-01T00:00:00"}, 400)
+    assert naive["errors"][0]["field"] == "expires_at"
+    assert api.post(keys_path(world), {**body, "expires_at": future})["key"]["expires_at"]
+
+
+def test_revoked_keys_disappear_from_the_snapshot(world: World) -> None:
+    key = world.create_key("acme-dev", "acme", "demo")["key"]["key_id"]
+    assert key in snapshot(world.runtime).keys
+
+    revoked = world.api("acme-dev").post(f"{keys_path(world)}/{key}/revoke", expect=200)
+
+    assert revoked["status"] == "revoked"
+    assert revoked["revoked_at"] is not None
+    assert key not in snapshot(world.runtime).keys
+    again = world.api("acme-dev").post(f"{keys_path(world)}/{key}/revoke", expect=200)
+    assert again["revoked_at"] == revoked["revoked_at"]
+    listed = world.api("acme-dev").get(keys_path(world))
+    assert [(k["key_id"], k["status"]) for k in listed] == [(key, "revoked")]
+
+
+def test_expired_keys_disappear_from_the_next_snapshot(world: World) -> None:
+    key = world.create_key("acme-dev", "acme", "demo", ttl_days=1)["key"]["key_id"]
+    with transaction(world.runtime.session_factory) as session:
+        session.execute(
+            update(ApiKey).where(ApiKey.key_id == key).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    world.runtime.publish()
+
+    assert key not in snapshot(world.runtime).keys
+    assert world.api("acme-dev").get(f"{keys_path(world)}/{key}")["status"] == "expired"
+    world.api("acme-dev").post(f"{keys_path(world)}/{key}/rotate", expect=409)
+
+
+def test_rotating_a_key_issues_a_new_secret_with_the_same_scope(world: World) -> None:
+    old = world.create_key("acme-dev", "acme", "demo", allowed_models=["bge-small"], tier="silver")
+
+    rotated = world.api("acme-dev").post(f"{keys_path(world)}/{old['key']['key_id']}/rotate")
+
+    new = rotated["key"]
+    assert rotated["secret"] != old["secret"]
+    assert new["key_id"] != old["key"]["key_id"]
+    for same in ("name", "project_id", "allowed_models", "tier", "created_by"):
+        assert new[same] == old["key"][same], same
+    keys = snapshot(world.runtime).keys
+    assert new["key_id"] in keys
+    assert old["key"]["key_id"] not in keys
+    assert world.api("acme-dev").get(f"{keys_path(world)}/{old['key']['key_id']}")["status"] == "revoked"
+    world.api("acme-dev").post(f"{keys_path(world)}/{old['key']['key_id']}/rotate", expect=409)
+
+
+def test_developers_manage_their_own_keys_and_tenant_admins_all_of_them(world: World) -> None:
+    world.api("acme-admin").post(
+        f"/api/v1/tenants/{world.tenant('acme')}/members",
+        {"email": "dev2@acme.example", "role": "developer"},
+    )
+    world.tokens["acme-dev2"] = world.api(None).post(
+        "/api/v1/auth/dev-login", {"email": "dev2@acme.example"}
+    )["access_token"]
+    mine = world.create_key("acme-dev", "acme", "demo", name="mine")["key"]["key_id"]
+    theirs = world.create_key("acme-dev2", "acme", "demo", name="theirs")["key"]["key_id"]
+
+    assert [k["key_id"] for k in world.api("acme-dev").get(keys_path(world))] == [mine]
+    for action in ("", "/revoke", "/rotate"):
+        method = "GET" if not action else "POST"
+        world.api("acme-dev").call(method, f"{keys_path(world)}/{theirs}{action}", 404)
+    assert {k["key_id"] for k in world.api("acme-admin").get(keys_path(world))} == {mine, theirs}
+    world.api("acme-admin").post(f"{keys_path(world)}/{theirs}/revoke", expect=200)
+
+
+def test_keys_are_filtered_by_project(world: World) -> None:
+    acme = world.tenant("acme")
+    other = world.api("acme-admin").post(f"/api/v1/tenants/{acme}/projects", {"name": "other"})
+    world.create_key("acme-admin", "acme", "demo")
+    in_other = world.create_key("acme-admin", "acme", "other")["key"]["key_id"]
+
+    listed = world.api("acme-admin").get(keys_path(world), params={"project_id": other["id"]})
+    assert [k["key_id"] for k in listed] == [in_other]

@@ -1,0 +1,151 @@
+"""Tenants as code: the shipped manifests, their schema, validation errors, idempotent apply."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from cp_support import TENANTS_DIR, snapshot
+
+from trunkline.apps.runtime import Runtime
+from trunkline.tenancy.manifests import (
+    ManifestError,
+    apply_manifests,
+    load_manifests,
+    manifest_json_schema,
+    manifest_json_schema_text,
+)
+
+
+def test_the_committed_schema_is_the_generated_one() -> None:
+    committed = (TENANTS_DIR / "schema.json").read_text()
+    assert committed == manifest_json_schema_text(), "run: trunkline tenants schema > tenants/schema.json"
+
+
+def test_the_shipped_manifests_are_valid_under_both_checks() -> None:
+    manifests = load_manifests(TENANTS_DIR)
+
+    assert [t.name for t in manifests.tiers] == ["gold", "silver", "bronze"]
+    assert {p.name: (p.simulated and p.simulated.replicas) for p in manifests.pools} == {
+        "h100-eu-west": 2, "l40s-us-east": 2, "embed-eu-west": 1,
+    }  # fmt: skip
+    assert {t.slug: t.tier for t in manifests.tenants} == {
+        "acme": "gold", "globex": "silver", "initech": "bronze",
+    }  # fmt: skip
+    schema = manifest_json_schema()
+    for file in sorted(TENANTS_DIR.glob("*.yaml")):
+        for document in yaml.safe_load_all(file.read_text()):
+            jsonschema.validate(document, schema)
+
+
+BROKEN = """\
+kind: Tier
+name: gold
+priority: 100
+ttft_slo_ms: fast
+---
+kind: Tenant
+slug: acme
+name: Acme
+tier: gold
+colour: red
+members:
+  - email: dev@acme.example
+    role: owner
+  - role: developer
+---
+kind: Pool
+name: p1
+model: missing-model
+flavor: h100
+region: eu-west
+---
+kind: Gizmo
+name: g
+"""
+
+
+def issues_of(tmp_path: Path, text: str) -> list[str]:
+    (tmp_path / "broken.yaml").write_text(text)
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(tmp_path)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_every_problem_names_file_line_and_field(tmp_path: Path) -> None:
+    file = tmp_path / "broken.yaml"
+    assert issues_of(tmp_path, BROKEN) == [
+        f"{file}:4: Tier gold: ttft_slo_ms: 'fast' is not of type 'integer'",
+        f"{file}:10: Tenant acme: colour: unknown field",
+        f"{file}:13: Tenant acme: members[0].role: 'owner' is not one of ['developer', 'tenant_admin']",
+        f"{file}:14: Tenant acme: members[1].email: is required",
+        f"{file}:18: Pool p1: model: unknown model 'missing-model'",
+        f"{file}:19: Pool p1: flavor: unknown flavor 'h100'",
+        f"{file}:22: Gizmo g: kind: unknown kind 'Gizmo', expected one of Flavor, Model, Pool, Tenant, Tier",
+    ]
+
+
+def test_references_and_duplicates_are_checked_across_files(tmp_path: Path) -> None:
+    shutil.copy(TENANTS_DIR / "tiers.yaml", tmp_path / "tiers.yaml")
+    extra = "kind: Tier\nname: gold\npriority: 1\nttft_slo_ms: 1\n---\n" + (
+        "kind: Tenant\nslug: t\nname: T\ntier: platinum\nmodels: [nope]\n"
+    )
+    broken, tiers = tmp_path / "broken.yaml", tmp_path / "tiers.yaml"
+
+    assert issues_of(tmp_path, extra) == [
+        f"{broken}:9: Tenant t: tier: unknown tier 'platinum'",
+        f"{broken}:10: Tenant t: models[0]: unknown model alias 'nope'",
+        f"{tiers}:4: Tier gold: name: defined twice (first at {broken}:1)",
+    ]
+
+
+def test_yaml_syntax_errors_point_at_their_line(tmp_path: Path) -> None:
+    issues = issues_of(tmp_path, "kind: Tier\nname: gold\n  oops: [\n")
+    assert len(issues) == 1
+    assert issues[0].startswith(f"{tmp_path / 'broken.yaml'}:3: (document): YAML syntax:")
+
+
+def test_apply_twice_changes_nothing_the_second_time(runtime: Runtime) -> None:
+    first = apply_manifests(runtime.session_factory, TENANTS_DIR, publish=runtime.publish)
+    version = snapshot(runtime).version
+
+    second = apply_manifests(runtime.session_factory, TENANTS_DIR, publish=runtime.publish)
+
+    assert first.changed
+    assert "Tenant acme created: +model bge-small; +model llama-3.1-8b; +project demo; " in "\n".join(first.lines())
+    assert not second.changed
+    assert second.lines() == ["no changes"]
+    assert snapshot(runtime).version == version, "nothing changed, nothing published"
+
+
+def test_apply_reports_updates_and_makes_models_the_entitlement_list(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    for file in TENANTS_DIR.glob("*.yaml"):
+        shutil.copy(file, tmp_path / file.name)
+    apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
+    examples = tmp_path / "examples.yaml"
+    examples.write_text(
+        examples.read_text()
+        .replace("tier: silver", "tier: gold", 1)
+        .replace("models: [llama-3.1-8b, bge-small]\nprojects:\n  - name: support-bot",
+                 "models: [llama-3.1-8b]\nprojects:\n  - name: support-bot")
+        .replace("role: developer", "role: tenant_admin")
+    )  # fmt: skip
+
+    report = apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
+
+    assert report.lines() == [
+        "Tenant acme updated: member dev@acme.example developer -> tenant_admin",
+        "Tenant globex updated: tier silver -> gold; -model bge-small",
+    ]
+    globex = next(t for t in snapshot(runtime).tenants.values() if t.slug == "globex")
+    assert (globex.tier, globex.aliases) == ("gold", frozenset({"llama-3.1-8b"}))
+
+
+def test_a_manifest_schema_is_valid_json_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(json.loads(manifest_json_schema_text()))
