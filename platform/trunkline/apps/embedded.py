@@ -67,7 +67,7 @@ async def _run(
     manifests = load_manifests(tenants_dir)
     report = await asyncio.to_thread(apply_manifests, runtime.session_factory, manifests)
     log.info("manifests applied", extra={"changes": len(report.changes)})
-    stream = InMemoryUsageStream()
+    stream = InMemoryUsageStream(claim_idle_s=1.0)
     stop = asyncio.Event()
     serving.install_stop_signals(stop)
     async with SimulatedEngines(_engine_specs(manifests, time_scale)) as engines:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, Protocol
 
@@ -36,13 +37,16 @@ class UsageReader(Protocol):
 
 
 class InMemoryUsageStream:
-    """Both ends in one process; unacked reads are redelivered on the next read."""
+    """Both ends in one process, with the consumer-group semantics of the Redis stream:
+    a read message stays pending until acked, and is handed out again only after it
+    sat unacked for ``claim_idle_s`` (its reader is presumed dead)."""
 
-    def __init__(self) -> None:
+    def __init__(self, claim_idle_s: float = 30.0) -> None:
         self._lock = threading.Lock()
         self._queue: deque[tuple[str, UsageRecord]] = deque()
-        self._pending: dict[str, UsageRecord] = {}
+        self._pending: dict[str, tuple[float, UsageRecord]] = {}
         self._seq = 0
+        self.claim_idle_s = claim_idle_s
 
     def emit(self, record: UsageRecord) -> None:
         with self._lock:
@@ -55,13 +59,25 @@ class InMemoryUsageStream:
     async def close(self) -> None:
         return None
 
+    def reader(self, claim_idle_s: float) -> UsageReader:
+        """Another consumer of the same stream, with its own claim timeout."""
+        return _InMemoryReader(self, claim_idle_s)
+
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
+        return self.read_claiming(max_count, self.claim_idle_s)
+
+    def read_claiming(self, max_count: int, claim_idle_s: float) -> list[tuple[str, UsageRecord]]:
+        now = time.monotonic()
         with self._lock:
-            batch = list(self._pending.items())[:max_count]
+            batch = [
+                (message_id, record)
+                for message_id, (since, record) in self._pending.items()
+                if now - since >= claim_idle_s
+            ][:max_count]
             while self._queue and len(batch) < max_count:
-                item = self._queue.popleft()
-                self._pending[item[0]] = item[1]
-                batch.append(item)
+                batch.append(self._queue.popleft())
+            for message_id, record in batch:
+                self._pending[message_id] = (now, record)
             return batch
 
     def ack(self, ids: list[str]) -> None:
@@ -72,6 +88,18 @@ class InMemoryUsageStream:
     def __len__(self) -> int:
         with self._lock:
             return len(self._queue) + len(self._pending)
+
+
+class _InMemoryReader:
+    def __init__(self, stream: InMemoryUsageStream, claim_idle_s: float) -> None:
+        self._stream = stream
+        self._claim_idle_s = claim_idle_s
+
+    def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
+        return self._stream.read_claiming(max_count, self._claim_idle_s)
+
+    def ack(self, ids: list[str]) -> None:
+        self._stream.ack(ids)
 
 
 class RedisUsageEmitter:

@@ -21,12 +21,16 @@ def test_catalog_administration_needs_a_platform_admin(world: World) -> None:
 
 def test_a_platform_admin_builds_a_pool_that_the_gateway_sees(world: World) -> None:
     admin = world.admin
-    flavor = admin.post(CATALOG + "/flavors", {"name": "a100", "vendor": "NVIDIA", "cost_per_hour": 2.25})
+    flavor = admin.post(
+        CATALOG + "/flavors", {"name": "a100", "vendor": "NVIDIA", "cost_per_hour": 2.25}
+    )
     assert flavor["cost_per_hour"] == 2.25
     assert admin.patch(CATALOG + "/flavors/a100", {"memory_gb": 80})["memory_gb"] == 80
     model = admin.post(CATALOG + "/models", {"name": "qwen2.5-7b", "aliases": ["qwen"]})
     assert model["aliases"] == ["qwen"]
-    assert admin.post(CATALOG + "/aliases", {"alias": "qwen-7b", "model": "qwen2.5-7b"})["aliases"] == ["qwen", "qwen-7b"]
+    assert admin.post(CATALOG + "/aliases", {"alias": "qwen-7b", "model": "qwen2.5-7b"})[
+        "aliases"
+    ] == ["qwen", "qwen-7b"]
     pool = admin.post(
         CATALOG + "/pools",
         {"name": "a100-eu", "model": "qwen2.5-7b", "flavor": "a100", "region": "eu-west"},
@@ -83,7 +87,10 @@ def test_set_pool_endpoints_replaces_the_list_and_keeps_known_endpoints(world: W
     assert [e.url for e in second.endpoints] == ["http://b:2", "http://c:3"]
     assert next(e.id for e in second.endpoints if e.url == "http://b:2") == ids["http://b:2"]
     published = snapshot(runtime)
-    assert [e.url for e in published.pools["h100-eu-west"].endpoints] == ["http://b:2", "http://c:3"]
+    assert [e.url for e in published.pools["h100-eu-west"].endpoints] == [
+        "http://b:2",
+        "http://c:3",
+    ]
     assert published.version == version + 1, "an unchanged list publishes nothing"
 
 
@@ -115,7 +122,8 @@ def test_members_read_entitlements_but_cannot_change_them(world: World) -> None:
 def test_models_lists_what_the_callers_tenants_may_use(world: World) -> None:
     initech = world.api("root").get(f"/api/v1/tenants/{world.tenant('initech')}")
     world.api("root").post(
-        f"/api/v1/tenants/{initech['id']}/members", {"email": "dev@acme.example", "role": "developer"}
+        f"/api/v1/tenants/{initech['id']}/members",
+        {"email": "dev@acme.example", "role": "developer"},
     )
 
     models = {m["alias"]: m for m in world.api("acme-dev").get("/api/v1/models")}

@@ -34,8 +34,13 @@ def test_schema_prints_the_committed_schema(capsys: pytest.CaptureFixture[str]) 
     assert out == (TENANTS_DIR / "schema.json").read_text()
 
 
-def test_validate_reports_ok_or_every_issue(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert run(capsys, "tenants", "validate", str(TENANTS_DIR))[:2] == (0, "ok: 13 documents in 3 files\n")
+def test_validate_reports_ok_or_every_issue(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert run(capsys, "tenants", "validate", str(TENANTS_DIR))[:2] == (
+        0,
+        "ok: 13 documents in 3 files\n",
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: Tier\nname: gold\npriority: x\nttft_slo_ms: 1\n")
 
@@ -90,14 +95,14 @@ def test_keys_create_list_rotate_and_revoke(
     assert listing.count("revoked") == 2
 
 
-def test_key_commands_report_bad_input(
-    capsys: pytest.CaptureFixture[str], configured: str
-) -> None:
+def test_key_commands_report_bad_input(capsys: pytest.CaptureFixture[str], configured: str) -> None:
     run(capsys, "tenants", "apply", str(TENANTS_DIR))
 
     code, _, err = run(capsys, "keys", "create", "--tenant", "initech", "--project", "tps-reports",
                        "--name", "k", "--models", "bge-small")  # fmt: skip
     assert (code, err) == (2, "error: the tenant is not entitled to bge-small\n")
     assert run(capsys, "keys", "revoke", "NoSuchKeyId1")[0] == 2
-    code, _, err = run(capsys, "keys", "create", "--tenant", "nope", "--project", "p", "--name", "k")
+    code, _, err = run(
+        capsys, "keys", "create", "--tenant", "nope", "--project", "p", "--name", "k"
+    )
     assert (code, err) == (2, "error: tenant 'nope' not found\n")

@@ -54,7 +54,9 @@ def test_nested_validation_errors_name_the_field(world: World) -> None:
     project = world.project("acme", "demo")
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
 
-    problem = problem_of(post(world, path, json={"project_id": project, "name": "k", "allowed_models": [3]}), 400)
+    problem = problem_of(
+        post(world, path, json={"project_id": project, "name": "k", "allowed_models": [3]}), 400
+    )
     assert problem["errors"][0]["field"].startswith("allowed_models")
     problem = problem_of(post(world, path, json={"project_id": "not-a-uuid", "name": "k"}), 400)
     assert problem["errors"][0]["field"] == "project_id"
@@ -62,7 +64,9 @@ def test_nested_validation_errors_name_the_field(world: World) -> None:
 
 @pytest.mark.parametrize("body", [b"{", b'{"name": ', b"not json", b"\xff\xfe"])
 def test_malformed_json_is_a_problem(world: World, body: bytes) -> None:
-    response = post(world, "/api/v1/tiers", content=body, headers={"content-type": "application/json"})
+    response = post(
+        world, "/api/v1/tiers", content=body, headers={"content-type": "application/json"}
+    )
 
     problem = problem_of(response, 400)
     assert problem["code"] == "invalid_request"
@@ -90,7 +94,10 @@ def test_a_malformed_path_id_reads_as_not_found(world: World) -> None:
 
 
 def test_the_request_id_is_echoed_or_generated(client: TestClient[Any]) -> None:
-    assert client.get("/healthz", headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    assert (
+        client.get("/healthz", headers={"x-request-id": "abc-123"}).headers["x-request-id"]
+        == "abc-123"
+    )
     generated = client.get("/healthz", headers={"x-request-id": "bad id!"}).headers["x-request-id"]
     assert generated.startswith("req-")
 

@@ -23,7 +23,11 @@ def test_creating_a_key_returns_its_secret_once_and_lists_never_show_it(world: W
 
     assert secret.startswith(f"tlk_{key['key_id']}_")
     assert key["prefix"] == f"tlk_{key['key_id']}_"
-    assert (key["project"], key["status"], key["allowed_models"]) == ("demo", "active", ["llama-3.1-8b"])
+    assert (key["project"], key["status"], key["allowed_models"]) == (
+        "demo",
+        "active",
+        ["llama-3.1-8b"],
+    )
     listed = world.client.get(keys_path(world), headers=world.api("acme-dev").headers).text
     fetched = world.client.get(
         f"{keys_path(world)}/{key['key_id']}", headers=world.api("acme-dev").headers
@@ -68,7 +72,9 @@ def test_a_key_may_only_be_pinned_to_a_tier_no_higher_than_its_tenants(world: Wo
         path, {"project_id": globex_project, "name": "k", "tier": "bronze"}
     )
     assert snapshot(world.runtime).keys[pinned["key"]["key_id"]].tier == "bronze"
-    world.api("globex-admin").post(path, {"project_id": globex_project, "name": "k", "tier": "silver"})
+    world.api("globex-admin").post(
+        path, {"project_id": globex_project, "name": "k", "tier": "silver"}
+    )
     problem = world.api("globex-admin").post(
         path, {"project_id": globex_project, "name": "k", "tier": "gold"}, expect=400
     )
@@ -81,10 +87,15 @@ def test_expiry_is_given_once_and_in_the_future(world: World) -> None:
     past = (utcnow() - timedelta(days=1)).isoformat()
     future = (utcnow() + timedelta(days=1)).isoformat()
 
-    assert api.post(keys_path(world), {**body, "expires_at": past}, 400)["errors"][0]["field"] == "expires_at"
+    assert (
+        api.post(keys_path(world), {**body, "expires_at": past}, 400)["errors"][0]["field"]
+        == "expires_at"
+    )
     both = api.post(keys_path(world), {**body, "expires_at": future, "ttl_days": 1}, 400)
     assert both["errors"][0]["field"] == "ttl_days"
-    assert api.post(keys_path(world), {**body, "ttl_days": 0}, 400)["errors"][0]["field"] == "ttl_days"
+    assert (
+        api.post(keys_path(world), {**body, "ttl_days": 0}, 400)["errors"][0]["field"] == "ttl_days"
+    )
     naive = api.post(keys_path(world), {**body, "expires_at": "2999-01-01T00:00:00"}, 400)
     assert naive["errors"][0]["field"] == "expires_at"
     assert api.post(keys_path(world), {**body, "expires_at": future})["key"]["expires_at"]
@@ -109,7 +120,9 @@ def test_expired_keys_disappear_from_the_next_snapshot(world: World) -> None:
     key = world.create_key("acme-dev", "acme", "demo", ttl_days=1)["key"]["key_id"]
     with transaction(world.runtime.session_factory) as session:
         session.execute(
-            update(ApiKey).where(ApiKey.key_id == key).values(expires_at=utcnow() - timedelta(seconds=1))
+            update(ApiKey)
+            .where(ApiKey.key_id == key)
+            .values(expires_at=utcnow() - timedelta(seconds=1))
         )
     world.runtime.publish()
 
@@ -131,7 +144,10 @@ def test_rotating_a_key_issues_a_new_secret_with_the_same_scope(world: World) ->
     keys = snapshot(world.runtime).keys
     assert new["key_id"] in keys
     assert old["key"]["key_id"] not in keys
-    assert world.api("acme-dev").get(f"{keys_path(world)}/{old['key']['key_id']}")["status"] == "revoked"
+    assert (
+        world.api("acme-dev").get(f"{keys_path(world)}/{old['key']['key_id']}")["status"]
+        == "revoked"
+    )
     world.api("acme-dev").post(f"{keys_path(world)}/{old['key']['key_id']}/rotate", expect=409)
 
 

@@ -23,7 +23,9 @@ from trunkline.tenancy.manifests import (
 
 def test_the_committed_schema_is_the_generated_one() -> None:
     committed = (TENANTS_DIR / "schema.json").read_text()
-    assert committed == manifest_json_schema_text(), "run: trunkline tenants schema > tenants/schema.json"
+    assert committed == manifest_json_schema_text(), (
+        "run: trunkline tenants schema > tenants/schema.json"
+    )
 
 
 def test_the_shipped_manifests_are_valid_under_both_checks() -> None:
@@ -116,7 +118,10 @@ def test_apply_twice_changes_nothing_the_second_time(runtime: Runtime) -> None:
     second = apply_manifests(runtime.session_factory, TENANTS_DIR, publish=runtime.publish)
 
     assert first.changed
-    assert "Tenant acme created: +model bge-small; +model llama-3.1-8b; +project demo; " in "\n".join(first.lines())
+    assert (
+        "Tenant acme created: +model bge-small; +model llama-3.1-8b; +project demo; "
+        in "\n".join(first.lines())
+    )
     assert not second.changed
     assert second.lines() == ["no changes"]
     assert snapshot(runtime).version == version, "nothing changed, nothing published"

@@ -42,7 +42,9 @@ def test_a_platform_admin_creates_and_updates_tenants(world: World) -> None:
     assert snapshot(world.runtime).tenants[tenant["id"]].tier == "gold"
 
     world.admin.post("/api/v1/tenants", body, expect=409)
-    bad_tier = world.admin.post("/api/v1/tenants", {**body, "slug": "x", "tier": "nope"}, expect=400)
+    bad_tier = world.admin.post(
+        "/api/v1/tenants", {**body, "slug": "x", "tier": "nope"}, expect=400
+    )
     assert bad_tier["errors"][0]["field"] == "tier"
     world.api("acme-admin").post("/api/v1/tenants", {**body, "slug": "y"}, expect=403)
     world.api("acme-admin").patch(f"/api/v1/tenants/{world.tenant('acme')}", {"name": "A"}, 403)
@@ -62,11 +64,19 @@ def test_a_tenant_admin_manages_members(world: World) -> None:
     acme = world.tenant("acme")
     admin = world.api("acme-admin")
 
-    added = admin.post(f"/api/v1/tenants/{acme}/members", {"email": "New@Acme.example", "role": "developer"})
+    added = admin.post(
+        f"/api/v1/tenants/{acme}/members", {"email": "New@Acme.example", "role": "developer"}
+    )
     assert added["email"] == "new@acme.example"
-    admin.post(f"/api/v1/tenants/{acme}/members", {"email": "new@acme.example", "role": "developer"}, expect=409)
+    admin.post(
+        f"/api/v1/tenants/{acme}/members",
+        {"email": "new@acme.example", "role": "developer"},
+        expect=409,
+    )
 
-    promoted = admin.patch(f"/api/v1/tenants/{acme}/members/{added['user_id']}", {"role": "tenant_admin"})
+    promoted = admin.patch(
+        f"/api/v1/tenants/{acme}/members/{added['user_id']}", {"role": "tenant_admin"}
+    )
     assert promoted["role"] == "tenant_admin"
     admin.delete(f"/api/v1/tenants/{acme}/members/{added['user_id']}")
     emails = [m["email"] for m in admin.get(f"/api/v1/tenants/{acme}/members")]
@@ -90,7 +100,9 @@ def test_developers_cannot_manage_members(world: World) -> None:
     dev = world.api("acme-dev")
 
     assert dev.get(f"/api/v1/tenants/{acme}/members", expect=403)["code"] == "forbidden"
-    dev.post(f"/api/v1/tenants/{acme}/members", {"email": "x@y.example", "role": "developer"}, expect=403)
+    dev.post(
+        f"/api/v1/tenants/{acme}/members", {"email": "x@y.example", "role": "developer"}, expect=403
+    )
 
 
 def test_projects_are_created_by_tenant_admins_and_read_by_members(world: World) -> None:
@@ -103,7 +115,9 @@ def test_projects_are_created_by_tenant_admins_and_read_by_members(world: World)
     assert got["tenant_id"] == acme
     world.api("acme-dev").post(f"/api/v1/tenants/{acme}/projects", {"name": "mine"}, expect=403)
     world.api("acme-dev").delete(f"/api/v1/tenants/{acme}/projects/{project['id']}", expect=403)
-    world.api("acme-admin").post(f"/api/v1/tenants/{acme}/projects", {"name": "chatbot"}, expect=409)
+    world.api("acme-admin").post(
+        f"/api/v1/tenants/{acme}/projects", {"name": "chatbot"}, expect=409
+    )
 
 
 def test_deleting_a_project_removes_its_keys_from_the_gateway(world: World) -> None:

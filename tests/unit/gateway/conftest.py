@@ -120,9 +120,9 @@ class Harness:
     upstream: list[httpx.Request]
 
     def drain_usage(self) -> list:  # type: ignore[type-arg]
-        records = [record for _id, record in self.usage.read(10_000)]
-        self.usage.ack([str(i) for i in range(100_000)])
-        return records
+        batch = self.usage.read(10_000)
+        self.usage.ack([message_id for message_id, _record in batch])
+        return [record for _message_id, record in batch]
 
 
 @pytest.fixture

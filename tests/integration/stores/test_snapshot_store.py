@@ -1,0 +1,56 @@
+"""One contract for the snapshot store, run on the in-memory and the Redis implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from trunkline.snapshot import (
+    InMemorySnapshotStore,
+    RedisSnapshotPublisher,
+    RedisSnapshotSource,
+)
+
+
+class Pair:
+    def __init__(self, publisher: Any, source: Any) -> None:
+        self.publisher = publisher
+        self.source = source
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[Pair]:
+    if request.param == "memory":
+        memory = InMemorySnapshotStore()
+        yield Pair(memory, memory)
+        return
+    url = request.getfixturevalue("redis_url")
+    sync = redis.Redis.from_url(url)
+    yield Pair(
+        RedisSnapshotPublisher(sync, "t"), RedisSnapshotSource(aioredis.Redis.from_url(url), "t")
+    )
+    sync.close()
+
+
+async def test_empty_store_has_no_version(store: Pair) -> None:
+    assert await store.source.version() is None
+    assert await store.source.load() is None
+
+
+async def test_publish_then_load_round_trips(store: Pair) -> None:
+    version = store.publisher.next_version()
+    store.publisher.publish(version, b"blob-1")
+    assert await store.source.version() == version
+    assert await store.source.load() == (version, b"blob-1")
+
+
+async def test_versions_only_move_forward(store: Pair) -> None:
+    older, newer = store.publisher.next_version(), store.publisher.next_version()
+    assert newer > older
+    store.publisher.publish(newer, b"new")
+    store.publisher.publish(older, b"stale")  # a slow publisher must not roll back
+    assert await store.source.load() == (newer, b"new")

@@ -1,0 +1,48 @@
+"""Production settings refuse development shortcuts; development works with no settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from trunkline.errors import ConfigurationError
+from trunkline.settings import Settings
+
+GOOD = {
+    "environment": "production",
+    "database": {"url": "postgresql+psycopg://db/trunkline"},
+    "redis": {"url": "redis://redis:6379/0"},
+    "security": {"key_hash_secret": "s" * 40, "dev_login": False},
+}
+
+
+def test_development_defaults_need_nothing() -> None:
+    settings = Settings()
+    settings.check_production()
+    assert settings.database.url.startswith("sqlite")
+
+
+def test_a_complete_production_configuration_is_accepted() -> None:
+    Settings(**GOOD).check_production()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"security": {"key_hash_secret": None, "dev_login": False}}, "KEY_HASH_SECRET"),
+        ({"security": {"key_hash_secret": "short", "dev_login": False}}, "KEY_HASH_SECRET"),
+        ({"security": {"key_hash_secret": "s" * 40, "dev_login": True}}, "development login"),
+        ({"database": {"url": "sqlite:///x.db"}}, "PostgreSQL"),
+        ({"redis": {"url": None}}, "REDIS__URL"),
+    ],
+)
+def test_production_refuses_each_shortcut(change: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        Settings(**{**GOOD, **change}).check_production()  # type: ignore[arg-type]
+
+
+def test_settings_come_from_prefixed_nested_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUNKLINE_GATEWAY__PORT", "9999")
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", "topsecret-value")
+    settings = Settings()
+    assert settings.gateway.port == 9999
+    assert "topsecret" not in repr(settings)
