@@ -58,6 +58,7 @@ from trunkline.tenancy.controllers import (
 log = logging.getLogger("trunkline.controlplane")
 
 MAX_BODY_BYTES = 1024 * 1024
+BEARER = SecurityScheme(type="http", scheme="bearer", description="tlu_… access token")
 PROBLEM_JSON = "application/problem+json"
 _STATUS_BY_CODE = {
     "invalid_request": 400,
@@ -83,21 +84,24 @@ def dev_login_enabled(settings: Settings) -> bool:
     return settings.security.dev_login and not settings.is_production
 
 
+CONTROLLERS = (
+    AuthController,
+    TierController,
+    TenantController,
+    MemberController,
+    ProjectController,
+    ApiKeyController,
+    EntitlementController,
+    AvailableModelController,
+    FlavorController,
+    CatalogModelController,
+    PoolController,
+)
+
+
 def create_controlplane_app(runtime: Runtime) -> Litestar:
-    handlers: list[Any] = [
-        healthz(runtime),
-        AuthController,
-        TierController,
-        TenantController,
-        MemberController,
-        ProjectController,
-        ApiKeyController,
-        EntitlementController,
-        AvailableModelController,
-        FlavorController,
-        CatalogModelController,
-        PoolController,
-    ]
+    """The control-plane API over ``runtime``; the development login only where allowed."""
+    handlers: list[Any] = [healthz(runtime), *CONTROLLERS]
     if dev_login_enabled(runtime.settings):
         handlers.append(DevLoginController)
     return Litestar(
@@ -128,9 +132,7 @@ def create_controlplane_app(runtime: Runtime) -> Litestar:
             version=trunkline.__version__,
             path="/schema",
             render_plugins=[JsonRenderPlugin()],
-            components=Components(
-                security_schemes={"accessToken": SecurityScheme(type="http", scheme="bearer")}
-            ),
+            components=Components(security_schemes={"accessToken": BEARER}),
             security=[{"accessToken": []}],
         ),
         request_max_body_size=MAX_BODY_BYTES,
@@ -203,18 +205,10 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "%s %s %s",
-                method,
-                scope["path"],
-                status,
-                extra={"status": status, "duration_ms": _elapsed_ms(started)},
-            )
+            elapsed_ms = round(1000 * (time.perf_counter() - started), 2)
+            extra = {"status": status, "duration_ms": elapsed_ms}
+            log.info("%s %s %s", method, scope["path"], status, extra=extra)
             reset(token)
-
-
-def _elapsed_ms(started: float) -> float:
-    return round(1000 * (time.perf_counter() - started), 2)
 
 
 # --- problem details --------------------------------------------------------------------------
@@ -287,7 +281,7 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
 
 def _is_decode_error(exc: HTTPException) -> bool:
     # Litestar wraps a body that does not decode in a plain ClientException
-    return isinstance(exc.__cause__, SerializationException) or "JSON" in exc.detail
+    return isinstance(exc.__cause__, SerializationException)
 
 
 def _integrity_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -298,6 +292,3 @@ def _integrity_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error("unhandled error", exc_info=exc)
     return problem(request, 500, "internal_error", "internal server error")
-
-
-__all__ = ["create_controlplane_app", "dev_login_enabled", "problem"]

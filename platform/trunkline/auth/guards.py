@@ -23,10 +23,14 @@ AnyConnection = ASGIConnection[Any, Any, Any, Any]
 
 
 def current_principal(connection: AnyConnection) -> Principal:
+    """The authenticated caller, or the reason the authentication middleware refused it."""
     user = connection.scope.get("user")
-    if not isinstance(user, Principal):
-        raise Unauthenticated("missing bearer access token", reason="missing_token")
-    return user
+    if isinstance(user, Principal):
+        return user
+    refused = connection.scope.get("auth")
+    if isinstance(refused, Unauthenticated):
+        raise refused
+    raise Unauthenticated("missing bearer access token", reason="missing_token")
 
 
 def provide_principal(request: Request[Any, Any, Any]) -> Principal:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.principal import Principal
 from trunkline.auth.service import authenticate
+from trunkline.errors import Unauthenticated
 from trunkline.kit.logging import bind
 
 EXCLUDE_FROM_AUTH = "exclude_from_auth"
@@ -39,7 +40,12 @@ class AccessTokenMiddleware(AbstractAuthenticationMiddleware):
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
         header = connection.headers.get("authorization")
-        principal = await anyio.to_thread.run_sync(partial(self._authenticate, header))
+        try:
+            principal = await anyio.to_thread.run_sync(partial(self._authenticate, header))
+        except Unauthenticated as refused:
+            # raised by the route's guard instead, inside the route's error handling, so the
+            # answer carries the request id and is logged like any other
+            return AuthenticationResult(user=None, auth=refused)
         bind(user_id=str(principal.user_id))
         return AuthenticationResult(user=principal, auth=None)
 

@@ -10,7 +10,7 @@ from trunkline.errors import TrunklineError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trunkline.cli import keys, servers, tenants
+    from trunkline.cli import bench, keys, servers, tenants
 
     parser = argparse.ArgumentParser(
         prog="trunkline", description="Trunkline: multitenant Models-as-a-Service."
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     servers.register(sub)
     tenants.register(sub)
     keys.register(sub)
+    bench.register(sub)
     return parser
 
 

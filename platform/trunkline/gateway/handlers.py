@@ -141,5 +141,6 @@ def build_app(service: GatewayService, *, max_body_bytes: int, lifespan: list[ob
         request_max_body_size=max_body_bytes,
         lifespan=lifespan,  # type: ignore[arg-type]
         openapi_config=None,
+        logging_config=None,
         debug=False,
     )

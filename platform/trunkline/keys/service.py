@@ -27,7 +27,7 @@ from trunkline.tenancy.service import tenant_row
 
 
 def _keys(session: Session, principal: Principal, tenant_id: uuid.UUID) -> ApiKeyRepository:
-    principal.require_member(tenant_id)
+    tenant_row(session, principal, tenant_id)
     if principal.is_tenant_admin(tenant_id):
         return ApiKeyRepository(session, tenant_id)
     return ApiKeyRepository(session, tenant_id, created_by=principal.user_id or uuid.UUID(int=0))

@@ -16,6 +16,7 @@ from trunkline.tenancy.service import tenant_row
 
 
 def list_entitlements(session: Session, tenant_id: uuid.UUID) -> list[Entitlement]:
+    tenant_row(session, Principal.system(), tenant_id)
     rows = EntitlementRepository(session, tenant_id).all()
     return [Entitlement(e.tenant_id, a.alias, m.name, e.created_at) for e, a, m in rows]
 

@@ -132,6 +132,7 @@ def update_tenant(session: Session, tenant_id: uuid.UUID, data: TenantUpdate) ->
 
 
 def list_members(session: Session, tenant_id: uuid.UUID) -> list[Member]:
+    tenant_row(session, Principal.system(), tenant_id)
     return [Member.of(m, u) for m, u in MembershipRepository(session, tenant_id).all()]
 
 
@@ -182,6 +183,7 @@ def _keep_an_admin(members: MembershipRepository) -> None:
 
 
 def list_projects(session: Session, tenant_id: uuid.UUID) -> list[Project]:
+    tenant_row(session, Principal.system(), tenant_id)
     return [Project.of(p) for p in ProjectRepository(session, tenant_id).all()]
 
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
-from unit.controlplane.cp_support import World, build_world, make_runtime
 
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.runtime import Runtime
+from unit.controlplane.cp_support import World, build_world, make_runtime
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from unit.controlplane.cp_support import World, random_id
 
 T = "/api/v1/tenants"

@@ -77,6 +77,7 @@ def test_requests_without_a_valid_token_are_refused(world: World) -> None:
         assert response.status_code == 401, header
         assert response.headers["content-type"].startswith("application/problem+json")
         assert response.headers["www-authenticate"] == "Bearer"
+        assert response.headers["x-request-id"].startswith("req-")
         assert response.json()["code"] == "unauthenticated"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from litestar.testing import TestClient
 from sqlalchemy.orm import Session
 
 from trunkline.errors import Conflict
+from trunkline.kit.logging import current
 from trunkline.models import Tier
 from trunkline.tenancy.changes import flush_or_conflict
 
@@ -20,7 +22,7 @@ def problem_of(response: Any, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     body: dict[str, Any] = response.json()
-    assert PROBLEM_FIELDS <= body.keys()
+    assert body.keys() >= PROBLEM_FIELDS
     assert body["status"] == status
     assert body["type"] == f"urn:trunkline:problem:{body['code']}"
     return body
@@ -100,6 +102,28 @@ def test_the_request_id_is_echoed_or_generated(client: TestClient[Any]) -> None:
     )
     generated = client.get("/healthz", headers={"x-request-id": "bad id!"}).headers["x-request-id"]
     assert generated.startswith("req-")
+
+
+def test_request_logs_carry_the_request_and_user_ids(world: World) -> None:
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), dict(current())))
+
+    logger, handler = logging.getLogger("trunkline.controlplane"), Grab()
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        headers = {**world.api("acme-dev").headers, "x-request-id": "trace-1"}
+        world.client.get("/api/v1/tiers", headers=headers)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+    me = world.api("acme-dev").get("/api/v1/auth/me")
+    assert seen == [("GET /api/v1/tiers 200", {"request_id": "trace-1", "user_id": me["id"]})]
 
 
 def test_unique_constraint_races_become_conflicts(world: World) -> None:

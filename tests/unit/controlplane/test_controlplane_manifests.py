@@ -83,11 +83,13 @@ def test_every_problem_names_file_line_and_field(tmp_path: Path) -> None:
     assert issues_of(tmp_path, BROKEN) == [
         f"{file}:4: Tier gold: ttft_slo_ms: 'fast' is not of type 'integer'",
         f"{file}:10: Tenant acme: colour: unknown field",
-        f"{file}:13: Tenant acme: members[0].role: 'owner' is not one of ['developer', 'tenant_admin']",
+        f"{file}:13: Tenant acme: members[0].role: "
+        "'owner' is not one of ['developer', 'tenant_admin']",
         f"{file}:14: Tenant acme: members[1].email: is required",
         f"{file}:18: Pool p1: model: unknown model 'missing-model'",
         f"{file}:19: Pool p1: flavor: unknown flavor 'h100'",
-        f"{file}:22: Gizmo g: kind: unknown kind 'Gizmo', expected one of Flavor, Model, Pool, Tenant, Tier",
+        f"{file}:22: Gizmo g: kind: "
+        "unknown kind 'Gizmo', expected one of Flavor, Model, Pool, Tenant, Tier",
     ]
 
 

@@ -130,3 +130,10 @@ def test_deleting_a_project_removes_its_keys_from_the_gateway(world: World) -> N
 
     assert key not in snapshot(world.runtime).keys
     world.api("acme-admin").get(f"/api/v1/tenants/{acme}/keys/{key}", expect=404)
+
+
+def test_a_platform_admin_gets_404_under_a_tenant_that_does_not_exist(world: World) -> None:
+    missing = f"/api/v1/tenants/{random_id()}"
+    for path in ("", "/members", "/projects", "/keys", "/entitlements"):
+        assert world.admin.get(missing + path, expect=404)["code"] == "not_found"
+    world.admin.post(missing + "/projects", {"name": "p"}, expect=404)

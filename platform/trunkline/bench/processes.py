@@ -1,0 +1,139 @@
+"""Servers a benchmark runs in processes of their own, so the load generator never shares a GIL
+with what it measures.
+
+Use :class:`ServerProcess` as a context manager (or inside a :class:`contextlib.ExitStack`): the
+child is stopped on the way out whatever happened, an exception or Ctrl-C included. Readiness is
+polled on an HTTP URL, never assumed after a fixed sleep. Output goes to a log file that errors
+quote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+
+import httpx
+
+from trunkline.errors import TrunklineError
+
+__all__ = ["ServerProcess", "free_loopback_ports", "python_module", "sigterm_as_exit"]
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct ports the OS just had free on loopback (children bind them next)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            # Held open until all are picked, so the OS cannot hand out one port twice.
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """``python -m module args…`` with this interpreter, so children run the same install."""
+    return [sys.executable, "-m", module, *args]
+
+
+class ServerProcess:
+    """A child server process, started on ``__enter__`` and stopped on ``__exit__``."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path) -> None:
+        self.name = name
+        self.args = list(args)
+        self.log_path = log_path
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._popen is None else self._popen.pid
+
+    def running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            # The child keeps its own copy of the descriptor.
+            self._popen = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                self.args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, url: str, timeout_s: float = 60.0) -> None:
+        """Poll ``url`` until it answers 200; fail early if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if not self.running():
+                    raise self._failure(
+                        f"exited with code {self._returncode()} before it was ready"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(url).status_code == 200:
+                        return
+                time.sleep(0.05)
+        raise self._failure(f"was not ready at {url} within {timeout_s:.0f} s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM (uvicorn shuts down gracefully), then SIGKILL after ``timeout_s``."""
+        popen = self._popen
+        if popen is None or popen.poll() is not None:
+            return
+        popen.terminate()
+        try:
+            popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+
+    def log_tail(self, max_chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-max_chars:]
+        except OSError:
+            return ""
+
+    def _returncode(self) -> int | None:
+        return None if self._popen is None else self._popen.returncode
+
+    def _failure(self, what: str) -> TrunklineError:
+        return TrunklineError(
+            f"the {self.name} process {what}; its log ({self.log_path}) ends with:\n"
+            f"{self.log_tail()}",
+            reason="benchmark_process_failed",
+        )
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` while inside, so cleanup code runs (main thread only)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

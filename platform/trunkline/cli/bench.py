@@ -1,0 +1,62 @@
+"""``trunkline bench NAME --out DIR``: run a benchmark, print it side by side, write
+``DIR/result.json`` and a plot. See docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("bench", help="run a benchmark and write DIR/result.json plus a plot")
+    commands = parser.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+
+    overhead = commands.add_parser(
+        "overhead",
+        help="latency the gateway adds over a direct call to a simulated engine",
+        description=(
+            "Send the same non-streamed chat completion N times straight to a simulated vLLM "
+            "engine and N times through a gateway in front of it (each server in its own "
+            "process), interleaved in blocks, and compare the latencies."
+        ),
+    )
+    overhead.add_argument("--out", type=Path, required=True, help="directory for the results")
+    overhead.add_argument(
+        "-n", "--requests", type=int, default=1000, help="measured requests per variant"
+    )
+    overhead.add_argument("--warmup", type=int, default=50, help="uncounted requests per variant")
+    overhead.add_argument(
+        "--block", type=int, default=50, help="requests of one variant before switching"
+    )
+    overhead.add_argument("--model", default="bench-llama-8b", help="model the engine serves")
+    overhead.add_argument("--profile", default="h100", help="simulated accelerator profile")
+    overhead.add_argument("--max-tokens", type=int, default=16, help="completion tokens asked")
+    overhead.add_argument("--prompt", help="user message to send (default: a short question)")
+    overhead.set_defaults(func=_overhead)
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from trunkline.bench.overhead import DEFAULT_PROMPT, OverheadConfig, run_overhead
+    from trunkline.bench.processes import sigterm_as_exit
+    from trunkline.bench.report import print_table
+
+    try:
+        config = OverheadConfig(
+            requests=args.requests,
+            warmup=args.warmup,
+            block=args.block,
+            model=args.model,
+            profile=args.profile,
+            prompt=args.prompt or DEFAULT_PROMPT,
+            max_tokens=args.max_tokens,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with sigterm_as_exit():
+        result = run_overhead(config, args.out, progress=sys.stderr)
+    print_table(result, metrics=["p50_ms", "p90_ms", "p99_ms", "mean_ms"], unit="ms")
+    print(f"wrote {args.out / 'result.json'} and {args.out / 'latency.png'}")
+    return 0
