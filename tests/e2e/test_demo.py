@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import openai
@@ -61,6 +62,7 @@ def test_demo_serves_the_openai_sdk_and_restarts_on_the_same_database(workdir: P
             openai.OpenAI(
                 base_url=exports["OPENAI_BASE_URL"], api_key="tlk_wrong", max_retries=0
             ).models.list()
+        _revoke_from_another_shell(workdir, exports["OPENAI_API_KEY"], proc, client)
     finally:
         assert proc.stop(signal.SIGINT) == 0, proc.output()
     assert "Trunkline stopped." in proc.output()
@@ -75,11 +77,34 @@ def test_demo_serves_the_openai_sdk_and_restarts_on_the_same_database(workdir: P
 
     again = _start(workdir, gateway_port, cp_port, "second.log")
     try:
-        assert _exports(again.output())["OPENAI_API_KEY"] == exports["OPENAI_API_KEY"]
+        # The revoked demo key is replaced by a fresh one; everything else is reused.
+        renewed = _exports(again.output())["OPENAI_API_KEY"]
+        assert renewed != exports["OPENAI_API_KEY"]
+        assert "manifests applied changes=0" in again.output()
         assert "Traceback" not in again.output()
-        client = openai.OpenAI(
-            base_url=exports["OPENAI_BASE_URL"], api_key=exports["OPENAI_API_KEY"], max_retries=0
-        )
+        client = openai.OpenAI(base_url=exports["OPENAI_BASE_URL"], api_key=renewed, max_retries=0)
         assert client.models.list().data
     finally:
         assert again.stop(signal.SIGINT) == 0, again.output()
+
+
+def _revoke_from_another_shell(workdir: Path, key: str, proc: Proc, client: openai.OpenAI) -> None:
+    """``trunkline keys revoke`` in a second process reaches the running embedded gateway."""
+    revoke = subprocess.run(
+        [*TRUNKLINE, "keys", "revoke", key.split("_")[1]],
+        cwd=workdir,
+        env=trunkline_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert revoke.returncode == 0, revoke.stderr
+
+    def refused() -> bool:
+        try:
+            client.models.list()
+        except openai.AuthenticationError:
+            return True
+        return False
+
+    proc.wait_until(refused, "the revoked key to be refused", timeout_s=10)

@@ -31,6 +31,7 @@ from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import ApiKey, Project, Tenant
 from trunkline.pools.service import set_pool_endpoints
 from trunkline.settings import Settings
+from trunkline.snapshot.builder import current_fingerprint
 from trunkline.tenancy.manifests import Manifests, apply_manifests, load_manifests
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ async def _run(
         ]
         tasks = [asyncio.create_task(s.serve()) for s in servers]
         ingest = asyncio.create_task(_ingest_forever(stream, runtime.session_factory))
+        follow = asyncio.create_task(_follow_database(runtime))
         try:
             await serving.wait_started(servers, tasks)
             print(banner(settings, demo, engines.urls), flush=True)
@@ -101,9 +103,10 @@ async def _run(
             for s in servers:
                 s.should_exit = True
             await asyncio.gather(*tasks, return_exceptions=True)
-            ingest.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ingest
+            for task in (ingest, follow):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await asyncio.to_thread(_drain, stream, runtime.session_factory)
     print("Trunkline stopped.", flush=True)
 
@@ -144,6 +147,22 @@ async def _ingest_forever(stream: InMemoryUsageStream, factory: sessionmaker[Ses
             moved = 0
         if not moved:
             await asyncio.sleep(0.5)
+
+
+async def _follow_database(runtime: Runtime, every_s: float = 1.0) -> None:
+    """Republish when the database changed behind our back (e.g. ``trunkline keys revoke``
+    run in another shell): the in-memory snapshot store has no other way to hear of it."""
+    last = await asyncio.to_thread(current_fingerprint, runtime.session_factory)
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            now = await asyncio.to_thread(current_fingerprint, runtime.session_factory)
+            if now != last:
+                await asyncio.to_thread(runtime.publish)
+                log.info("configuration changed in the database; snapshot republished")
+                last = now
+        except Exception:
+            log.exception("could not check the database for configuration changes")
 
 
 def _drain(stream: InMemoryUsageStream, factory: sessionmaker[Session]) -> None:

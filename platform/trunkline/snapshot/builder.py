@@ -6,6 +6,7 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
+import msgspec
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,6 +96,16 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
         )
         for pool, model_name, flavor_name in rows
     }
+
+
+def fingerprint(snapshot: Snapshot) -> bytes:
+    """The snapshot's content without its version and time, to tell real changes apart."""
+    return encode_snapshot(msgspec.structs.replace(snapshot, version=0, published_at=0.0))
+
+
+def current_fingerprint(factory: sessionmaker[Session]) -> bytes:
+    with factory() as session:
+        return fingerprint(build_snapshot(session, 0))
 
 
 def publish_snapshot(factory: sessionmaker[Session], publisher: SnapshotPublisher) -> Snapshot:
