@@ -1,0 +1,112 @@
+"""The gateway over real HTTP in front of simulated vLLM engines on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from support.servers import free_port
+from tests.unit.gateway.conftest import SECRET, World, default_world
+from trunkline.apps import serving
+from trunkline.apps.gateway import create_gateway_app
+from trunkline.engines import EngineSpec, SimulatedEngines
+from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.settings import GatewaySettings
+from trunkline.snapshot import AliasEntry, EndpointEntry, PoolEntry
+
+PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
+
+
+@dataclass
+class Live:
+    base_url: str
+    key: str
+    usage: InMemoryUsageStream
+    engines: SimulatedEngines
+
+    async def records(self, count: int) -> list[UsageRecord]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if len(self.usage) >= count:
+                break
+            await asyncio.sleep(0.02)
+        batch = self.usage.read(1000)
+        return [record for _id, record in batch]
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[Live]:
+    specs = [EngineSpec("llama-8b-served", "h100", time_scale=0.2)]
+    async with SimulatedEngines(specs) as engines:
+        world: World = default_world()
+        world.pools = {
+            "h100-eu": PoolEntry(
+                "h100-eu",
+                "llama-8b-served",
+                "h100",
+                "eu-west",
+                False,
+                16,
+                (EndpointEntry("e1", engines.urls[0]),),
+            )
+        }
+        world.aliases = {"llama": AliasEntry("llama", "llama-8b-served", "chat", ("h100-eu",))}
+        key = world.add_key()
+        world.publish()
+        usage = InMemoryUsageStream()
+        app = create_gateway_app(
+            source=world.store,
+            emitter=usage,
+            server_secret=SECRET,
+            settings=GatewaySettings(snapshot_poll_s=0.05),
+        )
+        port = free_port()
+        server = serving.server(app, "127.0.0.1", port)
+        task = asyncio.create_task(server.serve())
+        await serving.wait_started([server], [task])
+        try:
+            yield Live(f"http://127.0.0.1:{port}/v1", key, usage, engines)
+        finally:
+            server.should_exit = True
+            await task
+
+
+def _chat(content: str, **extra: object) -> dict[str, object]:
+    return {"model": "llama", "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def test_repeated_preamble_reports_cached_tokens_through_the_gateway(live: Live) -> None:
+    headers = {"Authorization": f"Bearer {live.key}"}
+    async with httpx.AsyncClient(base_url=live.base_url, headers=headers) as client:
+        first = await client.post("/chat/completions", json=_chat(PREAMBLE + "question one"))
+        second = await client.post("/chat/completions", json=_chat(PREAMBLE + "question two"))
+    assert first.status_code == second.status_code == 200
+    assert first.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    cached = second.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= 16 * 10  # the shared preamble spans many full blocks
+    records = await live.records(2)
+    assert sorted(r.cached_tokens for r in records) == [0, cached]
+
+
+async def test_client_hanging_up_mid_stream_is_metered_and_frees_the_engine(live: Live) -> None:
+    headers = {"Authorization": f"Bearer {live.key}"}
+    body = _chat("tell me a long story", stream=True, max_tokens=500)
+    async with httpx.AsyncClient(base_url=live.base_url, headers=headers) as client:
+        async with client.stream("POST", "/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            async for _chunk in response.aiter_bytes():
+                break  # hang up after the first bytes
+    [record] = await live.records(1)
+    assert record.status == 499 and record.error_code == "client_closed"
+    assert record.completion_tokens < 500
+    core = live.engines.apps[0].core
+    deadline = time.monotonic() + 10
+    while core.num_requests_running and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert core.num_requests_running == 0, "the engine kept generating for a client that left"
