@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from tests.unit.gateway.conftest import SECRET, World, default_world
 
 from support.servers import free_port
-from tests.unit.gateway.conftest import SECRET, World, default_world
 from trunkline.apps import serving
 from trunkline.apps.gateway import create_gateway_app
 from trunkline.engines import EngineSpec, SimulatedEngines
@@ -97,16 +97,18 @@ async def test_repeated_preamble_reports_cached_tokens_through_the_gateway(live:
 async def test_client_hanging_up_mid_stream_is_metered_and_frees_the_engine(live: Live) -> None:
     headers = {"Authorization": f"Bearer {live.key}"}
     body = _chat("tell me a long story", stream=True, max_tokens=500)
-    async with httpx.AsyncClient(base_url=live.base_url, headers=headers) as client:
-        async with client.stream("POST", "/chat/completions", json=body) as response:
-            assert response.status_code == 200
-            async for _chunk in response.aiter_bytes():
-                break  # hang up after the first bytes
+    async with (
+        httpx.AsyncClient(base_url=live.base_url, headers=headers) as client,
+        client.stream("POST", "/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        async for _chunk in response.aiter_bytes():
+            break  # hang up after the first bytes
     [record] = await live.records(1)
     assert record.status == 499 and record.error_code == "client_closed"
     assert record.completion_tokens < 500
     core = live.engines.apps[0].core
     deadline = time.monotonic() + 10
-    while core.num_requests_running and time.monotonic() < deadline:
+    while core.num_requests_running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls an engine
         await asyncio.sleep(0.02)
     assert core.num_requests_running == 0, "the engine kept generating for a client that left"
