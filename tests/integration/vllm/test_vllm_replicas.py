@@ -1,0 +1,58 @@
+"""Two real vLLM replicas, one core each: what prefix-aware routing across replicas builds on.
+
+This file starts ``vllm_pair`` (≈35 s). Keep routing tests that need two replicas here or in
+files that share the fixture, so the pair starts once per session.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from support.vllm import Gateway, KvEventSubscriber, VllmServer, unique_prompt
+
+
+def test_each_replica_is_pinned_to_its_own_core(vllm_pair: tuple[VllmServer, VllmServer]) -> None:
+    bound = []
+    for server in vllm_pair:
+        match = re.search(r"local_rank=0, core ids=\[([\d, ]+)\]", server.output())
+        assert match, f"no OpenMP binding line in {server.log}"
+        bound.append(match.group(1))
+
+    assert bound == [server.cpu for server in vllm_pair]
+
+
+def test_gateway_spreads_requests_over_both_replicas(
+    vllm_pair: tuple[VllmServer, VllmServer],
+    make_gateway: Callable[[list[VllmServer]], Gateway],
+) -> None:
+    gateway = make_gateway(list(vllm_pair))
+
+    for n in range(4):
+        response = gateway.post("/v1/completions", {"prompt": f"request {n}", "max_tokens": 2})
+        assert response.status_code == 200, response.text
+
+    endpoints = [record.endpoint for record in gateway.usage_records()]
+    assert sorted(endpoints) == sorted(2 * [server.url for server in vllm_pair])
+
+
+def test_replicas_hash_the_same_prompt_to_the_same_blocks(
+    vllm_pair: tuple[VllmServer, VllmServer],
+) -> None:
+    # A router keeps one index of block hash -> replicas: that needs every replica to hash
+    # identical content identically (vLLM seeds its sha256 chain with a fixed value).
+    prompt = unique_prompt(120)
+    hashes = []
+    for server in vllm_pair:
+        subscriber = KvEventSubscriber(server)
+        try:
+            subscriber.wait_live()
+            blocks = len(server.tokenize(prompt)) // server.block_size
+            server.complete(prompt)
+            _messages, stored = subscriber.stored(blocks)
+        finally:
+            subscriber.close()
+        hashes.append([h for event in stored for h in event.block_hashes])
+
+    assert len(hashes[0]) >= 4
+    assert hashes[0] == hashes[1]
