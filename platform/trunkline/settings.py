@@ -35,6 +35,26 @@ class SecuritySettings(BaseModel):
     """Local development login without an identity provider; refused in production."""
 
 
+class QuotaSettings(BaseModel):
+    """How the gateway enforces quotas (``TRUNKLINE_GATEWAY__QUOTA__*``); see docs/quotas.md."""
+
+    on_store_failure: Literal["open", "closed"] = "open"
+    """While Redis is unreachable: keep serving under a per-process limiter, or refuse (503)."""
+    local_share: float = Field(default=1.0, gt=0, le=1)
+    """Share of each limit one process admits on its own while Redis is away; N replicas
+    together overshoot by at most ``N * local_share`` times a limit (1/N: no overshoot)."""
+    max_reserved_completion_tokens: int = Field(default=4096, ge=1)
+    """Completion tokens a request reserves at most (its ``max_tokens``, or this if unset)."""
+    lease_s: float = Field(default=60.0, gt=0)
+    """A concurrency slot expires this long after its gateway last renewed it (a crash)."""
+    max_request_s: float = Field(default=3600.0, gt=0)
+    """Leases are renewed and reservations settled for at most this long per request."""
+    probe_every_s: float = Field(default=1.0, gt=0)
+    """While Redis is away, try it again on a real request this often."""
+    store_timeout_s: float = Field(default=0.25, gt=0)
+    """Socket timeout of the gateway's quota calls to Redis."""
+
+
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -44,6 +64,7 @@ class GatewaySettings(BaseModel):
     read_timeout_s: float = 300.0
     snapshot_poll_s: float = 0.5
     max_connections: int = 1000
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
 
 
 class ControlPlaneSettings(BaseModel):

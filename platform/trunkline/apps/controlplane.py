@@ -17,6 +17,7 @@ from http import HTTPStatus
 from typing import Any
 
 import anyio.to_thread
+import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, get
 from litestar.di import Provide
 from litestar.enums import ScopeType
@@ -35,10 +36,12 @@ from trunkline.apps.runtime import Runtime
 from trunkline.auth.controllers import AuthController, DevLoginController
 from trunkline.auth.guards import provide_principal
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
+from trunkline.billing.controllers import PlatformExportController, TenantExportController
 from trunkline.errors import TrunklineError, Unauthenticated
 from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.logging import bind, reset
+from trunkline.metering.controllers import UsageController
 from trunkline.pools.controllers import (
     AvailableModelController,
     CatalogModelController,
@@ -46,6 +49,15 @@ from trunkline.pools.controllers import (
     FlavorController,
     PoolController,
 )
+from trunkline.quota.controllers import (
+    KeyQuotaController,
+    TenantQuotaController,
+    TierQuotaController,
+    usage_reader_provider,
+)
+from trunkline.quota.memory import InMemoryQuotaStore
+from trunkline.quota.redis_store import RedisQuotaStore
+from trunkline.quota.store import QuotaStore
 from trunkline.settings import Settings
 from trunkline.tenancy.changes import config_changed
 from trunkline.tenancy.controllers import (
@@ -96,11 +108,22 @@ CONTROLLERS = (
     FlavorController,
     CatalogModelController,
     PoolController,
+    UsageController,
+    TenantExportController,
+    PlatformExportController,
+    TierQuotaController,
+    TenantQuotaController,
+    KeyQuotaController,
 )
 
 
-def create_controlplane_app(runtime: Runtime) -> Litestar:
-    """The control-plane API over ``runtime``; the development login only where allowed."""
+def create_controlplane_app(runtime: Runtime, *, quota_store: QuotaStore | None = None) -> Litestar:
+    """The control-plane API over ``runtime``; the development login only where allowed.
+
+    ``quota_store`` is where gateways count quota usage (read back by the quota endpoints);
+    by default Redis when ``TRUNKLINE_REDIS__URL`` is set, else this process's memory.
+    """
+    quota = quota_store or default_quota_store(runtime.settings)
     handlers: list[Any] = [healthz(runtime), *CONTROLLERS]
     if dev_login_enabled(runtime.settings):
         handlers.append(DevLoginController)
@@ -110,7 +133,9 @@ def create_controlplane_app(runtime: Runtime) -> Litestar:
             "db_session": Provide(session_provider(runtime)),
             "principal": Provide(provide_principal, sync_to_thread=False),
             "server_secret": Provide(secret_provider(runtime), sync_to_thread=False),
+            "quota_usage": Provide(usage_reader_provider(quota), sync_to_thread=False),
         },
+        on_shutdown=[quota.close],
         middleware=[
             RequestContextMiddleware,
             DefineMiddleware(
@@ -138,6 +163,13 @@ def create_controlplane_app(runtime: Runtime) -> Litestar:
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
     )
+
+
+def default_quota_store(settings: Settings) -> QuotaStore:
+    if settings.redis.url:
+        client = aioredis.Redis.from_url(settings.redis.url)
+        return RedisQuotaStore(client, settings.redis.key_prefix)
+    return InMemoryQuotaStore()
 
 
 def session_provider(runtime: Runtime) -> Any:

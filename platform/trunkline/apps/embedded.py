@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.apps import serving
 from trunkline.apps.controlplane import create_controlplane_app
@@ -26,13 +25,16 @@ from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction
 from trunkline.kit.migrate import upgrade
-from trunkline.metering.ingest import ingest_once
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import ApiKey, Project, Tenant
 from trunkline.pools.service import set_pool_endpoints
+from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.settings import Settings
 from trunkline.snapshot.builder import current_fingerprint
 from trunkline.tenancy.manifests import Manifests, apply_manifests, load_manifests
+from trunkline.worker.inprocess import drain as drain_jobs
+from trunkline.worker.inprocess import run_jobs
+from trunkline.worker.jobs import JobContext, JobSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +78,25 @@ async def _run(
         runtime.publish()
         demo = await asyncio.to_thread(ensure_demo_key, runtime, Path(settings.state_dir))
         assert runtime.memory_store is not None
+        quotas = InMemoryQuotaStore()  # the gateway counts, the control plane reads back
         gateway = create_gateway_app(
             source=runtime.memory_store,
             emitter=stream,
             server_secret=runtime.server_secret,
             settings=settings.gateway,
+            quota_store=quotas,
         )
         servers = [
             serving.server(
-                create_controlplane_app(runtime),
+                create_controlplane_app(runtime, quota_store=quotas),
                 settings.controlplane.host,
                 settings.controlplane.port,
             ),
             serving.server(gateway, settings.gateway.host, settings.gateway.port),
         ]
         tasks = [asyncio.create_task(s.serve()) for s in servers]
-        ingest = asyncio.create_task(_ingest_forever(stream, runtime.session_factory))
+        jobs = _job_context(runtime, stream)
+        ingest = asyncio.create_task(run_jobs(jobs))
         follow = asyncio.create_task(_follow_database(runtime))
         try:
             await serving.wait_started(servers, tasks)
@@ -107,7 +112,7 @@ async def _run(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await asyncio.to_thread(_drain, stream, runtime.session_factory)
+            await asyncio.to_thread(drain_jobs, jobs)
     print("Trunkline stopped.", flush=True)
 
 
@@ -138,17 +143,6 @@ def _register_engines(runtime: Runtime, manifests: Manifests, urls: list[str]) -
                 set_pool_endpoints(session, pool.name, mine)
 
 
-async def _ingest_forever(stream: InMemoryUsageStream, factory: sessionmaker[Session]) -> None:
-    while True:
-        try:
-            moved = await asyncio.to_thread(ingest_once, stream, factory)
-        except Exception:
-            log.exception("usage ingest failed; events stay in the stream")
-            moved = 0
-        if not moved:
-            await asyncio.sleep(0.5)
-
-
 async def _follow_database(runtime: Runtime, every_s: float = 1.0) -> None:
     """Republish when the database changed behind our back (e.g. ``trunkline keys revoke``
     run in another shell): the in-memory snapshot store has no other way to hear of it."""
@@ -165,9 +159,10 @@ async def _follow_database(runtime: Runtime, every_s: float = 1.0) -> None:
             log.exception("could not check the database for configuration changes")
 
 
-def _drain(stream: InMemoryUsageStream, factory: sessionmaker[Session]) -> None:
-    while ingest_once(stream, factory):
-        pass
+def _job_context(runtime: Runtime, stream: InMemoryUsageStream) -> JobContext:
+    """The worker's jobs (ingest, rollups, closing periods) over the in-memory stream."""
+    settings = JobSettings(ingest_interval_s=0.5, rollup_interval_s=5.0)
+    return JobContext(runtime.session_factory, lambda: stream, settings)
 
 
 def ensure_demo_key(runtime: Runtime, state_dir: Path) -> DemoKey | None:

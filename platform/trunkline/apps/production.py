@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
-import time
 
 import redis
 import redis.asyncio as aioredis
@@ -20,16 +20,19 @@ from trunkline.apps.gateway import create_gateway_app
 from trunkline.apps.runtime import build_runtime, server_secret
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
-from trunkline.metering.ingest import ingest_once
-from trunkline.metering.stream import RedisUsageEmitter, RedisUsageReader
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.stream import RedisUsageEmitter, RedisUsageReader, stream_name
+from trunkline.quota.redis_store import RedisQuotaStore
+from trunkline.quota.redis_store import connect as connect_quota_store
 from trunkline.settings import Settings, load_settings
 from trunkline.snapshot import RedisSnapshotSource
+from trunkline.worker.app import load_job_settings
 
 log = logging.getLogger(__name__)
 
 
 def usage_stream_name(settings: Settings) -> str:
-    return f"{settings.redis.key_prefix}:usage"
+    return stream_name(settings.redis.key_prefix)
 
 
 def _redis_url(settings: Settings) -> str:
@@ -43,11 +46,13 @@ def gateway_app() -> Litestar:
     settings.check_production()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     client = aioredis.Redis.from_url(_redis_url(settings))
+    quota_client = connect_quota_store(_redis_url(settings), settings.gateway.quota.store_timeout_s)
     return create_gateway_app(
         source=RedisSnapshotSource(client, settings.redis.key_prefix),
         emitter=RedisUsageEmitter(client, usage_stream_name(settings)),
         server_secret=server_secret(settings),
         settings=settings.gateway,
+        quota_store=RedisQuotaStore(quota_client, settings.redis.key_prefix),
     )
 
 
@@ -62,22 +67,26 @@ def controlplane_app() -> Litestar:
 def run_worker(
     settings: Settings, *, idle_sleep_s: float = 0.2, max_batches: int | None = None
 ) -> None:
-    """Drain the usage stream into the ledger until interrupted."""
+    """Drain the usage stream into the ledger until SIGTERM / SIGINT (or ``max_batches``)."""
     runtime = build_runtime(settings)
+    jobs = load_job_settings()
     client = redis.Redis.from_url(_redis_url(settings))
-    consumer = f"{socket.gethostname()}-{os.getpid()}"
-    reader = RedisUsageReader(client, usage_stream_name(settings), consumer=consumer)
-    batches = 0
+    consumer_name = f"{socket.gethostname()}-{os.getpid()}"
+    reader = RedisUsageReader(
+        client,
+        usage_stream_name(settings),
+        consumer=consumer_name,
+        claim_idle_ms=jobs.claim_idle_ms,
+    )
+    consumer = UsageConsumer(reader, runtime.session_factory, batch_size=jobs.ingest_batch)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: consumer.stop.set())
     try:
-        while max_batches is None or batches < max_batches:
-            batches += 1
-            try:
-                moved = ingest_once(reader, runtime.session_factory)
-            except (redis.ConnectionError, OSError):
-                log.warning("usage ingest: Redis unavailable, retrying")
-                moved = 0
-            if not moved:
-                time.sleep(idle_sleep_s)
+        if max_batches is None:
+            consumer.run(idle_sleep_s)
+        else:
+            for _ in range(max_batches):
+                consumer.step()
     finally:
         client.close()
         runtime.close()

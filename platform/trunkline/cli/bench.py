@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trunkline.bench import fidelity as bench_fidelity
+from trunkline.bench import fleet as bench_fleet
+from trunkline.cli import bench_metering, bench_quota
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("bench", help="run a benchmark and write DIR/result.json plus a plot")
@@ -35,6 +39,10 @@ def register(sub: Any) -> None:
     overhead.add_argument("--max-tokens", type=int, default=16, help="completion tokens asked")
     overhead.add_argument("--prompt", help="user message to send (default: a short question)")
     overhead.set_defaults(func=_overhead)
+    bench_metering.register(commands)
+    bench_quota.register(commands)
+    bench_fleet.register(commands)
+    bench_fidelity.register(commands)
 
 
 def _overhead(args: argparse.Namespace) -> int:

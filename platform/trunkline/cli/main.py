@@ -10,7 +10,7 @@ from trunkline.errors import TrunklineError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trunkline.cli import bench, keys, servers, tenants
+    from trunkline.cli import bench, billing, keys, quota, servers, tenants
 
     parser = argparse.ArgumentParser(
         prog="trunkline", description="Trunkline: multitenant Models-as-a-Service."
@@ -19,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     servers.register(sub)
     tenants.register(sub)
     keys.register(sub)
+    quota.register(sub)
     bench.register(sub)
+    billing.register(sub)
     return parser
 
 

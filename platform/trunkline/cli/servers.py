@@ -1,4 +1,4 @@
-"""Sub-commands that run processes: up, migrate, controlplane, gateway, worker, sim."""
+"""Sub-commands that run processes: up, migrate, controlplane, gateway, worker, jobs, beat, sim."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ def register(sub: Any) -> None:
 
     worker = sub.add_parser("worker", help="drain the usage stream into the ledger")
     worker.set_defaults(func=_worker)
+
+    jobs = sub.add_parser(
+        "jobs", help="run Celery workers: usage ingest, rollups, closing billing periods"
+    )
+    jobs.add_argument("--beat", action="store_true", help="also run the beat scheduler")
+    jobs.add_argument("--concurrency", type=int, default=2)
+    jobs.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    jobs.set_defaults(func=_jobs)
+
+    beat = sub.add_parser("beat", help="run the Celery beat scheduler (one per deployment)")
+    beat.set_defaults(func=_beat)
 
     sim = sub.add_parser("sim", help="serve one simulated vLLM engine")
     sim.add_argument("--model", required=True)
@@ -103,6 +114,25 @@ def _worker(_args: argparse.Namespace) -> int:
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     run_worker(settings)
     return 0
+
+
+def _celery(argv: list[str]) -> int:
+    from trunkline.worker.app import create_celery_app, load_job_settings, run_celery
+
+    settings = load_settings()
+    settings.check_production()
+    tlog.configure(settings.log_level, json_lines=settings.log_json)
+    run_celery(create_celery_app(settings, load_job_settings()), argv)
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    argv = ["worker", "--loglevel=INFO", f"--concurrency={args.concurrency}", f"--pool={args.pool}"]
+    return _celery([*argv, "--beat"] if args.beat else argv)
+
+
+def _beat(_args: argparse.Namespace) -> int:
+    return _celery(["beat", "--loglevel=INFO"])
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -2,21 +2,31 @@
 
 Layers, from pure to I/O:
 
-- :mod:`~trunkline.engines.profiles` — per-accelerator step-time and capacity numbers;
+- :mod:`~trunkline.engines.hardware` and :mod:`~trunkline.engines.profiles` — accelerator and
+  model figures (each citing its source) and the step-time model derived from them;
+  :mod:`~trunkline.engines.vidur` fits that model to Vidur's measured kernel times;
 - :mod:`~trunkline.engines.tokens` — a deterministic toy tokenizer and chat template;
-- :mod:`~trunkline.engines.kv_cache` and :mod:`~trunkline.engines.core` — the pure engine model
-  (continuous batching, chunked prefill, prefix caching, LRU eviction, preemption), stepped with
-  explicit time so it runs in wall-clock or virtual time;
+- :mod:`~trunkline.engines.kv_cache`, :mod:`~trunkline.engines.kv_manager` and
+  :mod:`~trunkline.engines.core` — the pure engine model (continuous batching, chunked prefill,
+  prefix caching, LRU eviction, preemption, KV-cache events), stepped with explicit time;
+- two drivers over that core: :mod:`~trunkline.engines.runner` in (scaled) wall-clock time on
+  asyncio, :mod:`~trunkline.engines.virtual` in virtual time (with
+  :mod:`~trunkline.engines.decode_runs` batching identical decode steps);
 - :mod:`~trunkline.engines.metrics` — vLLM's ``/metrics`` page and a parser for real ones;
-- :mod:`~trunkline.engines.runner` — the core driven in (scaled) wall-clock time on asyncio;
 - :mod:`~trunkline.engines.server` — the OpenAI-compatible ASGI app;
 - :mod:`~trunkline.engines.fleet` — engines served on loopback ports, in-loop or in a thread.
 """
 
 from trunkline.engines.core import EngineCore
 from trunkline.engines.events import (
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    DecodeRun,
     EngineCounters,
     FinishReason,
+    KVCacheEvent,
+    KVEventSink,
     RequestUsage,
     StepResult,
     TokenEvent,
@@ -27,24 +37,34 @@ from trunkline.engines.fleet import (
     SimulatedEngines,
     start_in_thread,
 )
+from trunkline.engines.hardware import ACCELERATORS, MODELS, Accelerator, ModelShape
 from trunkline.engines.kv_cache import BlockHash, hash_block, prefix_block_hashes
 from trunkline.engines.metrics import EngineLoad, EngineMetrics, parse_vllm_metrics
 from trunkline.engines.profiles import (
     PRESETS,
     AcceleratorProfile,
     UnknownProfileError,
+    derive_profile,
     get_profile,
 )
 from trunkline.engines.runner import AsyncEngine, EngineClosedError, RequestStream
 from trunkline.engines.server import SimApp, create_sim_app
 from trunkline.engines.tokens import ChatMessage, apply_chat_template, detokenize, tokenize
+from trunkline.engines.virtual import VirtualEngine
 
 __all__ = [
+    "ACCELERATORS",
+    "MODELS",
     "PRESETS",
+    "Accelerator",
     "AcceleratorProfile",
+    "AllBlocksCleared",
     "AsyncEngine",
     "BlockHash",
+    "BlockRemoved",
+    "BlockStored",
     "ChatMessage",
+    "DecodeRun",
     "EngineClosedError",
     "EngineCore",
     "EngineCounters",
@@ -53,6 +73,9 @@ __all__ = [
     "EngineMetrics",
     "EngineSpec",
     "FinishReason",
+    "KVCacheEvent",
+    "KVEventSink",
+    "ModelShape",
     "RequestStream",
     "RequestUsage",
     "SimApp",
@@ -60,8 +83,10 @@ __all__ = [
     "StepResult",
     "TokenEvent",
     "UnknownProfileError",
+    "VirtualEngine",
     "apply_chat_template",
     "create_sim_app",
+    "derive_profile",
     "detokenize",
     "get_profile",
     "hash_block",

@@ -1,91 +1,79 @@
 """The engine model: vLLM V1's continuous-batching scheduler over a paged, prefix-cached KV cache.
 
-Pure and synchronous: no I/O, no asyncio, no clock. The caller passes ``now`` to every call and
-learns from each :meth:`EngineCore.step` how long the step lasts in engine time, so the same
-core runs in wall-clock time behind HTTP and in virtual time inside fleet benchmarks.
+Pure and synchronous: no I/O, no clock. The caller passes ``now`` to every call and learns from
+each :meth:`EngineCore.step` how long the step lasts in engine time, so the same core runs in
+wall-clock time behind HTTP and in virtual time inside fleet benchmarks.
 
-One step, as in vLLM V1: running requests first (one decode token each, or the next chunk of a
-prefill), preempting the newest running request — freeing its blocks so it recomputes later —
-when the KV cache cannot grow; then, if nothing was preempted, waiting requests in arrival order
-while there are sequence slots, token budget and KV blocks, each reusing its longest cached
-prefix of full blocks. A request whose computed tokens catch up with its tokens samples one
-token at the end of the step.
+One step, as in vLLM V1 (``vllm/v1/core/sched/scheduler.py``) with chunked prefill on: running
+requests first, in order, each taking the tokens it still has to compute (one for a decode, the
+next chunk of a prefill) out of ``max_num_batched_tokens``; when the KV cache cannot grow, the
+newest running request is preempted (blocks freed, recomputed later) and put back at the head
+of the queue. Then, if nothing was preempted, waiting requests in order while there are
+sequence slots (``max_num_seqs``), token budget and KV blocks, each first looking up its longest
+cached prefix of full blocks (counted in the prefix-cache counters at every attempt, as vLLM
+does). A request whose computed tokens catch up with its tokens samples one token at the end of
+the step. KV-cache events go to ``kv_event_sink`` once per step.
 """
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from trunkline.engines.events import EngineCounters, RequestUsage, StepResult, TokenEvent
-from trunkline.engines.kv_cache import BlockHash, KVCacheManager, extend_block_hashes
+from trunkline.engines.events import (
+    EngineCounters,
+    FinishReason,
+    KVEventSink,
+    RequestUsage,
+    StepResult,
+    TokenEvent,
+)
+from trunkline.engines.kv_cache import BlockHash, extend_block_hashes
+from trunkline.engines.kv_manager import KVCacheManager
 from trunkline.engines.profiles import AcceleratorProfile
-from trunkline.engines.tokens import FIRST_ORDINARY_ID, VOCAB_SIZE
+from trunkline.engines.requests import EngineRequest, check_request
 
 __all__ = ["EngineCore"]
-
-
-@dataclass(slots=True, eq=False)
-class _Request:
-    req_id: str
-    token_ids: list[int]  # prompt, then generated tokens
-    num_prompt_tokens: int
-    max_tokens: int
-    arrival_time: float
-    rng: random.Random
-    cache_salt: str | None
-    block_hashes: list[BlockHash] = field(default_factory=list)
-    num_computed_tokens: int = 0
-    cached_tokens: int = -1  # set when first scheduled
-    num_preemptions: int = 0
-    last_token_time: float = 0.0
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def num_output_tokens(self) -> int:
-        return len(self.token_ids) - self.num_prompt_tokens
 
 
 class EngineCore:
     """One simulated vLLM engine: scheduler, KV cache and step-time model."""
 
     def __init__(
-        self, profile: AcceleratorProfile, *, seed: int = 0, enable_prefix_caching: bool = True
+        self,
+        profile: AcceleratorProfile,
+        *,
+        seed: int = 0,
+        enable_prefix_caching: bool = True,
+        kv_event_sink: KVEventSink | None = None,
     ) -> None:
         self.profile = profile
         self.seed = seed
         self.enable_prefix_caching = enable_prefix_caching
         self.counters = EngineCounters()
-        self._kv = KVCacheManager(
-            profile.kv_cache_blocks, profile.block_size, enable_caching=enable_prefix_caching
+        self.kv_event_sink = kv_event_sink
+        self.kv = KVCacheManager(
+            profile.kv_cache_blocks,
+            profile.block_size,
+            enable_caching=enable_prefix_caching,
+            enable_events=kv_event_sink is not None,
         )
-        self._requests: dict[str, _Request] = {}
-        self._waiting: deque[_Request] = deque()
-        self._running: list[_Request] = []
+        self.requests: dict[str, EngineRequest] = {}
+        self.waiting: deque[EngineRequest] = deque()
+        self.running: list[EngineRequest] = []
         self._num_arrivals = 0
-
-    # -- state -------------------------------------------------------------------------------
-
-    @property
-    def kv_cache(self) -> KVCacheManager:
-        return self._kv
 
     @property
     def num_requests_running(self) -> int:
-        return len(self._running)
+        return len(self.running)
 
     @property
     def num_requests_waiting(self) -> int:
-        return len(self._waiting)
+        return len(self.waiting)
 
     @property
     def kv_cache_usage(self) -> float:
-        return self._kv.usage
+        return self.kv.usage
 
     @property
     def prefix_cache_queries(self) -> int:
@@ -96,16 +84,7 @@ class EngineCore:
         return self.counters.prefix_cache_hits
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._requests)
-
-    def cached_tokens(self, req_id: str) -> int | None:
-        """Prompt tokens a live request found in the prefix cache (``None`` before scheduling)."""
-        req = self._requests.get(req_id)
-        if req is None or req.cached_tokens < 0:
-            return None
-        return req.cached_tokens
-
-    # -- requests ----------------------------------------------------------------------------
+        return bool(self.requests)
 
     def add_request(
         self,
@@ -116,89 +95,109 @@ class EngineCore:
         *,
         cache_salt: str | None = None,
         seed: int | None = None,
+        output_tokens: Sequence[int] | None = None,
+        block_hashes: Sequence[BlockHash] | None = None,
     ) -> None:
-        """Queue a request; it is scheduled by the next :meth:`step`."""
-        if req_id in self._requests:
+        """Queue a request; it is scheduled by the next :meth:`step`.
+
+        ``output_tokens`` makes the engine answer exactly those tokens and stop (a scripted
+        model, so a workload can put the answer in the next turn's prompt). ``block_hashes``
+        saves hashing a prompt whose hashes the caller already holds; they must be what
+        :func:`~trunkline.engines.kv_cache.prefix_block_hashes` gives for this block size.
+        """
+        if req_id in self.requests:
             raise ValueError(f"request {req_id!r} already exists")
-        if not prompt_tokens:
-            raise ValueError("prompt must contain at least one token")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-        if len(prompt_tokens) + max_tokens > self.profile.max_model_len:
-            raise ValueError(
-                f"{len(prompt_tokens)} prompt tokens + {max_tokens} max_tokens exceed "
-                f"max_model_len {self.profile.max_model_len}"
-            )
+        self.check_request(len(prompt_tokens), max_tokens)
+        if output_tokens is not None and not output_tokens:
+            raise ValueError("output_tokens, when given, must hold at least one token")
         sample_seed = seed if seed is not None else self._num_arrivals
         self._num_arrivals += 1
-        req = _Request(
-            req_id=req_id,
-            token_ids=list(prompt_tokens),
-            num_prompt_tokens=len(prompt_tokens),
-            max_tokens=max_tokens,
-            arrival_time=now,
-            rng=random.Random(f"{self.seed}:{sample_seed}"),
+        req = EngineRequest.new(
+            req_id,
+            prompt_tokens,
+            max_tokens,
+            now,
+            sampling_key=f"{self.seed}:{sample_seed}",
             cache_salt=cache_salt,
+            output_tokens=output_tokens,
         )
-        extend_block_hashes(req.block_hashes, req.token_ids, self.profile.block_size, cache_salt)
-        self._requests[req_id] = req
-        self._waiting.append(req)
+        if self.enable_prefix_caching:
+            if block_hashes is not None:
+                req.block_hashes.extend(
+                    block_hashes[: len(prompt_tokens) // self.profile.block_size]
+                )
+            else:
+                extend_block_hashes(
+                    req.block_hashes, req.token_ids, self.profile.block_size, cache_salt
+                )
+        self.requests[req_id] = req
+        self.waiting.append(req)
+
+    def check_request(self, num_prompt_tokens: int, max_tokens: int) -> None:
+        """Raise ``ValueError`` for a request vLLM would refuse (its HTTP 400)."""
+        check_request(num_prompt_tokens, max_tokens, self.profile.max_model_len)
 
     def abort(self, req_id: str) -> bool:
         """Drop a live request and free its blocks; ``False`` if it is not live."""
-        req = self._requests.pop(req_id, None)
+        req = self.requests.pop(req_id, None)
         if req is None:
             return False
-        if req in self._running:
-            self._running.remove(req)
+        if req in self.running:
+            self.running.remove(req)
         else:
-            self._waiting.remove(req)
-        self._kv.free(req_id)
+            self.waiting.remove(req)
+        self.kv.free(req_id)
         self.counters.finished["abort"] += 1
         return True
 
-    # -- stepping ----------------------------------------------------------------------------
-
     def step(self, now: float) -> StepResult:
         """Schedule and run one step starting at ``now``; idle steps last 0 s."""
-        scheduled: list[tuple[_Request, int]] = []
+        scheduled: list[tuple[EngineRequest, int]] = []
         preempted: list[str] = []
         budget = self._schedule_running(self.profile.max_num_batched_tokens, scheduled, preempted)
         if not preempted:
             self._schedule_waiting(budget, scheduled)
         if not scheduled:
+            self.flush_kv_events(now)
             return StepResult(time=now, duration=0.0, preempted=tuple(preempted))
 
-        prefill_tokens = 0
-        decode_seqs = 0
+        num_tokens = prefill_tokens = decode_seqs = pairs = context = 0
         for req, num_new in scheduled:
+            num_tokens += num_new
             if num_new == 1 and req.num_output_tokens > 0:
                 decode_seqs += 1
+                context += len(req.token_ids)
             else:
                 prefill_tokens += num_new
-        profile = self.profile
-        duration = (
-            prefill_tokens * profile.prefill_s_per_token
-            + profile.decode_step_base_s
-            + profile.decode_s_per_seq * len(scheduled)
-        )
+                pairs += num_new * req.num_computed_tokens + num_new * (num_new + 1) // 2
+        duration = self.profile.step_time(num_tokens, len(scheduled), pairs, context)
+        end = now + duration
+        events = self._execute(scheduled, end)
+        self.flush_kv_events(end)
         return StepResult(
             time=now,
             duration=duration,
-            events=self._execute(scheduled, now + duration),
+            events=events,
             num_prefill_tokens=prefill_tokens,
             num_decode_seqs=decode_seqs,
             num_scheduled_seqs=len(scheduled),
             preempted=tuple(preempted),
         )
 
+    def flush_kv_events(self, now: float) -> None:
+        """Hand the KV-cache events gathered since the last flush to the sink."""
+        if self.kv_event_sink is not None:
+            events = self.kv.pool.take_events()
+            if events:
+                self.kv_event_sink(now, events)
+
     def _schedule_running(
-        self, budget: int, scheduled: list[tuple[_Request, int]], preempted: list[str]
+        self, budget: int, scheduled: list[tuple[EngineRequest, int]], preempted: list[str]
     ) -> int:
         index = 0
-        while index < len(self._running) and budget > 0:
-            req = self._running[index]
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+        while index < len(self.running) and budget > 0:
+            req = self.running[index]
+            num_new = min(len(req.token_ids) - req.num_computed_tokens, budget)
             if not self._allocate_or_preempt(req, num_new, preempted):
                 break
             scheduled.append((req, num_new))
@@ -206,85 +205,95 @@ class EngineCore:
             index += 1
         return budget
 
-    def _allocate_or_preempt(self, req: _Request, num_new: int, preempted: list[str]) -> bool:
-        while not self._kv.allocate_slots(
+    def _allocate_or_preempt(self, req: EngineRequest, num_new: int, preempted: list[str]) -> bool:
+        while not self.kv.allocate_slots(
             req.req_id,
             num_new,
             num_computed_tokens=req.num_computed_tokens,
-            num_tokens=req.num_tokens,
+            token_ids=req.token_ids,
             block_hashes=req.block_hashes,
         ):
-            victim = self._running.pop()  # the newest running request
-            self._kv.free(victim.req_id)
+            victim = self.running.pop()  # the newest running request
+            self.kv.free(victim.req_id)
             victim.num_computed_tokens = 0
             victim.num_preemptions += 1
             self.counters.preemptions += 1
-            self._waiting.appendleft(victim)
+            self.waiting.appendleft(victim)
             preempted.append(victim.req_id)
             if victim is req:
                 return False
         return True
 
-    def _schedule_waiting(self, budget: int, scheduled: list[tuple[_Request, int]]) -> None:
-        while self._waiting and budget > 0 and len(self._running) < self.profile.max_num_seqs:
-            req = self._waiting[0]
-            hits = self._kv.lookup(req.block_hashes, req.num_tokens)
-            num_hit = len(hits) * self.profile.block_size
-            num_new = min(req.num_tokens - num_hit, budget)
-            if not self._kv.allocate_slots(
+    def _schedule_waiting(self, budget: int, scheduled: list[tuple[EngineRequest, int]]) -> None:
+        block_size, counters, kv = self.profile.block_size, self.counters, self.kv
+        while self.waiting and budget > 0 and len(self.running) < self.profile.max_num_seqs:
+            req = self.waiting[0]
+            num_tokens = len(req.token_ids)
+            hits = kv.lookup(req.block_hashes, num_tokens)
+            num_hit = len(hits) * block_size
+            if self.enable_prefix_caching:
+                counters.prefix_cache_queries += num_tokens
+                counters.prefix_cache_hits += num_hit
+            num_new = min(num_tokens - num_hit, budget)
+            if not kv.allocate_slots(
                 req.req_id,
                 num_new,
                 num_computed_tokens=0,
-                num_tokens=req.num_tokens,
+                token_ids=req.token_ids,
                 block_hashes=req.block_hashes,
                 new_computed_blocks=hits,
             ):
                 break
-            if self.enable_prefix_caching:
-                self.counters.prefix_cache_queries += req.num_tokens
-                self.counters.prefix_cache_hits += num_hit
-            self._waiting.popleft()
-            self._running.append(req)
+            self.waiting.popleft()
+            self.running.append(req)
             req.num_computed_tokens = num_hit
             if req.cached_tokens < 0:
                 req.cached_tokens = num_hit
             scheduled.append((req, num_new))
             budget -= num_new
 
-    def _execute(self, scheduled: list[tuple[_Request, int]], end: float) -> tuple[TokenEvent, ...]:
+    def _execute(
+        self, scheduled: list[tuple[EngineRequest, int]], end: float
+    ) -> tuple[TokenEvent, ...]:
         events: list[TokenEvent] = []
         finished = False
         for req, num_new in scheduled:
             req.num_computed_tokens += num_new
-            if req.num_computed_tokens < req.num_tokens:
+            if req.num_computed_tokens < len(req.token_ids):
                 continue  # a prefill chunk that does not reach the end of the sequence
             event = self._sample(req, end)
             events.append(event)
-            finished = finished or event.finished
+            finished = finished or event.finish_reason is not None
         if finished:
-            self._running = [req for req in self._running if req.req_id in self._requests]
+            self.running = [req for req in self.running if req.req_id in self.requests]
         return tuple(events)
 
-    def _sample(self, req: _Request, now: float) -> TokenEvent:
-        token_id = req.rng.randrange(FIRST_ORDINARY_ID, VOCAB_SIZE)
+    def _sample(self, req: EngineRequest, now: float) -> TokenEvent:
+        token_id = req.next_tokens(1)[0]
         req.token_ids.append(token_id)
-        extend_block_hashes(req.block_hashes, req.token_ids, self.profile.block_size, None)
+        if self.enable_prefix_caching:
+            extend_block_hashes(
+                req.block_hashes, req.token_ids, self.profile.block_size, req.cache_salt
+            )
         index = req.num_output_tokens - 1
-        since = req.arrival_time if index == 0 else req.last_token_time
+        if index == 0:
+            since = req.arrival_time
+            req.first_token_time = now
+            self.counters.prompt_tokens += req.num_prompt_tokens
+        else:
+            since = req.last_token_time
         req.last_token_time = now
         self.counters.generation_tokens += 1
-        if index == 0:
-            self.counters.prompt_tokens += req.num_prompt_tokens
-        if req.num_output_tokens < req.max_tokens:
+        reason = req.finish_reason()
+        if reason is None:
             return TokenEvent(req.req_id, token_id, index, now, now - since)
-        del self._requests[req.req_id]
-        self._kv.free(req.req_id)
-        self.counters.finished["length"] += 1
-        usage = RequestUsage(
-            prompt_tokens=req.num_prompt_tokens,
-            completion_tokens=req.num_output_tokens,
-            cached_tokens=max(req.cached_tokens, 0),
-            e2e_latency=now - req.arrival_time,
-            num_preemptions=req.num_preemptions,
+        return TokenEvent(
+            req.req_id, token_id, index, now, now - since, reason, self.finish(req, reason, now)
         )
-        return TokenEvent(req.req_id, token_id, index, now, now - since, "length", usage)
+
+    def finish(self, req: EngineRequest, reason: FinishReason, now: float) -> RequestUsage:
+        """Retire a request that generated its last token at ``now``."""
+        del self.requests[req.req_id]
+        self.kv.free(req.req_id)
+        self.counters.finished[reason] += 1
+        return req.usage(now)

@@ -1,28 +1,44 @@
-"""What one engine step reports: token events, per-request usage and running counters.
+"""What the engine model reports: token events, per-request usage, counters and KV-cache events.
 
-Plain data shared by the pure engine core (which produces it), the wall-clock driver and the
-metrics renderer (which consume it), and later the virtual-time fleet simulator.
+Plain data shared by the pure engine core (which produces it), the two drivers (wall-clock and
+virtual time) and the metrics renderer (which consume it). The KV-cache events mirror vLLM's
+``vllm.distributed.kv_events`` (``BlockStored``, ``BlockRemoved``, ``AllBlocksCleared``) field for
+field, so a publisher can put them on the wire in vLLM's format.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["EngineCounters", "FinishReason", "RequestUsage", "StepResult", "TokenEvent"]
+__all__ = [
+    "AllBlocksCleared",
+    "BlockRemoved",
+    "BlockStored",
+    "DecodeRun",
+    "EngineCounters",
+    "FinishReason",
+    "KVCacheEvent",
+    "KVEventSink",
+    "RequestUsage",
+    "StepResult",
+    "TokenEvent",
+]
 
 FinishReason = Literal["stop", "length", "abort"]
 
 
 @dataclass(frozen=True, slots=True)
 class RequestUsage:
-    """Token counts and latency of a finished request (engine time, seconds)."""
+    """Token counts and latencies of a finished request (engine time, seconds)."""
 
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
     e2e_latency: float
     num_preemptions: int
+    ttft: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +88,26 @@ class StepResult:
         return self.num_prefill_tokens + self.num_decode_seqs
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeRun:
+    """Several pure-decode steps run at once, starting at ``time`` (virtual time only).
+
+    Every step decodes one token for each of the same ``num_seqs`` requests, so step ``i``
+    gives each of them one token ``durations[i]`` after its previous one; ``finished`` holds the
+    last events of the requests that end in the last step, in batch order.
+    """
+
+    time: float
+    durations: list[float]
+    num_seqs: int
+    finished: tuple[TokenEvent, ...]
+    end: float
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.durations)
+
+
 @dataclass(slots=True)
 class EngineCounters:
     """Monotonic totals since the engine started, named after vLLM's counters."""
@@ -84,3 +120,33 @@ class EngineCounters:
     finished: dict[FinishReason, int] = field(
         default_factory=lambda: {"stop": 0, "length": 0, "abort": 0}
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    """Full blocks that became cached, in chain order; ``parent_block_hash`` precedes the first."""
+
+    block_hashes: tuple[int, ...]
+    parent_block_hash: int | None
+    token_ids: tuple[int, ...]
+    block_size: int
+    lora_id: int | None = None
+    medium: str | None = "GPU"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRemoved:
+    """Cached blocks that were evicted (their physical blocks reused)."""
+
+    block_hashes: tuple[int, ...]
+    medium: str | None = "GPU"
+
+
+@dataclass(frozen=True, slots=True)
+class AllBlocksCleared:
+    """The whole prefix cache was reset."""
+
+
+KVCacheEvent = BlockStored | BlockRemoved | AllBlocksCleared
+KVEventSink = Callable[[float, Sequence[KVCacheEvent]], None]
+"""Receives the KV-cache events of one step with the engine time the step ended."""

@@ -6,43 +6,49 @@ names a whole prefix, and only FULL blocks are ever cached or hit. Blocks are re
 a block nobody references goes to the tail of the free queue but keeps its hash, so later
 requests can still hit it until it reaches the head and is reused (LRU eviction). A request's
 blocks are freed tail first, so its last blocks are evicted before its first ones, as in vLLM.
+
+Hashes are Python's built-in hash of a tuple of ints (vLLM's ``builtin`` hash algorithm): fast,
+and — unlike ``hash(str)`` — the same in every process whatever ``PYTHONHASHSEED`` is. When two
+requests compute the same block at once, the first one registered keeps the hash and the other
+stays an ordinary block, so stored and removed events always describe exactly the lookup table.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sys
-from array import array
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from functools import lru_cache
+
+from trunkline.engines.events import BlockRemoved, BlockStored, KVCacheEvent
 
 __all__ = [
     "Block",
     "BlockHash",
     "BlockPool",
-    "KVCacheManager",
     "extend_block_hashes",
     "hash_block",
     "prefix_block_hashes",
 ]
 
-BlockHash = bytes
+BlockHash = int
 
-_ROOT_HASH = hashlib.sha256(b"trunkline-sim-root").digest()[:16]
+_ROOT_HASH = 0x7472756E6B6C696E  # the parent of every first block
+
+
+@lru_cache(maxsize=4096)
+def _salt_key(cache_salt: str) -> int:
+    return int.from_bytes(hashlib.blake2b(cache_salt.encode(), digest_size=8).digest(), "little")
 
 
 def hash_block(
     parent: BlockHash | None, token_ids: Sequence[int], cache_salt: str | None = None
 ) -> BlockHash:
     """Hash one full block, chained to its parent's hash (``None`` for the first block)."""
-    digest = hashlib.sha256(parent if parent is not None else _ROOT_HASH)
-    tokens = array("I", token_ids)
-    if sys.byteorder != "little":
-        tokens.byteswap()
-    digest.update(tokens.tobytes())
-    if cache_salt is not None:
-        digest.update(b"\x00salt\x00" + cache_salt.encode())
-    return digest.digest()[:16]
+    root = _ROOT_HASH if parent is None else parent
+    if cache_salt is None:
+        return hash((root, *token_ids))
+    return hash((root, _salt_key(cache_salt), *token_ids))
 
 
 def prefix_block_hashes(
@@ -58,10 +64,18 @@ def extend_block_hashes(
     hashes: list[BlockHash], token_ids: Sequence[int], block_size: int, cache_salt: str | None
 ) -> None:
     """Append the hashes of the full blocks of ``token_ids`` not yet in ``hashes``."""
-    for index in range(len(hashes), len(token_ids) // block_size):
-        parent = hashes[-1] if hashes else None
-        block = token_ids[index * block_size : (index + 1) * block_size]
-        hashes.append(hash_block(parent, block, cache_salt if index == 0 else None))
+    start, end = len(hashes), len(token_ids) // block_size
+    if start >= end:
+        return
+    parent = hashes[-1] if hashes else _ROOT_HASH
+    if start == 0 and cache_salt is not None:
+        parent = hash((parent, _salt_key(cache_salt), *token_ids[:block_size]))
+        hashes.append(parent)
+        start = 1
+    append = hashes.append
+    for low in range(start * block_size, end * block_size, block_size):
+        parent = hash((parent, *token_ids[low : low + block_size]))
+        append(parent)
 
 
 class Block:
@@ -78,7 +92,9 @@ class Block:
 class BlockPool:
     """Physical blocks, their free queue (LRU order) and the hash → block map."""
 
-    def __init__(self, num_blocks: int, *, enable_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, *, enable_caching: bool = True, enable_events: bool = False
+    ) -> None:
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self.blocks = [Block(block_id) for block_id in range(num_blocks)]
@@ -87,6 +103,7 @@ class BlockPool:
             (block.block_id, block) for block in self.blocks
         )
         self._cached: dict[BlockHash, Block] = {}
+        self.events: list[KVCacheEvent] | None = [] if enable_events else None
 
     @property
     def num_free_blocks(self) -> int:
@@ -99,6 +116,9 @@ class BlockPool:
     def get_cached_block(self, block_hash: BlockHash) -> Block | None:
         return self._cached.get(block_hash)
 
+    def cached_hashes(self) -> set[BlockHash]:
+        return set(self._cached)
+
     def free_block_ids(self) -> list[int]:
         """Free block ids in eviction order (next to be reused first)."""
         return list(self._free)
@@ -108,114 +128,85 @@ class BlockPool:
         if count > len(self._free):
             raise ValueError(f"cannot allocate {count} blocks, {len(self._free)} free")
         taken: list[Block] = []
+        evicted: list[BlockHash] = []
+        popitem, cached = self._free.popitem, self._cached
         for _ in range(count):
-            _, block = self._free.popitem(last=False)
-            self._evict(block)
+            block = popitem(last=False)[1]
+            block_hash = block.block_hash
+            if block_hash is not None:
+                del cached[block_hash]
+                block.block_hash = None
+                evicted.append(block_hash)
             block.ref_cnt = 1
             taken.append(block)
+        if evicted and self.events is not None:
+            self.events.append(BlockRemoved(tuple(evicted)))
         return taken
 
-    def touch(self, blocks: Iterable[Block]) -> None:
+    def touch(self, blocks: Sequence[Block]) -> None:
         """Take a reference on cache-hit blocks, pulling free ones out of the free queue."""
+        free = self._free
         for block in blocks:
             if block.ref_cnt == 0:
-                del self._free[block.block_id]
+                del free[block.block_id]
             block.ref_cnt += 1
 
-    def free(self, blocks: Iterable[Block]) -> None:
+    def free(self, blocks: Sequence[Block]) -> None:
         """Drop one reference per block; unreferenced blocks join the tail in the given order."""
+        free = self._free
         for block in blocks:
             block.ref_cnt -= 1
             if block.ref_cnt == 0:
-                self._free[block.block_id] = block
+                free[block.block_id] = block
 
-    def cache(self, block: Block, block_hash: BlockHash) -> None:
-        """Register a full block under its hash (the first block with a hash wins lookups)."""
-        if block.block_hash is not None:
-            return
-        block.block_hash = block_hash
-        self._cached.setdefault(block_hash, block)
-
-    def _evict(self, block: Block) -> None:
-        if block.block_hash is None:
-            return
-        if self._cached.get(block.block_hash) is block:
-            del self._cached[block.block_hash]
-        block.block_hash = None
-
-
-class KVCacheManager:
-    """Per-request block tables on top of a :class:`BlockPool`."""
-
-    def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True) -> None:
-        self.block_size = block_size
-        self.pool = BlockPool(num_blocks, enable_caching=enable_caching)
-        self._req_blocks: dict[str, list[Block]] = {}
-        self._num_cached_blocks: dict[str, int] = {}
-
-    @property
-    def usage(self) -> float:
-        return self.pool.usage
-
-    def num_blocks_of(self, req_id: str) -> int:
-        return len(self._req_blocks.get(req_id, ()))
-
-    def lookup(self, block_hashes: Sequence[BlockHash], num_tokens: int) -> list[Block]:
-        """Longest run of cached full blocks, leaving at least the last token to compute."""
-        if not self.pool.enable_caching:
-            return []
-        # The last token must be computed to get logits, so a fully cached prompt still
-        # recomputes its last block (vLLM does the same).
-        max_blocks = (num_tokens - 1) // self.block_size
-        hits: list[Block] = []
-        for block_hash in block_hashes[:max_blocks]:
-            block = self.pool.get_cached_block(block_hash)
-            if block is None:
-                break
-            hits.append(block)
-        return hits
-
-    def allocate_slots(
+    def cache_run(
         self,
-        req_id: str,
-        num_new_tokens: int,
-        *,
-        num_computed_tokens: int,
-        num_tokens: int,
+        blocks: Sequence[Block],
+        first: int,
+        last: int,
         block_hashes: Sequence[BlockHash],
-        new_computed_blocks: Sequence[Block] = (),
-    ) -> bool:
-        """Reserve blocks for ``num_new_tokens`` more tokens; ``False`` when they do not fit.
-
-        ``num_computed_tokens`` excludes the tokens of ``new_computed_blocks`` (fresh hits).
-        """
-        blocks = self._req_blocks.get(req_id, [])
-        total = num_computed_tokens + len(new_computed_blocks) * self.block_size + num_new_tokens
-        required = -(-total // self.block_size) - len(blocks) - len(new_computed_blocks)
-        evictable_hits = sum(1 for block in new_computed_blocks if block.ref_cnt == 0)
-        if required > self.pool.num_free_blocks - evictable_hits:
-            return False
-        self.pool.touch(new_computed_blocks)
-        blocks.extend(new_computed_blocks)
-        if required > 0:
-            blocks.extend(self.pool.allocate(required))
-        self._req_blocks[req_id] = blocks
-        if self.pool.enable_caching:
-            # Blocks are cached when scheduled, as in vLLM: their tokens are computed this step.
-            self._cache_full_blocks(req_id, blocks, min(total, num_tokens), block_hashes)
-        return True
-
-    def free(self, req_id: str) -> None:
-        """Release a request's blocks, last block first so it is evicted first."""
-        blocks = self._req_blocks.pop(req_id, [])
-        self._num_cached_blocks.pop(req_id, None)
-        self.pool.free(reversed(blocks))
-
-    def _cache_full_blocks(
-        self, req_id: str, blocks: list[Block], num_tokens: int, block_hashes: Sequence[BlockHash]
+        token_ids: Sequence[int],
+        block_size: int,
     ) -> None:
-        first = self._num_cached_blocks.get(req_id, 0)
-        last = min(num_tokens // self.block_size, len(block_hashes))
+        """Register ``blocks[first:last]`` under their hashes; a hash already cached is skipped."""
+        cached = self._cached
+        run_start = -1
         for index in range(first, last):
-            self.pool.cache(blocks[index], block_hashes[index])
-        self._num_cached_blocks[req_id] = max(first, last)
+            block_hash = block_hashes[index]
+            if block_hash in cached:
+                if run_start >= 0:
+                    self._stored(run_start, index, block_hashes, token_ids, block_size)
+                    run_start = -1
+                continue
+            cached[block_hash] = blocks[index]
+            blocks[index].block_hash = block_hash
+            if run_start < 0:
+                run_start = index
+        if run_start >= 0:
+            self._stored(run_start, last, block_hashes, token_ids, block_size)
+
+    def _stored(
+        self,
+        first: int,
+        last: int,
+        block_hashes: Sequence[BlockHash],
+        token_ids: Sequence[int],
+        block_size: int,
+    ) -> None:
+        if self.events is None:
+            return
+        self.events.append(
+            BlockStored(
+                block_hashes=tuple(block_hashes[first:last]),
+                parent_block_hash=block_hashes[first - 1] if first > 0 else None,
+                token_ids=tuple(token_ids[first * block_size : last * block_size]),
+                block_size=block_size,
+            )
+        )
+
+    def take_events(self) -> list[KVCacheEvent]:
+        events = self.events
+        if not events:
+            return []
+        self.events = []
+        return events

@@ -1,50 +1,79 @@
-"""Accelerator profiles: the step-time and capacity numbers the engine simulator runs on.
+"""Engine profiles: the step-time model, KV capacity and scheduler limits one replica runs on.
 
-A profile describes one vLLM replica serving an 8B-class model (Llama-3-8B shape: 32 layers,
-8 KV heads of 128 dims, bf16 — 128 KiB of KV cache per token) on one accelerator. The presets are
-rough first guesses from public specs and published vLLM numbers; they are meant to be replaced
-by numbers calibrated against real vLLM, which is why they live in one table.
+One scheduler step runs one forward pass over every scheduled token, so it lasts::
+
+    step_overhead_s
+    + hypot(weights_read_s, num_tokens * linear_s_per_token)   # linear layers: a smooth roofline
+    + per_seq_s * num_seqs                                       # LM head and sampling per sequence
+    + prefill_attention_s_per_pair * prefill_pairs              # causal attention of prefill chunks
+    + attention_s_per_context_token * decode_context_tokens     # decode attention reads the KV
+
+The linear term is memory-bound (the weights stream once) for small batches and compute-bound
+for large ones; ``hypot`` joins the two asymptotes and follows Vidur's measured kernel times to a
+median error of 3-5 % (see :mod:`trunkline.engines.vidur`). The presets are derived in
+:func:`derive_profile` from :mod:`trunkline.engines.hardware`, where every figure cites its source.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from trunkline.engines.hardware import ACCELERATORS, GIB, LLAMA_3_8B, Accelerator, ModelShape
 from trunkline.errors import ConfigurationError
 
-__all__ = ["PRESETS", "AcceleratorProfile", "UnknownProfileError", "get_profile"]
+__all__ = [
+    "PRESETS",
+    "AcceleratorProfile",
+    "UnknownProfileError",
+    "derive_profile",
+    "get_profile",
+]
+
+_COSTS = (
+    "frontend_latency_s",
+    "step_overhead_s",
+    "weights_read_s",
+    "linear_s_per_token",
+    "per_seq_s",
+    "prefill_attention_s_per_pair",
+    "attention_s_per_context_token",
+)
+_LIMITS = (
+    "kv_cache_blocks",
+    "max_num_seqs",
+    "max_model_len",
+    "max_num_batched_tokens",
+    "block_size",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class AcceleratorProfile:
-    """Step-time model and capacity of one engine replica.
-
-    One scheduler step lasts
-    ``prefill_tokens * prefill_s_per_token + decode_step_base_s + decode_s_per_seq * seqs``
-    where ``seqs`` is the number of sequences in the batch.
-    """
+    """Step-time model, capacity and limits of one engine replica (see the module docstring)."""
 
     name: str
-    prefill_s_per_token: float
-    decode_step_base_s: float
-    decode_s_per_seq: float
+    step_overhead_s: float
+    weights_read_s: float
+    linear_s_per_token: float
+    per_seq_s: float
+    prefill_attention_s_per_pair: float
+    attention_s_per_context_token: float
     kv_cache_blocks: int
     max_num_seqs: int
     max_model_len: int
     max_num_batched_tokens: int
     block_size: int = 16
+    model: str = "llama-3-8b"
+    frontend_latency_s: float = 0.0
+    """API server time between a client's request and the engine core seeing it (virtual time
+    only: the simulated HTTP server has its own). Not modelled for the presets; calibrated."""
 
     def __post_init__(self) -> None:
-        for field_name in ("prefill_s_per_token", "decode_step_base_s", "decode_s_per_seq"):
+        for field_name in _COSTS:
             if getattr(self, field_name) < 0:
                 raise ValueError(f"{field_name} must be >= 0")
-        for field_name in (
-            "kv_cache_blocks",
-            "max_num_seqs",
-            "max_model_len",
-            "max_num_batched_tokens",
-            "block_size",
-        ):
+        for field_name in _LIMITS:
             if getattr(self, field_name) < 1:
                 raise ValueError(f"{field_name} must be >= 1")
         if self.kv_cache_tokens < self.max_model_len:
@@ -59,55 +88,75 @@ class AcceleratorProfile:
         """Tokens the KV cache can hold."""
         return self.kv_cache_blocks * self.block_size
 
+    def batch_cost(self, num_tokens: int, num_seqs: int, prefill_pairs: int) -> float:
+        """Seconds of a step, except the decode attention term (which grows every step)."""
+        return (
+            self.step_overhead_s
+            + math.hypot(self.weights_read_s, num_tokens * self.linear_s_per_token)
+            + self.per_seq_s * num_seqs
+            + self.prefill_attention_s_per_pair * prefill_pairs
+        )
 
+    def step_time(
+        self, num_tokens: int, num_seqs: int, prefill_pairs: int, decode_context_tokens: int
+    ) -> float:
+        """Seconds one step lasts; every driver computes durations through this expression."""
+        cost = self.batch_cost(num_tokens, num_seqs, prefill_pairs)
+        return cost + self.attention_s_per_context_token * decode_context_tokens
+
+
+def derive_profile(
+    accelerator: Accelerator,
+    model: ModelShape = LLAMA_3_8B,
+    *,
+    tensor_parallel: int = 1,
+    max_model_len: int | None = None,
+    name: str | None = None,
+) -> AcceleratorProfile:
+    """The profile of ``model`` served by vLLM on ``tensor_parallel`` x ``accelerator``.
+
+    Tensor parallelism divides weights, bandwidth-bound and compute-bound work evenly; the
+    all-reduces it adds are not modelled, so TP > 1 is optimistic.
+    """
+    if tensor_parallel < 1:
+        raise ValueError("tensor_parallel must be >= 1")
+    bandwidth = accelerator.bandwidth_bytes_s * accelerator.mbu * tensor_parallel
+    compute = accelerator.bf16_flops * accelerator.mfu * tensor_parallel
+    if accelerator.kv_cache_gib is not None:
+        kv_bytes = accelerator.kv_cache_gib * GIB
+    else:
+        usable = accelerator.memory_gib * accelerator.gpu_memory_utilization
+        kv_bytes = (usable - accelerator.reserved_gib) * GIB * tensor_parallel - model.weight_bytes
+    block_bytes = model.kv_bytes_per_token * accelerator.block_size
+    kv_blocks = int(kv_bytes // block_bytes) if kv_bytes > 0 else 0
+    context = max_model_len or model.max_model_len
+    if kv_blocks * accelerator.block_size < context:
+        raise ConfigurationError(
+            f"{model.name} on {tensor_parallel} x {accelerator.name} leaves room for "
+            f"{max(kv_blocks, 0) * accelerator.block_size} KV tokens, less than one "
+            f"{context}-token request; use more tensor parallelism or a shorter max_model_len",
+            param="profile",
+        )
+    return AcceleratorProfile(
+        name=name or accelerator.name,
+        step_overhead_s=accelerator.step_overhead_s,
+        weights_read_s=model.streamed_weight_bytes / bandwidth,
+        linear_s_per_token=2 * model.linear_params / compute,
+        per_seq_s=2 * model.lm_head_params / compute,
+        prefill_attention_s_per_pair=model.attention_flops_per_pair / compute,
+        attention_s_per_context_token=model.kv_bytes_per_token / bandwidth,
+        kv_cache_blocks=kv_blocks,
+        max_num_seqs=accelerator.max_num_seqs,
+        max_model_len=context,
+        max_num_batched_tokens=accelerator.max_num_batched_tokens,
+        block_size=accelerator.block_size,
+        model=model.name,
+    )
+
+
+# Pure arithmetic over the constant tables: one Llama-3-8B profile per accelerator.
 PRESETS: dict[str, AcceleratorProfile] = {
-    # H100 SXM 80 GB, 3.35 TB/s: 16 GB of weights read per decode step ≈ 5 ms; ~15k prefill tok/s;
-    # ~50 GB left for KV at gpu_memory_utilization 0.9.
-    "h100": AcceleratorProfile(
-        name="h100",
-        prefill_s_per_token=6.5e-5,
-        decode_step_base_s=6.5e-3,
-        decode_s_per_seq=6e-5,
-        kv_cache_blocks=24_000,
-        max_num_seqs=256,
-        max_model_len=8192,
-        max_num_batched_tokens=8192,
-    ),
-    # A100 SXM 80 GB, 2.0 TB/s: ≈ 8 ms weight read per step; ~7k prefill tok/s; same KV room.
-    "a100": AcceleratorProfile(
-        name="a100",
-        prefill_s_per_token=1.4e-4,
-        decode_step_base_s=9.5e-3,
-        decode_s_per_seq=1e-4,
-        kv_cache_blocks=24_000,
-        max_num_seqs=256,
-        max_model_len=8192,
-        max_num_batched_tokens=4096,
-    ),
-    # L40S 48 GB GDDR6, 864 GB/s: ≈ 19 ms weight read per step; ~3.5k prefill tok/s; ~23 GB KV.
-    "l40s": AcceleratorProfile(
-        name="l40s",
-        prefill_s_per_token=2.8e-4,
-        decode_step_base_s=2.2e-2,
-        decode_s_per_seq=2e-4,
-        kv_cache_blocks=11_000,
-        max_num_seqs=128,
-        max_model_len=8192,
-        max_num_batched_tokens=2048,
-    ),
-    # Xeon 6 / Sapphire Rapids with AMX (vLLM CPU backend): ~300 prefill tok/s, ~12 tok/s per
-    # stream; VLLM_CPU_KVCACHE_SPACE=40 GiB; vLLM on CPU wants block sizes in multiples of 32.
-    "xeon": AcceleratorProfile(
-        name="xeon",
-        prefill_s_per_token=3.3e-3,
-        decode_step_base_s=8e-2,
-        decode_s_per_seq=1.5e-3,
-        kv_cache_blocks=2560,
-        block_size=128,
-        max_num_seqs=32,
-        max_model_len=8192,
-        max_num_batched_tokens=2048,
-    ),
+    name: derive_profile(accelerator) for name, accelerator in ACCELERATORS.items()
 }
 
 

@@ -4,7 +4,8 @@ A driver task steps the core whenever it has work, sleeps ``duration * time_scal
 step, then hands the step's token events to the waiting requests. Engine time (what the core,
 the metrics and the usage see) advances by exactly the modelled step durations while busy, and
 by wall-clock time / ``time_scale`` while idle, so Python overhead never leaks into modelled
-latencies. ``time_scale=0`` runs as fast as the loop allows.
+latencies. ``time_scale=0`` runs as fast as the loop allows. ``on_step`` sees every step, as
+:class:`~trunkline.engines.virtual.VirtualEngine`'s does: both drivers step the same core.
 
 :meth:`AsyncEngine.pause`, :meth:`AsyncEngine.step_once` and :meth:`AsyncEngine.wait_for` let
 tests walk the engine through exact states without sleeping.
@@ -73,12 +74,14 @@ class AsyncEngine:
         time_scale: float = 1.0,
         metrics: EngineMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         if time_scale < 0:
             raise ValueError("time_scale must be >= 0")
         self.core = core
         self.time_scale = time_scale
         self._metrics = metrics
+        self._on_step = on_step
         self._clock = clock
         self._streams: dict[str, RequestStream] = {}
         self._ids = itertools.count()
@@ -207,6 +210,8 @@ class AsyncEngine:
     def _deliver(self, result: StepResult) -> None:
         if self._metrics is not None:
             self._metrics.observe(result.events)
+        if self._on_step is not None:
+            self._on_step(result)
         for event in result.events:
             stream = self._streams.get(event.req_id)
             if stream is None:

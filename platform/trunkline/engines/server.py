@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from trunkline.engines.core import EngineCore
+from trunkline.engines.kv_publisher import ZmqKvEventPublisher
 from trunkline.engines.metrics import METRICS_CONTENT_TYPE, EngineMetrics
 from trunkline.engines.openai_requests import (
     ApiError,
@@ -85,12 +86,22 @@ class SimApp:
     """An ASGI app serving one simulated model; also an async context manager."""
 
     def __init__(
-        self, *, model: str, profile: AcceleratorProfile, seed: int = 0, time_scale: float = 1.0
+        self,
+        *,
+        model: str,
+        profile: AcceleratorProfile,
+        seed: int = 0,
+        time_scale: float = 1.0,
+        kv_events_endpoint: str | None = None,
     ) -> None:
         self.model = model
         self.profile = profile
         self.created = int(time.time())
-        self.core = EngineCore(profile, seed=seed)
+        # vLLM's --kv-events-config: the same ZMQ messages, topic kv@MODEL.
+        self.kv_publisher = (
+            ZmqKvEventPublisher(kv_events_endpoint, f"kv@{model}") if kv_events_endpoint else None
+        )
+        self.core = EngineCore(profile, seed=seed, kv_event_sink=self.kv_publisher)
         self.metrics = EngineMetrics(self.core, model)
         self.engine = AsyncEngine(self.core, time_scale=time_scale, metrics=self.metrics)
         self._served = ServedModel(model, profile.max_model_len)
@@ -111,6 +122,9 @@ class SimApp:
 
     async def aclose(self) -> None:
         await self.engine.aclose()
+        if self.kv_publisher is not None:
+            self.kv_publisher.close()
+            self.kv_publisher = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -238,7 +252,19 @@ async def _send_event(send: Send, payload: object) -> None:
 
 
 def create_sim_app(
-    *, model: str, profile: AcceleratorProfile, seed: int = 0, time_scale: float = 1.0
+    *,
+    model: str,
+    profile: AcceleratorProfile,
+    seed: int = 0,
+    time_scale: float = 1.0,
+    kv_events_endpoint: str | None = None,
 ) -> SimApp:
-    """A simulated vLLM server for ``model`` on ``profile``; ``time_scale`` < 1 runs faster."""
-    return SimApp(model=model, profile=profile, seed=seed, time_scale=time_scale)
+    """A simulated vLLM server for ``model`` on ``profile``; ``time_scale`` < 1 runs faster;
+    ``kv_events_endpoint`` (``tcp://127.0.0.1:PORT``) publishes its KV events like vLLM."""
+    return SimApp(
+        model=model,
+        profile=profile,
+        seed=seed,
+        time_scale=time_scale,
+        kv_events_endpoint=kv_events_endpoint,
+    )

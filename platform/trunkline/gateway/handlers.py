@@ -11,6 +11,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from trunkline.errors import InvalidRequest, NotFound, PayloadTooLarge, TrunklineError
 from trunkline.gateway.errors import encode_error
@@ -98,6 +99,7 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
             "snapshot_version": holder.current.version,
             "snapshot_age_s": round(time.time() - holder.current.published_at, 3) if ok else None,
             "snapshot_store_reachable": holder.healthy,
+            "quota_store": "degraded" if _service(request.app.state).quota.degraded else "ok",
         }
     )
     return Response(body, status_code=200 if ok else 503, media_type=JSON)
@@ -125,18 +127,33 @@ def error_handler(request: Request[object, object, State], exc: Exception) -> Re
         exc = TrunklineError("The gateway failed to handle the request.")
     status, body = encode_error(exc)
     headers = {"x-request-id": request_id_of(request)}
+    carried = exc.extra.get("headers")  # rate-limit headers and when to retry
+    if isinstance(carried, dict):
+        headers.update(carried)
     if status == 503:
-        headers["retry-after"] = "1"
+        headers.setdefault("retry-after", "1")
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
-ROUTES = [chat_completions, completions, embeddings, list_models, health]
+@get("/metrics", include_in_schema=False)
+async def metrics(request: Request[object, object, State]) -> Response[bytes]:
+    registry: CollectorRegistry = request.app.state.metrics
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def build_app(service: GatewayService, *, max_body_bytes: int, lifespan: list[object]) -> Litestar:
+ROUTES = [chat_completions, completions, embeddings, list_models, health, metrics]
+
+
+def build_app(
+    service: GatewayService,
+    *,
+    max_body_bytes: int,
+    lifespan: list[object],
+    metrics: CollectorRegistry | None = None,
+) -> Litestar:
     return Litestar(
         route_handlers=ROUTES,
-        state=State({"gateway": service}),
+        state=State({"gateway": service, "metrics": metrics or CollectorRegistry()}),
         exception_handlers={Exception: error_handler},
         request_max_body_size=max_body_bytes,
         lifespan=lifespan,  # type: ignore[arg-type]

@@ -1,27 +1,33 @@
-"""The request path, transport-free: authenticate → entitle → route → proxy → meter.
+"""The request path, transport-free: authenticate → entitle → reserve quota → route → admit →
+proxy → settle and meter.
 
 Handlers in ``handlers.py`` turn what this returns into HTTP responses.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 import msgspec
 
-from trunkline.errors import UpstreamError, UpstreamUnavailable
+from trunkline.errors import TrunklineError, UpstreamError, UpstreamUnavailable
 from trunkline.gateway.authn import Principal, authenticate
 from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
 from trunkline.gateway.proxy import Tally, error_event, open_upstream, read_usage, relay_events
-from trunkline.gateway.routing import Candidate, RoundRobinRouter
-from trunkline.gateway.routing.round_robin import eligible
+from trunkline.gateway.routing import Candidate, RequestView, Router, eligible, make_policy
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
+from trunkline.quota.enforcer import Grant, QuotaEnforcer
+from trunkline.quota.memory import InMemoryQuotaStore
+from trunkline.quota.metrics import QuotaMetrics
+from trunkline.settings import QuotaSettings
+from trunkline.snapshot import AliasEntry, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,14 @@ PATHS = {
     "embeddings": "/v1/embeddings",
 }
 CLIENT_CLOSED = 499
+
+Admit = Callable[[RequestView, list[Candidate]], Awaitable[list[Candidate]]]
+"""Admission (step 5): given the routed candidates, the ones to try, or a coded refusal."""
+
+
+async def admit_all(_view: RequestView, candidates: list[Candidate]) -> list[Candidate]:
+    """Until SLO admission control lands, every routed request is admitted."""
+    return candidates
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +64,17 @@ class GatewayService:
         emitter: UsageEmitter,
         client: httpx.AsyncClient,
         server_secret: bytes,
+        *,
+        quota: QuotaEnforcer | None = None,
+        admit: Admit = admit_all,
     ) -> None:
         self.holder = holder
         self.emitter = emitter
         self.client = client
         self.server_secret = server_secret
-        self.router = RoundRobinRouter()
+        self.quota = quota or QuotaEnforcer(InMemoryQuotaStore(), QuotaSettings(), QuotaMetrics())
+        self.admit = admit
+        self.router = Router(make_policy("round-robin"))
 
     def authenticate(self, authorization: str | None) -> Principal:
         return authenticate(self.holder.current, authorization, self.server_secret, time.time())
@@ -64,20 +83,60 @@ class GatewayService:
         snapshot = self.holder.current
         request = parse_body(kind, raw)
         alias = entitle(snapshot, principal, request)
-        candidates = self.router.order(eligible(snapshot, alias, principal.tenant, principal.tier))
+        grant = await self.quota.reserve(
+            snapshot, principal.key, principal.tier.name, alias.model, kind, request.body
+        )
+        try:
+            reply = await self._serve(snapshot, principal, request, alias, request_id, grant)
+        except TrunklineError as exc:
+            exc.extra.setdefault("headers", grant.headers)
+            raise
+        reply.headers.update(grant.headers)
+        return reply
+
+    async def _candidates(
+        self, snapshot: Snapshot, principal: Principal, alias: AliasEntry, request_id: str
+    ) -> list[Candidate]:
+        view = RequestView(request_id, principal.tenant.id, principal.tier.name, alias.alias)
+        candidates = self.router.order(
+            view, eligible(snapshot, alias, principal.tenant, principal.tier)
+        )
         if not candidates:
             raise UpstreamUnavailable(
                 f"No endpoint serves '{alias.alias}' in the regions and tier of your tenant.",
                 reason="no_endpoint",
             )
-        body = msgspec.json.encode(upstream_body(request, alias.model))
+        return await self.admit(view, candidates)
+
+    async def _serve(
+        self, snapshot: Snapshot, principal: Principal, request: ParsedRequest,
+        alias: AliasEntry, request_id: str, grant: Grant,
+    ) -> Reply:  # fmt: skip
         meter = _Meter(self.emitter, principal, request, alias.model, request_id)
+        meter.settle = self.quota.settle_soon, grant
+        try:
+            candidates = await self._candidates(snapshot, principal, alias, request_id)
+        except BaseException:
+            self.quota.release(grant)  # never sent: nothing to meter, nothing to charge
+            raise
+        body = msgspec.json.encode(upstream_body(request, alias.model))
         try:
             candidate, response = await open_upstream(
-                self.client, candidates, PATHS[kind], body, _upstream_headers(request_id)
+                self.client, candidates, PATHS[request.kind], body, _upstream_headers(request_id)
             )
         except UpstreamUnavailable as exc:
             meter.finish(503, exc.reason)
+            raise
+        except httpx.HTTPError as exc:  # e.g. a timeout before the first byte
+            meter.finish(502, "upstream_error")
+            raise UpstreamError(
+                "The model endpoint failed before answering.", reason="upstream_error"
+            ) from exc
+        except BaseException as exc:  # metered (and its quota settled) whatever happened
+            if isinstance(exc, asyncio.CancelledError):
+                meter.finish(CLIENT_CLOSED, "client_closed")
+            else:
+                meter.finish(500, "internal_error")
             raise
         meter.candidate = candidate
         headers = {"x-trunkline-pool": candidate.pool.name}
@@ -135,7 +194,7 @@ def _upstream_headers(request_id: str) -> dict[str, str]:
 
 
 class _Meter:
-    """Builds and emits the one usage record of a request, exactly once."""
+    """Builds and emits the one usage record of a request, and settles its quota, exactly once."""
 
     def __init__(
         self,
@@ -153,6 +212,8 @@ class _Meter:
         self.candidate: Candidate | None = None
         self.tally = Tally()
         self.wall_start = time.time()
+        self.settle: tuple[Callable[..., None], Grant] | None = None
+        """The quota enforcer's ``settle_soon`` and the grant it settles."""
         self._done = False
 
     @property
@@ -168,6 +229,12 @@ class _Meter:
         if not tally.usage_seen and self.request.stream:
             # The engine died before its usage chunk: count the chunks it did send.
             completion = max(tally.chunks - 1, 0)
+        if self.settle is not None:
+            settle, grant = self.settle
+            settle(
+                grant, tally.prompt_tokens, tally.cached_tokens, completion,
+                measured=tally.usage_seen, reached_engine=self.candidate is not None,
+            )  # fmt: skip
         self.emitter.emit(
             UsageRecord(
                 request_id=self.request_id,

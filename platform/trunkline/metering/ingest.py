@@ -1,8 +1,14 @@
-"""Drain the usage stream into the ledger, idempotently on request id."""
+"""Drain the usage stream into the ledger, idempotently on request id.
+
+Every write also bumps the rollup watermark of the tenant-hours that received new events (see
+``models/metering.py``), in the same transaction, so rollups never miss an event and
+redeliveries change nothing.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,9 +16,13 @@ from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.metering._ledger_pg import write_usage_pg
+from trunkline.metering.rollup_plan import hour_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageReader
-from trunkline.models import ApiKey, UsageEvent
+from trunkline.models import ApiKey, UsageEvent, UsageRollupWatermark
+
+_CHUNK = 1000  # rows per INSERT on SQLite (bound-parameter limit)
 
 
 def _row(record: UsageRecord) -> dict[str, Any]:
@@ -41,17 +51,50 @@ def _row(record: UsageRecord) -> dict[str, Any]:
     }
 
 
-def write_usage(session: Session, records: list[UsageRecord]) -> None:
-    """Insert records, ignoring ones already in the ledger, and touch keys' last use."""
+def write_usage(session: Session, records: list[UsageRecord]) -> int:
+    """Insert records not yet in the ledger, mark their tenant-hours for rollup and touch the
+    keys' last use; returns how many were new (redeliveries count 0)."""
     if not records:
+        return 0
+    if session.get_bind().dialect.name == "postgresql":
+        return write_usage_pg(session, records)
+    inserted: list[Any] = []
+    for start in range(0, len(records), _CHUNK):
+        rows = [_row(r) for r in records[start : start + _CHUNK]]
+        statement = (
+            sqlite.insert(UsageEvent)
+            .values(rows)
+            .on_conflict_do_nothing()
+            .returning(UsageEvent.tenant_id, UsageEvent.api_key_id, UsageEvent.started_at)
+        )
+        inserted.extend(session.execute(statement).all())
+    mark_changed(session, {(row[0], hour_of(row[2])) for row in inserted})
+    _touch_keys(session, ((row[1], row[2]) for row in inserted))
+    return len(inserted)
+
+
+def mark_changed(session: Session, tenant_hours: set[tuple[uuid.UUID, datetime]]) -> None:
+    """Bump the watermark of each (tenant, hour) so the rollup job recomputes it."""
+    if not tenant_hours:
         return
-    rows = [_row(r) for r in records]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(UsageEvent).values(rows).on_conflict_do_nothing())
+    rows = [
+        {"tenant_id": tenant, "hour": hour, "changed_seq": 1, "rolled_seq": 0}
+        for tenant, hour in sorted(tenant_hours)
+    ]
+    statement = insert(UsageRollupWatermark).values(rows)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["tenant_id", "hour"],
+            set_={"changed_seq": UsageRollupWatermark.changed_seq + 1},
+        )
+    )
+
+
+def _touch_keys(session: Session, uses: Iterable[tuple[str, datetime]]) -> None:
     last_use: dict[str, datetime] = {}
-    for row in rows:
-        key_id, when = row["api_key_id"], row["started_at"]
+    for key_id, when in uses:
         if key_id not in last_use or when > last_use[key_id]:
             last_use[key_id] = when
     for key_id, when in last_use.items():

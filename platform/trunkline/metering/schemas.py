@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from decimal import Decimal
+from typing import Literal
+
 import msgspec
 
 
@@ -41,3 +45,33 @@ def encode_usage(record: UsageRecord) -> bytes:
 
 def decode_usage(blob: bytes) -> UsageRecord:
     return _decoder.decode(blob)
+
+
+# --- usage API ----------------------------------------------------------------------------------
+
+GroupBy = Literal["model", "project", "key", "tier", "day"]
+
+
+class UsageRow(msgspec.Struct, kw_only=True):
+    group: str
+    """The model, project id, key id, tier or day (``YYYY-MM-DD``) of this row."""
+    label: str
+    """A readable name for ``group`` (project and key names)."""
+    requests: int = 0
+    failed_requests: int = 0
+    """Requests that failed on the platform's side (metered, not billed)."""
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    list_cost: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)
+    """After contracted discounts, before SLA credits."""
+
+
+class UsageReport(msgspec.Struct, kw_only=True):
+    tenant_id: uuid.UUID
+    period: str
+    currency: str
+    group_by: GroupBy
+    rows: list[UsageRow]
+    total: UsageRow

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
+import msgspec
 import redis
 import redis.asyncio as aioredis
 
@@ -102,6 +103,25 @@ class _InMemoryReader:
         self._stream.ack(ids)
 
 
+_APPEND_LUA = """
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+end
+return #ARGV - 1
+"""
+"""One stream entry per event, a whole batch per round trip: the script runs XADD for each
+event server-side, so the gateway pays one command, not one per event."""
+
+
+_STOP = object()
+"""Queued by ``close``: the flusher sends everything before it, then returns."""
+
+
+def stream_name(key_prefix: str) -> str:
+    """The Redis stream gateways append usage events to."""
+    return f"{key_prefix}:usage"
+
+
 class RedisUsageEmitter:
     def __init__(
         self, client: aioredis.Redis, stream: str, *, max_batch: int = 500, maxlen: int = 10_000_000
@@ -110,8 +130,9 @@ class RedisUsageEmitter:
         self._stream = stream
         self._max_batch = max_batch
         self._maxlen = maxlen
-        self._queue: asyncio.Queue[UsageRecord] = asyncio.Queue()
+        self._queue: asyncio.Queue[UsageRecord | object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._append = client.register_script(_APPEND_LUA)
 
     def emit(self, record: UsageRecord) -> None:
         self._queue.put_nowait(record)
@@ -119,20 +140,36 @@ class RedisUsageEmitter:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-emitter")
 
-    async def close(self) -> None:
-        if self._task is not None:
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Send what is queued (waiting up to ``timeout_s`` for Redis), then stop."""
+        if self._task is None:
+            await self._flush_remaining()
+            return
+        self._queue.put_nowait(_STOP)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._flush_remaining()
+            log.error("usage events lost at shutdown", extra={"events": self._queue.qsize()})
 
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
+            if first is _STOP:
+                return
             batch = [first]
+            stopping = False
             while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._send_with_retry(batch)
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._send_with_retry(batch)  # type: ignore[arg-type]
+            if stopping:
+                return
 
     async def _send_with_retry(self, batch: list[UsageRecord]) -> None:
         delay = 0.05
@@ -140,36 +177,37 @@ class RedisUsageEmitter:
             try:
                 await self._send(batch)
                 return
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                # Keep the events in memory while Redis is away; never drop them.
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError):
+                # Keep the events in memory while Redis is away; never drop them. A batch
+                # Redis applied before the connection broke is sent again: ingest drops the
+                # duplicates on request id.
                 log.warning("usage stream unavailable, retrying", extra={"events": len(batch)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def _send(self, batch: list[UsageRecord]) -> None:
-        async with self._client.pipeline(transaction=False) as pipe:
-            for record in batch:
-                pipe.xadd(
-                    self._stream,
-                    {"id": record.request_id, "e": encode_usage(record)},
-                    maxlen=self._maxlen,
-                    approximate=True,
-                )
-            await pipe.execute()
+        await self._append(keys=[self._stream], args=[self._maxlen, *map(encode_usage, batch)])
 
     async def _flush_remaining(self) -> None:
         batch: list[UsageRecord] = []
         while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
+            item = self._queue.get_nowait()
+            if isinstance(item, UsageRecord):
+                batch.append(item)
+        for start in range(0, len(batch), self._max_batch):
             try:
-                await self._send(batch)
+                await self._send(batch[start : start + self._max_batch])
             except (redis.ConnectionError, redis.TimeoutError, OSError):
-                log.error("usage events lost at shutdown", extra={"events": len(batch)})
+                log.error("usage events lost at shutdown", extra={"events": len(batch) - start})
+                return
 
 
 class RedisUsageReader:
-    """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``."""
+    """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
+
+    An entry that does not decode as a usage event would block the group for ever: it is
+    copied to ``<stream>:dead`` and acked, and the reason is logged.
+    """
 
     def __init__(
         self,
@@ -185,29 +223,71 @@ class RedisUsageReader:
         self._group = group
         self._consumer = consumer
         self._claim_idle_ms = claim_idle_ms
+        # Replies as Redis sends them (no per-entry dicts): a second client on the same pool,
+        # so the caller's client keeps its usual replies.
+        self._raw = redis.Redis(connection_pool=client.connection_pool)
+        for command in ("XREADGROUP", "XAUTOCLAIM"):
+            self._raw.set_response_callback(command, _as_sent)
+        self.ensure_group()
+
+    def ensure_group(self) -> None:
+        """Create the group (and stream) if missing: a Redis restarted without its data."""
         try:
-            client.xgroup_create(stream, group, id="0", mkstream=True)
+            self._client.xgroup_create(self._stream, self._group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
-        claimed: Any = self._client.xautoclaim(
+        try:
+            messages = self._read_raw(max_count)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.ensure_group()
+            messages = self._read_raw(max_count)
+        out = []
+        poisoned: list[tuple[Any, Any, Exception]] = []
+        for message_id, fields in messages:
+            if not fields:  # deleted while pending
+                continue
+            try:
+                if fields[0] != b"e":
+                    raise KeyError("no 'e' field")
+                out.append((message_id.decode(), decode_usage(fields[1])))
+            except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                poisoned.append(
+                    (message_id, dict(zip(fields[::2], fields[1::2], strict=True)), exc)
+                )
+        if poisoned:
+            self._dead_letter(poisoned)
+        return out
+
+    def _read_raw(self, max_count: int) -> list[tuple[Any, Any]]:
+        claimed: Any = self._raw.xautoclaim(
             self._stream, self._group, self._consumer, self._claim_idle_ms, "0-0", count=max_count
         )
         messages = list(claimed[1])
         if len(messages) < max_count:
-            fresh: Any = self._client.xreadgroup(
+            fresh: Any = self._raw.xreadgroup(
                 self._group, self._consumer, {self._stream: ">"}, count=max_count - len(messages)
             )
-            for _stream, items in fresh or []:
+            # RESP3 answers a map of streams, RESP2 a list of [stream, entries] pairs
+            replies = fresh.values() if isinstance(fresh, dict) else (p[1] for p in fresh or [])
+            for items in replies:
                 messages.extend(items)
-        out = []
-        for message_id, fields in messages:
-            if fields is None:  # deleted while pending
-                continue
-            out.append((_text(message_id), decode_usage(fields[b"e"])))
-        return out
+        return messages
+
+    def _dead_letter(self, poisoned: list[tuple[Any, Any, Exception]]) -> None:
+        with self._client.pipeline(transaction=True) as pipe:
+            for message_id, fields, exc in poisoned:
+                log.error(
+                    "usage entry is not a usage event; moved to the dead-letter stream",
+                    extra={"message_id": _text(message_id), "error": str(exc)},
+                )
+                pipe.xadd(f"{self._stream}:dead", {**fields, b"error": str(exc)})
+                pipe.xack(self._stream, self._group, message_id)
+            pipe.execute()
 
     def ack(self, ids: list[str]) -> None:
         if ids:
@@ -216,3 +296,7 @@ class RedisUsageReader:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response

@@ -1,6 +1,13 @@
 """SQLAlchemy models: the source of truth. The gateway never imports this package."""
 
 from trunkline.models.base import Base
+from trunkline.models.billing import (
+    BilledUsage,
+    BillingCorrection,
+    BillingPeriod,
+    DedicatedCapacity,
+    PriceBookVersion,
+)
 from trunkline.models.catalog import (
     AcceleratorFlavor,
     Endpoint,
@@ -10,6 +17,8 @@ from trunkline.models.catalog import (
     Pool,
 )
 from trunkline.models.keys import AccessToken, ApiKey
+from trunkline.models.metering import UsageRollup, UsageRollupWatermark
+from trunkline.models.quotas import KeyQuota, TenantQuota, TierQuota
 from trunkline.models.tenancy import Membership, Project, Role, Tenant, Tier, User
 from trunkline.models.usage import UsageEvent
 
@@ -18,16 +27,26 @@ __all__ = [
     "AccessToken",
     "ApiKey",
     "Base",
+    "BilledUsage",
+    "BillingCorrection",
+    "BillingPeriod",
+    "DedicatedCapacity",
     "Endpoint",
     "Entitlement",
+    "KeyQuota",
     "Membership",
     "Model",
     "ModelAlias",
     "Pool",
+    "PriceBookVersion",
     "Project",
     "Role",
     "Tenant",
+    "TenantQuota",
     "Tier",
+    "TierQuota",
     "UsageEvent",
+    "UsageRollup",
+    "UsageRollupWatermark",
     "User",
 ]

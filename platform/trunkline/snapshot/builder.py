@@ -21,6 +21,7 @@ from trunkline.models import (
     Tenant,
     Tier,
 )
+from trunkline.quota.book import build_quota_book
 from trunkline.snapshot.schemas import (
     AliasEntry,
     EndpointEntry,
@@ -72,7 +73,8 @@ def build_snapshot(session: Session, version: int) -> Snapshot:
         model = models[alias.model_id]
         served_by = tuple(sorted(p.name for p in pools.values() if p.model == model.name))
         aliases[alias.alias] = AliasEntry(alias.alias, model.name, model.kind, served_by)
-    return Snapshot(version, time.time(), tiers, tenants, keys, aliases, pools)
+    quotas = build_quota_book(session, tenants, keys)
+    return Snapshot(version, time.time(), tiers, tenants, keys, aliases, pools, quotas)
 
 
 def _pools(session: Session) -> dict[str, PoolEntry]:

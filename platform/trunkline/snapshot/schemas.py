@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from trunkline.quota.limits import QuotaBook
+
 
 class TierEntry(msgspec.Struct, frozen=True):
     name: str
@@ -62,6 +64,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     keys: dict[str, KeyEntry]
     aliases: dict[str, AliasEntry]
     pools: dict[str, PoolEntry]
+    quotas: QuotaBook = msgspec.field(default_factory=QuotaBook)
+    """Resolved quota limits per tenant, project and key, and prices for cost budgets."""
 
     @classmethod
     def empty(cls) -> Snapshot:

@@ -8,11 +8,15 @@ from typing import Any
 
 from trunkline.engines import AcceleratorProfile, EngineCore, StepResult, TokenEvent, get_profile
 
+# Every scheduled token costs 1 ms, every step 10 ms, every sequence in it 2 ms.
 TINY = AcceleratorProfile(
     name="tiny",
-    prefill_s_per_token=0.001,
-    decode_step_base_s=0.01,
-    decode_s_per_seq=0.002,
+    step_overhead_s=0.01,
+    weights_read_s=0.0,
+    linear_s_per_token=0.001,
+    per_seq_s=0.002,
+    prefill_attention_s_per_pair=0.0,
+    attention_s_per_context_token=0.0,
     kv_cache_blocks=64,
     block_size=4,
     max_num_seqs=8,

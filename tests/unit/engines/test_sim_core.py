@@ -145,8 +145,8 @@ def test_chunked_prefill_shares_the_budget_with_running_decodes() -> None:
     assert events_of(steps, "long")[0].time == pytest.approx(
         now + sum(s.duration for s in steps[:3])
     )
-    # prefill tokens x prefill cost + decode base + per-sequence cost x sequences
-    assert steps[0].duration == pytest.approx(15 * 0.001 + 0.01 + 2 * 0.002)
+    # step overhead + scheduled tokens x token cost + sequences x per-sequence cost
+    assert steps[0].duration == pytest.approx(0.01 + 16 * 0.001 + 2 * 0.002)
 
 
 def test_time_to_first_token_includes_queueing_behind_the_batch_limit() -> None:
@@ -247,3 +247,27 @@ def test_request_ids_must_be_unique_among_live_requests() -> None:
     core.add_request("r", prompt(100, 4), 4, 0.0)
     with pytest.raises(ValueError, match="already exists"):
         core.add_request("r", prompt(100, 4), 4, 0.0)
+
+
+def test_a_request_waiting_for_blocks_is_queried_again_at_every_attempt_as_in_vllm() -> None:
+    # 8 blocks of 4 tokens: A (20 tokens, growing to 28) leaves too few for B's 16-token prompt.
+    core = EngineCore(tiny_profile(kv_cache_blocks=8, max_model_len=32))
+    core.add_request("A", prompt(100, 20), 8, 0.0)
+    core.step(0.0)
+    core.add_request("B", prompt(500, 16), 2, 0.0)
+    steps = run_until_idle(core, 1.0)
+    first_b = next(i for i, step in enumerate(steps) if events_of([step], "B"))
+    assert first_b > 1  # B waited while A decoded
+    # Every step before B got its blocks looked B up once more (vLLM counts each lookup).
+    assert core.prefix_cache_queries == 20 + 16 * (first_b + 1)
+
+
+@pytest.mark.parametrize(("salt", "expected_cached"), [("tenant-a", 8), ("tenant-b", 0)])
+def test_a_salted_first_block_filled_by_generated_tokens_keeps_its_salt(
+    salt: str, expected_cached: int
+) -> None:
+    core = EngineCore(tiny_profile())
+    first = prompt(100, 3)  # shorter than a block: the block is completed by generated tokens
+    core.add_request("a", first, 6, 0.0, cache_salt="tenant-a")
+    generated = [event.token_id for event in events_of(run_until_idle(core), "a")]
+    assert cached_tokens_of(core, "b", first + generated, cache_salt=salt) == expected_cached

@@ -336,10 +336,11 @@ async def test_latency_metrics_are_modelled_time_not_scaled_wall_time() -> None:
         for sample in family.samples
         if sample.name.endswith("_seconds_sum")
     }
-    decode_step = profile.decode_step_base_s + profile.decode_s_per_seq
-    prefill_step = PROMPT_TOKENS * profile.prefill_s_per_token + decode_step
+    pairs = PROMPT_TOKENS * (PROMPT_TOKENS + 1) // 2
+    prefill_step = profile.step_time(PROMPT_TOKENS, 1, pairs, 0)
+    decode_steps = sum(profile.step_time(1, 1, 0, PROMPT_TOKENS + i) for i in (1, 2))
     assert sums["vllm:time_to_first_token_seconds_sum"] == pytest.approx(prefill_step)
-    assert sums["vllm:inter_token_latency_seconds_sum"] == pytest.approx(2 * decode_step)
+    assert sums["vllm:inter_token_latency_seconds_sum"] == pytest.approx(decode_steps)
     assert sums["vllm:e2e_request_latency_seconds_sum"] == pytest.approx(
-        prefill_step + 2 * decode_step
+        prefill_step + decode_steps
     )

@@ -1,50 +1,30 @@
-"""Round-robin over the endpoints a request may use, with filters for residency and tier."""
+"""``round-robin``: each request starts one endpoint further along the ring."""
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from trunkline.snapshot import (
-    AliasEntry,
-    EndpointEntry,
-    PoolEntry,
-    Snapshot,
-    TenantEntry,
-    TierEntry,
-)
+from trunkline.gateway.routing.candidates import Candidate, eligible
+from trunkline.gateway.routing.views import EndpointView, RequestView
+
+__all__ = ["Candidate", "RoundRobinPolicy", "eligible"]
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    pool: PoolEntry
-    endpoint: EndpointEntry
+class RoundRobinPolicy:
+    """Orders endpoints starting after the last one used, so retries walk the ring."""
 
-
-def eligible(
-    snapshot: Snapshot, alias: AliasEntry, tenant: TenantEntry, tier: TierEntry
-) -> list[Candidate]:
-    """Every endpoint that serves the alias inside the tenant's regions and tier."""
-    regions = set(tenant.regions)
-    out: list[Candidate] = []
-    for pool_name in alias.pools:
-        pool = snapshot.pools.get(pool_name)
-        if pool is None or (regions and pool.region not in regions):
-            continue
-        if pool.burst and not tier.may_use_burst:
-            continue
-        out.extend(Candidate(pool, endpoint) for endpoint in pool.endpoints)
-    return out
-
-
-class RoundRobinRouter:
-    """Orders candidates starting after the last one used, so retries walk the ring."""
+    name = "round-robin"
 
     def __init__(self) -> None:
-        self._counter = itertools.count()
+        self._next = 0
 
-    def order(self, candidates: list[Candidate]) -> list[Candidate]:
-        if not candidates:
+    def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
+        count = len(endpoints)
+        if count == 0:
             return []
-        start = next(self._counter) % len(candidates)
-        return candidates[start:] + candidates[:start]
+        start = self._next % count
+        self._next += 1
+        return [*range(start, count), *range(start)]
+
+    def routed(self, request: RequestView, endpoint: EndpointView) -> None:
+        return None

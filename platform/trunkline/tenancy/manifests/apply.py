@@ -22,6 +22,7 @@ from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
 from trunkline.pools.schemas import money
 from trunkline.pools.service import flavor_row, model_row, replace_endpoints
+from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.tenancy.changes import assign
 from trunkline.tenancy.manifests.documents import Manifests
 from trunkline.tenancy.manifests.loader import load_manifests
@@ -137,9 +138,11 @@ def _tier(session: Session, spec: TierSpec, report: ApplyReport) -> None:
         "may_use_burst": spec.may_use_burst,
     }
     row = TierRepository(session).by_name(spec.name)
-    _row, details = _upsert(
+    tier, details = _upsert(
         session, report, "Tier", spec.name, row, lambda: Tier(name=spec.name, **values), values
     )
+    if spec.quota is not None and QuotaRepository(session).set_tier_doc(tier.id, spec.quota):
+        details.append("quota defaults set")
     _record(report, "Tier", spec.name, details)
 
 
@@ -208,6 +211,8 @@ def _tenant(session: Session, spec: TenantSpec, report: ApplyReport) -> None:
     granted, revoked = set_entitlements(session, tenant.id, spec.models)
     details += [f"+model {a}" for a in granted] + [f"-model {a}" for a in revoked]
     details += _projects(session, tenant, spec) + _members(session, tenant, spec)
+    if spec.quota is not None and TenantQuotaRepository(session, tenant.id).set_doc(spec.quota):
+        details.append("quota overrides set")
     session.flush()
     _record(report, "Tenant", spec.slug, details)
 

@@ -16,6 +16,7 @@ from trunkline.models import Role
 from trunkline.pools.schemas import Alias, BlockSize, ContextLength, ModelKind, ModelName, Money
 from trunkline.pools.schemas import ParamsB as ParamsB
 from trunkline.pools.schemas import Url as Url
+from trunkline.quota.schemas import QuotaLimits
 from trunkline.tenancy.schemas import (
     Description,
     DisplayName,
@@ -42,6 +43,9 @@ class TierSpec(_Spec, tag="Tier"):
     itl_slo_ms: Millis | None = None
     may_use_burst: bool = False
     description: Description = ""
+    quota: QuotaLimits | None = None
+    """Default limits of every tenant on the tier, its projects and keys; when given, it
+    replaces the tier's quota defaults (omit it to leave them as they are)."""
 
 
 class FlavorSpec(_Spec, tag="Flavor"):
@@ -107,6 +111,9 @@ class TenantSpec(_Spec, tag="Tenant"):
     models: list[Alias] = msgspec.field(default_factory=list)
     projects: list[ProjectSpec] = msgspec.field(default_factory=list)
     members: list[MemberSpec] = msgspec.field(default_factory=list)
+    quota: QuotaLimits | None = None
+    """Overrides of the tier's quota defaults; when given, it replaces the tenant's overrides
+    (omit it to leave them as they are, e.g. as set through the API)."""
 
 
 Manifest = TierSpec | FlavorSpec | ModelSpec | PoolSpec | TenantSpec

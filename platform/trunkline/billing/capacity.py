@@ -1,0 +1,130 @@
+"""Dedicated GPU capacity: allocations held for a tenant, billed per GPU-hour, idle included."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from trunkline.billing.charges import GPU_HOURS, USAGE, ChargeLine, Names
+from trunkline.billing.periods import Period
+from trunkline.billing.pricebook import PriceBook
+from trunkline.billing.rating import rate
+from trunkline.errors import Conflict, InvalidRequest
+from trunkline.metering.rollup_plan import HOUR
+from trunkline.models import BillingPeriod, DedicatedCapacity
+
+
+def _gpu_hours(
+    session: Session, period: Period, tenant_id: uuid.UUID | None
+) -> dict[tuple[Any, ...], int]:
+    """GPUs held per (tenant, project, hour, flavor, region) within ``period``."""
+    capacity = DedicatedCapacity
+    statement = select(capacity).where(
+        capacity.starts_at < period.end,
+        (capacity.ends_at.is_(None)) | (capacity.ends_at > period.start),
+    )
+    if tenant_id is not None:
+        statement = statement.where(capacity.tenant_id == tenant_id)
+    gpu_hours: dict[tuple[Any, ...], int] = defaultdict(int)
+    for held in session.scalars(statement):
+        hour = max(held.starts_at, period.start).replace(minute=0, second=0, microsecond=0)
+        end = min(held.ends_at or period.end, period.end)
+        while hour < end:
+            gpu_hours[(held.tenant_id, held.project_id, hour, held.flavor, held.region)] += (
+                held.gpus
+            )
+            hour += HOUR
+    return gpu_hours
+
+
+def capacity_lines(
+    session: Session,
+    period: Period,
+    book: PriceBook,
+    names: Names,
+    tenant_id: uuid.UUID | None = None,
+) -> list[ChargeLine]:
+    """Dedicated GPUs, by the hour: every hour an allocation overlaps is billed in full."""
+    gpu_hours = _gpu_hours(session, period, tenant_id)
+    out = []
+    for (tenant, project, hour, flavor, region), hours in gpu_hours.items():
+        version = book.at(hour)
+        slug, name = names.tenant(tenant)
+        rated = rate(Decimal(hours), version.gpu_hour_price(flavor), version.discount(slug))
+        out.append(
+            ChargeLine(
+                tenant,
+                slug,
+                name,
+                USAGE,
+                hour,
+                hour + HOUR,
+                sku_id=f"gpu-hours:{flavor}",
+                description=f"dedicated {flavor} GPUs, billed per hour whether busy or idle",
+                frequency="Recurring",
+                project_id=project,
+                project_name=names.projects.get(project) if project else None,
+                region=region or None,
+                flavor=flavor,
+                consumed_quantity=Decimal(hours),
+                consumed_unit=GPU_HOURS,
+                pricing_quantity=Decimal(hours),
+                pricing_unit=GPU_HOURS,
+                list_unit_price=rated.list_unit_price,
+                contracted_unit_price=rated.contracted_unit_price,
+                list_cost=rated.list_cost,
+                contracted_cost=rated.contracted_cost,
+                price_version=version.version,
+            )
+        )
+    return out
+
+
+def latest_closed_end(session: Session) -> datetime | None:
+    """The end of the latest closed billing period."""
+    return session.scalar(select(func.max(BillingPeriod.period_end)))
+
+
+def add_capacity(
+    session: Session,
+    tenant_id: uuid.UUID,
+    flavor: str,
+    gpus: int,
+    starts_at: datetime,
+    ends_at: datetime | None = None,
+    *,
+    region: str = "",
+    project_id: uuid.UUID | None = None,
+) -> DedicatedCapacity:
+    """Record GPUs held for a tenant from ``starts_at`` (until ``ends_at``, or open-ended).
+
+    Capacity may not reach into a closed billing period: what was billed there is final, and
+    corrections are for late usage, not for rewritten allocations.
+    """
+    closed_until = latest_closed_end(session)
+    if gpus < 1:
+        raise InvalidRequest("gpus must be at least 1", param="gpus")
+    if ends_at is not None and ends_at <= starts_at:
+        raise InvalidRequest("the allocation must end after it starts", param="ends_at")
+    if closed_until is not None and starts_at < closed_until:
+        raise Conflict(
+            f"capacity cannot start before {closed_until:%Y-%m-%d}: that period is closed"
+        )
+    row = DedicatedCapacity(
+        tenant_id=tenant_id,
+        project_id=project_id,
+        flavor=flavor,
+        region=region,
+        gpus=gpus,
+        starts_at=starts_at,
+        ends_at=ends_at,
+    )
+    session.add(row)
+    session.flush()
+    return row

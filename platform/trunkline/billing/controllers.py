@@ -1,0 +1,65 @@
+"""HTTP endpoints of billing exports: FOCUS CSV, FOCUS Parquet, or the invoice summary.
+
+A tenant admin exports their own tenant; the export of every tenant needs a platform admin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get
+from litestar.params import FromPath, FromQuery
+
+from trunkline.auth.guards import platform_admin, tenant_admin
+from trunkline.auth.params import Caller, DbSession, TenantId
+from trunkline.billing import service
+from trunkline.billing.periods import parse_period
+
+
+def _download(export: service.Export) -> Response[Any]:
+    return Response(
+        export.body,
+        media_type=export.media_type,
+        headers={
+            "content-disposition": f'attachment; filename="{export.filename}"',
+            "x-trunkline-billing-final": "true" if export.final else "false",
+        },
+    )
+
+
+class TenantExportController(Controller):
+    path = "/api/v1/tenants/{tenant_id:uuid}/billing/exports"
+    tags = ["billing"]
+    guards = [tenant_admin]
+
+    @get("/{period:str}", sync_to_thread=True)
+    def export_tenant(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        tenant_id: TenantId,
+        period: FromPath[str],
+        format: FromQuery[str] = "focus-csv",
+    ) -> Response[Any]:
+        """The tenant's charges in ``period`` (``YYYY-MM``): ``focus-csv``, ``focus-parquet``
+        or ``invoice``. Final once the period is closed (header ``x-trunkline-billing-final``)."""
+        export = service.export_for(db_session, principal, parse_period(period), format, tenant_id)
+        return _download(export)
+
+
+class PlatformExportController(Controller):
+    path = "/api/v1/billing/exports"
+    tags = ["billing"]
+    guards = [platform_admin]
+
+    @get("/{period:str}", sync_to_thread=True)
+    def export_all(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        period: FromPath[str],
+        format: FromQuery[str] = "focus-csv",
+    ) -> Response[Any]:
+        """Every tenant's charges in ``period``, for finance."""
+        export = service.export_for(db_session, principal, parse_period(period), format, None)
+        return _download(export)

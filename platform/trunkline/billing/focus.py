@@ -1,0 +1,230 @@
+"""FinOps FOCUS rows from charge lines, written as CSV or Parquet.
+
+Column names, types and values follow the FOCUS specification (1.2): costs and quantities
+are exact Decimals in plain notation, date/times are UTC ISO 8601 (``2026-11-01T00:00:00Z``),
+``Tags`` is a JSON object, and provider-specific columns carry the ``x_`` prefix. A correction to an
+earlier, already invoiced period has ``ChargeClass = "Correction"``; its quantities and costs
+are the differences it makes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from trunkline.billing.charges import CREDIT, ChargeLine
+from trunkline.billing.periods import Period
+
+PROVIDER = "Trunkline"
+INFERENCE_SERVICE = "Trunkline Model Inference"
+CAPACITY_SERVICE = "Trunkline Dedicated GPU Capacity"
+DECIMAL_SCALE = 24
+"""Parquet decimal scale: prices ≤ 6 places x multiplier 4 x discount 4 x quantity 6 x credit 4."""
+
+STRING, DECIMAL, DATETIME, JSON = "String", "Decimal", "Date/Time", "JSON"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+
+
+# fmt: off
+COLUMNS = tuple(
+    Column(name, kind)
+    for name, kind in (
+        ("BillingAccountId", STRING), ("BillingAccountName", STRING),
+        ("SubAccountId", STRING), ("SubAccountName", STRING),
+        ("BillingCurrency", STRING),
+        ("BillingPeriodStart", DATETIME), ("BillingPeriodEnd", DATETIME),
+        ("ChargePeriodStart", DATETIME), ("ChargePeriodEnd", DATETIME),
+        ("ChargeCategory", STRING), ("ChargeClass", STRING),
+        ("ChargeDescription", STRING), ("ChargeFrequency", STRING),
+        ("BilledCost", DECIMAL), ("EffectiveCost", DECIMAL),
+        ("ListCost", DECIMAL), ("ContractedCost", DECIMAL),
+        ("ListUnitPrice", DECIMAL), ("ContractedUnitPrice", DECIMAL),
+        ("ConsumedQuantity", DECIMAL), ("ConsumedUnit", STRING),
+        ("PricingQuantity", DECIMAL), ("PricingUnit", STRING), ("PricingCategory", STRING),
+        ("ProviderName", STRING), ("PublisherName", STRING), ("InvoiceIssuerName", STRING),
+        ("InvoiceId", STRING),
+        ("ServiceName", STRING), ("ServiceCategory", STRING), ("ServiceSubcategory", STRING),
+        ("ResourceId", STRING), ("ResourceName", STRING), ("ResourceType", STRING),
+        ("RegionId", STRING), ("RegionName", STRING),
+        ("SkuId", STRING), ("SkuPriceId", STRING),
+        ("Tags", JSON),
+        ("x_Model", STRING), ("x_Tier", STRING), ("x_TokenClass", STRING),
+        ("x_AcceleratorFlavor", STRING), ("x_PriceBookVersion", STRING),
+        ("x_SloAttainment", DECIMAL),
+    )
+)
+# fmt: on
+COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+
+
+def invoice_id(period: Period, tenant_slug: str) -> str:
+    return f"TL-{period.label}-{tenant_slug}"
+
+
+def _resource(line: ChargeLine) -> tuple[str | None, str | None, str | None]:
+    if line.model is not None:
+        return f"models/{line.model}", line.model, "Model"
+    if line.flavor is not None:
+        region = line.region or "any"
+        return f"dedicated/{line.flavor}/{region}", f"{line.flavor} ({region})", "GPU Capacity"
+    return None, None, None
+
+
+class _RowMaker:
+    """FOCUS rows of one export; strings that repeat across rows are made once."""
+
+    def __init__(self, period: Period, currency: str, final: bool) -> None:
+        self.period = period
+        self.currency = currency
+        self.final = final
+        self._cache: dict[Any, Any] = {}
+
+    def _once(self, key: Any, make: Any) -> Any:
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = make()
+        return value
+
+    def row(self, line: ChargeLine) -> tuple[Any, ...]:
+        usage = line.category != CREDIT
+        tenant = self._once(("tenant", line.tenant_id), lambda: str(line.tenant_id))
+        project = (
+            self._once(("project", line.project_id), lambda: str(line.project_id))
+            if line.project_id
+            else None
+        )
+        tags = self._once(
+            ("tags", line.tenant_slug, line.project_name, line.tier), lambda: _tags(line)
+        )
+        resource = self._once(
+            ("resource", line.model, line.flavor, line.region), lambda: _resource(line)
+        )
+        price_id = (
+            self._once(
+                ("price", line.sku_id, line.price_version),
+                lambda: f"{line.sku_id}@v{line.price_version}",
+            )
+            if usage and line.price_version
+            else None
+        )
+        invoice = (
+            self._once(
+                ("invoice", line.tenant_slug), lambda: invoice_id(self.period, line.tenant_slug)
+            )
+            if self.final
+            else None
+        )
+        version = str(line.price_version) if line.price_version is not None else None
+        cost = line.contracted_cost
+        # fmt: off
+        return (
+            tenant, line.tenant_name, project, line.project_name,
+            self.currency, self.period.start, self.period.end, line.charge_start, line.charge_end,
+            line.category, "Correction" if line.correction else None,
+            line.description, line.frequency,
+            cost, cost, line.list_cost, cost,
+            line.list_unit_price, line.contracted_unit_price,
+            line.consumed_quantity, line.consumed_unit, line.pricing_quantity, line.pricing_unit,
+            "Standard" if usage else None,
+            PROVIDER, PROVIDER, PROVIDER, invoice,
+            CAPACITY_SERVICE if line.flavor else INFERENCE_SERVICE, "AI and Machine Learning",
+            "AI Platforms" if line.flavor else "Generative AI",
+            *resource,
+            line.region, line.region,
+            line.sku_id, price_id,
+            tags,
+            line.model, line.tier, line.token_class, line.flavor, version,
+            line.slo_attainment,
+        )
+        # fmt: on
+
+
+def _tags(line: ChargeLine) -> str:
+    tags = {"tenant": line.tenant_slug}
+    if line.project_name:
+        tags["project"] = line.project_name
+    if line.tier:
+        tags["tier"] = line.tier
+    return json.dumps(tags, sort_keys=True, separators=(",", ":"))
+
+
+def focus_rows(
+    lines: Iterable[ChargeLine], period: Period, currency: str, final: bool
+) -> list[tuple[Any, ...]]:
+    """FOCUS rows, values in ``COLUMNS`` order (None for null; Tags as a JSON object text)."""
+    maker = _RowMaker(period, currency, final)
+    return [maker.row(line) for line in lines]
+
+
+def _decimal_text(value: Decimal | None) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    return format(value, "f") if "E" in text else text  # never scientific notation
+
+
+def _field(value: Any) -> str:
+    """One CSV field (RFC 4180): quoted only when it must be."""
+    if value is None:
+        return ""
+    text = value.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(value, datetime) else str(value)
+    if '"' in text or "," in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+class _Fields(dict[Any, str]):
+    """A column's values as CSV fields, each distinct value formatted once."""
+
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = _field(value)
+        return text
+
+
+def write_csv(rows: Iterable[tuple[Any, ...]]) -> bytes:
+    """RFC 4180 CSV with a header row; null is the empty field."""
+    formatters = [
+        _decimal_text if column.type == DECIMAL else _Fields().__getitem__ for column in COLUMNS
+    ]
+    join = ",".join
+    lines = [join(COLUMN_NAMES)]
+    lines.extend(join([f(v) for f, v in zip(formatters, row, strict=True)]) for row in rows)
+    lines.append("")
+    return "\r\n".join(lines).encode("utf-8")
+
+
+def write_parquet(rows: list[tuple[Any, ...]]) -> bytes:
+    """Parquet with typed columns: decimal128(38, 24), timestamp[s, UTC], string."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types: dict[str, Any] = {
+        STRING: pa.string(),
+        JSON: pa.string(),
+        DECIMAL: pa.decimal128(38, DECIMAL_SCALE),
+        DATETIME: pa.timestamp("s", tz="UTC"),
+    }
+    arrays = []
+    for index, column in enumerate(COLUMNS):
+        values = [row[index] for row in rows]
+        arrays.append(pa.array(values, type=types[column.type]))
+    table = pa.Table.from_arrays(
+        arrays,
+        schema=pa.schema(
+            [pa.field(c.name, types[c.type]) for c in COLUMNS],
+            metadata={"focus_version": "1.2", "provider": PROVIDER},
+        ),
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()

@@ -1,0 +1,110 @@
+"""The per-tenant invoice summary: the period's charge lines, grouped for a human reader.
+
+Amounts are shown rounded to cents; the total is the exact sum of the FOCUS ``BilledCost`` of
+the same lines, rounded once, so it always equals what the FOCUS export adds up to.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from trunkline.billing.charges import CREDIT, ChargeLine
+from trunkline.billing.focus import invoice_id
+from trunkline.billing.periods import Period
+from trunkline.billing.rating import ZERO, exact_sum
+
+CENT = Decimal("0.01")
+SECTIONS = {
+    "tokens": "Token usage on shared pools (unit price per 1M tokens)",
+    "gpu": "Dedicated GPU capacity (per GPU-hour, idle included)",
+    "credit": "SLA credits",
+    "correction": "Corrections to earlier periods",
+}
+WIDTH = 100
+
+
+def _money(value: Decimal) -> str:
+    cents = value.quantize(CENT, ROUND_HALF_EVEN)
+    return f"{cents.copy_abs() if cents == 0 else cents:,.2f}"
+
+
+def _quantity(value: Decimal | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.0f}" if value == value.to_integral_value() else f"{value:,.4f}"
+
+
+def _label(line: ChargeLine) -> tuple[str, str]:
+    """(section, item) of a line on the invoice."""
+    if line.category == CREDIT:
+        attainment = f"{line.slo_attainment:.2%}" if line.slo_attainment is not None else "-"
+        section, item = "credit", f"{line.tier} tier, TTFT attainment {attainment}"
+    elif line.flavor is not None:
+        section, item = "gpu", f"{line.flavor} {line.region or ''}".strip()
+    else:
+        token_class = (line.token_class or "").replace("_", " ")
+        section, item = "tokens", f"{line.model} / {line.tier} / {token_class}"
+    if line.correction:
+        return "correction", f"{line.charge_start:%Y-%m} {item}"
+    return section, item
+
+
+def _group(lines: Iterable[ChargeLine]) -> dict[tuple[str, str], list[ChargeLine]]:
+    groups: dict[tuple[str, str], list[ChargeLine]] = defaultdict(list)
+    for line in lines:
+        groups[_label(line)].append(line)
+    return groups
+
+
+def _row(label: str, lines: list[ChargeLine]) -> str:
+    quantity = exact_sum([line.consumed_quantity or ZERO for line in lines])
+    unit = lines[0].consumed_unit or ""
+    prices = {line.contracted_unit_price for line in lines if line.contracted_unit_price}
+    price = f"{next(iter(prices)):f}" if len(prices) == 1 else ("various" if prices else "")
+    amount = exact_sum([line.contracted_cost for line in lines])
+    shown_quantity = f"{_quantity(quantity)} {unit}" if unit else ""
+    return f"  {label:<48}{shown_quantity:>22}{price:>14}{_money(amount):>16}"
+
+
+def _section(title: str, rows: list[str]) -> list[str]:
+    return ["", title, "-" * WIDTH, *rows] if rows else []
+
+
+def render_invoice(lines: list[ChargeLine], period: Period, currency: str, *, final: bool) -> str:
+    """One tenant's invoice; ``lines`` must all belong to that tenant."""
+    if not lines:
+        return f"No charges in {period.label}.\n"
+    first = lines[0]
+    status = "FINAL" if final else "PRELIMINARY (the period is not closed; figures may change)"
+    header = [
+        "=" * WIDTH,
+        f"INVOICE {invoice_id(period, first.tenant_slug) if final else '(draft)'}",
+        f"Billed to: {first.tenant_name} ({first.tenant_slug}), account {first.tenant_id}",
+        f"Billing period: {period.start:%Y-%m-%d} to {period.end:%Y-%m-%d} (UTC, end exclusive)",
+        f"Currency: {currency}    Status: {status}",
+        "=" * WIDTH,
+        f"  {'item':<48}{'quantity':>22}{'unit price':>14}{'amount':>16}",
+    ]
+    sections: dict[str, list[str]] = {title: [] for title in SECTIONS.values()}
+    for (section, item), group in sorted(_group(lines).items()):
+        sections[SECTIONS[section]].append(_row(item[:48], group))
+    body: list[str] = []
+    for title, rows in sections.items():
+        body += _section(title, rows)
+    total = exact_sum([line.contracted_cost for line in lines])
+    footer = ["", "=" * WIDTH, f"  {'TOTAL DUE':<84}{_money(total):>16} {currency}", "=" * WIDTH]
+    return "\n".join(header + body + footer) + "\n"
+
+
+def render_invoices(lines: list[ChargeLine], period: Period, currency: str, *, final: bool) -> str:
+    """Every tenant's invoice, one after another, tenants in slug order."""
+    by_tenant: dict[str, list[ChargeLine]] = defaultdict(list)
+    for line in lines:
+        by_tenant[line.tenant_slug].append(line)
+    if not by_tenant:
+        return f"No charges in {period.label}.\n"
+    return "\n".join(
+        render_invoice(by_tenant[slug], period, currency, final=final) for slug in sorted(by_tenant)
+    )

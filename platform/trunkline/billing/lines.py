@@ -1,0 +1,234 @@
+"""Charge lines: what a billing period charges, one line per SKU per hour per sub-account.
+
+A line is computed from rollups (live ones for an open period, the billed snapshot for a
+closed one) and the price book: token usage per project x hour x model x tier x token class
+(and region), dedicated GPU-hours per project x hour x flavor, and one SLA credit per tenant
+and tier per period. Exports and invoices are views of these lines.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from trunkline.billing.capacity import capacity_lines
+from trunkline.billing.charges import CREDIT, PER_MILLION_TOKENS, TOKENS, USAGE, ChargeLine, Names
+from trunkline.billing.periods import Period
+from trunkline.billing.pricebook import PriceBook, PriceVersion
+from trunkline.billing.rating import ONE, exact_product, exact_sum, per_million, rate
+from trunkline.billing.sla import sla_outcome
+from trunkline.errors import ConfigurationError
+from trunkline.metering.rollup_plan import HOUR
+from trunkline.models import BilledUsage, UsageRollup
+
+RollupSource = type[UsageRollup] | type[BilledUsage]
+
+
+def period_lines(
+    session: Session,
+    source: RollupSource,
+    period: Period,
+    book: PriceBook,
+    tenant_id: uuid.UUID | None = None,
+) -> list[ChargeLine]:
+    """Usage, SLA credit and dedicated GPU lines of ``period`` (corrections excluded)."""
+    names = Names.load(session)
+    usage, slo = _usage_lines(session, source, period, book, names, tenant_id)
+    credits = _credit_lines(usage, slo, period, book, names)
+    return usage + credits + capacity_lines(session, period, book, names, tenant_id)
+
+
+def _windows(
+    book: PriceBook, period: Period
+) -> list[tuple[datetime, datetime, PriceVersion | None]]:
+    """The stretches of ``period`` each price book version is in force (None: no version)."""
+    edges = (
+        [period.start]
+        + [v.effective_from for v in book.versions if period.start < v.effective_from < period.end]
+        + [period.end]
+    )
+    out = []
+    for start, end in itertools.pairwise(edges):
+        version = None if start < book.versions[0].effective_from else book.at(start)
+        out.append((start, end, version))
+    return out
+
+
+def _usage_lines(
+    session: Session,
+    source: RollupSource,
+    period: Period,
+    book: PriceBook,
+    names: Names,
+    tenant_id: uuid.UUID | None,
+) -> tuple[list[ChargeLine], dict[tuple[uuid.UUID, str], tuple[int, int]]]:
+    """Token lines, summed in SQL per project x hour x model x tier x region over the
+    outcomes the version in force bills; and SLO counts per tenant and tier."""
+    s = source
+    dims = (s.tenant_id, s.project_id, s.hour, s.model, s.tier, s.region)
+    scope = [s.hour >= period.start, s.hour < period.end]
+    if tenant_id is not None:
+        scope.append(s.tenant_id == tenant_id)
+    lines: list[ChargeLine] = []
+    for start, end, version in _windows(book, period):
+        statement = (
+            select(
+                *dims,
+                func.sum(s.prompt_tokens),
+                func.sum(s.cached_tokens),
+                func.sum(s.completion_tokens),
+            )
+            .where(*scope, s.hour >= start, s.hour < end)
+            .group_by(*dims)
+        )
+        if version is None:
+            if session.execute(statement.limit(1)).first() is not None:
+                raise ConfigurationError(
+                    f"usage before the first price book version ({start:%Y-%m-%d})"
+                )
+            continue
+        statement = statement.where(s.outcome.in_(version.billable_outcomes))
+        pricer = _TokenPricer(version, names)
+        for row in session.execute(statement):
+            pricer.add(lines, *row)
+    slo_statement = (
+        select(s.tenant_id, s.tier, func.sum(s.slo_eligible), func.sum(s.slo_met))
+        .where(*scope)
+        .group_by(s.tenant_id, s.tier)
+    )
+    slo = {(t, tier): (int(e), int(m)) for t, tier, e, m in session.execute(slo_statement)}
+    return lines, slo
+
+
+Sku = tuple[str, str, Decimal, Decimal]
+"""(SKU id, description, list unit price, contracted unit price)"""
+
+
+class _TokenPricer:
+    """Token lines of one price book version, with its prices looked up once per SKU."""
+
+    def __init__(self, version: PriceVersion, names: Names) -> None:
+        self.version = version
+        self.names = names
+        self._skus: dict[tuple[str, str, str, str], Sku] = {}
+
+    def _sku(
+        self, model: str, tier: str, token_class: str, slug: str
+    ) -> tuple[str, str, Decimal, Decimal]:
+        key = (model, tier, token_class, slug)
+        if key not in self._skus:
+            rated = rate(
+                ONE, self.version.token_price(model, tier, token_class), self.version.discount(slug)
+            )
+            label = token_class.replace("_", " ")
+            self._skus[key] = (
+                f"tokens:{model}:{tier}:{token_class}",
+                f"{model} {label} tokens, {tier} tier",
+                rated.list_unit_price,
+                rated.contracted_unit_price,
+            )
+        return self._skus[key]
+
+    def add(
+        self,
+        out: list[ChargeLine],
+        tenant: uuid.UUID,
+        project: uuid.UUID,
+        hour: datetime,
+        model: str,
+        tier: str,
+        region: str,
+        prompt: int,
+        cached: int,
+        completion: int,
+    ) -> None:
+        slug, name = self.names.tenant(tenant)
+        project_name = self.names.projects.get(project)
+        quantities = (("input", prompt - cached), ("cached_input", cached), ("output", completion))
+        for token_class, tokens in quantities:
+            if tokens <= 0:
+                continue
+            sku, description, list_unit, contracted_unit = self._sku(model, tier, token_class, slug)
+            quantity = per_million(tokens)
+            out.append(
+                ChargeLine(
+                    tenant,
+                    slug,
+                    name,
+                    USAGE,
+                    hour,
+                    hour + HOUR,
+                    sku,
+                    description,
+                    "Usage-Based",
+                    project,
+                    project_name,
+                    region or None,
+                    model,
+                    tier,
+                    token_class,
+                    None,
+                    Decimal(tokens),
+                    TOKENS,
+                    quantity,
+                    PER_MILLION_TOKENS,
+                    list_unit,
+                    contracted_unit,
+                    exact_product(quantity, list_unit),
+                    exact_product(quantity, contracted_unit),
+                    self.version.version,
+                )
+            )
+
+
+def _credit_lines(
+    usage: list[ChargeLine],
+    slo: dict[tuple[uuid.UUID, str], tuple[int, int]],
+    period: Period,
+    book: PriceBook,
+    names: Names,
+) -> list[ChargeLine]:
+    version = book.at(max(period.start, book.versions[0].effective_from))
+    bases: dict[tuple[uuid.UUID, str], list[ChargeLine]] = defaultdict(list)
+    for line in usage:
+        bases[(line.tenant_id, line.tier or "")].append(line)
+    out = []
+    for (tenant, tier), (eligible, met) in sorted(
+        slo.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])
+    ):
+        outcome = sla_outcome(eligible, met, version.sla_credits.get(tier, []))
+        base = bases.get((tenant, tier), [])
+        if not outcome.credit_fraction or not base:
+            continue
+        fraction = outcome.credit_fraction
+        list_credit = -exact_product(exact_sum([b.list_cost for b in base]), fraction)
+        billed_credit = -exact_product(exact_sum([b.contracted_cost for b in base]), fraction)
+        slug, name = names.tenant(tenant)
+        out.append(
+            ChargeLine(
+                tenant,
+                slug,
+                name,
+                CREDIT,
+                period.start,
+                period.end,
+                sku_id=f"sla-credit:{tier}",
+                description=(
+                    f"SLA credit, {tier} tier: TTFT attainment {outcome.attainment:.2%} is below "
+                    f"{outcome.threshold:.0%}; {fraction:.0%} of the tier's usage"
+                ),
+                frequency="One-Time",
+                tier=tier,
+                list_cost=list_credit,
+                contracted_cost=billed_credit,
+                price_version=version.version,
+                slo_attainment=outcome.attainment,
+            )
+        )
+    return out

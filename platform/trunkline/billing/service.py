@@ -1,0 +1,151 @@
+"""Billing operations shared by the CLI, the control-plane API and the worker.
+
+Tenant admins export their own tenant only; platform admins (and the CLI, as the system)
+export every tenant and close periods. Closing and exporting read rollups, so callers that
+can (the CLI, the worker) roll usage up first.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trunkline.auth.principal import Principal
+from trunkline.billing.capacity import latest_closed_end
+from trunkline.billing.focus import focus_rows, write_csv, write_parquet
+from trunkline.billing.invoice import render_invoices
+from trunkline.billing.periods import Period, month_of
+from trunkline.billing.pricebook import (
+    BUNDLED,
+    PriceBook,
+    load_price_book_file,
+    version_document,
+    version_from_document,
+)
+from trunkline.billing.statements import close_period, statement
+from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.models import BillingPeriod, PriceBookVersion, Tenant
+
+FORMATS = {
+    "focus-csv": ("text/csv; charset=utf-8", "csv"),
+    "focus-parquet": ("application/vnd.apache.parquet", "parquet"),
+    "invoice": ("text/plain; charset=utf-8", "txt"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    body: bytes
+    media_type: str
+    filename: str
+    final: bool
+    lines: int
+
+
+def load_price_book(session: Session) -> PriceBook:
+    """The stored price book, or the bundled default while none was applied."""
+    documents = session.scalars(select(PriceBookVersion.document)).all()
+    if not documents:
+        return load_price_book_file(BUNDLED)
+    return PriceBook([version_from_document(d) for d in documents])
+
+
+def apply_price_book(session: Session, book: PriceBook) -> list[int]:
+    """Store the versions not stored yet; returns their numbers.
+
+    A stored version is never changed, and no version may start inside a closed period:
+    that would change what was already billed.
+    """
+    closed_until = latest_closed_end(session)
+    added = []
+    for version in book.versions:
+        document = version_document(version)
+        stored = session.get(PriceBookVersion, version.version)
+        if stored is not None:
+            if version_from_document(stored.document) != version:
+                raise Conflict(
+                    f"price book version {version.version} exists with other prices; "
+                    "add a new version instead"
+                )
+            continue
+        if closed_until is not None and version.effective_from < closed_until:
+            raise Conflict(
+                f"price book version {version.version} starts before {closed_until:%Y-%m-%d}, "
+                "inside a closed billing period"
+            )
+        session.add(
+            PriceBookVersion(
+                version=version.version,
+                effective_from=version.effective_from,
+                currency=version.currency,
+                document=document,
+            )
+        )
+        added.append(version.version)
+    session.flush()
+    load_price_book(session)  # the stored versions together must still form a valid book
+    return added
+
+
+def close(session: Session, period: Period, now: datetime) -> bool:
+    """Close ``period``; stores the bundled price book first if none was applied, so the
+    prices a closed period was billed at are on record."""
+    if session.scalar(select(PriceBookVersion.version).limit(1)) is None:
+        apply_price_book(session, load_price_book_file(BUNDLED))
+    return close_period(session, period, load_price_book(session), now)
+
+
+def due_periods(session: Session, now: datetime, grace: timedelta) -> list[Period]:
+    """Ended periods (by ``grace`` at least) with usage or none closed yet, oldest first."""
+    latest = month_of(now - grace).previous()
+    closed = set(session.scalars(select(BillingPeriod.period_start)))
+    first_closed = min(closed) if closed else latest.start
+    due, period = [], month_of(first_closed)
+    while period.start <= latest.start:
+        if period.start not in closed:
+            due.append(period)
+        period = period.next()
+    return due
+
+
+def export_period(
+    session: Session, period: Period, fmt: str, tenant_id: uuid.UUID | None = None
+) -> Export:
+    """The period's charges in ``fmt`` (see ``FORMATS``): every tenant, or one."""
+    if fmt not in FORMATS:
+        raise InvalidRequest(
+            f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", param="format"
+        )
+    book = load_price_book(session)
+    current = statement(session, period, book, tenant_id)
+    media_type, extension = FORMATS[fmt]
+    if fmt == "invoice":
+        text = render_invoices(current.lines, period, book.currency, final=current.closed)
+        body = text.encode("utf-8")
+    else:
+        rows = focus_rows(current.lines, period, book.currency, current.closed)
+        body = write_csv(rows) if fmt == "focus-csv" else write_parquet(rows)
+    scope = "all" if tenant_id is None else str(tenant_id)
+    filename = f"trunkline-{fmt}-{period.label}-{scope}.{extension}"
+    return Export(body, media_type, filename, current.closed, len(current.lines))
+
+
+def export_for(
+    session: Session,
+    principal: Principal,
+    period: Period,
+    fmt: str,
+    tenant_id: uuid.UUID | None,
+) -> Export:
+    """API entry: a tenant admin exports their tenant; every tenant needs a platform admin."""
+    if tenant_id is None:
+        principal.require_platform_admin()
+    else:
+        principal.require_tenant_admin(tenant_id)
+        if session.get(Tenant, tenant_id) is None:
+            raise NotFound("tenant not found", param="tenant_id")
+    return export_period(session, period, fmt, tenant_id)

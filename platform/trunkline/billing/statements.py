@@ -1,0 +1,204 @@
+"""Closing billing periods, and the corrections that late usage makes to closed ones.
+
+Closing a period copies its rollups to ``billed_usage``: its lines can then be produced again,
+identically, however late events change the live rollups. For every earlier closed period
+whose rollups moved since it was last reconciled (its watermark: row count and summed
+revisions), the difference between its lines now and what was billed (the snapshot plus the
+corrections already billed) becomes ``Correction`` lines of the period being closed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from trunkline.billing.charges import ChargeLine, LineKey
+from trunkline.billing.lines import period_lines
+from trunkline.billing.periods import Period, month_of
+from trunkline.billing.pricebook import PriceBook
+from trunkline.billing.rating import ZERO, exact_difference, exact_sum
+from trunkline.errors import InvalidRequest
+from trunkline.metering.rollup_plan import KEY_COLUMNS, MEASURE_COLUMNS
+from trunkline.models import BilledUsage, BillingCorrection, BillingPeriod, UsageRollup
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    period: Period
+    closed: bool
+    lines: list[ChargeLine]
+    """Sorted; corrections (to earlier periods) last within a tenant."""
+
+
+def _watermark(session: Session, period: Period) -> tuple[int, int]:
+    rows, revisions = session.execute(
+        select(func.count(), func.coalesce(func.sum(UsageRollup.revision), 0)).where(
+            UsageRollup.hour >= period.start, UsageRollup.hour < period.end
+        )
+    ).one()
+    return int(rows), int(revisions)
+
+
+def _closed(session: Session, before: Period | None = None) -> list[BillingPeriod]:
+    statement = select(BillingPeriod).order_by(BillingPeriod.period_start)
+    if before is not None:
+        statement = statement.where(BillingPeriod.period_start < before.start)
+    return list(session.scalars(statement))
+
+
+def _totals(lines: Sequence[ChargeLine]) -> dict[LineKey, tuple[ChargeLine, list[Decimal | None]]]:
+    fields = ("consumed_quantity", "pricing_quantity", "list_cost", "contracted_cost")
+    out: dict[LineKey, tuple[ChargeLine, list[Decimal | None]]] = {}
+    for line in lines:
+        values = [getattr(line, f) for f in fields]
+        if line.key not in out:
+            out[line.key] = (line, values)
+            continue
+        template, totals = out[line.key]
+        merged = [
+            None if a is None and b is None else exact_sum([a or ZERO, b or ZERO])
+            for a, b in zip(totals, values, strict=True)
+        ]
+        out[line.key] = (template, merged)
+    return out
+
+
+def diff_lines(old: Sequence[ChargeLine], new: Sequence[ChargeLine]) -> list[ChargeLine]:
+    """Correction lines that bring what was billed (``old``) to what is due (``new``)."""
+    before, after = _totals(old), _totals(new)
+    out = []
+    for key in sorted(set(before) | set(after), key=str):
+        template = (after.get(key) or before[key])[0]
+        was = before[key][1] if key in before else [None] * 4
+        now = after[key][1] if key in after else [None] * 4
+        deltas = [
+            None if a is None and b is None else exact_difference(b or ZERO, a or ZERO)
+            for a, b in zip(was, now, strict=True)
+        ]
+        if all(not d for d in deltas):
+            continue
+        out.append(
+            replace(
+                template,
+                consumed_quantity=deltas[0],
+                pricing_quantity=deltas[1],
+                list_cost=deltas[2] or ZERO,
+                contracted_cost=deltas[3] or ZERO,
+                correction=True,
+            )
+        )
+    return out
+
+
+def stored_corrections(
+    session: Session,
+    *,
+    billed_in: Period | None = None,
+    charged_in: Period | None = None,
+    tenant_id: uuid.UUID | None = None,
+) -> list[ChargeLine]:
+    row = BillingCorrection
+    statement = select(row.line)
+    if billed_in is not None:
+        statement = statement.where(row.billed_period_start == billed_in.start)
+    if charged_in is not None:
+        statement = statement.where(
+            row.charge_period_start >= charged_in.start, row.charge_period_start < charged_in.end
+        )
+    if tenant_id is not None:
+        statement = statement.where(row.tenant_id == tenant_id)
+    return [msgspec.convert(line, ChargeLine, strict=False) for line in session.scalars(statement)]
+
+
+def pending_corrections(
+    session: Session, book: PriceBook, before: Period, tenant_id: uuid.UUID | None = None
+) -> list[tuple[BillingPeriod, list[ChargeLine]]]:
+    """For each closed period before ``before`` whose rollups moved: its correction lines."""
+    out = []
+    for closed in _closed(session, before):
+        period = month_of(closed.period_start)
+        if _watermark(session, period) == (closed.reconciled_rows, closed.reconciled_revisions):
+            continue
+        now = period_lines(session, UsageRollup, period, book, tenant_id)
+        billed = period_lines(session, BilledUsage, period, book, tenant_id)
+        billed += stored_corrections(session, charged_in=period, tenant_id=tenant_id)
+        out.append((closed, diff_lines(billed, now)))
+    return out
+
+
+def close_period(session: Session, period: Period, book: PriceBook, now: datetime) -> bool:
+    """Close ``period`` (False if it already was): snapshot its rollups, and bill as its
+    corrections the changes to earlier closed periods."""
+    if period.end > now:
+        raise InvalidRequest(f"period {period.label} has not ended yet", param="period")
+    if session.get(BillingPeriod, period.start) is not None:
+        return False
+    for closed, corrections in pending_corrections(session, book, period):
+        for line in corrections:
+            session.add(
+                BillingCorrection(
+                    billed_period_start=period.start,
+                    tenant_id=line.tenant_id,
+                    charge_period_start=line.charge_start,
+                    line=msgspec.to_builtins(line),
+                )
+            )
+        closed.reconciled_rows, closed.reconciled_revisions = _watermark(
+            session, month_of(closed.period_start)
+        )
+        closed.reconciled_at = now
+    columns = [*KEY_COLUMNS, *MEASURE_COLUMNS]
+    source = select(*(getattr(UsageRollup, c) for c in columns)).where(
+        UsageRollup.hour >= period.start, UsageRollup.hour < period.end
+    )
+    session.execute(insert(BilledUsage).from_select(columns, source))
+    rows, revisions = _watermark(session, period)
+    session.add(
+        BillingPeriod(
+            period_start=period.start,
+            period_end=period.end,
+            closed_at=now,
+            reconciled_at=now,
+            reconciled_rows=rows,
+            reconciled_revisions=revisions,
+        )
+    )
+    session.flush()
+    return True
+
+
+def statement(
+    session: Session, period: Period, book: PriceBook, tenant_id: uuid.UUID | None = None
+) -> Statement:
+    """The lines of ``period``: final when it is closed, else as they stand now (with the
+    corrections closing it would bill)."""
+    closed = session.get(BillingPeriod, period.start) is not None
+    if closed:
+        lines = period_lines(session, BilledUsage, period, book, tenant_id)
+        lines += stored_corrections(session, billed_in=period, tenant_id=tenant_id)
+    else:
+        lines = period_lines(session, UsageRollup, period, book, tenant_id)
+        for _closed_period, corrections in pending_corrections(session, book, period, tenant_id):
+            lines += corrections
+    lines.sort(key=_order)
+    return Statement(period, closed, lines)
+
+
+def _order(line: ChargeLine) -> Any:
+    return (
+        line.tenant_slug,
+        line.correction,
+        line.charge_start,
+        line.category,
+        line.project_name or "",
+        line.sku_id,
+        line.region or "",
+    )

@@ -1,0 +1,177 @@
+"""``trunkline billing``: roll usage up, close periods, export FOCUS and invoices, manage the
+price book and dedicated capacity, as the platform itself."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from trunkline.billing import service
+from trunkline.billing.capacity import add_capacity
+from trunkline.billing.periods import parse_period
+from trunkline.billing.pricebook import load_price_book_file, version_document
+from trunkline.cli.tenants import open_runtime
+from trunkline.errors import InvalidRequest, NotFound
+from trunkline.kit.db import transaction
+from trunkline.kit.ids import utcnow
+from trunkline.metering.rollups import rollup_usage
+from trunkline.tenancy.repository import ProjectRepository
+from trunkline.tenancy.service import tenant_by_slug
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("billing", help="rollups, billing periods, FOCUS exports, prices")
+    commands = parser.add_subparsers(dest="billing_command", required=True, metavar="COMMAND")
+
+    export = commands.add_parser(
+        "export",
+        help="export a period as FOCUS CSV / Parquet or as invoices",
+        description="Roll usage up, close the period if it has ended (unless --preview), and "
+        "write its charges. Corrections to earlier closed periods appear as ChargeClass="
+        "Correction rows of the period they are billed in.",
+    )
+    export.add_argument("--period", required=True, help="YYYY-MM (UTC month)")
+    export.add_argument("--format", required=True, choices=sorted(service.FORMATS))
+    export.add_argument("--tenant", help="one tenant's slug (default: every tenant)")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    export.add_argument(
+        "--preview", action="store_true", help="never close the period, even if it ended"
+    )
+    export.set_defaults(func=export_command)
+
+    close = commands.add_parser("close", help="close an ended period (its bill becomes final)")
+    close.add_argument("--period", required=True, help="YYYY-MM")
+    close.set_defaults(func=close_command)
+
+    rollup = commands.add_parser("rollup", help="roll up usage events not rolled up yet")
+    rollup.set_defaults(func=rollup_command)
+
+    prices = commands.add_parser("prices", help="the price book")
+    price_commands = prices.add_subparsers(dest="prices_command", required=True)
+    apply = price_commands.add_parser("apply", help="store a price book file's new versions")
+    apply.add_argument("path", type=Path)
+    apply.set_defaults(func=prices_apply_command)
+    show = price_commands.add_parser("show", help="print the price book in force")
+    show.set_defaults(func=prices_show_command)
+
+    capacity = commands.add_parser("capacity", help="record dedicated GPU capacity of a tenant")
+    capacity.add_argument("--tenant", required=True)
+    capacity.add_argument("--project", help="project name (optional)")
+    capacity.add_argument("--flavor", required=True)
+    capacity.add_argument("--gpus", type=int, required=True)
+    capacity.add_argument("--region", default="")
+    capacity.add_argument("--start", required=True, help="ISO 8601, e.g. 2026-11-01T00:00:00Z")
+    capacity.add_argument("--end", help="ISO 8601 (default: open-ended)")
+    capacity.set_defaults(func=capacity_command)
+
+
+def _instant(text: str, param: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"{param}: not an ISO 8601 date-time: {text!r}", param=param) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def export_command(args: argparse.Namespace) -> int:
+    period = parse_period(args.period)
+    if args.format == "focus-parquet" and args.out is None:
+        raise InvalidRequest("Parquet is binary: give --out FILE", param="out")
+    runtime = open_runtime()
+    try:
+        rollup_usage(runtime.session_factory)
+        with transaction(runtime.session_factory) as session:
+            tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
+            if not args.preview and period.end <= utcnow():
+                service.close(session, period, utcnow())
+            export = service.export_period(session, period, args.format, tenant_id)
+    finally:
+        runtime.close()
+    if args.out is None:
+        sys.stdout.buffer.write(export.body)
+        sys.stdout.flush()
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(export.body)
+    state = "final" if export.final else "preliminary"
+    print(f"{period.label}: {export.lines} charge lines ({state})", file=sys.stderr)
+    return 0
+
+
+def close_command(args: argparse.Namespace) -> int:
+    period = parse_period(args.period)
+    runtime = open_runtime()
+    try:
+        rollup_usage(runtime.session_factory)
+        with transaction(runtime.session_factory) as session:
+            closed = service.close(session, period, utcnow())
+    finally:
+        runtime.close()
+    print(f"{period.label}: {'closed' if closed else 'was already closed'}")
+    return 0
+
+
+def rollup_command(_args: argparse.Namespace) -> int:
+    runtime = open_runtime()
+    try:
+        run = rollup_usage(runtime.session_factory)
+    finally:
+        runtime.close()
+    changed = f"{run.inserted} rows new, {run.updated} changed"
+    print(f"rolled up {run.tenant_hours} tenant-hours ({changed})")
+    return 0
+
+
+def prices_apply_command(args: argparse.Namespace) -> int:
+    book = load_price_book_file(args.path)
+    runtime = open_runtime()
+    try:
+        with transaction(runtime.session_factory) as session:
+            added = service.apply_price_book(session, book)
+    finally:
+        runtime.close()
+    print(f"added versions: {', '.join(map(str, added))}" if added else "no new versions")
+    return 0
+
+
+def prices_show_command(_args: argparse.Namespace) -> int:
+    import json
+
+    runtime = open_runtime()
+    try:
+        with transaction(runtime.session_factory) as session:
+            book = service.load_price_book(session)
+    finally:
+        runtime.close()
+    print(json.dumps([version_document(v) for v in book.versions], indent=2))
+    return 0
+
+
+def capacity_command(args: argparse.Namespace) -> int:
+    runtime = open_runtime()
+    try:
+        with transaction(runtime.session_factory) as session:
+            tenant = tenant_by_slug(session, args.tenant)
+            project_id = None
+            if args.project:
+                project = ProjectRepository(session, tenant.id).by_name(args.project)
+                if project is None:
+                    raise NotFound(f"project {args.project!r} not found", param="project")
+                project_id = project.id
+            row = add_capacity(
+                session,
+                tenant.id,
+                args.flavor,
+                args.gpus,
+                _instant(args.start, "start"),
+                _instant(args.end, "end") if args.end else None,
+                region=args.region,
+                project_id=project_id,
+            )
+            print(f"capacity {row.id}: {row.gpus} x {row.flavor} for {args.tenant}")
+    finally:
+        runtime.close()
+    return 0

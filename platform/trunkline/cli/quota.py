@@ -1,0 +1,175 @@
+"""``trunkline quota``: show and set quota limits of tiers, tenants and keys, as the platform.
+
+    trunkline quota show --tier gold
+    trunkline quota show --tenant acme [--key KEY_ID]
+    trunkline quota set --tier gold --scope key --tokens-per-minute 200000
+    trunkline quota set --tenant acme --scope tenant --cost-per-month-usd 500 --tokens-per-day none
+    trunkline quota set --key KEY_ID --requests-per-minute inherit
+
+A value is a number, ``none`` (unlimited) or ``inherit`` (drop the override). Changes are
+published to every gateway after commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from sqlalchemy.orm import Session
+
+from trunkline.apps.runtime import Runtime
+from trunkline.auth.principal import Principal
+from trunkline.cli.tenants import open_runtime
+from trunkline.errors import InvalidRequest
+from trunkline.keys.service import key_tenant
+from trunkline.quota import service
+from trunkline.quota.policy import FIELDS, merge
+from trunkline.quota.redis_store import RedisQuotaStore
+from trunkline.quota.rules import Vector
+from trunkline.quota.schemas import QuotaLimits, ScopeLimits
+from trunkline.quota.service import UsageReader
+from trunkline.quota.store import StoreUnavailable
+from trunkline.quota.windows import system_clock
+from trunkline.settings import Settings
+from trunkline.tenancy.changes import unit_of_work
+from trunkline.tenancy.service import tenant_by_slug
+
+SCOPES = ("tenant", "project", "key")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("quota", help="quota limits of tiers, tenants and keys")
+    commands = parser.add_subparsers(dest="quota_command", required=True, metavar="COMMAND")
+
+    show = commands.add_parser("show", help="print limits (and usage, with Redis) as JSON")
+    _subject(show)
+    show.set_defaults(func=show_command)
+
+    change = commands.add_parser("set", help="change some limits, keep the others")
+    _subject(change)
+    change.add_argument("--scope", choices=SCOPES, help="scope to change (tier, tenant)")
+    for name in FIELDS:
+        change.add_argument("--" + name.replace("_", "-"), metavar="N|none|inherit")
+    change.set_defaults(func=set_command)
+
+
+def _subject(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tier", help="tier name")
+    parser.add_argument("--tenant", help="tenant slug")
+    parser.add_argument("--key", help="public key id (tlk_<key id>_…)")
+
+
+def show_command(args: argparse.Namespace) -> int:
+    def work(session: Session, runtime: Runtime) -> msgspec.Struct:
+        read = usage_reader(runtime.settings)
+        if args.tier:
+            return service.get_tier_quota(session, args.tier)
+        if args.key:
+            tenant_id = key_tenant(session, args.key)
+            return service.key_quota(session, Principal.system(), tenant_id, args.key, read)
+        if args.tenant:
+            tenant = tenant_by_slug(session, args.tenant)
+            return service.tenant_quota(session, Principal.system(), tenant.id, read)
+        raise InvalidRequest("name one of --tier, --tenant or --key")
+
+    _print(_run(work))
+    return 0
+
+
+def set_command(args: argparse.Namespace) -> int:
+    changes, forget = _changes(args)
+
+    def work(session: Session, runtime: Runtime) -> msgspec.Struct:
+        read = usage_reader(runtime.settings)
+        system = Principal.system()
+        if args.key:
+            tenant_id = key_tenant(session, args.key)
+            own = service.key_quota(session, system, tenant_id, args.key, read).overrides
+            new = merge(own, changes, forget)
+            return service.set_key_quota(session, system, tenant_id, args.key, new, read)
+        if args.scope is None:
+            raise InvalidRequest("--scope is required with --tier or --tenant", param="scope")
+        if args.tier:
+            doc = service.get_tier_quota(session, args.tier)
+            return service.set_tier_quota(
+                session, args.tier, _edit(doc, args.scope, changes, forget)
+            )
+        if args.tenant:
+            tenant = tenant_by_slug(session, args.tenant)
+            doc = service.tenant_quota(session, system, tenant.id, read).overrides
+            new_doc = _edit(doc, args.scope, changes, forget)
+            return service.set_tenant_quota(session, tenant.id, new_doc, read)
+        raise InvalidRequest("name one of --tier, --tenant or --key")
+
+    _print(_run(work))
+    return 0
+
+
+def _edit(
+    doc: QuotaLimits, scope: str, changes: ScopeLimits, forget: tuple[str, ...]
+) -> QuotaLimits:
+    return msgspec.structs.replace(doc, **{scope: merge(getattr(doc, scope), changes, forget)})
+
+
+def _changes(args: argparse.Namespace) -> tuple[ScopeLimits, tuple[str, ...]]:
+    given: dict[str, float | None] = {}
+    forget = []
+    for name in FIELDS:
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if value == "inherit":
+            forget.append(name)
+        elif value == "none":
+            given[name] = None
+        else:
+            try:
+                given[name] = float(value) if name.endswith("_usd") else int(value)
+            except ValueError:
+                raise InvalidRequest(f"--{name}: expected a number, none or inherit") from None
+    try:
+        return msgspec.convert(given, ScopeLimits), tuple(forget)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc)) from exc
+
+
+def usage_reader(settings: Settings) -> UsageReader:
+    """Usage from Redis; none in embedded mode (the counters live in the server process)."""
+    url, prefix = settings.redis.url, settings.redis.key_prefix
+
+    def read(tenant_id: str, scopes: Sequence[tuple[str, str]]) -> tuple[int, list[Vector]] | None:
+        if url is None:
+            return None
+        now = system_clock()
+
+        async def fetch() -> list[Vector]:
+            store = RedisQuotaStore(aioredis.Redis.from_url(url), prefix)
+            try:
+                return await store.usage(tenant_id, scopes, now)
+            finally:
+                await store.close()
+
+        try:
+            return now, asyncio.run(fetch())
+        except StoreUnavailable:
+            return None
+
+    return read
+
+
+def _run(work: Any) -> Any:
+    runtime = open_runtime()
+    try:
+        with unit_of_work(runtime.session_factory, runtime.publish) as session:
+            return work(session, runtime)
+    finally:
+        runtime.close()
+
+
+def _print(value: msgspec.Struct) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")

@@ -1,0 +1,110 @@
+"""One request inside the engine model: its tokens, progress and how it samples."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trunkline.engines.events import FinishReason, RequestUsage
+from trunkline.engines.kv_cache import BlockHash
+from trunkline.engines.tokens import FIRST_ORDINARY_ID, VOCAB_SIZE
+
+__all__ = ["EngineRequest", "check_request"]
+
+_SPAN = VOCAB_SIZE - FIRST_ORDINARY_ID
+
+
+def check_request(num_prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+    """Raise ``ValueError`` for a request vLLM would refuse (its HTTP 400)."""
+    if num_prompt_tokens < 1:
+        raise ValueError("prompt must contain at least one token")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    if num_prompt_tokens + max_tokens > max_model_len:
+        raise ValueError(
+            f"{num_prompt_tokens} prompt tokens + {max_tokens} max_tokens exceed "
+            f"max_model_len {max_model_len}"
+        )
+
+
+@dataclass(slots=True, eq=False)
+class EngineRequest:
+    req_id: str
+    token_ids: list[int]
+    """The prompt, then every generated token."""
+    num_prompt_tokens: int
+    max_tokens: int
+    arrival_time: float
+    rng: random.Random
+    cache_salt: str | None
+    output_tokens: Sequence[int] | None
+    block_hashes: list[BlockHash] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    cached_tokens: int = -1
+    """Prompt tokens found in the prefix cache when first scheduled (-1 before)."""
+    num_preemptions: int = 0
+    first_token_time: float = 0.0
+    last_token_time: float = 0.0
+
+    @classmethod
+    def new(
+        cls,
+        req_id: str,
+        prompt_tokens: Sequence[int],
+        max_tokens: int,
+        now: float,
+        *,
+        sampling_key: str,
+        cache_salt: str | None,
+        output_tokens: Sequence[int] | None,
+    ) -> EngineRequest:
+        return cls(
+            req_id=req_id,
+            token_ids=list(prompt_tokens),
+            num_prompt_tokens=len(prompt_tokens),
+            max_tokens=max_tokens,
+            arrival_time=now,
+            rng=random.Random(sampling_key),
+            cache_salt=cache_salt,
+            output_tokens=output_tokens,
+        )
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def tokens_left(self) -> int:
+        """Tokens still to generate, the next one included."""
+        left = self.max_tokens - self.num_output_tokens
+        if self.output_tokens is not None:
+            left = min(left, len(self.output_tokens) - self.num_output_tokens)
+        return left
+
+    def next_tokens(self, count: int) -> list[int]:
+        """The next ``count`` generated tokens: the script's, or uniform random ids."""
+        if self.output_tokens is not None:
+            start = self.num_output_tokens
+            return list(self.output_tokens[start : start + count])
+        draw = self.rng.random
+        return [FIRST_ORDINARY_ID + int(draw() * _SPAN) for _ in range(count)]
+
+    def finish_reason(self) -> FinishReason | None:
+        """Why the request ends after its latest token, if it does."""
+        generated = self.num_output_tokens
+        if generated >= self.max_tokens:
+            return "length"
+        if self.output_tokens is not None and generated >= len(self.output_tokens):
+            return "stop"
+        return None
+
+    def usage(self, now: float) -> RequestUsage:
+        return RequestUsage(
+            prompt_tokens=self.num_prompt_tokens,
+            completion_tokens=self.num_output_tokens,
+            cached_tokens=max(self.cached_tokens, 0),
+            e2e_latency=now - self.arrival_time,
+            num_preemptions=self.num_preemptions,
+            ttft=self.first_token_time - self.arrival_time,
+        )

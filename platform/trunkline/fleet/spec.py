@@ -1,0 +1,123 @@
+"""What a simulated fleet is made of: pools of engines per flavor and region, tiers, prices.
+
+:func:`build_snapshot` turns a :class:`FleetSpec` and a workload's tenants into the same
+:class:`~trunkline.snapshot.Snapshot` the gateway routes on, so the simulator filters endpoints
+with the gateway's own :func:`~trunkline.gateway.routing.eligible`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from trunkline.engines.profiles import AcceleratorProfile, get_profile
+from trunkline.snapshot import (
+    AliasEntry,
+    EndpointEntry,
+    PoolEntry,
+    Snapshot,
+    TenantEntry,
+    TierEntry,
+)
+
+__all__ = ["DEFAULT_TIERS", "FLAVOR_PRICES", "FleetSpec", "PoolSpec", "build_snapshot"]
+
+# The tier defaults of DESIGN.md and tenants/tiers.yaml.
+DEFAULT_TIERS: Mapping[str, TierEntry] = {
+    "gold": TierEntry("gold", 100, 500, 50, True),
+    "silver": TierEntry("silver", 50, 2000, 100, False),
+    "bronze": TierEntry("bronze", 10, 10000, None, False),
+}
+
+# USD per accelerator-hour. Assumed round figures of 2025 public-cloud on-demand prices (they vary
+# by provider and commitment by 2-3x): set the real price of each pool with PoolSpec.cost_per_hour.
+FLAVOR_PRICES: Mapping[str, float] = {
+    "h100": 3.00,
+    "h200": 3.80,
+    "a100": 1.80,
+    "l40s": 1.00,
+    "gaudi3": 2.00,
+    "xeon": 0.60,  # one Xeon 6 socket's share of a cloud instance
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    name: str
+    profile: str | AcceleratorProfile = "h100"
+    replicas: int = 1
+    region: str = "eu-west"
+    burst: bool = False
+    cost_per_hour: float | None = None
+    """Per replica; default: the flavor's entry in :data:`FLAVOR_PRICES`."""
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"pool {self.name!r} needs at least one replica")
+
+    @property
+    def engine_profile(self) -> AcceleratorProfile:
+        return get_profile(self.profile) if isinstance(self.profile, str) else self.profile
+
+    @property
+    def hourly_cost(self) -> float:
+        if self.cost_per_hour is not None:
+            return self.cost_per_hour
+        return FLAVOR_PRICES.get(self.engine_profile.name, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSpec:
+    pools: tuple[PoolSpec, ...]
+    alias: str = "chat"
+    model: str = "llama-3-8b"
+    tiers: Mapping[str, TierEntry] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    tenant_regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Residency: the regions a tenant's requests may run in (absent: anywhere)."""
+    seed: int = 0
+
+    @classmethod
+    def uniform(cls, profile: str, replicas: int, *, seed: int = 0) -> FleetSpec:
+        """One pool of ``replicas`` identical engines."""
+        return cls(pools=(PoolSpec(f"{profile}-pool", profile, replicas),), seed=seed)
+
+
+def endpoint_id(pool: str, index: int) -> str:
+    return f"{pool}/{index}"
+
+
+def build_snapshot(spec: FleetSpec, tenants: Mapping[str, str]) -> Snapshot:
+    pools = {
+        pool.name: PoolEntry(
+            name=pool.name,
+            model=spec.model,
+            accelerator=pool.engine_profile.name,
+            region=pool.region,
+            burst=pool.burst,
+            block_size=pool.engine_profile.block_size,
+            endpoints=tuple(
+                EndpointEntry(endpoint_id(pool.name, i), f"sim://{endpoint_id(pool.name, i)}")
+                for i in range(pool.replicas)
+            ),
+        )
+        for pool in spec.pools
+    }
+    alias = AliasEntry(spec.alias, spec.model, "chat", tuple(pools))
+    unknown = sorted(set(tenants.values()) - set(spec.tiers))
+    if unknown:
+        raise ValueError(f"the workload uses tiers the fleet does not define: {unknown}")
+    tenant_entries = {
+        name: TenantEntry(
+            name, name, tier, tuple(spec.tenant_regions.get(name, ())), frozenset({spec.alias})
+        )
+        for name, tier in tenants.items()
+    }
+    return Snapshot(
+        version=1,
+        published_at=0.0,
+        tiers=dict(spec.tiers),
+        tenants=tenant_entries,
+        keys={},
+        aliases={spec.alias: alias},
+        pools=pools,
+    )

@@ -1,0 +1,64 @@
+"""The routing policy interface, and the registry that builds policies by name.
+
+A policy ranks endpoints for one request: ``rank`` returns indices into ``endpoints``, best
+first; the caller tries them in that order (the gateway fails over to the next before the first
+byte). ``routed`` tells the policy where the request finally went, for policies that learn from
+their own decisions (issue 4's approximate prefix-affinity scorer). The gateway and the fleet
+simulator both build policies here, so a benchmark measures the code that serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from trunkline.errors import ConfigurationError
+from trunkline.gateway.routing.views import EndpointView, RequestView
+
+__all__ = ["POLICIES", "RoutingPolicy", "UnknownPolicyError", "make_policy"]
+
+
+class RoutingPolicy(Protocol):
+    name: str
+
+    def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
+        """Indices of ``endpoints``, best first; every index at most once."""
+        ...
+
+    def routed(self, request: RequestView, endpoint: EndpointView) -> None:
+        """The request was sent to ``endpoint``."""
+        ...
+
+
+class UnknownPolicyError(ConfigurationError):
+    """No routing policy has the requested name."""
+
+
+def _round_robin() -> RoutingPolicy:
+    from trunkline.gateway.routing.round_robin import RoundRobinPolicy
+
+    return RoundRobinPolicy()
+
+
+def _least_loaded() -> RoutingPolicy:
+    from trunkline.gateway.routing.least_loaded import LeastLoadedPolicy
+
+    return LeastLoadedPolicy()
+
+
+POLICIES: dict[str, Callable[[], RoutingPolicy]] = {
+    "round-robin": _round_robin,
+    "least-loaded": _least_loaded,
+}
+
+
+def make_policy(name: str) -> RoutingPolicy:
+    """A fresh policy called ``name`` (each has its own state, such as a round-robin counter)."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        known = ", ".join(sorted(POLICIES))
+        raise UnknownPolicyError(
+            f"unknown routing policy {name!r}; known policies: {known}", param="policy"
+        ) from None
+    return factory()

@@ -1,0 +1,42 @@
+"""Apply a routing policy to the gateway's candidates: build the views, map the ranking back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from trunkline.gateway.routing.candidates import Candidate
+from trunkline.gateway.routing.policy import RoutingPolicy
+from trunkline.gateway.routing.views import EndpointLoad, EndpointView, RequestView
+
+__all__ = ["Router", "endpoint_view"]
+
+_NO_LOAD = EndpointLoad()
+
+
+def endpoint_view(candidate: Candidate, load: EndpointLoad | None = None) -> EndpointView:
+    pool = candidate.pool
+    return EndpointView(
+        key=candidate.endpoint.id,
+        pool=pool.name,
+        region=pool.region,
+        accelerator=pool.accelerator,
+        block_size=pool.block_size,
+        load=load or _NO_LOAD,
+    )
+
+
+class Router:
+    """Orders candidates with one policy; loads are keyed by endpoint id (missing: unknown)."""
+
+    def __init__(self, policy: RoutingPolicy) -> None:
+        self.policy = policy
+
+    def order(
+        self,
+        request: RequestView,
+        candidates: Sequence[Candidate],
+        loads: Mapping[str, EndpointLoad] | None = None,
+    ) -> list[Candidate]:
+        known = loads or {}
+        views = [endpoint_view(c, known.get(c.endpoint.id)) for c in candidates]
+        return [candidates[index] for index in self.policy.rank(request, views)]

@@ -1,0 +1,60 @@
+"""What a routing policy sees: a plain view of the request and one of each endpoint.
+
+Views are built by whoever calls the policy — the gateway from its snapshot and the engines'
+``/metrics``, the fleet simulator from its simulated engines — so the policy code is the same in
+both and never touches I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["EndpointLoad", "EndpointView", "PromptView", "RequestView"]
+
+
+class PromptView(Protocol):
+    """A prompt as token ids, hashed into an engine's blocks on demand (and cached)."""
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    def block_hashes(self, block_size: int) -> Sequence[int]:
+        """Chained hashes of the prompt's full blocks, as the engine computes them."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    request_id: str
+    tenant: str
+    tier: str
+    alias: str
+    prompt_tokens: int = 0
+    """Prompt length, or the gateway's estimate of it when it has no tokenizer."""
+    max_tokens: int | None = None
+    prompt: PromptView | None = None
+    """Token-level view of the prompt when the caller has one (the simulator always does)."""
+    cache_salt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointLoad:
+    """Load signals of one endpoint, named after vLLM's gauges."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    key: str
+    """The endpoint's id: unique among the endpoints of one decision."""
+    pool: str
+    region: str
+    accelerator: str
+    block_size: int
+    load: EndpointLoad = EndpointLoad()
+    cost_per_hour: float | None = None

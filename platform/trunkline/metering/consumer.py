@@ -1,0 +1,140 @@
+"""The usage consumer: read a batch from the stream, write it to the ledger, ack it.
+
+A batch is acked only after its transaction committed. While PostgreSQL is unavailable the
+consumer keeps the batch and retries it with backoff, and new events wait in the stream; while
+Redis is unavailable it waits too. A consumer killed at any point leaves its batch pending in
+the group, where another consumer claims it (``XAUTOCLAIM``); a batch that was committed but
+not acked is written again harmlessly (``ON CONFLICT DO NOTHING``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.metering.ingest import write_usage
+from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stream import UsageReader
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+@dataclass
+class ConsumerStats:
+    batches: int = 0
+    events: int = 0
+    inserted: int = 0
+    """Events that were new to the ledger (``events - inserted`` were redeliveries)."""
+    write_retries: int = 0
+
+
+class UsageConsumer:
+    def __init__(
+        self,
+        reader: UsageReader,
+        factory: sessionmaker[Session],
+        *,
+        batch_size: int = 5000,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self._reader = reader
+        self._factory = factory
+        self._batch_size = batch_size
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self.stop = stop or threading.Event()
+        self.stats = ConsumerStats()
+        self._holding: set[str] = set()
+        self._lock = threading.Lock()
+
+    def step(self) -> int:
+        """Move one batch; returns how many events it held (0: the stream is empty)."""
+        return self._commit(self._read())
+
+    def drain(self, max_seconds: float | None = None) -> int:
+        """Move batches until the stream is empty, time is up or ``stop`` is set."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        return self._loop(lambda: deadline is not None and time.monotonic() >= deadline, None)
+
+    def run(self, idle_sleep_s: float = 0.2) -> None:
+        """Consume until ``stop`` is set."""
+        self._loop(lambda: False, idle_sleep_s)
+
+    def _loop(self, time_is_up: Callable[[], bool], idle_sleep_s: float | None) -> int:
+        """Write each batch while the next one is read (the reads run in a second thread, so
+        Redis and PostgreSQL work at the same time). ``idle_sleep_s`` None: return once the
+        stream is empty. A prefetched batch that is never written stays pending and is
+        claimed like any other."""
+        moved = 0
+        with ThreadPoolExecutor(1, thread_name_prefix="usage-read") as reads:
+            upcoming: Future[list[tuple[str, UsageRecord]]] = reads.submit(self._read)
+            while not self.stop.is_set() and not time_is_up():
+                batch = upcoming.result()
+                if not batch:
+                    if idle_sleep_s is None:
+                        break
+                    self.stop.wait(idle_sleep_s)
+                    upcoming = reads.submit(self._read)
+                    continue
+                upcoming = reads.submit(self._read)
+                moved += self._commit(batch)
+            upcoming.cancel()
+        return moved
+
+    def _read(self) -> list[tuple[str, UsageRecord]]:
+        try:
+            batch = self._reader.read(self._batch_size)
+        except _REDIS_DOWN:
+            log.warning("usage stream unavailable, waiting")
+            self.stop.wait(self._retry_initial_s * 5)
+            return []
+        with self._lock:
+            # A batch held longer than the claim timeout (its write waiting for the database)
+            # is claimable by anyone, this consumer included: never take our own twice.
+            batch = [(i, record) for i, record in batch if i not in self._holding]
+            self._holding.update(i for i, _record in batch)
+        return batch
+
+    def _commit(self, batch: list[tuple[str, UsageRecord]]) -> int:
+        """Write ``batch`` (retrying until it commits) and ack it; 0 if stopped first."""
+        if not batch:
+            return 0
+        records = [record for _id, record in batch]
+        if not self._retry(lambda: self._write(records), "ledger write"):
+            return 0  # stopping: the batch stays pending and will be claimed
+        ids = [message_id for message_id, _record in batch]
+        self._retry(lambda: self._reader.ack(ids), "ack")
+        with self._lock:
+            self._holding.difference_update(ids)
+        self.stats.batches += 1
+        self.stats.events += len(batch)
+        return len(batch)
+
+    def _write(self, records: list[UsageRecord]) -> None:
+        with self._factory() as session, session.begin():
+            self.stats.inserted += write_usage(session, records)
+
+    def _retry(self, action: Callable[[], None], what: str) -> bool:
+        """Run ``action`` until it succeeds (True) or the consumer is stopped (False)."""
+        delay = self._retry_initial_s
+        while True:
+            try:
+                action()
+                return True
+            except Exception as exc:  # never drop a batch: log and try again
+                self.stats.write_retries += 1
+                log.warning("usage %s failed, retrying in %.1f s: %s", what, delay, exc)
+            if self.stop.wait(delay):
+                return False
+            delay = min(delay * 2, self._retry_max_s)

@@ -1,0 +1,71 @@
+"""Statements over rollups for the usage API, always scoped to one tenant (and, for
+developers, to the keys they created)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from trunkline.models import ApiKey, Project, UsageRollup
+
+
+class UsageRepository:
+    def __init__(
+        self, session: Session, tenant_id: uuid.UUID, *, created_by: uuid.UUID | None = None
+    ) -> None:
+        self._session = session
+        self._tenant_id = tenant_id
+        self._created_by = created_by
+
+    def totals(
+        self,
+        start: datetime,
+        end: datetime,
+        group: str,
+        *,
+        model: str | None = None,
+        project_id: uuid.UUID | None = None,
+        key_id: str | None = None,
+    ) -> list[Any]:
+        """Sums per (group, model, tier, hour, outcome): what rating needs, and no more."""
+        r = UsageRollup
+        grouped = {"model": r.model, "project": r.project_id, "key": r.api_key_id, "tier": r.tier}
+        dims = [r.model, r.tier, r.hour, r.outcome]
+        if group in grouped:
+            dims.insert(0, grouped[group])
+        statement = (
+            select(
+                *dims,
+                func.sum(r.requests),
+                func.sum(r.prompt_tokens),
+                func.sum(r.cached_tokens),
+                func.sum(r.completion_tokens),
+            )
+            .where(r.tenant_id == self._tenant_id, r.hour >= start, r.hour < end)
+            .group_by(*dims)
+        )
+        if self._created_by is not None:
+            mine = select(ApiKey.key_id).where(
+                ApiKey.tenant_id == self._tenant_id, ApiKey.created_by == self._created_by
+            )
+            statement = statement.where(r.api_key_id.in_(mine))
+        if model is not None:
+            statement = statement.where(r.model == model)
+        if project_id is not None:
+            statement = statement.where(r.project_id == project_id)
+        if key_id is not None:
+            statement = statement.where(r.api_key_id == key_id)
+        rows: Any = self._session.execute(statement).all()
+        return list(rows)
+
+    def project_names(self) -> dict[uuid.UUID, str]:
+        statement = select(Project.id, Project.name).where(Project.tenant_id == self._tenant_id)
+        return {key: value for key, value in self._session.execute(statement)}
+
+    def key_names(self) -> dict[str, str]:
+        statement = select(ApiKey.key_id, ApiKey.name).where(ApiKey.tenant_id == self._tenant_id)
+        return {key: value for key, value in self._session.execute(statement)}

@@ -1,0 +1,115 @@
+"""The usage API: a tenant's usage and cost in a period, grouped by model, project, key, tier or
+day. Tenant admins see the whole tenant; developers the keys they created."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from sqlalchemy.orm import Session
+
+from trunkline.auth.principal import Principal
+from trunkline.billing.periods import parse_period
+from trunkline.billing.pricebook import PriceBook
+from trunkline.billing.rating import exact_sum, per_million, rate, token_quantities
+from trunkline.billing.service import load_price_book
+from trunkline.metering.repository import UsageRepository
+from trunkline.metering.schemas import GroupBy, UsageReport, UsageRow
+from trunkline.tenancy.service import tenant_row
+
+ZERO = Decimal(0)
+
+
+def usage_report(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    period: str,
+    group_by: GroupBy = "model",
+    *,
+    model: str | None = None,
+    project_id: uuid.UUID | None = None,
+    key_id: str | None = None,
+) -> UsageReport:
+    tenant = tenant_row(session, principal, tenant_id)
+    window = parse_period(period)
+    mine = None if principal.is_tenant_admin(tenant_id) else principal.user_id or uuid.UUID(int=0)
+    usage = UsageRepository(session, tenant_id, created_by=mine)
+    rows = usage.totals(
+        window.start, window.end, group_by, model=model, project_id=project_id, key_id=key_id
+    )
+    book = load_price_book(session)
+    groups: dict[str, UsageRow] = {}
+    labels = _labels(usage, group_by)
+    for row in rows:
+        if group_by == "day":
+            model_name, tier, hour, outcome, *sums = row
+            group = f"{hour:%Y-%m-%d}"
+        else:
+            value, model_name, tier, hour, outcome, *sums = row
+            group = str(value)
+        target = groups.setdefault(group, UsageRow(group=group, label=labels.get(group, group)))
+        _add(target, book, tenant.slug, model_name, tier, hour, outcome, [int(s) for s in sums])
+    ordered = [groups[key] for key in sorted(groups)]
+    return UsageReport(
+        tenant_id=tenant_id,
+        period=window.label,
+        currency=book.currency,
+        group_by=group_by,
+        rows=ordered,
+        total=_total(ordered),
+    )
+
+
+def _labels(usage: UsageRepository, group_by: GroupBy) -> dict[str, str]:
+    if group_by == "project":
+        return {str(k): v for k, v in usage.project_names().items()}
+    if group_by == "key":
+        return usage.key_names()
+    return {}
+
+
+def _add(
+    target: UsageRow,
+    book: PriceBook,
+    slug: str,
+    model: str,
+    tier: str,
+    hour: object,
+    outcome: str,
+    sums: list[int],
+) -> None:
+    requests, prompt, cached, completion = sums
+    target.requests += requests
+    target.prompt_tokens += prompt
+    target.cached_tokens += cached
+    target.completion_tokens += completion
+    if outcome == "failed":
+        target.failed_requests += requests
+    version = book.at(hour)  # type: ignore[arg-type]
+    if outcome not in version.billable_outcomes:
+        return
+    discount = version.discount(slug)
+    for token_class, tokens in token_quantities(prompt, cached, completion).items():
+        if tokens:
+            rated = rate(
+                per_million(tokens), version.token_price(model, tier, token_class), discount
+            )
+            target.list_cost = exact_sum([target.list_cost, rated.list_cost])
+            target.cost = exact_sum([target.cost, rated.contracted_cost])
+
+
+def _total(rows: list[UsageRow]) -> UsageRow:
+    total = UsageRow(group="total", label="total")
+    for row in rows:
+        for name in (
+            "requests",
+            "failed_requests",
+            "prompt_tokens",
+            "cached_tokens",
+            "completion_tokens",
+        ):
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+        total.list_cost = exact_sum([total.list_cost, row.list_cost])
+        total.cost = exact_sum([total.cost, row.cost])
+    return total

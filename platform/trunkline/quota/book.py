@@ -1,0 +1,87 @@
+"""The quota section of the gateway snapshot, resolved from the database (control plane side).
+
+Every tenant, project default and key gets the limits in force for it (``policy.resolve``); a
+scope without any limit is left out, so a gateway skips the store for callers nobody limits.
+Prices come from the billing price book version in force when the snapshot is built, in
+micro-dollars per million tokens, per served model and tier.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trunkline.billing.pricebook import TOKEN_CLASSES
+from trunkline.billing.service import load_price_book
+from trunkline.errors import TrunklineError
+from trunkline.models import Model, Tier
+from trunkline.quota.limits import MICRO_USD, Limits, Price, QuotaBook, price_key
+from trunkline.quota.policy import resolve, to_limits
+from trunkline.quota.repository import QuotaRepository
+from trunkline.snapshot.schemas import KeyEntry, TenantEntry
+
+log = logging.getLogger(__name__)
+
+
+def build_quota_book(
+    session: Session, tenants: Mapping[str, TenantEntry], keys: Mapping[str, KeyEntry]
+) -> QuotaBook:
+    repository = QuotaRepository(session)
+    tier_docs = repository.tier_docs_by_name()
+    tenant_docs = repository.all_tenant_docs()
+    key_docs = repository.all_key_docs()
+    tenant_limits: dict[str, Limits] = {}
+    project_limits: dict[str, Limits] = {}
+    for tenant_id, tenant in tenants.items():
+        resolved = resolve(tier_docs.get(tenant.tier), tenant_docs.get(tenant_id))
+        _keep(tenant_limits, tenant_id, to_limits(resolved.tenant))
+        _keep(project_limits, tenant_id, to_limits(resolved.project))
+    key_limits: dict[str, Limits] = {}
+    for key_id, key in keys.items():
+        owner = tenants.get(key.tenant_id)
+        if owner is None:
+            continue
+        resolved = resolve(
+            tier_docs.get(owner.tier),
+            tenant_docs.get(key.tenant_id),
+            tier_docs.get(key.tier or owner.tier),
+            key_docs.get(key_id),
+        )
+        _keep(key_limits, key_id, to_limits(resolved.key))
+    return QuotaBook(tenant_limits, project_limits, key_limits, _prices(session))
+
+
+def _keep(into: dict[str, Limits], ident: str, limits: Limits) -> None:
+    if not limits.unlimited:
+        into[ident] = limits
+
+
+def _prices(session: Session) -> dict[str, Price]:
+    """List prices for every served model and tier. A model the price book does not price
+    has none (its cost budgets admit it); an unreadable price book gives no prices at all,
+    logged: a broken price book must not stop key revocations from being published."""
+    try:
+        version = load_price_book(session).at(datetime.now(UTC))
+    except Exception:
+        log.exception("no prices for cost budgets: the price book could not be read")
+        return {}
+    tiers = session.scalars(select(Tier.name)).all()
+    prices = {}
+    for model in session.scalars(select(Model.name)).all():
+        for tier in tiers:
+            try:
+                per_class = [version.token_price(model, tier, c) for c in TOKEN_CLASSES]
+            except TrunklineError:
+                log.warning("no list price for %s on %s: its cost budgets admit it", model, tier)
+                continue
+            prices[price_key(model, tier)] = Price(*(_micro(p) for p in per_class))
+    return prices
+
+
+def _micro(per_million: Decimal) -> int:
+    return int(per_million * MICRO_USD)

@@ -1,0 +1,239 @@
+"""What the gateway calls: reserve a request's quota before sending it, settle it after.
+
+``reserve`` looks up the caller's limits in the snapshot (key, project and tenant scopes),
+reserves the prompt estimate plus the completion budget in one store call, and either returns a
+``Grant`` (with the ``x-ratelimit-*`` headers it earned) or raises ``RateLimited`` /
+``QuotaExhausted`` carrying the headers of the refusal. ``settle_soon`` runs exactly once per
+granted request (from the gateway's meter) and settles in the background, off the response
+path. A heartbeat renews the concurrency leases of requests still in flight; a request older
+than ``max_request_s`` stops being renewed, so no slot can stay taken forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, Final
+
+from trunkline.errors import QuotaExhausted, RateLimited, TrunklineError, UpstreamUnavailable
+from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
+from trunkline.quota.headers import rate_limit_headers, retry_headers
+from trunkline.quota.limits import LIMIT_NAMES, MONTH_COST, Price, price_key
+from trunkline.quota.metrics import QuotaMetrics
+from trunkline.quota.rules import BUDGETS, demand, retry_after_ms
+from trunkline.quota.store import (
+    Outcome,
+    QuotaStore,
+    ReserveRequest,
+    Scope,
+    StoreUnavailable,
+    Ticket,
+)
+from trunkline.quota.windows import Clock, iso_utc, system_clock
+from trunkline.settings import QuotaSettings
+from trunkline.snapshot.schemas import KeyEntry, Snapshot
+
+log = logging.getLogger(__name__)
+
+_WHO = {"key": "your API key", "project": "your project", "tenant": "your tenant"}
+_WHAT = {
+    "requests_per_minute": "requests per minute (RPM)",
+    "tokens_per_minute": "tokens per minute (TPM)",
+    "concurrent_requests": "concurrent requests",
+    "tokens_per_day": "tokens per day",
+    "tokens_per_month": "tokens per month",
+    "cost_per_month": "cost per month (USD)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An admitted request: what settling it needs, and the headers its answer carries."""
+
+    ticket: Ticket | None
+    """``None`` when no scope of the caller has a limit (nothing to settle)."""
+    headers: dict[str, str]
+    prompt_estimate: int = 0
+    price: Price | None = None
+
+
+UNLIMITED_GRANT: Final = Grant(None, {})
+
+
+class QuotaEnforcer:
+    def __init__(
+        self,
+        store: QuotaStore,
+        settings: QuotaSettings,
+        metrics: QuotaMetrics,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self._clock = clock
+        self._cap = settings.max_reserved_completion_tokens
+        self._lease_ms = int(settings.lease_s * 1000)
+        self._max_request_ms = int(settings.max_request_s * 1000)
+        self._inflight: dict[str, tuple[Ticket, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        # Reservations get ids of their own: a client may send the same x-request-id twice,
+        # and must not share (or free) another request's concurrency slot by doing so.
+        self._ids = itertools.count()
+        self._nonce = secrets.token_hex(6)
+
+    @property
+    def degraded(self) -> bool:
+        """The shared store is unreachable and quotas are limited per process (or refused)."""
+        return bool(getattr(self.store, "degraded", False))
+
+    async def reserve(
+        self, snapshot: Snapshot, key: KeyEntry, tier: str, model: str, kind: str,
+        body: dict[str, Any],
+    ) -> Grant:  # fmt: skip
+        book = snapshot.quotas
+        # The snapshot lists only scopes that have a limit: most callers cost three lookups.
+        key_limits = book.keys.get(key.key_id)
+        project_limits = book.projects.get(key.tenant_id)
+        tenant_limits = book.tenants.get(key.tenant_id)
+        if key_limits is None and project_limits is None and tenant_limits is None:
+            return UNLIMITED_GRANT
+        scopes = tuple(
+            Scope(kind_, ident, limits.vector())
+            for kind_, ident, limits in (
+                ("key", key.key_id, key_limits),
+                ("project", key.project_id, project_limits),
+                ("tenant", key.tenant_id, tenant_limits),
+            )
+            if limits is not None
+        )
+        prompt = estimate_prompt_tokens(kind, body)
+        completion = completion_budget(kind, body, self._cap)
+        price = book.prices.get(price_key(model, tier))
+        cost = price.cost(prompt, 0, completion) if price else 0
+        now = self._clock()
+        reservation_id = f"{self._nonce}.{next(self._ids)}"
+        request = ReserveRequest(
+            reservation_id, key.tenant_id, scopes, prompt + completion, cost, now,
+            self._lease_ms, self._max_request_ms,
+        )  # fmt: skip
+        try:
+            outcome = await self.store.reserve(request)
+        except StoreUnavailable:
+            self.metrics.decisions.labels("unavailable", "", "store").inc()
+            raise UpstreamUnavailable(
+                "Quota enforcement is unavailable right now; try again shortly.",
+                reason="quota_unavailable",
+                extra={"headers": retry_headers(1000)},
+            ) from None
+        headers = rate_limit_headers([s.limits for s in scopes], outcome.used, outcome.windows)
+        decided_by = "local" if outcome.local else "store"
+        if not outcome.verdict.admitted or outcome.ticket is None:
+            raise self._refusal(request, outcome, headers, decided_by)
+        self.metrics.decisions.labels("admitted", "", decided_by).inc()
+        self._inflight[reservation_id] = (outcome.ticket, now)
+        return Grant(outcome.ticket, headers, prompt, price)
+
+    def settle_soon(
+        self, grant: Grant, prompt: int, cached: int, completion: int, *, measured: bool,
+        reached_engine: bool,
+    ) -> None:  # fmt: skip
+        """Settle ``grant`` in the background to what the request used. ``measured``: the
+        engine reported its usage. Otherwise a request the engine saw is charged its prompt
+        estimate plus the ``completion`` tokens it streamed, one that never reached an engine
+        nothing at all."""
+        ticket = grant.ticket
+        if ticket is None:
+            return
+        self._inflight.pop(ticket.request_id, None)
+        if not measured:
+            prompt, cached = (grant.prompt_estimate if reached_engine else 0), 0
+            completion = completion if reached_engine else 0
+        cost = grant.price.cost(prompt, cached, completion) if grant.price else 0
+        task = asyncio.create_task(self._settle(ticket, prompt + completion, cost))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def release(self, grant: Grant) -> None:
+        """Give the whole reservation back: the request never left the gateway."""
+        self.settle_soon(grant, 0, 0, 0, measured=False, reached_engine=False)
+
+    async def _settle(self, ticket: Ticket, tokens: int, cost: int) -> None:
+        try:
+            await self.store.settle(ticket, tokens, cost, self._clock())
+        except Exception:  # a lost settle leaves the reservation charged, never more
+            log.exception("quota settle failed", extra={"reservation": ticket.request_id})
+
+    async def renew_leases(self) -> None:
+        """Renew the leases of requests in flight; forget those older than ``max_request_s``."""
+        now = self._clock()
+        cutoff = now - self._max_request_ms
+        for reservation in [r for r, (_t, since) in self._inflight.items() if since < cutoff]:
+            del self._inflight[reservation]
+        tickets = [ticket for ticket, _since in self._inflight.values()]
+        if tickets:
+            await self.store.renew(tickets, now, self._lease_ms)
+
+    async def start(self) -> None:
+        self._heartbeat = asyncio.create_task(self._beat(), name="quota-heartbeat")
+
+    async def drain(self) -> None:
+        """Wait for the settles under way (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self.drain()
+        await self.store.close()
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ms / 3000)
+            try:
+                await self.renew_leases()
+            except Exception:
+                log.warning("renewing quota leases failed", exc_info=True)
+
+    def _refusal(
+        self, request: ReserveRequest, outcome: Outcome, headers: dict[str, str], decided_by: str
+    ) -> TrunklineError:
+        verdict = outcome.verdict
+        assert verdict.limit is not None
+        limit_name = LIMIT_NAMES[verdict.limit]
+        scope = request.scopes[verdict.scope]
+        bound = scope.limits[verdict.limit]
+        used = outcome.used[verdict.scope][verdict.limit]
+        wanted = demand(request.tokens, request.cost)[verdict.limit]
+        numbers = f"Limit {_show(verdict.limit, bound)}, Used {_show(verdict.limit, used)}, "
+        numbers += f"Requested {_show(verdict.limit, wanted)}"
+        where = f"{_WHO[scope.kind]} on {_WHAT[limit_name]}"
+        wait_ms = retry_after_ms(verdict, outcome.windows)
+        extra = {"headers": {**headers, **retry_headers(wait_ms)}, "limit": limit_name}
+        if verdict.limit in BUDGETS:
+            self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()
+            end = outcome.windows.day_end_ms if limit_name == "tokens_per_day" else None
+            resets = iso_utc(end or outcome.windows.month_end_ms)
+            return QuotaExhausted(
+                f"You exceeded the budget of {where}: {numbers}. It resets at {resets}.",
+                reason="insufficient_quota",
+                extra=extra,
+            )
+        self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
+        if wait_ms is None:
+            message = f"Request too large for {where}: {numbers}. Lower max_tokens or the prompt."
+        else:
+            message = f"Rate limit reached for {where}: {numbers}. "
+            message += f"Please try again in {wait_ms / 1000:.3g}s."
+        return RateLimited(message, reason="rate_limit_exceeded", extra=extra)
+
+
+def _show(limit: int, value: int) -> str:
+    return f"${value / 1_000_000:.2f}" if limit == MONTH_COST else str(value)

@@ -1,0 +1,79 @@
+"""How many tokens a request reserves before it is sent: a prompt estimate plus its completion
+budget. Pure functions over the parsed JSON body; no tokenizer.
+
+The estimate errs high on purpose (one token per three UTF-8 bytes, plus a chat template's
+overhead per message): what a reservation over-estimates is refunded at settle, what it
+under-estimates is what lets concurrent requests overshoot a limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+BYTES_PER_TOKEN: Final = 3
+PER_MESSAGE_TOKENS: Final = 8
+"""Role, separators and special tokens a chat template wraps around each message."""
+PER_REQUEST_TOKENS: Final = 8
+"""The generation prompt and beginning-of-sequence tokens of a chat request."""
+_PAYLOAD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+
+
+def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
+    payload = body.get(_PAYLOAD[kind])
+    if kind == "chat" and isinstance(payload, list):
+        text = sum(_text_bytes(m.get("content")) for m in payload if isinstance(m, dict))
+        return _tokens(text) + PER_MESSAGE_TOKENS * len(payload) + PER_REQUEST_TOKENS
+    return _prompt_tokens(payload)
+
+
+def completion_budget(kind: str, body: dict[str, Any], cap: int) -> int:
+    """Completion tokens to reserve: ``max_tokens`` (or ``max_completion_tokens``) times ``n``,
+    at most ``cap``; ``cap`` itself when the client set no maximum. Embeddings generate none."""
+    if kind == "embeddings":
+        return 0
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    choices = body.get("n")
+    per_choice = asked if isinstance(asked, int) and _positive_int(asked) else cap
+    count = choices if isinstance(choices, int) and _positive_int(choices) else 1
+    return min(per_choice * count, cap)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _prompt_tokens(payload: object) -> int:
+    """A completions ``prompt`` or an embeddings ``input``: text, texts, token ids or lists
+    of token ids."""
+    if isinstance(payload, str):
+        return _tokens(_utf8_len(payload))
+    if not isinstance(payload, list):
+        return 0
+    total = 0
+    for item in payload:
+        if isinstance(item, int):
+            total += 1
+        elif isinstance(item, list):
+            total += len(item)
+        elif isinstance(item, str):
+            total += _tokens(_utf8_len(item))
+    return total
+
+
+def _text_bytes(content: object) -> int:
+    """Bytes of every string in a message's content (a string or a list of parts)."""
+    if isinstance(content, str):
+        return _utf8_len(content)
+    if isinstance(content, list):
+        return sum(_text_bytes(part) for part in content)
+    if isinstance(content, dict):
+        return sum(_text_bytes(value) for value in content.values())
+    return 0
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _tokens(byte_count: int) -> int:
+    return -(-byte_count // BYTES_PER_TOKEN)

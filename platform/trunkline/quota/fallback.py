@@ -1,0 +1,185 @@
+"""Keep serving when the shared quota store goes away, and go back to it when it returns.
+
+``FallbackQuotaStore`` wraps the shared (Redis) store. When a call fails it logs once, raises
+the ``trunkline_quota_store_degraded`` gauge and, fail-open, decides with a per-process
+in-memory limiter whose limits are ``rules.local_limits`` (a share of each limit, budgets from
+what was left when the store last answered); fail-closed, it refuses. While degraded it probes
+the store again every ``probe_every_ms`` on a real request; the first success ends the outage:
+exact limits again, the local counters are dropped, and settles that could not reach the store
+are replayed (settling is idempotent, so a replay never refunds twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+
+from trunkline.quota.memory import InMemoryQuotaStore
+from trunkline.quota.metrics import QuotaMetrics
+from trunkline.quota.rules import Vector, local_limits
+from trunkline.quota.store import (
+    KeySpace,
+    Outcome,
+    QuotaStore,
+    ReserveRequest,
+    Scope,
+    StoreUnavailable,
+    Ticket,
+)
+
+log = logging.getLogger(__name__)
+
+_LOCAL_PREFIX = "local"
+_MAX_REMEMBERED_SCOPES = 100_000
+
+
+class FallbackQuotaStore:
+    def __init__(
+        self,
+        primary: QuotaStore,
+        metrics: QuotaMetrics,
+        *,
+        fail_open: bool = True,
+        local_share: float = 1.0,
+        probe_every_ms: int = 1000,
+        max_pending_settles: int = 100_000,
+    ) -> None:
+        self._primary = primary
+        self._metrics = metrics
+        self._fail_open = fail_open
+        self._share = local_share
+        self._probe_every_ms = probe_every_ms
+        self._local = InMemoryQuotaStore(KeySpace(_LOCAL_PREFIX))
+        self._degraded_since: int | None = None
+        self._probe_at = 0
+        self._last_used: dict[tuple[str, str, str], Vector] = {}
+        self._pending: deque[tuple[Ticket, int, int, int]] = deque()
+        self._max_pending = max_pending_settles
+        self._replaying: asyncio.Task[None] | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded_since is not None
+
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        now = request.now_ms
+        if self._degraded_since is None or now >= self._probe_at:
+            try:
+                outcome = await self._primary.reserve(request)
+            except StoreUnavailable as exc:
+                self._fail("reserve", now, exc)
+            else:
+                self._recovered(now)
+                self._remember(request, outcome)
+                return outcome
+        if not self._fail_open:
+            raise StoreUnavailable("quota store unreachable and quotas fail closed")
+        outcome = await self._local.reserve(self._localized(request))
+        return outcome._replace(local=True)
+
+    async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
+        if _is_local(ticket):
+            await self._local.settle(ticket, tokens, cost, now_ms)
+        elif self._degraded_since is not None:
+            self._keep_for_later(ticket, tokens, cost, now_ms)
+        else:
+            try:
+                await self._primary.settle(ticket, tokens, cost, now_ms)
+            except StoreUnavailable as exc:
+                self._fail("settle", now_ms, exc)
+                self._keep_for_later(ticket, tokens, cost, now_ms)
+
+    async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
+        local = [t for t in tickets if _is_local(t)]
+        await self._local.renew(local, now_ms, lease_ms)
+        shared = [t for t in tickets if not _is_local(t)]
+        if shared and self._degraded_since is None:
+            try:
+                await self._primary.renew(shared, now_ms, lease_ms)
+            except StoreUnavailable as exc:
+                self._fail("renew", now_ms, exc)
+
+    async def usage(
+        self, tenant_id: str, scopes: Sequence[tuple[str, str]], now_ms: int
+    ) -> list[Vector]:
+        return await self._primary.usage(tenant_id, scopes, now_ms)
+
+    async def replayed(self) -> None:
+        """Wait until the settles kept during an outage have been replayed (tests, shutdown)."""
+        if self._replaying is not None:
+            await self._replaying
+
+    async def close(self) -> None:
+        if self._replaying is not None:
+            self._replaying.cancel()
+        await self._primary.close()
+
+    def _fail(self, operation: str, now_ms: int, exc: Exception) -> None:
+        self._metrics.store_errors.labels(operation).inc()
+        self._probe_at = now_ms + self._probe_every_ms
+        if self._degraded_since is not None:
+            return
+        self._degraded_since = now_ms
+        self._metrics.degraded.set(1)
+        mode = f"fail-open, local share {self._share:g}" if self._fail_open else "fail-closed"
+        log.error(
+            "quota store unreachable; limiting per process (%s) until it is back: %s",
+            mode,
+            exc,
+            extra={"quota_mode": "open" if self._fail_open else "closed"},
+        )
+
+    def _recovered(self, now_ms: int) -> None:
+        if self._degraded_since is None:
+            return
+        outage_s = (now_ms - self._degraded_since) / 1000
+        self._degraded_since = None
+        self._metrics.degraded.set(0)
+        self._local = InMemoryQuotaStore(KeySpace(_LOCAL_PREFIX))
+        log.warning(
+            "quota store reachable again after %.1f s; exact limits restored, replaying %d settles",
+            outage_s,
+            len(self._pending),
+        )
+        if self._pending and (self._replaying is None or self._replaying.done()):
+            self._replaying = asyncio.create_task(self._replay(), name="quota-settle-replay")
+
+    async def _replay(self) -> None:
+        while self._pending and self._degraded_since is None:
+            ticket, tokens, cost, now_ms = self._pending.popleft()
+            try:
+                await self._primary.settle(ticket, tokens, cost, now_ms)
+            except StoreUnavailable as exc:
+                self._pending.appendleft((ticket, tokens, cost, now_ms))
+                self._fail("settle", now_ms, exc)
+
+    def _keep_for_later(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
+        if len(self._pending) >= self._max_pending:
+            self._pending.popleft()
+            self._metrics.lost_settles.inc()
+        self._pending.append((ticket, tokens, cost, now_ms))
+
+    def _remember(self, request: ReserveRequest, outcome: Outcome) -> None:
+        if len(self._last_used) > _MAX_REMEMBERED_SCOPES:
+            self._last_used.clear()
+        for scope, used in zip(request.scopes, outcome.used, strict=True):
+            self._last_used[(request.tenant_id, scope.kind, scope.ident)] = used
+
+    def _localized(self, request: ReserveRequest) -> ReserveRequest:
+        scopes = tuple(
+            Scope(
+                s.kind,
+                s.ident,
+                local_limits(
+                    s.limits, self._share, self._last_used.get((request.tenant_id, s.kind, s.ident))
+                ),
+            )
+            for s in request.scopes
+        )
+        return request._replace(scopes=scopes)
+
+
+def _is_local(ticket: Ticket) -> bool:
+    return ticket.reservation_key.startswith(_LOCAL_PREFIX + ":")

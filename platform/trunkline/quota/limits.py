@@ -1,0 +1,92 @@
+"""What a gateway knows about quotas: resolved limits per scope, prices, and the snapshot section.
+
+Everything here is plain data, encoded in the config snapshot. Money is counted in integer
+micro-dollars (1 USD = 1,000,000) so counters add exactly in Redis and in memory alike.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+MICRO_USD: Final = 1_000_000
+
+LIMIT_NAMES: Final = (
+    "requests_per_minute",
+    "tokens_per_minute",
+    "concurrent_requests",
+    "tokens_per_day",
+    "tokens_per_month",
+    "cost_per_month",
+)
+"""The order of every limit vector (``Limits.vector``, counters in the stores, the Lua script)."""
+
+REQUESTS, TOKENS, CONCURRENCY, DAY_TOKENS, MONTH_TOKENS, MONTH_COST = range(6)
+UNLIMITED: Final = -1
+
+SCOPE_KINDS: Final = ("key", "project", "tenant")
+"""Scopes from the most specific to the broadest; a request is checked against each."""
+
+
+class Limits(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The limits of one scope; ``None`` means no limit. ``cost_per_month`` is in micro-USD."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    cost_per_month: int | None = None
+
+    def vector(self) -> tuple[int, int, int, int, int, int]:
+        """The limits in ``LIMIT_NAMES`` order, ``UNLIMITED`` (-1) where there is none."""
+        return (
+            _or_unlimited(self.requests_per_minute),
+            _or_unlimited(self.tokens_per_minute),
+            _or_unlimited(self.concurrent_requests),
+            _or_unlimited(self.tokens_per_day),
+            _or_unlimited(self.tokens_per_month),
+            _or_unlimited(self.cost_per_month),
+        )
+
+    @property
+    def unlimited(self) -> bool:
+        return all(value == UNLIMITED for value in self.vector())
+
+
+def _or_unlimited(value: int | None) -> int:
+    return UNLIMITED if value is None else value
+
+
+class Price(msgspec.Struct, frozen=True):
+    """List price of a served model for one tier, in micro-USD per million tokens of each class."""
+
+    input: int
+    cached_input: int
+    output: int
+
+    def cost(self, prompt: int, cached: int, completion: int) -> int:
+        """Micro-USD for the given tokens, rounded up (a fraction of a micro-dollar at most)."""
+        cached = min(cached, prompt)
+        per_million = (prompt - cached) * self.input + cached * self.cached_input
+        per_million += completion * self.output
+        return -(-per_million // 1_000_000)
+
+
+class QuotaBook(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The quota section of the snapshot, resolved by the control plane.
+
+    ``tenants`` and ``projects`` are keyed by tenant id (every project of a tenant has the same
+    limits, counted per project); ``keys`` by public key id. Scopes without any limit are absent.
+    """
+
+    tenants: dict[str, Limits] = msgspec.field(default_factory=dict)
+    projects: dict[str, Limits] = msgspec.field(default_factory=dict)
+    keys: dict[str, Limits] = msgspec.field(default_factory=dict)
+    prices: dict[str, Price] = msgspec.field(default_factory=dict)
+    """``price_key(model, tier)`` -> list price, for the monthly cost budgets."""
+
+
+def price_key(model: str, tier: str) -> str:
+    return f"{model}|{tier}"

@@ -1,0 +1,125 @@
+"""The Redis quota store: one script call to reserve, one to settle, shared by every replica.
+
+Connection failures and timeouts surface as ``StoreUnavailable``, which the gateway's
+``FallbackQuotaStore`` turns into local limiting. Scripts are sent by SHA; after a Redis restart
+redis-py loads them again on the first ``NOSCRIPT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from trunkline.quota import lua
+from trunkline.quota.rules import ADMITTED, Vector, Verdict
+from trunkline.quota.store import (
+    COUNTERS_PER_SCOPE,
+    KeySpace,
+    Outcome,
+    ReserveRequest,
+    StoreUnavailable,
+    Ticket,
+)
+from trunkline.quota.windows import windows_at
+
+T = TypeVar("T")
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class RedisQuotaStore:
+    def __init__(self, client: aioredis.Redis, prefix: str = "trunkline") -> None:
+        self._client = client
+        self._space = KeySpace(prefix)
+        self._reserve = client.register_script(lua.RESERVE)
+        self._settle = client.register_script(lua.SETTLE)
+        self._renew = client.register_script(lua.RENEW)
+
+    @property
+    def keyspace(self) -> KeySpace:
+        return self._space
+
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        windows = windows_at(request.now_ms)
+        keys = self._space.request_keys(request, windows)
+        args: list[str | int] = [
+            request.now_ms, request.lease_ms, request.request_id, request.tokens, request.cost,
+            request.reservation_ttl_ms, *windows.ttls_ms(),
+        ]  # fmt: skip
+        for scope in request.scopes:
+            args.extend(scope.limits)
+        reply = await _call(lambda: self._reserve(keys=keys, args=args))
+        limit, refusing, never = int(reply[0]), int(reply[1]), bool(reply[2])
+        used = _vectors(reply[3:])
+        if limit >= 0:
+            return Outcome(Verdict(limit, refusing, never), used, None, windows)
+        ticket = Ticket(request.request_id, keys, request.tokens, request.cost)
+        return Outcome(ADMITTED, used, ticket, windows)
+
+    async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
+        args: list[str | int] = [ticket.request_id, tokens, cost, now_ms]
+        await _call(lambda: self._settle(keys=ticket.keys, args=args))
+
+    async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
+        keys: list[str] = []
+        members: list[str] = []
+        for ticket in tickets:
+            for key in ticket.lease_keys:
+                keys.append(key)
+                members.append(ticket.request_id)
+        if keys:
+            args: list[str | int] = [now_ms + lease_ms, lease_ms, *members]
+            await _call(lambda: self._renew(keys=keys, args=args))
+
+    async def usage(
+        self, tenant_id: str, scopes: Sequence[tuple[str, str]], now_ms: int
+    ) -> list[Vector]:
+        windows = windows_at(now_ms)
+
+        async def read() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for kind, ident in scopes:
+                    keys = self._space.scope_keys(tenant_id, kind, ident, windows)
+                    for field, key in enumerate(keys):
+                        if field == 2:
+                            pipe.zcount(key, f"({now_ms}", "+inf")
+                        else:
+                            pipe.get(key)
+                result: list[Any] = await pipe.execute()
+                return result
+
+        return list(_vectors(await _call(read)))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def connect(url: str, timeout_s: float) -> aioredis.Redis:
+    """A client for the gateway's quota calls: a short timeout, so an unreachable Redis turns
+    into local limiting quickly, and one immediate retry, so a connection a restarted Redis
+    dropped is replaced without failing the request."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+async def _call(operation: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await operation()
+    except _UNREACHABLE as exc:
+        raise StoreUnavailable(f"quota store unreachable: {exc}") from exc
+
+
+def _vectors(flat: Sequence[Any]) -> tuple[Vector, ...]:
+    numbers = [int(value or 0) for value in flat]
+    return tuple(
+        (numbers[i], numbers[i + 1], numbers[i + 2], numbers[i + 3], numbers[i + 4], numbers[i + 5])
+        for i in range(0, len(numbers), COUNTERS_PER_SCOPE)
+    )

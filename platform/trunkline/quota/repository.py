@@ -1,0 +1,154 @@
+"""Statements over quota documents.
+
+Tier documents are platform-wide. A tenant's document, and those of its keys, are reached only
+through ``TenantQuotaRepository``, built for one tenant: a key of another tenant reads as
+missing. ``all_*`` read everything, for the snapshot builder alone.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trunkline.models import ApiKey, KeyQuota, TenantQuota, Tier, TierQuota
+from trunkline.quota.schemas import QuotaLimits, ScopeLimits
+
+DocT = TypeVar("DocT", QuotaLimits, ScopeLimits)
+
+
+def _load(raw: dict[str, Any], kind: type[DocT]) -> DocT:
+    return msgspec.convert(raw, kind)
+
+
+def _dump(doc: QuotaLimits | ScopeLimits) -> dict[str, Any]:
+    dumped: dict[str, Any] = msgspec.to_builtins(doc)
+    return dumped
+
+
+class QuotaRepository:
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def tier_doc(self, tier_id: uuid.UUID) -> QuotaLimits | None:
+        row = self._session.get(TierQuota, tier_id)
+        return None if row is None else _load(row.limits, QuotaLimits)
+
+    def set_tier_doc(self, tier_id: uuid.UUID, doc: QuotaLimits) -> bool:
+        limits = _dump(doc)
+        row = self._session.get(TierQuota, tier_id)
+        return _store(self._session, row, lambda: TierQuota(tier_id=tier_id, limits=limits), limits)
+
+    def tier_docs_by_name(self) -> dict[str, QuotaLimits]:
+        rows = self._session.execute(
+            select(Tier.name, TierQuota.limits).join(TierQuota, TierQuota.tier_id == Tier.id)
+        )
+        return {name: _load(limits, QuotaLimits) for name, limits in rows}
+
+    def all_tenant_docs(self) -> dict[str, QuotaLimits]:
+        rows = self._session.execute(select(TenantQuota.tenant_id, TenantQuota.limits))
+        return {str(tenant_id): _load(limits, QuotaLimits) for tenant_id, limits in rows}
+
+    def all_key_docs(self) -> dict[str, ScopeLimits]:
+        """Public key id -> the key's own document, or the one of the key it was rotated from
+        (nearest first)."""
+        own = {
+            key_row_id: _load(limits, ScopeLimits)
+            for key_row_id, limits in self._session.execute(
+                select(KeyQuota.api_key_id, KeyQuota.limits)
+            )
+        }
+        if not own:
+            return {}
+        keys = self._session.execute(select(ApiKey.id, ApiKey.key_id, ApiKey.rotated_from)).all()
+        parent = {row_id: rotated_from for row_id, _key_id, rotated_from in keys}
+        docs = {}
+        for row_id, key_id, _rotated_from in keys:
+            found = _nearest(row_id, own, parent)
+            if found is not None:
+                docs[key_id] = found
+        return docs
+
+
+class TenantQuotaRepository:
+    def __init__(self, session: Session, tenant_id: uuid.UUID) -> None:
+        self._session = session
+        self._tenant_id = tenant_id
+
+    def doc(self) -> QuotaLimits | None:
+        row = self._session.get(TenantQuota, self._tenant_id)
+        return None if row is None else _load(row.limits, QuotaLimits)
+
+    def set_doc(self, doc: QuotaLimits) -> bool:
+        limits, tenant_id = _dump(doc), self._tenant_id
+        row = self._session.get(TenantQuota, tenant_id)
+        new = lambda: TenantQuota(tenant_id=tenant_id, limits=limits)  # noqa: E731
+        return _store(self._session, row, new, limits)
+
+    def key_doc(self, key_id: str) -> ScopeLimits | None:
+        """The document in force for a key of this tenant (its own, or its ancestor's)."""
+        row_id = self._key_row_id(key_id)
+        if row_id is None:
+            return None
+        keys = self._session.execute(
+            select(ApiKey.id, ApiKey.rotated_from).where(ApiKey.tenant_id == self._tenant_id)
+        ).all()
+        own = {
+            key_row_id: _load(limits, ScopeLimits)
+            for key_row_id, limits in self._session.execute(
+                select(KeyQuota.api_key_id, KeyQuota.limits)
+                .join(ApiKey, ApiKey.id == KeyQuota.api_key_id)
+                .where(ApiKey.tenant_id == self._tenant_id)
+            )
+        }
+        return _nearest(row_id, own, {row: parent for row, parent in keys})
+
+    def set_key_doc(self, key_id: str, doc: ScopeLimits) -> bool:
+        row_id = self._key_row_id(key_id)
+        if row_id is None:
+            raise LookupError(key_id)
+        limits = _dump(doc)
+        row = self._session.get(KeyQuota, row_id)
+        return _store(
+            self._session, row, lambda: KeyQuota(api_key_id=row_id, limits=limits), limits
+        )
+
+    def _key_row_id(self, key_id: str) -> uuid.UUID | None:
+        return self._session.scalar(
+            select(ApiKey.id).where(ApiKey.tenant_id == self._tenant_id, ApiKey.key_id == key_id)
+        )
+
+
+def _nearest(
+    row_id: uuid.UUID, own: dict[uuid.UUID, ScopeLimits], parent: dict[uuid.UUID, uuid.UUID | None]
+) -> ScopeLimits | None:
+    current: uuid.UUID | None = row_id
+    seen: set[uuid.UUID] = set()
+    while current is not None and current not in seen:
+        if current in own:
+            return own[current]
+        seen.add(current)
+        current = parent.get(current)
+    return None
+
+
+def _store(
+    session: Session,
+    row: TierQuota | TenantQuota | KeyQuota | None,
+    create: Callable[[], TierQuota | TenantQuota | KeyQuota],
+    limits: dict[str, Any],
+) -> bool:
+    """Insert or update a document; whether it changed."""
+    if row is None:
+        session.add(create())
+        session.flush()
+        return True
+    if row.limits == limits:
+        return False
+    row.limits = limits
+    session.flush()
+    return True

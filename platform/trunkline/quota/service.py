@@ -1,0 +1,156 @@
+"""Quota operations shared by the REST API and the CLI.
+
+Callers have checked the caller's role already (controllers through guards). Reads of a
+tenant's or a key's quota go through the tenancy and key services, so another tenant's tenant
+or key, or another developer's key, reads as missing. A change marks the unit of work, and the
+snapshot is published after commit: every gateway enforces it within its next poll.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from trunkline.auth.principal import Principal
+from trunkline.errors import NotFound
+from trunkline.keys.service import get_key
+from trunkline.quota.limits import MICRO_USD, MONTH_COST, UNLIMITED
+from trunkline.quota.policy import resolve, to_limits
+from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
+from trunkline.quota.rules import Vector
+from trunkline.quota.schemas import (
+    KeyQuota,
+    LimitUsage,
+    QuotaLimits,
+    ScopeLimits,
+    ScopeUsage,
+    TenantQuota,
+)
+from trunkline.quota.windows import Windows, windows_at
+from trunkline.tenancy.changes import mark_config_changed
+from trunkline.tenancy.repository import TierRepository
+from trunkline.tenancy.service import tenant_row
+
+UsageReader = Callable[[str, Sequence[tuple[str, str]]], tuple[int, list[Vector]] | None]
+"""``(tenant id, [(scope kind, scope id)])`` -> (now in epoch ms, the scopes' counters), or
+``None`` when the quota store cannot be reached."""
+
+
+def get_tier_quota(session: Session, name: str) -> QuotaLimits:
+    tier = _tier_id(session, name)
+    return QuotaRepository(session).tier_doc(tier) or QuotaLimits()
+
+
+def set_tier_quota(session: Session, name: str, data: QuotaLimits) -> QuotaLimits:
+    if QuotaRepository(session).set_tier_doc(_tier_id(session, name), data):
+        mark_config_changed(session)
+    return data
+
+
+def tenant_quota(
+    session: Session, principal: Principal, tenant_id: uuid.UUID, read_usage: UsageReader
+) -> TenantQuota:
+    tenant = tenant_row(session, principal, tenant_id)
+    overrides = TenantQuotaRepository(session, tenant.id).doc() or QuotaLimits()
+    limits = resolve(QuotaRepository(session).tier_doc(tenant.tier_id), overrides)
+    usage = _usage(read_usage, str(tenant.id), [("tenant", str(tenant.id))], [limits.tenant])
+    return TenantQuota(
+        tenant.id, tenant.tier.name, overrides, limits, None if usage is None else usage[0]
+    )
+
+
+def set_tenant_quota(
+    session: Session, tenant_id: uuid.UUID, data: QuotaLimits, read_usage: UsageReader
+) -> TenantQuota:
+    tenant_row(session, Principal.system(), tenant_id)
+    if TenantQuotaRepository(session, tenant_id).set_doc(data):
+        mark_config_changed(session)
+    return tenant_quota(session, Principal.system(), tenant_id, read_usage)
+
+
+def key_quota(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    key_id: str,
+    read_usage: UsageReader,
+) -> KeyQuota:
+    key = get_key(session, principal, tenant_id, key_id)
+    tenant = tenant_row(session, principal, tenant_id)
+    quotas = QuotaRepository(session)
+    scoped = TenantQuotaRepository(session, tenant_id)
+    own = scoped.key_doc(key_id) or ScopeLimits()
+    key_tier = key.tier or tenant.tier.name
+    limits = resolve(
+        quotas.tier_doc(tenant.tier_id),
+        scoped.doc(),
+        quotas.tier_doc(_tier_id(session, key_tier)),
+        own,
+    )
+    by_scope = {"key": limits.key, "project": limits.project, "tenant": limits.tenant}
+    idents = {"key": key.key_id, "project": str(key.project_id), "tenant": str(tenant_id)}
+    scopes = [(kind, idents[kind]) for kind in by_scope]
+    usage = _usage(read_usage, str(tenant_id), scopes, list(by_scope.values()))
+    return KeyQuota(
+        key.key_id,
+        key_tier,
+        own,
+        by_scope,
+        None if usage is None else dict(zip(by_scope, usage, strict=True)),
+    )
+
+
+def set_key_quota(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    key_id: str,
+    data: ScopeLimits,
+    read_usage: UsageReader,
+) -> KeyQuota:
+    get_key(session, principal, tenant_id, key_id)
+    if TenantQuotaRepository(session, tenant_id).set_key_doc(key_id, data):
+        mark_config_changed(session)
+    return key_quota(session, principal, tenant_id, key_id, read_usage)
+
+
+def _tier_id(session: Session, name: str) -> uuid.UUID:
+    tier = TierRepository(session).by_name(name)
+    if tier is None:
+        raise NotFound(f"tier {name!r} not found", param="name")
+    return tier.id
+
+
+def _usage(
+    read_usage: UsageReader,
+    tenant_id: str,
+    scopes: Sequence[tuple[str, str]],
+    limits: Sequence[ScopeLimits],
+) -> list[ScopeUsage] | None:
+    read = read_usage(tenant_id, scopes)
+    if read is None:
+        return None
+    now_ms, counters = read
+    windows = windows_at(now_ms)
+    return [scope_usage(lim, used, windows) for lim, used in zip(limits, counters, strict=True)]
+
+
+def scope_usage(limits: ScopeLimits, used: Vector, windows: Windows) -> ScopeUsage:
+    """A scope's counters against its limits, each with when its window resets."""
+    bounds = to_limits(limits).vector()
+    ends = (
+        windows.minute_end_ms, windows.minute_end_ms, None, windows.day_end_ms,
+        windows.month_end_ms, windows.month_end_ms,
+    )  # fmt: skip
+    entries = []
+    for field, (bound, count, end) in enumerate(zip(bounds, used, ends, strict=True)):
+        scale = MICRO_USD if field == MONTH_COST else 1
+        limit = None if bound == UNLIMITED else bound / scale if scale > 1 else bound
+        value = count / scale if scale > 1 else count
+        remaining = None if limit is None else max(limit - value, 0)
+        resets = None if end is None else datetime.fromtimestamp(end / 1000, UTC)
+        entries.append(LimitUsage(limit, value, remaining, resets))
+    return ScopeUsage(*entries)

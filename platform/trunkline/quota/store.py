@@ -1,0 +1,120 @@
+"""The quota store protocol, what goes in and out of it, and the key layout both stores share.
+
+A store keeps, per scope, six counters: requests and tokens of the current minute, a set of
+leases (one per request in flight, each expiring unless renewed, so a crashed gateway's slots
+free themselves), tokens of the day, tokens of the month and cost of the month. ``reserve``
+checks every limit of every scope and, only if all pass, takes the request's share of each, in
+one atomic step; ``settle`` releases the lease and corrects the counters of the windows the
+reservation was made in to what the request really used. Settling twice changes nothing.
+
+Every key of one request carries its tenant id as a Redis hash tag, so a request's keys share
+one slot (a Redis Cluster can run the scripts) and tenants spread over the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+from trunkline.quota.rules import Vector, Verdict
+from trunkline.quota.windows import Windows
+
+COUNTERS_PER_SCOPE = 6
+LEASE_SLOT = 2
+"""Position of the lease set among a scope's keys (the others are plain counters)."""
+
+
+class StoreUnavailable(Exception):
+    """The shared store could not be reached; raised by remote stores only."""
+
+
+class Scope(NamedTuple):
+    kind: str
+    """``key``, ``project`` or ``tenant``."""
+    ident: str
+    limits: Vector
+
+
+class ReserveRequest(NamedTuple):
+    request_id: str
+    tenant_id: str
+    scopes: tuple[Scope, ...]
+    tokens: int
+    cost: int
+    """Micro-USD."""
+    now_ms: int
+    lease_ms: int
+    """How long the concurrency slot lives unless renewed."""
+    reservation_ttl_ms: int
+    """How long the reservation can still be settled; later it stays charged in full."""
+
+
+class Ticket(NamedTuple):
+    """A reservation, as ``settle`` and ``renew`` need it: the keys of the windows it was made
+    in (``COUNTERS_PER_SCOPE`` per scope, then the reservation's own key) and its size."""
+
+    request_id: str
+    keys: tuple[str, ...]
+    tokens: int
+    cost: int
+
+    @property
+    def lease_keys(self) -> tuple[str, ...]:
+        return self.keys[LEASE_SLOT:-1:COUNTERS_PER_SCOPE]
+
+    @property
+    def reservation_key(self) -> str:
+        return self.keys[-1]
+
+
+class Outcome(NamedTuple):
+    verdict: Verdict
+    used: tuple[Vector, ...]
+    """Per scope: the counters including this request when admitted, as found when refused."""
+    ticket: Ticket | None
+    windows: Windows
+    local: bool = False
+    """Decided by a gateway's own limiter while the shared store was unreachable."""
+
+
+class QuotaStore(Protocol):
+    async def reserve(self, request: ReserveRequest) -> Outcome: ...
+
+    async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
+        """Release the lease and charge ``tokens`` and ``cost`` instead of the reservation
+        (nothing, once the reservation's settle deadline has passed)."""
+
+    async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
+        """Extend the leases and reservations of requests still in flight."""
+
+    async def usage(
+        self, tenant_id: str, scopes: Sequence[tuple[str, str]], now_ms: int
+    ) -> list[Vector]:
+        """The counters of the current windows of each ``(kind, ident)`` scope."""
+
+    async def close(self) -> None: ...
+
+
+class KeySpace:
+    """Names of the keys a store keeps, under ``<prefix>:q:{<tenant id>}:``."""
+
+    def __init__(self, prefix: str = "trunkline") -> None:
+        self.prefix = prefix
+
+    def scope_keys(self, tenant_id: str, kind: str, ident: str, windows: Windows) -> list[str]:
+        base = f"{self.prefix}:q:{{{tenant_id}}}:{kind[0]}:{ident}"
+        return [
+            f"{base}:r:{windows.minute}",
+            f"{base}:t:{windows.minute}",
+            f"{base}:c",
+            f"{base}:d:{windows.day}",
+            f"{base}:m:{windows.month}",
+            f"{base}:$:{windows.month}",
+        ]
+
+    def request_keys(self, request: ReserveRequest, windows: Windows) -> tuple[str, ...]:
+        keys: list[str] = []
+        for scope in request.scopes:
+            keys += self.scope_keys(request.tenant_id, scope.kind, scope.ident, windows)
+        keys.append(f"{self.prefix}:q:{{{request.tenant_id}}}:res:{request.request_id}")
+        return tuple(keys)

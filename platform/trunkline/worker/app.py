@@ -1,0 +1,104 @@
+"""The Celery application: the jobs as tasks, Redis as broker, beat for the schedule.
+
+Each worker process builds its database engine and Redis client on its first task (after any
+fork), never at import. Tasks expire after one interval, so a stalled worker does not return
+to a pile of stale runs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.metering.stream import RedisUsageReader, stream_name
+from trunkline.settings import Settings
+from trunkline.worker.jobs import JOBS, Job, JobContext, JobSettings
+
+CONSUMER_GROUP = "ingest"
+
+
+class _ProcessContext:
+    """The job context of this process, made on first use."""
+
+    def __init__(self, settings: Settings, jobs: JobSettings) -> None:
+        self._settings = settings
+        self._jobs = jobs
+        self._context: JobContext | None = None
+        self._pid = 0
+
+    def get(self) -> JobContext:
+        if self._context is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            engine = make_engine(self._settings.database.url)
+            client = redis.Redis.from_url(self._settings.redis.url or "")
+            consumer = f"celery-{socket.gethostname()}-{self._pid}"
+            stream = stream_name(self._settings.redis.key_prefix)
+            claim = self._jobs.claim_idle_ms
+
+            def reader() -> RedisUsageReader:
+                return RedisUsageReader(client, stream, consumer=consumer, claim_idle_ms=claim)
+
+            self._context = JobContext(make_sessionmaker(engine), reader, self._jobs)
+        return self._context
+
+
+def create_celery_app(settings: Settings, jobs: JobSettings | None = None) -> Celery:
+    jobs = jobs or JobSettings()
+    if not settings.redis.url:
+        raise ValueError("the Celery worker needs TRUNKLINE_REDIS__URL (its broker)")
+    app = Celery("trunkline", broker=settings.redis.url, set_as_current=False)
+    state_dir = Path(settings.state_dir)
+    app.conf.update(
+        task_ignore_result=True,
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        beat_schedule_filename=str(state_dir / "celerybeat-schedule"),
+        beat_schedule={
+            job.name: {
+                "task": job.name,
+                "schedule": job.interval(jobs),
+                "options": {"expires": max(job.interval(jobs), 1.0)},
+            }
+            for job in JOBS
+        },
+    )
+    context = _ProcessContext(settings, jobs)
+    for job in JOBS:
+        _register(app, job, context)
+    return app
+
+
+def _register(app: Celery, job: Job, context: _ProcessContext) -> None:
+    def run() -> Any:
+        return job.run(context.get())
+
+    run.__name__ = job.name.replace(".", "_")
+    app.task(name=job.name)(run)
+
+
+def run_celery(app: Celery, argv: list[str]) -> None:
+    """``argv`` as for the ``celery`` command after the app, e.g. ``["worker", "-B"]``."""
+    Path(app.conf.beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+    app.start(argv)
+
+
+class _JobEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRUNKLINE_", env_nested_delimiter="__", extra="ignore"
+    )
+    jobs: JobSettings = Field(default_factory=JobSettings)
+
+
+def load_job_settings() -> JobSettings:
+    """``TRUNKLINE_JOBS__*`` from the environment (composition roots only)."""
+    return _JobEnvironment().jobs

@@ -1,0 +1,104 @@
+"""The periodic jobs, as plain functions of a ``JobContext``, and their schedule: usage ingest,
+rollups, and closing (and exporting) billing periods."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.billing.periods import Period
+from trunkline.billing.service import close, due_periods, export_period
+from trunkline.kit.db import transaction
+from trunkline.kit.ids import utcnow
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.rollups import rollup_usage
+from trunkline.metering.stream import UsageReader
+
+log = logging.getLogger(__name__)
+
+
+class JobSettings(BaseModel):
+    """``TRUNKLINE_JOBS__*``: how often each job runs and how the ingest consumer behaves."""
+
+    ingest_interval_s: float = 1.0
+    ingest_budget_s: float = 5.0
+    """A run drains the stream for at most this long, then leaves the rest to the next."""
+    ingest_batch: int = 5000
+    claim_idle_ms: int = 30_000
+    """Messages another consumer left unacked this long are presumed orphaned and claimed."""
+    rollup_interval_s: float = 30.0
+    close_interval_s: float = 3600.0
+    close_grace_hours: float = 72.0
+    """A month is closed this long after it ended, so late events land in it first."""
+    export_dir: Path | None = None
+    """Where a closed month's FOCUS CSV and Parquet (every tenant) are written, if set."""
+
+
+@dataclass
+class JobContext:
+    factory: sessionmaker[Session]
+    reader: Callable[[], UsageReader]
+    settings: JobSettings
+    clock: Callable[[], datetime] = utcnow
+
+
+def ingest_usage(ctx: JobContext) -> int:
+    """Drain the usage stream into the ledger (within the run's time budget)."""
+    consumer = UsageConsumer(
+        ctx.reader(), ctx.factory, batch_size=ctx.settings.ingest_batch, retry_max_s=1.0
+    )
+    return consumer.drain(ctx.settings.ingest_budget_s)
+
+
+def rollup(ctx: JobContext) -> int:
+    """Recompute the rollups of every tenant-hour that received events."""
+    return rollup_usage(ctx.factory, clock=ctx.clock).tenant_hours
+
+
+def close_periods(ctx: JobContext) -> list[str]:
+    """Close every month that ended more than the grace period ago."""
+    now = ctx.clock()
+    with transaction(ctx.factory) as session:
+        periods = due_periods(session, now, timedelta(hours=ctx.settings.close_grace_hours))
+    if not periods:
+        return []
+    rollup_usage(ctx.factory, clock=ctx.clock)
+    closed = []
+    for period in periods:
+        with transaction(ctx.factory) as session:
+            if close(session, period, now):
+                closed.append(period.label)
+                _export(session, period, ctx.settings.export_dir)
+    log.info("billing periods closed", extra={"periods": ",".join(closed)})
+    return closed
+
+
+def _export(session: Session, period: Period, export_dir: Path | None) -> None:
+    """Write the closed month's FOCUS files for finance, if a directory is configured."""
+    if export_dir is None:
+        return
+    export_dir.mkdir(parents=True, exist_ok=True)
+    for fmt in ("focus-csv", "focus-parquet"):
+        export = export_period(session, period, fmt)
+        (export_dir / export.filename).write_bytes(export.body)
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    run: Callable[[JobContext], Any]
+    interval: Callable[[JobSettings], float]
+
+
+JOBS = (
+    Job("metering.ingest_usage", ingest_usage, lambda s: s.ingest_interval_s),
+    Job("metering.rollup_usage", rollup, lambda s: s.rollup_interval_s),
+    Job("billing.close_periods", close_periods, lambda s: s.close_interval_s),
+)

@@ -1,0 +1,35 @@
+"""Metering integration fixtures: the control-plane world on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from trunkline.apps.controlplane import create_controlplane_app
+from trunkline.apps.runtime import Runtime
+from unit.controlplane.cp_support import World, build_world, make_runtime
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'controlplane.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def runtime(database_url: str, tmp_path: Path) -> Iterator[Runtime]:
+    runtime = make_runtime(database_url, tmp_path / "state")
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def world(runtime: Runtime) -> Iterator[World]:
+    with TestClient[Any](create_controlplane_app(runtime)) as client:
+        yield build_world(runtime, client)

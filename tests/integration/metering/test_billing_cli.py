@@ -1,0 +1,63 @@
+"""``trunkline billing export`` on PostgreSQL: exporting an ended month closes it; an event
+that arrives for it afterwards is billed as a Correction row of the open month."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from support.processes import TRUNKLINE, trunkline_env
+from trunkline.billing.periods import month_of
+from trunkline.kit.ids import utcnow
+from unit.metering.usage_support import accounts, event, ingest, migrated
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    done = subprocess.run([*TRUNKLINE, "billing", *args], env=env, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    return done
+
+
+def test_export_closes_the_month_and_late_events_become_corrections(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    current = month_of(utcnow())
+    last = current.previous()
+    day_two = last.start + timedelta(days=1, hours=10)
+    ingest(
+        factory,
+        [event(acme, "on-time", when=day_two, prompt=1_000_000, completion=0)],
+        rollup=False,
+    )  # the CLI rolls up first
+    env = trunkline_env(TRUNKLINE_DATABASE__URL=postgres_url, TRUNKLINE_STATE_DIR=str(tmp_path))
+
+    first = cli(env, "export", "--period", last.label, "--format", "focus-csv")
+    assert b"(final)" in first.stderr
+    rows = list(csv.DictReader(io.StringIO(first.stdout.decode())))
+    assert [r["ConsumedQuantity"] for r in rows if r["x_TokenClass"] == "input"] == ["1000000"]
+
+    ingest(
+        factory, [event(acme, "late", when=day_two, prompt=3_000_000, completion=0)], rollup=False
+    )
+    assert (
+        cli(env, "export", "--period", last.label, "--format", "focus-csv").stdout == first.stdout
+    )
+
+    out = tmp_path / "open.parquet"
+    cli(env, "export", "--period", current.label, "--format", "focus-parquet", "--out", str(out))
+    [correction] = pq.read_table(out).to_pylist()
+    assert correction["ChargeClass"] == "Correction"
+    assert correction["ConsumedQuantity"] == Decimal(3_000_000)
+    assert correction["ChargePeriodStart"].month == last.start.month
+    assert correction["BilledCost"] == Decimal("0.9")  # gold input: 3M x 0.30 per million
+
+    invoice = cli(env, "export", "--period", current.label, "--format", "invoice").stdout.decode()
+    assert "Corrections to earlier periods" in invoice and "PRELIMINARY" in invoice

@@ -1,0 +1,164 @@
+"""Faults on real Redis and PostgreSQL: zero lost and zero doubled events, reconciled against
+what the gateway's emitter sent, when a consumer is killed mid-batch, Redis restarts while
+events flow, PostgreSQL is away for a while, and events are delivered twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+from integration.metering.pipeline_support import (
+    STREAM,
+    ConsumerThread,
+    assert_reconciled,
+    emit,
+    ledger_count,
+    reader,
+    wait_for,
+)
+from support.processes import TRUNKLINE, Proc, trunkline_env
+from support.servers import Database, start_redis
+from trunkline.bench.servers import start_postgres
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.ingest import write_usage
+from unit.metering.usage_support import accounts, at, event, migrated
+
+PG_OUTAGE_S = float(os.environ.get("TRUNKLINE_TEST_PG_OUTAGE_S", "3"))
+"""30 in the issue; shorter by default to keep the suite fast (the code path is the same)."""
+
+
+def pending_of(url: str, consumer: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        info = client.xpending(STREAM, "ingest")
+    return sum(c["pending"] for c in info["consumers"] if c["name"].decode() == consumer)
+
+
+def test_a_consumer_killed_mid_batch_loses_and_doubles_nothing(
+    postgres_database: Database, redis_url: str, tmp_path: Path
+) -> None:
+    factory = migrated(postgres_database.url)
+    acme = accounts(factory)["acme"]
+    events = [event(acme, f"kill-{n}", when=at(3, minute=n % 60)) for n in range(1500)]
+    emit(redis_url, events)
+    env = trunkline_env(
+        TRUNKLINE_DATABASE__URL=postgres_database.url,
+        TRUNKLINE_REDIS__URL=redis_url,
+        TRUNKLINE_STATE_DIR=str(tmp_path),
+        TRUNKLINE_JOBS__INGEST_BATCH="500",
+    )
+    with psycopg.connect(postgres_database.dsn) as blocker:
+        # Hold the ledger so the worker is caught between reading a batch and committing it.
+        blocker.execute("LOCK TABLE usage_events IN EXCLUSIVE MODE")
+        worker = Proc([*TRUNKLINE, "worker"], env, tmp_path, tmp_path / "worker.log")
+        consumer = ""
+
+        def mid_batch() -> bool:
+            nonlocal consumer
+            with redis.Redis.from_url(redis_url) as client:
+                try:
+                    info = client.xpending(STREAM, "ingest")
+                except redis.ResponseError:  # the worker has not made its group yet
+                    return False
+            busy = [c["name"].decode() for c in info["consumers"] if c["pending"]]
+            consumer = busy[0] if busy else ""
+            return bool(busy)
+
+        worker.wait_until(mid_batch, "the worker to hold a batch")
+        os.kill(worker.popen.pid, signal.SIGKILL)
+        assert worker.popen.wait(10) == -signal.SIGKILL
+        blocker.rollback()
+    # its batch (and the one it read ahead) are still pending, unacked
+    assert pending_of(redis_url, consumer) in (500, 1000)
+    survivor = UsageConsumer(reader(redis_url, "survivor", claim_idle_ms=200), factory)
+    wait_for(lambda: survivor.step() == 0 and ledger_count(factory) == len(events), "the ledger")
+    assert pending_of(redis_url, consumer) == 0  # the survivor claimed the dead one's batch
+    assert_reconciled(factory, events)
+
+
+def test_redis_restarted_with_its_append_only_file_while_events_flow(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    server = start_redis(tmp_path, appendonly=True)
+    try:
+        factory = migrated(postgres_url)
+        acme = accounts(factory)["acme"]
+        events = [event(acme, f"aof-{n}", when=at(3, minute=n % 60)) for n in range(2000)]
+
+        def restart_once(hundreds: int) -> None:
+            if hundreds == 7:
+                server.restart()  # SIGTERM: the AOF is flushed; then it replays it
+
+        with ConsumerThread(server.url, factory, retry_max_s=0.2):
+            emit(server.url, events, between=restart_once)
+            wait_for(lambda: ledger_count(factory) >= len(events), "every event in the ledger")
+        assert_reconciled(factory, events)
+    finally:
+        server.stop()
+
+
+def test_postgres_unavailable_events_wait_in_the_stream_then_land(redis_url: str) -> None:
+    cluster = start_postgres(durable=False)
+    try:
+        factory = migrated(cluster.create_database("outage"))
+        acme = accounts(factory)["acme"]
+        before = [event(acme, f"pre-{n}", when=at(3)) for n in range(300)]
+        during = [event(acme, f"down-{n}", when=at(3, 11)) for n in range(700)]
+        with ConsumerThread(redis_url, factory, retry_max_s=0.5) as consumer:
+            emit(redis_url, before)
+            wait_for(lambda: ledger_count(factory) == len(before), "the first events")
+            cluster.stop()
+            emit(redis_url, during)  # the gateway side does not care: Redis is up
+
+            def waiting_in_stream() -> bool:
+                with redis.Redis.from_url(redis_url) as client:
+                    [group] = client.xinfo_groups(STREAM)
+                return int(group["lag"]) + int(group["pending"]) == len(during)
+
+            wait_for(waiting_in_stream, "the events to wait in the stream")
+            retries = consumer.stats.write_retries
+            outage = subprocess.run(["sleep", str(PG_OUTAGE_S)], check=True)  # the outage itself
+            assert outage.returncode == 0 and waiting_in_stream()
+            assert consumer.stats.write_retries > retries  # it kept trying all along
+            cluster.start()
+            wait_for(lambda: ledger_count(factory) == len(before) + len(during), "the backlog")
+        assert_reconciled(factory, before + during)
+    finally:
+        cluster.destroy()
+
+
+def test_the_same_event_delivered_twice_is_counted_once(postgres_url: str, redis_url: str) -> None:
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    events = [event(acme, f"dup-{n}", when=at(3)) for n in range(200)]
+    emit(redis_url, events + events[:50])  # a gateway retried a flush: 50 entries twice
+    # A consumer commits a batch, then dies before its ack...
+    crashed = reader(redis_url, "crashed")
+    batch = crashed.read(120)
+    with factory() as session, session.begin():
+        assert write_usage(session, [record for _id, record in batch]) == 120
+    # ...so the batch is delivered again, to another consumer, with everything else.
+    survivor = UsageConsumer(reader(redis_url, "survivor", claim_idle_ms=0), factory)
+    assert survivor.drain() == 250
+    assert survivor.stats.inserted == 80
+    assert_reconciled(factory, events)
+
+
+@pytest.mark.parametrize("status", [499, 502])
+def test_unfinished_requests_are_in_the_ledger_with_their_tokens(
+    postgres_url: str, redis_url: str, status: int
+) -> None:
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    events = [
+        event(acme, f"s{status}-{n}", when=at(3), status=status, completion=n, stream=True)
+        for n in range(10)
+    ]
+    emit(redis_url, events)
+    UsageConsumer(reader(redis_url, "c"), factory).drain()
+    assert_reconciled(factory, events)

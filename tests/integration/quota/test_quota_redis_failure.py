@@ -1,0 +1,85 @@
+"""The real Redis is killed and restarted while a gateway serves: it keeps serving under its local
+limiter (fail-open), says so, and enforces Redis's exact counts again once Redis is back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import TestClient
+from tests.unit.gateway.conftest import SECRET, TENANT_A, default_world
+from tests.unit.gateway.upstreams import chat_any
+
+from support.servers import RedisServer
+from trunkline.apps.gateway import create_gateway_app
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.quota.limits import REQUESTS, Limits, QuotaBook
+from trunkline.quota.redis_store import RedisQuotaStore, connect
+from trunkline.settings import GatewaySettings, QuotaSettings
+from unit.quota.conftest import NOON, Clock, QuotaWorld
+from unit.quota.test_quota_gateway import CHAT
+
+
+@pytest.fixture
+def redis_back(redis_server: RedisServer, redis_url: str) -> Iterator[RedisServer]:
+    """The session Redis, started again whatever the test did to it."""
+    try:
+        yield redis_server
+    finally:
+        redis_server.start()
+
+
+def gateway(redis_url: str, clock: Clock, limits: Limits) -> tuple[TestClient[Any], str]:
+    base = default_world()
+    world = QuotaWorld(base.store, base.tiers, base.tenants, base.keys, base.aliases, base.pools)
+    key = world.add_key()
+    world.quotas = QuotaBook(keys={key.split("_")[1]: limits})
+    world.publish()
+    app = create_gateway_app(
+        source=world.store,
+        emitter=InMemoryUsageStream(),
+        server_secret=SECRET,
+        settings=GatewaySettings(quota=QuotaSettings(local_share=0.5, probe_every_s=1)),
+        transport=httpx.MockTransport(chat_any),
+        quota_store=RedisQuotaStore(connect(redis_url, 0.25), prefix="it"),
+        clock=clock,
+    )
+    return TestClient(app), key
+
+
+def test_redis_killed_and_restarted_during_a_run(redis_back: RedisServer, redis_url: str) -> None:
+    clock = Clock(NOON)
+    client, key = gateway(redis_url, clock, Limits(requests_per_minute=4))
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def statuses(count: int) -> list[int]:
+        return [
+            client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code
+            for _ in range(count)
+        ]
+
+    def redis_count() -> int:
+        reader = RedisQuotaStore(connect(redis_url, 1.0), prefix="it")
+        scope = [("key", key.split("_")[1])]
+        [used] = client.blocking_portal.call(reader.usage, TENANT_A, scope, clock())
+        client.blocking_portal.call(reader.close)
+        return used[REQUESTS]
+
+    with client:
+        assert statuses(1) == [200]
+        assert redis_count() == 1
+
+        redis_back.kill()
+        assert statuses(3) == [200, 200, 429], "served on, at half the limit, per process"
+        metrics = client.get("/metrics").text
+        assert "trunkline_quota_store_degraded 1.0" in metrics
+        assert client.get("/health").json()["quota_store"] == "degraded"
+
+        redis_back.start()  # empty: this Redis keeps no data across a crash
+        clock.advance(1000)
+        assert statuses(5) == [200, 200, 200, 200, 429], "Redis's own count, from zero"
+        assert redis_count() == 4
+        assert "trunkline_quota_store_degraded 0.0" in client.get("/metrics").text
+        assert client.get("/health").json()["quota_store"] == "ok"

@@ -1,0 +1,243 @@
+"""One contract for the quota store, run on the in-memory and the Redis implementation.
+
+Times are injected (epoch ms), never slept: windows, leases and deadlines move because the test
+says the clock moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from trunkline.quota.limits import (
+    CONCURRENCY,
+    DAY_TOKENS,
+    LIMIT_NAMES,
+    MONTH_COST,
+    MONTH_TOKENS,
+    REQUESTS,
+    TOKENS,
+    Limits,
+)
+from trunkline.quota.memory import InMemoryQuotaStore
+from trunkline.quota.redis_store import RedisQuotaStore
+from trunkline.quota.store import QuotaStore, ReserveRequest, Scope
+
+LEASE_MS = 60_000
+TTL_MS = 3_600_000
+
+
+def ms(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+NOON = ms(2027, 6, 15, 12, 0, 0)
+
+
+NO_LIMITS = Limits()
+
+
+def scopes(
+    key: Limits = NO_LIMITS, tenant: Limits = NO_LIMITS, *, key_id: str = "k1"
+) -> tuple[Scope, ...]:
+    return (Scope("key", key_id, key.vector()), Scope("tenant", "t1", tenant.vector()))
+
+
+def request(
+    rid: str,
+    now: int = NOON,
+    tokens: int = 100,
+    cost: int = 0,
+    scoped: tuple[Scope, ...] = scopes(),
+    tenant: str = "t1",
+) -> ReserveRequest:
+    return ReserveRequest(rid, tenant, scoped, tokens, cost, now, LEASE_MS, TTL_MS)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[QuotaStore]:
+    if request.param == "memory":
+        yield InMemoryQuotaStore()
+        return
+    url = request.getfixturevalue("redis_url")
+    redis_store = RedisQuotaStore(aioredis.Redis.from_url(url), prefix="t")
+    yield redis_store
+    await redis_store.close()
+
+
+async def used(store: QuotaStore, now: int = NOON, tenant: str = "t1") -> list[Any]:
+    return await store.usage(tenant, [("key", "k1"), ("tenant", "t1")], now)
+
+
+async def test_an_admitted_request_takes_its_share_of_every_counter(store: QuotaStore) -> None:
+    limited = scopes(Limits(requests_per_minute=10), Limits(tokens_per_month=10_000))
+    outcome = await store.reserve(request("r1", tokens=120, cost=7, scoped=limited))
+
+    assert outcome.verdict.admitted and outcome.ticket is not None
+    assert outcome.used == ((1, 120, 1, 120, 120, 7), (1, 120, 1, 120, 120, 7))
+    assert await used(store) == [(1, 120, 1, 120, 120, 7)] * 2
+    assert await store.usage("t1", [("key", "other")], NOON) == [(0, 0, 0, 0, 0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("field", "limit", "admitted"),
+    [
+        (REQUESTS, 3, 3),
+        (TOKENS, 250, 2),
+        (CONCURRENCY, 2, 2),
+        (DAY_TOKENS, 350, 3),
+        (MONTH_TOKENS, 199, 1),
+        (MONTH_COST, 25, 2),
+    ],
+)
+async def test_every_limit_is_reached_and_refuses_without_counting(
+    store: QuotaStore, field: int, limit: int, admitted: int
+) -> None:
+    limits = Limits(**{LIMIT_NAMES[field]: limit})
+    outcomes = [
+        await store.reserve(request(f"r{i}", tokens=100, cost=10, scoped=scopes(tenant=limits)))
+        for i in range(admitted + 2)
+    ]
+
+    assert [o.verdict.admitted for o in outcomes] == [True] * admitted + [False] * 2
+    refused = outcomes[-1].verdict
+    assert (refused.limit, refused.scope, refused.never_fits) == (field, 1, False)
+    counters = await used(store)
+    assert counters[1][REQUESTS] == admitted, "a refused request must not be counted"
+    assert counters[0] == counters[1], "nor counted in the scope that would have admitted it"
+
+
+async def test_budgets_are_checked_before_rate_limits_and_the_narrow_scope_first(
+    store: QuotaStore,
+) -> None:
+    spent = scopes(Limits(requests_per_minute=1, tokens_per_day=100), Limits(tokens_per_month=100))
+    await store.reserve(request("r1", tokens=100, scoped=spent))
+    verdict = (await store.reserve(request("r2", tokens=1, scoped=spent))).verdict
+
+    assert (verdict.limit, verdict.scope) == (MONTH_TOKENS, 1)
+    narrow_first = scopes(Limits(tokens_per_minute=150), Limits(tokens_per_minute=150))
+    verdict = (await store.reserve(request("r3", tokens=100, scoped=narrow_first))).verdict
+    assert (verdict.limit, verdict.scope) == (TOKENS, 0)
+
+
+async def test_a_request_larger_than_the_limit_never_fits(store: QuotaStore) -> None:
+    verdict = (
+        await store.reserve(request("r1", tokens=501, scoped=scopes(Limits(tokens_per_minute=500))))
+    ).verdict
+    assert (verdict.limit, verdict.never_fits) == (TOKENS, True)
+    assert await used(store) == [(0, 0, 0, 0, 0, 0)] * 2
+
+
+async def test_settle_refunds_down_to_actual_usage_and_frees_the_slot(store: QuotaStore) -> None:
+    limited = scopes(Limits(concurrent_requests=1))
+    ticket = (await store.reserve(request("r1", tokens=500, cost=50, scoped=limited))).ticket
+    assert ticket is not None
+    assert not (await store.reserve(request("r2", scoped=limited))).verdict.admitted
+
+    await store.settle(ticket, 120, 12, NOON + 5_000)
+
+    assert await used(store, NOON + 5_000) == [(1, 120, 0, 120, 120, 12)] * 2
+    assert (await store.reserve(request("r3", NOON + 5_000, scoped=limited))).verdict.admitted
+
+
+async def test_settle_charges_more_than_reserved_when_more_was_used(store: QuotaStore) -> None:
+    ticket = (await store.reserve(request("r1", tokens=100, cost=1))).ticket
+    assert ticket is not None
+    await store.settle(ticket, 130, 3, NOON)
+    assert (await used(store))[0] == (1, 130, 0, 130, 130, 3)
+
+
+async def test_settling_twice_counts_once(store: QuotaStore) -> None:
+    ticket = (await store.reserve(request("r1", tokens=400))).ticket
+    assert ticket is not None
+    await store.settle(ticket, 100, 0, NOON)
+    await store.settle(ticket, 100, 0, NOON)
+    await store.settle(ticket, 0, 0, NOON)
+    assert (await used(store))[0] == (1, 100, 0, 100, 100, 0)
+
+
+async def test_a_late_settle_corrects_the_window_the_reservation_was_made_in(
+    store: QuotaStore,
+) -> None:
+    ticket = (await store.reserve(request("r1", NOON - 1, tokens=400))).ticket
+    assert ticket is not None
+    assert (await store.reserve(request("r2", NOON + 10, tokens=50))).verdict.admitted
+
+    await store.settle(ticket, 100, 0, NOON + 30_000)
+
+    this_minute = (await used(store, NOON + 30_000))[0]
+    assert this_minute[:3] == (1, 50, 1), "the new minute keeps only its own reservation"
+    assert this_minute[DAY_TOKENS] == 150
+    assert (await used(store, NOON - 1))[0][:2] == (1, 100), "the old minute got the refund"
+
+
+async def test_settle_after_the_reservation_deadline_leaves_it_charged(store: QuotaStore) -> None:
+    ticket = (await store.reserve(request("r1", tokens=400))).ticket
+    assert ticket is not None
+    await store.settle(ticket, 10, 0, NOON + TTL_MS)
+    counters = (await used(store, NOON + 1000))[0]
+    assert counters[DAY_TOKENS] == 400 and counters[CONCURRENCY] == 0
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "same_day", "same_month"),
+    [
+        (ms(2027, 6, 15, 11, 59, 59) + 999, ms(2027, 6, 15, 12, 0, 0), True, True),
+        (ms(2027, 6, 15, 23, 59, 59) + 999, ms(2027, 6, 16, 0, 0, 0), False, True),
+        (ms(2027, 6, 30, 23, 59, 59) + 999, ms(2027, 7, 1, 0, 0, 0), False, False),
+        (ms(2028, 2, 28, 23, 59, 59), ms(2028, 2, 29, 0, 0, 1), False, True),
+        (ms(2028, 2, 29, 23, 59, 59) + 999, ms(2028, 3, 1, 0, 0, 0), False, False),
+        (ms(2027, 12, 31, 23, 59, 59) + 999, ms(2028, 1, 1, 0, 0, 0), False, False),
+    ],
+)
+async def test_windows_roll_over_at_utc_minute_day_and_month_edges(
+    store: QuotaStore, before: int, after: int, same_day: bool, same_month: bool
+) -> None:
+    limited = scopes(Limits(tokens_per_minute=100, tokens_per_day=200, tokens_per_month=200))
+    assert (await store.reserve(request("r1", before, tokens=100, scoped=limited))).verdict.admitted
+    full = await store.reserve(request("r2", before, tokens=1, scoped=limited))
+    assert full.verdict.limit == TOKENS
+
+    outcome = await store.reserve(request("r3", after, tokens=100, scoped=limited))
+
+    assert outcome.verdict.admitted, outcome.verdict
+    day, month = outcome.used[0][DAY_TOKENS], outcome.used[0][MONTH_TOKENS]
+    assert day == (200 if same_day else 100)
+    assert month == (200 if same_month else 100)
+
+
+async def test_a_crashed_gateways_slots_expire_and_renewed_ones_do_not(store: QuotaStore) -> None:
+    limited = scopes(Limits(concurrent_requests=2))
+    crashed = (await store.reserve(request("r1", scoped=limited))).ticket
+    alive = (await store.reserve(request("r2", scoped=limited))).ticket
+    assert crashed is not None and alive is not None
+
+    await store.renew([alive], NOON + 40_000, LEASE_MS)
+    later = NOON + LEASE_MS + 1
+
+    assert (await used(store, later))[0][CONCURRENCY] == 1
+    assert (await store.reserve(request("r3", later, scoped=limited))).verdict.admitted
+    assert not (await store.reserve(request("r4", later, scoped=limited))).verdict.admitted
+
+
+async def test_concurrent_reservations_never_overshoot(store: QuotaStore) -> None:
+    limited = scopes(tenant=Limits(tokens_per_minute=1000, concurrent_requests=50))
+    outcomes = await asyncio.gather(
+        *(store.reserve(request(f"r{i}", tokens=100, scoped=limited)) for i in range(40))
+    )
+    assert sum(o.verdict.admitted for o in outcomes) == 10
+    assert (await used(store))[1][TOKENS] == 1000
+
+
+async def test_tenants_and_keys_are_counted_apart(store: QuotaStore) -> None:
+    limited = scopes(Limits(requests_per_minute=1), key_id="k1")
+    other_key = scopes(Limits(requests_per_minute=1), key_id="k2")
+    assert (await store.reserve(request("r1", scoped=limited))).verdict.admitted
+    assert (await store.reserve(request("r2", scoped=other_key))).verdict.admitted
+    assert (await store.reserve(request("r3", scoped=limited, tenant="t2"))).verdict.admitted
+    assert not (await store.reserve(request("r4", scoped=limited))).verdict.admitted

@@ -1,0 +1,222 @@
+"""FOCUS output checked column by column against the specification's types and nullability,
+in CSV and in Parquet, on a month with every kind of line: token usage, dedicated GPUs, an SLA
+credit, and a correction to a closed period.
+
+The rules below are written from the FOCUS 1.2 column definitions, not from our code."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.billing.capacity import add_capacity
+from trunkline.billing.periods import parse_period
+from trunkline.billing.service import close, export_period
+from trunkline.kit.db import transaction
+from unit.metering.usage_support import Account, at, event, ingest
+
+Row = dict[str, Any]
+Rule = Callable[[Row], bool]
+
+DECIMAL = re.compile(r"^-?\d+(\.\d+)?$")
+DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+
+
+def usage_not_correction(row: Row) -> bool:
+    return row["ChargeCategory"] in ("Usage", "Purchase") and row["ChargeClass"] is None
+
+
+def never(_row: Row) -> bool:
+    return False
+
+
+def always(_row: Row) -> bool:
+    return True
+
+
+# column: (data type, "must not be null when", "must be null when")
+SPEC: dict[str, tuple[str, Rule, Rule]] = {
+    "BilledCost": ("Decimal", always, never),
+    "EffectiveCost": ("Decimal", always, never),
+    "ListCost": ("Decimal", always, never),
+    "ContractedCost": ("Decimal", always, never),
+    "BillingAccountId": ("String", always, never),
+    "BillingAccountName": ("String", never, never),
+    "BillingCurrency": ("String", always, never),
+    "BillingPeriodStart": ("DateTime", always, never),
+    "BillingPeriodEnd": ("DateTime", always, never),
+    "ChargePeriodStart": ("DateTime", always, never),
+    "ChargePeriodEnd": ("DateTime", always, never),
+    "ChargeCategory": ("String", always, never),
+    "ChargeClass": ("String", never, never),
+    "ChargeDescription": ("String", never, never),
+    "ChargeFrequency": ("String", always, never),
+    "ConsumedQuantity": (
+        "Decimal",
+        lambda r: r["ChargeCategory"] == "Usage" and r["ChargeClass"] is None,
+        lambda r: r["ChargeCategory"] != "Usage",
+    ),
+    "ConsumedUnit": (
+        "String",
+        lambda r: r["ChargeCategory"] == "Usage" and r["ChargeClass"] is None,
+        lambda r: r["ChargeCategory"] != "Usage",
+    ),
+    "PricingQuantity": ("Decimal", usage_not_correction, lambda r: r["ChargeCategory"] == "Tax"),
+    "PricingUnit": ("String", usage_not_correction, lambda r: r["ChargeCategory"] == "Tax"),
+    "ListUnitPrice": ("Decimal", usage_not_correction, lambda r: r["ChargeCategory"] == "Tax"),
+    "ContractedUnitPrice": (
+        "Decimal",
+        usage_not_correction,
+        lambda r: r["ChargeCategory"] == "Tax",
+    ),
+    "PricingCategory": ("String", usage_not_correction, lambda r: r["ChargeCategory"] == "Tax"),
+    "ProviderName": ("String", always, never),
+    "PublisherName": ("String", always, never),
+    "InvoiceIssuerName": ("String", always, never),
+    "InvoiceId": ("String", never, never),
+    "ServiceName": ("String", always, never),
+    "ServiceCategory": ("String", always, never),
+    "ServiceSubcategory": ("String", always, never),
+    "ResourceId": ("String", never, never),
+    "ResourceName": ("String", never, lambda r: r["ResourceId"] is None),
+    "ResourceType": ("String", never, lambda r: r["ResourceId"] is None),
+    "RegionId": ("String", never, never),
+    "RegionName": ("String", never, lambda r: r["RegionId"] is None),
+    "SubAccountId": ("String", never, never),
+    "SubAccountName": ("String", never, lambda r: r["SubAccountId"] is None),
+    "SkuId": ("String", usage_not_correction, never),
+    "SkuPriceId": ("String", usage_not_correction, never),
+    "Tags": ("KeyValue", never, never),
+}
+ALLOWED = {
+    "ChargeCategory": {"Usage", "Purchase", "Tax", "Credit", "Adjustment"},
+    "ChargeClass": {"Correction"},
+    "ChargeFrequency": {"One-Time", "Recurring", "Usage-Based"},
+    "PricingCategory": {"Standard", "Dynamic", "Committed", "Other"},
+    "ServiceCategory": {"AI and Machine Learning", "Compute"},
+    "ServiceSubcategory": {"Generative AI", "AI Platforms", "Machine Learning"},
+}
+REQUESTED_EXTENSIONS = {"x_Model", "x_TokenClass"}
+
+
+@pytest.fixture
+def month(factory: sessionmaker[Session], tenants: dict[str, Account]) -> sessionmaker[Session]:
+    acme, globex = tenants["acme"], tenants["globex"]
+    ingest(
+        factory,
+        [
+            event(acme, when=at(3), prompt=5000, cached=3000, completion=700, stream=True),
+            event(acme, when=at(3), status=499, ttft_ms=900.0),  # cancelled, a miss
+            event(acme, when=at(4), status=502, ttft_ms=None),  # failed, a miss
+            event(globex, when=at(5), prompt=10, completion=3, model="bge-small-en"),
+        ],
+    )
+    with transaction(factory) as session:
+        add_capacity(session, uuid.UUID(globex.tenant_id), "l40s", 2, at(30, 22))
+        close(session, parse_period("2026-11"), at(2, month=12))
+    ingest(factory, [event(acme, when=at(29), prompt=100, completion=1)])  # late
+    return factory
+
+
+def exported(factory: sessionmaker[Session], period: str, fmt: str) -> bytes:
+    with transaction(factory) as session:
+        return export_period(session, parse_period(period), fmt).body
+
+
+def csv_rows(body: bytes) -> list[Row]:
+    return [
+        {k: (v if v != "" else None) for k, v in row.items()}
+        for row in csv.DictReader(io.StringIO(body.decode()))
+    ]
+
+
+def check_rows(rows: list[Row]) -> list[str]:
+    problems = []
+    for n, row in enumerate(rows):
+        for column, (_kind, required, forbidden) in SPEC.items():
+            if required(row) and row[column] is None:
+                problems.append(f"row {n}: {column} is null ({row['ChargeCategory']})")
+            if forbidden(row) and row[column] is not None:
+                problems.append(f"row {n}: {column} must be null ({row['ChargeCategory']})")
+        for column, allowed in ALLOWED.items():
+            if row[column] is not None and row[column] not in allowed:
+                problems.append(f"row {n}: {column}={row[column]!r}")
+        if row["ChargeClass"] is None and row["ChargePeriodStart"] < row["BillingPeriodStart"]:
+            problems.append(f"row {n}: charge before its billing period without a correction")
+    return problems
+
+
+@pytest.mark.parametrize("period", ["2026-11", "2026-12"])
+def test_focus_csv_follows_the_specification(month: sessionmaker[Session], period: str) -> None:
+    rows = csv_rows(exported(month, period, "focus-csv"))
+    assert rows
+    columns = set(rows[0])
+    assert set(SPEC) <= columns
+    assert {c for c in columns - set(SPEC) if not c.startswith("x_")} == set()
+    assert columns >= REQUESTED_EXTENSIONS
+    for row in rows:
+        for column, (kind, _r, _f) in SPEC.items():
+            value = row[column]
+            if value is None:
+                continue
+            if kind == "Decimal":
+                assert DECIMAL.match(value), (column, value)
+            elif kind == "DateTime":
+                assert DATETIME.match(value), (column, value)
+            elif kind == "KeyValue":
+                assert isinstance(json.loads(value), dict), (column, value)
+        assert re.match(r"^[A-Z]{3}$", row["BillingCurrency"])
+        assert row["ChargePeriodStart"] < row["ChargePeriodEnd"]
+    assert check_rows(rows) == []
+
+
+def test_every_kind_of_line_is_in_the_export(month: sessionmaker[Session]) -> None:
+    november = csv_rows(exported(month, "2026-11", "focus-csv"))
+    december = csv_rows(exported(month, "2026-12", "focus-csv"))
+    assert {r["ChargeCategory"] for r in november} == {"Usage", "Credit"}
+    assert {r["x_AcceleratorFlavor"] for r in november} >= {"l40s"}
+    assert {r["x_TokenClass"] for r in november} >= {"input", "cached_input", "output"}
+    # the late event is a correction; the GPUs, still held, are December's own usage
+    assert {(r["ChargeClass"], r["x_AcceleratorFlavor"]) for r in december} == {
+        ("Correction", None),
+        (None, "l40s"),
+    }
+
+
+PARQUET_TYPES = {
+    "Decimal": pa.types.is_decimal,
+    "DateTime": lambda t: pa.types.is_timestamp(t) and t.tz == "UTC",
+    "String": pa.types.is_string,
+    "KeyValue": pa.types.is_string,
+}
+
+
+@pytest.mark.parametrize("period", ["2026-11", "2026-12"])
+def test_focus_parquet_has_typed_columns_and_the_csv_values(
+    month: sessionmaker[Session], period: str
+) -> None:
+    table = pq.read_table(io.BytesIO(exported(month, period, "focus-parquet")))
+    for column, (kind, _r, _f) in SPEC.items():
+        assert PARQUET_TYPES[kind](table.schema.field(column).type), column
+    parquet_rows = table.to_pylist()
+    csv_values = csv_rows(exported(month, period, "focus-csv"))
+    assert check_rows(parquet_rows) == []
+    assert len(parquet_rows) == len(csv_values)
+    for got, expected in zip(parquet_rows, csv_values, strict=True):
+        assert Decimal(expected["BilledCost"]) == got["BilledCost"]
+        assert got["ChargePeriodStart"] == datetime.fromisoformat(expected["ChargePeriodStart"])
+        assert got["ChargePeriodStart"].tzinfo is not None
+        assert got["Tags"] == expected["Tags"]
+    assert datetime(2026, 11, 1, tzinfo=UTC) <= parquet_rows[0]["ChargePeriodStart"]

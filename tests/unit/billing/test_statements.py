@@ -1,0 +1,183 @@
+"""Billing a period: what is billed (cancelled yes, failed no, cached as cached), closing it,
+corrections for late events, reproducible re-exports, GPU capacity by the hour."""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from decimal import Decimal
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.billing.capacity import add_capacity
+from trunkline.billing.periods import parse_period
+from trunkline.billing.pricebook import PriceBook, version_from_document
+from trunkline.billing.service import apply_price_book, close, export_period
+from trunkline.errors import Conflict
+from trunkline.kit.db import transaction
+from unit.metering.usage_support import Account, at, event, ingest
+
+NOV, DEC = parse_period("2026-11"), parse_period("2026-12")
+
+
+def focus(
+    factory: sessionmaker[Session], period: str = "2026-11", **kw: object
+) -> list[dict[str, str]]:
+    with transaction(factory) as session:
+        body = export_period(session, parse_period(period), "focus-csv", **kw).body  # type: ignore[arg-type]
+    return list(csv.DictReader(io.StringIO(body.decode())))
+
+
+def billed(rows: list[dict[str, str]], **match: str) -> Decimal:
+    selected = [r for r in rows if all(r[k] == v for k, v in match.items())]
+    return sum((Decimal(r["BilledCost"]) for r in selected), Decimal(0))
+
+
+def test_cached_tokens_are_priced_as_cached(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    ingest(
+        factory,
+        [event(tenants["acme"], when=at(3), prompt=1_000_000, cached=400_000, completion=0)],
+    )
+    rows = focus(factory)
+    by_class = {r["x_TokenClass"]: r for r in rows if r["ChargeCategory"] == "Usage"}
+    # gold = 1.5 x list: input 0.20 -> 0.30, cached 0.05 -> 0.075 per million
+    assert by_class["input"]["ConsumedQuantity"] == "600000"
+    assert Decimal(by_class["input"]["BilledCost"]) == Decimal("0.18")
+    assert by_class["cached_input"]["ConsumedQuantity"] == "400000"
+    assert Decimal(by_class["cached_input"]["ListUnitPrice"]) == Decimal("0.075")
+    assert Decimal(by_class["cached_input"]["BilledCost"]) == Decimal("0.03")
+
+
+def test_cancelled_requests_are_billed_and_failed_ones_only_metered(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    acme = tenants["acme"]
+    ingest(
+        factory,
+        [
+            event(acme, when=at(3), status=200, prompt=1_000_000, completion=0, stream=True),
+            event(acme, when=at(3), status=499, prompt=1_000_000, completion=0, stream=True),
+            event(acme, when=at(3), status=502, prompt=1_000_000, completion=0),
+        ],
+    )
+    rows = focus(factory)
+    assert billed(rows, x_TokenClass="input") == Decimal("0.6")  # two of three, 0.30 each
+
+
+def test_late_event_after_export_is_billed_as_a_correction_next_period(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, when=at(3), prompt=1_000_000, completion=0)])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    final_nov = focus(factory)
+    assert {r["InvoiceId"] for r in final_nov} == {"TL-2026-11-acme"}
+
+    ingest(factory, [event(acme, when=at(29), prompt=2_000_000, completion=0)])  # late
+
+    assert focus(factory) == final_nov  # a closed period reads the same for ever
+    december = focus(factory, "2026-12")
+    [correction] = [r for r in december if r["ChargeClass"] == "Correction"]
+    assert correction["ChargePeriodStart"] == "2026-11-29T10:00:00Z"
+    assert correction["BillingPeriodStart"] == "2026-12-01T00:00:00Z"
+    assert correction["ConsumedQuantity"] == "2000000"
+    assert Decimal(correction["BilledCost"]) == Decimal("0.6")
+
+    with transaction(factory) as session:
+        assert close(session, DEC, at(2, month=1, year=2027))
+    final_december = focus(factory, "2026-12")
+    assert {r["InvoiceId"] for r in final_december} == {"TL-2026-12-acme"}
+    assert [{**r, "InvoiceId": ""} for r in final_december] == december  # the preview, final
+    assert focus(factory, "2027-01") == []  # and the correction is billed once
+
+
+def test_a_late_event_can_change_the_sla_credit_of_a_closed_period(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, when=at(3, minute=m), ttft_ms=100.0) for m in range(19)])
+    with transaction(factory) as session:
+        close(session, NOV, at(2, month=12))
+    assert not [r for r in focus(factory) if r["ChargeCategory"] == "Credit"]
+    ingest(factory, [event(acme, when=at(3, minute=30), ttft_ms=5000.0)])  # 19/20 = 95%: ok
+    ingest(factory, [event(acme, when=at(3, minute=31), ttft_ms=5000.0)])  # 19/21 < 95%
+    credits = [r for r in focus(factory, "2026-12") if r["ChargeCategory"] == "Credit"]
+    assert [(r["ChargeClass"], r["x_Tier"]) for r in credits] == [("Correction", "gold")]
+    assert Decimal(credits[0]["BilledCost"]) < 0
+
+
+def test_price_versions_apply_from_their_instant_and_never_inside_a_closed_period(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    models = {"*": {"input": "1", "cached_input": "1", "output": "1"}}
+    book = PriceBook(
+        [
+            version_from_document(
+                {"version": 1, "effective_from": "2026-01-01T00:00:00Z", "models": models}
+            ),
+            version_from_document(
+                {
+                    "version": 2,
+                    "effective_from": "2026-11-15T00:00:00Z",
+                    "models": {"*": {"input": "2", "cached_input": "2", "output": "2"}},
+                }
+            ),
+        ]
+    )
+    with transaction(factory) as session:
+        assert apply_price_book(session, book) == [1, 2]
+        assert apply_price_book(session, book) == []
+    acme = tenants["initech"]  # bronze: no multiplier in this book
+    ingest(
+        factory,
+        [
+            event(acme, when=at(14, 23), prompt=1_000_000, completion=0),
+            event(acme, when=at(15, 0), prompt=1_000_000, completion=0),
+        ],
+    )
+    rows = focus(factory)
+    assert sorted(Decimal(r["BilledCost"]) for r in rows) == [Decimal(1), Decimal(2)]
+    with transaction(factory) as session:
+        close(session, NOV, at(2, month=12))
+    late = version_from_document(
+        {"version": 3, "effective_from": "2026-11-20T00:00:00Z", "models": models}
+    )
+    with transaction(factory) as session, pytest.raises(Conflict, match="closed"):
+        apply_price_book(session, PriceBook([*book.versions, late]))
+
+
+def test_dedicated_gpus_are_billed_every_hour_busy_or_idle(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    with transaction(factory) as session:
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            8,
+            at(30, 21, 30),
+            region="eu-west",
+        )
+    rows = [r for r in focus(factory) if r["x_AcceleratorFlavor"] == "h100"]
+    # from 21:30 (that hour billed in full) to the end of November: 21:00, 22:00, 23:00
+    assert [r["ChargePeriodStart"][11:16] for r in rows] == ["21:00", "22:00", "23:00"]
+    assert {r["ConsumedQuantity"] for r in rows} == {"8"}
+    assert billed(rows) == 3 * 8 * Decimal("4.00")
+    with transaction(factory) as session:
+        close(session, NOV, at(2, month=12))
+        with pytest.raises(Conflict):
+            add_capacity(session, uuid.UUID(tenants["globex"].tenant_id), "h100", 1, at(29))
+
+
+def test_a_tenant_export_holds_only_that_tenant(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    ingest(factory, [event(tenants[slug], when=at(3)) for slug in ("acme", "globex")])
+    acme = uuid.UUID(tenants["acme"].tenant_id)
+    assert {r["BillingAccountId"] for r in focus(factory, tenant_id=acme)} == {str(acme)}
+    assert len({r["BillingAccountId"] for r in focus(factory)}) == 2

@@ -1,0 +1,138 @@
+"""The fleet simulator: deterministic, routed by the gateway's policies, and its accounting."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+import pytest
+
+from trunkline.engines import get_profile
+from trunkline.fleet import Decision, FleetSpec, PoolSpec, simulate
+from trunkline.gateway.routing import EndpointView, RequestView, make_policy
+from trunkline.snapshot import TierEntry
+from trunkline.workloads import CareWorkload, Prompt, WorkloadRequest, segment, stable_key
+
+CARE = CareWorkload(duration_s=40, rate=3)
+
+
+def test_a_run_is_deterministic_for_a_seed() -> None:
+    spec = FleetSpec.uniform("h100", 3, seed=4)
+    first = simulate(spec, make_policy("round-robin"), CARE).metrics()
+    again = simulate(spec, make_policy("round-robin"), CARE).metrics()
+    assert first == again
+    other = simulate(spec, make_policy("round-robin"), replace(CARE, seed=2)).metrics()
+    assert other != first
+
+
+def test_batched_decoding_changes_no_metric() -> None:
+    spec = FleetSpec.uniform("a100", 2)
+    batched = simulate(spec, make_policy("least-loaded"), CARE).metrics()
+    stepped = simulate(spec, make_policy("least-loaded"), CARE, batch_decodes=False).metrics()
+    assert batched.keys() == stepped.keys()
+    for name, value in batched.items():
+        assert value == pytest.approx(stepped[name], rel=1e-9), name
+
+
+@dataclass(frozen=True)
+class Scripted:
+    """A hand-written workload: (arrival, tenant, prompt tokens, max tokens)."""
+
+    rows: tuple[tuple[float, str, int, int], ...]
+    tenant_tiers: Mapping[str, str] = field(default_factory=lambda: {"a": "gold", "b": "bronze"})
+    name: str = "scripted"
+    duration_s: float = 10.0
+
+    @property
+    def tenants(self) -> Mapping[str, str]:
+        return self.tenant_tiers
+
+    def requests(self) -> Iterator[WorkloadRequest]:
+        for index, (at, tenant, tokens, max_tokens) in enumerate(self.rows):
+            prompt = Prompt(segment(stable_key("scripted", index), tokens))
+            yield WorkloadRequest(f"s{index}", at, tenant, prompt, max_tokens)
+
+
+def test_round_robin_and_least_loaded_place_requests_differently() -> None:
+    # A long request first, then short ones that each end before the next: least-loaded keeps
+    # them off the engine still busy with the long one, round-robin alternates.
+    rows = ((0.0, "a", 6000, 400), *((0.4 * i, "a", 50, 20) for i in range(1, 7)))
+    workload = Scripted(rows)
+    spec = FleetSpec.uniform("h100", 2)
+    rr = simulate(spec, make_policy("round-robin"), workload)
+    ll = simulate(spec, make_policy("least-loaded"), workload)
+    on_busy = {r.outcomes[0].endpoint for r in (rr, ll)}
+    assert len(on_busy) == 1
+    busy = on_busy.pop()
+    assert sum(o.endpoint == busy for o in rr.outcomes) == 4
+    assert sum(o.endpoint == busy for o in ll.outcomes) == 1
+
+
+def test_a_tenant_with_no_pool_in_its_regions_is_rejected_and_misses_its_slo() -> None:
+    spec = FleetSpec(
+        pools=(PoolSpec("eu-pool", "h100", 1, region="eu"),), tenant_regions={"b": ("us",)}
+    )
+    result = simulate(
+        spec, make_policy("round-robin"), Scripted(((0.0, "a", 50, 5), (0.1, "b", 50, 5)))
+    )
+    statuses = {o.tenant: o.status for o in result.outcomes}
+    assert statuses == {"a": "ok", "b": "rejected:no_endpoint"}
+    assert result.attainment_by("tenant") == {"a": 1.0, "b": 0.0}
+    assert result.metrics()["rejected"] == 1
+
+
+def test_a_request_over_the_context_length_is_invalid_like_a_vllm_400() -> None:
+    too_long = get_profile("h100").max_model_len
+    result = simulate(
+        FleetSpec.uniform("h100", 1),
+        make_policy("round-robin"),
+        Scripted(((0.0, "a", too_long, 10), (0.0, "a", 100, 10))),
+    )
+    assert [o.status for o in result.outcomes] == ["invalid", "ok"]
+
+
+class RejectBronze:
+    def admit(
+        self, request: RequestView, tier: TierEntry, endpoint: EndpointView, now: float
+    ) -> Decision:
+        return Decision(tier.name != "bronze", "slo_unattainable")
+
+
+def test_the_admission_hook_sees_each_request_and_its_rejections_are_counted() -> None:
+    workload = Scripted(((0.0, "a", 50, 5), (0.1, "b", 50, 5), (0.2, "b", 50, 5)))
+    result = simulate(
+        FleetSpec.uniform("h100", 1), make_policy("round-robin"), workload, admission=RejectBronze()
+    )
+    rejected = "rejected:slo_unattainable"
+    assert [o.status for o in result.outcomes] == ["ok", rejected, rejected]
+    metrics = result.metrics()
+    assert (metrics["slo_attainment_gold"], metrics["slo_attainment_bronze"]) == (1.0, 0.0)
+
+
+def test_slo_attainment_follows_the_tier_objectives() -> None:
+    # Gold wants TTFT <= 500 ms: a 60k-token prompt on an L40S takes seconds to prefill.
+    workload = Scripted(((0.0, "a", 60_000, 5), (0.0, "b", 60_000, 5)))
+    result = simulate(FleetSpec.uniform("l40s", 2), make_policy("round-robin"), workload)
+    outcome = {o.tenant: o for o in result.outcomes}
+    assert outcome["a"].ttft > 0.5 and not outcome["a"].slo_met
+    assert outcome["b"].ttft < 10 and outcome["b"].slo_met  # bronze: 10 s, no ITL objective
+
+
+def test_cost_is_the_hourly_price_of_every_replica_over_the_run() -> None:
+    spec = FleetSpec(pools=(PoolSpec("p", "h100", 2, cost_per_hour=3.6),))
+    result = simulate(spec, make_policy("round-robin"), CARE)
+    metrics = result.metrics()
+    assert metrics["cost_usd"] == pytest.approx(2 * 3.6 * metrics["horizon_s"] / 3600)
+    assert metrics["gpu_seconds"] == pytest.approx(2 * metrics["horizon_s"])
+    tokens = metrics["total_tokens_per_s"] * metrics["horizon_s"]
+    assert metrics["cost_per_1m_tokens_usd"] == pytest.approx(metrics["cost_usd"] / tokens * 1e6)
+    assert 0 < metrics["utilisation"] <= 1
+
+
+def test_prefix_hits_are_measured_and_bounded_by_the_oracle() -> None:
+    from trunkline.workloads import token_oracle
+
+    workload = CareWorkload(duration_s=60, rate=2, turns=4, think_s=4)
+    result = simulate(FleetSpec.uniform("h100", 4), make_policy("round-robin"), workload)
+    hit_rate = result.metrics()["prefix_hit_rate"]
+    assert 0.3 < hit_rate <= token_oracle(workload.requests(), 16).token_hit_rate

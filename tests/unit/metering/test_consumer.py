@@ -1,0 +1,71 @@
+"""The consumer acks a batch only after the ledger committed it: a database that is away
+leaves events waiting, and a consumer stopped mid-retry leaves its batch to be claimed."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.models import UsageEvent
+from unit.metering.usage_support import Account, at, event
+
+
+class FlakyDatabase:
+    """A session factory whose first ``failures`` sessions cannot reach the database."""
+
+    def __init__(self, factory: sessionmaker[Session], failures: int) -> None:
+        self.factory = factory
+        self.failures = failures
+
+    def __call__(self) -> Session:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OperationalError("connect", {}, ConnectionRefusedError("database is down"))
+        return self.factory()
+
+
+def ledger_count(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(UsageEvent)) or 0)
+
+
+def test_events_wait_while_the_database_is_away_then_land(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    stream = InMemoryUsageStream(claim_idle_s=3600)
+    for n in range(10):
+        stream.emit(event(tenants["acme"], f"r{n}", when=at(3)))
+    flaky: Any = FlakyDatabase(factory, failures=3)
+    consumer = UsageConsumer(stream, flaky, batch_size=4, retry_initial_s=0.001)
+    assert consumer.drain() == 10
+    assert consumer.stats.write_retries == 3
+    assert ledger_count(factory) == 10
+    assert len(stream) == 0  # all acked
+
+
+def test_a_consumer_stopped_while_retrying_leaves_its_batch_pending(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    stream = InMemoryUsageStream(claim_idle_s=0)
+    for n in range(3):
+        stream.emit(event(tenants["acme"], f"r{n}", when=at(3)))
+    stop = threading.Event()
+    down: Any = FlakyDatabase(factory, failures=1)
+    original = down.__call__
+
+    def down_then_stop() -> Session:
+        stop.set()  # the process is told to stop while the database is away
+        return original()  # type: ignore[no-any-return]
+
+    dying = UsageConsumer(stream, down_then_stop, stop=stop, retry_initial_s=0.001)  # type: ignore[arg-type]
+    assert dying.step() == 0
+    assert len(stream) == 3  # nothing acked
+    survivor = UsageConsumer(stream.reader(claim_idle_s=0), factory)
+    assert survivor.drain() == 3
+    assert ledger_count(factory) == 3

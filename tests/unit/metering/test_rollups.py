@@ -1,0 +1,134 @@
+"""Hourly rollups from the ledger: outcomes, SLO attainment counts, idempotent reruns, and late
+events that update exactly their own hour."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.kit.db import transaction
+from trunkline.metering.rollups import rollup_usage
+from trunkline.models import UsageRollup, UsageRollupWatermark
+from unit.metering.usage_support import Account, at, event, ingest
+
+
+def rollups(factory: sessionmaker[Session]) -> list[dict[str, Any]]:
+    with transaction(factory) as session:
+        rows = session.scalars(select(UsageRollup).order_by(UsageRollup.hour, UsageRollup.outcome))
+        return [
+            {k: getattr(r, k) for k in ("hour", "outcome", "requests", "prompt_tokens",
+                                        "cached_tokens", "completion_tokens", "slo_eligible",
+                                        "slo_met", "revision", "tier")}
+            for r in rows
+        ]  # fmt: skip
+
+
+# acme is gold: TTFT SLO 500 ms
+@pytest.mark.parametrize(
+    ("status", "ttft_ms", "outcome", "eligible", "met"),
+    [
+        (200, 120.0, "completed", 1, 1),
+        (200, 500.0, "completed", 1, 1),  # on the SLO is within it
+        (200, 501.0, "completed", 1, 0),
+        (200, None, "completed", 0, 0),  # embeddings have no first token
+        (499, 80.0, "cancelled", 1, 1),  # the client left after its first token
+        (499, None, "cancelled", 0, 0),  # ... or before it: not the platform's miss
+        (400, None, "rejected", 0, 0),
+        (502, 90.0, "failed", 1, 0),  # a server-side failure is a miss
+        (503, None, "failed", 1, 0),
+    ],
+)
+def test_outcome_and_slo_counts(
+    factory: sessionmaker[Session],
+    tenants: dict[str, Account],
+    status: int,
+    ttft_ms: float | None,
+    outcome: str,
+    eligible: int,
+    met: int,
+) -> None:
+    ingest(factory, [event(tenants["acme"], when=at(3), status=status, ttft_ms=ttft_ms)])
+    [row] = rollups(factory)
+    assert (row["outcome"], row["slo_eligible"], row["slo_met"]) == (outcome, eligible, met)
+
+
+def test_events_of_one_hour_add_up_and_hours_stay_apart(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    acme = tenants["acme"]
+    ingest(
+        factory,
+        [
+            event(acme, when=at(3, 10, 0), prompt=100, cached=40, completion=10),
+            event(acme, when=at(3, 10, 59), prompt=200, cached=0, completion=20),
+            event(acme, when=at(3, 11, 0), prompt=1, cached=1, completion=1),
+        ],
+    )
+    ten, eleven = rollups(factory)
+    assert (ten["hour"], ten["requests"], ten["prompt_tokens"], ten["cached_tokens"]) == (
+        at(3, 10), 2, 300, 40,
+    )  # fmt: skip
+    assert (eleven["hour"], eleven["requests"], eleven["completion_tokens"]) == (at(3, 11), 1, 1)
+
+
+def test_a_rerun_changes_nothing_and_redelivery_counts_once(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    first = event(tenants["acme"], "req-1", when=at(3))
+    ingest(factory, [first, first])
+    before = rollups(factory)
+    ingest(factory, [first])  # delivered a third time
+    run = rollup_usage(factory)
+    assert run.tenant_hours == 0
+    assert rollups(factory) == before
+    assert before[0]["requests"] == 1
+
+
+def test_a_late_event_updates_only_its_own_hour(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    acme, globex = tenants["acme"], tenants["globex"]
+    ingest(factory, [event(acme, when=at(3, 10)), event(acme, when=at(4, 10)),
+                     event(globex, when=at(3, 10))])  # fmt: skip
+    ingest(factory, [event(acme, when=at(3, 10, 30))], rollup=False)
+    with transaction(factory) as session:
+        pending = session.scalars(
+            select(UsageRollupWatermark.hour).where(
+                UsageRollupWatermark.changed_seq > UsageRollupWatermark.rolled_seq
+            )
+        ).all()
+    assert pending == [at(3, 10)]
+    run = rollup_usage(factory)
+    assert (run.tenant_hours, run.inserted, run.updated) == (1, 0, 1)
+    by_revision = {(r["hour"], r["tier"]): (r["requests"], r["revision"]) for r in rollups(factory)}
+    assert by_revision == {
+        (at(3, 10), "gold"): (2, 2),
+        (at(4, 10), "gold"): (1, 1),
+        (at(3, 10), "silver"): (1, 1),
+    }
+
+
+def test_every_emitted_token_is_in_the_rollups(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    events = [
+        event(tenants[slug], when=at(day, hour), prompt=10 * day + hour, completion=hour,
+              status=status)
+        for slug in ("acme", "globex", "initech")
+        for day in (1, 15, 30)
+        for hour, status in ((0, 200), (13, 499), (23, 502))
+    ]  # fmt: skip
+    ingest(factory, events)
+    with transaction(factory) as session:
+        sums = session.execute(
+            select(func.sum(UsageRollup.requests), func.sum(UsageRollup.prompt_tokens),
+                   func.sum(UsageRollup.completion_tokens))
+        ).one()  # fmt: skip
+    assert tuple(sums) == (
+        len(events),
+        sum(e.prompt_tokens for e in events),
+        sum(e.completion_tokens for e in events),
+    )

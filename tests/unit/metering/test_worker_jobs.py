@@ -1,0 +1,74 @@
+"""The worker's jobs are plain functions: the embedded mode runs them in-process over the
+in-memory stream and SQLite, on the schedule Celery beat would follow."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.billing.periods import parse_period
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.models import BillingPeriod, UsageEvent, UsageRollup
+from trunkline.worker.inprocess import drain, run_jobs
+from trunkline.worker.jobs import JobContext, JobSettings, close_periods
+from unit.metering.usage_support import Account, at, event
+
+
+def context(factory: sessionmaker[Session], stream: InMemoryUsageStream) -> JobContext:
+    settings = JobSettings(ingest_interval_s=0.01, rollup_interval_s=0.01, close_grace_hours=48)
+    return JobContext(factory, lambda: stream, settings, clock=lambda: at(10, month=12))
+
+
+def totals(factory: sessionmaker[Session]) -> tuple[int, int]:
+    with factory() as session:
+        events = session.scalar(select(func.count()).select_from(UsageEvent)) or 0
+        rolled = session.scalar(select(func.coalesce(func.sum(UsageRollup.requests), 0))) or 0
+    return int(events), int(rolled)
+
+
+async def test_in_process_jobs_ingest_and_roll_up(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    stream = InMemoryUsageStream(claim_idle_s=1)
+    for n in range(50):
+        stream.emit(event(tenants["acme"], f"e{n}", when=at(3, n % 24)))
+    jobs = asyncio.create_task(run_jobs(context(factory, stream)))
+    try:
+        for _ in range(400):
+            if totals(factory) == (50, 50):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        jobs.cancel()
+    assert totals(factory) == (50, 50)
+
+
+def test_shutdown_drains_what_is_left(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    stream = InMemoryUsageStream(claim_idle_s=1)
+    stream.emit(event(tenants["acme"], "last", when=at(3)))
+    drain(context(factory, stream))
+    assert totals(factory) == (1, 1)
+
+
+def test_months_close_once_their_grace_period_is_over_and_are_exported(
+    factory: sessionmaker[Session], tenants: dict[str, Account], tmp_path: Path
+) -> None:
+    stream = InMemoryUsageStream()
+    stream.emit(event(tenants["acme"], "nov", when=at(30, 23)))
+    ctx = context(factory, stream)
+    ctx.settings.export_dir = tmp_path / "finance"
+    drain(ctx)
+    assert close_periods(ctx) == ["2026-11"]  # ended Dec 1, grace 48 h, now Dec 10
+    assert close_periods(ctx) == []
+    assert sorted(p.name for p in ctx.settings.export_dir.iterdir()) == [
+        "trunkline-focus-csv-2026-11-all.csv",
+        "trunkline-focus-parquet-2026-11-all.parquet",
+    ]
+    with factory() as session:
+        closed = session.scalars(select(BillingPeriod.period_start)).all()
+    assert closed == [parse_period("2026-11").start]

@@ -1,0 +1,107 @@
+"""Helpers for metering and billing tests (no fixtures here): a migrated database with the
+example tenants of ``tenants/``, usage events for them, and ingest through the real consumer."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.kit.db import make_engine, make_sessionmaker, transaction
+from trunkline.kit.migrate import upgrade
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.rollups import rollup_usage
+from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.models import Project, Tenant
+from trunkline.tenancy.manifests import apply_manifests
+
+TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
+LLAMA = "llama-3.1-8b-instruct"
+
+
+@dataclass(frozen=True)
+class Account:
+    tenant_id: str
+    project_id: str
+    tier: str
+    key_id: str
+
+
+def at(day: int, hour: int = 10, minute: int = 0, month: int = 11, year: int = 2026) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
+def migrated(url: str) -> sessionmaker[Session]:
+    """Migrate ``url`` and apply ``tenants/`` (acme gold, globex silver, initech bronze)."""
+    upgrade(url)
+    factory = make_sessionmaker(make_engine(url))
+    apply_manifests(factory, TENANTS_DIR)
+    return factory
+
+
+def accounts(factory: sessionmaker[Session]) -> dict[str, Account]:
+    """slug -> the tenant's first project, tier and a made-up key id."""
+    with transaction(factory) as session:
+        out = {}
+        for tenant in session.scalars(select(Tenant)):
+            project = session.scalars(select(Project).where(Project.tenant_id == tenant.id)).first()
+            assert project is not None
+            key = (tenant.slug + "key").ljust(12, "0")[:12]
+            out[tenant.slug] = Account(str(tenant.id), str(project.id), tenant.tier.name, key)
+        return out
+
+
+def event(
+    account: Account,
+    request_id: str | None = None,
+    *,
+    when: datetime,
+    status: int = 200,
+    prompt: int = 1000,
+    cached: int = 0,
+    completion: int = 100,
+    ttft_ms: float | None = 100.0,
+    model: str = LLAMA,
+    stream: bool = False,
+) -> UsageRecord:
+    return UsageRecord(
+        request_id=request_id or f"req-{uuid.uuid4().hex}",
+        tenant_id=account.tenant_id,
+        project_id=account.project_id,
+        key_id=account.key_id,
+        alias=model,
+        model=model,
+        endpoint_kind="chat",
+        tier=account.tier,
+        stream=stream,
+        status=status,
+        error_code=None if status == 200 else "error",
+        pool="h100-eu-west",
+        endpoint="http://engine-1",
+        region="eu-west",
+        accelerator="h100",
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        completion_tokens=completion,
+        ttft_ms=ttft_ms,
+        latency_ms=1000.0,
+        started_at=when.timestamp(),
+    )
+
+
+def ingest(
+    factory: sessionmaker[Session], events: list[UsageRecord], *, rollup: bool = True
+) -> int:
+    """Through the in-memory stream and the real consumer, then the rollup job."""
+    stream = InMemoryUsageStream(claim_idle_s=0)
+    for item in events:
+        stream.emit(item)
+    moved = UsageConsumer(stream, factory).drain()
+    if rollup:
+        rollup_usage(factory)
+    return moved

@@ -1,0 +1,104 @@
+"""``trunkline quota show|set`` against the configured database, as a platform admin would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trunkline.cli.main import main
+from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.kit.migrate import upgrade
+from trunkline.snapshot.builder import build_snapshot
+from unit.controlplane.cp_support import SERVER_SECRET, TENANTS_DIR
+
+
+@pytest.fixture
+def configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", url)
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    monkeypatch.delenv("TRUNKLINE_REDIS__URL", raising=False)
+    assert main(["tenants", "apply", str(TENANTS_DIR)]) == 0
+    capsys.readouterr()
+    return url
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if code == 0 else out, err
+
+
+def snapshot_quotas(url: str) -> Any:
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return build_snapshot(session, 0).quotas
+    finally:
+        engine.dispose()
+
+
+def test_set_changes_only_the_limits_named(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    code, out, _ = run(
+        capsys, "quota", "set", "--tier", "gold", "--scope", "key",
+        "--tokens-per-minute", "5000", "--requests-per-minute", "none",
+    )  # fmt: skip
+    assert code == 0
+    assert out["key"] == {
+        "requests_per_minute": None,
+        "tokens_per_minute": 5000,
+        "concurrent_requests": 128,
+    }
+    assert run(capsys, "quota", "show", "--tier", "gold")[1]["key"] == out["key"]
+
+
+def test_tenant_overrides_are_set_and_inherited_again(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    args = ("quota", "set", "--tenant", "acme", "--scope", "tenant")
+    code, out, _ = run(capsys, *args, "--cost-per-month-usd", "12.5")
+    assert code == 0 and out["limits"]["tenant"]["cost_per_month_usd"] == 12.5
+    assert out["usage"] is None, "no Redis: the counters live in the gateways"
+    assert snapshot_quotas(configured).tenants[out["tenant_id"]].cost_per_month == 12_500_000
+
+    code, out, _ = run(capsys, *args, "--cost-per-month-usd", "inherit")
+    assert out["overrides"]["tenant"] == {}
+    assert snapshot_quotas(configured).tenants[out["tenant_id"]].cost_per_month is None
+
+
+def test_a_key_gets_its_own_limits(capsys: pytest.CaptureFixture[str], configured: str) -> None:
+    assert main(["keys", "create", "--tenant", "acme", "--project", "demo", "--name", "k"]) == 0
+    key_id = capsys.readouterr().out.strip().split("_")[1]
+
+    code, out, _ = run(capsys, "quota", "set", "--key", key_id, "--requests-per-minute", "3")
+
+    assert code == 0 and out["limits"]["key"]["requests_per_minute"] == 3
+    shown = run(capsys, "quota", "show", "--key", key_id)[1]
+    assert shown["overrides"] == {"requests_per_minute": 3}
+    assert snapshot_quotas(configured).keys[key_id].requests_per_minute == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["quota", "set", "--tier", "gold", "--tokens-per-day", "9"], "--scope is required"),
+        (["quota", "set", "--tier", "gold", "--scope", "key", "--tokens-per-day", "x"], "number"),
+        (["quota", "set", "--tier", "gold", "--scope", "key", "--tokens-per-day", "-1"], ">= 0"),
+        (["quota", "show", "--tenant", "nope"], "not found"),
+        (["quota", "show"], "--tier, --tenant or --key"),
+    ],
+)
+def test_mistakes_are_explained(
+    capsys: pytest.CaptureFixture[str], configured: str, argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err

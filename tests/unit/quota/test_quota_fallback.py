@@ -1,0 +1,129 @@
+"""When the shared quota store goes away: local limits (fail-open) or 503 (fail-closed), said in
+metrics, logs and /health, and exact limits again once it is back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from trunkline.quota.limits import DAY_TOKENS, REQUESTS, Limits
+from trunkline.quota.memory import InMemoryQuotaStore
+from trunkline.quota.rules import Vector
+from trunkline.quota.store import Outcome, ReserveRequest, StoreUnavailable, Ticket
+from unit.quota.conftest import Gateway
+from unit.quota.test_quota_gateway import CHAT, open_stream
+
+
+class Flaky:
+    """A shared store that can be taken away and brought back."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryQuotaStore()
+        self.down = False
+
+    def _reachable(self) -> None:
+        if self.down:
+            raise StoreUnavailable("connection refused")
+
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        self._reachable()
+        return await self.inner.reserve(request)
+
+    async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
+        self._reachable()
+        await self.inner.settle(ticket, tokens, cost, now_ms)
+
+    async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
+        self._reachable()
+        await self.inner.renew(tickets, now_ms, lease_ms)
+
+    async def usage(
+        self, tenant_id: str, scopes: Sequence[tuple[str, str]], now_ms: int
+    ) -> list[Vector]:
+        return await self.inner.usage(tenant_id, scopes, now_ms)
+
+    async def close(self) -> None:
+        return None
+
+
+def metric(gw: Gateway, line: str) -> bool:
+    return line in gw.client.get("/metrics").text
+
+
+def statuses(gw: Gateway, count: int) -> list[int]:
+    return [gw.post(CHAT).status_code for _ in range(count)]
+
+
+def test_fail_open_limits_each_process_to_its_share_and_says_so(
+    make_gateway: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky, local_share=0.5)
+    gw.limit(key=Limits(requests_per_minute=4))
+    assert statuses(gw, 1) == [200]
+
+    flaky.down = True
+    with caplog.at_level(logging.WARNING, logger="trunkline.quota.fallback"):
+        assert statuses(gw, 3) == [200, 200, 429], "half of 4 per minute, decided locally"
+
+    assert metric(gw, "trunkline_quota_store_degraded 1.0")
+    assert metric(gw, 'trunkline_quota_store_errors_total{operation="reserve"} 1.0')
+    assert metric(gw, 'outcome="rate_limited"} 1.0') and metric(gw, 'decided_by="local"')
+    assert gw.client.get("/health").json()["quota_store"] == "degraded"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "limiting per process" in errors[0].getMessage()
+
+    flaky.down = False
+    gw.clock.advance(1000)  # the next probe
+    assert statuses(gw, 4) == [200, 200, 200, 429], "the store's own count again: 1 + 3"
+    assert metric(gw, "trunkline_quota_store_degraded 0.0")
+    assert gw.client.get("/health").json()["quota_store"] == "ok"
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+def test_while_away_budgets_continue_from_what_was_left(make_gateway: Any) -> None:
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky)
+    gw.limit(tenant=Limits(tokens_per_day=24 + 38 + 10))  # room for one more request, barely
+    assert statuses(gw, 1) == [200]
+    flaky.down = True
+    assert statuses(gw, 1) == [429], "the day's budget is as spent as the store last said"
+
+
+def test_fail_closed_refuses_with_503_until_the_store_is_back(make_gateway: Any) -> None:
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky, on_store_failure="closed")
+    gw.limit(key=Limits(requests_per_minute=100))
+    flaky.down = True
+
+    refused = gw.post(CHAT)
+
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "quota_unavailable"
+    assert refused.headers["retry-after"] == "1" and refused.headers["retry-after-ms"] == "1000"
+    assert gw.upstream == []
+    flaky.down = False
+    gw.clock.advance(1000)
+    assert statuses(gw, 1) == [200]
+
+
+def test_settles_that_missed_the_store_are_replayed_when_it_returns(make_gateway: Any) -> None:
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky)
+    gw.limit(key=Limits(tokens_per_day=10_000, concurrent_requests=5))
+    events = gw.call(open_stream, gw)
+    flaky.down = True
+    gw.call(events.aclose)
+    gw.call(gw.service.quota.drain)
+    assert gw.counters()[DAY_TOKENS] == 38, "still the whole reservation"
+
+    flaky.down = False
+    gw.clock.advance(1000)
+    assert statuses(gw, 1) == [200]
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+
+    assert gw.counters()[REQUESTS] == 2
+    assert gw.counters()[DAY_TOKENS] == 18 + 24, "the hung-up stream's refund arrived"

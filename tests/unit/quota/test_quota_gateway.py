@@ -1,0 +1,255 @@
+"""Quotas as an OpenAI client meets them at the gateway: headers, refusals, settling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from tests.unit.gateway.upstreams import Chunks, sse_events
+
+from trunkline.quota.limits import (
+    CONCURRENCY,
+    DAY_TOKENS,
+    MONTH_COST,
+    REQUESTS,
+    TOKENS,
+    Limits,
+    Price,
+    price_key,
+)
+from unit.quota.conftest import NOON, Gateway, ms
+
+CHAT: dict[str, Any] = {
+    "model": "llama",
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 20,
+}
+RESERVED = 18 + 20  # prompt estimate of CHAT + its max_tokens
+USED = 21 + 3  # what the scripted engine reports
+
+
+def error_of(response: httpx.Response, status: int, code: str, kind: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert (error["code"], error["type"]) == (code, kind)
+    return error
+
+
+def test_every_answer_carries_the_tightest_rate_limit_headers(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway(now_ms=NOON + 45_000)
+    gw.limit(key=Limits(requests_per_minute=10), tenant=Limits(tokens_per_minute=1000))
+
+    plain = gw.post(CHAT)
+    stream = gw.post({**CHAT, "stream": True})
+
+    assert plain.status_code == stream.status_code == 200
+    assert plain.headers["x-ratelimit-limit-requests"] == "10"
+    assert plain.headers["x-ratelimit-remaining-requests"] == "9"
+    assert plain.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert plain.headers["x-ratelimit-remaining-tokens"] == str(1000 - RESERVED)
+    assert plain.headers["x-ratelimit-reset-requests"] == "15s"
+    assert stream.headers["x-ratelimit-remaining-requests"] == "8"
+    assert stream.headers["x-ratelimit-remaining-tokens"] == str(1000 - USED - RESERVED)
+    assert stream.headers["content-type"].startswith("text/event-stream")
+
+
+def test_full_minute_is_429_rate_limit_exceeded_with_when_to_retry(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway(now_ms=NOON + 45_250)
+    gw.limit(key=Limits(requests_per_minute=2))
+    assert [gw.post(CHAT).status_code for _ in range(2)] == [200, 200]
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "requests per minute" in error["message"] and "Limit 2, Used 2" in error["message"]
+    assert refused.headers["retry-after-ms"] == "14750"
+    assert refused.headers["retry-after"] == "15"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert len(gw.upstream) == 2, "a refused request never reaches an engine"
+    gw.clock.advance(14_750)
+    assert gw.post(CHAT).status_code == 200
+
+
+def test_reservations_stop_concurrent_streams_from_overshooting_tokens(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(tokens_per_minute=2 * RESERVED + 10))
+    first = gw.call(open_stream, gw)
+    second = gw.call(open_stream, gw)
+
+    refused = gw.post(CHAT)
+
+    error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert gw.counters()[TOKENS] == 2 * RESERVED, "two streams in flight hold their reservations"
+    gw.call(first.aclose)
+    gw.call(second.aclose)
+    gw.call(gw.service.quota.drain)
+    assert gw.post(CHAT).status_code == 200
+
+
+def test_a_request_larger_than_the_limit_is_told_not_to_retry(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_minute=1000))
+
+    refused = gw.post({**CHAT, "max_tokens": 2000})
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "Request too large" in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+    assert "retry-after" not in refused.headers
+
+
+def test_spent_monthly_budget_is_insufficient_quota_until_the_month_ends(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway(now_ms=ms(2027, 6, 30, 23, 59, 0))
+    gw.limit(tenant=Limits(tokens_per_month=USED + RESERVED - 1))
+    assert gw.post(CHAT).status_code == 200
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "insufficient_quota", "insufficient_quota")
+    assert "2027-07-01T00:00:00Z" in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+    assert "retry-after" not in refused.headers
+    gw.clock.advance(60_000)
+    assert gw.post(CHAT).status_code == 200, "a new month, a new budget"
+
+
+def test_monthly_cost_budget_counts_list_price(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    price = Price(input=1_000_000, cached_input=500_000, output=2_000_000)  # $1 / 0.5 / 2 per 1M
+    actual = price.cost(21, 16, 3)  # 5 + 8 + 6 micro-dollars
+    reserved = price.cost(18, 0, 20)
+    gw.limit(
+        tenant=Limits(cost_per_month=actual + reserved - 1),
+        prices={price_key("llama-8b-served", "gold"): price},
+    )
+    assert gw.post(CHAT).status_code == 200
+    assert gw.counters("tenant")[MONTH_COST] == actual == 19
+
+    error = error_of(gw.post(CHAT), 429, "insufficient_quota", "insufficient_quota")
+    assert "cost per month (USD)" in error["message"] and "$0.00" in error["message"]
+
+
+def test_settle_charges_what_the_engine_reported(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(tokens_per_day=10_000))
+    assert gw.post(CHAT).status_code == 200
+    assert gw.post({**CHAT, "stream": True}).status_code == 200
+    assert gw.counters() == (2, 2 * USED, 0, 2 * USED, 2 * USED, 0)
+
+
+async def open_stream(gw: Gateway, request_id: str = "req-stream") -> Any:
+    """A streamed request whose first event was read and whose client is still there."""
+    service = gw.service
+    principal = service.authenticate(f"Bearer {gw.key}")
+    raw = httpx.Request("POST", "/", json={**CHAT, "stream": True}).content
+    reply = await service.handle("chat", raw, principal, request_id)
+    events = reply.events
+    assert events is not None
+    await events.__anext__()
+    return events
+
+
+def test_a_client_hanging_up_mid_stream_pays_only_what_it_got(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(concurrent_requests=1))
+    events = gw.call(open_stream, gw)
+    assert gw.counters()[CONCURRENCY] == 1
+    assert gw.post(CHAT).status_code == 429, "the only slot is taken"
+
+    gw.call(events.aclose)  # what the server does when the client goes away
+    gw.call(gw.service.quota.drain)
+
+    # no usage chunk arrived: the prompt estimate plus the chunks streamed so far
+    assert gw.counters()[CONCURRENCY] == 0
+    assert gw.counters()[DAY_TOKENS] == 18 + 0
+    assert gw.post(CHAT).status_code == 200
+
+
+def test_reusing_a_request_id_does_not_share_a_concurrency_slot(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(concurrent_requests=1))
+    events = gw.call(open_stream, gw, "same-id")
+    response = gw.client.post(
+        "/v1/chat/completions", json=CHAT, headers={**gw.auth, "x-request-id": "same-id"}
+    )
+    assert response.status_code == 429
+    gw.call(events.aclose)
+    gw.call(gw.service.quota.drain)
+    assert gw.counters()[CONCURRENCY] == 0
+
+
+def test_an_engine_dying_mid_stream_charges_what_was_streamed(make_gateway: Any) -> None:
+    def dies(request: httpx.Request) -> httpx.Response:
+        events = sse_events("llama-8b-served", True)
+        stream = Chunks(events, fail_after=3)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    gw: Gateway = make_gateway(dies)
+    gw.limit(key=Limits(tokens_per_day=10_000, concurrent_requests=1))
+    response = gw.post({**CHAT, "stream": True})
+    assert "upstream_error" in response.text
+    assert gw.counters() == (1, 18 + 2, 0, 18 + 2, 18 + 2, 0)
+
+
+def test_a_request_no_engine_took_is_charged_nothing(make_gateway: Any) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    gw: Gateway = make_gateway(down)
+    gw.limit(key=Limits(requests_per_minute=5, concurrent_requests=1))
+    response = gw.post(CHAT)
+    assert response.status_code == 503
+    assert response.headers["x-ratelimit-remaining-requests"] == "4"
+    assert gw.counters()[REQUESTS:DAY_TOKENS] == (1, 0, 0)
+
+
+def test_leases_of_requests_in_flight_are_renewed_and_crashed_ones_expire(
+    make_gateway: Any,
+) -> None:
+    gw: Gateway = make_gateway(lease_s=60, max_request_s=120)
+    gw.limit(key=Limits(concurrent_requests=2))
+    in_flight = gw.call(open_stream, gw)  # held: a stream still being served
+    for _ in range(3):
+        gw.clock.advance(40_000)
+        gw.call(gw.service.quota.renew_leases)
+        assert gw.counters()[CONCURRENCY] == 1, "renewed while in flight"
+    gw.clock.advance(40_000)
+    gw.call(gw.service.quota.renew_leases)  # older than max_request_s: no longer renewed
+    gw.clock.advance(60_001)
+    assert gw.counters()[CONCURRENCY] == 0
+    assert in_flight is not None
+
+
+def test_a_quota_change_applies_with_the_next_snapshot(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(requests_per_minute=1))
+    assert [gw.post(CHAT).status_code for _ in range(2)] == [200, 429]
+    gw.limit(key=Limits(requests_per_minute=5))
+    response = gw.post(CHAT)
+    assert response.status_code == 200
+    assert response.headers["x-ratelimit-limit-requests"] == "5"
+
+
+def test_callers_without_limits_skip_the_store(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    response = gw.post(CHAT)
+    assert response.status_code == 200
+    assert not any(h.startswith("x-ratelimit") for h in response.headers)
+    assert gw.counters() == (0, 0, 0, 0, 0, 0)
+
+
+def test_decisions_are_counted_in_metrics(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(requests_per_minute=1))
+    gw.post(CHAT)
+    gw.post(CHAT)
+    text = gw.client.get("/metrics").text
+    assert (
+        'trunkline_quota_decisions_total{decided_by="store",limit="",outcome="admitted"} 1.0'
+        in text
+    )
+    assert (
+        'trunkline_quota_decisions_total{decided_by="store",limit="requests_per_minute",'
+        'outcome="rate_limited"} 1.0'
+    ) in text
+    assert "trunkline_quota_store_degraded 0.0" in text

@@ -1,0 +1,259 @@
+"""The pure quota math, table-driven: windows, the admission check, local limits, estimates,
+prices, headers and the resolution of tier, tenant and key documents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
+from trunkline.quota.headers import format_duration, rate_limit_headers, retry_headers
+from trunkline.quota.limits import (
+    CONCURRENCY,
+    DAY_TOKENS,
+    MONTH_COST,
+    MONTH_TOKENS,
+    REQUESTS,
+    TOKENS,
+    Limits,
+    Price,
+)
+from trunkline.quota.policy import merge, resolve, to_limits
+from trunkline.quota.rules import (
+    ADMITTED,
+    Verdict,
+    check,
+    demand,
+    local_limits,
+    retry_after_ms,
+)
+from trunkline.quota.schemas import QuotaLimits, ScopeLimits
+from trunkline.quota.windows import month_label, windows_at
+
+N = -1  # no limit
+
+
+def ms(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("now", "month", "minute_end", "day_end", "month_end"),
+    [
+        (ms(2027, 6, 15, 12), "2027-06", ms(2027, 6, 15, 12, 1), ms(2027, 6, 16), ms(2027, 7, 1)),
+        (ms(2027, 6, 15, 12, 0, 59) + 999, "2027-06",
+         ms(2027, 6, 15, 12, 1), ms(2027, 6, 16), ms(2027, 7, 1)),
+        (ms(2028, 2, 29, 23, 59, 59), "2028-02", ms(2028, 3, 1), ms(2028, 3, 1), ms(2028, 3, 1)),
+        (ms(2027, 2, 28, 8), "2027-02", ms(2027, 2, 28, 8, 1), ms(2027, 3, 1), ms(2027, 3, 1)),
+        (ms(2027, 12, 31, 23, 59, 30), "2027-12", ms(2028, 1, 1), ms(2028, 1, 1), ms(2028, 1, 1)),
+        (ms(2028, 1, 1), "2028-01", ms(2028, 1, 1, 0, 1), ms(2028, 1, 2), ms(2028, 2, 1)),
+    ],
+)  # fmt: skip
+def test_windows_are_utc_minutes_days_and_calendar_months(
+    now: int, month: str, minute_end: int, day_end: int, month_end: int
+) -> None:
+    w = windows_at(now)
+    assert month_label(w.month) == month
+    assert (w.minute_end_ms, w.day_end_ms, w.month_end_ms) == (minute_end, day_end, month_end)
+    assert all(ttl > 0 for ttl in w.ttls_ms())
+
+
+LIMITS = (5, 1000, 2, 10_000, 100_000, 50)
+USED = (0, 0, 0, 0, 0, 0)
+NONE = (N, N, N, N, N, N)
+ONE_RPM = (1, N, N, N, N, N)
+
+
+@pytest.mark.parametrize(
+    ("limits", "used", "need", "verdict"),
+    [
+        ([LIMITS], [USED], demand(100, 1), ADMITTED),
+        ([LIMITS], [(4, 900, 1, 0, 0, 0)], demand(100, 1), ADMITTED),
+        ([LIMITS], [(5, 0, 0, 0, 0, 0)], demand(1, 0), Verdict(REQUESTS, 0, False)),
+        ([LIMITS], [(0, 901, 0, 0, 0, 0)], demand(100, 0), Verdict(TOKENS, 0, False)),
+        ([LIMITS], [USED], demand(1001, 0), Verdict(TOKENS, 0, True)),
+        ([LIMITS], [(0, 0, 2, 0, 0, 0)], demand(1, 0), Verdict(CONCURRENCY, 0, False)),
+        ([LIMITS], [(0, 0, 0, 9_950, 0, 0)], demand(100, 0), Verdict(DAY_TOKENS, 0, False)),
+        ([LIMITS], [(0, 0, 0, 0, 99_999, 0)], demand(2, 0), Verdict(MONTH_TOKENS, 0, False)),
+        ([LIMITS], [(0, 0, 0, 0, 0, 50)], demand(1, 1), Verdict(MONTH_COST, 0, False)),
+        # a spent budget answers before a full minute: waiting a minute would not help
+        ([LIMITS], [(5, 1000, 2, 0, 0, 50)], demand(1, 1), Verdict(MONTH_COST, 0, False)),
+        # every scope must admit; the narrowest refusing scope is named
+        ([NONE, ONE_RPM], [USED, (1, 0, 0, 0, 0, 0)], demand(1, 0), Verdict(REQUESTS, 1, False)),
+        ([ONE_RPM, ONE_RPM], [(1, *USED[1:])] * 2, demand(1, 0), Verdict(REQUESTS, 0, False)),
+        ([(N,) * 6], [(10**9,) * 6], demand(10**9, 10**9), ADMITTED),
+        ([(0, N, N, N, N, N)], [USED], demand(1, 0), Verdict(REQUESTS, 0, True)),
+    ],
+)  # fmt: skip
+def test_the_admission_check(limits: list, used: list, need: tuple, verdict: Verdict) -> None:  # type: ignore[type-arg]
+    assert check(limits, used, need) == verdict
+
+
+@pytest.mark.parametrize(
+    ("verdict", "now", "wait"),
+    [
+        (Verdict(TOKENS, 0, False), ms(2027, 6, 15, 12, 0, 45), 15_000),
+        (Verdict(REQUESTS, 1, False), ms(2027, 6, 15, 12, 0, 59) + 999, 1),
+        (Verdict(CONCURRENCY, 0, False), ms(2027, 6, 15, 12, 0, 0), 1000),
+        (Verdict(TOKENS, 0, True), ms(2027, 6, 15, 12, 0, 0), None),
+        (Verdict(DAY_TOKENS, 0, False), ms(2027, 6, 15, 12, 0, 0), None),
+        (Verdict(MONTH_COST, 0, False), ms(2027, 6, 15, 12, 0, 0), None),
+        (ADMITTED, ms(2027, 6, 15, 12, 0, 0), None),
+    ],
+)
+def test_how_long_to_wait(verdict: Verdict, now: int, wait: int | None) -> None:
+    assert retry_after_ms(verdict, windows_at(now)) == wait
+
+
+FULL = (100, 10_000, 8, 1000, 5000, 900)
+
+
+@pytest.mark.parametrize(
+    ("limits", "share", "last_used", "local"),
+    [
+        (FULL, 1.0, None, FULL),
+        (FULL, 0.25, None, (25, 2500, 2, 250, 1250, 225)),
+        (FULL, 0.5, (50, 9000, 3, 600, 4000, 300), (50, 5000, 4, 200, 500, 300)),
+        ((1, 3, 1, 10, 10, 0), 0.1, (0, 0, 0, 10, 12, 0), (1, 1, 1, 0, 0, 0)),
+        ((N, N, N, N, N, N), 0.5, None, (N, N, N, N, N, N)),
+    ],
+)  # fmt: skip
+def test_local_limits_keep_a_share_and_what_budgets_had_left(
+    limits: tuple,
+    share: float,
+    last_used: tuple | None,
+    local: tuple,  # type: ignore[type-arg]
+) -> None:
+    assert local_limits(limits, share, last_used) == local
+
+
+def user(content: object) -> dict[str, object]:
+    return {"role": "user", "content": content}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "tokens"),
+    [
+        ("chat", {"messages": [user("hello")]}, 2 + 8 + 8),
+        ("chat", {"messages": [user("x" * 300)]}, 100 + 8 + 8),
+        ("chat", {"messages": [user([{"type": "text", "text": "abcdef"}])]}, 2 + 2 + 8 + 8),
+        ("chat", {"messages": [user("ééé"), {"role": "user"}]}, 2 + 16 + 8),
+        ("completions", {"prompt": "abcdefghi"}, 3),
+        ("completions", {"prompt": [1, 2, 3, 4]}, 4),
+        ("completions", {"prompt": [[1, 2], [3], "abc"]}, 4),
+        ("embeddings", {"input": ["hello world!", "x"]}, 5),
+    ],
+)  # fmt: skip
+def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: ignore[type-arg]
+    assert estimate_prompt_tokens(kind, body) == tokens
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "budget"),
+    [
+        ("chat", {"max_tokens": 100}, 100),
+        ("chat", {"max_completion_tokens": 50, "max_tokens": 100}, 50),
+        ("chat", {"max_tokens": 100, "n": 3}, 300),
+        ("chat", {"max_tokens": 10_000}, 4096),
+        ("chat", {}, 4096),
+        ("chat", {"max_tokens": True, "n": "2"}, 4096),
+        ("embeddings", {"max_tokens": 5}, 0),
+    ],
+)
+def test_completion_budget_is_capped(kind: str, body: dict, budget: int) -> None:  # type: ignore[type-arg]
+    assert completion_budget(kind, body, cap=4096) == budget
+
+
+@pytest.mark.parametrize(
+    ("prompt", "cached", "completion", "micro_usd"),
+    [
+        (1_000_000, 0, 0, 200_000),
+        (1_000, 1_000, 0, 50),
+        (0, 0, 1, 1),
+        (100, 40, 10, 20),
+        (7, 0, 0, 2),
+    ],
+)
+def test_cost_in_micro_dollars_rounds_up(
+    prompt: int, cached: int, completion: int, micro_usd: int
+) -> None:
+    price = Price(input=200_000, cached_input=50_000, output=600_000)  # $0.20 / 0.05 / 0.60
+    assert price.cost(prompt, cached, completion) == micro_usd
+
+
+@pytest.mark.parametrize(
+    ("ms_", "text"),
+    [
+        (0, "0ms"),
+        (20, "20ms"),
+        (1000, "1s"),
+        (12_345, "12.345s"),
+        (59_500, "59.5s"),
+        (60_000, "1m0s"),
+    ],
+)
+def test_durations_read_like_openai(ms_: int, text: str) -> None:
+    assert format_duration(ms_) == text
+
+
+def test_headers_describe_the_tightest_scope_and_how_to_retry() -> None:
+    now = ms(2027, 6, 15, 12, 0, 30)
+    limits = [(100, 10_000, N, N, N, N), (1000, 5000, N, N, N, N)]
+    used = [(10, 1000, 0, 0, 0, 0), (600, 4900, 0, 0, 0, 0)]
+
+    assert rate_limit_headers(limits, used, windows_at(now)) == {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "90",
+        "x-ratelimit-reset-requests": "30s",
+        "x-ratelimit-limit-tokens": "5000",
+        "x-ratelimit-remaining-tokens": "100",
+        "x-ratelimit-reset-tokens": "30s",
+    }
+    assert rate_limit_headers([(N,) * 6], [(5,) * 6], windows_at(now)) == {}
+    assert retry_headers(1500) == {"retry-after": "2", "retry-after-ms": "1500"}
+    assert retry_headers(None) == {"x-should-retry": "false"}
+
+
+TIER = QuotaLimits(
+    tenant=ScopeLimits(requests_per_minute=600, tokens_per_month=1_000_000),
+    key=ScopeLimits(requests_per_minute=60, concurrent_requests=4),
+)
+BRONZE = QuotaLimits(key=ScopeLimits(requests_per_minute=10))
+GOLD_TENANT = Limits(600, tokens_per_month=1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "key_tier", "key", "expect_tenant", "expect_key"),
+    [
+        (None, None, None, GOLD_TENANT, Limits(60, concurrent_requests=4)),
+        (
+            QuotaLimits(tenant=ScopeLimits(tokens_per_month=None, cost_per_month_usd=12.5)),
+            None, None,
+            Limits(600, cost_per_month=12_500_000), Limits(60, concurrent_requests=4),
+        ),
+        (
+            QuotaLimits(key=ScopeLimits(tokens_per_minute=1000)),
+            None, ScopeLimits(requests_per_minute=None, concurrent_requests=1),
+            GOLD_TENANT, Limits(tokens_per_minute=1000, concurrent_requests=1),
+        ),
+        (None, BRONZE, None, GOLD_TENANT, Limits(10)),
+    ],
+)  # fmt: skip
+def test_tier_defaults_tenant_and_key_overrides_resolve(
+    tenant: QuotaLimits | None,
+    key_tier: QuotaLimits | None,
+    key: ScopeLimits | None,
+    expect_tenant: Limits,
+    expect_key: Limits,
+) -> None:
+    resolved = resolve(TIER, tenant, key_tier, key)
+    assert to_limits(resolved.tenant) == expect_tenant
+    assert to_limits(resolved.key) == expect_key
+    assert to_limits(resolved.project).unlimited
+
+
+def test_merge_changes_some_limits_and_forgets_others() -> None:
+    current = ScopeLimits(requests_per_minute=5, tokens_per_day=7)
+    merged = merge(current, ScopeLimits(tokens_per_minute=None), forget=("tokens_per_day",))
+    assert merged == ScopeLimits(requests_per_minute=5, tokens_per_minute=None)
