@@ -16,7 +16,9 @@ PROFILES = default_data_dir() / "vidur_profiling"
 def fitted(csv_name: str, model: str, accelerator: str) -> tuple[float, float, float]:
     path = PROFILES / csv_name
     if not path.is_file():
-        pytest.skip(f"{path} not found (set TRUNKLINE_DATA_DIR to the shared data folder)")
+        pytest.fail(
+            f"{path} not found: the shared data folder must sit beside the repo (../shared) or be named by TRUNKLINE_DATA_DIR"
+        )
     shape = MODELS[model]
     fit = fit_roofline(list(linear_layer_times(Path(path), shape.num_layers)))
     mbu, mfu = efficiencies(fit, shape, ACCELERATORS[accelerator])

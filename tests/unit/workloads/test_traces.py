@@ -18,7 +18,9 @@ DATA = default_data_dir()
 @pytest.fixture(autouse=True)
 def _needs_the_traces() -> None:
     if not (DATA / "AzureLLMInferenceTrace_conv.csv").is_file():
-        pytest.skip(f"shared traces not found in {DATA} (set TRUNKLINE_DATA_DIR)")
+        pytest.fail(
+            f"shared traces not found in {DATA}: put the shared data folder beside the repo (../shared) or set TRUNKLINE_DATA_DIR"
+        )
 
 
 def head_rows(name: str, count: int) -> list[list[str]]:
