@@ -17,7 +17,8 @@ def fitted(csv_name: str, model: str, accelerator: str) -> tuple[float, float, f
     path = PROFILES / csv_name
     if not path.is_file():
         pytest.fail(
-            f"{path} not found: the shared data folder must sit beside the repo (../shared) or be named by TRUNKLINE_DATA_DIR"
+            f"{path} not found: the shared data folder must sit beside the repo"
+            " (../shared) or be named by TRUNKLINE_DATA_DIR"
         )
     shape = MODELS[model]
     fit = fit_roofline(list(linear_layer_times(Path(path), shape.num_layers)))

@@ -39,7 +39,8 @@ def test_the_result_compares_every_policy_with_the_first(tmp_path: Path) -> None
 def test_mooncake_runs_carry_the_oracle_goal(tmp_path: Path) -> None:
     if not (default_data_dir() / "mooncake_conversation_trace.jsonl").is_file():
         pytest.fail(
-            "shared traces not found: put the shared data folder beside the repo (../shared) or set TRUNKLINE_DATA_DIR"
+            "shared traces not found: put the shared data folder beside the repo"
+            " (../shared) or set TRUNKLINE_DATA_DIR"
         )
     config = FleetBenchConfig(workload="mooncake-conv", policies=("round-robin",), limit=150)
     result = run_fleet_bench(config, tmp_path, progress=io.StringIO())

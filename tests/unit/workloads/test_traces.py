@@ -19,7 +19,8 @@ DATA = default_data_dir()
 def _needs_the_traces() -> None:
     if not (DATA / "AzureLLMInferenceTrace_conv.csv").is_file():
         pytest.fail(
-            f"shared traces not found in {DATA}: put the shared data folder beside the repo (../shared) or set TRUNKLINE_DATA_DIR"
+            f"shared traces not found in {DATA}: put the shared data folder beside"
+            " the repo (../shared) or set TRUNKLINE_DATA_DIR"
         )
 
 
