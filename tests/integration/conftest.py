@@ -1,4 +1,4 @@
-"""The control-plane suites that must hold on every database engine: SQLite and PostgreSQL."""
+"""Integration fixtures: the control-plane world on every database engine, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
