@@ -112,8 +112,7 @@ class GatewayService:
         self, snapshot: Snapshot, principal: Principal, request: ParsedRequest,
         alias: AliasEntry, request_id: str, grant: Grant,
     ) -> Reply:  # fmt: skip
-        meter = _Meter(self.emitter, principal, request, alias.model, request_id)
-        meter.settle = self.quota.settle_soon, grant
+        meter = _Meter(self.emitter, self.quota, grant, principal, request, alias.model, request_id)
         try:
             candidates = await self._candidates(snapshot, principal, alias, request_id)
         except BaseException:
@@ -199,12 +198,16 @@ class _Meter:
     def __init__(
         self,
         emitter: UsageEmitter,
+        quota: QuotaEnforcer,
+        grant: Grant,
         principal: Principal,
         request: ParsedRequest,
         model: str,
         request_id: str,
     ) -> None:
         self.emitter = emitter
+        self.quota = quota
+        self.grant = grant
         self.principal = principal
         self.request = request
         self.model = model
@@ -212,8 +215,6 @@ class _Meter:
         self.candidate: Candidate | None = None
         self.tally = Tally()
         self.wall_start = time.time()
-        self.settle: tuple[Callable[..., None], Grant] | None = None
-        """The quota enforcer's ``settle_soon`` and the grant it settles."""
         self._done = False
 
     @property
@@ -229,12 +230,10 @@ class _Meter:
         if not tally.usage_seen and self.request.stream:
             # The engine died before its usage chunk: count the chunks it did send.
             completion = max(tally.chunks - 1, 0)
-        if self.settle is not None:
-            settle, grant = self.settle
-            settle(
-                grant, tally.prompt_tokens, tally.cached_tokens, completion,
-                measured=tally.usage_seen, reached_engine=self.candidate is not None,
-            )  # fmt: skip
+        self.quota.settle_soon(
+            self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
+            measured=tally.usage_seen, reached_engine=self.candidate is not None,
+        )  # fmt: skip
         self.emitter.emit(
             UsageRecord(
                 request_id=self.request_id,

@@ -43,8 +43,7 @@ TRACE_FILES = {
 
 def default_data_dir() -> Path:
     """``$TRUNKLINE_DATA_DIR``, else the first ``shared/data`` beside the working directory or
-    one of its parents (the layout of this project's machines: ``/work/main`` next to
-    ``/work/shared``)."""
+    one of its parents (a checkout normally sits next to ``shared/``)."""
     configured = os.environ.get("TRUNKLINE_DATA_DIR")
     if configured:
         return Path(configured)

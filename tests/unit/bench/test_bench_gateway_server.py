@@ -11,7 +11,7 @@ import pytest
 from trunkline.bench._gateway_server import build_snapshot, write_secret_file
 from trunkline.errors import Unauthenticated
 from trunkline.gateway.authn import authenticate
-from trunkline.gateway.routing.round_robin import eligible
+from trunkline.gateway.routing import eligible
 
 SECRET = b"bench-test-server-secret"
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trunkline.gateway.routing.candidates import Candidate, eligible
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
-__all__ = ["Candidate", "RoundRobinPolicy", "eligible"]
+__all__ = ["RoundRobinPolicy"]
 
 
 class RoundRobinPolicy:
