@@ -21,6 +21,8 @@ class TenantEntry(msgspec.Struct, frozen=True):
     tier: str
     regions: tuple[str, ...]
     aliases: frozenset[str]
+    cache_salt: str | None = None
+    """Sent to engines as vLLM ``cache_salt`` when the tenant's prefix cache is isolated."""
 
 
 class KeyEntry(msgspec.Struct, frozen=True):
@@ -47,6 +49,12 @@ class PoolEntry(msgspec.Struct, frozen=True):
     burst: bool
     block_size: int
     endpoints: tuple[EndpointEntry, ...]
+    cost_per_hour: float = 0.0
+    """Price of one replica per hour (the pool's own, else its flavor's)."""
+    tokens_per_s: float | None = None
+    """Nominal output tokens/s of one replica, for cost per token; None when unknown."""
+    capacity: int = 0
+    """Replicas the pool may run (0: as many as it has endpoints)."""
 
 
 class AliasEntry(msgspec.Struct, frozen=True):

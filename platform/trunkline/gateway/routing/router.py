@@ -22,6 +22,9 @@ def endpoint_view(candidate: Candidate, load: EndpointLoad | None = None) -> End
         accelerator=pool.accelerator,
         block_size=pool.block_size,
         load=load or _NO_LOAD,
+        cost_per_hour=pool.cost_per_hour,
+        tokens_per_s=pool.tokens_per_s,
+        burst=pool.burst,
     )
 
 

@@ -46,6 +46,15 @@ class EndpointLoad:
     running: float = 0.0
     waiting: float = 0.0
     kv_usage: float = 0.0
+    """Fraction of the engine's KV-cache blocks in use, 0..1."""
+    queued_prompt_tokens: float = 0.0
+    """Prompt tokens sent to the engine whose first token has not come back yet (prefill ahead)."""
+    prefill_tokens_per_s: float = 0.0
+    """Measured prefill service rate of the engine; 0 when not measured yet."""
+    decode_step_s: float = 0.0
+    """Measured mean time between output tokens (ITL); 0 when not measured yet."""
+    age_s: float = 0.0
+    """How old these figures are (time since the scrape they come from)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +67,9 @@ class EndpointView:
     block_size: int
     load: EndpointLoad = EndpointLoad()
     cost_per_hour: float | None = None
+    """Price of one replica per hour (the pool's, else its flavor's)."""
+    tokens_per_s: float | None = None
+    """Nominal output tokens/s of one replica, for cost per token; None when unknown."""
+    healthy: bool = True
+    """False while the endpoint is ejected (failed health checks or consecutive errors)."""
+    burst: bool = False
