@@ -39,6 +39,8 @@ class KeyEntry(msgspec.Struct, frozen=True):
 class EndpointEntry(msgspec.Struct, frozen=True):
     id: str
     url: str
+    kv_events: str | None = None
+    """ZMQ address of the engine's KV-cache event publisher (``tcp://host:port``), if it has one."""
 
 
 class PoolEntry(msgspec.Struct, frozen=True):
