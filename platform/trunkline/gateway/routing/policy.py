@@ -3,19 +3,25 @@
 A policy ranks endpoints for one request: ``rank`` returns indices into ``endpoints``, best
 first; the caller tries them in that order (the gateway fails over to the next before the first
 byte). ``routed`` tells the policy where the request finally went, for policies that learn from
-their own decisions (issue 4's approximate prefix-affinity scorer). The gateway and the fleet
-simulator both build policies here, so a benchmark measures the code that serves.
+their own decisions (the approximate prefix-affinity scorer). Besides ``round-robin`` and
+``least-loaded``, the registry builds the pipelines of the bundled profiles
+(``prefix-aware``, the gateway's default, ``prefix-only``, ``precise-prefix``,
+``cost-aware``). The gateway and the fleet simulator both build policies here, so a benchmark
+measures the code that serves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
-__all__ = ["POLICIES", "RoutingPolicy", "UnknownPolicyError", "make_policy"]
+if TYPE_CHECKING:
+    from trunkline.gateway.routing.prefix_index import KvEventIndex
+
+__all__ = ["POLICIES", "RoutingPolicy", "UnknownPolicyError", "kv_event_index", "make_policy"]
 
 
 class RoutingPolicy(Protocol):
@@ -46,9 +52,23 @@ def _least_loaded() -> RoutingPolicy:
     return LeastLoadedPolicy()
 
 
+def _profile(name: str) -> Callable[[], RoutingPolicy]:
+    def build() -> RoutingPolicy:
+        from trunkline.gateway.routing.profiles import bundled_profile
+
+        return bundled_profile(name).build()
+
+    return build
+
+
 POLICIES: dict[str, Callable[[], RoutingPolicy]] = {
     "round-robin": _round_robin,
     "least-loaded": _least_loaded,
+    # Pipelines from the bundled profiles (gateway/routing/profiles/*.yaml).
+    "prefix-aware": _profile("prefix-aware"),
+    "prefix-only": _profile("prefix-only"),
+    "precise-prefix": _profile("precise-prefix"),
+    "cost-aware": _profile("cost-aware"),
 }
 
 
@@ -62,3 +82,13 @@ def make_policy(name: str) -> RoutingPolicy:
             f"unknown routing policy {name!r}; known policies: {known}", param="policy"
         ) from None
     return factory()
+
+
+def kv_event_index(policy: RoutingPolicy) -> KvEventIndex | None:
+    """The index that ``policy`` wants the engines' KV-cache events applied to (``None``: the
+    policy does not use them). The gateway's event subscriber and the fleet simulator call its
+    ``apply(endpoint_key, stored, removed, cleared)``."""
+    index = getattr(policy, "kv_events", None)
+    from trunkline.gateway.routing.prefix_index import KvEventIndex
+
+    return index if isinstance(index, KvEventIndex) else None

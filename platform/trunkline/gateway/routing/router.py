@@ -25,6 +25,7 @@ def endpoint_view(candidate: Candidate, load: EndpointLoad | None = None) -> End
         cost_per_hour=pool.cost_per_hour,
         tokens_per_s=pool.tokens_per_s,
         burst=pool.burst,
+        model=pool.model,
     )
 
 

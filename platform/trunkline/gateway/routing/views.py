@@ -37,6 +37,12 @@ class RequestView:
     prompt: PromptView | None = None
     """Token-level view of the prompt when the caller has one (the simulator always does)."""
     cache_salt: str | None = None
+    regions: tuple[str, ...] = ()
+    """Data residency: the regions the tenant's requests may run in (empty: anywhere)."""
+    may_use_burst: bool = True
+    """Whether the request's tier may use burst pools (the ``tier-pools`` filter)."""
+    model: str | None = None
+    """The model the alias resolves to, for the ``model`` filter (None: not checked)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +79,5 @@ class EndpointView:
     healthy: bool = True
     """False while the endpoint is ejected (failed health checks or consecutive errors)."""
     burst: bool = False
+    model: str | None = None
+    """The model the endpoint serves (None: unknown, not filtered on)."""

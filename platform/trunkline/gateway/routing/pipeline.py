@@ -1,0 +1,116 @@
+"""The routing pipeline: filters → weighted scorers → sticky-until-saturated → picker.
+
+:class:`PipelinePolicy` is a :class:`~trunkline.gateway.routing.policy.RoutingPolicy` built from
+a profile (see :mod:`trunkline.gateway.routing.profiles`). For one request it
+
+1. keeps the endpoints every filter keeps (the others are never ranked, so a caller failing
+   over down the ranking can never leave the tenant's regions);
+2. sums each scorer's values, clamped to [0, 1], times the scorer's weight, divided by the sum
+   of the weights (the total is in [0, 1] too);
+3. with a :class:`Balance`, ranks the endpoints that are *saturated* after all the others — the
+   bounded-load rule of consistent hashing with bounded loads (Mirrokni et al., 2018), as
+   SGLang's router does with its balance thresholds: affinity keeps a conversation or a shared
+   prefix on its replica only until that replica carries clearly more than its share;
+4. orders each group with the picker (highest score first, seeded-random among ties).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trunkline.gateway.routing.plugins import Filter, Picker, Scorer
+from trunkline.gateway.routing.prefix_index import KvEventIndex
+from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
+from trunkline.gateway.routing.views import EndpointView, RequestView
+
+__all__ = ["Balance", "PipelinePolicy", "WeightedScorer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """An endpoint is saturated when one more request would take its load (running + waiting)
+    above both ``load_factor`` times the mean and the mean + ``headroom`` (the mean counting that
+    request): the factor bounds imbalance under load, the headroom keeps affinity at low load,
+    where a queue of one or two costs less than a lost prefix."""
+
+    load_factor: float = 1.25
+    headroom: float = 4.0
+
+    def saturated(self, loads: Sequence[float]) -> list[bool]:
+        if not loads:
+            return []
+        mean = (sum(loads) + 1.0) / len(loads)
+        capacity = max(self.load_factor * mean, mean + self.headroom)
+        return [load + 1.0 > capacity for load in loads]
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedScorer:
+    scorer: Scorer
+    weight: float
+
+
+class PipelinePolicy:
+    """Filters, weighted scorers, an optional balance rule and a picker, under one name."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        filters: Sequence[Filter],
+        scorers: Sequence[WeightedScorer],
+        picker: Picker,
+        balance: Balance | None = None,
+    ) -> None:
+        self.name = name
+        self.filters = tuple(filters)
+        self.scorers = tuple(s for s in scorers if s.weight > 0)
+        self.picker = picker
+        self.balance = balance
+        self._total_weight = sum(s.weight for s in self.scorers)
+
+    @property
+    def kv_events(self) -> KvEventIndex | None:
+        """The index the engines' KV-cache events feed, when a scorer uses one."""
+        for weighted in self.scorers:
+            scorer = weighted.scorer
+            if isinstance(scorer, PrefixAffinityScorer) and isinstance(scorer.index, KvEventIndex):
+                return scorer.index
+        return None
+
+    def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
+        kept = [
+            index
+            for index, endpoint in enumerate(endpoints)
+            if all(f.keep(request, endpoint) for f in self.filters)
+        ]
+        if len(kept) <= 1:
+            return kept
+        views = [endpoints[index] for index in kept]
+        scores = self.scores(request, views)
+        by_index = [0.0] * len(endpoints)
+        for index, value in zip(kept, scores, strict=True):
+            by_index[index] = value
+        if self.balance is None:
+            return self.picker.order(by_index, kept)
+        saturated = self.balance.saturated([v.load.running + v.load.waiting for v in views])
+        free = [index for index, full in zip(kept, saturated, strict=True) if not full]
+        full = [index for index, full in zip(kept, saturated, strict=True) if full]
+        return self.picker.order(by_index, free) + self.picker.order(by_index, full)
+
+    def scores(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[float]:
+        """The weighted score of each endpoint in [0, 1] (filters aside)."""
+        totals = [0.0] * len(endpoints)
+        if not self._total_weight:
+            return totals
+        for weighted in self.scorers:
+            values = weighted.scorer.score(request, endpoints)
+            weight = weighted.weight / self._total_weight
+            for position, value in enumerate(values):
+                totals[position] += weight * min(1.0, max(0.0, value))
+        return totals
+
+    def routed(self, request: RequestView, endpoint: EndpointView) -> None:
+        for weighted in self.scorers:
+            weighted.scorer.routed(request, endpoint)

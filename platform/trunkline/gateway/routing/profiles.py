@@ -1,0 +1,148 @@
+"""Declarative routing profiles: YAML naming the plugins of a pipeline, validated with msgspec.
+
+A profile::
+
+    name: prefix-aware
+    filters: [healthy, residency, tier-pools, model]
+    scorers:
+      - {name: prefix-affinity, weight: 3, params: {mode: approximate}}
+      - {name: queue-depth, weight: 1}
+    balance: {load_factor: 1.25, headroom: 4}   # optional: sticky until saturated
+    picker: {name: max-score, seed: 0}
+
+The bundled profiles live in ``profiles/*.yaml`` beside this module; any other file loads with
+:func:`load_profile`. A bad profile raises :class:`~trunkline.errors.ConfigurationError` naming
+the file and the field (``prefix-aware.yaml: scorers[1].weight: must be >= 0``). Files are read
+when a policy is first made, never at import.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+
+from trunkline.errors import ConfigurationError
+from trunkline.gateway.routing.pipeline import Balance, PipelinePolicy, WeightedScorer
+from trunkline.gateway.routing.registry import FILTERS, PICKERS, SCORERS
+
+__all__ = ["BUNDLED_DIR", "RoutingProfile", "bundled_profile", "load_profile", "parse_profile"]
+
+BUNDLED_DIR = Path(__file__).with_name("profiles")
+
+
+class ScorerSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str
+    weight: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class BalanceSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    load_factor: Annotated[float, msgspec.Meta(ge=1)] = 1.25
+    headroom: Annotated[float, msgspec.Meta(ge=0)] = 4.0
+
+
+class PickerSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str = "max-score"
+    seed: int = 0
+
+
+class RoutingProfile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str
+    description: str = ""
+    filters: list[str] = msgspec.field(default_factory=list)
+    scorers: list[ScorerSpec] = msgspec.field(default_factory=list)
+    balance: BalanceSpec | None = None
+    picker: PickerSpec = msgspec.field(default_factory=PickerSpec)
+
+    def build(self) -> PipelinePolicy:
+        """A fresh policy (its own indexes and random stream) from this validated profile."""
+        return PipelinePolicy(
+            self.name,
+            filters=[FILTERS[name]() for name in self.filters],
+            scorers=[
+                WeightedScorer(
+                    SCORERS[s.name].build(msgspec.convert(s.params, SCORERS[s.name].params)),
+                    s.weight,
+                )
+                for s in self.scorers
+            ],
+            picker=PICKERS[self.picker.name](self.picker.seed),
+            balance=(
+                Balance(self.balance.load_factor, self.balance.headroom) if self.balance else None
+            ),
+        )
+
+
+def load_profile(path: Path) -> RoutingProfile:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read routing profile: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_profile(data, source=str(path))
+
+
+def parse_profile(data: Any, *, source: str) -> RoutingProfile:
+    """Validate a profile's parsed YAML; ``source`` names it in errors."""
+    try:
+        profile = msgspec.convert(data, RoutingProfile)
+    except msgspec.ValidationError as exc:
+        path, message = _split(str(exc))
+        raise _error(source, path, message) from None
+    for index, name in enumerate(profile.filters):
+        if name not in FILTERS:
+            raise _error(source, f"filters[{index}]", _unknown("filter", name, FILTERS))
+    for index, scorer in enumerate(profile.scorers):
+        plugin = SCORERS.get(scorer.name)
+        if plugin is None:
+            raise _error(source, f"scorers[{index}].name", _unknown("scorer", scorer.name, SCORERS))
+        try:
+            msgspec.convert(scorer.params, plugin.params)
+        except msgspec.ValidationError as exc:
+            path, message = _split(str(exc))
+            where = f"scorers[{index}].params" + (f".{path}" if path else "")
+            raise _error(source, where, message) from None
+    if profile.picker.name not in PICKERS:
+        raise _error(source, "picker.name", _unknown("picker", profile.picker.name, PICKERS))
+    return profile
+
+
+@lru_cache(maxsize=32)
+def bundled_profile(name: str) -> RoutingProfile:
+    """The profile shipped as ``profiles/<name>.yaml`` (parsed once per process)."""
+    return load_profile(BUNDLED_DIR / f"{name}.yaml")
+
+
+def _unknown(kind: str, name: str, known: Any) -> str:
+    return f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}"
+
+
+_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_BOUND = re.compile(r"^Expected `\w+` (?P<op>>=|<=|>|<) (?P<value>\S+)$")
+
+
+def _split(text: str) -> tuple[str, str]:
+    """msgspec's ``Expected `float` >= 0.0 - at `$.scorers[1].weight``` → path and message."""
+    match = _AT.match(text)
+    path, message = (match["path"].lstrip("."), match["message"]) if match else ("", text)
+    bound = _BOUND.match(message)
+    if bound:
+        value = bound["value"]
+        value = value[:-2] if value.endswith(".0") else value
+        message = f"must be {bound['op']} {value}"
+    return path, message
+
+
+def _error(source: str, path: str, message: str) -> ConfigurationError:
+    where = path or "(top level)"
+    return ConfigurationError(
+        f"{source}: {where}: {message}", param=path or None, extra={"file": source}
+    )

@@ -1,0 +1,85 @@
+"""Routing profiles: the bundled ones load, and a bad one names its file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trunkline.errors import ConfigurationError
+from trunkline.gateway.routing import POLICIES, PipelinePolicy, load_profile, make_policy
+from trunkline.gateway.routing.profiles import BUNDLED_DIR
+
+GOOD = """
+name: custom
+filters: [healthy, residency]
+scorers:
+  - {name: prefix-affinity, weight: 2, params: {mode: approximate, capacity_tokens: 1000}}
+  - {name: queue-depth, weight: 1}
+balance: {load_factor: 1.5, headroom: 2}
+picker: {name: max-score, seed: 3}
+"""
+
+
+def test_every_bundled_profile_is_a_registered_policy() -> None:
+    bundled = sorted(path.stem for path in BUNDLED_DIR.glob("*.yaml"))
+    assert bundled == ["cost-aware", "precise-prefix", "prefix-aware", "prefix-only"]
+    for name in bundled:
+        assert name in POLICIES
+        policy = make_policy(name)
+        assert isinstance(policy, PipelinePolicy)
+        assert policy.name == name
+
+
+def test_a_profile_file_builds_the_pipeline_it_describes(tmp_path: Path) -> None:
+    path = tmp_path / "custom.yaml"
+    path.write_text(GOOD)
+    policy = load_profile(path).build()
+    assert policy.name == "custom"
+    assert [f.name for f in policy.filters] == ["healthy", "residency"]
+    assert [(s.scorer.name, s.weight) for s in policy.scorers] == [
+        ("prefix-affinity", 2.0),
+        ("queue-depth", 1.0),
+    ]
+    assert policy.balance is not None
+    assert (policy.balance.load_factor, policy.balance.headroom) == (1.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("weight: 1}", "weight: -1}"), "scorers[1].weight: must be >= 0"),
+        (("queue-depth", "queue-lenght"), "scorers[1].name: unknown scorer 'queue-lenght'"),
+        (("[healthy, residency]", "[healthy, residence]"), "filters[1]: unknown filter"),
+        (("mode: approximate", "mode: exact"), "scorers[0].params.mode: Invalid enum value"),
+        (("capacity_tokens: 1000", "capacity_tokens: 0"), "scorers[0].params.capacity_tokens"),
+        (("capacity_tokens: 1000", "capacity: 1"), "scorers[0].params: Object contains unknown"),
+        (("load_factor: 1.5", "load_factor: 0.5"), "balance.load_factor: must be >= 1"),
+        (("seed: 3", "seed: three"), "picker.seed: Expected `int`"),
+        (("name: max-score", "name: min-score"), "picker.name: unknown picker 'min-score'"),
+        (("name: custom\n", "nom: custom\n"), "Object contains unknown field `nom`"),
+        (("weight: 2,", "weight: lots,"), "scorers[0].weight: Expected `float`"),
+    ],
+)
+def test_a_bad_profile_names_the_file_and_the_field(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    old, new = change
+    assert old in GOOD
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigurationError) as caught:
+        load_profile(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message in str(caught.value)
+
+
+def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigurationError, match=r"broken\.yaml: not valid YAML"):
+        load_profile(broken)
+    with pytest.raises(ConfigurationError, match=r"missing\.yaml: cannot read"):
+        load_profile(tmp_path / "missing.yaml")
