@@ -55,6 +55,26 @@ class QuotaSettings(BaseModel):
     """Socket timeout of the gateway's quota calls to Redis."""
 
 
+class EngineStateSettings(BaseModel):
+    """How the gateway watches its engines (``TRUNKLINE_GATEWAY__ENGINES__*``); see
+    docs/gateway.md."""
+
+    scrape_interval_s: float = Field(default=0.1, gt=0)
+    """How often each engine's ``/metrics`` is read: figures are at most about twice this old."""
+    scrape_timeout_s: float = Field(default=1.0, gt=0)
+    """A scrape slower than this counts as a failure of the engine."""
+    scrape_concurrency: int = Field(default=32, ge=1)
+    """Scrapes in flight at once, over all engines."""
+    eject_after_failures: int = Field(default=3, ge=1)
+    """Consecutive failures (connect errors, 5xx, timeouts, failed scrapes) that eject an
+    endpoint from routing."""
+    ejection_base_s: float = Field(default=1.0, gt=0)
+    """First ejection; each failed probe after one doubles it."""
+    ejection_max_s: float = Field(default=30.0, gt=0)
+    kv_events: bool = True
+    """Subscribe to the KV-cache events of endpoints that publish them (precise prefix routing)."""
+
+
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -65,6 +85,11 @@ class GatewaySettings(BaseModel):
     snapshot_poll_s: float = 0.5
     max_connections: int = 1000
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    routing_policy: str = "prefix-aware"
+    """The routing policy by name (``trunkline.gateway.routing.POLICIES``)."""
+    admission: Literal["slo", "off"] = "slo"
+    """``slo``: SLO admission control per tier (docs/admission.md); ``off``: admit everything."""
+    engines: EngineStateSettings = Field(default_factory=EngineStateSettings)
 
 
 class ControlPlaneSettings(BaseModel):

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
 from litestar import Litestar
 from prometheus_client import CollectorRegistry
 
+from trunkline.errors import ConfigurationError
+from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, AsyncAdmission
+from trunkline.gateway.endpoints import EngineMonitor, EngineState
 from trunkline.gateway.handlers import build_app
-from trunkline.gateway.service import GatewayService
+from trunkline.gateway.routing import (
+    RoutingPolicy,
+    UnknownPolicyError,
+    kv_event_index,
+    make_policy,
+)
+from trunkline.gateway.service import Admission, GatewayService
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import QuotaEnforcer
@@ -32,12 +41,21 @@ def create_gateway_app(
     transport: httpx.AsyncBaseTransport | None = None,
     quota_store: QuotaStore | None = None,
     clock: Clock = system_clock,
+    scrape_transport: httpx.AsyncBaseTransport | None = None,
+    admission: Callable[[EngineState], Admission] | None = None,
 ) -> Litestar:
     """Build the gateway app; ``transport`` lets tests substitute the upstream.
 
-    ``quota_store``: where quotas are counted. A remote one (Redis) is wrapped so the gateway
-    keeps limiting per process while it is away; ``None`` counts in this process's memory
-    (tests, benchmarks). ``clock`` (epoch ms) times quota windows.
+        Engines' ``/metrics`` are scraped over real HTTP, or over ``scrape_transport``; a test that
+        substitutes ``transport`` alone has no engines to scrape, so nothing is scraped then (health
+        comes from its requests). ``admission`` builds SLO admission control over the gateway's
+    engine state (its ``loads()`` and ``wait_changed()``), e.g.
+    ``lambda engines: AsyncAdmission(AdmissionPolicy(), engines)``; ``None`` follows
+    ``settings.admission`` (``slo``: the default policy; ``off``: every request is admitted).
+
+        ``quota_store``: where quotas are counted. A remote one (Redis) is wrapped so the gateway
+        keeps limiting per process while it is away; ``None`` counts in this process's memory
+        (tests, benchmarks). ``clock`` (epoch ms) times quota windows.
     """
     registry = CollectorRegistry()
     quota = quota_enforcer(quota_store, settings.quota, QuotaMetrics(registry), clock)
@@ -50,23 +68,73 @@ def create_gateway_app(
             max_keepalive_connections=settings.max_connections,
         ),
     )
-    service = GatewayService(holder, emitter, client, server_secret, quota=quota)
+    policy = routing_policy(settings.routing_policy)
+    scrape = transport is None or scrape_transport is not None
+    monitor = EngineMonitor(
+        lambda: holder.current,
+        settings.engines,
+        client=scrape_client(settings, scrape_transport or transport) if scrape else None,
+        kv_sink=kv_event_index(policy),
+    )
+    if admission is None and settings.admission == "slo":
+        metrics = AdmissionMetrics(registry)
+
+        def admission(engines: EngineState) -> Admission:
+            return AsyncAdmission(AdmissionPolicy(), engines, metrics=metrics)
+
+    service = GatewayService(
+        holder, emitter, client, server_secret,
+        quota=quota, policy=policy, engines=monitor.state,
+        admission=admission(monitor.state) if admission else None,
+    )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await holder.start()
         await emitter.start()
         await quota.start()
+        await monitor.start()
         try:
             yield
         finally:
+            await monitor.close()
             await holder.close()
             await quota.close()
             await emitter.close()
             await client.aclose()
 
     return build_app(
-        service, max_body_bytes=settings.max_body_bytes, lifespan=[lifespan], metrics=registry
+        service,
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=[lifespan],
+        metrics=registry,
+        engines=monitor,
+    )
+
+
+def routing_policy(name: str) -> RoutingPolicy:
+    try:
+        return make_policy(name)
+    except UnknownPolicyError as exc:
+        raise ConfigurationError(
+            f"TRUNKLINE_GATEWAY__ROUTING_POLICY (gateway.routing_policy): {exc}",
+            param="routing_policy",
+        ) from None
+
+
+def scrape_client(
+    settings: GatewaySettings, transport: httpx.AsyncBaseTransport | None
+) -> httpx.AsyncClient:
+    """The engines' ``/metrics`` get their own small connection pool: a scrape never waits
+    behind requests for a connection, nor requests behind scrapes."""
+    engines = settings.engines
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(engines.scrape_timeout_s, connect=settings.connect_timeout_s),
+        limits=httpx.Limits(
+            max_connections=engines.scrape_concurrency,
+            max_keepalive_connections=engines.scrape_concurrency,
+        ),
     )
 
 

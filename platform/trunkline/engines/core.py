@@ -156,7 +156,7 @@ class EngineCore:
         preempted: list[str] = []
         budget = self._schedule_running(self.profile.max_num_batched_tokens, scheduled, preempted)
         if not preempted:
-            self._schedule_waiting(budget, scheduled)
+            self._schedule_waiting(budget, scheduled, now)
         if not scheduled:
             self.flush_kv_events(now)
             return StepResult(time=now, duration=0.0, preempted=tuple(preempted))
@@ -224,7 +224,9 @@ class EngineCore:
                 return False
         return True
 
-    def _schedule_waiting(self, budget: int, scheduled: list[tuple[EngineRequest, int]]) -> None:
+    def _schedule_waiting(
+        self, budget: int, scheduled: list[tuple[EngineRequest, int]], now: float
+    ) -> None:
         block_size, counters, kv = self.profile.block_size, self.counters, self.kv
         while self.waiting and budget > 0 and len(self.running) < self.profile.max_num_seqs:
             req = self.waiting[0]
@@ -249,6 +251,7 @@ class EngineCore:
             req.num_computed_tokens = num_hit
             if req.cached_tokens < 0:
                 req.cached_tokens = num_hit
+                req.scheduled_time = now
             scheduled.append((req, num_new))
             budget -= num_new
 
@@ -285,11 +288,12 @@ class EngineCore:
         req.last_token_time = now
         self.counters.generation_tokens += 1
         reason = req.finish_reason()
-        if reason is None:
-            return TokenEvent(req.req_id, token_id, index, now, now - since)
-        return TokenEvent(
-            req.req_id, token_id, index, now, now - since, reason, self.finish(req, reason, now)
-        )
+        usage = None if reason is None else self.finish(req, reason, now)
+        if index:
+            return TokenEvent(req.req_id, token_id, index, now, now - since, reason, usage)
+        queued = req.scheduled_time - req.arrival_time
+        prefill = now - req.scheduled_time
+        return TokenEvent(req.req_id, token_id, 0, now, now - since, reason, usage, queued, prefill)
 
     def finish(self, req: EngineRequest, reason: FinishReason, now: float) -> RequestUsage:
         """Retire a request that generated its last token at ``now``."""

@@ -57,6 +57,10 @@ class TokenEvent:
     latency: float
     finish_reason: FinishReason | None = None
     usage: RequestUsage | None = None
+    queue_s: float = 0.0
+    """First token only: time from arrival until first scheduled (vLLM's queue time)."""
+    prefill_s: float = 0.0
+    """First token only: time from first scheduled to this token (vLLM's prefill time)."""
 
     @property
     def first(self) -> bool:

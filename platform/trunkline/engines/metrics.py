@@ -203,6 +203,20 @@ class EngineMetrics:
             model_name,
             engine,
         )
+        self._queue = self._histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            _E2E_BUCKETS,
+            model_name,
+            engine,
+        )
+        self._prefill = self._histogram(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            _E2E_BUCKETS,
+            model_name,
+            engine,
+        )
         self._e2e = self._histogram(
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds.",
@@ -225,7 +239,12 @@ class EngineMetrics:
     def observe(self, events: Iterable[TokenEvent]) -> None:
         """Record the latencies carried by a step's token events."""
         for event in events:
-            (self._ttft if event.first else self._itl).observe(event.latency)
+            if event.first:
+                self._ttft.observe(event.latency)
+                self._queue.observe(event.queue_s)
+                self._prefill.observe(event.prefill_s)
+            else:
+                self._itl.observe(event.latency)
             if event.usage is not None:
                 self._e2e.observe(event.usage.e2e_latency)
 

@@ -44,6 +44,8 @@ class EngineRequest:
     cached_tokens: int = -1
     """Prompt tokens found in the prefix cache when first scheduled (-1 before)."""
     num_preemptions: int = 0
+    scheduled_time: float = 0.0
+    """When the request was first scheduled: its queue time ends, its prefill starts."""
     first_token_time: float = 0.0
     last_token_time: float = 0.0
 

@@ -14,6 +14,7 @@ from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from trunkline.errors import InvalidRequest, NotFound, PayloadTooLarge, TrunklineError
+from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.pipeline import visible_aliases
 from trunkline.gateway.service import GatewayService, Reply
@@ -89,6 +90,22 @@ async def list_models(request: Request[object, object, State]) -> Response[bytes
     return Response(body, media_type=JSON, headers={"x-request-id": request_id_of(request)})
 
 
+def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
+    """Engine state at a glance: ejected endpoints, the oldest scrape, KV events received."""
+    if monitor is None:
+        return {}
+    state = monitor.state
+    loads = state.loads()
+    ages = [load.age_s for load in loads.values() if load.age_s != float("inf")]
+    kv = monitor.kv_subscriber.received if monitor.kv_subscriber is not None else {}
+    return {
+        "endpoints": len(loads),
+        "ejected": sorted(key for key in loads if not state.in_service(key)),
+        "oldest_scrape_s": round(max(ages), 3) if ages else None,
+        "kv_events": dict(kv),
+    }
+
+
 @get("/health", include_in_schema=False)
 async def health(request: Request[object, object, State]) -> Response[bytes]:
     holder = _service(request.app.state).holder
@@ -100,6 +117,7 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
             "snapshot_age_s": round(time.time() - holder.current.published_at, 3) if ok else None,
             "snapshot_store_reachable": holder.healthy,
             "quota_store": "degraded" if _service(request.app.state).quota.degraded else "ok",
+            "engines": _engines(request.app.state.engines),
         }
     )
     return Response(body, status_code=200 if ok else 503, media_type=JSON)
@@ -150,10 +168,12 @@ def build_app(
     max_body_bytes: int,
     lifespan: list[object],
     metrics: CollectorRegistry | None = None,
+    engines: EngineMonitor | None = None,
 ) -> Litestar:
+    state = {"gateway": service, "metrics": metrics or CollectorRegistry(), "engines": engines}
     return Litestar(
         route_handlers=ROUTES,
-        state=State({"gateway": service, "metrics": metrics or CollectorRegistry()}),
+        state=State(state),
         exception_handlers={Exception: error_handler},
         request_max_body_size=max_body_bytes,
         lifespan=lifespan,  # type: ignore[arg-type]

@@ -1,22 +1,30 @@
-"""Talk to engines: open an upstream call with failover before the first byte, relay
-streams event by event without buffering, and read usage on the way through."""
+"""Talk to engines: open an upstream call with failover before the first byte (reporting each
+outcome to the engines' health), relay streams event by event without buffering, and read usage
+on the way through."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
 import msgspec
 
 from trunkline.errors import UpstreamUnavailable
+from trunkline.gateway.endpoints import EngineState, Flight
 from trunkline.gateway.routing import Candidate
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE_STATUS = frozenset({502, 503})
+_FAILOVER_ERRORS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.RemoteProtocolError,
+)
+"""Errors after which the engine cannot have started on the request, or dropped it unanswered."""
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -62,30 +70,73 @@ class Tally:
         return None if self.first_byte is None else (self.first_byte - self.started) * 1000
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The upstream call that answered: where it went, its response, its in-flight record."""
+
+    index: int
+    """Position of ``candidate`` in the list tried."""
+    candidate: Candidate
+    response: httpx.Response
+    flight: Flight
+
+
 async def open_upstream(
     client: httpx.AsyncClient,
-    candidates: list[Candidate],
+    candidates: Sequence[Candidate],
     path: str,
     body: bytes,
     headers: dict[str, str],
-) -> tuple[Candidate, httpx.Response]:
-    """Send to the first candidate that answers; fail over only before any byte was read."""
+    *,
+    engines: EngineState,
+    prompt_tokens: int = 0,
+    retry_read_errors: bool = False,
+) -> Opened:
+    """Send to the first candidate that answers; fail over only before any byte was read.
+
+    Fails over on a connection that could not be made or was dropped before the response
+    head, and on a 5xx answer while another candidate remains. A read timeout or error before
+    the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
+    at once, so silence means a stuck engine; a plain request may still be generating, and
+    sending it again would run it twice). Each outcome goes to ``engines`` for health, and each
+    attempt is accounted in flight there until it ends.
+    """
     reasons = []
-    for candidate in candidates:
-        request = client.build_request(
-            "POST", candidate.endpoint.url + path, content=body, headers=headers
-        )
+    last = len(candidates) - 1
+    for index, candidate in enumerate(candidates):
+        endpoint = candidate.endpoint
+        flight = engines.sent(endpoint.id, prompt_tokens)
+        request = client.build_request("POST", endpoint.url + path, content=body, headers=headers)
         try:
             response = await client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-            reasons.append(f"{candidate.endpoint.url}: {type(exc).__name__}")
-            log.warning("endpoint refused the request", extra={"endpoint": candidate.endpoint.url})
+        except _FAILOVER_ERRORS as exc:
+            engines.ended(flight)
+            if not isinstance(exc, httpx.PoolTimeout):  # our own pool, not the engine's fault
+                engines.failed(endpoint.id, type(exc).__name__)
+            reasons.append(f"{endpoint.url}: {type(exc).__name__}")
+            log.warning("endpoint did not take the request", extra={"endpoint": endpoint.url})
             continue
-        if response.status_code in _RETRYABLE_STATUS and candidate is not candidates[-1]:
-            await response.aclose()
-            reasons.append(f"{candidate.endpoint.url}: HTTP {response.status_code}")
+        except (httpx.TimeoutException, httpx.NetworkError) as exc:
+            engines.ended(flight)
+            engines.failed(endpoint.id, type(exc).__name__)
+            if not retry_read_errors:
+                raise
+            reasons.append(f"{endpoint.url}: {type(exc).__name__}")
+            log.warning("endpoint went silent before answering", extra={"endpoint": endpoint.url})
             continue
-        return candidate, response
+        except BaseException:
+            engines.ended(flight)
+            raise
+        if response.status_code >= 500:
+            engines.failed(endpoint.id, f"HTTP {response.status_code}")
+            if index < last:
+                engines.ended(flight)
+                await response.aclose()
+                reasons.append(f"{endpoint.url}: HTTP {response.status_code}")
+                continue
+        else:
+            engines.succeeded(endpoint.id)
+        return Opened(index, candidate, response, flight)
     raise UpstreamUnavailable(
         "No model endpoint could take the request; try again shortly.",
         reason="upstream_unavailable",

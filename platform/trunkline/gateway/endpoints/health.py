@@ -1,0 +1,87 @@
+"""Outlier ejection of one endpoint: a small state machine over explicit time, no I/O.
+
+- **in service**: every failure (connect error, 5xx, timeout before the first byte, failed
+  scrape) counts; any success resets the count. ``eject_after`` failures in a row eject it.
+- **ejected** until ``ejected_until``: routing skips it, the scraper leaves it alone, and what
+  still comes back from requests sent before the ejection changes nothing.
+- **half-open** once the deadline passed: the next outcome is the probe (the scraper's next
+  scrape, or a request if no scraper runs). A success readmits it; a failure ejects it again
+  for twice as long (up to ``max_s``). The backoff falls back to ``base_s`` once the endpoint
+  stayed in service for ``max_s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["EjectionPolicy", "Health"]
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionPolicy:
+    eject_after: int = 3
+    """Consecutive failures that eject an endpoint."""
+    base_s: float = 1.0
+    """First ejection time; doubled by every ejection that follows a failed probe."""
+    max_s: float = 30.0
+
+    def backoff(self, level: int) -> float:
+        return float(min(self.base_s * 2 ** max(level - 1, 0), self.max_s))
+
+
+class Health:
+    """The health of one endpoint; ``now`` is any monotonic clock in seconds."""
+
+    __slots__ = ("_admitted_at", "_level", "_policy", "ejected_until", "ejections", "failures")
+
+    def __init__(self, policy: EjectionPolicy) -> None:
+        self._policy = policy
+        self.failures = 0
+        self.ejected_until: float | None = None
+        self.ejections = 0
+        """How many times this endpoint was ejected (for logs and metrics)."""
+        self._level = 0
+        self._admitted_at = 0.0
+
+    def in_service(self, now: float) -> bool:
+        """Not ejected, or its ejection is over (half-open: the next outcome decides)."""
+        return self.ejected_until is None or now >= self.ejected_until
+
+    def ejected(self, now: float) -> bool:
+        return not self.in_service(now)
+
+    def half_open(self, now: float) -> bool:
+        return self.ejected_until is not None and now >= self.ejected_until
+
+    def failed(self, now: float) -> bool:
+        """Record a failure; returns True when it ejected the endpoint."""
+        if self.ejected_until is not None:
+            if now < self.ejected_until:
+                return False  # a request sent before the ejection: nothing new
+            self._eject(now)  # the probe failed
+            return True
+        self.failures += 1
+        if self.failures >= self._policy.eject_after:
+            if now - self._admitted_at >= self._policy.max_s:
+                self._level = 0  # long in service since the last readmission: start over
+            self._eject(now)
+            return True
+        return False
+
+    def succeeded(self, now: float) -> bool:
+        """Record a success; returns True when it readmitted the endpoint."""
+        if self.ejected_until is not None:
+            if now < self.ejected_until:
+                return False
+            self.ejected_until = None
+            self._admitted_at = now
+            self.failures = 0
+            return True
+        self.failures = 0
+        return False
+
+    def _eject(self, now: float) -> None:
+        self._level += 1
+        self.ejections += 1
+        self.failures = 0
+        self.ejected_until = now + self._policy.backoff(self._level)

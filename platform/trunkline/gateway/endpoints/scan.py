@@ -1,0 +1,113 @@
+"""A fast reader of the few vLLM ``/metrics`` series the gateway routes and admits on.
+
+The scraper reads every engine's page ten times a second, so this skips the general Prometheus
+parser (:func:`trunkline.engines.metrics.parse_vllm_metrics`, ~1.7 ms a page) for a search of
+the raw bytes for each series named in ``_SERIES``. Samples of one series are summed over their
+labels (a server with several engine cores reports one sample each); KV-cache usage is averaged.
+
+Names are current vLLM's (0.32, V1 engine, no ``gpu_`` prefix); the pre-0.9 ``gpu_`` names and
+``time_per_output_token_seconds`` are read when the current ones are absent, never both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MetricsScan", "scan_metrics"]
+
+# slot indices
+_RUNNING, _WAITING, _KV, _KV_OLD = 0, 1, 2, 3
+_QUERIES, _QUERIES_OLD, _HITS, _HITS_OLD = 4, 5, 6, 7
+_PROMPT, _PREFILL_SUM, _PREFILL_COUNT = 8, 9, 10
+_ITL_SUM, _ITL_COUNT, _TPOT_SUM, _TPOT_COUNT = 11, 12, 13, 14
+_SLOTS = 15
+
+_SERIES: dict[bytes, int] = {
+    b"vllm:num_requests_running": _RUNNING,
+    b"vllm:num_requests_waiting": _WAITING,
+    b"vllm:kv_cache_usage_perc": _KV,
+    b"vllm:gpu_cache_usage_perc": _KV_OLD,
+    b"vllm:prefix_cache_queries_total": _QUERIES,
+    b"vllm:gpu_prefix_cache_queries_total": _QUERIES_OLD,
+    b"vllm:prefix_cache_hits_total": _HITS,
+    b"vllm:gpu_prefix_cache_hits_total": _HITS_OLD,
+    b"vllm:prompt_tokens_total": _PROMPT,
+    b"vllm:request_prefill_time_seconds_sum": _PREFILL_SUM,
+    b"vllm:request_prefill_time_seconds_count": _PREFILL_COUNT,
+    b"vllm:inter_token_latency_seconds_sum": _ITL_SUM,
+    b"vllm:inter_token_latency_seconds_count": _ITL_COUNT,
+    b"vllm:time_per_output_token_seconds_sum": _TPOT_SUM,
+    b"vllm:time_per_output_token_seconds_count": _TPOT_COUNT,
+}
+_KEYS = tuple((b"\n" + name, slot) for name, slot in _SERIES.items())
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsScan:
+    """One page's gauges and cumulative counters (which only grow, unless the engine restarts)."""
+
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0
+    """Mean over the page's engine cores, 0..1."""
+    prefix_cache_queries: float = 0.0
+    prefix_cache_hits: float = 0.0
+    prompt_tokens: float = 0.0
+    """Prompt tokens of requests whose prefill finished, cached ones included."""
+    prefill_seconds: float = 0.0
+    """Summed prefill time of those requests (``request_prefill_time_seconds``; 0 on engines
+    without it: time to first token is no stand-in, it counts queueing too)."""
+    prefill_requests: float = 0.0
+    itl_seconds: float = 0.0
+    """Summed time between output tokens, and how many such gaps: ``decode_step_s`` is the
+    ratio of their increments."""
+    itl_count: float = 0.0
+
+
+def scan_metrics(page: bytes) -> MetricsScan:
+    """The series routing needs from a Prometheus text page; absent series read as 0."""
+    sums = [0.0] * _SLOTS
+    counts = [0] * _SLOTS
+    if not page.startswith(b"\n"):
+        page = b"\n" + page  # so a sample on the first line is found too
+    find, size = page.find, len(page)
+    for key, slot in _KEYS:
+        # ``find`` runs in C: a few hundred microseconds less per page than a Python loop
+        # over every line. A sample line is "\nNAME{labels} value" or "\nNAME value".
+        at = find(key)
+        while at != -1:
+            start = at + len(key)
+            end = find(b"\n", start)
+            end = size if end == -1 else end
+            after = page[start : start + 1]
+            if after == b"{":
+                value = page[page.rfind(b"}", start, end) + 1 : end]
+            elif after == b" ":
+                value = page[start:end]
+            else:  # a longer name sharing this prefix (e.g. ``..._waiting_by_reason``)
+                at = find(key, start)
+                continue
+            try:
+                sums[slot] += float(value.split(None, 1)[0])
+                counts[slot] += 1
+            except (ValueError, IndexError):
+                pass  # a malformed sample is skipped, not fatal to the whole page
+            at = find(key, end)
+
+    def pick(current: int, old: int) -> float:
+        return sums[current] if counts[current] else sums[old]
+
+    kv_slot = _KV if counts[_KV] else _KV_OLD
+    itl = (_ITL_SUM, _ITL_COUNT) if counts[_ITL_SUM] else (_TPOT_SUM, _TPOT_COUNT)
+    return MetricsScan(
+        running=sums[_RUNNING],
+        waiting=sums[_WAITING],
+        kv_usage=sums[kv_slot] / counts[kv_slot] if counts[kv_slot] else 0.0,
+        prefix_cache_queries=pick(_QUERIES, _QUERIES_OLD),
+        prefix_cache_hits=pick(_HITS, _HITS_OLD),
+        prompt_tokens=sums[_PROMPT],
+        prefill_seconds=sums[_PREFILL_SUM],
+        prefill_requests=sums[_PREFILL_COUNT],
+        itl_seconds=sums[itl[0]],
+        itl_count=sums[itl[1]],
+    )

@@ -1,0 +1,110 @@
+"""Scrape every endpoint's vLLM ``/metrics`` in the background, into :class:`EngineState`.
+
+Every ``interval_s`` the scraper starts a scrape of each endpoint of the current snapshot that
+is not still being scraped (a slow engine skips ticks instead of piling up or delaying the
+others), at most ``concurrency`` at once, each bounded by ``timeout_s``. A failed or timed-out
+scrape counts as a failure for the endpoint's health; ejected endpoints are scraped again only
+when their ejection ends, as the probe that readmits them. Figures are at most
+``interval_s`` plus one scrape old while an engine answers (``EndpointLoad.age_s`` says).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+import httpx
+
+from trunkline.gateway.endpoints.scan import scan_metrics
+from trunkline.gateway.endpoints.state import EngineState
+from trunkline.snapshot import EndpointEntry
+
+__all__ = ["MetricsScraper"]
+
+log = logging.getLogger(__name__)
+_TASK_PREFIX = "scrape-"
+
+
+class MetricsScraper:
+    def __init__(
+        self,
+        state: EngineState,
+        client: httpx.AsyncClient,
+        endpoints: Callable[[], Sequence[EndpointEntry]],
+        *,
+        interval_s: float = 0.1,
+        timeout_s: float = 1.0,
+        concurrency: int = 32,
+    ) -> None:
+        self.state = state
+        self._client = client
+        self._endpoints = endpoints
+        self._interval_s = interval_s
+        self._timeout = httpx.Timeout(timeout_s)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._busy: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._known: tuple[str, ...] = ()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="engine-metrics-scraper")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._busy.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._busy.clear()
+
+    def tick(self) -> list[asyncio.Task[None]]:
+        """Start the scrapes due now; returns them (tests await them)."""
+        endpoints = self._endpoints()
+        ids = tuple(e.id for e in endpoints)
+        if ids != self._known:
+            self.state.sync(ids)
+            self._known = ids
+        started = []
+        for endpoint in endpoints:
+            if endpoint.id in self._busy or not self.state.should_scrape(endpoint.id):
+                continue
+            task = asyncio.create_task(self._scrape(endpoint), name=_TASK_PREFIX + endpoint.id)
+            self._busy[endpoint.id] = task
+            task.add_done_callback(self._done)
+            started.append(task)
+        return started
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        key = task.get_name().removeprefix(_TASK_PREFIX)
+        if self._busy.get(key) is task:
+            del self._busy[key]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("engine scrape tick failed")
+            next_at += self._interval_s
+            now = loop.time()
+            if next_at < now:  # the loop was blocked: skip the missed ticks, do not burst
+                next_at = now + self._interval_s
+            await asyncio.sleep(next_at - now)
+
+    async def _scrape(self, endpoint: EndpointEntry) -> None:
+        async with self._slots:
+            sent_at = self.state.now()
+            try:
+                response = await self._client.get(endpoint.url + "/metrics", timeout=self._timeout)
+            except httpx.HTTPError as exc:
+                self.state.scrape_failed(endpoint.id, type(exc).__name__)
+                return
+            if response.status_code != 200:
+                self.state.scrape_failed(endpoint.id, f"HTTP {response.status_code}")
+                return
+            self.state.scraped(endpoint.id, scan_metrics(response.content), sent_at)

@@ -1,0 +1,198 @@
+"""The gateway's view of its engines: scraped load, its own requests in flight, and health.
+
+One :class:`EngineState` per gateway process. The scraper writes scrapes into it, the request
+path writes what it sends and what comes back, and routing and admission read
+:meth:`EngineState.loads` (an :class:`EndpointLoad` per endpoint id) and
+:meth:`EngineState.in_service`. :meth:`EngineState.wait_changed` lets admission sleep until any
+load moved instead of polling. Everything runs on the event loop: no locks.
+
+Local accounting fills what a scrape cannot know yet: ``queued_prompt_tokens`` sums the prompt
+estimates of this gateway's requests sent to the endpoint whose first byte has not come back,
+and requests sent since the last scrape are added to ``waiting`` (the engine had not counted
+them yet when it was scraped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from trunkline.gateway.endpoints.health import EjectionPolicy, Health
+from trunkline.gateway.endpoints.rates import Rates, next_rates
+from trunkline.gateway.endpoints.scan import MetricsScan
+from trunkline.gateway.routing.views import EndpointLoad
+
+__all__ = ["EngineState", "Flight"]
+
+log = logging.getLogger(__name__)
+
+
+class Flight:
+    """One request this gateway sent to an endpoint, until it ends."""
+
+    __slots__ = ("endpoint", "prompt_tokens", "sent_at", "waiting_first_byte")
+
+    def __init__(self, endpoint: str, prompt_tokens: int, sent_at: float) -> None:
+        self.endpoint = endpoint
+        self.prompt_tokens = prompt_tokens
+        self.sent_at = sent_at
+        self.waiting_first_byte = True
+
+
+class _Endpoint:
+    __slots__ = ("flights", "health", "rates", "scan", "scrape_sent_at")
+
+    def __init__(self, policy: EjectionPolicy) -> None:
+        self.health = Health(policy)
+        self.scan: MetricsScan | None = None
+        self.scrape_sent_at = 0.0
+        self.rates = Rates()
+        self.flights: set[Flight] = set()
+
+    def load(self, now: float) -> EndpointLoad:
+        scan = self.scan or _EMPTY
+        queued = 0
+        newer = 0
+        for flight in self.flights:
+            if flight.waiting_first_byte:
+                queued += flight.prompt_tokens
+            if flight.sent_at > self.scrape_sent_at:
+                newer += 1
+        return EndpointLoad(
+            running=scan.running,
+            waiting=scan.waiting + newer,
+            kv_usage=scan.kv_usage,
+            queued_prompt_tokens=float(queued),
+            prefill_tokens_per_s=self.rates.prefill_tokens_per_s,
+            decode_step_s=self.rates.decode_step_s,
+            # From when the scrape was sent: the page shows the engine somewhere in between.
+            age_s=now - self.scrape_sent_at if self.scan is not None else float("inf"),
+        )
+
+
+_EMPTY = MetricsScan()
+
+
+class EngineState:
+    """Load and health of every endpoint of the current snapshot, keyed by endpoint id."""
+
+    def __init__(
+        self, policy: EjectionPolicy | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._policy = policy or EjectionPolicy()
+        self._clock = clock
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._changed = asyncio.Event()
+
+    def now(self) -> float:
+        """The clock every time in here is on (monotonic seconds)."""
+        return self._clock()
+
+    # --- membership --------------------------------------------------------------------------
+
+    def sync(self, endpoint_ids: Iterable[str]) -> None:
+        """Follow the snapshot: track these endpoints, forget the others."""
+        wanted = set(endpoint_ids)
+        for gone in self._endpoints.keys() - wanted:
+            del self._endpoints[gone]
+        for new in wanted - self._endpoints.keys():
+            self._endpoints[new] = _Endpoint(self._policy)
+
+    def _get(self, endpoint: str) -> _Endpoint:
+        state = self._endpoints.get(endpoint)
+        if state is None:  # a request raced a snapshot change: track it until the next sync
+            state = self._endpoints[endpoint] = _Endpoint(self._policy)
+        return state
+
+    # --- what routing and admission read -------------------------------------------------------
+
+    def loads(self) -> Mapping[str, EndpointLoad]:
+        now = self._clock()
+        return {key: state.load(now) for key, state in self._endpoints.items()}
+
+    def load(self, endpoint: str) -> EndpointLoad | None:
+        """One endpoint's load (None: not tracked yet); cheaper than ``loads()`` per request."""
+        state = self._endpoints.get(endpoint)
+        return None if state is None else state.load(self._clock())
+
+    def in_service(self, endpoint: str) -> bool:
+        """False while the endpoint is ejected (unknown endpoints are in service)."""
+        state = self._endpoints.get(endpoint)
+        return state is None or state.health.in_service(self._clock())
+
+    def ejections(self, endpoint: str) -> int:
+        state = self._endpoints.get(endpoint)
+        return 0 if state is None else state.health.ejections
+
+    async def wait_changed(self, timeout: float) -> None:  # noqa: ASYNC109 - admission's protocol
+        """Return when any endpoint's load changed, or after ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- what the scraper writes ---------------------------------------------------------------
+
+    def should_scrape(self, endpoint: str) -> bool:
+        """Ejected endpoints are left alone until their ejection ends (then scraped as a probe)."""
+        return self.in_service(endpoint)
+
+    def scraped(self, endpoint: str, scan: MetricsScan, sent_at: float) -> None:
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            return  # left the snapshot while we scraped it
+        now = self._clock()
+        window = sent_at - state.scrape_sent_at if state.scan is not None else 0.0
+        state.rates = next_rates(state.scan, scan, state.rates, window)
+        state.scan, state.scrape_sent_at = scan, sent_at
+        self._succeeded(endpoint, state, now)
+        self._notify()
+
+    def scrape_failed(self, endpoint: str, reason: str) -> None:
+        if endpoint in self._endpoints:
+            self.failed(endpoint, f"scrape: {reason}")
+
+    # --- what the request path writes ----------------------------------------------------------
+
+    def sent(self, endpoint: str, prompt_tokens: int) -> Flight:
+        flight = Flight(endpoint, prompt_tokens, self._clock())
+        self._get(endpoint).flights.add(flight)
+        self._notify()
+        return flight
+
+    def first_byte(self, flight: Flight) -> None:
+        if flight.waiting_first_byte:
+            flight.waiting_first_byte = False
+            self._notify()
+
+    def ended(self, flight: Flight) -> None:
+        state = self._endpoints.get(flight.endpoint)
+        if state is not None and flight in state.flights:
+            state.flights.discard(flight)
+            self._notify()
+
+    def failed(self, endpoint: str, reason: str) -> None:
+        """A connect error, a 5xx, a timeout or a failed scrape."""
+        state = self._get(endpoint)
+        if state.health.failed(self._clock()):
+            until = (state.health.ejected_until or 0.0) - self._clock()
+            log.warning(
+                "endpoint ejected",
+                extra={"endpoint_id": endpoint, "reason": reason, "ejected_for_s": round(until, 3)},
+            )
+            self._notify()
+
+    def succeeded(self, endpoint: str) -> None:
+        state = self._endpoints.get(endpoint)
+        if state is not None:
+            self._succeeded(endpoint, state, self._clock())
+
+    def _succeeded(self, endpoint: str, state: _Endpoint, now: float) -> None:
+        if state.health.succeeded(now):
+            log.info("endpoint readmitted", extra={"endpoint_id": endpoint})
+            self._notify()

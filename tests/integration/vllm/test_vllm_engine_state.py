@@ -1,0 +1,164 @@
+"""The gateway's engine state against real vLLM: the scraper reads its ``/metrics`` (load,
+prefill rate, decode step) and its KV-cache events reach the precise prefix index."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from support.servers import free_port
+from support.vllm import ALIAS, POOL, VllmServer, unique_prompt
+from trunkline.apps import serving
+from trunkline.apps.gateway import create_gateway_app
+from trunkline.auth.secrets import API_KEY_PREFIX, issue
+from trunkline.gateway.routing import EndpointLoad, kv_event_index
+from trunkline.gateway.routing.prefix_index import KvEventIndex
+from trunkline.gateway.service import GatewayService
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.settings import GatewaySettings
+from trunkline.snapshot import (
+    AliasEntry,
+    EndpointEntry,
+    InMemorySnapshotStore,
+    KeyEntry,
+    PoolEntry,
+    Snapshot,
+    TenantEntry,
+    TierEntry,
+    encode_snapshot,
+)
+
+SECRET = b"integration-test-engine-state-secret-long"
+TENANT = "00000000-0000-0000-0000-0000000000d1"
+PROJECT = "00000000-0000-0000-0000-0000000000d2"
+ENDPOINT = "vllm-0"
+
+
+@dataclass
+class Live:
+    url: str
+    api_key: str
+    service: GatewayService
+    index: KvEventIndex
+
+    async def complete(self, http: httpx.AsyncClient, prompt: str, **extra: object) -> None:
+        body = {"model": ALIAS, "prompt": prompt, "max_tokens": 8, "ignore_eos": True, **extra}
+        response = await http.post(
+            f"{self.url}/v1/completions",
+            json=body,
+            headers={"authorization": f"Bearer {self.api_key}"},
+        )
+        assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+async def live(vllm_server: VllmServer) -> AsyncIterator[Live]:
+    store = InMemorySnapshotStore()
+    issued = issue(SECRET, API_KEY_PREFIX)
+    endpoint = EndpointEntry(ENDPOINT, vllm_server.url, kv_events=vllm_server.kv_events_endpoint)
+    version = store.next_version()
+    snapshot = Snapshot(
+        version=version,
+        published_at=time.time(),
+        tiers={"gold": TierEntry("gold", 100, 500, 50, True)},
+        tenants={TENANT: TenantEntry(TENANT, "acme", "gold", (), frozenset({ALIAS}))},
+        keys={
+            issued.public_id: KeyEntry(
+                issued.public_id, issued.digest, TENANT, PROJECT, None, None, None
+            )
+        },
+        aliases={ALIAS: AliasEntry(ALIAS, vllm_server.model_name, "chat", (POOL,))},
+        pools={
+            POOL: PoolEntry(
+                POOL, vllm_server.model_name, "xeon", "local", False, vllm_server.block_size,
+                (endpoint,),
+            )
+        },
+    )  # fmt: skip
+    store.publish(version, encode_snapshot(snapshot))
+    app = create_gateway_app(
+        source=store,
+        emitter=InMemoryUsageStream(),
+        server_secret=SECRET,
+        settings=GatewaySettings(
+            snapshot_poll_s=0.05, read_timeout_s=60.0, routing_policy="precise-prefix"
+        ),
+    )
+    port = free_port()
+    server: uvicorn.Server = serving.server(app, "127.0.0.1", port)
+    task = asyncio.create_task(server.serve())
+    await serving.wait_started([server], [task])
+    service: GatewayService = app.state.gateway
+    index = kv_event_index(service.policy)
+    assert index is not None, "the precise-prefix policy has no KV event index"
+    try:
+        yield Live(f"http://127.0.0.1:{port}", issued.plaintext, service, index)
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _until(live: Live, what: str, done: Callable[[], bool], rounds: int = 300) -> None:
+    """Wait for engine state to change until ``done`` (a bounded number of times, not a
+    deadline: a change arrives with every scrape, ten times a second)."""
+    for _ in range(rounds):
+        if done():
+            return
+        await live.service.engines.wait_changed(timeout=1.0)
+    raise AssertionError(f"{what}: not after {rounds} engine-state changes")
+
+
+async def test_the_scraper_reads_real_vllm_metrics(live: Live) -> None:
+    engines = live.service.engines
+
+    def load() -> EndpointLoad:
+        return engines.loads().get(ENDPOINT) or EndpointLoad(age_s=float("inf"))
+
+    async with httpx.AsyncClient(timeout=60.0) as http:
+        await _until(live, "a first scrape", lambda: load().age_s < 60)
+        # Prefill and decode rates need requests between two scrapes.
+        for words in (200, 300, 400):
+            await live.complete(http, unique_prompt(words))
+        await _until(
+            live, "rates", lambda: load().prefill_tokens_per_s > 0 and load().decode_step_s > 0
+        )
+        health = (await http.get(f"{live.url}/health")).json()
+    scraped = load()
+
+    assert engines.in_service(ENDPOINT)
+    assert 0 <= scraped.kv_usage <= 1 and scraped.running >= 0 and scraped.waiting >= 0
+    assert scraped.queued_prompt_tokens == 0  # every request of ours has answered
+    assert 0 < scraped.decode_step_s < 10 and scraped.prefill_tokens_per_s > 0
+    assert health["engines"]["ejected"] == []
+    assert health["engines"]["oldest_scrape_s"] is not None
+    print(
+        f"\nreal vLLM via the scraper: prefill {scraped.prefill_tokens_per_s:.0f} tokens/s, "
+        f"decode step {scraped.decode_step_s * 1000:.1f} ms, "
+        f"scrape age {scraped.age_s * 1000:.0f} ms"
+    )
+
+
+async def test_kv_events_of_real_vllm_reach_the_precise_index(live: Live) -> None:
+    engines = live.service.engines
+    async with httpx.AsyncClient(timeout=60.0) as http:
+        # The SUB socket misses what vLLM publishes before its subscription lands (ZMQ's slow
+        # joiner): keep sending fresh prompts until events show up in the index.
+        for _ in range(100):
+            if len(live.index):
+                break
+            await live.complete(http, unique_prompt(3 * 32))
+            await engines.wait_changed(timeout=0.2)
+        assert len(live.index), "no KV event from vLLM reached the index"
+        before = len(live.index)
+        await live.complete(http, unique_prompt(300))
+        await _until(live, "the new prompt's blocks", lambda: len(live.index) > before)
+        health = (await http.get(f"{live.url}/health")).json()
+
+    assert len(live.index) > before
+    assert health["engines"]["kv_events"][ENDPOINT] > 0

@@ -1,0 +1,145 @@
+"""Engine state without I/O: outlier ejection and readmission, this gateway's own requests in
+flight, scrapes merged into ``EndpointLoad``, and ``wait_changed``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from trunkline.gateway.endpoints import EjectionPolicy, EngineState, Health, MetricsScan
+
+POLICY = EjectionPolicy(eject_after=3, base_s=1.0, max_s=8.0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run(health: Health, script: str, start: float = 0.0) -> list[str]:
+    """Play ``script`` (``f`` failure, ``s`` success, ``+N`` seconds pass) and note what
+    each step did: ``E`` ejected, ``R`` readmitted, ``.`` nothing new."""
+    now, out = start, []
+    for step in script.split():
+        if step.startswith("+"):
+            now += float(step[1:])
+            continue
+        changed = health.failed(now) if step == "f" else health.succeeded(now)
+        out.append(("E" if step == "f" else "R") if changed else ".")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("script", "expected", "in_service_after"),
+    [
+        ("f f", [".", "."], True),
+        ("f f f", [".", ".", "E"], False),
+        ("f f s f f", [".", ".", ".", ".", "."], True),  # a success resets the count
+        ("f f f f s", [".", ".", "E", ".", "."], False),  # late answers change nothing
+        ("f f f +1 s", [".", ".", "E", "R"], True),  # half-open probe succeeds
+        ("f f f +1 f +1 s", [".", ".", "E", "E", "."], False),  # probe failed: ejected for 2 s
+        ("f f f +1 f +2 s", [".", ".", "E", "E", "R"], True),
+        ("f f f +1 f +2 f +4 f +8 f +8 s", [".", ".", "E", "E", "E", "E", "E", "R"], True),
+    ],
+)
+def test_ejection_state_machine(script: str, expected: list[str], in_service_after: bool) -> None:
+    health = Health(POLICY)
+    assert _run(health, script) == expected
+    now = sum(float(s[1:]) for s in script.split() if s.startswith("+"))
+    assert health.in_service(now) is in_service_after
+
+
+def test_backoff_is_capped_and_starts_over_after_a_long_healthy_spell() -> None:
+    health = Health(POLICY)
+    _run(health, "f f f +1 f +2 f +4 f +8 f")  # ejected for 1, 2, 4, 8, 8 s
+    assert health.ejected_until == pytest.approx(15 + 8)
+    health.succeeded(23.0)  # readmitted
+    _run(health, "f f f", start=23.0 + 8.0)  # in service for max_s: back to the first backoff
+    assert health.ejected_until == pytest.approx(31.0 + 1.0)
+    assert health.ejections == 6
+
+
+def test_in_flight_prompt_tokens_count_until_the_first_byte() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a", "b"])
+
+    first = state.sent("a", 1000)
+    second = state.sent("a", 500)
+    assert state.loads()["a"].queued_prompt_tokens == 1500
+    assert state.loads()["b"].queued_prompt_tokens == 0
+
+    state.first_byte(first)
+    state.first_byte(first)  # idempotent
+    assert state.loads()["a"].queued_prompt_tokens == 500
+    state.ended(first)
+    state.ended(second)  # ended before its first byte (an error): no longer queued
+    state.ended(second)
+    assert state.loads()["a"].queued_prompt_tokens == 0
+
+
+def test_scrape_merges_with_requests_sent_after_it() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    before = state.sent("a", 10)  # the engine already counts this one at the scrape
+    state.scraped("a", MetricsScan(running=2, waiting=1, kv_usage=0.5), sent_at=clock.now)
+    clock.now += 0.05
+    state.sent("a", 10)  # sent after the scrape: the engine had not seen it yet
+
+    load = state.loads()["a"]
+
+    assert (load.running, load.waiting, load.kv_usage) == (2, 1 + 1, 0.5)
+    assert load.queued_prompt_tokens == 20
+    assert load.age_s == pytest.approx(0.05)
+    state.ended(before)
+
+
+def test_scrapes_give_rates_and_failures_eject() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    state.scraped("a", MetricsScan(prompt_tokens=0, prefill_seconds=0.0), clock.now)
+    state.scraped("a", MetricsScan(prompt_tokens=800, prefill_seconds=0.2), clock.now)
+    assert state.loads()["a"].prefill_tokens_per_s == pytest.approx(4000)
+
+    for _ in range(3):
+        state.scrape_failed("a", "ConnectError")
+    assert not state.in_service("a") and not state.should_scrape("a")
+    clock.now += POLICY.base_s
+    assert state.should_scrape("a")  # the ejection is over: the next scrape is the probe
+    state.scraped("a", MetricsScan(), clock.now)
+    assert state.in_service("a") and state.ejections("a") == 1
+
+
+def test_snapshot_changes_add_and_forget_endpoints() -> None:
+    state = EngineState(POLICY, Clock())
+    state.sync(["a", "b"])
+    state.sync(["b", "c"])
+    assert set(state.loads()) == {"b", "c"}
+    assert state.in_service("unknown")
+
+
+async def test_wait_changed_wakes_on_any_change_and_times_out_otherwise() -> None:
+    state = EngineState(POLICY, Clock())
+    state.sync(["a"])
+    loop = asyncio.get_running_loop()
+
+    waiter = asyncio.create_task(state.wait_changed(timeout=30))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    flight = state.sent("a", 5)
+    await asyncio.wait_for(waiter, 5)  # woken by the request, long before its timeout
+
+    waiter = asyncio.create_task(state.wait_changed(timeout=30))
+    await asyncio.sleep(0)
+    state.first_byte(flight)
+    await asyncio.wait_for(waiter, 5)
+
+    started = loop.time()
+    await state.wait_changed(timeout=0.01)  # nothing changes: returns after the timeout
+    assert loop.time() - started >= 0.01

@@ -1,0 +1,315 @@
+"""The gateway with engine state: retry before the first byte, outlier ejection, the loads and
+views admission sees, and a pluggable admission object."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import TestClient
+from tests.unit.gateway.conftest import SECRET, TENANT_B, World, default_world
+from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
+
+from trunkline.apps.gateway import create_gateway_app
+from trunkline.errors import ConfigurationError, RateLimited
+from trunkline.gateway.admission.adapter import AsyncAdmission
+from trunkline.gateway.admission.policy import AdmissionPolicy
+from trunkline.gateway.routing import EndpointView, RequestView
+from trunkline.gateway.service import GatewayService
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.settings import EngineStateSettings, GatewaySettings
+from trunkline.snapshot import TenantEntry, TierEntry
+
+CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
+STREAM = {**CHAT, "stream": True}
+# Ejections long enough that no test outlives one (no half-open probe sneaks in).
+NO_PROBES = EngineStateSettings(ejection_base_s=600.0, ejection_max_s=600.0)
+METRICS = (
+    b'vllm:num_requests_running{model_name="m"} 3\n'
+    b'vllm:num_requests_waiting{model_name="m"} 2\n'
+    b'vllm:kv_cache_usage_perc{model_name="m"} 0.25\n'
+)
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+@dataclass
+class Admitted:
+    order: list[int]
+    headers: dict[str, str]
+
+
+@dataclass
+class RecordingAdmission:
+    """Admits in reverse ranking order and remembers what it saw."""
+
+    seen: list[tuple[RequestView, TierEntry, list[EndpointView]]] = field(default_factory=list)
+    reject: bool = False
+
+    async def admit(
+        self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
+    ) -> Admitted:
+        self.seen.append((request, tier, list(ranked)))
+        if self.reject:
+            raise RateLimited("shed", reason="overloaded", extra={"headers": {"retry-after": "7"}})
+        return Admitted(list(reversed(range(len(ranked)))), {"x-trunkline-admission": "ok"})
+
+
+@dataclass
+class Gateway:
+    client: TestClient  # type: ignore[type-arg]
+    key: str
+    upstream: list[httpx.Request]
+    usage: InMemoryUsageStream
+
+    def chat(self, body: dict[str, Any] = CHAT) -> httpx.Response:
+        return self.client.post(
+            "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {self.key}"}
+        )
+
+    def hosts(self) -> list[str]:
+        return [r.url.host for r in self.upstream if r.url.path != "/metrics"]
+
+    @property
+    def service(self) -> GatewayService:
+        service: GatewayService = self.client.app.state.gateway
+        return service
+
+
+@pytest.fixture
+def make_gateway() -> Iterator[Callable[..., Gateway]]:
+    clients: list[TestClient] = []  # type: ignore[type-arg]
+
+    def build(
+        handler: Handler,
+        *,
+        world: World | None = None,
+        tenant: str | None = None,
+        admission: RecordingAdmission | None = None,
+        engines: EngineStateSettings = NO_PROBES,
+        policy: str = "round-robin",
+        scrape: Handler | None = None,
+    ) -> Gateway:
+        world = world or default_world()
+        key = world.add_key(tenant) if tenant else world.add_key()
+        world.publish()
+        seen: list[httpx.Request] = []
+
+        def recording(request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return handler(request)
+
+        usage = InMemoryUsageStream()
+        app = create_gateway_app(
+            source=world.store,
+            emitter=usage,
+            server_secret=SECRET,
+            settings=GatewaySettings(snapshot_poll_s=0.05, routing_policy=policy, engines=engines),
+            transport=httpx.MockTransport(recording),
+            scrape_transport=httpx.MockTransport(scrape) if scrape else None,
+            admission=(lambda _engines: admission) if admission else None,
+        )
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return Gateway(client, key, seen, usage)
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def failing_on(host: str, failure: Callable[[httpx.Request], httpx.Response]) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return failure(request) if request.url.host == host else chat_any(request)
+
+    return handler
+
+
+def _503(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(503, text="overloaded")
+
+
+def _refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("refused", request=request)
+
+
+def _silent(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("no response head", request=request)
+
+
+@pytest.mark.parametrize("failure", [_503, _refused], ids=["5xx", "refused"])
+def test_a_failing_endpoint_is_retried_elsewhere_then_ejected(
+    make_gateway: Callable[..., Gateway], failure: Handler
+) -> None:
+    gw = make_gateway(failing_on("engine-1", failure))
+
+    statuses = [gw.chat().status_code for _ in range(12)]
+
+    assert statuses == [200] * 12  # no client saw the failures
+    hosts = gw.hosts()
+    assert hosts.count("engine-1") == 3  # three consecutive failures, then never again
+    assert hosts[-6:].count("engine-1") == 0
+    assert gw.service.engines.ejections("e1") == 1
+    endpoints = {record.endpoint for _id, record in gw.usage.read(100)}
+    assert endpoints == {"http://engine-2", "http://engine-3"}
+
+
+def test_every_endpoint_ejected_still_tries_them_all(make_gateway: Callable[..., Gateway]) -> None:
+    broken = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _refused(request) if broken else chat_any(request)
+
+    gw = make_gateway(handler)
+    for _ in range(3):
+        assert gw.chat().status_code == 503
+    assert not any(gw.service.engines.in_service(e) for e in ("e1", "e2", "e3"))
+    broken = False
+    assert gw.chat().status_code == 200  # fail open: ejected endpoints are still tried
+
+
+def test_stream_read_timeout_before_the_head_is_retried_a_plain_one_is_not(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gw = make_gateway(failing_on("engine-1", _silent))
+
+    streamed = [gw.chat(STREAM).status_code for _ in range(3)]
+    assert streamed == [200, 200, 200]
+
+    gw = make_gateway(failing_on("engine-1", _silent))
+    plain = [gw.chat().status_code for _ in range(3)]
+    # Round-robin starts at engine-1 once: that request may still be generating there, so it
+    # is not sent twice; the client gets a 502 instead.
+    assert sorted(plain) == [200, 200, 502]
+    assert gw.hosts().count("engine-1") == 1
+
+
+def _dies_before_the_first_event(request: httpx.Request) -> httpx.Response:
+    events = sse_events("llama-8b-served", True)
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(events, fail_after=0)
+    )
+
+
+def test_a_stream_dying_before_its_first_event_moves_to_another_endpoint(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gw = make_gateway(failing_on("engine-1", _dies_before_the_first_event))
+
+    bodies = [gw.chat(STREAM).text for _ in range(3)]
+
+    assert all('"error"' not in body and body.endswith("data: [DONE]\n\n") for body in bodies)
+    assert gw.hosts().count("engine-1") == 1  # round-robin sent one there; it was retried
+    records = [record for _id, record in gw.usage.read(10)]
+    assert [r.status for r in records] == [200, 200, 200]
+    assert all(r.endpoint != "http://engine-1" for r in records)
+
+
+def test_5xx_on_the_last_endpoint_is_a_502(make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway(_503)
+    response = gw.chat()
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert len(gw.hosts()) == 3  # every endpoint was tried once
+
+
+def test_admission_sees_ranked_views_with_loads_and_picks_the_order(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    world = default_world()
+    tenant = world.tenants[TENANT_B]
+    world.tenants[TENANT_B] = TenantEntry(
+        tenant.id, tenant.slug, tenant.tier, tenant.regions, tenant.aliases, cache_salt="salt-b"
+    )
+    admission = RecordingAdmission()
+    gw = make_gateway(
+        chat_any,
+        world=world,
+        tenant=TENANT_B,
+        admission=admission,
+        scrape=lambda request: httpx.Response(200, content=METRICS),
+    )
+    service = gw.service
+    gw.client.blocking_portal.call(_wait_for_scrapes, service, ("e1", "e2"))
+
+    response = gw.chat({**CHAT, "max_tokens": 7, "messages": [{"role": "user", "content": "x"}]})
+
+    assert response.status_code == 200
+    assert response.headers["x-trunkline-admission"] == "ok"
+    [(request, tier, ranked)] = admission.seen
+    assert (request.cache_salt, request.regions, request.max_tokens) == ("salt-b", ("eu-west",), 7)
+    assert request.prompt is not None and request.prompt.num_tokens >= 1
+    assert request.prompt_tokens > 0 and tier.name == "gold"
+    assert sorted(v.key for v in ranked) == ["e1", "e2"]  # residency: eu-west only
+    assert all((v.load.running, v.load.waiting, v.load.kv_usage) == (3, 2, 0.25) for v in ranked)
+    # Admission put the last-ranked endpoint first: that is where the request went.
+    [record] = [r for _id, r in gw.usage.read(10)]
+    assert record.endpoint == f"http://engine-{ranked[-1].key[1:]}"
+
+
+async def _wait_for_scrapes(service: GatewayService, endpoints: tuple[str, ...]) -> None:
+    """Until every one of ``endpoints`` was scraped (no deadline: the test's timeout is one)."""
+
+    def scraped() -> bool:
+        loads = service.engines.loads()
+        return all(e in loads and loads[e].running > 0 for e in endpoints)
+
+    while not scraped():
+        await service.engines.wait_changed(timeout=1.0)
+
+
+def test_a_rejecting_admission_sends_nothing_upstream(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gw = make_gateway(chat_any, admission=RecordingAdmission(reject=True))
+    response = gw.chat()
+    assert response.status_code == 429 and response.headers["retry-after"] == "7"
+    assert gw.hosts() == []
+
+
+def test_prompt_text_follows_the_messages_in_order(make_gateway: Callable[..., Gateway]) -> None:
+    admission = RecordingAdmission()
+    gw = make_gateway(chat_any, admission=admission)
+    messages = [
+        {"role": "system", "content": "policy " * 40},
+        {"role": "user", "content": [{"type": "text", "text": "question"}]},
+    ]
+    gw.chat({**CHAT, "messages": messages})
+    prompt = admission.seen[0][0].prompt
+    assert prompt is not None
+    assert getattr(prompt, "text", None) == "policy " * 40 + "\nquestion"
+    assert json.dumps(CHAT)  # the body itself is passed on unchanged (tested elsewhere)
+
+
+def test_the_slo_admission_object_plugs_in_over_engine_state() -> None:
+    world = default_world()
+    key = world.add_key()
+    world.publish()
+    app = create_gateway_app(
+        source=world.store,
+        emitter=InMemoryUsageStream(),
+        server_secret=SECRET,
+        settings=GatewaySettings(snapshot_poll_s=0.05),
+        transport=httpx.MockTransport(chat_any),
+        admission=lambda engines: AsyncAdmission(AdmissionPolicy(), engines),
+    )
+    with TestClient(app) as client:
+        gw = Gateway(client, key, [], InMemoryUsageStream())
+        response = gw.chat()
+    assert response.status_code == 200, response.text
+    assert "x-trunkline-admission" in response.headers
+
+
+def test_an_unknown_routing_policy_names_the_setting() -> None:
+    with pytest.raises(ConfigurationError, match=r"TRUNKLINE_GATEWAY__ROUTING_POLICY.*nope"):
+        create_gateway_app(
+            source=default_world().store,
+            emitter=InMemoryUsageStream(),
+            server_secret=SECRET,
+            settings=GatewaySettings(routing_policy="nope"),
+        )

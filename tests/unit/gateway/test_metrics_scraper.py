@@ -1,0 +1,115 @@
+"""The scraper over a scripted transport: a slow engine blocks nobody, failures eject, ejected
+endpoints are probed when their ejection ends, and the endpoint set follows the snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+
+from trunkline.gateway.endpoints import EjectionPolicy, EngineState, MetricsScraper
+from trunkline.snapshot import EndpointEntry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Engines:
+    """``/metrics`` of engines by host: a page, a status, an error, or a hang until released."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, int] = {}
+        self.broken: set[str] = set()
+        self.hanging: dict[str, asyncio.Event] = {}
+        self.scrapes: list[str] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.scrapes.append(host)
+        if host in self.hanging:
+            await self.hanging[host].wait()
+        if host in self.broken:
+            raise httpx.ConnectError("refused", request=request)
+        page = f'vllm:num_requests_running{{model_name="m"}} {self.running.get(host, 0)}\n'
+        return httpx.Response(200, content=page.encode())
+
+
+def _scraper(
+    engines: Engines, endpoints: Callable[[], list[EndpointEntry]], clock: Clock
+) -> tuple[EngineState, MetricsScraper]:
+    state = EngineState(EjectionPolicy(eject_after=2, base_s=5.0, max_s=60.0), clock)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(engines))
+    return state, MetricsScraper(state, client, endpoints, interval_s=0.1, concurrency=4)
+
+
+def _entries(*names: str) -> list[EndpointEntry]:
+    return [EndpointEntry(name, f"http://{name}") for name in names]
+
+
+async def test_a_hanging_engine_delays_no_other_and_is_not_piled_up() -> None:
+    engines = Engines()
+    engines.running = {"fast": 3}
+    engines.hanging["slow"] = asyncio.Event()
+    state, scraper = _scraper(engines, lambda: _entries("slow", "fast"), Clock())
+
+    first = scraper.tick()
+    done, pending = await asyncio.wait(first, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1 and state.loads()["fast"].running == 3
+
+    second = scraper.tick()  # the slow one is still being scraped: only the fast one again
+    await asyncio.gather(*second)
+    assert len(second) == 1 and engines.scrapes.count("slow") == 1
+
+    engines.hanging["slow"].set()
+    await asyncio.gather(*pending)
+    await scraper.close()
+
+
+async def test_failed_scrapes_eject_and_the_probe_readmits() -> None:
+    engines = Engines()
+    engines.broken.add("a")
+    clock = Clock()
+    state, scraper = _scraper(engines, lambda: _entries("a"), clock)
+
+    for _ in range(2):
+        await asyncio.gather(*scraper.tick())
+    assert not state.in_service("a")
+    assert scraper.tick() == []  # ejected: left alone
+
+    engines.broken.clear()
+    clock.now += 5.0  # the ejection is over: the next scrape is the probe
+    await asyncio.gather(*scraper.tick())
+    assert state.in_service("a")
+    await scraper.close()
+
+
+async def test_endpoints_follow_the_snapshot() -> None:
+    engines = Engines()
+    current = _entries("a", "b")
+    state, scraper = _scraper(engines, lambda: current, Clock())
+    await asyncio.gather(*scraper.tick())
+    assert set(state.loads()) == {"a", "b"}
+
+    current = _entries("b", "c")
+    await asyncio.gather(*scraper.tick())
+    assert set(state.loads()) == {"b", "c"}
+    await scraper.close()
+
+
+async def test_the_background_loop_keeps_loads_fresh() -> None:
+    engines = Engines()
+    state, scraper = _scraper(engines, lambda: _entries("a"), Clock())
+    await scraper.start()
+    try:
+        for running in (1, 2, 3):
+            engines.running["a"] = running
+            while state.loads().get("a") is None or state.loads()["a"].running != running:
+                await state.wait_changed(timeout=1.0)
+    finally:
+        await scraper.close()
