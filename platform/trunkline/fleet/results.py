@@ -32,6 +32,18 @@ class RequestOutcome:
     completion_tokens: int = 0
     preemptions: int = 0
     slo_met: bool = False
+    ttft_met: bool = False
+    """Its first token came within the tier's TTFT SLO (``slo_met`` also needs the ITL SLO)."""
+    decision: str = "admitted"
+    """Admission's first answer: ``admitted``, ``queued`` (held) or ``rejected``."""
+    reason: str | None = None
+    """Admission's reason (``burst``, ``overloaded``, ``deadline_exceeded``, …)."""
+    held_s: float = 0.0
+    """Time held by admission before it was sent to an engine (part of its TTFT) or rejected."""
+    decision_s: float = math.nan
+    """Wall-clock time the admission decision code took on arrival."""
+    decision_cpu_s: float = math.nan
+    """The CPU time of that code (the wall clock also counts time the process was descheduled)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +90,9 @@ class OutcomeCollector:
         assert usage is not None
         outcome = self.outcomes[event.req_id]
         outcome.status = "ok"
-        outcome.ttft = usage.ttft
-        outcome.e2e = usage.e2e_latency
+        # The engine counts from when it got the request; the client waited the hold too.
+        outcome.ttft = usage.ttft + outcome.held_s
+        outcome.e2e = usage.e2e_latency + outcome.held_s
         tokens = usage.completion_tokens
         outcome.tpot = (usage.e2e_latency - usage.ttft) / (tokens - 1) if tokens > 1 else 0.0
         outcome.prompt_tokens = usage.prompt_tokens
@@ -87,7 +100,8 @@ class OutcomeCollector:
         outcome.completion_tokens = tokens
         outcome.preemptions = usage.num_preemptions
         tier = self.tiers[outcome.tier]
-        outcome.slo_met = outcome.ttft * 1000 <= tier.ttft_slo_ms and (
+        outcome.ttft_met = outcome.ttft * 1000 <= tier.ttft_slo_ms
+        outcome.slo_met = outcome.ttft_met and (
             tier.itl_slo_ms is None or outcome.tpot * 1000 <= tier.itl_slo_ms
         )
         self.last_finish = max(self.last_finish, event.time)
@@ -122,17 +136,53 @@ class FleetResult:
         metrics["slo_attainment"] = _attainment(self.outcomes)
         for tier, rate in self.attainment_by("tier").items():
             metrics[f"slo_attainment_{tier}"] = rate
+        for tier, rate in self.attainment_by("tier", ttft_only=True).items():
+            metrics[f"ttft_attainment_{tier}"] = rate
         by_tenant = sorted(self.attainment_by("tenant").values())
         metrics["slo_attainment_tenant_min"] = by_tenant[0] if by_tenant else math.nan
         metrics["slo_attainment_tenant_p10"] = quantile(by_tenant, 0.1)
+        metrics.update(self._decisions())
         metrics.update(self.extra)
         return metrics
 
-    def attainment_by(self, key: str) -> dict[str, float]:
+    def _decisions(self) -> dict[str, float]:
+        """Decision counts, rejections by reason, and the wall time of the decision code."""
+        counts: dict[str, float] = {}
+        for outcome in self.outcomes:
+            key = f"decisions_{outcome.decision}"
+            counts[key] = counts.get(key, 0.0) + 1
+            if outcome.status.startswith("rejected:"):
+                key = f"rejected_{outcome.status.removeprefix('rejected:')}"
+                counts[key] = counts.get(key, 0.0) + 1
+        timed = sorted(o.decision_s for o in self.outcomes if not math.isnan(o.decision_s))
+        if timed:
+            counts["decision_p99_ms"] = quantile(timed, 0.99) * 1000
+        at_once = [o for o in self.outcomes if o.decision == "rejected"]
+        if at_once and not math.isnan(at_once[0].decision_s):
+            wall = sorted(o.decision_s for o in at_once)
+            cpu = sorted(o.decision_cpu_s for o in at_once)
+            counts["reject_decision_p99_ms"] = quantile(wall, 0.99) * 1000
+            counts["reject_decision_cpu_p99_ms"] = quantile(cpu, 0.99) * 1000
+        held = sorted(o.held_s for o in self.outcomes if o.decision == "queued")
+        if held:
+            counts["held_p99_s"] = quantile(held, 0.99)
+        return counts
+
+    def ttft_by(self, key: str) -> dict[str, list[float]]:
+        """Ascending TTFTs of completed requests per tier or tenant."""
+        groups: dict[str, list[float]] = {}
+        for outcome in self.outcomes:
+            if outcome.status == "ok":
+                groups.setdefault(getattr(outcome, key), []).append(outcome.ttft)
+        return {name: sorted(values) for name, values in sorted(groups.items())}
+
+    def attainment_by(self, key: str, *, ttft_only: bool = False) -> dict[str, float]:
+        """Share of requests per tier or tenant that met the SLO (rejected ones did not);
+        ``ttft_only``: the TTFT objective alone."""
         groups: dict[str, list[RequestOutcome]] = {}
         for outcome in self.outcomes:
             groups.setdefault(getattr(outcome, key), []).append(outcome)
-        return {name: _attainment(group) for name, group in sorted(groups.items())}
+        return {name: _attainment(group, ttft_only) for name, group in sorted(groups.items())}
 
     def _throughput_and_cost(self, done: list[RequestOutcome]) -> dict[str, float]:
         output = sum(o.completion_tokens for o in done)
@@ -171,9 +221,10 @@ class FleetResult:
         }
 
 
-def _attainment(outcomes: Iterable[RequestOutcome]) -> float:
+def _attainment(outcomes: Iterable[RequestOutcome], ttft_only: bool = False) -> float:
     items = list(outcomes)
-    return sum(o.slo_met for o in items) / len(items) if items else math.nan
+    met = sum(o.ttft_met if ttft_only else o.slo_met for o in items)
+    return met / len(items) if items else math.nan
 
 
 def _max_over_mean(values: list[float] | list[int]) -> float:

@@ -7,26 +7,40 @@ For each request, in arrival order: every engine runs the steps that start befor
 :class:`~trunkline.gateway.routing.Router` orders them with the routing policy over each
 engine's current load (what ``/metrics`` would show), the admission hook admits or rejects, and
 the first endpoint queues the request. After the last arrival every engine drains.
+
+With an :class:`~trunkline.gateway.admission.AdmissionPolicy`, admission decides between routing
+and the engine: admitted requests go to the endpoint it picked, held ones wait in its queues
+while the engines step on (see :class:`~trunkline.fleet.admission.VirtualAdmission`), rejected
+ones are recorded with their reason. Without one, every request goes to the first endpoint
+(first come, first served: the baseline).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from trunkline.engines.core import EngineCore
+from trunkline.engines.events import KVCacheEvent, KVEventSink
 from trunkline.engines.virtual import VirtualEngine
-from trunkline.fleet.admission import AdmissionPolicy, AdmitAll
+from trunkline.fleet.admission import VirtualAdmission, engine_load
 from trunkline.fleet.results import EngineTotals, FleetResult, OutcomeCollector, RequestOutcome
 from trunkline.fleet.spec import FleetSpec, PoolSpec, build_snapshot, endpoint_id
+from trunkline.gateway.admission import AdmissionPolicy
 from trunkline.gateway.routing import (
+    Candidate,
     EndpointLoad,
+    EndpointView,
+    KvEventIndex,
     RequestView,
     Router,
     RoutingPolicy,
+    apply_kv_events,
     eligible,
     endpoint_view,
+    kv_event_index,
 )
 from trunkline.workloads.schemas import Workload, WorkloadRequest
 
@@ -57,16 +71,28 @@ def simulate(
     snapshot = build_snapshot(spec, workload.tenants)
     alias = snapshot.aliases[spec.alias]
     collector = OutcomeCollector(snapshot.tiers)
-    endpoints = _build_endpoints(spec, collector, batch_decodes)
+    endpoints = _build_endpoints(spec, collector, batch_decodes, kv_event_index(policy))
     engines = list(endpoints.values())
     router = Router(policy)
-    admit = admission or AdmitAll()
+    gate: VirtualAdmission | None = None
+
+    def current_loads() -> dict[str, EndpointLoad]:
+        loads = {key: endpoint.load() for key, endpoint in endpoints.items()}
+        if gate is None:
+            return loads
+        return {key: engine_load(endpoints[key].engine, load) for key, load in loads.items()}
+
+    if admission is not None:
+        engine_of = {key: endpoint.engine for key, endpoint in endpoints.items()}
+        gate = VirtualAdmission(admission, engine_of, current_loads)
     requests: Iterable[WorkloadRequest] = workload.requests()
     if limit is not None:
         requests = itertools.islice(requests, limit)
     last_arrival = 0.0
     for request in requests:
         now = last_arrival = request.arrival
+        if gate is not None:
+            gate.run_until(now)
         for endpoint in engines:
             endpoint.engine.advance_to(now)
         tenant = snapshot.tenants[request.tenant]
@@ -82,21 +108,19 @@ def simulate(
             max_tokens=request.max_tokens,
             prompt=request.prompt,
         )
-        loads = {key: endpoint.load() for key, endpoint in endpoints.items()}
+        loads = current_loads()
         ordered = router.order(view, eligible(snapshot, alias, tenant, tier), loads)
         if not ordered:
             outcome.status = "rejected:no_endpoint"
             continue
-        chosen = ordered[0]
-        chosen_view = endpoint_view(chosen, loads[chosen.endpoint.id])
-        decision = admit.admit(view, tier, chosen_view, now)
-        if not decision.admitted:
-            outcome.status = f"rejected:{decision.reason or 'admission'}"
-            continue
-        policy.routed(view, chosen_view)
-        target = endpoints[chosen.endpoint.id]
-        outcome.endpoint = chosen.endpoint.id
-        _submit(target, request, outcome)
+        views = [endpoint_view(c, loads[c.endpoint.id]) for c in ordered]
+        send = _sender(policy, endpoints, view, ordered, views, request, outcome)
+        if gate is None:
+            send(0, now)
+        else:
+            gate.arrive(view, tier, views, outcome, now, send)
+    if gate is not None:
+        gate.run_until(math.inf)
     for endpoint in engines:
         endpoint.engine.drain()
     totals = [_totals(key, endpoint) for key, endpoint in endpoints.items()]
@@ -105,23 +129,64 @@ def simulate(
 
 
 def _build_endpoints(
-    spec: FleetSpec, collector: OutcomeCollector, batch_decodes: bool
+    spec: FleetSpec,
+    collector: OutcomeCollector,
+    batch_decodes: bool,
+    kv_events: KvEventIndex | None = None,
 ) -> dict[str, SimulatedEndpoint]:
+    """One engine per replica; with ``kv_events`` (a precise prefix policy's index, from
+    :func:`~trunkline.gateway.routing.kv_event_index`) each engine's KV-cache events feed it at
+    the end of every step, as a ZMQ subscriber would."""
     endpoints: dict[str, SimulatedEndpoint] = {}
     for pool_index, pool in enumerate(spec.pools):
         for index in range(pool.replicas):
-            core = EngineCore(pool.engine_profile, seed=spec.seed * 1000 + pool_index * 100 + index)
+            key = endpoint_id(pool.name, index)
+            sink = None if kv_events is None else _kv_event_sink(kv_events, key)
+            core = EngineCore(
+                pool.engine_profile,
+                seed=spec.seed * 1000 + pool_index * 100 + index,
+                kv_event_sink=sink,
+            )
             engine = VirtualEngine(
                 core,
                 on_step=collector.on_step,
                 on_decode_run=collector.on_decode_run,
                 batch_decodes=batch_decodes,
             )
-            endpoints[endpoint_id(pool.name, index)] = SimulatedEndpoint(pool, engine)
+            endpoints[key] = SimulatedEndpoint(pool, engine)
     return endpoints
 
 
-def _submit(endpoint: SimulatedEndpoint, request: WorkloadRequest, outcome: RequestOutcome) -> None:
+def _kv_event_sink(index: KvEventIndex, key: str) -> KVEventSink:
+    def sink(now: float, events: Sequence[KVCacheEvent]) -> None:
+        apply_kv_events(index, key, events)
+
+    return sink
+
+
+def _sender(
+    policy: RoutingPolicy,
+    endpoints: dict[str, SimulatedEndpoint],
+    view: RequestView,
+    ordered: list[Candidate],
+    views: list[EndpointView],
+    request: WorkloadRequest,
+    outcome: RequestOutcome,
+) -> Callable[[int, float], None]:
+    """Sends the request to the endpoint at an index of its ranking, at a time (now or later)."""
+
+    def send(index: int, at: float) -> None:
+        policy.routed(view, views[index])
+        key = ordered[index].endpoint.id
+        outcome.endpoint = key
+        _submit(endpoints[key], request, outcome, at)
+
+    return send
+
+
+def _submit(
+    endpoint: SimulatedEndpoint, request: WorkloadRequest, outcome: RequestOutcome, at: float
+) -> None:
     engine = endpoint.engine
     prompt = request.prompt
     block_size = engine.core.profile.block_size
@@ -130,7 +195,7 @@ def _submit(endpoint: SimulatedEndpoint, request: WorkloadRequest, outcome: Requ
             request.request_id,
             prompt.token_ids,
             request.max_tokens,
-            request.arrival,
+            at,
             cache_salt=prompt.cache_salt,
             output_tokens=request.output_tokens,
             block_hashes=prompt.block_hashes(block_size),

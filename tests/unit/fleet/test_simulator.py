@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import pytest
 
 from trunkline.engines import get_profile
-from trunkline.fleet import Decision, FleetSpec, PoolSpec, simulate
+from trunkline.fleet import FleetSpec, PoolSpec, simulate
+from trunkline.gateway.admission import AdmissionPolicy, Decision
 from trunkline.gateway.routing import EndpointView, RequestView, make_policy
 from trunkline.snapshot import TierEntry
 from trunkline.workloads import CareWorkload, Prompt, WorkloadRequest, segment, stable_key
@@ -91,11 +92,13 @@ def test_a_request_over_the_context_length_is_invalid_like_a_vllm_400() -> None:
     assert [o.status for o in result.outcomes] == ["invalid", "ok"]
 
 
-class RejectBronze:
-    def admit(
-        self, request: RequestView, tier: TierEntry, endpoint: EndpointView, now: float
+class RejectBronze(AdmissionPolicy):
+    def decide(
+        self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView], now: float
     ) -> Decision:
-        return Decision(tier.name != "bronze", "slo_unattainable")
+        if tier.name == "bronze":
+            return Decision.reject("slo_unattainable", 1.0)
+        return Decision.admit(0, 0.0)
 
 
 def test_the_admission_hook_sees_each_request_and_its_rejections_are_counted() -> None:

@@ -1,0 +1,112 @@
+"""The gateway's side of admission: the pure :class:`AdmissionPolicy` behind an async call.
+
+:class:`AsyncAdmission` reads endpoint loads from a :class:`LoadSource` (the engine-state
+scraper), decides at once, and — for a held request — waits for the loads to change, letting the
+policy re-evaluate every held request each time, until its own request is admitted or rejected.
+A rejection raises the coded error of :mod:`trunkline.gateway.admission.errors`; an admission
+returns the order in which to try the ranked endpoints and the headers to answer with. A caller
+cancelled while held (the client went away) leaves the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from trunkline.gateway.admission.decision import QUEUED, REJECTED, Decision
+from trunkline.gateway.admission.errors import DECISION_HEADER, rejection_error
+from trunkline.gateway.admission.metrics import AdmissionMetrics
+from trunkline.gateway.admission.policy import AdmissionPolicy, fresh_view
+from trunkline.gateway.routing.views import EndpointLoad, EndpointView, RequestView
+from trunkline.snapshot import TierEntry
+
+__all__ = ["AdmissionResult", "AsyncAdmission", "LoadSource"]
+
+WAIT_HEADER = "x-trunkline-admission-wait-ms"
+
+
+class LoadSource(Protocol):
+    """What admission needs from engine state (the scraper in ``gateway/endpoints/``)."""
+
+    def loads(self) -> Mapping[str, EndpointLoad]:
+        """The latest load of every endpoint, by endpoint id."""
+        ...
+
+    async def wait_changed(self, timeout: float) -> None:  # noqa: ASYNC109 (the scraper owns it)
+        """Return when new loads arrived, or after ``timeout`` seconds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionResult:
+    decision: Decision
+    order: list[int]
+    """Indices into the ranking to try, the admitted endpoint first."""
+    headers: dict[str, str]
+
+
+class AsyncAdmission:
+    def __init__(
+        self,
+        policy: AdmissionPolicy,
+        source: LoadSource,
+        *,
+        metrics: AdmissionMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        recheck_s: float = 0.05,
+    ) -> None:
+        self.policy = policy
+        self.source = source
+        self.metrics = metrics or AdmissionMetrics()
+        self.clock = clock
+        self.recheck_s = recheck_s
+        """Longest wait between re-evaluations of held requests when loads do not change."""
+        self._waiting: dict[int, asyncio.Future[Decision]] = {}
+
+    async def admit(
+        self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
+    ) -> AdmissionResult:
+        loads = self.source.loads()
+        views = [fresh_view(view, loads) for view in ranked]
+        decision = self.policy.decide(request, tier, views, self.clock())
+        self.metrics.record(tier.name, decision.outcome, decision.reason)
+        if decision.outcome == QUEUED:
+            decision = await self._hold(decision)
+        if decision.outcome == REJECTED:
+            raise rejection_error(decision, tier)
+        assert decision.endpoint is not None
+        order = [decision.endpoint, *(i for i in range(len(ranked)) if i != decision.endpoint)]
+        headers = {DECISION_HEADER: decision.label}
+        if decision.wait_s is not None:
+            headers[WAIT_HEADER] = str(round(decision.wait_s * 1000))
+        return AdmissionResult(decision, order, headers)
+
+    async def _hold(self, queued: Decision) -> Decision:
+        assert queued.ticket is not None
+        ticket = queued.ticket
+        future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._waiting[ticket] = future
+        self.metrics.held.set(self.policy.held())
+        try:
+            while not future.done():
+                await self.source.wait_changed(self.recheck_s)
+                self._reevaluate()
+            return future.result()
+        finally:
+            self._waiting.pop(ticket, None)
+            if not future.done():
+                self.policy.cancel(ticket)
+            self.metrics.held.set(self.policy.held())
+
+    def _reevaluate(self) -> None:
+        for release in self.policy.poll(self.clock(), self.source.loads()):
+            decision, tier = release.decision, release.held.tier.name
+            self.metrics.record(tier, decision.outcome, decision.reason)
+            waited = self.clock() - release.held.arrival
+            self.metrics.queue_wait.labels(tier, decision.outcome).observe(waited)
+            future = self._waiting.get(release.held.ticket)
+            if future is not None and not future.done():
+                future.set_result(decision)

@@ -1,0 +1,345 @@
+"""SLO admission control per tier: one policy object for the gateway and the fleet simulator.
+
+:meth:`AdmissionPolicy.decide` takes a routed request (its tier and the ranked endpoints, each
+with its current load) at time ``now`` and answers with a :class:`Decision`:
+
+* **admitted** on the first endpoint of the ranking whose predicted TTFT fits the request's
+  dispatch limit — a burst pool endpoint when the ranking has one (only tiers that may use burst
+  see them) and the others do not fit;
+* **queued** in its pool's :class:`FairQueue` when nothing fits now but a short hold can still
+  meet its deadline; :meth:`poll` re-evaluates held requests as loads change and releases them
+  (admitted, or rejected ``deadline_exceeded`` the moment their deadline can no longer be met);
+* **rejected** at once when holding would only lead to a missed deadline (``slo_unattainable``
+  for the top tier, ``overloaded`` for the tiers below it), when the tier is never held (bronze:
+  shed first), or when the pool's queue is full (the lowest-priority held request is evicted to
+  make room for a higher one).
+
+Engines serve their own queue first come, first served, so priorities only work while engine
+queues stay short: every tier below the top is dispatched only when its predicted TTFT is within
+``dispatch_horizon_s`` and the endpoint is below its occupancy limit (KV cache, sequence slots),
+so a top-tier request arriving next still finds an engine it can start on within its SLO; the
+top tier may fill an engine up to its own deadline. The gateway queue, not the engine's, is
+where requests wait. A tenant sending far more than its tier-mates only gets an engine that is
+at most half full.
+
+Pure: time is a parameter, loads come in with the views; the only state is the hold queues,
+decayed arrival and dispatch rates per tier and tenant, and (optionally) the work dispatched
+since the loads were measured (``EndpointLoad.age_s``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from trunkline.gateway.admission.decision import (
+    DEADLINE_EXCEEDED,
+    OVERLOADED,
+    QUEUED,
+    SLO_UNATTAINABLE,
+    Decision,
+)
+from trunkline.gateway.admission.fair_queue import FairQueue, Held
+from trunkline.gateway.admission.predictor import PrefixIndex, TtftPredictor
+from trunkline.gateway.admission.rates import DecayingRates
+from trunkline.gateway.routing.views import EndpointLoad, EndpointView, RequestView
+from trunkline.snapshot import TierEntry
+
+__all__ = ["AdmissionConfig", "AdmissionPolicy", "Release"]
+
+_DISPATCHED = "dispatched"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    top_priority: int = 100
+    """Tiers at or above this priority (gold by default) may fill an engine up to their deadline
+    and are never shed as ``overloaded``."""
+    dispatch_horizon_s: float = 0.3
+    """Lower tiers are sent to an engine only when their predicted TTFT is this short."""
+    lower_tier_occupancy: float = 0.9
+    """...and the engine is less full than this (KV cache, sequence slots): the rest is headroom
+    for the top tier."""
+    max_hold_s: float = 4.0
+    """No request is held longer than this, whatever its tier's SLO."""
+    hold_min_priority: int = 50
+    """Tiers below this priority (bronze by default) are never held: admitted or shed at once."""
+    shed_tier_occupancy: float = 0.8
+    """Those tiers are sent only to engines less full than this, leaving room for the held ones."""
+    max_held_per_pool: int = 512
+    min_retry_after_s: float = 1.0
+    heavy_tenant_factor: float = 4.0
+    """A tenant arriving faster than this many times the mean rate of its tier's other active
+    tenants is heavy (a burst of 3x its usual rate is not)..."""
+    heavy_tenant_occupancy: float = 0.5
+    """...and below the top tier is sent straight to an engine only while the engine is less full
+    than this; otherwise it waits its round-robin turn in the queue like everyone else."""
+    rate_window_s: float = 10.0
+    """Time constant of the arrival rates per tier and tenant."""
+    max_retry_after_s: float = 30.0
+    count_recent_dispatches: bool = False
+    """Add the work this policy dispatched after each load was measured (``age_s``) to that
+    load. Off by default: the gateway's engine state already adds its own in-flight requests."""
+    hold_margin: float = 1.5
+    """A request is held only if this many times its expected hold still meets its deadline."""
+    long_prompt_slack: float = 2.0
+    """A prompt whose TTFT on an idle engine alone exceeds the SLO gets this many times that TTFT
+    as its deadline instead (it could never be admitted otherwise)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A held request that :meth:`AdmissionPolicy.poll` admitted or rejected."""
+
+    held: Held
+    decision: Decision
+
+
+class AdmissionPolicy:
+    def __init__(
+        self,
+        config: AdmissionConfig | None = None,
+        *,
+        predictor: TtftPredictor | None = None,
+        prefix_index: PrefixIndex | None = None,
+    ) -> None:
+        self.config = config or AdmissionConfig()
+        self.predictor = predictor or TtftPredictor(prefix_index=prefix_index)
+        self._queues: dict[str, FairQueue] = {}
+        self._pool_of: dict[int, str] = {}
+        self._evicted: list[Release] = []
+        self._recent: dict[str, deque[tuple[float, float]]] = {}
+        self._tickets = itertools.count(1)
+        self._rates = DecayingRates(self.config.rate_window_s)
+        self._priorities: dict[tuple[str, str], int] = {}  # (pool, tier) -> priority
+        self._tenants: dict[tuple[str, str], set[str]] = {}  # (pool, tier) -> tenants seen
+
+    # -- new requests ------------------------------------------------------------------------
+
+    def decide(
+        self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView], now: float
+    ) -> Decision:
+        if not ranked:
+            return Decision.reject(SLO_UNATTAINABLE, self.config.min_retry_after_s)
+        pool = ranked[0].pool
+        queue = self._queues.setdefault(pool, FairQueue())
+        self._observe(pool, request, tier, now)
+        idle_s = min(self.predictor.predict(request, _idle(view)).ttft_s for view in ranked)
+        deadline = now + self._budget_s(tier, idle_s)
+        if queue.held_at_or_above(tier.priority) == 0:
+            heavy = self._heavy(pool, request, tier, now)
+            admitted = self._try_dispatch(request, tier, ranked, now, deadline, {}, heavy=heavy)
+            if admitted is not None:
+                return admitted
+        wait_s = self._hold_estimate(tier, ranked, queue, now=now)
+        # Hold only with margin: a hold that ends in a rejection wastes the client's time.
+        margin_s = wait_s * self.config.hold_margin
+        if tier.priority < self.config.hold_min_priority:
+            return self._refuse(tier, wait_s)  # shed at once: a short hold is for tiers above
+        if not now + margin_s <= min(deadline, now + self.config.max_hold_s):
+            return self._refuse(tier, wait_s)
+        if len(queue) >= self.config.max_held_per_pool:
+            victim = queue.lowest()
+            if victim is None or victim.tier.priority >= tier.priority:
+                return Decision.reject(OVERLOADED, self._retry_s(wait_s))
+            self._drop(victim.ticket)
+            self._evicted.append(Release(victim, self._refuse(victim.tier, wait_s, shed=True)))
+        ticket = next(self._tickets)
+        queue.push(Held(ticket, request, tier, tuple(ranked), now, deadline, idle_s))
+        self._pool_of[ticket] = pool
+        return Decision(QUEUED, wait_s=wait_s, ticket=ticket)
+
+    # -- held requests -----------------------------------------------------------------------
+
+    def held(self) -> int:
+        return len(self._pool_of)
+
+    def poll(self, now: float, loads: Mapping[str, EndpointLoad]) -> list[Release]:
+        """Re-evaluate every held request against ``loads`` (by endpoint key) at ``now``."""
+        released, self._evicted = self._evicted, []
+        for queue in self._queues.values():
+            if not len(queue):
+                continue
+            released += self._expire(queue, now, loads)
+            released += self._serve(queue, now, loads)
+        return released
+
+    def cancel(self, ticket: int) -> bool:
+        """Forget a held request (its client went away)."""
+        return self._drop(ticket) is not None
+
+    def _expire(
+        self, queue: FairQueue, now: float, loads: Mapping[str, EndpointLoad]
+    ) -> list[Release]:
+        out = []
+        for held in queue.items():
+            # Even dispatched now on an idle engine its first token would come too late.
+            if now + held.min_ttft_s > held.deadline or now - held.arrival > self.config.max_hold_s:
+                self._drop(held.ticket)
+                retry = self._retry_s(
+                    self._hold_estimate(held.tier, held.ranked, queue, loads, now=now)
+                )
+                out.append(Release(held, Decision.reject(DEADLINE_EXCEEDED, retry)))
+        return out
+
+    def _serve(
+        self, queue: FairQueue, now: float, loads: Mapping[str, EndpointLoad]
+    ) -> list[Release]:
+        out: list[Release] = []
+        sent: dict[str, tuple[float, float]] = {}
+        for held in queue.in_order():
+            views = [fresh_view(view, loads) for view in held.ranked]
+            heavy = self._heavy(views[0].pool, held.request, held.tier, now)
+            decision = self._try_dispatch(
+                held.request, held.tier, views, now, held.deadline, sent, heavy=heavy
+            )
+            if decision is None:
+                if heavy:
+                    continue  # a heavy tenant waits for room; its peers need not wait for it
+                break  # strict priority: nothing below this request goes first
+            self._drop(held.ticket)
+            waited = dataclasses.replace(decision, wait_s=now - held.arrival)
+            out.append(Release(held, waited))
+        return out
+
+    def _drop(self, ticket: int) -> Held | None:
+        pool = self._pool_of.pop(ticket, None)
+        return None if pool is None else self._queues[pool].remove(ticket)
+
+    # -- the rules ---------------------------------------------------------------------------
+
+    def _budget_s(self, tier: TierEntry, idle_s: float) -> float:
+        slo_s = tier.ttft_slo_ms / 1000
+        return max(slo_s, idle_s * self.config.long_prompt_slack)
+
+    def _try_dispatch(
+        self,
+        request: RequestView,
+        tier: TierEntry,
+        ranked: Sequence[EndpointView],
+        now: float,
+        deadline: float,
+        sent: dict[str, tuple[float, float]],
+        *,
+        heavy: bool = False,
+    ) -> Decision | None:
+        top = tier.priority >= self.config.top_priority
+        limit = deadline - now if top else min(deadline - now, self.config.dispatch_horizon_s)
+        fullest = self.config.lower_tier_occupancy
+        if tier.priority < self.config.hold_min_priority:
+            fullest = self.config.shed_tier_occupancy
+        if heavy:
+            fullest = min(fullest, self.config.heavy_tenant_occupancy)
+        for index, view in enumerate(ranked):
+            if not view.healthy:
+                continue
+            tokens, requests = self._since_measured(view, now, sent)
+            prediction = self.predictor.predict(
+                request, view, extra_tokens=tokens, extra_requests=requests
+            )
+            if prediction.ttft_s > limit:
+                continue
+            if not top and prediction.occupancy >= fullest:
+                continue
+            if self.config.count_recent_dispatches:
+                recent = self._recent.setdefault(view.key, deque())
+                recent.append((now, prediction.uncached_tokens))
+            self._rates.observe((ranked[0].pool, tier.name, _DISPATCHED), now)
+            done_tokens, done_requests = sent.get(view.key, (0.0, 0.0))
+            sent[view.key] = (done_tokens + prediction.uncached_tokens, done_requests + 1)
+            return Decision.admit(index, prediction.ttft_s, burst=view.burst)
+        return None
+
+    def _since_measured(
+        self, view: EndpointView, now: float, sent: Mapping[str, tuple[float, float]]
+    ) -> tuple[float, float]:
+        """Work sent to ``view`` after its load was measured (in this poll, or since the scrape)."""
+        tokens, requests = sent.get(view.key, (0.0, 0.0))
+        recent = self._recent.get(view.key)
+        if recent and self.config.count_recent_dispatches:
+            while recent and recent[0][0] < now - 10.0:
+                recent.popleft()
+            measured_at = now - view.load.age_s
+            for at, uncached in recent:
+                if at > measured_at:
+                    tokens += uncached
+                    requests += 1
+        return tokens, requests
+
+    def _hold_estimate(
+        self,
+        tier: TierEntry,
+        ranked: Sequence[EndpointView],
+        queue: FairQueue,
+        loads: Mapping[str, EndpointLoad] | None = None,
+        *,
+        now: float,
+    ) -> float:
+        """Expected hold: the requests ahead (and this one) at the share of the pool's completion
+        rate that the tiers above leave, capped by the rate this tier was dispatched at lately
+        (infinite when the tiers above take it all: shed at once)."""
+        predictor = self.predictor
+        completions = 0.0
+        for view in ranked if loads is None else [fresh_view(v, loads) for v in ranked]:
+            rates = predictor.rates(view)
+            # A full engine finishes its running requests one service time apart on average;
+            # one with room would run as many as admission lets it.
+            batch = max(view.load.running, rates.max_num_seqs * self.config.lower_tier_occupancy)
+            service_s = predictor.typical_output_tokens * rates.decode_step_at(batch)
+            completions += batch / service_s
+        pool = ranked[0].pool
+        above = sum(
+            self._rates.rate((pool, name), now)
+            for (p, name), priority in self._priorities.items()
+            if p == pool and priority > tier.priority
+        )
+        left = completions - above
+        # What the model says is left, but no more than this tier actually got lately.
+        left = min(left, self._rates.rate((pool, tier.name, _DISPATCHED), now))
+        ahead = queue.held_at_or_above(tier.priority) + 1
+        return ahead / left if left > 0 else math.inf
+
+    def _observe(self, pool: str, request: RequestView, tier: TierEntry, now: float) -> None:
+        self._priorities[pool, tier.name] = tier.priority
+        self._rates.observe((pool, tier.name), now)
+        self._rates.observe((pool, tier.name, request.tenant), now)
+        self._tenants.setdefault((pool, tier.name), set()).add(request.tenant)
+
+    def _heavy(self, pool: str, request: RequestView, tier: TierEntry, now: float) -> bool:
+        """Whether the tenant sends far more than the mean of its tier's active tenants."""
+        window = self.config.rate_window_s
+        mine = self._rates.rate((pool, tier.name, request.tenant), now)
+        others = [
+            rate
+            for tenant in self._tenants[pool, tier.name]
+            if tenant != request.tenant
+            and (rate := self._rates.rate((pool, tier.name, tenant), now)) * window >= 0.5
+        ]
+        if not others:
+            return False
+        return mine > self.config.heavy_tenant_factor * sum(others) / len(others)
+
+    def _retry_s(self, wait_s: float) -> float:
+        return min(max(wait_s, self.config.min_retry_after_s), self.config.max_retry_after_s)
+
+    def _refuse(self, tier: TierEntry, wait_s: float, *, shed: bool = False) -> Decision:
+        retry = self._retry_s(wait_s)
+        if shed or tier.priority < self.config.top_priority:
+            return Decision.reject(OVERLOADED, retry)
+        return Decision.reject(SLO_UNATTAINABLE, retry)
+
+
+def fresh_view(view: EndpointView, loads: Mapping[str, EndpointLoad]) -> EndpointView:
+    load = loads.get(view.key)
+    return view if load is None else dataclasses.replace(view, load=load)
+
+
+_IDLE = EndpointLoad()
+
+
+def _idle(view: EndpointView) -> EndpointView:
+    return dataclasses.replace(view, load=_IDLE)

@@ -1,0 +1,212 @@
+from __future__ import annotations
+
+import pytest
+from tests.unit.admission.helpers import (
+    BRONZE,
+    FULL,
+    GOLD,
+    IDLE,
+    SILVER,
+    endpoint,
+    request,
+)
+
+from trunkline.gateway.admission import (
+    ADMITTED,
+    DEADLINE_EXCEEDED,
+    OVERLOADED,
+    QUEUED,
+    REJECTED,
+    SLO_UNATTAINABLE,
+    AdmissionConfig,
+    AdmissionPolicy,
+    Decision,
+)
+from trunkline.gateway.routing import EndpointLoad
+from trunkline.snapshot import TierEntry
+
+BUSY = EndpointLoad(running=235.0, kv_usage=0.6)
+"""Over 90 % of the sequence slots taken: lower tiers wait, the top tier still starts at once."""
+
+
+def warm(
+    policy: AdmissionPolicy,
+    tier: TierEntry,
+    tenant: str,
+    count: int,
+    until: float,
+    start: float = 0.0,
+) -> None:
+    """``count`` requests admitted on an idle engine over ``[start, until)``: the tier's rate."""
+    for index in range(count):
+        at = start + (until - start) * index / count
+        decision = policy.decide(
+            request(f"{tenant}-w{index}", tenant, tier.name), tier, [endpoint()], at
+        )
+        assert decision.outcome == ADMITTED
+
+
+def hold(policy: AdmissionPolicy, tier: TierEntry, now: float, tenant: str = "t") -> Decision:
+    decision = policy.decide(
+        request(f"{tenant}-held", tenant, tier.name), tier, [endpoint(load=BUSY)], now
+    )
+    assert decision.outcome == QUEUED, decision
+    return decision
+
+
+def test_an_idle_engine_admits_at_once_with_the_predicted_ttft() -> None:
+    decision = AdmissionPolicy().decide(request(), SILVER, [endpoint()], 0.0)
+    assert (decision.outcome, decision.endpoint, decision.label) == (ADMITTED, 0, "admitted")
+    assert decision.predicted_ttft_s is not None and 0 < decision.predicted_ttft_s < 0.5
+
+
+def test_gold_goes_to_a_burst_pool_endpoint_when_the_shared_pool_is_full() -> None:
+    ranked = [endpoint("shared/0", FULL), endpoint("burst/0", IDLE, pool="burst", burst=True)]
+    decision = AdmissionPolicy().decide(request(tier="gold"), GOLD, ranked, 0.0)
+    assert (decision.outcome, decision.endpoint, decision.label) == (ADMITTED, 1, "admitted;burst")
+
+
+def test_the_top_tier_starts_where_lower_tiers_must_wait() -> None:
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    gold = policy.decide(request("g", tier="gold"), GOLD, [endpoint(load=BUSY)], 1.0)
+    assert gold.outcome == ADMITTED
+    assert hold(policy, SILVER, 1.0).wait_s is not None
+
+
+def test_a_held_request_is_admitted_when_the_engine_frees_up() -> None:
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    ticket = hold(policy, SILVER, 1.0).ticket
+    assert policy.poll(1.05, {"pool/0": BUSY}) == []
+    [release] = policy.poll(1.2, {"pool/0": IDLE})
+    assert release.held.ticket == ticket
+    assert release.decision.outcome == ADMITTED
+    assert release.decision.wait_s == pytest.approx(0.2)
+    assert policy.held() == 0
+
+
+def test_a_held_request_is_rejected_before_its_deadline_passes_not_served_late() -> None:
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    hold(policy, SILVER, 1.0)
+    assert policy.poll(2.0, {"pool/0": BUSY}) == []
+    # Silver's 2 s SLO ends at 3.0; even an idle engine needs ~0.1 s to the first token.
+    [release] = policy.poll(2.95, {"pool/0": BUSY})
+    assert (release.decision.outcome, release.decision.reason) == (REJECTED, DEADLINE_EXCEEDED)
+    assert release.decision.code == "slo_unattainable"
+    assert release.decision.retry_after_s is not None and release.decision.retry_after_s >= 1.0
+
+
+@pytest.mark.parametrize(
+    ("tier", "reason", "code"),
+    [(GOLD, SLO_UNATTAINABLE, "slo_unattainable"), (BRONZE, OVERLOADED, "rate_limited")],
+)
+def test_a_request_that_cannot_make_its_deadline_is_rejected_at_once(
+    tier: TierEntry, reason: str, code: str
+) -> None:
+    # Nothing of this tier was dispatched lately and the engine is full: a hold would end in a
+    # missed deadline, so the answer comes now.
+    decision = AdmissionPolicy().decide(request(tier=tier.name), tier, [endpoint(load=FULL)], 0.0)
+    assert (decision.outcome, decision.reason, decision.code) == (REJECTED, reason, code)
+    assert decision.ticket is None
+    assert decision.retry_after_s is not None and 1.0 <= decision.retry_after_s <= 30.0
+
+
+def test_bronze_is_never_held_by_default_it_is_shed_at_once() -> None:
+    policy = AdmissionPolicy()
+    warm(policy, BRONZE, "b", 20, 1.0)
+    decision = policy.decide(request("b", "b", "bronze"), BRONZE, [endpoint(load=BUSY)], 1.0)
+    assert (decision.outcome, decision.reason, decision.code) == (
+        REJECTED,
+        OVERLOADED,
+        "rate_limited",
+    )
+
+
+def test_bronze_is_shed_first_when_the_queue_is_full() -> None:
+    # With bronze allowed to wait, a full queue evicts bronze to make room for silver.
+    policy = AdmissionPolicy(AdmissionConfig(max_held_per_pool=2, hold_min_priority=0))
+    warm(policy, BRONZE, "b", 20, 1.0)
+    warm(policy, SILVER, "s", 20, 2.0, start=1.0)
+    first = hold(policy, BRONZE, 2.0, "b1")
+    hold(policy, BRONZE, 2.0, "b2")
+    silver = hold(policy, SILVER, 2.0, "s1")
+    assert silver.ticket is not None
+    [evicted] = policy.poll(2.0, {"pool/0": BUSY})
+    assert evicted.held.ticket != first.ticket  # the newest bronze goes
+    assert (evicted.decision.outcome, evicted.decision.reason) == (REJECTED, OVERLOADED)
+    # A further bronze request finds no lower tier to evict: refused at once.
+    late = policy.decide(request("b3", "b3", "bronze"), BRONZE, [endpoint(load=BUSY)], 2.0)
+    assert (late.outcome, late.reason) == (REJECTED, OVERLOADED)
+
+
+def test_held_requests_leave_in_priority_order() -> None:
+    policy = AdmissionPolicy(AdmissionConfig(hold_min_priority=0))
+    warm(policy, BRONZE, "b", 20, 1.0)
+    warm(policy, SILVER, "s", 20, 2.0, start=1.0)
+    bronze = hold(policy, BRONZE, 2.0, "b1").ticket
+    silver = hold(policy, SILVER, 2.0, "s1").ticket
+    released = policy.poll(2.1, {"pool/0": IDLE})
+    assert [r.held.ticket for r in released] == [silver, bronze]
+
+
+def test_work_sent_since_the_load_was_measured_counts_against_the_engine() -> None:
+    # 2,500 prompt tokens queued: one more 1,000-token prompt starts within the dispatch
+    # horizon, two do not. Loads measured 2 s before (after the warm-up) do not show the first.
+    def second(age_s: float) -> str:
+        policy = AdmissionPolicy(AdmissionConfig(count_recent_dispatches=True))
+        warm(policy, SILVER, "s", 20, 1.0)
+        load = EndpointLoad(queued_prompt_tokens=2500.0, age_s=age_s)
+        ranked = [endpoint(load=load)]
+        assert policy.decide(request("one"), SILVER, ranked, 5.0).outcome == ADMITTED
+        return policy.decide(request("two"), SILVER, ranked, 5.0).outcome
+
+    assert second(0.0) == ADMITTED  # fresh loads: the caller shows every request itself
+    assert second(2.0) == QUEUED
+
+
+def test_a_tenant_far_over_its_share_waits_where_its_peers_go_straight_in() -> None:
+    policy = AdmissionPolicy()
+    for index in range(100):
+        at = index * 0.05
+        tenant = "noisy" if index % 10 else f"quiet-{index // 10 % 2}"
+        policy.decide(request(f"w{index}", tenant), SILVER, [endpoint()], at)
+    half_full = [endpoint(load=EndpointLoad(running=150.0, kv_usage=0.4))]
+    assert policy.decide(request("q", "quiet-0"), SILVER, half_full, 5.0).outcome == ADMITTED
+    assert policy.decide(request("n", "noisy"), SILVER, half_full, 5.0).outcome == QUEUED
+
+
+def test_a_heavy_tenant_waiting_for_room_does_not_block_its_peers_in_the_queue() -> None:
+    policy = AdmissionPolicy()
+    for index in range(100):
+        tenant = "noisy" if index % 10 else f"quiet-{index // 10 % 2}"
+        policy.decide(request(f"w{index}", tenant), SILVER, [endpoint()], index * 0.05)
+    noisy = hold(policy, SILVER, 5.0, "noisy")
+    quiet = hold(policy, SILVER, 5.0, "quiet-0")
+    # Room for ordinary requests, not for a tenant far over its share: the quiet one goes first.
+    half_full = {"pool/0": EndpointLoad(running=150.0, kv_usage=0.4)}
+    [release] = policy.poll(5.1, half_full)
+    assert release.held.ticket == quiet.ticket and release.decision.outcome == ADMITTED
+    [release] = policy.poll(5.2, {"pool/0": IDLE})
+    assert release.held.ticket == noisy.ticket
+
+
+def test_a_cancelled_hold_leaves_the_queue() -> None:
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    ticket = hold(policy, SILVER, 1.0).ticket
+    assert ticket is not None and policy.cancel(ticket)
+    assert policy.held() == 0 and policy.poll(1.1, {"pool/0": IDLE}) == []
+
+
+def test_a_prompt_too_long_for_the_slo_even_when_idle_is_still_served() -> None:
+    decision = AdmissionPolicy().decide(
+        request(tier="gold", prompt_tokens=60_000), GOLD, [endpoint()], 0.0
+    )
+    assert decision.outcome == ADMITTED
+
+
+def test_no_endpoint_is_a_rejection() -> None:
+    decision = AdmissionPolicy().decide(request(), SILVER, [], 0.0)
+    assert (decision.outcome, decision.reason) == (REJECTED, SLO_UNATTAINABLE)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from tests.unit.admission.helpers import FULL, endpoint, request
+
+from trunkline.gateway.admission import DEFAULT_RATES, TtftPredictor, prior_rates
+from trunkline.gateway.routing import EndpointLoad, EndpointView, PromptView
+from trunkline.workloads import Prompt, segment, stable_key
+
+
+def test_an_idle_engine_predicts_the_prefill_of_the_prompt_alone() -> None:
+    predictor = TtftPredictor()
+    rates = prior_rates("l40s")
+    ttft = predictor.predict(request(prompt_tokens=2000), endpoint()).ttft_s
+    assert ttft == pytest.approx(2000 / rates.prefill_tokens_per_s + 1.5 * rates.decode_step_s)
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        EndpointLoad(queued_prompt_tokens=8000.0),
+        EndpointLoad(waiting=8.0),
+        EndpointLoad(running=200.0),
+        EndpointLoad(running=100.0, kv_usage=0.97),
+    ],
+)
+def test_work_ahead_makes_the_first_token_later(load: EndpointLoad) -> None:
+    predictor = TtftPredictor()
+    idle = predictor.predict(request(), endpoint()).ttft_s
+    assert predictor.predict(request(), endpoint(load=load)).ttft_s > idle
+
+
+def test_a_full_engine_is_saturated_and_predicts_seconds() -> None:
+    prediction = TtftPredictor().predict(request(), endpoint(load=FULL))
+    assert prediction.saturated
+    assert prediction.ttft_s > 2.0
+    assert prediction.occupancy >= 0.99
+
+
+def test_measured_rates_replace_the_profile_priors() -> None:
+    predictor = TtftPredictor()
+    slow = EndpointLoad(prefill_tokens_per_s=1000.0, decode_step_s=0.1)
+    ttft = predictor.predict(request(prompt_tokens=1000), endpoint(load=slow)).ttft_s
+    assert ttft == pytest.approx(1000 / 1000.0 + 1.5 * 0.1)
+
+
+def test_an_unknown_accelerator_falls_back_to_conservative_defaults() -> None:
+    assert prior_rates("some-new-npu") == DEFAULT_RATES
+    assert prior_rates("h100").prefill_tokens_per_s > DEFAULT_RATES.prefill_tokens_per_s
+
+
+class HalfCached:
+    def cached_tokens(self, prompt: PromptView, endpoint: EndpointView) -> int:
+        return prompt.num_tokens // 2
+
+
+def test_cached_prompt_tokens_are_not_counted_when_a_prefix_index_is_given() -> None:
+    prompt = Prompt(segment(stable_key("predictor"), 4000))
+    with_prompt = dataclasses.replace(request(prompt_tokens=4000), prompt=prompt)
+    plain = TtftPredictor().predict(with_prompt, endpoint())
+    cached = TtftPredictor(prefix_index=HalfCached()).predict(with_prompt, endpoint())
+    assert (plain.uncached_tokens, cached.uncached_tokens) == (4000, 2000)
+    assert cached.ttft_s < plain.ttft_s
+
+
+def test_without_a_prompt_view_the_whole_prompt_is_assumed_uncached() -> None:
+    prediction = TtftPredictor(prefix_index=HalfCached()).predict(request(), endpoint())
+    assert prediction.uncached_tokens == 1000

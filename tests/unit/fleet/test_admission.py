@@ -1,0 +1,73 @@
+"""SLO admission in the fleet simulator: the gateway's policy in virtual time."""
+
+from __future__ import annotations
+
+import pytest
+
+from trunkline.fleet import FleetResult, FleetSpec, PoolSpec, simulate
+from trunkline.gateway.admission import AdmissionPolicy
+from trunkline.gateway.routing import make_policy
+from trunkline.workloads.b2b_tiers import TieredB2bWorkload
+
+# One L40S serves ~13 b2b requests/s; this offers about twice that.
+OVERLOAD = TieredB2bWorkload(duration_s=30.0, rate=26.0, seed=3)
+ONE_ENGINE = FleetSpec(pools=(PoolSpec("shared", "l40s", 1),))
+
+
+def run(spec: FleetSpec, admission: AdmissionPolicy | None) -> FleetResult:
+    return simulate(spec, make_policy("least-loaded"), OVERLOAD, admission=admission)
+
+
+@pytest.fixture(scope="module")
+def fifo() -> FleetResult:
+    return run(ONE_ENGINE, None)
+
+
+@pytest.fixture(scope="module")
+def admitted() -> FleetResult:
+    return run(ONE_ENGINE, AdmissionPolicy())
+
+
+def test_admission_keeps_gold_within_its_ttft_slo_where_fifo_does_not(
+    fifo: FleetResult, admitted: FleetResult
+) -> None:
+    baseline = fifo.attainment_by("tier", ttft_only=True)
+    ours = admitted
+    attained = ours.attainment_by("tier", ttft_only=True)
+    assert baseline["gold"] < 0.8
+    assert attained["gold"] >= 0.98
+    assert attained["silver"] > baseline["silver"]
+    # Bronze pays: it is shed (with a reason), never served late.
+    statuses = {o.status for o in ours.outcomes if o.tier == "bronze"}
+    assert "rejected:overloaded" in statuses
+
+
+def test_decisions_and_holds_are_recorded_in_the_results(admitted: FleetResult) -> None:
+    result = admitted
+    metrics = result.metrics()
+    counted = sum(metrics.get(f"decisions_{d}", 0.0) for d in ("admitted", "queued", "rejected"))
+    assert counted == metrics["requests"]
+    assert metrics["decisions_queued"] > 0
+    held = [o for o in result.outcomes if o.decision == "queued" and o.status == "ok"]
+    assert held
+    # A held request's TTFT counts from its arrival, the hold included.
+    assert all(o.ttft >= o.held_s > 0 for o in held)
+    rejected = sum(v for k, v in metrics.items() if k.startswith("rejected_"))
+    assert rejected == metrics["rejected"]
+    assert metrics["reject_decision_p99_ms"] >= 0
+
+
+def test_gold_overflows_to_the_burst_pool_and_nobody_else_does() -> None:
+    spec = FleetSpec(
+        pools=(PoolSpec("shared", "l40s", 1), PoolSpec("burst", "l40s", 1, burst=True))
+    )
+    result = run(spec, AdmissionPolicy())
+    on_burst = {o.tier for o in result.outcomes if o.endpoint and o.endpoint.startswith("burst")}
+    assert on_burst == {"gold"}
+    assert any(o.reason == "burst" for o in result.outcomes)
+
+
+def test_without_admission_every_request_is_sent_at_once(fifo: FleetResult) -> None:
+    result = fifo
+    assert {o.decision for o in result.outcomes} == {"admitted"}
+    assert all(o.held_s == 0 for o in result.outcomes)
