@@ -146,11 +146,15 @@ def _register_engines(runtime: Runtime, manifests: Manifests, urls: list[str]) -
 async def _follow_database(runtime: Runtime, every_s: float = 1.0) -> None:
     """Republish when the database changed behind our back (e.g. ``trunkline keys revoke``
     run in another shell): the in-memory snapshot store has no other way to hear of it."""
-    last = await asyncio.to_thread(current_fingerprint, runtime.session_factory)
+    last = await asyncio.to_thread(
+        current_fingerprint, runtime.session_factory, cache_secret=runtime.server_secret
+    )
     while True:
         await asyncio.sleep(every_s)
         try:
-            now = await asyncio.to_thread(current_fingerprint, runtime.session_factory)
+            now = await asyncio.to_thread(
+                current_fingerprint, runtime.session_factory, cache_secret=runtime.server_secret
+            )
             if now != last:
                 await asyncio.to_thread(runtime.publish)
                 log.info("configuration changed in the database; snapshot republished")

@@ -30,7 +30,7 @@ class Runtime:
 
     def publish(self) -> None:
         """Publish the current configuration to every gateway."""
-        publish_snapshot(self.session_factory, self.publisher)
+        publish_snapshot(self.session_factory, self.publisher, cache_secret=self.server_secret)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -10,7 +10,7 @@ from trunkline.errors import TrunklineError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trunkline.cli import bench, billing, keys, quota, servers, tenants
+    from trunkline.cli import bench, billing, keys, pools, quota, servers, tenants
 
     parser = argparse.ArgumentParser(
         prog="trunkline", description="Trunkline: multitenant Models-as-a-Service."
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     servers.register(sub)
     tenants.register(sub)
     keys.register(sub)
+    pools.register(sub)
     quota.register(sub)
     bench.register(sub)
     billing.register(sub)

@@ -1,15 +1,20 @@
-"""``trunkline tenants``: validate and apply manifests, print their schema, mint admin tokens."""
+"""``trunkline tenants``: validate and apply manifests, print their schema, mint admin tokens,
+and turn a tenant's prefix-cache isolation on or off."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.service import admin_token
 from trunkline.settings import load_settings
+from trunkline.tenancy import service
 from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.manifests import (
     ManifestError,
@@ -17,6 +22,9 @@ from trunkline.tenancy.manifests import (
     load_manifests,
     manifest_json_schema_text,
 )
+from trunkline.tenancy.schemas import TenantUpdate
+
+T = TypeVar("T")
 
 
 def register(sub: Any) -> None:
@@ -41,10 +49,28 @@ def register(sub: Any) -> None:
     token.add_argument("--ttl-days", type=int, default=30, help="0 for a token that never expires")
     token.set_defaults(func=admin_token_command)
 
+    isolation = commands.add_parser(
+        "cache-isolation",
+        help="give a tenant its own prefix cache on shared engines (on), or share it (off)",
+    )
+    isolation.add_argument("slug", help="tenant slug")
+    isolation.add_argument("state", choices=("on", "off"))
+    isolation.set_defaults(func=cache_isolation_command)
+
 
 def open_runtime() -> Runtime:
     """The runtime of the configured environment (``TRUNKLINE_*`` variables)."""
     return build_runtime(load_settings())
+
+
+def run_work(work: Callable[[Session, Runtime], T]) -> T:
+    """Run ``work`` in one transaction; publish the snapshot after commit if it changed."""
+    runtime = open_runtime()
+    try:
+        with unit_of_work(runtime.session_factory, runtime.publish) as session:
+            return work(session, runtime)
+    finally:
+        runtime.close()
 
 
 def validate_command(args: argparse.Namespace) -> int:
@@ -88,6 +114,18 @@ def admin_token_command(args: argparse.Namespace) -> int:
     expiry = "never" if issued.expires_at is None else issued.expires_at.isoformat()
     print(f"platform admin {issued.user.email}, token expires {expiry}", file=sys.stderr)
     print(issued.access_token)
+    return 0
+
+
+def cache_isolation_command(args: argparse.Namespace) -> int:
+    def work(session: Session, _runtime: Runtime) -> bool:
+        tenant = service.tenant_by_slug(session, args.slug)
+        update = TenantUpdate(cache_isolated=args.state == "on")
+        return service.update_tenant(session, tenant.id, update).cache_isolated
+
+    isolated = run_work(work)
+    shared = "its own prefix cache" if isolated else "the shared prefix cache"
+    print(f"tenant {args.slug}: {shared}")
     return 0
 
 

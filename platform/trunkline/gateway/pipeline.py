@@ -32,9 +32,12 @@ class ParsedRequest:
     alias: str
     stream: bool
     client_wants_usage: bool
+    cache_salt: str | None = None
+    """The tenant's prefix-cache salt (``TenantEntry.cache_salt``), set after authentication."""
 
 
-def parse_body(kind: str, raw: bytes) -> ParsedRequest:
+def parse_body(kind: str, raw: bytes, *, cache_salt: str | None = None) -> ParsedRequest:
+    """The checked request; ``cache_salt`` is the caller's tenant's (``TenantEntry``)."""
     if not raw.strip():
         raise InvalidRequest(
             "The request body is empty; expected a JSON object.", reason="invalid_json"
@@ -66,7 +69,9 @@ def parse_body(kind: str, raw: bytes) -> ParsedRequest:
             "'stream_options' must be an object", param="stream_options", reason="invalid_type"
         )
     wants_usage = bool(options and options.get("include_usage") is True)
-    return ParsedRequest(kind, body, model, stream and kind != "embeddings", wants_usage)
+    return ParsedRequest(
+        kind, body, model, stream and kind != "embeddings", wants_usage, cache_salt
+    )
 
 
 def _check_payload(kind: str, body: dict[str, Any]) -> None:
@@ -140,9 +145,14 @@ def visible_aliases(snapshot: Snapshot, principal: Principal) -> list[AliasEntry
 
 
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:
-    """The body sent to the engine: the served model name, and usage forced on streams."""
+    """The body sent to the engine: the served model name, usage forced on streams, and the
+    tenant's prefix-cache salt in place of any the client sent (none when the tenant shares
+    the cache), so no client can pick the salt of another tenant's cached prompts."""
     body = dict(request.body)
     body["model"] = served_model
+    body.pop("cache_salt", None)
+    if request.cache_salt is not None and request.kind != "embeddings":
+        body["cache_salt"] = request.cache_salt
     if request.stream:
         options = dict(body.get("stream_options") or {})
         options["include_usage"] = True

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import ForeignKey, Numeric, String, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Numeric, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trunkline.models.base import Base, CreatedMixin, IdMixin
@@ -26,6 +27,15 @@ class ModelAlias(IdMixin, CreatedMixin, Base):
 
     alias: Mapped[str] = mapped_column(String(200), unique=True)
     model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    """The model that answers (for a cascade: the small one, tried first)."""
+    pools: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """Pools the alias may use; ``None``: every pool serving its model."""
+    escalate_model_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("models.id", ondelete="RESTRICT"), default=None
+    )
+    """For a cascading alias: the large model asked when a check on the first answer fails."""
+    cascade_checks: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    """For a cascading alias: the checks on the first answer (``trunkline.gateway.cascade``)."""
 
 
 class Entitlement(IdMixin, CreatedMixin, Base):
@@ -55,7 +65,14 @@ class Pool(IdMixin, CreatedMixin, Base):
     flavor_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accelerator_flavors.id"))
     region: Mapped[str] = mapped_column(String(64))
     burst: Mapped[bool] = mapped_column(default=False)
+    """Scales to zero between peaks."""
     block_size: Mapped[int] = mapped_column(default=16)
+    cost_per_hour: Mapped[Decimal | None] = mapped_column(Numeric(12, 4), default=None)
+    """Price of one replica per hour; ``None``: the flavor's."""
+    capacity: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    """Replicas the pool may run; 0: as many as it has endpoints."""
+    tokens_per_s: Mapped[float | None] = mapped_column(default=None)
+    """Nominal output tokens/s of one replica, for cost per token."""
 
 
 class Endpoint(IdMixin, CreatedMixin, Base):
@@ -67,3 +84,5 @@ class Endpoint(IdMixin, CreatedMixin, Base):
     )
     url: Mapped[str] = mapped_column(String(500))
     enabled: Mapped[bool] = mapped_column(default=True)
+    kv_events: Mapped[str | None] = mapped_column(String(500), default=None)
+    """ZMQ address of the engine's KV-cache event publisher (``tcp://host:port``)."""

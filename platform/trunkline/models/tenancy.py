@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import uuid
 
-from sqlalchemy import JSON, Enum, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, Enum, ForeignKey, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from trunkline.models.base import Base, CreatedMixin, IdMixin
@@ -35,6 +35,8 @@ class Tenant(IdMixin, CreatedMixin, Base):
     tier_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tiers.id"))
     regions: Mapped[list[str]] = mapped_column(JSON, default=list)
     """Regions the tenant's requests may be served in; empty means anywhere."""
+    cache_isolated: Mapped[bool] = mapped_column(default=True, server_default=true())
+    """Salt the tenant's prompts in the engines' prefix cache, so no other tenant shares it."""
 
     tier: Mapped[Tier] = relationship(lazy="joined")
 

@@ -10,9 +10,11 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from trunkline.auth.guards import authenticated, platform_admin, tenant_member
 from trunkline.auth.params import Caller, DbSession, TenantId
-from trunkline.pools import entitlements, service
+from trunkline.pools import aliases, entitlements, service
 from trunkline.pools.schemas import (
     AliasCreate,
+    AliasUpdate,
+    AliasView,
     AvailableModel,
     Entitlement,
     Flavor,
@@ -92,8 +94,25 @@ class CatalogModelController(Controller):
 
     @post("/aliases", sync_to_thread=True)
     def add_alias(self, db_session: DbSession, data: JSONBody[AliasCreate]) -> Model:
-        """Add a public alias to a model; answers the model with all its aliases."""
-        return service.add_alias(db_session, data.model, data.alias)
+        """Add a public alias to a model, optionally limited to some of its pools or
+        cascading to a larger model; answers the model with all its aliases."""
+        aliases.create_alias(db_session, data)
+        return service.get_model(db_session, data.model)
+
+    @get("/aliases", sync_to_thread=True)
+    def list_aliases(self, db_session: DbSession) -> list[AliasView]:
+        return aliases.list_aliases(db_session)
+
+    @get("/aliases/{alias:path}", sync_to_thread=True)
+    def get_alias(self, db_session: DbSession, alias: FromPath[str]) -> AliasView:
+        return aliases.get_alias(db_session, alias.lstrip("/"))
+
+    @patch("/aliases/{alias:path}", sync_to_thread=True)
+    def update_alias(
+        self, db_session: DbSession, alias: FromPath[str], data: JSONBody[AliasUpdate]
+    ) -> AliasView:
+        """Point the alias at another model, limit its pools, or set or clear its cascade."""
+        return aliases.update_alias(db_session, alias.lstrip("/"), data)
 
     @delete("/aliases/{alias:path}", sync_to_thread=True)
     def remove_alias(self, db_session: DbSession, alias: FromPath[str]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -33,6 +33,21 @@ ModelKind = Literal["chat", "completion", "embedding"]
 Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=500)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 BlockSize = Annotated[int, msgspec.Meta(ge=1, le=1024)]
+Capacity = Annotated[
+    int, msgspec.Meta(ge=0, le=100_000, description="replicas the pool may run; 0: its endpoints")
+]
+TokensPerS = Annotated[
+    float, msgspec.Meta(gt=0, le=10_000_000, description="nominal output tokens/s per replica")
+]
+ZmqAddress = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(tcp|ipc)://[^\s]+$",
+        max_length=500,
+        description="ZMQ address of the engine's KV-cache event publisher",
+        examples=["tcp://10.0.0.7:5557"],
+    ),
+]
 
 
 def money(value: float) -> Decimal:
@@ -99,15 +114,70 @@ class ModelUpdate(msgspec.Struct, forbid_unknown_fields=True):
     params_b: ParamsB | UnsetType | None = UNSET
 
 
+class CascadeChecks(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """When the first (small) model's answer is not good enough; see docs/cascading.md."""
+
+    truncation: bool = True
+    """Escalate when the first answer hit its token limit (``finish_reason=length``)."""
+    refusal: bool = True
+    """Escalate when the first answer refuses."""
+    min_mean_logprob: Annotated[float, msgspec.Meta(ge=-100, le=0)] | None = None
+    """Escalate when the answer's mean token log-probability is below this (e.g. -1.0)."""
+    min_confidence: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    """Ask the first model to rate its confidence in [0, 1]; escalate below this (chat)."""
+
+    def stored(self) -> dict[str, object]:
+        """The form kept in the database and the snapshot (``CascadeEntry`` field names)."""
+        return {
+            "on_truncation": self.truncation,
+            "on_refusal": self.refusal,
+            "min_mean_logprob": self.min_mean_logprob,
+            "min_confidence": self.min_confidence,
+        }
+
+    @classmethod
+    def of_stored(cls, stored: dict[str, Any]) -> CascadeChecks:
+        return cls(
+            truncation=bool(stored.get("on_truncation", True)),
+            refusal=bool(stored.get("on_refusal", True)),
+            min_mean_logprob=stored.get("min_mean_logprob"),
+            min_confidence=stored.get("min_confidence"),
+        )
+
+
+class Cascade(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Makes an alias cascading: its model answers first, ``escalate_to`` when a check fails."""
+
+    escalate_to: ModelName
+    checks: CascadeChecks = msgspec.field(default_factory=CascadeChecks)
+
+
 class AliasCreate(msgspec.Struct, forbid_unknown_fields=True):
     alias: Alias
     model: ModelName
+    pools: list[Name] | None = None
+    """Pools the alias may use (they must serve its model); omit for every such pool."""
+    cascade: Cascade | None = None
+
+
+class AliasUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    model: ModelName | UnsetType = UNSET
+    pools: list[Name] | UnsetType | None = UNSET
+    cascade: Cascade | UnsetType | None = UNSET
+
+
+class AliasView(msgspec.Struct):
+    alias: str
+    model: str
+    pools: list[str] | None
+    cascade: Cascade | None
 
 
 class Endpoint(msgspec.Struct):
     id: uuid.UUID
     url: str
     enabled: bool
+    kv_events: str | None = None
 
 
 class Pool(msgspec.Struct):
@@ -119,15 +189,26 @@ class Pool(msgspec.Struct):
     burst: bool
     block_size: int
     endpoints: list[Endpoint]
+    cost_per_hour: float
+    """What one replica costs per hour: the pool's own price, else its flavor's."""
+    own_cost_per_hour: float | None
+    """The pool's own price, if it overrides its flavor's."""
+    capacity: int
+    tokens_per_s: float | None
 
 
-class PoolCreate(msgspec.Struct, forbid_unknown_fields=True):
+class PoolCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: Name
     model: ModelName
     flavor: Name
     region: Name
     burst: bool = False
+    """Scales to zero between peaks; only tiers that may use burst pools are routed here."""
     block_size: BlockSize = 16
+    cost_per_hour: Money | None = None
+    """Overrides the flavor's cost per hour (e.g. reserved or spot prices)."""
+    capacity: Capacity = 0
+    tokens_per_s: TokensPerS | None = None
 
 
 class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -136,11 +217,21 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
     region: Name | UnsetType = UNSET
     burst: bool | UnsetType = UNSET
     block_size: BlockSize | UnsetType = UNSET
+    cost_per_hour: Money | UnsetType | None = UNSET
+    """``null`` goes back to the flavor's price."""
+    capacity: Capacity | UnsetType = UNSET
+    tokens_per_s: TokensPerS | UnsetType | None = UNSET
+
+
+class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: Url
+    kv_events: ZmqAddress | None = None
 
 
 class PoolEndpoints(msgspec.Struct, forbid_unknown_fields=True):
-    urls: list[Url]
-    """The pool's complete endpoint list; endpoints not listed are removed."""
+    urls: list[Url | EndpointSpec]
+    """The pool's complete endpoint list, each a URL or ``{url, kv_events}``; endpoints not
+    listed are removed."""
 
 
 class Entitlement(msgspec.Struct):

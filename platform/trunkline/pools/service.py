@@ -18,6 +18,7 @@ from trunkline.models import Pool as PoolRow
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
 from trunkline.pools.schemas import Endpoint as EndpointView
 from trunkline.pools.schemas import (
+    EndpointSpec,
     Flavor,
     FlavorCreate,
     FlavorUpdate,
@@ -99,7 +100,7 @@ def create_model(session: Session, data: ModelCreate) -> Model:
     session.add(model)
     flush_or_conflict(session, f"model {data.name!r} already exists")
     for alias in data.aliases:
-        _add_alias(session, model, alias)
+        insert_alias(session, model, alias)
     mark_config_changed(session)
     return _model_view(session, model)
 
@@ -119,7 +120,7 @@ def delete_model(session: Session, name: str) -> None:
 
 def add_alias(session: Session, model_name: str, alias: str) -> Model:
     model = model_row(session, model_name)
-    _add_alias(session, model, alias)
+    insert_alias(session, model, alias)
     mark_config_changed(session)
     return _model_view(session, model)
 
@@ -134,7 +135,7 @@ def remove_alias(session: Session, alias: str) -> None:
     mark_config_changed(session)
 
 
-def _add_alias(session: Session, model: ModelRow, alias: str) -> ModelAlias:
+def insert_alias(session: Session, model: ModelRow, alias: str) -> ModelAlias:
     if ModelRepository(session).alias(alias) is not None:
         raise Conflict(f"alias {alias!r} already exists", param="aliases")
     row = ModelAlias(alias=alias, model_id=model.id)
@@ -179,6 +180,9 @@ def create_pool(session: Session, data: PoolCreate) -> Pool:
             region=data.region,
             burst=data.burst,
             block_size=data.block_size,
+            cost_per_hour=None if data.cost_per_hour is None else money(data.cost_per_hour),
+            capacity=data.capacity,
+            tokens_per_s=data.tokens_per_s,
         )
     )
     flush_or_conflict(session, f"pool {data.name!r} already exists")
@@ -193,6 +197,8 @@ def update_pool(session: Session, name: str, data: PoolUpdate) -> Pool:
         values["model_id"] = model_row(session, values.pop("model"), param="model").id
     if "flavor" in values:
         values["flavor_id"] = flavor_row(session, values.pop("flavor"), param="flavor").id
+    if values.get("cost_per_hour") is not None:
+        values["cost_per_hour"] = money(values["cost_per_hour"])
     if assign(pool, values):
         session.flush()
         mark_config_changed(session)
@@ -206,32 +212,41 @@ def delete_pool(session: Session, name: str) -> None:
     mark_config_changed(session)
 
 
-def set_pool_endpoints(session: Session, pool_name: str, urls: Sequence[str]) -> Pool:
-    """Make ``urls`` the pool's complete, enabled endpoint list.
+def set_pool_endpoints(
+    session: Session, pool_name: str, endpoints: Sequence[str | EndpointSpec]
+) -> Pool:
+    """Make ``endpoints`` the pool's complete, enabled endpoint list.
 
     Endpoints already listed keep their ids, so gateways keep their per-endpoint
     state; the snapshot is republished after commit only when something changed.
     """
     pool, _model, _flavor = pool_rows(session, pool_name)
-    replace_endpoints(session, pool, urls)
+    replace_endpoints(session, pool, endpoints)
     return get_pool(session, pool_name)
 
 
-def replace_endpoints(session: Session, pool: PoolRow, urls: Sequence[str]) -> list[str]:
+def replace_endpoints(
+    session: Session, pool: PoolRow, endpoints: Sequence[str | EndpointSpec]
+) -> list[str]:
     """Replace a pool's endpoints; returns what changed (``+url`` / ``-url``), empty if nothing."""
-    wanted = list(dict.fromkeys(urls))
+    specs = [EndpointSpec(url=e) if isinstance(e, str) else e for e in endpoints]
+    wanted = {spec.url: spec for spec in specs}
     current = {e.url: e for e in PoolRepository(session).endpoints([pool.id])[pool.id]}
     changes = []
     for url, endpoint in current.items():
         if url not in wanted:
             session.delete(endpoint)
             changes.append(f"-{url}")
-        elif not endpoint.enabled:
+            continue
+        if not endpoint.enabled:
             endpoint.enabled = True
             changes.append(f"+{url}")
-    for url in wanted:
+        if endpoint.kv_events != wanted[url].kv_events:
+            endpoint.kv_events = wanted[url].kv_events
+            changes.append(f"{url} kv_events {wanted[url].kv_events}")
+    for url, spec in wanted.items():
         if url not in current:
-            session.add(Endpoint(pool_id=pool.id, url=url, enabled=True))
+            session.add(Endpoint(pool_id=pool.id, url=url, enabled=True, kv_events=spec.kv_events))
             changes.append(f"+{url}")
     if changes:
         flush_or_conflict(session, f"pool {pool.name!r} lists an endpoint twice")
@@ -249,6 +264,7 @@ def pool_rows(session: Session, name: str) -> tuple[PoolRow, ModelRow, Accelerat
 def _pool_view(
     pool: PoolRow, model: ModelRow, flavor: AcceleratorFlavor, endpoints: list[Endpoint]
 ) -> Pool:
+    own = None if pool.cost_per_hour is None else float(pool.cost_per_hour)
     return Pool(
         pool.id,
         pool.name,
@@ -257,7 +273,11 @@ def _pool_view(
         pool.region,
         pool.burst,
         pool.block_size,
-        [EndpointView(e.id, e.url, e.enabled) for e in endpoints],
+        [EndpointView(e.id, e.url, e.enabled, e.kv_events) for e in endpoints],
+        cost_per_hour=float(flavor.cost_per_hour) if own is None else own,
+        own_cost_per_hour=own,
+        capacity=pool.capacity,
+        tokens_per_s=pool.tokens_per_s,
     )
 
 

@@ -6,6 +6,7 @@ key hashes, tiers, entitlements, aliases, pools and endpoints.
 
 from trunkline.snapshot.schemas import (
     AliasEntry,
+    CascadeEntry,
     EndpointEntry,
     KeyEntry,
     PoolEntry,
@@ -25,6 +26,7 @@ from trunkline.snapshot.store import (
 
 __all__ = [
     "AliasEntry",
+    "CascadeEntry",
     "EndpointEntry",
     "InMemorySnapshotStore",
     "KeyEntry",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
@@ -24,6 +27,7 @@ from trunkline.models import (
 from trunkline.quota.book import build_quota_book
 from trunkline.snapshot.schemas import (
     AliasEntry,
+    CascadeEntry,
     EndpointEntry,
     KeyEntry,
     PoolEntry,
@@ -35,23 +39,23 @@ from trunkline.snapshot.schemas import (
 from trunkline.snapshot.store import SnapshotPublisher
 
 
-def build_snapshot(session: Session, version: int) -> Snapshot:
+def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
+    """The tenant's prefix-cache salt: a keyed HMAC of its id, never the secret itself.
+
+    Stable across publishes (a tenant keeps its cached prefixes); rotating the secret
+    changes every salt at once, which costs one cold cache and leaks nothing.
+    """
+    message = b"trunkline/cache-salt/v1:" + tenant_id.encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
+def build_snapshot(session: Session, version: int, *, cache_secret: bytes) -> Snapshot:
+    """``cache_secret`` keys the tenants' cache salts (the server secret in every process)."""
     tiers = {
         t.name: TierEntry(t.name, t.priority, t.ttft_slo_ms, t.itl_slo_ms, t.may_use_burst)
         for t in session.scalars(select(Tier))
     }
-    alias_names = {
-        row.id: row.alias for row in session.execute(select(ModelAlias.id, ModelAlias.alias))
-    }
-    entitled: dict[str, set[str]] = defaultdict(set)
-    for tenant_id, alias_id in session.execute(select(Entitlement.tenant_id, Entitlement.alias_id)):
-        entitled[str(tenant_id)].add(alias_names[alias_id])
-    tenants = {
-        str(t.id): TenantEntry(
-            str(t.id), t.slug, t.tier.name, tuple(t.regions), frozenset(entitled[str(t.id)])
-        )
-        for t in session.scalars(select(Tenant))
-    }
+    tenants = _tenants(session, cache_secret)
     now = datetime.now(UTC)
     keys = {
         k.key_id: KeyEntry(
@@ -67,22 +71,57 @@ def build_snapshot(session: Session, version: int) -> Snapshot:
         if k.expires_at is None or k.expires_at > now
     }
     pools = _pools(session)
+    aliases = _aliases(session, pools)
+    quotas = build_quota_book(session, tenants, keys)
+    return Snapshot(version, time.time(), tiers, tenants, keys, aliases, pools, quotas)
+
+
+def _tenants(session: Session, cache_secret: bytes) -> dict[str, TenantEntry]:
+    alias_names = {
+        row.id: row.alias for row in session.execute(select(ModelAlias.id, ModelAlias.alias))
+    }
+    entitled: dict[str, set[str]] = defaultdict(set)
+    for owner, alias_id in session.execute(select(Entitlement.tenant_id, Entitlement.alias_id)):
+        entitled[str(owner)].add(alias_names[alias_id])
+    tenants: dict[str, TenantEntry] = {}
+    for t in session.scalars(select(Tenant)):
+        tid = str(t.id)
+        salt = tenant_cache_salt(cache_secret, tid) if t.cache_isolated else None
+        tenants[tid] = TenantEntry(
+            tid, t.slug, t.tier.name, tuple(t.regions), frozenset(entitled[tid]), salt
+        )
+    return tenants
+
+
+def _aliases(session: Session, pools: Mapping[str, PoolEntry]) -> dict[str, AliasEntry]:
     models = {m.id: m for m in session.scalars(select(Model))}
+
+    def served_by(model: Model, only: list[str] | None) -> tuple[str, ...]:
+        names = (p.name for p in pools.values() if p.model == model.name)
+        return tuple(sorted(n for n in names if only is None or n in only))
+
     aliases = {}
     for alias in session.scalars(select(ModelAlias)):
         model = models[alias.model_id]
-        served_by = tuple(sorted(p.name for p in pools.values() if p.model == model.name))
-        aliases[alias.alias] = AliasEntry(alias.alias, model.name, model.kind, served_by)
-    quotas = build_quota_book(session, tenants, keys)
-    return Snapshot(version, time.time(), tiers, tenants, keys, aliases, pools, quotas)
+        cascade = None
+        if alias.escalate_model_id is not None:
+            large = models[alias.escalate_model_id]
+            checks = alias.cascade_checks or {}
+            cascade = msgspec.convert(
+                {**checks, "model": large.name, "pools": served_by(large, None)}, CascadeEntry
+            )
+        aliases[alias.alias] = AliasEntry(
+            alias.alias, model.name, model.kind, served_by(model, alias.pools), cascade
+        )
+    return aliases
 
 
 def _pools(session: Session) -> dict[str, PoolEntry]:
     endpoints: dict[object, list[EndpointEntry]] = defaultdict(list)
     for e in session.scalars(select(Endpoint).where(Endpoint.enabled).order_by(Endpoint.url)):
-        endpoints[e.pool_id].append(EndpointEntry(str(e.id), e.url))
+        endpoints[e.pool_id].append(EndpointEntry(str(e.id), e.url, e.kv_events))
     rows = session.execute(
-        select(Pool, Model.name, AcceleratorFlavor.name)
+        select(Pool, Model.name, AcceleratorFlavor)
         .join(Model, Pool.model_id == Model.id)
         .join(AcceleratorFlavor, Pool.flavor_id == AcceleratorFlavor.id)
     ).all()
@@ -90,13 +129,18 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
         pool.name: PoolEntry(
             pool.name,
             model_name,
-            flavor_name,
+            flavor.name,
             pool.region,
             pool.burst,
             pool.block_size,
             tuple(endpoints[pool.id]),
+            cost_per_hour=float(
+                flavor.cost_per_hour if pool.cost_per_hour is None else pool.cost_per_hour
+            ),
+            tokens_per_s=pool.tokens_per_s,
+            capacity=pool.capacity,
         )
-        for pool, model_name, flavor_name in rows
+        for pool, model_name, flavor in rows
     }
 
 
@@ -105,15 +149,17 @@ def fingerprint(snapshot: Snapshot) -> bytes:
     return encode_snapshot(msgspec.structs.replace(snapshot, version=0, published_at=0.0))
 
 
-def current_fingerprint(factory: sessionmaker[Session]) -> bytes:
+def current_fingerprint(factory: sessionmaker[Session], *, cache_secret: bytes) -> bytes:
     with factory() as session:
-        return fingerprint(build_snapshot(session, 0))
+        return fingerprint(build_snapshot(session, 0, cache_secret=cache_secret))
 
 
-def publish_snapshot(factory: sessionmaker[Session], publisher: SnapshotPublisher) -> Snapshot:
+def publish_snapshot(
+    factory: sessionmaker[Session], publisher: SnapshotPublisher, *, cache_secret: bytes
+) -> Snapshot:
     """Read the current configuration and publish it under a fresh version."""
     version = publisher.next_version()
     with factory() as session:
-        snapshot = build_snapshot(session, version)
+        snapshot = build_snapshot(session, version, cache_secret=cache_secret)
     publisher.publish(version, encode_snapshot(snapshot))
     return snapshot

@@ -59,11 +59,31 @@ class PoolEntry(msgspec.Struct, frozen=True):
     """Replicas the pool may run (0: as many as it has endpoints)."""
 
 
+class CascadeEntry(msgspec.Struct, frozen=True):
+    """A cascading alias: the alias's own model answers first; these checks on its answer
+    decide whether to ask ``model`` (the large one) instead. See docs/cascading.md."""
+
+    model: str
+    """Served name of the model escalated to."""
+    pools: tuple[str, ...]
+    """Pools serving ``model``."""
+    on_truncation: bool = True
+    """Escalate when the first answer stopped at its token limit (``finish_reason=length``)."""
+    on_refusal: bool = True
+    """Escalate when the first answer refuses (``I can't help with that``, ...)."""
+    min_mean_logprob: float | None = None
+    """Escalate when the mean token log-probability of the first answer is below this."""
+    min_confidence: float | None = None
+    """Ask the first model to rate its confidence in [0, 1]; escalate below this (chat only)."""
+
+
 class AliasEntry(msgspec.Struct, frozen=True):
     alias: str
     model: str
     kind: str
     pools: tuple[str, ...]
+    cascade: CascadeEntry | None = None
+    """Set on a cascading alias: ``model`` answers first, ``cascade.model`` on escalation."""
 
 
 class Snapshot(msgspec.Struct, frozen=True):

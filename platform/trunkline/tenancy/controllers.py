@@ -85,7 +85,7 @@ class TenantController(Controller):
         tenant_id: TenantId,
         data: JSONBody[TenantUpdate],
     ) -> Tenant:
-        """Rename, change tier or regions. Role: platform admin."""
+        """Rename, change tier, regions or prefix-cache isolation. Role: platform admin."""
         return service.update_tenant(db_session, tenant_id, data)
 
 

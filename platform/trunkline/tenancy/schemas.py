@@ -85,12 +85,14 @@ class Tenant(msgspec.Struct):
     tier: str
     regions: list[str]
     created_at: datetime
+    cache_isolated: bool
+    """Whether the tenant's prompts get their own prefix cache on shared engines."""
 
     @classmethod
     def of(cls, tenant: orm.Tenant) -> Tenant:
         return cls(
             tenant.id, tenant.slug, tenant.name, tenant.tier.name, list(tenant.regions),
-            tenant.created_at,
+            tenant.created_at, tenant.cache_isolated,
         )  # fmt: skip
 
 
@@ -100,12 +102,16 @@ class TenantCreate(msgspec.Struct, forbid_unknown_fields=True):
     tier: Name
     regions: list[Name] = msgspec.field(default_factory=list)
     """Regions the tenant's requests may be served in; empty means anywhere."""
+    cache_isolated: bool = True
+    """Salt the tenant's prompts in engines' prefix cache (vLLM ``cache_salt``) so no other
+    tenant can share, or probe through timing, what it cached; off shares the cache."""
 
 
 class TenantUpdate(msgspec.Struct, forbid_unknown_fields=True):
     name: DisplayName | UnsetType = UNSET
     tier: Name | UnsetType = UNSET
     regions: list[Name] | UnsetType = UNSET
+    cache_isolated: bool | UnsetType = UNSET
 
 
 class Member(msgspec.Struct):

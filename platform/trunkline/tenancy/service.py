@@ -109,7 +109,13 @@ def create_tenant(session: Session, data: TenantCreate) -> Tenant:
         raise Conflict(f"tenant {data.slug!r} already exists", param="slug")
     tier = _tier(session, data.tier, param="tier")
     tenant = tenants.add(
-        TenantRow(slug=data.slug, name=data.name, tier=tier, regions=list(data.regions))
+        TenantRow(
+            slug=data.slug,
+            name=data.name,
+            tier=tier,
+            regions=list(data.regions),
+            cache_isolated=data.cache_isolated,
+        )
     )
     flush_or_conflict(session, f"tenant {data.slug!r} already exists")
     mark_config_changed(session)

@@ -89,7 +89,7 @@ def test_every_problem_names_file_line_and_field(tmp_path: Path) -> None:
         f"{file}:18: Pool p1: model: unknown model 'missing-model'",
         f"{file}:19: Pool p1: flavor: unknown flavor 'h100'",
         f"{file}:22: Gizmo g: kind: "
-        "unknown kind 'Gizmo', expected one of Flavor, Model, Pool, Tenant, Tier",
+        "unknown kind 'Gizmo', expected one of Cascade, Flavor, Model, Pool, Tenant, Tier",
     ]
 
 

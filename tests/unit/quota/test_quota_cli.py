@@ -40,7 +40,7 @@ def snapshot_quotas(url: str) -> Any:
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session:
-            return build_snapshot(session, 0).quotas
+            return build_snapshot(session, 0, cache_secret=b"test-secret").quotas
     finally:
         engine.dispose()
 

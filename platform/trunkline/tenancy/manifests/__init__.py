@@ -1,4 +1,4 @@
-"""Tenants as code: YAML manifests of tiers, flavors, models, pools and tenants.
+"""Tenants as code: YAML manifests of tiers, flavors, models, pools, cascades and tenants.
 
 load_manifests(path) -> Manifests          parse and check, ManifestError lists every issue
 apply_manifests(session_factory, path, publish=...) -> ApplyReport
@@ -14,6 +14,7 @@ from trunkline.tenancy.manifests.apply import (
 from trunkline.tenancy.manifests.documents import Located, ManifestError, ManifestIssue, Manifests
 from trunkline.tenancy.manifests.loader import load_manifests
 from trunkline.tenancy.manifests.schemas import (
+    CascadeSpec,
     FlavorSpec,
     Manifest,
     MemberSpec,
@@ -29,6 +30,7 @@ from trunkline.tenancy.manifests.schemas import (
 
 __all__ = [
     "ApplyReport",
+    "CascadeSpec",
     "Change",
     "FlavorSpec",
     "Located",

@@ -18,15 +18,17 @@ from trunkline.auth.service import ensure_user
 from trunkline.errors import InvalidRequest
 from trunkline.kit.db import transaction
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tenant, Tier
+from trunkline.pools.aliases import configure_alias
 from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
-from trunkline.pools.schemas import money
+from trunkline.pools.schemas import Cascade, money
 from trunkline.pools.service import flavor_row, model_row, replace_endpoints
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.tenancy.changes import assign
 from trunkline.tenancy.manifests.documents import Manifests
 from trunkline.tenancy.manifests.loader import load_manifests
 from trunkline.tenancy.manifests.schemas import (
+    CascadeSpec,
     FlavorSpec,
     ModelSpec,
     PoolSpec,
@@ -92,6 +94,8 @@ def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
         _model(session, model, report)
     for pool in manifests.pools:
         _pool(session, pool, report)
+    for cascade in manifests.cascades:
+        _cascade(session, cascade, report)
     for tenant in manifests.tenants:
         _tenant(session, tenant, report)
     return report
@@ -186,6 +190,9 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
         "region": spec.region,
         "burst": spec.burst,
         "block_size": spec.block_size,
+        "cost_per_hour": None if spec.cost_per_hour is None else money(spec.cost_per_hour),
+        "capacity": spec.capacity,
+        "tokens_per_s": spec.tokens_per_s,
     }
     found = PoolRepository(session).by_name(spec.name)
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731
@@ -197,11 +204,27 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
     _record(report, "Pool", spec.name, details)
 
 
+def _cascade(session: Session, spec: CascadeSpec, report: ApplyReport) -> None:
+    model = model_row(session, spec.model, param="model")
+    row = ModelRepository(session).alias(spec.name)
+    create = lambda: ModelAlias(alias=spec.name, model_id=model.id)  # noqa: E731
+    values = {"model_id": model.id}
+    alias, details = _upsert(session, report, "Cascade", spec.name, row, create, values)
+    cascade = Cascade(escalate_to=spec.escalate_to, checks=spec.checks)
+    details += configure_alias(session, alias, model, alias.pools, cascade)
+    session.flush()
+    _record(report, "Cascade", spec.name, details)
+
+
 def _tenant(session: Session, spec: TenantSpec, report: ApplyReport) -> None:
     tier = TierRepository(session).by_name(spec.tier)
     if tier is None:  # load_manifests checks this; a hand-built Manifests may not
         raise InvalidRequest(f"unknown tier {spec.tier!r}", param="tier")
-    values = {"name": spec.name, "regions": list(spec.regions)}
+    values = {
+        "name": spec.name,
+        "regions": list(spec.regions),
+        "cache_isolated": spec.cache_isolated,
+    }
     row = TenantRepository(session).by_slug(spec.slug)
     create = lambda: Tenant(slug=spec.slug, tier=tier, **values)  # noqa: E731
     tenant, details = _upsert(session, report, "Tenant", spec.slug, row, create, values)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from trunkline.tenancy.manifests.documents import Located, ManifestIssue, Manifests
-from trunkline.tenancy.manifests.schemas import ModelSpec, PoolSpec, TenantSpec, spec_name
+from trunkline.tenancy.manifests.schemas import (
+    CascadeSpec,
+    ModelSpec,
+    PoolSpec,
+    TenantSpec,
+    spec_name,
+)
 
 
 def check_references(manifests: Manifests) -> list[ManifestIssue]:
@@ -13,7 +19,7 @@ def check_references(manifests: Manifests) -> list[ManifestIssue]:
     issues = _duplicates(manifests.documents)
     tiers = {t.name for t in manifests.tiers}
     flavors = {f.name for f in manifests.flavors}
-    models = {m.name for m in manifests.models}
+    models = {m.name: m for m in manifests.models}
     owners: dict[str, str] = {}
     for doc in manifests.documents:
         spec = doc.spec
@@ -25,7 +31,13 @@ def check_references(manifests: Manifests) -> list[ManifestIssue]:
                         doc.issue(("aliases", index), f"alias {alias!r} already names {owner!r}")
                     )
         elif isinstance(spec, PoolSpec):
-            issues += _pool(doc, spec, models, flavors)
+            issues += _pool(doc, spec, set(models), flavors)
+        elif isinstance(spec, CascadeSpec):
+            mine = f"Cascade {spec.name}"
+            owner = owners.setdefault(spec.name, mine)
+            if owner != mine:
+                issues.append(doc.issue(("name",), f"alias {spec.name!r} already names {owner!r}"))
+            issues += _cascade(doc, spec, models)
     for doc in manifests.documents:
         if isinstance(doc.spec, TenantSpec):
             issues += _tenant(doc, doc.spec, tiers, set(owners))
@@ -55,6 +67,21 @@ def _pool(doc: Located, spec: PoolSpec, models: set[str], flavors: set[str]) -> 
         issues.append(doc.issue(("flavor",), f"unknown flavor {spec.flavor!r}"))
     if spec.endpoints is not None and spec.simulated is not None:
         issues.append(doc.issue(("simulated",), "give endpoints or simulated, not both"))
+    return issues
+
+
+def _cascade(doc: Located, spec: CascadeSpec, models: dict[str, ModelSpec]) -> list[ManifestIssue]:
+    issues = []
+    for field in ("model", "escalate_to"):
+        name = getattr(spec, field)
+        if name not in models:
+            issues.append(doc.issue((field,), f"unknown model {name!r}"))
+        elif models[name].type == "embedding":
+            issues.append(doc.issue((field,), f"model {name!r} serves embeddings, not text"))
+    if spec.model == spec.escalate_to:
+        issues.append(doc.issue(("escalate_to",), "must name another model than `model`"))
+    elif not issues and models[spec.model].type != models[spec.escalate_to].type:
+        issues.append(doc.issue(("escalate_to",), "must be of the same type as `model`"))
     return issues
 
 

@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from trunkline.errors import InvalidRequest
 from trunkline.tenancy.manifests.schemas import (
+    CascadeSpec,
     FlavorSpec,
     Manifest,
     ModelSpec,
@@ -17,7 +18,7 @@ from trunkline.tenancy.manifests.schemas import (
 )
 
 FieldPath = tuple[str | int, ...]
-SpecT = TypeVar("SpecT", TierSpec, FlavorSpec, ModelSpec, PoolSpec, TenantSpec)
+SpecT = TypeVar("SpecT", TierSpec, FlavorSpec, ModelSpec, PoolSpec, CascadeSpec, TenantSpec)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,10 @@ class Manifests:
     @property
     def pools(self) -> list[PoolSpec]:
         return self.of(PoolSpec)
+
+    @property
+    def cascades(self) -> list[CascadeSpec]:
+        return self.of(CascadeSpec)
 
     @property
     def tenants(self) -> list[TenantSpec]:

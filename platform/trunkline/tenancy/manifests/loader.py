@@ -138,6 +138,9 @@ def _validators() -> dict[str, Draft202012Validator]:
 def _schema_issues(
     error: ValidationError, file: str, lines: dict[FieldPath, int], subject: str
 ) -> list[ManifestIssue]:
+    while error.validator in ("anyOf", "oneOf") and error.context:
+        # "not valid under any of the given schemas" names no field: report the deepest cause.
+        error = max(error.context, key=lambda e: (len(e.absolute_path), e.validator != "type"))
     path: FieldPath = tuple(error.absolute_path)
     if error.validator == "required" and (named := _QUOTED.match(error.message)):
         field = (*path, named.group(1))

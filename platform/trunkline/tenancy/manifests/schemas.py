@@ -13,7 +13,18 @@ import msgspec
 
 from trunkline.auth.schemas import Email, PersonName
 from trunkline.models import Role
-from trunkline.pools.schemas import Alias, BlockSize, ContextLength, ModelKind, ModelName, Money
+from trunkline.pools.schemas import (
+    Alias,
+    BlockSize,
+    Capacity,
+    CascadeChecks,
+    ContextLength,
+    EndpointSpec,
+    ModelKind,
+    ModelName,
+    Money,
+    TokensPerS,
+)
 from trunkline.pools.schemas import ParamsB as ParamsB
 from trunkline.pools.schemas import Url as Url
 from trunkline.quota.schemas import QuotaLimits
@@ -83,10 +94,29 @@ class PoolSpec(_Spec, tag="Pool"):
     flavor: Name
     region: Name
     burst: bool = False
+    """Scales to zero between peaks; only tiers that may use burst pools are routed here."""
     block_size: BlockSize = 16
-    endpoints: list[Url] | None = None
-    """The pool's complete endpoint list; omit to leave endpoints as they are."""
+    cost_per_hour: Money | None = None
+    """What one replica costs per hour, when not the flavor's price."""
+    capacity: Capacity = 0
+    """Replicas the pool may run; 0: as many as it has endpoints."""
+    tokens_per_s: TokensPerS | None = None
+    """Nominal output tokens/s of one replica, for cost per token."""
+    endpoints: list[Url | EndpointSpec] | None = None
+    """The pool's complete endpoint list, each a URL or ``{url, kv_events}``; omit to leave
+    endpoints as they are."""
     simulated: Simulated | None = None
+
+
+class CascadeSpec(_Spec, tag="Cascade"):
+    """A cascading public alias: ``model`` answers first; when a check on its answer fails,
+    ``escalate_to`` answers instead (see docs/cascading.md)."""
+
+    name: Alias
+    """The public alias; tenants list it in ``models`` like any other."""
+    model: ModelName
+    escalate_to: ModelName
+    checks: CascadeChecks = msgspec.field(default_factory=CascadeChecks)
 
 
 class ProjectSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -108,6 +138,8 @@ class TenantSpec(_Spec, tag="Tenant"):
     name: DisplayName
     tier: Name
     regions: list[Name] = msgspec.field(default_factory=list)
+    cache_isolated: bool = True
+    """Salt the tenant's prompts in the engines' prefix cache so no other tenant shares it."""
     models: list[Alias] = msgspec.field(default_factory=list)
     projects: list[ProjectSpec] = msgspec.field(default_factory=list)
     members: list[MemberSpec] = msgspec.field(default_factory=list)
@@ -116,7 +148,7 @@ class TenantSpec(_Spec, tag="Tenant"):
     (omit it to leave them as they are, e.g. as set through the API)."""
 
 
-Manifest = TierSpec | FlavorSpec | ModelSpec | PoolSpec | TenantSpec
+Manifest = TierSpec | FlavorSpec | ModelSpec | PoolSpec | CascadeSpec | TenantSpec
 
 SCHEMA_ID = "https://trunkline.dev/schemas/tenants-manifest.json"
 

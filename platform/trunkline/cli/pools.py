@@ -1,0 +1,150 @@
+"""``trunkline pools``: list, show, create and update model pools and set their endpoints.
+
+    trunkline pools list
+    trunkline pools show h100-eu-west
+    trunkline pools create h100-eu-2 --model llama-3.1-8b-instruct --flavor h100 --region eu-west \\
+        --capacity 4 --tokens-per-s 2400 --cost-per-hour 2.90 --burst
+    trunkline pools update h100-eu-2 --cost-per-hour flavor --capacity 8
+    trunkline pools set-endpoints h100-eu-2 http://10.0.0.7:8000=tcp://10.0.0.7:5557 http://…
+
+Changes are published to every gateway after commit. Output is JSON (``show``, ``create``,
+``update``, ``set-endpoints``) or a table (``list``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import msgspec
+from sqlalchemy.orm import Session
+
+from trunkline.apps.runtime import Runtime
+from trunkline.cli.tenants import run_work
+from trunkline.errors import InvalidRequest
+from trunkline.pools import service
+from trunkline.pools.schemas import EndpointSpec, Pool, PoolCreate, PoolUpdate
+
+_FIELDS = ("model", "flavor", "region", "block_size", "capacity", "tokens_per_s", "cost_per_hour")
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("pools", help="model pools and their endpoints")
+    commands = parser.add_subparsers(dest="pools_command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", help="every pool, one per line")
+    listing.set_defaults(func=list_command)
+
+    show = commands.add_parser("show", help="one pool as JSON")
+    show.add_argument("name")
+    show.set_defaults(func=show_command)
+
+    create = commands.add_parser("create", help="create a pool")
+    create.add_argument("name")
+    _options(create, required=True)
+    create.set_defaults(func=create_command)
+
+    update = commands.add_parser("update", help="change some of a pool's fields")
+    update.add_argument("name")
+    _options(update, required=False)
+    update.set_defaults(func=update_command)
+
+    endpoints = commands.add_parser(
+        "set-endpoints", help="replace a pool's endpoint list (URL or URL=KV_EVENTS_ADDRESS)"
+    )
+    endpoints.add_argument("name")
+    endpoints.add_argument("endpoints", nargs="*", metavar="URL[=tcp://HOST:PORT]")
+    endpoints.set_defaults(func=set_endpoints_command)
+
+
+def _options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--model", required=required, help="served model name")
+    parser.add_argument("--flavor", required=required, help="accelerator flavor")
+    parser.add_argument("--region", required=required)
+    parser.add_argument("--block-size", type=int, help="engine KV block size (tokens)")
+    parser.add_argument("--capacity", type=int, help="replicas the pool may run (0: endpoints)")
+    parser.add_argument("--tokens-per-s", help="nominal output tokens/s per replica, or none")
+    parser.add_argument("--cost-per-hour", help="per replica; 'flavor' for the flavor's price")
+    burst = parser.add_mutually_exclusive_group()
+    burst.add_argument("--burst", dest="burst", action="store_true", default=None)
+    burst.add_argument("--no-burst", dest="burst", action="store_false")
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    raw: dict[str, Any] = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
+    if args.burst is not None:
+        raw["burst"] = args.burst
+    if raw.get("cost_per_hour") in ("flavor", "none"):
+        raw["cost_per_hour"] = None
+    if raw.get("tokens_per_s") == "none":
+        raw["tokens_per_s"] = None
+    return raw
+
+
+def _convert(raw: dict[str, Any], kind: type[msgspec.Struct]) -> Any:
+    try:
+        return msgspec.convert(raw, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequest(str(exc).replace("`$.", "--").replace("`", "")) from exc
+
+
+def list_command(_args: argparse.Namespace) -> int:
+    pools = run_work(lambda session, _rt: service.list_pools(session))
+    rows = [("NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "ENDPOINTS")]
+    rows += [
+        (p.name, p.model, p.flavor, p.region, "yes" if p.burst else "no",
+         f"{p.cost_per_hour:.2f}", str(p.capacity or "-"),
+         "-" if p.tokens_per_s is None else f"{p.tokens_per_s:g}", str(len(p.endpoints)))
+        for p in pools
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def show_command(args: argparse.Namespace) -> int:
+    _print(run_work(lambda session, _rt: service.get_pool(session, args.name)))
+    return 0
+
+
+def create_command(args: argparse.Namespace) -> int:
+    data = _convert({"name": args.name, **_given(args)}, PoolCreate)
+
+    def work(session: Session, _runtime: Runtime) -> Pool:
+        return service.create_pool(session, data)
+
+    _print(run_work(work))
+    return 0
+
+
+def update_command(args: argparse.Namespace) -> int:
+    data = _convert(_given(args), PoolUpdate)
+
+    def work(session: Session, _runtime: Runtime) -> Pool:
+        return service.update_pool(session, args.name, data)
+
+    _print(run_work(work))
+    return 0
+
+
+def set_endpoints_command(args: argparse.Namespace) -> int:
+    specs = [_endpoint(text) for text in args.endpoints]
+
+    def work(session: Session, _runtime: Runtime) -> Pool:
+        return service.set_pool_endpoints(session, args.name, specs)
+
+    _print(run_work(work))
+    return 0
+
+
+def _endpoint(text: str) -> EndpointSpec:
+    url, _, kv_events = text.partition("=")
+    raw = {"url": url, "kv_events": kv_events or None}
+    spec: EndpointSpec = _convert(raw, EndpointSpec)
+    return spec
+
+
+def _print(pool: Pool) -> None:
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(pool)).decode() + "\n")

@@ -1,0 +1,142 @@
+"""The cascade plan of one request: what the first (small) attempt sends, how its answer is
+judged, and what the client gets back when it is accepted. Pure functions over plain data.
+
+The first attempt always runs unstreamed, so its whole answer can be judged before the
+client sees a byte; an accepted answer is replayed as SSE to a streaming client
+(:mod:`trunkline.gateway.cascade.replay`), an escalated request streams from the large model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgspec
+
+from trunkline.gateway.cascade.checks import (
+    CONFIDENCE_INSTRUCTION,
+    escalation_reason,
+    read_answer,
+    split_confidence,
+)
+from trunkline.gateway.pipeline import ParsedRequest
+from trunkline.snapshot import AliasEntry, CascadeEntry
+
+HEADER = "x-trunkline-cascade"
+"""``first`` when the first model's answer was kept, ``escalated`` when the large one answered."""
+REASON_HEADER = "x-trunkline-cascade-reason"
+_MAX_REQUEST_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CascadePlan:
+    request: ParsedRequest
+    """The client's request, as it would go to the large model."""
+    first: ParsedRequest
+    """What the small model is asked: unstreamed, with log-probabilities or a confidence
+    instruction when a check needs them."""
+    first_alias: AliasEntry
+    escalated_alias: AliasEntry
+    checks: CascadeEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    reason: str | None
+    """Why to escalate; None when the first answer is kept."""
+    body: bytes
+    """The first answer as the client gets it (only meaningful when kept)."""
+
+    @property
+    def escalate(self) -> bool:
+        return self.reason is not None
+
+
+def plan_cascade(request: ParsedRequest, alias: AliasEntry) -> CascadePlan | None:
+    """The plan for a cascading alias; None for any other alias."""
+    cascade = alias.cascade
+    if cascade is None or request.kind == "embeddings":
+        return None
+    if request.kind != "chat":  # no system message to ask a confidence rating in
+        cascade = msgspec.structs.replace(cascade, min_confidence=None)
+    body = {k: v for k, v in request.body.items() if k not in ("stream", "stream_options")}
+    if cascade.min_mean_logprob is not None:
+        _ask_logprobs(request.kind, body)
+    if cascade.min_confidence is not None:
+        body["messages"] = _with_instruction(body["messages"])
+    first = replace(request, body=body, stream=False, client_wants_usage=False)
+    small = replace_alias(alias, alias.model, alias.pools)
+    large = replace_alias(alias, cascade.model, cascade.pools)
+    return CascadePlan(request, first, small, large, cascade)
+
+
+def replace_alias(alias: AliasEntry, model: str, pools: tuple[str, ...]) -> AliasEntry:
+    """The alias as one plain (non-cascading) attempt sees it: one model on its pools."""
+    return AliasEntry(alias.alias, model, alias.kind, pools)
+
+
+def judge(plan: CascadePlan, payload: bytes) -> Verdict:
+    """Keep the first answer (cleaned of what the cascade added) or say why to escalate."""
+    try:
+        document = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return Verdict("unreadable_answer", payload)
+    if not isinstance(document, dict):
+        return Verdict("unreadable_answer", payload)
+    answer = read_answer(plan.request.kind, document)
+    confidence = None
+    if plan.checks.min_confidence is not None:
+        text, confidence = split_confidence(answer.text)
+        _set_text(document, text)
+    reason = escalation_reason(answer, plan.checks, confidence)
+    if not _client_wants_logprobs(plan.request.kind, plan.request.body):
+        for choice in document.get("choices") or ():
+            if isinstance(choice, dict):
+                choice["logprobs"] = None
+    return Verdict(reason, msgspec.json.encode(document))
+
+
+def attempt_request_id(request_id: str, suffix: str) -> str:
+    """A usage-event id for another attempt of ``request_id``, unique and at most 64 chars."""
+    candidate = f"{request_id}.{suffix}"
+    if len(candidate) <= _MAX_REQUEST_ID:
+        return candidate
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).hexdigest()
+    keep = _MAX_REQUEST_ID - len(digest) - len(suffix) - 2
+    return f"{request_id[:keep]}.{digest}.{suffix}"
+
+
+def _ask_logprobs(kind: str, body: dict[str, Any]) -> None:
+    if kind == "chat":
+        body["logprobs"] = True
+    elif not isinstance(body.get("logprobs"), int) or isinstance(body.get("logprobs"), bool):
+        body["logprobs"] = 0  # the sampled token's own log-probability only
+
+
+def _client_wants_logprobs(kind: str, body: dict[str, Any]) -> bool:
+    value = body.get("logprobs")
+    if kind == "chat":
+        return value is True
+    return value is not None and value is not False
+
+
+def _with_instruction(messages: list[Any]) -> list[Any]:
+    first = messages[0] if messages else None
+    if (
+        isinstance(first, dict)
+        and first.get("role") == "system"
+        and isinstance(first.get("content"), str)
+    ):
+        merged = {**first, "content": f"{first['content']}\n\n{CONFIDENCE_INSTRUCTION}"}
+        return [merged, *messages[1:]]
+    return [{"role": "system", "content": CONFIDENCE_INSTRUCTION}, *messages]
+
+
+def _set_text(document: dict[str, Any], text: str) -> None:
+    choices = document.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return
+    message = choices[0].get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        message["content"] = text

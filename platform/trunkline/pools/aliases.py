@@ -1,0 +1,125 @@
+"""Public model aliases: which model answers, on which pools, and whether it cascades.
+
+An alias reaches every pool serving its model unless it lists its own pools. A cascading
+alias asks its model first and escalates to a larger one when a check on the answer fails
+(see docs/cascading.md); both are plain models of the catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from trunkline.errors import InvalidRequest, NotFound
+from trunkline.models import Model as ModelRow
+from trunkline.models import ModelAlias
+from trunkline.pools.repository import ModelRepository, PoolRepository
+from trunkline.pools.schemas import AliasCreate, AliasUpdate, AliasView, Cascade, CascadeChecks
+from trunkline.pools.service import insert_alias, model_row
+from trunkline.tenancy.changes import assign, mark_config_changed
+from trunkline.tenancy.schemas import given
+
+
+def list_aliases(session: Session) -> list[AliasView]:
+    return [_view(session, a, m) for a, m in ModelRepository(session).aliases_with_models()]
+
+
+def get_alias(session: Session, alias: str) -> AliasView:
+    row = alias_row(session, alias)
+    return _view(session, row, model_row(session, _model_name(session, row)))
+
+
+def create_alias(session: Session, data: AliasCreate) -> AliasView:
+    model = model_row(session, data.model, param="model")
+    row = insert_alias(session, model, data.alias)
+    configure_alias(session, row, model, data.pools, data.cascade)
+    mark_config_changed(session)
+    return _view(session, row, model)
+
+
+def update_alias(session: Session, alias: str, data: AliasUpdate) -> AliasView:
+    row = alias_row(session, alias)
+    values = given(data)
+    model = model_row(session, values.get("model", _model_name(session, row)), param="model")
+    pools = values.get("pools", row.pools)
+    cascade = values["cascade"] if "cascade" in values else stored_cascade(session, row)
+    moved = bool(assign(row, {"model_id": model.id}))
+    if configure_alias(session, row, model, pools, cascade) or moved:
+        session.flush()
+        mark_config_changed(session)
+    return _view(session, row, model)
+
+
+def configure_alias(
+    session: Session,
+    row: ModelAlias,
+    model: ModelRow,
+    pools: Sequence[str] | None,
+    cascade: Cascade | None,
+) -> list[str]:
+    """Check and set an alias's pools and cascade; returns what changed, for reports."""
+    _check_pools(session, model, pools)
+    escalate_id, checks = None, None
+    if cascade is not None:
+        large = model_row(session, cascade.escalate_to, param="cascade.escalate_to")
+        _check_cascade(model, large)
+        escalate_id, checks = large.id, cascade.checks.stored()
+    values = {
+        "pools": None if pools is None else sorted(set(pools)),
+        "escalate_model_id": escalate_id,
+        "cascade_checks": checks,
+    }
+    return [f"alias {row.alias} {key} changed" for key in assign(row, values)]
+
+
+def stored_cascade(session: Session, row: ModelAlias) -> Cascade | None:
+    if row.escalate_model_id is None:
+        return None
+    large = ModelRepository(session).get(row.escalate_model_id)
+    assert large is not None  # a foreign key guards it
+    return Cascade(escalate_to=large.name, checks=CascadeChecks.of_stored(row.cascade_checks or {}))
+
+
+def alias_row(session: Session, alias: str) -> ModelAlias:
+    row = ModelRepository(session).alias(alias)
+    if row is None:
+        raise NotFound(f"alias {alias!r} not found", param="alias")
+    return row
+
+
+def _check_pools(session: Session, model: ModelRow, pools: Sequence[str] | None) -> None:
+    for index, name in enumerate(pools or ()):
+        found = PoolRepository(session).by_name(name)
+        if found is None:
+            raise InvalidRequest(f"unknown pool {name!r}", param=f"pools[{index}]")
+        if found[0].model_id != model.id:
+            raise InvalidRequest(
+                f"pool {name!r} serves {found[1].name!r}, not {model.name!r}",
+                param=f"pools[{index}]",
+            )
+
+
+def _check_cascade(small: ModelRow, large: ModelRow) -> None:
+    if large.id == small.id:
+        raise InvalidRequest(
+            "a cascade escalates to another model than the one it tries first",
+            param="cascade.escalate_to",
+        )
+    if "embedding" in (small.kind, large.kind) or small.kind != large.kind:
+        raise InvalidRequest(
+            f"a cascade needs two generative models of one kind, got {small.kind!r} and "
+            f"{large.kind!r}",
+            param="cascade.escalate_to",
+        )
+
+
+def _model_name(session: Session, row: ModelAlias) -> str:
+    model = ModelRepository(session).get(row.model_id)
+    assert model is not None  # a foreign key guards it
+    return model.name
+
+
+def _view(session: Session, row: ModelAlias, model: ModelRow) -> AliasView:
+    pools = None if row.pools is None else list(row.pools)
+    return AliasView(row.alias, model.name, pools, stored_cascade(session, row))

@@ -1,0 +1,160 @@
+"""Tenant cache isolation and model cascading through the real gateway over HTTP, in front of
+simulated vLLM engines on loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from tests.unit.gateway.conftest import SECRET, TENANT_A, TENANT_B, World, default_world
+
+from support.servers import free_port
+from trunkline.apps import serving
+from trunkline.apps.gateway import create_gateway_app
+from trunkline.engines import EngineSpec, SimulatedEngines
+from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.settings import GatewaySettings
+from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntry, TenantEntry
+
+PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
+TENANT_C = "00000000-0000-0000-0000-00000000000c"
+TENANT_D = "00000000-0000-0000-0000-00000000000d"
+ALIASES = frozenset({"llama", "auto-truncation", "auto-refusal"})
+
+
+@dataclass
+class Live:
+    base_url: str
+    keys: dict[str, str]
+    usage: InMemoryUsageStream
+
+    async def records(self, count: int) -> list[UsageRecord]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(self.usage) < count:  # noqa: ASYNC110 - polls a stream
+            await asyncio.sleep(0.02)
+        return [record for _id, record in self.usage.read(1000)]
+
+    async def chat(self, tenant: str, body: dict[str, object]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
+        async with httpx.AsyncClient(base_url=self.base_url, headers=headers) as client:
+            return await client.post("/chat/completions", json=body)
+
+
+def _world(urls: list[str]) -> World:
+    world = default_world()
+    pool = ("eu-west", False, 16)
+    world.pools = {
+        "h100-eu": PoolEntry("h100-eu", "llama-8b-served", "h100", *pool,
+                             (EndpointEntry("e1", urls[0]),)),
+        "small-eu": PoolEntry("small-eu", "small-served", "l40s", *pool,
+                              (EndpointEntry("e2", urls[1]),)),
+    }  # fmt: skip
+    large = ("llama-8b-served", ("h100-eu",))
+    world.aliases = {
+        "llama": AliasEntry("llama", "llama-8b-served", "chat", ("h100-eu",)),
+        "auto-truncation": AliasEntry(
+            "auto-truncation", "small-served", "chat", ("small-eu",),
+            CascadeEntry(*large, on_truncation=True, on_refusal=False),
+        ),
+        "auto-refusal": AliasEntry(
+            "auto-refusal", "small-served", "chat", ("small-eu",),
+            CascadeEntry(*large, on_truncation=False, on_refusal=True),
+        ),
+    }  # fmt: skip
+    salts = {TENANT_A: "salt-of-a", TENANT_B: "salt-of-b", TENANT_C: None, TENANT_D: None}
+    world.tenants = {
+        tid: TenantEntry(tid, f"t-{tid[-1]}", "gold", (), ALIASES, salt)
+        for tid, salt in salts.items()
+    }
+    return world
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[Live]:
+    specs = [
+        EngineSpec("llama-8b-served", "h100", time_scale=0.2),
+        EngineSpec("small-served", "l40s", time_scale=0.2),
+    ]
+    async with SimulatedEngines(specs) as engines:
+        world = _world(engines.urls)
+        keys = {tid: world.add_key(tid) for tid in world.tenants}
+        world.publish()
+        usage = InMemoryUsageStream()
+        app = create_gateway_app(
+            source=world.store,
+            emitter=usage,
+            server_secret=SECRET,
+            settings=GatewaySettings(snapshot_poll_s=0.05),
+        )
+        port = free_port()
+        server = serving.server(app, "127.0.0.1", port)
+        task = asyncio.create_task(server.serve())
+        await serving.wait_started([server], [task])
+        try:
+            yield Live(f"http://127.0.0.1:{port}/v1", keys, usage)
+        finally:
+            server.should_exit = True
+            await task
+
+
+def _chat(model: str, content: str, **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def _cached(live: Live, tenant: str, question: str) -> int:
+    response = await live.chat(tenant, _chat("llama", PREAMBLE + question, max_tokens=4))
+    assert response.status_code == 200, response.text
+    return int(response.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+
+async def test_isolated_tenants_never_hit_each_others_cached_prompts(live: Live) -> None:
+    assert await _cached(live, TENANT_A, "question one") == 0
+    assert await _cached(live, TENANT_B, "question two") == 0, "B reused A's cached preamble"
+    assert await _cached(live, TENANT_A, "question three") >= 16 * 10  # A reuses its own
+
+
+async def test_tenants_that_opt_out_share_the_prefix_cache(live: Live) -> None:
+    assert await _cached(live, TENANT_A, "question one") == 0
+    assert await _cached(live, TENANT_C, "question two") == 0, "C reused A's salted preamble"
+    assert await _cached(live, TENANT_D, "question three") >= 16 * 10  # shared with C
+
+
+async def test_a_truncated_small_answer_escalates_and_both_attempts_are_metered(
+    live: Live,
+) -> None:
+    response = await live.chat(TENANT_A, _chat("auto-truncation", "Explain 5G slicing.",
+                                               max_tokens=8))  # fmt: skip
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "escalated"
+    assert response.headers["x-trunkline-cascade-reason"] == "truncation"
+    assert response.json()["model"] == "llama-8b-served"
+    records = sorted(await live.records(2), key=lambda r: r.request_id)
+    request_id = response.headers["x-request-id"]
+    assert [(r.request_id, r.model, r.pool, r.status) for r in records] == [
+        (request_id, "small-served", "small-eu", 200),
+        (f"{request_id}.escalated", "llama-8b-served", "h100-eu", 200),
+    ]
+    assert [r.completion_tokens for r in records] == [8, 8]
+
+
+async def test_a_kept_small_answer_streams_back_without_escalation(live: Live) -> None:
+    headers = {"Authorization": f"Bearer {live.keys[TENANT_A]}"}
+    body = _chat("auto-refusal", "Say hello.", max_tokens=8, stream=True,
+                 stream_options={"include_usage": True})  # fmt: skip
+    async with (
+        httpx.AsyncClient(base_url=live.base_url, headers=headers) as client,
+        client.stream("POST", "/chat/completions", json=body) as response,
+    ):
+        text = "".join([part async for part in response.aiter_text()])
+
+    assert response.status_code == 200
+    assert response.headers["x-trunkline-cascade"] == "first"
+    assert '"model":"small-served"' in text and text.rstrip().endswith("data: [DONE]")
+    [record] = await live.records(1)
+    assert (record.model, record.completion_tokens, record.status) == ("small-served", 8, 200)

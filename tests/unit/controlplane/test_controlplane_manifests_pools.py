@@ -1,0 +1,146 @@
+"""Manifests of pools (cost, capacity, rate, KV-event endpoints), cascades and tenant cache
+isolation: checked with file, line and field, applied idempotently."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from cp_support import TENANTS_DIR, snapshot
+
+from trunkline.apps.runtime import Runtime
+from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
+
+EXTRA = """\
+kind: Model
+name: llama-3.2-1b-instruct
+context_length: 131072
+---
+kind: Pool
+name: small-eu
+model: llama-3.2-1b-instruct
+flavor: l40s
+region: eu-west
+cost_per_hour: 0.55
+capacity: 6
+tokens_per_s: 5200
+endpoints:
+  - {url: "http://10.0.0.7:8000", kv_events: "tcp://10.0.0.7:5557"}
+  - http://10.0.0.8:8000
+---
+kind: Cascade
+name: llama-auto
+model: llama-3.2-1b-instruct
+escalate_to: llama-3.1-8b-instruct
+checks: {truncation: true, refusal: false, min_mean_logprob: -1.2}
+---
+kind: Tenant
+slug: shared-co
+name: Shared Co
+tier: bronze
+cache_isolated: false
+models: [llama-auto]
+"""
+
+
+@pytest.fixture
+def manifests_dir(tmp_path: Path) -> Path:
+    for file in TENANTS_DIR.glob("*.yaml"):
+        shutil.copy(file, tmp_path / file.name)
+    (tmp_path / "extra.yaml").write_text(EXTRA)
+    return tmp_path
+
+
+def test_pools_cascades_and_cache_isolation_apply_once(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    first = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    version = snapshot(runtime).version
+
+    second = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert any(line.startswith("Cascade llama-auto created") for line in first.lines())
+    assert second.lines() == ["no changes"]
+    assert snapshot(runtime).version == version
+    published = snapshot(runtime)
+    pool = published.pools["small-eu"]
+    assert (pool.cost_per_hour, pool.capacity, pool.tokens_per_s) == (0.55, 6, 5200.0)
+    assert [e.kv_events for e in pool.endpoints] == ["tcp://10.0.0.7:5557", None]
+    assert published.pools["h100-eu-west"].cost_per_hour == 3.5  # the flavor's price
+    alias = published.aliases["llama-auto"]
+    assert alias.model == "llama-3.2-1b-instruct" and alias.cascade is not None
+    assert (alias.cascade.model, alias.cascade.on_refusal) == ("llama-3.1-8b-instruct", False)
+    assert alias.cascade.min_mean_logprob == -1.2
+    shared = next(t for t in published.tenants.values() if t.slug == "shared-co")
+    acme = next(t for t in published.tenants.values() if t.slug == "acme")
+    assert shared.cache_salt is None and acme.cache_salt is not None
+    assert shared.aliases == frozenset({"llama-auto"})
+
+
+def test_changing_a_cascade_or_an_endpoint_address_is_reported(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("min_mean_logprob: -1.2", "min_mean_logprob: -0.8")
+        .replace("tcp://10.0.0.7:5557", "tcp://10.0.0.7:6000")
+        .replace("cache_isolated: false", "cache_isolated: true")
+    )
+
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert report.lines() == [
+        "Pool small-eu updated: http://10.0.0.7:8000 kv_events tcp://10.0.0.7:6000",
+        "Cascade llama-auto updated: alias llama-auto cascade_checks changed",
+        "Tenant shared-co updated: cache_isolated False -> True",
+    ]
+    published = snapshot(runtime)
+    assert published.aliases["llama-auto"].cascade.min_mean_logprob == -0.8  # type: ignore[union-attr]
+    shared = next(t for t in published.tenants.values() if t.slug == "shared-co")
+    assert shared.cache_salt is not None
+
+
+def test_bad_pools_and_cascades_name_file_line_and_field(manifests_dir: Path) -> None:
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("capacity: 6", "capacity: -6")
+        .replace('kv_events: "tcp://10.0.0.7:5557"', 'kv_events: "http://x"')
+        .replace("escalate_to: llama-3.1-8b-instruct", "escalate_to: bge-small-en")
+        .replace("min_mean_logprob: -1.2", "min_mean_logprob: 3")
+    )
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(manifests_dir)
+
+    issues = [str(i) for i in caught.value.issues if i.file == str(extra)]
+    assert issues == [
+        f"{extra}:11: Pool small-eu: capacity: -6 is less than the minimum of 0",
+        f"{extra}:14: Pool small-eu: endpoints[0].kv_events: 'http://x' does not match "
+        "'^(tcp|ipc)://[^\\\\s]+$'",
+        f"{extra}:21: Cascade llama-auto: checks.min_mean_logprob: "
+        "3 is greater than the maximum of 0",
+        f"{extra}:28: Tenant shared-co: models[0]: unknown model alias 'llama-auto'",
+    ]
+    extra.write_text(
+        EXTRA.replace("escalate_to: llama-3.1-8b-instruct", "escalate_to: bge-small-en")
+    )
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(manifests_dir)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{extra}:20: Cascade llama-auto: escalate_to: model 'bge-small-en' serves embeddings, "
+        "not text",
+    ]
+
+
+def test_a_cascade_may_not_reuse_a_model_alias(manifests_dir: Path) -> None:
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("name: llama-auto", "name: llama-3.1-8b").replace("[llama-auto]", "[]")
+    )
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(manifests_dir)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{extra}:18: Cascade llama-3.1-8b: name: alias 'llama-3.1-8b' already names "
+        "'llama-3.1-8b-instruct'",
+    ]

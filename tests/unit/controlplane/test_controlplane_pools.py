@@ -1,0 +1,162 @@
+"""Pools as catalog objects, aliases with their own pools or a cascade, and tenant cache
+isolation, through the control-plane API and into the gateway snapshot."""
+
+from __future__ import annotations
+
+import pytest
+from cp_support import SERVER_SECRET, World, snapshot
+
+from trunkline.snapshot.builder import build_snapshot, tenant_cache_salt
+
+CATALOG = "/api/v1/catalog"
+POOL = {"name": "a100-eu", "model": "llama-3.1-8b-instruct", "flavor": "h100", "region": "eu-west"}
+
+
+def test_a_pool_carries_cost_capacity_rate_and_kv_event_addresses(world: World) -> None:
+    admin = world.admin
+    pool = admin.post(CATALOG + "/pools", {**POOL, "capacity": 4, "tokens_per_s": 2400.0})
+    assert (pool["cost_per_hour"], pool["own_cost_per_hour"]) == (3.5, None)  # the flavor's
+    endpoints = [
+        {"url": "http://10.0.0.7:8000", "kv_events": "tcp://10.0.0.7:5557"},
+        "http://10.0.0.8:8000",
+    ]
+    pool = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": endpoints})
+    assert [(e["url"], e["kv_events"]) for e in pool["endpoints"]] == [
+        ("http://10.0.0.7:8000", "tcp://10.0.0.7:5557"),
+        ("http://10.0.0.8:8000", None),
+    ]
+
+    entry = snapshot(world.runtime).pools["a100-eu"]
+    assert (entry.cost_per_hour, entry.capacity, entry.tokens_per_s) == (3.5, 4, 2400.0)
+    assert [e.kv_events for e in entry.endpoints] == ["tcp://10.0.0.7:5557", None]
+
+    assert admin.patch(CATALOG + "/pools/a100-eu", {"cost_per_hour": 2.9})["cost_per_hour"] == 2.9
+    assert snapshot(world.runtime).pools["a100-eu"].cost_per_hour == 2.9
+    back = admin.patch(CATALOG + "/pools/a100-eu", {"cost_per_hour": None})
+    assert (back["cost_per_hour"], back["own_cost_per_hour"]) == (3.5, None)
+    assert snapshot(world.runtime).pools["a100-eu"].cost_per_hour == 3.5
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"capacity": -1}, "capacity"),
+        ({"tokens_per_s": 0}, "tokens_per_s"),
+        ({"cost_per_hour": -2}, "cost_per_hour"),
+        ({"flavor": "tpu"}, "flavor"),
+    ],
+)
+def test_bad_pool_fields_are_named_in_the_problem(
+    world: World, change: dict[str, object], field: str
+) -> None:
+    problem = world.admin.post(CATALOG + "/pools", {**POOL, **change}, expect=400)
+    assert problem["errors"][0]["field"] == field
+
+
+def test_a_bad_kv_event_address_is_refused(world: World) -> None:
+    body = {"urls": [{"url": "http://a:1", "kv_events": "http://not-zmq"}]}
+    problem = world.admin.put(CATALOG + "/pools/h100-eu-west/endpoints", body, expect=400)
+    assert "kv_events" in problem["errors"][0]["field"]
+
+
+def test_pools_aliases_and_cache_isolation_are_platform_admin_only(world: World) -> None:
+    acme = world.tenant("acme")
+    for who in ("acme-admin", "acme-dev", "globex-admin"):
+        api = world.api(who)
+        api.get(CATALOG + "/aliases", expect=403)
+        api.get(CATALOG + "/aliases/llama-3.1-8b", expect=403)
+        api.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["h100-eu-west"]}, expect=403)
+        api.post(CATALOG + "/pools", POOL, expect=403)
+        api.patch(CATALOG + "/pools/h100-eu-west", {"capacity": 9}, expect=403)
+        hidden = 403 if who.startswith("acme") else 404  # another tenant reads as missing
+        api.patch(f"/api/v1/tenants/{acme}", {"cache_isolated": False}, expect=hidden)
+    world.api(None).get(CATALOG + "/aliases", expect=401)
+    assert snapshot(world.runtime).pools["h100-eu-west"].capacity == 0
+    assert snapshot(world.runtime).tenants[acme].cache_salt is not None
+
+
+def test_an_alias_can_be_limited_to_some_pools_of_its_model(world: World) -> None:
+    admin = world.admin
+    view = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["h100-eu-west"]})
+    assert view == {
+        "alias": "llama-3.1-8b",
+        "model": "llama-3.1-8b-instruct",
+        "pools": ["h100-eu-west"],
+        "cascade": None,
+    }
+    assert snapshot(world.runtime).aliases["llama-3.1-8b"].pools == ("h100-eu-west",)
+
+    wrong = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["embed-eu-west"]}, 400)
+    assert wrong["errors"][0]["field"] == "pools[0]"
+    admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": None})
+    assert snapshot(world.runtime).aliases["llama-3.1-8b"].pools == ("h100-eu-west", "l40s-us-east")
+
+
+def test_a_cascading_alias_reaches_the_snapshot_and_can_be_entitled(world: World) -> None:
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "llama-3.2-1b-instruct"})
+    admin.post(CATALOG + "/pools", {**POOL, "name": "small-eu", "model": "llama-3.2-1b-instruct"})
+    cascade = {"escalate_to": "llama-3.1-8b-instruct", "checks": {"min_mean_logprob": -1.5}}
+    admin.post(
+        CATALOG + "/aliases",
+        {"alias": "llama-auto", "model": "llama-3.2-1b-instruct", "cascade": cascade},
+    )
+    acme = world.tenant("acme")
+    admin.put(f"/api/v1/tenants/{acme}/entitlements/llama-auto")
+
+    published = snapshot(world.runtime)
+    entry = published.aliases["llama-auto"]
+    assert (entry.model, entry.pools) == ("llama-3.2-1b-instruct", ("small-eu",))
+    assert entry.cascade is not None
+    assert (entry.cascade.model, entry.cascade.pools) == (
+        "llama-3.1-8b-instruct",
+        ("h100-eu-west", "l40s-us-east"),
+    )
+    assert (entry.cascade.on_truncation, entry.cascade.on_refusal) == (True, True)
+    assert entry.cascade.min_mean_logprob == -1.5
+    assert "llama-auto" in published.tenants[acme].aliases
+    shown = admin.get(CATALOG + "/aliases/llama-auto")["cascade"]
+    assert shown["checks"]["min_mean_logprob"] == -1.5
+
+    admin.patch(CATALOG + "/aliases/llama-auto", {"cascade": None})
+    assert snapshot(world.runtime).aliases["llama-auto"].cascade is None
+
+
+@pytest.mark.parametrize(
+    ("escalate_to", "model"),
+    [("llama-3.1-8b-instruct", "llama-3.1-8b-instruct"), ("bge-small-en", "llama-3.1-8b-instruct")],
+)
+def test_a_cascade_needs_two_generative_models(world: World, escalate_to: str, model: str) -> None:
+    body = {"alias": "auto", "model": model, "cascade": {"escalate_to": escalate_to}}
+    problem = world.admin.post(CATALOG + "/aliases", body, expect=400)
+    assert problem["errors"][0]["field"] == "cascade.escalate_to"
+    world.admin.get(CATALOG + "/aliases/auto", expect=404)
+
+
+def test_tenants_get_distinct_cache_salts_until_they_opt_out(world: World) -> None:
+    acme, globex = world.tenant("acme"), world.tenant("globex")
+    published = snapshot(world.runtime)
+    salts = {published.tenants[t].cache_salt for t in (acme, globex)}
+    assert None not in salts and len(salts) == 2
+
+    tenant = world.admin.patch(f"/api/v1/tenants/{acme}", {"cache_isolated": False})
+    assert tenant["cache_isolated"] is False
+    assert snapshot(world.runtime).tenants[acme].cache_salt is None
+    assert snapshot(world.runtime).tenants[globex].cache_salt in salts
+    created = world.admin.post(
+        "/api/v1/tenants", {"slug": "shared", "name": "Shared", "tier": "bronze",
+                            "cache_isolated": False},
+    )  # fmt: skip
+    assert created["cache_isolated"] is False
+    assert snapshot(world.runtime).tenants[created["id"]].cache_salt is None
+
+
+def test_cache_salts_are_keyed_by_the_server_secret(world: World) -> None:
+    acme = world.tenant("acme")
+    with world.runtime.session_factory() as session:
+        one = build_snapshot(session, 1, cache_secret=SERVER_SECRET.encode())
+        two = build_snapshot(session, 2, cache_secret=b"another-secret-after-rotation-xxxxxxxx")
+    salt = one.tenants[acme].cache_salt
+    assert salt == tenant_cache_salt(SERVER_SECRET.encode(), acme)
+    assert salt != two.tenants[acme].cache_salt
+    assert SERVER_SECRET not in (salt or "") and acme not in (salt or "")

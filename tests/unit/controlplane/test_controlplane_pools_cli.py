@@ -1,0 +1,104 @@
+"""``trunkline pools`` and ``trunkline tenants cache-isolation`` against the configured database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cp_support import SERVER_SECRET, TENANTS_DIR
+
+from trunkline.cli.main import main
+from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.kit.migrate import upgrade
+from trunkline.snapshot.builder import build_snapshot
+
+
+@pytest.fixture
+def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", url)
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    assert main(["tenants", "apply", str(TENANTS_DIR)]) == 0
+    return url
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def published(url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return build_snapshot(session, 0, cache_secret=b"test-secret")
+    finally:
+        engine.dispose()
+
+
+def test_pools_create_update_set_endpoints_show_and_list(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    capsys.readouterr()
+    code, out, _ = run(
+        capsys, "pools", "create", "h100-eu-2", "--model", "llama-3.1-8b-instruct",
+        "--flavor", "h100", "--region", "eu-west", "--capacity", "4", "--tokens-per-s", "2400",
+        "--cost-per-hour", "2.9", "--burst",
+    )  # fmt: skip
+    assert code == 0
+    created = json.loads(out)
+    assert (created["cost_per_hour"], created["capacity"], created["burst"]) == (2.9, 4, True)
+
+    code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--cost-per-hour", "flavor")
+    assert (code, json.loads(out)["cost_per_hour"]) == (0, 3.5)
+    code, out, _ = run(
+        capsys, "pools", "set-endpoints", "h100-eu-2",
+        "http://10.0.0.7:8000=tcp://10.0.0.7:5557", "http://10.0.0.8:8000",
+    )  # fmt: skip
+    assert code == 0
+    assert [e["kv_events"] for e in json.loads(out)["endpoints"]] == ["tcp://10.0.0.7:5557", None]
+
+    pool = published(configured).pools["h100-eu-2"]
+    assert (pool.capacity, pool.tokens_per_s, pool.cost_per_hour, pool.burst) == (
+        4, 2400.0, 3.5, True,
+    )  # fmt: skip
+    assert json.loads(run(capsys, "pools", "show", "h100-eu-2")[1])["name"] == "h100-eu-2"
+    code, out, _ = run(capsys, "pools", "list")
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "ENDPOINTS",
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "h100-eu-2", "llama-3.1-8b-instruct", "h100", "eu-west", "yes", "3.50", "4", "2400", "2",
+    ]  # fmt: skip
+
+
+def test_pools_bad_input_is_an_error_naming_the_option(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    capsys.readouterr()
+    code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--capacity", "-3")
+    assert code == 2 and "--capacity" in err
+    code, _, err = run(capsys, "pools", "show", "nope")
+    assert (code, err) == (2, "error: pool 'nope' not found\n")
+    code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=http://b")
+    assert code == 2 and "--kv_events" in err
+
+
+def test_tenants_cache_isolation_off_and_on(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    capsys.readouterr()
+    assert run(capsys, "tenants", "cache-isolation", "acme", "off")[:2] == (
+        0,
+        "tenant acme: the shared prefix cache\n",
+    )
+    acme = next(t for t in published(configured).tenants.values() if t.slug == "acme")
+    assert acme.cache_salt is None
+    assert run(capsys, "tenants", "cache-isolation", "acme", "on")[0] == 0
+    acme = next(t for t in published(configured).tenants.values() if t.slug == "acme")
+    assert acme.cache_salt is not None
