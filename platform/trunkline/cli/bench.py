@@ -10,7 +10,7 @@ from typing import Any
 
 from trunkline.bench import fidelity as bench_fidelity
 from trunkline.bench import fleet as bench_fleet
-from trunkline.cli import bench_metering, bench_quota
+from trunkline.cli import bench_admission, bench_metering, bench_quota, bench_routing
 
 
 def register(sub: Any) -> None:
@@ -43,6 +43,8 @@ def register(sub: Any) -> None:
     bench_quota.register(commands)
     bench_fleet.register(commands)
     bench_fidelity.register(commands)
+    bench_routing.register(commands)
+    bench_admission.register(commands)
 
 
 def _overhead(args: argparse.Namespace) -> int:

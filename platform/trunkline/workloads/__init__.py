@@ -6,12 +6,14 @@ public traces, all seeded and repeatable, all streamed request by request.
   DESIGN.md, with their knobs;
 - :mod:`~trunkline.workloads.traces` — Azure 2023 conversation / code and Mooncake conversation /
   synthetic replays from ``../shared/data``;
+- :mod:`~trunkline.workloads.mixed` — several workloads merged in arrival order;
 - :mod:`~trunkline.workloads.oracle` — the hit rate of an unbounded shared prefix cache;
 - :mod:`~trunkline.workloads.registry` — workloads by name, with ``name:knob=value`` specs.
 """
 
 from trunkline.workloads.b2b import B2bWorkload
 from trunkline.workloads.care import CareWorkload
+from trunkline.workloads.mixed import MixedWorkload
 from trunkline.workloads.netops import NetopsWorkload
 from trunkline.workloads.oracle import OracleHitRate, mooncake_oracle, token_oracle
 from trunkline.workloads.prompts import Prompt, build_prompt, segment, stable_key
@@ -24,6 +26,7 @@ __all__ = [
     "AzureTrace",
     "B2bWorkload",
     "CareWorkload",
+    "MixedWorkload",
     "MooncakeTrace",
     "NetopsWorkload",
     "OracleHitRate",

@@ -6,6 +6,11 @@ engine answers exactly what the next turn will quote (the prefix cache then reus
 conversations, as with a real model). Conversations start as a Poisson process; the next turn
 comes ``think_s`` (exponential) after the previous one — open loop, so keep ``think_s`` well
 above the response time.
+
+The defaults (one tenant, a 1,500-token preamble) fit every replica's cache, so any routing
+reaches most of the reuse. ``trunkline bench routing`` uses the multitenant shape of a MaaS —
+``tenants_count=48,preamble_tokens=6000``: more preamble tokens than one replica's KV cache —
+where a request lands decides whether its preamble is cached (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,206 @@
+"""The cache sections of ``trunkline bench routing``: Mooncake conversation hits, care
+throughput at the SLO, and Azure conversation (little reuse) at the SLO — each policy against
+round-robin and least-loaded on the same simulated fleet."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING
+
+from trunkline.bench._routing_common import (
+    BASELINES,
+    RoutingBenchConfig,
+    Section,
+    SimRunner,
+    available_policies,
+)
+from trunkline.bench._routing_goals import azure_goals, care_goals, mooncake_goals
+from trunkline.bench._routing_search import SLO_TTFT_P90_S
+from trunkline.bench.report import Runs
+
+if TYPE_CHECKING:
+    from trunkline.fleet import FleetSpec
+    from trunkline.workloads import Workload
+
+__all__ = [
+    "AZURE_FLEET",
+    "CARE_FLEET",
+    "azure_point",
+    "azure_section",
+    "care_point",
+    "care_section",
+    "mooncake_section",
+]
+
+MOONCAKE_FLEET = ("h100", 8)
+CARE_FLEET = ("l40s", 2)
+AZURE_FLEET = ("l40s", 2)
+HOT_SPOT_LIMIT = 500
+
+MOONCAKE_ROWS = [
+    "requests",
+    "prefix_hit_rate",
+    "oracle_hit_rate",
+    "hit_rate_vs_oracle",
+    "requests_max_over_mean",
+    "busy_max_over_mean",
+    "ttft_p50_s",
+    "ttft_p90_s",
+    "output_tokens_per_s",
+]
+POINT_ROWS = [
+    "max_rate",
+    "requests",
+    "ttft_p90_s",
+    "goodput_rps",
+    "output_tokens_per_gpu_s",
+    "prefix_hit_rate",
+    "requests_max_over_mean",
+    "search_runs",
+]
+
+
+def mooncake_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    from trunkline.engines import get_profile
+    from trunkline.fleet import FleetSpec
+    from trunkline.workloads import MooncakeTrace, make_workload, mooncake_oracle
+
+    profile, replicas = MOONCAKE_FLEET
+    workload = make_workload("mooncake-conv", data_dir=config.data_dir)
+    assert isinstance(workload, MooncakeTrace)
+    block_size = get_profile(profile).block_size
+    oracles: dict[int | None, float] = {}
+    policies, missing = available_policies([*BASELINES, config.policy, *config.candidates])
+    runs: Runs = {}
+    for name in policies:
+        limit = _mooncake_limit(config.mooncake_limit, name)
+        if limit not in oracles:
+            records = itertools.islice(workload.hash_id_records(), limit)
+            oracles[limit] = mooncake_oracle(records, block_size).token_hit_rate
+        oracle = oracles[limit]
+        sim.say(f"mooncake-conv on {replicas} x {profile} under {name} ({limit or 'all'}) ...")
+        metrics = sim.run(
+            FleetSpec.uniform(profile, replicas, seed=config.seed), name, workload, limit=limit
+        )
+        metrics["oracle_hit_rate"] = oracle
+        metrics["hit_rate_vs_oracle"] = metrics["prefix_hit_rate"] / oracle if oracle else 0.0
+        runs[name] = metrics
+    ours = config.policy
+    goals = mooncake_goals(ours)
+    return Section(
+        name="mooncake",
+        title=f"Mooncake conversation trace, {replicas} x {profile}",
+        runs=runs,
+        goals=goals,
+        rows=MOONCAKE_ROWS,
+        inputs={
+            "workload": "mooncake-conv",
+            "limit": config.mooncake_limit,
+            "limit_prefix_only": _mooncake_limit(config.mooncake_limit, "prefix-only"),
+            "profile": profile,
+            "replicas": replicas,
+            "missing_policies": missing,
+        },
+        plot_metrics=["hit_rate_vs_oracle", "requests_max_over_mean", "ttft_p90_s"],
+        notes=[f"policy not registered, not run: {name}" for name in missing],
+    )
+
+
+def _mooncake_limit(limit: int | None, policy: str) -> int | None:
+    """``prefix-only`` piles the trace on one replica, whose queue grows without bound and takes
+    minutes to simulate; its hot-spotting shows within the first :data:`HOT_SPOT_LIMIT`."""
+    if policy != "prefix-only":
+        return limit
+    return HOT_SPOT_LIMIT if limit is None else min(limit, HOT_SPOT_LIMIT)
+
+
+def care_point(config: RoutingBenchConfig, sim: SimRunner, policy: str, replicas: int) -> Runs:
+    from trunkline.fleet import FleetSpec
+    from trunkline.workloads import make_workload
+
+    profile = CARE_FLEET[0]
+
+    def build(rate: float) -> tuple[FleetSpec, Workload]:
+        workload = make_workload(
+            f"{config.care_spec},rate={rate:.6g}", seed=config.seed, data_dir=config.data_dir
+        )
+        return FleetSpec.uniform(profile, replicas, seed=config.seed), workload
+
+    point = sim.operating_point(
+        ("care", profile, replicas, policy),
+        build,
+        start=1.0 * replicas,
+    )
+    return {policy: {**point.metrics, "max_rate": point.rate, "search_runs": float(point.runs)}}
+
+
+def azure_point(config: RoutingBenchConfig, sim: SimRunner, policy: str, replicas: int) -> Runs:
+    from trunkline.fleet import FleetSpec
+    from trunkline.workloads import make_workload
+
+    profile = AZURE_FLEET[0]
+
+    def build(rate: float) -> tuple[FleetSpec, Workload]:
+        spec = f"azure-conv:speedup={rate:.6g}"
+        workload = make_workload(spec, duration_s=config.azure_window_s, data_dir=config.data_dir)
+        return FleetSpec.uniform(profile, replicas, seed=config.seed), workload
+
+    point = sim.operating_point(
+        ("azure-conv", profile, replicas, policy),
+        build,
+        start=0.6 * replicas,
+    )
+    return {policy: {**point.metrics, "max_rate": point.rate, "search_runs": float(point.runs)}}
+
+
+def care_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    policies, missing = available_policies([*BASELINES, config.policy])
+    replicas = CARE_FLEET[1]
+    runs: Runs = {}
+    for name in policies:
+        runs.update(care_point(config, sim, name, replicas))
+    ours = config.policy
+    return Section(
+        name="care",
+        title=f"care workload, {replicas} x {CARE_FLEET[0]}, at p90 TTFT <= {SLO_TTFT_P90_S:g} s",
+        runs=runs,
+        goals=care_goals(ours),
+        rows=POINT_ROWS,
+        inputs={
+            "workload": config.care_spec,
+            "profile": CARE_FLEET[0],
+            "replicas": replicas,
+            "rate_knob": "rate (new conversations per second)",
+            "operating_point": "highest rate with p90 TTFT <= 1 s (doubling, then bisection)",
+            "missing_policies": missing,
+        },
+        plot_metrics=["max_rate", "output_tokens_per_gpu_s", "prefix_hit_rate"],
+        notes=[f"policy not registered, not run: {name}" for name in missing],
+    )
+
+
+def azure_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    policies, missing = available_policies([*BASELINES, config.policy])
+    replicas = AZURE_FLEET[1]
+    runs: Runs = {}
+    for name in policies:
+        runs.update(azure_point(config, sim, name, replicas))
+    ours = config.policy
+    return Section(
+        name="azure",
+        title=f"Azure conversation trace, {replicas} x {AZURE_FLEET[0]}, at p90 TTFT <= 1 s",
+        runs=runs,
+        goals=azure_goals(ours),
+        rows=POINT_ROWS,
+        inputs={
+            "workload": "azure-conv",
+            "window_s": config.azure_window_s,
+            "profile": AZURE_FLEET[0],
+            "replicas": replicas,
+            "rate_knob": "speedup (1 = the trace's own arrival rate)",
+            "operating_point": "highest speedup with p90 TTFT <= 1 s",
+            "missing_policies": missing,
+        },
+        plot_metrics=["max_rate", "goodput_rps", "ttft_p90_s"],
+        notes=[f"policy not registered, not run: {name}" for name in missing],
+    )

