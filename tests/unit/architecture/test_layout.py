@@ -46,6 +46,8 @@ def _imports(path: Path) -> set[str]:
             ),
         ),
         ("gateway/routing", ("litestar", "httpx", "starlette", "sqlalchemy", "uvicorn")),
+        ("gateway/admission", ("litestar", "httpx", "starlette", "sqlalchemy", "uvicorn")),
+        ("gateway/cascade", ("litestar", "httpx", "starlette", "sqlalchemy", "uvicorn")),
     ],
 )
 def test_dependency_rules(package: str, forbidden: tuple[str, ...]) -> None:
