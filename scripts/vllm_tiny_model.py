@@ -72,20 +72,27 @@ def build_tokenizer(out: Path) -> object:
     return fast
 
 
-def build_model(out: Path, tokenizer: object) -> None:
+# hidden, FFN, layers, attention heads, KV heads, positions of the tests' tiny model.
+TINY_SHAPE = (128, 512, 2, 4, 2, 2048)
+
+
+def build_model(
+    out: Path, tokenizer: object, shape: tuple[int, int, int, int, int, int] = TINY_SHAPE
+) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     vocab = len(tokenizer)  # type: ignore[arg-type]
     ids = tokenizer.convert_tokens_to_ids  # type: ignore[attr-defined]
+    hidden, ffn, layers, heads, kv_heads, positions = shape
     config = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        hidden_size=hidden,
+        intermediate_size=ffn,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=positions,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
         bos_token_id=ids(BOS),

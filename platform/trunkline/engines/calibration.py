@@ -12,10 +12,16 @@ so a line through the decode points gives the overhead and the per-sequence slop
 non-negative least-squares fit of the prefill points gives the rest (:func:`fit_profile`). The
 weight-streaming floor and the decode attention term are folded into those (a tiny model has
 neither to speak of).
+When the TTFTs are the engine's own (vLLM's queue and prefill histograms), the API server's
+share, measured apart, is added to ``frontend`` (``CalibrationPoints.api_server_s``).
 
 Isolated requests miss what only shows under load (the API server, the load generator and the
 engine sharing CPUs); :func:`refine_profile` then adjusts the fitted constants, in log space by
 Nelder-Mead, to minimise an error the caller measures by simulating its calibration loads.
+
+On a shared machine other processes take part of the engine's core: a step then lasts longer by
+the inverse of the share the engine got. :func:`cpu_share_factor` turns two measured waiting
+shares into that ratio, and :func:`stretch_steps` applies it to a profile.
 """
 
 from __future__ import annotations
@@ -29,21 +35,36 @@ from trunkline.engines.profiles import AcceleratorProfile
 
 __all__ = [
     "REFINED_FIELDS",
+    "STEP_COSTS",
     "CalibrationPoints",
+    "cpu_share_factor",
     "fit_profile",
     "nelder_mead",
     "nonnegative_least_squares",
     "refine_profile",
+    "stretch_steps",
 ]
 
-# The API server's delay stays as the isolated requests measured it: load-dependent slowness
-# belongs to the engine's steps, where a router's view of the engine can see it.
+# By default the API server's delay stays as the isolated requests measured it: load-dependent
+# slowness belongs to the engine's steps, where a router's view of the engine can see it. A
+# caller that matches engine-side figures too can free it (`trunkline bench fidelity` does).
 REFINED_FIELDS = (
     "step_overhead_s",
     "linear_s_per_token",
     "per_seq_s",
     "prefill_attention_s_per_pair",
 )
+
+# Every term of a step's duration; the API server's delay is not a step.
+STEP_COSTS = (
+    "step_overhead_s",
+    "weights_read_s",
+    "linear_s_per_token",
+    "per_seq_s",
+    "prefill_attention_s_per_pair",
+    "attention_s_per_context_token",
+)
+_MAX_WAIT_SHARE = 0.95  # beyond this the engine barely ran: no ratio is meaningful
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +73,9 @@ class CalibrationPoints:
     """``(prompt tokens, TTFT seconds)`` of a request alone on the engine."""
     decode: Sequence[tuple[int, float]]
     """``(requests decoding together, inter-token seconds)`` in steady decode."""
+    api_server_s: float = 0.0
+    """When ``prefill`` holds engine-side TTFTs (vLLM's queue + prefill histograms): the
+    measured rest of the client's TTFT, added to the fitted ``frontend_latency_s``."""
 
 
 def fit_profile(
@@ -76,7 +100,7 @@ def fit_profile(
         per_seq_s=per_seq,
         prefill_attention_s_per_pair=per_pair,
         attention_s_per_context_token=0.0,
-        frontend_latency_s=max(constant - per_seq, 0.0),
+        frontend_latency_s=max(constant - per_seq, 0.0) + points.api_server_s,
     )
 
 
@@ -189,3 +213,21 @@ def nelder_mead(
                 scored = [scored[0], *((objective(p), p) for p in shrunk)]
         scored.sort(key=lambda item: item[0])
     return scored[0][1]
+
+
+def stretch_steps(profile: AcceleratorProfile, factor: float) -> AcceleratorProfile:
+    """``profile`` with every step cost times ``factor`` (the API server's delay kept)."""
+    if factor <= 0:
+        raise ValueError("factor must be > 0")
+    changes: dict[str, object] = {name: getattr(profile, name) * factor for name in STEP_COSTS}
+    return dataclasses.replace(profile, **changes)  # type: ignore[arg-type]
+
+
+def cpu_share_factor(reference_wait_share: float, wait_share: float) -> float:
+    """How much longer a step lasts when other processes take ``wait_share`` of the engine's
+    runnable time than when they take ``reference_wait_share`` (the calibration's)."""
+    for share in (reference_wait_share, wait_share):
+        if not 0.0 <= share < 1.0:
+            raise ValueError("a waiting share lies in [0, 1)")
+    reference = min(reference_wait_share, _MAX_WAIT_SHARE)
+    return (1.0 - reference) / (1.0 - min(wait_share, _MAX_WAIT_SHARE))

@@ -150,6 +150,18 @@ MODELS: dict[str, ModelShape] = {
         vocab=4096,
         max_model_len=2048,
     ),
+    # The heavier random-weight model `trunkline bench fidelity` serves (scripts/
+    # vllm_fidelity_model.py): a decode step of tens of ms on one core, so the engine dominates.
+    "fidelity-llama": _llama(
+        "fidelity-llama",
+        hidden=768,
+        ffn=2048,
+        layers=8,
+        heads=12,
+        kv_heads=4,
+        vocab=4096,
+        max_model_len=2048,
+    ),
     "llama-3-70b": _llama(
         "llama-3-70b",
         hidden=8192,
