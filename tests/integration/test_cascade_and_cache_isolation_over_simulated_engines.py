@@ -3,22 +3,17 @@ simulated vLLM engines on loopback ports."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-from tests.unit.gateway.conftest import SECRET, TENANT_A, TENANT_B, World, default_world
+from tests.unit.gateway.conftest import TENANT_A, TENANT_B, World, default_world, gateway_app
 
-from support.servers import free_port
-from trunkline.apps import serving
-from trunkline.apps.gateway import create_gateway_app
+from support.gateway import serve_on_loopback, usage_records
 from trunkline.engines import EngineSpec, SimulatedEngines
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.settings import GatewaySettings
 from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntry, TenantEntry
 
 PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
@@ -34,10 +29,7 @@ class Live:
     usage: InMemoryUsageStream
 
     async def records(self, count: int) -> list[UsageRecord]:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(self.usage) < count:  # noqa: ASYNC110 - polls a stream
-            await asyncio.sleep(0.02)
-        return [record for _id, record in self.usage.read(1000)]
+        return await usage_records(self.usage, count)
 
     async def chat(self, tenant: str, body: dict[str, object]) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.keys[tenant]}"}
@@ -85,21 +77,9 @@ async def live() -> AsyncIterator[Live]:
         keys = {tid: world.add_key(tid) for tid in world.tenants}
         world.publish()
         usage = InMemoryUsageStream()
-        app = create_gateway_app(
-            source=world.store,
-            emitter=usage,
-            server_secret=SECRET,
-            settings=GatewaySettings(snapshot_poll_s=0.05),
-        )
-        port = free_port()
-        server = serving.server(app, "127.0.0.1", port)
-        task = asyncio.create_task(server.serve())
-        await serving.wait_started([server], [task])
-        try:
-            yield Live(f"http://127.0.0.1:{port}/v1", keys, usage)
-        finally:
-            server.should_exit = True
-            await task
+        app = gateway_app(world, usage)
+        async with serve_on_loopback(app) as url:
+            yield Live(f"{url}/v1", keys, usage)
 
 
 def _chat(model: str, content: str, **extra: object) -> dict[str, object]:

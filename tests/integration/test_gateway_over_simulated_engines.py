@@ -9,15 +9,12 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from tests.unit.gateway.conftest import SECRET, World, default_world
+from tests.unit.gateway.conftest import World, default_world, gateway_app
 
-from support.servers import free_port
-from trunkline.apps import serving
-from trunkline.apps.gateway import create_gateway_app
+from support.gateway import serve_on_loopback, usage_records
 from trunkline.engines import EngineSpec, SimulatedEngines
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.settings import GatewaySettings
 from trunkline.snapshot import AliasEntry, EndpointEntry, PoolEntry
 
 PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
@@ -31,13 +28,7 @@ class Live:
     engines: SimulatedEngines
 
     async def records(self, count: int) -> list[UsageRecord]:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if len(self.usage) >= count:
-                break
-            await asyncio.sleep(0.02)
-        batch = self.usage.read(1000)
-        return [record for _id, record in batch]
+        return await usage_records(self.usage, count)
 
 
 @pytest.fixture
@@ -60,21 +51,9 @@ async def live() -> AsyncIterator[Live]:
         key = world.add_key()
         world.publish()
         usage = InMemoryUsageStream()
-        app = create_gateway_app(
-            source=world.store,
-            emitter=usage,
-            server_secret=SECRET,
-            settings=GatewaySettings(snapshot_poll_s=0.05),
-        )
-        port = free_port()
-        server = serving.server(app, "127.0.0.1", port)
-        task = asyncio.create_task(server.serve())
-        await serving.wait_started([server], [task])
-        try:
-            yield Live(f"http://127.0.0.1:{port}/v1", key, usage, engines)
-        finally:
-            server.should_exit = True
-            await task
+        app = gateway_app(world, usage)
+        async with serve_on_loopback(app) as url:
+            yield Live(f"{url}/v1", key, usage, engines)
 
 
 def _chat(content: str, **extra: object) -> dict[str, object]:

@@ -26,7 +26,7 @@ import zmq
 from litestar.testing import TestClient
 
 from trunkline.apps.gateway import create_gateway_app
-from trunkline.auth.secrets import API_KEY_PREFIX, issue
+from trunkline.bench._gateway_server import POOL, build_snapshot
 from trunkline.bench.vllm_server import (
     BLOCK_SIZE,
     INSTALL_HINT,
@@ -46,17 +46,7 @@ from trunkline.engines.kv_events import BlockStored, KvEventMessage, decode_kv_e
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import GatewaySettings
-from trunkline.snapshot import (
-    AliasEntry,
-    EndpointEntry,
-    InMemorySnapshotStore,
-    KeyEntry,
-    PoolEntry,
-    Snapshot,
-    TenantEntry,
-    TierEntry,
-    encode_snapshot,
-)
+from trunkline.snapshot import EndpointEntry, InMemorySnapshotStore, encode_snapshot
 
 __all__ = [
     "ALIAS",
@@ -68,6 +58,7 @@ __all__ = [
     "MODEL_NAME",
     "POOL",
     "REPO",
+    "SECRET",
     "START_TIMEOUT_S",
     "Gateway",
     "KvEventSubscriber",
@@ -75,16 +66,14 @@ __all__ = [
     "VllmServer",
     "build_gateway",
     "find_vllm_env",
+    "publish_pool",
     "start_vllm",
     "start_vllm_replicas",
     "unique_prompt",
 ]
 
 ALIAS = "tiny"  # what gateway clients call the served model
-POOL = "cpu-local"
-_SECRET = b"integration-test-server-secret-long-enough"
-_TENANT = "00000000-0000-0000-0000-0000000000c1"
-_PROJECT = "00000000-0000-0000-0000-0000000000c2"
+SECRET = b"integration-test-server-secret-long-enough"
 
 
 class KvEventSubscriber:
@@ -193,35 +182,43 @@ class Gateway:
         return [record for _message_id, record in batch]
 
 
+def publish_pool(
+    servers: Sequence[VllmServer], *, kv_events: bool = False
+) -> tuple[InMemorySnapshotStore, str]:
+    """A snapshot store in which one key (returned) may call ``tiny`` on one pool (``POOL``) of
+    ``servers``: endpoints ``vllm-0``, ``vllm-1``…, with their KV-event publishers if asked.
+
+    The world is the benchmark gateway's (:mod:`trunkline.bench._gateway_server`); the server
+    secret is ``SECRET``.
+    """
+    endpoints = [
+        EndpointEntry(f"vllm-{i}", s.url, s.kv_events_endpoint if kv_events else None)
+        for i, s in enumerate(servers)
+    ]
+    world = build_snapshot(
+        engines=endpoints,
+        model=servers[0].model_name,
+        alias=ALIAS,
+        block_size=servers[0].block_size,
+        server_secret=SECRET,
+        accelerator="xeon",
+    )
+    store = InMemorySnapshotStore()
+    store.publish(store.next_version(), encode_snapshot(world.snapshot))
+    return store, world.api_key
+
+
 def build_gateway(servers: Sequence[VllmServer]) -> Gateway:
     """A gateway (not yet entered) over a one-tenant snapshot with ``servers`` as one pool.
 
     The upstream is real HTTP: no mock transport. Alias ``tiny`` maps to the served model.
     """
-    store = InMemorySnapshotStore()
-    issued = issue(_SECRET, API_KEY_PREFIX)
-    endpoints = tuple(EndpointEntry(f"vllm-{i}", s.url) for i, s in enumerate(servers))
-    model, block_size = servers[0].model_name, servers[0].block_size
-    version = store.next_version()
-    snapshot = Snapshot(
-        version=version,
-        published_at=time.time(),
-        tiers={"gold": TierEntry("gold", 100, 500, 50, True)},
-        tenants={_TENANT: TenantEntry(_TENANT, "acme", "gold", (), frozenset({ALIAS}))},
-        keys={
-            issued.public_id: KeyEntry(
-                issued.public_id, issued.digest, _TENANT, _PROJECT, None, None, None
-            )
-        },
-        aliases={ALIAS: AliasEntry(ALIAS, model, "chat", (POOL,))},
-        pools={POOL: PoolEntry(POOL, model, "xeon", "local", False, block_size, endpoints)},
-    )
-    store.publish(version, encode_snapshot(snapshot))
+    store, api_key = publish_pool(servers)
     usage = InMemoryUsageStream()
     app = create_gateway_app(
         source=store,
         emitter=usage,
-        server_secret=_SECRET,
+        server_secret=SECRET,
         settings=GatewaySettings(snapshot_poll_s=0.05, read_timeout_s=60.0),
     )
-    return Gateway(TestClient(app, timeout=60.0), issued.plaintext, usage)
+    return Gateway(TestClient(app, timeout=60.0), api_key, usage)

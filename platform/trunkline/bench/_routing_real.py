@@ -208,12 +208,12 @@ def _gateway_command(servers: Sequence[Any], port: int, key_file: Path) -> list[
 
     args = [
         "--model", servers[0].model_name, "--alias", ALIAS,
-        "--block-size", str(servers[0].block_size),
+        "--profile", "xeon", "--block-size", str(servers[0].block_size), "--slow-engines",
         "--host", LOOPBACK, "--port", str(port), "--key-file", str(key_file),
     ]  # fmt: skip
     for server in servers:
         args += ["--engine", f"{server.url},{server.kv_events_endpoint}"]
-    return python_module("trunkline.bench._routing_gateway", *args)
+    return python_module("trunkline.bench._gateway_server", *args)
 
 
 @contextlib.contextmanager

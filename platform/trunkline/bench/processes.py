@@ -5,6 +5,11 @@ Use :class:`ServerProcess` as a context manager (or inside a :class:`contextlib.
 child is stopped on the way out whatever happened, an exception or Ctrl-C included. Readiness is
 polled on an HTTP URL, never assumed after a fixed sleep. Output goes to a log file that errors
 quote.
+
+:class:`LoggedProcess` is the plainer child the test fixtures (``tests/support/processes.py``) and
+the vLLM launcher (:mod:`trunkline.bench.vllm_server`) build on: a log file, ``wait_until`` a
+check passes (failing early when the child exits) and a signal-then-kill ``stop``.
+:func:`free_loopback_ports` serves benchmarks and tests alike.
 """
 
 from __future__ import annotations
@@ -15,15 +20,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import httpx
 
 from trunkline.errors import TrunklineError
 
-__all__ = ["ServerProcess", "free_loopback_ports", "python_module", "sigterm_as_exit"]
+__all__ = [
+    "LoggedProcess",
+    "ServerProcess",
+    "free_loopback_ports",
+    "python_module",
+    "sigterm_as_exit",
+]
 
 LOOPBACK = "127.0.0.1"
 
@@ -43,6 +55,56 @@ def free_loopback_ports(count: int) -> list[int]:
 def python_module(module: str, *args: str) -> list[str]:
     """``python -m module args…`` with this interpreter, so children run the same install."""
     return [sys.executable, "-m", module, *args]
+
+
+class LoggedProcess:
+    """A child process whose output goes to ``log``, a file that failures quote.
+
+    ``popen_options`` go to :class:`subprocess.Popen` as they are (``stdin``,
+    ``start_new_session``, ``preexec_fn``...).
+    """
+
+    def __init__(
+        self, args: list[str], env: dict[str, str], cwd: Path, log: Path, **popen_options: Any
+    ) -> None:
+        self.log = log
+        self._handle = log.open("wb")
+        self.popen = subprocess.Popen(  # noqa: S603 - callers pass their own arguments
+            args, env=env, cwd=cwd, stdout=self._handle, stderr=subprocess.STDOUT, **popen_options
+        )
+
+    def output(self) -> str:
+        if not self._handle.closed:
+            self._handle.flush()
+        return self.log.read_text(errors="replace")
+
+    def wait_until(self, check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+        """Poll ``check`` until it passes; raise, quoting the log, if the child exits first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"process exited ({self.popen.returncode}) before {what}:\n{self.output()}"
+                )
+            if check():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGINT, timeout_s: float = 20.0) -> int:
+        """Send ``sig``, then kill whatever is left after ``timeout_s``; the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout_s)
+        self._kill_rest()
+        self.popen.wait()
+        self._handle.close()
+        return self.popen.returncode
+
+    def _kill_rest(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
 
 
 class ServerProcess:

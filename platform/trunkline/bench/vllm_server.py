@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from trunkline.bench.processes import LOOPBACK, free_loopback_ports
+from trunkline.bench.processes import LOOPBACK, LoggedProcess, free_loopback_ports
 
 __all__ = [
     "BLOCK_SIZE",
@@ -106,7 +106,7 @@ def build_vllm_env() -> VllmEnv:
     return find_vllm_env()
 
 
-class ServerGroupProcess:
+class ServerGroupProcess(LoggedProcess):
     """A child leading its own process group, so a stop reaches vLLM's engine processes too.
 
     It also gets SIGTERM if the process that started it dies without stopping it: a killed
@@ -114,47 +114,23 @@ class ServerGroupProcess:
     """
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path, log: Path) -> None:
-        self.log = log
-        self._handle = log.open("wb")
-        self.popen = subprocess.Popen(  # noqa: S603 - the vLLM venv's python, our arguments
+        super().__init__(
             args,
-            env=env,
-            cwd=cwd,
+            env,
+            cwd,
+            log,
             stdin=subprocess.DEVNULL,
-            stdout=self._handle,
-            stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
 
-    def output(self) -> str:
-        if not self._handle.closed:
-            self._handle.flush()
-        return self.log.read_text(errors="replace")
-
-    def wait_until(self, check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(
-                    f"process exited ({self.popen.returncode}) before {what}:\n{self.output()}"
-                )
-            if check():
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"timed out waiting for {what}:\n{self.output()[-4000:]}")
-
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM the server (it shuts its engines down), then SIGKILL whatever is left."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout_s)
+        return super().stop(sig, timeout_s)
+
+    def _kill_rest(self) -> None:
         with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
             os.killpg(self.popen.pid, signal.SIGKILL)
-        self.popen.wait()
-        self._handle.close()
-        return self.popen.returncode
 
 
 def _die_with_parent() -> None:

@@ -1,7 +1,10 @@
 """The request path, transport-free: authenticate → entitle → reserve quota → route → admit →
 proxy → settle and meter.
 
-Handlers in ``handlers.py`` turn what this returns into HTTP responses.
+Handlers in ``handlers.py`` turn what this returns into HTTP responses. The pieces live next
+door: ``request_view.py`` (what routing sees of a request), ``meter.py`` (the usage record and
+quota settlement of an attempt), ``cascade/run.py`` (a cascading alias's attempts) and
+``reply.py``.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 import msgspec
 
 from trunkline.errors import TrunklineError, UpstreamError, UpstreamUnavailable
-from trunkline.gateway import cascade
 from trunkline.gateway.authn import Principal, authenticate
-from trunkline.gateway.endpoints import EngineState, Flight
+from trunkline.gateway.cascade import plan_cascade
+from trunkline.gateway.cascade.run import run_cascade
+from trunkline.gateway.endpoints import EngineState
+from trunkline.gateway.meter import UsageMeter
 from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
 from trunkline.gateway.proxy import (
     Opened,
@@ -29,6 +34,8 @@ from trunkline.gateway.proxy import (
     read_usage,
     relay_events,
 )
+from trunkline.gateway.reply import Reply
+from trunkline.gateway.request_view import request_view
 from trunkline.gateway.routing import (
     Candidate,
     EndpointView,
@@ -38,9 +45,7 @@ from trunkline.gateway.routing import (
     endpoint_view,
     make_policy,
 )
-from trunkline.gateway.routing.text_prompt import TextPrompt
 from trunkline.gateway.state import SnapshotHolder
-from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
 from trunkline.quota.estimate import estimate_prompt_tokens
@@ -48,6 +53,8 @@ from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.settings import QuotaSettings
 from trunkline.snapshot import AliasEntry, Snapshot, TierEntry
+
+__all__ = ["Admission", "AdmitAll", "Admitted", "GatewayService", "Reply"]
 
 log = logging.getLogger(__name__)
 
@@ -105,16 +112,6 @@ class _Route:
     headers: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A finished JSON reply (``events`` is None) or a stream of SSE bytes."""
-
-    status: int
-    body: bytes
-    events: AsyncIterator[bytes] | None
-    headers: dict[str, str]
-
-
 class GatewayService:
     def __init__(
         self,
@@ -159,29 +156,10 @@ class GatewayService:
             reply.headers.update(grant.headers)
             return reply
 
-        plan = cascade.plan_cascade(request, alias)
+        plan = plan_cascade(request, alias)
         if plan is None:
             return await attempt(request, alias, request_id)
-        first: Reply | None = None
-        try:
-            first = await attempt(plan.first, plan.first_alias, request_id)
-        except (UpstreamError, UpstreamUnavailable):
-            verdict = cascade.Verdict("first_failed", b"")
-        else:
-            if first.status != 200:
-                return first  # refused for the request itself: the large model would too
-            verdict = cascade.judge(plan, first.body)
-        if first is not None and not verdict.escalate:
-            headers = {**first.headers, cascade.HEADER: "first"}
-            if not request.stream:
-                return Reply(200, verdict.body, None, headers)
-            events = cascade.replay_events(kind, verdict.body, request.client_wants_usage)
-            return Reply(200, b"", events, headers)
-        escalated_id = cascade.attempt_request_id(request_id, "escalated")
-        reply = await attempt(request, plan.escalated_alias, escalated_id)
-        reply.headers[cascade.HEADER] = "escalated"
-        reply.headers[cascade.REASON_HEADER] = verdict.reason or ""
-        return reply
+        return await run_cascade(plan, request, request_id, attempt)
 
     async def _route(
         self, snapshot: Snapshot, principal: Principal, request: ParsedRequest,
@@ -195,16 +173,7 @@ class GatewayService:
                 f"No endpoint serves '{alias.alias}' in the regions and tier of your tenant.",
                 reason="no_endpoint",
             )
-        view = RequestView(
-            request_id, tenant.id, tier.name, alias.alias,
-            prompt_tokens=prompt_tokens,
-            max_tokens=_max_tokens(request.body),
-            prompt=TextPrompt(prompt_text(request), cache_salt=tenant.cache_salt),
-            cache_salt=tenant.cache_salt,
-            regions=tenant.regions,
-            may_use_burst=tier.may_use_burst,
-            model=alias.model,
-        )  # fmt: skip
+        view = request_view(request_id, principal, alias, request, prompt_tokens)
         views = self._endpoint_views(candidates)
         # A policy may ignore health (round-robin): ejected endpoints are dropped here too.
         ranked = [i for i in self.policy.rank(view, views) if views[i].healthy]
@@ -235,7 +204,9 @@ class GatewayService:
         self, snapshot: Snapshot, principal: Principal, request: ParsedRequest,
         alias: AliasEntry, request_id: str, grant: Grant,
     ) -> Reply:  # fmt: skip
-        meter = _Meter(self.emitter, self.quota, grant, principal, request, alias.model, request_id)
+        meter = UsageMeter(
+            self.emitter, self.quota, grant, principal, request, alias.model, request_id
+        )
         prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(request.kind, request.body)
         try:
             route = await self._route(
@@ -271,7 +242,7 @@ class GatewayService:
         return Reply(200, b"", self._stream(response, meter, *started), headers)
 
     async def _open(
-        self, route: _Route, request: ParsedRequest, body: bytes, meter: _Meter,
+        self, route: _Route, request: ParsedRequest, body: bytes, meter: UsageMeter,
         prompt_tokens: int,
     ) -> tuple[int, Opened, tuple[bytes, AsyncIterator[bytes]] | None]:  # fmt: skip
         """Open the upstream call (index into the route, the call, and for a 200 stream its
@@ -306,7 +277,7 @@ class GatewayService:
             return index, opened, (first, events)
 
     async def _finish_plain(
-        self, response: httpx.Response, meter: _Meter, headers: dict[str, str]
+        self, response: httpx.Response, meter: UsageMeter, headers: dict[str, str]
     ) -> Reply:
         try:
             payload = await response.aread()
@@ -333,7 +304,7 @@ class GatewayService:
         return Reply(status, payload, None, headers)
 
     async def _stream(
-        self, response: httpx.Response, meter: _Meter, first: bytes, rest: AsyncIterator[bytes]
+        self, response: httpx.Response, meter: UsageMeter, first: bytes, rest: AsyncIterator[bytes]
     ) -> AsyncIterator[bytes]:
         status: int = CLIENT_CLOSED
         code: str | None = "client_closed"
@@ -355,117 +326,3 @@ class GatewayService:
 
 def _upstream_headers(request_id: str) -> dict[str, str]:
     return {"content-type": "application/json", "x-request-id": request_id}
-
-
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
-
-
-def prompt_text(request: ParsedRequest) -> str:
-    """The prompt's text for prefix affinity: chat messages' contents in order (text parts of
-    multi-part contents), or the completions prompt / embeddings input (token ids as digits)."""
-    if request.kind == "chat":
-        messages = request.body.get("messages") or ()
-        return "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
-    payload = request.body.get("prompt" if request.kind == "completions" else "input")
-    return _content_text(payload)
-
-
-def _content_text(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return ""
-    if all(isinstance(token, int) for token in content):
-        return ",".join(map(str, content))  # one prompt as token ids
-    parts = []
-    for part in content:
-        if isinstance(part, str):
-            parts.append(part)
-        elif isinstance(part, dict) and isinstance(part.get("text"), str):
-            parts.append(part["text"])  # a text part of a multi-part chat message
-        elif isinstance(part, list):
-            parts.append(",".join(map(str, part)))
-    return "\n".join(parts)
-
-
-class _Meter:
-    """Builds and emits the one usage record of a request, and settles its quota, exactly once."""
-
-    def __init__(
-        self,
-        emitter: UsageEmitter,
-        quota: QuotaEnforcer,
-        grant: Grant,
-        principal: Principal,
-        request: ParsedRequest,
-        model: str,
-        request_id: str,
-    ) -> None:
-        self.emitter = emitter
-        self.quota = quota
-        self.grant = grant
-        self.principal = principal
-        self.request = request
-        self.model = model
-        self.request_id = request_id
-        self.candidate: Candidate | None = None
-        self.flight: Flight | None = None
-        self.engines: EngineState | None = None
-        self.tally = Tally()
-        self.wall_start = time.time()
-        self._done = False
-
-    @property
-    def endpoint_url(self) -> str | None:
-        return None if self.candidate is None else self.candidate.endpoint.url
-
-    def first_byte(self) -> None:
-        if self.flight is not None and self.engines is not None:
-            self.engines.first_byte(self.flight)
-
-    def engine_failed(self, reason: str) -> None:
-        if self.candidate is not None and self.engines is not None:
-            self.engines.failed(self.candidate.endpoint.id, reason)
-
-    def finish(self, status: int, error_code: str | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self.flight is not None and self.engines is not None:
-            self.engines.ended(self.flight)
-        tally, pool = self.tally, (self.candidate.pool if self.candidate else None)
-        completion = tally.completion_tokens
-        if not tally.usage_seen and self.request.stream:
-            # The engine died before its usage chunk: count the chunks it did send.
-            completion = max(tally.chunks - 1, 0)
-        self.quota.settle_soon(
-            self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
-            measured=tally.usage_seen, reached_engine=self.candidate is not None,
-        )  # fmt: skip
-        self.emitter.emit(
-            UsageRecord(
-                request_id=self.request_id,
-                tenant_id=self.principal.tenant.id,
-                project_id=self.principal.key.project_id,
-                key_id=self.principal.key.key_id,
-                alias=self.request.alias,
-                model=self.model,
-                endpoint_kind=self.request.kind,
-                tier=self.principal.tier.name,
-                stream=self.request.stream,
-                status=status,
-                error_code=error_code,
-                pool=pool.name if pool else None,
-                endpoint=self.endpoint_url,
-                region=pool.region if pool else None,
-                accelerator=pool.accelerator if pool else None,
-                prompt_tokens=tally.prompt_tokens,
-                cached_tokens=tally.cached_tokens,
-                completion_tokens=completion,
-                ttft_ms=tally.ttft_ms,
-                latency_ms=(time.perf_counter() - tally.started) * 1000,
-                started_at=self.wall_start,
-            )
-        )

@@ -3,41 +3,22 @@ prefill rate, decode step) and its KV-cache events reach the precise prefix inde
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 
-from support.servers import free_port
-from support.vllm import ALIAS, POOL, VllmServer, unique_prompt
-from trunkline.apps import serving
+from support.gateway import serve_on_loopback
+from support.vllm import ALIAS, SECRET, VllmServer, publish_pool, unique_prompt
 from trunkline.apps.gateway import create_gateway_app
-from trunkline.auth.secrets import API_KEY_PREFIX, issue
 from trunkline.gateway.routing import EndpointLoad, kv_event_index
 from trunkline.gateway.routing.prefix_index import KvEventIndex
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import GatewaySettings
-from trunkline.snapshot import (
-    AliasEntry,
-    EndpointEntry,
-    InMemorySnapshotStore,
-    KeyEntry,
-    PoolEntry,
-    Snapshot,
-    TenantEntry,
-    TierEntry,
-    encode_snapshot,
-)
 
-SECRET = b"integration-test-engine-state-secret-long"
-TENANT = "00000000-0000-0000-0000-0000000000d1"
-PROJECT = "00000000-0000-0000-0000-0000000000d2"
-ENDPOINT = "vllm-0"
+ENDPOINT = "vllm-0"  # the first endpoint of publish_pool's pool
 
 
 @dataclass
@@ -59,29 +40,7 @@ class Live:
 
 @pytest.fixture
 async def live(vllm_server: VllmServer) -> AsyncIterator[Live]:
-    store = InMemorySnapshotStore()
-    issued = issue(SECRET, API_KEY_PREFIX)
-    endpoint = EndpointEntry(ENDPOINT, vllm_server.url, kv_events=vllm_server.kv_events_endpoint)
-    version = store.next_version()
-    snapshot = Snapshot(
-        version=version,
-        published_at=time.time(),
-        tiers={"gold": TierEntry("gold", 100, 500, 50, True)},
-        tenants={TENANT: TenantEntry(TENANT, "acme", "gold", (), frozenset({ALIAS}))},
-        keys={
-            issued.public_id: KeyEntry(
-                issued.public_id, issued.digest, TENANT, PROJECT, None, None, None
-            )
-        },
-        aliases={ALIAS: AliasEntry(ALIAS, vllm_server.model_name, "chat", (POOL,))},
-        pools={
-            POOL: PoolEntry(
-                POOL, vllm_server.model_name, "xeon", "local", False, vllm_server.block_size,
-                (endpoint,),
-            )
-        },
-    )  # fmt: skip
-    store.publish(version, encode_snapshot(snapshot))
+    store, api_key = publish_pool([vllm_server], kv_events=True)
     app = create_gateway_app(
         source=store,
         emitter=InMemoryUsageStream(),
@@ -90,18 +49,11 @@ async def live(vllm_server: VllmServer) -> AsyncIterator[Live]:
             snapshot_poll_s=0.05, read_timeout_s=60.0, routing_policy="precise-prefix"
         ),
     )
-    port = free_port()
-    server: uvicorn.Server = serving.server(app, "127.0.0.1", port)
-    task = asyncio.create_task(server.serve())
-    await serving.wait_started([server], [task])
-    service: GatewayService = app.state.gateway
-    index = kv_event_index(service.policy)
-    assert index is not None, "the precise-prefix policy has no KV event index"
-    try:
-        yield Live(f"http://127.0.0.1:{port}", issued.plaintext, service, index)
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_on_loopback(app) as url:
+        service: GatewayService = app.state.gateway
+        index = kv_event_index(service.policy)
+        assert index is not None, "the precise-prefix policy has no KV event index"
+        yield Live(url, api_key, service, index)
 
 
 async def _until(live: Live, what: str, done: Callable[[], bool], rounds: int = 300) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trunkline.bench._gateway_server import build_snapshot, write_secret_file
+from trunkline.bench._gateway_server import build_snapshot, parse_engine, write_secret_file
 from trunkline.errors import Unauthenticated
 from trunkline.gateway.authn import authenticate
 from trunkline.gateway.routing import eligible
@@ -18,7 +18,7 @@ SECRET = b"bench-test-server-secret"
 
 def test_the_written_key_authenticates_and_reaches_the_engine() -> None:
     world = build_snapshot(
-        engine_url="http://127.0.0.1:9",
+        engines=[parse_engine("http://127.0.0.1:9", 0)],
         model="llama-served",
         alias="bench-chat",
         accelerator="h100",
@@ -37,7 +37,7 @@ def test_the_written_key_authenticates_and_reaches_the_engine() -> None:
 
 def test_the_key_is_useless_with_another_server_secret() -> None:
     world = build_snapshot(
-        engine_url="http://127.0.0.1:9",
+        engines=[parse_engine("http://127.0.0.1:9", 0)],
         model="m",
         alias="a",
         accelerator="h100",

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from trunkline.bench._routing_gateway import build_pool_snapshot, parse_engine
+from trunkline.bench._gateway_server import build_snapshot, parse_engine
 from trunkline.bench._routing_real import (
     RealLoad,
     RequestRecord,
@@ -60,7 +60,7 @@ def test_the_summary_gives_the_cached_share_throughput_and_errors() -> None:
 
 def test_the_gateway_serves_every_engine_in_one_pool_with_its_kv_events() -> None:
     engines = [parse_engine("http://127.0.0.1:1", 0), parse_engine("http://h:2,tcp://h:3", 1)]
-    world = build_pool_snapshot(
+    world = build_snapshot(
         engines=engines, model="tiny-llama", alias="chat", block_size=32, server_secret=b"s" * 32
     )
     (pool,) = world.snapshot.pools.values()
@@ -70,6 +70,4 @@ def test_the_gateway_serves_every_engine_in_one_pool_with_its_kv_events() -> Non
     assert world.snapshot.aliases["chat"].pools == (pool.name,)
     assert world.api_key
     with pytest.raises(ValueError, match="at least one --engine"):
-        build_pool_snapshot(
-            engines=[], model="m", alias="a", block_size=32, server_secret=b"s" * 32
-        )
+        build_snapshot(engines=[], model="m", alias="a", block_size=32, server_secret=b"s" * 32)

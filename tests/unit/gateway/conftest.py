@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from trunkline.apps.gateway import create_gateway_app
@@ -112,6 +114,23 @@ def default_world() -> World:
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
+def gateway_app(
+    world: World,
+    usage: InMemoryUsageStream,
+    settings: GatewaySettings | None = None,
+    **app_options: Any,
+) -> Litestar:
+    """A gateway app over ``world``'s snapshot store, metering into ``usage``; ``app_options``
+    go to ``create_gateway_app``. The snapshot is polled every 50 ms unless ``settings`` says."""
+    return create_gateway_app(
+        source=world.store,
+        emitter=usage,
+        server_secret=SECRET,
+        settings=settings or GatewaySettings(snapshot_poll_s=0.05),
+        **app_options,
+    )
+
+
 @dataclass
 class Harness:
     client: TestClient  # type: ignore[type-arg]
@@ -126,10 +145,22 @@ class Harness:
 
 
 @pytest.fixture
-def make_gateway() -> Iterator[Callable[[Handler], Harness]]:
+def make_gateway() -> Iterator[Callable[..., Harness]]:
+    """Builds a gateway app over ``world`` (published first) whose engines are ``handler``.
+
+    ``settings`` replaces the default settings (``max_body`` then has no effect); other keyword
+    arguments go to ``create_gateway_app`` (``scrape_transport``, ``admission``...).
+    """
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
-    def build(handler: Handler, world: World | None = None, max_body: int = 64 * 1024) -> Harness:
+    def build(
+        handler: Handler,
+        world: World | None = None,
+        max_body: int = 64 * 1024,
+        *,
+        settings: GatewaySettings | None = None,
+        **app_options: Any,
+    ) -> Harness:
         world = world or default_world()
         world.publish()
         seen: list[httpx.Request] = []
@@ -139,12 +170,12 @@ def make_gateway() -> Iterator[Callable[[Handler], Harness]]:
             return handler(request)
 
         usage = InMemoryUsageStream()
-        app = create_gateway_app(
-            source=world.store,
-            emitter=usage,
-            server_secret=SECRET,
-            settings=GatewaySettings(max_body_bytes=max_body, snapshot_poll_s=0.05),
+        app = gateway_app(
+            world,
+            usage,
+            settings or GatewaySettings(max_body_bytes=max_body, snapshot_poll_s=0.05),
             transport=httpx.MockTransport(recording),
+            **app_options,
         )
         client = TestClient(app)
         client.__enter__()

@@ -4,14 +4,14 @@ views admission sees, and a pluggable admission object."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
 from litestar.testing import TestClient
-from tests.unit.gateway.conftest import SECRET, TENANT_B, World, default_world
+from tests.unit.gateway.conftest import SECRET, TENANT_B, Harness, World, default_world
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
 from trunkline.apps.gateway import create_gateway_app
@@ -81,8 +81,8 @@ class Gateway:
 
 
 @pytest.fixture
-def make_gateway() -> Iterator[Callable[..., Gateway]]:
-    clients: list[TestClient] = []  # type: ignore[type-arg]
+def make_gateway(make_gateway: Callable[..., Harness]) -> Callable[..., Gateway]:
+    """The conftest's gateway with engine-state settings, a key, and an admission to record."""
 
     def build(
         handler: Handler,
@@ -96,31 +96,16 @@ def make_gateway() -> Iterator[Callable[..., Gateway]]:
     ) -> Gateway:
         world = world or default_world()
         key = world.add_key(tenant) if tenant else world.add_key()
-        world.publish()
-        seen: list[httpx.Request] = []
-
-        def recording(request: httpx.Request) -> httpx.Response:
-            seen.append(request)
-            return handler(request)
-
-        usage = InMemoryUsageStream()
-        app = create_gateway_app(
-            source=world.store,
-            emitter=usage,
-            server_secret=SECRET,
+        harness = make_gateway(
+            handler,
+            world,
             settings=GatewaySettings(snapshot_poll_s=0.05, routing_policy=policy, engines=engines),
-            transport=httpx.MockTransport(recording),
             scrape_transport=httpx.MockTransport(scrape) if scrape else None,
             admission=(lambda _engines: admission) if admission else None,
         )
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        return Gateway(client, key, seen, usage)
+        return Gateway(harness.client, key, harness.upstream, harness.usage)
 
-    yield build
-    for client in clients:
-        client.__exit__(None, None, None)
+    return build
 
 
 def failing_on(host: str, failure: Callable[[httpx.Request], httpx.Response]) -> Handler:

@@ -5,7 +5,7 @@ judge(plan, payload) -> Verdict                       keep the first answer, or 
 replay_events(kind, payload, include_usage)           an accepted answer as SSE for a stream
 escalation_reason(answer, checks, confidence)         the checks themselves (pure)
 
-The gateway's ``GatewayService.handle`` runs the attempts; see docs/cascading.md.
+``run.run_cascade`` runs the attempts for ``GatewayService.handle``; see docs/cascading.md.
 """
 
 from trunkline.gateway.cascade.checks import (

@@ -1,0 +1,47 @@
+"""Running a cascade: the small model's attempt, the verdict on its answer, and escalation.
+
+:func:`run_cascade` calls ``attempt`` (the service's one upstream attempt, with its own quota
+reservation and usage event) once or twice; see docs/cascading.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from trunkline.errors import UpstreamError, UpstreamUnavailable
+from trunkline.gateway.cascade import plan as cascade
+from trunkline.gateway.cascade.replay import replay_events
+from trunkline.gateway.pipeline import ParsedRequest
+from trunkline.gateway.reply import Reply
+from trunkline.snapshot import AliasEntry
+
+__all__ = ["Attempt", "run_cascade"]
+
+Attempt = Callable[[ParsedRequest, AliasEntry, str], Awaitable[Reply]]
+"""One upstream attempt: the request to send, the alias to send it to, its request id."""
+
+
+async def run_cascade(
+    plan: cascade.CascadePlan, request: ParsedRequest, request_id: str, attempt: Attempt
+) -> Reply:
+    """The first model's answer when it passes the checks, else the escalated model's."""
+    first: Reply | None = None
+    try:
+        first = await attempt(plan.first, plan.first_alias, request_id)
+    except (UpstreamError, UpstreamUnavailable):
+        verdict = cascade.Verdict("first_failed", b"")
+    else:
+        if first.status != 200:
+            return first  # refused for the request itself: the large model would too
+        verdict = cascade.judge(plan, first.body)
+    if first is not None and not verdict.escalate:
+        headers = {**first.headers, cascade.HEADER: "first"}
+        if not request.stream:
+            return Reply(200, verdict.body, None, headers)
+        events = replay_events(request.kind, verdict.body, request.client_wants_usage)
+        return Reply(200, b"", events, headers)
+    escalated_id = cascade.attempt_request_id(request_id, "escalated")
+    reply = await attempt(request, plan.escalated_alias, escalated_id)
+    reply.headers[cascade.HEADER] = "escalated"
+    reply.headers[cascade.REASON_HEADER] = verdict.reason or ""
+    return reply

@@ -1,0 +1,102 @@
+"""The usage meter of one upstream attempt: it emits the attempt's one usage record and settles
+its quota reservation, exactly once, however the attempt ends."""
+
+from __future__ import annotations
+
+import time
+
+from trunkline.gateway.authn import Principal
+from trunkline.gateway.endpoints import EngineState, Flight
+from trunkline.gateway.pipeline import ParsedRequest
+from trunkline.gateway.proxy import Tally
+from trunkline.gateway.routing import Candidate
+from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stream import UsageEmitter
+from trunkline.quota.enforcer import Grant, QuotaEnforcer
+
+__all__ = ["UsageMeter"]
+
+
+class UsageMeter:
+    """Builds and emits the one usage record of a request, and settles its quota, exactly once.
+
+    The service fills in ``candidate``, ``flight`` and ``engines`` once an endpoint answered;
+    ``tally`` counts what the engine sent.
+    """
+
+    def __init__(
+        self,
+        emitter: UsageEmitter,
+        quota: QuotaEnforcer,
+        grant: Grant,
+        principal: Principal,
+        request: ParsedRequest,
+        model: str,
+        request_id: str,
+    ) -> None:
+        self.emitter = emitter
+        self.quota = quota
+        self.grant = grant
+        self.principal = principal
+        self.request = request
+        self.model = model
+        self.request_id = request_id
+        self.candidate: Candidate | None = None
+        self.flight: Flight | None = None
+        self.engines: EngineState | None = None
+        self.tally = Tally()
+        self.wall_start = time.time()
+        self._done = False
+
+    @property
+    def endpoint_url(self) -> str | None:
+        return None if self.candidate is None else self.candidate.endpoint.url
+
+    def first_byte(self) -> None:
+        if self.flight is not None and self.engines is not None:
+            self.engines.first_byte(self.flight)
+
+    def engine_failed(self, reason: str) -> None:
+        if self.candidate is not None and self.engines is not None:
+            self.engines.failed(self.candidate.endpoint.id, reason)
+
+    def finish(self, status: int, error_code: str | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self.flight is not None and self.engines is not None:
+            self.engines.ended(self.flight)
+        tally, pool = self.tally, (self.candidate.pool if self.candidate else None)
+        completion = tally.completion_tokens
+        if not tally.usage_seen and self.request.stream:
+            # The engine died before its usage chunk: count the chunks it did send.
+            completion = max(tally.chunks - 1, 0)
+        self.quota.settle_soon(
+            self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
+            measured=tally.usage_seen, reached_engine=self.candidate is not None,
+        )  # fmt: skip
+        self.emitter.emit(
+            UsageRecord(
+                request_id=self.request_id,
+                tenant_id=self.principal.tenant.id,
+                project_id=self.principal.key.project_id,
+                key_id=self.principal.key.key_id,
+                alias=self.request.alias,
+                model=self.model,
+                endpoint_kind=self.request.kind,
+                tier=self.principal.tier.name,
+                stream=self.request.stream,
+                status=status,
+                error_code=error_code,
+                pool=pool.name if pool else None,
+                endpoint=self.endpoint_url,
+                region=pool.region if pool else None,
+                accelerator=pool.accelerator if pool else None,
+                prompt_tokens=tally.prompt_tokens,
+                cached_tokens=tally.cached_tokens,
+                completion_tokens=completion,
+                ttft_ms=tally.ttft_ms,
+                latency_ms=(time.perf_counter() - tally.started) * 1000,
+                started_at=self.wall_start,
+            )
+        )

@@ -1,0 +1,73 @@
+"""What routing sees of a parsed request: :func:`request_view` builds its ``RequestView``.
+
+:func:`prompt_text` is the prompt's text for prefix affinity: chat messages' contents in order
+(text parts of multi-part contents), or the completions prompt / embeddings input (token ids as
+digits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trunkline.gateway.authn import Principal
+from trunkline.gateway.pipeline import ParsedRequest
+from trunkline.gateway.routing import RequestView
+from trunkline.gateway.routing.text_prompt import TextPrompt
+from trunkline.snapshot import AliasEntry
+
+__all__ = ["max_tokens", "prompt_text", "request_view"]
+
+
+def request_view(
+    request_id: str,
+    principal: Principal,
+    alias: AliasEntry,
+    request: ParsedRequest,
+    prompt_tokens: int,
+) -> RequestView:
+    """The request as routing policies and admission see it."""
+    tenant, tier = principal.tenant, principal.tier
+    return RequestView(
+        request_id, tenant.id, tier.name, alias.alias,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens(request.body),
+        prompt=TextPrompt(prompt_text(request), cache_salt=tenant.cache_salt),
+        cache_salt=tenant.cache_salt,
+        regions=tenant.regions,
+        may_use_burst=tier.may_use_burst,
+        model=alias.model,
+    )  # fmt: skip
+
+
+def max_tokens(body: dict[str, Any]) -> int | None:
+    """The completion limit the client set (``max_completion_tokens`` first), if an integer."""
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
+def prompt_text(request: ParsedRequest) -> str:
+    """The prompt's text for prefix affinity: chat messages' contents in order (text parts of
+    multi-part contents), or the completions prompt / embeddings input (token ids as digits)."""
+    if request.kind == "chat":
+        messages = request.body.get("messages") or ()
+        return "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
+    payload = request.body.get("prompt" if request.kind == "completions" else "input")
+    return _content_text(payload)
+
+
+def _content_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    if all(isinstance(token, int) for token in content):
+        return ",".join(map(str, content))  # one prompt as token ids
+    parts = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, dict) and isinstance(part.get("text"), str):
+            parts.append(part["text"])  # a text part of a multi-part chat message
+        elif isinstance(part, list):
+            parts.append(",".join(map(str, part)))
+    return "\n".join(parts)
