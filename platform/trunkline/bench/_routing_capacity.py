@@ -22,7 +22,7 @@ from trunkline.bench._routing_search import meets_slo
 from trunkline.bench.report import Metrics, Runs
 
 if TYPE_CHECKING:
-    from trunkline.fleet import FleetSpec
+    from trunkline.fleet import FleetSpec, RequestOutcome
     from trunkline.workloads import Workload
 
 __all__ = [
@@ -34,11 +34,19 @@ __all__ = [
 ]
 
 HETERO_FLAVORS = ("h100", "a100", "l40s")
-HETERO_MAX_REPLICAS = 4
-HETERO_SPEEDUP = 4.5
-"""The mixed trace replays at 4.5 times its own rate (about 28 requests/s), so one H100 is
-not enough and a mix of flavors has room to be cheaper than whole replicas of one."""
+HETERO_MAX_REPLICAS = 12
+HETERO_SPEEDUP = 7.0
+"""The mixed trace replays at 7 times its own rate: 1,219 requests in 30 s, which takes about
+eleven L40S. At 4.5 times (593 requests) four L40S ($4/h) were the best single flavor and every
+fleet under $3.6/h was one H100, three L40S or A100-based, all too small: whole replicas left
+no room for a mix, whatever the routing."""
 HETERO_WINDOW_S = 30.0
+HETERO_MAX_MIX_RUNS = 24
+HETERO_MIN_CAPACITY = 0.8
+"""A mix is tried when it holds 80 % of the capacity the single flavors showed is needed: a
+mix can need less than its parts alone (the judged policy sends each replica its share)."""
+HETERO_LONG_PROMPT_TOKENS = 2048
+"""Prompts this long or longer form the "long" class whose p90 TTFT is reported apart."""
 
 
 def scaling_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
@@ -115,15 +123,20 @@ Fleet = tuple[tuple[str, int], ...]
 
 
 def search_fleets(
-    fleets: Sequence[Fleet], check: Callable[[Fleet], bool], *, max_mix_runs: int = 8
+    fleets: Sequence[Fleet],
+    check: Callable[[Fleet], bool],
+    *,
+    max_mix_runs: int = 8,
+    min_capacity: float = 0.9,
 ) -> tuple[Fleet | None, Fleet | None]:
     """The cheapest single-flavor fleet meeting the SLO, and the cheapest fleet of any mix.
 
     ``fleets`` come cheapest first. Singles: each flavor's count grows until it meets the SLO.
     Then fleets cheaper than the best single are tried in order, skipping any that (a) is no
-    larger than one already seen to miss, or (b) holds under 90 % of the capacity the singles
-    showed is needed (``n`` replicas of a flavor that needed ``N`` count as ``n / N``); at most
-    ``max_mix_runs`` of them are run. The mix is the best single when nothing cheaper meets.
+    larger than one already seen to miss, or (b) holds under ``min_capacity`` of the capacity
+    the singles showed is needed (``n`` replicas of a flavor that needed ``N`` count as
+    ``n / N``); at most ``max_mix_runs`` of them are run. The mix is the best single when
+    nothing cheaper meets.
     """
     results: dict[Fleet, bool] = {}
 
@@ -133,19 +146,20 @@ def search_fleets(
         return results[fleet]
 
     need: dict[str, int] = {}
-    largest: dict[str, int] = {}
+    largest: dict[str, int] = {}  # per flavor, the most replicas run alone that missed
     cheapest = math.inf
     for fleet in fleets:
         used = [(flavor, n) for flavor, n in fleet if n]
         if len(used) != 1:
             continue
         flavor, n = used[0]
-        largest[flavor] = max(largest.get(flavor, 0), n)
         if flavor in need or _fleet_cost(fleet) >= cheapest:
             continue
         if run(fleet):
             need[flavor] = n
             cheapest = min(cheapest, _fleet_cost(fleet))
+        else:
+            largest[flavor] = max(largest.get(flavor, 0), n)
     singles = [f for f in fleets if results.get(f) and sum(1 for _, n in f if n) == 1]
     if not singles:
         return None, None
@@ -158,7 +172,7 @@ def search_fleets(
         if fleet in results or _dominated(fleet, results):
             continue
         capacity = sum(n / need.get(flavor, largest.get(flavor, 0) + 1) for flavor, n in fleet)
-        if capacity < 0.9:
+        if capacity < min_capacity:
             continue
         mix_runs += 1
         if run(fleet):
@@ -190,11 +204,13 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     meets: dict[Fleet, bool] = {}
 
     def check(fleet: Fleet) -> bool:
-        tried[fleet] = sim.run(_fleet(fleet, config.seed), policy, workload)
+        tried[fleet] = sim.run(_fleet(fleet, config.seed), policy, workload, extra=_by_class)
         meets[fleet] = meets_slo(tried[fleet])
         return meets[fleet]
 
-    best_single, best_mix = search_fleets(fleets, check)
+    best_single, best_mix = search_fleets(
+        fleets, check, max_mix_runs=HETERO_MAX_MIX_RUNS, min_capacity=HETERO_MIN_CAPACITY
+    )
     runs: Runs = {}
     if best_single is not None:
         runs["best single flavor"] = _row(tried[best_single], best_single)
@@ -213,6 +229,8 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "cost_per_hour_usd",
             "replicas",
             "ttft_p90_s",
+            "ttft_p90_long_s",
+            "ttft_p90_short_s",
             "slo_attainment_ttft",
             "goodput_rps",
             "utilisation",
@@ -224,6 +242,9 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "policy": policy,
             "flavors": {f: _fleet_cost(((f, 1),)) for f in HETERO_FLAVORS},
             "max_replicas_per_flavor": HETERO_MAX_REPLICAS,
+            "max_mix_runs": HETERO_MAX_MIX_RUNS,
+            "min_capacity": HETERO_MIN_CAPACITY,
+            "long_prompt_tokens": HETERO_LONG_PROMPT_TOKENS,
             "slo": "p90 TTFT <= 1 s",
             "best_single": _describe(best_single or ()),
             "cheapest_mix": _describe(best_mix or best_single or ()),
@@ -236,6 +257,20 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             f"{_describe(best_mix or best_single or ())}"
         ],
     )
+
+
+def _by_class(outcomes: Sequence[RequestOutcome]) -> Metrics:
+    """p90 TTFT of long prompts (at least :data:`HETERO_LONG_PROMPT_TOKENS`) and of the rest."""
+    from trunkline.fleet.stats import quantile
+
+    ok = [o for o in outcomes if o.status == "ok"]
+    long_ttfts = sorted(o.ttft for o in ok if o.prompt_tokens >= HETERO_LONG_PROMPT_TOKENS)
+    short_ttfts = sorted(o.ttft for o in ok if o.prompt_tokens < HETERO_LONG_PROMPT_TOKENS)
+    return {
+        "ttft_p90_long_s": quantile(long_ttfts, 0.9),
+        "ttft_p90_short_s": quantile(short_ttfts, 0.9),
+        "long_requests": float(len(long_ttfts)),
+    }
 
 
 def _dominated(

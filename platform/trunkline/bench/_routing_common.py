@@ -25,7 +25,7 @@ from trunkline.bench._routing_search import (
 from trunkline.bench.report import GoalSpec, Metrics, Runs
 
 if TYPE_CHECKING:
-    from trunkline.fleet import FleetSpec
+    from trunkline.fleet import FleetSpec, RequestOutcome
     from trunkline.workloads import Workload
 
 __all__ = [
@@ -122,8 +122,15 @@ class SimRunner:
         print(f"routing: {text}", file=self.progress, flush=True)
 
     def run(
-        self, spec: FleetSpec, policy_name: str, workload: Workload, *, limit: int | None = None
+        self,
+        spec: FleetSpec,
+        policy_name: str,
+        workload: Workload,
+        *,
+        limit: int | None = None,
+        extra: Callable[[Sequence[RequestOutcome]], Metrics] | None = None,
     ) -> Metrics:
+        """The run's metrics, plus goodput at the SLO and ``extra`` over its outcomes."""
         from trunkline.fleet import simulate
         from trunkline.gateway.routing import make_policy
 
@@ -141,6 +148,8 @@ class SimRunner:
         window = max((o.arrival for o in result.outcomes), default=0.0) or result.horizon_s
         metrics["goodput_rps"] = goodput_rps(ttfts, window, SLO_TTFT_P90_S)
         metrics["arrival_window_s"] = window
+        if extra is not None:
+            metrics.update(extra(result.outcomes))
         return {key: value for key, value in metrics.items() if math.isfinite(value)}
 
     def operating_point(

@@ -3,8 +3,10 @@ least-loaded in the same run.
 
 Sections (``--sections``, default every simulated one):
 
-- ``mooncake`` — Mooncake conversation trace on 8 x H100: prefix-hit rate vs the unbounded-cache
-  oracle and vs round-robin, max/mean requests per replica, greedy ``prefix-only`` hot-spotting;
+- ``mooncake`` — Mooncake conversation trace on 8 x H100 with host KV offload (the goals' fleet)
+  and without (``plain_*``): prefix-hit rate vs the unbounded-cache oracle (and the plain fleet's
+  vs a shared LRU of its total KV) and vs round-robin, max/mean requests per replica, greedy
+  ``prefix-only`` hot-spotting;
 - ``care`` — the care workload on 2 x L40S: output tokens per GPU-second at each policy's
   operating point (the highest rate whose p90 TTFT is at most 1 s);
 - ``azure`` — Azure conversation (little reuse) on 2 x L40S: goodput at the operating point;

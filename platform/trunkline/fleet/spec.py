@@ -7,6 +7,7 @@ with the gateway's own :func:`~trunkline.gateway.routing.eligible`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -50,14 +51,26 @@ class PoolSpec:
     burst: bool = False
     cost_per_hour: float | None = None
     """Per replica; default: the flavor's entry in :data:`FLAVOR_PRICES`."""
+    kv_scale: float = 1.0
+    """KV offload to host memory (as Mooncake's pooled DRAM cache or vLLM's CPU offloading):
+    each engine's KV cache holds ``kv_scale`` times the accelerator's blocks. An approximation:
+    offloaded blocks count as prefix hits with no transfer time, and the larger cache also admits
+    more running sequences. For Llama-3-8B (128 KiB of KV per token) on an H100 (450k tokens),
+    ``kv_scale=4`` is about 165 GiB of host memory per replica."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError(f"pool {self.name!r} needs at least one replica")
+        if not self.kv_scale >= 1.0:
+            raise ValueError(f"pool {self.name!r}: kv_scale must be at least 1")
 
     @property
     def engine_profile(self) -> AcceleratorProfile:
-        return get_profile(self.profile) if isinstance(self.profile, str) else self.profile
+        profile = get_profile(self.profile) if isinstance(self.profile, str) else self.profile
+        if self.kv_scale == 1.0:
+            return profile
+        blocks = int(profile.kv_cache_blocks * self.kv_scale)
+        return dataclasses.replace(profile, kv_cache_blocks=blocks)
 
     @property
     def hourly_cost(self) -> float:
@@ -77,9 +90,25 @@ class FleetSpec:
     seed: int = 0
 
     @classmethod
-    def uniform(cls, profile: str, replicas: int, *, seed: int = 0) -> FleetSpec:
+    def uniform(
+        cls, profile: str, replicas: int, *, seed: int = 0, kv_scale: float = 1.0
+    ) -> FleetSpec:
         """One pool of ``replicas`` identical engines."""
-        return cls(pools=(PoolSpec(f"{profile}-pool", profile, replicas),), seed=seed)
+        pool = PoolSpec(f"{profile}-pool", profile, replicas, kv_scale=kv_scale)
+        return cls(pools=(pool,), seed=seed)
+
+
+NOMINAL_BATCH = 64
+NOMINAL_CONTEXT_TOKENS = 1024
+
+
+def nominal_tokens_per_s(profile: AcceleratorProfile) -> float:
+    """Output tokens/s of one replica decoding :data:`NOMINAL_BATCH` sequences of
+    :data:`NOMINAL_CONTEXT_TOKENS` tokens: the pool's ``tokens_per_s`` in the fleet's snapshot
+    (cost per token for the ``cost`` scorer, relative capacity for load balancing)."""
+    batch = NOMINAL_BATCH
+    step = profile.step_time(batch, batch, 0, batch * NOMINAL_CONTEXT_TOKENS)
+    return batch / step
 
 
 def endpoint_id(pool: str, index: int) -> str:
@@ -95,6 +124,9 @@ def build_snapshot(spec: FleetSpec, tenants: Mapping[str, str]) -> Snapshot:
             region=pool.region,
             burst=pool.burst,
             block_size=pool.engine_profile.block_size,
+            kv_capacity_tokens=pool.engine_profile.kv_cache_tokens,
+            cost_per_hour=pool.hourly_cost,
+            tokens_per_s=nominal_tokens_per_s(pool.engine_profile),
             endpoints=tuple(
                 EndpointEntry(endpoint_id(pool.name, i), f"sim://{endpoint_id(pool.name, i)}")
                 for i in range(pool.replicas)

@@ -57,6 +57,8 @@ class PoolEntry(msgspec.Struct, frozen=True):
     """Nominal output tokens/s of one replica, for cost per token; None when unknown."""
     capacity: int = 0
     """Replicas the pool may run (0: as many as it has endpoints)."""
+    kv_capacity_tokens: int = 0
+    """Tokens one replica's KV cache holds, for the approximate prefix index (0: unknown)."""
 
 
 class CascadeEntry(msgspec.Struct, frozen=True):

@@ -1,5 +1,6 @@
 """The prefix-cache hit rate of an unbounded cache shared by every engine: the ceiling any
-routing policy can reach on a workload.
+routing policy can reach on a workload (and, for the Mooncake trace, of a shared LRU cache of a
+given size: the ceiling for a fleet whose KV caches together hold that many tokens).
 
 Counted the way vLLM counts ``prefix_cache_hits / prefix_cache_queries``: for each request in
 arrival order, the longest run of its full blocks already seen, capped so the last prompt token
@@ -8,6 +9,7 @@ is computed, over its prompt tokens; then its blocks (and a scripted answer's) j
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -45,25 +47,45 @@ def token_oracle(requests: Iterable[WorkloadRequest], block_size: int) -> Oracle
     return OracleHitRate(hits / queries if queries else 0.0)
 
 
-def mooncake_oracle(records: Iterable[tuple[list[int], int]], block_size: int) -> OracleHitRate:
+def mooncake_oracle(
+    records: Iterable[tuple[list[int], int]],
+    block_size: int,
+    *,
+    capacity_tokens: int | None = None,
+) -> OracleHitRate:
     """Both measures from the trace's hash ids (no tokens built): ids are chained, so an equal
-    id is an equal prefix; a block seen shorter than now hits only its full engine blocks."""
-    seen: dict[int, int] = {}  # hash id -> longest length seen
+    id is an equal prefix; a block seen shorter than now hits only its full engine blocks.
+
+    With ``capacity_tokens`` the shared cache is an LRU of that many tokens (say, a fleet's
+    whole KV cache) instead of unbounded: a request's blocks are touched last to first, so the
+    tail of a chain is evicted before its head, as vLLM frees a finished request's blocks."""
+    if capacity_tokens is not None and capacity_tokens < 1:
+        raise ValueError("capacity_tokens must be at least 1")
+    seen: OrderedDict[int, int] = OrderedDict()  # hash id -> longest length seen, LRU order
+    held = 0  # tokens in ``seen``
     blocks = block_hits = queries = hits = 0
     for hash_ids, input_length in records:
-        prefix_blocks, hit_tokens, matching = 0, 0, True
-        for position, hash_id in enumerate(hash_ids):
-            length = min(MOONCAKE_BLOCK_TOKENS, input_length - position * MOONCAKE_BLOCK_TOKENS)
+        prefix_blocks = hit_tokens = 0
+        lengths = [
+            min(MOONCAKE_BLOCK_TOKENS, input_length - position * MOONCAKE_BLOCK_TOKENS)
+            for position in range(len(hash_ids))
+        ]
+        for hash_id, length in zip(hash_ids, lengths, strict=True):
             known = seen.get(hash_id, 0)
-            if matching:
-                if known >= length:
-                    prefix_blocks += 1
-                    hit_tokens += length
-                else:
-                    hit_tokens += known // block_size * block_size
-                    matching = False
+            if known >= length:
+                prefix_blocks += 1
+                hit_tokens += length
+            else:
+                hit_tokens += known // block_size * block_size
+                break
+        for hash_id, length in zip(reversed(hash_ids), reversed(lengths), strict=True):
+            known = seen.get(hash_id, 0)
             if length > known:
                 seen[hash_id] = length
+                held += length - known
+            seen.move_to_end(hash_id)
+        while capacity_tokens is not None and held > capacity_tokens and seen:
+            held -= seen.popitem(last=False)[1]
         blocks += len(hash_ids)
         block_hits += prefix_blocks
         queries += input_length

@@ -240,10 +240,40 @@ def test_a_small_run_writes_each_section_and_a_summary_of_every_goal(tmp_path: P
     assert top["benchmark"] == "routing" and top["simulated"] is True
     assert "mooncake.prefix_hit_rate" in top["runs"]["round-robin"]
     assert len(top["goals"]) == len(mooncake["goals"]) + len(care["goals"]) == 5
-    # 4 Mooncake runs, then at most 2 per care search.
-    assert 4 + 3 <= summary.inputs["simulations"] <= 4 + 3 * 2
+    # 4 policies on 2 Mooncake fleets, then at most 2 per care search.
+    assert 8 + 3 <= summary.inputs["simulations"] <= 8 + 3 * 2
+    offload = mooncake["runs"]["prefix-aware"]
+    # The offload fleet's ceiling is near the unbounded oracle; the plain fleet's is its own KV.
+    assert offload["plain_bounded_oracle_hit_rate"] <= offload["bounded_oracle_hit_rate"]
+    assert offload["bounded_oracle_hit_rate"] <= offload["oracle_hit_rate"]
 
 
 def test_the_command_refuses_an_unknown_section(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "routing", "--out", "/tmp/unused", "--sections", "bogus"]) == 2
     assert "unknown section" in capsys.readouterr().err
+
+
+def test_a_shared_cache_the_size_of_the_fleet_bounds_the_mooncake_ceiling() -> None:
+    from trunkline.workloads import mooncake_oracle
+
+    # Three one-block conversations (ids 1, 2, 3), each asked again after the others: an
+    # unbounded cache hits every repeat, a cache of two blocks only the most recent two.
+    records = [([1], 512), ([2], 512), ([3], 512), ([3], 512), ([1], 512)]
+    unbounded = mooncake_oracle(records, 16)
+    assert mooncake_oracle(records, 16, capacity_tokens=10**9) == unbounded
+    bounded = mooncake_oracle(records, 16, capacity_tokens=2 * 512)
+    assert unbounded.block_hit_rate == pytest.approx(2 / 5)
+    assert bounded.block_hit_rate == pytest.approx(1 / 5)  # 3 is held, 1 was evicted by 3
+    assert bounded.token_hit_rate < unbounded.token_hit_rate
+    with pytest.raises(ValueError, match="capacity_tokens"):
+        mooncake_oracle(records, 16, capacity_tokens=0)
+
+
+def test_an_lru_oracle_evicts_a_conversations_tail_before_its_head() -> None:
+    from trunkline.workloads import mooncake_oracle
+
+    # A two-block prompt (ids 1 -> 2), then an unrelated block: with room for two blocks the
+    # tail (2) goes and the head (1) stays, so asking 1 -> 2 again hits its first block.
+    records = [([1, 2], 1024), ([9], 512), ([1, 2], 1024)]
+    bounded = mooncake_oracle(records, 16, capacity_tokens=2 * 512)
+    assert bounded.block_hit_rate == pytest.approx(1 / 5)

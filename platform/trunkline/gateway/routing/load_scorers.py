@@ -1,7 +1,8 @@
 """Scorers over the endpoints' load and price, each normalised across the candidates to [0, 1].
 
-- ``queue-depth``: requests in the engine (running + waiting); the shortest queue scores 1, the
-  longest 0, all equal 1 (as llm-d's queue scorer);
+- ``queue-depth``: requests in the engine (running + waiting) over its relative capacity (1 in
+  a uniform pool, see :mod:`~trunkline.gateway.routing.capacity`); the shortest queue scores 1,
+  the longest 0, all equal 1 (as llm-d's queue scorer);
 - ``kv-usage``: the free share of the KV cache, ``1 - kv_usage``;
 - ``cost``: cost per output token, ``cost_per_hour / 3600 / tokens_per_s``; the cheapest scores
   1 and the others ``cheapest / theirs``; an endpoint with no known price scores 0 (all unknown:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trunkline.gateway.routing.capacity import relative_capacity
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
 __all__ = ["CostScorer", "KvUsageScorer", "QueueDepthScorer", "cost_per_token"]
@@ -21,7 +23,11 @@ class QueueDepthScorer:
     name = "queue-depth"
 
     def score(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[float]:
-        depths = [e.load.running + e.load.waiting for e in endpoints]
+        weights = relative_capacity(endpoints)
+        depths = [
+            (e.load.running + e.load.waiting) / weight
+            for e, weight in zip(endpoints, weights, strict=True)
+        ]
         if not depths:
             return []
         low, high = min(depths), max(depths)

@@ -10,7 +10,9 @@ a profile (see :mod:`trunkline.gateway.routing.profiles`). For one request it
 3. with a :class:`Balance`, ranks the endpoints that are *saturated* after all the others — the
    bounded-load rule of consistent hashing with bounded loads (Mirrokni et al., 2018), as
    SGLang's router does with its balance thresholds: affinity keeps a conversation or a shared
-   prefix on its replica only until that replica carries clearly more than its share;
+   prefix on its replica only until that replica carries clearly more than its share (its
+   share weighted by its nominal throughput when every endpoint reports one, so a mixed fleet
+   loads a fast replica more);
 4. orders each group with the picker (highest score first, seeded-random among ties).
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from trunkline.gateway.routing.capacity import relative_capacity
 from trunkline.gateway.routing.plugins import Filter, Picker, Scorer
 from trunkline.gateway.routing.prefix_index import KvEventIndex
 from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
@@ -37,12 +40,20 @@ class Balance:
     load_factor: float = 1.25
     headroom: float = 4.0
 
-    def saturated(self, loads: Sequence[float]) -> list[bool]:
+    def saturated(
+        self, loads: Sequence[float], weights: Sequence[float] | None = None
+    ) -> list[bool]:
+        """With ``weights`` (relative capacities, mean 1: see :func:`relative_capacity`) each
+        endpoint's share is its weight times the mean, so a replica three times as fast takes
+        three times the requests before it counts as saturated."""
         if not loads:
             return []
-        mean = (sum(loads) + 1.0) / len(loads)
-        capacity = max(self.load_factor * mean, mean + self.headroom)
-        return [load + 1.0 > capacity for load in loads]
+        shares = list(weights) if weights is not None else [1.0] * len(loads)
+        mean = (sum(loads) + 1.0) / sum(shares)
+        return [
+            load + 1.0 > max(self.load_factor * mean * share, mean * share + self.headroom)
+            for load, share in zip(loads, shares, strict=True)
+        ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,8 @@ class PipelinePolicy:
             by_index[index] = value
         if self.balance is None:
             return self.picker.order(by_index, kept)
-        saturated = self.balance.saturated([v.load.running + v.load.waiting for v in views])
+        loads = [v.load.running + v.load.waiting for v in views]
+        saturated = self.balance.saturated(loads, relative_capacity(views))
         free = [index for index, full in zip(kept, saturated, strict=True) if not full]
         full = [index for index, full in zip(kept, saturated, strict=True) if full]
         return self.picker.order(by_index, free) + self.picker.order(by_index, full)

@@ -6,7 +6,9 @@ request's ``cache_salt`` mixed into the first block as vLLM does).
 
 - :class:`ApproxPrefixIndex` learns from the router's own decisions: every block of a routed
   prompt is remembered for that endpoint in a bounded LRU per endpoint (the engine's cache is
-  bounded too). Blocks are touched last-to-first, so a block is never older than its parent:
+  bounded too), sized from the endpoint's KV capacity when its view reports one
+  (``EndpointView.kv_capacity_tokens``) and from a fixed ``capacity_tokens`` otherwise.
+  Blocks are touched last-to-first, so a block is never older than its parent:
   eviction drops tails first and what remains of a chain is always a prefix of it — the
   longest match is then found by binary search (a few lookups per endpoint). Entries are keyed
   with the salt too, so a salted request never matches blocks routed under another salt even
@@ -39,12 +41,16 @@ class PrefixIndex(Protocol):
 
 
 class ApproxPrefixIndex:
-    """Per endpoint, an LRU of the block hashes the router sent there."""
+    """Per endpoint, an LRU of the block hashes the router sent there.
 
-    def __init__(self, capacity_tokens: int) -> None:
+    ``capacity_tokens`` bounds each endpoint's LRU when the endpoint's view does not report its
+    KV capacity, or always when ``from_endpoint`` is False (an override)."""
+
+    def __init__(self, capacity_tokens: int, *, from_endpoint: bool = True) -> None:
         if capacity_tokens < 1:
             raise ValueError("capacity_tokens must be at least 1")
         self.capacity_tokens = capacity_tokens
+        self.from_endpoint = from_endpoint
         self._blocks: dict[str, OrderedDict[Hashable, None]] = {}
 
     def __len__(self) -> int:
@@ -87,9 +93,15 @@ class ApproxPrefixIndex:
                 move(key)
             else:
                 blocks[key] = None
-        limit = max(1, self.capacity_tokens // max(1, endpoint.block_size))
+        limit = max(1, self.capacity_of(endpoint) // max(1, endpoint.block_size))
         while len(blocks) > limit:
             blocks.popitem(last=False)
+
+    def capacity_of(self, endpoint: EndpointView) -> int:
+        """Tokens remembered for ``endpoint``: its KV capacity when known and used."""
+        if self.from_endpoint and endpoint.kv_capacity_tokens:
+            return endpoint.kv_capacity_tokens
+        return self.capacity_tokens
 
 
 def _key(block_hash: Hashable, salt: str | None) -> Hashable:

@@ -32,7 +32,11 @@ class PrefixAffinityParams(msgspec.Struct, forbid_unknown_fields=True, frozen=Tr
     mode: Literal["approximate", "precise"] = "approximate"
     """``approximate``: learn from the router's own decisions; ``precise``: KV-cache events."""
     capacity_tokens: Annotated[int, msgspec.Meta(ge=1)] = 400_000
-    """Approximate mode: tokens remembered per endpoint (about its KV-cache capacity)."""
+    """Approximate mode: tokens remembered per endpoint whose KV capacity is unknown (the
+    gateway's pools report 0), or per endpoint always with ``size_from: fixed``."""
+    size_from: Literal["endpoint", "fixed"] = "endpoint"
+    """Approximate mode: ``endpoint`` sizes each endpoint's index from its reported KV capacity
+    (``capacity_tokens`` when unknown); ``fixed`` uses ``capacity_tokens`` everywhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,8 @@ class ScorerPlugin:
 def _prefix_affinity(params: PrefixAffinityParams) -> Scorer:
     if params.mode == "precise":
         return PrefixAffinityScorer(KvEventIndex())
-    return PrefixAffinityScorer(ApproxPrefixIndex(params.capacity_tokens))
+    index = ApproxPrefixIndex(params.capacity_tokens, from_endpoint=params.size_from == "endpoint")
+    return PrefixAffinityScorer(index)
 
 
 FILTERS: Mapping[str, Callable[[], Filter]] = {

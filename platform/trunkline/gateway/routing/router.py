@@ -26,6 +26,7 @@ def endpoint_view(candidate: Candidate, load: EndpointLoad | None = None) -> End
         tokens_per_s=pool.tokens_per_s,
         burst=pool.burst,
         model=pool.model,
+        kv_capacity_tokens=pool.kv_capacity_tokens or None,
     )
 
 

@@ -81,3 +81,6 @@ class EndpointView:
     burst: bool = False
     model: str | None = None
     """The model the endpoint serves (None: unknown, not filtered on)."""
+    kv_capacity_tokens: int | None = None
+    """Tokens one replica's prefix cache holds (None: unknown); sizes the approximate prefix
+    index per endpoint."""
