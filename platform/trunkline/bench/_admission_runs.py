@@ -8,10 +8,12 @@ gateway's admission policy and reduces it to flat metrics (per tier and per tena
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from trunkline.bench._admission_timing import RecordingPolicy, replay_decide_times
 from trunkline.fleet import FleetResult, FleetSpec, PoolSpec, simulate
 from trunkline.fleet.stats import quantile
 from trunkline.gateway.admission import AdmissionPolicy
@@ -21,6 +23,7 @@ from trunkline.workloads.b2b_tiers import TieredB2bWorkload
 __all__ = ["Scenario", "jain", "measure_capacity", "run_variant"]
 
 TIERS = ("gold", "silver", "bronze")
+BURST_POOL = "burst"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,21 +33,39 @@ class Scenario:
     duration_s: float = 60.0
     seed: int = 1
     routing: str = "least-loaded"
+    burst_replicas: int = 0
+    """Replicas of a burst pool beside the shared one: only gold may use it (the tiers'
+    ``may_use_burst``), and it costs only while it serves (it scales to zero between peaks)."""
 
     def spec(self) -> FleetSpec:
-        return FleetSpec(pools=(PoolSpec("shared", self.profile, self.replicas),), seed=self.seed)
+        pools = [PoolSpec("shared", self.profile, self.replicas)]
+        if self.burst_replicas:
+            pools.append(PoolSpec(BURST_POOL, self.profile, self.burst_replicas, burst=True))
+        return FleetSpec(pools=tuple(pools), seed=self.seed)
+
+    def without_burst(self) -> Scenario:
+        return dataclasses.replace(self, burst_replicas=0)
 
     def workload(self, rate: float, noisy_tenant: str | None = None) -> TieredB2bWorkload:
         return TieredB2bWorkload(
             seed=self.seed, duration_s=self.duration_s, rate=rate, noisy_tenant=noisy_tenant
         )
 
-    def run(self, rate: float, admission: bool, noisy_tenant: str | None = None) -> FleetResult:
+    def run(
+        self,
+        rate: float,
+        admission: bool | AdmissionPolicy,
+        noisy_tenant: str | None = None,
+    ) -> FleetResult:
+        """One run; ``admission`` is a policy to use, or whether to use a default one."""
+        policy = admission if isinstance(admission, AdmissionPolicy) else None
+        if policy is None and admission:
+            policy = AdmissionPolicy()
         return simulate(
             self.spec(),
             make_policy(self.routing),
             self.workload(rate, noisy_tenant),
-            admission=AdmissionPolicy() if admission else None,
+            admission=policy,
         )
 
 
@@ -59,7 +80,7 @@ def measure_capacity(scenario: Scenario, probe_rate: float) -> float:
     the engines busy) in the steady window. First come, first served at twice the capacity
     completes the same within 2 % (measured on 2 x L40S), at twice the simulation cost."""
     start, end = steady_window(scenario)
-    result = scenario.run(probe_rate, admission=True)
+    result = scenario.without_burst().run(probe_rate, admission=True)
     done = sum(1 for o in result.outcomes if o.status == "ok" and start <= o.arrival + o.e2e < end)
     return done / (end - start)
 
@@ -72,10 +93,12 @@ def jain(values: Sequence[float]) -> float:
 
 
 def run_variant(
-    scenario: Scenario, rate: float, admission: bool, capacity: float
+    scenario: Scenario, rate: float, admission: bool, capacity: float, *, replay: bool = False
 ) -> tuple[dict[str, float], FleetResult]:
     """One load: TTFT attainment and p90/p99 per tier, goodput over capacity, decisions,
-    rejections by reason, the decision time, and Jain fairness inside each tier."""
+    rejections by reason, the decision time, Jain fairness inside each tier, and the GPU time
+    and cost of each pool. With ``replay`` (and admission), also the decision time of a
+    tight-loop replay of the same decisions (:mod:`trunkline.bench._admission_timing`)."""
     result = scenario.run(rate, admission)
     raw = result.metrics()
     metrics: dict[str, float] = {"offered_rps": rate, "requests": raw["requests"]}
@@ -105,11 +128,54 @@ def run_variant(
             or key == "held_p99_s"
         ):
             metrics[key] = value
+    metrics.update(_pool_costs(result))
+    if admission and replay:
+        # A second, identical run records the calls (kept out of the first: the record's many
+        # objects make the garbage collector run inside decide calls).
+        recorder = RecordingPolicy()
+        scenario.run(rate, recorder)
+        times = replay_decide_times(recorder)
+        all_ms = sorted(1000 * s for _, s in times)
+        reject_ms = sorted(1000 * s for outcome, s in times if outcome == "rejected")
+        metrics["decision_replay_p99_ms"] = quantile(all_ms, 0.99)
+        metrics["reject_decision_replay_p99_ms"] = quantile(reject_ms, 0.99)
     attainment = result.attainment_by("tenant", ttft_only=True)
     tiers_of = scenario.workload(rate).tenants
     for tier in TIERS:
         metrics[f"{tier}_jain"] = jain([v for t, v in attainment.items() if tiers_of[t] == tier])
     return metrics, result
+
+
+def _pool_costs(result: FleetResult) -> dict[str, float]:
+    """GPU-seconds and cost per pool: the shared pool runs (and is paid) the whole run, the burst
+    pool only while it serves; plus the share of each tier's requests the burst pool served."""
+    horizon = result.horizon_s
+    shared = [e for e in result.engines if e.pool != BURST_POOL]
+    burst = [e for e in result.engines if e.pool == BURST_POOL]
+    out = {
+        "shared_gpu_s": horizon * len(shared),
+        "shared_cost_usd": sum(e.cost_per_hour for e in shared) * horizon / 3600,
+    }
+    if burst:
+        out["burst_gpu_s"] = sum(e.busy_s for e in burst)
+        out["burst_cost_usd"] = sum(e.cost_per_hour * e.busy_s for e in burst) / 3600
+        out["burst_cost_share"] = out["burst_cost_usd"] / (
+            out["burst_cost_usd"] + out["shared_cost_usd"]
+        )
+        served = [o for o in result.outcomes if o.endpoint is not None]
+        for tier in TIERS:
+            mine = [o for o in served if o.tier == tier]
+            on_burst = sum(o.endpoint.startswith(f"{BURST_POOL}/") for o in mine if o.endpoint)
+            out[f"{tier}_on_burst_share"] = on_burst / len(mine) if mine else 0.0
+    return out
+
+
+def others_attainment(result: FleetResult, tenants: Mapping[str, str], noisy: str) -> float:
+    """Share of the tier-mates' requests whose first token came within their SLO (a rejected one
+    missed): a tier-mate refused for the noisy tenant's sake shows here, not in the p90."""
+    tier = tenants[noisy]
+    mates = [o for o in result.outcomes if o.tenant != noisy and tenants[o.tenant] == tier]
+    return sum(o.ttft_met for o in mates) / len(mates) if mates else math.nan
 
 
 def others_p90(result: FleetResult, tenants: Mapping[str, str], noisy: str) -> float:

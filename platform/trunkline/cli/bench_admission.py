@@ -25,6 +25,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per run")
     parser.add_argument("--seed", type=int, default=1, help="workload and engine seed")
     parser.add_argument(
+        "--burst-replicas",
+        type=int,
+        default=1,
+        help="replicas of a gold-only burst pool beside the shared one (0: none)",
+    )
+    parser.add_argument(
         "--loads", default="1,1.5,2,3", help="offered loads, multiples of the measured capacity"
     )
     parser.set_defaults(func=_admission)
@@ -42,6 +48,7 @@ def _admission(args: argparse.Namespace) -> int:
             duration_s=args.duration,
             seed=args.seed,
             loads=loads,
+            burst_replicas=args.burst_replicas,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

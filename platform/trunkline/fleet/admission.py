@@ -29,7 +29,8 @@ Send = Callable[[int, float], None]
 
 
 def engine_load(engine: VirtualEngine, base: EndpointLoad) -> EndpointLoad:
-    """``base`` (what ``/metrics`` shows) plus the prompt tokens not yet prefilled."""
+    """``base`` (what ``/metrics`` shows) plus the prompt tokens not yet prefilled and the
+    current batch's decode step."""
     core = engine.core
     queued = sum(r.num_prompt_tokens - r.num_computed_tokens for r in core.waiting)
     queued += sum(
@@ -37,7 +38,12 @@ def engine_load(engine: VirtualEngine, base: EndpointLoad) -> EndpointLoad:
         for r in core.running
         if r.num_computed_tokens < r.num_prompt_tokens
     )
-    return dataclasses.replace(base, queued_prompt_tokens=float(queued))
+    # The decode step of the batch running now: what the inter-token latency in ``/metrics``
+    # shows a gateway (a loaded engine's step is 2-3x an idle one's).
+    running = len(core.running)
+    context = sum(len(r.token_ids) for r in core.running)
+    step_s = core.profile.step_time(running, running, 0, context) if running else 0.0
+    return dataclasses.replace(base, queued_prompt_tokens=float(queued), decode_step_s=step_s)
 
 
 class EngineCacheIndex:

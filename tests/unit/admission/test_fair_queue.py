@@ -72,3 +72,16 @@ def test_the_service_order_interleaves_tenants_and_ranks_tiers() -> None:
     ):
         queue.push(held(ticket, tenant, tier))
     assert [h.ticket for h in queue.in_order()] == [4, 1, 3, 2]
+
+
+def test_a_new_request_waits_behind_one_request_per_tenant_of_its_tier_not_every_one() -> None:
+    queue = FairQueue()
+    for index in range(10):
+        queue.push(held(index, "flood", SILVER))
+    queue.push(held(20, "peer", SILVER))
+    queue.push(held(30, "g", GOLD))
+    # Gold's one, then one turn each of "flood" and "peer" before a newcomer's first turn.
+    assert queue.ahead_of(SILVER.priority, SILVER.name, "new") == 3
+    assert queue.ahead_of(SILVER.priority, SILVER.name, "peer") == 1 + 1 + 2
+    # A tenant passed over while it waits for room does not count.
+    assert queue.ahead_of(SILVER.priority, SILVER.name, "new", skip={("silver", "flood")}) == 2

@@ -210,3 +210,70 @@ def test_a_prompt_too_long_for_the_slo_even_when_idle_is_still_served() -> None:
 def test_no_endpoint_is_a_rejection() -> None:
     decision = AdmissionPolicy().decide(request(), SILVER, [], 0.0)
     assert (decision.outcome, decision.reason) == (REJECTED, SLO_UNATTAINABLE)
+
+
+SLOWED = EndpointLoad(running=100.0, kv_usage=0.4, queued_prompt_tokens=2000.0)
+"""Gold still meets its 500 ms SLO here, but at over 1.5x its TTFT on an idle engine."""
+
+
+def test_gold_uses_the_shared_pool_first_even_when_the_burst_pool_ranks_higher() -> None:
+    ranked = [endpoint("burst/0", IDLE, pool="burst", burst=True), endpoint("shared/0", IDLE)]
+    decision = AdmissionPolicy().decide(request(tier="gold"), GOLD, ranked, 0.0)
+    assert (decision.endpoint, decision.label) == (1, "admitted")
+
+
+def test_gold_goes_to_the_burst_pool_where_the_shared_one_would_stretch_its_first_token() -> None:
+    ranked = [endpoint("shared/0", SLOWED), endpoint("burst/0", IDLE, pool="burst", burst=True)]
+    decision = AdmissionPolicy().decide(request(tier="gold"), GOLD, ranked, 0.0)
+    assert (decision.endpoint, decision.label) == (1, "admitted;burst")
+    # With no better place, the slower shared engine still meets gold's SLO: gold starts there.
+    both_slowed = [ranked[0], endpoint("burst/0", SLOWED, pool="burst", burst=True)]
+    decision = AdmissionPolicy().decide(request("g2", tier="gold"), GOLD, both_slowed, 0.0)
+    assert (decision.outcome, decision.endpoint) == (ADMITTED, 0)
+
+
+def test_a_noisy_tenant_past_its_share_is_held_where_its_peers_still_go_straight_in() -> None:
+    policy = AdmissionPolicy()
+    # The noisy tenant sends 8x each quiet one's rate, and all of it gets in on an idle engine.
+    for index in range(100):
+        tenant = "noisy" if index % 10 < 8 else f"quiet-{index % 2}"
+        policy.decide(request(f"w{index}", tenant), SILVER, [endpoint()], index * 0.05)
+    # An engine a third full: room for everybody's fair share, not for the noisy tenant's excess.
+    third_full = [endpoint(load=EndpointLoad(running=80.0, kv_usage=0.3))]
+    assert policy.decide(request("q", "quiet-0"), SILVER, third_full, 5.0).outcome == ADMITTED
+    assert policy.decide(request("n", "noisy"), SILVER, third_full, 5.0).outcome == QUEUED
+    # Once the others have sent as much as it for a while, it is not noisy any more.
+    for index in range(200):
+        policy.decide(
+            request(f"l{index}", f"quiet-{index % 2}"), SILVER, [endpoint()], 5 + index * 0.1
+        )
+    policy.poll(25.0, {"pool/0": IDLE})  # the old holds are long gone
+    assert policy.decide(request("n2", "noisy"), SILVER, third_full, 25.0).outcome == ADMITTED
+
+
+def test_a_peer_goes_straight_in_while_a_noisy_tenants_excess_waits_in_the_queue() -> None:
+    policy = AdmissionPolicy()
+    for index in range(100):
+        tenant = "noisy" if index % 10 < 8 else f"quiet-{index % 2}"
+        policy.decide(request(f"w{index}", tenant), SILVER, [endpoint()], index * 0.05)
+    third_full = [endpoint(load=EndpointLoad(running=80.0, kv_usage=0.3))]
+    for index in range(5):
+        policy.decide(request(f"n{index}", "noisy"), SILVER, third_full, 5.0)
+    assert policy.held() >= 5
+    # Its peer neither waits behind the noisy tenant's held requests nor is refused for them.
+    assert policy.decide(request("q", "quiet-1"), SILVER, third_full, 5.0).outcome == ADMITTED
+
+
+def test_a_noisy_tenants_held_excess_does_not_shed_the_tier_below() -> None:
+    policy = AdmissionPolicy()
+    for index in range(100):
+        tenant = "noisy" if index % 10 < 8 else f"quiet-{index % 2}"
+        policy.decide(request(f"w{index}", tenant), SILVER, [endpoint()], index * 0.05)
+        policy.decide(request(f"b{index}", "b", "bronze"), BRONZE, [endpoint()], index * 0.05)
+    third_full = [endpoint(load=EndpointLoad(running=80.0, kv_usage=0.3))]
+    for index in range(5):
+        policy.decide(request(f"n{index}", "noisy"), SILVER, third_full, 5.0)
+    assert policy.held() >= 5
+    # Bronze is never held: were the noisy tenant's excess ahead of it, it would be shed.
+    bronze = policy.decide(request("b", "b", "bronze"), BRONZE, third_full, 5.0)
+    assert bronze.outcome == ADMITTED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trunkline.fleet import FleetResult, FleetSpec, PoolSpec, simulate
+from trunkline.fleet.results import RequestOutcome
 from trunkline.gateway.admission import AdmissionPolicy
 from trunkline.gateway.routing import make_policy
 from trunkline.workloads.b2b_tiers import TieredB2bWorkload
@@ -71,3 +72,23 @@ def test_without_admission_every_request_is_sent_at_once(fifo: FleetResult) -> N
     result = fifo
     assert {o.decision for o in result.outcomes} == {"admitted"}
     assert all(o.held_s == 0 for o in result.outcomes)
+
+
+def test_a_tenant_at_10x_its_share_is_held_and_shed_before_its_tier_mates() -> None:
+    # About 0.9x of one L40S, of which the noisy silver tenant sends the largest part.
+    workload = TieredB2bWorkload(duration_s=30.0, rate=8.0, seed=3, noisy_tenant="silver-00")
+    result = simulate(
+        ONE_ENGINE, make_policy("least-loaded"), workload, admission=AdmissionPolicy()
+    )
+    silver = [o for o in result.outcomes if o.tier == "silver"]
+    noisy = [o for o in silver if o.tenant == "silver-00"]
+    peers = [o for o in silver if o.tenant != "silver-00"]
+
+    def refused(outcomes: list[RequestOutcome]) -> float:
+        return sum(o.status.startswith("rejected") for o in outcomes) / len(outcomes)
+
+    def held(outcomes: list[RequestOutcome]) -> float:
+        return sum(o.decision != "admitted" for o in outcomes) / len(outcomes)
+
+    assert held(noisy) > 0.3 and refused(noisy) > 0.1
+    assert held(peers) < held(noisy) / 3 and refused(peers) < 0.02

@@ -11,7 +11,7 @@ behind each other, not in front of its peers'.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from trunkline.gateway.routing.views import EndpointView, RequestView
@@ -68,6 +68,44 @@ class FairQueue:
             sum(len(f) for f in t.tenants.values())
             for t in self._tiers.values()
             if t.priority >= priority
+        )
+
+    def tenants_at_or_above(self, priority: int) -> list[tuple[str, int, str]]:
+        """``(tier, priority, tenant)`` of every tenant with something held at ``priority`` or
+        above."""
+        return [
+            (name, tier.priority, tenant)
+            for name, tier in self._tiers.items()
+            if tier.priority >= priority
+            for tenant in tier.ring
+        ]
+
+    def ahead_of(
+        self, priority: int, tier: str, tenant: str, skip: Collection[tuple[str, str]] = ()
+    ) -> int:
+        """How many held requests a new request of ``tenant`` would wait behind: all of the
+        tiers above, and in its own tier, by round robin, as many per tenant as its own tenant
+        has held plus one. The ``(tier, tenant)`` pairs in ``skip`` (waiting for room, passed
+        over when the queue is served) do not count."""
+        above = sum(
+            len(fifo)
+            for name, t in self._tiers.items()
+            if t.priority > priority
+            for other, fifo in t.tenants.items()
+            if (name, other) not in skip
+        )
+        own = self._tiers.get(tier)
+        if own is None:
+            return above
+        depth = len(own.tenants.get(tenant, ()))
+        return (
+            above
+            + depth
+            + sum(
+                min(len(fifo), depth + 1)
+                for other, fifo in own.tenants.items()
+                if other != tenant and (tier, other) not in skip
+            )
         )
 
     def next(self) -> Held | None:

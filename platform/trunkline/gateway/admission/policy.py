@@ -19,8 +19,10 @@ queues stay short: every tier below the top is dispatched only when its predicte
 ``dispatch_horizon_s`` and the endpoint is below its occupancy limit (KV cache, sequence slots),
 so a top-tier request arriving next still finds an engine it can start on within its SLO; the
 top tier may fill an engine up to its own deadline. The gateway queue, not the engine's, is
-where requests wait. A tenant sending far more than its tier-mates only gets an engine that is
-at most half full.
+where requests wait. The top tier goes where its first token comes within a small factor of its
+idle TTFT (shared endpoints first, then burst ones), else where it starts soonest. A tenant
+sending far more than its tier-mates is dispatched only up to about twice their mean rate and
+into engines at most half full; what it sends beyond waits without anyone waiting behind it.
 
 Pure: time is a parameter, loads come in with the views; the only state is the hold queues,
 decayed arrival and dispatch rates per tier and tenant, and (optionally) the work dispatched
@@ -77,7 +79,17 @@ class AdmissionConfig:
     tenants is heavy (a burst of 3x its usual rate is not)..."""
     heavy_tenant_occupancy: float = 0.5
     """...and below the top tier is sent straight to an engine only while the engine is less full
-    than this; otherwise it waits its round-robin turn in the queue like everyone else."""
+    than this; otherwise it waits its round-robin turn in the queue like everyone else..."""
+    heavy_tenant_share: float = 2.0
+    """...and only while its own dispatch rate is below this many times the mean arrival rate of
+    its tier-mates (its fair share, with room for a burst): what it sends beyond that waits and
+    is shed, so it cannot fill the engines its tier-mates run on..."""
+    heavy_tenant_idle_occupancy: float = 0.1
+    """...unless the engine is this empty (nobody is there to slow down)."""
+    top_target_over_idle: float = 1.2
+    """The top tier goes first where its predicted TTFT is within this many times its TTFT on an
+    idle engine — a shared endpoint, else a burst one — and only then to any endpoint where it
+    still meets its deadline (a loaded engine's slower steps stretch its first token)."""
     rate_window_s: float = 10.0
     """Time constant of the arrival rates per tier and tenant."""
     max_retry_after_s: float = 30.0
@@ -130,12 +142,23 @@ class AdmissionPolicy:
         self._observe(pool, request, tier, now)
         idle_s = min(self.predictor.predict(request, _idle(view)).ttft_s for view in ranked)
         deadline = now + self._budget_s(tier, idle_s)
-        if queue.held_at_or_above(tier.priority) == 0:
-            heavy = self._heavy(pool, request, tier, now)
-            admitted = self._try_dispatch(request, tier, ranked, now, deadline, {}, heavy=heavy)
+        # Tenants far over their share wait for room and are passed over when the queue is
+        # served: nobody waits behind them, in their tier or below.
+        waiting_for_room = {
+            (name, tenant)
+            for name, priority, tenant in queue.tenants_at_or_above(tier.priority)
+            if (name, tenant) != (tier.name, request.tenant)
+            and self._heavy(pool, tenant, name, priority, now) is not None
+        }
+        ahead = queue.ahead_of(tier.priority, tier.name, request.tenant, waiting_for_room)
+        if ahead == 0:
+            heavy = self._heavy(pool, request.tenant, tier.name, tier.priority, now)
+            admitted = self._try_dispatch(
+                request, tier, ranked, now, deadline, {}, heavy=heavy, idle_s=idle_s
+            )
             if admitted is not None:
                 return admitted
-        wait_s = self._hold_estimate(tier, ranked, queue, now=now)
+        wait_s = self._hold_estimate(tier, ranked, ahead, now=now)
         # Hold only with margin: a hold that ends in a rejection wastes the client's time.
         margin_s = wait_s * self.config.hold_margin
         if tier.priority < self.config.hold_min_priority:
@@ -180,8 +203,9 @@ class AdmissionPolicy:
             # Even dispatched now on an idle engine its first token would come too late.
             if now + held.min_ttft_s > held.deadline or now - held.arrival > self.config.max_hold_s:
                 self._drop(held.ticket)
+                ahead = queue.held_at_or_above(held.tier.priority)
                 retry = self._retry_s(
-                    self._hold_estimate(held.tier, held.ranked, queue, loads, now=now)
+                    self._hold_estimate(held.tier, held.ranked, ahead, loads, now=now)
                 )
                 out.append(Release(held, Decision.reject(DEADLINE_EXCEEDED, retry)))
         return out
@@ -193,12 +217,21 @@ class AdmissionPolicy:
         sent: dict[str, tuple[float, float]] = {}
         for held in queue.in_order():
             views = [fresh_view(view, loads) for view in held.ranked]
-            heavy = self._heavy(views[0].pool, held.request, held.tier, now)
+            heavy = self._heavy(
+                views[0].pool, held.request.tenant, held.tier.name, held.tier.priority, now
+            )
             decision = self._try_dispatch(
-                held.request, held.tier, views, now, held.deadline, sent, heavy=heavy
+                held.request,
+                held.tier,
+                views,
+                now,
+                held.deadline,
+                sent,
+                heavy=heavy,
+                idle_s=held.min_ttft_s,
             )
             if decision is None:
-                if heavy:
+                if heavy is not None:
                     continue  # a heavy tenant waits for room; its peers need not wait for it
                 break  # strict priority: nothing below this request goes first
             self._drop(held.ticket)
@@ -225,34 +258,89 @@ class AdmissionPolicy:
         deadline: float,
         sent: dict[str, tuple[float, float]],
         *,
-        heavy: bool = False,
+        heavy: float | None = None,
+        idle_s: float = 0.0,
     ) -> Decision | None:
+        """Send to the first endpoint that fits, shared endpoints before burst ones; the top tier
+        first within ``top_target_over_idle`` x its idle TTFT, else where it starts soonest if
+        that meets its deadline."""
         top = tier.priority >= self.config.top_priority
         limit = deadline - now if top else min(deadline - now, self.config.dispatch_horizon_s)
         fullest = self.config.lower_tier_occupancy
         if tier.priority < self.config.hold_min_priority:
             fullest = self.config.shed_tier_occupancy
-        if heavy:
-            fullest = min(fullest, self.config.heavy_tenant_occupancy)
+        if heavy is not None:
+            fullest = min(fullest, heavy)
+        order = sorted(range(len(ranked)), key=lambda i: ranked[i].burst)
+        if top:
+            target = min(limit, idle_s * self.config.top_target_over_idle)
+            for index in order:
+                decision = self._fit(request, tier, ranked, index, now, sent, target, None)
+                if decision is not None:
+                    return decision
+            # Nowhere near its idle TTFT: the endpoint where it starts soonest, if in time.
+            order = [self._soonest(request, ranked, now, sent)]
+        for index in order:
+            decision = self._fit(
+                request, tier, ranked, index, now, sent, limit, None if top else fullest
+            )
+            if decision is not None:
+                return decision
+        return None
+
+    def _soonest(
+        self,
+        request: RequestView,
+        ranked: Sequence[EndpointView],
+        now: float,
+        sent: Mapping[str, tuple[float, float]],
+    ) -> int:
+        """The index of the healthy endpoint with the shortest predicted TTFT (0 if none)."""
+        best, best_s = 0, math.inf
         for index, view in enumerate(ranked):
             if not view.healthy:
                 continue
             tokens, requests = self._since_measured(view, now, sent)
-            prediction = self.predictor.predict(
+            ttft_s = self.predictor.predict(
                 request, view, extra_tokens=tokens, extra_requests=requests
-            )
-            if prediction.ttft_s > limit:
-                continue
-            if not top and prediction.occupancy >= fullest:
-                continue
-            if self.config.count_recent_dispatches:
-                recent = self._recent.setdefault(view.key, deque())
-                recent.append((now, prediction.uncached_tokens))
-            self._rates.observe((ranked[0].pool, tier.name, _DISPATCHED), now)
-            done_tokens, done_requests = sent.get(view.key, (0.0, 0.0))
-            sent[view.key] = (done_tokens + prediction.uncached_tokens, done_requests + 1)
-            return Decision.admit(index, prediction.ttft_s, burst=view.burst)
-        return None
+            ).ttft_s
+            if ttft_s < best_s:
+                best, best_s = index, ttft_s
+        return best
+
+    def _fit(
+        self,
+        request: RequestView,
+        tier: TierEntry,
+        ranked: Sequence[EndpointView],
+        index: int,
+        now: float,
+        sent: dict[str, tuple[float, float]],
+        limit: float,
+        fullest: float | None,
+    ) -> Decision | None:
+        """Admit on ``ranked[index]`` if its predicted TTFT is within ``limit`` and (below the
+        top tier) it is less full than ``fullest``."""
+        view = ranked[index]
+        if not view.healthy:
+            return None
+        tokens, requests = self._since_measured(view, now, sent)
+        prediction = self.predictor.predict(
+            request, view, extra_tokens=tokens, extra_requests=requests
+        )
+        if prediction.ttft_s > limit:
+            return None
+        if fullest is not None and prediction.occupancy >= fullest:
+            return None
+        if self.config.count_recent_dispatches:
+            recent = self._recent.setdefault(view.key, deque())
+            recent.append((now, prediction.uncached_tokens))
+        pool = ranked[0].pool
+        self._rates.observe((pool, tier.name, _DISPATCHED), now)
+        self._rates.observe((pool, tier.name, request.tenant, _DISPATCHED), now)
+        done_tokens, done_requests = sent.get(view.key, (0.0, 0.0))
+        sent[view.key] = (done_tokens + prediction.uncached_tokens, done_requests + 1)
+        return Decision.admit(index, prediction.ttft_s, burst=view.burst)
 
     def _since_measured(
         self, view: EndpointView, now: float, sent: Mapping[str, tuple[float, float]]
@@ -274,7 +362,7 @@ class AdmissionPolicy:
         self,
         tier: TierEntry,
         ranked: Sequence[EndpointView],
-        queue: FairQueue,
+        ahead: int,
         loads: Mapping[str, EndpointLoad] | None = None,
         *,
         now: float,
@@ -300,8 +388,7 @@ class AdmissionPolicy:
         left = completions - above
         # What the model says is left, but no more than this tier actually got lately.
         left = min(left, self._rates.rate((pool, tier.name, _DISPATCHED), now))
-        ahead = queue.held_at_or_above(tier.priority) + 1
-        return ahead / left if left > 0 else math.inf
+        return (ahead + 1) / left if left > 0 else math.inf
 
     def _observe(self, pool: str, request: RequestView, tier: TierEntry, now: float) -> None:
         self._priorities[pool, tier.name] = tier.priority
@@ -309,19 +396,29 @@ class AdmissionPolicy:
         self._rates.observe((pool, tier.name, request.tenant), now)
         self._tenants.setdefault((pool, tier.name), set()).add(request.tenant)
 
-    def _heavy(self, pool: str, request: RequestView, tier: TierEntry, now: float) -> bool:
-        """Whether the tenant sends far more than the mean of its tier's active tenants."""
-        window = self.config.rate_window_s
-        mine = self._rates.rate((pool, tier.name, request.tenant), now)
+    def _heavy(self, pool: str, tenant: str, tier: str, priority: int, now: float) -> float | None:
+        """For a tenant sending far more than the mean of its tier's active tenants, the
+        occupancy below which it may still be sent to an engine (None: not heavy)."""
+        config = self.config
+        if priority >= config.top_priority:
+            return None
+        window = config.rate_window_s
+        mine = self._rates.rate((pool, tier, tenant), now)
         others = [
             rate
-            for tenant in self._tenants[pool, tier.name]
-            if tenant != request.tenant
-            and (rate := self._rates.rate((pool, tier.name, tenant), now)) * window >= 0.5
+            for other in self._tenants[pool, tier]
+            if other != tenant
+            and (rate := self._rates.rate((pool, tier, other), now)) * window >= 0.5
         ]
         if not others:
-            return False
-        return mine > self.config.heavy_tenant_factor * sum(others) / len(others)
+            return None
+        share = sum(others) / len(others)
+        if mine <= config.heavy_tenant_factor * share:
+            return None
+        dispatched = self._rates.rate((pool, tier, tenant, _DISPATCHED), now)
+        if dispatched < config.heavy_tenant_share * share:
+            return config.heavy_tenant_occupancy
+        return config.heavy_tenant_idle_occupancy
 
     def _retry_s(self, wait_s: float) -> float:
         return min(max(wait_s, self.config.min_retry_after_s), self.config.max_retry_after_s)
