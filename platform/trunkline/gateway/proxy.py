@@ -23,8 +23,12 @@ _FAILOVER_ERRORS = (
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
     httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
 )
-"""Errors after which the engine cannot have started on the request, or dropped it unanswered."""
+"""Errors after which the engine cannot have started on the request, or dropped it unanswered:
+a connection reset before the response head means the engine is gone (vLLM also aborts a
+request whose connection closed), so sending it elsewhere cannot run it twice."""
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -94,8 +98,8 @@ async def open_upstream(
 ) -> Opened:
     """Send to the first candidate that answers; fail over only before any byte was read.
 
-    Fails over on a connection that could not be made or was dropped before the response
-    head, and on a 5xx answer while another candidate remains. A read timeout or error before
+    Fails over on a connection that could not be made or was dropped or reset before the
+    response head, and on a 5xx answer while another candidate remains. A read timeout before
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
     at once, so silence means a stuck engine; a plain request may still be generating, and
     sending it again would run it twice). Each outcome goes to ``engines`` for health, and each
@@ -116,7 +120,7 @@ async def open_upstream(
             reasons.append(f"{endpoint.url}: {type(exc).__name__}")
             log.warning("endpoint did not take the request", extra={"endpoint": endpoint.url})
             continue
-        except (httpx.TimeoutException, httpx.NetworkError) as exc:
+        except httpx.TimeoutException as exc:
             engines.ended(flight)
             engines.failed(endpoint.id, type(exc).__name__)
             if not retry_read_errors:

@@ -82,7 +82,9 @@ class Gateway:
 
 @pytest.fixture
 def make_gateway(make_gateway: Callable[..., Harness]) -> Callable[..., Gateway]:
-    """The conftest's gateway with engine-state settings, a key, and an admission to record."""
+    """The conftest's gateway with engine-state settings, a key, and an admission to record
+    (SLO admission is off unless a test passes one: these tests pin routing and retries, and
+    admission may move gold to a faster endpoint than the policy's first)."""
 
     def build(
         handler: Handler,
@@ -99,7 +101,9 @@ def make_gateway(make_gateway: Callable[..., Harness]) -> Callable[..., Gateway]
         harness = make_gateway(
             handler,
             world,
-            settings=GatewaySettings(snapshot_poll_s=0.05, routing_policy=policy, engines=engines),
+            settings=GatewaySettings(
+                snapshot_poll_s=0.05, routing_policy=policy, engines=engines, admission="off"
+            ),
             scrape_transport=httpx.MockTransport(scrape) if scrape else None,
             admission=(lambda _engines: admission) if admission else None,
         )
