@@ -208,8 +208,9 @@ def publish_pool(
     return store, world.api_key
 
 
-def build_gateway(servers: Sequence[VllmServer]) -> Gateway:
-    """A gateway (not yet entered) over a one-tenant snapshot with ``servers`` as one pool.
+def build_gateway(servers: Sequence[VllmServer], policy: str = "prefix-aware") -> Gateway:
+    """A gateway (not yet entered) over a one-tenant snapshot with ``servers`` as one pool,
+    routing with ``policy``.
 
     The upstream is real HTTP: no mock transport. Alias ``tiny`` maps to the served model.
     """
@@ -219,6 +220,6 @@ def build_gateway(servers: Sequence[VllmServer]) -> Gateway:
         source=store,
         emitter=usage,
         server_secret=SECRET,
-        settings=GatewaySettings(snapshot_poll_s=0.05, read_timeout_s=60.0),
+        settings=GatewaySettings(snapshot_poll_s=0.05, read_timeout_s=60.0, routing_policy=policy),
     )
     return Gateway(TestClient(app, timeout=60.0), api_key, usage)

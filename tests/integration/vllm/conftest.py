@@ -71,12 +71,13 @@ def vllm_pair(
 
 
 @pytest.fixture
-def make_gateway() -> Iterator[Callable[[list[VllmServer]], Gateway]]:
-    """Build a gateway over the given servers: real HTTP upstream, no mock transport."""
+def make_gateway() -> Iterator[Callable[..., Gateway]]:
+    """Build a gateway over the given servers (and routing policy, default ``prefix-aware``):
+    real HTTP upstream, no mock transport."""
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
-    def build(servers: list[VllmServer]) -> Gateway:
-        gateway = build_gateway(servers)
+    def build(servers: list[VllmServer], policy: str = "prefix-aware") -> Gateway:
+        gateway = build_gateway(servers, policy)
         gateway.client.__enter__()
         clients.append(gateway.client)
         return gateway

@@ -22,11 +22,11 @@ def test_each_replica_is_pinned_to_its_own_core(vllm_pair: tuple[VllmServer, Vll
     assert bound == [server.cpu for server in vllm_pair]
 
 
-def test_gateway_spreads_requests_over_both_replicas(
+def test_round_robin_spreads_requests_over_both_replicas(
     vllm_pair: tuple[VllmServer, VllmServer],
-    make_gateway: Callable[[list[VllmServer]], Gateway],
+    make_gateway: Callable[..., Gateway],
 ) -> None:
-    gateway = make_gateway(list(vllm_pair))
+    gateway = make_gateway(list(vllm_pair), "round-robin")
 
     for n in range(4):
         response = gateway.post("/v1/completions", {"prompt": f"request {n}", "max_tokens": 2})
@@ -34,6 +34,28 @@ def test_gateway_spreads_requests_over_both_replicas(
 
     endpoints = [record.endpoint for record in gateway.usage_records()]
     assert sorted(endpoints) == sorted(2 * [server.url for server in vllm_pair])
+
+
+def test_prefix_aware_sends_a_repeated_preamble_back_to_the_replica_that_cached_it(
+    vllm_pair: tuple[VllmServer, VllmServer],
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway(list(vllm_pair))  # the default policy, prefix-aware
+    preambles = [unique_prompt(150) for _ in range(4)]
+
+    for turn in range(2):
+        for n, preamble in enumerate(preambles):
+            body = {"prompt": f"{preamble} question {n} turn {turn}", "max_tokens": 2}
+            response = gateway.post("/v1/completions", body)
+            assert response.status_code == 200, response.text
+
+    records = gateway.usage_records()
+    first, second = records[:4], records[4:]
+    # Each preamble's second request went where its first one left the preamble's blocks, and
+    # vLLM answered most of that prompt from its prefix cache.
+    assert [r.endpoint for r in second] == [r.endpoint for r in first]
+    block = vllm_pair[0].block_size
+    assert all(r.cached_tokens >= 4 * block for r in second), [r.cached_tokens for r in second]
 
 
 def test_replicas_hash_the_same_prompt_to_the_same_blocks(
