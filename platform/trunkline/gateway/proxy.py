@@ -4,6 +4,7 @@ on the way through."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -110,7 +111,8 @@ async def open_upstream(
     for index, candidate in enumerate(candidates):
         endpoint = candidate.endpoint
         flight = engines.sent(endpoint.id, prompt_tokens)
-        request = client.build_request("POST", endpoint.url + path, content=body, headers=headers)
+        url = _upstream_url(endpoint.url, path)
+        request = client.build_request("POST", url, content=body, headers=headers)
         try:
             response = await client.send(request, stream=True)
         except _FAILOVER_ERRORS as exc:
@@ -146,6 +148,13 @@ async def open_upstream(
         reason="upstream_unavailable",
         extra={"attempts": reasons},
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _upstream_url(base: str, path: str) -> httpx.URL:
+    """An engine's URL for ``path``, parsed once: httpx copies a parsed URL for a fraction
+    of what parsing the string takes on every request."""
+    return httpx.URL(base + path)
 
 
 def read_usage(body: bytes, tally: Tally) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
@@ -196,7 +196,7 @@ class GatewayService:
         in_service = [engines.in_service(c.endpoint.id) for c in candidates]
         fail_open = not any(in_service)
         return [
-            replace(endpoint_view(c, engines.load(c.endpoint.id)), healthy=ok or fail_open)
+            endpoint_view(c, engines.load(c.endpoint.id), healthy=ok or fail_open)
             for c, ok in zip(candidates, in_service, strict=True)
         ]
 

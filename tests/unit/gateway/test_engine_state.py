@@ -116,6 +116,28 @@ def test_scrapes_give_rates_and_failures_eject() -> None:
     assert state.in_service("a") and state.ejections("a") == 1
 
 
+def test_kv_capacity_is_read_once_and_again_after_a_restart() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    reads: list[int] = []
+    capacity = 16000
+
+    def read() -> int:
+        reads.append(capacity)
+        return capacity
+
+    assert state.loads()["a"].kv_capacity_tokens is None  # not scraped yet
+    state.scraped("a", MetricsScan(prompt_tokens=100), clock.now, read)
+    capacity = 32000  # the page would say so only after a restart
+    state.scraped("a", MetricsScan(prompt_tokens=200), clock.now, read)
+    assert state.loads()["a"].kv_capacity_tokens == 16000 and reads == [16000]
+
+    state.scraped("a", MetricsScan(prompt_tokens=5), clock.now, read)  # counters went back
+
+    assert state.loads()["a"].kv_capacity_tokens == 32000 and reads == [16000, 32000]
+
+
 def test_snapshot_changes_add_and_forget_endpoints() -> None:
     state = EngineState(POLICY, Clock())
     state.sync(["a", "b"])

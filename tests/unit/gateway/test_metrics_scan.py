@@ -11,7 +11,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.engines.helpers import run_until_idle, tiny_profile
 
 from trunkline.engines import EngineCore, EngineMetrics, parse_vllm_metrics
-from trunkline.gateway.endpoints import MetricsScan, Rates, next_rates, scan_metrics
+from trunkline.gateway.endpoints import (
+    MetricsScan,
+    Rates,
+    next_rates,
+    restarted,
+    scan_kv_capacity,
+    scan_metrics,
+)
 
 VLLM_PAGE = (Path(__file__).parent / "pages" / "vllm_0_32_metrics.txt").read_bytes()
 
@@ -60,6 +67,40 @@ def test_scan_reads_what_the_full_parser_reads(page: bytes) -> None:
     assert scan.itl_seconds == _sum(text, "vllm:inter_token_latency_seconds_sum") > 0
     assert scan.itl_count == _sum(text, "vllm:inter_token_latency_seconds_count") > 0
     assert scan.prefill_seconds > 0 and scan.prefill_requests > 0
+
+
+def test_kv_capacity_comes_from_cache_config_info_on_vllm_and_the_simulator() -> None:
+    # vLLM 0.32: num_gpu_blocks="16384", block_size="32" (its kv_cache_size_tokens label agrees);
+    # labels such as user_specified_block_size="True" and mamba_block_size="None" are not it.
+    assert scan_kv_capacity(VLLM_PAGE) == 16384 * 32 == 524288
+    assert scan_kv_capacity(_simulated_page()) == tiny_profile().kv_cache_tokens
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (b'vllm:cache_config_info{block_size="16",num_gpu_blocks="1000"} 1.0\n', 16000),
+        (  # one sample per engine core: their caches add up
+            b'vllm:cache_config_info{block_size="16",engine="0",num_gpu_blocks="1000"} 1.0\n'
+            b'vllm:cache_config_info{block_size="16",engine="1",num_gpu_blocks="1000"} 1.0\n',
+            32000,
+        ),
+        (b'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1.0\n', None),
+        (b'vllm:cache_config_info{hash_block_size="16",num_gpu_blocks="1000"} 1.0\n', None),
+        (b"vllm:num_requests_running 1\n", None),
+        (b"", None),
+    ],
+    ids=["one-core", "two-cores", "blocks-unknown", "no-block-size", "no-series", "empty"],
+)
+def test_kv_capacity_edge_cases(page: bytes, expected: int | None) -> None:
+    assert scan_kv_capacity(page) == expected
+
+
+def test_a_counter_going_backwards_is_a_restart() -> None:
+    busy = MetricsScan(prompt_tokens=500, prefix_cache_queries=500, itl_count=40)
+    assert not restarted(busy, busy)
+    assert not restarted(MetricsScan(), busy)
+    assert restarted(busy, MetricsScan(prompt_tokens=10, prefix_cache_queries=10))
 
 
 def test_prefill_time_comes_from_the_prefill_histogram_on_vllm_and_the_simulator() -> None:

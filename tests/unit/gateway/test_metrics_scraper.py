@@ -9,7 +9,9 @@ from collections.abc import Callable
 import httpx
 
 from trunkline.gateway.endpoints import EjectionPolicy, EngineState, MetricsScraper
-from trunkline.snapshot import EndpointEntry
+from trunkline.gateway.routing import Candidate, endpoint_view
+from trunkline.gateway.routing.prefix_index import ApproxPrefixIndex
+from trunkline.snapshot import EndpointEntry, PoolEntry
 
 
 class Clock:
@@ -28,6 +30,8 @@ class Engines:
         self.broken: set[str] = set()
         self.hanging: dict[str, asyncio.Event] = {}
         self.scrapes: list[str] = []
+        self.cache_config: dict[str, str] = {}
+        """A ``vllm:cache_config_info`` line by host."""
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
@@ -37,6 +41,7 @@ class Engines:
         if host in self.broken:
             raise httpx.ConnectError("refused", request=request)
         page = f'vllm:num_requests_running{{model_name="m"}} {self.running.get(host, 0)}\n'
+        page += self.cache_config.get(host, "")
         return httpx.Response(200, content=page.encode())
 
 
@@ -113,3 +118,26 @@ async def test_the_background_loop_keeps_loads_fresh() -> None:
                 await state.wait_changed(timeout=1.0)
     finally:
         await scraper.close()
+
+
+async def test_the_engines_kv_capacity_reaches_the_view_routing_sees() -> None:
+    engines = Engines()
+    engines.cache_config["a"] = (
+        'vllm:cache_config_info{block_size="16",engine="0",num_gpu_blocks="2000"} 1.0\n'
+    )
+    state, scraper = _scraper(engines, lambda: _entries("a", "b"), Clock())
+    pool = PoolEntry("p", "m", "h100", "eu", False, 16, tuple(_entries("a", "b")))
+    await asyncio.gather(*scraper.tick())
+
+    a, b = (endpoint_view(Candidate(pool, e), state.load(e.id)) for e in pool.endpoints)
+
+    assert (a.kv_capacity_tokens, b.kv_capacity_tokens) == (32000, None)
+    index = ApproxPrefixIndex(400_000)
+    assert (index.capacity_of(a), index.capacity_of(b)) == (32000, 400_000)
+    # The snapshot's figure is the fallback; the engine's own wins.
+    configured = PoolEntry(
+        "p", "m", "h100", "eu", False, 16, tuple(_entries("a", "b")), kv_capacity_tokens=8000
+    )
+    views = [endpoint_view(Candidate(configured, e), state.load(e.id)) for e in pool.endpoints]
+    assert [view.kv_capacity_tokens for view in views] == [32000, 8000]
+    await scraper.close()

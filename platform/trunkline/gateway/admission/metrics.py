@@ -32,5 +32,12 @@ class AdmissionMetrics:
             registry=self.registry,
         )
 
+        self._decided: dict[tuple[str, str, str | None], Counter] = {}
+        """``decisions``' children by labels: ``labels()`` costs more than the increment."""
+
     def record(self, tier: str, outcome: str, reason: str | None) -> None:
-        self.decisions.labels(tier, outcome, reason or "none").inc()
+        key = (tier, outcome, reason)
+        child = self._decided.get(key)
+        if child is None:
+            child = self._decided[key] = self.decisions.labels(tier, outcome, reason or "none")
+        child.inc()

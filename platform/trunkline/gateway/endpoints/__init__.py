@@ -10,7 +10,12 @@ from trunkline.gateway.endpoints.health import EjectionPolicy, Health
 from trunkline.gateway.endpoints.kv_subscriber import KvEventSink, KvEventSubscriber, apply_message
 from trunkline.gateway.endpoints.monitor import EngineMonitor, ejection_policy
 from trunkline.gateway.endpoints.rates import Rates, next_rates
-from trunkline.gateway.endpoints.scan import MetricsScan, scan_metrics
+from trunkline.gateway.endpoints.scan import (
+    MetricsScan,
+    restarted,
+    scan_kv_capacity,
+    scan_metrics,
+)
 from trunkline.gateway.endpoints.scraper import MetricsScraper
 from trunkline.gateway.endpoints.state import EngineState, Flight
 
@@ -28,5 +33,7 @@ __all__ = [
     "apply_message",
     "ejection_policy",
     "next_rates",
+    "restarted",
+    "scan_kv_capacity",
     "scan_metrics",
 ]

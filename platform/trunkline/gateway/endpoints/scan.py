@@ -7,13 +7,17 @@ labels (a server with several engine cores reports one sample each); KV-cache us
 
 Names are current vLLM's (0.32, V1 engine, no ``gpu_`` prefix); the pre-0.9 ``gpu_`` names and
 ``time_per_output_token_seconds`` are read when the current ones are absent, never both.
+
+The KV-cache size (``vllm:cache_config_info``'s ``num_gpu_blocks`` times ``block_size`` labels)
+changes only when an engine restarts: :func:`scan_kv_capacity` is a separate read, done by the
+scraper only while the capacity is unknown or after a restart (see :func:`restarted`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MetricsScan", "scan_metrics"]
+__all__ = ["MetricsScan", "restarted", "scan_kv_capacity", "scan_metrics"]
 
 # slot indices
 _RUNNING, _WAITING, _KV, _KV_OLD = 0, 1, 2, 3
@@ -110,4 +114,54 @@ def scan_metrics(page: bytes) -> MetricsScan:
         prefill_requests=sums[_PREFILL_COUNT],
         itl_seconds=sums[itl[0]],
         itl_count=sums[itl[1]],
+    )
+
+
+_CACHE_CONFIG = b"\nvllm:cache_config_info{"
+
+
+def scan_kv_capacity(page: bytes) -> int | None:
+    """Tokens the engine's KV cache holds: ``num_gpu_blocks`` times ``block_size`` of its
+    ``vllm:cache_config_info``, summed over the page's engine cores; None when the page does not
+    say (no such series, or labels missing or not integers, e.g. ``"None"``)."""
+    if not page.startswith(b"\n"):
+        page = b"\n" + page
+    total = 0
+    at = page.find(_CACHE_CONFIG)
+    while at != -1:
+        start = at + len(_CACHE_CONFIG) - 1  # at the "{": every label follows "{" or ","
+        end = page.find(b"}", start)
+        if end == -1:
+            return None
+        labels = page[start:end]
+        blocks = _int_label(labels, b"num_gpu_blocks")
+        block_size = _int_label(labels, b"block_size")
+        if blocks is None or block_size is None:
+            return None
+        total += blocks * block_size
+        at = page.find(_CACHE_CONFIG, end)
+    return total or None
+
+
+def _int_label(labels: bytes, name: bytes) -> int | None:
+    """The integer value of label ``name`` in ``{a="1",b="2"`` (a whole label name only)."""
+    for before in (b"{", b","):
+        key = before + name + b'="'
+        at = labels.find(key)
+        if at != -1:
+            start = at + len(key)
+            try:
+                return int(labels[start : labels.find(b'"', start)])
+            except ValueError:
+                return None
+    return None
+
+
+def restarted(previous: MetricsScan, current: MetricsScan) -> bool:
+    """A cumulative counter went backwards: the engine behind the endpoint restarted."""
+    return (
+        current.prompt_tokens < previous.prompt_tokens
+        or current.prefix_cache_queries < previous.prefix_cache_queries
+        or current.itl_count < previous.itl_count
+        or current.prefill_requests < previous.prefill_requests
     )

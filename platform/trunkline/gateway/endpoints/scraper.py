@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from trunkline.gateway.endpoints.scan import scan_metrics
+from trunkline.gateway.endpoints.scan import scan_kv_capacity, scan_metrics
 from trunkline.gateway.endpoints.state import EngineState
 from trunkline.snapshot import EndpointEntry
 
@@ -107,4 +107,7 @@ class MetricsScraper:
             if response.status_code != 200:
                 self.state.scrape_failed(endpoint.id, f"HTTP {response.status_code}")
                 return
-            self.state.scraped(endpoint.id, scan_metrics(response.content), sent_at)
+            page = response.content
+            self.state.scraped(
+                endpoint.id, scan_metrics(page), sent_at, lambda: scan_kv_capacity(page)
+            )

@@ -10,6 +10,9 @@ Local accounting fills what a scrape cannot know yet: ``queued_prompt_tokens`` s
 estimates of this gateway's requests sent to the endpoint whose first byte has not come back,
 and requests sent since the last scrape are added to ``waiting`` (the engine had not counted
 them yet when it was scraped).
+
+Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) is read from its page once,
+and again only after the engine restarted (a cumulative counter went backwards).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from trunkline.gateway.endpoints.health import EjectionPolicy, Health
 from trunkline.gateway.endpoints.rates import Rates, next_rates
-from trunkline.gateway.endpoints.scan import MetricsScan
+from trunkline.gateway.endpoints.scan import MetricsScan, restarted
 from trunkline.gateway.routing.views import EndpointLoad
 
 __all__ = ["EngineState", "Flight"]
@@ -43,7 +46,15 @@ class Flight:
 
 
 class _Endpoint:
-    __slots__ = ("flights", "health", "rates", "scan", "scrape_sent_at")
+    __slots__ = (
+        "capacity_read",
+        "flights",
+        "health",
+        "kv_capacity",
+        "rates",
+        "scan",
+        "scrape_sent_at",
+    )
 
     def __init__(self, policy: EjectionPolicy) -> None:
         self.health = Health(policy)
@@ -51,6 +62,8 @@ class _Endpoint:
         self.scrape_sent_at = 0.0
         self.rates = Rates()
         self.flights: set[Flight] = set()
+        self.kv_capacity: int | None = None
+        self.capacity_read = False
 
     def load(self, now: float) -> EndpointLoad:
         scan = self.scan or _EMPTY
@@ -70,6 +83,7 @@ class _Endpoint:
             decode_step_s=self.rates.decode_step_s,
             # From when the scrape was sent: the page shows the engine somewhere in between.
             age_s=now - self.scrape_sent_at if self.scan is not None else float("inf"),
+            kv_capacity_tokens=self.kv_capacity,
         )
 
 
@@ -142,10 +156,22 @@ class EngineState:
         """Ejected endpoints are left alone until their ejection ends (then scraped as a probe)."""
         return self.in_service(endpoint)
 
-    def scraped(self, endpoint: str, scan: MetricsScan, sent_at: float) -> None:
+    def scraped(
+        self,
+        endpoint: str,
+        scan: MetricsScan,
+        sent_at: float,
+        kv_capacity: Callable[[], int | None] | None = None,
+    ) -> None:
+        """A scrape's figures; ``kv_capacity`` reads the page's KV-cache size, called only
+        while it is unknown or when this page shows the engine restarted."""
         state = self._endpoints.get(endpoint)
         if state is None:
             return  # left the snapshot while we scraped it
+        if kv_capacity is not None and (
+            not state.capacity_read or (state.scan is not None and restarted(state.scan, scan))
+        ):
+            state.kv_capacity, state.capacity_read = kv_capacity(), True
         now = self._clock()
         window = sent_at - state.scrape_sent_at if state.scan is not None else 0.0
         state.rates = next_rates(state.scan, scan, state.rates, window)

@@ -13,20 +13,25 @@ __all__ = ["Router", "endpoint_view"]
 _NO_LOAD = EndpointLoad()
 
 
-def endpoint_view(candidate: Candidate, load: EndpointLoad | None = None) -> EndpointView:
+def endpoint_view(
+    candidate: Candidate, load: EndpointLoad | None = None, *, healthy: bool = True
+) -> EndpointView:
     pool = candidate.pool
+    load = load or _NO_LOAD
     return EndpointView(
         key=candidate.endpoint.id,
         pool=pool.name,
         region=pool.region,
         accelerator=pool.accelerator,
         block_size=pool.block_size,
-        load=load or _NO_LOAD,
+        load=load,
         cost_per_hour=pool.cost_per_hour,
         tokens_per_s=pool.tokens_per_s,
+        healthy=healthy,
         burst=pool.burst,
         model=pool.model,
-        kv_capacity_tokens=pool.kv_capacity_tokens or None,
+        # The engine's own figure first: the pool's is a configured guess.
+        kv_capacity_tokens=load.kv_capacity_tokens or pool.kv_capacity_tokens or None,
     )
 
 

@@ -61,6 +61,9 @@ class EndpointLoad:
     """Measured mean time between output tokens (ITL); 0 when not measured yet."""
     age_s: float = 0.0
     """How old these figures are (time since the scrape they come from)."""
+    kv_capacity_tokens: int | None = None
+    """Tokens the engine's KV cache holds as the engine reports it (vLLM's
+    ``cache_config_info``); None when not reported. Fills ``EndpointView.kv_capacity_tokens``."""
 
 
 @dataclass(frozen=True, slots=True)
