@@ -1,4 +1,5 @@
-"""Build workloads by name: ``care``, ``netops``, ``b2b`` and the four trace replays.
+"""Build workloads by name: ``care``, ``netops``, ``b2b``, ``b2b-tiers`` and the four trace
+replays.
 
 A spec reads ``NAME`` or ``NAME:knob=value,knob=value`` (``care:rate=8,turns=4``); the knobs are
 the workload's dataclass fields, converted to the type of their default.
@@ -13,6 +14,7 @@ from typing import Any
 
 from trunkline.errors import ConfigurationError
 from trunkline.workloads.b2b import B2bWorkload
+from trunkline.workloads.b2b_tiers import TieredB2bWorkload
 from trunkline.workloads.care import CareWorkload
 from trunkline.workloads.netops import NetopsWorkload
 from trunkline.workloads.schemas import Workload
@@ -24,6 +26,7 @@ _GENERATORS: dict[str, Callable[..., Workload]] = {
     "care": CareWorkload,
     "netops": NetopsWorkload,
     "b2b": B2bWorkload,
+    "b2b-tiers": TieredB2bWorkload,
 }
 _TRACES: dict[str, Callable[..., Workload]] = {
     "azure-conv": AzureTrace,
@@ -86,6 +89,8 @@ def _convert(
             f"workload {workload!r} has no knob {key!r}; its knobs: {known}", param="workload"
         )
     default = field.default
+    if default is None and str(field.type).startswith("str"):
+        return value  # an optional name, such as b2b-tiers' noisy_tenant
     try:
         if isinstance(default, bool):
             return value.lower() in ("1", "true", "yes", "on")

@@ -28,6 +28,14 @@ def test_knobs_take_the_type_of_their_default_and_seed_and_duration_apply() -> N
     assert make_workload("care:seed=9", seed=5).seed == 9  # an explicit knob wins
 
 
+def test_the_tiered_b2b_workload_takes_a_noisy_tenant_by_name() -> None:
+    workload = make_workload("b2b-tiers:rate=5,noisy_tenant=silver-00", seed=2, duration_s=10)
+    assert set(workload.tenants.values()) == {"gold", "silver", "bronze"}
+    sent = [request.tenant for request in workload.requests()]
+    # At 10x its share the noisy tenant sends more than any other tenant.
+    assert max(set(sent), key=sent.count) == "silver-00"
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
