@@ -216,6 +216,9 @@ class GatewayService:
             self.quota.release(grant)  # never sent: nothing to meter, nothing to charge
             raise
         body = msgspec.json.encode(upstream_body(request, alias.model))
+        # Learned at dispatch, not when the answer comes: a non-streamed answer arrives only
+        # after the whole generation, and the same prefix sent meanwhile must find it.
+        self.policy.routed(route.view, route.endpoints[0])
         try:
             index, opened, started = await self._open(route, request, body, meter, prompt_tokens)
         except UpstreamUnavailable as exc:
@@ -233,7 +236,8 @@ class GatewayService:
                 meter.finish(500, "internal_error")
             raise
         candidate, response = opened.candidate, opened.response
-        self.policy.routed(route.view, route.endpoints[index])
+        if index:  # failed over: the prefix is cached where it was finally served
+            self.policy.routed(route.view, route.endpoints[index])
         meter.candidate, meter.flight, meter.engines = candidate, opened.flight, self.engines
         headers = {**route.headers, "x-trunkline-pool": candidate.pool.name}
         if started is None:

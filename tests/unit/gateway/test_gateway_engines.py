@@ -18,7 +18,9 @@ from trunkline.apps.gateway import create_gateway_app
 from trunkline.errors import ConfigurationError, RateLimited
 from trunkline.gateway.admission.adapter import AsyncAdmission
 from trunkline.gateway.admission.policy import AdmissionPolicy
-from trunkline.gateway.routing import EndpointView, RequestView
+from trunkline.gateway.routing import ApproxPrefixIndex, EndpointView, RequestView
+from trunkline.gateway.routing.pipeline import PipelinePolicy
+from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import EngineStateSettings, GatewaySettings
@@ -302,3 +304,33 @@ def test_an_unknown_routing_policy_names_the_setting() -> None:
             server_secret=SECRET,
             settings=GatewaySettings(routing_policy="nope"),
         )
+
+
+def test_a_prefix_is_known_to_routing_while_its_request_is_still_unanswered(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    # A non-streamed answer comes only after the whole generation: the same preamble sent by
+    # another client meanwhile must already find where the first one went.
+    known_in_flight: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        known_in_flight.append(len(_approx_index(gw.service)))
+        return chat_any(request)
+
+    gw = make_gateway(handler, policy="prefix-aware")
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 20}
+    response = gw.chat({**CHAT, "messages": [preamble, {"role": "user", "content": "hi"}]})
+
+    assert response.status_code == 200
+    assert known_in_flight and known_in_flight[0] > 0
+
+
+def _approx_index(service: GatewayService) -> ApproxPrefixIndex:
+    assert isinstance(service.policy, PipelinePolicy)
+    [index] = [
+        s.scorer.index
+        for s in service.policy.scorers
+        if isinstance(s.scorer, PrefixAffinityScorer)
+        and isinstance(s.scorer.index, ApproxPrefixIndex)
+    ]
+    return index
