@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, AsyncAdmission
+from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.endpoints import EngineMonitor, EngineState
 from trunkline.gateway.handlers import build_app
 from trunkline.gateway.routing import (
@@ -80,7 +81,8 @@ def create_gateway_app(
         metrics = AdmissionMetrics(registry)
 
         def admission(engines: EngineState) -> Admission:
-            return AsyncAdmission(AdmissionPolicy(), engines, metrics=metrics)
+            cache = routing_prefix_cache(policy)
+            return AsyncAdmission(AdmissionPolicy(prefix_index=cache), engines, metrics=metrics)
 
     service = GatewayService(
         holder, emitter, client, server_secret,

@@ -232,18 +232,6 @@ def test_gold_goes_to_the_burst_pool_where_the_shared_one_would_stretch_its_firs
     assert (decision.outcome, decision.endpoint) == (ADMITTED, 0)
 
 
-def test_gold_keeps_the_routers_shared_endpoint_while_it_meets_the_deadline() -> None:
-    # Routing ranked a loaded endpoint first (where the prompt's prefix is cached, say) over an
-    # idle one; the loaded one still meets gold's SLO, so the router's choice stands.
-    ranked = [endpoint("pool/0", SLOWED), endpoint("pool/1", IDLE)]
-    decision = AdmissionPolicy().decide(request(tier="gold"), GOLD, ranked, 0.0)
-    assert (decision.outcome, decision.endpoint) == (ADMITTED, 0)
-    # One that would miss the deadline is still passed over for the next one of the ranking.
-    ranked = [endpoint("pool/0", FULL), endpoint("pool/1", IDLE)]
-    decision = AdmissionPolicy().decide(request("g2", tier="gold"), GOLD, ranked, 0.0)
-    assert (decision.outcome, decision.endpoint) == (ADMITTED, 1)
-
-
 def test_a_noisy_tenant_past_its_share_is_held_where_its_peers_still_go_straight_in() -> None:
     policy = AdmissionPolicy()
     # The noisy tenant sends 8x each quiet one's rate, and all of it gets in on an idle engine.

@@ -19,9 +19,8 @@ queues stay short: every tier below the top is dispatched only when its predicte
 ``dispatch_horizon_s`` and the endpoint is below its occupancy limit (KV cache, sequence slots),
 so a top-tier request arriving next still finds an engine it can start on within its SLO; the
 top tier may fill an engine up to its own deadline. The gateway queue, not the engine's, is
-where requests wait. The top tier goes to the first shared endpoint of the ranking that meets its
-deadline (routing weighed prefix affinity against load), and to a burst endpoint only when no
-shared one would start it within a small factor of its idle TTFT and a burst one would. A tenant
+where requests wait. The top tier goes where its first token comes within a small factor of its
+idle TTFT (shared endpoints first, then burst ones), else where it starts soonest. A tenant
 sending far more than its tier-mates is dispatched only up to about twice their mean rate and
 into engines at most half full; what it sends beyond waits without anyone waiting behind it.
 
@@ -88,10 +87,9 @@ class AdmissionConfig:
     heavy_tenant_idle_occupancy: float = 0.1
     """...unless the engine is this empty (nobody is there to slow down)."""
     top_target_over_idle: float = 1.2
-    """The top tier leaves the shared endpoints for a burst one only when no shared endpoint
-    would start it within this many times its TTFT on an idle engine and a burst one would (a
-    loaded engine's slower steps stretch its first token); otherwise it goes to the first
-    endpoint of the ranking that meets its deadline."""
+    """The top tier goes first where its predicted TTFT is within this many times its TTFT on an
+    idle engine — a shared endpoint, else a burst one — and only then to any endpoint where it
+    still meets its deadline (a loaded engine's slower steps stretch its first token)."""
     rate_window_s: float = 10.0
     """Time constant of the arrival rates per tier and tenant."""
     max_retry_after_s: float = 30.0
@@ -263,12 +261,9 @@ class AdmissionPolicy:
         heavy: float | None = None,
         idle_s: float = 0.0,
     ) -> Decision | None:
-        """Send to the first endpoint of the ranking that fits, shared endpoints before burst
-        ones. The top tier leaves the shared endpoints for a burst one only when none of them is
-        within ``top_target_over_idle`` x its idle TTFT and a burst one is; otherwise it goes to
-        the first shared endpoint *of the ranking* that meets its deadline — routing already
-        weighed load against prefix affinity (bounded by its balance rule), which the TTFT
-        prediction cannot see, so admission does not second-guess it between shared endpoints."""
+        """Send to the first endpoint that fits, shared endpoints before burst ones; the top tier
+        first within ``top_target_over_idle`` x its idle TTFT, else where it starts soonest if
+        that meets its deadline."""
         top = tier.priority >= self.config.top_priority
         limit = deadline - now if top else min(deadline - now, self.config.dispatch_horizon_s)
         fullest = self.config.lower_tier_occupancy
@@ -279,17 +274,12 @@ class AdmissionPolicy:
         order = sorted(range(len(ranked)), key=lambda i: ranked[i].burst)
         if top:
             target = min(limit, idle_s * self.config.top_target_over_idle)
-            shared_near_idle = any(
-                self._within(request, ranked[index], now, sent, target)
-                for index in order
-                if not ranked[index].burst
-            )
-            if not shared_near_idle:
-                for index in order:
-                    if ranked[index].burst:
-                        decision = self._fit(request, tier, ranked, index, now, sent, target, None)
-                        if decision is not None:
-                            return decision
+            for index in order:
+                decision = self._fit(request, tier, ranked, index, now, sent, target, None)
+                if decision is not None:
+                    return decision
+            # Nowhere near its idle TTFT: the endpoint where it starts soonest, if in time.
+            order = [self._soonest(request, ranked, now, sent)]
         for index in order:
             decision = self._fit(
                 request, tier, ranked, index, now, sent, limit, None if top else fullest
@@ -298,22 +288,25 @@ class AdmissionPolicy:
                 return decision
         return None
 
-    def _within(
+    def _soonest(
         self,
         request: RequestView,
-        view: EndpointView,
+        ranked: Sequence[EndpointView],
         now: float,
         sent: Mapping[str, tuple[float, float]],
-        limit: float,
-    ) -> bool:
-        """Whether ``view`` is healthy and its predicted TTFT is within ``limit`` (no dispatch)."""
-        if not view.healthy:
-            return False
-        tokens, requests = self._since_measured(view, now, sent)
-        prediction = self.predictor.predict(
-            request, view, extra_tokens=tokens, extra_requests=requests
-        )
-        return prediction.ttft_s <= limit
+    ) -> int:
+        """The index of the healthy endpoint with the shortest predicted TTFT (0 if none)."""
+        best, best_s = 0, math.inf
+        for index, view in enumerate(ranked):
+            if not view.healthy:
+                continue
+            tokens, requests = self._since_measured(view, now, sent)
+            ttft_s = self.predictor.predict(
+                request, view, extra_tokens=tokens, extra_requests=requests
+            ).ttft_s
+            if ttft_s < best_s:
+                best, best_s = index, ttft_s
+        return best
 
     def _fit(
         self,
