@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import httpx
 import pytest
@@ -91,7 +92,7 @@ class Live:
 
 
 async def start_gateway(
-    fleet: Fleet, policy: str
+    fleet: Fleet, policy: str, admission: Literal["slo", "off"] = "slo"
 ) -> tuple[Live, uvicorn.Server, asyncio.Task[None]]:
     world: World = default_world()
     endpoints = tuple(
@@ -106,6 +107,7 @@ async def start_gateway(
     settings = GatewaySettings(
         snapshot_poll_s=0.05,
         routing_policy=policy,
+        admission=admission,
         engines=EngineStateSettings(ejection_base_s=30.0),  # stays ejected for the whole test
     )
     app = create_gateway_app(

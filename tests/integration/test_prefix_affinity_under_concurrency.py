@@ -13,6 +13,7 @@ import asyncio
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
 from tests.integration.test_engine_state_over_simulated_engines import (
@@ -44,9 +45,9 @@ class Run:
     """Cached prompt tokens over prompt tokens, as the engines reported them."""
 
 
-async def _run(policy: str) -> Run:
+async def _run(policy: str, admission: Literal["slo", "off"] = "slo") -> Run:
     fleet = await start_fleet(2)
-    live, server, task = await start_gateway(fleet, policy)
+    live, server, task = await start_gateway(fleet, policy, admission)
     try:
         jobs = [(random.Random(number).randrange(PREAMBLES), number) for number in range(REQUESTS)]
         preamble_of: dict[str, int] = {}
@@ -94,19 +95,20 @@ async def _client(
 
 
 async def test_concurrent_requests_sharing_a_preamble_stick_to_one_replica() -> None:
-    round_robin = await _run("round-robin")
-    prefix_aware = await _run("prefix-aware")
+    round_robin = await _run("round-robin", admission="off")
+    prefix_aware = await _run("prefix-aware", admission="off")
+    with_admission = await _run("prefix-aware")
     ratio = prefix_aware.cached_share / round_robin.cached_share
     print(
         f"\n{CLIENTS} clients, {REQUESTS} requests over {PREAMBLES} preambles, 2 engines: "
         f"stickiness round-robin {round_robin.stickiness:.3f} vs prefix-aware "
-        f"{prefix_aware.stickiness:.3f}; cached share {round_robin.cached_share:.3f} vs "
-        f"{prefix_aware.cached_share:.3f} ({ratio:.2f}x)"
+        f"{prefix_aware.stickiness:.3f} ({with_admission.stickiness:.3f} with SLO admission); "
+        f"cached share {round_robin.cached_share:.3f} vs {prefix_aware.cached_share:.3f} "
+        f"({ratio:.2f}x; {with_admission.cached_share:.3f} with SLO admission)"
     )
-    # Every preamble's first request is routed before anything is known of it, and admission may
-    # still move a request whose first choice would miss its deadline: 90 %, not all.
-    # Admission may still move a gold request off its prefix's replica when the queue there
-    # would stretch its first token past 1.2x its idle TTFT (docs/admission.md), so the
-    # stickiness is well above round-robin's but not total.
-    assert prefix_aware.stickiness >= round_robin.stickiness + 0.05
-    assert prefix_aware.cached_share >= round_robin.cached_share
+    # Routing alone: every preamble's first request is routed before anything is known of it,
+    # so 90 %, not all. SLO admission may still move a gold request off its prefix's replica
+    # when the queue there would stretch its first token past 1.2x its idle TTFT
+    # (docs/admission.md): that figure is printed, not asserted — weighing the two is open work.
+    assert prefix_aware.stickiness >= 0.9
+    assert prefix_aware.cached_share > round_robin.cached_share
