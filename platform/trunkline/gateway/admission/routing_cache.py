@@ -12,7 +12,6 @@ from __future__ import annotations
 from trunkline.gateway.routing.pipeline import PipelinePolicy
 from trunkline.gateway.routing.policy import RoutingPolicy
 from trunkline.gateway.routing.prefix_index import PrefixIndex as RoutingIndex
-from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
 from trunkline.gateway.routing.views import EndpointView, PromptView
 
 __all__ = ["RoutingPrefixCache", "routing_prefix_cache"]
@@ -34,10 +33,6 @@ class RoutingPrefixCache:
 
 
 def routing_prefix_cache(policy: RoutingPolicy) -> RoutingPrefixCache | None:
-    """The prefix index of ``policy``'s first prefix-affinity scorer (``None``: it has none)."""
-    if not isinstance(policy, PipelinePolicy):
-        return None
-    for weighted in policy.scorers:
-        if isinstance(weighted.scorer, PrefixAffinityScorer):
-            return RoutingPrefixCache(weighted.scorer.index)
-    return None
+    """A cache view over ``policy``'s prefix index (``None``: the policy has none)."""
+    index = policy.prefix_index if isinstance(policy, PipelinePolicy) else None
+    return None if index is None else RoutingPrefixCache(index)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from trunkline.gateway.routing.capacity import relative_capacity
 from trunkline.gateway.routing.plugins import Filter, Picker, Scorer
-from trunkline.gateway.routing.prefix_index import KvEventIndex
+from trunkline.gateway.routing.prefix_index import KvEventIndex, PrefixIndex
 from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
@@ -82,13 +82,18 @@ class PipelinePolicy:
         self._total_weight = sum(s.weight for s in self.scorers)
 
     @property
-    def kv_events(self) -> KvEventIndex | None:
-        """The index the engines' KV-cache events feed, when a scorer uses one."""
+    def prefix_index(self) -> PrefixIndex | None:
+        """The index of the first prefix-affinity scorer (where prompts' blocks are)."""
         for weighted in self.scorers:
-            scorer = weighted.scorer
-            if isinstance(scorer, PrefixAffinityScorer) and isinstance(scorer.index, KvEventIndex):
-                return scorer.index
+            if isinstance(weighted.scorer, PrefixAffinityScorer):
+                return weighted.scorer.index
         return None
+
+    @property
+    def kv_events(self) -> KvEventIndex | None:
+        """The index the engines' KV-cache events feed, when the prefix scorer uses one."""
+        index = self.prefix_index
+        return index if isinstance(index, KvEventIndex) else None
 
     def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
         kept = [
