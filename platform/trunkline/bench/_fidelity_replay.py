@@ -2,17 +2,19 @@
 
 Per load, both sides give: ``ttft_p50_s`` and ``ttft_mean_s`` (as the client sees them),
 ``throughput_tok_s`` (output tokens over the load's span), ``itl_mean_s`` (real: vLLM's own
-histogram; simulated: the engine's steps) and ``engine_ttft_mean_s`` (real: vLLM's queue plus
-prefill histograms, counted from when the engine core queued the request; simulated: TTFT less
-the profile's API-server delay). Real vLLM adds ``engine_cpu_wait_share``: how much of the
-engine's runnable time it spent waiting for its core (other processes had it). A simulated side
-given a reference share (the calibration's) runs its steps slower or faster by the ratio of the
-core's share the engine got in that load to the share it got during calibration.
+histogram; simulated: the engine's steps) and ``engine_ttft_mean_s`` (vLLM's queue plus prefill
+time on both sides, counted from when the engine core's scheduler took the request in: the end
+of the step running when it reached the engine, which the client's TTFT also waits for). Real
+vLLM adds ``engine_cpu_wait_share``: how much of the engine's runnable time it spent waiting for
+its core (other processes had it). A simulated side given a reference share (the calibration's)
+runs its steps slower or faster by the ratio of the core's share the engine got in that load to
+the share it got during calibration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +74,9 @@ def simulated_summary(
     profile = side.profile_for(run)
     outcomes = simulate_replay(profile, replicas, requests, run.measured, policy)
     figures = outcome_summary(outcomes)
-    figures["engine_ttft_mean_s"] = figures["ttft_mean_s"] - profile.frontend_latency_s
-    return figures, [o.ttft for o in outcomes if o.status == "ok"]
+    done = [o for o in outcomes if o.status == "ok"]
+    figures["engine_ttft_mean_s"] = statistics.fmean(o.engine_ttft for o in done)
+    return figures, [o.ttft for o in done]
 
 
 def measure(

@@ -62,6 +62,8 @@ class EngineCore:
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
         self._num_arrivals = 0
+        self._arrived: list[EngineRequest] = []
+        """Added since the last step: that step is when vLLM's scheduler takes them in."""
 
     @property
     def num_requests_running(self) -> int:
@@ -132,6 +134,7 @@ class EngineCore:
                 )
         self.requests[req_id] = req
         self.waiting.append(req)
+        self._arrived.append(req)
 
     def check_request(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """Raise ``ValueError`` for a request vLLM would refuse (its HTTP 400)."""
@@ -154,6 +157,12 @@ class EngineCore:
         """Schedule and run one step starting at ``now``; idle steps last 0 s."""
         scheduled: list[tuple[EngineRequest, int]] = []
         preempted: list[str] = []
+        if self._arrived:
+            # vLLM's engine core takes new requests in between steps: its queue time starts
+            # here, after the step running when the request came (which its client waits for).
+            for req in self._arrived:
+                req.queued_time = now
+            self._arrived.clear()
         budget = self._schedule_running(self.profile.max_num_batched_tokens, scheduled, preempted)
         if not preempted:
             self._schedule_waiting(budget, scheduled, now)
@@ -291,7 +300,7 @@ class EngineCore:
         usage = None if reason is None else self.finish(req, reason, now)
         if index:
             return TokenEvent(req.req_id, token_id, index, now, now - since, reason, usage)
-        queued = req.scheduled_time - req.arrival_time
+        queued = req.scheduled_time - req.queued_time
         prefill = now - req.scheduled_time
         return TokenEvent(req.req_id, token_id, 0, now, now - since, reason, usage, queued, prefill)
 

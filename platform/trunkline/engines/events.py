@@ -39,6 +39,10 @@ class RequestUsage:
     e2e_latency: float
     num_preemptions: int
     ttft: float = 0.0
+    engine_ttft: float = 0.0
+    """From when the scheduler took the request in to its first token: vLLM's queue plus prefill
+    time. Less than ``ttft`` by the API server's delay and the rest of the step the engine was
+    running when the request arrived."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +62,8 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     usage: RequestUsage | None = None
     queue_s: float = 0.0
-    """First token only: time from arrival until first scheduled (vLLM's queue time)."""
+    """First token only: time from when the scheduler took the request in (the first step after
+    its arrival) until first scheduled (vLLM's queue time)."""
     prefill_s: float = 0.0
     """First token only: time from first scheduled to this token (vLLM's prefill time)."""
 

@@ -44,6 +44,9 @@ class EngineRequest:
     cached_tokens: int = -1
     """Prompt tokens found in the prefix cache when first scheduled (-1 before)."""
     num_preemptions: int = 0
+    queued_time: float = 0.0
+    """When the scheduler took it in: the start of the first step after it arrived (vLLM's
+    engine core adds new requests between steps). Its queue time starts here."""
     scheduled_time: float = 0.0
     """When the request was first scheduled: its queue time ends, its prefill starts."""
     first_token_time: float = 0.0
@@ -109,4 +112,5 @@ class EngineRequest:
             e2e_latency=now - self.arrival_time,
             num_preemptions=self.num_preemptions,
             ttft=self.first_token_time - self.arrival_time,
+            engine_ttft=self.first_token_time - self.queued_time,
         )

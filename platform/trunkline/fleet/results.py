@@ -25,6 +25,8 @@ class RequestOutcome:
     status: str = "running"
     """``ok``, ``invalid`` (the engine refused it, as vLLM answers 400) or ``rejected:<code>``."""
     ttft: float = math.nan
+    engine_ttft: float = math.nan
+    """The engine's own part of ``ttft``: vLLM's queue plus prefill time."""
     e2e: float = math.nan
     tpot: float = math.nan
     prompt_tokens: int = 0
@@ -92,6 +94,7 @@ class OutcomeCollector:
         outcome.status = "ok"
         # The engine counts from when it got the request; the client waited the hold too.
         outcome.ttft = usage.ttft + outcome.held_s
+        outcome.engine_ttft = usage.engine_ttft
         outcome.e2e = usage.e2e_latency + outcome.held_s
         tokens = usage.completion_tokens
         outcome.tpot = (usage.e2e_latency - usage.ttft) / (tokens - 1) if tokens > 1 else 0.0

@@ -176,3 +176,30 @@ def test_an_idle_engine_starts_at_the_arrival_and_a_busy_one_after_its_step() ->
     steps = list(itertools.takewhile(lambda _: engine.core.has_unfinished_requests(), range(5)))
     engine.drain()
     assert steps and not engine.core.has_unfinished_requests()
+
+
+def test_queue_time_starts_when_the_scheduler_takes_the_request_in_as_in_vllm() -> None:
+    # vLLM's engine core adds new requests between steps: a request arriving mid-step waits for
+    # that step in its TTFT, but its queue time (and so its engine-side TTFT) starts after it.
+    firsts: dict[str, TokenEvent] = {}
+    usages = {}
+
+    def seen(step: StepResult) -> None:
+        for event in step.events:
+            if event.first:
+                firsts[event.req_id] = event
+            if event.usage is not None:
+                usages[event.req_id] = event.usage
+
+    engine = VirtualEngine(EngineCore(tiny_profile()), on_step=seen, batch_decodes=False)
+    engine.submit("a", prompt(100, 20), 2, 0.0)
+    engine.advance_to(0.001)  # a's prefill step runs from 0.0 to 0.032
+    first_step_end = engine.clock
+    engine.submit("b", prompt(200, 4), 2, 0.001)
+    engine.drain()
+
+    b = firsts["b"]
+    assert b.queue_s == 0.0  # scheduled by the step it was taken in by
+    assert usages["b"].engine_ttft == pytest.approx(b.prefill_s)
+    assert usages["b"].ttft == pytest.approx(first_step_end - 0.001 + b.prefill_s)
+    assert usages["a"].engine_ttft == pytest.approx(usages["a"].ttft)  # it found the engine idle
