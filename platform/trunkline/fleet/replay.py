@@ -50,12 +50,25 @@ class Load:
     long_every: int = 0
     """Make every ``long_every``-th request long instead (a pattern round-robin can trip on)."""
     long_output: int = 8
+    prefix_groups: int = 1
+    """Requests draw one of this many shared prefixes (each ``shared_tokens`` long)."""
+    content: str = ""
+    """Another value gives the same arrivals and lengths with other tokens, so a second run of
+    the load on the same engines finds nothing of the first in their prefix caches."""
 
 
 def build_requests(load: Load, seed: int, *, vocab: int = 4000) -> list[WorkloadRequest]:
-    """The load's requests; token ids fall in ``[100, vocab)`` (a small model's vocabulary)."""
+    """The load's requests; token ids fall in ``[100, vocab)`` (a small model's vocabulary).
+
+    Every load has its own tokens (its shared prefix included): a load run after another on the
+    same engine finds none of its prompts cached, as a fresh simulated engine would not.
+    """
     rng = random.Random(f"{seed}:{load.name}")
-    shared = segment(stable_key("replay-shared", seed), load.shared_tokens)
+    text = f"{load.name}:{load.content}"
+    shared_prefixes = [
+        segment(stable_key(f"replay-shared-{text}", seed, group), load.shared_tokens)
+        for group in range(max(load.prefix_groups, 1))
+    ]
     at, requests = 0.0, []
     for index in range(load.count):
         at += rng.expovariate(load.rate) if load.rate > 0 else 0.0
@@ -63,8 +76,10 @@ def build_requests(load: Load, seed: int, *, vocab: int = 4000) -> list[Workload
         length, output = (
             (LONG_PROMPT, load.long_output) if long else (load.prompt_tokens, load.output_tokens)
         )
-        own = segment(stable_key(f"replay-{load.name}", seed, index), length)
-        tokens = own if long else (shared + own)[:length]
+        own = segment(stable_key(f"replay-{text}", seed, index), length)
+        # One draw more only for several groups: a single-prefix load keeps its arrivals.
+        group = rng.randrange(len(shared_prefixes)) if len(shared_prefixes) > 1 else 0
+        tokens = own if long else (shared_prefixes[group] + own)[:length]
         prompt = Prompt([100 + token % (vocab - 100) for token in tokens])
         requests.append(WorkloadRequest(f"{load.name}-{index}", at, "replay", prompt, output))
     return requests

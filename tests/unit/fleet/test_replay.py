@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from trunkline.engines import get_profile
@@ -30,6 +32,21 @@ def test_loads_build_the_prompts_they_describe() -> None:
     assert build_requests(Load("shared", 10.0, 30, 200, 150, 8), seed=1)[5].prompt.token_ids == (
         requests[5].prompt.token_ids
     )
+
+
+def test_a_rerun_with_other_content_keeps_the_arrivals_but_shares_no_prompt() -> None:
+    # The ranking load runs once per policy on the same replicas: the second run must not find
+    # the first one's prompts in the prefix cache (a fresh simulated engine would not).
+    load = Load("alt", 0.8, 8, 64, 32, 16, long_every=2)
+    first = build_requests(load, seed=1)
+    again = build_requests(dataclasses.replace(load, content="least-loaded"), seed=1)
+    other = build_requests(Load("other", 0.8, 8, 64, 32, 16, long_every=2), seed=1)
+    assert [(r.arrival, r.prompt.num_tokens) for r in again] == [
+        (r.arrival, r.prompt.num_tokens) for r in first
+    ]
+    blocks = {tuple(r.prompt.token_ids[:16]) for r in first}
+    assert blocks.isdisjoint(tuple(r.prompt.token_ids[:16]) for r in again)
+    assert blocks.isdisjoint(tuple(r.prompt.token_ids[:16]) for r in other)  # nor another load
 
 
 def test_the_simulator_replays_the_measured_send_times() -> None:
@@ -68,3 +85,13 @@ def test_a_tie_on_either_side_ranks_nothing(real_ll: float, sim_ll: float) -> No
 def test_every_nth_request_can_be_long() -> None:
     requests = build_requests(Load("alt", 8.0, 6, 64, 0, 16, long_every=2), seed=1)
     assert [r.prompt.num_tokens for r in requests] == [1500, 64] * 3
+
+
+def test_requests_can_open_with_one_of_several_shared_prefixes() -> None:
+    requests = build_requests(Load("groups", 1.0, 40, 100, 64, 8, prefix_groups=4), seed=1)
+    prefixes = [tuple(r.prompt.token_ids[:64]) for r in requests]
+    assert len(set(prefixes)) == 4
+    assert len({tuple(r.prompt.token_ids[64:]) for r in requests}) == 40
+    # One prefix: the arrivals of a load built before groups existed.
+    one = build_requests(Load("groups", 1.0, 40, 100, 64, 8), seed=1)
+    assert len({tuple(r.prompt.token_ids[:64]) for r in one}) == 1
