@@ -104,6 +104,12 @@ class AcceleratorProfile:
         cost = self.batch_cost(num_tokens, num_seqs, prefill_pairs)
         return cost + self.attention_s_per_context_token * decode_context_tokens
 
+    def prefill_tokens_per_s(self) -> float:
+        """Prompt tokens per second in full prefill steps: chunks of ~1k-token prompts, their
+        causal attention pairs included."""
+        budget = self.max_num_batched_tokens
+        return budget / self.step_time(budget, max(budget // 1024, 1), budget * 512, 0)
+
 
 def derive_profile(
     accelerator: Accelerator,
@@ -173,3 +179,12 @@ def get_profile(name: str) -> AcceleratorProfile:
         raise UnknownProfileError(
             f"unknown accelerator profile {name!r}; known profiles: {known}", param="profile"
         ) from None
+
+
+def nominal_prefill_tokens_per_s(accelerator: str) -> float | None:
+    """:meth:`AcceleratorProfile.prefill_tokens_per_s` of the preset ``accelerator`` (None when
+    there is no such preset)."""
+    try:
+        return get_profile(accelerator).prefill_tokens_per_s()
+    except ConfigurationError:
+        return None

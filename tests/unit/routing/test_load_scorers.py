@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from tests.unit.routing.helpers import endpoint, request
 
@@ -48,3 +50,42 @@ def test_scorer_values(name: str, endpoints: list[EndpointView], expected: list[
     values = scorer.score(request(), endpoints)
     assert values == pytest.approx(expected)
     assert all(0.0 <= v <= 1.0 for v in values)
+
+
+def _flavor(key: str, accelerator: str, cost_per_hour: float) -> EndpointView:
+    from trunkline.engines.profiles import get_profile
+    from trunkline.fleet.spec import nominal_tokens_per_s
+
+    tokens_per_s = nominal_tokens_per_s(get_profile(accelerator))
+    return dataclasses.replace(
+        endpoint(key, cost_per_hour=cost_per_hour, tokens_per_s=tokens_per_s),
+        accelerator=accelerator,
+    )
+
+
+@pytest.mark.parametrize(
+    ("prompt_tokens", "max_tokens", "cheaper"),
+    [
+        (8000, 16, "l40s"),  # a long document, a short answer: prefill work, compute per dollar
+        (200, 1000, "h100"),  # a chat turn with a long answer: decode work, bandwidth per dollar
+        (0, None, "h100"),  # nothing known of the request: priced per output token, as before
+    ],
+)
+def test_cost_prices_the_request_on_each_flavor(
+    prompt_tokens: int, max_tokens: int | None, cheaper: str
+) -> None:
+    fleet = [_flavor("h", "h100", 3.0), _flavor("l", "l40s", 1.0)]
+    view = dataclasses.replace(request(), prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    values = build("cost").score(view, fleet)
+    best = fleet[values.index(1.0)].accelerator
+    assert best == cheaper
+    assert min(values) < 0.95  # a real difference, not a tie
+
+
+def test_cost_ignores_prompts_when_an_accelerator_has_no_profile() -> None:
+    fleet = [
+        _flavor("h", "h100", 3.0),
+        dataclasses.replace(_flavor("x", "l40s", 1.0), accelerator="tpu-x"),
+    ]
+    long_prompt = dataclasses.replace(request(), prompt_tokens=8000, max_tokens=16)
+    assert build("cost").score(long_prompt, fleet) == build("cost").score(request(), fleet)

@@ -58,12 +58,10 @@ def prior_rates(accelerator: str) -> ServiceRates:
     except ConfigurationError:
         return DEFAULT_RATES
     budget = profile.max_num_batched_tokens
-    # A full prefill step: chunks of ~1k-token prompts (their causal attention pairs included).
-    prefill_step = profile.step_time(budget, max(budget // 1024, 1), budget * 512, 0)
     small = profile.step_time(32, 32, 0, 32 * 1024)
     large = profile.step_time(256, 256, 0, 256 * 1024)
     return ServiceRates(
-        prefill_tokens_per_s=budget / prefill_step,
+        prefill_tokens_per_s=profile.prefill_tokens_per_s(),
         decode_step_s=small,
         step_token_budget=budget,
         max_num_seqs=profile.max_num_seqs,

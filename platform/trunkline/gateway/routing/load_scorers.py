@@ -4,15 +4,17 @@
   a uniform pool, see :mod:`~trunkline.gateway.routing.capacity`); the shortest queue scores 1,
   the longest 0, all equal 1 (as llm-d's queue scorer);
 - ``kv-usage``: the free share of the KV cache, ``1 - kv_usage``;
-- ``cost``: cost per output token, ``cost_per_hour / 3600 / tokens_per_s``; the cheapest scores
-  1 and the others ``cheapest / theirs``; an endpoint with no known price scores 0 (all unknown:
-  all 1, so cost decides nothing).
+- ``cost``: what the request would cost there — its prompt at the accelerator's nominal prefill
+  rate and its answer at the pool's ``tokens_per_s``, at ``cost_per_hour`` (see
+  :class:`CostScorer`); the cheapest scores 1 and the others ``cheapest / theirs``; an endpoint
+  with no known price scores 0 (all unknown: all 1, so cost decides nothing).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trunkline.engines.profiles import nominal_prefill_tokens_per_s
 from trunkline.gateway.routing.capacity import relative_capacity
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
@@ -57,11 +59,40 @@ def cost_per_token(endpoint: EndpointView) -> float | None:
     return endpoint.cost_per_hour / 3600.0 / endpoint.tokens_per_s
 
 
+TYPICAL_OUTPUT_TOKENS = 256
+"""The answer assumed for a request that sets no ``max_tokens``."""
+
+
 class CostScorer:
+    """What this request would cost on each endpoint: its prompt at the endpoint's nominal prefill
+    rate plus its answer (``max_tokens``) at the nominal decode rate, at the endpoint's price.
+
+    Flavors differ in what they do cheaply: compute per dollar prices a prefill token, memory
+    bandwidth per dollar a decode token. A long prompt with a short answer is then cheapest on
+    one flavor and a chat turn with a long answer on another (as Mélange, Griggs et al. 2024,
+    found for heterogeneous GPU fleets). The prefill rate comes from the accelerator's engine
+    profile; when an endpoint's accelerator has none, every endpoint is priced by its answer alone.
+    """
+
     name = "cost"
 
+    def __init__(self) -> None:
+        self._prefill_rates: dict[str, float | None] = {}
+
     def score(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[float]:
-        costs = [cost_per_token(e) for e in endpoints]
+        prompt = request.prompt.num_tokens if request.prompt is not None else request.prompt_tokens
+        output = request.max_tokens or TYPICAL_OUTPUT_TOKENS
+        rates = [self._prefill_rate(e.accelerator) for e in endpoints]
+        with_prompt = prompt > 0 and all(rates)
+        costs: list[float | None] = []
+        for endpoint, rate in zip(endpoints, rates, strict=True):
+            per_token = cost_per_token(endpoint)
+            if per_token is None:
+                costs.append(None)
+                continue
+            seconds_of_prompt = prompt / rate if with_prompt and rate else 0.0
+            per_second = endpoint.cost_per_hour / 3600.0 if endpoint.cost_per_hour else 0.0
+            costs.append(output * per_token + seconds_of_prompt * per_second)
         known = [c for c in costs if c is not None]
         if not known:
             return [1.0] * len(costs)
@@ -70,3 +101,8 @@ class CostScorer:
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
         return None
+
+    def _prefill_rate(self, accelerator: str) -> float | None:
+        if accelerator not in self._prefill_rates:
+            self._prefill_rates[accelerator] = nominal_prefill_tokens_per_s(accelerator)
+        return self._prefill_rates[accelerator]
