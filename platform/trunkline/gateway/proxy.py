@@ -96,6 +96,7 @@ async def open_upstream(
     engines: EngineState,
     prompt_tokens: int = 0,
     retry_read_errors: bool = False,
+    streamed: bool = True,
 ) -> Opened:
     """Send to the first candidate that answers; fail over only before any byte was read.
 
@@ -104,13 +105,14 @@ async def open_upstream(
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
     at once, so silence means a stuck engine; a plain request may still be generating, and
     sending it again would run it twice). Each outcome goes to ``engines`` for health, and each
-    attempt is accounted in flight there until it ends.
+    attempt is accounted in flight there until it ends (``streamed``: whether its first byte
+    will be its first token).
     """
     reasons = []
     last = len(candidates) - 1
     for index, candidate in enumerate(candidates):
         endpoint = candidate.endpoint
-        flight = engines.sent(endpoint.id, prompt_tokens)
+        flight = engines.sent(endpoint.id, prompt_tokens, streamed=streamed)
         url = _upstream_url(endpoint.url, path)
         request = client.build_request("POST", url, content=body, headers=headers)
         try:

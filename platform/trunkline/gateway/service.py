@@ -258,7 +258,7 @@ class GatewayService:
                 self.client, candidates[offset:], PATHS[request.kind], body,
                 _upstream_headers(meter.request_id),
                 engines=self.engines, prompt_tokens=prompt_tokens,
-                retry_read_errors=request.stream,
+                retry_read_errors=request.stream, streamed=request.stream,
             )  # fmt: skip
             index = offset + opened.index
             if not request.stream or opened.response.status_code != 200:

