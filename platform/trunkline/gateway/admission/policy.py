@@ -90,6 +90,9 @@ class AdmissionConfig:
     """The top tier goes first where its predicted TTFT is within this many times its TTFT on an
     idle engine — a shared endpoint, else a burst one — and only then to any endpoint where it
     still meets its deadline (a loaded engine's slower steps stretch its first token)."""
+    top_keep_first_within: float = 1.25
+    """...and when no endpoint is, it stays on the router's first choice (the replica holding its
+    prefix, say) while that is predicted within this many times the soonest endpoint's TTFT."""
     rate_window_s: float = 10.0
     """Time constant of the arrival rates per tier and tenant."""
     max_retry_after_s: float = 30.0
@@ -278,8 +281,10 @@ class AdmissionPolicy:
                 decision = self._fit(request, tier, ranked, index, now, sent, target, None)
                 if decision is not None:
                     return decision
-            # Nowhere near its idle TTFT: the endpoint where it starts soonest, if in time.
-            order = [self._soonest(request, ranked, now, sent)]
+            # Nowhere near its idle TTFT: the endpoint where it starts soonest, if in time —
+            # unless the router's choice is nearly as soon: moving a request off the replica
+            # holding its prefix also costs the requests after it their cache hit.
+            order = [self._soonest_or_first(request, ranked, now, sent)]
         for index in order:
             decision = self._fit(
                 request, tier, ranked, index, now, sent, limit, None if top else fullest
@@ -288,15 +293,18 @@ class AdmissionPolicy:
                 return decision
         return None
 
-    def _soonest(
+    def _soonest_or_first(
         self,
         request: RequestView,
         ranked: Sequence[EndpointView],
         now: float,
         sent: Mapping[str, tuple[float, float]],
     ) -> int:
-        """The index of the healthy endpoint with the shortest predicted TTFT (0 if none)."""
-        best, best_s = 0, math.inf
+        """The index of the healthy endpoint with the shortest predicted TTFT (0 if none), or the
+        router's first healthy choice when its prediction is within ``top_keep_first_within``
+        of that."""
+        best, best_s, first_s = 0, math.inf, math.inf
+        first = next((i for i, view in enumerate(ranked) if view.healthy), None)
         for index, view in enumerate(ranked):
             if not view.healthy:
                 continue
@@ -304,8 +312,12 @@ class AdmissionPolicy:
             ttft_s = self.predictor.predict(
                 request, view, extra_tokens=tokens, extra_requests=requests
             ).ttft_s
+            if index == first:
+                first_s = ttft_s
             if ttft_s < best_s:
                 best, best_s = index, ttft_s
+        if first is not None and first_s <= best_s * self.config.top_keep_first_within:
+            return first
         return best
 
     def _fit(
@@ -435,8 +447,17 @@ def fresh_view(view: EndpointView, loads: Mapping[str, EndpointLoad]) -> Endpoin
     return view if load is None else dataclasses.replace(view, load=load)
 
 
-_IDLE = EndpointLoad()
-
-
 def _idle(view: EndpointView) -> EndpointView:
-    return dataclasses.replace(view, load=_IDLE)
+    """The endpoint with nothing running or queued, at its measured service rates: an idle
+    endpoint's speed is its own, not its accelerator's preset (the gateway may not know the
+    hardware, and a preset far faster than the engine made every measured prediction look slow
+    beside it, so the top tier always fell back to the soonest endpoint)."""
+    load = view.load
+    return dataclasses.replace(
+        view,
+        load=EndpointLoad(
+            prefill_tokens_per_s=load.prefill_tokens_per_s,
+            decode_step_s=load.decode_step_s,
+            kv_capacity_tokens=load.kv_capacity_tokens,
+        ),
+    )
