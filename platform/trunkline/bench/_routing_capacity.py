@@ -18,7 +18,7 @@ from trunkline.bench._routing_common import (
     available_policies,
 )
 from trunkline.bench._routing_goals import hetero_goals, scaling_goals
-from trunkline.bench._routing_search import meets_slo
+from trunkline.bench._routing_search import SLO_TTFT_P90_S, meets_slo
 from trunkline.bench.report import Metrics, Runs
 
 if TYPE_CHECKING:
@@ -45,6 +45,9 @@ HETERO_MAX_MIX_RUNS = 24
 HETERO_MIN_CAPACITY = 0.8
 """A mix is tried when it holds 80 % of the capacity the single flavors showed is needed: a
 mix can need less than its parts alone (the judged policy sends each replica its share)."""
+HETERO_CLASS_SLACK = 0.1
+"""A mix may give each class of prompts (long, short) a p90 TTFT up to 10 % above the best single
+flavor's (or anything within the SLO), no more."""
 HETERO_LONG_PROMPT_TOKENS = 2048
 """Prompts this long or longer form the "long" class whose p90 TTFT is reported apart."""
 
@@ -128,6 +131,7 @@ def search_fleets(
     *,
     max_mix_runs: int = 8,
     min_capacity: float = 0.9,
+    as_good_as: Callable[[Fleet, Fleet], bool] | None = None,
 ) -> tuple[Fleet | None, Fleet | None]:
     """The cheapest single-flavor fleet meeting the SLO, and the cheapest fleet of any mix.
 
@@ -135,8 +139,9 @@ def search_fleets(
     Then fleets cheaper than the best single are tried in order, skipping any that (a) is no
     larger than one already seen to miss, or (b) holds under ``min_capacity`` of the capacity
     the singles showed is needed (``n`` replicas of a flavor that needed ``N`` count as
-    ``n / N``); at most ``max_mix_runs`` of them are run. The mix is the best single when
-    nothing cheaper meets.
+    ``n / N``); at most ``max_mix_runs`` of them are run. A mix that meets the SLO counts only
+    if ``as_good_as(mix, best_single)`` (when given). The mix is the best single when nothing
+    cheaper meets.
     """
     results: dict[Fleet, bool] = {}
 
@@ -175,7 +180,7 @@ def search_fleets(
         if capacity < min_capacity:
             continue
         mix_runs += 1
-        if run(fleet):
+        if run(fleet) and (as_good_as is None or as_good_as(fleet, best_single)):
             return best_single, fleet
     return best_single, best_single
 
@@ -208,8 +213,15 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         meets[fleet] = meets_slo(tried[fleet])
         return meets[fleet]
 
+    def as_good_as(mix: Fleet, single: Fleet) -> bool:
+        return _no_class_worse(tried[mix], tried[single])
+
     best_single, best_mix = search_fleets(
-        fleets, check, max_mix_runs=HETERO_MAX_MIX_RUNS, min_capacity=HETERO_MIN_CAPACITY
+        fleets,
+        check,
+        max_mix_runs=HETERO_MAX_MIX_RUNS,
+        min_capacity=HETERO_MIN_CAPACITY,
+        as_good_as=as_good_as,
     )
     runs: Runs = {}
     if best_single is not None:
@@ -245,6 +257,7 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "max_mix_runs": HETERO_MAX_MIX_RUNS,
             "min_capacity": HETERO_MIN_CAPACITY,
             "long_prompt_tokens": HETERO_LONG_PROMPT_TOKENS,
+            "class_slack": HETERO_CLASS_SLACK,
             "slo": "p90 TTFT <= 1 s",
             "best_single": _describe(best_single or ()),
             "cheapest_mix": _describe(best_mix or best_single or ()),
@@ -271,6 +284,16 @@ def _by_class(outcomes: Sequence[RequestOutcome]) -> Metrics:
         "ttft_p90_short_s": quantile(short_ttfts, 0.9),
         "long_requests": float(len(long_ttfts)),
     }
+
+
+def _no_class_worse(mix: Metrics, single: Metrics) -> bool:
+    """Neither long nor short prompts get a p90 TTFT more than :data:`HETERO_CLASS_SLACK` worse
+    than on the best single flavor (a class already within the SLO may use the rest of it): a
+    mix that meets the p90 over all requests by letting the long prompts wait is not counted."""
+    return all(
+        mix[key] <= max(single[key] * (1.0 + HETERO_CLASS_SLACK), SLO_TTFT_P90_S)
+        for key in ("ttft_p90_long_s", "ttft_p90_short_s")
+    )
 
 
 def _dominated(

@@ -77,10 +77,9 @@ def simulate(
     gate: VirtualAdmission | None = None
 
     def current_loads() -> dict[str, EndpointLoad]:
-        loads = {key: endpoint.load() for key, endpoint in endpoints.items()}
-        if gate is None:
-            return loads
-        return {key: engine_load(endpoints[key].engine, load) for key, load in loads.items()}
+        # What a gateway's engine state shows routing and admission alike: the scraped gauges,
+        # the prompt tokens not yet prefilled and the current decode step.
+        return {key: engine_load(e.engine, e.load()) for key, e in endpoints.items()}
 
     if admission is not None:
         engine_of = {key: endpoint.engine for key, endpoint in endpoints.items()}

@@ -175,6 +175,23 @@ def test_the_fleet_search_finds_the_best_single_flavor_and_a_cheaper_mix() -> No
     assert len(tried) == len(set(tried))  # no fleet run twice
 
 
+def test_a_mix_that_is_worse_for_some_requests_is_not_counted() -> None:
+    # The $5 mix meets the SLO but, say, lets the long prompts wait: the next cheapest mix
+    # ($6 is the single flavor's price) is not cheaper, so the single flavor stands.
+    tried: list[tuple[tuple[str, int], ...]] = []
+    fleets = candidate_fleets(("h100", "l40s"), 4)
+    judged: list[tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]] = []
+
+    def as_good_as(mix: tuple[tuple[str, int], ...], single: tuple[tuple[str, int], ...]) -> bool:
+        judged.append((mix, single))
+        return mix != (("h100", 1), ("l40s", 2))
+
+    single, mix = search_fleets(fleets, _capacity_check(5, tried), as_good_as=as_good_as)
+    assert judged[0] == ((("h100", 1), ("l40s", 2)), (("h100", 2), ("l40s", 0)))
+    assert single == (("h100", 2), ("l40s", 0))
+    assert mix is not None and mix != (("h100", 1), ("l40s", 2))
+
+
 def test_the_fleet_search_keeps_the_single_flavor_when_no_mix_is_cheaper() -> None:
     tried: list[tuple[tuple[str, int], ...]] = []
     single, mix = search_fleets(candidate_fleets(("h100", "l40s"), 4), _capacity_check(2, tried))

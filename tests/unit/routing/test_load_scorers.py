@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from tests.unit.routing.helpers import endpoint, request
 
-from trunkline.gateway.routing import SCORERS, EndpointView, Scorer
+from trunkline.gateway.routing import SCORERS, EndpointLoad, EndpointView, Scorer
 
 
 def build(name: str) -> Scorer:
@@ -89,3 +89,22 @@ def test_cost_ignores_prompts_when_an_accelerator_has_no_profile() -> None:
     ]
     long_prompt = dataclasses.replace(request(), prompt_tokens=8000, max_tokens=16)
     assert build("cost").score(long_prompt, fleet) == build("cost").score(request(), fleet)
+
+
+def test_prefill_queue_counts_prompt_tokens_not_requests() -> None:
+    # Both hold one request; one of them is an 8k-token prompt not yet prefilled.
+    busy = dataclasses.replace(
+        _flavor("busy", "l40s", 1.0), load=EndpointLoad(1.0, 1.0, 0.1, queued_prompt_tokens=8000)
+    )
+    free = dataclasses.replace(
+        _flavor("free", "l40s", 1.0), load=EndpointLoad(1.0, 1.0, 0.1, queued_prompt_tokens=100)
+    )
+    view = dataclasses.replace(request(), prompt_tokens=1000)
+    assert build("queue-depth").score(view, [busy, free]) == [1.0, 1.0]
+    assert build("prefill-queue").score(view, [busy, free]) == pytest.approx([1100 / 9000, 1.0])
+
+
+def test_prefill_queue_prefers_the_faster_prefill_when_queues_are_equal() -> None:
+    fleet = [_flavor("h", "h100", 3.0), _flavor("l", "l40s", 1.0)]
+    values = build("prefill-queue").score(dataclasses.replace(request(), prompt_tokens=4000), fleet)
+    assert values[0] == 1.0 and values[1] < 0.5  # an H100 prefills about 2.6 x an L40S's rate

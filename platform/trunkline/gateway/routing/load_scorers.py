@@ -18,7 +18,13 @@ from trunkline.engines.profiles import nominal_prefill_tokens_per_s
 from trunkline.gateway.routing.capacity import relative_capacity
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
-__all__ = ["CostScorer", "KvUsageScorer", "QueueDepthScorer", "cost_per_token"]
+__all__ = [
+    "CostScorer",
+    "KvUsageScorer",
+    "PrefillQueueScorer",
+    "QueueDepthScorer",
+    "cost_per_token",
+]
 
 
 class QueueDepthScorer:
@@ -40,6 +46,43 @@ class QueueDepthScorer:
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
         return None
+
+
+class PrefillQueueScorer:
+    """How soon the request's prompt would be prefilled: the prompt tokens queued on the endpoint
+    (``queued_prompt_tokens``) plus its own, over the endpoint's prefill rate (measured, else
+    its accelerator's nominal rate). The soonest scores 1, the others ``soonest / theirs``.
+
+    ``queue-depth`` counts requests, so a replica holding one 8k-token prompt looks as free as
+    one holding a 100-token prompt; in a mixed fleet a slow flavor's queue of long prompts is
+    what stretches their TTFT.
+    """
+
+    name = "prefill-queue"
+
+    def __init__(self) -> None:
+        self._nominal: dict[str, float | None] = {}
+
+    def score(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[float]:
+        prompt = request.prompt.num_tokens if request.prompt is not None else request.prompt_tokens
+        waits = []
+        for endpoint in endpoints:
+            rate = endpoint.load.prefill_tokens_per_s or self._rate(endpoint.accelerator)
+            if not rate:
+                return [1.0] * len(endpoints)  # a rate unknown: no comparison
+            waits.append((endpoint.load.queued_prompt_tokens + max(prompt, 1)) / rate)
+        if not waits:
+            return []
+        soonest = min(waits)
+        return [soonest / wait for wait in waits]
+
+    def routed(self, request: RequestView, endpoint: EndpointView) -> None:
+        return None
+
+    def _rate(self, accelerator: str) -> float | None:
+        if accelerator not in self._nominal:
+            self._nominal[accelerator] = nominal_prefill_tokens_per_s(accelerator)
+        return self._nominal[accelerator]
 
 
 class KvUsageScorer:

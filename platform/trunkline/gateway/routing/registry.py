@@ -15,7 +15,12 @@ from trunkline.gateway.routing.filters import (
     ResidencyFilter,
     TierPoolsFilter,
 )
-from trunkline.gateway.routing.load_scorers import CostScorer, KvUsageScorer, QueueDepthScorer
+from trunkline.gateway.routing.load_scorers import (
+    CostScorer,
+    KvUsageScorer,
+    PrefillQueueScorer,
+    QueueDepthScorer,
+)
 from trunkline.gateway.routing.picker import MaxScorePicker
 from trunkline.gateway.routing.plugins import Filter, Picker, Scorer
 from trunkline.gateway.routing.prefix_index import ApproxPrefixIndex, KvEventIndex
@@ -63,6 +68,7 @@ SCORERS: Mapping[str, ScorerPlugin] = {
     "prefix-affinity": ScorerPlugin(PrefixAffinityParams, _prefix_affinity),
     "queue-depth": ScorerPlugin(NoParams, lambda _: QueueDepthScorer()),
     "kv-usage": ScorerPlugin(NoParams, lambda _: KvUsageScorer()),
+    "prefill-queue": ScorerPlugin(NoParams, lambda _: PrefillQueueScorer()),
     "cost": ScorerPlugin(NoParams, lambda _: CostScorer()),
 }
 
