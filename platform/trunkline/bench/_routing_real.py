@@ -4,14 +4,16 @@ a repeated-preamble workload.
 
 Each replica's model worker is bound to its own core (0 and 1); vLLM's API servers and engine
 cores, the gateway and the load generator float over both, and :mod:`._routing_real_cpu` records
-the CPU each got. Each variant gets its own gateway process (the routing policy set through
-``TRUNKLINE_GATEWAY__ROUTING_POLICY``, as in production) and its own preamble texts, so no
-variant finds the cache warmed by another. Closed loop: ``concurrency`` clients send the
-requests as fast as answers come back. Measured: the share of prompt tokens vLLM reports as
-cached (``usage.prompt_tokens_details.cached_tokens``), requests and output tokens per second,
-and the 2-replica scaling ratio: the judged policy on two replicas against replica 0 alone under
-one replica's share of the load (:meth:`RealLoad.per_replica`: half the requests, clients and
-preambles), so each engine sees the same batch sizes and cache reuse in both runs.
+the CPU each got. Variants: round-robin, the judged policy with the gateway's defaults (SLO
+admission on), and the judged policy with admission off (routing alone). Each gets its own gateway
+process (settings through ``TRUNKLINE_GATEWAY__ROUTING_POLICY`` and ``__ADMISSION``, as in
+production) and its own preamble texts, so no variant finds the cache warmed by another. Closed
+loop: ``concurrency`` clients send the requests as fast as answers come back. Measured: the share
+of prompt tokens vLLM reports as cached (``usage.prompt_tokens_details.cached_tokens``), requests
+and output tokens per second, and the 2-replica scaling ratio: the judged policy on two replicas
+against replica 0 alone under one replica's share of the load (:meth:`RealLoad.per_replica`: half
+the requests, clients and preambles), so each engine sees the same batch sizes and cache reuse in
+both runs.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ class RealLoad:
 
     requests: int = 240
     concurrency: int = 8
-    preambles: int = 40
-    """Distinct policy preambles (300 words ≈ 600 tokens); each request opens with one."""
+    preambles: int = 80
+    """Distinct policy preambles (300 words ≈ 600 tokens); each request opens with one. Together
+    (≈48k tokens) they overflow one replica's prefix cache (32k tokens, less the running
+    requests' ≈3k) and fit in two: the case routing decides, where round-robin makes each
+    replica hold every preamble and prefix-aware routing gives each half of them."""
     preamble_words: int = 300
     question_words: int = 20
     max_tokens: int = 64
@@ -173,9 +178,17 @@ def read_answer(status: int, body: Any, latency: float) -> RequestRecord:
 
 
 def _run_variant(
-    servers: Sequence[Any], policy: str, seed: int, load: RealLoad, log_dir: Path, sim: SimRunner
+    servers: Sequence[Any],
+    policy: str,
+    seed: int,
+    load: RealLoad,
+    log_dir: Path,
+    sim: SimRunner,
+    *,
+    admission: str = "slo",
 ) -> Metrics:
-    """Start a gateway with ``policy`` over ``servers``, send the load through it, stop it.
+    """Start a gateway with ``policy`` (and SLO ``admission`` on or ``off``) over ``servers``,
+    send the load through it, stop it.
 
     Besides the summary: the CPU each party used (cores' worth, :func:`cpu_shares`) and the
     1-minute load average at the end.
@@ -184,8 +197,8 @@ def _run_variant(
 
     replicas = [Replica(s.proc.popen.pid, int(s.cpu)) for s in servers]
     requests = build_requests(load, seed)
-    with _gateway(servers, policy, log_dir) as (url, key, gateway_pid):
-        sim.say(f"real-vllm: {policy} on {len(servers)} replica(s) ...")
+    with _gateway(servers, policy, log_dir, admission) as (url, key, gateway_pid):
+        sim.say(f"real-vllm: {policy} (admission {admission}) on {len(servers)} replica(s) ...")
         before = read_cpu(replicas, gateway_pid)
         records, elapsed = asyncio.run(_send_all(url, key, requests, load))
         used = read_cpu(replicas, gateway_pid) - before
@@ -206,7 +219,7 @@ def _run_variant(
 
 @contextlib.contextmanager
 def _gateway(
-    servers: Sequence[Any], policy: str, log_dir: Path
+    servers: Sequence[Any], policy: str, log_dir: Path, admission: str = "slo"
 ) -> Iterator[tuple[str, str, int | None]]:
     """A gateway process over ``servers``; its URL, API key and process id.
 
@@ -219,7 +232,7 @@ def _gateway(
     from trunkline.bench.processes import LOOPBACK, ServerProcess, free_loopback_ports
     from trunkline.errors import TrunklineError
 
-    name = f"{policy}-{len(servers)}"
+    name = f"{policy}-{admission}-{len(servers)}"
     for attempt in range(3):
         (port,) = free_loopback_ports(1)
         key_file = log_dir / f"key-{name}"
@@ -228,7 +241,11 @@ def _gateway(
             _gateway_command(servers, port, key_file),
             log_dir / f"gateway-{name}-{attempt}.log",
         )
-        with _routing_policy(policy), contextlib.ExitStack() as stack:
+        settings = {
+            "TRUNKLINE_GATEWAY__ROUTING_POLICY": policy,
+            "TRUNKLINE_GATEWAY__ADMISSION": admission,
+        }
+        with _environment(settings), contextlib.ExitStack() as stack:
             gateway.start()
             stack.callback(gateway.stop)
             stack.callback(key_file.unlink, missing_ok=True)
@@ -261,20 +278,20 @@ def _gateway_command(servers: Sequence[Any], port: int, key_file: Path) -> list[
 
 
 @contextlib.contextmanager
-def _routing_policy(policy: str) -> Iterator[None]:
-    """``TRUNKLINE_GATEWAY__ROUTING_POLICY`` for the processes started inside."""
+def _environment(settings: dict[str, str]) -> Iterator[None]:
+    """The gateway's settings (``TRUNKLINE_GATEWAY__*``) for the processes started inside."""
     import os
 
-    variable = "TRUNKLINE_GATEWAY__ROUTING_POLICY"
-    previous = os.environ.get(variable)
-    os.environ[variable] = policy
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(variable, None)
-        else:
-            os.environ[variable] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
@@ -298,6 +315,10 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             runs[policy] = _run_variant(
                 servers, policy, config.seed * 100 + index, load, log_dir, sim
             )
+        # Routing alone: what SLO admission (the gateway's default) changes of its choices.
+        runs[f"{ours}, admission off"] = _run_variant(
+            servers, ours, config.seed * 100 + 2, load, log_dir, sim, admission="off"
+        )
         servers[1].stop()  # "alone": an idle second server takes no CPU from the first
         one = _run_variant(
             servers[:1], ours, config.seed * 100 + 7, load.per_replica(2), log_dir, sim
