@@ -194,10 +194,17 @@ def test_scan_edge_cases(page: bytes, expected: MetricsScan) -> None:
         ),
         pytest.param(
             MetricsScan(itl_seconds=1.0, itl_count=100),
-            MetricsScan(itl_seconds=1.5, itl_count=110),
-            Rates(decode_step_s=0.03),
-            Rates(decode_step_s=0.03 + 0.3 * (0.05 - 0.03)),
+            MetricsScan(itl_seconds=1.3, itl_count=110),
+            Rates(decode_step_s=0.05),
+            Rates(decode_step_s=0.05 + 0.3 * (0.03 - 0.05)),
             id="decode-step-smoothed",
+        ),
+        pytest.param(
+            MetricsScan(itl_seconds=1.0, itl_count=100),
+            MetricsScan(itl_seconds=3.0, itl_count=110),  # a prefill step in the window
+            Rates(decode_step_s=0.02),
+            Rates(decode_step_s=0.02 + 0.05 * (0.2 - 0.02)),
+            id="decode-step-spike-followed-slowly",
         ),
         pytest.param(
             MetricsScan(prompt_tokens=100, prefill_seconds=1.0, itl_count=5, itl_seconds=1),

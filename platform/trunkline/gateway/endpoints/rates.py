@@ -10,7 +10,11 @@
   token comes but observes its prefill time only when it finishes, so the two rarely move in
   the same scrape window: both are summed over windows (with the windows' length) until each has
   moved, and the rate is taken then.
-- decode step: mean inter-token latency of the tokens generated between the two scrapes.
+- decode step: mean inter-token latency of the tokens generated between the two scrapes. A
+  window holding a prefill step reads many times the decode step (every running request waited
+  for the prefill: on vLLM's CPU build 20 ms steps read 50-270 ms), and the prefill ahead of a
+  request is already counted apart (``queued_prompt_tokens``), so the average follows such
+  spikes only slowly (:data:`SPIKE_SMOOTHING`) and falls back at the usual pace.
 
 Both are smoothed (EWMA) and keep their last value while an engine is idle; a counter that went
 backwards (an engine restart) starts over from the new page.
@@ -26,6 +30,8 @@ __all__ = ["Rates", "next_rates"]
 
 SMOOTHING = 0.3
 """Weight of the newest window in the moving averages."""
+SPIKE_SMOOTHING = 0.05
+"""Weight of a decode-step window above the current average."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +68,10 @@ def next_rates(
         window = 0.0  # nothing prefilled: an idle spell says nothing of the engine's speed
     decode = rates.decode_step_s
     if gaps > 0 and itl_s > 0:
-        decode = _smooth(decode, itl_s / gaps)
+        sample = itl_s / gaps
+        decode = _smooth(decode, sample, SPIKE_SMOOTHING if sample > decode else SMOOTHING)
     return Rates(prefill, decode, max(tokens, 0.0), max(prefill_s, 0.0), window)
 
 
-def _smooth(last: float, sample: float) -> float:
-    return sample if last <= 0 else last + SMOOTHING * (sample - last)
+def _smooth(last: float, sample: float, weight: float = SMOOTHING) -> float:
+    return sample if last <= 0 else last + weight * (sample - last)
