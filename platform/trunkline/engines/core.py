@@ -153,16 +153,21 @@ class EngineCore:
         self.counters.finished["abort"] += 1
         return True
 
+    def take_in(self, now: float) -> None:
+        """The scheduler takes the requests added since the last step in at ``now``, the start
+        of the next step (vLLM's engine core adds new requests between steps): their queue
+        time starts here, after the step running when they came (which their clients wait for).
+        Every step, batched decode runs included, starts with this."""
+        if self._arrived:
+            for req in self._arrived:
+                req.queued_time = now
+            self._arrived.clear()
+
     def step(self, now: float) -> StepResult:
         """Schedule and run one step starting at ``now``; idle steps last 0 s."""
         scheduled: list[tuple[EngineRequest, int]] = []
         preempted: list[str] = []
-        if self._arrived:
-            # vLLM's engine core takes new requests in between steps: its queue time starts
-            # here, after the step running when the request came (which its client waits for).
-            for req in self._arrived:
-                req.queued_time = now
-            self._arrived.clear()
+        self.take_in(now)
         budget = self._schedule_running(self.profile.max_num_batched_tokens, scheduled, preempted)
         if not preempted:
             self._schedule_waiting(budget, scheduled, now)

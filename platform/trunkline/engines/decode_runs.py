@@ -47,6 +47,7 @@ def run_decode(core: EngineCore, now: float, until: float) -> DecodeRun | None:
     steps = _fit_in_free_blocks(core, steps)
     if steps < _MIN_STEPS:
         return None
+    core.take_in(now)  # requests waiting for a free slot were taken in at this step's start
 
     cost = profile.batch_cost(num_seqs, num_seqs, 0)
     per_context_token = profile.attention_s_per_context_token

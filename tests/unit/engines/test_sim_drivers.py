@@ -203,3 +203,35 @@ def test_queue_time_starts_when_the_scheduler_takes_the_request_in_as_in_vllm() 
     assert usages["b"].engine_ttft == pytest.approx(b.prefill_s)
     assert usages["b"].ttft == pytest.approx(first_step_end - 0.001 + b.prefill_s)
     assert usages["a"].engine_ttft == pytest.approx(usages["a"].ttft)  # it found the engine idle
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_request_behind_a_full_batch_is_queued_from_the_step_after_it_came(batch: bool) -> None:
+    # Two requests fill the batch; a third arrives mid-run and waits for a free slot. Its queue
+    # time starts at the first step after it came, whether decode steps run one by one or in
+    # batched runs.
+    usages = {}
+
+    def seen(step: StepResult) -> None:
+        usages.update({e.req_id: e.usage for e in step.events if e.usage is not None})
+
+    def seen_run(run: DecodeRun) -> None:
+        usages.update({e.req_id: e.usage for e in run.finished if e.usage is not None})
+
+    engine = VirtualEngine(
+        EngineCore(tiny_profile(max_num_seqs=2)),
+        on_step=seen,
+        on_decode_run=seen_run,
+        batch_decodes=batch,
+    )
+    for index in range(2):
+        engine.submit(f"r{index}", prompt(100 * (index + 1), 4), 40, 0.0)
+    engine.advance_to(0.2)
+    taken_in = engine.clock  # the end of the step running at 0.2: the next one starts here
+    engine.submit("late", prompt(900, 4), 2, 0.2)
+    engine.drain()
+
+    late = usages["late"]
+    assert late is not None
+    assert late.ttft == pytest.approx(taken_in - 0.2 + late.engine_ttft)
+    assert late.engine_ttft > 0.2  # it waited for a slot: that is queue time, as in vLLM
