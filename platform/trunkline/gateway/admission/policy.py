@@ -265,8 +265,9 @@ class AdmissionPolicy:
         idle_s: float = 0.0,
     ) -> Decision | None:
         """Send to the first endpoint that fits, shared endpoints before burst ones; the top tier
-        first within ``top_target_over_idle`` x its idle TTFT, else where it starts soonest if
-        that meets its deadline."""
+        first within ``top_target_over_idle`` x its idle TTFT, else to the router's choice if
+        nearly as soon as the soonest (see :meth:`_soonest_or_first`), else where it starts
+        soonest — each only if it meets the deadline."""
         top = tier.priority >= self.config.top_priority
         limit = deadline - now if top else min(deadline - now, self.config.dispatch_horizon_s)
         fullest = self.config.lower_tier_occupancy
@@ -284,7 +285,7 @@ class AdmissionPolicy:
             # Nowhere near its idle TTFT: the endpoint where it starts soonest, if in time —
             # unless the router's choice is nearly as soon: moving a request off the replica
             # holding its prefix also costs the requests after it their cache hit.
-            order = [self._soonest_or_first(request, ranked, now, sent)]
+            order = self._soonest_or_first(request, ranked, now, sent)
         for index in order:
             decision = self._fit(
                 request, tier, ranked, index, now, sent, limit, None if top else fullest
@@ -299,26 +300,27 @@ class AdmissionPolicy:
         ranked: Sequence[EndpointView],
         now: float,
         sent: Mapping[str, tuple[float, float]],
-    ) -> int:
-        """The index of the healthy endpoint with the shortest predicted TTFT (0 if none), or the
-        router's first healthy choice when its prediction is within ``top_keep_first_within``
-        of that."""
-        best, best_s, first_s = 0, math.inf, math.inf
-        first = next((i for i, view in enumerate(ranked) if view.healthy), None)
+    ) -> list[int]:
+        """Where to try the top tier when no endpoint is near its idle TTFT: the healthy endpoint
+        with the shortest predicted TTFT ([0] if none) — after the router's first healthy choice
+        (shared endpoints first) when that is predicted within ``top_keep_first_within`` of it."""
+        predicted: dict[int, float] = {}
         for index, view in enumerate(ranked):
-            if not view.healthy:
-                continue
-            tokens, requests = self._since_measured(view, now, sent)
-            ttft_s = self.predictor.predict(
-                request, view, extra_tokens=tokens, extra_requests=requests
-            ).ttft_s
-            if index == first:
-                first_s = ttft_s
-            if ttft_s < best_s:
-                best, best_s = index, ttft_s
-        if first is not None and first_s <= best_s * self.config.top_keep_first_within:
-            return first
-        return best
+            if view.healthy:
+                tokens, requests = self._since_measured(view, now, sent)
+                predicted[index] = self.predictor.predict(
+                    request, view, extra_tokens=tokens, extra_requests=requests
+                ).ttft_s
+        if not predicted:
+            return [0]
+        best = min(predicted, key=lambda index: predicted[index])
+        first = min(predicted, key=lambda index: (ranked[index].burst, index))
+        if (
+            first != best
+            and predicted[first] <= predicted[best] * self.config.top_keep_first_within
+        ):
+            return [first, best]
+        return [best]
 
     def _fit(
         self,
@@ -451,7 +453,9 @@ def _idle(view: EndpointView) -> EndpointView:
     """The endpoint with nothing running or queued, at its measured service rates: an idle
     endpoint's speed is its own, not its accelerator's preset (the gateway may not know the
     hardware, and a preset far faster than the engine made every measured prediction look slow
-    beside it, so the top tier always fell back to the soonest endpoint)."""
+    beside it, so the top tier always fell back to the soonest endpoint). The measured decode
+    step is that of the current batch, a little longer than an idle engine's: the idle figure
+    errs towards leniency by a fraction of one step."""
     load = view.load
     return dataclasses.replace(
         view,
