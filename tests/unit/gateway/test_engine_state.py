@@ -177,10 +177,10 @@ def test_plain_requests_count_as_queued_only_as_far_as_the_engine_reports_waitin
     clock.now += 0.01
     latest = state.sent("a", 400, streamed=False)
     streamed = state.sent("a", 50)
-    state.scraped("a", MetricsScan(running=3, waiting=2, kv_usage=0.3), sent_at=clock.now)
+    state.scraped("a", MetricsScan(running=2, waiting=3, kv_usage=0.3), sent_at=clock.now)
 
-    # Two waiting: the latest two plain requests (400 + 600), and the stream awaiting its first
-    # byte counts exactly.
+    # Three waiting, one of them our stream (counted exactly): the latest two plain requests
+    # (400 + 600) are the other two.
     assert state.loads()["a"].queued_prompt_tokens == 400 + 600 + 50
     clock.now += 0.01
     state.sent("a", 300, streamed=False)  # sent after the scrape: not counted by the engine
@@ -189,3 +189,15 @@ def test_plain_requests_count_as_queued_only_as_far_as_the_engine_reports_waitin
     assert state.loads()["a"].queued_prompt_tokens == 50  # all plain ones started
     for flight in (*older, latest, streamed):
         state.ended(flight)
+
+
+def test_our_streams_waiting_in_the_engine_are_not_also_counted_as_plain_ones() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    plain = state.sent("a", 600, streamed=False)  # decoding already
+    stream = state.sent("a", 50)  # waiting: the engine counts it among its waiting
+    state.scraped("a", MetricsScan(running=1, waiting=1, kv_usage=0.3), sent_at=clock.now)
+    assert state.loads()["a"].queued_prompt_tokens == 50
+    state.ended(plain)
+    state.ended(stream)

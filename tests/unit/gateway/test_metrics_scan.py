@@ -263,3 +263,31 @@ def test_prefill_rate_waits_for_tokens_and_time_that_arrive_in_different_scrapes
             assert rates.prefill_tokens_per_s == 0.0  # not measured yet, not 0 tokens/s
     assert rates.prefill_tokens_per_s == pytest.approx(1200 / 0.8)
     assert (rates.pending_tokens, rates.pending_prefill_s) == (0.0, 0.0)
+
+
+def test_cache_hits_counted_before_the_prompt_are_owed_not_forgotten() -> None:
+    # An 8,000-token prompt with 7,900 cached: the hits count when it is scheduled, its prompt
+    # tokens at its first token, its 0.1 s of prefill when it ends. 100 tokens in 0.1 s.
+    scans = [
+        MetricsScan(),
+        MetricsScan(prefix_cache_hits=7900, prefix_cache_queries=8000),
+        MetricsScan(prefix_cache_hits=7900, prefix_cache_queries=8000, prompt_tokens=8000),
+        MetricsScan(
+            prefix_cache_hits=7900, prefix_cache_queries=8000, prompt_tokens=8000,
+            prefill_seconds=0.1, prefill_requests=1,
+        ),
+    ]  # fmt: skip
+    rates = Rates()
+    for previous, current in itertools.pairwise(scans):
+        rates = next_rates(previous, current, rates, 0.5)
+    assert rates.prefill_tokens_per_s == pytest.approx(100 / 0.1)
+
+
+def test_a_restart_keeps_the_rates_and_drops_what_was_pending() -> None:
+    before = MetricsScan(prompt_tokens=5000, prefill_seconds=9.0, prefill_requests=10)
+    pending = Rates(2000.0, 0.02, pending_tokens=300.0, pending_prefill_s=0.0, pending_window_s=1)
+    # The new engine already logged more prefill time than the old total; its tokens went back.
+    after = MetricsScan(prompt_tokens=100, prefill_seconds=9.5, prefill_requests=1)
+    got = next_rates(before, after, pending, 0.5)
+    assert (got.prefill_tokens_per_s, got.decode_step_s) == (2000.0, 0.02)
+    assert (got.pending_tokens, got.pending_prefill_s, got.pending_window_s) == (0.0, 0.0, 0.0)

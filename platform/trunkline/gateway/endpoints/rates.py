@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trunkline.gateway.endpoints.scan import MetricsScan
+from trunkline.gateway.endpoints.scan import MetricsScan, restarted
 
 __all__ = ["Rates", "next_rates"]
 
@@ -52,6 +52,9 @@ def next_rates(
     """The rates after ``current``, given the scrape ``window_s`` before it and the rates so far."""
     if previous is None:
         return rates
+    if restarted(previous, current):
+        # A new engine: keep the rates (the same hardware) and start the pending sums over.
+        return Rates(rates.prefill_tokens_per_s, rates.decode_step_s)
     computed = (current.prompt_tokens - previous.prompt_tokens) - (
         current.prefix_cache_hits - previous.prefix_cache_hits
     )
@@ -70,7 +73,9 @@ def next_rates(
     if gaps > 0 and itl_s > 0:
         sample = itl_s / gaps
         decode = _smooth(decode, sample, SPIKE_SMOOTHING if sample > decode else SMOOTHING)
-    return Rates(prefill, decode, max(tokens, 0.0), max(prefill_s, 0.0), window)
+    # Tokens may be negative for a while: prefix-cache hits count when a request is scheduled,
+    # its prompt tokens at its first token; the deficit is owed by the next windows.
+    return Rates(prefill, decode, tokens, max(prefill_s, 0.0), window)
 
 
 def _smooth(last: float, sample: float, weight: float = SMOOTHING) -> float:

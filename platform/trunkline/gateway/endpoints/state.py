@@ -75,19 +75,23 @@ class _Endpoint:
         scan = self.scan or _EMPTY
         queued = 0
         newer = 0
+        streams_seen = 0  # streams without a first byte the scrape may count as waiting
         plain: list[Flight] = []
         for flight in self.flights:
+            seen = flight.sent_at <= self.scrape_sent_at
             if flight.waiting_first_byte:
                 if flight.streamed:
                     queued += flight.prompt_tokens
+                    streams_seen += seen
                 else:
                     plain.append(flight)
-            if flight.sent_at > self.scrape_sent_at:
+            if not seen:
                 newer += 1
         if plain:
-            # The engine starts requests in order: its waiting ones are the latest sent (and
-            # those sent since the scrape it has not counted yet).
-            ahead = int(scan.waiting) + sum(1 for f in plain if f.sent_at > self.scrape_sent_at)
+            # The engine starts requests in order: its waiting ones are the latest sent, less
+            # our streams already counted (and it has not counted those sent since the scrape).
+            waiting = max(int(scan.waiting) - streams_seen, 0)
+            ahead = waiting + sum(1 for f in plain if f.sent_at > self.scrape_sent_at)
             plain.sort(key=lambda f: f.sent_at, reverse=True)
             queued += sum(f.prompt_tokens for f in plain[:ahead])
         return EndpointLoad(

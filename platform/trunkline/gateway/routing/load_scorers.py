@@ -55,7 +55,8 @@ class PrefillQueueScorer:
 
     ``queue-depth`` counts requests, so a replica holding one 8k-token prompt looks as free as
     one holding a 100-token prompt; in a mixed fleet a slow flavor's queue of long prompts is
-    what stretches their TTFT.
+    what stretches their TTFT. An endpoint not measured yet is rated at its accelerator's preset,
+    which may be far from the engine's real speed until its first scrapes.
     """
 
     name = "prefill-queue"
@@ -107,8 +108,9 @@ TYPICAL_OUTPUT_TOKENS = 256
 
 
 class CostScorer:
-    """What this request would cost on each endpoint: its prompt at the endpoint's nominal prefill
-    rate plus its answer (``max_tokens``) at the nominal decode rate, at the endpoint's price.
+    """What this request would cost on each endpoint: its prompt at the accelerator's nominal
+    prefill rate plus its answer (``max_tokens``) at the pool's ``tokens_per_s``, at the
+    endpoint's price.
 
     Flavors differ in what they do cheaply: compute per dollar prices a prefill token, memory
     bandwidth per dollar a decode token. A long prompt with a short answer is then cheapest on
