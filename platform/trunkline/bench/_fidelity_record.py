@@ -43,6 +43,17 @@ class Recording:
     runs: Mapping[str, RealRun]
     """Every load by name; the ranking load's runs as ``ranking.<policy>``."""
     load_average: Mapping[str, Sequence[float]]
+    specs: Mapping[str, Sequence[Any]] = dataclasses.field(default_factory=dict)
+    """Each load's spec (:class:`trunkline.fleet.replay.Load` fields) by name, as measured."""
+
+    def check_spec(self, name: str, spec: Sequence[Any]) -> None:
+        """Fail if the load ``name`` was measured with another spec than ``spec``."""
+        recorded = self.specs.get(name)
+        if recorded is not None and list(recorded) != list(spec):
+            raise ValueError(
+                f"load {name!r} was recorded as {list(recorded)}, not {list(spec)}: the requests "
+                "rebuilt from the seed would not be the ones measured"
+            )
 
     def save(self, path: Path) -> None:
         document = {
@@ -55,6 +66,7 @@ class Recording:
             "isolated_cpu": _cpu(self.isolated_cpu),
             "runs": {name: _run(run) for name, run in self.runs.items()},
             "load_average": {k: list(v) for k, v in self.load_average.items()},
+            "specs": {name: list(spec) for name, spec in self.specs.items()},
         }
         path.write_text(json.dumps(document, indent=1) + "\n")
 
@@ -76,6 +88,7 @@ class Recording:
                 isolated_cpu=CpuTimes(*document["isolated_cpu"]),
                 runs={name: _real_run(run) for name, run in document["runs"].items()},
                 load_average={k: tuple(v) for k, v in document["load_average"].items()},
+                specs={name: list(spec) for name, spec in document.get("specs", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: malformed measurements: {exc!r}") from exc

@@ -75,6 +75,8 @@ def simulated_summary(
     outcomes = simulate_replay(profile, replicas, requests, run.measured, policy)
     figures = outcome_summary(outcomes)
     done = [o for o in outcomes if o.status == "ok"]
+    if not done:
+        raise RuntimeError("the simulator finished none of the load's requests")
     figures["engine_ttft_mean_s"] = statistics.fmean(o.engine_ttft for o in done)
     return figures, [o.ttft for o in done]
 

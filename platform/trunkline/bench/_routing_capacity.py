@@ -293,6 +293,7 @@ def _no_class_worse(mix: Metrics, single: Metrics) -> bool:
     return all(
         mix[key] <= max(single[key] * (1.0 + HETERO_CLASS_SLACK), SLO_TTFT_P90_S)
         for key in ("ttft_p90_long_s", "ttft_p90_short_s")
+        if not math.isnan(single[key])  # a class the trace does not have
     )
 
 

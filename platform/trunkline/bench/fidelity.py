@@ -149,6 +149,7 @@ def _record(env: FidelityEnv, logs: Path, seed: int, progress: TextIO) -> Record
         isolated_cpu=isolated_cpu,
         runs=runs,
         load_average=loads,
+        specs={spec[0]: list(spec) for spec in (*CALIBRATION_LOADS, *HELD_OUT, RANKING)},
     )
 
 
@@ -334,6 +335,8 @@ def run_fidelity(
         recording = Recording.load(measurements)
         print(f"fidelity: real vLLM's figures from {measurements} (not run)", file=progress)
     recording.save(out_dir / "measurements.json")
+    for spec in (*CALIBRATION_LOADS, *HELD_OUT, RANKING):
+        recording.check_spec(spec[0], spec)
     sides, calibration = _fit_sides(recording, progress)
     runs, ttfts = _compare(recording, sides)
     inputs = _inputs(recording, sides) | {
@@ -406,7 +409,7 @@ def register(commands: Any) -> None:
         "--measurements",
         type=Path,
         help="fit and compare against the real-vLLM figures an earlier run wrote to "
-        "DIR/measurements.json, without running vLLM",
+        "DIR/measurements.json, without running vLLM (the recording's seed is used)",
     )
     parser.set_defaults(func=_main)
 
