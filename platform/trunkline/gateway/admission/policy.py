@@ -140,6 +140,7 @@ class AdmissionPolicy:
     ) -> Decision:
         if not ranked:
             return Decision.reject(SLO_UNATTAINABLE, self.config.min_retry_after_s)
+        ranked = pooled_rates(ranked)
         pool = ranked[0].pool
         queue = self._queues.setdefault(pool, FairQueue())
         self._observe(pool, request, tier, now)
@@ -219,7 +220,7 @@ class AdmissionPolicy:
         out: list[Release] = []
         sent: dict[str, tuple[float, float]] = {}
         for held in queue.in_order():
-            views = [fresh_view(view, loads) for view in held.ranked]
+            views = pooled_rates([fresh_view(view, loads) for view in held.ranked])
             heavy = self._heavy(
                 views[0].pool, held.request.tenant, held.tier.name, held.tier.priority, now
             )
@@ -386,7 +387,8 @@ class AdmissionPolicy:
         (infinite when the tiers above take it all: shed at once)."""
         predictor = self.predictor
         completions = 0.0
-        for view in ranked if loads is None else [fresh_view(v, loads) for v in ranked]:
+        views = ranked if loads is None else pooled_rates([fresh_view(v, loads) for v in ranked])
+        for view in views:
             rates = predictor.rates(view)
             # A full engine finishes its running requests one service time apart on average;
             # one with room would run as many as admission lets it.
@@ -442,6 +444,35 @@ class AdmissionPolicy:
         if shed or tier.priority < self.config.top_priority:
             return Decision.reject(OVERLOADED, retry)
         return Decision.reject(SLO_UNATTAINABLE, retry)
+
+
+def pooled_rates(views: Sequence[EndpointView]) -> list[EndpointView]:
+    """``views`` with each replica's measured service rates replaced by its pool's mean (over the
+    replicas that measured one). Replicas of a pool run one model on one kind of hardware: their
+    measured rates differ by noise, and comparing replicas by that noise moved requests off the
+    replica the router chose for no gain. Load still tells them apart (running, waiting, queued
+    prompt tokens)."""
+    sums: dict[str, list[float]] = {}
+    for view in views:
+        total = sums.setdefault(view.pool, [0.0, 0.0, 0.0, 0.0])
+        if view.load.prefill_tokens_per_s > 0:
+            total[0] += view.load.prefill_tokens_per_s
+            total[1] += 1
+        if view.load.decode_step_s > 0:
+            total[2] += view.load.decode_step_s
+            total[3] += 1
+    if all(t[1] <= 1 and t[3] <= 1 for t in sums.values()):
+        return list(views)  # nothing to average
+    out = []
+    for view in views:
+        prefill, measured_prefill, step, measured_steps = sums[view.pool]
+        load = dataclasses.replace(
+            view.load,
+            prefill_tokens_per_s=prefill / measured_prefill if measured_prefill else 0.0,
+            decode_step_s=step / measured_steps if measured_steps else 0.0,
+        )
+        out.append(dataclasses.replace(view, load=load))
+    return out
 
 
 def fresh_view(view: EndpointView, loads: Mapping[str, EndpointLoad]) -> EndpointView:
