@@ -208,9 +208,11 @@ def publish_pool(
     return store, world.api_key
 
 
-def build_gateway(servers: Sequence[VllmServer], policy: str = "prefix-aware") -> Gateway:
+def build_gateway(
+    servers: Sequence[VllmServer], policy: str = "prefix-aware", admission: str = "slo"
+) -> Gateway:
     """A gateway (not yet entered) over a one-tenant snapshot with ``servers`` as one pool,
-    routing with ``policy``.
+    routing with ``policy`` (SLO ``admission`` on, the default, or ``off``).
 
     The upstream is real HTTP: no mock transport. Alias ``tiny`` maps to the served model.
     """
@@ -220,6 +222,11 @@ def build_gateway(servers: Sequence[VllmServer], policy: str = "prefix-aware") -
         source=store,
         emitter=usage,
         server_secret=SECRET,
-        settings=GatewaySettings(snapshot_poll_s=0.05, read_timeout_s=60.0, routing_policy=policy),
+        settings=GatewaySettings(
+            snapshot_poll_s=0.05,
+            read_timeout_s=60.0,
+            routing_policy=policy,
+            admission=admission,  # type: ignore[arg-type]  # checked by the settings model
+        ),
     )
     return Gateway(TestClient(app, timeout=60.0), api_key, usage)

@@ -76,8 +76,10 @@ def make_gateway() -> Iterator[Callable[..., Gateway]]:
     real HTTP upstream, no mock transport."""
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
-    def build(servers: list[VllmServer], policy: str = "prefix-aware") -> Gateway:
-        gateway = build_gateway(servers, policy)
+    def build(
+        servers: list[VllmServer], policy: str = "prefix-aware", admission: str = "slo"
+    ) -> Gateway:
+        gateway = build_gateway(servers, policy, admission)
         gateway.client.__enter__()
         clients.append(gateway.client)
         return gateway
