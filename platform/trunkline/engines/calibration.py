@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from trunkline.engines.profiles import AcceleratorProfile
+from trunkline.engines.profiles import STEP_COSTS, AcceleratorProfile
 
 __all__ = [
     "REFINED_FIELDS",
@@ -55,15 +55,6 @@ REFINED_FIELDS = (
     "prefill_attention_s_per_pair",
 )
 
-# Every term of a step's duration; the API server's delay is not a step.
-STEP_COSTS = (
-    "step_overhead_s",
-    "weights_read_s",
-    "linear_s_per_token",
-    "per_seq_s",
-    "prefill_attention_s_per_pair",
-    "attention_s_per_context_token",
-)
 _MAX_WAIT_SHARE = 0.95  # beyond this the engine barely ran: no ratio is meaningful
 
 

@@ -16,6 +16,7 @@ median error of 3-5 % (see :mod:`trunkline.engines.vidur`). The presets are deri
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,14 +25,14 @@ from trunkline.errors import ConfigurationError
 
 __all__ = [
     "PRESETS",
+    "STEP_COSTS",
     "AcceleratorProfile",
     "UnknownProfileError",
     "derive_profile",
     "get_profile",
 ]
 
-_COSTS = (
-    "frontend_latency_s",
+STEP_COSTS = (
     "step_overhead_s",
     "weights_read_s",
     "linear_s_per_token",
@@ -39,6 +40,8 @@ _COSTS = (
     "prefill_attention_s_per_pair",
     "attention_s_per_context_token",
 )
+"""Every term of a step's duration; the API server's delay is not a step."""
+_COSTS = ("frontend_latency_s", *STEP_COSTS)
 _LIMITS = (
     "kv_cache_blocks",
     "max_num_seqs",
@@ -181,9 +184,10 @@ def get_profile(name: str) -> AcceleratorProfile:
         ) from None
 
 
+@functools.lru_cache(maxsize=64)
 def nominal_prefill_tokens_per_s(accelerator: str) -> float | None:
     """:meth:`AcceleratorProfile.prefill_tokens_per_s` of the preset ``accelerator`` (None when
-    there is no such preset)."""
+    there is no such preset); presets do not change, so each is worked out once."""
     try:
         return get_profile(accelerator).prefill_tokens_per_s()
     except ConfigurationError:

@@ -114,7 +114,7 @@ class TtftPredictor:
         )
 
     def uncached_tokens(self, request: RequestView, endpoint: EndpointView) -> int:
-        tokens = request.prompt.num_tokens if request.prompt is not None else request.prompt_tokens
+        tokens = request.num_prompt_tokens
         if request.prompt is not None and self.prefix_index is not None:
             tokens -= self.prefix_index.cached_tokens(request.prompt, endpoint)
         return max(tokens, 1)

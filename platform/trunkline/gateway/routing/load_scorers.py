@@ -61,14 +61,12 @@ class PrefillQueueScorer:
 
     name = "prefill-queue"
 
-    def __init__(self) -> None:
-        self._nominal: dict[str, float | None] = {}
-
     def score(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[float]:
-        prompt = request.prompt.num_tokens if request.prompt is not None else request.prompt_tokens
+        prompt = request.num_prompt_tokens
         waits = []
         for endpoint in endpoints:
-            rate = endpoint.load.prefill_tokens_per_s or self._rate(endpoint.accelerator)
+            measured = endpoint.load.prefill_tokens_per_s
+            rate = measured or nominal_prefill_tokens_per_s(endpoint.accelerator)
             if not rate:
                 return [1.0] * len(endpoints)  # a rate unknown: no comparison
             waits.append((endpoint.load.queued_prompt_tokens + max(prompt, 1)) / rate)
@@ -79,11 +77,6 @@ class PrefillQueueScorer:
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
         return None
-
-    def _rate(self, accelerator: str) -> float | None:
-        if accelerator not in self._nominal:
-            self._nominal[accelerator] = nominal_prefill_tokens_per_s(accelerator)
-        return self._nominal[accelerator]
 
 
 class KvUsageScorer:
@@ -121,13 +114,10 @@ class CostScorer:
 
     name = "cost"
 
-    def __init__(self) -> None:
-        self._prefill_rates: dict[str, float | None] = {}
-
     def score(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[float]:
-        prompt = request.prompt.num_tokens if request.prompt is not None else request.prompt_tokens
+        prompt = request.num_prompt_tokens
         output = request.max_tokens or TYPICAL_OUTPUT_TOKENS
-        rates = [self._prefill_rate(e.accelerator) for e in endpoints]
+        rates = [nominal_prefill_tokens_per_s(e.accelerator) for e in endpoints]
         with_prompt = prompt > 0 and all(rates)
         costs: list[float | None] = []
         for endpoint, rate in zip(endpoints, rates, strict=True):
@@ -146,8 +136,3 @@ class CostScorer:
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
         return None
-
-    def _prefill_rate(self, accelerator: str) -> float | None:
-        if accelerator not in self._prefill_rates:
-            self._prefill_rates[accelerator] = nominal_prefill_tokens_per_s(accelerator)
-        return self._prefill_rates[accelerator]

@@ -44,6 +44,11 @@ class RequestView:
     model: str | None = None
     """The model the alias resolves to, for the ``model`` filter (None: not checked)."""
 
+    @property
+    def num_prompt_tokens(self) -> int:
+        """The prompt's tokens when the token-level view is there, else the estimate."""
+        return self.prompt.num_tokens if self.prompt is not None else self.prompt_tokens
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointLoad:
