@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trunkline.bench._routing_capacity import candidate_fleets, search_fleets
+from trunkline.bench._routing_capacity import candidate_fleets, headroom, search_fleets
 from trunkline.bench._routing_common import RoutingBenchConfig, Section
 from trunkline.bench._routing_external import external_section, section_from_dict
 from trunkline.bench._routing_goals import (
@@ -198,6 +198,25 @@ def test_the_fleet_search_keeps_the_single_flavor_when_no_mix_is_cheaper() -> No
     assert single == mix == (("h100", 0), ("l40s", 2))
     nothing = search_fleets(candidate_fleets(("l40s",), 2), _capacity_check(9, tried))
     assert nothing == (None, None)
+
+
+def test_headroom_is_the_largest_load_met_without_a_miss_below_it() -> None:
+    loads = (1.1, 1.2, 1.3, 1.4)
+    tried: list[float] = []
+
+    def meets_up_to(limit: float, lucky: float | None = None) -> Callable[[float], bool]:
+        def meets(load: float) -> bool:
+            tried.append(load)
+            return load <= limit or load == lucky
+
+        return meets
+
+    assert headroom(meets_up_to(1.25), loads) == 1.2
+    assert tried == [1.1, 1.2, 1.3]  # stops at the first miss
+    # A pass after a miss is noise, not capacity; none at all leaves the load it was chosen at.
+    assert headroom(meets_up_to(1.1, lucky=1.4), loads) == 1.1
+    assert headroom(meets_up_to(1.0), loads) == 1.0
+    assert headroom(meets_up_to(9.0), loads) == 1.4
 
 
 def test_another_benchmarks_dict_becomes_a_section_with_its_numbers_and_goals() -> None:
