@@ -43,7 +43,12 @@ def engine_load(engine: VirtualEngine, base: EndpointLoad) -> EndpointLoad:
     running = len(core.running)
     context = sum(len(r.token_ids) for r in core.running)
     step_s = core.profile.step_time(running, running, 0, context) if running else 0.0
-    return dataclasses.replace(base, queued_prompt_tokens=float(queued), decode_step_s=step_s)
+    return dataclasses.replace(
+        base,
+        queued_prompt_tokens=float(queued),
+        unaccounted_waiting=0.0,  # every waiting request's prompt is in ``queued``
+        decode_step_s=step_s,
+    )
 
 
 class EngineCacheIndex:

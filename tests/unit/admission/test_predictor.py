@@ -32,6 +32,25 @@ def test_work_ahead_makes_the_first_token_later(load: EndpointLoad) -> None:
     assert predictor.predict(request(), endpoint(load=load)).ttft_s > idle
 
 
+def test_only_waiting_requests_the_gateway_cannot_account_for_count_as_typical_prompts() -> None:
+    predictor = TtftPredictor(typical_prompt_tokens=1000)
+    rate = 1000.0
+    rates = EndpointLoad(prefill_tokens_per_s=rate, decode_step_s=0.01)
+
+    def ttft(**load: float | None) -> float:
+        view = endpoint(load=dataclasses.replace(rates, **load))
+        return predictor.predict(request(prompt_tokens=500), view).ttft_s
+
+    idle = ttft()
+    # No accounting (None): a waiting request with no queued tokens known is a typical prompt.
+    assert ttft(waiting=1.0) == pytest.approx(idle + 1000 / rate)
+    # Accounted for: the gateway's own request already started (a stale "waiting 1").
+    assert ttft(waiting=1.0, unaccounted_waiting=0.0) == pytest.approx(idle)
+    # Another client's request waits beside ours of 300 queued tokens.
+    both = ttft(waiting=2.0, queued_prompt_tokens=300.0, unaccounted_waiting=1.0)
+    assert both == pytest.approx(idle + (300 + 1000) / rate)
+
+
 def test_a_full_engine_is_saturated_and_predicts_seconds() -> None:
     prediction = TtftPredictor().predict(request(), endpoint(load=FULL))
     assert prediction.saturated

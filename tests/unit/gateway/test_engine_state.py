@@ -201,3 +201,48 @@ def test_our_streams_waiting_in_the_engine_are_not_also_counted_as_plain_ones() 
     assert state.loads()["a"].queued_prompt_tokens == 50
     state.ended(plain)
     state.ended(stream)
+
+
+def test_a_stale_scrape_of_our_own_waiting_stream_is_no_unknown_prompt_ahead() -> None:
+    # The scrape was sent while our stream waited; its first token has come back since. The
+    # engine's "waiting 1" is that stream, not some other client's prompt of unknown size.
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    stream = state.sent("a", 800)
+    clock.now += 0.01
+    scrape_sent = clock.now
+    clock.now += 0.05
+    state.first_byte(stream)  # after the scrape was sent, before its answer came back
+    state.scraped("a", MetricsScan(running=0, waiting=1, kv_usage=0.1), sent_at=scrape_sent)
+    load = state.loads()["a"]
+    assert (load.waiting, load.queued_prompt_tokens, load.unaccounted_waiting) == (1, 0, 0)
+
+    # Another client's request waits in the next scrape: that one is unknown.
+    clock.now += 0.1
+    state.scraped("a", MetricsScan(running=1, waiting=1, kv_usage=0.2), sent_at=clock.now)
+    assert state.loads()["a"].unaccounted_waiting == 1
+    state.ended(stream)
+
+
+def test_waiting_requests_are_unaccounted_only_beyond_ours() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    waiting = state.sent("a", 300)  # still waiting at the scrape and after
+    failed = state.sent("a", 200)  # waiting at the scrape, fails before its first byte
+    plain = state.sent("a", 500, streamed=False)  # waiting or running: the scrape cannot say
+    clock.now += 0.01
+    state.scraped("a", MetricsScan(running=1, waiting=5, kv_usage=0.1), sent_at=clock.now)
+    clock.now += 0.01
+    state.ended(failed)
+    late = state.sent("a", 100)  # sent after the scrape: not in its figures
+    load = state.loads()["a"]
+    assert load.waiting == 5 + 1
+    assert load.unaccounted_waiting == 5 - 3  # two requests of someone else's
+    assert load.queued_prompt_tokens == 300 + 100 + 500
+    for flight in (waiting, plain, late):
+        state.ended(flight)
+    clock.now += 0.01
+    state.scraped("a", MetricsScan(running=0, waiting=0, kv_usage=0.0), sent_at=clock.now)
+    assert state.loads()["a"].unaccounted_waiting == 0

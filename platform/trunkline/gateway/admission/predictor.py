@@ -1,9 +1,11 @@
 """Predict a request's time to first token on one endpoint from the endpoint's load.
 
 The model follows vLLM's scheduler: a new request starts prefilling once the prompt tokens queued
-ahead of it (``queued_prompt_tokens``, else ``waiting`` x a typical prompt) are prefilled, and its
-own uncached tokens take their turn after them. Every step also carries one decode token per
-running request, so the share of the step budget left for prefill shrinks as ``running`` grows.
+ahead of it are prefilled (``queued_prompt_tokens``, plus a typical prompt for each waiting
+request the gateway did not send, ``unaccounted_waiting``; with no accounting at all,
+``waiting`` x a typical prompt), and its own uncached tokens take their turn after them. Every
+step also carries one decode token per running request, so the share of the step budget left for
+prefill shrinks as ``running`` grows.
 When the engine is full (KV cache or ``max_num_seqs``), the request cannot start until running
 requests finish: each request queued ahead then waits about one mean service time divided by the
 number running.
@@ -131,7 +133,12 @@ class TtftPredictor:
         load, rates = endpoint.load, self.rates(endpoint)
         uncached = self.uncached_tokens(request, endpoint)
         waiting = load.waiting + extra_requests
-        ahead = load.queued_prompt_tokens or waiting * self.typical_prompt_tokens
+        if load.unaccounted_waiting is None:
+            ahead = load.queued_prompt_tokens or waiting * self.typical_prompt_tokens
+        else:
+            # The prompts queued are known, but for requests someone else sent.
+            unknown = load.unaccounted_waiting * self.typical_prompt_tokens
+            ahead = load.queued_prompt_tokens + unknown
         ahead += extra_tokens
         # Decode tokens of running requests take their share of every step's budget first.
         share = max(1.0 - load.running / rates.step_token_budget, 0.1)

@@ -11,7 +11,10 @@ estimates of this gateway's streamed requests to the endpoint whose first byte h
 back, and of its latest plain (non-streamed) ones as many as the engine reports waiting (a plain
 answer comes back whole, so its first byte says nothing of when its prefill ended); requests
 sent since the last scrape are added to ``waiting`` (the engine had not counted them yet when it
-was scraped).
+was scraped). ``unaccounted_waiting`` is what remains of the scrape's ``waiting`` once this
+gateway's requests that may have been waiting then are taken off: those sent before the scrape
+whose first byte had not come back by then, whether it has since or not. A scrape that still
+shows a request waiting whose first token has come back since is then no unknown prompt ahead.
 
 Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) is read from its page once,
 and again only after the engine restarted (a cumulative counter went backwards).
@@ -57,6 +60,7 @@ class _Endpoint:
         "flights",
         "health",
         "kv_capacity",
+        "left_waiting",
         "rates",
         "scan",
         "scrape_sent_at",
@@ -70,6 +74,12 @@ class _Endpoint:
         self.flights: set[Flight] = set()
         self.kv_capacity: int | None = None
         self.capacity_read = False
+        self.left_waiting: list[tuple[float, float]] = []
+        """(sent, first byte or end) of flights whose first byte came after the last scrape
+        was sent: the scrape may still count them waiting."""
+
+    def stop_waiting(self, flight: Flight, now: float) -> None:
+        self.left_waiting.append((flight.sent_at, now))
 
     def load(self, now: float) -> EndpointLoad:
         scan = self.scan or _EMPTY
@@ -87,18 +97,23 @@ class _Endpoint:
                     plain.append(flight)
             if not seen:
                 newer += 1
+        plain_seen = sum(1 for f in plain if f.sent_at <= self.scrape_sent_at)
         if plain:
             # The engine starts requests in order: its waiting ones are the latest sent, less
             # our streams already counted (and it has not counted those sent since the scrape).
             waiting = max(int(scan.waiting) - streams_seen, 0)
-            ahead = waiting + sum(1 for f in plain if f.sent_at > self.scrape_sent_at)
+            ahead = waiting + len(plain) - plain_seen
             plain.sort(key=lambda f: f.sent_at, reverse=True)
             queued += sum(f.prompt_tokens for f in plain[:ahead])
+        at = self.scrape_sent_at
+        started = sum(1 for sent, left in self.left_waiting if sent <= at < left)
+        ours = streams_seen + plain_seen + started
         return EndpointLoad(
             running=scan.running,
             waiting=scan.waiting + newer,
             kv_usage=scan.kv_usage,
             queued_prompt_tokens=float(queued),
+            unaccounted_waiting=max(scan.waiting - ours, 0.0),
             prefill_tokens_per_s=self.rates.prefill_tokens_per_s,
             decode_step_s=self.rates.decode_step_s,
             # From when the scrape was sent: the page shows the engine somewhere in between.
@@ -196,6 +211,7 @@ class EngineState:
         window = sent_at - state.scrape_sent_at if state.scan is not None else 0.0
         state.rates = next_rates(state.scan, scan, state.rates, window)
         state.scan, state.scrape_sent_at = scan, sent_at
+        state.left_waiting = [entry for entry in state.left_waiting if entry[1] > sent_at]
         self._succeeded(endpoint, state, now)
         self._notify()
 
@@ -214,12 +230,17 @@ class EngineState:
     def first_byte(self, flight: Flight) -> None:
         if flight.waiting_first_byte:
             flight.waiting_first_byte = False
+            state = self._endpoints.get(flight.endpoint)
+            if state is not None:
+                state.stop_waiting(flight, self._clock())
             self._notify()
 
     def ended(self, flight: Flight) -> None:
         state = self._endpoints.get(flight.endpoint)
         if state is not None and flight in state.flights:
             state.flights.discard(flight)
+            if flight.waiting_first_byte:  # failed or cancelled before its first byte
+                state.stop_waiting(flight, self._clock())
             self._notify()
 
     def failed(self, endpoint: str, reason: str) -> None:

@@ -60,6 +60,10 @@ class EndpointLoad:
     """Fraction of the engine's KV-cache blocks in use, 0..1."""
     queued_prompt_tokens: float = 0.0
     """Prompt tokens sent to the engine whose first token has not come back yet (prefill ahead)."""
+    unaccounted_waiting: float | None = None
+    """Requests the engine reported waiting that the gateway's own accounting does not explain
+    (another gateway's, say): their prompts are not in ``queued_prompt_tokens``. None: no
+    accounting, so any request waiting beyond ``queued_prompt_tokens`` may be unknown."""
     prefill_tokens_per_s: float = 0.0
     """Measured prefill service rate of the engine; 0 when not measured yet."""
     decode_step_s: float = 0.0
