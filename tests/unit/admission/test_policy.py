@@ -232,6 +232,16 @@ def test_gold_goes_to_the_burst_pool_where_the_shared_one_would_stretch_its_firs
     assert (decision.outcome, decision.endpoint) == (ADMITTED, 0)
 
 
+def test_a_replica_not_measured_yet_is_judged_at_its_pools_measured_rates() -> None:
+    # The first scrapes measured replica 1 only. Its engine is far faster than the L40S preset
+    # replica 0 would otherwise be judged at, and gold went there although the router chose 0.
+    fast = EndpointLoad(prefill_tokens_per_s=200_000.0, decode_step_s=0.005)
+    ranked = [endpoint("pool/0", IDLE), endpoint("pool/1", fast)]
+    decision = AdmissionPolicy().decide(request(tier="gold", prompt_tokens=10), GOLD, ranked, 0.0)
+    assert (decision.outcome, decision.endpoint) == (ADMITTED, 0)
+    assert decision.predicted_ttft_s == pytest.approx(10 / 200_000 + 1.5 * 0.005)
+
+
 def test_a_noisy_tenant_past_its_share_is_held_where_its_peers_still_go_straight_in() -> None:
     policy = AdmissionPolicy()
     # The noisy tenant sends 8x each quiet one's rate, and all of it gets in on an idle engine.

@@ -447,11 +447,12 @@ class AdmissionPolicy:
 
 
 def pooled_rates(views: Sequence[EndpointView]) -> list[EndpointView]:
-    """``views`` with each replica's measured service rates replaced by its pool's mean (over the
-    replicas that measured one). Replicas of a pool run one model on one kind of hardware: their
-    measured rates differ by noise, and comparing replicas by that noise moved requests off the
-    replica the router chose for no gain. Load still tells them apart (running, waiting, queued
-    prompt tokens)."""
+    """``views`` with each replica's service rates replaced by its pool's mean measured rates
+    (over the replicas that measured one), those not measured yet included. Replicas of a pool
+    run one model on one kind of hardware: their measured rates differ by noise, and comparing
+    replicas by that noise moved requests off the replica the router chose for no gain; a replica
+    not yet measured would be judged at its accelerator's preset, which may be far from the
+    engine's real speed. Load still tells them apart (running, waiting, queued prompt tokens)."""
     sums: dict[str, list[float]] = {}
     for view in views:
         total = sums.setdefault(view.pool, [0.0, 0.0, 0.0, 0.0])
@@ -461,8 +462,8 @@ def pooled_rates(views: Sequence[EndpointView]) -> list[EndpointView]:
         if view.load.decode_step_s > 0:
             total[2] += view.load.decode_step_s
             total[3] += 1
-    if all(t[1] <= 1 and t[3] <= 1 for t in sums.values()):
-        return list(views)  # nothing to average
+    if all(t[1] == 0 and t[3] == 0 for t in sums.values()):
+        return list(views)  # nothing measured yet
     out = []
     for view in views:
         prefill, measured_prefill, step, measured_steps = sums[view.pool]
