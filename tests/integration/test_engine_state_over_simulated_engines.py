@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -195,9 +196,13 @@ async def test_an_engine_dying_mid_run_is_ejected_and_no_new_request_fails(live:
         clients = [asyncio.create_task(_client(live, http, n, outcomes, stop)) for n in range(6)]
         sampler = asyncio.create_task(_staleness(live, ages, stop))
         await _until(engines, "30 requests", lambda: len(outcomes) >= 30)
+        # The engine the shared preamble went to: prefix-aware routing keeps it there while
+        # that engine has room, so it is the one whose death moves traffic.
+        served = Counter(record.endpoint for _id, record in live.usage.read(10_000))
+        victim = live.fleet.urls.index(served.most_common(1)[0][0])
         killed_at = time.monotonic()
-        await live.fleet.kill(1)
-        await _until(engines, "the ejection", lambda: not engines.in_service("e1"))
+        await live.fleet.kill(victim)
+        await _until(engines, "the ejection", lambda: not engines.in_service(f"e{victim}"))
         ejected_at = time.monotonic()
         await _until(
             engines, "40 more requests", lambda: sum(o.started > ejected_at for o in outcomes) >= 40
@@ -211,8 +216,8 @@ async def test_an_engine_dying_mid_run_is_ejected_and_no_new_request_fails(live:
     sent_after = [
         r for r in records if r.started_at > time.time() - (time.monotonic() - ejected_at)
     ]
-    assert sent_after and all(r.endpoint != live.fleet.urls[1] for r in sent_after)
-    assert {r.endpoint for r in sent_after} == {live.fleet.urls[0], live.fleet.urls[2]}
+    survivors = {url for index, url in enumerate(live.fleet.urls) if index != victim}
+    assert sent_after and {r.endpoint for r in sent_after} <= survivors
     ages.sort()
     print(
         f"\nscrape staleness over {len(ages)} samples (interval 100 ms): "

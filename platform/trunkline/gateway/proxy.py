@@ -94,7 +94,7 @@ async def open_upstream(
     headers: dict[str, str],
     *,
     engines: EngineState,
-    prompt_tokens: int = 0,
+    prefill_tokens: Sequence[int] = (),
     retry_read_errors: bool = False,
     streamed: bool = True,
 ) -> Opened:
@@ -106,13 +106,15 @@ async def open_upstream(
     at once, so silence means a stuck engine; a plain request may still be generating, and
     sending it again would run it twice). Each outcome goes to ``engines`` for health, and each
     attempt is accounted in flight there until it ends (``streamed``: whether its first byte
-    will be its first token).
+    will be its first token), with ``prefill_tokens[i]`` for ``candidates[i]``: the prompt
+    tokens it will likely prefill (0 when not given).
     """
     reasons = []
     last = len(candidates) - 1
     for index, candidate in enumerate(candidates):
         endpoint = candidate.endpoint
-        flight = engines.sent(endpoint.id, prompt_tokens, streamed=streamed)
+        tokens = prefill_tokens[index] if index < len(prefill_tokens) else 0
+        flight = engines.sent(endpoint.id, tokens, streamed=streamed)
         url = _upstream_url(endpoint.url, path)
         request = client.build_request("POST", url, content=body, headers=headers)
         try:

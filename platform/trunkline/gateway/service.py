@@ -20,6 +20,7 @@ import httpx
 import msgspec
 
 from trunkline.errors import TrunklineError, UpstreamError, UpstreamUnavailable
+from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.authn import Principal, authenticate
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
@@ -133,6 +134,7 @@ class GatewayService:
         self.admission: Admission = admission or AdmitAll()
         self.policy = policy or make_policy("round-robin")
         self.engines = engines or EngineState()
+        self._prefix_cache = routing_prefix_cache(self.policy)
 
     def authenticate(self, authorization: str | None) -> Principal:
         return authenticate(self.holder.current, authorization, self.server_secret, time.time())
@@ -216,11 +218,12 @@ class GatewayService:
             self.quota.release(grant)  # never sent: nothing to meter, nothing to charge
             raise
         body = msgspec.json.encode(upstream_body(request, alias.model))
+        prefill = self._prefill_estimates(route, prompt_tokens)  # before routed() teaches it
         # Learned at dispatch, not when the answer comes: a non-streamed answer arrives only
         # after the whole generation, and the same prefix sent meanwhile must find it.
         self.policy.routed(route.view, route.endpoints[0])
         try:
-            index, opened, started = await self._open(route, request, body, meter, prompt_tokens)
+            index, opened, started = await self._open(route, request, body, meter, prefill)
         except UpstreamUnavailable as exc:
             meter.finish(503, exc.reason)
             raise
@@ -245,9 +248,23 @@ class GatewayService:
         meter.first_byte()
         return Reply(200, b"", self._stream(response, meter, *started), headers)
 
+    def _prefill_estimates(self, route: _Route, prompt_tokens: int) -> list[int]:
+        """Per endpoint of the route, the prompt tokens it will likely prefill: the prompt less
+        what the routing prefix index says the endpoint caches. The engine state counts them
+        as work queued there until the first token, and admission predicts from that queue: a
+        queue of prompts whose preambles are cached is short."""
+        cache, view = self._prefix_cache, route.view
+        if cache is None or view.prompt is None:
+            return [prompt_tokens] * len(route.endpoints)
+        # Counted as the admission predictor counts them: the prompt view's tokens.
+        return [
+            max(view.num_prompt_tokens - cache.cached_tokens(view.prompt, endpoint), 1)
+            for endpoint in route.endpoints
+        ]
+
     async def _open(
         self, route: _Route, request: ParsedRequest, body: bytes, meter: UsageMeter,
-        prompt_tokens: int,
+        prefill: Sequence[int],
     ) -> tuple[int, Opened, tuple[bytes, AsyncIterator[bytes]] | None]:  # fmt: skip
         """Open the upstream call (index into the route, the call, and for a 200 stream its
         first event and the rest). A stream is held until its first event: an engine that dies
@@ -257,7 +274,7 @@ class GatewayService:
             opened = await open_upstream(
                 self.client, candidates[offset:], PATHS[request.kind], body,
                 _upstream_headers(meter.request_id),
-                engines=self.engines, prompt_tokens=prompt_tokens,
+                engines=self.engines, prefill_tokens=prefill[offset:],
                 retry_read_errors=request.stream, streamed=request.stream,
             )  # fmt: skip
             index = offset + opened.index

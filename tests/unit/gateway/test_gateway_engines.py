@@ -334,3 +334,29 @@ def _approx_index(service: GatewayService) -> ApproxPrefixIndex:
         and isinstance(s.scorer.index, ApproxPrefixIndex)
     ]
     return index
+
+
+def test_a_request_whose_preamble_is_cached_there_queues_only_its_new_tokens(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    # Admission predicts from the prefill queued on each endpoint: a request whose preamble the
+    # endpoint already holds adds only what it does not, or a replica serving one hot preamble
+    # would look seconds behind and the top tier would be moved off it.
+    queued: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        load = gw.service.engines.load("e" + request.url.host.removeprefix("engine-"))
+        assert load is not None
+        queued.append(load.queued_prompt_tokens)  # this request is in flight: counted
+        return chat_any(request)
+
+    gw = make_gateway(handler, policy="prefix-aware")
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 40}
+    for question in ("hi", "and what does roaming cost in Spain?"):
+        body = {**CHAT, "messages": [preamble, {"role": "user", "content": question}]}
+        assert gw.chat(body).status_code == 200
+
+    first, second = queued
+    assert len(set(gw.hosts())) == 1  # the second went where the preamble was
+    assert first > 200  # nothing cached yet: the whole prompt
+    assert 0 < second < first / 5, queued

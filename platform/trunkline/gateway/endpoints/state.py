@@ -6,15 +6,16 @@ path writes what it sends and what comes back, and routing and admission read
 :meth:`EngineState.in_service`. :meth:`EngineState.wait_changed` lets admission sleep until any
 load moved instead of polling. Everything runs on the event loop: no locks.
 
-Local accounting fills what a scrape cannot know yet: ``queued_prompt_tokens`` sums the prompt
-estimates of this gateway's streamed requests to the endpoint whose first byte has not come
-back, and of its latest plain (non-streamed) ones as many as the engine reports waiting (a plain
-answer comes back whole, so its first byte says nothing of when its prefill ended); requests
-sent since the last scrape are added to ``waiting`` (the engine had not counted them yet when it
-was scraped). ``unaccounted_waiting`` is what remains of the scrape's ``waiting`` once this
-gateway's requests that may have been waiting then are taken off: those sent before the scrape
-whose first byte had not come back by then, whether it has since or not. A scrape that still
-shows a request waiting whose first token has come back since is then no unknown prompt ahead.
+Local accounting fills what a scrape cannot know yet: ``queued_prompt_tokens`` sums the prefill
+estimates (prompt less what the endpoint likely caches) of this gateway's streamed requests to the
+endpoint whose first byte has not come back, and of its latest plain (non-streamed) ones as many as
+the engine reports waiting (a plain answer comes back whole, so its first byte says nothing of when
+its prefill ended); requests sent since the last scrape are added to ``waiting`` (the engine had
+not counted them yet when it was scraped). ``unaccounted_waiting`` is what remains of the scrape's
+``waiting`` once this gateway's requests that may have been waiting then are taken off: those sent
+before the scrape whose first byte had not come back by then, whether it has since or not. A scrape
+that still shows a request waiting whose first token has come back since is then no unknown prompt
+ahead.
 
 Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) is read from its page once,
 and again only after the engine restarted (a cumulative counter went backwards).
@@ -41,13 +42,14 @@ log = logging.getLogger(__name__)
 class Flight:
     """One request this gateway sent to an endpoint, until it ends."""
 
-    __slots__ = ("endpoint", "prompt_tokens", "sent_at", "streamed", "waiting_first_byte")
+    __slots__ = ("endpoint", "prefill_tokens", "sent_at", "streamed", "waiting_first_byte")
 
     def __init__(
-        self, endpoint: str, prompt_tokens: int, sent_at: float, *, streamed: bool = True
+        self, endpoint: str, prefill_tokens: int, sent_at: float, *, streamed: bool = True
     ) -> None:
         self.endpoint = endpoint
-        self.prompt_tokens = prompt_tokens
+        self.prefill_tokens = prefill_tokens
+        """Prompt tokens the engine will likely have to prefill (not found in its cache)."""
         self.sent_at = sent_at
         self.streamed = streamed
         """Its first byte is its first token; a plain request's first byte is its whole answer."""
@@ -91,7 +93,7 @@ class _Endpoint:
             seen = flight.sent_at <= self.scrape_sent_at
             if flight.waiting_first_byte:
                 if flight.streamed:
-                    queued += flight.prompt_tokens
+                    queued += flight.prefill_tokens
                     streams_seen += seen
                 else:
                     plain.append(flight)
@@ -104,7 +106,7 @@ class _Endpoint:
             waiting = max(int(scan.waiting) - streams_seen, 0)
             ahead = waiting + len(plain) - plain_seen
             plain.sort(key=lambda f: f.sent_at, reverse=True)
-            queued += sum(f.prompt_tokens for f in plain[:ahead])
+            queued += sum(f.prefill_tokens for f in plain[:ahead])
         at = self.scrape_sent_at
         started = sum(1 for sent, left in self.left_waiting if sent <= at < left)
         ours = streams_seen + plain_seen + started
@@ -221,8 +223,8 @@ class EngineState:
 
     # --- what the request path writes ----------------------------------------------------------
 
-    def sent(self, endpoint: str, prompt_tokens: int, *, streamed: bool = True) -> Flight:
-        flight = Flight(endpoint, prompt_tokens, self._clock(), streamed=streamed)
+    def sent(self, endpoint: str, prefill_tokens: int, *, streamed: bool = True) -> Flight:
+        flight = Flight(endpoint, prefill_tokens, self._clock(), streamed=streamed)
         self._get(endpoint).flights.add(flight)
         self._notify()
         return flight

@@ -59,7 +59,8 @@ class EndpointLoad:
     kv_usage: float = 0.0
     """Fraction of the engine's KV-cache blocks in use, 0..1."""
     queued_prompt_tokens: float = 0.0
-    """Prompt tokens sent to the engine whose first token has not come back yet (prefill ahead)."""
+    """Prompt tokens sent to the engine whose first token has not come back yet, less those its
+    prefix cache likely holds (the prefill ahead)."""
     unaccounted_waiting: float | None = None
     """Requests the engine reported waiting that the gateway's own accounting does not explain
     (another gateway's, say): their prompts are not in ``queued_prompt_tokens``. None: no
