@@ -106,11 +106,10 @@ async def test_concurrent_requests_sharing_a_preamble_stick_to_one_replica() -> 
         f"cached share {round_robin.cached_share:.3f} vs {prefix_aware.cached_share:.3f} "
         f"({ratio:.2f}x; {with_admission.cached_share:.3f} with SLO admission)"
     )
-    # Routing alone: every preamble's first request is routed before anything is known of it,
-    # so 90 %, not all. SLO admission still moves a gold request off its prefix's replica when
-    # another starts it much sooner (docs/admission.md: 77-90 % stay here), but it keeps more of
-    # the affinity than round-robin has.
-    assert prefix_aware.stickiness >= 0.9
-    assert prefix_aware.cached_share > round_robin.cached_share
-    assert with_admission.stickiness > round_robin.stickiness
-    assert with_admission.cached_share > round_robin.cached_share
+    # Every preamble's first request is routed before anything is known of it, so 90 %, not
+    # all. SLO admission keeps them too: the requests queued on a preamble's replica count only
+    # the tokens it does not cache, so it is not predicted slower than an empty one (before
+    # that, 77-90 % stayed; docs/admission.md).
+    for run in (prefix_aware, with_admission):
+        assert run.stickiness >= 0.9
+        assert run.cached_share > round_robin.cached_share

@@ -22,17 +22,27 @@ from trunkline.gateway.admission import QUEUED, REJECTED, AdmissionPolicy, Decis
 from trunkline.gateway.routing import EndpointLoad, EndpointView, PromptView, RequestView
 from trunkline.snapshot import TierEntry
 
-__all__ = ["EngineCacheIndex", "VirtualAdmission", "engine_load"]
+__all__ = ["EngineCacheIndex", "VirtualAdmission", "cached_prompt_tokens", "engine_load"]
 
 Send = Callable[[int, float], None]
 """Dispatch a request to the endpoint at this index of its ranking, at this virtual time."""
 
 
-def engine_load(engine: VirtualEngine, base: EndpointLoad) -> EndpointLoad:
+def engine_load(
+    engine: VirtualEngine, base: EndpointLoad, prefill_estimates: Mapping[str, int] | None = None
+) -> EndpointLoad:
     """``base`` (what ``/metrics`` shows) plus the prompt tokens not yet prefilled and the
-    current batch's decode step."""
+    current batch's decode step. A request not scheduled yet counts as its entry in
+    ``prefill_estimates`` when it has one (what a gateway estimates: its prompt less what the
+    cache held when it was sent), else as its whole prompt."""
     core = engine.core
-    queued = sum(r.num_prompt_tokens - r.num_computed_tokens for r in core.waiting)
+    estimates = prefill_estimates or {}
+    queued = sum(
+        estimates.get(r.req_id, r.num_prompt_tokens)
+        if r.num_computed_tokens == 0
+        else r.num_prompt_tokens - r.num_computed_tokens
+        for r in core.waiting
+    )
     queued += sum(
         r.num_prompt_tokens - r.num_computed_tokens
         for r in core.running
@@ -59,11 +69,14 @@ class EngineCacheIndex:
 
     def cached_tokens(self, prompt: PromptView, endpoint: EndpointView) -> int:
         engine = self._engines.get(endpoint.key)
-        if engine is None:
-            return 0
-        block_size = engine.core.profile.block_size
-        hits = engine.core.kv.lookup(prompt.block_hashes(block_size), prompt.num_tokens)
-        return len(hits) * block_size
+        return 0 if engine is None else cached_prompt_tokens(engine, prompt)
+
+
+def cached_prompt_tokens(engine: VirtualEngine, prompt: PromptView) -> int:
+    """Prompt tokens ``engine``'s prefix cache holds right now (side-effect free)."""
+    block_size = engine.core.profile.block_size
+    hits = engine.core.kv.lookup(prompt.block_hashes(block_size), prompt.num_tokens)
+    return len(hits) * block_size
 
 
 @dataclass(slots=True)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from trunkline.engines.core import EngineCore
 from trunkline.engines.events import KVCacheEvent, KVEventSink
 from trunkline.engines.virtual import VirtualEngine
-from trunkline.fleet.admission import VirtualAdmission, engine_load
+from trunkline.fleet.admission import VirtualAdmission, cached_prompt_tokens, engine_load
 from trunkline.fleet.results import EngineTotals, FleetResult, OutcomeCollector, RequestOutcome
 from trunkline.fleet.spec import FleetSpec, PoolSpec, build_snapshot, endpoint_id
 from trunkline.gateway.admission import AdmissionPolicy
@@ -52,6 +52,9 @@ class SimulatedEndpoint:
     pool: PoolSpec
     engine: VirtualEngine
     requests: int = 0
+    prefill_estimates: dict[str, int] = field(default_factory=dict)
+    """Per request sent here, the prompt tokens it will likely prefill: its prompt less what
+    the engine's cache held when it was sent (a gateway's estimate from its prefix index)."""
 
     def load(self) -> EndpointLoad:
         core = self.engine.core
@@ -79,7 +82,10 @@ def simulate(
     def current_loads() -> dict[str, EndpointLoad]:
         # What a gateway's engine state shows routing and admission alike: the scraped gauges,
         # the prompt tokens not yet prefilled and the current decode step.
-        return {key: engine_load(e.engine, e.load()) for key, e in endpoints.items()}
+        return {
+            key: engine_load(e.engine, e.load(), e.prefill_estimates)
+            for key, e in endpoints.items()
+        }
 
     if admission is not None:
         engine_of = {key: endpoint.engine for key, endpoint in endpoints.items()}
@@ -189,6 +195,8 @@ def _submit(
     engine = endpoint.engine
     prompt = request.prompt
     block_size = engine.core.profile.block_size
+    cached = cached_prompt_tokens(engine, prompt) if engine.core.enable_prefix_caching else 0
+    endpoint.prefill_estimates[request.request_id] = max(prompt.num_tokens - cached, 1)
     try:
         engine.submit(
             request.request_id,

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from tests.unit.engines.helpers import tiny_profile
 
+from trunkline.engines import EngineCore
+from trunkline.engines.virtual import VirtualEngine
 from trunkline.fleet import FleetResult, FleetSpec, PoolSpec, simulate
+from trunkline.fleet.admission import cached_prompt_tokens, engine_load
 from trunkline.fleet.results import RequestOutcome
 from trunkline.gateway.admission import AdmissionPolicy
-from trunkline.gateway.routing import make_policy
+from trunkline.gateway.routing import EndpointLoad, make_policy
 from trunkline.workloads.b2b_tiers import TieredB2bWorkload
+from trunkline.workloads.prompts import build_prompt
 
 # One L40S serves ~13 b2b requests/s; this offers about twice that.
 OVERLOAD = TieredB2bWorkload(duration_s=30.0, rate=26.0, seed=3)
@@ -92,3 +97,23 @@ def test_a_tenant_at_10x_its_share_is_held_and_shed_before_its_tier_mates() -> N
 
     assert held(noisy) > 0.3 and refused(noisy) > 0.1
     assert held(peers) < held(noisy) / 3 and refused(peers) < 0.02
+
+
+def test_a_request_not_scheduled_yet_queues_only_the_prompt_the_cache_lacks() -> None:
+    # As in the gateway: the replica holding a hot preamble must not look a whole prompt behind
+    # for each request waiting there, or admission moves the top tier off it.
+    engine = VirtualEngine(EngineCore(tiny_profile()))
+    preamble = list(range(100, 132))  # 8 blocks of 4
+    first = build_prompt([preamble, [1, 2]])
+    engine.submit("first", first.token_ids, 2, 0.0, block_hashes=first.block_hashes(4))
+    engine.drain()
+    second = build_prompt([preamble, [3, 4, 5]])
+    cached = cached_prompt_tokens(engine, second)
+    engine.submit("second", second.token_ids, 2, engine.clock, block_hashes=second.block_hashes(4))
+    engine.advance_to(engine.clock)  # taken in, not scheduled yet
+    assert [r.req_id for r in engine.core.waiting] == ["second"]
+
+    assert cached == 32
+    estimated = engine_load(engine, EndpointLoad(), {"second": second.num_tokens - cached})
+    assert estimated.queued_prompt_tokens == 3
+    assert engine_load(engine, EndpointLoad()).queued_prompt_tokens == 35  # no estimate given
