@@ -216,6 +216,8 @@ async def test_an_engine_dying_mid_run_is_ejected_and_no_new_request_fails(live:
     sent_after = [
         r for r in records if r.started_at > time.time() - (time.monotonic() - ejected_at)
     ]
+    # Served by the survivors only; prefix-aware may keep them all on one (the preamble's new
+    # home has room), so not necessarily on both.
     survivors = {url for index, url in enumerate(live.fleet.urls) if index != victim}
     assert sent_after and {r.endpoint for r in sent_after} <= survivors
     ages.sort()

@@ -196,7 +196,6 @@ def _submit(
     prompt = request.prompt
     block_size = engine.core.profile.block_size
     cached = cached_prompt_tokens(engine, prompt) if engine.core.enable_prefix_caching else 0
-    endpoint.prefill_estimates[request.request_id] = max(prompt.num_tokens - cached, 1)
     try:
         engine.submit(
             request.request_id,
@@ -210,6 +209,7 @@ def _submit(
     except ValueError:
         outcome.status = "invalid"  # vLLM answers 400: prompt + max_tokens over the context
         return
+    endpoint.prefill_estimates[request.request_id] = max(prompt.num_tokens - cached, 1)
     endpoint.requests += 1
 
 

@@ -243,6 +243,38 @@ def test_waiting_requests_are_unaccounted_only_beyond_ours() -> None:
     assert load.queued_prompt_tokens == 300 + 100 + 500
     for flight in (waiting, plain, late):
         state.ended(flight)
+    # Ours all left before the next scrape was sent: its two waiting are someone else's.
     clock.now += 0.01
+    state.scraped("a", MetricsScan(running=0, waiting=2, kv_usage=0.0), sent_at=clock.now)
+    assert state.loads()["a"].unaccounted_waiting == 2
+
+
+def test_a_request_sent_while_a_scrape_was_out_may_be_in_it() -> None:
+    # The engine took the request in before answering a scrape sent just before it.
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    scrape_sent = clock.now
+    clock.now += 0.01
+    stream = state.sent("a", 400)
+    clock.now += 0.01
+    state.scraped("a", MetricsScan(running=0, waiting=1, kv_usage=0.1), sent_at=scrape_sent)
+    load = state.loads()["a"]
+    assert (load.waiting, load.queued_prompt_tokens, load.unaccounted_waiting) == (2, 400, 0)
+    state.ended(stream)
+
+
+def test_requests_remembered_as_started_stay_bounded_when_scrapes_stop() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
     state.scraped("a", MetricsScan(running=0, waiting=0, kv_usage=0.0), sent_at=clock.now)
-    assert state.loads()["a"].unaccounted_waiting == 0
+    remembered = []
+    for _ in range(3000):  # 300 s of traffic, no scrape after the first
+        clock.now += 0.1
+        flight = state.sent("a", 10)
+        state.first_byte(flight)
+        state.ended(flight)
+        remembered.append(len(state._endpoints["a"].left_waiting))  # memory, not behaviour
+    # Only the last 2 s are kept: a scrape older than that says nothing of them.
+    assert max(remembered) <= 21 and remembered[-1] == 20

@@ -13,9 +13,10 @@ the engine reports waiting (a plain answer comes back whole, so its first byte s
 its prefill ended); requests sent since the last scrape are added to ``waiting`` (the engine had
 not counted them yet when it was scraped). ``unaccounted_waiting`` is what remains of the scrape's
 ``waiting`` once this gateway's requests that may have been waiting then are taken off: those sent
-before the scrape whose first byte had not come back by then, whether it has since or not. A scrape
-that still shows a request waiting whose first token has come back since is then no unknown prompt
-ahead.
+before the scrape's answer came whose first byte had not come back when it was sent, whether it has
+since or not. A scrape that still shows a request waiting whose first token has come back since is
+then no unknown prompt ahead. It is a lower bound: a plain request of ours already running when the
+scrape was taken counts as ours too.
 
 Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) is read from its page once,
 and again only after the engine restarted (a cumulative counter went backwards).
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
 from trunkline.gateway.endpoints.health import EjectionPolicy, Health
@@ -37,6 +39,11 @@ from trunkline.gateway.routing.views import EndpointLoad
 __all__ = ["EngineState", "Flight"]
 
 log = logging.getLogger(__name__)
+
+_MAX_LEFT_WAITING = 1024
+_LEFT_WAITING_HORIZON_S = 2.0
+"""Flights that left the waiting queue are remembered until the next scrape is sent, at most
+this long and this many: bounds for when scrapes stop coming (their figures are stale then)."""
 
 
 class Flight:
@@ -65,6 +72,7 @@ class _Endpoint:
         "left_waiting",
         "rates",
         "scan",
+        "scrape_answered_at",
         "scrape_sent_at",
     )
 
@@ -72,16 +80,23 @@ class _Endpoint:
         self.health = Health(policy)
         self.scan: MetricsScan | None = None
         self.scrape_sent_at = 0.0
+        self.scrape_answered_at = 0.0
         self.rates = Rates()
         self.flights: set[Flight] = set()
         self.kv_capacity: int | None = None
         self.capacity_read = False
-        self.left_waiting: list[tuple[float, float]] = []
+        self.left_waiting: deque[tuple[float, float]] = deque(maxlen=_MAX_LEFT_WAITING)
         """(sent, first byte or end) of flights whose first byte came after the last scrape
-        was sent: the scrape may still count them waiting."""
+        was sent, oldest first: the scrape may still count them waiting."""
 
     def stop_waiting(self, flight: Flight, now: float) -> None:
-        self.left_waiting.append((flight.sent_at, now))
+        left = self.left_waiting
+        # Left before the last scrape was sent (not in it), or so long ago that a scrape sent
+        # before is too stale to matter (scrapes failing or off).
+        oldest = max(self.scrape_sent_at, now - _LEFT_WAITING_HORIZON_S)
+        while left and left[0][1] <= oldest:
+            left.popleft()
+        left.append((flight.sent_at, now))
 
     def load(self, now: float) -> EndpointLoad:
         scan = self.scan or _EMPTY
@@ -107,9 +122,13 @@ class _Endpoint:
             ahead = waiting + len(plain) - plain_seen
             plain.sort(key=lambda f: f.sent_at, reverse=True)
             queued += sum(f.prefill_tokens for f in plain[:ahead])
-        at = self.scrape_sent_at
-        started = sum(1 for sent, left in self.left_waiting if sent <= at < left)
-        ours = streams_seen + plain_seen + started
+        # Ours the scrape may count waiting: sent before its answer came (the engine may have
+        # taken a request in before answering a scrape sent earlier), still waiting then.
+        answered = self.scrape_answered_at
+        sent_at = self.scrape_sent_at
+        ours = sum(1 for f in self.flights if f.waiting_first_byte and f.sent_at <= answered) + sum(
+            1 for sent, left in self.left_waiting if sent <= answered and left > sent_at
+        )
         return EndpointLoad(
             running=scan.running,
             waiting=scan.waiting + newer,
@@ -212,8 +231,7 @@ class EngineState:
         now = self._clock()
         window = sent_at - state.scrape_sent_at if state.scan is not None else 0.0
         state.rates = next_rates(state.scan, scan, state.rates, window)
-        state.scan, state.scrape_sent_at = scan, sent_at
-        state.left_waiting = [entry for entry in state.left_waiting if entry[1] > sent_at]
+        state.scan, state.scrape_sent_at, state.scrape_answered_at = scan, sent_at, now
         self._succeeded(endpoint, state, now)
         self._notify()
 

@@ -63,8 +63,9 @@ class EndpointLoad:
     prefix cache likely holds (the prefill ahead)."""
     unaccounted_waiting: float | None = None
     """Requests the engine reported waiting that the gateway's own accounting does not explain
-    (another gateway's, say): their prompts are not in ``queued_prompt_tokens``. None: no
-    accounting, so any request waiting beyond ``queued_prompt_tokens`` may be unknown."""
+    (another gateway's, say): their prompts are not in ``queued_prompt_tokens``. A lower bound
+    (any request of ours the scrape may have counted is taken off). None: no accounting, so any
+    request waiting beyond ``queued_prompt_tokens`` may be unknown."""
     prefill_tokens_per_s: float = 0.0
     """Measured prefill service rate of the engine; 0 when not measured yet."""
     decode_step_s: float = 0.0
