@@ -20,6 +20,7 @@ import httpx
 import msgspec
 
 from trunkline.errors import TrunklineError, UpstreamError, UpstreamUnavailable
+from trunkline.gateway.admission.predictor import uncached_tokens
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.authn import Principal, authenticate
 from trunkline.gateway.cascade import plan_cascade
@@ -218,7 +219,7 @@ class GatewayService:
             self.quota.release(grant)  # never sent: nothing to meter, nothing to charge
             raise
         body = msgspec.json.encode(upstream_body(request, alias.model))
-        prefill = self._prefill_estimates(route, prompt_tokens)  # before routed() teaches it
+        prefill = self._prefill_estimates(route)  # before routed() teaches the index
         # Learned at dispatch, not when the answer comes: a non-streamed answer arrives only
         # after the whole generation, and the same prefix sent meanwhile must find it.
         self.policy.routed(route.view, route.endpoints[0])
@@ -248,19 +249,12 @@ class GatewayService:
         meter.first_byte()
         return Reply(200, b"", self._stream(response, meter, *started), headers)
 
-    def _prefill_estimates(self, route: _Route, prompt_tokens: int) -> list[int]:
+    def _prefill_estimates(self, route: _Route) -> list[int]:
         """Per endpoint of the route, the prompt tokens it will likely prefill: the prompt less
         what the routing prefix index says the endpoint caches. The engine state counts them
         as work queued there until the first token, and admission predicts from that queue: a
         queue of prompts whose preambles are cached is short."""
-        cache, view = self._prefix_cache, route.view
-        if cache is None or view.prompt is None:
-            return [prompt_tokens] * len(route.endpoints)
-        # Counted as the admission predictor counts them: the prompt view's tokens.
-        return [
-            max(view.num_prompt_tokens - cache.cached_tokens(view.prompt, endpoint), 1)
-            for endpoint in route.endpoints
-        ]
+        return [uncached_tokens(route.view, e, self._prefix_cache) for e in route.endpoints]
 
     async def _open(
         self, route: _Route, request: ParsedRequest, body: bytes, meter: UsageMeter,

@@ -24,7 +24,14 @@ from trunkline.engines.profiles import get_profile
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.views import EndpointView, PromptView, RequestView
 
-__all__ = ["DEFAULT_RATES", "PrefixIndex", "ServiceRates", "TtftPredictor", "prior_rates"]
+__all__ = [
+    "DEFAULT_RATES",
+    "PrefixIndex",
+    "ServiceRates",
+    "TtftPredictor",
+    "prior_rates",
+    "uncached_tokens",
+]
 
 
 class PrefixIndex(Protocol):
@@ -69,6 +76,17 @@ def prior_rates(accelerator: str) -> ServiceRates:
         max_num_seqs=profile.max_num_seqs,
         decode_step_per_seq_s=(large - small) / (256 - 32),
     )
+
+
+def uncached_tokens(
+    request: RequestView, endpoint: EndpointView, prefix_index: PrefixIndex | None
+) -> int:
+    """The request's prompt tokens ``endpoint`` will have to prefill: its prompt less what
+    ``prefix_index`` says the endpoint caches (at least one: the last token is always computed)."""
+    tokens = request.num_prompt_tokens
+    if request.prompt is not None and prefix_index is not None:
+        tokens -= prefix_index.cached_tokens(request.prompt, endpoint)
+    return max(tokens, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +134,7 @@ class TtftPredictor:
         )
 
     def uncached_tokens(self, request: RequestView, endpoint: EndpointView) -> int:
-        tokens = request.num_prompt_tokens
-        if request.prompt is not None and self.prefix_index is not None:
-            tokens -= self.prefix_index.cached_tokens(request.prompt, endpoint)
-        return max(tokens, 1)
+        return uncached_tokens(request, endpoint, self.prefix_index)
 
     def predict(
         self,

@@ -100,21 +100,28 @@ class _Endpoint:
 
     def load(self, now: float) -> EndpointLoad:
         scan = self.scan or _EMPTY
+        sent_at, answered = self.scrape_sent_at, self.scrape_answered_at
         queued = 0
         newer = 0
         streams_seen = 0  # streams without a first byte the scrape may count as waiting
+        plain_seen = 0
+        # Ours the scrape may count waiting: sent before its answer came (the engine may have
+        # taken a request in before answering a scrape sent earlier), still waiting then.
+        ours = 0
         plain: list[Flight] = []
         for flight in self.flights:
-            seen = flight.sent_at <= self.scrape_sent_at
+            seen = flight.sent_at <= sent_at
             if flight.waiting_first_byte:
+                ours += flight.sent_at <= answered
                 if flight.streamed:
                     queued += flight.prefill_tokens
                     streams_seen += seen
                 else:
                     plain.append(flight)
+                    plain_seen += seen
             if not seen:
                 newer += 1
-        plain_seen = sum(1 for f in plain if f.sent_at <= self.scrape_sent_at)
+        ours += sum(1 for sent, left in self.left_waiting if sent <= answered and left > sent_at)
         if plain:
             # The engine starts requests in order: its waiting ones are the latest sent, less
             # our streams already counted (and it has not counted those sent since the scrape).
@@ -122,13 +129,6 @@ class _Endpoint:
             ahead = waiting + len(plain) - plain_seen
             plain.sort(key=lambda f: f.sent_at, reverse=True)
             queued += sum(f.prefill_tokens for f in plain[:ahead])
-        # Ours the scrape may count waiting: sent before its answer came (the engine may have
-        # taken a request in before answering a scrape sent earlier), still waiting then.
-        answered = self.scrape_answered_at
-        sent_at = self.scrape_sent_at
-        ours = sum(1 for f in self.flights if f.waiting_first_byte and f.sent_at <= answered) + sum(
-            1 for sent, left in self.left_waiting if sent <= answered and left > sent_at
-        )
         return EndpointLoad(
             running=scan.running,
             waiting=scan.waiting + newer,
@@ -138,7 +138,7 @@ class _Endpoint:
             prefill_tokens_per_s=self.rates.prefill_tokens_per_s,
             decode_step_s=self.rates.decode_step_s,
             # From when the scrape was sent: the page shows the engine somewhere in between.
-            age_s=now - self.scrape_sent_at if self.scan is not None else float("inf"),
+            age_s=now - sent_at if self.scan is not None else float("inf"),
             kv_capacity_tokens=self.kv_capacity,
         )
 
