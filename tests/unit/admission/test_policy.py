@@ -207,6 +207,33 @@ def test_a_prompt_too_long_for_the_slo_even_when_idle_is_still_served() -> None:
     assert decision.outcome == ADMITTED
 
 
+@pytest.mark.parametrize("tier", [SILVER, BRONZE])
+def test_a_lower_tiers_long_prompt_is_sent_to_an_idle_engine(tier: TierEntry) -> None:
+    # 6,000 prompt tokens take an idle L40S ~0.4 s to prefill: past the 0.3 s dispatch horizon,
+    # so before the horizon stretched with the prompt, this was refused on an idle fleet.
+    decision = AdmissionPolicy().decide(
+        request(tier=tier.name, prompt_tokens=6000), tier, [endpoint()], 0.0
+    )
+    assert decision.outcome == ADMITTED
+    assert decision.predicted_ttft_s is not None and decision.predicted_ttft_s > 0.3
+
+
+def test_a_lower_tiers_long_prompt_still_waits_behind_a_queue_longer_than_itself() -> None:
+    # The stretched horizon is twice the prompt's idle TTFT: 12,000 tokens queued ahead triple it.
+    queued = EndpointLoad(queued_prompt_tokens=12_000.0, waiting=3.0)
+    policy = AdmissionPolicy()
+    warm(policy, BRONZE, "b", 20, 1.0)
+    decision = policy.decide(
+        request("b", "b", "bronze", prompt_tokens=6000), BRONZE, [endpoint(load=queued)], 1.0
+    )
+    assert (decision.outcome, decision.reason) == (REJECTED, OVERLOADED)
+    short_queue = EndpointLoad(queued_prompt_tokens=2000.0, waiting=1.0)
+    decision = policy.decide(
+        request("b2", "b", "bronze", prompt_tokens=6000), BRONZE, [endpoint(load=short_queue)], 1.0
+    )
+    assert decision.outcome == ADMITTED
+
+
 def test_no_endpoint_is_a_rejection() -> None:
     decision = AdmissionPolicy().decide(request(), SILVER, [], 0.0)
     assert (decision.outcome, decision.reason) == (REJECTED, SLO_UNATTAINABLE)

@@ -62,7 +62,9 @@ class AdmissionConfig:
     """Tiers at or above this priority (gold by default) may fill an engine up to their deadline
     and are never shed as ``overloaded``."""
     dispatch_horizon_s: float = 0.3
-    """Lower tiers are sent to an engine only when their predicted TTFT is this short."""
+    """Lower tiers are sent to an engine only when their predicted TTFT is this short, or within
+    ``long_prompt_slack`` times their TTFT on that endpoint idle if that is longer: a prompt
+    whose own prefill takes most of the horizon would otherwise never be sent at all."""
     lower_tier_occupancy: float = 0.9
     """...and the engine is less full than this (KV cache, sequence slots): the rest is headroom
     for the top tier."""
@@ -270,7 +272,7 @@ class AdmissionPolicy:
         nearly as soon as the soonest (see :meth:`_soonest_or_first`), else where it starts
         soonest — each only if it meets the deadline."""
         top = tier.priority >= self.config.top_priority
-        limit = deadline - now if top else min(deadline - now, self.config.dispatch_horizon_s)
+        limit = deadline - now
         fullest = self.config.lower_tier_occupancy
         if tier.priority < self.config.hold_min_priority:
             fullest = self.config.shed_tier_occupancy
@@ -345,8 +347,11 @@ class AdmissionPolicy:
         )
         if prediction.ttft_s > limit:
             return None
-        if fullest is not None and prediction.occupancy >= fullest:
-            return None
+        if fullest is not None:
+            if prediction.occupancy >= fullest:
+                return None
+            if not self._within_horizon(request, view, prediction.ttft_s):
+                return None
         if self.config.count_recent_dispatches:
             recent = self._recent.setdefault(view.key, deque())
             recent.append((now, prediction.uncached_tokens))
@@ -356,6 +361,14 @@ class AdmissionPolicy:
         done_tokens, done_requests = sent.get(view.key, (0.0, 0.0))
         sent[view.key] = (done_tokens + prediction.uncached_tokens, done_requests + 1)
         return Decision.admit(index, prediction.ttft_s, burst=view.burst)
+
+    def _within_horizon(self, request: RequestView, view: EndpointView, ttft_s: float) -> bool:
+        """Whether a lower tier predicted at ``ttft_s`` on ``view`` may be sent there: within the
+        dispatch horizon, stretched for a prompt that alone takes long to prefill there."""
+        if ttft_s <= self.config.dispatch_horizon_s:
+            return True
+        idle_s = self.predictor.predict(request, _idle(view)).ttft_s
+        return ttft_s <= idle_s * self.config.long_prompt_slack
 
     def _since_measured(
         self, view: EndpointView, now: float, sent: Mapping[str, tuple[float, float]]
