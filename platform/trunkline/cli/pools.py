@@ -4,6 +4,7 @@
     trunkline pools show h100-eu-west
     trunkline pools create h100-eu-2 --model llama-3.1-8b-instruct --flavor h100 --region eu-west \\
         --capacity 4 --tokens-per-s 2400 --cost-per-hour 2.90 --burst
+    trunkline pools update l40s-eu-long --min-prompt-tokens 2048   # placement by prompt length
     trunkline pools update h100-eu-2 --cost-per-hour flavor --capacity 8
     trunkline pools set-endpoints h100-eu-2 http://10.0.0.7:8000=tcp://10.0.0.7:5557 http://…
 
@@ -26,7 +27,17 @@ from trunkline.errors import InvalidRequest
 from trunkline.pools import service
 from trunkline.pools.schemas import EndpointSpec, Pool, PoolCreate, PoolUpdate
 
-_FIELDS = ("model", "flavor", "region", "block_size", "capacity", "tokens_per_s", "cost_per_hour")
+_FIELDS = (
+    "model",
+    "flavor",
+    "region",
+    "block_size",
+    "capacity",
+    "tokens_per_s",
+    "cost_per_hour",
+    "min_prompt_tokens",
+    "max_prompt_tokens",
+)
 
 
 def register(sub: Any) -> None:
@@ -66,6 +77,12 @@ def _options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--capacity", type=int, help="replicas the pool may run (0: endpoints)")
     parser.add_argument("--tokens-per-s", help="nominal output tokens/s per replica, or none")
     parser.add_argument("--cost-per-hour", help="per replica; 'flavor' for the flavor's price")
+    parser.add_argument(
+        "--min-prompt-tokens", type=int, help="placement: prefer this pool for prompts this long"
+    )
+    parser.add_argument(
+        "--max-prompt-tokens", help="placement: prompts this long or longer go elsewhere; or none"
+    )
     burst = parser.add_mutually_exclusive_group()
     burst.add_argument("--burst", dest="burst", action="store_true", default=None)
     burst.add_argument("--no-burst", dest="burst", action="store_false")
@@ -77,8 +94,9 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         raw["burst"] = args.burst
     if raw.get("cost_per_hour") in ("flavor", "none"):
         raw["cost_per_hour"] = None
-    if raw.get("tokens_per_s") == "none":
-        raw["tokens_per_s"] = None
+    for field in ("tokens_per_s", "max_prompt_tokens"):
+        if raw.get(field) == "none":
+            raw[field] = None
     return raw
 
 

@@ -57,12 +57,18 @@ class PoolSpec:
     offloaded blocks count as prefix hits with no transfer time, and the larger cache also admits
     more running sequences. For Llama-3-8B (128 KiB of KV per token) on an H100 (450k tokens),
     ``kv_scale=4`` is about 165 GiB of host memory per replica."""
+    min_prompt_tokens: int = 0
+    max_prompt_tokens: int | None = None
+    """Placement by prompt length: the pool is for prompts of ``min_prompt_tokens`` up to, not
+    including, ``max_prompt_tokens`` (the ``prompt-length`` routing filter prefers it for them)."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError(f"pool {self.name!r} needs at least one replica")
         if not self.kv_scale >= 1.0:
             raise ValueError(f"pool {self.name!r}: kv_scale must be at least 1")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens <= self.min_prompt_tokens:
+            raise ValueError(f"pool {self.name!r}: max_prompt_tokens must exceed min_prompt_tokens")
 
     @property
     def engine_profile(self) -> AcceleratorProfile:
@@ -125,6 +131,8 @@ def build_snapshot(spec: FleetSpec, tenants: Mapping[str, str]) -> Snapshot:
             burst=pool.burst,
             block_size=pool.engine_profile.block_size,
             kv_capacity_tokens=pool.engine_profile.kv_cache_tokens,
+            min_prompt_tokens=pool.min_prompt_tokens,
+            max_prompt_tokens=pool.max_prompt_tokens,
             cost_per_hour=pool.hourly_cost,
             tokens_per_s=nominal_tokens_per_s(pool.engine_profile),
             endpoints=tuple(

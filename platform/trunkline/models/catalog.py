@@ -73,6 +73,10 @@ class Pool(IdMixin, CreatedMixin, Base):
     """Replicas the pool may run; 0: as many as it has endpoints."""
     tokens_per_s: Mapped[float | None] = mapped_column(default=None)
     """Nominal output tokens/s of one replica, for cost per token."""
+    min_prompt_tokens: Mapped[int] = mapped_column(default=0, server_default=text("0"))
+    max_prompt_tokens: Mapped[int | None] = mapped_column(default=None)
+    """Placement by prompt length: the pool is for prompts of ``min_prompt_tokens`` up to, not
+    including, ``max_prompt_tokens`` (None: no limit)."""
 
 
 class Endpoint(IdMixin, CreatedMixin, Base):

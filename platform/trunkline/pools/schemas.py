@@ -39,6 +39,10 @@ Capacity = Annotated[
 TokensPerS = Annotated[
     float, msgspec.Meta(gt=0, le=10_000_000, description="nominal output tokens/s per replica")
 ]
+PromptTokens = Annotated[
+    int,
+    msgspec.Meta(ge=0, le=10_000_000, description="a prompt length in tokens (placement)"),
+]
 ZmqAddress = Annotated[
     str,
     msgspec.Meta(
@@ -195,6 +199,10 @@ class Pool(msgspec.Struct):
     """The pool's own price, if it overrides its flavor's."""
     capacity: int
     tokens_per_s: float | None
+    min_prompt_tokens: int = 0
+    max_prompt_tokens: int | None = None
+    """Placement by prompt length: the pool is for prompts of ``min_prompt_tokens`` up to, not
+    including, ``max_prompt_tokens`` (None: no limit)."""
 
 
 class PoolCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -209,6 +217,12 @@ class PoolCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Overrides the flavor's cost per hour (e.g. reserved or spot prices)."""
     capacity: Capacity = 0
     tokens_per_s: TokensPerS | None = None
+    min_prompt_tokens: PromptTokens = 0
+    """Placement by prompt length: routing prefers this pool for prompts of at least this many
+    tokens (and below ``max_prompt_tokens``); other prompts go elsewhere while another pool of
+    the alias takes them."""
+    max_prompt_tokens: PromptTokens | None = None
+    """Prompts of this many tokens or more prefer other pools (None: no upper limit)."""
 
 
 class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -221,6 +235,9 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """``null`` goes back to the flavor's price."""
     capacity: Capacity | UnsetType = UNSET
     tokens_per_s: TokensPerS | UnsetType | None = UNSET
+    min_prompt_tokens: PromptTokens | UnsetType = UNSET
+    max_prompt_tokens: PromptTokens | UnsetType | None = UNSET
+    """``null`` removes the upper limit."""
 
 
 class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -172,6 +172,7 @@ def get_pool(session: Session, name: str) -> Pool:
 def create_pool(session: Session, data: PoolCreate) -> Pool:
     if PoolRepository(session).by_name(data.name) is not None:
         raise Conflict(f"pool {data.name!r} already exists", param="name")
+    check_prompt_range(data.min_prompt_tokens, data.max_prompt_tokens)
     session.add(
         PoolRow(
             name=data.name,
@@ -183,6 +184,8 @@ def create_pool(session: Session, data: PoolCreate) -> Pool:
             cost_per_hour=None if data.cost_per_hour is None else money(data.cost_per_hour),
             capacity=data.capacity,
             tokens_per_s=data.tokens_per_s,
+            min_prompt_tokens=data.min_prompt_tokens,
+            max_prompt_tokens=data.max_prompt_tokens,
         )
     )
     flush_or_conflict(session, f"pool {data.name!r} already exists")
@@ -199,6 +202,10 @@ def update_pool(session: Session, name: str, data: PoolUpdate) -> Pool:
         values["flavor_id"] = flavor_row(session, values.pop("flavor"), param="flavor").id
     if values.get("cost_per_hour") is not None:
         values["cost_per_hour"] = money(values["cost_per_hour"])
+    check_prompt_range(
+        values.get("min_prompt_tokens", pool.min_prompt_tokens),
+        values.get("max_prompt_tokens", pool.max_prompt_tokens),
+    )
     if assign(pool, values):
         session.flush()
         mark_config_changed(session)
@@ -254,6 +261,15 @@ def replace_endpoints(
     return changes
 
 
+def check_prompt_range(low: int, high: int | None) -> None:
+    """A pool's prompt-length range must hold some prompt length."""
+    if high is not None and high <= low:
+        raise InvalidRequest(
+            f"max_prompt_tokens ({high}) must exceed min_prompt_tokens ({low})",
+            param="max_prompt_tokens",
+        )
+
+
 def pool_rows(session: Session, name: str) -> tuple[PoolRow, ModelRow, AcceleratorFlavor]:
     found = PoolRepository(session).by_name(name)
     if found is None:
@@ -278,6 +294,8 @@ def _pool_view(
         own_cost_per_hour=own,
         capacity=pool.capacity,
         tokens_per_s=pool.tokens_per_s,
+        min_prompt_tokens=pool.min_prompt_tokens,
+        max_prompt_tokens=pool.max_prompt_tokens,
     )
 
 

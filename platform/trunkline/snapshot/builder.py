@@ -139,6 +139,8 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
             ),
             tokens_per_s=pool.tokens_per_s,
             capacity=pool.capacity,
+            min_prompt_tokens=pool.min_prompt_tokens,
+            max_prompt_tokens=pool.max_prompt_tokens,
         )
         for pool, model_name, flavor in rows
     }

@@ -59,6 +59,10 @@ class PoolEntry(msgspec.Struct, frozen=True):
     """Replicas the pool may run (0: as many as it has endpoints)."""
     kv_capacity_tokens: int = 0
     """Tokens one replica's KV cache holds, for the approximate prefix index (0: unknown)."""
+    min_prompt_tokens: int = 0
+    max_prompt_tokens: int | None = None
+    """The pool is placed for prompts of ``min_prompt_tokens`` up to, not including,
+    ``max_prompt_tokens`` (None: no limit); the ``prompt-length`` routing filter."""
 
 
 class CascadeEntry(msgspec.Struct, frozen=True):

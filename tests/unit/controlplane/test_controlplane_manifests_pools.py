@@ -25,6 +25,7 @@ region: eu-west
 cost_per_hour: 0.55
 capacity: 6
 tokens_per_s: 5200
+max_prompt_tokens: 4096
 endpoints:
   - {url: "http://10.0.0.7:8000", kv_events: "tcp://10.0.0.7:5557"}
   - http://10.0.0.8:8000
@@ -66,6 +67,7 @@ def test_pools_cascades_and_cache_isolation_apply_once(
     published = snapshot(runtime)
     pool = published.pools["small-eu"]
     assert (pool.cost_per_hour, pool.capacity, pool.tokens_per_s) == (0.55, 6, 5200.0)
+    assert (pool.min_prompt_tokens, pool.max_prompt_tokens) == (0, 4096)
     assert [e.kv_events for e in pool.endpoints] == ["tcp://10.0.0.7:5557", None]
     assert published.pools["h100-eu-west"].cost_per_hour == 3.5  # the flavor's price
     alias = published.aliases["llama-auto"]
@@ -116,19 +118,22 @@ def test_bad_pools_and_cascades_name_file_line_and_field(manifests_dir: Path) ->
     issues = [str(i) for i in caught.value.issues if i.file == str(extra)]
     assert issues == [
         f"{extra}:11: Pool small-eu: capacity: -6 is less than the minimum of 0",
-        f"{extra}:14: Pool small-eu: endpoints[0].kv_events: 'http://x' does not match "
+        f"{extra}:15: Pool small-eu: endpoints[0].kv_events: 'http://x' does not match "
         "'^(tcp|ipc)://[^\\\\s]+$'",
-        f"{extra}:21: Cascade llama-auto: checks.min_mean_logprob: "
+        f"{extra}:22: Cascade llama-auto: checks.min_mean_logprob: "
         "3 is greater than the maximum of 0",
-        f"{extra}:28: Tenant shared-co: models[0]: unknown model alias 'llama-auto'",
+        f"{extra}:29: Tenant shared-co: models[0]: unknown model alias 'llama-auto'",
     ]
     extra.write_text(
-        EXTRA.replace("escalate_to: llama-3.1-8b-instruct", "escalate_to: bge-small-en")
+        EXTRA.replace("escalate_to: llama-3.1-8b-instruct", "escalate_to: bge-small-en").replace(
+            "max_prompt_tokens: 4096", "max_prompt_tokens: 0"
+        )
     )
     with pytest.raises(ManifestError) as caught:
         load_manifests(manifests_dir)
     assert [str(i) for i in caught.value.issues] == [
-        f"{extra}:20: Cascade llama-auto: escalate_to: model 'bge-small-en' serves embeddings, "
+        f"{extra}:13: Pool small-eu: max_prompt_tokens: must exceed min_prompt_tokens (0)",
+        f"{extra}:21: Cascade llama-auto: escalate_to: model 'bge-small-en' serves embeddings, "
         "not text",
     ]
 
@@ -141,6 +146,6 @@ def test_a_cascade_may_not_reuse_a_model_alias(manifests_dir: Path) -> None:
     with pytest.raises(ManifestError) as caught:
         load_manifests(manifests_dir)
     assert [str(i) for i in caught.value.issues] == [
-        f"{extra}:18: Cascade llama-3.1-8b: name: alias 'llama-3.1-8b' already names "
+        f"{extra}:19: Cascade llama-3.1-8b: name: alias 'llama-3.1-8b' already names "
         "'llama-3.1-8b-instruct'",
     ]

@@ -37,10 +37,40 @@ def test_a_pool_carries_cost_capacity_rate_and_kv_event_addresses(world: World) 
     assert snapshot(world.runtime).pools["a100-eu"].cost_per_hour == 3.5
 
 
+def test_a_pool_placed_for_long_prompts_reaches_the_snapshot(world: World) -> None:
+    admin = world.admin
+    pool = admin.post(CATALOG + "/pools", {**POOL, "min_prompt_tokens": 2048})
+    assert (pool["min_prompt_tokens"], pool["max_prompt_tokens"]) == (2048, None)
+    entry = snapshot(world.runtime).pools["a100-eu"]
+    assert (entry.min_prompt_tokens, entry.max_prompt_tokens) == (2048, None)
+
+    short = admin.patch(CATALOG + "/pools/h100-eu-west", {"max_prompt_tokens": 2048})
+    assert (short["min_prompt_tokens"], short["max_prompt_tokens"]) == (0, 2048)
+    assert snapshot(world.runtime).pools["h100-eu-west"].max_prompt_tokens == 2048
+    admin.patch(CATALOG + "/pools/h100-eu-west", {"max_prompt_tokens": None})
+    assert snapshot(world.runtime).pools["h100-eu-west"].max_prompt_tokens is None
+
+
+def test_an_empty_prompt_range_is_refused_and_changes_nothing(world: World) -> None:
+    admin = world.admin
+    problem = admin.post(
+        CATALOG + "/pools", {**POOL, "min_prompt_tokens": 4096, "max_prompt_tokens": 4096}, 400
+    )
+    assert problem["errors"][0]["field"] == "max_prompt_tokens"
+    admin.get(CATALOG + "/pools/a100-eu", expect=404)
+    admin.patch(CATALOG + "/pools/h100-eu-west", {"min_prompt_tokens": 1024})
+    problem = admin.patch(CATALOG + "/pools/h100-eu-west", {"max_prompt_tokens": 512}, expect=400)
+    assert "must exceed" in problem["detail"]
+    entry = snapshot(world.runtime).pools["h100-eu-west"]
+    assert (entry.min_prompt_tokens, entry.max_prompt_tokens) == (1024, None)
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
         ({"capacity": -1}, "capacity"),
+        ({"min_prompt_tokens": -1}, "min_prompt_tokens"),
+        ({"max_prompt_tokens": "long"}, "max_prompt_tokens"),
         ({"tokens_per_s": 0}, "tokens_per_s"),
         ({"cost_per_hour": -2}, "cost_per_hour"),
         ({"flavor": "tpu"}, "flavor"),

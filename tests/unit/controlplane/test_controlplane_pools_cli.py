@@ -55,6 +55,8 @@ def test_pools_create_update_set_endpoints_show_and_list(
 
     code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--cost-per-hour", "flavor")
     assert (code, json.loads(out)["cost_per_hour"]) == (0, 3.5)
+    code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--min-prompt-tokens", "2048")
+    assert (code, json.loads(out)["min_prompt_tokens"]) == (0, 2048)
     code, out, _ = run(
         capsys, "pools", "set-endpoints", "h100-eu-2",
         "http://10.0.0.7:8000=tcp://10.0.0.7:5557", "http://10.0.0.8:8000",
@@ -66,6 +68,7 @@ def test_pools_create_update_set_endpoints_show_and_list(
     assert (pool.capacity, pool.tokens_per_s, pool.cost_per_hour, pool.burst) == (
         4, 2400.0, 3.5, True,
     )  # fmt: skip
+    assert (pool.min_prompt_tokens, pool.max_prompt_tokens) == (2048, None)
     assert json.loads(run(capsys, "pools", "show", "h100-eu-2")[1])["name"] == "h100-eu-2"
     code, out, _ = run(capsys, "pools", "list")
     lines = out.splitlines()
@@ -83,6 +86,8 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     capsys.readouterr()
     code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--capacity", "-3")
     assert code == 2 and "--capacity" in err
+    code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--max-prompt-tokens", "0")
+    assert code == 2 and "max_prompt_tokens (0) must exceed min_prompt_tokens (0)" in err
     code, _, err = run(capsys, "pools", "show", "nope")
     assert (code, err) == (2, "error: pool 'nope' not found\n")
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=http://b")

@@ -69,6 +69,25 @@ def test_round_robin_and_least_loaded_place_requests_differently() -> None:
     assert sum(o.endpoint == busy for o in ll.outcomes) == 1
 
 
+def test_long_prompts_run_on_the_pool_placed_for_them_and_short_ones_elsewhere() -> None:
+    spec = FleetSpec(
+        pools=(
+            PoolSpec("long", "l40s", 2, min_prompt_tokens=2048),
+            PoolSpec("short", "h100", 1, max_prompt_tokens=2048),
+        )
+    )
+    rows = tuple((0.05 * i, "a", 6000 if i % 3 == 0 else 300, 20) for i in range(30))
+    for name in ("prefix-aware", "cost-aware"):
+        result = simulate(spec, make_policy(name), Scripted(rows))
+        pools = {(o.prompt_tokens >= 2048, o.endpoint.split("/")[0]) for o in result.outcomes}
+        assert pools == {(True, "long"), (False, "short")}, name
+
+
+def test_a_pool_placed_for_no_prompt_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_prompt_tokens must exceed"):
+        PoolSpec("p", "h100", 1, min_prompt_tokens=4096, max_prompt_tokens=4096)
+
+
 def test_a_tenant_with_no_pool_in_its_regions_is_rejected_and_misses_its_slo() -> None:
     spec = FleetSpec(
         pools=(PoolSpec("eu-pool", "h100", 1, region="eu"),), tenant_regions={"b": ("us",)}

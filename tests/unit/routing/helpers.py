@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from trunkline.gateway.routing import EndpointLoad, EndpointView, RequestView, TextPrompt
+from trunkline.gateway.routing import (
+    EndpointLoad,
+    EndpointView,
+    PromptRange,
+    RequestView,
+    TextPrompt,
+)
 
 
 def endpoint(
@@ -18,6 +24,7 @@ def endpoint(
     cost_per_hour: float | None = None,
     tokens_per_s: float | None = None,
     block_size: int = 16,
+    prompt_tokens: PromptRange | None = None,
 ) -> EndpointView:
     return EndpointView(
         key,
@@ -31,6 +38,7 @@ def endpoint(
         healthy=healthy,
         burst=burst,
         model=model,
+        prompt_tokens=prompt_tokens,
     )
 
 
@@ -42,6 +50,7 @@ def request(
     may_use_burst: bool = True,
     model: str | None = None,
     request_id: str = "r",
+    prompt_tokens: int = 0,
 ) -> RequestView:
     prompt = TextPrompt(text, cache_salt=salt) if text else None
     return RequestView(
@@ -49,7 +58,7 @@ def request(
         "tenant",
         "silver",
         "chat",
-        prompt_tokens=prompt.num_tokens if prompt else 0,
+        prompt_tokens=prompt.num_tokens if prompt else prompt_tokens,
         prompt=prompt,
         cache_salt=salt,
         regions=regions,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 from tests.unit.routing.helpers import endpoint, request
 
-from trunkline.gateway.routing import FILTERS, EndpointView, RequestView
+from trunkline.gateway.routing import FILTERS, EndpointView, PromptRange, RequestView
+
+LONG = PromptRange(2048)
+SHORT = PromptRange(0, 2048)
 
 
 @pytest.mark.parametrize(
@@ -24,9 +27,21 @@ from trunkline.gateway.routing import FILTERS, EndpointView, RequestView
         ("model", request(model="llama"), endpoint("e", model="qwen"), False),
         ("model", request(model=None), endpoint("e", model="qwen"), True),  # not checked
         ("model", request(model="llama"), endpoint("e", model=None), True),  # unknown
+        ("prompt-length", request(prompt_tokens=5000), endpoint("e"), True),  # any length
+        ("prompt-length", request(prompt_tokens=2048), endpoint("e", prompt_tokens=LONG), True),
+        ("prompt-length", request(prompt_tokens=2047), endpoint("e", prompt_tokens=LONG), False),
+        ("prompt-length", request(prompt_tokens=2047), endpoint("e", prompt_tokens=SHORT), True),
+        ("prompt-length", request(prompt_tokens=2048), endpoint("e", prompt_tokens=SHORT), False),
+        ("prompt-length", request(prompt_tokens=0), endpoint("e", prompt_tokens=SHORT), True),
     ],
 )
 def test_filter_keeps_only_allowed_endpoints(
     name: str, req: RequestView, target: EndpointView, kept: bool
 ) -> None:
     assert FILTERS[name]().keep(req, target) is kept
+
+
+def test_only_the_prompt_length_filter_is_a_preference() -> None:
+    """A strict filter's verdict is final (residency, health); placement by prompt length gives
+    way when it would leave a request nowhere to go."""
+    assert {name for name, make in FILTERS.items() if not make().strict} == {"prompt-length"}

@@ -12,11 +12,12 @@ from trunkline.gateway.routing import (
     Balance,
     EndpointView,
     PipelinePolicy,
+    PromptRange,
     WeightedScorer,
     kv_event_index,
     make_policy,
 )
-from trunkline.gateway.routing.filters import HealthyFilter, ResidencyFilter
+from trunkline.gateway.routing.filters import HealthyFilter, PromptLengthFilter, ResidencyFilter
 from trunkline.gateway.routing.load_scorers import KvUsageScorer, QueueDepthScorer
 from trunkline.gateway.routing.picker import MaxScorePicker
 
@@ -34,6 +35,52 @@ def pipeline(*, balance: Balance | None = None, seed: int = 0) -> PipelinePolicy
 def test_filtered_endpoints_are_never_ranked() -> None:
     views = [endpoint("a", region="us"), endpoint("b", healthy=False), endpoint("c", running=9)]
     assert pipeline().rank(request(regions=("eu",)), views) == [2]
+
+
+LONG, SHORT = PromptRange(2048), PromptRange(0, 2048)
+
+
+def placed() -> PipelinePolicy:
+    return PipelinePolicy(
+        "placed",
+        filters=[HealthyFilter(), ResidencyFilter(), PromptLengthFilter()],
+        scorers=[WeightedScorer(QueueDepthScorer(), 1.0)],
+        picker=MaxScorePicker(0),
+    )
+
+
+def test_prompts_go_to_the_pools_placed_for_their_length_however_busy() -> None:
+    views = [
+        endpoint("long", prompt_tokens=LONG, running=30),
+        endpoint("short", prompt_tokens=SHORT),
+        endpoint("any", running=40),  # a pool with no range takes any length
+    ]
+    assert placed().rank(request(prompt_tokens=6000), views) == [0, 2]
+    assert placed().rank(request(prompt_tokens=300), views) == [1, 2]
+
+
+def test_a_long_prompt_goes_elsewhere_when_no_pool_for_it_is_healthy() -> None:
+    views = [
+        endpoint("long", prompt_tokens=LONG, healthy=False),
+        endpoint("short-busy", prompt_tokens=SHORT, running=5),
+        endpoint("short", prompt_tokens=SHORT),
+    ]
+    assert placed().rank(request(prompt_tokens=6000), views) == [2, 1]
+
+
+def test_placement_never_takes_a_request_out_of_its_regions() -> None:
+    views = [
+        endpoint("long-us", region="us", prompt_tokens=LONG),
+        endpoint("short-eu", region="eu", prompt_tokens=SHORT),
+    ]
+    assert placed().rank(request(prompt_tokens=6000, regions=("eu",)), views) == [1]
+
+
+def test_bundled_profiles_place_by_prompt_length() -> None:
+    views = [endpoint("long", prompt_tokens=LONG), endpoint("short", prompt_tokens=SHORT)]
+    for name in ("prefix-aware", "prefix-only", "precise-prefix", "cost-aware"):
+        assert make_policy(name).rank(request(prompt_tokens=4096), views)[0] == 0, name
+        assert make_policy(name).rank(request(prompt_tokens=100), views)[0] == 1, name
 
 
 def test_weighted_scores_are_normalised_to_one() -> None:

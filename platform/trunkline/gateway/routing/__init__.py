@@ -32,7 +32,13 @@ from trunkline.gateway.routing.registry import FILTERS, PICKERS, SCORERS
 from trunkline.gateway.routing.round_robin import RoundRobinPolicy
 from trunkline.gateway.routing.router import Router, endpoint_view
 from trunkline.gateway.routing.text_prompt import TextPrompt
-from trunkline.gateway.routing.views import EndpointLoad, EndpointView, PromptView, RequestView
+from trunkline.gateway.routing.views import (
+    EndpointLoad,
+    EndpointView,
+    PromptRange,
+    PromptView,
+    RequestView,
+)
 
 __all__ = [
     "FILTERS",
@@ -50,6 +56,7 @@ __all__ = [
     "Picker",
     "PipelinePolicy",
     "PrefixIndex",
+    "PromptRange",
     "PromptView",
     "RequestView",
     "RoundRobinPolicy",

@@ -76,6 +76,7 @@ class PipelinePolicy:
     ) -> None:
         self.name = name
         self.filters = tuple(filters)
+        self.preferences = tuple(f for f in self.filters if not f.strict)
         self.scorers = tuple(s for s in scorers if s.weight > 0)
         self.picker = picker
         self.balance = balance
@@ -99,8 +100,11 @@ class PipelinePolicy:
         kept = [
             index
             for index, endpoint in enumerate(endpoints)
-            if all(f.keep(request, endpoint) for f in self.filters)
+            if all(f.keep(request, endpoint) for f in self.filters if f.strict)
         ]
+        for preference in self.preferences:
+            preferred = [i for i in kept if preference.keep(request, endpoints[i])]
+            kept = preferred or kept
         if len(kept) <= 1:
             return kept
         views = [endpoints[index] for index in kept]

@@ -12,6 +12,7 @@ import msgspec
 from trunkline.gateway.routing.filters import (
     HealthyFilter,
     ModelFilter,
+    PromptLengthFilter,
     ResidencyFilter,
     TierPoolsFilter,
 )
@@ -62,6 +63,7 @@ FILTERS: Mapping[str, Callable[[], Filter]] = {
     "residency": ResidencyFilter,
     "tier-pools": TierPoolsFilter,
     "model": ModelFilter,
+    "prompt-length": PromptLengthFilter,
 }
 
 SCORERS: Mapping[str, ScorerPlugin] = {

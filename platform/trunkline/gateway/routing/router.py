@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from trunkline.gateway.routing.candidates import Candidate
 from trunkline.gateway.routing.policy import RoutingPolicy
-from trunkline.gateway.routing.views import EndpointLoad, EndpointView, RequestView
+from trunkline.gateway.routing.views import EndpointLoad, EndpointView, PromptRange, RequestView
 
 __all__ = ["Router", "endpoint_view"]
 
@@ -32,7 +32,12 @@ def endpoint_view(
         model=pool.model,
         # The engine's own figure first: the pool's is a configured guess.
         kv_capacity_tokens=load.kv_capacity_tokens or pool.kv_capacity_tokens or None,
+        prompt_tokens=_prompt_range(pool.min_prompt_tokens, pool.max_prompt_tokens),
     )
+
+
+def _prompt_range(low: int, high: int | None) -> PromptRange | None:
+    return PromptRange(low, high) if low or high is not None else None
 
 
 class Router:

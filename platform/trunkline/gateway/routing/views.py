@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["EndpointLoad", "EndpointView", "PromptView", "RequestView"]
+__all__ = ["EndpointLoad", "EndpointView", "PromptRange", "PromptView", "RequestView"]
 
 
 class PromptView(Protocol):
@@ -23,6 +23,21 @@ class PromptView(Protocol):
     def block_hashes(self, block_size: int) -> Sequence[int]:
         """Chained hashes of the prompt's full blocks, as the engine computes them."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class PromptRange:
+    """Prompt lengths from ``min_tokens`` up to, not including, ``max_tokens`` (None: no limit)."""
+
+    min_tokens: int = 0
+    max_tokens: int | None = None
+
+    def __contains__(self, tokens: object) -> bool:
+        return (
+            isinstance(tokens, int)
+            and tokens >= self.min_tokens
+            and (self.max_tokens is None or tokens < self.max_tokens)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +113,6 @@ class EndpointView:
     kv_capacity_tokens: int | None = None
     """Tokens one replica's prefix cache holds (None: unknown); sizes the approximate prefix
     index per endpoint."""
+    prompt_tokens: PromptRange | None = None
+    """The prompt lengths the endpoint's pool is placed for (None: any), for the
+    ``prompt-length`` filter."""

@@ -22,7 +22,7 @@ from trunkline.pools.aliases import configure_alias
 from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
 from trunkline.pools.schemas import Cascade, money
-from trunkline.pools.service import flavor_row, model_row, replace_endpoints
+from trunkline.pools.service import check_prompt_range, flavor_row, model_row, replace_endpoints
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.tenancy.changes import assign
 from trunkline.tenancy.manifests.documents import Manifests
@@ -184,6 +184,7 @@ def _model(session: Session, spec: ModelSpec, report: ApplyReport) -> None:
 def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
     model = model_row(session, spec.model, param="model")
     flavor = flavor_row(session, spec.flavor, param="flavor")
+    check_prompt_range(spec.min_prompt_tokens, spec.max_prompt_tokens)
     values = {
         "model_id": model.id,
         "flavor_id": flavor.id,
@@ -193,6 +194,8 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
         "cost_per_hour": None if spec.cost_per_hour is None else money(spec.cost_per_hour),
         "capacity": spec.capacity,
         "tokens_per_s": spec.tokens_per_s,
+        "min_prompt_tokens": spec.min_prompt_tokens,
+        "max_prompt_tokens": spec.max_prompt_tokens,
     }
     found = PoolRepository(session).by_name(spec.name)
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731

@@ -23,6 +23,7 @@ from trunkline.pools.schemas import (
     ModelKind,
     ModelName,
     Money,
+    PromptTokens,
     TokensPerS,
 )
 from trunkline.pools.schemas import ParamsB as ParamsB
@@ -102,6 +103,10 @@ class PoolSpec(_Spec, tag="Pool"):
     """Replicas the pool may run; 0: as many as it has endpoints."""
     tokens_per_s: TokensPerS | None = None
     """Nominal output tokens/s of one replica, for cost per token."""
+    min_prompt_tokens: PromptTokens = 0
+    max_prompt_tokens: PromptTokens | None = None
+    """Placement by prompt length: routing prefers the pool for prompts of ``min_prompt_tokens``
+    up to, not including, ``max_prompt_tokens`` (None: no limit)."""
     endpoints: list[Url | EndpointSpec] | None = None
     """The pool's complete endpoint list, each a URL or ``{url, kv_events}``; omit to leave
     endpoints as they are."""
