@@ -27,9 +27,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HETERO_FLAVORS",
+    "HETERO_LONG_PROMPT_TOKENS",
+    "by_prompt_class",
     "candidate_fleets",
     "headroom",
     "hetero_section",
+    "mixed_trace",
     "scaling_section",
     "search_fleets",
 ]
@@ -203,7 +206,7 @@ def headroom(meets: Callable[[float], bool], loads: Sequence[float]) -> float:
     return best
 
 
-def _mixed_trace(config: RoutingBenchConfig, load: float = 1.0) -> Workload:
+def mixed_trace(config: RoutingBenchConfig, load: float = 1.0) -> Workload:
     """The mixed trace; at ``load`` > 1 the same requests arrive ``load`` times as fast."""
     from trunkline.workloads import MixedWorkload, make_workload
 
@@ -219,13 +222,13 @@ def _mixed_trace(config: RoutingBenchConfig, load: float = 1.0) -> Workload:
 def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     policies, missing = available_policies([config.hetero_policy, config.policy, "least-loaded"])
     policy = policies[0]
-    workload = _mixed_trace(config)
+    workload = mixed_trace(config)
     fleets = candidate_fleets(HETERO_FLAVORS, HETERO_MAX_REPLICAS)
     tried: dict[Fleet, Metrics] = {}
     meets: dict[Fleet, bool] = {}
 
     def check(fleet: Fleet) -> bool:
-        tried[fleet] = sim.run(_fleet(fleet, config.seed), policy, workload, extra=_by_class)
+        tried[fleet] = sim.run(_fleet(fleet, config.seed), policy, workload, extra=by_prompt_class)
         meets[fleet] = meets_slo(tried[fleet])
         return meets[fleet]
 
@@ -309,8 +312,8 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
 def _run_at(
     sim: SimRunner, config: RoutingBenchConfig, fleet: Fleet, policy: str, load: float
 ) -> Metrics:
-    workload = _mixed_trace(config, load)
-    return sim.run(_fleet(fleet, config.seed), policy, workload, extra=_by_class)
+    workload = mixed_trace(config, load)
+    return sim.run(_fleet(fleet, config.seed), policy, workload, extra=by_prompt_class)
 
 
 def _headroom_note(runs: Runs) -> list[str]:
@@ -324,7 +327,7 @@ def _headroom_note(runs: Runs) -> list[str]:
     ]
 
 
-def _by_class(outcomes: Sequence[RequestOutcome]) -> Metrics:
+def by_prompt_class(outcomes: Sequence[RequestOutcome]) -> Metrics:
     """p90 TTFT of long prompts (at least :data:`HETERO_LONG_PROMPT_TOKENS`) and of the rest."""
     from trunkline.fleet.stats import quantile
 

@@ -8,6 +8,8 @@ which never meets its target.
 
 from __future__ import annotations
 
+import math
+
 from trunkline.bench._routing_common import goal, ratio_of, value_of
 from trunkline.bench.report import GoalSpec, Runs
 
@@ -100,6 +102,24 @@ def hetero_goals() -> list[GoalSpec]:
             _cost_ratio,
         )
     ]
+
+
+def placement_goals() -> list[GoalSpec]:
+    return [
+        goal(
+            "placed, mixed flavors: cost per hour / the cheapest single flavor's (placed or not)",
+            "<= 0.9",
+            _placement_ratio,
+        )
+    ]
+
+
+def _placement_ratio(runs: Runs) -> float:
+    singles = [
+        value_of(runs, name, "cost_per_hour_usd") for name in ("one pool", "placed, one flavor")
+    ]
+    best = min((c for c in singles if not math.isnan(c)), default=math.nan)
+    return value_of(runs, "placed, mixed flavors", "cost_per_hour_usd") / best
 
 
 def real_vllm_goals(ours: str) -> list[GoalSpec]:

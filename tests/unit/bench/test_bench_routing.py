@@ -19,8 +19,10 @@ from trunkline.bench._routing_goals import (
     care_goals,
     hetero_goals,
     mooncake_goals,
+    placement_goals,
     scaling_goals,
 )
+from trunkline.bench._routing_placement import cheapest_placement, fewest
 from trunkline.bench._routing_search import find_operating_point, goodput_rps, meets_slo
 from trunkline.bench.report import GoalSpec, Metrics, Runs, evaluate_goals
 from trunkline.bench.routing import merge_sections, parse_sections, run_routing_bench
@@ -116,6 +118,54 @@ def test_throughput_regression_scaling_and_cost_goals_from_given_figures() -> No
         "cheapest mix": {"cost_per_hour_usd": 8.8},
     }
     assert _values(cost, hetero_goals()) == [(0.88, True)]
+
+
+def test_the_placed_mix_is_measured_against_the_cheaper_single_flavor_fleet() -> None:
+    runs: Runs = {
+        "one pool": {"cost_per_hour_usd": 16.0},
+        "placed, one flavor": {"cost_per_hour_usd": 14.0},
+        "placed, mixed flavors": {"cost_per_hour_usd": 13.0},
+    }
+    assert _values(runs, placement_goals()) == [(0.929, False)]
+    del runs["placed, one flavor"]
+    assert _values(runs, placement_goals()) == [(0.812, True)]
+    del runs["placed, mixed flavors"]
+    assert [g.met for g in evaluate_goals(placement_goals(), runs)] == [False]
+
+
+def test_fewest_replicas_doubles_then_bisects_and_gives_up_at_the_limit() -> None:
+    tried: list[int] = []
+
+    def meets(n: int) -> bool:
+        tried.append(n)
+        return n >= 11
+
+    assert fewest(meets) == 11
+    assert tried == [1, 2, 4, 8, 16, 12, 10, 11]
+    assert fewest(lambda n: n >= 70, limit=64) is None
+    assert fewest(lambda n: True) == 1
+
+
+def test_the_cheapest_placement_sizes_both_pools_and_stops_when_the_long_pool_costs_too_much() -> (
+    None
+):
+    tried: list[tuple[int, int]] = []
+
+    def meets(long: int, short: int) -> bool:  # capacity: a long replica does 2, a short one 1
+        tried.append((long, short))
+        return long >= 2 and 2 * long + short >= 12
+
+    found = cheapest_placement(
+        meets, long_price=3.0, short_price=1.0, long_limit=10, short_limit=20
+    )
+    assert found == (2, 8)  # $14; (3, 6) and (4, 4) cost $15 and $16
+    assert max(long for long, _ in tried) == 4  # 5 long replicas and 1 short cost $16 >= $14
+    assert (
+        cheapest_placement(
+            lambda a, b: False, long_price=1.0, short_price=1.0, long_limit=3, short_limit=3
+        )
+        is None
+    )
 
 
 def test_the_summary_prefixes_metrics_by_section_and_measures_each_goal_on_its_own() -> None:
