@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -91,3 +92,59 @@ async def test_client_hanging_up_mid_stream_is_metered_and_frees_the_engine(live
     while core.num_requests_running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls an engine
         await asyncio.sleep(0.02)
     assert core.num_requests_running == 0, "the engine kept generating for a client that left"
+
+
+def _placed_pools(long_url: str, short_url: str) -> dict[str, PoolEntry]:
+    """A pool for prompts of 256 tokens or more, and one for the rest."""
+    return {
+        name: PoolEntry(
+            name,
+            "llama-8b-served",
+            "h100",
+            "eu-west",
+            False,
+            16,
+            (EndpointEntry(f"e-{name}-{url}", url),),
+            min_prompt_tokens=low,
+            max_prompt_tokens=high,
+        )
+        for name, url, low, high in (("long", long_url, 256, None), ("short", short_url, 0, 256))
+    }
+
+
+def _closed_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port: int = listener.getsockname()[1]
+    return port  # nothing listens there any more: connections are refused
+
+
+@pytest.mark.parametrize("long_pool_alive", [True, False])
+async def test_long_prompts_go_to_the_pool_placed_for_them_or_fail_over_to_the_rest(
+    long_pool_alive: bool,
+) -> None:
+    specs = [EngineSpec("llama-8b-served", "h100", time_scale=0.2) for _ in range(2)]
+    async with SimulatedEngines(specs) as engines:
+        world: World = default_world()
+        long_url = engines.urls[0] if long_pool_alive else f"http://127.0.0.1:{_closed_port()}"
+        world.pools = _placed_pools(long_url, engines.urls[1])
+        world.aliases = {"llama": AliasEntry("llama", "llama-8b-served", "chat", ("long", "short"))}
+        key = world.add_key()
+        world.publish()
+        usage = InMemoryUsageStream()
+        async with serve_on_loopback(gateway_app(world, usage)) as url:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with httpx.AsyncClient(base_url=f"{url}/v1", headers=headers) as client:
+                ids = []
+                for content in (PREAMBLE + "a long one", "hi", PREAMBLE + "another", "hello"):
+                    answer = await client.post("/chat/completions", json=_chat(content))
+                    assert answer.status_code == 200  # a dead long pool: failed over, no error
+                    ids.append(answer.headers["x-request-id"])
+            pools = {r.request_id: r.pool for r in await usage_records(usage, len(ids))}
+        long_pool = "long" if long_pool_alive else "short"
+        assert [pools.get(request_id) for request_id in ids] == [
+            long_pool,
+            "short",
+            long_pool,
+            "short",
+        ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trunkline.fleet.spec import DEFAULT_TIERS
-from trunkline.gateway.routing import EndpointLoad, EndpointView, RequestView
+from trunkline.gateway.routing import EndpointLoad, EndpointView, PromptRange, RequestView
 
 GOLD = DEFAULT_TIERS["gold"]
 SILVER = DEFAULT_TIERS["silver"]
@@ -16,9 +16,14 @@ FULL = EndpointLoad(running=256.0, waiting=40.0, kv_usage=0.99, queued_prompt_to
 
 
 def endpoint(
-    key: str = "pool/0", load: EndpointLoad = IDLE, *, pool: str = "pool", burst: bool = False
+    key: str = "pool/0",
+    load: EndpointLoad = IDLE,
+    *,
+    pool: str = "pool",
+    burst: bool = False,
+    prompt_tokens: PromptRange | None = None,
 ) -> EndpointView:
-    return EndpointView(key, pool, "eu", "l40s", 16, load, burst=burst)
+    return EndpointView(key, pool, "eu", "l40s", 16, load, burst=burst, prompt_tokens=prompt_tokens)
 
 
 def request(

@@ -22,7 +22,7 @@ from trunkline.gateway.admission import (
     AdmissionPolicy,
     Decision,
 )
-from trunkline.gateway.routing import EndpointLoad
+from trunkline.gateway.routing import EndpointLoad, PromptRange
 from trunkline.snapshot import TierEntry
 
 BUSY = EndpointLoad(running=235.0, kv_usage=0.6)
@@ -267,6 +267,35 @@ def test_a_replica_not_measured_yet_is_judged_at_its_pools_measured_rates() -> N
     decision = AdmissionPolicy().decide(request(tier="gold", prompt_tokens=10), GOLD, ranked, 0.0)
     assert (decision.outcome, decision.endpoint) == (ADMITTED, 0)
     assert decision.predicted_ttft_s == pytest.approx(10 / 200_000 + 1.5 * 0.005)
+
+
+LONG, SHORT = PromptRange(2048), PromptRange(0, 2048)
+
+
+@pytest.mark.parametrize("tier", [GOLD, SILVER], ids=["gold", "silver"])
+def test_a_short_prompt_stays_on_the_pool_placed_for_it_when_another_would_start_sooner(
+    tier: TierEntry,
+) -> None:
+    fast = EndpointLoad(prefill_tokens_per_s=200_000.0, decode_step_s=0.005)
+    for ranked, placed in (
+        ([endpoint("short/0", pool="short", prompt_tokens=SHORT),
+          endpoint("long/0", fast, pool="long", prompt_tokens=LONG)], 0),
+        ([endpoint("long/0", fast, pool="long", prompt_tokens=LONG),
+          endpoint("short/0", pool="short", prompt_tokens=SHORT)], 1),
+    ):  # fmt: skip
+        decision = AdmissionPolicy().decide(
+            request(tier=tier.name, prompt_tokens=100), tier, ranked, 0.0
+        )
+        assert (decision.outcome, decision.endpoint) == (ADMITTED, placed)
+
+
+def test_gold_leaves_the_pool_placed_for_it_when_that_cannot_make_its_deadline() -> None:
+    ranked = [
+        endpoint("short/0", FULL, pool="short", prompt_tokens=SHORT),
+        endpoint("long/0", pool="long", prompt_tokens=LONG),
+    ]
+    decision = AdmissionPolicy().decide(request(tier="gold", prompt_tokens=100), GOLD, ranked, 0.0)
+    assert (decision.outcome, decision.endpoint) == (ADMITTED, 1)
 
 
 def test_a_noisy_tenant_past_its_share_is_held_where_its_peers_still_go_straight_in() -> None:

@@ -42,6 +42,6 @@ def test_filter_keeps_only_allowed_endpoints(
 
 
 def test_only_the_prompt_length_filter_is_a_preference() -> None:
-    """A strict filter's verdict is final (residency, health); placement by prompt length gives
-    way when it would leave a request nowhere to go."""
+    """A strict filter's verdict is final (residency, health); placement by prompt length only
+    ranks the other pools after the placed ones."""
     assert {name for name, make in FILTERS.items() if not make().strict} == {"prompt-length"}

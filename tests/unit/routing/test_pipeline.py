@@ -49,17 +49,17 @@ def placed() -> PipelinePolicy:
     )
 
 
-def test_prompts_go_to_the_pools_placed_for_their_length_however_busy() -> None:
+def test_prompts_go_to_the_pools_placed_for_their_length_however_busy_the_rest_after() -> None:
     views = [
         endpoint("long", prompt_tokens=LONG, running=30),
         endpoint("short", prompt_tokens=SHORT),
         endpoint("any", running=40),  # a pool with no range takes any length
     ]
-    assert placed().rank(request(prompt_tokens=6000), views) == [0, 2]
-    assert placed().rank(request(prompt_tokens=300), views) == [1, 2]
+    assert placed().rank(request(prompt_tokens=6000), views) == [0, 2, 1]
+    assert placed().rank(request(prompt_tokens=300), views) == [1, 2, 0]
 
 
-def test_a_long_prompt_goes_elsewhere_when_no_pool_for_it_is_healthy() -> None:
+def test_a_long_prompt_goes_elsewhere_when_no_pool_placed_for_it_is_healthy() -> None:
     views = [
         endpoint("long", prompt_tokens=LONG, healthy=False),
         endpoint("short-busy", prompt_tokens=SHORT, running=5),
@@ -76,11 +76,14 @@ def test_placement_never_takes_a_request_out_of_its_regions() -> None:
     assert placed().rank(request(prompt_tokens=6000, regions=("eu",)), views) == [1]
 
 
-def test_bundled_profiles_place_by_prompt_length() -> None:
-    views = [endpoint("long", prompt_tokens=LONG), endpoint("short", prompt_tokens=SHORT)]
+def test_bundled_profiles_place_by_prompt_length_even_past_saturation() -> None:
+    views = [
+        endpoint("long", prompt_tokens=LONG, running=40),
+        endpoint("short", prompt_tokens=SHORT),
+    ]
     for name in ("prefix-aware", "prefix-only", "precise-prefix", "cost-aware"):
-        assert make_policy(name).rank(request(prompt_tokens=4096), views)[0] == 0, name
-        assert make_policy(name).rank(request(prompt_tokens=100), views)[0] == 1, name
+        assert make_policy(name).rank(request(prompt_tokens=4096), views) == [0, 1], name
+        assert make_policy(name).rank(request(prompt_tokens=100), views) == [1, 0], name
 
 
 def test_weighted_scores_are_normalised_to_one() -> None:

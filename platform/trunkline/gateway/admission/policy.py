@@ -278,10 +278,14 @@ class AdmissionPolicy:
             fullest = self.config.shed_tier_occupancy
         if heavy is not None:
             fullest = min(fullest, heavy)
-        order = sorted(range(len(ranked)), key=lambda i: ranked[i].burst)
+        # Shared pools before burst ones, pools placed for the prompt's length before the rest.
+        order = sorted(
+            range(len(ranked)), key=lambda i: (ranked[i].burst, not ranked[i].placed_for(request))
+        )
         if top:
             target = min(limit, idle_s * self.config.top_target_over_idle)
-            for index in order:
+            placed = [i for i in order if ranked[i].placed_for(request)] or order
+            for index in placed:
                 decision = self._fit(request, tier, ranked, index, now, sent, target, None)
                 if decision is not None:
                     return decision
@@ -306,7 +310,9 @@ class AdmissionPolicy:
     ) -> list[int]:
         """Where to try the top tier when no endpoint is near its idle TTFT: the healthy endpoint
         with the shortest predicted TTFT ([0] if none) — after the router's first healthy choice
-        (shared endpoints first) when that is predicted within ``top_keep_first_within`` of it."""
+        (shared endpoints first) when that is predicted within ``top_keep_first_within`` of it.
+        Endpoints placed for the prompt's length count first: the soonest of them, then the
+        soonest of all."""
         predicted: dict[int, float] = {}
         for index, view in enumerate(ranked):
             if view.healthy:
@@ -316,14 +322,17 @@ class AdmissionPolicy:
                 ).ttft_s
         if not predicted:
             return [0]
-        best = min(predicted, key=lambda index: predicted[index])
-        first = min(predicted, key=lambda index: (ranked[index].burst, index))
+        placed = [i for i in predicted if ranked[i].placed_for(request)] or list(predicted)
+        best = min(placed, key=lambda index: predicted[index])
+        first = min(placed, key=lambda index: (ranked[index].burst, index))
+        soonest = min(predicted, key=lambda index: predicted[index])
+        order = [best]
         if (
             first != best
             and predicted[first] <= predicted[best] * self.config.top_keep_first_within
         ):
-            return [first, best]
-        return [best]
+            order = [first, best]
+        return order if soonest in order else [*order, soonest]
 
     def _fit(
         self,

@@ -4,12 +4,12 @@
 - ``residency``: keeps endpoints inside the tenant's data-residency regions (none: anywhere);
 - ``tier-pools``: drops burst pools for tiers that may not use them;
 - ``model``: keeps endpoints serving the request's model (unknown on either side: kept);
-- ``prompt-length``: keeps endpoints whose pool is placed for the request's prompt length (a
-  pool's ``prompt_tokens`` range; pools without one take any length). A preference, not a rule
-  (``strict = False``): when it would keep none of the endpoints the strict filters left —
-  every pool for long prompts ejected, say — the request goes to any of them.
+- ``prompt-length``: prefers endpoints whose pool is placed for the request's prompt length (a
+  pool's ``prompt_tokens`` range; pools without one take any length).
 
-Strict filters' verdicts are final: failover walks only the endpoints they all kept.
+Strict filters' verdicts are final: failover walks only the endpoints they all kept. A filter
+that is not strict (``prompt-length``) is a preference: the endpoints it would drop are ranked
+after all those it keeps, so failover reaches them when the preferred ones fail.
 """
 
 from __future__ import annotations
@@ -62,5 +62,4 @@ class PromptLengthFilter:
     strict = False
 
     def keep(self, request: RequestView, endpoint: EndpointView) -> bool:
-        placed = endpoint.prompt_tokens
-        return placed is None or request.num_prompt_tokens in placed
+        return endpoint.placed_for(request)

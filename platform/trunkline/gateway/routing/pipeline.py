@@ -102,9 +102,6 @@ class PipelinePolicy:
             for index, endpoint in enumerate(endpoints)
             if all(f.keep(request, endpoint) for f in self.filters if f.strict)
         ]
-        for preference in self.preferences:
-            preferred = [i for i in kept if preference.keep(request, endpoints[i])]
-            kept = preferred or kept
         if len(kept) <= 1:
             return kept
         views = [endpoints[index] for index in kept]
@@ -112,13 +109,31 @@ class PipelinePolicy:
         by_index = [0.0] * len(endpoints)
         for index, value in zip(kept, scores, strict=True):
             by_index[index] = value
-        if self.balance is None:
-            return self.picker.order(by_index, kept)
-        loads = [v.load.running + v.load.waiting for v in views]
-        saturated = self.balance.saturated(loads, relative_capacity(views))
-        free = [index for index, full in zip(kept, saturated, strict=True) if not full]
-        full = [index for index, full in zip(kept, saturated, strict=True) if full]
-        return self.picker.order(by_index, free) + self.picker.order(by_index, full)
+        full: set[int] = set()
+        if self.balance is not None:
+            loads = [v.load.running + v.load.waiting for v in views]
+            saturated = self.balance.saturated(loads, relative_capacity(views))
+            full = {index for index, busy in zip(kept, saturated, strict=True) if busy}
+        ranking: list[int] = []
+        for group in self._preferred_first(request, endpoints, kept):
+            ranking += self.picker.order(by_index, [i for i in group if i not in full])
+            ranking += self.picker.order(by_index, [i for i in group if i in full])
+        return ranking
+
+    def _preferred_first(
+        self, request: RequestView, endpoints: Sequence[EndpointView], kept: list[int]
+    ) -> list[list[int]]:
+        """``kept`` in groups, ranked in turn: the endpoints every preference keeps first, then
+        those only the first preferences keep, and so on (empty groups dropped)."""
+        groups = [kept]
+        for preference in self.preferences:
+            split: list[list[int]] = []
+            for group in groups:
+                yes = [i for i in group if preference.keep(request, endpoints[i])]
+                no = [i for i in group if not preference.keep(request, endpoints[i])]
+                split += [part for part in (yes, no) if part]
+            groups = split
+        return groups
 
     def scores(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[float]:
         """The weighted score of each endpoint in [0, 1] (filters aside)."""

@@ -2,7 +2,7 @@
 
 A :class:`Filter` drops endpoints a request must never use (a strict filter's verdict is final:
 failover walks only the endpoints every strict filter kept); a filter that is not strict states
-a preference, ignored when it would drop every endpoint left. A :class:`Scorer` rates each
+a preference: what it would drop is ranked after what it keeps. A :class:`Scorer` rates each
 remaining endpoint in [0, 1] for one request (1 is best); the pipeline sums the scores with the
 profile's weights. A :class:`Picker` turns the summed scores into the ranking. Scorers that
 learn from decisions (the approximate prefix index) see each final choice through ``routed``.
@@ -21,7 +21,7 @@ __all__ = ["Filter", "Picker", "Scorer"]
 class Filter(Protocol):
     name: str
     strict: bool
-    """False: a preference, ignored for a request when it would keep none of the endpoints."""
+    """False: a preference; the endpoints it would drop are ranked after those it keeps."""
 
     def keep(self, request: RequestView, endpoint: EndpointView) -> bool:
         """Whether ``request`` may run on ``endpoint`` at all."""

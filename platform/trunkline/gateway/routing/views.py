@@ -116,3 +116,7 @@ class EndpointView:
     prompt_tokens: PromptRange | None = None
     """The prompt lengths the endpoint's pool is placed for (None: any), for the
     ``prompt-length`` filter."""
+
+    def placed_for(self, request: RequestView) -> bool:
+        """Whether the endpoint's pool is placed for the request's prompt length."""
+        return self.prompt_tokens is None or request.num_prompt_tokens in self.prompt_tokens
