@@ -109,17 +109,30 @@ def _convert(raw: dict[str, Any], kind: type[msgspec.Struct]) -> Any:
 
 def list_command(_args: argparse.Namespace) -> int:
     pools = run_work(lambda session, _rt: service.list_pools(session))
-    rows = [("NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "ENDPOINTS")]
+    rows = [
+        ("NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "PROMPTS",
+         "ENDPOINTS"),
+    ]  # fmt: skip
     rows += [
         (p.name, p.model, p.flavor, p.region, "yes" if p.burst else "no",
          f"{p.cost_per_hour:.2f}", str(p.capacity or "-"),
-         "-" if p.tokens_per_s is None else f"{p.tokens_per_s:g}", str(len(p.endpoints)))
+         "-" if p.tokens_per_s is None else f"{p.tokens_per_s:g}", _prompts(p),
+         str(len(p.endpoints)))
         for p in pools
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _prompts(pool: Pool) -> str:
+    """The prompt lengths the pool is placed for: ``any``, ``2048-`` (and longer), ``-2048``
+    (shorter), ``512-4096``."""
+    low, high = pool.min_prompt_tokens, pool.max_prompt_tokens
+    if not low and high is None:
+        return "any"
+    return f"{low or ''}-{'' if high is None else high}"
 
 
 def show_command(args: argparse.Namespace) -> int:

@@ -73,11 +73,14 @@ def test_pools_create_update_set_endpoints_show_and_list(
     code, out, _ = run(capsys, "pools", "list")
     lines = out.splitlines()
     assert lines[0].split() == [
-        "NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "ENDPOINTS",
+        "NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "PROMPTS",
+        "ENDPOINTS",
     ]  # fmt: skip
     assert lines[2].split() == [
-        "h100-eu-2", "llama-3.1-8b-instruct", "h100", "eu-west", "yes", "3.50", "4", "2400", "2",
+        "h100-eu-2", "llama-3.1-8b-instruct", "h100", "eu-west", "yes", "3.50", "4", "2400",
+        "2048-", "2",
     ]  # fmt: skip
+    assert lines[1].split()[-2] == "any"
 
 
 def test_pools_bad_input_is_an_error_naming_the_option(
