@@ -1,6 +1,7 @@
 """Property: a tenant's request never runs outside its regions (nor on a burst pool its tier may
-not use), whatever the loads, the cached prefixes and the failures, even when the caller walks
-down the ranking or re-ranks after ejecting the endpoints that failed."""
+not use), whatever the loads, the cached prefixes, the pools' placement by prompt length and the
+failures, even when the caller walks down the ranking or re-ranks after ejecting the endpoints
+that failed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.unit.routing.helpers import endpoint, request, text
 
-from trunkline.gateway.routing import POLICIES, EndpointView, Router, eligible, make_policy
+from trunkline.gateway.routing import (
+    POLICIES,
+    EndpointView,
+    PromptRange,
+    Router,
+    eligible,
+    make_policy,
+)
 from trunkline.snapshot import (
     AliasEntry,
     EndpointEntry,
@@ -25,7 +33,7 @@ PIPELINES = ("prefix-aware", "prefix-only", "precise-prefix", "cost-aware")
 
 endpoints_strategy = st.lists(
     st.builds(
-        lambda region, healthy, burst, running, kv, cost: endpoint(
+        lambda region, healthy, burst, running, kv, cost, placed: endpoint(
             "",
             region=region,
             healthy=healthy,
@@ -34,6 +42,7 @@ endpoints_strategy = st.lists(
             kv=kv,
             cost_per_hour=cost,
             tokens_per_s=1000.0,
+            prompt_tokens=placed,
         ),
         st.sampled_from(REGIONS),
         st.booleans(),
@@ -41,6 +50,7 @@ endpoints_strategy = st.lists(
         st.integers(0, 40),
         st.floats(0.0, 1.0),
         st.sampled_from([None, 0.6, 1.0, 3.0]),
+        st.sampled_from([None, PromptRange(0, 40), PromptRange(40), PromptRange(100)]),  # of 48
     ),
     min_size=1,
     max_size=10,
