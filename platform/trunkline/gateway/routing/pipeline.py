@@ -104,27 +104,36 @@ class PipelinePolicy:
         ]
         if len(kept) <= 1:
             return kept
-        views = [endpoints[index] for index in kept]
-        scores = self.scores(request, views)
-        by_index = [0.0] * len(endpoints)
-        for index, value in zip(kept, scores, strict=True):
-            by_index[index] = value
-        full: set[int] = set()
-        if self.balance is not None:
-            loads = [v.load.running + v.load.waiting for v in views]
-            saturated = self.balance.saturated(loads, relative_capacity(views))
-            full = {index for index, busy in zip(kept, saturated, strict=True) if busy}
         ranking: list[int] = []
         for group in self._preferred_first(request, endpoints, kept):
-            ranking += self.picker.order(by_index, [i for i in group if i not in full])
-            ranking += self.picker.order(by_index, [i for i in group if i in full])
+            ranking += self._ordered(request, endpoints, group)
         return ranking
+
+    def _ordered(
+        self, request: RequestView, endpoints: Sequence[EndpointView], group: list[int]
+    ) -> list[int]:
+        """``group`` best first: scored, and balanced, among themselves."""
+        if len(group) <= 1:
+            return group
+        views = [endpoints[index] for index in group]
+        scores = self.scores(request, views)
+        by_index = [0.0] * len(endpoints)
+        for index, value in zip(group, scores, strict=True):
+            by_index[index] = value
+        if self.balance is None:
+            return self.picker.order(by_index, group)
+        loads = [v.load.running + v.load.waiting for v in views]
+        saturated = self.balance.saturated(loads, relative_capacity(views))
+        free = [index for index, full in zip(group, saturated, strict=True) if not full]
+        full = [index for index, full in zip(group, saturated, strict=True) if full]
+        return self.picker.order(by_index, free) + self.picker.order(by_index, full)
 
     def _preferred_first(
         self, request: RequestView, endpoints: Sequence[EndpointView], kept: list[int]
     ) -> list[list[int]]:
-        """``kept`` in groups, ranked in turn: the endpoints every preference keeps first, then
-        those only the first preferences keep, and so on (empty groups dropped)."""
+        """``kept`` in groups ranked one after the other, each as if it were all the candidates:
+        the endpoints every preference keeps first, then those only the first preferences keep,
+        and so on (empty groups dropped)."""
         groups = [kept]
         for preference in self.preferences:
             split: list[list[int]] = []
