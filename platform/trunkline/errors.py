@@ -52,6 +52,10 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class MethodNotAllowed(InvalidRequest):
+    code = "method_not_allowed"
+
+
 class Unauthenticated(TrunklineError):
     code = "unauthenticated"
 

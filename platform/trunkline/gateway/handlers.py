@@ -13,7 +13,13 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from trunkline.errors import InvalidRequest, NotFound, PayloadTooLarge, TrunklineError
+from trunkline.errors import (
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    TrunklineError,
+)
 from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.pipeline import visible_aliases
@@ -78,16 +84,36 @@ async def embeddings(request: Request[object, object, State]) -> Response[bytes]
 
 @get("/v1/models")
 async def list_models(request: Request[object, object, State]) -> Response[bytes]:
+    models = _visible_models(request)
+    body = msgspec.json.encode({"object": "list", "data": list(models.values())})
+    return Response(body, media_type=JSON, headers={"x-request-id": request_id_of(request)})
+
+
+@get("/v1/models/{model:path}")
+async def retrieve_model(request: Request[object, object, State], model: str) -> Response[bytes]:
+    """One model the caller may use; any other (another tenant's, or none) is "not found"."""
+    name = model.removeprefix("/")
+    found = _visible_models(request).get(name)
+    if found is None:
+        raise NotFound(
+            f"The model '{name}' does not exist or you do not have access to it.",
+            param="model",
+            reason="model_not_found",
+        )
+    body = msgspec.json.encode(found)
+    return Response(body, media_type=JSON, headers={"x-request-id": request_id_of(request)})
+
+
+def _visible_models(request: Request[object, object, State]) -> dict[str, dict[str, object]]:
+    """The caller's models in OpenAI's shape, by id (authenticating the caller)."""
     service = _service(request.app.state)
     principal = service.authenticate(request.headers.get("authorization"))
     snapshot = service.holder.current
     created = int(snapshot.published_at)
-    data = [
-        {"id": a.alias, "object": "model", "created": created, "owned_by": "trunkline"}
+    return {
+        a.alias: {"id": a.alias, "object": "model", "created": created, "owned_by": "trunkline"}
         for a in visible_aliases(snapshot, principal)
-    ]
-    body = msgspec.json.encode({"object": "list", "data": data})
-    return Response(body, media_type=JSON, headers={"x-request-id": request_id_of(request)})
+    }
 
 
 def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
@@ -133,7 +159,12 @@ def _http_error(exc: HTTPException) -> TrunklineError:
             "Unknown path. The gateway serves the OpenAI API under /v1.", reason="unknown_url"
         )
     if exc.status_code == 405:
-        return InvalidRequest("Method not allowed on this path.", reason="method_not_allowed")
+        allow = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+        return MethodNotAllowed(
+            "Method not allowed on this path.",
+            reason="method_not_allowed",
+            extra={"headers": {"allow": allow}} if allow else None,
+        )
     return InvalidRequest(str(exc.detail), reason="invalid_request")
 
 
@@ -159,7 +190,7 @@ async def metrics(request: Request[object, object, State]) -> Response[bytes]:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-ROUTES = [chat_completions, completions, embeddings, list_models, health, metrics]
+ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, metrics]
 
 
 def build_app(

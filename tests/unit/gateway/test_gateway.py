@@ -320,3 +320,31 @@ def test_residency_keeps_a_regional_tenant_in_its_region(make_gateway) -> None:
 def test_unknown_path_is_404_in_openai_shape(make_gateway) -> None:
     gw, key = _ready(make_gateway)
     assert_openai_error(gw.client.get("/v1/nope", headers=auth(key)), 404, "unknown_url")
+
+
+def test_wrong_method_is_405_in_openai_shape_with_the_allowed_one(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    answer = gw.client.get("/v1/chat/completions", headers=auth(key))
+    assert_openai_error(answer, 405, "method_not_allowed")
+    assert "POST" in answer.headers["allow"]
+
+
+def test_a_model_is_retrieved_only_by_a_key_that_may_use_it(make_gateway) -> None:
+    gw: Harness = make_gateway(chat_any)
+    key = gw.world.add_key()
+    narrow = gw.world.add_key(allowed=frozenset({"bge"}))
+    globex = gw.world.add_key(TENANT_B)
+    gw.world.publish()
+    _wait_for_version(gw)
+    listed = gw.client.get("/v1/models", headers=auth(key)).json()["data"]
+    one = gw.client.get("/v1/models/llama", headers=auth(key))
+    assert one.status_code == 200
+    assert one.json() == next(m for m in listed if m["id"] == "llama")
+    # Another tenant's model, a model the key may not use and no model at all look the same.
+    for caller, model in ((key, "secret-model"), (narrow, "llama"), (key, "nope/x")):
+        error = assert_openai_error(
+            gw.client.get(f"/v1/models/{model}", headers=auth(caller)), 404, "model_not_found"
+        )
+        assert error["param"] == "model" and model in error["message"]
+    assert gw.client.get("/v1/models/secret-model", headers=auth(globex)).status_code == 200
+    assert_openai_error(gw.client.get("/v1/models/llama"), 401, "invalid_api_key")
