@@ -10,6 +10,7 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
+from litestar.params import FromPath
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -90,7 +91,9 @@ async def list_models(request: Request[object, object, State]) -> Response[bytes
 
 
 @get("/v1/models/{model:path}")
-async def retrieve_model(request: Request[object, object, State], model: str) -> Response[bytes]:
+async def retrieve_model(
+    request: Request[object, object, State], model: FromPath[str]
+) -> Response[bytes]:
     """One model the caller may use; any other (another tenant's, or none) is "not found"."""
     name = model.removeprefix("/")
     found = _visible_models(request).get(name)
