@@ -30,14 +30,19 @@ Json = dict[str, Any]
 class ApiError(Exception):
     """A request the server refuses, rendered in vLLM's error shape."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.kind = kind
+        """vLLM's error ``type`` when not the status's usual one (its request-model validation
+        says ``Bad Request``)."""
 
     def body(self) -> Json:
-        kind = {404: "NotFoundError"}.get(self.status, "BadRequestError")
+        kind = self.kind or {404: "NotFoundError"}.get(self.status, "BadRequestError")
         return {
             "error": {
                 "message": self.message,
@@ -132,6 +137,49 @@ def _max_tokens(body: Json, names: tuple[str, ...], prompt_len: int, served: Ser
     return requested
 
 
+def _number(body: Json, name: str) -> float | None:
+    """A float field as vLLM's request model reads it: lax, so numeric strings and booleans
+    pass; anything else is its validation error."""
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, list | dict):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        kind, msg = (
+            ("float_parsing", "Input should be a valid number, unable to parse string as a number")
+            if isinstance(value, str)
+            else ("float_type", "Input should be a valid number")
+        )
+        shown = (
+            f"<{type(value).__name__} of {len(value)} items>"
+            if isinstance(value, list | dict)
+            else value
+        )
+        detail = {"type": kind, "loc": f"body.{name}", "msg": msg, "input": shown}
+        raise ApiError(
+            400, f"1 validation error:\n  {detail}", param=f"body.{name}", kind="Bad Request"
+        ) from None
+
+
+def _check_sampling(body: Json) -> None:
+    """vLLM's SamplingParams checks on ``temperature`` and ``top_p`` (messages as vLLM's)."""
+    temperature = _number(body, "temperature")
+    if temperature is not None and not 0 <= temperature <= 2:
+        rule = "must be non-negative" if temperature < 0 else "must be in [0, 2]"
+        raise _bad(
+            f"temperature {rule}, got {temperature}. (parameter=temperature, value={temperature})",
+            "temperature",
+        )
+    top_p = _number(body, "top_p")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise _bad(
+            f"top_p must be in (0, 1], got {top_p}. (parameter=top_p, value={top_p})", "top_p"
+        )
+
+
 def _generate_params(
     body: Json, prompt: list[int], names: tuple[str, ...], served: ServedModel
 ) -> GenerateParams:
@@ -141,6 +189,7 @@ def _generate_params(
         raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
     if body.get("n") not in (None, 1):
         raise _bad("The simulator supports only n=1.", "n")
+    _check_sampling(body)
     return GenerateParams(
         prompt_tokens=prompt,
         max_tokens=_max_tokens(body, names, len(prompt), served),

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.engines.helpers import small_h100, sse_payloads
 
+from support.engine_contract import BAD_SAMPLING, LAX_SAMPLING
 from trunkline.engines import (
     ChatMessage,
     SimApp,
@@ -261,6 +262,27 @@ async def test_bad_requests_get_vllm_errors_and_never_reach_the_engine(
     assert error["message"]
     assert sim.app.core.counters.prefix_cache_queries == 0
     assert not sim.app.core.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(("bad", "param", "message"), BAD_SAMPLING)
+async def test_bad_sampling_parameters_get_vllms_errors(
+    sim: Sim, bad: dict[str, Any], param: str, message: str
+) -> None:
+    body = {"model": MODEL, "messages": MESSAGES, **bad}
+    response = await sim.client.post(CHAT_PATH, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, 400)
+    assert message in error["message"]
+    # vLLM's request-model validation says "Bad Request", its own checks "BadRequestError".
+    assert error["type"] == ("Bad Request" if param.startswith("body.") else "BadRequestError")
+    assert sim.app.core.counters.prefix_cache_queries == 0
+
+
+async def test_sampling_parameters_are_read_as_laxly_as_vllm_reads_them(sim: Sim) -> None:
+    for fine in LAX_SAMPLING:
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2, **fine}
+        assert (await sim.client.post(CHAT_PATH, json=body)).status_code == 200, fine
 
 
 async def test_an_unknown_model_is_named_in_the_error(sim: Sim) -> None:

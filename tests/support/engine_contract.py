@@ -1,0 +1,23 @@
+"""Request bodies real vLLM and the simulated engine must answer alike: the integration tests
+send them to vLLM through the gateway, the unit tests to the simulated engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BAD_SAMPLING: list[tuple[dict[str, Any], str, str]] = [
+    # (body fields, the error's param, a part of its message), as vLLM 0.32 answers
+    ({"temperature": -1}, "temperature", "temperature must be non-negative, got -1.0."),
+    ({"temperature": 3.5}, "temperature", "temperature must be in [0, 2], got 3.5."),
+    ({"temperature": "hot"}, "body.temperature", "Input should be a valid number"),
+    ({"temperature": [1]}, "body.temperature", "Input should be a valid number"),
+    ({"top_p": 0}, "top_p", "top_p must be in (0, 1], got 0.0."),
+    ({"top_p": 1.5}, "top_p", "top_p must be in (0, 1], got 1.5."),
+]
+
+LAX_SAMPLING: list[dict[str, Any]] = [
+    # vLLM's request model is lax: numeric strings and booleans are numbers
+    {"temperature": "0.5"},
+    {"top_p": "1"},
+    {"temperature": True},
+]
