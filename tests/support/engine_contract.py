@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BAD_SAMPLING: list[tuple[dict[str, Any], str, str]] = [
+BAD_SAMPLING: list[tuple[dict[str, Any], str | None, str]] = [
     # (body fields, the error's param, a part of its message), as vLLM 0.32 answers
     ({"temperature": -1}, "temperature", "temperature must be non-negative, got -1.0."),
     ({"temperature": 3.5}, "temperature", "temperature must be in [0, 2], got 3.5."),
@@ -13,6 +13,13 @@ BAD_SAMPLING: list[tuple[dict[str, Any], str, str]] = [
     ({"temperature": [1]}, "body.temperature", "Input should be a valid number"),
     ({"top_p": 0}, "top_p", "top_p must be in (0, 1], got 0.0."),
     ({"top_p": 1.5}, "top_p", "top_p must be in (0, 1], got 1.5."),
+    ({"presence_penalty": 3}, None, "presence_penalty must be in [-2, 2], got 3.0."),
+    ({"frequency_penalty": -3}, None, "frequency_penalty must be in [-2, 2], got -3.0."),
+    ({"frequency_penalty": "x"}, "body.frequency_penalty", "Input should be a valid number"),
+    ({"top_k": -5}, None, "top_k must be 0 (disable), or at least 1, got -5."),
+    ({"top_k": 2.5}, "body.top_k", "Input should be a valid integer"),
+    ({"stop": 5}, "body.stop", "Input should be a valid string"),
+    ({"stop": ["a", 5]}, "body.stop", "Input should be a valid string"),
 ]
 
 LAX_SAMPLING: list[dict[str, Any]] = [
@@ -20,4 +27,10 @@ LAX_SAMPLING: list[dict[str, Any]] = [
     {"temperature": "0.5"},
     {"top_p": "1"},
     {"temperature": True},
+    {"top_k": "3"},
+    {"top_k": -1},
+    {"top_k": 0},
+    {"presence_penalty": -2},
+    {"stop": "x"},
+    {"stop": ["x", "y"]},
 ]

@@ -137,35 +137,43 @@ def _max_tokens(body: Json, names: tuple[str, ...], prompt_len: int, served: Ser
     return requested
 
 
+def _invalid(name: str, kind: str, msg: str, value: object) -> ApiError:
+    """vLLM's request-model (pydantic) validation error for one field."""
+    shown = f"<list of {len(value)} items>" if isinstance(value, list) else value
+    detail = {"type": kind, "loc": f"body.{name}", "msg": msg, "input": shown}
+    return ApiError(
+        400, f"1 validation error:\n  {detail}", param=f"body.{name}", kind="Bad Request"
+    )
+
+
 def _number(body: Json, name: str) -> float | None:
     """A float field as vLLM's request model reads it: lax, so numeric strings and booleans
     pass; anything else is its validation error."""
     value = body.get(name)
     if value is None:
         return None
+    if isinstance(value, list | dict):
+        raise _invalid(name, "float_type", "Input should be a valid number", value)
     try:
-        if isinstance(value, list | dict):
-            raise TypeError
         return float(value)
     except (TypeError, ValueError):
-        kind, msg = (
-            ("float_parsing", "Input should be a valid number, unable to parse string as a number")
-            if isinstance(value, str)
-            else ("float_type", "Input should be a valid number")
-        )
-        shown = (
-            f"<{type(value).__name__} of {len(value)} items>"
-            if isinstance(value, list | dict)
-            else value
-        )
-        detail = {"type": kind, "loc": f"body.{name}", "msg": msg, "input": shown}
-        raise ApiError(
-            400, f"1 validation error:\n  {detail}", param=f"body.{name}", kind="Bad Request"
-        ) from None
+        message = "Input should be a valid number, unable to parse string as a number"
+        raise _invalid(name, "float_parsing", message, value) from None
+
+
+def _integer(body: Json, name: str) -> int | None:
+    """An int field read as laxly: ``"3"`` and ``3.0`` pass, ``2.5`` and ``"x"`` do not."""
+    value = _number(body, name)
+    if value is None:
+        return None
+    if not value.is_integer():
+        message = "Input should be a valid integer, got a number with a fractional part"
+        raise _invalid(name, "int_from_float", message, body[name])
+    return int(value)
 
 
 def _check_sampling(body: Json) -> None:
-    """vLLM's SamplingParams checks on ``temperature`` and ``top_p`` (messages as vLLM's)."""
+    """vLLM's checks on the sampling parameters it validates (its messages and params)."""
     temperature = _number(body, "temperature")
     if temperature is not None and not 0 <= temperature <= 2:
         rule = "must be non-negative" if temperature < 0 else "must be in [0, 2]"
@@ -178,6 +186,18 @@ def _check_sampling(body: Json) -> None:
         raise _bad(
             f"top_p must be in (0, 1], got {top_p}. (parameter=top_p, value={top_p})", "top_p"
         )
+    for name in ("presence_penalty", "frequency_penalty"):
+        penalty = _number(body, name)
+        if penalty is not None and not -2 <= penalty <= 2:
+            raise _bad(f"{name} must be in [-2, 2], got {penalty}.")
+    top_k = _integer(body, "top_k")
+    if top_k is not None and top_k < -1:  # -1 is vLLM's old spelling of 0 (disabled)
+        raise _bad(f"top_k must be 0 (disable), or at least 1, got {top_k}.")
+    stop = body.get("stop")
+    if isinstance(stop, list) and not all(isinstance(item, str) for item in stop):
+        raise _invalid("stop", "string_type", "Input should be a valid string", stop)
+    if stop is not None and not isinstance(stop, str | list):
+        raise _invalid("stop", "string_type", "Input should be a valid string", stop)
 
 
 def _generate_params(

@@ -266,7 +266,7 @@ async def test_bad_requests_get_vllm_errors_and_never_reach_the_engine(
 
 @pytest.mark.parametrize(("bad", "param", "message"), BAD_SAMPLING)
 async def test_bad_sampling_parameters_get_vllms_errors(
-    sim: Sim, bad: dict[str, Any], param: str, message: str
+    sim: Sim, bad: dict[str, Any], param: str | None, message: str
 ) -> None:
     body = {"model": MODEL, "messages": MESSAGES, **bad}
     response = await sim.client.post(CHAT_PATH, json=body)
@@ -275,7 +275,8 @@ async def test_bad_sampling_parameters_get_vllms_errors(
     assert (error["param"], error["code"]) == (param, 400)
     assert message in error["message"]
     # vLLM's request-model validation says "Bad Request", its own checks "BadRequestError".
-    assert error["type"] == ("Bad Request" if param.startswith("body.") else "BadRequestError")
+    expected = "Bad Request" if param and param.startswith("body.") else "BadRequestError"
+    assert error["type"] == expected
     assert sim.app.core.counters.prefix_cache_queries == 0
 
 
