@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-BAD_SAMPLING: list[tuple[dict[str, Any], str | None, str]] = [
-    # (body fields, the error's param, a part of its message), as vLLM 0.32 answers
+REFUSED: list[tuple[dict[str, Any], str | None, str]] = [
+    # (fields replacing a chat body's, the error's param, a part of its message), as vLLM 0.32
+    # answers
     ({"temperature": -1}, "temperature", "temperature must be non-negative, got -1.0."),
     ({"temperature": 3.5}, "temperature", "temperature must be in [0, 2], got 3.5."),
     ({"temperature": "hot"}, "body.temperature", "Input should be a valid number"),
@@ -20,9 +21,14 @@ BAD_SAMPLING: list[tuple[dict[str, Any], str | None, str]] = [
     ({"top_k": 2.5}, "body.top_k", "Input should be a valid integer"),
     ({"stop": 5}, "body.stop", "Input should be a valid string"),
     ({"stop": ["a", 5]}, "body.stop", "Input should be a valid string"),
+    (
+        {"messages": [{"role": "user", "content": None}]},
+        "body.messages.0.ChatCompletionDeveloperMessageParam.content",
+        "Input should be a valid string",
+    ),
 ]
 
-LAX_SAMPLING: list[dict[str, Any]] = [
+ACCEPTED: list[dict[str, Any]] = [
     # vLLM's request model is lax: numeric strings and booleans are numbers
     {"temperature": "0.5"},
     {"top_p": "1"},
@@ -33,4 +39,9 @@ LAX_SAMPLING: list[dict[str, Any]] = [
     {"presence_penalty": -2},
     {"stop": "x"},
     {"stop": ["x", "y"]},
+    {"seed": "3"},
+    {"seed": 3.0},
+    # an assistant turn with no content (a tool call's), and a role vLLM does not know
+    {"messages": [{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]},
+    {"messages": [{"role": "wizard", "content": "hi"}]},
 ]

@@ -216,7 +216,7 @@ def _generate_params(
         stream=stream,
         include_usage=bool(options and options.get("include_usage")),
         cache_salt=_optional(body, "cache_salt", str),
-        seed=_optional(body, "seed", int),
+        seed=_integer(body, "seed"),
     )
 
 
@@ -225,6 +225,13 @@ def _message_text(message: object, index: int) -> ChatMessage:
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise _bad(f"{param} must be an object with a string 'role'.", param)
     content = message.get("content")
+    if content is None and message["role"] != "assistant":
+        raise _invalid(
+            f"messages.{index}.ChatCompletionDeveloperMessageParam.content",
+            "string_type",
+            "Input should be a valid string",
+            content,
+        )
     if content is None or isinstance(content, str):
         return ChatMessage(message["role"], content or "")
     if isinstance(content, list):

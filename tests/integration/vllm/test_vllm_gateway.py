@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from support.engine_contract import BAD_SAMPLING, LAX_SAMPLING
+from support.engine_contract import ACCEPTED, REFUSED
 from support.vllm import POOL, Gateway, VllmServer, unique_prompt
 
 MAX_TOKENS = 8
@@ -121,13 +121,13 @@ def test_prompt_over_max_model_len_is_vllms_400_in_openai_shape(
     assert (record.status, record.error_code) == (400, "upstream_rejected")
 
 
-def test_bad_sampling_parameters_are_vllms_400_in_openai_shape(gateway: Gateway) -> None:
+def test_bodies_vllm_refuses_are_its_400_in_openai_shape(gateway: Gateway) -> None:
     """The simulated engine answers these alike (tests/unit/engines/test_sim_server.py)."""
-    for bad, param, message in BAD_SAMPLING:
+    for bad, param, message in REFUSED:
         response = gateway.post("/v1/chat/completions", {**_chat("hello"), **bad})
         assert response.status_code == 400, (bad, response.text)
         error = response.json()["error"]
         assert set(error) >= {"message", "type", "param", "code"}
         assert (error["param"], message in error["message"]) == (param, True), error
-    for fine in LAX_SAMPLING:
+    for fine in ACCEPTED:
         assert gateway.post("/v1/chat/completions", {**_chat("hi"), **fine}).status_code == 200

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.engines.helpers import small_h100, sse_payloads
 
-from support.engine_contract import BAD_SAMPLING, LAX_SAMPLING
+from support.engine_contract import ACCEPTED, REFUSED
 from trunkline.engines import (
     ChatMessage,
     SimApp,
@@ -264,8 +264,8 @@ async def test_bad_requests_get_vllm_errors_and_never_reach_the_engine(
     assert not sim.app.core.has_unfinished_requests()
 
 
-@pytest.mark.parametrize(("bad", "param", "message"), BAD_SAMPLING)
-async def test_bad_sampling_parameters_get_vllms_errors(
+@pytest.mark.parametrize(("bad", "param", "message"), REFUSED)
+async def test_bodies_vllm_refuses_get_its_errors(
     sim: Sim, bad: dict[str, Any], param: str | None, message: str
 ) -> None:
     body = {"model": MODEL, "messages": MESSAGES, **bad}
@@ -280,8 +280,8 @@ async def test_bad_sampling_parameters_get_vllms_errors(
     assert sim.app.core.counters.prefix_cache_queries == 0
 
 
-async def test_sampling_parameters_are_read_as_laxly_as_vllm_reads_them(sim: Sim) -> None:
-    for fine in LAX_SAMPLING:
+async def test_bodies_vllm_accepts_are_accepted(sim: Sim) -> None:
+    for fine in ACCEPTED:
         body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2, **fine}
         assert (await sim.client.post(CHAT_PATH, json=body)).status_code == 200, fine
 
