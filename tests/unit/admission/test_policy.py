@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from tests.unit.admission.helpers import (
     BRONZE,
@@ -289,12 +291,23 @@ def test_a_short_prompt_stays_on_the_pool_placed_for_it_when_another_would_start
         assert (decision.outcome, decision.endpoint) == (ADMITTED, placed)
 
 
-def test_gold_leaves_the_pool_placed_for_it_when_that_cannot_make_its_deadline() -> None:
+def test_only_gold_leaves_the_pool_placed_for_it_when_that_cannot_make_its_deadline() -> None:
     ranked = [
         endpoint("short/0", FULL, pool="short", prompt_tokens=SHORT),
         endpoint("long/0", pool="long", prompt_tokens=LONG),
     ]
     decision = AdmissionPolicy().decide(request(tier="gold", prompt_tokens=100), GOLD, ranked, 0.0)
+    assert (decision.outcome, decision.endpoint) == (ADMITTED, 1)
+    # Silver waits for (or is refused by) its own pool: sent to the long-prompt pool, it would
+    # share engine steps with long prefills there.
+    for tier in (SILVER, BRONZE):
+        decision = AdmissionPolicy().decide(
+            request(tier=tier.name, prompt_tokens=100), tier, ranked, 0.0
+        )
+        assert decision.outcome in (QUEUED, REJECTED), (tier.name, decision)
+    # ... unless no pool placed for it is healthy.
+    ejected = [dataclasses.replace(ranked[0], healthy=False), ranked[1]]
+    decision = AdmissionPolicy().decide(request(prompt_tokens=100), SILVER, ejected, 0.0)
     assert (decision.outcome, decision.endpoint) == (ADMITTED, 1)
 
 

@@ -282,6 +282,9 @@ class AdmissionPolicy:
         order = sorted(
             range(len(ranked)), key=lambda i: (ranked[i].burst, not ranked[i].placed_for(request))
         )
+        if not top:  # lower tiers wait for the pools placed for their prompt, never spill
+            placed = [i for i in order if ranked[i].placed_for(request) and ranked[i].healthy]
+            order = placed or order
         if top:
             target = min(limit, idle_s * self.config.top_target_over_idle)
             placed = [i for i in order if ranked[i].placed_for(request)] or order
