@@ -282,13 +282,12 @@ class AdmissionPolicy:
         order = sorted(
             range(len(ranked)), key=lambda i: (ranked[i].burst, not ranked[i].placed_for(request))
         )
+        placed = [i for i in order if ranked[i].placed_for(request) and ranked[i].healthy]
         if not top:  # lower tiers wait for the pools placed for their prompt, never spill
-            placed = [i for i in order if ranked[i].placed_for(request) and ranked[i].healthy]
             order = placed or order
         if top:
             target = min(limit, idle_s * self.config.top_target_over_idle)
-            placed = [i for i in order if ranked[i].placed_for(request)] or order
-            for index in placed:
+            for index in placed or order:
                 decision = self._fit(request, tier, ranked, index, now, sent, target, None)
                 if decision is not None:
                     return decision
