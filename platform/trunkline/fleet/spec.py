@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trunkline.engines.profiles import AcceleratorProfile, get_profile
+from trunkline.pools.schemas import prompt_range_problem
 from trunkline.snapshot import (
     AliasEntry,
     EndpointEntry,
@@ -67,8 +68,9 @@ class PoolSpec:
             raise ValueError(f"pool {self.name!r} needs at least one replica")
         if not self.kv_scale >= 1.0:
             raise ValueError(f"pool {self.name!r}: kv_scale must be at least 1")
-        if self.max_prompt_tokens is not None and self.max_prompt_tokens <= self.min_prompt_tokens:
-            raise ValueError(f"pool {self.name!r}: max_prompt_tokens must exceed min_prompt_tokens")
+        problem = prompt_range_problem(self.min_prompt_tokens, self.max_prompt_tokens)
+        if problem is not None:
+            raise ValueError(f"pool {self.name!r}: max_prompt_tokens {problem}")
 
     @property
     def engine_profile(self) -> AcceleratorProfile:

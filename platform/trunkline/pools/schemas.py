@@ -43,6 +43,16 @@ PromptTokens = Annotated[
     int,
     msgspec.Meta(ge=0, le=10_000_000, description="a prompt length in tokens (placement)"),
 ]
+
+
+def prompt_range_problem(low: int, high: int | None) -> str | None:
+    """What is wrong with a pool's prompt-length range (``max_prompt_tokens`` must exceed
+    ``min_prompt_tokens``, or no prompt fits), None when it holds some length."""
+    if high is not None and high <= low:
+        return f"must exceed min_prompt_tokens ({low})"
+    return None
+
+
 ZmqAddress = Annotated[
     str,
     msgspec.Meta(

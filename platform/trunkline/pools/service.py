@@ -29,6 +29,7 @@ from trunkline.pools.schemas import (
     PoolCreate,
     PoolUpdate,
     money,
+    prompt_range_problem,
 )
 from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
 from trunkline.tenancy.schemas import given
@@ -263,11 +264,9 @@ def replace_endpoints(
 
 def check_prompt_range(low: int, high: int | None) -> None:
     """A pool's prompt-length range must hold some prompt length."""
-    if high is not None and high <= low:
-        raise InvalidRequest(
-            f"max_prompt_tokens ({high}) must exceed min_prompt_tokens ({low})",
-            param="max_prompt_tokens",
-        )
+    problem = prompt_range_problem(low, high)
+    if problem is not None:
+        raise InvalidRequest(f"max_prompt_tokens ({high}) {problem}", param="max_prompt_tokens")
 
 
 def pool_rows(session: Session, name: str) -> tuple[PoolRow, ModelRow, AcceleratorFlavor]:

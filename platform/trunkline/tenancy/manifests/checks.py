@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from trunkline.pools.schemas import prompt_range_problem
 from trunkline.tenancy.manifests.documents import Located, ManifestIssue, Manifests
 from trunkline.tenancy.manifests.schemas import (
     CascadeSpec,
@@ -67,10 +68,9 @@ def _pool(doc: Located, spec: PoolSpec, models: set[str], flavors: set[str]) -> 
         issues.append(doc.issue(("flavor",), f"unknown flavor {spec.flavor!r}"))
     if spec.endpoints is not None and spec.simulated is not None:
         issues.append(doc.issue(("simulated",), "give endpoints or simulated, not both"))
-    high = spec.max_prompt_tokens
-    if high is not None and high <= spec.min_prompt_tokens:
-        message = f"must exceed min_prompt_tokens ({spec.min_prompt_tokens})"
-        issues.append(doc.issue(("max_prompt_tokens",), message))
+    problem = prompt_range_problem(spec.min_prompt_tokens, spec.max_prompt_tokens)
+    if problem is not None:
+        issues.append(doc.issue(("max_prompt_tokens",), problem))
     return issues
 
 
