@@ -279,10 +279,9 @@ class AdmissionPolicy:
         if heavy is not None:
             fullest = min(fullest, heavy)
         # Shared pools before burst ones, pools placed for the prompt's length before the rest.
-        order = sorted(
-            range(len(ranked)), key=lambda i: (ranked[i].burst, not ranked[i].placed_for(request))
-        )
-        placed = [i for i in order if ranked[i].placed_for(request) and ranked[i].healthy]
+        placed_for = [view.placed_for(request) for view in ranked]
+        order = sorted(range(len(ranked)), key=lambda i: (ranked[i].burst, not placed_for[i]))
+        placed = [i for i in order if placed_for[i] and ranked[i].healthy]
         if not top:  # lower tiers wait for the pools placed for their prompt, never spill
             order = placed or order
         if top:
@@ -294,7 +293,7 @@ class AdmissionPolicy:
             # Nowhere near its idle TTFT: the endpoint where it starts soonest, if in time —
             # unless the router's choice is nearly as soon: moving a request off the replica
             # holding its prefix also costs the requests after it their cache hit.
-            order = self._soonest_or_first(request, ranked, now, sent)
+            order = self._soonest_or_first(request, ranked, now, sent, placed)
         for index in order:
             decision = self._fit(
                 request, tier, ranked, index, now, sent, limit, None if top else fullest
@@ -309,12 +308,13 @@ class AdmissionPolicy:
         ranked: Sequence[EndpointView],
         now: float,
         sent: Mapping[str, tuple[float, float]],
+        placed: Sequence[int],
     ) -> list[int]:
         """Where to try the top tier when no endpoint is near its idle TTFT: the healthy endpoint
         with the shortest predicted TTFT ([0] if none) — after the router's first healthy choice
         (shared endpoints first) when that is predicted within ``top_keep_first_within`` of it.
-        Endpoints placed for the prompt's length count first: the soonest of them, then the
-        soonest of all."""
+        The healthy endpoints ``placed`` for the prompt's length count first: the soonest of them,
+        then the soonest of all."""
         predicted: dict[int, float] = {}
         for index, view in enumerate(ranked):
             if view.healthy:
@@ -324,9 +324,9 @@ class AdmissionPolicy:
                 ).ttft_s
         if not predicted:
             return [0]
-        placed = [i for i in predicted if ranked[i].placed_for(request)] or list(predicted)
-        best = min(placed, key=lambda index: predicted[index])
-        first = min(placed, key=lambda index: (ranked[index].burst, index))
+        candidates = [i for i in predicted if i in placed] or list(predicted)
+        best = min(candidates, key=lambda index: predicted[index])
+        first = min(candidates, key=lambda index: (ranked[index].burst, index))
         soonest = min(predicted, key=lambda index: predicted[index])
         order = [best]
         if (

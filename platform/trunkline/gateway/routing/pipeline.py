@@ -138,8 +138,10 @@ class PipelinePolicy:
         for preference in self.preferences:
             split: list[list[int]] = []
             for group in groups:
-                yes = [i for i in group if preference.keep(request, endpoints[i])]
-                no = [i for i in group if not preference.keep(request, endpoints[i])]
+                yes: list[int] = []
+                no: list[int] = []
+                for index in group:
+                    (yes if preference.keep(request, endpoints[index]) else no).append(index)
                 split += [part for part in (yes, no) if part]
             groups = split
         return groups
