@@ -30,6 +30,7 @@ __all__ = [
     "HETERO_LONG_PROMPT_TOKENS",
     "by_prompt_class",
     "candidate_fleets",
+    "fleet_cost",
     "headroom",
     "hetero_section",
     "mixed_trace",
@@ -103,7 +104,7 @@ def scaling_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     )
 
 
-def _fleet_cost(counts: Sequence[tuple[str, int]]) -> float:
+def fleet_cost(counts: Sequence[tuple[str, int]]) -> float:
     from trunkline.fleet import FLAVOR_PRICES
 
     return sum(FLAVOR_PRICES[flavor] * n for flavor, n in counts)
@@ -128,7 +129,7 @@ def candidate_fleets(
     for counts in itertools.product(range(max_replicas + 1), repeat=len(flavors)):
         if any(counts):
             fleets.append(tuple(zip(flavors, counts, strict=True)))
-    return sorted(fleets, key=lambda f: (_fleet_cost(f), sum(n for _, n in f)))
+    return sorted(fleets, key=lambda f: (fleet_cost(f), sum(n for _, n in f)))
 
 
 Fleet = tuple[tuple[str, int], ...]
@@ -167,21 +168,21 @@ def search_fleets(
         if len(used) != 1:
             continue
         flavor, n = used[0]
-        if flavor in need or _fleet_cost(fleet) >= cheapest:
+        if flavor in need or fleet_cost(fleet) >= cheapest:
             continue
         if run(fleet):
             need[flavor] = n
-            cheapest = min(cheapest, _fleet_cost(fleet))
+            cheapest = min(cheapest, fleet_cost(fleet))
         else:
             largest[flavor] = max(largest.get(flavor, 0), n)
     singles = [f for f in fleets if results.get(f) and sum(1 for _, n in f if n) == 1]
     if not singles:
         return None, None
     best_single = singles[0]
-    budget = _fleet_cost(best_single)
+    budget = fleet_cost(best_single)
     mix_runs = 0
     for fleet in fleets:
-        if _fleet_cost(fleet) >= budget or mix_runs >= max_mix_runs:
+        if fleet_cost(fleet) >= budget or mix_runs >= max_mix_runs:
             break
         if fleet in results or _dominated(fleet, results):
             continue
@@ -287,7 +288,7 @@ def hetero_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "window_s": HETERO_WINDOW_S,
             "speedup": HETERO_SPEEDUP,
             "policy": policy,
-            "flavors": {f: _fleet_cost(((f, 1),)) for f in HETERO_FLAVORS},
+            "flavors": {f: fleet_cost(((f, 1),)) for f in HETERO_FLAVORS},
             "max_replicas_per_flavor": HETERO_MAX_REPLICAS,
             "max_mix_runs": HETERO_MAX_MIX_RUNS,
             "min_capacity": HETERO_MIN_CAPACITY,
@@ -366,9 +367,9 @@ def _row(metrics: Metrics, fleet: tuple[tuple[str, int], ...], room: float = 1.0
     ttft_ok = metrics.get("goodput_rps", math.nan) * metrics.get("arrival_window_s", math.nan)
     return {
         **metrics,
-        "cost_per_hour_usd": _fleet_cost(fleet),
+        "cost_per_hour_usd": fleet_cost(fleet),
         "load_headroom": room,
-        "cost_per_hour_per_unit_load_usd": _fleet_cost(fleet) / room,
+        "cost_per_hour_per_unit_load_usd": fleet_cost(fleet) / room,
         "replicas": float(sum(n for _, n in fleet)),
         "slo_attainment_ttft": ttft_ok / metrics["requests"] if metrics.get("requests") else 0.0,
     }

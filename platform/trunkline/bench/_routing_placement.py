@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from trunkline.bench._routing_capacity import (
     HETERO_FLAVORS,
     HETERO_LONG_PROMPT_TOKENS,
     by_prompt_class,
+    fleet_cost,
     mixed_trace,
 )
 from trunkline.bench._routing_common import (
@@ -151,7 +152,7 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         }
         for name, shapes in candidates.items():
             if shapes:
-                best = min(shapes, key=lambda s: (_cost(s), sum(n for _, n in s)))
+                best = min(shapes, key=lambda s: (fleet_cost(s), sum(n for _, n in s)))
                 runs[name] = _row(tried[best], best)
                 notes.append(f"{name}: {_describe(best)}")
         sim.say("placement: " + "; ".join(notes[len(missing) :]) + f" ({len(tried)} fleets run)")
@@ -206,12 +207,6 @@ def _pools(shape: Shape) -> tuple[PoolSpec, ...]:
     )
 
 
-def _cost(shape: Sequence[tuple[str, int]]) -> float:
-    from trunkline.fleet import FLAVOR_PRICES
-
-    return sum(FLAVOR_PRICES[flavor] * n for flavor, n in shape)
-
-
 def _describe(shape: Shape) -> str:
     if len(shape) == 1:
         return f"{shape[0][1]} x {shape[0][0]}"
@@ -222,6 +217,6 @@ def _describe(shape: Shape) -> str:
 def _row(metrics: Metrics, shape: Shape) -> Metrics:
     return {
         **metrics,
-        "cost_per_hour_usd": _cost(shape),
+        "cost_per_hour_usd": fleet_cost(shape),
         "replicas": float(sum(n for _, n in shape)),
     }

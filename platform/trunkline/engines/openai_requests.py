@@ -194,9 +194,8 @@ def _check_sampling(body: Json) -> None:
     if top_k is not None and top_k < -1:  # -1 is vLLM's old spelling of 0 (disabled)
         raise _bad(f"top_k must be 0 (disable), or at least 1, got {top_k}.")
     stop = body.get("stop")
-    if isinstance(stop, list) and not all(isinstance(item, str) for item in stop):
-        raise _invalid("stop", "string_type", "Input should be a valid string", stop)
-    if stop is not None and not isinstance(stop, str | list):
+    strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(strings, list) or not all(isinstance(item, str) for item in strings):
         raise _invalid("stop", "string_type", "Input should be a valid string", stop)
 
 

@@ -162,7 +162,7 @@ def _http_error(exc: HTTPException) -> TrunklineError:
             "Unknown path. The gateway serves the OpenAI API under /v1.", reason="unknown_url"
         )
     if exc.status_code == 405:
-        allow = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+        allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), None)
         return MethodNotAllowed(
             "Method not allowed on this path.",
             reason="method_not_allowed",
