@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from trunkline.gateway.admission.decision import QUEUED, REJECTED, Decision
+from trunkline.gateway.admission.endpoint_views import fresh_view
 from trunkline.gateway.admission.errors import DECISION_HEADER, rejection_error
 from trunkline.gateway.admission.metrics import AdmissionMetrics
-from trunkline.gateway.admission.policy import AdmissionPolicy, fresh_view
+from trunkline.gateway.admission.policy import AdmissionPolicy
 from trunkline.gateway.routing.views import EndpointLoad, EndpointView, RequestView
 from trunkline.snapshot import TierEntry
 

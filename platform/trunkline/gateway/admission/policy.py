@@ -45,6 +45,7 @@ from trunkline.gateway.admission.decision import (
     SLO_UNATTAINABLE,
     Decision,
 )
+from trunkline.gateway.admission.endpoint_views import fresh_view, idle_view, pooled_rates
 from trunkline.gateway.admission.fair_queue import FairQueue, Held
 from trunkline.gateway.admission.predictor import PrefixIndex, TtftPredictor
 from trunkline.gateway.admission.rates import DecayingRates
@@ -146,7 +147,7 @@ class AdmissionPolicy:
         pool = ranked[0].pool
         queue = self._queues.setdefault(pool, FairQueue())
         self._observe(pool, request, tier, now)
-        idle_s = min(self.predictor.predict(request, _idle(view)).ttft_s for view in ranked)
+        idle_s = min(self.predictor.predict(request, idle_view(view)).ttft_s for view in ranked)
         deadline = now + self._budget_s(tier, idle_s)
         # Tenants far over their share wait for room and are passed over when the queue is
         # served: nobody waits behind them, in their tier or below.
@@ -378,7 +379,7 @@ class AdmissionPolicy:
         dispatch horizon, stretched for a prompt that alone takes long to prefill there."""
         if ttft_s <= self.config.dispatch_horizon_s:
             return True
-        idle_s = self.predictor.predict(request, _idle(view)).ttft_s
+        idle_s = self.predictor.predict(request, idle_view(view)).ttft_s
         return ttft_s <= idle_s * self.config.long_prompt_slack
 
     def _since_measured(
@@ -468,56 +469,3 @@ class AdmissionPolicy:
         if shed or tier.priority < self.config.top_priority:
             return Decision.reject(OVERLOADED, retry)
         return Decision.reject(SLO_UNATTAINABLE, retry)
-
-
-def pooled_rates(views: Sequence[EndpointView]) -> list[EndpointView]:
-    """``views`` with each replica's service rates replaced by its pool's mean measured rates
-    (over the replicas that measured one), those not measured yet included. Replicas of a pool
-    run one model on one kind of hardware: their measured rates differ by noise, and comparing
-    replicas by that noise moved requests off the replica the router chose for no gain; a replica
-    not yet measured would be judged at its accelerator's preset, which may be far from the
-    engine's real speed. Load still tells them apart (running, waiting, queued prompt tokens)."""
-    sums: dict[str, list[float]] = {}
-    for view in views:
-        total = sums.setdefault(view.pool, [0.0, 0.0, 0.0, 0.0])
-        if view.load.prefill_tokens_per_s > 0:
-            total[0] += view.load.prefill_tokens_per_s
-            total[1] += 1
-        if view.load.decode_step_s > 0:
-            total[2] += view.load.decode_step_s
-            total[3] += 1
-    if all(t[1] == 0 and t[3] == 0 for t in sums.values()):
-        return list(views)  # nothing measured yet
-    out = []
-    for view in views:
-        prefill, measured_prefill, step, measured_steps = sums[view.pool]
-        load = dataclasses.replace(
-            view.load,
-            prefill_tokens_per_s=prefill / measured_prefill if measured_prefill else 0.0,
-            decode_step_s=step / measured_steps if measured_steps else 0.0,
-        )
-        out.append(dataclasses.replace(view, load=load))
-    return out
-
-
-def fresh_view(view: EndpointView, loads: Mapping[str, EndpointLoad]) -> EndpointView:
-    load = loads.get(view.key)
-    return view if load is None else dataclasses.replace(view, load=load)
-
-
-def _idle(view: EndpointView) -> EndpointView:
-    """The endpoint with nothing running or queued, at its measured service rates: an idle
-    endpoint's speed is its own, not its accelerator's preset (the gateway may not know the
-    hardware, and a preset far faster than the engine made every measured prediction look slow
-    beside it, so the top tier always fell back to the soonest endpoint). The measured decode
-    step is that of the current batch, a little longer than an idle engine's: the idle figure
-    errs towards leniency by a fraction of one step."""
-    load = view.load
-    return dataclasses.replace(
-        view,
-        load=EndpointLoad(
-            prefill_tokens_per_s=load.prefill_tokens_per_s,
-            decode_step_s=load.decode_step_s,
-            kv_capacity_tokens=load.kv_capacity_tokens,
-        ),
-    )
