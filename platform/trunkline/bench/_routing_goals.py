@@ -14,6 +14,7 @@ from trunkline.bench._routing_common import goal, ratio_of, value_of
 from trunkline.bench.report import GoalSpec, Runs
 
 __all__ = [
+    "DEFAULT_CHUNK_RUN",
     "LOAD_BALANCE_MAX",
     "azure_goals",
     "care_goals",
@@ -104,6 +105,10 @@ def hetero_goals() -> list[GoalSpec]:
     ]
 
 
+DEFAULT_CHUNK_RUN = "one pool, vLLM's chunk"
+"""The placement section's run of one pool whose engines keep vLLM's default prefill chunk."""
+
+
 def placement_goals() -> list[GoalSpec]:
     return [
         goal(
@@ -116,7 +121,8 @@ def placement_goals() -> list[GoalSpec]:
 
 def _placement_ratio(runs: Runs) -> float:
     singles = [
-        value_of(runs, name, "cost_per_hour_usd") for name in ("one pool", "placed, one flavor")
+        value_of(runs, name, "cost_per_hour_usd")
+        for name in (DEFAULT_CHUNK_RUN, "one pool", "placed, one flavor")
     ]
     best = min((c for c in singles if not math.isnan(c)), default=math.nan)
     return value_of(runs, "placed, mixed flavors", "cost_per_hour_usd") / best

@@ -62,6 +62,10 @@ class PoolSpec:
     max_prompt_tokens: int | None = None
     """Placement by prompt length: the pool is for prompts of ``min_prompt_tokens`` up to, not
     including, ``max_prompt_tokens`` (the ``prompt-length`` routing filter prefers it for them)."""
+    max_num_batched_tokens: int | None = None
+    """vLLM's ``--max-num-batched-tokens`` for the pool's engines (default: the flavor's). It caps
+    a step's tokens, so the prefill chunk that shares a step with everyone's decoding: smaller
+    chunks trade prefill speed for time per output token."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -71,14 +75,20 @@ class PoolSpec:
         problem = prompt_range_problem(self.min_prompt_tokens, self.max_prompt_tokens)
         if problem is not None:
             raise ValueError(f"pool {self.name!r}: max_prompt_tokens {problem}")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise ValueError(f"pool {self.name!r}: max_num_batched_tokens must be at least 1")
 
     @property
     def engine_profile(self) -> AcceleratorProfile:
         profile = get_profile(self.profile) if isinstance(self.profile, str) else self.profile
-        if self.kv_scale == 1.0:
-            return profile
-        blocks = int(profile.kv_cache_blocks * self.kv_scale)
-        return dataclasses.replace(profile, kv_cache_blocks=blocks)
+        if self.kv_scale != 1.0:
+            blocks = int(profile.kv_cache_blocks * self.kv_scale)
+            profile = dataclasses.replace(profile, kv_cache_blocks=blocks)
+        if self.max_num_batched_tokens is not None:
+            profile = dataclasses.replace(
+                profile, max_num_batched_tokens=self.max_num_batched_tokens
+            )
+        return profile
 
     @property
     def hourly_cost(self) -> float:

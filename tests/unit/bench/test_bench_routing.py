@@ -22,7 +22,7 @@ from trunkline.bench._routing_goals import (
     placement_goals,
     scaling_goals,
 )
-from trunkline.bench._routing_placement import cheapest_placement, fewest
+from trunkline.bench._routing_placement import cheapest_placement, fewest, tune_chunk
 from trunkline.bench._routing_search import find_operating_point, goodput_rps, meets_slo
 from trunkline.bench.report import GoalSpec, Metrics, Runs, evaluate_goals
 from trunkline.bench.routing import merge_sections, parse_sections, run_routing_bench
@@ -146,26 +146,57 @@ def test_fewest_replicas_doubles_then_bisects_and_gives_up_at_the_limit() -> Non
     assert fewest(lambda n: True) == 1
 
 
-def test_the_cheapest_placement_sizes_both_pools_and_stops_when_the_long_pool_costs_too_much() -> (
-    None
-):
+def test_the_cheapest_placement_sizes_each_class_on_its_own_then_both_together() -> None:
     tried: list[tuple[int, int]] = []
 
-    def meets(long: int, short: int) -> bool:  # capacity: a long replica does 2, a short one 1
+    def meets(long: int, short: int) -> tuple[bool, bool]:
+        # The long class needs 3 replicas; the short one 5, or 6 once the long pool is this small
+        # (say, failover): so sizing each alone is not enough.
         tried.append((long, short))
-        return long >= 2 and 2 * long + short >= 12
+        return long >= 3, short >= (6 if long < 4 else 5)
 
-    found = cheapest_placement(
-        meets, long_price=3.0, short_price=1.0, long_limit=10, short_limit=20
-    )
-    assert found == (2, 8)  # $14; (3, 6) and (4, 4) cost $15 and $16
-    assert max(long for long, _ in tried) == 4  # 5 long replicas and 1 short cost $16 >= $14
-    assert (
-        cheapest_placement(
-            lambda a, b: False, long_price=1.0, short_price=1.0, long_limit=3, short_limit=3
-        )
-        is None
-    )
+    assert cheapest_placement(meets, long_limit=10, short_limit=20) == (3, 6)
+    assert tried[-2:] == [(3, 5), (3, 6)]
+    assert max(long for long, _ in tried) == 10  # the short class was sized with the long at 10
+
+
+def test_the_cheapest_placement_gives_up_when_a_class_misses_at_its_limit() -> None:
+    assert cheapest_placement(lambda a, b: (True, False), long_limit=3, short_limit=3) is None
+    assert cheapest_placement(lambda a, b: (a >= 2, True), long_limit=3, short_limit=3) == (2, 1)
+    # The long class meets only beside a full short pool: together with one short replica it
+    # gets one more replica at a time, up to its limit, and never meets.
+    together: list[tuple[int, int]] = []
+
+    def only_alone(long: int, short: int) -> tuple[bool, bool]:
+        together.append((long, short))
+        return short == 3, True
+
+    assert cheapest_placement(only_alone, long_limit=3, short_limit=3) is None
+    assert together[-1] == (3, 1)
+
+
+def test_the_prefill_chunk_is_the_half_of_vllms_needing_fewest_replicas() -> None:
+    asked: list[tuple[int | None, int]] = []
+
+    def fewest_with(needs: dict[int | None, int]) -> Callable[[int | None, int], int | None]:
+        def count(chunk: int | None, limit: int) -> int | None:
+            asked.append((chunk, limit))
+            return needs[chunk] if needs[chunk] <= limit else None
+
+        return count
+
+    # vLLM's 8,192 needs 7 replicas, as 4,096 does; 2,048 needs 4, as 1,024 does; 512 and 256
+    # need more. Each is only asked whether it does with fewer than the best so far.
+    needs = {None: 7, 4096: 7, 2048: 4, 1024: 4, 512: 5, 256: 9}
+    assert tune_chunk(fewest_with(needs), 8192) == (2048, 4)
+    assert asked == [(None, 64), (4096, 6), (2048, 6), (1024, 3), (512, 3), (256, 3)]
+    # Halving stops at 256 (128 would need 1), and at one replica.
+    assert tune_chunk(fewest_with({None: 9, 512: 5, 256: 3, 128: 1}), 1024) == (256, 3)
+    asked.clear()
+    assert tune_chunk(fewest_with({None: 8, 1024: 1, 512: 1}), 2048) == (1024, 1)
+    assert asked == [(None, 64), (1024, 7)]
+    # A flavor that misses the SLO with every chunk tried.
+    assert tune_chunk(lambda chunk, limit: None, 2048) is None
 
 
 def test_the_summary_prefixes_metrics_by_section_and_measures_each_goal_on_its_own() -> None:

@@ -88,6 +88,25 @@ def test_a_pool_placed_for_no_prompt_length_is_refused() -> None:
         PoolSpec("p", "h100", 1, min_prompt_tokens=4096, max_prompt_tokens=4096)
 
 
+def test_a_pools_smaller_prefill_chunk_speeds_its_decoding_and_slows_long_prefills() -> None:
+    # One request decodes while a 6,000-token prompt is prefilled beside it, chunk by chunk.
+    workload = Scripted(((0.0, "a", 50, 100), (0.1, "a", 6000, 5)))
+
+    def run(chunk: int | None) -> tuple[float, float]:
+        spec = FleetSpec(pools=(PoolSpec("p", "l40s", 1, max_num_batched_tokens=chunk),))
+        decoding, prefilled = simulate(spec, make_policy("round-robin"), workload).outcomes
+        return decoding.tpot, prefilled.ttft
+
+    vllm_default = get_profile("l40s").max_num_batched_tokens
+    assert run(None) == run(vllm_default)
+    default_tpot, default_ttft = run(None)
+    small_tpot, small_ttft = run(vllm_default // 4)
+    assert small_tpot < default_tpot
+    assert small_ttft > default_ttft
+    with pytest.raises(ValueError, match="max_num_batched_tokens must be at least 1"):
+        PoolSpec("p", "l40s", 1, max_num_batched_tokens=0)
+
+
 def test_a_tenant_with_no_pool_in_its_regions_is_rejected_and_misses_its_slo() -> None:
     spec = FleetSpec(
         pools=(PoolSpec("eu-pool", "h100", 1, region="eu"),), tenant_regions={"b": ("us",)}
