@@ -116,7 +116,10 @@ class SimRunner:
         self.progress = progress
         self.max_search_runs = max_search_runs
         self.simulations = 0
-        self._points: dict[tuple[str, str, int, str], OperatingPoint] = {}
+        self._points: dict[tuple[tuple[str, str, int, str], float | None], OperatingPoint] = {}
+        self._measured: dict[tuple[tuple[str, str, int, str], float], Metrics] = {}
+        """Runs by (key, rate): searches of one key under different SLOs share the rates both
+        try."""
 
     def say(self, text: str) -> None:
         print(f"routing: {text}", file=self.progress, flush=True)
@@ -157,20 +160,28 @@ class SimRunner:
         key: tuple[str, str, int, str],
         build: Callable[[float], tuple[FleetSpec, Workload]],
         start: float,
+        *,
+        tpot_p90_s: float | None = None,
     ) -> OperatingPoint:
-        """The highest rate meeting the SLO for ``key`` = (scenario, profile, replicas, policy)."""
-        if key in self._points:
-            return self._points[key]
+        """The highest rate meeting the SLO for ``key`` = (scenario, profile, replicas, policy):
+        p90 TTFT within :data:`SLO_TTFT_P90_S`, and p90 TPOT within ``tpot_p90_s`` if given."""
+        if (key, tpot_p90_s) in self._points:
+            return self._points[key, tpot_p90_s]
         scenario, profile, replicas, policy = key
 
         def measure(rate: float) -> Metrics:
-            spec, workload = build(rate)
-            return self.run(spec, policy, workload)
+            if (key, rate) not in self._measured:
+                spec, workload = build(rate)
+                self._measured[key, rate] = self.run(spec, policy, workload)
+            return self._measured[key, rate]
 
-        point = find_operating_point(measure, start, max_runs=self.max_search_runs)
+        point = find_operating_point(
+            measure, start, max_runs=self.max_search_runs, tpot_p90_s=tpot_p90_s
+        )
+        slo = "the SLO" if tpot_p90_s is None else f"the SLO and p90 TPOT <= {tpot_p90_s:g} s"
         self.say(
-            f"{scenario} on {replicas} x {profile} under {policy}: highest rate meeting the SLO "
+            f"{scenario} on {replicas} x {profile} under {policy}: highest rate meeting {slo} "
             f"{point.rate:.3g} ({point.runs} runs)"
         )
-        self._points[key] = point
+        self._points[key, tpot_p90_s] = point
         return point

@@ -30,10 +30,18 @@ class OperatingPoint:
     """Simulations the search took."""
 
 
-def meets_slo(metrics: Metrics, ttft_p90_s: float = SLO_TTFT_P90_S) -> bool:
-    """The run finished requests and its p90 TTFT is within the objective."""
-    p90 = metrics.get("ttft_p90_s", math.nan)
-    return metrics.get("completed", 0.0) > 0 and math.isfinite(p90) and p90 <= ttft_p90_s
+def meets_slo(
+    metrics: Metrics, ttft_p90_s: float = SLO_TTFT_P90_S, tpot_p90_s: float | None = None
+) -> bool:
+    """The run finished requests and its p90 TTFT (and p90 TPOT, when bounded) is within the
+    objective."""
+    bounds = {"ttft_p90_s": ttft_p90_s}
+    if tpot_p90_s is not None:
+        bounds["tpot_p90_s"] = tpot_p90_s
+    return metrics.get("completed", 0.0) > 0 and all(
+        math.isfinite(metrics.get(key, math.nan)) and metrics[key] <= bound
+        for key, bound in bounds.items()
+    )
 
 
 def find_operating_point(
@@ -43,6 +51,7 @@ def find_operating_point(
     rel_tol: float = 0.08,
     max_runs: int = 9,
     ttft_p90_s: float = SLO_TTFT_P90_S,
+    tpot_p90_s: float | None = None,
 ) -> OperatingPoint:
     """Double (or halve) ``start`` until the SLO flips, then bisect until ``rel_tol``.
 
@@ -55,7 +64,7 @@ def find_operating_point(
 
     def run(rate: float) -> bool:
         tried[rate] = measure(rate)
-        return meets_slo(tried[rate], ttft_p90_s)
+        return meets_slo(tried[rate], ttft_p90_s, tpot_p90_s)
 
     low: float | None = None
     high: float | None = None

@@ -66,6 +66,17 @@ def test_a_run_meets_the_slo_only_with_finished_requests_and_p90_within() -> Non
     assert not meets_slo({"completed": 5.0, "ttft_p90_s": math.nan})
 
 
+def test_a_bounded_time_per_output_token_lowers_the_operating_point() -> None:
+    def measure(rate: float) -> Metrics:  # p90 TTFT <= 1 s up to rate 10, TPOT <= 0.1 s up to 5
+        return {"completed": 10.0, "ttft_p90_s": rate / 10, "tpot_p90_s": rate / 50}
+
+    assert find_operating_point(measure, 1.0, rel_tol=0.02, max_runs=20).rate > 9.8
+    bounded = find_operating_point(measure, 1.0, rel_tol=0.02, max_runs=20, tpot_p90_s=0.1)
+    assert 5 / 1.02 <= bounded.rate <= 5
+    assert bounded.metrics["tpot_p90_s"] <= 0.1
+    assert not meets_slo({"completed": 5.0, "ttft_p90_s": 0.5}, tpot_p90_s=0.1)  # not measured
+
+
 def test_goodput_counts_first_tokens_within_the_slo_per_second() -> None:
     assert goodput_rps([0.2, 0.9, 1.0, 1.5, 3.0], 2.0) == 1.5
     assert math.isnan(goodput_rps([0.1], 0.0))
@@ -357,8 +368,10 @@ def test_a_small_run_writes_each_section_and_a_summary_of_every_goal(tmp_path: P
     assert top["benchmark"] == "routing" and top["simulated"] is True
     assert "mooncake.prefix_hit_rate" in top["runs"]["round-robin"]
     assert len(top["goals"]) == len(mooncake["goals"]) + len(care["goals"]) == 5
-    # 4 policies on 2 Mooncake fleets, then at most 2 per care search.
-    assert 8 + 3 <= summary.inputs["simulations"] <= 8 + 3 * 2
+    # 4 policies on 2 Mooncake fleets, then at most 2 per care search, two searches per policy
+    # (p90 TTFT alone, then p90 TPOT too) that share their first rate.
+    assert 8 + 3 <= summary.inputs["simulations"] <= 8 + 3 * 3
+    assert care["runs"]["prefix-aware"]["with_tpot_tpot_p90_s"] <= 0.1
     offload = mooncake["runs"]["prefix-aware"]
     # The offload fleet's ceiling is near the unbounded oracle; the plain fleet's is its own KV.
     assert offload["plain_bounded_oracle_hit_rate"] <= offload["bounded_oracle_hit_rate"]
