@@ -86,12 +86,9 @@ async def _client(
                 {"role": "user", "content": _words(10_000 + number, 20)},
             ],
         }
-        request_id = f"req-{number}"
-        preamble_of[request_id] = preamble
-        response = await http.post(
-            "/chat/completions", json=body, headers={**live.headers, "x-request-id": request_id}
-        )
+        response = await http.post("/chat/completions", json=body, headers=live.headers)
         assert response.status_code == 200, response.text
+        preamble_of[response.headers["x-request-id"]] = preamble
 
 
 async def test_concurrent_requests_sharing_a_preamble_stick_to_one_replica() -> None:

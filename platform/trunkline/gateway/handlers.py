@@ -40,8 +40,33 @@ def _service(state: State) -> GatewayService:
 
 
 def request_id_of(request: Request[object, object, State]) -> str:
-    given = request.headers.get("x-request-id")
-    return given if given and _REQUEST_ID.match(given) else new_request_id()
+    """The gateway's own id for the request, made once: the usage ledger's key, sent to the
+    engine and returned as ``x-request-id``. Never the caller's: the ledger keeps one row per
+    id, so a caller choosing it could have two requests metered as one, or another tenant's
+    request not at all."""
+    known = request.state.get("request_id")
+    if isinstance(known, str):
+        return known
+    request.state.request_id = made = new_request_id()
+    return made
+
+
+def client_request_id_of(request: Request[object, object, State]) -> str | None:
+    """The caller's own id (``x-client-request-id``, else ``x-request-id``) when well-formed:
+    logged beside the gateway's and echoed back as ``x-client-request-id``."""
+    for header in ("x-client-request-id", "x-request-id"):
+        given = request.headers.get(header)
+        if given and _REQUEST_ID.match(given):
+            return given
+    return None
+
+
+def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
+    headers = {"x-request-id": request_id_of(request)}
+    client_id = client_request_id_of(request)
+    if client_id is not None:
+        headers["x-client-request-id"] = client_id
+    return headers
 
 
 async def _serve(kind: str, request: Request[object, object, State]) -> Response[bytes]:
@@ -49,18 +74,21 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
     request_id = request_id_of(request)
     principal = service.authenticate(request.headers.get("authorization"))
     token = tlog.bind(
-        request_id=request_id, tenant=principal.tenant.slug, key_id=principal.key.key_id
+        request_id=request_id,
+        client_request_id=client_request_id_of(request),
+        tenant=principal.tenant.slug,
+        key_id=principal.key.key_id,
     )
     try:
         raw = await request.body()
         reply = await service.handle(kind, raw, principal, request_id)
     finally:
         tlog.reset(token)
-    return _to_response(reply, request_id)
+    return _to_response(reply, _id_headers(request))
 
 
-def _to_response(reply: Reply, request_id: str) -> Response[bytes]:
-    headers = {**reply.headers, "x-request-id": request_id}
+def _to_response(reply: Reply, ids: dict[str, str]) -> Response[bytes]:
+    headers = {**reply.headers, **ids}
     if reply.events is not None:
         headers["cache-control"] = "no-cache"
         headers["x-accel-buffering"] = "no"
@@ -87,7 +115,7 @@ async def embeddings(request: Request[object, object, State]) -> Response[bytes]
 async def list_models(request: Request[object, object, State]) -> Response[bytes]:
     models = _visible_models(request)
     body = msgspec.json.encode({"object": "list", "data": list(models.values())})
-    return Response(body, media_type=JSON, headers={"x-request-id": request_id_of(request)})
+    return Response(body, media_type=JSON, headers=_id_headers(request))
 
 
 @get("/v1/models/{model:path}")
@@ -104,7 +132,7 @@ async def retrieve_model(
             reason="model_not_found",
         )
     body = msgspec.json.encode(found)
-    return Response(body, media_type=JSON, headers={"x-request-id": request_id_of(request)})
+    return Response(body, media_type=JSON, headers=_id_headers(request))
 
 
 def _visible_models(request: Request[object, object, State]) -> dict[str, dict[str, object]]:
@@ -178,7 +206,7 @@ def error_handler(request: Request[object, object, State], exc: Exception) -> Re
         log.exception("unhandled error in the gateway")
         exc = TrunklineError("The gateway failed to handle the request.")
     status, body = encode_error(exc)
-    headers = {"x-request-id": request_id_of(request)}
+    headers = _id_headers(request)
     carried = exc.extra.get("headers")  # rate-limit headers and when to retry
     if isinstance(carried, dict):
         headers.update(carried)

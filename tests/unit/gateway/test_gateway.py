@@ -74,13 +74,30 @@ def test_chat_completion_returns_usage_and_records_one_event(make_gateway) -> No
     assert record.pool in {"h100-eu", "l40s-us"} and record.endpoint is not None
 
 
-def test_request_id_is_propagated_upstream_and_back(make_gateway) -> None:
+def test_the_gateway_ids_each_request_itself_and_echoes_the_callers_id_beside_it(
+    make_gateway,
+) -> None:
     gw, key = _ready(make_gateway)
+    ids = []
+    for header in ("x-request-id", "x-request-id", "x-client-request-id"):
+        response = gw.client.post(
+            "/v1/chat/completions", json=CHAT, headers={**auth(key), header: "abc-123"}
+        )
+        assert response.status_code == 200
+        assert response.headers["x-client-request-id"] == "abc-123"
+        ids.append(response.headers["x-request-id"])
+    # The gateway's own id: sent to the engine and the ledger's key, one per request, so a
+    # caller reusing its id still has every request metered.
+    assert len(set(ids)) == 3 and "abc-123" not in ids
+    assert [sent.headers["x-request-id"] for sent in gw.upstream] == ids
+    assert sorted(record.request_id for record in gw.drain_usage()) == sorted(ids)
+    # A malformed id of the caller's is not echoed; errors carry the ids too.
     response = gw.client.post(
-        "/v1/chat/completions", json=CHAT, headers={**auth(key), "x-request-id": "abc-123"}
+        "/v1/chat/completions", json={"model": "nope"}, headers={**auth(key), "x-request-id": "a b"}
     )
-    assert response.headers["x-request-id"] == "abc-123"
-    assert gw.upstream[0].headers["x-request-id"] == "abc-123"
+    assert response.status_code == 400
+    assert "x-client-request-id" not in response.headers
+    assert response.headers["x-request-id"].startswith("req-")
 
 
 def test_stream_forces_usage_upstream_and_strips_it_for_the_client(make_gateway) -> None:

@@ -76,7 +76,7 @@ def test_a_good_small_answer_is_kept_and_metered_once(make_gateway) -> None:  # 
     assert json.loads(sent.content)["logprobs"] is True
     [record] = gw.drain_usage()
     assert (record.request_id, record.model, record.alias, record.status) == (
-        "req-1", "small-served", "auto", 200,
+        response.headers["x-request-id"], "small-served", "auto", 200,
     )  # fmt: skip
 
 
@@ -102,14 +102,15 @@ def test_a_failed_check_escalates_to_the_large_model_and_both_are_metered(
     assert response.status_code == 200, response.text
     assert response.headers["x-trunkline-cascade"] == "escalated"
     assert response.headers["x-trunkline-cascade-reason"] == reason
-    assert response.headers["x-request-id"] == "req-2"
+    assert response.headers["x-client-request-id"] == "req-2"
+    request_id = response.headers["x-request-id"]
     assert response.json()["model"] == "llama-8b-served"
     large = json.loads(gw.upstream[-1].content)
     assert large["model"] == "llama-8b-served" and "logprobs" not in large
     records = sorted(gw.drain_usage(), key=lambda r: r.request_id)
     assert [(r.request_id, r.model) for r in records] == [
-        ("req-2", "small-served"),
-        ("req-2.escalated", "llama-8b-served"),
+        (request_id, "small-served"),
+        (f"{request_id}.escalated", "llama-8b-served"),
     ]
     assert records[1].status == 200 and records[1].completion_tokens == 3
     assert records[0].status == (503 if reason == "first_failed" else 200)
