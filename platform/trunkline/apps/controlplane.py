@@ -89,6 +89,8 @@ _STATUS_BY_CODE = {
 }
 _CODE_BY_STATUS = {status: code for code, status in reversed(_STATUS_BY_CODE.items())}
 _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
+_MISSING_PARAMETER = re.compile(r"^Missing required (\w+) parameter '([^']+)'")
+"""Litestar's message for a missing query, header, cookie or path parameter (no ``extra``)."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -150,6 +152,7 @@ def create_controlplane_app(runtime: Runtime, *, quota_store: QuotaStore | None 
             ValidationException: _validation_error,
             HTTPException: _http_error,
             IntegrityError: _integrity_error,
+            RecursionError: _too_deep,
             Exception: _internal_error,
         },
         openapi_config=OpenAPIConfig(
@@ -291,10 +294,22 @@ def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
             key = named.group(1)
         source = str(item.get("source", "body"))
         errors.append({"field": key or "body", "message": message, "source": source})
+    if not errors and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
+        source, field = missing.groups()
+        errors.append({"field": field, "message": "required", "source": source})
     fields = ", ".join(e["field"] for e in errors) or "the request"
     return problem(
         request, 400, "invalid_request", f"invalid value for {fields}", title="Invalid request",
         errors=errors,
+    )  # fmt: skip
+
+
+def _too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """JSON nested deeper than the decoder recurses: the only input that reaches this depth."""
+    log.warning("refused a request body nested too deeply to decode")
+    return problem(
+        request, 400, "invalid_request", "the body is not valid JSON: it nests too deeply",
+        title="Malformed request body",
     )  # fmt: skip
 
 

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 
 from trunkline.errors import InvalidRequest
 
-_PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
+_PERIOD = re.compile(r"^([0-9]{4})-([0-9]{2})$")
+_YEARS = range(1, 9999)
+"""Years a period may fall in: its end, the next month's first instant, must be a datetime."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -45,6 +47,6 @@ def month_of(moment: datetime) -> Period:
 def parse_period(text: str) -> Period:
     """``2026-11`` → November 2026 (UTC)."""
     match = _PERIOD.match(text.strip())
-    if match is None or not 1 <= int(match.group(2)) <= 12:
+    if match is None or int(match.group(1)) not in _YEARS or not 1 <= int(match.group(2)) <= 12:
         raise InvalidRequest(f"period {text!r} must read YYYY-MM, e.g. 2026-11", param="period")
     return month_of(datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=UTC))

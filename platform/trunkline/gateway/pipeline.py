@@ -48,6 +48,11 @@ def parse_body(kind: str, raw: bytes, *, cache_salt: str | None = None) -> Parse
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {exc}", reason="invalid_json"
         ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request: it nests too deeply.",
+            reason="invalid_json",
+        ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", reason="invalid_json")
     model = body.get("model")

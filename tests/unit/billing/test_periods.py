@@ -23,7 +23,20 @@ def test_parse(text: str, start: datetime, end: datetime) -> None:
     assert (period.start, period.end, period.label) == (start, end, text)
 
 
-@pytest.mark.parametrize("text", ["2026-13", "2026-00", "26-11", "2026/11", "november"])
+@pytest.mark.parametrize(
+    "text",
+    # The last: fullwidth digits, which ``\d`` would take.
+    [
+        "2026-13",
+        "2026-00",
+        "26-11",
+        "2026/11",
+        "november",
+        "0000-01",
+        "9999-12",
+        "\uff12\uff10\uff12\uff16-\uff11\uff11",
+    ],
+)
 def test_invalid_periods_are_refused(text: str) -> None:
     with pytest.raises(InvalidRequest):
         parse_period(text)

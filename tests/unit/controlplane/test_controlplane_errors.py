@@ -64,7 +64,16 @@ def test_nested_validation_errors_name_the_field(world: World) -> None:
     assert problem["errors"][0]["field"] == "project_id"
 
 
-@pytest.mark.parametrize("body", [b"{", b'{"name": ', b"not json", b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",
+        b'{"name": ',
+        b"not json",
+        b"\xff\xfe",
+        b'{"name": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+    ],
+)
 def test_malformed_json_is_a_problem(world: World, body: bytes) -> None:
     response = post(
         world, "/api/v1/tiers", content=body, headers={"content-type": "application/json"}
@@ -136,3 +145,11 @@ def _add_duplicate_tier(session: Session) -> None:
     with pytest.raises(Conflict, match="tier exists"):
         flush_or_conflict(session, "tier exists")
     session.rollback()
+
+
+def test_a_missing_query_parameter_is_named(world: World) -> None:
+    path = f"/api/v1/tenants/{world.tenant('acme')}/usage"
+    response = world.client.get(path, headers=world.api("root").headers)
+    problem = problem_of(response, 400)
+    assert problem["errors"] == [{"field": "period", "message": "required", "source": "query"}]
+    assert problem["detail"] == "invalid value for period"

@@ -144,6 +144,11 @@ def test_completions_and_embeddings(make_gateway) -> None:
     [
         (b"{not json", None, "invalid_json"),
         (b"[1, 2]", None, "invalid_json"),
+        (
+            b'{"model": "llama", "messages": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+            None,
+            "invalid_json",
+        ),
         (b"", None, "invalid_json"),
         (
             b'{"messages": [{"role": "user", "content": "x"}]}',
