@@ -71,9 +71,12 @@ class UsageMeter:
         if not tally.usage_seen and self.request.stream:
             # The engine died before its usage chunk: count the chunks it did send.
             completion = max(tally.chunks - 1, 0)
+        # An engine's 4xx (a prompt over its context, a parameter it refuses) did no work: the
+        # reservation goes back whole, as for a request that never left the gateway.
+        worked = self.candidate is not None and error_code != "upstream_rejected"
         self.quota.settle_soon(
             self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
-            measured=tally.usage_seen, reached_engine=self.candidate is not None,
+            measured=tally.usage_seen, reached_engine=worked,
         )  # fmt: skip
         self.emitter.emit(
             UsageRecord(

@@ -203,6 +203,26 @@ def test_a_request_no_engine_took_is_charged_nothing(make_gateway: Any) -> None:
     assert gw.counters()[REQUESTS:DAY_TOKENS] == (1, 0, 0)
 
 
+def test_a_request_the_engine_refuses_is_charged_nothing(make_gateway: Any) -> None:
+    def refuses(request: httpx.Request) -> httpx.Response:
+        error = {"message": "maximum context length is 8192 tokens", "type": "BadRequestError"}
+        return httpx.Response(400, json={"error": {**error, "param": None, "code": 400}})
+
+    gw: Gateway = make_gateway(refuses)
+    gw.limit(key=Limits(requests_per_minute=5, tokens_per_minute=1000, tokens_per_day=10_000))
+    for stream in (False, True):
+        response = gw.post({**CHAT, "stream": stream})
+        assert response.status_code == 400
+        assert "maximum context length" in response.text
+    gw.call(gw.service.quota.drain)
+    # Both requests count as requests; their token reservations all came back.
+    assert gw.counters()[REQUESTS:DAY_TOKENS] == (2, 0, 0)
+    records = [record for _id, record in gw.usage.read(10)]
+    assert [(r.status, r.error_code, r.prompt_tokens) for r in records] == [
+        (400, "upstream_rejected", 0),
+    ] * 2
+
+
 def test_leases_of_requests_in_flight_are_renewed_and_crashed_ones_expire(
     make_gateway: Any,
 ) -> None:
