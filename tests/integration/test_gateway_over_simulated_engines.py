@@ -94,6 +94,30 @@ async def test_client_hanging_up_mid_stream_is_metered_and_frees_the_engine(live
     assert core.num_requests_running == 0, "the engine kept generating for a client that left"
 
 
+async def test_client_hanging_up_before_a_plain_answer_is_metered_and_frees_the_engine(
+    live: Live,
+) -> None:
+    headers = {"Authorization": f"Bearer {live.key}"}
+    body = _chat("tell me a long story", max_tokens=3000, ignore_eos=True)
+    core = live.engines.apps[0].core
+    async with httpx.AsyncClient(base_url=live.base_url, headers=headers) as client:
+        request = asyncio.ensure_future(client.post("/chat/completions", json=body))
+        deadline = time.monotonic() + 10
+        while not core.num_requests_running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls an engine
+            await asyncio.sleep(0.01)
+        assert core.num_requests_running == 1, "the request never reached the engine"
+        request.cancel()  # hang up while the engine generates
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    [record] = await live.records(1)
+    assert (record.status, record.error_code) == (499, "client_closed")
+    assert record.completion_tokens == 0  # it got nothing, and is billed nothing of the answer
+    deadline = time.monotonic() + 10
+    while core.num_requests_running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls an engine
+        await asyncio.sleep(0.02)
+    assert core.num_requests_running == 0, "the engine kept generating for a client that left"
+
+
 def _placed_pools(long_url: str, short_url: str) -> dict[str, PoolEntry]:
     """A pool for prompts of 256 tokens or more, and one for the rest."""
     return {

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import Coroutine
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -24,7 +26,7 @@ from trunkline.errors import (
 from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.pipeline import visible_aliases
-from trunkline.gateway.service import GatewayService, Reply
+from trunkline.gateway.service import CLIENT_CLOSED, GatewayService, Reply
 from trunkline.kit import logging as tlog
 from trunkline.kit.ids import new_request_id
 
@@ -81,10 +83,38 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
     )
     try:
         raw = await request.body()
-        reply = await service.handle(kind, raw, principal, request_id)
+        work = service.handle(kind, raw, principal, request_id)
+        reply = await _unless_client_leaves(request, work)
     finally:
         tlog.reset(token)
     return _to_response(reply, _id_headers(request))
+
+
+async def _unless_client_leaves(
+    request: Request[object, object, State], work: Coroutine[object, object, Reply]
+) -> Reply:
+    """``work``, cancelled if the client disconnects first: the engine's call is closed (so
+    the engine aborts the request) and the request is metered as 499. A non-streamed answer
+    comes only once it is whole, so without this a client that left would be billed for all
+    of it. A stream's reply comes at its first event; from there the response itself watches
+    the connection (ASGI servers answer every ``receive`` after a disconnect with another)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        task.cancel()  # a no-op once it is done
+        await asyncio.gather(task, watcher, return_exceptions=True)
+    if task.cancelled():
+        log.info("client disconnected before its answer")
+        return Reply(CLIENT_CLOSED, b"", None, {})  # nobody is left to read it
+    return task.result()
+
+
+async def _until_disconnect(request: Request[object, object, State]) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _to_response(reply: Reply, ids: dict[str, str]) -> Response[bytes]:

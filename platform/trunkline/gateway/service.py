@@ -302,6 +302,9 @@ class GatewayService:
             raise UpstreamError(
                 "The model endpoint failed while answering.", reason="upstream_error"
             ) from exc
+        except asyncio.CancelledError:  # the client left while the body was read
+            meter.finish(CLIENT_CLOSED, "client_closed")
+            raise
         finally:
             await response.aclose()
         meter.tally.first_byte = time.perf_counter()
