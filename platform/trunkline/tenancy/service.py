@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
 from trunkline.auth.service import ensure_user
 from trunkline.errors import Conflict, InvalidRequest, NotFound
-from trunkline.models import Membership, Role, User
+from trunkline.kit.ids import utcnow
+from trunkline.models import ApiKey, Membership, Role, User
 from trunkline.models import Tenant as TenantRow
 from trunkline.models import Tier as TierRow
 from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
@@ -166,11 +168,25 @@ def update_member(
 
 
 def remove_member(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """Remove a member and revoke the tenant's keys they created: someone who left the tenant
+    must not keep calling its models on its quota. Other members' keys are untouched."""
     members = MembershipRepository(session, tenant_id)
     membership, _user = _member(members, user_id)
     if membership.role is Role.TENANT_ADMIN:
         _keep_an_admin(members)
     members.delete(membership)
+    now = utcnow()
+    revoked = session.execute(
+        update(ApiKey)
+        .where(
+            ApiKey.tenant_id == tenant_id,
+            ApiKey.created_by == user_id,
+            ApiKey.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+    )
+    if revoked.rowcount:  # type: ignore[attr-defined]
+        mark_config_changed(session)
 
 
 def _member(members: MembershipRepository, user_id: uuid.UUID) -> tuple[Membership, User]:

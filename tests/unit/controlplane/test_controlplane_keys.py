@@ -116,6 +116,19 @@ def test_revoked_keys_disappear_from_the_snapshot(world: World) -> None:
     assert [(k["key_id"], k["status"]) for k in listed] == [(key, "revoked")]
 
 
+def test_removing_a_member_revokes_the_keys_they_created_and_no_one_elses(world: World) -> None:
+    theirs = world.create_key("acme-dev", "acme", "demo")["key"]["key_id"]
+    admins = world.create_key("acme-admin", "acme", "demo")["key"]["key_id"]
+    developer = world.user_id("acme", "dev@acme.example")
+
+    world.api("acme-admin").delete(f"/api/v1/tenants/{world.tenant('acme')}/members/{developer}")
+
+    keys = snapshot(world.runtime).keys
+    assert theirs not in keys and admins in keys
+    listed = world.api("acme-admin").get(keys_path(world))
+    assert {k["key_id"]: k["status"] for k in listed} == {theirs: "revoked", admins: "active"}
+
+
 def test_expired_keys_disappear_from_the_next_snapshot(world: World) -> None:
     key = world.create_key("acme-dev", "acme", "demo", ttl_days=1)["key"]["key_id"]
     with transaction(world.runtime.session_factory) as session:
