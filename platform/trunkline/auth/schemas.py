@@ -8,6 +8,7 @@ from typing import Annotated
 
 import msgspec
 
+from trunkline.kit.text import ONE_LINE
 from trunkline.models import Role
 
 Email = Annotated[
@@ -15,12 +16,12 @@ Email = Annotated[
     msgspec.Meta(
         min_length=3,
         max_length=320,
-        pattern=r"^[^@\s]+@[^@\s]+$",
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$",
         description="an e-mail address, compared case-insensitively",
         examples=["dev@acme.example"],
     ),
 ]
-PersonName = Annotated[str, msgspec.Meta(max_length=200)]
+PersonName = Annotated[str, msgspec.Meta(max_length=200, pattern=ONE_LINE)]
 
 
 class DevLogin(msgspec.Struct, forbid_unknown_fields=True):

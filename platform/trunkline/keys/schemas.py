@@ -11,10 +11,11 @@ import msgspec
 from trunkline import models as orm
 from trunkline.auth.secrets import API_KEY_PREFIX
 from trunkline.kit.ids import utcnow
+from trunkline.kit.text import ONE_LINE
 from trunkline.pools.schemas import Alias
 from trunkline.tenancy.schemas import Name
 
-KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=ONE_LINE)]
 TtlDays = Annotated[int, msgspec.Meta(ge=1, le=3650)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 

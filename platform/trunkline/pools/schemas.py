@@ -11,6 +11,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from trunkline import models as orm
+from trunkline.kit.text import ONE_LINE
 from trunkline.tenancy.schemas import Name
 
 ModelName = Annotated[
@@ -56,7 +57,7 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
 ZmqAddress = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(tcp|ipc)://[^\s]+$",
+        pattern=r"^(tcp|ipc)://[^\s\x00-\x1f\x7f]+$",
         max_length=500,
         description="ZMQ address of the engine's KV-cache event publisher",
         examples=["tcp://10.0.0.7:5557"],
@@ -84,13 +85,13 @@ class Flavor(msgspec.Struct):
 
 class FlavorCreate(msgspec.Struct, forbid_unknown_fields=True):
     name: Name
-    vendor: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    vendor: Annotated[str, msgspec.Meta(max_length=64, pattern=ONE_LINE)] = ""
     memory_gb: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
     cost_per_hour: Money = 0.0
 
 
 class FlavorUpdate(msgspec.Struct, forbid_unknown_fields=True):
-    vendor: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType = UNSET
+    vendor: Annotated[str, msgspec.Meta(max_length=64, pattern=ONE_LINE)] | UnsetType = UNSET
     memory_gb: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | UnsetType = UNSET
     cost_per_hour: Money | UnsetType = UNSET
 

@@ -153,3 +153,19 @@ def test_a_missing_query_parameter_is_named(world: World) -> None:
     problem = problem_of(response, 400)
     assert problem["errors"] == [{"field": "period", "message": "required", "source": "query"}]
     assert problem["detail"] == "invalid value for period"
+
+
+@pytest.mark.parametrize("name", ["nul\x00byte", "bell\x07", "two\nlines", "del\x7f"])
+def test_control_characters_in_names_are_refused_naming_the_field(world: World, name: str) -> None:
+    project = world.project("acme", "demo")
+    path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
+    problem = problem_of(post(world, path, json={"project_id": project, "name": name}), 400)
+    assert [e["field"] for e in problem["errors"]] == ["name"]
+
+
+def test_descriptions_may_hold_line_breaks_but_not_other_control_characters(world: World) -> None:
+    path = f"/api/v1/tenants/{world.tenant('acme')}/projects"
+    created = post(world, path, json={"name": "multi", "description": "one\n\ttwo\r\n"})
+    assert created.status_code == 201, created.text
+    problem = problem_of(post(world, path, json={"name": "nul", "description": "a\x00b"}), 400)
+    assert [e["field"] for e in problem["errors"]] == ["description"]

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from trunkline.auth.schemas import Email, PersonName
+from trunkline.kit.text import ONE_LINE
 from trunkline.models import Role
 from trunkline.pools.schemas import (
     Alias,
@@ -64,7 +65,7 @@ class FlavorSpec(_Spec, tag="Flavor"):
     """An accelerator flavor and what an hour of it costs."""
 
     name: Name
-    vendor: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    vendor: Annotated[str, msgspec.Meta(max_length=64, pattern=ONE_LINE)] = ""
     memory_gb: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 0
     cost_per_hour: Money = 0.0
 
