@@ -167,17 +167,21 @@ class Cascade(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     checks: CascadeChecks = msgspec.field(default_factory=CascadeChecks)
 
 
+AliasPools = Annotated[list[Name], msgspec.Meta(min_length=1)]
+"""The pools an alias may use: at least one (null, not an empty list, means every pool)."""
+
+
 class AliasCreate(msgspec.Struct, forbid_unknown_fields=True):
     alias: Alias
     model: ModelName
-    pools: list[Name] | None = None
+    pools: AliasPools | None = None
     """Pools the alias may use (they must serve its model); omit for every such pool."""
     cascade: Cascade | None = None
 
 
 class AliasUpdate(msgspec.Struct, forbid_unknown_fields=True):
     model: ModelName | UnsetType = UNSET
-    pools: list[Name] | UnsetType | None = UNSET
+    pools: AliasPools | UnsetType | None = UNSET
     cascade: Cascade | UnsetType | None = UNSET
 
 

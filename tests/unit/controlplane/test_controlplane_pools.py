@@ -118,6 +118,10 @@ def test_an_alias_can_be_limited_to_some_pools_of_its_model(world: World) -> Non
 
     wrong = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["embed-eu-west"]}, 400)
     assert wrong["errors"][0]["field"] == "pools[0]"
+    # An empty list would route the alias nowhere: every tenant would get 503s.
+    empty = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": []}, 400)
+    assert empty["errors"][0]["field"] == "pools"
+    assert snapshot(world.runtime).aliases["llama-3.1-8b"].pools == ("h100-eu-west",)
     admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": None})
     assert snapshot(world.runtime).aliases["llama-3.1-8b"].pools == ("h100-eu-west", "l40s-us-east")
 
