@@ -87,6 +87,8 @@ async def test_client_hanging_up_mid_stream_is_metered_and_frees_the_engine(live
     [record] = await live.records(1)
     assert record.status == 499 and record.error_code == "client_closed"
     assert record.completion_tokens < 500
+    # No usage chunk came, but the engine prefilled the prompt: the gateway's estimate is kept.
+    assert record.prompt_tokens > 0
     core = live.engines.apps[0].core
     deadline = time.monotonic() + 10
     while core.num_requests_running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls an engine
@@ -112,6 +114,8 @@ async def test_client_hanging_up_before_a_plain_answer_is_metered_and_frees_the_
     [record] = await live.records(1)
     assert (record.status, record.error_code) == (499, "client_closed")
     assert record.completion_tokens == 0  # it got nothing, and is billed nothing of the answer
+    # The engine worked on it: the record names it and keeps the prompt it prefilled.
+    assert record.endpoint == live.engines.urls[0] and record.prompt_tokens > 0
     deadline = time.monotonic() + 10
     while core.num_requests_running and time.monotonic() < deadline:  # noqa: ASYNC110 - polls an engine
         await asyncio.sleep(0.02)

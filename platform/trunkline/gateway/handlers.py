@@ -25,8 +25,9 @@ from trunkline.errors import (
 )
 from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
+from trunkline.gateway.meter import CLIENT_CLOSED
 from trunkline.gateway.pipeline import visible_aliases
-from trunkline.gateway.service import CLIENT_CLOSED, GatewayService, Reply
+from trunkline.gateway.service import GatewayService, Reply
 from trunkline.kit import logging as tlog
 from trunkline.kit.ids import new_request_id
 

@@ -13,8 +13,12 @@ from trunkline.gateway.routing import Candidate
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
+from trunkline.quota.estimate import estimate_prompt_tokens
 
-__all__ = ["UsageMeter"]
+__all__ = ["CLIENT_CLOSED", "UsageMeter"]
+
+CLIENT_CLOSED = 499
+"""The status a request whose client hung up is metered with (nginx's convention)."""
 
 
 class UsageMeter:
@@ -42,6 +46,8 @@ class UsageMeter:
         self.model = model
         self.request_id = request_id
         self.candidate: Candidate | None = None
+        self.attempting: Candidate | None = None
+        """The endpoint the request was last sent to, before any answer came."""
         self.flight: Flight | None = None
         self.engines: EngineState | None = None
         self.tally = Tally()
@@ -51,6 +57,16 @@ class UsageMeter:
     @property
     def endpoint_url(self) -> str | None:
         return None if self.candidate is None else self.candidate.endpoint.url
+
+    def attempt(self, candidate: Candidate) -> None:
+        self.attempting = candidate
+
+    def client_left(self) -> None:
+        """The client hung up: count the request as the endpoint's it was sent to, even if no
+        answer came yet (a plain answer comes only when whole), since that engine worked on
+        it."""
+        self.candidate = self.candidate or self.attempting
+        self.finish(CLIENT_CLOSED, "client_closed")
 
     def first_byte(self) -> None:
         if self.flight is not None and self.engines is not None:
@@ -74,6 +90,13 @@ class UsageMeter:
         # An engine's 4xx (a prompt over its context, a parameter it refuses) did no work: the
         # reservation goes back whole, as for a request that never left the gateway.
         worked = self.candidate is not None and error_code != "upstream_rejected"
+        prompt = tally.prompt_tokens
+        if worked and not tally.usage_seen:
+            # The client left or the engine died before reporting usage; the prompt was
+            # prefilled all the same, so the record carries the estimate the quota charges.
+            prompt = self.grant.prompt_estimate or estimate_prompt_tokens(
+                self.request.kind, self.request.body
+            )
         self.quota.settle_soon(
             self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
             measured=tally.usage_seen, reached_engine=worked,
@@ -95,7 +118,7 @@ class UsageMeter:
                 endpoint=self.endpoint_url,
                 region=pool.region if pool else None,
                 accelerator=pool.accelerator if pool else None,
-                prompt_tokens=tally.prompt_tokens,
+                prompt_tokens=prompt,
                 cached_tokens=tally.cached_tokens,
                 completion_tokens=completion,
                 ttft_ms=tally.ttft_ms,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -97,6 +97,7 @@ async def open_upstream(
     prefill_tokens: Sequence[int] = (),
     retry_read_errors: bool = False,
     streamed: bool = True,
+    attempting: Callable[[Candidate], None] | None = None,
 ) -> Opened:
     """Send to the first candidate that answers; fail over only before any byte was read.
 
@@ -107,7 +108,8 @@ async def open_upstream(
     sending it again would run it twice). Each outcome goes to ``engines`` for health, and each
     attempt is accounted in flight there until it ends (``streamed``: whether its first byte
     will be its first token), with ``prefill_tokens[i]`` for ``candidates[i]``: the prompt
-    tokens it will likely prefill (0 when not given).
+    tokens it will likely prefill (0 when not given). ``attempting`` hears of each candidate
+    as the request is sent to it.
     """
     reasons = []
     last = len(candidates) - 1
@@ -117,6 +119,8 @@ async def open_upstream(
         flight = engines.sent(endpoint.id, tokens, streamed=streamed)
         url = _upstream_url(endpoint.url, path)
         request = client.build_request("POST", url, content=body, headers=headers)
+        if attempting is not None:
+            attempting(candidate)
         try:
             response = await client.send(request, stream=True)
         except _FAILOVER_ERRORS as exc:

@@ -26,7 +26,7 @@ from trunkline.gateway.authn import Principal, authenticate
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
-from trunkline.gateway.meter import UsageMeter
+from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
 from trunkline.gateway.proxy import (
     Opened,
@@ -65,7 +65,6 @@ PATHS = {
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
 }
-CLIENT_CLOSED = 499
 
 
 class Admitted(Protocol):
@@ -235,7 +234,7 @@ class GatewayService:
             ) from exc
         except BaseException as exc:  # metered (and its quota settled) whatever happened
             if isinstance(exc, asyncio.CancelledError):
-                meter.finish(CLIENT_CLOSED, "client_closed")
+                meter.client_left()
             else:
                 meter.finish(500, "internal_error")
             raise
@@ -268,7 +267,7 @@ class GatewayService:
             opened = await open_upstream(
                 self.client, candidates[offset:], PATHS[request.kind], body,
                 _upstream_headers(meter.request_id),
-                engines=self.engines, prefill_tokens=prefill[offset:],
+                engines=self.engines, prefill_tokens=prefill[offset:], attempting=meter.attempt,
                 retry_read_errors=request.stream, streamed=request.stream,
             )  # fmt: skip
             index = offset + opened.index
@@ -303,7 +302,7 @@ class GatewayService:
                 "The model endpoint failed while answering.", reason="upstream_error"
             ) from exc
         except asyncio.CancelledError:  # the client left while the body was read
-            meter.finish(CLIENT_CLOSED, "client_closed")
+            meter.client_left()
             raise
         finally:
             await response.aclose()

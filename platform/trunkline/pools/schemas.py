@@ -57,7 +57,7 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
 ZmqAddress = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(tcp|ipc)://[^\s\x00-\x1f\x7f]+$",
+        pattern=r"^(tcp|ipc)://[!-~]+$",
         max_length=500,
         description="ZMQ address of the engine's KV-cache event publisher",
         examples=["tcp://10.0.0.7:5557"],

@@ -119,7 +119,7 @@ def test_bad_pools_and_cascades_name_file_line_and_field(manifests_dir: Path) ->
     assert issues == [
         f"{extra}:11: Pool small-eu: capacity: -6 is less than the minimum of 0",
         f"{extra}:15: Pool small-eu: endpoints[0].kv_events: 'http://x' does not match "
-        "'^(tcp|ipc)://[^\\\\s]+$'",
+        "'^(tcp|ipc)://[!-~]+$'",
         f"{extra}:22: Cascade llama-auto: checks.min_mean_logprob: "
         "3 is greater than the maximum of 0",
         f"{extra}:29: Tenant shared-co: models[0]: unknown model alias 'llama-auto'",
