@@ -34,6 +34,7 @@ from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.stream import RedisUsageEmitter
 from trunkline.models import Project, Tenant, UsageEvent
 from trunkline.pools.service import set_pool_endpoints
+from trunkline.quota.estimate import estimate_prompt_tokens
 from trunkline.settings import GatewaySettings
 from trunkline.tenancy.manifests import apply_manifests
 from unit.controlplane.cp_support import TENANTS_DIR, make_runtime
@@ -148,8 +149,11 @@ async def test_streamed_cancelled_and_failed_requests_are_all_metered(
     input_rows = [r for r in rows if r["x_TokenClass"] == "input"]
     cached_rows = [r for r in rows if r["x_TokenClass"] == "cached_input"]
     # the completed stream's usage: 500 uncached + 1500 cached; the cancelled one got no usage
-    # chunk, so only its relayed tokens count; the failure never reached an engine
-    assert sum(Decimal(r["ConsumedQuantity"]) for r in input_rows) == 500
+    # chunk, so its prompt counts as the gateway's estimate (the engine prefilled it) and its
+    # relayed tokens as output; the failure never reached an engine
+    cancelled_prompt = estimate_prompt_tokens("chat", body("hi"))
+    assert cancelled_prompt > 0
+    assert sum(Decimal(r["ConsumedQuantity"]) for r in input_rows) == 500 + cancelled_prompt
     assert sum(Decimal(r["ConsumedQuantity"]) for r in cached_rows) == 1500
     runtime.close()
 
