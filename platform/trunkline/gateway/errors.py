@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import msgspec
 
 from trunkline import errors
@@ -44,3 +47,36 @@ def status_and_body(exc: errors.TrunklineError) -> tuple[int, OpenAIErrorBody]:
 def encode_error(exc: errors.TrunklineError) -> tuple[int, bytes]:
     status, body = status_and_body(exc)
     return status, msgspec.json.encode(body)
+
+
+_CONTEXT_LENGTH = re.compile(r"maximum (context|model) length", re.IGNORECASE)
+"""vLLM's words for a prompt over ``max_model_len`` (both wordings of its versions)."""
+_ENGINE_TYPES = {429: "rate_limit_error"}
+"""OpenAI's error type per engine status; any other 4xx is an ``invalid_request_error``."""
+
+
+def engine_error(status: int, payload: bytes) -> bytes:
+    """An engine's 4xx answer in OpenAI's shape: vLLM writes ``"type": "BadRequestError"`` and
+    an integer ``code`` (older versions put the fields at the top level). Its message and
+    ``param`` are kept; ``type`` is OpenAI's for the status, and ``code`` OpenAI's
+    ``context_length_exceeded`` for a prompt over the context, else the engine's string code,
+    else none."""
+    try:
+        document: Any = msgspec.json.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        document = None
+    fields = document.get("error", document) if isinstance(document, dict) else None
+    if not isinstance(fields, dict):
+        fields = {"message": payload.decode("utf-8", "replace")[:1000] or f"HTTP {status}"}
+    message = str(fields.get("message") or f"The model endpoint refused the request ({status}).")
+    param, code = fields.get("param"), fields.get("code")
+    if _CONTEXT_LENGTH.search(message):
+        code = "context_length_exceeded"
+    kind = _ENGINE_TYPES.get(status, "invalid_request_error")
+    error = OpenAIError(
+        message,
+        kind,
+        param if isinstance(param, str) else None,
+        code if isinstance(code, str) else None,
+    )
+    return msgspec.json.encode(OpenAIErrorBody(error))

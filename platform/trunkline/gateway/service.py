@@ -26,6 +26,7 @@ from trunkline.gateway.authn import Principal, authenticate
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
+from trunkline.gateway.errors import engine_error
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
 from trunkline.gateway.proxy import (
@@ -317,7 +318,10 @@ class GatewayService:
             raise UpstreamError(
                 f"The model endpoint answered HTTP {status}.", reason="upstream_error"
             )
-        meter.finish(status, None if status == 200 else "upstream_rejected")
+        if status != 200:
+            meter.finish(status, "upstream_rejected")
+            return Reply(status, engine_error(status, payload), None, headers)
+        meter.finish(status, None)
         return Reply(status, payload, None, headers)
 
     async def _stream(

@@ -301,23 +301,53 @@ def test_engine_dying_mid_stream_ends_with_an_error_event_and_usage_is_kept(make
     assert record.status == 502 and record.completion_tokens == 2
 
 
-def test_engine_error_status_passes_through(make_gateway) -> None:
-    def rejects(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(
+@pytest.mark.parametrize(
+    ("status", "answer", "expected"),
+    [
+        (  # vLLM's shape: its message and param kept, OpenAI's type and code
             400,
-            json={
+            {
                 "error": {
-                    "message": "too long",
+                    "message": "This model's maximum context length is 2048 tokens.",
                     "type": "BadRequestError",
                     "param": None,
                     "code": 400,
                 }
             },
-        )
+            {
+                "message": "This model's maximum context length is 2048 tokens.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "context_length_exceeded",
+            },
+        ),
+        (  # older vLLM: the fields at the top level
+            400,
+            {"object": "error", "message": "bad top_p", "type": "BadRequestError", "code": 400,
+             "param": "top_p"},
+            {"message": "bad top_p", "type": "invalid_request_error", "param": "top_p",
+             "code": None},
+        ),
+        (  # not JSON at all
+            422,
+            "unprocessable",
+            {"message": "unprocessable", "type": "invalid_request_error", "param": None,
+             "code": None},
+        ),
+    ],
+)  # fmt: skip
+def test_an_engine_4xx_keeps_its_status_and_message_in_openai_shape(
+    make_gateway, status, answer, expected
+) -> None:
+    def rejects(request: httpx.Request) -> httpx.Response:
+        if isinstance(answer, str):
+            return httpx.Response(status, text=answer)
+        return httpx.Response(status, json=answer)
 
     gw, key = _ready(make_gateway, rejects)
     response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
-    assert response.status_code == 400 and response.json()["error"]["message"] == "too long"
+    assert response.status_code == status
+    assert response.json() == {"error": expected}
 
 
 def test_engine_5xx_becomes_502(make_gateway) -> None:
