@@ -153,6 +153,7 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     runs: Runs = {}
     notes = [f"policy not registered, not run: {name}" for name in missing]
     tried: dict[Shape, Metrics] = {}
+    engines: dict[str, Engine] = {}
     if policies:
         policy = policies[0]
 
@@ -181,7 +182,6 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             return lambda a, b: meets(((long, a), (short, b)))
 
         defaults: dict[str, int] = {}
-        engines: dict[str, Engine] = {}
         singles: dict[str, int] = {}
         for flavor in HETERO_FLAVORS:
             count = fewest(alone(Engine(flavor)))
@@ -242,6 +242,8 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "flavors_alone": list(HETERO_FLAVORS),
             "flavors_placed": list(PLACEMENT_FLAVORS),
             "prices": {f: FLAVOR_PRICES[f] for f in HETERO_FLAVORS},
+            "chunks_tried": f"vLLM's default, then each half of it down to {MIN_CHUNK}",
+            "chunk_per_flavor": {f: e.chunk for f, e in engines.items()},
             "fleets_tried": {_describe(s): _attained(m) for s, m in tried.items()},
             "missing_policies": missing,
         },
