@@ -84,6 +84,13 @@ class SloUnattainable(TrunklineError):
     code = "slo_unattainable"
 
 
+class Unavailable(TrunklineError):
+    """Trunkline itself cannot serve yet or right now (no configuration loaded, its database
+    away): try again shortly."""
+
+    code = "unavailable"
+
+
 class UpstreamError(TrunklineError):
     code = "upstream_error"
 

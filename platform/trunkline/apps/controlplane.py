@@ -28,7 +28,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import trunkline
@@ -83,6 +83,7 @@ _STATUS_BY_CODE = {
     "unsupported_media_type": 415,
     "rate_limited": 429,
     "quota_exhausted": 429,
+    "unavailable": 503,
     "upstream_error": 502,
     "upstream_unavailable": 503,
     "slo_unattainable": 503,
@@ -152,6 +153,7 @@ def create_controlplane_app(runtime: Runtime, *, quota_store: QuotaStore | None 
             ValidationException: _validation_error,
             HTTPException: _http_error,
             IntegrityError: _integrity_error,
+            OperationalError: _database_unavailable,
             RecursionError: _too_deep,
             Exception: _internal_error,
         },
@@ -301,6 +303,17 @@ def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
     return problem(
         request, 400, "invalid_request", f"invalid value for {fields}", title="Invalid request",
         errors=errors,
+    )  # fmt: skip
+
+
+def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The database refused or dropped the connection: ours to fix, the caller's to retry.
+    One line in the log (the driver's message names the host, never a password)."""
+    assert isinstance(exc, OperationalError)
+    log.error("database unavailable: %s", str(exc.orig).splitlines()[0] if exc.orig else exc)
+    return problem(
+        request, 503, "unavailable", "the database is unavailable; retry shortly",
+        headers={"Retry-After": "2"},
     )  # fmt: skip
 
 

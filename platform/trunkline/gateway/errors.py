@@ -21,6 +21,7 @@ _STATUS: dict[str, tuple[int, str]] = {
     errors.RateLimited.code: (429, "rate_limit_error"),
     errors.QuotaExhausted.code: (429, "insufficient_quota"),
     errors.SloUnattainable.code: (503, "server_error"),
+    errors.Unavailable.code: (503, "server_error"),
     errors.UpstreamError.code: (502, "server_error"),
     errors.UpstreamUnavailable.code: (503, "server_error"),
 }

@@ -19,7 +19,7 @@ from typing import Protocol
 import httpx
 import msgspec
 
-from trunkline.errors import TrunklineError, UpstreamError, UpstreamUnavailable
+from trunkline.errors import TrunklineError, Unavailable, UpstreamError, UpstreamUnavailable
 from trunkline.gateway.admission.predictor import uncached_tokens
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.authn import Principal, authenticate
@@ -138,7 +138,15 @@ class GatewayService:
         self._prefix_cache = routing_prefix_cache(self.policy)
 
     def authenticate(self, authorization: str | None) -> Principal:
-        return authenticate(self.holder.current, authorization, self.server_secret, time.time())
+        snapshot = self.holder.current
+        if snapshot.version == 0:
+            # No configuration yet (starting, or the store lost it): every key would read as
+            # unknown, and a 401 tells clients their key is bad; this is ours, and passes.
+            raise Unavailable(
+                "The gateway has not loaded its configuration yet; retry shortly.",
+                reason="gateway_starting",
+            )
+        return authenticate(snapshot, authorization, self.server_secret, time.time())
 
     async def handle(self, kind: str, raw: bytes, principal: Principal, request_id: str) -> Reply:
         """One request; a cascading alias tries its small model first (docs/cascading.md)."""

@@ -10,6 +10,8 @@ import pytest
 from tests.unit.gateway.conftest import TENANT_B, Harness
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
+from trunkline.snapshot import Snapshot
+
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
 
 
@@ -58,6 +60,20 @@ def _ready(make_gateway, handler=chat_any, **kwargs) -> tuple[Harness, str]:  # 
     gw.world.publish()
     _wait_for_version(gw)
     return gw, key
+
+
+def test_a_gateway_without_its_configuration_says_503_not_that_the_key_is_bad(
+    make_gateway,
+) -> None:
+    gw, key = _ready(make_gateway)
+    holder = gw.client.app.state.gateway.holder
+    gw.client.blocking_portal.call(holder.close)  # no polling: it would load the snapshot again
+    holder.current = Snapshot.empty()  # as when starting, or when the store lost it
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert_openai_error(response, 503, "gateway_starting")
+    assert response.headers["retry-after"] == "1"
+    assert gw.client.get("/health").status_code == 503
+    assert gw.upstream == []
 
 
 def test_chat_completion_returns_usage_and_records_one_event(make_gateway) -> None:
