@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, get
@@ -70,6 +72,8 @@ from trunkline.tenancy.controllers import (
 log = logging.getLogger("trunkline.controlplane")
 
 MAX_BODY_BYTES = 1024 * 1024
+SNAPSHOT_CHECK_S = 2.0
+"""How often the control plane checks that the snapshot store still holds a snapshot."""
 BEARER = SecurityScheme(type="http", scheme="bearer", description="tlu_… access token")
 PROBLEM_JSON = "application/problem+json"
 _STATUS_BY_CODE = {
@@ -120,11 +124,18 @@ CONTROLLERS = (
 )
 
 
-def create_controlplane_app(runtime: Runtime, *, quota_store: QuotaStore | None = None) -> Litestar:
+def create_controlplane_app(
+    runtime: Runtime,
+    *,
+    quota_store: QuotaStore | None = None,
+    snapshot_check_s: float = SNAPSHOT_CHECK_S,
+) -> Litestar:
     """The control-plane API over ``runtime``; the development login only where allowed.
 
     ``quota_store`` is where gateways count quota usage (read back by the quota endpoints);
-    by default Redis when ``TRUNKLINE_REDIS__URL`` is set, else this process's memory.
+    by default Redis when ``TRUNKLINE_REDIS__URL`` is set, else this process's memory. Every
+    ``snapshot_check_s`` it checks that the snapshot store still holds a snapshot, and
+    publishes one if not (:func:`republish_if_lost`).
     """
     quota = quota_store or default_quota_store(runtime.settings)
     handlers: list[Any] = [healthz(runtime), *CONTROLLERS]
@@ -139,6 +150,7 @@ def create_controlplane_app(runtime: Runtime, *, quota_store: QuotaStore | None 
             "quota_usage": Provide(usage_reader_provider(quota), sync_to_thread=False),
         },
         on_shutdown=[quota.close],
+        lifespan=[_keeping_published(runtime, snapshot_check_s)],
         middleware=[
             RequestContextMiddleware,
             DefineMiddleware(
@@ -168,6 +180,38 @@ def create_controlplane_app(runtime: Runtime, *, quota_store: QuotaStore | None 
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
     )
+
+
+def republish_if_lost(runtime: Runtime) -> bool:
+    """Publish the snapshot if the store holds none (a Redis restarted without its data):
+    gateways started after that would have no configuration, and nothing else republishes it
+    until the next change. Returns whether it published."""
+    if runtime.publisher.published_version() is not None:
+        return False
+    log.warning("the snapshot store holds no snapshot; publishing it again")
+    runtime.publish()
+    return True
+
+
+def _keeping_published(
+    runtime: Runtime, every_s: float
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def keep_published(_app: Litestar) -> AsyncIterator[None]:
+        async def check() -> None:
+            while True:
+                await anyio.sleep(every_s)
+                try:
+                    await anyio.to_thread.run_sync(republish_if_lost, runtime)
+                except Exception as exc:  # the store or the database away: try again later
+                    log.warning("snapshot check failed: %s", type(exc).__name__)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(check)
+            yield
+            tasks.cancel_scope.cancel()
+
+    return keep_published
 
 
 def default_quota_store(settings: Settings) -> QuotaStore:

@@ -203,7 +203,7 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
             "status": "ok" if ok else "starting",
             "snapshot_version": holder.current.version,
             "snapshot_age_s": round(time.time() - holder.current.published_at, 3) if ok else None,
-            "snapshot_store_reachable": holder.healthy,
+            "snapshot_store_reachable": holder.reachable,
             "quota_store": "degraded" if _service(request.app.state).quota.degraded else "ok",
             "engines": _engines(request.app.state.engines),
         }

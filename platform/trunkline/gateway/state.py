@@ -23,20 +23,20 @@ class SnapshotHolder:
         self._source = source
         self._poll_s = poll_s
         self.current: Snapshot = Snapshot.empty()
-        self.healthy = False
+        self.reachable = False
+        """The store answered the last poll (it may hold no snapshot: see ``current.version``)."""
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> bool:
         """Load the snapshot if its version changed; returns whether it did."""
         version = await self._source.version()
+        self.reachable = True
         if version is None or version == self.current.version:
-            self.healthy = version is not None
             return False
         loaded = await self._source.load()
         if loaded is None:
             return False
         self.current = decode_snapshot(loaded[1])
-        self.healthy = True
         log.info("snapshot loaded", extra={"snapshot_version": self.current.version})
         return True
 
@@ -60,5 +60,5 @@ class SnapshotHolder:
                 await self.refresh()
             except Exception:
                 # Keep serving the last good snapshot while the store is away.
-                self.healthy = False
+                self.reachable = False
                 log.warning("snapshot refresh failed; serving the last one", exc_info=True)

@@ -9,6 +9,8 @@ fetches the blob only when it changed). Redis keeps ``<prefix>:snapshot`` and
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 import redis
@@ -18,6 +20,9 @@ import redis.asyncio as aioredis
 class SnapshotPublisher(Protocol):
     def next_version(self) -> int: ...
     def publish(self, version: int, blob: bytes) -> None: ...
+    def published_version(self) -> int | None:
+        """The version the store holds (None: none, e.g. a store that lost its data)."""
+        ...
 
 
 class SnapshotSource(Protocol):
@@ -43,6 +48,10 @@ class InMemorySnapshotStore:
             if self._current is None or version > self._current[0]:
                 self._current = (version, blob)
 
+    def published_version(self) -> int | None:
+        current = self._current
+        return None if current is None else current[0]
+
     async def version(self) -> int | None:
         current = self._current
         return None if current is None else current[0]
@@ -64,19 +73,44 @@ return 0
 """
 
 
+# The next version: one more than the last, and never below the publisher's clock in ms, so a
+# Redis that restarted empty (its counter back at 0) still hands out versions above those the
+# gateways hold, and they load the next snapshot instead of taking it for the one they have.
+_NEXT_VERSION_LUA = """
+local version = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if version < floor then
+  redis.call('SET', KEYS[1], floor)
+  version = floor
+end
+return version
+"""
+
+
 class RedisSnapshotPublisher:
-    def __init__(self, client: redis.Redis, prefix: str = "trunkline") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "trunkline",
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
         self._client = client
         self._blob_key = f"{prefix}:snapshot"
         self._version_key = f"{prefix}:snapshot:version"
         self._counter_key = f"{prefix}:snapshot:counter"
         self._script = client.register_script(_PUBLISH_LUA)
+        self._next = client.register_script(_NEXT_VERSION_LUA)
+        self._clock_ms = clock_ms
 
     def next_version(self) -> int:
-        return int(self._client.incr(self._counter_key))
+        return int(self._next(keys=[self._counter_key], args=[self._clock_ms()]))
 
     def publish(self, version: int, blob: bytes) -> None:
         self._script(keys=[self._blob_key, self._version_key], args=[version, blob])
+
+    def published_version(self) -> int | None:
+        raw = self._client.get(self._version_key)
+        return None if raw is None else int(raw)
 
 
 class RedisSnapshotSource:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,3 +55,25 @@ async def test_versions_only_move_forward(store: Pair) -> None:
     store.publisher.publish(newer, b"new")
     store.publisher.publish(older, b"stale")  # a slow publisher must not roll back
     assert await store.source.load() == (newer, b"new")
+
+
+async def test_the_store_says_which_version_it_holds(store: Pair) -> None:
+    assert store.publisher.published_version() is None
+    version = store.publisher.next_version()
+    store.publisher.publish(version, b"blob")
+    assert store.publisher.published_version() == version == await store.source.version()
+
+
+def test_versions_stay_above_old_ones_after_redis_loses_its_data(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    clock = itertools.count(1_700_000_000_000, 1_000)  # ms; a restart takes at least a second
+    publisher = RedisSnapshotPublisher(client, "wiped", clock_ms=lambda: next(clock))
+    try:
+        held = publisher.next_version()  # what the gateways hold
+        publisher.publish(held, b"before")
+        client.delete("wiped:snapshot", "wiped:snapshot:version", "wiped:snapshot:counter")
+        assert publisher.published_version() is None
+        # Back at an empty counter, the next version must still be new to the gateways.
+        assert publisher.next_version() > held
+    finally:
+        client.close()

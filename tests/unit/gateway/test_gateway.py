@@ -72,7 +72,13 @@ def test_a_gateway_without_its_configuration_says_503_not_that_the_key_is_bad(
     response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
     assert_openai_error(response, 503, "gateway_starting")
     assert response.headers["retry-after"] == "1"
-    assert gw.client.get("/health").status_code == 503
+    health = gw.client.get("/health")
+    assert health.status_code == 503
+    # The store answered: it holds no snapshot, it is not unreachable.
+    assert (health.json()["status"], health.json()["snapshot_store_reachable"]) == (
+        "starting",
+        True,
+    )
     assert gw.upstream == []
 
 
