@@ -66,6 +66,10 @@ class FallbackQuotaStore:
     async def reserve(self, request: ReserveRequest) -> Outcome:
         now = request.now_ms
         if self._degraded_since is None or now >= self._probe_at:
+            if self._degraded_since is not None:
+                # One probe at a time: requests arriving while it waits on an unreachable store
+                # decide locally instead of each waiting for the timeout too.
+                self._probe_at = now + self._probe_every_ms
             try:
                 outcome = await self._primary.reserve(request)
             except StoreUnavailable as exc:

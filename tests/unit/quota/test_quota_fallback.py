@@ -3,16 +3,20 @@ metrics, logs and /health, and exact limits again once it is back."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from trunkline.quota.fallback import FallbackQuotaStore
 from trunkline.quota.limits import DAY_TOKENS, REQUESTS, Limits
 from trunkline.quota.memory import InMemoryQuotaStore
+from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import Vector
-from trunkline.quota.store import Outcome, ReserveRequest, StoreUnavailable, Ticket
+from trunkline.quota.store import Outcome, ReserveRequest, Scope, StoreUnavailable, Ticket
 from unit.quota.conftest import Gateway
 from unit.quota.test_quota_gateway import CHAT, open_stream
 
@@ -127,3 +131,40 @@ def test_settles_that_missed_the_store_are_replayed_when_it_returns(make_gateway
 
     assert gw.counters()[REQUESTS] == 2
     assert gw.counters()[DAY_TOKENS] == 18 + 24, "the hung-up stream's refund arrived"
+
+
+class Hanging(Flaky):
+    """A store that hangs (a frozen Redis) until ``wake`` is set, then refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wake = asyncio.Event()
+        self.calls = 0
+
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        self.calls += 1
+        await self.wake.wait()
+        raise StoreUnavailable("timed out")
+
+
+async def test_while_degraded_one_request_probes_and_the_others_decide_locally() -> None:
+    hanging = Hanging()
+    store = FallbackQuotaStore(hanging, QuotaMetrics(CollectorRegistry()), probe_every_ms=1000)
+    scopes = (Scope("key", "k", Limits(requests_per_minute=100).vector()),)
+
+    def request(n: int, at_ms: int) -> ReserveRequest:
+        return ReserveRequest(f"r{n}", "t", scopes, 10, 0, at_ms, 60_000, 3_600_000)
+
+    hanging.wake.set()
+    assert (await store.reserve(request(0, 0))).local  # the outage starts
+    hanging.wake.clear()
+    probe = asyncio.ensure_future(store.reserve(request(1, 1_000)))  # due: it probes, and hangs
+    await asyncio.sleep(0)
+    others = [asyncio.ensure_future(store.reserve(request(n, 1_000 + n))) for n in range(2, 6)]
+    for _ in range(10):  # let them run as far as they can while the probe still hangs
+        await asyncio.sleep(0)
+    assert [task.done() for task in others] == [True] * 4, "they waited on the store too"
+    assert all(task.result().local for task in others)
+    assert hanging.calls == 2, "only the probe waited on the store"
+    hanging.wake.set()
+    assert (await probe).local
