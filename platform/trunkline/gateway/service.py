@@ -201,10 +201,11 @@ class GatewayService:
         )
 
     def _endpoint_views(self, candidates: list[Candidate]) -> list[EndpointView]:
-        """One view per candidate with its live load; ejected ones marked unhealthy, unless
-        every one is ejected: then all are tried rather than none (fail open)."""
+        """One view per candidate with its live load; ejected ones (and those a scrape is about
+        to probe) marked unhealthy, unless every one is: then all are tried rather than none
+        (fail open)."""
         engines = self.engines
-        in_service = [engines.in_service(c.endpoint.id) for c in candidates]
+        in_service = [engines.routable(c.endpoint.id) for c in candidates]
         fail_open = not any(in_service)
         return [
             endpoint_view(c, engines.load(c.endpoint.id), healthy=ok or fail_open)

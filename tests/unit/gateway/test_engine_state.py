@@ -116,6 +116,25 @@ def test_scrapes_give_rates_and_failures_eject() -> None:
     assert state.in_service("a") and state.ejections("a") == 1
 
 
+@pytest.mark.parametrize("scraped", [True, False])
+def test_an_endpoint_whose_ejection_ended_waits_for_the_scrape_probe_when_one_runs(
+    scraped: bool,
+) -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.probed_by_scrapes = scraped
+    state.sync(["a"])
+    for _ in range(3):
+        state.scrape_failed("a", "ReadTimeout")  # frozen
+    assert not state.routable("a")
+    clock.now += POLICY.base_s  # half-open
+    assert state.should_scrape("a")
+    # With a scraper, no request goes there until its probe answers; without, a request probes.
+    assert state.routable("a") is not scraped
+    state.scraped("a", MetricsScan(), clock.now)
+    assert state.routable("a")
+
+
 def test_kv_capacity_is_read_once_and_again_after_a_restart() -> None:
     clock = Clock()
     state = EngineState(POLICY, clock)

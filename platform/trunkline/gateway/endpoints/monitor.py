@@ -87,6 +87,7 @@ class EngineMonitor:
                 concurrency=settings.scrape_concurrency,
             )
             await self.scraper.start()
+            self.state.probed_by_scrapes = True
         if self._kv_sink is not None and settings.kv_events:
             self.kv_subscriber = KvEventSubscriber(self._kv_sink, self._endpoints)
         self._task = asyncio.create_task(self._follow(), name="engine-monitor")

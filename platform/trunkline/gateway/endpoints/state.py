@@ -156,6 +156,8 @@ class EngineState:
         self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}
         self._changed = asyncio.Event()
+        self.probed_by_scrapes = False
+        """A scraper runs: it probes endpoints whose ejection ended, and requests wait for it."""
 
     def now(self) -> float:
         """The clock every time in here is on (monotonic seconds)."""
@@ -192,6 +194,18 @@ class EngineState:
         """False while the endpoint is ejected (unknown endpoints are in service)."""
         state = self._endpoints.get(endpoint)
         return state is None or state.health.in_service(self._clock())
+
+    def routable(self, endpoint: str) -> bool:
+        """In service, and not half-open while a scraper probes it: a request sent to an
+        endpoint that may still be frozen would wait on it, where a scrape finds out within
+        its timeout. Without a scraper, the next request is the probe."""
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            return True
+        now = self._clock()
+        if self.probed_by_scrapes and state.health.half_open(now):
+            return False
+        return state.health.in_service(now)
 
     def ejections(self, endpoint: str) -> int:
         state = self._endpoints.get(endpoint)
