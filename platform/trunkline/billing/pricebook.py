@@ -112,6 +112,12 @@ class PriceBook:
         return self.versions[0].currency
 
 
+MAX_PRICE = Decimal(1_000_000)
+"""Per million tokens or per GPU-hour: with quantities up to 10^15 and 6 places, a cost stays
+exact in the 38 digits rating computes in."""
+MAX_MULTIPLIER = Decimal(100)
+
+
 def _places(value: Decimal) -> int:
     exponent = value.as_tuple().exponent
     return -exponent if isinstance(exponent, int) and exponent < 0 else 0
@@ -130,16 +136,18 @@ def check_version(v: PriceVersion, problems: list[str]) -> None:
     prices += [p for o in v.overrides for p in (o.input, o.cached_input, o.output) if p is not None]
     prices += list(v.gpu_hour.values())
     for price in prices:
-        _check(price >= 0 and _places(price) <= 6, v.version, f"bad price {price}", problems)
+        ok = price.is_finite() and 0 <= price <= MAX_PRICE and _places(price) <= 6
+        _check(ok, v.version, f"bad price {price}", problems)
     for tier, factor in v.tier_multipliers.items():
-        ok = factor > 0 and _places(factor) <= 4
+        ok = factor.is_finite() and 0 < factor <= MAX_MULTIPLIER and _places(factor) <= 4
         _check(ok, v.version, f"bad multiplier {factor} for {tier}", problems)
     for slug, discount in v.contracts.items():
-        ok = 0 <= discount < 1 and _places(discount) <= 4
+        ok = discount.is_finite() and 0 <= discount < 1 and _places(discount) <= 4
         _check(ok, v.version, f"bad discount {discount} for {slug}", problems)
     for tier, steps in v.sla_credits.items():
         for step in steps:
-            ok = 0 < step.below <= 1 and 0 < step.credit <= 1 and _places(step.credit) <= 4
+            ok = all(d.is_finite() for d in (step.below, step.credit))
+            ok = ok and 0 < step.below <= 1 and 0 < step.credit <= 1 and _places(step.credit) <= 4
             _check(ok, v.version, f"bad SLA credit step for {tier}", problems)
     _check(bool(v.models), v.version, "prices no model", problems)
 
@@ -188,10 +196,12 @@ def load_price_book_file(path: Path) -> PriceBook:
     """Read a price book file: ``kind: PriceBook`` with a list of ``versions``."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InvalidRequest(f"cannot read price book {path}: {exc}", param="path") from exc
     if not isinstance(data, dict) or data.get("kind") != "PriceBook":
         raise InvalidRequest(f"{path}: not a price book (kind: PriceBook)", param="path")
     defaults = {k: v for k, v in data.items() if k not in ("kind", "versions")}
     versions = data.get("versions") or []
+    if not isinstance(versions, list) or not all(isinstance(v, dict) for v in versions):
+        raise InvalidRequest(f"{path}: versions must be a list of mappings", param="versions")
     return PriceBook([version_from_document({**defaults, **v}) for v in versions])

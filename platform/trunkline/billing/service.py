@@ -29,6 +29,7 @@ from trunkline.billing.pricebook import (
 from trunkline.billing.statements import close_period, statement
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.models import BillingPeriod, PriceBookVersion, Tenant
+from trunkline.tenancy.changes import flush_or_conflict
 
 FORMATS = {
     "focus-csv": ("text/csv; charset=utf-8", "csv"),
@@ -86,7 +87,7 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
             )
         )
         added.append(version.version)
-    session.flush()
+    flush_or_conflict(session, "a stored price book version starts at the same instant")
     load_price_book(session)  # the stored versions together must still form a valid book
     return added
 

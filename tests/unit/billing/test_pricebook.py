@@ -92,6 +92,14 @@ def test_no_version_in_force_before_the_first_one() -> None:
         ({"contracts": {"acme": "1"}}, "bad discount"),
         ({"contracts": {"acme": "0.12345"}}, "bad discount"),
         ({"sla_credits": {"gold": [{"below": "1.5", "credit": "0.1"}]}}, "SLA credit"),
+        # Not numbers a bill can hold: each would rate to NaN, Infinity or 395 digits.
+        ({"models": {"m": {"input": "NaN", "cached_input": "0", "output": "0"}}}, "bad price"),
+        ({"models": {"m": {"input": "1e400", "cached_input": "0", "output": "0"}}}, "bad price"),
+        ({"gpu_hour": {"h100": "Infinity"}}, "bad price"),
+        ({"tier_multipliers": {"gold": "Infinity"}}, "bad multiplier"),
+        ({"tier_multipliers": {"gold": "1000"}}, "bad multiplier"),
+        ({"contracts": {"acme": "NaN"}}, "bad discount"),
+        ({"sla_credits": {"gold": [{"below": "NaN", "credit": "0.1"}]}}, "SLA credit"),
     ],
 )
 def test_invalid_versions_are_refused_with_the_reason(
@@ -118,6 +126,23 @@ def test_prices_written_as_yaml_numbers_are_read_exactly(tmp_path: Path) -> None
     prices = load_price_book_file(path).at(at(2))
     total = sum((prices.token_price("m", "gold", c) for c in ("input", "cached_input")), Decimal(0))
     assert total == Decimal("0.3") and prices.currency == "EUR"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"kind: PriceBook\nversions: 7\n", "versions must be a list of mappings"),
+        (b"kind: PriceBook\nversions: [5]\n", "versions must be a list of mappings"),
+        (b"kind: PriceBook\ncurrency: \xe9\n", "cannot read price book"),
+    ],
+)
+def test_a_malformed_price_book_file_is_a_clear_error(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_bytes(content)
+    with pytest.raises(InvalidRequest, match=problem):
+        load_price_book_file(path)
 
 
 def test_the_bundled_price_book_is_valid() -> None:

@@ -150,6 +150,16 @@ def test_price_versions_apply_from_their_instant_and_never_inside_a_closed_perio
     with transaction(factory) as session, pytest.raises(Conflict, match="closed"):
         apply_price_book(session, PriceBook([*book.versions, late]))
 
+    # A version that starts where a stored one does: a conflict, not a crash.
+    def starting_2027(number: int) -> PriceBook:
+        document = {"version": number, "effective_from": "2027-01-01T00:00:00Z", "models": models}
+        return PriceBook([version_from_document(document)])
+
+    with transaction(factory) as session:
+        assert apply_price_book(session, starting_2027(4)) == [4]
+    with transaction(factory) as session, pytest.raises(Conflict, match="same instant"):
+        apply_price_book(session, starting_2027(7))
+
 
 def test_dedicated_gpus_are_billed_every_hour_busy_or_idle(
     factory: sessionmaker[Session], tenants: dict[str, Account]

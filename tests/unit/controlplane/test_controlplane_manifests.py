@@ -113,6 +113,15 @@ def test_yaml_syntax_errors_point_at_their_line(tmp_path: Path) -> None:
     assert issues[0].startswith(f"{tmp_path / 'broken.yaml'}:3: (document): YAML syntax:")
 
 
+def test_a_file_that_is_not_utf8_is_an_issue_at_its_line(tmp_path: Path) -> None:
+    (tmp_path / "latin1.yaml").write_bytes(b"kind: Tier\nname: caf\xe9\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(tmp_path)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{tmp_path / 'latin1.yaml'}:2: (document): not UTF-8 text: invalid continuation byte"
+    ]
+
+
 def test_apply_twice_changes_nothing_the_second_time(runtime: Runtime) -> None:
     first = apply_manifests(runtime.session_factory, TENANTS_DIR, publish=runtime.publish)
     version = snapshot(runtime).version

@@ -61,7 +61,13 @@ def load_manifests(path: str | Path) -> Manifests:
 def _documents(
     file: Path, issues: list[ManifestIssue]
 ) -> Iterator[tuple[Any, dict[FieldPath, int]]]:
-    loader = yaml.SafeLoader(file.read_text(encoding="utf-8"))
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = file.read_bytes()[: exc.start].count(b"\n") + 1
+        issues.append(ManifestIssue(str(file), line, "", f"not UTF-8 text: {exc.reason}"))
+        return
+    loader = yaml.SafeLoader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
