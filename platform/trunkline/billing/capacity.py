@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from trunkline.billing.charges import GPU_HOURS, USAGE, ChargeLine, Names
 from trunkline.billing.periods import Period
-from trunkline.billing.pricebook import PriceBook
+from trunkline.billing.pricebook import PriceBook, PriceVersion
 from trunkline.billing.rating import rate
-from trunkline.errors import Conflict, InvalidRequest
+from trunkline.errors import ConfigurationError, Conflict, InvalidRequest
 from trunkline.metering.rollup_plan import HOUR
 from trunkline.models import BillingPeriod, DedicatedCapacity
 
@@ -91,6 +91,13 @@ def latest_closed_end(session: Session) -> datetime | None:
     return session.scalar(select(func.max(BillingPeriod.period_end)))
 
 
+def _in_force(prices: PriceBook, moment: datetime) -> PriceVersion | None:
+    try:
+        return prices.at(moment)
+    except ConfigurationError:  # before the first version
+        return None
+
+
 def add_capacity(
     session: Session,
     tenant_id: uuid.UUID,
@@ -99,17 +106,32 @@ def add_capacity(
     starts_at: datetime,
     ends_at: datetime | None = None,
     *,
+    prices: PriceBook,
     region: str = "",
     project_id: uuid.UUID | None = None,
 ) -> DedicatedCapacity:
     """Record GPUs held for a tenant from ``starts_at`` (until ``ends_at``, or open-ended).
 
     Capacity may not reach into a closed billing period: what was billed there is final, and
-    corrections are for late usage, not for rewritten allocations.
+    corrections are for late usage, not for rewritten allocations. Every version of ``prices``
+    that will price it must have a GPU-hour price for ``flavor``: else every export of those
+    periods would fail.
     """
     closed_until = latest_closed_end(session)
     if gpus < 1:
         raise InvalidRequest("gpus must be at least 1", param="gpus")
+    unpriced = [
+        v.version
+        for v in prices.versions
+        if flavor not in v.gpu_hour
+        and (v.effective_from > starts_at or v is _in_force(prices, starts_at))
+    ]
+    if unpriced:
+        raise InvalidRequest(
+            f"flavor {flavor!r} has no GPU-hour price in price book version(s) "
+            f"{', '.join(map(str, unpriced))}: add one first (trunkline billing prices apply)",
+            param="flavor",
+        )
     if ends_at is not None and ends_at <= starts_at:
         raise InvalidRequest("the allocation must end after it starts", param="ends_at")
     if closed_until is not None and starts_at < closed_until:

@@ -168,6 +168,7 @@ def capacity_command(args: argparse.Namespace) -> int:
                 args.gpus,
                 _instant(args.start, "start"),
                 _instant(args.end, "end") if args.end else None,
+                prices=service.load_price_book(session),
                 region=args.region,
                 project_id=project_id,
             )

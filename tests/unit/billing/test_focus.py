@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.capacity import add_capacity
 from trunkline.billing.periods import parse_period
-from trunkline.billing.service import close, export_period
+from trunkline.billing.service import close, export_period, load_price_book
 from trunkline.kit.db import transaction
 from unit.metering.usage_support import Account, at, event, ingest
 
@@ -124,7 +124,14 @@ def month(factory: sessionmaker[Session], tenants: dict[str, Account]) -> sessio
         ],
     )
     with transaction(factory) as session:
-        add_capacity(session, uuid.UUID(globex.tenant_id), "l40s", 2, at(30, 22))
+        add_capacity(
+            session,
+            uuid.UUID(globex.tenant_id),
+            "l40s",
+            2,
+            at(30, 22),
+            prices=load_price_book(session),
+        )
         close(session, parse_period("2026-11"), at(2, month=12))
     ingest(factory, [event(acme, when=at(29), prompt=100, completion=1)])  # late
     return factory

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from trunkline.billing.capacity import add_capacity
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_from_document
-from trunkline.billing.service import apply_price_book, close, export_period
-from trunkline.errors import Conflict
+from trunkline.billing.service import apply_price_book, close, export_period, load_price_book
+from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import transaction
 from unit.metering.usage_support import Account, at, event, ingest
 
@@ -171,6 +171,7 @@ def test_dedicated_gpus_are_billed_every_hour_busy_or_idle(
             "h100",
             8,
             at(30, 21, 30),
+            prices=load_price_book(session),
             region="eu-west",
         )
     rows = [r for r in focus(factory) if r["x_AcceleratorFlavor"] == "h100"]
@@ -178,10 +179,26 @@ def test_dedicated_gpus_are_billed_every_hour_busy_or_idle(
     assert [r["ChargePeriodStart"][11:16] for r in rows] == ["21:00", "22:00", "23:00"]
     assert {r["ConsumedQuantity"] for r in rows} == {"8"}
     assert billed(rows) == 3 * 8 * Decimal("4.00")
+    with transaction(factory) as session, pytest.raises(InvalidRequest, match="no GPU-hour price"):
+        add_capacity(  # no price: every export of the period would fail on it
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "nosuch",
+            1,
+            at(30, 22),
+            prices=load_price_book(session),
+        )
     with transaction(factory) as session:
         close(session, NOV, at(2, month=12))
         with pytest.raises(Conflict):
-            add_capacity(session, uuid.UUID(tenants["globex"].tenant_id), "h100", 1, at(29))
+            add_capacity(
+                session,
+                uuid.UUID(tenants["globex"].tenant_id),
+                "h100",
+                1,
+                at(29),
+                prices=load_price_book(session),
+            )
 
 
 def test_a_tenant_export_holds_only_that_tenant(
