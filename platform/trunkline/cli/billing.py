@@ -88,17 +88,24 @@ def export_command(args: argparse.Namespace) -> int:
             if not args.preview and period.end <= utcnow():
                 service.close(session, period, utcnow())
             export = service.export_period(session, period, args.format, tenant_id)
+            if args.out is not None:  # in the transaction: a failed write leaves it open
+                _write(args.out, export.body)
     finally:
         runtime.close()
     if args.out is None:
         sys.stdout.buffer.write(export.body)
         sys.stdout.flush()
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(export.body)
     state = "final" if export.final else "preliminary"
     print(f"{period.label}: {export.lines} charge lines ({state})", file=sys.stderr)
     return 0
+
+
+def _write(path: Path, body: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}", param="out") from exc
 
 
 def close_command(args: argparse.Namespace) -> int:

@@ -61,3 +61,21 @@ def test_export_closes_the_month_and_late_events_become_corrections(
 
     invoice = cli(env, "export", "--period", current.label, "--format", "invoice").stdout.decode()
     assert "Corrections to earlier periods" in invoice and "PRELIMINARY" in invoice
+
+
+def test_an_export_that_cannot_be_written_leaves_the_month_open(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    migrated(postgres_url)
+    env = trunkline_env(TRUNKLINE_DATABASE__URL=postgres_url, TRUNKLINE_STATE_DIR=str(tmp_path))
+    ended = month_of(utcnow()).previous().previous()
+    args = ["billing", "export", "--period", ended.label, "--format", "focus-csv"]
+    failed = subprocess.run(
+        [*TRUNKLINE, *args, "--out", str(tmp_path)],  # a directory
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert failed.returncode != 0
+    assert b"cannot write" in failed.stderr and b"Traceback" not in failed.stderr
+    assert cli(env, "close", "--period", ended.label).stdout.decode().strip().endswith(": closed")
