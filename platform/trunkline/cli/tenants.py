@@ -27,6 +27,20 @@ from trunkline.tenancy.schemas import TenantUpdate
 T = TypeVar("T")
 
 
+MAX_TTL_DAYS = 3650
+
+
+def _ttl_days(text: str) -> int:
+    """0 (never expires) to :data:`MAX_TTL_DAYS`; anything else is a usage error."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if not 0 <= days <= MAX_TTL_DAYS:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) to {MAX_TTL_DAYS} days")
+    return days
+
+
 def register(sub: Any) -> None:
     parser = sub.add_parser("tenants", help="tenants as code, and platform admin tokens")
     commands = parser.add_subparsers(dest="tenants_command", required=True, metavar="COMMAND")
@@ -46,7 +60,12 @@ def register(sub: Any) -> None:
         "admin-token", help="print an access token for a platform admin (created if needed)"
     )
     token.add_argument("--email", required=True)
-    token.add_argument("--ttl-days", type=int, default=30, help="0 for a token that never expires")
+    token.add_argument(
+        "--ttl-days",
+        type=_ttl_days,
+        default=30,
+        help=f"0 for a token that never expires; at most {MAX_TTL_DAYS}",
+    )
     token.set_defaults(func=admin_token_command)
 
     isolation = commands.add_parser(

@@ -70,6 +70,17 @@ def test_admin_token_prints_a_platform_admin_token(
     assert "platform admin ops@platform.example" in err
 
 
+@pytest.mark.parametrize("days", ["-5", "99999999999", "ten"])
+def test_admin_token_refuses_a_lifetime_out_of_range(
+    capsys: pytest.CaptureFixture[str], configured: str, days: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["tenants", "admin-token", "--email", "ops@platform.example", "--ttl-days", days])
+    assert exited.value.code == 2
+    _, err = capsys.readouterr()
+    assert "--ttl-days" in err and "Traceback" not in err
+
+
 def test_keys_create_list_rotate_and_revoke(
     capsys: pytest.CaptureFixture[str], configured: str
 ) -> None:
