@@ -12,6 +12,7 @@ import yaml
 from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
+from trunkline.errors import Conflict
 from trunkline.tenancy.manifests import (
     ManifestError,
     apply_manifests,
@@ -161,6 +162,21 @@ def test_apply_reports_updates_and_makes_models_the_entitlement_list(
     ]
     globex = next(t for t in snapshot(runtime).tenants.values() if t.slug == "globex")
     assert (globex.tier, globex.aliases) == ("gold", frozenset({"llama-3.1-8b"}))
+
+
+def test_apply_keeps_a_tenants_last_tenant_admin_like_the_api(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    for file in TENANTS_DIR.glob("*.yaml"):
+        shutil.copy(file, tmp_path / file.name)
+    apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
+    before = snapshot(runtime).version
+    examples = tmp_path / "examples.yaml"
+    examples.write_text(examples.read_text().replace("role: tenant_admin", "role: developer", 1))
+
+    with pytest.raises(Conflict, match="at least one tenant_admin"):
+        apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
+    assert snapshot(runtime).version == before  # nothing applied, nothing published
 
 
 def test_a_manifest_schema_is_valid_json_schema() -> None:

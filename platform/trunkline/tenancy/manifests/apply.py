@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.service import ensure_user
-from trunkline.errors import InvalidRequest
+from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import transaction
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tenant, Tier
 from trunkline.pools.aliases import configure_alias
@@ -257,6 +257,7 @@ def _projects(session: Session, tenant: Tenant, spec: TenantSpec) -> list[str]:
 
 def _members(session: Session, tenant: Tenant, spec: TenantSpec) -> list[str]:
     members, details = MembershipRepository(session, tenant.id), []
+    had_admin = members.count_admins() > 0
     for member in spec.members:
         user = ensure_user(session, member.email, member.name)
         found = members.get(user.id)
@@ -266,4 +267,11 @@ def _members(session: Session, tenant: Tenant, spec: TenantSpec) -> list[str]:
         elif found[0].role is not member.role:
             details.append(f"member {user.email} {found[0].role.value} -> {member.role.value}")
             found[0].role = member.role
+    if had_admin:  # the API's rule: a tenant keeps at least one tenant_admin
+        session.flush()
+        if members.count_admins() == 0:
+            raise Conflict(
+                f"tenant {tenant.slug}: a tenant keeps at least one tenant_admin",
+                reason="last_tenant_admin",
+            )
     return details
