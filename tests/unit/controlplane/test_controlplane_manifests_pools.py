@@ -10,6 +10,7 @@ import pytest
 from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
+from trunkline.errors import Conflict
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
 
 EXTRA = """\
@@ -149,3 +150,21 @@ def test_a_cascade_may_not_reuse_a_model_alias(manifests_dir: Path) -> None:
         f"{extra}:19: Cascade llama-3.1-8b: name: alias 'llama-3.1-8b' already names "
         "'llama-3.1-8b-instruct'",
     ]
+
+
+def test_a_cascade_may_not_take_over_a_model_alias_applied_from_other_files(
+    runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    apply_manifests(runtime.session_factory, TENANTS_DIR, publish=runtime.publish)
+    alone = tmp_path_factory.mktemp("alone")  # the cascade without the model that owns its name
+    (alone / "cascade.yaml").write_text(
+        "kind: Model\nname: small-one\ncontext_length: 8192\n---\n"
+        "kind: Model\nname: big-one\ncontext_length: 8192\n---\n"
+        "kind: Cascade\nname: llama-3.1-8b\nmodel: small-one\nescalate_to: big-one\n"
+    )
+    before = snapshot(runtime)
+    with pytest.raises(Conflict, match="already names a model"):
+        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
+    after = snapshot(runtime)
+    assert after.version == before.version
+    assert after.aliases["llama-3.1-8b"].cascade is None

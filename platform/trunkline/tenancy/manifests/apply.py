@@ -210,6 +210,14 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
 def _cascade(session: Session, spec: CascadeSpec, report: ApplyReport) -> None:
     model = model_row(session, spec.model, param="model")
     row = ModelRepository(session).alias(spec.name)
+    if row is not None and row.escalate_model_id is None:
+        # A model's plain alias, perhaps from manifests not loaded with this one: the checks
+        # only see the files at hand, so the database has the last word.
+        raise Conflict(
+            f"Cascade {spec.name}: alias {spec.name!r} already names a model; "
+            "a cascade needs a name of its own",
+            param="name",
+        )
     create = lambda: ModelAlias(alias=spec.name, model_id=model.id)  # noqa: E731
     values = {"model_id": model.id}
     alias, details = _upsert(session, report, "Cascade", spec.name, row, create, values)
