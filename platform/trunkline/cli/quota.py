@@ -65,6 +65,9 @@ def _subject(parser: argparse.ArgumentParser) -> None:
 
 
 def show_command(args: argparse.Namespace) -> int:
+    if args.tier and (args.tenant or args.key):
+        raise InvalidRequest("--tier shows a tier's limits alone: drop --tenant and --key")
+
     def work(session: Session, runtime: Runtime) -> msgspec.Struct:
         read = usage_reader(runtime.settings)
         if args.tier:
@@ -81,7 +84,19 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_target(args: argparse.Namespace) -> None:
+    """Exactly one of --tier, --tenant, --key: with two, one would be silently ignored."""
+    named = [flag for flag in ("tier", "tenant", "key") if getattr(args, flag)]
+    if len(named) != 1:
+        raise InvalidRequest("name one of --tier, --tenant or --key")
+
+
 def set_command(args: argparse.Namespace) -> int:
+    _one_target(args)
+    if args.key and args.scope is not None:
+        raise InvalidRequest(
+            "--scope is for --tier and --tenant; a key has one scope", param="scope"
+        )
     changes, forget = _changes(args)
 
     def work(session: Session, runtime: Runtime) -> msgspec.Struct:

@@ -95,6 +95,27 @@ def test_a_key_gets_its_own_limits(capsys: pytest.CaptureFixture[str], configure
         (["quota", "set", "--tier", "gold", "--scope", "key", "--tokens-per-day", "-1"], ">= 0"),
         (["quota", "show", "--tenant", "nope"], "not found"),
         (["quota", "show"], "--tier, --tenant or --key"),
+        # Two targets, or a scope a key does not have: one of them would be silently ignored.
+        (["quota", "show", "--tier", "gold", "--tenant", "acme"], "drop --tenant and --key"),
+        (
+            [
+                "quota",
+                "set",
+                "--tier",
+                "gold",
+                "--tenant",
+                "acme",
+                "--scope",
+                "key",
+                "--tokens-per-day",
+                "9",
+            ],
+            "--tier, --tenant or --key",
+        ),
+        (
+            ["quota", "set", "--key", "abc", "--scope", "tenant", "--tokens-per-day", "9"],
+            "a key has one scope",
+        ),
     ],
 )
 def test_mistakes_are_explained(
