@@ -146,7 +146,8 @@ def _changes(args: argparse.Namespace) -> tuple[ScopeLimits, tuple[str, ...]]:
             try:
                 given[name] = float(value) if name.endswith("_usd") else int(value)
             except ValueError:
-                raise InvalidRequest(f"--{name}: expected a number, none or inherit") from None
+                flag = "--" + name.replace("_", "-")
+                raise InvalidRequest(f"{flag}: expected a number, none or inherit") from None
     try:
         return msgspec.convert(given, ScopeLimits), tuple(forget)
     except msgspec.ValidationError as exc:

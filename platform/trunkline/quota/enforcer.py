@@ -22,7 +22,7 @@ from typing import Any, Final
 from trunkline.errors import QuotaExhausted, RateLimited, TrunklineError, UpstreamUnavailable
 from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
 from trunkline.quota.headers import rate_limit_headers, retry_headers
-from trunkline.quota.limits import LIMIT_NAMES, MONTH_COST, Price, price_key
+from trunkline.quota.limits import CONCURRENCY, LIMIT_NAMES, MONTH_COST, REQUESTS, Price, price_key
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import BUDGETS, demand, retry_after_ms
 from trunkline.quota.store import (
@@ -227,7 +227,9 @@ class QuotaEnforcer:
                 extra=extra,
             )
         self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-        if wait_ms is None:
+        if wait_ms is None and verdict.limit in (REQUESTS, CONCURRENCY):
+            message = f"Refused by {where}: {numbers}. This limit admits no requests."
+        elif wait_ms is None:
             message = f"Request too large for {where}: {numbers}. Lower max_tokens or the prompt."
         else:
             message = f"Rate limit reached for {where}: {numbers}. "

@@ -91,7 +91,10 @@ def test_a_key_gets_its_own_limits(capsys: pytest.CaptureFixture[str], configure
     ("argv", "message"),
     [
         (["quota", "set", "--tier", "gold", "--tokens-per-day", "9"], "--scope is required"),
-        (["quota", "set", "--tier", "gold", "--scope", "key", "--tokens-per-day", "x"], "number"),
+        (
+            ["quota", "set", "--tier", "gold", "--scope", "key", "--tokens-per-day", "x"],
+            "--tokens-per-day: expected a number",  # the flag as typed
+        ),
         (["quota", "set", "--tier", "gold", "--scope", "key", "--tokens-per-day", "-1"], ">= 0"),
         (["quota", "show", "--tenant", "nope"], "not found"),
         (["quota", "show"], "--tier, --tenant or --key"),

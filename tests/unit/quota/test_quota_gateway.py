@@ -98,6 +98,17 @@ def test_a_request_larger_than_the_limit_is_told_not_to_retry(make_gateway: Any)
     assert "retry-after" not in refused.headers
 
 
+def test_a_limit_of_zero_requests_says_so_not_to_shorten_the_prompt(make_gateway: Any) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(requests_per_minute=0))
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "admits no requests" in error["message"] and "max_tokens" not in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+
+
 def test_spent_monthly_budget_is_insufficient_quota_until_the_month_ends(make_gateway: Any) -> None:
     gw: Gateway = make_gateway(now_ms=ms(2027, 6, 30, 23, 59, 0))
     gw.limit(tenant=Limits(tokens_per_month=USED + RESERVED - 1))
