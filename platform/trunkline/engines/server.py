@@ -12,7 +12,6 @@ shutdown or :meth:`SimApp.aclose` (``async with create_sim_app(...) as app``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -34,6 +33,7 @@ from trunkline.engines.openai_responses import Reply, embeddings_body, model_lis
 from trunkline.engines.profiles import AcceleratorProfile
 from trunkline.engines.runner import AsyncEngine, RequestStream
 from trunkline.engines.tokens import detokenize, embed_tokens
+from trunkline.kit.asgi import unless_client_leaves
 
 __all__ = ["SimApp", "create_sim_app"]
 
@@ -75,11 +75,6 @@ def _decode(body: bytes) -> object:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"Invalid JSON in request body: {exc}") from None
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 class SimApp:
@@ -206,18 +201,10 @@ class SimApp:
             work = self._send_stream(stream, reply, params.include_usage, send)
         else:
             work = self._send_full(stream, reply, send)
-        task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(_until_disconnect(receive))
         try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # Either the response is complete or the client went away: stop both sides.
-            task.cancel()
-            watcher.cancel()
+            await unless_client_leaves(work, receive)
+        finally:  # the response is complete or the client went away: free the engine
             stream.abort()
-            await asyncio.gather(task, watcher, return_exceptions=True)
-        if not task.cancelled() and (error := task.exception()) is not None:
-            raise error
 
     async def _send_full(self, stream: RequestStream, reply: Reply, send: Send) -> None:
         events = [event async for event in stream]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
-from collections.abc import Coroutine
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -29,6 +27,7 @@ from trunkline.gateway.meter import CLIENT_CLOSED
 from trunkline.gateway.pipeline import visible_aliases
 from trunkline.gateway.service import GatewayService, Reply
 from trunkline.kit import logging as tlog
+from trunkline.kit.asgi import unless_client_leaves
 from trunkline.kit.ids import new_request_id
 
 log = logging.getLogger(__name__)
@@ -84,38 +83,18 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
     )
     try:
         raw = await request.body()
+        # A non-streamed answer comes only once it is whole: a client that left meanwhile has
+        # it cancelled (the engine's call closed, so the engine aborts) and metered as 499,
+        # not generated and billed in full. A stream's reply comes at its first event; from
+        # there the response itself watches the connection.
         work = service.handle(kind, raw, principal, request_id)
-        reply = await _unless_client_leaves(request, work)
+        reply = await unless_client_leaves(work, request.receive)
+        if reply is None:
+            log.info("client disconnected before its answer")
+            reply = Reply(CLIENT_CLOSED, b"", None, {})  # nobody is left to read it
     finally:
         tlog.reset(token)
     return _to_response(reply, _id_headers(request))
-
-
-async def _unless_client_leaves(
-    request: Request[object, object, State], work: Coroutine[object, object, Reply]
-) -> Reply:
-    """``work``, cancelled if the client disconnects first: the engine's call is closed (so
-    the engine aborts the request) and the request is metered as 499. A non-streamed answer
-    comes only once it is whole, so without this a client that left would be billed for all
-    of it. A stream's reply comes at its first event; from there the response itself watches
-    the connection (ASGI servers answer every ``receive`` after a disconnect with another)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_until_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        task.cancel()  # a no-op once it is done
-        await asyncio.gather(task, watcher, return_exceptions=True)
-    if task.cancelled():
-        log.info("client disconnected before its answer")
-        return Reply(CLIENT_CLOSED, b"", None, {})  # nobody is left to read it
-    return task.result()
-
-
-async def _until_disconnect(request: Request[object, object, State]) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _to_response(reply: Reply, ids: dict[str, str]) -> Response[bytes]:
