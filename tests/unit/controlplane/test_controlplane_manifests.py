@@ -139,13 +139,19 @@ def test_apply_twice_changes_nothing_the_second_time(runtime: Runtime) -> None:
     assert snapshot(runtime).version == version, "nothing changed, nothing published"
 
 
-def test_apply_reports_updates_and_makes_models_the_entitlement_list(
-    runtime: Runtime, tmp_path: Path
-) -> None:
+@pytest.fixture
+def applied_copy(runtime: Runtime, tmp_path: Path) -> Path:
+    """A copy of the bundled manifests, applied: edit a file there and apply again."""
     for file in TENANTS_DIR.glob("*.yaml"):
         shutil.copy(file, tmp_path / file.name)
     apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
-    examples = tmp_path / "examples.yaml"
+    return tmp_path
+
+
+def test_apply_reports_updates_and_makes_models_the_entitlement_list(
+    runtime: Runtime, applied_copy: Path
+) -> None:
+    examples = applied_copy / "examples.yaml"
     examples.write_text(
         examples.read_text()
         .replace("tier: silver", "tier: gold", 1)
@@ -154,7 +160,7 @@ def test_apply_reports_updates_and_makes_models_the_entitlement_list(
         .replace("role: developer", "role: tenant_admin")
     )  # fmt: skip
 
-    report = apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
+    report = apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)
 
     assert report.lines() == [
         "Tenant acme updated: member dev@acme.example developer -> tenant_admin",
@@ -165,17 +171,14 @@ def test_apply_reports_updates_and_makes_models_the_entitlement_list(
 
 
 def test_apply_keeps_a_tenants_last_tenant_admin_like_the_api(
-    runtime: Runtime, tmp_path: Path
+    runtime: Runtime, applied_copy: Path
 ) -> None:
-    for file in TENANTS_DIR.glob("*.yaml"):
-        shutil.copy(file, tmp_path / file.name)
-    apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
     before = snapshot(runtime).version
-    examples = tmp_path / "examples.yaml"
+    examples = applied_copy / "examples.yaml"
     examples.write_text(examples.read_text().replace("role: tenant_admin", "role: developer", 1))
 
     with pytest.raises(Conflict, match="at least one tenant_admin"):
-        apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
+        apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)
     assert snapshot(runtime).version == before  # nothing applied, nothing published
 
 
