@@ -331,6 +331,7 @@ def _headroom_note(runs: Runs) -> list[str]:
 def by_prompt_class(outcomes: Sequence[RequestOutcome]) -> Metrics:
     """p90 TTFT and SLO attainment of long prompts (at least :data:`HETERO_LONG_PROMPT_TOKENS`)
     and of the rest. Attainment counts every request of the class, refused ones as missed."""
+    from trunkline.fleet.results import attainment
     from trunkline.fleet.stats import quantile
 
     long = [o for o in outcomes if o.prompt_tokens >= HETERO_LONG_PROMPT_TOKENS]
@@ -340,14 +341,10 @@ def by_prompt_class(outcomes: Sequence[RequestOutcome]) -> Metrics:
     return {
         "ttft_p90_long_s": quantile(long_ttfts, 0.9),
         "ttft_p90_short_s": quantile(short_ttfts, 0.9),
-        "slo_attainment_long": _share_met(long),
-        "slo_attainment_short": _share_met(short),
+        "slo_attainment_long": attainment(long),
+        "slo_attainment_short": attainment(short),
         "long_requests": float(len(long_ttfts)),
     }
-
-
-def _share_met(outcomes: Sequence[RequestOutcome]) -> float:
-    return sum(o.slo_met for o in outcomes) / len(outcomes) if outcomes else math.nan
 
 
 def _no_class_worse(mix: Metrics, single: Metrics) -> bool:

@@ -12,7 +12,7 @@ from trunkline.engines.events import DecodeRun, StepResult, TokenEvent
 from trunkline.fleet.stats import LogHistogram, quantile
 from trunkline.snapshot import TierEntry
 
-__all__ = ["EngineTotals", "FleetResult", "OutcomeCollector", "RequestOutcome"]
+__all__ = ["EngineTotals", "FleetResult", "OutcomeCollector", "RequestOutcome", "attainment"]
 
 
 @dataclass(slots=True)
@@ -136,7 +136,7 @@ class FleetResult:
             metrics[f"itl_p{q}_s"] = self.itl.quantile(q / 100)
         metrics.update(self._throughput_and_cost(done))
         metrics.update(self._cache_and_load())
-        metrics["slo_attainment"] = _attainment(self.outcomes)
+        metrics["slo_attainment"] = attainment(self.outcomes)
         for tier, rate in self.attainment_by("tier").items():
             metrics[f"slo_attainment_{tier}"] = rate
         for tier, rate in self.attainment_by("tier", ttft_only=True).items():
@@ -185,7 +185,7 @@ class FleetResult:
         groups: dict[str, list[RequestOutcome]] = {}
         for outcome in self.outcomes:
             groups.setdefault(getattr(outcome, key), []).append(outcome)
-        return {name: _attainment(group, ttft_only) for name, group in sorted(groups.items())}
+        return {name: attainment(group, ttft_only) for name, group in sorted(groups.items())}
 
     def _throughput_and_cost(self, done: list[RequestOutcome]) -> dict[str, float]:
         output = sum(o.completion_tokens for o in done)
@@ -224,7 +224,9 @@ class FleetResult:
         }
 
 
-def _attainment(outcomes: Iterable[RequestOutcome], ttft_only: bool = False) -> float:
+def attainment(outcomes: Iterable[RequestOutcome], ttft_only: bool = False) -> float:
+    """The share of ``outcomes`` that met their tier's SLO (its TTFT part alone with
+    ``ttft_only``); refused requests count as missed. NaN when there are none."""
     items = list(outcomes)
     met = sum(o.ttft_met if ttft_only else o.slo_met for o in items)
     return met / len(items) if items else math.nan

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from trunkline.models import ApiKey, Project
@@ -39,6 +40,17 @@ class ApiKeyRepository:
     def get(self, key_id: str) -> tuple[ApiKey, str] | None:
         statement = self._select().where(ApiKey.key_id == key_id)
         return self._session.execute(statement).one_or_none()
+
+    def revoke_all(self, at: datetime) -> int:
+        """Revoke every key in scope not revoked yet (with ``created_by``: one user's);
+        returns how many."""
+        statement = update(ApiKey).where(
+            ApiKey.tenant_id == self._tenant_id, ApiKey.revoked_at.is_(None)
+        )
+        if self._created_by is not None:
+            statement = statement.where(ApiKey.created_by == self._created_by)
+        result = self._session.execute(statement.values(revoked_at=at))
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     def add(self, key: ApiKey) -> ApiKey:
         if key.tenant_id != self._tenant_id:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
 from trunkline.auth.service import ensure_user
 from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.keys.repository import ApiKeyRepository
 from trunkline.kit.ids import utcnow
-from trunkline.models import ApiKey, Membership, Role, User
+from trunkline.models import Membership, Role, User
 from trunkline.models import Tenant as TenantRow
 from trunkline.models import Tier as TierRow
 from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
@@ -175,17 +175,7 @@ def remove_member(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) ->
     if membership.role is Role.TENANT_ADMIN:
         _keep_an_admin(members)
     members.delete(membership)
-    now = utcnow()
-    revoked = session.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.tenant_id == tenant_id,
-            ApiKey.created_by == user_id,
-            ApiKey.revoked_at.is_(None),
-        )
-        .values(revoked_at=now)
-    )
-    if revoked.rowcount:  # type: ignore[attr-defined]
+    if ApiKeyRepository(session, tenant_id, created_by=user_id).revoke_all(utcnow()):
         mark_config_changed(session)
 
 
