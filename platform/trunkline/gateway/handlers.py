@@ -53,31 +53,26 @@ def request_id_of(request: Request[object, object, State]) -> str:
     return made
 
 
-def client_request_id_of(request: Request[object, object, State]) -> str | None:
-    """The caller's own id (``x-client-request-id``, else ``x-request-id``) when well-formed:
-    logged beside the gateway's and echoed back as ``x-client-request-id``."""
+def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
+    """``x-request-id``, the gateway's; and ``x-client-request-id``, the caller's own id (from
+    ``x-client-request-id``, else ``x-request-id``) when well-formed, logged beside it."""
+    headers = {"x-request-id": request_id_of(request)}
     for header in ("x-client-request-id", "x-request-id"):
         given = request.headers.get(header)
         if given and _REQUEST_ID.match(given):
-            return given
-    return None
-
-
-def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
-    headers = {"x-request-id": request_id_of(request)}
-    client_id = client_request_id_of(request)
-    if client_id is not None:
-        headers["x-client-request-id"] = client_id
+            headers["x-client-request-id"] = given
+            break
     return headers
 
 
 async def _serve(kind: str, request: Request[object, object, State]) -> Response[bytes]:
     service = _service(request.app.state)
-    request_id = request_id_of(request)
+    ids = _id_headers(request)
+    request_id = ids["x-request-id"]
     principal = service.authenticate(request.headers.get("authorization"))
     token = tlog.bind(
         request_id=request_id,
-        client_request_id=client_request_id_of(request),
+        client_request_id=ids.get("x-client-request-id"),
         tenant=principal.tenant.slug,
         key_id=principal.key.key_id,
     )
@@ -94,7 +89,7 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
             reply = Reply(CLIENT_CLOSED, b"", None, {})  # nobody is left to read it
     finally:
         tlog.reset(token)
-    return _to_response(reply, _id_headers(request))
+    return _to_response(reply, ids)
 
 
 def _to_response(reply: Reply, ids: dict[str, str]) -> Response[bytes]:
