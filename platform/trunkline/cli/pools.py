@@ -5,6 +5,7 @@
     trunkline pools create h100-eu-2 --model llama-3.1-8b-instruct --flavor h100 --region eu-west \\
         --capacity 4 --tokens-per-s 2400 --cost-per-hour 2.90 --burst
     trunkline pools update l40s-eu-long --min-prompt-tokens 2048   # placement by prompt length
+    trunkline pools update h100-eu-gold --tiers gold             # placement by tier
     trunkline pools update h100-eu-2 --cost-per-hour flavor --capacity 8
     trunkline pools set-endpoints h100-eu-2 http://10.0.0.7:8000=tcp://10.0.0.7:5557 http://…
 
@@ -83,6 +84,9 @@ def _options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "--max-prompt-tokens", help="placement: prompts this long or longer go elsewhere; or none"
     )
+    parser.add_argument(
+        "--tiers", help="placement: the only tiers routed here, comma-separated; or any"
+    )
     burst = parser.add_mutually_exclusive_group()
     burst.add_argument("--burst", dest="burst", action="store_true", default=None)
     burst.add_argument("--no-burst", dest="burst", action="store_false")
@@ -97,6 +101,9 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     for field in ("tokens_per_s", "max_prompt_tokens"):
         if raw.get(field) == "none":
             raw[field] = None
+    if args.tiers is not None:
+        tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+        raw["tiers"] = None if args.tiers.strip() == "any" else tiers
     return raw
 
 
@@ -111,13 +118,13 @@ def list_command(_args: argparse.Namespace) -> int:
     pools = run_work(lambda session, _rt: service.list_pools(session))
     rows = [
         ("NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "PROMPTS",
-         "ENDPOINTS"),
+         "TIERS", "ENDPOINTS"),
     ]  # fmt: skip
     rows += [
         (p.name, p.model, p.flavor, p.region, "yes" if p.burst else "no",
          f"{p.cost_per_hour:.2f}", str(p.capacity or "-"),
          "-" if p.tokens_per_s is None else f"{p.tokens_per_s:g}", _prompts(p),
-         str(len(p.endpoints)))
+         "any" if p.tiers is None else ",".join(p.tiers), str(len(p.endpoints)))
         for p in pools
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

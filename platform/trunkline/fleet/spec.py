@@ -62,6 +62,8 @@ class PoolSpec:
     max_prompt_tokens: int | None = None
     """Placement by prompt length: the pool is for prompts of ``min_prompt_tokens`` up to, not
     including, ``max_prompt_tokens`` (the ``prompt-length`` routing filter prefers it for them)."""
+    tiers: tuple[str, ...] | None = None
+    """Placement by tier: the only tiers whose requests may use the pool (None: every tier)."""
     max_num_batched_tokens: int | None = None
     """vLLM's ``--max-num-batched-tokens`` for the pool's engines (default: the flavor's). It caps
     a step's tokens, so the prefill chunk that shares a step with everyone's decoding: smaller
@@ -145,6 +147,7 @@ def build_snapshot(spec: FleetSpec, tenants: Mapping[str, str]) -> Snapshot:
             kv_capacity_tokens=pool.engine_profile.kv_cache_tokens,
             min_prompt_tokens=pool.min_prompt_tokens,
             max_prompt_tokens=pool.max_prompt_tokens,
+            tiers=pool.tiers,
             cost_per_hour=pool.hourly_cost,
             tokens_per_s=nominal_tokens_per_s(pool.engine_profile),
             endpoints=tuple(
@@ -158,6 +161,9 @@ def build_snapshot(spec: FleetSpec, tenants: Mapping[str, str]) -> Snapshot:
     unknown = sorted(set(tenants.values()) - set(spec.tiers))
     if unknown:
         raise ValueError(f"the workload uses tiers the fleet does not define: {unknown}")
+    placed = sorted({t for pool in spec.pools for t in pool.tiers or ()} - set(spec.tiers))
+    if placed:
+        raise ValueError(f"pools are placed for tiers the fleet does not define: {placed}")
     tenant_entries = {
         name: TenantEntry(
             name, name, tier, tuple(spec.tenant_regions.get(name, ())), frozenset({spec.alias})

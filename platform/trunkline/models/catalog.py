@@ -77,6 +77,8 @@ class Pool(IdMixin, CreatedMixin, Base):
     max_prompt_tokens: Mapped[int | None] = mapped_column(default=None)
     """Placement by prompt length: the pool is for prompts of ``min_prompt_tokens`` up to, not
     including, ``max_prompt_tokens`` (None: no limit)."""
+    tiers: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    """Placement by tier: the only tiers whose requests may use the pool (None: every tier)."""
 
 
 class Endpoint(IdMixin, CreatedMixin, Base):

@@ -46,6 +46,10 @@ PromptTokens = Annotated[
 ]
 
 
+PoolTiers = Annotated[list[Name], msgspec.Meta(min_length=1, max_length=100)]
+"""The tiers that may use a pool: at least one (null, not an empty list, means every tier)."""
+
+
 def prompt_range_problem(low: int, high: int | None) -> str | None:
     """What is wrong with a pool's prompt-length range (``max_prompt_tokens`` must exceed
     ``min_prompt_tokens``, or no prompt fits), None when it holds some length."""
@@ -218,6 +222,8 @@ class Pool(msgspec.Struct):
     max_prompt_tokens: int | None = None
     """Placement by prompt length: the pool is for prompts of ``min_prompt_tokens`` up to, not
     including, ``max_prompt_tokens`` (None: no limit)."""
+    tiers: list[str] | None = None
+    """Placement by tier: the only tiers whose requests may use the pool (None: every tier)."""
 
 
 class PoolCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -238,6 +244,9 @@ class PoolCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     the alias takes them."""
     max_prompt_tokens: PromptTokens | None = None
     """Prompts of this many tokens or more prefer other pools (None: no upper limit)."""
+    tiers: PoolTiers | None = None
+    """Placement by tier: only these tiers' requests are routed to the pool (e.g. an H100 pool
+    kept for gold); omit for every tier."""
 
 
 class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -253,6 +262,8 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
     min_prompt_tokens: PromptTokens | UnsetType = UNSET
     max_prompt_tokens: PromptTokens | UnsetType | None = UNSET
     """``null`` removes the upper limit."""
+    tiers: PoolTiers | UnsetType | None = UNSET
+    """``null`` opens the pool to every tier."""
 
 
 class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -32,6 +32,7 @@ from trunkline.pools.schemas import (
     prompt_range_problem,
 )
 from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
+from trunkline.tenancy.repository import TierRepository
 from trunkline.tenancy.schemas import given
 
 # --- flavors ----------------------------------------------------------------------------------
@@ -174,6 +175,7 @@ def create_pool(session: Session, data: PoolCreate) -> Pool:
     if PoolRepository(session).by_name(data.name) is not None:
         raise Conflict(f"pool {data.name!r} already exists", param="name")
     check_prompt_range(data.min_prompt_tokens, data.max_prompt_tokens)
+    tiers = known_tiers(session, data.tiers)
     session.add(
         PoolRow(
             name=data.name,
@@ -187,6 +189,7 @@ def create_pool(session: Session, data: PoolCreate) -> Pool:
             tokens_per_s=data.tokens_per_s,
             min_prompt_tokens=data.min_prompt_tokens,
             max_prompt_tokens=data.max_prompt_tokens,
+            tiers=tiers,
         )
     )
     flush_or_conflict(session, f"pool {data.name!r} already exists")
@@ -207,6 +210,8 @@ def update_pool(session: Session, name: str, data: PoolUpdate) -> Pool:
         values.get("min_prompt_tokens", pool.min_prompt_tokens),
         values.get("max_prompt_tokens", pool.max_prompt_tokens),
     )
+    if "tiers" in values:
+        values["tiers"] = known_tiers(session, values["tiers"])
     if assign(pool, values):
         session.flush()
         mark_config_changed(session)
@@ -269,6 +274,17 @@ def check_prompt_range(low: int, high: int | None) -> None:
         raise InvalidRequest(f"max_prompt_tokens ({high}) {problem}", param="max_prompt_tokens")
 
 
+def known_tiers(session: Session, tiers: Sequence[str] | None) -> list[str] | None:
+    """A pool's tiers, sorted and each once; every one must exist."""
+    if tiers is None:
+        return None
+    stored = {tier.name for tier in TierRepository(session).all()}
+    unknown = sorted(set(tiers) - stored)
+    if unknown:
+        raise InvalidRequest(f"unknown tier {unknown[0]!r}", param="tiers")
+    return sorted(set(tiers))
+
+
 def pool_rows(session: Session, name: str) -> tuple[PoolRow, ModelRow, AcceleratorFlavor]:
     found = PoolRepository(session).by_name(name)
     if found is None:
@@ -295,6 +311,7 @@ def _pool_view(
         tokens_per_s=pool.tokens_per_s,
         min_prompt_tokens=pool.min_prompt_tokens,
         max_prompt_tokens=pool.max_prompt_tokens,
+        tiers=pool.tiers,
     )
 
 

@@ -141,6 +141,7 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
             capacity=pool.capacity,
             min_prompt_tokens=pool.min_prompt_tokens,
             max_prompt_tokens=pool.max_prompt_tokens,
+            tiers=None if pool.tiers is None else tuple(pool.tiers),
         )
         for pool, model_name, flavor in rows
     }

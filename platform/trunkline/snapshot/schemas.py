@@ -63,6 +63,9 @@ class PoolEntry(msgspec.Struct, frozen=True):
     max_prompt_tokens: int | None = None
     """The pool is placed for prompts of ``min_prompt_tokens`` up to, not including,
     ``max_prompt_tokens`` (None: no limit); the ``prompt-length`` routing filter."""
+    tiers: tuple[str, ...] | None = None
+    """The only tiers whose requests may use the pool (None: every tier); the ``tier-pools``
+    routing filter."""
 
 
 class CascadeEntry(msgspec.Struct, frozen=True):

@@ -168,3 +168,21 @@ def test_a_cascade_may_not_take_over_a_model_alias_applied_from_other_files(
     after = snapshot(runtime)
     assert after.version == before.version
     assert after.aliases["llama-3.1-8b"].cascade is None
+
+
+def test_a_pool_placed_for_tiers_applies_and_an_unknown_tier_is_named(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("max_prompt_tokens: 4096", "tiers: [silver, bronze]"))
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert snapshot(runtime).pools["small-eu"].tiers == ("bronze", "silver")
+
+    extra.write_text(EXTRA.replace("max_prompt_tokens: 4096", "tiers: [gold, platinum, gold]"))
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(manifests_dir)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{extra}:13: Pool small-eu: tiers[1]: unknown tier 'platinum'",
+        f"{extra}:13: Pool small-eu: tiers[2]: tier 'gold' listed twice",
+    ]
+    assert snapshot(runtime).pools["small-eu"].tiers == ("bronze", "silver")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from cp_support import SERVER_SECRET, World, snapshot
 
+from trunkline.gateway.routing import eligible
+from trunkline.snapshot import TenantEntry
 from trunkline.snapshot.builder import build_snapshot, tenant_cache_salt
 
 CATALOG = "/api/v1/catalog"
@@ -49,6 +51,41 @@ def test_a_pool_placed_for_long_prompts_reaches_the_snapshot(world: World) -> No
     assert snapshot(world.runtime).pools["h100-eu-west"].max_prompt_tokens == 2048
     admin.patch(CATALOG + "/pools/h100-eu-west", {"max_prompt_tokens": None})
     assert snapshot(world.runtime).pools["h100-eu-west"].max_prompt_tokens is None
+
+
+def test_a_pool_placed_for_gold_reaches_the_snapshot_and_only_gold_is_routed_there(
+    world: World,
+) -> None:
+    admin = world.admin
+    pool = admin.post(CATALOG + "/pools", {**POOL, "tiers": ["gold", "gold"]})
+    assert pool["tiers"] == ["gold"]
+    admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": ["http://10.0.0.9:8000"]})
+    placed = snapshot(world.runtime)
+    assert placed.pools["a100-eu"].tiers == ("gold",)
+    assert placed.pools["h100-eu-west"].tiers is None  # every tier
+    alias = placed.aliases["llama-3.1-8b"]
+    gold, silver = (
+        {c.pool.name for c in eligible(placed, alias, _tenant(tier), placed.tiers[tier])}
+        for tier in ("gold", "silver")
+    )
+    assert "a100-eu" in gold and "a100-eu" not in silver
+
+    admin.patch(CATALOG + "/pools/a100-eu", {"tiers": None})
+    assert snapshot(world.runtime).pools["a100-eu"].tiers is None
+
+
+@pytest.mark.parametrize("tiers", [["platinum"], [], "gold"])
+def test_a_pool_placed_for_an_unknown_or_no_tier_is_refused_and_changes_nothing(
+    world: World, tiers: object
+) -> None:
+    admin = world.admin
+    problem = admin.patch(CATALOG + "/pools/h100-eu-west", {"tiers": tiers}, expect=400)
+    assert problem["errors"][0]["field"] == "tiers"
+    assert snapshot(world.runtime).pools["h100-eu-west"].tiers is None
+
+
+def _tenant(tier: str) -> TenantEntry:
+    return TenantEntry("t", "t", tier, (), frozenset({"llama-3.1-8b"}))
 
 
 def test_an_empty_prompt_range_is_refused_and_changes_nothing(world: World) -> None:

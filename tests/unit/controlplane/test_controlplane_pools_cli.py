@@ -57,6 +57,8 @@ def test_pools_create_update_set_endpoints_show_and_list(
     assert (code, json.loads(out)["cost_per_hour"]) == (0, 3.5)
     code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--min-prompt-tokens", "2048")
     assert (code, json.loads(out)["min_prompt_tokens"]) == (0, 2048)
+    code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--tiers", "silver, gold")
+    assert (code, json.loads(out)["tiers"]) == (0, ["gold", "silver"])
     code, out, _ = run(
         capsys, "pools", "set-endpoints", "h100-eu-2",
         "http://10.0.0.7:8000=tcp://10.0.0.7:5557", "http://10.0.0.8:8000",
@@ -69,18 +71,21 @@ def test_pools_create_update_set_endpoints_show_and_list(
         4, 2400.0, 3.5, True,
     )  # fmt: skip
     assert (pool.min_prompt_tokens, pool.max_prompt_tokens) == (2048, None)
+    assert pool.tiers == ("gold", "silver")
     assert json.loads(run(capsys, "pools", "show", "h100-eu-2")[1])["name"] == "h100-eu-2"
     code, out, _ = run(capsys, "pools", "list")
     lines = out.splitlines()
     assert lines[0].split() == [
         "NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "PROMPTS",
-        "ENDPOINTS",
+        "TIERS", "ENDPOINTS",
     ]  # fmt: skip
     assert lines[2].split() == [
         "h100-eu-2", "llama-3.1-8b-instruct", "h100", "eu-west", "yes", "3.50", "4", "2400",
-        "2048-", "2",
+        "2048-", "gold,silver", "2",
     ]  # fmt: skip
-    assert lines[1].split()[-2] == "any"
+    assert lines[1].split()[-3:-1] == ["any", "any"]
+    code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--tiers", "any")
+    assert (code, json.loads(out)["tiers"]) == (0, None)
 
 
 def test_pools_bad_input_is_an_error_naming_the_option(
@@ -91,6 +96,8 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     assert code == 2 and "--capacity" in err
     code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--max-prompt-tokens", "0")
     assert code == 2 and "max_prompt_tokens (0) must exceed min_prompt_tokens (0)" in err
+    code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--tiers", "platinum")
+    assert (code, err) == (2, "error: unknown tier 'platinum'\n")
     code, _, err = run(capsys, "pools", "show", "nope")
     assert (code, err) == (2, "error: pool 'nope' not found\n")
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=http://b")

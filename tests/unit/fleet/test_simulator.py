@@ -83,6 +83,27 @@ def test_long_prompts_run_on_the_pool_placed_for_them_and_short_ones_elsewhere()
         assert pools == {(True, "long"), (False, "short")}, name
 
 
+def test_each_tier_runs_only_on_the_pools_open_to_it() -> None:
+    spec = FleetSpec(
+        pools=(
+            PoolSpec("gold", "h100", 1, tiers=("gold",)),
+            PoolSpec("rest", "l40s", 2, tiers=("silver", "bronze")),
+        )
+    )
+    # Bronze arrives first and in bulk: without placement some would land on the idle H100.
+    rows = tuple((0.02 * i, "b" if i % 4 else "a", 500, 20) for i in range(40))
+    for name in ("least-loaded", "cost-aware"):
+        result = simulate(spec, make_policy(name), Scripted(rows))
+        pools = {(o.tenant, o.endpoint.split("/")[0]) for o in result.outcomes}
+        assert pools == {("a", "gold"), ("b", "rest")}, name
+
+
+def test_a_pool_placed_for_a_tier_the_fleet_lacks_is_refused() -> None:
+    spec = FleetSpec(pools=(PoolSpec("p", "h100", 1, tiers=("platinum",)),))
+    with pytest.raises(ValueError, match="platinum"):
+        simulate(spec, make_policy("round-robin"), Scripted(((0.0, "a", 10, 1),)))
+
+
 def test_a_pool_placed_for_no_prompt_length_is_refused() -> None:
     with pytest.raises(ValueError, match="max_prompt_tokens must exceed"):
         PoolSpec("p", "h100", 1, min_prompt_tokens=4096, max_prompt_tokens=4096)

@@ -25,6 +25,7 @@ def endpoint(
     tokens_per_s: float | None = None,
     block_size: int = 16,
     prompt_tokens: PromptRange | None = None,
+    tiers: tuple[str, ...] | None = None,
 ) -> EndpointView:
     return EndpointView(
         key,
@@ -39,6 +40,7 @@ def endpoint(
         burst=burst,
         model=model,
         prompt_tokens=prompt_tokens,
+        tiers=tiers,
     )
 
 
@@ -51,12 +53,13 @@ def request(
     model: str | None = None,
     request_id: str = "r",
     prompt_tokens: int = 0,
+    tier: str = "silver",
 ) -> RequestView:
     prompt = TextPrompt(text, cache_salt=salt) if text else None
     return RequestView(
         request_id,
         "tenant",
-        "silver",
+        tier,
         "chat",
         prompt_tokens=prompt.num_tokens if prompt else prompt_tokens,
         prompt=prompt,

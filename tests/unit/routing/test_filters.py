@@ -23,6 +23,17 @@ SHORT = PromptRange(0, 2048)
         ("tier-pools", request(may_use_burst=True), endpoint("e", burst=True), True),
         ("tier-pools", request(may_use_burst=False), endpoint("e", burst=True), False),
         ("tier-pools", request(may_use_burst=False), endpoint("e", burst=False), True),
+        ("tier-pools", request(tier="gold"), endpoint("e", tiers=("gold",)), True),
+        ("tier-pools", request(tier="silver"), endpoint("e", tiers=("gold",)), False),
+        ("tier-pools", request(tier="bronze"), endpoint("e", tiers=("silver", "bronze")), True),
+        ("tier-pools", request(tier="gold"), endpoint("e", tiers=None), True),  # every tier
+        # Placed for the tier, but burst and the tier may not use burst pools: both rules hold.
+        (
+            "tier-pools",
+            request(tier="gold", may_use_burst=False),
+            endpoint("e", burst=True, tiers=("gold",)),
+            False,
+        ),
         ("model", request(model="llama"), endpoint("e", model="llama"), True),
         ("model", request(model="llama"), endpoint("e", model="qwen"), False),
         ("model", request(model=None), endpoint("e", model="qwen"), True),  # not checked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from trunkline.errors import ConfigurationError
@@ -117,6 +118,21 @@ def test_eligible_filters_by_residency_and_tier(
 ) -> None:
     world = snapshot()
     tenant = TenantEntry("t", "t", tier, regions, frozenset({"chat"}))
+    found = eligible(world, world.aliases["chat"], tenant, world.tiers[tier])
+    assert [c.endpoint.id for c in found] == expected
+
+
+@pytest.mark.parametrize(
+    ("tier", "expected"),
+    [("gold", ["eu/0", "us/0", "b/0"]), ("bronze", ["eu/0"])],
+)
+def test_eligible_keeps_a_pool_placed_for_some_tiers_from_the_others(
+    tier: str, expected: list[str]
+) -> None:
+    world = snapshot()
+    placed = msgspec.structs.replace(world.pools["us"], tiers=("gold",))
+    world = msgspec.structs.replace(world, pools={**world.pools, "us": placed})
+    tenant = TenantEntry("t", "t", tier, (), frozenset({"chat"}))
     found = eligible(world, world.aliases["chat"], tenant, world.tiers[tier])
     assert [c.endpoint.id for c in found] == expected
 

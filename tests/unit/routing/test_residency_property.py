@@ -1,7 +1,7 @@
 """Property: a tenant's request never runs outside its regions (nor on a burst pool its tier may
-not use), whatever the loads, the cached prefixes, the pools' placement by prompt length and the
-failures, even when the caller walks down the ranking or re-ranks after ejecting the endpoints
-that failed."""
+not use, nor on a pool placed for other tiers), whatever the loads, the cached prefixes, the
+pools' placement by prompt length and the failures, even when the caller walks down the ranking
+or re-ranks after ejecting the endpoints that failed."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ PIPELINES = ("prefix-aware", "prefix-only", "precise-prefix", "cost-aware")
 
 endpoints_strategy = st.lists(
     st.builds(
-        lambda region, healthy, burst, running, kv, cost, placed: endpoint(
+        lambda region, healthy, burst, running, kv, cost, placed, tiers: endpoint(
             "",
             region=region,
             healthy=healthy,
@@ -43,6 +43,7 @@ endpoints_strategy = st.lists(
             cost_per_hour=cost,
             tokens_per_s=1000.0,
             prompt_tokens=placed,
+            tiers=tiers,
         ),
         st.sampled_from(REGIONS),
         st.booleans(),
@@ -51,6 +52,7 @@ endpoints_strategy = st.lists(
         st.floats(0.0, 1.0),
         st.sampled_from([None, 0.6, 1.0, 3.0]),
         st.sampled_from([None, PromptRange(0, 40), PromptRange(40), PromptRange(100)]),  # of 48
+        st.sampled_from([None, ("gold",), ("silver", "bronze"), ("bronze",)]),
     ),
     min_size=1,
     max_size=10,
@@ -63,6 +65,7 @@ endpoints_strategy = st.lists(
     views=endpoints_strategy,
     regions=st.lists(st.sampled_from(REGIONS), min_size=1, max_size=2, unique=True),
     may_use_burst=st.booleans(),
+    tier=st.sampled_from(["gold", "silver", "bronze"]),
     history=st.lists(st.tuples(st.integers(0, 9), st.sampled_from("abc")), max_size=8),
     failures=st.lists(st.booleans(), min_size=10, max_size=10),
     reranks=st.booleans(),
@@ -72,6 +75,7 @@ def test_no_pipeline_routes_outside_the_residency_regions_even_under_failover(
     views: list[EndpointView],
     regions: list[str],
     may_use_burst: bool,
+    tier: str,
     history: list[tuple[int, str]],
     failures: list[bool],
     reranks: bool,
@@ -80,7 +84,9 @@ def test_no_pipeline_routes_outside_the_residency_regions_even_under_failover(
     # Teach the policy prefixes on any endpoint, outside the regions too: affinity must not leak.
     for index, name in history:
         policy.routed(request(text(name, "x")), views[index % len(views)])
-    req = request(text("a", "x", "y"), regions=tuple(regions), may_use_burst=may_use_burst)
+    req = request(
+        text("a", "x", "y"), regions=tuple(regions), may_use_burst=may_use_burst, tier=tier
+    )
     tried: list[EndpointView] = []
     live = list(views)
     ranking = policy.rank(req, live)
@@ -99,6 +105,7 @@ def test_no_pipeline_routes_outside_the_residency_regions_even_under_failover(
     for chosen in tried:
         assert chosen.region in regions
         assert may_use_burst or not chosen.burst
+        assert chosen.tiers is None or tier in chosen.tiers
     if reranks:
         assert len({v.key for v in tried}) == len(tried)  # an ejected endpoint is not retried
 

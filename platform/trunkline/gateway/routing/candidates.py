@@ -1,4 +1,5 @@
-"""The endpoints a request may use: filters for model, residency and tier over the snapshot."""
+"""The endpoints a request may use: filters for model, residency and tier (burst pools, pools
+placed for other tiers) over the snapshot."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from trunkline.snapshot import (
     TierEntry,
 )
 
-__all__ = ["Candidate", "eligible"]
+__all__ = ["Candidate", "eligible", "open_to"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +33,12 @@ def eligible(
         pool = snapshot.pools.get(pool_name)
         if pool is None or (regions and pool.region not in regions):
             continue
-        if pool.burst and not tier.may_use_burst:
+        if (pool.burst and not tier.may_use_burst) or not open_to(pool.tiers, tier.name):
             continue
         out.extend(Candidate(pool, endpoint) for endpoint in pool.endpoints)
     return out
+
+
+def open_to(tiers: tuple[str, ...] | frozenset[str] | None, tier: str) -> bool:
+    """Whether a pool placed for ``tiers`` (None: every tier) may serve ``tier``'s requests."""
+    return tiers is None or tier in tiers

@@ -2,7 +2,8 @@
 
 - ``healthy``: drops endpoints that are ejected (failed health checks, consecutive errors);
 - ``residency``: keeps endpoints inside the tenant's data-residency regions (none: anywhere);
-- ``tier-pools``: drops burst pools for tiers that may not use them;
+- ``tier-pools``: drops burst pools for tiers that may not use them, and pools placed for other
+  tiers (a pool's ``tiers``);
 - ``model``: keeps endpoints serving the request's model (unknown on either side: kept);
 - ``prompt-length``: prefers endpoints whose pool is placed for the request's prompt length (a
   pool's ``prompt_tokens`` range; pools without one take any length).
@@ -14,6 +15,7 @@ after all those it keeps, so failover reaches them when the preferred ones fail.
 
 from __future__ import annotations
 
+from trunkline.gateway.routing.candidates import open_to
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
 __all__ = [
@@ -46,7 +48,9 @@ class TierPoolsFilter:
     strict = True
 
     def keep(self, request: RequestView, endpoint: EndpointView) -> bool:
-        return request.may_use_burst or not endpoint.burst
+        return (request.may_use_burst or not endpoint.burst) and open_to(
+            endpoint.tiers, request.tier
+        )
 
 
 class ModelFilter:

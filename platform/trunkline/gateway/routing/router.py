@@ -33,6 +33,7 @@ def endpoint_view(
         # The engine's own figure first: the pool's is a configured guess.
         kv_capacity_tokens=load.kv_capacity_tokens or pool.kv_capacity_tokens or None,
         prompt_tokens=_prompt_range(pool.min_prompt_tokens, pool.max_prompt_tokens),
+        tiers=pool.tiers,
     )
 
 

@@ -116,6 +116,9 @@ class EndpointView:
     prompt_tokens: PromptRange | None = None
     """The prompt lengths the endpoint's pool is placed for (None: any), for the
     ``prompt-length`` filter."""
+    tiers: tuple[str, ...] | None = None
+    """The only tiers the endpoint's pool serves (None: every tier), for the ``tier-pools``
+    filter."""
 
     def placed_for(self, request: RequestView) -> bool:
         """Whether the endpoint's pool is placed for the request's prompt length."""

@@ -22,7 +22,13 @@ from trunkline.pools.aliases import configure_alias
 from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
 from trunkline.pools.schemas import Cascade, money
-from trunkline.pools.service import check_prompt_range, flavor_row, model_row, replace_endpoints
+from trunkline.pools.service import (
+    check_prompt_range,
+    flavor_row,
+    known_tiers,
+    model_row,
+    replace_endpoints,
+)
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.tenancy.changes import assign
 from trunkline.tenancy.manifests.documents import Manifests
@@ -196,6 +202,7 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
         "tokens_per_s": spec.tokens_per_s,
         "min_prompt_tokens": spec.min_prompt_tokens,
         "max_prompt_tokens": spec.max_prompt_tokens,
+        "tiers": known_tiers(session, spec.tiers),
     }
     found = PoolRepository(session).by_name(spec.name)
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731

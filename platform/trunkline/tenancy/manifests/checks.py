@@ -32,7 +32,7 @@ def check_references(manifests: Manifests) -> list[ManifestIssue]:
                         doc.issue(("aliases", index), f"alias {alias!r} already names {owner!r}")
                     )
         elif isinstance(spec, PoolSpec):
-            issues += _pool(doc, spec, set(models), flavors)
+            issues += _pool(doc, spec, set(models), flavors, tiers)
         elif isinstance(spec, CascadeSpec):
             mine = f"Cascade {spec.name}"
             owner = owners.setdefault(spec.name, mine)
@@ -60,7 +60,9 @@ def _duplicates(documents: Iterable[Located]) -> list[ManifestIssue]:
     return issues
 
 
-def _pool(doc: Located, spec: PoolSpec, models: set[str], flavors: set[str]) -> list[ManifestIssue]:
+def _pool(
+    doc: Located, spec: PoolSpec, models: set[str], flavors: set[str], tiers: set[str]
+) -> list[ManifestIssue]:
     issues = []
     if spec.model not in models:
         issues.append(doc.issue(("model",), f"unknown model {spec.model!r}"))
@@ -71,6 +73,10 @@ def _pool(doc: Located, spec: PoolSpec, models: set[str], flavors: set[str]) -> 
     problem = prompt_range_problem(spec.min_prompt_tokens, spec.max_prompt_tokens)
     if problem is not None:
         issues.append(doc.issue(("max_prompt_tokens",), problem))
+    for index, tier in enumerate(spec.tiers or ()):
+        if tier not in tiers:
+            issues.append(doc.issue(("tiers", index), f"unknown tier {tier!r}"))
+    issues += _repeats(doc, "tiers", spec.tiers or [], "tier")
     return issues
 
 

@@ -24,6 +24,7 @@ from trunkline.pools.schemas import (
     ModelKind,
     ModelName,
     Money,
+    PoolTiers,
     PromptTokens,
     TokensPerS,
 )
@@ -108,6 +109,9 @@ class PoolSpec(_Spec, tag="Pool"):
     max_prompt_tokens: PromptTokens | None = None
     """Placement by prompt length: routing prefers the pool for prompts of ``min_prompt_tokens``
     up to, not including, ``max_prompt_tokens`` (None: no limit)."""
+    tiers: PoolTiers | None = None
+    """Placement by tier: only these tiers' requests are routed to the pool (e.g. an H100 pool
+    kept for gold); omit for every tier."""
     endpoints: list[Url | EndpointSpec] | None = None
     """The pool's complete endpoint list, each a URL or ``{url, kv_events}``; omit to leave
     endpoints as they are."""
