@@ -21,6 +21,7 @@ import msgspec
 import yaml
 
 from trunkline.errors import ConfigurationError, InvalidRequest
+from trunkline.kit.yamlfile import load_strict
 
 TOKEN_CLASSES = ("input", "cached_input", "output")
 DEFAULT_MODEL = "*"
@@ -195,7 +196,7 @@ def version_document(version: PriceVersion) -> dict[str, Any]:
 def load_price_book_file(path: Path) -> PriceBook:
     """Read a price book file: ``kind: PriceBook`` with a list of ``versions``."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_strict(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InvalidRequest(f"cannot read price book {path}: {exc}", param="path") from exc
     if not isinstance(data, dict) or data.get("kind") != "PriceBook":

@@ -134,6 +134,10 @@ def test_prices_written_as_yaml_numbers_are_read_exactly(tmp_path: Path) -> None
         (b"kind: PriceBook\nversions: 7\n", "versions must be a list of mappings"),
         (b"kind: PriceBook\nversions: [5]\n", "versions must be a list of mappings"),
         (b"kind: PriceBook\ncurrency: \xe9\n", "cannot read price book"),
+        (
+            b"kind: PriceBook\nversions:\n  - {version: 1, version: 2}\n",
+            "prices.yaml: line 3: key 'version' given twice \\(first at line 3\\)",
+        ),
     ],
 )
 def test_a_malformed_price_book_file_is_a_clear_error(

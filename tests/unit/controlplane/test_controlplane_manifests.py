@@ -114,6 +114,18 @@ def test_yaml_syntax_errors_point_at_their_line(tmp_path: Path) -> None:
     assert issues[0].startswith(f"{tmp_path / 'broken.yaml'}:3: (document): YAML syntax:")
 
 
+def test_a_key_given_twice_is_an_issue_not_a_silent_override(tmp_path: Path) -> None:
+    text = (
+        "kind: Tier\nname: gold\npriority: 100\nttft_slo_ms: 500\npriority: 1\n"
+        "quota:\n  tenant: {requests_per_minute: 5, requests_per_minute: 50}\n"
+    )
+    assert issues_of(tmp_path, text) == [
+        f"{tmp_path / 'broken.yaml'}:5: Tier gold: priority: given twice (first at line 3)",
+        f"{tmp_path / 'broken.yaml'}:7: Tier gold: quota.tenant.requests_per_minute: "
+        "given twice (first at line 7)",
+    ]
+
+
 def test_a_file_that_is_not_utf8_is_an_issue_at_its_line(tmp_path: Path) -> None:
     (tmp_path / "latin1.yaml").write_bytes(b"kind: Tier\nname: caf\xe9\n")
     with pytest.raises(ManifestError) as caught:

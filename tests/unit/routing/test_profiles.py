@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,5 +82,10 @@ def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
     broken.write_text("name: [unclosed\n")
     with pytest.raises(ConfigurationError, match=r"broken\.yaml: not valid YAML"):
         load_profile(broken)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(GOOD.replace("{name: queue-depth, weight: 1}", "{name: x, name: queue-depth}"))
+    expected = "twice.yaml: not valid YAML: line 6: key 'name' given twice (first at line 6)"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        load_profile(twice)
     with pytest.raises(ConfigurationError, match=r"missing\.yaml: cannot read"):
         load_profile(tmp_path / "missing.yaml")

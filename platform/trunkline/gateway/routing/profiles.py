@@ -29,6 +29,7 @@ import yaml
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.pipeline import Balance, PipelinePolicy, WeightedScorer
 from trunkline.gateway.routing.registry import FILTERS, PICKERS, SCORERS
+from trunkline.kit.yamlfile import load_strict
 
 __all__ = ["BUNDLED_DIR", "RoutingProfile", "bundled_profile", "load_profile", "parse_profile"]
 
@@ -84,7 +85,7 @@ def load_profile(path: Path) -> RoutingProfile:
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read routing profile: {exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = load_strict(text)
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from exc
     return parse_profile(data, source=str(path))

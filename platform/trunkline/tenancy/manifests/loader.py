@@ -74,8 +74,14 @@ def _documents(
             if node is None:
                 continue
             lines: dict[FieldPath, int] = {}
-            _index(node, (), lines)
-            yield loader.construct_document(node), lines
+            twice: list[tuple[int, str, str]] = []
+            _index(node, (), lines, twice)
+            document = loader.construct_document(node)
+            if twice:  # YAML would keep the last value silently: refuse the document instead
+                subject = _subject(document) if isinstance(document, dict) else ""
+                issues += [ManifestIssue(str(file), *found, subject) for found in twice]
+                continue
+            yield document, lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -84,16 +90,31 @@ def _documents(
         loader.dispose()
 
 
-def _index(node: yaml.Node, path: FieldPath, lines: dict[FieldPath, int]) -> None:
+def _index(
+    node: yaml.Node,
+    path: FieldPath,
+    lines: dict[FieldPath, int],
+    twice: list[tuple[int, str, str]],
+) -> None:
+    """Record the line of every field under ``node``; each key given twice in one mapping is
+    added to ``twice`` as (line, field, message)."""
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key, value in node.value:
-            child = (*path, str(key.value))
-            lines[child] = key.start_mark.line + 1
-            _index(value, child, lines)
+            name, line = str(key.value), key.start_mark.line + 1
+            if name in seen:
+                twice.append(
+                    (line, dotted((*path, name)), f"given twice (first at line {seen[name]})")
+                )
+                continue
+            seen[name] = line
+            child = (*path, name)
+            lines[child] = line
+            _index(value, child, lines, twice)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _index(item, (*path, index), lines)
+            _index(item, (*path, index), lines, twice)
 
 
 def _convert(
@@ -104,7 +125,7 @@ def _convert(
     if not isinstance(value, dict):
         issues.append(ManifestIssue(file, lines.get((), 1), "", "a document must be a mapping"))
         return None
-    subject = f"{value.get('kind', '?')} {value.get('slug') or value.get('name') or '?'}"
+    subject = _subject(value)
     kind = value.get("kind")
     validator = _validators().get(kind) if isinstance(kind, str) else None
     if validator is None:
@@ -127,6 +148,11 @@ def _convert(
         issues.append(ManifestIssue(file, line_of(lines, path), dotted(path), message, subject))
         return None
     return Located(spec, file, lines)
+
+
+def _subject(document: dict[str, Any]) -> str:
+    """The document as issues name it, e.g. ``Tenant acme``."""
+    return f"{document.get('kind', '?')} {document.get('slug') or document.get('name') or '?'}"
 
 
 @functools.cache
