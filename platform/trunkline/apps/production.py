@@ -17,7 +17,7 @@ from litestar import Litestar
 
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.gateway import create_gateway_app
-from trunkline.apps.runtime import build_runtime, server_secret
+from trunkline.apps.runtime import build_runtime, require_schema, server_secret
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
 from trunkline.metering.consumer import UsageConsumer
@@ -59,7 +59,7 @@ def gateway_app() -> Litestar:
 def controlplane_app() -> Litestar:
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
-    runtime = build_runtime(settings)
+    runtime = require_schema(build_runtime(settings))
     runtime.publish()  # a restarted control plane re-publishes what the database says
     return create_controlplane_app(runtime)
 
@@ -68,7 +68,7 @@ def run_worker(
     settings: Settings, *, idle_sleep_s: float = 0.2, max_batches: int | None = None
 ) -> None:
     """Drain the usage stream into the ledger until SIGTERM / SIGINT (or ``max_batches``)."""
-    runtime = build_runtime(settings)
+    runtime = require_schema(build_runtime(settings))
     jobs = load_job_settings()
     client = redis.Redis.from_url(_redis_url(settings))
     consumer_name = f"{socket.gethostname()}-{os.getpid()}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import ConfigurationError
@@ -85,3 +85,25 @@ def build_runtime(settings: Settings) -> Runtime:
         memory_store=memory,
         _closers=closers,
     )
+
+
+def require_schema(runtime: Runtime) -> Runtime:
+    """``runtime`` when its database is migrated to this code's schema; else it is closed and a
+    one-line ConfigurationError says what to run."""
+    from trunkline.kit.migrate import schema_problem
+
+    problem = schema_problem(runtime.engine)
+    if problem is None:
+        return runtime
+    runtime.close()
+    where = database_name(runtime.settings.database.url)
+    raise ConfigurationError(f"the database {where} {problem}: run `trunkline migrate`")
+
+
+def database_name(url: str) -> str:
+    """The database as messages name it: a SQLite file's absolute path, else the URL without
+    its password."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return str(Path(parsed.database).resolve())
+    return parsed.render_as_string(hide_password=True)

@@ -117,3 +117,23 @@ def test_key_commands_report_bad_input(capsys: pytest.CaptureFixture[str], confi
         capsys, "keys", "create", "--tenant", "nope", "--project", "p", "--name", "k"
     )
     assert (code, err) == (2, "error: tenant 'nope' not found\n")
+
+
+def test_a_command_without_a_migrated_database_says_what_to_run_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRUNKLINE_DATABASE__URL", raising=False)
+    code, _, err = run(capsys, "pools", "list")
+    assert code == 2
+    assert f"no Trunkline database at {tmp_path / '.trunkline' / 'trunkline.db'}" in err
+    assert list(tmp_path.iterdir()) == []
+
+    old = tmp_path / "old.db"
+    upgrade(f"sqlite:///{old}", "0005")
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", f"sqlite:///{old}")
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    code, _, err = run(capsys, "keys", "list", "--tenant", "acme")
+    assert code == 2
+    assert err.startswith(f"error: the database {old} is at schema revision 0005; this Trunkline")
+    assert err.endswith("run `trunkline migrate`\n")
