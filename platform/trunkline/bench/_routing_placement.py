@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from trunkline.bench._routing_capacity import (
@@ -48,14 +48,17 @@ from trunkline.bench.report import Metrics, Runs
 
 if TYPE_CHECKING:
     from trunkline.fleet import FleetSpec, PoolSpec
+    from trunkline.workloads import Workload
 
 __all__ = [
     "PLACEMENT_TARGET",
     "Engine",
     "cheapest_placement",
     "fewest",
+    "ideal_mix_ratio",
     "placement_section",
     "tune_chunk",
+    "work_costs",
 ]
 
 PLACEMENT_TARGET = 0.95
@@ -144,6 +147,40 @@ def tune_chunk(
     return None if best is None else (chosen, best)
 
 
+def ideal_mix_ratio(costs: Mapping[str, Mapping[str, float]]) -> float:
+    """What placing each class on its cheapest flavor costs over the cheapest flavor for all,
+    ``costs[class][flavor]`` being a class's cost on a flavor (every class on every flavor)."""
+    flavors = set.intersection(*(set(by_flavor) for by_flavor in costs.values()))
+    mix = sum(min(by_flavor[f] for f in flavors) for by_flavor in costs.values())
+    single = min(sum(by_flavor[f] for by_flavor in costs.values()) for f in flavors)
+    return mix / single
+
+
+def work_costs(workload: Workload, flavors: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each prompt class's dollars per flavor at the profile's nominal rates, with no SLO, no
+    batching limits and fractional replicas: its prompt tokens at full-chunk prefill speed,
+    its answers' tokens at the nominal decode batch (``nominal_tokens_per_s``)."""
+    from trunkline.engines.profiles import get_profile
+    from trunkline.fleet import FLAVOR_PRICES
+    from trunkline.fleet.spec import nominal_tokens_per_s
+
+    tokens = {"long": [0, 0], "short": [0, 0]}
+    for request in workload.requests():
+        prompt = request.prompt.num_tokens
+        counts = tokens["long" if prompt >= HETERO_LONG_PROMPT_TOKENS else "short"]
+        counts[0] += prompt
+        counts[1] += request.max_tokens
+    costs: dict[str, dict[str, float]] = {}
+    for name, (prompt, output) in tokens.items():
+        costs[name] = {}
+        for flavor in flavors:
+            profile = get_profile(flavor)
+            seconds = prompt / profile.prefill_tokens_per_s()
+            seconds += output / nominal_tokens_per_s(profile)
+            costs[name][flavor] = seconds * FLAVOR_PRICES[flavor] / 3600
+    return costs
+
+
 def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     from trunkline.engines.profiles import get_profile
     from trunkline.fleet import FLAVOR_PRICES
@@ -152,6 +189,7 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     workload = mixed_trace(config)
     runs: Runs = {}
     notes = [f"policy not registered, not run: {name}" for name in missing]
+    ideal = work_costs(workload, HETERO_FLAVORS)
     tried: dict[Shape, Metrics] = {}
     engines: dict[str, Engine] = {}
     if policies:
@@ -215,6 +253,10 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
                 best = min(shapes, key=lambda s: (_cost(s), sum(n for _, n in s)))
                 runs[name] = _row(tried[best], best)
                 notes.append(f"{name}: {_describe(best)}")
+        notes.append(
+            "ideal mix / cheapest flavor, each prompt class's work at the profiles' rates per "
+            f"dollar (no SLO, fractional replicas): {ideal_mix_ratio(ideal):.3f}"
+        )
         sim.say("placement: " + "; ".join(notes[len(missing) :]) + f" ({len(tried)} fleets run)")
     return Section(
         name="placement",
@@ -244,6 +286,10 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "prices": {f: FLAVOR_PRICES[f] for f in HETERO_FLAVORS},
             "chunks_tried": f"vLLM's default, then each half of it down to {MIN_CHUNK}",
             "chunk_per_flavor": {f: e.chunk for f, e in engines.items()},
+            "work_cost_usd": {
+                c: {f: round(v, 4) for f, v in by.items()} for c, by in ideal.items()
+            },
+            "ideal_mix_ratio": ideal_mix_ratio(ideal),
             "fleets_tried": {_describe(s): _attained(m) for s, m in tried.items()},
             "missing_policies": missing,
         },

@@ -22,7 +22,13 @@ from trunkline.bench._routing_goals import (
     placement_goals,
     scaling_goals,
 )
-from trunkline.bench._routing_placement import cheapest_placement, fewest, tune_chunk
+from trunkline.bench._routing_placement import (
+    cheapest_placement,
+    fewest,
+    ideal_mix_ratio,
+    tune_chunk,
+    work_costs,
+)
 from trunkline.bench._routing_search import find_operating_point, goodput_rps, meets_slo
 from trunkline.bench._routing_tiers import by_tier
 from trunkline.bench._routing_tiers import ratios as tier_ratios
@@ -30,6 +36,7 @@ from trunkline.bench.report import GoalSpec, Metrics, Runs, evaluate_goals
 from trunkline.bench.routing import merge_sections, parse_sections, run_routing_bench
 from trunkline.cli.main import main
 from trunkline.fleet import RequestOutcome
+from trunkline.workloads import CareWorkload, MixedWorkload
 
 
 def _load_where_p90_is(rate_to_p90: float) -> tuple[list[float], Callable[[float], Metrics]]:
@@ -239,6 +246,27 @@ def test_sections_parse_with_real_vllm_added_on_request_and_unknown_ones_refused
     assert parse_sections("care, azure", real_vllm=True) == ("care", "azure", "real-vllm")
     with pytest.raises(ValueError, match=r"unknown section.*nope.*known sections"):
         parse_sections("care,nope", real_vllm=False)
+
+
+def test_the_ideal_mix_puts_each_class_on_its_cheapest_flavor_against_the_cheapest_single() -> None:
+    costs = {"long": {"l40s": 5.0, "h100": 6.0}, "short": {"l40s": 10.0, "h100": 8.0}}
+    assert ideal_mix_ratio(costs) == pytest.approx((5 + 8) / 14)  # one flavor: 15 or 14
+    assert ideal_mix_ratio({"long": {"l40s": 1.0, "h100": 2.0}}) == 1.0
+
+
+def test_work_costs_price_prefill_and_decoding_at_each_flavors_rates() -> None:
+    def costs(answer_tokens: float) -> dict[str, dict[str, float]]:
+        care = CareWorkload(
+            duration_s=10, rate=1.0, preamble_tokens=3000, answer_tokens=answer_tokens
+        )
+        return work_costs(MixedWorkload((care,)), ("l40s", "h100"))
+
+    prefill_heavy, decode_heavy = costs(10.0), costs(2000.0)
+    # Every prompt is past 2,048 tokens: all the work is the long class's.
+    assert prefill_heavy["short"] == {"l40s": 0.0, "h100": 0.0}
+    # The L40S buys more prefill per dollar, the H100 more decoding.
+    assert prefill_heavy["long"]["l40s"] < prefill_heavy["long"]["h100"]
+    assert decode_heavy["long"]["h100"] < decode_heavy["long"]["l40s"]
 
 
 def test_the_tier_section_runs_only_when_named() -> None:
