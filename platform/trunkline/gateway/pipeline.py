@@ -12,6 +12,7 @@ import msgspec
 
 from trunkline.errors import Forbidden, InvalidRequest, NotFound
 from trunkline.gateway.authn import Principal
+from trunkline.gateway.routing.candidates import open_pools
 from trunkline.snapshot import AliasEntry, Snapshot
 
 _json_decoder = msgspec.json.Decoder()
@@ -133,6 +134,13 @@ def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) ->
             param="model",
             reason="model_not_allowed",
         )
+    if alias.pools and not open_pools(snapshot, alias, principal.tenant, principal.tier):
+        raise Forbidden(
+            f"The model '{request.alias}' has no pool in your tenant's regions that serves "
+            f"its tier ({principal.tier.name}).",
+            param="model",
+            reason="no_pool_for_tenant",
+        )
     if alias.kind not in _MODEL_KINDS[request.kind]:
         raise InvalidRequest(
             f"The model '{request.alias}' does not support this endpoint.",
@@ -146,7 +154,12 @@ def visible_aliases(snapshot: Snapshot, principal: Principal) -> list[AliasEntry
     allowed = principal.tenant.aliases
     if principal.key.allowed_aliases is not None:
         allowed = allowed & principal.key.allowed_aliases
-    return [snapshot.aliases[name] for name in sorted(allowed) if name in snapshot.aliases]
+    aliases = (snapshot.aliases[name] for name in sorted(allowed) if name in snapshot.aliases)
+    return [
+        alias
+        for alias in aliases
+        if not alias.pools or open_pools(snapshot, alias, principal.tenant, principal.tier)
+    ]
 
 
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:

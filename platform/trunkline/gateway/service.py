@@ -181,7 +181,7 @@ class GatewayService:
         candidates = eligible(snapshot, alias, tenant, tier)
         if not candidates:
             raise UpstreamUnavailable(
-                f"No endpoint serves '{alias.alias}' in the regions and tier of your tenant.",
+                f"The pools of '{alias.alias}' open to your tenant have no endpoint right now.",
                 reason="no_endpoint",
             )
         view = request_view(request_id, principal, alias, request, prompt_tokens)

@@ -6,6 +6,7 @@ import json
 import time
 
 import httpx
+import msgspec
 import pytest
 from tests.unit.gateway.conftest import TENANT_B, Harness
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
@@ -236,6 +237,32 @@ def test_unknown_model_is_404_and_unentitled_model_is_403(make_gateway) -> None:
     )
     r = gw.client.post("/v1/embeddings", json={"model": "llama", "input": "x"}, headers=auth(key))
     assert_openai_error(r, 400, "model_not_supported")
+    assert gw.upstream == []
+
+
+def test_a_model_placed_only_for_other_tiers_or_regions_is_403_and_not_listed(
+    make_gateway,
+) -> None:
+    gw, key = _ready(make_gateway)
+    for name in ("h100-eu", "l40s-us"):  # every pool of llama kept for another tier
+        gw.world.pools[name] = msgspec.structs.replace(gw.world.pools[name], tiers=("platinum",))
+    gw.world.publish()
+    _wait_for_version(gw)
+    r = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    error = assert_openai_error(r, 403, "no_pool_for_tenant")
+    assert "retry-after" not in r.headers  # not a condition that clears by waiting
+    assert (error["param"], "gold" in error["message"]) == ("model", True)
+    ids = [m["id"] for m in gw.client.get("/v1/models", headers=auth(key)).json()["data"]]
+    assert ids == ["bge"]
+
+    # One pool open to gold again, but empty: that may clear (scaled to zero), so 503.
+    gw.world.pools["l40s-us"] = msgspec.structs.replace(
+        gw.world.pools["l40s-us"], tiers=("gold",), endpoints=()
+    )
+    gw.world.publish()
+    _wait_for_version(gw)
+    r = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert_openai_error(r, 503, "no_endpoint")
     assert gw.upstream == []
 
 

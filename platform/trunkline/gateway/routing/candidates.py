@@ -14,7 +14,7 @@ from trunkline.snapshot import (
     TierEntry,
 )
 
-__all__ = ["Candidate", "eligible", "open_to"]
+__all__ = ["Candidate", "eligible", "open_pools", "open_to"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,16 +27,29 @@ def eligible(
     snapshot: Snapshot, alias: AliasEntry, tenant: TenantEntry, tier: TierEntry
 ) -> list[Candidate]:
     """Every endpoint that serves the alias inside the tenant's regions and tier."""
+    return [
+        Candidate(pool, endpoint)
+        for pool in open_pools(snapshot, alias, tenant, tier)
+        for endpoint in pool.endpoints
+    ]
+
+
+def open_pools(
+    snapshot: Snapshot, alias: AliasEntry, tenant: TenantEntry, tier: TierEntry
+) -> list[PoolEntry]:
+    """The alias's pools inside the tenant's regions and open to its tier (burst pools only
+    for tiers that may use them; pools placed for some tiers only for those), with endpoints or
+    not."""
     regions = set(tenant.regions)
-    out: list[Candidate] = []
-    for pool_name in alias.pools:
-        pool = snapshot.pools.get(pool_name)
-        if pool is None or (regions and pool.region not in regions):
-            continue
-        if (pool.burst and not tier.may_use_burst) or not open_to(pool.tiers, tier.name):
-            continue
-        out.extend(Candidate(pool, endpoint) for endpoint in pool.endpoints)
-    return out
+    pools = (snapshot.pools.get(name) for name in alias.pools)
+    return [
+        pool
+        for pool in pools
+        if pool is not None
+        and (not regions or pool.region in regions)
+        and (tier.may_use_burst or not pool.burst)
+        and open_to(pool.tiers, tier.name)
+    ]
 
 
 def open_to(tiers: tuple[str, ...] | frozenset[str] | None, tier: str) -> bool:
