@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.kit.migrate import ensure_sqlite_dir, schema_problem, sqlite_file
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
 from trunkline.snapshot.builder import publish_snapshot
@@ -63,8 +64,7 @@ def server_secret(settings: Settings) -> bytes:
 def build_runtime(settings: Settings) -> Runtime:
     settings.check_production()
     url = settings.database.url
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    ensure_sqlite_dir(url)
     engine = make_engine(url, echo=settings.database.echo)
     closers: list[object] = []
     memory: InMemorySnapshotStore | None = None
@@ -90,20 +90,17 @@ def build_runtime(settings: Settings) -> Runtime:
 def require_schema(runtime: Runtime) -> Runtime:
     """``runtime`` when its database is migrated to this code's schema; else it is closed and a
     one-line ConfigurationError says what to run."""
-    from trunkline.kit.migrate import schema_problem
-
     problem = schema_problem(runtime.engine)
     if problem is None:
         return runtime
     runtime.close()
-    where = database_name(runtime.settings.database.url)
-    raise ConfigurationError(f"the database {where} {problem}: run `trunkline migrate`")
+    raise ConfigurationError(
+        f"the database {database_name(runtime.settings.database.url)} {problem}"
+    )
 
 
 def database_name(url: str) -> str:
     """The database as messages name it: a SQLite file's absolute path, else the URL without
     its password."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        return str(Path(parsed.database).resolve())
-    return parsed.render_as_string(hide_password=True)
+    path = sqlite_file(url)
+    return str(path.resolve()) if path else make_url(url).render_as_string(hide_password=True)

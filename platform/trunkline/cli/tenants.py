@@ -7,15 +7,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import make_url
 from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import Runtime, build_runtime, require_schema
 from trunkline.auth.service import admin_token
 from trunkline.errors import ConfigurationError
+from trunkline.kit.migrate import sqlite_file
 from trunkline.settings import load_settings
 from trunkline.tenancy import service
 from trunkline.tenancy.changes import unit_of_work
@@ -85,14 +84,12 @@ def open_runtime() -> Runtime:
     migrated to this code's schema: anything else is a one-line error saying what to run, and
     a SQLite file that is not there is not created (nor its directory)."""
     settings = load_settings()
-    url = make_url(settings.database.url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        path = Path(url.database)
-        if not path.exists():
-            raise ConfigurationError(
-                f"no Trunkline database at {path.resolve()}: run `trunkline up` in the directory "
-                "you started it from, or set TRUNKLINE_DATABASE__URL (then `trunkline migrate`)"
-            )
+    path = sqlite_file(settings.database.url)
+    if path is not None and not path.exists():
+        raise ConfigurationError(
+            f"no Trunkline database at {path.resolve()}: run `trunkline up` in the directory "
+            "you started it from, or set TRUNKLINE_DATABASE__URL (then `trunkline migrate`)"
+        )
     return require_schema(build_runtime(settings))
 
 

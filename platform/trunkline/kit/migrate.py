@@ -6,7 +6,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Engine, make_url
+
+from trunkline.errors import ConfigurationError
 
 
 def migrations_dir() -> Path:
@@ -24,21 +28,48 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite database URL (relative to the working directory as SQLite takes
+    it), None for other databases and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the directory of a SQLite database file, which SQLite will not."""
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    ensure_sqlite_dir(url)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except CommandError as exc:  # e.g. a revision a newer Trunkline wrote
+        raise ConfigurationError(f"cannot migrate the database: {exc}") from exc
 
 
 def schema_problem(engine: Engine) -> str | None:
-    """Why the database behind ``engine`` cannot serve this Trunkline (it holds no schema, or
-    one at another revision than this code's head), None when it can."""
+    """Why the database behind ``engine`` cannot serve this Trunkline, and what to do (it
+    holds no schema, or one at another revision than this code's head), None when it can."""
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    script = ScriptDirectory(str(migrations_dir()))
+    head = script.get_current_head()
     with engine.connect() as connection:
         current = MigrationContext.configure(connection).get_current_revision()
     if current == head:
         return None
     if current is None:
-        return "holds no Trunkline schema"
-    return f"is at schema revision {current}; this Trunkline needs {head}"
+        return "holds no Trunkline schema: run `trunkline migrate`"
+    try:
+        script.get_revision(current)
+    except CommandError:
+        return (
+            f"is at schema revision {current}, which this Trunkline ({head}) does not know: "
+            "a newer Trunkline migrated it; run that one"
+        )
+    return f"is at schema revision {current}; this Trunkline needs {head}: run `trunkline migrate`"

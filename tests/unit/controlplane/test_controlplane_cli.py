@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,30 @@ def test_a_command_without_a_migrated_database_says_what_to_run_and_creates_noth
     assert code == 2
     assert err.startswith(f"error: the database {old} is at schema revision 0005; this Trunkline")
     assert err.endswith("run `trunkline migrate`\n")
+
+
+def test_migrate_creates_a_sqlite_databases_directory_and_refuses_a_newer_database(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRUNKLINE_DATABASE__URL", raising=False)
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    # `migrate` logs to the stderr it finds, which capsys closes after the test: its handler
+    # goes with the test, as does the level it sets.
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    code, out, _ = run(capsys, "migrate")
+    assert (code, out) == (0, "database is at the latest migration\n")
+    assert run(capsys, "pools", "list")[0] == 0  # the default database, where `up` keeps it
+
+    database = tmp_path / ".trunkline" / "trunkline.db"
+    with sqlite3.connect(database) as connection:  # as a newer Trunkline would leave it
+        connection.execute("UPDATE alembic_version SET version_num = '0099'")
+    code, _, err = run(capsys, "pools", "list")
+    assert code == 2
+    assert f"the database {database} is at schema revision 0099, which this Trunkline" in err
+    assert "a newer Trunkline migrated it" in err
+    code, _, err = run(capsys, "migrate")
+    assert code == 2
+    assert "error: cannot migrate the database: Can't locate revision identified by '0099'" in err
