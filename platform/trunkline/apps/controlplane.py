@@ -43,6 +43,7 @@ from trunkline.errors import TrunklineError, Unauthenticated
 from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.logging import bind, reset
+from trunkline.kit.text import shown
 from trunkline.metering.controllers import UsageController
 from trunkline.pools.controllers import (
     AvailableModelController,
@@ -334,7 +335,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
     assert isinstance(exc, ValidationException)
     errors = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
-        message = str(item.get("message", "invalid value"))
+        message = shown(str(item.get("message", "invalid value")))
         key = str(item.get("key") or "")
         if key in ("", "data") and (named := _FIELD_IN_MESSAGE.search(message)):
             key = named.group(1)

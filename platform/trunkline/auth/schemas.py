@@ -8,7 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from trunkline.kit.text import ONE_LINE
+from trunkline.kit.text import END, ONE_LINE
 from trunkline.models import Role
 
 Email = Annotated[
@@ -16,7 +16,7 @@ Email = Annotated[
     msgspec.Meta(
         min_length=3,
         max_length=320,
-        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$",
+        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+" + END,
         description="an e-mail address, compared case-insensitively",
         examples=["dev@acme.example"],
     ),

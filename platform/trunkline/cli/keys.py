@@ -17,6 +17,7 @@ from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest, NotFound
 from trunkline.keys import service
 from trunkline.keys.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated
+from trunkline.kit.text import shown
 from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.repository import ProjectRepository
 from trunkline.tenancy.service import tenant_by_slug
@@ -72,7 +73,7 @@ def create_command(args: argparse.Namespace) -> int:
         try:
             data = msgspec.convert(raw, ApiKeyCreate, strict=False)
         except msgspec.ValidationError as exc:
-            raise InvalidRequest(str(exc)) from exc
+            raise InvalidRequest(shown(str(exc))) from exc
         principal = Principal.system()
         return service.create_key(session, principal, runtime.server_secret, tenant.id, data)
 

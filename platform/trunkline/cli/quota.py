@@ -27,6 +27,7 @@ from trunkline.auth.principal import Principal
 from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest
 from trunkline.keys.service import key_tenant
+from trunkline.kit.text import shown
 from trunkline.quota import service
 from trunkline.quota.policy import FIELDS, merge
 from trunkline.quota.redis_store import RedisQuotaStore
@@ -151,7 +152,7 @@ def _changes(args: argparse.Namespace) -> tuple[ScopeLimits, tuple[str, ...]]:
     try:
         return msgspec.convert(given, ScopeLimits), tuple(forget)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc)) from exc
+        raise InvalidRequest(shown(str(exc))) from exc
 
 
 def usage_reader(settings: Settings) -> UsageReader:

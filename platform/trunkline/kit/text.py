@@ -7,9 +7,20 @@ naming the field, on every database.
 
 from __future__ import annotations
 
-__all__ = ["ONE_LINE", "PARAGRAPHS"]
+__all__ = ["END", "ONE_LINE", "PARAGRAPHS", "shown"]
 
-ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+END = r"(?![\s\S])"
+"""The end of the text, to close a pattern with. Python's ``$`` also matches before a final line
+break, so ``^[a-z]+$`` takes ``"gold\n"``; ``\\Z`` would not, but it is not in the ECMA dialect
+of JSON Schema patterns (``tenants/schema.json``), which lookaheads are."""
+
+ONE_LINE = r"^[^\x00-\x1f\x7f]*" + END
 """Text on one line: names."""
-PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*" + END
 """Text that may hold tabs and line breaks: descriptions."""
+
+
+def shown(message: str) -> str:
+    """A validation message for people: :data:`END` in a pattern it quotes (as is, or as
+    ``repr`` doubles its backslashes) shown as the familiar ``$``."""
+    return message.replace(END, "$").replace(END.replace("\\", "\\\\"), "$")

@@ -11,13 +11,13 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from trunkline import models as orm
-from trunkline.kit.text import ONE_LINE
+from trunkline.kit.text import END, ONE_LINE
 from trunkline.tenancy.schemas import Name
 
 ModelName = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,199}$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,199}" + END,
         description="the name engines serve the model under (vLLM --served-model-name)",
         examples=["llama-3.1-8b-instruct"],
     ),
@@ -25,13 +25,13 @@ ModelName = Annotated[
 Alias = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,199}$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,199}" + END,
         description="the public model name clients ask for",
         examples=["llama-3.1-8b"],
     ),
 ]
 ModelKind = Literal["chat", "completion", "embedding"]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=500)]
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+" + END, max_length=500)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 BlockSize = Annotated[int, msgspec.Meta(ge=1, le=1024)]
 Capacity = Annotated[
@@ -61,7 +61,7 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
 ZmqAddress = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(tcp|ipc)://[!-~]+$",
+        pattern=r"^(tcp|ipc)://[!-~]+" + END,
         max_length=500,
         description="ZMQ address of the engine's KV-cache event publisher",
         examples=["tcp://10.0.0.7:5557"],

@@ -11,20 +11,20 @@ from msgspec import UNSET, UnsetType
 
 from trunkline import models as orm
 from trunkline.auth.schemas import Email, PersonName
-from trunkline.kit.text import ONE_LINE, PARAGRAPHS
+from trunkline.kit.text import END, ONE_LINE, PARAGRAPHS
 from trunkline.models import Role
 
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?" + END)]
 """Lower-case names of tiers, flavors, pools, regions: letters, digits, ``-`` and ``.``."""
 Slug = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
+        pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?" + END,
         description="lower-case letters, digits and '-', at most 63 characters",
         examples=["acme"],
     ),
 ]
-ProjectName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+ProjectName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}" + END)]
 DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=ONE_LINE)]
 Description = Annotated[str, msgspec.Meta(max_length=500, pattern=PARAGRAPHS)]
 Millis = Annotated[int, msgspec.Meta(gt=0, le=3_600_000)]

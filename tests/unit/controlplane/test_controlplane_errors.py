@@ -155,12 +155,32 @@ def test_a_missing_query_parameter_is_named(world: World) -> None:
     assert problem["detail"] == "invalid value for period"
 
 
-@pytest.mark.parametrize("name", ["nul\x00byte", "bell\x07", "two\nlines", "del\x7f"])
+@pytest.mark.parametrize(
+    "name", ["nul\x00byte", "bell\x07", "two\nlines", "del\x7f", "trailing-break\n"]
+)
 def test_control_characters_in_names_are_refused_naming_the_field(world: World, name: str) -> None:
     project = world.project("acme", "demo")
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
     problem = problem_of(post(world, path, json={"project_id": project, "name": name}), 400)
     assert [e["field"] for e in problem["errors"]] == ["name"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/tiers", {"name": "gold2\n", "priority": 1, "ttft_slo_ms": 100}),
+        ("/api/v1/tenants", {"slug": "newco\n", "name": "New Co", "tier": "gold"}),
+        ("/api/v1/catalog/models", {"name": "m-1\n"}),
+    ],
+)
+def test_a_name_with_a_trailing_line_break_is_refused(
+    world: World, path: str, body: dict[str, object]
+) -> None:
+    """Python's ``$`` matches before a final line break: the patterns must not take one."""
+    problem = problem_of(post(world, path, json=body), 400)
+    field = next(iter(body))
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert "(?!" not in problem["errors"][0]["message"]  # the pattern reads as it was written
 
 
 def test_descriptions_may_hold_line_breaks_but_not_other_control_characters(world: World) -> None:

@@ -17,6 +17,7 @@ import yaml
 from jsonschema import Draft202012Validator, ValidationError
 
 from trunkline.errors import InvalidRequest
+from trunkline.kit.text import shown
 from trunkline.tenancy.manifests.checks import check_references
 from trunkline.tenancy.manifests.documents import (
     FieldPath,
@@ -144,7 +145,7 @@ def _convert(
     try:
         spec = msgspec.convert(value, Manifest)
     except msgspec.ValidationError as exc:  # the JSON schema should have caught it already
-        path, message = _error_path(str(exc))
+        path, message = _error_path(shown(str(exc)))
         issues.append(ManifestIssue(file, line_of(lines, path), dotted(path), message, subject))
         return None
     return Located(spec, file, lines)
@@ -185,7 +186,8 @@ def _schema_issues(
             )
             for key in sorted(set(error.instance) - set(known))
         ]
-    return [ManifestIssue(file, line_of(lines, path), dotted(path), error.message, subject)]
+    message = shown(error.message)
+    return [ManifestIssue(file, line_of(lines, path), dotted(path), message, subject)]
 
 
 def _error_path(text: str) -> tuple[FieldPath, str]:
