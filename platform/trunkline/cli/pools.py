@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from trunkline.apps.runtime import Runtime
 from trunkline.cli.tenants import run_work
 from trunkline.errors import InvalidRequest
+from trunkline.kit.text import shown
 from trunkline.pools import service
 from trunkline.pools.schemas import EndpointSpec, Pool, PoolCreate, PoolUpdate
 
@@ -84,8 +85,10 @@ def _options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "--max-prompt-tokens", help="placement: prompts this long or longer go elsewhere; or none"
     )
-    parser.add_argument(
-        "--tiers", help="placement: the only tiers routed here, comma-separated; or any"
+    tiers = parser.add_mutually_exclusive_group()
+    tiers.add_argument("--tiers", help="placement: the only tiers routed here, comma-separated")
+    tiers.add_argument(
+        "--every-tier", action="store_true", help="placement: open the pool to every tier"
     )
     burst = parser.add_mutually_exclusive_group()
     burst.add_argument("--burst", dest="burst", action="store_true", default=None)
@@ -102,8 +105,9 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         if raw.get(field) == "none":
             raw[field] = None
     if args.tiers is not None:
-        tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
-        raw["tiers"] = None if args.tiers.strip() == "any" else tiers
+        raw["tiers"] = [t.strip() for t in args.tiers.split(",") if t.strip()]
+    elif args.every_tier:
+        raw["tiers"] = None
     return raw
 
 
@@ -111,7 +115,7 @@ def _convert(raw: dict[str, Any], kind: type[msgspec.Struct]) -> Any:
     try:
         return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(str(exc).replace("`$.", "--").replace("`", "")) from exc
+        raise InvalidRequest(shown(str(exc)).replace("`$.", "--").replace("`", "")) from exc
 
 
 def list_command(_args: argparse.Namespace) -> int:

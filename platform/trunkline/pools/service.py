@@ -275,14 +275,16 @@ def check_prompt_range(low: int, high: int | None) -> None:
 
 
 def known_tiers(session: Session, tiers: Sequence[str] | None) -> list[str] | None:
-    """A pool's tiers, sorted and each once; every one must exist."""
+    """A pool's tiers, sorted; each must exist and be listed once."""
     if tiers is None:
         return None
     stored = {tier.name for tier in TierRepository(session).all()}
-    unknown = sorted(set(tiers) - stored)
-    if unknown:
-        raise InvalidRequest(f"unknown tier {unknown[0]!r}", param="tiers")
-    return sorted(set(tiers))
+    for index, tier in enumerate(tiers):
+        if tier not in stored:
+            raise InvalidRequest(f"unknown tier {tier!r}", param=f"tiers[{index}]")
+        if tier in tiers[:index]:
+            raise InvalidRequest(f"tier {tier!r} listed twice", param=f"tiers[{index}]")
+    return sorted(tiers)
 
 
 def pool_rows(session: Session, name: str) -> tuple[PoolRow, ModelRow, AcceleratorFlavor]:

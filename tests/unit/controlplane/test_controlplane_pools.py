@@ -57,7 +57,7 @@ def test_a_pool_placed_for_gold_reaches_the_snapshot_and_only_gold_is_routed_the
     world: World,
 ) -> None:
     admin = world.admin
-    pool = admin.post(CATALOG + "/pools", {**POOL, "tiers": ["gold", "gold"]})
+    pool = admin.post(CATALOG + "/pools", {**POOL, "tiers": ["gold"]})
     assert pool["tiers"] == ["gold"]
     admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": ["http://10.0.0.9:8000"]})
     placed = snapshot(world.runtime)
@@ -74,13 +74,21 @@ def test_a_pool_placed_for_gold_reaches_the_snapshot_and_only_gold_is_routed_the
     assert snapshot(world.runtime).pools["a100-eu"].tiers is None
 
 
-@pytest.mark.parametrize("tiers", [["platinum"], [], "gold"])
-def test_a_pool_placed_for_an_unknown_or_no_tier_is_refused_and_changes_nothing(
-    world: World, tiers: object
+@pytest.mark.parametrize(
+    ("tiers", "field"),
+    [
+        (["gold", "platinum"], "tiers[1]"),
+        (["silver", "gold", "silver"], "tiers[2]"),
+        ([], "tiers"),
+        ("gold", "tiers"),
+    ],
+)
+def test_a_pool_placed_for_an_unknown_repeated_or_no_tier_is_refused_and_changes_nothing(
+    world: World, tiers: object, field: str
 ) -> None:
     admin = world.admin
     problem = admin.patch(CATALOG + "/pools/h100-eu-west", {"tiers": tiers}, expect=400)
-    assert problem["errors"][0]["field"] == "tiers"
+    assert problem["errors"][0]["field"] == field
     assert snapshot(world.runtime).pools["h100-eu-west"].tiers is None
 
 

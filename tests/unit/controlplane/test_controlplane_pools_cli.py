@@ -84,7 +84,7 @@ def test_pools_create_update_set_endpoints_show_and_list(
         "2048-", "gold,silver", "2",
     ]  # fmt: skip
     assert lines[1].split()[-3:-1] == ["any", "any"]
-    code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--tiers", "any")
+    code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--every-tier")
     assert (code, json.loads(out)["tiers"]) == (0, None)
 
 
