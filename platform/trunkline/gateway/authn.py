@@ -42,8 +42,19 @@ def authenticate(
     tenant = snapshot.tenants.get(entry.tenant_id)
     if tenant is None:
         raise _refuse("The tenant of this API key no longer exists.")
-    tier_name = entry.tier or tenant.tier
-    tier = snapshot.tiers.get(tier_name) or snapshot.tiers.get(tenant.tier)
+    tier = key_tier(snapshot.tiers.get(entry.tier or ""), snapshot.tiers.get(tenant.tier))
     if tier is None:
         raise _refuse("The tier of this API key is not configured.")
     return Principal(entry, tenant, tier)
+
+
+def key_tier(pinned: TierEntry | None, tenants: TierEntry | None) -> TierEntry | None:
+    """The tier a key's requests run in: its pin when that is the tenant's tier or below it
+    (a batch key on bronze), else the tenant's. The pin was checked against the tenant's tier
+    when the key was made; the tenant may have moved down since, and a pin must never reach
+    above it (priority, burst pools, pools kept for a tier)."""
+    if pinned is None or tenants is None:
+        return pinned or tenants
+    if pinned.name == tenants.name or pinned.priority < tenants.priority:
+        return pinned
+    return tenants

@@ -163,9 +163,9 @@ def _pinned_tier(session: Session, tenant: Tenant, name: str | None) -> str | No
     tier = TierRepository(session).by_name(name)
     if tier is None:
         raise InvalidRequest(f"unknown tier {name!r}", param="tier")
-    if tier.priority > tenant.tier.priority:
+    if tier.name != tenant.tier.name and tier.priority >= tenant.tier.priority:
         raise InvalidRequest(
-            f"a key may only be pinned to a tier no higher than the tenant's ({tenant.tier.name})",
+            f"a key may only be pinned to the tenant's tier ({tenant.tier.name}) or one below it",
             param="tier",
         )
     return tier.name

@@ -79,6 +79,14 @@ def test_a_key_may_only_be_pinned_to_a_tier_no_higher_than_its_tenants(world: Wo
         path, {"project_id": globex_project, "name": "k", "tier": "gold"}, expect=400
     )
     assert problem["errors"][0]["field"] == "tier"
+    # Another tier of the same priority is not "below": its pools may be kept for it.
+    world.admin.post(
+        "/api/v1/tiers", {"name": "silver-eu", "priority": 50, "ttft_slo_ms": 2000}, expect=201
+    )
+    problem = world.api("globex-admin").post(
+        path, {"project_id": globex_project, "name": "k", "tier": "silver-eu"}, expect=400
+    )
+    assert problem["errors"][0]["field"] == "tier"
 
 
 def test_expiry_is_given_once_and_in_the_future(world: World) -> None:
