@@ -134,18 +134,18 @@ def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) ->
             param="model",
             reason="model_not_allowed",
         )
-    if alias.pools and not open_pools(snapshot, alias, principal.tenant, principal.tier):
-        raise Forbidden(
-            f"The model '{request.alias}' has no pool in your tenant's regions that serves "
-            f"its tier ({principal.tier.name}).",
-            param="model",
-            reason="no_pool_for_tenant",
-        )
     if alias.kind not in _MODEL_KINDS[request.kind]:
         raise InvalidRequest(
             f"The model '{request.alias}' does not support this endpoint.",
             param="model",
             reason="model_not_supported",
+        )
+    if not reachable(snapshot, alias, principal):
+        raise Forbidden(
+            f"The model '{request.alias}' has no pool in your tenant's regions that serves "
+            f"your tier ({principal.tier.name}).",
+            param="model",
+            reason="no_pool_for_tenant",
         )
     return alias
 
@@ -155,11 +155,15 @@ def visible_aliases(snapshot: Snapshot, principal: Principal) -> list[AliasEntry
     if principal.key.allowed_aliases is not None:
         allowed = allowed & principal.key.allowed_aliases
     aliases = (snapshot.aliases[name] for name in sorted(allowed) if name in snapshot.aliases)
-    return [
-        alias
-        for alias in aliases
-        if not alias.pools or open_pools(snapshot, alias, principal.tenant, principal.tier)
-    ]
+    return [alias for alias in aliases if reachable(snapshot, alias, principal)]
+
+
+def reachable(snapshot: Snapshot, alias: AliasEntry, principal: Principal) -> bool:
+    """Whether placement leaves the caller a pool of the alias (of either model of a cascade):
+    one inside its tenant's regions and open to its tier. An alias without pools is kept: it
+    is being deployed, not placed away."""
+    names = alias.pools + (alias.cascade.pools if alias.cascade else ())
+    return not names or bool(open_pools(snapshot, names, principal.tenant, principal.tier))
 
 
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import msgspec
 import pytest
 from tests.unit.gateway.conftest import TENANT_A, Harness, World, default_world
 from tests.unit.gateway.test_gateway import _ready, auth, sse_data
@@ -170,3 +171,45 @@ def test_cache_salt_of_the_tenant_goes_upstream_and_replaces_the_clients(make_ga
 
     sent = [json.loads(r.content) for r in gw.upstream]
     assert [b.get("cache_salt") for b in sent] == [SALT_A, SALT_A, None]
+
+
+@pytest.mark.parametrize(
+    ("kept_for_other_tiers", "answered_by", "header", "reason"),
+    [
+        ("small-eu", "llama-8b-served", "escalated", "first_closed"),
+        ("h100-eu", "small-served", "first", "escalation_closed"),
+    ],
+)
+def test_a_cascade_placement_leaves_one_model_of_answers_from_that_one_alone(
+    make_gateway, kept_for_other_tiers: str, answered_by: str, header: str, reason: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Placement by tier closes one model's pools to the tenant's tier (gold): the other
+    answers the client's own request, and only that attempt is metered."""
+    world = cascade_world()
+    world.pools[kept_for_other_tiers] = msgspec.structs.replace(
+        world.pools[kept_for_other_tiers], tiers=("platinum",)
+    )
+    if kept_for_other_tiers == "h100-eu":  # the large model's only pool: l40s-us is not its
+        world.aliases["auto"] = msgspec.structs.replace(
+            world.aliases["auto"],
+            cascade=msgspec.structs.replace(world.aliases["auto"].cascade, pools=("h100-eu",)),
+        )
+    gw, key = _ready(make_gateway, small_engine("I can't help with that."), world=world)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == answered_by
+    assert response.headers["x-trunkline-cascade"] == header
+    assert response.headers["x-trunkline-cascade-reason"] == reason
+    assert [json.loads(r.content)["model"] for r in gw.upstream] == [answered_by]
+    assert [r.model for r in gw.drain_usage()] == [answered_by]
+
+
+def test_a_cascade_with_both_models_closed_to_the_tier_is_403(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    world = cascade_world()
+    for name in ("small-eu", "h100-eu"):
+        world.pools[name] = msgspec.structs.replace(world.pools[name], tiers=("platinum",))
+    gw, key = _ready(make_gateway, small_engine("Paris."), world=world)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "no_pool_for_tenant"
+    assert gw.upstream == []

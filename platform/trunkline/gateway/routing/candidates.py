@@ -3,6 +3,7 @@ placed for other tiers) over the snapshot."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trunkline.snapshot import (
@@ -29,19 +30,19 @@ def eligible(
     """Every endpoint that serves the alias inside the tenant's regions and tier."""
     return [
         Candidate(pool, endpoint)
-        for pool in open_pools(snapshot, alias, tenant, tier)
+        for pool in open_pools(snapshot, alias.pools, tenant, tier)
         for endpoint in pool.endpoints
     ]
 
 
 def open_pools(
-    snapshot: Snapshot, alias: AliasEntry, tenant: TenantEntry, tier: TierEntry
+    snapshot: Snapshot, names: Sequence[str], tenant: TenantEntry, tier: TierEntry
 ) -> list[PoolEntry]:
-    """The alias's pools inside the tenant's regions and open to its tier (burst pools only
-    for tiers that may use them; pools placed for some tiers only for those), with endpoints or
-    not."""
+    """The pools of ``names`` inside the tenant's regions and open to its tier (burst pools
+    only for tiers that may use them; pools placed for some tiers only for those), with
+    endpoints or not."""
     regions = set(tenant.regions)
-    pools = (snapshot.pools.get(name) for name in alias.pools)
+    pools = (snapshot.pools.get(name) for name in names)
     return [
         pool
         for pool in pools
