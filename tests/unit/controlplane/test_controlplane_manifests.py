@@ -13,6 +13,7 @@ from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict
+from trunkline.kit.yamlfile import DuplicateKeyError, load_strict
 from trunkline.tenancy.manifests import (
     ManifestError,
     apply_manifests,
@@ -118,7 +119,9 @@ def test_a_key_given_twice_is_an_issue_not_a_silent_override(tmp_path: Path) -> 
     text = (
         "kind: Tier\nname: gold\npriority: 100\nttft_slo_ms: 500\npriority: 1\n"
         "quota:\n  tenant: {requests_per_minute: 5, requests_per_minute: 50}\n"
+        "---\nkind: Tenant\nslug: acme\nname: Acme\ntier: gold\n"
     )
+    # Only the repeats: the tier is still read, so the tenant on it finds it.
     assert issues_of(tmp_path, text) == [
         f"{tmp_path / 'broken.yaml'}:5: Tier gold: priority: given twice (first at line 3)",
         f"{tmp_path / 'broken.yaml'}:7: Tier gold: quota.tenant.requests_per_minute: "
@@ -196,3 +199,10 @@ def test_apply_keeps_a_tenants_last_tenant_admin_like_the_api(
 
 def test_a_manifest_schema_is_valid_json_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(json.loads(manifest_json_schema_text()))
+
+
+def test_a_merge_key_is_not_a_repeat_and_the_strict_loader_keeps_yaml_merging() -> None:
+    text = "base: &b {x: 1, y: 2}\nderived: {<<: *b, y: 3}\n"
+    assert load_strict(text) == {"base": {"x": 1, "y": 2}, "derived": {"x": 1, "y": 3}}
+    with pytest.raises(DuplicateKeyError, match=r"line 3: key 'y' given twice \(first at line 2\)"):
+        load_strict("derived:\n  y: 3\n  y: 4\n")

@@ -18,6 +18,7 @@ from jsonschema import Draft202012Validator, ValidationError
 
 from trunkline.errors import InvalidRequest
 from trunkline.kit.text import shown
+from trunkline.kit.yamlfile import repeated_keys
 from trunkline.tenancy.manifests.checks import check_references
 from trunkline.tenancy.manifests.documents import (
     FieldPath,
@@ -78,10 +79,11 @@ def _documents(
             twice: list[tuple[int, str, str]] = []
             _index(node, (), lines, twice)
             document = loader.construct_document(node)
-            if twice:  # YAML would keep the last value silently: refuse the document instead
+            if twice:  # YAML keeps the last value silently: an issue, which fails the load
                 subject = _subject(document) if isinstance(document, dict) else ""
                 issues += [ManifestIssue(str(file), *found, subject) for found in twice]
-                continue
+            # Checked still (with the last values), so documents naming it do not report it
+            # unknown besides.
             yield document, lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -101,17 +103,11 @@ def _index(
     added to ``twice`` as (line, field, message)."""
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key, value in node.value:
-            name, line = str(key.value), key.start_mark.line + 1
-            if name in seen:
-                twice.append(
-                    (line, dotted((*path, name)), f"given twice (first at line {seen[name]})")
-                )
-                continue
-            seen[name] = line
-            child = (*path, name)
-            lines[child] = line
+        for key, line, first in repeated_keys(node):
+            twice.append((line, dotted((*path, key)), f"given twice (first at line {first})"))
+        for key_node, value in node.value:
+            child = (*path, str(key_node.value))
+            lines.setdefault(child, key_node.start_mark.line + 1)
             _index(value, child, lines, twice)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
