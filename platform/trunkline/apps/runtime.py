@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
-from trunkline.kit.migrate import ensure_sqlite_dir, schema_problem, sqlite_file
+from trunkline.kit.migrate import database_name, ensure_sqlite_dir, schema_problem
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
 from trunkline.snapshot.builder import publish_snapshot
@@ -97,10 +97,3 @@ def require_schema(runtime: Runtime) -> Runtime:
     raise ConfigurationError(
         f"the database {database_name(runtime.settings.database.url)} {problem}"
     )
-
-
-def database_name(url: str) -> str:
-    """The database as messages name it: a SQLite file's absolute path, else the URL without
-    its password."""
-    path = sqlite_file(url)
-    return str(path.resolve()) if path else make_url(url).render_as_string(hide_password=True)

@@ -189,7 +189,7 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     workload = mixed_trace(config)
     runs: Runs = {}
     notes = [f"policy not registered, not run: {name}" for name in missing]
-    ideal = work_costs(workload, HETERO_FLAVORS)
+    ideal = work_costs(workload, PLACEMENT_FLAVORS)
     tried: dict[Shape, Metrics] = {}
     engines: dict[str, Engine] = {}
     if policies:

@@ -5,8 +5,8 @@ Not in the default run (it takes about seven minutes): ``--sections tiers``.
 The ``b2b-tiers`` workload (gold 15 % of the requests, silver 30 %, bronze 55 %, each tier's
 tenants with their own system prompts) at :data:`TIER_RATE` requests per second. Every tier is
 held to its own SLO: gold's TTFT <= 0.5 s and time per output token <= 50 ms, silver's 2 s and
-100 ms, bronze's 10 s. Gold's 50 ms is below an L40S's decode step at a full batch (51 ms with 64
-sequences), so on one shared pool of L40S gold alone decides how many replicas it takes.
+100 ms, bronze's 10 s. Gold's 50 ms is about an L40S's decode step with 64 sequences of 1.5k
+tokens (51 ms), so on one shared pool of L40S gold alone decides how many replicas it takes.
 
 The section searches the cheapest fleet of two shapes in which each tier has at least
 :data:`~trunkline.bench._routing_placement.PLACEMENT_TARGET` of its requests meeting its SLO:
@@ -44,7 +44,7 @@ __all__ = ["TIER_GROUPS", "TIER_RATE", "by_tier", "ratios", "tiers_section"]
 
 TIER_RATE = 120.0
 """Requests per second: enough that whole replicas do not decide the comparison (four H100 or
-24 L40S for one pool). At 40 a gold pool needs half an H100, so two L40S for gold beside one
+25 L40S for one pool). At 40 a gold pool needs half an H100, so two L40S for gold beside one
 H100 came out 17 % cheaper than two H100: rounding, not placement."""
 TIER_WINDOW_S = 60.0
 TIER_GROUPS: tuple[frozenset[str], ...] = (frozenset({"gold"}), frozenset({"silver", "bronze"}))

@@ -26,7 +26,7 @@ from trunkline.kit.yamlfile import load_strict
 TOKEN_CLASSES = ("input", "cached_input", "output")
 DEFAULT_MODEL = "*"
 BUNDLED = Path(__file__).with_name("default_pricebook.yaml")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 class TokenPrices(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -131,7 +131,7 @@ def _check(ok: bool, version: int, message: str, problems: list[str]) -> None:
 
 def check_version(v: PriceVersion, problems: list[str]) -> None:
     """Append what is wrong with ``v``: bounds keep every cost exact in 38 digits."""
-    _check(bool(_CURRENCY.match(v.currency)), v.version, "currency must be ISO 4217", problems)
+    _check(bool(_CURRENCY.fullmatch(v.currency)), v.version, "currency must be ISO 4217", problems)
     _check(v.effective_from.tzinfo is not None, v.version, "effective_from needs a zone", problems)
     prices = [p for m in v.models.values() for p in (m.input, m.cached_input, m.output)]
     prices += [p for o in v.overrides for p in (o.input, o.cached_input, o.output) if p is not None]

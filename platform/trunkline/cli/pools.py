@@ -128,7 +128,7 @@ def list_command(_args: argparse.Namespace) -> int:
         (p.name, p.model, p.flavor, p.region, "yes" if p.burst else "no",
          f"{p.cost_per_hour:.2f}", str(p.capacity or "-"),
          "-" if p.tokens_per_s is None else f"{p.tokens_per_s:g}", _prompts(p),
-         "any" if p.tiers is None else ",".join(p.tiers), str(len(p.endpoints)))
+         "*" if p.tiers is None else ",".join(p.tiers), str(len(p.endpoints)))
         for p in pools
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -77,6 +77,8 @@ class PoolSpec:
         problem = prompt_range_problem(self.min_prompt_tokens, self.max_prompt_tokens)
         if problem is not None:
             raise ValueError(f"pool {self.name!r}: max_prompt_tokens {problem}")
+        if self.tiers is not None and not self.tiers:
+            raise ValueError(f"pool {self.name!r}: tiers must name one at least (None: every)")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError(f"pool {self.name!r}: max_num_batched_tokens must be at least 1")
 

@@ -44,12 +44,22 @@ def ensure_sqlite_dir(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def database_name(url: str) -> str:
+    """The database as messages name it: a SQLite file's absolute path, else the URL without
+    its password."""
+    path = sqlite_file(url)
+    return str(path.resolve()) if path else make_url(url).render_as_string(hide_password=True)
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     ensure_sqlite_dir(url)
     try:
         command.upgrade(alembic_config(url), revision)
-    except CommandError as exc:  # e.g. a revision a newer Trunkline wrote
-        raise ConfigurationError(f"cannot migrate the database: {exc}") from exc
+    except CommandError as exc:  # a revision this code does not know: a newer Trunkline's
+        raise ConfigurationError(
+            f"cannot migrate the database {database_name(url)}: {exc}; "
+            f"a newer Trunkline migrated it, so run that one"
+        ) from exc
 
 
 def schema_problem(engine: Engine) -> str | None:
@@ -70,6 +80,6 @@ def schema_problem(engine: Engine) -> str | None:
     except CommandError:
         return (
             f"is at schema revision {current}, which this Trunkline ({head}) does not know: "
-            "a newer Trunkline migrated it; run that one"
+            "a newer Trunkline migrated it, so run that one"
         )
     return f"is at schema revision {current}; this Trunkline needs {head}: run `trunkline migrate`"

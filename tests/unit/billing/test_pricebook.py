@@ -83,6 +83,7 @@ def test_no_version_in_force_before_the_first_one() -> None:
     ("change", "problem"),
     [
         ({"currency": "usd"}, "ISO 4217"),
+        ({"currency": "EUR\n"}, "ISO 4217"),
         (
             {"models": {"m": {"input": "0.0000001", "cached_input": "0", "output": "0"}}},
             "bad price",

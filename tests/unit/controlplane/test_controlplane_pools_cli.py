@@ -83,7 +83,7 @@ def test_pools_create_update_set_endpoints_show_and_list(
         "h100-eu-2", "llama-3.1-8b-instruct", "h100", "eu-west", "yes", "3.50", "4", "2400",
         "2048-", "gold,silver", "2",
     ]  # fmt: skip
-    assert lines[1].split()[-3:-1] == ["any", "any"]
+    assert lines[1].split()[-3:-1] == ["any", "*"]  # any prompt length, every tier
     code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--every-tier")
     assert (code, json.loads(out)["tiers"]) == (0, None)
 

@@ -102,6 +102,8 @@ def test_a_pool_placed_for_a_tier_the_fleet_lacks_is_refused() -> None:
     spec = FleetSpec(pools=(PoolSpec("p", "h100", 1, tiers=("platinum",)),))
     with pytest.raises(ValueError, match="platinum"):
         simulate(spec, make_policy("round-robin"), Scripted(((0.0, "a", 10, 1),)))
+    with pytest.raises(ValueError, match="tiers must name one at least"):
+        PoolSpec("p", "h100", 1, tiers=())
 
 
 def test_a_pool_placed_for_no_prompt_length_is_refused() -> None:
