@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 from trunkline.apps.runtime import Runtime, build_runtime, require_schema
 from trunkline.auth.service import admin_token
 from trunkline.errors import ConfigurationError
+from trunkline.gateway.routing.candidates import stranded
 from trunkline.kit.migrate import sqlite_file
 from trunkline.settings import load_settings
+from trunkline.snapshot.builder import build_snapshot
 from trunkline.tenancy import service
 from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.manifests import (
@@ -121,10 +123,18 @@ def apply_command(args: argparse.Namespace) -> int:
     runtime = open_runtime()
     try:
         report = apply_manifests(runtime.session_factory, manifests, publish=runtime.publish)
+        with runtime.session_factory() as session:
+            configured = build_snapshot(session, 0, cache_secret=runtime.server_secret)
     finally:
         runtime.close()
     for line in report.lines():
         print(line)
+    for tenant, alias in stranded(configured):
+        print(
+            f"warning: tenant {tenant.slug} ({tenant.tier}) is entitled to {alias.alias}, but no "
+            "pool of it in the tenant's regions serves that tier: its requests get a 403",
+            file=sys.stderr,
+        )
     return 0
 
 

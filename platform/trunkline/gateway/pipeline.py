@@ -12,7 +12,7 @@ import msgspec
 
 from trunkline.errors import Forbidden, InvalidRequest, NotFound
 from trunkline.gateway.authn import Principal
-from trunkline.gateway.routing.candidates import open_pools
+from trunkline.gateway.routing.candidates import placed_away
 from trunkline.snapshot import AliasEntry, Snapshot
 
 _json_decoder = msgspec.json.Decoder()
@@ -159,11 +159,8 @@ def visible_aliases(snapshot: Snapshot, principal: Principal) -> list[AliasEntry
 
 
 def reachable(snapshot: Snapshot, alias: AliasEntry, principal: Principal) -> bool:
-    """Whether placement leaves the caller a pool of the alias (of either model of a cascade):
-    one inside its tenant's regions and open to its tier. An alias without pools is kept: it
-    is being deployed, not placed away."""
-    names = alias.pools + (alias.cascade.pools if alias.cascade else ())
-    return not names or bool(open_pools(snapshot, names, principal.tenant, principal.tier))
+    """Whether placement leaves the caller a pool of the alias (see ``placed_away``)."""
+    return not placed_away(snapshot, alias, principal.tenant, principal.tier)
 
 
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -167,3 +168,25 @@ def test_migrate_creates_a_sqlite_databases_directory_and_refuses_a_newer_databa
     assert code == 2
     assert f"error: cannot migrate the database {database}: Can't locate revision" in err
     assert err.rstrip().endswith("a newer Trunkline migrated it, so run that one")
+
+
+def test_apply_warns_of_entitlements_placement_leaves_without_a_pool(
+    capsys: pytest.CaptureFixture[str], configured: str, tmp_path: Path
+) -> None:
+    manifests = tmp_path / "tenants"
+    shutil.copytree(TENANTS_DIR, manifests)
+    catalog = manifests / "catalog.yaml"
+    catalog.write_text(
+        catalog.read_text().replace("tokens_per_s: ", "tiers: [gold]\ntokens_per_s: ")
+    )
+    code, out, err = run(capsys, "tenants", "apply", str(manifests))
+    assert code == 0 and "Pool h100-eu-west" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: tenant globex (silver) is entitled to llama-3.1-8b, but no pool of it in the "
+        "tenant's regions serves that tier: its requests get a 403",
+        "warning: tenant initech (bronze) is entitled to llama-3.1-8b, but no pool of it in the "
+        "tenant's regions serves that tier: its requests get a 403",
+    ]
+    code, _, err = run(capsys, "tenants", "apply", str(TENANTS_DIR))
+    assert code == 0 and "warning:" not in err

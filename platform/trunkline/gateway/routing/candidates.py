@@ -15,7 +15,7 @@ from trunkline.snapshot import (
     TierEntry,
 )
 
-__all__ = ["Candidate", "eligible", "open_pools", "open_to"]
+__all__ = ["Candidate", "eligible", "open_pools", "open_to", "placed_away", "stranded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +56,29 @@ def open_pools(
 def open_to(tiers: tuple[str, ...] | frozenset[str] | None, tier: str) -> bool:
     """Whether a pool placed for ``tiers`` (None: every tier) may serve ``tier``'s requests."""
     return tiers is None or tier in tiers
+
+
+def placed_away(
+    snapshot: Snapshot, alias: AliasEntry, tenant: TenantEntry, tier: TierEntry
+) -> bool:
+    """Whether the alias has pools (of either model of a cascade) but none inside the tenant's
+    regions and open to the tier. An alias without pools is being deployed, not placed away."""
+    names = alias.pools + (alias.cascade.pools if alias.cascade else ())
+    return bool(names) and not open_pools(snapshot, names, tenant, tier)
+
+
+def stranded(snapshot: Snapshot) -> list[tuple[TenantEntry, AliasEntry]]:
+    """Every entitlement placement leaves without a pool: (tenant, alias) where the alias is
+    :func:`placed_away` for the tenant's own tier. Its requests get a 403."""
+    found = []
+    for tenant in sorted(snapshot.tenants.values(), key=lambda t: t.slug):
+        tier = snapshot.tiers.get(tenant.tier)
+        for name in sorted(tenant.aliases):
+            alias = snapshot.aliases.get(name)
+            if (
+                tier is not None
+                and alias is not None
+                and placed_away(snapshot, alias, tenant, tier)
+            ):
+                found.append((tenant, alias))
+    return found
