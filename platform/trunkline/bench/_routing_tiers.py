@@ -16,7 +16,9 @@ The section searches the cheapest fleet of two shapes in which each tier has at 
   either flavor. Kept pools share nothing, so each is sized on its tiers' requests alone
   (:class:`~trunkline.workloads.TierSlice`); the cheapest pair is then run whole to report it.
 
-Engines run vLLM's default prefill chunk: halving it did not change a fleet's size here.
+Each pool's engines run the prefill chunk (vLLM's ``max_num_batched_tokens``: its default, or a
+half of it down to 256) with which that pool needs the fewest replicas, as the ``placement``
+section sizes them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ from trunkline.bench._routing_common import (
     SimRunner,
     available_policies,
 )
-from trunkline.bench._routing_placement import PLACEMENT_FLAVORS, PLACEMENT_TARGET, fewest
+from trunkline.bench._routing_placement import (
+    PLACEMENT_FLAVORS,
+    PLACEMENT_TARGET,
+    fewest,
+    tune_chunk,
+)
 from trunkline.bench.report import Metrics, Runs
 
 if TYPE_CHECKING:
@@ -53,8 +60,10 @@ batches, and the rest."""
 TIERS = ("gold", "silver", "bronze")
 MAX_REPLICAS = 48
 
-Shape = tuple[tuple[str, int, frozenset[str] | None], ...]
-"""(flavor, replicas, tiers kept for: None for every tier) per pool."""
+Pool = tuple[str, int, frozenset[str] | None, int | None]
+"""(flavor, replicas, tiers kept for: None for every tier, ``max_num_batched_tokens``: None for
+vLLM's default)."""
+Shape = tuple[Pool, ...]
 
 
 def by_tier(outcomes: Sequence[RequestOutcome]) -> Metrics:
@@ -68,6 +77,7 @@ def by_tier(outcomes: Sequence[RequestOutcome]) -> Metrics:
 
 
 def tiers_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
+    from trunkline.engines.profiles import get_profile
     from trunkline.fleet import FLAVOR_PRICES
     from trunkline.workloads import TierSlice, make_workload
 
@@ -100,35 +110,36 @@ def tiers_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
                 for tier in set(part.tenants.values())
             )
 
-        def smallest(flavor: str, tiers: frozenset[str] | None, part: Workload) -> int | None:
-            return fewest(lambda n: meets(((flavor, n, tiers),), part), limit=MAX_REPLICAS)
+        def smallest(flavor: str, tiers: frozenset[str] | None, part: Workload) -> Pool | None:
+            """The pool of ``flavor`` for ``part`` with the fewest replicas, at the prefill
+            chunk that needs fewest (:func:`tune_chunk`, as the placement section sizes)."""
+
+            def with_chunk(chunk: int | None, limit: int) -> int | None:
+                return fewest(lambda n: meets(((flavor, n, tiers, chunk),), part), limit=limit)
+
+            tuned = tune_chunk(with_chunk, get_profile(flavor).max_num_batched_tokens)
+            return None if tuned is None else (flavor, tuned[1], tiers, tuned[0])
 
         for flavor in PLACEMENT_FLAVORS:
-            n = smallest(flavor, None, workload)
-            if n is not None:
-                show(f"one pool, {flavor}", ((flavor, n, None),))
+            alone = smallest(flavor, None, workload)
+            if alone is not None:
+                show(f"one pool, {flavor}", (alone,))
         sized = {
             (tiers, flavor): smallest(flavor, tiers, TierSlice(workload, tiers))
             for tiers, flavor in itertools.product(TIER_GROUPS, PLACEMENT_FLAVORS)
         }
         pairs: list[Shape] = []
         for pick in itertools.product(PLACEMENT_FLAVORS, repeat=len(TIER_GROUPS)):
-            counts = [sized[tiers, f] for tiers, f in zip(TIER_GROUPS, pick, strict=True)]
-            if all(n is not None for n in counts):
-                pairs.append(
-                    tuple(
-                        (f, n, tiers)
-                        for f, n, tiers in zip(pick, counts, TIER_GROUPS, strict=True)
-                        if n is not None
-                    )
-                )
+            pools = [sized[tiers, f] for tiers, f in zip(TIER_GROUPS, pick, strict=True)]
+            pairs.append(tuple(pool for pool in pools if pool is not None))
+        pairs = [pair for pair in pairs if len(pair) == len(TIER_GROUPS)]
         for flavor in PLACEMENT_FLAVORS:
-            same = [p for p in pairs if all(f == flavor for f, _, _ in p)]
+            same = [p for p in pairs if all(pool[0] == flavor for pool in p)]
             if same:
                 show(f"by tier, {flavor}", same[0])
-        mixed = [p for p in pairs if len({f for f, _, _ in p}) > 1]
+        mixed = [p for p in pairs if len({pool[0] for pool in p}) > 1]
         if mixed:
-            best = min(mixed, key=lambda p: (_cost(p), sum(n for _, n, _ in p)))
+            best = min(mixed, key=lambda p: (_cost(p), sum(pool[1] for pool in p)))
             show("by tier, mixed flavors", best)
         notes += [f"{name}: {_describe(shape)}" for name, shape in fleets.items()]
         notes += ratios(runs)
@@ -155,6 +166,7 @@ def tiers_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "100 ms; bronze: 10 s)",
             "target_attainment": PLACEMENT_TARGET,
             "pools_by_tier": [sorted(group) for group in TIER_GROUPS],
+            "chunks_tried": "vLLM's default, then each half of it down to 256, per pool",
             "flavors": list(PLACEMENT_FLAVORS),
             "prices": {f: FLAVOR_PRICES[f] for f in PLACEMENT_FLAVORS},
             "runs_tried": {
@@ -191,7 +203,7 @@ def _attained(metrics: Metrics) -> str:
 
 
 def _cost(shape: Shape) -> float:
-    return fleet_cost([(flavor, n) for flavor, n, _ in shape])
+    return fleet_cost([(pool[0], pool[1]) for pool in shape])
 
 
 def _fleet(shape: Shape, seed: int) -> FleetSpec:
@@ -203,16 +215,19 @@ def _fleet(shape: Shape, seed: int) -> FleetSpec:
             flavor,
             n,
             tiers=None if tiers is None else tuple(sorted(tiers)),
+            max_num_batched_tokens=chunk,
         )
-        for flavor, n, tiers in shape
+        for flavor, n, tiers, chunk in shape
     )
     return FleetSpec(pools=pools, seed=seed)
 
 
 def _describe(shape: Shape) -> str:
     return " + ".join(
-        f"{n} x {flavor}" + (f" ({'+'.join(sorted(tiers))})" if tiers else "")
-        for flavor, n, tiers in shape
+        f"{n} x {flavor}"
+        + (f" (chunk {chunk})" if chunk else "")
+        + (f" ({'+'.join(sorted(tiers))})" if tiers else "")
+        for flavor, n, tiers, chunk in shape
     )
 
 
@@ -220,5 +235,5 @@ def _row(metrics: Metrics, shape: Shape) -> Metrics:
     return {
         **metrics,
         "cost_per_hour_usd": _cost(shape),
-        "replicas": float(sum(n for _, n, _ in shape)),
+        "replicas": float(sum(pool[1] for pool in shape)),
     }
