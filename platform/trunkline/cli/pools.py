@@ -39,6 +39,7 @@ _FIELDS = (
     "cost_per_hour",
     "min_prompt_tokens",
     "max_prompt_tokens",
+    "max_num_batched_tokens",
 )
 
 
@@ -85,6 +86,9 @@ def _options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "--max-prompt-tokens", help="placement: prompts this long or longer go elsewhere; or none"
     )
+    parser.add_argument(
+        "--max-num-batched-tokens", help="the engines' vLLM setting, or none for the flavor's"
+    )
     tiers = parser.add_mutually_exclusive_group()
     tiers.add_argument("--tiers", help="placement: the only tiers routed here, comma-separated")
     tiers.add_argument(
@@ -101,7 +105,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         raw["burst"] = args.burst
     if raw.get("cost_per_hour") in ("flavor", "none"):
         raw["cost_per_hour"] = None
-    for field in ("tokens_per_s", "max_prompt_tokens"):
+    for field in ("tokens_per_s", "max_prompt_tokens", "max_num_batched_tokens"):
         if raw.get(field) == "none":
             raw[field] = None
     if args.tiers is not None:

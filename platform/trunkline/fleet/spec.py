@@ -150,6 +150,7 @@ def build_snapshot(spec: FleetSpec, tenants: Mapping[str, str]) -> Snapshot:
             min_prompt_tokens=pool.min_prompt_tokens,
             max_prompt_tokens=pool.max_prompt_tokens,
             tiers=pool.tiers,
+            max_num_batched_tokens=pool.max_num_batched_tokens,
             cost_per_hour=pool.hourly_cost,
             tokens_per_s=nominal_tokens_per_s(pool.engine_profile),
             endpoints=tuple(

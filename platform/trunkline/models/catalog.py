@@ -79,6 +79,8 @@ class Pool(IdMixin, CreatedMixin, Base):
     including, ``max_prompt_tokens`` (None: no limit)."""
     tiers: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     """Placement by tier: the only tiers whose requests may use the pool (None: every tier)."""
+    max_num_batched_tokens: Mapped[int | None] = mapped_column(default=None)
+    """The engines' vLLM ``--max-num-batched-tokens`` (None: the flavor's default)."""
 
 
 class Endpoint(IdMixin, CreatedMixin, Base):

@@ -46,6 +46,10 @@ PromptTokens = Annotated[
 ]
 
 
+BatchedTokens = Annotated[
+    int,
+    msgspec.Meta(ge=1, le=10_000_000, description="the engines' vLLM --max-num-batched-tokens"),
+]
 PoolTiers = Annotated[list[Name], msgspec.Meta(min_length=1, max_length=100)]
 """The tiers that may use a pool: at least one (null, not an empty list, means every tier)."""
 
@@ -224,6 +228,8 @@ class Pool(msgspec.Struct):
     including, ``max_prompt_tokens`` (None: no limit)."""
     tiers: list[str] | None = None
     """Placement by tier: the only tiers whose requests may use the pool (None: every tier)."""
+    max_num_batched_tokens: int | None = None
+    """The engines' vLLM ``--max-num-batched-tokens`` (None: the flavor's default)."""
 
 
 class PoolCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -247,6 +253,9 @@ class PoolCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     tiers: PoolTiers | None = None
     """Placement by tier: only these tiers' requests are routed to the pool (e.g. an H100 pool
     kept for gold); omit for every tier."""
+    max_num_batched_tokens: BatchedTokens | None = None
+    """What the engines run with (vLLM ``--max-num-batched-tokens``), for the gateway's TTFT
+    prediction; omit for the flavor's vLLM default."""
 
 
 class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
@@ -264,6 +273,8 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """``null`` removes the upper limit."""
     tiers: PoolTiers | UnsetType | None = UNSET
     """``null`` opens the pool to every tier."""
+    max_num_batched_tokens: BatchedTokens | UnsetType | None = UNSET
+    """``null`` goes back to the flavor's default."""
 
 
 class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

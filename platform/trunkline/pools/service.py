@@ -190,6 +190,7 @@ def create_pool(session: Session, data: PoolCreate) -> Pool:
             min_prompt_tokens=data.min_prompt_tokens,
             max_prompt_tokens=data.max_prompt_tokens,
             tiers=tiers,
+            max_num_batched_tokens=data.max_num_batched_tokens,
         )
     )
     flush_or_conflict(session, f"pool {data.name!r} already exists")
@@ -314,6 +315,7 @@ def _pool_view(
         min_prompt_tokens=pool.min_prompt_tokens,
         max_prompt_tokens=pool.max_prompt_tokens,
         tiers=pool.tiers,
+        max_num_batched_tokens=pool.max_num_batched_tokens,
     )
 
 

@@ -142,6 +142,7 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
             min_prompt_tokens=pool.min_prompt_tokens,
             max_prompt_tokens=pool.max_prompt_tokens,
             tiers=None if pool.tiers is None else tuple(pool.tiers),
+            max_num_batched_tokens=pool.max_num_batched_tokens,
         )
         for pool, model_name, flavor in rows
     }

@@ -66,6 +66,9 @@ class PoolEntry(msgspec.Struct, frozen=True):
     tiers: tuple[str, ...] | None = None
     """The only tiers whose requests may use the pool (None: every tier); the ``tier-pools``
     routing filter."""
+    max_num_batched_tokens: int | None = None
+    """The engines' vLLM ``--max-num-batched-tokens`` (None: the flavor's default), for TTFT
+    prediction."""
 
 
 class CascadeEntry(msgspec.Struct, frozen=True):

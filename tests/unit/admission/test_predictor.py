@@ -70,6 +70,22 @@ def test_an_unknown_accelerator_falls_back_to_conservative_defaults() -> None:
     assert prior_rates("h100").prefill_tokens_per_s > DEFAULT_RATES.prefill_tokens_per_s
 
 
+def test_a_pool_deployed_with_a_smaller_prefill_chunk_is_predicted_with_it() -> None:
+    """vLLM's --max-num-batched-tokens, given on the pool: a smaller chunk prefills slower and
+    leaves less of each step to prefill beside the running requests."""
+    default, small = prior_rates("l40s"), prior_rates("l40s", 512)
+    assert small.step_token_budget == 512 < default.step_token_budget
+    assert small.prefill_tokens_per_s < default.prefill_tokens_per_s
+    assert prior_rates("l40s", default.step_token_budget) == default
+    assert prior_rates("some-new-npu", 512).step_token_budget == 512
+
+    predictor = TtftPredictor()
+    busy = EndpointLoad(running=200.0)
+    as_deployed = dataclasses.replace(endpoint(load=busy), max_num_batched_tokens=512)
+    by_default = predictor.predict(request(prompt_tokens=2000), endpoint(load=busy)).ttft_s
+    assert predictor.predict(request(prompt_tokens=2000), as_deployed).ttft_s > by_default
+
+
 class HalfCached:
     def cached_tokens(self, prompt: PromptView, endpoint: EndpointView) -> int:
         return prompt.num_tokens // 2

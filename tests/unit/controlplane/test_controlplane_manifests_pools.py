@@ -174,9 +174,14 @@ def test_a_pool_placed_for_tiers_applies_and_an_unknown_tier_is_named(
     runtime: Runtime, manifests_dir: Path
 ) -> None:
     extra = manifests_dir / "extra.yaml"
-    extra.write_text(EXTRA.replace("max_prompt_tokens: 4096", "tiers: [silver, bronze]"))
+    extra.write_text(
+        EXTRA.replace(
+            "max_prompt_tokens: 4096", "tiers: [silver, bronze]\nmax_num_batched_tokens: 1024"
+        )
+    )
     apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
     assert snapshot(runtime).pools["small-eu"].tiers == ("bronze", "silver")
+    assert snapshot(runtime).pools["small-eu"].max_num_batched_tokens == 1024
 
     extra.write_text(EXTRA.replace("max_prompt_tokens: 4096", "tiers: [gold, platinum, gold]"))
     with pytest.raises(ManifestError) as caught:

@@ -38,6 +38,13 @@ def test_a_pool_carries_cost_capacity_rate_and_kv_event_addresses(world: World) 
     assert (back["cost_per_hour"], back["own_cost_per_hour"]) == (3.5, None)
     assert snapshot(world.runtime).pools["a100-eu"].cost_per_hour == 3.5
 
+    # The engines' prefill chunk, for the gateway's TTFT prediction.
+    assert snapshot(world.runtime).pools["a100-eu"].max_num_batched_tokens is None
+    admin.patch(CATALOG + "/pools/a100-eu", {"max_num_batched_tokens": 1024})
+    assert snapshot(world.runtime).pools["a100-eu"].max_num_batched_tokens == 1024
+    admin.patch(CATALOG + "/pools/a100-eu", {"max_num_batched_tokens": None})
+    assert snapshot(world.runtime).pools["a100-eu"].max_num_batched_tokens is None
+
 
 def test_a_pool_placed_for_long_prompts_reaches_the_snapshot(world: World) -> None:
     admin = world.admin
@@ -117,6 +124,7 @@ def test_an_empty_prompt_range_is_refused_and_changes_nothing(world: World) -> N
         ({"min_prompt_tokens": -1}, "min_prompt_tokens"),
         ({"max_prompt_tokens": "long"}, "max_prompt_tokens"),
         ({"tokens_per_s": 0}, "tokens_per_s"),
+        ({"max_num_batched_tokens": 0}, "max_num_batched_tokens"),
         ({"cost_per_hour": -2}, "cost_per_hour"),
         ({"flavor": "tpu"}, "flavor"),
     ],

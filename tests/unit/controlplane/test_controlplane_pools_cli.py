@@ -57,6 +57,8 @@ def test_pools_create_update_set_endpoints_show_and_list(
     assert (code, json.loads(out)["cost_per_hour"]) == (0, 3.5)
     code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--min-prompt-tokens", "2048")
     assert (code, json.loads(out)["min_prompt_tokens"]) == (0, 2048)
+    code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--max-num-batched-tokens", "2048")
+    assert (code, json.loads(out)["max_num_batched_tokens"]) == (0, 2048)
     code, out, _ = run(capsys, "pools", "update", "h100-eu-2", "--tiers", "silver, gold")
     assert (code, json.loads(out)["tiers"]) == (0, ["gold", "silver"])
     code, out, _ = run(
@@ -72,6 +74,7 @@ def test_pools_create_update_set_endpoints_show_and_list(
     )  # fmt: skip
     assert (pool.min_prompt_tokens, pool.max_prompt_tokens) == (2048, None)
     assert pool.tiers == ("gold", "silver")
+    assert pool.max_num_batched_tokens == 2048
     assert json.loads(run(capsys, "pools", "show", "h100-eu-2")[1])["name"] == "h100-eu-2"
     code, out, _ = run(capsys, "pools", "list")
     lines = out.splitlines()

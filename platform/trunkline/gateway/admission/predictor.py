@@ -17,6 +17,7 @@ Service rates come from the endpoint's measured figures (``prefill_tokens_per_s`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,12 +61,17 @@ DEFAULT_RATES = ServiceRates(prefill_tokens_per_s=4000.0, decode_step_s=0.04)
 """A slow engine: better to hold a request too long at first than to queue it into failure."""
 
 
-def prior_rates(accelerator: str) -> ServiceRates:
-    """Rates of an unloaded engine of ``accelerator`` from its profile (defaults if unknown)."""
+def prior_rates(accelerator: str, max_num_batched_tokens: int | None = None) -> ServiceRates:
+    """Rates of an unloaded engine of ``accelerator`` from its profile (defaults if unknown),
+    run with ``max_num_batched_tokens`` (None: the profile's, vLLM's default)."""
     try:
         profile = get_profile(accelerator)
     except ConfigurationError:
-        return DEFAULT_RATES
+        if max_num_batched_tokens is None:
+            return DEFAULT_RATES
+        return dataclasses.replace(DEFAULT_RATES, step_token_budget=max_num_batched_tokens)
+    if max_num_batched_tokens is not None:
+        profile = dataclasses.replace(profile, max_num_batched_tokens=max_num_batched_tokens)
     budget = profile.max_num_batched_tokens
     small = profile.step_time(32, 32, 0, 32 * 1024)
     large = profile.step_time(256, 256, 0, 256 * 1024)
@@ -114,12 +120,13 @@ class TtftPredictor:
         self.typical_prompt_tokens = typical_prompt_tokens
         self.typical_output_tokens = typical_output_tokens
         self.kv_full = kv_full
-        self._priors: dict[str, ServiceRates] = {}
+        self._priors: dict[tuple[str, int | None], ServiceRates] = {}
 
     def rates(self, endpoint: EndpointView) -> ServiceRates:
-        prior = self._priors.get(endpoint.accelerator)
+        key = (endpoint.accelerator, endpoint.max_num_batched_tokens)
+        prior = self._priors.get(key)
         if prior is None:
-            prior = self._priors[endpoint.accelerator] = prior_rates(endpoint.accelerator)
+            prior = self._priors[key] = prior_rates(*key)
         load = endpoint.load
         if load.prefill_tokens_per_s <= 0 and load.decode_step_s <= 0:
             return prior

@@ -34,6 +34,7 @@ def endpoint_view(
         kv_capacity_tokens=load.kv_capacity_tokens or pool.kv_capacity_tokens or None,
         prompt_tokens=_prompt_range(pool.min_prompt_tokens, pool.max_prompt_tokens),
         tiers=pool.tiers,
+        max_num_batched_tokens=pool.max_num_batched_tokens,
     )
 
 

@@ -119,6 +119,9 @@ class EndpointView:
     tiers: tuple[str, ...] | None = None
     """The only tiers the endpoint's pool serves (None: every tier), for the ``tier-pools``
     filter."""
+    max_num_batched_tokens: int | None = None
+    """The engine's vLLM ``--max-num-batched-tokens`` (None: its flavor's default), for TTFT
+    prediction."""
 
     def placed_for(self, request: RequestView) -> bool:
         """Whether the endpoint's pool is placed for the request's prompt length."""

@@ -203,6 +203,7 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
         "min_prompt_tokens": spec.min_prompt_tokens,
         "max_prompt_tokens": spec.max_prompt_tokens,
         "tiers": known_tiers(session, spec.tiers),
+        "max_num_batched_tokens": spec.max_num_batched_tokens,
     }
     found = PoolRepository(session).by_name(spec.name)
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731

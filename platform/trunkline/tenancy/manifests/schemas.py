@@ -16,6 +16,7 @@ from trunkline.kit.text import ONE_LINE
 from trunkline.models import Role
 from trunkline.pools.schemas import (
     Alias,
+    BatchedTokens,
     BlockSize,
     Capacity,
     CascadeChecks,
@@ -112,6 +113,8 @@ class PoolSpec(_Spec, tag="Pool"):
     tiers: PoolTiers | None = None
     """Placement by tier: only these tiers' requests are routed to the pool (e.g. an H100 pool
     kept for gold); omit for every tier."""
+    max_num_batched_tokens: BatchedTokens | None = None
+    """The engines' vLLM ``--max-num-batched-tokens`` (omit: the flavor's default)."""
     endpoints: list[Url | EndpointSpec] | None = None
     """The pool's complete endpoint list, each a URL or ``{url, kv_events}``; omit to leave
     endpoints as they are."""
