@@ -27,15 +27,31 @@ def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
 
 
 def completion_budget(kind: str, body: dict[str, Any], cap: int) -> int:
-    """Completion tokens to reserve: ``max_tokens`` (or ``max_completion_tokens``) times ``n``,
-    at most ``cap``; ``cap`` itself when the client set no maximum. Embeddings generate none."""
+    """Completion tokens to reserve: the maximum the engine will generate per answer, times
+    ``n`` and the number of prompts, at most ``cap``; ``cap`` itself when the client set no
+    maximum. The maximum is the one vLLM reads: ``max_completion_tokens`` before ``max_tokens``
+    on chat, ``max_tokens`` alone on completions (which ignore the other, so a small
+    ``max_completion_tokens`` there must not shrink the reservation). Embeddings generate none."""
     if kind == "embeddings":
         return 0
-    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    if kind == "chat":
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    else:
+        asked = body.get("max_tokens")
     choices = body.get("n")
     per_choice = asked if isinstance(asked, int) and _positive_int(asked) else cap
     count = choices if isinstance(choices, int) and _positive_int(choices) else 1
+    if kind == "completions":
+        count *= _prompt_count(body.get("prompt"))
     return min(per_choice * count, cap)
+
+
+def _prompt_count(prompt: object) -> int:
+    """How many prompts a completions ``prompt`` holds: a list of texts or of token-id lists
+    is one per item; a text or one list of token ids is one."""
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str | list) for p in prompt):
+        return len(prompt)
+    return 1
 
 
 def _positive_int(value: object) -> bool:

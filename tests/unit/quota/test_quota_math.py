@@ -159,6 +159,14 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
         ("chat", {}, 4096),
         ("chat", {"max_tokens": True, "n": "2"}, 4096),
         ("embeddings", {"max_tokens": 5}, 0),
+        # Completions read max_tokens alone: a small max_completion_tokens beside a larger
+        # max_tokens must not shrink the reservation below what vLLM generates.
+        ("completions", {"prompt": "hi", "max_completion_tokens": 1, "max_tokens": 300}, 300),
+        ("completions", {"prompt": "hi", "max_completion_tokens": 1}, 4096),
+        # One answer per prompt of a list (texts or token-id lists), times n.
+        ("completions", {"prompt": ["a", "b", "c"], "max_tokens": 100}, 300),
+        ("completions", {"prompt": [[1, 2], [3]], "max_tokens": 100, "n": 2}, 400),
+        ("completions", {"prompt": [1, 2, 3], "max_tokens": 100}, 100),  # one prompt of ids
     ],
 )
 def test_completion_budget_is_capped(kind: str, body: dict, budget: int) -> None:  # type: ignore[type-arg]
