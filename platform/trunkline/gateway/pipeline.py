@@ -66,7 +66,9 @@ def parse_body(kind: str, raw: bytes, *, cache_salt: str | None = None) -> Parse
             "'model' must be a non-empty string", param="model", reason="invalid_type"
         )
     _check_payload(kind, body)
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:  # absent or null, as OpenAI and vLLM take it: not streamed
+        stream = False
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean", param="stream", reason="invalid_type")
     options = body.get("stream_options")

@@ -208,6 +208,14 @@ def test_bad_bodies_get_400_in_openai_shape_and_never_reach_an_engine(
     assert gw.upstream == []
 
 
+def test_a_null_stream_is_a_plain_answer_as_openai_takes_it(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    body = {**CHAT, "stream": None, "stream_options": None}
+    response = gw.client.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert response.status_code == 200, response.text
+    assert response.json()["object"] == "chat.completion"
+
+
 def test_oversized_body_gets_413(make_gateway) -> None:
     gw, key = _ready(make_gateway, max_body=1024)
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
