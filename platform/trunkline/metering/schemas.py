@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 from typing import Literal
 
 import msgspec
@@ -63,9 +62,10 @@ class UsageRow(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
-    list_cost: Decimal = Decimal(0)
-    cost: Decimal = Decimal(0)
-    """After contracted discounts, before SLA credits."""
+    list_cost: str = "0"
+    cost: str = "0"
+    """After contracted discounts, before SLA credits. Costs are decimal strings in plain
+    notation (``"0.00000015"``, never ``"1.5E-7"``)."""
 
 
 class UsageReport(msgspec.Struct, kw_only=True):

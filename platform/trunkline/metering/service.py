@@ -40,6 +40,7 @@ def usage_report(
     )
     book = load_price_book(session)
     groups: dict[str, UsageRow] = {}
+    costs: dict[str, list[Decimal]] = {}
     labels = _labels(usage, group_by)
     for row in rows:
         if group_by == "day":
@@ -49,16 +50,38 @@ def usage_report(
             value, model_name, tier, hour, outcome, *sums = row
             group = str(value)
         target = groups.setdefault(group, UsageRow(group=group, label=labels.get(group, group)))
-        _add(target, book, tenant.slug, model_name, tier, hour, outcome, [int(s) for s in sums])
+        spent = costs.setdefault(group, [ZERO, ZERO])
+        _add(
+            target,
+            spent,
+            book,
+            tenant.slug,
+            model_name,
+            tier,
+            hour,
+            outcome,
+            [int(s) for s in sums],
+        )
     ordered = [groups[key] for key in sorted(groups)]
+    total = _total(ordered)
+    for row in ordered:
+        row.list_cost, row.cost = (plain(amount) for amount in costs[row.group])
+    total.list_cost, total.cost = (
+        plain(exact_sum([costs[row.group][i] for row in ordered])) for i in (0, 1)
+    )
     return UsageReport(
         tenant_id=tenant_id,
         period=window.label,
         currency=book.currency,
         group_by=group_by,
         rows=ordered,
-        total=_total(ordered),
+        total=total,
     )
+
+
+def plain(amount: Decimal) -> str:
+    """A decimal amount in plain notation: ``1.5E-7`` as ``0.00000015``."""
+    return format(amount, "f")
 
 
 def _labels(usage: UsageRepository, group_by: GroupBy) -> dict[str, str]:
@@ -71,6 +94,7 @@ def _labels(usage: UsageRepository, group_by: GroupBy) -> dict[str, str]:
 
 def _add(
     target: UsageRow,
+    spent: list[Decimal],
     book: PriceBook,
     slug: str,
     model: str,
@@ -95,8 +119,8 @@ def _add(
             rated = rate(
                 per_million(tokens), version.token_price(model, tier, token_class), discount
             )
-            target.list_cost = exact_sum([target.list_cost, rated.list_cost])
-            target.cost = exact_sum([target.cost, rated.contracted_cost])
+            spent[0] = exact_sum([spent[0], rated.list_cost])
+            spent[1] = exact_sum([spent[1], rated.contracted_cost])
 
 
 def _total(rows: list[UsageRow]) -> UsageRow:
@@ -110,6 +134,4 @@ def _total(rows: list[UsageRow]) -> UsageRow:
             "completion_tokens",
         ):
             setattr(total, name, getattr(total, name) + getattr(row, name))
-        total.list_cost = exact_sum([total.list_cost, row.list_cost])
-        total.cost = exact_sum([total.cost, row.cost])
     return total

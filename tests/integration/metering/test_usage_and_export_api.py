@@ -59,6 +59,12 @@ def test_a_tenant_sees_its_usage_and_cost_by_model_key_and_day(
     # ...but not billed: 1M input at 0.30 + 1M output at 0.90 (gold = 1.5 x list)
     assert Decimal(llama["cost"]) == Decimal("1.2")
     assert by_model["currency"] == "USD" and by_model["total"]["requests"] == 4
+    # 10 embedding tokens at $0.02 per million, gold 1.5 x: in plain notation, not 3.0E-7.
+    tiny = rows["bge-small-en"]["cost"]
+    assert Decimal(tiny) == Decimal("0.0000003") and tiny.startswith("0.0000003")
+    assert all(
+        "E" not in r[k] for r in [*rows.values(), by_model["total"]] for k in ("cost", "list_cost")
+    )
 
     by_key = api.get(f"{T}/{acme}/usage", params={"period": "2026-11", "group_by": "key"})
     assert {r["group"] for r in by_key["rows"]} == {usage["acme-dev"], usage["acme-admin"]}
