@@ -99,5 +99,12 @@ class UpstreamUnavailable(UpstreamError):
     code = "upstream_unavailable"
 
 
+class UpstreamTimeout(UpstreamError):
+    """A plain request's engine did not answer within the read timeout: it may still be
+    generating, so the request is neither sent again nor worth the client's retry."""
+
+    code = "upstream_timeout"
+
+
 class ConfigurationError(TrunklineError):
     code = "configuration_error"

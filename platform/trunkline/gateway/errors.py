@@ -24,6 +24,7 @@ _STATUS: dict[str, tuple[int, str]] = {
     errors.Unavailable.code: (503, "server_error"),
     errors.UpstreamError.code: (502, "server_error"),
     errors.UpstreamUnavailable.code: (503, "server_error"),
+    errors.UpstreamTimeout.code: (504, "server_error"),
 }
 
 

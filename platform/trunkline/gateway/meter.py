@@ -19,6 +19,7 @@ __all__ = ["CLIENT_CLOSED", "UsageMeter"]
 
 CLIENT_CLOSED = 499
 """The status a request whose client hung up is metered with (nginx's convention)."""
+GATEWAY_TIMEOUT = 504
 
 
 class UsageMeter:
@@ -67,6 +68,13 @@ class UsageMeter:
         it."""
         self.candidate = self.candidate or self.attempting
         self.finish(CLIENT_CLOSED, "client_closed")
+
+    def timed_out(self) -> None:
+        """A plain answer was not whole by the read timeout: like :meth:`client_left`, the
+        request is the endpoint's it was sent to, which worked on it (the prompt estimate is
+        recorded, since the engine never reported usage)."""
+        self.candidate = self.candidate or self.attempting
+        self.finish(GATEWAY_TIMEOUT, "upstream_timeout")
 
     def first_byte(self) -> None:
         if self.flight is not None and self.engines is not None:

@@ -104,8 +104,9 @@ async def open_upstream(
     Fails over on a connection that could not be made or was dropped or reset before the
     response head, and on a 5xx answer while another candidate remains. A read timeout before
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
-    at once, so silence means a stuck engine; a plain request may still be generating, and
-    sending it again would run it twice). Each outcome goes to ``engines`` for health, and each
+    at once, so silence means a stuck engine, and it counts against the endpoint; a plain
+    request may still be generating: sending it again would run it twice, and a long answer is
+    no fault of the engine's). Each outcome goes to ``engines`` for health, and each
     attempt is accounted in flight there until it ends (``streamed``: whether its first byte
     will be its first token), with ``prefill_tokens[i]`` for ``candidates[i]``: the prompt
     tokens it will likely prefill (0 when not given). ``attempting`` hears of each candidate
@@ -132,9 +133,9 @@ async def open_upstream(
             continue
         except httpx.TimeoutException as exc:
             engines.ended(flight)
-            engines.failed(endpoint.id, type(exc).__name__)
-            if not retry_read_errors:
+            if not retry_read_errors:  # a long generation, as likely as a stuck engine
                 raise
+            engines.failed(endpoint.id, type(exc).__name__)
             reasons.append(f"{endpoint.url}: {type(exc).__name__}")
             log.warning("endpoint went silent before answering", extra={"endpoint": endpoint.url})
             continue

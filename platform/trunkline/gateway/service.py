@@ -19,7 +19,13 @@ from typing import Protocol
 import httpx
 import msgspec
 
-from trunkline.errors import TrunklineError, Unavailable, UpstreamError, UpstreamUnavailable
+from trunkline.errors import (
+    TrunklineError,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from trunkline.gateway import cascade
 from trunkline.gateway.admission.predictor import uncached_tokens
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
@@ -164,7 +170,7 @@ class GatewayService:
             try:
                 reply = await self._serve(snapshot, principal, sent, target, attempt_id, grant)
             except TrunklineError as exc:
-                exc.extra.setdefault("headers", grant.headers)
+                exc.extra["headers"] = {**grant.headers, **exc.extra.get("headers", {})}
                 raise
             reply.headers.update(grant.headers)
             return reply
@@ -244,7 +250,16 @@ class GatewayService:
         except UpstreamUnavailable as exc:
             meter.finish(503, exc.reason)
             raise
-        except httpx.HTTPError as exc:  # e.g. a timeout before the first byte
+        except httpx.TimeoutException as exc:  # a plain answer not whole by the read timeout
+            meter.timed_out()
+            raise UpstreamTimeout(
+                "The model endpoint did not answer within the gateway's read timeout "
+                f"({self.client.timeout.read} s). The request was not sent again, since the "
+                "engine may have been still generating; lower max_tokens or stream.",
+                reason="upstream_timeout",
+                extra={"headers": {"x-should-retry": "false"}},
+            ) from exc
+        except httpx.HTTPError as exc:
             meter.finish(502, "upstream_error")
             raise UpstreamError(
                 "The model endpoint failed before answering.", reason="upstream_error"

@@ -173,11 +173,20 @@ def test_stream_read_timeout_before_the_head_is_retried_a_plain_one_is_not(
     assert streamed == [200, 200, 200]
 
     gw = make_gateway(failing_on("engine-1", _silent))
-    plain = [gw.chat().status_code for _ in range(3)]
-    # Round-robin starts at engine-1 once: that request may still be generating there, so it
-    # is not sent twice; the client gets a 502 instead.
-    assert sorted(plain) == [200, 200, 502]
-    assert gw.hosts().count("engine-1") == 1
+    plain = [gw.chat() for _ in range(9)]
+    # Round-robin sends every third request to engine-1: each may still be generating there,
+    # so it is not sent twice; the client gets a 504 that tells the OpenAI SDKs not to retry.
+    assert sorted(r.status_code for r in plain) == [200] * 6 + [504] * 3
+    timed_out = next(r for r in plain if r.status_code == 504)
+    assert timed_out.json()["error"]["code"] == "upstream_timeout"
+    assert timed_out.headers["x-should-retry"] == "false"
+    # A long answer is no fault of the engine's: three in a row do not eject it...
+    assert gw.hosts().count("engine-1") == 3
+    assert gw.service.engines.ejections("e1") == 0
+    # ...and each is metered on it, with the prompt it prefilled.
+    records = [r for _id, r in gw.usage.read(20) if r.status == 504]
+    assert {r.endpoint for r in records} == {"http://engine-1"}
+    assert all(r.prompt_tokens > 0 for r in records)
 
 
 def _dies_before_the_first_event(request: httpx.Request) -> httpx.Response:
