@@ -24,7 +24,7 @@ from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
 from trunkline.quota.headers import rate_limit_headers, retry_headers
 from trunkline.quota.limits import CONCURRENCY, LIMIT_NAMES, MONTH_COST, REQUESTS, Price, price_key
 from trunkline.quota.metrics import QuotaMetrics
-from trunkline.quota.rules import BUDGETS, demand, retry_after_ms
+from trunkline.quota.rules import BUDGETS, Vector, demand, retry_after_ms
 from trunkline.quota.store import (
     Outcome,
     QuotaStore,
@@ -133,7 +133,8 @@ class QuotaEnforcer:
         headers = rate_limit_headers([s.limits for s in scopes], outcome.used, outcome.windows)
         decided_by = "local" if outcome.local else "store"
         if not outcome.verdict.admitted or outcome.ticket is None:
-            raise self._refusal(request, outcome, headers, decided_by)
+            prompt_alone = demand(prompt, price.cost(prompt, 0, 0) if price else 0)
+            raise self._refusal(request, outcome, headers, decided_by, prompt_alone)
         self.metrics.decisions.labels("admitted", "", decided_by).inc()
         self._inflight[reservation_id] = (outcome.ticket, now)
         return Grant(outcome.ticket, headers, prompt, price)
@@ -203,7 +204,12 @@ class QuotaEnforcer:
                 log.warning("renewing quota leases failed", exc_info=True)
 
     def _refusal(
-        self, request: ReserveRequest, outcome: Outcome, headers: dict[str, str], decided_by: str
+        self,
+        request: ReserveRequest,
+        outcome: Outcome,
+        headers: dict[str, str],
+        decided_by: str,
+        prompt_alone: Vector,
     ) -> TrunklineError:
         verdict = outcome.verdict
         assert verdict.limit is not None
@@ -217,6 +223,18 @@ class QuotaEnforcer:
         where = f"{_WHO[scope.kind]} on {_WHAT[limit_name]}"
         wait_ms = retry_after_ms(verdict, outcome.windows)
         extra = {"headers": {**headers, **retry_headers(wait_ms)}, "limit": limit_name}
+        if verdict.limit in BUDGETS and used + prompt_alone[verdict.limit] <= bound:
+            # Not spent: the prompt fits, its completion reservation (max_tokens, the gateway's
+            # maximum when unset) does not. Not insufficient_quota, which clients take for a
+            # spent budget and stop.
+            self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
+            left = _show(verdict.limit, bound - used)
+            return RateLimited(
+                f"Request too large for {where}: {numbers}; {left} left. Lower max_tokens "
+                "(a request without it reserves the gateway's maximum) or the prompt.",
+                reason="rate_limit_exceeded",
+                extra={**extra, "headers": {**headers, **retry_headers(None)}},
+            )
         if verdict.limit in BUDGETS:
             self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()
             end = outcome.windows.day_end_ms if limit_name == "tokens_per_day" else None

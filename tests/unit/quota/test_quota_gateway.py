@@ -24,7 +24,8 @@ CHAT: dict[str, Any] = {
     "messages": [{"role": "user", "content": "hello"}],
     "max_tokens": 20,
 }
-RESERVED = 18 + 20  # prompt estimate of CHAT + its max_tokens
+PROMPT = 18  # the prompt estimate of CHAT
+RESERVED = PROMPT + 20  # + its max_tokens
 USED = 21 + 3  # what the scripted engine reports
 
 
@@ -111,7 +112,7 @@ def test_a_limit_of_zero_requests_says_so_not_to_shorten_the_prompt(make_gateway
 
 def test_spent_monthly_budget_is_insufficient_quota_until_the_month_ends(make_gateway: Any) -> None:
     gw: Gateway = make_gateway(now_ms=ms(2027, 6, 30, 23, 59, 0))
-    gw.limit(tenant=Limits(tokens_per_month=USED + RESERVED - 1))
+    gw.limit(tenant=Limits(tokens_per_month=USED + PROMPT - 1))  # not even a prompt left
     assert gw.post(CHAT).status_code == 200
 
     refused = gw.post(CHAT)
@@ -122,6 +123,23 @@ def test_spent_monthly_budget_is_insufficient_quota_until_the_month_ends(make_ga
     assert "retry-after" not in refused.headers
     gw.clock.advance(60_000)
     assert gw.post(CHAT).status_code == 200, "a new month, a new budget"
+
+
+def test_a_budget_with_room_for_the_prompt_but_not_max_tokens_says_lower_max_tokens(
+    make_gateway: Any,
+) -> None:
+    """Not insufficient_quota, which clients take for a spent budget: a smaller max_tokens, or
+    one at all (unset, a request reserves the gateway's maximum), fits."""
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_day=USED + RESERVED - 1))
+    assert gw.post(CHAT).status_code == 200
+
+    refused = gw.post(CHAT)
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "Request too large" in error["message"] and f"{RESERVED - 1} left" in error["message"]
+    assert "Lower max_tokens" in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+    assert gw.post({**CHAT, "max_tokens": 19}).status_code == 200  # it fits, as it says
 
 
 def test_monthly_cost_budget_counts_list_price(make_gateway: Any) -> None:
@@ -136,7 +154,8 @@ def test_monthly_cost_budget_counts_list_price(make_gateway: Any) -> None:
     assert gw.post(CHAT).status_code == 200
     assert gw.counters("tenant")[MONTH_COST] == actual == 19
 
-    error = error_of(gw.post(CHAT), 429, "insufficient_quota", "insufficient_quota")
+    # The prompt would fit the 57 micro-dollars left; its max_tokens would not.
+    error = error_of(gw.post(CHAT), 429, "rate_limit_exceeded", "rate_limit_error")
     assert "cost per month (USD)" in error["message"] and "$0.00" in error["message"]
 
 
