@@ -1,6 +1,6 @@
 """The ``tiers`` section of ``trunkline bench routing``: placement by tier (pools' ``tiers``).
 
-Not in the default run (it takes about seven minutes): ``--sections tiers``.
+Not in the default run (it takes about twenty minutes): ``--sections tiers``.
 
 The ``b2b-tiers`` workload (gold 15 % of the requests, silver 30 %, bronze 55 %, each tier's
 tenants with their own system prompts) at :data:`TIER_RATE` requests per second. Every tier is
@@ -51,7 +51,7 @@ __all__ = ["TIER_GROUPS", "TIER_RATE", "by_tier", "ratios", "tiers_section"]
 
 TIER_RATE = 120.0
 """Requests per second: enough that whole replicas do not decide the comparison (four H100 or
-25 L40S for one pool). At 40 a gold pool needs half an H100, so two L40S for gold beside one
+22 L40S for one pool). At 40 a gold pool needs half an H100, so two L40S for gold beside one
 H100 came out 17 % cheaper than two H100: rounding, not placement."""
 TIER_WINDOW_S = 60.0
 TIER_GROUPS: tuple[frozenset[str], ...] = (frozenset({"gold"}), frozenset({"silver", "bronze"}))
