@@ -117,11 +117,13 @@ def _worker(_args: argparse.Namespace) -> int:
 
 
 def _celery(argv: list[str]) -> int:
+    from trunkline.kit.migrate import require_current
     from trunkline.worker.app import create_celery_app, load_job_settings, run_celery
 
     settings = load_settings()
     settings.check_production()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
+    require_current(settings.database.url)  # every task would fail on another schema
     run_celery(create_celery_app(settings, load_job_settings()), argv)
     return 0
 

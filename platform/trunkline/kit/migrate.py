@@ -83,3 +83,16 @@ def schema_problem(engine: Engine) -> str | None:
             "a newer Trunkline migrated it, so run that one"
         )
     return f"is at schema revision {current}; this Trunkline needs {head}: run `trunkline migrate`"
+
+
+def require_current(url: str) -> None:
+    """Stop with one line unless the database at ``url`` is at this code's schema."""
+    from trunkline.kit.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        problem = schema_problem(engine)
+    finally:
+        engine.dispose()
+    if problem is not None:
+        raise ConfigurationError(f"the database {database_name(url)} {problem}")

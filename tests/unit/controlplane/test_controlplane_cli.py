@@ -190,3 +190,18 @@ def test_apply_warns_of_entitlements_placement_leaves_without_a_pool(
     ]
     code, _, err = run(capsys, "tenants", "apply", str(TENANTS_DIR))
     assert code == 0 and "warning:" not in err
+
+
+def test_the_celery_jobs_refuse_a_database_not_at_this_schema(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "old.db"
+    upgrade(f"sqlite:///{old}", "0005")
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", f"sqlite:///{old}")
+    root = logging.getLogger()  # the command logs to the stderr capsys closes after the test
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    for command in ("jobs", "beat"):
+        code, _, err = run(capsys, command)
+        assert code == 2
+        assert f"error: the database {old} is at schema revision 0005" in err
