@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
-from trunkline.kit.migrate import database_name, ensure_sqlite_dir, schema_problem
+from trunkline.kit.migrate import ensure_sqlite_dir, require_current
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
 from trunkline.snapshot.builder import publish_snapshot
@@ -90,10 +90,9 @@ def build_runtime(settings: Settings) -> Runtime:
 def require_schema(runtime: Runtime) -> Runtime:
     """``runtime`` when its database is migrated to this code's schema; else it is closed and a
     one-line ConfigurationError says what to run."""
-    problem = schema_problem(runtime.engine)
-    if problem is None:
-        return runtime
-    runtime.close()
-    raise ConfigurationError(
-        f"the database {database_name(runtime.settings.database.url)} {problem}"
-    )
+    try:
+        require_current(runtime.settings.database.url, runtime.engine)
+    except ConfigurationError:
+        runtime.close()
+        raise
+    return runtime

@@ -128,11 +128,11 @@ def tiers_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             (tiers, flavor): smallest(flavor, tiers, TierSlice(workload, tiers))
             for tiers, flavor in itertools.product(TIER_GROUPS, PLACEMENT_FLAVORS)
         }
-        pairs: list[Shape] = []
+        pairs: list[Shape] = []  # a pool per group, each group's flavor any way round
         for pick in itertools.product(PLACEMENT_FLAVORS, repeat=len(TIER_GROUPS)):
             pools = [sized[tiers, f] for tiers, f in zip(TIER_GROUPS, pick, strict=True)]
-            pairs.append(tuple(pool for pool in pools if pool is not None))
-        pairs = [pair for pair in pairs if len(pair) == len(TIER_GROUPS)]
+            if all(pool is not None for pool in pools):
+                pairs.append(tuple(pool for pool in pools if pool is not None))
         for flavor in PLACEMENT_FLAVORS:
             same = [p for p in pairs if all(pool[0] == flavor for pool in p)]
             if same:

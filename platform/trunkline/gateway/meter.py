@@ -63,18 +63,18 @@ class UsageMeter:
         self.attempting = candidate
 
     def client_left(self) -> None:
-        """The client hung up: count the request as the endpoint's it was sent to, even if no
-        answer came yet (a plain answer comes only when whole), since that engine worked on
-        it."""
-        self.candidate = self.candidate or self.attempting
-        self.finish(CLIENT_CLOSED, "client_closed")
+        """The client hung up (a plain answer comes only when whole)."""
+        self._unanswered(CLIENT_CLOSED, "client_closed")
 
     def timed_out(self) -> None:
-        """A plain answer was not whole by the read timeout: like :meth:`client_left`, the
-        request is the endpoint's it was sent to, which worked on it (the prompt estimate is
-        recorded, since the engine never reported usage)."""
+        """A plain answer was not whole by the read timeout."""
+        self._unanswered(GATEWAY_TIMEOUT, "upstream_timeout")
+
+    def _unanswered(self, status: int, error_code: str) -> None:
+        """Count the request as the endpoint's it was sent to, even if no answer came: that
+        engine worked on it (the prompt estimate is recorded, as it never reported usage)."""
         self.candidate = self.candidate or self.attempting
-        self.finish(GATEWAY_TIMEOUT, "upstream_timeout")
+        self.finish(status, error_code)
 
     def first_byte(self) -> None:
         if self.flight is not None and self.engines is not None:

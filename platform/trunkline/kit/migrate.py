@@ -85,14 +85,16 @@ def schema_problem(engine: Engine) -> str | None:
     return f"is at schema revision {current}; this Trunkline needs {head}: run `trunkline migrate`"
 
 
-def require_current(url: str) -> None:
-    """Stop with one line unless the database at ``url`` is at this code's schema."""
+def require_current(url: str, engine: Engine | None = None) -> None:
+    """Stop with one line unless the database at ``url`` (through ``engine`` when given, else
+    an engine of its own, disposed after) is at this code's schema."""
     from trunkline.kit.db import make_engine
 
-    engine = make_engine(url)
+    checked = engine or make_engine(url)
     try:
-        problem = schema_problem(engine)
+        problem = schema_problem(checked)
     finally:
-        engine.dispose()
+        if engine is None:
+            checked.dispose()
     if problem is not None:
         raise ConfigurationError(f"the database {database_name(url)} {problem}")

@@ -4,6 +4,7 @@ day. Tenant admins see the whole tenant; developers the keys they created."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy.orm import Session
@@ -40,7 +41,7 @@ def usage_report(
     )
     book = load_price_book(session)
     groups: dict[str, UsageRow] = {}
-    costs: dict[str, list[Decimal]] = {}
+    costs: dict[str, _Costs] = {}
     labels = _labels(usage, group_by)
     for row in rows:
         if group_by == "day":
@@ -50,7 +51,7 @@ def usage_report(
             value, model_name, tier, hour, outcome, *sums = row
             group = str(value)
         target = groups.setdefault(group, UsageRow(group=group, label=labels.get(group, group)))
-        spent = costs.setdefault(group, [ZERO, ZERO])
+        spent = costs.setdefault(group, _Costs())
         _add(
             target,
             spent,
@@ -65,10 +66,8 @@ def usage_report(
     ordered = [groups[key] for key in sorted(groups)]
     total = _total(ordered)
     for row in ordered:
-        row.list_cost, row.cost = (plain(amount) for amount in costs[row.group])
-    total.list_cost, total.cost = (
-        plain(exact_sum([costs[row.group][i] for row in ordered])) for i in (0, 1)
-    )
+        costs[row.group].show_in(row)
+    sum(costs.values(), _Costs()).show_in(total)
     return UsageReport(
         tenant_id=tenant_id,
         period=window.label,
@@ -79,9 +78,20 @@ def usage_report(
     )
 
 
-def plain(amount: Decimal) -> str:
-    """A decimal amount in plain notation: ``1.5E-7`` as ``0.00000015``."""
-    return format(amount, "f")
+@dataclass(slots=True)
+class _Costs:
+    """A row's costs, summed exactly; shown in plain notation (``1.5E-7`` as ``0.00000015``)."""
+
+    list_cost: Decimal = ZERO
+    cost: Decimal = ZERO
+
+    def __add__(self, other: _Costs) -> _Costs:
+        return _Costs(
+            exact_sum([self.list_cost, other.list_cost]), exact_sum([self.cost, other.cost])
+        )
+
+    def show_in(self, row: UsageRow) -> None:
+        row.list_cost, row.cost = format(self.list_cost, "f"), format(self.cost, "f")
 
 
 def _labels(usage: UsageRepository, group_by: GroupBy) -> dict[str, str]:
@@ -94,7 +104,7 @@ def _labels(usage: UsageRepository, group_by: GroupBy) -> dict[str, str]:
 
 def _add(
     target: UsageRow,
-    spent: list[Decimal],
+    spent: _Costs,
     book: PriceBook,
     slug: str,
     model: str,
@@ -119,8 +129,8 @@ def _add(
             rated = rate(
                 per_million(tokens), version.token_price(model, tier, token_class), discount
             )
-            spent[0] = exact_sum([spent[0], rated.list_cost])
-            spent[1] = exact_sum([spent[1], rated.contracted_cost])
+            spent.list_cost = exact_sum([spent.list_cost, rated.list_cost])
+            spent.cost = exact_sum([spent.cost, rated.contracted_cost])
 
 
 def _total(rows: list[UsageRow]) -> UsageRow:
