@@ -3,26 +3,37 @@ budget. Pure functions over the parsed JSON body; no tokenizer.
 
 The estimate errs high on purpose (one token per three UTF-8 bytes, plus a chat template's
 overhead per message): what a reservation over-estimates is refunded at settle, what it
-under-estimates is what lets concurrent requests overshoot a limit.
+under-estimates is what lets concurrent requests overshoot a limit. A chat request counts every
+text the template renders: message contents, tool calls and their results, and the ``tools``
+definitions as JSON. Media parts count a fixed :data:`MEDIA_PART_TOKENS`, not their bytes.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+import msgspec
+
 BYTES_PER_TOKEN: Final = 3
 PER_MESSAGE_TOKENS: Final = 8
 """Role, separators and special tokens a chat template wraps around each message."""
 PER_REQUEST_TOKENS: Final = 8
 """The generation prompt and beginning-of-sequence tokens of a chat request."""
+MEDIA_PART_TOKENS: Final = 4096
+"""What one non-text content part (an image, audio or video, inline or by URL) reserves. The
+model's processor decides its tokens from pixels or samples, not from the part's bytes: a 1 MB
+base64 image counted as text would reserve 350k tokens. 4,096 is above most single-image
+encodings (LLaVA 576, Llama 3.2 Vision up to 6,404 in four tiles, Qwen2-VL by resolution);
+settle corrects it to what the engine reported."""
 _PAYLOAD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+_TOOL_KEYS = ("tools", "functions")
+"""Tool definitions a chat template renders into the prompt (``functions``: the legacy name)."""
 
 
 def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
     payload = body.get(_PAYLOAD[kind])
     if kind == "chat" and isinstance(payload, list):
-        text = sum(_text_bytes(m.get("content")) for m in payload if isinstance(m, dict))
-        return _tokens(text) + PER_MESSAGE_TOKENS * len(payload) + PER_REQUEST_TOKENS
+        return _chat_tokens(payload, [body.get(key) for key in _TOOL_KEYS])
     return _prompt_tokens(payload)
 
 
@@ -76,8 +87,46 @@ def _prompt_tokens(payload: object) -> int:
     return total
 
 
+def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
+    size = media = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        for key, value in message.items():
+            if key == "role":
+                continue  # in PER_MESSAGE_TOKENS
+            if key == "content" and isinstance(value, list):
+                for part in value:
+                    if _is_media(part):
+                        media += 1
+                    else:
+                        size += _text_bytes(part.get("text") if isinstance(part, dict) else part)
+            else:
+                size += _text_bytes(value)
+    size += sum(_json_bytes(definitions) for definitions in tools if definitions)
+    return (
+        _tokens(size)
+        + MEDIA_PART_TOKENS * media
+        + PER_MESSAGE_TOKENS * len(messages)
+        + PER_REQUEST_TOKENS
+    )
+
+
+def _is_media(part: object) -> bool:
+    """A typed content part that is not text: ``image_url``, ``input_audio``, ``video_url``…"""
+    return isinstance(part, dict) and part.get("type") not in (None, "text")
+
+
+def _json_bytes(value: object) -> int:
+    """Bytes of ``value`` as JSON, keys included, as a template prints tool definitions."""
+    try:
+        return len(msgspec.json.encode(value))
+    except (TypeError, ValueError, OverflowError):  # not JSON-shaped: count its strings
+        return _text_bytes(value)
+
+
 def _text_bytes(content: object) -> int:
-    """Bytes of every string in a message's content (a string or a list of parts)."""
+    """Bytes of every string in a message's field (a string, or lists and objects of them)."""
     if isinstance(content, str):
         return _utf8_len(content)
     if isinstance(content, list):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
+from trunkline.quota.estimate import MEDIA_PART_TOKENS, completion_budget, estimate_prompt_tokens
 from trunkline.quota.headers import format_duration, rate_limit_headers, retry_headers
 from trunkline.quota.limits import (
     CONCURRENCY,
@@ -132,12 +132,32 @@ def user(content: object) -> dict[str, object]:
     return {"role": "user", "content": content}
 
 
+def image(url: str) -> dict[str, object]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
 @pytest.mark.parametrize(
     ("kind", "body", "tokens"),
     [
         ("chat", {"messages": [user("hello")]}, 2 + 8 + 8),
         ("chat", {"messages": [user("x" * 300)]}, 100 + 8 + 8),
-        ("chat", {"messages": [user([{"type": "text", "text": "abcdef"}])]}, 2 + 2 + 8 + 8),
+        ("chat", {"messages": [user([{"type": "text", "text": "abcdef"}])]}, 2 + 8 + 8),
+        # A 1.2 MB base64 image reserves a fixed share, not 400k tokens of text.
+        ("chat", {"messages": [user([{"type": "text", "text": "what is it?"},
+                                     image("data:image/png;base64," + "A" * 1_200_000)])]},
+         4 + MEDIA_PART_TOKENS + 8 + 8),
+        ("chat", {"messages": [user([image("https://x/a.png"), image("https://x/b.png")])]},
+         2 * MEDIA_PART_TOKENS + 8 + 8),
+        # Tool calls and their results are rendered: arguments and results count, the role not.
+        ("chat", {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "f", "arguments": '{"city":"Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18C"}]},
+         -(-(2 + 8 + 1 + 16 + 2 + 3) // 3) + 2 * 8 + 8),
+        # Tool definitions are rendered as JSON, keys included.
+        ("chat", {"messages": [user("hi")], "tools": [{"type": "function",
+                                                       "function": {"name": "f"}}]},
+         -(-(2 + len('[{"type":"function","function":{"name":"f"}}]')) // 3) + 8 + 8),
         ("chat", {"messages": [user("ééé"), {"role": "user"}]}, 2 + 16 + 8),
         ("completions", {"prompt": "abcdefghi"}, 3),
         ("completions", {"prompt": [1, 2, 3, 4]}, 4),
