@@ -23,6 +23,7 @@ from trunkline.bench._routing_goals import (
     scaling_goals,
 )
 from trunkline.bench._routing_placement import (
+    best_pair,
     cheapest_placement,
     fewest,
     ideal_mix_ratio,
@@ -471,3 +472,28 @@ def test_an_lru_oracle_evicts_a_conversations_tail_before_its_head() -> None:
     records = [([1, 2], 1024), ([9], 512), ([1, 2], 1024)]
     bounded = mooncake_oracle(records, 16, capacity_tokens=2 * 512)
     assert bounded.block_hit_rate == pytest.approx(1 / 5)
+
+
+def test_the_best_pair_is_the_one_saving_most_against_its_own_cheaper_flavor() -> None:
+    costs = {
+        "prefill": {"l40s": 4.0, "h100": 6.0, "h200": 7.0},
+        "decode": {"l40s": 10.0, "h100": 8.0, "h200": 6.0},
+    }
+    # l40s + h100: (4 + 8) / 14; l40s + h200: (4 + 6) / 13; h100 + h200: (6 + 6) / 13.
+    assert best_pair(costs) == (pytest.approx(10 / 13), ("h200", "l40s"))
+    with pytest.raises(ValueError, match="two flavors"):
+        best_pair({"prefill": {"l40s": 1.0}})
+
+
+def test_work_costs_by_phase_price_all_prompts_apart_from_all_answers() -> None:
+    care = CareWorkload(duration_s=10, rate=1.0, preamble_tokens=3000, answer_tokens=50.0)
+    by_class = work_costs(MixedWorkload((care,)), ("l40s", "h100"))
+    by_phase = work_costs(MixedWorkload((care,)), ("l40s", "h100"), by="phase")
+    assert set(by_phase) == {"prefill", "decode"}
+    for flavor in ("l40s", "h100"):
+        total = sum(costs[flavor] for costs in by_class.values())
+        assert sum(costs[flavor] for costs in by_phase.values()) == pytest.approx(total)
+    # Prefill is the L40S's per dollar, decoding the H100's: splitting by phase saves more.
+    assert ideal_mix_ratio(by_phase) < ideal_mix_ratio(by_class)
+    with pytest.raises(ValueError, match="by must be"):
+        work_costs(MixedWorkload((care,)), ("l40s",), by="tier")
