@@ -129,7 +129,10 @@ class UsageMeter:
                 prompt_tokens=prompt,
                 cached_tokens=tally.cached_tokens,
                 completion_tokens=completion,
-                ttft_ms=tally.ttft_ms,
+                # Only a stream's first byte is its first token: a plain answer's (an
+                # embedding, a whole unstreamed generation) is its full latency, which the
+                # tier's TTFT SLO does not measure and SLA credits must not be paid on.
+                ttft_ms=tally.ttft_ms if self.request.stream else None,
                 latency_ms=(time.perf_counter() - tally.started) * 1000,
                 started_at=self.wall_start,
             )

@@ -158,8 +158,11 @@ def test_completions_and_embeddings(make_gateway) -> None:
         "/v1/embeddings", json={"model": "bge", "input": "x"}, headers=auth(key)
     )
     assert response.status_code == 200 and response.json()["data"][0]["embedding"] == [0.1, 0.2]
-    kinds = sorted(r.endpoint_kind for r in gw.drain_usage())
-    assert kinds == ["completions", "embeddings"]
+    records = sorted(gw.drain_usage(), key=lambda r: r.endpoint_kind)
+    assert [r.endpoint_kind for r in records] == ["completions", "embeddings"]
+    # A plain answer's first byte is the whole answer, not a first token: no TTFT, so it is
+    # not counted against the tier's TTFT SLO (nor towards SLA credits).
+    assert [r.ttft_ms for r in records] == [None, None]
 
 
 @pytest.mark.parametrize(
