@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,11 @@ def _places(value: Decimal) -> int:
     return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
+def _on_utc_hour(moment: datetime) -> bool:
+    utc = moment.astimezone(UTC)
+    return utc.minute == 0 and utc.second == 0 and utc.microsecond == 0
+
+
 def _check(ok: bool, version: int, message: str, problems: list[str]) -> None:
     if not ok:
         problems.append(f"version {version}: {message}")
@@ -132,7 +137,17 @@ def _check(ok: bool, version: int, message: str, problems: list[str]) -> None:
 def check_version(v: PriceVersion, problems: list[str]) -> None:
     """Append what is wrong with ``v``: bounds keep every cost exact in 38 digits."""
     _check(bool(_CURRENCY.fullmatch(v.currency)), v.version, "currency must be ISO 4217", problems)
-    _check(v.effective_from.tzinfo is not None, v.version, "effective_from needs a zone", problems)
+    zoned = v.effective_from.tzinfo is not None
+    _check(zoned, v.version, "effective_from needs a zone", problems)
+    # Usage is rated by the UTC hour it started in, each hour at the version in force at its
+    # start: a version starting inside an hour would leave that hour's rest at the old prices.
+    on_the_hour = zoned and _on_utc_hour(v.effective_from)
+    _check(
+        not zoned or on_the_hour,
+        v.version,
+        "effective_from must be on a UTC hour (usage is rated by the hour)",
+        problems,
+    )
     prices = [p for m in v.models.values() for p in (m.input, m.cached_input, m.output)]
     prices += [p for o in v.overrides for p in (o.input, o.cached_input, o.output) if p is not None]
     prices += list(v.gpu_hour.values())

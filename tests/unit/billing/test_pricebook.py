@@ -110,6 +110,21 @@ def test_invalid_versions_are_refused_with_the_reason(
         PriceBook([version_from_document(version(**change))])
 
 
+@pytest.mark.parametrize(
+    "starts", ["2026-11-15T12:30:00Z", "2026-11-15T12:00:01Z", "2027-01-01T00:00:00+05:30"]
+)
+def test_a_version_must_start_on_a_utc_hour(starts: str) -> None:
+    # Usage is rated per UTC hour at the version in force at the hour's start: a version from
+    # 12:30 would leave 12:30-13:00 at the old prices.
+    with pytest.raises(InvalidRequest, match="on a UTC hour"):
+        PriceBook([version_from_document(version(effective_from=starts))])
+
+
+def test_a_version_may_start_on_a_utc_hour_written_in_another_zone() -> None:
+    book = PriceBook([version_from_document(version(effective_from="2027-01-01T05:00:00+05:00"))])
+    assert book.versions[0].effective_from == datetime(2027, 1, 1, tzinfo=UTC)
+
+
 def test_versions_must_start_in_order() -> None:
     with pytest.raises(InvalidRequest, match="must start after"):
         PriceBook(
