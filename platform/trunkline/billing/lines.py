@@ -187,6 +187,13 @@ class _TokenPricer:
             )
 
 
+def percent(fraction: Decimal | None) -> str:
+    """``0.125`` as ``12.5%``: the terms exactly as written, never rounded to what they are not."""
+    if fraction is None:
+        return "-"
+    return f"{exact_product(fraction, Decimal(100)).normalize():f}%"
+
+
 def _credit_lines(
     usage: list[ChargeLine],
     slo: dict[tuple[uuid.UUID, str], tuple[int, int]],
@@ -221,7 +228,7 @@ def _credit_lines(
                 sku_id=f"sla-credit:{tier}",
                 description=(
                     f"SLA credit, {tier} tier: TTFT attainment {outcome.attainment:.2%} is below "
-                    f"{outcome.threshold:.0%}; {fraction:.0%} of the tier's usage"
+                    f"{percent(outcome.threshold)}; {percent(fraction)} of the tier's usage"
                 ),
                 frequency="One-Time",
                 tier=tier,

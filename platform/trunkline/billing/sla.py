@@ -9,7 +9,7 @@ lowest threshold attainment is under decides.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 
 from trunkline.billing.pricebook import CreditStep
 
@@ -23,10 +23,13 @@ class SlaOutcome:
 
     @property
     def attainment(self) -> Decimal | None:
-        """For display, to 4 decimal places; decisions compare exactly."""
+        """For display, to 4 decimal places, rounded down (decisions compare exactly): so an
+        attainment below a threshold never shows as the threshold itself (18,999 of 20,000 is
+        0.9499, not 0.9500 "below 0.95")."""
         if not self.eligible:
             return None
-        return (Decimal(self.met) / Decimal(self.eligible)).quantize(Decimal("0.0001"))
+        exact = Decimal(self.met) / Decimal(self.eligible)
+        return exact.quantize(Decimal("0.0001"), rounding=ROUND_FLOOR)
 
 
 def sla_outcome(eligible: int, met: int, steps: list[CreditStep]) -> SlaOutcome:

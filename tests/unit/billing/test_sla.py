@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 
+from trunkline.billing.lines import percent
 from trunkline.billing.pricebook import CreditStep
 from trunkline.billing.sla import sla_outcome
 
@@ -23,6 +24,8 @@ GOLD = [CreditStep(Decimal("0.95"), Decimal("0.10")), CreditStep(Decimal("0.90")
         (100, 90, "0.10", "0.9000"),
         (100, 89, "0.25", "0.8900"),
         (3, 0, "0.25", "0.0000"),
+        (20000, 18999, "0.10", "0.9499"),  # shown rounded down: never "0.9500, below 0.95"
+        (3, 2, "0.25", "0.6666"),
     ],
 )
 def test_credit_steps(eligible: int, met: int, credit: str, attainment: str | None) -> None:
@@ -33,3 +36,12 @@ def test_credit_steps(eligible: int, met: int, credit: str, attainment: str | No
 
 def test_a_tier_without_terms_gets_no_credit() -> None:
     assert sla_outcome(100, 1, []).credit_fraction == 0
+
+
+@pytest.mark.parametrize(
+    ("fraction", "shown"),
+    [("0.95", "95%"), ("0.125", "12.5%"), ("0.6667", "66.67%"), ("1", "100%"), ("0.10", "10%")],
+)
+def test_credit_terms_are_described_exactly(fraction: str, shown: str) -> None:
+    # "below 67%" for a threshold of 0.6667, or "12%" for a credit of 0.125, misstate the terms
+    assert percent(Decimal(fraction)) == shown
