@@ -86,6 +86,25 @@ def capacity_lines(
     return out
 
 
+def unpriced_capacity(session: Session, book: PriceBook) -> list[str]:
+    """Versions of ``book`` that would price an hour of a recorded allocation without a
+    GPU-hour price for its flavor (every export of those periods would fail on them)."""
+    ends = [v.effective_from for v in book.versions[1:]] + [None]
+    problems = []
+    for held in session.scalars(select(DedicatedCapacity)):
+        first_hour = held.starts_at.replace(minute=0, second=0, microsecond=0)
+        for version, until in zip(book.versions, ends, strict=True):
+            overlaps = (until is None or first_hour < until) and (
+                held.ends_at is None or held.ends_at > version.effective_from
+            )
+            if overlaps and held.flavor not in version.gpu_hour:
+                problems.append(
+                    f"version {version.version} has no GPU-hour price for {held.flavor!r}, "
+                    f"held by capacity {held.id}"
+                )
+    return problems
+
+
 def latest_closed_end(session: Session) -> datetime | None:
     """The end of the latest closed billing period."""
     return session.scalar(select(func.max(BillingPeriod.period_end)))

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
-from trunkline.billing.capacity import latest_closed_end
+from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
 from trunkline.billing.focus import focus_rows, write_csv, write_parquet
 from trunkline.billing.invoice import render_invoices
 from trunkline.billing.periods import Period, month_of
@@ -88,7 +88,12 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
         )
         added.append(version.version)
     flush_or_conflict(session, "a stored price book version starts at the same instant")
-    load_price_book(session)  # the stored versions together must still form a valid book
+    whole = load_price_book(session)  # the stored versions together must still form a book
+    if problems := unpriced_capacity(session, whole):
+        raise InvalidRequest(
+            "invalid price book: dedicated capacity would go unpriced: " + "; ".join(problems),
+            param="gpu_hour",
+        )
     return added
 
 

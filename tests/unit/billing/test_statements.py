@@ -9,14 +9,16 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.capacity import add_capacity
 from trunkline.billing.periods import parse_period
-from trunkline.billing.pricebook import PriceBook, version_from_document
+from trunkline.billing.pricebook import PriceBook, version_document, version_from_document
 from trunkline.billing.service import apply_price_book, close, export_period, load_price_book
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import transaction
+from trunkline.models import DedicatedCapacity
 from unit.metering.usage_support import Account, at, event, ingest
 
 NOV, DEC = parse_period("2026-11"), parse_period("2026-12")
@@ -199,6 +201,41 @@ def test_dedicated_gpus_are_billed_every_hour_busy_or_idle(
                 at(29),
                 prices=load_price_book(session),
             )
+
+
+def test_a_price_version_must_price_the_gpus_it_would_bill(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    with transaction(factory) as session:
+        bundled = load_price_book(session)
+        apply_price_book(session, bundled)
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            2,
+            at(10),
+            prices=bundled,
+        )
+    [first] = bundled.versions
+
+    def without_h100(number: int, starts: str) -> PriceBook:
+        document = {**version_document(first), "version": number, "effective_from": starts}
+        document["gpu_hour"] = {"l40s": "1.40"}
+        return PriceBook([first, version_from_document(document)])
+
+    # The allocation is open-ended: a version from the 20th without an h100 price would make
+    # every export from then on fail, so it is refused, and the stored book stays as it was.
+    with pytest.raises(InvalidRequest, match="'h100'"), transaction(factory) as session:
+        apply_price_book(session, without_h100(2, "2026-11-20T00:00:00Z"))
+    assert len(focus(factory)) == 20 * 24 + 14  # from the 10th, 10:00, to the end of November
+    # Once the allocation ends where the version starts, the version may drop the price.
+    with transaction(factory) as session:
+        for held in session.scalars(select(DedicatedCapacity)):
+            if held.flavor == "h100":
+                held.ends_at = at(20, 0)
+    with transaction(factory) as session:
+        assert apply_price_book(session, without_h100(2, "2026-11-20T00:00:00Z")) == [2]
 
 
 def test_a_tenant_export_holds_only_that_tenant(
