@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
@@ -28,7 +28,13 @@ from trunkline.billing.pricebook import (
 )
 from trunkline.billing.statements import close_period, statement
 from trunkline.errors import Conflict, InvalidRequest, NotFound
-from trunkline.models import BillingPeriod, PriceBookVersion, Tenant
+from trunkline.models import (
+    BillingPeriod,
+    DedicatedCapacity,
+    PriceBookVersion,
+    Tenant,
+    UsageRollup,
+)
 from trunkline.tenancy.changes import flush_or_conflict
 
 FORMATS = {
@@ -106,11 +112,17 @@ def close(session: Session, period: Period, now: datetime) -> bool:
 
 
 def due_periods(session: Session, now: datetime, grace: timedelta) -> list[Period]:
-    """Ended periods (by ``grace`` at least) with usage or none closed yet, oldest first."""
+    """Ended periods (by ``grace`` at least) not closed yet, oldest first: from the first
+    month with usage, capacity or a closed period (else the latest ended month)."""
     latest = month_of(now - grace).previous()
     closed = set(session.scalars(select(BillingPeriod.period_start)))
-    first_closed = min(closed) if closed else latest.start
-    due, period = [], month_of(first_closed)
+    starts = [
+        *closed,
+        session.scalar(select(func.min(UsageRollup.hour))),
+        session.scalar(select(func.min(DedicatedCapacity.starts_at))),
+    ]
+    first = min((start for start in starts if start is not None), default=latest.start)
+    due, period = [], month_of(first)
     while period.start <= latest.start:
         if period.start not in closed:
             due.append(period)

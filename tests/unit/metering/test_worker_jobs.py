@@ -72,3 +72,17 @@ def test_months_close_once_their_grace_period_is_over_and_are_exported(
     with factory() as session:
         closed = session.scalars(select(BillingPeriod.period_start)).all()
     assert closed == [parse_period("2026-11").start]
+
+
+def test_every_ended_month_with_usage_closes_not_only_the_latest(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    # Usage since September, and the close job's first run in December: September and
+    # October must close too, not stay preliminary (no invoice) for ever behind November.
+    stream = InMemoryUsageStream()
+    for month in (9, 10, 11):
+        stream.emit(event(tenants["acme"], f"m{month}", when=at(5, month=month)))
+    ctx = context(factory, stream)
+    drain(ctx)
+    assert close_periods(ctx) == ["2026-09", "2026-10", "2026-11"]
+    assert close_periods(ctx) == []
