@@ -37,10 +37,10 @@ from trunkline.models import (
 )
 from trunkline.tenancy.changes import flush_or_conflict
 
-FORMATS = {
-    "focus-csv": ("text/csv; charset=utf-8", "csv"),
+FORMATS = {  # text types without a charset: the HTTP response adds "; charset=utf-8" itself
+    "focus-csv": ("text/csv", "csv"),
     "focus-parquet": ("application/vnd.apache.parquet", "parquet"),
-    "invoice": ("text/plain; charset=utf-8", "txt"),
+    "invoice": ("text/plain", "txt"),
 }
 
 
