@@ -21,9 +21,10 @@ from trunkline.models import BillingPeriod, DedicatedCapacity
 
 
 def _gpu_hours(
-    session: Session, period: Period, tenant_id: uuid.UUID | None
+    session: Session, period: Period, tenant_id: uuid.UUID | None, until: datetime | None
 ) -> dict[tuple[Any, ...], int]:
-    """GPUs held per (tenant, project, hour, flavor, region) within ``period``."""
+    """GPUs held per (tenant, project, hour, flavor, region) within ``period``, in the hours
+    begun before ``until`` (if given)."""
     capacity = DedicatedCapacity
     statement = select(capacity).where(
         capacity.starts_at < period.end,
@@ -34,7 +35,7 @@ def _gpu_hours(
     gpu_hours: dict[tuple[Any, ...], int] = defaultdict(int)
     for held in session.scalars(statement):
         hour = max(held.starts_at, period.start).replace(minute=0, second=0, microsecond=0)
-        end = min(held.ends_at or period.end, period.end)
+        end = min(held.ends_at or period.end, period.end, until or period.end)
         while hour < end:
             gpu_hours[(held.tenant_id, held.project_id, hour, held.flavor, held.region)] += (
                 held.gpus
@@ -49,9 +50,11 @@ def capacity_lines(
     book: PriceBook,
     names: Names,
     tenant_id: uuid.UUID | None = None,
+    until: datetime | None = None,
 ) -> list[ChargeLine]:
-    """Dedicated GPUs, by the hour: every hour an allocation overlaps is billed in full."""
-    gpu_hours = _gpu_hours(session, period, tenant_id)
+    """Dedicated GPUs, by the hour: every hour an allocation overlaps is billed in full; in
+    an open period only the hours begun before ``until`` (now): the rest are not incurred."""
+    gpu_hours = _gpu_hours(session, period, tenant_id, until)
     out = []
     for (tenant, project, hour, flavor, region), hours in gpu_hours.items():
         version = book.at(hour)

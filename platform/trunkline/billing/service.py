@@ -28,6 +28,7 @@ from trunkline.billing.pricebook import (
 )
 from trunkline.billing.statements import close_period, statement
 from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.kit.ids import utcnow
 from trunkline.models import (
     BillingPeriod,
     DedicatedCapacity,
@@ -131,15 +132,21 @@ def due_periods(session: Session, now: datetime, grace: timedelta) -> list[Perio
 
 
 def export_period(
-    session: Session, period: Period, fmt: str, tenant_id: uuid.UUID | None = None
+    session: Session,
+    period: Period,
+    fmt: str,
+    tenant_id: uuid.UUID | None = None,
+    *,
+    now: datetime | None = None,
 ) -> Export:
-    """The period's charges in ``fmt`` (see ``FORMATS``): every tenant, or one."""
+    """The period's charges in ``fmt`` (see ``FORMATS``): every tenant, or one; an open
+    period's as of ``now`` (default: the clock's)."""
     if fmt not in FORMATS:
         raise InvalidRequest(
             f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", param="format"
         )
     book = load_price_book(session)
-    current = statement(session, period, book, tenant_id)
+    current = statement(session, period, book, tenant_id, now=now or utcnow())
     media_type, extension = FORMATS[fmt]
     if fmt == "invoice":
         text = render_invoices(current.lines, period, book.currency, final=current.closed)

@@ -176,16 +176,21 @@ def close_period(session: Session, period: Period, book: PriceBook, now: datetim
 
 
 def statement(
-    session: Session, period: Period, book: PriceBook, tenant_id: uuid.UUID | None = None
+    session: Session,
+    period: Period,
+    book: PriceBook,
+    tenant_id: uuid.UUID | None = None,
+    *,
+    now: datetime | None = None,
 ) -> Statement:
-    """The lines of ``period``: final when it is closed, else as they stand now (with the
-    corrections closing it would bill)."""
+    """The lines of ``period``: final when it is closed, else as they stand ``now`` (with the
+    corrections closing it would bill, and the GPU hours begun so far)."""
     closed = session.get(BillingPeriod, period.start) is not None
     if closed:
         lines = period_lines(session, BilledUsage, period, book, tenant_id)
         lines += stored_corrections(session, billed_in=period, tenant_id=tenant_id)
     else:
-        lines = period_lines(session, UsageRollup, period, book, tenant_id)
+        lines = period_lines(session, UsageRollup, period, book, tenant_id, until=now)
         for _closed_period, corrections in pending_corrections(session, book, period, tenant_id):
             lines += corrections
     lines.sort(key=_order)

@@ -203,6 +203,31 @@ def test_dedicated_gpus_are_billed_every_hour_busy_or_idle(
             )
 
 
+def test_an_open_period_bills_only_the_gpu_hours_begun_so_far(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    with transaction(factory) as session:
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            2,
+            at(10, 10),
+            prices=load_price_book(session),
+        )
+    # On the 10th at 12:30, November's preliminary bill holds 10:00, 11:00 and 12:00: not
+    # the 19 days still to come, which are not incurred (and may never be, if it ends).
+    with transaction(factory) as session:
+        body = export_period(session, NOV, "focus-csv", now=at(10, 12, 30)).body
+    rows = list(csv.DictReader(io.StringIO(body.decode())))
+    assert [r["ChargePeriodStart"][8:16] for r in rows] == ["10T10:00", "10T11:00", "10T12:00"]
+    assert billed(rows) == 3 * 2 * Decimal("4.00")
+    with transaction(factory) as session:  # once closed, the whole month, whatever the clock
+        close(session, NOV, at(2, month=12))
+        body = export_period(session, NOV, "focus-csv", now=at(10, 12, 30)).body
+    assert len(list(csv.DictReader(io.StringIO(body.decode())))) == 20 * 24 + 14
+
+
 def test_a_price_version_must_price_the_gpus_it_would_bill(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
