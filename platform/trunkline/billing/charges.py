@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -69,10 +70,24 @@ class Names:
 
     @classmethod
     def load(cls, session: Session) -> Names:
+        """The names as they are now."""
         tenants = {
             t: (s, n) for t, s, n in session.execute(select(Tenant.id, Tenant.slug, Tenant.name))
         }
         projects = {pid: name for pid, name in session.execute(select(Project.id, Project.name))}
+        return cls(tenants, projects)
+
+    def to_document(self) -> dict[str, Any]:
+        """JSON for a closed period's snapshot (:meth:`from_document` reads it back)."""
+        return {
+            "tenants": {str(t): list(names) for t, names in self.tenants.items()},
+            "projects": {str(p): name for p, name in self.projects.items()},
+        }
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Names:
+        tenants = {uuid.UUID(t): (s, n) for t, (s, n) in document["tenants"].items()}
+        projects = {uuid.UUID(p): name for p, name in document["projects"].items()}
         return cls(tenants, projects)
 
     def tenant(self, tenant_id: uuid.UUID) -> tuple[str, str]:

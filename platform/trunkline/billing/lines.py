@@ -37,10 +37,12 @@ def period_lines(
     book: PriceBook,
     tenant_id: uuid.UUID | None = None,
     until: datetime | None = None,
+    names: Names | None = None,
 ) -> list[ChargeLine]:
     """Usage, SLA credit and dedicated GPU lines of ``period`` (corrections excluded); GPU
-    hours only those begun before ``until``, if given (an open period, as of now)."""
-    names = Names.load(session)
+    hours only those begun before ``until``, if given (an open period, as of now). Tenants
+    and projects are named from ``names`` (default: as they are now)."""
+    names = names or Names.load(session)
     usage, slo = _usage_lines(session, source, period, book, names, tenant_id)
     credits = _credit_lines(usage, slo, period, book, names)
     return usage + credits + capacity_lines(session, period, book, names, tenant_id, until)

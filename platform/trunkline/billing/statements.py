@@ -1,7 +1,8 @@
 """Closing billing periods, and the corrections that late usage makes to closed ones.
 
-Closing a period copies its rollups to ``billed_usage``: its lines can then be produced again,
-identically, however late events change the live rollups. For every earlier closed period
+Closing a period copies its rollups to ``billed_usage`` and keeps the names of its tenants and
+projects: its lines can then be produced again, identically, however late events change the
+live rollups and whatever is renamed or deleted. For every earlier closed period
 whose rollups moved since it was last reconciled (its watermark: row count and summed
 revisions), the difference between its lines now and what was billed (the snapshot plus the
 corrections already billed) becomes ``Correction`` lines of the period being closed.
@@ -20,7 +21,7 @@ import msgspec
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from trunkline.billing.charges import ChargeLine, LineKey
+from trunkline.billing.charges import ChargeLine, LineKey, Names
 from trunkline.billing.lines import period_lines
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import PriceBook
@@ -169,6 +170,7 @@ def close_period(session: Session, period: Period, book: PriceBook, now: datetim
             reconciled_at=now,
             reconciled_rows=rows,
             reconciled_revisions=revisions,
+            names=Names.load(session).to_document(),
         )
     )
     session.flush()
@@ -185,9 +187,11 @@ def statement(
 ) -> Statement:
     """The lines of ``period``: final when it is closed, else as they stand ``now`` (with the
     corrections closing it would bill, and the GPU hours begun so far)."""
-    closed = session.get(BillingPeriod, period.start) is not None
-    if closed:
-        lines = period_lines(session, BilledUsage, period, book, tenant_id)
+    closed_row = session.get(BillingPeriod, period.start)
+    closed = closed_row is not None
+    if closed_row is not None:
+        names = Names.from_document(closed_row.names) if closed_row.names else None
+        lines = period_lines(session, BilledUsage, period, book, tenant_id, names=names)
         lines += stored_corrections(session, billed_in=period, tenant_id=tenant_id)
     else:
         lines = period_lines(session, UsageRollup, period, book, tenant_id, until=now)

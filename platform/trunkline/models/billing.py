@@ -42,6 +42,10 @@ class BillingPeriod(Base):
     reconciled_revisions: Mapped[int] = mapped_column(BigInteger)
     """Count and summed revisions of the period's rollups when corrections were last recorded:
     the period's watermark. Any change to its rollups since moves one of them."""
+    names: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Tenant slugs and names and project names when the period closed, so renaming or deleting
+    one later does not change its lines (null: closed before they were kept; names are read
+    as they are now)."""
 
 
 class BilledUsage(RollupColumns, Base):

@@ -18,7 +18,7 @@ from trunkline.billing.pricebook import PriceBook, version_document, version_fro
 from trunkline.billing.service import apply_price_book, close, export_period, load_price_book
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import transaction
-from trunkline.models import DedicatedCapacity
+from trunkline.models import DedicatedCapacity, Project, Tenant
 from unit.metering.usage_support import Account, at, event, ingest
 
 NOV, DEC = parse_period("2026-11"), parse_period("2026-12")
@@ -96,6 +96,28 @@ def test_late_event_after_export_is_billed_as_a_correction_next_period(
     assert {r["InvoiceId"] for r in final_december} == {"TL-2026-12-acme"}
     assert [{**r, "InvoiceId": ""} for r in final_december] == december  # the preview, final
     assert focus(factory, "2027-01") == []  # and the correction is billed once
+
+
+def test_a_closed_period_keeps_the_names_it_was_billed_under(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, when=at(3), prompt=1_000_000, completion=0)])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    final_nov = focus(factory)
+    assert {r["BillingAccountName"] for r in final_nov} != {""}
+    assert any("project" in r["Tags"] for r in final_nov)
+
+    with transaction(factory) as session:
+        tenant = session.get(Tenant, uuid.UUID(acme.tenant_id))
+        project = session.get(Project, uuid.UUID(acme.project_id))
+        assert tenant is not None and project is not None
+        tenant.name, project.name = "Acme Renamed Ltd", "renamed-project"
+    assert focus(factory) == final_nov
+    with transaction(factory) as session:
+        session.delete(session.get(Project, uuid.UUID(acme.project_id)))
+    assert focus(factory) == final_nov
 
 
 def test_a_late_event_can_change_the_sla_credit_of_a_closed_period(
