@@ -21,7 +21,7 @@ from trunkline.billing.service import load_price_book
 from trunkline.errors import TrunklineError
 from trunkline.models import Model, Tier
 from trunkline.quota.limits import MICRO_USD, Limits, Price, QuotaBook, price_key
-from trunkline.quota.policy import resolve, to_limits
+from trunkline.quota.policy import key_tier, resolve, to_limits
 from trunkline.quota.repository import QuotaRepository
 from trunkline.snapshot.schemas import KeyEntry, TenantEntry
 
@@ -41,6 +41,7 @@ def build_quota_book(
         resolved = resolve(tier_docs.get(tenant.tier), tenant_docs.get(tenant_id))
         _keep(tenant_limits, tenant_id, to_limits(resolved.tenant))
         _keep(project_limits, tenant_id, to_limits(resolved.project))
+    priorities = dict(session.execute(select(Tier.name, Tier.priority)).tuples().all())
     key_limits: dict[str, Limits] = {}
     for key_id, key in keys.items():
         owner = tenants.get(key.tenant_id)
@@ -49,7 +50,7 @@ def build_quota_book(
         resolved = resolve(
             tier_docs.get(owner.tier),
             tenant_docs.get(key.tenant_id),
-            tier_docs.get(key.tier or owner.tier),
+            tier_docs.get(key_tier(key.tier, owner.tier, priorities)),
             key_docs.get(key_id),
         )
         _keep(key_limits, key_id, to_limits(resolved.key))

@@ -2,13 +2,15 @@
 
     tenant scope   = tier.tenant  <- tenant.tenant
     project scope  = tier.project <- tenant.project                (each project, counted apart)
-    key scope      = key tier.key <- tenant.key <- key override    (the key's pinned tier, if any)
+    key scope      = key tier.key <- tenant.key <- key override    (``key_tier``: the key's pin, if
+                                                                    still in force)
 
 ``a <- b``: ``b``'s limits replace ``a``'s where ``b`` sets them (``null``: unlimited).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 
 import msgspec
@@ -48,6 +50,16 @@ def resolve(
         project=overlay(tier.project, tenant.project),
         key=overlay(overlay(key_defaults, tenant.key), key),
     )
+
+
+def key_tier(pinned: str | None, tenants: str, priorities: Mapping[str, int]) -> str:
+    """The tier a key's requests run in, so the one whose key defaults it gets: its pin when
+    that is its tenant's tier or below it, else its tenant's (as ``gateway.authn.key_tier``
+    decides per request). A tenant may have moved below its keys' pins since they were made."""
+    if pinned is None or pinned == tenants:
+        return tenants
+    below = priorities.get(pinned, 0) < priorities.get(tenants, 0)
+    return pinned if pinned in priorities and below else tenants
 
 
 def to_limits(scope: ScopeLimits) -> Limits:

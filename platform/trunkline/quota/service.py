@@ -18,7 +18,7 @@ from trunkline.auth.principal import Principal
 from trunkline.errors import NotFound
 from trunkline.keys.service import get_key
 from trunkline.quota.limits import MICRO_USD, MONTH_COST, UNLIMITED
-from trunkline.quota.policy import resolve, to_limits
+from trunkline.quota.policy import key_tier, resolve, to_limits
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.quota.rules import Vector
 from trunkline.quota.schemas import (
@@ -83,11 +83,16 @@ def key_quota(
     quotas = QuotaRepository(session)
     scoped = TenantQuotaRepository(session, tenant_id)
     own = scoped.key_doc(key_id) or ScopeLimits()
-    key_tier = key.tier or tenant.tier.name
+    tiers = TierRepository(session)
+    pinned = tiers.by_name(key.tier) if key.tier else None
+    priorities = {tenant.tier.name: tenant.tier.priority}
+    if pinned is not None:
+        priorities[pinned.name] = pinned.priority
+    tier = key_tier(key.tier, tenant.tier.name, priorities)
     limits = resolve(
         quotas.tier_doc(tenant.tier_id),
         scoped.doc(),
-        quotas.tier_doc(_tier_id(session, key_tier)),
+        quotas.tier_doc(_tier_id(session, tier)),
         own,
     )
     by_scope = {"key": limits.key, "project": limits.project, "tenant": limits.tenant}
@@ -96,7 +101,7 @@ def key_quota(
     usage = _usage(read_usage, str(tenant_id), scopes, list(by_scope.values()))
     return KeyQuota(
         key.key_id,
-        key_tier,
+        tier,
         own,
         by_scope,
         None if usage is None else dict(zip(by_scope, usage, strict=True)),

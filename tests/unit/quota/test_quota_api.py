@@ -167,3 +167,24 @@ def test_manifests_set_tenant_overrides_and_reapplying_changes_nothing(
     globex = snapshot(world.runtime).quotas.tenants[world.tenant("globex")]
     assert (globex.tokens_per_day, globex.concurrent_requests) == (777, None)
     assert globex.requests_per_minute == 1200, "the rest from silver's defaults"
+
+
+def test_a_pin_above_a_tenant_moved_down_gives_the_key_its_tenants_tier_limits(
+    world: World,
+) -> None:
+    """The gateway serves such a key in its tenant's tier (``authn.key_tier``): its limits
+    must come from that tier too, not from the higher tier it was once pinned to."""
+    acme = world.tenant("acme")
+    path = f"{T}/{acme}/keys"
+    pinned = world.api("acme-admin").post(
+        path, {"project_id": world.project("acme", "demo"), "name": "k", "tier": "silver"}
+    )["key"]["key_id"]
+    assert snapshot(world.runtime).quotas.keys[pinned].requests_per_minute == 300
+
+    world.admin.patch(f"{T}/{acme}", {"tier": "bronze"})
+
+    bronze = Limits(requests_per_minute=60, tokens_per_minute=30_000, concurrent_requests=8)
+    assert snapshot(world.runtime).quotas.keys[pinned] == bronze
+    view = world.api("acme-admin").get(f"{path}/{pinned}/quota")
+    assert view["tier"] == "bronze"
+    assert view["limits"]["key"]["requests_per_minute"] == 60
