@@ -74,6 +74,10 @@ class FallbackQuotaStore:
                 outcome = await self._primary.reserve(request)
             except StoreUnavailable as exc:
                 self._fail("reserve", now, exc)
+                if exc.maybe_reserved is not None:
+                    # It may have been counted all the same: give it back once the store is
+                    # back (nothing happens if it was not).
+                    self._keep_for_later(exc.maybe_reserved, 0, 0, now)
             else:
                 self._recovered(now)
                 self._remember(request, outcome)

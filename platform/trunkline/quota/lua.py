@@ -13,7 +13,9 @@ from __future__ import annotations
 # ARGV: now_ms, lease_ms, request_id, tokens, cost, reservation_ttl_ms,
 #       minute_ttl_ms, day_ttl_ms, month_ttl_ms, then six limits per scope (-1: none).
 # Reply: {refused limit (0-based, -1 if admitted), refusing scope (0-based), never fits (0/1),
-#         then the six counters of each scope}.
+#         then the six counters of each scope}. A request id whose reservation is held already
+#         is admitted again without counting twice: the client resends a call that timed out,
+#         and Redis may have run the first one.
 RESERVE = """
 local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local rid, tokens, cost = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -42,6 +44,9 @@ local function reply(limit, scope, never)
     for f = 1, 6 do out[#out + 1] = used[i][f] end
   end
   return out
+end
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then
+  return reply(-1, -1, 0)  -- sent again (a retry after a timeout): already counted
 end
 for _, f in ipairs({6, 5, 4, 3, 1, 2}) do
   for i = 1, n do

@@ -44,6 +44,10 @@ class InMemoryQuotaStore:
         with self._lock:
             self._sweep(now)
             used = [self._read(keys, index, now) for index in range(len(request.scopes))]
+            held = self._reservations.get(keys[-1])
+            if held is not None and held[2] > now:  # sent again: already counted
+                ticket = Ticket(request.request_id, keys, request.tokens, request.cost)
+                return Outcome(ADMITTED, tuple(used), ticket, windows)
             need = demand(request.tokens, request.cost)
             verdict = check([s.limits for s in request.scopes], used, need)
             if not verdict.admitted:

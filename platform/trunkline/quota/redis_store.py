@@ -52,12 +52,16 @@ class RedisQuotaStore:
         ]  # fmt: skip
         for scope in request.scopes:
             args.extend(scope.limits)
-        reply = await _call(lambda: self._reserve(keys=keys, args=args))
+        ticket = Ticket(request.request_id, keys, request.tokens, request.cost)
+        try:
+            reply = await _call(lambda: self._reserve(keys=keys, args=args))
+        except StoreUnavailable as exc:
+            exc.maybe_reserved = ticket  # a call that timed out may have run in Redis
+            raise
         limit, refusing, never = int(reply[0]), int(reply[1]), bool(reply[2])
         used = _vectors(reply[3:])
         if limit >= 0:
             return Outcome(Verdict(limit, refusing, never), used, None, windows)
-        ticket = Ticket(request.request_id, keys, request.tokens, request.cost)
         return Outcome(ADMITTED, used, ticket, windows)
 
     async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:

@@ -27,6 +27,10 @@ LEASE_SLOT = 2
 class StoreUnavailable(Exception):
     """The shared store could not be reached; raised by remote stores only."""
 
+    maybe_reserved: Ticket | None = None
+    """Set by a ``reserve`` that timed out: the store may have run it all the same, and the
+    reservation is then held there, unknown to the caller, until this ticket is settled."""
+
 
 class Scope(NamedTuple):
     kind: str
@@ -78,7 +82,9 @@ class Outcome(NamedTuple):
 
 
 class QuotaStore(Protocol):
-    async def reserve(self, request: ReserveRequest) -> Outcome: ...
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        """Admit and reserve, or refuse. Reserving again with the id of a reservation still
+        held admits it again and counts nothing (a retry of a call that timed out)."""
 
     async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
         """Release the lease and charge ``tokens`` and ``cost`` instead of the reservation

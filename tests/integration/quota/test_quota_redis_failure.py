@@ -12,11 +12,12 @@ from litestar.testing import TestClient
 from tests.unit.gateway.conftest import SECRET, TENANT_A, default_world
 from tests.unit.gateway.upstreams import chat_any
 
-from support.servers import RedisServer
+from support.servers import RedisServer, free_port
 from trunkline.apps.gateway import create_gateway_app
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.quota.limits import REQUESTS, Limits, QuotaBook
 from trunkline.quota.redis_store import RedisQuotaStore, connect
+from trunkline.quota.store import ReserveRequest, Scope, StoreUnavailable
 from trunkline.settings import GatewaySettings, QuotaSettings
 from unit.quota.conftest import NOON, Clock, QuotaWorld
 from unit.quota.test_quota_gateway import CHAT
@@ -83,3 +84,19 @@ def test_redis_killed_and_restarted_during_a_run(redis_back: RedisServer, redis_
         assert redis_count() == 4
         assert "trunkline_quota_store_degraded 0.0" in client.get("/metrics").text
         assert client.get("/health").json()["quota_store"] == "ok"
+
+
+async def test_a_reserve_that_fails_says_which_reservation_redis_may_hold() -> None:
+    """The one retry resends the script after a timeout, and Redis may have run either call:
+    the caller gets the ticket to give that reservation back once Redis answers again."""
+    store = RedisQuotaStore(connect(f"redis://127.0.0.1:{free_port()}/0", 0.25), prefix="it")
+    scopes = (Scope("key", "k", Limits(requests_per_minute=4).vector()),)
+    request = ReserveRequest("r1", TENANT_A, scopes, 10, 0, NOON, 60_000, 3_600_000)
+
+    with pytest.raises(StoreUnavailable) as refused:
+        await store.reserve(request)
+
+    ticket = refused.value.maybe_reserved
+    assert ticket is not None and ticket.request_id == "r1" and ticket.tokens == 10
+    assert ticket.reservation_key.endswith(":res:r1")
+    await store.close()

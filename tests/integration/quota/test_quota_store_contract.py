@@ -161,6 +161,22 @@ async def test_settling_twice_counts_once(store: QuotaStore) -> None:
     assert (await used(store))[0] == (1, 100, 0, 100, 100, 0)
 
 
+async def test_reserving_again_under_a_held_reservations_id_counts_it_once(
+    store: QuotaStore,
+) -> None:
+    """A client resends a reserve that timed out (redis-py retries once), and Redis may have
+    run the first call: the second must not take the request's share a second time."""
+    limited = scopes(Limits(requests_per_minute=10, concurrent_requests=5))
+    first = await store.reserve(request("r1", tokens=400, cost=7, scoped=limited))
+    again = await store.reserve(request("r1", NOON + 5, tokens=400, cost=7, scoped=limited))
+
+    assert again.verdict.admitted and again.ticket == first.ticket
+    assert again.used[0] == first.used[0] == (1, 400, 1, 400, 400, 7)
+    assert again.ticket is not None
+    await store.settle(again.ticket, 100, 2, NOON + 10)
+    assert (await used(store, NOON + 10))[0] == (1, 100, 0, 100, 100, 2)
+
+
 async def test_a_late_settle_corrects_the_window_the_reservation_was_made_in(
     store: QuotaStore,
 ) -> None:

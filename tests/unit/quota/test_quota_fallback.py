@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from trunkline.quota.fallback import FallbackQuotaStore
-from trunkline.quota.limits import DAY_TOKENS, REQUESTS, Limits
+from trunkline.quota.limits import CONCURRENCY, DAY_TOKENS, REQUESTS, Limits
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import Vector
@@ -168,3 +168,35 @@ async def test_while_degraded_one_request_probes_and_the_others_decide_locally()
     assert hanging.calls == 2, "only the probe waited on the store"
     hanging.wake.set()
     assert (await probe).local
+
+
+class RanButTimedOut(Flaky):
+    """A store whose reserve calls time out after the store ran them (a Redis busy for longer
+    than the client waits), reported as ``RedisQuotaStore`` does: with the ticket it may hold."""
+
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        if not self.down:
+            return await self.inner.reserve(request)
+        outcome = await self.inner.reserve(request)
+        exc = StoreUnavailable("Timeout reading from redis")
+        exc.maybe_reserved = outcome.ticket
+        raise exc
+
+
+def test_a_reservation_that_timed_out_but_was_made_is_given_back_when_the_store_returns(
+    make_gateway: Any,
+) -> None:
+    store = RanButTimedOut()
+    gw: Gateway = make_gateway(store=store)
+    gw.limit(key=Limits(tokens_per_day=10_000, concurrent_requests=1))
+    store.down = True
+    assert statuses(gw, 1) == [200], "decided locally"
+    assert gw.counters()[DAY_TOKENS] == 38 and gw.counters()[CONCURRENCY] == 1, "held in Redis"
+
+    store.down = False
+    gw.clock.advance(1000)
+    assert statuses(gw, 1) == [429], "the probe that finds it back still meets the slot"
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+
+    assert gw.counters()[DAY_TOKENS] == 0 and gw.counters()[CONCURRENCY] == 0, "given back"
+    assert statuses(gw, 1) == [200]
