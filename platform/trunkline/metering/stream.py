@@ -21,6 +21,7 @@ import msgspec
 import redis
 import redis.asyncio as aioredis
 
+from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.metering.schemas import UsageRecord, decode_usage, encode_usage
 
 log = logging.getLogger(__name__)
@@ -177,10 +178,13 @@ class RedisUsageEmitter:
             try:
                 await self._send(batch)
                 return
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError):
-                # Keep the events in memory while Redis is away; never drop them. A batch
-                # Redis applied before the connection broke is sent again: ingest drops the
-                # duplicates on request id.
+            except (redis.RedisError, OSError) as exc:
+                if not redis_unavailable(exc):
+                    raise
+                # Keep the events in memory while Redis is away or refuses writes (a replica
+                # after a failover, out of memory); never drop them. A batch Redis applied
+                # before the connection broke is sent again: ingest drops the duplicates on
+                # request id.
                 log.warning("usage stream unavailable, retrying", extra={"events": len(batch)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -197,7 +201,9 @@ class RedisUsageEmitter:
         for start in range(0, len(batch), self._max_batch):
             try:
                 await self._send(batch[start : start + self._max_batch])
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
+            except (redis.RedisError, OSError) as exc:
+                if not redis_unavailable(exc):
+                    raise
                 log.error("usage events lost at shutdown", extra={"events": len(batch) - start})
                 return
 

@@ -1,6 +1,7 @@
 """The Redis quota store: one script call to reserve, one to settle, shared by every replica.
 
-Connection failures and timeouts surface as ``StoreUnavailable``, which the gateway's
+Connection failures, timeouts and a Redis refusing writes (a replica after a failover, out of
+memory: ``kit.redis_errors``) surface as ``StoreUnavailable``, which the gateway's
 ``FallbackQuotaStore`` turns into local limiting. Scripts are sent by SHA; after a Redis restart
 redis-py loads them again on the first ``NOSCRIPT``.
 """
@@ -15,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.quota import lua
 from trunkline.quota.rules import ADMITTED, Vector, Verdict
 from trunkline.quota.store import (
@@ -28,7 +30,6 @@ from trunkline.quota.store import (
 from trunkline.quota.windows import windows_at
 
 T = TypeVar("T")
-_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class RedisQuotaStore:
@@ -117,7 +118,11 @@ def connect(url: str, timeout_s: float) -> aioredis.Redis:
 async def _call(operation: Callable[[], Awaitable[T]]) -> T:
     try:
         return await operation()
-    except _UNREACHABLE as exc:
+    except redis.RedisError as exc:  # a replica after a failover, out of memory...: an outage
+        if not redis_unavailable(exc):
+            raise
+        raise StoreUnavailable(f"quota store unavailable: {exc}") from exc
+    except OSError as exc:
         raise StoreUnavailable(f"quota store unreachable: {exc}") from exc
 
 

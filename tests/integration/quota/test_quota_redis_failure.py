@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from litestar.testing import TestClient
 from tests.unit.gateway.conftest import SECRET, TENANT_A, default_world
 from tests.unit.gateway.upstreams import chat_any
@@ -100,3 +101,36 @@ async def test_a_reserve_that_fails_says_which_reservation_redis_may_hold() -> N
     assert ticket is not None and ticket.request_id == "r1" and ticket.tokens == 10
     assert ticket.reservation_key.endswith(":res:r1")
     await store.close()
+
+
+@pytest.fixture
+def demoted(redis_server: RedisServer, redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the session Redis, made a master again whatever the test did to it."""
+    client = redis_server.client()
+    try:
+        yield client
+    finally:
+        client.replicaof("NO", "ONE")
+        client.close()
+
+
+def test_a_redis_demoted_to_a_replica_is_an_outage_not_a_500(
+    demoted: redis.Redis, redis_url: str
+) -> None:
+    """After a failover the gateway may still talk to the old master, now a read-only replica
+    that refuses every script: serve on under the local limiter, as when Redis is down."""
+    clock = Clock(NOON)
+    client, key = gateway(redis_url, clock, Limits(requests_per_minute=4))
+    headers = {"Authorization": f"Bearer {key}"}
+    with client:
+        assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+
+        demoted.replicaof("127.0.0.1", str(free_port()))
+        served = client.post("/v1/chat/completions", json=CHAT, headers=headers)
+        assert served.status_code == 200, served.text
+        assert client.get("/health").json()["quota_store"] == "degraded"
+
+        demoted.replicaof("NO", "ONE")
+        clock.advance(1000)
+        assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+        assert client.get("/health").json()["quota_store"] == "ok"

@@ -3,6 +3,7 @@ ledger on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
+from support.servers import free_port
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.migrate import upgrade
 from trunkline.metering.ingest import ingest_once
@@ -129,3 +131,24 @@ def test_a_failed_write_leaves_events_in_the_stream(ledger: Any) -> None:
     assert len(memory) == 1
     assert ingest_once(memory, ledger) == 1
     assert len(memory) == 0
+
+
+async def test_the_emitter_waits_out_a_redis_refusing_writes(
+    redis_server: Any, redis_url: str
+) -> None:
+    """A failover can leave the gateway talking to a read-only replica for a while: the events
+    wait in memory and are sent once Redis takes writes again (the emitter must not die)."""
+    admin = redis_server.client()
+    emitter = RedisUsageEmitter(aioredis.Redis.from_url(redis_url), "usage")
+    try:
+        admin.config_resetstat()
+        admin.replicaof("127.0.0.1", str(free_port()))
+        await emitter.start()
+        emitter.emit(record("during-failover"))
+        while "errorstat_READONLY" not in admin.info("errorstats"):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # until the emitter met the replica
+    finally:
+        admin.replicaof("NO", "ONE")
+    await emitter.close()
+    assert admin.xlen("usage") == 1
+    admin.close()
