@@ -44,7 +44,7 @@ class QuotaSettings(BaseModel):
     """Share of each limit one process admits on its own while Redis is away; N replicas
     together overshoot by at most ``N * local_share`` times a limit (1/N: no overshoot)."""
     max_reserved_completion_tokens: int = Field(default=4096, ge=1)
-    """Completion tokens a request reserves at most (its ``max_tokens``, or this if unset)."""
+    """Completion tokens a request without ``max_tokens`` reserves (one with it reserves it)."""
     lease_s: float = Field(default=60.0, gt=0)
     """A concurrency slot expires this long after its gateway last renewed it (a crash)."""
     max_request_s: float = Field(default=3600.0, gt=0)

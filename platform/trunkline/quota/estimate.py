@@ -39,10 +39,15 @@ def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
 
 def completion_budget(kind: str, body: dict[str, Any], cap: int) -> int:
     """Completion tokens to reserve: the maximum the engine will generate per answer, times
-    ``n`` and the number of prompts, at most ``cap``; ``cap`` itself when the client set no
-    maximum. The maximum is the one vLLM reads: ``max_completion_tokens`` before ``max_tokens``
-    on chat, ``max_tokens`` alone on completions (which ignore the other, so a small
-    ``max_completion_tokens`` there must not shrink the reservation). Embeddings generate none."""
+    ``n`` and the number of prompts; ``cap`` when the client set no maximum. The maximum is the
+    one vLLM reads: ``max_completion_tokens`` before ``max_tokens`` on chat, ``max_tokens``
+    alone on completions (which ignore the other, so a small ``max_completion_tokens`` there
+    must not shrink the reservation). Embeddings generate none.
+
+    A maximum the client set is reserved whole, however large (as OpenAI counts it): the engine
+    generates up to it, and a reservation below it would let a request spend far past a budget
+    (``max_tokens: 100000`` against 5,000 tokens left). One too large to fit is refused with
+    *Lower max_tokens*."""
     if kind == "embeddings":
         return 0
     if kind == "chat":
@@ -50,11 +55,12 @@ def completion_budget(kind: str, body: dict[str, Any], cap: int) -> int:
     else:
         asked = body.get("max_tokens")
     choices = body.get("n")
-    per_choice = asked if isinstance(asked, int) and _positive_int(asked) else cap
     count = choices if isinstance(choices, int) and _positive_int(choices) else 1
     if kind == "completions":
         count *= _prompt_count(body.get("prompt"))
-    return min(per_choice * count, cap)
+    if isinstance(asked, int) and _positive_int(asked):
+        return asked * count
+    return cap
 
 
 def _prompt_count(prompt: object) -> int:

@@ -142,6 +142,25 @@ def test_a_budget_with_room_for_the_prompt_but_not_max_tokens_says_lower_max_tok
     assert gw.post({**CHAT, "max_tokens": 19}).status_code == 200  # it fits, as it says
 
 
+def test_a_max_tokens_above_the_gateways_reservation_cap_is_reserved_whole(
+    make_gateway: Any,
+) -> None:
+    """The engine generates up to max_tokens: reserving only the gateway's 4,096 let one
+    request with max_tokens 100,000 spend twenty times what was left of a budget."""
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_day=20_000))
+
+    refused = gw.post({**CHAT, "max_tokens": 100_000})
+    spread = gw.post({**CHAT, "max_tokens": 4000, "n": 5})
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "Request too large" in error["message"] and "Lower max_tokens" in error["message"]
+    assert f"Requested {PROMPT + 100_000}" in error["message"]
+    error_of(spread, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert gw.upstream == [], "neither reached an engine"
+    assert gw.post({**CHAT, "max_tokens": 19_000}).status_code == 200
+
+
 def test_monthly_cost_budget_counts_list_price(make_gateway: Any) -> None:
     gw: Gateway = make_gateway()
     price = Price(input=1_000_000, cached_input=500_000, output=2_000_000)  # $1 / 0.5 / 2 per 1M

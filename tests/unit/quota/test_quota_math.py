@@ -175,8 +175,12 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
         ("chat", {"max_tokens": 100}, 100),
         ("chat", {"max_completion_tokens": 50, "max_tokens": 100}, 50),
         ("chat", {"max_tokens": 100, "n": 3}, 300),
-        ("chat", {"max_tokens": 10_000}, 4096),
+        # A maximum the client set is reserved whole: the engine generates up to it.
+        ("chat", {"max_tokens": 10_000}, 10_000),
+        ("chat", {"max_tokens": 4000, "n": 5}, 20_000),
+        ("completions", {"prompt": ["a", "b"], "max_tokens": 3000}, 6000),
         ("chat", {}, 4096),
+        ("chat", {"n": 3}, 4096),
         ("chat", {"max_tokens": True, "n": "2"}, 4096),
         ("embeddings", {"max_tokens": 5}, 0),
         # Completions read max_tokens alone: a small max_completion_tokens beside a larger
@@ -189,7 +193,7 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
         ("completions", {"prompt": [1, 2, 3], "max_tokens": 100}, 100),  # one prompt of ids
     ],
 )
-def test_completion_budget_is_capped(kind: str, body: dict, budget: int) -> None:  # type: ignore[type-arg]
+def test_completion_budget(kind: str, body: dict, budget: int) -> None:  # type: ignore[type-arg]
     assert completion_budget(kind, body, cap=4096) == budget
 
 
