@@ -6,7 +6,10 @@ in-memory limiter whose limits are ``rules.local_limits`` (a share of each limit
 what was left when the store last answered); fail-closed, it refuses. While degraded it probes
 the store again every ``probe_every_ms`` on a real request; the first success ends the outage:
 exact limits again, the local counters are dropped, and settles that could not reach the store
-are replayed (settling is idempotent, so a replay never refunds twice).
+are replayed (settling is idempotent, so a replay never refunds twice), and so is what the
+requests decided locally used, into the windows they were made in: without it the budgets
+forgot the outage, and a tenant could spend what was left of a month once during it and once
+again after.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
+from typing import Final, NamedTuple
 
+from trunkline.quota.limits import Limits
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import Vector, local_limits
@@ -33,6 +38,18 @@ log = logging.getLogger(__name__)
 
 _LOCAL_PREFIX = "local"
 _MAX_REMEMBERED_SCOPES = 100_000
+_NO_LIMITS: Final = Limits().vector()
+
+
+class _Settle(NamedTuple):
+    """A settle the store missed. ``decided_locally``: the store never saw the request, which
+    is first reserved there without limits (in the windows it was made in), then settled."""
+
+    ticket: Ticket
+    tokens: int
+    cost: int
+    now_ms: int
+    decided_locally: ReserveRequest | None = None
 
 
 class FallbackQuotaStore:
@@ -55,7 +72,9 @@ class FallbackQuotaStore:
         self._degraded_since: int | None = None
         self._probe_at = 0
         self._last_used: dict[tuple[str, str, str], Vector] = {}
-        self._pending: deque[tuple[Ticket, int, int, int]] = deque()
+        self._pending: deque[_Settle] = deque()
+        self._decided_locally: dict[str, ReserveRequest] = {}
+        """Local reservations in flight, by request id, to be replayed when they settle."""
         self._max_pending = max_pending_settles
         self._replaying: asyncio.Task[None] | None = None
 
@@ -85,11 +104,18 @@ class FallbackQuotaStore:
         if not self._fail_open:
             raise StoreUnavailable("quota store unreachable and quotas fail closed")
         outcome = await self._local.reserve(self._localized(request))
+        if outcome.ticket is not None and len(self._decided_locally) < self._max_pending:
+            self._decided_locally[request.request_id] = request
         return outcome._replace(local=True)
 
     async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
         if _is_local(ticket):
             await self._local.settle(ticket, tokens, cost, now_ms)
+            decided = self._decided_locally.pop(ticket.request_id, None)
+            if decided is not None:  # what it used goes to the store's budgets too
+                self._keep_for_later(ticket, tokens, cost, now_ms, decided)
+                if self._degraded_since is None:  # settled after the outage ended
+                    self._replay_soon()
         elif self._degraded_since is not None:
             self._keep_for_later(ticket, tokens, cost, now_ms)
         else:
@@ -151,23 +177,39 @@ class FallbackQuotaStore:
             outage_s,
             len(self._pending),
         )
+        self._replay_soon()
+
+    def _replay_soon(self) -> None:
         if self._pending and (self._replaying is None or self._replaying.done()):
             self._replaying = asyncio.create_task(self._replay(), name="quota-settle-replay")
 
     async def _replay(self) -> None:
         while self._pending and self._degraded_since is None:
-            ticket, tokens, cost, now_ms = self._pending.popleft()
+            missed = self._pending.popleft()
             try:
-                await self._primary.settle(ticket, tokens, cost, now_ms)
+                await self._send(missed)
             except StoreUnavailable as exc:
-                self._pending.appendleft((ticket, tokens, cost, now_ms))
-                self._fail("settle", now_ms, exc)
+                self._pending.appendleft(missed)
+                self._fail("settle", missed.now_ms, exc)
 
-    def _keep_for_later(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
+    async def _send(self, missed: _Settle) -> None:
+        ticket, request = missed.ticket, missed.decided_locally
+        if request is not None:
+            # Reserving again under the same id counts once, if a retry of this replay does.
+            unlimited = tuple(s._replace(limits=_NO_LIMITS) for s in request.scopes)
+            outcome = await self._primary.reserve(request._replace(scopes=unlimited))
+            assert outcome.ticket is not None
+            ticket = outcome.ticket
+        await self._primary.settle(ticket, missed.tokens, missed.cost, missed.now_ms)
+
+    def _keep_for_later(
+        self, ticket: Ticket, tokens: int, cost: int, now_ms: int,
+        decided_locally: ReserveRequest | None = None,
+    ) -> None:  # fmt: skip
         if len(self._pending) >= self._max_pending:
             self._pending.popleft()
             self._metrics.lost_settles.inc()
-        self._pending.append((ticket, tokens, cost, now_ms))
+        self._pending.append(_Settle(ticket, tokens, cost, now_ms, decided_locally))
 
     def _remember(self, request: ReserveRequest, outcome: Outcome) -> None:
         if len(self._last_used) > _MAX_REMEMBERED_SCOPES:

@@ -82,7 +82,9 @@ def test_fail_open_limits_each_process_to_its_share_and_says_so(
 
     flaky.down = False
     gw.clock.advance(1000)  # the next probe
-    assert statuses(gw, 4) == [200, 200, 200, 429], "the store's own count again: 1 + 3"
+    assert statuses(gw, 1) == [200]
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+    assert statuses(gw, 1) == [429], "the store's count, the two decided locally in: 1 + 2 + 1"
     assert metric(gw, "trunkline_quota_store_degraded 0.0")
     assert gw.client.get("/health").json()["quota_store"] == "ok"
     assert any("reachable again" in r.getMessage() for r in caplog.records)
@@ -95,6 +97,31 @@ def test_while_away_budgets_continue_from_what_was_left(make_gateway: Any) -> No
     assert statuses(gw, 1) == [200]
     flaky.down = True
     assert statuses(gw, 1) == [429], "the day's budget is as spent as the store last said"
+
+
+def test_what_was_used_while_away_counts_in_the_stores_budgets_once_it_is_back(
+    make_gateway: Any,
+) -> None:
+    """Otherwise the store forgets the outage: a tenant spends what was left of its day during
+    it, and the same again after."""
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky)
+    gw.limit(tenant=Limits(tokens_per_day=100))
+    assert statuses(gw, 1) == [200]
+    flaky.down = True
+    assert statuses(gw, 1) == [200], "decided locally"
+    open_during = gw.call(open_stream, gw)
+
+    flaky.down = False
+    gw.clock.advance(1000)
+    assert statuses(gw, 1) == [200]
+    gw.call(open_during.aclose)  # a local stream that ends after the outage counts too
+    gw.call(gw.service.quota.drain)
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+
+    assert gw.counters("tenant")[DAY_TOKENS] == 3 * 24 + 18, "every request's usage, once"
+    assert gw.counters("tenant")[REQUESTS] == 4
+    assert statuses(gw, 1) == [429], "the day is spent, the outage included"
 
 
 def test_fail_closed_refuses_with_503_until_the_store_is_back(make_gateway: Any) -> None:
@@ -198,5 +225,6 @@ def test_a_reservation_that_timed_out_but_was_made_is_given_back_when_the_store_
     assert statuses(gw, 1) == [429], "the probe that finds it back still meets the slot"
     gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
 
-    assert gw.counters()[DAY_TOKENS] == 0 and gw.counters()[CONCURRENCY] == 0, "given back"
+    assert gw.counters()[CONCURRENCY] == 0, "given back"
+    assert gw.counters()[DAY_TOKENS] == 24, "what it used, decided locally, counts; no more"
     assert statuses(gw, 1) == [200]
