@@ -103,16 +103,28 @@ class RedisQuotaStore:
         await self._client.aclose()
 
 
+POOL_SIZE = 128
+"""Connections to Redis per gateway process; more calls at once wait for one."""
+POOL_WAIT_S = 1.0
+"""How long a call waits for a free connection, at least (the store timeout, if longer): in a
+burst the wait is the event loop's and the other calls', not Redis's."""
+
+
 def connect(url: str, timeout_s: float) -> aioredis.Redis:
     """A client for the gateway's quota calls: a short timeout, so an unreachable Redis turns
     into local limiting quickly, and one immediate retry, so a connection a restarted Redis
-    dropped is replaced without failing the request."""
-    return aioredis.Redis.from_url(
+    dropped is replaced without failing the request. A burst of calls beyond ``POOL_SIZE``
+    waits for a connection: redis-py's default pool refuses them at once ("Too many
+    connections"), which turned a burst of requests into an outage of Redis."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=max(POOL_WAIT_S, timeout_s),
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 1),
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 async def _call(operation: Callable[[], Awaitable[T]]) -> T:

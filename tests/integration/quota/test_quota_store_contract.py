@@ -25,7 +25,7 @@ from trunkline.quota.limits import (
     Limits,
 )
 from trunkline.quota.memory import InMemoryQuotaStore
-from trunkline.quota.redis_store import RedisQuotaStore
+from trunkline.quota.redis_store import RedisQuotaStore, connect
 from trunkline.quota.store import QuotaStore, ReserveRequest, Scope
 
 LEASE_MS = 60_000
@@ -257,3 +257,17 @@ async def test_tenants_and_keys_are_counted_apart(store: QuotaStore) -> None:
     assert (await store.reserve(request("r2", scoped=other_key))).verdict.admitted
     assert (await store.reserve(request("r3", scoped=limited, tenant="t2"))).verdict.admitted
     assert not (await store.reserve(request("r4", scoped=limited))).verdict.admitted
+
+
+async def test_a_burst_beyond_the_gateways_connections_waits_for_one(redis_url: str) -> None:
+    """The gateway's client (``connect``): redis-py's own pool refused the 101st call at once
+    ("Too many connections"), so a burst of requests read as Redis being down (fail-closed:
+    503 quota_unavailable for all but 100 of them)."""
+    store = RedisQuotaStore(connect(redis_url, 1.0), prefix="t")
+    many = [request(f"r{i}", scoped=scopes(Limits(requests_per_minute=1000))) for i in range(400)]
+
+    outcomes = await asyncio.gather(*(store.reserve(r) for r in many))
+
+    assert all(outcome.verdict.admitted for outcome in outcomes)
+    assert (await used(store))[0][REQUESTS] == 400
+    await store.close()
