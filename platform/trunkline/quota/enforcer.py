@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -121,8 +122,14 @@ class QuotaEnforcer:
             reservation_id, key.tenant_id, scopes, prompt + completion, cost, now,
             self._lease_ms, self._max_request_ms,
         )  # fmt: skip
+        call = asyncio.ensure_future(self.store.reserve(request))
         try:
-            outcome = await self.store.reserve(request)
+            # Shielded: a client that leaves while the store answers cancels this request, not
+            # the store's call, whose reservation is then given back (never left held).
+            outcome = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            self._spawn(self._give_back(call))
+            raise
         except StoreUnavailable:
             self.metrics.decisions.labels("unavailable", "", "store").inc()
             raise UpstreamUnavailable(
@@ -155,13 +162,25 @@ class QuotaEnforcer:
             prompt, cached = (grant.prompt_estimate if reached_engine else 0), 0
             completion = completion if reached_engine else 0
         cost = grant.price.cost(prompt, cached, completion) if grant.price else 0
-        task = asyncio.create_task(self._settle(ticket, prompt + completion, cost))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._settle(ticket, prompt + completion, cost))
 
     def release(self, grant: Grant) -> None:
         """Give the whole reservation back: the request never left the gateway."""
         self.settle_soon(grant, 0, 0, 0, measured=False, reached_engine=False)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _give_back(self, call: asyncio.Future[Outcome]) -> None:
+        """Release what a reservation whose request was cancelled meanwhile took, if any."""
+        try:
+            outcome = await call
+        except Exception:  # nothing was reserved, or nothing we can know of
+            return
+        if outcome.ticket is not None:
+            await self._settle(outcome.ticket, 0, 0)
 
     async def _settle(self, ticket: Ticket, tokens: int, cost: int) -> None:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import httpx
@@ -17,6 +19,8 @@ from trunkline.quota.limits import (
     Price,
     price_key,
 )
+from trunkline.quota.memory import InMemoryQuotaStore
+from trunkline.quota.store import Outcome, ReserveRequest
 from unit.quota.conftest import NOON, Gateway, ms
 
 CHAT: dict[str, Any] = {
@@ -322,3 +326,44 @@ def test_decisions_are_counted_in_metrics(make_gateway: Any) -> None:
         'outcome="rate_limited"} 1.0'
     ) in text
     assert "trunkline_quota_store_degraded 0.0" in text
+
+
+class Slow(InMemoryQuotaStore):
+    """A store whose reservations are made, but answered only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        outcome = await super().reserve(request)
+        self.asked.set()
+        await self.answer.wait()
+        return outcome
+
+
+def test_a_client_that_leaves_while_the_store_answers_leaves_no_reservation_held(
+    make_gateway: Any,
+) -> None:
+    """Its request is cancelled while awaiting the store's answer: the reservation the store
+    made all the same is given back, not left holding a slot and its tokens."""
+    slow = Slow()
+    gw: Gateway = make_gateway(store=slow)
+    gw.limit(key=Limits(concurrent_requests=1, tokens_per_day=10_000))
+
+    async def leave_while_reserving() -> None:
+        principal = gw.service.authenticate(f"Bearer {gw.key}")
+        raw = httpx.Request("POST", "/", json=CHAT).content
+        request = asyncio.ensure_future(gw.service.handle("chat", raw, principal, "req-left"))
+        await slow.asked.wait()
+        request.cancel()  # what unless_client_leaves does when the client disconnects
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        slow.answer.set()
+        await gw.service.quota.drain()
+
+    gw.call(leave_while_reserving)
+
+    assert gw.counters()[CONCURRENCY] == 0 and gw.counters()[DAY_TOKENS] == 0
+    assert gw.post(CHAT).status_code == 200
