@@ -84,6 +84,11 @@ class UsageMeter:
         if self.candidate is not None and self.engines is not None:
             self.engines.failed(self.candidate.endpoint.id, reason)
 
+    def engine_answered(self) -> None:
+        """The engine's stream ended whole: a success for its health."""
+        if self.candidate is not None and self.engines is not None:
+            self.engines.succeeded(self.candidate.endpoint.id)
+
     def finish(self, status: int, error_code: str | None) -> None:
         if self._done:
             return

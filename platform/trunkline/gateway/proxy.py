@@ -106,7 +106,8 @@ async def open_upstream(
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
     at once, so silence means a stuck engine, and it counts against the endpoint; a plain
     request may still be generating: sending it again would run it twice, and a long answer is
-    no fault of the engine's). Each outcome goes to ``engines`` for health, and each
+    no fault of the engine's). Each outcome goes to ``engines`` for health (but a streamed 200's:
+    the caller reports it when the stream ended, whole or not), and each
     attempt is accounted in flight there until it ends (``streamed``: whether its first byte
     will be its first token), with ``prefill_tokens[i]`` for ``candidates[i]``: the prompt
     tokens it will likely prefill (0 when not given). ``attempting`` hears of each candidate
@@ -149,7 +150,8 @@ async def open_upstream(
                 await response.aclose()
                 reasons.append(f"{endpoint.url}: HTTP {response.status_code}")
                 continue
-        else:
+        elif response.status_code != 200 or not streamed:
+            # A stream's head says nothing yet: it succeeds once whole (or fails on the way).
             engines.succeeded(endpoint.id)
         return Opened(index, candidate, response, flight)
     raise UpstreamUnavailable(

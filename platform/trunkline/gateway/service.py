@@ -313,9 +313,11 @@ class GatewayService:
             except BaseException as exc:
                 self.engines.ended(opened.flight)
                 await opened.response.aclose()
-                if not isinstance(exc, httpx.HTTPError) or index + 1 >= len(candidates):
+                if not isinstance(exc, httpx.HTTPError):
                     raise
                 self.engines.failed(opened.candidate.endpoint.id, type(exc).__name__)
+                if index + 1 >= len(candidates):
+                    raise
                 log.warning("engine failed before its first event; trying the next one")
                 meter.tally = Tally(started=meter.tally.started)
                 offset = index + 1
@@ -366,6 +368,7 @@ class GatewayService:
             async for chunk in rest:
                 yield chunk
             status, code = 200, None
+            meter.engine_answered()
         except httpx.HTTPError as exc:
             log.warning("engine failed mid-stream", extra={"endpoint": meter.endpoint_url})
             meter.engine_failed(type(exc).__name__)

@@ -116,6 +116,35 @@ def test_scrapes_give_rates_and_failures_eject() -> None:
     assert state.in_service("a") and state.ejections("a") == 1
 
 
+def test_scrapes_answering_do_not_take_back_the_failures_of_requests() -> None:
+    # An engine whose /metrics answers while its requests fail (5xx, streams dying): scrapes
+    # come ten times a second, so if they reset the count no third failure in a row would come.
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    for _ in range(3):
+        state.failed("a", "HTTP 500")
+        state.scraped("a", MetricsScan(), clock.now)
+    assert not state.in_service("a") and state.ejections("a") == 1
+
+
+def test_a_scrape_takes_back_only_the_failures_of_scrapes_a_request_all_of_them() -> None:
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    state.scrape_failed("a", "ReadTimeout")
+    state.failed("a", "HTTP 500")
+    state.scraped("a", MetricsScan(), clock.now)  # the scrape's failure is taken back
+    state.failed("a", "HTTP 500")
+    assert state.in_service("a")  # two request failures in a row
+    state.succeeded("a")  # a request answered: the count starts over
+    state.failed("a", "HTTP 500")
+    state.scrape_failed("a", "ReadTimeout")
+    assert state.in_service("a")
+    state.failed("a", "HTTP 500")
+    assert not state.in_service("a")
+
+
 @pytest.mark.parametrize("scraped", [True, False])
 def test_an_endpoint_whose_ejection_ended_waits_for_the_scrape_probe_when_one_runs(
     scraped: bool,

@@ -210,6 +210,37 @@ def test_a_stream_dying_before_its_first_event_moves_to_another_endpoint(
     assert all(r.endpoint != "http://engine-1" for r in records)
 
 
+def _dies_mid_stream(request: httpx.Request) -> httpx.Response:
+    events = sse_events("llama-8b-served", True)
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(events, fail_after=2)
+    )
+
+
+def test_streams_dying_midway_eject_their_endpoint(make_gateway: Callable[..., Gateway]) -> None:
+    # Each stream's 200 head came before it died: the head is no success to reset the count.
+    gw = make_gateway(failing_on("engine-1", _dies_mid_stream))
+
+    bodies = [gw.chat(STREAM).text for _ in range(12)]
+
+    assert sum('"upstream_error"' in body for body in bodies) == 3
+    assert gw.hosts().count("engine-1") == 3  # three in a row, then never again
+    assert gw.service.engines.ejections("e1") == 1
+
+
+def test_a_stream_failing_before_its_first_event_on_the_last_endpoint_counts_too(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gw = make_gateway(_dies_before_the_first_event)
+
+    # Round-robin puts each endpoint last once: three failures each, counting the last one's.
+    statuses = [gw.chat(STREAM).status_code for _ in range(3)]
+
+    assert statuses == [502] * 3
+    assert len(gw.hosts()) == 9
+    assert [gw.service.engines.ejections(e) for e in ("e1", "e2", "e3")] == [1, 1, 1]
+
+
 def test_5xx_on_the_last_endpoint_is_a_502(make_gateway: Callable[..., Gateway]) -> None:
     gw = make_gateway(_503)
     response = gw.chat()

@@ -1,7 +1,10 @@
 """Outlier ejection of one endpoint: a small state machine over explicit time, no I/O.
 
-- **in service**: every failure (connect error, 5xx, timeout before the first byte, failed
-  scrape) counts; any success resets the count. ``eject_after`` failures in a row eject it.
+- **in service**: every failure (connect error, 5xx, timeout before the first byte, a stream
+  failing, failed scrape) counts; ``eject_after`` failures in a row eject it. A request's
+  success resets the count; a scrape's resets only the scrapes' failures: a page of metrics
+  says nothing of whether the engine answers requests, and scrapes come ten times a second,
+  so they would otherwise wipe out every request failure before a third one came.
 - **ejected** until ``ejected_until``: routing skips it, the scraper leaves it alone, and what
   still comes back from requests sent before the ejection changes nothing.
 - **half-open** once the deadline passed: the next outcome is the probe (the scraper's next
@@ -32,11 +35,22 @@ class EjectionPolicy:
 class Health:
     """The health of one endpoint; ``now`` is any monotonic clock in seconds."""
 
-    __slots__ = ("_admitted_at", "_level", "_policy", "ejected_until", "ejections", "failures")
+    __slots__ = (
+        "_admitted_at",
+        "_level",
+        "_policy",
+        "ejected_until",
+        "ejections",
+        "failures",
+        "scrape_failures",
+    )
 
     def __init__(self, policy: EjectionPolicy) -> None:
         self._policy = policy
         self.failures = 0
+        """Consecutive failures, of requests and scrapes alike."""
+        self.scrape_failures = 0
+        """How many of ``failures`` were scrapes' (what a scrape's success takes back)."""
         self.ejected_until: float | None = None
         self.ejections = 0
         """How many times this endpoint was ejected (for logs and metrics)."""
@@ -53,14 +67,16 @@ class Health:
     def half_open(self, now: float) -> bool:
         return self.ejected_until is not None and now >= self.ejected_until
 
-    def failed(self, now: float) -> bool:
-        """Record a failure; returns True when it ejected the endpoint."""
+    def failed(self, now: float, *, scrape: bool = False) -> bool:
+        """Record a failure (``scrape``: of a scrape, else of a request); returns True when it
+        ejected the endpoint."""
         if self.ejected_until is not None:
             if now < self.ejected_until:
                 return False  # a request sent before the ejection: nothing new
             self._eject(now)  # the probe failed
             return True
         self.failures += 1
+        self.scrape_failures += scrape
         if self.failures >= self._policy.eject_after:
             if now - self._admitted_at >= self._policy.max_s:
                 self._level = 0  # long in service since the last readmission: start over
@@ -68,20 +84,25 @@ class Health:
             return True
         return False
 
-    def succeeded(self, now: float) -> bool:
-        """Record a success; returns True when it readmitted the endpoint."""
+    def succeeded(self, now: float, *, scrape: bool = False) -> bool:
+        """Record a success (``scrape``: of a scrape, which takes back only the scrapes'
+        failures); returns True when it readmitted the endpoint (a half-open one's probe)."""
         if self.ejected_until is not None:
             if now < self.ejected_until:
                 return False
             self.ejected_until = None
             self._admitted_at = now
-            self.failures = 0
+            self.failures = self.scrape_failures = 0
             return True
-        self.failures = 0
+        if scrape:
+            self.failures -= self.scrape_failures
+        else:
+            self.failures = 0
+        self.scrape_failures = 0
         return False
 
     def _eject(self, now: float) -> None:
         self._level += 1
         self.ejections += 1
-        self.failures = 0
+        self.failures = self.scrape_failures = 0
         self.ejected_until = now + self._policy.backoff(self._level)

@@ -246,12 +246,12 @@ class EngineState:
         window = sent_at - state.scrape_sent_at if state.scan is not None else 0.0
         state.rates = next_rates(state.scan, scan, state.rates, window)
         state.scan, state.scrape_sent_at, state.scrape_answered_at = scan, sent_at, now
-        self._succeeded(endpoint, state, now)
+        self._succeeded(endpoint, state, now, scrape=True)
         self._notify()
 
     def scrape_failed(self, endpoint: str, reason: str) -> None:
         if endpoint in self._endpoints:
-            self.failed(endpoint, f"scrape: {reason}")
+            self._failed(endpoint, f"scrape: {reason}", scrape=True)
 
     # --- what the request path writes ----------------------------------------------------------
 
@@ -278,9 +278,12 @@ class EngineState:
             self._notify()
 
     def failed(self, endpoint: str, reason: str) -> None:
-        """A connect error, a 5xx, a timeout or a failed scrape."""
+        """A request's connect error, 5xx, timeout, or failure before or during its stream."""
+        self._failed(endpoint, reason, scrape=False)
+
+    def _failed(self, endpoint: str, reason: str, *, scrape: bool) -> None:
         state = self._get(endpoint)
-        if state.health.failed(self._clock()):
+        if state.health.failed(self._clock(), scrape=scrape):
             until = (state.health.ejected_until or 0.0) - self._clock()
             log.warning(
                 "endpoint ejected",
@@ -289,11 +292,12 @@ class EngineState:
             self._notify()
 
     def succeeded(self, endpoint: str) -> None:
+        """A request answered (a stream: ended whole)."""
         state = self._endpoints.get(endpoint)
         if state is not None:
-            self._succeeded(endpoint, state, self._clock())
+            self._succeeded(endpoint, state, self._clock(), scrape=False)
 
-    def _succeeded(self, endpoint: str, state: _Endpoint, now: float) -> None:
-        if state.health.succeeded(now):
+    def _succeeded(self, endpoint: str, state: _Endpoint, now: float, *, scrape: bool) -> None:
+        if state.health.succeeded(now, scrape=scrape):
             log.info("endpoint readmitted", extra={"endpoint_id": endpoint})
             self._notify()
