@@ -250,16 +250,18 @@ class GatewayService:
         except UpstreamUnavailable as exc:
             meter.finish(503, exc.reason)
             raise
-        except httpx.TimeoutException as exc:  # a plain answer not whole by the read timeout
-            meter.timed_out()
-            raise UpstreamTimeout(
-                "The model endpoint did not answer within the gateway's read timeout "
-                f"({self.client.timeout.read} s). The request was not sent again, since the "
-                "engine may have been still generating; lower max_tokens or stream.",
-                reason="upstream_timeout",
-                extra={"headers": {"x-should-retry": "false"}},
-            ) from exc
         except httpx.HTTPError as exc:
+            if isinstance(exc, httpx.TimeoutException) and not request.stream:
+                # A plain answer not whole by the read timeout. (A stream silent before its
+                # first event is a stuck engine: nothing was generated, a retry is safe.)
+                meter.timed_out()
+                raise UpstreamTimeout(
+                    "The model endpoint did not answer within the gateway's read timeout "
+                    f"({self.client.timeout.read} s). The request was not sent again, since the "
+                    "engine may have been still generating; lower max_tokens or stream.",
+                    reason="upstream_timeout",
+                    extra={"headers": {"x-should-retry": "false"}},
+                ) from exc
             meter.finish(502, "upstream_error")
             raise UpstreamError(
                 "The model endpoint failed before answering.", reason="upstream_error"

@@ -4,7 +4,7 @@ views admission sees, and a pluggable admission object."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,6 +239,34 @@ def test_a_stream_failing_before_its_first_event_on_the_last_endpoint_counts_too
     assert statuses == [502] * 3
     assert len(gw.hosts()) == 9
     assert [gw.service.engines.ejections(e) for e in ("e1", "e2", "e3")] == [1, 1, 1]
+
+
+class _SilentAfterHead(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise httpx.ReadTimeout("no first event")
+        yield b""  # pragma: no cover - makes this an async generator
+
+
+def _silent_after_the_head(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=_SilentAfterHead()
+    )
+
+
+def test_a_stream_silent_before_its_first_event_everywhere_is_a_retryable_502(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gw = make_gateway(_silent_after_the_head)
+
+    response = gw.chat(STREAM)
+
+    # Not the plain request's 504 ("may still be generating; lower max_tokens or stream", do
+    # not retry): a stream that sent no token has nothing running twice if retried.
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert "x-should-retry" not in response.headers
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.error_code) == (502, "upstream_error")
 
 
 def test_5xx_on_the_last_endpoint_is_a_502(make_gateway: Callable[..., Gateway]) -> None:
