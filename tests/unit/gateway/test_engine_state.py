@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from trunkline.gateway.endpoints import EjectionPolicy, EngineState, Health, MetricsScan
+from trunkline.gateway.endpoints.scan import scan_metrics
 
 POLICY = EjectionPolicy(eject_after=3, base_s=1.0, max_s=8.0)
 
@@ -162,6 +163,20 @@ def test_an_endpoint_whose_ejection_ended_waits_for_the_scrape_probe_when_one_ru
     assert state.routable("a") is not scraped
     state.scraped("a", MetricsScan(), clock.now)
     assert state.routable("a")
+
+
+def test_a_page_of_figures_no_engine_means_leaves_the_loads_readable() -> None:
+    # NaN waiting with a plain request in flight raised in ``load()``: every request routed
+    # over the endpoint's pool was a 500, not even failed over.
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    state.sent("a", 100, streamed=False)
+    for value in (b"NaN", b"+Inf", b"-3"):
+        page = b'vllm:num_requests_waiting{model_name="m"} ' + value + b"\n"
+        state.scraped("a", scan_metrics(page), clock.now)
+        load = state.loads()["a"]
+        assert (load.running, load.waiting, load.queued_prompt_tokens) == (0, 0, 0)
 
 
 def test_kv_capacity_is_read_once_and_again_after_a_restart() -> None:

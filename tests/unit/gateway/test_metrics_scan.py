@@ -172,6 +172,17 @@ def test_a_running_request_shows_in_the_scan() -> None:
             MetricsScan(running=7.0, waiting=2.0),
             id="odd-lines",
         ),
+        pytest.param(
+            b"# values no engine means: one would fail every request routed past its endpoint\n"
+            b'vllm:num_requests_running{model_name="m"} NaN\n'
+            b'vllm:num_requests_waiting{model_name="m"} +Inf\n'
+            b'vllm:num_requests_waiting{model_name="m"} -Inf\n'
+            b'vllm:kv_cache_usage_perc{model_name="m"} -0.5\n'
+            b'vllm:prompt_tokens_total{model_name="m"} -7\n'
+            b'vllm:num_requests_running{model_name="n"} 2\n',
+            MetricsScan(running=2.0),
+            id="nan-infinite-negative",
+        ),
         pytest.param(b"", MetricsScan(), id="empty"),
     ],
 )

@@ -44,6 +44,7 @@ _SERIES: dict[bytes, int] = {
     b"vllm:time_per_output_token_seconds_count": _TPOT_COUNT,
 }
 _KEYS = tuple((b"\n" + name, slot) for name, slot in _SERIES.items())
+_INF = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +93,14 @@ def scan_metrics(page: bytes) -> MetricsScan:
                 at = find(key, start)
                 continue
             try:
-                sums[slot] += float(value.split(None, 1)[0])
-                counts[slot] += 1
+                sample = float(value.split(None, 1)[0])
             except (ValueError, IndexError):
-                pass  # a malformed sample is skipped, not fatal to the whole page
+                sample = -1.0
+            # A malformed sample is skipped, not fatal to the whole page; so is one no engine
+            # can mean (NaN, infinite, negative: every series read counts or shares something).
+            if 0.0 <= sample < _INF:
+                sums[slot] += sample
+                counts[slot] += 1
             at = find(key, end)
 
     def pick(current: int, old: int) -> float:
