@@ -351,10 +351,13 @@ class GatewayService:
             # The engine's own 5xx or a model it does not serve is our upstream failure.
             meter.finish(502, "upstream_error")
             raise UpstreamError(
-                f"The model endpoint answered HTTP {status}.", reason="upstream_error"
+                f"The model endpoint answered HTTP {status}.",
+                reason="upstream_error",
+                extra={"headers": _retry_headers(response)},
             )
         if status != 200:
             meter.finish(status, "upstream_rejected")
+            headers.update(_retry_headers(response))
             return Reply(status, engine_error(status, payload), None, headers)
         meter.finish(status, None)
         return Reply(status, payload, None, headers)
@@ -379,6 +382,15 @@ class GatewayService:
         finally:
             await response.aclose()
             meter.finish(status, code)
+
+
+_RETRY_HEADERS = ("retry-after", "retry-after-ms")
+
+
+def _retry_headers(response: httpx.Response) -> dict[str, str]:
+    """When the engine (or what fronts it: llm-d's gateway sheds with 429) asked to be retried:
+    its answer reaches the client, so does when to retry."""
+    return {name: response.headers[name] for name in _RETRY_HEADERS if name in response.headers}
 
 
 def _upstream_headers(request_id: str) -> dict[str, str]:

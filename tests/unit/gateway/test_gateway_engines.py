@@ -277,6 +277,16 @@ def test_5xx_on_the_last_endpoint_is_a_502(make_gateway: Callable[..., Gateway])
     assert len(gw.hosts()) == 3  # every endpoint was tried once
 
 
+@pytest.mark.parametrize(("status", "expected"), [(429, 429), (503, 502)])
+def test_the_engines_retry_after_reaches_the_client(
+    make_gateway: Callable[..., Gateway], status: int, expected: int
+) -> None:
+    gw = make_gateway(lambda request: httpx.Response(status, headers={"retry-after": "9"}))
+    response = gw.chat()
+    assert response.status_code == expected
+    assert response.headers["retry-after"] == "9"
+
+
 def test_admission_sees_ranked_views_with_loads_and_picks_the_order(
     make_gateway: Callable[..., Gateway],
 ) -> None:
