@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, AsyncAdmission
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
-from trunkline.gateway.endpoints import EngineMonitor, EngineState
+from trunkline.gateway.endpoints import EndpointCollector, EngineMonitor, EngineState
 from trunkline.gateway.handlers import build_app
 from trunkline.gateway.routing import (
     RoutingPolicy,
@@ -77,6 +77,7 @@ def create_gateway_app(
         client=scrape_client(settings, scrape_transport or transport) if scrape else None,
         kv_sink=kv_event_index(policy),
     )
+    registry.register(EndpointCollector(monitor.state))
     if admission is None and settings.admission == "slo":
         metrics = AdmissionMetrics(registry)
 

@@ -148,6 +148,11 @@ def test_a_failing_endpoint_is_retried_elsewhere_then_ejected(
     assert gw.service.engines.ejections("e1") == 1
     endpoints = {record.endpoint for _id, record in gw.usage.read(100)}
     assert endpoints == {"http://engine-2", "http://engine-3"}
+    # Operators see it on the gateway's own /metrics.
+    metrics = gw.client.get("/metrics").text
+    assert 'trunkline_endpoint_ejections_total{endpoint="e1"} 1.0' in metrics
+    assert 'trunkline_endpoint_failures_total{endpoint="e1",kind="request"} 3.0' in metrics
+    assert 'trunkline_endpoint_in_service{endpoint="e1"} 0.0' in metrics
 
 
 def test_every_endpoint_ejected_still_tries_them_all(make_gateway: Callable[..., Gateway]) -> None:

@@ -8,6 +8,7 @@ admission read (``loads()``, ``in_service()``, ``wait_changed()``) and write (``
 
 from trunkline.gateway.endpoints.health import EjectionPolicy, Health
 from trunkline.gateway.endpoints.kv_subscriber import KvEventSink, KvEventSubscriber, apply_message
+from trunkline.gateway.endpoints.metrics import EndpointCollector
 from trunkline.gateway.endpoints.monitor import EngineMonitor, ejection_policy
 from trunkline.gateway.endpoints.rates import Rates, next_rates
 from trunkline.gateway.endpoints.scan import (
@@ -21,6 +22,7 @@ from trunkline.gateway.endpoints.state import EngineState, Flight
 
 __all__ = [
     "EjectionPolicy",
+    "EndpointCollector",
     "EngineMonitor",
     "EngineState",
     "Flight",

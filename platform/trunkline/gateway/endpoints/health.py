@@ -42,6 +42,7 @@ class Health:
         "ejected_until",
         "ejections",
         "failures",
+        "failures_total",
         "scrape_failures",
     )
 
@@ -54,6 +55,8 @@ class Health:
         self.ejected_until: float | None = None
         self.ejections = 0
         """How many times this endpoint was ejected (for logs and metrics)."""
+        self.failures_total = {"request": 0, "scrape": 0}
+        """Every failure recorded, of requests and of scrapes (for metrics)."""
         self._level = 0
         self._admitted_at = 0.0
 
@@ -70,6 +73,7 @@ class Health:
     def failed(self, now: float, *, scrape: bool = False) -> bool:
         """Record a failure (``scrape``: of a scrape, else of a request); returns True when it
         ejected the endpoint."""
+        self.failures_total["scrape" if scrape else "request"] += 1
         if self.ejected_until is not None:
             if now < self.ejected_until:
                 return False  # a request sent before the ejection: nothing new

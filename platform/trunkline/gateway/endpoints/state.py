@@ -30,6 +30,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 from trunkline.gateway.endpoints.health import EjectionPolicy, Health
 from trunkline.gateway.endpoints.rates import Rates, next_rates
@@ -44,6 +45,19 @@ _MAX_LEFT_WAITING = 1024
 _LEFT_WAITING_HORIZON_S = 2.0
 """Flights that left the waiting queue are remembered until the next scrape is sent, at most
 this long and this many: bounds for when scrapes stop coming (their figures are stale then)."""
+
+
+class EndpointHealth(NamedTuple):
+    """One endpoint as the gateway sees it (:meth:`EngineState.health_report`)."""
+
+    endpoint: str
+    in_service: bool
+    ejections: int
+    request_failures: int
+    scrape_failures: int
+    in_flight: int
+    scrape_age_s: float | None
+    """Seconds since its metrics last answered (None: never scraped)."""
 
 
 class Flight:
@@ -206,6 +220,22 @@ class EngineState:
         if self.probed_by_scrapes and state.health.half_open(now):
             return False
         return state.health.in_service(now)
+
+    def health_report(self) -> list[EndpointHealth]:
+        """Every tracked endpoint's health, for the gateway's own metrics."""
+        now = self._clock()
+        return [
+            EndpointHealth(
+                endpoint=key,
+                in_service=state.health.in_service(now),
+                ejections=state.health.ejections,
+                request_failures=state.health.failures_total["request"],
+                scrape_failures=state.health.failures_total["scrape"],
+                in_flight=len(state.flights),
+                scrape_age_s=now - state.scrape_answered_at if state.scrape_answered_at else None,
+            )
+            for key, state in sorted(self._endpoints.items())
+        ]
 
     def ejections(self, endpoint: str) -> int:
         state = self._endpoints.get(endpoint)

@@ -1,0 +1,61 @@
+"""The gateway's view of its engines as Prometheus metrics: read from :class:`EngineState` at
+each scrape of the gateway's ``/metrics``, so the request path pays nothing for them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trunkline.gateway.endpoints.state import EngineState
+
+__all__ = ["EndpointCollector"]
+
+
+class EndpointCollector(Collector):
+    """Per endpoint (label ``endpoint``): in service or ejected, ejections, failures of
+    requests and of scrapes, requests in flight from this process, and how old its last
+    scraped metrics are."""
+
+    def __init__(self, engines: EngineState) -> None:
+        self._engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["endpoint"]
+        in_service = GaugeMetricFamily(
+            "trunkline_endpoint_in_service",
+            "1 while the endpoint takes requests, 0 while it is ejected",
+            labels=labels,
+        )
+        ejections = CounterMetricFamily(
+            "trunkline_endpoint_ejections",
+            "Times the endpoint was ejected after consecutive failures",
+            labels=labels,
+        )
+        failures = CounterMetricFamily(
+            "trunkline_endpoint_failures",
+            "Failures seen on the endpoint: of requests (connect errors, 5xx, timeouts, streams "
+            "that broke) or of metrics scrapes",
+            labels=[*labels, "kind"],
+        )
+        in_flight = GaugeMetricFamily(
+            "trunkline_endpoint_requests_in_flight",
+            "Requests this gateway process has sent to the endpoint and not seen end",
+            labels=labels,
+        )
+        age = GaugeMetricFamily(
+            "trunkline_endpoint_metrics_age_seconds",
+            "Seconds since the endpoint's /metrics last answered a scrape",
+            labels=labels,
+        )
+        for health in self._engines.health_report():
+            endpoint = [health.endpoint]
+            in_service.add_metric(endpoint, float(health.in_service))
+            ejections.add_metric(endpoint, health.ejections)
+            failures.add_metric([*endpoint, "request"], health.request_failures)
+            failures.add_metric([*endpoint, "scrape"], health.scrape_failures)
+            in_flight.add_metric(endpoint, health.in_flight)
+            if health.scrape_age_s is not None:
+                age.add_metric(endpoint, health.scrape_age_s)
+        yield from (in_service, ejections, failures, in_flight, age)
