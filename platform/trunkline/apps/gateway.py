@@ -88,6 +88,7 @@ def create_gateway_app(
     service = GatewayService(
         holder, emitter, client, server_secret,
         quota=quota, policy=policy, engines=monitor.state,
+        stream_idle_timeout_s=settings.stream_idle_timeout_s,
         admission=admission(monitor.state) if admission else None,
     )  # fmt: skip
 

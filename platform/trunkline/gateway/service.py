@@ -134,6 +134,7 @@ class GatewayService:
         admission: Admission | None = None,
         policy: RoutingPolicy | None = None,
         engines: EngineState | None = None,
+        stream_idle_timeout_s: float = 30.0,
     ) -> None:
         self.holder = holder
         self.emitter = emitter
@@ -143,6 +144,7 @@ class GatewayService:
         self.admission: Admission = admission or AdmitAll()
         self.policy = policy or make_policy("round-robin")
         self.engines = engines or EngineState()
+        self.stream_idle_timeout_s = stream_idle_timeout_s
         self._prefix_cache = routing_prefix_cache(self.policy)
 
     def authenticate(self, authorization: str | None) -> Principal:
@@ -367,18 +369,36 @@ class GatewayService:
     ) -> AsyncIterator[bytes]:
         status: int = CLIENT_CLOSED
         code: str | None = "client_closed"
+        loop, limit = asyncio.get_running_loop(), self.stream_idle_timeout_s
         try:
-            if first:
-                yield first
-            async for chunk in rest:
-                yield chunk
-            status, code = 200, None
-            meter.engine_answered()
-        except httpx.HTTPError as exc:
-            log.warning("engine failed mid-stream", extra={"endpoint": meter.endpoint_url})
-            meter.engine_failed(type(exc).__name__)
-            status, code = 502, "upstream_error"
-            yield error_event("The model endpoint failed mid-stream.", "upstream_error")
+            failure, message = None, ""
+            try:
+                if first:
+                    yield first
+                # The timer runs only while the engine is awaited, never while the client is.
+                async with asyncio.timeout(None) as idle:
+                    while True:
+                        idle.reschedule(loop.time() + limit)
+                        chunk = await anext(rest, None)
+                        idle.reschedule(None)
+                        if chunk is None:
+                            break
+                        yield chunk
+                status, code = 200, None
+                meter.engine_answered()
+            except httpx.HTTPError as exc:
+                failure, message = type(exc).__name__, "The model endpoint failed mid-stream."
+            except TimeoutError:
+                failure = "StreamStalled"
+                message = f"The model endpoint sent nothing for {limit:g} s mid-stream."
+            if failure is not None:
+                log.warning(
+                    "engine failed mid-stream",
+                    extra={"endpoint": meter.endpoint_url, "reason": failure},
+                )
+                meter.engine_failed(failure)
+                status, code = 502, "upstream_error"
+                yield error_event(message, "upstream_error")
         finally:
             await response.aclose()
             meter.finish(status, code)

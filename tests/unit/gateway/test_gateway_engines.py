@@ -3,6 +3,7 @@ views admission sees, and a pluggable admission object."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ def make_gateway(make_gateway: Callable[..., Harness]) -> Callable[..., Gateway]
         engines: EngineStateSettings = NO_PROBES,
         policy: str = "round-robin",
         scrape: Handler | None = None,
+        stream_idle_timeout_s: float = 30.0,
     ) -> Gateway:
         world = world or default_world()
         key = world.add_key(tenant) if tenant else world.add_key()
@@ -104,7 +106,11 @@ def make_gateway(make_gateway: Callable[..., Harness]) -> Callable[..., Gateway]
             handler,
             world,
             settings=GatewaySettings(
-                snapshot_poll_s=0.05, routing_policy=policy, engines=engines, admission="off"
+                snapshot_poll_s=0.05,
+                routing_policy=policy,
+                engines=engines,
+                admission="off",
+                stream_idle_timeout_s=stream_idle_timeout_s,
             ),
             scrape_transport=httpx.MockTransport(scrape) if scrape else None,
             admission=(lambda _engines: admission) if admission else None,
@@ -231,6 +237,37 @@ def test_streams_dying_midway_eject_their_endpoint(make_gateway: Callable[..., G
     assert sum('"upstream_error"' in body for body in bodies) == 3
     assert gw.hosts().count("engine-1") == 3  # three in a row, then never again
     assert gw.service.engines.ejections("e1") == 1
+
+
+class _StallsMidStream(httpx.AsyncByteStream):
+    """Sends its first two events, then nothing, ever: a vLLM stopping on SIGTERM."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in sse_events("llama-8b-served", True)[:2]:
+            yield piece
+        await asyncio.Event().wait()
+
+
+def _stalls_mid_stream(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=_StallsMidStream()
+    )
+
+
+def test_a_stream_silent_mid_way_is_given_up_after_the_idle_timeout_and_counts(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gw = make_gateway(failing_on("engine-1", _stalls_mid_stream), stream_idle_timeout_s=0.05)
+
+    bodies = [gw.chat(STREAM).text for _ in range(12)]
+
+    stalled = [body for body in bodies if "sent nothing for 0.05 s mid-stream" in body]
+    assert len(stalled) == 3  # three in a row, then ejected
+    assert all('"upstream_error"' in body and "data: [DONE]" in body for body in stalled)
+    assert all('"content"' in body for body in stalled)  # what came before still came
+    assert gw.service.engines.ejections("e1") == 1
+    failed = [r for _id, r in gw.usage.read(100) if r.endpoint == "http://engine-1"]
+    assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 3
 
 
 def test_a_stream_failing_before_its_first_event_on_the_last_endpoint_counts_too(
