@@ -41,7 +41,9 @@ def build_quota_book(
         resolved = resolve(tier_docs.get(tenant.tier), tenant_docs.get(tenant_id))
         _keep(tenant_limits, tenant_id, to_limits(resolved.tenant))
         _keep(project_limits, tenant_id, to_limits(resolved.project))
-    priorities = dict(session.execute(select(Tier.name, Tier.priority)).tuples().all())
+    priorities = {
+        name: priority for name, priority in session.execute(select(Tier.name, Tier.priority))
+    }
     key_limits: dict[str, Limits] = {}
     for key_id, key in keys.items():
         owner = tenants.get(key.tenant_id)
