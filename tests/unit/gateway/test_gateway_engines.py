@@ -19,6 +19,7 @@ from trunkline.apps.gateway import create_gateway_app
 from trunkline.errors import ConfigurationError, RateLimited
 from trunkline.gateway.admission.adapter import AsyncAdmission
 from trunkline.gateway.admission.policy import AdmissionPolicy
+from trunkline.gateway.endpoints import EngineState
 from trunkline.gateway.routing import ApproxPrefixIndex, EndpointView, RequestView
 from trunkline.gateway.routing.pipeline import PipelinePolicy
 from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
@@ -268,6 +269,46 @@ def test_a_stream_silent_mid_way_is_given_up_after_the_idle_timeout_and_counts(
     assert gw.service.engines.ejections("e1") == 1
     failed = [r for _id, r in gw.usage.read(100) if r.endpoint == "http://engine-1"]
     assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 3
+
+
+class _StopsBeforeTheFirstEvent(httpx.AsyncByteStream):
+    """Its engine stops (a vLLM on SIGTERM: the connection stays open, silent) and, meanwhile,
+    the gateway ejects its endpoint (its scrapes fail)."""
+
+    def __init__(self, eject: Callable[[], None]) -> None:
+        self.eject = eject
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.eject()
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover - never reached
+
+
+def test_a_stream_waiting_for_its_first_event_moves_on_when_its_endpoint_is_ejected(
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    engines: list[EngineState] = []
+
+    def eject() -> None:
+        for _ in range(3):
+            engines[0].failed("e1", "scrape: ConnectError")
+
+    def stops(request: httpx.Request) -> httpx.Response:
+        stream = _StopsBeforeTheFirstEvent(eject)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    gw = make_gateway(failing_on("engine-1", stops))
+    engines.append(gw.service.engines)
+
+    response = gw.chat(STREAM)
+
+    # The client never waited on the stopped engine: the next endpoint answered, whole.
+    assert response.status_code == 200
+    assert '"content"' in response.text and "error" not in response.text
+    assert gw.hosts() == ["engine-1", "engine-2"]
+    assert gw.service.engines.ejections("e1") == 1
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.endpoint) == (200, "http://engine-2")
 
 
 def test_a_stream_failing_before_its_first_event_on_the_last_endpoint_counts_too(

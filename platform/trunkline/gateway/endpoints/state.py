@@ -63,7 +63,14 @@ class EndpointHealth(NamedTuple):
 class Flight:
     """One request this gateway sent to an endpoint, until it ends."""
 
-    __slots__ = ("endpoint", "prefill_tokens", "sent_at", "streamed", "waiting_first_byte")
+    __slots__ = (
+        "abandon",
+        "endpoint",
+        "prefill_tokens",
+        "sent_at",
+        "streamed",
+        "waiting_first_byte",
+    )
 
     def __init__(
         self, endpoint: str, prefill_tokens: int, sent_at: float, *, streamed: bool = True
@@ -75,6 +82,10 @@ class Flight:
         self.streamed = streamed
         """Its first byte is its first token; a plain request's first byte is its whole answer."""
         self.waiting_first_byte = True
+        self.abandon: Callable[[], None] | None = None
+        """Set while a stream waits for its first event: called if its endpoint is ejected
+        meanwhile, so the request moves on instead of waiting on an engine that stopped (a
+        vLLM stopping on SIGTERM keeps the connection open and silent)."""
 
 
 class _Endpoint:
@@ -319,6 +330,9 @@ class EngineState:
                 "endpoint ejected",
                 extra={"endpoint_id": endpoint, "reason": reason, "ejected_for_s": round(until, 3)},
             )
+            for flight in list(state.flights):
+                if flight.waiting_first_byte and flight.abandon is not None:
+                    flight.abandon()
             self._notify()
 
     def succeeded(self, endpoint: str) -> None:
