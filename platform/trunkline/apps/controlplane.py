@@ -39,7 +39,7 @@ from trunkline.auth.controllers import AuthController, DevLoginController
 from trunkline.auth.guards import provide_principal
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
 from trunkline.billing.controllers import PlatformExportController, TenantExportController
-from trunkline.errors import TrunklineError, Unauthenticated
+from trunkline.errors import InvalidRequest, TrunklineError, Unauthenticated
 from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.logging import bind, reset
@@ -178,9 +178,20 @@ def create_controlplane_app(
             components=Components(security_schemes={"accessToken": BEARER}),
             security=[{"accessToken": []}],
         ),
+        before_request=refuse_nul_parameters,
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
     )
+
+
+def refuse_nul_parameters(request: Request[Any, Any, Any]) -> None:
+    """A path or query parameter holding NUL (``%00``) is refused as a 400 naming it: PostgreSQL
+    refuses NUL in text, so looking it up would fail in the database, as a 500. No name,
+    id or alias of Trunkline can hold one (the schemas refuse control characters)."""
+    given = [*request.path_params.items(), *request.query_params.multi_items()]
+    for name, value in given:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidRequest(f"{name} must not contain a NUL character", param=name)
 
 
 def republish_if_lost(runtime: Runtime) -> bool:

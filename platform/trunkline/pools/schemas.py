@@ -31,7 +31,7 @@ Alias = Annotated[
     ),
 ]
 ModelKind = Literal["chat", "completion", "embedding"]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+" + END, max_length=500)]
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f]+" + END, max_length=500)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 BlockSize = Annotated[int, msgspec.Meta(ge=1, le=1024)]
 Capacity = Annotated[

@@ -16,6 +16,15 @@ from trunkline.models import Role
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?" + END)]
 """Lower-case names of tiers, flavors, pools, regions: letters, digits, ``-`` and ``.``."""
+TierName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[a-z0-9](?:[a-z0-9.-]{0,30}[a-z0-9])?" + END,
+        description="lower-case letters, digits, '-' and '.', at most 32 characters",
+        examples=["gold"],
+    ),
+]
+"""A tier's own name: a :data:`Name` that fits the 32 characters the database keeps of it."""
 Slug = Annotated[
     str,
     msgspec.Meta(
@@ -63,7 +72,7 @@ class Tier(msgspec.Struct):
 
 
 class TierCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Name
+    name: TierName
     priority: Priority
     ttft_slo_ms: Millis
     itl_slo_ms: Millis | None = None

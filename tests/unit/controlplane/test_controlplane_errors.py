@@ -189,3 +189,44 @@ def test_descriptions_may_hold_line_breaks_but_not_other_control_characters(worl
     assert created.status_code == 201, created.text
     problem = problem_of(post(world, path, json={"name": "nul", "description": "a\x00b"}), 400)
     assert [e["field"] for e in problem["errors"]] == ["description"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/tiers/a%00b",
+        "/api/v1/catalog/pools/a%00b",
+        "/api/v1/catalog/models/a%00b",
+        "/api/v1/catalog/aliases/a%00b",
+        "/api/v1/tenants/{acme}/keys/a%00b",
+        "/api/v1/tenants/{acme}/keys/a%00b/quota",
+        "/api/v1/tenants/{acme}/usage?period=2026-11&model=a%00b",
+    ],
+)
+def test_a_nul_in_a_path_or_query_parameter_is_refused_naming_it(world: World, path: str) -> None:
+    """PostgreSQL refuses NUL in text: looked up, it would fail in the database as a 500."""
+    url = path.format(acme=world.tenant("acme"))
+    problem = problem_of(world.client.get(url, headers=world.api("root").headers), 400)
+    assert problem["code"] == "invalid_request"
+    assert [e["field"] for e in problem["errors"]] == [
+        "model" if "model=" in url else "alias" if "aliases" in url else
+        "key_id" if "/keys/" in url else "name"
+    ]  # fmt: skip
+
+
+def test_an_endpoint_url_with_a_control_character_is_refused(world: World) -> None:
+    response = world.client.put(
+        "/api/v1/catalog/pools/h100-eu-west/endpoints",
+        headers=world.api("root").headers,
+        json={"urls": ["http://10.0.0.1:8000/a\x00b"]},
+    )
+    assert [e["field"] for e in problem_of(response, 400)["errors"]] == ["urls[0]"]
+
+
+def test_a_tier_name_longer_than_the_database_keeps_is_refused(world: World) -> None:
+    """Tier names are stored in 32 characters (PostgreSQL: a 500 for a longer one)."""
+    body = {"name": "t" * 33, "priority": 1, "ttft_slo_ms": 100}
+    problem = problem_of(post(world, "/api/v1/tiers", json=body), 400)
+    assert [e["field"] for e in problem["errors"]] == ["name"]
+    created = post(world, "/api/v1/tiers", json={**body, "name": "t" * 32})
+    assert created.status_code == 201, created.text

@@ -95,6 +95,14 @@ def test_every_problem_names_file_line_and_field(tmp_path: Path) -> None:
     ]
 
 
+def test_a_tier_name_longer_than_the_database_keeps_is_an_issue(tmp_path: Path) -> None:
+    """Tier names are stored in 32 characters: on PostgreSQL a longer one failed the apply
+    with a traceback."""
+    name = "t" * 33
+    issues = issues_of(tmp_path, f"kind: Tier\nname: {name}\npriority: 1\nttft_slo_ms: 100\n")
+    assert len(issues) == 1 and f"Tier {name}: name: " in issues[0]
+
+
 def test_references_and_duplicates_are_checked_across_files(tmp_path: Path) -> None:
     shutil.copy(TENANTS_DIR / "tiers.yaml", tmp_path / "tiers.yaml")
     extra = "kind: Tier\nname: gold\npriority: 1\nttft_slo_ms: 1\n---\n" + (

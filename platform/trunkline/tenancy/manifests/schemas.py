@@ -40,6 +40,7 @@ from trunkline.tenancy.schemas import (
     Priority,
     ProjectName,
     Slug,
+    TierName,
 )
 
 SimulatedProfile = Literal["h100", "a100", "l40s", "xeon"]
@@ -52,7 +53,7 @@ class _Spec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag_field=
 class TierSpec(_Spec, tag="Tier"):
     """An SLA tier: latency objectives and priority (higher is served first)."""
 
-    name: Name
+    name: TierName
     priority: Priority
     ttft_slo_ms: Millis
     itl_slo_ms: Millis | None = None
