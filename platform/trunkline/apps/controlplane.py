@@ -98,6 +98,7 @@ _FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
 _MISSING_PARAMETER = re.compile(r"^Missing required (\w+) parameter '([^']+)'")
 """Litestar's message for a missing query, header, cookie or path parameter (no ``extra``)."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def dev_login_enabled(settings: Settings) -> bool:
@@ -300,8 +301,14 @@ class RequestContextMiddleware:
         finally:
             elapsed_ms = round(1000 * (time.perf_counter() - started), 2)
             extra = {"status": status, "duration_ms": elapsed_ms}
-            log.info("%s %s %s", method, scope["path"], status, extra=extra)
+            log.info("%s %s %s", method, loggable(scope["path"]), status, extra=extra)
             reset(token)
+
+
+def loggable(text: str) -> str:
+    """``text`` (a decoded path: ``%0A`` is a line break by now) with its control characters
+    escaped, so a caller cannot start a forged log line or send escape sequences to a terminal."""
+    return _CONTROL_CHARACTER.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
 
 
 # --- problem details --------------------------------------------------------------------------
@@ -401,7 +408,11 @@ def _is_decode_error(exc: HTTPException) -> bool:
 
 
 def _integrity_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.info("integrity error answered as conflict: %s", exc)
+    """The constraint's own message only: the exception's text also holds the statement's
+    parameters (e-mail addresses, names, hashes of secrets), which have no place in a log."""
+    assert isinstance(exc, IntegrityError)
+    message = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+    log.info("integrity error answered as conflict: %s", loggable(message))
     return problem(request, 409, "conflict", "the change conflicts with existing data")
 
 

@@ -7,12 +7,15 @@ from typing import Any
 
 import pytest
 from cp_support import World
+from litestar import Request
 from litestar.testing import TestClient
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from trunkline.apps.controlplane import _integrity_error
 from trunkline.errors import Conflict
 from trunkline.kit.logging import current
-from trunkline.models import Tier
+from trunkline.models import Tier, User
 from trunkline.tenancy.changes import flush_or_conflict
 
 PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "code"}
@@ -230,3 +233,53 @@ def test_a_tier_name_longer_than_the_database_keeps_is_refused(world: World) -> 
     assert [e["field"] for e in problem["errors"]] == ["name"]
     created = post(world, "/api/v1/tiers", json={**body, "name": "t" * 32})
     assert created.status_code == 201, created.text
+
+
+def _logged(world: World, call: Any) -> list[str]:
+    """The messages the control plane logs while ``call(world)`` runs."""
+    seen: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger, handler = logging.getLogger("trunkline.controlplane"), Grab()
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        call(world)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    return seen
+
+
+def test_a_path_cannot_forge_a_log_line(world: World) -> None:
+    forged = "/api/v1/tiers/x%0A12:00:00%20WARNING%20trunkline.controlplane:%20forged%1B[31m"
+    seen = _logged(world, lambda w: w.client.get(forged, headers=w.api("acme-dev").headers))
+    assert seen == [
+        "GET /api/v1/tiers/x\\x0a12:00:00 WARNING trunkline.controlplane: forged\\x1b[31m 404"
+    ]
+
+
+def test_a_unique_constraint_race_is_logged_without_the_statements_parameters(
+    world: World,
+) -> None:
+    """The integrity error's text holds every parameter of the statement (here an e-mail
+    address); the log keeps the constraint's message only."""
+
+    def answered(w: World) -> None:
+        with w.runtime.session_factory() as session:
+            session.add(User(email="admin@acme.example", name="Secret Name"))
+            with pytest.raises(IntegrityError) as raised:
+                session.flush()
+        scope = {"type": "http", "method": "POST", "path": "/x", "headers": [],
+                 "query_string": b"", "app": w.client.app}  # fmt: skip
+        request = Request[Any, Any, Any](scope)  # type: ignore[arg-type]
+        assert _integrity_error(request, raised.value).status_code == 409
+
+    seen = _logged(world, answered)
+    assert len(seen) == 1 and seen[0].startswith("integrity error answered as conflict: ")
+    assert "admin@acme.example" not in seen[0] and "Secret Name" not in seen[0]
+    assert "\n" not in seen[0]
