@@ -16,7 +16,7 @@ Email = Annotated[
     msgspec.Meta(
         min_length=3,
         max_length=320,
-        pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+" + END,
+        pattern=r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+" + END,
         description="an e-mail address, compared case-insensitively",
         examples=["dev@acme.example"],
     ),

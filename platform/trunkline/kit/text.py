@@ -14,9 +14,13 @@ END = r"(?![\s\S])"
 break, so ``^[a-z]+$`` takes ``"gold\n"``; ``\\Z`` would not, but it is not in the ECMA dialect
 of JSON Schema patterns (``tenants/schema.json``), which lookaheads are."""
 
-ONE_LINE = r"^[^\x00-\x1f\x7f]*" + END
+_INVISIBLE = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+"""Refused in any text: DEL and the C1 controls (``\\x9b`` is a terminal's CSI, ``\\x85`` a
+line break), the Unicode line and paragraph separators, and the bidirectional embeddings,
+overrides and isolates, which make a name read otherwise than it is written."""
+ONE_LINE = r"^[^\x00-\x1f" + _INVISIBLE + "]*" + END
 """Text on one line: names."""
-PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*" + END
+PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f" + _INVISIBLE + "]*" + END
 """Text that may hold tabs and line breaks: descriptions."""
 
 

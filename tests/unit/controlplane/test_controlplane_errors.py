@@ -159,8 +159,13 @@ def test_a_missing_query_parameter_is_named(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["nul\x00byte", "bell\x07", "two\nlines", "del\x7f", "trailing-break\n"]
-)
+    "name",
+    [
+        "nul\x00byte", "bell\x07", "two\nlines", "del\x7f", "trailing-break\n",
+        "c1-csi\x9b31m", "c1-next-line\x85", "line\u2028separator", "bidi\u202eoverride",
+        "bidi\u2067isolate",
+    ],
+)  # fmt: skip
 def test_control_characters_in_names_are_refused_naming_the_field(world: World, name: str) -> None:
     project = world.project("acme", "demo")
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
@@ -190,8 +195,18 @@ def test_descriptions_may_hold_line_breaks_but_not_other_control_characters(worl
     path = f"/api/v1/tenants/{world.tenant('acme')}/projects"
     created = post(world, path, json={"name": "multi", "description": "one\n\ttwo\r\n"})
     assert created.status_code == 201, created.text
-    problem = problem_of(post(world, path, json={"name": "nul", "description": "a\x00b"}), 400)
-    assert [e["field"] for e in problem["errors"]] == ["description"]
+    for description in ("a\x00b", "a\x9bb", "a\u202eb"):
+        refused = post(world, path, json={"name": "nul", "description": description})
+        problem = problem_of(refused, 400)
+        assert [e["field"] for e in problem["errors"]] == ["description"]
+
+
+def test_names_in_other_scripts_are_taken(world: World) -> None:
+    path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
+    project = world.project("acme", "demo")
+    for name in ("Ωmega", "日本語のキー", "مفتاح", "clé à molette"):
+        created = post(world, path, json={"project_id": project, "name": name})
+        assert created.status_code == 201, created.text
 
 
 @pytest.mark.parametrize(
