@@ -52,6 +52,19 @@ class ApiKeyRepository:
         result = self._session.execute(statement.values(revoked_at=at))
         return int(result.rowcount)  # type: ignore[attr-defined]
 
+    def revoke(self, key: ApiKey, at: datetime) -> bool:
+        """Revoke ``key`` unless it already is, in one conditional statement; whether this call
+        revoked it. Two concurrent callers cannot both see it active: the database lets one
+        update the row, and the other then finds it revoked."""
+        statement = (
+            update(ApiKey)
+            .where(ApiKey.id == key.id, ApiKey.tenant_id == self._tenant_id)
+            .where(ApiKey.revoked_at.is_(None))
+            .values(revoked_at=at)
+            .execution_options(synchronize_session="fetch")
+        )
+        return int(self._session.execute(statement).rowcount) == 1  # type: ignore[attr-defined]
+
     def add(self, key: ApiKey) -> ApiKey:
         if key.tenant_id != self._tenant_id:
             raise ValueError("key of another tenant")

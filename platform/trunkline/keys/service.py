@@ -92,7 +92,9 @@ def rotate_key(
     old, project = _key(session, principal, tenant_id, key_id)
     if status(old) != "active":
         raise Conflict(f"key {key_id} is {status(old)} and cannot be rotated", param="key_id")
-    old.revoked_at = utcnow()
+    if not ApiKeyRepository(session, tenant_id).revoke(old, utcnow()):
+        # a concurrent rotation or revocation got there first: one key has one successor
+        raise Conflict(f"key {key_id} is revoked and cannot be rotated", param="key_id")
     new = ApiKeyRow(
         tenant_id=old.tenant_id,
         project_id=old.project_id,

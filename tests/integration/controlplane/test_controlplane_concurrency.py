@@ -1,0 +1,82 @@
+"""Concurrent changes that each check a rule and then write, on SQLite and on PostgreSQL.
+
+The first change is held uncommitted while the second runs in another thread; the rule must
+hold once both are done: a key rotated twice at once has one successor. PostgreSQL (read
+committed) let both pass the check before either committed; SQLite made the second wait for
+the first's write lock, then write without checking again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from trunkline.apps.runtime import Runtime
+from trunkline.auth.principal import Principal
+from trunkline.errors import Conflict
+from trunkline.keys import service as keys
+from trunkline.keys.schemas import ApiKeyCreate
+from trunkline.models import ApiKey, Project, Tenant
+from unit.controlplane.cp_support import World
+
+HELD_S = 0.5
+"""How long the first change stays uncommitted while the second runs."""
+
+
+def one_after_another_at_once(
+    runtime: Runtime, first: Callable[[Session], object], second: Callable[[Session], object]
+) -> BaseException | None:
+    """Run ``first`` and keep its transaction open while ``second`` runs in its own (in a
+    thread) for :data:`HELD_S`; commit ``first``, let ``second`` finish and commit. What
+    ``second`` raised, or None."""
+    raised: list[BaseException] = []
+
+    def run_second() -> None:
+        try:
+            with runtime.session_factory() as session, session.begin():
+                second(session)
+        except BaseException as exc:  # handed back to the test
+            raised.append(exc)
+
+    with runtime.session_factory() as session, session.begin():
+        first(session)
+        session.flush()
+        racer = threading.Thread(target=run_second)
+        racer.start()
+        time.sleep(HELD_S)
+    racer.join(timeout=60)
+    assert not racer.is_alive()
+    return raised[0] if raised else None
+
+
+def _acme(session: Session) -> uuid.UUID:
+    return session.scalars(select(Tenant.id).where(Tenant.slug == "acme")).one()
+
+
+def test_a_key_rotated_twice_at_once_has_one_successor(world: World) -> None:
+    runtime, system = world.runtime, Principal.system()
+    with runtime.session_factory() as session, session.begin():
+        tenant = _acme(session)
+        project = session.scalars(select(Project.id).where(Project.tenant_id == tenant)).first()
+        assert project is not None
+        created = keys.create_key(
+            session, system, runtime.server_secret, tenant, ApiKeyCreate(project, "rotated")
+        )
+    key_id = created.key.key_id
+
+    def rotate(session: Session) -> object:
+        return keys.rotate_key(session, system, runtime.server_secret, tenant, key_id)
+
+    raised = one_after_another_at_once(runtime, rotate, rotate)
+
+    assert isinstance(raised, Conflict), raised
+    with runtime.session_factory() as session:
+        old = session.scalars(select(ApiKey).where(ApiKey.key_id == key_id)).one()
+        successors = session.scalars(select(ApiKey).where(ApiKey.rotated_from == old.id)).all()
+    assert old.revoked_at is not None
+    assert len(successors) == 1
