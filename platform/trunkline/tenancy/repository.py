@@ -86,6 +86,14 @@ class MembershipRepository:
             raise ValueError("membership of another tenant")
         self._session.delete(membership)
 
+    def lock_tenant(self) -> None:
+        """Lock the tenant's row until the transaction ends (``FOR UPDATE``; SQLite, which
+        has one writer at a time, ignores it): changes to its memberships made under the lock
+        are serialised."""
+        self._session.execute(
+            select(Tenant.id).where(Tenant.id == self._tenant_id).with_for_update()
+        )
+
     def count_admins(self) -> int:
         statement = select(func.count(Membership.id)).where(
             Membership.tenant_id == self._tenant_id, Membership.role == Role.TENANT_ADMIN

@@ -161,9 +161,10 @@ def update_member(
 ) -> Member:
     members = MembershipRepository(session, tenant_id)
     membership, user = _member(members, user_id)
-    if membership.role is Role.TENANT_ADMIN and data.role is not Role.TENANT_ADMIN:
-        _keep_an_admin(members)
+    demoted = membership.role is Role.TENANT_ADMIN and data.role is not Role.TENANT_ADMIN
     membership.role = data.role
+    if demoted:
+        _keep_an_admin(session, members)
     return Member.of(membership, user)
 
 
@@ -172,9 +173,10 @@ def remove_member(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) ->
     must not keep calling its models on its quota. Other members' keys are untouched."""
     members = MembershipRepository(session, tenant_id)
     membership, _user = _member(members, user_id)
-    if membership.role is Role.TENANT_ADMIN:
-        _keep_an_admin(members)
+    was_admin = membership.role is Role.TENANT_ADMIN
     members.delete(membership)
+    if was_admin:
+        _keep_an_admin(session, members)
     if ApiKeyRepository(session, tenant_id, created_by=user_id).revoke_all(utcnow()):
         mark_config_changed(session)
 
@@ -186,8 +188,17 @@ def _member(members: MembershipRepository, user_id: uuid.UUID) -> tuple[Membersh
     return found
 
 
-def _keep_an_admin(members: MembershipRepository) -> None:
-    if members.count_admins() <= 1:
+def _keep_an_admin(session: Session, members: MembershipRepository) -> None:
+    """After demoting or removing a tenant_admin: refuse if the tenant has none left.
+
+    The change is written first and the tenant's row locked before counting, so of two
+    concurrent demotions of a tenant's last two admins the second counts after the first
+    committed (PostgreSQL waits on the lock; SQLite lets one writer in at a time) and is
+    refused, instead of each seeing the other admin still there.
+    """
+    session.flush()
+    members.lock_tenant()
+    if members.count_admins() < 1:
         raise Conflict("a tenant keeps at least one tenant_admin", reason="last_tenant_admin")
 
 

@@ -1,9 +1,10 @@
 """Concurrent changes that each check a rule and then write, on SQLite and on PostgreSQL.
 
 The first change is held uncommitted while the second runs in another thread; the rule must
-hold once both are done: a key rotated twice at once has one successor. PostgreSQL (read
-committed) let both pass the check before either committed; SQLite made the second wait for
-the first's write lock, then write without checking again.
+hold once both are done: a key rotated twice at once has one successor, and two tenant admins
+demoted at once leave the tenant one of them. PostgreSQL (read committed) let both pass the
+check before either committed; SQLite made the second wait for the first's write lock, then
+write without checking again.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,7 +23,9 @@ from trunkline.auth.principal import Principal
 from trunkline.errors import Conflict
 from trunkline.keys import service as keys
 from trunkline.keys.schemas import ApiKeyCreate
-from trunkline.models import ApiKey, Project, Tenant
+from trunkline.models import ApiKey, Membership, Project, Role, Tenant
+from trunkline.tenancy import service as tenancy
+from trunkline.tenancy.schemas import MemberAdd, MemberUpdate
 from unit.controlplane.cp_support import World
 
 HELD_S = 0.5
@@ -80,3 +84,40 @@ def test_a_key_rotated_twice_at_once_has_one_successor(world: World) -> None:
         successors = session.scalars(select(ApiKey).where(ApiKey.rotated_from == old.id)).all()
     assert old.revoked_at is not None
     assert len(successors) == 1
+
+
+@pytest.mark.parametrize("second_change", ["demote", "remove"])
+def test_two_tenant_admins_demoted_at_once_leave_the_tenant_one(
+    world: World, second_change: str
+) -> None:
+    runtime = world.runtime
+    with runtime.session_factory() as session, session.begin():
+        tenant = _acme(session)
+        added = tenancy.add_member(
+            session, tenant, MemberAdd("second-admin@acme.example", Role.TENANT_ADMIN)
+        )
+        first_admin = session.scalars(
+            select(Membership.user_id).where(
+                Membership.tenant_id == tenant,
+                Membership.role == Role.TENANT_ADMIN,
+                Membership.user_id != added.user_id,
+            )
+        ).one()
+
+    def demote(user_id: uuid.UUID) -> Callable[[Session], object]:
+        return lambda s: tenancy.update_member(s, tenant, user_id, MemberUpdate(Role.DEVELOPER))
+
+    def remove(user_id: uuid.UUID) -> Callable[[Session], object]:
+        return lambda s: tenancy.remove_member(s, tenant, user_id)
+
+    second = (demote if second_change == "demote" else remove)(added.user_id)
+    raised = one_after_another_at_once(runtime, demote(first_admin), second)
+
+    assert isinstance(raised, Conflict), raised
+    with runtime.session_factory() as session:
+        admins = session.scalars(
+            select(Membership.user_id).where(
+                Membership.tenant_id == tenant, Membership.role == Role.TENANT_ADMIN
+            )
+        ).all()
+    assert admins == [added.user_id]
