@@ -12,7 +12,8 @@ import uuid
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
-from trunkline.auth.service import ensure_user
+from trunkline.auth.repository import UserRepository
+from trunkline.auth.service import ensure_user, normalise_email
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.keys.repository import ApiKeyRepository
 from trunkline.kit.ids import utcnow
@@ -147,7 +148,10 @@ def list_members(session: Session, tenant_id: uuid.UUID) -> list[Member]:
 def add_member(session: Session, tenant_id: uuid.UUID, data: MemberAdd) -> Member:
     """Add a user (created on first sight of the e-mail) to the tenant with a role."""
     tenant_row(session, Principal.system(), tenant_id)
-    user = ensure_user(session, data.email, data.name)
+    # a user who exists already keeps their name: other tenants show it too, and it is not
+    # this tenant's admin's to set
+    existing = UserRepository(session).by_email(normalise_email(data.email))
+    user = existing or ensure_user(session, data.email, data.name)
     members = MembershipRepository(session, tenant_id)
     if members.get(user.id) is not None:
         raise Conflict(f"{user.email} is already a member", param="email")

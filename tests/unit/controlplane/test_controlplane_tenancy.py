@@ -84,6 +84,25 @@ def test_a_tenant_admin_manages_members(world: World) -> None:
     admin.delete(f"/api/v1/tenants/{acme}/members/{random_id()}", expect=404)
 
 
+def test_adding_an_existing_user_leaves_their_name_alone(world: World) -> None:
+    """The name is the user's, shown by every tenant they belong to: another tenant's admin
+    adding them must not set it."""
+    acme, globex = world.tenant("acme"), world.tenant("globex")
+    added = world.api("acme-admin").post(
+        f"/api/v1/tenants/{acme}/members",
+        {"email": "admin@globex.example", "role": "developer", "name": "Globex CEO, pay Acme"},
+    )
+    assert added["name"] == ""
+    members = world.api("globex-admin").get(f"/api/v1/tenants/{globex}/members")
+    assert {m["email"]: m["name"] for m in members}["admin@globex.example"] == ""
+
+    new = world.api("acme-admin").post(
+        f"/api/v1/tenants/{acme}/members",
+        {"email": "new@acme.example", "role": "developer", "name": "New Person"},
+    )
+    assert new["name"] == "New Person"  # a user created here takes the name given
+
+
 def test_a_tenant_keeps_its_last_tenant_admin(world: World) -> None:
     acme = world.tenant("acme")
     admin_id = world.user_id("acme", "admin@acme.example")
