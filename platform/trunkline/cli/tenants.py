@@ -9,9 +9,11 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import msgspec
 from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import Runtime, build_runtime, require_schema
+from trunkline.auth.schemas import Email
 from trunkline.auth.service import admin_token
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.candidates import stranded
@@ -32,6 +34,14 @@ T = TypeVar("T")
 
 
 MAX_TTL_DAYS = 3650
+
+
+def _email(text: str) -> str:
+    """An e-mail address as the API takes one (``auth.schemas.Email``); else a usage error."""
+    try:
+        return msgspec.convert(text, Email)
+    except msgspec.ValidationError:
+        raise argparse.ArgumentTypeError(f"not an e-mail address: {text!r}") from None
 
 
 def _ttl_days(text: str) -> int:
@@ -63,7 +73,7 @@ def register(sub: Any) -> None:
     token = commands.add_parser(
         "admin-token", help="print an access token for a platform admin (created if needed)"
     )
-    token.add_argument("--email", required=True)
+    token.add_argument("--email", required=True, type=_email)
     token.add_argument(
         "--ttl-days",
         type=_ttl_days,

@@ -9,6 +9,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import OperationalError
 
 from trunkline.errors import ConfigurationError
 
@@ -55,6 +56,8 @@ def upgrade(url: str, revision: str = "head") -> None:
     ensure_sqlite_dir(url)
     try:
         command.upgrade(alembic_config(url), revision)
+    except OperationalError as exc:
+        raise unreachable(url, exc) from exc
     except CommandError as exc:  # a revision this code does not know: a newer Trunkline's
         raise ConfigurationError(
             f"cannot migrate the database {database_name(url)}: {exc}; "
@@ -93,8 +96,17 @@ def require_current(url: str, engine: Engine | None = None) -> None:
     checked = engine or make_engine(url)
     try:
         problem = schema_problem(checked)
+    except OperationalError as exc:
+        raise unreachable(url, exc) from exc
     finally:
         if engine is None:
             checked.dispose()
     if problem is not None:
         raise ConfigurationError(f"the database {database_name(url)} {problem}")
+
+
+def unreachable(url: str, exc: OperationalError) -> ConfigurationError:
+    """One line for a database that refused or dropped the connection (the driver's first
+    line names the host and the reason, never a password)."""
+    reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+    return ConfigurationError(f"cannot reach the database {database_name(url)}: {reason}")

@@ -84,6 +84,36 @@ def test_admin_token_refuses_a_lifetime_out_of_range(
     assert "--ttl-days" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("email", ["bad", "", " ", "a@b\x9b31m"])
+def test_admin_token_refuses_what_is_not_an_e_mail_address(
+    capsys: pytest.CaptureFixture[str], configured: str, email: str
+) -> None:
+    """The API takes only e-mail addresses; the CLI made platform admins of anything."""
+    with pytest.raises(SystemExit) as exited:
+        main(["tenants", "admin-token", "--email", email])
+    assert exited.value.code == 2
+    _, err = capsys.readouterr()
+    assert "--email: not an e-mail address" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [("keys", "list", "--tenant", "acme"), ("migrate",)])
+def test_an_unreachable_database_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: tuple[str, ...]
+) -> None:
+    url = "postgresql+psycopg://trunkline:hunter2@127.0.0.1:1/trunkline"
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", url)
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    root = logging.getLogger()  # `migrate` logs to the stderr capsys closes after the test
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.startswith(
+        "error: cannot reach the database postgresql+psycopg://trunkline:***@127.0.0.1:1/"
+    )
+    assert err.count("\n") == 1 and "hunter2" not in err
+
+
 def test_keys_create_list_rotate_and_revoke(
     capsys: pytest.CaptureFixture[str], configured: str
 ) -> None:
