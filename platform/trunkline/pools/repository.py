@@ -57,6 +57,11 @@ class ModelRepository:
         statement = select(ModelAlias).where(ModelAlias.alias == alias)
         return self._session.scalars(statement).one_or_none()
 
+    def aliases_listing(self, pool: str) -> list[ModelAlias]:
+        """The aliases whose own pool list names ``pool``, by name (a few rows: the catalog)."""
+        rows = self._session.scalars(select(ModelAlias).order_by(ModelAlias.alias))
+        return [alias for alias in rows if alias.pools and pool in alias.pools]
+
     def aliases_with_models(self) -> Sequence[tuple[ModelAlias, Model]]:
         statement = (
             select(ModelAlias, Model)

@@ -6,6 +6,7 @@ gateway snapshot after commit.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -203,6 +204,11 @@ def update_pool(session: Session, name: str, data: PoolUpdate) -> Pool:
     values = given(data)
     if "model" in values:
         values["model_id"] = model_row(session, values.pop("model"), param="model").id
+        if values["model_id"] != pool.model_id:
+            check_not_listed(
+                session, name, "moving it to another model", param="model",
+                model_id=values["model_id"],
+            )  # fmt: skip
     if "flavor" in values:
         values["flavor_id"] = flavor_row(session, values.pop("flavor"), param="flavor").id
     if values.get("cost_per_hour") is not None:
@@ -221,6 +227,7 @@ def update_pool(session: Session, name: str, data: PoolUpdate) -> Pool:
 
 def delete_pool(session: Session, name: str) -> None:
     pool, _model, _flavor = pool_rows(session, name)
+    check_not_listed(session, name, "deleting it", param="name")
     session.delete(pool)
     session.flush()
     mark_config_changed(session)
@@ -266,6 +273,23 @@ def replace_endpoints(
         flush_or_conflict(session, f"pool {pool.name!r} lists an endpoint twice")
         mark_config_changed(session)
     return changes
+
+
+def check_not_listed(
+    session: Session, pool: str, doing: str, *, param: str, model_id: uuid.UUID | None = None
+) -> None:
+    """An alias that lists its own pools routes only to those serving its model: refuse (409)
+    to delete a listed pool, or move it to a model (``model_id``) other than a listing
+    alias's, which would leave the alias routing to none of them (the empty list the alias
+    API refuses) without a word."""
+    listing = [a.alias for a in ModelRepository(session).aliases_listing(pool)
+               if model_id is None or a.model_id != model_id]  # fmt: skip
+    if listing:
+        raise Conflict(
+            f"pool {pool!r} is listed in the pools of alias {', '.join(listing)}: "
+            f"take it out of them before {doing}",
+            param=param,
+        )
 
 
 def check_prompt_range(low: int, high: int | None) -> None:

@@ -11,6 +11,8 @@ from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict
+from trunkline.pools.aliases import alias_row, configure_alias
+from trunkline.pools.service import model_row
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
 
 EXTRA = """\
@@ -191,3 +193,26 @@ def test_a_pool_placed_for_tiers_applies_and_an_unknown_tier_is_named(
         f"{extra}:13: Pool small-eu: tiers[2]: tier 'gold' listed twice",
     ]
     assert snapshot(runtime).pools["small-eu"].tiers == ("bronze", "silver")
+
+
+def test_a_pool_an_alias_lists_is_not_moved_to_another_model_by_a_manifest(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    with runtime.session_factory() as session, session.begin():
+        configure_alias(
+            session,
+            alias_row(session, "llama-3.1-8b"),
+            model_row(session, "llama-3.1-8b-instruct"),
+            ["h100-eu-west"],
+            None,
+        )
+    catalog = manifests_dir / "catalog.yaml"
+    text = catalog.read_text()
+    start = text.index("name: h100-eu-west")
+    moved = text[start:].replace("model: llama-3.1-8b-instruct", "model: llama-3.2-1b-instruct", 1)
+    catalog.write_text(text[:start] + moved)
+
+    with pytest.raises(Conflict, match=r"listed in the pools of alias llama-3\.1-8b"):
+        apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert snapshot(runtime).pools["h100-eu-west"].model == "llama-3.1-8b-instruct"

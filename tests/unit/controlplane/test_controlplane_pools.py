@@ -179,6 +179,30 @@ def test_an_alias_can_be_limited_to_some_pools_of_its_model(world: World) -> Non
     assert snapshot(world.runtime).aliases["llama-3.1-8b"].pools == ("h100-eu-west", "l40s-us-east")
 
 
+def test_a_pool_an_alias_lists_is_neither_moved_to_another_model_nor_deleted(
+    world: World,
+) -> None:
+    """Either would leave the alias routing to none of its pools (what an empty list does),
+    and every later PATCH of the alias failing on pools the caller did not send."""
+    admin = world.admin
+    admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["h100-eu-west"]})
+    before = snapshot(world.runtime).version
+
+    moved = admin.patch(CATALOG + "/pools/h100-eu-west", {"model": "bge-small-en"}, 409)
+    assert moved["errors"][0]["field"] == "model"
+    assert "llama-3.1-8b" in moved["detail"]
+    deleted = admin.delete(CATALOG + "/pools/h100-eu-west", 409)
+    assert "llama-3.1-8b" in deleted["detail"]
+    assert admin.get(CATALOG + "/pools/h100-eu-west")["model"] == "llama-3.1-8b-instruct"
+    assert snapshot(world.runtime).version == before
+    assert snapshot(world.runtime).aliases["llama-3.1-8b"].pools == ("h100-eu-west",)
+
+    admin.patch(CATALOG + "/pools/h100-eu-west", {"model": "llama-3.1-8b-instruct"})  # unmoved
+    admin.delete(CATALOG + "/pools/l40s-us-east")  # a pool no alias lists
+    admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": None})
+    admin.delete(CATALOG + "/pools/h100-eu-west")
+
+
 def test_a_cascading_alias_reaches_the_snapshot_and_can_be_entitled(world: World) -> None:
     admin = world.admin
     admin.post(CATALOG + "/models", {"name": "llama-3.2-1b-instruct"})

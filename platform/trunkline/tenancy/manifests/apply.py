@@ -23,6 +23,7 @@ from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
 from trunkline.pools.schemas import Cascade, money
 from trunkline.pools.service import (
+    check_not_listed,
     check_prompt_range,
     flavor_row,
     known_tiers,
@@ -206,6 +207,10 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
         "max_num_batched_tokens": spec.max_num_batched_tokens,
     }
     found = PoolRepository(session).by_name(spec.name)
+    if found is not None and found[0].model_id != model.id:
+        check_not_listed(
+            session, spec.name, "moving it to another model", param="model", model_id=model.id
+        )
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731
     pool, details = _upsert(
         session, report, "Pool", spec.name, None if found is None else found[0], create, values
