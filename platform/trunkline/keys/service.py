@@ -8,7 +8,7 @@ plaintext secret leaves this module exactly once, in ``ApiKeyCreated``.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -139,7 +139,13 @@ def _expiry(expires_at: datetime | None, ttl_days: int | None) -> datetime | Non
         raise InvalidRequest("give expires_at or ttl_days, not both", param="ttl_days")
     if ttl_days is not None:
         return utcnow() + timedelta(days=ttl_days)
-    if expires_at is not None and expires_at <= utcnow():
+    if expires_at is None:
+        return None
+    try:  # stored in UTC: 9999-12-31T23:59:59-12:00 is past the last day Python knows
+        expires_at = expires_at.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest("expires_at is out of range", param="expires_at") from None
+    if expires_at <= utcnow():
         raise InvalidRequest("expires_at must be in the future", param="expires_at")
     return expires_at
 

@@ -109,6 +109,16 @@ def test_expiry_is_given_once_and_in_the_future(world: World) -> None:
     assert api.post(keys_path(world), {**body, "expires_at": future})["key"]["expires_at"]
 
 
+def test_an_expiry_past_the_last_representable_day_in_utc_is_refused(world: World) -> None:
+    """9999-12-31T23:59:59-12:00 is a valid time that UTC cannot hold: it was a 500."""
+    body = {"project_id": world.project("acme", "demo"), "name": "k"}
+    api = world.api("acme-dev")
+    late = api.post(keys_path(world), {**body, "expires_at": "9999-12-31T23:59:59-12:00"}, 400)
+    assert late["errors"] == [{"field": "expires_at", "message": "expires_at is out of range"}]
+    east = api.post(keys_path(world), {**body, "expires_at": "2999-01-01T09:00:00+09:00"})
+    assert east["key"]["expires_at"] == "2999-01-01T00:00:00Z"  # kept, and shown, in UTC
+
+
 def test_revoked_keys_disappear_from_the_snapshot(world: World) -> None:
     key = world.create_key("acme-dev", "acme", "demo")["key"]["key_id"]
     assert key in snapshot(world.runtime).keys
