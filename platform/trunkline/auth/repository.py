@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from trunkline.models import AccessToken, Membership, Role, User
@@ -42,3 +43,12 @@ class AccessTokenRepository:
     def add(self, token: AccessToken) -> AccessToken:
         self._session.add(token)
         return token
+
+    def revoke_all(self, user_id: uuid.UUID, at: datetime) -> int:
+        """Revoke every access token of the user not revoked yet; returns how many."""
+        statement = (
+            update(AccessToken)
+            .where(AccessToken.user_id == user_id, AccessToken.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return int(self._session.execute(statement).rowcount)  # type: ignore[attr-defined]

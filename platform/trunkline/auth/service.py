@@ -15,7 +15,7 @@ from trunkline.auth import secrets
 from trunkline.auth.principal import Principal
 from trunkline.auth.repository import AccessTokenRepository, UserRepository
 from trunkline.auth.schemas import AccessTokenIssued, MembershipView, UserView
-from trunkline.errors import Unauthenticated
+from trunkline.errors import NotFound, Unauthenticated
 from trunkline.kit.ids import utcnow
 from trunkline.models import AccessToken, User
 
@@ -101,6 +101,15 @@ def admin_token(
     """A token for a platform admin with this e-mail, creating or promoting the user."""
     user = ensure_user(session, email, platform_admin=True)
     return issue_access_token(session, server_secret, user, ttl=ttl, name="admin-token")
+
+
+def revoke_access_tokens(session: Session, email: str) -> int:
+    """Revoke every access token of the user with this e-mail (a leaked token, someone who
+    left): each answers 401 from its next request on. Returns how many were revoked."""
+    user = UserRepository(session).by_email(normalise_email(email))
+    if user is None:
+        raise NotFound(f"no user {normalise_email(email)}", param="email")
+    return AccessTokenRepository(session).revoke_all(user.id, utcnow())
 
 
 def authenticate(session: Session, server_secret: bytes, authorization: str | None) -> Principal:

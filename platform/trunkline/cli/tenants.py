@@ -1,5 +1,5 @@
-"""``trunkline tenants``: validate and apply manifests, print their schema, mint admin tokens,
-and turn a tenant's prefix-cache isolation on or off."""
+"""``trunkline tenants``: validate and apply manifests, print their schema, mint admin tokens
+and revoke a user's tokens, and turn a tenant's prefix-cache isolation on or off."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import Runtime, build_runtime, require_schema
 from trunkline.auth.schemas import Email
-from trunkline.auth.service import admin_token
+from trunkline.auth.service import admin_token, revoke_access_tokens
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.candidates import stranded
 from trunkline.kit.migrate import sqlite_file
@@ -81,6 +81,12 @@ def register(sub: Any) -> None:
         help=f"0 for a token that never expires; at most {MAX_TTL_DAYS}",
     )
     token.set_defaults(func=admin_token_command)
+
+    revoke = commands.add_parser(
+        "revoke-tokens", help="revoke every access token of a user (a leaked token, a leaver)"
+    )
+    revoke.add_argument("--email", required=True, type=_email)
+    revoke.set_defaults(func=revoke_tokens_command)
 
     isolation = commands.add_parser(
         "cache-isolation",
@@ -164,6 +170,12 @@ def admin_token_command(args: argparse.Namespace) -> int:
     expiry = "never" if issued.expires_at is None else issued.expires_at.isoformat()
     print(f"platform admin {issued.user.email}, token expires {expiry}", file=sys.stderr)
     print(issued.access_token)
+    return 0
+
+
+def revoke_tokens_command(args: argparse.Namespace) -> int:
+    revoked = run_work(lambda session, _runtime: revoke_access_tokens(session, args.email))
+    print(f"revoked {revoked} access token(s) of {args.email.strip().lower()}")
     return 0
 
 

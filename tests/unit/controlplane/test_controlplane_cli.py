@@ -6,10 +6,13 @@ import logging
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cp_support import SERVER_SECRET, TENANTS_DIR
+from cp_support import SERVER_SECRET, TENANTS_DIR, make_runtime
+from litestar.testing import TestClient
 
+from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.cli.main import main
 from trunkline.kit.migrate import upgrade
 
@@ -82,6 +85,40 @@ def test_admin_token_refuses_a_lifetime_out_of_range(
     assert exited.value.code == 2
     _, err = capsys.readouterr()
     assert "--ttl-days" in err and "Traceback" not in err
+
+
+def test_revoke_tokens_revokes_every_token_of_a_user(
+    capsys: pytest.CaptureFixture[str], configured: str, tmp_path: Path
+) -> None:
+    """A leaked admin token (perhaps one that never expires) must be revocable; until this
+    command only an UPDATE in the database could."""
+    tokens = [
+        run(capsys, "tenants", "admin-token", "--email", "ops@platform.example", *ttl)[1].strip()
+        for ttl in ((), ("--ttl-days", "0"))
+    ]
+    other = run(capsys, "tenants", "admin-token", "--email", "other@platform.example")[1].strip()
+    runtime = make_runtime(configured, tmp_path / "state")
+    try:
+        with TestClient[Any](create_controlplane_app(runtime)) as client:
+
+            def status(token: str) -> int:
+                headers = {"Authorization": f"Bearer {token}"}
+                return client.get("/api/v1/auth/me", headers=headers).status_code
+
+            assert [status(t) for t in (*tokens, other)] == [200, 200, 200]
+            code, out, _ = run(
+                capsys, "tenants", "revoke-tokens", "--email", "OPS@platform.example"
+            )
+            assert (code, out) == (0, "revoked 2 access token(s) of ops@platform.example\n")
+            assert [status(t) for t in (*tokens, other)] == [401, 401, 200]
+            refused = client.get(
+                "/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens[0]}"}
+            )
+            assert refused.json()["detail"] == "access token revoked"
+    finally:
+        runtime.close()
+    code, _, err = run(capsys, "tenants", "revoke-tokens", "--email", "nobody@platform.example")
+    assert (code, err) == (2, "error: no user nobody@platform.example\n")
 
 
 @pytest.mark.parametrize("email", ["bad", "", " ", "a@b\x9b31m"])
