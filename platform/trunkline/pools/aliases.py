@@ -16,7 +16,7 @@ from trunkline.models import Model as ModelRow
 from trunkline.models import ModelAlias
 from trunkline.pools.repository import ModelRepository, PoolRepository
 from trunkline.pools.schemas import AliasCreate, AliasUpdate, AliasView, Cascade, CascadeChecks
-from trunkline.pools.service import insert_alias, model_row
+from trunkline.pools.service import cascade_problem, insert_alias, model_row
 from trunkline.tenancy.changes import assign, mark_config_changed
 from trunkline.tenancy.schemas import given
 
@@ -101,17 +101,8 @@ def _check_pools(session: Session, model: ModelRow, pools: Sequence[str] | None)
 
 
 def _check_cascade(small: ModelRow, large: ModelRow) -> None:
-    if large.id == small.id:
-        raise InvalidRequest(
-            "a cascade escalates to another model than the one it tries first",
-            param="cascade.escalate_to",
-        )
-    if "embedding" in (small.kind, large.kind) or small.kind != large.kind:
-        raise InvalidRequest(
-            f"a cascade needs two generative models of one kind, got {small.kind!r} and "
-            f"{large.kind!r}",
-            param="cascade.escalate_to",
-        )
+    if (problem := cascade_problem(small, large)) is not None:
+        raise InvalidRequest(problem, param="cascade.escalate_to")
 
 
 def _model_name(session: Session, row: ModelAlias) -> str:

@@ -57,6 +57,14 @@ class ModelRepository:
         statement = select(ModelAlias).where(ModelAlias.alias == alias)
         return self._session.scalars(statement).one_or_none()
 
+    def cascades_of(self, model_id: uuid.UUID) -> Sequence[ModelAlias]:
+        """Cascading aliases that try the model first or escalate to it."""
+        statement = select(ModelAlias).where(
+            ModelAlias.escalate_model_id.is_not(None),
+            (ModelAlias.model_id == model_id) | (ModelAlias.escalate_model_id == model_id),
+        )
+        return self._session.scalars(statement.order_by(ModelAlias.alias)).all()
+
     def aliases_listing(self, pool: str) -> list[ModelAlias]:
         """The aliases whose own pool list names ``pool``, by name (a few rows: the catalog)."""
         rows = self._session.scalars(select(ModelAlias).order_by(ModelAlias.alias))

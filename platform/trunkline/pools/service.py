@@ -110,9 +110,40 @@ def create_model(session: Session, data: ModelCreate) -> Model:
 
 def update_model(session: Session, name: str, data: ModelUpdate) -> Model:
     model = model_row(session, name)
-    if assign(model, given(data)):
+    changed = assign(model, given(data))
+    if "kind" in changed:
+        check_cascades_of(session, model)
+    if changed:
         mark_config_changed(session)
     return _model_view(session, model)
+
+
+def cascade_problem(small: ModelRow, large: ModelRow) -> str | None:
+    """What keeps ``small`` from escalating to ``large`` in a cascade, None when nothing."""
+    if large.id == small.id:
+        return "a cascade escalates to another model than the one it tries first"
+    if "embedding" in (small.kind, large.kind) or small.kind != large.kind:
+        return (
+            f"a cascade needs two generative models of one kind, got {small.kind!r} and "
+            f"{large.kind!r}"
+        )
+    return None
+
+
+def check_cascades_of(session: Session, model: ModelRow) -> None:
+    """A model whose kind changed must still fit every cascade it is in (409 if not): else
+    the cascade escalates a chat to an embedding model, say, and every later change of the
+    alias fails on a cascade the caller did not send."""
+    models = ModelRepository(session)
+    for alias in models.cascades_of(model.id):
+        assert alias.escalate_model_id is not None  # cascades_of: cascading aliases only
+        small, large = models.get(alias.model_id), models.get(alias.escalate_model_id)
+        assert small is not None and large is not None  # foreign keys guard them
+        if (problem := cascade_problem(small, large)) is not None:
+            raise Conflict(
+                f"model {model.name!r} is in the cascade of alias {alias.alias!r}: {problem}",
+                param="kind",
+            )
 
 
 def delete_model(session: Session, name: str) -> None:

@@ -203,6 +203,27 @@ def test_a_pool_an_alias_lists_is_neither_moved_to_another_model_nor_deleted(
     admin.delete(CATALOG + "/pools/h100-eu-west")
 
 
+def test_a_model_in_a_cascade_keeps_a_kind_that_fits_it(world: World) -> None:
+    """A cascade needs two generative models of one kind; changing a model's kind under it
+    escalated a chat to an embedding model, and made every later PATCH of the alias a 400."""
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    admin.post(CATALOG + "/models", {"name": "large-one"})
+    cascade = {"escalate_to": "large-one"}
+    admin.post(CATALOG + "/aliases", {"alias": "auto", "model": "small-one", "cascade": cascade})
+    before = snapshot(world.runtime).version
+
+    for name in ("large-one", "small-one"):
+        refused = admin.patch(CATALOG + f"/models/{name}", {"kind": "embedding"}, 409)
+        assert refused["errors"][0]["field"] == "kind"
+        assert "cascade of alias 'auto'" in refused["detail"]
+    assert admin.get(CATALOG + "/models/large-one")["kind"] == "chat"
+    assert snapshot(world.runtime).version == before
+    admin.patch(CATALOG + "/models/large-one", {"context_length": 4096})  # kind unchanged: fine
+    admin.patch(CATALOG + "/aliases/auto", {"cascade": None})
+    assert admin.patch(CATALOG + "/models/large-one", {"kind": "embedding"})["kind"] == "embedding"
+
+
 def test_a_cascading_alias_reaches_the_snapshot_and_can_be_entitled(world: World) -> None:
     admin = world.admin
     admin.post(CATALOG + "/models", {"name": "llama-3.2-1b-instruct"})

@@ -23,6 +23,7 @@ from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
 from trunkline.pools.schemas import Cascade, money
 from trunkline.pools.service import (
+    check_cascades_of,
     check_not_listed,
     check_prompt_range,
     flavor_row,
@@ -103,6 +104,8 @@ def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
         _pool(session, pool, report)
     for cascade in manifests.cascades:
         _cascade(session, cascade, report)
+    for model in manifests.models:  # a kind changed above must fit the cascades it is in
+        check_cascades_of(session, model_row(session, model.name))
     for tenant in manifests.tenants:
         _tenant(session, tenant, report)
     return report
