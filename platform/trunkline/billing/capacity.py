@@ -120,6 +120,10 @@ def _in_force(prices: PriceBook, moment: datetime) -> PriceVersion | None:
         return None
 
 
+MAX_GPUS = 1_000_000
+"""GPUs one allocation may hold (the column is a 32-bit integer: more failed in the database)."""
+
+
 def add_capacity(
     session: Session,
     tenant_id: uuid.UUID,
@@ -140,8 +144,8 @@ def add_capacity(
     periods would fail.
     """
     closed_until = latest_closed_end(session)
-    if gpus < 1:
-        raise InvalidRequest("gpus must be at least 1", param="gpus")
+    if not 1 <= gpus <= MAX_GPUS:
+        raise InvalidRequest(f"gpus must be 1 to {MAX_GPUS}", param="gpus")
     unpriced = [
         v.version
         for v in prices.versions

@@ -73,7 +73,10 @@ def _instant(text: str, param: str) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise InvalidRequest(f"{param}: not an ISO 8601 date-time: {text!r}", param=param) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:  # stored in UTC: 9999-12-31T23:59:59-12:00 is past the last day Python knows
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest(f"{param}: out of range: {text!r}", param=param) from None
 
 
 def export_command(args: argparse.Namespace) -> int:

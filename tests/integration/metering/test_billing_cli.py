@@ -79,3 +79,21 @@ def test_an_export_that_cannot_be_written_leaves_the_month_open(
     assert failed.returncode != 0
     assert b"cannot write" in failed.stderr and b"Traceback" not in failed.stderr
     assert cli(env, "close", "--period", ended.label).stdout.decode().strip().endswith(": closed")
+
+
+def test_capacity_out_of_range_is_one_line_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    """More GPUs than the column holds, or a start UTC cannot hold, failed in the database (or
+    converting to UTC) with a traceback."""
+    migrated(postgres_url)
+    env = trunkline_env(TRUNKLINE_DATABASE__URL=postgres_url, TRUNKLINE_STATE_DIR=str(tmp_path))
+    future = f"{month_of(utcnow()).next().label}-02T00:00:00Z"
+    base = ["billing", "capacity", "--tenant", "acme", "--flavor", "h100"]
+    for extra, message in [
+        (["--gpus", "99999999999", "--start", future], b"error: gpus must be 1 to 1000000\n"),
+        (["--gpus", "1", "--start", "9999-12-31T23:59:59-12:00"],
+         b"error: start: out of range: '9999-12-31T23:59:59-12:00'\n"),
+    ]:  # fmt: skip
+        done = subprocess.run(
+            [*TRUNKLINE, *base, *extra], env=env, capture_output=True, check=False
+        )
+        assert (done.returncode, done.stderr) == (2, message)
