@@ -36,6 +36,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        refused = database_refusal(exc)
+        if refused is None:
+            raise
+        print(f"error: the database refused it: {refused}", file=sys.stderr)
+        return 2
+
+
+def database_refusal(exc: BaseException) -> str | None:
+    """The database's own first line when ``exc`` is the database refusing a statement (a
+    value it cannot store, a constraint) that no check caught first; None for anything else.
+
+    SQLAlchemy is only looked at when a command loaded it: ``trunkline gateway`` never does.
+    """
+    errors = sys.modules.get("sqlalchemy.exc")
+    if errors is None or not isinstance(exc, errors.DBAPIError):
+        return None
+    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
 
 
 if __name__ == "__main__":

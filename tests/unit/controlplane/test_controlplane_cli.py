@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cp_support import SERVER_SECRET, TENANTS_DIR, make_runtime
 from litestar.testing import TestClient
+from sqlalchemy.exc import DataError
 
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.cli.main import main
@@ -149,6 +150,25 @@ def test_an_unreachable_database_is_one_line(
         "error: cannot reach the database postgresql+psycopg://trunkline:***@127.0.0.1:1/"
     )
     assert err.count("\n") == 1 and "hunter2" not in err
+
+
+def test_a_database_refusal_no_check_caught_is_one_line(
+    capsys: pytest.CaptureFixture[str], configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks should refuse bad input before the database does; when one misses, the
+    user still gets the database's reason on one line, not a traceback with the statement."""
+    run(capsys, "tenants", "apply", str(TENANTS_DIR))
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        orig = Exception("value too long for type character varying(32)\nDETAIL: more")
+        raise DataError("INSERT INTO secrets VALUES (%(v)s)", {"v": "hunter2"}, orig)
+
+    monkeypatch.setattr("trunkline.cli.keys.service.list_keys", refuse)
+    code, _, err = run(capsys, "keys", "list", "--tenant", "acme")
+    assert (code, err) == (
+        2,
+        "error: the database refused it: value too long for type character varying(32)\n",
+    )
 
 
 def test_keys_create_list_rotate_and_revoke(
