@@ -30,7 +30,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import trunkline
@@ -168,6 +168,7 @@ def create_controlplane_app(
             HTTPException: _http_error,
             IntegrityError: _integrity_error,
             OperationalError: _database_unavailable,
+            DataError: _database_refused_value,
             RecursionError: _too_deep,
             Exception: _internal_error,
         },
@@ -377,6 +378,19 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     return problem(
         request, 503, "unavailable", "the database is unavailable; retry shortly",
         headers={"Retry-After": "2"},
+    )  # fmt: skip
+
+
+def _database_refused_value(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """A value the database cannot store (too long, out of range, a NUL) that no schema caught
+    first: the caller's input, so a 400, never a 500. One line in the log: the statement's
+    parameters stay out of it."""
+    assert isinstance(exc, DataError)
+    reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+    log.warning("the database refused a value: %s", loggable(reason))
+    return problem(
+        request, 400, "invalid_request", "a value in the request is out of range for the database",
+        title="Invalid request",
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ import pytest
 from cp_support import World
 from litestar import Request
 from litestar.testing import TestClient
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from trunkline.apps.controlplane import _integrity_error
@@ -248,6 +248,25 @@ def test_a_tier_name_longer_than_the_database_keeps_is_refused(world: World) -> 
     assert [e["field"] for e in problem["errors"]] == ["name"]
     created = post(world, "/api/v1/tiers", json={**body, "name": "t" * 32})
     assert created.status_code == 201, created.text
+
+
+def test_a_value_the_database_refuses_is_a_400_not_a_500(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schemas should refuse it first; when one misses (a column shorter than its
+    schema, say), the caller still gets a problem detail, and the log one line."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        orig = Exception("value too long for type character varying(32)\nDETAIL: x")
+        raise DataError("INSERT INTO tiers VALUES (%(name)s)", {"name": "secret-value"}, orig)
+
+    monkeypatch.setattr("trunkline.tenancy.service.create_tier", refuse)
+    body = {"name": "t", "priority": 1, "ttft_slo_ms": 100}
+    seen = _logged(world, lambda w: problem_of(post(w, "/api/v1/tiers", json=body), 400))
+    assert seen[0] == (
+        "the database refused a value: value too long for type character varying(32)"
+    )
+    assert not any("secret-value" in line for line in seen)
 
 
 def _logged(world: World, call: Any) -> list[str]:
