@@ -143,7 +143,7 @@ def create_controlplane_app(
     handlers: list[Any] = [healthz(runtime), *CONTROLLERS]
     if dev_login_enabled(runtime.settings):
         handlers.append(DevLoginController)
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         dependencies={
             "db_session": Provide(session_provider(runtime)),
@@ -154,7 +154,6 @@ def create_controlplane_app(
         on_shutdown=[quota.close],
         lifespan=[_keeping_published(runtime, snapshot_check_s)],
         middleware=[
-            RequestContextMiddleware,
             DefineMiddleware(
                 AccessTokenMiddleware,
                 session_factory=runtime.session_factory,
@@ -184,6 +183,10 @@ def create_controlplane_app(
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
     )
+    # Around the router, not among the routes' middleware: unknown routes (404) and methods
+    # (405) are answered before any route's middleware runs, and carry a request id too.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app
 
 
 def refuse_nul_parameters(request: Request[Any, Any, Any]) -> None:

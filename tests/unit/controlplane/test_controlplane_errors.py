@@ -116,6 +116,20 @@ def test_the_request_id_is_echoed_or_generated(client: TestClient[Any]) -> None:
     assert generated.startswith("req-")
 
 
+def test_unknown_routes_and_methods_carry_a_request_id_and_are_logged(world: World) -> None:
+    headers = {"x-request-id": "trace-2"}
+
+    def call(w: World) -> None:
+        assert w.client.get("/api/v1/nothing-here", headers=headers).headers["x-request-id"] == (
+            "trace-2"
+        )
+        assert w.client.delete("/api/v1/tiers", headers=headers).headers["x-request-id"] == (
+            "trace-2"
+        )
+
+    assert _logged(world, call) == ["GET /api/v1/nothing-here 404", "DELETE /api/v1/tiers 405"]
+
+
 def test_request_logs_carry_the_request_and_user_ids(world: World) -> None:
     seen: list[tuple[str, dict[str, str]]] = []
 
