@@ -11,7 +11,7 @@ from trunkline.auth.principal import Principal
 from trunkline.errors import InvalidRequest, NotFound
 from trunkline.pools.repository import EntitlementRepository, ModelRepository, entitled_tenants
 from trunkline.pools.schemas import AvailableModel, Entitlement
-from trunkline.tenancy.changes import flush_or_conflict, mark_config_changed
+from trunkline.tenancy.changes import mark_config_changed
 from trunkline.tenancy.service import tenant_row
 
 
@@ -31,10 +31,7 @@ def grant_entitlement(session: Session, tenant_id: uuid.UUID, alias: str) -> Ent
     row = ModelRepository(session).alias(alias)
     if row is None:
         raise NotFound(f"alias {alias!r} not found", param="alias")
-    entitlements = EntitlementRepository(session, tenant_id)
-    if entitlements.get(alias) is None:
-        entitlements.add(row)
-        flush_or_conflict(session, f"alias {alias!r} is already granted")
+    if EntitlementRepository(session, tenant_id).ensure(row):
         mark_config_changed(session)
     return next(e for e in list_entitlements(session, tenant_id) if e.alias == alias)
 

@@ -6,8 +6,10 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Select, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from trunkline.kit.ids import utcnow
 from trunkline.models import (
     AcceleratorFlavor,
     Endpoint,
@@ -133,6 +135,21 @@ class EntitlementRepository:
         entitlement = Entitlement(tenant_id=self._tenant_id, alias_id=alias.id)
         self._session.add(entitlement)
         return entitlement
+
+    def ensure(self, alias: ModelAlias) -> bool:
+        """Entitle the tenant to ``alias`` unless it already is, a grant committed meanwhile
+        by another transaction included (``ON CONFLICT DO NOTHING``: no unique-violation to
+        turn into a 409); True when this call added it."""
+        dialect = postgresql if self._session.get_bind().dialect.name == "postgresql" else sqlite
+        statement = (
+            dialect.insert(Entitlement)
+            .values(
+                id=uuid.uuid4(), tenant_id=self._tenant_id, alias_id=alias.id, created_at=utcnow()
+            )
+            .on_conflict_do_nothing()
+        )
+        result = self._session.execute(statement)
+        return bool(getattr(result, "rowcount", 0))
 
     def delete(self, entitlement: Entitlement) -> None:
         if entitlement.tenant_id != self._tenant_id:

@@ -24,6 +24,7 @@ from trunkline.errors import Conflict
 from trunkline.keys import service as keys
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.models import ApiKey, Membership, Project, Role, Tenant
+from trunkline.pools import entitlements
 from trunkline.tenancy import service as tenancy
 from trunkline.tenancy.schemas import MemberAdd, MemberUpdate
 from unit.controlplane.cp_support import World
@@ -121,3 +122,20 @@ def test_two_tenant_admins_demoted_at_once_leave_the_tenant_one(
             )
         ).all()
     assert admins == [added.user_id]
+
+
+def test_an_alias_granted_twice_at_once_is_granted_once_and_both_succeed(world: World) -> None:
+    runtime = world.runtime
+    with runtime.session_factory() as session:
+        tenant = session.scalars(select(Tenant.id).where(Tenant.slug == "initech")).one()
+        assert "bge-small" not in {e.alias for e in entitlements.list_entitlements(session, tenant)}
+
+    def grant(session: Session) -> object:
+        return entitlements.grant_entitlement(session, tenant, "bge-small")
+
+    raised = one_after_another_at_once(runtime, grant, grant)
+
+    assert raised is None, raised  # idempotent, as documented: no 409 for the second
+    with runtime.session_factory() as session:
+        granted = [e.alias for e in entitlements.list_entitlements(session, tenant)]
+    assert sorted(granted) == ["bge-small", "llama-3.1-8b"]
