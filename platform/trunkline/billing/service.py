@@ -21,6 +21,7 @@ from trunkline.billing.invoice import render_invoices
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import (
     BUNDLED,
+    DEFAULT_MODEL,
     PriceBook,
     load_price_book_file,
     version_document,
@@ -32,6 +33,7 @@ from trunkline.kit.ids import utcnow
 from trunkline.models import (
     BillingPeriod,
     DedicatedCapacity,
+    Model,
     PriceBookVersion,
     Tenant,
     UsageRollup,
@@ -101,7 +103,36 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
             "invalid price book: dedicated capacity would go unpriced: " + "; ".join(problems),
             param="gpu_hour",
         )
+    if problems := _unpriced_models(session, whole):
+        raise InvalidRequest(
+            "invalid price book: token usage would go unpriced: "
+            + "; ".join(problems)
+            + f"; price them or add a '{DEFAULT_MODEL}' default",
+            param="models",
+        )
     return added
+
+
+def _unpriced_models(session: Session, book: PriceBook) -> list[str]:
+    """Versions of ``book`` without a ``*`` default that leave a model unpriced: one with
+    usage in the hours the version prices, or, for the latest version, one the catalog serves.
+    Every export of those hours would fail on it."""
+    served = set(session.scalars(select(Model.name)))
+    ends = [v.effective_from for v in book.versions[1:]] + [None]
+    problems: list[str] = []
+    for version, until in zip(book.versions, ends, strict=True):
+        if DEFAULT_MODEL in version.models:
+            continue
+        used = select(UsageRollup.model).where(UsageRollup.hour >= version.effective_from)
+        if until is not None:
+            used = used.where(UsageRollup.hour < until)
+        needed = set(session.scalars(used.distinct())) | (served if until is None else set())
+        missing = needed - version.models.keys()
+        problems.extend(
+            f"version {version.version} has no price for model {model!r}"
+            for model in sorted(missing)
+        )
+    return problems
 
 
 def close(session: Session, period: Period, now: datetime) -> bool:

@@ -285,6 +285,36 @@ def test_a_price_version_must_price_the_gpus_it_would_bill(
         assert apply_price_book(session, without_h100(2, "2026-11-20T00:00:00Z")) == [2]
 
 
+def test_a_price_version_must_price_the_models_it_would_bill(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    with transaction(factory) as session:
+        bundled = load_price_book(session)
+        apply_price_book(session, bundled)
+    [first] = bundled.versions
+    ingest(factory, [event(tenants["acme"], when=at(25), model="old-model")])
+
+    def pricing(number: int, *models: str) -> PriceBook:
+        document = {**version_document(first), "version": number}
+        document["effective_from"] = "2026-11-20T00:00:00Z"
+        document["models"] = {m: document["models"]["*"] for m in models}  # no "*" default
+        return PriceBook([first, version_from_document(document)])
+
+    # Usage of old-model on the 25th, and the catalog's two models from now on: each export
+    # from the 20th would fail on a model without a price, so the version is refused.
+    served = ("llama-3.1-8b-instruct", "bge-small-en")
+    refused = pytest.raises(InvalidRequest, match="'old-model'")
+    with refused, transaction(factory) as session:
+        apply_price_book(session, pricing(2, *served))
+    assert "llama" not in str(refused.excinfo.value)
+    missing_served = pytest.raises(InvalidRequest, match="'bge-small-en'")
+    with missing_served, transaction(factory) as session:
+        apply_price_book(session, pricing(2, "old-model", "llama-3.1-8b-instruct"))
+    with transaction(factory) as session:
+        assert apply_price_book(session, pricing(2, "old-model", *served)) == [2]
+    assert billed(focus(factory), x_TokenClass="input") > 0
+
+
 def test_a_tenant_export_holds_only_that_tenant(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
