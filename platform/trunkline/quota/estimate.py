@@ -25,6 +25,10 @@ model's processor decides its tokens from pixels or samples, not from the part's
 base64 image counted as text would reserve 350k tokens. 4,096 is above most single-image
 encodings (LLaVA 576, Llama 3.2 Vision up to 6,404 in four tiles, Qwen2-VL by resolution);
 settle corrects it to what the engine reported."""
+MAX_COMPLETION_BUDGET: Final = 2**31 - 1
+"""The most completion tokens one request reserves, whatever ``max_tokens`` and ``n`` say: far
+above what any engine generates, and small enough that the Redis counters stay integers (a
+``max_tokens`` of 10**20 made the reserve script fail, a 500 for tenants without a token limit)."""
 _PAYLOAD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 _TOOL_KEYS = ("tools", "functions")
 """Tool definitions a chat template renders into the prompt (``functions``: the legacy name)."""
@@ -44,10 +48,10 @@ def completion_budget(kind: str, body: dict[str, Any], cap: int) -> int:
     alone on completions (which ignore the other, so a small ``max_completion_tokens`` there
     must not shrink the reservation). Embeddings generate none.
 
-    A maximum the client set is reserved whole, however large (as OpenAI counts it): the engine
-    generates up to it, and a reservation below it would let a request spend far past a budget
-    (``max_tokens: 100000`` against 5,000 tokens left). One too large to fit is refused with
-    *Lower max_tokens*."""
+    A maximum the client set is reserved whole (as OpenAI counts it; at most
+    :data:`MAX_COMPLETION_BUDGET`): the engine generates up to it, and a reservation below it
+    would let a request spend far past a budget (``max_tokens: 100000`` against 5,000 tokens
+    left). One too large to fit is refused with *Lower max_tokens*."""
     if kind == "embeddings":
         return 0
     if kind == "chat":
@@ -59,7 +63,7 @@ def completion_budget(kind: str, body: dict[str, Any], cap: int) -> int:
     if kind == "completions":
         count *= _prompt_count(body.get("prompt"))
     if isinstance(asked, int) and _positive_int(asked):
-        return asked * count
+        return min(asked * count, MAX_COMPLETION_BUDGET)
     return cap
 
 

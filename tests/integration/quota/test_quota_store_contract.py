@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from trunkline.quota.estimate import completion_budget
 from trunkline.quota.limits import (
     CONCURRENCY,
     DAY_TOKENS,
@@ -175,6 +176,18 @@ async def test_reserving_again_under_a_held_reservations_id_counts_it_once(
     assert again.ticket is not None
     await store.settle(again.ticket, 100, 2, NOON + 10)
     assert (await used(store, NOON + 10))[0] == (1, 100, 0, 100, 100, 2)
+
+
+async def test_the_largest_completion_budget_is_reserved_and_counted(store: QuotaStore) -> None:
+    """A client may ask for ``max_tokens`` 10**20 and ``n`` 10**6: the reservation must stay one
+    every store counts (Redis's script failed on it: a 500 for a tenant without a token limit)."""
+    tokens = completion_budget("chat", {"max_tokens": 10**20, "n": 10**6}, cap=4096)
+    outcome = await store.reserve(request("r1", tokens=tokens))
+
+    assert outcome.verdict.admitted and outcome.ticket is not None
+    assert (await used(store))[0][TOKENS] == tokens
+    await store.settle(outcome.ticket, 10, 0, NOON + 10)
+    assert (await used(store, NOON + 10))[0][TOKENS] == 10
 
 
 async def test_a_late_settle_corrects_the_window_the_reservation_was_made_in(

@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from trunkline.quota.estimate import MEDIA_PART_TOKENS, completion_budget, estimate_prompt_tokens
+from trunkline.quota.estimate import (
+    MAX_COMPLETION_BUDGET,
+    MEDIA_PART_TOKENS,
+    completion_budget,
+    estimate_prompt_tokens,
+)
 from trunkline.quota.headers import format_duration, rate_limit_headers, retry_headers
 from trunkline.quota.limits import (
     CONCURRENCY,
@@ -178,6 +183,9 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
         # A maximum the client set is reserved whole: the engine generates up to it.
         ("chat", {"max_tokens": 10_000}, 10_000),
         ("chat", {"max_tokens": 4000, "n": 5}, 20_000),
+        # ...up to what Redis can count: a reserve of 10**20 failed in the script (a 500).
+        ("chat", {"max_tokens": 10**20}, MAX_COMPLETION_BUDGET),
+        ("completions", {"prompt": "a", "max_tokens": 2**30, "n": 10**6}, MAX_COMPLETION_BUDGET),
         ("completions", {"prompt": ["a", "b"], "max_tokens": 3000}, 6000),
         ("chat", {}, 4096),
         ("chat", {"n": 3}, 4096),
