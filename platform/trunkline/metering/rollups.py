@@ -119,9 +119,11 @@ def _aggregate(session: Session, ranges: list[Any]) -> dict[RollupKey, Measures]
         (event.status < 500, "rejected"),
         else_="failed",
     )
-    eligible = case(
-        (slo.is_(None), 0), ((event.status >= 500) | event.ttft_ms.is_not(None), 1), else_=0
-    )
+    # A first token is measured on streams only: a plain answer (embeddings, unstreamed) has
+    # no TTFT, so neither its success nor its failure is the SLO's. Counting its failures
+    # alone took a tenant of plain requests to 0 % attainment on its first 5xx.
+    failed_stream = and_(event.status >= 500, event.stream)
+    eligible = case((slo.is_(None), 0), (failed_stream | event.ttft_ms.is_not(None), 1), else_=0)
     met = case((and_(event.status < 500, event.ttft_ms <= slo), 1), else_=0)
     dims = (
         event.tenant_id,

@@ -28,17 +28,21 @@ def rollups(factory: sessionmaker[Session]) -> list[dict[str, Any]]:
 
 # acme is gold: TTFT SLO 500 ms
 @pytest.mark.parametrize(
-    ("status", "ttft_ms", "outcome", "eligible", "met"),
+    ("status", "ttft_ms", "outcome", "eligible", "met", "stream"),
     [
-        (200, 120.0, "completed", 1, 1),
-        (200, 500.0, "completed", 1, 1),  # on the SLO is within it
-        (200, 501.0, "completed", 1, 0),
-        (200, None, "completed", 0, 0),  # embeddings have no first token
-        (499, 80.0, "cancelled", 1, 1),  # the client left after its first token
-        (499, None, "cancelled", 0, 0),  # ... or before it: not the platform's miss
-        (400, None, "rejected", 0, 0),
-        (502, 90.0, "failed", 1, 0),  # a server-side failure is a miss
-        (503, None, "failed", 1, 0),
+        (200, 120.0, "completed", 1, 1, True),
+        (200, 500.0, "completed", 1, 1, True),  # on the SLO is within it
+        (200, 501.0, "completed", 1, 0, True),
+        (200, None, "completed", 0, 0, False),  # plain answers have no first token
+        (499, 80.0, "cancelled", 1, 1, True),  # the client left after its first token
+        (499, None, "cancelled", 0, 0, True),  # ... or before it: not the platform's miss
+        (400, None, "rejected", 0, 0, True),
+        (502, 90.0, "failed", 1, 0, True),  # a server-side failure is a miss
+        (503, None, "failed", 1, 0, True),
+        # ... of a stream: a plain request's failure has no first token to miss either (its
+        # successes do not count, so its failures alone made the attainment 0 %)
+        (503, None, "failed", 0, 0, False),
+        (504, None, "failed", 0, 0, False),
     ],
 )
 def test_outcome_and_slo_counts(
@@ -49,8 +53,10 @@ def test_outcome_and_slo_counts(
     outcome: str,
     eligible: int,
     met: int,
+    stream: bool,
 ) -> None:
-    ingest(factory, [event(tenants["acme"], when=at(3), status=status, ttft_ms=ttft_ms)])
+    record = event(tenants["acme"], when=at(3), status=status, ttft_ms=ttft_ms, stream=stream)
+    ingest(factory, [record])
     [row] = rollups(factory)
     assert (row["outcome"], row["slo_eligible"], row["slo_met"]) == (outcome, eligible, met)
 
