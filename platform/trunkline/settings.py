@@ -83,10 +83,11 @@ class GatewaySettings(BaseModel):
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 300.0
     stream_idle_timeout_s: float = Field(default=30.0, gt=0)
-    """A stream that sent its first event and then nothing for this long is given up as
-    broken: the client gets the mid-stream error event, and it counts against the endpoint.
-    vLLM sends an event every decode step; a vLLM stopping on SIGTERM keeps streams open and
-    silent until it is killed. (Before the first event, ``read_timeout_s`` applies.)"""
+    """A stream that sent its first event and then nothing for this long is given up: the
+    client gets the mid-stream error event. vLLM sends an event every decode step; a vLLM
+    stopping on SIGTERM keeps streams open and silent until it is killed. Not counted against
+    the endpoint (vLLM also pauses the streams it preempts when short of KV cache). Before the
+    first event, ``read_timeout_s`` and ejection apply."""
     snapshot_poll_s: float = 0.5
     max_connections: int = 1000
     quota: QuotaSettings = Field(default_factory=QuotaSettings)

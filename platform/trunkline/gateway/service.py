@@ -388,7 +388,11 @@ class GatewayService:
                 meter.engine_answered()
             except httpx.HTTPError as exc:
                 failure, message = type(exc).__name__, "The model endpoint failed mid-stream."
+                meter.engine_failed(failure)
             except TimeoutError:
+                # Not counted against the endpoint: an engine short of KV cache pauses the
+                # streams it preempted, and ejecting it would pile its load on the others. A
+                # stopped engine fails its scrapes, and those eject it.
                 failure = "StreamStalled"
                 message = f"The model endpoint sent nothing for {limit:g} s mid-stream."
             if failure is not None:
@@ -396,7 +400,6 @@ class GatewayService:
                     "engine failed mid-stream",
                     extra={"endpoint": meter.endpoint_url, "reason": failure},
                 )
-                meter.engine_failed(failure)
                 status, code = 502, "upstream_error"
                 yield error_event(message, "upstream_error")
         finally:

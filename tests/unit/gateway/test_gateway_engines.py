@@ -255,20 +255,22 @@ def _stalls_mid_stream(request: httpx.Request) -> httpx.Response:
     )
 
 
-def test_a_stream_silent_mid_way_is_given_up_after_the_idle_timeout_and_counts(
+def test_a_stream_silent_mid_way_is_given_up_after_the_idle_timeout(
     make_gateway: Callable[..., Gateway],
 ) -> None:
     gw = make_gateway(failing_on("engine-1", _stalls_mid_stream), stream_idle_timeout_s=0.05)
 
-    bodies = [gw.chat(STREAM).text for _ in range(12)]
+    bodies = [gw.chat(STREAM).text for _ in range(6)]
 
     stalled = [body for body in bodies if "sent nothing for 0.05 s mid-stream" in body]
-    assert len(stalled) == 3  # three in a row, then ejected
+    assert len(stalled) == 2  # round-robin: every third request went to engine-1
     assert all('"upstream_error"' in body and "data: [DONE]" in body for body in stalled)
     assert all('"content"' in body for body in stalled)  # what came before still came
-    assert gw.service.engines.ejections("e1") == 1
+    # A pause is no proof of a dead engine (vLLM pauses the streams it preempts when short
+    # of KV cache): not held against the endpoint; a stopped engine fails its scrapes.
+    assert gw.service.engines.ejections("e1") == 0
     failed = [r for _id, r in gw.usage.read(100) if r.endpoint == "http://engine-1"]
-    assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 3
+    assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 2
 
 
 class _StopsBeforeTheFirstEvent(httpx.AsyncByteStream):
