@@ -41,6 +41,7 @@ from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
 from trunkline.billing.controllers import PlatformExportController, TenantExportController
 from trunkline.errors import InvalidRequest, TrunklineError, Unauthenticated
 from trunkline.keys.controllers import ApiKeyController
+from trunkline.kit.db import driver_message
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.logging import bind, reset
 from trunkline.kit.text import shown
@@ -377,7 +378,7 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     """The database refused or dropped the connection: ours to fix, the caller's to retry.
     One line in the log (the driver's message names the host, never a password)."""
     assert isinstance(exc, OperationalError)
-    log.error("database unavailable: %s", str(exc.orig).splitlines()[0] if exc.orig else exc)
+    log.error("database unavailable: %s", driver_message(exc))
     return problem(
         request, 503, "unavailable", "the database is unavailable; retry shortly",
         headers={"Retry-After": "2"},
@@ -389,7 +390,7 @@ def _database_refused_value(request: Request[Any, Any, Any], exc: Exception) -> 
     first: the caller's input, so a 400, never a 500. One line in the log: the statement's
     parameters stay out of it."""
     assert isinstance(exc, DataError)
-    reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+    reason = driver_message(exc)
     log.warning("the database refused a value: %s", loggable(reason))
     return problem(
         request, 400, "invalid_request", "a value in the request is out of range for the database",
@@ -428,7 +429,7 @@ def _integrity_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     """The constraint's own message only: the exception's text also holds the statement's
     parameters (e-mail addresses, names, hashes of secrets), which have no place in a log."""
     assert isinstance(exc, IntegrityError)
-    message = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+    message = driver_message(exc)
     log.info("integrity error answered as conflict: %s", loggable(message))
     return problem(request, 409, "conflict", "the change conflicts with existing data")
 

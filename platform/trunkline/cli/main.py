@@ -53,7 +53,9 @@ def database_refusal(exc: BaseException) -> str | None:
     errors = sys.modules.get("sqlalchemy.exc")
     if errors is None or not isinstance(exc, errors.DBAPIError):
         return None
-    return str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+    from trunkline.kit.db import driver_message
+
+    return driver_message(exc)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+
+def driver_message(exc: DBAPIError) -> str:
+    """The first line of what the database driver said (it names the host or the constraint,
+    never the statement's parameters), or the error's type when it said nothing."""
+    lines = str(exc.orig).splitlines() if exc.orig is not None else []
+    return lines[0] if lines and lines[0].strip() else type(exc).__name__
 
 
 def _normalise(url: str) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from trunkline.errors import ConfigurationError
+from trunkline.kit.db import driver_message
 
 
 def migrations_dir() -> Path:
@@ -108,5 +109,6 @@ def require_current(url: str, engine: Engine | None = None) -> None:
 def unreachable(url: str, exc: OperationalError) -> ConfigurationError:
     """One line for a database that refused or dropped the connection (the driver's first
     line names the host and the reason, never a password)."""
-    reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
-    return ConfigurationError(f"cannot reach the database {database_name(url)}: {reason}")
+    return ConfigurationError(
+        f"cannot reach the database {database_name(url)}: {driver_message(exc)}"
+    )

@@ -191,6 +191,9 @@ class FallbackQuotaStore:
             except StoreUnavailable as exc:
                 self._pending.appendleft(missed)
                 self._fail("settle", missed.now_ms, exc)
+            except Exception:  # this one cannot be replayed; the rest still can
+                self._metrics.lost_settles.inc()
+                log.exception("a missed quota settle could not be replayed; dropped")
 
     async def _send(self, missed: _Settle) -> None:
         ticket, request = missed.ticket, missed.decided_locally

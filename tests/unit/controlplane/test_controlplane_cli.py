@@ -171,6 +171,19 @@ def test_a_database_refusal_no_check_caught_is_one_line(
     )
 
 
+def test_a_database_refusal_with_an_empty_message_names_its_kind(
+    capsys: pytest.CaptureFixture[str], configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(capsys, "tenants", "apply", str(TENANTS_DIR))
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise DataError("INSERT INTO secrets VALUES (%(v)s)", {"v": "hunter2"}, Exception(""))
+
+    monkeypatch.setattr("trunkline.cli.keys.service.list_keys", refuse)
+    code, _, err = run(capsys, "keys", "list", "--tenant", "acme")
+    assert (code, err) == (2, "error: the database refused it: DataError\n")
+
+
 def test_keys_create_list_rotate_and_revoke(
     capsys: pytest.CaptureFixture[str], configured: str
 ) -> None:

@@ -228,3 +228,37 @@ def test_a_reservation_that_timed_out_but_was_made_is_given_back_when_the_store_
     assert gw.counters()[CONCURRENCY] == 0, "given back"
     assert gw.counters()[DAY_TOKENS] == 24, "what it used, decided locally, counts; no more"
     assert statuses(gw, 1) == [200]
+
+
+class RefusesOneSettle(Flaky):
+    """A store that, back from an outage, fails one request's replayed settle with an error
+    that is no outage (a bug, a value it cannot take)."""
+
+    async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
+        if not self.down and ticket.request_id == "r1":
+            raise ValueError("value is not an integer or out of range")
+        await super().settle(ticket, tokens, cost, now_ms)
+
+
+async def test_a_settle_that_cannot_be_replayed_is_dropped_and_the_others_still_are() -> None:
+    store = RefusesOneSettle()
+    registry = CollectorRegistry()
+    fallback = FallbackQuotaStore(store, QuotaMetrics(registry), probe_every_ms=1000)
+    scopes = (Scope("key", "k", Limits(tokens_per_day=1_000).vector()),)
+
+    def request(n: int, at_ms: int) -> ReserveRequest:
+        return ReserveRequest(f"r{n}", "t", scopes, 100, 0, at_ms, 60_000, 3_600_000)
+
+    tickets = [(await fallback.reserve(request(n, 0))).ticket for n in (1, 2)]
+    store.down = True
+    for ticket in tickets:
+        assert ticket is not None
+        await fallback.settle(ticket, 10, 0, 1)  # missed: kept for later
+    store.down = False
+    assert not (await fallback.reserve(request(3, 2_000))).local  # back: the replay starts
+    await fallback.replayed()
+
+    [day] = await store.usage("t", [("key", "k")], 2_000)
+    # r1 stays charged its reservation (100), r2 was refunded to what it used (10), r3 holds 100.
+    assert day[DAY_TOKENS] == 100 + 10 + 100
+    assert registry.get_sample_value("trunkline_quota_settles_dropped_total") == 1.0
