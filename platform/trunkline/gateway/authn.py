@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from trunkline.auth.secrets import API_KEY_PREFIX, keyed_hash, parse
 from trunkline.errors import Unauthenticated
 from trunkline.snapshot import KeyEntry, Snapshot, TenantEntry, TierEntry
+from trunkline.snapshot.schemas import pin_applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,6 @@ def key_tier(pinned: TierEntry | None, tenants: TierEntry | None) -> TierEntry |
     above it (priority, burst pools, pools kept for a tier)."""
     if pinned is None or tenants is None:
         return pinned or tenants
-    if pinned.name == tenants.name or pinned.priority < tenants.priority:
+    if pin_applies(pinned.name, pinned.priority, tenants.name, tenants.priority):
         return pinned
     return tenants

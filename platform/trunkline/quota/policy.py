@@ -18,6 +18,7 @@ from msgspec import UNSET
 
 from trunkline.quota.limits import MICRO_USD, Limits
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
+from trunkline.snapshot.schemas import pin_applies
 
 FIELDS = ScopeLimits.__struct_fields__
 NO_LIMITS = ScopeLimits(**dict.fromkeys(FIELDS))
@@ -56,10 +57,10 @@ def key_tier(pinned: str | None, tenants: str, priorities: Mapping[str, int]) ->
     """The tier a key's requests run in, so the one whose key defaults it gets: its pin when
     that is its tenant's tier or below it, else its tenant's (as ``gateway.authn.key_tier``
     decides per request). A tenant may have moved below its keys' pins since they were made."""
-    if pinned is None or pinned == tenants:
+    if pinned is None or pinned not in priorities:
         return tenants
-    below = priorities.get(pinned, 0) < priorities.get(tenants, 0)
-    return pinned if pinned in priorities and below else tenants
+    applies = pin_applies(pinned, priorities[pinned], tenants, priorities.get(tenants, 0))
+    return pinned if applies else tenants
 
 
 def to_limits(scope: ScopeLimits) -> Limits:

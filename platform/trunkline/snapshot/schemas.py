@@ -15,6 +15,15 @@ class TierEntry(msgspec.Struct, frozen=True):
     may_use_burst: bool
 
 
+def pin_applies(pinned: str, pinned_priority: int, tier: str, tier_priority: int) -> bool:
+    """Whether a key pinned to tier ``pinned`` runs in it when its tenant is on ``tier``: when
+    that is its tenant's tier or below it (a batch key on bronze). The pin was checked when the
+    key was made; the tenant may have moved down since, and a pin must never reach above it
+    (priority, burst pools, pools kept for a tier, the tier's key limits). The one rule the
+    gateway serves a request by and the control plane sets the key's limits by."""
+    return pinned == tier or pinned_priority < tier_priority
+
+
 class TenantEntry(msgspec.Struct, frozen=True):
     id: str
     slug: str
