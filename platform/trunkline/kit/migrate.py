@@ -58,7 +58,12 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except OperationalError as exc:
-        raise unreachable(url, exc) from exc
+        if exc.statement is None:  # failed to connect
+            raise unreachable(url, exc) from exc
+        # A statement failed: the database is locked, or holds what a migration creates.
+        raise ConfigurationError(
+            f"cannot migrate the database {database_name(url)}: {driver_message(exc)}"
+        ) from exc
     except CommandError as exc:  # a revision this code does not know: a newer Trunkline's
         raise ConfigurationError(
             f"cannot migrate the database {database_name(url)}: {exc}; "

@@ -270,6 +270,23 @@ def test_migrate_creates_a_sqlite_databases_directory_and_refuses_a_newer_databa
     assert err.rstrip().endswith("a newer Trunkline migrated it, so run that one")
 
 
+def test_migrate_names_a_failing_statement_as_such_not_as_an_unreachable_database(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = tmp_path / "other.db"
+    with sqlite3.connect(database) as connection:  # another application's table of that name
+        connection.execute("CREATE TABLE tenants (id INTEGER)")
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", f"sqlite:///{database}")
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    code, _, err = run(capsys, "migrate")
+    assert code == 2
+    assert f"error: cannot migrate the database {database}: table tenants already exists" in err
+    assert "cannot reach" not in err
+
+
 def test_apply_warns_of_entitlements_placement_leaves_without_a_pool(
     capsys: pytest.CaptureFixture[str], configured: str, tmp_path: Path
 ) -> None:
