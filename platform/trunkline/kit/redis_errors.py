@@ -21,8 +21,16 @@ from redis.exceptions import (
 
 UNREACHABLE: Final = (redis.ConnectionError, redis.TimeoutError, OSError)
 _REFUSING: Final = (ReadOnlyError, OutOfMemoryError, ClusterDownError, TryAgainError)
-_REFUSING_CODES: Final = ("MISCONF ", "BUSY ", "MASTERDOWN ", "NOREPLICAS ")
-"""Error codes redis-py has no class for: they stay at the start of the message."""
+_REFUSING_CODES: Final = (
+    "MISCONF ",
+    "BUSY ",
+    "MASTERDOWN ",
+    "NOREPLICAS ",
+    "CLUSTERDOWN ",
+    "TRYAGAIN ",
+)
+"""Error codes as they start a message: those redis-py has no class for (in every version
+this project takes), and as Redis 7 keeps them for errors raised inside a script."""
 
 
 def redis_unavailable(exc: BaseException) -> bool:
