@@ -17,6 +17,7 @@ from celery import Celery
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.metering.stream import RedisUsageReader, stream_name
 from trunkline.settings import Settings
@@ -53,7 +54,9 @@ class _ProcessContext:
 def create_celery_app(settings: Settings, jobs: JobSettings | None = None) -> Celery:
     jobs = jobs or JobSettings()
     if not settings.redis.url:
-        raise ValueError("the Celery worker needs TRUNKLINE_REDIS__URL (its broker)")
+        raise ConfigurationError(
+            "TRUNKLINE_REDIS__URL is required for this process (Celery's broker)"
+        )
     app = Celery("trunkline", broker=settings.redis.url, set_as_current=False)
     state_dir = Path(settings.state_dir)
     app.conf.update(
