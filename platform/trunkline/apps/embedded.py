@@ -217,8 +217,10 @@ Trunkline is up (embedded: SQLite at {settings.database.url}, in-memory stores,
   gateway (OpenAI API)  {gw}
   control plane API     {cp}/api/v1   (OpenAPI: {cp}/schema)
 
-Paste these two lines into a shell to point any OpenAI client at Trunkline:
+Paste these lines into a shell (in this directory) to point any OpenAI client at Trunkline;
+the venv has the trunkline command and the openai client:
 
+  . .venv/bin/activate
   export OPENAI_BASE_URL={gw}
   export OPENAI_API_KEY={key}
 

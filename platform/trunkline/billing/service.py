@@ -145,7 +145,8 @@ def close(session: Session, period: Period, now: datetime) -> bool:
 
 def due_periods(session: Session, now: datetime, grace: timedelta) -> list[Period]:
     """Ended periods (by ``grace`` at least) not closed yet, oldest first: from the first
-    month with usage, capacity or a closed period (else the latest ended month)."""
+    month with usage, capacity or a closed period (none before the platform had any: a new
+    installation does not close the empty month before it)."""
     latest = month_of(now - grace).previous()
     closed = set(session.scalars(select(BillingPeriod.period_start)))
     starts = [
@@ -153,7 +154,9 @@ def due_periods(session: Session, now: datetime, grace: timedelta) -> list[Perio
         session.scalar(select(func.min(UsageRollup.hour))),
         session.scalar(select(func.min(DedicatedCapacity.starts_at))),
     ]
-    first = min((start for start in starts if start is not None), default=latest.start)
+    first = min((start for start in starts if start is not None), default=None)
+    if first is None:
+        return []
     due, period = [], month_of(first)
     while period.start <= latest.start:
         if period.start not in closed:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +65,39 @@ def _up(args: argparse.Namespace) -> int:
     if not args.tenants.is_dir():
         print(f"error: no manifests directory at {args.tenants} (use --tenants DIR)")
         return 2
+    busy = busy_ports(
+        [
+            ("gateway", settings.gateway.host, settings.gateway.port, "TRUNKLINE_GATEWAY__PORT"),
+            (
+                "control plane",
+                settings.controlplane.host,
+                settings.controlplane.port,
+                "TRUNKLINE_CONTROLPLANE__PORT",
+            ),
+        ]
+    )
+    if busy:
+        print("error: " + "; ".join(busy), file=sys.stderr)
+        return 2
     asyncio.run(run_embedded(settings, args.tenants, time_scale=args.time_scale))
     return 0
+
+
+def busy_ports(binds: Sequence[tuple[str, str, int, str]]) -> list[str]:
+    """What of (name, host, port, setting) cannot be listened on, and the setting to move it:
+    found before anything starts, rather than as the server's traceback after."""
+    busy = []
+    for name, host, port, setting in binds:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                busy.append(
+                    f"the {name} cannot listen on {host}:{port} ({exc.strerror}): "
+                    f"stop what uses it or set {setting}"
+                )
+    return busy
 
 
 def _migrate(_args: argparse.Namespace) -> int:
@@ -92,8 +126,11 @@ def _uvicorn(factory: str, host: str, port: int, workers: int) -> None:
 
 
 def _controlplane(args: argparse.Namespace) -> int:
+    from trunkline.kit.migrate import require_existing
+
     settings = load_settings()
     settings.check_production()
+    require_existing(settings.database.url)
     cp = settings.controlplane
     _uvicorn("trunkline.apps.production:controlplane_app", cp.host, cp.port, args.workers)
     return 0
@@ -109,20 +146,23 @@ def _gateway(args: argparse.Namespace) -> int:
 
 def _worker(_args: argparse.Namespace) -> int:
     from trunkline.apps.production import run_worker
+    from trunkline.kit.migrate import require_existing
 
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
+    require_existing(settings.database.url)
     run_worker(settings)
     return 0
 
 
 def _celery(argv: list[str]) -> int:
-    from trunkline.kit.migrate import require_current
+    from trunkline.kit.migrate import require_current, require_existing
     from trunkline.worker.app import create_celery_app, load_job_settings, run_celery
 
     settings = load_settings()
     settings.check_production()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
+    require_existing(settings.database.url)
     require_current(settings.database.url)  # every task would fail on another schema
     run_celery(create_celery_app(settings, load_job_settings()), argv)
     return 0

@@ -15,9 +15,8 @@ from sqlalchemy.orm import Session
 from trunkline.apps.runtime import Runtime, build_runtime, require_schema
 from trunkline.auth.schemas import Email
 from trunkline.auth.service import admin_token, revoke_access_tokens
-from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.candidates import stranded
-from trunkline.kit.migrate import sqlite_file
+from trunkline.kit.migrate import require_existing
 from trunkline.settings import load_settings
 from trunkline.snapshot.builder import build_snapshot
 from trunkline.tenancy import service
@@ -102,12 +101,7 @@ def open_runtime() -> Runtime:
     migrated to this code's schema: anything else is a one-line error saying what to run, and
     a SQLite file that is not there is not created (nor its directory)."""
     settings = load_settings()
-    path = sqlite_file(settings.database.url)
-    if path is not None and not path.exists():
-        raise ConfigurationError(
-            f"no Trunkline database at {path.resolve()}: run `trunkline up` in the directory "
-            "you started it from, or set TRUNKLINE_DATABASE__URL (then `trunkline migrate`)"
-        )
+    require_existing(settings.database.url)
     return require_schema(build_runtime(settings))
 
 

@@ -94,6 +94,17 @@ def schema_problem(engine: Engine) -> str | None:
     return f"is at schema revision {current}; this Trunkline needs {head}: run `trunkline migrate`"
 
 
+def require_existing(url: str) -> None:
+    """Stop with one line when ``url`` is a SQLite file that is not there, rather than let a
+    connection create an empty one (and its directory) where nobody meant to have a database."""
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise ConfigurationError(
+            f"no Trunkline database at {path.resolve()}: run `trunkline up` in the directory "
+            "you started it from, or set TRUNKLINE_DATABASE__URL (then `trunkline migrate`)"
+        )
+
+
 def require_current(url: str, engine: Engine | None = None) -> None:
     """Stop with one line unless the database at ``url`` (through ``engine`` when given, else
     an engine of its own, disposed after) is at this code's schema."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,20 @@ def test_the_celery_jobs_refuse_a_database_not_at_this_schema(
         code, _, err = run(capsys, command)
         assert code == 2
         assert f"error: the database {old} is at schema revision 0005" in err
+
+
+def test_up_with_a_port_taken_says_which_and_how_to_move_it_and_starts_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(TENANTS_DIR, tmp_path / "tenants")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("TRUNKLINE_GATEWAY__PORT", str(port))
+        code, _, err = run(capsys, "up")
+    assert code == 2
+    assert err.startswith(f"error: the gateway cannot listen on 127.0.0.1:{port} (")
+    assert "set TRUNKLINE_GATEWAY__PORT" in err and err.count("\n") == 1
+    assert not (tmp_path / ".trunkline").exists()  # nothing migrated, no key made

@@ -86,3 +86,14 @@ def test_every_ended_month_with_usage_closes_not_only_the_latest(
     drain(ctx)
     assert close_periods(ctx) == ["2026-09", "2026-10", "2026-11"]
     assert close_periods(ctx) == []
+
+
+def test_a_new_installation_closes_no_empty_month_before_it(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    # Nothing used yet: closing November would only refuse November price versions and
+    # capacity afterwards, for a month the platform never served.
+    ctx = context(factory, InMemoryUsageStream())
+    assert close_periods(ctx) == []
+    with factory() as session:
+        assert session.scalars(select(BillingPeriod.period_start)).all() == []
