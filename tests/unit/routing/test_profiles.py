@@ -89,3 +89,17 @@ def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
         load_profile(twice)
     with pytest.raises(ConfigurationError, match=r"missing\.yaml: cannot read"):
         load_profile(tmp_path / "missing.yaml")
+
+
+def test_the_gateway_takes_a_profile_file_by_path_where_it_takes_a_policy_name(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "custom.yaml"
+    path.write_text(GOOD)
+    policy = make_policy(str(path))  # TRUNKLINE_GATEWAY__ROUTING_POLICY=/etc/…/custom.yaml
+    assert isinstance(policy, PipelinePolicy) and policy.name == "custom"
+    assert make_policy(str(path)) is not policy  # each build has its own state
+    with pytest.raises(ConfigurationError, match=r"gone\.yaml: cannot read"):
+        make_policy(str(tmp_path / "gone.yaml"))
+    with pytest.raises(ConfigurationError, match=r"or the path of a routing profile file"):
+        make_policy("my-policy")

@@ -72,14 +72,27 @@ POLICIES: dict[str, Callable[[], RoutingPolicy]] = {
 }
 
 
+PROFILE_SUFFIXES = (".yaml", ".yml")
+
+
 def make_policy(name: str) -> RoutingPolicy:
-    """A fresh policy called ``name`` (each has its own state, such as a round-robin counter)."""
+    """A fresh policy called ``name`` (each has its own state, such as a round-robin counter),
+    or built from the routing profile at that path when it ends in ``.yaml`` / ``.yml``: an
+    operator's own profile, deployed as a file."""
+    if name.endswith(PROFILE_SUFFIXES):
+        from pathlib import Path
+
+        from trunkline.gateway.routing.profiles import load_profile
+
+        return load_profile(Path(name)).build()
     try:
         factory = POLICIES[name]
     except KeyError:
         known = ", ".join(sorted(POLICIES))
         raise UnknownPolicyError(
-            f"unknown routing policy {name!r}; known policies: {known}", param="policy"
+            f"unknown routing policy {name!r}; known policies: {known}, or the path of a "
+            "routing profile file (.yaml)",
+            param="policy",
         ) from None
     return factory()
 
