@@ -186,9 +186,16 @@ def set_endpoints_command(args: argparse.Namespace) -> int:
 
 
 def _endpoint(text: str) -> EndpointSpec:
+    """One ``URL`` or ``URL=KV_EVENTS_ADDRESS`` argument (named as given in an error: it is no
+    option)."""
     url, _, kv_events = text.partition("=")
     raw = {"url": url, "kv_events": kv_events or None}
-    spec: EndpointSpec = _convert(raw, EndpointSpec)
+    try:
+        spec: EndpointSpec = msgspec.convert(raw, EndpointSpec, strict=False)
+    except msgspec.ValidationError as exc:
+        reason, _, where = shown(str(exc)).partition(" - at `$.")
+        part = "its events address" if where.startswith("kv_events") else "its URL"
+        raise InvalidRequest(f"endpoint {text!r}: {part}: {reason}") from exc
     return spec
 
 

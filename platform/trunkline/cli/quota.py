@@ -62,7 +62,7 @@ def register(sub: Any) -> None:
 def _subject(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tier", help="tier name")
     parser.add_argument("--tenant", help="tenant slug")
-    parser.add_argument("--key", help="public key id (tlk_<key id>_…)")
+    parser.add_argument("--key", help="key id (the 12 characters after tlk_ in the key)")
 
 
 def show_command(args: argparse.Namespace) -> int:

@@ -104,7 +104,11 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     code, _, err = run(capsys, "pools", "show", "nope")
     assert (code, err) == (2, "error: pool 'nope' not found\n")
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=http://b")
-    assert code == 2 and "--kv_events" in err
+    assert code == 2
+    assert err.startswith("error: endpoint 'http://a:1=http://b': its events address: ")
+    code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "not-a-url")
+    assert code == 2 and err.startswith("error: endpoint 'not-a-url': its URL: ")
+    assert "--" not in err  # no option to point at: the endpoints are arguments
 
 
 def test_tenants_cache_isolation_off_and_on(
