@@ -185,10 +185,12 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
     return Response(body, status_code=200 if ok else 503, media_type=JSON)
 
 
-def _http_error(exc: HTTPException) -> TrunklineError:
+def _http_error(exc: HTTPException, max_body_bytes: int | None) -> TrunklineError:
     if exc.status_code == 413:
+        limit = f" ({max_body_bytes:,} bytes)" if max_body_bytes else ""
         return PayloadTooLarge(
-            "The request body is larger than this gateway accepts.", reason="request_too_large"
+            f"The request body is larger than this gateway accepts{limit}.",
+            reason="request_too_large",
         )
     if exc.status_code == 404:
         return NotFound(
@@ -206,7 +208,7 @@ def _http_error(exc: HTTPException) -> TrunklineError:
 
 def error_handler(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
-        exc = _http_error(exc)
+        exc = _http_error(exc, request.app.state.get("max_body_bytes"))
     if not isinstance(exc, TrunklineError):
         log.exception("unhandled error in the gateway")
         exc = TrunklineError("The gateway failed to handle the request.")
@@ -237,7 +239,12 @@ def build_app(
     metrics: CollectorRegistry | None = None,
     engines: EngineMonitor | None = None,
 ) -> Litestar:
-    state = {"gateway": service, "metrics": metrics or CollectorRegistry(), "engines": engines}
+    state = {
+        "gateway": service,
+        "metrics": metrics or CollectorRegistry(),
+        "engines": engines,
+        "max_body_bytes": max_body_bytes,
+    }
     return Litestar(
         route_handlers=ROUTES,
         state=State(state),

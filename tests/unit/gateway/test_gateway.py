@@ -222,11 +222,9 @@ def test_a_null_stream_is_a_plain_answer_as_openai_takes_it(make_gateway) -> Non
 def test_oversized_body_gets_413(make_gateway) -> None:
     gw, key = _ready(make_gateway, max_body=1024)
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * 4096}]}
-    assert_openai_error(
-        gw.client.post("/v1/chat/completions", json=big, headers=auth(key)),
-        413,
-        "request_too_large",
-    )
+    response = gw.client.post("/v1/chat/completions", json=big, headers=auth(key))
+    assert_openai_error(response, 413, "request_too_large")
+    assert "(1,024 bytes)" in response.json()["error"]["message"]  # what would have fitted
     assert gw.upstream == []
 
 
