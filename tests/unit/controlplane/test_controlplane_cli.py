@@ -330,6 +330,9 @@ def test_up_with_a_port_taken_says_which_and_how_to_move_it_and_starts_nothing(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     shutil.copytree(TENANTS_DIR, tmp_path / "tenants")
+    root = logging.getLogger()  # `up` logs to the stderr capsys closes after the test
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
