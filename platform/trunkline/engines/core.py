@@ -99,6 +99,7 @@ class EngineCore:
         seed: int | None = None,
         output_tokens: Sequence[int] | None = None,
         block_hashes: Sequence[BlockHash] | None = None,
+        ends_at_max: bool = False,
     ) -> None:
         """Queue a request; it is scheduled by the next :meth:`step`.
 
@@ -106,6 +107,8 @@ class EngineCore:
         model, so a workload can put the answer in the next turn's prompt). ``block_hashes``
         saves hashing a prompt whose hashes the caller already holds; they must be what
         :func:`~trunkline.engines.kv_cache.prefix_block_hashes` gives for this block size.
+        ``ends_at_max``: the answer ends there with an end-of-sequence token (finish reason
+        ``stop``, not ``length``).
         """
         if req_id in self.requests:
             raise ValueError(f"request {req_id!r} already exists")
@@ -122,6 +125,7 @@ class EngineCore:
             sampling_key=f"{self.seed}:{sample_seed}",
             cache_salt=cache_salt,
             output_tokens=output_tokens,
+            ends_at_max=ends_at_max,
         )
         if self.enable_prefix_caching:
             if block_hashes is not None:

@@ -67,6 +67,9 @@ class GenerateParams:
     include_usage: bool = False
     cache_salt: str | None = None
     seed: int | None = None
+    ends_at_max: bool = False
+    """A chat request with no maximum: vLLM generates until the model's end-of-sequence token;
+    the simulated model's answer ends after :data:`DEFAULT_MAX_TOKENS` with ``stop``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,12 @@ def _check_sampling(body: Json) -> None:
 
 
 def _generate_params(
-    body: Json, prompt: list[int], names: tuple[str, ...], served: ServedModel
+    body: Json,
+    prompt: list[int],
+    names: tuple[str, ...],
+    served: ServedModel,
+    *,
+    ends_naturally: bool = False,
 ) -> GenerateParams:
     stream = bool(_optional(body, "stream", bool))
     options = _optional(body, "stream_options", dict)
@@ -216,6 +224,7 @@ def _generate_params(
         include_usage=bool(options and options.get("include_usage")),
         cache_salt=_optional(body, "cache_salt", str),
         seed=_integer(body, "seed"),
+        ends_at_max=ends_naturally and all(body.get(name) is None for name in names),
     )
 
 
@@ -250,7 +259,10 @@ def parse_chat(body: object, served: ServedModel) -> GenerateParams:
     prompt = apply_chat_template(
         _message_text(message, index) for index, message in enumerate(messages)
     )
-    return _generate_params(request, prompt, ("max_completion_tokens", "max_tokens"), served)
+    # Without a maximum, a chat answer ends at the model's end-of-sequence token (completions
+    # keep OpenAI's legacy default of 16 tokens, cut with "length", as vLLM does).
+    names = ("max_completion_tokens", "max_tokens")
+    return _generate_params(request, prompt, names, served, ends_naturally=True)
 
 
 def _prompt_tokens(value: object, name: str) -> list[int]:

@@ -40,6 +40,9 @@ class EngineRequest:
     cache_salt: str | None
     output_tokens: Sequence[int] | None
     block_hashes: list[BlockHash] = field(default_factory=list)
+    ends_at_max: bool = False
+    """Its ``max_tokens`` is where the model's answer ends (an end-of-sequence token), not a
+    cap it hit: the simulated server's stand-in for a chat answer with no maximum set."""
     num_computed_tokens: int = 0
     cached_tokens: int = -1
     """Prompt tokens found in the prefix cache when first scheduled (-1 before)."""
@@ -63,6 +66,7 @@ class EngineRequest:
         sampling_key: str,
         cache_salt: str | None,
         output_tokens: Sequence[int] | None,
+        ends_at_max: bool = False,
     ) -> EngineRequest:
         return cls(
             req_id=req_id,
@@ -73,6 +77,7 @@ class EngineRequest:
             rng=random.Random(sampling_key),
             cache_salt=cache_salt,
             output_tokens=output_tokens,
+            ends_at_max=ends_at_max,
         )
 
     @property
@@ -99,7 +104,7 @@ class EngineRequest:
         """Why the request ends after its latest token, if it does."""
         generated = self.num_output_tokens
         if generated >= self.max_tokens:
-            return "length"
+            return "stop" if self.ends_at_max else "length"
         if self.output_tokens is not None and generated >= len(self.output_tokens):
             return "stop"
         return None

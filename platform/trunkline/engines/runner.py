@@ -110,6 +110,7 @@ class AsyncEngine:
         *,
         cache_salt: str | None = None,
         seed: int | None = None,
+        ends_at_max: bool = False,
     ) -> RequestStream:
         """Queue a request (raises ``ValueError`` when the core rejects it)."""
         if self._closed:
@@ -117,7 +118,13 @@ class AsyncEngine:
         req_id = f"req-{next(self._ids)}"
         arrival = self.now()
         self.core.add_request(
-            req_id, prompt_tokens, max_tokens, arrival, cache_salt=cache_salt, seed=seed
+            req_id,
+            prompt_tokens,
+            max_tokens,
+            arrival,
+            cache_salt=cache_salt,
+            seed=seed,
+            ends_at_max=ends_at_max,
         )
         if self._cap == math.inf:
             # An idle engine starts its next step at the arrival: the driver's wake-up latency,

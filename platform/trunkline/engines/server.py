@@ -196,6 +196,7 @@ class SimApp:
             params.max_tokens,
             cache_salt=params.cache_salt,
             seed=params.seed,
+            ends_at_max=params.ends_at_max,
         )
         if params.stream:
             work = self._send_stream(stream, reply, params.include_usage, send)

@@ -25,6 +25,7 @@ from trunkline.engines import (
     parse_vllm_metrics,
     tokenize,
 )
+from trunkline.engines.openai_requests import DEFAULT_MAX_TOKENS
 
 MODEL = "llama"
 MESSAGES = [
@@ -152,6 +153,23 @@ async def test_stream_with_include_usage_ends_with_a_usage_chunk(sim: Sim) -> No
     assert usage_chunk["usage"]["total_tokens"] == PROMPT_TOKENS + 3
     assert usage_chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
     assert payloads[-3]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_chat_answer_with_no_maximum_ends_on_its_own_as_vllms_do(sim: Sim) -> None:
+    # vLLM generates a chat answer without max_tokens until the model's end-of-sequence token
+    # ("stop"); the simulated model's answer ends after DEFAULT_MAX_TOKENS. A maximum the
+    # client set is a cap ("length"), and completions keep OpenAI's legacy 16-token cut.
+    natural = (await sim.chat()).json()
+    assert natural["choices"][0]["finish_reason"] == "stop"
+    assert natural["usage"]["completion_tokens"] == DEFAULT_MAX_TOKENS
+    streamed = await sim.chat(stream=True)
+    assert '"finish_reason":"stop"' in streamed.text.replace(" ", "")
+    capped = (await sim.chat(max_completion_tokens=DEFAULT_MAX_TOKENS)).json()
+    assert capped["choices"][0]["finish_reason"] == "length"
+    text = await sim.client.post("/v1/completions", json={"model": MODEL, "prompt": "Once"})
+    assert text.json()["choices"][0]["finish_reason"] == "length"
+    metrics = (await sim.client.get("/metrics")).text
+    assert 'finished_reason="stop",model_name="llama"} 2.0' in metrics
 
 
 async def test_completions_take_text_or_token_ids(sim: Sim) -> None:
