@@ -92,11 +92,10 @@ def capacity_lines(
 def unpriced_capacity(session: Session, book: PriceBook) -> list[str]:
     """Versions of ``book`` that would price an hour of a recorded allocation without a
     GPU-hour price for its flavor (every export of those periods would fail on them)."""
-    ends = [v.effective_from for v in book.versions[1:]] + [None]
     problems = []
     for held in session.scalars(select(DedicatedCapacity)):
         first_hour = held.starts_at.replace(minute=0, second=0, microsecond=0)
-        for version, until in zip(book.versions, ends, strict=True):
+        for version, until in book.spans():
             overlaps = (until is None or first_hour < until) and (
                 held.ends_at is None or held.ends_at > version.effective_from
             )

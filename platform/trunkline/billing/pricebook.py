@@ -108,6 +108,11 @@ class PriceBook:
             raise ConfigurationError(f"no price book version is in force at {moment.isoformat()}")
         return self.versions[index]
 
+    def spans(self) -> list[tuple[PriceVersion, datetime | None]]:
+        """Each version and when the next one takes over (None: the latest, in force on)."""
+        ends = [v.effective_from for v in self.versions[1:]]
+        return list(zip(self.versions, [*ends, None], strict=True))
+
     @property
     def currency(self) -> str:
         return self.versions[0].currency

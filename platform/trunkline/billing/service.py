@@ -118,9 +118,8 @@ def _unpriced_models(session: Session, book: PriceBook) -> list[str]:
     usage in the hours the version prices, or, for the latest version, one the catalog serves.
     Every export of those hours would fail on it."""
     served = set(session.scalars(select(Model.name)))
-    ends = [v.effective_from for v in book.versions[1:]] + [None]
     problems: list[str] = []
-    for version, until in zip(book.versions, ends, strict=True):
+    for version, until in book.spans():
         if DEFAULT_MODEL in version.models:
             continue
         used = select(UsageRollup.model).where(UsageRollup.hour >= version.effective_from)
