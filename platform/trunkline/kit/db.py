@@ -7,8 +7,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+
+def conflict_insert(session: Session, entity: Any) -> Any:
+    """``INSERT`` into ``entity`` for the session's database, with its dialect's
+    ``on_conflict_do_nothing`` / ``on_conflict_do_update`` (PostgreSQL's or SQLite's)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(entity)
 
 
 def driver_message(exc: DBAPIError) -> str:

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.kit.db import conflict_insert
 from trunkline.metering._ledger_pg import write_usage_pg
 from trunkline.metering.rollup_plan import hour_of
 from trunkline.metering.schemas import UsageRecord
@@ -77,13 +78,11 @@ def mark_changed(session: Session, tenant_hours: set[tuple[uuid.UUID, datetime]]
     """Bump the watermark of each (tenant, hour) so the rollup job recomputes it."""
     if not tenant_hours:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     rows = [
         {"tenant_id": tenant, "hour": hour, "changed_seq": 1, "rolled_seq": 0}
         for tenant, hour in sorted(tenant_hours)
     ]
-    statement = insert(UsageRollupWatermark).values(rows)
+    statement = conflict_insert(session, UsageRollupWatermark).values(rows)
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["tenant_id", "hour"],

@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Select, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from trunkline.kit.db import conflict_insert
 from trunkline.kit.ids import utcnow
 from trunkline.models import (
     AcceleratorFlavor,
@@ -140,9 +140,8 @@ class EntitlementRepository:
         """Entitle the tenant to ``alias`` unless it already is, a grant committed meanwhile
         by another transaction included (``ON CONFLICT DO NOTHING``: no unique-violation to
         turn into a 409); True when this call added it."""
-        dialect = postgresql if self._session.get_bind().dialect.name == "postgresql" else sqlite
         statement = (
-            dialect.insert(Entitlement)
+            conflict_insert(self._session, Entitlement)
             .values(
                 id=uuid.uuid4(), tenant_id=self._tenant_id, alias_id=alias.id, created_at=utcnow()
             )
