@@ -185,3 +185,11 @@ def make_gateway() -> Iterator[Callable[..., Harness]]:
     yield build
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def engine_gateway(make_gateway: Callable[..., Harness]) -> Callable[..., Any]:
+    """Builds a gateway over scripted engines with engine state (``engines_support.Gateway``)."""
+    from tests.unit.gateway.engines_support import engine_gateways
+
+    return engine_gateways(make_gateway)

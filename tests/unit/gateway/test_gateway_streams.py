@@ -1,0 +1,199 @@
+"""A streamed request when its engine fails or stops: retried elsewhere before the first
+event, ended with an error event after it, and what counts against the endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from tests.unit.gateway.engines_support import (
+    STREAM,
+    Gateway,
+    failing_on,
+)
+from tests.unit.gateway.upstreams import Chunks, sse_events
+
+from trunkline.gateway.endpoints import EngineState
+
+
+def _silent(request: httpx.Request) -> httpx.Response:
+    raise httpx.ReadTimeout("no response head", request=request)
+
+
+def test_stream_read_timeout_before_the_head_is_retried_a_plain_one_is_not(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(failing_on("engine-1", _silent))
+
+    streamed = [gw.chat(STREAM).status_code for _ in range(3)]
+    assert streamed == [200, 200, 200]
+
+    gw = engine_gateway(failing_on("engine-1", _silent))
+    plain = [gw.chat() for _ in range(9)]
+    # Round-robin sends every third request to engine-1: each may still be generating there,
+    # so it is not sent twice; the client gets a 504 that tells the OpenAI SDKs not to retry.
+    assert sorted(r.status_code for r in plain) == [200] * 6 + [504] * 3
+    timed_out = next(r for r in plain if r.status_code == 504)
+    assert timed_out.json()["error"]["code"] == "upstream_timeout"
+    assert timed_out.headers["x-should-retry"] == "false"
+    # A long answer is no fault of the engine's: three in a row do not eject it...
+    assert gw.hosts().count("engine-1") == 3
+    assert gw.service.engines.ejections("e1") == 0
+    # ...and each is metered on it, with the prompt it prefilled.
+    records = [r for _id, r in gw.usage.read(20) if r.status == 504]
+    assert {r.endpoint for r in records} == {"http://engine-1"}
+    assert all(r.prompt_tokens > 0 for r in records)
+
+
+def _dies_before_the_first_event(request: httpx.Request) -> httpx.Response:
+    events = sse_events("llama-8b-served", True)
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(events, fail_after=0)
+    )
+
+
+def test_a_stream_dying_before_its_first_event_moves_to_another_endpoint(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(failing_on("engine-1", _dies_before_the_first_event))
+
+    bodies = [gw.chat(STREAM).text for _ in range(3)]
+
+    assert all('"error"' not in body and body.endswith("data: [DONE]\n\n") for body in bodies)
+    assert gw.hosts().count("engine-1") == 1  # round-robin sent one there; it was retried
+    records = [record for _id, record in gw.usage.read(10)]
+    assert [r.status for r in records] == [200, 200, 200]
+    assert all(r.endpoint != "http://engine-1" for r in records)
+
+
+def _dies_mid_stream(request: httpx.Request) -> httpx.Response:
+    events = sse_events("llama-8b-served", True)
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=Chunks(events, fail_after=2)
+    )
+
+
+def test_streams_dying_midway_eject_their_endpoint(engine_gateway: Callable[..., Gateway]) -> None:
+    # Each stream's 200 head came before it died: the head is no success to reset the count.
+    gw = engine_gateway(failing_on("engine-1", _dies_mid_stream))
+
+    bodies = [gw.chat(STREAM).text for _ in range(12)]
+
+    assert sum('"upstream_error"' in body for body in bodies) == 3
+    assert gw.hosts().count("engine-1") == 3  # three in a row, then never again
+    assert gw.service.engines.ejections("e1") == 1
+
+
+class _StallsMidStream(httpx.AsyncByteStream):
+    """Sends its first two events, then nothing, ever: a vLLM stopping on SIGTERM."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in sse_events("llama-8b-served", True)[:2]:
+            yield piece
+        await asyncio.Event().wait()
+
+
+def _stalls_mid_stream(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=_StallsMidStream()
+    )
+
+
+def test_a_stream_silent_mid_way_is_given_up_after_the_idle_timeout(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(failing_on("engine-1", _stalls_mid_stream), stream_idle_timeout_s=0.05)
+
+    bodies = [gw.chat(STREAM).text for _ in range(6)]
+
+    stalled = [body for body in bodies if "sent nothing for 0.05 s mid-stream" in body]
+    assert len(stalled) == 2  # round-robin: every third request went to engine-1
+    assert all('"upstream_error"' in body and "data: [DONE]" in body for body in stalled)
+    assert all('"content"' in body for body in stalled)  # what came before still came
+    # A pause is no proof of a dead engine (vLLM pauses the streams it preempts when short
+    # of KV cache): not held against the endpoint; a stopped engine fails its scrapes.
+    assert gw.service.engines.ejections("e1") == 0
+    failed = [r for _id, r in gw.usage.read(100) if r.endpoint == "http://engine-1"]
+    assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 2
+
+
+class _StopsBeforeTheFirstEvent(httpx.AsyncByteStream):
+    """Its engine stops (a vLLM on SIGTERM: the connection stays open, silent) and, meanwhile,
+    the gateway ejects its endpoint (its scrapes fail)."""
+
+    def __init__(self, eject: Callable[[], None]) -> None:
+        self.eject = eject
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.eject()
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover - never reached
+
+
+def test_a_stream_waiting_for_its_first_event_moves_on_when_its_endpoint_is_ejected(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    engines: list[EngineState] = []
+
+    def eject() -> None:
+        for _ in range(3):
+            engines[0].failed("e1", "scrape: ConnectError")
+
+    def stops(request: httpx.Request) -> httpx.Response:
+        stream = _StopsBeforeTheFirstEvent(eject)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    gw = engine_gateway(failing_on("engine-1", stops))
+    engines.append(gw.service.engines)
+
+    response = gw.chat(STREAM)
+
+    # The client never waited on the stopped engine: the next endpoint answered, whole.
+    assert response.status_code == 200
+    assert '"content"' in response.text and "error" not in response.text
+    assert gw.hosts() == ["engine-1", "engine-2"]
+    assert gw.service.engines.ejections("e1") == 1
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.endpoint) == (200, "http://engine-2")
+
+
+def test_a_stream_failing_before_its_first_event_on_the_last_endpoint_counts_too(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(_dies_before_the_first_event)
+
+    # Round-robin puts each endpoint last once: three failures each, counting the last one's.
+    statuses = [gw.chat(STREAM).status_code for _ in range(3)]
+
+    assert statuses == [502] * 3
+    assert len(gw.hosts()) == 9
+    assert [gw.service.engines.ejections(e) for e in ("e1", "e2", "e3")] == [1, 1, 1]
+
+
+class _SilentAfterHead(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        raise httpx.ReadTimeout("no first event")
+        yield b""  # pragma: no cover - makes this an async generator
+
+
+def _silent_after_the_head(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=_SilentAfterHead()
+    )
+
+
+def test_a_stream_silent_before_its_first_event_everywhere_is_a_retryable_502(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(_silent_after_the_head)
+
+    response = gw.chat(STREAM)
+
+    # Not the plain request's 504 ("may still be generating; lower max_tokens or stream", do
+    # not retry): a stream that sent no token has nothing running twice if retried.
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert "x-should-retry" not in response.headers
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.error_code) == (502, "upstream_error")
