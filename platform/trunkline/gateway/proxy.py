@@ -4,11 +4,13 @@ on the way through."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 import msgspec
@@ -31,6 +33,34 @@ _FAILOVER_ERRORS = (
 a connection reset before the response head means the engine is gone (vLLM also aborts a
 request whose connection closed), so sending it elsewhere cannot run it twice."""
 _DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
+
+
+class EndpointEjected(httpx.ReadTimeout):
+    """The endpoint was ejected while a request waited on it for its first byte."""
+
+
+async def unless_ejected(flight: Flight, waiting: Awaitable[T]) -> T:
+    """Await what a request waits on before its first byte (the response head, a stream's
+    first event); given up, raising :class:`EndpointEjected`, if the flight's endpoint is
+    ejected meanwhile (``Flight.abandon``). Nothing reached the client yet, so the request can
+    move to the next endpoint instead of waiting on an engine that stopped; closing the
+    connection makes vLLM abort whatever it had started of it."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(None) as abandoned:
+
+            def abandon() -> None:
+                if abandoned.when() is None:  # once
+                    abandoned.reschedule(loop.time())
+
+            flight.abandon = abandon
+            try:
+                return await waiting
+            finally:
+                flight.abandon = None
+    except TimeoutError as exc:
+        raise EndpointEjected("endpoint ejected before the first byte") from exc
 
 
 class _Details(msgspec.Struct):
@@ -102,7 +132,9 @@ async def open_upstream(
     """Send to the first candidate that answers; fail over only before any byte was read.
 
     Fails over on a connection that could not be made or was dropped or reset before the
-    response head, and on a 5xx answer while another candidate remains. A read timeout before
+    response head, on the endpoint's ejection while the head is awaited (an engine that stopped
+    answers no one; :func:`unless_ejected`), and on a 5xx answer while another candidate
+    remains. A read timeout before
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
     at once, so silence means a stuck engine, and it counts against the endpoint; a plain
     request may still be generating: sending it again would run it twice, and a long answer is
@@ -124,7 +156,12 @@ async def open_upstream(
         if attempting is not None:
             attempting(candidate)
         try:
-            response = await client.send(request, stream=True)
+            response = await unless_ejected(flight, client.send(request, stream=True))
+        except EndpointEjected:
+            engines.ended(flight)
+            reasons.append(f"{endpoint.url}: ejected")
+            log.warning("endpoint ejected while awaited", extra={"endpoint": endpoint.url})
+            continue
         except _FAILOVER_ERRORS as exc:
             engines.ended(flight)
             if not isinstance(exc, httpx.PoolTimeout):  # our own pool, not the engine's fault

@@ -32,7 +32,7 @@ from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.authn import Principal, authenticate
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
-from trunkline.gateway.endpoints import EngineState, Flight
+from trunkline.gateway.endpoints import EngineState
 from trunkline.gateway.errors import engine_error
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
@@ -43,6 +43,7 @@ from trunkline.gateway.proxy import (
     open_upstream,
     read_usage,
     relay_events,
+    unless_ejected,
 )
 from trunkline.gateway.reply import Reply
 from trunkline.gateway.request_view import request_view
@@ -313,7 +314,7 @@ class GatewayService:
                 opened.response, meter.tally, keep_usage_chunk=request.client_wants_usage
             )
             try:
-                first = await _first_event(events, opened.flight)
+                first = await unless_ejected(opened.flight, anext(events, b""))
             except BaseException as exc:
                 self.engines.ended(opened.flight)
                 await opened.response.aclose()
@@ -405,27 +406,6 @@ class GatewayService:
         finally:
             await response.aclose()
             meter.finish(status, code)
-
-
-async def _first_event(events: AsyncIterator[bytes], flight: Flight) -> bytes:
-    """A stream's first event (b"" if it ended at once). Given up, as a read timeout, if the
-    endpoint is ejected meanwhile (``Flight.abandon``): nothing reached the client yet, so the
-    request moves to the next endpoint instead of waiting on a stopped engine."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(None) as abandoned:
-
-            def abandon() -> None:
-                if abandoned.when() is None:  # once
-                    abandoned.reschedule(loop.time())
-
-            flight.abandon = abandon
-            try:
-                return await anext(events, b"")
-            finally:
-                flight.abandon = None
-    except TimeoutError as exc:
-        raise httpx.ReadTimeout("endpoint ejected before the stream's first event") from exc
 
 
 _RETRY_HEADERS = ("retry-after", "retry-after-ms")

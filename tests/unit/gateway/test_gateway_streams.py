@@ -1,15 +1,18 @@
-"""A streamed request when its engine fails or stops: retried elsewhere before the first
-event, ended with an error event after it, and what counts against the endpoint."""
+"""A request when its engine fails or stops: retried elsewhere before the first byte (a
+stream's first event), a stream ended with an error event after it, and what counts against
+the endpoint."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import httpx
 from tests.unit.gateway.engines_support import (
     STREAM,
     Gateway,
+    Handler,
     failing_on,
 )
 from tests.unit.gateway.upstreams import Chunks, sse_events
@@ -197,3 +200,37 @@ def test_a_stream_silent_before_its_first_event_everywhere_is_a_retryable_502(
     assert "x-should-retry" not in response.headers
     [record] = [record for _id, record in gw.usage.read(10)]
     assert (record.status, record.error_code) == (502, "upstream_error")
+
+
+def test_a_plain_request_waiting_for_its_answer_moves_on_when_its_endpoint_is_ejected(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    engines: list[EngineState] = []
+    closed: list[bool] = []
+
+    async def stops(request: httpx.Request) -> httpx.Response:
+        # The engine stops after taking the request (a vLLM on SIGTERM: the connection stays
+        # open and no answer comes), and its scrapes fail meanwhile: the gateway ejects it.
+        for _ in range(3):
+            engines[0].failed("e1", "scrape: ConnectError")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closed.append(True)  # cancelled: the gateway let go of the connection
+        raise AssertionError("never answered")  # pragma: no cover
+
+    handler = cast(Handler, failing_on("engine-1", stops))  # type: ignore[arg-type]
+    gw = engine_gateway(handler)
+    engines.append(gw.service.engines)
+
+    response = gw.chat()
+
+    # Not the read timeout's 504 minutes later: the next endpoint answered, and only it is
+    # metered; the stopped engine's connection was closed, which makes a live vLLM abort.
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"]
+    assert gw.hosts() == ["engine-1", "engine-2"]
+    assert closed == [True]
+    assert gw.service.engines.ejections("e1") == 1
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.endpoint) == (200, "http://engine-2")
