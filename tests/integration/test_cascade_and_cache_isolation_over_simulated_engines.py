@@ -19,7 +19,7 @@ from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntr
 PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
 TENANT_C = "00000000-0000-0000-0000-00000000000c"
 TENANT_D = "00000000-0000-0000-0000-00000000000d"
-ALIASES = frozenset({"llama", "auto-truncation", "auto-refusal"})
+ALIASES = frozenset({"llama", "auto-truncation", "auto-refusal", "auto-logprob"})
 
 
 @dataclass
@@ -56,6 +56,10 @@ def _world(urls: list[str]) -> World:
         "auto-refusal": AliasEntry(
             "auto-refusal", "small-served", "chat", ("small-eu",),
             CascadeEntry(*large, on_truncation=False, on_refusal=True),
+        ),
+        "auto-logprob": AliasEntry(
+            "auto-logprob", "small-served", "chat", ("small-eu",),
+            CascadeEntry(*large, on_truncation=False, on_refusal=False, min_mean_logprob=-1.0),
         ),
     }  # fmt: skip
     salts = {TENANT_A: "salt-of-a", TENANT_B: "salt-of-b", TENANT_C: None, TENANT_D: None}
@@ -138,3 +142,33 @@ async def test_a_kept_small_answer_streams_back_without_escalation(live: Live) -
     assert '"model":"small-served"' in text and text.rstrip().endswith("data: [DONE]")
     [record] = await live.records(1)
     assert (record.model, record.completion_tokens, record.status) == ("small-served", 8, 200)
+
+
+async def test_a_logprob_check_keeps_sure_answers_and_escalates_unsure_ones(live: Live) -> None:
+    questions = [f"Why does my router blink, case {n}?" for n in range(12)]
+
+    async def judged(question: str) -> tuple[str, str | None, object]:
+        response = await live.chat(TENANT_A, _chat("auto-logprob", question, max_tokens=8))
+        assert response.status_code == 200, response.text
+        choice = response.json()["choices"][0]
+        return (
+            response.headers["x-trunkline-cascade"],
+            response.headers.get("x-trunkline-cascade-reason"),
+            choice["logprobs"],
+        )
+
+    first = [await judged(q) for q in questions]
+
+    # The simulated small model is sure of some answers and not of others (as a real one is):
+    # the check keeps the first, escalates the rest, and judges a question alike every time.
+    outcomes = {(cascade, reason) for cascade, reason, _ in first}
+    assert outcomes == {("first", None), ("escalated", "low_logprob")}
+    assert [await judged(q) for q in questions] == first
+    # The gateway asked for the logprobs; the client did not, and gets none.
+    assert all(logprobs is None for _, _, logprobs in first)
+    # Every small attempt is metered, and so is every escalation.
+    escalations = 2 * sum(cascade == "escalated" for cascade, _, _ in first)
+    records = await live.records(2 * len(questions) + escalations)
+    assert sorted(r.model for r in records) == sorted(
+        ["small-served"] * 2 * len(questions) + ["llama-8b-served"] * escalations
+    )

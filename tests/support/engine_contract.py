@@ -21,6 +21,9 @@ REFUSED: list[tuple[dict[str, Any], str | None, str]] = [
     ({"top_k": 2.5}, "body.top_k", "Input should be a valid integer"),
     ({"stop": 5}, "body.stop", "Input should be a valid string"),
     ({"stop": ["a", 5]}, "body.stop", "Input should be a valid string"),
+    ({"top_logprobs": 2}, "top_logprobs", "`logprobs` must be set to true"),
+    ({"logprobs": True, "top_logprobs": -2}, "top_logprobs", "must be a positive value or -1"),
+    ({"logprobs": True, "top_logprobs": 21}, "logprobs", "greater than max allowed: 20"),
     (
         {"messages": [{"role": "user", "content": None}]},
         "body.messages.0.ChatCompletionDeveloperMessageParam.content",
@@ -41,7 +44,35 @@ ACCEPTED: list[dict[str, Any]] = [
     {"stop": ["x", "y"]},
     {"seed": "3"},
     {"seed": 3.0},
+    {"logprobs": True},
+    {"logprobs": False, "top_logprobs": 0},
+    {"logprobs": True, "top_logprobs": 20},
     # an assistant turn with no content (a tool call's), and a role vLLM does not know
     {"messages": [{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]},
     {"messages": [{"role": "wizard", "content": "hi"}]},
 ]
+
+
+def token_logprobs(kind: str, logprobs: list[dict[str, Any]]) -> list[tuple[float, list[float]]]:
+    """Per generated token, its logprob and those of the likeliest tokens listed with it, read
+    from a choice's ``logprobs`` (a list: one per chunk of a stream), checking vLLM's shape
+    for ``kind`` ("chat" or "completion") on the way."""
+    out: list[tuple[float, list[float]]] = []
+    for part in logprobs:
+        if kind == "chat":
+            assert set(part) == {"content"}, part
+            for entry in part["content"]:
+                assert isinstance(entry["token"], str) and isinstance(entry["bytes"], list)
+                top = [alternative["logprob"] for alternative in entry["top_logprobs"]]
+                out.append((entry["logprob"], top))
+        else:
+            assert set(part) == {"text_offset", "token_logprobs", "tokens", "top_logprobs"}
+            assert len({len(column) for column in part.values()}) == 1, part
+            offsets = part["text_offset"]
+            assert offsets == sorted(offsets), part
+            for token, logprob, top in zip(
+                part["tokens"], part["token_logprobs"], part["top_logprobs"], strict=True
+            ):
+                assert top[token] == logprob, part  # the sampled token is listed too
+                out.append((logprob, list(top.values())))
+    return out

@@ -70,6 +70,10 @@ class GenerateParams:
     ends_at_max: bool = False
     """A chat request with no maximum: vLLM generates until the model's end-of-sequence token;
     the simulated model's answer ends after :data:`DEFAULT_MAX_TOKENS` with ``stop``."""
+    logprobs: int | None = None
+    """Log-probabilities asked for (None: none): how many of the likeliest tokens each position
+    lists, the generated one included (chat's ``top_logprobs``, completions' ``logprobs`` + 1,
+    as vLLM counts them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +206,43 @@ def _check_sampling(body: Json) -> None:
         raise _invalid("stop", "string_type", "Input should be a valid string", stop)
 
 
+MAX_LOGPROBS = 20
+"""vLLM's default ``--max-logprobs``."""
+
+
+def _logprobs(body: Json, chat: bool) -> int | None:
+    """How many of the likeliest tokens each answer position lists (None: no logprobs), with
+    vLLM's checks: chat's ``logprobs`` (bool) and ``top_logprobs``, completions' ``logprobs``
+    (the count of alternatives; the sampled token comes on top)."""
+    if chat:
+        wanted = _optional(body, "logprobs", bool)
+        top = _integer(body, "top_logprobs")
+        if top is not None and top < -1:
+            raise _bad("`top_logprobs` must be a positive value or -1.", "top_logprobs")
+        if top is not None and top != 0 and not wanted:
+            raise _bad("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+        if not wanted:
+            return None
+        count = top or 0
+    else:
+        value = body.get("logprobs")
+        if value is None:
+            return None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _bad("`logprobs` must be an integer.", "logprobs")
+        count = _integer(body, "logprobs") or 0
+        if count < -1:
+            raise _bad("`logprobs` must be a positive value or -1.", "logprobs")
+    requested = VOCAB_SIZE if count == -1 else count
+    if requested > MAX_LOGPROBS:
+        raise _bad(
+            f"Requested sample logprobs of {requested}, which is greater than max allowed: "
+            f"{MAX_LOGPROBS}",
+            "logprobs",
+        )
+    return requested if chat else requested + 1
+
+
 def _generate_params(
     body: Json,
     prompt: list[int],
@@ -209,6 +250,7 @@ def _generate_params(
     served: ServedModel,
     *,
     ends_naturally: bool = False,
+    chat: bool = False,
 ) -> GenerateParams:
     stream = bool(_optional(body, "stream", bool))
     options = _optional(body, "stream_options", dict)
@@ -225,6 +267,7 @@ def _generate_params(
         cache_salt=_optional(body, "cache_salt", str),
         seed=_integer(body, "seed"),
         ends_at_max=ends_naturally and all(body.get(name) is None for name in names),
+        logprobs=_logprobs(body, chat),
     )
 
 
@@ -262,7 +305,7 @@ def parse_chat(body: object, served: ServedModel) -> GenerateParams:
     # Without a maximum, a chat answer ends at the model's end-of-sequence token (completions
     # keep OpenAI's legacy default of 16 tokens, cut with "length", as vLLM does).
     names = ("max_completion_tokens", "max_tokens")
-    return _generate_params(request, prompt, names, served, ends_naturally=True)
+    return _generate_params(request, prompt, names, served, ends_naturally=True, chat=True)
 
 
 def _prompt_tokens(value: object, name: str) -> list[int]:

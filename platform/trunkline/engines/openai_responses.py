@@ -8,14 +8,17 @@ a simulated engine from a real one by its responses.
 from __future__ import annotations
 
 import base64
+import itertools
 import uuid
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from trunkline.engines.events import RequestUsage
+from trunkline.engines.tokens import TokenLogprob, detokenize
 
-__all__ = ["Reply", "embeddings_body", "model_list_body", "usage_body"]
+__all__ = ["Reply", "embeddings_body", "logprobs_body", "model_list_body", "usage_body"]
 
 Json = dict[str, Any]
 
@@ -83,6 +86,37 @@ def usage_body(prompt_tokens: int, completion_tokens: int, cached_tokens: int | 
     }
 
 
+def logprobs_body(
+    kind: Literal["chat", "completion"], tokens: Sequence[TokenLogprob], text_offset: int = 0
+) -> Json:
+    """A choice's ``logprobs`` for ``tokens``, in vLLM's shape for ``kind``; a completion's
+    ``text_offset`` counts from ``text_offset`` (the answer's characters sent before)."""
+    texts = [detokenize((token.token_id,)) for token in tokens]
+    if kind == "chat":
+        return {
+            "content": [
+                {**_chat_logprob(text, token.logprob), "top_logprobs": _chat_top(token)}
+                for text, token in zip(texts, tokens, strict=True)
+            ]
+        }
+    return {
+        "text_offset": list(itertools.accumulate(map(len, texts[:-1]), initial=text_offset)),
+        "token_logprobs": [token.logprob for token in tokens],
+        "tokens": texts,
+        "top_logprobs": [
+            {detokenize((other,)): logprob for other, logprob in token.top} for token in tokens
+        ],
+    }
+
+
+def _chat_logprob(text: str, logprob: float) -> Json:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+
+def _chat_top(token: TokenLogprob) -> list[Json]:
+    return [_chat_logprob(detokenize((other,)), logprob) for other, logprob in token.top]
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """Builds the response body or SSE chunks of one chat or text completion."""
@@ -108,8 +142,11 @@ class Reply:
             "choices": choices,
         }
 
-    def chunks(self, text: str, finish_reason: str | None, *, first: bool) -> list[Json]:
-        """SSE payloads for one token; the first chat token is preceded by the role chunk."""
+    def chunks(
+        self, text: str, finish_reason: str | None, *, first: bool, logprobs: Json | None = None
+    ) -> list[Json]:
+        """SSE payloads for one token (with its ``logprobs``, when asked for); the first chat
+        token is preceded by the role chunk."""
         payloads: list[Json] = []
         if self.kind == "chat":
             if first:
@@ -117,16 +154,23 @@ class Reply:
                 payloads.append(
                     self._envelope([self._stream_choice("delta", delta, None)], chunk=True)
                 )
-            choice = self._stream_choice("delta", {"content": text}, finish_reason)
+            choice = self._stream_choice("delta", {"content": text}, finish_reason, logprobs)
         else:
-            choice = self._stream_choice("text", text, finish_reason)
+            choice = self._stream_choice("text", text, finish_reason, logprobs)
             choice.setdefault("stop_reason", None)
         payloads.append(self._envelope([choice], chunk=True))
         return payloads
 
     @staticmethod
-    def _stream_choice(field: str, value: object, finish_reason: str | None) -> Json:
-        choice: Json = {"index": 0, field: value, "logprobs": None, "finish_reason": finish_reason}
+    def _stream_choice(
+        field: str, value: object, finish_reason: str | None, logprobs: Json | None = None
+    ) -> Json:
+        choice: Json = {
+            "index": 0,
+            field: value,
+            "logprobs": logprobs,
+            "finish_reason": finish_reason,
+        }
         if finish_reason is not None:
             choice["stop_reason"] = None
         return choice
@@ -138,8 +182,10 @@ class Reply:
         )
         return body
 
-    def full(self, text: str, finish_reason: str, usage: RequestUsage) -> Json:
-        """The non-streamed response body."""
+    def full(
+        self, text: str, finish_reason: str, usage: RequestUsage, logprobs: Json | None = None
+    ) -> Json:
+        """The non-streamed response body (with the answer's ``logprobs``, when asked for)."""
         if self.kind == "chat":
             message: Json = {
                 "role": "assistant",
@@ -151,9 +197,9 @@ class Reply:
                 "tool_calls": [],
                 "reasoning_content": None,
             }
-            choice: Json = {"index": 0, "message": message, "logprobs": None}
+            choice: Json = {"index": 0, "message": message, "logprobs": logprobs}
         else:
-            choice = {"index": 0, "text": text, "logprobs": None}
+            choice = {"index": 0, "text": text, "logprobs": logprobs}
         choice.update(finish_reason=finish_reason, stop_reason=None)
         body = self._envelope([choice], chunk=False)
         body["usage"] = usage_body(

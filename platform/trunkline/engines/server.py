@@ -29,10 +29,15 @@ from trunkline.engines.openai_requests import (
     parse_completion,
     parse_embeddings,
 )
-from trunkline.engines.openai_responses import Reply, embeddings_body, model_list_body
+from trunkline.engines.openai_responses import (
+    Reply,
+    embeddings_body,
+    logprobs_body,
+    model_list_body,
+)
 from trunkline.engines.profiles import AcceleratorProfile
 from trunkline.engines.runner import AsyncEngine, RequestStream
-from trunkline.engines.tokens import detokenize, embed_tokens
+from trunkline.engines.tokens import answer_logprobs, detokenize, embed_tokens, logprob_seed
 from trunkline.kit.asgi import unless_client_leaves
 
 __all__ = ["SimApp", "create_sim_app"]
@@ -199,24 +204,32 @@ class SimApp:
             ends_at_max=params.ends_at_max,
         )
         if params.stream:
-            work = self._send_stream(stream, reply, params.include_usage, send)
+            work = self._send_stream(stream, reply, params, send)
         else:
-            work = self._send_full(stream, reply, send)
+            work = self._send_full(stream, reply, params, send)
         try:
             await unless_client_leaves(work, receive)
         finally:  # the response is complete or the client went away: free the engine
             stream.abort()
 
-    async def _send_full(self, stream: RequestStream, reply: Reply, send: Send) -> None:
+    async def _send_full(
+        self, stream: RequestStream, reply: Reply, params: GenerateParams, send: Send
+    ) -> None:
         events = [event async for event in stream]
         last = events[-1]
         assert last.finish_reason is not None
         assert last.usage is not None
-        text = detokenize(event.token_id for event in events)
-        await _respond_json(send, 200, reply.full(text, last.finish_reason, last.usage))
+        answer = [event.token_id for event in events]
+        logprobs = None
+        if params.logprobs is not None:
+            seed = logprob_seed(params.prompt_tokens)
+            tokens = answer_logprobs(seed, answer, params.logprobs)
+            logprobs = logprobs_body(reply.kind, tokens)
+        body = reply.full(detokenize(answer), last.finish_reason, last.usage, logprobs)
+        await _respond_json(send, 200, body)
 
     async def _send_stream(
-        self, stream: RequestStream, reply: Reply, include_usage: bool, send: Send
+        self, stream: RequestStream, reply: Reply, params: GenerateParams, send: Send
     ) -> None:
         await send(
             {
@@ -225,11 +238,19 @@ class SimApp:
                 "headers": [(b"content-type", _SSE), (b"cache-control", b"no-cache")],
             }
         )
+        position = sent = 0  # the answer's tokens and characters sent so far
+        seed = logprob_seed(params.prompt_tokens) if params.logprobs is not None else b""
         async for event in stream:
             text = detokenize((event.token_id,))
-            for payload in reply.chunks(text, event.finish_reason, first=event.first):
+            logprobs = None
+            if params.logprobs is not None:
+                token = answer_logprobs(seed, (event.token_id,), params.logprobs, position)
+                logprobs = logprobs_body(reply.kind, token, sent)
+            position, sent = position + 1, sent + len(text)
+            chunks = reply.chunks(text, event.finish_reason, first=event.first, logprobs=logprobs)
+            for payload in chunks:
                 await _send_event(send, payload)
-            if event.usage is not None and include_usage:
+            if event.usage is not None and params.include_usage:
                 await _send_event(send, reply.usage_chunk(event.usage))
         await send({"type": "http.response.body", "body": _DONE})
 

@@ -13,6 +13,7 @@ import hashlib
 import math
 import random
 import re
+from array import array
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
@@ -24,9 +25,12 @@ __all__ = [
     "IM_START",
     "VOCAB_SIZE",
     "ChatMessage",
+    "TokenLogprob",
+    "answer_logprobs",
     "apply_chat_template",
     "detokenize",
     "embed_tokens",
+    "logprob_seed",
     "tokenize",
 ]
 
@@ -122,3 +126,57 @@ def embed_tokens(token_ids: Sequence[int], dimensions: int) -> list[float]:
     if norm == 0.0:
         return totals
     return [value / norm for value in totals]
+
+
+class TokenLogprob(NamedTuple):
+    """A generated token's log-probability, and the likeliest tokens at its position (itself
+    first), as ``(token id, logprob)``."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+_MIN_LOGPROB = -9999.0
+"""What vLLM reports for a probability of zero (it clamps ``-inf``)."""
+_MAX_MEAN_LOGPROB_DROP = 2.0
+
+
+def _unit(digest: bytes) -> float:
+    """A number in [0, 1) from a digest's first 8 bytes."""
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+def logprob_seed(prompt: Sequence[int]) -> bytes:
+    """What the log-probabilities of an answer to ``prompt`` are drawn from."""
+    return hashlib.blake2b(array("q", prompt).tobytes(), digest_size=16).digest()
+
+
+def answer_logprobs(
+    seed: bytes, answer: Sequence[int], top: int, start: int = 0
+) -> list[TokenLogprob]:
+    """Log-probabilities of ``answer``'s tokens (generated after the prompt whose
+    :func:`logprob_seed` is ``seed``, the first at position ``start`` of the answer), each
+    with the ``top`` likeliest tokens at its position (the generated one first: the simulated
+    model samples its likeliest token).
+
+    The simulated model is as sure of an answer as its prompt makes it: each prompt draws how
+    sure (the mean log-probability of its answer's tokens, from 0 down to -2, most prompts near
+    0), and each token varies around that mean. So a cascade's logprob check keeps the answers
+    to some prompts and escalates others, always the same ones. Deterministic in every process.
+    """
+    mean = -_MAX_MEAN_LOGPROB_DROP * _unit(seed) ** 2
+    out: list[TokenLogprob] = []
+    for position, token_id in enumerate(answer, start):
+        here = hashlib.blake2b(seed + position.to_bytes(8, "little"), digest_size=16).digest()
+        logprob = mean * (0.5 + _unit(here))
+        ranked = [(token_id, logprob)] if top > 0 else []
+        chance = math.exp(logprob)
+        # The others share what is left, each less likely than the one before.
+        below = min(chance, 1.0 - chance)
+        for rank in range(1, top):
+            other = _piece_id(f"{here.hex()}:{rank}")
+            share = below * 0.5**rank
+            ranked.append((other, math.log(share) if share > 0 else _MIN_LOGPROB))
+        out.append(TokenLogprob(token_id, logprob, tuple(ranked)))
+    return out

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 
-from support.engine_contract import ACCEPTED, REFUSED
+import pytest
+
+from support.engine_contract import ACCEPTED, REFUSED, token_logprobs
 from support.vllm import POOL, Gateway, VllmServer, unique_prompt
 
 MAX_TOKENS = 8
@@ -132,3 +134,31 @@ def test_bodies_vllm_refuses_are_its_400_in_openai_shape(gateway: Gateway) -> No
         assert (error["param"], message in error["message"]) == (param, True), error
     for fine in ACCEPTED:
         assert gateway.post("/v1/chat/completions", {**_chat("hi"), **fine}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "asked", "most"),
+    [
+        ("chat", "/v1/chat/completions", {"logprobs": True, "top_logprobs": 3}, 3),
+        ("completion", "/v1/completions", {"logprobs": 2}, 3),  # and the sampled token
+    ],
+)
+def test_logprobs_pass_through_in_vllms_shape(
+    gateway: Gateway, kind: str, path: str, asked: dict[str, object], most: int
+) -> None:
+    """The simulated engine gives them in this shape (tests/unit/engines/test_sim_server.py):
+    what a cascade's logprob check reads."""
+    prompt = _chat("how sure are you") if kind == "chat" else {"prompt": "how sure", **EXACT}
+    body = {**prompt, **asked}
+
+    plain = gateway.post(path, body)
+    response, payloads = gateway.stream(path, body)
+
+    assert plain.status_code == 200, plain.text
+    per_token = token_logprobs(kind, [plain.json()["choices"][0]["logprobs"]])
+    assert len(per_token) == MAX_TOKENS
+    assert all(logprob <= 0 and 1 <= len(top) <= most for logprob, top in per_token)
+    assert response.status_code == 200
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    parts = [c["choices"][0]["logprobs"] for c in chunks if c["choices"]]
+    assert len(token_logprobs(kind, [p for p in parts if p is not None])) == MAX_TOKENS

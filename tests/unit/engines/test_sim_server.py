@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.engines.helpers import small_h100, sse_payloads
 
-from support.engine_contract import ACCEPTED, REFUSED
+from support.engine_contract import ACCEPTED, REFUSED, token_logprobs
 from trunkline.engines import (
     ChatMessage,
     SimApp,
@@ -385,3 +385,66 @@ async def test_latency_metrics_are_modelled_time_not_scaled_wall_time() -> None:
     assert sums["vllm:e2e_request_latency_seconds_sum"] == pytest.approx(
         prefill_step + decode_steps
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "asked", "listed"),
+    [
+        ("chat", CHAT_PATH, {"logprobs": True, "top_logprobs": 3}, 3),
+        ("chat", CHAT_PATH, {"logprobs": True}, 0),
+        ("completion", "/v1/completions", {"logprobs": 2}, 3),  # the sampled one on top
+        ("completion", "/v1/completions", {"logprobs": 0}, 1),
+    ],
+)
+async def test_logprobs_come_per_token_as_vllm_shapes_them(
+    sim: Sim, kind: str, path: str, asked: dict[str, Any], listed: int
+) -> None:
+    prompt = {"messages": MESSAGES} if kind == "chat" else {"prompt": "My router blinks red."}
+    body = {"model": MODEL, **prompt, "max_tokens": 6, **asked}
+
+    plain = (await sim.client.post(path, json=body)).json()["choices"][0]["logprobs"]
+    streamed = (await sim.client.post(path, json={**body, "stream": True})).text
+    chunks = [chunk for chunk in sse_payloads(streamed) if chunk != "[DONE]"]
+    parts = [chunk["choices"][0]["logprobs"] for chunk in chunks]
+
+    per_token = token_logprobs(kind, [plain])
+    assert len(per_token) == 6
+    for logprob, top in per_token:
+        assert logprob <= 0 and len(top) == listed
+        # the sampled token is the likeliest listed, the others less and less likely
+        assert top == sorted(top, reverse=True) and (not top or top[0] == logprob)
+        assert sum(math.exp(value) for value in top) <= 1.0 + 1e-9
+    # A stream carries each token's logprobs in its chunk (the role chunk has none), and the
+    # same prompt is as sure at each position whether streamed or not.
+    if kind == "chat":
+        assert parts[0] is None  # the role chunk
+        parts = parts[1:]
+    assert None not in parts
+    assert [lp for lp, _ in token_logprobs(kind, parts)] == [lp for lp, _ in per_token]
+    if kind == "completion":
+        offsets = [p["text_offset"][0] for p in parts]
+        texts = [p["tokens"][0] for p in parts]
+        assert offsets == [sum(map(len, texts[:i])) for i in range(len(texts))]
+
+
+async def test_no_logprobs_unless_asked(sim: Sim) -> None:
+    choice = (await sim.chat(max_tokens=2)).json()["choices"][0]
+    assert choice["logprobs"] is None
+
+
+async def test_some_prompts_make_the_model_unsure_always_the_same(sim: Sim) -> None:
+    """What a cascade's logprob check reads: answers to some prompts are sure, to others not."""
+
+    async def mean_logprob(question: str) -> float:
+        messages = [{"role": "user", "content": question}]
+        response = await sim.chat(messages=messages, max_tokens=8, logprobs=True)
+        values = [
+            lp for lp, _ in token_logprobs("chat", [response.json()["choices"][0]["logprobs"]])
+        ]
+        return sum(values) / len(values)
+
+    questions = [f"Question number {n}: why does my router blink?" for n in range(40)]
+    means = [await mean_logprob(q) for q in questions]
+    assert means == [await mean_logprob(q) for q in questions]
+    sure = sum(mean >= -1.0 for mean in means)
+    assert 0 < sure < len(means)  # a threshold of -1.0 keeps some answers, escalates others
