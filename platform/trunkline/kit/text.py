@@ -18,8 +18,8 @@ _INVISIBLE = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 """Refused in any text: DEL and the C1 controls (``\\x9b`` is a terminal's CSI, ``\\x85`` a
 line break), the Unicode line and paragraph separators, and the bidirectional embeddings,
 overrides and isolates, which make a name read otherwise than it is written."""
-ONE_LINE = r"^[^\x00-\x1f" + _INVISIBLE + "]*" + END
-"""Text on one line: names."""
+ONE_LINE = r"^(?:(?=\s*\S)[^\x00-\x1f" + _INVISIBLE + "]*)?" + END
+"""Text on one line, empty or with something to see: names (a name of spaces shows as none)."""
 PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f" + _INVISIBLE + "]*" + END
 """Text that may hold tabs and line breaks: descriptions."""
 

@@ -215,6 +215,23 @@ def test_descriptions_may_hold_line_breaks_but_not_other_control_characters(worl
         assert [e["field"] for e in problem["errors"]] == ["description"]
 
 
+@pytest.mark.parametrize("name", [" ", "   ", "\u00a0", "\u3000 "])
+def test_names_of_nothing_but_spaces_are_refused(world: World, name: str) -> None:
+    """A key, tenant or person named with spaces alone shows as no name in every list."""
+    project = world.project("acme", "demo")
+    path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
+    problem = problem_of(post(world, path, json={"project_id": project, "name": name}), 400)
+    assert [e["field"] for e in problem["errors"]] == ["name"]
+    renamed = world.client.patch(
+        f"/api/v1/tenants/{world.tenant('acme')}",
+        json={"name": name},
+        headers=world.api("root").headers,
+    )
+    assert [e["field"] for e in problem_of(renamed, 400)["errors"]] == ["name"]
+    spaced = post(world, path, json={"project_id": project, "name": " key  with spaces "})
+    assert spaced.status_code == 201, spaced.text
+
+
 def test_names_in_other_scripts_are_taken(world: World) -> None:
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
     project = world.project("acme", "demo")
