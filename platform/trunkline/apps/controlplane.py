@@ -319,19 +319,23 @@ def loggable(text: str) -> str:
 # --- problem details --------------------------------------------------------------------------
 
 
+_TITLES = {"invalid_request": "Invalid request"}
+"""A problem type's title where it is not its status's phrase. RFC 9457: the title is the
+type's, the same on every occurrence; what went wrong this time is the ``detail``."""
+
+
 def problem(
     request: Request[Any, Any, Any],
     status: int,
     code: str,
     detail: str,
     *,
-    title: str | None = None,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {
         "type": f"urn:trunkline:problem:{code}",
-        "title": title or HTTPStatus(status).phrase,
+        "title": _TITLES.get(code) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
         "instance": request.url.path,
@@ -369,8 +373,7 @@ def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         errors.append({"field": field, "message": "required", "source": source})
     fields = ", ".join(e["field"] for e in errors) or "the request"
     return problem(
-        request, 400, "invalid_request", f"invalid value for {fields}", title="Invalid request",
-        errors=errors,
+        request, 400, "invalid_request", f"invalid value for {fields}", errors=errors,
     )  # fmt: skip
 
 
@@ -394,7 +397,6 @@ def _database_refused_value(request: Request[Any, Any, Any], exc: Exception) -> 
     log.warning("the database refused a value: %s", loggable(reason))
     return problem(
         request, 400, "invalid_request", "a value in the request is out of range for the database",
-        title="Invalid request",
     )  # fmt: skip
 
 
@@ -403,7 +405,6 @@ def _too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.warning("refused a request body nested too deeply to decode")
     return problem(
         request, 400, "invalid_request", "the body is not valid JSON: it nests too deeply",
-        title="Malformed request body",
     )  # fmt: skip
 
 
@@ -411,13 +412,13 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     assert isinstance(exc, HTTPException)
     status = exc.status_code
     code = _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "invalid_request")
-    detail, title = exc.detail, None
+    detail = exc.detail
     if status == 400 and _is_decode_error(exc):
-        title, detail = "Malformed request body", f"the body is not valid JSON: {detail}"
+        detail = f"the body is not valid JSON: {detail}"
     if status >= 500:
         log.error("request failed: %s", detail, exc_info=exc)
         detail = HTTPStatus(status).phrase
-    return problem(request, status, code, detail, title=title, headers=exc.headers)
+    return problem(request, status, code, detail, headers=exc.headers)
 
 
 def _is_decode_error(exc: HTTPException) -> bool:

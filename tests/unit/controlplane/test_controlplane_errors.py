@@ -84,7 +84,25 @@ def test_malformed_json_is_a_problem(world: World, body: bytes) -> None:
 
     problem = problem_of(response, 400)
     assert problem["code"] == "invalid_request"
-    assert problem["title"] == "Malformed request body"
+    assert problem["detail"].startswith("the body is not valid JSON")
+
+
+def test_a_problem_type_has_one_title_whatever_went_wrong(world: World) -> None:
+    """RFC 9457: the title is the type's; what went wrong this time is the detail."""
+    headers = {"content-type": "application/json"}
+    keys = f"/api/v1/tenants/{world.tenant('acme')}/keys"
+    project = world.project("acme", "demo")
+    problems = [
+        problem_of(post(world, "/api/v1/tiers", content=b"{", headers=headers), 400),
+        problem_of(post(world, "/api/v1/tiers", json=[1, 2]), 400),
+        problem_of(post(world, "/api/v1/tiers", json={}), 400),
+        # refused by the service, not the schema
+        problem_of(post(world, keys, json={"project_id": project, "name": "k", "ttl_days": 1,
+                                           "expires_at": "2099-01-01T00:00:00Z"}), 400),
+    ]  # fmt: skip
+    assert {p["type"] for p in problems} == {"urn:trunkline:problem:invalid_request"}
+    assert {p["title"] for p in problems} == {"Invalid request"}
+    assert len({p["detail"] for p in problems}) == len(problems)
 
 
 def test_a_body_that_is_not_an_object_is_a_problem(world: World) -> None:
