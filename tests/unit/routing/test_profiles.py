@@ -60,6 +60,8 @@ def test_a_profile_file_builds_the_pipeline_it_describes(tmp_path: Path) -> None
         (("name: max-score", "name: min-score"), "picker.name: unknown picker 'min-score'"),
         (("name: custom\n", "nom: custom\n"), "Object contains unknown field `nom`"),
         (("weight: 2,", "weight: lots,"), "scorers[0].weight: Expected `float`"),
+        (("weight: 1}", "weight: .inf}"), "scorers[1].weight: must be a finite number"),
+        (("headroom: 2", "headroom: .inf"), "balance.headroom: must be a finite number"),
     ],
 )
 def test_a_bad_profile_names_the_file_and_the_field(

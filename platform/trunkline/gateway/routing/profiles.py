@@ -18,6 +18,7 @@ when a policy is first made, never at import.
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -98,6 +99,7 @@ def parse_profile(data: Any, *, source: str) -> RoutingProfile:
     except msgspec.ValidationError as exc:
         path, message = _split(str(exc))
         raise _error(source, path, message) from None
+    _check_finite(profile, source)
     for index, name in enumerate(profile.filters):
         if name not in FILTERS:
             raise _error(source, f"filters[{index}]", _unknown("filter", name, FILTERS))
@@ -114,6 +116,20 @@ def parse_profile(data: Any, *, source: str) -> RoutingProfile:
     if profile.picker.name not in PICKERS:
         raise _error(source, "picker.name", _unknown("picker", profile.picker.name, PICKERS))
     return profile
+
+
+def _check_finite(profile: RoutingProfile, source: str) -> None:
+    """msgspec's bounds let ``.inf`` through: an infinite weight makes every score NaN (and the
+    picker fail on each request), an infinite balance term switches the rule off unseen."""
+    numbers = [(f"scorers[{i}].weight", s.weight) for i, s in enumerate(profile.scorers)]
+    if profile.balance is not None:
+        numbers += [
+            ("balance.load_factor", profile.balance.load_factor),
+            ("balance.headroom", profile.balance.headroom),
+        ]
+    for where, value in numbers:
+        if not math.isfinite(value):
+            raise _error(source, where, "must be a finite number")
 
 
 @lru_cache(maxsize=32)
