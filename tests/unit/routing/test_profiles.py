@@ -91,6 +91,11 @@ def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
         load_profile(twice)
     with pytest.raises(ConfigurationError, match=r"missing\.yaml: cannot read"):
         load_profile(tmp_path / "missing.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# to be written\n")
+    expected = "empty.yaml: (top level): the profile is empty"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        load_profile(empty)
 
 
 def test_the_gateway_takes_a_profile_file_by_path_where_it_takes_a_policy_name(

@@ -94,6 +94,8 @@ def load_profile(path: Path) -> RoutingProfile:
 
 def parse_profile(data: Any, *, source: str) -> RoutingProfile:
     """Validate a profile's parsed YAML; ``source`` names it in errors."""
+    if data is None:  # an empty file, or comments only
+        raise _error(source, "", "the profile is empty; it needs at least a `name`")
     try:
         profile = msgspec.convert(data, RoutingProfile)
     except msgspec.ValidationError as exc:
