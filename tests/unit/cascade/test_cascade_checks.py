@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk
 
 from trunkline.gateway.cascade import (
     CONFIDENCE_INSTRUCTION,
@@ -221,3 +223,25 @@ def test_replay_chunks_rebuild_the_stream_of_a_chat_answer() -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
     assert [c for c in replay_chunks("chat", document, include_usage=False) if "usage" in c] == []
+
+
+def test_replay_chunks_keep_the_tool_calls_and_reasoning_of_a_chat_answer() -> None:
+    call = {"id": "chatcmpl-tool-1", "type": "function"}
+    call["function"] = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    message = {"role": "assistant", "content": None, "reasoning_content": "It asks for weather."}
+    document = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "small",
+        "choices": [{"index": 0, "message": {**message, "tool_calls": [call]},
+                     "logprobs": None, "finish_reason": "tool_calls"}],
+    }  # fmt: skip
+    state = ChatCompletionStreamState()  # what the OpenAI SDK's stream helpers accumulate with
+    for chunk in replay_chunks("chat", document, include_usage=False):
+        state.handle_chunk(ChatCompletionChunk.model_validate(chunk))
+    choice = state.get_final_completion().choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    assert [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
+        ("chatcmpl-tool-1", "get_weather", '{"city": "Paris"}')
+    ]
+    deltas = [c["choices"][0]["delta"] for c in replay_chunks("chat", document, False)]
+    assert [d["reasoning_content"] for d in deltas if "tool_calls" in d] == ["It asks for weather."]

@@ -1,8 +1,8 @@
 """Replay a finished (non-streamed) completion as the SSE stream a streaming client expects.
 
-The events follow vLLM's and OpenAI's chunk shapes: a role chunk, the content, a chunk
-with the finish reason, then, when the client asked for ``stream_options.include_usage``,
-a usage chunk with no choices, and ``data: [DONE]``.
+The events follow vLLM's and OpenAI's chunk shapes: a role chunk, the content (with the tool
+calls and reasoning, if any), a chunk with the finish reason, then, when the client asked for
+``stream_options.include_usage``, a usage chunk with no choices, and ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 
 _DONE = b"data: [DONE]\n\n"
+_EXTRA_FIELDS = ("reasoning_content", "reasoning", "refusal")
+"""Fields of an answer's message besides content and tool calls that a stream's deltas carry."""
 
 
 def replay_chunks(kind: str, document: dict[str, Any], include_usage: bool) -> Iterator[Any]:
@@ -31,8 +33,7 @@ def replay_chunks(kind: str, document: dict[str, Any], include_usage: bool) -> I
             message = choice.get("message") or {}
             opening = {"role": message.get("role", "assistant"), "content": ""}
             yield {**envelope, "choices": [_delta(index, opening, None, None)], **extra}
-            content = {"content": message.get("content") or ""}
-            body = _delta(index, content, choice.get("logprobs"), None)
+            body = _delta(index, _message_delta(message), choice.get("logprobs"), None)
             yield {**envelope, "choices": [body], **extra}
             closing = _delta(index, {}, None, choice.get("finish_reason"))
         else:
@@ -51,6 +52,21 @@ async def replay_events(kind: str, payload: bytes, include_usage: bool) -> Async
     for chunk in replay_chunks(kind, document, include_usage):
         yield b"data: " + msgspec.json.encode(chunk) + b"\n\n"
     yield _DONE
+
+
+def _message_delta(message: dict[str, Any]) -> dict[str, Any]:
+    """The whole answer as one delta: its content, the tool calls (each with its ``index``, as
+    streamed tool calls carry one) and vLLM's reasoning and refusal fields when set."""
+    delta: dict[str, Any] = {"content": message.get("content") or ""}
+    for field in _EXTRA_FIELDS:
+        if message.get(field):
+            delta[field] = message[field]
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        delta["tool_calls"] = [
+            {"index": index, **call} for index, call in enumerate(calls) if isinstance(call, dict)
+        ]
+    return delta
 
 
 def _delta(index: int, delta: dict[str, Any], logprobs: Any, finish: Any) -> dict[str, Any]:
