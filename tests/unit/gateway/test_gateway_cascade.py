@@ -204,6 +204,49 @@ def test_a_cascade_placement_leaves_one_model_of_answers_from_that_one_alone(
     assert [r.model for r in gw.drain_usage()] == [answered_by]
 
 
+def small_refusing(message: str):  # type: ignore[no-untyped-def]
+    """A small engine answering every request HTTP 400 with ``message``, as vLLM words it."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["model"] != "small-served":
+            return chat_any(request)
+        error = {"message": message, "type": "BadRequestError", "param": None, "code": 400}
+        return httpx.Response(400, json={"error": error})
+
+    return handler
+
+
+TOO_LONG = (
+    "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens "
+    "(8900 in the messages, 100 in the completion). Please reduce the length of the messages "
+    "or completion."
+)
+
+
+def test_a_prompt_over_the_small_models_context_escalates(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """The large model's context is often longer: its answer, not the small one's 400."""
+    gw, key = _gateway(make_gateway, small_refusing(TOO_LONG))
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "escalated"
+    assert response.headers["x-trunkline-cascade-reason"] == "context_length_exceeded"
+    assert response.json()["model"] == "llama-8b-served"
+    records = sorted(gw.drain_usage(), key=lambda r: r.request_id)
+    assert [(r.model, r.status) for r in records] == [
+        ("small-served", 400), ("llama-8b-served", 200),
+    ]  # fmt: skip
+
+
+def test_a_request_the_small_engine_refuses_otherwise_is_not_escalated(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw, key = _gateway(make_gateway, small_refusing("temperature must be non-negative"))
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+
+    assert response.status_code == 400
+    assert "x-trunkline-cascade" not in response.headers
+    assert [json.loads(r.content)["model"] for r in gw.upstream] == ["small-served"]
+
+
 def test_a_cascade_with_both_models_closed_to_the_tier_is_403(make_gateway) -> None:  # type: ignore[no-untyped-def]
     world = cascade_world()
     for name in ("small-eu", "h100-eu"):

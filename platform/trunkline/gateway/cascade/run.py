@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from trunkline.errors import UpstreamError, UpstreamUnavailable
 from trunkline.gateway.cascade import plan as cascade
 from trunkline.gateway.cascade.replay import replay_events
@@ -31,9 +33,12 @@ async def run_cascade(
     except (UpstreamError, UpstreamUnavailable):
         verdict = cascade.Verdict("first_failed", b"")
     else:
-        if first.status != 200:
+        if first.status == 200:
+            verdict = cascade.judge(plan, first.body)
+        elif _over_context(first):  # the large model's context may well be longer
+            verdict = cascade.Verdict("context_length_exceeded", b"")
+        else:
             return first  # refused for the request itself: the large model would too
-        verdict = cascade.judge(plan, first.body)
     if first is not None and not verdict.escalate:
         headers = {**first.headers, cascade.HEADER: "first"}
         if not request.stream:
@@ -45,3 +50,14 @@ async def run_cascade(
     reply.headers[cascade.HEADER] = "escalated"
     reply.headers[cascade.REASON_HEADER] = verdict.reason or ""
     return reply
+
+
+def _over_context(reply: Reply) -> bool:
+    """Whether the engine refused the prompt as longer than its model's context (the gateway
+    gives such refusals OpenAI's ``context_length_exceeded`` code)."""
+    try:
+        document = msgspec.json.decode(reply.body)
+    except msgspec.DecodeError:
+        return False
+    error = document.get("error") if isinstance(document, dict) else None
+    return isinstance(error, dict) and error.get("code") == "context_length_exceeded"
