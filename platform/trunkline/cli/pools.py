@@ -16,6 +16,7 @@ Changes are published to every gateway after commit. Output is JSON (``show``, `
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -119,7 +120,17 @@ def _convert(raw: dict[str, Any], kind: type[msgspec.Struct]) -> Any:
     try:
         return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
-        raise InvalidRequest(shown(str(exc)).replace("`$.", "--").replace("`", "")) from exc
+        text = _FIELD_AT.sub(lambda found: _option(found["field"]), shown(str(exc)))
+        raise InvalidRequest(text.replace("`", "")) from exc
+
+
+_FIELD_AT = re.compile(r"`\$\.(?P<field>\w+)[^`]*`")
+
+
+def _option(field: str) -> str:
+    """How the command line spells a field: the option ``--min-prompt-tokens`` for
+    ``min_prompt_tokens``; the pool's name is an argument."""
+    return "the pool name" if field == "name" else "--" + field.replace("_", "-")
 
 
 def list_command(_args: argparse.Namespace) -> int:

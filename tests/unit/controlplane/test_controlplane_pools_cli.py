@@ -97,6 +97,15 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     capsys.readouterr()
     code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--capacity", "-3")
     assert code == 2 and "--capacity" in err
+    code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--min-prompt-tokens", "-1")
+    assert (code, err) == (2, "error: Expected int >= 0 - at --min-prompt-tokens\n")
+    code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--tokens-per-s", "fast")
+    assert code == 2 and err.endswith(" - at --tokens-per-s\n")
+    code, _, err = run(
+        capsys, "pools", "create", "H100 EU", "--model", "llama-3.1-8b-instruct",
+        "--flavor", "h100", "--region", "eu-west",
+    )  # fmt: skip
+    assert code == 2 and err.endswith(" - at the pool name\n")
     code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--max-prompt-tokens", "0")
     assert code == 2 and "max_prompt_tokens (0) must exceed min_prompt_tokens (0)" in err
     code, _, err = run(capsys, "pools", "update", "h100-eu-west", "--tiers", "platinum")
