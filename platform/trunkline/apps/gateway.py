@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -31,6 +32,8 @@ from trunkline.quota.store import QuotaStore
 from trunkline.quota.windows import Clock, system_clock
 from trunkline.settings import GatewaySettings, QuotaSettings
 from trunkline.snapshot import SnapshotSource
+
+log = logging.getLogger(__name__)
 
 
 def create_gateway_app(
@@ -118,12 +121,22 @@ def create_gateway_app(
 
 def routing_policy(name: str) -> RoutingPolicy:
     try:
-        return make_policy(name)
+        policy = make_policy(name)
     except UnknownPolicyError as exc:
         raise ConfigurationError(
             f"TRUNKLINE_GATEWAY__ROUTING_POLICY (gateway.routing_policy): {exc}",
             param="routing_policy",
         ) from None
+    if kv_event_index(policy) is not None:
+        # The engines' events name blocks by token-id hashes; the gateway has no tokenizer and
+        # hashes prompt text, so this index never matches a prompt here (docs/routing.md).
+        log.warning(
+            "routing policy %r scores prefixes from the engines' KV-cache events, which the "
+            "gateway cannot match to prompts (it has no tokenizer): its prefix affinity is 0 "
+            "everywhere and requests are routed by load alone; use prefix-aware",
+            name,
+        )
+    return policy
 
 
 def scrape_client(

@@ -4,6 +4,7 @@ views admission sees, and a pluggable admission object."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 
 import httpx
@@ -20,7 +21,7 @@ from tests.unit.gateway.engines_support import (
 )
 from tests.unit.gateway.upstreams import chat_any
 
-from trunkline.apps.gateway import create_gateway_app
+from trunkline.apps.gateway import create_gateway_app, routing_policy
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.admission.adapter import AsyncAdmission
 from trunkline.gateway.admission.policy import AdmissionPolicy
@@ -192,6 +193,17 @@ def test_an_unknown_routing_policy_names_the_setting() -> None:
             server_secret=SECRET,
             settings=GatewaySettings(routing_policy="nope"),
         )
+
+
+def test_a_policy_whose_prefix_index_the_gateway_cannot_match_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="trunkline.apps.gateway"):
+        routing_policy("prefix-aware")
+        assert caplog.records == []
+        routing_policy("precise-prefix")
+    [record] = caplog.records
+    assert "routed by load alone" in record.getMessage()
 
 
 def test_a_prefix_is_known_to_routing_while_its_request_is_still_unanswered(
