@@ -75,6 +75,14 @@ class EngineStateSettings(BaseModel):
     """Subscribe to the KV-cache events of endpoints that publish them (precise prefix routing)."""
 
 
+class KvHashSettings(BaseModel):
+    """How the engines hash their prefix-cache blocks, which the precise prefix index must
+    match: vLLM's ``--prefix-caching-hash-algo`` and its ``PYTHONHASHSEED`` (None: unset)."""
+
+    algo: Literal["sha256", "sha256_cbor"] = "sha256"
+    seed: str | None = None
+
+
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -96,6 +104,11 @@ class GatewaySettings(BaseModel):
     admission: Literal["slo", "off"] = "slo"
     """``slo``: SLO admission control per tier (docs/admission.md); ``off``: admit everything."""
     engines: EngineStateSettings = Field(default_factory=EngineStateSettings)
+    tokenizers: dict[str, str] = Field(default_factory=dict)
+    """Served model name to a local directory holding its Hugging Face tokenizer (and chat
+    template), for routing policies that match prompts to the engines' KV-cache events
+    (``precise-prefix``): they need the prompt's token ids. Needs ``transformers``."""
+    kv_hash: KvHashSettings = Field(default_factory=KvHashSettings)
 
 
 class ControlPlaneSettings(BaseModel):

@@ -15,6 +15,7 @@ gateway in front of servers. docs/real-vllm.md has more.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -45,7 +46,7 @@ from trunkline.bench.vllm_server import (
 from trunkline.engines.kv_events import BlockStored, KvEventMessage, decode_kv_event_message
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.settings import GatewaySettings
+from trunkline.settings import GatewaySettings, KvHashSettings
 from trunkline.snapshot import EndpointEntry, InMemorySnapshotStore, encode_snapshot
 
 __all__ = [
@@ -209,14 +210,20 @@ def publish_pool(
 
 
 def build_gateway(
-    servers: Sequence[VllmServer], policy: str = "prefix-aware", admission: str = "slo"
+    servers: Sequence[VllmServer],
+    policy: str = "prefix-aware",
+    admission: str = "slo",
+    *,
+    tokenizers: dict[str, str] | None = None,
 ) -> Gateway:
     """A gateway (not yet entered) over a one-tenant snapshot with ``servers`` as one pool,
-    routing with ``policy`` (SLO ``admission`` on, the default, or ``off``).
+    routing with ``policy`` (SLO ``admission`` on, the default, or ``off``); with
+    ``tokenizers`` (served model to tokenizer directory) it also subscribes to the servers'
+    KV-cache events and names prompts' blocks as vLLM does (for ``precise-prefix``).
 
     The upstream is real HTTP: no mock transport. Alias ``tiny`` maps to the served model.
     """
-    store, api_key = publish_pool(servers)
+    store, api_key = publish_pool(servers, kv_events=bool(tokenizers))
     usage = InMemoryUsageStream()
     app = create_gateway_app(
         source=store,
@@ -227,6 +234,9 @@ def build_gateway(
             read_timeout_s=60.0,
             routing_policy=policy,
             admission=admission,  # type: ignore[arg-type]  # checked by the settings model
+            tokenizers=tokenizers or {},
+            # vLLM's default algorithm; its seed is what the servers inherit from us.
+            kv_hash=KvHashSettings(seed=os.environ.get("PYTHONHASHSEED")),
         ),
     )
     return Gateway(TestClient(app, timeout=60.0), api_key, usage)

@@ -15,12 +15,14 @@ from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, Async
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.endpoints import EndpointCollector, EngineMonitor, EngineState
 from trunkline.gateway.handlers import build_app
+from trunkline.gateway.prompt_tokens import PromptTokens, load_tokenizers
 from trunkline.gateway.routing import (
     RoutingPolicy,
     UnknownPolicyError,
     kv_event_index,
     make_policy,
 )
+from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.gateway.service import Admission, GatewayService
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.metering.stream import UsageEmitter
@@ -93,6 +95,7 @@ def create_gateway_app(
         quota=quota, policy=policy, engines=monitor.state,
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
         admission=admission(monitor.state) if admission else None,
+        prompt_tokens=prompt_tokens(settings, policy),
     )  # fmt: skip
 
     @asynccontextmanager
@@ -121,22 +124,30 @@ def create_gateway_app(
 
 def routing_policy(name: str) -> RoutingPolicy:
     try:
-        policy = make_policy(name)
+        return make_policy(name)
     except UnknownPolicyError as exc:
         raise ConfigurationError(
             f"TRUNKLINE_GATEWAY__ROUTING_POLICY (gateway.routing_policy): {exc}",
             param="routing_policy",
         ) from None
-    if kv_event_index(policy) is not None:
-        # The engines' events name blocks by token-id hashes; the gateway has no tokenizer and
-        # hashes prompt text, so this index never matches a prompt here (docs/routing.md).
+
+
+def prompt_tokens(settings: GatewaySettings, policy: RoutingPolicy) -> PromptTokens | None:
+    """The prompts' token views a policy matching the engines' KV-cache events needs, from the
+    configured tokenizers (None for other policies: they hash prompt text)."""
+    if kv_event_index(policy) is None:
+        return None
+    if not settings.tokenizers:
+        # The events name blocks by token-id hashes: without a model's tokenizer the gateway
+        # cannot match a prompt to them (docs/routing.md).
         log.warning(
-            "routing policy %r scores prefixes from the engines' KV-cache events, which the "
-            "gateway cannot match to prompts (it has no tokenizer): its prefix affinity is 0 "
-            "everywhere and requests are routed by load alone; use prefix-aware",
-            name,
+            "routing policy %r matches prompts to the engines' KV-cache events, which needs "
+            "each model's tokenizer, and TRUNKLINE_GATEWAY__TOKENIZERS names none: requests "
+            "are routed by load alone; set it, or use prefix-aware",
+            settings.routing_policy,
         )
-    return policy
+    hashing = VllmHashing(settings.kv_hash.algo, settings.kv_hash.seed)
+    return PromptTokens(load_tokenizers(settings.tokenizers), hashing)
 
 
 def scrape_client(

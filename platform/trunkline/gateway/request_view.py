@@ -11,7 +11,7 @@ from typing import Any
 
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.pipeline import ParsedRequest
-from trunkline.gateway.routing import RequestView
+from trunkline.gateway.routing import PromptView, RequestView
 from trunkline.gateway.routing.text_prompt import TextPrompt
 from trunkline.snapshot import AliasEntry
 
@@ -24,14 +24,16 @@ def request_view(
     alias: AliasEntry,
     request: ParsedRequest,
     prompt_tokens: int,
+    prompt: PromptView | None = None,
 ) -> RequestView:
-    """The request as routing policies and admission see it."""
+    """The request as routing policies and admission see it; ``prompt`` is its token view when
+    the gateway has one (else its text is hashed for the approximate index)."""
     tenant, tier = principal.tenant, principal.tier
     return RequestView(
         request_id, tenant.id, tier.name, alias.alias,
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens(request.body),
-        prompt=TextPrompt(prompt_text(request), cache_salt=tenant.cache_salt),
+        prompt=prompt or TextPrompt(prompt_text(request), cache_salt=tenant.cache_salt),
         cache_salt=tenant.cache_salt,
         regions=tenant.regions,
         may_use_burst=tier.may_use_burst,

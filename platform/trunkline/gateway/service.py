@@ -36,6 +36,7 @@ from trunkline.gateway.endpoints import EngineState
 from trunkline.gateway.errors import engine_error
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
+from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
     Opened,
     Tally,
@@ -136,6 +137,7 @@ class GatewayService:
         policy: RoutingPolicy | None = None,
         engines: EngineState | None = None,
         stream_idle_timeout_s: float = 30.0,
+        prompt_tokens: PromptTokens | None = None,
     ) -> None:
         self.holder = holder
         self.emitter = emitter
@@ -147,6 +149,8 @@ class GatewayService:
         self.engines = engines or EngineState()
         self.stream_idle_timeout_s = stream_idle_timeout_s
         self._prefix_cache = routing_prefix_cache(self.policy)
+        self.prompt_tokens = prompt_tokens
+        """Token views of prompts, for a policy matching them to the engines' KV events."""
 
     def authenticate(self, authorization: str | None) -> Principal:
         snapshot = self.holder.current
@@ -200,7 +204,9 @@ class GatewayService:
                 f"The pools of '{alias.alias}' open to your tenant have no endpoint right now.",
                 reason="no_endpoint",
             )
-        view = request_view(request_id, principal, alias, request, prompt_tokens)
+        tokens, salt = self.prompt_tokens, principal.tenant.cache_salt
+        prompt = None if tokens is None else tokens.view(alias.model, request, salt)
+        view = request_view(request_id, principal, alias, request, prompt_tokens, prompt)
         views = self._endpoint_views(candidates)
         # A policy may ignore health (round-robin): ejected endpoints are dropped here too.
         ranked = [i for i in self.policy.rank(view, views) if views[i].healthy]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from litestar.testing import TestClient
@@ -77,9 +78,12 @@ def make_gateway() -> Iterator[Callable[..., Gateway]]:
     clients: list[TestClient] = []  # type: ignore[type-arg]
 
     def build(
-        servers: list[VllmServer], policy: str = "prefix-aware", admission: str = "slo"
+        servers: list[VllmServer],
+        policy: str = "prefix-aware",
+        admission: str = "slo",
+        **options: Any,
     ) -> Gateway:
-        gateway = build_gateway(servers, policy, admission)
+        gateway = build_gateway(servers, policy, admission, **options)
         gateway.client.__enter__()
         clients.append(gateway.client)
         return gateway

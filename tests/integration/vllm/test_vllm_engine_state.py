@@ -1,22 +1,36 @@
 """The gateway's engine state against real vLLM: the scraper reads its ``/metrics`` (load,
-prefill rate, decode step) and its KV-cache events reach the precise prefix index."""
+prefill rate, decode step), its KV-cache events reach the precise prefix index, and the
+gateway names a prompt's blocks as vLLM does, so the index finds them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from support.gateway import serve_on_loopback
-from support.vllm import ALIAS, SECRET, VllmServer, publish_pool, unique_prompt
+from support.vllm import (
+    ALIAS,
+    BLOCK_SIZE,
+    MODEL_NAME,
+    SECRET,
+    VllmEnv,
+    VllmServer,
+    publish_pool,
+    unique_prompt,
+)
 from trunkline.apps.gateway import create_gateway_app
+from trunkline.gateway.pipeline import parse_body
 from trunkline.gateway.routing import EndpointLoad, kv_event_index
 from trunkline.gateway.routing.prefix_index import KvEventIndex
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.settings import GatewaySettings
+from trunkline.settings import GatewaySettings, KvHashSettings
 
 ENDPOINT = "vllm-0"  # the first endpoint of publish_pool's pool
 
@@ -30,23 +44,32 @@ class Live:
 
     async def complete(self, http: httpx.AsyncClient, prompt: str, **extra: object) -> None:
         body = {"model": ALIAS, "prompt": prompt, "max_tokens": 8, "ignore_eos": True, **extra}
+        await self.send(http, "completions", body)
+
+    async def send(self, http: httpx.AsyncClient, kind: str, body: dict[str, Any]) -> Any:
         response = await http.post(
-            f"{self.url}/v1/completions",
+            f"{self.url}/v1/{kind.replace('chat', 'chat/completions')}",
             json=body,
             headers={"authorization": f"Bearer {self.api_key}"},
         )
         assert response.status_code == 200, response.text
+        return response.json()
 
 
 @pytest.fixture
-async def live(vllm_server: VllmServer) -> AsyncIterator[Live]:
+async def live(vllm_server: VllmServer, vllm_env: VllmEnv) -> AsyncIterator[Live]:
     store, api_key = publish_pool([vllm_server], kv_events=True)
     app = create_gateway_app(
         source=store,
         emitter=InMemoryUsageStream(),
         server_secret=SECRET,
         settings=GatewaySettings(
-            snapshot_poll_s=0.05, read_timeout_s=60.0, routing_policy="precise-prefix"
+            snapshot_poll_s=0.05,
+            read_timeout_s=60.0,
+            routing_policy="precise-prefix",
+            tokenizers={MODEL_NAME: str(vllm_env.model)},
+            # vLLM's default algorithm; its seed is what the server inherits from us.
+            kv_hash=KvHashSettings(seed=os.environ.get("PYTHONHASHSEED")),
         ),
     )
     async with serve_on_loopback(app) as url:
@@ -114,3 +137,44 @@ async def test_kv_events_of_real_vllm_reach_the_precise_index(live: Live) -> Non
 
     assert len(live.index) > before
     assert health["engines"]["kv_events"][ENDPOINT] > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("chat", {"messages": [{"role": "system", "content": "You answer briefly."},
+                               {"role": "user", "content": unique_prompt(120)}]}),
+        ("completions", {"prompt": unique_prompt(120)}),
+    ],
+)  # fmt: skip
+async def test_the_gateway_names_a_prompts_blocks_as_vllm_does(
+    live: Live, kind: str, body: dict[str, Any]
+) -> None:
+    """The precise index can only route on what it can match: the hashes the gateway computes
+    from the model's tokenizer must be the ones vLLM's KV events name the blocks by."""
+    body = {"model": ALIAS, "max_tokens": 4, "ignore_eos": True, **body}
+    request = parse_body(kind, msgspec.json.encode(body))
+    tokens = live.service.prompt_tokens
+    assert tokens is not None
+    view = tokens.view(MODEL_NAME, request, None)
+    assert view is not None
+    hashes = list(view.block_hashes(BLOCK_SIZE))
+    assert len(hashes) >= 3, "the prompt should fill several blocks"
+
+    async with httpx.AsyncClient(timeout=60.0) as http:
+        # ZMQ's slow joiner: vLLM's first events may be published before we subscribed.
+        for _ in range(100):
+            if len(live.index):
+                break
+            await live.complete(http, unique_prompt(3 * 32))
+            await live.service.engines.wait_changed(timeout=0.2)
+        answer = await live.send(http, kind, body)
+        await _until(
+            live,
+            "the prompt's blocks in the index",
+            lambda: live.index.matches(hashes, None, [ENDPOINT]) == [len(hashes)],
+        )
+
+    # The gateway tokenized the prompt exactly as vLLM did, and found every full block.
+    assert view.num_tokens == answer["usage"]["prompt_tokens"]
+    assert live.index.matches(hashes, None, [ENDPOINT]) == [len(hashes)]

@@ -7,11 +7,24 @@ files that share the fixture, so the pair starts once per session.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 
+import msgspec
 import pytest
 
-from support.vllm import Gateway, KvEventSubscriber, VllmServer, unique_prompt
+from support.vllm import (
+    ALIAS,
+    MODEL_NAME,
+    Gateway,
+    KvEventSubscriber,
+    VllmEnv,
+    VllmServer,
+    unique_prompt,
+)
+from trunkline.gateway.pipeline import parse_body
+from trunkline.gateway.routing import kv_event_index
+from trunkline.gateway.service import GatewayService
 
 
 def test_each_replica_is_pinned_to_its_own_core(vllm_pair: tuple[VllmServer, VllmServer]) -> None:
@@ -62,6 +75,50 @@ def test_prefix_aware_sends_a_repeated_preamble_back_to_the_replica_that_cached_
     # vLLM answered most of that prompt from its prefix cache.
     assert [r.endpoint for r in second] == [r.endpoint for r in first]
     block = vllm_pair[0].block_size
+    assert all(r.cached_tokens >= 4 * block for r in second), [r.cached_tokens for r in second]
+
+
+def test_precise_prefix_sends_a_repeated_preamble_to_the_replica_its_kv_events_name(
+    vllm_pair: tuple[VllmServer, VllmServer],
+    vllm_env: VllmEnv,
+    make_gateway: Callable[..., Gateway],
+) -> None:
+    gateway = make_gateway(
+        list(vllm_pair), "precise-prefix", tokenizers={MODEL_NAME: str(vllm_env.model)}
+    )
+    service: GatewayService = gateway.client.app.state.gateway
+    index, tokens = kv_event_index(service.policy), service.prompt_tokens
+    assert index is not None and tokens is not None
+    block = vllm_pair[0].block_size
+    preambles = [unique_prompt(150) for _ in range(4)]
+
+    def body(n: int, turn: int) -> dict[str, object]:
+        return {"prompt": f"{preambles[n]} question {n} turn {turn}", "max_tokens": 2}
+
+    def holders(n: int) -> list[int]:
+        view = tokens.view(MODEL_NAME, parse_body("completions", msgspec.json.encode(
+            {"model": ALIAS, **body(n, 0)})), None)  # fmt: skip
+        assert view is not None
+        hashes = view.block_hashes(block)[:4]  # the preamble's first blocks
+        return index.matches(hashes, None, ["vllm-0", "vllm-1"])
+
+    for n in range(len(preambles)):
+        assert gateway.post("/v1/completions", body(n, 0)).status_code == 200
+    # The engines' events travel over ZMQ: wait until they name where each preamble went.
+    deadline = time.monotonic() + 60
+    while not all(4 in holders(n) for n in range(len(preambles))):
+        assert time.monotonic() < deadline, [holders(n) for n in range(len(preambles))]
+        time.sleep(0.05)
+    where = [holders(n).index(4) for n in range(len(preambles))]
+    for n in range(len(preambles)):
+        assert gateway.post("/v1/completions", body(n, 1)).status_code == 200
+
+    records = gateway.usage_records()
+    first, second = records[: len(preambles)], records[len(preambles) :]
+    # Each preamble's second request went to the replica whose events say it holds the
+    # preamble's blocks (where the first was served), and vLLM answered it from its cache.
+    assert [r.endpoint for r in first] == [vllm_pair[i].url for i in where]
+    assert [r.endpoint for r in second] == [r.endpoint for r in first]
     assert all(r.cached_tokens >= 4 * block for r in second), [r.cached_tokens for r in second]
 
 

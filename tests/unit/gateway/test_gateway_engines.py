@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,13 +23,17 @@ from tests.unit.gateway.engines_support import (
 )
 from tests.unit.gateway.upstreams import chat_any
 
-from trunkline.apps.gateway import create_gateway_app, routing_policy
+from trunkline.apps.gateway import create_gateway_app, prompt_tokens, routing_policy
+from trunkline.engines.events import BlockStored
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.admission.adapter import AsyncAdmission
 from trunkline.gateway.admission.policy import AdmissionPolicy
-from trunkline.gateway.routing import ApproxPrefixIndex
+from trunkline.gateway.prompt_tokens import PromptTokens
+from trunkline.gateway.routing import ApproxPrefixIndex, kv_event_index
 from trunkline.gateway.routing.pipeline import PipelinePolicy
+from trunkline.gateway.routing.prefix_index import apply_kv_events
 from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
+from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import GatewaySettings
@@ -195,15 +201,56 @@ def test_an_unknown_routing_policy_names_the_setting() -> None:
         )
 
 
-def test_a_policy_whose_prefix_index_the_gateway_cannot_match_is_warned_of(
+def test_a_kv_event_policy_without_tokenizers_is_warned_of(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="trunkline.apps.gateway"):
-        routing_policy("prefix-aware")
+        assert prompt_tokens(GatewaySettings(), routing_policy("prefix-aware")) is None
         assert caplog.records == []
-        routing_policy("precise-prefix")
+        precise = GatewaySettings(routing_policy="precise-prefix")
+        assert prompt_tokens(precise, routing_policy("precise-prefix")) is not None
     [record] = caplog.records
     assert "routed by load alone" in record.getMessage()
+    assert "TRUNKLINE_GATEWAY__TOKENIZERS" in record.getMessage()
+
+
+def test_a_tokenizer_directory_without_a_tokenizer_is_refused_at_start(tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        routing_policy="precise-prefix", tokenizers={"llama-8b-served": str(tmp_path)}
+    )
+    with pytest.raises(ConfigurationError, match="TOKENIZERS: no tokenizer for 'llama-8b-served'"):
+        prompt_tokens(settings, routing_policy("precise-prefix"))
+
+
+class _WordTokenizer:
+    """A stand-in for the model's tokenizer: one token per word of the last message."""
+
+    def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
+        text = body["messages"][-1]["content"]
+        return [sum(map(ord, word)) for word in text.split()]
+
+
+def test_precise_prefix_routes_to_the_endpoint_whose_kv_events_hold_the_prompt(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(chat_any, policy="precise-prefix")
+    hashing = VllmHashing()
+    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": _WordTokenizer()}, hashing)
+    index = kv_event_index(gw.service.policy)
+    assert index is not None
+    preamble = " ".join(f"word{n}" for n in range(64))  # four 16-token blocks
+    blocks = hashing.block_hashes(_WordTokenizer().prompt_ids("chat", _ask(preamble)) or [], 16)
+    apply_kv_events(index, "e2", [BlockStored(tuple(blocks), None, (), 16)])
+
+    for n in range(3):
+        assert gw.chat(_ask(f"{preamble} question {n}")).status_code == 200
+
+    # Every request went to the one engine holding the preamble's blocks.
+    assert gw.hosts() == ["engine-2"] * 3
+
+
+def _ask(content: str) -> dict[str, Any]:
+    return {"model": "llama", "messages": [{"role": "user", "content": content}]}
 
 
 def test_a_prefix_is_known_to_routing_while_its_request_is_still_unanswered(

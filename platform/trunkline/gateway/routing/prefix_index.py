@@ -26,6 +26,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from typing import Protocol
 
 from trunkline.gateway.routing.views import EndpointView, RequestView
+from trunkline.gateway.routing.vllm_hashes import event_block_hash
 
 __all__ = ["ApproxPrefixIndex", "KvEventIndex", "PrefixIndex", "apply_kv_events"]
 
@@ -179,12 +180,14 @@ class KvEventIndex:
 def apply_kv_events(index: KvEventIndex, endpoint: str, events: Iterable[object]) -> None:
     """Apply typed KV events (the engine simulator's or vLLM's decoded ones: anything with the
     class names ``BlockStored`` / ``BlockRemoved`` / ``AllBlocksCleared`` and their
-    ``block_hashes``), in order."""
+    ``block_hashes``), in order. A digest vLLM sent as bytes counts as the int it would have
+    sent (:func:`~trunkline.gateway.routing.vllm_hashes.event_block_hash`)."""
     for event in events:
         kind = type(event).__name__
+        hashes = map(event_block_hash, getattr(event, "block_hashes", ()))
         if kind == "BlockStored":
-            index.apply(endpoint, stored=getattr(event, "block_hashes", ()))
+            index.apply(endpoint, stored=hashes)
         elif kind == "BlockRemoved":
-            index.apply(endpoint, removed=getattr(event, "block_hashes", ()))
+            index.apply(endpoint, removed=hashes)
         elif kind == "AllBlocksCleared":
             index.apply(endpoint, cleared=True)

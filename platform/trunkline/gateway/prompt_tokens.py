@@ -1,0 +1,129 @@
+"""A request's prompt as the engine's token ids, for the precise prefix index.
+
+vLLM turns a chat request into tokens by rendering the model's chat template
+(``add_generation_prompt`` on unless the client turned it off) and tokenizing the text without
+adding special tokens; a completion's text prompt is tokenized with them (the BOS). With the
+model's Hugging Face tokenizer the gateway does the same, so the blocks it hashes
+(:class:`~trunkline.gateway.routing.token_prompt.TokenPrompt`) are the blocks the engine's
+KV-cache events name. Chat messages whose content is not a string (multi-part, images) are
+not tokenized: their request has no token view and is routed by load.
+
+Tokenizers are loaded from local directories (``TRUNKLINE_GATEWAY__TOKENIZERS``: served model
+name to directory), never downloaded; ``transformers`` is needed only then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from trunkline.errors import ConfigurationError
+from trunkline.gateway.pipeline import ParsedRequest
+from trunkline.gateway.routing.token_prompt import TokenPrompt
+from trunkline.gateway.routing.vllm_hashes import VllmHashing
+
+__all__ = ["HfPromptTokenizer", "PromptTokenizer", "PromptTokens", "load_tokenizers"]
+
+log = logging.getLogger(__name__)
+
+
+class PromptTokenizer(Protocol):
+    def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
+        """The prompt's token ids as the engine computes them (None: cannot tell)."""
+        ...
+
+
+class HfPromptTokenizer:
+    """A model's Hugging Face tokenizer and chat template, from a local directory."""
+
+    def __init__(self, path: str) -> None:
+        import jinja2  # noqa: F401 - chat templates; missing, every chat would go untokenized
+        from transformers import AutoTokenizer
+
+        self.path = path
+        self._tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+    def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
+        try:
+            if kind == "chat":
+                return self._chat(body)
+            if kind == "completions":
+                return self._completion(body.get("prompt"))
+        except Exception:  # a template that refuses the conversation: the engine will say so
+            log.debug("could not tokenize the prompt", exc_info=True)
+        return None
+
+    def _chat(self, body: Mapping[str, Any]) -> list[int] | None:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("content"), str | None) for m in messages
+        ):
+            return None
+        options: dict[str, Any] = {}
+        if isinstance(body.get("tools"), list):
+            options["tools"] = body["tools"]
+        if isinstance(body.get("chat_template_kwargs"), dict):
+            options.update(body["chat_template_kwargs"])
+        continuing = body.get("continue_final_message") is True
+        text = self._tokenizer.apply_chat_template(
+            messages,
+            tokenize=False,
+            add_generation_prompt=body.get("add_generation_prompt", True) is not False
+            and not continuing,
+            continue_final_message=continuing,
+            **options,
+        )
+        special = body.get("add_special_tokens") is True
+        ids: list[int] = self._tokenizer(text, add_special_tokens=special)["input_ids"]
+        return ids
+
+    def _completion(self, prompt: object) -> list[int] | None:
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            ids: list[int] = self._tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            return ids
+        if isinstance(prompt, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
+            return list(prompt)
+        return None
+
+
+def load_tokenizers(paths: Mapping[str, str]) -> dict[str, PromptTokenizer]:
+    """The tokenizer of each served model named in ``paths``; a directory that holds none is a
+    configuration error naming the setting."""
+    loaded: dict[str, PromptTokenizer] = {}
+    for model, path in paths.items():
+        try:
+            loaded[model] = HfPromptTokenizer(path)
+        except ImportError:
+            raise ConfigurationError(
+                "TRUNKLINE_GATEWAY__TOKENIZERS needs the transformers and jinja2 packages "
+                "(pip install 'trunkline[tokenizers]')",
+                param="tokenizers",
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(
+                f"TRUNKLINE_GATEWAY__TOKENIZERS: no tokenizer for {model!r} in {path}: {exc}",
+                param="tokenizers",
+            ) from None
+    return loaded
+
+
+class PromptTokens:
+    """Token views of prompts for the models whose tokenizer the gateway has."""
+
+    def __init__(self, tokenizers: Mapping[str, PromptTokenizer], hashing: VllmHashing) -> None:
+        self.tokenizers = tokenizers
+        self.hashing = hashing
+
+    def view(
+        self, model: str, request: ParsedRequest, cache_salt: str | None
+    ) -> TokenPrompt | None:
+        tokenizer = self.tokenizers.get(model)
+        if tokenizer is None:
+            return None
+        ids = tokenizer.prompt_ids(request.kind, request.body)
+        return None if ids is None else TokenPrompt(ids, self.hashing, cache_salt=cache_salt)
