@@ -63,6 +63,7 @@ from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.store import QuotaStore
 from trunkline.settings import Settings
+from trunkline.snapshot.builder import current_fingerprint
 from trunkline.tenancy.changes import config_changed
 from trunkline.tenancy.controllers import (
     MemberController,
@@ -137,8 +138,8 @@ def create_controlplane_app(
 
     ``quota_store`` is where gateways count quota usage (read back by the quota endpoints);
     by default Redis when ``TRUNKLINE_REDIS__URL`` is set, else this process's memory. Every
-    ``snapshot_check_s`` it checks that the snapshot store still holds a snapshot, and
-    publishes one if not (:func:`republish_if_lost`).
+    ``snapshot_check_s`` it checks that the snapshot store holds the database's configuration,
+    and publishes it if not (:func:`republish_if_stale`).
     """
     quota = quota_store or default_quota_store(runtime.settings)
     handlers: list[Any] = [healthz(runtime), *CONTROLLERS]
@@ -200,14 +201,22 @@ def refuse_nul_parameters(request: Request[Any, Any, Any]) -> None:
             raise InvalidRequest(f"{name} must not contain a NUL character", param=name)
 
 
-def republish_if_lost(runtime: Runtime) -> bool:
-    """Publish the snapshot if the store holds none (a Redis restarted without its data):
-    gateways started after that would have no configuration, and nothing else republishes it
-    until the next change. Returns whether it published."""
-    if runtime.publisher.published_version() is not None:
+def republish_if_stale(runtime: Runtime) -> bool:
+    """Publish the snapshot if the store holds none (a Redis restarted without its data) or the
+    database's configuration is not the one this process last published: a change whose
+    publish failed (Redis was away when an API call or ``trunkline keys revoke`` committed it)
+    would otherwise stay unknown to every gateway, a revoked key accepted, until the next
+    change. A change another process published is published once more (same content, a newer
+    version). Returns whether it published."""
+    lost = runtime.publisher.published_version() is None
+    current = current_fingerprint(runtime.session_factory, cache_secret=runtime.server_secret)
+    if not lost and current == runtime.published:
         return False
-    log.warning("the snapshot store holds no snapshot; publishing it again")
-    runtime.publish()
+    if lost:
+        log.warning("the snapshot store holds no snapshot; publishing it again")
+    else:
+        log.info("the configuration is not the one last published here; publishing it")
+    runtime.publish_now()
     return True
 
 
@@ -220,7 +229,7 @@ def _keeping_published(
             while True:
                 await anyio.sleep(every_s)
                 try:
-                    await anyio.to_thread.run_sync(republish_if_lost, runtime)
+                    await anyio.to_thread.run_sync(republish_if_stale, runtime)
                 except Exception as exc:  # the store or the database away: try again later
                     log.warning("snapshot check failed: %s", type(exc).__name__)
 

@@ -60,7 +60,9 @@ def controlplane_app() -> Litestar:
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     runtime = require_schema(build_runtime(settings))
-    runtime.publish()  # a restarted control plane re-publishes what the database says
+    # A restarted control plane re-publishes what the database says; with Redis not up yet it
+    # starts all the same and publishes once Redis answers (republish_if_stale).
+    runtime.publish()
     return create_controlplane_app(runtime)
 
 

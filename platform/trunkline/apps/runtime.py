@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.migrate import ensure_sqlite_dir, require_current
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
-from trunkline.snapshot.builder import publish_snapshot
+from trunkline.snapshot.builder import fingerprint, publish_snapshot
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,10 +31,32 @@ class Runtime:
     server_secret: bytes
     memory_store: InMemorySnapshotStore | None = None
     _closers: list[object] = field(default_factory=list)
+    published: bytes | None = None
+    """The configuration this process last published (``fingerprint``); None: nothing yet."""
 
     def publish(self) -> None:
-        """Publish the current configuration to every gateway."""
-        publish_snapshot(self.session_factory, self.publisher, cache_secret=self.server_secret)
+        """Publish the current configuration to every gateway, after a change committed.
+
+        A snapshot store that cannot take it (Redis away, read-only) neither fails nor undoes
+        the change: a warning says so, and the control plane publishes it once the store
+        answers again (``republish_if_stale``). Raising here would report a saved change as
+        failed (an API caller retrying a key creation would get a second key).
+        """
+        try:
+            self.publish_now()
+        except redis.RedisError as exc:
+            log.warning(
+                "the gateways' snapshot could not be published (%s); what the database holds is "
+                "saved, and the control plane publishes it once the snapshot store answers",
+                exc,
+            )
+
+    def publish_now(self) -> None:
+        """Publish the current configuration; raises when the snapshot store fails."""
+        snapshot = publish_snapshot(
+            self.session_factory, self.publisher, cache_secret=self.server_secret
+        )
+        self.published = fingerprint(snapshot)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,5 +1,6 @@
 """The control plane publishes the snapshot again when Redis lost it (restarted without its
-data): gateways started afterwards load it instead of waiting for the next config change."""
+data), or when a change committed while Redis was away: gateways load it instead of waiting
+for the next config change."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ import redis
 import redis.asyncio as aioredis
 from litestar.testing import TestClient
 
-from trunkline.apps.controlplane import create_controlplane_app, republish_if_lost
+from support.servers import start_redis
+from trunkline.apps.controlplane import create_controlplane_app, republish_if_stale
+from trunkline.apps.runtime import build_runtime
+from trunkline.auth.principal import Principal
+from trunkline.keys.service import key_tenant, revoke_key
 from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, decode_snapshot
-from unit.controlplane.cp_support import build_world, make_runtime
+from trunkline.tenancy.changes import unit_of_work
+from unit.controlplane.cp_support import build_world, make_runtime, make_settings
 
 PREFIX = "republish"
 KEYS = (f"{PREFIX}:snapshot", f"{PREFIX}:snapshot:version", f"{PREFIX}:snapshot:counter")
@@ -33,7 +39,7 @@ def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
             build_world(runtime, http)
             before = runtime.publisher.published_version()
             assert before is not None
-            assert not republish_if_lost(runtime)  # held: nothing to do
+            assert not republish_if_stale(runtime)  # held: nothing to do
             client.delete(*KEYS)  # Redis restarted empty
             deadline = time.monotonic() + 10
             while runtime.publisher.published_version() is None and time.monotonic() < deadline:
@@ -53,3 +59,39 @@ async def _load(redis_url: str) -> Any:
     found = await source.load()
     assert found is not None
     return decode_snapshot(found[1])
+
+
+def test_a_key_revoked_while_redis_was_away_is_refused_once_it_is_back(tmp_path: Path) -> None:
+    """Revoked through the API and through another process (``trunkline keys revoke``) while
+    Redis is down: both changes are saved (the API answers 200, not 500), and once Redis is
+    back with its old snapshot (append-only file) the control plane publishes them."""
+    server = start_redis(tmp_path, appendonly=True)
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    publisher = RedisSnapshotPublisher(server.client(), PREFIX)  # fails at once while down
+    runtime = dataclasses.replace(make_runtime(url, tmp_path / "state"), publisher=publisher)
+    cli = build_runtime(make_settings(url, tmp_path / "state"))
+    cli = dataclasses.replace(cli, publisher=publisher)
+    try:
+        app = create_controlplane_app(runtime, snapshot_check_s=0.05)
+        with TestClient[Any](app) as http:
+            world = build_world(runtime, http)
+            by_api = world.create_key("acme-admin", "acme", "demo")["key"]["key_id"]
+            by_cli = world.create_key("acme-admin", "acme", "demo")["key"]["key_id"]
+            assert {by_api, by_cli} <= set(asyncio.run(_load(server.url)).keys)
+            server.stop()
+            world.api("acme-admin").post(
+                f"/api/v1/tenants/{world.tenant('acme')}/keys/{by_api}/revoke", expect=200
+            )
+            with unit_of_work(cli.session_factory, cli.publish) as session:
+                revoke_key(session, Principal.system(), key_tenant(session, by_cli), by_cli)
+            server.start()
+            deadline = time.monotonic() + 10
+            keys = set(asyncio.run(_load(server.url)).keys)
+            while {by_api, by_cli} & keys and time.monotonic() < deadline:
+                time.sleep(0.05)
+                keys = set(asyncio.run(_load(server.url)).keys)
+        assert not {by_api, by_cli} & keys, "gateways would still accept the revoked keys"
+    finally:
+        cli.close()
+        runtime.close()
+        server.destroy()
