@@ -56,9 +56,21 @@ class SnapshotHolder:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._poll_s)
+            was_reachable = self.reachable
             try:
                 await self.refresh()
-            except Exception:
-                # Keep serving the last good snapshot while the store is away.
+            except Exception as exc:
+                # Keep serving the last good snapshot while the store is away. One line when
+                # it goes, one when it is back: polled twice a second, a traceback per poll
+                # buried every other log line of an outage.
                 self.reachable = False
-                log.warning("snapshot refresh failed; serving the last one", exc_info=True)
+                if was_reachable:
+                    log.warning(
+                        "snapshot store unreachable; serving snapshot %s until it is back: %s: %s",
+                        self.current.version,
+                        type(exc).__name__,
+                        exc,
+                    )
+            else:
+                if not was_reachable:
+                    log.warning("snapshot store reachable again")

@@ -1,0 +1,66 @@
+"""The gateway's snapshot holder keeps serving its snapshot while the store is away, and says
+so once, not once per poll."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+import pytest
+
+from trunkline.gateway.state import SnapshotHolder
+from trunkline.snapshot import Snapshot, encode_snapshot
+
+
+class FlakySource:
+    """A snapshot store holding version 7 that refuses connections while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.polls = 0
+        self._target = 0
+        self._reached = asyncio.Event()
+
+    async def polled(self, count: int) -> None:
+        """Return once the holder polled ``count`` more times."""
+        self._target = self.polls + count
+        self._reached.clear()
+        await self._reached.wait()
+
+    async def version(self) -> int | None:
+        self.polls += 1
+        if self.polls >= self._target:
+            self._reached.set()
+        if self.down:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return 7
+
+    async def load(self) -> tuple[int, bytes] | None:
+        return 7, encode_snapshot(msgspec.structs.replace(Snapshot.empty(), version=7))
+
+
+async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = FlakySource()
+    holder = SnapshotHolder(source, poll_s=0.001)
+    with caplog.at_level(logging.INFO, logger="trunkline.gateway.state"):
+        await holder.start()
+        source.down = True
+        await source.polled(20)
+        assert not holder.reachable and holder.current.version == 7, "serves the last one"
+        source.down = False
+        await source.polled(5)
+        await holder.close()
+    assert holder.reachable
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage().split(";")[0] for r in lines] == [
+        "snapshot store unreachable",
+        "snapshot store reachable again",
+    ]
+    assert (
+        "serving snapshot 7" in lines[0].getMessage()
+        and "Connection refused" in lines[0].getMessage()
+    )
+    assert not any(r.exc_info for r in lines), "no traceback for an outage"
