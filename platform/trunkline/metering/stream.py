@@ -134,8 +134,11 @@ class RedisUsageEmitter:
         self._queue: asyncio.Queue[UsageRecord | object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._append = client.register_script(_APPEND_LUA)
+        self.held = 0
+        """Events emitted and not yet in the stream: queued, or in the batch being sent."""
 
     def emit(self, record: UsageRecord) -> None:
+        self.held += 1
         self._queue.put_nowait(record)
 
     async def start(self) -> None:
@@ -153,7 +156,7 @@ class RedisUsageEmitter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            log.error("usage events lost at shutdown", extra={"events": self._queue.qsize()})
+            log.error("usage events lost at shutdown", extra={"events": self.held})
 
     async def _run(self) -> None:
         while True:
@@ -185,12 +188,13 @@ class RedisUsageEmitter:
                 # after a failover, out of memory); never drop them. A batch Redis applied
                 # before the connection broke is sent again: ingest drops the duplicates on
                 # request id.
-                log.warning("usage stream unavailable, retrying", extra={"events": len(batch)})
+                log.warning("usage stream unavailable, retrying", extra={"events": self.held})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
     async def _send(self, batch: list[UsageRecord]) -> None:
         await self._append(keys=[self._stream], args=[self._maxlen, *map(encode_usage, batch)])
+        self.held -= len(batch)
 
     async def _flush_remaining(self) -> None:
         batch: list[UsageRecord] = []
@@ -204,7 +208,7 @@ class RedisUsageEmitter:
             except (redis.RedisError, OSError) as exc:
                 if not redis_unavailable(exc):
                     raise
-                log.error("usage events lost at shutdown", extra={"events": len(batch) - start})
+                log.error("usage events lost at shutdown", extra={"events": self.held})
                 return
 
 

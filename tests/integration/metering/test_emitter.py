@@ -1,14 +1,18 @@
 """The gateway's emitter: batches go out as one round trip each, one stream entry per event,
-and closing it sends everything still queued."""
+and closing it sends everything still queued (or says how many it could not)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 
 from integration.metering.pipeline_support import STREAM
+from support.servers import start_redis
 from trunkline.metering.schemas import decode_usage
 from trunkline.metering.stream import RedisUsageEmitter
 from unit.metering.usage_support import Account, at, event
@@ -37,3 +41,26 @@ async def test_close_sends_every_queued_event_one_entry_each(redis_url: str) -> 
     assert [decode_usage(fields[b"e"]).request_id for _id, fields in entries] == [
         e.request_id for e in events
     ]
+
+
+async def test_closing_while_redis_is_away_counts_every_event_it_loses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis(tmp_path)
+    client = aioredis.Redis.from_url(server.url)
+    emitter = RedisUsageEmitter(client, STREAM)
+    await emitter.start()
+    server.stop()
+    try:
+        for n in range(3):
+            emitter.emit(event(ACME, f"in-flight-{n}", when=at(3)))
+        await asyncio.sleep(0.1)  # the flusher took the three and is retrying them
+        for n in range(5):
+            emitter.emit(event(ACME, f"queued-{n}", when=at(3)))
+        with caplog.at_level(logging.ERROR, logger="trunkline.metering.stream"):
+            await emitter.close(timeout_s=0.3)
+    finally:
+        await client.aclose()
+        server.destroy()
+    [lost] = [r for r in caplog.records if "lost at shutdown" in r.getMessage()]
+    assert lost.events == 8, "the batch being sent is lost too"  # type: ignore[attr-defined]
