@@ -15,6 +15,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from trunkline.errors import ConfigurationError
 
 MIN_SECRET_LENGTH = 32
+MIN_SECRET_DISTINCT = 8
+"""A secret of fewer distinct characters (``"s" * 40``, ``"changeme" * 4``, blanks) is a
+placeholder, not a secret; 32 random hex digits have about 14."""
 
 
 class DatabaseSettings(BaseModel):
@@ -142,10 +145,11 @@ class Settings(BaseSettings):
             return
         problems = []
         secret = self.security.key_hash_secret
-        if secret is None or len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+        if secret is None or weak_secret(secret.get_secret_value()):
             problems.append(
                 f"TRUNKLINE_SECURITY__KEY_HASH_SECRET must be set to at least "
-                f"{MIN_SECRET_LENGTH} characters"
+                f"{MIN_SECRET_LENGTH} random characters, e.g. the output of "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
             )
         if self.security.dev_login:
             problems.append(
@@ -159,6 +163,12 @@ class Settings(BaseSettings):
             )
         if problems:
             raise ConfigurationError("production settings refused: " + "; ".join(problems))
+
+
+def weak_secret(value: str) -> bool:
+    """Too short once blanks around it are taken off, or too few distinct characters."""
+    stripped = value.strip()
+    return len(stripped) < MIN_SECRET_LENGTH or len(set(stripped)) < MIN_SECRET_DISTINCT
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -11,7 +11,7 @@ GOOD = {
     "environment": "production",
     "database": {"url": "postgresql+psycopg://db/trunkline"},
     "redis": {"url": "redis://redis:6379/0"},
-    "security": {"key_hash_secret": "s" * 40, "dev_login": False},
+    "security": {"key_hash_secret": "hV3q-9xZkP0wLr7mTn2bYc8fJd5gAs1e", "dev_login": False},
 }
 
 
@@ -30,7 +30,19 @@ def test_a_complete_production_configuration_is_accepted() -> None:
     [
         ({"security": {"key_hash_secret": None, "dev_login": False}}, "KEY_HASH_SECRET"),
         ({"security": {"key_hash_secret": "short", "dev_login": False}}, "KEY_HASH_SECRET"),
-        ({"security": {"key_hash_secret": "s" * 40, "dev_login": True}}, "development login"),
+        ({"security": {"key_hash_secret": " " * 40, "dev_login": False}}, "KEY_HASH_SECRET"),
+        ({"security": {"key_hash_secret": "s" * 40, "dev_login": False}}, "KEY_HASH_SECRET"),
+        ({"security": {"key_hash_secret": "changeme" * 5, "dev_login": False}}, "random"),
+        (
+            {
+                "security": {
+                    "key_hash_secret": f"{' ' * 9}hV3q-9xZkP0w{' ' * 20}",
+                    "dev_login": False,
+                }
+            },
+            "32",
+        ),
+        ({"security": {**GOOD["security"], "dev_login": True}}, "development login"),
         ({"database": {"url": "sqlite:///x.db"}}, "PostgreSQL"),
         ({"redis": {"url": None}}, "REDIS__URL"),
     ],
