@@ -149,6 +149,7 @@ def _worker(_args: argparse.Namespace) -> int:
     from trunkline.kit.migrate import require_existing
 
     settings = load_settings()
+    settings.check_production()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     require_existing(settings.database.url)
     run_worker(settings)

@@ -99,8 +99,10 @@ def register(sub: Any) -> None:
 def open_runtime() -> Runtime:
     """The runtime of the configured environment (``TRUNKLINE_*`` variables), over a database
     migrated to this code's schema: anything else is a one-line error saying what to run, and
-    a SQLite file that is not there is not created (nor its directory)."""
+    a SQLite file that is not there is not created (nor its directory). Production settings
+    are checked first: their refusal says what to set, not to run ``trunkline up``."""
     settings = load_settings()
+    settings.check_production()
     require_existing(settings.database.url)
     return require_schema(build_runtime(settings))
 

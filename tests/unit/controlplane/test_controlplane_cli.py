@@ -243,6 +243,24 @@ def test_a_command_without_a_migrated_database_says_what_to_run_and_creates_noth
     assert err.endswith("run `trunkline migrate`\n")
 
 
+@pytest.mark.parametrize("command", [["worker"], ["keys", "list", "--tenant", "acme"]])
+def test_production_without_its_settings_says_what_to_set_not_to_run_up(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TRUNKLINE_DATABASE__URL", raising=False)
+    monkeypatch.setenv("TRUNKLINE_ENVIRONMENT", "production")
+    code, _, err = run(capsys, *command)
+    assert code == 2
+    assert err.startswith("error: production settings refused: ")
+    assert "TRUNKLINE_DATABASE__URL must point at PostgreSQL" in err
+    assert "trunkline up" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_migrate_creates_a_sqlite_databases_directory_and_refuses_a_newer_database(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
