@@ -238,7 +238,14 @@ class RedisUsageReader:
         self._raw = redis.Redis(connection_pool=client.connection_pool)
         for command in ("XREADGROUP", "XAUTOCLAIM"):
             self._raw.set_response_callback(command, _as_sent)
-        self.ensure_group()
+        try:
+            self.ensure_group()
+        except Exception as exc:
+            if not redis_unavailable(exc):
+                raise
+            # Started before Redis: reads fail as an outage until it answers, then the first
+            # read finds no group and makes it.
+            log.warning("Redis is not answering (%s); reading usage once it does", exc)
 
     def ensure_group(self) -> None:
         """Create the group (and stream) if missing: a Redis restarted without its data."""

@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy import func, select
 
-from support.servers import free_port
+from support.servers import free_port, start_redis
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.migrate import upgrade
 from trunkline.metering.ingest import ingest_once
@@ -152,3 +152,24 @@ async def test_the_emitter_waits_out_a_redis_refusing_writes(
     await emitter.close()
     assert admin.xlen("usage") == 1
     admin.close()
+
+
+async def test_a_reader_made_before_redis_is_up_reads_once_it_is(tmp_path: Path) -> None:
+    """``trunkline worker`` started before Redis: no crash; reads are an outage until Redis
+    answers, and the first after it makes the consumer group."""
+    server = start_redis(tmp_path)
+    try:
+        server.stop()
+        client = redis.Redis.from_url(server.url)
+        reader = RedisUsageReader(client, "usage", consumer="early")
+        with pytest.raises(redis.ConnectionError):
+            reader.read(10)
+        server.start()
+        emitter = RedisUsageEmitter(aioredis.Redis.from_url(server.url), "usage")
+        await Stream(emitter, None).emit_all([record("after-redis-came")])
+        [(message_id, read)] = reader.read(10)
+        assert read.request_id == "after-redis-came"
+        reader.ack([message_id])
+        client.close()
+    finally:
+        server.destroy()
