@@ -15,6 +15,7 @@ from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, Async
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.endpoints import EndpointCollector, EngineMonitor, EngineState
 from trunkline.gateway.handlers import build_app
+from trunkline.gateway.health_metrics import GatewayHealthCollector
 from trunkline.gateway.prompt_tokens import PromptTokens, load_tokenizers
 from trunkline.gateway.routing import (
     RoutingPolicy,
@@ -83,6 +84,7 @@ def create_gateway_app(
         kv_sink=kv_event_index(policy),
     )
     registry.register(EndpointCollector(monitor.state))
+    registry.register(GatewayHealthCollector(holder, emitter))
     if admission is None and settings.admission == "slo":
         metrics = AdmissionMetrics(registry)
 

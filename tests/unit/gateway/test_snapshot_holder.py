@@ -8,7 +8,9 @@ import logging
 
 import msgspec
 import pytest
+from prometheus_client import CollectorRegistry
 
+from trunkline.gateway.health_metrics import GatewayHealthCollector
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.snapshot import Snapshot, encode_snapshot
 
@@ -64,3 +66,30 @@ async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
         and "Connection refused" in lines[0].getMessage()
     )
     assert not any(r.exc_info for r in lines), "no traceback for an outage"
+
+
+async def test_metrics_show_the_store_away_and_the_usage_events_held() -> None:
+    source = FlakySource()
+    holder = SnapshotHolder(source, poll_s=0.001)
+
+    class Emitter:
+        held = 0
+
+    emitter = Emitter()
+    registry = CollectorRegistry()
+    registry.register(GatewayHealthCollector(holder, emitter))
+    await holder.start()
+    try:
+        await source.polled(2)
+        assert registry.get_sample_value("trunkline_snapshot_store_reachable") == 1.0
+        assert registry.get_sample_value("trunkline_snapshot_version") == 7.0
+        source.down = True
+        emitter.held = 12
+        await source.polled(3)
+        assert registry.get_sample_value("trunkline_snapshot_store_reachable") == 0.0
+        assert registry.get_sample_value("trunkline_snapshot_version") == 7.0  # still served
+        assert registry.get_sample_value("trunkline_usage_events_held") == 12.0
+        age = registry.get_sample_value("trunkline_snapshot_age_seconds")
+        assert age is not None and age >= 0
+    finally:
+        await holder.close()
