@@ -165,13 +165,23 @@ def reachable(snapshot: Snapshot, alias: AliasEntry, principal: Principal) -> bo
     return not placed_away(snapshot, alias, principal.tenant, principal.tier)
 
 
+ENGINE_CONTROLS = ("cache_salt", "priority", "kv_transfer_params")
+"""vLLM request fields that act on other tenants' work, which the gateway never passes on from a
+client: the prefix-cache salt (another tenant's salt reads its cached prompts), the scheduling
+``priority`` (on an engine run with ``--scheduling-policy priority``, a bronze caller would
+jump gold's queue; tiers are the gateway's to enforce) and ``kv_transfer_params`` (in a
+prefill/decode split, they name the remote KV blocks an engine loads)."""
+
+
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:
-    """The body sent to the engine: the served model name, usage forced on streams, and the
-    tenant's prefix-cache salt in place of any the client sent (none when the tenant shares
-    the cache), so no client can pick the salt of another tenant's cached prompts."""
+    """The body sent to the engine: the served model name, usage forced on streams, none of
+    the client's :data:`ENGINE_CONTROLS`, and the tenant's prefix-cache salt (none when the
+    tenant shares the cache), so no client can pick the salt of another tenant's cached
+    prompts."""
     body = dict(request.body)
     body["model"] = served_model
-    body.pop("cache_salt", None)
+    for field in ENGINE_CONTROLS:
+        body.pop(field, None)
     if request.cache_salt is not None and request.kind != "embeddings":
         body["cache_salt"] = request.cache_salt
     if request.stream:

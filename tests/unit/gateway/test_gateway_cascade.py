@@ -173,6 +173,24 @@ def test_cache_salt_of_the_tenant_goes_upstream_and_replaces_the_clients(make_ga
     assert [b.get("cache_salt") for b in sent] == [SALT_A, SALT_A, None]
 
 
+def test_engine_controls_a_client_sends_never_reach_the_engine(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A bronze caller must not jump gold's queue on an engine scheduling by priority, nor
+    point an engine at another request's KV blocks."""
+    gw, key = _gateway(make_gateway, chat_any)
+    body = {
+        "model": "llama",
+        "messages": CHAT["messages"],
+        "priority": -100,
+        "kv_transfer_params": {"do_remote_prefill": True, "remote_block_ids": [1, 2]},
+        "temperature": 0.5,
+    }
+    assert gw.client.post("/v1/chat/completions", json=body, headers=auth(key)).status_code == 200
+
+    [sent] = [json.loads(r.content) for r in gw.upstream]
+    assert "priority" not in sent and "kv_transfer_params" not in sent
+    assert sent["temperature"] == 0.5  # sampling parameters pass as sent
+
+
 @pytest.mark.parametrize(
     ("kept_for_other_tiers", "answered_by", "header", "reason"),
     [
