@@ -135,9 +135,10 @@ def routing_policy(name: str) -> RoutingPolicy:
 
 
 def prompt_tokens(settings: GatewaySettings, policy: RoutingPolicy) -> PromptTokens | None:
-    """The prompts' token views a policy matching the engines' KV-cache events needs, from the
-    configured tokenizers (None for other policies: they hash prompt text)."""
-    if kv_event_index(policy) is None:
+    """Token views of prompts from the configured tokenizers: a policy matching the engines'
+    KV-cache events needs them; the approximate index and admission then work on exact blocks
+    and prompt lengths too. None without tokenizers (prompt text is hashed instead)."""
+    if not settings.tokenizers and kv_event_index(policy) is None:
         return None
     if not settings.tokenizers:
         # The events name blocks by token-id hashes: without a model's tokenizer the gateway

@@ -33,6 +33,8 @@ from trunkline.gateway.routing import ApproxPrefixIndex, kv_event_index
 from trunkline.gateway.routing.pipeline import PipelinePolicy
 from trunkline.gateway.routing.prefix_index import apply_kv_events
 from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
+from trunkline.gateway.routing.text_prompt import TextPrompt
+from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
@@ -227,7 +229,7 @@ class _WordTokenizer:
 
     def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
         text = body["messages"][-1]["content"]
-        return [sum(map(ord, word)) for word in text.split()]
+        return [sum(map(ord, word)) for word in text.split()] if isinstance(text, str) else None
 
 
 def test_precise_prefix_routes_to_the_endpoint_whose_kv_events_hold_the_prompt(
@@ -247,6 +249,24 @@ def test_precise_prefix_routes_to_the_endpoint_whose_kv_events_hold_the_prompt(
 
     # Every request went to the one engine holding the preamble's blocks.
     assert gw.hosts() == ["engine-2"] * 3
+
+
+def test_with_a_tokenizer_every_policy_sees_the_prompts_exact_tokens(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    admission = RecordingAdmission()
+    gw = engine_gateway(chat_any, policy="prefix-aware", admission=admission)
+    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": _WordTokenizer()}, VllmHashing())
+
+    assert gw.chat(_ask("one two three four five")).status_code == 200
+    assert gw.chat({"model": "llama", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "parts"}]}]}).status_code == 200  # fmt: skip
+
+    (first, _, _), (second, _, _) = admission.seen
+    # Routing and admission count the tokens the engine will see, not an estimate...
+    assert isinstance(first.prompt, TokenPrompt) and first.num_prompt_tokens == 5
+    # ...and what the tokenizer cannot take is hashed as text, as without one.
+    assert isinstance(second.prompt, TextPrompt)
 
 
 def _ask(content: str) -> dict[str, Any]:

@@ -1,0 +1,98 @@
+"""Prompts tokenized as vLLM's OpenAI server tokenizes them, with a real Hugging Face tokenizer
+built here (a word-level vocabulary and a chat template). That real vLLM counts the same tokens
+is checked against vLLM itself (tests/integration/vllm/test_vllm_engine_state.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trunkline.apps.gateway import prompt_tokens, routing_policy
+from trunkline.gateway.pipeline import parse_body
+from trunkline.gateway.prompt_tokens import HfPromptTokenizer
+from trunkline.settings import GatewaySettings
+
+WORDS = ["<s>", "</s>", "<unk>", "user", "assistant", "system", ":", "hello", "world", "one"]
+ID = {word: index for index, word in enumerate(WORDS)}
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}"
+    "{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}assistant :{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = Tokenizer(models.WordLevel(ID, unk_token="<unk>"))
+    vocabulary.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=vocabulary, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = TEMPLATE
+    path = tmp_path_factory.mktemp("tokenizer")
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _ids(*words: str) -> list[int]:
+    return [ID[word] for word in words]
+
+
+def _chat(content: object, **extra: Any) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_a_chat_is_its_rendered_template_tokenized_without_special_tokens(
+    tokenizer_dir: Path,
+) -> None:
+    tokenizer = HfPromptTokenizer(str(tokenizer_dir))
+
+    ids = tokenizer.prompt_ids("chat", _chat("hello world"))
+    # The template writes the BOS itself; vLLM adds no other special token to a chat.
+    assert ids == _ids("<s>", "user", ":", "hello", "world", "assistant", ":")
+    continued = _chat("hello", add_generation_prompt=False)
+    assert tokenizer.prompt_ids("chat", continued) == _ids("<s>", "user", ":", "hello")
+
+
+def test_what_cannot_be_tokenized_as_the_engine_would_has_no_token_view(
+    tokenizer_dir: Path,
+) -> None:
+    tokenizer = HfPromptTokenizer(str(tokenizer_dir))
+    parts = [{"type": "text", "text": "hello"}]
+    tool = {"model": "m", "messages": [{"role": "tool", "content": "one"}]}
+
+    assert tokenizer.prompt_ids("chat", _chat(parts)) is None  # multi-part content
+    assert tokenizer.prompt_ids("chat", tool) is None  # the template refuses it
+    assert tokenizer.prompt_ids("embeddings", {"input": "hello"}) is None
+
+
+def test_a_completion_prompt_is_tokenized_and_token_ids_are_taken_as_sent(
+    tokenizer_dir: Path,
+) -> None:
+    tokenizer = HfPromptTokenizer(str(tokenizer_dir))
+    assert tokenizer.prompt_ids("completions", {"prompt": "hello world"}) == _ids("hello", "world")
+    assert tokenizer.prompt_ids("completions", {"prompt": ["hello"]}) == _ids("hello")
+    assert tokenizer.prompt_ids("completions", {"prompt": [7, 8, 9]}) == [7, 8, 9]
+    assert tokenizer.prompt_ids("completions", {"prompt": [[7, 8], [9]]}) is None
+
+
+@pytest.mark.parametrize("policy", ["prefix-aware", "precise-prefix"])
+def test_configured_tokenizers_give_every_policy_token_views(
+    tokenizer_dir: Path, policy: str
+) -> None:
+    settings = GatewaySettings(routing_policy=policy, tokenizers={"served": str(tokenizer_dir)})
+    tokens = prompt_tokens(settings, routing_policy(policy))
+    assert tokens is not None
+
+    request = parse_body(
+        "chat", b'{"model": "m", "messages": [{"role": "user", "content": "one"}]}'
+    )
+    view = tokens.view("served", request, cache_salt=None)
+    assert view is not None and view.num_tokens == 6
+    assert tokens.view("another-model", request, cache_salt=None) is None
