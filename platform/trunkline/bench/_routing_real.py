@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import math
+import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +36,8 @@ from trunkline.bench._routing_goals import real_vllm_goals
 from trunkline.bench._routing_real_cpu import Replica, cpu_shares, read_cpu
 from trunkline.bench.report import Metrics, Runs
 from trunkline.fleet.stats import quantile
+
+PRECISE = "precise-prefix"
 
 __all__ = [
     "RealLoad",
@@ -186,18 +190,19 @@ def _run_variant(
     sim: SimRunner,
     *,
     admission: str = "slo",
+    tokenizer: Path | None = None,
 ) -> Metrics:
-    """Start a gateway with ``policy`` (and SLO ``admission`` on or ``off``) over ``servers``,
-    send the load through it, stop it.
+    """Start a gateway with ``policy`` (and SLO ``admission`` on or ``off``; with the served
+    model's ``tokenizer`` directory, for precise prefix routing) over ``servers``, send the
+    load through it, stop it.
 
     Besides the summary: the CPU each party used (cores' worth, :func:`cpu_shares`) and the
     1-minute load average at the end.
     """
-    import os
 
     replicas = [Replica(s.proc.popen.pid, int(s.cpu)) for s in servers]
     requests = build_requests(load, seed)
-    with _gateway(servers, policy, log_dir, admission) as (url, key, gateway_pid):
+    with _gateway(servers, policy, log_dir, admission, tokenizer) as (url, key, gateway_pid):
         sim.say(f"real-vllm: {policy} (admission {admission}) on {len(servers)} replica(s) ...")
         before = read_cpu(replicas, gateway_pid)
         records, elapsed = asyncio.run(_send_all(url, key, requests, load))
@@ -219,7 +224,11 @@ def _run_variant(
 
 @contextlib.contextmanager
 def _gateway(
-    servers: Sequence[Any], policy: str, log_dir: Path, admission: str = "slo"
+    servers: Sequence[Any],
+    policy: str,
+    log_dir: Path,
+    admission: str = "slo",
+    tokenizer: Path | None = None,
 ) -> Iterator[tuple[str, str, int | None]]:
     """A gateway process over ``servers``; its URL, API key and process id.
 
@@ -244,7 +253,12 @@ def _gateway(
         settings = {
             "TRUNKLINE_GATEWAY__ROUTING_POLICY": policy,
             "TRUNKLINE_GATEWAY__ADMISSION": admission,
+            "TRUNKLINE_GATEWAY__TOKENIZERS": json.dumps(
+                {servers[0].model_name: str(tokenizer)} if tokenizer else {}
+            ),
         }
+        if "PYTHONHASHSEED" in os.environ:  # the servers' hash seed: what they inherited
+            settings["TRUNKLINE_GATEWAY__KV_HASH__SEED"] = os.environ["PYTHONHASHSEED"]
         with _environment(settings), contextlib.ExitStack() as stack:
             gateway.start()
             stack.callback(gateway.stop)
@@ -280,7 +294,6 @@ def _gateway_command(servers: Sequence[Any], port: int, key_file: Path) -> list[
 @contextlib.contextmanager
 def _environment(settings: dict[str, str]) -> Iterator[None]:
     """The gateway's settings (``TRUNKLINE_GATEWAY__*``) for the processes started inside."""
-    import os
 
     previous = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
@@ -295,7 +308,6 @@ def _environment(settings: dict[str, str]) -> Iterator[None]:
 
 
 def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
-    import os
     import tempfile
 
     from trunkline.bench._fidelity_host import fidelity_env
@@ -318,6 +330,10 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         # Routing alone: what SLO admission (the gateway's default) changes of its choices.
         runs[f"{ours}, admission off"] = _run_variant(
             servers, ours, config.seed * 100 + 2, load, log_dir, sim, admission="off"
+        )
+        # The engines' own KV events, matched with the model's tokenizer (docs/routing.md).
+        runs[f"{PRECISE}, tokenizer"] = _run_variant(
+            servers, PRECISE, config.seed * 100 + 3, load, log_dir, sim, tokenizer=env.model
         )
         servers[1].stop()  # "alone": an idle second server takes no CPU from the first
         one = _run_variant(
