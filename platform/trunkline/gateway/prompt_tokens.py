@@ -60,20 +60,10 @@ class HfPromptTokenizer:
             isinstance(m, dict) and isinstance(m.get("content"), str | None) for m in messages
         ):
             return None
-        options: dict[str, Any] = {}
-        if isinstance(body.get("tools"), list):
-            options["tools"] = body["tools"]
-        if isinstance(body.get("chat_template_kwargs"), dict):
-            options.update(body["chat_template_kwargs"])
-        continuing = body.get("continue_final_message") is True
-        text = self._tokenizer.apply_chat_template(
-            messages,
-            tokenize=False,
-            add_generation_prompt=body.get("add_generation_prompt", True) is not False
-            and not continuing,
-            continue_final_message=continuing,
-            **options,
-        )
+        options = _template_options(body)
+        if options is None:
+            return None
+        text = self._tokenizer.apply_chat_template(messages, tokenize=False, **options)
         special = body.get("add_special_tokens") is True
         ids: list[int] = self._tokenizer(text, add_special_tokens=special)["input_ids"]
         return ids
@@ -89,6 +79,37 @@ class HfPromptTokenizer:
         ):
             return list(prompt)
         return None
+
+
+_CLIENT_TEMPLATE_KWARGS = frozenset({"chat_template", "tokenize"})
+"""``chat_template_kwargs`` vLLM refuses (``chat_template`` unless the engine trusts request
+templates): a client's template is never rendered in the gateway, where a loop-heavy one (nested
+``range(100000)`` loops pass the sandbox) would hold the event loop for minutes."""
+
+
+def _template_options(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The chat template's keyword arguments as vLLM merges them (``build_chat_params``): the
+    request's ``tools`` under its ``chat_template_kwargs``, its own fields over both; None when
+    the request brings a template of its own."""
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict) or kwargs.keys() & _CLIENT_TEMPLATE_KWARGS:
+        return None
+    if body.get("chat_template") is not None:
+        return None
+    continuing = body.get("continue_final_message") is True
+    fields = {
+        "add_generation_prompt": body.get("add_generation_prompt", True) is not False
+        and not continuing,
+        "continue_final_message": continuing,
+    }
+    tools = body.get("tools") if isinstance(body.get("tools"), list) else None
+    unset = (None, "auto")  # vLLM's merge_kwargs skips these
+    options: dict[str, Any] = {"tools": tools}
+    options.update((k, v) for k, v in kwargs.items() if v not in unset)
+    options.update(fields)
+    return options
 
 
 def load_tokenizers(paths: Mapping[str, str]) -> dict[str, PromptTokenizer]:

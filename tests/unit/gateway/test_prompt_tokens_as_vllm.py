@@ -1,0 +1,77 @@
+"""The gateway renders and tokenizes a chat as vLLM 0.32's OpenAI server does (``renderers/``,
+``chat_completion/protocol.py``), with a real Hugging Face tokenizer built here: one token per
+byte, so the token ids spell out exactly the text the chat template rendered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trunkline.gateway.prompt_tokens import HfPromptTokenizer
+
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> HfPromptTokenizer:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocabulary = {symbol: index for index, symbol in enumerate(alphabet)}
+    vocabulary["<s>"] = len(vocabulary)
+    byte_level = Tokenizer(models.BPE(vocabulary, merges=[]))
+    byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level.decoder = decoders.ByteLevel()
+    built = PreTrainedTokenizerFast(tokenizer_object=byte_level, bos_token="<s>")
+    built.chat_template = TEMPLATE
+    path = tmp_path_factory.mktemp("byte-tokenizer")
+    built.save_pretrained(path)
+    return HfPromptTokenizer(str(path))
+
+
+def rendered(tokenizer: HfPromptTokenizer, body: dict[str, Any]) -> str | None:
+    """The text the gateway tokenized for a chat ``body`` (None: no token view)."""
+    ids = tokenizer.prompt_ids("chat", {"model": "m", **body})
+    return None if ids is None else tokenizer._tokenizer.decode(ids)
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def test_a_chat_renders_the_models_template(tokenizer: HfPromptTokenizer) -> None:
+    assert rendered(tokenizer, {"messages": HELLO}) == "user:hello\nassistant:"
+    assert rendered(tokenizer, {"messages": HELLO, "add_generation_prompt": False}) == (
+        "user:hello\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        # A client's template: vLLM refuses it (unless it trusts request templates), and
+        # nested loops within the sandbox's range limit (range(100000) twice) would hold the
+        # gateway's event loop for minutes.
+        {"chat_template": "client:{{ messages[0]['content'] }}"},
+        {"tokenize": True},
+    ],
+    ids=["template", "tokenize"],
+)
+def test_a_clients_own_chat_template_is_never_rendered(
+    tokenizer: HfPromptTokenizer, kwargs: dict[str, Any]
+) -> None:
+    assert rendered(tokenizer, {"messages": HELLO, "chat_template_kwargs": kwargs}) is None
+    body = {"messages": HELLO, "chat_template": "client:{{ messages[0]['content'] }}"}
+    assert rendered(tokenizer, body) is None
+
+
+def test_the_requests_own_fields_win_over_its_chat_template_kwargs(
+    tokenizer: HfPromptTokenizer,
+) -> None:
+    # vLLM merges add_generation_prompt (a request field) over chat_template_kwargs.
+    body = {"messages": HELLO, "chat_template_kwargs": {"add_generation_prompt": False}}
+    assert rendered(tokenizer, body) == "user:hello\nassistant:"
