@@ -92,12 +92,13 @@ def create_gateway_app(
             cache = routing_prefix_cache(policy)
             return AsyncAdmission(AdmissionPolicy(prefix_index=cache), engines, metrics=metrics)
 
+    tokens = prompt_tokens(settings, policy)
     service = GatewayService(
         holder, emitter, client, server_secret,
         quota=quota, policy=policy, engines=monitor.state,
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
         admission=admission(monitor.state) if admission else None,
-        prompt_tokens=prompt_tokens(settings, policy),
+        prompt_tokens=tokens,
     )  # fmt: skip
 
     @asynccontextmanager
@@ -114,6 +115,8 @@ def create_gateway_app(
             await quota.close()
             await emitter.close()
             await client.aclose()
+            if tokens is not None:
+                tokens.close()
 
     return build_app(
         service,

@@ -14,8 +14,10 @@ name to directory), never downloaded; ``transformers`` is needed only then.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from trunkline.errors import ConfigurationError
@@ -139,12 +141,21 @@ class PromptTokens:
     def __init__(self, tokenizers: Mapping[str, PromptTokenizer], hashing: VllmHashing) -> None:
         self.tokenizers = tokenizers
         self.hashing = hashing
+        # Off the event loop: a long prompt takes a second to render and tokenize, and every
+        # other request would wait on it. One thread: a tokenizer is not shared across threads.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-tokens")
 
-    def view(
+    async def view(
         self, model: str, request: ParsedRequest, cache_salt: str | None
     ) -> TokenPrompt | None:
         tokenizer = self.tokenizers.get(model)
         if tokenizer is None:
             return None
-        ids = tokenizer.prompt_ids(request.kind, request.body)
+        loop = asyncio.get_running_loop()
+        ids = await loop.run_in_executor(
+            self._worker, tokenizer.prompt_ids, request.kind, request.body
+        )
         return None if ids is None else TokenPrompt(ids, self.hashing, cache_salt=cache_salt)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -205,7 +205,7 @@ class GatewayService:
                 reason="no_endpoint",
             )
         tokens, salt = self.prompt_tokens, principal.tenant.cache_salt
-        prompt = None if tokens is None else tokens.view(alias.model, request, salt)
+        prompt = None if tokens is None else await tokens.view(alias.model, request, salt)
         view = request_view(request_id, principal, alias, request, prompt_tokens, prompt)
         views = self._endpoint_views(candidates)
         # A policy may ignore health (round-robin): ejected endpoints are dropped here too.

@@ -4,11 +4,16 @@ byte, so the token ids spell out exactly the text the chat template rendered."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from tests.unit.gateway.engines_support import Gateway
+from tests.unit.gateway.upstreams import chat_any
 
-from trunkline.gateway.prompt_tokens import HfPromptTokenizer
+from trunkline.gateway.prompt_tokens import HfPromptTokenizer, PromptTokens
+from trunkline.gateway.routing.vllm_hashes import VllmHashing
 
 TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"
@@ -75,3 +80,32 @@ def test_the_requests_own_fields_win_over_its_chat_template_kwargs(
     # vLLM merges add_generation_prompt (a request field) over chat_template_kwargs.
     body = {"messages": HELLO, "chat_template_kwargs": {"add_generation_prompt": False}}
     assert rendered(tokenizer, body) == "user:hello\nassistant:"
+
+
+class _LoopRecordingTokenizer:
+    """One token per word; notes whether it ran on an event loop."""
+
+    def __init__(self) -> None:
+        self.on_event_loop: list[bool] = []
+
+    def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self.on_event_loop.append(False)
+        else:
+            self.on_event_loop.append(True)
+        return [len(word) for word in body["messages"][-1]["content"].split()]
+
+
+def test_prompts_are_tokenized_off_the_event_loop(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """A long prompt takes a second to render and tokenize: on the event loop, every other
+    request of the gateway would wait on it."""
+    gw = engine_gateway(chat_any, policy="precise-prefix")
+    recording = _LoopRecordingTokenizer()
+    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": recording}, VllmHashing())
+
+    assert gw.chat().status_code == 200
+    assert recording.on_event_loop == [False]
