@@ -2,7 +2,8 @@
 
 vLLM turns a chat request into tokens by rendering the model's chat template
 (``add_generation_prompt`` on unless the client turned it off) and tokenizing the text without
-adding special tokens; a completion's text prompt is tokenized with them (the BOS). With the
+adding special tokens; a completion's text prompt is tokenized with them (the BOS) unless the
+client set ``add_special_tokens`` false. With the
 model's Hugging Face tokenizer the gateway does the same, so the blocks it hashes
 (:class:`~trunkline.gateway.routing.token_prompt.TokenPrompt`) are the blocks the engine's
 KV-cache events name. Chat messages whose content is not a string (multi-part, images) are
@@ -51,7 +52,8 @@ class HfPromptTokenizer:
             if kind == "chat":
                 return self._chat(body)
             if kind == "completions":
-                return self._completion(body.get("prompt"))
+                special = body.get("add_special_tokens") is not False  # vLLM's default: on
+                return self._completion(body.get("prompt"), special)
         except Exception:  # a template that refuses the conversation: the engine will say so
             log.debug("could not tokenize the prompt", exc_info=True)
         return None
@@ -70,11 +72,11 @@ class HfPromptTokenizer:
         ids: list[int] = self._tokenizer(text, add_special_tokens=special)["input_ids"]
         return ids
 
-    def _completion(self, prompt: object) -> list[int] | None:
+    def _completion(self, prompt: object, special: bool) -> list[int] | None:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
             prompt = prompt[0]
         if isinstance(prompt, str):
-            ids: list[int] = self._tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            ids: list[int] = self._tokenizer(prompt, add_special_tokens=special)["input_ids"]
             return ids
         if isinstance(prompt, list) and all(
             isinstance(t, int) and not isinstance(t, bool) for t in prompt

@@ -23,7 +23,7 @@ TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> HfPromptTokenizer:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
@@ -32,6 +32,8 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> HfPromptTokenizer:
     byte_level = Tokenizer(models.BPE(vocabulary, merges=[]))
     byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     byte_level.decoder = decoders.ByteLevel()
+    bos = ("<s>", vocabulary["<s>"])
+    byte_level.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
     built = PreTrainedTokenizerFast(tokenizer_object=byte_level, bos_token="<s>")
     built.chat_template = TEMPLATE
     path = tmp_path_factory.mktemp("byte-tokenizer")
@@ -46,6 +48,18 @@ def rendered(tokenizer: HfPromptTokenizer, body: dict[str, Any]) -> str | None:
 
 
 HELLO = [{"role": "user", "content": "hello"}]
+
+
+def test_a_completion_has_the_bos_unless_the_client_turned_special_tokens_off(
+    tokenizer: HfPromptTokenizer,
+) -> None:
+    def text(body: dict[str, Any]) -> str:
+        ids = tokenizer.prompt_ids("completions", {"model": "m", "prompt": "hi", **body})
+        assert ids is not None
+        return str(tokenizer._tokenizer.decode(ids))
+
+    assert text({}) == "<s>hi"
+    assert text({"add_special_tokens": False}) == "hi"
 
 
 def test_a_chat_renders_the_models_template(tokenizer: HfPromptTokenizer) -> None:
