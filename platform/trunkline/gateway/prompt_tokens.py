@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from trunkline.errors import ConfigurationError
+from trunkline.gateway.chat_conversation import vllm_conversation, vllm_tools
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.routing.vllm_hashes import VllmHashing
@@ -59,15 +60,11 @@ class HfPromptTokenizer:
         return None
 
     def _chat(self, body: Mapping[str, Any]) -> list[int] | None:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str | None) for m in messages
-        ):
-            return None
+        conversation = vllm_conversation(body.get("messages"))
         options = _template_options(body)
-        if options is None:
+        if conversation is None or options is None:
             return None
-        text = self._tokenizer.apply_chat_template(messages, tokenize=False, **options)
+        text = self._tokenizer.apply_chat_template(conversation, tokenize=False, **options)
         special = body.get("add_special_tokens") is True
         ids: list[int] = self._tokenizer(text, add_special_tokens=special)["input_ids"]
         return ids
@@ -108,7 +105,7 @@ def _template_options(body: Mapping[str, Any]) -> dict[str, Any] | None:
         and not continuing,
         "continue_final_message": continuing,
     }
-    tools = body.get("tools") if isinstance(body.get("tools"), list) else None
+    tools = vllm_tools(body.get("tools"))
     unset = (None, "auto")  # vLLM's merge_kwargs skips these
     options: dict[str, Any] = {"tools": tools}
     options.update((k, v) for k, v in kwargs.items() if v not in unset)

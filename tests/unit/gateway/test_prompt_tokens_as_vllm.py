@@ -5,6 +5,7 @@ byte, so the token ids spell out exactly the text the chat template rendered."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,10 @@ TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> HfPromptTokenizer:
+    return byte_tokenizer(tmp_path_factory, TEMPLATE)
+
+
+def byte_tokenizer(tmp_path_factory: pytest.TempPathFactory, template: str) -> HfPromptTokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -35,7 +40,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> HfPromptTokenizer:
     bos = ("<s>", vocabulary["<s>"])
     byte_level.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[bos])
     built = PreTrainedTokenizerFast(tokenizer_object=byte_level, bos_token="<s>")
-    built.chat_template = TEMPLATE
+    built.chat_template = template
     path = tmp_path_factory.mktemp("byte-tokenizer")
     built.save_pretrained(path)
     return HfPromptTokenizer(str(path))
@@ -123,3 +128,37 @@ def test_prompts_are_tokenized_off_the_event_loop(
 
     assert gw.chat().status_code == 200
     assert recording.on_event_loop == [False]
+
+
+TOOLS_TEMPLATE = (
+    "{% if tools %}{% for t in tools %}{{ t | tojson }}\n{% endfor %}{% endif %}"
+    "{% for m in messages %}{{ m | tojson }}\n{% endfor %}"
+)
+
+
+def test_messages_and_tools_reach_the_template_as_vllm_hands_them_over(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """vLLM dumps each tool with its absent fields as null, decodes tool-call arguments, gives
+    null content as "" and drops fields it does not know (an SDK echoing its last answer sends
+    refusal, annotations...): a template printing them renders what the engine renders."""
+    tokenizer = byte_tokenizer(tmp_path_factory, TOOLS_TEMPLATE)
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    body = {
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call], "refusal": None},
+            {"role": "tool", "tool_call_id": "c1", "content": "2"},
+        ],
+    }
+    sent = json.dumps(body)
+
+    assert rendered(tokenizer, body) == (
+        '{"type": "function", "function": {"name": "f", "description": null, "parameters": null}}\n'
+        '{"role": "user", "content": "hi"}\n'
+        '{"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", '
+        '"function": {"name": "f", "arguments": {"x": 1}}}]}\n'
+        '{"role": "tool", "content": "2", "tool_call_id": "c1"}\n'
+    )
+    assert json.dumps(body) == sent  # the body sent upstream is untouched
