@@ -156,7 +156,7 @@ async def test_the_gateway_names_a_prompts_blocks_as_vllm_does(
     request = parse_body(kind, msgspec.json.encode(body))
     tokens = live.service.prompt_tokens
     assert tokens is not None
-    view = tokens.view(MODEL_NAME, request, None)
+    view = await tokens.view(MODEL_NAME, request, None)
     assert view is not None
     hashes = list(view.block_hashes(BLOCK_SIZE))
     assert len(hashes) >= 3, "the prompt should fill several blocks"

@@ -10,11 +10,9 @@ import re
 import time
 from collections.abc import Callable
 
-import msgspec
 import pytest
 
 from support.vllm import (
-    ALIAS,
     MODEL_NAME,
     Gateway,
     KvEventSubscriber,
@@ -22,7 +20,6 @@ from support.vllm import (
     VllmServer,
     unique_prompt,
 )
-from trunkline.gateway.pipeline import parse_body
 from trunkline.gateway.routing import kv_event_index
 from trunkline.gateway.service import GatewayService
 
@@ -96,10 +93,9 @@ def test_precise_prefix_sends_a_repeated_preamble_to_the_replica_its_kv_events_n
         return {"prompt": f"{preambles[n]} question {n} turn {turn}", "max_tokens": 2}
 
     def holders(n: int) -> list[int]:
-        view = tokens.view(MODEL_NAME, parse_body("completions", msgspec.json.encode(
-            {"model": ALIAS, **body(n, 0)})), None)  # fmt: skip
-        assert view is not None
-        hashes = view.block_hashes(block)[:4]  # the preamble's first blocks
+        ids = tokens.tokenizers[MODEL_NAME].prompt_ids("completions", body(n, 0))
+        assert ids is not None
+        hashes = tokens.hashing.block_hashes(ids, block)[:4]  # the preamble's first blocks
         return index.matches(hashes, None, ["vllm-0", "vllm-1"])
 
     for n in range(len(preambles)):

@@ -83,7 +83,7 @@ def test_a_completion_prompt_is_tokenized_and_token_ids_are_taken_as_sent(
 
 
 @pytest.mark.parametrize("policy", ["prefix-aware", "precise-prefix"])
-def test_configured_tokenizers_give_every_policy_token_views(
+async def test_configured_tokenizers_give_every_policy_token_views(
     tokenizer_dir: Path, policy: str
 ) -> None:
     settings = GatewaySettings(routing_policy=policy, tokenizers={"served": str(tokenizer_dir)})
@@ -93,6 +93,7 @@ def test_configured_tokenizers_give_every_policy_token_views(
     request = parse_body(
         "chat", b'{"model": "m", "messages": [{"role": "user", "content": "one"}]}'
     )
-    view = tokens.view("served", request, cache_salt=None)
+    view = await tokens.view("served", request, cache_salt=None)
     assert view is not None and view.num_tokens == 6
-    assert tokens.view("another-model", request, cache_salt=None) is None
+    assert await tokens.view("another-model", request, cache_salt=None) is None
+    tokens.close()
