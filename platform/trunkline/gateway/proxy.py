@@ -149,6 +149,9 @@ async def open_upstream(
     last = len(candidates) - 1
     for index, candidate in enumerate(candidates):
         endpoint = candidate.endpoint
+        if index and _ejected_meanwhile(engines, candidates, index):
+            reasons.append(f"{endpoint.url}: ejected")
+            continue
         tokens = prefill_tokens[index] if index < len(prefill_tokens) else 0
         flight = engines.sent(endpoint.id, tokens, streamed=streamed)
         url = _upstream_url(endpoint.url, path)
@@ -196,6 +199,16 @@ async def open_upstream(
         reason="upstream_unavailable",
         extra={"attempts": reasons},
     )
+
+
+def _ejected_meanwhile(engines: EngineState, candidates: Sequence[Candidate], index: int) -> bool:
+    """Whether the failover candidate at ``index`` was ejected since the request was routed
+    (while it waited on an earlier one) and a later one is still in service: a stopped engine
+    would hold the request as the first one did. When every one left is ejected, each is
+    tried all the same, as routing does (fail open)."""
+    if engines.routable(candidates[index].endpoint.id):
+        return False
+    return any(engines.routable(c.endpoint.id) for c in candidates[index + 1 :])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -234,3 +234,28 @@ def test_a_plain_request_waiting_for_its_answer_moves_on_when_its_endpoint_is_ej
     assert gw.service.engines.ejections("e1") == 1
     [record] = [record for _id, record in gw.usage.read(10)]
     assert (record.status, record.endpoint) == (200, "http://engine-2")
+
+
+def test_a_failover_skips_an_endpoint_ejected_while_the_request_waited(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    engines: list[EngineState] = []
+
+    async def stops(request: httpx.Request) -> httpx.Response:
+        # While the request waits on the stopped engine-1, both it and engine-2 (next in the
+        # order) are ejected: their scrapes fail.
+        for endpoint in ("e1", "e2"):
+            for _ in range(3):
+                engines[0].failed(endpoint, "scrape: ConnectError")
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")  # pragma: no cover
+
+    handler = cast(Handler, failing_on("engine-1", stops))  # type: ignore[arg-type]
+    gw = engine_gateway(handler)
+    engines.append(gw.service.engines)
+
+    response = gw.chat()
+
+    # engine-2 was not tried: it might hold the request as engine-1 did.
+    assert response.status_code == 200
+    assert gw.hosts() == ["engine-1", "engine-3"]
