@@ -202,26 +202,32 @@ def test_a_stream_silent_before_its_first_event_everywhere_is_a_retryable_502(
     assert (record.status, record.error_code) == (502, "upstream_error")
 
 
-def test_a_plain_request_waiting_for_its_answer_moves_on_when_its_endpoint_is_ejected(
-    engine_gateway: Callable[..., Gateway],
-) -> None:
-    engines: list[EngineState] = []
-    closed: list[bool] = []
+class _StoppedEngine:
+    """engine-1 takes the plain request and stops (a vLLM on SIGTERM: the connection stays open
+    and no answer comes) while the gateway ejects ``ejected`` (their scrapes fail)."""
 
-    async def stops(request: httpx.Request) -> httpx.Response:
-        # The engine stops after taking the request (a vLLM on SIGTERM: the connection stays
-        # open and no answer comes), and its scrapes fail meanwhile: the gateway ejects it.
-        for _ in range(3):
-            engines[0].failed("e1", "scrape: ConnectError")
+    def __init__(self, engine_gateway: Callable[..., Gateway], ejected: tuple[str, ...]) -> None:
+        self.ejected = ejected
+        self.closed = False
+        handler = cast(Handler, failing_on("engine-1", self._stops))  # type: ignore[arg-type]
+        self.gw = engine_gateway(handler)
+
+    async def _stops(self, request: httpx.Request) -> httpx.Response:
+        for endpoint in self.ejected:
+            for _ in range(3):
+                self.gw.service.engines.failed(endpoint, "scrape: ConnectError")
         try:
             await asyncio.Event().wait()
         finally:
-            closed.append(True)  # cancelled: the gateway let go of the connection
+            self.closed = True  # cancelled: the gateway let go of the connection
         raise AssertionError("never answered")  # pragma: no cover
 
-    handler = cast(Handler, failing_on("engine-1", stops))  # type: ignore[arg-type]
-    gw = engine_gateway(handler)
-    engines.append(gw.service.engines)
+
+def test_a_plain_request_waiting_for_its_answer_moves_on_when_its_endpoint_is_ejected(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    stopped = _StoppedEngine(engine_gateway, ejected=("e1",))
+    gw = stopped.gw
 
     response = gw.chat()
 
@@ -230,7 +236,7 @@ def test_a_plain_request_waiting_for_its_answer_moves_on_when_its_endpoint_is_ej
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"]
     assert gw.hosts() == ["engine-1", "engine-2"]
-    assert closed == [True]
+    assert stopped.closed
     assert gw.service.engines.ejections("e1") == 1
     [record] = [record for _id, record in gw.usage.read(10)]
     assert (record.status, record.endpoint) == (200, "http://engine-2")
@@ -239,23 +245,11 @@ def test_a_plain_request_waiting_for_its_answer_moves_on_when_its_endpoint_is_ej
 def test_a_failover_skips_an_endpoint_ejected_while_the_request_waited(
     engine_gateway: Callable[..., Gateway],
 ) -> None:
-    engines: list[EngineState] = []
+    stopped = _StoppedEngine(engine_gateway, ejected=("e1", "e2"))
 
-    async def stops(request: httpx.Request) -> httpx.Response:
-        # While the request waits on the stopped engine-1, both it and engine-2 (next in the
-        # order) are ejected: their scrapes fail.
-        for endpoint in ("e1", "e2"):
-            for _ in range(3):
-                engines[0].failed(endpoint, "scrape: ConnectError")
-        await asyncio.Event().wait()
-        raise AssertionError("never answered")  # pragma: no cover
+    response = stopped.gw.chat()
 
-    handler = cast(Handler, failing_on("engine-1", stops))  # type: ignore[arg-type]
-    gw = engine_gateway(handler)
-    engines.append(gw.service.engines)
-
-    response = gw.chat()
-
-    # engine-2 was not tried: it might hold the request as engine-1 did.
+    # engine-2, next in the order, was ejected meanwhile and not tried: it might hold the
+    # request as engine-1 did.
     assert response.status_code == 200
-    assert gw.hosts() == ["engine-1", "engine-3"]
+    assert stopped.gw.hosts() == ["engine-1", "engine-3"]
