@@ -9,8 +9,9 @@ and a tiny random-weight Llama inside it; :func:`find_vllm_env` finds both or ra
 core, with prefix caching, ``cached_tokens`` in usage and KV events on a ZMQ PUB socket; it waits
 for ``/health`` against a deadline and logs to a file that every failure quotes. The server runs
 in its own process group, so :meth:`VllmServer.stop` also ends vLLM's engine processes.
-:class:`KvEventSubscriber` reads the KV events a server publishes; :func:`build_gateway` puts a
-gateway in front of servers. docs/real-vllm.md has more.
+:class:`KvEventSubscriber` reads the KV events a server publishes; :func:`gateway_app` builds a
+gateway app in front of servers, :func:`build_gateway` a test client on one. docs/real-vllm.md has
+more.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import zmq
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from trunkline.apps.gateway import create_gateway_app
@@ -67,10 +69,12 @@ __all__ = [
     "VllmServer",
     "build_gateway",
     "find_vllm_env",
+    "gateway_app",
     "publish_pool",
     "start_vllm",
     "start_vllm_replicas",
     "unique_prompt",
+    "vllm_kv_hash",
 ]
 
 ALIAS = "tiny"  # what gateway clients call the served model
@@ -209,6 +213,32 @@ def publish_pool(
     return store, world.api_key
 
 
+def gateway_app(
+    servers: Sequence[VllmServer],
+    settings: GatewaySettings,
+    *,
+    kv_events: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> tuple[Litestar, str, InMemoryUsageStream]:
+    """A gateway app over :func:`publish_pool`'s snapshot of ``servers`` (its engine state
+    scraping their ``/metrics`` over real HTTP), the key that may call ``tiny``, and the usage
+    stream it meters into. Not started: serve it, or enter a ``TestClient`` on it.
+
+    ``transport`` carries the requests to the engines (one wrapping real HTTP, to watch them);
+    the scrapes keep their own."""
+    store, api_key = publish_pool(servers, kv_events=kv_events)
+    usage = InMemoryUsageStream()
+    app = create_gateway_app(
+        source=store,
+        emitter=usage,
+        server_secret=SECRET,
+        settings=settings,
+        transport=transport,
+        scrape_transport=httpx.AsyncHTTPTransport() if transport is not None else None,
+    )
+    return app, api_key, usage
+
+
 def build_gateway(
     servers: Sequence[VllmServer],
     policy: str = "prefix-aware",
@@ -223,20 +253,19 @@ def build_gateway(
 
     The upstream is real HTTP: no mock transport. Alias ``tiny`` maps to the served model.
     """
-    store, api_key = publish_pool(servers, kv_events=bool(tokenizers))
-    usage = InMemoryUsageStream()
-    app = create_gateway_app(
-        source=store,
-        emitter=usage,
-        server_secret=SECRET,
-        settings=GatewaySettings(
-            snapshot_poll_s=0.05,
-            read_timeout_s=60.0,
-            routing_policy=policy,
-            admission=admission,  # type: ignore[arg-type]  # checked by the settings model
-            tokenizers=tokenizers or {},
-            # vLLM's default algorithm; its seed is what the servers inherit from us.
-            kv_hash=KvHashSettings(seed=os.environ.get("PYTHONHASHSEED")),
-        ),
+    settings = GatewaySettings(
+        snapshot_poll_s=0.05,
+        read_timeout_s=60.0,
+        routing_policy=policy,
+        admission=admission,  # type: ignore[arg-type]  # checked by the settings model
+        tokenizers=tokenizers or {},
+        kv_hash=vllm_kv_hash(),
     )
+    app, api_key, usage = gateway_app(servers, settings, kv_events=bool(tokenizers))
     return Gateway(TestClient(app, timeout=60.0), api_key, usage)
+
+
+def vllm_kv_hash() -> KvHashSettings:
+    """How the servers started here hash their blocks: vLLM's default algorithm, and the
+    ``PYTHONHASHSEED`` they inherit from this process."""
+    return KvHashSettings(seed=os.environ.get("PYTHONHASHSEED"))

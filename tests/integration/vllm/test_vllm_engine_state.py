@@ -4,7 +4,6 @@ gateway names a prompt's blocks as vLLM does, so the index finds them."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,19 +17,17 @@ from support.vllm import (
     ALIAS,
     BLOCK_SIZE,
     MODEL_NAME,
-    SECRET,
     VllmEnv,
     VllmServer,
-    publish_pool,
+    gateway_app,
     unique_prompt,
+    vllm_kv_hash,
 )
-from trunkline.apps.gateway import create_gateway_app
 from trunkline.gateway.pipeline import parse_body
 from trunkline.gateway.routing import EndpointLoad, kv_event_index
 from trunkline.gateway.routing.prefix_index import KvEventIndex
 from trunkline.gateway.service import GatewayService
-from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.settings import GatewaySettings, KvHashSettings
+from trunkline.settings import GatewaySettings
 
 ENDPOINT = "vllm-0"  # the first endpoint of publish_pool's pool
 
@@ -58,20 +55,14 @@ class Live:
 
 @pytest.fixture
 async def live(vllm_server: VllmServer, vllm_env: VllmEnv) -> AsyncIterator[Live]:
-    store, api_key = publish_pool([vllm_server], kv_events=True)
-    app = create_gateway_app(
-        source=store,
-        emitter=InMemoryUsageStream(),
-        server_secret=SECRET,
-        settings=GatewaySettings(
-            snapshot_poll_s=0.05,
-            read_timeout_s=60.0,
-            routing_policy="precise-prefix",
-            tokenizers={MODEL_NAME: str(vllm_env.model)},
-            # vLLM's default algorithm; its seed is what the server inherits from us.
-            kv_hash=KvHashSettings(seed=os.environ.get("PYTHONHASHSEED")),
-        ),
+    settings = GatewaySettings(
+        snapshot_poll_s=0.05,
+        read_timeout_s=60.0,
+        routing_policy="precise-prefix",
+        tokenizers={MODEL_NAME: str(vllm_env.model)},
+        kv_hash=vllm_kv_hash(),
     )
+    app, api_key, _usage = gateway_app([vllm_server], settings, kv_events=True)
     async with serve_on_loopback(app) as url:
         service: GatewayService = app.state.gateway
         index = kv_event_index(service.policy)
