@@ -96,9 +96,10 @@ class GatewaySettings(BaseModel):
     stream_idle_timeout_s: float = Field(default=30.0, gt=0)
     """A stream that sent its first event and then nothing for this long is given up: the
     client gets the mid-stream error event. vLLM sends an event every decode step; a vLLM
-    stopping on SIGTERM keeps streams open and silent until it is killed. Not counted against
-    the endpoint (vLLM also pauses the streams it preempts when short of KV cache). Before the
-    first event, ``read_timeout_s`` and ejection apply."""
+    whose engine core died before aborting its streams (on SIGTERM) keeps them open and silent
+    until its connections close. Not counted against the endpoint (vLLM also pauses the
+    streams it preempts when short of KV cache). Before the first event, ``read_timeout_s`` and
+    ejection apply."""
     snapshot_poll_s: float = 0.5
     max_connections: int = 1000
     quota: QuotaSettings = Field(default_factory=QuotaSettings)

@@ -5,6 +5,7 @@ on the way through."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import time
@@ -32,12 +33,30 @@ _FAILOVER_ERRORS = (
 """Errors after which the engine cannot have started on the request, or dropped it unanswered:
 a connection reset before the response head means the engine is gone (vLLM also aborts a
 request whose connection closed), so sending it elsewhere cannot run it twice."""
-_DONE = b"data: [DONE]\n\n"
+_DONE_EVENT = b"data: [DONE]"
+_DONE = _DONE_EVENT + b"\n\n"
+_ABORTED = (b'"finish_reason":"abort"', b'"finish_reason": "abort"')
+_FINISH_REASON = b'"finish_reason":'
+_FINISH_REASON_LEN = len(_FINISH_REASON)
 T = TypeVar("T")
 
 
 class EndpointEjected(httpx.ReadTimeout):
     """The endpoint was ejected while a request waited on it for its first byte."""
+
+
+class EngineGaveUp(httpx.HTTPError):
+    """The engine ended a stream unfinished: an event said it aborted or failed the request,
+    or ``[DONE]`` came before any ``finish_reason``."""
+
+
+def aborted(answer: bytes) -> bool:
+    """Whether a plain answer says the engine aborted it (``finish_reason: "abort"``).
+
+    vLLM ends what it runs that way when it stops on SIGTERM (docs/real-vllm.md), and a client
+    that left reads no answer: an aborted answer is the engine's failure, never a finish. A
+    quote inside generated text is escaped, so no text matches."""
+    return _ABORTED[0] in answer or _ABORTED[1] in answer
 
 
 async def unless_ejected(flight: Flight, waiting: Awaitable[T]) -> T:
@@ -81,6 +100,17 @@ class _WithUsage(msgspec.Struct):
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
 
 
+class _ErrorInfo(msgspec.Struct):
+    code: int | str | None = None
+
+
+class _ErrorEvent(msgspec.Struct):
+    error: _ErrorInfo
+
+
+_error_event_decoder = msgspec.json.Decoder(_ErrorEvent)
+
+
 @dataclass
 class Tally:
     """What one request used, filled in as the response goes by."""
@@ -92,6 +122,9 @@ class Tally:
     completion_tokens: int = 0
     chunks: int = 0
     usage_seen: bool = False
+    finished: bool = False
+    """A stream's event had a ``finish_reason`` (or an error blaming the request): the engine
+    ended the answer, rather than gave it up."""
 
     def take_usage(self, usage: _Usage) -> None:
         self.usage_seen = True
@@ -132,9 +165,10 @@ async def open_upstream(
     """Send to the first candidate that answers; fail over only before any byte was read.
 
     Fails over on a connection that could not be made or was dropped or reset before the
-    response head, on the endpoint's ejection while the head is awaited (an engine that stopped
-    answers no one; :func:`unless_ejected`), and on a 5xx answer while another candidate
-    remains. A read timeout before
+    response head (a plain request's: before its whole answer, its first byte for the client),
+    on the endpoint's ejection while that is awaited (an engine that stopped answers no one;
+    :func:`unless_ejected`), and on a 5xx answer or a plain answer the engine aborted (see
+    :func:`aborted`) while another candidate remains. A read timeout before
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
     at once, so silence means a stuck engine, and it counts against the endpoint; a plain
     request may still be generating: sending it again would run it twice, and a long answer is
@@ -159,7 +193,7 @@ async def open_upstream(
         if attempting is not None:
             attempting(candidate)
         try:
-            response = await unless_ejected(flight, client.send(request, stream=True))
+            response = await unless_ejected(flight, _send(client, request, whole=not streamed))
         except EndpointEjected:
             engines.ended(flight)
             reasons.append(f"{endpoint.url}: ejected")
@@ -183,12 +217,13 @@ async def open_upstream(
         except BaseException:
             engines.ended(flight)
             raise
-        if response.status_code >= 500:
-            engines.failed(endpoint.id, f"HTTP {response.status_code}")
+        failure = _failure(response, streamed)
+        if failure is not None:
+            engines.failed(endpoint.id, failure)
             if index < last:
                 engines.ended(flight)
                 await response.aclose()
-                reasons.append(f"{endpoint.url}: HTTP {response.status_code}")
+                reasons.append(f"{endpoint.url}: {failure}")
                 continue
         elif response.status_code != 200 or not streamed:
             # A stream's head says nothing yet: it succeeds once whole (or fails on the way).
@@ -209,6 +244,30 @@ def _ejected_meanwhile(engines: EngineState, candidates: Sequence[Candidate], in
     if engines.routable(candidates[index].endpoint.id):
         return False
     return any(engines.routable(c.endpoint.id) for c in candidates[index + 1 :])
+
+
+async def _send(
+    client: httpx.AsyncClient, request: httpx.Request, *, whole: bool
+) -> httpx.Response:
+    """The engine's response; with ``whole``, a 200's body read too (what a plain request waits
+    for: vLLM sends it at once, complete, after the head)."""
+    response = await client.send(request, stream=True)
+    if whole and response.status_code == 200:
+        try:
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+    return response
+
+
+def _failure(response: httpx.Response, streamed: bool) -> str | None:
+    """Why an engine's answer is its failure (a 5xx; a plain answer it aborted), or None."""
+    if response.status_code >= 500:
+        return f"HTTP {response.status_code}"
+    if not streamed and response.status_code == 200 and aborted(response.content):
+        return "aborted"
+    return None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -232,8 +291,13 @@ async def relay_events(
     response: httpx.Response, tally: Tally, *, keep_usage_chunk: bool
 ) -> AsyncIterator[bytes]:
     """Yield whole SSE events as they arrive; note usage; drop the usage-only chunk
-    when the client did not ask for it. Raises httpx errors if the engine dies."""
-    buffer = b""
+    when the client did not ask for it. Raises httpx errors if the engine dies, and
+    :class:`EngineGaveUp` where it ends the stream unfinished (what came before still goes
+    out): vLLM stopping on SIGTERM ends what it runs with ``finish_reason: "abort"``, an error
+    event (its engine core died) or ``[DONE]`` alone (docs/real-vllm.md). A usage-only chunk
+    goes out with what follows it, so a stream that ends unfinished before its first token
+    has sent nothing yet."""
+    buffer = held = b""
     async for piece in response.aiter_raw():
         if tally.first_byte is None:
             tally.first_byte = time.perf_counter()
@@ -243,29 +307,85 @@ async def relay_events(
         *events, buffer = buffer.split(b"\n\n")
         out = bytearray()
         for event in events:
-            if _keep(event, tally, keep_usage_chunk):
-                out += event + b"\n\n"
+            verdict = _verdict(event, tally, keep_usage_chunk)
+            if verdict is _SEND:
+                if held:
+                    out += held
+                    held = b""
+                out += event
+                out += b"\n\n"
+            elif verdict is _HOLD:
+                held += event + b"\n\n"
+            elif verdict is _GAVE_UP:
+                if out:
+                    yield bytes(out)
+                raise EngineGaveUp("the engine ended the stream unfinished")
         if out:
             yield bytes(out)
-    if buffer.strip():
-        yield buffer
+    if held or buffer.strip():
+        yield held + buffer
 
 
-def _keep(event: bytes, tally: Tally, keep_usage_chunk: bool) -> bool:
+class _Verdict(enum.Enum):
+    SEND = enum.auto()
+    HOLD = enum.auto()
+    """Sent with the next event sent: if the stream turns out unfinished, it never is."""
+    DROP = enum.auto()
+    GAVE_UP = enum.auto()
+
+
+_SEND, _HOLD, _GAVE_UP = _Verdict.SEND, _Verdict.HOLD, _Verdict.GAVE_UP  # read per event
+
+
+def _verdict(event: bytes, tally: Tally, keep_usage_chunk: bool) -> _Verdict:
+    """What to do with one event (noting its usage and finish on ``tally``)."""
+    if event == _DONE_EVENT:
+        return _Verdict.SEND if tally.finished else _Verdict.GAVE_UP
     if not event.startswith(b"data: {"):
-        return True
+        return _Verdict.SEND
     tally.chunks += 1
+    at = event.rfind(_FINISH_REASON)  # from the end, where vLLM writes it
+    if at >= 0:
+        at += _FINISH_REASON_LEN
+        if not event.startswith(b"null", at):  # most are (written without a space)
+            reason = _finish_reason(event, at)
+            if reason == b"abort":
+                return _Verdict.GAVE_UP
+            tally.finished = tally.finished or reason is not None
+    elif event.startswith(b'data: {"error"'):
+        if _engine_error(event):
+            return _Verdict.GAVE_UP
+        tally.finished = True  # by the request's fault: the client reads why
+        return _Verdict.SEND
     if b'"usage":{' not in event and b'"usage": {' not in event:
-        return True
+        return _Verdict.SEND
     try:
         parsed = _usage_decoder.decode(event[6:])
     except msgspec.DecodeError:
-        return True
+        return _Verdict.SEND
     if parsed.usage is not None:
         tally.take_usage(parsed.usage)
-        if not keep_usage_chunk and not parsed.choices:
-            return False
-    return True
+        if not parsed.choices:
+            return _Verdict.HOLD if keep_usage_chunk else _Verdict.DROP
+    return _Verdict.SEND
+
+
+def _finish_reason(event: bytes, at: int) -> bytes | None:
+    """The ``finish_reason`` string whose value starts at ``at`` (``length``, ``abort``...),
+    None if it is none. A quote inside generated text is escaped, so no text matches."""
+    value = event[at : at + 24].lstrip()
+    end = value.find(b'"', 1)
+    return value[1:end] if value.startswith(b'"') and end > 0 else None
+
+
+def _engine_error(event: bytes) -> bool:
+    """Whether an error event is the engine's failure, not the request's (a 4xx code): vLLM
+    sends one (``"code": 500``) to the streams it runs when its engine core died."""
+    try:
+        code = _error_event_decoder.decode(event[6:]).error.code
+    except msgspec.DecodeError:
+        return True
+    return not (isinstance(code, int) and 400 <= code < 500)
 
 
 def error_event(message: str, code: str) -> bytes:

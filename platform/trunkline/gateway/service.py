@@ -40,6 +40,7 @@ from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
     Opened,
     Tally,
+    aborted,
     error_event,
     open_upstream,
     read_usage,
@@ -354,6 +355,11 @@ class GatewayService:
         meter.tally.first_byte = time.perf_counter()
         meter.first_byte()
         status = response.status_code
+        if status == 200 and aborted(payload):  # by the last endpoint: the others were left
+            meter.finish(502, "upstream_error")
+            raise UpstreamError(
+                "The model endpoint stopped before finishing the answer.", reason="upstream_error"
+            )
         if status == 200:
             read_usage(payload, meter.tally)
         elif status >= 500 or status == 404:

@@ -83,10 +83,10 @@ class Flight:
         """Its first byte is its first token; a plain request's first byte is its whole answer."""
         self.waiting_first_byte = True
         self.abandon: Callable[[], None] | None = None
-        """Set while the request waits for its first byte (a plain answer's response head, a
+        """Set while the request waits for its first byte (a plain request's whole answer, a
         stream's first event): called if its endpoint is ejected meanwhile, so the request
-        moves on instead of waiting on an engine that stopped (a vLLM stopping on SIGTERM
-        keeps the connection open and silent)."""
+        moves on instead of waiting on an engine that stopped (a vLLM whose engine core died
+        before aborting the request keeps the connection open and silent)."""
 
 
 class _Endpoint:

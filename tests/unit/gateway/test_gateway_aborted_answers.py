@@ -1,0 +1,153 @@
+"""An answer the engine gave up: what vLLM sends for the requests it runs when it stops on
+SIGTERM (docs/real-vllm.md): ``finish_reason: "abort"``, or an error event when its engine core
+died first. It is the engine's failure, never a finish: a plain answer is asked of the next
+endpoint (nothing reached the client), a stream that had sent its first event ends with the
+gateway's error event, one that had not moves on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+from tests.unit.gateway.engines_support import CHAT, STREAM, Gateway, failing_on
+from tests.unit.gateway.upstreams import USAGE, Chunks, chat_json, sse_events
+
+
+def _aborted_chat(request: httpx.Request) -> httpx.Response:
+    """vLLM's answer to a plain request it aborted: a 200, cut short."""
+    answer = json.loads(chat_json(request).content)
+    answer["choices"][0]["finish_reason"] = "abort"
+    return httpx.Response(200, content=json.dumps(answer, separators=(",", ":")).encode())
+
+
+def _compact(data: dict[str, object]) -> bytes:
+    """A ``data:`` line as vLLM's pydantic models write it (no spaces)."""
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode()
+
+
+_ABORT_CHUNK = _compact(
+    {
+        "object": "chat.completion.chunk",
+        "model": "llama-8b-served",
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "abort"}],
+    }
+)
+# vLLM's stream generators write their error events with json.dumps (spaces).
+_ENGINE_DEAD = (
+    b"data: "
+    + json.dumps(
+        {
+            "error": {
+                "message": "EngineCore encountered an issue. See stack trace (above).",
+                "type": "InternalServerError",
+                "param": None,
+                "code": 500,
+            }
+        }
+    ).encode()
+)
+
+
+def _stream_ending(
+    last: bytes | None, events_before: int
+) -> Callable[[httpx.Request], httpx.Response]:
+    """vLLM's stream cut after ``events_before`` events by ``last`` (if any), then the usage
+    chunk and ``[DONE]``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        events = [e.strip() for e in sse_events("llama-8b-served", False)[:events_before]]
+        usage = {"object": "chat.completion.chunk", "choices": [], "usage": USAGE}
+        events += [*([last] if last else []), _compact(usage), b"data: [DONE]"]
+        stream = Chunks([event + b"\n\n" for event in events])
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    return handler
+
+
+# How vLLM ends the streams it runs when it stops: an abort chunk, an error event when its
+# engine core died first, or, for one the engine had not started, no chunk before ``[DONE]``.
+ENDINGS = pytest.mark.parametrize(
+    "last", [_ABORT_CHUNK, _ENGINE_DEAD, None], ids=["abort", "engine-dead", "done-alone"]
+)
+
+
+def test_a_plain_answer_the_engine_aborted_is_asked_of_the_next_endpoint(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(failing_on("engine-1", _aborted_chat))
+
+    responses = [gw.chat() for _ in range(6)]
+
+    assert [r.status_code for r in responses] == [200] * 6
+    assert {r.json()["choices"][0]["finish_reason"] for r in responses} == {"length"}
+    # Round-robin sent two there first; each moved on, and three in a row would eject it.
+    assert gw.hosts().count("engine-1") == 2
+    assert gw.service.engines.health_report()[0].request_failures == 2
+    records = [record for _id, record in gw.usage.read(10)]
+    assert "http://engine-1" not in {r.endpoint for r in records}
+
+
+def test_a_plain_answer_aborted_everywhere_is_a_502(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(_aborted_chat)
+
+    response = gw.chat(CHAT)
+
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+    assert "stopped before finishing" in response.json()["error"]["message"]
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.error_code) == (502, "upstream_error")
+
+
+@ENDINGS
+def test_a_stream_the_engine_gave_up_after_its_first_event_ends_with_the_error_event(
+    engine_gateway: Callable[..., Gateway], last: bytes | None
+) -> None:
+    gw = engine_gateway(failing_on("engine-1", _stream_ending(last, events_before=3)))
+
+    bodies = [gw.chat(STREAM).text for _ in range(9)]
+
+    cut = [body for body in bodies if '"upstream_error"' in body]
+    assert len(cut) == 3  # every third request went to engine-1
+    assert all('"content":"hi"' in body.replace(" ", "") for body in cut)  # what came first
+    assert all(body.endswith("data: [DONE]\n\n") for body in cut)
+    assert all("abort" not in body and "EngineCore" not in body for body in bodies)
+    assert gw.service.engines.ejections("e1") == 1  # three failures in a row
+    failed = [r for _id, r in gw.usage.read(20) if r.endpoint == "http://engine-1"]
+    assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 3
+
+
+@ENDINGS
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_a_stream_the_engine_gave_up_before_its_first_event_moves_on(
+    engine_gateway: Callable[..., Gateway], last: bytes | None, include_usage: bool
+) -> None:
+    gw = engine_gateway(failing_on("engine-1", _stream_ending(last, events_before=0)))
+    # The usage chunk that comes before [DONE] is held until the stream proved finished.
+    body = {**STREAM, "stream_options": {"include_usage": include_usage}}
+
+    response = gw.chat(body)
+
+    assert response.status_code == 200
+    assert '"content"' in response.text and "abort" not in response.text
+    assert "error" not in response.text
+    assert gw.hosts() == ["engine-1", "engine-2"]
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.endpoint) == (200, "http://engine-2")
+
+
+def test_an_error_event_blaming_the_request_reaches_the_client_as_it_came(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    error = {"message": "bad stop sequence", "type": "BadRequestError", "param": "stop"}
+    bad_request = b"data: " + json.dumps({"error": {**error, "code": 400}}).encode()
+    gw = engine_gateway(_stream_ending(bad_request, events_before=3))
+
+    body = gw.chat(STREAM).text
+
+    assert "bad stop sequence" in body and "upstream_error" not in body
+    assert gw.service.engines.health_report()[0].request_failures == 0
