@@ -9,9 +9,9 @@ and a tiny random-weight Llama inside it; :func:`find_vllm_env` finds both or ra
 core, with prefix caching, ``cached_tokens`` in usage and KV events on a ZMQ PUB socket; it waits
 for ``/health`` against a deadline and logs to a file that every failure quotes. The server runs
 in its own process group, so :meth:`VllmServer.stop` also ends vLLM's engine processes.
-:class:`KvEventSubscriber` reads the KV events a server publishes; :func:`gateway_app` builds a
-gateway app in front of servers, :func:`build_gateway` a test client on one. docs/real-vllm.md has
-more.
+:class:`KvEventSubscriber` reads the KV events a server publishes; :func:`pin` moves a server's
+processes onto cores; :func:`gateway_app` builds a gateway app in front of servers,
+:func:`build_gateway` a test client on one. docs/real-vllm.md has more.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -70,6 +71,7 @@ __all__ = [
     "build_gateway",
     "find_vllm_env",
     "gateway_app",
+    "pin",
     "publish_pool",
     "start_vllm",
     "start_vllm_replicas",
@@ -143,6 +145,29 @@ class KvEventSubscriber:
     def close(self) -> None:
         self._socket.close()
         self._context.term()
+
+
+def pin(server: VllmServer, cpus: set[int]) -> None:
+    """Move every thread of every process of a running server (its API server and engine core
+    too, not only the worker's threads ``VLLM_CPU_OMP_THREADS_BIND`` binds) onto ``cpus``.
+
+    Pinned that way, the API server shares its core with the engine core, which yields while it
+    waits for the worker: it relays each token as it comes, where one left to share a core with
+    a spinning engine core can hold a stream back until the answer is whole. Decoding gets
+    slower. Threads started later inherit it. Starting a server pinned costs more: its start
+    is CPU-bound."""
+    assert server.proc is not None
+    group = server.proc.popen.pid
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(process.name)) != group:
+                continue
+            for thread in (process / "task").iterdir():
+                os.sched_setaffinity(int(thread.name), cpus)
+        except (ProcessLookupError, FileNotFoundError):  # ended meanwhile
+            continue
 
 
 # --- a gateway in front of real vLLM ---------------------------------------------------------
