@@ -64,6 +64,13 @@ class Outcome:
             and self.done
         )
 
+    @property
+    def refused_retryably(self) -> bool:
+        """Answered with the gateway's OpenAI error for an engine that failed (502 or 503): a
+        client may send it again."""
+        code = (self.error or {}).get("code")
+        return self.status in (502, 503) and code in ("upstream_error", "upstream_unavailable")
+
 
 @dataclass
 class Client:

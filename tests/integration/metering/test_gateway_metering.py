@@ -51,14 +51,22 @@ def chunk(data: dict[str, object]) -> bytes:
 
 
 class SlowStream(httpx.AsyncByteStream):
-    """An engine streaming three tokens, a pause between each, then its usage chunk."""
+    """An engine streaming three tokens, a pause between each (the last with its finish
+    reason), then its usage chunk."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for piece in ("a", "b", "c"):
             yield chunk(
                 {
                     "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": {"content": piece}}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"content": piece},
+                            # as vLLM ends every answer: an unfinished one is the engine's failure
+                            "finish_reason": "stop" if piece == "c" else None,
+                        }
+                    ],
                 }
             )
             await asyncio.sleep(0.2)
