@@ -39,6 +39,8 @@ _ABORTED = (b'"finish_reason":"abort"', b'"finish_reason": "abort"')
 _FINISH_REASON = b'"finish_reason":'
 _FINISH_REASON_LEN = len(_FINISH_REASON)
 T = TypeVar("T")
+ABORTED = "aborted"
+"""``Opened.failure`` of a plain answer the engine aborted (:func:`aborted`)."""
 
 
 class EndpointEjected(httpx.ReadTimeout):
@@ -147,6 +149,9 @@ class Opened:
     candidate: Candidate
     response: httpx.Response
     flight: Flight
+    failure: str | None = None
+    """Why the answer is the engine's failure (``HTTP 5xx``, ``aborted``): the last candidate's
+    is returned all the same, for the caller to answer the client."""
 
 
 async def open_upstream(
@@ -228,7 +233,7 @@ async def open_upstream(
         elif response.status_code != 200 or not streamed:
             # A stream's head says nothing yet: it succeeds once whole (or fails on the way).
             engines.succeeded(endpoint.id)
-        return Opened(index, candidate, response, flight)
+        return Opened(index, candidate, response, flight, failure)
     raise UpstreamUnavailable(
         "No model endpoint could take the request; try again shortly.",
         reason="upstream_unavailable",
@@ -266,7 +271,7 @@ def _failure(response: httpx.Response, streamed: bool) -> str | None:
     if response.status_code >= 500:
         return f"HTTP {response.status_code}"
     if not streamed and response.status_code == 200 and aborted(response.content):
-        return "aborted"
+        return ABORTED
     return None
 
 

@@ -38,9 +38,9 @@ from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
 from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
+    ABORTED,
     Opened,
     Tally,
-    aborted,
     error_event,
     open_upstream,
     read_usage,
@@ -288,7 +288,7 @@ class GatewayService:
         meter.candidate, meter.flight, meter.engines = candidate, opened.flight, self.engines
         headers = {**route.headers, "x-trunkline-pool": candidate.pool.name}
         if started is None:
-            return await self._finish_plain(response, meter, headers)
+            return await self._finish_plain(response, meter, headers, opened.failure)
         meter.first_byte()
         return Reply(200, b"", self._stream(response, meter, *started), headers)
 
@@ -337,7 +337,11 @@ class GatewayService:
             return index, opened, (first, events)
 
     async def _finish_plain(
-        self, response: httpx.Response, meter: UsageMeter, headers: dict[str, str]
+        self,
+        response: httpx.Response,
+        meter: UsageMeter,
+        headers: dict[str, str],
+        failure: str | None,
     ) -> Reply:
         try:
             payload = await response.aread()
@@ -355,7 +359,7 @@ class GatewayService:
         meter.tally.first_byte = time.perf_counter()
         meter.first_byte()
         status = response.status_code
-        if status == 200 and aborted(payload):  # by the last endpoint: the others were left
+        if failure == ABORTED:  # by the last endpoint: the others were left
             meter.finish(502, "upstream_error")
             raise UpstreamError(
                 "The model endpoint stopped before finishing the answer.", reason="upstream_error"
