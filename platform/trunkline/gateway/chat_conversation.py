@@ -77,7 +77,9 @@ def vllm_tools(tools: object) -> list[dict[str, Any]] | None:
         if function.get("strict") is not None:
             out["strict"] = function["strict"]
         function_defer = function.get("defer_loading")
-        if (function_defer := defer if function_defer is None else function_defer) is not None:
+        if function_defer is None:  # the tool's own setting stands for its function's
+            function_defer = defer
+        if function_defer is not None:
             out["defer_loading"] = function_defer
         entry: dict[str, Any] = {"type": "function", "function": out}
         if defer is not None:
