@@ -12,7 +12,12 @@ meeting their tier's SLO:
 - *placed, one flavor*: a pool for prompts of at least :data:`HETERO_LONG_PROMPT_TOKENS` tokens
   and one for the rest (pools' ``min_prompt_tokens`` / ``max_prompt_tokens``, the
   ``prompt-length`` routing filter), both of one flavor;
-- *placed, mixed flavors*: the same with a different flavor for each class.
+- *placed, mixed flavors*: the same with a different flavor for each class;
+- *prefill/decode, mixed flavors*: prefill and decoding disaggregated (pool ``role``), a pool
+  of L40S prefilling every prompt of which the serving engine lacks at least
+  :data:`PD_PREFILL_MIN_TOKENS` tokens and handing its KV to a pool of H200 or H100 that
+  decodes (and prefills the shorter prompts itself). A simulator what-if: the gateway does not
+  route prefill/decode pairs yet.
 
 Each flavor's engines run with the prefill chunk (vLLM's ``max_num_batched_tokens``) with which
 one pool of it needs the fewest replicas (:func:`tune_chunk`), as an operator would deploy it:
@@ -25,6 +30,7 @@ single-flavor fleet, placed or not.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +49,7 @@ from trunkline.bench._routing_common import (
     SimRunner,
     available_policies,
 )
-from trunkline.bench._routing_goals import DEFAULT_CHUNK_RUN, placement_goals
+from trunkline.bench._routing_goals import DEFAULT_CHUNK_RUN, PD_RUN, placement_goals
 from trunkline.bench.report import Metrics, Runs
 
 if TYPE_CHECKING:
@@ -70,23 +76,36 @@ this section did, and found placement 12 % cheaper; each class at its own target
 PLACEMENT_FLAVORS = ("h100", "l40s")
 """Flavors tried for each class. The A100 is left out: alone it needs 10 replicas ($18/h) where
 12 L40S or 4 H100 ($12/h) do, and it is neither the cheapest prefill nor the cheapest decode."""
+PD_PREFILL_FLAVOR = "l40s"
+"""The cheapest prefill per dollar of the priced presets the bench runs (not Gaudi 3)."""
+PD_DECODE_FLAVORS = ("h200", "h100")
+"""The cheapest decoding per dollar of those presets."""
+PD_PREFILL_MIN_TOKENS = 1024
+"""Prompts the serving engine lacks fewer tokens of are prefilled there: moving their KV costs
+more than it saves. Of 256, 512 and 1,024 tried on this trace, 1,024 kept the most long
+prompts within the SLO for the same fleet."""
+PD_MAX_DECODE = 3
 MAX_REPLICAS = 64
 MIN_CHUNK = 256
 """The smallest ``max_num_batched_tokens`` tried when sizing a flavor's prefill chunk."""
 
 
 class Engine(NamedTuple):
-    """A flavor, and the ``max_num_batched_tokens`` its engines run with (None: vLLM's default)."""
+    """A flavor, the ``max_num_batched_tokens`` its engines run with (None: vLLM's default) and
+    the phases they run (a pool ``role``)."""
 
     flavor: str
     chunk: int | None = None
+    role: str = "both"
 
     def __str__(self) -> str:
-        return self.flavor if self.chunk is None else f"{self.flavor} (chunk {self.chunk})"
+        name = self.flavor if self.chunk is None else f"{self.flavor} (chunk {self.chunk})"
+        return name if self.role == "both" else f"{name} {self.role}"
 
 
 Shape = tuple[tuple[Engine, int], ...]
-"""((long engine, replicas), (short engine, replicas)), or ((engine, replicas),) for one pool."""
+"""((long engine, replicas), (short engine, replicas)), ((prefill engine, replicas), (decode
+engine, replicas)), or ((engine, replicas),) for one pool."""
 
 
 def fewest(meets: Callable[[int], bool], *, limit: int = MAX_REPLICAS) -> int | None:
@@ -265,6 +284,19 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
                 )
                 if found is not None:
                     placed[pair] = found
+        disaggregated: list[Shape] = []
+        budget = min((_cost(((engines[f], n),)) for f, n in singles.items()), default=math.inf)
+        for flavor in PD_DECODE_FLAVORS:
+            pd = _cheapest_disaggregated(
+                lambda shape: all(meets(shape)), Engine(flavor, role="decode"), budget
+            )
+            if pd is not None:
+                disaggregated.append(pd)
+            else:
+                notes.append(
+                    f"{PD_RUN}: no {PD_PREFILL_FLAVOR} prefill + {flavor} decode fleet under "
+                    f"${budget:g}/h (the cheapest single flavor) meets the SLO"
+                )
         candidates: dict[str, list[Shape]] = {
             DEFAULT_CHUNK_RUN: [((Engine(f), n),) for f, n in defaults.items()],
             "one pool": [((engines[f], n),) for f, n in singles.items()],
@@ -274,6 +306,7 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "placed, mixed flavors": [
                 ((le, a), (se, b)) for (le, se), (a, b) in placed.items() if le != se
             ],
+            PD_RUN: disaggregated,
         }
         for name, shapes in candidates.items():
             if shapes:
@@ -311,6 +344,13 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "long_prompt_tokens": HETERO_LONG_PROMPT_TOKENS,
             "flavors_alone": list(HETERO_FLAVORS),
             "flavors_placed": list(PLACEMENT_FLAVORS),
+            "prefill_decode": {
+                "prefill_flavor": PD_PREFILL_FLAVOR,
+                "decode_flavors": list(PD_DECODE_FLAVORS),
+                "prefill_min_uncached_tokens": PD_PREFILL_MIN_TOKENS,
+                "kv_link_bytes_per_s": _fleet(((Engine("h100"), 1),), 0).kv_transfer_bytes_per_s,
+                "simulated_only": "the gateway does not route prefill/decode pairs",
+            },
             "prices": {f: FLAVOR_PRICES[f] for f in HETERO_FLAVORS},
             "chunks_tried": f"vLLM's default, then each half of it down to {MIN_CHUNK}",
             "chunk_per_flavor": {f: e.chunk for f, e in engines.items()},
@@ -325,6 +365,34 @@ def placement_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         plot_metrics=["cost_per_hour_usd", "slo_attainment"],
         notes=notes,
     )
+
+
+def _cheapest_disaggregated(
+    meets: Callable[[Shape], bool], decode: Engine, budget: float
+) -> Shape | None:
+    """The cheapest fleet of :data:`PD_PREFILL_FLAVOR` prefill engines and 1 to
+    :data:`PD_MAX_DECODE` ``decode`` engines meeting the SLO, cheaper than ``budget`` (the
+    cheapest single flavor: a dearer fleet is not worth its runs); None when none is."""
+    prefill = Engine(PD_PREFILL_FLAVOR, role="prefill")
+    best: Shape | None = None
+    for m in range(1, PD_MAX_DECODE + 1):
+        decoders = _cost(((decode, m),))
+        limit = math.floor((budget - decoders) / _cost(((prefill, 1),)))
+        if limit < 1:
+            break
+        n = fewest(functools.partial(_meets_with, meets, prefill, decode, m), limit=limit)
+        if n is not None:
+            shape = ((prefill, n), (decode, m))
+            if best is None or _cost(shape) < _cost(best):
+                best = shape
+                budget = _cost(shape)
+    return best
+
+
+def _meets_with(
+    meets: Callable[[Shape], bool], prefill: Engine, decode: Engine, decoders: int, n: int
+) -> bool:
+    return meets(((prefill, n), (decode, decoders)))
 
 
 class _Bounds(NamedTuple):
@@ -399,6 +467,24 @@ def _pools(shape: Shape) -> tuple[PoolSpec, ...]:
             ),
         )
     (long, a), (short, b) = shape
+    if long.role == "prefill":
+        return (
+            PoolSpec(
+                f"prefill-{long.flavor}",
+                long.flavor,
+                a,
+                min_prompt_tokens=PD_PREFILL_MIN_TOKENS,
+                max_num_batched_tokens=long.chunk,
+                role="prefill",
+            ),
+            PoolSpec(
+                f"decode-{short.flavor}",
+                short.flavor,
+                b,
+                max_num_batched_tokens=short.chunk,
+                role="decode",
+            ),
+        )
     return (
         PoolSpec(
             f"long-{long.flavor}",
@@ -421,6 +507,8 @@ def _describe(shape: Shape) -> str:
     if len(shape) == 1:
         return f"{shape[0][1]} x {shape[0][0]}"
     (long, a), (short, b) = shape
+    if long.role == "prefill":
+        return f"{a} x {long} + {b} x {short}"
     return f"{a} x {long} (long prompts) + {b} x {short} (short)"
 
 

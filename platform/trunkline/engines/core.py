@@ -100,6 +100,7 @@ class EngineCore:
         output_tokens: Sequence[int] | None = None,
         block_hashes: Sequence[BlockHash] | None = None,
         ends_at_max: bool = False,
+        remote_prefill: bool = False,
     ) -> None:
         """Queue a request; it is scheduled by the next :meth:`step`.
 
@@ -108,7 +109,8 @@ class EngineCore:
         saves hashing a prompt whose hashes the caller already holds; they must be what
         :func:`~trunkline.engines.kv_cache.prefix_block_hashes` gives for this block size.
         ``ends_at_max``: the answer ends there with an end-of-sequence token (finish reason
-        ``stop``, not ``length``).
+        ``stop``, not ``length``). ``remote_prefill``: another engine prefilled the prompt and
+        its KV is here (see :attr:`EngineRequest.remote_prefill`).
         """
         if req_id in self.requests:
             raise ValueError(f"request {req_id!r} already exists")
@@ -126,6 +128,7 @@ class EngineCore:
             cache_salt=cache_salt,
             output_tokens=output_tokens,
             ends_at_max=ends_at_max,
+            remote_prefill=remote_prefill,
         )
         if self.enable_prefix_caching:
             if block_hashes is not None:
@@ -254,10 +257,13 @@ class EngineCore:
             if self.enable_prefix_caching:
                 counters.prefix_cache_queries += num_tokens
                 counters.prefix_cache_hits += num_hit
-            num_new = min(num_tokens - num_hit, budget)
+            remote = req.remote_prefill and req.num_preemptions == 0
+            # A remote prefill's KV lands in blocks allocated now for the whole prompt; only
+            # its last token is computed here.
+            num_new = 1 if remote else min(num_tokens - num_hit, budget)
             if not kv.allocate_slots(
                 req.req_id,
-                num_new,
+                num_tokens - num_hit if remote else num_new,
                 num_computed_tokens=0,
                 token_ids=req.token_ids,
                 block_hashes=req.block_hashes,
@@ -266,7 +272,7 @@ class EngineCore:
                 break
             self.waiting.popleft()
             self.running.append(req)
-            req.num_computed_tokens = num_hit
+            req.num_computed_tokens = num_tokens - 1 if remote else num_hit
             if req.cached_tokens < 0:
                 req.cached_tokens = num_hit
                 req.scheduled_time = now

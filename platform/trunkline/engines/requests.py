@@ -43,6 +43,12 @@ class EngineRequest:
     ends_at_max: bool = False
     """Its ``max_tokens`` is where the model's answer ends (an end-of-sequence token), not a
     cap it hit: the simulated server's stand-in for a chat answer with no maximum set."""
+    remote_prefill: bool = False
+    """Its prompt's KV comes from another engine's prefill (prefill/decode disaggregation, vLLM's
+    ``kv_transfer_params`` with ``do_remote_prefill``): when first scheduled, the whole prompt
+    but its last token counts as computed, with blocks allocated for it and no compute spent;
+    the last token is recomputed for its logits, as vLLM does. After a preemption the KV is
+    gone and the prompt is prefilled here."""
     num_computed_tokens: int = 0
     cached_tokens: int = -1
     """Prompt tokens found in the prefix cache when first scheduled (-1 before)."""
@@ -67,6 +73,7 @@ class EngineRequest:
         cache_salt: str | None,
         output_tokens: Sequence[int] | None,
         ends_at_max: bool = False,
+        remote_prefill: bool = False,
     ) -> EngineRequest:
         return cls(
             req_id=req_id,
@@ -78,6 +85,7 @@ class EngineRequest:
             cache_salt=cache_salt,
             output_tokens=output_tokens,
             ends_at_max=ends_at_max,
+            remote_prefill=remote_prefill,
         )
 
     @property

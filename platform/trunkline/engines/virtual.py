@@ -50,6 +50,15 @@ class VirtualEngine:
         self._pending: list[tuple[float, int, dict[str, Any]]] = []  # (ready, order, request)
         self._order = itertools.count()
 
+    def observe(
+        self,
+        *,
+        on_step: Callable[[StepResult], None] | None,
+        on_decode_run: Callable[[DecodeRun], None] | None,
+    ) -> None:
+        """Replace the step and decode-run observers."""
+        self._on_step, self._on_decode_run = on_step, on_decode_run
+
     def has_work(self) -> bool:
         return bool(self.core.requests or self._pending)
 
@@ -64,8 +73,10 @@ class VirtualEngine:
         seed: int | None = None,
         output_tokens: Sequence[int] | None = None,
         block_hashes: Sequence[BlockHash] | None = None,
+        remote_prefill: bool = False,
     ) -> None:
-        """Queue a request arriving at ``now`` (after :meth:`advance_to` ``now``)."""
+        """Queue a request arriving at ``now`` (after :meth:`advance_to` ``now``);
+        ``remote_prefill``: its prompt's KV comes from another engine's prefill."""
         request: dict[str, Any] = {
             "req_id": req_id,
             "prompt_tokens": prompt_tokens,
@@ -75,6 +86,7 @@ class VirtualEngine:
             "seed": seed,
             "output_tokens": output_tokens,
             "block_hashes": block_hashes,
+            "remote_prefill": remote_prefill,
         }
         if self._latency:
             # Checked now, as the API server would answer 400 at once.

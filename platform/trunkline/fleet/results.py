@@ -42,6 +42,11 @@ class RequestOutcome:
     """Admission's reason (``burst``, ``overloaded``, ``deadline_exceeded``, …)."""
     held_s: float = 0.0
     """Time held by admission before it was sent to an engine (part of its TTFT) or rejected."""
+    prefill_endpoint: str | None = None
+    """The prefill engine that prefilled it (prefill/decode disaggregation), if one did."""
+    remote_prefill_s: float = 0.0
+    """Time from its dispatch until its serving engine got it: the prefill on
+    ``prefill_endpoint`` and its KV's transfer (part of its TTFT)."""
     decision_s: float = math.nan
     """Wall-clock time the admission decision code took on arrival."""
     decision_cpu_s: float = math.nan
@@ -92,10 +97,12 @@ class OutcomeCollector:
         assert usage is not None
         outcome = self.outcomes[event.req_id]
         outcome.status = "ok"
-        # The engine counts from when it got the request; the client waited the hold too.
-        outcome.ttft = usage.ttft + outcome.held_s
+        # The engine counts from when it got the request; the client waited the hold and the
+        # remote prefill too.
+        before = outcome.held_s + outcome.remote_prefill_s
+        outcome.ttft = usage.ttft + before
         outcome.engine_ttft = usage.engine_ttft
-        outcome.e2e = usage.e2e_latency + outcome.held_s
+        outcome.e2e = usage.e2e_latency + before
         tokens = usage.completion_tokens
         outcome.tpot = (usage.e2e_latency - usage.ttft) / (tokens - 1) if tokens > 1 else 0.0
         outcome.prompt_tokens = usage.prompt_tokens

@@ -13,6 +13,13 @@ and the engine: admitted requests go to the endpoint it picked, held ones wait i
 while the engines step on (see :class:`~trunkline.fleet.admission.VirtualAdmission`), rejected
 ones are recorded with their reason. Without one, every request goes to the first endpoint
 (first come, first served: the baseline).
+
+Pools with the ``prefill`` role (:mod:`trunkline.gateway.routing.phases`) never serve a
+request: when the serving endpoint lacks enough of a prompt, the ranking's first prefill
+endpoint prefills it and hands its KV over (:mod:`trunkline.fleet.handoffs`). Prefill engines
+only take arrivals and serving engines only take arrivals and handoffs, so before each arrival
+the prefill engines step to it first, then the handoffs due before it reach their engines in
+time order, then the serving engines step to it.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from dataclasses import dataclass, field
 
 from trunkline.engines.core import EngineCore
 from trunkline.engines.events import KVCacheEvent, KVEventSink
+from trunkline.engines.hardware import MODELS
 from trunkline.engines.virtual import VirtualEngine
 from trunkline.fleet.admission import VirtualAdmission, cached_prompt_tokens, engine_load
+from trunkline.fleet.handoffs import Handoff, Handoffs, prefill_request_id
 from trunkline.fleet.results import EngineTotals, FleetResult, OutcomeCollector, RequestOutcome
 from trunkline.fleet.spec import FleetSpec, PoolSpec, build_snapshot, endpoint_id
 from trunkline.gateway.admission import AdmissionPolicy
@@ -42,6 +51,7 @@ from trunkline.gateway.routing import (
     endpoint_view,
     kv_event_index,
 )
+from trunkline.gateway.routing.phases import PREFILL, prefill_candidates, serving_candidates
 from trunkline.workloads.schemas import Workload, WorkloadRequest
 
 __all__ = ["SimulatedEndpoint", "simulate"]
@@ -78,6 +88,10 @@ def simulate(
     engines = list(endpoints.values())
     router = Router(policy)
     gate: VirtualAdmission | None = None
+    handoffs = Handoffs()
+    for key, endpoint in endpoints.items():
+        if endpoint.pool.role == PREFILL:
+            endpoint.engine.observe(on_step=handoffs.observer(key), on_decode_run=None)
 
     def current_loads() -> dict[str, EndpointLoad]:
         # What a gateway's engine state shows routing and admission alike: the scraped gauges,
@@ -88,17 +102,34 @@ def simulate(
         }
 
     if admission is not None:
+        if any(pool.role == PREFILL for pool in spec.pools):
+            raise ValueError("admission with prefill pools is not simulated")
         engine_of = {key: endpoint.engine for key, endpoint in endpoints.items()}
         gate = VirtualAdmission(admission, engine_of, current_loads)
     requests: Iterable[WorkloadRequest] = workload.requests()
     if limit is not None:
         requests = itertools.islice(requests, limit)
+    prefillers = [e for e in engines if e.pool.role == PREFILL]
+    servers = [e for e in engines if e.pool.role != PREFILL]
+    kv_bytes_per_token = MODELS[spec.model].kv_bytes_per_token if spec.model in MODELS else 0
+
+    def hand_over_before(until: float) -> None:
+        """Give the serving engines the requests whose KV arrived before ``until``."""
+        for at, handoff in handoffs.arrived_before(until):
+            for endpoint in servers:
+                endpoint.engine.advance_to(at)
+            handoff.outcome.remote_prefill_s = at - handoff.outcome.arrival
+            _submit(endpoints[handoff.serve_key], handoff.request, handoff.outcome, at, True)
+
     last_arrival = 0.0
     for request in requests:
         now = last_arrival = request.arrival
         if gate is not None:
             gate.run_until(now)
-        for endpoint in engines:
+        for endpoint in prefillers:
+            endpoint.engine.advance_to(now)
+        hand_over_before(now)
+        for endpoint in servers:
             endpoint.engine.advance_to(now)
         tenant = snapshot.tenants[request.tenant]
         tier = snapshot.tiers[tenant.tier]
@@ -115,18 +146,35 @@ def simulate(
         )
         loads = current_loads()
         ordered = router.order(view, eligible(snapshot, alias, tenant, tier), loads)
-        if not ordered:
+        serving = serving_candidates(ordered)
+        if not serving:
             outcome.status = "rejected:no_endpoint"
             continue
-        views = [endpoint_view(c, loads[c.endpoint.id]) for c in ordered]
-        send = _sender(policy, endpoints, view, ordered, views, request, outcome)
+        if prefillers:
+            target = endpoints[serving[0].endpoint.id]
+            uncached = request.prompt.num_tokens - cached_prompt_tokens(
+                target.engine, request.prompt
+            )
+            prefill = prefill_candidates(ordered, uncached)
+            if prefill:
+                transfer_s = uncached * kv_bytes_per_token / spec.kv_transfer_bytes_per_s
+                handoff = Handoff(serving[0].endpoint.id, request, outcome, transfer_s)
+                for chosen in (prefill[0], serving[0]):
+                    policy.routed(view, endpoint_view(chosen, loads[chosen.endpoint.id]))
+                _prefill(endpoints, prefill[0].endpoint.id, handoffs, handoff, now)
+                continue
+        views = [endpoint_view(c, loads[c.endpoint.id]) for c in serving]
+        send = _sender(policy, endpoints, view, serving, views, request, outcome)
         if gate is None:
             send(0, now)
         else:
             gate.arrive(view, tier, views, outcome, now, send)
     if gate is not None:
         gate.run_until(math.inf)
-    for endpoint in engines:
+    for endpoint in prefillers:
+        endpoint.engine.drain()
+    hand_over_before(math.inf)
+    for endpoint in servers:
         endpoint.engine.drain()
     totals = [_totals(key, endpoint) for key, endpoint in endpoints.items()]
     horizon = max(last_arrival, collector.last_finish)
@@ -190,7 +238,11 @@ def _sender(
 
 
 def _submit(
-    endpoint: SimulatedEndpoint, request: WorkloadRequest, outcome: RequestOutcome, at: float
+    endpoint: SimulatedEndpoint,
+    request: WorkloadRequest,
+    outcome: RequestOutcome,
+    at: float,
+    remote_prefill: bool = False,
 ) -> None:
     engine = endpoint.engine
     prompt = request.prompt
@@ -205,11 +257,53 @@ def _submit(
             cache_salt=prompt.cache_salt,
             output_tokens=request.output_tokens,
             block_hashes=prompt.block_hashes(block_size),
+            remote_prefill=remote_prefill,
         )
     except ValueError:
         outcome.status = "invalid"  # vLLM answers 400: prompt + max_tokens over the context
         return
-    endpoint.prefill_estimates[request.request_id] = max(prompt.num_tokens - cached, 1)
+    # A remote prefill's prompt is computed: only its last token is left.
+    left = 1 if remote_prefill else max(prompt.num_tokens - cached, 1)
+    endpoint.prefill_estimates[request.request_id] = left
+    endpoint.requests += 1
+
+
+def _prefill(
+    endpoints: dict[str, SimulatedEndpoint],
+    key: str,
+    handoffs: Handoffs,
+    handoff: Handoff,
+    at: float,
+) -> None:
+    """Send ``handoff``'s prompt to the prefill engine ``key``, as a request of one token."""
+    endpoint = endpoints[key]
+    engine = endpoint.engine
+    request, outcome = handoff.request, handoff.outcome
+    prompt = request.prompt
+    cached = cached_prompt_tokens(engine, prompt) if engine.core.enable_prefix_caching else 0
+    prefill_id = prefill_request_id(request.request_id)
+    try:
+        engine.submit(
+            prefill_id,
+            prompt.token_ids,
+            1,
+            at,
+            cache_salt=prompt.cache_salt,
+            block_hashes=prompt.block_hashes(engine.core.profile.block_size),
+        )
+    except ValueError:
+        outcome.status = "invalid"
+        return
+    # What the serving endpoint will answer: a request must still fit its context.
+    try:
+        engine.core.check_request(prompt.num_tokens, request.max_tokens)
+    except ValueError:
+        engine.core.abort(prefill_id)
+        outcome.status = "invalid"
+        return
+    handoffs.expect(key, handoff)
+    outcome.endpoint, outcome.prefill_endpoint = handoff.serve_key, key
+    endpoint.prefill_estimates[prefill_id] = max(prompt.num_tokens - cached, 1)
     endpoint.requests += 1
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from trunkline.engines.profiles import AcceleratorProfile, get_profile
+from trunkline.gateway.routing.phases import ROLES
 from trunkline.pools.schemas import prompt_range_problem
 from trunkline.snapshot import (
     AliasEntry,
@@ -68,6 +69,10 @@ class PoolSpec:
     """vLLM's ``--max-num-batched-tokens`` for the pool's engines (default: the flavor's). It caps
     a step's tokens, so the prefill chunk that shares a step with everyone's decoding: smaller
     chunks trade prefill speed for time per output token."""
+    role: str = "both"
+    """Prefill/decode disaggregation: ``prefill`` pools prefill prompts of their prompt range
+    (counted as the tokens the serving engine lacks) for the ``decode`` and ``both`` pools,
+    which serve every request (see :mod:`trunkline.gateway.routing.phases`)."""
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -81,6 +86,8 @@ class PoolSpec:
             raise ValueError(f"pool {self.name!r}: tiers must name one at least (None: every)")
         if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError(f"pool {self.name!r}: max_num_batched_tokens must be at least 1")
+        if self.role not in ROLES:
+            raise ValueError(f"pool {self.name!r}: role must be one of {', '.join(ROLES)}")
 
     @property
     def engine_profile(self) -> AcceleratorProfile:
@@ -110,6 +117,11 @@ class FleetSpec:
     tenant_regions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Residency: the regions a tenant's requests may run in (absent: anywhere)."""
     seed: int = 0
+    kv_transfer_bytes_per_s: float = 12.5e9
+    """Each engine's network link for KV transfers (used with prefill pools): 100 Gb/s, an RDMA
+    NIC per accelerator at the low end. After its prefill, a prompt's KV crosses the prefill
+    engine's link and the serving engine's, each carrying one prompt at a time, before the
+    serving engine can start it."""
 
     @classmethod
     def uniform(
@@ -151,6 +163,7 @@ def build_snapshot(spec: FleetSpec, tenants: Mapping[str, str]) -> Snapshot:
             max_prompt_tokens=pool.max_prompt_tokens,
             tiers=pool.tiers,
             max_num_batched_tokens=pool.max_num_batched_tokens,
+            role=pool.role,
             cost_per_hour=pool.hourly_cost,
             tokens_per_s=nominal_tokens_per_s(pool.engine_profile),
             endpoints=tuple(

@@ -78,6 +78,9 @@ class PoolEntry(msgspec.Struct, frozen=True):
     max_num_batched_tokens: int | None = None
     """The engines' vLLM ``--max-num-batched-tokens`` (None: the flavor's default), for TTFT
     prediction."""
+    role: str = "both"
+    """Which phases its engines run: ``both``, ``prefill`` (they prefill prompts for other
+    pools' engines) or ``decode`` (see :mod:`trunkline.gateway.routing.phases`)."""
 
 
 class CascadeEntry(msgspec.Struct, frozen=True):

@@ -23,6 +23,7 @@ from trunkline.bench._routing_goals import (
     scaling_goals,
 )
 from trunkline.bench._routing_placement import (
+    Engine,
     best_pair,
     cheapest_placement,
     fewest,
@@ -153,6 +154,11 @@ def test_the_placed_mix_is_measured_against_the_cheaper_single_flavor_fleet() ->
     assert _values(runs, placement_goals()) == [(0.812, True)]
     del runs["placed, mixed flavors"]
     assert [g.met for g in evaluate_goals(placement_goals(), runs)] == [False]
+    # A prefill/decode mix counts too, the cheaper of the two mixes against the single.
+    runs["prefill/decode, mixed flavors"] = {"cost_per_hour_usd": 12.0}
+    assert _values(runs, placement_goals()) == [(0.75, True)]
+    runs["placed, mixed flavors"] = {"cost_per_hour_usd": 11.0}
+    assert _values(runs, placement_goals()) == [(0.688, True)]
 
 
 def test_fewest_replicas_doubles_then_bisects_and_gives_up_at_the_limit() -> None:
@@ -180,6 +186,30 @@ def test_the_cheapest_placement_sizes_each_class_on_its_own_then_both_together()
     assert cheapest_placement(meets, long_limit=10, short_limit=20) == (3, 6)
     assert tried[-2:] == [(3, 5), (3, 6)]
     assert max(long for long, _ in tried) == 10  # the short class was sized with the long at 10
+
+
+def test_the_cheapest_prefill_decode_fleet_tries_each_decode_count_under_the_budget() -> None:
+    from trunkline.bench._routing_placement import _cheapest_disaggregated
+
+    tried: list[tuple[int, int]] = []
+
+    def meets(shape: tuple[tuple[Engine, int], ...]) -> bool:
+        # 1 decoder needs 9 L40S prefilling ($9 + $3.8); 2 need 6 ($6 + $7.6); 3 need 5.
+        (prefill, n), (decode, m) = shape
+        assert (prefill.role, decode.role) == ("prefill", "decode")
+        tried.append((n, m))
+        return n >= {1: 9, 2: 6, 3: 5}[m]
+
+    decode = Engine("h200", role="decode")
+    shape = _cheapest_disaggregated(meets, decode, budget=20.0)
+    assert shape is not None
+    assert [(engine.flavor, n) for engine, n in shape] == [("l40s", 9), ("h200", 1)]
+    # Once $12.8 is found, a fleet must cost less: 2 decoders ($7.6) leave room for 5 L40S,
+    # 3 ($11.4) for 1, and neither is tried with more.
+    assert max(n for n, m in tried if m == 2) == 5
+    assert max(n for n, m in tried if m == 3) == 1
+    # No fleet under the budget: none.
+    assert _cheapest_disaggregated(meets, decode, budget=12.0) is None
 
 
 def test_the_cheapest_placement_gives_up_when_a_class_misses_at_its_limit() -> None:

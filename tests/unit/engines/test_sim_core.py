@@ -271,3 +271,34 @@ def test_a_salted_first_block_filled_by_generated_tokens_keeps_its_salt(
     core.add_request("a", first, 6, 0.0, cache_salt="tenant-a")
     generated = [event.token_id for event in events_of(run_until_idle(core), "a")]
     assert cached_tokens_of(core, "b", first + generated, cache_salt=salt) == expected_cached
+
+
+def test_a_remote_prefill_computes_only_the_last_prompt_token_but_holds_the_whole_prompt() -> None:
+    # The TINY profile costs 1 ms a scheduled token: a 40-token prompt prefilled here is a
+    # 40-token step, one whose KV came from a prefill engine a 1-token step.
+    local, remote = EngineCore(tiny_profile()), EngineCore(tiny_profile())
+    local.add_request("r", prompt(100, 40), 3, 0.0)
+    remote.add_request("r", prompt(100, 40), 3, 0.0, remote_prefill=True)
+    local_first, remote_first = local.step(0.0), remote.step(0.0)
+    assert local_first.num_prefill_tokens == 40
+    assert remote_first.num_prefill_tokens == 1
+    assert remote_first.duration < local_first.duration
+    assert [e.index for e in remote_first.events] == [0]  # its first token comes at once
+    # Its KV occupies the cache as the prompt's own would: every block of the 41 tokens.
+    assert remote.kv_cache_usage == local.kv_cache_usage > 0
+    steps = run_until_idle(remote, remote_first.duration)
+    usage = events_of([remote_first, *steps], "r")[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (40, 3)
+
+
+def test_a_remote_prefill_preempted_is_prefilled_again_here() -> None:
+    # Two requests that cannot both grow in a 12-block cache: the newer is preempted, loses
+    # its KV, and recomputes its whole prompt when it is scheduled again.
+    core = EngineCore(tiny_profile(kv_cache_blocks=12, max_model_len=48))
+    core.add_request("old", prompt(0, 20), 20, 0.0)
+    core.add_request("new", prompt(500, 20), 20, 0.0, remote_prefill=True)
+    steps = run_until_idle(core)
+    assert core.counters.preemptions >= 1
+    recomputed = [step.num_prefill_tokens for step in steps[1:] if step.num_prefill_tokens > 1]
+    assert recomputed, "the preempted remote prefill was not prefilled again"

@@ -200,3 +200,69 @@ def test_prefix_hits_are_measured_and_bounded_by_the_oracle() -> None:
     result = simulate(FleetSpec.uniform("h100", 4), make_policy("round-robin"), workload)
     hit_rate = result.metrics()["prefix_hit_rate"]
     assert 0.3 < hit_rate <= token_oracle(workload.requests(), 16).token_hit_rate
+
+
+def _disaggregated(link_bytes_per_s: float = 12.5e9) -> FleetSpec:
+    return FleetSpec(
+        pools=(
+            PoolSpec("prefill", "l40s", 2, role="prefill", min_prompt_tokens=1024),
+            PoolSpec("decode", "h200", 1, role="decode"),
+        ),
+        kv_transfer_bytes_per_s=link_bytes_per_s,
+    )
+
+
+def test_prefill_pools_prefill_long_prompts_and_hand_them_to_the_decode_pool() -> None:
+    rows = tuple((0.1 * i, "b", 6000 if i % 2 else 300, 30) for i in range(20))
+    for name in ("round-robin", "prefix-aware", "cost-aware"):
+        result = simulate(_disaggregated(), make_policy(name), Scripted(rows))
+        assert all(o.status == "ok" for o in result.outcomes), name
+        # Every request is served (decoded) by the decode pool; only the long prompts went
+        # through a prefill engine first, and their TTFT includes that detour.
+        assert {o.endpoint for o in result.outcomes} == {"decode/0"}, name
+        for outcome in result.outcomes:
+            long = outcome.prompt_tokens >= 1024
+            assert (outcome.prefill_endpoint is not None) == long, name
+            assert (outcome.remote_prefill_s > 0) == long, name
+            assert outcome.ttft > outcome.remote_prefill_s, name
+            assert outcome.completion_tokens == 30, name
+        prefill_engines = [e for e in result.engines if e.pool == "prefill"]
+        assert sum(e.requests for e in prefill_engines) == 10, name
+
+
+def test_a_remote_prefill_waits_for_its_kv_on_the_link() -> None:
+    # A 6,000-token prompt's KV is 6,000 x 128 KiB (Llama-3-8B) = 786 MB: 63 ms at 12.5 GB/s,
+    # 786 ms at 1 GB/s. The rest of its TTFT (prefill, one decode step) does not change.
+    rows = ((0.0, "b", 6000, 10),)
+    fast = simulate(_disaggregated(), make_policy("round-robin"), Scripted(rows)).outcomes[0]
+    slow = simulate(_disaggregated(1e9), make_policy("round-robin"), Scripted(rows)).outcomes[0]
+    transfer = 6000 * 131072
+    assert slow.ttft - fast.ttft == pytest.approx(transfer / 1e9 - transfer / 12.5e9, rel=1e-6)
+
+
+def test_kv_transfers_into_one_decode_engine_take_turns_on_its_link() -> None:
+    # Two long prompts prefilled at the same time on two prefill engines: the second KV to
+    # arrive waits for the first on the decode engine's link.
+    rows = ((0.0, "b", 6000, 10), (0.0, "b", 6000, 10))
+    result = simulate(_disaggregated(1e9), make_policy("round-robin"), Scripted(rows))
+    first, second = sorted(o.remote_prefill_s for o in result.outcomes)
+    assert {o.prefill_endpoint for o in result.outcomes} == {"prefill/0", "prefill/1"}
+    assert second - first == pytest.approx(6000 * 131072 / 1e9, rel=1e-3)
+
+
+def test_a_fleet_of_only_prefill_pools_serves_nothing() -> None:
+    spec = FleetSpec(pools=(PoolSpec("prefill", "l40s", 1, role="prefill"),))
+    result = simulate(spec, make_policy("round-robin"), Scripted(((0.0, "b", 3000, 10),)))
+    assert [o.status for o in result.outcomes] == ["rejected:no_endpoint"]
+
+
+def test_a_pool_role_must_be_known_and_prefill_pools_are_not_simulated_with_admission() -> None:
+    with pytest.raises(ValueError, match="role must be one of both, prefill, decode"):
+        PoolSpec("p", "l40s", 1, role="encode")
+    with pytest.raises(ValueError, match="admission with prefill pools"):
+        simulate(
+            _disaggregated(),
+            make_policy("round-robin"),
+            Scripted(((0.0, "b", 3000, 10),)),
+            admission=RejectBronze(),
+        )
