@@ -111,7 +111,6 @@ def simulate(
         requests = itertools.islice(requests, limit)
     prefillers = [e for e in engines if e.pool.role == PREFILL]
     servers = [e for e in engines if e.pool.role != PREFILL]
-    kv_bytes_per_token = MODELS[spec.model].kv_bytes_per_token if spec.model in MODELS else 0
 
     def hand_over_before(until: float) -> None:
         """Give the serving engines the requests whose KV arrived before ``until``."""
@@ -157,7 +156,7 @@ def simulate(
             )
             prefill = prefill_candidates(ordered, uncached)
             if prefill:
-                transfer_s = uncached * kv_bytes_per_token / spec.kv_transfer_bytes_per_s
+                transfer_s = uncached * _kv_bytes_per_token(target) / spec.kv_transfer_bytes_per_s
                 handoff = Handoff(serving[0].endpoint.id, request, outcome, transfer_s)
                 for chosen in (prefill[0], serving[0]):
                     policy.routed(view, endpoint_view(chosen, loads[chosen.endpoint.id]))
@@ -283,6 +282,11 @@ def _prefill(
     cached = cached_prompt_tokens(engine, prompt) if engine.core.enable_prefix_caching else 0
     prefill_id = prefill_request_id(request.request_id)
     try:
+        # The serving engine refuses what does not fit its context (vLLM's 400), before any
+        # prefill is spent on it.
+        endpoints[handoff.serve_key].engine.core.check_request(
+            prompt.num_tokens, request.max_tokens
+        )
         engine.submit(
             prefill_id,
             prompt.token_ids,
@@ -294,17 +298,16 @@ def _prefill(
     except ValueError:
         outcome.status = "invalid"
         return
-    # What the serving endpoint will answer: a request must still fit its context.
-    try:
-        engine.core.check_request(prompt.num_tokens, request.max_tokens)
-    except ValueError:
-        engine.core.abort(prefill_id)
-        outcome.status = "invalid"
-        return
     handoffs.expect(key, handoff)
     outcome.endpoint, outcome.prefill_endpoint = handoff.serve_key, key
     endpoint.prefill_estimates[prefill_id] = max(prompt.num_tokens - cached, 1)
     endpoint.requests += 1
+
+
+def _kv_bytes_per_token(endpoint: SimulatedEndpoint) -> int:
+    """KV bytes a prompt token takes on ``endpoint``'s model (0 for a model without a shape)."""
+    model = MODELS.get(endpoint.engine.core.profile.model)
+    return 0 if model is None else model.kv_bytes_per_token
 
 
 def _totals(key: str, endpoint: SimulatedEndpoint) -> EngineTotals:

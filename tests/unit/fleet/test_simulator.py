@@ -266,3 +266,10 @@ def test_a_pool_role_must_be_known_and_prefill_pools_are_not_simulated_with_admi
             Scripted(((0.0, "b", 3000, 10),)),
             admission=RejectBronze(),
         )
+
+
+def test_a_request_over_the_context_is_invalid_before_any_prefill_is_spent_on_it() -> None:
+    rows = ((0.0, "b", 6000, 200_000),)  # 6,000 + 200,000 tokens: over Llama-3-8B's 131,072
+    result = simulate(_disaggregated(), make_policy("round-robin"), Scripted(rows))
+    assert [o.status for o in result.outcomes] == ["invalid"]
+    assert sum(e.requests for e in result.engines) == 0
