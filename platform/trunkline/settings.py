@@ -100,6 +100,12 @@ class GatewaySettings(BaseModel):
     until its connections close. Not counted against the endpoint (vLLM also pauses the
     streams it preempts when short of KV cache). Before the first event, ``read_timeout_s`` and
     ejection apply."""
+    ejected_stream_idle_s: float = Field(default=5.0, gt=0)
+    """Once its endpoint is ejected (its scrapes or requests failed in a row), a stream that
+    sent its first event may stay silent this long, not ``stream_idle_timeout_s``: a vLLM
+    stopped on SIGTERM keeps its streams open and silent, and its clients should not wait out
+    the long timeout. A stream still flowing on an ejected endpoint (scrapes that time out
+    under load) goes on as long as its pauses are shorter."""
     snapshot_poll_s: float = 0.5
     max_connections: int = 1000
     quota: QuotaSettings = Field(default_factory=QuotaSettings)

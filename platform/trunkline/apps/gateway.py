@@ -97,6 +97,7 @@ def create_gateway_app(
         holder, emitter, client, server_secret,
         quota=quota, policy=policy, engines=monitor.state,
         stream_idle_timeout_s=settings.stream_idle_timeout_s,
+        ejected_stream_idle_s=settings.ejected_stream_idle_s,
         admission=admission(monitor.state) if admission else None,
         prompt_tokens=tokens,
     )  # fmt: skip

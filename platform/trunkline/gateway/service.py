@@ -138,6 +138,7 @@ class GatewayService:
         policy: RoutingPolicy | None = None,
         engines: EngineState | None = None,
         stream_idle_timeout_s: float = 30.0,
+        ejected_stream_idle_s: float = 5.0,
         prompt_tokens: PromptTokens | None = None,
     ) -> None:
         self.holder = holder
@@ -149,6 +150,7 @@ class GatewayService:
         self.policy = policy or make_policy("round-robin")
         self.engines = engines or EngineState()
         self.stream_idle_timeout_s = stream_idle_timeout_s
+        self.ejected_stream_idle_s = ejected_stream_idle_s
         self._prefix_cache = routing_prefix_cache(self.policy)
         self.prompt_tokens = prompt_tokens
         """Token views of prompts, for a policy matching them to the engines' KV events."""
@@ -387,20 +389,35 @@ class GatewayService:
         status: int = CLIENT_CLOSED
         code: str | None = "client_closed"
         loop, limit = asyncio.get_running_loop(), self.stream_idle_timeout_s
+        flight, ejected = meter.flight, False
         try:
             failure, message = None, ""
             try:
-                if first:
-                    yield first
                 # The timer runs only while the engine is awaited, never while the client is.
                 async with asyncio.timeout(None) as idle:
-                    while True:
-                        idle.reschedule(loop.time() + limit)
-                        chunk = await anext(rest, None)
-                        idle.reschedule(None)
-                        if chunk is None:
-                            break
-                        yield chunk
+
+                    def endpoint_ejected() -> None:
+                        nonlocal ejected, limit
+                        ejected, limit = True, min(limit, self.ejected_stream_idle_s)
+                        deadline = idle.when()
+                        if deadline is not None:  # the engine is awaited now
+                            idle.reschedule(min(deadline, loop.time() + limit))
+
+                    if flight is not None:
+                        flight.stalled = endpoint_ejected
+                    try:
+                        if first:
+                            yield first
+                        while True:
+                            idle.reschedule(loop.time() + limit)
+                            chunk = await anext(rest, None)
+                            idle.reschedule(None)
+                            if chunk is None:
+                                break
+                            yield chunk
+                    finally:
+                        if flight is not None:  # before the timer ends with the block
+                            flight.stalled = None
                 status, code = 200, None
                 meter.engine_answered()
             except httpx.HTTPError as exc:
@@ -409,9 +426,15 @@ class GatewayService:
             except TimeoutError:
                 # Not counted against the endpoint: an engine short of KV cache pauses the
                 # streams it preempted, and ejecting it would pile its load on the others. A
-                # stopped engine fails its scrapes, and those eject it.
+                # stopped engine fails its scrapes, and those eject it; its silent streams
+                # then end after the shorter ``ejected_stream_idle_s``.
                 failure = "StreamStalled"
                 message = f"The model endpoint sent nothing for {limit:g} s mid-stream."
+                if ejected:
+                    message = (
+                        f"The model endpoint was taken out of service and sent nothing for "
+                        f"{limit:g} s mid-stream."
+                    )
             if failure is not None:
                 log.warning(
                     "engine failed mid-stream",

@@ -91,6 +91,7 @@ def engine_gateways(make_gateway: Callable[..., Harness]) -> Callable[..., Gatew
         policy: str = "round-robin",
         scrape: Handler | None = None,
         stream_idle_timeout_s: float = 30.0,
+        ejected_stream_idle_s: float = 5.0,
     ) -> Gateway:
         world = world or default_world()
         key = world.add_key(tenant) if tenant else world.add_key()
@@ -103,6 +104,7 @@ def engine_gateways(make_gateway: Callable[..., Harness]) -> Callable[..., Gatew
                 engines=engines,
                 admission="off",
                 stream_idle_timeout_s=stream_idle_timeout_s,
+                ejected_stream_idle_s=ejected_stream_idle_s,
             ),
             scrape_transport=httpx.MockTransport(scrape) if scrape else None,
             admission=(lambda _engines: admission) if admission else None,

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import httpx
+import pytest
 from tests.unit.gateway.engines_support import (
     STREAM,
     Gateway,
@@ -119,6 +120,61 @@ def test_a_stream_silent_mid_way_is_given_up_after_the_idle_timeout(
     assert gw.service.engines.ejections("e1") == 0
     failed = [r for _id, r in gw.usage.read(100) if r.endpoint == "http://engine-1"]
     assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 2
+
+
+class _StopsMidStream(httpx.AsyncByteStream):
+    """Sends its first two events, then its engine stops (silent, the connection open) and the
+    gateway ejects its endpoint; or, ``flowing``, the rest comes after the ejection, each event
+    after a pause shorter than the ejected stream's limit (scrapes that time out under load
+    eject an engine that still runs)."""
+
+    def __init__(self, eject: Callable[[], None], *, flowing: bool = False) -> None:
+        self.eject, self.flowing = eject, flowing
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        events = sse_events("llama-8b-served", True)
+        for piece in events[:2]:
+            yield piece
+        self.eject()
+        if not self.flowing:
+            await asyncio.Event().wait()
+        for piece in events[2:]:
+            await asyncio.sleep(0.01)
+            yield piece
+
+
+@pytest.mark.parametrize("flowing", [False, True])
+def test_a_stream_its_ejected_endpoint_leaves_silent_ends_soon_and_one_still_flowing_does_not(
+    engine_gateway: Callable[..., Gateway], flowing: bool
+) -> None:
+    engines: list[EngineState] = []
+
+    def eject() -> None:
+        for _ in range(3):
+            engines[0].failed("e1", "scrape: ConnectError")
+
+    def stops(request: httpx.Request) -> httpx.Response:
+        stream = _StopsMidStream(eject, flowing=flowing)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    # Without the ejection, the silent stream would end after the 10 s idle timeout.
+    gw = engine_gateway(
+        failing_on("engine-1", stops), stream_idle_timeout_s=10, ejected_stream_idle_s=0.5
+    )
+    engines.append(gw.service.engines)
+
+    body = gw.chat(STREAM).text
+
+    assert gw.hosts() == ["engine-1"]
+    assert gw.service.engines.ejections("e1") == 1
+    assert '"content"' in body and body.endswith("data: [DONE]\n\n")
+    [record] = [record for _id, record in gw.usage.read(10)]
+    if flowing:
+        assert "error" not in body
+        assert (record.status, record.error_code) == (200, None)
+    else:
+        assert "taken out of service and sent nothing for 0.5 s mid-stream" in body
+        assert (record.status, record.error_code) == (502, "upstream_error")
 
 
 class _StopsBeforeTheFirstEvent(httpx.AsyncByteStream):

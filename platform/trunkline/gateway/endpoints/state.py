@@ -68,6 +68,7 @@ class Flight:
         "endpoint",
         "prefill_tokens",
         "sent_at",
+        "stalled",
         "streamed",
         "waiting_first_byte",
     )
@@ -87,6 +88,9 @@ class Flight:
         stream's first event): called if its endpoint is ejected meanwhile, so the request
         moves on instead of waiting on an engine that stopped (a vLLM whose engine core died
         before aborting the request keeps the connection open and silent)."""
+        self.stalled: Callable[[], None] | None = None
+        """Set while a stream that sent its first event is relayed: called if its endpoint is
+        ejected meanwhile, so a stream the stopped engine leaves silent ends soon."""
 
 
 class _Endpoint:
@@ -334,6 +338,8 @@ class EngineState:
             for flight in list(state.flights):
                 if flight.waiting_first_byte and flight.abandon is not None:
                     flight.abandon()
+                elif not flight.waiting_first_byte and flight.stalled is not None:
+                    flight.stalled()
             self._notify()
 
     def succeeded(self, endpoint: str) -> None:
