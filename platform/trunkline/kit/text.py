@@ -18,8 +18,13 @@ _INVISIBLE = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 """Refused in any text: DEL and the C1 controls (``\\x9b`` is a terminal's CSI, ``\\x85`` a
 line break), the Unicode line and paragraph separators, and the bidirectional embeddings,
 overrides and isolates, which make a name read otherwise than it is written."""
-ONE_LINE = r"^(?:(?=\s*\S)[^\x00-\x1f" + _INVISIBLE + "]*)?" + END
-"""Text on one line, empty or with something to see: names (a name of spaces shows as none)."""
+_BLANK = r"\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff"
+"""Characters that show nothing: spaces, and the zero-width and formatting ones (soft hyphen,
+zero-width spaces and joiners, direction marks, word joiner, byte-order mark). Named outright:
+Python's ``\\s`` leaves out ``U+FEFF``, which ECMAScript's takes."""
+ONE_LINE = r"^(?:(?=[" + _BLANK + "]*[^" + _BLANK + r"])[^\x00-\x1f" + _INVISIBLE + "]*)?" + END
+"""Text on one line, empty or with something to see: names (a name of spaces, or of zero-width
+characters, shows as none)."""
 PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f" + _INVISIBLE + "]*" + END
 """Text that may hold tabs and line breaks: descriptions."""
 

@@ -233,9 +233,12 @@ def test_descriptions_may_hold_line_breaks_but_not_other_control_characters(worl
         assert [e["field"] for e in problem["errors"]] == ["description"]
 
 
-@pytest.mark.parametrize("name", [" ", "   ", "\u00a0", "\u3000 "])
+@pytest.mark.parametrize(
+    "name", [" ", "   ", "\u00a0", "\u3000 ", "\u200b", "\ufeff", "\u200b\u200d\u2060", " \u00ad "]
+)
 def test_names_of_nothing_but_spaces_are_refused(world: World, name: str) -> None:
-    """A key, tenant or person named with spaces alone shows as no name in every list."""
+    """A key, tenant or person named with spaces alone, or zero-width characters, shows as no
+    name in every list."""
     project = world.project("acme", "demo")
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
     problem = problem_of(post(world, path, json={"project_id": project, "name": name}), 400)
