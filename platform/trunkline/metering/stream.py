@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -212,11 +213,36 @@ class RedisUsageEmitter:
                 return
 
 
+_FORGET_LUA = """
+local forgotten = {}
+for _, fields in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #fields, 2 do info[fields[i]] = fields[i + 1] end
+  if info['name'] ~= ARGV[2] and info['pending'] == 0
+      and info['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    table.insert(forgotten, info['name'])
+  end
+end
+return forgotten
+"""
+"""Delete the group's other consumers that hold no pending entry and have not read for
+``ARGV[3]`` ms; their names. Atomic: a consumer that reads between the check and the delete
+would lose its pending entries with it (``XGROUP DELCONSUMER`` drops them)."""
+FORGET_IDLE_CONSUMERS_MS = 3_600_000
+"""A consumer that has not read for an hour and holds nothing is a worker that died (each
+``trunkline worker`` process reads under a name of its own): it is removed from the group, so
+``XINFO CONSUMERS`` lists live readers only. A live one that was merely idle is made again by
+its next read."""
+
+
 class RedisUsageReader:
     """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
 
     An entry that does not decode as a usage event would block the group for ever: it is
-    copied to ``<stream>:dead`` and acked, and the reason is logged.
+    copied to ``<stream>:dead`` and acked, and the reason is logged. Every
+    ``forget_every_s`` a read also removes dead consumers from the group
+    (:data:`FORGET_IDLE_CONSUMERS_MS`).
     """
 
     def __init__(
@@ -227,12 +253,20 @@ class RedisUsageReader:
         group: str = "ingest",
         consumer: str = "ingest-1",
         claim_idle_ms: int = 30_000,
+        forget_idle_ms: int = FORGET_IDLE_CONSUMERS_MS,
+        forget_every_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._stream = stream
         self._group = group
         self._consumer = consumer
         self._claim_idle_ms = claim_idle_ms
+        self._forget_idle_ms = forget_idle_ms
+        self._forget_every_s = forget_every_s
+        self._clock = clock
+        self._forget = client.register_script(_FORGET_LUA)
+        self._forgot_at: float | None = None
         # Replies as Redis sends them (no per-entry dicts): a second client on the same pool,
         # so the caller's client keeps its usual replies.
         self._raw = redis.Redis(connection_pool=client.connection_pool)
@@ -255,7 +289,20 @@ class RedisUsageReader:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    def forget_dead_consumers(self) -> list[str]:
+        """Remove the group's other consumers holding nothing that have not read for
+        ``forget_idle_ms``; their names."""
+        names: Any = self._forget(
+            keys=[self._stream], args=[self._group, self._consumer, self._forget_idle_ms]
+        )
+        return [_text(name) for name in names]
+
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
+        now = self._clock()
+        if self._forgot_at is None or now - self._forgot_at >= self._forget_every_s:
+            # Before reading: if Redis fails here, nothing was read to lose.
+            self._forget_dead_consumers_logged()
+            self._forgot_at = now
         try:
             messages = self._read_raw(max_count)
         except redis.ResponseError as exc:
@@ -279,6 +326,19 @@ class RedisUsageReader:
         if poisoned:
             self._dead_letter(poisoned)
         return out
+
+    def _forget_dead_consumers_logged(self) -> None:
+        try:
+            forgotten = self.forget_dead_consumers()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            return  # no group yet: the read makes it
+        if forgotten:
+            log.info(
+                "removed dead consumers from the usage group",
+                extra={"consumers": forgotten, "group": self._group},
+            )
 
     def _read_raw(self, max_count: int) -> list[tuple[Any, Any]]:
         claimed: Any = self._raw.xautoclaim(

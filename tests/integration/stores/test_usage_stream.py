@@ -173,3 +173,40 @@ async def test_a_reader_made_before_redis_is_up_reads_once_it_is(tmp_path: Path)
         client.close()
     finally:
         server.destroy()
+
+
+async def test_a_reader_removes_dead_consumers_but_never_one_holding_entries(
+    redis_url: str,
+) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    name = f"usage-{uuid.uuid4().hex[:8]}"
+    emitter = RedisUsageEmitter(aioredis.Redis.from_url(redis_url), name)
+    await Stream(emitter, None).emit_all([record(f"f{i}") for i in range(3)])
+
+    def reader(consumer: str, forget_idle_ms: int) -> RedisUsageReader:
+        return RedisUsageReader(
+            sync, name, consumer=consumer, forget_idle_ms=forget_idle_ms, forget_every_s=0
+        )
+
+    def others() -> dict[str, int]:
+        """The group's consumers but "live" (whom a read that found nothing may not create)."""
+        listed = sync.xinfo_consumers(name, "ingest")
+        return {c["name"].decode(): c["pending"] for c in listed if c["name"] != b"live"}
+
+    holder = reader("holder", 3_600_000)
+    assert len(holder.read(2)) == 2  # a worker killed before it acked: 2 entries pending
+    done = reader("done", 3_600_000)
+    [(message_id, _)] = done.read(10)
+    done.ack([message_id])  # a worker that stopped after acking all it read
+    reader("live", 3_600_000).read(10)
+    # None has been idle for an hour: every consumer stays.
+    assert others() == {"holder": 2, "done": 0}
+
+    reader("live", 0).read(10)  # every other consumer counts as idle long enough now
+
+    # The one holding nothing is gone; the one holding entries stays, with its entries, for a
+    # live reader to claim.
+    assert others() == {"holder": 2}
+    claimed = RedisUsageReader(sync, name, consumer="live", claim_idle_ms=0).read(10)
+    assert sorted(r.request_id for _, r in claimed) == ["f0", "f1"]
+    sync.close()
