@@ -122,6 +122,22 @@ def test_a_stream_silent_mid_way_is_given_up_after_the_idle_timeout(
     assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")] * 2
 
 
+def _event_stream(stream: httpx.AsyncByteStream) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+
+class _Ejection:
+    """Ejects engine-1's endpoint (three failed scrapes in a row) when called: what the gateway
+    does to an engine that stopped. ``engines`` is set once the gateway is built."""
+
+    engines: EngineState | None = None
+
+    def __call__(self) -> None:
+        assert self.engines is not None
+        for _ in range(3):
+            self.engines.failed("e1", "scrape: ConnectError")
+
+
 class _StopsMidStream(httpx.AsyncByteStream):
     """Sends its first two events, then its engine stops (silent, the connection open) and the
     gateway ejects its endpoint; or, ``flowing``, the rest comes after the ejection, each event
@@ -147,21 +163,16 @@ class _StopsMidStream(httpx.AsyncByteStream):
 def test_a_stream_its_ejected_endpoint_leaves_silent_ends_soon_and_one_still_flowing_does_not(
     engine_gateway: Callable[..., Gateway], flowing: bool
 ) -> None:
-    engines: list[EngineState] = []
-
-    def eject() -> None:
-        for _ in range(3):
-            engines[0].failed("e1", "scrape: ConnectError")
+    eject = _Ejection()
 
     def stops(request: httpx.Request) -> httpx.Response:
-        stream = _StopsMidStream(eject, flowing=flowing)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+        return _event_stream(_StopsMidStream(eject, flowing=flowing))
 
     # Without the ejection, the silent stream would end after the 10 s idle timeout.
     gw = engine_gateway(
         failing_on("engine-1", stops), stream_idle_timeout_s=10, ejected_stream_idle_s=0.5
     )
-    engines.append(gw.service.engines)
+    eject.engines = gw.service.engines
 
     body = gw.chat(STREAM).text
 
@@ -193,18 +204,13 @@ class _StopsBeforeTheFirstEvent(httpx.AsyncByteStream):
 def test_a_stream_waiting_for_its_first_event_moves_on_when_its_endpoint_is_ejected(
     engine_gateway: Callable[..., Gateway],
 ) -> None:
-    engines: list[EngineState] = []
-
-    def eject() -> None:
-        for _ in range(3):
-            engines[0].failed("e1", "scrape: ConnectError")
+    eject = _Ejection()
 
     def stops(request: httpx.Request) -> httpx.Response:
-        stream = _StopsBeforeTheFirstEvent(eject)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+        return _event_stream(_StopsBeforeTheFirstEvent(eject))
 
     gw = engine_gateway(failing_on("engine-1", stops))
-    engines.append(gw.service.engines)
+    eject.engines = gw.service.engines
 
     response = gw.chat(STREAM)
 
