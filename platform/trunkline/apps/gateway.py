@@ -16,7 +16,7 @@ from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.endpoints import EndpointCollector, EngineMonitor, EngineState
 from trunkline.gateway.handlers import build_app
 from trunkline.gateway.health_metrics import GatewayHealthCollector
-from trunkline.gateway.prompt_tokens import PromptTokens, load_tokenizers
+from trunkline.gateway.prompt_tokens import PromptTokens, PromptTokensCollector, load_tokenizers
 from trunkline.gateway.routing import (
     RoutingPolicy,
     UnknownPolicyError,
@@ -93,6 +93,8 @@ def create_gateway_app(
             return AsyncAdmission(AdmissionPolicy(prefix_index=cache), engines, metrics=metrics)
 
     tokens = prompt_tokens(settings, policy)
+    if tokens is not None:
+        registry.register(PromptTokensCollector(tokens))
     service = GatewayService(
         holder, emitter, client, server_secret,
         quota=quota, policy=policy, engines=monitor.state,

@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.chat_conversation import vllm_conversation, vllm_tools
@@ -27,7 +32,20 @@ from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.routing.vllm_hashes import VllmHashing
 
-__all__ = ["HfPromptTokenizer", "PromptTokenizer", "PromptTokens", "load_tokenizers"]
+__all__ = [
+    "MAX_QUEUE_WAIT_S",
+    "HfPromptTokenizer",
+    "PromptTokenizer",
+    "PromptTokens",
+    "PromptTokensCollector",
+    "load_tokenizers",
+]
+
+MAX_QUEUE_WAIT_S = 0.05
+"""A prompt that waited longer than this for the tokenizer thread is not tokenized: its request
+is routed without a token view (by load and the approximate index). A burst of long prompts
+then adds at most this, plus the prompt being tokenized, to any request's routing, instead of
+a queue of every prompt ahead."""
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +155,21 @@ def load_tokenizers(paths: Mapping[str, str]) -> dict[str, PromptTokenizer]:
 class PromptTokens:
     """Token views of prompts for the models whose tokenizer the gateway has."""
 
-    def __init__(self, tokenizers: Mapping[str, PromptTokenizer], hashing: VllmHashing) -> None:
+    def __init__(
+        self,
+        tokenizers: Mapping[str, PromptTokenizer],
+        hashing: VllmHashing,
+        *,
+        max_queue_wait_s: float = MAX_QUEUE_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tokenizers = tokenizers
         self.hashing = hashing
+        self.max_queue_wait_s = max_queue_wait_s
+        self._clock = clock
+        self.outcomes: Counter[str] = Counter()
+        """Prompts by outcome: ``tokenized``, ``untokenizable`` (the engine would render them
+        otherwise), ``queue_wait`` (waited too long for the tokenizer thread)."""
         # Off the event loop: a long prompt takes a second to render and tokenize, and every
         # other request would wait on it. One thread: a tokenizer is not shared across threads.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prompt-tokens")
@@ -152,9 +182,40 @@ class PromptTokens:
             return None
         loop = asyncio.get_running_loop()
         ids = await loop.run_in_executor(
-            self._worker, tokenizer.prompt_ids, request.kind, request.body
+            self._worker, self._tokenize, tokenizer, request, self._clock()
         )
         return None if ids is None else TokenPrompt(ids, self.hashing, cache_salt=cache_salt)
 
+    def _tokenize(
+        self, tokenizer: PromptTokenizer, request: ParsedRequest, queued_at: float
+    ) -> list[int] | None:
+        """On the tokenizer thread."""
+        if self._clock() - queued_at > self.max_queue_wait_s:
+            self.outcomes["queue_wait"] += 1
+            return None
+        ids = tokenizer.prompt_ids(request.kind, request.body)
+        self.outcomes["untokenizable" if ids is None else "tokenized"] += 1
+        return ids
+
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
+
+
+class PromptTokensCollector(Collector):
+    """``trunkline_prompt_tokenizations_total{outcome}``, read at each scrape."""
+
+    def __init__(self, tokens: PromptTokens) -> None:
+        self._tokens = tokens
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "trunkline_prompt_tokenizations",
+            "Prompts given to the gateway's tokenizers, by outcome: tokenized, untokenizable "
+            "(rendered otherwise by the engine: routed without a token view), queue_wait "
+            "(waited too long for the tokenizer thread: routed without a token view)",
+            labels=["outcome"],
+        )
+        counts = self._tokens.outcomes
+        for outcome in ("tokenized", "untokenizable", "queue_wait"):
+            family.add_metric([outcome], float(counts[outcome]))
+        yield family

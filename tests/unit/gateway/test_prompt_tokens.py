@@ -4,14 +4,19 @@ is checked against vLLM itself (tests/integration/vllm/test_vllm_engine_state.py
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from trunkline.apps.gateway import prompt_tokens, routing_policy
 from trunkline.gateway.pipeline import parse_body
-from trunkline.gateway.prompt_tokens import HfPromptTokenizer
+from trunkline.gateway.prompt_tokens import HfPromptTokenizer, PromptTokens, PromptTokensCollector
+from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.settings import GatewaySettings
 
 WORDS = ["<s>", "</s>", "<unk>", "user", "assistant", "system", ":", "hello", "world", "one"]
@@ -96,4 +101,52 @@ async def test_configured_tokenizers_give_every_policy_token_views(
     view = await tokens.view("served", request, cache_salt=None)
     assert view is not None and view.num_tokens == 6
     assert await tokens.view("another-model", request, cache_salt=None) is None
+    tokens.close()
+
+
+class _HeldTokenizer:
+    """One token per character; the first call waits until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+        self.calls = 0
+
+    def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
+        self.calls += 1
+        if self.calls == 1:
+            self.started.set()
+            self.release.wait(timeout=10)
+        return [ord(c) for c in body["messages"][-1]["content"]]
+
+
+async def test_a_prompt_that_waited_too_long_for_the_tokenizer_goes_without_a_token_view() -> None:
+    now = [0.0]
+    held = _HeldTokenizer()
+    tokens = PromptTokens(
+        {"served": held}, VllmHashing(), max_queue_wait_s=0.05, clock=lambda: now[0]
+    )
+    registry = CollectorRegistry()
+    registry.register(PromptTokensCollector(tokens))
+    long_one = parse_body(
+        "chat", b'{"model": "m", "messages": [{"role": "user", "content": "ab"}]}'
+    )
+    queued = parse_body("chat", b'{"model": "m", "messages": [{"role": "user", "content": "c"}]}')
+
+    first = asyncio.ensure_future(tokens.view("served", long_one, cache_salt=None))
+    assert await asyncio.to_thread(held.started.wait, 10)
+    second = asyncio.ensure_future(tokens.view("served", queued, cache_salt=None))
+    await asyncio.sleep(0)  # the second is queued behind the first, at time 0
+    now[0] = 1.0  # the first takes a second: the second has waited far over 50 ms
+    held.release.set()
+
+    first_view, second_view = await first, await second
+    assert first_view is not None and first_view.num_tokens == 2
+    assert second_view is None  # routed by load, not a second late
+    assert held.calls == 1  # never tokenized at all
+    assert await tokens.view("served", queued, cache_salt=None) is not None  # the queue is free
+    for outcome, count in (("tokenized", 2.0), ("queue_wait", 1.0), ("untokenizable", 0.0)):
+        sample = registry.get_sample_value(
+            "trunkline_prompt_tokenizations_total", {"outcome": outcome}
+        )
+        assert sample == count, outcome
     tokens.close()
