@@ -39,6 +39,7 @@ from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstr
 from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
     ABORTED,
+    EndpointEjected,
     Opened,
     Tally,
     error_event,
@@ -329,7 +330,8 @@ class GatewayService:
                 await opened.response.aclose()
                 if not isinstance(exc, httpx.HTTPError):
                     raise
-                self.engines.failed(opened.candidate.endpoint.id, type(exc).__name__)
+                if not isinstance(exc, EndpointEjected):  # its ejection was failure enough
+                    self.engines.failed(opened.candidate.endpoint.id, type(exc).__name__)
                 if index + 1 >= len(candidates):
                     raise
                 log.warning("engine failed before its first event; trying the next one")

@@ -219,6 +219,9 @@ def test_a_stream_waiting_for_its_first_event_moves_on_when_its_endpoint_is_ejec
     assert '"content"' in response.text and "error" not in response.text
     assert gw.hosts() == ["engine-1", "engine-2"]
     assert gw.service.engines.ejections("e1") == 1
+    # The three failures that ejected it, not a fourth for the stream it abandoned.
+    [e1] = [h for h in gw.service.engines.health_report() if h.endpoint == "e1"]
+    assert e1.request_failures == 3
     [record] = [record for _id, record in gw.usage.read(10)]
     assert (record.status, record.endpoint) == (200, "http://engine-2")
 
