@@ -60,6 +60,7 @@ from trunkline.gateway.routing import (
     make_policy,
 )
 from trunkline.gateway.routing.candidates import open_pools
+from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
@@ -175,11 +176,15 @@ class GatewayService:
 
         async def attempt(sent: ParsedRequest, target: AliasEntry, attempt_id: str) -> Reply:
             # Each attempt reserves and settles its own quota and emits its own usage event.
+            prompt = await self._token_view(target, sent, principal)
             grant = await self.quota.reserve(
-                snapshot, principal.key, principal.tier.name, target.model, kind, sent.body
-            )
+                snapshot, principal.key, principal.tier.name, target.model, kind, sent.body,
+                prompt_tokens=None if prompt is None else prompt.num_tokens,
+            )  # fmt: skip
             try:
-                reply = await self._serve(snapshot, principal, sent, target, attempt_id, grant)
+                reply = await self._serve(
+                    snapshot, principal, sent, target, attempt_id, grant, prompt
+                )
             except TrunklineError as exc:
                 exc.extra["headers"] = {**grant.headers, **exc.extra.get("headers", {})}
                 raise
@@ -196,9 +201,19 @@ class GatewayService:
             return reply
         return await run_cascade(plan, request, request_id, attempt)
 
+    async def _token_view(
+        self, alias: AliasEntry, request: ParsedRequest, principal: Principal
+    ) -> TokenPrompt | None:
+        """The prompt as the model's token ids, when the gateway has its tokenizer: for exact
+        quota reservations and for matching the engines' KV-cache events."""
+        tokens = self.prompt_tokens
+        if tokens is None:
+            return None
+        return await tokens.view(alias.model, request, principal.tenant.cache_salt)
+
     async def _route(
         self, snapshot: Snapshot, principal: Principal, request: ParsedRequest,
-        alias: AliasEntry, request_id: str, prompt_tokens: int,
+        alias: AliasEntry, request_id: str, prompt_tokens: int, prompt: TokenPrompt | None,
     ) -> _Route:  # fmt: skip
         """Route (step 4) over live loads and health, then admit (step 5)."""
         tenant, tier = principal.tenant, principal.tier
@@ -208,8 +223,6 @@ class GatewayService:
                 f"The pools of '{alias.alias}' open to your tenant have no endpoint right now.",
                 reason="no_endpoint",
             )
-        tokens, salt = self.prompt_tokens, principal.tenant.cache_salt
-        prompt = None if tokens is None else await tokens.view(alias.model, request, salt)
         view = request_view(request_id, principal, alias, request, prompt_tokens, prompt)
         views = self._endpoint_views(candidates)
         # A policy may ignore health (round-robin): ejected endpoints are dropped here too.
@@ -240,7 +253,7 @@ class GatewayService:
 
     async def _serve(
         self, snapshot: Snapshot, principal: Principal, request: ParsedRequest,
-        alias: AliasEntry, request_id: str, grant: Grant,
+        alias: AliasEntry, request_id: str, grant: Grant, prompt: TokenPrompt | None,
     ) -> Reply:  # fmt: skip
         meter = UsageMeter(
             self.emitter, self.quota, grant, principal, request, alias.model, request_id
@@ -248,7 +261,7 @@ class GatewayService:
         prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(request.kind, request.body)
         try:
             route = await self._route(
-                snapshot, principal, request, alias, request_id, prompt_tokens
+                snapshot, principal, request, alias, request_id, prompt_tokens, prompt
             )
         except BaseException:
             self.quota.release(grant)  # never sent: nothing to meter, nothing to charge

@@ -94,15 +94,17 @@ class QuotaEnforcer:
 
     async def reserve(
         self, snapshot: Snapshot, key: KeyEntry, tier: str, model: str, kind: str,
-        body: dict[str, Any],
+        body: dict[str, Any], *, prompt_tokens: int | None = None,
     ) -> Grant:  # fmt: skip
+        """Reserve what the request may use; ``prompt_tokens``: its prompt's exact length (the
+        model's tokenizer counted it), else it is estimated from the body."""
         book = snapshot.quotas
         # The snapshot lists only scopes that have a limit: most callers cost three lookups.
         key_limits = book.keys.get(key.key_id)
         project_limits = book.projects.get(key.tenant_id)
         tenant_limits = book.tenants.get(key.tenant_id)
         if key_limits is None and project_limits is None and tenant_limits is None:
-            return UNLIMITED_GRANT
+            return UNLIMITED_GRANT if prompt_tokens is None else Grant(None, {}, prompt_tokens)
         scopes = tuple(
             Scope(kind_, ident, limits.vector())
             for kind_, ident, limits in (
@@ -112,7 +114,7 @@ class QuotaEnforcer:
             )
             if limits is not None
         )
-        prompt = estimate_prompt_tokens(kind, body)
+        prompt = estimate_prompt_tokens(kind, body) if prompt_tokens is None else prompt_tokens
         completion = completion_budget(kind, body, self._cap)
         price = book.prices.get(price_key(model, tier))
         cost = price.cost(prompt, 0, completion) if price else 0

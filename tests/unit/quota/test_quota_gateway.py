@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 from tests.unit.gateway.upstreams import Chunks, sse_events
 
+from trunkline.gateway.prompt_tokens import PromptTokens
+from trunkline.gateway.routing.vllm_hashes import VllmHashing
+from trunkline.quota.estimate import estimate_prompt_tokens
 from trunkline.quota.limits import (
     CONCURRENCY,
     DAY_TOKENS,
@@ -367,3 +371,29 @@ def test_a_client_that_leaves_while_the_store_answers_leaves_no_reservation_held
 
     assert gw.counters()[CONCURRENCY] == 0 and gw.counters()[DAY_TOKENS] == 0
     assert gw.post(CHAT).status_code == 200
+
+
+class _OneTokenPerWord:
+    """The model's tokenizer, as far as this test needs it."""
+
+    def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
+        return [1] * len(body["messages"][-1]["content"].split())
+
+
+def test_with_the_models_tokenizer_a_reservation_counts_the_prompt_exactly(
+    make_gateway: Any,
+) -> None:
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_minute=1000))
+    long_words = {**CHAT, "messages": [{"role": "user", "content": "internationalization " * 10}]}
+    estimate = estimate_prompt_tokens("chat", long_words)
+    assert estimate > 10
+
+    estimated = gw.post(long_words)
+    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": _OneTokenPerWord()}, VllmHashing())
+    exact = gw.post(long_words)
+
+    assert estimated.status_code == exact.status_code == 200
+    assert estimated.headers["x-ratelimit-remaining-tokens"] == str(1000 - (estimate + 20))
+    # 10 words: 10 tokens reserved, + max_tokens; the first request settled at what it used.
+    assert exact.headers["x-ratelimit-remaining-tokens"] == str(1000 - USED - (10 + 20))
