@@ -4,8 +4,8 @@ their KV sent over each prefill engine's link, then handed to the engines that s
 A prefill engine runs the prompt as a request of one output token (vLLM's prefill side of a
 disaggregated request), under its own id. When it finishes, the prompt's KV (the tokens the
 serving engine lacks) crosses from the prefill engine's link to the serving engine's, each
-link carrying one prompt at a time, and the serving engine gets the request at the end of that
-transfer as a remote prefill
+link carrying one prompt at a time in the order the prefills finish, and the serving engine
+gets the request at the end of that transfer as a remote prefill
 (:attr:`~trunkline.engines.requests.EngineRequest.remote_prefill`). The prefill engine frees its
 blocks when it finishes, not when the transfer ends as vLLM does: a little optimistic for its KV
 capacity, not for time.
@@ -46,6 +46,7 @@ class Handoffs:
     def __init__(self) -> None:
         self._prefilling: dict[str, Handoff] = {}
         self._link_free: dict[str, float] = {}
+        self._finished: list[tuple[float, int, str, Handoff]] = []
         self._arrived: list[tuple[float, int, Handoff]] = []
         self._order = itertools.count()
 
@@ -64,14 +65,28 @@ class Handoffs:
         return on_step
 
     def _prefilled(self, prefill_key: str, req_id: str, at: float) -> None:
+        # The links are given out in the order the prefills finish, not the order the engines
+        # report them (one engine steps to the next arrival before the other): see
+        # :meth:`arrived_before`.
         handoff = self._prefilling.pop(req_id)
+        heapq.heappush(self._finished, (at, next(self._order), prefill_key, handoff))
+
+    def _transfer(self, at: float, prefill_key: str, handoff: Handoff) -> None:
         links = self._link_free
         start = max(at, links.get(prefill_key, 0.0), links.get(handoff.serve_key, 0.0))
         links[prefill_key] = links[handoff.serve_key] = arrival = start + handoff.transfer_s
         heapq.heappush(self._arrived, (arrival, next(self._order), handoff))
 
     def arrived_before(self, until: float) -> Iterator[tuple[float, Handoff]]:
-        """Pop, in time order, the handoffs whose KV arrived before ``until``."""
+        """Pop, in time order, the handoffs whose KV arrived before ``until``.
+
+        Every prefill engine must have stepped to ``until``: then every prefill finished
+        before ``until`` is known, and their transfers take the links in the order they
+        finished."""
+        finished = self._finished
+        while finished and finished[0][0] < until:
+            at, _, prefill_key, handoff = heapq.heappop(finished)
+            self._transfer(at, prefill_key, handoff)
         arrived = self._arrived
         while arrived and arrived[0][0] < until:
             at, _, handoff = heapq.heappop(arrived)

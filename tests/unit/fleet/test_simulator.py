@@ -273,3 +273,15 @@ def test_a_request_over_the_context_is_invalid_before_any_prefill_is_spent_on_it
     result = simulate(_disaggregated(), make_policy("round-robin"), Scripted(rows))
     assert [o.status for o in result.outcomes] == ["invalid"]
     assert sum(e.requests for e in result.engines) == 0
+
+
+def test_kv_transfers_take_the_links_in_the_order_their_prefills_finish() -> None:
+    # A long prompt on prefill/0, then a short one on prefill/1 that finishes its prefill long
+    # before; both finish before the next arrival. The short one's KV goes first on the decode
+    # engine's link, as if the long one were not there, whichever engine steps first.
+    rows = ((0.0, "b", 12000, 10), (0.001, "b", 1100, 10), (30.0, "b", 100, 1))
+    both = simulate(_disaggregated(1e9), make_policy("round-robin"), Scripted(rows)).outcomes
+    alone = simulate(_disaggregated(1e9), make_policy("round-robin"), Scripted(rows[1:]))
+    assert [o.prefill_endpoint for o in both[:2]] == ["prefill/0", "prefill/1"]
+    assert both[1].remote_prefill_s == pytest.approx(alone.outcomes[0].remote_prefill_s)
+    assert both[1].remote_prefill_s < both[0].remote_prefill_s
