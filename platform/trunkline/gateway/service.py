@@ -415,7 +415,10 @@ class GatewayService:
                         nonlocal ejected, limit
                         ejected, limit = True, min(limit, self.ejected_stream_idle_s)
                         deadline = idle.when()
-                        if deadline is not None:  # the engine is awaited now
+                        # The engine is awaited now, and its silence not already timed out
+                        # (an expiring timer cannot be rescheduled: the ejector would get the
+                        # RuntimeError).
+                        if deadline is not None and not idle.expired():
                             idle.reschedule(min(deadline, loop.time() + limit))
 
                     if flight is not None:

@@ -5,6 +5,7 @@ the endpoint."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import cast
 
@@ -318,3 +319,49 @@ def test_a_failover_skips_an_endpoint_ejected_while_the_request_waited(
     # request as engine-1 did.
     assert response.status_code == 200
     assert stopped.gw.hosts() == ["engine-1", "engine-3"]
+
+
+class _EjectedAsItsIdleTimerFires(httpx.AsyncByteStream):
+    """Sends its first two events, then stays silent; the loop is blocked past the stream's
+    idle deadline so that, in one turn of the loop, the idle timer fires first and the ejection
+    (a scrape failing, another request's failure) comes before the stream's task resumes."""
+
+    def __init__(self, eject: Callable[[], None], *, idle_s: float) -> None:
+        self.eject, self.idle_s = eject, idle_s
+        self.raised: list[BaseException] = []
+
+    def _eject(self) -> None:
+        try:
+            self.eject()
+        except BaseException as exc:  # what the scraper or the other request would get
+            self.raised.append(exc)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        events = sse_events("llama-8b-served", True)
+        for piece in events[:2]:
+            yield piece
+        asyncio.get_running_loop().call_later(self.idle_s * 1.5, self._eject)
+        # Blocks the loop on purpose: the stream's idle timer is armed, both are due after.
+        time.sleep(self.idle_s * 2)  # noqa: ASYNC251
+        await asyncio.Event().wait()
+        yield b""
+
+
+def test_an_ejection_just_as_a_stream_idle_timer_fires_raises_nothing_to_the_ejector(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    eject = _Ejection()
+    streams: list[_EjectedAsItsIdleTimerFires] = []
+
+    def stops(request: httpx.Request) -> httpx.Response:
+        streams.append(_EjectedAsItsIdleTimerFires(eject, idle_s=0.2))
+        return _event_stream(streams[-1])
+
+    gw = engine_gateway(failing_on("engine-1", stops), stream_idle_timeout_s=0.2)
+    eject.engines = gw.service.engines
+
+    body = gw.chat(STREAM).text
+
+    assert "sent nothing for 0.2 s mid-stream" in body
+    assert streams[0].raised == []
+    assert gw.service.engines.ejections("e1") == 1
