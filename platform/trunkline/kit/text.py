@@ -18,10 +18,16 @@ _INVISIBLE = r"\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 """Refused in any text: DEL and the C1 controls (``\\x9b`` is a terminal's CSI, ``\\x85`` a
 line break), the Unicode line and paragraph separators, and the bidirectional embeddings,
 overrides and isolates, which make a name read otherwise than it is written."""
-_BLANK = r"\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff"
+_BLANK = (
+    r"\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u2060-\u2064"
+    r"\u206a-\u206f\u3164\ufe00-\ufe0f\uffa0\ufeff"
+)
 """Characters that show nothing: spaces, and the zero-width and formatting ones (soft hyphen,
-zero-width spaces and joiners, direction marks, word joiner, byte-order mark). Named outright:
-Python's ``\\s`` leaves out ``U+FEFF``, which ECMAScript's takes."""
+combining grapheme joiner, zero-width spaces and joiners, direction marks (the Arabic letter
+mark too), word joiner, the deprecated shaping controls, variation selectors, byte-order mark)
+and the Hangul and Khmer fillers. Named outright: Python's ``\\s`` leaves out ``U+FEFF``, which
+ECMAScript's takes. (Astral ones, as the tag characters, would need surrogate pairs in
+ECMAScript without the ``u`` flag.)"""
 ONE_LINE = r"^(?:(?=[" + _BLANK + "]*[^" + _BLANK + r"])[^\x00-\x1f" + _INVISIBLE + "]*)?" + END
 """Text on one line, empty or with something to see: names (a name of spaces, or of zero-width
 characters, shows as none)."""

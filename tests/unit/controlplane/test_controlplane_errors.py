@@ -234,7 +234,11 @@ def test_descriptions_may_hold_line_breaks_but_not_other_control_characters(worl
 
 
 @pytest.mark.parametrize(
-    "name", [" ", "   ", "\u00a0", "\u3000 ", "\u200b", "\ufeff", "\u200b\u200d\u2060", " \u00ad "]
+    "name",
+    [
+        *(" ", "   ", "\u00a0", "\u3000 ", "\u200b", "\ufeff", "\u200b\u200d\u2060", " \u00ad "),
+        *("\u061c", "\u206a\u206f", "\u3164", " \ufe0f", "\u034f", "\uffa0"),
+    ],
 )
 def test_names_of_nothing_but_spaces_are_refused(world: World, name: str) -> None:
     """A key, tenant or person named with spaces alone, or zero-width characters, shows as no
