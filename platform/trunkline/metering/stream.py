@@ -215,6 +215,9 @@ class RedisUsageEmitter:
 
 _FORGET_LUA = """
 local forgotten = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return forgotten -- no stream (XINFO answers "no such key", not NOGROUP): the read makes it
+end
 for _, fields in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local info = {}
   for i = 1, #fields, 2 do info[fields[i]] = fields[i + 1] end

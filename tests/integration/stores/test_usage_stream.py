@@ -210,3 +210,18 @@ async def test_a_reader_removes_dead_consumers_but_never_one_holding_entries(
     claimed = RedisUsageReader(sync, name, consumer="live", claim_idle_ms=0).read(10)
     assert sorted(r.request_id for _, r in claimed) == ["f0", "f1"]
     sync.close()
+
+
+def test_a_reader_whose_stream_is_gone_makes_it_again_while_removing_dead_consumers(
+    redis_url: str,
+) -> None:
+    """Redis restarted without its data, no usage emitted since: the stream key is gone, which
+    ``XINFO CONSUMERS`` answers with "no such key", not NOGROUP. The read makes the group (and
+    stream) again instead of failing on every call."""
+    sync = redis.Redis.from_url(redis_url)
+    reader = RedisUsageReader(sync, "usage", consumer="w", forget_every_s=0)
+    assert reader.read(10) == []
+    sync.flushall()
+    assert reader.read(10) == []
+    assert sync.xinfo_groups("usage")[0]["name"] == b"ingest"
+    sync.close()
