@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -44,8 +45,8 @@ __all__ = [
 MAX_QUEUE_WAIT_S = 0.05
 """A prompt that waited longer than this for the tokenizer thread is not tokenized: its request
 is routed without a token view (by load and the approximate index). A burst of long prompts
-then adds at most this, plus the prompt being tokenized, to any request's routing, instead of
-a queue of every prompt ahead."""
+then adds at most this to any request's routing (besides its own prompt's tokenization, once
+started), instead of a queue of every prompt ahead."""
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class PromptTokens:
         self.hashing = hashing
         self.max_queue_wait_s = max_queue_wait_s
         self._clock = clock
+        self._count_lock = threading.Lock()
         self.outcomes: Counter[str] = Counter()
         """Prompts by outcome: ``tokenized``, ``untokenizable`` (the engine would render them
         otherwise), ``queue_wait`` (waited too long for the tokenizer thread)."""
@@ -180,10 +182,20 @@ class PromptTokens:
         tokenizer = self.tokenizers.get(model)
         if tokenizer is None:
             return None
-        loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(
-            self._worker, self._tokenize, tokenizer, request, self._clock()
-        )
+        job = self._worker.submit(self._tokenize, tokenizer, request, self._clock())
+        done = asyncio.wrap_future(job)
+        try:
+            # Waited for until it starts at most: a prompt queued behind one that started in
+            # time would otherwise wait out all of that one's tokenization too.
+            ids = await asyncio.wait_for(asyncio.shield(done), self.max_queue_wait_s)
+        except TimeoutError:
+            if job.cancel():  # still queued: it never runs
+                self._count("queue_wait")
+                return None
+            ids = await done  # its own tokenization started meanwhile
+        except asyncio.CancelledError:  # the client left: a queued prompt is not tokenized
+            job.cancel()
+            raise
         return None if ids is None else TokenPrompt(ids, self.hashing, cache_salt=cache_salt)
 
     def _tokenize(
@@ -191,11 +203,16 @@ class PromptTokens:
     ) -> list[int] | None:
         """On the tokenizer thread."""
         if self._clock() - queued_at > self.max_queue_wait_s:
-            self.outcomes["queue_wait"] += 1
+            self._count("queue_wait")
             return None
         ids = tokenizer.prompt_ids(request.kind, request.body)
-        self.outcomes["untokenizable" if ids is None else "tokenized"] += 1
+        self._count("untokenizable" if ids is None else "tokenized")
         return ids
+
+    def _count(self, outcome: str) -> None:
+        # From the tokenizer thread and the event loop's: ``+=`` is a read then a write.
+        with self._count_lock:
+            self.outcomes[outcome] += 1
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)

@@ -150,3 +150,49 @@ async def test_a_prompt_that_waited_too_long_for_the_tokenizer_goes_without_a_to
         )
         assert sample == count, outcome
     tokens.close()
+
+
+class _GatedTokenizer:
+    """One token per character; each call waits for its own gate (by prompt text)."""
+
+    def __init__(self, *held: str) -> None:
+        self.started = {text: threading.Event() for text in held}
+        self.release = {text: threading.Event() for text in held}
+
+    def prompt_ids(self, kind: str, body: Mapping[str, Any]) -> list[int] | None:
+        text = body["messages"][-1]["content"]
+        if text in self.started:
+            self.started[text].set()
+            self.release[text].wait(timeout=10)
+        return [ord(c) for c in text]
+
+
+async def test_a_prompt_never_waits_out_a_whole_tokenization_it_queued_behind() -> None:
+    # "a" is tokenized; "b" queues behind it, then "c". "b" waited under 50 ms when "a" ends,
+    # so it is tokenized, and it is long: "c" must not wait for all of it, but go without a
+    # token view once it waited 50 ms.
+    now = [0.0]
+    gated = _GatedTokenizer("a", "b")
+    tokens = PromptTokens(
+        {"served": gated}, VllmHashing(), max_queue_wait_s=0.05, clock=lambda: now[0]
+    )
+
+    def chat(text: str) -> Any:
+        body = b'{"model": "m", "messages": [{"role": "user", "content": "%s"}]}' % text.encode()
+        return parse_body("chat", body)
+
+    a = asyncio.ensure_future(tokens.view("served", chat("a"), cache_salt=None))
+    assert await asyncio.to_thread(gated.started["a"].wait, 10)
+    b = asyncio.ensure_future(tokens.view("served", chat("b"), cache_salt=None))
+    c = asyncio.ensure_future(tokens.view("served", chat("c"), cache_salt=None))
+    await asyncio.sleep(0)
+    now[0] = 0.01  # "a" ends 10 ms later: "b" and "c" waited 10 ms
+    gated.release["a"].set()
+    assert await asyncio.to_thread(gated.started["b"].wait, 10)
+    try:
+        assert await asyncio.wait_for(c, 2) is None  # not after the whole of "b"
+    finally:
+        gated.release["b"].set()
+        assert (await a) is not None and (await b) is not None
+        tokens.close()
+    assert tokens.outcomes["queue_wait"] == 1
