@@ -38,8 +38,9 @@ def engine_load(
     core = engine.core
     estimates = prefill_estimates or {}
     queued = sum(
+        # A remote prefill preempted lost the KV it was given: its whole prompt is to prefill.
         estimates.get(r.req_id, r.num_prompt_tokens)
-        if r.num_computed_tokens == 0
+        if r.num_computed_tokens == 0 and not (r.remote_prefill and r.num_preemptions)
         else r.num_prompt_tokens - r.num_computed_tokens
         for r in core.waiting
     )

@@ -117,3 +117,20 @@ def test_a_request_not_scheduled_yet_queues_only_the_prompt_the_cache_lacks() ->
     estimated = engine_load(engine, EndpointLoad(), {"second": second.num_tokens - cached})
     assert estimated.queued_prompt_tokens == 3
     assert engine_load(engine, EndpointLoad()).queued_prompt_tokens == 35  # no estimate given
+
+
+def test_a_remote_prefill_counts_one_token_queued_until_a_preemption_loses_its_kv() -> None:
+    # Two requests that cannot both grow in a 12-block cache: the newer, whose KV came from a
+    # prefill engine, is preempted and must prefill its whole prompt here.
+    engine = VirtualEngine(EngineCore(tiny_profile(kv_cache_blocks=12, max_model_len=48)))
+    engine.submit("old", list(range(20)), 20, 0.0)
+    engine.submit("new", list(range(500, 520)), 20, 0.0, remote_prefill=True)
+    estimates = {"old": 20, "new": 1}  # what the simulator records when it hands "new" over
+    engine.advance_to(0.0)
+    assert engine_load(engine, EndpointLoad(), estimates).queued_prompt_tokens == 21
+
+    now = 0.0
+    while not engine.core.counters.preemptions:
+        now += engine.core.step(now).duration
+    assert [r.req_id for r in engine.core.waiting] == ["new"]
+    assert engine_load(engine, EndpointLoad(), estimates).queued_prompt_tokens == 20
