@@ -194,11 +194,11 @@ async def open_upstream(
         tokens = prefill_tokens[index] if index < len(prefill_tokens) else 0
         flight = engines.sent(endpoint.id, tokens, streamed=streamed)
         url = _upstream_url(endpoint.url, path)
-        request = client.build_request("POST", url, content=body, headers=headers)
         if attempting is not None:
             attempting(candidate)
         try:
-            response = await unless_ejected(flight, _send(client, request, whole=not streamed))
+            sending = _send(client, url, body, headers, whole=not streamed)
+            response = await unless_ejected(flight, sending)
         except EndpointEjected:
             engines.ended(flight)
             reasons.append(f"{endpoint.url}: ejected")
@@ -209,7 +209,10 @@ async def open_upstream(
             if not isinstance(exc, httpx.PoolTimeout):  # our own pool, not the engine's fault
                 engines.failed(endpoint.id, type(exc).__name__)
             reasons.append(f"{endpoint.url}: {type(exc).__name__}")
-            log.warning("endpoint did not take the request", extra={"endpoint": endpoint.url})
+            log.warning(
+                "endpoint did not take the request",
+                extra={"endpoint": endpoint.url, "error": f"{type(exc).__name__}: {exc}"},
+            )
             continue
         except httpx.TimeoutException as exc:
             engines.ended(flight)
@@ -217,7 +220,10 @@ async def open_upstream(
                 raise
             engines.failed(endpoint.id, type(exc).__name__)
             reasons.append(f"{endpoint.url}: {type(exc).__name__}")
-            log.warning("endpoint went silent before answering", extra={"endpoint": endpoint.url})
+            log.warning(
+                "endpoint went silent before answering",
+                extra={"endpoint": endpoint.url, "error": type(exc).__name__},
+            )
             continue
         except BaseException:
             engines.ended(flight)
@@ -251,12 +257,30 @@ def _ejected_meanwhile(engines: EngineState, candidates: Sequence[Candidate], in
     return any(engines.routable(c.endpoint.id) for c in candidates[index + 1 :])
 
 
+_STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+"""What a request meets, before any response, on a pooled keep-alive connection the engine
+closed as it was reused: vLLM's server closes connections idle for 5 s, and httpx keeps them 5 s
+too. Seen against a live vLLM in the failover test (``ReadError`` on the replica that stayed up,
+a 503 when it was the last endpoint left). Sent once more on a new connection before it counts
+against the endpoint or moves on; an engine that is gone refuses the new connection."""
+
+
 async def _send(
-    client: httpx.AsyncClient, request: httpx.Request, *, whole: bool
-) -> httpx.Response:
+    client: httpx.AsyncClient, url: httpx.URL, body: bytes, headers: dict[str, str], *,
+    whole: bool,
+) -> httpx.Response:  # fmt: skip
     """The engine's response; with ``whole``, a 200's body read too (what a plain request waits
     for: vLLM sends it at once, complete, after the head)."""
-    response = await client.send(request, stream=True)
+    try:
+        response = await client.send(
+            client.build_request("POST", url, content=body, headers=headers), stream=True
+        )
+    except _STALE_CONNECTION_ERRORS as exc:
+        log.info("connection closed under the request; sending it once more", extra={
+            "endpoint": str(url), "error": type(exc).__name__})  # fmt: skip
+        response = await client.send(
+            client.build_request("POST", url, content=body, headers=headers), stream=True
+        )
     if whole and response.status_code == 200:
         try:
             await response.aread()

@@ -72,6 +72,48 @@ def test_a_failing_endpoint_is_retried_elsewhere_then_ejected(
     assert 'trunkline_endpoint_in_service{endpoint="e1"} 0.0' in metrics
 
 
+class _ClosedUnderTheRequest:
+    """engine-1 closed the pooled connection the gateway reused (vLLM's server drops
+    keep-alive connections idle for 5 s) ``times`` times, then answers."""
+
+    def __init__(self, error: type[httpx.TransportError], times: int) -> None:
+        self.error, self.times = error, times
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "engine-1" and self.times:
+            self.times -= 1
+            raise self.error("Server disconnected without sending a response.", request=request)
+        return chat_any(request)
+
+
+@pytest.mark.parametrize("error", [httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_connection_the_engine_closed_as_it_was_reused_is_replaced_not_failed_over(
+    engine_gateway: Callable[..., Gateway], error: type[httpx.TransportError], streamed: bool
+) -> None:
+    gw = engine_gateway(_ClosedUnderTheRequest(error, times=1))
+
+    response = gw.chat({**CHAT, "stream": streamed})
+
+    assert response.status_code == 200 and '"content"' in response.text
+    assert gw.hosts() == ["engine-1", "engine-1"]  # sent once more, to the same engine
+    [e1] = [h for h in gw.service.engines.health_report() if h.endpoint == "e1"]
+    assert e1.request_failures == 0  # the engine did nothing wrong
+
+
+def test_a_request_sent_once_more_that_fails_again_moves_on_and_counts_once(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(_ClosedUnderTheRequest(httpx.ReadError, times=2))
+
+    response = gw.chat()
+
+    assert response.status_code == 200
+    assert gw.hosts() == ["engine-1", "engine-1", "engine-2"]
+    [e1] = [h for h in gw.service.engines.health_report() if h.endpoint == "e1"]
+    assert e1.request_failures == 1
+
+
 def test_every_endpoint_ejected_still_tries_them_all(
     engine_gateway: Callable[..., Gateway],
 ) -> None:
