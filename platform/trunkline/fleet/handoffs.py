@@ -37,7 +37,7 @@ class Handoff:
     request: WorkloadRequest
     outcome: RequestOutcome
     transfer_s: float
-    """Seconds its KV takes on the prefill engine's link."""
+    """Seconds its KV takes on a link (the prefill engine's, then the serving engine's)."""
 
 
 class Handoffs:
@@ -50,8 +50,8 @@ class Handoffs:
         self._arrived: list[tuple[float, int, Handoff]] = []
         self._order = itertools.count()
 
-    def expect(self, prefill_key: str, handoff: Handoff) -> None:
-        """``handoff``'s prompt was sent to the prefill engine ``prefill_key``."""
+    def expect(self, handoff: Handoff) -> None:
+        """``handoff``'s prompt was sent to a prefill engine."""
         self._prefilling[prefill_request_id(handoff.request.request_id)] = handoff
 
     def observer(self, prefill_key: str) -> Callable[[StepResult], None]:

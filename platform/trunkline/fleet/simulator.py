@@ -52,6 +52,7 @@ from trunkline.gateway.routing import (
     kv_event_index,
 )
 from trunkline.gateway.routing.phases import PREFILL, prefill_candidates, serving_candidates
+from trunkline.workloads.prompts import Prompt
 from trunkline.workloads.schemas import Workload, WorkloadRequest
 
 __all__ = ["SimulatedEndpoint", "simulate"]
@@ -88,6 +89,8 @@ def simulate(
     engines = list(endpoints.values())
     router = Router(policy)
     gate: VirtualAdmission | None = None
+    prefillers = [e for e in engines if e.pool.role == PREFILL]
+    servers = [e for e in engines if e.pool.role != PREFILL]
     handoffs = Handoffs()
     for key, endpoint in endpoints.items():
         if endpoint.pool.role == PREFILL:
@@ -102,15 +105,13 @@ def simulate(
         }
 
     if admission is not None:
-        if any(pool.role == PREFILL for pool in spec.pools):
+        if prefillers:
             raise ValueError("admission with prefill pools is not simulated")
         engine_of = {key: endpoint.engine for key, endpoint in endpoints.items()}
         gate = VirtualAdmission(admission, engine_of, current_loads)
     requests: Iterable[WorkloadRequest] = workload.requests()
     if limit is not None:
         requests = itertools.islice(requests, limit)
-    prefillers = [e for e in engines if e.pool.role == PREFILL]
-    servers = [e for e in engines if e.pool.role != PREFILL]
 
     def hand_over_before(until: float) -> None:
         """Give the serving engines the requests whose KV arrived before ``until``."""
@@ -243,28 +244,12 @@ def _submit(
     at: float,
     remote_prefill: bool = False,
 ) -> None:
-    engine = endpoint.engine
-    prompt = request.prompt
-    block_size = engine.core.profile.block_size
-    cached = cached_prompt_tokens(engine, prompt) if engine.core.enable_prefix_caching else 0
-    try:
-        engine.submit(
-            request.request_id,
-            prompt.token_ids,
-            request.max_tokens,
-            at,
-            cache_salt=prompt.cache_salt,
-            output_tokens=request.output_tokens,
-            block_hashes=prompt.block_hashes(block_size),
-            remote_prefill=remote_prefill,
-        )
-    except ValueError:
+    queued = _queue(
+        endpoint, request.request_id, request.prompt, request.max_tokens, at,
+        output_tokens=request.output_tokens, remote_prefill=remote_prefill,
+    )  # fmt: skip
+    if not queued:
         outcome.status = "invalid"  # vLLM answers 400: prompt + max_tokens over the context
-        return
-    # A remote prefill's prompt is computed: only its last token is left.
-    left = 1 if remote_prefill else max(prompt.num_tokens - cached, 1)
-    endpoint.prefill_estimates[request.request_id] = left
-    endpoint.requests += 1
 
 
 def _prefill(
@@ -275,33 +260,55 @@ def _prefill(
     at: float,
 ) -> None:
     """Send ``handoff``'s prompt to the prefill engine ``key``, as a request of one token."""
-    endpoint = endpoints[key]
-    engine = endpoint.engine
     request, outcome = handoff.request, handoff.outcome
-    prompt = request.prompt
-    cached = cached_prompt_tokens(engine, prompt) if engine.core.enable_prefix_caching else 0
-    prefill_id = prefill_request_id(request.request_id)
     try:
         # The serving engine refuses what does not fit its context (vLLM's 400), before any
         # prefill is spent on it.
         endpoints[handoff.serve_key].engine.core.check_request(
-            prompt.num_tokens, request.max_tokens
-        )
-        engine.submit(
-            prefill_id,
-            prompt.token_ids,
-            1,
-            at,
-            cache_salt=prompt.cache_salt,
-            block_hashes=prompt.block_hashes(engine.core.profile.block_size),
+            request.prompt.num_tokens, request.max_tokens
         )
     except ValueError:
         outcome.status = "invalid"
         return
-    handoffs.expect(key, handoff)
+    if not _queue(endpoints[key], prefill_request_id(request.request_id), request.prompt, 1, at):
+        outcome.status = "invalid"
+        return
+    handoffs.expect(handoff)
     outcome.endpoint, outcome.prefill_endpoint = handoff.serve_key, key
-    endpoint.prefill_estimates[prefill_id] = max(prompt.num_tokens - cached, 1)
+
+
+def _queue(
+    endpoint: SimulatedEndpoint,
+    req_id: str,
+    prompt: Prompt,
+    max_tokens: int,
+    at: float,
+    *,
+    output_tokens: Sequence[int] | None = None,
+    remote_prefill: bool = False,
+) -> bool:
+    """Submit a request to ``endpoint``'s engine and note the prompt tokens it will likely
+    prefill (what a gateway estimates); False when the engine refuses it."""
+    engine = endpoint.engine
+    cached = cached_prompt_tokens(engine, prompt) if engine.core.enable_prefix_caching else 0
+    try:
+        engine.submit(
+            req_id,
+            prompt.token_ids,
+            max_tokens,
+            at,
+            cache_salt=prompt.cache_salt,
+            output_tokens=output_tokens,
+            block_hashes=prompt.block_hashes(engine.core.profile.block_size),
+            remote_prefill=remote_prefill,
+        )
+    except ValueError:
+        return False
+    # A remote prefill's prompt is computed: only its last token is left.
+    left = 1 if remote_prefill else max(prompt.num_tokens - cached, 1)
+    endpoint.prefill_estimates[req_id] = left
     endpoint.requests += 1
+    return True
 
 
 def _kv_bytes_per_token(endpoint: SimulatedEndpoint) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from trunkline.gateway.routing.candidates import Candidate
+from trunkline.gateway.routing.views import PromptRange
 
 __all__ = ["BOTH", "DECODE", "PREFILL", "ROLES", "prefill_candidates", "serving_candidates"]
 
@@ -39,6 +40,5 @@ def prefill_candidates(ordered: Sequence[Candidate], uncached_tokens: int) -> li
         c
         for c in ordered
         if c.pool.role == PREFILL
-        and uncached_tokens >= c.pool.min_prompt_tokens
-        and (c.pool.max_prompt_tokens is None or uncached_tokens < c.pool.max_prompt_tokens)
+        and uncached_tokens in PromptRange(c.pool.min_prompt_tokens, c.pool.max_prompt_tokens)
     ]
