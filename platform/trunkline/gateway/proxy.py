@@ -64,7 +64,7 @@ def aborted(answer: bytes) -> bool:
 async def unless_ejected(flight: Flight, waiting: Awaitable[T]) -> T:
     """Await what a request waits on before its first byte (the response head, a stream's
     first event); given up, raising :class:`EndpointEjected`, if the flight's endpoint is
-    ejected meanwhile (``Flight.abandon``). Nothing reached the client yet, so the request can
+    ejected meanwhile (``Flight.on_ejected``). Nothing reached the client yet, so the request can
     move to the next endpoint instead of waiting on an engine that stopped; closing the
     connection makes vLLM abort whatever it had started of it."""
     loop = asyncio.get_running_loop()
@@ -75,11 +75,11 @@ async def unless_ejected(flight: Flight, waiting: Awaitable[T]) -> T:
                 if abandoned.when() is None:  # once
                     abandoned.reschedule(loop.time())
 
-            flight.abandon = abandon
+            flight.on_ejected = abandon
             try:
                 return await waiting
             finally:
-                flight.abandon = None
+                flight.on_ejected = None
     except TimeoutError as exc:
         raise EndpointEjected("endpoint ejected before the first byte") from exc
 
@@ -271,16 +271,17 @@ async def _send(
 ) -> httpx.Response:  # fmt: skip
     """The engine's response; with ``whole``, a 200's body read too (what a plain request waits
     for: vLLM sends it at once, complete, after the head)."""
+
+    def post() -> Awaitable[httpx.Response]:
+        request = client.build_request("POST", url, content=body, headers=headers)
+        return client.send(request, stream=True)
+
     try:
-        response = await client.send(
-            client.build_request("POST", url, content=body, headers=headers), stream=True
-        )
+        response = await post()
     except _STALE_CONNECTION_ERRORS as exc:
         log.info("connection closed under the request; sending it once more", extra={
             "endpoint": str(url), "error": type(exc).__name__})  # fmt: skip
-        response = await client.send(
-            client.build_request("POST", url, content=body, headers=headers), stream=True
-        )
+        response = await post()
     if whole and response.status_code == 200:
         try:
             await response.aread()

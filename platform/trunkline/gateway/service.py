@@ -422,7 +422,7 @@ class GatewayService:
                             idle.reschedule(min(deadline, loop.time() + limit))
 
                     if flight is not None:
-                        flight.stalled = endpoint_ejected
+                        flight.on_ejected = endpoint_ejected
                     try:
                         if first:
                             yield first
@@ -435,7 +435,7 @@ class GatewayService:
                             yield chunk
                     finally:
                         if flight is not None:  # before the timer ends with the block
-                            flight.stalled = None
+                            flight.on_ejected = None
                 status, code = 200, None
                 meter.engine_answered()
             except httpx.HTTPError as exc:
@@ -447,12 +447,8 @@ class GatewayService:
                 # stopped engine fails its scrapes, and those eject it; its silent streams
                 # then end after the shorter ``ejected_stream_idle_s``.
                 failure = "StreamStalled"
-                message = f"The model endpoint sent nothing for {limit:g} s mid-stream."
-                if ejected:
-                    message = (
-                        f"The model endpoint was taken out of service and sent nothing for "
-                        f"{limit:g} s mid-stream."
-                    )
+                sent = "was taken out of service and sent" if ejected else "sent"
+                message = f"The model endpoint {sent} nothing for {limit:g} s mid-stream."
             if failure is not None:
                 log.warning(
                     "engine failed mid-stream",

@@ -64,11 +64,10 @@ class Flight:
     """One request this gateway sent to an endpoint, until it ends."""
 
     __slots__ = (
-        "abandon",
         "endpoint",
+        "on_ejected",
         "prefill_tokens",
         "sent_at",
-        "stalled",
         "streamed",
         "waiting_first_byte",
     )
@@ -83,14 +82,12 @@ class Flight:
         self.streamed = streamed
         """Its first byte is its first token; a plain request's first byte is its whole answer."""
         self.waiting_first_byte = True
-        self.abandon: Callable[[], None] | None = None
-        """Set while the request waits for its first byte (a plain request's whole answer, a
-        stream's first event): called if its endpoint is ejected meanwhile, so the request
-        moves on instead of waiting on an engine that stopped (a vLLM whose engine core died
-        before aborting the request keeps the connection open and silent)."""
-        self.stalled: Callable[[], None] | None = None
-        """Set while a stream that sent its first event is relayed: called if its endpoint is
-        ejected meanwhile, so a stream the stopped engine leaves silent ends soon."""
+        self.on_ejected: Callable[[], None] | None = None
+        """Called if its endpoint is ejected while it is set: by the request waiting for its
+        first byte (a plain request's whole answer, a stream's first event), so it moves on
+        instead of waiting on an engine that stopped (a vLLM whose engine core died before
+        aborting the request keeps the connection open and silent); then by the stream being
+        relayed, so a stream the stopped engine leaves silent ends soon."""
 
 
 class _Endpoint:
@@ -336,10 +333,8 @@ class EngineState:
                 extra={"endpoint_id": endpoint, "reason": reason, "ejected_for_s": round(until, 3)},
             )
             for flight in list(state.flights):
-                if flight.waiting_first_byte and flight.abandon is not None:
-                    flight.abandon()
-                elif not flight.waiting_first_byte and flight.stalled is not None:
-                    flight.stalled()
+                if flight.on_ejected is not None:
+                    flight.on_ejected()
             self._notify()
 
     def succeeded(self, endpoint: str) -> None:
