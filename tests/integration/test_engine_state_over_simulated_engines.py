@@ -252,7 +252,9 @@ async def test_kv_events_of_simulated_engines_reach_the_precise_index() -> None:
                 assert response.status_code == 200
             assert len(index), "no KV event of the simulated engines reached the index"
             health = (await http.get(live.base_url.removesuffix("/v1") + "/health")).json()
-        assert sum(health["engines"]["kv_events"].values()) > 0
+        subscriptions = health["engines"]["kv_events"]
+        assert len(subscriptions) == 2 and all(s["connected"] for s in subscriptions.values())
+        assert sum(s["events"] for s in subscriptions.values()) > 0
     finally:
         server.should_exit = True
         await task

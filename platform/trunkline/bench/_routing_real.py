@@ -295,9 +295,29 @@ def _gateway(
             key = key_file.read_text().strip()
             models = httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {key}"})
             if models.status_code == 200 and gateway.running():
+                if tokenizer is not None:  # precise-prefix: its index learns from KV events
+                    _wait_subscribed(url, len(servers))
                 yield url, key, gateway.pid
                 return
     raise RuntimeError(f"the {policy} gateway did not start; logs in {log_dir}")
+
+
+def _wait_subscribed(url: str, engines: int, timeout_s: float = 60.0) -> None:
+    """Wait until the gateway's health page shows every engine's KV-event subscription live:
+    a publisher drops what it sends before the handshake (ZMQ's slow joiner)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        subscriptions = httpx.get(f"{url}/health").json()["engines"]["kv_events"]
+        live = [s for s in subscriptions.values() if s["connected"]]
+        if len(live) == engines:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"KV-event subscriptions not live after {timeout_s:.0f} s: {subscriptions}"
+            )
+        time.sleep(0.05)
 
 
 def _gateway_command(servers: Sequence[Any], port: int, key_file: Path) -> list[str]:

@@ -153,18 +153,19 @@ def _visible_models(request: Request[object, object, State]) -> dict[str, dict[s
 
 
 def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
-    """Engine state at a glance: ejected endpoints, the oldest scrape, KV events received."""
+    """Engine state at a glance: ejected endpoints, the oldest scrape, and per endpoint that
+    publishes KV events, whether its subscription is live and how many events it applied."""
     if monitor is None:
         return {}
     state = monitor.state
     loads = state.loads()
     ages = [load.age_s for load in loads.values() if load.age_s != float("inf")]
-    kv = monitor.kv_subscriber.received if monitor.kv_subscriber is not None else {}
+    kv = monitor.kv_subscriber
     return {
         "endpoints": len(loads),
         "ejected": sorted(key for key in loads if not state.in_service(key)),
         "oldest_scrape_s": round(max(ages), 3) if ages else None,
-        "kv_events": dict(kv),
+        "kv_events": kv.summary() if kv is not None else {},
     }
 
 

@@ -127,7 +127,8 @@ async def test_kv_events_of_real_vllm_reach_the_precise_index(live: Live) -> Non
         health = (await http.get(f"{live.url}/health")).json()
 
     assert len(live.index) > before
-    assert health["engines"]["kv_events"][ENDPOINT] > 0
+    assert health["engines"]["kv_events"][ENDPOINT]["connected"] is True
+    assert health["engines"]["kv_events"][ENDPOINT]["events"] > 0
 
 
 @pytest.mark.parametrize(

@@ -98,6 +98,13 @@ def test_precise_prefix_sends_a_repeated_preamble_to_the_replica_its_kv_events_n
         hashes = tokens.hashing.block_hashes(ids, block)[:4]  # the preamble's first blocks
         return index.matches(hashes, None, ["vllm-0", "vllm-1"])
 
+    # A publisher drops events sent before a subscriber's handshake (ZMQ's slow joiner): wait
+    # until the gateway's health page says both subscriptions are live.
+    deadline = time.monotonic() + 60
+    while not all(s["connected"] for s in kv_subscriptions(gateway).values()):
+        assert time.monotonic() < deadline, kv_subscriptions(gateway)
+        time.sleep(0.05)
+    assert sorted(kv_subscriptions(gateway)) == ["vllm-0", "vllm-1"]
     for n in range(len(preambles)):
         assert gateway.post("/v1/completions", body(n, 0)).status_code == 200
     # The engines' events travel over ZMQ: wait until they name where each preamble went.
@@ -116,6 +123,13 @@ def test_precise_prefix_sends_a_repeated_preamble_to_the_replica_its_kv_events_n
     assert [r.endpoint for r in first] == [vllm_pair[i].url for i in where]
     assert [r.endpoint for r in second] == [r.endpoint for r in first]
     assert all(r.cached_tokens >= 4 * block for r in second), [r.cached_tokens for r in second]
+
+
+def kv_subscriptions(gateway: Gateway) -> dict[str, dict[str, object]]:
+    subscriptions: dict[str, dict[str, object]] = gateway.client.get("/health").json()["engines"][
+        "kv_events"
+    ]
+    return subscriptions
 
 
 def test_replicas_hash_the_same_prompt_to_the_same_blocks(

@@ -1,10 +1,11 @@
 """The KV-event subscriber over a loopback ZMQ PUB socket speaking vLLM's wire format: events
-reach the sink in order under the endpoint's id, and a gap in sequence numbers clears it."""
+reach the sink in order under the endpoint's id; a gap in sequence numbers or a lost publisher
+clears it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,13 +61,18 @@ def stored(*hashes: int) -> dict[str, object]:
     }
 
 
-async def test_events_reach_the_sink_and_a_gap_clears_the_endpoint() -> None:
-    publisher = Publisher()
-    sink = Sink()
+def subscribe(sink: Sink, publisher: Publisher) -> KvEventSubscriber:
+    """A subscriber to ``publisher`` as endpoint ``e1``, its task started."""
     subscriber = KvEventSubscriber(
         sink, lambda: [EndpointEntry("e1", "http://e1", publisher.address)]
     )
     subscriber.sync()
+    return subscriber
+
+
+async def test_events_reach_the_sink_and_a_gap_clears_the_endpoint() -> None:
+    publisher, sink = Publisher(), Sink()
+    subscriber = subscribe(sink, publisher)
     try:
         seq = 0
         for _ in range(200):  # ZMQ's slow joiner: publish until the subscription is live
@@ -109,3 +115,30 @@ async def test_an_endpoint_leaving_the_snapshot_is_cleared() -> None:
     await subscriber.close()
     publisher.close()
     assert sink.calls == [("e1", (), (), True)]
+
+
+async def until(condition: Callable[[], bool]) -> bool:
+    for _ in range(500):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+async def test_the_subscription_is_live_after_the_handshake_and_a_lost_publisher_clears() -> None:
+    publisher, sink = Publisher(), Sink()
+    subscriber = subscribe(sink, publisher)
+    try:
+        assert await until(lambda: "e1" in subscriber.connected)
+        assert subscriber.summary() == {"e1": {"connected": True, "events": 0}}
+        publisher.send(0, [stored(1)])
+        assert await until(lambda: bool(sink.calls))
+        sink.calls.clear()
+
+        publisher.close()  # the engine went away: its cache may be gone, events may be lost
+
+        assert await until(lambda: "e1" not in subscriber.connected)
+        assert sink.calls == [("e1", (), (), True)]
+        assert subscriber.summary() == {"e1": {"connected": False, "events": 1}}
+    finally:
+        await subscriber.close()

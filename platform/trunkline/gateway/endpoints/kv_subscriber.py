@@ -6,6 +6,12 @@ one SUB socket receives vLLM's multipart messages (decoded by
 the routing's precise prefix index — under the endpoint's id. Subscriptions follow snapshot
 changes. A gap in an engine's sequence numbers means lost events: the endpoint's blocks are
 cleared rather than trusted. A ZMQ SUB socket reconnects on its own when an engine restarts.
+
+A publisher drops what it sends before a subscriber's handshake is done (ZMQ's "slow joiner"), so
+a gateway learns only blocks stored after it connected. :attr:`KvEventSubscriber.connected` says
+which endpoints' subscriptions are live (a monitor socket follows each handshake); losing the
+connection clears the endpoint's blocks too, since the engine may be restarting with an empty
+cache and events sent meanwhile are lost.
 """
 
 from __future__ import annotations
@@ -67,11 +73,24 @@ class KvEventSubscriber:
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.received: dict[str, int] = {}
         """Events applied per endpoint id (for tests and the health page)."""
+        self.connected: set[str] = set()
+        """Endpoint ids whose publisher has completed the handshake and not disconnected since."""
+
+    def summary(self) -> dict[str, dict[str, object]]:
+        """Per subscribed endpoint id: ``connected`` and the ``events`` applied so far."""
+        return {
+            endpoint: {
+                "connected": endpoint in self.connected,
+                "events": self.received.get(endpoint, 0),
+            }
+            for endpoint in sorted(key[0] for key in self._tasks)
+        }
 
     def sync(self) -> None:
         wanted = {(e.id, e.kv_events) for e in self._endpoints() if e.kv_events}
         for key in set(self._tasks) - wanted:
             self._tasks.pop(key).cancel()
+            self.connected.discard(key[0])
             self._sink.apply(key[0], cleared=True)
         for endpoint_id, address in wanted - set(self._tasks):
             self._tasks[(endpoint_id, address)] = asyncio.create_task(
@@ -90,24 +109,46 @@ class KvEventSubscriber:
 
     async def _listen(self, endpoint: str, address: str) -> None:
         import zmq
+        import zmq.asyncio
+        from zmq.utils.monitor import parse_monitor_message
 
         socket = self._context.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
+        monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         socket.connect(address)
+        poller = zmq.asyncio.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         last_seq: int | None = None
         try:
             while True:
-                frames = await socket.recv_multipart()
-                try:
-                    message = decode_kv_event_message(frames)
-                except KvEventDecodeError:
-                    log.warning("undecodable KV event message", extra={"endpoint_id": endpoint})
-                    continue
-                if last_seq is not None and message.seq != last_seq + 1:
-                    self._sink.apply(endpoint, cleared=True)  # events were lost: trust none
-                last_seq = message.seq
-                count = apply_message(self._sink, endpoint, message)
-                self.received[endpoint] = self.received.get(endpoint, 0) + count
+                ready = dict(await poller.poll())
+                if monitor in ready:
+                    event = parse_monitor_message(await monitor.recv_multipart())["event"]
+                    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                        self.connected.add(endpoint)
+                    elif endpoint in self.connected:  # disconnected: trust nothing known
+                        self.connected.discard(endpoint)
+                        self._sink.apply(endpoint, cleared=True)
+                        last_seq = None
+                if socket in ready:
+                    last_seq = self._receive(endpoint, await socket.recv_multipart(), last_seq)
         finally:
+            self.connected.discard(endpoint)
+            socket.disable_monitor()
+            monitor.close()
             socket.close()
+
+    def _receive(self, endpoint: str, frames: list[bytes], last_seq: int | None) -> int | None:
+        """Apply one message; returns the sequence number to expect the next one after."""
+        try:
+            message = decode_kv_event_message(frames)
+        except KvEventDecodeError:
+            log.warning("undecodable KV event message", extra={"endpoint_id": endpoint})
+            return last_seq
+        if last_seq is not None and message.seq != last_seq + 1:
+            self._sink.apply(endpoint, cleared=True)  # events were lost: trust none
+        count = apply_message(self._sink, endpoint, message)
+        self.received[endpoint] = self.received.get(endpoint, 0) + count
+        return message.seq
