@@ -216,13 +216,16 @@ def publish_pool(
     servers: Sequence[VllmServer], *, kv_events: bool = False
 ) -> tuple[InMemorySnapshotStore, str]:
     """A snapshot store in which one key (returned) may call ``tiny`` on one pool (``POOL``) of
-    ``servers``: endpoints ``vllm-0``, ``vllm-1``…, with their KV-event publishers if asked.
+    ``servers``: endpoints ``vllm-0``, ``vllm-1``…, with their KV-event publishers (and where
+    those replay missed events) if asked.
 
     The world is the benchmark gateway's (:mod:`trunkline.bench._gateway_server`); the server
     secret is ``SECRET``.
     """
     endpoints = [
-        EndpointEntry(f"vllm-{i}", s.url, s.kv_events_endpoint if kv_events else None)
+        EndpointEntry(f"vllm-{i}", s.url, s.kv_events_endpoint, s.kv_replay_endpoint)
+        if kv_events
+        else EndpointEntry(f"vllm-{i}", s.url)
         for i, s in enumerate(servers)
     ]
     world = build_snapshot(

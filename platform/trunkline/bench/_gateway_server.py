@@ -52,9 +52,11 @@ class BenchWorld(NamedTuple):
 
 
 def parse_engine(text: str, index: int) -> EndpointEntry:
-    """``URL`` or ``URL,KV_EVENTS_ENDPOINT`` as the pool's ``index``-th endpoint."""
-    url, _, kv_events = text.partition(",")
-    return EndpointEntry(f"engine-{index}", url, kv_events or None)
+    """``URL``, ``URL,KV_EVENTS_ENDPOINT`` or ``URL,KV_EVENTS_ENDPOINT,KV_REPLAY_ENDPOINT`` as
+    the pool's ``index``-th endpoint."""
+    url, _, addresses = text.partition(",")
+    kv_events, _, kv_replay = addresses.partition(",")
+    return EndpointEntry(f"engine-{index}", url, kv_events or None, kv_replay or None)
 
 
 def build_snapshot(

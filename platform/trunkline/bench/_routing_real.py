@@ -329,7 +329,8 @@ def _gateway_command(servers: Sequence[Any], port: int, key_file: Path) -> list[
         "--host", LOOPBACK, "--port", str(port), "--key-file", str(key_file),
     ]  # fmt: skip
     for server in servers:
-        args += ["--engine", f"{server.url},{server.kv_events_endpoint}"]
+        addresses = f"{server.kv_events_endpoint},{server.kv_replay_endpoint}"
+        args += ["--engine", f"{server.url},{addresses}"]
     return python_module("trunkline.bench._gateway_server", *args)
 
 

@@ -164,6 +164,7 @@ class VllmServer:
 
     port: int
     kv_events_port: int
+    kv_replay_port: int
     cpu: str
     log: Path
     model_name: str = MODEL_NAME
@@ -179,6 +180,11 @@ class VllmServer:
     def kv_events_endpoint(self) -> str:
         """Where a SUB socket connects (vLLM binds ``tcp://*:PORT``)."""
         return f"tcp://{LOOPBACK}:{self.kv_events_port}"
+
+    @property
+    def kv_replay_endpoint(self) -> str:
+        """Where a subscriber asks for the events it missed (vLLM's ``replay_endpoint``)."""
+        return f"tcp://{LOOPBACK}:{self.kv_replay_port}"
 
     @property
     def kv_events_topic(self) -> str:
@@ -219,7 +225,9 @@ def vllm_command(
 ) -> list[str]:
     kv_events = (
         '{"enable_kv_cache_events": true, "publisher": "zmq", '
-        f'"endpoint": "tcp://*:{server.kv_events_port}", "topic": "{server.kv_events_topic}"}}'
+        f'"endpoint": "tcp://*:{server.kv_events_port}", '
+        f'"replay_endpoint": "tcp://*:{server.kv_replay_port}", '
+        f'"topic": "{server.kv_events_topic}"}}'
     )
     return [
         str(env.python),
@@ -268,7 +276,7 @@ def _launch(
     log_dir: Path,
     cpu: str,
     kv_cache_bytes: int,
-    ports: tuple[int, int],
+    ports: tuple[int, int, int],
 ) -> VllmServer:
     log = log_dir / f"vllm-{cpu}-{time.time_ns()}.log"
     server = VllmServer(*ports, cpu, log, model_name=model.name)
@@ -311,9 +319,16 @@ def start_vllm_replicas(
             f"not found): {INSTALL_HINT}"
         )
     log_dir.mkdir(parents=True, exist_ok=True)
-    ports = free_loopback_ports(2 * len(cpus))
+    ports = free_loopback_ports(3 * len(cpus))
     servers = [
-        _launch(env, served, log_dir, cpu, kv_cache_bytes, (ports[2 * i], ports[2 * i + 1]))
+        _launch(
+            env,
+            served,
+            log_dir,
+            cpu,
+            kv_cache_bytes,
+            (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]),
+        )
         for i, cpu in enumerate(cpus)
     ]
     try:

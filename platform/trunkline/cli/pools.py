@@ -8,6 +8,7 @@
     trunkline pools update h100-eu-gold --tiers gold             # placement by tier
     trunkline pools update h100-eu-2 --cost-per-hour flavor --capacity 8
     trunkline pools set-endpoints h100-eu-2 http://10.0.0.7:8000=tcp://10.0.0.7:5557 http://…
+    trunkline pools set-endpoints h100-eu-2 http://10.0.0.7:8000=tcp://10.0.0.7:5557,tcp://10.0.0.7:5558
 
 Changes are published to every gateway after commit. Output is JSON (``show``, ``create``,
 ``update``, ``set-endpoints``) or a table (``list``).
@@ -66,10 +67,14 @@ def register(sub: Any) -> None:
     update.set_defaults(func=update_command)
 
     endpoints = commands.add_parser(
-        "set-endpoints", help="replace a pool's endpoint list (URL or URL=KV_EVENTS_ADDRESS)"
+        "set-endpoints",
+        help="replace a pool's endpoint list (URL, URL=KV_EVENTS_ADDRESS or "
+        "URL=KV_EVENTS_ADDRESS,KV_REPLAY_ADDRESS)",
     )
     endpoints.add_argument("name")
-    endpoints.add_argument("endpoints", nargs="*", metavar="URL[=tcp://HOST:PORT]")
+    endpoints.add_argument(
+        "endpoints", nargs="*", metavar="URL[=tcp://HOST:PORT[,tcp://HOST:PORT]]"
+    )
     endpoints.set_defaults(func=set_endpoints_command)
 
 
@@ -196,17 +201,25 @@ def set_endpoints_command(args: argparse.Namespace) -> int:
     return 0
 
 
+_ENDPOINT_PARTS = {
+    "url": "its URL",
+    "kv_events": "its events address",
+    "kv_replay": "its replay address",
+}
+
+
 def _endpoint(text: str) -> EndpointSpec:
-    """One ``URL`` or ``URL=KV_EVENTS_ADDRESS`` argument (named as given in an error: it is no
-    option)."""
-    url, _, kv_events = text.partition("=")
-    raw = {"url": url, "kv_events": kv_events or None}
+    """One ``URL``, ``URL=KV_EVENTS_ADDRESS`` or ``URL=KV_EVENTS_ADDRESS,KV_REPLAY_ADDRESS``
+    argument (named as given in an error: it is no option)."""
+    url, _, addresses = text.partition("=")
+    kv_events, _, kv_replay = addresses.partition(",")
+    raw = {"url": url, "kv_events": kv_events or None, "kv_replay": kv_replay or None}
     try:
         spec: EndpointSpec = msgspec.convert(raw, EndpointSpec, strict=False)
     except msgspec.ValidationError as exc:
         reason, _, where = shown(str(exc)).partition(" - at `$.")
-        part = "its events address" if where.startswith("kv_events") else "its URL"
-        raise InvalidRequest(f"endpoint {text!r}: {part}: {reason}") from exc
+        part = _ENDPOINT_PARTS.get(where.rstrip("`"))
+        raise InvalidRequest(f"endpoint {text!r}: {part + ': ' if part else ''}{reason}") from exc
     return spec
 
 

@@ -24,6 +24,7 @@ from typing import TypeAlias
 import msgspec
 
 __all__ = [
+    "REPLAY_END",
     "AllBlocksCleared",
     "BlockRemoved",
     "BlockStored",
@@ -37,6 +38,10 @@ __all__ = [
 
 KvBlockHash: TypeAlias = int | bytes
 """vLLM's ``ExternalBlockHash``: an int (default) or a sha256 digest."""
+
+REPLAY_END = (-1).to_bytes(8, "big", signed=True)
+"""The sequence number frame that ends a replay (vLLM's ``END_SEQ``): ``[b"", b"", REPLAY_END,
+b""]`` after the replayed ``[b"", topic, seq, payload]`` messages."""
 
 
 class BlockStored(msgspec.Struct, frozen=True, tag="BlockStored", tag_field="type"):

@@ -6,10 +6,17 @@ payload a msgpack ``[ts, [event, ...], data_parallel_rank]`` whose events are ma
 ``"type"``. This publisher sends exactly that, built from the typed structs of
 :mod:`trunkline.engines.kv_events` (the decoder the gateway uses on real vLLM), so a subscriber
 cannot tell a simulated engine from a real one. ``pyzmq`` is imported only when one is created.
+
+Like vLLM's ``replay_endpoint``, an optional ROUTER socket answers a subscriber that missed
+messages: a request ``[b"", start (8 bytes, big-endian)]`` gets every kept message from
+``start`` on as ``[b"", topic, seq, payload]``, then ``[b"", b"", -1 (8 bytes), b""]``. The
+last ``buffer_steps`` messages are kept (vLLM's default: 10,000).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,9 +29,17 @@ __all__ = ["ZmqKvEventPublisher"]
 
 
 class ZmqKvEventPublisher:
-    """A PUB socket bound to ``endpoint`` (e.g. ``tcp://127.0.0.1:5557``); a KV event sink."""
+    """A PUB socket bound to ``endpoint`` (e.g. ``tcp://127.0.0.1:5557``); a KV event sink.
+    With ``replay_endpoint``, a thread serves replay requests on a ROUTER socket bound there."""
 
-    def __init__(self, endpoint: str, topic: str) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        topic: str,
+        *,
+        replay_endpoint: str | None = None,
+        buffer_steps: int = 10_000,
+    ) -> None:
         import zmq  # an optional dependency: only simulated engines that publish need it
 
         self.topic = topic.encode()
@@ -36,14 +51,53 @@ class ZmqKvEventPublisher:
         self._seq = 0
         self._encoder = msgspec.msgpack.Encoder()
         self._noblock = zmq.NOBLOCK
+        self._kept: deque[tuple[bytes, bytes]] = deque(maxlen=buffer_steps)
+        self._lock = threading.Lock()
+        self._running = True
+        self.replay_endpoint: str | None = None
+        self._replay: threading.Thread | None = None
+        if replay_endpoint is not None:
+            router: Any = self._context.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)
+            router.bind(replay_endpoint)
+            self.replay_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._replay = threading.Thread(
+                target=self._serve_replays, args=(router,), name="kv-replay", daemon=True
+            )
+            self._replay.start()
 
     def __call__(self, now: float, events: Sequence[KVCacheEvent]) -> None:
         payload = self._encoder.encode([now, [_to_wire(e) for e in events], None])
-        frames = [self.topic, self._seq.to_bytes(8, "big", signed=True), payload]
+        seq = self._seq.to_bytes(8, "big", signed=True)
         self._seq += 1
-        self._socket.send_multipart(frames, flags=self._noblock)
+        if self._replay is not None:
+            with self._lock:
+                self._kept.append((seq, payload))
+        self._socket.send_multipart([self.topic, seq, payload], flags=self._noblock)
+
+    def _serve_replays(self, router: Any) -> None:
+        """The ROUTER socket lives on this thread alone (ZMQ sockets are not thread-safe)."""
+        try:
+            while self._running:
+                if not router.poll(50):
+                    continue
+                frames = router.recv_multipart()
+                if len(frames) != 3 or len(frames[2]) != 8:
+                    continue  # not a replay request: vLLM ignores those too
+                client, start = frames[0], int.from_bytes(frames[2], "big", signed=True)
+                with self._lock:
+                    kept = [(seq, payload) for seq, payload in self._kept]
+                for seq, payload in kept:
+                    if int.from_bytes(seq, "big", signed=True) >= start:
+                        router.send_multipart([client, b"", self.topic, seq, payload])
+                router.send_multipart([client, b"", b"", wire.REPLAY_END, b""])
+        finally:
+            router.close()
 
     def close(self) -> None:
+        self._running = False
+        if self._replay is not None:
+            self._replay.join()
         self._socket.close()
         self._context.term()
 

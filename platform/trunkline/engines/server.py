@@ -93,13 +93,18 @@ class SimApp:
         seed: int = 0,
         time_scale: float = 1.0,
         kv_events_endpoint: str | None = None,
+        kv_replay_endpoint: str | None = None,
     ) -> None:
         self.model = model
         self.profile = profile
         self.created = int(time.time())
-        # vLLM's --kv-events-config: the same ZMQ messages, topic kv@MODEL.
+        # vLLM's --kv-events-config: the same ZMQ messages, topic kv@MODEL, and replays.
         self.kv_publisher = (
-            ZmqKvEventPublisher(kv_events_endpoint, f"kv@{model}") if kv_events_endpoint else None
+            ZmqKvEventPublisher(
+                kv_events_endpoint, f"kv@{model}", replay_endpoint=kv_replay_endpoint
+            )
+            if kv_events_endpoint
+            else None
         )
         self.core = EngineCore(profile, seed=seed, kv_event_sink=self.kv_publisher)
         self.metrics = EngineMetrics(self.core, model)
@@ -267,13 +272,16 @@ def create_sim_app(
     seed: int = 0,
     time_scale: float = 1.0,
     kv_events_endpoint: str | None = None,
+    kv_replay_endpoint: str | None = None,
 ) -> SimApp:
     """A simulated vLLM server for ``model`` on ``profile``; ``time_scale`` < 1 runs faster;
-    ``kv_events_endpoint`` (``tcp://127.0.0.1:PORT``) publishes its KV events like vLLM."""
+    ``kv_events_endpoint`` (``tcp://127.0.0.1:PORT``) publishes its KV events like vLLM, and
+    ``kv_replay_endpoint`` answers requests to replay them."""
     return SimApp(
         model=model,
         profile=profile,
         seed=seed,
         time_scale=time_scale,
         kv_events_endpoint=kv_events_endpoint,
+        kv_replay_endpoint=kv_replay_endpoint,
     )

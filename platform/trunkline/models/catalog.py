@@ -94,3 +94,5 @@ class Endpoint(IdMixin, CreatedMixin, Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     kv_events: Mapped[str | None] = mapped_column(String(500), default=None)
     """ZMQ address of the engine's KV-cache event publisher (``tcp://host:port``)."""
+    kv_replay: Mapped[str | None] = mapped_column(String(500), default=None)
+    """ZMQ address where that publisher replays missed events (vLLM's ``replay_endpoint``)."""

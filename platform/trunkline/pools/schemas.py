@@ -205,6 +205,7 @@ class Endpoint(msgspec.Struct):
     url: str
     enabled: bool
     kv_events: str | None = None
+    kv_replay: str | None = None
 
 
 class Pool(msgspec.Struct):
@@ -280,12 +281,18 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
 class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: Url
     kv_events: ZmqAddress | None = None
+    kv_replay: ZmqAddress | None = None
+    """Where the engine replays the events a subscriber missed (vLLM's ``replay_endpoint``)."""
+
+    def __post_init__(self) -> None:
+        if self.kv_replay is not None and self.kv_events is None:
+            raise ValueError("`kv_replay` needs `kv_events`: it replays that publisher's events")
 
 
 class PoolEndpoints(msgspec.Struct, forbid_unknown_fields=True):
     urls: list[Url | EndpointSpec]
-    """The pool's complete endpoint list, each a URL or ``{url, kv_events}``; endpoints not
-    listed are removed."""
+    """The pool's complete endpoint list, each a URL or ``{url, kv_events, kv_replay}``;
+    endpoints not listed are removed."""
 
 
 class Entitlement(msgspec.Struct):

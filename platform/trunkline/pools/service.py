@@ -293,12 +293,22 @@ def replace_endpoints(
         if not endpoint.enabled:
             endpoint.enabled = True
             changes.append(f"+{url}")
-        if endpoint.kv_events != wanted[url].kv_events:
-            endpoint.kv_events = wanted[url].kv_events
-            changes.append(f"{url} kv_events {wanted[url].kv_events}")
+        for field in ("kv_events", "kv_replay"):
+            value = getattr(wanted[url], field)
+            if getattr(endpoint, field) != value:
+                setattr(endpoint, field, value)
+                changes.append(f"{url} {field} {value}")
     for url, spec in wanted.items():
         if url not in current:
-            session.add(Endpoint(pool_id=pool.id, url=url, enabled=True, kv_events=spec.kv_events))
+            session.add(
+                Endpoint(
+                    pool_id=pool.id,
+                    url=url,
+                    enabled=True,
+                    kv_events=spec.kv_events,
+                    kv_replay=spec.kv_replay,
+                )
+            )
             changes.append(f"+{url}")
     if changes:
         flush_or_conflict(session, f"pool {pool.name!r} lists an endpoint twice")
@@ -362,7 +372,7 @@ def _pool_view(
         pool.region,
         pool.burst,
         pool.block_size,
-        [EndpointView(e.id, e.url, e.enabled, e.kv_events) for e in endpoints],
+        [EndpointView(e.id, e.url, e.enabled, e.kv_events, e.kv_replay) for e in endpoints],
         cost_per_hour=float(flavor.cost_per_hour) if own is None else own,
         own_cost_per_hour=own,
         capacity=pool.capacity,

@@ -119,7 +119,7 @@ def _aliases(session: Session, pools: Mapping[str, PoolEntry]) -> dict[str, Alia
 def _pools(session: Session) -> dict[str, PoolEntry]:
     endpoints: dict[object, list[EndpointEntry]] = defaultdict(list)
     for e in session.scalars(select(Endpoint).where(Endpoint.enabled).order_by(Endpoint.url)):
-        endpoints[e.pool_id].append(EndpointEntry(str(e.id), e.url, e.kv_events))
+        endpoints[e.pool_id].append(EndpointEntry(str(e.id), e.url, e.kv_events, e.kv_replay))
     rows = session.execute(
         select(Pool, Model.name, AcceleratorFlavor)
         .join(Model, Pool.model_id == Model.id)

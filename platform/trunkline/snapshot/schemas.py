@@ -50,6 +50,8 @@ class EndpointEntry(msgspec.Struct, frozen=True):
     url: str
     kv_events: str | None = None
     """ZMQ address of the engine's KV-cache event publisher (``tcp://host:port``), if it has one."""
+    kv_replay: str | None = None
+    """ZMQ address where that publisher replays missed events (vLLM's ``replay_endpoint``)."""
 
 
 class PoolEntry(msgspec.Struct, frozen=True):

@@ -72,13 +72,21 @@ def test_the_summary_gives_the_cached_share_throughput_and_errors() -> None:
 
 
 def test_the_gateway_serves_every_engine_in_one_pool_with_its_kv_events() -> None:
-    engines = [parse_engine("http://127.0.0.1:1", 0), parse_engine("http://h:2,tcp://h:3", 1)]
+    engines = [
+        parse_engine("http://127.0.0.1:1", 0),
+        parse_engine("http://h:2,tcp://h:3", 1),
+        parse_engine("http://h:4,tcp://h:5,tcp://h:6", 2),
+    ]
     world = build_snapshot(
         engines=engines, model="tiny-llama", alias="chat", block_size=32, server_secret=b"s" * 32
     )
     (pool,) = world.snapshot.pools.values()
-    assert [e.url for e in pool.endpoints] == ["http://127.0.0.1:1", "http://h:2"]
-    assert [e.kv_events for e in pool.endpoints] == [None, "tcp://h:3"]
+    assert [e.url for e in pool.endpoints] == ["http://127.0.0.1:1", "http://h:2", "http://h:4"]
+    assert [(e.kv_events, e.kv_replay) for e in pool.endpoints] == [
+        (None, None),
+        ("tcp://h:3", None),
+        ("tcp://h:5", "tcp://h:6"),
+    ]
     assert (pool.model, pool.block_size) == ("tiny-llama", 32)
     assert world.snapshot.aliases["chat"].pools == (pool.name,)
     assert world.api_key
@@ -129,13 +137,15 @@ def test_a_server_is_started_on_the_model_it_is_given_under_that_models_name(
     tmp_path: Path,
 ) -> None:
     model = ServedModel(tmp_path / "models" / "m", "my-model")
-    server = VllmServer(8000, 8001, "1", tmp_path / "log", model_name=model.name)
+    server = VllmServer(8000, 8001, 8002, "1", tmp_path / "log", model_name=model.name)
 
     command = vllm_command(VllmEnv(tmp_path), model, server, 1024)
 
     assert command[command.index("serve") + 1] == str(model.path)
     assert command[command.index("--served-model-name") + 1] == "my-model"
-    assert '"topic": "kv@my-model"' in command[command.index("--kv-events-config") + 1]
+    kv_events = command[command.index("--kv-events-config") + 1]
+    assert '"topic": "kv@my-model"' in kv_events
+    assert '"replay_endpoint": "tcp://*:8002"' in kv_events
 
 
 def test_the_default_model_is_the_tests_tiny_one_and_the_bench_serves_fidelity_llama(

@@ -30,7 +30,7 @@ capacity: 6
 tokens_per_s: 5200
 max_prompt_tokens: 4096
 endpoints:
-  - {url: "http://10.0.0.7:8000", kv_events: "tcp://10.0.0.7:5557"}
+  - {url: "http://10.0.0.7:8000", kv_events: "tcp://10.0.0.7:5557", kv_replay: "tcp://10.0.0.7:5558"}
   - http://10.0.0.8:8000
 ---
 kind: Cascade
@@ -71,7 +71,10 @@ def test_pools_cascades_and_cache_isolation_apply_once(
     pool = published.pools["small-eu"]
     assert (pool.cost_per_hour, pool.capacity, pool.tokens_per_s) == (0.55, 6, 5200.0)
     assert (pool.min_prompt_tokens, pool.max_prompt_tokens) == (0, 4096)
-    assert [e.kv_events for e in pool.endpoints] == ["tcp://10.0.0.7:5557", None]
+    assert [(e.kv_events, e.kv_replay) for e in pool.endpoints] == [
+        ("tcp://10.0.0.7:5557", "tcp://10.0.0.7:5558"),
+        (None, None),
+    ]
     assert published.pools["h100-eu-west"].cost_per_hour == 3.5  # the flavor's price
     alias = published.aliases["llama-auto"]
     assert alias.model == "llama-3.2-1b-instruct" and alias.cascade is not None

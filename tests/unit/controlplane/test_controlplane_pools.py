@@ -19,18 +19,31 @@ def test_a_pool_carries_cost_capacity_rate_and_kv_event_addresses(world: World) 
     pool = admin.post(CATALOG + "/pools", {**POOL, "capacity": 4, "tokens_per_s": 2400.0})
     assert (pool["cost_per_hour"], pool["own_cost_per_hour"]) == (3.5, None)  # the flavor's
     endpoints = [
-        {"url": "http://10.0.0.7:8000", "kv_events": "tcp://10.0.0.7:5557"},
+        {
+            "url": "http://10.0.0.7:8000",
+            "kv_events": "tcp://10.0.0.7:5557",
+            "kv_replay": "tcp://10.0.0.7:5558",
+        },
         "http://10.0.0.8:8000",
     ]
     pool = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": endpoints})
-    assert [(e["url"], e["kv_events"]) for e in pool["endpoints"]] == [
-        ("http://10.0.0.7:8000", "tcp://10.0.0.7:5557"),
-        ("http://10.0.0.8:8000", None),
+    assert [(e["url"], e["kv_events"], e["kv_replay"]) for e in pool["endpoints"]] == [
+        ("http://10.0.0.7:8000", "tcp://10.0.0.7:5557", "tcp://10.0.0.7:5558"),
+        ("http://10.0.0.8:8000", None, None),
     ]
 
     entry = snapshot(world.runtime).pools["a100-eu"]
     assert (entry.cost_per_hour, entry.capacity, entry.tokens_per_s) == (3.5, 4, 2400.0)
-    assert [e.kv_events for e in entry.endpoints] == ["tcp://10.0.0.7:5557", None]
+    assert [(e.kv_events, e.kv_replay) for e in entry.endpoints] == [
+        ("tcp://10.0.0.7:5557", "tcp://10.0.0.7:5558"),
+        (None, None),
+    ]
+    # A replay address alone replays nothing: refused, and the endpoints stay as they were.
+    lone = [{"url": "http://10.0.0.9:8000", "kv_replay": "tcp://10.0.0.9:5558"}]
+    problem = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": lone}, expect=400)
+    [error] = problem["errors"]
+    assert error["field"] == "urls[0]" and "`kv_replay` needs `kv_events`" in error["message"]
+    assert len(snapshot(world.runtime).pools["a100-eu"].endpoints) == 2
 
     assert admin.patch(CATALOG + "/pools/a100-eu", {"cost_per_hour": 2.9})["cost_per_hour"] == 2.9
     assert snapshot(world.runtime).pools["a100-eu"].cost_per_hour == 2.9

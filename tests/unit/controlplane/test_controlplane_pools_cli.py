@@ -63,10 +63,13 @@ def test_pools_create_update_set_endpoints_show_and_list(
     assert (code, json.loads(out)["tiers"]) == (0, ["gold", "silver"])
     code, out, _ = run(
         capsys, "pools", "set-endpoints", "h100-eu-2",
-        "http://10.0.0.7:8000=tcp://10.0.0.7:5557", "http://10.0.0.8:8000",
+        "http://10.0.0.7:8000=tcp://10.0.0.7:5557,tcp://10.0.0.7:5558", "http://10.0.0.8:8000",
     )  # fmt: skip
     assert code == 0
-    assert [e["kv_events"] for e in json.loads(out)["endpoints"]] == ["tcp://10.0.0.7:5557", None]
+    assert [(e["kv_events"], e["kv_replay"]) for e in json.loads(out)["endpoints"]] == [
+        ("tcp://10.0.0.7:5557", "tcp://10.0.0.7:5558"),
+        (None, None),
+    ]
 
     pool = published(configured).pools["h100-eu-2"]
     assert (pool.capacity, pool.tokens_per_s, pool.cost_per_hour, pool.burst) == (
@@ -115,6 +118,11 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=http://b")
     assert code == 2
     assert err.startswith("error: endpoint 'http://a:1=http://b': its events address: ")
+    code, _, err = run(
+        capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=tcp://b:2,http://c"
+    )
+    assert code == 2
+    assert err.startswith("error: endpoint 'http://a:1=tcp://b:2,http://c': its replay address: ")
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "not-a-url")
     assert code == 2 and err.startswith("error: endpoint 'not-a-url': its URL: ")
     assert "--" not in err  # no option to point at: the endpoints are arguments

@@ -1,5 +1,6 @@
 """A simulated engine publishes its KV events over ZMQ in vLLM's format: the decoder the
-gateway uses on real vLLM (``engines/kv_events.py``) reads them."""
+gateway uses on real vLLM (``engines/kv_events.py``) reads them, and replays what a subscriber
+missed as vLLM's ``replay_endpoint`` does."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import httpx
 import zmq
 from tests.unit.engines.helpers import small_h100
 
-from trunkline.engines import create_sim_app, prefix_block_hashes
-from trunkline.engines.kv_events import BlockStored, decode_kv_event_message
+from trunkline.engines import create_sim_app, kv_events, prefix_block_hashes
+from trunkline.engines.events import BlockRemoved
+from trunkline.engines.kv_events import REPLAY_END, BlockStored, decode_kv_event_message
+from trunkline.engines.kv_publisher import ZmqKvEventPublisher
 
 
 async def test_stored_blocks_reach_a_subscriber_as_vllm_would_send_them() -> None:
@@ -49,3 +52,43 @@ async def test_stored_blocks_reach_a_subscriber_as_vllm_would_send_them() -> Non
     assert list(stored.block_hashes) == prefix_block_hashes(tokens, 16)
     assert stored.parent_block_hash is None
     assert list(stored.token_ids) == tokens[:96]
+
+
+def test_a_subscriber_that_missed_messages_gets_them_replayed_as_vllm_does() -> None:
+    # vLLM's replay protocol: [b"", start seq] to the ROUTER; each kept message from ``start``
+    # on comes back as [b"", topic, seq, payload], then [b"", b"", -1, b""].
+    publisher = ZmqKvEventPublisher(
+        "tcp://127.0.0.1:*", "kv@llama", replay_endpoint="tcp://127.0.0.1:*", buffer_steps=3
+    )
+    assert publisher.replay_endpoint is not None
+    for n in range(5):  # nobody listens: a PUB socket drops them all
+        publisher(float(n), [BlockRemoved((n,))])
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(publisher.replay_endpoint)
+
+    def replay(start: int) -> list[list[bytes]]:
+        dealer.send_multipart([b"", start.to_bytes(8, "big", signed=True)])
+        replies = []
+        while True:
+            assert dealer.poll(5000), "the publisher did not answer the replay request"
+            frames = dealer.recv_multipart()
+            if frames[2] == REPLAY_END:
+                return replies
+            replies.append(frames[1:])
+
+    try:
+        from_three = replay(3)
+        from_zero = replay(0)  # only the last three (``buffer_steps``) are kept
+    finally:
+        dealer.close()
+        context.term()
+        publisher.close()
+    messages = [decode_kv_event_message(frames) for frames in from_three]
+    assert [(m.topic, m.seq) for m in messages] == [("kv@llama", 3), ("kv@llama", 4)]
+    assert [m.events for m in messages] == [
+        (kv_events.BlockRemoved(block_hashes=(3,), medium="GPU"),),
+        (kv_events.BlockRemoved(block_hashes=(4,), medium="GPU"),),
+    ]
+    assert [decode_kv_event_message(frames).seq for frames in from_zero] == [2, 3, 4]

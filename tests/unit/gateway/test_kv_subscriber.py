@@ -1,6 +1,7 @@
 """The KV-event subscriber over a loopback ZMQ PUB socket speaking vLLM's wire format: events
 reach the sink in order under the endpoint's id; a gap in sequence numbers or a lost publisher
-clears it."""
+clears it, unless the publisher replays what was missed (the simulated engine's publisher, which
+speaks vLLM's replay protocol)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import pytest
 import zmq
 
-from trunkline.gateway.endpoints import KvEventSubscriber
+from trunkline.engines import events
+from trunkline.engines.kv_publisher import ZmqKvEventPublisher
+from trunkline.gateway.endpoints import KvEventSubscriber, kv_subscriber
 from trunkline.snapshot import EndpointEntry
 
 
@@ -142,3 +146,125 @@ async def test_the_subscription_is_live_after_the_handshake_and_a_lost_publisher
         assert subscriber.summary() == {"e1": {"connected": False, "events": 1}}
     finally:
         await subscriber.close()
+
+
+class Lossy:
+    """A PUB socket that loses the messages whose sequence numbers are in ``lose`` (the
+    network between an engine and the gateway)."""
+
+    def __init__(self, socket: Any, lose: set[int]) -> None:
+        self._socket, self.lose = socket, lose
+
+    def send_multipart(self, frames: list[bytes], **options: Any) -> None:
+        if int.from_bytes(frames[1], "big") not in self.lose:
+            self._socket.send_multipart(frames, **options)
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def replaying_publisher(lose: set[int], buffer_steps: int = 100) -> ZmqKvEventPublisher:
+    """The simulated engine's publisher, with a replay socket, losing ``lose``."""
+    publisher = ZmqKvEventPublisher(
+        "tcp://127.0.0.1:*", "kv@m", replay_endpoint="tcp://127.0.0.1:*", buffer_steps=buffer_steps
+    )
+    publisher._socket = Lossy(publisher._socket, lose)
+    return publisher
+
+
+def publish(publisher: ZmqKvEventPublisher, block: int) -> None:
+    publisher(0.0, [events.BlockStored((block,), None, tuple(range(4)), 4)])
+
+
+def subscribe_replaying(sink: Sink, publisher: ZmqKvEventPublisher) -> KvEventSubscriber:
+    entry = EndpointEntry("e1", "http://e1", publisher.endpoint, publisher.replay_endpoint)
+    subscriber = KvEventSubscriber(sink, lambda: [entry])
+    subscriber.sync()
+    return subscriber
+
+
+def stored_blocks(sink: Sink) -> list[Hashable]:
+    return [block for _, blocks, _, _ in sink.calls for block in blocks]
+
+
+async def test_a_late_subscriber_learns_from_a_replay_what_was_published_before() -> None:
+    publisher, sink = replaying_publisher(lose=set()), Sink()
+    for block in (1, 2, 3):  # nobody subscribed yet: a PUB socket drops them
+        publish(publisher, block)
+    subscriber = subscribe_replaying(sink, publisher)
+    try:
+        assert await until(lambda: len(sink.calls) == 3)
+        assert await until(lambda: "e1" in subscriber.connected)
+        publish(publisher, 4)
+        assert await until(lambda: len(sink.calls) == 4)
+    finally:
+        await subscriber.close()
+        publisher.close()
+    assert sink.calls == [("e1", (block,), (), False) for block in (1, 2, 3, 4)]
+
+
+async def test_a_gap_is_filled_by_a_replay_not_cleared() -> None:
+    publisher, sink = replaying_publisher(lose={2, 3}), Sink()
+    publish(publisher, 0)
+    subscriber = subscribe_replaying(sink, publisher)
+    try:
+        assert await until(lambda: stored_blocks(sink) == [0])
+        for block in (1, 2, 3, 4):  # 2 and 3 are lost on the way
+            publish(publisher, block)
+        assert await until(lambda: len(sink.calls) >= 5)
+    finally:
+        await subscriber.close()
+        publisher.close()
+    # Whatever the subscription missed while it was being set up was replayed too: every
+    # message once, in order, and nothing cleared.
+    assert sink.calls == [("e1", (block,), (), False) for block in range(5)]
+    assert subscriber.received["e1"] == 5
+
+
+async def test_a_gap_older_than_what_the_engine_keeps_clears_the_endpoint() -> None:
+    publisher, sink = replaying_publisher(lose={2, 3}, buffer_steps=1), Sink()
+    publish(publisher, 0)
+    subscriber = subscribe_replaying(sink, publisher)
+    try:
+        assert await until(lambda: stored_blocks(sink) == [0])
+        publish(publisher, 1)
+        assert await until(lambda: stored_blocks(sink) == [0, 1])
+        for block in (2, 3, 4):
+            publish(publisher, block)
+        assert await until(lambda: stored_blocks(sink) == [0, 1, 4])
+    finally:
+        await subscriber.close()
+        publisher.close()
+    # The engine kept only message 4: what 2 and 3 did is unknown, so nothing is trusted.
+    assert sink.calls[-2:] == [("e1", (), (), True), ("e1", (4,), (), False)]
+
+
+async def test_an_unanswered_replay_gives_up_and_the_events_still_flow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kv_subscriber, "REPLAY_TIMEOUT_S", 0.1)
+    publisher, sink = Publisher(), Sink()
+    silent = zmq.Context()
+    router = silent.socket(zmq.ROUTER)  # accepts the request, never answers it
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:*")
+    entry = EndpointEntry(
+        "e1", "http://e1", publisher.address, router.getsockopt_string(zmq.LAST_ENDPOINT)
+    )
+    subscriber = KvEventSubscriber(sink, lambda: [entry])
+    subscriber.sync()
+    try:
+        for seq in range(100):  # the subscription is live once a message gets through
+            publisher.send(seq, [stored(seq + 1000)])
+            await asyncio.sleep(0.05)
+            if sink.calls:
+                break
+        assert sink.calls, "no event reached the subscriber"
+        publisher.send(seq + 4, [stored(7)])  # a gap the replay cannot fill
+        assert await until(lambda: ("e1", (7,), (), False) in sink.calls)
+    finally:
+        await subscriber.close()
+        publisher.close()
+        router.close()
+        silent.term()
+    assert sink.calls[-2:] == [("e1", (), (), True), ("e1", (7,), (), False)]

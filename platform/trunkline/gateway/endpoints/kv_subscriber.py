@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
 from trunkline.engines.kv_events import (
+    REPLAY_END,
     AllBlocksCleared,
     BlockRemoved,
     BlockStored,
@@ -35,6 +36,9 @@ from trunkline.snapshot import EndpointEntry
 __all__ = ["KvEventSink", "KvEventSubscriber", "apply_message"]
 
 log = logging.getLogger(__name__)
+
+REPLAY_TIMEOUT_S = 2.0
+"""How long a replay may go without a reply before the subscriber gives up on it."""
 
 
 class KvEventSink(Protocol):
@@ -70,7 +74,7 @@ class KvEventSubscriber:
         self._sink = sink
         self._endpoints = endpoints
         self._context: Any = zmq.asyncio.Context()
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._tasks: dict[tuple[str, str | None, str | None], asyncio.Task[None]] = {}
         self.received: dict[str, int] = {}
         """Events applied per endpoint id (for tests and the health page)."""
         self.connected: set[str] = set()
@@ -87,14 +91,16 @@ class KvEventSubscriber:
         }
 
     def sync(self) -> None:
-        wanted = {(e.id, e.kv_events) for e in self._endpoints() if e.kv_events}
+        wanted = {(e.id, e.kv_events, e.kv_replay) for e in self._endpoints() if e.kv_events}
         for key in set(self._tasks) - wanted:
             self._tasks.pop(key).cancel()
             self.connected.discard(key[0])
             self._sink.apply(key[0], cleared=True)
-        for endpoint_id, address in wanted - set(self._tasks):
-            self._tasks[(endpoint_id, address)] = asyncio.create_task(
-                self._listen(endpoint_id, address), name=f"kv-events-{endpoint_id}"
+        for key in wanted - set(self._tasks):
+            endpoint_id, address, replay = key
+            assert address is not None  # filtered above
+            self._tasks[key] = asyncio.create_task(
+                self._listen(endpoint_id, address, replay), name=f"kv-events-{endpoint_id}"
             )
 
     async def close(self) -> None:
@@ -107,7 +113,7 @@ class KvEventSubscriber:
                 await task
         self._context.term()
 
-    async def _listen(self, endpoint: str, address: str) -> None:
+    async def _listen(self, endpoint: str, address: str, replay: str | None) -> None:
         import zmq
         import zmq.asyncio
         from zmq.utils.monitor import parse_monitor_message
@@ -120,7 +126,7 @@ class KvEventSubscriber:
         poller = zmq.asyncio.Poller()
         poller.register(socket, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        last_seq: int | None = None
+        stream = _Stream(endpoint, self._sink, self.received)
         try:
             while True:
                 ready = dict(await poller.poll())
@@ -128,27 +134,93 @@ class KvEventSubscriber:
                     event = parse_monitor_message(await monitor.recv_multipart())["event"]
                     if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                         self.connected.add(endpoint)
+                        if replay is not None:  # what the engine sent before we listened
+                            await stream.replay(self._context, replay)
                     elif endpoint in self.connected:  # disconnected: trust nothing known
                         self.connected.discard(endpoint)
-                        self._sink.apply(endpoint, cleared=True)
-                        last_seq = None
+                        stream.reset()
                 if socket in ready:
-                    last_seq = self._receive(endpoint, await socket.recv_multipart(), last_seq)
+                    await stream.receive(await socket.recv_multipart(), self._context, replay)
         finally:
             self.connected.discard(endpoint)
             socket.disable_monitor()
             monitor.close()
             socket.close()
 
-    def _receive(self, endpoint: str, frames: list[bytes], last_seq: int | None) -> int | None:
-        """Apply one message; returns the sequence number to expect the next one after."""
+
+class _Stream:
+    """One publisher's messages, applied in sequence order to the sink.
+
+    ``expected`` is the next sequence number (None: nothing known, e.g. after a disconnect,
+    when the engine may restart its numbering). A message past it means lost messages: with a
+    replay address they are asked for again, else (or if the engine no longer keeps them) the
+    endpoint is cleared. Messages before it were already applied by a replay and are skipped.
+    """
+
+    def __init__(self, endpoint: str, sink: KvEventSink, received: dict[str, int]) -> None:
+        self.endpoint = endpoint
+        self.expected: int | None = None
+        self._sink = sink
+        self._received = received
+
+    def reset(self) -> None:
+        self._sink.apply(self.endpoint, cleared=True)
+        self.expected = None
+
+    async def receive(self, frames: list[bytes], context: Any, replay: str | None) -> None:
+        message = self._decode(frames)
+        if message is None or (self.expected is not None and message.seq < self.expected):
+            return
+        if self.expected is not None and message.seq > self.expected and replay is not None:
+            await self.replay(context, replay)
+            if message.seq < self.expected:
+                return
+        self._apply(message)
+
+    async def replay(self, context: Any, address: str) -> None:
+        """Ask the publisher for every message from ``expected`` on (from its oldest kept one
+        when nothing is known) and apply them; give up after ``REPLAY_TIMEOUT_S``."""
+        import zmq
+
+        start = self.expected or 0
+        socket = context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(address)
+        replayed = 0
         try:
-            message = decode_kv_event_message(frames)
+            await socket.send_multipart([b"", start.to_bytes(8, "big", signed=True)])
+            while True:
+                if not await socket.poll(REPLAY_TIMEOUT_S * 1000):
+                    log.warning(
+                        "KV event replay timed out",
+                        extra={"endpoint_id": self.endpoint, "replay": address},
+                    )
+                    return
+                frames = await socket.recv_multipart()
+                if frames[2:3] == [REPLAY_END]:
+                    return
+                message = self._decode(frames[1:])
+                if message is not None and (self.expected is None or message.seq >= self.expected):
+                    self._apply(message)
+                    replayed += 1
+        finally:
+            socket.close()
+            if replayed:
+                log.info(
+                    "replayed KV events",
+                    extra={"endpoint_id": self.endpoint, "messages": replayed, "from": start},
+                )
+
+    def _decode(self, frames: list[bytes]) -> KvEventMessage | None:
+        try:
+            return decode_kv_event_message(frames)
         except KvEventDecodeError:
-            log.warning("undecodable KV event message", extra={"endpoint_id": endpoint})
-            return last_seq
-        if last_seq is not None and message.seq != last_seq + 1:
-            self._sink.apply(endpoint, cleared=True)  # events were lost: trust none
-        count = apply_message(self._sink, endpoint, message)
-        self.received[endpoint] = self.received.get(endpoint, 0) + count
-        return message.seq
+            log.warning("undecodable KV event message", extra={"endpoint_id": self.endpoint})
+            return None
+
+    def _apply(self, message: KvEventMessage) -> None:
+        if self.expected is not None and message.seq != self.expected:
+            self._sink.apply(self.endpoint, cleared=True)  # messages were lost: trust none
+        count = apply_message(self._sink, self.endpoint, message)
+        self._received[self.endpoint] = self._received.get(self.endpoint, 0) + count
+        self.expected = message.seq + 1

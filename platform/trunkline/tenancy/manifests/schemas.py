@@ -117,8 +117,8 @@ class PoolSpec(_Spec, tag="Pool"):
     max_num_batched_tokens: BatchedTokens | None = None
     """The engines' vLLM ``--max-num-batched-tokens`` (omit: the flavor's default)."""
     endpoints: list[Url | EndpointSpec] | None = None
-    """The pool's complete endpoint list, each a URL or ``{url, kv_events}``; omit to leave
-    endpoints as they are."""
+    """The pool's complete endpoint list, each a URL or ``{url, kv_events, kv_replay}``; omit to
+    leave endpoints as they are."""
     simulated: Simulated | None = None
 
 
