@@ -13,7 +13,12 @@ from prometheus_client import CollectorRegistry
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, AsyncAdmission
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
-from trunkline.gateway.endpoints import EndpointCollector, EngineMonitor, EngineState
+from trunkline.gateway.endpoints import (
+    EndpointCollector,
+    EngineMonitor,
+    EngineState,
+    KvEventCollector,
+)
 from trunkline.gateway.handlers import build_app
 from trunkline.gateway.health_metrics import GatewayHealthCollector
 from trunkline.gateway.prompt_tokens import PromptTokens, PromptTokensCollector, load_tokenizers
@@ -84,6 +89,7 @@ def create_gateway_app(
         kv_sink=kv_event_index(policy),
     )
     registry.register(EndpointCollector(monitor.state))
+    registry.register(KvEventCollector(lambda: monitor.kv_subscriber))
     registry.register(GatewayHealthCollector(holder, emitter))
     if admission is None and settings.admission == "slo":
         metrics = AdmissionMetrics(registry)

@@ -13,10 +13,11 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
+from prometheus_client import CollectorRegistry, generate_latest
 
 from trunkline.engines import events
 from trunkline.engines.kv_publisher import ZmqKvEventPublisher
-from trunkline.gateway.endpoints import KvEventSubscriber, kv_subscriber
+from trunkline.gateway.endpoints import KvEventCollector, KvEventSubscriber, kv_subscriber
 from trunkline.snapshot import EndpointEntry
 
 
@@ -144,6 +145,13 @@ async def test_the_subscription_is_live_after_the_handshake_and_a_lost_publisher
         assert await until(lambda: "e1" not in subscriber.connected)
         assert sink.calls == [("e1", (), (), True)]
         assert subscriber.summary() == {"e1": {"connected": False, "events": 1}}
+        registry = CollectorRegistry()
+        registry.register(KvEventCollector(lambda: subscriber))
+        exposed = generate_latest(registry).decode()
+        assert 'trunkline_kv_events_connected{endpoint="e1"} 0.0' in exposed
+        assert 'trunkline_kv_events_applied_total{endpoint="e1"} 1.0' in exposed
+        assert 'trunkline_kv_event_clears_total{endpoint="e1",reason="disconnect"} 1.0' in exposed
+        assert 'trunkline_kv_event_clears_total{endpoint="e1",reason="gap"} 0.0' in exposed
     finally:
         await subscriber.close()
 
@@ -219,6 +227,8 @@ async def test_a_gap_is_filled_by_a_replay_not_cleared() -> None:
     # message once, in order, and nothing cleared.
     assert sink.calls == [("e1", (block,), (), False) for block in range(5)]
     assert subscriber.received["e1"] == 5
+    assert subscriber.replays[("e1", "complete")] >= 2  # on connecting, and for the gap
+    assert not subscriber.clears
 
 
 async def test_a_gap_older_than_what_the_engine_keeps_clears_the_endpoint() -> None:
@@ -237,6 +247,7 @@ async def test_a_gap_older_than_what_the_engine_keeps_clears_the_endpoint() -> N
         publisher.close()
     # The engine kept only message 4: what 2 and 3 did is unknown, so nothing is trusted.
     assert sink.calls[-2:] == [("e1", (), (), True), ("e1", (4,), (), False)]
+    assert subscriber.clears == {("e1", "gap"): 1}
 
 
 async def test_an_unanswered_replay_gives_up_and_the_events_still_flow(
@@ -268,3 +279,5 @@ async def test_an_unanswered_replay_gives_up_and_the_events_still_flow(
         router.close()
         silent.term()
     assert sink.calls[-2:] == [("e1", (), (), True), ("e1", (7,), (), False)]
+    assert subscriber.replays[("e1", "timeout")] == 2  # on connecting, and for the gap
+    assert subscriber.replays[("e1", "complete")] == 0

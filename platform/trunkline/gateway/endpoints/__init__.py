@@ -8,7 +8,7 @@ admission read (``loads()``, ``in_service()``, ``wait_changed()``) and write (``
 
 from trunkline.gateway.endpoints.health import EjectionPolicy, Health
 from trunkline.gateway.endpoints.kv_subscriber import KvEventSink, KvEventSubscriber, apply_message
-from trunkline.gateway.endpoints.metrics import EndpointCollector
+from trunkline.gateway.endpoints.metrics import EndpointCollector, KvEventCollector
 from trunkline.gateway.endpoints.monitor import EngineMonitor, ejection_policy
 from trunkline.gateway.endpoints.rates import Rates, next_rates
 from trunkline.gateway.endpoints.scan import (
@@ -27,6 +27,7 @@ __all__ = [
     "EngineState",
     "Flight",
     "Health",
+    "KvEventCollector",
     "KvEventSink",
     "KvEventSubscriber",
     "MetricsScan",

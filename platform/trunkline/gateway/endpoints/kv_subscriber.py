@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -79,6 +80,11 @@ class KvEventSubscriber:
         """Events applied per endpoint id (for tests and the health page)."""
         self.connected: set[str] = set()
         """Endpoint ids whose publisher has completed the handshake and not disconnected since."""
+        self.clears: Counter[tuple[str, str]] = Counter()
+        """Times an endpoint's blocks were cleared, by ``(endpoint, reason)``: ``gap`` (lost
+        messages no replay recovered) or ``disconnect``."""
+        self.replays: Counter[tuple[str, str]] = Counter()
+        """Replays asked for, by ``(endpoint, outcome)``: ``complete`` or ``timeout``."""
 
     def summary(self) -> dict[str, dict[str, object]]:
         """Per subscribed endpoint id: ``connected`` and the ``events`` applied so far."""
@@ -126,7 +132,7 @@ class KvEventSubscriber:
         poller = zmq.asyncio.Poller()
         poller.register(socket, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
-        stream = _Stream(endpoint, self._sink, self.received)
+        stream = _Stream(endpoint, self._sink, self)
         try:
             while True:
                 ready = dict(await poller.poll())
@@ -157,15 +163,19 @@ class _Stream:
     endpoint is cleared. Messages before it were already applied by a replay and are skipped.
     """
 
-    def __init__(self, endpoint: str, sink: KvEventSink, received: dict[str, int]) -> None:
+    def __init__(self, endpoint: str, sink: KvEventSink, counts: KvEventSubscriber) -> None:
         self.endpoint = endpoint
         self.expected: int | None = None
         self._sink = sink
-        self._received = received
+        self._counts = counts
 
     def reset(self) -> None:
-        self._sink.apply(self.endpoint, cleared=True)
+        self._clear("disconnect")
         self.expected = None
+
+    def _clear(self, reason: str) -> None:
+        self._sink.apply(self.endpoint, cleared=True)
+        self._counts.clears[(self.endpoint, reason)] += 1
 
     async def receive(self, frames: list[bytes], context: Any, replay: str | None) -> None:
         message = self._decode(frames)
@@ -195,9 +205,11 @@ class _Stream:
                         "KV event replay timed out",
                         extra={"endpoint_id": self.endpoint, "replay": address},
                     )
+                    self._counts.replays[(self.endpoint, "timeout")] += 1
                     return
                 frames = await socket.recv_multipart()
                 if frames[2:3] == [REPLAY_END]:
+                    self._counts.replays[(self.endpoint, "complete")] += 1
                     return
                 message = self._decode(frames[1:])
                 if message is not None and (self.expected is None or message.seq >= self.expected):
@@ -220,7 +232,8 @@ class _Stream:
 
     def _apply(self, message: KvEventMessage) -> None:
         if self.expected is not None and message.seq != self.expected:
-            self._sink.apply(self.endpoint, cleared=True)  # messages were lost: trust none
+            self._clear("gap")  # messages were lost: trust none
         count = apply_message(self._sink, self.endpoint, message)
-        self._received[self.endpoint] = self._received.get(self.endpoint, 0) + count
+        received = self._counts.received
+        received[self.endpoint] = received.get(self.endpoint, 0) + count
         self.expected = message.seq + 1

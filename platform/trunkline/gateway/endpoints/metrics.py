@@ -1,16 +1,18 @@
-"""The gateway's view of its engines as Prometheus metrics: read from :class:`EngineState` at
-each scrape of the gateway's ``/metrics``, so the request path pays nothing for them."""
+"""The gateway's view of its engines as Prometheus metrics: read from :class:`EngineState` and
+the KV-event subscriber at each scrape of the gateway's ``/metrics``, so the request path pays
+nothing for them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from trunkline.gateway.endpoints.kv_subscriber import KvEventSubscriber
 from trunkline.gateway.endpoints.state import EngineState
 
-__all__ = ["EndpointCollector"]
+__all__ = ["EndpointCollector", "KvEventCollector"]
 
 
 class EndpointCollector(Collector):
@@ -59,3 +61,48 @@ class EndpointCollector(Collector):
             if health.scrape_age_s is not None:
                 age.add_metric(endpoint, health.scrape_age_s)
         yield from (in_service, ejections, failures, in_flight, age)
+
+
+class KvEventCollector(Collector):
+    """Per endpoint publishing KV-cache events: whether this gateway's subscription is live, the
+    events applied, the times its blocks were cleared (the precise prefix index then knows
+    nothing of it until new events arrive) and the replays asked for. ``subscriber`` returns
+    the running subscriber (None: none, e.g. before the app started or without precise
+    routing)."""
+
+    def __init__(self, subscriber: Callable[[], KvEventSubscriber | None]) -> None:
+        self._subscriber = subscriber
+
+    def collect(self) -> Iterator[Metric]:
+        connected = GaugeMetricFamily(
+            "trunkline_kv_events_connected",
+            "1 while the subscription to the endpoint's KV-event publisher is live, else 0",
+            labels=["endpoint"],
+        )
+        applied = CounterMetricFamily(
+            "trunkline_kv_events_applied",
+            "KV-cache events of the endpoint applied to the precise prefix index",
+            labels=["endpoint"],
+        )
+        clears = CounterMetricFamily(
+            "trunkline_kv_event_clears",
+            "Times the endpoint's blocks were cleared from the precise prefix index: gap (lost "
+            "messages no replay recovered) or disconnect",
+            labels=["endpoint", "reason"],
+        )
+        replays = CounterMetricFamily(
+            "trunkline_kv_event_replays",
+            "Replays of missed KV-event messages asked of the endpoint: complete or timeout",
+            labels=["endpoint", "outcome"],
+        )
+        subscriber = self._subscriber()
+        if subscriber is not None:
+            for endpoint, state in subscriber.summary().items():
+                connected.add_metric([endpoint], float(bool(state["connected"])))
+                applied.add_metric([endpoint], float(subscriber.received.get(endpoint, 0)))
+                for reason in ("gap", "disconnect"):
+                    clears.add_metric([endpoint, reason], subscriber.clears[(endpoint, reason)])
+                for outcome in ("complete", "timeout"):
+                    count = subscriber.replays[(endpoint, outcome)]
+                    replays.add_metric([endpoint, outcome], count)
+        yield from (connected, applied, clears, replays)
