@@ -213,7 +213,11 @@ def _endpoint(text: str) -> EndpointSpec:
     argument (named as given in an error: it is no option)."""
     url, _, addresses = text.partition("=")
     kv_events, _, kv_replay = addresses.partition(",")
-    raw = {"url": url, "kv_events": kv_events or None, "kv_replay": kv_replay or None}
+    raw = {
+        "url": url,
+        "kv_events": kv_events or None,
+        "kv_replay": kv_replay if "," in addresses else None,  # "URL=EVENTS," names none
+    }
     try:
         spec: EndpointSpec = msgspec.convert(raw, EndpointSpec, strict=False)
     except msgspec.ValidationError as exc:

@@ -59,7 +59,12 @@ class ZmqKvEventPublisher:
         if replay_endpoint is not None:
             router: Any = self._context.socket(zmq.ROUTER)
             router.setsockopt(zmq.LINGER, 0)
-            router.bind(replay_endpoint)
+            try:
+                router.bind(replay_endpoint)
+            except zmq.ZMQError:
+                router.close()
+                self.close()
+                raise
             self.replay_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
             self._replay = threading.Thread(
                 target=self._serve_replays, args=(router,), name="kv-replay", daemon=True
@@ -82,9 +87,9 @@ class ZmqKvEventPublisher:
                 if not router.poll(50):
                     continue
                 frames = router.recv_multipart()
-                if len(frames) != 3 or len(frames[2]) != 8:
+                if len(frames) != 3:
                     continue  # not a replay request: vLLM ignores those too
-                client, start = frames[0], int.from_bytes(frames[2], "big", signed=True)
+                client, start = frames[0], int.from_bytes(frames[2], "big")
                 with self._lock:
                     kept = [(seq, payload) for seq, payload in self._kept]
                 for seq, payload in kept:

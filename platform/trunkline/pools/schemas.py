@@ -62,13 +62,26 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
     return None
 
 
-ZmqAddress = Annotated[
+_ZMQ_ADDRESS = r"^(tcp://[!-+\--~]+:[0-9]{1,5}|ipc://[!-+\--~]+)" + END
+"""``tcp://HOST:PORT`` or ``ipc://PATH``: printable, no spaces, no commas (the CLI's separator)."""
+
+KvEventsAddress = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^(tcp|ipc)://[!-~]+" + END,
+        pattern=_ZMQ_ADDRESS,
         max_length=500,
-        description="ZMQ address of the engine's KV-cache event publisher",
+        description="ZMQ address of the engine's KV-cache event publisher (tcp://host:port)",
         examples=["tcp://10.0.0.7:5557"],
+    ),
+]
+KvReplayAddress = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=_ZMQ_ADDRESS,
+        max_length=500,
+        description="ZMQ address where that publisher replays missed events (vLLM's "
+        "replay_endpoint); needs kv_events",
+        examples=["tcp://10.0.0.7:5558"],
     ),
 ]
 
@@ -280,8 +293,8 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
 
 class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     url: Url
-    kv_events: ZmqAddress | None = None
-    kv_replay: ZmqAddress | None = None
+    kv_events: KvEventsAddress | None = None
+    kv_replay: KvReplayAddress | None = None
     """Where the engine replays the events a subscriber missed (vLLM's ``replay_endpoint``)."""
 
     def __post_init__(self) -> None:

@@ -118,11 +118,13 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=http://b")
     assert code == 2
     assert err.startswith("error: endpoint 'http://a:1=http://b': its events address: ")
-    code, _, err = run(
-        capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=tcp://b:2,http://c"
-    )
-    assert code == 2
-    assert err.startswith("error: endpoint 'http://a:1=tcp://b:2,http://c': its replay address: ")
+    for wrong in ("tcp://b:2,http://c", "tcp://b:2,tcp://c:3,tcp://d:4", "tcp://b:2,"):
+        argument = f"http://a:1={wrong}"
+        code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", argument)
+        assert code == 2
+        assert err.startswith(f"error: endpoint {argument!r}: its replay address: ")
+    code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1=tcp://b")
+    assert code == 2 and "its events address" in err  # no port
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "not-a-url")
     assert code == 2 and err.startswith("error: endpoint 'not-a-url': its URL: ")
     assert "--" not in err  # no option to point at: the endpoints are arguments

@@ -279,5 +279,75 @@ async def test_an_unanswered_replay_gives_up_and_the_events_still_flow(
         router.close()
         silent.term()
     assert sink.calls[-2:] == [("e1", (), (), True), ("e1", (7,), (), False)]
-    assert subscriber.replays[("e1", "timeout")] == 2  # on connecting, and for the gap
+    assert subscriber.replays[("e1", "failed")] == 2  # on connecting, and for the gap
     assert subscriber.replays[("e1", "complete")] == 0
+
+
+async def test_a_restarted_engines_numbering_clears_what_the_old_engine_had() -> None:
+    # The new engine's first messages may arrive before its predecessor's disconnect is seen.
+    sink = Sink()
+    subscriber = KvEventSubscriber(sink, lambda: [])
+    stream = kv_subscriber._Stream("e1", sink, subscriber)
+    for seq in range(10):
+        await stream.receive(frames(seq, [stored(seq)]), None, None)
+    sink.calls.clear()
+
+    await stream.receive(frames(0, [stored(100)]), None, None)  # the new engine's first
+
+    assert sink.calls == [("e1", (), (), True), ("e1", (100,), (), False)]
+    assert subscriber.clears == {("e1", "restart"): 1}
+
+
+async def test_a_replay_longer_than_the_engine_sends_at_once_arrives_whole() -> None:
+    # vLLM's ROUTER queues about 1,000 replies and drops the rest; the subscriber asks again
+    # from where it stopped. The simulated engine's ROUTER keeps the same default.
+    publisher, sink = replaying_publisher(lose=set(), buffer_steps=10_000), Sink()
+    for block in range(5_000):
+        publisher(0.0, [events.BlockStored((block,), None, tuple(range(64)), 64)])
+    subscriber = subscribe_replaying(sink, publisher)
+    try:
+        assert await until(lambda: subscriber.received.get("e1", 0) == 5_000)
+    finally:
+        await subscriber.close()
+        publisher.close()
+    assert stored_blocks(sink) == list(range(5_000))
+    assert not subscriber.clears
+
+
+async def test_an_unusable_replay_address_leaves_the_events_flowing() -> None:
+    publisher, sink = Publisher(), Sink()
+    entry = EndpointEntry("e1", "http://e1", publisher.address, "tcp://127.0.0.1")  # no port
+    subscriber = KvEventSubscriber(sink, lambda: [entry])
+    subscriber.sync()
+    try:
+        for seq in range(100):
+            publisher.send(seq, [stored(seq + 1000)])
+            await asyncio.sleep(0.02)
+            if sink.calls:
+                break
+        assert sink.calls, "no event reached the subscriber"
+    finally:
+        await subscriber.close()
+        publisher.close()
+    assert subscriber.replays[("e1", "failed")] >= 1
+
+
+async def test_closing_after_the_last_endpoint_left_does_not_hang() -> None:
+    publisher, sink = Publisher(), Sink()
+    endpoints = [EndpointEntry("e1", "http://e1", publisher.address)]
+    subscriber = KvEventSubscriber(sink, lambda: endpoints)
+    subscriber.sync()
+    await asyncio.sleep(0)  # its task starts and opens its sockets
+    endpoints = []
+    subscriber.sync()
+    await asyncio.wait_for(subscriber.close(), timeout=10)
+    publisher.close()
+
+
+def frames(seq: int, events_: list[object]) -> list[bytes]:
+    """One message as vLLM sends it."""
+    return [
+        b"kv@m",
+        seq.to_bytes(8, "big", signed=True),
+        msgspec.msgpack.encode([1.0, events_, None]),
+    ]

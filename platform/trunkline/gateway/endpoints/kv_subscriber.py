@@ -2,16 +2,29 @@
 
 For each snapshot endpoint with ``kv_events`` set (a ZMQ address such as ``tcp://host:5557``),
 one SUB socket receives vLLM's multipart messages (decoded by
-:mod:`trunkline.engines.kv_events`) and applies them, in order, to a :class:`KvEventSink` —
-the routing's precise prefix index — under the endpoint's id. Subscriptions follow snapshot
-changes. A gap in an engine's sequence numbers means lost events: the endpoint's blocks are
-cleared rather than trusted. A ZMQ SUB socket reconnects on its own when an engine restarts.
+:mod:`trunkline.engines.kv_events`) and applies them, in sequence order, to a
+:class:`KvEventSink` (the routing's precise prefix index) under the endpoint's id.
+Subscriptions follow snapshot changes; a ZMQ SUB socket reconnects on its own when an engine
+restarts. :attr:`KvEventSubscriber.connected` says which subscriptions are live (a monitor
+socket follows each handshake).
 
-A publisher drops what it sends before a subscriber's handshake is done (ZMQ's "slow joiner"), so
-a gateway learns only blocks stored after it connected. :attr:`KvEventSubscriber.connected` says
-which endpoints' subscriptions are live (a monitor socket follows each handshake); losing the
-connection clears the endpoint's blocks too, since the engine may be restarting with an empty
-cache and events sent meanwhile are lost.
+What can be missed, and what is done about it:
+
+- A publisher drops what it sends before a subscriber's handshake (ZMQ's "slow joiner"), and
+  a gateway that starts beside running engines missed everything they did before.
+- A gap in an engine's sequence numbers means lost messages.
+- A lost connection: the engine may be restarting with an empty cache (its numbering starts
+  again at 0), and messages sent meanwhile are lost. What is left unread of the old
+  connection is dropped and the endpoint's blocks are cleared; so are they when the numbering
+  goes back without a disconnect being seen first.
+
+With ``kv_replay`` (vLLM's ``replay_endpoint``) the subscriber asks the engine, on each
+handshake, for every message it still keeps (vLLM: the last 10,000) and, on a gap, for the
+missing ones. vLLM's ROUTER drops replies past its send high-water mark (1,000 queued), so a
+replay cut short is asked again from where it stopped, as long as each round brings some.
+Without ``kv_replay``, or when the engine no longer keeps the messages or does not answer within
+:data:`REPLAY_TIMEOUT_S`, a gap clears the endpoint's blocks rather than trusting a partial
+picture, and a gateway learns only blocks stored after it connected.
 """
 
 from __future__ import annotations
@@ -76,15 +89,19 @@ class KvEventSubscriber:
         self._endpoints = endpoints
         self._context: Any = zmq.asyncio.Context()
         self._tasks: dict[tuple[str, str | None, str | None], asyncio.Task[None]] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+        """Cancelled by :meth:`sync` and maybe not done: ``close`` awaits them before ``term``
+        (which waits for their sockets to close)."""
         self.received: dict[str, int] = {}
         """Events applied per endpoint id (for tests and the health page)."""
         self.connected: set[str] = set()
         """Endpoint ids whose publisher has completed the handshake and not disconnected since."""
         self.clears: Counter[tuple[str, str]] = Counter()
         """Times an endpoint's blocks were cleared, by ``(endpoint, reason)``: ``gap`` (lost
-        messages no replay recovered) or ``disconnect``."""
+        messages no replay recovered), ``disconnect`` or ``restart`` (the numbering went back)."""
         self.replays: Counter[tuple[str, str]] = Counter()
-        """Replays asked for, by ``(endpoint, outcome)``: ``complete`` or ``timeout``."""
+        """Replays asked for, by ``(endpoint, outcome)``: ``complete`` or ``failed`` (no end
+        marker within ``REPLAY_TIMEOUT_S`` even after further rounds, or a socket error)."""
 
     def summary(self) -> dict[str, dict[str, object]]:
         """Per subscribed endpoint id: ``connected`` and the ``events`` applied so far."""
@@ -99,7 +116,10 @@ class KvEventSubscriber:
     def sync(self) -> None:
         wanted = {(e.id, e.kv_events, e.kv_replay) for e in self._endpoints() if e.kv_events}
         for key in set(self._tasks) - wanted:
-            self._tasks.pop(key).cancel()
+            task = self._tasks.pop(key)
+            task.cancel()
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
             self.connected.discard(key[0])
             self._sink.apply(key[0], cleared=True)
         for key in wanted - set(self._tasks):
@@ -110,7 +130,7 @@ class KvEventSubscriber:
             )
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._retired]
         self._tasks.clear()
         for task in tasks:
             task.cancel()
@@ -125,15 +145,17 @@ class KvEventSubscriber:
         from zmq.utils.monitor import parse_monitor_message
 
         socket = self._context.socket(zmq.SUB)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
-        monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        socket.connect(address)
-        poller = zmq.asyncio.Poller()
-        poller.register(socket, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
+        monitor: Any = None
         stream = _Stream(endpoint, self._sink, self)
         try:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
+            events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            monitor = socket.get_monitor_socket(events)
+            socket.connect(address)
+            poller = zmq.asyncio.Poller()
+            poller.register(socket, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
             while True:
                 ready = dict(await poller.poll())
                 if monitor in ready:
@@ -144,60 +166,95 @@ class KvEventSubscriber:
                             await stream.replay(self._context, replay)
                     elif endpoint in self.connected:  # disconnected: trust nothing known
                         self.connected.discard(endpoint)
+                        while await socket.poll(0):  # the lost connection's leftovers
+                            await socket.recv_multipart()
                         stream.reset()
+                    continue  # ``ready`` may be stale: the socket drained, or a replay ran
                 if socket in ready:
                     await stream.receive(await socket.recv_multipart(), self._context, replay)
+        except zmq.ZMQError:
+            log.exception(
+                "KV event subscription failed", extra={"endpoint_id": endpoint, "kv": address}
+            )
         finally:
             self.connected.discard(endpoint)
-            socket.disable_monitor()
-            monitor.close()
+            if monitor is not None:
+                socket.disable_monitor()
+                monitor.close()
             socket.close()
+
+
+MAX_REPLAY_ROUNDS = 50
+"""Requests one replay may take while each brings more messages (vLLM's ROUTER sends about
+1,000 before dropping the rest; it keeps 10,000)."""
 
 
 class _Stream:
     """One publisher's messages, applied in sequence order to the sink.
 
-    ``expected`` is the next sequence number (None: nothing known, e.g. after a disconnect,
-    when the engine may restart its numbering). A message past it means lost messages: with a
-    replay address they are asked for again, else (or if the engine no longer keeps them) the
-    endpoint is cleared. Messages before it were already applied by a replay and are skipped.
+    ``expected`` is the next sequence number (None: nothing known yet, or since a reset). A
+    live message past it means lost messages: replayed when the endpoint has a replay address,
+    else (and when the engine no longer keeps them) the endpoint is cleared. A live message
+    before it was already applied if a replay ran since the last live one (the replay and the
+    SUB socket overlap); otherwise the numbering went back, i.e. the engine restarted: the
+    endpoint is cleared (and replayed from the start).
     """
 
     def __init__(self, endpoint: str, sink: KvEventSink, counts: KvEventSubscriber) -> None:
         self.endpoint = endpoint
         self.expected: int | None = None
+        self._replayed = False
+        """A replay ran since the last live message: live ones before ``expected`` are its."""
         self._sink = sink
         self._counts = counts
 
     def reset(self) -> None:
         self._clear("disconnect")
         self.expected = None
-
-    def _clear(self, reason: str) -> None:
-        self._sink.apply(self.endpoint, cleared=True)
-        self._counts.clears[(self.endpoint, reason)] += 1
+        self._replayed = False
 
     async def receive(self, frames: list[bytes], context: Any, replay: str | None) -> None:
         message = self._decode(frames)
-        if message is None or (self.expected is not None and message.seq < self.expected):
+        if message is None:
             return
-        if self.expected is not None and message.seq > self.expected and replay is not None:
-            await self.replay(context, replay)
-            if message.seq < self.expected:
-                return
+        expected = self.expected
+        if expected is not None and message.seq != expected:
+            if message.seq < expected and self._replayed:
+                return  # a replay applied it already
+            if message.seq < expected:  # the numbering went back: the engine restarted
+                self._clear("restart")
+                self.expected = None
+            if replay is not None:
+                await self.replay(context, replay)
+                if self.expected is not None and message.seq < self.expected:
+                    return
+        self._replayed = False
         self._apply(message)
 
     async def replay(self, context: Any, address: str) -> None:
         """Ask the publisher for every message from ``expected`` on (from its oldest kept one
-        when nothing is known) and apply them; give up after ``REPLAY_TIMEOUT_S``."""
+        when nothing is known) and apply them, in as many rounds as it takes while each brings
+        some (:data:`MAX_REPLAY_ROUNDS`)."""
+        for _ in range(MAX_REPLAY_ROUNDS):
+            outcome, progressed = await self._replay_round(context, address)
+            if outcome != "cut" or not progressed:
+                break
+        self._counts.replays[
+            (self.endpoint, "complete" if outcome == "complete" else "failed")
+        ] += 1
+
+    async def _replay_round(self, context: Any, address: str) -> tuple[str, bool]:
+        """One request: ``complete`` (the end marker came), ``cut`` (replies were lost on the
+        way, or the end never came) or ``error``; and whether any message was applied."""
         import zmq
 
         start = self.expected or 0
         socket = context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(address)
         replayed = 0
         try:
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.RCVHWM, 0)  # take all it sends: the engine drops nothing then
+            socket.connect(address)
             await socket.send_multipart([b"", start.to_bytes(8, "big", signed=True)])
             while True:
                 if not await socket.poll(REPLAY_TIMEOUT_S * 1000):
@@ -205,16 +262,21 @@ class _Stream:
                         "KV event replay timed out",
                         extra={"endpoint_id": self.endpoint, "replay": address},
                     )
-                    self._counts.replays[(self.endpoint, "timeout")] += 1
-                    return
+                    return "cut", replayed > 0
                 frames = await socket.recv_multipart()
                 if frames[2:3] == [REPLAY_END]:
-                    self._counts.replays[(self.endpoint, "complete")] += 1
-                    return
+                    return "complete", replayed > 0
                 message = self._decode(frames[1:])
-                if message is not None and (self.expected is None or message.seq >= self.expected):
-                    self._apply(message)
-                    replayed += 1
+                if message is None or (self.expected is not None and message.seq < self.expected):
+                    continue
+                if replayed and message.seq != self.expected:
+                    return "cut", True  # replies were dropped on the way: ask again
+                self._apply(message)  # the first may be past ``expected``: no longer kept
+                self._replayed = True
+                replayed += 1
+        except zmq.ZMQError:
+            log.exception("KV event replay failed", extra={"endpoint_id": self.endpoint})
+            return "error", replayed > 0
         finally:
             socket.close()
             if replayed:
@@ -222,6 +284,10 @@ class _Stream:
                     "replayed KV events",
                     extra={"endpoint_id": self.endpoint, "messages": replayed, "from": start},
                 )
+
+    def _clear(self, reason: str) -> None:
+        self._sink.apply(self.endpoint, cleared=True)
+        self._counts.clears[(self.endpoint, reason)] += 1
 
     def _decode(self, frames: list[bytes]) -> KvEventMessage | None:
         try:

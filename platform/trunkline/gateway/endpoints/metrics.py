@@ -87,12 +87,13 @@ class KvEventCollector(Collector):
         clears = CounterMetricFamily(
             "trunkline_kv_event_clears",
             "Times the endpoint's blocks were cleared from the precise prefix index: gap (lost "
-            "messages no replay recovered) or disconnect",
+            "messages no replay recovered), disconnect or restart (its numbering went back)",
             labels=["endpoint", "reason"],
         )
         replays = CounterMetricFamily(
             "trunkline_kv_event_replays",
-            "Replays of missed KV-event messages asked of the endpoint: complete or timeout",
+            "Replays of missed KV-event messages asked of the endpoint: complete or failed (no "
+            "answer in time, or a socket error)",
             labels=["endpoint", "outcome"],
         )
         subscriber = self._subscriber()
@@ -100,9 +101,9 @@ class KvEventCollector(Collector):
             for endpoint, state in subscriber.summary().items():
                 connected.add_metric([endpoint], float(bool(state["connected"])))
                 applied.add_metric([endpoint], float(subscriber.received.get(endpoint, 0)))
-                for reason in ("gap", "disconnect"):
+                for reason in ("gap", "disconnect", "restart"):
                     clears.add_metric([endpoint, reason], subscriber.clears[(endpoint, reason)])
-                for outcome in ("complete", "timeout"):
+                for outcome in ("complete", "failed"):
                     count = subscriber.replays[(endpoint, outcome)]
                     replays.add_metric([endpoint, outcome], count)
         yield from (connected, applied, clears, replays)
