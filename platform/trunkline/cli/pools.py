@@ -216,7 +216,7 @@ def _endpoint(text: str) -> EndpointSpec:
     raw = {
         "url": url,
         "kv_events": kv_events or None,
-        "kv_replay": kv_replay if "," in addresses else None,  # "URL=EVENTS," names none
+        "kv_replay": kv_replay if "," in addresses else None,  # "URL=EVENTS,": refused, empty
     }
     try:
         spec: EndpointSpec = msgspec.convert(raw, EndpointSpec, strict=False)

@@ -62,13 +62,14 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
     return None
 
 
-_ZMQ_ADDRESS = r"^(tcp://[!-+\--~]+:[0-9]{1,5}|ipc://[!-+\--~]+)" + END
-"""``tcp://HOST:PORT`` or ``ipc://PATH``: printable, no spaces, no commas (the CLI's separator)."""
+ZMQ_ADDRESS_PATTERN = r"^(tcp://[!-)+\--~]+:[0-9]{1,5}|ipc://[!-)+\--~]+)" + END
+"""``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no commas (the
+CLI's separator), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect there)."""
 
 KvEventsAddress = Annotated[
     str,
     msgspec.Meta(
-        pattern=_ZMQ_ADDRESS,
+        pattern=ZMQ_ADDRESS_PATTERN,
         max_length=500,
         description="ZMQ address of the engine's KV-cache event publisher (tcp://host:port)",
         examples=["tcp://10.0.0.7:5557"],
@@ -77,7 +78,7 @@ KvEventsAddress = Annotated[
 KvReplayAddress = Annotated[
     str,
     msgspec.Meta(
-        pattern=_ZMQ_ADDRESS,
+        pattern=ZMQ_ADDRESS_PATTERN,
         max_length=500,
         description="ZMQ address where that publisher replays missed events (vLLM's "
         "replay_endpoint); needs kv_events",

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
+import zmq.asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
 from trunkline.engines import events
@@ -351,3 +352,64 @@ def frames(seq: int, events_: list[object]) -> list[bytes]:
         seq.to_bytes(8, "big", signed=True),
         msgspec.msgpack.encode([1.0, events_, None]),
     ]
+
+
+async def test_a_replayed_message_seen_again_is_skipped_but_a_new_engines_is_not() -> None:
+    publisher = replaying_publisher(lose=set())
+    for block in range(10):
+        publish(publisher, block)
+    sink = Sink()
+    subscriber = KvEventSubscriber(sink, lambda: [])
+    stream = kv_subscriber._Stream("e1", sink, subscriber)
+    context = zmq.asyncio.Context()
+    try:
+        await stream.replay(context, str(publisher.replay_endpoint))
+        kept = [seq_payload for seq_payload in publisher._kept]
+    finally:
+        context.term()
+        publisher.close()
+    assert stored_blocks(sink) == list(range(10))
+    sink.calls.clear()
+
+    seq, payload = kept[5]  # the SUB socket's copy of a message the replay brought
+    await stream.receive([b"kv@m", seq, payload], None, None)
+    assert sink.calls == []
+    # A restarted engine numbers from 0 again, before its predecessor's disconnect is seen.
+    await stream.receive(frames(0, [stored(100)]), None, None)
+    assert sink.calls == [("e1", (), (), True), ("e1", (100,), (), False)]
+    assert subscriber.clears == {("e1", "restart"): 1}
+
+
+async def test_a_failed_subscription_is_logged_cleared_and_started_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publisher = Publisher()
+
+    class FailingOnce(Sink):
+        failed = False
+
+        def apply(self, endpoint: str, stored: Iterable[Hashable] = (), **kw: Any) -> None:
+            stored = tuple(stored)
+            if stored and not self.failed:
+                self.failed = True
+                raise RuntimeError("the index broke")
+            super().apply(endpoint, stored, **kw)
+
+    sink = FailingOnce()
+    subscriber = KvEventSubscriber(
+        sink, lambda: [EndpointEntry("e1", "http://e1", publisher.address)]
+    )
+    subscriber.sync()
+    try:
+        for seq in range(1000):  # until events flow again, 1 s after the failure
+            publisher.send(seq, [stored(seq)])
+            await asyncio.sleep(0.01)
+            if any(blocks for _, blocks, _, _ in sink.calls):
+                break
+    finally:
+        await subscriber.close()
+        publisher.close()
+    assert sink.failed and any(blocks for _, blocks, _, _ in sink.calls)
+    assert sink.calls[0] == ("e1", (), (), True)  # what it knew is no longer trusted
+    assert subscriber.clears[("e1", "error")] == 1
+    assert "KV event subscription failed; retrying" in caplog.text

@@ -30,7 +30,6 @@ picture, and a gateway learns only blocks stored after it connected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -52,7 +51,9 @@ __all__ = ["KvEventSink", "KvEventSubscriber", "apply_message"]
 log = logging.getLogger(__name__)
 
 REPLAY_TIMEOUT_S = 2.0
-"""How long a replay may go without a reply before the subscriber gives up on it."""
+"""How long a replay may wait for its first reply before the subscriber gives up on it."""
+REPLAY_PAUSE_S = 0.5
+"""How long a started replay may pause before the subscriber takes it as cut short."""
 
 
 class KvEventSink(Protocol):
@@ -98,7 +99,8 @@ class KvEventSubscriber:
         """Endpoint ids whose publisher has completed the handshake and not disconnected since."""
         self.clears: Counter[tuple[str, str]] = Counter()
         """Times an endpoint's blocks were cleared, by ``(endpoint, reason)``: ``gap`` (lost
-        messages no replay recovered), ``disconnect`` or ``restart`` (the numbering went back)."""
+        messages no replay recovered), ``disconnect``, ``restart`` (the numbering went back) or
+        ``error`` (the subscription failed and is started again)."""
         self.replays: Counter[tuple[str, str]] = Counter()
         """Replays asked for, by ``(endpoint, outcome)``: ``complete`` or ``failed`` (no end
         marker within ``REPLAY_TIMEOUT_S`` even after further rounds, or a socket error)."""
@@ -134,20 +136,37 @@ class KvEventSubscriber:
         self._tasks.clear()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._context.term()
 
     async def _listen(self, endpoint: str, address: str, replay: str | None) -> None:
+        """Subscribe until cancelled: a subscription that fails (a socket error, the process
+        out of file descriptors, a bug) is logged, its endpoint cleared, and started again
+        after a backoff of 1 s doubling up to :data:`RETRY_MAX_S`."""
+        delay = 1.0
+        while True:
+            try:
+                await self._subscribe(endpoint, address, replay)
+            except Exception:
+                log.exception(
+                    "KV event subscription failed; retrying",
+                    extra={"endpoint_id": endpoint, "kv": address, "retry_in_s": delay},
+                )
+                self._sink.apply(endpoint, cleared=True)
+                self.clears[(endpoint, "error")] += 1
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_S)
+
+    async def _subscribe(self, endpoint: str, address: str, replay: str | None) -> None:
         import zmq
         import zmq.asyncio
         from zmq.utils.monitor import parse_monitor_message
 
-        socket = self._context.socket(zmq.SUB)
+        socket: Any = None
         monitor: Any = None
         stream = _Stream(endpoint, self._sink, self)
         try:
+            socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
             events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
@@ -172,18 +191,17 @@ class KvEventSubscriber:
                     continue  # ``ready`` may be stale: the socket drained, or a replay ran
                 if socket in ready:
                     await stream.receive(await socket.recv_multipart(), self._context, replay)
-        except zmq.ZMQError:
-            log.exception(
-                "KV event subscription failed", extra={"endpoint_id": endpoint, "kv": address}
-            )
         finally:
             self.connected.discard(endpoint)
             if monitor is not None:
                 socket.disable_monitor()
                 monitor.close()
-            socket.close()
+            if socket is not None:
+                socket.close()
 
 
+RETRY_MAX_S = 30.0
+"""The longest wait before a failed subscription is started again."""
 MAX_REPLAY_ROUNDS = 50
 """Requests one replay may take while each brings more messages (vLLM's ROUTER sends about
 1,000 before dropping the rest; it keeps 10,000)."""
@@ -195,23 +213,25 @@ class _Stream:
     ``expected`` is the next sequence number (None: nothing known yet, or since a reset). A
     live message past it means lost messages: replayed when the endpoint has a replay address,
     else (and when the engine no longer keeps them) the endpoint is cleared. A live message
-    before it was already applied if a replay ran since the last live one (the replay and the
-    SUB socket overlap); otherwise the numbering went back, i.e. the engine restarted: the
-    endpoint is cleared (and replayed from the start).
+    before it is a copy when a replay since the last live message applied the same payload
+    under that number (the replay and the SUB socket overlap); otherwise the numbering went
+    back, i.e. the engine restarted: the endpoint is cleared (and replayed from the start).
     """
 
     def __init__(self, endpoint: str, sink: KvEventSink, counts: KvEventSubscriber) -> None:
         self.endpoint = endpoint
         self.expected: int | None = None
-        self._replayed = False
-        """A replay ran since the last live message: live ones before ``expected`` are its."""
+        self._replayed: dict[int, int] = {}
+        """The payloads' hashes of what replays applied since the last live message, by
+        sequence number: a live message before ``expected`` with the same payload is a copy;
+        one with another payload comes from a restarted engine."""
         self._sink = sink
         self._counts = counts
 
     def reset(self) -> None:
         self._clear("disconnect")
         self.expected = None
-        self._replayed = False
+        self._replayed = {}
 
     async def receive(self, frames: list[bytes], context: Any, replay: str | None) -> None:
         message = self._decode(frames)
@@ -219,16 +239,16 @@ class _Stream:
             return
         expected = self.expected
         if expected is not None and message.seq != expected:
-            if message.seq < expected and self._replayed:
+            if message.seq < expected and self._replayed.get(message.seq) == hash(frames[2]):
                 return  # a replay applied it already
             if message.seq < expected:  # the numbering went back: the engine restarted
                 self._clear("restart")
-                self.expected = None
+                self.expected, self._replayed = None, {}
             if replay is not None:
                 await self.replay(context, replay)
                 if self.expected is not None and message.seq < self.expected:
                     return
-        self._replayed = False
+        self._replayed = {}
         self._apply(message)
 
     async def replay(self, context: Any, address: str) -> None:
@@ -249,15 +269,19 @@ class _Stream:
         import zmq
 
         start = self.expected or 0
-        socket = context.socket(zmq.DEALER)
+        socket: Any = None
         replayed = 0
         try:
+            socket = context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.RCVHWM, 0)  # take all it sends: the engine drops nothing then
+            socket.setsockopt(zmq.RCVHWM, 0)  # no limit here: the engine's own still applies
             socket.connect(address)
             await socket.send_multipart([b"", start.to_bytes(8, "big", signed=True)])
             while True:
-                if not await socket.poll(REPLAY_TIMEOUT_S * 1000):
+                # vLLM sends a replay in one burst: once it started, a pause means the rest
+                # (or the end marker) was dropped.
+                wait_s = REPLAY_TIMEOUT_S if not replayed else REPLAY_PAUSE_S
+                if not await socket.poll(wait_s * 1000):
                     log.warning(
                         "KV event replay timed out",
                         extra={"endpoint_id": self.endpoint, "replay": address},
@@ -272,13 +296,14 @@ class _Stream:
                 if replayed and message.seq != self.expected:
                     return "cut", True  # replies were dropped on the way: ask again
                 self._apply(message)  # the first may be past ``expected``: no longer kept
-                self._replayed = True
+                self._replayed[message.seq] = hash(frames[3])
                 replayed += 1
         except zmq.ZMQError:
             log.exception("KV event replay failed", extra={"endpoint_id": self.endpoint})
             return "error", replayed > 0
         finally:
-            socket.close()
+            if socket is not None:
+                socket.close()
             if replayed:
                 log.info(
                     "replayed KV events",

@@ -87,13 +87,15 @@ class KvEventCollector(Collector):
         clears = CounterMetricFamily(
             "trunkline_kv_event_clears",
             "Times the endpoint's blocks were cleared from the precise prefix index: gap (lost "
-            "messages no replay recovered), disconnect or restart (its numbering went back)",
+            "messages no replay recovered), disconnect, restart (its numbering went back) or "
+            "error (the subscription failed and is started again)",
             labels=["endpoint", "reason"],
         )
         replays = CounterMetricFamily(
             "trunkline_kv_event_replays",
-            "Replays of missed KV-event messages asked of the endpoint: complete or failed (no "
-            "answer in time, or a socket error)",
+            "Replays of missed KV-event messages asked of the endpoint: complete (the end "
+            "came; the engine may no longer have kept them all) or failed (no answer in time, "
+            "or a socket error)",
             labels=["endpoint", "outcome"],
         )
         subscriber = self._subscriber()
@@ -101,7 +103,7 @@ class KvEventCollector(Collector):
             for endpoint, state in subscriber.summary().items():
                 connected.add_metric([endpoint], float(bool(state["connected"])))
                 applied.add_metric([endpoint], float(subscriber.received.get(endpoint, 0)))
-                for reason in ("gap", "disconnect", "restart"):
+                for reason in ("gap", "disconnect", "restart", "error"):
                     clears.add_metric([endpoint, reason], subscriber.clears[(endpoint, reason)])
                 for outcome in ("complete", "failed"):
                     count = subscriber.replays[(endpoint, outcome)]
