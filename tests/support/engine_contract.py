@@ -1,9 +1,17 @@
-"""Request bodies real vLLM and the simulated engine must answer alike: the integration tests
-send them to vLLM through the gateway, the unit tests to the simulated engine."""
+"""What real vLLM and the simulated engine must do alike: request bodies the integration tests
+send to vLLM through the gateway and the unit tests to the simulated engine, and the KV-event
+replay both answer."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from trunkline.engines.kv_events import (
+    REPLAY_END,
+    BlockStored,
+    KvEventMessage,
+    decode_kv_event_message,
+)
 
 REFUSED: list[tuple[dict[str, Any], str | None, str]] = [
     # (fields replacing a chat body's, the error's param, a part of its message), as vLLM 0.32
@@ -76,3 +84,37 @@ def token_logprobs(kind: str, logprobs: list[dict[str, Any]]) -> list[tuple[floa
                 assert top[token] == logprob, part  # the sampled token is listed too
                 out.append((logprob, list(top.values())))
     return out
+
+
+def replay(address: str, start: int, timeout_s: float = 30.0) -> list[KvEventMessage]:
+    """Ask a KV-event publisher's replay socket (vLLM's ``replay_endpoint``) for every message
+    it keeps from ``start`` on, as vLLM's protocol has it; fails unless the end marker comes."""
+    import zmq
+
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.RCVHWM, 0)
+    try:
+        dealer.connect(address)
+        dealer.send_multipart([b"", start.to_bytes(8, "big")])
+        messages = []
+        while True:
+            assert dealer.poll(int(timeout_s * 1000)), f"no end of the replay from {address}"
+            frames = dealer.recv_multipart()
+            if frames[2] == REPLAY_END:
+                return messages
+            messages.append(decode_kv_event_message(frames[1:]))
+    finally:
+        dealer.close()
+        context.term()
+
+
+def replayed_prompt_blocks(messages: list[KvEventMessage]) -> list[int]:
+    """The token ids of the blocks the replayed messages say were stored, in order, after
+    checking the messages come in sequence order without a gap."""
+    seqs = [m.seq for m in messages]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    return [
+        t for m in messages for e in m.events if isinstance(e, BlockStored) for t in e.token_ids
+    ]

@@ -11,6 +11,7 @@ import itertools
 import msgspec
 import pytest
 
+from support.engine_contract import replay, replayed_prompt_blocks
 from support.vllm import KvEventSubscriber, VllmServer, unique_prompt
 from trunkline.engines.kv_events import (
     AllBlocksCleared,
@@ -143,3 +144,21 @@ def test_a_request_publishes_its_prompt_blocks(vllm_server: VllmServer) -> None:
     for previous, event in itertools.pairwise(stored):
         assert event.parent_block_hash == previous.block_hashes[-1]
     assert {e.block_size for e in stored} == {vllm_server.block_size}
+
+
+def test_the_replay_socket_returns_what_was_published_before_anyone_listened(
+    vllm_server: VllmServer,
+) -> None:
+    prompt = unique_prompt(200)
+    tokens = vllm_server.tokenize(prompt)
+    full = len(tokens) // vllm_server.block_size * vllm_server.block_size
+    vllm_server.complete(prompt)  # no subscriber: the PUB socket drops its events
+
+    messages = replay(vllm_server.kv_replay_endpoint, 0)
+
+    assert full >= 8 * vllm_server.block_size
+    assert {m.topic for m in messages} == {vllm_server.kv_events_topic}
+    assert replayed_prompt_blocks(messages)[-full:] == tokens[:full]  # the newest blocks stored
+    last = messages[-1].seq
+    assert [m.seq for m in replay(vllm_server.kv_replay_endpoint, last)] == [last]
+    assert replay(vllm_server.kv_replay_endpoint, last + 1) == []

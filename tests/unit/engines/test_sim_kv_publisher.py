@@ -8,19 +8,27 @@ import httpx
 import zmq
 from tests.unit.engines.helpers import small_h100
 
-from trunkline.engines import create_sim_app, kv_events, prefix_block_hashes
+from support.engine_contract import replay, replayed_prompt_blocks
+from trunkline.engines import SimApp, create_sim_app, kv_events, prefix_block_hashes
 from trunkline.engines.events import BlockRemoved
-from trunkline.engines.kv_events import REPLAY_END, BlockStored, decode_kv_event_message
+from trunkline.engines.kv_events import BlockStored, decode_kv_event_message
 from trunkline.engines.kv_publisher import ZmqKvEventPublisher
 
 
-async def test_stored_blocks_reach_a_subscriber_as_vllm_would_send_them() -> None:
-    app = create_sim_app(
+def publishing_app(replay: str | None = None) -> SimApp:
+    """A simulated engine of ``llama`` publishing its KV events (and replaying them with
+    ``replay``) on free loopback ports; it answers at once."""
+    return create_sim_app(
         model="llama",
         profile=small_h100(max_model_len=512),
         time_scale=0,
         kv_events_endpoint="tcp://127.0.0.1:*",
+        kv_replay_endpoint=replay,
     )
+
+
+async def test_stored_blocks_reach_a_subscriber_as_vllm_would_send_them() -> None:
+    app = publishing_app()
     assert app.kv_publisher is not None
     context = zmq.Context()
     subscriber = context.socket(zmq.SUB)
@@ -63,32 +71,38 @@ def test_a_subscriber_that_missed_messages_gets_them_replayed_as_vllm_does() -> 
     assert publisher.replay_endpoint is not None
     for n in range(5):  # nobody listens: a PUB socket drops them all
         publisher(float(n), [BlockRemoved((n,))])
-    context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(publisher.replay_endpoint)
-
-    def replay(start: int) -> list[list[bytes]]:
-        dealer.send_multipart([b"", start.to_bytes(8, "big", signed=True)])
-        replies = []
-        while True:
-            assert dealer.poll(5000), "the publisher did not answer the replay request"
-            frames = dealer.recv_multipart()
-            if frames[2] == REPLAY_END:
-                return replies
-            replies.append(frames[1:])
-
     try:
-        from_three = replay(3)
-        from_zero = replay(0)  # only the last three (``buffer_steps``) are kept
+        messages = replay(publisher.replay_endpoint, 3)
+        from_zero = replay(publisher.replay_endpoint, 0)  # only the last three are kept
     finally:
-        dealer.close()
-        context.term()
         publisher.close()
-    messages = [decode_kv_event_message(frames) for frames in from_three]
     assert [(m.topic, m.seq) for m in messages] == [("kv@llama", 3), ("kv@llama", 4)]
     assert [m.events for m in messages] == [
         (kv_events.BlockRemoved(block_hashes=(3,), medium="GPU"),),
         (kv_events.BlockRemoved(block_hashes=(4,), medium="GPU"),),
     ]
-    assert [decode_kv_event_message(frames).seq for frames in from_zero] == [2, 3, 4]
+    assert [m.seq for m in from_zero] == [2, 3, 4]
+
+
+async def test_the_replay_socket_returns_what_was_published_before_anyone_listened() -> None:
+    # The same check as against real vLLM (tests/integration/vllm/test_vllm_kv_events.py).
+    app = publishing_app(replay="tcp://127.0.0.1:*")
+    assert app.kv_publisher is not None and app.kv_publisher.replay_endpoint is not None
+    address, topic = app.kv_publisher.replay_endpoint, app.kv_publisher.topic.decode()
+    prompt = list(range(2000, 2150))  # nine full 16-token blocks
+    async with (
+        app,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim") as client,
+    ):
+        body = {"model": "llama", "prompt": prompt, "max_tokens": 1}
+        assert (await client.post("/v1/completions", json=body)).status_code == 200
+
+        messages = replay(address, 0)
+        last = messages[-1].seq
+        from_last = replay(address, last)
+        after_last = replay(address, last + 1)
+
+    assert {m.topic for m in messages} == {topic}
+    assert replayed_prompt_blocks(messages)[-144:] == prompt[:144]
+    assert [m.seq for m in from_last] == [last]
+    assert after_last == []
