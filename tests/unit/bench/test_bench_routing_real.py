@@ -90,6 +90,8 @@ def test_the_gateway_serves_every_engine_in_one_pool_with_its_kv_events() -> Non
     assert (pool.model, pool.block_size) == ("tiny-llama", 32)
     assert world.snapshot.aliases["chat"].pools == (pool.name,)
     assert world.api_key
+    with pytest.raises(ValueError, match="a replay endpoint needs a KV-events endpoint"):
+        parse_engine("http://h:7,,tcp://h:8", 3)
     with pytest.raises(ValueError, match="at least one --engine"):
         build_snapshot(engines=[], model="m", alias="a", block_size=32, server_secret=b"s" * 32)
 

@@ -43,6 +43,13 @@ def test_a_pool_carries_cost_capacity_rate_and_kv_event_addresses(world: World) 
     problem = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": lone}, expect=400)
     [error] = problem["errors"]
     assert error["field"] == "urls[0]" and "`kv_replay` needs `kv_events`" in error["message"]
+    same = [{"url": "http://10.0.0.9:8000", "kv_events": "tcp://h:1", "kv_replay": "tcp://h:1"}]
+    problem = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": same}, expect=400)
+    assert "must differ from `kv_events`" in problem["errors"][0]["message"]
+    for address in ("tcp://*:5557", "tcp://10.0.0.9"):  # vLLM's bind form; no port
+        wrong = [{"url": "http://10.0.0.9:8000", "kv_events": address}]
+        problem = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": wrong}, expect=400)
+        assert problem["errors"][0]["field"] == "urls[0].kv_events"
     assert len(snapshot(world.runtime).pools["a100-eu"].endpoints) == 2
 
     assert admin.patch(CATALOG + "/pools/a100-eu", {"cost_per_hour": 2.9})["cost_per_hour"] == 2.9

@@ -6,6 +6,7 @@ speaks vLLM's replay protocol)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ import zmq.asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
 from trunkline.engines import events
+from trunkline.engines.kv_events import REPLAY_END
 from trunkline.engines.kv_publisher import ZmqKvEventPublisher
 from trunkline.gateway.endpoints import KvEventCollector, KvEventSubscriber, kv_subscriber
 from trunkline.snapshot import EndpointEntry
@@ -123,8 +125,9 @@ async def test_an_endpoint_leaving_the_snapshot_is_cleared() -> None:
     assert sink.calls == [("e1", (), (), True)]
 
 
-async def until(condition: Callable[[], bool]) -> bool:
-    for _ in range(500):
+async def until(condition: Callable[[], bool], tries: int = 500) -> bool:
+    """Whether ``condition`` holds within ``tries`` looks 10 ms apart."""
+    for _ in range(tries):
         if condition():
             return True
         await asyncio.sleep(0.01)
@@ -137,20 +140,26 @@ async def test_the_subscription_is_live_after_the_handshake_and_a_lost_publisher
     try:
         assert await until(lambda: "e1" in subscriber.connected)
         assert subscriber.summary() == {"e1": {"connected": True, "events": 0}}
-        publisher.send(0, [stored(1)])
-        assert await until(lambda: bool(sink.calls))
+        # The subscription reaches the publisher a moment after the handshake: publish until
+        # a message gets through.
+        for seq in range(100):
+            publisher.send(seq, [stored(seq + 1000)])
+            if await until(lambda: bool(sink.calls), tries=5):
+                break
+        events = len(sink.calls)
         sink.calls.clear()
 
         publisher.close()  # the engine went away: its cache may be gone, events may be lost
 
         assert await until(lambda: "e1" not in subscriber.connected)
         assert sink.calls == [("e1", (), (), True)]
-        assert subscriber.summary() == {"e1": {"connected": False, "events": 1}}
+        assert events >= 1
+        assert subscriber.summary() == {"e1": {"connected": False, "events": events}}
         registry = CollectorRegistry()
         registry.register(KvEventCollector(lambda: subscriber))
         exposed = generate_latest(registry).decode()
         assert 'trunkline_kv_events_connected{endpoint="e1"} 0.0' in exposed
-        assert 'trunkline_kv_events_applied_total{endpoint="e1"} 1.0' in exposed
+        assert f'trunkline_kv_events_applied_total{{endpoint="e1"}} {events:.1f}' in exposed
         assert 'trunkline_kv_event_clears_total{endpoint="e1",reason="disconnect"} 1.0' in exposed
         assert 'trunkline_kv_event_clears_total{endpoint="e1",reason="gap"} 0.0' in exposed
     finally:
@@ -185,6 +194,17 @@ def publish(publisher: ZmqKvEventPublisher, block: int) -> None:
     publisher(0.0, [events.BlockStored((block,), None, tuple(range(4)), 4)])
 
 
+async def publish_until_received(publisher: ZmqKvEventPublisher, sink: Sink, block: int) -> int:
+    """Publish blocks from ``block`` on until the sink has the last one published (a message
+    sent before the subscription reached the publisher is lost, and only the next one shows
+    the gap); returns that last block."""
+    for last in range(block, block + 100):
+        publish(publisher, last)
+        if await until(lambda last=last: last in stored_blocks(sink), tries=20):  # type: ignore[misc]
+            return last
+    raise AssertionError(f"no block from {block} on reached the sink")
+
+
 def subscribe_replaying(sink: Sink, publisher: ZmqKvEventPublisher) -> KvEventSubscriber:
     entry = EndpointEntry("e1", "http://e1", publisher.endpoint, publisher.replay_endpoint)
     subscriber = KvEventSubscriber(sink, lambda: [entry])
@@ -203,13 +223,13 @@ async def test_a_late_subscriber_learns_from_a_replay_what_was_published_before(
     subscriber = subscribe_replaying(sink, publisher)
     try:
         assert await until(lambda: len(sink.calls) == 3)
-        assert await until(lambda: "e1" in subscriber.connected)
-        publish(publisher, 4)
-        assert await until(lambda: len(sink.calls) == 4)
+        last = await publish_until_received(publisher, sink, 4)
     finally:
         await subscriber.close()
         publisher.close()
-    assert sink.calls == [("e1", (block,), (), False) for block in (1, 2, 3, 4)]
+    # Whether a message arrived live or by a replay, each is applied once, in order.
+    assert sink.calls == [("e1", (block,), (), False) for block in range(1, last + 1)]
+    assert not subscriber.clears
 
 
 async def test_a_gap_is_filled_by_a_replay_not_cleared() -> None:
@@ -238,11 +258,9 @@ async def test_a_gap_older_than_what_the_engine_keeps_clears_the_endpoint() -> N
     subscriber = subscribe_replaying(sink, publisher)
     try:
         assert await until(lambda: stored_blocks(sink) == [0])
-        publish(publisher, 1)
-        assert await until(lambda: stored_blocks(sink) == [0, 1])
-        for block in (2, 3, 4):
+        for block in (1, 2, 3, 4):  # 1 may be lost too, if the subscription is not live yet
             publish(publisher, block)
-        assert await until(lambda: stored_blocks(sink) == [0, 1, 4])
+        assert await until(lambda: 4 in stored_blocks(sink))
     finally:
         await subscriber.close()
         publisher.close()
@@ -299,9 +317,7 @@ async def test_a_restarted_engines_numbering_clears_what_the_old_engine_had() ->
     assert subscriber.clears == {("e1", "restart"): 1}
 
 
-async def test_a_replay_longer_than_the_engine_sends_at_once_arrives_whole() -> None:
-    # vLLM's ROUTER queues about 1,000 replies and drops the rest; the subscriber asks again
-    # from where it stopped. The simulated engine's ROUTER keeps the same default.
+async def test_a_replay_of_thousands_of_messages_arrives_whole() -> None:
     publisher, sink = replaying_publisher(lose=set(), buffer_steps=10_000), Sink()
     for block in range(5_000):
         publisher(0.0, [events.BlockStored((block,), None, tuple(range(64)), 64)])
@@ -381,8 +397,9 @@ async def test_a_replayed_message_seen_again_is_skipped_but_a_new_engines_is_not
 
 
 async def test_a_failed_subscription_is_logged_cleared_and_started_again(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(kv_subscriber, "RETRY_MIN_S", 0.05)
     publisher = Publisher()
 
     class FailingOnce(Sink):
@@ -401,7 +418,7 @@ async def test_a_failed_subscription_is_logged_cleared_and_started_again(
     )
     subscriber.sync()
     try:
-        for seq in range(1000):  # until events flow again, 1 s after the failure
+        for seq in range(1000):  # until events flow again, after the failure and a backoff
             publisher.send(seq, [stored(seq)])
             await asyncio.sleep(0.01)
             if any(blocks for _, blocks, _, _ in sink.calls):
@@ -413,3 +430,50 @@ async def test_a_failed_subscription_is_logged_cleared_and_started_again(
     assert sink.calls[0] == ("e1", (), (), True)  # what it knew is no longer trusted
     assert subscriber.clears[("e1", "error")] == 1
     assert "KV event subscription failed; retrying" in caplog.text
+
+
+class ScriptedReplays:
+    """A replay socket answering its n-th request with the messages ``answers[n]`` names by
+    sequence number (each storing that block), then the end marker: what an engine whose
+    ROUTER dropped replies past its send limit sends."""
+
+    def __init__(self, answers: list[list[int]]) -> None:
+        self.answers, self.starts = answers, list[int]()
+        self._context = zmq.Context()
+        self._router = self._context.socket(zmq.ROUTER)
+        self._router.setsockopt(zmq.LINGER, 0)
+        self._router.bind("tcp://127.0.0.1:*")
+        self.address: str = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        for answer in self.answers:
+            client, _, start = self._router.recv_multipart()
+            self.starts.append(int.from_bytes(start, "big"))
+            for seq in answer:
+                payload = msgspec.msgpack.encode([1.0, [stored(seq)], None])
+                self._router.send_multipart([client, b"", b"kv@m", seq.to_bytes(8, "big"), payload])
+            self._router.send_multipart([client, b"", b"", REPLAY_END, b""])
+
+    def close(self) -> None:
+        self._thread.join(timeout=10)
+        self._router.close()
+        self._context.term()
+
+
+async def test_a_replay_cut_short_is_asked_again_from_where_it_stopped() -> None:
+    replays = ScriptedReplays([[*range(10), 15], list(range(10, 16))])  # 10-14 dropped first
+    sink = Sink()
+    subscriber = KvEventSubscriber(sink, lambda: [])
+    stream = kv_subscriber._Stream("e1", sink, subscriber)
+    context = zmq.asyncio.Context()
+    try:
+        await stream.replay(context, replays.address)
+    finally:
+        context.term()
+        replays.close()
+    assert replays.starts == [0, 10]
+    assert stored_blocks(sink) == list(range(16))
+    assert subscriber.replays == {("e1", "complete"): 1}
+    assert not subscriber.clears

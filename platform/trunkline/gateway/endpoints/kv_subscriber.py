@@ -96,11 +96,15 @@ class KvEventSubscriber:
         self.received: dict[str, int] = {}
         """Events applied per endpoint id (for tests and the health page)."""
         self.connected: set[str] = set()
-        """Endpoint ids whose publisher has completed the handshake and not disconnected since."""
+        """Endpoint ids whose publisher has completed the handshake and not disconnected since.
+        The subscription itself reaches the publisher a moment after the handshake, and what is
+        sent in between is lost: with ``kv_replay`` the next message shows the gap and a replay
+        fills it; without, a loss before the first message received goes unnoticed."""
         self.clears: Counter[tuple[str, str]] = Counter()
         """Times an endpoint's blocks were cleared, by ``(endpoint, reason)``: ``gap`` (lost
         messages no replay recovered), ``disconnect``, ``restart`` (the numbering went back) or
         ``error`` (the subscription failed and is started again)."""
+        self._handshakes: Counter[str] = Counter()
         self.replays: Counter[tuple[str, str]] = Counter()
         """Replays asked for, by ``(endpoint, outcome)``: ``complete`` or ``failed`` (no end
         marker within ``REPLAY_TIMEOUT_S`` even after further rounds, or a socket error)."""
@@ -142,12 +146,16 @@ class KvEventSubscriber:
     async def _listen(self, endpoint: str, address: str, replay: str | None) -> None:
         """Subscribe until cancelled: a subscription that fails (a socket error, the process
         out of file descriptors, a bug) is logged, its endpoint cleared, and started again
-        after a backoff of 1 s doubling up to :data:`RETRY_MAX_S`."""
-        delay = 1.0
+        after :data:`RETRY_MIN_S`, doubling up to :data:`RETRY_MAX_S` while attempts fail
+        before a handshake; one that got a handshake starts the backoff over."""
+        delay = RETRY_MIN_S
         while True:
+            handshakes = self._handshakes[endpoint]
             try:
                 await self._subscribe(endpoint, address, replay)
             except Exception:
+                if self._handshakes[endpoint] > handshakes:
+                    delay = RETRY_MIN_S
                 log.exception(
                     "KV event subscription failed; retrying",
                     extra={"endpoint_id": endpoint, "kv": address, "retry_in_s": delay},
@@ -181,6 +189,7 @@ class KvEventSubscriber:
                     event = parse_monitor_message(await monitor.recv_multipart())["event"]
                     if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                         self.connected.add(endpoint)
+                        self._handshakes[endpoint] += 1
                         if replay is not None:  # what the engine sent before we listened
                             await stream.replay(self._context, replay)
                     elif endpoint in self.connected:  # disconnected: trust nothing known
@@ -200,6 +209,8 @@ class KvEventSubscriber:
                 socket.close()
 
 
+RETRY_MIN_S = 1.0
+"""The first wait before a failed subscription is started again."""
 RETRY_MAX_S = 30.0
 """The longest wait before a failed subscription is started again."""
 MAX_REPLAY_ROUNDS = 50
