@@ -15,6 +15,7 @@ check passes (failing early when the child exits) and a signal-then-kill ``stop`
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -41,15 +42,36 @@ LOOPBACK = "127.0.0.1"
 
 
 def free_loopback_ports(count: int) -> list[int]:
-    """``count`` distinct ports the OS just had free on loopback (children bind them next)."""
+    """``count`` distinct ports free on loopback just now, which children bind next.
+
+    They are drawn below the OS's ephemeral range (``ip_local_port_range``), whose ports every
+    outgoing connection takes its local port from: a port picked there (binding port 0) can be
+    taken by some client's connection in the seconds before a child binds it (vLLM binds its
+    ZMQ sockets after ≈20 s of start-up). Below it only servers that bind explicitly compete."""
+    low = _ephemeral_low()
+    pool = range(max(1024, low - 16_384), low)
+    # Not the seeded module-level generator: two processes seeded alike would pick alike.
+    candidates = random.SystemRandom().sample(pool, k=min(4 * count + 64, len(pool)))
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            # Held open until all are picked, so the OS cannot hand out one port twice.
+        ports: list[int] = []
+        for port in candidates:
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+            try:
+                sock.bind((LOOPBACK, port))  # held until all are picked: no port twice
+            except OSError:
+                continue  # in use
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise OSError(f"no {count} free loopback ports below {low}")
+
+
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port of the OS's ephemeral range (Linux's default when it cannot be read)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def python_module(module: str, *args: str) -> list[str]:

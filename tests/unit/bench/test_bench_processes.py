@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 from pathlib import Path
 
@@ -41,8 +43,15 @@ def test_the_server_is_stopped_when_the_run_fails(tmp_path: Path) -> None:
     assert not server.running()
 
 
-def test_free_ports_are_distinct() -> None:
-    ports = free_loopback_ports(3)
+def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:
+    # Outgoing connections take their local ports from the ephemeral range: a port there can
+    # be gone before a server binds it.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
 
-    assert len(set(ports)) == 3
-    assert all(1024 <= port <= 65535 for port in ports)
+    ports = free_loopback_ports(8)
+
+    assert len(set(ports)) == 8
+    assert all(1024 <= port < low for port in ports)
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
