@@ -5,13 +5,14 @@ one SUB socket receives vLLM's multipart messages (decoded by
 :mod:`trunkline.engines.kv_events`) and applies them, in sequence order, to a
 :class:`KvEventSink` (the routing's precise prefix index) under the endpoint's id.
 Subscriptions follow snapshot changes; a ZMQ SUB socket reconnects on its own when an engine
-restarts. :attr:`KvEventSubscriber.connected` says which subscriptions are live (a monitor
-socket follows each handshake).
+restarts; one that fails is logged and started again. :attr:`KvEventSubscriber.connected` says
+which subscriptions have done their handshake (a monitor socket follows each).
 
 What can be missed, and what is done about it:
 
-- A publisher drops what it sends before a subscriber's handshake (ZMQ's "slow joiner"), and
-  a gateway that starts beside running engines missed everything they did before.
+- A publisher drops what it sends before a subscriber's subscription reaches it, a moment
+  after the handshake (ZMQ's "slow joiner"), and a gateway that starts beside running engines
+  missed everything they did before.
 - A gap in an engine's sequence numbers means lost messages.
 - A lost connection: the engine may be restarting with an empty cache (its numbering starts
   again at 0), and messages sent meanwhile are lost. What is left unread of the old
@@ -21,7 +22,8 @@ What can be missed, and what is done about it:
 With ``kv_replay`` (vLLM's ``replay_endpoint``) the subscriber asks the engine, on each
 handshake, for every message it still keeps (vLLM: the last 10,000) and, on a gap, for the
 missing ones. vLLM's ROUTER drops replies past its send high-water mark (1,000 queued), so a
-replay cut short is asked again from where it stopped, as long as each round brings some.
+replay cut short is asked again from where it stopped, as long as each round brings some
+(:data:`MAX_REPLAY_ROUNDS`).
 Without ``kv_replay``, or when the engine no longer keeps the messages or does not answer within
 :data:`REPLAY_TIMEOUT_S`, a gap clears the endpoint's blocks rather than trusting a partial
 picture, and a gateway learns only blocks stored after it connected.
