@@ -402,17 +402,17 @@ async def test_a_failed_subscription_is_logged_cleared_and_started_again(
     monkeypatch.setattr(kv_subscriber, "RETRY_MIN_S", 0.05)
     publisher = Publisher()
 
-    class FailingOnce(Sink):
-        failed = False
+    class FailingTwice(Sink):
+        failures = 0
 
         def apply(self, endpoint: str, stored: Iterable[Hashable] = (), **kw: Any) -> None:
             stored = tuple(stored)
-            if stored and not self.failed:
-                self.failed = True
+            if stored and self.failures < 2:
+                self.failures += 1
                 raise RuntimeError("the index broke")
             super().apply(endpoint, stored, **kw)
 
-    sink = FailingOnce()
+    sink = FailingTwice()
     subscriber = KvEventSubscriber(
         sink, lambda: [EndpointEntry("e1", "http://e1", publisher.address)]
     )
@@ -426,10 +426,12 @@ async def test_a_failed_subscription_is_logged_cleared_and_started_again(
     finally:
         await subscriber.close()
         publisher.close()
-    assert sink.failed and any(blocks for _, blocks, _, _ in sink.calls)
-    assert sink.calls[0] == ("e1", (), (), True)  # what it knew is no longer trusted
-    assert subscriber.clears[("e1", "error")] == 1
-    assert "KV event subscription failed; retrying" in caplog.text
+    assert sink.failures == 2 and any(blocks for _, blocks, _, _ in sink.calls)
+    assert sink.calls[:2] == [("e1", (), (), True)] * 2  # what it knew is no longer trusted
+    assert subscriber.clears[("e1", "error")] == 2
+    # Each failed after a handshake: the backoff started over each time, not doubled.
+    retries = [r for r in caplog.records if r.message == "KV event subscription failed; retrying"]
+    assert [getattr(r, "retry_in_s", None) for r in retries] == [0.05, 0.05]
 
 
 class ScriptedReplays:
