@@ -276,10 +276,12 @@ def _launch(
     log_dir: Path,
     cpu: str,
     kv_cache_bytes: int,
-    ports: tuple[int, int, int],
+    ports: Sequence[int],
 ) -> VllmServer:
+    """``ports``: its HTTP, KV-event and replay ports."""
+    http, kv_events, kv_replay = ports
     log = log_dir / f"vllm-{cpu}-{time.time_ns()}.log"
-    server = VllmServer(*ports, cpu, log, model_name=model.name)
+    server = VllmServer(http, kv_events, kv_replay, cpu, log, model_name=model.name)
     server.proc = ServerGroupProcess(
         vllm_command(env, model, server, kv_cache_bytes), vllm_environment(cpu), log_dir, log
     )
@@ -321,14 +323,7 @@ def start_vllm_replicas(
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = free_loopback_ports(3 * len(cpus))
     servers = [
-        _launch(
-            env,
-            served,
-            log_dir,
-            cpu,
-            kv_cache_bytes,
-            (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]),
-        )
+        _launch(env, served, log_dir, cpu, kv_cache_bytes, ports[3 * i : 3 * i + 3])
         for i, cpu in enumerate(cpus)
     ]
     try:

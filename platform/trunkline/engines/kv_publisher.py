@@ -51,7 +51,8 @@ class ZmqKvEventPublisher:
         self._seq = 0
         self._encoder = msgspec.msgpack.Encoder()
         self._noblock = zmq.NOBLOCK
-        self._kept: deque[tuple[bytes, bytes]] = deque(maxlen=buffer_steps)
+        self._kept: deque[tuple[int, bytes]] = deque(maxlen=buffer_steps)
+        """The last messages sent: (sequence number, payload)."""
         self._lock = threading.Lock()
         self._running = True
         self.replay_endpoint: str | None = None
@@ -73,12 +74,11 @@ class ZmqKvEventPublisher:
 
     def __call__(self, now: float, events: Sequence[KVCacheEvent]) -> None:
         payload = self._encoder.encode([now, [_to_wire(e) for e in events], None])
-        seq = self._seq.to_bytes(8, "big", signed=True)
-        self._seq += 1
+        seq, self._seq = self._seq, self._seq + 1
         if self._replay is not None:
             with self._lock:
                 self._kept.append((seq, payload))
-        self._socket.send_multipart([self.topic, seq, payload], flags=self._noblock)
+        self._socket.send_multipart([self.topic, _seq_frame(seq), payload], flags=self._noblock)
 
     def _serve_replays(self, router: Any) -> None:
         """The ROUTER socket lives on this thread alone (ZMQ sockets are not thread-safe)."""
@@ -91,10 +91,9 @@ class ZmqKvEventPublisher:
                     continue  # not a replay request: vLLM ignores those too
                 client, start = frames[0], int.from_bytes(frames[2], "big")
                 with self._lock:
-                    kept = [(seq, payload) for seq, payload in self._kept]
+                    kept = [(seq, payload) for seq, payload in self._kept if seq >= start]
                 for seq, payload in kept:
-                    if int.from_bytes(seq, "big", signed=True) >= start:
-                        router.send_multipart([client, b"", self.topic, seq, payload])
+                    router.send_multipart([client, b"", self.topic, _seq_frame(seq), payload])
                 router.send_multipart([client, b"", b"", wire.REPLAY_END, b""])
         finally:
             router.close()
@@ -105,6 +104,10 @@ class ZmqKvEventPublisher:
             self._replay.join()
         self._socket.close()
         self._context.term()
+
+
+def _seq_frame(seq: int) -> bytes:
+    return seq.to_bytes(8, "big", signed=True)
 
 
 def _to_wire(event: KVCacheEvent) -> wire.KvEvent:

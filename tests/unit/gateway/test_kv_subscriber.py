@@ -306,12 +306,12 @@ async def test_a_restarted_engines_numbering_clears_what_the_old_engine_had() ->
     # The new engine's first messages may arrive before its predecessor's disconnect is seen.
     sink = Sink()
     subscriber = KvEventSubscriber(sink, lambda: [])
-    stream = kv_subscriber._Stream("e1", sink, subscriber)
+    stream = kv_subscriber._Stream("e1", subscriber, None, None)
     for seq in range(10):
-        await stream.receive(frames(seq, [stored(seq)]), None, None)
+        await stream.receive(frames(seq, [stored(seq)]))
     sink.calls.clear()
 
-    await stream.receive(frames(0, [stored(100)]), None, None)  # the new engine's first
+    await stream.receive(frames(0, [stored(100)]))  # the new engine's first
 
     assert sink.calls == [("e1", (), (), True), ("e1", (100,), (), False)]
     assert subscriber.clears == {("e1", "restart"): 1}
@@ -376,22 +376,23 @@ async def test_a_replayed_message_seen_again_is_skipped_but_a_new_engines_is_not
         publish(publisher, block)
     sink = Sink()
     subscriber = KvEventSubscriber(sink, lambda: [])
-    stream = kv_subscriber._Stream("e1", sink, subscriber)
     context = zmq.asyncio.Context()
+    stream = kv_subscriber._Stream("e1", subscriber, context, publisher.replay_endpoint)
     try:
-        await stream.replay(context, str(publisher.replay_endpoint))
+        await stream.replay()
         kept = [seq_payload for seq_payload in publisher._kept]
     finally:
         context.term()
         publisher.close()
     assert stored_blocks(sink) == list(range(10))
     sink.calls.clear()
+    stream.replay_address = None  # the publisher is gone: what follows is the SUB side alone
 
     seq, payload = kept[5]  # the SUB socket's copy of a message the replay brought
-    await stream.receive([b"kv@m", seq, payload], None, None)
+    await stream.receive([b"kv@m", seq.to_bytes(8, "big"), payload])
     assert sink.calls == []
     # A restarted engine numbers from 0 again, before its predecessor's disconnect is seen.
-    await stream.receive(frames(0, [stored(100)]), None, None)
+    await stream.receive(frames(0, [stored(100)]))
     assert sink.calls == [("e1", (), (), True), ("e1", (100,), (), False)]
     assert subscriber.clears == {("e1", "restart"): 1}
 
@@ -468,10 +469,10 @@ async def test_a_replay_cut_short_is_asked_again_from_where_it_stopped() -> None
     replays = ScriptedReplays([[*range(10), 15], list(range(10, 16))])  # 10-14 dropped first
     sink = Sink()
     subscriber = KvEventSubscriber(sink, lambda: [])
-    stream = kv_subscriber._Stream("e1", sink, subscriber)
     context = zmq.asyncio.Context()
+    stream = kv_subscriber._Stream("e1", subscriber, context, replays.address)
     try:
-        await stream.replay(context, replays.address)
+        await stream.replay()
     finally:
         context.term()
         replays.close()

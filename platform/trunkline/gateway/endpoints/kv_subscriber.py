@@ -35,7 +35,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from trunkline.engines.kv_events import (
     REPLAY_END,
@@ -56,6 +56,13 @@ REPLAY_TIMEOUT_S = 2.0
 """How long a replay may wait for its first reply before the subscriber gives up on it."""
 REPLAY_PAUSE_S = 0.5
 """How long a started replay may pause before the subscriber takes it as cut short."""
+
+
+class Subscription(TypedDict):
+    """An endpoint's subscription at a glance (``/health``, metrics)."""
+
+    connected: bool
+    events: int
 
 
 class KvEventSink(Protocol):
@@ -111,7 +118,7 @@ class KvEventSubscriber:
         """Replays asked for, by ``(endpoint, outcome)``: ``complete`` or ``failed`` (no end
         marker within ``REPLAY_TIMEOUT_S`` even after further rounds, or a socket error)."""
 
-    def summary(self) -> dict[str, dict[str, object]]:
+    def summary(self) -> dict[str, Subscription]:
         """Per subscribed endpoint id: ``connected`` and the ``events`` applied so far."""
         return {
             endpoint: {
@@ -162,10 +169,18 @@ class KvEventSubscriber:
                     "KV event subscription failed; retrying",
                     extra={"endpoint_id": endpoint, "kv": address, "retry_in_s": delay},
                 )
-                self._sink.apply(endpoint, cleared=True)
-                self.clears[(endpoint, "error")] += 1
+                self._clear(endpoint, "error")
             await asyncio.sleep(delay)
             delay = min(2 * delay, RETRY_MAX_S)
+
+    def _apply(self, endpoint: str, message: KvEventMessage) -> None:
+        count = apply_message(self._sink, endpoint, message)
+        self.received[endpoint] = self.received.get(endpoint, 0) + count
+
+    def _clear(self, endpoint: str, reason: str) -> None:
+        """Forget what the index knew of ``endpoint``, counted under ``reason``."""
+        self._sink.apply(endpoint, cleared=True)
+        self.clears[(endpoint, reason)] += 1
 
     async def _subscribe(self, endpoint: str, address: str, replay: str | None) -> None:
         import zmq
@@ -174,7 +189,7 @@ class KvEventSubscriber:
 
         socket: Any = None
         monitor: Any = None
-        stream = _Stream(endpoint, self._sink, self)
+        stream = _Stream(endpoint, self, self._context, replay)
         try:
             socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
@@ -193,7 +208,7 @@ class KvEventSubscriber:
                         self.connected.add(endpoint)
                         self._handshakes[endpoint] += 1
                         if replay is not None:  # what the engine sent before we listened
-                            await stream.replay(self._context, replay)
+                            await stream.replay()
                     elif endpoint in self.connected:  # disconnected: trust nothing known
                         self.connected.discard(endpoint)
                         while await socket.poll(0):  # the lost connection's leftovers
@@ -201,7 +216,7 @@ class KvEventSubscriber:
                         stream.reset()
                     continue  # ``ready`` may be stale: the socket drained, or a replay ran
                 if socket in ready:
-                    await stream.receive(await socket.recv_multipart(), self._context, replay)
+                    await stream.receive(await socket.recv_multipart())
         finally:
             self.connected.discard(endpoint)
             if monitor is not None:
@@ -231,22 +246,26 @@ class _Stream:
     back, i.e. the engine restarted: the endpoint is cleared (and replayed from the start).
     """
 
-    def __init__(self, endpoint: str, sink: KvEventSink, counts: KvEventSubscriber) -> None:
+    def __init__(
+        self, endpoint: str, owner: KvEventSubscriber, context: Any, replay: str | None
+    ) -> None:
         self.endpoint = endpoint
         self.expected: int | None = None
         self._replayed: dict[int, int] = {}
         """The payloads' hashes of what replays applied since the last live message, by
         sequence number: a live message before ``expected`` with the same payload is a copy;
         one with another payload comes from a restarted engine."""
-        self._sink = sink
-        self._counts = counts
+        self._owner = owner
+        self._context = context
+        self.replay_address = replay
+        """Where the publisher replays missed messages (None: it does not)."""
 
     def reset(self) -> None:
-        self._clear("disconnect")
+        self._owner._clear(self.endpoint, "disconnect")
         self.expected = None
         self._replayed = {}
 
-    async def receive(self, frames: list[bytes], context: Any, replay: str | None) -> None:
+    async def receive(self, frames: list[bytes]) -> None:
         message = self._decode(frames)
         if message is None:
             return
@@ -255,37 +274,37 @@ class _Stream:
             if message.seq < expected and self._replayed.get(message.seq) == hash(frames[2]):
                 return  # a replay applied it already
             if message.seq < expected:  # the numbering went back: the engine restarted
-                self._clear("restart")
+                self._owner._clear(self.endpoint, "restart")
                 self.expected, self._replayed = None, {}
-            if replay is not None:
-                await self.replay(context, replay)
+            if self.replay_address is not None:
+                await self.replay()
                 if self.expected is not None and message.seq < self.expected:
                     return
         self._replayed = {}
         self._apply(message)
 
-    async def replay(self, context: Any, address: str) -> None:
+    async def replay(self) -> None:
         """Ask the publisher for every message from ``expected`` on (from its oldest kept one
         when nothing is known) and apply them, in as many rounds as it takes while each brings
         some (:data:`MAX_REPLAY_ROUNDS`)."""
         for _ in range(MAX_REPLAY_ROUNDS):
-            outcome, progressed = await self._replay_round(context, address)
+            outcome, progressed = await self._replay_round()
             if outcome != "cut" or not progressed:
                 break
-        self._counts.replays[
-            (self.endpoint, "complete" if outcome == "complete" else "failed")
-        ] += 1
+        self._owner.replays[(self.endpoint, "complete" if outcome == "complete" else "failed")] += 1
 
-    async def _replay_round(self, context: Any, address: str) -> tuple[str, bool]:
+    async def _replay_round(self) -> tuple[str, bool]:
         """One request: ``complete`` (the end marker came), ``cut`` (replies were lost on the
         way, or the end never came) or ``error``; and whether any message was applied."""
         import zmq
 
+        address = self.replay_address
+        assert address is not None  # replays are asked only of publishers that replay
         start = self.expected or 0
         socket: Any = None
         replayed = 0
         try:
-            socket = context.socket(zmq.DEALER)
+            socket = self._context.socket(zmq.DEALER)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.RCVHWM, 0)  # no limit here: the engine's own still applies
             socket.connect(address)
@@ -323,10 +342,6 @@ class _Stream:
                     extra={"endpoint_id": self.endpoint, "messages": replayed, "from": start},
                 )
 
-    def _clear(self, reason: str) -> None:
-        self._sink.apply(self.endpoint, cleared=True)
-        self._counts.clears[(self.endpoint, reason)] += 1
-
     def _decode(self, frames: list[bytes]) -> KvEventMessage | None:
         try:
             return decode_kv_event_message(frames)
@@ -336,8 +351,6 @@ class _Stream:
 
     def _apply(self, message: KvEventMessage) -> None:
         if self.expected is not None and message.seq != self.expected:
-            self._clear("gap")  # messages were lost: trust none
-        count = apply_message(self._sink, self.endpoint, message)
-        received = self._counts.received
-        received[self.endpoint] = received.get(self.endpoint, 0) + count
+            self._owner._clear(self.endpoint, "gap")  # messages were lost: trust none
+        self._owner._apply(self.endpoint, message)
         self.expected = message.seq + 1

@@ -101,8 +101,8 @@ class KvEventCollector(Collector):
         subscriber = self._subscriber()
         if subscriber is not None:
             for endpoint, state in subscriber.summary().items():
-                connected.add_metric([endpoint], float(bool(state["connected"])))
-                applied.add_metric([endpoint], float(subscriber.received.get(endpoint, 0)))
+                connected.add_metric([endpoint], float(state["connected"]))
+                applied.add_metric([endpoint], float(state["events"]))
                 for reason in ("gap", "disconnect", "restart", "error"):
                     clears.add_metric([endpoint, reason], subscriber.clears[(endpoint, reason)])
                 for outcome in ("complete", "failed"):
