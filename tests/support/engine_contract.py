@@ -61,6 +61,33 @@ ACCEPTED: list[dict[str, Any]] = [
 ]
 
 
+def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Answer maximums against the model's context window ``max_model_len``, as vLLM 0.32
+    takes them: (endpoint, request fields, the refused param or None when served). A maximum
+    over the window is refused, naming the field the client used; one within it is clamped to
+    what the prompt leaves (check ``within_context_window`` on the answer)."""
+    window = max_model_len
+    hi = [{"role": "user", "content": "hi there"}]
+    return [
+        ("chat", {"messages": hi, "max_tokens": window + 1}, "max_tokens"),
+        ("chat", {"messages": hi, "max_completion_tokens": window + 1}, "max_completion_tokens"),
+        ("completions", {"prompt": "hi there", "max_tokens": window + 1}, "max_tokens"),
+        ("chat", {"messages": hi, "max_tokens": window, "temperature": 0}, None),
+        # a prompt of token ids leaving 8 tokens, asking 100
+        ("completions", {"prompt": [7] * (window - 8), "max_tokens": 100}, None),
+    ]
+
+
+CONTEXT_REFUSAL = "cannot be greater than max_model_len"
+"""What vLLM's refusal of an answer maximum over the context window says."""
+
+
+def within_context_window(body: dict[str, Any], max_model_len: int) -> bool:
+    """Whether a served answer stayed within the window: prompt and answer together."""
+    usage = body["usage"]
+    return 0 < usage["completion_tokens"] <= max_model_len - usage["prompt_tokens"]
+
+
 def token_logprobs(kind: str, logprobs: list[dict[str, Any]]) -> list[tuple[float, list[float]]]:
     """Per generated token, its logprob and those of the likeliest tokens listed with it, read
     from a choice's ``logprobs`` (a list: one per chunk of a stream), checking vLLM's shape

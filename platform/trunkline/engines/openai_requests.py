@@ -127,21 +127,21 @@ def _max_tokens(body: Json, names: tuple[str, ...], prompt_len: int, served: Ser
             f"{prompt_len} input tokens. Please reduce the length of the input messages.",
             "input_tokens",
         )
-    requested = next((body[name] for name in names if body.get(name) is not None), None)
+    name = next((name for name in names if body.get(name) is not None), names[-1])
+    requested = body.get(name)
     if requested is None:
         return min(DEFAULT_MAX_TOKENS, limit - prompt_len)
     if not isinstance(requested, int) or isinstance(requested, bool):
         raise _bad("max_tokens must be an integer.", "max_tokens")
     if requested < 1:
         raise _bad(f"max_tokens must be at least 1, got {requested}.", "max_tokens")
-    if prompt_len + requested > limit:
+    if requested > limit:
         raise _bad(
-            f"'max_tokens' or 'max_completion_tokens' is too large: {requested}. This model's "
-            f"maximum context length is {limit} tokens and your request has {prompt_len} input "
-            f"tokens ({requested} > {limit} - {prompt_len}).",
-            "max_tokens",
+            f"{name}={requested} cannot be greater than max_model_len={limit}. Please request "
+            f"fewer output tokens. (parameter={name}, value={requested})",
+            name,
         )
-    return requested
+    return min(requested, limit - prompt_len)  # vLLM clamps it to what the prompt leaves
 
 
 def _invalid(name: str, kind: str, msg: str, value: object) -> ApiError:

@@ -51,8 +51,11 @@ def encode_error(exc: errors.TrunklineError) -> tuple[int, bytes]:
     return status, msgspec.json.encode(body)
 
 
-_CONTEXT_LENGTH = re.compile(r"maximum (context|model) length", re.IGNORECASE)
-"""vLLM's words for a prompt over ``max_model_len`` (both wordings of its versions)."""
+_CONTEXT_LENGTH = re.compile(
+    r"maximum (context|model) length|greater than max_model_len", re.IGNORECASE
+)
+"""vLLM's words for a prompt over ``max_model_len`` (both wordings of its versions), and for an
+answer maximum over it."""
 _ENGINE_TYPES = {429: "rate_limit_error"}
 """OpenAI's error type per engine status; any other 4xx is an ``invalid_request_error``."""
 

@@ -13,6 +13,7 @@ import msgspec
 from trunkline.errors import Forbidden, InvalidRequest, NotFound
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.routing.candidates import placed_away
+from trunkline.quota.estimate import completion_maximum
 from trunkline.snapshot import AliasEntry, Snapshot
 
 _json_decoder = msgspec.json.Decoder()
@@ -150,6 +151,26 @@ def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) ->
             reason="no_pool_for_tenant",
         )
     return alias
+
+
+def check_context(request: ParsedRequest, alias: AliasEntry) -> None:
+    """Refuse an answer maximum over the model's context window, as vLLM does (``max_tokens=N
+    cannot be greater than max_model_len``), before any quota is reserved for it: reserved, it
+    would be refused as over a budget (a 429 that clients retry) instead of as a bad request.
+    A maximum within the window is the engine's to clamp to what the prompt leaves."""
+    limit = alias.context_length
+    asked = completion_maximum(request.kind, request.body)
+    if limit is None or asked is None or asked <= limit:
+        return
+    name = "max_tokens"
+    if request.kind == "chat" and request.body.get("max_completion_tokens"):
+        name = "max_completion_tokens"
+    raise InvalidRequest(
+        f"'{name}' is too large: {asked}. The model '{request.alias}' has a context window of "
+        f"{limit} tokens, prompt and answer together; request at most {limit}.",
+        param=name,
+        reason="context_length_exceeded",
+    )
 
 
 def visible_aliases(snapshot: Snapshot, principal: Principal) -> list[AliasEntry]:

@@ -35,7 +35,13 @@ from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
 from trunkline.gateway.errors import engine_error
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
-from trunkline.gateway.pipeline import ParsedRequest, entitle, parse_body, upstream_body
+from trunkline.gateway.pipeline import (
+    ParsedRequest,
+    check_context,
+    entitle,
+    parse_body,
+    upstream_body,
+)
 from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
     ABORTED,
@@ -176,10 +182,12 @@ class GatewayService:
 
         async def attempt(sent: ParsedRequest, target: AliasEntry, attempt_id: str) -> Reply:
             # Each attempt reserves and settles its own quota and emits its own usage event.
+            check_context(sent, target)
             prompt = await self._token_view(target, sent, principal)
             grant = await self.quota.reserve(
                 snapshot, principal.key, principal.tier.name, target.model, kind, sent.body,
                 prompt_tokens=None if prompt is None else prompt.num_tokens,
+                context_length=target.context_length,
             )  # fmt: skip
             try:
                 reply = await self._serve(

@@ -95,9 +95,11 @@ class QuotaEnforcer:
     async def reserve(
         self, snapshot: Snapshot, key: KeyEntry, tier: str, model: str, kind: str,
         body: dict[str, Any], *, prompt_tokens: int | None = None,
+        context_length: int | None = None,
     ) -> Grant:  # fmt: skip
         """Reserve what the request may use; ``prompt_tokens``: its prompt's exact length (the
-        model's tokenizer counted it), else it is estimated from the body."""
+        model's tokenizer counted it), else it is estimated from the body; ``context_length``:
+        the model's context window, which bounds each answer."""
         book = snapshot.quotas
         # The snapshot lists only scopes that have a limit: most callers cost three lookups.
         key_limits = book.keys.get(key.key_id)
@@ -115,7 +117,7 @@ class QuotaEnforcer:
             if limits is not None
         )
         prompt = estimate_prompt_tokens(kind, body) if prompt_tokens is None else prompt_tokens
-        completion = completion_budget(kind, body, self._cap)
+        completion = completion_budget(kind, body, self._cap, context_length=context_length)
         price = book.prices.get(price_key(model, tier))
         cost = price.cost(prompt, 0, completion) if price else 0
         now = self._clock()

@@ -41,30 +41,44 @@ def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
     return _prompt_tokens(payload)
 
 
-def completion_budget(kind: str, body: dict[str, Any], cap: int) -> int:
+def completion_budget(
+    kind: str, body: dict[str, Any], cap: int, *, context_length: int | None = None
+) -> int:
     """Completion tokens to reserve: the maximum the engine will generate per answer, times
-    ``n`` and the number of prompts; ``cap`` when the client set no maximum. The maximum is the
-    one vLLM reads: ``max_completion_tokens`` before ``max_tokens`` on chat, ``max_tokens``
-    alone on completions (which ignore the other, so a small ``max_completion_tokens`` there
-    must not shrink the reservation). Embeddings generate none.
+    ``n`` and the number of prompts; ``cap`` when the client set no maximum. The maximum is
+    :func:`completion_maximum`. Embeddings generate none.
 
     A maximum the client set is reserved whole (as OpenAI counts it; at most
     :data:`MAX_COMPLETION_BUDGET`): the engine generates up to it, and a reservation below it
     would let a request spend far past a budget (``max_tokens: 100000`` against 5,000 tokens
-    left). One too large to fit is refused with *Lower max_tokens*."""
+    left). One too large to fit is refused with *Lower max_tokens*. No answer is longer than
+    the model's ``context_length`` (prompt included), so none reserves more than that."""
     if kind == "embeddings":
         return 0
-    if kind == "chat":
-        asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    else:
-        asked = body.get("max_tokens")
     choices = body.get("n")
     count = choices if isinstance(choices, int) and _positive_int(choices) else 1
     if kind == "completions":
         count *= _prompt_count(body.get("prompt"))
-    if isinstance(asked, int) and _positive_int(asked):
-        return min(asked * count, MAX_COMPLETION_BUDGET)
-    return cap
+    asked = completion_maximum(kind, body)
+    budget = cap if asked is None else min(asked * count, MAX_COMPLETION_BUDGET)
+    if context_length is not None:
+        budget = min(budget, context_length * count)
+    return budget
+
+
+def completion_maximum(kind: str, body: dict[str, Any]) -> int | None:
+    """The most tokens the client lets one answer have, as vLLM reads it:
+    ``max_completion_tokens`` before ``max_tokens`` on chat, ``max_tokens`` alone on
+    completions (which ignore the other, so a small ``max_completion_tokens`` there must not
+    shrink the reservation); None when unset (or not a positive integer, which the gateway
+    refuses before it reserves)."""
+    if kind == "chat":
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    elif kind == "completions":
+        asked = body.get("max_tokens")
+    else:
+        return None
+    return asked if _positive_int(asked) else None
 
 
 def _prompt_count(prompt: object) -> int:

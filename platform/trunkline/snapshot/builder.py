@@ -108,10 +108,21 @@ def _aliases(session: Session, pools: Mapping[str, PoolEntry]) -> dict[str, Alia
             large = models[alias.escalate_model_id]
             checks = alias.cascade_checks or {}
             cascade = msgspec.convert(
-                {**checks, "model": large.name, "pools": served_by(large, None)}, CascadeEntry
+                {
+                    **checks,
+                    "model": large.name,
+                    "pools": served_by(large, None),
+                    "context_length": large.context_length,
+                },
+                CascadeEntry,
             )
         aliases[alias.alias] = AliasEntry(
-            alias.alias, model.name, model.kind, served_by(model, alias.pools), cascade
+            alias.alias,
+            model.name,
+            model.kind,
+            served_by(model, alias.pools),
+            cascade,
+            model.context_length,
         )
     return aliases
 

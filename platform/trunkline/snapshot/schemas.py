@@ -101,6 +101,8 @@ class CascadeEntry(msgspec.Struct, frozen=True):
     """Escalate when the mean token log-probability of the first answer is below this."""
     min_confidence: float | None = None
     """Ask the first model to rate its confidence in [0, 1]; escalate below this (chat only)."""
+    context_length: int | None = None
+    """``model``'s context window in tokens, from the catalog (None: not known)."""
 
 
 class AliasEntry(msgspec.Struct, frozen=True):
@@ -110,6 +112,9 @@ class AliasEntry(msgspec.Struct, frozen=True):
     pools: tuple[str, ...]
     cascade: CascadeEntry | None = None
     """Set on a cascading alias: ``model`` answers first, ``cascade.model`` on escalation."""
+    context_length: int | None = None
+    """``model``'s context window in tokens, from the catalog (None: not known): no answer may
+    ask for more tokens than it, and none reserves more quota than it."""
 
 
 class Snapshot(msgspec.Struct, frozen=True):

@@ -246,7 +246,7 @@ def test_a_model_in_a_cascade_keeps_a_kind_that_fits_it(world: World) -> None:
 
 def test_a_cascading_alias_reaches_the_snapshot_and_can_be_entitled(world: World) -> None:
     admin = world.admin
-    admin.post(CATALOG + "/models", {"name": "llama-3.2-1b-instruct"})
+    admin.post(CATALOG + "/models", {"name": "llama-3.2-1b-instruct", "context_length": 4096})
     admin.post(CATALOG + "/pools", {**POOL, "name": "small-eu", "model": "llama-3.2-1b-instruct"})
     cascade = {"escalate_to": "llama-3.1-8b-instruct", "checks": {"min_mean_logprob": -1.5}}
     admin.post(
@@ -266,6 +266,9 @@ def test_a_cascading_alias_reaches_the_snapshot_and_can_be_entitled(world: World
     )
     assert (entry.cascade.on_truncation, entry.cascade.on_refusal) == (True, True)
     assert entry.cascade.min_mean_logprob == -1.5
+    # The gateway bounds answers by each model's window (its max_tokens 400, its reservations).
+    large_window = admin.get(CATALOG + "/models/llama-3.1-8b-instruct")["context_length"]
+    assert (entry.context_length, entry.cascade.context_length) == (4096, large_window)
     assert "llama-auto" in published.tenants[acme].aliases
     shown = admin.get(CATALOG + "/aliases/llama-auto")["cascade"]
     assert shown["checks"]["min_mean_logprob"] == -1.5

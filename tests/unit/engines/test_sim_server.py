@@ -16,7 +16,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.engines.helpers import small_h100, sse_payloads
 
-from support.engine_contract import ACCEPTED, REFUSED, token_logprobs
+from support.engine_contract import (
+    ACCEPTED,
+    CONTEXT_REFUSAL,
+    REFUSED,
+    context_window_cases,
+    token_logprobs,
+    within_context_window,
+)
 from trunkline.engines import (
     ChatMessage,
     SimApp,
@@ -250,7 +257,7 @@ CHAT_PATH, COMPLETIONS_PATH, EMBEDDINGS_PATH = (
         (COMPLETIONS_PATH, {"model": MODEL, "prompt": LONG_TEXT}, 400, "input_tokens"),
         (
             COMPLETIONS_PATH,
-            {"model": MODEL, "prompt": "word " * 500, "max_tokens": 100},
+            {"model": MODEL, "prompt": "word " * 500, "max_tokens": 513},
             400,
             "max_tokens",
         ),
@@ -280,6 +287,23 @@ async def test_bad_requests_get_vllm_errors_and_never_reach_the_engine(
     assert error["message"]
     assert sim.app.core.counters.prefix_cache_queries == 0
     assert not sim.app.core.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(("kind", "fields", "param"), context_window_cases(512))
+async def test_answer_maximums_over_the_context_are_refused_and_within_it_clamped(
+    sim: Sim, kind: str, fields: dict[str, Any], param: str | None
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
+    response = await sim.client.post(path, json={"model": MODEL, **fields})
+    if param is None:
+        assert response.status_code == 200, response.text
+        assert within_context_window(response.json(), 512), response.json()["usage"]
+        return
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, 400)
+    assert f"{param}=513 {CONTEXT_REFUSAL}=512" in error["message"]
 
 
 @pytest.mark.parametrize(("bad", "param", "message"), REFUSED)

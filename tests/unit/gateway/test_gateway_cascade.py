@@ -256,6 +256,52 @@ def test_a_prompt_over_the_small_models_context_escalates(make_gateway) -> None:
     ]  # fmt: skip
 
 
+def test_an_answer_maximum_over_the_small_models_context_goes_to_the_large_one_alone(
+    make_gateway,
+) -> None:  # type: ignore[no-untyped-def]
+    """vLLM 0.32 refuses ``max_tokens`` over its window; the gateway knows the catalog's and
+    does not send (nor charge) the small attempt."""
+    world = cascade_world()
+    auto = world.aliases["auto"]
+    assert auto.cascade is not None
+    world.aliases["auto"] = msgspec.structs.replace(
+        auto,
+        context_length=8192,
+        cascade=msgspec.structs.replace(auto.cascade, context_length=131072),
+    )
+    gw, key = _ready(make_gateway, small_engine("Paris."), world=world)
+    over_small = {**CHAT, "max_tokens": 10_000}
+    response = gw.client.post("/v1/chat/completions", json=over_small, headers=auth(key))
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "escalated"
+    assert response.headers["x-trunkline-cascade-reason"] == "context_length_exceeded"
+    assert [json.loads(r.content)["model"] for r in gw.upstream] == ["llama-8b-served"]
+    assert [(r.model, r.status) for r in gw.drain_usage()] == [("llama-8b-served", 200)]
+
+    over_both = {**CHAT, "max_tokens": 131_073}
+    response = gw.client.post("/v1/chat/completions", json=over_both, headers=auth(key))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("max_tokens", "context_length_exceeded")
+    assert len(gw.upstream) == 1
+
+
+def test_a_vllm_refusal_of_an_answer_maximum_escalates(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A catalog that does not know the small model's window: its engine's 400 escalates."""
+    refusal = (
+        "max_tokens=10000 cannot be greater than max_model_len=8192. Please request fewer "
+        "output tokens. (parameter=max_tokens, value=10000)"
+    )
+    gw, key = _gateway(make_gateway, small_refusing(refusal))
+    response = gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "max_tokens": 10_000}, headers=auth(key)
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade-reason"] == "context_length_exceeded"
+
+
 def test_a_request_the_small_engine_refuses_otherwise_is_not_escalated(make_gateway) -> None:  # type: ignore[no-untyped-def]
     gw, key = _gateway(make_gateway, small_refusing("temperature must be non-negative"))
     response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import msgspec
 from tests.unit.gateway.upstreams import Chunks, sse_events
 
 from trunkline.gateway.prompt_tokens import PromptTokens
@@ -167,6 +168,35 @@ def test_a_max_tokens_above_the_gateways_reservation_cap_is_reserved_whole(
     error_of(spread, 429, "rate_limit_exceeded", "rate_limit_error")
     assert gw.upstream == [], "neither reached an engine"
     assert gw.post({**CHAT, "max_tokens": 19_000}).status_code == 200
+
+
+def test_an_answer_maximum_over_the_context_window_is_a_400_and_reserves_nothing(
+    make_gateway: Any,
+) -> None:
+    """Reserved first, ``max_tokens: 100000`` on a 1,000-token model was a 429 *Request too
+    large*, which the OpenAI SDK retries; vLLM would refuse it as a bad request."""
+    gw: Gateway = make_gateway()
+    gw.world.aliases["llama"] = msgspec.structs.replace(
+        gw.world.aliases["llama"], context_length=1000
+    )
+    gw.limit(tenant=Limits(tokens_per_minute=20_000))
+
+    refused = gw.post({**CHAT, "max_tokens": 100_000})
+    refused_new_name = gw.post({**CHAT, "max_completion_tokens": 1001})
+
+    error = error_of(refused, 400, "context_length_exceeded", "invalid_request_error")
+    assert error["param"] == "max_tokens"
+    assert "context window of 1000 tokens" in error["message"]
+    error = error_of(refused_new_name, 400, "context_length_exceeded", "invalid_request_error")
+    assert error["param"] == "max_completion_tokens"
+    assert gw.upstream == [] and gw.counters("tenant")[TOKENS] == 0
+
+    # Within the window, no answer reserves more than it: unset, or n of them.
+    unset = gw.post({k: v for k, v in CHAT.items() if k != "max_tokens"})
+    assert unset.headers["x-ratelimit-remaining-tokens"] == str(20_000 - PROMPT - 1000)
+    several = gw.post({**CHAT, "max_tokens": 1000, "n": 3})
+    remaining = 20_000 - USED - PROMPT - 3 * 1000
+    assert several.headers["x-ratelimit-remaining-tokens"] == str(remaining)
 
 
 def test_monthly_cost_budget_counts_list_price(make_gateway: Any) -> None:

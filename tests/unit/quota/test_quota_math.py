@@ -206,6 +206,28 @@ def test_completion_budget(kind: str, body: dict, budget: int) -> None:  # type:
 
 
 @pytest.mark.parametrize(
+    ("kind", "body", "budget"),
+    [
+        # No answer is longer than the model's window (here 1,000 tokens), prompt included.
+        ("chat", {"max_tokens": 100}, 100),
+        ("chat", {"max_tokens": 10**20}, 1000),
+        ("chat", {"max_tokens": 5000, "n": 3}, 3000),
+        ("chat", {}, 1000),
+        ("chat", {"n": 3}, 3000),
+        ("completions", {"prompt": ["a", "b"]}, 2000),
+        ("completions", {"prompt": ["a", "b"], "max_tokens": 10}, 20),
+        ("embeddings", {}, 0),
+    ],
+)
+def test_completion_budget_within_the_context_window(
+    kind: str,
+    body: dict,  # type: ignore[type-arg]
+    budget: int,
+) -> None:
+    assert completion_budget(kind, body, cap=4096, context_length=1000) == budget
+
+
+@pytest.mark.parametrize(
     ("prompt", "cached", "completion", "micro_usd"),
     [
         (1_000_000, 0, 0, 200_000),

@@ -66,14 +66,16 @@ def plan_cascade(request: ParsedRequest, alias: AliasEntry) -> CascadePlan | Non
     if cascade.min_confidence is not None:
         body["messages"] = _with_instruction(body["messages"])
     first = replace(request, body=body, stream=False, client_wants_usage=False)
-    small = replace_alias(alias, alias.model, alias.pools)
-    large = replace_alias(alias, cascade.model, cascade.pools)
+    small = replace_alias(alias, alias.model, alias.pools, alias.context_length)
+    large = replace_alias(alias, cascade.model, cascade.pools, cascade.context_length)
     return CascadePlan(request, first, small, large, cascade)
 
 
-def replace_alias(alias: AliasEntry, model: str, pools: tuple[str, ...]) -> AliasEntry:
+def replace_alias(
+    alias: AliasEntry, model: str, pools: tuple[str, ...], context_length: int | None
+) -> AliasEntry:
     """The alias as one plain (non-cascading) attempt sees it: one model on its pools."""
-    return AliasEntry(alias.alias, model, alias.kind, pools)
+    return AliasEntry(alias.alias, model, alias.kind, pools, context_length=context_length)
 
 
 def judge(plan: CascadePlan, payload: bytes) -> Verdict:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from trunkline.errors import UpstreamError, UpstreamUnavailable
+from trunkline.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
 from trunkline.gateway.cascade import plan as cascade
 from trunkline.gateway.cascade.replay import replay_events
 from trunkline.gateway.pipeline import ParsedRequest
@@ -32,6 +32,11 @@ async def run_cascade(
         first = await attempt(plan.first, plan.first_alias, request_id)
     except (UpstreamError, UpstreamUnavailable):
         verdict = cascade.Verdict("first_failed", b"")
+    except InvalidRequest as exc:
+        if exc.reason != "context_length_exceeded":
+            raise
+        # The answer maximum is over the small model's context: refused before it was sent.
+        verdict = cascade.Verdict("context_length_exceeded", b"")
     else:
         if first.status == 200:
             verdict = cascade.judge(plan, first.body)

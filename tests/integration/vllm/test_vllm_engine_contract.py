@@ -1,0 +1,37 @@
+"""vLLM itself, no gateway: answers the simulated engine must give alike
+(tests/unit/engines/test_sim_server.py runs the same cases on it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from support.engine_contract import CONTEXT_REFUSAL, context_window_cases, within_context_window
+from support.vllm import VllmServer
+
+MAX_MODEL_LEN = 2048
+"""The tests' tiny model's window (scripts/vllm-env.sh); the first test checks it."""
+
+
+def test_the_served_window_is_the_one_the_cases_assume(vllm_server: VllmServer) -> None:
+    (card,) = httpx.get(f"{vllm_server.url}/v1/models", timeout=30.0).json()["data"]
+    assert card["max_model_len"] == vllm_server.max_model_len == MAX_MODEL_LEN
+
+
+@pytest.mark.parametrize(("kind", "fields", "param"), context_window_cases(MAX_MODEL_LEN))
+def test_answer_maximums_over_the_context_are_refused_and_within_it_clamped(
+    vllm_server: VllmServer, kind: str, fields: dict[str, Any], param: str | None
+) -> None:
+    path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+    body = {"model": vllm_server.model_name, **fields}
+    response = httpx.post(f"{vllm_server.url}{path}", json=body, timeout=120.0)
+    if param is None:
+        assert response.status_code == 200, response.text
+        assert within_context_window(response.json(), MAX_MODEL_LEN), response.json()["usage"]
+        return
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, 400)
+    assert f"{param}={MAX_MODEL_LEN + 1} {CONTEXT_REFUSAL}={MAX_MODEL_LEN}" in error["message"]
