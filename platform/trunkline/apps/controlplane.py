@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import Enum
 from http import HTTPStatus
 from typing import Any
 
@@ -375,7 +376,9 @@ def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Respon
         key = str(item.get("key") or "")
         if key in ("", "data") and (named := _FIELD_IN_MESSAGE.search(message)):
             key = named.group(1)
-        source = str(item.get("source", "body"))
+        source = item.get("source", "body")
+        # Litestar names a parameter's source with its ParamType enum: its value is the word.
+        source = str(source.value if isinstance(source, Enum) else source)
         errors.append({"field": key or "body", "message": message, "source": source})
     if not errors and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
         source, field = missing.groups()

@@ -16,7 +16,9 @@ from trunkline.pools.schemas import Alias
 from trunkline.tenancy.schemas import Name
 
 KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=ONE_LINE)]
-TtlDays = Annotated[int, msgspec.Meta(ge=1, le=3650)]
+MAX_TTL_DAYS = 3650
+"""The longest a key may live, however its expiry is given (ten years)."""
+TtlDays = Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_DAYS)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 

@@ -16,7 +16,7 @@ from trunkline.auth import secrets
 from trunkline.auth.principal import Principal
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.keys.repository import ApiKeyRepository, tenant_of_key
-from trunkline.keys.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated, status
+from trunkline.keys.schemas import MAX_TTL_DAYS, ApiKey, ApiKeyCreate, ApiKeyCreated, status
 from trunkline.kit.ids import utcnow
 from trunkline.models import ApiKey as ApiKeyRow
 from trunkline.models import Tenant
@@ -145,8 +145,13 @@ def _expiry(expires_at: datetime | None, ttl_days: int | None) -> datetime | Non
         expires_at = expires_at.astimezone(UTC)
     except OverflowError:
         raise InvalidRequest("expires_at is out of range", param="expires_at") from None
-    if expires_at <= utcnow():
+    now = utcnow()
+    if expires_at <= now:
         raise InvalidRequest("expires_at must be in the future", param="expires_at")
+    if expires_at > now + timedelta(days=MAX_TTL_DAYS):
+        raise InvalidRequest(
+            f"expires_at must be within {MAX_TTL_DAYS} days, as ttl_days", param="expires_at"
+        )
     return expires_at
 
 

@@ -190,6 +190,13 @@ def test_a_missing_query_parameter_is_named(world: World) -> None:
     assert problem["detail"] == "invalid value for period"
 
 
+def test_a_query_parameter_of_the_wrong_kind_is_named_with_its_source(world: World) -> None:
+    path = f"/api/v1/tenants/{world.tenant('acme')}/usage?period=2026-12&group_by=hour"
+    response = world.client.get(path, headers=world.api("root").headers)
+    problem = problem_of(response, 400)
+    assert [(e["field"], e["source"]) for e in problem["errors"]] == [("group_by", "query")]
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -115,8 +115,21 @@ def test_an_expiry_past_the_last_representable_day_in_utc_is_refused(world: Worl
     api = world.api("acme-dev")
     late = api.post(keys_path(world), {**body, "expires_at": "9999-12-31T23:59:59-12:00"}, 400)
     assert late["errors"] == [{"field": "expires_at", "message": "expires_at is out of range"}]
-    east = api.post(keys_path(world), {**body, "expires_at": "2999-01-01T09:00:00+09:00"})
-    assert east["key"]["expires_at"] == "2999-01-01T00:00:00Z"  # kept, and shown, in UTC
+    year = utcnow().year + 2
+    east = api.post(keys_path(world), {**body, "expires_at": f"{year}-01-01T09:00:00+09:00"})
+    assert east["key"]["expires_at"] == f"{year}-01-01T00:00:00Z"  # kept, and shown, in UTC
+
+
+def test_an_expiry_is_at_most_as_far_as_the_longest_ttl(world: World) -> None:
+    """``ttl_days`` stops at 3,650; ``expires_at`` let a key live until 9999."""
+    body = {"project_id": world.project("acme", "demo"), "name": "k"}
+    api = world.api("acme-dev")
+    too_far = (utcnow() + timedelta(days=3651)).isoformat()
+    refused = api.post(keys_path(world), {**body, "expires_at": too_far}, 400)
+    assert refused["errors"][0]["field"] == "expires_at"
+    assert "within 3650 days" in refused["errors"][0]["message"]
+    just = (utcnow() + timedelta(days=3649)).isoformat()
+    assert api.post(keys_path(world), {**body, "expires_at": just})["key"]["expires_at"]
 
 
 def test_revoked_keys_disappear_from_the_snapshot(world: World) -> None:
