@@ -145,9 +145,8 @@ def _visible_models(request: Request[object, object, State]) -> dict[str, dict[s
     service = _service(request.app.state)
     principal = service.authenticate(request.headers.get("authorization"))
     snapshot = service.holder.current
-    created = int(snapshot.published_at)
     return {
-        a.alias: {"id": a.alias, "object": "model", "created": created, "owned_by": "trunkline"}
+        a.alias: {"id": a.alias, "object": "model", "created": a.created, "owned_by": "trunkline"}
         for a in visible_aliases(snapshot, principal)
     }
 

@@ -98,8 +98,9 @@ class UsageMeter:
         tally, pool = self.tally, (self.candidate.pool if self.candidate else None)
         completion = tally.completion_tokens
         if not tally.usage_seen and self.request.stream:
-            # The engine died before its usage chunk: count the chunks it did send.
-            completion = max(tally.chunks - 1, 0)
+            # The engine died (or the client left) before its usage chunk: count the chunks it
+            # did send, less a chat stream's first chunk per answer, which carries the role.
+            completion = max(tally.chunks - _role_chunks(self.request), 0)
         # An engine's 4xx (a prompt over its context, a parameter it refuses) did no work: the
         # reservation goes back whole, as for a request that never left the gateway.
         worked = self.candidate is not None and error_code != "upstream_rejected"
@@ -142,3 +143,12 @@ class UsageMeter:
                 started_at=self.wall_start,
             )
         )
+
+
+def _role_chunks(request: ParsedRequest) -> int:
+    """Chunks of a stream that carry no token: vLLM opens each chat answer (``n`` of them)
+    with one naming the assistant's role; a completions stream has none."""
+    if request.kind != "chat":
+        return 0
+    choices = request.body.get("n")
+    return choices if isinstance(choices, int) and not isinstance(choices, bool) else 1

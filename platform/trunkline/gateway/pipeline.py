@@ -17,6 +17,8 @@ from trunkline.quota.estimate import completion_maximum
 from trunkline.snapshot import AliasEntry, Snapshot
 
 _json_decoder = msgspec.json.Decoder()
+MAX_N = 128
+"""The most answers (``n``) one request may ask for, as OpenAI allows."""
 
 # endpoint kind -> (required field, alias kinds it may call)
 _REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
@@ -116,6 +118,15 @@ def _check_payload(kind: str, body: dict[str, Any]) -> None:
             raise InvalidRequest(
                 f"'{name}' must be a positive integer", param=name, reason="invalid_value"
             )
+    choices = body.get("n")
+    if choices is not None and (
+        isinstance(choices, bool) or not isinstance(choices, int) or not 1 <= choices <= MAX_N
+    ):
+        # Checked strictly: vLLM would read "8" or 8.0 as eight answers, and the quota
+        # reservation, which multiplies by n, must count what the engine generates.
+        raise InvalidRequest(
+            f"'n' must be an integer from 1 to {MAX_N}", param="n", reason="invalid_value"
+        )
 
 
 def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) -> AliasEntry:

@@ -25,7 +25,13 @@ from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
 from trunkline.quota.headers import rate_limit_headers, retry_headers
 from trunkline.quota.limits import CONCURRENCY, LIMIT_NAMES, MONTH_COST, REQUESTS, Price, price_key
 from trunkline.quota.metrics import QuotaMetrics
-from trunkline.quota.rules import BUDGETS, Vector, demand, retry_after_ms
+from trunkline.quota.rules import (
+    BUDGETS,
+    CONCURRENCY_RETRY_MS,
+    Vector,
+    demand,
+    retry_after_ms,
+)
 from trunkline.quota.store import (
     Outcome,
     QuotaStore,
@@ -257,6 +263,18 @@ class QuotaEnforcer:
                 "(a request without it reserves the gateway's maximum) or the prompt.",
                 reason="rate_limit_exceeded",
                 extra={**extra, "headers": {**headers, **retry_headers(None)}},
+            )
+        in_flight = outcome.used[verdict.scope][CONCURRENCY]
+        if verdict.limit in BUDGETS and in_flight:
+            # Part of what counts as used is still reserved by requests in flight, which give
+            # back what they do not use: not (yet) a spent budget, which clients stop on.
+            self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
+            return RateLimited(
+                f"Not enough left of the budget of {where} while {in_flight} of its requests "
+                f"are in flight: {numbers} (used counts their reservations). Retry when they "
+                "finish: what they do not use goes back to the budget.",
+                reason="rate_limit_exceeded",
+                extra={**extra, "headers": {**headers, **retry_headers(CONCURRENCY_RETRY_MS)}},
             )
         if verdict.limit in BUDGETS:
             self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()

@@ -45,8 +45,8 @@ def completion_budget(
     kind: str, body: dict[str, Any], cap: int, *, context_length: int | None = None
 ) -> int:
     """Completion tokens to reserve: the maximum the engine will generate per answer, times
-    ``n`` and the number of prompts; ``cap`` when the client set no maximum. The maximum is
-    :func:`completion_maximum`. Embeddings generate none.
+    ``n`` and the number of prompts; ``cap`` per answer when the client set no maximum. The
+    maximum is :func:`completion_maximum`. Embeddings generate none.
 
     A maximum the client set is reserved whole (as OpenAI counts it; at most
     :data:`MAX_COMPLETION_BUDGET`): the engine generates up to it, and a reservation below it
@@ -60,7 +60,7 @@ def completion_budget(
     if kind == "completions":
         count *= _prompt_count(body.get("prompt"))
     asked = completion_maximum(kind, body)
-    budget = cap if asked is None else min(asked * count, MAX_COMPLETION_BUDGET)
+    budget = min((cap if asked is None else asked) * count, MAX_COMPLETION_BUDGET)
     if context_length is not None:
         budget = min(budget, context_length * count)
     return budget

@@ -123,6 +123,7 @@ def _aliases(session: Session, pools: Mapping[str, PoolEntry]) -> dict[str, Alia
             served_by(model, alias.pools),
             cascade,
             model.context_length,
+            int(alias.created_at.timestamp()),
         )
     return aliases
 

@@ -115,6 +115,9 @@ class AliasEntry(msgspec.Struct, frozen=True):
     context_length: int | None = None
     """``model``'s context window in tokens, from the catalog (None: not known): no answer may
     ask for more tokens than it, and none reserves more quota than it."""
+    created: int = 0
+    """When the alias was created (Unix seconds): ``/v1/models``' ``created``, which must not
+    change when the configuration does."""
 
 
 class Snapshot(msgspec.Struct, frozen=True):

@@ -49,6 +49,27 @@ def test_models_lists_only_what_the_key_may_use(make_gateway) -> None:
     assert ids == ["bge"]
 
 
+def test_a_models_created_is_its_alias_and_not_the_last_configuration_change(
+    make_gateway,
+) -> None:  # type: ignore[no-untyped-def]
+    """It was the snapshot's publication time: it changed whenever any tenant made a key, and
+    told every tenant when that was."""
+    gw: Harness = make_gateway(chat_any)
+    gw.world.aliases["llama"] = msgspec.structs.replace(
+        gw.world.aliases["llama"], created=1_700_000_000
+    )
+    key = gw.world.add_key()
+    gw.world.publish()
+    _wait_for_version(gw)
+    before = gw.client.get("/v1/models/llama", headers=auth(key)).json()["created"]
+    gw.world.add_key(TENANT_B)
+    gw.world.publish()
+    _wait_for_version(gw)
+    listed = gw.client.get("/v1/models", headers=auth(key)).json()["data"]
+    assert before == 1_700_000_000
+    assert [m["created"] for m in listed if m["id"] == "llama"] == [before]
+
+
 def _wait_for_version(gw: Harness) -> None:
     """Force the holder to pick up what the test just published (no sleeping)."""
     holder = gw.client.app.state.gateway.holder
@@ -194,6 +215,18 @@ def test_completions_and_embeddings(make_gateway) -> None:
             b'{"model": "llama", "messages": [{"role": "user"}], "stream": "yes"}',
             "stream",
             "invalid_type",
+        ),
+        # vLLM reads "8" and 8.0 as eight answers; the reservation would count one
+        *(
+            (b'{"model": "llama", "messages": [{"role": "user"}], "n": ' + n + b"}", "n", code)
+            for n, code in (
+                (b'"8"', "invalid_value"),
+                (b"8.0", "invalid_value"),
+                (b"true", "invalid_value"),
+                (b"0", "invalid_value"),
+                (b"129", "invalid_value"),
+                (b"1" + b"0" * 30, "invalid_value"),
+            )
         ),
     ],
 )

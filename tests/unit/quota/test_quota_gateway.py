@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -252,6 +253,23 @@ def test_a_client_hanging_up_mid_stream_pays_only_what_it_got(make_gateway: Any)
     assert gw.post(CHAT).status_code == 200
 
 
+def test_a_budget_held_by_requests_in_flight_is_not_called_spent(make_gateway: Any) -> None:
+    """One long stream's reservation used to make every other call a 429 insufficient_quota,
+    which clients take for a spent budget and stop on; it settles at what it used."""
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(tokens_per_day=PROMPT + RESERVED - 6))
+    events = gw.call(open_stream, gw)  # reserves RESERVED of the day's budget
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "1 of its requests are in flight" in error["message"]
+    assert refused.headers["retry-after"] == "1" and "x-should-retry" not in refused.headers
+    gw.call(events.aclose)
+    gw.call(gw.service.quota.drain)
+    assert gw.post({**CHAT, "max_tokens": 5}).status_code == 200, "what it did not use is back"
+
+
 def test_reusing_a_request_id_does_not_share_a_concurrency_slot(make_gateway: Any) -> None:
     gw: Gateway = make_gateway()
     gw.limit(key=Limits(concurrent_requests=1))
@@ -276,6 +294,28 @@ def test_an_engine_dying_mid_stream_charges_what_was_streamed(make_gateway: Any)
     response = gw.post({**CHAT, "stream": True})
     assert "upstream_error" in response.text
     assert gw.counters() == (1, 18 + 2, 0, 18 + 2, 18 + 2, 0)
+
+
+def test_a_completions_stream_cut_short_charges_every_text_chunk(make_gateway: Any) -> None:
+    """A completions stream has no role chunk: each chunk before the cut is a token."""
+
+    def text(piece: str) -> bytes:
+        choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}
+        data = {"id": "cmpl-1", "object": "text_completion", "choices": [choice]}
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+    def dies(request: httpx.Request) -> httpx.Response:
+        stream = Chunks([text("a"), text(" b"), text(" c"), text(" d")], fail_after=3)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    gw: Gateway = make_gateway(dies)
+    gw.limit(key=Limits(tokens_per_day=10_000))
+    body = {"model": "llama", "prompt": "hello", "max_tokens": 20, "stream": True}
+    response = gw.post(body, path="/v1/completions")
+
+    assert "upstream_error" in response.text
+    prompt = estimate_prompt_tokens("completions", body)
+    assert gw.counters()[DAY_TOKENS] == prompt + 3
 
 
 def test_a_request_no_engine_took_is_charged_nothing(make_gateway: Any) -> None:

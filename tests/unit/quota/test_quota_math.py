@@ -188,7 +188,7 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
         ("completions", {"prompt": "a", "max_tokens": 2**30, "n": 10**6}, MAX_COMPLETION_BUDGET),
         ("completions", {"prompt": ["a", "b"], "max_tokens": 3000}, 6000),
         ("chat", {}, 4096),
-        ("chat", {"n": 3}, 4096),
+        ("chat", {"n": 3}, 3 * 4096),  # the gateway's maximum is per answer
         ("chat", {"max_tokens": True, "n": "2"}, 4096),
         ("embeddings", {"max_tokens": 5}, 0),
         # Completions read max_tokens alone: a small max_completion_tokens beside a larger
