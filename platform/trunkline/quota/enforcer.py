@@ -18,12 +18,21 @@ import logging
 import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final
 
 from trunkline.errors import QuotaExhausted, RateLimited, TrunklineError, UpstreamUnavailable
 from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
 from trunkline.quota.headers import rate_limit_headers, retry_headers
-from trunkline.quota.limits import CONCURRENCY, LIMIT_NAMES, MONTH_COST, REQUESTS, Price, price_key
+from trunkline.quota.limits import (
+    CONCURRENCY,
+    LIMIT_NAMES,
+    MONTH_COST,
+    NANO_USD,
+    REQUESTS,
+    Price,
+    price_key,
+)
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import (
     BUDGETS,
@@ -297,4 +306,8 @@ class QuotaEnforcer:
 
 
 def _show(limit: int, value: int) -> str:
-    return f"${value / 1_000_000:.2f}" if limit == MONTH_COST else str(value)
+    if limit != MONTH_COST:
+        return str(value)
+    usd = Decimal(value) / NANO_USD
+    # Cents, unless that shows a small budget or request as $0.00.
+    return f"${usd:.2f}" if usd >= 1 or usd == 0 else f"${usd.normalize():f}"

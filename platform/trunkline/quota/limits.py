@@ -1,7 +1,10 @@
 """What a gateway knows about quotas: resolved limits per scope, prices, and the snapshot section.
 
-Everything here is plain data, encoded in the config snapshot. Money is counted in integer
-micro-dollars (1 USD = 1,000,000) so counters add exactly in Redis and in memory alike.
+Everything here is plain data, encoded in the config snapshot. Money is counted in integers
+so counters add exactly in Redis and in memory alike: prices in micro-dollars per million tokens,
+costs and cost budgets in nano-dollars (1 USD = 10⁹), fine enough that rounding a request up to
+a whole unit costs nothing a budget notices (one token of a $0.02-per-million embedding model
+is 20 nano-dollars; counted in micro-dollars it was one, 50 times its price).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from typing import Final
 import msgspec
 
 MICRO_USD: Final = 1_000_000
+"""Prices' unit: micro-dollars (per million tokens)."""
+NANO_USD: Final = 1_000_000_000
+"""Costs' and cost budgets' unit: nano-dollars."""
 
 LIMIT_NAMES: Final = (
     "requests_per_minute",
@@ -30,7 +36,7 @@ SCOPE_KINDS: Final = ("key", "project", "tenant")
 
 
 class Limits(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The limits of one scope; ``None`` means no limit. ``cost_per_month`` is in micro-USD."""
+    """The limits of one scope; ``None`` means no limit. ``cost_per_month`` is in nano-USD."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -67,11 +73,11 @@ class Price(msgspec.Struct, frozen=True):
     output: int
 
     def cost(self, prompt: int, cached: int, completion: int) -> int:
-        """Micro-USD for the given tokens, rounded up (a fraction of a micro-dollar at most)."""
+        """Nano-USD for the given tokens, rounded up (a fraction of a nano-dollar at most)."""
         cached = min(cached, prompt)
         per_million = (prompt - cached) * self.input + cached * self.cached_input
-        per_million += completion * self.output
-        return -(-per_million // 1_000_000)
+        per_million += completion * self.output  # micro-USD x tokens / 10⁶ = nano-USD x 10³
+        return -(-per_million // (MICRO_USD * MICRO_USD // NANO_USD))
 
 
 class QuotaBook(msgspec.Struct, frozen=True, omit_defaults=True):

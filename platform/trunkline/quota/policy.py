@@ -16,7 +16,7 @@ from decimal import Decimal
 import msgspec
 from msgspec import UNSET
 
-from trunkline.quota.limits import MICRO_USD, Limits
+from trunkline.quota.limits import NANO_USD, Limits
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
 from trunkline.snapshot.schemas import pin_applies
 
@@ -64,7 +64,7 @@ def key_tier(pinned: str | None, tenants: str, priorities: Mapping[str, int]) ->
 
 
 def to_limits(scope: ScopeLimits) -> Limits:
-    """What the gateway enforces: the same limits, cost in micro-dollars."""
+    """What the gateway enforces: the same limits, cost in nano-dollars."""
     usd = scope.cost_per_month_usd
     return Limits(
         requests_per_minute=_count(scope.requests_per_minute),
@@ -72,12 +72,12 @@ def to_limits(scope: ScopeLimits) -> Limits:
         concurrent_requests=_count(scope.concurrent_requests),
         tokens_per_day=_count(scope.tokens_per_day),
         tokens_per_month=_count(scope.tokens_per_month),
-        cost_per_month=None if usd is None or usd is UNSET else micro_usd(usd),
+        cost_per_month=None if usd is None or usd is UNSET else nano_usd(usd),
     )
 
 
-def micro_usd(usd: float) -> int:
-    return int(Decimal(str(usd)) * MICRO_USD)
+def nano_usd(usd: float) -> int:
+    return int(Decimal(str(usd)) * NANO_USD)
 
 
 def _count(value: int | msgspec.UnsetType | None) -> int | None:

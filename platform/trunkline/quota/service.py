@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from trunkline.auth.principal import Principal
 from trunkline.errors import NotFound
 from trunkline.keys.service import get_key
-from trunkline.quota.limits import MICRO_USD, MONTH_COST, UNLIMITED
+from trunkline.quota.limits import MONTH_COST, NANO_USD, UNLIMITED
 from trunkline.quota.policy import key_tier, resolve, to_limits
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.quota.rules import Vector
@@ -152,7 +152,7 @@ def scope_usage(limits: ScopeLimits, used: Vector, windows: Windows) -> ScopeUsa
     )  # fmt: skip
     entries = []
     for field, (bound, count, end) in enumerate(zip(bounds, used, ends, strict=True)):
-        scale = MICRO_USD if field == MONTH_COST else 1
+        scale = NANO_USD if field == MONTH_COST else 1
         limit = None if bound == UNLIMITED else bound / scale if scale > 1 else bound
         value = count / scale if scale > 1 else count
         remaining = None if limit is None else max(limit - value, 0)

@@ -115,7 +115,7 @@ class KeySpace:
             f"{base}:c",
             f"{base}:d:{windows.day}",
             f"{base}:m:{windows.month}",
-            f"{base}:$:{windows.month}",
+            f"{base}:n$:{windows.month}",  # nano-USD (":$:", no longer read, held micro-USD)
         ]
 
     def request_keys(self, request: ReserveRequest, windows: Windows) -> tuple[str, ...]:

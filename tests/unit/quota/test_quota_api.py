@@ -47,7 +47,7 @@ def test_the_shipped_tiers_set_defaults_every_tenant_and_key_gets(world: World) 
     assert book.keys[key] == Limits(
         requests_per_minute=1200, tokens_per_minute=400_000, concurrent_requests=128
     )
-    assert book.tenants[world.tenant("initech")].cost_per_month == 100_000_000
+    assert book.tenants[world.tenant("initech")].cost_per_month == 100 * 10**9  # nano-USD
     assert world.tenant("acme") not in book.projects, "no project limits: nothing to count"
 
 

@@ -68,7 +68,7 @@ def test_tenant_overrides_are_set_and_inherited_again(
     code, out, _ = run(capsys, *args, "--cost-per-month-usd", "12.5")
     assert code == 0 and out["limits"]["tenant"]["cost_per_month_usd"] == 12.5
     assert out["usage"] is None, "no Redis: the counters live in the gateways"
-    assert snapshot_quotas(configured).tenants[out["tenant_id"]].cost_per_month == 12_500_000
+    assert snapshot_quotas(configured).tenants[out["tenant_id"]].cost_per_month == 12_500_000_000
 
     code, out, _ = run(capsys, *args, "--cost-per-month-usd", "inherit")
     assert out["overrides"]["tenant"] == {}

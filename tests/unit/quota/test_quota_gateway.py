@@ -203,18 +203,20 @@ def test_an_answer_maximum_over_the_context_window_is_a_400_and_reserves_nothing
 def test_monthly_cost_budget_counts_list_price(make_gateway: Any) -> None:
     gw: Gateway = make_gateway()
     price = Price(input=1_000_000, cached_input=500_000, output=2_000_000)  # $1 / 0.5 / 2 per 1M
-    actual = price.cost(21, 16, 3)  # 5 + 8 + 6 micro-dollars
+    actual = price.cost(21, 16, 3)  # 5,000 + 8,000 + 6,000 nano-dollars
     reserved = price.cost(18, 0, 20)
     gw.limit(
         tenant=Limits(cost_per_month=actual + reserved - 1),
         prices={price_key("llama-8b-served", "gold"): price},
     )
     assert gw.post(CHAT).status_code == 200
-    assert gw.counters("tenant")[MONTH_COST] == actual == 19
+    assert gw.counters("tenant")[MONTH_COST] == actual == 19_000
 
-    # The prompt would fit the 57 micro-dollars left; its max_tokens would not.
+    # The prompt would fit the 57,999 nano-dollars left; its max_tokens would not. Amounts
+    # under a dollar are shown whole, not as $0.00.
     error = error_of(gw.post(CHAT), 429, "rate_limit_exceeded", "rate_limit_error")
-    assert "cost per month (USD)" in error["message"] and "$0.00" in error["message"]
+    assert "cost per month (USD)" in error["message"]
+    assert "Limit $0.000076999, Used $0.000019, Requested $0.000058" in error["message"]
 
 
 def test_settle_charges_what_the_engine_reported(make_gateway: Any) -> None:

@@ -228,20 +228,29 @@ def test_completion_budget_within_the_context_window(
 
 
 @pytest.mark.parametrize(
-    ("prompt", "cached", "completion", "micro_usd"),
+    ("prompt", "cached", "completion", "nano_usd"),
     [
-        (1_000_000, 0, 0, 200_000),
-        (1_000, 1_000, 0, 50),
-        (0, 0, 1, 1),
-        (100, 40, 10, 20),
-        (7, 0, 0, 2),
+        (1_000_000, 0, 0, 200_000_000),
+        (1_000, 1_000, 0, 50_000),
+        (0, 0, 1, 600),
+        (100, 40, 10, 20_000),
+        (7, 0, 0, 1_400),
+        # a fraction of a nano-dollar rounds up, and only that: in micro-dollars one embedding
+        # token at $0.02 a million was charged 50 times its price
+        (1, 0, 0, 200),
     ],
 )
-def test_cost_in_micro_dollars_rounds_up(
-    prompt: int, cached: int, completion: int, micro_usd: int
+def test_cost_in_nano_dollars_rounds_up(
+    prompt: int, cached: int, completion: int, nano_usd: int
 ) -> None:
     price = Price(input=200_000, cached_input=50_000, output=600_000)  # $0.20 / 0.05 / 0.60
-    assert price.cost(prompt, cached, completion) == micro_usd
+    assert price.cost(prompt, cached, completion) == nano_usd
+
+
+def test_a_cost_rounds_up_to_a_whole_nano_dollar_at_most() -> None:
+    embedding = Price(input=20_000, cached_input=20_000, output=0)  # $0.02 a million
+    assert embedding.cost(1, 0, 0) == 20
+    assert Price(input=1, cached_input=1, output=1).cost(1, 0, 0) == 1  # 0.001 nano -> 1
 
 
 @pytest.mark.parametrize(
@@ -292,7 +301,7 @@ GOLD_TENANT = Limits(600, tokens_per_month=1_000_000)
         (
             QuotaLimits(tenant=ScopeLimits(tokens_per_month=None, cost_per_month_usd=12.5)),
             None, None,
-            Limits(600, cost_per_month=12_500_000), Limits(60, concurrent_requests=4),
+            Limits(600, cost_per_month=12_500_000_000), Limits(60, concurrent_requests=4),
         ),
         (
             QuotaLimits(key=ScopeLimits(tokens_per_minute=1000)),
@@ -319,3 +328,9 @@ def test_merge_changes_some_limits_and_forgets_others() -> None:
     current = ScopeLimits(requests_per_minute=5, tokens_per_day=7)
     merged = merge(current, ScopeLimits(tokens_per_minute=None), forget=("tokens_per_day",))
     assert merged == ScopeLimits(requests_per_minute=5, tokens_per_minute=None)
+
+
+def test_a_cost_budget_under_a_micro_dollar_is_not_zero() -> None:
+    """Counted in micro-dollars, $0.0000009 was 0: every request refused, "Limit $0.00"."""
+    assert to_limits(ScopeLimits(cost_per_month_usd=0.0000009)).cost_per_month == 900
+    assert to_limits(ScopeLimits(cost_per_month_usd=1e9)).cost_per_month == 10**18
