@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trunkline.billing.rating import ZERO
-from trunkline.models import Project, Tenant
+from trunkline.models import Project, RetiredProject, Tenant
 
 USAGE, CREDIT = "Usage", "Credit"
 TOKENS, PER_MILLION_TOKENS, GPU_HOURS = "Tokens", "1000000 Tokens", "GPU-Hours"
@@ -70,11 +70,13 @@ class Names:
 
     @classmethod
     def load(cls, session: Session) -> Names:
-        """The names as they are now."""
+        """The names as they are now; a deleted project's as it was when it was deleted."""
         tenants = {
             t: (s, n) for t, s, n in session.execute(select(Tenant.id, Tenant.slug, Tenant.name))
         }
-        projects = {pid: name for pid, name in session.execute(select(Project.id, Project.name))}
+        retired = session.execute(select(RetiredProject.id, RetiredProject.name))
+        projects = {pid: name for pid, name in retired}
+        projects |= {pid: name for pid, name in session.execute(select(Project.id, Project.name))}
         return cls(tenants, projects)
 
     def to_document(self) -> dict[str, Any]:

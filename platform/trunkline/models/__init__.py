@@ -19,7 +19,15 @@ from trunkline.models.catalog import (
 from trunkline.models.keys import AccessToken, ApiKey
 from trunkline.models.metering import UsageRollup, UsageRollupWatermark
 from trunkline.models.quotas import KeyQuota, TenantQuota, TierQuota
-from trunkline.models.tenancy import Membership, Project, Role, Tenant, Tier, User
+from trunkline.models.tenancy import (
+    Membership,
+    Project,
+    RetiredProject,
+    Role,
+    Tenant,
+    Tier,
+    User,
+)
 from trunkline.models.usage import UsageEvent
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "Pool",
     "PriceBookVersion",
     "Project",
+    "RetiredProject",
     "Role",
     "Tenant",
     "TenantQuota",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from datetime import datetime
 
 from sqlalchemy import JSON, Enum, ForeignKey, String, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -69,3 +70,18 @@ class Project(IdMixin, CreatedMixin, Base):
     )
     name: Mapped[str] = mapped_column(String(100))
     description: Mapped[str] = mapped_column(String(500), default="")
+
+
+class RetiredProject(Base):
+    """A deleted project's name, kept so the usage it had is still charged back under it
+    (FOCUS ``SubAccountName``) in periods not closed yet; closed periods keep their own."""
+
+    __tablename__ = "retired_projects"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    """The project's id, as usage records and rollups name it."""
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    deleted_at: Mapped[datetime]

@@ -17,7 +17,7 @@ from trunkline.auth.service import ensure_user, normalise_email
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.keys.repository import ApiKeyRepository
 from trunkline.kit.ids import utcnow
-from trunkline.models import Membership, Role, User
+from trunkline.models import Membership, RetiredProject, Role, User
 from trunkline.models import Tenant as TenantRow
 from trunkline.models import Tier as TierRow
 from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
@@ -232,11 +232,15 @@ def create_project(session: Session, tenant_id: uuid.UUID, data: ProjectCreate) 
 
 
 def delete_project(session: Session, tenant_id: uuid.UUID, project_id: uuid.UUID) -> None:
-    """Delete a project and, through the foreign key, every API key it holds."""
+    """Delete a project and, through the foreign key, every API key it holds. Its name is kept
+    (``RetiredProject``) for the chargeback of the usage it had."""
     projects = ProjectRepository(session, tenant_id)
     project = projects.get(project_id)
     if project is None:
         raise NotFound("project not found", param="project_id")
+    session.merge(
+        RetiredProject(id=project.id, tenant_id=tenant_id, name=project.name, deleted_at=utcnow())
+    )
     projects.delete(project)
     session.flush()
     mark_config_changed(session)

@@ -19,6 +19,7 @@ from trunkline.billing.service import apply_price_book, close, export_period, lo
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import transaction
 from trunkline.models import DedicatedCapacity, Project, Tenant
+from trunkline.tenancy.service import delete_project
 from unit.metering.usage_support import Account, at, event, ingest
 
 NOV, DEC = parse_period("2026-11"), parse_period("2026-12")
@@ -118,6 +119,24 @@ def test_a_closed_period_keeps_the_names_it_was_billed_under(
     with transaction(factory) as session:
         session.delete(session.get(Project, uuid.UUID(acme.project_id)))
     assert focus(factory) == final_nov
+
+
+def test_a_project_deleted_before_its_period_closes_is_still_charged_back_by_name(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Its usage lost its name (SubAccountName empty, no project tag), and the closed period
+    kept the loss."""
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, when=at(3), prompt=1_000_000, completion=0)])
+    before = focus(factory)
+    with transaction(factory) as session:
+        delete_project(session, uuid.UUID(acme.tenant_id), uuid.UUID(acme.project_id))
+
+    assert focus(factory) == before
+    assert {r["SubAccountName"] for r in before} == {"demo"}
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    assert [{**r, "InvoiceId": ""} for r in focus(factory)] == before
 
 
 def test_a_late_event_can_change_the_sla_credit_of_a_closed_period(
