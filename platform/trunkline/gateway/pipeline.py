@@ -79,7 +79,15 @@ def parse_body(kind: str, raw: bytes, *, cache_salt: str | None = None) -> Parse
         raise InvalidRequest(
             "'stream_options' must be an object", param="stream_options", reason="invalid_type"
         )
-    wants_usage = bool(options and options.get("include_usage") is True)
+    include_usage = options.get("include_usage") if options else None
+    if include_usage is not None and not isinstance(include_usage, bool):
+        # As 'stream': taken for false, "yes" lost the client its usage chunk without a word.
+        raise InvalidRequest(
+            "'stream_options.include_usage' must be a boolean",
+            param="stream_options.include_usage",
+            reason="invalid_type",
+        )
+    wants_usage = include_usage is True
     return ParsedRequest(
         kind, body, model, stream and kind != "embeddings", wants_usage, cache_salt
     )

@@ -216,6 +216,12 @@ def test_completions_and_embeddings(make_gateway) -> None:
             "stream",
             "invalid_type",
         ),
+        (
+            b'{"model": "llama", "messages": [{"role": "user"}], "stream": true,'
+            b' "stream_options": {"include_usage": "yes"}}',
+            "stream_options.include_usage",
+            "invalid_type",
+        ),
         # vLLM reads "8" and 8.0 as eight answers; the reservation would count one
         *(
             (b'{"model": "llama", "messages": [{"role": "user"}], "n": ' + n + b"}", "n", code)
