@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -72,6 +73,27 @@ async def test_repeated_preamble_reports_cached_tokens_through_the_gateway(live:
     assert cached >= 16 * 10  # the shared preamble spans many full blocks
     records = await live.records(2)
     assert sorted(r.cached_tokens for r in records) == [0, cached]
+
+
+async def test_n_answers_are_metered_whole_plain_and_streamed(live: Live) -> None:
+    headers = {"Authorization": f"Bearer {live.key}"}
+    plain = _chat("name three colours", n=3, max_tokens=5)
+    streamed = {**plain, "stream": True, "stream_options": {"include_usage": True}}
+    async with httpx.AsyncClient(base_url=live.base_url, headers=headers) as client:
+        answer = await client.post("/chat/completions", json=plain)
+        chunks = []
+        async with client.stream("POST", "/chat/completions", json=streamed) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data: {"):
+                    chunks.append(json.loads(line[len("data: ") :]))
+    assert answer.status_code == 200, answer.text
+    assert [c["index"] for c in answer.json()["choices"]] == [0, 1, 2]
+    assert answer.json()["usage"]["completion_tokens"] == 15
+    assert {c["choices"][0]["index"] for c in chunks if c["choices"]} == {0, 1, 2}
+    assert chunks[-1]["usage"]["completion_tokens"] == 15
+    records = await live.records(2)
+    assert [r.completion_tokens for r in records] == [15, 15]
+    assert len({r.prompt_tokens for r in records}) == 1, "the prompt is counted once, not n times"
 
 
 async def test_client_hanging_up_mid_stream_is_metered_and_frees_the_engine(live: Live) -> None:

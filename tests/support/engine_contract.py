@@ -78,6 +78,59 @@ def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], 
     ]
 
 
+MULTI_ANSWER_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = [
+    # (endpoint, request fields, the same prompts one request each): n answers per prompt, a
+    # list of prompts answered each, as vLLM 0.32 answers them (ignore_eos: every answer is
+    # max_tokens long, so the counts are exact)
+    (
+        "chat",
+        {"messages": [{"role": "user", "content": "hi there"}], "n": 3},
+        [{"messages": [{"role": "user", "content": "hi there"}]}],
+    ),
+    (
+        "completions",
+        {"prompt": ["a b", "c d e f"], "n": 2},
+        [{"prompt": "a b"}, {"prompt": "c d e f"}],
+    ),
+    ("completions", {"prompt": [[5, 6, 7], [8, 9]]}, [{"prompt": [5, 6, 7]}, {"prompt": [8, 9]}]),
+]
+ANSWER_TOKENS = 3
+"""Each answer's length in the multi-answer cases (``max_tokens`` with ``ignore_eos``)."""
+
+
+def check_multi_answer(
+    kind: str, fields: dict[str, Any], full: dict[str, Any], alone: list[dict[str, Any]]
+) -> None:
+    """A multi-answer response against the same prompts asked one request each (``alone``):
+    one choice per prompt and answer, indexed in order; each prompt counted once in usage."""
+    answers = len(alone) * fields.get("n", 1)
+    assert [choice["index"] for choice in full["choices"]] == list(range(answers))
+    assert {choice["finish_reason"] for choice in full["choices"]} == {"length"}
+    usage = full["usage"]
+    assert usage["prompt_tokens"] == sum(a["usage"]["prompt_tokens"] for a in alone), usage
+    assert usage["completion_tokens"] == answers * ANSWER_TOKENS, usage
+
+
+def check_multi_answer_stream(kind: str, fields: dict[str, Any], events: list[Any]) -> None:
+    """The stream of a multi-answer request: each choice's chunks, a chat choice's first
+    naming its role, and one usage chunk counting every answer's tokens."""
+    answers = (len(fields["prompt"]) if kind == "completions" else 1) * fields.get("n", 1)
+    *chunks, last = events
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == answers * ANSWER_TOKENS
+    by_index: dict[int, list[dict[str, Any]]] = {}
+    for chunk in chunks:
+        (choice,) = chunk["choices"]
+        by_index.setdefault(choice["index"], []).append(choice)
+    assert sorted(by_index) == list(range(answers))
+    for choices in by_index.values():
+        if kind == "chat":
+            assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+            choices = choices[1:]
+        # vLLM may hold back a token that ends inside a UTF-8 character: at most one chunk each
+        assert 1 <= len(choices) <= ANSWER_TOKENS, choices
+        assert choices[-1]["finish_reason"] == "length"
+
+
 CONTEXT_REFUSAL = "cannot be greater than max_model_len"
 """What vLLM's refusal of an answer maximum over the context window says."""
 

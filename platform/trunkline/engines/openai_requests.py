@@ -74,6 +74,20 @@ class GenerateParams:
     """Log-probabilities asked for (None: none): how many of the likeliest tokens each position
     lists, the generated one included (chat's ``top_logprobs``, completions' ``logprobs`` + 1,
     as vLLM counts them)."""
+    n: int = 1
+    """Answers per prompt."""
+    more_prompts: tuple[tuple[list[int], int], ...] = ()
+    """A completions list's other prompts, each with its own ``max_tokens`` (vLLM clamps it to
+    what each prompt leaves of the context)."""
+
+    def answers(self) -> list[tuple[list[int], int]]:
+        """(prompt, max_tokens) of every choice, in vLLM's order: each prompt's ``n`` answers."""
+        prompts = [(self.prompt_tokens, self.max_tokens), *self.more_prompts]
+        return [prompt for prompt in prompts for _ in range(self.n)]
+
+
+MAX_N = 128
+"""The most answers per prompt the simulator generates (vLLM sets no limit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +259,7 @@ def _logprobs(body: Json, chat: bool) -> int | None:
 
 def _generate_params(
     body: Json,
-    prompt: list[int],
+    prompts: list[list[int]],
     names: tuple[str, ...],
     served: ServedModel,
     *,
@@ -256,12 +270,22 @@ def _generate_params(
     options = _optional(body, "stream_options", dict)
     if options is not None and not stream:
         raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
-    if body.get("n") not in (None, 1):
-        raise _bad("The simulator supports only n=1.", "n")
+    n = body.get("n")
+    if n is None:
+        n = 1
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise _invalid("n", "int_type", "Input should be a valid integer", n)
+    if n < 1:
+        raise _bad(f"n must be at least 1, got {n}.", "n")
+    if n > MAX_N:
+        raise _bad(f"The simulator generates at most {MAX_N} answers per prompt.", "n")
     _check_sampling(body)
+    limits = [_max_tokens(body, names, len(prompt), served) for prompt in prompts]
     return GenerateParams(
-        prompt_tokens=prompt,
-        max_tokens=_max_tokens(body, names, len(prompt), served),
+        prompt_tokens=prompts[0],
+        max_tokens=limits[0],
+        n=n,
+        more_prompts=tuple(zip(prompts[1:], limits[1:], strict=True)),
         stream=stream,
         include_usage=bool(options and options.get("include_usage")),
         cache_salt=_optional(body, "cache_salt", str),
@@ -305,22 +329,29 @@ def parse_chat(body: object, served: ServedModel) -> GenerateParams:
     # Without a maximum, a chat answer ends at the model's end-of-sequence token (completions
     # keep OpenAI's legacy default of 16 tokens, cut with "length", as vLLM does).
     names = ("max_completion_tokens", "max_tokens")
-    return _generate_params(request, prompt, names, served, ends_naturally=True, chat=True)
+    return _generate_params(request, [prompt], names, served, ends_naturally=True, chat=True)
 
 
-def _prompt_tokens(value: object, name: str) -> list[int]:
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str | list):
-        value = value[0]
-    if isinstance(value, str):
-        return tokenize(value)
-    tokens = _token_ids(value, name)
-    if tokens is None:
+def _prompts(value: object, name: str) -> list[list[int]]:
+    """A completions ``prompt``: a text, token ids, or a list of either (one answer each)."""
+    if isinstance(value, str) or _token_ids(value, name) is not None:
+        items: list[object] = [value]
+    elif isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
+        items = list(value)
+    else:
         raise _bad(
-            f"'{name}' must be a string, a list of token ids, or a one-element list of either "
-            "(the simulator does not batch prompts).",
+            f"'{name}' must be a string, a list of token ids, or a non-empty list of either.",
             name,
         )
-    return tokens
+    prompts = []
+    for item in items:
+        tokens = tokenize(item) if isinstance(item, str) else _token_ids(item, name)
+        if tokens is None:
+            raise _bad(f"Every item of '{name}' must be a string or a list of token ids.", name)
+        if not tokens:
+            raise _bad("The prompt must not be empty.", name)
+        prompts.append(tokens)
+    return prompts
 
 
 def parse_completion(body: object, served: ServedModel) -> GenerateParams:
@@ -329,10 +360,8 @@ def parse_completion(body: object, served: ServedModel) -> GenerateParams:
     if request.get("prompt") is None:
         raise _bad("Field required: 'prompt'.", "prompt")
     _check_model(request, served)
-    prompt = _prompt_tokens(request["prompt"], "prompt")
-    if not prompt:
-        raise _bad("The prompt must not be empty.", "prompt")
-    return _generate_params(request, prompt, ("max_tokens",), served)
+    prompts = _prompts(request["prompt"], "prompt")
+    return _generate_params(request, prompts, ("max_tokens",), served)
 
 
 def parse_embeddings(body: object, served: ServedModel) -> EmbeddingParams:

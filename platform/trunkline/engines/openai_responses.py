@@ -18,7 +18,7 @@ from typing import Any, Literal
 from trunkline.engines.events import RequestUsage
 from trunkline.engines.tokens import TokenLogprob, detokenize
 
-__all__ = ["Reply", "embeddings_body", "logprobs_body", "model_list_body", "usage_body"]
+__all__ = ["Answer", "Reply", "embeddings_body", "logprobs_body", "model_list_body", "usage_body"]
 
 Json = dict[str, Any]
 
@@ -118,6 +118,15 @@ def _chat_top(token: TokenLogprob) -> list[Json]:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """One choice of a non-streamed response."""
+
+    text: str
+    finish_reason: str
+    logprobs: Json | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """Builds the response body or SSE chunks of one chat or text completion."""
 
@@ -143,30 +152,41 @@ class Reply:
         }
 
     def chunks(
-        self, text: str, finish_reason: str | None, *, first: bool, logprobs: Json | None = None
+        self,
+        text: str,
+        finish_reason: str | None,
+        *,
+        first: bool,
+        logprobs: Json | None = None,
+        index: int = 0,
     ) -> list[Json]:
-        """SSE payloads for one token (with its ``logprobs``, when asked for); the first chat
-        token is preceded by the role chunk."""
+        """SSE payloads for one token of choice ``index`` (with its ``logprobs``, when asked
+        for); a chat answer's first token is preceded by its role chunk."""
         payloads: list[Json] = []
         if self.kind == "chat":
             if first:
                 delta = {"role": "assistant", "content": ""}
                 payloads.append(
-                    self._envelope([self._stream_choice("delta", delta, None)], chunk=True)
+                    self._envelope([self._stream_choice(index, "delta", delta, None)], chunk=True)
                 )
-            choice = self._stream_choice("delta", {"content": text}, finish_reason, logprobs)
+            content = {"content": text}
+            choice = self._stream_choice(index, "delta", content, finish_reason, logprobs)
         else:
-            choice = self._stream_choice("text", text, finish_reason, logprobs)
+            choice = self._stream_choice(index, "text", text, finish_reason, logprobs)
             choice.setdefault("stop_reason", None)
         payloads.append(self._envelope([choice], chunk=True))
         return payloads
 
     @staticmethod
     def _stream_choice(
-        field: str, value: object, finish_reason: str | None, logprobs: Json | None = None
+        index: int,
+        field: str,
+        value: object,
+        finish_reason: str | None,
+        logprobs: Json | None = None,
     ) -> Json:
         choice: Json = {
-            "index": 0,
+            "index": index,
             field: value,
             "logprobs": logprobs,
             "finish_reason": finish_reason,
@@ -182,26 +202,27 @@ class Reply:
         )
         return body
 
-    def full(
-        self, text: str, finish_reason: str, usage: RequestUsage, logprobs: Json | None = None
-    ) -> Json:
-        """The non-streamed response body (with the answer's ``logprobs``, when asked for)."""
-        if self.kind == "chat":
-            message: Json = {
-                "role": "assistant",
-                "content": text,
-                "refusal": None,
-                "annotations": None,
-                "audio": None,
-                "function_call": None,
-                "tool_calls": [],
-                "reasoning_content": None,
-            }
-            choice: Json = {"index": 0, "message": message, "logprobs": logprobs}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": logprobs}
-        choice.update(finish_reason=finish_reason, stop_reason=None)
-        body = self._envelope([choice], chunk=False)
+    def full(self, answers: Sequence[Answer], usage: RequestUsage) -> Json:
+        """The non-streamed response body: one choice per answer, in order."""
+        choices = []
+        for index, answer in enumerate(answers):
+            if self.kind == "chat":
+                message: Json = {
+                    "role": "assistant",
+                    "content": answer.text,
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "tool_calls": [],
+                    "reasoning_content": None,
+                }
+                choice: Json = {"index": index, "message": message, "logprobs": answer.logprobs}
+            else:
+                choice = {"index": index, "text": answer.text, "logprobs": answer.logprobs}
+            choice.update(finish_reason=answer.finish_reason, stop_reason=None)
+            choices.append(choice)
+        body = self._envelope(choices, chunk=False)
         body["usage"] = usage_body(
             usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens
         )

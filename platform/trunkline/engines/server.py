@@ -12,6 +12,8 @@ shutdown or :meth:`SimApp.aclose` (``async with create_sim_app(...) as app``).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import msgspec
 
 from trunkline.engines.core import EngineCore
+from trunkline.engines.events import RequestUsage, TokenEvent
 from trunkline.engines.kv_publisher import ZmqKvEventPublisher
 from trunkline.engines.metrics import METRICS_CONTENT_TYPE, EngineMetrics
 from trunkline.engines.openai_requests import (
@@ -30,6 +33,7 @@ from trunkline.engines.openai_requests import (
     parse_embeddings,
 )
 from trunkline.engines.openai_responses import (
+    Answer,
     Reply,
     embeddings_body,
     logprobs_body,
@@ -201,40 +205,48 @@ class SimApp:
     async def _generate(
         self, params: GenerateParams, reply: Reply, send: Send, receive: Receive
     ) -> None:
-        stream = self.engine.submit(
-            params.prompt_tokens,
-            params.max_tokens,
-            cache_salt=params.cache_salt,
-            seed=params.seed,
-            ends_at_max=params.ends_at_max,
-        )
+        # One engine request per choice, as vLLM runs n > 1 and a list of prompts; the n
+        # answers of a prompt sample with seed, seed + 1, ... when a seed is given.
+        streams = [
+            self.engine.submit(
+                prompt,
+                max_tokens,
+                cache_salt=params.cache_salt,
+                seed=None if params.seed is None else params.seed + index % params.n,
+                ends_at_max=params.ends_at_max,
+            )
+            for index, (prompt, max_tokens) in enumerate(params.answers())
+        ]
         if params.stream:
-            work = self._send_stream(stream, reply, params, send)
+            work = self._send_stream(streams, reply, params, send)
         else:
-            work = self._send_full(stream, reply, params, send)
+            work = self._send_full(streams, reply, params, send)
         try:
             await unless_client_leaves(work, receive)
         finally:  # the response is complete or the client went away: free the engine
-            stream.abort()
+            for stream in streams:
+                stream.abort()
 
     async def _send_full(
-        self, stream: RequestStream, reply: Reply, params: GenerateParams, send: Send
+        self, streams: list[RequestStream], reply: Reply, params: GenerateParams, send: Send
     ) -> None:
-        events = [event async for event in stream]
-        last = events[-1]
-        assert last.finish_reason is not None
-        assert last.usage is not None
-        answer = [event.token_id for event in events]
-        logprobs = None
-        if params.logprobs is not None:
-            seed = logprob_seed(params.prompt_tokens)
-            tokens = answer_logprobs(seed, answer, params.logprobs)
-            logprobs = logprobs_body(reply.kind, tokens)
-        body = reply.full(detokenize(answer), last.finish_reason, last.usage, logprobs)
+        async def answer(index: int, stream: RequestStream) -> tuple[Answer, RequestUsage]:
+            events = [event async for event in stream]
+            last = events[-1]
+            assert last.finish_reason is not None and last.usage is not None
+            tokens = [event.token_id for event in events]
+            logprobs = None
+            if params.logprobs is not None:
+                seed = logprob_seed(params.answers()[index][0])
+                logprobs = logprobs_body(reply.kind, answer_logprobs(seed, tokens, params.logprobs))
+            return Answer(detokenize(tokens), last.finish_reason, logprobs), last.usage
+
+        done = await asyncio.gather(*(answer(i, s) for i, s in enumerate(streams)))
+        body = reply.full([a for a, _ in done], _usage([u for _, u in done], params.n))
         await _respond_json(send, 200, body)
 
     async def _send_stream(
-        self, stream: RequestStream, reply: Reply, params: GenerateParams, send: Send
+        self, streams: list[RequestStream], reply: Reply, params: GenerateParams, send: Send
     ) -> None:
         await send(
             {
@@ -243,21 +255,61 @@ class SimApp:
                 "headers": [(b"content-type", _SSE), (b"cache-control", b"no-cache")],
             }
         )
-        position = sent = 0  # the answer's tokens and characters sent so far
-        seed = logprob_seed(params.prompt_tokens) if params.logprobs is not None else b""
-        async for event in stream:
-            text = detokenize((event.token_id,))
-            logprobs = None
-            if params.logprobs is not None:
-                token = answer_logprobs(seed, (event.token_id,), params.logprobs, position)
-                logprobs = logprobs_body(reply.kind, token, sent)
-            position, sent = position + 1, sent + len(text)
-            chunks = reply.chunks(text, event.finish_reason, first=event.first, logprobs=logprobs)
-            for payload in chunks:
-                await _send_event(send, payload)
-            if event.usage is not None and params.include_usage:
-                await _send_event(send, reply.usage_chunk(event.usage))
+        events: asyncio.Queue[tuple[int, TokenEvent | None]] = asyncio.Queue()
+
+        async def forward(index: int, stream: RequestStream) -> None:
+            async for event in stream:
+                events.put_nowait((index, event))
+            events.put_nowait((index, None))
+
+        tasks = [asyncio.create_task(forward(i, s)) for i, s in enumerate(streams)]
+        try:
+            position = [0] * len(streams)  # per choice: the answer's tokens and characters sent
+            sent = [0] * len(streams)
+            usages: list[RequestUsage | None] = [None] * len(streams)
+            running = len(streams)
+            while running:
+                index, event = await events.get()
+                if event is None:
+                    running -= 1
+                    continue
+                text = detokenize((event.token_id,))
+                logprobs = None
+                if params.logprobs is not None:
+                    seed = logprob_seed(params.answers()[index][0])
+                    token = answer_logprobs(
+                        seed, (event.token_id,), params.logprobs, position[index]
+                    )
+                    logprobs = logprobs_body(reply.kind, token, sent[index])
+                position[index] += 1
+                sent[index] += len(text)
+                chunks = reply.chunks(
+                    text, event.finish_reason, first=event.first, logprobs=logprobs, index=index
+                )
+                for payload in chunks:
+                    await _send_event(send, payload)
+                if event.usage is not None:
+                    usages[index] = event.usage
+            finished = [usage for usage in usages if usage is not None]
+            if params.include_usage and len(finished) == len(streams):
+                await _send_event(send, reply.usage_chunk(_usage(finished, params.n)))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         await send({"type": "http.response.body", "body": _DONE})
+
+
+def _usage(usages: list[RequestUsage], n: int) -> RequestUsage:
+    """One response's usage over its answers, as vLLM counts it: each prompt once (its first
+    answer's prefill, cached tokens included), every answer's tokens."""
+    firsts = usages[::n]
+    return dataclasses.replace(
+        usages[0],
+        prompt_tokens=sum(u.prompt_tokens for u in firsts),
+        cached_tokens=sum(u.cached_tokens for u in firsts),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+    )
 
 
 async def _send_event(send: Send, payload: object) -> None:

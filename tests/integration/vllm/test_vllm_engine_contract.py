@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
 import pytest
 
-from support.engine_contract import CONTEXT_REFUSAL, context_window_cases, within_context_window
+from support.engine_contract import (
+    ANSWER_TOKENS,
+    CONTEXT_REFUSAL,
+    MULTI_ANSWER_CASES,
+    check_multi_answer,
+    check_multi_answer_stream,
+    context_window_cases,
+    within_context_window,
+)
 from support.vllm import VllmServer
 
 MAX_MODEL_LEN = 2048
@@ -35,3 +44,21 @@ def test_answer_maximums_over_the_context_are_refused_and_within_it_clamped(
     error = response.json()["error"]
     assert (error["param"], error["code"]) == (param, 400)
     assert f"{param}={MAX_MODEL_LEN + 1} {CONTEXT_REFUSAL}={MAX_MODEL_LEN}" in error["message"]
+
+
+@pytest.mark.parametrize(("kind", "fields", "alone"), MULTI_ANSWER_CASES)
+def test_n_answers_and_lists_of_prompts(
+    vllm_server: VllmServer, kind: str, fields: dict[str, Any], alone: list[dict[str, Any]]
+) -> None:
+    url = vllm_server.url + ("/v1/chat/completions" if kind == "chat" else "/v1/completions")
+    common = {"model": vllm_server.model_name, "max_tokens": ANSWER_TOKENS, "ignore_eos": True}
+    singles = [httpx.post(url, json={**common, **one}, timeout=120.0).json() for one in alone]
+    full = httpx.post(url, json={**common, **fields}, timeout=120.0)
+    assert full.status_code == 200, full.text
+    check_multi_answer(kind, fields, full.json(), singles)
+
+    stream = {**common, **fields, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url, json=stream, timeout=120.0) as response:
+        lines = [line[len("data: ") :] for line in response.iter_lines() if line]
+    assert lines[-1] == "[DONE]"
+    check_multi_answer_stream(kind, fields, [json.loads(line) for line in lines[:-1]])

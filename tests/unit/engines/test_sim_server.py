@@ -18,8 +18,12 @@ from tests.unit.engines.helpers import small_h100, sse_payloads
 
 from support.engine_contract import (
     ACCEPTED,
+    ANSWER_TOKENS,
     CONTEXT_REFUSAL,
+    MULTI_ANSWER_CASES,
     REFUSED,
+    check_multi_answer,
+    check_multi_answer_stream,
     context_window_cases,
     token_logprobs,
     within_context_window,
@@ -287,6 +291,27 @@ async def test_bad_requests_get_vllm_errors_and_never_reach_the_engine(
     assert error["message"]
     assert sim.app.core.counters.prefix_cache_queries == 0
     assert not sim.app.core.has_unfinished_requests()
+
+
+@pytest.mark.parametrize(("kind", "fields", "alone"), MULTI_ANSWER_CASES)
+async def test_n_answers_and_lists_of_prompts_are_answered_like_vllm(
+    sim: Sim, kind: str, fields: dict[str, Any], alone: list[dict[str, Any]]
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
+    common = {"model": MODEL, "max_tokens": ANSWER_TOKENS, "ignore_eos": True}
+    singles = [(await sim.client.post(path, json={**common, **one})).json() for one in alone]
+    full = await sim.client.post(path, json={**common, **fields})
+    assert full.status_code == 200, full.text
+    check_multi_answer(kind, fields, full.json(), singles)
+    texts = [c.get("text") or c.get("message", {}).get("content") for c in full.json()["choices"]]
+    assert len(set(texts)) > 1, "the answers are sampled apart"
+
+    stream = {**common, **fields, "stream": True, "stream_options": {"include_usage": True}}
+    response = await sim.client.post(path, json=stream)
+    *events, done = sse_payloads(response.text)
+    assert done == "[DONE]"
+    check_multi_answer_stream(kind, fields, events)
 
 
 @pytest.mark.parametrize(("kind", "fields", "param"), context_window_cases(512))
