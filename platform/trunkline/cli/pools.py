@@ -75,6 +75,11 @@ def register(sub: Any) -> None:
     endpoints.add_argument(
         "endpoints", nargs="*", metavar="URL[=tcp://HOST:PORT[,tcp://HOST:PORT]]"
     )
+    endpoints.add_argument(
+        "--none",
+        action="store_true",
+        help="remove every endpoint (the pool serves nothing until it gets new ones)",
+    )
     endpoints.set_defaults(func=set_endpoints_command)
 
 
@@ -192,6 +197,13 @@ def update_command(args: argparse.Namespace) -> int:
 
 
 def set_endpoints_command(args: argparse.Namespace) -> int:
+    if bool(args.endpoints) == args.none:
+        # Without either, a forgotten argument took every endpoint out of service.
+        raise InvalidRequest(
+            "give endpoints or --none, not both"
+            if args.none
+            else "give the pool's endpoints, or --none to remove every endpoint"
+        )
     specs = [_endpoint(text) for text in args.endpoints]
 
     def work(session: Session, _runtime: Runtime) -> Pool:

@@ -74,7 +74,12 @@ def show_command(args: argparse.Namespace) -> int:
         if args.tier:
             return service.get_tier_quota(session, args.tier)
         if args.key:
-            tenant_id = key_tenant(session, args.key)
+            # With --tenant, the key must be that tenant's (it showed another tenant's key).
+            tenant_id = (
+                tenant_by_slug(session, args.tenant).id
+                if args.tenant
+                else key_tenant(session, args.key)
+            )
             return service.key_quota(session, Principal.system(), tenant_id, args.key, read)
         if args.tenant:
             tenant = tenant_by_slug(session, args.tenant)

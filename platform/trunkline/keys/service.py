@@ -112,7 +112,7 @@ def key_tenant(session: Session, key_id: str) -> uuid.UUID:
     """The tenant of a key named by id alone (system callers such as the CLI)."""
     tenant_id = tenant_of_key(session, key_id)
     if tenant_id is None:
-        raise NotFound(f"key {key_id} not found", param="key_id")
+        raise _not_found(key_id)
     return tenant_id
 
 
@@ -130,7 +130,7 @@ def _key(
 ) -> tuple[ApiKeyRow, str]:
     found = _keys(session, principal, tenant_id).get(key_id)
     if found is None:
-        raise NotFound(f"key {key_id} not found", param="key_id")
+        raise _not_found(key_id)
     return found
 
 
@@ -182,3 +182,15 @@ def _pinned_tier(session: Session, tenant: Tenant, name: str | None) -> str | No
             param="tier",
         )
     return tier.name
+
+
+def _not_found(key_id: str) -> NotFound:
+    """A key not found, named unless what was given is a whole key, secret included (pasted
+    in place of its id): never echoed, into a terminal, a response or a log."""
+    if secrets.parse(key_id, secrets.API_KEY_PREFIX) is not None:
+        return NotFound(
+            "key not found: that is a whole key, secret included, not a key id (the part "
+            f"between '{secrets.API_KEY_PREFIX}_' and the next '_'); treat the secret as exposed",
+            param="key_id",
+        )
+    return NotFound(f"key {key_id} not found", param="key_id")

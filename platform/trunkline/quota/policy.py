@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 import msgspec
 from msgspec import UNSET
@@ -77,7 +77,8 @@ def to_limits(scope: ScopeLimits) -> Limits:
 
 
 def nano_usd(usd: float) -> int:
-    return int(Decimal(str(usd)) * NANO_USD)
+    """Rounded up: a budget under a nano-dollar is not 0, which refuses everything."""
+    return int((Decimal(str(usd)) * NANO_USD).to_integral_value(rounding=ROUND_CEILING))
 
 
 def _count(value: int | msgspec.UnsetType | None) -> int | None:

@@ -209,6 +209,11 @@ def test_keys_create_list_rotate_and_revoke(
     _, listing, _ = run(capsys, "keys", "list", "--tenant", "acme")
     assert listing.count("revoked") == 2
 
+    # A whole key pasted for its id is never printed back (a terminal, a CI log).
+    pasted = run(capsys, "keys", "revoke", secret.strip())
+    assert pasted[0] == 2 and "whole key" in pasted[2]
+    assert secret.strip().split("_")[2] not in pasted[1] + pasted[2]
+
 
 def test_key_commands_report_bad_input(capsys: pytest.CaptureFixture[str], configured: str) -> None:
     run(capsys, "tenants", "apply", str(TENANTS_DIR))

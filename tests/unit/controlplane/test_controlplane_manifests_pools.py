@@ -221,3 +221,36 @@ def test_a_pool_an_alias_lists_is_not_moved_to_another_model_by_a_manifest(
     with pytest.raises(Conflict, match=r"listed in the pools of alias llama-3\.1-8b"):
         apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
     assert snapshot(runtime).pools["h100-eu-west"].model == "llama-3.1-8b-instruct"
+
+
+def test_a_model_manifest_does_not_take_over_a_cascade_or_a_pinned_alias(
+    runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """It moved either without a word: the cascade then tried another small model; the alias
+    listed pools of its old model and routed nowhere."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    with runtime.session_factory() as session, session.begin():
+        configure_alias(
+            session,
+            alias_row(session, "llama-3.1-8b"),
+            model_row(session, "llama-3.1-8b-instruct"),
+            ["h100-eu-west"],
+            None,
+        )
+    before = snapshot(runtime)
+    for alias, refusal in (
+        ("llama-auto", "is a cascade"),
+        ("llama-3.1-8b", r"limited to pools of its current model \(h100-eu-west\)"),
+    ):
+        other = tmp_path_factory.mktemp("other")
+        (other / "model.yaml").write_text(
+            f"kind: Model\nname: other-chat\ncontext_length: 8192\naliases: [{alias}]\n"
+        )
+        with pytest.raises(Conflict, match=refusal):
+            apply_manifests(runtime.session_factory, other, publish=runtime.publish)
+    after = snapshot(runtime)
+    assert after.version == before.version
+    assert (after.aliases["llama-auto"].model, after.aliases["llama-3.1-8b"].model) == (
+        "llama-3.2-1b-instruct",
+        "llama-3.1-8b-instruct",
+    )

@@ -128,6 +128,18 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "not-a-url")
     assert code == 2 and err.startswith("error: endpoint 'not-a-url': its URL: ")
     assert "--" not in err  # no option to point at: the endpoints are arguments
+    # A forgotten argument no longer takes every endpoint out of service.
+    assert run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://10.0.0.9:8000")[0] == 0
+    code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west")
+    assert (code, err) == (
+        2,
+        "error: give the pool's endpoints, or --none to remove every endpoint\n",
+    )
+    assert "http://10.0.0.9:8000" in run(capsys, "pools", "show", "h100-eu-west")[1]
+    code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://a:1", "--none")
+    assert (code, err) == (2, "error: give endpoints or --none, not both\n")
+    code, out, _ = run(capsys, "pools", "set-endpoints", "h100-eu-west", "--none")
+    assert code == 0 and '"url"' not in out
 
 
 def test_tenants_cache_isolation_off_and_on(

@@ -85,6 +85,10 @@ def test_a_key_gets_its_own_limits(capsys: pytest.CaptureFixture[str], configure
     shown = run(capsys, "quota", "show", "--key", key_id)[1]
     assert shown["overrides"] == {"requests_per_minute": 3}
     assert snapshot_quotas(configured).keys[key_id].requests_per_minute == 3
+    assert run(capsys, "quota", "show", "--tenant", "acme", "--key", key_id)[1] == shown
+    # Named with another tenant, it is not found there (it showed acme's key).
+    code, _, err = run(capsys, "quota", "show", "--tenant", "globex", "--key", key_id)
+    assert code == 2 and "not found" in err
 
 
 @pytest.mark.parametrize(

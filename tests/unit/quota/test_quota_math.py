@@ -334,3 +334,5 @@ def test_a_cost_budget_under_a_micro_dollar_is_not_zero() -> None:
     """Counted in micro-dollars, $0.0000009 was 0: every request refused, "Limit $0.00"."""
     assert to_limits(ScopeLimits(cost_per_month_usd=0.0000009)).cost_per_month == 900
     assert to_limits(ScopeLimits(cost_per_month_usd=1e9)).cost_per_month == 10**18
+    assert to_limits(ScopeLimits(cost_per_month_usd=1e-10)).cost_per_month == 1  # rounded up
+    assert to_limits(ScopeLimits(cost_per_month_usd=0)).cost_per_month == 0

@@ -185,10 +185,28 @@ def _model(session: Session, spec: ModelSpec, report: ApplyReport) -> None:
             session.add(ModelAlias(alias=alias, model_id=model.id))
             details.append(f"+alias {alias}")
         elif row.model_id != model.id:
+            _check_alias_moves(row, spec.name)
             row.model_id = model.id
             details.append(f"alias {alias} moved here")
     session.flush()
     _record(report, "Model", spec.name, details)
+
+
+def _check_alias_moves(row: ModelAlias, model: str) -> None:
+    """An alias may move to another model only when nothing of it names the old one: the
+    checks see only the files at hand, so the database has the last word (as for cascades)."""
+    if row.escalate_model_id is not None:
+        raise Conflict(
+            f"Model {model}: alias {row.alias!r} is a cascade; a model's alias needs a name of "
+            "its own",
+            param="aliases",
+        )
+    if row.pools:
+        raise Conflict(
+            f"Model {model}: alias {row.alias!r} is limited to pools of its current model "
+            f"({', '.join(row.pools)}); clear its pools before moving it to {model}",
+            param="aliases",
+        )
 
 
 def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
