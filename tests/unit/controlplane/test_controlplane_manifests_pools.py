@@ -204,14 +204,7 @@ def test_a_pool_an_alias_lists_is_not_moved_to_another_model_by_a_manifest(
     runtime: Runtime, manifests_dir: Path
 ) -> None:
     apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    with runtime.session_factory() as session, session.begin():
-        configure_alias(
-            session,
-            alias_row(session, "llama-3.1-8b"),
-            model_row(session, "llama-3.1-8b-instruct"),
-            ["h100-eu-west"],
-            None,
-        )
+    _limit_llama_to_h100_eu_west(runtime)
     catalog = manifests_dir / "catalog.yaml"
     text = catalog.read_text()
     start = text.index("name: h100-eu-west")
@@ -229,14 +222,7 @@ def test_a_model_manifest_does_not_take_over_a_cascade_or_a_pinned_alias(
     """It moved either without a word: the cascade then tried another small model; the alias
     listed pools of its old model and routed nowhere."""
     apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    with runtime.session_factory() as session, session.begin():
-        configure_alias(
-            session,
-            alias_row(session, "llama-3.1-8b"),
-            model_row(session, "llama-3.1-8b-instruct"),
-            ["h100-eu-west"],
-            None,
-        )
+    _limit_llama_to_h100_eu_west(runtime)
     before = snapshot(runtime)
     for alias, refusal in (
         ("llama-auto", "is a cascade"),
@@ -254,3 +240,15 @@ def test_a_model_manifest_does_not_take_over_a_cascade_or_a_pinned_alias(
         "llama-3.2-1b-instruct",
         "llama-3.1-8b-instruct",
     )
+
+
+def _limit_llama_to_h100_eu_west(runtime: Runtime) -> None:
+    """Limit alias llama-3.1-8b to one pool of its model, as the alias API can."""
+    with runtime.session_factory() as session, session.begin():
+        configure_alias(
+            session,
+            alias_row(session, "llama-3.1-8b"),
+            model_row(session, "llama-3.1-8b-instruct"),
+            ["h100-eu-west"],
+            None,
+        )
