@@ -1,19 +1,58 @@
 """YAML as configuration files need it: a key given twice in one mapping is an error, where
-PyYAML keeps the last value silently (a price or a weight overridden unseen).
+PyYAML keeps the last value silently (a price or a weight overridden unseen); and scalars read
+as YAML 1.2 reads them, as editors checking files against ``tenants/schema.json`` do, not as
+PyYAML's YAML 1.1 (``1e-7`` a string, ``on`` / ``no`` booleans, ``010`` octal).
 
-:func:`load_strict` parses like ``yaml.safe_load`` and refuses such a key; the manifest loader,
-which reports every problem at once, asks :func:`repeated_keys` of each mapping it walks.
+:func:`load_strict` parses like ``yaml.safe_load`` with :class:`Yaml12Loader` and refuses such
+a key; the manifest loader, which reports every problem at once, parses with
+:class:`Yaml12Loader` and asks :func:`repeated_keys` of each mapping it walks.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
-__all__ = ["DuplicateKeyError", "load_strict", "repeated_keys"]
+__all__ = ["DuplicateKeyError", "Yaml12Loader", "load_strict", "repeated_keys"]
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+_BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float"))
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` resolving booleans, integers and floats by YAML 1.2's core schema:
+    ``true`` / ``false`` only, decimal integers (``0x`` and ``0o`` prefixed ones too), floats
+    with or without a point (``1e-7``); null, merge keys and the rest as before."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL, _INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(
+    _BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+Yaml12Loader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+)
+Yaml12Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text[:2] in ("0x", "0o") else int(text, 10)  # "010" is ten
+
+
+Yaml12Loader.add_constructor(_INT, _construct_int)
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -37,7 +76,7 @@ def repeated_keys(node: yaml.MappingNode) -> list[tuple[str, int, int]]:
     return repeats
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(Yaml12Loader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         for key, line, first in repeated_keys(node):
             raise DuplicateKeyError(f"line {line}: key {key!r} given twice (first at line {first})")

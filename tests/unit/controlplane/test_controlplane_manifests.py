@@ -214,3 +214,24 @@ def test_a_merge_key_is_not_a_repeat_and_the_strict_loader_keeps_yaml_merging() 
     assert load_strict(text) == {"base": {"x": 1, "y": 2}, "derived": {"x": 1, "y": 3}}
     with pytest.raises(DuplicateKeyError, match=r"line 3: key 'y' given twice \(first at line 2\)"):
         load_strict("derived:\n  y: 3\n  y: 4\n")
+
+
+def test_scalars_read_as_yaml_1_2_reads_them_as_the_schemas_editors_do() -> None:
+    """PyYAML's YAML 1.1 read 1e-7 as a string (refused as a budget the CLI takes), `on` and
+    `no` as booleans (a slug `on` refused, `cache_isolated: off` taken) and 010 as eight."""
+    text = "a: 1e-7\nb: on\nc: no\nd: true\ne: 010\nf: 0x1F\ng: .inf\nh: ~\n"
+    assert load_strict(text) == {
+        "a": 1e-7, "b": "on", "c": "no", "d": True, "e": 10, "f": 31, "g": float("inf"), "h": None,
+    }  # fmt: skip
+
+
+def test_a_manifest_budget_in_exponent_form_is_a_number_and_off_is_no_boolean(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "broken.yaml"
+    issues = issues_of(
+        tmp_path,
+        "kind: Tenant\nslug: t1\nname: T\ntier: gold\ncache_isolated: off\n"
+        "quota: {tenant: {cost_per_month_usd: 1e-7}}\n",
+    )
+    assert issues == [f"{file}:5: Tenant t1: cache_isolated: 'off' is not of type 'boolean'"]

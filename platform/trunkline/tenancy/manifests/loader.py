@@ -18,7 +18,7 @@ from jsonschema import Draft202012Validator, ValidationError
 
 from trunkline.errors import InvalidRequest
 from trunkline.kit.text import shown
-from trunkline.kit.yamlfile import repeated_keys
+from trunkline.kit.yamlfile import Yaml12Loader, repeated_keys
 from trunkline.tenancy.manifests.checks import check_references
 from trunkline.tenancy.manifests.documents import (
     FieldPath,
@@ -69,7 +69,7 @@ def _documents(
         line = file.read_bytes()[: exc.start].count(b"\n") + 1
         issues.append(ManifestIssue(str(file), line, "", f"not UTF-8 text: {exc.reason}"))
         return
-    loader = yaml.SafeLoader(text)
+    loader = Yaml12Loader(text)
     try:
         while loader.check_node():
             node = loader.get_node()
