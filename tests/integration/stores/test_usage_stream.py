@@ -48,9 +48,11 @@ def record(request_id: str, completion: int = 5) -> UsageRecord:
 
 
 class Stream:
-    def __init__(self, emitter: Any, reader_factory: Any) -> None:
+    def __init__(self, emitter: Any, reader_factory: Any, held: Any) -> None:
         self.emitter = emitter
         self.reader_factory = reader_factory
+        self.held = held
+        """How many events the stream still holds."""
 
     async def emit_all(self, records: list[UsageRecord]) -> None:
         await self.emitter.start()
@@ -63,7 +65,9 @@ class Stream:
 def stream(request: pytest.FixtureRequest) -> Iterator[Stream]:
     if request.param == "memory":
         memory = InMemoryUsageStream()
-        yield Stream(memory, lambda consumer, idle_ms=0: memory.reader(idle_ms / 1000))
+        yield Stream(
+            memory, lambda consumer, idle_ms=0: memory.reader(idle_ms / 1000), memory.__len__
+        )
         return
     url = request.getfixturevalue("redis_url")
     sync = redis.Redis.from_url(url)
@@ -72,7 +76,7 @@ def stream(request: pytest.FixtureRequest) -> Iterator[Stream]:
     def reader(consumer: str, idle_ms: int = 0) -> RedisUsageReader:
         return RedisUsageReader(sync, "usage", consumer=consumer, claim_idle_ms=idle_ms)
 
-    yield Stream(emitter, reader)
+    yield Stream(emitter, reader, lambda: sync.xlen("usage"))
     sync.close()
 
 
@@ -85,6 +89,18 @@ async def test_every_event_is_read_once_and_acked(stream: Stream) -> None:
     assert sorted(ids) == sorted(f"r{i}" for i in range(25))
     reader.ack([m for m, _r in first + rest])
     assert reader.read(100) == []
+
+
+async def test_acked_events_leave_the_stream_and_the_rest_stay(stream: Stream) -> None:
+    """The Redis stream kept every event ever ingested, about 670 bytes each, until Redis ran
+    out of memory (and then refused the snapshot and the quota counters too)."""
+    await stream.emit_all([record(f"r{i}") for i in range(10)])
+    reader = stream.reader_factory("c1", 60_000)
+    read = reader.read(6)
+    reader.ack([m for m, _r in read[:4]])
+    assert stream.held() == 6  # two read but not acked, four not read yet
+    reader.ack([m for m, _r in read[4:] + reader.read(100)])
+    assert stream.held() == 0
 
 
 async def test_unacked_events_are_delivered_again(stream: Stream) -> None:
@@ -166,7 +182,7 @@ async def test_a_reader_made_before_redis_is_up_reads_once_it_is(tmp_path: Path)
             reader.read(10)
         server.start()
         emitter = RedisUsageEmitter(aioredis.Redis.from_url(server.url), "usage")
-        await Stream(emitter, None).emit_all([record("after-redis-came")])
+        await Stream(emitter, None, None).emit_all([record("after-redis-came")])
         [(message_id, read)] = reader.read(10)
         assert read.request_id == "after-redis-came"
         reader.ack([message_id])
@@ -181,7 +197,7 @@ async def test_a_reader_removes_dead_consumers_but_never_one_holding_entries(
     sync = redis.Redis.from_url(redis_url)
     name = f"usage-{uuid.uuid4().hex[:8]}"
     emitter = RedisUsageEmitter(aioredis.Redis.from_url(redis_url), name)
-    await Stream(emitter, None).emit_all([record(f"f{i}") for i in range(3)])
+    await Stream(emitter, None, None).emit_all([record(f"f{i}") for i in range(3)])
 
     def reader(consumer: str, forget_idle_ms: int) -> RedisUsageReader:
         return RedisUsageReader(
