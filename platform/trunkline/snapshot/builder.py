@@ -160,9 +160,15 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
     }
 
 
+_CANONICAL = msgspec.msgpack.Encoder(order="sorted")
+
+
 def fingerprint(snapshot: Snapshot) -> bytes:
-    """The snapshot's content without its version and time, to tell real changes apart."""
-    return encode_snapshot(msgspec.structs.replace(snapshot, version=0, published_at=0.0))
+    """The snapshot's content without its version and time, to tell real changes apart:
+    maps and sets in sorted order, not the order the database returned rows in (which moves
+    when a row is updated, e.g. a key's last use: the same configuration was published again
+    every 2 s under traffic)."""
+    return _CANONICAL.encode(msgspec.structs.replace(snapshot, version=0, published_at=0.0))
 
 
 def current_fingerprint(factory: sessionmaker[Session], *, cache_secret: bytes) -> bytes:
