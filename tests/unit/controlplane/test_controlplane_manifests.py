@@ -10,10 +10,12 @@ import jsonschema
 import pytest
 import yaml
 from cp_support import TENANTS_DIR, snapshot
+from sqlalchemy import select
 
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict
 from trunkline.kit.yamlfile import DuplicateKeyError, load_strict
+from trunkline.models import Pool, Tenant
 from trunkline.tenancy.manifests import (
     ManifestError,
     apply_manifests,
@@ -235,3 +237,39 @@ def test_a_manifest_budget_in_exponent_form_is_a_number_and_off_is_no_boolean(
         "quota: {tenant: {cost_per_month_usd: 1e-7}}\n",
     )
     assert issues == [f"{file}:5: Tenant t1: cache_isolated: 'off' is not of type 'boolean'"]
+
+
+def test_a_field_a_manifest_leaves_out_keeps_what_the_api_set(
+    runtime: Runtime, applied_copy: Path
+) -> None:
+    """Re-applying tenants/ (as `trunkline up` does at every start) reset acme's regions, set
+    through the API, to "anywhere", and reopened a pool kept for gold to every tier."""
+    with runtime.session_factory() as session, session.begin():
+        acme = session.scalars(select(Tenant).where(Tenant.slug == "acme")).one()
+        acme.regions, acme.cache_isolated = ["eu-west"], False
+        pool = session.scalars(select(Pool).where(Pool.name == "h100-eu-west")).one()
+        pool.tiers, pool.max_prompt_tokens = ["gold"], 4096
+    runtime.publish()
+
+    again = apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)
+
+    assert again.lines() == ["no changes"]
+    published = snapshot(runtime)
+    (acme_entry,) = (t for t in published.tenants.values() if t.slug == "acme")
+    assert acme_entry.regions == ("eu-west",) and acme_entry.cache_salt is None
+    assert published.pools["h100-eu-west"].tiers == ("gold",)
+    assert published.pools["h100-eu-west"].max_prompt_tokens == 4096
+
+    # Written out, a field resets: `regions: []` is anywhere again, `tiers: null` every tier.
+    examples, catalog = applied_copy / "examples.yaml", applied_copy / "catalog.yaml"
+    examples.write_text(
+        examples.read_text().replace("tier: gold\n", "tier: gold\nregions: []\n", 1)
+    )
+    text = catalog.read_text()
+    start = text.index("name: h100-eu-west")
+    catalog.write_text(text[:start] + text[start:].replace("region:", "tiers: null\nregion:", 1))
+    report = apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)
+    assert report.lines() == [
+        "Pool h100-eu-west updated: tiers ['gold'] -> None",
+        "Tenant acme updated: regions ['eu-west'] -> []",
+    ]

@@ -94,21 +94,33 @@ def apply_manifests(
 
 def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
     report = ApplyReport()
-    for tier in manifests.tiers:
-        _tier(session, tier, report)
-    for flavor in manifests.flavors:
-        _flavor(session, flavor, report)
-    for model in manifests.models:
-        _model(session, model, report)
-    for pool in manifests.pools:
-        _pool(session, pool, report)
+    for tier, given in manifests.given(TierSpec):
+        _tier(session, tier, given, report)
+    for flavor, given in manifests.given(FlavorSpec):
+        _flavor(session, flavor, given, report)
+    for model, given in manifests.given(ModelSpec):
+        _model(session, model, given, report)
+    for pool, given in manifests.given(PoolSpec):
+        _pool(session, pool, given, report)
     for cascade in manifests.cascades:
         _cascade(session, cascade, report)
     for model in manifests.models:  # a kind changed above must fit the cascades it is in
         check_cascades_of(session, model_row(session, model.name))
-    for tenant in manifests.tenants:
-        _tenant(session, tenant, report)
+    for tenant, given in manifests.given(TenantSpec):
+        _tenant(session, tenant, given, report)
     return report
+
+
+def _given(
+    values: Mapping[str, Any], given: frozenset[str], columns: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``values`` (by column) of the fields a document writes out (``columns``: a field's
+    column where the names differ). Only these update an object that exists: a field left out
+    keeps what the database holds, perhaps set through the API or the CLI (a tenant's regions
+    were reset to "anywhere" by a manifest that did not mention them, on every `trunkline
+    up`); a new object takes the defaults."""
+    named = {(columns or {}).get(f, f) for f in given}
+    return {column: value for column, value in values.items() if column in named}
 
 
 def _upsert(
@@ -143,7 +155,7 @@ def _record(report: ApplyReport, kind: str, name: str, details: list[str]) -> No
     report.changes.append(Change(kind, name, "updated", tuple(details)))
 
 
-def _tier(session: Session, spec: TierSpec, report: ApplyReport) -> None:
+def _tier(session: Session, spec: TierSpec, given: frozenset[str], report: ApplyReport) -> None:
     values = {
         "description": spec.description,
         "priority": spec.priority,
@@ -152,15 +164,14 @@ def _tier(session: Session, spec: TierSpec, report: ApplyReport) -> None:
         "may_use_burst": spec.may_use_burst,
     }
     row = TierRepository(session).by_name(spec.name)
-    tier, details = _upsert(
-        session, report, "Tier", spec.name, row, lambda: Tier(name=spec.name, **values), values
-    )
+    create = lambda: Tier(name=spec.name, **values)  # noqa: E731
+    tier, details = _upsert(session, report, "Tier", spec.name, row, create, _given(values, given))
     if spec.quota is not None and QuotaRepository(session).set_tier_doc(tier.id, spec.quota):
         details.append("quota defaults set")
     _record(report, "Tier", spec.name, details)
 
 
-def _flavor(session: Session, spec: FlavorSpec, report: ApplyReport) -> None:
+def _flavor(session: Session, spec: FlavorSpec, given: frozenset[str], report: ApplyReport) -> None:
     values = {
         "vendor": spec.vendor,
         "memory_gb": spec.memory_gb,
@@ -168,16 +179,24 @@ def _flavor(session: Session, spec: FlavorSpec, report: ApplyReport) -> None:
     }
     row = FlavorRepository(session).by_name(spec.name)
     create = lambda: AcceleratorFlavor(name=spec.name, **values)  # noqa: E731
-    _row, details = _upsert(session, report, "Flavor", spec.name, row, create, values)
+    _row, details = _upsert(
+        session, report, "Flavor", spec.name, row, create, _given(values, given)
+    )
     _record(report, "Flavor", spec.name, details)
 
 
-def _model(session: Session, spec: ModelSpec, report: ApplyReport) -> None:
+def _model(session: Session, spec: ModelSpec, given: frozenset[str], report: ApplyReport) -> None:
     values = {"kind": spec.type, "context_length": spec.context_length, "params_b": spec.params_b}
     models = ModelRepository(session)
     create = lambda: Model(name=spec.name, **values)  # noqa: E731
     model, details = _upsert(
-        session, report, "Model", spec.name, models.by_name(spec.name), create, values
+        session,
+        report,
+        "Model",
+        spec.name,
+        models.by_name(spec.name),
+        create,
+        _given(values, given, {"type": "kind"}),
     )
     for alias in spec.aliases:
         row = models.alias(alias)
@@ -209,10 +228,9 @@ def _check_alias_moves(row: ModelAlias, model: str) -> None:
         )
 
 
-def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
+def _pool(session: Session, spec: PoolSpec, given: frozenset[str], report: ApplyReport) -> None:
     model = model_row(session, spec.model, param="model")
     flavor = flavor_row(session, spec.flavor, param="flavor")
-    check_prompt_range(spec.min_prompt_tokens, spec.max_prompt_tokens)
     values = {
         "model_id": model.id,
         "flavor_id": flavor.id,
@@ -233,9 +251,11 @@ def _pool(session: Session, spec: PoolSpec, report: ApplyReport) -> None:
             session, spec.name, "moving it to another model", param="model", model_id=model.id
         )
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731
+    changed = _given(values, given, {"model": "model_id", "flavor": "flavor_id"})
     pool, details = _upsert(
-        session, report, "Pool", spec.name, None if found is None else found[0], create, values
+        session, report, "Pool", spec.name, None if found is None else found[0], create, changed
     )
+    check_prompt_range(pool.min_prompt_tokens, pool.max_prompt_tokens)  # as it now stands
     if spec.endpoints is not None:
         details += replace_endpoints(session, pool, spec.endpoints)
     _record(report, "Pool", spec.name, details)
@@ -261,7 +281,7 @@ def _cascade(session: Session, spec: CascadeSpec, report: ApplyReport) -> None:
     _record(report, "Cascade", spec.name, details)
 
 
-def _tenant(session: Session, spec: TenantSpec, report: ApplyReport) -> None:
+def _tenant(session: Session, spec: TenantSpec, given: frozenset[str], report: ApplyReport) -> None:
     tier = TierRepository(session).by_name(spec.tier)
     if tier is None:  # load_manifests checks this; a hand-built Manifests may not
         raise InvalidRequest(f"unknown tier {spec.tier!r}", param="tier")
@@ -272,7 +292,9 @@ def _tenant(session: Session, spec: TenantSpec, report: ApplyReport) -> None:
     }
     row = TenantRepository(session).by_slug(spec.slug)
     create = lambda: Tenant(slug=spec.slug, tier=tier, **values)  # noqa: E731
-    tenant, details = _upsert(session, report, "Tenant", spec.slug, row, create, values)
+    tenant, details = _upsert(
+        session, report, "Tenant", spec.slug, row, create, _given(values, given)
+    )
     if tenant.tier_id != tier.id:
         details.append(f"tier {tenant.tier.name} -> {tier.name}")
         tenant.tier = tier

@@ -50,6 +50,8 @@ class Located:
     spec: Manifest
     file: str
     lines: dict[FieldPath, int] = field(repr=False)
+    given: frozenset[str] = frozenset()
+    """The fields the document writes out: only these change an object that exists already."""
 
     @property
     def subject(self) -> str:
@@ -68,6 +70,10 @@ class Manifests:
 
     def of(self, kind: type[SpecT]) -> list[SpecT]:
         return [d.spec for d in self.documents if isinstance(d.spec, kind)]
+
+    def given(self, kind: type[SpecT]) -> list[tuple[SpecT, frozenset[str]]]:
+        """The documents of ``kind``, each with the fields it writes out."""
+        return [(d.spec, d.given) for d in self.documents if isinstance(d.spec, kind)]
 
     @property
     def tiers(self) -> list[TierSpec]:

@@ -144,7 +144,7 @@ def _convert(
         path, message = _error_path(shown(str(exc)))
         issues.append(ManifestIssue(file, line_of(lines, path), dotted(path), message, subject))
         return None
-    return Located(spec, file, lines)
+    return Located(spec, file, lines, frozenset(map(str, value)))
 
 
 def _subject(document: dict[str, Any]) -> str:

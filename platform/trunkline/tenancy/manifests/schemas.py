@@ -113,7 +113,7 @@ class PoolSpec(_Spec, tag="Pool"):
     up to, not including, ``max_prompt_tokens`` (None: no limit)."""
     tiers: PoolTiers | None = None
     """Placement by tier: only these tiers' requests are routed to the pool (e.g. an H100 pool
-    kept for gold); omit for every tier."""
+    kept for gold); null for every tier, the default of a new pool."""
     max_num_batched_tokens: BatchedTokens | None = None
     """The engines' vLLM ``--max-num-batched-tokens`` (omit: the flavor's default)."""
     endpoints: list[Url | EndpointSpec] | None = None
