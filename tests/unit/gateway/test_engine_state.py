@@ -209,6 +209,47 @@ def test_snapshot_changes_add_and_forget_endpoints() -> None:
     assert state.in_service("unknown")
 
 
+def test_a_request_sent_to_an_ejected_endpoint_moves_on_when_its_probe_fails() -> None:
+    """Every endpoint ejected, routing tries them all (fail open); a frozen engine held such a
+    request until its ejection ended and the probe failed: 31 s, 62 s for two endpoints."""
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    for _ in range(3):
+        state.scrape_failed("a", "ReadTimeout")
+    assert not state.should_scrape("a")  # ejected, and nobody waits on it: left alone
+    abandoned: list[str] = []
+    waiting = state.sent("a", 100)
+    waiting.on_ejected = lambda: abandoned.append("waiting")
+    relaying = state.sent("a", 100)
+    relaying.on_ejected = lambda: abandoned.append("relaying")
+    state.first_byte(relaying)
+
+    assert state.should_scrape("a")  # a request waits on it: probed at once
+    state.scrape_failed("a", "ReadTimeout")
+    assert abandoned == ["waiting"] and not state.in_service("a")
+    clock.now += 0.5  # still within the ejection: a probe that answers changes nothing
+    state.scraped("a", MetricsScan(), clock.now)
+    assert not state.in_service("a") and state.ejections("a") == 1
+
+
+def test_an_endpoint_that_left_the_snapshot_is_not_tracked_again_by_late_outcomes() -> None:
+    """A stream's failure on a removed endpoint tracked it again: /health and /metrics then
+    showed an endpoint in no pool until the next change of endpoints."""
+    state = EngineState(POLICY, Clock())
+    state.sync(["a", "b"])
+    flight = state.sent("b", 10)
+    state.sync(["a"])  # b removed while the request is in flight
+    state.failed("b", "RemoteProtocolError")
+    state.ended(flight)
+    assert set(state.loads()) == {"a"}
+    raced = state.sent("c", 10)  # a request racing a snapshot change is tracked while it runs
+    assert "c" in state.loads()
+    state.ended(raced)
+    assert set(state.loads()) == {"a"}
+    assert [h.endpoint for h in state.health_report()] == ["a"]
+
+
 async def test_wait_changed_wakes_on_any_change_and_times_out_otherwise() -> None:
     state = EngineState(POLICY, Clock())
     state.sync(["a"])

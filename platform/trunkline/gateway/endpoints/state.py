@@ -182,6 +182,8 @@ class EngineState:
         self._policy = policy or EjectionPolicy()
         self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}
+        self._wanted: set[str] | None = None
+        """The endpoints of the snapshot (None: not synced yet, every endpoint is kept)."""
         self._changed = asyncio.Event()
         self.probed_by_scrapes = False
         """A scraper runs: it probes endpoints whose ejection ended, and requests wait for it."""
@@ -194,7 +196,7 @@ class EngineState:
 
     def sync(self, endpoint_ids: Iterable[str]) -> None:
         """Follow the snapshot: track these endpoints, forget the others."""
-        wanted = set(endpoint_ids)
+        wanted = self._wanted = set(endpoint_ids)
         for gone in self._endpoints.keys() - wanted:
             del self._endpoints[gone]
         for new in wanted - self._endpoints.keys():
@@ -266,8 +268,13 @@ class EngineState:
     # --- what the scraper writes ---------------------------------------------------------------
 
     def should_scrape(self, endpoint: str) -> bool:
-        """Ejected endpoints are left alone until their ejection ends (then scraped as a probe)."""
-        return self.in_service(endpoint)
+        """Ejected endpoints are left alone until their ejection ends (then scraped as a
+        probe), unless requests wait on one for their first byte (every endpoint was ejected,
+        and routing tried them all): a failed scrape then tells them to move on."""
+        state = self._endpoints.get(endpoint)
+        if state is None or state.health.in_service(self._clock()):
+            return True
+        return any(flight.waiting_first_byte for flight in state.flights)
 
     def scraped(
         self,
@@ -318,15 +325,29 @@ class EngineState:
             state.flights.discard(flight)
             if flight.waiting_first_byte:  # failed or cancelled before its first byte
                 state.stop_waiting(flight, self._clock())
+            if not state.flights and not self._tracked(flight.endpoint):
+                del self._endpoints[flight.endpoint]  # left the snapshot while in flight
             self._notify()
+
+    def _tracked(self, endpoint: str) -> bool:
+        return self._wanted is None or endpoint in self._wanted
 
     def failed(self, endpoint: str, reason: str) -> None:
         """A request's connect error, 5xx, timeout, or failure before or during its stream."""
         self._failed(endpoint, reason, scrape=False)
 
     def _failed(self, endpoint: str, reason: str, *, scrape: bool) -> None:
+        if not self._tracked(endpoint) and endpoint not in self._endpoints:
+            return  # left the snapshot: tracked again it showed in /health and /metrics
         state = self._get(endpoint)
-        if state.health.failed(self._clock(), scrape=scrape):
+        now = self._clock()
+        if scrape and state.health.ejected(now):
+            # Requests sent to it anyway (every endpoint was ejected) wait on it: its probe
+            # failed, so they move on instead of waiting out the ejection (up to 30 s).
+            for flight in list(state.flights):
+                if flight.waiting_first_byte and flight.on_ejected is not None:
+                    flight.on_ejected()
+        if state.health.failed(now, scrape=scrape):
             until = (state.health.ejected_until or 0.0) - self._clock()
             log.warning(
                 "endpoint ejected",
