@@ -153,6 +153,25 @@ def test_held_requests_leave_in_priority_order() -> None:
     assert [r.held.ticket for r in released] == [silver, bronze]
 
 
+def test_a_lower_tier_does_not_take_a_pool_whose_queue_holds_a_higher_one() -> None:
+    """Held requests wait in their first choice's queue: a bronze request ranking that pool
+    second was admitted there while silver was held for it (bronze first, it was refused)."""
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    warm(policy, BRONZE, "b", 20, 1.0)
+    silver = hold(policy, SILVER, 1.0, "s1")  # held for pool "pool", busy
+    eu, us = endpoint("pool/0", IDLE), endpoint("us/0", FULL, pool="us")  # pool frees up
+
+    second = policy.decide(request("b2", "b2", "bronze"), BRONZE, [us, eu], 1.05)
+
+    assert (second.outcome, second.reason) == (REJECTED, OVERLOADED)
+    [release] = policy.poll(1.1, {"pool/0": IDLE, "us/0": FULL})
+    assert (release.held.ticket, release.decision.outcome) == (silver.ticket, ADMITTED)
+    # Once nothing is held there, bronze may take it as its second choice.
+    then = policy.decide(request("b3", "b3", "bronze"), BRONZE, [us, eu], 1.2)
+    assert (then.outcome, then.endpoint) == (ADMITTED, 1)  # ranked[1]: pool/0
+
+
 def test_work_sent_since_the_load_was_measured_counts_against_the_engine() -> None:
     # 2,500 prompt tokens queued: one more 1,000-token prompt starts within the dispatch
     # horizon, two do not. Loads measured 2 s before (after the warm-up) do not show the first.

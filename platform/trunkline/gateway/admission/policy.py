@@ -282,6 +282,11 @@ class AdmissionPolicy:
         # Shared pools before burst ones, pools placed for the prompt's length before the rest.
         placed_for = [view.placed_for(request) for view in ranked]
         order = sorted(range(len(ranked)), key=lambda i: (ranked[i].burst, not placed_for[i]))
+        # Another pool's capacity goes to what its own queue holds at this tier or above first
+        # (held requests wait in their first choice's queue: a bronze request ranking that pool
+        # second took it from a silver one held there).
+        queued_first = self._pools_holding(ranked, tier.priority)
+        order = [i for i in order if ranked[i].pool not in queued_first]
         placed = [i for i in order if placed_for[i] and ranked[i].healthy]
         if not top:  # lower tiers wait for the pools placed for their prompt, never spill
             order = placed or order
@@ -295,6 +300,7 @@ class AdmissionPolicy:
             # unless the router's choice is nearly as soon: moving a request off the replica
             # holding its prefix also costs the requests after it their cache hit.
             order = self._soonest_or_first(request, ranked, now, sent, placed)
+            order = [i for i in order if ranked[i].pool not in queued_first]
         for index in order:
             decision = self._fit(
                 request, tier, ranked, index, now, sent, limit, None if top else fullest
@@ -302,6 +308,18 @@ class AdmissionPolicy:
             if decision is not None:
                 return decision
         return None
+
+    def _pools_holding(self, ranked: Sequence[EndpointView], priority: int) -> set[str]:
+        """The pools of ``ranked`` other than its first choice's that hold requests of
+        ``priority`` or above."""
+        own = ranked[0].pool
+        return {
+            view.pool
+            for view in ranked
+            if view.pool != own
+            and (queue := self._queues.get(view.pool)) is not None
+            and queue.held_at_or_above(priority)
+        }
 
     def _soonest_or_first(
         self,
