@@ -7,7 +7,9 @@ complete entitlement list.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.service import ensure_user
-from trunkline.errors import Conflict, InvalidRequest
+from trunkline.errors import Conflict, InvalidRequest, TrunklineError
 from trunkline.kit.db import transaction
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tenant, Tier
 from trunkline.pools.aliases import configure_alias
@@ -33,7 +35,7 @@ from trunkline.pools.service import (
 )
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.tenancy.changes import assign
-from trunkline.tenancy.manifests.documents import Manifests
+from trunkline.tenancy.manifests.documents import Located, Manifests
 from trunkline.tenancy.manifests.loader import load_manifests
 from trunkline.tenancy.manifests.schemas import (
     CascadeSpec,
@@ -94,21 +96,34 @@ def apply_manifests(
 
 def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
     report = ApplyReport()
-    for tier, given in manifests.given(TierSpec):
-        _tier(session, tier, given, report)
-    for flavor, given in manifests.given(FlavorSpec):
-        _flavor(session, flavor, given, report)
-    for model, given in manifests.given(ModelSpec):
-        _model(session, model, given, report)
-    for pool, given in manifests.given(PoolSpec):
-        _pool(session, pool, given, report)
-    for cascade in manifests.cascades:
-        _cascade(session, cascade, report)
-    for model in manifests.models:  # a kind changed above must fit the cascades it is in
-        check_cascades_of(session, model_row(session, model.name))
-    for tenant, given in manifests.given(TenantSpec):
-        _tenant(session, tenant, given, report)
+    appliers: list[tuple[type[Any], Callable[[Any, frozenset[str]], None]]] = [
+        (TierSpec, lambda spec, given: _tier(session, spec, given, report)),
+        (FlavorSpec, lambda spec, given: _flavor(session, spec, given, report)),
+        (ModelSpec, lambda spec, given: _model(session, spec, given, report)),
+        (PoolSpec, lambda spec, given: _pool(session, spec, given, report)),
+        (CascadeSpec, lambda spec, _given: _cascade(session, spec, report)),
+        # a kind changed above must fit the cascades it is in
+        (ModelSpec, lambda spec, _given: check_cascades_of(session, model_row(session, spec.name))),
+        (TenantSpec, lambda spec, given: _tenant(session, spec, given, report)),
+    ]
+    for kind, apply in appliers:
+        for document in manifests.located(kind):
+            with _at(document):
+                apply(document.spec, document.given)
     return report
+
+
+@contextlib.contextmanager
+def _at(document: Located) -> Iterator[None]:
+    """Name the file, line and document of what the database refuses (a check only it can
+    make, such as a tenant's last tenant_admin or a cascade's name), as validation does."""
+    try:
+        yield
+    except TrunklineError as exc:
+        field = re.split(r"[.\[]", exc.param or "", maxsplit=1)[0]
+        line = document.line_of((field,) if field else ())
+        where = f"{document.file}:{line}: {document.subject}: "
+        raise type(exc)(where + exc.message, param=exc.param, reason=exc.reason) from exc
 
 
 def _given(

@@ -71,9 +71,9 @@ class Manifests:
     def of(self, kind: type[SpecT]) -> list[SpecT]:
         return [d.spec for d in self.documents if isinstance(d.spec, kind)]
 
-    def given(self, kind: type[SpecT]) -> list[tuple[SpecT, frozenset[str]]]:
-        """The documents of ``kind``, each with the fields it writes out."""
-        return [(d.spec, d.given) for d in self.documents if isinstance(d.spec, kind)]
+    def located(self, kind: type[SpecT]) -> list[Located]:
+        """The documents of ``kind``, with where each came from and what it writes out."""
+        return [d for d in self.documents if isinstance(d.spec, kind)]
 
     @property
     def tiers(self) -> list[TierSpec]:
