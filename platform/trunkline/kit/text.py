@@ -35,7 +35,19 @@ PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f" + _INVISIBLE + "]*" + END
 """Text that may hold tabs and line breaks: descriptions."""
 
 
+_SAID = {
+    ONE_LINE: "one line of text with something to see, without control or invisible characters",
+    PARAGRAPHS: "text without control or invisible characters (tabs and line breaks are fine)",
+}
+"""What the free-text patterns ask, said in words: quoted, each is some 400 characters."""
+
+
 def shown(message: str) -> str:
-    """A validation message for people: :data:`END` in a pattern it quotes (as is, or as
-    ``repr`` doubles its backslashes) shown as the familiar ``$``."""
+    """A validation message for people: the free-text patterns it quotes said in words, and
+    :data:`END` in any other pattern (as is, or as ``repr`` doubles its backslashes) shown as
+    the familiar ``$``."""
+    for pattern, words in _SAID.items():
+        for quoted in (f"'{pattern}'", repr(pattern)):
+            message = message.replace(f"matching regex {quoted}", f"of {words}")
+            message = message.replace(f"does not match {quoted}", f"is not {words}")
     return message.replace(END, "$").replace(END.replace("\\", "\\\\"), "$")

@@ -210,6 +210,10 @@ def test_control_characters_in_names_are_refused_naming_the_field(world: World, 
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
     problem = problem_of(post(world, path, json={"project_id": project, "name": name}), 400)
     assert [e["field"] for e in problem["errors"]] == ["name"]
+    # Said in words, not as the 400-character pattern it is checked against.
+    (error,) = problem["errors"]
+    assert "without control or invisible characters" in error["message"], error
+    assert len(error["message"]) < 200
 
 
 @pytest.mark.parametrize(
@@ -254,6 +258,10 @@ def test_names_of_nothing_but_spaces_are_refused(world: World, name: str) -> Non
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
     problem = problem_of(post(world, path, json={"project_id": project, "name": name}), 400)
     assert [e["field"] for e in problem["errors"]] == ["name"]
+    # Said in words, not as the 400-character pattern it is checked against.
+    (error,) = problem["errors"]
+    assert "without control or invisible characters" in error["message"], error
+    assert len(error["message"]) < 200
     renamed = world.client.patch(
         f"/api/v1/tenants/{world.tenant('acme')}",
         json={"name": name},
