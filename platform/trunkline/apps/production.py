@@ -41,11 +41,19 @@ def _redis_url(settings: Settings) -> str:
     return settings.redis.url
 
 
+REDIS_TIMEOUT_S = 2.0
+"""Socket timeout of the gateway's snapshot and usage-stream calls to Redis."""
+
+
 def gateway_app() -> Litestar:
     settings = load_settings()
     settings.check_production()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
-    client = aioredis.Redis.from_url(_redis_url(settings))
+    # Bounded: a Redis that stops answering (frozen, a partition) is noticed in seconds by
+    # /health and the usage emitter, not after the client's default of minutes per call.
+    client = aioredis.Redis.from_url(
+        _redis_url(settings), socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
     quota_client = connect_quota_store(_redis_url(settings), settings.gateway.quota.store_timeout_s)
     return create_gateway_app(
         source=RedisSnapshotSource(client, settings.redis.key_prefix),

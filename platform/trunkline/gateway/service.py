@@ -460,7 +460,12 @@ class GatewayService:
             if failure is not None:
                 log.warning(
                     "engine failed mid-stream",
-                    extra={"endpoint": meter.endpoint_url, "reason": failure},
+                    extra={
+                        "endpoint": meter.endpoint_url,
+                        "reason": failure,
+                        "request_id": meter.request_id,
+                        "tenant_id": meter.principal.tenant.id,
+                    },
                 )
                 status, code = 502, "upstream_error"
                 yield error_event(message, "upstream_error")

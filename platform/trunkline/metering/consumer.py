@@ -57,6 +57,8 @@ class UsageConsumer:
         self.stats = ConsumerStats()
         self._holding: set[str] = set()
         self._lock = threading.Lock()
+        self._stream_down = False
+        """Reads failed since the last that worked: one line when it starts, one when it ends."""
 
     def step(self) -> int:
         """Move one batch; returns how many events it held (0: the stream is empty)."""
@@ -96,10 +98,16 @@ class UsageConsumer:
         try:
             batch = self._reader.read(self._batch_size)
         except _REDIS_DOWN:
-            log.warning("usage stream unavailable, waiting")
+            with self._lock:
+                first, self._stream_down = not self._stream_down, True
+            if first:
+                log.warning("usage stream unavailable, waiting")
             self.stop.wait(self._retry_initial_s * 5)
             return []
         with self._lock:
+            if self._stream_down:
+                self._stream_down = False
+                log.info("usage stream available again")
             # A batch held longer than the claim timeout (its write waiting for the database)
             # is claimable by anyone, this consumer included: never take our own twice.
             batch = [(i, record) for i, record in batch if i not in self._holding]

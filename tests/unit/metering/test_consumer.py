@@ -69,3 +69,35 @@ def test_a_consumer_stopped_while_retrying_leaves_its_batch_pending(
     survivor = UsageConsumer(stream.reader(claim_idle_s=0), factory)
     assert survivor.drain() == 3
     assert ledger_count(factory) == 3
+
+
+class FlakyStream:
+    """A stream whose first ``failures`` reads find Redis away."""
+
+    def __init__(self, stream: InMemoryUsageStream, failures: int) -> None:
+        self.stream = stream
+        self.failures = failures
+
+    def read(self, max_count: int) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("Redis is away")
+        return self.stream.read(max_count)
+
+    def ack(self, ids: list[str]) -> None:
+        self.stream.ack(ids)
+
+
+def test_a_stream_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    factory: sessionmaker[Session], tenants: dict[str, Account], caplog: Any
+) -> None:
+    """Twice a second for the whole outage, and never that it ended."""
+    stream = InMemoryUsageStream(claim_idle_s=3600)
+    stream.emit(event(tenants["acme"], "r1", when=at(3)))
+    reader: Any = FlakyStream(stream, failures=4)
+    consumer = UsageConsumer(reader, factory, retry_initial_s=0.0)
+    caplog.set_level("INFO", logger="trunkline.metering.consumer")
+    moved = sum(consumer.step() for _ in range(6))
+    messages = [r.getMessage() for r in caplog.records if r.name == "trunkline.metering.consumer"]
+    assert messages == ["usage stream unavailable, waiting", "usage stream available again"]
+    assert moved == 1 and ledger_count(factory) == 1
