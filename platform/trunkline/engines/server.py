@@ -255,12 +255,16 @@ class SimApp:
                 "headers": [(b"content-type", _SSE), (b"cache-control", b"no-cache")],
             }
         )
-        events: asyncio.Queue[tuple[int, TokenEvent | None]] = asyncio.Queue()
+        events: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 
         async def forward(index: int, stream: RequestStream) -> None:
-            async for event in stream:
-                events.put_nowait((index, event))
-            events.put_nowait((index, None))
+            try:
+                async for event in stream:
+                    events.put_nowait((index, event))
+            except Exception as exc:  # the engine closed or failed: the response ends with it
+                events.put_nowait((index, exc))
+            else:
+                events.put_nowait((index, None))
 
         tasks = [asyncio.create_task(forward(i, s)) for i, s in enumerate(streams)]
         try:
@@ -270,6 +274,8 @@ class SimApp:
             running = len(streams)
             while running:
                 index, event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
                 if event is None:
                     running -= 1
                     continue

@@ -3,7 +3,7 @@
 A quota document holds limits per scope. In a **tier** it sets the defaults of every tenant on
 the tier (an absent or ``null`` limit: no limit). In a **tenant** or **key** document it
 overrides them: an absent limit is inherited, ``null`` removes it (unlimited), a number
-replaces it. Money is in US dollars here; the gateway counts micro-dollars.
+replaces it. Money is in US dollars here; the gateway counts nano-dollars.
 """
 
 from __future__ import annotations

@@ -172,6 +172,23 @@ def test_a_lower_tier_does_not_take_a_pool_whose_queue_holds_a_higher_one() -> N
     assert (then.outcome, then.endpoint) == (ADMITTED, 1)  # ranked[1]: pool/0
 
 
+def test_a_heavy_tenants_held_excess_does_not_close_its_pool_to_others() -> None:
+    """Its pool serves others past it: requests ranking that pool second need not wait for it
+    either (they did once held requests closed a pool to lower choices)."""
+    policy = AdmissionPolicy()
+    for index in range(100):
+        tenant = "noisy" if index % 10 else f"quiet-{index // 10 % 2}"
+        policy.decide(request(f"w{index}", tenant), SILVER, [endpoint()], index * 0.05)
+    half_full = endpoint(load=EndpointLoad(running=150.0, kv_usage=0.4))
+    noisy = policy.decide(request("n", "noisy"), SILVER, [half_full], 5.0)
+    assert noisy.outcome == QUEUED  # held in "pool", waiting for room
+    elsewhere = endpoint("us/0", FULL, pool="us")
+
+    quiet = policy.decide(request("q", "quiet-1"), SILVER, [elsewhere, half_full], 5.0)
+
+    assert (quiet.outcome, quiet.endpoint) == (ADMITTED, 1)
+
+
 def test_work_sent_since_the_load_was_measured_counts_against_the_engine() -> None:
     # 2,500 prompt tokens queued: one more 1,000-token prompt starts within the dispatch
     # horizon, two do not. Loads measured 2 s before (after the warm-up) do not show the first.

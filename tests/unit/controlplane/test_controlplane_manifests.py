@@ -275,3 +275,7 @@ def test_a_field_a_manifest_leaves_out_keeps_what_the_api_set(
         "Pool h100-eu-west updated: tiers ['gold'] -> None",
         "Tenant acme updated: regions ['eu-west'] -> []",
     ]
+    # `models` left out keeps the entitlements (granted through the API, perhaps); written
+    # out, it is the complete list.
+    examples.write_text(examples.read_text().replace("models: [llama-3.1-8b, bge-small]\n", "", 1))
+    assert apply_manifests(runtime.session_factory, applied_copy).lines() == ["no changes"]

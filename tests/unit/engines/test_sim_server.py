@@ -30,6 +30,7 @@ from support.engine_contract import (
 )
 from trunkline.engines import (
     ChatMessage,
+    EngineClosedError,
     SimApp,
     apply_chat_template,
     create_sim_app,
@@ -312,6 +313,20 @@ async def test_n_answers_and_lists_of_prompts_are_answered_like_vllm(
     *events, done = sse_payloads(response.text)
     assert done == "[DONE]"
     check_multi_answer_stream(kind, fields, events)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+async def test_a_stream_ends_when_its_engine_closes(n: int) -> None:
+    """With one reader task per answer, an engine that closed left the response open for ever:
+    the reader died before saying it was done."""
+    app = create_sim_app(model=MODEL, profile=small_h100(max_model_len=512), seed=3, time_scale=1.0)
+    async with open_sim(app) as sim:
+        body = {"model": MODEL, "prompt": "hi there", "max_tokens": 400, "stream": True, "n": n}
+        request = asyncio.create_task(sim.client.post(COMPLETIONS_PATH, json=body))
+        await app.engine.wait_for(lambda core: core.has_unfinished_requests())
+        await app.engine.aclose()
+        with pytest.raises(EngineClosedError):
+            await asyncio.wait_for(request, 10)
 
 
 @pytest.mark.parametrize(("kind", "fields", "param"), context_window_cases(512))

@@ -285,7 +285,7 @@ class AdmissionPolicy:
         # Another pool's capacity goes to what its own queue holds at this tier or above first
         # (held requests wait in their first choice's queue: a bronze request ranking that pool
         # second took it from a silver one held there).
-        queued_first = self._pools_holding(ranked, tier.priority)
+        queued_first = self._pools_holding(ranked, tier.priority, now)
         order = [i for i in order if ranked[i].pool not in queued_first]
         placed = [i for i in order if placed_for[i] and ranked[i].healthy]
         if not top:  # lower tiers wait for the pools placed for their prompt, never spill
@@ -309,17 +309,19 @@ class AdmissionPolicy:
                 return decision
         return None
 
-    def _pools_holding(self, ranked: Sequence[EndpointView], priority: int) -> set[str]:
+    def _pools_holding(self, ranked: Sequence[EndpointView], priority: int, now: float) -> set[str]:
         """The pools of ``ranked`` other than its first choice's that hold requests of
-        ``priority`` or above."""
-        own = ranked[0].pool
-        return {
-            view.pool
-            for view in ranked
-            if view.pool != own
-            and (queue := self._queues.get(view.pool)) is not None
-            and queue.held_at_or_above(priority)
-        }
+        ``priority`` or above, but for tenants far over their share: their pool serves others
+        past them, so others need not wait for them there either."""
+        own, holding = ranked[0].pool, set()
+        for pool in {view.pool for view in ranked} - {own}:
+            queue = self._queues.get(pool)
+            if queue is not None and any(
+                self._heavy(pool, tenant, name, held_priority, now) is None
+                for name, held_priority, tenant in queue.tenants_at_or_above(priority)
+            ):
+                holding.add(pool)
+        return holding
 
     def _soonest_or_first(
         self,

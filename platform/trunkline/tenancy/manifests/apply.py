@@ -313,8 +313,9 @@ def _tenant(session: Session, spec: TenantSpec, given: frozenset[str], report: A
     if tenant.tier_id != tier.id:
         details.append(f"tier {tenant.tier.name} -> {tier.name}")
         tenant.tier = tier
-    granted, revoked = set_entitlements(session, tenant.id, spec.models)
-    details += [f"+model {a}" for a in granted] + [f"-model {a}" for a in revoked]
+    if "models" in given:  # written out, the complete list; left out, what the API granted stays
+        granted, revoked = set_entitlements(session, tenant.id, spec.models)
+        details += [f"+model {a}" for a in granted] + [f"-model {a}" for a in revoked]
     details += _projects(session, tenant, spec) + _members(session, tenant, spec)
     if spec.quota is not None and TenantQuotaRepository(session, tenant.id).set_doc(spec.quota):
         details.append("quota overrides set")

@@ -145,8 +145,8 @@ class MemberSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TenantSpec(_Spec, tag="Tenant"):
-    """A tenant. ``models`` is its complete entitlement list; projects and members are added
-    or updated, never removed (the API may have added more)."""
+    """A tenant. ``models``, when given, is its complete entitlement list; projects and members
+    are added or updated, never removed (the API may have added more)."""
 
     slug: Slug
     name: DisplayName
