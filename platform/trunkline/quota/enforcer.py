@@ -160,7 +160,8 @@ class QuotaEnforcer:
         decided_by = "local" if outcome.local else "store"
         if not outcome.verdict.admitted or outcome.ticket is None:
             prompt_alone = demand(prompt, price.cost(prompt, 0, 0) if price else 0)
-            raise self._refusal(request, outcome, headers, decided_by, prompt_alone)
+            held = await self._held(request, outcome, now)
+            raise self._refusal(request, outcome, headers, decided_by, prompt_alone, held)
         self.metrics.decisions.labels("admitted", "", decided_by).inc()
         self._inflight[reservation_id] = (outcome.ticket, now)
         return Grant(outcome.ticket, headers, prompt, price)
@@ -241,6 +242,21 @@ class QuotaEnforcer:
             except Exception:
                 log.warning("renewing quota leases failed", exc_info=True)
 
+    async def _held(self, request: ReserveRequest, outcome: Outcome, now: int) -> Vector | None:
+        """What the refusing scope's requests in flight hold reserved of a budget that refused
+        (None: none in flight, another limit refused, or the store cannot tell)."""
+        verdict = outcome.verdict
+        if verdict.limit not in BUDGETS or outcome.local:
+            return None
+        if not outcome.used[verdict.scope][CONCURRENCY]:
+            return None
+        scope = request.scopes[verdict.scope]
+        try:
+            tokens, cost = await self.store.held(request.tenant_id, scope.kind, scope.ident, now)
+        except StoreUnavailable:
+            return None
+        return demand(tokens, cost)
+
     def _refusal(
         self,
         request: ReserveRequest,
@@ -248,6 +264,7 @@ class QuotaEnforcer:
         headers: dict[str, str],
         decided_by: str,
         prompt_alone: Vector,
+        held: Vector | None = None,
     ) -> TrunklineError:
         verdict = outcome.verdict
         assert verdict.limit is not None
@@ -261,22 +278,29 @@ class QuotaEnforcer:
         where = f"{_WHO[scope.kind]} on {_WHAT[limit_name]}"
         wait_ms = retry_after_ms(verdict, outcome.windows)
         extra = {"headers": {**headers, **retry_headers(wait_ms)}, "limit": limit_name}
-        if verdict.limit in BUDGETS and used + prompt_alone[verdict.limit] <= bound:
+        in_flight = outcome.used[verdict.scope][CONCURRENCY]
+        # Used counts the reservations of the scope's requests in flight, which give back what
+        # they do not use: what they hold does not count as spent.
+        spent = used - (held[verdict.limit] if held is not None else 0)
+        if verdict.limit in BUDGETS and held is not None and spent + wanted <= bound:
+            waiting = True  # it fits once they settle, should they use nothing more
+        elif verdict.limit in BUDGETS and spent + prompt_alone[verdict.limit] <= bound:
             # Not spent: the prompt fits, its completion reservation (max_tokens, the gateway's
             # maximum when unset) does not. Not insufficient_quota, which clients take for a
             # spent budget and stop.
             self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-            left = _show(verdict.limit, bound - used)
+            left = _show(verdict.limit, bound - spent)
             return RateLimited(
                 f"Request too large for {where}: {numbers}; {left} left. Lower max_tokens "
                 "(a request without it reserves the gateway's maximum) or the prompt.",
                 reason="rate_limit_exceeded",
                 extra={**extra, "headers": {**headers, **retry_headers(None)}},
             )
-        in_flight = outcome.used[verdict.scope][CONCURRENCY]
-        if verdict.limit in BUDGETS and in_flight:
-            # Part of what counts as used is still reserved by requests in flight, which give
-            # back what they do not use: not (yet) a spent budget, which clients stop on.
+        else:
+            # What they hold could not be read (the local limiter, a store that did not
+            # answer): their reservations may well be what refuses it.
+            waiting = held is None and bool(in_flight)
+        if verdict.limit in BUDGETS and waiting:
             self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
             return RateLimited(
                 f"Not enough left of the budget of {where} while {in_flight} of its requests "

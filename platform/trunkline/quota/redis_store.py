@@ -9,7 +9,7 @@ redis-py loads them again on the first ``NOSCRIPT``.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -21,6 +21,7 @@ from trunkline.quota import lua
 from trunkline.quota.rules import ADMITTED, Vector, Verdict
 from trunkline.quota.store import (
     COUNTERS_PER_SCOPE,
+    LEASE_SLOT,
     KeySpace,
     Outcome,
     ReserveRequest,
@@ -99,6 +100,26 @@ class RedisQuotaStore:
 
         return list(_vectors(await _call(read)))
 
+    async def held(self, tenant_id: str, kind: str, ident: str, now_ms: int) -> tuple[int, int]:
+        keys = self._space.scope_keys(tenant_id, kind, ident, windows_at(now_ms))
+
+        async def read() -> list[Any]:
+            found = await self._client.zrangebyscore(keys[LEASE_SLOT], f"({now_ms}", "+inf")
+            members = cast("list[bytes | str]", found)  # request ids (no scores asked)
+            if not members:
+                return []
+            names = [self._space.reservation_key(tenant_id, _text(m)) for m in members]
+            return list(await self._client.mget(names))
+
+        tokens = cost = 0
+        for record in await _call(read):
+            if record is None:
+                continue  # settled (or expired) since the lease was read
+            reserved, charged, deadline = (int(part) for part in _text(record).split(":"))
+            if deadline > now_ms:
+                tokens, cost = tokens + reserved, cost + charged
+        return tokens, cost
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -144,3 +165,7 @@ def _vectors(flat: Sequence[Any]) -> tuple[Vector, ...]:
         (numbers[i], numbers[i + 1], numbers[i + 2], numbers[i + 3], numbers[i + 4], numbers[i + 5])
         for i in range(0, len(numbers), COUNTERS_PER_SCOPE)
     )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -98,6 +98,10 @@ class QuotaStore(Protocol):
     ) -> list[Vector]:
         """The counters of the current windows of each ``(kind, ident)`` scope."""
 
+    async def held(self, tenant_id: str, kind: str, ident: str, now_ms: int) -> tuple[int, int]:
+        """Tokens and cost reserved by the scope's requests in flight (lease unexpired,
+        reservation not settled): part of its counters that may still be given back."""
+
     async def close(self) -> None: ...
 
 
@@ -122,5 +126,8 @@ class KeySpace:
         keys: list[str] = []
         for scope in request.scopes:
             keys += self.scope_keys(request.tenant_id, scope.kind, scope.ident, windows)
-        keys.append(f"{self.prefix}:q:{{{request.tenant_id}}}:res:{request.request_id}")
+        keys.append(self.reservation_key(request.tenant_id, request.request_id))
         return tuple(keys)
+
+    def reservation_key(self, tenant_id: str, request_id: str) -> str:
+        return f"{self.prefix}:q:{{{tenant_id}}}:res:{request_id}"

@@ -254,6 +254,24 @@ async def test_a_crashed_gateways_slots_expire_and_renewed_ones_do_not(store: Qu
     assert not (await store.reserve(request("r4", later, scoped=limited))).verdict.admitted
 
 
+async def test_what_requests_in_flight_hold_is_read_per_scope(store: QuotaStore) -> None:
+    """A budget refused while requests are in flight: spent, or held by them until they
+    settle (the gateway answers the two apart)."""
+    first = (await store.reserve(request("r1", tokens=500, cost=50))).ticket
+    second = (await store.reserve(request("r2", tokens=200, cost=20))).ticket
+    other = (await store.reserve(request("r3", tokens=70, scoped=scopes(key_id="k2")))).ticket
+    assert first is not None and second is not None and other is not None
+
+    assert await store.held("t1", "key", "k1", NOON) == (700, 70)
+    assert await store.held("t1", "tenant", "t1", NOON) == (770, 70)
+    await store.settle(first, 120, 12, NOON + 1_000)  # settled: no longer held
+    assert await store.held("t1", "key", "k1", NOON + 1_000) == (200, 20)
+    assert await store.held("t1", "key", "k9", NOON + 1_000) == (0, 0)
+    assert await store.held("t9", "tenant", "t9", NOON + 1_000) == (0, 0)
+    # A crashed gateway's requests hold nothing once their leases expired.
+    assert await store.held("t1", "key", "k1", NOON + LEASE_MS + 1) == (0, 0)
+
+
 async def test_concurrent_reservations_never_overshoot(store: QuotaStore) -> None:
     limited = scopes(tenant=Limits(tokens_per_minute=1000, concurrent_requests=50))
     outcomes = await asyncio.gather(

@@ -272,6 +272,24 @@ def test_a_budget_held_by_requests_in_flight_is_not_called_spent(make_gateway: A
     assert gw.post({**CHAT, "max_tokens": 5}).status_code == 200, "what it did not use is back"
 
 
+def test_a_budget_spent_by_settled_requests_is_spent_though_others_are_in_flight(
+    make_gateway: Any,
+) -> None:
+    """What requests in flight hold is read from the store: if the request would not fit even
+    once they gave back all of it, the budget is spent, whatever is in flight."""
+    gw: Gateway = make_gateway()
+    gw.limit(key=Limits(tokens_per_day=10_000))
+    assert gw.post(CHAT).status_code == 200  # settles USED
+    events = gw.call(open_stream, gw)  # reserves RESERVED more, in flight
+    gw.limit(key=Limits(tokens_per_day=USED + PROMPT - 1))  # not even a prompt left
+
+    refused = gw.post(CHAT)
+
+    error_of(refused, 429, "insufficient_quota", "insufficient_quota")
+    assert refused.headers["x-should-retry"] == "false"
+    gw.call(events.aclose)
+
+
 def test_reusing_a_request_id_does_not_share_a_concurrency_slot(make_gateway: Any) -> None:
     gw: Gateway = make_gateway()
     gw.limit(key=Limits(concurrent_requests=1))
