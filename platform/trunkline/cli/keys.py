@@ -115,10 +115,14 @@ def rotate_command(args: argparse.Namespace) -> int:
 
 
 def _print_keys(keys: list[ApiKey], *, file: Any = None) -> None:
-    rows = [("KEY_ID", "NAME", "PROJECT", "STATUS", "CREATED", "LAST_USED", "EXPIRES", "MODELS")]
+    rows = [
+        ("KEY_ID", "NAME", "PROJECT", "STATUS", "TIER", "CREATED", "LAST_USED", "EXPIRES",
+         "REVOKED", "MODELS")
+    ]  # fmt: skip
     rows += [
-        (k.key_id, k.name, k.project, k.status, _day(k.created_at), _day(k.last_used_at),
-         _day(k.expires_at), ",".join(k.allowed_models) if k.allowed_models else "*")
+        (k.key_id, k.name, k.project, k.status, k.tier or "-", _day(k.created_at),
+         _day(k.last_used_at), _day(k.expires_at), _day(k.revoked_at),
+         ",".join(k.allowed_models) if k.allowed_models else "*")
         for k in keys
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

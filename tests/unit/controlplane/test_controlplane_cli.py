@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import socket
 import sqlite3
@@ -208,6 +209,10 @@ def test_keys_create_list_rotate_and_revoke(
     assert run(capsys, "keys", "revoke", new_id)[:2] == (0, f"revoked {new_id} (ci)\n")
     _, listing, _ = run(capsys, "keys", "list", "--tenant", "acme")
     assert listing.count("revoked") == 2
+    header, *lines = (re.split(r"\s{2,}", line) for line in listing.splitlines())
+    assert header[:5] == ["KEY_ID", "NAME", "PROJECT", "STATUS", "TIER"] and "REVOKED" in header
+    revoked = next(line for line in lines if line[0] == new_id)
+    assert revoked[header.index("REVOKED")] != "-"  # when it was revoked
 
     # A whole key pasted for its id is never printed back (a terminal, a CI log).
     pasted = run(capsys, "keys", "revoke", secret.strip())
