@@ -47,7 +47,9 @@ class SettleAfterResponse:
     ) -> list[Vector]:
         return await self._store.usage(tenant_id, scopes, now_ms)
 
-    async def held(self, tenant_id: str, kind: str, ident: str, now_ms: int) -> tuple[int, int]:
+    async def held(
+        self, tenant_id: str, kind: str, ident: str, now_ms: int
+    ) -> tuple[int, int, int]:
         return await self._store.held(tenant_id, kind, ident, now_ms)
 
     async def close(self) -> None:

@@ -55,6 +55,10 @@ from trunkline.snapshot.schemas import KeyEntry, Snapshot
 
 log = logging.getLogger(__name__)
 
+MAX_HELD_READ: Final = 256
+"""The most requests in flight whose reservations a budget refusal reads (one record each, from
+Redis): beyond, the refusal takes them to be what refuses it (the retryable answer)."""
+
 _WHO = {"key": "your API key", "project": "your project", "tenant": "your tenant"}
 _WHAT = {
     "requests_per_minute": "requests per minute (RPM)",
@@ -244,16 +248,24 @@ class QuotaEnforcer:
 
     async def _held(self, request: ReserveRequest, outcome: Outcome, now: int) -> Vector | None:
         """What the refusing scope's requests in flight hold reserved of a budget that refused
-        (None: none in flight, another limit refused, or the store cannot tell)."""
+        (None: none in flight, another limit refused, or it cannot be told for sure)."""
         verdict = outcome.verdict
         if verdict.limit not in BUDGETS or outcome.local:
             return None
-        if not outcome.used[verdict.scope][CONCURRENCY]:
-            return None
+        in_flight = outcome.used[verdict.scope][CONCURRENCY]
+        if not 0 < in_flight <= MAX_HELD_READ:
+            return None  # none, or too many to read on every refusal: the retryable answer
         scope = request.scopes[verdict.scope]
         try:
-            tokens, cost = await self.store.held(request.tenant_id, scope.kind, scope.ident, now)
-        except StoreUnavailable:
+            tokens, cost, found = await self.store.held(
+                request.tenant_id, scope.kind, scope.ident, now
+            )
+        except Exception:
+            log.warning("reading what requests in flight hold failed", exc_info=True)
+            return None
+        if found < in_flight:
+            # One settled between the refusal and this read: its reservation is in the counters
+            # the refusal saw but not here, and would read as spent. Not sure: retryable.
             return None
         return demand(tokens, cost)
 
@@ -281,7 +293,7 @@ class QuotaEnforcer:
         in_flight = outcome.used[verdict.scope][CONCURRENCY]
         # Used counts the reservations of the scope's requests in flight, which give back what
         # they do not use: what they hold does not count as spent.
-        spent = used - (held[verdict.limit] if held is not None else 0)
+        spent = max(used - (held[verdict.limit] if held is not None else 0), 0)
         if verdict.limit in BUDGETS and held is not None and spent + wanted <= bound:
             waiting = True  # it fits once they settle, should they use nothing more
         elif verdict.limit in BUDGETS and spent + prompt_alone[verdict.limit] <= bound:
@@ -289,7 +301,7 @@ class QuotaEnforcer:
             # maximum when unset) does not. Not insufficient_quota, which clients take for a
             # spent budget and stop.
             self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-            left = _show(verdict.limit, bound - spent)
+            left = _show(verdict.limit, max(bound - spent, 0))
             return RateLimited(
                 f"Request too large for {where}: {numbers}; {left} left. Lower max_tokens "
                 "(a request without it reserves the gateway's maximum) or the prompt.",

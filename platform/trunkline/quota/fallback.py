@@ -140,7 +140,9 @@ class FallbackQuotaStore:
     ) -> list[Vector]:
         return await self._primary.usage(tenant_id, scopes, now_ms)
 
-    async def held(self, tenant_id: str, kind: str, ident: str, now_ms: int) -> tuple[int, int]:
+    async def held(
+        self, tenant_id: str, kind: str, ident: str, now_ms: int
+    ) -> tuple[int, int, int]:
         return await self._primary.held(tenant_id, kind, ident, now_ms)
 
     async def replayed(self) -> None:

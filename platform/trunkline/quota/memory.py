@@ -98,15 +98,17 @@ class InMemoryQuotaStore:
                 out.append(self._read(keys, 0, now_ms))
             return out
 
-    async def held(self, tenant_id: str, kind: str, ident: str, now_ms: int) -> tuple[int, int]:
+    async def held(
+        self, tenant_id: str, kind: str, ident: str, now_ms: int
+    ) -> tuple[int, int, int]:
         keys = self._space.scope_keys(tenant_id, kind, ident, windows_at(now_ms))
-        tokens = cost = 0
+        tokens = cost = count = 0
         with self._lock:
             for request_id, expires in self._leases.get(keys[LEASE_SLOT], {}).items():
                 found = self._reservations.get(self._space.reservation_key(tenant_id, request_id))
                 if expires > now_ms and found is not None and found[2] > now_ms:
-                    tokens, cost = tokens + found[0], cost + found[1]
-        return tokens, cost
+                    tokens, cost, count = tokens + found[0], cost + found[1], count + 1
+        return tokens, cost, count
 
     async def close(self) -> None:
         return None

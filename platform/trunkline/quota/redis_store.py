@@ -100,7 +100,9 @@ class RedisQuotaStore:
 
         return list(_vectors(await _call(read)))
 
-    async def held(self, tenant_id: str, kind: str, ident: str, now_ms: int) -> tuple[int, int]:
+    async def held(
+        self, tenant_id: str, kind: str, ident: str, now_ms: int
+    ) -> tuple[int, int, int]:
         keys = self._space.scope_keys(tenant_id, kind, ident, windows_at(now_ms))
 
         async def read() -> list[Any]:
@@ -111,14 +113,14 @@ class RedisQuotaStore:
             names = [self._space.reservation_key(tenant_id, _text(m)) for m in members]
             return list(await self._client.mget(names))
 
-        tokens = cost = 0
+        tokens = cost = count = 0
         for record in await _call(read):
             if record is None:
                 continue  # settled (or expired) since the lease was read
             reserved, charged, deadline = (int(part) for part in _text(record).split(":"))
             if deadline > now_ms:
-                tokens, cost = tokens + reserved, cost + charged
-        return tokens, cost
+                tokens, cost, count = tokens + reserved, cost + charged, count + 1
+        return tokens, cost, count
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -98,9 +98,12 @@ class QuotaStore(Protocol):
     ) -> list[Vector]:
         """The counters of the current windows of each ``(kind, ident)`` scope."""
 
-    async def held(self, tenant_id: str, kind: str, ident: str, now_ms: int) -> tuple[int, int]:
+    async def held(
+        self, tenant_id: str, kind: str, ident: str, now_ms: int
+    ) -> tuple[int, int, int]:
         """Tokens and cost reserved by the scope's requests in flight (lease unexpired,
-        reservation not settled): part of its counters that may still be given back."""
+        reservation not settled), and how many they are: part of its counters that may still
+        be given back."""
 
     async def close(self) -> None: ...
 

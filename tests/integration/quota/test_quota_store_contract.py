@@ -262,14 +262,14 @@ async def test_what_requests_in_flight_hold_is_read_per_scope(store: QuotaStore)
     other = (await store.reserve(request("r3", tokens=70, scoped=scopes(key_id="k2")))).ticket
     assert first is not None and second is not None and other is not None
 
-    assert await store.held("t1", "key", "k1", NOON) == (700, 70)
-    assert await store.held("t1", "tenant", "t1", NOON) == (770, 70)
+    assert await store.held("t1", "key", "k1", NOON) == (700, 70, 2)
+    assert await store.held("t1", "tenant", "t1", NOON) == (770, 70, 3)
     await store.settle(first, 120, 12, NOON + 1_000)  # settled: no longer held
-    assert await store.held("t1", "key", "k1", NOON + 1_000) == (200, 20)
-    assert await store.held("t1", "key", "k9", NOON + 1_000) == (0, 0)
-    assert await store.held("t9", "tenant", "t9", NOON + 1_000) == (0, 0)
+    assert await store.held("t1", "key", "k1", NOON + 1_000) == (200, 20, 1)
+    assert await store.held("t1", "key", "k9", NOON + 1_000) == (0, 0, 0)
+    assert await store.held("t9", "tenant", "t9", NOON + 1_000) == (0, 0, 0)
     # A crashed gateway's requests hold nothing once their leases expired.
-    assert await store.held("t1", "key", "k1", NOON + LEASE_MS + 1) == (0, 0)
+    assert await store.held("t1", "key", "k1", NOON + LEASE_MS + 1) == (0, 0, 0)
 
 
 async def test_concurrent_reservations_never_overshoot(store: QuotaStore) -> None:

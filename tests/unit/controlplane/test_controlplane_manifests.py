@@ -15,7 +15,7 @@ from sqlalchemy import select
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict
 from trunkline.kit.yamlfile import DuplicateKeyError, load_strict
-from trunkline.models import Pool, Tenant
+from trunkline.models import Pool, Project, Tenant
 from trunkline.tenancy.manifests import (
     ManifestError,
     apply_manifests,
@@ -251,6 +251,8 @@ def test_a_field_a_manifest_leaves_out_keeps_what_the_api_set(
         acme.regions, acme.cache_isolated = ["eu-west"], False
         pool = session.scalars(select(Pool).where(Pool.name == "h100-eu-west")).one()
         pool.tiers, pool.max_prompt_tokens = ["gold"], 4096
+        bot = session.scalars(select(Project).where(Project.name == "support-bot")).one()
+        bot.description = "set through the API"  # globex's manifest lists it without one
     runtime.publish()
 
     again = apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)
@@ -261,6 +263,9 @@ def test_a_field_a_manifest_leaves_out_keeps_what_the_api_set(
     assert acme_entry.regions == ("eu-west",) and acme_entry.cache_salt is None
     assert published.pools["h100-eu-west"].tiers == ("gold",)
     assert published.pools["h100-eu-west"].max_prompt_tokens == 4096
+    with runtime.session_factory() as session:
+        bot = session.scalars(select(Project).where(Project.name == "support-bot")).one()
+        assert bot.description == "set through the API"
 
     # Written out, a field resets: `regions: []` is anywhere again, `tiers: null` every tier.
     examples, catalog = applied_copy / "examples.yaml", applied_copy / "catalog.yaml"

@@ -243,11 +243,15 @@ def test_an_endpoint_that_left_the_snapshot_is_not_tracked_again_by_late_outcome
     state.failed("b", "RemoteProtocolError")
     state.ended(flight)
     assert set(state.loads()) == {"a"}
-    raced = state.sent("c", 10)  # a request racing a snapshot change is tracked while it runs
-    assert "c" in state.loads()
-    state.ended(raced)
-    assert set(state.loads()) == {"a"}
     assert [h.endpoint for h in state.health_report()] == ["a"]
+    # One new in a snapshot the scraper has not synced yet is tracked, failures included.
+    raced = state.sent("c", 10)
+    state.ended(raced)
+    state.failed("c", "ConnectError")
+    assert [(h.endpoint, h.request_failures) for h in state.health_report()] == [
+        ("a", 0),
+        ("c", 1),
+    ]
 
 
 async def test_wait_changed_wakes_on_any_change_and_times_out_otherwise() -> None:

@@ -49,6 +49,12 @@ class Flaky:
     ) -> list[Vector]:
         return await self.inner.usage(tenant_id, scopes, now_ms)
 
+    async def held(
+        self, tenant_id: str, kind: str, ident: str, now_ms: int
+    ) -> tuple[int, int, int]:
+        self._reachable()
+        return await self.inner.held(tenant_id, kind, ident, now_ms)
+
     async def close(self) -> None:
         return None
 

@@ -290,6 +290,32 @@ def test_a_budget_spent_by_settled_requests_is_spent_though_others_are_in_flight
     gw.call(events.aclose)
 
 
+class SettledMeanwhile(InMemoryQuotaStore):
+    """A store where the requests in flight at a refusal have settled by the time what they
+    hold is read (settles run in the background)."""
+
+    async def held(
+        self, tenant_id: str, kind: str, ident: str, now_ms: int
+    ) -> tuple[int, int, int]:
+        return 0, 0, 0
+
+
+def test_a_request_settling_between_a_refusal_and_the_held_read_is_not_taken_for_spent(
+    make_gateway: Any,
+) -> None:
+    """Its reservation was in the counters the refusal saw, not in what was read after: the
+    budget looked spent (insufficient_quota, which clients stop on) though it was not."""
+    gw: Gateway = make_gateway(store=SettledMeanwhile())
+    gw.limit(key=Limits(tokens_per_day=PROMPT + RESERVED - 6))
+    events = gw.call(open_stream, gw)
+
+    refused = gw.post(CHAT)
+
+    error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert refused.headers["retry-after"] == "1"
+    gw.call(events.aclose)
+
+
 def test_reusing_a_request_id_does_not_share_a_concurrency_slot(make_gateway: Any) -> None:
     gw: Gateway = make_gateway()
     gw.limit(key=Limits(concurrent_requests=1))

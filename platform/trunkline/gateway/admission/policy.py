@@ -165,7 +165,10 @@ class AdmissionPolicy:
             )
             if admitted is not None:
                 return admitted
-        wait_s = self._hold_estimate(tier, ranked, ahead, now=now)
+        # What it waits for: the pools it may take (not those holding requests of its rank).
+        closed = self._pools_holding(ranked, tier.priority, now)
+        open_to_it = [view for view in ranked if view.pool not in closed]
+        wait_s = self._hold_estimate(tier, open_to_it, ahead, now=now)
         # Hold only with margin: a hold that ends in a rejection wastes the client's time.
         margin_s = wait_s * self.config.hold_margin
         if tier.priority < self.config.hold_min_priority:
@@ -299,8 +302,7 @@ class AdmissionPolicy:
             # Nowhere near its idle TTFT: the endpoint where it starts soonest, if in time —
             # unless the router's choice is nearly as soon: moving a request off the replica
             # holding its prefix also costs the requests after it their cache hit.
-            order = self._soonest_or_first(request, ranked, now, sent, placed)
-            order = [i for i in order if ranked[i].pool not in queued_first]
+            order = self._soonest_or_first(request, ranked, now, sent, placed, queued_first)
         for index in order:
             decision = self._fit(
                 request, tier, ranked, index, now, sent, limit, None if top else fullest
@@ -330,15 +332,17 @@ class AdmissionPolicy:
         now: float,
         sent: Mapping[str, tuple[float, float]],
         placed: Sequence[int],
+        closed: set[str],
     ) -> list[int]:
         """Where to try the top tier when no endpoint is near its idle TTFT: the healthy endpoint
-        with the shortest predicted TTFT ([0] if none) — after the router's first healthy choice
-        (shared endpoints first) when that is predicted within ``top_keep_first_within`` of it.
+        outside ``closed`` pools with the shortest predicted TTFT ([0] if none) — after the
+        router's first healthy choice (shared endpoints first) when that is predicted within
+        ``top_keep_first_within`` of it.
         The healthy endpoints ``placed`` for the prompt's length count first: the soonest of them,
         then the soonest of all."""
         predicted: dict[int, float] = {}
         for index, view in enumerate(ranked):
-            if view.healthy:
+            if view.healthy and view.pool not in closed:
                 tokens, requests = self._since_measured(view, now, sent)
                 predicted[index] = self.predictor.predict(
                     request, view, extra_tokens=tokens, extra_requests=requests

@@ -182,8 +182,9 @@ class EngineState:
         self._policy = policy or EjectionPolicy()
         self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}
-        self._wanted: set[str] | None = None
-        """The endpoints of the snapshot (None: not synced yet, every endpoint is kept)."""
+        self._removed: set[str] = set()
+        """Endpoints a snapshot removed: a late outcome of theirs does not track them again.
+        (One not synced yet, new in the snapshot a request already used, is tracked.)"""
         self._changed = asyncio.Event()
         self.probed_by_scrapes = False
         """A scraper runs: it probes endpoints whose ejection ended, and requests wait for it."""
@@ -196,9 +197,11 @@ class EngineState:
 
     def sync(self, endpoint_ids: Iterable[str]) -> None:
         """Follow the snapshot: track these endpoints, forget the others."""
-        wanted = self._wanted = set(endpoint_ids)
+        wanted = set(endpoint_ids)
         for gone in self._endpoints.keys() - wanted:
             del self._endpoints[gone]
+            self._removed.add(gone)
+        self._removed -= wanted
         for new in wanted - self._endpoints.keys():
             self._endpoints[new] = _Endpoint(self._policy)
 
@@ -325,19 +328,16 @@ class EngineState:
             state.flights.discard(flight)
             if flight.waiting_first_byte:  # failed or cancelled before its first byte
                 state.stop_waiting(flight, self._clock())
-            if not state.flights and not self._tracked(flight.endpoint):
+            if not state.flights and flight.endpoint in self._removed:
                 del self._endpoints[flight.endpoint]  # left the snapshot while in flight
             self._notify()
-
-    def _tracked(self, endpoint: str) -> bool:
-        return self._wanted is None or endpoint in self._wanted
 
     def failed(self, endpoint: str, reason: str) -> None:
         """A request's connect error, 5xx, timeout, or failure before or during its stream."""
         self._failed(endpoint, reason, scrape=False)
 
     def _failed(self, endpoint: str, reason: str, *, scrape: bool) -> None:
-        if not self._tracked(endpoint) and endpoint not in self._endpoints:
+        if endpoint in self._removed and endpoint not in self._endpoints:
             return  # left the snapshot: tracked again it showed in /health and /metrics
         state = self._get(endpoint)
         now = self._clock()

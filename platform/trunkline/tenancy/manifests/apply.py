@@ -328,9 +328,9 @@ def _projects(session: Session, tenant: Tenant, spec: TenantSpec) -> list[str]:
     for project in spec.projects:
         row = projects.by_name(project.name)
         if row is None:
-            projects.add(project.name, project.description)
+            projects.add(project.name, project.description or "")
             details.append(f"+project {project.name}")
-        elif assign(row, {"description": project.description}):
+        elif project.description is not None and assign(row, {"description": project.description}):
             details.append(f"project {project.name} description updated")
     return details
 

@@ -135,7 +135,8 @@ class CascadeSpec(_Spec, tag="Cascade"):
 
 class ProjectSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: ProjectName
-    description: Description = ""
+    description: Description | None = None
+    """Left out (None): a new project's is empty, an existing one's is kept."""
 
 
 class MemberSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
