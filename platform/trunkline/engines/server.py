@@ -230,6 +230,8 @@ class SimApp:
     async def _send_full(
         self, streams: list[RequestStream], reply: Reply, params: GenerateParams, send: Send
     ) -> None:
+        seeds = _logprob_seeds(params)
+
         async def answer(index: int, stream: RequestStream) -> tuple[Answer, RequestUsage]:
             events = [event async for event in stream]
             last = events[-1]
@@ -237,8 +239,8 @@ class SimApp:
             tokens = [event.token_id for event in events]
             logprobs = None
             if params.logprobs is not None:
-                seed = logprob_seed(params.answers()[index][0])
-                logprobs = logprobs_body(reply.kind, answer_logprobs(seed, tokens, params.logprobs))
+                tokens_logprobs = answer_logprobs(seeds[index], tokens, params.logprobs)
+                logprobs = logprobs_body(reply.kind, tokens_logprobs)
             return Answer(detokenize(tokens), last.finish_reason, logprobs), last.usage
 
         done = await asyncio.gather(*(answer(i, s) for i, s in enumerate(streams)))
@@ -267,6 +269,7 @@ class SimApp:
                 events.put_nowait((index, None))
 
         tasks = [asyncio.create_task(forward(i, s)) for i, s in enumerate(streams)]
+        seeds = _logprob_seeds(params)
         try:
             position = [0] * len(streams)  # per choice: the answer's tokens and characters sent
             sent = [0] * len(streams)
@@ -282,9 +285,8 @@ class SimApp:
                 text = detokenize((event.token_id,))
                 logprobs = None
                 if params.logprobs is not None:
-                    seed = logprob_seed(params.answers()[index][0])
                     token = answer_logprobs(
-                        seed, (event.token_id,), params.logprobs, position[index]
+                        seeds[index], (event.token_id,), params.logprobs, position[index]
                     )
                     logprobs = logprobs_body(reply.kind, token, sent[index])
                 position[index] += 1
@@ -304,6 +306,13 @@ class SimApp:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await send({"type": "http.response.body", "body": _DONE})
+
+
+def _logprob_seeds(params: GenerateParams) -> list[bytes]:
+    """Per choice, what draws its made-up log-probabilities (its prompt); none unasked."""
+    if params.logprobs is None:
+        return []
+    return [logprob_seed(prompt) for prompt, _max_tokens in params.answers()]
 
 
 def _usage(usages: list[RequestUsage], n: int) -> RequestUsage:
