@@ -13,7 +13,7 @@ from trunkline.gateway.routing import Candidate
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
-from trunkline.quota.estimate import estimate_prompt_tokens
+from trunkline.quota.estimate import answers_per_prompt, estimate_prompt_tokens
 
 __all__ = ["CLIENT_CLOSED", "UsageMeter"]
 
@@ -148,7 +148,4 @@ class UsageMeter:
 def _role_chunks(request: ParsedRequest) -> int:
     """Chunks of a stream that carry no token: vLLM opens each chat answer (``n`` of them)
     with one naming the assistant's role; a completions stream has none."""
-    if request.kind != "chat":
-        return 0
-    choices = request.body.get("n")
-    return choices if isinstance(choices, int) and not isinstance(choices, bool) else 1
+    return answers_per_prompt(request.body) if request.kind == "chat" else 0

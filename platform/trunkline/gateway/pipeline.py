@@ -13,7 +13,7 @@ import msgspec
 from trunkline.errors import Forbidden, InvalidRequest, NotFound
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.routing.candidates import placed_away
-from trunkline.quota.estimate import completion_maximum
+from trunkline.quota.estimate import completion_field, completion_maximum
 from trunkline.snapshot import AliasEntry, Snapshot
 
 _json_decoder = msgspec.json.Decoder()
@@ -181,9 +181,7 @@ def check_context(request: ParsedRequest, alias: AliasEntry) -> None:
     asked = completion_maximum(request.kind, request.body)
     if limit is None or asked is None or asked <= limit:
         return
-    name = "max_tokens"
-    if request.kind == "chat" and request.body.get("max_completion_tokens"):
-        name = "max_completion_tokens"
+    name = completion_field(request.kind, request.body)
     raise InvalidRequest(
         f"'{name}' is too large: {asked}. The model '{request.alias}' has a context window of "
         f"{limit} tokens, prompt and answer together; request at most {limit}.",

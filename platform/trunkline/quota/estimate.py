@@ -10,7 +10,7 @@ definitions as JSON. Media parts count a fixed :data:`MEDIA_PART_TOKENS`, not th
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import msgspec
 
@@ -55,8 +55,7 @@ def completion_budget(
     the model's ``context_length`` (prompt included), so none reserves more than that."""
     if kind == "embeddings":
         return 0
-    choices = body.get("n")
-    count = choices if isinstance(choices, int) and _positive_int(choices) else 1
+    count = answers_per_prompt(body)
     if kind == "completions":
         count *= _prompt_count(body.get("prompt"))
     asked = completion_maximum(kind, body)
@@ -66,18 +65,28 @@ def completion_budget(
     return budget
 
 
-def completion_maximum(kind: str, body: dict[str, Any]) -> int | None:
-    """The most tokens the client lets one answer have, as vLLM reads it:
-    ``max_completion_tokens`` before ``max_tokens`` on chat, ``max_tokens`` alone on
-    completions (which ignore the other, so a small ``max_completion_tokens`` there must not
-    shrink the reservation); None when unset (or not a positive integer, which the gateway
-    refuses before it reserves)."""
+def answers_per_prompt(body: dict[str, Any]) -> int:
+    """``n``: how many answers the engine generates for each prompt (1 unless a positive
+    integer says otherwise)."""
+    choices = body.get("n")
+    return choices if _positive_int(choices) else 1
+
+
+def completion_field(kind: str, body: dict[str, Any]) -> str | None:
+    """The field vLLM reads an answer's maximum from: ``max_completion_tokens`` before
+    ``max_tokens`` on chat, ``max_tokens`` alone on completions (which ignore the other, so a
+    small ``max_completion_tokens`` there must not shrink the reservation); None for
+    embeddings."""
     if kind == "chat":
-        asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    elif kind == "completions":
-        asked = body.get("max_tokens")
-    else:
-        return None
+        return "max_completion_tokens" if body.get("max_completion_tokens") else "max_tokens"
+    return "max_tokens" if kind == "completions" else None
+
+
+def completion_maximum(kind: str, body: dict[str, Any]) -> int | None:
+    """The most tokens the client lets one answer have (:func:`completion_field`); None when
+    unset (or not a positive integer, which the gateway refuses before it reserves)."""
+    field = completion_field(kind, body)
+    asked = None if field is None else body.get(field)
     return asked if _positive_int(asked) else None
 
 
@@ -89,7 +98,7 @@ def _prompt_count(prompt: object) -> int:
     return 1
 
 
-def _positive_int(value: object) -> bool:
+def _positive_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 

@@ -348,7 +348,7 @@ class EngineState:
                 if flight.waiting_first_byte and flight.on_ejected is not None:
                     flight.on_ejected()
         if state.health.failed(now, scrape=scrape):
-            until = (state.health.ejected_until or 0.0) - self._clock()
+            until = (state.health.ejected_until or 0.0) - now
             log.warning(
                 "endpoint ejected",
                 extra={"endpoint_id": endpoint, "reason": reason, "ejected_for_s": round(until, 3)},
