@@ -290,38 +290,37 @@ class QuotaEnforcer:
         where = f"{_WHO[scope.kind]} on {_WHAT[limit_name]}"
         wait_ms = retry_after_ms(verdict, outcome.windows)
         extra = {"headers": {**headers, **retry_headers(wait_ms)}, "limit": limit_name}
-        in_flight = outcome.used[verdict.scope][CONCURRENCY]
-        # Used counts the reservations of the scope's requests in flight, which give back what
-        # they do not use: what they hold does not count as spent.
-        spent = max(used - (held[verdict.limit] if held is not None else 0), 0)
-        if verdict.limit in BUDGETS and held is not None and spent + wanted <= bound:
-            waiting = True  # it fits once they settle, should they use nothing more
-        elif verdict.limit in BUDGETS and spent + prompt_alone[verdict.limit] <= bound:
-            # Not spent: the prompt fits, its completion reservation (max_tokens, the gateway's
-            # maximum when unset) does not. Not insufficient_quota, which clients take for a
-            # spent budget and stop.
-            self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-            left = _show(verdict.limit, max(bound - spent, 0))
-            return RateLimited(
-                f"Request too large for {where}: {numbers}; {left} left. Lower max_tokens "
-                "(a request without it reserves the gateway's maximum) or the prompt.",
-                reason="rate_limit_exceeded",
-                extra={**extra, "headers": {**headers, **retry_headers(None)}},
-            )
-        else:
-            # What they hold could not be read (the local limiter, a store that did not
-            # answer): their reservations may well be what refuses it.
-            waiting = held is None and bool(in_flight)
-        if verdict.limit in BUDGETS and waiting:
-            self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-            return RateLimited(
-                f"Not enough left of the budget of {where} while {in_flight} of its requests "
-                f"are in flight: {numbers} (used counts their reservations). Retry when they "
-                "finish: what they do not use goes back to the budget.",
-                reason="rate_limit_exceeded",
-                extra={**extra, "headers": {**headers, **retry_headers(CONCURRENCY_RETRY_MS)}},
-            )
         if verdict.limit in BUDGETS:
+            in_flight = outcome.used[verdict.scope][CONCURRENCY]
+            case, spent = _budget_case(
+                used,
+                None if held is None else held[verdict.limit],
+                wanted,
+                prompt_alone[verdict.limit],
+                bound,
+                in_flight,
+            )
+            if case == "too_large":
+                # Not spent: the prompt fits, its completion reservation (max_tokens, the
+                # gateway's maximum when unset) does not. Not insufficient_quota, which clients
+                # take for a spent budget and stop.
+                self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
+                left = _show(verdict.limit, max(bound - spent, 0))
+                return RateLimited(
+                    f"Request too large for {where}: {numbers}; {left} left. Lower max_tokens "
+                    "(a request without it reserves the gateway's maximum) or the prompt.",
+                    reason="rate_limit_exceeded",
+                    extra={**extra, "headers": {**headers, **retry_headers(None)}},
+                )
+            if case == "in_flight":
+                self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
+                return RateLimited(
+                    f"Not enough left of the budget of {where} while {in_flight} of its requests "
+                    f"are in flight: {numbers} (used counts their reservations). Retry when "
+                    "they finish: what they do not use goes back to the budget.",
+                    reason="rate_limit_exceeded",
+                    extra={**extra, "headers": {**headers, **retry_headers(CONCURRENCY_RETRY_MS)}},
+                )
             self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()
             end = outcome.windows.day_end_ms if limit_name == "tokens_per_day" else None
             resets = iso_utc(end or outcome.windows.month_end_ms)
@@ -339,6 +338,25 @@ class QuotaEnforcer:
             message = f"Rate limit reached for {where}: {numbers}. "
             message += f"Please try again in {wait_ms / 1000:.3g}s."
         return RateLimited(message, reason="rate_limit_exceeded", extra=extra)
+
+
+def _budget_case(
+    used: int, held: int | None, wanted: int, prompt: int, bound: int, in_flight: int
+) -> tuple[str, int]:
+    """Why a budget refused a request, and how much of it is spent. ``used`` counts the
+    reservations of the scope's requests in flight (``held`` of it, None when that could not
+    be read), which give back what they do not use:
+
+    - ``in_flight``: it fits once they settle, should they use nothing more (or, ``held``
+      unread, they may well be what refuses it);
+    - ``too_large``: the prompt fits what is left, its completion reservation does not;
+    - ``spent``: not even the prompt fits."""
+    spent = max(used - (held or 0), 0)
+    if held is not None and spent + wanted <= bound:
+        return "in_flight", spent
+    if spent + prompt <= bound:
+        return "too_large", spent
+    return ("in_flight" if held is None and in_flight else "spent"), spent
 
 
 def _show(limit: int, value: int) -> str:
