@@ -370,14 +370,21 @@ def frames(seq: int, events_: list[object]) -> list[bytes]:
     ]
 
 
+def replaying_stream(
+    address: str,
+) -> tuple[Sink, KvEventSubscriber, zmq.asyncio.Context, kv_subscriber._Stream]:
+    """Endpoint e1's stream, replaying from ``address`` into a sink (term the context after)."""
+    sink = Sink()
+    subscriber = KvEventSubscriber(sink, lambda: [])
+    context = zmq.asyncio.Context()
+    return sink, subscriber, context, kv_subscriber._Stream("e1", subscriber, context, address)
+
+
 async def test_a_replayed_message_seen_again_is_skipped_but_a_new_engines_is_not() -> None:
     publisher = replaying_publisher(lose=set())
     for block in range(10):
         publish(publisher, block)
-    sink = Sink()
-    subscriber = KvEventSubscriber(sink, lambda: [])
-    context = zmq.asyncio.Context()
-    stream = kv_subscriber._Stream("e1", subscriber, context, publisher.replay_endpoint)
+    sink, subscriber, context, stream = replaying_stream(publisher.replay_endpoint)
     try:
         await stream.replay()
         kept = [seq_payload for seq_payload in publisher._kept]
@@ -467,10 +474,7 @@ class ScriptedReplays:
 
 async def test_a_replay_cut_short_is_asked_again_from_where_it_stopped() -> None:
     replays = ScriptedReplays([[*range(10), 15], list(range(10, 16))])  # 10-14 dropped first
-    sink = Sink()
-    subscriber = KvEventSubscriber(sink, lambda: [])
-    context = zmq.asyncio.Context()
-    stream = kv_subscriber._Stream("e1", subscriber, context, replays.address)
+    sink, subscriber, context, stream = replaying_stream(replays.address)
     try:
         await stream.replay()
     finally:
