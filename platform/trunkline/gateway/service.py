@@ -65,7 +65,6 @@ from trunkline.gateway.routing import (
     endpoint_view,
     make_policy,
 )
-from trunkline.gateway.routing.candidates import open_pools
 from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.metering.stream import UsageEmitter
@@ -202,7 +201,7 @@ class GatewayService:
         plan = plan_cascade(request, alias)
         if plan is None:
             return await attempt(request, alias, request_id)
-        alone = placed_alone(snapshot, plan, principal)
+        alone = cascade.placed_alone(snapshot, plan, principal)
         if alone is not None:  # placement leaves this caller one model of the cascade
             reply = await attempt(request, alone[0], request_id)
             reply.headers[cascade.HEADER], reply.headers[cascade.REASON_HEADER] = alone[1:]
@@ -485,20 +484,3 @@ def _retry_headers(response: httpx.Response) -> dict[str, str]:
 
 def _upstream_headers(request_id: str) -> dict[str, str]:
     return {"content-type": "application/json", "x-request-id": request_id}
-
-
-def placed_alone(
-    snapshot: Snapshot, plan: cascade.CascadePlan, principal: Principal
-) -> tuple[AliasEntry, str, str] | None:
-    """When placement leaves the caller's tenant and tier pools of only one model of a
-    cascade: that model's alias, and the cascade headers its answer carries. The other is not
-    tried: the small model's attempt would fail and be charged; escalating to closed pools
-    would end in a 503 after it."""
-    tenant, tier = principal.tenant, principal.tier
-    small = bool(open_pools(snapshot, plan.first_alias.pools, tenant, tier))
-    large = bool(open_pools(snapshot, plan.escalated_alias.pools, tenant, tier))
-    if small and not large:
-        return plan.first_alias, "first", "escalation_closed"
-    if large and not small:
-        return plan.escalated_alias, "escalated", "first_closed"
-    return None

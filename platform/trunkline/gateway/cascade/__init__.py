@@ -23,6 +23,7 @@ from trunkline.gateway.cascade.plan import (
     Verdict,
     attempt_request_id,
     judge,
+    placed_alone,
     plan_cascade,
     replace_alias,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "escalation_reason",
     "is_refusal",
     "judge",
+    "placed_alone",
     "plan_cascade",
     "read_answer",
     "replace_alias",

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from trunkline.gateway.authn import Principal
 from trunkline.gateway.cascade.checks import (
     CONFIDENCE_INSTRUCTION,
     escalation_reason,
@@ -21,7 +22,8 @@ from trunkline.gateway.cascade.checks import (
     split_confidence,
 )
 from trunkline.gateway.pipeline import ParsedRequest
-from trunkline.snapshot import AliasEntry, CascadeEntry
+from trunkline.gateway.routing.candidates import open_pools
+from trunkline.snapshot import AliasEntry, CascadeEntry, Snapshot
 
 HEADER = "x-trunkline-cascade"
 """``first`` when the first model's answer was kept, ``escalated`` when the large one answered."""
@@ -142,3 +144,20 @@ def _set_text(document: dict[str, Any], text: str) -> None:
     message = choices[0].get("message")
     if isinstance(message, dict) and isinstance(message.get("content"), str):
         message["content"] = text
+
+
+def placed_alone(
+    snapshot: Snapshot, plan: CascadePlan, principal: Principal
+) -> tuple[AliasEntry, str, str] | None:
+    """When placement leaves the caller's tenant and tier pools of only one model of a
+    cascade: that model's alias, and the cascade headers its answer carries. The other is not
+    tried: the small model's attempt would fail and be charged; escalating to closed pools
+    would end in a 503 after it."""
+    tenant, tier = principal.tenant, principal.tier
+    small = bool(open_pools(snapshot, plan.first_alias.pools, tenant, tier))
+    large = bool(open_pools(snapshot, plan.escalated_alias.pools, tenant, tier))
+    if small and not large:
+        return plan.first_alias, "first", "escalation_closed"
+    if large and not small:
+        return plan.escalated_alias, "escalated", "first_closed"
+    return None
