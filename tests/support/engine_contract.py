@@ -65,7 +65,7 @@ def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], 
     """Answer maximums against the model's context window ``max_model_len``, as vLLM 0.32
     takes them: (endpoint, request fields, the refused param or None when served). A maximum
     over the window is refused, naming the field the client used; one within it is clamped to
-    what the prompt leaves (check ``within_context_window`` on the answer)."""
+    what the prompt leaves (check it with :func:`check_context_answer`)."""
     window = max_model_len
     hi = [{"role": "user", "content": "hi there"}]
     return [
@@ -135,10 +135,20 @@ CONTEXT_REFUSAL = "cannot be greater than max_model_len"
 """What vLLM's refusal of an answer maximum over the context window says."""
 
 
-def within_context_window(body: dict[str, Any], max_model_len: int) -> bool:
-    """Whether a served answer stayed within the window: prompt and answer together."""
-    usage = body["usage"]
-    return 0 < usage["completion_tokens"] <= max_model_len - usage["prompt_tokens"]
+def check_context_answer(
+    status: int, body: dict[str, Any], param: str | None, max_model_len: int
+) -> None:
+    """The answer to a :func:`context_window_cases` case: refused naming ``param``, or (None)
+    served within the window, prompt and answer together."""
+    if param is None:
+        assert status == 200, body
+        usage = body["usage"]
+        assert 0 < usage["completion_tokens"] <= max_model_len - usage["prompt_tokens"], usage
+        return
+    assert status == 400, body
+    error = body["error"]
+    assert (error["param"], error["code"]) == (param, 400)
+    assert f"{param}={max_model_len + 1} {CONTEXT_REFUSAL}={max_model_len}" in error["message"]
 
 
 def token_logprobs(kind: str, logprobs: list[dict[str, Any]]) -> list[tuple[float, list[float]]]:

@@ -1,5 +1,5 @@
 """vLLM itself, no gateway: answers the simulated engine must give alike
-(tests/unit/engines/test_sim_server.py runs the same cases on it)."""
+(tests/unit/engines/test_sim_vllm_contract.py runs the same cases on it)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import pytest
 
 from support.engine_contract import (
     ANSWER_TOKENS,
-    CONTEXT_REFUSAL,
     MULTI_ANSWER_CASES,
+    check_context_answer,
     check_multi_answer,
     check_multi_answer_stream,
     context_window_cases,
-    within_context_window,
 )
 from support.vllm import VllmServer
 
@@ -36,14 +35,7 @@ def test_answer_maximums_over_the_context_are_refused_and_within_it_clamped(
     path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
     body = {"model": vllm_server.model_name, **fields}
     response = httpx.post(f"{vllm_server.url}{path}", json=body, timeout=120.0)
-    if param is None:
-        assert response.status_code == 200, response.text
-        assert within_context_window(response.json(), MAX_MODEL_LEN), response.json()["usage"]
-        return
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert (error["param"], error["code"]) == (param, 400)
-    assert f"{param}={MAX_MODEL_LEN + 1} {CONTEXT_REFUSAL}={MAX_MODEL_LEN}" in error["message"]
+    check_context_answer(response.status_code, response.json(), param, MAX_MODEL_LEN)
 
 
 @pytest.mark.parametrize(("kind", "fields", "alone"), MULTI_ANSWER_CASES)

@@ -125,7 +125,7 @@ def test_prompt_over_max_model_len_is_vllms_400_in_openai_shape(
 
 
 def test_bodies_vllm_refuses_are_its_400_in_openai_shape(gateway: Gateway) -> None:
-    """The simulated engine answers these alike (tests/unit/engines/test_sim_server.py)."""
+    """The simulated engine answers these alike (tests/unit/engines/test_sim_vllm_contract.py)."""
     for bad, param, message in REFUSED:
         response = gateway.post("/v1/chat/completions", {**_chat("hello"), **bad})
         assert response.status_code == 400, (bad, response.text)

@@ -1,0 +1,83 @@
+"""What the simulated engine answers as vLLM 0.32 does: the cases of
+tests/support/engine_contract.py, which tests/integration/vllm sends to the real server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tests.unit.engines.helpers import sse_payloads
+from tests.unit.engines.test_sim_server import (
+    CHAT_PATH,
+    COMPLETIONS_PATH,
+    MESSAGES,
+    MODEL,
+    Sim,
+    sim,
+)
+
+from support.engine_contract import (
+    ACCEPTED,
+    ANSWER_TOKENS,
+    MULTI_ANSWER_CASES,
+    REFUSED,
+    check_context_answer,
+    check_multi_answer,
+    check_multi_answer_stream,
+    context_window_cases,
+)
+
+__all__ = ["sim"]  # the fixture, shared with test_sim_server
+
+
+@pytest.mark.parametrize(("kind", "fields", "alone"), MULTI_ANSWER_CASES)
+async def test_n_answers_and_lists_of_prompts_are_answered_like_vllm(
+    sim: Sim, kind: str, fields: dict[str, Any], alone: list[dict[str, Any]]
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
+    common = {"model": MODEL, "max_tokens": ANSWER_TOKENS, "ignore_eos": True}
+    singles = [(await sim.client.post(path, json={**common, **one})).json() for one in alone]
+    full = await sim.client.post(path, json={**common, **fields})
+    assert full.status_code == 200, full.text
+    check_multi_answer(kind, fields, full.json(), singles)
+    texts = [c.get("text") or c.get("message", {}).get("content") for c in full.json()["choices"]]
+    assert len(set(texts)) > 1, "the answers are sampled apart"
+
+    stream = {**common, **fields, "stream": True, "stream_options": {"include_usage": True}}
+    response = await sim.client.post(path, json=stream)
+    *events, done = sse_payloads(response.text)
+    assert done == "[DONE]"
+    check_multi_answer_stream(kind, fields, events)
+
+
+@pytest.mark.parametrize(("kind", "fields", "param"), context_window_cases(512))
+async def test_answer_maximums_over_the_context_are_refused_and_within_it_clamped(
+    sim: Sim, kind: str, fields: dict[str, Any], param: str | None
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
+    response = await sim.client.post(path, json={"model": MODEL, **fields})
+    check_context_answer(response.status_code, response.json(), param, 512)
+
+
+@pytest.mark.parametrize(("bad", "param", "message"), REFUSED)
+async def test_bodies_vllm_refuses_get_its_errors(
+    sim: Sim, bad: dict[str, Any], param: str | None, message: str
+) -> None:
+    body = {"model": MODEL, "messages": MESSAGES, **bad}
+    response = await sim.client.post(CHAT_PATH, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, 400)
+    assert message in error["message"]
+    # vLLM's request-model validation says "Bad Request", its own checks "BadRequestError".
+    expected = "Bad Request" if param and param.startswith("body.") else "BadRequestError"
+    assert error["type"] == expected
+    assert sim.app.core.counters.prefix_cache_queries == 0
+
+
+async def test_bodies_vllm_accepts_are_accepted(sim: Sim) -> None:
+    for fine in ACCEPTED:
+        body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2, **fine}
+        assert (await sim.client.post(CHAT_PATH, json=body)).status_code == 200, fine
