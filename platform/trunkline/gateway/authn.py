@@ -26,7 +26,10 @@ def authenticate(
     snapshot: Snapshot, authorization: str | None, server_secret: bytes, now: float
 ) -> Principal:
     if not authorization:
-        raise _refuse("You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+        raise _refuse(
+            "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'"
+            " (or 'api-key: <key>')."
+        )
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _refuse("Malformed Authorization header; expected 'Bearer <key>'.")

@@ -65,11 +65,20 @@ def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
     return headers
 
 
+def _credentials(request: Request[object, object, State]) -> str | None:
+    """The ``Authorization`` header, or Azure OpenAI clients' ``api-key`` header as a bearer
+    token when that is absent (``AzureOpenAI`` sends its key so)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and (api_key := request.headers.get("api-key")):
+        return f"Bearer {api_key}"
+    return authorization
+
+
 async def _serve(kind: str, request: Request[object, object, State]) -> Response[bytes]:
     service = _service(request.app.state)
     ids = _id_headers(request)
     request_id = ids["x-request-id"]
-    principal = service.authenticate(request.headers.get("authorization"))
+    principal = service.authenticate(_credentials(request))
     token = tlog.bind(
         request_id=request_id,
         client_request_id=ids.get("x-client-request-id"),
@@ -143,7 +152,7 @@ async def retrieve_model(
 def _visible_models(request: Request[object, object, State]) -> dict[str, dict[str, object]]:
     """The caller's models in OpenAI's shape, by id (authenticating the caller)."""
     service = _service(request.app.state)
-    principal = service.authenticate(request.headers.get("authorization"))
+    principal = service.authenticate(_credentials(request))
     snapshot = service.holder.current
     return {
         a.alias: {"id": a.alias, "object": "model", "created": a.created, "owned_by": "trunkline"}
@@ -185,7 +194,15 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
     return Response(body, status_code=200 if ok else 503, media_type=JSON)
 
 
-def _http_error(exc: HTTPException, max_body_bytes: int | None) -> TrunklineError:
+_SERVED = (
+    "This gateway serves POST /v1/chat/completions, /v1/completions and /v1/embeddings, "
+    "and GET /v1/models."
+)
+
+
+def _http_error(
+    exc: HTTPException, max_body_bytes: int | None, request: Request[object, object, State]
+) -> TrunklineError:
     if exc.status_code == 413:
         limit = f" ({max_body_bytes:,} bytes)" if max_body_bytes else ""
         return PayloadTooLarge(
@@ -193,8 +210,10 @@ def _http_error(exc: HTTPException, max_body_bytes: int | None) -> TrunklineErro
             reason="request_too_large",
         )
     if exc.status_code == 404:
+        path = request.url.path
+        shown = path if len(path) <= 120 else f"{path[:120]}…"
         return NotFound(
-            "Unknown path. The gateway serves the OpenAI API under /v1.", reason="unknown_url"
+            f"Unknown request URL: {request.method} {shown}. {_SERVED}", reason="unknown_url"
         )
     if exc.status_code == 405:
         allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), None)
@@ -208,7 +227,7 @@ def _http_error(exc: HTTPException, max_body_bytes: int | None) -> TrunklineErro
 
 def error_handler(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
-        exc = _http_error(exc, request.app.state.get("max_body_bytes"))
+        exc = _http_error(exc, request.app.state.get("max_body_bytes"), request)
     if not isinstance(exc, TrunklineError):
         log.exception("unhandled error in the gateway")
         exc = TrunklineError("The gateway failed to handle the request.")

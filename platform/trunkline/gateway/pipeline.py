@@ -139,18 +139,17 @@ def _check_payload(kind: str, body: dict[str, Any]) -> None:
 
 def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) -> AliasEntry:
     """The alias the caller may use for this request, or a clear refusal."""
-    alias = snapshot.aliases.get(request.alias)
-    allowed = principal.tenant.aliases
+    alias = callable_alias(snapshot, principal, request.alias)
     key_allowed = principal.key.allowed_aliases
     if alias is None:
+        # An alias the tenant is not entitled to answers as one that does not exist, so a key
+        # cannot list other tenants' private models by their refusals (OpenAI answers alike).
         raise NotFound(
             f"The model '{request.alias}' does not exist or you do not have access to it.",
             param="model",
             reason="model_not_found",
         )
-    if request.alias not in allowed or (
-        key_allowed is not None and request.alias not in key_allowed
-    ):
+    if key_allowed is not None and alias.alias not in key_allowed:
         raise Forbidden(
             f"Your API key is not allowed to use the model '{request.alias}'.",
             param="model",
@@ -170,6 +169,30 @@ def entitle(snapshot: Snapshot, principal: Principal, request: ParsedRequest) ->
             reason="no_pool_for_tenant",
         )
     return alias
+
+
+def callable_alias(snapshot: Snapshot, principal: Principal, name: str) -> AliasEntry | None:
+    """What ``name`` calls for this caller: an alias its tenant is entitled to, else the served
+    name of a model that one of those (not a cascade) serves, since answers carry the served
+    name as OpenAI's carry a dated model id, and a client may call back the name it was
+    answered with. Of several such aliases, the first by name the key may use and placement
+    leaves the caller a pool of. None: nothing the tenant may use (unknown names alike)."""
+    allowed = principal.tenant.aliases
+    alias = snapshot.aliases.get(name)
+    if alias is not None:
+        return alias if name in allowed else None
+    serving = [
+        entry
+        for entry in (snapshot.aliases.get(a) for a in sorted(allowed))
+        if entry is not None and entry.cascade is None and entry.model == name
+    ]
+    key_allowed = principal.key.allowed_aliases
+
+    def preference(entry: AliasEntry) -> tuple[bool, bool]:
+        narrowed = key_allowed is not None and entry.alias not in key_allowed
+        return narrowed, not reachable(snapshot, entry, principal)
+
+    return min(serving, key=preference, default=None)
 
 
 def check_context(request: ParsedRequest, alias: AliasEntry) -> None:

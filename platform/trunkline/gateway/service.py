@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import httpx
@@ -178,6 +178,8 @@ class GatewayService:
         snapshot = self.holder.current
         request = parse_body(kind, raw, cache_salt=principal.tenant.cache_salt)
         alias = entitle(snapshot, principal, request)
+        if alias.alias != request.alias:  # called by its served name: metered under the alias
+            request = replace(request, alias=alias.alias)
 
         async def attempt(sent: ParsedRequest, target: AliasEntry, attempt_id: str) -> Reply:
             # Each attempt reserves and settles its own quota and emits its own usage event.

@@ -225,6 +225,18 @@ def test_replay_chunks_rebuild_the_stream_of_a_chat_answer() -> None:
     assert [c for c in replay_chunks("chat", document, include_usage=False) if "usage" in c] == []
 
 
+def test_replay_chunks_carry_the_answer_s_fingerprint_and_service_tier_on_every_chunk() -> None:
+    document = {**json.loads(_chat_answer("Paris.")), "system_fingerprint": "fp_1"}
+    document["service_tier"] = "default"
+    for kind in ("chat", "completions"):
+        chunks = list(replay_chunks(kind, document, include_usage=True))
+        assert {(c["system_fingerprint"], c["service_tier"]) for c in chunks} == {
+            ("fp_1", "default")
+        }
+    plain = json.loads(_chat_answer("Paris."))  # an answer without them: none is made up
+    assert all("system_fingerprint" not in c for c in replay_chunks("chat", plain, True))
+
+
 def test_replay_chunks_keep_the_tool_calls_and_reasoning_of_a_chat_answer() -> None:
     call = {"id": "chatcmpl-tool-1", "type": "function"}
     call["function"] = {"name": "get_weather", "arguments": '{"city": "Paris"}'}

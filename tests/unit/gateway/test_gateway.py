@@ -8,10 +8,10 @@ import time
 import httpx
 import msgspec
 import pytest
-from tests.unit.gateway.conftest import TENANT_B, Harness
+from tests.unit.gateway.conftest import TENANT_A, TENANT_B, Harness
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
-from trunkline.snapshot import Snapshot
+from trunkline.snapshot import AliasEntry, CascadeEntry, Snapshot
 
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -267,14 +267,19 @@ def test_oversized_body_gets_413(make_gateway) -> None:
     assert gw.upstream == []
 
 
-def test_unknown_model_is_404_and_unentitled_model_is_403(make_gateway) -> None:
+def test_unknown_and_unentitled_models_are_alike_404_and_a_key_narrowing_is_403(
+    make_gateway,
+) -> None:
     gw, key = _ready(make_gateway)
     r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=auth(key))
-    assert assert_openai_error(r, 404, "model_not_found")["param"] == "model"
+    unknown = assert_openai_error(r, 404, "model_not_found")
+    assert unknown["param"] == "model"
     r = gw.client.post(
         "/v1/chat/completions", json={**CHAT, "model": "secret-model"}, headers=auth(key)
     )
-    assert_openai_error(r, 403, "model_not_allowed")
+    # another tenant's alias is refused as if it did not exist: the refusal does not reveal it
+    unentitled = assert_openai_error(r, 404, "model_not_found")
+    assert unentitled["message"] == unknown["message"].replace("gpt-9", "secret-model")
     narrow = gw.world.add_key(allowed=frozenset({"bge"}))
     gw.world.publish()
     _wait_for_version(gw)
@@ -314,6 +319,44 @@ def test_a_model_placed_only_for_other_tiers_or_regions_is_403_and_not_listed(
     assert gw.upstream == []
 
 
+def test_a_model_s_served_name_from_its_answers_can_be_called_back(make_gateway) -> None:
+    gw, key = _ready(make_gateway)
+    answered = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    served = answered.json()["model"]
+    assert served == "llama-8b-served"  # answers carry the served name (the engine's)
+    again = gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": served}, headers=auth(key)
+    )
+    assert again.status_code == 200, again.text
+    assert json.loads(gw.upstream[-1].content)["model"] == served
+    assert [record.alias for record in gw.drain_usage()] == ["llama", "llama"]  # metered alike
+    narrow = gw.world.add_key(allowed=frozenset({"bge"}))  # the tenant's, but not this key's
+    gw.world.publish()
+    _wait_for_version(gw)
+    narrowed = gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": served}, headers=auth(narrow)
+    )
+    assert_openai_error(narrowed, 403, "model_not_allowed")
+
+
+@pytest.mark.parametrize("model", ["small-served", "big-served"])
+def test_a_cascade_s_models_are_not_called_by_served_name_through_the_cascade(
+    make_gateway, model
+) -> None:
+    gw, key = _ready(make_gateway)
+    gw.world.aliases["auto"] = AliasEntry(
+        "auto", "small-served", "chat", ("h100-eu",), CascadeEntry("big-served", ("h100-eu",))
+    )
+    gw.world.tenants[TENANT_A] = msgspec.structs.replace(
+        gw.world.tenants[TENANT_A], aliases=frozenset({"llama", "bge", "auto"})
+    )
+    gw.world.publish()
+    _wait_for_version(gw)
+    # entitled to the cascade alone: its models are reached only through its checks
+    r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": model}, headers=auth(key))
+    assert_openai_error(r, 404, "model_not_found")
+
+
 @pytest.mark.parametrize(
     "header",
     [None, "Bearer", "Basic abc", "Bearer sk-not-ours", "Bearer tlk_AAAAAAAAAAAA_" + "B" * 40],
@@ -325,6 +368,19 @@ def test_missing_or_malformed_keys_get_401(make_gateway, header) -> None:
         gw.client.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key"
     )
     assert_openai_error(gw.client.get("/v1/models", headers=headers), 401, "invalid_api_key")
+
+
+def test_an_azure_client_s_api_key_header_is_taken_when_there_is_no_authorization(
+    make_gateway,
+) -> None:
+    gw, key = _ready(make_gateway)
+    assert gw.client.post("/v1/chat/completions", json=CHAT, headers={"api-key": key}).is_success
+    assert gw.client.get("/v1/models", headers={"api-key": key}).is_success
+    wrong = {"api-key": key[:-1] + ("A" if key[-1] != "A" else "B")}
+    assert_openai_error(gw.client.get("/v1/models", headers=wrong), 401, "invalid_api_key")
+    # an Authorization header, when sent, is the credential: a bad one is not rescued by api-key
+    both = {"Authorization": "Basic abc", "api-key": key}
+    assert_openai_error(gw.client.get("/v1/models", headers=both), 401, "invalid_api_key")
 
 
 def test_tampered_secret_is_refused(make_gateway) -> None:
@@ -468,7 +524,13 @@ def test_residency_keeps_a_regional_tenant_in_its_region(make_gateway) -> None:
 
 def test_unknown_path_is_404_in_openai_shape(make_gateway) -> None:
     gw, key = _ready(make_gateway)
-    assert_openai_error(gw.client.get("/v1/nope", headers=auth(key)), 404, "unknown_url")
+    unknown = assert_openai_error(gw.client.get("/v1/nope", headers=auth(key)), 404, "unknown_url")
+    assert unknown["message"].startswith("Unknown request URL: GET /v1/nope.")
+    responses = gw.client.post("/v1/responses", json={}, headers=auth(key))
+    assert (
+        "serves POST /v1/chat/completions"
+        in assert_openai_error(responses, 404, "unknown_url")["message"]
+    )  # a client calling an endpoint this gateway lacks learns which it has
 
 
 def test_wrong_method_is_405_in_openai_shape_with_the_allowed_one(make_gateway) -> None:

@@ -15,6 +15,8 @@ import msgspec
 _DONE = b"data: [DONE]\n\n"
 _EXTRA_FIELDS = ("reasoning_content", "reasoning", "refusal")
 """Fields of an answer's message besides content and tool calls that a stream's deltas carry."""
+_ENVELOPE_EXTRAS = ("system_fingerprint", "service_tier")
+"""Fields of a whole answer besides id, created and model that each of its chunks carries."""
 
 
 def replay_chunks(kind: str, document: dict[str, Any], include_usage: bool) -> Iterator[Any]:
@@ -26,6 +28,9 @@ def replay_chunks(kind: str, document: dict[str, Any], include_usage: bool) -> I
         "created": document.get("created", 0),
         "model": document.get("model", ""),
     }
+    for field in _ENVELOPE_EXTRAS:  # on every chunk of a stream, as vLLM and OpenAI send them
+        if field in document:
+            envelope[field] = document[field]
     extra = {"usage": None} if include_usage else {}
     for choice in choices:
         index = choice.get("index", 0)
