@@ -73,7 +73,11 @@ def engine_error(status: int, payload: bytes) -> bytes:
     fields = document.get("error", document) if isinstance(document, dict) else None
     if not isinstance(fields, dict):
         fields = {"message": payload.decode("utf-8", "replace")[:1000] or f"HTTP {status}"}
-    message = str(fields.get("message") or f"The model endpoint refused the request ({status}).")
+    # FastAPI's own validation errors (a 422 before vLLM's handlers run) say it in "detail".
+    said = fields.get("message") or fields.get("detail")
+    if said and not isinstance(said, str):
+        said = msgspec.json.encode(said).decode()[:1000]
+    message = str(said or f"The model endpoint refused the request ({status}).")
     param, code = fields.get("param"), fields.get("code")
     if _CONTEXT_LENGTH.search(message):
         code = "context_length_exceeded"

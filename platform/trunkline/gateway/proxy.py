@@ -47,6 +47,12 @@ class EndpointEjected(httpx.ReadTimeout):
     """The endpoint was ejected while a request waited on it for its first byte."""
 
 
+class NotAStream(httpx.RemoteProtocolError):
+    """A streamed request was answered 200 without an event stream: what fronts the engine sent
+    a whole answer or an error page. Nothing has reached the client, so the next endpoint is
+    tried, as when an engine fails before its first event."""
+
+
 class EngineGaveUp(httpx.HTTPError):
     """The engine ended a stream unfinished: an event said it aborted or failed the request,
     or ``[DONE]`` came before any ``finish_reason``."""
@@ -307,14 +313,23 @@ def _upstream_url(base: str, path: str) -> httpx.URL:
     return httpx.URL(base + path)
 
 
-def read_usage(body: bytes, tally: Tally) -> None:
-    """Take the usage block of a non-streamed JSON response, if it has one."""
+def read_usage(body: bytes, tally: Tally) -> bool:
+    """Take the usage block of a non-streamed JSON response, if it has one; False when the body
+    is not a JSON object at all (not an engine's answer: an HTML page of what fronts it)."""
     try:
         parsed = _usage_decoder.decode(body)
     except msgspec.DecodeError:
-        return
+        return False
     if parsed.usage is not None:
         tally.take_usage(parsed.usage)
+    return True
+
+
+def is_event_stream(response: httpx.Response) -> bool:
+    """Whether ``response`` is the server-sent events a streamed request must get (vLLM's
+    ``text/event-stream``), not a whole answer or an error page sent with 200."""
+    kind: str = response.headers.get("content-type", "")
+    return kind.split(";")[0].strip().lower() == "text/event-stream"
 
 
 async def relay_events(

@@ -46,9 +46,11 @@ from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
     ABORTED,
     EndpointEjected,
+    NotAStream,
     Opened,
     Tally,
     error_event,
+    is_event_stream,
     open_upstream,
     read_usage,
     relay_events,
@@ -346,6 +348,10 @@ class GatewayService:
                 opened.response, meter.tally, keep_usage_chunk=request.client_wants_usage
             )
             try:
+                if not is_event_stream(opened.response):
+                    raise NotAStream(
+                        "a 200 without an event stream", request=opened.response.request
+                    )
                 first = await unless_ejected(opened.flight, anext(events, b""))
             except BaseException as exc:
                 self.engines.ended(opened.flight)
@@ -390,9 +396,13 @@ class GatewayService:
             raise UpstreamError(
                 "The model endpoint stopped before finishing the answer.", reason="upstream_error"
             )
-        if status == 200:
-            read_usage(payload, meter.tally)
-        elif status >= 500 or status == 404:
+        if status == 200 and not read_usage(payload, meter.tally):
+            meter.engine_failed("not_json")
+            meter.finish(502, "upstream_error")
+            raise UpstreamError(
+                "The model endpoint's answer was not JSON.", reason="upstream_error"
+            )
+        if status >= 500 or status == 404:
             # The engine's own 5xx or a model it does not serve is our upstream failure.
             meter.finish(502, "upstream_error")
             raise UpstreamError(

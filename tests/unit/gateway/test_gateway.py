@@ -481,6 +481,12 @@ def test_engine_dying_mid_stream_ends_with_an_error_event_and_usage_is_kept(make
             {"message": "bad top_p", "type": "invalid_request_error", "param": "top_p",
              "code": None},
         ),
+        (  # FastAPI's validation error, before vLLM's own handlers
+            422,
+            {"detail": [{"loc": ["body", "top_k"], "msg": "Input should be a valid integer"}]},
+            {"message": '[{"loc":["body","top_k"],"msg":"Input should be a valid integer"}]',
+             "type": "invalid_request_error", "param": None, "code": None},
+        ),
         (  # not JSON at all
             422,
             "unprocessable",

@@ -16,6 +16,7 @@ from tests.unit.gateway.conftest import SECRET, TENANT_B, default_world
 from tests.unit.gateway.engines_support import (
     CHAT,
     METRICS,
+    STREAM,
     Gateway,
     Handler,
     RecordingAdmission,
@@ -136,6 +137,34 @@ def test_5xx_on_the_last_endpoint_is_a_502(engine_gateway: Callable[..., Gateway
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_error"
     assert len(gw.hosts()) == 3  # every endpoint was tried once
+
+
+def _html_page(request: httpx.Request) -> httpx.Response:
+    """What a misconfigured proxy in front of an engine answers: a 200 that is no answer."""
+    return httpx.Response(200, text="<html>Sign in</html>", headers={"content-type": "text/html"})
+
+
+def test_a_200_that_is_not_json_is_a_502_not_relayed_as_an_answer(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(_html_page)
+    response = gw.chat()
+    assert response.status_code == 502
+    assert response.json()["error"]["message"] == "The model endpoint's answer was not JSON."
+    batch = gw.usage.read(10)
+    assert [(record.status, record.error_code) for _id, record in batch] == [
+        (502, "upstream_error")
+    ]
+
+
+def test_a_stream_answered_200_without_events_moves_to_the_next_endpoint(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(failing_on("engine-1", _html_page))
+    bodies = [gw.chat(STREAM) for _ in range(3)]  # round-robin: one of them starts on engine-1
+    assert [b.status_code for b in bodies] == [200, 200, 200]
+    assert all(b.text.rstrip().endswith("data: [DONE]") and "<html>" not in b.text for b in bodies)
+    assert "engine-1" in gw.hosts() and len(gw.hosts()) == 4  # engine-1 once, then elsewhere
 
 
 @pytest.mark.parametrize(("status", "expected"), [(429, 429), (503, 502)])
