@@ -103,7 +103,7 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
             "invalid price book: dedicated capacity would go unpriced: " + "; ".join(problems),
             param="gpu_hour",
         )
-    if problems := _unpriced_models(session, whole):
+    if problems := _unpriced_models(session, whole, frozenset(added)):
         raise InvalidRequest(
             "invalid price book: token usage would go unpriced: "
             + "; ".join(problems)
@@ -113,14 +113,15 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
     return added
 
 
-def _unpriced_models(session: Session, book: PriceBook) -> list[str]:
-    """Versions of ``book`` without a ``*`` default that leave a model unpriced: one with
-    usage in the hours the version prices, or, for the latest version, one the catalog serves.
-    Every export of those hours would fail on it."""
+def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -> list[str]:
+    """Versions of ``book`` being ``added`` without a ``*`` default that leave a model
+    unpriced: one with usage in the hours the version prices, or, for the latest version, one
+    the catalog serves. Every export of those hours would fail on it. Stored versions are not
+    judged again: one that already misses a model must not refuse the version that prices it."""
     served = set(session.scalars(select(Model.name)))
     problems: list[str] = []
     for version, until in book.spans():
-        if DEFAULT_MODEL in version.models:
+        if version.version not in added or DEFAULT_MODEL in version.models:
             continue
         used = select(UsageRollup.model).where(UsageRollup.hour >= version.effective_from)
         if until is not None:
@@ -134,6 +135,23 @@ def _unpriced_models(session: Session, book: PriceBook) -> list[str]:
     return problems
 
 
+def unpriced_new_model(session: Session, name: str, now: datetime) -> str | None:
+    """Why a model added to the catalog as ``name`` would go unpriced, None when every price
+    book version in force from ``now`` on prices it (or has a ``*`` default). Its first request
+    would otherwise stop every export and close of its month, and no version can be put
+    before one already stored."""
+    for version, until in load_price_book(session).spans():
+        if until is not None and until <= now:
+            continue
+        if DEFAULT_MODEL not in version.models and name not in version.models:
+            return (
+                f"price book version {version.version} has no price for model {name!r} (and "
+                f"no '{DEFAULT_MODEL}' default): apply a price book version that prices it "
+                "first (trunkline billing prices apply)"
+            )
+    return None
+
+
 def close(session: Session, period: Period, now: datetime) -> bool:
     """Close ``period``; stores the bundled price book first if none was applied, so the
     prices a closed period was billed at are on record."""
@@ -144,12 +162,12 @@ def close(session: Session, period: Period, now: datetime) -> bool:
 
 def due_periods(session: Session, now: datetime, grace: timedelta) -> list[Period]:
     """Ended periods (by ``grace`` at least) not closed yet, oldest first: from the first
-    month with usage, capacity or a closed period (none before the platform had any: a new
-    installation does not close the empty month before it)."""
+    month with usage or capacity (none before the platform had any: a new installation does not
+    close the empty month before it, and an empty month closed by hand years back does not
+    make every month since due)."""
     latest = month_of(now - grace).previous()
     closed = set(session.scalars(select(BillingPeriod.period_start)))
     starts = [
-        *closed,
         session.scalar(select(func.min(UsageRollup.hour))),
         session.scalar(select(func.min(DedicatedCapacity.starts_at))),
     ]

@@ -29,16 +29,20 @@ def register(sub: Any) -> None:
     export = commands.add_parser(
         "export",
         help="export a period as FOCUS CSV / Parquet or as invoices",
-        description="Roll usage up, close the period if it has ended (unless --preview), and "
-        "write its charges. Corrections to earlier closed periods appear as ChargeClass="
-        "Correction rows of the period they are billed in.",
+        description="Roll usage up and write the period's charges: final once the period is "
+        "closed, preliminary before (--close closes an ended period first). Corrections to "
+        "earlier closed periods appear as ChargeClass=Correction rows of the period they are "
+        "billed in.",
     )
     export.add_argument("--period", required=True, help="YYYY-MM (UTC month)")
     export.add_argument("--format", required=True, choices=sorted(service.FORMATS))
     export.add_argument("--tenant", help="one tenant's slug (default: every tenant)")
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
     export.add_argument(
-        "--preview", action="store_true", help="never close the period, even if it ended"
+        "--close",
+        action="store_true",
+        help="close the period first if it has ended (its bill becomes final; late events "
+        "become corrections of a later period); without it, an export never closes anything",
     )
     export.set_defaults(func=export_command)
 
@@ -88,7 +92,7 @@ def export_command(args: argparse.Namespace) -> int:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
-            if not args.preview and period.end <= utcnow():
+            if args.close:
                 service.close(session, period, utcnow())
             export = service.export_period(session, period, args.format, tenant_id)
             if args.out is not None:  # in the transaction: a failed write leaves it open

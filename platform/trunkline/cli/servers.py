@@ -145,6 +145,8 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _worker(_args: argparse.Namespace) -> int:
+    import redis
+
     from trunkline.apps.production import run_worker
     from trunkline.kit.migrate import require_existing
 
@@ -152,7 +154,12 @@ def _worker(_args: argparse.Namespace) -> int:
     settings.check_production()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     require_existing(settings.database.url)
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except redis.AuthenticationError as exc:
+        refused = f"Redis refused the worker's credentials ({exc})"
+        print(f"error: {refused}; check TRUNKLINE_REDIS__URL", file=sys.stderr)
+        return 2
     return 0
 
 

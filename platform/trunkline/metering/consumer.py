@@ -19,13 +19,12 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.metering.ingest import write_usage
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageReader
 
 log = logging.getLogger(__name__)
-
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 @dataclass
@@ -97,7 +96,12 @@ class UsageConsumer:
     def _read(self) -> list[tuple[str, UsageRecord]]:
         try:
             batch = self._reader.read(self._batch_size)
-        except _REDIS_DOWN:
+        except (redis.RedisError, OSError) as exc:
+            # Wrong credentials do not pass: waiting would leave a worker that ingests nothing
+            # looking alive. A Redis away or refusing writes (a failover's demoted replica
+            # refuses XAUTOCLAIM) does: every worker would crash at once, then back off.
+            if isinstance(exc, redis.AuthenticationError) or not redis_unavailable(exc):
+                raise
             with self._lock:
                 first, self._stream_down = not self._stream_down, True
             if first:

@@ -106,13 +106,15 @@ class _InMemoryReader:
 
 
 _APPEND_LUA = """
-for i = 2, #ARGV do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+for i = 1, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
 end
-return #ARGV - 1
+return #ARGV
 """
 """One stream entry per event, a whole batch per round trip: the script runs XADD for each
-event server-side, so the gateway pays one command, not one per event."""
+event server-side, so the gateway pays one command, not one per event. The stream is never
+trimmed: an entry leaves it when the ledger has it (acked and deleted together), so a backlog
+is events not yet billed, and trimming it would drop them without a word."""
 
 
 _STOP = object()
@@ -125,13 +127,10 @@ def stream_name(key_prefix: str) -> str:
 
 
 class RedisUsageEmitter:
-    def __init__(
-        self, client: aioredis.Redis, stream: str, *, max_batch: int = 500, maxlen: int = 10_000_000
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, stream: str, *, max_batch: int = 500) -> None:
         self._client = client
         self._stream = stream
         self._max_batch = max_batch
-        self._maxlen = maxlen
         self._queue: asyncio.Queue[UsageRecord | object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._append = client.register_script(_APPEND_LUA)
@@ -194,7 +193,7 @@ class RedisUsageEmitter:
                 delay = min(delay * 2, 2.0)
 
     async def _send(self, batch: list[UsageRecord]) -> None:
-        await self._append(keys=[self._stream], args=[self._maxlen, *map(encode_usage, batch)])
+        await self._append(keys=[self._stream], args=[encode_usage(record) for record in batch])
         self.held -= len(batch)
 
     async def _flush_remaining(self) -> None:

@@ -12,7 +12,9 @@ from typing import NoReturn
 
 from sqlalchemy.orm import Session
 
+from trunkline.billing.service import unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.kit.ids import utcnow
 from trunkline.models import AcceleratorFlavor, Endpoint, ModelAlias
 from trunkline.models import Model as ModelRow
 from trunkline.models import Pool as PoolRow
@@ -97,6 +99,8 @@ def get_model(session: Session, name: str) -> Model:
 def create_model(session: Session, data: ModelCreate) -> Model:
     if ModelRepository(session).by_name(data.name) is not None:
         raise Conflict(f"model {data.name!r} already exists", param="name")
+    if unpriced := unpriced_new_model(session, data.name, utcnow()):
+        raise InvalidRequest(unpriced, param="name")
     model = ModelRow(
         name=data.name, kind=data.kind, context_length=data.context_length, params_b=data.params_b
     )

@@ -1,5 +1,6 @@
-"""``trunkline billing export`` on PostgreSQL: exporting an ended month closes it; an event
-that arrives for it afterwards is billed as a Correction row of the open month."""
+"""``trunkline billing export`` on PostgreSQL: exporting an ended month with --close closes it
+(without, it never does); an event that arrives for it afterwards is billed as a Correction row
+of the open month."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def test_export_closes_the_month_and_late_events_become_corrections(
     )  # the CLI rolls up first
     env = trunkline_env(TRUNKLINE_DATABASE__URL=postgres_url, TRUNKLINE_STATE_DIR=str(tmp_path))
 
-    first = cli(env, "export", "--period", last.label, "--format", "focus-csv")
+    looked = cli(env, "export", "--period", last.label, "--format", "focus-csv")
+    assert b"(preliminary)" in looked.stderr  # looking at a month never closes it
+    first = cli(env, "export", "--period", last.label, "--format", "focus-csv", "--close")
     assert b"(final)" in first.stderr
     rows = list(csv.DictReader(io.StringIO(first.stdout.decode())))
     assert [r["ConsumedQuantity"] for r in rows if r["x_TokenClass"] == "input"] == ["1000000"]
@@ -69,7 +72,7 @@ def test_an_export_that_cannot_be_written_leaves_the_month_open(
     migrated(postgres_url)
     env = trunkline_env(TRUNKLINE_DATABASE__URL=postgres_url, TRUNKLINE_STATE_DIR=str(tmp_path))
     ended = month_of(utcnow()).previous().previous()
-    args = ["billing", "export", "--period", ended.label, "--format", "focus-csv"]
+    args = ["billing", "export", "--period", ended.label, "--format", "focus-csv", "--close"]
     failed = subprocess.run(
         [*TRUNKLINE, *args, "--out", str(tmp_path)],  # a directory
         env=env,

@@ -19,6 +19,8 @@ from trunkline.billing.service import apply_price_book, close, export_period, lo
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import transaction
 from trunkline.models import DedicatedCapacity, Project, Tenant
+from trunkline.pools.schemas import ModelCreate
+from trunkline.pools.service import create_model
 from trunkline.tenancy.service import delete_project
 from unit.metering.usage_support import Account, at, event, ingest
 
@@ -332,6 +334,50 @@ def test_a_price_version_must_price_the_models_it_would_bill(
     with transaction(factory) as session:
         assert apply_price_book(session, pricing(2, "old-model", *served)) == [2]
     assert billed(focus(factory), x_TokenClass="input") > 0
+
+
+def test_a_model_the_price_book_cannot_price_is_not_added_to_the_catalog_until_priced(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Its first request would stop every export and close of its month, for good: no version
+    can be put before the stored one that misses it."""
+    served = ("llama-3.1-8b-instruct", "bge-small-en")
+    with transaction(factory) as session:
+        bundled = load_price_book(session)
+        apply_price_book(session, bundled)
+        apply_price_book(session, _pricing(bundled, 2, "2026-11-20T00:00:00Z", *served))
+    refused = pytest.raises(InvalidRequest, match="version 2 has no price for model 'qwen'")
+    with refused, transaction(factory) as session:
+        create_model(session, ModelCreate(name="qwen"))
+    with transaction(factory) as session:
+        later = _pricing(bundled, 3, "2026-11-21T00:00:00Z", *served, "qwen")
+        assert apply_price_book(
+            session, PriceBook([*load_price_book(session).versions, *later.versions[1:]])
+        ) == [3]
+        assert create_model(session, ModelCreate(name="qwen")).name == "qwen"
+
+
+def test_a_stored_version_missing_a_model_does_not_refuse_the_version_that_prices_it(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    served = ("llama-3.1-8b-instruct", "bge-small-en")
+    with transaction(factory) as session:
+        bundled = load_price_book(session)
+        apply_price_book(session, bundled)
+        apply_price_book(session, _pricing(bundled, 2, "2026-11-20T00:00:00Z", *served))
+    ingest(factory, [event(tenants["acme"], when=at(25), model="stray")])  # v2 cannot price it
+    with transaction(factory) as session:
+        fixed = _pricing(bundled, 3, "2026-11-26T00:00:00Z", *served, "stray")
+        stored = load_price_book(session).versions
+        assert apply_price_book(session, PriceBook([*stored, *fixed.versions[1:]])) == [3]
+
+
+def _pricing(bundled: PriceBook, number: int, starts: str, *models: str) -> PriceBook:
+    """The bundled version, then version ``number`` from ``starts`` pricing only ``models``."""
+    [first] = bundled.versions
+    document = {**version_document(first), "version": number, "effective_from": starts}
+    document["models"] = {m: document["models"]["*"] for m in models}  # no "*" default
+    return PriceBook([first, version_from_document(document)])
 
 
 def test_a_tenant_export_holds_only_that_tenant(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,16 +74,19 @@ def test_a_consumer_stopped_while_retrying_leaves_its_batch_pending(
 
 
 class FlakyStream:
-    """A stream whose first ``failures`` reads find Redis away."""
+    """A stream whose first ``failures`` reads raise ``error`` (Redis away, by default)."""
 
-    def __init__(self, stream: InMemoryUsageStream, failures: int) -> None:
+    def __init__(
+        self, stream: InMemoryUsageStream, failures: int, error: Exception | None = None
+    ) -> None:
         self.stream = stream
         self.failures = failures
+        self.error = error or redis.ConnectionError("Redis is away")
 
     def read(self, max_count: int) -> Any:
         if self.failures > 0:
             self.failures -= 1
-            raise ConnectionError("Redis is away")
+            raise self.error
         return self.stream.read(max_count)
 
     def ack(self, ids: list[str]) -> None:
@@ -101,3 +106,34 @@ def test_a_stream_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
     messages = [r.getMessage() for r in caplog.records if r.name == "trunkline.metering.consumer"]
     assert messages == ["usage stream unavailable, waiting", "usage stream available again"]
     assert moved == 1 and ledger_count(factory) == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+        redis.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's failing"),
+        redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+    ],
+    ids=["readonly", "misconf", "oom"],
+)
+def test_a_redis_that_refuses_writes_is_waited_for_like_one_that_is_away(
+    factory: sessionmaker[Session], tenants: dict[str, Account], error: Exception
+) -> None:
+    """A failover leaves the worker talking to a demoted replica: waiting, not crashing every
+    worker at once (XAUTOCLAIM is a write)."""
+    stream = InMemoryUsageStream(claim_idle_s=3600)
+    stream.emit(event(tenants["acme"], "r1", when=at(3)))
+    consumer = UsageConsumer(FlakyStream(stream, 2, error), factory, retry_initial_s=0.0)
+    assert sum(consumer.step() for _ in range(3)) == 1 and ledger_count(factory) == 1
+
+
+def test_a_redis_that_refuses_the_worker_s_credentials_stops_it(
+    factory: sessionmaker[Session],
+) -> None:
+    """Waiting would leave it running, ingesting nothing, until someone reads its log."""
+    stream = InMemoryUsageStream(claim_idle_s=3600)
+    refused = redis.AuthenticationError("invalid username-password pair or user is disabled.")
+    consumer = UsageConsumer(FlakyStream(stream, 1, refused), factory, retry_initial_s=0.0)
+    with pytest.raises(redis.AuthenticationError):
+        consumer.step()

@@ -10,6 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.periods import parse_period
+from trunkline.billing.service import close
+from trunkline.kit.db import transaction
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import BillingPeriod, UsageEvent, UsageRollup
 from trunkline.worker.inprocess import drain, run_jobs
@@ -97,3 +99,15 @@ def test_a_new_installation_closes_no_empty_month_before_it(
     assert close_periods(ctx) == []
     with factory() as session:
         assert session.scalars(select(BillingPeriod.period_start)).all() == []
+
+
+def test_an_empty_month_closed_by_hand_years_back_makes_no_month_since_due(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    with transaction(factory) as session:
+        close(session, parse_period("2020-01"), at(1, month=12))
+    stream = InMemoryUsageStream()
+    stream.emit(event(tenants["acme"], "nov", when=at(5, month=11)))
+    ctx = context(factory, stream)
+    drain(ctx)
+    assert close_periods(ctx) == ["2026-11"]  # not every month from 2020-02 on

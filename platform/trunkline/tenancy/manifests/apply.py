@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.service import ensure_user
+from trunkline.billing.service import unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest, TrunklineError
 from trunkline.kit.db import transaction
+from trunkline.kit.ids import utcnow
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tenant, Tier
 from trunkline.pools.aliases import configure_alias
 from trunkline.pools.entitlements import set_entitlements
@@ -203,7 +205,12 @@ def _flavor(session: Session, spec: FlavorSpec, given: frozenset[str], report: A
 def _model(session: Session, spec: ModelSpec, given: frozenset[str], report: ApplyReport) -> None:
     values = {"kind": spec.type, "context_length": spec.context_length, "params_b": spec.params_b}
     models = ModelRepository(session)
-    create = lambda: Model(name=spec.name, **values)  # noqa: E731
+
+    def create() -> Model:
+        if unpriced := unpriced_new_model(session, spec.name, utcnow()):
+            raise InvalidRequest(unpriced, param="name")
+        return Model(name=spec.name, **values)
+
     model, details = _upsert(
         session,
         report,

@@ -1,0 +1,55 @@
+"""The body sent upstream carries the tenant's cache salt, and only that one, and none of the
+client's engine controls; decoding a body leaves the garbage collector as it found it."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+
+import pytest
+
+from trunkline.errors import InvalidRequest
+from trunkline.gateway.pipeline import ENGINE_CONTROLS, parse_body, upstream_body
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+COMPLETION = {"model": "m", "prompt": "hi"}
+EMBEDDING = {"model": "m", "input": "hi"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "tenant_salt", "sent"),
+    [
+        ("chat", CHAT, "salt-a", "salt-a"),
+        ("completions", COMPLETION, "salt-a", "salt-a"),
+        ("embeddings", EMBEDDING, "salt-a", None),
+        ("chat", CHAT, None, None),
+        ("chat", {**CHAT, "cache_salt": "salt-b"}, "salt-a", "salt-a"),
+        ("chat", {**CHAT, "cache_salt": "salt-b"}, None, None),
+        ("embeddings", {**EMBEDDING, "cache_salt": "salt-b"}, None, None),
+    ],
+)
+def test_upstream_cache_salt(
+    kind: str, body: dict[str, object], tenant_salt: str | None, sent: str | None
+) -> None:
+    request = parse_body(kind, json.dumps(body).encode(), cache_salt=tenant_salt)
+    upstream = upstream_body(request, "served")
+    assert upstream.get("cache_salt") == sent
+    assert upstream["model"] == "served"
+
+
+def test_no_engine_control_reaches_the_engine_at_the_top_or_inside_vllm_xargs() -> None:
+    controls = {key: {"remote_block_ids": [1]} for key in ENGINE_CONTROLS}
+    extras = {**controls, "my_plugin": "on"}
+    body = {**CHAT, **controls, "vllm_xargs": extras}
+    upstream = upstream_body(parse_body("chat", json.dumps(body).encode()), "served")
+    assert set(ENGINE_CONTROLS).isdisjoint(upstream)
+    assert upstream["vllm_xargs"] == {"my_plugin": "on"}  # the rest of the extensions' fields stay
+
+
+@pytest.mark.parametrize("raw", [json.dumps({**CHAT, "x": [[[0]]] * 1000}).encode(), b"{"])
+def test_decoding_a_body_leaves_the_garbage_collector_running(raw: bytes) -> None:
+    assert gc.isenabled()
+    with contextlib.suppress(InvalidRequest):
+        parse_body("chat", raw)
+    assert gc.isenabled()
