@@ -106,6 +106,11 @@ class GatewaySettings(BaseModel):
     stopped on SIGTERM keeps its streams open and silent, and its clients should not wait out
     the long timeout. A stream still flowing on an ejected endpoint (scrapes that time out
     under load) goes on as long as its pauses are shorter."""
+    drain_timeout_s: int = Field(default=25, gt=0)
+    """On SIGTERM the gateway stops accepting and waits this long for its requests in flight;
+    then it cancels them, meters each with what it streamed so far and flushes the usage events
+    before it exits. Keep it under the orchestrator's grace period (Kubernetes: 30 s), whose
+    SIGKILL would otherwise cut long streams unmetered."""
     snapshot_poll_s: float = 0.5
     max_connections: int = 1000
     quota: QuotaSettings = Field(default_factory=QuotaSettings)

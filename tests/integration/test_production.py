@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -204,3 +204,58 @@ def test_production_refuses_development_shortcuts(
         )
         assert proc.popen.wait(60) != 0
         assert message in proc.output()
+
+
+def test_a_stream_outliving_the_drain_timeout_is_metered_before_the_gateway_exits(
+    platform: Platform,
+) -> None:
+    """SIGTERM waits for requests in flight only ``drain_timeout_s``: a stream longer than the
+    orchestrator's grace period would otherwise be cut by its SIGKILL, unmetered."""
+    platform.cli("migrate")
+    platform.cli("tenants", "apply", "tenants")
+    with start_in_thread([EngineSpec("llama-3.1-8b-instruct", "h100")]) as engines:  # real time
+        with transaction(platform.runtime.session_factory) as session:
+            for pool in ("h100-eu-west", "l40s-us-east"):
+                set_pool_endpoints(session, pool, engines.urls)
+        platform.runtime.publish()
+        platform.spawn("worker", "worker")
+        port = free_port()
+        gateway = platform.spawn(
+            "gateway", "gateway", TRUNKLINE_GATEWAY__PORT=str(port),
+            TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S="1",
+        )  # fmt: skip
+        gateway.wait_http(f"http://127.0.0.1:{port}/health")
+        key = _issue_key(platform.runtime)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+        gateway.wait_until(lambda: _lists_models(client), "the new key to reach the gateway", 5)
+        stream = client.chat.completions.create(
+            model="llama-3.1-8b",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            max_tokens=20_000,  # minutes of decoding at the engine's pace
+            stream=True,
+        )
+        received = _read_until_cut(stream, after=20, then=gateway.popen.terminate)
+        # it exits, as uvicorn does, by the signal it was sent (after shutting down)
+        assert gateway.popen.wait(30) == -signal.SIGTERM
+        deadline = time.monotonic() + 30
+        rows: list[UsageEvent] = []
+        while not rows and time.monotonic() < deadline:
+            with platform.runtime.session_factory() as session:
+                rows = list(session.scalars(select(UsageEvent).where(UsageEvent.stream)))
+            time.sleep(0.1)
+    [row] = rows
+    assert row.completion_tokens >= received - 2  # what it streamed (the role chunk has none)
+    assert row.status == 499
+
+
+def _read_until_cut(stream: Iterator[object], *, after: int, then: Callable[[], None]) -> int:
+    """Chunks read from ``stream`` until the connection is cut; ``then`` runs after ``after``."""
+    received = 0
+    try:
+        for _chunk in stream:
+            received += 1
+            if received == after:
+                then()
+    except (openai.APIError, httpx.HTTPError):
+        return received
+    raise AssertionError(f"the stream ended whole after {received} chunks")

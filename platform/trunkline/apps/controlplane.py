@@ -9,6 +9,7 @@ what gateways must know, the snapshot is published after the commit.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
@@ -105,7 +106,23 @@ _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def dev_login_enabled(settings: Settings) -> bool:
-    return settings.security.dev_login and not settings.is_production
+    """The development login (a token for any e-mail, platform admins' included) outside
+    production, and only on a control plane bound to loopback: one started on a network address
+    without ``TRUNKLINE_ENVIRONMENT=production`` would otherwise hand anyone admin rights."""
+    return (
+        settings.security.dev_login
+        and not settings.is_production
+        and _loopback(settings.controlplane.host)
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 CONTROLLERS = (
@@ -146,6 +163,11 @@ def create_controlplane_app(
     handlers: list[Any] = [healthz(runtime), *CONTROLLERS]
     if dev_login_enabled(runtime.settings):
         handlers.append(DevLoginController)
+    elif runtime.settings.security.dev_login and not runtime.settings.is_production:
+        log.warning(
+            "development login off: the control plane binds %s, not loopback",
+            runtime.settings.controlplane.host,
+        )
     app = Litestar(
         route_handlers=handlers,
         dependencies={

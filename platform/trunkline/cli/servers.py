@@ -111,7 +111,9 @@ def _migrate(_args: argparse.Namespace) -> int:
     return 0
 
 
-def _uvicorn(factory: str, host: str, port: int, workers: int) -> None:
+def _uvicorn(
+    factory: str, host: str, port: int, workers: int, *, drain_s: int | None = None
+) -> None:
     import uvicorn
 
     uvicorn.run(
@@ -122,6 +124,7 @@ def _uvicorn(factory: str, host: str, port: int, workers: int) -> None:
         workers=workers,
         log_level="warning",
         access_log=False,
+        timeout_graceful_shutdown=drain_s,
     )
 
 
@@ -140,7 +143,13 @@ def _gateway(args: argparse.Namespace) -> int:
     settings = load_settings()
     settings.check_production()
     gw = settings.gateway
-    _uvicorn("trunkline.apps.production:gateway_app", gw.host, gw.port, args.workers or gw.workers)
+    _uvicorn(
+        "trunkline.apps.production:gateway_app",
+        gw.host,
+        gw.port,
+        args.workers or gw.workers,
+        drain_s=gw.drain_timeout_s,
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cp_support import Api, World, make_runtime, make_settings
 from litestar.testing import TestClient
 from sqlalchemy import update
@@ -48,6 +49,23 @@ def test_dev_login_is_never_enabled_in_production(tmp_path: Path) -> None:
     assert dev_login_enabled(settings)
     production = settings.model_copy(update={"environment": "production"})
     assert not dev_login_enabled(production)
+
+
+@pytest.mark.parametrize(
+    ("host", "enabled"),
+    [("127.0.0.1", True), ("localhost", True), ("::1", True),
+     ("0.0.0.0", False),  # noqa: S104
+     ("10.1.2.3", False), ("cp.internal.example", False)],
+)  # fmt: skip
+def test_dev_login_is_on_only_for_a_control_plane_bound_to_loopback(
+    tmp_path: Path, host: str, enabled: bool
+) -> None:
+    """Started on a network address and left in development, anyone could mint admin tokens."""
+    settings = make_settings("sqlite://", tmp_path, dev_login=True)
+    bound = settings.model_copy(
+        update={"controlplane": settings.controlplane.model_copy(update={"host": host})}
+    )
+    assert dev_login_enabled(bound) is enabled
 
 
 def test_dev_login_route_is_not_mounted_for_production_settings(runtime: Runtime) -> None:
