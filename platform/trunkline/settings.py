@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trunkline.errors import ConfigurationError
@@ -184,5 +184,13 @@ def weak_secret(value: str) -> bool:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment; keyword overrides win (used by the CLI)."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Read settings from the environment; keyword overrides win (used by the CLI). A value
+    that does not fit is a ``ConfigurationError`` naming its variable, not pydantic's trace."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(  # the values are not repeated: one may be a secret
+            f"TRUNKLINE_{'__'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trunkline.errors import ConfigurationError
-from trunkline.settings import Settings
+from trunkline.settings import Settings, load_settings
 
 GOOD = {
     "environment": "production",
@@ -58,3 +58,16 @@ def test_settings_come_from_prefixed_nested_environment(monkeypatch: pytest.Monk
     settings = Settings()
     assert settings.gateway.port == 9999
     assert "topsecret" not in repr(settings)
+
+
+def test_a_value_that_does_not_fit_names_its_variable_and_not_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRUNKLINE_GATEWAY__QUOTA__LEASE_S", "-1")
+    monkeypatch.setenv("TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S", "s3cr3t-ish")
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    message = refused.value.message
+    assert "TRUNKLINE_GATEWAY__QUOTA__LEASE_S: Input should be greater than 0" in message
+    assert "TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S: Input should be a valid integer" in message
+    assert "s3cr3t" not in message

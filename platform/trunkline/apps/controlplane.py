@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from enum import Enum
 from http import HTTPStatus
 from typing import Any
@@ -160,7 +161,8 @@ def create_controlplane_app(
     and publishes it if not (:func:`republish_if_stale`).
     """
     quota = quota_store or default_quota_store(runtime.settings)
-    handlers: list[Any] = [healthz(runtime), *CONTROLLERS]
+    sync = SnapshotSync()
+    handlers: list[Any] = [healthz(runtime, sync), livez, *CONTROLLERS]
     if dev_login_enabled(runtime.settings):
         handlers.append(DevLoginController)
     elif runtime.settings.security.dev_login and not runtime.settings.is_production:
@@ -177,7 +179,7 @@ def create_controlplane_app(
             "quota_usage": Provide(usage_reader_provider(quota), sync_to_thread=False),
         },
         on_shutdown=[quota.close],
-        lifespan=[_keeping_published(runtime, snapshot_check_s)],
+        lifespan=[_keeping_published(runtime, snapshot_check_s, sync)],
         middleware=[
             DefineMiddleware(
                 AccessTokenMiddleware,
@@ -243,8 +245,33 @@ def republish_if_stale(runtime: Runtime) -> bool:
     return True
 
 
+@dataclass
+class SnapshotSync:
+    """Whether the periodic check keeps the gateways' configuration the database's: since when
+    it has failed (the snapshot store refusing writes, or away), None while it succeeds. A key
+    created meanwhile is refused by every gateway, and a revoked one still accepted."""
+
+    failing_since: float | None = None
+    error: str | None = None
+
+    def succeeded(self) -> None:
+        if self.failing_since is not None:
+            log.info("snapshot check succeeded again; the gateways have this configuration")
+        self.failing_since, self.error = None, None
+
+    def failed(self, error: str) -> None:
+        self.failing_since = self.failing_since or time.time()
+        self.error = error
+
+    def report(self) -> dict[str, object]:
+        if self.failing_since is None:
+            return {"in_sync": True}
+        failing_s = round(time.time() - self.failing_since, 1)
+        return {"in_sync": False, "failing_s": failing_s, "error": self.error}
+
+
 def _keeping_published(
-    runtime: Runtime, every_s: float
+    runtime: Runtime, every_s: float, sync: SnapshotSync
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def keep_published(_app: Litestar) -> AsyncIterator[None]:
@@ -255,6 +282,9 @@ def _keeping_published(
                     await anyio.to_thread.run_sync(republish_if_stale, runtime)
                 except Exception as exc:  # the store or the database away: try again later
                     log.warning("snapshot check failed: %s", type(exc).__name__)
+                    sync.failed(type(exc).__name__)
+                else:
+                    sync.succeeded()
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(check)
@@ -297,15 +327,28 @@ def secret_provider(runtime: Runtime) -> Any:
     return provide_server_secret
 
 
-def healthz(runtime: Runtime) -> Any:
+def healthz(runtime: Runtime, sync: SnapshotSync) -> Any:
     @get("/healthz", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=True, tags=["health"])
-    def health() -> dict[str, str]:
-        """Liveness and database reachability; no authentication."""
+    def health() -> dict[str, object]:
+        """Readiness: the database answers (503 when not); ``snapshot`` says whether the
+        gateways' configuration is kept the database's (``in_sync``; when not, for how long
+        and why). No authentication."""
         with runtime.session_factory() as session:
             session.execute(text("SELECT 1"))
-        return {"status": "ok"}
+        return {"status": "ok", "snapshot": sync.report()}
 
     return health
+
+
+@get("/livez", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=False, tags=["health"])
+def livez() -> dict[str, str]:
+    """Liveness: the process answers, whatever its database does (a liveness probe on
+    ``/healthz`` would restart every replica at each database outage). No authentication."""
+    return {"status": "ok"}
+
+
+_PROBES = frozenset({"/healthz", "/livez"})
+"""Paths an orchestrator polls: logged at DEBUG, not on every probe at INFO."""
 
 
 class RequestContextMiddleware:
@@ -338,7 +381,9 @@ class RequestContextMiddleware:
         finally:
             elapsed_ms = round(1000 * (time.perf_counter() - started), 2)
             extra = {"status": status, "duration_ms": elapsed_ms}
-            log.info("%s %s %s", method, loggable(scope["path"]), status, extra=extra)
+            path = scope["path"]
+            level = logging.DEBUG if path in _PROBES else logging.INFO  # every few seconds
+            log.log(level, "%s %s %s", method, loggable(path), status, extra=extra)
             reset(token)
 
 

@@ -25,6 +25,7 @@ from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.meter import CLIENT_CLOSED
 from trunkline.gateway.pipeline import visible_aliases
+from trunkline.gateway.request_metrics import RequestMetrics
 from trunkline.gateway.service import GatewayService, Reply
 from trunkline.kit import logging as tlog
 from trunkline.kit.asgi import unless_client_leaves
@@ -200,6 +201,13 @@ _SERVED = (
 )
 
 
+@get("/livez", include_in_schema=False)
+async def livez() -> Response[bytes]:
+    """Liveness: the process answers, configuration loaded or not (``/health`` is 503 until
+    one is: as a liveness probe it would restart a gateway waiting for its control plane)."""
+    return Response(b'{"status":"ok"}', media_type=JSON)
+
+
 def _http_error(
     exc: HTTPException, max_body_bytes: int | None, request: Request[object, object, State]
 ) -> TrunklineError:
@@ -227,6 +235,10 @@ def _http_error(
 
 def error_handler(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
+        if exc.status_code in (404, 405):  # the router's own: no route, so no route middleware
+            counted: RequestMetrics | None = request.app.state.get("request_metrics")
+            if counted is not None:
+                counted.count_unrouted(request.url.path, exc.status_code)
         exc = _http_error(exc, request.app.state.get("max_body_bytes"), request)
     if not isinstance(exc, TrunklineError):
         log.exception("unhandled error in the gateway")
@@ -247,7 +259,16 @@ async def metrics(request: Request[object, object, State]) -> Response[bytes]:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-ROUTES = [chat_completions, completions, embeddings, list_models, retrieve_model, health, metrics]
+ROUTES = [
+    chat_completions,
+    completions,
+    embeddings,
+    list_models,
+    retrieve_model,
+    health,
+    livez,
+    metrics,
+]
 
 
 def build_app(
@@ -258,14 +279,18 @@ def build_app(
     metrics: CollectorRegistry | None = None,
     engines: EngineMonitor | None = None,
 ) -> Litestar:
+    registry = metrics or CollectorRegistry()
+    requests = RequestMetrics(registry)
     state = {
         "gateway": service,
-        "metrics": metrics or CollectorRegistry(),
+        "metrics": registry,
+        "request_metrics": requests,
         "engines": engines,
         "max_body_bytes": max_body_bytes,
     }
     return Litestar(
         route_handlers=ROUTES,
+        middleware=[requests.middleware],
         state=State(state),
         exception_handlers={Exception: error_handler},
         request_max_body_size=max_body_bytes,

@@ -10,6 +10,7 @@ import contextvars
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 _EMPTY: dict[str, str] = {}
@@ -43,10 +44,17 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+def _utc_instant(created: float) -> str:
+    """RFC 3339 in UTC with milliseconds (``2026-12-06T16:17:22.123Z``): log collectors order
+    and join lines from several hosts by it, which local time without an offset defeats."""
+    moment = datetime.fromtimestamp(created, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "ts": _utc_instant(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

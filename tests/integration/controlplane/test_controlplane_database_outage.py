@@ -36,6 +36,7 @@ def test_a_stopped_database_is_a_503_to_retry_and_recovery_needs_no_restart(
                 problem = response.json()
                 assert (problem["code"], problem["status"]) == ("unavailable", 503)
                 assert "Traceback" not in response.text
+            assert client.get("/livez").status_code == 200  # alive: no restart would help
             cluster.start()
             assert client.get("/healthz").status_code == 200
             assert client.get("/api/v1/tenants", headers=admin).status_code == 200

@@ -84,7 +84,11 @@ def test_a_key_revoked_while_redis_was_away_is_refused_once_it_is_back(tmp_path:
             )
             with unit_of_work(cli.session_factory, cli.publish) as session:
                 revoke_key(session, Principal.system(), key_tenant(session, by_cli), by_cli)
+            # the operator is told: the database answers, the gateways' configuration is stale
+            stale = _wait_for_sync(http, in_sync=False)
+            assert stale["status"] == "ok" and stale["snapshot"]["error"] == "ConnectionError"
             server.start()
+            assert _wait_for_sync(http, in_sync=True)["snapshot"] == {"in_sync": True}
             deadline = time.monotonic() + 10
             keys = set(asyncio.run(_load(server.url)).keys)
             while {by_api, by_cli} & keys and time.monotonic() < deadline:
@@ -95,3 +99,13 @@ def test_a_key_revoked_while_redis_was_away_is_refused_once_it_is_back(tmp_path:
         cli.close()
         runtime.close()
         server.destroy()
+
+
+def _wait_for_sync(http: TestClient[Any], *, in_sync: bool) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    health: dict[str, Any] = http.get("/healthz").json()
+    while health["snapshot"]["in_sync"] is not in_sync and time.monotonic() < deadline:
+        time.sleep(0.02)
+        health = http.get("/healthz").json()
+    assert health["snapshot"]["in_sync"] is in_sync, health
+    return health

@@ -1,0 +1,67 @@
+"""The gateway's request metrics: every answer counted once by route and status, with its time
+to first byte and to last, and no label that grows with tenants, keys or models."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.gateway.conftest import Harness
+from tests.unit.gateway.upstreams import chat_any
+
+from trunkline.gateway.request_metrics import route_of
+
+CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
+
+
+def _ready(make_gateway) -> tuple[Harness, dict[str, str]]:  # type: ignore[no-untyped-def]
+    gw: Harness = make_gateway(chat_any)
+    key = gw.world.add_key()
+    gw.world.publish()
+    gw.client.blocking_portal.call(gw.client.app.state.gateway.holder.refresh)
+    return gw, {"Authorization": f"Bearer {key}"}
+
+
+def _samples(gw: Harness) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = gw.client.get("/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("trunkline_request")
+    }
+
+
+def test_each_answer_is_counted_once_by_route_and_status(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw, auth = _ready(make_gateway)
+    assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200
+    streamed = gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth)
+    assert streamed.status_code == 200
+    assert gw.client.post("/v1/chat/completions", json=CHAT).status_code == 401
+    assert gw.client.get("/v1/models/nope", headers=auth).status_code == 404
+    assert gw.client.get("/v1/nope", headers=auth).status_code == 404  # the router's own
+    assert gw.client.get("/v1/chat/completions", headers=auth).status_code == 405
+    gw.client.get("/health")
+    assert gw.client.get("/livez").json() == {"status": "ok"}
+    samples = _samples(gw)
+    counts = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "trunkline_requests_total"
+    }
+    chat = "/v1/chat/completions"
+    assert counts == {
+        (("route", chat), ("status", "200")): 2,
+        (("route", chat), ("status", "401")): 1,
+        (("route", chat), ("status", "405")): 1,
+        (("route", "/v1/models/{model}"), ("status", "404")): 1,
+        (("route", "other"), ("status", "404")): 1,
+    }
+    first = samples[("trunkline_request_first_byte_seconds_count", (("route", chat),))]
+    whole = samples[("trunkline_request_duration_seconds_count", (("route", chat),))]
+    assert first == whole == 3  # the 405 is the router's: no route, no timing
+
+
+def test_routes_are_templates_and_health_and_metrics_are_not_counted() -> None:
+    assert route_of("/v1/models/meta-llama/Llama-3.1-8B") == "/v1/models/{model}"
+    assert route_of("/v1/chat/completions/") == "/v1/chat/completions"
+    assert route_of("/v1/responses") == "other"
+    assert route_of("/health") is None and route_of("/metrics") is None
