@@ -120,6 +120,13 @@ def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -
     judged again: one that already misses a model must not refuse the version that prices it."""
     served = set(session.scalars(select(Model.name)))
     problems: list[str] = []
+    first = book.versions[0]
+    earliest = session.scalar(select(func.min(UsageRollup.hour)))
+    if first.version in added and earliest is not None and earliest < first.effective_from:
+        problems.append(
+            f"usage from {earliest:%Y-%m-%d %H:%M} UTC comes before the first version "
+            f"({first.version}, from {first.effective_from:%Y-%m-%d %H:%M} UTC)"
+        )
     for version, until in book.spans():
         if version.version not in added or DEFAULT_MODEL in version.models:
             continue

@@ -139,7 +139,8 @@ class Tally:
         self.prompt_tokens = usage.prompt_tokens
         self.completion_tokens = usage.completion_tokens or 0
         details = usage.prompt_tokens_details
-        self.cached_tokens = (details.cached_tokens or 0) if details else 0
+        cached = (details.cached_tokens or 0) if details else 0
+        self.cached_tokens = min(max(cached, 0), self.prompt_tokens)  # an engine's miscount
 
     @property
     def ttft_ms(self) -> float | None:

@@ -7,7 +7,7 @@ naming the field, on every database.
 
 from __future__ import annotations
 
-__all__ = ["END", "ONE_LINE", "PARAGRAPHS", "shown"]
+__all__ = ["ACCOUNT_NAME", "END", "ONE_LINE", "PARAGRAPHS", "shown"]
 
 END = r"(?![\s\S])"
 """The end of the text, to close a pattern with. Python's ``$`` also matches before a final line
@@ -31,6 +31,10 @@ ECMAScript without the ``u`` flag.)"""
 ONE_LINE = r"^(?:(?=[" + _BLANK + "]*[^" + _BLANK + r"])[^\x00-\x1f" + _INVISIBLE + "]*)?" + END
 """Text on one line, empty or with something to see: names (a name of spaces, or of zero-width
 characters, shows as none)."""
+ACCOUNT_NAME = r"^(?![=+\-@])" + ONE_LINE.removeprefix("^")
+""":data:`ONE_LINE`, not starting with ``=``, ``+``, ``-`` or ``@``: a name that goes into
+billing exports (FOCUS ``BillingAccountName``), where a spreadsheet opening the CSV would run
+it as a formula (``=HYPERLINK(…)``)."""
 PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f" + _INVISIBLE + "]*" + END
 """Text that may hold tabs and line breaks: descriptions."""
 
@@ -38,6 +42,8 @@ PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f" + _INVISIBLE + "]*" + END
 _SAID = {
     ONE_LINE: "one line of text with something to see, without control or invisible characters",
     PARAGRAPHS: "text without control or invisible characters (tabs and line breaks are fine)",
+    ACCOUNT_NAME: "one line of text with something to see, without control or invisible "
+    "characters, not starting with =, +, - or @ (a spreadsheet would run it as a formula)",
 }
 """What the free-text patterns ask, said in words: quoted, each is some 400 characters."""
 

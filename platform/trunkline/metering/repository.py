@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trunkline.models import ApiKey, Project, UsageRollup
+from trunkline.models import ApiKey, Project, RetiredProject, UsageRollup
 
 
 class UsageRepository:
@@ -63,8 +63,15 @@ class UsageRepository:
         return list(rows)
 
     def project_names(self) -> dict[uuid.UUID, str]:
+        """Names of the tenant's projects, the deleted ones' included (``retired_projects``),
+        as its bill names them: usage outlives the project it was made in."""
+        retired = select(RetiredProject.id, RetiredProject.name).where(
+            RetiredProject.tenant_id == self._tenant_id
+        )
         statement = select(Project.id, Project.name).where(Project.tenant_id == self._tenant_id)
-        return {key: value for key, value in self._session.execute(statement)}
+        names = {key: value for key, value in self._session.execute(retired)}
+        names.update({key: value for key, value in self._session.execute(statement)})
+        return names
 
     def key_names(self) -> dict[str, str]:
         statement = select(ApiKey.key_id, ApiKey.name).where(ApiKey.tenant_id == self._tenant_id)

@@ -11,7 +11,7 @@ from msgspec import UNSET, UnsetType
 
 from trunkline import models as orm
 from trunkline.auth.schemas import Email, PersonName
-from trunkline.kit.text import END, ONE_LINE, PARAGRAPHS
+from trunkline.kit.text import ACCOUNT_NAME, END, PARAGRAPHS
 from trunkline.models import Role
 
 Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9.-]{0,62}[a-z0-9])?" + END)]
@@ -34,7 +34,8 @@ Slug = Annotated[
     ),
 ]
 ProjectName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}" + END)]
-DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=ONE_LINE)]
+DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=ACCOUNT_NAME)]
+"""A tenant's name: its bills' account name."""
 Description = Annotated[str, msgspec.Meta(max_length=500, pattern=PARAGRAPHS)]
 Millis = Annotated[int, msgspec.Meta(gt=0, le=3_600_000)]
 Priority = Annotated[

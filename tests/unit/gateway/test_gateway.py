@@ -104,6 +104,20 @@ def test_a_gateway_without_its_configuration_says_503_not_that_the_key_is_bad(
     assert gw.upstream == []
 
 
+def test_an_engine_counting_more_cached_tokens_than_prompted_is_metered_at_the_prompt(
+    make_gateway,
+) -> None:
+    def miscounting(request: httpx.Request) -> httpx.Response:
+        answer = json.loads(chat_any(request).content)
+        answer["usage"]["prompt_tokens_details"]["cached_tokens"] = 40  # of 21 prompted
+        return httpx.Response(200, json=answer)
+
+    gw, key = _ready(make_gateway, miscounting)
+    assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).status_code == 200
+    [record] = gw.drain_usage()
+    assert (record.prompt_tokens, record.cached_tokens) == (21, 21)
+
+
 def test_chat_completion_returns_usage_and_records_one_event(make_gateway) -> None:
     gw, key = _ready(make_gateway)
     response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
