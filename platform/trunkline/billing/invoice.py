@@ -1,14 +1,15 @@
 """The per-tenant invoice summary: the period's charge lines, grouped for a human reader.
 
-Amounts are shown rounded to cents; the total is the exact sum of the FOCUS ``BilledCost`` of
-the same lines, rounded once, so it always equals what the FOCUS export adds up to.
+Amounts are shown in cents; the total is the exact sum of the FOCUS ``BilledCost`` of the same
+lines, rounded once, so it always equals what the FOCUS export adds up to, and the rows' cents
+are allotted so that they add up to it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 
 from trunkline.billing.charges import CREDIT, ChargeLine
 from trunkline.billing.focus import invoice_id
@@ -58,14 +59,27 @@ def _group(lines: Iterable[ChargeLine]) -> dict[tuple[str, str], list[ChargeLine
     return groups
 
 
-def _row(label: str, lines: list[ChargeLine]) -> str:
+def _row(label: str, lines: list[ChargeLine], cents: int) -> str:
     quantity = exact_sum([line.consumed_quantity or ZERO for line in lines])
     unit = lines[0].consumed_unit or ""
     prices = {line.contracted_unit_price for line in lines if line.contracted_unit_price}
     price = f"{next(iter(prices)):f}" if len(prices) == 1 else ("various" if prices else "")
-    amount = exact_sum([line.contracted_cost for line in lines])
     shown_quantity = f"{_quantity(quantity)} {unit}" if unit else ""
-    return f"  {label:<48}{shown_quantity:>22}{price:>14}{_money(amount):>16}"
+    # A column wider than its room still leaves a space before the next one.
+    return f"  {label:<48}{shown_quantity:>22} {price:>13} {_money(cents * CENT):>15}"
+
+
+def _cents(amounts: list[Decimal], total: Decimal) -> list[int]:
+    """Each amount in whole cents, so that they add up to ``total`` rounded to cents: each is
+    rounded down, and the cents left go to those that lost the most (largest remainder).
+    Rounded each on its own, rows of 0.006 + 0.006 showed 0.01 + 0.01 over a total of 0.01."""
+    exact = [amount / CENT for amount in amounts]
+    floors = [int(value.to_integral_value(ROUND_FLOOR)) for value in exact]
+    left = int((total / CENT).to_integral_value(ROUND_HALF_EVEN)) - sum(floors)
+    by_loss = sorted(range(len(exact)), key=lambda i: exact[i] - floors[i], reverse=True)
+    for index in by_loss[:left]:
+        floors[index] += 1
+    return floors
 
 
 def _section(title: str, rows: list[str]) -> list[str]:
@@ -87,13 +101,15 @@ def render_invoice(lines: list[ChargeLine], period: Period, currency: str, *, fi
         "=" * WIDTH,
         f"  {'item':<48}{'quantity':>22}{'unit price':>14}{'amount':>16}",
     ]
+    groups = sorted(_group(lines).items())
+    total = exact_sum([line.contracted_cost for line in lines])
+    amounts = [exact_sum([line.contracted_cost for line in group]) for _label, group in groups]
     sections: dict[str, list[str]] = {title: [] for title in SECTIONS.values()}
-    for (section, item), group in sorted(_group(lines).items()):
-        sections[SECTIONS[section]].append(_row(item[:48], group))
+    for ((section, item), group), cents in zip(groups, _cents(amounts, total), strict=True):
+        sections[SECTIONS[section]].append(_row(item[:48], group, cents))
     body: list[str] = []
     for title, rows in sections.items():
         body += _section(title, rows)
-    total = exact_sum([line.contracted_cost for line in lines])
     footer = ["", "=" * WIDTH, f"  {'TOTAL DUE':<84}{_money(total):>16} {currency}", "=" * WIDTH]
     return "\n".join(header + body + footer) + "\n"
 

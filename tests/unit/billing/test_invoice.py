@@ -7,8 +7,10 @@ import io
 import uuid
 from decimal import ROUND_HALF_EVEN, Decimal
 
+import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.billing.invoice import _cents
 from trunkline.billing.periods import parse_period
 from trunkline.billing.service import close, export_period
 from trunkline.kit.db import transaction
@@ -48,6 +50,28 @@ def test_invoice_total_equals_the_focus_billed_cost(
     assert "Acme Corporation" in invoice and "Globex" not in invoice
     assert "SLA credits" in invoice and "cached input" in invoice
     assert "Status: FINAL" in invoice
+    amounts = [Decimal(line.split()[-1].replace(",", "")) for line in invoice.splitlines()
+               if line.startswith("  ") and not line.startswith("  item")
+               and "TOTAL DUE" not in line]  # fmt: skip
+    assert len(amounts) == 4 and sum(amounts) == due  # the rows add up to what is due
+
+
+@pytest.mark.parametrize(
+    ("amounts", "cents"),
+    [
+        (["0.006058", "0.006057", "0.000000864"], [1, 0, 0]),  # shown alone: 0.01 + 0.01
+        (["0.333333", "0.333333", "0.333334"], [33, 33, 34]),
+        (["2.004", "-0.509"], [201, -51]),  # with a credit: 1.495 is due as 1.50
+        (["1.25", "0"], [125, 0]),
+    ],
+)
+def test_rows_are_shown_in_cents_that_add_up_to_the_total(
+    amounts: list[str], cents: list[int]
+) -> None:
+    exact = [Decimal(a) for a in amounts]
+    total = sum(exact, Decimal(0))
+    assert _cents(exact, total) == cents
+    assert sum(cents) == int((total / Decimal("0.01")).to_integral_value(ROUND_HALF_EVEN))
 
 
 def test_a_period_without_charges_says_so(factory: sessionmaker[Session]) -> None:
