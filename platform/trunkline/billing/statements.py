@@ -195,10 +195,21 @@ def statement(
         lines += stored_corrections(session, billed_in=period, tenant_id=tenant_id)
     else:
         lines = period_lines(session, UsageRollup, period, book, tenant_id, until=now)
-        for _closed_period, corrections in pending_corrections(session, book, period, tenant_id):
-            lines += corrections
+        closed_starts = set(session.scalars(select(BillingPeriod.period_start)))
+        for corrected, corrections in pending_corrections(session, book, period, tenant_id):
+            # Billed by the next period to close after the corrected one: shown in that
+            # period's preview alone, or summing previews for accruals counts them twice.
+            if _first_open_after(month_of(corrected.period_start), closed_starts) == period:
+                lines += corrections
     lines.sort(key=_order)
     return Statement(period, closed, lines)
+
+
+def _first_open_after(period: Period, closed_starts: set[datetime]) -> Period:
+    following = period.next()
+    while following.start in closed_starts:
+        following = following.next()
+    return following
 
 
 def _order(line: ChargeLine) -> Any:

@@ -59,6 +59,31 @@ def test_cached_tokens_are_priced_as_cached(
     assert Decimal(by_class["cached_input"]["BilledCost"]) == Decimal("0.03")
 
 
+def test_a_pending_correction_shows_in_the_preview_of_the_period_that_will_bill_it_alone(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """October closed, November ended and not closed yet, December open: a late October event
+    is billed when November closes, so November's preview shows it and December's does not
+    (summing the previews for accruals counted it twice)."""
+    acme = tenants["acme"]
+    october = parse_period("2026-10")
+    ingest(factory, [event(acme, when=at(3, month=10))])
+    with transaction(factory) as session:
+        assert close(session, october, at(2, month=12))
+    ingest(factory, [event(acme, when=at(20, month=10), prompt=2_000_000, completion=0)])
+
+    def corrections(period: str) -> list[str]:
+        rows = focus(factory, period)
+        return [r["ChargePeriodStart"] for r in rows if r["ChargeClass"] == "Correction"]
+
+    assert corrections("2026-11") == ["2026-10-20T10:00:00Z"]
+    assert corrections("2026-12") == []
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    assert corrections("2026-11") == ["2026-10-20T10:00:00Z"]  # billed there, for good
+    assert corrections("2026-12") == []
+
+
 def test_cached_tokens_over_the_prompt_are_billed_as_the_usage_api_counts_them(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
