@@ -188,6 +188,11 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
             "snapshot_version": holder.current.version,
             "snapshot_age_s": round(time.time() - holder.current.published_at, 3) if ok else None,
             "snapshot_store_reachable": holder.reachable,
+            "snapshot_checked_age_s": (
+                None
+                if holder.checked_at is None
+                else round(time.monotonic() - holder.checked_at, 3)
+            ),
             "quota_store": "degraded" if _service(request.app.state).quota.degraded else "ok",
             "engines": _engines(request.app.state.engines),
         }

@@ -34,6 +34,13 @@ class GatewayHealthCollector(Collector):
             "Version of the configuration this process serves (0: none loaded yet)",
             value=float(snapshot.version),
         )
+        if self._holder.checked_at is not None:
+            yield GaugeMetricFamily(
+                "trunkline_snapshot_checked_age_seconds",
+                "Seconds since the configuration store last answered this process's poll: how "
+                "stale its configuration may be (alert on this, not on the publication's age)",
+                value=max(time.monotonic() - self._holder.checked_at, 0.0),
+            )
         if snapshot.version > 0:
             yield GaugeMetricFamily(
                 "trunkline_snapshot_age_seconds",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from trunkline.snapshot import Snapshot, SnapshotSource, decode_snapshot
 
@@ -25,12 +26,17 @@ class SnapshotHolder:
         self.current: Snapshot = Snapshot.empty()
         self.reachable = False
         """The store answered the last poll (it may hold no snapshot: see ``current.version``)."""
+        self.checked_at: float | None = None
+        """When (``time.monotonic()``) the store last answered a poll: the configuration served
+        is known current as of then. Its publication's age says nothing of that: the control
+        plane publishes only on change."""
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> bool:
         """Load the snapshot if its version changed; returns whether it did."""
         version = await self._source.version()
         self.reachable = True
+        self.checked_at = time.monotonic()
         if version is None or version == self.current.version:
             return False
         loaded = await self._source.load()

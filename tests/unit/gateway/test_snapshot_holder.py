@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import msgspec
 import pytest
@@ -84,8 +85,13 @@ async def test_metrics_show_the_store_away_and_the_usage_events_held() -> None:
         assert registry.get_sample_value("trunkline_snapshot_store_reachable") == 1.0
         assert registry.get_sample_value("trunkline_snapshot_version") == 7.0
         source.down = True
+        last_answer = holder.checked_at
         emitter.held = 12
         await source.polled(3)
+        assert last_answer is not None and holder.checked_at == last_answer  # no answer since
+        before_scrape = time.monotonic() - last_answer
+        checked_age = registry.get_sample_value("trunkline_snapshot_checked_age_seconds")
+        assert checked_age is not None and checked_age >= before_scrape
         assert registry.get_sample_value("trunkline_snapshot_store_reachable") == 0.0
         assert registry.get_sample_value("trunkline_snapshot_version") == 7.0  # still served
         assert registry.get_sample_value("trunkline_usage_events_held") == 12.0
