@@ -131,9 +131,10 @@ def records(universe: Universe, count: int, prefix: str, seed: int) -> list[Usag
 _BASELINE_INSERT = (
     "INSERT INTO usage_events (request_id, tenant_id, project_id, api_key_id, alias, model,"
     " endpoint_kind, tier, stream, status, error_code, pool, endpoint, region, accelerator,"
-    " prompt_tokens, cached_tokens, completion_tokens, ttft_ms, latency_ms, started_at)"
+    " prompt_tokens, cached_tokens, completion_tokens, ttft_ms, latency_ms, started_at,"
+    " ttft_slo_ms)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-    " to_timestamp(%s)) ON CONFLICT DO NOTHING"
+    " to_timestamp(%s), %s) ON CONFLICT DO NOTHING"
 )
 
 

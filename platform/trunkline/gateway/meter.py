@@ -139,6 +139,7 @@ class UsageMeter:
                 # embedding, a whole unstreamed generation) is its full latency, which the
                 # tier's TTFT SLO does not measure and SLA credits must not be paid on.
                 ttft_ms=tally.ttft_ms if self.request.stream else None,
+                ttft_slo_ms=self.principal.tier.ttft_slo_ms,
                 latency_ms=(time.perf_counter() - tally.started) * 1000,
                 started_at=self.wall_start,
             )

@@ -38,6 +38,7 @@ _STAGING_TYPES = {
     "ttft_ms": "double precision",
     "latency_ms": "double precision",
     "started_at": "double precision",
+    "ttft_slo_ms": "integer",
 }
 _LEDGER_NAME = {"key_id": "api_key_id"}
 

@@ -47,6 +47,7 @@ def _row(record: UsageRecord) -> dict[str, Any]:
         "cached_tokens": record.cached_tokens,
         "completion_tokens": record.completion_tokens,
         "ttft_ms": record.ttft_ms,
+        "ttft_slo_ms": record.ttft_slo_ms,
         "latency_ms": record.latency_ms,
         "started_at": datetime.fromtimestamp(record.started_at, UTC),
     }

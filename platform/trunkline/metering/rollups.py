@@ -112,7 +112,13 @@ def _in_ranges(
 def _aggregate(session: Session, ranges: list[Any]) -> dict[RollupKey, Measures]:
     event = UsageEvent
     slos = {name: slo for name, slo in session.execute(select(Tier.name, Tier.ttft_slo_ms))}
-    slo: ColumnElement[Any] = case(slos, value=event.tier, else_=None) if slos else literal(None)
+    current: ColumnElement[Any] = (
+        case(slos, value=event.tier, else_=None) if slos else literal(None)
+    )
+    # The SLO in force when it was served; the tier's today only for events from before it
+    # was recorded: a changed SLO must not rewrite past attainment (and SLA credits) when an
+    # hour is rolled up again for a late event.
+    slo: ColumnElement[Any] = func.coalesce(event.ttft_slo_ms, current)
     outcome = case(
         (event.status < 400, "completed"),
         (event.status == CLIENT_CLOSED, "cancelled"),

@@ -32,6 +32,10 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     latency_ms: float = 0.0
     started_at: float = 0.0
     """Seconds since the epoch."""
+    ttft_slo_ms: int | None = None
+    """The tier's time-to-first-token SLO when the request was served: SLA attainment is
+    judged by it, so changing a tier's SLO never rewrites the attainment of past hours (None:
+    recorded before it was kept; the tier's SLO at rollup time applies)."""
 
 
 _encoder = msgspec.json.Encoder()

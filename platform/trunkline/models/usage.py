@@ -34,5 +34,7 @@ class UsageEvent(Base):
     cached_tokens: Mapped[int]
     completion_tokens: Mapped[int]
     ttft_ms: Mapped[float | None]
+    ttft_slo_ms: Mapped[int | None]
+    """The tier's TTFT SLO when the request was served (None: recorded before migration 0011)."""
     latency_ms: Mapped[float]
     started_at: Mapped[datetime]

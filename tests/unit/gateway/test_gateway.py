@@ -128,6 +128,7 @@ def test_chat_completion_returns_usage_and_records_one_event(make_gateway) -> No
     [record] = gw.drain_usage()
     assert (record.prompt_tokens, record.cached_tokens, record.completion_tokens) == (21, 16, 3)
     assert record.status == 200 and record.alias == "llama" and record.tier == "gold"
+    assert record.ttft_slo_ms == 500  # gold's, as served: judged by it even if gold's changes
     assert record.request_id == response.headers["x-request-id"]
     assert record.pool in {"h100-eu", "l40s-us"} and record.endpoint is not None
 

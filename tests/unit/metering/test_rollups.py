@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.kit.db import transaction
 from trunkline.metering.rollups import rollup_usage
-from trunkline.models import UsageRollup, UsageRollupWatermark
+from trunkline.models import Tier, UsageRollup, UsageRollupWatermark
 from unit.metering.usage_support import Account, at, event, ingest
 
 
@@ -59,6 +60,24 @@ def test_outcome_and_slo_counts(
     ingest(factory, [record])
     [row] = rollups(factory)
     assert (row["outcome"], row["slo_eligible"], row["slo_met"]) == (outcome, eligible, met)
+
+
+def test_a_changed_tier_slo_does_not_rewrite_past_attainment_when_an_hour_is_rolled_again(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Gold's SLO cut from 500 ms to 50 ms, then a late event in an hour already rolled up:
+    the events served under 500 ms keep their verdict (the SLA credit of the period with
+    them). An event recorded before SLOs were kept is judged by the tier's SLO as before."""
+    acme = tenants["acme"]
+    served = [event(acme, when=at(3), ttft_ms=100.0, stream=True, ttft_slo_ms=500)] * 3
+    ingest(factory, [msgspec.structs.replace(e, request_id=f"r{n}") for n, e in enumerate(served)])
+    assert [(r["slo_eligible"], r["slo_met"]) for r in rollups(factory)] == [(3, 3)]
+    with transaction(factory) as session:
+        session.execute(update(Tier).where(Tier.name == "gold").values(ttft_slo_ms=50))
+    late = event(acme, when=at(3, minute=30), ttft_ms=100.0, stream=True, ttft_slo_ms=50)
+    old = event(acme, when=at(3, minute=31), ttft_ms=40.0, stream=True)  # no SLO recorded
+    ingest(factory, [late, old])
+    assert [(r["slo_eligible"], r["slo_met"]) for r in rollups(factory)] == [(5, 4)]
 
 
 def test_events_of_one_hour_add_up_and_hours_stay_apart(

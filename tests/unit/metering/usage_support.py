@@ -68,6 +68,7 @@ def event(
     ttft_ms: float | None = 100.0,
     model: str = LLAMA,
     stream: bool = False,
+    ttft_slo_ms: int | None = None,
 ) -> UsageRecord:
     return UsageRecord(
         request_id=request_id or f"req-{uuid.uuid4().hex}",
@@ -91,6 +92,7 @@ def event(
         ttft_ms=ttft_ms,
         latency_ms=1000.0,
         started_at=when.timestamp(),
+        ttft_slo_ms=ttft_slo_ms,
     )
 
 
