@@ -434,6 +434,7 @@ def _engine_error(event: bytes) -> bool:
     return not (isinstance(code, int) and 400 <= code < 500)
 
 
-def error_event(message: str, code: str) -> bytes:
-    body = {"error": {"message": message, "type": "server_error", "param": None, "code": code}}
+def error_event(message: str, code: str, *, kind: str = "server_error") -> bytes:
+    """The event that ends a stream in error (OpenAI's error shape), then ``[DONE]``."""
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return b"data: " + msgspec.json.encode(body) + b"\n\n" + _DONE

@@ -424,6 +424,7 @@ class GatewayService:
         code: str | None = "client_closed"
         loop, limit = asyncio.get_running_loop(), self.stream_idle_timeout_s
         flight, ejected = meter.flight, False
+        key_id, holder = meter.principal.key.key_id, self.holder
         try:
             failure, message = None, ""
             try:
@@ -451,12 +452,25 @@ class GatewayService:
                             idle.reschedule(None)
                             if chunk is None:
                                 break
+                            if key_id not in holder.current.keys:
+                                raise _KeyRevoked
                             yield chunk
                     finally:
                         if flight is not None:  # before the timer ends with the block
                             flight.on_ejected = None
                 status, code = 200, None
                 meter.engine_answered()
+            except _KeyRevoked:
+                # A leaked key revoked mid-stream stops generating at the next snapshot, not
+                # at the end of its longest answer. Metered as cancelled: what it streamed is
+                # billed.
+                log.info("stream ended: its API key was revoked", extra={"key_id": key_id})
+                status, code = CLIENT_CLOSED, "key_revoked"
+                yield error_event(
+                    "The API key of this request was revoked; the stream was ended.",
+                    "invalid_api_key",
+                    kind="invalid_request_error",
+                )
             except httpx.HTTPError as exc:
                 failure, message = type(exc).__name__, "The model endpoint failed mid-stream."
                 meter.engine_failed(failure)
@@ -483,6 +497,10 @@ class GatewayService:
         finally:
             await response.aclose()
             meter.finish(status, code)
+
+
+class _KeyRevoked(Exception):
+    """The stream's API key left the configuration (revoked) while it streamed."""
 
 
 _RETRY_HEADERS = ("retry-after", "retry-after-ms")

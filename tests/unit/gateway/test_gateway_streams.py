@@ -11,6 +11,7 @@ from typing import cast
 
 import httpx
 import pytest
+from tests.unit.gateway.conftest import default_world
 from tests.unit.gateway.engines_support import (
     STREAM,
     Gateway,
@@ -365,3 +366,48 @@ def test_an_ejection_just_as_a_stream_idle_timer_fires_raises_nothing_to_the_eje
     assert "sent nothing for 0.2 s mid-stream" in body
     assert streams[0].raised == []
     assert gw.service.engines.ejections("e1") == 1
+
+
+class _RevokedMidway(httpx.AsyncByteStream):
+    """A stream whose key is revoked (a new snapshot without it) after its first two events."""
+
+    def __init__(self, events: list[bytes], revoke: Callable[[], object]) -> None:
+        self.events = events
+        self.revoke = revoke
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for index, event in enumerate(self.events):
+            if index == 2:
+                await cast(asyncio.Future[object], self.revoke())
+            yield event
+
+
+def test_a_stream_whose_key_is_revoked_ends_at_the_next_event_and_is_billed_as_generated(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """A leaked key revoked mid-stream stops generating then, not at the end of its longest
+    answer."""
+    world, gateway = default_world(), []
+
+    async def revoke() -> None:
+        del world.keys[gateway[0].key.split("_")[1]]
+        world.publish()
+        await gateway[0].service.holder.refresh()
+
+    events = sse_events("llama-8b-served", with_usage=False)
+    gw = engine_gateway(
+        lambda request: httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            stream=_RevokedMidway(events, revoke),
+        ),
+        world=world,
+    )
+    gateway.append(gw)
+    body = gw.chat(STREAM).text
+    sent = [line for line in body.split("\n\n") if line.startswith("data: ")]
+    assert sent[:2] == [e.decode().strip() for e in events[:2]]  # what came before still comes
+    assert '"code":"invalid_api_key"' in sent[2] and sent[3] == "data: [DONE]" and len(sent) == 4
+    [(_id, record)] = gw.usage.read(10)
+    # the token read when the revocation was seen counts too: the engine generated it
+    assert (record.status, record.error_code, record.completion_tokens) == (499, "key_revoked", 2)
