@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from support.processes import TRUNKLINE, Proc, trunkline_env
@@ -125,7 +126,8 @@ def test_production_processes_serve_meter_and_revoke_across_replicas(platform: P
             set_pool_endpoints(session, "h100-eu-west", engines.urls[:1])
             set_pool_endpoints(session, "l40s-us-east", engines.urls[1:])
         platform.runtime.publish()
-        platform.spawn("worker", "worker")
+        metrics_port = free_port()
+        platform.spawn("worker", "worker", TRUNKLINE_JOBS__METRICS_PORT=str(metrics_port))
         gateways = [platform.gateway("gateway-a"), platform.gateway("gateway-b")]
         key = _issue_key(platform.runtime)
 
@@ -157,6 +159,18 @@ def test_production_processes_serve_meter_and_revoke_across_replicas(platform: P
         assert not pending, f"still accepting a revoked key after 2 s: {pending}"
 
     _wait_for_ledger(platform.runtime, expected=4)
+    worker = _samples(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert worker["trunkline_usage_ingested_events_total"] >= 4  # redeliveries would add
+    assert worker["trunkline_usage_stream_backlog"] == 0
+
+
+def _samples(url: str) -> dict[str, float]:
+    text = httpx.get(url, timeout=5).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def _lists_models(client: openai.OpenAI) -> bool:

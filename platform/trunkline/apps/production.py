@@ -14,6 +14,7 @@ import socket
 import redis
 import redis.asyncio as aioredis
 from litestar import Litestar
+from prometheus_client import CollectorRegistry, start_http_server
 
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.gateway import create_gateway_app
@@ -21,6 +22,7 @@ from trunkline.apps.runtime import build_runtime, require_schema, server_secret
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
 from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.stream import RedisUsageEmitter, RedisUsageReader, stream_name
 from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.redis_store import connect as connect_quota_store
@@ -89,6 +91,11 @@ def run_worker(
         claim_idle_ms=jobs.claim_idle_ms,
     )
     consumer = UsageConsumer(reader, runtime.session_factory, batch_size=jobs.ingest_batch)
+    if jobs.metrics_port is not None:
+        registry = CollectorRegistry()
+        registry.register(ConsumerCollector(consumer, reader))
+        start_http_server(jobs.metrics_port, jobs.metrics_host, registry)
+        log.info("worker metrics on http://%s:%s/metrics", jobs.metrics_host, jobs.metrics_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _sig, _frame: consumer.stop.set())
     try:

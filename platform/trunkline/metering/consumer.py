@@ -34,6 +34,10 @@ class ConsumerStats:
     inserted: int = 0
     """Events that were new to the ledger (``events - inserted`` were redeliveries)."""
     write_retries: int = 0
+    last_read_at: float | None = None
+    """When (Unix seconds) the stream last answered a read, a batch or nothing."""
+    last_commit_at: float | None = None
+    """When the ledger last committed a batch."""
 
 
 class UsageConsumer:
@@ -108,6 +112,7 @@ class UsageConsumer:
                 log.warning("usage stream unavailable, waiting")
             self.stop.wait(self._retry_initial_s * 5)
             return []
+        self.stats.last_read_at = time.time()
         with self._lock:
             if self._stream_down:
                 self._stream_down = False
@@ -131,6 +136,7 @@ class UsageConsumer:
             self._holding.difference_update(ids)
         self.stats.batches += 1
         self.stats.events += len(batch)
+        self.stats.last_commit_at = time.time()
         return len(batch)
 
     def _write(self, records: list[UsageRecord]) -> None:

@@ -37,6 +37,9 @@ class UsageEmitter(Protocol):
 class UsageReader(Protocol):
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]: ...
     def ack(self, ids: list[str]) -> None: ...
+    def backlog(self) -> int:
+        """Events in the stream not in the ledger yet: waiting, or read and not acked."""
+        ...
 
 
 class InMemoryUsageStream:
@@ -92,6 +95,9 @@ class InMemoryUsageStream:
         with self._lock:
             return len(self._queue) + len(self._pending)
 
+    def backlog(self) -> int:
+        return len(self)
+
 
 class _InMemoryReader:
     def __init__(self, stream: InMemoryUsageStream, claim_idle_s: float) -> None:
@@ -103,6 +109,9 @@ class _InMemoryReader:
 
     def ack(self, ids: list[str]) -> None:
         self._stream.ack(ids)
+
+    def backlog(self) -> int:
+        return len(self._stream)
 
 
 _APPEND_LUA = """
@@ -377,6 +386,10 @@ class RedisUsageReader:
                 pipe.xack(self._stream, self._group, *ids)
                 pipe.xdel(self._stream, *ids)
                 pipe.execute()
+
+    def backlog(self) -> int:
+        """The stream's length: an entry leaves it when acked, so all it holds is backlog."""
+        return int(self._client.xlen(self._stream))
 
 
 def _text(value: bytes | str) -> str:

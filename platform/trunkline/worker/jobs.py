@@ -39,6 +39,11 @@ class JobSettings(BaseModel):
     """A month is closed this long after it ended, so late events land in it first."""
     export_dir: Path | None = None
     """Where a closed month's FOCUS CSV and Parquet (every tenant) are written, if set."""
+    metrics_port: int | None = None
+    """``trunkline worker`` serves its Prometheus metrics (``/metrics``) on this port, if set:
+    events ingested, the stream's backlog, when the stream and the ledger last answered."""
+    metrics_host: str = "127.0.0.1"
+    """Where the worker's metrics listen (``0.0.0.0`` in a pod scraped from outside)."""
 
 
 @dataclass

@@ -99,8 +99,9 @@ async def test_acked_events_leave_the_stream_and_the_rest_stay(stream: Stream) -
     read = reader.read(6)
     reader.ack([m for m, _r in read[:4]])
     assert stream.held() == 6  # two read but not acked, four not read yet
+    assert reader.backlog() == 6  # what the worker's metrics say is left to ingest
     reader.ack([m for m, _r in read[4:] + reader.read(100)])
-    assert stream.held() == 0
+    assert stream.held() == 0 and reader.backlog() == 0
 
 
 async def test_unacked_events_are_delivered_again(stream: Stream) -> None:

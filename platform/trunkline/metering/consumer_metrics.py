@@ -1,0 +1,64 @@
+"""What ``trunkline worker`` tells Prometheus: events ingested, the backlog left in the usage
+stream, and when the stream and the ledger last answered. A stalled worker otherwise looks
+alive while the events wait (and, with no worker at all, grow in Redis).
+
+Read at each scrape; the backlog costs one ``XLEN``. A scrape that cannot reach Redis leaves
+the backlog out (the ages say why).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.stream import UsageReader
+
+__all__ = ["ConsumerCollector"]
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerCollector(Collector):
+    def __init__(self, consumer: UsageConsumer, reader: UsageReader) -> None:
+        self._consumer = consumer
+        self._reader = reader
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._consumer.stats
+        yield CounterMetricFamily(
+            "trunkline_usage_ingested_events",
+            "Usage events this worker wrote to the ledger and acked (redeliveries included)",
+            value=stats.events,
+        )
+        yield CounterMetricFamily(
+            "trunkline_usage_ingest_retries",
+            "Ledger writes and stream acks this worker had to try again",
+            value=stats.write_retries,
+        )
+        now = time.time()
+        for name, at, what in (
+            ("read", stats.last_read_at, "the usage stream last answered a read"),
+            ("commit", stats.last_commit_at, "the ledger last committed a batch"),
+        ):
+            if at is not None:
+                yield GaugeMetricFamily(
+                    f"trunkline_usage_ingest_last_{name}_age_seconds",
+                    f"Seconds since {what}",
+                    value=max(now - at, 0.0),
+                )
+        try:
+            backlog = self._reader.backlog()
+        except Exception as exc:  # Redis away: the read age grows meanwhile
+            log.debug("usage backlog unknown: %s", type(exc).__name__)
+            return
+        yield GaugeMetricFamily(
+            "trunkline_usage_stream_backlog",
+            "Usage events in the stream not in the ledger yet (every worker's, not only this "
+            "one's): billing lags by these",
+            value=backlog,
+        )

@@ -1,0 +1,47 @@
+"""The worker's metrics: what it ingested, what is left in the stream, and when the stream
+and the ledger last answered, so a stalled worker shows as one."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.orm import Session, sessionmaker
+
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.consumer_metrics import ConsumerCollector
+from trunkline.metering.stream import InMemoryUsageStream
+from unit.metering.usage_support import Account, at, event
+
+
+def test_the_metrics_follow_what_the_worker_ingested_and_what_is_left(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    stream = InMemoryUsageStream(claim_idle_s=3600)
+    consumer = UsageConsumer(stream, factory, batch_size=2)
+    registry = CollectorRegistry()
+    registry.register(ConsumerCollector(consumer, stream))
+    value = registry.get_sample_value
+    for n in range(3):
+        stream.emit(event(tenants["acme"], f"r{n}", when=at(3)))
+    assert value("trunkline_usage_stream_backlog") == 3
+    assert value("trunkline_usage_ingest_last_read_age_seconds") is None  # never read yet
+    assert consumer.step() == 2
+    assert value("trunkline_usage_ingested_events_total") == 2
+    assert value("trunkline_usage_stream_backlog") == 1
+    read_age = value("trunkline_usage_ingest_last_read_age_seconds")
+    commit_age = value("trunkline_usage_ingest_last_commit_age_seconds")
+    assert read_age is not None and read_age >= 0 and commit_age is not None
+
+
+class _Unreachable(InMemoryUsageStream):
+    def backlog(self) -> int:
+        raise ConnectionError("Redis is away")
+
+
+def test_a_backlog_it_cannot_read_is_left_out_not_a_failed_scrape(
+    factory: sessionmaker[Session],
+) -> None:
+    stream = _Unreachable()
+    registry = CollectorRegistry()
+    registry.register(ConsumerCollector(UsageConsumer(stream, factory), stream))
+    assert registry.get_sample_value("trunkline_usage_stream_backlog") is None
+    assert registry.get_sample_value("trunkline_usage_ingested_events_total") == 0
