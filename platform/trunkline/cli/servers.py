@@ -135,6 +135,9 @@ def _controlplane(args: argparse.Namespace) -> int:
     settings.check_production()
     require_existing(settings.database.url)
     cp = settings.controlplane
+    if busy := busy_ports([("control plane", cp.host, cp.port, "TRUNKLINE_CONTROLPLANE__PORT")]):
+        print("error: " + "; ".join(busy), file=sys.stderr)  # before it publishes anything
+        return 2
     _uvicorn("trunkline.apps.production:controlplane_app", cp.host, cp.port, args.workers)
     return 0
 
@@ -143,6 +146,9 @@ def _gateway(args: argparse.Namespace) -> int:
     settings = load_settings()
     settings.check_production()
     gw = settings.gateway
+    if busy := busy_ports([("gateway", gw.host, gw.port, "TRUNKLINE_GATEWAY__PORT")]):
+        print("error: " + "; ".join(busy), file=sys.stderr)
+        return 2
     _uvicorn(
         "trunkline.apps.production:gateway_app",
         gw.host,

@@ -373,3 +373,32 @@ def test_up_with_a_port_taken_says_which_and_how_to_move_it_and_starts_nothing(
     assert err.startswith(f"error: the gateway cannot listen on 127.0.0.1:{port} (")
     assert "set TRUNKLINE_GATEWAY__PORT" in err and err.count("\n") == 1
     assert not (tmp_path / ".trunkline").exists()  # nothing migrated, no key made
+
+
+@pytest.mark.parametrize(
+    ("command", "name", "setting"),
+    [
+        ("gateway", "gateway", "TRUNKLINE_GATEWAY__PORT"),
+        ("controlplane", "control plane", "TRUNKLINE_CONTROLPLANE__PORT"),
+    ],
+)
+def test_a_server_whose_port_is_taken_says_so_before_it_starts_anything(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+    name: str,
+    setting: str,
+) -> None:
+    """The control plane published a snapshot, then died on its port, as a traceback."""
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "migrate")[0] == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv(setting, str(port))
+        code, _, err = run(capsys, command)
+    assert code == 2
+    assert err.startswith(f"error: the {name} cannot listen on 127.0.0.1:{port} (")
+    assert f"set {setting}" in err
