@@ -127,7 +127,7 @@ def test_production_processes_serve_meter_and_revoke_across_replicas(platform: P
             set_pool_endpoints(session, "l40s-us-east", engines.urls[1:])
         platform.runtime.publish()
         metrics_port = free_port()
-        platform.spawn("worker", "worker", TRUNKLINE_JOBS__METRICS_PORT=str(metrics_port))
+        worker = platform.spawn("worker", "worker", TRUNKLINE_JOBS__METRICS_PORT=str(metrics_port))
         gateways = [platform.gateway("gateway-a"), platform.gateway("gateway-b")]
         key = _issue_key(platform.runtime)
 
@@ -159,9 +159,15 @@ def test_production_processes_serve_meter_and_revoke_across_replicas(platform: P
         assert not pending, f"still accepting a revoked key after 2 s: {pending}"
 
     _wait_for_ledger(platform.runtime, expected=4)
-    worker = _samples(f"http://127.0.0.1:{metrics_port}/metrics")
-    assert worker["trunkline_usage_ingested_events_total"] >= 4  # redeliveries would add
-    assert worker["trunkline_usage_stream_backlog"] == 0
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def acked() -> bool:  # the worker acks (and counts) a batch just after the ledger has it
+        samples = _samples(url)
+        return samples["trunkline_usage_stream_backlog"] == 0 and (
+            samples["trunkline_usage_ingested_events_total"] >= 4  # redeliveries would add
+        )
+
+    worker.wait_until(acked, "the worker's metrics to show the events ingested", 10)
 
 
 def _samples(url: str) -> dict[str, float]:

@@ -119,6 +119,8 @@ def create_gateway_app(
         try:
             yield
         finally:
+            if cut := service.meter_the_unfinished():
+                log.warning("stopped with %d requests unfinished; metered as cut", cut)
             await monitor.close()
             await holder.close()
             await quota.close()

@@ -44,6 +44,7 @@ def register(sub: Any) -> None:
         help="close the period first if it has ended (its bill becomes final; late events "
         "become corrections of a later period); without it, an export never closes anything",
     )
+    export.add_argument("--preview", action="store_true", help=argparse.SUPPRESS)  # the default now
     export.set_defaults(func=export_command)
 
     close = commands.add_parser("close", help="close an ended period (its bill becomes final)")
@@ -92,7 +93,7 @@ def export_command(args: argparse.Namespace) -> int:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
-            if args.close:
+            if args.close and period.end <= utcnow():
                 service.close(session, period, utcnow())
             export = service.export_period(session, period, args.format, tenant_id)
             if args.out is not None:  # in the transaction: a failed write leaves it open

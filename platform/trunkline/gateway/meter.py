@@ -4,21 +4,20 @@ its quota reservation, exactly once, however the attempt ends."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.endpoints import EngineState, Flight
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.proxy import Tally
 from trunkline.gateway.routing import Candidate
+from trunkline.metering.outcomes import CLIENT_CLOSED, outcome_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
 from trunkline.quota.estimate import answers_per_prompt, estimate_prompt_tokens
 
 __all__ = ["CLIENT_CLOSED", "UsageMeter"]
-
-CLIENT_CLOSED = 499
-"""The status a request whose client hung up is metered with (nginx's convention)."""
 GATEWAY_TIMEOUT = 504
 
 
@@ -38,6 +37,8 @@ class UsageMeter:
         request: ParsedRequest,
         model: str,
         request_id: str,
+        *,
+        on_finish: Callable[[UsageMeter], None] | None = None,
     ) -> None:
         self.emitter = emitter
         self.quota = quota
@@ -54,6 +55,7 @@ class UsageMeter:
         self.tally = Tally()
         self.wall_start = time.time()
         self._done = False
+        self._on_finish = on_finish
 
     @property
     def endpoint_url(self) -> str | None:
@@ -93,6 +95,8 @@ class UsageMeter:
         if self._done:
             return
         self._done = True
+        if self._on_finish is not None:
+            self._on_finish(self)
         if self.flight is not None and self.engines is not None:
             self.engines.ended(self.flight)
         tally, pool = self.tally, (self.candidate.pool if self.candidate else None)
@@ -113,7 +117,7 @@ class UsageMeter:
             )
         self.quota.settle_soon(
             self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
-            measured=tally.usage_seen, reached_engine=worked,
+            measured=tally.usage_seen, reached_engine=worked, outcome=outcome_of(status),
         )  # fmt: skip
         self.emitter.emit(
             UsageRecord(

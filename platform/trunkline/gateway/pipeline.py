@@ -194,8 +194,9 @@ def callable_alias(snapshot: Snapshot, principal: Principal, name: str) -> Alias
     leaves the caller a pool of. None: nothing the tenant may use (unknown names alike)."""
     allowed = principal.tenant.aliases
     alias = snapshot.aliases.get(name)
-    if alias is not None:
-        return alias if name in allowed else None
+    if alias is not None and name in allowed:
+        return alias
+    # Not an alias of the tenant's (another tenant's may bear the name): a served name of one.
     serving = [
         entry
         for entry in (snapshot.aliases.get(a) for a in sorted(allowed))

@@ -319,11 +319,20 @@ def read_usage(body: bytes, tally: Tally) -> bool:
     is not a JSON object at all (not an engine's answer: an HTML page of what fronts it)."""
     try:
         parsed = _usage_decoder.decode(body)
+    except msgspec.ValidationError:  # JSON, but its usage is not vLLM's: an answer all the same
+        return _is_json_object(body)
     except msgspec.DecodeError:
         return False
     if parsed.usage is not None:
         tally.take_usage(parsed.usage)
     return True
+
+
+def _is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(msgspec.json.decode(body), dict)
+    except msgspec.DecodeError:
+        return False
 
 
 def is_event_stream(response: httpx.Response) -> bool:

@@ -75,7 +75,7 @@ from trunkline.quota.estimate import estimate_prompt_tokens
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.settings import QuotaSettings
-from trunkline.snapshot import AliasEntry, Snapshot, TierEntry
+from trunkline.snapshot import AliasEntry, KeyEntry, Snapshot, TierEntry
 
 __all__ = ["Admission", "AdmitAll", "Admitted", "GatewayService", "Reply"]
 
@@ -163,6 +163,17 @@ class GatewayService:
         self._prefix_cache = routing_prefix_cache(self.policy)
         self.prompt_tokens = prompt_tokens
         """Token views of prompts, for a policy matching them to the engines' KV events."""
+        self._unfinished: set[UsageMeter] = set()
+        """Meters of the requests sent upstream and not metered yet."""
+
+    def meter_the_unfinished(self) -> int:
+        """Meter every request not metered yet, as cut by the gateway stopping: its drain time
+        ran out (``drain_timeout_s``) and its task was cancelled, but a stream's generator may
+        not run its own ``finally`` before the usage emitter closes. Returns how many."""
+        unfinished = list(self._unfinished)
+        for meter in unfinished:
+            meter.finish(CLIENT_CLOSED, "gateway_stopped")
+        return len(unfinished)
 
     def authenticate(self, authorization: str | None) -> Principal:
         snapshot = self.holder.current
@@ -267,8 +278,10 @@ class GatewayService:
         alias: AliasEntry, request_id: str, grant: Grant, prompt: TokenPrompt | None,
     ) -> Reply:  # fmt: skip
         meter = UsageMeter(
-            self.emitter, self.quota, grant, principal, request, alias.model, request_id
-        )
+            self.emitter, self.quota, grant, principal, request, alias.model, request_id,
+            on_finish=self._unfinished.discard,
+        )  # fmt: skip
+        self._unfinished.add(meter)
         prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(request.kind, request.body)
         try:
             route = await self._route(
@@ -424,7 +437,8 @@ class GatewayService:
         code: str | None = "client_closed"
         loop, limit = asyncio.get_running_loop(), self.stream_idle_timeout_s
         flight, ejected = meter.flight, False
-        key_id, holder = meter.principal.key.key_id, self.holder
+        key, holder = meter.principal.key, self.holder
+        key_id = key.key_id
         try:
             failure, message = None, ""
             try:
@@ -452,7 +466,7 @@ class GatewayService:
                             idle.reschedule(None)
                             if chunk is None:
                                 break
-                            if key_id not in holder.current.keys:
+                            if key_id not in holder.current.keys and not _expired(key):
                                 raise _KeyRevoked
                             yield chunk
                     finally:
@@ -501,6 +515,12 @@ class GatewayService:
 
 class _KeyRevoked(Exception):
     """The stream's API key left the configuration (revoked) while it streamed."""
+
+
+def _expired(key: KeyEntry) -> bool:
+    """A key past its expiry leaves the snapshot too, at its next publication: a stream it
+    started before expiring runs to its end; only a revoked key's is cut."""
+    return key.expires_at is not None and key.expires_at <= time.time()
 
 
 _RETRY_HEADERS = ("retry-after", "retry-after-ms")

@@ -136,12 +136,12 @@ class UsageConsumer:
             self._holding.difference_update(ids)
         self.stats.batches += 1
         self.stats.events += len(batch)
-        self.stats.last_commit_at = time.time()
         return len(batch)
 
     def _write(self, records: list[UsageRecord]) -> None:
         with self._factory() as session, session.begin():
             self.stats.inserted += write_usage(session, records)
+        self.stats.last_commit_at = time.time()
 
     def _retry(self, action: Callable[[], None], what: str) -> bool:
         """Run ``action`` until it succeeds (True) or the consumer is stopped (False)."""

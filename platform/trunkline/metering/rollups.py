@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
+from trunkline.metering.outcomes import outcome_column
 from trunkline.metering.rollup_plan import (
     KEY_COLUMNS,
     MEASURE_COLUMNS,
@@ -40,8 +41,6 @@ from trunkline.metering.sql import hour_floor
 from trunkline.models import Tier, UsageEvent, UsageRollup, UsageRollupWatermark
 
 log = logging.getLogger(__name__)
-
-CLIENT_CLOSED = 499
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +118,7 @@ def _aggregate(session: Session, ranges: list[Any]) -> dict[RollupKey, Measures]
     # was recorded: a changed SLO must not rewrite past attainment (and SLA credits) when an
     # hour is rolled up again for a late event.
     slo: ColumnElement[Any] = func.coalesce(event.ttft_slo_ms, current)
-    outcome = case(
-        (event.status < 400, "completed"),
-        (event.status == CLIENT_CLOSED, "cancelled"),
-        (event.status < 500, "rejected"),
-        else_="failed",
-    )
+    outcome = outcome_column(event.status)
     # A first token is measured on streams only: a plain answer (embeddings, unstreamed) has
     # no TTFT, so neither its success nor its failure is the SLO's. Counting its failures
     # alone took a tenant of plain requests to 0 % attainment on its first 5xx.

@@ -56,7 +56,8 @@ def build_quota_book(
             key_docs.get(key_id),
         )
         _keep(key_limits, key_id, to_limits(resolved.key))
-    return QuotaBook(tenant_limits, project_limits, key_limits, _prices(session))
+    prices, billable = _pricing(session)
+    return QuotaBook(tenant_limits, project_limits, key_limits, prices, billable)
 
 
 def _keep(into: dict[str, Limits], ident: str, limits: Limits) -> None:
@@ -64,15 +65,16 @@ def _keep(into: dict[str, Limits], ident: str, limits: Limits) -> None:
         into[ident] = limits
 
 
-def _prices(session: Session) -> dict[str, Price]:
-    """List prices for every served model and tier. A model the price book does not price
-    has none (its cost budgets admit it); an unreadable price book gives no prices at all,
-    logged: a broken price book must not stop key revocations from being published."""
+def _pricing(session: Session) -> tuple[dict[str, Price], tuple[str, ...]]:
+    """List prices for every served model and tier, and the outcomes the price book in force
+    bills. A model the price book does not price has none (its cost budgets admit it); an
+    unreadable price book gives no prices at all, logged: a broken price book must not stop
+    key revocations from being published."""
     try:
         version = load_price_book(session).at(datetime.now(UTC))
     except Exception:
         log.exception("no prices for cost budgets: the price book could not be read")
-        return {}
+        return {}, QuotaBook().billable_outcomes
     tiers = session.scalars(select(Tier.name)).all()
     prices = {}
     for model in session.scalars(select(Model.name)).all():
@@ -83,7 +85,7 @@ def _prices(session: Session) -> dict[str, Price]:
                 log.warning("no list price for %s on %s: its cost budgets admit it", model, tier)
                 continue
             prices[price_key(model, tier)] = Price(*(_micro(p) for p in per_class))
-    return prices
+    return prices, tuple(version.billable_outcomes)
 
 
 def _micro(per_million: Decimal) -> int:

@@ -79,6 +79,7 @@ class Grant:
     headers: dict[str, str]
     prompt_estimate: int = 0
     price: Price | None = None
+    billable_outcomes: tuple[str, ...] = ("completed", "cancelled")
 
 
 UNLIMITED_GRANT: Final = Grant(None, {})
@@ -168,16 +169,18 @@ class QuotaEnforcer:
             raise self._refusal(request, outcome, headers, decided_by, prompt_alone, held)
         self.metrics.decisions.labels("admitted", "", decided_by).inc()
         self._inflight[reservation_id] = (outcome.ticket, now)
-        return Grant(outcome.ticket, headers, prompt, price)
+        return Grant(outcome.ticket, headers, prompt, price, book.billable_outcomes)
 
     def settle_soon(
         self, grant: Grant, prompt: int, cached: int, completion: int, *, measured: bool,
-        reached_engine: bool,
+        reached_engine: bool, outcome: str = "completed",
     ) -> None:  # fmt: skip
         """Settle ``grant`` in the background to what the request used. ``measured``: the
         engine reported its usage. Otherwise a request the engine saw is charged its prompt
         estimate plus the ``completion`` tokens it streamed, one that never reached an engine
-        nothing at all."""
+        nothing at all. Its cost counts only when the price book bills its ``outcome``
+        (``metering.outcomes``): token limits count what the engines did, cost budgets what
+        the bill will say."""
         ticket = grant.ticket
         if ticket is None:
             return
@@ -185,7 +188,8 @@ class QuotaEnforcer:
         if not measured:
             prompt, cached = (grant.prompt_estimate if reached_engine else 0), 0
             completion = completion if reached_engine else 0
-        cost = grant.price.cost(prompt, cached, completion) if grant.price else 0
+        billed = grant.price is not None and outcome in grant.billable_outcomes
+        cost = grant.price.cost(prompt, cached, completion) if billed and grant.price else 0
         self._spawn(self._settle(ticket, prompt + completion, cost))
 
     def release(self, grant: Grant) -> None:

@@ -92,6 +92,9 @@ class QuotaBook(msgspec.Struct, frozen=True, omit_defaults=True):
     keys: dict[str, Limits] = msgspec.field(default_factory=dict)
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
     """``price_key(model, tier)`` -> list price, for the monthly cost budgets."""
+    billable_outcomes: tuple[str, ...] = ("completed", "cancelled")
+    """The outcomes the price book in force bills (``metering.outcomes``): a cost budget is
+    charged for these alone, as the bill is."""
 
 
 def price_key(model: str, tier: str) -> str:

@@ -392,6 +392,9 @@ def test_a_server_whose_port_is_taken_says_so_before_it_starts_anything(
 ) -> None:
     """The control plane published a snapshot, then died on its port, as a traceback."""
     monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()  # `migrate` logs to the stderr capsys closes after the test
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
     assert run(capsys, "migrate")[0] == 0
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -345,6 +345,14 @@ def test_a_model_s_served_name_from_its_answers_can_be_called_back(make_gateway)
     assert again.status_code == 200, again.text
     assert json.loads(gw.upstream[-1].content)["model"] == served
     assert [record.alias for record in gw.drain_usage()] == ["llama", "llama"]  # metered alike
+    # another tenant's alias bearing that name changes nothing for this one
+    gw.world.aliases[served] = AliasEntry(served, "other-served", "chat", ("h100-eu",))
+    gw.world.publish()
+    _wait_for_version(gw)
+    still = gw.client.post(
+        "/v1/chat/completions", json={**CHAT, "model": served}, headers=auth(key)
+    )
+    assert still.status_code == 200 and json.loads(gw.upstream[-1].content)["model"] == served
     narrow = gw.world.add_key(allowed=frozenset({"bge"}))  # the tenant's, but not this key's
     gw.world.publish()
     _wait_for_version(gw)

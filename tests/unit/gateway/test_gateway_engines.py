@@ -157,6 +157,20 @@ def test_a_200_that_is_not_json_is_a_502_not_relayed_as_an_answer(
     ]
 
 
+def test_a_json_answer_whose_usage_is_not_vllm_s_is_still_relayed(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """An OpenAI-compatible server sending ``"prompt_tokens": null``: an answer, not a 502."""
+
+    def odd_usage(request: httpx.Request) -> httpx.Response:
+        answer = json.loads(chat_any(request).content)
+        answer["usage"] = {"prompt_tokens": None, "completion_tokens": "3"}
+        return httpx.Response(200, json=answer)
+
+    response = engine_gateway(odd_usage).chat()
+    assert response.status_code == 200 and response.json()["choices"]
+
+
 def test_a_stream_answered_200_without_events_moves_to_the_next_endpoint(
     engine_gateway: Callable[..., Gateway],
 ) -> None:

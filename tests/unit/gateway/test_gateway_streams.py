@@ -5,8 +5,10 @@ the endpoint."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import cast
 
 import httpx
@@ -20,6 +22,7 @@ from tests.unit.gateway.engines_support import (
 )
 from tests.unit.gateway.upstreams import Chunks, sse_events
 
+from trunkline.gateway import service as service_module
 from trunkline.gateway.endpoints import EngineState
 
 
@@ -411,3 +414,84 @@ def test_a_stream_whose_key_is_revoked_ends_at_the_next_event_and_is_billed_as_g
     [(_id, record)] = gw.usage.read(10)
     # the token read when the revocation was seen counts too: the engine generated it
     assert (record.status, record.error_code, record.completion_tokens) == (499, "key_revoked", 2)
+
+
+def test_a_stream_whose_key_merely_expired_meanwhile_runs_to_its_end(
+    engine_gateway: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expired key leaves the snapshot at its next publication, for any change: a stream it
+    started while valid is not cut as revoked."""
+    world, gateway = default_world(), []
+
+    async def expire() -> None:
+        later = time.time() + 2 * 3600  # past the key's expiry
+        clock = SimpleNamespace(
+            time=lambda: later, perf_counter=time.perf_counter, monotonic=time.monotonic
+        )
+        monkeypatch.setattr(service_module, "time", clock)
+        del world.keys[gateway[0].key.split("_")[1]]  # as the next publication leaves it out
+        world.publish()
+        await gateway[0].service.holder.refresh()
+
+    events = sse_events("llama-8b-served", with_usage=False)
+    key = world.add_key(expires_at=time.time() + 3600)
+    gw = engine_gateway(
+        lambda request: httpx.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            stream=_RevokedMidway(events, expire),
+        ),
+        world=world,
+    )
+    gw = dataclasses.replace(gw, key=key)
+    gateway.append(gw)
+    body = gw.chat(STREAM).text
+    assert "invalid_api_key" not in body and body.rstrip().endswith("data: [DONE]")
+    [(_id, record)] = gw.usage.read(10)
+    assert record.status == 200
+
+
+class _Endless(httpx.AsyncByteStream):
+    """An engine that sends its first events, then decodes for ever."""
+
+    def __init__(self, events: list[bytes]) -> None:
+        self.events = events
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            yield event
+        await asyncio.Event().wait()
+        yield b""  # never reached
+
+
+def test_a_gateway_stopping_meters_the_streams_it_cuts_before_its_usage_emitter_closes(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """Once its drain time is out, uvicorn cancels what is left and goes on to shut down: a
+    stream's generator may not run its own ``finally`` before the emitter closes."""
+    first = sse_events("llama-8b-served", with_usage=False)[:2]
+    gw = engine_gateway(
+        lambda request: httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=_Endless(first)
+        )
+    )
+    service = gw.service
+
+    async def cut_mid_stream() -> int:
+        principal = service.authenticate(f"Bearer {gw.key}")
+        body = httpx.Request("POST", "/", json=STREAM).content
+        reply = await service.handle("chat", body, principal, "req-cut")
+        assert reply.events is not None
+        await anext(reply.events)  # the client has its first event; the engine goes on
+        cut = service.meter_the_unfinished()
+        await reply.events.aclose()
+        return cut
+
+    assert gw.client.blocking_portal.call(cut_mid_stream) == 1
+    [(_id, record)] = gw.usage.read(10)
+    assert (record.request_id, record.status, record.error_code) == (
+        "req-cut",
+        499,
+        "gateway_stopped",
+    )
+    assert service.meter_the_unfinished() == 0  # nothing twice

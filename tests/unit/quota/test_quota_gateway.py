@@ -219,6 +219,23 @@ def test_monthly_cost_budget_counts_list_price(make_gateway: Any) -> None:
     assert "Limit $0.000076999, Used $0.000019, Requested $0.000058" in error["message"]
 
 
+def test_a_failed_request_uses_tokens_but_no_cost_budget_since_the_bill_leaves_it_out(
+    make_gateway: Any,
+) -> None:
+    """The price book bills completed and cancelled requests (``billable_outcomes``): a budget
+    charged for an engine's failures ran out before the bill said so."""
+    gw: Gateway = make_gateway(handler=lambda request: httpx.Response(503, text="overloaded"))
+    price = Price(input=1_000_000, cached_input=500_000, output=2_000_000)
+    gw.limit(
+        tenant=Limits(cost_per_month=10**9, tokens_per_day=10**6),
+        prices={price_key("llama-8b-served", "gold"): price},
+    )
+    assert gw.post(CHAT).status_code == 502
+    used = gw.counters("tenant")
+    assert used[DAY_TOKENS] > 0  # the engines prefilled the prompt: token limits count it
+    assert used[MONTH_COST] == 0
+
+
 def test_settle_charges_what_the_engine_reported(make_gateway: Any) -> None:
     gw: Gateway = make_gateway()
     gw.limit(key=Limits(tokens_per_day=10_000))
