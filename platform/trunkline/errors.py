@@ -6,7 +6,8 @@ details). Nothing here knows about HTTP.
 
     TrunklineError                   internal_error
     ├── InvalidRequest               invalid_request
-    │   └── PayloadTooLarge          payload_too_large
+    │   ├── PayloadTooLarge          payload_too_large
+    │   └── RequestTimeout           request_timeout
     ├── Unauthenticated              unauthenticated
     ├── Forbidden                    forbidden
     ├── NotFound                     not_found
@@ -50,6 +51,12 @@ class InvalidRequest(TrunklineError):
 
 class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    """The request's body did not arrive in time."""
+
+    code = "request_timeout"
 
 
 class MethodNotAllowed(InvalidRequest):

@@ -91,6 +91,9 @@ class GatewaySettings(BaseModel):
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    """A request's body must arrive whole within this long of its headers (408 otherwise): a
+    client trickling it in held a connection, and its key's check, for as long as it liked."""
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 300.0
     stream_idle_timeout_s: float = Field(default=30.0, gt=0)

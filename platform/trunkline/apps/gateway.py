@@ -132,6 +132,7 @@ def create_gateway_app(
     return build_app(
         service,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
         lifespan=[lifespan],
         metrics=registry,
         engines=monitor,

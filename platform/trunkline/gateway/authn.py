@@ -40,7 +40,29 @@ def authenticate(
     # Hash even when the id is unknown, so timing does not reveal which ids exist.
     digest = keyed_hash(server_secret, parsed.plaintext)
     if entry is None or not hmac.compare_digest(digest, entry.secret_hash):
-        raise _refuse("Incorrect API key provided, or the key was revoked.")
+        raise _refuse(_REVOKED)
+    return _principal(snapshot, entry, now)
+
+
+_REVOKED = "Incorrect API key provided, or the key was revoked."
+
+
+def current_principal(snapshot: Snapshot, principal: Principal, now: float) -> Principal:
+    """``principal`` as ``snapshot`` has it: the request is served by this configuration, not
+    by the one its key was checked against before its body came (a slow body outlived a key's
+    revocation, a tenant's move to other regions or a lower tier). Its secret was checked;
+    the key must still be there with the same one."""
+    entry = snapshot.keys.get(principal.key.key_id)
+    if entry is principal.key and (entry.expires_at is None or entry.expires_at > now):
+        tenant, tier = snapshot.tenants.get(entry.tenant_id), principal.tier
+        if tenant is principal.tenant and snapshot.tiers.get(tier.name) is tier:
+            return principal  # no new configuration meanwhile, the usual case
+    if entry is None or entry.secret_hash != principal.key.secret_hash:
+        raise _refuse(_REVOKED)
+    return _principal(snapshot, entry, now)
+
+
+def _principal(snapshot: Snapshot, entry: KeyEntry, now: float) -> Principal:
     if entry.expires_at is not None and entry.expires_at <= now:
         raise _refuse("This API key has expired.")
     tenant = snapshot.tenants.get(entry.tenant_id)

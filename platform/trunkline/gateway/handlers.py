@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -19,6 +20,7 @@ from trunkline.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     TrunklineError,
 )
 from trunkline.gateway.endpoints import EngineMonitor
@@ -87,7 +89,14 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
         key_id=principal.key.key_id,
     )
     try:
-        raw = await request.body()
+        try:
+            async with asyncio.timeout(request.app.state.get("body_timeout_s")):
+                raw = await request.body()
+        except TimeoutError:
+            raise RequestTimeout(
+                "The request body did not arrive in time; send it whole, faster.",
+                reason="request_timeout",
+            ) from None
         # A non-streamed answer comes only once it is whole: a client that left meanwhile has
         # it cancelled (the engine's call closed, so the engine aborts) and metered as 499,
         # not generated and billed in full. A stream's reply comes at its first event; from
@@ -283,6 +292,7 @@ def build_app(
     lifespan: list[object],
     metrics: CollectorRegistry | None = None,
     engines: EngineMonitor | None = None,
+    body_timeout_s: float | None = None,
 ) -> Litestar:
     registry = metrics or CollectorRegistry()
     requests = RequestMetrics(registry)
@@ -292,6 +302,7 @@ def build_app(
         "request_metrics": requests,
         "engines": engines,
         "max_body_bytes": max_body_bytes,
+        "body_timeout_s": body_timeout_s,
     }
     return Litestar(
         route_handlers=ROUTES,

@@ -29,7 +29,7 @@ from trunkline.errors import (
 from trunkline.gateway import cascade
 from trunkline.gateway.admission.predictor import uncached_tokens
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
-from trunkline.gateway.authn import Principal, authenticate
+from trunkline.gateway.authn import Principal, authenticate, current_principal
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
@@ -189,6 +189,7 @@ class GatewayService:
     async def handle(self, kind: str, raw: bytes, principal: Principal, request_id: str) -> Reply:
         """One request; a cascading alias tries its small model first (docs/cascading.md)."""
         snapshot = self.holder.current
+        principal = current_principal(snapshot, principal, time.time())
         request = parse_body(kind, raw, cache_salt=principal.tenant.cache_salt)
         alias = entitle(snapshot, principal, request)
         if alias.alias != request.alias:  # called by its served name: metered under the alias

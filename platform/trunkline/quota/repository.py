@@ -8,14 +8,16 @@ missing. ``all_*`` read everything, for the snapshot builder alone.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, class_mapper
 
 from trunkline.models import ApiKey, KeyQuota, TenantQuota, Tier, TierQuota
+from trunkline.models.base import _now
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
 
 DocT = TypeVar("DocT", QuotaLimits, ScopeLimits)
@@ -39,9 +41,7 @@ class QuotaRepository:
         return None if row is None else _load(row.limits, QuotaLimits)
 
     def set_tier_doc(self, tier_id: uuid.UUID, doc: QuotaLimits) -> bool:
-        limits = _dump(doc)
-        row = self._session.get(TierQuota, tier_id)
-        return _store(self._session, row, lambda: TierQuota(tier_id=tier_id, limits=limits), limits)
+        return _store(self._session, TierQuota, tier_id, _dump(doc))
 
     def tier_docs_by_name(self) -> dict[str, QuotaLimits]:
         rows = self._session.execute(
@@ -84,10 +84,7 @@ class TenantQuotaRepository:
         return None if row is None else _load(row.limits, QuotaLimits)
 
     def set_doc(self, doc: QuotaLimits) -> bool:
-        limits, tenant_id = _dump(doc), self._tenant_id
-        row = self._session.get(TenantQuota, tenant_id)
-        new = lambda: TenantQuota(tenant_id=tenant_id, limits=limits)  # noqa: E731
-        return _store(self._session, row, new, limits)
+        return _store(self._session, TenantQuota, self._tenant_id, _dump(doc))
 
     def key_doc(self, key_id: str) -> ScopeLimits | None:
         """The document in force for a key of this tenant (its own, or its ancestor's)."""
@@ -111,11 +108,7 @@ class TenantQuotaRepository:
         row_id = self._key_row_id(key_id)
         if row_id is None:
             raise LookupError(key_id)
-        limits = _dump(doc)
-        row = self._session.get(KeyQuota, row_id)
-        return _store(
-            self._session, row, lambda: KeyQuota(api_key_id=row_id, limits=limits), limits
-        )
+        return _store(self._session, KeyQuota, row_id, _dump(doc))
 
     def _key_row_id(self, key_id: str) -> uuid.UUID | None:
         return self._session.scalar(
@@ -136,19 +129,27 @@ def _nearest(
     return None
 
 
+_Document = TypeVar("_Document", TierQuota, TenantQuota, KeyQuota)
+
+
 def _store(
-    session: Session,
-    row: TierQuota | TenantQuota | KeyQuota | None,
-    create: Callable[[], TierQuota | TenantQuota | KeyQuota],
-    limits: dict[str, Any],
+    session: Session, model: type[_Document], ident: uuid.UUID, limits: dict[str, Any]
 ) -> bool:
-    """Insert or update a document; whether it changed."""
-    if row is None:
-        session.add(create())
-        session.flush()
-        return True
-    if row.limits == limits:
+    """Insert or update the document of ``ident``; whether it changed. One statement
+    (``INSERT … ON CONFLICT … DO UPDATE``): two first PUTs of one scope at once both inserted,
+    and the second was a 409 though PUT is idempotent."""
+    row = session.get(model, ident)
+    if row is not None and row.limits == limits:
         return False
-    row.limits = limits
-    session.flush()
+    [key] = class_mapper(model).primary_key
+    insert = (sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert)(model)
+    statement = insert.values({key.name: ident, "limits": limits, "updated_at": _now()})
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[key.name],
+            set_={"limits": statement.excluded.limits, "updated_at": statement.excluded.updated_at},
+        )
+    )
+    if row is not None:
+        session.expire(row)  # the statement wrote past the ORM's copy
     return True

@@ -25,6 +25,8 @@ from trunkline.keys import service as keys
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.models import ApiKey, Membership, Project, Role, Tenant
 from trunkline.pools import entitlements
+from trunkline.quota.repository import TenantQuotaRepository
+from trunkline.quota.schemas import QuotaLimits, ScopeLimits
 from trunkline.tenancy import service as tenancy
 from trunkline.tenancy.schemas import MemberAdd, MemberUpdate
 from unit.controlplane.cp_support import World
@@ -139,3 +141,23 @@ def test_an_alias_granted_twice_at_once_is_granted_once_and_both_succeed(world: 
     with runtime.session_factory() as session:
         granted = [e.alias for e in entitlements.list_entitlements(session, tenant)]
     assert sorted(granted) == ["bge-small", "llama-3.1-8b"]
+
+
+def test_two_first_quota_puts_of_one_scope_at_once_both_succeed_and_the_last_holds(
+    world: World,
+) -> None:
+    """PUT is idempotent: both inserted the scope's first document, and the second was a 409."""
+    runtime = world.runtime
+    with runtime.session_factory() as session:
+        tenant = _acme(session)
+
+    def put(tokens_per_minute: int) -> Callable[[Session], object]:
+        doc = QuotaLimits(tenant=ScopeLimits(tokens_per_minute=tokens_per_minute))
+        return lambda s: TenantQuotaRepository(s, tenant).set_doc(doc)
+
+    raised = one_after_another_at_once(runtime, put(1000), put(2000))
+
+    assert raised is None, raised
+    with runtime.session_factory() as session:
+        stored = TenantQuotaRepository(session, tenant).doc()
+    assert stored is not None and stored.tenant.tokens_per_minute == 2000

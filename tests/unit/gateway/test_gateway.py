@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -11,6 +12,8 @@ import pytest
 from tests.unit.gateway.conftest import TENANT_A, TENANT_B, Harness
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
+from trunkline.errors import Unauthenticated
+from trunkline.settings import GatewaySettings
 from trunkline.snapshot import AliasEntry, CascadeEntry, Snapshot
 
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
@@ -588,3 +591,65 @@ def test_a_model_is_retrieved_only_by_a_key_that_may_use_it(make_gateway) -> Non
         assert error["param"] == "model" and model in error["message"]
     assert gw.client.get("/v1/models/secret-model", headers=auth(globex)).status_code == 200
     assert_openai_error(gw.client.get("/v1/models/llama"), 401, "invalid_api_key")
+
+
+def test_a_request_is_served_by_the_configuration_current_when_its_body_came(
+    make_gateway,
+) -> None:
+    """The key is checked when the headers come; a slow body outlived the key's revocation
+    and the tenant's move to other regions, served as if neither had happened."""
+    gw, key = _ready(make_gateway)
+    globex = gw.world.add_key(TENANT_B)  # regions: eu-west
+    gw.world.publish()
+    _wait_for_version(gw)
+    service = gw.client.app.state.gateway
+    checked = {k: service.authenticate(f"Bearer {k}") for k in (key, globex)}
+    del gw.world.keys[key.split("_")[1]]  # revoked while its body was on its way
+    gw.world.tenants[TENANT_B] = msgspec.structs.replace(
+        gw.world.tenants[TENANT_B], regions=("us-east",)
+    )
+    gw.world.publish()
+    _wait_for_version(gw)
+    raw = json.dumps(CHAT).encode()
+
+    async def handle(principal: object) -> object:
+        return await service.handle("chat", raw, principal, "req-slow")
+
+    with pytest.raises(Unauthenticated):
+        gw.client.blocking_portal.call(handle, checked[key])
+    reply = gw.client.blocking_portal.call(handle, checked[globex])
+    assert reply.headers["x-trunkline-pool"] == "l40s-us"  # its regions now, not then
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_reaches_no_engine(
+    make_gateway,
+) -> None:
+    """A client trickling its body in held a connection, and its key's check, for ever."""
+    gw, key = _ready(make_gateway, settings=GatewaySettings(body_timeout_s=0.05))
+    sent: list[dict] = []  # type: ignore[type-arg]
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": None,
+        "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-length", b"1000"),
+                    (b"content-type", b"application/json")],
+    }  # fmt: skip
+
+    async def trickle() -> None:
+        parts = iter([{"type": "http.request", "body": b'{"model": "ll', "more_body": True}])
+
+        async def receive() -> dict:  # type: ignore[type-arg]
+            part = next(parts, None)
+            if part is None:
+                await asyncio.Event().wait()  # the rest never comes
+            return part  # type: ignore[return-value]
+
+        async def send(message: dict) -> None:  # type: ignore[type-arg]
+            sent.append(message)
+
+        await gw.client.app(scope, receive, send)
+
+    gw.client.blocking_portal.call(trickle)
+    assert sent[0]["status"] == 408
+    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
+    assert error["code"] == "request_timeout" and gw.upstream == []
