@@ -23,6 +23,7 @@ from trunkline.bench._routing_search import (
     goodput_rps,
 )
 from trunkline.bench.report import GoalSpec, Metrics, Runs
+from trunkline.kit.collector import collector_paused
 
 if TYPE_CHECKING:
     from trunkline.fleet import FleetSpec, RequestOutcome
@@ -139,11 +140,8 @@ class SimRunner:
 
         # Millions of short-lived objects and no cycles worth chasing: see bench/fleet.py.
         gc.collect()
-        gc.disable()
-        try:
+        with collector_paused():
             result = simulate(spec, make_policy(policy_name), workload, limit=limit)
-        finally:
-            gc.enable()
         self.simulations += 1
         metrics = result.metrics()
         ttfts = [o.ttft for o in result.outcomes if o.status == "ok"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from trunkline.bench.report import BenchResult, GoalSpec, Metrics, Runs, print_table, write_result
+from trunkline.kit.collector import collector_paused
 
 if TYPE_CHECKING:
     from trunkline.fleet import FleetResult
@@ -141,14 +142,10 @@ def _run_one(config: FleetBenchConfig, policy_name: str) -> tuple[FleetResult, f
     # The run allocates millions of short-lived objects and no reference cycles worth chasing:
     # the cyclic collector would cost about a third of the wall time. It runs once afterwards.
     gc.collect()
-    gc.disable()
     started = time.perf_counter()
-    try:
+    with collector_paused():
         result = simulate(spec, policy, workload, limit=config.limit)
-    finally:
-        wall = time.perf_counter() - started
-        gc.enable()
-    return result, wall
+    return result, time.perf_counter() - started
 
 
 def run_fleet_bench(config: FleetBenchConfig, out_dir: Path, *, progress: TextIO) -> BenchResult:

@@ -23,6 +23,7 @@ from trunkline.billing.pricebook import (
     BUNDLED,
     DEFAULT_MODEL,
     PriceBook,
+    PriceVersion,
     load_price_book_file,
     version_document,
     version_from_document,
@@ -128,18 +129,23 @@ def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -
             f"({first.version}, from {first.effective_from:%Y-%m-%d %H:%M} UTC)"
         )
     for version, until in book.spans():
-        if version.version not in added or DEFAULT_MODEL in version.models:
+        if version.version not in added:
             continue
         used = select(UsageRollup.model).where(UsageRollup.hour >= version.effective_from)
         if until is not None:
             used = used.where(UsageRollup.hour < until)
         needed = set(session.scalars(used.distinct())) | (served if until is None else set())
-        missing = needed - version.models.keys()
+        missing = _unpriced_by(version, needed)
         problems.extend(
             f"version {version.version} has no price for model {model!r}"
             for model in sorted(missing)
         )
     return problems
+
+
+def _unpriced_by(version: PriceVersion, models: set[str]) -> set[str]:
+    """Those of ``models`` ``version`` cannot price: none when it has a ``*`` default."""
+    return set() if DEFAULT_MODEL in version.models else models - version.models.keys()
 
 
 def unpriced_new_model(session: Session, name: str, now: datetime) -> str | None:
@@ -150,7 +156,7 @@ def unpriced_new_model(session: Session, name: str, now: datetime) -> str | None
     for version, until in load_price_book(session).spans():
         if until is not None and until <= now:
             continue
-        if DEFAULT_MODEL not in version.models and name not in version.models:
+        if _unpriced_by(version, {name}):
             return (
                 f"price book version {version.version} has no price for model {name!r} (and "
                 f"no '{DEFAULT_MODEL}' default): apply a price book version that prices it "
