@@ -131,6 +131,39 @@ def check_multi_answer_stream(kind: str, fields: dict[str, Any], events: list[An
         assert choices[-1]["finish_reason"] == "length"
 
 
+ECHO_CASES: list[dict[str, Any]] = [
+    # completions' echo, as vLLM 0.32 answers it: each answer starts with its prompt; with
+    # max_tokens 0 the answer is the prompt alone, though one token is generated and counted
+    {"prompt": "The capital of France is Paris", "max_tokens": 0},
+    {"prompt": ["Hello there", "The capital"], "max_tokens": 0},
+    {"prompt": "The capital of France is Paris", "max_tokens": ANSWER_TOKENS, "ignore_eos": True},
+]
+
+
+def check_echo(fields: dict[str, Any], full: dict[str, Any]) -> None:
+    """Each choice is its prompt, then (unless max_tokens is 0) what was generated."""
+    prompts = fields["prompt"] if isinstance(fields["prompt"], list) else [fields["prompt"]]
+    generated = fields["max_tokens"] or 1  # 0: one token all the same, not shown
+    assert [choice["index"] for choice in full["choices"]] == list(range(len(prompts)))
+    for prompt, choice in zip(prompts, full["choices"], strict=True):
+        assert choice["text"].startswith(prompt), choice
+        assert (choice["text"] == prompt) is (fields["max_tokens"] == 0), choice
+        assert choice["finish_reason"] == "length"
+    assert full["usage"]["completion_tokens"] == generated * len(prompts), full["usage"]
+
+
+def check_echo_stream(fields: dict[str, Any], events: list[Any]) -> None:
+    """A streamed echo: each choice's texts joined read as :func:`check_echo`'s."""
+    texts: dict[int, str] = {}
+    for event in events:
+        for choice in event["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["text"]
+    prompts = fields["prompt"] if isinstance(fields["prompt"], list) else [fields["prompt"]]
+    for index, prompt in enumerate(prompts):
+        assert texts[index].startswith(prompt), texts
+        assert (texts[index] == prompt) is (fields["max_tokens"] == 0), texts
+
+
 CONTEXT_REFUSAL = "cannot be greater than max_model_len"
 """What vLLM's refusal of an answer maximum over the context window says."""
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from trunkline.engines.tokens import VOCAB_SIZE, ChatMessage, apply_chat_template, tokenize
+from trunkline.engines.tokens import (
+    VOCAB_SIZE,
+    ChatMessage,
+    apply_chat_template,
+    detokenize,
+    tokenize,
+)
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -79,11 +85,22 @@ class GenerateParams:
     more_prompts: tuple[tuple[list[int], int], ...] = ()
     """A completions list's other prompts, each with its own ``max_tokens`` (vLLM clamps it to
     what each prompt leaves of the context)."""
+    echo: tuple[str, ...] | None = None
+    """Completions' ``echo``: per prompt, its text, which each of its answers starts with."""
+    echo_only: bool = False
+    """``echo`` with ``max_tokens`` 0 (scoring a prompt): as vLLM, one token is generated (and
+    counted in the usage) but the answer is the prompt alone."""
 
     def answers(self) -> list[tuple[list[int], int]]:
         """(prompt, max_tokens) of every choice, in vLLM's order: each prompt's ``n`` answers."""
         prompts = [(self.prompt_tokens, self.max_tokens), *self.more_prompts]
         return [prompt for prompt in prompts for _ in range(self.n)]
+
+    def answer_text(self, index: int, generated: str) -> str:
+        """What choice ``index`` says, its echoed prompt first."""
+        if self.echo is None:
+            return generated
+        return self.echo[index // self.n] + ("" if self.echo_only else generated)
 
 
 MAX_N = 128
@@ -133,7 +150,9 @@ def _token_ids(value: object, name: str) -> list[int] | None:
     return list(value)
 
 
-def _max_tokens(body: Json, names: tuple[str, ...], prompt_len: int, served: ServedModel) -> int:
+def _max_tokens(
+    body: Json, names: tuple[str, ...], prompt_len: int, served: ServedModel, *, echo: bool = False
+) -> int:
     limit = served.max_model_len
     if prompt_len >= limit:
         raise _bad(
@@ -147,6 +166,8 @@ def _max_tokens(body: Json, names: tuple[str, ...], prompt_len: int, served: Ser
         return min(DEFAULT_MAX_TOKENS, limit - prompt_len)
     if not isinstance(requested, int) or isinstance(requested, bool):
         raise _bad("max_tokens must be an integer.", "max_tokens")
+    if requested == 0 and echo:
+        return 1  # the prompt echoed alone; vLLM generates (and counts) one token all the same
     if requested < 1:
         raise _bad(f"max_tokens must be at least 1, got {requested}.", "max_tokens")
     if requested > limit:
@@ -265,6 +286,7 @@ def _generate_params(
     *,
     ends_naturally: bool = False,
     chat: bool = False,
+    echo: tuple[str, ...] | None = None,
 ) -> GenerateParams:
     stream = bool(_optional(body, "stream", bool))
     options = _optional(body, "stream_options", dict)
@@ -280,7 +302,8 @@ def _generate_params(
     if n > MAX_N:
         raise _bad(f"The simulator generates at most {MAX_N} answers per prompt.", "n")
     _check_sampling(body)
-    limits = [_max_tokens(body, names, len(prompt), served) for prompt in prompts]
+    echoing = echo is not None
+    limits = [_max_tokens(body, names, len(prompt), served, echo=echoing) for prompt in prompts]
     return GenerateParams(
         prompt_tokens=prompts[0],
         max_tokens=limits[0],
@@ -292,6 +315,8 @@ def _generate_params(
         seed=_integer(body, "seed"),
         ends_at_max=ends_naturally and all(body.get(name) is None for name in names),
         logprobs=_logprobs(body, chat),
+        echo=echo,
+        echo_only=echoing and body.get("max_tokens") == 0,
     )
 
 
@@ -361,7 +386,12 @@ def parse_completion(body: object, served: ServedModel) -> GenerateParams:
         raise _bad("Field required: 'prompt'.", "prompt")
     _check_model(request, served)
     prompts = _prompts(request["prompt"], "prompt")
-    return _generate_params(request, prompts, ("max_tokens",), served)
+    echo = None
+    if _optional(request, "echo", bool):
+        raw = request["prompt"]
+        items = [raw] if isinstance(raw, str) or _token_ids(raw, "prompt") is not None else raw
+        echo = tuple(i if isinstance(i, str) else detokenize(i) for i in items)
+    return _generate_params(request, prompts, ("max_tokens",), served, echo=echo)
 
 
 def parse_embeddings(body: object, served: ServedModel) -> EmbeddingParams:

@@ -241,7 +241,8 @@ class SimApp:
             if params.logprobs is not None:
                 tokens_logprobs = answer_logprobs(seeds[index], tokens, params.logprobs)
                 logprobs = logprobs_body(reply.kind, tokens_logprobs)
-            return Answer(detokenize(tokens), last.finish_reason, logprobs), last.usage
+            text = params.answer_text(index, detokenize(tokens))
+            return Answer(text, last.finish_reason, logprobs), last.usage
 
         done = await asyncio.gather(*(answer(i, s) for i, s in enumerate(streams)))
         body = reply.full([a for a, _ in done], _usage([u for _, u in done], params.n))
@@ -283,6 +284,10 @@ class SimApp:
                     running -= 1
                     continue
                 text = detokenize((event.token_id,))
+                if event.first:  # the echoed prompt leads the first chunk, as vLLM sends it
+                    text = params.answer_text(index, text)
+                elif params.echo_only:
+                    text = ""
                 logprobs = None
                 if params.logprobs is not None:
                     token = answer_logprobs(

@@ -128,10 +128,13 @@ def _check_payload(kind: str, body: dict[str, Any]) -> None:
         raise InvalidRequest(
             f"'{field}' must be a string or a non-empty array", param=field, reason="invalid_type"
         )
+    # Legacy completions score a prompt with ``echo`` and ``max_tokens`` 0 (the prompt's
+    # log-probabilities, nothing generated), which vLLM takes.
+    least = 0 if kind == "completions" and body.get("echo") is True else 1
     for name in ("max_tokens", "max_completion_tokens"):
         limit = body.get(name)
         if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < least
         ):
             raise InvalidRequest(
                 f"'{name}' must be a positive integer", param=name, reason="invalid_value"

@@ -87,6 +87,8 @@ def completion_maximum(kind: str, body: dict[str, Any]) -> int | None:
     unset (or not a positive integer, which the gateway refuses before it reserves)."""
     field = completion_field(kind, body)
     asked = None if field is None else body.get(field)
+    if asked == 0 and kind == "completions" and body.get("echo") is True:
+        return 1  # a prompt scored (echoed, nothing shown): vLLM generates one token all the same
     return asked if _positive_int(asked) else None
 
 

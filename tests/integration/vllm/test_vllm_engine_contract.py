@@ -11,8 +11,11 @@ import pytest
 
 from support.engine_contract import (
     ANSWER_TOKENS,
+    ECHO_CASES,
     MULTI_ANSWER_CASES,
     check_context_answer,
+    check_echo,
+    check_echo_stream,
     check_multi_answer,
     check_multi_answer_stream,
     context_window_cases,
@@ -54,3 +57,18 @@ def test_n_answers_and_lists_of_prompts(
         lines = [line[len("data: ") :] for line in response.iter_lines() if line]
     assert lines[-1] == "[DONE]"
     check_multi_answer_stream(kind, fields, [json.loads(line) for line in lines[:-1]])
+
+
+@pytest.mark.parametrize("fields", ECHO_CASES)
+def test_echo_answers_start_with_their_prompt_and_max_tokens_0_scores_it(
+    vllm_server: VllmServer, fields: dict[str, Any]
+) -> None:
+    url = f"{vllm_server.url}/v1/completions"
+    body = {"model": vllm_server.model_name, "echo": True, **fields}
+    full = httpx.post(url, json=body, timeout=120.0)
+    assert full.status_code == 200, full.text
+    check_echo(fields, full.json())
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=120.0) as response:
+        lines = [line[len("data: ") :] for line in response.iter_lines() if line]
+    assert lines[-1] == "[DONE]"
+    check_echo_stream(fields, [json.loads(line) for line in lines[:-1]])

@@ -19,9 +19,12 @@ from tests.unit.engines.test_sim_server import (
 from support.engine_contract import (
     ACCEPTED,
     ANSWER_TOKENS,
+    ECHO_CASES,
     MULTI_ANSWER_CASES,
     REFUSED,
     check_context_answer,
+    check_echo,
+    check_echo_stream,
     check_multi_answer,
     check_multi_answer_stream,
     context_window_cases,
@@ -81,3 +84,18 @@ async def test_bodies_vllm_accepts_are_accepted(sim: Sim) -> None:
     for fine in ACCEPTED:
         body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2, **fine}
         assert (await sim.client.post(CHAT_PATH, json=body)).status_code == 200, fine
+
+
+@pytest.mark.parametrize("fields", ECHO_CASES)
+async def test_echo_answers_start_with_their_prompt_and_max_tokens_0_scores_it(
+    sim: Sim, fields: dict[str, Any]
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    body = {"model": MODEL, "echo": True, **fields}
+    full = await sim.client.post(COMPLETIONS_PATH, json=body)
+    assert full.status_code == 200, full.text
+    check_echo(fields, full.json())
+    response = await sim.client.post(COMPLETIONS_PATH, json={**body, "stream": True})
+    *events, done = sse_payloads(response.text)
+    assert done == "[DONE]"
+    check_echo_stream(fields, events)

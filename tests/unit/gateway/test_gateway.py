@@ -653,3 +653,18 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_reaches_no_engine(
     assert sent[0]["status"] == 408
     error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
     assert error["code"] == "request_timeout" and gw.upstream == []
+
+
+def test_a_completion_scoring_its_prompt_with_echo_and_max_tokens_0_goes_through(
+    make_gateway,
+) -> None:
+    """The legacy way to score a prompt (its log-probabilities, nothing generated), which
+    vLLM takes; without echo a maximum of 0 is still refused."""
+    gw, key = _ready(make_gateway)
+    scoring = {"model": "llama", "prompt": "Paris is", "max_tokens": 0, "echo": True, "logprobs": 1}
+    response = gw.client.post("/v1/completions", json=scoring, headers=auth(key))
+    assert response.status_code == 200, response.text
+    assert json.loads(gw.upstream[-1].content)["max_tokens"] == 0
+    plain = {**scoring, "echo": False}
+    refused = gw.client.post("/v1/completions", json=plain, headers=auth(key))
+    assert assert_openai_error(refused, 400, "invalid_value")["param"] == "max_tokens"
