@@ -114,6 +114,10 @@ class GatewaySettings(BaseModel):
     then it cancels them, meters each with what it streamed so far and flushes the usage events
     before it exits. Keep it under the orchestrator's grace period (Kubernetes: 30 s), whose
     SIGKILL would otherwise cut long streams unmetered."""
+    max_held_usage_events: int | None = Field(default=1_000_000, gt=0)
+    """Usage events a gateway process holds in memory while the usage stream (Redis) does not
+    take them (about 0.5 KB each) before it refuses requests with 503 ``usage_unavailable``:
+    unbounded, a long outage grew it until the process died and lost them all."""
     snapshot_poll_s: float = 0.5
     max_connections: int = 1000
     quota: QuotaSettings = Field(default_factory=QuotaSettings)

@@ -108,6 +108,7 @@ def create_gateway_app(
         ejected_stream_idle_s=settings.ejected_stream_idle_s,
         admission=admission(monitor.state) if admission else None,
         prompt_tokens=tokens,
+        max_held_usage_events=settings.max_held_usage_events,
     )  # fmt: skip
 
     @asynccontextmanager

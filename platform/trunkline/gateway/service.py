@@ -149,6 +149,7 @@ class GatewayService:
         stream_idle_timeout_s: float = 30.0,
         ejected_stream_idle_s: float = 5.0,
         prompt_tokens: PromptTokens | None = None,
+        max_held_usage_events: int | None = None,
     ) -> None:
         self.holder = holder
         self.emitter = emitter
@@ -163,8 +164,23 @@ class GatewayService:
         self._prefix_cache = routing_prefix_cache(self.policy)
         self.prompt_tokens = prompt_tokens
         """Token views of prompts, for a policy matching them to the engines' KV events."""
+        self.max_held_usage_events = max_held_usage_events
+        """Usage events this process may hold in memory, waiting for the usage stream, before
+        it refuses requests it could not meter (None: no limit)."""
         self._unfinished: set[UsageMeter] = set()
         """Meters of the requests sent upstream and not metered yet."""
+
+    def _check_usage_room(self) -> None:
+        """Refuse a request whose usage this process could not keep: the usage stream (Redis)
+        has been away so long that the events held in memory reached the limit. Served, it
+        would grow memory until the process died and lost every event it held."""
+        limit, held = self.max_held_usage_events, getattr(self.emitter, "held", 0)
+        if limit is not None and held >= limit:
+            raise Unavailable(
+                f"The gateway cannot record usage right now ({held:,} usage events wait for "
+                "the usage stream); retry shortly.",
+                reason="usage_unavailable",
+            )
 
     def meter_the_unfinished(self) -> int:
         """Meter every request not metered yet, as cut by the gateway stopping: its drain time
@@ -194,6 +210,7 @@ class GatewayService:
         alias = entitle(snapshot, principal, request)
         if alias.alias != request.alias:  # called by its served name: metered under the alias
             request = replace(request, alias=alias.alias)
+        self._check_usage_room()
 
         async def attempt(sent: ParsedRequest, target: AliasEntry, attempt_id: str) -> Reply:
             # Each attempt reserves and settles its own quota and emits its own usage event.

@@ -668,3 +668,17 @@ def test_a_completion_scoring_its_prompt_with_echo_and_max_tokens_0_goes_through
     plain = {**scoring, "echo": False}
     refused = gw.client.post("/v1/completions", json=plain, headers=auth(key))
     assert assert_openai_error(refused, 400, "invalid_value")["param"] == "max_tokens"
+
+
+def test_a_gateway_holding_its_limit_of_unsent_usage_refuses_what_it_could_not_meter(
+    make_gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis away for long: the events held in memory grew until the process died with them."""
+    gw, key = _ready(make_gateway, settings=GatewaySettings(max_held_usage_events=3))
+    emitter = gw.client.app.state.gateway.emitter
+    monkeypatch.setattr(emitter, "held", 3, raising=False)  # as a Redis emitter counts them
+    refused = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert_openai_error(refused, 503, "usage_unavailable")
+    assert refused.headers["retry-after"] == "1" and gw.upstream == []
+    monkeypatch.setattr(emitter, "held", 2, raising=False)  # the stream took some back
+    assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).is_success
