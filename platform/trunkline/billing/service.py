@@ -114,6 +114,23 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
     return added
 
 
+def withdraw_price_version(session: Session, number: int, now: datetime) -> None:
+    """Delete stored version ``number`` before it takes effect: nothing was billed at it yet,
+    and a later version could not otherwise be put before it (versions only ever follow the
+    last). One in force, or past, is never changed: what it billed stays reproducible."""
+    stored = session.get(PriceBookVersion, number)
+    if stored is None:
+        raise NotFound(f"no price book version {number}", param="version")
+    if stored.effective_from <= now:
+        raise Conflict(
+            f"price book version {number} is in force since {stored.effective_from:%Y-%m-%d %H:%M}"
+            " UTC: a version in force is never changed; apply a new one instead",
+            param="version",
+        )
+    session.delete(stored)
+    session.flush()
+
+
 def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -> list[str]:
     """Versions of ``book`` being ``added`` without a ``*`` default that leave a model
     unpriced: one with usage in the hours the version prices, or, for the latest version, one

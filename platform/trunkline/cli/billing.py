@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
     apply.set_defaults(func=prices_apply_command)
     show = price_commands.add_parser("show", help="print the price book in force")
     show.set_defaults(func=prices_show_command)
+    withdraw = price_commands.add_parser(
+        "withdraw", help="delete a stored version that has not taken effect yet"
+    )
+    withdraw.add_argument("version", type=int)
+    withdraw.set_defaults(func=prices_withdraw_command)
 
     capacity = commands.add_parser("capacity", help="record dedicated GPU capacity of a tenant")
     capacity.add_argument("--tenant", required=True)
@@ -149,6 +154,17 @@ def prices_apply_command(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     print(f"added versions: {', '.join(map(str, added))}" if added else "no new versions")
+    return 0
+
+
+def prices_withdraw_command(args: argparse.Namespace) -> int:
+    runtime = open_runtime()
+    try:
+        with transaction(runtime.session_factory) as session:
+            service.withdraw_price_version(session, args.version, utcnow())
+    finally:
+        runtime.close()
+    print(f"withdrew version {args.version}")
     return 0
 
 

@@ -16,8 +16,14 @@ from trunkline.auth.principal import Principal
 from trunkline.billing.capacity import add_capacity
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_document, version_from_document
-from trunkline.billing.service import apply_price_book, close, export_period, load_price_book
-from trunkline.errors import Conflict, InvalidRequest
+from trunkline.billing.service import (
+    apply_price_book,
+    close,
+    export_period,
+    load_price_book,
+    withdraw_price_version,
+)
+from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.db import transaction
 from trunkline.metering.service import usage_report
 from trunkline.models import DedicatedCapacity, Project, Tenant
@@ -427,6 +433,31 @@ def test_a_first_version_starting_after_usage_is_refused(
         apply_price_book(session, PriceBook([version_from_document(late)]))
     with transaction(factory) as session:
         assert apply_price_book(session, PriceBook([bundled])) == [bundled.version]
+
+
+def test_a_version_not_in_force_yet_can_be_withdrawn_and_one_in_force_cannot(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """A version stored for 2030 kept any price change before it out: versions only follow the
+    last one stored."""
+    now = at(1, month=12)
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+        apply_price_book(session, PriceBook([bundled]))
+        far = {**version_document(bundled), "version": 2, "effective_from": "2030-01-01T00:00:00Z"}
+        apply_price_book(session, PriceBook([bundled, version_from_document(far)]))
+    sooner = {**version_document(bundled), "version": 3, "effective_from": "2027-02-01T00:00:00Z"}
+    with transaction(factory) as session:
+        stored = load_price_book(session).versions
+    with pytest.raises(InvalidRequest, match="must start after version 2"):
+        PriceBook([*stored, version_from_document(sooner)])
+    with transaction(factory) as session:
+        withdraw_price_version(session, 2, now)
+        assert apply_price_book(session, PriceBook([bundled, version_from_document(sooner)])) == [3]
+    with pytest.raises(Conflict, match="in force since"), transaction(factory) as session:
+        withdraw_price_version(session, bundled.version, now)
+    with pytest.raises(NotFound), transaction(factory) as session:
+        withdraw_price_version(session, 2, now)
 
 
 def _pricing(bundled: PriceBook, number: int, starts: str, *models: str) -> PriceBook:
