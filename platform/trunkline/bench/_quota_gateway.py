@@ -52,6 +52,9 @@ class SettleAfterResponse:
     ) -> tuple[int, int, int]:
         return await self._store.held(tenant_id, kind, ident, now_ms)
 
+    async def probe(self, now_ms: int) -> None:
+        await self._store.probe(now_ms)
+
     async def close(self) -> None:
         await self._store.close()
 

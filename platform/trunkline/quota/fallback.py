@@ -126,6 +126,17 @@ class FallbackQuotaStore:
                 self._keep_for_later(ticket, tokens, cost, now_ms)
 
     async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
+        """Renew leases; while degraded, also probe the store when a probe is due (the
+        heartbeat calls this every few seconds), so an idle gateway learns it is back and stops
+        saying it is degraded, rather than waiting for its next request."""
+        if self._degraded_since is not None and now_ms >= self._probe_at:
+            self._probe_at = now_ms + self._probe_every_ms
+            try:
+                await self._primary.probe(now_ms)
+            except StoreUnavailable as exc:
+                self._fail("probe", now_ms, exc)
+            else:
+                self._recovered(now_ms)
         local = [t for t in tickets if _is_local(t)]
         await self._local.renew(local, now_ms, lease_ms)
         shared = [t for t in tickets if not _is_local(t)]
@@ -144,6 +155,9 @@ class FallbackQuotaStore:
         self, tenant_id: str, kind: str, ident: str, now_ms: int
     ) -> tuple[int, int, int]:
         return await self._primary.held(tenant_id, kind, ident, now_ms)
+
+    async def probe(self, now_ms: int) -> None:
+        await self._primary.probe(now_ms)
 
     async def replayed(self) -> None:
         """Wait until the settles kept during an outage have been replayed (tests, shutdown)."""

@@ -110,6 +110,9 @@ class InMemoryQuotaStore:
                     tokens, cost, count = tokens + found[0], cost + found[1], count + 1
         return tokens, cost, count
 
+    async def probe(self, now_ms: int) -> None:
+        return None  # this process's memory is always there
+
     async def close(self) -> None:
         return None
 

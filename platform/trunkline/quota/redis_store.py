@@ -122,6 +122,9 @@ class RedisQuotaStore:
                 tokens, cost, count = tokens + reserved, cost + charged, count + 1
         return tokens, cost, count
 
+    async def probe(self, now_ms: int) -> None:
+        await _call(lambda: self._client.set(self._space.probe_key, now_ms, px=60_000))
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -105,6 +105,10 @@ class QuotaStore(Protocol):
         reservation not settled), and how many they are: part of its counters that may still
         be given back."""
 
+    async def probe(self, now_ms: int) -> None:
+        """One small write the store must take: raises :class:`StoreUnavailable` while it
+        cannot (away, or refusing writes), as a reservation would."""
+
     async def close(self) -> None: ...
 
 
@@ -131,6 +135,11 @@ class KeySpace:
             keys += self.scope_keys(request.tenant_id, scope.kind, scope.ident, windows)
         keys.append(self.reservation_key(request.tenant_id, request.request_id))
         return tuple(keys)
+
+    @property
+    def probe_key(self) -> str:
+        """What :meth:`QuotaStore.probe` writes (and lets expire)."""
+        return f"{self.prefix}:q:probe"
 
     def reservation_key(self, tenant_id: str, request_id: str) -> str:
         return f"{self.prefix}:q:{{{tenant_id}}}:res:{request_id}"

@@ -136,3 +136,17 @@ def test_a_redis_demoted_to_a_replica_is_an_outage_not_a_500(
         clock.advance(1000)
         assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
         assert client.get("/health").json()["quota_store"] == "ok"
+
+
+async def test_the_probe_is_a_write_a_demoted_redis_refuses(
+    demoted: redis.Redis, redis_url: str
+) -> None:
+    """A PING answers on a read-only replica: the probe that ends an outage must be a write."""
+    store = RedisQuotaStore(connect(redis_url, 2.0), prefix="probe-test")
+    await store.probe(NOON)
+    demoted.replicaof("127.0.0.1", str(free_port()))
+    with pytest.raises(StoreUnavailable):
+        await store.probe(NOON)
+    demoted.replicaof("NO", "ONE")
+    await store.probe(NOON)
+    await store.close()

@@ -55,6 +55,9 @@ class Flaky:
         self._reachable()
         return await self.inner.held(tenant_id, kind, ident, now_ms)
 
+    async def probe(self, now_ms: int) -> None:
+        self._reachable()
+
     async def close(self) -> None:
         return None
 
@@ -268,3 +271,22 @@ async def test_a_settle_that_cannot_be_replayed_is_dropped_and_the_others_still_
     # r1 stays charged its reservation (100), r2 was refunded to what it used (10), r3 holds 100.
     assert day[DAY_TOKENS] == 100 + 10 + 100
     assert registry.get_sample_value("trunkline_quota_settles_dropped_total") == 1.0
+
+
+async def test_an_idle_gateway_learns_the_store_is_back_from_its_heartbeat() -> None:
+    """With no request to probe it, the degraded gauge (and an alert on it) stayed up after
+    the store came back, until the next request."""
+    flaky, registry = Flaky(), CollectorRegistry()
+    store = FallbackQuotaStore(flaky, QuotaMetrics(registry), probe_every_ms=1000)
+    scopes = (Scope("key", "k", Limits(requests_per_minute=100).vector()),)
+    flaky.down = True
+    await store.reserve(ReserveRequest("r0", "t", scopes, 10, 0, 0, 60_000, 3_600_000))
+    assert store.degraded and registry.get_sample_value("trunkline_quota_store_degraded") == 1
+    await store.renew([], 500, 30_000)  # a heartbeat before the probe is due: still away
+    await store.renew([], 1_500, 30_000)  # due, but the store is still away
+    assert store.degraded
+    flaky.down = False
+    await store.renew([], 2_000, 30_000)  # back, but the next probe is not due yet
+    assert store.degraded
+    await store.renew([], 2_600, 30_000)
+    assert not store.degraded and registry.get_sample_value("trunkline_quota_store_degraded") == 0
