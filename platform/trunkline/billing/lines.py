@@ -21,14 +21,7 @@ from trunkline.billing.capacity import capacity_lines
 from trunkline.billing.charges import CREDIT, PER_MILLION_TOKENS, TOKENS, USAGE, ChargeLine, Names
 from trunkline.billing.periods import Period
 from trunkline.billing.pricebook import PriceBook, PriceVersion
-from trunkline.billing.rating import (
-    ONE,
-    exact_product,
-    exact_sum,
-    per_million,
-    rate,
-    token_quantities,
-)
+from trunkline.billing.rating import ONE, exact_product, exact_sum, per_million, rate
 from trunkline.billing.sla import sla_outcome
 from trunkline.errors import ConfigurationError
 from trunkline.metering.rollup_plan import HOUR
@@ -161,8 +154,11 @@ class _TokenPricer:
     ) -> None:
         slug, name = self.names.tenant(tenant)
         project_name = self.names.projects.get(project)
-        # The usage API rates the same rollups by the same split (cached at most the prompt).
-        for token_class, tokens in token_quantities(prompt, cached, completion).items():
+        # As metered: the gateway caps cached tokens at the prompt, so rows metered since bill
+        # as the usage API counts them; capping here as well would change the final bill of a
+        # period closed with an engine's miscount in it, which must read the same for ever.
+        quantities = (("input", prompt - cached), ("cached_input", cached), ("output", completion))
+        for token_class, tokens in quantities:
             if tokens <= 0:
                 continue
             sku, description, list_unit, contracted_unit = self._sku(model, tier, token_class, slug)

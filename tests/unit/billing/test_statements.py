@@ -90,16 +90,6 @@ def test_a_pending_correction_shows_in_the_preview_of_the_period_that_will_bill_
     assert corrections("2026-12") == []
 
 
-def test_cached_tokens_over_the_prompt_are_billed_as_the_usage_api_counts_them(
-    factory: sessionmaker[Session], tenants: dict[str, Account]
-) -> None:
-    """An engine that miscounted: the bill and the usage API both take the whole prompt as
-    cached, and neither a negative input line nor more cached tokens than prompted appear."""
-    ingest(factory, [event(tenants["acme"], when=at(3), prompt=100, cached=150, completion=0)])
-    usage = {r["x_TokenClass"]: r["ConsumedQuantity"] for r in focus(factory)}
-    assert usage == {"cached_input": "100"}
-
-
 def test_cancelled_requests_are_billed_and_failed_ones_only_metered(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
