@@ -22,6 +22,7 @@ import yaml
 
 from trunkline.errors import ConfigurationError, InvalidRequest
 from trunkline.kit.yamlfile import load_strict
+from trunkline.metering.outcomes import BILLED_BY_DEFAULT
 
 TOKEN_CLASSES = ("input", "cached_input", "output")
 DEFAULT_MODEL = "*"
@@ -63,7 +64,7 @@ class PriceVersion(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_o
     sla_credits: dict[str, list[CreditStep]] = {}
     contracts: dict[str, Decimal] = {}
     """Tenant slug → contracted discount (a fraction of list price)."""
-    billable_outcomes: list[str] = msgspec.field(default_factory=lambda: ["completed", "cancelled"])
+    billable_outcomes: list[str] = msgspec.field(default_factory=lambda: list(BILLED_BY_DEFAULT))
     """Outcomes of requests whose tokens are billed (failed requests are metered, not billed)."""
 
     def token_price(self, model: str, tier: str, token_class: str) -> Decimal:

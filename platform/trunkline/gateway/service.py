@@ -174,7 +174,7 @@ class GatewayService:
         """Refuse a request whose usage this process could not keep: the usage stream (Redis)
         has been away so long that the events held in memory reached the limit. Served, it
         would grow memory until the process died and lost every event it held."""
-        limit, held = self.max_held_usage_events, getattr(self.emitter, "held", 0)
+        limit, held = self.max_held_usage_events, self.emitter.held
         if limit is not None and held >= limit:
             raise Unavailable(
                 f"The gateway cannot record usage right now ({held:,} usage events wait for "
@@ -299,7 +299,6 @@ class GatewayService:
             self.emitter, self.quota, grant, principal, request, alias.model, request_id,
             on_finish=self._unfinished.discard,
         )  # fmt: skip
-        self._unfinished.add(meter)
         prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(request.kind, request.body)
         try:
             route = await self._route(
@@ -308,6 +307,7 @@ class GatewayService:
         except BaseException:
             self.quota.release(grant)  # never sent: nothing to meter, nothing to charge
             raise
+        self._unfinished.add(meter)  # from here on it is metered however it ends
         body = msgspec.json.encode(upstream_body(request, alias.model))
         prefill = self._prefill_estimates(route)  # before routed() teaches the index
         # Learned at dispatch, not when the answer comes: a non-streamed answer arrives only

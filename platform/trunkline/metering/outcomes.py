@@ -12,6 +12,9 @@ if TYPE_CHECKING:
 CLIENT_CLOSED = 499
 """The status of a request whose client left (nginx's)."""
 
+BILLED_BY_DEFAULT = ("completed", "cancelled")
+"""The outcomes a price version bills unless it says otherwise (``billable_outcomes``)."""
+
 
 def outcome_of(status: int) -> str:
     """``completed`` (2xx, 3xx), ``cancelled`` (499: the client left), ``rejected`` (other

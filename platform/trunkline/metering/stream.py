@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class UsageEmitter(Protocol):
+    held: int
+    """Events emitted and not yet in the stream (held in this process's memory)."""
+
     def emit(self, record: UsageRecord) -> None: ...
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -53,6 +56,8 @@ class InMemoryUsageStream:
         self._pending: dict[str, tuple[float, UsageRecord]] = {}
         self._seq = 0
         self.claim_idle_s = claim_idle_s
+        self.held = 0
+        """Always 0: an event is in the stream as soon as it is emitted."""
 
     def emit(self, record: UsageRecord) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 from trunkline.errors import QuotaExhausted, RateLimited, TrunklineError, UpstreamUnavailable
+from trunkline.metering.outcomes import BILLED_BY_DEFAULT
 from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
 from trunkline.quota.headers import rate_limit_headers, retry_headers
 from trunkline.quota.limits import (
@@ -79,7 +80,7 @@ class Grant:
     headers: dict[str, str]
     prompt_estimate: int = 0
     price: Price | None = None
-    billable_outcomes: tuple[str, ...] = ("completed", "cancelled")
+    billable_outcomes: tuple[str, ...] = BILLED_BY_DEFAULT
 
 
 UNLIMITED_GRANT: Final = Grant(None, {})
@@ -223,8 +224,9 @@ class QuotaEnforcer:
         for reservation in [r for r, (_t, since) in self._inflight.items() if since < cutoff]:
             del self._inflight[reservation]
         tickets = [ticket for ticket, _since in self._inflight.values()]
-        if tickets:
-            await self.store.renew(tickets, now, self._lease_ms)
+        # Called with none too: a store that is degraded probes on this beat (an idle gateway
+        # learns it is back); the stores send nothing for an empty list.
+        await self.store.renew(tickets, now, self._lease_ms)
 
     async def start(self) -> None:
         self._heartbeat = asyncio.create_task(self._beat(), name="quota-heartbeat")

@@ -13,6 +13,8 @@ from typing import Final
 
 import msgspec
 
+from trunkline.metering.outcomes import BILLED_BY_DEFAULT
+
 MICRO_USD: Final = 1_000_000
 """Prices' unit: micro-dollars (per million tokens)."""
 NANO_USD: Final = 1_000_000_000
@@ -92,7 +94,7 @@ class QuotaBook(msgspec.Struct, frozen=True, omit_defaults=True):
     keys: dict[str, Limits] = msgspec.field(default_factory=dict)
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
     """``price_key(model, tier)`` -> list price, for the monthly cost budgets."""
-    billable_outcomes: tuple[str, ...] = ("completed", "cancelled")
+    billable_outcomes: tuple[str, ...] = BILLED_BY_DEFAULT
     """The outcomes the price book in force bills (``metering.outcomes``): a cost budget is
     charged for these alone, as the bill is."""
 

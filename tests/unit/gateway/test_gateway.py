@@ -676,9 +676,9 @@ def test_a_gateway_holding_its_limit_of_unsent_usage_refuses_what_it_could_not_m
     """Redis away for long: the events held in memory grew until the process died with them."""
     gw, key = _ready(make_gateway, settings=GatewaySettings(max_held_usage_events=3))
     emitter = gw.client.app.state.gateway.emitter
-    monkeypatch.setattr(emitter, "held", 3, raising=False)  # as a Redis emitter counts them
+    monkeypatch.setattr(emitter, "held", 3)  # as a Redis emitter counts them
     refused = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
     assert_openai_error(refused, 503, "usage_unavailable")
     assert refused.headers["retry-after"] == "1" and gw.upstream == []
-    monkeypatch.setattr(emitter, "held", 2, raising=False)  # the stream took some back
+    monkeypatch.setattr(emitter, "held", 2)  # the stream took some back
     assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key)).is_success

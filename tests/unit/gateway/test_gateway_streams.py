@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import httpx
+import msgspec
 import pytest
 from tests.unit.gateway.conftest import default_world
 from tests.unit.gateway.engines_support import (
@@ -20,7 +21,7 @@ from tests.unit.gateway.engines_support import (
     Handler,
     failing_on,
 )
-from tests.unit.gateway.upstreams import Chunks, sse_events
+from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
 from trunkline.gateway import service as service_module
 from trunkline.gateway.endpoints import EngineState
@@ -495,3 +496,16 @@ def test_a_gateway_stopping_meters_the_streams_it_cuts_before_its_usage_emitter_
         "gateway_stopped",
     )
     assert service.meter_the_unfinished() == 0  # nothing twice
+
+
+def test_requests_refused_before_they_were_sent_leave_nothing_to_meter_at_shutdown(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """Their meters stayed in the set of unfinished ones for the life of the process, each
+    holding its body, and were metered as cut when it stopped."""
+    world = default_world()
+    for name, pool in world.pools.items():
+        world.pools[name] = msgspec.structs.replace(pool, endpoints=())
+    gw = engine_gateway(chat_any, world=world)
+    assert [gw.chat().status_code for _ in range(3)] == [503] * 3  # no endpoint
+    assert gw.service.meter_the_unfinished() == 0

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from trunkline.quota.enforcer import QuotaEnforcer
 from trunkline.quota.fallback import FallbackQuotaStore
 from trunkline.quota.limits import CONCURRENCY, DAY_TOKENS, REQUESTS, Limits
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import Vector
 from trunkline.quota.store import Outcome, ReserveRequest, Scope, StoreUnavailable, Ticket
+from trunkline.settings import QuotaSettings
 from unit.quota.conftest import Gateway
 from unit.quota.test_quota_gateway import CHAT, open_stream
 
@@ -275,18 +277,26 @@ async def test_a_settle_that_cannot_be_replayed_is_dropped_and_the_others_still_
 
 async def test_an_idle_gateway_learns_the_store_is_back_from_its_heartbeat() -> None:
     """With no request to probe it, the degraded gauge (and an alert on it) stayed up after
-    the store came back, until the next request."""
-    flaky, registry = Flaky(), CollectorRegistry()
+    the store came back, until the next request. Driven through the enforcer's heartbeat, with
+    no request in flight: it skipped the store when it had no lease to renew."""
+    flaky, registry, now = Flaky(), CollectorRegistry(), [0]
     store = FallbackQuotaStore(flaky, QuotaMetrics(registry), probe_every_ms=1000)
+    enforcer = QuotaEnforcer(
+        store, QuotaSettings(), QuotaMetrics(CollectorRegistry()), lambda: now[0]
+    )
     scopes = (Scope("key", "k", Limits(requests_per_minute=100).vector()),)
     flaky.down = True
     await store.reserve(ReserveRequest("r0", "t", scopes, 10, 0, 0, 60_000, 3_600_000))
     assert store.degraded and registry.get_sample_value("trunkline_quota_store_degraded") == 1
-    await store.renew([], 500, 30_000)  # a heartbeat before the probe is due: still away
-    await store.renew([], 1_500, 30_000)  # due, but the store is still away
-    assert store.degraded
+
+    async def beat(at_ms: int) -> bool:
+        now[0] = at_ms
+        await enforcer.renew_leases()
+        return store.degraded
+
+    assert await beat(500)  # before the probe is due: still degraded
+    assert await beat(1_500)  # due, but the store is still away
     flaky.down = False
-    await store.renew([], 2_000, 30_000)  # back, but the next probe is not due yet
-    assert store.degraded
-    await store.renew([], 2_600, 30_000)
-    assert not store.degraded and registry.get_sample_value("trunkline_quota_store_degraded") == 0
+    assert await beat(2_000)  # back, but the next probe is not due yet
+    assert not await beat(2_600)
+    assert registry.get_sample_value("trunkline_quota_store_degraded") == 0
