@@ -253,17 +253,21 @@ class SnapshotSync:
 
     failing_since: float | None = None
     error: str | None = None
+    checked: bool = False
+    """A check has run (the first comes ``snapshot_check_s`` after the start)."""
 
     def succeeded(self) -> None:
         if self.failing_since is not None:
             log.info("snapshot check succeeded again; the gateways have this configuration")
-        self.failing_since, self.error = None, None
+        self.failing_since, self.error, self.checked = None, None, True
 
     def failed(self, error: str) -> None:
         self.failing_since = self.failing_since or time.time()
-        self.error = error
+        self.error, self.checked = error, True
 
     def report(self) -> dict[str, object]:
+        if not self.checked:
+            return {"in_sync": None}  # not known yet
         if self.failing_since is None:
             return {"in_sync": True}
         failing_s = round(time.time() - self.failing_since, 1)

@@ -78,6 +78,7 @@ def _credentials(request: Request[object, object, State]) -> str | None:
 
 
 async def _serve(kind: str, request: Request[object, object, State]) -> Response[bytes]:
+    started = time.perf_counter()
     service = _service(request.app.state)
     ids = _id_headers(request)
     request_id = ids["x-request-id"]
@@ -108,6 +109,9 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
             reply = Reply(CLIENT_CLOSED, b"", None, {})  # nobody is left to read it
     finally:
         tlog.reset(token)
+    # As OpenAI's: how long the answer took to start (a stream's first event), for clients and
+    # tools that log it.
+    ids["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
     return _to_response(reply, ids)
 
 

@@ -121,7 +121,8 @@ def test_expired_and_revoked_tokens_are_refused(world: World) -> None:
 
 
 def test_health_and_openapi_need_no_token(client: TestClient[Any]) -> None:
-    assert Api(client).get("/healthz") == {"status": "ok", "snapshot": {"in_sync": True}}
+    # not checked yet (the first check comes SNAPSHOT_CHECK_S after the start): not known
+    assert Api(client).get("/healthz") == {"status": "ok", "snapshot": {"in_sync": None}}
     assert Api(client).get("/livez") == {"status": "ok"}
     schema = Api(client).get("/schema/openapi.json")
     assert "/api/v1/tenants/{tenant_id}/keys" in schema["paths"]

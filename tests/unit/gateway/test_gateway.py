@@ -133,6 +133,7 @@ def test_chat_completion_returns_usage_and_records_one_event(make_gateway) -> No
     assert record.status == 200 and record.alias == "llama" and record.tier == "gold"
     assert record.ttft_slo_ms == 500  # gold's, as served: judged by it even if gold's changes
     assert record.request_id == response.headers["x-request-id"]
+    assert int(response.headers["openai-processing-ms"]) >= 0  # as OpenAI's answers carry it
     assert record.pool in {"h100-eu", "l40s-us"} and record.endpoint is not None
 
 
