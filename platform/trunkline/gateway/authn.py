@@ -53,7 +53,7 @@ def current_principal(snapshot: Snapshot, principal: Principal, now: float) -> P
     revocation, a tenant's move to other regions or a lower tier). Its secret was checked;
     the key must still be there with the same one."""
     entry = snapshot.keys.get(principal.key.key_id)
-    if entry is principal.key and (entry.expires_at is None or entry.expires_at > now):
+    if entry is principal.key and not expired(entry, now):
         tenant, tier = snapshot.tenants.get(entry.tenant_id), principal.tier
         if tenant is principal.tenant and snapshot.tiers.get(tier.name) is tier:
             return principal  # no new configuration meanwhile, the usual case
@@ -62,8 +62,12 @@ def current_principal(snapshot: Snapshot, principal: Principal, now: float) -> P
     return _principal(snapshot, entry, now)
 
 
+def expired(key: KeyEntry, now: float) -> bool:
+    return key.expires_at is not None and key.expires_at <= now
+
+
 def _principal(snapshot: Snapshot, entry: KeyEntry, now: float) -> Principal:
-    if entry.expires_at is not None and entry.expires_at <= now:
+    if expired(entry, now):
         raise _refuse("This API key has expired.")
     tenant = snapshot.tenants.get(entry.tenant_id)
     if tenant is None:

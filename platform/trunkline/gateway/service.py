@@ -29,7 +29,7 @@ from trunkline.errors import (
 from trunkline.gateway import cascade
 from trunkline.gateway.admission.predictor import uncached_tokens
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
-from trunkline.gateway.authn import Principal, authenticate, current_principal
+from trunkline.gateway.authn import Principal, authenticate, current_principal, expired
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
@@ -456,7 +456,6 @@ class GatewayService:
         loop, limit = asyncio.get_running_loop(), self.stream_idle_timeout_s
         flight, ejected = meter.flight, False
         key, holder = meter.principal.key, self.holder
-        key_id = key.key_id
         try:
             failure, message = None, ""
             try:
@@ -484,7 +483,7 @@ class GatewayService:
                             idle.reschedule(None)
                             if chunk is None:
                                 break
-                            if key_id not in holder.current.keys and not _expired(key):
+                            if _revoked(key, holder.current):
                                 raise _KeyRevoked
                             yield chunk
                     finally:
@@ -496,7 +495,7 @@ class GatewayService:
                 # A leaked key revoked mid-stream stops generating at the next snapshot, not
                 # at the end of its longest answer. Metered as cancelled: what it streamed is
                 # billed.
-                log.info("stream ended: its API key was revoked", extra={"key_id": key_id})
+                log.info("stream ended: its API key was revoked", extra={"key_id": key.key_id})
                 status, code = CLIENT_CLOSED, "key_revoked"
                 yield error_event(
                     "The API key of this request was revoked; the stream was ended.",
@@ -535,10 +534,10 @@ class _KeyRevoked(Exception):
     """The stream's API key left the configuration (revoked) while it streamed."""
 
 
-def _expired(key: KeyEntry) -> bool:
-    """A key past its expiry leaves the snapshot too, at its next publication: a stream it
-    started before expiring runs to its end; only a revoked key's is cut."""
-    return key.expires_at is not None and key.expires_at <= time.time()
+def _revoked(key: KeyEntry, snapshot: Snapshot) -> bool:
+    """Whether ``key`` was revoked: gone from ``snapshot``, and not because it expired (an
+    expired key leaves at the next publication too; a stream it began runs to its end)."""
+    return key.key_id not in snapshot.keys and not expired(key, time.time())
 
 
 _RETRY_HEADERS = ("retry-after", "retry-after-ms")

@@ -400,11 +400,7 @@ def test_a_stream_whose_key_is_revoked_ends_at_the_next_event_and_is_billed_as_g
 
     events = sse_events("llama-8b-served", with_usage=False)
     gw = engine_gateway(
-        lambda request: httpx.Response(
-            200,
-            headers={"content-type": "text/event-stream"},
-            stream=_RevokedMidway(events, revoke),
-        ),
+        lambda request: _event_stream(_RevokedMidway(events, revoke)),
         world=world,
     )
     gateway.append(gw)
@@ -437,11 +433,7 @@ def test_a_stream_whose_key_merely_expired_meanwhile_runs_to_its_end(
     events = sse_events("llama-8b-served", with_usage=False)
     key = world.add_key(expires_at=time.time() + 3600)
     gw = engine_gateway(
-        lambda request: httpx.Response(
-            200,
-            headers={"content-type": "text/event-stream"},
-            stream=_RevokedMidway(events, expire),
-        ),
+        lambda request: _event_stream(_RevokedMidway(events, expire)),
         world=world,
     )
     gw = dataclasses.replace(gw, key=key)
@@ -471,11 +463,7 @@ def test_a_gateway_stopping_meters_the_streams_it_cuts_before_its_usage_emitter_
     """Once its drain time is out, uvicorn cancels what is left and goes on to shut down: a
     stream's generator may not run its own ``finally`` before the emitter closes."""
     first = sse_events("llama-8b-served", with_usage=False)[:2]
-    gw = engine_gateway(
-        lambda request: httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=_Endless(first)
-        )
-    )
+    gw = engine_gateway(lambda request: _event_stream(_Endless(first)))
     service = gw.service
 
     async def cut_mid_stream() -> int:
