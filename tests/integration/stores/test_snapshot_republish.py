@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from litestar.testing import TestClient
 
 from support.servers import start_redis
-from trunkline.apps.controlplane import create_controlplane_app, republish_if_stale
+from trunkline.apps.controlplane import create_controlplane_app
+from trunkline.apps.publishing import republish_if_stale
 from trunkline.apps.runtime import build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.keys.service import key_tenant, revoke_key
