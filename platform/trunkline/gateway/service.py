@@ -29,7 +29,7 @@ from trunkline.errors import (
 from trunkline.gateway import cascade
 from trunkline.gateway.admission.predictor import uncached_tokens
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
-from trunkline.gateway.authn import Principal, authenticate, current_principal, expired
+from trunkline.gateway.authn import Principal, authenticate, current_principal
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
@@ -49,7 +49,6 @@ from trunkline.gateway.proxy import (
     NotAStream,
     Opened,
     Tally,
-    error_event,
     is_event_stream,
     open_upstream,
     read_usage,
@@ -69,13 +68,14 @@ from trunkline.gateway.routing import (
 )
 from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.state import SnapshotHolder
+from trunkline.gateway.stream_relay import relay_stream
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
 from trunkline.quota.estimate import estimate_prompt_tokens
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.settings import QuotaSettings
-from trunkline.snapshot import AliasEntry, KeyEntry, Snapshot, TierEntry
+from trunkline.snapshot import AliasEntry, Snapshot, TierEntry
 
 __all__ = ["Admission", "AdmitAll", "Admitted", "GatewayService", "Reply"]
 
@@ -348,7 +348,11 @@ class GatewayService:
         if started is None:
             return await self._finish_plain(response, meter, headers, opened.failure)
         meter.first_byte()
-        return Reply(200, b"", self._stream(response, meter, *started), headers)
+        events = relay_stream(
+            response, meter, *started, holder=self.holder, idle_s=self.stream_idle_timeout_s,
+            ejected_idle_s=self.ejected_stream_idle_s,
+        )  # fmt: skip
+        return Reply(200, b"", events, headers)
 
     def _prefill_estimates(self, route: _Route) -> list[int]:
         """Per endpoint of the route, the prompt tokens it will likely prefill: the prompt less
@@ -447,97 +451,6 @@ class GatewayService:
             return Reply(status, engine_error(status, payload), None, headers)
         meter.finish(status, None)
         return Reply(status, payload, None, headers)
-
-    async def _stream(
-        self, response: httpx.Response, meter: UsageMeter, first: bytes, rest: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        status: int = CLIENT_CLOSED
-        code: str | None = "client_closed"
-        loop, limit = asyncio.get_running_loop(), self.stream_idle_timeout_s
-        flight, ejected = meter.flight, False
-        key, holder = meter.principal.key, self.holder
-        try:
-            failure, message = None, ""
-            try:
-                # The timer runs only while the engine is awaited, never while the client is.
-                async with asyncio.timeout(None) as idle:
-
-                    def endpoint_ejected() -> None:
-                        nonlocal ejected, limit
-                        ejected, limit = True, min(limit, self.ejected_stream_idle_s)
-                        deadline = idle.when()
-                        # The engine is awaited now, and its silence not already timed out
-                        # (an expiring timer cannot be rescheduled: the ejector would get the
-                        # RuntimeError).
-                        if deadline is not None and not idle.expired():
-                            idle.reschedule(min(deadline, loop.time() + limit))
-
-                    if flight is not None:
-                        flight.on_ejected = endpoint_ejected
-                    try:
-                        if first:
-                            yield first
-                        while True:
-                            idle.reschedule(loop.time() + limit)
-                            chunk = await anext(rest, None)
-                            idle.reschedule(None)
-                            if chunk is None:
-                                break
-                            if _revoked(key, holder.current):
-                                raise _KeyRevoked
-                            yield chunk
-                    finally:
-                        if flight is not None:  # before the timer ends with the block
-                            flight.on_ejected = None
-                status, code = 200, None
-                meter.engine_answered()
-            except _KeyRevoked:
-                # A leaked key revoked mid-stream stops generating at the next snapshot, not
-                # at the end of its longest answer. Metered as cancelled: what it streamed is
-                # billed.
-                log.info("stream ended: its API key was revoked", extra={"key_id": key.key_id})
-                status, code = CLIENT_CLOSED, "key_revoked"
-                yield error_event(
-                    "The API key of this request was revoked; the stream was ended.",
-                    "invalid_api_key",
-                    kind="invalid_request_error",
-                )
-            except httpx.HTTPError as exc:
-                failure, message = type(exc).__name__, "The model endpoint failed mid-stream."
-                meter.engine_failed(failure)
-            except TimeoutError:
-                # Not counted against the endpoint: an engine short of KV cache pauses the
-                # streams it preempted, and ejecting it would pile its load on the others. A
-                # stopped engine fails its scrapes, and those eject it; its silent streams
-                # then end after the shorter ``ejected_stream_idle_s``.
-                failure = "StreamStalled"
-                sent = "was taken out of service and sent" if ejected else "sent"
-                message = f"The model endpoint {sent} nothing for {limit:g} s mid-stream."
-            if failure is not None:
-                log.warning(
-                    "engine failed mid-stream",
-                    extra={
-                        "endpoint": meter.endpoint_url,
-                        "reason": failure,
-                        "request_id": meter.request_id,
-                        "tenant_id": meter.principal.tenant.id,
-                    },
-                )
-                status, code = 502, "upstream_error"
-                yield error_event(message, "upstream_error")
-        finally:
-            await response.aclose()
-            meter.finish(status, code)
-
-
-class _KeyRevoked(Exception):
-    """The stream's API key left the configuration (revoked) while it streamed."""
-
-
-def _revoked(key: KeyEntry, snapshot: Snapshot) -> bool:
-    """Whether ``key`` was revoked: gone from ``snapshot``, and not because it expired (an
-    expired key leaves at the next publication too; a stream it began runs to its end)."""
-    return key.key_id not in snapshot.keys and not expired(key, time.time())
 
 
 _RETRY_HEADERS = ("retry-after", "retry-after-ms")

@@ -23,7 +23,7 @@ from tests.unit.gateway.engines_support import (
 )
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
-from trunkline.gateway import service as service_module
+from trunkline.gateway import stream_relay
 from trunkline.gateway.endpoints import EngineState
 
 
@@ -425,7 +425,7 @@ def test_a_stream_whose_key_merely_expired_meanwhile_runs_to_its_end(
         clock = SimpleNamespace(
             time=lambda: later, perf_counter=time.perf_counter, monotonic=time.monotonic
         )
-        monkeypatch.setattr(service_module, "time", clock)
+        monkeypatch.setattr(stream_relay, "time", clock)
         del world.keys[gateway[0].key.split("_")[1]]  # as the next publication leaves it out
         world.publish()
         await gateway[0].service.holder.refresh()
