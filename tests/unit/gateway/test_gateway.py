@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 import httpx
-import msgspec
 import pytest
-from tests.unit.gateway.conftest import TENANT_A, TENANT_B, Harness
+from tests.unit.gateway.conftest import TENANT_B, Harness
 from tests.unit.gateway.upstreams import Chunks, chat_any, sse_events
 
-from trunkline.errors import Unauthenticated
 from trunkline.settings import GatewaySettings
-from trunkline.snapshot import AliasEntry, CascadeEntry, Snapshot
+from trunkline.snapshot import Snapshot
 
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -38,39 +34,6 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
     assert error["code"] == code
     assert error["message"]
     return error  # type: ignore[no-any-return]
-
-
-def test_models_lists_only_what_the_key_may_use(make_gateway) -> None:
-    gw: Harness = make_gateway(chat_any)
-    key = gw.world.add_key()
-    narrow = gw.world.add_key(allowed=frozenset({"bge"}))
-    gw.world.publish()
-    _wait_for_version(gw)
-    ids = [m["id"] for m in gw.client.get("/v1/models", headers=auth(key)).json()["data"]]
-    assert ids == ["bge", "llama"]
-    ids = [m["id"] for m in gw.client.get("/v1/models", headers=auth(narrow)).json()["data"]]
-    assert ids == ["bge"]
-
-
-def test_a_models_created_is_its_alias_and_not_the_last_configuration_change(
-    make_gateway,
-) -> None:  # type: ignore[no-untyped-def]
-    """It was the snapshot's publication time: it changed whenever any tenant made a key, and
-    told every tenant when that was."""
-    gw: Harness = make_gateway(chat_any)
-    gw.world.aliases["llama"] = msgspec.structs.replace(
-        gw.world.aliases["llama"], created=1_700_000_000
-    )
-    key = gw.world.add_key()
-    gw.world.publish()
-    _wait_for_version(gw)
-    before = gw.client.get("/v1/models/llama", headers=auth(key)).json()["created"]
-    gw.world.add_key(TENANT_B)
-    gw.world.publish()
-    _wait_for_version(gw)
-    listed = gw.client.get("/v1/models", headers=auth(key)).json()["data"]
-    assert before == 1_700_000_000
-    assert [m["created"] for m in listed if m["id"] == "llama"] == [before]
 
 
 def _wait_for_version(gw: Harness) -> None:
@@ -286,157 +249,6 @@ def test_oversized_body_gets_413(make_gateway) -> None:
     assert gw.upstream == []
 
 
-def test_unknown_and_unentitled_models_are_alike_404_and_a_key_narrowing_is_403(
-    make_gateway,
-) -> None:
-    gw, key = _ready(make_gateway)
-    r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=auth(key))
-    unknown = assert_openai_error(r, 404, "model_not_found")
-    assert unknown["param"] == "model"
-    r = gw.client.post(
-        "/v1/chat/completions", json={**CHAT, "model": "secret-model"}, headers=auth(key)
-    )
-    # another tenant's alias is refused as if it did not exist: the refusal does not reveal it
-    unentitled = assert_openai_error(r, 404, "model_not_found")
-    assert unentitled["message"] == unknown["message"].replace("gpt-9", "secret-model")
-    narrow = gw.world.add_key(allowed=frozenset({"bge"}))
-    gw.world.publish()
-    _wait_for_version(gw)
-    assert_openai_error(
-        gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(narrow)),
-        403,
-        "model_not_allowed",
-    )
-    r = gw.client.post("/v1/embeddings", json={"model": "llama", "input": "x"}, headers=auth(key))
-    assert_openai_error(r, 400, "model_not_supported")
-    assert gw.upstream == []
-
-
-def test_a_model_placed_only_for_other_tiers_or_regions_is_403_and_not_listed(
-    make_gateway,
-) -> None:
-    gw, key = _ready(make_gateway)
-    for name in ("h100-eu", "l40s-us"):  # every pool of llama kept for another tier
-        gw.world.pools[name] = msgspec.structs.replace(gw.world.pools[name], tiers=("platinum",))
-    gw.world.publish()
-    _wait_for_version(gw)
-    r = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
-    error = assert_openai_error(r, 403, "no_pool_for_tenant")
-    assert "retry-after" not in r.headers  # not a condition that clears by waiting
-    assert (error["param"], "gold" in error["message"]) == ("model", True)
-    ids = [m["id"] for m in gw.client.get("/v1/models", headers=auth(key)).json()["data"]]
-    assert ids == ["bge"]
-
-    # One pool open to gold again, but empty: that may clear (scaled to zero), so 503.
-    gw.world.pools["l40s-us"] = msgspec.structs.replace(
-        gw.world.pools["l40s-us"], tiers=("gold",), endpoints=()
-    )
-    gw.world.publish()
-    _wait_for_version(gw)
-    r = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
-    assert_openai_error(r, 503, "no_endpoint")
-    assert gw.upstream == []
-
-
-def test_a_model_s_served_name_from_its_answers_can_be_called_back(make_gateway) -> None:
-    gw, key = _ready(make_gateway)
-    answered = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
-    served = answered.json()["model"]
-    assert served == "llama-8b-served"  # answers carry the served name (the engine's)
-    again = gw.client.post(
-        "/v1/chat/completions", json={**CHAT, "model": served}, headers=auth(key)
-    )
-    assert again.status_code == 200, again.text
-    assert json.loads(gw.upstream[-1].content)["model"] == served
-    assert [record.alias for record in gw.drain_usage()] == ["llama", "llama"]  # metered alike
-    # another tenant's alias bearing that name changes nothing for this one
-    gw.world.aliases[served] = AliasEntry(served, "other-served", "chat", ("h100-eu",))
-    gw.world.publish()
-    _wait_for_version(gw)
-    still = gw.client.post(
-        "/v1/chat/completions", json={**CHAT, "model": served}, headers=auth(key)
-    )
-    assert still.status_code == 200 and json.loads(gw.upstream[-1].content)["model"] == served
-    narrow = gw.world.add_key(allowed=frozenset({"bge"}))  # the tenant's, but not this key's
-    gw.world.publish()
-    _wait_for_version(gw)
-    narrowed = gw.client.post(
-        "/v1/chat/completions", json={**CHAT, "model": served}, headers=auth(narrow)
-    )
-    assert_openai_error(narrowed, 403, "model_not_allowed")
-
-
-@pytest.mark.parametrize("model", ["small-served", "big-served"])
-def test_a_cascade_s_models_are_not_called_by_served_name_through_the_cascade(
-    make_gateway, model
-) -> None:
-    gw, key = _ready(make_gateway)
-    gw.world.aliases["auto"] = AliasEntry(
-        "auto", "small-served", "chat", ("h100-eu",), CascadeEntry("big-served", ("h100-eu",))
-    )
-    gw.world.tenants[TENANT_A] = msgspec.structs.replace(
-        gw.world.tenants[TENANT_A], aliases=frozenset({"llama", "bge", "auto"})
-    )
-    gw.world.publish()
-    _wait_for_version(gw)
-    # entitled to the cascade alone: its models are reached only through its checks
-    r = gw.client.post("/v1/chat/completions", json={**CHAT, "model": model}, headers=auth(key))
-    assert_openai_error(r, 404, "model_not_found")
-
-
-@pytest.mark.parametrize(
-    "header",
-    [None, "Bearer", "Basic abc", "Bearer sk-not-ours", "Bearer tlk_AAAAAAAAAAAA_" + "B" * 40],
-)
-def test_missing_or_malformed_keys_get_401(make_gateway, header) -> None:
-    gw, _key = _ready(make_gateway)
-    headers = {} if header is None else {"Authorization": header}
-    assert_openai_error(
-        gw.client.post("/v1/chat/completions", json=CHAT, headers=headers), 401, "invalid_api_key"
-    )
-    assert_openai_error(gw.client.get("/v1/models", headers=headers), 401, "invalid_api_key")
-
-
-def test_an_azure_client_s_api_key_header_is_taken_when_there_is_no_authorization(
-    make_gateway,
-) -> None:
-    gw, key = _ready(make_gateway)
-    assert gw.client.post("/v1/chat/completions", json=CHAT, headers={"api-key": key}).is_success
-    assert gw.client.get("/v1/models", headers={"api-key": key}).is_success
-    wrong = {"api-key": key[:-1] + ("A" if key[-1] != "A" else "B")}
-    assert_openai_error(gw.client.get("/v1/models", headers=wrong), 401, "invalid_api_key")
-    # an Authorization header, when sent, is the credential: a bad one is not rescued by api-key
-    both = {"Authorization": "Basic abc", "api-key": key}
-    assert_openai_error(gw.client.get("/v1/models", headers=both), 401, "invalid_api_key")
-
-
-def test_tampered_secret_is_refused(make_gateway) -> None:
-    gw, key = _ready(make_gateway)
-    tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
-    assert_openai_error(gw.client.get("/v1/models", headers=auth(tampered)), 401, "invalid_api_key")
-
-
-def test_revoked_key_is_refused_after_the_next_snapshot(make_gateway) -> None:
-    gw, key = _ready(make_gateway)
-    assert gw.client.get("/v1/models", headers=auth(key)).status_code == 200
-    key_id = key.split("_")[1]
-    del gw.world.keys[key_id]
-    gw.world.publish()
-    _wait_for_version(gw)
-    assert_openai_error(gw.client.get("/v1/models", headers=auth(key)), 401, "invalid_api_key")
-
-
-def test_expired_key_is_refused_without_a_new_snapshot(make_gateway) -> None:
-    gw: Harness = make_gateway(chat_any)
-    key = gw.world.add_key(expires_at=time.time() - 1)
-    gw.world.publish()
-    _wait_for_version(gw)
-    error = assert_openai_error(
-        gw.client.get("/v1/models", headers=auth(key)), 401, "invalid_api_key"
-    )
-    assert "expired" in error["message"]
-
-
 def test_refused_connection_fails_over_to_another_endpoint(make_gateway) -> None:
     def flaky(request: httpx.Request) -> httpx.Response:
         if request.url.host == "engine-1":
@@ -571,89 +383,6 @@ def test_wrong_method_is_405_in_openai_shape_with_the_allowed_one(make_gateway) 
     answer = gw.client.get("/v1/chat/completions", headers=auth(key))
     assert_openai_error(answer, 405, "method_not_allowed")
     assert "POST" in answer.headers["allow"]
-
-
-def test_a_model_is_retrieved_only_by_a_key_that_may_use_it(make_gateway) -> None:
-    gw: Harness = make_gateway(chat_any)
-    key = gw.world.add_key()
-    narrow = gw.world.add_key(allowed=frozenset({"bge"}))
-    globex = gw.world.add_key(TENANT_B)
-    gw.world.publish()
-    _wait_for_version(gw)
-    listed = gw.client.get("/v1/models", headers=auth(key)).json()["data"]
-    one = gw.client.get("/v1/models/llama", headers=auth(key))
-    assert one.status_code == 200
-    assert one.json() == next(m for m in listed if m["id"] == "llama")
-    # Another tenant's model, a model the key may not use and no model at all look the same.
-    for caller, model in ((key, "secret-model"), (narrow, "llama"), (key, "nope/x")):
-        error = assert_openai_error(
-            gw.client.get(f"/v1/models/{model}", headers=auth(caller)), 404, "model_not_found"
-        )
-        assert error["param"] == "model" and model in error["message"]
-    assert gw.client.get("/v1/models/secret-model", headers=auth(globex)).status_code == 200
-    assert_openai_error(gw.client.get("/v1/models/llama"), 401, "invalid_api_key")
-
-
-def test_a_request_is_served_by_the_configuration_current_when_its_body_came(
-    make_gateway,
-) -> None:
-    """The key is checked when the headers come; a slow body outlived the key's revocation
-    and the tenant's move to other regions, served as if neither had happened."""
-    gw, key = _ready(make_gateway)
-    globex = gw.world.add_key(TENANT_B)  # regions: eu-west
-    gw.world.publish()
-    _wait_for_version(gw)
-    service = gw.client.app.state.gateway
-    checked = {k: service.authenticate(f"Bearer {k}") for k in (key, globex)}
-    del gw.world.keys[key.split("_")[1]]  # revoked while its body was on its way
-    gw.world.tenants[TENANT_B] = msgspec.structs.replace(
-        gw.world.tenants[TENANT_B], regions=("us-east",)
-    )
-    gw.world.publish()
-    _wait_for_version(gw)
-    raw = json.dumps(CHAT).encode()
-
-    async def handle(principal: object) -> object:
-        return await service.handle("chat", raw, principal, "req-slow")
-
-    with pytest.raises(Unauthenticated):
-        gw.client.blocking_portal.call(handle, checked[key])
-    reply = gw.client.blocking_portal.call(handle, checked[globex])
-    assert reply.headers["x-trunkline-pool"] == "l40s-us"  # its regions now, not then
-
-
-def test_a_body_that_does_not_arrive_in_time_is_a_408_and_reaches_no_engine(
-    make_gateway,
-) -> None:
-    """A client trickling its body in held a connection, and its key's check, for ever."""
-    gw, key = _ready(make_gateway, settings=GatewaySettings(body_timeout_s=0.05))
-    sent: list[dict] = []  # type: ignore[type-arg]
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": None,
-        "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-length", b"1000"),
-                    (b"content-type", b"application/json")],
-    }  # fmt: skip
-
-    async def trickle() -> None:
-        parts = iter([{"type": "http.request", "body": b'{"model": "ll', "more_body": True}])
-
-        async def receive() -> dict:  # type: ignore[type-arg]
-            part = next(parts, None)
-            if part is None:
-                await asyncio.Event().wait()  # the rest never comes
-            return part  # type: ignore[return-value]
-
-        async def send(message: dict) -> None:  # type: ignore[type-arg]
-            sent.append(message)
-
-        await gw.client.app(scope, receive, send)
-
-    gw.client.blocking_portal.call(trickle)
-    assert sent[0]["status"] == 408
-    error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
-    assert error["code"] == "request_timeout" and gw.upstream == []
 
 
 def test_a_completion_scoring_its_prompt_with_echo_and_max_tokens_0_goes_through(

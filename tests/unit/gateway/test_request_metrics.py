@@ -5,19 +5,10 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.gateway.conftest import Harness
-from tests.unit.gateway.upstreams import chat_any
+from tests.unit.gateway.test_gateway import CHAT, _ready
+from tests.unit.gateway.test_gateway import auth as auth_headers
 
 from trunkline.gateway.request_metrics import route_of
-
-CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
-
-
-def _ready(make_gateway) -> tuple[Harness, dict[str, str]]:  # type: ignore[no-untyped-def]
-    gw: Harness = make_gateway(chat_any)
-    key = gw.world.add_key()
-    gw.world.publish()
-    gw.client.blocking_portal.call(gw.client.app.state.gateway.holder.refresh)
-    return gw, {"Authorization": f"Bearer {key}"}
 
 
 def _samples(gw: Harness) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -31,7 +22,8 @@ def _samples(gw: Harness) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 
 def test_each_answer_is_counted_once_by_route_and_status(make_gateway) -> None:  # type: ignore[no-untyped-def]
-    gw, auth = _ready(make_gateway)
+    gw, key = _ready(make_gateway)
+    auth = auth_headers(key)
     assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth).status_code == 200
     streamed = gw.client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=auth)
     assert streamed.status_code == 200
