@@ -16,7 +16,7 @@ from trunkline.models import Model as ModelRow
 from trunkline.models import ModelAlias
 from trunkline.pools.repository import ModelRepository, PoolRepository
 from trunkline.pools.schemas import AliasCreate, AliasUpdate, AliasView, Cascade, CascadeChecks
-from trunkline.pools.service import cascade_problem, insert_alias, model_row
+from trunkline.pools.service import cascade_problem, check_served_name, insert_alias, model_row
 from trunkline.tenancy.changes import assign, mark_config_changed
 from trunkline.tenancy.schemas import given
 
@@ -59,6 +59,7 @@ def configure_alias(
     cascade: Cascade | None,
 ) -> list[str]:
     """Check and set an alias's pools and cascade; returns what changed, for reports."""
+    check_served_name(session, row.alias, model, cascading=cascade is not None, param="alias")
     _check_pools(session, model, pools)
     escalate_id, checks = None, None
     if cascade is not None:

@@ -99,6 +99,7 @@ def get_model(session: Session, name: str) -> Model:
 def create_model(session: Session, data: ModelCreate) -> Model:
     if ModelRepository(session).by_name(data.name) is not None:
         raise Conflict(f"model {data.name!r} already exists", param="name")
+    check_name_not_an_alias(session, data.name)
     if unpriced := unpriced_new_model(session, data.name, utcnow()):
         raise InvalidRequest(unpriced, param="name")
     model = ModelRow(
@@ -151,8 +152,18 @@ def check_cascades_of(session: Session, model: ModelRow) -> None:
 
 
 def delete_model(session: Session, name: str) -> None:
-    session.delete(model_row(session, name))
-    flush_or_conflict(session, f"model {name!r} is served by a pool")
+    model = model_row(session, name)
+    pools = [p.name for p, m, _f in PoolRepository(session).all() if m.id == model.id]
+    if pools:
+        raise Conflict(f"model {name!r} is served by pools {', '.join(pools)}; delete them first")
+    for alias in ModelRepository(session).cascades_of(model.id):
+        if alias.model_id != model.id:  # the model's own aliases go with it
+            raise Conflict(
+                f"model {name!r} is what cascade {alias.alias!r} escalates to; change or "
+                "delete that alias first"
+            )
+    session.delete(model)
+    flush_or_conflict(session, f"model {name!r} is still referenced")
     mark_config_changed(session)
 
 
@@ -176,10 +187,38 @@ def remove_alias(session: Session, alias: str) -> None:
 def insert_alias(session: Session, model: ModelRow, alias: str) -> ModelAlias:
     if ModelRepository(session).alias(alias) is not None:
         raise Conflict(f"alias {alias!r} already exists", param="aliases")
+    check_served_name(session, alias, model, cascading=False, param="aliases")
     row = ModelAlias(alias=alias, model_id=model.id)
     session.add(row)
     flush_or_conflict(session, f"alias {alias!r} already exists")
     return row
+
+
+def check_served_name(
+    session: Session, alias: str, model: ModelRow, *, cascading: bool, param: str
+) -> None:
+    """An alias may take a model's name (the served name answers carry) only as a plain alias
+    of that model: a client may call the name in an answer back (docs/gateway.md), and it
+    must reach the model that answered, not another one or a cascade."""
+    named = ModelRepository(session).by_name(alias)
+    if named is None or (named.id == model.id and not cascading):
+        return
+    what = "a cascade" if cascading else f"an alias of {model.name!r}"
+    raise Conflict(
+        f"{alias!r} is the name model {named.name!r} answers with, so it cannot be {what}: "
+        "clients calling that name back must reach that model alone",
+        param=param,
+    )
+
+
+def check_name_not_an_alias(session: Session, name: str) -> None:
+    """A new model may not take the name of an existing alias (see :func:`check_served_name`)."""
+    if ModelRepository(session).alias(name) is not None:
+        raise Conflict(
+            f"{name!r} is already an alias; a model answers with its name, and clients calling "
+            "it back would reach that alias instead",
+            param="name",
+        )
 
 
 def model_row(session: Session, name: str, *, param: str | None = None) -> ModelRow:

@@ -8,6 +8,7 @@ work when the gateway snapshot must be republished after commit.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
@@ -111,6 +112,7 @@ def create_tenant(session: Session, data: TenantCreate) -> Tenant:
     if tenants.by_slug(data.slug) is not None:
         raise Conflict(f"tenant {data.slug!r} already exists", param="slug")
     tier = _tier(session, data.tier, param="tier")
+    _check_regions(data.regions)
     tenant = tenants.add(
         TenantRow(
             slug=data.slug,
@@ -130,11 +132,18 @@ def update_tenant(session: Session, tenant_id: uuid.UUID, data: TenantUpdate) ->
     values = given(data)
     if "tier" in values:
         values["tier_id"] = _tier(session, values.pop("tier"), param="tier").id
+    _check_regions(values.get("regions", ()))
     if assign(tenant, values):
         session.flush()
         session.refresh(tenant)
         mark_config_changed(session)
     return Tenant.of(tenant)
+
+
+def _check_regions(regions: Sequence[str]) -> None:
+    for index, region in enumerate(regions):
+        if region in regions[:index]:
+            raise InvalidRequest(f"region {region!r} listed twice", param=f"regions[{index}]")
 
 
 # --- members ----------------------------------------------------------------------------------

@@ -190,12 +190,17 @@ def test_a_pool_placed_for_tiers_applies_and_an_unknown_tier_is_named(
     assert snapshot(runtime).pools["small-eu"].tiers == ("bronze", "silver")
     assert snapshot(runtime).pools["small-eu"].max_num_batched_tokens == 1024
 
-    extra.write_text(EXTRA.replace("max_prompt_tokens: 4096", "tiers: [gold, platinum, gold]"))
+    extra.write_text(
+        EXTRA.replace("max_prompt_tokens: 4096", "tiers: [gold, platinum, gold]").replace(
+            "tier: bronze", "tier: bronze\nregions: [eu-west, eu-west]"
+        )
+    )
     with pytest.raises(ManifestError) as caught:
         load_manifests(manifests_dir)
     assert [str(i) for i in caught.value.issues] == [
         f"{extra}:13: Pool small-eu: tiers[1]: unknown tier 'platinum'",
         f"{extra}:13: Pool small-eu: tiers[2]: tier 'gold' listed twice",
+        f"{extra}:28: Tenant shared-co: regions[1]: region 'eu-west' listed twice",
     ]
     assert snapshot(runtime).pools["small-eu"].tiers == ("bronze", "silver")
 
@@ -252,3 +257,34 @@ def _limit_llama_to_h100_eu_west(runtime: Runtime) -> None:
             ["h100-eu-west"],
             None,
         )
+
+
+def test_an_alias_or_cascade_may_not_take_another_models_name(manifests_dir: Path) -> None:
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("name: llama-auto", "name: llama-3.2-1b-instruct")
+        .replace("[llama-auto]", "[]")
+        .replace("131072", "131072\naliases: [llama-3.1-8b-instruct]")
+    )
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(manifests_dir)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{extra}:4: Model llama-3.2-1b-instruct: aliases[0]: 'llama-3.1-8b-instruct' is the "
+        "name model 'llama-3.1-8b-instruct' answers with: clients calling it back must reach that "
+        "model alone",
+        f"{extra}:20: Cascade llama-3.2-1b-instruct: name: 'llama-3.2-1b-instruct' is the name "
+        "model 'llama-3.2-1b-instruct' answers with: clients calling it back must reach that "
+        "model alone",
+    ]
+
+
+def test_a_model_may_not_take_the_name_of_an_alias_applied_from_other_files(
+    runtime: Runtime, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    apply_manifests(runtime.session_factory, TENANTS_DIR, publish=runtime.publish)
+    alone = tmp_path_factory.mktemp("alone")
+    (alone / "model.yaml").write_text("kind: Model\nname: llama-3.1-8b\ncontext_length: 8192\n")
+    before = snapshot(runtime)
+    with pytest.raises(Conflict, match=r"'llama-3\.1-8b' is already an alias"):
+        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
+    assert snapshot(runtime).version == before.version

@@ -315,3 +315,49 @@ def test_cache_salts_are_keyed_by_the_server_secret(world: World) -> None:
     assert salt == tenant_cache_salt(SERVER_SECRET.encode(), acme)
     assert salt != two.tenants[acme].cache_salt
     assert SERVER_SECRET not in (salt or "") and acme not in (salt or "")
+
+
+def test_an_alias_may_not_take_the_name_another_model_answers_with(world: World) -> None:
+    """Answers carry the served model name and clients call it back (docs/gateway.md): an
+    alias or cascade under another model's name would send those calls to the wrong model."""
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    before = snapshot(world.runtime).version
+
+    plain = {"alias": "llama-3.1-8b-instruct", "model": "small-one"}
+    problem = admin.post(CATALOG + "/aliases", plain, expect=409)
+    assert problem["errors"][0]["field"] == "aliases"
+    assert "'llama-3.1-8b-instruct' is the name model" in problem["detail"]
+    cascade = {**plain, "cascade": {"escalate_to": "llama-3.1-8b-instruct"}}
+    assert admin.post(CATALOG + "/aliases", cascade, expect=409)["errors"][0]["field"] == "aliases"
+    named_small = {"alias": "small-one", "model": "small-one", "cascade": cascade["cascade"]}
+    assert admin.post(CATALOG + "/aliases", named_small, expect=409)["errors"][0]["field"] == (
+        "alias"
+    )
+    admin.post(CATALOG + "/models", {"name": "other-one", "aliases": ["small-one"]}, 409)
+    admin.get(CATALOG + "/models/other-one", expect=404)
+    # A model may not take an alias's name either, nor may an alias move to another model.
+    refused = admin.post(CATALOG + "/models", {"name": "llama-3.1-8b"}, expect=409)
+    assert refused["errors"][0]["field"] == "name"
+    admin.post(CATALOG + "/aliases", {"alias": "small-one", "model": "small-one"})  # its own
+    admin.patch(CATALOG + "/aliases/small-one", {"model": "llama-3.1-8b-instruct"}, 409)
+    published = snapshot(world.runtime)
+    assert "llama-3.1-8b-instruct" not in published.aliases
+    assert published.aliases["small-one"].model == "small-one"
+    assert published.version == before + 1  # the one alias that was allowed
+
+
+def test_deleting_a_model_names_what_still_needs_it(world: World) -> None:
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    admin.post(CATALOG + "/models", {"name": "large-one"})
+    cascade = {"escalate_to": "large-one"}
+    admin.post(CATALOG + "/aliases", {"alias": "auto", "model": "small-one", "cascade": cascade})
+
+    refused = admin.delete(CATALOG + "/models/large-one", expect=409)
+    assert "cascade 'auto' escalates to" in refused["detail"]
+    refused = admin.delete(CATALOG + "/models/llama-3.1-8b-instruct", expect=409)
+    assert "served by pools h100-eu-west, l40s-us-east" in refused["detail"]
+    admin.delete(CATALOG + "/models/small-one")  # its cascading alias goes with it
+    admin.get(CATALOG + "/aliases/auto", expect=404)
+    admin.delete(CATALOG + "/models/large-one")

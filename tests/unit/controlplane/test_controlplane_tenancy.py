@@ -46,6 +46,13 @@ def test_a_platform_admin_creates_and_updates_tenants(world: World) -> None:
         "/api/v1/tenants", {**body, "slug": "x", "tier": "nope"}, expect=400
     )
     assert bad_tier["errors"][0]["field"] == "tier"
+    twice = {**body, "slug": "x", "regions": ["us-east", "eu-west", "us-east"]}
+    assert world.admin.post("/api/v1/tenants", twice, 400)["errors"][0]["field"] == "regions[2]"
+    path = f"/api/v1/tenants/{tenant['id']}"
+    assert world.admin.patch(path, {"regions": ["eu-west"] * 2}, 400)["detail"] == (
+        "region 'eu-west' listed twice"
+    )
+    assert world.admin.get(path)["regions"] == []
     world.api("acme-admin").post("/api/v1/tenants", {**body, "slug": "y"}, expect=403)
     world.api("acme-admin").patch(f"/api/v1/tenants/{world.tenant('acme')}", {"name": "A"}, 403)
 

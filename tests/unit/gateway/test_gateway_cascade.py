@@ -320,3 +320,46 @@ def test_a_cascade_with_both_models_closed_to_the_tier_is_403(make_gateway) -> N
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "no_pool_for_tenant"
     assert gw.upstream == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failed_escalation_returns_the_small_answer_it_paid_for(
+    make_gateway, stream: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The large model unreachable: the client gets the small answer, marked, not a 503 whose
+    retry would pay for the small attempt again."""
+    small = small_engine("I'm sorry, but I can't help with that.")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["model"] != "small-served":
+            raise httpx.ConnectError("refused")
+        return small(request)  # type: ignore[no-any-return]
+
+    gw, key = _gateway(make_gateway, handler)
+    body = {**CHAT, "stream": True} if stream else CHAT
+    with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
+        text = "".join(r.iter_text())
+        assert r.status_code == 200, text
+        assert r.headers["x-trunkline-cascade"] == "first"
+        assert r.headers["x-trunkline-cascade-reason"] == "escalation_failed"
+        assert r.headers["x-trunkline-pool"] == "small-eu"
+
+    if stream:
+        content = "".join(c["choices"][0]["delta"].get("content", "") for c in sse_data(text))
+    else:
+        content = json.loads(text)["choices"][0]["message"]["content"]
+    assert content == "I'm sorry, but I can't help with that."
+    records = sorted(gw.drain_usage(), key=lambda r: r.request_id)
+    assert [(r.model, r.status) for r in records] == [
+        ("small-served", 200), ("llama-8b-served", 503),
+    ]  # fmt: skip
+
+
+def test_when_both_models_fail_the_client_gets_the_error(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    gw, key = _gateway(make_gateway, handler)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "upstream_unavailable"

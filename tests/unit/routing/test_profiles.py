@@ -110,3 +110,13 @@ def test_the_gateway_takes_a_profile_file_by_path_where_it_takes_a_policy_name(
         make_policy(str(tmp_path / "gone.yaml"))
     with pytest.raises(ConfigurationError, match=r"or the path of a routing profile file"):
         make_policy("my-policy")
+
+
+def test_weights_whose_sum_overflows_are_refused(tmp_path: Path) -> None:
+    """Each weight finite, their sum not: normalising by it made every weight 0 unseen."""
+    path = tmp_path / "huge.yaml"
+    path.write_text(
+        GOOD.replace("weight: 2,", "weight: 1e308,").replace("weight: 1}", "weight: 1e308}")
+    )
+    with pytest.raises(ConfigurationError, match="scorers: the weights' sum must be a finite"):
+        load_profile(path)

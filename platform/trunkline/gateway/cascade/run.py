@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from trunkline.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
+from trunkline.errors import InvalidRequest, UpstreamError
 from trunkline.gateway.cascade import plan as cascade
 from trunkline.gateway.cascade.replay import replay_events
 from trunkline.gateway.pipeline import ParsedRequest
@@ -30,7 +30,7 @@ async def run_cascade(
     first: Reply | None = None
     try:
         first = await attempt(plan.first, plan.first_alias, request_id)
-    except (UpstreamError, UpstreamUnavailable):
+    except UpstreamError:  # UpstreamUnavailable and UpstreamTimeout too
         verdict = cascade.Verdict("first_failed", b"")
     except InvalidRequest as exc:
         if exc.reason != "context_length_exceeded":
@@ -45,16 +45,30 @@ async def run_cascade(
         else:
             return first  # refused for the request itself: the large model would too
     if first is not None and not verdict.escalate:
-        headers = {**first.headers, cascade.HEADER: "first"}
-        if not request.stream:
-            return Reply(200, verdict.body, None, headers)
-        events = replay_events(request.kind, verdict.body, request.client_wants_usage)
-        return Reply(200, b"", events, headers)
+        return _kept(request, first, verdict.body)
     escalated_id = cascade.attempt_request_id(request_id, "escalated")
-    reply = await attempt(request, plan.escalated_alias, escalated_id)
+    try:
+        reply = await attempt(request, plan.escalated_alias, escalated_id)
+    except UpstreamError:
+        if first is None or first.status != 200 or verdict.reason == "unreadable_answer":
+            raise
+        # The large model could not answer: the small answer, paid for already, serves the
+        # client better than a 503 whose retry pays for it again. The reason says it failed
+        # its check.
+        return _kept(request, first, verdict.body, reason="escalation_failed")
     reply.headers[cascade.HEADER] = "escalated"
     reply.headers[cascade.REASON_HEADER] = verdict.reason or ""
     return reply
+
+
+def _kept(request: ParsedRequest, first: Reply, body: bytes, *, reason: str | None = None) -> Reply:
+    """The first model's answer to the client: whole, or replayed as SSE to a stream."""
+    headers = {**first.headers, cascade.HEADER: "first"}
+    if reason is not None:
+        headers[cascade.REASON_HEADER] = reason
+    if not request.stream:
+        return Reply(200, body, None, headers)
+    return Reply(200, b"", replay_events(request.kind, body, request.client_wants_usage), headers)
 
 
 def _over_context(reply: Reply) -> bool:

@@ -132,6 +132,8 @@ def _check_finite(profile: RoutingProfile, source: str) -> None:
     for where, value in numbers:
         if not math.isfinite(value):
             raise _error(source, where, "must be a finite number")
+    if not math.isfinite(sum(s.weight for s in profile.scorers)):  # 1e308 + 1e308 is inf
+        raise _error(source, "scorers", "the weights' sum must be a finite number")
 
 
 @lru_cache(maxsize=32)

@@ -28,8 +28,10 @@ from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRe
 from trunkline.pools.schemas import Cascade, money
 from trunkline.pools.service import (
     check_cascades_of,
+    check_name_not_an_alias,
     check_not_listed,
     check_prompt_range,
+    check_served_name,
     flavor_row,
     known_tiers,
     model_row,
@@ -209,6 +211,7 @@ def _model(session: Session, spec: ModelSpec, given: frozenset[str], report: App
     def create() -> Model:
         if unpriced := unpriced_new_model(session, spec.name, utcnow()):
             raise InvalidRequest(unpriced, param="name")
+        check_name_not_an_alias(session, spec.name)
         return Model(name=spec.name, **values)
 
     model, details = _upsert(
@@ -221,6 +224,7 @@ def _model(session: Session, spec: ModelSpec, given: frozenset[str], report: App
         _given(values, given, {"type": "kind"}),
     )
     for alias in spec.aliases:
+        check_served_name(session, alias, model, cascading=False, param="aliases")
         row = models.alias(alias)
         if row is None:
             session.add(ModelAlias(alias=alias, model_id=model.id))

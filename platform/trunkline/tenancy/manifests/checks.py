@@ -31,6 +31,8 @@ def check_references(manifests: Manifests) -> list[ManifestIssue]:
                     issues.append(
                         doc.issue(("aliases", index), f"alias {alias!r} already names {owner!r}")
                     )
+                elif alias in models and alias != spec.name:
+                    issues.append(doc.issue(("aliases", index), _served_name(alias)))
         elif isinstance(spec, PoolSpec):
             issues += _pool(doc, spec, set(models), flavors, tiers)
         elif isinstance(spec, CascadeSpec):
@@ -38,11 +40,20 @@ def check_references(manifests: Manifests) -> list[ManifestIssue]:
             owner = owners.setdefault(spec.name, mine)
             if owner != mine:
                 issues.append(doc.issue(("name",), f"alias {spec.name!r} already names {owner!r}"))
+            elif spec.name in models:
+                issues.append(doc.issue(("name",), _served_name(spec.name)))
             issues += _cascade(doc, spec, models)
     for doc in manifests.documents:
         if isinstance(doc.spec, TenantSpec):
             issues += _tenant(doc, doc.spec, tiers, set(owners))
     return issues
+
+
+def _served_name(name: str) -> str:
+    return (
+        f"{name!r} is the name model {name!r} answers with: clients calling it back must "
+        "reach that model alone"
+    )
 
 
 def _duplicates(documents: Iterable[Located]) -> list[ManifestIssue]:
@@ -104,6 +115,7 @@ def _tenant(
     for index, alias in enumerate(spec.models):
         if alias not in aliases:
             issues.append(doc.issue(("models", index), f"unknown model alias {alias!r}"))
+    issues += _repeats(doc, "regions", spec.regions, "region")
     issues += _repeats(doc, "projects", [p.name for p in spec.projects], "project")
     issues += _repeats(doc, "members", [m.email.lower() for m in spec.members], "member")
     return issues
