@@ -25,6 +25,7 @@ from trunkline.gateway.prompt_tokens import PromptTokens, PromptTokensCollector,
 from trunkline.gateway.routing import (
     RoutingPolicy,
     UnknownPolicyError,
+    approximate_index,
     kv_event_index,
     make_policy,
 )
@@ -88,6 +89,8 @@ def create_gateway_app(
         client=scrape_client(settings, scrape_transport or transport) if scrape else None,
         kv_sink=kv_event_index(policy),
     )
+    if (approximate := approximate_index(policy)) is not None:  # KV events tell the precise one
+        monitor.state.on_restart = approximate.forget
     registry.register(EndpointCollector(monitor.state))
     registry.register(KvEventCollector(lambda: monitor.kv_subscriber))
     registry.register(GatewayHealthCollector(holder, emitter))

@@ -179,7 +179,8 @@ async def open_upstream(
     Fails over on a connection that could not be made or was dropped or reset before the
     response head (a plain request's: before its whole answer, its first byte for the client),
     on the endpoint's ejection while that is awaited (an engine that stopped answers no one;
-    :func:`unless_ejected`), and on a 5xx answer or a plain answer the engine aborted (see
+    :func:`unless_ejected`), and on a 5xx answer, one in ``MISCONFIGURED``, a 429 (load shed:
+    not counted against the endpoint) or a plain answer the engine aborted (see
     :func:`aborted`) while another candidate remains. A read timeout before
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
     at once, so silence means a stuck engine, and it counts against the endpoint; a plain
@@ -237,7 +238,8 @@ async def open_upstream(
             raise
         failure = _failure(response, streamed)
         if failure is not None:
-            engines.failed(endpoint.id, failure)
+            if response.status_code != SHEDDING:
+                engines.failed(endpoint.id, failure)
             if index < last:
                 engines.ended(flight)
                 await response.aclose()
@@ -298,11 +300,23 @@ async def _send(
     return response
 
 
+MISCONFIGURED = frozenset({401, 403, 404, 405})
+"""What an engine answers to a request it was set up not to take: a key the gateway does not
+send (vLLM's ``--api-key``), a served model name or path it does not serve. The endpoint's
+fault, not the request's: it counts against the endpoint, the next one is tried, and the
+client never gets these statuses as if about its own key or model."""
+SHEDDING = 429
+"""What an engine, or llm-d's gateway in front of it, answers when it sheds load: the next
+endpoint is tried (the request did not run), but it is no failure to eject the engine for."""
+
+
 def _failure(response: httpx.Response, streamed: bool) -> str | None:
-    """Why an engine's answer is its failure (a 5xx; a plain answer it aborted), or None."""
-    if response.status_code >= 500:
-        return f"HTTP {response.status_code}"
-    if not streamed and response.status_code == 200 and aborted(response.content):
+    """Why an engine's answer is not the request's to keep (a 5xx, a status in
+    ``MISCONFIGURED``, load shed, a plain answer it aborted), or None."""
+    status = response.status_code
+    if status >= 500 or status in MISCONFIGURED or status == SHEDDING:
+        return f"HTTP {status}"
+    if not streamed and status == 200 and aborted(response.content):
         return ABORTED
     return None
 

@@ -45,6 +45,7 @@ from trunkline.gateway.pipeline import (
 from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
     ABORTED,
+    MISCONFIGURED,
     EndpointEjected,
     NotAStream,
     Opened,
@@ -437,8 +438,8 @@ class GatewayService:
             raise UpstreamError(
                 "The model endpoint's answer was not JSON.", reason="upstream_error"
             )
-        if status >= 500 or status == 404:
-            # The engine's own 5xx or a model it does not serve is our upstream failure.
+        if status >= 500 or status in MISCONFIGURED:
+            # The engine's own 5xx, or an engine set up wrong, is our upstream failure.
             meter.finish(502, "upstream_error")
             raise UpstreamError(
                 f"The model endpoint answered HTTP {status}.",

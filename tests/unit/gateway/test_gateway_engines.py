@@ -51,7 +51,21 @@ def _refused(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("refused", request=request)
 
 
-@pytest.mark.parametrize("failure", [_503, _refused], ids=["5xx", "refused"])
+def _no_such_model(request: httpx.Request) -> httpx.Response:
+    """vLLM started with another ``--served-model-name`` than the catalog's."""
+    error = {"message": "The model `m` does not exist.", "type": "NotFoundError", "code": 404}
+    return httpx.Response(404, json={"error": error})
+
+
+def _wants_a_key(request: httpx.Request) -> httpx.Response:
+    """vLLM started with ``--api-key`` the gateway does not send."""
+    return httpx.Response(401, json={"error": "Unauthorized"})
+
+
+@pytest.mark.parametrize(
+    "failure", [_503, _refused, _no_such_model, _wants_a_key],
+    ids=["5xx", "refused", "wrong-model-name", "engine-api-key"],
+)  # fmt: skip
 def test_a_failing_endpoint_is_retried_elsewhere_then_ejected(
     engine_gateway: Callable[..., Gateway], failure: Handler
 ) -> None:
@@ -179,6 +193,31 @@ def test_a_stream_answered_200_without_events_moves_to_the_next_endpoint(
     assert [b.status_code for b in bodies] == [200, 200, 200]
     assert all(b.text.rstrip().endswith("data: [DONE]") and "<html>" not in b.text for b in bodies)
     assert "engine-1" in gw.hosts() and len(gw.hosts()) == 4  # engine-1 once, then elsewhere
+
+
+@pytest.mark.parametrize(("failure", "status"), [(_no_such_model, 502), (_wants_a_key, 502)])
+def test_an_endpoint_set_up_wrong_is_a_502_not_an_answer_about_the_clients_key_or_model(
+    engine_gateway: Callable[..., Gateway], failure: Handler, status: int
+) -> None:
+    response = engine_gateway(failure).chat()
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == "upstream_error"
+
+
+def test_an_endpoint_shedding_load_sends_the_request_on_and_is_not_ejected(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """A 429 answers at once and made the shedding engine look idlest: most requests went
+    there and got the 429 while the others were idle."""
+    gw = engine_gateway(
+        failing_on("engine-1", lambda request: httpx.Response(429, headers={"retry-after": "1"}))
+    )
+    assert [gw.chat().status_code for _ in range(6)] == [200] * 6
+    assert gw.hosts().count("engine-1") == 2  # tried in its turn, then the next endpoint
+    assert gw.service.engines.ejections("e1") == 0
+    assert {record.endpoint for _id, record in gw.usage.read(100)} == {
+        "http://engine-2", "http://engine-3",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(("status", "expected"), [(429, 429), (503, 502)])
@@ -412,3 +451,43 @@ def test_a_request_whose_preamble_is_cached_there_queues_only_its_new_tokens(
     assert len(set(gw.hosts())) == 1  # the second went where the preamble was
     assert first > 200  # nothing cached yet: the whole prompt
     assert 0 < second < first / 5, queued
+
+
+def test_an_engine_that_restarted_is_forgotten_by_the_approximate_index(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """A restarted engine's cache is empty: prompts routed there before must not keep being
+    sent back to it (recomputed there) while another endpoint may hold them warm."""
+    served = {f"engine-{i}": 1000 for i in range(1, 5)}  # prompt tokens: a cumulative counter
+
+    def scrape(request: httpx.Request) -> httpx.Response:
+        counter = f"vllm:prompt_tokens_total {served[request.url.host]}\n".encode()
+        return httpx.Response(200, content=METRICS + counter)
+
+    gw = engine_gateway(chat_any, policy="prefix-aware", scrape=scrape)
+    service = gw.service
+    gw.client.blocking_portal.call(_wait_for_scrapes, service, ("e1", "e2", "e3", "e4"))
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 20}
+    assert gw.chat({**CHAT, "messages": [preamble]}).status_code == 200
+    [host] = gw.hosts()
+    index = _approx_index(service)
+    held = len(index)
+    assert held > 0
+
+    other = next(h for h in served if h != host)
+    served[other] = 5  # the other engine restarted: what went to the first one stays
+    served[host] += 1  # and the first moved on
+    gw.client.blocking_portal.call(_wait_for_restart_seen, service, "e" + other[-1])
+    assert len(index) == held
+    served[host] = 5  # now the one that holds the preamble restarted
+    gw.client.blocking_portal.call(_wait_for_restart_seen, service, "e" + host[-1])
+    assert len(index) == 0
+
+
+async def _wait_for_restart_seen(service: GatewayService, endpoint: str) -> None:
+    """Until a scrape of ``endpoint`` shows its counters back at 5 tokens (the restart)."""
+    while True:
+        load = service.engines.load(endpoint)
+        if load is not None and service.engines._endpoints[endpoint].scan.prompt_tokens == 5:
+            return
+        await service.engines.wait_changed(timeout=1.0)

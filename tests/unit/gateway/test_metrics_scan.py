@@ -302,3 +302,10 @@ def test_a_restart_keeps_the_rates_and_drops_what_was_pending() -> None:
     got = next_rates(before, after, pending, 0.5)
     assert (got.prefill_tokens_per_s, got.decode_step_s) == (2000.0, 0.02)
     assert (got.pending_tokens, got.pending_prefill_s, got.pending_window_s) == (0.0, 0.0, 0.0)
+
+
+def test_a_page_without_vllms_request_gauges_is_not_an_engines() -> None:
+    assert scan_metrics(VLLM_PAGE).gauges_found
+    assert scan_metrics(_simulated_page()).gauges_found
+    for page in (b"", b"<html><body>502 Bad Gateway</body></html>", b"# HELP up\nup 1\n"):
+        assert not scan_metrics(page).gauges_found

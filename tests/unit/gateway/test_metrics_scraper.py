@@ -4,7 +4,8 @@ endpoints are probed when their ejection ends, and the endpoint set follows the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 
@@ -32,6 +33,8 @@ class Engines:
         self.scrapes: list[str] = []
         self.cache_config: dict[str, str] = {}
         """A ``vllm:cache_config_info`` line by host."""
+        self.pages: dict[str, httpx.Response] = {}
+        """Another answer by host (a trickle, a page that is not vLLM's)."""
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
@@ -40,17 +43,29 @@ class Engines:
             await self.hanging[host].wait()
         if host in self.broken:
             raise httpx.ConnectError("refused", request=request)
+        if host in self.pages:
+            return self.pages[host]
         page = f'vllm:num_requests_running{{model_name="m"}} {self.running.get(host, 0)}\n'
         page += self.cache_config.get(host, "")
         return httpx.Response(200, content=page.encode())
 
 
 def _scraper(
-    engines: Engines, endpoints: Callable[[], list[EndpointEntry]], clock: Clock
+    engines: Engines,
+    endpoints: Callable[[], list[EndpointEntry]],
+    clock: Clock,
+    *,
+    timeout_s: float = 1.0,
 ) -> tuple[EngineState, MetricsScraper]:
     state = EngineState(EjectionPolicy(eject_after=2, base_s=5.0, max_s=60.0), clock)
     client = httpx.AsyncClient(transport=httpx.MockTransport(engines))
-    return state, MetricsScraper(state, client, endpoints, interval_s=0.1, concurrency=4)
+    return state, MetricsScraper(
+        state, client, endpoints, interval_s=0.1, concurrency=4, timeout_s=timeout_s
+    )
+
+
+def _scrape_failures(state: EngineState) -> dict[str, int]:
+    return {h.endpoint: h.scrape_failures for h in state.health_report()}
 
 
 def _entries(*names: str) -> list[EndpointEntry]:
@@ -140,4 +155,54 @@ async def test_the_engines_kv_capacity_reaches_the_view_routing_sees() -> None:
     )
     views = [endpoint_view(Candidate(configured, e), state.load(e.id)) for e in pool.endpoints]
     assert [view.kv_capacity_tokens for view in views] == [32000, 8000]
+    await scraper.close()
+
+
+async def _trickle() -> AsyncIterator[bytes]:
+    while True:  # a byte now and then, each read well within any per-read timeout
+        yield b"#"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_page_that_trickles_in_fails_as_a_whole_and_frees_its_slot() -> None:
+    """httpx bounds each read, not the scrape: one byte at a time kept a scrape (and one of
+    the shared slots) forever, and enough such pages stopped every endpoint's scrapes."""
+    engines = Engines()
+    engines.pages = {f"t{i}": httpx.Response(200, content=_trickle()) for i in range(4)}
+    engines.running["good"] = 2
+    names = [*engines.pages, "good"]
+    state, scraper = _scraper(engines, lambda: _entries(*names), Clock(), timeout_s=0.2)
+
+    await asyncio.wait_for(asyncio.gather(*scraper.tick()), timeout=10)
+    assert _scrape_failures(state) == {"t0": 1, "t1": 1, "t2": 1, "t3": 1, "good": 0}
+    assert state.loads()["good"].running == 2  # waited for a slot, then scraped
+    await scraper.close()
+
+
+async def test_pages_too_big_or_not_vllms_are_failed_scrapes() -> None:
+    engines = Engines()
+    engines.pages = {
+        "huge": httpx.Response(200, content=b"vllm:num_requests_running 1\n" * 200_000),
+        "html": httpx.Response(200, content=b"<html><body>Bad Gateway</body></html>"),
+    }
+    state, scraper = _scraper(engines, lambda: _entries("huge", "html", "a"), Clock())
+    for _ in range(2):
+        await asyncio.gather(*scraper.tick())
+    assert _scrape_failures(state) == {"huge": 2, "html": 2, "a": 0}
+    assert not state.in_service("huge") and not state.in_service("html")
+    await scraper.close()
+
+
+async def test_an_endpoint_leaving_the_snapshot_has_its_scrape_cancelled() -> None:
+    engines = Engines()
+    engines.hanging["gone"] = asyncio.Event()
+    current = _entries("gone", "a")
+    _state, scraper = _scraper(engines, lambda: current, Clock())
+    [hanging] = [t for t in scraper.tick() if t.get_name().endswith("gone")]
+    await asyncio.sleep(0)
+    current = _entries("a")
+    scraper.tick()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(hanging, timeout=5)
+    assert hanging.cancelled()
     await scraper.close()

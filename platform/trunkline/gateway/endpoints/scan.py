@@ -15,7 +15,7 @@ scraper only while the capacity is unknown or after a restart (see :func:`restar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["MetricsScan", "restarted", "scan_kv_capacity", "scan_metrics"]
 
@@ -67,6 +67,9 @@ class MetricsScan:
     """Summed time between output tokens, and how many such gaps: ``decode_step_s`` is the
     ratio of their increments."""
     itl_count: float = 0.0
+    gauges_found: bool = field(default=True, compare=False)
+    """The page has vLLM's running or waiting gauge: it is an engine's page (a proxy's HTML
+    page answered 200 would read as an idle engine)."""
 
 
 def scan_metrics(page: bytes) -> MetricsScan:
@@ -119,6 +122,7 @@ def scan_metrics(page: bytes) -> MetricsScan:
         prefill_requests=sums[_PREFILL_COUNT],
         itl_seconds=sums[itl[0]],
         itl_count=sums[itl[1]],
+        gauges_found=bool(counts[_RUNNING] or counts[_WAITING]),
     )
 
 

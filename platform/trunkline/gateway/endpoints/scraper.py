@@ -2,10 +2,14 @@
 
 Every ``interval_s`` the scraper starts a scrape of each endpoint of the current snapshot that
 is not still being scraped (a slow engine skips ticks instead of piling up or delaying the
-others), at most ``concurrency`` at once, each bounded by ``timeout_s``. A failed or timed-out
-scrape counts as a failure for the endpoint's health; ejected endpoints are scraped again only
-when their ejection ends, as the probe that readmits them. Figures are at most
-``interval_s`` plus one scrape old while an engine answers (``EndpointLoad.age_s`` says).
+others), at most ``concurrency`` at once, each bounded by ``timeout_s`` as a whole (a page
+that trickles in a byte at a time times out too, not only a silent one) and by
+``MAX_PAGE_BYTES``. A failed or timed-out scrape counts as a failure for the endpoint's health,
+and so does a 200 page without vLLM's request gauges (what fronts the engine answered: an HTML
+page, a proxy's error); ejected endpoints are scraped again only when their ejection ends, as
+the probe that readmits them. An endpoint leaving the snapshot has its scrape cancelled. Figures
+are at most ``interval_s`` plus one scrape old while an engine answers (``EndpointLoad.age_s``
+says).
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ __all__ = ["MetricsScraper"]
 
 log = logging.getLogger(__name__)
 _TASK_PREFIX = "scrape-"
+MAX_PAGE_BYTES = 4 << 20
+"""vLLM's page is tens of kilobytes (more with many LoRA adapters or engine cores); a page
+past this is not an engine's, and is not read further."""
 
 
 class MetricsScraper:
@@ -42,6 +49,7 @@ class MetricsScraper:
         self._client = client
         self._endpoints = endpoints
         self._interval_s = interval_s
+        self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
         self._slots = asyncio.Semaphore(concurrency)
         self._busy: dict[str, asyncio.Task[None]] = {}
@@ -67,6 +75,8 @@ class MetricsScraper:
         if ids != self._known:
             self.state.sync(ids)
             self._known = ids
+            for gone in self._busy.keys() - set(ids):
+                self._busy.pop(gone).cancel()  # its slot goes to the endpoints still served
         started = []
         for endpoint in endpoints:
             if endpoint.id in self._busy or not self.state.should_scrape(endpoint.id):
@@ -100,14 +110,29 @@ class MetricsScraper:
         async with self._slots:
             sent_at = self.state.now()
             try:
-                response = await self._client.get(endpoint.url + "/metrics", timeout=self._timeout)
+                async with asyncio.timeout(self._timeout_s):
+                    page, failure = await self._fetch(endpoint.url + "/metrics")
+            except TimeoutError:
+                page, failure = b"", "ScrapeTimeout"
             except httpx.HTTPError as exc:
-                self.state.scrape_failed(endpoint.id, type(exc).__name__)
+                page, failure = b"", type(exc).__name__
+            scan = scan_metrics(page) if failure is None else None
+            if scan is not None and not scan.gauges_found:
+                failure = "not vLLM metrics"
+            if scan is None or failure is not None:
+                self.state.scrape_failed(endpoint.id, failure or "")
                 return
+            self.state.scraped(endpoint.id, scan, sent_at, lambda: scan_kv_capacity(page))
+
+    async def _fetch(self, url: str) -> tuple[bytes, str | None]:
+        """The page, or why there is none (the status, a page too big)."""
+        async with self._client.stream("GET", url, timeout=self._timeout) as response:
             if response.status_code != 200:
-                self.state.scrape_failed(endpoint.id, f"HTTP {response.status_code}")
-                return
-            page = response.content
-            self.state.scraped(
-                endpoint.id, scan_metrics(page), sent_at, lambda: scan_kv_capacity(page)
-            )
+                return b"", f"HTTP {response.status_code}"
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_PAGE_BYTES:
+                    return b"", f"page over {MAX_PAGE_BYTES} bytes"
+                chunks.append(chunk)
+            return b"".join(chunks), None

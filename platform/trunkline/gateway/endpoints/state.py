@@ -188,6 +188,9 @@ class EngineState:
         self._changed = asyncio.Event()
         self.probed_by_scrapes = False
         """A scraper runs: it probes endpoints whose ejection ended, and requests wait for it."""
+        self.on_restart: Callable[[str], None] | None = None
+        """Told the endpoint id when a scrape shows its engine restarted (its prefix cache is
+        empty): the approximate routing index forgets what it sent there."""
 
     def now(self) -> float:
         """The clock every time in here is on (monotonic seconds)."""
@@ -291,10 +294,13 @@ class EngineState:
         state = self._endpoints.get(endpoint)
         if state is None:
             return  # left the snapshot while we scraped it
-        if kv_capacity is not None and (
-            not state.capacity_read or (state.scan is not None and restarted(state.scan, scan))
-        ):
+        restart = state.scan is not None and restarted(state.scan, scan)
+        if kv_capacity is not None and (not state.capacity_read or restart):
             state.kv_capacity, state.capacity_read = kv_capacity(), True
+        if restart:
+            log.info("engine restarted", extra={"endpoint_id": endpoint})
+            if self.on_restart is not None:
+                self.on_restart(endpoint)
         now = self._clock()
         window = sent_at - state.scrape_sent_at if state.scan is not None else 0.0
         state.rates = next_rates(state.scan, scan, state.rates, window)

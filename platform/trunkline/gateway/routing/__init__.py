@@ -18,6 +18,7 @@ from trunkline.gateway.routing.policy import (
     POLICIES,
     RoutingPolicy,
     UnknownPolicyError,
+    approximate_index,
     kv_event_index,
     make_policy,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "UnknownPolicyError",
     "WeightedScorer",
     "apply_kv_events",
+    "approximate_index",
     "eligible",
     "endpoint_view",
     "kv_event_index",

@@ -19,9 +19,16 @@ from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
 if TYPE_CHECKING:
-    from trunkline.gateway.routing.prefix_index import KvEventIndex
+    from trunkline.gateway.routing.prefix_index import ApproxPrefixIndex, KvEventIndex
 
-__all__ = ["POLICIES", "RoutingPolicy", "UnknownPolicyError", "kv_event_index", "make_policy"]
+__all__ = [
+    "POLICIES",
+    "RoutingPolicy",
+    "UnknownPolicyError",
+    "approximate_index",
+    "kv_event_index",
+    "make_policy",
+]
 
 
 class RoutingPolicy(Protocol):
@@ -95,6 +102,15 @@ def make_policy(name: str) -> RoutingPolicy:
             param="policy",
         ) from None
     return factory()
+
+
+def approximate_index(policy: RoutingPolicy) -> ApproxPrefixIndex | None:
+    """The index ``policy`` learns from its own decisions (``None``: it has none), which the
+    gateway tells of engines that restarted (``ApproxPrefixIndex.forget``)."""
+    index = getattr(policy, "prefix_index", None)
+    from trunkline.gateway.routing.prefix_index import ApproxPrefixIndex
+
+    return index if isinstance(index, ApproxPrefixIndex) else None
 
 
 def kv_event_index(policy: RoutingPolicy) -> KvEventIndex | None:

@@ -98,6 +98,11 @@ class ApproxPrefixIndex:
         while len(blocks) > limit:
             blocks.popitem(last=False)
 
+    def forget(self, endpoint: str) -> None:
+        """Drop what was sent to ``endpoint``: its engine restarted with an empty cache, and a
+        prompt it held before is better sent where it went meanwhile."""
+        self._blocks.pop(endpoint, None)
+
     def capacity_of(self, endpoint: EndpointView) -> int:
         """Tokens remembered for ``endpoint``: its KV capacity when known and used."""
         if self.from_endpoint and endpoint.kv_capacity_tokens:
