@@ -380,6 +380,7 @@ class GatewayService:
             index = offset + opened.index
             if not request.stream or opened.response.status_code != 200:
                 return index, opened, None
+            self.engines.head(opened.flight)
             events = relay_events(
                 opened.response, meter.tally, keep_usage_chunk=request.client_wants_usage
             )

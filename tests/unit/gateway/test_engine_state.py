@@ -386,3 +386,36 @@ def test_requests_remembered_as_started_stay_bounded_when_scrapes_stop() -> None
         remembered.append(len(state._endpoints["a"].left_waiting))  # memory, not behaviour
     # Only the last 2 s are kept: a scrape older than that says nothing of them.
     assert max(remembered) <= 21 and remembered[-1] == 20
+
+
+def test_a_stream_its_idle_engine_lost_moves_on_and_counts_against_it() -> None:
+    """Its head came, then nothing: an engine whose page says it runs and queues nothing has
+    not got the request (a hung API server), where waiting meant the read timeout (300 s)."""
+    clock = Clock()
+    state = EngineState(POLICY, clock)
+    state.sync(["a"])
+    moved: list[str] = []
+    flights = {}
+    for name, streamed, head in [
+        ("lost", True, True),
+        ("no-head", True, False),
+        ("plain", False, False),
+    ]:
+        flight = flights[name] = state.sent("a", 100, streamed=streamed)
+        flight.on_ejected = lambda name=name: moved.append(name)
+        if head:
+            state.head(flight)
+
+    clock.now += 1.5
+    state.scraped("a", MetricsScan(), clock.now)  # too soon after the head: it may be starting
+    clock.now += 1.0
+    state.scraped("a", MetricsScan(running=1), clock.now)  # busy: it may be queued there
+    assert moved == []
+
+    state.scraped("a", MetricsScan(), clock.now)
+    assert moved == ["lost"]
+    [health] = state.health_report()
+    assert health.request_failures == 1 and health.in_service
+    state.first_byte(flights["plain"])
+    state.scraped("a", MetricsScan(), clock.now)  # neither a plain request nor a headless one
+    assert moved == ["lost"]  # and the lost one once, though its request has not ended it yet

@@ -3,9 +3,10 @@ views admission sees, and a pluggable admission object."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -491,3 +492,34 @@ async def _wait_for_restart_seen(service: GatewayService, endpoint: str) -> None
         if load is not None and service.engines._endpoints[endpoint].scan.prompt_tokens == 5:
             return
         await service.engines.wait_changed(timeout=1.0)
+
+
+def test_a_stream_an_idle_engine_never_started_moves_to_the_next_endpoint(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """engine-1 sends a stream's head, then nothing, while its page says it runs nothing: the
+    request waited for the read timeout (300 s), and half of the requests with it."""
+
+    async def silence() -> AsyncIterator[bytes]:
+        await asyncio.sleep(3600)
+        yield b""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "engine-1":
+            return httpx.Response(
+                200, headers={"content-type": "text/event-stream"}, content=silence()
+            )
+        return chat_any(request)
+
+    idle = b"vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
+    gw = engine_gateway(handler, scrape=lambda request: httpx.Response(200, content=idle))
+    bodies = [gw.chat(STREAM) for _ in range(3)]  # round-robin: one starts on engine-1
+
+    assert [b.status_code for b in bodies] == [200] * 3
+    assert all(b.text.rstrip().endswith("data: [DONE]") for b in bodies)
+    assert gw.hosts().count("engine-1") == 1
+    [health] = [h for h in gw.service.engines.health_report() if h.endpoint == "e1"]
+    assert health.request_failures == 1
+    assert {record.endpoint for _id, record in gw.usage.read(10)} <= {
+        "http://engine-2", "http://engine-3",
+    }  # fmt: skip

@@ -41,6 +41,10 @@ __all__ = ["EngineState", "Flight"]
 
 log = logging.getLogger(__name__)
 
+IDLE_WHILE_AWAITED_S = 2.0
+"""A stream whose head came this long before a scrape that shows its engine running and
+waiting nothing, and which still has no first event, is lost there (see
+:meth:`EngineState.scraped`)."""
 _MAX_LEFT_WAITING = 1024
 _LEFT_WAITING_HORIZON_S = 2.0
 """Flights that left the waiting queue are remembered until the next scrape is sent, at most
@@ -65,6 +69,7 @@ class Flight:
 
     __slots__ = (
         "endpoint",
+        "head_at",
         "on_ejected",
         "prefill_tokens",
         "sent_at",
@@ -82,6 +87,9 @@ class Flight:
         self.streamed = streamed
         """Its first byte is its first token; a plain request's first byte is its whole answer."""
         self.waiting_first_byte = True
+        self.head_at: float | None = None
+        """When a stream's response head came (vLLM sends it as it hands the request to its
+        engine, before the first token)."""
         self.on_ejected: Callable[[], None] | None = None
         """Called if its endpoint is ejected while it is set: by the request waiting for its
         first byte (a plain request's whole answer, a stream's first event), so it moves on
@@ -306,7 +314,26 @@ class EngineState:
         state.rates = next_rates(state.scan, scan, state.rates, window)
         state.scan, state.scrape_sent_at, state.scrape_answered_at = scan, sent_at, now
         self._succeeded(endpoint, state, now, scrape=True)
+        if scan.running == 0 and scan.waiting == 0:
+            self._lost_streams(endpoint, state, sent_at - IDLE_WHILE_AWAITED_S)
         self._notify()
+
+    def _lost_streams(self, endpoint: str, state: _Endpoint, head_before: float) -> None:
+        """The engine runs and queues nothing, yet streams whose head came well before the
+        scrape still wait for their first token: it lost them (an API server that took the
+        request but never handed it on). Each moves to the next endpoint, as on an ejection
+        (nothing reached its client), and counts against this one: its scrapes answer, so
+        only requests can say it is broken."""
+        for flight in list(state.flights):
+            if (
+                flight.waiting_first_byte
+                and flight.head_at is not None
+                and flight.head_at <= head_before
+                and flight.on_ejected is not None
+            ):
+                flight.head_at = None  # once: it ends as it leaves
+                flight.on_ejected()
+                self._failed(endpoint, "idle while a stream awaited its first token", scrape=False)
 
     def scrape_failed(self, endpoint: str, reason: str) -> None:
         if endpoint in self._endpoints:
@@ -319,6 +346,10 @@ class EngineState:
         self._get(endpoint).flights.add(flight)
         self._notify()
         return flight
+
+    def head(self, flight: Flight) -> None:
+        """A stream's response head came (its first event has not)."""
+        flight.head_at = self._clock()
 
     def first_byte(self, flight: Flight) -> None:
         if flight.waiting_first_byte:
