@@ -185,7 +185,9 @@ def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
     kv = monitor.kv_subscriber
     return {
         "endpoints": len(loads),
-        "ejected": sorted(key for key in loads if not state.in_service(key)),
+        # Not routed to: ejected, or half-open until its probe answers (else a hung engine
+        # flapped in and out of this list between its ejections).
+        "ejected": sorted(key for key in loads if not state.routable(key)),
         "oldest_scrape_s": round(max(ages), 3) if ages else None,
         "kv_events": kv.summary() if kv is not None else {},
     }

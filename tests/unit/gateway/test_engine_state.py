@@ -161,8 +161,10 @@ def test_an_endpoint_whose_ejection_ended_waits_for_the_scrape_probe_when_one_ru
     assert state.should_scrape("a")
     # With a scraper, no request goes there until its probe answers; without, a request probes.
     assert state.routable("a") is not scraped
+    # and /health and /metrics say what routing does (a hung engine flapped back in service)
+    assert state.health_report()[0].in_service is not scraped
     state.scraped("a", MetricsScan(), clock.now)
-    assert state.routable("a")
+    assert state.routable("a") and state.health_report()[0].in_service
 
 
 def test_a_page_of_figures_no_engine_means_leaves_the_loads_readable() -> None:

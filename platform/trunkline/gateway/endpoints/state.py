@@ -256,7 +256,7 @@ class EngineState:
         return [
             EndpointHealth(
                 endpoint=key,
-                in_service=state.health.in_service(now),
+                in_service=self.routable(key),  # not while half-open awaiting its probe
                 ejections=state.health.ejections,
                 request_failures=state.health.failures_total["request"],
                 scrape_failures=state.health.failures_total["scrape"],
