@@ -33,12 +33,16 @@ def test_ejections_failures_flights_and_metrics_age_per_endpoint() -> None:
     registry = CollectorRegistry()
     registry.register(EndpointCollector(engines))
 
-    engines.scraped("pool/1", scan_metrics(b"vllm:num_requests_waiting 0\n"), sent_at=clock.now)
+    page = (
+        b"vllm:num_requests_waiting 0\nvllm:num_requests_running 2\nvllm:kv_cache_usage_perc 0.5\n"
+    )
+    engines.scraped("pool/1", scan_metrics(page), sent_at=clock.now)
+    clock.now += 0.25
     flight = engines.sent("pool/1", 100)
     engines.scrape_failed("pool/1", "ReadTimeout")
     for _ in range(3):
         engines.failed("pool/0", "HTTP 500")
-    clock.now += 0.5
+    clock.now += 0.25
 
     got = samples(registry)
     a, b = (("endpoint", "pool/0"),), (("endpoint", "pool/1"),)
@@ -50,7 +54,12 @@ def test_ejections_failures_flights_and_metrics_age_per_endpoint() -> None:
     assert got["trunkline_endpoint_failures_total", (*b, ("kind", "scrape"))] == 1.0
     assert got["trunkline_endpoint_requests_in_flight", b] == 1.0
     assert got["trunkline_endpoint_metrics_age_seconds", b] == 0.5
-    assert ("trunkline_endpoint_metrics_age_seconds", a) not in got  # never scraped
+    assert got["trunkline_endpoint_metrics_age_seconds", a] == float("inf")  # never scraped
+    # The load routing reads: the engine's page, and the request sent since in waiting.
+    assert got["trunkline_endpoint_running", b] == 2.0
+    assert got["trunkline_endpoint_waiting", b] == 1.0
+    assert got["trunkline_endpoint_kv_cache_usage", b] == 0.5
+    assert ("trunkline_endpoint_running", a) not in got  # nothing read yet
 
     engines.ended(flight)
     clock.now += 1.0  # the ejection is over: half-open, in service for the next probe

@@ -4,6 +4,7 @@ nothing for them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,8 +18,8 @@ __all__ = ["EndpointCollector", "KvEventCollector"]
 
 class EndpointCollector(Collector):
     """Per endpoint (label ``endpoint``): in service or ejected, ejections, failures of
-    requests and of scrapes, requests in flight from this process, and how old its last
-    scraped metrics are."""
+    requests and of scrapes, requests in flight from this process, how old its last scraped
+    metrics are, and the load routing reads from them (running, waiting, KV-cache usage)."""
 
     def __init__(self, engines: EngineState) -> None:
         self._engines = engines
@@ -48,9 +49,26 @@ class EndpointCollector(Collector):
         )
         age = GaugeMetricFamily(
             "trunkline_endpoint_metrics_age_seconds",
-            "Seconds since the endpoint's /metrics last answered a scrape",
+            "Seconds since the endpoint's /metrics last answered a scrape (+Inf: never)",
             labels=labels,
         )
+        running = GaugeMetricFamily(
+            "trunkline_endpoint_running",
+            "Requests the engine runs, as its last scraped page says",
+            labels=labels,
+        )
+        waiting = GaugeMetricFamily(
+            "trunkline_endpoint_waiting",
+            "Requests waiting in the engine as routing counts them: its last page's, plus "
+            "those this process sent since that scrape",
+            labels=labels,
+        )
+        kv_usage = GaugeMetricFamily(
+            "trunkline_endpoint_kv_cache_usage",
+            "Share of the engine's KV cache in use (0 to 1), as its last scraped page says",
+            labels=labels,
+        )
+        loads = self._engines.loads()
         for health in self._engines.health_report():
             endpoint = [health.endpoint]
             in_service.add_metric(endpoint, float(health.in_service))
@@ -58,9 +76,14 @@ class EndpointCollector(Collector):
             failures.add_metric([*endpoint, "request"], health.request_failures)
             failures.add_metric([*endpoint, "scrape"], health.scrape_failures)
             in_flight.add_metric(endpoint, health.in_flight)
-            if health.scrape_age_s is not None:
-                age.add_metric(endpoint, health.scrape_age_s)
-        yield from (in_service, ejections, failures, in_flight, age)
+            age_s = health.scrape_age_s
+            age.add_metric(endpoint, math.inf if age_s is None else age_s)
+            load = loads.get(health.endpoint)
+            if age_s is not None and load is not None:
+                running.add_metric(endpoint, load.running)
+                waiting.add_metric(endpoint, load.waiting)
+                kv_usage.add_metric(endpoint, load.kv_usage)
+        yield from (in_service, ejections, failures, in_flight, age, running, waiting, kv_usage)
 
 
 class KvEventCollector(Collector):
