@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from trunkline.apps import serving
 from trunkline.apps.controlplane import create_controlplane_app
-from trunkline.apps.gateway import create_gateway_app
+from trunkline.apps.gateway import create_gateway_app, routing_policy
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.engines import EngineSpec, SimulatedEngines
@@ -66,6 +66,7 @@ async def _run(
     runtime: Runtime, tenants_dir: Path, time_scale: float, ready: asyncio.Event | None
 ) -> None:
     settings = runtime.settings
+    routing_policy(settings.gateway.routing_policy)  # a bad profile stops it before any change
     await asyncio.to_thread(upgrade, settings.database.url)
     manifests = load_manifests(tenants_dir)
     report = await asyncio.to_thread(apply_manifests, runtime.session_factory, manifests)

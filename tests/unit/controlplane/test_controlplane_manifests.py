@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from cp_support import TENANTS_DIR, snapshot
+from cp_support import TENANTS_DIR, make_settings, snapshot
 from sqlalchemy import select
 
+from trunkline.apps.embedded import run_embedded
 from trunkline.apps.runtime import Runtime
-from trunkline.errors import Conflict
+from trunkline.errors import ConfigurationError, Conflict
 from trunkline.kit.yamlfile import DuplicateKeyError, load_strict
 from trunkline.models import Pool, Project, Tenant
 from trunkline.tenancy.manifests import (
@@ -284,3 +286,15 @@ def test_a_field_a_manifest_leaves_out_keeps_what_the_api_set(
     # out, it is the complete list.
     examples.write_text(examples.read_text().replace("models: [llama-3.1-8b, bge-small]\n", "", 1))
     assert apply_manifests(runtime.session_factory, applied_copy).lines() == ["no changes"]
+
+
+def test_up_refuses_a_bad_routing_profile_before_it_changes_the_database(tmp_path: Path) -> None:
+    """It migrated and applied tenants/ first, then died on the profile."""
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("name: bad\nfilters: [healthy]\nscorers: [{name: nope, weight: 1}]\n")
+    database = tmp_path / "trunkline.db"
+    settings = make_settings(f"sqlite:///{database}", tmp_path)
+    settings.gateway.routing_policy = str(profile)
+    with pytest.raises(ConfigurationError, match="unknown scorer 'nope'"):
+        asyncio.run(run_embedded(settings, TENANTS_DIR))
+    assert not database.exists()
