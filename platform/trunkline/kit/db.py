@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
@@ -33,9 +35,19 @@ def _normalise(url: str) -> str:
     return url
 
 
+def _json_loads(text: str | bytes) -> Any:
+    """JSON columns read with msgspec (a big snapshot build reads one per API key; the
+    standard library took a third of it), falling back to ``json`` for what msgspec refuses
+    and ``json.dumps`` may have written (``NaN``)."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return json.loads(text)
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     url = _normalise(url)
-    kwargs: dict[str, Any] = {"echo": echo, "future": True}
+    kwargs: dict[str, Any] = {"echo": echo, "future": True, "json_deserializer": _json_loads}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:

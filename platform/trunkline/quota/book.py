@@ -45,17 +45,23 @@ def build_quota_book(
         name: priority for name, priority in session.execute(select(Tier.name, Tier.priority))
     }
     key_limits: dict[str, Limits] = {}
+    shared: dict[tuple[str, str], Limits] = {}
+    """Limits of keys without a document of their own, by tenant and tier: most keys."""
     for key_id, key in keys.items():
         owner = tenants.get(key.tenant_id)
         if owner is None:
             continue
-        resolved = resolve(
-            tier_docs.get(owner.tier),
-            tenant_docs.get(key.tenant_id),
-            tier_docs.get(key_tier(key.tier, owner.tier, priorities)),
-            key_docs.get(key_id),
-        )
-        _keep(key_limits, key_id, to_limits(resolved.key))
+        tier = key_tier(key.tier, owner.tier, priorities)
+        own = key_docs.get(key_id)
+        limits = shared.get((key.tenant_id, tier)) if own is None else None
+        if limits is None:
+            resolved = resolve(
+                tier_docs.get(owner.tier), tenant_docs.get(key.tenant_id), tier_docs.get(tier), own
+            )
+            limits = to_limits(resolved.key)
+            if own is None:
+                shared[(key.tenant_id, tier)] = limits
+        _keep(key_limits, key_id, limits)
     prices, billable = _pricing(session)
     return QuotaBook(tenant_limits, project_limits, key_limits, prices, billable)
 

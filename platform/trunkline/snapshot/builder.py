@@ -57,18 +57,24 @@ def build_snapshot(session: Session, version: int, *, cache_secret: bytes) -> Sn
     }
     tenants = _tenants(session, cache_secret)
     now = datetime.now(UTC)
+    # Plain rows, not ORM objects: tens of thousands of keys are most of a big snapshot's build.
+    columns = (
+        ApiKey.key_id, ApiKey.secret_hash, ApiKey.tenant_id, ApiKey.project_id,
+        ApiKey.allowed_models, ApiKey.tier_name, ApiKey.expires_at,
+    )  # fmt: skip
+    rows = session.execute(select(*columns).where(ApiKey.revoked_at.is_(None)))
     keys = {
-        k.key_id: KeyEntry(
-            key_id=k.key_id,
-            secret_hash=k.secret_hash,
-            tenant_id=str(k.tenant_id),
-            project_id=str(k.project_id),
-            allowed_aliases=None if k.allowed_models is None else frozenset(k.allowed_models),
-            tier=k.tier_name,
-            expires_at=None if k.expires_at is None else k.expires_at.timestamp(),
+        key_id: KeyEntry(
+            key_id=key_id,
+            secret_hash=secret_hash,
+            tenant_id=str(tenant_id),
+            project_id=str(project_id),
+            allowed_aliases=None if allowed is None else frozenset(allowed),
+            tier=tier,
+            expires_at=None if expires_at is None else expires_at.timestamp(),
         )
-        for k in session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))
-        if k.expires_at is None or k.expires_at > now
+        for key_id, secret_hash, tenant_id, project_id, allowed, tier, expires_at in rows
+        if expires_at is None or expires_at > now
     }
     pools = _pools(session)
     aliases = _aliases(session, pools)
