@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from trunkline.apps import serving
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.gateway import create_gateway_app, routing_policy
+from trunkline.apps.publishing import THOROUGH_EVERY, republish_if_stale
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.engines import EngineSpec, SimulatedEngines
@@ -30,7 +32,6 @@ from trunkline.models import ApiKey, Project, Tenant
 from trunkline.pools.service import set_pool_endpoints
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.settings import Settings
-from trunkline.snapshot.builder import current_fingerprint
 from trunkline.tenancy.manifests import Manifests, apply_manifests, load_manifests
 from trunkline.worker.inprocess import drain as drain_jobs
 from trunkline.worker.inprocess import run_jobs
@@ -147,19 +148,12 @@ def _register_engines(runtime: Runtime, manifests: Manifests, urls: list[str]) -
 async def _follow_database(runtime: Runtime, every_s: float = 1.0) -> None:
     """Republish when the database changed behind our back (e.g. ``trunkline keys revoke``
     run in another shell): the in-memory snapshot store has no other way to hear of it."""
-    last = await asyncio.to_thread(
-        current_fingerprint, runtime.session_factory, cache_secret=runtime.server_secret
-    )
-    while True:
+    for count in itertools.count(1):
         await asyncio.sleep(every_s)
+        thorough = count % THOROUGH_EVERY == 0
         try:
-            now = await asyncio.to_thread(
-                current_fingerprint, runtime.session_factory, cache_secret=runtime.server_secret
-            )
-            if now != last:
-                await asyncio.to_thread(runtime.publish)
+            if await asyncio.to_thread(republish_if_stale, runtime, thorough=thorough):
                 log.info("configuration changed in the database; snapshot republished")
-                last = now
         except Exception:
             log.exception("could not check the database for configuration changes")
 

@@ -4,6 +4,8 @@ and remembers whether that works, for ``/healthz``."""
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -14,26 +16,40 @@ import anyio
 from litestar import Litestar
 
 from trunkline.apps.runtime import Runtime
-from trunkline.snapshot.builder import current_fingerprint
+from trunkline.snapshot.builder import content_digest, current_fingerprint
+from trunkline.tenancy.changes import config_generation
 
 log = logging.getLogger(__name__)
 
 
-def republish_if_stale(runtime: Runtime) -> bool:
-    """Publish the snapshot if the store holds none (a Redis restarted without its data) or the
-    database's configuration is not the one this process last published: a change whose
-    publish failed (Redis was away when an API call or ``trunkline keys revoke`` committed it)
-    would otherwise stay unknown to every gateway, a revoked key accepted, until the next
-    change. A change another process published is published once more (same content, a newer
-    version). Returns whether it published."""
-    lost = runtime.publisher.published_version() is None
-    current = current_fingerprint(runtime.session_factory, cache_secret=runtime.server_secret)
-    if not lost and current == runtime.published:
+THOROUGH_EVERY = 30
+"""One check in this many builds the snapshot even when ``config_generation`` did not move:
+for a change written to the database without the services (SQL by hand, a restored backup)."""
+
+
+def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
+    """Publish the snapshot if the store does not hold the database's configuration: it holds
+    none (a Redis restarted without its data), or a change's publish failed (Redis was away
+    when an API call or ``trunkline keys revoke`` committed it), which would otherwise stay
+    unknown to every gateway, a revoked key accepted, until the next change. Returns whether
+    it published.
+
+    The snapshot is built only when the database's ``config_generation`` moved since this
+    process last looked (or ``thorough``); what it builds is compared with the digest of what
+    the store holds, so a change another process published is not published again."""
+    stored = runtime.publisher.published_digest()
+    with runtime.session_factory() as session:
+        generation = config_generation(session)
+    if stored is not None and generation == runtime.seen_generation and not thorough:
         return False
-    if lost:
+    current = current_fingerprint(runtime.session_factory, cache_secret=runtime.server_secret)
+    if stored == content_digest(current):
+        runtime.seen_generation = generation  # (a failed publish below leaves it, to retry)
+        return False
+    if runtime.publisher.published_version() is None:
         log.warning("the snapshot store holds no snapshot; publishing it again")
     else:
-        log.info("the configuration is not the one last published here; publishing it")
+        log.info("the snapshot store does not hold the database's configuration; publishing it")
     runtime.publish_now()
     return True
 
@@ -73,10 +89,13 @@ def keeping_published(
     @asynccontextmanager
     async def keep_published(_app: Litestar) -> AsyncIterator[None]:
         async def check() -> None:
-            while True:
+            for count in itertools.count(1):
                 await anyio.sleep(every_s)
+                thorough = count % THOROUGH_EVERY == 0
                 try:
-                    await anyio.to_thread.run_sync(republish_if_stale, runtime)
+                    await anyio.to_thread.run_sync(
+                        functools.partial(republish_if_stale, runtime, thorough=thorough)
+                    )
                 except Exception as exc:  # the store or the database away: try again later
                     log.warning("snapshot check failed: %s", type(exc).__name__)
                     sync.failed(type(exc).__name__)

@@ -17,7 +17,8 @@ from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.migrate import ensure_sqlite_dir, require_current
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
-from trunkline.snapshot.builder import fingerprint, publish_snapshot
+from trunkline.snapshot.builder import publish_snapshot
+from trunkline.tenancy.changes import config_generation, count_config_changes
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Runtime:
     _closers: list[object] = field(default_factory=list)
     published: bytes | None = None
     """The configuration this process last published (``fingerprint``); None: nothing yet."""
+    seen_generation: int | None = None
+    """The ``config_generation`` of what this process last built, published or checked."""
 
     def publish(self) -> None:
         """Publish the current configuration to every gateway, after a change committed.
@@ -53,10 +56,12 @@ class Runtime:
 
     def publish_now(self) -> None:
         """Publish the current configuration; raises when the snapshot store fails."""
-        snapshot = publish_snapshot(
+        with self.session_factory() as session:
+            generation = config_generation(session)  # before the build: it has at least this
+        self.published = publish_snapshot(
             self.session_factory, self.publisher, cache_secret=self.server_secret
         )
-        self.published = fingerprint(snapshot)
+        self.seen_generation = generation
 
     def close(self) -> None:
         self.engine.dispose()
@@ -101,10 +106,12 @@ def build_runtime(settings: Settings) -> Runtime:
     else:
         memory = InMemorySnapshotStore()
         publisher = memory
+    factory = make_sessionmaker(engine)
+    count_config_changes(factory)
     return Runtime(
         settings=settings,
         engine=engine,
-        session_factory=make_sessionmaker(engine),
+        session_factory=factory,
         publisher=publisher,
         server_secret=server_secret(settings),
         memory_store=memory,

@@ -16,6 +16,7 @@ from trunkline.models.catalog import (
     ModelAlias,
     Pool,
 )
+from trunkline.models.config import CONFIG_ROW, ConfigGeneration
 from trunkline.models.keys import AccessToken, ApiKey
 from trunkline.models.metering import UsageRollup, UsageRollupWatermark
 from trunkline.models.quotas import KeyQuota, TenantQuota, TierQuota
@@ -31,6 +32,7 @@ from trunkline.models.tenancy import (
 from trunkline.models.usage import UsageEvent
 
 __all__ = [
+    "CONFIG_ROW",
     "AcceleratorFlavor",
     "AccessToken",
     "ApiKey",
@@ -38,6 +40,7 @@ __all__ = [
     "BilledUsage",
     "BillingCorrection",
     "BillingPeriod",
+    "ConfigGeneration",
     "DedicatedCapacity",
     "Endpoint",
     "Entitlement",

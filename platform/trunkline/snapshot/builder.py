@@ -177,6 +177,11 @@ def fingerprint(snapshot: Snapshot) -> bytes:
     return _CANONICAL.encode(msgspec.structs.replace(snapshot, version=0, published_at=0.0))
 
 
+def content_digest(fingerprint: bytes) -> bytes:
+    """A short name of a snapshot's content (its ``fingerprint``), kept beside it in the store."""
+    return hashlib.sha256(fingerprint).digest()
+
+
 def current_fingerprint(factory: sessionmaker[Session], *, cache_secret: bytes) -> bytes:
     with factory() as session:
         return fingerprint(build_snapshot(session, 0, cache_secret=cache_secret))
@@ -184,10 +189,12 @@ def current_fingerprint(factory: sessionmaker[Session], *, cache_secret: bytes) 
 
 def publish_snapshot(
     factory: sessionmaker[Session], publisher: SnapshotPublisher, *, cache_secret: bytes
-) -> Snapshot:
-    """Read the current configuration and publish it under a fresh version."""
+) -> bytes:
+    """Read the current configuration and publish it under a fresh version; returns its
+    fingerprint."""
     version = publisher.next_version()
     with factory() as session:
         snapshot = build_snapshot(session, version, cache_secret=cache_secret)
-    publisher.publish(version, encode_snapshot(snapshot))
-    return snapshot
+    content = fingerprint(snapshot)
+    publisher.publish(version, encode_snapshot(snapshot), digest=content_digest(content))
+    return content

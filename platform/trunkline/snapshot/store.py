@@ -3,7 +3,10 @@
 Publishing is synchronous (the control plane's services run in threads);
 reading is asynchronous (the gateway polls the version on its event loop and
 fetches the blob only when it changed). Redis keeps ``<prefix>:snapshot`` and
-``<prefix>:snapshot:version`` in one MULTI so readers never see a torn pair.
+``<prefix>:snapshot:version`` in one MULTI so readers never see a torn pair, and beside them
+``<prefix>:snapshot:digest``, a digest of the published content (``published_digest``), so
+a control plane can tell whether the store already holds what the database says without
+fetching the blob.
 """
 
 from __future__ import annotations
@@ -19,9 +22,17 @@ import redis.asyncio as aioredis
 
 class SnapshotPublisher(Protocol):
     def next_version(self) -> int: ...
-    def publish(self, version: int, blob: bytes) -> None: ...
+    def publish(self, version: int, blob: bytes, digest: bytes = b"") -> None:
+        """Store ``blob`` as ``version`` unless a newer one is stored; ``digest`` names its
+        content (``snapshot.builder.content_digest``), whatever its version."""
+        ...
+
     def published_version(self) -> int | None:
         """The version the store holds (None: none, e.g. a store that lost its data)."""
+        ...
+
+    def published_digest(self) -> bytes | None:
+        """The digest of what the store holds (None: no snapshot, or one published without)."""
         ...
 
 
@@ -37,20 +48,25 @@ class InMemorySnapshotStore:
         self._lock = threading.Lock()
         self._counter = 0
         self._current: tuple[int, bytes] | None = None
+        self._digest: bytes | None = None
 
     def next_version(self) -> int:
         with self._lock:
             self._counter += 1
             return self._counter
 
-    def publish(self, version: int, blob: bytes) -> None:
+    def publish(self, version: int, blob: bytes, digest: bytes = b"") -> None:
         with self._lock:
             if self._current is None or version > self._current[0]:
                 self._current = (version, blob)
+                self._digest = digest or None
 
     def published_version(self) -> int | None:
         current = self._current
         return None if current is None else current[0]
+
+    def published_digest(self) -> bytes | None:
+        return self._digest
 
     async def version(self) -> int | None:
         current = self._current
@@ -67,6 +83,7 @@ local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if tonumber(ARGV[1]) > current then
   redis.call('SET', KEYS[1], ARGV[2])
   redis.call('SET', KEYS[2], ARGV[1])
+  redis.call('SET', KEYS[3], ARGV[3])
   return 1
 end
 return 0
@@ -98,6 +115,7 @@ class RedisSnapshotPublisher:
         self._blob_key = f"{prefix}:snapshot"
         self._version_key = f"{prefix}:snapshot:version"
         self._counter_key = f"{prefix}:snapshot:counter"
+        self._digest_key = f"{prefix}:snapshot:digest"
         self._script = client.register_script(_PUBLISH_LUA)
         self._next = client.register_script(_NEXT_VERSION_LUA)
         self._clock_ms = clock_ms
@@ -105,12 +123,20 @@ class RedisSnapshotPublisher:
     def next_version(self) -> int:
         return int(self._next(keys=[self._counter_key], args=[self._clock_ms()]))
 
-    def publish(self, version: int, blob: bytes) -> None:
-        self._script(keys=[self._blob_key, self._version_key], args=[version, blob])
+    def publish(self, version: int, blob: bytes, digest: bytes = b"") -> None:
+        keys = [self._blob_key, self._version_key, self._digest_key]
+        self._script(keys=keys, args=[version, blob, digest])
 
     def published_version(self) -> int | None:
         raw = self._client.get(self._version_key)
         return None if raw is None else int(raw)
+
+    def published_digest(self) -> bytes | None:
+        """None also when the store holds no snapshot (the digest outlived a lost blob)."""
+        version, digest = self._client.mget(self._version_key, self._digest_key)
+        if version is None or not digest:
+            return None
+        return digest if isinstance(digest, bytes) else digest.encode("latin-1")
 
 
 class RedisSnapshotSource:

@@ -12,11 +12,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import event, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import Conflict
 from trunkline.kit.db import transaction
+from trunkline.models import CONFIG_ROW, ConfigGeneration
 
 _CHANGED = "trunkline.config_changed"
 
@@ -28,6 +30,27 @@ def mark_config_changed(session: Session) -> None:
 
 def config_changed(session: Session) -> bool:
     return bool(session.info.get(_CHANGED, False))
+
+
+def count_config_changes(factory: sessionmaker[Session]) -> None:
+    """Make every commit of ``factory``'s sessions that changed gateway config bump the
+    ``config_generation`` counter, in that transaction: any process's change moves it."""
+
+    @event.listens_for(factory, "before_commit")
+    def bump(session: Session) -> None:
+        if config_changed(session):
+            bumped = ConfigGeneration.generation + 1
+            session.execute(
+                update(ConfigGeneration)
+                .where(ConfigGeneration.id == CONFIG_ROW)
+                .values(generation=bumped)
+            )
+
+
+def config_generation(session: Session) -> int:
+    """How many changes to gateway config have committed (0 before the first)."""
+    statement = select(ConfigGeneration.generation).where(ConfigGeneration.id == CONFIG_ROW)
+    return session.scalar(statement) or 0
 
 
 @contextmanager

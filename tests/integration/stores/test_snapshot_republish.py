@@ -7,25 +7,32 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import redis.asyncio as aioredis
 from litestar.testing import TestClient
+from sqlalchemy import update
 
 from support.servers import start_redis
+from trunkline.apps import publishing
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.publishing import republish_if_stale
 from trunkline.apps.runtime import build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.keys.service import key_tenant, revoke_key
+from trunkline.models import ApiKey
 from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, decode_snapshot
-from trunkline.tenancy.changes import unit_of_work
+from trunkline.snapshot.builder import current_fingerprint
+from trunkline.tenancy.changes import config_generation, unit_of_work
 from unit.controlplane.cp_support import build_world, make_runtime, make_settings
 
 PREFIX = "republish"
 KEYS = (f"{PREFIX}:snapshot", f"{PREFIX}:snapshot:version", f"{PREFIX}:snapshot:counter")
+DIGEST = f"{PREFIX}:snapshot:digest"
 
 
 def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
@@ -50,8 +57,62 @@ def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
         loaded = asyncio.run(_load(redis_url))
         assert "acme" in {tenant.slug for tenant in loaded.tenants.values()}
     finally:
-        client.delete(*KEYS)
+        client.delete(*KEYS, DIGEST)
         client.close()
+        runtime.close()
+
+
+def test_the_check_builds_only_after_a_change_and_repeats_no_other_process_s_publish(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It built the whole snapshot every 2 s (a second of CPU at 40,000 keys), and published
+    again every change ``trunkline keys revoke`` had published from another process."""
+    client = redis.Redis.from_url(redis_url)
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    publisher = RedisSnapshotPublisher(client, PREFIX)
+    runtime = dataclasses.replace(make_runtime(url, tmp_path / "state"), publisher=publisher)
+    cli = dataclasses.replace(
+        build_runtime(make_settings(url, tmp_path / "state")), publisher=publisher
+    )
+    builds: list[int] = []
+
+    def counted(*args: Any, **kwargs: Any) -> bytes:
+        builds.append(1)
+        return current_fingerprint(*args, **kwargs)
+
+    monkeypatch.setattr(publishing, "current_fingerprint", counted)
+    try:
+        with TestClient[Any](create_controlplane_app(runtime)) as http:
+            world = build_world(runtime, http)
+            kept, revoked, edited = (
+                world.create_key("acme-admin", "acme", "demo")["key"]["key_id"] for _ in range(3)
+            )
+        for _ in range(3):
+            assert not republish_if_stale(runtime)
+        assert builds == []  # nothing changed since it published
+
+        with cli.session_factory() as session:
+            generation = config_generation(session)
+        with unit_of_work(cli.session_factory, cli.publish) as session:
+            revoke_key(session, Principal.system(), key_tenant(session, revoked), revoked)
+        with cli.session_factory() as session:
+            assert config_generation(session) == generation + 1
+        version = publisher.published_version()
+        assert not republish_if_stale(runtime)  # built once, and the store holds it already
+        assert builds == [1] and publisher.published_version() == version
+
+        with runtime.session_factory() as session, session.begin():  # by hand, not counted
+            session.execute(
+                update(ApiKey).where(ApiKey.key_id == edited).values(revoked_at=datetime.now(UTC))
+            )
+        assert not republish_if_stale(runtime)
+        assert republish_if_stale(runtime, thorough=True)  # the check every minute finds it
+        keys = set(asyncio.run(_load(redis_url)).keys)
+        assert kept in keys and not {revoked, edited} & keys
+    finally:
+        client.delete(*KEYS, DIGEST)
+        client.close()
+        cli.close()
         runtime.close()
 
 

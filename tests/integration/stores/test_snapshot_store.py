@@ -64,15 +64,26 @@ async def test_the_store_says_which_version_it_holds(store: Pair) -> None:
     assert store.publisher.published_version() == version == await store.source.version()
 
 
+async def test_the_store_names_the_content_it_holds(store: Pair) -> None:
+    assert store.publisher.published_digest() is None
+    older, newer = store.publisher.next_version(), store.publisher.next_version()
+    store.publisher.publish(newer, b"new", digest=b"d-new")
+    store.publisher.publish(older, b"stale", digest=b"d-stale")  # not stored: nor its digest
+    assert store.publisher.published_digest() == b"d-new"
+    store.publisher.publish(store.publisher.next_version(), b"newest")  # without a digest
+    assert store.publisher.published_digest() is None
+
+
 def test_versions_stay_above_old_ones_after_redis_loses_its_data(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     clock = itertools.count(1_700_000_000_000, 1_000)  # ms; a restart takes at least a second
     publisher = RedisSnapshotPublisher(client, "wiped", clock_ms=lambda: next(clock))
     try:
         held = publisher.next_version()  # what the gateways hold
-        publisher.publish(held, b"before")
+        publisher.publish(held, b"before", digest=b"d")
         client.delete("wiped:snapshot", "wiped:snapshot:version", "wiped:snapshot:counter")
         assert publisher.published_version() is None
+        assert publisher.published_digest() is None  # a digest is nothing without its blob
         # Back at an empty counter, the next version must still be new to the gateways.
         assert publisher.next_version() > held
     finally:
