@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class Runtime:
     """The configuration this process last published (``fingerprint``); None: nothing yet."""
     seen_generation: int | None = None
     """The ``config_generation`` of what this process last built, published or checked."""
+    _publishing: threading.Lock = field(default_factory=threading.Lock)
 
     def publish(self) -> None:
         """Publish the current configuration to every gateway, after a change committed.
@@ -46,7 +48,14 @@ class Runtime:
         failed (an API caller retrying a key creation would get a second key).
         """
         try:
-            self.publish_now()
+            with self.session_factory() as session:
+                committed = config_generation(session)  # the caller's change, at least
+            with self._publishing:
+                # Changes committed in parallel (a bulk of API calls) wait for one build at a
+                # time; one that a build started after its commit already carried is done.
+                if self.seen_generation is not None and self.seen_generation >= committed:
+                    return
+                self.publish_now()
         except redis.RedisError as exc:
             log.warning(
                 "the gateways' snapshot could not be published (%s); what the database holds is "
