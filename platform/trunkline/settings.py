@@ -68,6 +68,12 @@ class EngineStateSettings(BaseModel):
     """A scrape slower than this counts as a failure of the engine."""
     scrape_concurrency: int = Field(default=32, ge=1)
     """Scrapes in flight at once, over all engines."""
+    scrapes_per_s: float = Field(default=200.0, gt=0)
+    """At most this many scrapes a second over all engines: beyond ``scrapes_per_s`` times
+    ``scrape_interval_s`` endpoints (20 at the defaults), each is read every ``endpoints /
+    scrapes_per_s`` seconds instead. A scrape of vLLM 0.32's 53 kB page costs a gateway
+    process about 1.4 ms of CPU, so the default bounds scraping to about a quarter of a core;
+    raise it (and give the process the CPU) to keep figures fresher over many endpoints."""
     eject_after_failures: int = Field(default=3, ge=1)
     """Consecutive failures (connect errors, 5xx, timeouts, failed scrapes) that eject an
     endpoint from routing."""

@@ -206,3 +206,18 @@ async def test_an_endpoint_leaving_the_snapshot_has_its_scrape_cancelled() -> No
         await asyncio.wait_for(hanging, timeout=5)
     assert hanging.cancelled()
     await scraper.close()
+
+
+async def test_many_endpoints_are_read_less_often_within_the_scrape_budget() -> None:
+    """303 endpoints at ten scrapes a second each kept a gateway process half a core busy
+    idle, and made its requests twice as slow."""
+    current = _entries("a", "b")
+    state = EngineState(EjectionPolicy(), Clock())
+    client = httpx.AsyncClient(transport=httpx.MockTransport(Engines()))
+    scraper = MetricsScraper(state, client, lambda: current, interval_s=0.1, max_per_s=100)
+    scraper.tick()
+    assert scraper.interval_s() == 0.1  # few endpoints: as configured
+    current = _entries(*(f"e{i}" for i in range(300)))
+    scraper.tick()
+    assert scraper.interval_s() == 3.0  # 300 endpoints at 100 scrapes a second
+    await scraper.close()

@@ -85,6 +85,7 @@ class EngineMonitor:
                 interval_s=settings.scrape_interval_s,
                 timeout_s=settings.scrape_timeout_s,
                 concurrency=settings.scrape_concurrency,
+                max_per_s=settings.scrapes_per_s,
             )
             await self.scraper.start()
             self.state.probed_by_scrapes = True

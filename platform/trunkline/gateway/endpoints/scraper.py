@@ -1,7 +1,8 @@
 """Scrape every endpoint's vLLM ``/metrics`` in the background, into :class:`EngineState`.
 
-Every ``interval_s`` the scraper starts a scrape of each endpoint of the current snapshot that
-is not still being scraped (a slow engine skips ticks instead of piling up or delaying the
+Every ``interval_s`` (longer with more endpoints than ``max_per_s`` scrapes a second allow at
+it) the scraper starts a scrape of each endpoint of the current snapshot that is not still
+being scraped (a slow engine skips ticks instead of piling up or delaying the
 others), at most ``concurrency`` at once, each bounded by ``timeout_s`` as a whole (a page
 that trickles in a byte at a time times out too, not only a silent one) and by
 ``MAX_PAGE_BYTES``. A failed or timed-out scrape counts as a failure for the endpoint's health,
@@ -44,11 +45,13 @@ class MetricsScraper:
         interval_s: float = 0.1,
         timeout_s: float = 1.0,
         concurrency: int = 32,
+        max_per_s: float = 200.0,
     ) -> None:
         self.state = state
         self._client = client
         self._endpoints = endpoints
         self._interval_s = interval_s
+        self._max_per_s = max_per_s
         self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s)
         self._slots = asyncio.Semaphore(concurrency)
@@ -100,11 +103,17 @@ class MetricsScraper:
                 self.tick()
             except Exception:
                 log.exception("engine scrape tick failed")
-            next_at += self._interval_s
+            interval = self.interval_s()
+            next_at += interval
             now = loop.time()
             if next_at < now:  # the loop was blocked: skip the missed ticks, do not burst
-                next_at = now + self._interval_s
+                next_at = now + interval
             await asyncio.sleep(next_at - now)
+
+    def interval_s(self) -> float:
+        """Between ticks: the configured interval, or longer when the endpoints are more than
+        ``max_per_s`` allows at it."""
+        return max(self._interval_s, len(self._known) / self._max_per_s)
 
     async def _scrape(self, endpoint: EndpointEntry) -> None:
         async with self._slots:
