@@ -5,10 +5,9 @@ A tenant admin exports their own tenant; the export of every tenant needs a plat
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Response, get
+from litestar import Controller, get
 from litestar.params import FromPath, FromQuery
+from litestar.response import Stream
 
 from trunkline.auth.guards import platform_admin, tenant_admin
 from trunkline.auth.params import Caller, DbSession, TenantId
@@ -16,9 +15,10 @@ from trunkline.billing import service
 from trunkline.billing.periods import parse_period
 
 
-def _download(export: service.Export) -> Response[Any]:
-    return Response(
-        export.body,
+def _download(export: service.Export) -> Stream:
+    """Sent as it is made (the charge lines are read already; the rows and the CSV are not)."""
+    return Stream(
+        export.chunks,
         media_type=export.media_type,
         headers={
             "content-disposition": f'attachment; filename="{export.filename}"',
@@ -40,7 +40,7 @@ class TenantExportController(Controller):
         tenant_id: TenantId,
         period: FromPath[str],
         format: FromQuery[str] = "focus-csv",
-    ) -> Response[Any]:
+    ) -> Stream:
         """The tenant's charges in ``period`` (``YYYY-MM``): ``focus-csv``, ``focus-parquet``
         or ``invoice``. Final once the period is closed (header ``x-trunkline-billing-final``)."""
         export = service.export_for(db_session, principal, parse_period(period), format, tenant_id)
@@ -59,7 +59,7 @@ class PlatformExportController(Controller):
         principal: Caller,
         period: FromPath[str],
         format: FromQuery[str] = "focus-csv",
-    ) -> Response[Any]:
+    ) -> Stream:
         """Every tenant's charges in ``period``, for finance."""
         export = service.export_for(db_session, principal, parse_period(period), format, None)
         return _download(export)

@@ -8,6 +8,7 @@ can (the CLI, the worker) roll usage up first.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
 from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
-from trunkline.billing.focus import focus_rows, write_csv, write_parquet
+from trunkline.billing.focus import csv_chunks, focus_rows, write_parquet
 from trunkline.billing.invoice import render_invoices
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import (
@@ -50,11 +51,18 @@ FORMATS = {  # text types without a charset: the HTTP response adds "; charset=u
 
 @dataclass(frozen=True, slots=True)
 class Export:
-    body: bytes
+    chunks: Iterable[bytes]
+    """The file in pieces, to write or send as they come (a FOCUS CSV of every tenant's month
+    is made as it is written); iterated once."""
     media_type: str
     filename: str
     final: bool
     lines: int
+
+    @property
+    def body(self) -> bytes:
+        """The whole file (small exports, tests): consumes ``chunks``."""
+        return b"".join(self.chunks)
 
 
 def load_price_book(session: Session) -> PriceBook:
@@ -229,15 +237,16 @@ def export_period(
     book = load_price_book(session)
     current = statement(session, period, book, tenant_id, now=now or utcnow())
     media_type, extension = FORMATS[fmt]
+    chunks: Iterable[bytes]
     if fmt == "invoice":
         text = render_invoices(current.lines, period, book.currency, final=current.closed)
-        body = text.encode("utf-8")
+        chunks = [text.encode("utf-8")]
     else:
         rows = focus_rows(current.lines, period, book.currency, current.closed)
-        body = write_csv(rows) if fmt == "focus-csv" else write_parquet(rows)
+        chunks = csv_chunks(rows) if fmt == "focus-csv" else [write_parquet(rows)]
     scope = "all" if tenant_id is None else str(tenant_id)
     filename = f"trunkline-{fmt}-{period.label}-{scope}.{extension}"
-    return Export(body, media_type, filename, current.closed, len(current.lines))
+    return Export(chunks, media_type, filename, current.closed, len(current.lines))
 
 
 def export_for(

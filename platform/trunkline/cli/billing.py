@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,21 +103,24 @@ def export_command(args: argparse.Namespace) -> int:
                 service.close(session, period, utcnow())
             export = service.export_period(session, period, args.format, tenant_id)
             if args.out is not None:  # in the transaction: a failed write leaves it open
-                _write(args.out, export.body)
+                _write(args.out, export.chunks)
     finally:
         runtime.close()
     if args.out is None:
-        sys.stdout.buffer.write(export.body)
+        for chunk in export.chunks:
+            sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
     state = "final" if export.final else "preliminary"
     print(f"{period.label}: {export.lines} charge lines ({state})", file=sys.stderr)
     return 0
 
 
-def _write(path: Path, body: bytes) -> None:
+def _write(path: Path, chunks: Iterable[bytes]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
+        with path.open("wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
     except OSError as exc:
         raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}", param="out") from exc
 
