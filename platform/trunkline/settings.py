@@ -80,6 +80,9 @@ class EngineStateSettings(BaseModel):
     ejection_base_s: float = Field(default=1.0, gt=0)
     """First ejection; each failed probe after one doubles it."""
     ejection_max_s: float = Field(default=30.0, gt=0)
+    ejection_probe_max_s: float = Field(default=5.0, gt=0)
+    """Longest ejection after a failed scrape probe (the engine does not answer at all): how
+    late, at most, an engine back from an outage is found."""
     kv_events: bool = True
     """Subscribe to the KV-cache events of endpoints that publish them (precise prefix routing)."""
 

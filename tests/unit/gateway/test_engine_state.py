@@ -421,3 +421,24 @@ def test_a_stream_its_idle_engine_lost_moves_on_and_counts_against_it() -> None:
     state.first_byte(flights["plain"])
     state.scraped("a", MetricsScan(), clock.now)  # neither a plain request nor a headless one
     assert moved == ["lost"]  # and the lost one once, though its request has not ended it yet
+
+
+def test_an_engine_that_answers_nothing_is_probed_every_few_seconds_not_every_30() -> None:
+    """Scrape probes of a dead engine doubled its ejection to 30 s: restarted after a minute,
+    it waited up to 30 s more for traffic. Requests' failures still double to the maximum."""
+    policy = EjectionPolicy(eject_after=3, base_s=1.0, max_s=30.0, probe_max_s=5.0)
+    dead, failing = Health(policy), Health(policy)
+    now = 0.0
+    for health in (dead, failing):
+        for _ in range(3):
+            health.failed(now, scrape=health is dead)
+    waits: dict[int, list[float]] = {id(dead): [], id(failing): []}
+    for health in (dead, failing):
+        at = now
+        for _ in range(6):  # each probe fails as its ejection ends
+            assert health.ejected_until is not None
+            waits[id(health)].append(health.ejected_until - at)
+            at = health.ejected_until
+            health.failed(at, scrape=health is dead)
+    assert waits[id(dead)] == [1, 2, 4, 5, 5, 5]
+    assert waits[id(failing)] == [1, 2, 4, 8, 16, 30]

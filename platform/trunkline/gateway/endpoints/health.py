@@ -9,7 +9,9 @@
   still comes back from requests sent before the ejection changes nothing.
 - **half-open** once the deadline passed: the next outcome is the probe (the scraper's next
   scrape, or a request if no scraper runs). A success readmits it; a failure ejects it again
-  for twice as long (up to ``max_s``). The backoff falls back to ``base_s`` once the endpoint
+  for twice as long (up to ``max_s``; a failed scrape, whose engine does not answer at all, up
+  to ``probe_max_s``, so an engine that restarts after a long outage is probed and back within
+  seconds, not up to ``max_s`` later). The backoff falls back to ``base_s`` once the endpoint
   stayed in service for ``max_s``.
 """
 
@@ -27,6 +29,8 @@ class EjectionPolicy:
     base_s: float = 1.0
     """First ejection time; doubled by every ejection that follows a failed probe."""
     max_s: float = 30.0
+    probe_max_s: float = 5.0
+    """Longest ejection after a failed scrape probe (a scrape costs the engine nothing)."""
 
     def backoff(self, level: int) -> float:
         return float(min(self.base_s * 2 ** max(level - 1, 0), self.max_s))
@@ -77,7 +81,7 @@ class Health:
         if self.ejected_until is not None:
             if now < self.ejected_until:
                 return False  # a request sent before the ejection: nothing new
-            self._eject(now)  # the probe failed
+            self._eject(now, probe_max_s=self._policy.probe_max_s if scrape else None)
             return True
         self.failures += 1
         self.scrape_failures += scrape
@@ -105,8 +109,9 @@ class Health:
         self.scrape_failures = 0
         return False
 
-    def _eject(self, now: float) -> None:
+    def _eject(self, now: float, *, probe_max_s: float | None = None) -> None:
         self._level += 1
         self.ejections += 1
         self.failures = self.scrape_failures = 0
-        self.ejected_until = now + self._policy.backoff(self._level)
+        backoff = self._policy.backoff(self._level)
+        self.ejected_until = now + (backoff if probe_max_s is None else min(backoff, probe_max_s))

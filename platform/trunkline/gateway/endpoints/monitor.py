@@ -24,6 +24,7 @@ def ejection_policy(settings: EngineStateSettings) -> EjectionPolicy:
         eject_after=settings.eject_after_failures,
         base_s=settings.ejection_base_s,
         max_s=settings.ejection_max_s,
+        probe_max_s=settings.ejection_probe_max_s,
     )
 
 
