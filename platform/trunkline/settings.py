@@ -74,6 +74,10 @@ class EngineStateSettings(BaseModel):
     scrapes_per_s`` seconds instead. A scrape of vLLM 0.32's 53 kB page costs a gateway
     process about 1.4 ms of CPU, so the default bounds scraping to about a quarter of a core;
     raise it (and give the process the CPU) to keep figures fresher over many endpoints."""
+    lost_stream_s: float = Field(default=10.0, gt=0)
+    """A stream whose response head came this long before a scrape showing its engine running
+    and queueing nothing, still without a first event, moves to the next endpoint (docs/
+    gateway.md: retry before the first byte)."""
     eject_after_failures: int = Field(default=3, ge=1)
     """Consecutive failures (connect errors, 5xx, timeouts, failed scrapes) that eject an
     endpoint from routing."""

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import anyio
 from litestar import Litestar
 
-from trunkline.apps.runtime import Runtime
+from trunkline.apps.runtime import Runtime, config_state
 from trunkline.snapshot.builder import content_digest, current_fingerprint
-from trunkline.tenancy.changes import config_generation
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +33,31 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
     unknown to every gateway, a revoked key accepted, until the next change. Returns whether
     it published.
 
-    The snapshot is built only when the database's ``config_generation`` moved since this
-    process last looked (or ``thorough``); what it builds is compared with the digest of what
-    the store holds, so a change another process published is not published again."""
-    stored = runtime.publisher.published_digest()
-    with runtime.session_factory() as session:
-        generation = config_generation(session)
-    if stored is not None and generation == runtime.seen_generation and not thorough:
+    The snapshot is built only when the configuration state (``config_state``: the count of
+    committed changes, the price book version in force) moved since this process last
+    published or checked, or ``thorough``; what it builds is compared with the digest of what
+    the store holds, so a change another process published is not published again. A publish
+    under way in this process (``Runtime.publishing``) skips the round: it will look again."""
+    if not runtime.publishing.acquire(blocking=False):
         return False
-    current = current_fingerprint(runtime.session_factory, cache_secret=runtime.server_secret)
-    if stored == content_digest(current):
-        runtime.seen_generation = generation  # (a failed publish below leaves it, to retry)
-        return False
-    if runtime.publisher.published_version() is None:
-        log.warning("the snapshot store holds no snapshot; publishing it again")
-    else:
-        log.info("the snapshot store does not hold the database's configuration; publishing it")
-    runtime.publish_now()
-    return True
+    try:
+        with runtime.session_factory() as session:
+            state = config_state(session)
+        unchanged = state == runtime.seen and state.generation is not None
+        if unchanged and not thorough and runtime.publisher.published_digest() is not None:
+            return False
+        current = current_fingerprint(runtime.session_factory, cache_secret=runtime.server_secret)
+        if runtime.publisher.published_digest() == content_digest(current):  # read after it
+            runtime.seen = state
+            return False
+        if runtime.publisher.published_version() is None:
+            log.warning("the snapshot store holds no snapshot; publishing it again")
+        else:
+            log.info("the snapshot store does not hold the database's configuration; publishing")
+        runtime.publish_now()
+        return True
+    finally:
+        runtime.publishing.release()
 
 
 @dataclass

@@ -7,14 +7,17 @@ import os
 import secrets
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.billing.service import prices_in_force_since
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.kit.ids import utcnow
 from trunkline.kit.migrate import ensure_sqlite_dir, require_current
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
@@ -35,9 +38,11 @@ class Runtime:
     _closers: list[object] = field(default_factory=list)
     published: bytes | None = None
     """The configuration this process last published (``fingerprint``); None: nothing yet."""
-    seen_generation: int | None = None
-    """The ``config_generation`` of what this process last built, published or checked."""
-    _publishing: threading.Lock = field(default_factory=threading.Lock)
+    seen: ConfigState | None = None
+    """The configuration state (``config_state``) of what this process last published, or
+    found the snapshot store holding: read before the build, so the build has at least it."""
+    publishing: threading.Lock = field(default_factory=threading.Lock)
+    """Held by whoever builds and publishes: one build at a time in this process."""
 
     def publish(self) -> None:
         """Publish the current configuration to every gateway, after a change committed.
@@ -50,10 +55,11 @@ class Runtime:
         try:
             with self.session_factory() as session:
                 committed = config_generation(session)  # the caller's change, at least
-            with self._publishing:
+            with self.publishing:
                 # Changes committed in parallel (a bulk of API calls) wait for one build at a
                 # time; one that a build started after its commit already carried is done.
-                if self.seen_generation is not None and self.seen_generation >= committed:
+                seen = self.seen.generation if self.seen is not None else None
+                if seen is not None and committed is not None and seen >= committed:
                     return
                 self.publish_now()
         except redis.RedisError as exc:
@@ -64,13 +70,14 @@ class Runtime:
             )
 
     def publish_now(self) -> None:
-        """Publish the current configuration; raises when the snapshot store fails."""
+        """Publish the current configuration; raises when the snapshot store fails. The caller
+        holds ``publishing``, or publishes at start before anything else can."""
         with self.session_factory() as session:
-            generation = config_generation(session)  # before the build: it has at least this
+            state = config_state(session)  # before the build: it has at least this
         self.published = publish_snapshot(
             self.session_factory, self.publisher, cache_secret=self.server_secret
         )
-        self.seen_generation = generation
+        self.seen = state
 
     def close(self) -> None:
         self.engine.dispose()
@@ -78,6 +85,20 @@ class Runtime:
             close = getattr(closer, "close", None)
             if callable(close):
                 close()
+
+
+@dataclass(frozen=True)
+class ConfigState:
+    """What says whether the gateways' configuration may have changed: the count of committed
+    changes, and when the price book version in force took effect (prices change at such
+    instants without a commit)."""
+
+    generation: int | None
+    prices_since: datetime | None
+
+
+def config_state(session: Session) -> ConfigState:
+    return ConfigState(config_generation(session), prices_in_force_since(session, utcnow()))
 
 
 def server_secret(settings: Settings) -> bytes:

@@ -5,6 +5,9 @@ A tenant admin exports their own tenant; the export of every tenant needs a plat
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Iterator
+
 from litestar import Controller, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
@@ -14,17 +17,30 @@ from trunkline.auth.params import Caller, DbSession, TenantId
 from trunkline.billing import service
 from trunkline.billing.periods import parse_period
 
+log = logging.getLogger(__name__)
+
 
 def _download(export: service.Export) -> Stream:
     """Sent as it is made (the charge lines are read already; the rows and the CSV are not)."""
     return Stream(
-        export.chunks,
+        _failing_loudly(export.chunks),
         media_type=export.media_type,
         headers={
             "content-disposition": f'attachment; filename="{export.filename}"',
             "x-trunkline-billing-final": "true" if export.final else "false",
         },
     )
+
+
+def _failing_loudly(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """A failure mid-way must cut the response, not end it: Litestar ends a stream whose
+    iterator raises ``ValueError`` (a ``UnicodeEncodeError``, say) as if it were complete, and
+    the client would keep a well-formed, truncated CSV."""
+    try:
+        yield from chunks
+    except Exception as exc:
+        log.exception("billing export failed while it was sent")
+        raise RuntimeError("billing export failed while it was sent") from exc
 
 
 class TenantExportController(Controller):

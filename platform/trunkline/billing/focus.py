@@ -235,13 +235,12 @@ def write_parquet(rows: Iterable[tuple[Any, ...]], batch: int = 100_000) -> byte
     sink = io.BytesIO()
     with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
         rows = iter(rows)
-        while True:
-            chunk = list(itertools.islice(rows, batch))
+        first = True
+        while (chunk := list(itertools.islice(rows, batch))) or first:  # no empty row group
+            first = False  # but the one of a file without rows
             columns = [
                 pa.array([row[i] for row in chunk], type=types[c.type])
                 for i, c in enumerate(COLUMNS)
             ]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-            if len(chunk) < batch:
-                break
     return sink.getvalue()

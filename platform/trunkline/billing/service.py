@@ -40,7 +40,7 @@ from trunkline.models import (
     Tenant,
     UsageRollup,
 )
-from trunkline.tenancy.changes import flush_or_conflict
+from trunkline.tenancy.changes import flush_or_conflict, mark_config_changed
 
 FORMATS = {  # text types without a charset: the HTTP response adds "; charset=utf-8" itself
     "focus-csv": ("text/csv", "csv"),
@@ -119,7 +119,18 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
             + f"; price them or add a '{DEFAULT_MODEL}' default",
             param="models",
         )
+    if added:  # the gateways' cost budgets price with the version in force
+        mark_config_changed(session)
     return added
+
+
+def prices_in_force_since(session: Session, now: datetime) -> datetime | None:
+    """When the price book version in force at ``now`` took effect (None: none stored, the
+    bundled book): the snapshot's prices change at such instants without any commit."""
+    statement = select(func.max(PriceBookVersion.effective_from)).where(
+        PriceBookVersion.effective_from <= now
+    )
+    return session.scalar(statement)
 
 
 def withdraw_price_version(session: Session, number: int, now: datetime) -> None:

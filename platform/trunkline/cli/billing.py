@@ -19,6 +19,7 @@ from trunkline.errors import InvalidRequest, NotFound
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.rollups import rollup_usage
+from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.repository import ProjectRepository
 from trunkline.tenancy.service import tenant_by_slug
 
@@ -116,12 +117,17 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, chunks: Iterable[bytes]) -> None:
+    """Written beside ``path`` and renamed once whole: a failure part-way leaves no file that
+    looks like a complete export."""
+    partial = path.with_name(path.name + ".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as out:
+        with partial.open("wb") as out:
             for chunk in chunks:
                 out.write(chunk)
+        partial.replace(path)
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}", param="out") from exc
 
 
@@ -153,7 +159,7 @@ def prices_apply_command(args: argparse.Namespace) -> int:
     book = load_price_book_file(args.path)
     runtime = open_runtime()
     try:
-        with transaction(runtime.session_factory) as session:
+        with unit_of_work(runtime.session_factory, runtime.publish) as session:
             added = service.apply_price_book(session, book)
     finally:
         runtime.close()

@@ -194,6 +194,7 @@ async def open_upstream(
     """
     reasons = []
     last = len(candidates) - 1
+    shed = False
     for index, candidate in enumerate(candidates):
         endpoint = candidate.endpoint
         if index and _ejected_meanwhile(engines, candidates, index):
@@ -238,9 +239,13 @@ async def open_upstream(
             raise
         failure = _failure(response, streamed)
         if failure is not None:
-            if response.status_code != SHEDDING:
+            shedding = response.status_code == SHEDDING
+            if not shedding:
                 engines.failed(endpoint.id, failure)
-            if index < last:
+            # One more endpoint after a 429, not every one: a pool shedding load as a whole
+            # would otherwise take each request once per endpoint.
+            if index < last and not (shedding and shed):
+                shed = shed or shedding
                 engines.ended(flight)
                 await response.aclose()
                 reasons.append(f"{endpoint.url}: {failure}")

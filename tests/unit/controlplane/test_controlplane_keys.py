@@ -11,6 +11,7 @@ from trunkline.auth.secrets import verify
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.models import ApiKey
+from trunkline.tenancy.changes import mark_config_changed
 
 
 def keys_path(world: World, slug: str = "acme") -> str:
@@ -168,6 +169,7 @@ def test_expired_keys_disappear_from_the_next_snapshot(world: World) -> None:
             .where(ApiKey.key_id == key)
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
+        mark_config_changed(session)  # the next change, whatever it is, builds the next snapshot
     world.runtime.publish()
 
     assert key not in snapshot(world.runtime).keys

@@ -18,6 +18,7 @@ from trunkline.apps.runtime import Runtime
 from trunkline.errors import ConfigurationError, Conflict
 from trunkline.kit.yamlfile import DuplicateKeyError, load_strict
 from trunkline.models import Pool, Project, Tenant
+from trunkline.tenancy.changes import mark_config_changed
 from trunkline.tenancy.manifests import (
     ManifestError,
     apply_manifests,
@@ -255,6 +256,7 @@ def test_a_field_a_manifest_leaves_out_keeps_what_the_api_set(
         pool.tiers, pool.max_prompt_tokens = ["gold"], 4096
         bot = session.scalars(select(Project).where(Project.name == "support-bot")).one()
         bot.description = "set through the API"  # globex's manifest lists it without one
+        mark_config_changed(session)  # as the API's services do
     runtime.publish()
 
     again = apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from cp_support import World, snapshot
+import pytest
+from cp_support import TENANTS_DIR, World, snapshot
 
+from trunkline.apps import runtime as runtime_module
+from trunkline.apps.publishing import republish_if_stale
 from trunkline.auth.principal import Principal
+from trunkline.billing.pricebook import PriceBook, version_from_document
+from trunkline.billing.service import apply_price_book
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction
+from trunkline.quota import book as quota_book
 from trunkline.snapshot import InMemorySnapshotStore
+from trunkline.tenancy.changes import unit_of_work
+from trunkline.tenancy.manifests import apply_manifests
 
 
 class HeldFirstPublish:
@@ -68,3 +78,52 @@ def test_keys_created_in_parallel_share_snapshot_builds(world: World) -> None:
 
     assert gate.publishes == 2  # the held one, then one that carried the five others
     assert set(created) <= set(snapshot(runtime).keys)
+
+
+def test_a_manifest_change_reaches_the_gateways_through_a_runtime_that_published_before(
+    world: World, tmp_path: Path
+) -> None:
+    """Manifests did not count as a change: a runtime that had published skipped the publish
+    (the snapshot kept globex at silver), and the control plane's check saw nothing either."""
+    runtime = world.runtime
+    for file in TENANTS_DIR.glob("*.yaml"):
+        text = file.read_text()
+        (tmp_path / file.name).write_text(text.replace("tier: silver", "tier: gold"))
+    globex = world.tenant("globex")
+    assert snapshot(runtime).tenants[globex].tier == "silver"
+    report = apply_manifests(runtime.session_factory, tmp_path, publish=runtime.publish)
+    assert report.changed
+    assert snapshot(runtime).tenants[globex].tier == "gold"
+
+
+def test_a_price_version_taking_effect_is_published_without_any_commit(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot carries the prices in force: a version starting at midnight changes them
+    with nothing committed then, which the check's change count alone would not see."""
+    runtime = world.runtime
+    models = {"*": {"input": "1", "cached_input": "1", "output": "1"}}
+    later = {"*": {"input": "7", "cached_input": "7", "output": "7"}}
+    book = PriceBook(
+        [
+            version_from_document({"version": n, "effective_from": start, "models": prices})
+            for n, start, prices in [
+                (1, "2026-01-01T00:00:00Z", models),
+                (2, "2030-01-01T00:00:00Z", later),
+            ]
+        ]
+    )
+    with unit_of_work(runtime.session_factory, runtime.publish) as session:
+        assert apply_price_book(session, book) == [1, 2]
+    prices = snapshot(runtime).quotas.prices
+    assert not republish_if_stale(runtime)
+    monkeypatch.setattr(runtime_module, "utcnow", lambda: datetime(2030, 1, 1, 0, 1, tzinfo=UTC))
+    monkeypatch.setattr(quota_book, "datetime", _Frozen)
+    assert republish_if_stale(runtime)
+    assert snapshot(runtime).quotas.prices != prices
+
+
+class _Frozen(datetime):
+    @classmethod
+    def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+        return datetime(2030, 1, 1, 0, 1, tzinfo=UTC)

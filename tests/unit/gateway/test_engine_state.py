@@ -394,12 +394,13 @@ def test_a_stream_its_idle_engine_lost_moves_on_and_counts_against_it() -> None:
     """Its head came, then nothing: an engine whose page says it runs and queues nothing has
     not got the request (a hung API server), where waiting meant the read timeout (300 s)."""
     clock = Clock()
-    state = EngineState(POLICY, clock)
+    state = EngineState(POLICY, clock, lost_stream_s=2.0)
     state.sync(["a"])
     moved: list[str] = []
     flights = {}
     for name, streamed, head in [
         ("lost", True, True),
+        ("lost too", True, True),
         ("no-head", True, False),
         ("plain", False, False),
     ]:
@@ -415,12 +416,19 @@ def test_a_stream_its_idle_engine_lost_moves_on_and_counts_against_it() -> None:
     assert moved == []
 
     state.scraped("a", MetricsScan(), clock.now)
-    assert moved == ["lost"]
+    assert sorted(moved) == ["lost", "lost too"]
     [health] = state.health_report()
-    assert health.request_failures == 1 and health.in_service
+    assert health.request_failures == 1 and health.in_service  # one page, one failure
     state.first_byte(flights["plain"])
     state.scraped("a", MetricsScan(), clock.now)  # neither a plain request nor a headless one
-    assert moved == ["lost"]  # and the lost one once, though its request has not ended it yet
+    assert len(moved) == 2  # and the lost ones once, though their requests have not ended them
+    # A page without vLLM's gauges (``--disable-log-stats``) says nothing of what runs there.
+    lost = state.sent("a", 100)
+    lost.on_ejected = lambda: moved.append("unknown")
+    state.head(lost)
+    clock.now += 3.0
+    state.scraped("a", scan_metrics(b"# TYPE process_cpu_seconds counter\n"), clock.now)
+    assert len(moved) == 2
 
 
 def test_an_engine_that_answers_nothing_is_probed_every_few_seconds_not_every_30() -> None:

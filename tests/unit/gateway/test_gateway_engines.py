@@ -17,6 +17,7 @@ from tests.unit.gateway.conftest import SECRET, TENANT_B, default_world
 from tests.unit.gateway.engines_support import (
     CHAT,
     METRICS,
+    NO_PROBES,
     STREAM,
     Gateway,
     Handler,
@@ -203,6 +204,15 @@ def test_an_endpoint_set_up_wrong_is_a_502_not_an_answer_about_the_clients_key_o
     response = engine_gateway(failure).chat()
     assert response.status_code == status
     assert response.json()["error"]["code"] == "upstream_error"
+
+
+def test_a_pool_shedding_load_as_a_whole_takes_each_request_twice_at_most(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    gw = engine_gateway(lambda request: httpx.Response(429, headers={"retry-after": "1"}))
+    response = gw.chat()
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+    assert len(gw.hosts()) == 2  # of three endpoints
 
 
 def test_an_endpoint_shedding_load_sends_the_request_on_and_is_not_ejected(
@@ -512,7 +522,10 @@ def test_a_stream_an_idle_engine_never_started_moves_to_the_next_endpoint(
         return chat_any(request)
 
     idle = b"vllm:num_requests_running 0\nvllm:num_requests_waiting 0\n"
-    gw = engine_gateway(handler, scrape=lambda request: httpx.Response(200, content=idle))
+    engines = NO_PROBES.model_copy(update={"lost_stream_s": 0.5})
+    gw = engine_gateway(
+        handler, engines=engines, scrape=lambda request: httpx.Response(200, content=idle)
+    )
     bodies = [gw.chat(STREAM) for _ in range(3)]  # round-robin: one starts on engine-1
 
     assert [b.status_code for b in bodies] == [200] * 3

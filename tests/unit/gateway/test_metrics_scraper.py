@@ -184,11 +184,14 @@ async def test_pages_too_big_or_not_vllms_are_failed_scrapes() -> None:
     engines.pages = {
         "huge": httpx.Response(200, content=b"vllm:num_requests_running 1\n" * 200_000),
         "html": httpx.Response(200, content=b"<html><body>Bad Gateway</body></html>"),
+        # vLLM with --disable-log-stats: Prometheus text without its gauges, load unknown
+        "no-stats": httpx.Response(200, content=b"# TYPE process_cpu_seconds counter\n"),
     }
-    state, scraper = _scraper(engines, lambda: _entries("huge", "html", "a"), Clock())
+    names = ("huge", "html", "no-stats", "a")
+    state, scraper = _scraper(engines, lambda: _entries(*names), Clock())
     for _ in range(2):
         await asyncio.gather(*scraper.tick())
-    assert _scrape_failures(state) == {"huge": 2, "html": 2, "a": 0}
+    assert _scrape_failures(state) == {"huge": 2, "html": 2, "no-stats": 0, "a": 0}
     assert not state.in_service("huge") and not state.in_service("html")
     await scraper.close()
 

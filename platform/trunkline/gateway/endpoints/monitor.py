@@ -67,7 +67,7 @@ class EngineMonitor:
         client: httpx.AsyncClient | None,
         kv_sink: KvEventSink | None = None,
     ) -> None:
-        self.state = EngineState(ejection_policy(settings))
+        self.state = EngineState(ejection_policy(settings), lost_stream_s=settings.lost_stream_s)
         self._settings = settings
         self._endpoints = _Endpoints(snapshot)
         self._client = client

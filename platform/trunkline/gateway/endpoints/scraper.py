@@ -6,7 +6,7 @@ being scraped (a slow engine skips ticks instead of piling up or delaying the
 others), at most ``concurrency`` at once, each bounded by ``timeout_s`` as a whole (a page
 that trickles in a byte at a time times out too, not only a silent one) and by
 ``MAX_PAGE_BYTES``. A failed or timed-out scrape counts as a failure for the endpoint's health,
-and so does a 200 page without vLLM's request gauges (what fronts the engine answered: an HTML
+and so does a 200 page that is not Prometheus text (what fronts the engine answered: an HTML
 page, a proxy's error); ejected endpoints are scraped again only when their ejection ends, as
 the probe that readmits them. An endpoint leaving the snapshot has its scrape cancelled. Figures
 are at most ``interval_s`` plus one scrape old while an engine answers (``EndpointLoad.age_s``
@@ -126,8 +126,10 @@ class MetricsScraper:
             except httpx.HTTPError as exc:
                 page, failure = b"", type(exc).__name__
             scan = scan_metrics(page) if failure is None else None
-            if scan is not None and not scan.gauges_found:
-                failure = "not vLLM metrics"
+            if scan is not None and not scan.gauges_found and b"# TYPE " not in page:
+                # Not a Prometheus page at all (what fronts the engine answered). A Prometheus
+                # page without vLLM's gauges (``--disable-log-stats``) reads as unknown load.
+                failure = "not a metrics page"
             if scan is None or failure is not None:
                 self.state.scrape_failed(endpoint.id, failure or "")
                 return

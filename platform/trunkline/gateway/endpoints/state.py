@@ -41,10 +41,6 @@ __all__ = ["EngineState", "Flight"]
 
 log = logging.getLogger(__name__)
 
-IDLE_WHILE_AWAITED_S = 2.0
-"""A stream whose head came this long before a scrape that shows its engine running and
-waiting nothing, and which still has no first event, is lost there (see
-:meth:`EngineState.scraped`)."""
 _MAX_LEFT_WAITING = 1024
 _LEFT_WAITING_HORIZON_S = 2.0
 """Flights that left the waiting queue are remembered until the next scrape is sent, at most
@@ -185,9 +181,16 @@ class EngineState:
     """Load and health of every endpoint of the current snapshot, keyed by endpoint id."""
 
     def __init__(
-        self, policy: EjectionPolicy | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        policy: EjectionPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        lost_stream_s: float = 10.0,
     ) -> None:
         self._policy = policy or EjectionPolicy()
+        self._lost_stream_s = lost_stream_s
+        """A stream whose head came this long before a scrape showing its engine running and
+        queueing nothing, and which still has no first event, is lost there."""
         self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}
         self._removed: set[str] = set()
@@ -314,8 +317,8 @@ class EngineState:
         state.rates = next_rates(state.scan, scan, state.rates, window)
         state.scan, state.scrape_sent_at, state.scrape_answered_at = scan, sent_at, now
         self._succeeded(endpoint, state, now, scrape=True)
-        if scan.running == 0 and scan.waiting == 0:
-            self._lost_streams(endpoint, state, sent_at - IDLE_WHILE_AWAITED_S)
+        if scan.gauges_found and scan.running == 0 and scan.waiting == 0:
+            self._lost_streams(endpoint, state, sent_at - self._lost_stream_s)
         self._notify()
 
     def _lost_streams(self, endpoint: str, state: _Endpoint, head_before: float) -> None:
@@ -324,16 +327,20 @@ class EngineState:
         request but never handed it on). Each moves to the next endpoint, as on an ejection
         (nothing reached its client), and counts against this one: its scrapes answer, so
         only requests can say it is broken."""
-        for flight in list(state.flights):
-            if (
-                flight.waiting_first_byte
-                and flight.head_at is not None
-                and flight.head_at <= head_before
-                and flight.on_ejected is not None
-            ):
-                flight.head_at = None  # once: it ends as it leaves
-                flight.on_ejected()
-                self._failed(endpoint, "idle while a stream awaited its first token", scrape=False)
+        lost = [
+            flight
+            for flight in state.flights
+            if flight.waiting_first_byte
+            and flight.head_at is not None
+            and flight.head_at <= head_before
+            and flight.on_ejected is not None
+        ]
+        for flight in lost:
+            flight.head_at = None  # once: it ends as it leaves
+            assert flight.on_ejected is not None
+            flight.on_ejected()
+        if lost:  # one failure however many: one page said it
+            self._failed(endpoint, "idle while a stream awaited its first token", scrape=False)
 
     def scrape_failed(self, endpoint: str, reason: str) -> None:
         if endpoint in self._endpoints:

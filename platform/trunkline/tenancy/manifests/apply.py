@@ -38,7 +38,7 @@ from trunkline.pools.service import (
     replace_endpoints,
 )
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
-from trunkline.tenancy.changes import assign
+from trunkline.tenancy.changes import assign, mark_config_changed
 from trunkline.tenancy.manifests.documents import Located, Manifests
 from trunkline.tenancy.manifests.loader import load_manifests
 from trunkline.tenancy.manifests.schemas import (
@@ -114,6 +114,8 @@ def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
         for document in manifests.located(kind):
             with _at(document):
                 apply(document.spec, document.given)
+    if report.changed:  # counted, so every process's publish and check sees the change
+        mark_config_changed(session)
     return report
 
 
