@@ -21,7 +21,12 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 _BOOL, _INT, _FLOAT = (f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float"))
 
 
-class Yaml12Loader(yaml.SafeLoader):
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's parser where PyYAML was built with it (its wheels are); tags are resolved by the
+Python resolvers below either way."""
+
+
+class Yaml12Loader(_SafeLoader):  # type: ignore[valid-type,misc]
     """``yaml.SafeLoader`` resolving booleans, integers and floats by YAML 1.2's core schema:
     ``true`` / ``false`` only, decimal integers (``0x`` and ``0o`` prefixed ones too), floats
     with or without a point (``1e-7``); null, merge keys and the rest as before."""
@@ -80,7 +85,8 @@ class _UniqueKeyLoader(Yaml12Loader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         for key, line, first in repeated_keys(node):
             raise DuplicateKeyError(f"line {line}: key {key!r} given twice (first at line {first})")
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 def load_strict(text: str) -> Any:
