@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from trunkline.auth.guards import tenant_member
 from trunkline.auth.params import Caller, DbSession, ServerSecret, TenantId
 from trunkline.keys import service
-from trunkline.keys.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated
+from trunkline.keys.schemas import ApiKey, ApiKeyBatch, ApiKeyCreate, ApiKeyCreated
 
 
 class ApiKeyController(Controller):
@@ -44,6 +44,19 @@ class ApiKeyController(Controller):
     ) -> ApiKeyCreated:
         """Create a key; the response carries its secret, which is never shown again."""
         return service.create_key(db_session, principal, server_secret, tenant_id, data)
+
+    @post("/batch", sync_to_thread=True)
+    def create_keys(
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        server_secret: ServerSecret,
+        tenant_id: TenantId,
+        data: JSONBody[ApiKeyBatch],
+    ) -> list[ApiKeyCreated]:
+        """Create up to 1,000 keys at once, all or none, in the order given; the response
+        carries their secrets, never shown again. Gateways learn them in one publish."""
+        return service.create_keys(db_session, principal, server_secret, tenant_id, data)
 
     @get("/{key_id:str}", sync_to_thread=True)
     def get_key(

@@ -84,3 +84,12 @@ class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True):
     expires_at: AwareDatetime | None = None
     ttl_days: TtlDays | None = None
     """Alternative to ``expires_at``; give at most one of the two."""
+
+
+MAX_BATCH = 1000
+
+
+class ApiKeyBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Keys to create in one transaction and one publish of the gateways' configuration."""
+
+    keys: Annotated[list[ApiKeyCreate], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]

@@ -14,9 +14,16 @@ from sqlalchemy.orm import Session
 
 from trunkline.auth import secrets
 from trunkline.auth.principal import Principal
-from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.errors import Conflict, InvalidRequest, NotFound, TrunklineError
 from trunkline.keys.repository import ApiKeyRepository, tenant_of_key
-from trunkline.keys.schemas import MAX_TTL_DAYS, ApiKey, ApiKeyCreate, ApiKeyCreated, status
+from trunkline.keys.schemas import (
+    MAX_TTL_DAYS,
+    ApiKey,
+    ApiKeyBatch,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    status,
+)
 from trunkline.kit.ids import utcnow
 from trunkline.models import ApiKey as ApiKeyRow
 from trunkline.models import Tenant
@@ -69,6 +76,28 @@ def create_key(
         expires_at=expires_at,
     )
     return _issue(session, server_secret, row, project.name)
+
+
+def create_keys(
+    session: Session,
+    principal: Principal,
+    server_secret: bytes,
+    tenant_id: uuid.UUID,
+    batch: ApiKeyBatch,
+) -> list[ApiKeyCreated]:
+    """Create every key of ``batch``, or none (the first refusal names ``keys[i]``): one
+    transaction, so gateways learn them in one publish, where a key at a time rebuilt the
+    whole configuration for each (about 2 s a key at 40,000 keys)."""
+    created = []
+    for index, data in enumerate(batch.keys):
+        try:
+            created.append(create_key(session, principal, server_secret, tenant_id, data))
+        except TrunklineError as exc:
+            where = f"keys[{index}]" + (f".{exc.param}" if exc.param else "")
+            raise type(exc)(
+                f"keys[{index}]: {exc.message}", param=where, reason=exc.reason
+            ) from exc
+    return created
 
 
 def revoke_key(session: Session, principal: Principal, tenant_id: uuid.UUID, key_id: str) -> ApiKey:

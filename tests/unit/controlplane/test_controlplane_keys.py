@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from cp_support import World, snapshot
+from cp_support import World, random_id, snapshot
 from sqlalchemy import update
 
 from trunkline.auth.secrets import verify
@@ -224,3 +224,31 @@ def test_keys_are_filtered_by_project(world: World) -> None:
 
     listed = world.api("acme-admin").get(keys_path(world), params={"project_id": other["id"]})
     assert [k["key_id"] for k in listed] == [in_other]
+
+
+def test_keys_created_in_a_batch_are_all_or_none_and_published_once(world: World) -> None:
+    """Provisioning many keys a call at a time rebuilt the configuration for every key."""
+    project = world.project("acme", "demo")
+    dev = world.api("acme-dev")
+    published = snapshot(world.runtime).version
+    body = {"keys": [{"project_id": project, "name": f"bulk-{i}"} for i in range(3)]}
+    created = dev.post(f"{keys_path(world)}/batch", body)
+
+    assert [c["key"]["name"] for c in created] == ["bulk-0", "bulk-1", "bulk-2"]
+    keys = snapshot(world.runtime).keys
+    for c in created:
+        assert verify(
+            world.runtime.server_secret, c["secret"], keys[c["key"]["key_id"]].secret_hash
+        )
+    assert snapshot(world.runtime).version == published + 1  # one publish for the three
+
+    listed = len(dev.get(keys_path(world)))
+    bad = {
+        "keys": [{"project_id": project, "name": "fine"}, {"project_id": random_id(), "name": "x"}]
+    }
+    problem = dev.post(f"{keys_path(world)}/batch", bad, expect=404)
+    assert problem["errors"][0]["field"] == "keys[1].project_id"
+    assert len(dev.get(keys_path(world))) == listed  # the first was not kept either
+    too_many = {"keys": [{"project_id": project, "name": "k"}] * 1001}
+    dev.post(f"{keys_path(world)}/batch", too_many, expect=400)
+    world.api("globex-admin").post(f"{keys_path(world)}/batch", body, expect=404)  # not theirs
