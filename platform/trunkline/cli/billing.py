@@ -4,6 +4,7 @@ price book and dedicated capacity, as the platform itself."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -117,18 +118,27 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, chunks: Iterable[bytes]) -> None:
-    """Written beside ``path`` and renamed once whole: a failure part-way leaves no file that
-    looks like a complete export."""
-    partial = path.with_name(path.name + ".partial")
+    """A file is written beside ``path`` and renamed once whole: a failure part-way leaves no
+    file that looks like a complete export. What is not a regular file (``/dev/stdout``, a
+    pipe) is written to as the export comes."""
+    direct = path.exists() and not path.is_file()
+    target = path if direct else path.with_name(path.name + ".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("wb") as out:
+        with target.open("wb") as out:
             for chunk in chunks:
                 out.write(chunk)
-        partial.replace(path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise InvalidRequest(f"cannot write {path}: {exc.strerror or exc}", param="out") from exc
+        if not direct:
+            target.replace(path)
+    except BaseException as exc:
+        if not direct:
+            with contextlib.suppress(OSError):
+                target.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise InvalidRequest(
+                f"cannot write {path}: {exc.strerror or exc}", param="out"
+            ) from exc
+        raise
 
 
 def close_command(args: argparse.Namespace) -> int:
