@@ -125,13 +125,13 @@ class MetricsScraper:
                 page, failure = b"", "ScrapeTimeout"
             except httpx.HTTPError as exc:
                 page, failure = b"", type(exc).__name__
-            scan = scan_metrics(page) if failure is None else None
-            if scan is not None and not scan.gauges_found and b"# TYPE " not in page:
+            scan = scan_metrics(page)
+            if failure is None and not scan.gauges_found and b"# TYPE " not in page:
                 # Not a Prometheus page at all (what fronts the engine answered). A Prometheus
                 # page without vLLM's gauges (``--disable-log-stats``) reads as unknown load.
                 failure = "not a metrics page"
-            if scan is None or failure is not None:
-                self.state.scrape_failed(endpoint.id, failure or "")
+            if failure is not None:
+                self.state.scrape_failed(endpoint.id, failure)
                 return
             self.state.scraped(endpoint.id, scan, sent_at, lambda: scan_kv_capacity(page))
 
