@@ -231,16 +231,21 @@ def test_focus_parquet_has_typed_columns_and_the_csv_values(
     assert datetime(2026, 11, 1, tzinfo=UTC) <= parquet_rows[0]["ChargePeriodStart"]
 
 
-def test_the_csv_comes_in_pieces_that_make_the_same_file() -> None:
-    """A month of every tenant's charges was held whole, three times over (9 GB at 2.4
-    million lines): it is now written or sent a piece at a time."""
+def _rows(count: int, *, text: str) -> list[tuple[Any, ...]]:
+    """``count`` FOCUS rows of one value per column type, ``text`` in every string column."""
     sample = {
         focus.DECIMAL: Decimal("1.25"),
         focus.DATETIME: datetime(2026, 11, 1, tzinfo=UTC),
-        focus.STRING: 'a, "b"',
+        focus.STRING: text,
         focus.JSON: '{"tenant":"acme"}',
     }
-    rows = [tuple(sample[c.type] for c in COLUMNS) for _ in range(25)]
+    return [tuple(sample[c.type] for c in COLUMNS) for _ in range(count)]
+
+
+def test_the_csv_comes_in_pieces_that_make_the_same_file() -> None:
+    """A month of every tenant's charges was held whole, three times over (9 GB at 2.4
+    million lines): it is now written or sent a piece at a time."""
+    rows = _rows(25, text='a, "b"')
     pieces = list(csv_chunks(rows, lines=10))
     assert len(pieces) == 3 and all(p.endswith(b"\r\n") for p in pieces)
     assert b"".join(pieces) == b"".join(csv_chunks(rows, lines=10**9))
@@ -250,13 +255,7 @@ def test_the_csv_comes_in_pieces_that_make_the_same_file() -> None:
 
 
 def test_parquet_is_written_a_row_group_at_a_time_and_reads_back_whole() -> None:
-    sample = {
-        focus.DECIMAL: Decimal("1.25"),
-        focus.DATETIME: datetime(2026, 11, 1, tzinfo=UTC),
-        focus.STRING: "acme",
-        focus.JSON: '{"tenant":"acme"}',
-    }
-    rows = [tuple(sample[c.type] for c in COLUMNS) for _ in range(25)]
+    rows = _rows(25, text="acme")
     parquet = pq.ParquetFile(io.BytesIO(focus.write_parquet(iter(rows), batch=10)))
     assert parquet.metadata.num_row_groups == 3
     table = parquet.read()
