@@ -50,7 +50,7 @@ from trunkline.engines.kv_events import BlockStored, KvEventMessage, decode_kv_e
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import GatewaySettings, KvHashSettings
-from trunkline.snapshot import EndpointEntry, InMemorySnapshotStore, encode_snapshot
+from trunkline.snapshot import EndpointEntry, InMemorySnapshotStore, store_snapshot
 
 __all__ = [
     "ALIAS",
@@ -237,7 +237,7 @@ def publish_pool(
         accelerator="xeon",
     )
     store = InMemorySnapshotStore()
-    store.publish(store.next_version(), encode_snapshot(world.snapshot))
+    store_snapshot(store, world.snapshot)
     return store, world.api_key
 
 

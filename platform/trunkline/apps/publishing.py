@@ -16,7 +16,7 @@ import anyio
 from litestar import Litestar
 
 from trunkline.apps.runtime import Runtime, config_state
-from trunkline.snapshot.builder import content_digest, current_fingerprint
+from trunkline.snapshot.builder import current_digest
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
         unchanged = state == runtime.seen and state.generation is not None
         if unchanged and not thorough and runtime.publisher.published_digest() is not None:
             return False
-        current = current_fingerprint(runtime.session_factory, cache_secret=runtime.server_secret)
-        if runtime.publisher.published_digest() == content_digest(current):  # read after it
+        current = current_digest(runtime.session_factory, cache_secret=runtime.server_secret)
+        if runtime.publisher.published_digest() == current:  # read after it
             runtime.seen = state
             return False
         if runtime.publisher.published_version() is None:

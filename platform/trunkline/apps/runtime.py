@@ -36,8 +36,6 @@ class Runtime:
     server_secret: bytes
     memory_store: InMemorySnapshotStore | None = None
     _closers: list[object] = field(default_factory=list)
-    published: bytes | None = None
-    """The configuration this process last published (``fingerprint``); None: nothing yet."""
     seen: ConfigState | None = None
     """The configuration state (``config_state``) of what this process last published, or
     found the snapshot store holding: read before the build, so the build has at least it."""
@@ -74,9 +72,7 @@ class Runtime:
         holds ``publishing``, or publishes at start before anything else can."""
         with self.session_factory() as session:
             state = config_state(session)  # before the build: it has at least this
-        self.published = publish_snapshot(
-            self.session_factory, self.publisher, cache_secret=self.server_secret
-        )
+        publish_snapshot(self.session_factory, self.publisher, cache_secret=self.server_secret)
         self.seen = state
 
     def close(self) -> None:

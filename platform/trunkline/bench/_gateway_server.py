@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from trunkline.engines import get_profile
     from trunkline.metering.stream import InMemoryUsageStream
     from trunkline.settings import Settings
-    from trunkline.snapshot import InMemorySnapshotStore, encode_snapshot
+    from trunkline.snapshot import InMemorySnapshotStore, store_snapshot
 
     args = _parse(argv)
     profile = get_profile(args.profile)
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         tier=SLOW_ENGINES_TIER if args.slow_engines else TIER,
     )
     store = InMemorySnapshotStore()
-    store.publish(store.next_version(), encode_snapshot(world.snapshot))
+    store_snapshot(store, world.snapshot)
     write_secret_file(args.key_file, world.api_key)
     settings = Settings().gateway.model_copy(update={"host": args.host, "port": args.port})
     app = create_gateway_app(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import redis
 
 from trunkline.errors import TrunklineError
@@ -92,7 +93,7 @@ def publish_world(
         Snapshot,
         TenantEntry,
         TierEntry,
-        encode_snapshot,
+        store_snapshot,
     )  # fmt: skip
 
     pool = PoolEntry("bench-pool", model, accelerator, "local", False, 16,
@@ -112,7 +113,8 @@ def publish_world(
     )  # fmt: skip
     with redis.Redis.from_url(redis_url) as client:
         publisher = RedisSnapshotPublisher(client)
-        publisher.publish(publisher.next_version(), encode_snapshot(snapshot))
+        version = publisher.next_version()
+        store_snapshot(publisher, msgspec.structs.replace(snapshot, version=version))
     return out
 
 

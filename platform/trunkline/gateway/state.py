@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 
-from trunkline.snapshot import Snapshot, SnapshotSource, decode_snapshot
+from trunkline.snapshot import Snapshot, SnapshotSource
+from trunkline.snapshot.parts import Assembly
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +32,22 @@ class SnapshotHolder:
         is known current as of then. Its publication's age says nothing of that: the control
         plane publishes only on change."""
         self._task: asyncio.Task[None] | None = None
+        self._parts = Assembly()
 
     async def refresh(self) -> bool:
-        """Load the snapshot if its version changed; returns whether it did."""
+        """Load the snapshot if its version changed (fetching and decoding only the parts that
+        changed: ``snapshot.parts``); returns whether it did."""
         version = await self._source.version()
         self.reachable = True
         self.checked_at = time.monotonic()
         if version is None or version == self.current.version:
             return False
-        loaded = await self._source.load()
+        loaded = await self._source.load(self._parts.digests)
         if loaded is None:
             return False
-        self.current = decode_snapshot(loaded[1])
-        log.info("snapshot loaded", extra={"snapshot_version": self.current.version})
+        self.current = self._parts.apply(loaded)
+        fetched = {"snapshot_version": self.current.version, "snapshot_parts": len(loaded.blobs)}
+        log.info("snapshot loaded", extra=fetched)
         return True
 
     async def start(self) -> None:

@@ -4,6 +4,7 @@ The gateway's hot path reads only this snapshot (never the database): tenants,
 key hashes, tiers, entitlements, aliases, pools and endpoints.
 """
 
+from trunkline.snapshot.parts import read_snapshot, store_snapshot
 from trunkline.snapshot.schemas import (
     AliasEntry,
     CascadeEntry,
@@ -13,11 +14,10 @@ from trunkline.snapshot.schemas import (
     Snapshot,
     TenantEntry,
     TierEntry,
-    decode_snapshot,
-    encode_snapshot,
 )
 from trunkline.snapshot.store import (
     InMemorySnapshotStore,
+    Loaded,
     RedisSnapshotPublisher,
     RedisSnapshotSource,
     SnapshotPublisher,
@@ -30,6 +30,7 @@ __all__ = [
     "EndpointEntry",
     "InMemorySnapshotStore",
     "KeyEntry",
+    "Loaded",
     "PoolEntry",
     "RedisSnapshotPublisher",
     "RedisSnapshotSource",
@@ -38,6 +39,6 @@ __all__ = [
     "SnapshotSource",
     "TenantEntry",
     "TierEntry",
-    "decode_snapshot",
-    "encode_snapshot",
+    "read_snapshot",
+    "store_snapshot",
 ]

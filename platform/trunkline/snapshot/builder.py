@@ -25,6 +25,7 @@ from trunkline.models import (
     Tier,
 )
 from trunkline.quota.book import build_quota_book
+from trunkline.snapshot.parts import split, store_snapshot
 from trunkline.snapshot.schemas import (
     AliasEntry,
     CascadeEntry,
@@ -34,9 +35,8 @@ from trunkline.snapshot.schemas import (
     Snapshot,
     TenantEntry,
     TierEntry,
-    encode_snapshot,
 )
-from trunkline.snapshot.store import SnapshotPublisher
+from trunkline.snapshot.store import SnapshotPublisher, content_digest, part_digest
 
 
 def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
@@ -166,35 +166,23 @@ def _pools(session: Session) -> dict[str, PoolEntry]:
     }
 
 
-_CANONICAL = msgspec.msgpack.Encoder(order="sorted")
+def digest_of(snapshot: Snapshot) -> bytes:
+    """The ``content_digest`` the store gives ``snapshot`` once published: the same content
+    has the same digest whatever order the database returned its rows in (a key's last use
+    moves its row: the same configuration was published again every 2 s under traffic)."""
+    return content_digest({name: part_digest(blob) for name, blob in split(snapshot).items()})
 
 
-def fingerprint(snapshot: Snapshot) -> bytes:
-    """The snapshot's content without its version and time, to tell real changes apart:
-    maps and sets in sorted order, not the order the database returned rows in (which moves
-    when a row is updated, e.g. a key's last use: the same configuration was published again
-    every 2 s under traffic)."""
-    return _CANONICAL.encode(msgspec.structs.replace(snapshot, version=0, published_at=0.0))
-
-
-def content_digest(fingerprint: bytes) -> bytes:
-    """A short name of a snapshot's content (its ``fingerprint``), kept beside it in the store."""
-    return hashlib.sha256(fingerprint).digest()
-
-
-def current_fingerprint(factory: sessionmaker[Session], *, cache_secret: bytes) -> bytes:
+def current_digest(factory: sessionmaker[Session], *, cache_secret: bytes) -> bytes:
     with factory() as session:
-        return fingerprint(build_snapshot(session, 0, cache_secret=cache_secret))
+        return digest_of(build_snapshot(session, 0, cache_secret=cache_secret))
 
 
 def publish_snapshot(
     factory: sessionmaker[Session], publisher: SnapshotPublisher, *, cache_secret: bytes
-) -> bytes:
-    """Read the current configuration and publish it under a fresh version; returns its
-    fingerprint."""
+) -> None:
+    """Read the current configuration and publish it under a fresh version."""
     version = publisher.next_version()
     with factory() as session:
         snapshot = build_snapshot(session, version, cache_secret=cache_secret)
-    content = fingerprint(snapshot)
-    publisher.publish(version, encode_snapshot(snapshot), digest=content_digest(content))
-    return content
+    store_snapshot(publisher, snapshot)

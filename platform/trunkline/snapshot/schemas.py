@@ -134,15 +134,3 @@ class Snapshot(msgspec.Struct, frozen=True):
     @classmethod
     def empty(cls) -> Snapshot:
         return cls(version=0, published_at=0.0, tiers={}, tenants={}, keys={}, aliases={}, pools={})
-
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Snapshot)
-
-
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    return _encoder.encode(snapshot)
-
-
-def decode_snapshot(blob: bytes) -> Snapshot:
-    return _decoder.decode(blob)

@@ -1,30 +1,59 @@
 """Where snapshots live between the control plane and the gateways.
 
-Publishing is synchronous (the control plane's services run in threads);
-reading is asynchronous (the gateway polls the version on its event loop and
-fetches the blob only when it changed). Redis keeps ``<prefix>:snapshot`` and
-``<prefix>:snapshot:version`` in one MULTI so readers never see a torn pair, and beside them
-``<prefix>:snapshot:digest``, a digest of the published content (``published_digest``), so
+A snapshot is stored as named parts (``snapshot.parts``: the core, and the keys in shards),
+each with the digest of its bytes, under one version. Publishing is synchronous (the control
+plane's services run in threads); reading is asynchronous (the gateway polls the version on its
+event loop, and when it moved fetches the parts whose digest differs from those it holds).
+Redis writes a version's parts and version in one script and reads them in one script, so
+readers never see a torn snapshot. Beside them ``published_digest`` names the whole content, so
 a control plane can tell whether the store already holds what the database says without
-fetching the blob.
+fetching anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
 
+LEGACY = "whole"
+"""The one part of a snapshot an older control plane stored whole (``<prefix>:snapshot``)."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A version as a reader fetched it."""
+
+    version: int
+    published_at: float
+    digests: dict[str, bytes]
+    """Every part of the version, by name: the digest of its bytes."""
+    blobs: dict[str, bytes]
+    """The bytes of the parts the reader did not hold (by digest); the others are unchanged."""
+
+
+def part_digest(blob: bytes) -> bytes:
+    return hashlib.sha256(blob).digest()
+
+
+def content_digest(digests: Mapping[str, bytes]) -> bytes:
+    """One name for a snapshot's whole content, from its parts' digests."""
+    whole = hashlib.sha256()
+    for name in sorted(digests):
+        whole.update(name.encode() + b"\0" + digests[name])
+    return whole.digest()
+
 
 class SnapshotPublisher(Protocol):
     def next_version(self) -> int: ...
-    def publish(self, version: int, blob: bytes, digest: bytes = b"") -> None:
-        """Store ``blob`` as ``version`` unless a newer one is stored; ``digest`` names its
-        content (``snapshot.builder.content_digest``), whatever its version."""
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
+        """Store ``parts`` as ``version`` unless a newer version is stored."""
         ...
 
     def published_version(self) -> int | None:
@@ -32,13 +61,16 @@ class SnapshotPublisher(Protocol):
         ...
 
     def published_digest(self) -> bytes | None:
-        """The digest of what the store holds (None: no snapshot, or one published without)."""
+        """The ``content_digest`` of what the store holds (None: no snapshot)."""
         ...
 
 
 class SnapshotSource(Protocol):
     async def version(self) -> int | None: ...
-    async def load(self) -> tuple[int, bytes] | None: ...
+    async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
+        """The stored version, with the bytes of each part whose digest is not the one
+        ``held`` names (None: no snapshot)."""
+        ...
 
 
 class InMemorySnapshotStore:
@@ -47,46 +79,96 @@ class InMemorySnapshotStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counter = 0
-        self._current: tuple[int, bytes] | None = None
-        self._digest: bytes | None = None
+        self._current: Loaded | None = None
+        """The version held, with every part's bytes."""
 
     def next_version(self) -> int:
         with self._lock:
             self._counter += 1
             return self._counter
 
-    def publish(self, version: int, blob: bytes, digest: bytes = b"") -> None:
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
         with self._lock:
-            if self._current is None or version > self._current[0]:
-                self._current = (version, blob)
-                self._digest = digest or None
+            if self._current is None or version > self._current.version:
+                digests = {name: part_digest(blob) for name, blob in parts.items()}
+                self._current = Loaded(version, published_at, digests, dict(parts))
 
     def published_version(self) -> int | None:
         current = self._current
-        return None if current is None else current[0]
+        return None if current is None else current.version
 
     def published_digest(self) -> bytes | None:
-        return self._digest
+        current = self._current
+        return None if current is None else content_digest(current.digests)
 
     async def version(self) -> int | None:
+        return self.published_version()
+
+    async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
         current = self._current
-        return None if current is None else current[0]
+        if current is None:
+            return None
+        held = held or {}
+        blobs = {n: b for n, b in current.blobs.items() if held.get(n) != current.digests[n]}
+        return Loaded(current.version, current.published_at, current.digests, blobs)
 
-    async def load(self) -> tuple[int, bytes] | None:
-        return self._current
 
-
-# Publish only when newer than what is stored, atomically: two control-plane
-# replicas publishing at once can never move the version backwards.
+# Publish only when newer than what is stored, atomically: two control-plane replicas
+# publishing at once can never move the version backwards. ARGV: version, time, content
+# digest, the parts' key prefix, then (name, digest, bytes) per part, the bytes empty for a
+# part the publisher found stored with that digest; if it no longer is (another publisher
+# wrote in between), nothing is written and -1 asks for every part's bytes.
 _PUBLISH_LUA = """
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('SET', KEYS[2], ARGV[1])
-  redis.call('SET', KEYS[3], ARGV[3])
-  return 1
+if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then
+  return 0
 end
-return 0
+local named = {}
+for i = 5, #ARGV, 3 do
+  named[ARGV[i]] = true
+  if ARGV[i + 2] == '' and redis.call('HGET', KEYS[4], ARGV[i]) ~= ARGV[i + 1] then
+    return -1
+  end
+end
+for i = 5, #ARGV, 3 do
+  if ARGV[i + 2] ~= '' then
+    redis.call('SET', ARGV[4] .. ARGV[i], ARGV[i + 2])
+    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  end
+end
+for _, name in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if not named[name] then
+    redis.call('HDEL', KEYS[4], name)
+    redis.call('DEL', ARGV[4] .. name)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+# One version as a reader needs it, in one step: version, time, every part's digest, then
+# (name, bytes) for each part whose digest differs from the one the reader holds.
+# ARGV: the parts' key prefix, then (name, digest) per part held.
+_LOAD_LUA = """
+local version = redis.call('GET', KEYS[1])
+if not version then
+  return false
+end
+local held = {}
+for i = 2, #ARGV, 2 do
+  held[ARGV[i]] = ARGV[i + 1]
+end
+local listed = redis.call('HGETALL', KEYS[3])
+local out = {version, redis.call('GET', KEYS[2]), listed}
+for i = 1, #listed, 2 do
+  if held[listed[i]] ~= listed[i + 1] then
+    table.insert(out, listed[i])
+    table.insert(out, redis.call('GET', ARGV[1] .. listed[i]))
+  end
+end
+return out
 """
 
 
@@ -104,6 +186,19 @@ return version
 """
 
 
+class _Keys:
+    """The Redis keys of a prefix's snapshot. ``<prefix>:snapshot`` and its ``:version`` are
+    where control planes before the parts stored a whole snapshot: read until one of these
+    publishes, so gateways may be upgraded first."""
+
+    def __init__(self, prefix: str) -> None:
+        base = f"{prefix}:snapshot:v2"
+        self.version, self.at, self.digest = f"{base}:version", f"{base}:at", f"{base}:digest"
+        self.parts, self.part_prefix = f"{base}:parts", f"{base}:part:"
+        self.counter = f"{prefix}:snapshot:counter"
+        self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
+
+
 class RedisSnapshotPublisher:
     def __init__(
         self,
@@ -112,48 +207,86 @@ class RedisSnapshotPublisher:
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self._client = client
-        self._blob_key = f"{prefix}:snapshot"
-        self._version_key = f"{prefix}:snapshot:version"
-        self._counter_key = f"{prefix}:snapshot:counter"
-        self._digest_key = f"{prefix}:snapshot:digest"
+        self._keys = _Keys(prefix)
         self._script = client.register_script(_PUBLISH_LUA)
         self._next = client.register_script(_NEXT_VERSION_LUA)
         self._clock_ms = clock_ms
 
     def next_version(self) -> int:
-        return int(self._next(keys=[self._counter_key], args=[self._clock_ms()]))
+        return int(self._next(keys=[self._keys.counter], args=[self._clock_ms()]))
 
-    def publish(self, version: int, blob: bytes, digest: bytes = b"") -> None:
-        keys = [self._blob_key, self._version_key, self._digest_key]
-        self._script(keys=keys, args=[version, blob, digest])
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
+        """Sends the bytes of only the parts the store does not hold already."""
+        k = self._keys
+        digests = {name: part_digest(blob) for name, blob in parts.items()}
+        stored = {_bytes(n): _bytes(d) for n, d in self._client.hgetall(k.parts).items()}
+        head: list[_Arg] = [version, repr(published_at), content_digest(digests), k.part_prefix]
+        for send_all in (False, True):
+            args = list(head)
+            for name, blob in parts.items():
+                unchanged = not send_all and stored.get(name.encode()) == digests[name]
+                args += [name, digests[name], b"" if unchanged else blob]
+            if int(self._script(keys=[k.version, k.at, k.digest, k.parts], args=args)) != -1:
+                return
 
     def published_version(self) -> int | None:
-        raw = self._client.get(self._version_key)
+        raw = self._client.get(self._keys.version)
         return None if raw is None else int(raw)
 
     def published_digest(self) -> bytes | None:
-        """None also when the store holds no snapshot (the digest outlived a lost blob)."""
-        version, digest = self._client.mget(self._version_key, self._digest_key)
+        version, digest = self._client.mget(self._keys.version, self._keys.digest)
         if version is None or not digest:
             return None
-        return digest if isinstance(digest, bytes) else digest.encode("latin-1")
+        return _bytes(digest)
 
 
 class RedisSnapshotSource:
     def __init__(self, client: aioredis.Redis, prefix: str = "trunkline") -> None:
         self._client = client
-        self._blob_key = f"{prefix}:snapshot"
-        self._version_key = f"{prefix}:snapshot:version"
+        self._keys = _Keys(prefix)
+        self._load = client.register_script(_LOAD_LUA)
 
     async def version(self) -> int | None:
-        raw = await self._client.get(self._version_key)
+        current, legacy = await self._client.mget(self._keys.version, self._keys.legacy_version)
+        raw = current if current is not None else legacy
         return None if raw is None else int(raw)
 
-    async def load(self) -> tuple[int, bytes] | None:
+    async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
+        k = self._keys
+        args: list[_Arg] = [k.part_prefix]
+        for name, digest in (held or {}).items():
+            args += [name, digest]
+        reply = await self._load(keys=[k.version, k.at, k.parts], args=args)
+        if reply is None:
+            return await self._load_legacy(held or {})
+        version, at, listed, *fetched = reply
+        digests = {bytes(n).decode(): bytes(d) for n, d in _pairs(listed)}
+        blobs: dict[str, bytes] = {}
+        for name, blob in _pairs(fetched):
+            if blob is None:  # evicted (a Redis with an eviction policy) or deleted by hand
+                raise LookupError(f"snapshot part {bytes(name).decode()} missing from Redis")
+            blobs[bytes(name).decode()] = bytes(blob)
+        return Loaded(int(version), float(at), digests, blobs)
+
+    async def _load_legacy(self, held: Mapping[str, bytes]) -> Loaded | None:
         async with self._client.pipeline(transaction=True) as pipe:
-            pipe.get(self._version_key)
-            pipe.get(self._blob_key)
+            pipe.get(self._keys.legacy_version)
+            pipe.get(self._keys.legacy_blob)
             version, blob = await pipe.execute()
         if version is None or blob is None:
             return None
-        return int(version), bytes(blob)
+        digest = part_digest(bytes(blob))
+        blobs = {} if held.get(LEGACY) == digest else {LEGACY: bytes(blob)}
+        return Loaded(int(version), 0.0, {LEGACY: digest}, blobs)
+
+
+_Arg = bytes | str | int | float
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _pairs(flat: list[Any]) -> Iterator[tuple[Any, Any]]:
+    """(name, value) pairs of a Redis reply laid out name, value, name, value, ..."""
+    return zip(flat[::2], flat[1::2], strict=True)

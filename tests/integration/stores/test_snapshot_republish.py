@@ -25,14 +25,17 @@ from trunkline.apps.runtime import build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.keys.service import key_tenant, revoke_key
 from trunkline.models import ApiKey
-from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, decode_snapshot
-from trunkline.snapshot.builder import current_fingerprint
+from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, read_snapshot
+from trunkline.snapshot.builder import current_digest
 from trunkline.tenancy.changes import config_generation, unit_of_work
 from unit.controlplane.cp_support import build_world, make_runtime, make_settings
 
 PREFIX = "republish"
-KEYS = (f"{PREFIX}:snapshot", f"{PREFIX}:snapshot:version", f"{PREFIX}:snapshot:counter")
-DIGEST = f"{PREFIX}:snapshot:digest"
+
+
+def _wipe(client: redis.Redis) -> None:
+    """What a Redis restarted without its data holds of the prefix: nothing."""
+    client.delete(*client.keys(f"{PREFIX}:*"))
 
 
 def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
@@ -48,7 +51,7 @@ def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
             before = runtime.publisher.published_version()
             assert before is not None
             assert not republish_if_stale(runtime)  # held: nothing to do
-            client.delete(*KEYS)  # Redis restarted empty
+            _wipe(client)  # Redis restarted empty
             deadline = time.monotonic() + 10
             while runtime.publisher.published_version() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
@@ -57,7 +60,7 @@ def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
         loaded = asyncio.run(_load(redis_url))
         assert "acme" in {tenant.slug for tenant in loaded.tenants.values()}
     finally:
-        client.delete(*KEYS, DIGEST)
+        _wipe(client)
         client.close()
         runtime.close()
 
@@ -78,9 +81,9 @@ def test_the_check_builds_only_after_a_change_and_repeats_no_other_process_s_pub
 
     def counted(*args: Any, **kwargs: Any) -> bytes:
         builds.append(1)
-        return current_fingerprint(*args, **kwargs)
+        return current_digest(*args, **kwargs)
 
-    monkeypatch.setattr(publishing, "current_fingerprint", counted)
+    monkeypatch.setattr(publishing, "current_digest", counted)
     try:
         with TestClient[Any](create_controlplane_app(runtime)) as http:
             world = build_world(runtime, http)
@@ -110,7 +113,7 @@ def test_the_check_builds_only_after_a_change_and_repeats_no_other_process_s_pub
         keys = set(asyncio.run(_load(redis_url)).keys)
         assert kept in keys and not {revoked, edited} & keys
     finally:
-        client.delete(*KEYS, DIGEST)
+        _wipe(client)
         client.close()
         cli.close()
         runtime.close()
@@ -118,9 +121,9 @@ def test_the_check_builds_only_after_a_change_and_repeats_no_other_process_s_pub
 
 async def _load(redis_url: str) -> Any:
     source = RedisSnapshotSource(aioredis.Redis.from_url(redis_url), PREFIX)
-    found = await source.load()
+    found = await read_snapshot(source)
     assert found is not None
-    return decode_snapshot(found[1])
+    return found
 
 
 def test_a_key_revoked_while_redis_was_away_is_refused_once_it_is_back(tmp_path: Path) -> None:

@@ -12,9 +12,11 @@ import redis.asyncio as aioredis
 
 from trunkline.snapshot import (
     InMemorySnapshotStore,
+    Loaded,
     RedisSnapshotPublisher,
     RedisSnapshotSource,
 )
+from trunkline.snapshot.store import LEGACY, content_digest, part_digest
 
 
 class Pair:
@@ -37,6 +39,10 @@ def store(request: pytest.FixtureRequest) -> Iterator[Pair]:
     sync.close()
 
 
+def _publish(store: Pair, version: int, parts: dict[str, bytes]) -> None:
+    store.publisher.publish(version, parts, published_at=float(version))
+
+
 async def test_empty_store_has_no_version(store: Pair) -> None:
     assert await store.source.version() is None
     assert await store.source.load() is None
@@ -44,34 +50,51 @@ async def test_empty_store_has_no_version(store: Pair) -> None:
 
 async def test_publish_then_load_round_trips(store: Pair) -> None:
     version = store.publisher.next_version()
-    store.publisher.publish(version, b"blob-1")
+    store.publisher.publish(version, {"core": b"c-1", "keys/01": b"k-1"}, published_at=12.5)
     assert await store.source.version() == version
-    assert await store.source.load() == (version, b"blob-1")
+    loaded = await store.source.load()
+    assert loaded is not None
+    assert (loaded.version, loaded.published_at) == (version, 12.5)
+    assert loaded.blobs == {"core": b"c-1", "keys/01": b"k-1"}
+    assert loaded.digests == {"core": part_digest(b"c-1"), "keys/01": part_digest(b"k-1")}
+
+
+async def test_a_reader_gets_only_the_parts_it_does_not_hold(store: Pair) -> None:
+    first = {"core": b"c", "keys/01": b"a", "keys/02": b"b", "keys/03": b"gone"}
+    _publish(store, store.publisher.next_version(), first)
+    held = (await store.source.load()).digests  # type: ignore[union-attr]
+    version = store.publisher.next_version()
+    _publish(store, version, {"core": b"c", "keys/01": b"a2", "keys/02": b"b", "keys/04": b"new"})
+    loaded = await store.source.load(held)
+    assert loaded is not None and loaded.version == version
+    assert loaded.blobs == {"keys/01": b"a2", "keys/04": b"new"}
+    assert set(loaded.digests) == {"core", "keys/01", "keys/02", "keys/04"}  # keys/03 went
 
 
 async def test_versions_only_move_forward(store: Pair) -> None:
     older, newer = store.publisher.next_version(), store.publisher.next_version()
-    assert newer > older
-    store.publisher.publish(newer, b"new")
-    store.publisher.publish(older, b"stale")  # a slow publisher must not roll back
-    assert await store.source.load() == (newer, b"new")
+    _publish(store, newer, {"core": b"new"})
+    _publish(store, older, {"core": b"stale", "keys/00": b"stale"})  # a slow publisher
+    loaded = await store.source.load()
+    assert loaded is not None
+    assert (loaded.version, loaded.blobs) == (newer, {"core": b"new"})
 
 
 async def test_the_store_says_which_version_it_holds(store: Pair) -> None:
     assert store.publisher.published_version() is None
     version = store.publisher.next_version()
-    store.publisher.publish(version, b"blob")
+    _publish(store, version, {"core": b"blob"})
     assert store.publisher.published_version() == version == await store.source.version()
 
 
 async def test_the_store_names_the_content_it_holds(store: Pair) -> None:
     assert store.publisher.published_digest() is None
     older, newer = store.publisher.next_version(), store.publisher.next_version()
-    store.publisher.publish(newer, b"new", digest=b"d-new")
-    store.publisher.publish(older, b"stale", digest=b"d-stale")  # not stored: nor its digest
-    assert store.publisher.published_digest() == b"d-new"
-    store.publisher.publish(store.publisher.next_version(), b"newest")  # without a digest
-    assert store.publisher.published_digest() is None
+    new = {"core": b"new", "keys/00": b"k"}
+    _publish(store, newer, new)
+    _publish(store, older, {"core": b"stale"})  # not stored: nor its digest
+    expected = content_digest({n: part_digest(b) for n, b in new.items()})
+    assert store.publisher.published_digest() == expected
 
 
 def test_versions_stay_above_old_ones_after_redis_loses_its_data(redis_url: str) -> None:
@@ -80,11 +103,58 @@ def test_versions_stay_above_old_ones_after_redis_loses_its_data(redis_url: str)
     publisher = RedisSnapshotPublisher(client, "wiped", clock_ms=lambda: next(clock))
     try:
         held = publisher.next_version()  # what the gateways hold
-        publisher.publish(held, b"before", digest=b"d")
-        client.delete("wiped:snapshot", "wiped:snapshot:version", "wiped:snapshot:counter")
+        publisher.publish(held, {"core": b"before"}, published_at=1.0)
+        client.delete(*client.keys("wiped:*"))
         assert publisher.published_version() is None
-        assert publisher.published_digest() is None  # a digest is nothing without its blob
+        assert publisher.published_digest() is None
         # Back at an empty counter, the next version must still be new to the gateways.
         assert publisher.next_version() > held
     finally:
+        client.delete(*client.keys("wiped:*"))
+        client.close()
+
+
+async def test_a_publisher_that_raced_another_sends_every_part(redis_url: str) -> None:
+    """A part left out because the store held it must not be replaced meanwhile by another
+    control plane's publish: the version would pair one's parts with the other's."""
+    client = redis.Redis.from_url(redis_url)
+    one, other = RedisSnapshotPublisher(client, "race"), RedisSnapshotPublisher(client, "race")
+    try:
+        one.publish(one.next_version(), {"core": b"c", "keys/00": b"a"}, published_at=1.0)
+        stale_view = client.hgetall("race:snapshot:v2:parts")
+        other.publish(other.next_version(), {"core": b"c", "keys/00": b"b"}, published_at=2.0)
+        # ``one`` read the digests before ``other`` published: it would leave keys/00 out.
+        hgetall = client.hgetall
+        client.hgetall = lambda name: stale_view if name.endswith(":parts") else hgetall(name)  # type: ignore[method-assign]
+        one.publish(one.next_version(), {"core": b"c2", "keys/00": b"a"}, published_at=3.0)
+        client.hgetall = hgetall  # type: ignore[method-assign]
+        source = RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "race")
+        loaded = await source.load()
+        assert loaded is not None and loaded.blobs == {"core": b"c2", "keys/00": b"a"}
+    finally:
+        client.delete(*client.keys("race:*"))
+        client.close()
+
+
+async def test_gateways_read_a_whole_snapshot_an_older_control_plane_stored(
+    redis_url: str,
+) -> None:
+    """Gateways upgraded before the control plane keep serving its configuration."""
+    client = redis.Redis.from_url(redis_url)
+    client.set("old:snapshot", b"whole-blob")
+    client.set("old:snapshot:version", 41)
+    source = RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "old")
+    try:
+        assert await source.version() == 41
+        loaded = await source.load()
+        assert loaded is not None
+        assert (loaded.version, loaded.blobs) == (41, {LEGACY: b"whole-blob"})
+        assert await source.load(loaded.digests) == Loaded(41, 0.0, loaded.digests, {})
+        publisher = RedisSnapshotPublisher(client, "old")
+        version = publisher.next_version()
+        publisher.publish(version, {"core": b"parts"}, published_at=5.0)
+        assert await source.version() == version  # the parts win once published
+        assert (await source.load(loaded.digests)).blobs == {"core": b"parts"}  # type: ignore[union-attr]
+    finally:
+        client.delete(*client.keys("old:*"))
         client.close()

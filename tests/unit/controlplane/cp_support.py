@@ -6,6 +6,7 @@ over it, and access tokens for a platform admin and the example tenants' members
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from trunkline.auth.service import admin_token, ensure_user, issue_access_token
 from trunkline.kit.db import transaction
 from trunkline.kit.migrate import upgrade
 from trunkline.settings import DatabaseSettings, SecuritySettings, Settings
-from trunkline.snapshot import Snapshot, decode_snapshot
+from trunkline.snapshot import Snapshot, read_snapshot
 from trunkline.tenancy.manifests import apply_manifests
 
 SERVER_SECRET = "control-plane-tests-key-hash-secret-0123456789"
@@ -50,9 +51,9 @@ def token_for(runtime: Runtime, email: str) -> str:
 
 def snapshot(runtime: Runtime) -> Snapshot:
     assert runtime.memory_store is not None
-    current = runtime.memory_store._current
+    current = asyncio.run(read_snapshot(runtime.memory_store))
     assert current is not None, "nothing published yet"
-    return decode_snapshot(current[1])
+    return current
 
 
 class Api:

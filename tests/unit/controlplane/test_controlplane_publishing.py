@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,12 @@ class HeldFirstPublish:
         self.entered, self.release = threading.Event(), threading.Event()
         self.publishes = 0
 
-    def publish(self, version: int, blob: bytes, digest: bytes = b"") -> None:
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
         self.publishes += 1
         if self.publishes == 1:
             self.entered.set()
             assert self.release.wait(10)
-        self.store.publish(version, blob, digest)
+        self.store.publish(version, parts, published_at=published_at)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)

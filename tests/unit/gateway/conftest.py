@@ -25,7 +25,7 @@ from trunkline.snapshot import (
     Snapshot,
     TenantEntry,
     TierEntry,
-    encode_snapshot,
+    store_snapshot,
 )
 
 SECRET = b"unit-test-server-secret-of-enough-length"
@@ -50,7 +50,7 @@ class World:
         snapshot = Snapshot(
             version, time.time(), self.tiers, self.tenants, self.keys, self.aliases, self.pools
         )
-        self.store.publish(version, encode_snapshot(snapshot))
+        store_snapshot(self.store, snapshot)
 
     def add_key(
         self,

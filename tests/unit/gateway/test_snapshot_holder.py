@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 
 import msgspec
 import pytest
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from trunkline.gateway.health_metrics import GatewayHealthCollector
 from trunkline.gateway.state import SnapshotHolder
-from trunkline.snapshot import Snapshot, encode_snapshot
+from trunkline.snapshot import InMemorySnapshotStore, Loaded, Snapshot, store_snapshot
 
 
 class FlakySource:
@@ -39,8 +40,10 @@ class FlakySource:
             raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         return 7
 
-    async def load(self) -> tuple[int, bytes] | None:
-        return 7, encode_snapshot(msgspec.structs.replace(Snapshot.empty(), version=7))
+    async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
+        store = InMemorySnapshotStore()
+        store_snapshot(store, msgspec.structs.replace(Snapshot.empty(), version=7))
+        return await store.load(held)
 
 
 async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(

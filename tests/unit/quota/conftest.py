@@ -22,7 +22,7 @@ from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.rules import Vector
 from trunkline.quota.store import QuotaStore
 from trunkline.settings import GatewaySettings, QuotaSettings
-from trunkline.snapshot import Snapshot, encode_snapshot
+from trunkline.snapshot import Snapshot, store_snapshot
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -54,7 +54,7 @@ class QuotaWorld(World):
             version, time.time(), self.tiers, self.tenants, self.keys, self.aliases, self.pools,
             self.quotas,
         )  # fmt: skip
-        self.store.publish(version, encode_snapshot(snapshot))
+        store_snapshot(self.store, snapshot)
 
 
 @dataclass
