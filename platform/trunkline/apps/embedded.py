@@ -230,5 +230,7 @@ Then try:
   messages=[{{"role": "user", "content": "hello"}}]).usage)'
 
 Manage tenants and keys: trunkline tenants --help, trunkline keys --help.
+The control plane API wants a token: trunkline tenants admin-token --email you@example.com
+prints one for a platform admin (send it as Authorization: Bearer tlu_…).
 Press Ctrl-C to stop.
 """

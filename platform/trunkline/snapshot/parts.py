@@ -42,12 +42,14 @@ _shard_decoder = msgspec.msgpack.Decoder(KeyShard)
 def split(snapshot: Snapshot) -> dict[str, bytes]:
     """The snapshot's parts, without its version and time (the store keeps those)."""
     shards: dict[str, KeyShard] = {}
+    limits = snapshot.quotas.keys
     for key_id, entry in snapshot.keys.items():
-        name = shard_name(key_id)
-        shards.setdefault(name, KeyShard({}, {})).keys[key_id] = entry
-    for key_id, limits in snapshot.quotas.keys.items():
-        name = shard_name(key_id)
-        shards.setdefault(name, KeyShard({}, {})).limits[key_id] = limits
+        shard = shards.setdefault(shard_name(key_id), KeyShard({}, {}))
+        shard.keys[key_id] = entry
+        if key_id in limits:
+            shard.limits[key_id] = limits[key_id]
+    for key_id in limits.keys() - snapshot.keys.keys():  # none from the builder
+        shards.setdefault(shard_name(key_id), KeyShard({}, {})).limits[key_id] = limits[key_id]
     core = msgspec.structs.replace(
         snapshot,
         version=0,

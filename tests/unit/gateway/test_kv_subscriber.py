@@ -6,6 +6,7 @@ speaks vLLM's replay protocol)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from trunkline.engines import events
 from trunkline.engines.kv_events import REPLAY_END
 from trunkline.engines.kv_publisher import ZmqKvEventPublisher
+from trunkline.errors import ConfigurationError
 from trunkline.gateway.endpoints import KvEventCollector, KvEventSubscriber, kv_subscriber
 from trunkline.snapshot import EndpointEntry
 
@@ -484,3 +486,14 @@ async def test_a_replay_cut_short_is_asked_again_from_where_it_stopped() -> None
     assert stored_blocks(sink) == list(range(16))
     assert subscriber.replays == {("e1", "complete"): 1}
     assert not subscriber.clears
+
+
+def test_a_gateway_without_pyzmq_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It failed at start with ``No module named 'zmq.asyncio'``: pyzmq was only a dev
+    dependency, and the docs named the ``tokenizers`` extra alone for precise-prefix."""
+    monkeypatch.setitem(sys.modules, "zmq", None)
+    monkeypatch.setitem(sys.modules, "zmq.asyncio", None)
+    with pytest.raises(ConfigurationError, match=r"trunkline\[tokenizers\]"):
+        KvEventSubscriber(Sink(), lambda: [])

@@ -46,6 +46,7 @@ from trunkline.engines.kv_events import (
     KvEventMessage,
     decode_kv_event_message,
 )
+from trunkline.errors import ConfigurationError
 from trunkline.snapshot import EndpointEntry
 
 __all__ = ["KvEventSink", "KvEventSubscriber", "apply_message"]
@@ -93,7 +94,13 @@ class KvEventSubscriber:
     """One asyncio task and SUB socket per publishing endpoint; call :meth:`sync` on changes."""
 
     def __init__(self, sink: KvEventSink, endpoints: Callable[[], Sequence[EndpointEntry]]) -> None:
-        import zmq.asyncio  # imported only when a gateway subscribes
+        try:
+            import zmq.asyncio  # imported only when a gateway subscribes
+        except ImportError as exc:
+            raise ConfigurationError(
+                "routing on vLLM's KV-cache events needs pyzmq: pip install 'trunkline[tokenizers]'"
+                " (or set TRUNKLINE_GATEWAY__ENGINES__KV_EVENTS=false)"
+            ) from exc
 
         self._sink = sink
         self._endpoints = endpoints
