@@ -174,6 +174,7 @@ def create_controlplane_app(
             "db_session": Provide(session_provider(runtime)),
             "principal": Provide(provide_principal, sync_to_thread=False),
             "server_secret": Provide(secret_provider(runtime), sync_to_thread=False),
+            "session_factory": Provide(lambda: runtime.session_factory, sync_to_thread=False),
             "quota_usage": Provide(usage_reader_provider(quota), sync_to_thread=False),
         },
         on_shutdown=[quota.close],

@@ -15,13 +15,14 @@ from trunkline.billing.charges import GPU_HOURS, USAGE, ChargeLine, Names
 from trunkline.billing.periods import Period
 from trunkline.billing.pricebook import PriceBook, PriceVersion
 from trunkline.billing.rating import rate
+from trunkline.billing.scope import TenantScope, in_scope
 from trunkline.errors import ConfigurationError, Conflict, InvalidRequest
 from trunkline.metering.rollup_plan import HOUR
 from trunkline.models import BillingPeriod, DedicatedCapacity
 
 
 def _gpu_hours(
-    session: Session, period: Period, tenant_id: uuid.UUID | None, until: datetime | None
+    session: Session, period: Period, tenants: TenantScope, until: datetime | None
 ) -> dict[tuple[Any, ...], int]:
     """GPUs held per (tenant, project, hour, flavor, region) within ``period``, in the hours
     begun before ``until`` (if given)."""
@@ -30,8 +31,7 @@ def _gpu_hours(
         capacity.starts_at < period.end,
         (capacity.ends_at.is_(None)) | (capacity.ends_at > period.start),
     )
-    if tenant_id is not None:
-        statement = statement.where(capacity.tenant_id == tenant_id)
+    statement = statement.where(in_scope(capacity.tenant_id, tenants))
     gpu_hours: dict[tuple[Any, ...], int] = defaultdict(int)
     for held in session.scalars(statement):
         hour = max(held.starts_at, period.start).replace(minute=0, second=0, microsecond=0)
@@ -49,12 +49,12 @@ def capacity_lines(
     period: Period,
     book: PriceBook,
     names: Names,
-    tenant_id: uuid.UUID | None = None,
+    tenants: TenantScope = None,
     until: datetime | None = None,
 ) -> list[ChargeLine]:
     """Dedicated GPUs, by the hour: every hour an allocation overlaps is billed in full; in
     an open period only the hours begun before ``until`` (now): the rest are not incurred."""
-    gpu_hours = _gpu_hours(session, period, tenant_id, until)
+    gpu_hours = _gpu_hours(session, period, tenants, until)
     out = []
     for (tenant, project, hour, flavor, region), hours in gpu_hours.items():
         version = book.at(hour)

@@ -13,7 +13,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from trunkline.auth.guards import platform_admin, tenant_admin
-from trunkline.auth.params import Caller, DbSession, TenantId
+from trunkline.auth.params import Caller, DbSession, SessionFactory, TenantId
 from trunkline.billing import service
 from trunkline.billing.periods import parse_period
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _download(export: service.Export) -> Stream:
-    """Sent as it is made (the charge lines are read already; the rows and the CSV are not)."""
+    """Sent as it is made (a FOCUS export of every tenant is read as it is sent)."""
     return Stream(
         _failing_loudly(export.chunks),
         media_type=export.media_type,
@@ -73,9 +73,12 @@ class PlatformExportController(Controller):
         self,
         db_session: DbSession,
         principal: Caller,
+        session_factory: SessionFactory,
         period: FromPath[str],
         format: FromQuery[str] = "focus-csv",
     ) -> Stream:
         """Every tenant's charges in ``period``, for finance."""
-        export = service.export_for(db_session, principal, parse_period(period), format, None)
+        export = service.export_for(
+            db_session, principal, parse_period(period), format, None, reader=session_factory
+        )
         return _download(export)

@@ -22,6 +22,7 @@ from trunkline.billing.charges import CREDIT, PER_MILLION_TOKENS, TOKENS, USAGE,
 from trunkline.billing.periods import Period
 from trunkline.billing.pricebook import PriceBook, PriceVersion
 from trunkline.billing.rating import ONE, exact_product, exact_sum, per_million, rate
+from trunkline.billing.scope import TenantScope, in_scope
 from trunkline.billing.sla import sla_outcome
 from trunkline.errors import ConfigurationError
 from trunkline.metering.rollup_plan import HOUR
@@ -35,7 +36,7 @@ def period_lines(
     source: RollupSource,
     period: Period,
     book: PriceBook,
-    tenant_id: uuid.UUID | None = None,
+    tenants: TenantScope = None,
     until: datetime | None = None,
     names: Names | None = None,
 ) -> list[ChargeLine]:
@@ -43,9 +44,9 @@ def period_lines(
     hours only those begun before ``until``, if given (an open period, as of now). Tenants
     and projects are named from ``names`` (default: as they are now)."""
     names = names or Names.load(session)
-    usage, slo = _usage_lines(session, source, period, book, names, tenant_id)
+    usage, slo = _usage_lines(session, source, period, book, names, tenants)
     credits = _credit_lines(usage, slo, period, book, names)
-    return usage + credits + capacity_lines(session, period, book, names, tenant_id, until)
+    return usage + credits + capacity_lines(session, period, book, names, tenants, until)
 
 
 def _windows(
@@ -70,15 +71,13 @@ def _usage_lines(
     period: Period,
     book: PriceBook,
     names: Names,
-    tenant_id: uuid.UUID | None,
+    tenants: TenantScope,
 ) -> tuple[list[ChargeLine], dict[tuple[uuid.UUID, str], tuple[int, int]]]:
     """Token lines, summed in SQL per project x hour x model x tier x region over the
     outcomes the version in force bills; and SLO counts per tenant and tier."""
     s = source
     dims = (s.tenant_id, s.project_id, s.hour, s.model, s.tier, s.region)
-    scope = [s.hour >= period.start, s.hour < period.end]
-    if tenant_id is not None:
-        scope.append(s.tenant_id == tenant_id)
+    scope = [s.hour >= period.start, s.hour < period.end, in_scope(s.tenant_id, tenants)]
     lines: list[ChargeLine] = []
     for start, end, version in _windows(book, period):
         statement = (

@@ -7,8 +7,10 @@ can (the CLI, the worker) roll usage up first.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
 from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
+from trunkline.billing.charges import ChargeLine
 from trunkline.billing.focus import csv_chunks, focus_rows, write_parquet
 from trunkline.billing.invoice import render_invoices
 from trunkline.billing.periods import Period, month_of
@@ -29,7 +32,7 @@ from trunkline.billing.pricebook import (
     version_document,
     version_from_document,
 )
-from trunkline.billing.statements import close_period, statement
+from trunkline.billing.statements import close_period, statement, statements_by_tenants
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.ids import utcnow
 from trunkline.models import (
@@ -49,15 +52,21 @@ FORMATS = {  # text types without a charset: the HTTP response adds "; charset=u
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Export:
     chunks: Iterable[bytes]
     """The file in pieces, to write or send as they come (a FOCUS CSV of every tenant's month
-    is made as it is written); iterated once."""
+    is read and made as it is written); iterated once."""
     media_type: str
     filename: str
     final: bool
-    lines: int
+    lines: int = 0
+    """Charge lines made so far: all of them once ``chunks`` is consumed."""
+
+    def counting(self, lines: Iterable[ChargeLine]) -> Iterator[ChargeLine]:
+        for line in lines:
+            self.lines += 1
+            yield line
 
     @property
     def body(self) -> bytes:
@@ -238,26 +247,51 @@ def export_period(
     tenant_id: uuid.UUID | None = None,
     *,
     now: datetime | None = None,
+    reader: Callable[[], AbstractContextManager[Session]] | None = None,
 ) -> Export:
     """The period's charges in ``fmt`` (see ``FORMATS``): every tenant, or one; an open
-    period's as of ``now`` (default: the clock's)."""
+    period's as of ``now`` (default: the clock's).
+
+    A FOCUS export of every tenant reads its charge lines a group of tenants at a time
+    (``statements_by_tenants``) as its chunks are consumed: from a session of ``reader`` if
+    given (an API response is sent after its request's session closed), else from ``session``,
+    which must then stay open until the chunks are consumed."""
     if fmt not in FORMATS:
         raise InvalidRequest(
             f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", param="format"
         )
     book = load_price_book(session)
-    current = statement(session, period, book, tenant_id, now=now or utcnow())
+    now = now or utcnow()
+    final = session.get(BillingPeriod, period.start) is not None
     media_type, extension = FORMATS[fmt]
-    chunks: Iterable[bytes]
-    if fmt == "invoice":
-        text = render_invoices(current.lines, period, book.currency, final=current.closed)
-        chunks = [text.encode("utf-8")]
-    else:
-        rows = focus_rows(current.lines, period, book.currency, current.closed)
-        chunks = csv_chunks(rows) if fmt == "focus-csv" else [write_parquet(rows)]
     scope = "all" if tenant_id is None else str(tenant_id)
     filename = f"trunkline-{fmt}-{period.label}-{scope}.{extension}"
-    return Export(chunks, media_type, filename, current.closed, len(current.lines))
+    export = Export(iter(()), media_type, filename, final)
+    lines: Iterable[ChargeLine]
+    if fmt == "invoice" or tenant_id is not None:
+        lines = statement(session, period, book, tenant_id, now=now).lines
+    else:
+        source = reader or (lambda: contextlib.nullcontext(session))
+        lines = _every_tenant(source, period, book, now)
+    counted = export.counting(lines)
+    if fmt == "invoice":
+        text = render_invoices(list(counted), period, book.currency, final=final)
+        export.chunks = [text.encode("utf-8")]
+    else:
+        rows = focus_rows(counted, period, book.currency, final)
+        export.chunks = csv_chunks(rows) if fmt == "focus-csv" else [write_parquet(rows)]
+    return export
+
+
+def _every_tenant(
+    reader: Callable[[], AbstractContextManager[Session]],
+    period: Period,
+    book: PriceBook,
+    now: datetime,
+) -> Iterator[ChargeLine]:
+    with reader() as session:
+        for group in statements_by_tenants(session, period, book, now=now):
+            yield from group.lines
 
 
 def export_for(
@@ -266,12 +300,14 @@ def export_for(
     period: Period,
     fmt: str,
     tenant_id: uuid.UUID | None,
+    reader: Callable[[], AbstractContextManager[Session]] | None = None,
 ) -> Export:
-    """API entry: a tenant admin exports their tenant; every tenant needs a platform admin."""
+    """API entry: a tenant admin exports their tenant; every tenant needs a platform admin.
+    ``reader``: see ``export_period``."""
     if tenant_id is None:
         principal.require_platform_admin()
     else:
         principal.require_tenant_admin(tenant_id)
         if session.get(Tenant, tenant_id) is None:
             raise NotFound("tenant not found", param="tenant_id")
-    return export_period(session, period, fmt, tenant_id)
+    return export_period(session, period, fmt, tenant_id, reader=reader)

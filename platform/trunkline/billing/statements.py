@@ -11,14 +11,14 @@ corrections already billed) becomes ``Correction`` lines of the period being clo
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, union
 from sqlalchemy.orm import Session
 
 from trunkline.billing.charges import ChargeLine, LineKey, Names
@@ -26,9 +26,17 @@ from trunkline.billing.lines import period_lines
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import PriceBook
 from trunkline.billing.rating import ZERO, exact_difference, exact_sum
+from trunkline.billing.scope import TenantScope, in_scope
 from trunkline.errors import InvalidRequest
 from trunkline.metering.rollup_plan import KEY_COLUMNS, MEASURE_COLUMNS
-from trunkline.models import BilledUsage, BillingCorrection, BillingPeriod, UsageRollup
+from trunkline.models import (
+    BilledUsage,
+    BillingCorrection,
+    BillingPeriod,
+    DedicatedCapacity,
+    Tenant,
+    UsageRollup,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,7 @@ def stored_corrections(
     *,
     billed_in: Period | None = None,
     charged_in: Period | None = None,
-    tenant_id: uuid.UUID | None = None,
+    tenants: TenantScope = None,
 ) -> list[ChargeLine]:
     row = BillingCorrection
     statement = select(row.line)
@@ -114,23 +122,35 @@ def stored_corrections(
         statement = statement.where(
             row.charge_period_start >= charged_in.start, row.charge_period_start < charged_in.end
         )
-    if tenant_id is not None:
-        statement = statement.where(row.tenant_id == tenant_id)
+    statement = statement.where(in_scope(row.tenant_id, tenants))
     return [msgspec.convert(line, ChargeLine, strict=False) for line in session.scalars(statement)]
 
 
+def moved_periods(session: Session, before: Period) -> list[BillingPeriod]:
+    """The closed periods before ``before`` whose rollups moved since last reconciled."""
+    return [
+        closed
+        for closed in _closed(session, before)
+        if _watermark(session, month_of(closed.period_start))
+        != (closed.reconciled_rows, closed.reconciled_revisions)
+    ]
+
+
 def pending_corrections(
-    session: Session, book: PriceBook, before: Period, tenant_id: uuid.UUID | None = None
+    session: Session,
+    book: PriceBook,
+    before: Period,
+    tenants: TenantScope = None,
+    moved: list[BillingPeriod] | None = None,
 ) -> list[tuple[BillingPeriod, list[ChargeLine]]]:
-    """For each closed period before ``before`` whose rollups moved: its correction lines."""
+    """For each closed period before ``before`` whose rollups moved (``moved``, if the caller
+    knows them): its correction lines."""
     out = []
-    for closed in _closed(session, before):
+    for closed in moved_periods(session, before) if moved is None else moved:
         period = month_of(closed.period_start)
-        if _watermark(session, period) == (closed.reconciled_rows, closed.reconciled_revisions):
-            continue
-        now = period_lines(session, UsageRollup, period, book, tenant_id)
-        billed = period_lines(session, BilledUsage, period, book, tenant_id)
-        billed += stored_corrections(session, charged_in=period, tenant_id=tenant_id)
+        now = period_lines(session, UsageRollup, period, book, tenants)
+        billed = period_lines(session, BilledUsage, period, book, tenants)
+        billed += stored_corrections(session, charged_in=period, tenants=tenants)
         out.append((closed, diff_lines(billed, now)))
     return out
 
@@ -181,28 +201,64 @@ def statement(
     session: Session,
     period: Period,
     book: PriceBook,
-    tenant_id: uuid.UUID | None = None,
+    tenants: TenantScope = None,
     *,
     now: datetime | None = None,
+    moved: list[BillingPeriod] | None = None,
 ) -> Statement:
     """The lines of ``period``: final when it is closed, else as they stand ``now`` (with the
-    corrections closing it would bill, and the GPU hours begun so far)."""
+    corrections closing it would bill, and the GPU hours begun so far). ``moved``: the
+    ``moved_periods`` before it, if the caller knows them."""
     closed_row = session.get(BillingPeriod, period.start)
     closed = closed_row is not None
     if closed_row is not None:
         names = Names.from_document(closed_row.names) if closed_row.names else None
-        lines = period_lines(session, BilledUsage, period, book, tenant_id, names=names)
-        lines += stored_corrections(session, billed_in=period, tenant_id=tenant_id)
+        lines = period_lines(session, BilledUsage, period, book, tenants, names=names)
+        lines += stored_corrections(session, billed_in=period, tenants=tenants)
     else:
-        lines = period_lines(session, UsageRollup, period, book, tenant_id, until=now)
+        lines = period_lines(session, UsageRollup, period, book, tenants, until=now)
         closed_starts = set(session.scalars(select(BillingPeriod.period_start)))
-        for corrected, corrections in pending_corrections(session, book, period, tenant_id):
-            # Billed by the next period to close after the corrected one: shown in that
-            # period's preview alone, or summing previews for accruals counts them twice.
-            if _first_open_after(month_of(corrected.period_start), closed_starts) == period:
-                lines += corrections
+        # Billed by the next period to close after the corrected one: shown in that period's
+        # preview alone, or summing previews for accruals counts them twice.
+        billed_here = [
+            corrected
+            for corrected in (moved_periods(session, period) if moved is None else moved)
+            if _first_open_after(month_of(corrected.period_start), closed_starts) == period
+        ]
+        for _corrected, corrections in pending_corrections(
+            session, book, period, tenants, billed_here
+        ):
+            lines += corrections
     lines.sort(key=_order)
     return Statement(period, closed, lines)
+
+
+TENANTS_PER_STATEMENT = 200
+"""An export of every tenant reads the charge lines of this many tenants at a time."""
+
+
+def statements_by_tenants(
+    session: Session, period: Period, book: PriceBook, *, now: datetime, per: int = 0
+) -> Iterator[Statement]:
+    """``statement`` of every tenant, ``per`` (``TENANTS_PER_STATEMENT``) tenants at a time in
+    the order of their slugs: the lines of every tenant at once held 3 GB for 2.4 million
+    lines. Each tenant's lines come in one statement, sorted as ``statement`` sorts them; the
+    whole is sorted alike unless a tenant's lines carry two slugs (renamed after a correction)."""
+    closed = session.get(BillingPeriod, period.start)
+    names = Names.from_document(closed.names) if closed and closed.names else Names.load(session)
+    ids = sorted(_billable_tenants(session), key=lambda t: (names.tenant(t)[0], str(t)))
+    moved = [] if closed else moved_periods(session, period)
+    per = per or TENANTS_PER_STATEMENT
+    for start in range(0, len(ids), per):
+        group = frozenset(ids[start : start + per])
+        yield statement(session, period, book, group, now=now, moved=moved)
+
+
+def _billable_tenants(session: Session) -> set[uuid.UUID]:
+    """Every tenant that is, or has anything that could be billed (a deleted tenant's usage)."""
+    sources = (Tenant.id, UsageRollup.tenant_id, BilledUsage.tenant_id,
+               BillingCorrection.tenant_id, DedicatedCapacity.tenant_id)  # fmt: skip
+    return set(session.scalars(union(*(select(column).distinct() for column in sources))))
 
 
 def _first_open_after(period: Period, closed_starts: set[datetime]) -> Period:

@@ -103,15 +103,17 @@ def export_command(args: argparse.Namespace) -> int:
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
             if args.close and period.end <= utcnow():
                 service.close(session, period, utcnow())
-            export = service.export_period(session, period, args.format, tenant_id)
             if args.out is not None:  # in the transaction: a failed write leaves it open
+                export = service.export_period(session, period, args.format, tenant_id)
                 _write(args.out, export.chunks)
+        if args.out is None:  # after the commit: a reader that went (| head) undoes nothing
+            with runtime.session_factory() as session:  # read as it is written
+                export = service.export_period(session, period, args.format, tenant_id)
+                for chunk in export.chunks:
+                    sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
     finally:
         runtime.close()
-    if args.out is None:
-        for chunk in export.chunks:
-            sys.stdout.buffer.write(chunk)
-        sys.stdout.flush()
     state = "final" if export.final else "preliminary"
     print(f"{period.label}: {export.lines} charge lines ({state})", file=sys.stderr)
     return 0

@@ -13,7 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.principal import Principal
+from trunkline.billing import statements
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.focus import focus_rows, write_csv
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_document, version_from_document
 from trunkline.billing.service import (
@@ -465,3 +467,44 @@ def test_a_tenant_export_holds_only_that_tenant(
     acme = uuid.UUID(tenants["acme"].tenant_id)
     assert {r["BillingAccountId"] for r in focus(factory, tenant_id=acme)} == {str(acme)}
     assert len({r["BillingAccountId"] for r in focus(factory)}) == 2
+
+
+@pytest.mark.parametrize("period", ["2026-11", "2026-12"])
+def test_an_export_of_every_tenant_read_a_tenant_at_a_time_is_the_whole_statement(
+    factory: sessionmaker[Session],
+    tenants: dict[str, Account],
+    monkeypatch: pytest.MonkeyPatch,
+    period: str,
+) -> None:
+    """Every tenant's lines of a month were read at once: 3 GB for 2.4 million lines. Read a
+    group of tenants at a time, the export must hold the same rows in the same order: usage,
+    dedicated GPUs, SLA credits, and a closed period's correction in the open one."""
+    ingest(factory, [event(tenants[s], when=at(3)) for s in ("acme", "globex", "initech")])
+    with transaction(factory) as session:
+        add_capacity(session, uuid.UUID(tenants["initech"].tenant_id), "h100", 2, at(30, 22),
+                     prices=load_price_book(session), region="eu-west")  # fmt: skip
+        assert close(session, NOV, at(2, month=12))
+    late = [event(tenants[s], when=at(29), completion=5_000, ttft_ms=9_000.0) for s in tenants]
+    ingest(factory, [*late, event(tenants["globex"], when=at(2, month=12))])
+    now = at(6, month=12)
+    with transaction(factory) as session:  # every tenant's lines at once, as it was
+        book = load_price_book(session)
+        one = statements.statement(session, parse_period(period), book, None, now=now)
+        rows = focus_rows(one.lines, parse_period(period), book.currency, one.closed)
+        whole = list(csv.DictReader(io.StringIO(write_csv(rows).decode())))
+    assert len({r["BillingAccountId"] for r in whole}) == 3
+    assert any(r["ChargeClass"] == "Correction" for r in whole) == (period == "2026-12")
+    assert any(r["x_AcceleratorFlavor"] == "h100" for r in whole)
+
+    monkeypatch.setattr(statements, "TENANTS_PER_STATEMENT", 1)
+    read = []
+    original = statements.statement
+
+    def counted(*args: object, **kwargs: object) -> statements.Statement:
+        made = original(*args, **kwargs)  # type: ignore[arg-type]
+        read.append(len(made.lines))
+        return made
+
+    monkeypatch.setattr(statements, "statement", counted)
+    assert focus(factory, period, now=now) == whole
+    assert len(read) == 3 and max(read) < len(whole), "one tenant at a time"
