@@ -233,25 +233,37 @@ def statement(
     return Statement(period, closed, lines)
 
 
-TENANTS_PER_STATEMENT = 200
-"""An export of every tenant reads the charge lines of this many tenants at a time."""
+ROWS_PER_STATEMENT = 20_000
+"""An export of every tenant reads the charge lines of tenants holding about this many rollup
+rows at a time (up to three lines a row: about 60 MB of lines), or of one bigger tenant."""
 
 
 def statements_by_tenants(
-    session: Session, period: Period, book: PriceBook, *, now: datetime, per: int = 0
+    session: Session, period: Period, book: PriceBook, *, now: datetime
 ) -> Iterator[Statement]:
-    """``statement`` of every tenant, ``per`` (``TENANTS_PER_STATEMENT``) tenants at a time in
+    """``statement`` of every tenant, a group of tenants at a time (``ROWS_PER_STATEMENT``) in
     the order of their slugs: the lines of every tenant at once held 3 GB for 2.4 million
     lines. Each tenant's lines come in one statement, sorted as ``statement`` sorts them; the
     whole is sorted alike unless a tenant's lines carry two slugs (renamed after a correction)."""
     closed = session.get(BillingPeriod, period.start)
     names = Names.from_document(closed.names) if closed and closed.names else Names.load(session)
     ids = sorted(_billable_tenants(session), key=lambda t: (names.tenant(t)[0], str(t)))
+    source = BilledUsage if closed else UsageRollup
+    counted = (
+        select(source.tenant_id, func.count())
+        .where(source.hour >= period.start, source.hour < period.end)
+        .group_by(source.tenant_id)
+    )
+    rows = {tenant: count for tenant, count in session.execute(counted)}
     moved = [] if closed else moved_periods(session, period)
-    per = per or TENANTS_PER_STATEMENT
-    for start in range(0, len(ids), per):
-        group = frozenset(ids[start : start + per])
-        yield statement(session, period, book, group, now=now, moved=moved)
+    group: list[uuid.UUID] = []
+    weight = 0
+    for tenant in ids:
+        group.append(tenant)
+        weight += rows.get(tenant, 0) + 1  # a tenant without rows still has a few lines
+        if weight >= ROWS_PER_STATEMENT or tenant == ids[-1]:
+            yield statement(session, period, book, frozenset(group), now=now, moved=moved)
+            group, weight = [], 0
 
 
 def _billable_tenants(session: Session) -> set[uuid.UUID]:

@@ -496,7 +496,7 @@ def test_an_export_of_every_tenant_read_a_tenant_at_a_time_is_the_whole_statemen
     assert any(r["ChargeClass"] == "Correction" for r in whole) == (period == "2026-12")
     assert any(r["x_AcceleratorFlavor"] == "h100" for r in whole)
 
-    monkeypatch.setattr(statements, "TENANTS_PER_STATEMENT", 1)
+    monkeypatch.setattr(statements, "ROWS_PER_STATEMENT", 1)
     read = []
     original = statements.statement
 
