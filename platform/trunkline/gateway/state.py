@@ -9,6 +9,7 @@ import time
 
 from trunkline.snapshot import Snapshot, SnapshotSource
 from trunkline.snapshot.parts import Assembly
+from trunkline.snapshot.store import IncompleteSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class SnapshotHolder:
         plane publishes only on change."""
         self._task: asyncio.Task[None] | None = None
         self._parts = Assembly()
+        self._incomplete = False
 
     async def refresh(self) -> bool:
         """Load the snapshot if its version changed (fetching and decoding only the parts that
@@ -40,8 +42,8 @@ class SnapshotHolder:
         version = await self._source.version()
         self.reachable = True
         self.checked_at = time.monotonic()
-        if version is None or version == self.current.version:
-            return False
+        if version is None or version <= self.current.version:
+            return False  # an older one: versions only move forward (a key revoked stays so)
         loaded = await self._source.load(self._parts.digests)
         if loaded is None:
             return False
@@ -69,6 +71,16 @@ class SnapshotHolder:
             was_reachable = self.reachable
             try:
                 await self.refresh()
+            except IncompleteSnapshot as exc:  # the store answered: the control plane repairs it
+                if not self._incomplete:
+                    log.warning(
+                        "the snapshot store holds an incomplete snapshot; serving snapshot %s "
+                        "until the control plane publishes it again: %s",
+                        self.current.version,
+                        exc,
+                    )
+                self._incomplete = True
+                continue
             except Exception as exc:
                 # Keep serving the last good snapshot while the store is away. One line when
                 # it goes, one when it is back: polled twice a second, a traceback per poll
@@ -84,3 +96,4 @@ class SnapshotHolder:
             else:
                 if not was_reachable:
                     log.warning("snapshot store reachable again")
+                self._incomplete = False

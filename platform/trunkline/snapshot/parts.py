@@ -18,7 +18,13 @@ import msgspec
 
 from trunkline.quota.limits import Limits
 from trunkline.snapshot.schemas import KeyEntry, Snapshot
-from trunkline.snapshot.store import LEGACY, Loaded, SnapshotPublisher, SnapshotSource
+from trunkline.snapshot.store import (
+    LEGACY,
+    IncompleteSnapshot,
+    Loaded,
+    SnapshotPublisher,
+    SnapshotSource,
+)
 
 SHARDS = 64
 CORE = "core"
@@ -72,38 +78,65 @@ async def read_snapshot(source: SnapshotSource) -> Snapshot | None:
 
 
 class Assembly:
-    """A gateway's decoded parts, brought up to date with what each load fetched."""
+    """A gateway's decoded parts, brought up to date with what each load fetched. The keys of
+    unchanged shards are copied, not gathered again: a shard's change at 28,000 keys took 8 ms
+    to join, most of it rebuilding the key map."""
 
     def __init__(self) -> None:
         self.digests: dict[str, bytes] = {}
         self._core = Snapshot.empty()
         self._shards: dict[str, KeyShard] = {}
+        self._keys: dict[str, KeyEntry] = {}
+        self._limits: dict[str, Limits] = {}
 
     def apply(self, loaded: Loaded) -> Snapshot:
         """The snapshot ``loaded`` describes. Raises (and keeps what it held) when a part does
-        not decode."""
+        not decode, or the version has no core (``IncompleteSnapshot``): an empty snapshot
+        would refuse every key with a 401."""
         if LEGACY in loaded.digests:
             whole = _core_decoder.decode(loaded.blobs[LEGACY])
             self.digests, self._core, self._shards = dict(loaded.digests), whole, {}
+            self._keys, self._limits = {}, {}
             return msgspec.structs.replace(whole, version=loaded.version)
+        if CORE not in loaded.digests:
+            raise IncompleteSnapshot(f"snapshot version {loaded.version} has no core part")
         core = self._core if CORE not in loaded.blobs else _core_decoder.decode(loaded.blobs[CORE])
         fetched = {n: _shard_decoder.decode(b) for n, b in loaded.blobs.items() if n != CORE}
-        shards = {
-            n: fetched[n] if n in fetched else self._shards[n] for n in loaded.digests if n != CORE
-        }
+        held = self._shards
+        shards = {n: fetched[n] if n in fetched else held[n] for n in loaded.digests if n != CORE}
+        keys, limits = self._patched(held, shards, fetched.keys() | (held.keys() - shards.keys()))
         self.digests, self._core, self._shards = dict(loaded.digests), core, shards
-        return _join(core, shards.values(), loaded.version, loaded.published_at)
+        self._keys, self._limits = keys, limits
+        quotas = msgspec.structs.replace(core.quotas, keys=limits)
+        return msgspec.structs.replace(
+            core, version=loaded.version, published_at=loaded.published_at, keys=keys, quotas=quotas
+        )
+
+    def _patched(
+        self, held: dict[str, KeyShard], shards: dict[str, KeyShard], changed: Iterable[str]
+    ) -> tuple[dict[str, KeyEntry], dict[str, Limits]]:
+        """The key and limit maps of ``shards``: those held, copied (a served snapshot is never
+        changed under its requests), with the ``changed`` shards' entries replaced."""
+        changed = list(changed)
+        if 2 * len(changed) > len(shards):
+            return _gathered(shards.values())
+        keys, limits = dict(self._keys), dict(self._limits)
+        for name in changed:
+            if (old := held.get(name)) is not None:
+                for key_id in old.keys:
+                    del keys[key_id]
+                for key_id in old.limits:
+                    del limits[key_id]
+            if (new := shards.get(name)) is not None:
+                keys.update(new.keys)
+                limits.update(new.limits)
+        return keys, limits
 
 
-def _join(
-    core: Snapshot, shards: Iterable[KeyShard], version: int, published_at: float
-) -> Snapshot:
+def _gathered(shards: Iterable[KeyShard]) -> tuple[dict[str, KeyEntry], dict[str, Limits]]:
     keys: dict[str, KeyEntry] = {}
     limits: dict[str, Limits] = {}
     for shard in shards:
         keys.update(shard.keys)
         limits.update(shard.limits)
-    quotas = msgspec.structs.replace(core.quotas, keys=limits)
-    return msgspec.structs.replace(
-        core, version=version, published_at=published_at, keys=keys, quotas=quotas
-    )
+    return keys, limits

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -117,7 +117,7 @@ class InMemorySnapshotStore:
 # publishing at once can never move the version backwards. ARGV: version, time, content
 # digest, the parts' key prefix, then (name, digest, bytes) per part, the bytes empty for a
 # part the publisher found stored with that digest; if it no longer is (another publisher
-# wrote in between), nothing is written and -1 asks for every part's bytes.
+# wrote in between, or the part is gone), nothing is written and -1 asks for every part's bytes.
 _PUBLISH_LUA = """
 if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then
   return 0
@@ -125,7 +125,8 @@ end
 local named = {}
 for i = 5, #ARGV, 3 do
   named[ARGV[i]] = true
-  if ARGV[i + 2] == '' and redis.call('HGET', KEYS[4], ARGV[i]) ~= ARGV[i + 1] then
+  if ARGV[i + 2] == '' and (redis.call('HGET', KEYS[4], ARGV[i]) ~= ARGV[i + 1]
+      or redis.call('EXISTS', ARGV[4] .. ARGV[i]) == 0) then
     return -1
   end
 end
@@ -148,27 +149,22 @@ return 1
 """
 
 
-# One version as a reader needs it, in one step: version, time, every part's digest, then
-# (name, bytes) for each part whose digest differs from the one the reader holds.
-# ARGV: the parts' key prefix, then (name, digest) per part held.
-_LOAD_LUA = """
-local version = redis.call('GET', KEYS[1])
-if not version then
+# What the store holds is whole: its content digest, or false when a version lists no part
+# or a listed part is gone (evicted, deleted by hand), so the control plane publishes again.
+_DIGEST_LUA = """
+if not redis.call('GET', KEYS[1]) then
   return false
 end
-local held = {}
-for i = 2, #ARGV, 2 do
-  held[ARGV[i]] = ARGV[i + 1]
+local listed = redis.call('HKEYS', KEYS[3])
+if #listed == 0 then
+  return false
 end
-local listed = redis.call('HGETALL', KEYS[3])
-local out = {version, redis.call('GET', KEYS[2]), listed}
-for i = 1, #listed, 2 do
-  if held[listed[i]] ~= listed[i + 1] then
-    table.insert(out, listed[i])
-    table.insert(out, redis.call('GET', ARGV[1] .. listed[i]))
+for _, name in ipairs(listed) do
+  if redis.call('EXISTS', ARGV[1] .. name) == 0 then
+    return false
   end
 end
-return out
+return redis.call('GET', KEYS[2])
 """
 
 
@@ -210,6 +206,7 @@ class RedisSnapshotPublisher:
         self._keys = _Keys(prefix)
         self._script = client.register_script(_PUBLISH_LUA)
         self._next = client.register_script(_NEXT_VERSION_LUA)
+        self._digest = client.register_script(_DIGEST_LUA)
         self._clock_ms = clock_ms
 
     def next_version(self) -> int:
@@ -234,39 +231,62 @@ class RedisSnapshotPublisher:
         return None if raw is None else int(raw)
 
     def published_digest(self) -> bytes | None:
-        version, digest = self._client.mget(self._keys.version, self._keys.digest)
-        if version is None or not digest:
-            return None
-        return _bytes(digest)
+        """None also when a part of the stored version is gone: publishing again restores it."""
+        k = self._keys
+        digest = self._digest(keys=[k.version, k.digest, k.parts], args=[k.part_prefix])
+        return _bytes(digest) if digest else None
+
+
+class IncompleteSnapshot(LookupError):
+    """The store's version lacks parts (evicted, deleted by hand) or they kept changing while
+    read: the reader keeps what it holds, and the control plane's check publishes again."""
 
 
 class RedisSnapshotSource:
+    """Reads a version's digests in one step, then its parts one command each (Redis serves
+    other clients between them: a 12 MB read in one script held it for 15-76 ms), and keeps
+    a part only if its bytes have the digest listed: a publish in between is read again."""
+
+    TRIES = 3
+
     def __init__(self, client: aioredis.Redis, prefix: str = "trunkline") -> None:
         self._client = client
         self._keys = _Keys(prefix)
-        self._load = client.register_script(_LOAD_LUA)
 
     async def version(self) -> int | None:
+        """The newer of the parts' version and an older control plane's whole snapshot's (a
+        rollback, or old and new control planes side by side during an upgrade)."""
         current, legacy = await self._client.mget(self._keys.version, self._keys.legacy_version)
-        raw = current if current is not None else legacy
-        return None if raw is None else int(raw)
+        found = [int(raw) for raw in (current, legacy) if raw is not None]
+        return max(found) if found else None
 
     async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
-        k = self._keys
-        args: list[_Arg] = [k.part_prefix]
-        for name, digest in (held or {}).items():
-            args += [name, digest]
-        reply = await self._load(keys=[k.version, k.at, k.parts], args=args)
-        if reply is None:
-            return await self._load_legacy(held or {})
-        version, at, listed, *fetched = reply
-        digests = {bytes(n).decode(): bytes(d) for n, d in _pairs(listed)}
-        blobs: dict[str, bytes] = {}
-        for name, blob in _pairs(fetched):
-            if blob is None:  # evicted (a Redis with an eviction policy) or deleted by hand
-                raise LookupError(f"snapshot part {bytes(name).decode()} missing from Redis")
-            blobs[bytes(name).decode()] = bytes(blob)
-        return Loaded(int(version), float(at), digests, blobs)
+        k, held = self._keys, held or {}
+        missing: list[str] = []
+        for _ in range(self.TRIES):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(k.version)
+                pipe.get(k.at)
+                pipe.hgetall(k.parts)
+                pipe.get(k.legacy_version)
+                version, at, listed, legacy = await pipe.execute()
+            if legacy is not None and (version is None or int(legacy) > int(version)):
+                return await self._load_legacy(held)
+            if version is None:
+                return None
+            digests = {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}
+            if not digests:
+                raise IncompleteSnapshot(f"snapshot version {int(version)} lists no part")
+            wanted = [name for name, digest in digests.items() if held.get(name) != digest]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in wanted:
+                    pipe.get(k.part_prefix + name)
+                blobs = await pipe.execute() if wanted else []
+            fetched = {n: bytes(b) for n, b in zip(wanted, blobs, strict=True) if b is not None}
+            missing = [n for n in wanted if part_digest(fetched.get(n, b"")) != digests[n]]
+            if not missing:
+                return Loaded(int(version), float(at), digests, fetched)
+        raise IncompleteSnapshot(f"snapshot parts missing or changing in Redis: {missing}")
 
     async def _load_legacy(self, held: Mapping[str, bytes]) -> Loaded | None:
         async with self._client.pipeline(transaction=True) as pipe:
@@ -285,8 +305,3 @@ _Arg = bytes | str | int | float
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-def _pairs(flat: list[Any]) -> Iterator[tuple[Any, Any]]:
-    """(name, value) pairs of a Redis reply laid out name, value, name, value, ..."""
-    return zip(flat[::2], flat[1::2], strict=True)

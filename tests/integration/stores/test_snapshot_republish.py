@@ -27,6 +27,7 @@ from trunkline.keys.service import key_tenant, revoke_key
 from trunkline.models import ApiKey
 from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, read_snapshot
 from trunkline.snapshot.builder import current_digest
+from trunkline.snapshot.parts import shard_name
 from trunkline.tenancy.changes import config_generation, unit_of_work
 from unit.controlplane.cp_support import build_world, make_runtime, make_settings
 
@@ -59,6 +60,28 @@ def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
         assert after is not None and after > before, "gateways would take it for the old one"
         loaded = asyncio.run(_load(redis_url))
         assert "acme" in {tenant.slug for tenant in loaded.tenants.values()}
+    finally:
+        _wipe(client)
+        client.close()
+        runtime.close()
+
+
+def test_a_part_lost_from_redis_is_published_again_by_the_next_check(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A shard evicted or deleted by hand: the store's digest still matched the database, so
+    the check republished nothing and every gateway started since stayed without keys."""
+    client = redis.Redis.from_url(redis_url)
+    runtime = make_runtime(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path / "state")
+    runtime = dataclasses.replace(runtime, publisher=RedisSnapshotPublisher(client, PREFIX))
+    try:
+        with TestClient[Any](create_controlplane_app(runtime)) as http:
+            world = build_world(runtime, http)
+            key_id = world.create_key("acme-admin", "acme", "demo")["key"]["key_id"]
+        assert not republish_if_stale(runtime)  # held whole: nothing to do
+        client.delete(f"{PREFIX}:snapshot:v2:part:{shard_name(key_id)}")
+        assert republish_if_stale(runtime)  # not only on the thorough round
+        assert key_id in asyncio.run(_load(redis_url)).keys
     finally:
         _wipe(client)
         client.close()

@@ -16,7 +16,7 @@ from trunkline.snapshot import (
     RedisSnapshotPublisher,
     RedisSnapshotSource,
 )
-from trunkline.snapshot.store import LEGACY, content_digest, part_digest
+from trunkline.snapshot.store import LEGACY, IncompleteSnapshot, content_digest, part_digest
 
 
 class Pair:
@@ -157,4 +157,81 @@ async def test_gateways_read_a_whole_snapshot_an_older_control_plane_stored(
         assert (await source.load(loaded.digests)).blobs == {"core": b"parts"}  # type: ignore[union-attr]
     finally:
         client.delete(*client.keys("old:*"))
+        client.close()
+
+
+async def test_a_lost_part_is_noticed_and_published_again(redis_url: str) -> None:
+    """A part evicted or deleted by hand stayed lost: the store's digest still matched the
+    database, so nothing republished it, and every gateway started since could not load."""
+    client = redis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "lost")
+    source = RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "lost")
+    parts = {"core": b"c", "keys/05": b"k5", "keys/06": b"k6"}
+    try:
+        publisher.publish(publisher.next_version(), parts, published_at=1.0)
+        whole = publisher.published_digest()
+        client.delete("lost:snapshot:v2:part:keys/05")
+        assert publisher.published_digest() is None  # so the control plane's check publishes
+        with pytest.raises(IncompleteSnapshot, match="keys/05"):
+            await source.load()
+        publisher.publish(publisher.next_version(), parts, published_at=2.0)  # same content
+        assert publisher.published_digest() == whole
+        loaded = await source.load()
+        assert loaded is not None and loaded.blobs == parts
+    finally:
+        client.delete(*client.keys("lost:*"))
+        client.close()
+
+
+async def test_a_version_whose_part_list_is_gone_is_no_snapshot_to_serve(redis_url: str) -> None:
+    """A lost list of parts read as a snapshot with no key at all: every key got 401."""
+    client = redis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "nolist")
+    source = RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "nolist")
+    try:
+        publisher.publish(publisher.next_version(), {"core": b"c"}, published_at=1.0)
+        client.delete("nolist:snapshot:v2:parts")
+        assert publisher.published_digest() is None
+        with pytest.raises(IncompleteSnapshot, match="no part"):
+            await source.load()
+    finally:
+        client.delete(*client.keys("nolist:*"))
+        client.close()
+
+
+async def test_a_part_read_with_other_bytes_than_listed_is_not_served(redis_url: str) -> None:
+    """Parts are read one command at a time: bytes that are not the listed digest's (a publish
+    in between) are read again, and never paired with another version's list."""
+    client = redis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "torn")
+    source = RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "torn")
+    try:
+        publisher.publish(publisher.next_version(), {"core": b"c", "keys/01": b"a"}, published_at=1)
+        client.set("torn:snapshot:v2:part:keys/01", b"written by someone else")
+        with pytest.raises(IncompleteSnapshot, match="keys/01"):
+            await source.load()
+    finally:
+        client.delete(*client.keys("torn:*"))
+        client.close()
+
+
+async def test_an_older_control_plane_publishing_after_a_newer_one_is_read(
+    redis_url: str,
+) -> None:
+    """A control plane rolled back (or an old one beside a new one during an upgrade): the
+    gateways kept the new one's last parts for good, a key revoked through the old one
+    accepted."""
+    client = redis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "back")
+    source = RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "back")
+    try:
+        version = publisher.next_version()
+        publisher.publish(version, {"core": b"new"}, published_at=1.0)
+        client.set("back:snapshot", b"whole from the old one")
+        client.set("back:snapshot:version", version + 1)  # the old one shares the counter
+        assert await source.version() == version + 1
+        loaded = await source.load()
+        assert loaded is not None and loaded.blobs == {LEGACY: b"whole from the old one"}
+    finally:
+        client.delete(*client.keys("back:*"))
         client.close()

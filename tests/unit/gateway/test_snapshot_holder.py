@@ -14,7 +14,27 @@ from prometheus_client import CollectorRegistry
 
 from trunkline.gateway.health_metrics import GatewayHealthCollector
 from trunkline.gateway.state import SnapshotHolder
-from trunkline.snapshot import InMemorySnapshotStore, Loaded, Snapshot, store_snapshot
+from trunkline.snapshot import InMemorySnapshotStore, KeyEntry, Loaded, Snapshot, store_snapshot
+from trunkline.snapshot.store import IncompleteSnapshot
+
+
+class Calls:
+    """Counts a source's calls; a test awaits ``count`` more of them."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self._target = 0
+        self._reached = asyncio.Event()
+
+    def tick(self) -> None:
+        self.made += 1
+        if self.made >= self._target:
+            self._reached.set()
+
+    async def more(self, count: int) -> None:
+        self._target = self.made + count
+        self._reached.clear()
+        await self._reached.wait()
 
 
 class FlakySource:
@@ -22,20 +42,14 @@ class FlakySource:
 
     def __init__(self) -> None:
         self.down = False
-        self.polls = 0
-        self._target = 0
-        self._reached = asyncio.Event()
+        self.polls = Calls()
 
     async def polled(self, count: int) -> None:
         """Return once the holder polled ``count`` more times."""
-        self._target = self.polls + count
-        self._reached.clear()
-        await self._reached.wait()
+        await self.polls.more(count)
 
     async def version(self) -> int | None:
-        self.polls += 1
-        if self.polls >= self._target:
-            self._reached.set()
+        self.polls.tick()
         if self.down:
             raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         return 7
@@ -102,3 +116,65 @@ async def test_metrics_show_the_store_away_and_the_usage_events_held() -> None:
         assert age is not None and age >= 0
     finally:
         await holder.close()
+
+
+class ScriptedSource:
+    """A store whose version and parts a test sets: ``parts`` None raises what a store with
+    a part gone raises."""
+
+    def __init__(self) -> None:
+        self.store = InMemorySnapshotStore()
+        self.incomplete = False
+        self.loads = Calls()
+
+    async def loaded(self, count: int) -> None:
+        """Return once the holder tried ``count`` more loads."""
+        await self.loads.more(count)
+
+    def publish(self, version: int, key_ids: list[str]) -> None:
+        keys = {k: KeyEntry(k, "hash", "t", "p", None, None, None) for k in key_ids}
+        snapshot = msgspec.structs.replace(Snapshot.empty(), version=version, keys=keys)
+        store_snapshot(self.store, snapshot)
+
+    async def version(self) -> int | None:
+        return self.store.published_version()
+
+    async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
+        self.loads.tick()
+        if self.incomplete:
+            raise IncompleteSnapshot("snapshot parts missing or changing in Redis: ['keys/05']")
+        return await self.store.load(held)
+
+
+async def test_an_older_version_is_never_served_after_a_newer_one() -> None:
+    """A key revoked in version 9 was accepted again when the store fell back to version 8
+    (an older control plane's leftover snapshot)."""
+    source = ScriptedSource()
+    holder = SnapshotHolder(source, poll_s=60)
+    source.publish(9, ["kept"])
+    assert await holder.refresh()
+    source.store = InMemorySnapshotStore()
+    source.publish(8, ["kept", "revoked"])
+    assert not await holder.refresh()
+    assert set(holder.current.keys) == {"kept"} and holder.current.version == 9
+
+
+async def test_an_incomplete_snapshot_keeps_the_last_one_served_and_the_store_reachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It was reported as the store being unreachable, which it was not."""
+    source = ScriptedSource()
+    source.publish(3, ["a"])
+    holder = SnapshotHolder(source, poll_s=0.001)
+    with caplog.at_level(logging.WARNING, logger="trunkline.gateway.state"):
+        await holder.start()
+        source.publish(4, ["a", "b"])
+        source.incomplete = True
+        await source.loaded(20)
+        assert holder.reachable and holder.current.version == 3
+        source.incomplete = False
+        await source.loaded(1)
+        assert holder.current.version == 4
+        await holder.close()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "serving snapshot 3" in warnings[0], warnings

@@ -11,7 +11,7 @@ from trunkline.quota.limits import Limits, QuotaBook
 from trunkline.snapshot import InMemorySnapshotStore, Snapshot, store_snapshot
 from trunkline.snapshot.builder import digest_of
 from trunkline.snapshot.parts import CORE, Assembly, shard_name, split
-from trunkline.snapshot.store import LEGACY, Loaded, part_digest
+from trunkline.snapshot.store import LEGACY, IncompleteSnapshot, Loaded, part_digest
 
 
 def _reversed(mapping: dict) -> dict:  # type: ignore[type-arg]
@@ -112,3 +112,11 @@ def test_a_whole_snapshot_from_an_older_control_plane_is_served() -> None:
     blob = msgspec.msgpack.encode(published)
     served = Assembly().apply(Loaded(9, 0.0, {LEGACY: part_digest(blob)}, {LEGACY: blob}))
     assert served == msgspec.structs.replace(published, version=9)
+
+
+def test_a_version_without_its_core_is_refused_not_served_empty() -> None:
+    """A store that lost its list of parts read as a snapshot with no tenant and no key."""
+    assembly = Assembly()
+    with pytest.raises(IncompleteSnapshot, match="no core"):
+        assembly.apply(Loaded(1, 1.0, {}, {}))
+    assert assembly.digests == {}
