@@ -24,6 +24,7 @@ from support.vllm import (
     vllm_kv_hash,
 )
 from trunkline.gateway.pipeline import parse_body
+from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.routing import EndpointLoad, kv_event_index
 from trunkline.gateway.routing.prefix_index import KvEventIndex
 from trunkline.gateway.service import GatewayService
@@ -146,9 +147,15 @@ async def test_the_gateway_names_a_prompts_blocks_as_vllm_does(
     from the model's tokenizer must be the ones vLLM's KV events name the blocks by."""
     body = {"model": ALIAS, "max_tokens": 4, "ignore_eos": True, **body}
     request = parse_body(kind, msgspec.json.encode(body))
-    tokens = live.service.prompt_tokens
-    assert tokens is not None
-    view = await tokens.view(MODEL_NAME, request, None)
+    served = live.service.prompt_tokens
+    assert served is not None
+    # The gateway's tokenizers, without its 50 ms wait for the tokenizer thread: on a busy
+    # machine that wait, not the hashing under test, decided the outcome (None in a CI run).
+    tokens = PromptTokens(served.tokenizers, served.hashing, max_queue_wait_s=60.0)
+    try:
+        view = await tokens.view(MODEL_NAME, request, None)
+    finally:
+        tokens.close()
     assert view is not None
     hashes = list(view.block_hashes(BLOCK_SIZE))
     assert len(hashes) >= 3, "the prompt should fill several blocks"

@@ -94,6 +94,7 @@ async def test_configured_tokenizers_give_every_policy_token_views(
     settings = GatewaySettings(routing_policy=policy, tokenizers={"served": str(tokenizer_dir)})
     tokens = prompt_tokens(settings, routing_policy(policy))
     assert tokens is not None
+    tokens.max_queue_wait_s = 60.0  # a busy machine's slow thread start is not under test
 
     request = parse_body(
         "chat", b'{"model": "m", "messages": [{"role": "user", "content": "one"}]}'
