@@ -46,6 +46,7 @@ from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.db import driver_message
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.logging import bind, reset
+from trunkline.kit.page_links import provide_paging
 from trunkline.kit.text import shown
 from trunkline.metering.controllers import UsageController
 from trunkline.pools.controllers import (
@@ -176,6 +177,7 @@ def create_controlplane_app(
             "server_secret": Provide(secret_provider(runtime), sync_to_thread=False),
             "session_factory": Provide(lambda: runtime.session_factory, sync_to_thread=False),
             "quota_usage": Provide(usage_reader_provider(quota), sync_to_thread=False),
+            "paging": Provide(provide_paging, sync_to_thread=False),
         },
         on_shutdown=[quota.close],
         lifespan=[keeping_published(runtime, snapshot_check_s, sync)],

@@ -86,7 +86,7 @@ def create_command(args: argparse.Namespace) -> int:
 def list_command(args: argparse.Namespace) -> int:
     def work(session: Session, _runtime: Runtime) -> list[ApiKey]:
         tenant = tenant_by_slug(session, args.tenant)
-        return service.list_keys(session, Principal.system(), tenant.id)
+        return service.list_keys(session, Principal.system(), tenant.id).items
 
     _print_keys(_run(work))
     return 0

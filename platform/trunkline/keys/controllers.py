@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import uuid
 
-from litestar import Controller, get, post
+from litestar import Controller, Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from trunkline.auth.guards import tenant_member
 from trunkline.auth.params import Caller, DbSession, ServerSecret, TenantId
 from trunkline.keys import service
 from trunkline.keys.schemas import ApiKey, ApiKeyBatch, ApiKeyCreate, ApiKeyCreated
+from trunkline.kit.page_links import NEXT_PAGE_LINK, Paging
 
 
 class ApiKeyController(Controller):
@@ -22,16 +23,18 @@ class ApiKeyController(Controller):
     tags = ["keys"]
     guards = [tenant_member]
 
-    @get("/", sync_to_thread=True)
+    @get("/", sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
     def list_keys(
         self,
         db_session: DbSession,
         principal: Caller,
         tenant_id: TenantId,
+        paging: Paging,
         project_id: FromQuery[uuid.UUID | None] = None,
-    ) -> list[ApiKey]:
-        """Keys the caller may manage (never their secrets or hashes)."""
-        return service.list_keys(db_session, principal, tenant_id, project_id)
+    ) -> Response[list[ApiKey]]:
+        """Keys the caller may manage (never their secrets or hashes), oldest first."""
+        keys = service.list_keys(db_session, principal, tenant_id, project_id, paging.request)
+        return paging.answer(keys)
 
     @post("/", sync_to_thread=True)
     def create_key(

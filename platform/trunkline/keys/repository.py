@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
+from trunkline.kit.pagination import Keyset, Page, PageRequest
 from trunkline.models import ApiKey, Project
+
+KEYS = Keyset("keys", (ApiKey.created_at, ApiKey.key_id))
+"""Oldest first; the key id (unique) orders keys created at the same instant."""
 
 
 class ApiKeyRepository:
@@ -31,11 +34,13 @@ class ApiKeyRepository:
             statement = statement.where(ApiKey.created_by == self._created_by)
         return statement
 
-    def all(self, project_id: uuid.UUID | None = None) -> Sequence[tuple[ApiKey, str]]:
-        statement = self._select().order_by(ApiKey.created_at, ApiKey.key_id)
+    def page(
+        self, request: PageRequest, project_id: uuid.UUID | None = None
+    ) -> Page[tuple[ApiKey, str]]:
+        statement = self._select()
         if project_id is not None:
             statement = statement.where(ApiKey.project_id == project_id)
-        return self._session.execute(statement).all()
+        return KEYS.page(self._session, statement, request)
 
     def get(self, key_id: str) -> tuple[ApiKey, str] | None:
         statement = self._select().where(ApiKey.key_id == key_id)

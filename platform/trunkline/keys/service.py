@@ -25,6 +25,7 @@ from trunkline.keys.schemas import (
     status,
 )
 from trunkline.kit.ids import utcnow
+from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import ApiKey as ApiKeyRow
 from trunkline.models import Tenant
 from trunkline.pools.entitlements import entitled_aliases
@@ -45,9 +46,11 @@ def list_keys(
     principal: Principal,
     tenant_id: uuid.UUID,
     project_id: uuid.UUID | None = None,
-) -> list[ApiKey]:
+    page: PageRequest = EVERYTHING,
+) -> Page[ApiKey]:
     """Keys the caller may manage, oldest first, revoked and expired included."""
-    return [ApiKey.of(k, p) for k, p in _keys(session, principal, tenant_id).all(project_id)]
+    keys = _keys(session, principal, tenant_id).page(page, project_id)
+    return keys.map(lambda row: ApiKey.of(*row))
 
 
 def get_key(session: Session, principal: Principal, tenant_id: uuid.UUID, key_id: str) -> ApiKey:

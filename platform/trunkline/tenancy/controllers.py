@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import FromPath, JSONBody
 
 from trunkline.auth.guards import authenticated, platform_admin, tenant_admin, tenant_member
 from trunkline.auth.params import Caller, DbSession, TenantId
+from trunkline.kit.page_links import NEXT_PAGE_LINK, Paging
 from trunkline.tenancy import service
 from trunkline.tenancy.schemas import (
     Member,
@@ -58,10 +59,12 @@ class TenantController(Controller):
     path = "/api/v1/tenants"
     tags = ["tenants"]
 
-    @get("/", guards=[authenticated], sync_to_thread=True)
-    def list_tenants(self, db_session: DbSession, principal: Caller) -> list[Tenant]:
-        """All tenants for a platform admin, the caller's own tenants otherwise."""
-        return service.list_tenants(db_session, principal)
+    @get("/", guards=[authenticated], sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
+    def list_tenants(
+        self, db_session: DbSession, principal: Caller, paging: Paging
+    ) -> Response[list[Tenant]]:
+        """All tenants for a platform admin, the caller's own tenants otherwise; by slug."""
+        return paging.answer(service.list_tenants(db_session, principal, paging.request))
 
     @post("/", guards=[platform_admin], sync_to_thread=True)
     def create_tenant(self, db_session: DbSession, data: JSONBody[TenantCreate]) -> Tenant:
@@ -94,10 +97,12 @@ class MemberController(Controller):
     tags = ["members"]
     guards = [tenant_admin]
 
-    @get("/", sync_to_thread=True)
-    def list_members(self, db_session: DbSession, tenant_id: TenantId) -> list[Member]:
-        """Role: tenant admin."""
-        return service.list_members(db_session, tenant_id)
+    @get("/", sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
+    def list_members(
+        self, db_session: DbSession, tenant_id: TenantId, paging: Paging
+    ) -> Response[list[Member]]:
+        """By e-mail address. Role: tenant admin."""
+        return paging.answer(service.list_members(db_session, tenant_id, paging.request))
 
     @post("/", sync_to_thread=True)
     def add_member(
@@ -135,10 +140,12 @@ class ProjectController(Controller):
     path = TENANT_PATH + "/projects"
     tags = ["projects"]
 
-    @get("/", guards=[tenant_member], sync_to_thread=True)
-    def list_projects(self, db_session: DbSession, tenant_id: TenantId) -> list[Project]:
-        """Role: member of the tenant."""
-        return service.list_projects(db_session, tenant_id)
+    @get("/", guards=[tenant_member], sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
+    def list_projects(
+        self, db_session: DbSession, tenant_id: TenantId, paging: Paging
+    ) -> Response[list[Project]]:
+        """By name. Role: member of the tenant."""
+        return paging.answer(service.list_projects(db_session, tenant_id, paging.request))
 
     @get("/{project_id:uuid}", guards=[tenant_member], sync_to_thread=True)
     def get_project(

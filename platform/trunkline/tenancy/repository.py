@@ -13,7 +13,12 @@ from collections.abc import Sequence
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from trunkline.kit.pagination import Keyset, Page, PageRequest
 from trunkline.models import Membership, Project, Role, Tenant, Tier, User
+
+TENANTS = Keyset("tenants", (Tenant.slug,))
+MEMBERS = Keyset("members", (User.email,))
+PROJECTS = Keyset("projects", (Project.name,))
 
 
 class TierRepository:
@@ -43,8 +48,8 @@ class TenantRepository:
             statement = statement.where(Tenant.id.in_(self._visible))
         return statement
 
-    def all(self) -> Sequence[Tenant]:
-        return self._session.scalars(self._select().order_by(Tenant.slug)).all()
+    def page(self, request: PageRequest) -> Page[Tenant]:
+        return TENANTS.scalars(self._session, self._select(), request)
 
     def get(self, tenant_id: uuid.UUID) -> Tenant | None:
         return self._session.scalars(self._select().where(Tenant.id == tenant_id)).one_or_none()
@@ -69,8 +74,8 @@ class MembershipRepository:
             .where(Membership.tenant_id == self._tenant_id)
         )
 
-    def all(self) -> Sequence[tuple[Membership, User]]:
-        return self._session.execute(self._select().order_by(User.email)).all()
+    def page(self, request: PageRequest) -> Page[tuple[Membership, User]]:
+        return MEMBERS.page(self._session, self._select(), request)
 
     def get(self, user_id: uuid.UUID) -> tuple[Membership, User] | None:
         row = self._session.execute(self._select().where(User.id == user_id))
@@ -109,8 +114,8 @@ class ProjectRepository:
     def _select(self) -> Select[Project]:
         return select(Project).where(Project.tenant_id == self._tenant_id)
 
-    def all(self) -> Sequence[Project]:
-        return self._session.scalars(self._select().order_by(Project.name)).all()
+    def page(self, request: PageRequest) -> Page[Project]:
+        return PROJECTS.scalars(self._session, self._select(), request)
 
     def get(self, project_id: uuid.UUID) -> Project | None:
         statement = self._select().where(Project.id == project_id)

@@ -18,6 +18,7 @@ from trunkline.auth.service import ensure_user, normalise_email
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.keys.repository import ApiKeyRepository
 from trunkline.kit.ids import utcnow
+from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Membership, RetiredProject, Role, User
 from trunkline.models import Tenant as TenantRow
 from trunkline.models import Tier as TierRow
@@ -83,9 +84,11 @@ def _tier(session: Session, name: str, *, param: str | None = None) -> TierRow:
 # --- tenants ----------------------------------------------------------------------------------
 
 
-def list_tenants(session: Session, principal: Principal) -> list[Tenant]:
+def list_tenants(
+    session: Session, principal: Principal, page: PageRequest = EVERYTHING
+) -> Page[Tenant]:
     """Every tenant for a platform admin; the caller's own tenants for anyone else."""
-    return [Tenant.of(t) for t in TenantRepository(session, principal.visible_tenants()).all()]
+    return TenantRepository(session, principal.visible_tenants()).page(page).map(Tenant.of)
 
 
 def get_tenant(session: Session, principal: Principal, tenant_id: uuid.UUID) -> Tenant:
@@ -149,9 +152,11 @@ def _check_regions(regions: Sequence[str]) -> None:
 # --- members ----------------------------------------------------------------------------------
 
 
-def list_members(session: Session, tenant_id: uuid.UUID) -> list[Member]:
+def list_members(
+    session: Session, tenant_id: uuid.UUID, page: PageRequest = EVERYTHING
+) -> Page[Member]:
     tenant_row(session, Principal.system(), tenant_id)
-    return [Member.of(m, u) for m, u in MembershipRepository(session, tenant_id).all()]
+    return MembershipRepository(session, tenant_id).page(page).map(lambda row: Member.of(*row))
 
 
 def add_member(session: Session, tenant_id: uuid.UUID, data: MemberAdd) -> Member:
@@ -218,9 +223,11 @@ def _keep_an_admin(session: Session, members: MembershipRepository) -> None:
 # --- projects ---------------------------------------------------------------------------------
 
 
-def list_projects(session: Session, tenant_id: uuid.UUID) -> list[Project]:
+def list_projects(
+    session: Session, tenant_id: uuid.UUID, page: PageRequest = EVERYTHING
+) -> Page[Project]:
     tenant_row(session, Principal.system(), tenant_id)
-    return [Project.of(p) for p in ProjectRepository(session, tenant_id).all()]
+    return ProjectRepository(session, tenant_id).page(page).map(Project.of)
 
 
 def get_project(session: Session, tenant_id: uuid.UUID, project_id: uuid.UUID) -> Project:

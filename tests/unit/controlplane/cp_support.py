@@ -87,6 +87,27 @@ class Api:
     def delete(self, path: str, expect: int = 204) -> Any:
         return self.call("DELETE", path, expect)
 
+    def page(self, url: str, **params: Any) -> tuple[list[Any], str | None]:
+        """One page of a listing and the URL of the next (its ``Link: rel="next"``), if any."""
+        response = self.client.get(url, headers=self.headers, params=params or None)
+        assert response.status_code == 200, (url, response.status_code, response.text)
+        following = response.links.get("next")
+        return response.json(), None if following is None else following["url"]
+
+    def walk(self, url: str, **params: Any) -> list[tuple[list[Any], str | None]]:
+        """Every page of a listing from ``url`` (with ``params``) on, each with the URL of the
+        page after it, following the next links to the last page."""
+        walked, seen = [self.page(url, **params)], {url}
+        while (following := walked[-1][1]) is not None:
+            assert following not in seen, f"the link goes back to {following}"
+            seen.add(following)
+            walked.append(self.page(following))
+        return walked
+
+    def pages(self, url: str, **params: Any) -> list[list[Any]]:
+        """:meth:`walk`'s pages, without the links."""
+        return [rows for rows, _following in self.walk(url, **params)]
+
 
 @dataclass
 class World:
