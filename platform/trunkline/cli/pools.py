@@ -144,7 +144,7 @@ def _option(field: str) -> str:
 
 
 def list_command(_args: argparse.Namespace) -> int:
-    pools = run_work(lambda session, _rt: service.list_pools(session))
+    pools = run_work(lambda session, _rt: service.list_pools(session).items)
     rows = [
         ("NAME", "MODEL", "FLAVOR", "REGION", "BURST", "$/H", "CAPACITY", "TOK/S", "PROMPTS",
          "TIERS", "ENDPOINTS"),

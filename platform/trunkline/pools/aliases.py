@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session
 
 from trunkline.errors import InvalidRequest, NotFound
+from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Model as ModelRow
 from trunkline.models import ModelAlias
 from trunkline.pools.repository import ModelRepository, PoolRepository
@@ -21,8 +22,9 @@ from trunkline.tenancy.changes import assign, mark_config_changed
 from trunkline.tenancy.schemas import given
 
 
-def list_aliases(session: Session) -> list[AliasView]:
-    return [_view(session, a, m) for a, m in ModelRepository(session).aliases_with_models()]
+def list_aliases(session: Session, page: PageRequest = EVERYTHING) -> Page[AliasView]:
+    rows = ModelRepository(session).aliases_with_models(page)
+    return rows.map(lambda row: _view(session, *row))
 
 
 def get_alias(session: Session, alias: str) -> AliasView:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import uuid
 
-from litestar import Controller, delete, get, patch, post, put
+from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from trunkline.auth.guards import authenticated, platform_admin, tenant_member
 from trunkline.auth.params import Caller, DbSession, TenantId
+from trunkline.kit.page_links import NEXT_PAGE_LINK, Paging
 from trunkline.pools import aliases, entitlements, service
 from trunkline.pools.schemas import (
     AliasCreate,
@@ -69,9 +70,10 @@ class CatalogModelController(Controller):
     tags = ["catalog"]
     guards = [platform_admin]
 
-    @get("/models", sync_to_thread=True)
-    def list_models(self, db_session: DbSession) -> list[Model]:
-        return service.list_models(db_session)
+    @get("/models", sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
+    def list_models(self, db_session: DbSession, paging: Paging) -> Response[list[Model]]:
+        """By name."""
+        return paging.answer(service.list_models(db_session, paging.request))
 
     @post("/models", sync_to_thread=True)
     def create_model(self, db_session: DbSession, data: JSONBody[ModelCreate]) -> Model:
@@ -99,9 +101,10 @@ class CatalogModelController(Controller):
         aliases.create_alias(db_session, data)
         return service.get_model(db_session, data.model)
 
-    @get("/aliases", sync_to_thread=True)
-    def list_aliases(self, db_session: DbSession) -> list[AliasView]:
-        return aliases.list_aliases(db_session)
+    @get("/aliases", sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
+    def list_aliases(self, db_session: DbSession, paging: Paging) -> Response[list[AliasView]]:
+        """By alias."""
+        return paging.answer(aliases.list_aliases(db_session, paging.request))
 
     @get("/aliases/{alias:path}", sync_to_thread=True)
     def get_alias(self, db_session: DbSession, alias: FromPath[str]) -> AliasView:
@@ -127,9 +130,10 @@ class PoolController(Controller):
     tags = ["catalog"]
     guards = [platform_admin]
 
-    @get("/", sync_to_thread=True)
-    def list_pools(self, db_session: DbSession) -> list[Pool]:
-        return service.list_pools(db_session)
+    @get("/", sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
+    def list_pools(self, db_session: DbSession, paging: Paging) -> Response[list[Pool]]:
+        """By name."""
+        return paging.answer(service.list_pools(db_session, paging.request))
 
     @post("/", sync_to_thread=True)
     def create_pool(self, db_session: DbSession, data: JSONBody[PoolCreate]) -> Pool:
@@ -164,10 +168,13 @@ class EntitlementController(Controller):
     path = "/api/v1/tenants/{tenant_id:uuid}/entitlements"
     tags = ["entitlements"]
 
-    @get("/", guards=[tenant_member], sync_to_thread=True)
-    def list_entitlements(self, db_session: DbSession, tenant_id: TenantId) -> list[Entitlement]:
-        """Aliases the tenant may use. Role: member of the tenant."""
-        return entitlements.list_entitlements(db_session, tenant_id)
+    @get("/", guards=[tenant_member], sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
+    def list_entitlements(
+        self, db_session: DbSession, tenant_id: TenantId, paging: Paging
+    ) -> Response[list[Entitlement]]:
+        """Aliases the tenant may use, by alias. Role: member of the tenant."""
+        found = entitlements.list_entitlements(db_session, tenant_id, paging.request)
+        return paging.answer(found)
 
     @put("/{alias:path}", guards=[platform_admin], sync_to_thread=True)
     def grant(
@@ -194,12 +201,15 @@ class AvailableModelController(Controller):
     path = "/api/v1/models"
     tags = ["catalog"]
 
-    @get("/", guards=[authenticated], sync_to_thread=True)
+    @get("/", guards=[authenticated], sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
     def available_models(
         self,
         db_session: DbSession,
         principal: Caller,
+        paging: Paging,
         tenant_id: FromQuery[uuid.UUID | None] = None,
-    ) -> list[AvailableModel]:
-        """Aliases the caller's tenants may use; ``?tenant_id=`` narrows to one tenant."""
-        return entitlements.available_models(db_session, principal, tenant_id)
+    ) -> Response[list[AvailableModel]]:
+        """Aliases the caller's tenants may use, by alias; ``?tenant_id=`` narrows to one
+        tenant."""
+        found = entitlements.available_models(db_session, principal, tenant_id, paging.request)
+        return paging.answer(found)

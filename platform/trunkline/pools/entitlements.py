@@ -9,16 +9,26 @@ from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
 from trunkline.errors import InvalidRequest, NotFound
+from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
+from trunkline.models import Entitlement as EntitlementRow
+from trunkline.models import Model as ModelRow
+from trunkline.models import ModelAlias
 from trunkline.pools.repository import EntitlementRepository, ModelRepository, entitled_tenants
 from trunkline.pools.schemas import AvailableModel, Entitlement
 from trunkline.tenancy.changes import mark_config_changed
 from trunkline.tenancy.service import tenant_row
 
 
-def list_entitlements(session: Session, tenant_id: uuid.UUID) -> list[Entitlement]:
+def list_entitlements(
+    session: Session, tenant_id: uuid.UUID, page: PageRequest = EVERYTHING
+) -> Page[Entitlement]:
     tenant_row(session, Principal.system(), tenant_id)
-    rows = EntitlementRepository(session, tenant_id).all()
-    return [Entitlement(e.tenant_id, a.alias, m.name, e.created_at) for e, a, m in rows]
+    return EntitlementRepository(session, tenant_id).page(page).map(_entitlement)
+
+
+def _entitlement(row: tuple[EntitlementRow, ModelAlias, ModelRow]) -> Entitlement:
+    entitlement, alias, model = row
+    return Entitlement(entitlement.tenant_id, alias.alias, model.name, entitlement.created_at)
 
 
 def entitled_aliases(session: Session, tenant_id: uuid.UUID) -> set[str]:
@@ -33,7 +43,7 @@ def grant_entitlement(session: Session, tenant_id: uuid.UUID, alias: str) -> Ent
         raise NotFound(f"alias {alias!r} not found", param="alias")
     if EntitlementRepository(session, tenant_id).ensure(row):
         mark_config_changed(session)
-    return next(e for e in list_entitlements(session, tenant_id) if e.alias == alias)
+    return next(e for e in list_entitlements(session, tenant_id).items if e.alias == alias)
 
 
 def revoke_entitlement(session: Session, tenant_id: uuid.UUID, alias: str) -> None:
@@ -71,9 +81,12 @@ def set_entitlements(
 
 
 def available_models(
-    session: Session, principal: Principal, tenant_id: uuid.UUID | None = None
-) -> list[AvailableModel]:
-    """Aliases the caller's tenants may use (every alias for a platform admin).
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID | None = None,
+    page: PageRequest = EVERYTHING,
+) -> Page[AvailableModel]:
+    """Aliases the caller's tenants may use (every alias for a platform admin), by alias.
 
     ``tenant_id`` narrows the answer to one of the caller's tenants.
     """
@@ -81,10 +94,12 @@ def available_models(
     if tenant_id is not None:
         principal.require_member(tenant_id)
         visible = frozenset({tenant_id})
-    tenants_by_alias = entitled_tenants(session, visible)
-    return [
-        AvailableModel(alias.alias, model.name, model.kind, model.context_length,
-                       sorted(tenants_by_alias.get(alias.alias, []), key=str))
-        for alias, model in ModelRepository(session).aliases_with_models()
-        if (visible is None and tenant_id is None) or alias.alias in tenants_by_alias
-    ]  # fmt: skip
+    rows = ModelRepository(session).available(visible, page)
+    tenants_by_alias = entitled_tenants(session, visible, (a.alias for a, _m in rows.items))
+
+    def available(row: tuple[ModelAlias, ModelRow]) -> AvailableModel:
+        alias, model = row
+        tenants = sorted(tenants_by_alias.get(alias.alias, []), key=str)
+        return AvailableModel(alias.alias, model.name, model.kind, model.context_length, tenants)
+
+    return rows.map(available)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, exists, select
 from sqlalchemy.orm import Session
 
 from trunkline.kit.db import conflict_insert
 from trunkline.kit.ids import utcnow
+from trunkline.kit.pagination import EVERYTHING, Keyset, Page, PageRequest
 from trunkline.models import (
     AcceleratorFlavor,
     Endpoint,
@@ -18,6 +19,12 @@ from trunkline.models import (
     ModelAlias,
     Pool,
 )
+
+MODELS = Keyset("models", (Model.name,))
+ALIASES = Keyset("aliases", (ModelAlias.alias,))
+AVAILABLE_MODELS = Keyset("available-models", (ModelAlias.alias,))
+POOLS = Keyset("pools", (Pool.name,))
+ENTITLEMENTS = Keyset("entitlements", (ModelAlias.alias,))
 
 
 class FlavorRepository:
@@ -37,8 +44,8 @@ class ModelRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def all(self) -> Sequence[Model]:
-        return self._session.scalars(select(Model).order_by(Model.name)).all()
+    def page(self, request: PageRequest) -> Page[Model]:
+        return MODELS.scalars(self._session, select(Model), request)
 
     def by_name(self, name: str) -> Model | None:
         return self._session.scalars(select(Model).where(Model.name == name)).one_or_none()
@@ -72,13 +79,20 @@ class ModelRepository:
         rows = self._session.scalars(select(ModelAlias).order_by(ModelAlias.alias))
         return [alias for alias in rows if alias.pools and pool in alias.pools]
 
-    def aliases_with_models(self) -> Sequence[tuple[ModelAlias, Model]]:
-        statement = (
-            select(ModelAlias, Model)
-            .join(Model, ModelAlias.model_id == Model.id)
-            .order_by(ModelAlias.alias)
-        )
-        return self._session.execute(statement).all()
+    def aliases_with_models(self, request: PageRequest) -> Page[tuple[ModelAlias, Model]]:
+        return ALIASES.page(self._session, _aliases_with_models(), request)
+
+    def available(
+        self, tenant_ids: frozenset[uuid.UUID] | None, request: PageRequest
+    ) -> Page[tuple[ModelAlias, Model]]:
+        """Aliases one of ``tenant_ids`` is entitled to (``None``: every alias)."""
+        statement = _aliases_with_models()
+        if tenant_ids is not None:
+            entitled = select(Entitlement.id).where(
+                Entitlement.alias_id == ModelAlias.id, Entitlement.tenant_id.in_(tenant_ids)
+            )
+            statement = statement.where(exists(entitled))
+        return AVAILABLE_MODELS.page(self._session, statement, request)
 
 
 class PoolRepository:
@@ -92,8 +106,8 @@ class PoolRepository:
             .join(AcceleratorFlavor, Pool.flavor_id == AcceleratorFlavor.id)
         )
 
-    def all(self) -> Sequence[tuple[Pool, Model, AcceleratorFlavor]]:
-        return self._session.execute(self._select().order_by(Pool.name)).all()
+    def page(self, request: PageRequest) -> Page[tuple[Pool, Model, AcceleratorFlavor]]:
+        return POOLS.page(self._session, self._select(), request)
 
     def by_name(self, name: str) -> tuple[Pool, Model, AcceleratorFlavor] | None:
         statement = self._select().where(Pool.name == name)
@@ -120,8 +134,11 @@ class EntitlementRepository:
             .where(Entitlement.tenant_id == self._tenant_id)
         )
 
-    def all(self) -> Sequence[tuple[Entitlement, ModelAlias, Model]]:
-        return self._session.execute(self._select().order_by(ModelAlias.alias)).all()
+    def page(self, request: PageRequest) -> Page[tuple[Entitlement, ModelAlias, Model]]:
+        return ENTITLEMENTS.page(self._session, self._select(), request)
+
+    def all(self) -> list[tuple[Entitlement, ModelAlias, Model]]:
+        return self.page(EVERYTHING).items
 
     def aliases(self) -> set[str]:
         return {alias.alias for _e, alias, _m in self.all()}
@@ -156,12 +173,18 @@ class EntitlementRepository:
         self._session.delete(entitlement)
 
 
+def _aliases_with_models() -> Select[ModelAlias, Model]:
+    return select(ModelAlias, Model).join(Model, ModelAlias.model_id == Model.id)
+
+
 def entitled_tenants(
-    session: Session, tenant_ids: frozenset[uuid.UUID] | None
+    session: Session, tenant_ids: frozenset[uuid.UUID] | None, aliases: Iterable[str]
 ) -> dict[str, list[uuid.UUID]]:
-    """Alias → the given tenants entitled to it (``None``: every tenant)."""
-    statement = select(ModelAlias.alias, Entitlement.tenant_id).join(
-        Entitlement, Entitlement.alias_id == ModelAlias.id
+    """Alias (of ``aliases``) → the given tenants entitled to it (``None``: every tenant)."""
+    statement = (
+        select(ModelAlias.alias, Entitlement.tenant_id)
+        .join(Entitlement, Entitlement.alias_id == ModelAlias.id)
+        .where(ModelAlias.alias.in_(list(aliases)))
     )
     if tenant_ids is not None:
         statement = statement.where(Entitlement.tenant_id.in_(tenant_ids))

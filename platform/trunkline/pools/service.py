@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from trunkline.billing.service import unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.ids import utcnow
+from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import AcceleratorFlavor, Endpoint, ModelAlias
 from trunkline.models import Model as ModelRow
 from trunkline.models import Pool as PoolRow
@@ -86,10 +87,10 @@ def flavor_row(session: Session, name: str, *, param: str | None = None) -> Acce
 # --- models and aliases -----------------------------------------------------------------------
 
 
-def list_models(session: Session) -> list[Model]:
-    rows = ModelRepository(session).all()
-    aliases = ModelRepository(session).aliases_of(m.id for m in rows)
-    return [Model.of(m, aliases[m.id]) for m in rows]
+def list_models(session: Session, page: PageRequest = EVERYTHING) -> Page[Model]:
+    rows = ModelRepository(session).page(page)
+    aliases = ModelRepository(session).aliases_of(m.id for m in rows.items)
+    return rows.map(lambda m: Model.of(m, aliases[m.id]))
 
 
 def get_model(session: Session, name: str) -> Model:
@@ -153,7 +154,8 @@ def check_cascades_of(session: Session, model: ModelRow) -> None:
 
 def delete_model(session: Session, name: str) -> None:
     model = model_row(session, name)
-    pools = [p.name for p, m, _f in PoolRepository(session).all() if m.id == model.id]
+    every_pool = PoolRepository(session).page(EVERYTHING).items
+    pools = [p.name for p, m, _f in every_pool if m.id == model.id]
     if pools:
         raise Conflict(f"model {name!r} is served by pools {', '.join(pools)}; delete them first")
     for alias in ModelRepository(session).cascades_of(model.id):
@@ -235,10 +237,10 @@ def _model_view(session: Session, model: ModelRow) -> Model:
 # --- pools and endpoints ----------------------------------------------------------------------
 
 
-def list_pools(session: Session) -> list[Pool]:
-    rows = PoolRepository(session).all()
-    endpoints = PoolRepository(session).endpoints(p.id for p, _m, _f in rows)
-    return [_pool_view(p, m, f, endpoints[p.id]) for p, m, f in rows]
+def list_pools(session: Session, page: PageRequest = EVERYTHING) -> Page[Pool]:
+    rows = PoolRepository(session).page(page)
+    endpoints = PoolRepository(session).endpoints(p.id for p, _m, _f in rows.items)
+    return rows.map(lambda row: _pool_view(*row, endpoints[row[0].id]))
 
 
 def get_pool(session: Session, name: str) -> Pool:

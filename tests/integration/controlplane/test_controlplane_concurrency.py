@@ -130,7 +130,8 @@ def test_an_alias_granted_twice_at_once_is_granted_once_and_both_succeed(world: 
     runtime = world.runtime
     with runtime.session_factory() as session:
         tenant = session.scalars(select(Tenant.id).where(Tenant.slug == "initech")).one()
-        assert "bge-small" not in {e.alias for e in entitlements.list_entitlements(session, tenant)}
+        granted = entitlements.list_entitlements(session, tenant).items
+        assert "bge-small" not in {e.alias for e in granted}
 
     def grant(session: Session) -> object:
         return entitlements.grant_entitlement(session, tenant, "bge-small")
@@ -139,8 +140,8 @@ def test_an_alias_granted_twice_at_once_is_granted_once_and_both_succeed(world: 
 
     assert raised is None, raised  # idempotent, as documented: no 409 for the second
     with runtime.session_factory() as session:
-        granted = [e.alias for e in entitlements.list_entitlements(session, tenant)]
-    assert sorted(granted) == ["bge-small", "llama-3.1-8b"]
+        granted = entitlements.list_entitlements(session, tenant).items
+    assert sorted(e.alias for e in granted) == ["bge-small", "llama-3.1-8b"]
 
 
 def test_two_first_quota_puts_of_one_scope_at_once_both_succeed_and_the_last_holds(

@@ -20,17 +20,24 @@ LISTINGS = {
     "members": (T + "/{acme}/members", "email"),
     "projects": (T + "/{acme}/projects", "name"),
     "keys": (T + "/{acme}/keys", "key_id"),
+    "entitlements": (T + "/{acme}/entitlements", "alias"),
+    "available models": ("/api/v1/models", "alias"),
+    "catalog models": ("/api/v1/catalog/models", "name"),
+    "catalog aliases": ("/api/v1/catalog/aliases", "alias"),
+    "pools": ("/api/v1/catalog/pools", "name"),
 }
 """Every paged listing: its path and the field that names a row."""
 
 
 @pytest.fixture
 def crowded(world: World) -> World:
-    """The example world with at least two rows in every listing of acme."""
+    """The example world with at least two rows in every listing of acme and the catalog."""
     acme, admin = world.tenant("acme"), world.api("acme-admin")
     for name in ("billing", "zeta"):
         admin.post(f"{T}/{acme}/projects", {"name": name})
     admin.post(f"{T}/{acme}/members", {"email": "ops@acme.example", "role": "developer"})
+    world.admin.post("/api/v1/catalog/aliases", {"alias": "fast", "model": "llama-3.1-8b-instruct"})
+    world.admin.put(f"{T}/{acme}/entitlements/fast")
     project = world.project("acme", "demo")
     batch = {"keys": [{"project_id": project, "name": f"k{i}"} for i in range(3)]}
     admin.post(f"{T}/{acme}/keys/batch", batch)
@@ -169,7 +176,9 @@ def test_keys_created_between_pages_come_on_a_later_page_once(crowded: World) ->
     [
         ("acme-dev", "keys"),
         ("acme-dev", "tenants"),
+        ("acme-dev", "available models"),
         ("globex-admin", "tenants"),
+        ("globex-admin", "available models"),
     ],
 )
 def test_no_cursor_shows_a_caller_more_than_their_own_listing(
