@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from litestar.testing import TestClient
 from pydantic import SecretStr
@@ -107,6 +108,11 @@ class Api:
     def pages(self, url: str, **params: Any) -> list[list[Any]]:
         """:meth:`walk`'s pages, without the links."""
         return [rows for rows, _following in self.walk(url, **params)]
+
+    def cursors(self, url: str) -> list[str]:
+        """The cursor of each next link in ``url``'s listing, walked a row at a time."""
+        walked = self.walk(url, limit=1)
+        return [parse_qs(urlsplit(link).query)["after"][0] for _rows, link in walked if link]
 
 
 @dataclass
