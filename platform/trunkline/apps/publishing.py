@@ -44,11 +44,12 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
         with runtime.session_factory() as session:
             state = config_state(session)
         unchanged = state == runtime.seen and state.generation is not None
-        if unchanged and not thorough and runtime.publisher.published_digest() is not None:
+        if unchanged and not thorough and _store_whole_and_current(runtime):
             return False
         current = current_digest(runtime.session_factory, cache_secret=runtime.server_secret)
         if runtime.publisher.published_digest() == current:  # read after it
             runtime.seen = state
+            runtime.published_version = runtime.publisher.published_version()  # what it holds
             return False
         if runtime.publisher.published_version() is None:
             log.warning("the snapshot store holds no snapshot; publishing it again")
@@ -58,6 +59,16 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
         return True
     finally:
         runtime.publishing.release()
+
+
+def _store_whole_and_current(runtime: Runtime) -> bool:
+    """The store holds a whole snapshot, not older than the one this process published last
+    (else Redis was restored from a backup, or failed over to a lagging replica, and gateways
+    started since would load a configuration from before: keys revoked since accepted)."""
+    if runtime.publisher.published_digest() is None:
+        return False
+    stored, ours = runtime.publisher.published_version(), runtime.published_version
+    return ours is None or (stored is not None and stored >= ours)
 
 
 @dataclass

@@ -39,6 +39,9 @@ class Runtime:
     seen: ConfigState | None = None
     """The configuration state (``config_state``) of what this process last published, or
     found the snapshot store holding: read before the build, so the build has at least it."""
+    published_version: int | None = None
+    """The version this process last published: a store holding an older one was restored
+    from a backup (or failed over to a lagging replica) and must be published to again."""
     publishing: threading.Lock = field(default_factory=threading.Lock)
     """Held by whoever builds and publishes: one build at a time in this process."""
 
@@ -72,7 +75,9 @@ class Runtime:
         holds ``publishing``, or publishes at start before anything else can."""
         with self.session_factory() as session:
             state = config_state(session)  # before the build: it has at least this
-        publish_snapshot(self.session_factory, self.publisher, cache_secret=self.server_secret)
+        self.published_version = publish_snapshot(
+            self.session_factory, self.publisher, cache_secret=self.server_secret
+        )
         self.seen = state
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from trunkline.billing.scope import TenantScope, in_scope
 from trunkline.billing.sla import sla_outcome
 from trunkline.errors import ConfigurationError
 from trunkline.metering.rollup_plan import HOUR
-from trunkline.models import BilledUsage, UsageRollup
+from trunkline.models import BilledUsage, DedicatedCapacity, UsageRollup
 
 RollupSource = type[UsageRollup] | type[BilledUsage]
 
@@ -47,6 +47,26 @@ def period_lines(
     usage, slo = _usage_lines(session, source, period, book, names, tenants)
     credits = _credit_lines(usage, slo, period, book, names)
     return usage + credits + capacity_lines(session, period, book, names, tenants, until)
+
+
+def require_priced(session: Session, source: RollupSource, period: Period, book: PriceBook) -> None:
+    """Raise what ``period_lines`` would of any tenant's usage or dedicated GPUs before the
+    first price book version: an export that streams checks first, since a failure once its
+    200 is sent can only cut the file."""
+    for start, end, version in _windows(book, period):
+        if version is not None:
+            continue
+        used = select(source.tenant_id).where(source.hour >= start, source.hour < end)
+        held = select(DedicatedCapacity.tenant_id).where(
+            DedicatedCapacity.starts_at < end,
+            DedicatedCapacity.ends_at.is_(None) | (DedicatedCapacity.ends_at > start),
+        )
+        if any(session.execute(q.limit(1)).first() is not None for q in (used, held)):
+            raise _unpriced(start)
+
+
+def _unpriced(start: datetime) -> ConfigurationError:
+    return ConfigurationError(f"usage before the first price book version ({start:%Y-%m-%d})")
 
 
 def _windows(
@@ -92,9 +112,7 @@ def _usage_lines(
         )
         if version is None:
             if session.execute(statement.limit(1)).first() is not None:
-                raise ConfigurationError(
-                    f"usage before the first price book version ({start:%Y-%m-%d})"
-                )
+                raise _unpriced(start)
             continue
         statement = statement.where(s.outcome.in_(version.billable_outcomes))
         pricer = _TokenPricer(version, names)

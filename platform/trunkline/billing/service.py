@@ -22,6 +22,7 @@ from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
 from trunkline.billing.charges import ChargeLine
 from trunkline.billing.focus import csv_chunks, focus_rows, write_parquet
 from trunkline.billing.invoice import render_invoices
+from trunkline.billing.lines import require_priced
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import (
     BUNDLED,
@@ -36,6 +37,7 @@ from trunkline.billing.statements import close_period, statement, statements_by_
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.ids import utcnow
 from trunkline.models import (
+    BilledUsage,
     BillingPeriod,
     DedicatedCapacity,
     Model,
@@ -271,6 +273,7 @@ def export_period(
     if fmt == "invoice" or tenant_id is not None:
         lines = statement(session, period, book, tenant_id, now=now).lines
     else:
+        require_priced(session, BilledUsage if final else UsageRollup, period, book)
         source = reader or (lambda: contextlib.nullcontext(session))
         lines = _every_tenant(source, period, book, now)
     counted = export.counting(lines)

@@ -11,6 +11,7 @@ corrections already billed) becomes ``Correction`` lines of the period being clo
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -217,20 +218,28 @@ def statement(
         lines += stored_corrections(session, billed_in=period, tenants=tenants)
     else:
         lines = period_lines(session, UsageRollup, period, book, tenants, until=now)
-        closed_starts = set(session.scalars(select(BillingPeriod.period_start)))
-        # Billed by the next period to close after the corrected one: shown in that period's
-        # preview alone, or summing previews for accruals counts them twice.
-        billed_here = [
-            corrected
-            for corrected in (moved_periods(session, period) if moved is None else moved)
-            if _first_open_after(month_of(corrected.period_start), closed_starts) == period
-        ]
+        billed_here = corrected_by(session, period, moved)
         for _corrected, corrections in pending_corrections(
             session, book, period, tenants, billed_here
         ):
             lines += corrections
     lines.sort(key=_order)
     return Statement(period, closed, lines)
+
+
+def corrected_by(
+    session: Session, period: Period, moved: list[BillingPeriod] | None = None
+) -> list[BillingPeriod]:
+    """The closed periods whose corrections the open ``period`` bills, of those whose rollups
+    moved (``moved``, if the caller knows them): each is billed by the next period to close
+    after it, and shown in that period's preview alone, or summing previews for accruals
+    counts them twice."""
+    closed_starts = set(session.scalars(select(BillingPeriod.period_start)))
+    return [
+        corrected
+        for corrected in (moved_periods(session, period) if moved is None else moved)
+        if _first_open_after(month_of(corrected.period_start), closed_starts) == period
+    ]
 
 
 ROWS_PER_STATEMENT = 20_000
@@ -244,18 +253,24 @@ def statements_by_tenants(
     """``statement`` of every tenant, a group of tenants at a time (``ROWS_PER_STATEMENT``) in
     the order of their slugs: the lines of every tenant at once held 3 GB for 2.4 million
     lines. Each tenant's lines come in one statement, sorted as ``statement`` sorts them; the
-    whole is sorted alike unless a tenant's lines carry two slugs (renamed after a correction)."""
+    whole is sorted alike unless a tenant's lines carry two slugs (renamed after a correction).
+    A tenant's rows are those its statement reads: the period's, and those of the closed
+    periods it corrects (read twice: as they are and as they were billed), or its stored
+    corrections once closed."""
     closed = session.get(BillingPeriod, period.start)
     names = Names.from_document(closed.names) if closed and closed.names else Names.load(session)
     ids = sorted(_billable_tenants(session), key=lambda t: (names.tenant(t)[0], str(t)))
-    source = BilledUsage if closed else UsageRollup
-    counted = (
-        select(source.tenant_id, func.count())
-        .where(source.hour >= period.start, source.hour < period.end)
-        .group_by(source.tenant_id)
-    )
-    rows = {tenant: count for tenant, count in session.execute(counted)}
-    moved = [] if closed else moved_periods(session, period)
+    moved = [] if closed else corrected_by(session, period)
+    rows = _rows_by_tenant(session, BilledUsage if closed else UsageRollup, period)
+    for corrected in moved:
+        for source in (UsageRollup, BilledUsage):
+            rows.update(_rows_by_tenant(session, source, month_of(corrected.period_start)))
+    if closed:
+        stored = select(BillingCorrection.tenant_id, func.count()).where(
+            BillingCorrection.billed_period_start == period.start
+        )
+        by_tenant = session.execute(stored.group_by(BillingCorrection.tenant_id))
+        rows.update({tenant: count for tenant, count in by_tenant})
     group: list[uuid.UUID] = []
     weight = 0
     for tenant in ids:
@@ -264,6 +279,17 @@ def statements_by_tenants(
         if weight >= ROWS_PER_STATEMENT or tenant == ids[-1]:
             yield statement(session, period, book, frozenset(group), now=now, moved=moved)
             group, weight = [], 0
+
+
+def _rows_by_tenant(
+    session: Session, source: type[UsageRollup] | type[BilledUsage], period: Period
+) -> Counter[uuid.UUID]:
+    counted = (
+        select(source.tenant_id, func.count())
+        .where(source.hour >= period.start, source.hour < period.end)
+        .group_by(source.tenant_id)
+    )
+    return Counter({tenant: count for tenant, count in session.execute(counted)})
 
 
 def _billable_tenants(session: Session) -> set[uuid.UUID]:

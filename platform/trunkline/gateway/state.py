@@ -35,6 +35,7 @@ class SnapshotHolder:
         self._task: asyncio.Task[None] | None = None
         self._parts = Assembly()
         self._incomplete = False
+        self._behind = False
 
     async def refresh(self) -> bool:
         """Load the snapshot if its version changed (fetching and decoding only the parts that
@@ -42,6 +43,13 @@ class SnapshotHolder:
         version = await self._source.version()
         self.reachable = True
         self.checked_at = time.monotonic()
+        if version is not None and version < self.current.version and not self._behind:
+            log.warning(  # a Redis restored from a backup: the control plane publishes anew
+                "the snapshot store holds version %s, older than the %s served; keeping it",
+                version,
+                self.current.version,
+            )
+        self._behind = version is not None and version < self.current.version
         if version is None or version <= self.current.version:
             return False  # an older one: versions only move forward (a key revoked stays so)
         loaded = await self._source.load(self._parts.digests)
@@ -74,10 +82,10 @@ class SnapshotHolder:
             except IncompleteSnapshot as exc:  # the store answered: the control plane repairs it
                 if not self._incomplete:
                     log.warning(
-                        "the snapshot store holds an incomplete snapshot; serving snapshot %s "
-                        "until the control plane publishes it again: %s",
-                        self.current.version,
+                        "could not read a whole snapshot from the store (%s); serving snapshot "
+                        "%s until it can (the control plane publishes a lost part again)",
                         exc,
+                        self.current.version,
                     )
                 self._incomplete = True
                 continue

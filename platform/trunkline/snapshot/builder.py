@@ -180,9 +180,10 @@ def current_digest(factory: sessionmaker[Session], *, cache_secret: bytes) -> by
 
 def publish_snapshot(
     factory: sessionmaker[Session], publisher: SnapshotPublisher, *, cache_secret: bytes
-) -> None:
-    """Read the current configuration and publish it under a fresh version."""
+) -> int:
+    """Read the current configuration and publish it under a fresh version; returns it."""
     version = publisher.next_version()
     with factory() as session:
         snapshot = build_snapshot(session, version, cache_secret=cache_secret)
     store_snapshot(publisher, snapshot)
+    return version

@@ -121,12 +121,13 @@ class Assembly:
         if 2 * len(changed) > len(shards):
             return _gathered(shards.values())
         keys, limits = dict(self._keys), dict(self._limits)
-        for name in changed:
+        for name in changed:  # every old entry out before any new one is in
             if (old := held.get(name)) is not None:
                 for key_id in old.keys:
-                    del keys[key_id]
+                    keys.pop(key_id, None)
                 for key_id in old.limits:
-                    del limits[key_id]
+                    limits.pop(key_id, None)
+        for name in changed:
             if (new := shards.get(name)) is not None:
                 keys.update(new.keys)
                 limits.update(new.limits)

@@ -4,10 +4,11 @@ A snapshot is stored as named parts (``snapshot.parts``: the core, and the keys 
 each with the digest of its bytes, under one version. Publishing is synchronous (the control
 plane's services run in threads); reading is asynchronous (the gateway polls the version on its
 event loop, and when it moved fetches the parts whose digest differs from those it holds).
-Redis writes a version's parts and version in one script and reads them in one script, so
-readers never see a torn snapshot. Beside them ``published_digest`` names the whole content, so
-a control plane can tell whether the store already holds what the database says without
-fetching anything.
+Redis writes a version's parts and version in one script; a reader reads the version's list of
+digests in one transaction and then each part it lacks, keeping a part only if its bytes hash to
+the listed digest, so it never serves a torn snapshot. Beside them ``published_digest`` names
+the whole content, so a control plane can tell whether the store already holds what the
+database says without fetching anything.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ return 1
 # What the store holds is whole: its content digest, or false when a version lists no part
 # or a listed part is gone (evicted, deleted by hand), so the control plane publishes again.
 _DIGEST_LUA = """
-if not redis.call('GET', KEYS[1]) then
+if not redis.call('GET', KEYS[1]) or not redis.call('GET', KEYS[4]) then
   return false
 end
 local listed = redis.call('HKEYS', KEYS[3])
@@ -233,7 +234,8 @@ class RedisSnapshotPublisher:
     def published_digest(self) -> bytes | None:
         """None also when a part of the stored version is gone: publishing again restores it."""
         k = self._keys
-        digest = self._digest(keys=[k.version, k.digest, k.parts], args=[k.part_prefix])
+        keys = [k.version, k.digest, k.parts, k.at]
+        digest = self._digest(keys=keys, args=[k.part_prefix])
         return _bytes(digest) if digest else None
 
 
@@ -262,7 +264,7 @@ class RedisSnapshotSource:
 
     async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
         k, held = self._keys, held or {}
-        missing: list[str] = []
+        fetched: dict[str, bytes] = {}  # verified parts, kept from one try to the next
         for _ in range(self.TRIES):
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.get(k.version)
@@ -275,18 +277,24 @@ class RedisSnapshotSource:
             if version is None:
                 return None
             digests = {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}
-            if not digests:
+            if not digests or at is None:
                 raise IncompleteSnapshot(f"snapshot version {int(version)} lists no part")
-            wanted = [name for name, digest in digests.items() if held.get(name) != digest]
+            fetched = {n: b for n, b in fetched.items() if part_digest(b) == digests.get(n)}
+            wanted = [n for n, d in digests.items() if held.get(n) != d and n not in fetched]
             async with self._client.pipeline(transaction=False) as pipe:
                 for name in wanted:
                     pipe.get(k.part_prefix + name)
                 blobs = await pipe.execute() if wanted else []
-            fetched = {n: bytes(b) for n, b in zip(wanted, blobs, strict=True) if b is not None}
-            missing = [n for n in wanted if part_digest(fetched.get(n, b"")) != digests[n]]
-            if not missing:
+            gone = [n for n, b in zip(wanted, blobs, strict=True) if b is None]
+            if gone:  # not a publish in between: the store lost them
+                raise IncompleteSnapshot(f"snapshot parts missing from Redis: {gone}")
+            for name, blob in zip(wanted, blobs, strict=True):
+                if part_digest(bytes(blob)) == digests[name]:
+                    fetched[name] = bytes(blob)
+            if all(n in fetched for n in wanted):
                 return Loaded(int(version), float(at), digests, fetched)
-        raise IncompleteSnapshot(f"snapshot parts missing or changing in Redis: {missing}")
+        changing = [n for n in wanted if n not in fetched]
+        raise IncompleteSnapshot(f"snapshot parts changing while read: {changing}")
 
     async def _load_legacy(self, held: Mapping[str, bytes]) -> Loaded | None:
         async with self._client.pipeline(transaction=True) as pipe:

@@ -5,8 +5,10 @@ for the next config change."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,11 +68,9 @@ def test_a_lost_snapshot_is_published_again_and_newer_than_the_one_before(
         runtime.close()
 
 
-def test_a_part_lost_from_redis_is_published_again_by_the_next_check(
-    redis_url: str, tmp_path: Path
-) -> None:
-    """A shard evicted or deleted by hand: the store's digest still matched the database, so
-    the check republished nothing and every gateway started since stayed without keys."""
+@contextlib.contextmanager
+def _publishing_a_key(redis_url: str, tmp_path: Path) -> Iterator[tuple[redis.Redis, Any, str]]:
+    """A control plane publishing to Redis, the example world and one key created."""
     client = redis.Redis.from_url(redis_url)
     runtime = make_runtime(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path / "state")
     runtime = dataclasses.replace(runtime, publisher=RedisSnapshotPublisher(client, PREFIX))
@@ -78,14 +78,43 @@ def test_a_part_lost_from_redis_is_published_again_by_the_next_check(
         with TestClient[Any](create_controlplane_app(runtime)) as http:
             world = build_world(runtime, http)
             key_id = world.create_key("acme-admin", "acme", "demo")["key"]["key_id"]
-        assert not republish_if_stale(runtime)  # held whole: nothing to do
-        client.delete(f"{PREFIX}:snapshot:v2:part:{shard_name(key_id)}")
-        assert republish_if_stale(runtime)  # not only on the thorough round
-        assert key_id in asyncio.run(_load(redis_url)).keys
+        yield client, runtime, key_id
     finally:
         _wipe(client)
         client.close()
         runtime.close()
+
+
+def test_a_part_lost_from_redis_is_published_again_by_the_next_check(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A shard evicted or deleted by hand: the store's digest still matched the database, so
+    the check republished nothing and every gateway started since stayed without keys."""
+    with _publishing_a_key(redis_url, tmp_path) as (client, runtime, key_id):
+        assert not republish_if_stale(runtime)  # held whole: nothing to do
+        client.delete(f"{PREFIX}:snapshot:v2:part:{shard_name(key_id)}")
+        assert republish_if_stale(runtime)  # not only on the thorough round
+        assert key_id in asyncio.run(_load(redis_url)).keys
+
+
+def test_a_redis_restored_from_a_backup_is_published_to_again_by_the_next_check(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis back from a backup held a whole, older snapshot: the check saw it whole and left
+    it until its thorough round, a minute, while gateways started meanwhile accepted a key
+    revoked since the backup."""
+    with _publishing_a_key(redis_url, tmp_path) as (client, runtime, key_id):
+        backup = {name: client.dump(name) for name in client.keys(f"{PREFIX}:*")}
+        with unit_of_work(runtime.session_factory, runtime.publish) as session:
+            revoke_key(session, Principal.system(), key_tenant(session, key_id), key_id)
+        assert key_id not in asyncio.run(_load(redis_url)).keys
+        _wipe(client)
+        for name, dumped in backup.items():
+            client.restore(name, 0, dumped)
+        assert key_id in asyncio.run(_load(redis_url)).keys  # what a new gateway would serve
+        assert republish_if_stale(runtime)  # not only on the thorough round
+        assert key_id not in asyncio.run(_load(redis_url)).keys
+        assert not republish_if_stale(runtime)  # and once is enough
 
 
 def test_the_check_builds_only_after_a_change_and_repeats_no_other_process_s_publish(

@@ -25,7 +25,7 @@ from trunkline.billing.service import (
     load_price_book,
     withdraw_price_version,
 )
-from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.errors import ConfigurationError, Conflict, InvalidRequest, NotFound
 from trunkline.kit.db import transaction
 from trunkline.metering.service import usage_report
 from trunkline.models import DedicatedCapacity, Project, Tenant
@@ -508,3 +508,38 @@ def test_an_export_of_every_tenant_read_a_tenant_at_a_time_is_the_whole_statemen
     monkeypatch.setattr(statements, "statement", counted)
     assert focus(factory, period, now=now) == whole
     assert len(read) == 3 and max(read) < len(whole), "one tenant at a time"
+
+
+def test_an_export_counts_the_corrections_a_tenant_brings_when_it_groups_tenants(
+    factory: sessionmaker[Session], tenants: dict[str, Account], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Groups were sized by the period's own rows: early in December, with few December rows
+    and a late event in closed November, every tenant fell into one group that read all of
+    November twice (as it is and as billed): the whole month's lines at once again."""
+    hours = [at(day, hour) for day in range(2, 7) for hour in range(8)]
+    ingest(factory, [event(tenants[s], when=h) for s in tenants for h in hours])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    ingest(factory, [event(tenants[s], when=h, completion=7) for s in tenants for h in hours])
+    monkeypatch.setattr(statements, "ROWS_PER_STATEMENT", len(hours) + 1)
+    with transaction(factory) as session:
+        groups = list(
+            statements.statements_by_tenants(
+                session, DEC, load_price_book(session), now=at(3, month=12)
+            )
+        )
+    assert all(line.correction for group in groups for line in group.lines)
+    assert [len({line.tenant_id for line in group.lines}) for group in groups] == [1, 1, 1]
+
+
+def test_an_export_of_every_tenant_that_cannot_be_priced_fails_before_it_is_sent(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Read as it is sent, it failed after the API's 200 had gone: a cut CSV, not an error."""
+    ingest(factory, [event(tenants["acme"], when=at(3, month=12, year=2025))])
+    with transaction(factory) as session:
+        first = load_price_book(session).versions[0].effective_from
+    assert first > at(3, month=12, year=2025), "the bundled book starts after this usage"
+    for fmt in ("focus-csv", "focus-parquet"):
+        with transaction(factory) as session, pytest.raises(ConfigurationError, match="before"):
+            export_period(session, parse_period("2025-12"), fmt)  # not its chunks: the call
