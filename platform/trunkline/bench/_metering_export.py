@@ -27,9 +27,9 @@ def measure_export(
         started = time.perf_counter()
         run = rollup_usage(factory)
         rolled = time.perf_counter()
-        with transaction(factory) as session:
+        with transaction(factory) as session:  # read as it is written
             csv = export_period(session, period, "focus-csv")
-        (tmp / csv.filename).write_bytes(csv.body)
+            (tmp / csv.filename).write_bytes(csv.body)
         written = time.perf_counter()
         with transaction(factory) as session:
             parquet = export_period(session, period, "focus-parquet")
