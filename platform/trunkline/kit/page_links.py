@@ -1,17 +1,18 @@
 """Pages over HTTP: the ``limit`` and ``after`` query parameters, and the link to the next page.
 
 The body of a paged listing stays a JSON array, as before pagination; when more rows follow,
-an RFC 8288 ``Link: </api/v1/…?limit=N&after=CURSOR>; rel="next"`` header says where, with the
-request's other query parameters kept (``project_id``, ``tenant_id``). The link is a path
-reference, resolved against the URL the client called: behind a proxy that terminates TLS or
-rewrites ``Host``, an absolute URL built from what the control plane sees would point elsewhere.
+an RFC 8288 ``Link: <?limit=N&after=CURSOR>; rel="next"`` header says where, with the
+request's other query parameters kept (``project_id``, ``tenant_id``). The link is a query-only
+reference (RFC 3986), resolved against the URL the client called: behind a proxy that
+terminates TLS, rewrites ``Host`` or strips a path prefix, an absolute URL or a path built from
+what the control plane sees would point elsewhere.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeAlias, TypeVar
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from litestar import Request, Response
 from litestar.datastructures import ResponseHeader
@@ -28,7 +29,7 @@ NEXT_PAGE_LINK = [
     ResponseHeader(
         name="Link",
         documentation_only=True,
-        description='`<…?limit=N&after=CURSOR>; rel="next"` while more rows follow (RFC 8288); '
+        description='`<?limit=N&after=CURSOR>; rel="next"` while more rows follow (RFC 8288); '
         "absent on the last page",
     )
 ]
@@ -43,7 +44,6 @@ class PageQuery:
     """The page a request asks for, and what its next page's link is made of."""
 
     request: PageRequest
-    path: str
     kept: tuple[tuple[str, str], ...]
     """The request's other query parameters, kept in the next page's link."""
 
@@ -54,7 +54,7 @@ class PageQuery:
 
     def link(self, following: PageRequest) -> str:
         query = [*self.kept, ("limit", str(following.limit)), ("after", following.after or "")]
-        return f'<{quote(self.path)}?{urlencode(query)}>; rel="next"'
+        return f'<?{urlencode(query)}>; rel="next"'
 
 
 Paging: TypeAlias = NamedDependency[PageQuery]
@@ -82,4 +82,4 @@ def provide_paging(
         for name, value in request.query_params.multi_items()
         if name not in _PAGING_PARAMETERS
     )
-    return PageQuery(PageRequest(limit, after), request.url.path, kept)
+    return PageQuery(PageRequest(limit, after), kept)

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 from litestar.testing import TestClient
 from pydantic import SecretStr
@@ -92,8 +92,8 @@ class Api:
         """One page of a listing and the URL of the next (its ``Link: rel="next"``), if any."""
         response = self.client.get(url, headers=self.headers, params=params or None)
         assert response.status_code == 200, (url, response.status_code, response.text)
-        following = response.links.get("next")
-        return response.json(), None if following is None else following["url"]
+        following = response.links.get("next")  # a reference, resolved against the URL called
+        return response.json(), None if following is None else urljoin(url, following["url"])
 
     def walk(self, url: str, **params: Any) -> list[tuple[list[Any], str | None]]:
         """Every page of a listing from ``url`` (with ``params``) on, each with the URL of the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import msgspec
 import pytest
@@ -134,6 +134,16 @@ def test_the_next_link_keeps_the_other_query_parameters(crowded: World) -> None:
     assert query(following)["project_id"] == [other]
     pages = crowded.admin.pages(f"{T}/{acme}/keys", limit=1, project_id=other)
     assert [names(page, "keys") for page in pages] == [[key] for key in in_other]
+
+
+def test_the_next_link_holds_behind_a_proxy_that_strips_a_path_prefix(crowded: World) -> None:
+    """The link was a path (``/api/v1/tenants?…``): called through a proxy serving the control
+    plane under ``/cp``, the client followed it to a URL without the prefix."""
+    called = "https://edge.example/cp/api/v1/tenants"
+    response = crowded.admin.client.get(T, headers=crowded.admin.headers, params={"limit": 1})
+    link = response.links["next"]["url"]
+    assert link.startswith("?") and query(link)["limit"] == ["1"]
+    assert urljoin(called, link).startswith(f"{called}?limit=1&after=")
 
 
 def test_rows_written_between_pages_behind_the_cursor_neither_repeat_nor_skip(
