@@ -54,15 +54,31 @@ def require_priced(session: Session, source: RollupSource, period: Period, book:
     first price book version: an export that streams checks first, since a failure once its
     200 is sent can only cut the file."""
     for start, end, version in _windows(book, period):
-        if version is not None:
-            continue
-        used = select(source.tenant_id).where(source.hour >= start, source.hour < end)
         held = select(DedicatedCapacity.tenant_id).where(
             DedicatedCapacity.starts_at < end,
             DedicatedCapacity.ends_at.is_(None) | (DedicatedCapacity.ends_at > start),
         )
-        if any(session.execute(q.limit(1)).first() is not None for q in (used, held)):
+        if version is None and session.execute(held.limit(1)).first() is not None:
             raise _unpriced(start)
+        _require_version(session, source, start, end, version, None)
+
+
+def _require_version(
+    session: Session,
+    source: RollupSource,
+    start: datetime,
+    end: datetime,
+    version: PriceVersion | None,
+    tenants: TenantScope,
+) -> None:
+    """Refuse usage of ``tenants`` between ``start`` and ``end`` when no version prices it."""
+    if version is not None:
+        return
+    used = select(source.tenant_id).where(
+        source.hour >= start, source.hour < end, in_scope(source.tenant_id, tenants)
+    )
+    if session.execute(used.limit(1)).first() is not None:
+        raise _unpriced(start)
 
 
 def _unpriced(start: datetime) -> ConfigurationError:
@@ -100,6 +116,9 @@ def _usage_lines(
     scope = [s.hour >= period.start, s.hour < period.end, in_scope(s.tenant_id, tenants)]
     lines: list[ChargeLine] = []
     for start, end, version in _windows(book, period):
+        _require_version(session, source, start, end, version, tenants)
+        if version is None:
+            continue
         statement = (
             select(
                 *dims,
@@ -107,14 +126,9 @@ def _usage_lines(
                 func.sum(s.cached_tokens),
                 func.sum(s.completion_tokens),
             )
-            .where(*scope, s.hour >= start, s.hour < end)
+            .where(*scope, s.hour >= start, s.hour < end, s.outcome.in_(version.billable_outcomes))
             .group_by(*dims)
         )
-        if version is None:
-            if session.execute(statement.limit(1)).first() is not None:
-                raise _unpriced(start)
-            continue
-        statement = statement.where(s.outcome.in_(version.billable_outcomes))
         pricer = _TokenPricer(version, names)
         for row in session.execute(statement):
             pricer.add(lines, *row)

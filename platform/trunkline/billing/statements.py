@@ -23,7 +23,7 @@ from sqlalchemy import func, insert, select, union
 from sqlalchemy.orm import Session
 
 from trunkline.billing.charges import ChargeLine, LineKey, Names
-from trunkline.billing.lines import period_lines
+from trunkline.billing.lines import RollupSource, period_lines
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import PriceBook
 from trunkline.billing.rating import ZERO, exact_difference, exact_sum
@@ -205,11 +205,11 @@ def statement(
     tenants: TenantScope = None,
     *,
     now: datetime | None = None,
-    moved: list[BillingPeriod] | None = None,
+    corrected: list[BillingPeriod] | None = None,
 ) -> Statement:
     """The lines of ``period``: final when it is closed, else as they stand ``now`` (with the
-    corrections closing it would bill, and the GPU hours begun so far). ``moved``: the
-    ``moved_periods`` before it, if the caller knows them."""
+    corrections closing it would bill, and the GPU hours begun so far). ``corrected``: the
+    ``corrected_by`` it, if the caller knows them."""
     closed_row = session.get(BillingPeriod, period.start)
     closed = closed_row is not None
     if closed_row is not None:
@@ -218,7 +218,7 @@ def statement(
         lines += stored_corrections(session, billed_in=period, tenants=tenants)
     else:
         lines = period_lines(session, UsageRollup, period, book, tenants, until=now)
-        billed_here = corrected_by(session, period, moved)
+        billed_here = corrected_by(session, period) if corrected is None else corrected
         for _corrected, corrections in pending_corrections(
             session, book, period, tenants, billed_here
         ):
@@ -227,17 +227,14 @@ def statement(
     return Statement(period, closed, lines)
 
 
-def corrected_by(
-    session: Session, period: Period, moved: list[BillingPeriod] | None = None
-) -> list[BillingPeriod]:
-    """The closed periods whose corrections the open ``period`` bills, of those whose rollups
-    moved (``moved``, if the caller knows them): each is billed by the next period to close
-    after it, and shown in that period's preview alone, or summing previews for accruals
-    counts them twice."""
+def corrected_by(session: Session, period: Period) -> list[BillingPeriod]:
+    """The closed periods, of those whose rollups moved, whose corrections the open ``period``
+    bills: each is billed by the next period to close after it, and shown in that period's
+    preview alone, or summing previews for accruals counts them twice."""
     closed_starts = set(session.scalars(select(BillingPeriod.period_start)))
     return [
         corrected
-        for corrected in (moved_periods(session, period) if moved is None else moved)
+        for corrected in moved_periods(session, period)
         if _first_open_after(month_of(corrected.period_start), closed_starts) == period
     ]
 
@@ -260,11 +257,11 @@ def statements_by_tenants(
     closed = session.get(BillingPeriod, period.start)
     names = Names.from_document(closed.names) if closed and closed.names else Names.load(session)
     ids = sorted(_billable_tenants(session), key=lambda t: (names.tenant(t)[0], str(t)))
-    moved = [] if closed else corrected_by(session, period)
+    corrected = [] if closed else corrected_by(session, period)
     rows = _rows_by_tenant(session, BilledUsage if closed else UsageRollup, period)
-    for corrected in moved:
+    for earlier in corrected:
         for source in (UsageRollup, BilledUsage):
-            rows.update(_rows_by_tenant(session, source, month_of(corrected.period_start)))
+            rows.update(_rows_by_tenant(session, source, month_of(earlier.period_start)))
     if closed:
         stored = select(BillingCorrection.tenant_id, func.count()).where(
             BillingCorrection.billed_period_start == period.start
@@ -277,13 +274,11 @@ def statements_by_tenants(
         group.append(tenant)
         weight += rows.get(tenant, 0) + 1  # a tenant without rows still has a few lines
         if weight >= ROWS_PER_STATEMENT or tenant == ids[-1]:
-            yield statement(session, period, book, frozenset(group), now=now, moved=moved)
+            yield statement(session, period, book, frozenset(group), now=now, corrected=corrected)
             group, weight = [], 0
 
 
-def _rows_by_tenant(
-    session: Session, source: type[UsageRollup] | type[BilledUsage], period: Period
-) -> Counter[uuid.UUID]:
+def _rows_by_tenant(session: Session, source: RollupSource, period: Period) -> Counter[uuid.UUID]:
     counted = (
         select(source.tenant_id, func.count())
         .where(source.hour >= period.start, source.hour < period.end)

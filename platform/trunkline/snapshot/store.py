@@ -286,7 +286,7 @@ class RedisSnapshotSource:
                     pipe.get(k.part_prefix + name)
                 blobs = await pipe.execute() if wanted else []
             gone = [n for n, b in zip(wanted, blobs, strict=True) if b is None]
-            if gone:  # not a publish in between: the store lost them
+            if gone:  # lost (or an emptied shard a publish in between dropped: the next poll)
                 raise IncompleteSnapshot(f"snapshot parts missing from Redis: {gone}")
             for name, blob in zip(wanted, blobs, strict=True):
                 if part_digest(bytes(blob)) == digests[name]:
