@@ -7,10 +7,9 @@ can (the CLI, the worker) roll usage up first.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -35,6 +34,7 @@ from trunkline.billing.pricebook import (
 )
 from trunkline.billing.statements import close_period, statement, statements_by_tenants
 from trunkline.errors import Conflict, InvalidRequest, NotFound
+from trunkline.kit.db import one_view
 from trunkline.kit.ids import utcnow
 from trunkline.models import (
     BilledUsage,
@@ -256,8 +256,10 @@ def export_period(
 
     A FOCUS export of every tenant reads its charge lines a group of tenants at a time
     (``statements_by_tenants``) as its chunks are consumed: from a session of ``reader`` if
-    given (an API response is sent after its request's session closed), else from ``session``,
-    which must then stay open until the chunks are consumed."""
+    given (an API response is sent after its request's session closed), which sees every
+    group as of its first read (``one_view``: no group read after a rollup or a close that
+    an earlier group did not see), else from ``session``, which must then stay open until the
+    chunks are consumed (and see one view of its own, if its groups must agree)."""
     if fmt not in FORMATS:
         raise InvalidRequest(
             f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", param="format"
@@ -274,7 +276,7 @@ def export_period(
         lines = statement(session, period, book, tenant_id, now=now).lines
     else:
         require_priced(session, BilledUsage if final else UsageRollup, period, book)
-        source = reader or (lambda: contextlib.nullcontext(session))
+        source = (lambda: _one_view_of(reader)) if reader else (lambda: nullcontext(session))
         lines = _every_tenant(source, period, book, now)
     counted = export.counting(lines)
     if fmt == "invoice":
@@ -295,6 +297,13 @@ def _every_tenant(
     with reader() as session:
         for group in statements_by_tenants(session, period, book, now=now):
             yield from group.lines
+
+
+@contextmanager
+def _one_view_of(reader: Callable[[], AbstractContextManager[Session]]) -> Iterator[Session]:
+    with reader() as session:
+        one_view(session)
+        yield session
 
 
 def export_for(

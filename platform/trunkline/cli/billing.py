@@ -17,7 +17,7 @@ from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import load_price_book_file, version_document
 from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest, NotFound
-from trunkline.kit.db import transaction
+from trunkline.kit.db import one_view, transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.rollups import rollup_usage
 from trunkline.tenancy.changes import unit_of_work
@@ -100,6 +100,8 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
+            if args.out is not None:  # its groups of tenants agree with each other
+                one_view(session, read_only=False)
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
             if args.close and period.end <= utcnow():
                 service.close(session, period, utcnow())
@@ -108,7 +110,9 @@ def export_command(args: argparse.Namespace) -> int:
                 _write(args.out, export.chunks)
         if args.out is None:  # after the commit: a reader that went (| head) undoes nothing
             with runtime.session_factory() as session:  # read as it is written
-                export = service.export_period(session, period, args.format, tenant_id)
+                export = service.export_period(
+                    session, period, args.format, tenant_id, reader=runtime.session_factory
+                )
                 for chunk in export.chunks:
                     sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()

@@ -70,6 +70,22 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def one_view(session: Session, *, read_only: bool = True) -> None:
+    """Let every query of ``session``'s transaction see the database as its first query does,
+    whatever commits beside it: a report read in many queries (an export of every tenant,
+    group by group) while rollups and closes commit. Call it before the session's first query.
+
+    PostgreSQL: ``REPEATABLE READ``, read only unless ``read_only`` is false (its default,
+    ``READ COMMITTED``, gives each statement a view of its own). SQLite: an explicit ``BEGIN``
+    (pysqlite runs reads outside a transaction), whose first read fixes what the transaction
+    sees in WAL mode; a write that follows a commit made beside it fails (``SQLITE_BUSY``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": read_only}
+        session.connection(execution_options=options)
+    else:
+        session.connection().exec_driver_sql("BEGIN")
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
