@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
+from trunkline.errors import ConfigurationError
 from trunkline.kit.metrics_merge import FamilyReport, GaugeRule, WorkerReport, families_of, merge
 
 __all__ = ["WORKERS_METRICS_DIR_ENV", "MetricsShare", "SharedMetrics", "workers_metrics_dir"]
@@ -46,13 +47,19 @@ environment is replaced or removed)."""
 @contextlib.contextmanager
 def workers_metrics_dir(workers: int) -> Iterator[Path | None]:
     """A fresh directory for ``workers`` processes to share their metrics through, named in
-    the environment they inherit, removed with all it holds after the block; None, and nothing
-    made, for one worker."""
+    the environment they inherit, removed with all it holds after the block (a parent killed
+    outright leaves it); None, and nothing made, for one worker."""
     os.environ.pop(WORKERS_METRICS_DIR_ENV, None)
     if workers <= 1:
         yield None
         return
-    path = Path(tempfile.mkdtemp(prefix="trunkline-metrics-"))
+    try:
+        path = Path(tempfile.mkdtemp(prefix="trunkline-metrics-"))
+    except OSError as exc:  # a read-only file system: say what to set, not a traceback
+        raise ConfigurationError(
+            f"{workers} workers share their metrics through a directory, which cannot be made "
+            f"in {tempfile.gettempdir()} ({exc.strerror}): set TMPDIR to a writable directory"
+        ) from None
     os.environ[WORKERS_METRICS_DIR_ENV] = str(path)
     try:
         yield path

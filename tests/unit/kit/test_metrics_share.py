@@ -6,11 +6,14 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
+from trunkline.errors import ConfigurationError
 from trunkline.kit.metrics_merge import families_of
 from trunkline.kit.metrics_share import (
     WORKERS_METRICS_DIR_ENV,
@@ -105,3 +108,13 @@ def test_the_directory_is_made_fresh_for_several_workers_and_removed_after() -> 
         assert os.environ[WORKERS_METRICS_DIR_ENV] == str(path)  # what the workers inherit
         (path / "worker-1-1.json").write_text("{}")
     assert not path.exists() and WORKERS_METRICS_DIR_ENV not in os.environ
+
+
+def test_a_temporary_directory_that_cannot_be_used_says_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(not_a_directory))  # documented: TMPDIR's place
+    with pytest.raises(ConfigurationError, match="set TMPDIR"), workers_metrics_dir(2):
+        pass
