@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from support.platform import REPO, Platform
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.runtime import Runtime
 from unit.controlplane.cp_support import World, build_world, make_runtime
@@ -34,3 +36,14 @@ def runtime(database_url: str, tmp_path: Path) -> Iterator[Runtime]:
 def world(runtime: Runtime) -> Iterator[World]:
     with TestClient[Any](create_controlplane_app(runtime)) as client:
         yield build_world(runtime, client)
+
+
+@pytest.fixture
+def platform(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Platform]:
+    """The production processes' world: ``tenants/`` copied into ``tmp_path``, their cwd."""
+    shutil.copytree(REPO / "tenants", tmp_path / "tenants")
+    world = Platform(tmp_path, postgres_url, redis_url)
+    try:
+        yield world
+    finally:
+        world.close()

@@ -3,110 +3,25 @@ usage worker on real PostgreSQL and Redis, driven by the OpenAI SDK."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
+from support.platform import MESSAGES, Platform, issue_key, lists_models, samples
 from support.processes import TRUNKLINE, Proc, trunkline_env
 from support.servers import free_port
-from trunkline.apps.runtime import Runtime, build_runtime
+from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
 from trunkline.engines import EngineSpec, start_in_thread
-from trunkline.keys.schemas import ApiKeyCreate
-from trunkline.keys.service import create_key, revoke_key
+from trunkline.keys.service import revoke_key
 from trunkline.kit.db import transaction
-from trunkline.models import Project, Tenant, UsageEvent
+from trunkline.models import Tenant, UsageEvent
 from trunkline.pools.service import set_pool_endpoints
-from trunkline.settings import Settings
-
-REPO = Path(__file__).resolve().parents[2]
-SECRET = "integration-secret-" + "x" * 32
-MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-def _settings_env(postgres_url: str, redis_url: str) -> dict[str, str]:
-    return {
-        "TRUNKLINE_ENVIRONMENT": "production",
-        "TRUNKLINE_DATABASE__URL": postgres_url,
-        "TRUNKLINE_REDIS__URL": redis_url,
-        "TRUNKLINE_SECURITY__KEY_HASH_SECRET": SECRET,
-        "TRUNKLINE_SECURITY__DEV_LOGIN": "false",
-        "TRUNKLINE_GATEWAY__SNAPSHOT_POLL_S": "0.5",
-    }
-
-
-class Platform:
-    def __init__(self, tmp: Path, postgres_url: str, redis_url: str) -> None:
-        self.tmp = tmp
-        self.env = _settings_env(postgres_url, redis_url)
-        self.procs: list[Proc] = []
-        self.runtime: Runtime = build_runtime(
-            Settings(
-                environment="production",
-                database={"url": postgres_url},  # type: ignore[arg-type]
-                redis={"url": redis_url},  # type: ignore[arg-type]
-                security={"key_hash_secret": SECRET, "dev_login": False},  # type: ignore[arg-type]
-                state_dir=tmp,
-            )
-        )
-
-    def cli(self, *args: str) -> str:
-        proc = self.spawn(f"cli-{args[0]}", *args)
-        code = proc.popen.wait(120)
-        assert code == 0, proc.output()
-        return proc.output()
-
-    def spawn(self, name: str, *args: str, **extra: str) -> Proc:
-        env = trunkline_env(**self.env, **extra)
-        proc = Proc([*TRUNKLINE, *args], env, self.tmp, self.tmp / f"{name}.log")
-        self.procs.append(proc)
-        return proc
-
-    def gateway(self, name: str) -> str:
-        port = free_port()
-        proc = self.spawn(name, "gateway", TRUNKLINE_GATEWAY__PORT=str(port))
-        proc.wait_http(f"http://127.0.0.1:{port}/health")
-        return f"http://127.0.0.1:{port}/v1"
-
-    def close(self) -> None:
-        for proc in self.procs:
-            proc.stop(signal.SIGTERM)
-        self.runtime.close()
-
-
-@pytest.fixture
-def platform(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Platform]:
-    shutil.copytree(REPO / "tenants", tmp_path / "tenants")
-    world = Platform(tmp_path, postgres_url, redis_url)
-    try:
-        yield world
-    finally:
-        world.close()
-
-
-def _issue_key(runtime: Runtime) -> str:
-    with transaction(runtime.session_factory) as session:
-        tenant = session.scalars(select(Tenant).where(Tenant.slug == "acme")).one()
-        project = session.scalars(
-            select(Project).where(Project.tenant_id == tenant.id, Project.name == "demo")
-        ).one()
-        created = create_key(
-            session,
-            Principal.system(),
-            runtime.server_secret,
-            tenant.id,
-            ApiKeyCreate(project_id=project.id, name="integration"),
-        )
-    runtime.publish()
-    return created.secret
 
 
 def _refused(base_url: str, key: str) -> bool:
@@ -129,12 +44,12 @@ def test_production_processes_serve_meter_and_revoke_across_replicas(platform: P
         metrics_port = free_port()
         worker = platform.spawn("worker", "worker", TRUNKLINE_JOBS__METRICS_PORT=str(metrics_port))
         gateways = [platform.gateway("gateway-a"), platform.gateway("gateway-b")]
-        key = _issue_key(platform.runtime)
+        key = issue_key(platform.runtime)
 
         for base_url in gateways:
             client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
             platform.procs[-1].wait_until(
-                lambda c=client: _lists_models(c), "the new key to reach the gateway", 5
+                lambda c=client: lists_models(c), "the new key to reach the gateway", 5
             )
             reply = client.chat.completions.create(model="llama-3.1-8b", messages=MESSAGES)  # type: ignore[arg-type]
             assert reply.usage is not None and reply.usage.completion_tokens > 0
@@ -162,28 +77,12 @@ def test_production_processes_serve_meter_and_revoke_across_replicas(platform: P
     url = f"http://127.0.0.1:{metrics_port}/metrics"
 
     def acked() -> bool:  # the worker acks (and counts) a batch just after the ledger has it
-        samples = _samples(url)
-        return samples["trunkline_usage_stream_backlog"] == 0 and (
-            samples["trunkline_usage_ingested_events_total"] >= 4  # redeliveries would add
+        figures = samples(url)
+        return figures["trunkline_usage_stream_backlog"] == 0 and (
+            figures["trunkline_usage_ingested_events_total"] >= 4  # redeliveries would add
         )
 
     worker.wait_until(acked, "the worker's metrics to show the events ingested", 10)
-
-
-def _samples(url: str) -> dict[str, float]:
-    text = httpx.get(url, timeout=5).text
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def _lists_models(client: openai.OpenAI) -> bool:
-    try:
-        return bool(client.models.list().data)
-    except openai.AuthenticationError:
-        return False
 
 
 def _wait_for_ledger(runtime: Runtime, expected: int) -> None:
@@ -245,9 +144,9 @@ def test_a_stream_outliving_the_drain_timeout_is_metered_before_the_gateway_exit
             TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S="1",
         )  # fmt: skip
         gateway.wait_http(f"http://127.0.0.1:{port}/health")
-        key = _issue_key(platform.runtime)
+        key = issue_key(platform.runtime)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-        gateway.wait_until(lambda: _lists_models(client), "the new key to reach the gateway", 5)
+        gateway.wait_until(lambda: lists_models(client), "the new key to reach the gateway", 5)
         stream = client.chat.completions.create(
             model="llama-3.1-8b",
             messages=MESSAGES,  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from litestar import Litestar
@@ -32,6 +33,7 @@ from trunkline.gateway.routing import (
 from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.gateway.service import Admission, GatewayService
 from trunkline.gateway.state import SnapshotHolder
+from trunkline.gateway.worker_metrics import shared_metrics
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import QuotaEnforcer
 from trunkline.quota.fallback import FallbackQuotaStore
@@ -56,6 +58,7 @@ def create_gateway_app(
     clock: Clock = system_clock,
     scrape_transport: httpx.AsyncBaseTransport | None = None,
     admission: Callable[[EngineState], Admission] | None = None,
+    workers_metrics_dir: Path | None = None,
 ) -> Litestar:
     """Build the gateway app; ``transport`` lets tests substitute the upstream.
 
@@ -69,6 +72,9 @@ def create_gateway_app(
         ``quota_store``: where quotas are counted. A remote one (Redis) is wrapped so the gateway
         keeps limiting per process while it is away; ``None`` counts in this process's memory
         (tests, benchmarks). ``clock`` (epoch ms) times quota windows.
+
+        ``workers_metrics_dir``: where the worker processes of one gateway share their metrics,
+        so ``/metrics`` shows them all (``trunkline gateway --workers N``); None: this process's.
     """
     registry = CollectorRegistry()
     quota = quota_enforcer(quota_store, settings.quota, QuotaMetrics(registry), clock)
@@ -104,6 +110,7 @@ def create_gateway_app(
     tokens = prompt_tokens(settings, policy)
     if tokens is not None:
         registry.register(PromptTokensCollector(tokens))
+    shared = None if workers_metrics_dir is None else shared_metrics(registry, workers_metrics_dir)
     service = GatewayService(
         holder, emitter, client, server_secret,
         quota=quota, policy=policy, engines=monitor.state,
@@ -120,11 +127,17 @@ def create_gateway_app(
         await emitter.start()
         await quota.start()
         await monitor.start()
+        if shared is not None:
+            await shared.start()
         try:
             yield
         finally:
             if cut := service.meter_the_unfinished():
                 log.warning("stopped with %d requests unfinished; metered as cut", cut)
+            if shared is not None:
+                # Its last counts stay in the gateway's totals: written before the closes (a
+                # closed KV subscriber reports no endpoint; the totals would go back).
+                await shared.close()
             await monitor.close()
             await holder.close()
             await quota.close()
@@ -139,6 +152,7 @@ def create_gateway_app(
         body_timeout_s=settings.body_timeout_s,
         lifespan=[lifespan],
         metrics=registry,
+        shared_metrics=shared,
         engines=monitor,
     )
 

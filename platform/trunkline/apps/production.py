@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+from pathlib import Path
 
 import redis
 import redis.asyncio as aioredis
@@ -21,6 +22,7 @@ from trunkline.apps.gateway import create_gateway_app
 from trunkline.apps.runtime import build_runtime, require_schema, server_secret
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
+from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.stream import RedisUsageEmitter, RedisUsageReader, stream_name
@@ -57,12 +59,14 @@ def gateway_app() -> Litestar:
         _redis_url(settings), socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
     )
     quota_client = connect_quota_store(_redis_url(settings), settings.gateway.quota.store_timeout_s)
+    shared_dir = os.environ.get(WORKERS_METRICS_DIR_ENV)  # set by `trunkline gateway --workers N`
     return create_gateway_app(
         source=RedisSnapshotSource(client, settings.redis.key_prefix),
         emitter=RedisUsageEmitter(client, usage_stream_name(settings)),
         server_secret=server_secret(settings),
         settings=settings.gateway,
         quota_store=RedisQuotaStore(quota_client, settings.redis.key_prefix),
+        workers_metrics_dir=Path(shared_dir) if shared_dir else None,
     )
 
 

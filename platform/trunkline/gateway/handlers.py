@@ -32,6 +32,7 @@ from trunkline.gateway.service import GatewayService, Reply
 from trunkline.kit import logging as tlog
 from trunkline.kit.asgi import unless_client_leaves
 from trunkline.kit.ids import new_request_id
+from trunkline.kit.metrics_share import SharedMetrics
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,9 @@ def error_handler(request: Request[object, object, State], exc: Exception) -> Re
 
 @get("/metrics", include_in_schema=False)
 async def metrics(request: Request[object, object, State]) -> Response[bytes]:
+    shared: SharedMetrics | None = request.app.state.shared_metrics
+    if shared is not None:  # every worker's
+        return Response(await shared.exposition(), media_type=CONTENT_TYPE_LATEST)
     registry: CollectorRegistry = request.app.state.metrics
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -297,6 +301,7 @@ def build_app(
     max_body_bytes: int,
     lifespan: list[object],
     metrics: CollectorRegistry | None = None,
+    shared_metrics: SharedMetrics | None = None,
     engines: EngineMonitor | None = None,
     body_timeout_s: float | None = None,
 ) -> Litestar:
@@ -305,6 +310,7 @@ def build_app(
     state = {
         "gateway": service,
         "metrics": registry,
+        "shared_metrics": shared_metrics,
         "request_metrics": requests,
         "engines": engines,
         "max_body_bytes": max_body_bytes,

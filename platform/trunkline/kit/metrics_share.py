@@ -1,0 +1,195 @@
+"""The workers of one server (uvicorn ``--workers N``) sharing their Prometheus metrics through a
+directory, so a scrape of whichever worker accepts it shows the whole server
+(:mod:`trunkline.kit.metrics_merge` says how they add up).
+
+Each worker writes what its registry holds to a file of its own, every ``every_s`` and whenever
+it serves a scrape; a scrape merges every file. The request path keeps its in-memory metrics
+and pays nothing: the cost is a collection of the registry a second (prometheus_client's
+multiprocess mode instead writes to a file at every observation, and leaves out the collectors
+that read state at scrape time, which most of a gateway's are). Another worker's figures are at
+most ``every_s`` old; a worker killed outright loses what it counted after its last write.
+
+The directory must start empty at each start of the server (old files would be summed): the
+parent process makes it (:func:`workers_metrics_dir`) and hands it to its workers in the
+environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from trunkline.errors import ConfigurationError
+from trunkline.kit.metrics_merge import FamilyReport, GaugeRule, WorkerReport, families_of, merge
+
+__all__ = ["WORKERS_METRICS_DIR_ENV", "MetricsShare", "SharedMetrics", "workers_metrics_dir"]
+
+log = logging.getLogger(__name__)
+
+WORKERS_METRICS_DIR_ENV = "TRUNKLINE_WORKERS_METRICS_DIR"
+"""Set by the parent process for the workers it starts; not a setting (one inherited from the
+environment is replaced or removed)."""
+
+
+@contextlib.contextmanager
+def workers_metrics_dir(workers: int) -> Iterator[Path | None]:
+    """A fresh directory for ``workers`` processes to share their metrics through, named in
+    the environment they inherit, removed with all it holds after the block (a parent killed
+    outright leaves it); None, and nothing made, for one worker."""
+    os.environ.pop(WORKERS_METRICS_DIR_ENV, None)
+    if workers <= 1:
+        yield None
+        return
+    try:
+        path = Path(tempfile.mkdtemp(prefix="trunkline-metrics-"))
+    except OSError as exc:  # a read-only file system: say what to set, not a traceback
+        raise ConfigurationError(
+            f"{workers} workers share their metrics through a directory, which cannot be made "
+            f"in {tempfile.gettempdir()} ({exc.strerror}): set TMPDIR to a writable directory"
+        ) from None
+    os.environ[WORKERS_METRICS_DIR_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ.pop(WORKERS_METRICS_DIR_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class MetricsShare:
+    """One worker's files in the shared directory: what it writes, and what it reads of all."""
+
+    def __init__(self, directory: Path, *, pid: int | None = None) -> None:
+        self.directory = directory
+        self.pid = os.getpid() if pid is None else pid
+        # A pid can be reused by a later worker: the file names its start too.
+        self.path = directory / f"worker-{self.pid}-{time.time_ns()}.json"
+        self._lock = threading.Lock()
+        self._written = -1
+
+    def write(self, seq: int, families: tuple[FamilyReport, ...], *, live: bool = True) -> None:
+        """Replace this worker's file with collection number ``seq``, unless a later one is
+        there already (two writes racing must not put an older count over a newer)."""
+        report = WorkerReport(self.pid, time.time(), live, families)
+        with self._lock:
+            if seq <= self._written:
+                return
+            _replace(self.path, report.to_json())
+            self._written = seq
+
+    def retire_earlier(self) -> None:
+        """Mark the files of an earlier worker that had this pid as stopped (it died without
+        saying so; the pid being in use again would keep its gauges counted)."""
+        for path in self.directory.glob(f"worker-{self.pid}-*.json"):
+            if path != self.path:
+                _replace(path, WorkerReport.from_json(path.read_bytes()).stopped().to_json())
+
+    def read(self) -> list[WorkerReport]:
+        """Every worker's report, ordered by file name; one whose process is gone counts as
+        stopped."""
+        reports = []
+        for path in sorted(self.directory.glob("worker-*.json")):
+            report = WorkerReport.from_json(path.read_bytes())
+            if report.live and not _running(report.pid):
+                report = report.stopped()
+            reports.append(report)
+        return reports
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part:
+    files are never removed or half-written while the server runs, or a scrape would miss
+    counts."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Collected(Collector):
+    def __init__(self, metrics: Iterable[Metric]) -> None:
+        self._metrics = list(metrics)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
+
+
+class SharedMetrics:
+    """A worker's ``registry`` shared through ``share``: :meth:`start` it with the app,
+    :meth:`close` it when the app stops, and answer scrapes with :meth:`exposition`."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        share: MetricsShare,
+        gauge_rules: Mapping[str, GaugeRule],
+        *,
+        every_s: float = 1.0,
+    ) -> None:
+        self._registry = registry
+        self._share = share
+        self._rules = gauge_rules
+        self._every_s = every_s
+        self._seq = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._share.retire_earlier)
+        await self._publish()
+        self._task = asyncio.create_task(self._keep_publishing())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._publish(live=False)
+
+    async def exposition(self) -> bytes:
+        """The text exposition of every worker's metrics, this one's as of now."""
+        seq, families = self._collect()
+        return await asyncio.to_thread(self._merged, seq, families)
+
+    def _collect(self) -> tuple[int, tuple[FamilyReport, ...]]:
+        # On the event loop: collectors read state that only the loop changes.
+        return next(self._seq), families_of(self._registry.collect())
+
+    def _merged(self, seq: int, families: tuple[FamilyReport, ...]) -> bytes:
+        # Written before reading: a scrape then shows nothing another scrape, of another
+        # worker, might not show after it, and counters never seem to go back.
+        self._share.write(seq, families)
+        merged = merge(self._share.read(), self._rules, now=time.time())
+        return generate_latest(_Collected(merged))
+
+    async def _publish(self, *, live: bool = True) -> None:
+        seq, families = self._collect()
+        await asyncio.to_thread(self._share.write, seq, families, live=live)
+
+    async def _keep_publishing(self) -> None:
+        while True:
+            await asyncio.sleep(self._every_s)
+            try:
+                await self._publish()
+            except OSError as exc:  # a full disk: the next write may succeed
+                log.warning("could not share this worker's metrics (%s)", exc)
