@@ -104,6 +104,12 @@ class GatewaySettings(BaseModel):
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection's request head (request line and headers) must arrive whole within this
+    long of the connection opening, or of the previous response on a keep-alive connection;
+    else the connection is closed (408 if part of a head came). Bytes arriving do not extend
+    it: a client sending nothing, or a byte now and then, held a connection for as long as it
+    liked. An SDK sends its head in one write, so the default is far beyond a real client's."""
     body_timeout_s: float = Field(default=60.0, gt=0)
     """A request's body must arrive whole within this long of its headers (408 otherwise): a
     client trickling it in held a connection, and its key's check, for as long as it liked."""
@@ -149,6 +155,9 @@ class GatewaySettings(BaseModel):
 class ControlPlaneSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8081
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """As the gateway's: a connection whose request head is not whole this long after it
+    opened (or after the previous response) is closed."""
     public_gateway_url: str = "http://127.0.0.1:8080/v1"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -20,7 +21,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _start(workdir: Path, gateway_port: int, cp_port: int, log: str) -> Proc:
     env = trunkline_env(
-        TRUNKLINE_GATEWAY__PORT=str(gateway_port), TRUNKLINE_CONTROLPLANE__PORT=str(cp_port)
+        TRUNKLINE_GATEWAY__PORT=str(gateway_port),
+        TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
+        TRUNKLINE_GATEWAY__HEADER_TIMEOUT_S="1",
+        TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S="1",
     )
     proc = Proc([*TRUNKLINE, "up", "--time-scale", "0.02"], env, workdir, workdir / log)
     proc.wait_until(lambda: "Press Ctrl-C to stop." in proc.output(), "the demo banner")
@@ -84,8 +88,17 @@ def test_demo_serves_the_openai_sdk_and_restarts_on_the_same_database(workdir: P
         assert "Traceback" not in again.output()
         client = openai.OpenAI(base_url=exports["OPENAI_BASE_URL"], api_key=renewed, max_retries=0)
         assert client.models.list().data
+        # Both servers close a connection that sends no request (the header timeout).
+        assert _sent_before_closing(gateway_port) == _sent_before_closing(cp_port) == b""
     finally:
         assert again.stop(signal.SIGINT) == 0, again.output()
+
+
+def _sent_before_closing(port: int) -> bytes:
+    """What the server sends on a connection that sends nothing, up to closing it (within a
+    generous 30 s: it fails on a timeout otherwise)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        return conn.recv(1024)
 
 
 def _revoke_from_another_shell(workdir: Path, key: str, proc: Proc, client: openai.OpenAI) -> None:

@@ -4,6 +4,7 @@ usage worker on real PostgreSQL and Redis, driven by the OpenAI SDK."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -165,6 +166,26 @@ def test_a_stream_outliving_the_drain_timeout_is_metered_before_the_gateway_exit
     [row] = rows
     assert row.completion_tokens >= received - 2  # what it streamed (the role chunk has none)
     assert row.status == 499
+
+
+def test_the_servers_close_connections_whose_request_head_is_late(platform: Platform) -> None:
+    """The CLI gives each server the header timeout, and each of ``--workers`` processes."""
+    platform.cli("migrate")
+    gateway_port, cp_port = free_port(), free_port()
+    gateway = platform.spawn(
+        "gateway", "gateway", "--workers", "2", TRUNKLINE_GATEWAY__PORT=str(gateway_port),
+        TRUNKLINE_GATEWAY__HEADER_TIMEOUT_S="0.5",
+    )  # fmt: skip
+    controlplane = platform.spawn(
+        "controlplane", "controlplane", TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
+        TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S="0.5",
+    )  # fmt: skip
+    gateway.wait_http(f"http://127.0.0.1:{gateway_port}/livez")
+    controlplane.wait_http(f"http://127.0.0.1:{cp_port}/schema")
+    for port in [gateway_port] * 4 + [cp_port]:  # the gateway's spread over its workers
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(b"GET /livez HTTP/1.1\r\n")  # and no more
+            assert conn.recv(1024).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
 
 
 def _read_until_cut(stream: Iterator[object], *, after: int, then: Callable[[], None]) -> int:

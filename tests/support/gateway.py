@@ -18,10 +18,13 @@ __all__ = ["serve_on_loopback", "usage_records"]
 
 
 @contextlib.asynccontextmanager
-async def serve_on_loopback(app: Any) -> AsyncIterator[str]:
-    """Serve ``app`` (lifespan included) until the block ends; yields its base URL."""
+async def serve_on_loopback(app: Any, header_timeout_s: float | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` (lifespan included) until the block ends; yields its base URL.
+    ``header_timeout_s``: as ``trunkline gateway`` closes connections whose head is late."""
     (port,) = free_loopback_ports(1)
-    server = serving.server(app, LOOPBACK, port)
+    server = serving.server(
+        app, LOOPBACK, port, header_timeout_s=header_timeout_s, name=serving.GATEWAY
+    )
     task = asyncio.create_task(server.serve())
     await serving.wait_started([server], [task])
     try:

@@ -65,9 +65,11 @@ def test_a_value_that_does_not_fit_names_its_variable_and_not_the_value(
 ) -> None:
     monkeypatch.setenv("TRUNKLINE_GATEWAY__QUOTA__LEASE_S", "-1")
     monkeypatch.setenv("TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S", "s3cr3t-ish")
+    monkeypatch.setenv("TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S", "0")  # no "off"
     with pytest.raises(ConfigurationError) as refused:
         load_settings()
     message = refused.value.message
+    assert "TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S: Input should be greater than 0" in message
     assert "TRUNKLINE_GATEWAY__QUOTA__LEASE_S: Input should be greater than 0" in message
     assert "TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S: Input should be a valid integer" in message
     assert "s3cr3t" not in message

@@ -93,8 +93,16 @@ async def _run(
                 create_controlplane_app(runtime, quota_store=quotas),
                 settings.controlplane.host,
                 settings.controlplane.port,
+                header_timeout_s=settings.controlplane.header_timeout_s,
+                name=serving.CONTROL_PLANE,
             ),
-            serving.server(gateway, settings.gateway.host, settings.gateway.port),
+            serving.server(
+                gateway,
+                settings.gateway.host,
+                settings.gateway.port,
+                header_timeout_s=settings.gateway.header_timeout_s,
+                name=serving.GATEWAY,
+            ),
         ]
         tasks = [asyncio.create_task(s.serve()) for s in servers]
         jobs = _job_context(runtime, stream)

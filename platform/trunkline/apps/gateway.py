@@ -11,6 +11,7 @@ import httpx
 from litestar import Litestar
 from prometheus_client import CollectorRegistry
 
+from trunkline.apps.serving import GATEWAY
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, AsyncAdmission
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
@@ -34,6 +35,7 @@ from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.gateway.service import Admission, GatewayService
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.gateway.worker_metrics import shared_metrics
+from trunkline.kit.header_timeout import HeaderTimeoutCollector
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import QuotaEnforcer
 from trunkline.quota.fallback import FallbackQuotaStore
@@ -100,6 +102,7 @@ def create_gateway_app(
     registry.register(EndpointCollector(monitor.state))
     registry.register(KvEventCollector(lambda: monitor.kv_subscriber))
     registry.register(GatewayHealthCollector(holder, emitter))
+    registry.register(HeaderTimeoutCollector(GATEWAY))  # counted by the server it runs in
     if admission is None and settings.admission == "slo":
         metrics = AdmissionMetrics(registry)
 

@@ -6,9 +6,15 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Generator, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
+
+from trunkline.kit.header_timeout import header_timeout_protocol
+
+GATEWAY = "gateway"
+CONTROL_PLANE = "controlplane"
+"""Server names, under which each counts the connections it closed for a late request head."""
 
 
 class _QuietServer(uvicorn.Server):
@@ -19,9 +25,22 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def server(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvicorn.Server:
+def server(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "warning",
+    header_timeout_s: float | None = None,
+    name: str = "server",
+) -> uvicorn.Server:
+    """``header_timeout_s``: close a connection whose request head is late (docs/gateway.md,
+    Settings), counted under ``name``; None leaves uvicorn's own protocol (test engines)."""
+    http: type[asyncio.Protocol] | Literal["auto"] = "auto"
+    if header_timeout_s is not None:
+        http = header_timeout_protocol(header_timeout_s, name)
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False
+        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False, http=http
     )
     return _QuietServer(config)
 

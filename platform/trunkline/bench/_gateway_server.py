@@ -128,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     from trunkline.apps.gateway import create_gateway_app
+    from trunkline.apps.serving import GATEWAY
     from trunkline.engines import get_profile
+    from trunkline.kit.header_timeout import header_timeout_protocol
     from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
     from trunkline.metering.stream import InMemoryUsageStream
     from trunkline.settings import Settings
@@ -158,7 +160,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings=settings,
         workers_metrics_dir=Path(shared_dir) if shared_dir else None,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        http=header_timeout_protocol(settings.header_timeout_s, GATEWAY),
+    )
 
 
 if __name__ == "__main__":

@@ -225,10 +225,11 @@ def _inputs(config: OverheadConfig, usage: dict[str, int]) -> dict[str, Any]:
 
 
 def _server_stack() -> str:
-    """The uvicorn loop and HTTP parser the servers get (uvicorn picks the fastest installed)."""
+    """The uvicorn loop and HTTP parsers the servers get: uvicorn picks the fastest installed,
+    but for the gateway's parser (h11, for its header timeout, as in production)."""
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return f"uvicorn ({loop}, {http})"
+    return f"uvicorn ({loop}, gateway h11, engine {http})"
 
 
 def _printer(stream: TextIO | None) -> Callable[[str], None]:

@@ -112,9 +112,19 @@ def _migrate(_args: argparse.Namespace) -> int:
 
 
 def _uvicorn(
-    factory: str, host: str, port: int, workers: int, *, drain_s: int | None = None
+    factory: str,
+    host: str,
+    port: int,
+    workers: int,
+    *,
+    header_timeout_s: float,
+    server: str,
+    drain_s: int | None = None,
 ) -> None:
+    """Serve ``factory``'s app as ``server`` (its name in :mod:`trunkline.apps.serving`)."""
     import uvicorn
+
+    from trunkline.kit.header_timeout import header_timeout_protocol
 
     uvicorn.run(
         factory,
@@ -125,10 +135,12 @@ def _uvicorn(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=drain_s,
+        http=header_timeout_protocol(header_timeout_s, server),
     )
 
 
 def _controlplane(args: argparse.Namespace) -> int:
+    from trunkline.apps.serving import CONTROL_PLANE
     from trunkline.kit.migrate import require_existing
 
     settings = load_settings()
@@ -138,11 +150,20 @@ def _controlplane(args: argparse.Namespace) -> int:
     if busy := busy_ports([("control plane", cp.host, cp.port, "TRUNKLINE_CONTROLPLANE__PORT")]):
         print("error: " + "; ".join(busy), file=sys.stderr)  # before it publishes anything
         return 2
-    _uvicorn("trunkline.apps.production:controlplane_app", cp.host, cp.port, args.workers)
+    _uvicorn(
+        "trunkline.apps.production:controlplane_app",
+        cp.host,
+        cp.port,
+        args.workers,
+        header_timeout_s=cp.header_timeout_s,
+        server=CONTROL_PLANE,
+    )
     return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    from trunkline.apps.serving import GATEWAY
+
     settings = load_settings()
     settings.check_production()
     gw = settings.gateway
@@ -158,6 +179,8 @@ def _gateway(args: argparse.Namespace) -> int:
             gw.host,
             gw.port,
             workers,
+            header_timeout_s=gw.header_timeout_s,
+            server=GATEWAY,
             drain_s=gw.drain_timeout_s,
         )
     return 0

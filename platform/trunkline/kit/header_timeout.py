@@ -1,0 +1,146 @@
+"""A header-read timeout for uvicorn (slowloris protection): a connection whose request head
+(request line and headers) is not whole within ``header_timeout_s`` of the connection opening,
+or on a keep-alive connection of the previous exchange ending, is closed by the server.
+
+uvicorn bounds only an idle keep-alive connection (``timeout_keep_alive``), and any byte
+received cancels that: a client sending nothing on a new connection, or a header byte now and
+then, held the connection for as long as it liked. Here the deadline is armed once per request
+head and bytes arriving do not move it; it is cancelled when the head is complete, so a slow body
+(the gateway's ``body_timeout_s`` bounds it) and a long response are not affected.
+
+On the deadline a connection that had sent part of a head is answered ``408 Request Timeout``
+with ``Connection: close`` (RFC 9110 15.5.9), as Apache's mod_reqtimeout does, so a slow but
+honest client learns why; one that had sent nothing is closed without an answer, which is what
+nginx (``client_header_timeout``) and Go (``ReadHeaderTimeout``) do in both cases: a 408 on a
+connection the client has not used yet could cross a request it is just sending, which would
+take the 408 for its answer.
+
+It subclasses uvicorn's h11 protocol and is handed to uvicorn as its ``http`` protocol, so the
+h11 parser is used even where httptools is installed. The closes are counted per process and
+server name (:func:`closed_connections`): the protocol lives in the server, not in the app whose
+``/metrics`` reports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+from collections.abc import Iterator
+from typing import Any, cast
+
+import h11
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+__all__ = ["HeaderTimeoutCollector", "closed_connections", "header_timeout_protocol"]
+
+_LATE = b"The request's headers came too slowly.\n"
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_LATE), _LATE)
+)
+
+_closed: collections.Counter[str] = collections.Counter()
+"""Connections closed for a late request head, by server name, in this process."""
+
+
+def closed_connections(server: str) -> int:
+    return _closed[server]
+
+
+def header_timeout_protocol(header_timeout_s: float, server: str) -> type[asyncio.Protocol]:
+    """What to pass uvicorn as ``http``: its h11 protocol with a header-read timeout, closes
+    counted under ``server``."""
+    # uvicorn only calls its protocol "class" (config, server_state, app_state, _loop); a
+    # partial, unlike a class made here, pickles into the processes of ``--workers N``.
+    protocol = functools.partial(
+        HeaderTimeoutProtocol, header_timeout_s=header_timeout_s, server=server
+    )
+    return cast("type[asyncio.Protocol]", protocol)
+
+
+class HeaderTimeoutProtocol(H11Protocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        header_timeout_s: float,
+        server: str,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._header_timeout_s = header_timeout_s
+        self._server_name = server
+        self._head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._follow_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        # Every head h11 parses goes through here, a pipelined one too (from
+        # on_response_complete), and so does each cycle's restart after a request's end.
+        super().handle_events()
+        self._follow_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow_head()
+
+    def _follow_head(self) -> None:
+        """A deadline while no request is being worked on, none otherwise: their side
+        ``IDLE`` (a new connection, or the previous exchange done), or our response sent while
+        they still send its request's body (an early answer: a 401, the body timeout's 408),
+        which then counts against the next head's time."""
+        waiting = self.conn.their_state is h11.IDLE or self.conn.our_state is h11.DONE
+        if waiting and not self.transport.is_closing():
+            if self._head_deadline is None:  # armed once per head, however many bytes come
+                self._head_deadline = self.loop.call_later(self._header_timeout_s, self._head_late)
+        else:
+            self._cancel_deadline()
+
+    def _cancel_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_late(self) -> None:
+        self._head_deadline = None
+        if self.transport.is_closing():
+            return
+        _closed[self._server_name] += 1
+        received, _closed_by_peer = self.conn.trailing_data
+        if received.strip():
+            self.transport.write(_REQUEST_TIMEOUT)
+        self.conn.send(h11.ConnectionClosed())
+        if self.transport.get_write_buffer_size():
+            # It does not read (a response before, unread, fills its window): close() would
+            # wait for the buffer to drain, and keep the connection open.
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+class HeaderTimeoutCollector(Collector):
+    """The closes of one server's connections as a Prometheus counter (read at each scrape)."""
+
+    def __init__(self, server: str) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "trunkline_header_timeouts",
+            "Connections this process closed because a request's headers did not arrive whole "
+            "within the header timeout (slow or stalled clients)",
+            value=float(closed_connections(self._server)),
+        )

@@ -1,0 +1,253 @@
+"""The header-read timeout, over raw sockets to a real gateway app under uvicorn: a connection
+whose request head is late is closed; a request whose head came in time is not cut, however
+slowly its body comes (the body timeout governs that) or however long its answer streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.gateway.conftest import default_world, gateway_app
+from tests.unit.gateway.upstreams import chat_any, sse_events
+
+from support.gateway import serve_on_loopback
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.settings import GatewaySettings
+
+HEADER_TIMEOUT_S = 0.3
+BODY_TIMEOUT_S = 2.0
+GENEROUS_S = 10.0
+"""How long a test waits for what should come after a fraction of a second."""
+CHAT = json.dumps({"model": "llama", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+class HeldStream(httpx.AsyncByteStream):
+    """An engine's stream that sends its first event, then the rest once ``release`` is set."""
+
+    def __init__(self, events: list[bytes], release: asyncio.Event) -> None:
+        self.events = events
+        self.release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.events[0]
+        await self.release.wait()
+        for event in self.events[1:]:
+            yield event
+
+
+@dataclass
+class Gateway:
+    url: str
+    key: str
+    release: asyncio.Event
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = self.url.removeprefix("http://").split(":")
+        return await asyncio.open_connection(host, int(port))
+
+    def head(self, method: str, path: str, *extra: str) -> bytes:
+        lines = [f"{method} {path} HTTP/1.1", "host: gateway", *extra]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def chat_head(self, length: int) -> bytes:
+        auth = f"authorization: Bearer {self.key}"
+        kind = "content-type: application/json"
+        return self.head("POST", "/v1/chat/completions", auth, kind, f"content-length: {length}")
+
+    async def header_deadline_passed(self) -> None:
+        """Returns once a connection opened now was closed for sending no head: any connection
+        opened before it has been open longer than the header timeout by then."""
+        reader, writer = await self.connect()
+        try:
+            assert await until_closed(reader) == b""
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Gateway]:
+    release = asyncio.Event()
+
+    def engine(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("stream"):
+            events = sse_events("llama-8b-served", with_usage=False)
+            stream = HeldStream(events, release)
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+        return chat_any(request)
+
+    world = default_world()
+    key = world.add_key()
+    world.publish()
+    settings = GatewaySettings(
+        snapshot_poll_s=0.05, header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S
+    )
+    app = gateway_app(world, InMemoryUsageStream(), settings, transport=httpx.MockTransport(engine))
+    async with serve_on_loopback(app, header_timeout_s=settings.header_timeout_s) as url:
+        yield Gateway(url, key, release)
+    release.set()
+
+
+async def until_closed(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed the connection; fails if it is still open after
+    ``GENEROUS_S``."""
+    received = b""
+    try:
+        async with asyncio.timeout(GENEROUS_S):
+            while chunk := await reader.read(65536):
+                received += chunk
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        pytest.fail(f"still open after {GENEROUS_S} s; it had sent {received!r}")
+    return received
+
+
+async def dribble(writer: asyncio.StreamWriter, byte: bytes) -> None:
+    """``byte`` every 20 ms until well past the test's patience (or the server's close)."""
+    with contextlib.suppress(ConnectionError):
+        for _ in range(int(GENEROUS_S / 0.02) * 2):
+            writer.write(byte)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    async with asyncio.timeout(GENEROUS_S):
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        status_line, *lines = head.strip().split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        body = await reader.readexactly(int(headers["content-length"]))
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_a_connection_sending_nothing_is_closed_without_an_answer(gateway: Gateway) -> None:
+    reader, writer = await gateway.connect()
+    try:
+        assert await until_closed(reader) == b""
+    finally:
+        writer.close()
+
+
+async def test_headers_dribbled_byte_by_byte_are_cut_at_the_deadline_with_a_408(
+    gateway: Gateway,
+) -> None:
+    reader, writer = await gateway.connect()
+    writer.write(b"GET /livez HTTP/1.1\r\nhost: gateway\r\nx-padding: ")
+    sending = asyncio.create_task(dribble(writer, b"a"))
+    try:
+        received = await until_closed(reader)
+    finally:
+        sending.cancel()
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b"connection: close" in received
+
+
+async def test_requests_whose_heads_come_in_time_are_answered_on_a_kept_alive_connection(
+    gateway: Gateway,
+) -> None:
+    reader, writer = await gateway.connect()
+    try:
+        writer.write(gateway.head("GET", "/livez"))
+        first = await read_response(reader)
+        writer.write(gateway.head("GET", "/livez"))  # promptly, on the same connection
+        second = await read_response(reader)
+        writer.write(gateway.head("GET", "/livez") * 2)  # pipelined
+        third, fourth = await read_response(reader), await read_response(reader)
+        # The next head is due within the timeout of the last answer, not of the first byte
+        # (uvicorn's own keep-alive timeout stops at a first byte).
+        writer.write(b"GET /livez HTTP/1.1\r\n")
+        late = await until_closed(reader)
+    finally:
+        writer.close()
+    assert [r[0] for r in (first, second, third, fourth)] == [200, 200, 200, 200]
+    assert late.startswith(b"HTTP/1.1 408 ")
+
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        chat = await client.post(
+            "/v1/chat/completions",
+            content=CHAT,
+            headers={"Authorization": f"Bearer {gateway.key}"},
+        )
+    assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
+
+
+async def test_a_body_slower_than_the_header_timeout_is_read_whole(gateway: Gateway) -> None:
+    reader, writer = await gateway.connect()
+    try:
+        writer.write(gateway.chat_head(len(CHAT)) + CHAT[:10])
+        await gateway.header_deadline_passed()
+        writer.write(CHAT[10:])
+        status, _headers, body = await read_response(reader)
+    finally:
+        writer.close()
+    assert status == 200, body
+    assert json.loads(body)["choices"][0]["message"]["content"]
+
+
+async def test_a_body_that_stalls_gets_the_body_timeouts_408(gateway: Gateway) -> None:
+    reader, writer = await gateway.connect()
+    try:
+        writer.write(gateway.chat_head(len(CHAT)) + CHAT[:10])
+        status, headers, body = await read_response(reader)
+    finally:
+        writer.close()
+    # The gateway's own answer (BODY_TIMEOUT_S after the head), not the server's plain one.
+    assert status == 408 and headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+async def test_a_body_still_trickling_after_its_answer_counts_against_the_next_head(
+    gateway: Gateway,
+) -> None:
+    reader, writer = await gateway.connect()
+    bad_key = gateway.chat_head(100_000).replace(gateway.key.encode(), b"sk-unknown")
+    try:
+        writer.write(bad_key + CHAT)
+        status, _headers, _body = await read_response(reader)  # refused on its headers
+        sending = asyncio.create_task(dribble(writer, b" "))  # the rest of its body
+        try:
+            await until_closed(reader)
+        finally:
+            sending.cancel()
+    finally:
+        writer.close()
+    assert status == 401
+
+
+async def test_a_stream_longer_than_the_header_timeout_is_not_cut(gateway: Gateway) -> None:
+    body = json.dumps({**json.loads(CHAT), "stream": True}).encode()
+    headers = {"Authorization": f"Bearer {gateway.key}"}
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=GENEROUS_S) as client,
+        client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as response,
+    ):
+        lines = response.aiter_lines()
+        first = await anext(lines)
+        await gateway.header_deadline_passed()
+        gateway.release.set()
+        rest = [line async for line in lines]
+    assert response.status_code == 200 and first.startswith("data: {")
+    events = [line for line in rest if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    assert not any('"error"' in line for line in events)
+
+
+async def test_the_gateway_counts_the_connections_it_closed(gateway: Gateway) -> None:
+    async def closed_so_far() -> float:
+        async with httpx.AsyncClient(base_url=gateway.url) as client:  # closed before its idle
+            text = (await client.get("/metrics")).text
+        [family] = [
+            f for f in text_string_to_metric_families(text) if f.name == "trunkline_header_timeouts"
+        ]
+        return family.samples[0].value
+
+    before = await closed_so_far()
+    await gateway.header_deadline_passed()
+    assert await closed_so_far() == before + 1
