@@ -16,15 +16,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, class_mapper
 
-from trunkline.models import ApiKey, KeyQuota, TenantQuota, Tier, TierQuota
+from trunkline.models import ApiKey, KeyQuota, Tenant, TenantQuota, Tier, TierQuota
 from trunkline.models.base import _now
+from trunkline.quota.policy import DocT, folded
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
-
-DocT = TypeVar("DocT", QuotaLimits, ScopeLimits)
 
 
 def _load(raw: dict[str, Any], kind: type[DocT]) -> DocT:
-    return msgspec.convert(raw, kind)
+    # A document stored before budgets had a currency names its budget cost_per_month_usd:
+    # it was enforced in the price book's currency then too, so it is that currency's amount.
+    return folded(msgspec.convert(raw, kind))
 
 
 def _dump(doc: QuotaLimits | ScopeLimits) -> dict[str, Any]:
@@ -72,6 +73,28 @@ class QuotaRepository:
             if found is not None:
                 docs[key_id] = found
         return docs
+
+    def cost_budgets(self) -> list[str]:
+        """Every cost budget set, as ``tier gold, tenant scope: 100`` (``null``, unlimited,
+        is none): what a change of the price book's currency would make read otherwise."""
+        found: list[str] = []
+        tiers = select(Tier.name, TierQuota.limits).join(Tier, Tier.id == TierQuota.tier_id)
+        tenants = select(Tenant.slug, TenantQuota.limits).join(
+            Tenant, Tenant.id == TenantQuota.tenant_id
+        )
+        for kind, statement in (("tier", tiers), ("tenant", tenants)):
+            for name, limits in self._session.execute(statement):
+                doc = _load(limits, QuotaLimits)
+                for scope in QuotaLimits.__struct_fields__:
+                    amount = getattr(doc, scope).cost_per_month
+                    if amount is not None and amount is not msgspec.UNSET:
+                        found.append(f"{kind} {name}, {scope} scope: {amount:g}")
+        keys = select(ApiKey.key_id, KeyQuota.limits).join(ApiKey, ApiKey.id == KeyQuota.api_key_id)
+        for key_id, limits in self._session.execute(keys):
+            amount = _load(limits, ScopeLimits).cost_per_month
+            if amount is not None and amount is not msgspec.UNSET:
+                found.append(f"key {key_id}: {amount:g}")
+        return found
 
 
 class TenantQuotaRepository:
