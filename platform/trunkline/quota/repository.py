@@ -77,24 +77,28 @@ class QuotaRepository:
     def cost_budgets(self) -> list[str]:
         """Every cost budget set, as ``tier gold, tenant scope: 100`` (``null``, unlimited,
         is none): what a change of the price book's currency would make read otherwise."""
-        found: list[str] = []
-        tiers = select(Tier.name, TierQuota.limits).join(Tier, Tier.id == TierQuota.tier_id)
+        scopes: list[tuple[str, ScopeLimits]] = []
+        tiers = select(Tier.name, TierQuota.limits).join(TierQuota, TierQuota.tier_id == Tier.id)
         tenants = select(Tenant.slug, TenantQuota.limits).join(
-            Tenant, Tenant.id == TenantQuota.tenant_id
+            TenantQuota, TenantQuota.tenant_id == Tenant.id
         )
         for kind, statement in (("tier", tiers), ("tenant", tenants)):
             for name, limits in self._session.execute(statement):
                 doc = _load(limits, QuotaLimits)
-                for scope in QuotaLimits.__struct_fields__:
-                    amount = getattr(doc, scope).cost_per_month
-                    if amount is not None and amount is not msgspec.UNSET:
-                        found.append(f"{kind} {name}, {scope} scope: {amount:g}")
-        keys = select(ApiKey.key_id, KeyQuota.limits).join(ApiKey, ApiKey.id == KeyQuota.api_key_id)
+                scopes += [
+                    (f"{kind} {name}, {scope} scope", getattr(doc, scope))
+                    for scope in QuotaLimits.__struct_fields__
+                ]
+        keys = select(ApiKey.key_id, KeyQuota.limits).join(
+            KeyQuota, KeyQuota.api_key_id == ApiKey.id
+        )
         for key_id, limits in self._session.execute(keys):
-            amount = _load(limits, ScopeLimits).cost_per_month
-            if amount is not None and amount is not msgspec.UNSET:
-                found.append(f"key {key_id}: {amount:g}")
-        return found
+            scopes.append((f"key {key_id}", _load(limits, ScopeLimits)))
+        return [
+            f"{where}: {scope.cost_per_month:g}"
+            for where, scope in scopes
+            if isinstance(scope.cost_per_month, float | int)
+        ]
 
 
 class TenantQuotaRepository:

@@ -13,7 +13,11 @@ import pytest
 from sqlalchemy import select
 
 from trunkline.billing.pricebook import BUNDLED, PriceBook, load_price_book_file
-from trunkline.billing.service import apply_price_book, withdraw_price_version
+from trunkline.billing.service import (
+    apply_price_book,
+    price_book_currency,
+    withdraw_price_version,
+)
 from trunkline.errors import Conflict, InvalidRequest, QuotaExhausted
 from trunkline.models import Tier, TierQuota
 from trunkline.quota.enforcer import QuotaEnforcer, _show
@@ -236,6 +240,8 @@ def test_withdrawing_back_to_the_bundled_currency_is_refused_while_budgets_are_s
 ) -> None:
     later = in_currency("EUR", "2099-01-01T00:00:00Z")
     apply_book(world, later, keep_budget_amounts=True)
-    with world.runtime.session_factory() as session, session.begin():  # noqa: SIM117
-        with pytest.raises(Conflict, match="from EUR to USD"):
-            withdraw_price_version(session, later.versions[0].version, datetime.now(UTC))
+    sessions, number = world.runtime.session_factory, later.versions[0].version
+    with pytest.raises(Conflict, match="from EUR to USD"), sessions() as session, session.begin():
+        withdraw_price_version(session, number, datetime.now(UTC))
+    with sessions() as session:
+        assert price_book_currency(session) == "EUR", "refused: the version stays"
