@@ -45,6 +45,7 @@ from trunkline.models import (
     Tenant,
     UsageRollup,
 )
+from trunkline.quota.repository import QuotaRepository
 from trunkline.tenancy.changes import flush_or_conflict, mark_config_changed
 
 FORMATS = {  # text types without a charset: the HTTP response adds "; charset=utf-8" itself
@@ -84,12 +85,23 @@ def load_price_book(session: Session) -> PriceBook:
     return PriceBook([version_from_document(d) for d in documents])
 
 
-def apply_price_book(session: Session, book: PriceBook) -> list[int]:
+def price_book_currency(session: Session) -> str:
+    """The currency of the price book (every version has the one of the first)."""
+    stored = session.scalar(select(PriceBookVersion.currency).limit(1))
+    return stored or load_price_book_file(BUNDLED).currency
+
+
+def apply_price_book(
+    session: Session, book: PriceBook, *, keep_budget_amounts: bool = False
+) -> list[int]:
     """Store the versions not stored yet; returns their numbers.
 
     A stored version is never changed, and no version may start inside a closed period:
-    that would change what was already billed.
+    that would change what was already billed. A book in another currency than the one it
+    replaces (the bundled one, until a first is stored) is refused while cost budgets are set,
+    unless ``keep_budget_amounts``: each would read as an amount of the new currency.
     """
+    currency_before = price_book_currency(session)
     closed_until = latest_closed_end(session)
     added = []
     for version in book.versions:
@@ -130,9 +142,30 @@ def apply_price_book(session: Session, book: PriceBook) -> list[int]:
             + f"; price them or add a '{DEFAULT_MODEL}' default",
             param="models",
         )
+    if not keep_budget_amounts:
+        check_budgets_keep_currency(session, currency_before, whole.currency)
     if added:  # the gateways' cost budgets price with the version in force
         mark_config_changed(session)
     return added
+
+
+def check_budgets_keep_currency(session: Session, before: str, after: str) -> None:
+    """Refuse a change of the price book's currency while cost budgets are set: a budget is a
+    bare amount of that currency, and 100 US dollars must not silently become 100 euros."""
+    if before == after:
+        return
+    budgets = QuotaRepository(session).cost_budgets()
+    if not budgets:
+        return
+    shown = "; ".join(budgets[:5]) + (f"; and {len(budgets) - 5} more" if len(budgets) > 5 else "")
+    raise Conflict(
+        f"the price book would change currency from {before} to {after}, and cost budgets are "
+        f"set in {before} ({shown}): they would read as {after}. Remove them, then set them "
+        f"again in {after} once the book is, or, applying a price book, keep their amounts as "
+        f"{after} on purpose (trunkline billing prices apply --keep-budget-amounts)",
+        param="currency",
+        reason="budget_currency",
+    )
 
 
 def prices_in_force_since(session: Session, now: datetime) -> datetime | None:
@@ -151,6 +184,7 @@ def withdraw_price_version(session: Session, number: int, now: datetime) -> None
     stored = session.get(PriceBookVersion, number)
     if stored is None:
         raise NotFound(f"no price book version {number}", param="version")
+    before = price_book_currency(session)
     if stored.effective_from <= now:
         raise Conflict(
             f"price book version {number} is in force since {stored.effective_from:%Y-%m-%d %H:%M}"
@@ -159,6 +193,8 @@ def withdraw_price_version(session: Session, number: int, now: datetime) -> None
         )
     session.delete(stored)
     session.flush()
+    # Withdrawing the last stored version brings the bundled book back, perhaps its currency.
+    check_budgets_keep_currency(session, before, price_book_currency(session))
 
 
 def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -> list[str]:

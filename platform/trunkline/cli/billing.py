@@ -61,6 +61,12 @@ def register(sub: Any) -> None:
     price_commands = prices.add_subparsers(dest="prices_command", required=True)
     apply = price_commands.add_parser("apply", help="store a price book file's new versions")
     apply.add_argument("path", type=Path)
+    apply.add_argument(
+        "--keep-budget-amounts",
+        action="store_true",
+        help="a book in a new currency while cost budgets are set: take each budget's amount "
+        "as an amount of the new currency (refused otherwise)",
+    )
     apply.set_defaults(func=prices_apply_command)
     show = price_commands.add_parser("show", help="print the price book in force")
     show.set_defaults(func=prices_show_command)
@@ -176,7 +182,8 @@ def prices_apply_command(args: argparse.Namespace) -> int:
     runtime = open_runtime()
     try:
         with unit_of_work(runtime.session_factory, runtime.publish) as session:
-            added = service.apply_price_book(session, book)
+            keep = args.keep_budget_amounts
+            added = service.apply_price_book(session, book, keep_budget_amounts=keep)
     finally:
         runtime.close()
     print(f"added versions: {', '.join(map(str, added))}" if added else "no new versions")

@@ -3,11 +3,12 @@
     trunkline quota show --tier gold
     trunkline quota show --tenant acme [--key KEY_ID]
     trunkline quota set --tier gold --scope key --tokens-per-minute 200000
-    trunkline quota set --tenant acme --scope tenant --cost-per-month-usd 500 --tokens-per-day none
+    trunkline quota set --tenant acme --scope tenant --cost-per-month 500 --tokens-per-day none
     trunkline quota set --key KEY_ID --requests-per-minute inherit
 
 A value is a number, ``none`` (unlimited) or ``inherit`` (drop the override). Changes are
-published to every gateway after commit.
+published to every gateway after commit. ``--cost-per-month`` is an amount of the price book's
+currency; ``--cost-per-month-usd``, its deprecated alias, works only while that is USD.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from trunkline.errors import InvalidRequest
 from trunkline.keys.service import key_tenant
 from trunkline.kit.text import shown
 from trunkline.quota import service
-from trunkline.quota.policy import FIELDS, merge
+from trunkline.quota.policy import ALIAS, FIELDS, merge
 from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.rules import Vector
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
@@ -41,6 +42,8 @@ from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.service import tenant_by_slug
 
 SCOPES = ("tenant", "project", "key")
+FLAGS = (*FIELDS, ALIAS)
+MONEY = ("cost_per_month", ALIAS)
 
 
 def register(sub: Any) -> None:
@@ -56,6 +59,8 @@ def register(sub: Any) -> None:
     change.add_argument("--scope", choices=SCOPES, help="scope to change (tier, tenant)")
     for name in FIELDS:
         change.add_argument("--" + name.replace("_", "-"), metavar="N|none|inherit")
+    deprecated = "deprecated: --cost-per-month, while the price book is in USD"
+    change.add_argument("--cost-per-month-usd", metavar="N|none|inherit", help=deprecated)
     change.set_defaults(func=set_command)
 
 
@@ -140,17 +145,17 @@ def _edit(
 def _changes(args: argparse.Namespace) -> tuple[ScopeLimits, tuple[str, ...]]:
     given: dict[str, float | None] = {}
     forget = []
-    for name in FIELDS:
+    for name in FLAGS:
         value = getattr(args, name)
         if value is None:
             continue
         if value == "inherit":
-            forget.append(name)
+            forget.append("cost_per_month" if name == ALIAS else name)
         elif value == "none":
             given[name] = None
         else:
             try:
-                given[name] = float(value) if name.endswith("_usd") else int(value)
+                given[name] = float(value) if name in MONEY else int(value)
             except ValueError:
                 flag = "--" + name.replace("_", "-")
                 raise InvalidRequest(f"{flag}: expected a number, none or inherit") from None

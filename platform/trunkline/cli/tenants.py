@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from trunkline.apps.runtime import Runtime, build_runtime, require_schema
 from trunkline.auth.schemas import Email
 from trunkline.auth.service import admin_token, revoke_access_tokens
+from trunkline.billing.service import price_book_currency
 from trunkline.gateway.routing.candidates import stranded
 from trunkline.kit.migrate import require_existing
 from trunkline.settings import load_settings
@@ -27,6 +28,7 @@ from trunkline.tenancy.manifests import (
     load_manifests,
     manifest_json_schema_text,
 )
+from trunkline.tenancy.manifests.checks import budget_issues
 from trunkline.tenancy.schemas import TenantUpdate
 
 T = TypeVar("T")
@@ -60,6 +62,11 @@ def register(sub: Any) -> None:
 
     validate = commands.add_parser("validate", help="check manifests without touching a database")
     validate.add_argument("path", help="a manifest file or a directory of *.yaml files")
+    validate.add_argument(
+        "--currency",
+        type=str.upper,
+        help="the price book's currency (ISO 4217): check cost budgets against it as apply does",
+    )
     validate.set_defaults(func=validate_command)
 
     apply = commands.add_parser("apply", help="create or update what the manifests declare")
@@ -119,7 +126,7 @@ def run_work(work: Callable[[Session, Runtime], T]) -> T:
 
 def validate_command(args: argparse.Namespace) -> int:
     try:
-        manifests = load_manifests(args.path)
+        manifests = load_manifests(args.path, args.currency)
     except ManifestError as exc:
         return _report_issues(exc)
     files = {d.file for d in manifests.documents}
@@ -134,6 +141,10 @@ def apply_command(args: argparse.Namespace) -> int:
         return _report_issues(exc)
     runtime = open_runtime()
     try:
+        with runtime.session_factory() as session:
+            currency = price_book_currency(session)
+        if issues := budget_issues(manifests, currency):
+            return _report_issues(ManifestError(issues))
         report = apply_manifests(runtime.session_factory, manifests, publish=runtime.publish)
         with runtime.session_factory() as session:
             configured = build_snapshot(session, 0, cache_secret=runtime.server_secret)

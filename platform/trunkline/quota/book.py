@@ -3,7 +3,8 @@
 Every tenant, project default and key gets the limits in force for it (``policy.resolve``); a
 scope without any limit is left out, so a gateway skips the store for callers nobody limits.
 Prices come from the billing price book version in force when the snapshot is built, in
-micro-dollars per million tokens, per served model and tier.
+millionths of its currency per million tokens, per served model and tier; the book carries that
+currency, which the gateway's refusals name.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trunkline.billing.pricebook import TOKEN_CLASSES
-from trunkline.billing.service import load_price_book
+from trunkline.billing.service import load_price_book, price_book_currency
 from trunkline.errors import TrunklineError
 from trunkline.models import Model, Tier
-from trunkline.quota.limits import MICRO_USD, Limits, Price, QuotaBook, price_key
+from trunkline.quota.limits import MICRO, Limits, Price, QuotaBook, price_key
 from trunkline.quota.policy import key_tier, resolve, to_limits
 from trunkline.quota.repository import QuotaRepository
 from trunkline.snapshot.schemas import KeyEntry, TenantEntry
@@ -62,8 +63,8 @@ def build_quota_book(
             if own is None:
                 shared[(key.tenant_id, tier)] = limits
         _keep(key_limits, key_id, limits)
-    prices, billable = _pricing(session)
-    return QuotaBook(tenant_limits, project_limits, key_limits, prices, billable)
+    prices, billable, currency = _pricing(session)
+    return QuotaBook(tenant_limits, project_limits, key_limits, prices, billable, currency)
 
 
 def _keep(into: dict[str, Limits], ident: str, limits: Limits) -> None:
@@ -71,16 +72,16 @@ def _keep(into: dict[str, Limits], ident: str, limits: Limits) -> None:
         into[ident] = limits
 
 
-def _pricing(session: Session) -> tuple[dict[str, Price], tuple[str, ...]]:
-    """List prices for every served model and tier, and the outcomes the price book in force
-    bills. A model the price book does not price has none (its cost budgets admit it); an
-    unreadable price book gives no prices at all, logged: a broken price book must not stop
-    key revocations from being published."""
+def _pricing(session: Session) -> tuple[dict[str, Price], tuple[str, ...], str]:
+    """List prices for every served model and tier, the outcomes the price book in force
+    bills, and its currency. A model the price book does not price has none (its cost budgets
+    admit it); an unreadable price book gives no prices at all, logged: a broken price book
+    must not stop key revocations from being published."""
     try:
         version = load_price_book(session).at(datetime.now(UTC))
     except Exception:
         log.exception("no prices for cost budgets: the price book could not be read")
-        return {}, QuotaBook().billable_outcomes
+        return {}, QuotaBook().billable_outcomes, price_book_currency(session)
     tiers = session.scalars(select(Tier.name)).all()
     prices = {}
     for model in session.scalars(select(Model.name)).all():
@@ -91,8 +92,8 @@ def _pricing(session: Session) -> tuple[dict[str, Price], tuple[str, ...]]:
                 log.warning("no list price for %s on %s: its cost budgets admit it", model, tier)
                 continue
             prices[price_key(model, tier)] = Price(*(_micro(p) for p in per_class))
-    return prices, tuple(version.billable_outcomes)
+    return prices, tuple(version.billable_outcomes), version.currency
 
 
 def _micro(per_million: Decimal) -> int:
-    return int(per_million * MICRO_USD)
+    return int(per_million * MICRO)

@@ -29,7 +29,7 @@ from trunkline.quota.windows import Clock, system_clock
 
 USAGE_TIMEOUT_S = 5.0
 QuotaUsage: TypeAlias = NamedDependency[UsageReader]
-"""How many requests, tokens and dollars the scopes used (``quota_usage``, from the app)."""
+"""What the scopes used of their limits, money included (``quota_usage``, from the app)."""
 
 
 def usage_reader_provider(store: QuotaStore, clock: Clock = system_clock) -> Any:

@@ -29,7 +29,7 @@ from trunkline.quota.limits import (
     CONCURRENCY,
     LIMIT_NAMES,
     MONTH_COST,
-    NANO_USD,
+    NANO,
     REQUESTS,
     Price,
     price_key,
@@ -67,7 +67,7 @@ _WHAT = {
     "concurrent_requests": "concurrent requests",
     "tokens_per_day": "tokens per day",
     "tokens_per_month": "tokens per month",
-    "cost_per_month": "cost per month (USD)",
+    "cost_per_month": "cost per month ({currency})",
 }
 
 
@@ -167,7 +167,9 @@ class QuotaEnforcer:
         if not outcome.verdict.admitted or outcome.ticket is None:
             prompt_alone = demand(prompt, price.cost(prompt, 0, 0) if price else 0)
             held = await self._held(request, outcome, now)
-            raise self._refusal(request, outcome, headers, decided_by, prompt_alone, held)
+            raise self._refusal(
+                request, outcome, headers, decided_by, prompt_alone, held, book.currency
+            )
         self.metrics.decisions.labels("admitted", "", decided_by).inc()
         self._inflight[reservation_id] = (outcome.ticket, now)
         return Grant(outcome.ticket, headers, prompt, price, book.billable_outcomes)
@@ -282,7 +284,8 @@ class QuotaEnforcer:
         headers: dict[str, str],
         decided_by: str,
         prompt_alone: Vector,
-        held: Vector | None = None,
+        held: Vector | None,
+        currency: str,
     ) -> TrunklineError:
         verdict = outcome.verdict
         assert verdict.limit is not None
@@ -291,9 +294,12 @@ class QuotaEnforcer:
         bound = scope.limits[verdict.limit]
         used = outcome.used[verdict.scope][verdict.limit]
         wanted = demand(request.tokens, request.cost)[verdict.limit]
-        numbers = f"Limit {_show(verdict.limit, bound)}, Used {_show(verdict.limit, used)}, "
-        numbers += f"Requested {_show(verdict.limit, wanted)}"
-        where = f"{_WHO[scope.kind]} on {_WHAT[limit_name]}"
+
+        def show(value: int) -> str:
+            return _show(verdict.limit, value, currency)
+
+        numbers = f"Limit {show(bound)}, Used {show(used)}, Requested {show(wanted)}"
+        where = f"{_WHO[scope.kind]} on {_WHAT[limit_name].format(currency=currency)}"
         wait_ms = retry_after_ms(verdict, outcome.windows)
         extra = {"headers": {**headers, **retry_headers(wait_ms)}, "limit": limit_name}
         if verdict.limit in BUDGETS:
@@ -311,7 +317,7 @@ class QuotaEnforcer:
                 # gateway's maximum when unset) does not. Not insufficient_quota, which clients
                 # take for a spent budget and stop.
                 self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-                left = _show(verdict.limit, max(bound - spent, 0))
+                left = show(max(bound - spent, 0))
                 return RateLimited(
                     f"Request too large for {where}: {numbers}; {left} left. Lower max_tokens "
                     "(a request without it reserves the gateway's maximum) or the prompt.",
@@ -365,9 +371,12 @@ def _budget_case(
     return ("in_flight" if held is None and in_flight else "spent"), spent
 
 
-def _show(limit: int, value: int) -> str:
+def _show(limit: int | None, value: int, currency: str) -> str:
+    """A limit's value as a refusal shows it: money as ``$12.00`` (US dollars) or
+    ``EUR 12.00`` (any other currency, by its ISO 4217 code)."""
     if limit != MONTH_COST:
         return str(value)
-    usd = Decimal(value) / NANO_USD
-    # Cents, unless that shows a small budget or request as $0.00.
-    return f"${usd:.2f}" if usd >= 1 or usd == 0 else f"${usd.normalize():f}"
+    amount = Decimal(value) / NANO
+    # Cents, unless that shows a small budget or request as 0.00.
+    text = f"{amount:.2f}" if amount >= 1 or amount == 0 else f"{amount.normalize():f}"
+    return f"${text}" if currency == "USD" else f"{currency} {text}"

@@ -1,10 +1,11 @@
 """What a gateway knows about quotas: resolved limits per scope, prices, and the snapshot section.
 
 Everything here is plain data, encoded in the config snapshot. Money is counted in integers
-so counters add exactly in Redis and in memory alike: prices in micro-dollars per million tokens,
-costs and cost budgets in nano-dollars (1 USD = 10⁹), fine enough that rounding a request up to
-a whole unit costs nothing a budget notices (one token of a $0.02-per-million embedding model
-is 20 nano-dollars; counted in micro-dollars it was one, 50 times its price).
+so counters add exactly in Redis and in memory alike. Amounts are in the price book's currency
+(``QuotaBook.currency``): prices in millionths of it per million tokens, costs and cost budgets
+in billionths (``NANO``: 1 USD = 10⁹), fine enough that rounding a request up to a whole unit
+costs nothing a budget notices (one token of a $0.02-per-million embedding model is 20
+billionths; counted in millionths it was one, 50 times its price).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import msgspec
 
 from trunkline.metering.outcomes import BILLED_BY_DEFAULT
 
-MICRO_USD: Final = 1_000_000
-"""Prices' unit: micro-dollars (per million tokens)."""
-NANO_USD: Final = 1_000_000_000
-"""Costs' and cost budgets' unit: nano-dollars."""
+MICRO: Final = 1_000_000
+"""Prices' unit: millionths of the price book's currency (per million tokens)."""
+NANO: Final = 1_000_000_000
+"""Costs' and cost budgets' unit: billionths of the price book's currency."""
 
 LIMIT_NAMES: Final = (
     "requests_per_minute",
@@ -38,7 +39,7 @@ SCOPE_KINDS: Final = ("key", "project", "tenant")
 
 
 class Limits(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The limits of one scope; ``None`` means no limit. ``cost_per_month`` is in nano-USD."""
+    """The limits of one scope; ``None`` means no limit. ``cost_per_month`` is in ``NANO`` units."""
 
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -68,18 +69,19 @@ def _or_unlimited(value: int | None) -> int:
 
 
 class Price(msgspec.Struct, frozen=True):
-    """List price of a served model for one tier, in micro-USD per million tokens of each class."""
+    """List price of a served model for one tier, in ``MICRO`` units per million tokens of
+    each class."""
 
     input: int
     cached_input: int
     output: int
 
     def cost(self, prompt: int, cached: int, completion: int) -> int:
-        """Nano-USD for the given tokens, rounded up (a fraction of a nano-dollar at most)."""
+        """``NANO`` units for the given tokens, rounded up (by less than one of them)."""
         cached = min(cached, prompt)
         per_million = (prompt - cached) * self.input + cached * self.cached_input
-        per_million += completion * self.output  # micro-USD x tokens / 10⁶ = nano-USD x 10³
-        return -(-per_million // (MICRO_USD * MICRO_USD // NANO_USD))
+        per_million += completion * self.output  # MICRO x tokens / 10⁶ = NANO x 10³
+        return -(-per_million // (MICRO * MICRO // NANO))
 
 
 class QuotaBook(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -97,6 +99,8 @@ class QuotaBook(msgspec.Struct, frozen=True, omit_defaults=True):
     billable_outcomes: tuple[str, ...] = BILLED_BY_DEFAULT
     """The outcomes the price book in force bills (``metering.outcomes``): a cost budget is
     charged for these alone, as the bill is."""
+    currency: str = "USD"
+    """The price book's (ISO 4217): prices, costs and budgets are amounts of it."""
 
 
 def price_key(model: str, tier: str) -> str:

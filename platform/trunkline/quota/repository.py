@@ -16,15 +16,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, class_mapper
 
-from trunkline.models import ApiKey, KeyQuota, TenantQuota, Tier, TierQuota
+from trunkline.models import ApiKey, KeyQuota, Tenant, TenantQuota, Tier, TierQuota
 from trunkline.models.base import _now
+from trunkline.quota.policy import DocT, folded
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
-
-DocT = TypeVar("DocT", QuotaLimits, ScopeLimits)
 
 
 def _load(raw: dict[str, Any], kind: type[DocT]) -> DocT:
-    return msgspec.convert(raw, kind)
+    # A document stored before budgets had a currency names its budget cost_per_month_usd:
+    # it was enforced in the price book's currency then too, so it is that currency's amount.
+    return folded(msgspec.convert(raw, kind))
 
 
 def _dump(doc: QuotaLimits | ScopeLimits) -> dict[str, Any]:
@@ -72,6 +73,32 @@ class QuotaRepository:
             if found is not None:
                 docs[key_id] = found
         return docs
+
+    def cost_budgets(self) -> list[str]:
+        """Every cost budget set, as ``tier gold, tenant scope: 100`` (``null``, unlimited,
+        is none): what a change of the price book's currency would make read otherwise."""
+        scopes: list[tuple[str, ScopeLimits]] = []
+        tiers = select(Tier.name, TierQuota.limits).join(TierQuota, TierQuota.tier_id == Tier.id)
+        tenants = select(Tenant.slug, TenantQuota.limits).join(
+            TenantQuota, TenantQuota.tenant_id == Tenant.id
+        )
+        for kind, statement in (("tier", tiers), ("tenant", tenants)):
+            for name, limits in self._session.execute(statement):
+                doc = _load(limits, QuotaLimits)
+                scopes += [
+                    (f"{kind} {name}, {scope} scope", getattr(doc, scope))
+                    for scope in QuotaLimits.__struct_fields__
+                ]
+        keys = select(ApiKey.key_id, KeyQuota.limits).join(
+            KeyQuota, KeyQuota.api_key_id == ApiKey.id
+        )
+        for key_id, limits in self._session.execute(keys):
+            scopes.append((f"key {key_id}", _load(limits, ScopeLimits)))
+        return [
+            f"{where}: {scope.cost_per_month:g}"
+            for where, scope in scopes
+            if isinstance(scope.cost_per_month, float | int)
+        ]
 
 
 class TenantQuotaRepository:

@@ -3,7 +3,10 @@
 A quota document holds limits per scope. In a **tier** it sets the defaults of every tenant on
 the tier (an absent or ``null`` limit: no limit). In a **tenant** or **key** document it
 overrides them: an absent limit is inherited, ``null`` removes it (unlimited), a number
-replaces it. Money is in US dollars here; the gateway counts nano-dollars.
+replaces it. Money is in the price book's currency (``currency`` in the read views); the
+gateway counts billionths of it. ``cost_per_month_usd`` is the deprecated name of
+``cost_per_month`` from when every budget read as dollars: ``policy.priced`` takes it while the
+price book is in US dollars and refuses it otherwise.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=10**15)]
-Usd = Annotated[float, msgspec.Meta(ge=0, le=1_000_000_000)]
+Money = Annotated[float, msgspec.Meta(ge=0, le=1_000_000_000)]
+DeprecatedUsd = Annotated[
+    Money | None,
+    msgspec.Meta(
+        description="Deprecated: cost_per_month, accepted only while the price book is in USD.",
+        extra_json_schema={"deprecated": True},
+    ),
+]
 
 
 class ScopeLimits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -30,8 +40,11 @@ class ScopeLimits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     """Per UTC day."""
     tokens_per_month: Count | UnsetType | None = UNSET
     """Per UTC calendar month."""
-    cost_per_month_usd: Usd | UnsetType | None = UNSET
-    """List price of the tokens used in the UTC calendar month, in US dollars."""
+    cost_per_month: Money | UnsetType | None = UNSET
+    """List price of the tokens used in the UTC calendar month, in the price book's currency."""
+    cost_per_month_usd: DeprecatedUsd | UnsetType = UNSET
+    """Deprecated alias of ``cost_per_month`` (US dollars): accepted on writes while the price
+    book is in USD, never stored nor returned."""
 
 
 class QuotaLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -51,7 +64,7 @@ class LimitUsage(msgspec.Struct):
     """When the window ends (``null`` for concurrency)."""
 
 
-class ScopeUsage(msgspec.Struct):
+class ScopeUsage(msgspec.Struct, omit_defaults=True):
     """What a scope used in its current windows, against its limits."""
 
     requests_per_minute: LimitUsage
@@ -59,7 +72,10 @@ class ScopeUsage(msgspec.Struct):
     concurrent_requests: LimitUsage
     tokens_per_day: LimitUsage
     tokens_per_month: LimitUsage
-    cost_per_month_usd: LimitUsage
+    cost_per_month: LimitUsage
+    """In the price book's currency (``currency`` beside it)."""
+    cost_per_month_usd: LimitUsage | UnsetType = UNSET
+    """Deprecated: ``cost_per_month`` again, given while the price book is in USD alone."""
 
 
 class TenantQuota(msgspec.Struct):
@@ -71,6 +87,8 @@ class TenantQuota(msgspec.Struct):
     """In force: the tier's defaults with the overrides applied."""
     usage: ScopeUsage | None
     """The tenant's own counters; ``null`` while the quota store is unreachable."""
+    currency: str
+    """The price book's (ISO 4217), which cost budgets are amounts of."""
 
 
 class KeyQuota(msgspec.Struct):
@@ -82,3 +100,5 @@ class KeyQuota(msgspec.Struct):
     """In force for the ``key``, its ``project`` and its ``tenant``: a request must pass all."""
     usage: dict[str, ScopeUsage] | None
     """The counters of those three scopes; ``null`` while the quota store is unreachable."""
+    currency: str
+    """The price book's (ISO 4217), which cost budgets are amounts of."""

@@ -3,7 +3,8 @@
 Callers have checked the caller's role already (controllers through guards). Reads of a
 tenant's or a key's quota go through the tenancy and key services, so another tenant's tenant
 or key, or another developer's key, reads as missing. A change marks the unit of work, and the
-snapshot is published after commit: every gateway enforces it within its next poll.
+snapshot is published after commit: every gateway enforces it within its next poll. Cost
+budgets are amounts of the price book's currency, which the read views name (``currency``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
+from trunkline.billing.service import price_book_currency
 from trunkline.errors import NotFound
 from trunkline.keys.service import get_key
-from trunkline.quota.limits import MONTH_COST, NANO_USD, UNLIMITED
-from trunkline.quota.policy import key_tier, resolve, to_limits
+from trunkline.quota.limits import MONTH_COST, NANO, UNLIMITED
+from trunkline.quota.policy import key_tier, priced, resolve, to_limits
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
 from trunkline.quota.rules import Vector
 from trunkline.quota.schemas import (
@@ -45,7 +47,9 @@ def get_tier_quota(session: Session, name: str) -> QuotaLimits:
 
 
 def set_tier_quota(session: Session, name: str, data: QuotaLimits) -> QuotaLimits:
-    if QuotaRepository(session).set_tier_doc(_tier_id(session, name), data):
+    tier = _tier_id(session, name)
+    data = priced(data, price_book_currency(session))
+    if QuotaRepository(session).set_tier_doc(tier, data):
         mark_config_changed(session)
     return data
 
@@ -56,9 +60,16 @@ def tenant_quota(
     tenant = tenant_row(session, principal, tenant_id)
     overrides = TenantQuotaRepository(session, tenant.id).doc() or QuotaLimits()
     limits = resolve(QuotaRepository(session).tier_doc(tenant.tier_id), overrides)
-    usage = _usage(read_usage, str(tenant.id), [("tenant", str(tenant.id))], [limits.tenant])
+    currency = price_book_currency(session)
+    scopes = [("tenant", str(tenant.id))]
+    usage = _usage(read_usage, str(tenant.id), scopes, [limits.tenant], currency)
     return TenantQuota(
-        tenant.id, tenant.tier.name, overrides, limits, None if usage is None else usage[0]
+        tenant.id,
+        tenant.tier.name,
+        overrides,
+        limits,
+        None if usage is None else usage[0],
+        currency,
     )
 
 
@@ -66,6 +77,7 @@ def set_tenant_quota(
     session: Session, tenant_id: uuid.UUID, data: QuotaLimits, read_usage: UsageReader
 ) -> TenantQuota:
     tenant_row(session, Principal.system(), tenant_id)
+    data = priced(data, price_book_currency(session))
     if TenantQuotaRepository(session, tenant_id).set_doc(data):
         mark_config_changed(session)
     return tenant_quota(session, Principal.system(), tenant_id, read_usage)
@@ -98,13 +110,15 @@ def key_quota(
     by_scope = {"key": limits.key, "project": limits.project, "tenant": limits.tenant}
     idents = {"key": key.key_id, "project": str(key.project_id), "tenant": str(tenant_id)}
     scopes = [(kind, idents[kind]) for kind in by_scope]
-    usage = _usage(read_usage, str(tenant_id), scopes, list(by_scope.values()))
+    currency = price_book_currency(session)
+    usage = _usage(read_usage, str(tenant_id), scopes, list(by_scope.values()), currency)
     return KeyQuota(
         key.key_id,
         tier,
         own,
         by_scope,
         None if usage is None else dict(zip(by_scope, usage, strict=True)),
+        currency,
     )
 
 
@@ -117,6 +131,7 @@ def set_key_quota(
     read_usage: UsageReader,
 ) -> KeyQuota:
     get_key(session, principal, tenant_id, key_id)
+    data = priced(data, price_book_currency(session))
     if TenantQuotaRepository(session, tenant_id).set_key_doc(key_id, data):
         mark_config_changed(session)
     return key_quota(session, principal, tenant_id, key_id, read_usage)
@@ -134,17 +149,22 @@ def _usage(
     tenant_id: str,
     scopes: Sequence[tuple[str, str]],
     limits: Sequence[ScopeLimits],
+    currency: str,
 ) -> list[ScopeUsage] | None:
     read = read_usage(tenant_id, scopes)
     if read is None:
         return None
     now_ms, counters = read
     windows = windows_at(now_ms)
-    return [scope_usage(lim, used, windows) for lim, used in zip(limits, counters, strict=True)]
+    return [
+        scope_usage(lim, used, windows, currency)
+        for lim, used in zip(limits, counters, strict=True)
+    ]
 
 
-def scope_usage(limits: ScopeLimits, used: Vector, windows: Windows) -> ScopeUsage:
-    """A scope's counters against its limits, each with when its window resets."""
+def scope_usage(limits: ScopeLimits, used: Vector, windows: Windows, currency: str) -> ScopeUsage:
+    """A scope's counters against its limits, each with when its window resets; the cost
+    budget in ``currency`` (the price book's), under its deprecated name too when that is USD."""
     bounds = to_limits(limits).vector()
     ends = (
         windows.minute_end_ms, windows.minute_end_ms, None, windows.day_end_ms,
@@ -152,10 +172,13 @@ def scope_usage(limits: ScopeLimits, used: Vector, windows: Windows) -> ScopeUsa
     )  # fmt: skip
     entries = []
     for field, (bound, count, end) in enumerate(zip(bounds, used, ends, strict=True)):
-        scale = NANO_USD if field == MONTH_COST else 1
+        scale = NANO if field == MONTH_COST else 1
         limit = None if bound == UNLIMITED else bound / scale if scale > 1 else bound
         value = count / scale if scale > 1 else count
         remaining = None if limit is None else max(limit - value, 0)
         resets = None if end is None else datetime.fromtimestamp(end / 1000, UTC)
         entries.append(LimitUsage(limit, value, remaining, resets))
-    return ScopeUsage(*entries)
+    usage = ScopeUsage(*entries)
+    if currency == "USD":  # consumers from before budgets had a currency read it there
+        usage.cost_per_month_usd = usage.cost_per_month
+    return usage

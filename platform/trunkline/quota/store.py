@@ -45,7 +45,7 @@ class ReserveRequest(NamedTuple):
     scopes: tuple[Scope, ...]
     tokens: int
     cost: int
-    """Micro-USD."""
+    """``NANO`` units of the price book's currency."""
     now_ms: int
     lease_ms: int
     """How long the concurrency slot lives unless renewed."""
@@ -126,7 +126,7 @@ class KeySpace:
             f"{base}:c",
             f"{base}:d:{windows.day}",
             f"{base}:m:{windows.month}",
-            f"{base}:n$:{windows.month}",  # nano-USD (":$:", no longer read, held micro-USD)
+            f"{base}:n$:{windows.month}",  # NANO units (":$:", no longer read, held MICRO)
         ]
 
     def request_keys(self, request: ReserveRequest, windows: Windows) -> tuple[str, ...]:

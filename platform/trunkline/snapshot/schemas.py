@@ -129,7 +129,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     aliases: dict[str, AliasEntry]
     pools: dict[str, PoolEntry]
     quotas: QuotaBook = msgspec.field(default_factory=QuotaBook)
-    """Resolved quota limits per tenant, project and key, and prices for cost budgets."""
+    """Resolved quota limits per tenant, project and key, and prices for cost budgets (in the
+    price book's currency, which the book names)."""
 
     @classmethod
     def empty(cls) -> Snapshot:

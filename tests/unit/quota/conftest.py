@@ -1,4 +1,5 @@
-"""A gateway with quotas: hand-built snapshot, scripted engines, an injected clock."""
+"""A gateway with quotas: hand-built snapshot, scripted engines, an injected clock; and a
+control plane over the shipped tenants/ whose quota usage reads an in-memory store."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ from litestar.testing import TestClient
 from tests.unit.gateway.conftest import SECRET, TENANT_A, World, default_world
 from tests.unit.gateway.upstreams import chat_any
 
+from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.gateway import create_gateway_app
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
@@ -23,6 +26,7 @@ from trunkline.quota.rules import Vector
 from trunkline.quota.store import QuotaStore
 from trunkline.settings import GatewaySettings, QuotaSettings
 from trunkline.snapshot import Snapshot, store_snapshot
+from unit.controlplane import cp_support
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -157,3 +161,17 @@ def make_gateway() -> Iterator[Callable[..., Gateway]]:
     yield build
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def store() -> InMemoryQuotaStore:
+    return InMemoryQuotaStore()
+
+
+@pytest.fixture
+def world(tmp_path: Path, store: InMemoryQuotaStore) -> Iterator[cp_support.World]:
+    """The control plane, its quota usage read from ``store``."""
+    runtime = cp_support.make_runtime(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path / "state")
+    with TestClient[Any](create_controlplane_app(runtime, quota_store=store)) as client:
+        yield cp_support.build_world(runtime, client)
+    runtime.close()

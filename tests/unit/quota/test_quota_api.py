@@ -4,15 +4,9 @@ every change reaches the gateways in the next snapshot."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import pytest
-from litestar.testing import TestClient
-
-from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.billing.pricebook import TOKEN_CLASSES
 from trunkline.billing.service import load_price_book
 from trunkline.quota.limits import Limits, price_key
@@ -20,22 +14,9 @@ from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.store import ReserveRequest, Scope
 from trunkline.quota.windows import system_clock
 from trunkline.tenancy.manifests import apply_manifests
-from unit.controlplane.cp_support import TENANTS_DIR, World, build_world, make_runtime, snapshot
+from unit.controlplane.cp_support import TENANTS_DIR, World, snapshot
 
 T = "/api/v1/tenants"
-
-
-@pytest.fixture
-def store() -> InMemoryQuotaStore:
-    return InMemoryQuotaStore()
-
-
-@pytest.fixture
-def world(tmp_path: Path, store: InMemoryQuotaStore) -> Iterator[World]:
-    runtime = make_runtime(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path / "state")
-    with TestClient[Any](create_controlplane_app(runtime, quota_store=store)) as client:
-        yield build_world(runtime, client)
-    runtime.close()
 
 
 def test_the_shipped_tiers_set_defaults_every_tenant_and_key_gets(world: World) -> None:
@@ -96,7 +77,7 @@ def test_tenant_overrides_apply_over_the_tier_and_members_read_them(world: World
         "concurrent_requests": None,
         "tokens_per_day": None,
         "tokens_per_month": None,
-        "cost_per_month_usd": None,
+        "cost_per_month": None,
     }
     assert view["usage"]["tokens_per_minute"] == {
         "limit": 5000,

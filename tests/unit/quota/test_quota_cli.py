@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from trunkline.billing.pricebook import BUNDLED
 from trunkline.cli.main import main
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.migrate import upgrade
@@ -65,14 +66,35 @@ def test_tenant_overrides_are_set_and_inherited_again(
     capsys: pytest.CaptureFixture[str], configured: str
 ) -> None:
     args = ("quota", "set", "--tenant", "acme", "--scope", "tenant")
-    code, out, _ = run(capsys, *args, "--cost-per-month-usd", "12.5")
-    assert code == 0 and out["limits"]["tenant"]["cost_per_month_usd"] == 12.5
+    code, out, _ = run(capsys, *args, "--cost-per-month", "12.5")
+    assert code == 0 and out["limits"]["tenant"]["cost_per_month"] == 12.5
+    assert out["currency"] == "USD", "the bundled price book's"
     assert out["usage"] is None, "no Redis: the counters live in the gateways"
     assert snapshot_quotas(configured).tenants[out["tenant_id"]].cost_per_month == 12_500_000_000
 
-    code, out, _ = run(capsys, *args, "--cost-per-month-usd", "inherit")
+    code, out, _ = run(capsys, *args, "--cost-per-month", "inherit")
     assert out["overrides"]["tenant"] == {}
     assert snapshot_quotas(configured).tenants[out["tenant_id"]].cost_per_month is None
+
+
+def test_the_usd_flag_works_until_the_price_book_moves_to_another_currency(
+    capsys: pytest.CaptureFixture[str], configured: str, tmp_path: Path
+) -> None:
+    args = ("quota", "set", "--tenant", "acme", "--scope", "tenant")
+    code, out, _ = run(capsys, *args, "--cost-per-month-usd", "12.5")
+    assert code == 0 and out["overrides"]["tenant"] == {"cost_per_month": 12.5}
+    euros = tmp_path / "eur.yaml"
+    euros.write_text(BUNDLED.read_text().replace("currency: USD", "currency: EUR"))
+
+    code, _, err = run(capsys, "billing", "prices", "apply", str(euros))
+    assert code != 0 and "from USD to EUR" in err and "tenant acme, tenant scope: 12.5" in err
+    assert main(["billing", "prices", "apply", str(euros), "--keep-budget-amounts"]) == 0
+    assert capsys.readouterr().out == "added versions: 1\n"
+
+    code, _, err = run(capsys, *args, "--cost-per-month-usd", "20")
+    assert code == 2 and "the price book bills in EUR: give cost_per_month, in EUR" in err
+    code, out, _ = run(capsys, *args, "--cost-per-month", "20")
+    assert (out["currency"], out["overrides"]["tenant"]) == ("EUR", {"cost_per_month": 20})
 
 
 def test_a_key_gets_its_own_limits(capsys: pytest.CaptureFixture[str], configured: str) -> None:

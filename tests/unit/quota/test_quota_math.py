@@ -299,7 +299,7 @@ GOLD_TENANT = Limits(600, tokens_per_month=1_000_000)
     [
         (None, None, None, GOLD_TENANT, Limits(60, concurrent_requests=4)),
         (
-            QuotaLimits(tenant=ScopeLimits(tokens_per_month=None, cost_per_month_usd=12.5)),
+            QuotaLimits(tenant=ScopeLimits(tokens_per_month=None, cost_per_month=12.5)),
             None, None,
             Limits(600, cost_per_month=12_500_000_000), Limits(60, concurrent_requests=4),
         ),
@@ -332,7 +332,7 @@ def test_merge_changes_some_limits_and_forgets_others() -> None:
 
 def test_a_cost_budget_under_a_micro_dollar_is_not_zero() -> None:
     """Counted in micro-dollars, $0.0000009 was 0: every request refused, "Limit $0.00"."""
-    assert to_limits(ScopeLimits(cost_per_month_usd=0.0000009)).cost_per_month == 900
-    assert to_limits(ScopeLimits(cost_per_month_usd=1e9)).cost_per_month == 10**18
-    assert to_limits(ScopeLimits(cost_per_month_usd=1e-10)).cost_per_month == 1  # rounded up
-    assert to_limits(ScopeLimits(cost_per_month_usd=0)).cost_per_month == 0
+    assert to_limits(ScopeLimits(cost_per_month=0.0000009)).cost_per_month == 900
+    assert to_limits(ScopeLimits(cost_per_month=1e9)).cost_per_month == 10**18
+    assert to_limits(ScopeLimits(cost_per_month=1e-10)).cost_per_month == 1  # rounded up
+    assert to_limits(ScopeLimits(cost_per_month=0)).cost_per_month == 0

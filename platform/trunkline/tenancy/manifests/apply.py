@@ -8,7 +8,6 @@ complete entitlement list.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.service import ensure_user
-from trunkline.billing.service import unpriced_new_model
+from trunkline.billing.service import price_book_currency, unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest, TrunklineError
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
@@ -37,9 +36,11 @@ from trunkline.pools.service import (
     model_row,
     replace_endpoints,
 )
+from trunkline.quota.policy import priced
 from trunkline.quota.repository import QuotaRepository, TenantQuotaRepository
+from trunkline.quota.schemas import QuotaLimits
 from trunkline.tenancy.changes import assign, mark_config_changed
-from trunkline.tenancy.manifests.documents import Located, Manifests
+from trunkline.tenancy.manifests.documents import Located, Manifests, undotted
 from trunkline.tenancy.manifests.loader import load_manifests
 from trunkline.tenancy.manifests.schemas import (
     CascadeSpec,
@@ -126,8 +127,7 @@ def _at(document: Located) -> Iterator[None]:
     try:
         yield
     except TrunklineError as exc:
-        field = re.split(r"[.\[]", exc.param or "", maxsplit=1)[0]
-        line = document.line_of((field,) if field else ())
+        line = document.line_of(undotted(exc.param or ""))
         where = f"{document.file}:{line}: {document.subject}: "
         raise type(exc)(where + exc.message, param=exc.param, reason=exc.reason) from exc
 
@@ -187,9 +187,15 @@ def _tier(session: Session, spec: TierSpec, given: frozenset[str], report: Apply
     row = TierRepository(session).by_name(spec.name)
     create = lambda: Tier(name=spec.name, **values)  # noqa: E731
     tier, details = _upsert(session, report, "Tier", spec.name, row, create, _given(values, given))
-    if spec.quota is not None and QuotaRepository(session).set_tier_doc(tier.id, spec.quota):
+    quota = _priced(session, spec.quota)
+    if quota is not None and QuotaRepository(session).set_tier_doc(tier.id, quota):
         details.append("quota defaults set")
     _record(report, "Tier", spec.name, details)
+
+
+def _priced(session: Session, quota: QuotaLimits | None) -> QuotaLimits | None:
+    """``quota`` as stored: its cost budgets are amounts of the price book's currency."""
+    return None if quota is None else priced(quota, price_book_currency(session), "quota.")
 
 
 def _flavor(session: Session, spec: FlavorSpec, given: frozenset[str], report: ApplyReport) -> None:
@@ -330,7 +336,8 @@ def _tenant(session: Session, spec: TenantSpec, given: frozenset[str], report: A
         granted, revoked = set_entitlements(session, tenant.id, spec.models)
         details += [f"+model {a}" for a in granted] + [f"-model {a}" for a in revoked]
     details += _projects(session, tenant, spec) + _members(session, tenant, spec)
-    if spec.quota is not None and TenantQuotaRepository(session, tenant.id).set_doc(spec.quota):
+    quota = _priced(session, spec.quota)
+    if quota is not None and TenantQuotaRepository(session, tenant.id).set_doc(quota):
         details.append("quota overrides set")
     session.flush()
     _record(report, "Tenant", spec.slug, details)

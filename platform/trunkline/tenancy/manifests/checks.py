@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from trunkline.pools.schemas import prompt_range_problem
+from trunkline.quota.policy import ALIAS, SCOPES, alias_problem
 from trunkline.tenancy.manifests.documents import Located, ManifestIssue, Manifests
 from trunkline.tenancy.manifests.schemas import (
     CascadeSpec,
     ModelSpec,
     PoolSpec,
     TenantSpec,
+    TierSpec,
     spec_name,
 )
 
 
-def check_references(manifests: Manifests) -> list[ManifestIssue]:
-    """Every problem a database is not needed to find, in document order."""
+def check_references(manifests: Manifests, currency: str | None = None) -> list[ManifestIssue]:
+    """Every problem a database is not needed to find, in document order; ``currency``: the
+    price book's, if known, which cost budgets under their deprecated USD name must be in."""
     issues = _duplicates(manifests.documents)
     tiers = {t.name for t in manifests.tiers}
     flavors = {f.name for f in manifests.flavors}
@@ -46,6 +49,18 @@ def check_references(manifests: Manifests) -> list[ManifestIssue]:
     for doc in manifests.documents:
         if isinstance(doc.spec, TenantSpec):
             issues += _tenant(doc, doc.spec, tiers, set(owners))
+    return issues + budget_issues(manifests, currency)
+
+
+def budget_issues(manifests: Manifests, currency: str | None) -> list[ManifestIssue]:
+    """Each deprecated ``cost_per_month_usd`` given beside ``cost_per_month``, or (``currency``,
+    the price book's, known) while that is not USD."""
+    issues = []
+    for doc in manifests.documents:
+        quota = doc.spec.quota if isinstance(doc.spec, TierSpec | TenantSpec) else None
+        for scope in SCOPES if quota is not None else ():
+            if problem := alias_problem(getattr(quota, scope), currency):
+                issues.append(doc.issue(("quota", scope, ALIAS), problem))
     return issues
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -105,6 +106,14 @@ def dotted(path: FieldPath) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
     return text
+
+
+def undotted(text: str) -> FieldPath:
+    """``dotted``'s inverse: ``quota.tenant.cost_per_month`` -> its path (``""``: the document)."""
+    path: list[str | int] = []
+    for part in filter(None, re.split(r"\.|(\[\d+\])", text)):
+        path.append(int(part[1:-1]) if part.startswith("[") else part)
+    return tuple(path)
 
 
 def line_of(lines: dict[FieldPath, int], path: FieldPath) -> int:

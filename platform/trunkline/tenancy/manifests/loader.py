@@ -44,8 +44,9 @@ def manifest_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def load_manifests(path: str | Path) -> Manifests:
-    """Parse and check every ``*.yaml`` under ``path``; ``ManifestError`` lists all issues."""
+def load_manifests(path: str | Path, currency: str | None = None) -> Manifests:
+    """Parse and check every ``*.yaml`` under ``path``; ``ManifestError`` lists all issues.
+    ``currency``: the price book's, when known (cost budgets are amounts of it)."""
     documents: list[Located] = []
     issues: list[ManifestIssue] = []
     for file in manifest_files(Path(path)):
@@ -54,7 +55,7 @@ def load_manifests(path: str | Path) -> Manifests:
             if located is not None:
                 documents.append(located)
     manifests = Manifests(documents)
-    issues.extend(check_references(manifests))
+    issues.extend(check_references(manifests, currency))
     if issues:
         raise ManifestError(sorted(issues, key=lambda i: (i.file, i.line)))
     return manifests
