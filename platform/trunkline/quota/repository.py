@@ -23,13 +23,24 @@ from trunkline.quota.schemas import QuotaLimits, ScopeLimits
 
 
 def _load(raw: dict[str, Any], kind: type[DocT]) -> DocT:
-    # A document stored before budgets had a currency names its budget cost_per_month_usd:
-    # it was enforced in the price book's currency then too, so it is that currency's amount.
+    # A budget is stored as cost_per_month_usd (``STORED_BUDGET``): an amount of the price
+    # book's currency, as it was before the rename too.
     return folded(msgspec.convert(raw, kind))
+
+
+STORED_BUDGET = "cost_per_month_usd"
+"""The name a budget is stored under: the one the previous release reads (its documents refuse
+unknown fields), so a control plane rolled back, or not yet upgraded beside this one, reads
+what this one stored. The amount is the price book's currency's either way; ``_load`` folds
+it back into ``cost_per_month``."""
 
 
 def _dump(doc: QuotaLimits | ScopeLimits) -> dict[str, Any]:
     dumped: dict[str, Any] = msgspec.to_builtins(doc)
+    scopes = dumped.values() if isinstance(doc, QuotaLimits) else [dumped]
+    for scope in scopes:
+        if "cost_per_month" in scope:
+            scope[STORED_BUDGET] = scope.pop("cost_per_month")
     return dumped
 
 

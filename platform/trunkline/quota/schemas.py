@@ -44,7 +44,8 @@ class ScopeLimits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     """List price of the tokens used in the UTC calendar month, in the price book's currency."""
     cost_per_month_usd: DeprecatedUsd | UnsetType = UNSET
     """Deprecated alias of ``cost_per_month`` (US dollars): accepted on writes while the price
-    book is in USD, never stored nor returned."""
+    book is in USD, never returned (the repository stores budgets under this name, which the
+    previous release reads: ``quota.repository.STORED_BUDGET``)."""
 
 
 class QuotaLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

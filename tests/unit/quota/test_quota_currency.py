@@ -19,7 +19,7 @@ from trunkline.billing.service import (
     withdraw_price_version,
 )
 from trunkline.errors import Conflict, InvalidRequest, QuotaExhausted
-from trunkline.models import Tier, TierQuota
+from trunkline.models import TenantQuota, Tier, TierQuota
 from trunkline.quota.enforcer import QuotaEnforcer, _show
 from trunkline.quota.limits import MONTH_COST, NANO, REQUESTS, price_key
 from trunkline.quota.memory import InMemoryQuotaStore
@@ -201,6 +201,32 @@ def test_in_usd_the_old_name_still_sets_the_budget_and_reads_back(world: World) 
     both = {"tenant": {"cost_per_month": 1, "cost_per_month_usd": 1}}
     bad = world.admin.put("/api/v1/tiers/gold/quota", both, 400)
     assert bad["errors"] == [{"field": "tenant.cost_per_month_usd", "message": BOTH}]
+
+
+PREVIOUS_RELEASE_FIELDS = {
+    "requests_per_minute", "tokens_per_minute", "concurrent_requests", "tokens_per_day",
+    "tokens_per_month", "cost_per_month_usd",
+}  # fmt: skip
+"""What a control plane of the release before the rename reads in a scope (it refuses the
+rest): one rolled back, or not yet upgraded beside this one."""
+
+
+def test_a_budget_is_stored_under_the_name_the_previous_release_reads(world: World) -> None:
+    """Stored as cost_per_month, a budget broke every read of its document by a control plane
+    of the previous release: its snapshot builds and quota views failed on the unknown field."""
+    world.admin.put("/api/v1/tiers/gold/quota", {"tenant": {"cost_per_month": 50}})
+    acme = world.tenant("acme")
+    world.admin.put(f"{T}/{acme}/quota", {"tenant": {"cost_per_month": None}})
+    with world.runtime.session_factory() as session:
+        gold = session.scalars(select(Tier.id).where(Tier.name == "gold")).one()
+        row = session.get(TierQuota, gold)
+        assert row is not None
+        assert row.limits["tenant"] == {"cost_per_month_usd": 50}
+        stored = session.scalars(select(TenantQuota.limits)).all()
+    assert [doc["tenant"] for doc in stored] == [{"cost_per_month_usd": None}]
+    for doc in [row.limits, *stored]:
+        assert all(set(scope) <= PREVIOUS_RELEASE_FIELDS for scope in doc.values())
+    assert world.admin.get("/api/v1/tiers/gold/quota")["tenant"] == {"cost_per_month": 50}
 
 
 def test_a_budget_stored_under_the_old_name_reads_as_cost_per_month(world: World) -> None:
