@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -292,28 +293,33 @@ def export_period(
 
     A FOCUS export of every tenant reads its charge lines a group of tenants at a time
     (``statements_by_tenants``) as its chunks are consumed: from a session of ``reader`` if
-    given (an API response is sent after its request's session closed), which sees every
-    group as of its first read (``one_view``: no group read after a rollup or a close that
-    an earlier group did not see), else from ``session``, which must then stay open until the
-    chunks are consumed (and see one view of its own, if its groups must agree)."""
+    given (an API response is sent after its request's session closed), which sees the
+    database as of its first read (``one_view``: whether the period is closed, its prices and
+    every group, so no group is read after a rollup or a close that an earlier one did not
+    see), else from ``session``, which must then stay open until the chunks are consumed (and
+    see one view of its own, if its groups must agree)."""
     if fmt not in FORMATS:
         raise InvalidRequest(
             f"format must be one of {', '.join(FORMATS)}, not {fmt!r}", param="format"
         )
-    book = load_price_book(session)
     now = now or utcnow()
-    final = session.get(BillingPeriod, period.start) is not None
+    lines: Iterable[ChargeLine]
+    if fmt == "invoice" or tenant_id is not None:
+        book = load_price_book(session)
+        final = session.get(BillingPeriod, period.start) is not None
+        lines = statement(session, period, book, tenant_id, now=now).lines
+    else:
+        source = (lambda: _one_view_of(reader)) if reader else (lambda: nullcontext(session))
+        read = _every_tenant(source, period, now)
+        # Started here, so its checks fail before a response is sent, and its session closes
+        # with it even if it is never read on (a client gone before the first byte).
+        opened = next(read)
+        assert isinstance(opened, _Opened)
+        book, final, lines = opened.book, opened.final, cast(Iterator[ChargeLine], read)
     media_type, extension = FORMATS[fmt]
     scope = "all" if tenant_id is None else str(tenant_id)
     filename = f"trunkline-{fmt}-{period.label}-{scope}.{extension}"
     export = Export(iter(()), media_type, filename, final)
-    lines: Iterable[ChargeLine]
-    if fmt == "invoice" or tenant_id is not None:
-        lines = statement(session, period, book, tenant_id, now=now).lines
-    else:
-        require_priced(session, BilledUsage if final else UsageRollup, period, book)
-        source = (lambda: _one_view_of(reader)) if reader else (lambda: nullcontext(session))
-        lines = _every_tenant(source, period, book, now)
     counted = export.counting(lines)
     if fmt == "invoice":
         text = render_invoices(list(counted), period, book.currency, final=final)
@@ -324,13 +330,25 @@ def export_period(
     return export
 
 
+@dataclass(frozen=True)
+class _Opened:
+    """What an export of every tenant is labelled and priced with, read where its lines are."""
+
+    book: PriceBook
+    final: bool
+
+
 def _every_tenant(
-    reader: Callable[[], AbstractContextManager[Session]],
-    period: Period,
-    book: PriceBook,
-    now: datetime,
-) -> Iterator[ChargeLine]:
+    reader: Callable[[], AbstractContextManager[Session]], period: Period, now: datetime
+) -> Iterator[_Opened | ChargeLine]:
+    """First whether the period is closed and its price book (checked to price it: a failure
+    once the API's 200 is sent could only cut the file), then every tenant's lines, a group
+    of tenants at a time; all read in one session of ``reader``."""
     with reader() as session:
+        book = load_price_book(session)
+        final = session.get(BillingPeriod, period.start) is not None
+        require_priced(session, BilledUsage if final else UsageRollup, period, book)
+        yield _Opened(book, final)
         for group in statements_by_tenants(session, period, book, now=now):
             yield from group.lines
 

@@ -143,6 +143,9 @@ def _edit(
 
 
 def _changes(args: argparse.Namespace) -> tuple[ScopeLimits, tuple[str, ...]]:
+    if getattr(args, ALIAS) is not None and args.cost_per_month is not None:
+        # Whatever their values: "inherit" of one beside a number of the other was either.
+        raise InvalidRequest("give --cost-per-month or --cost-per-month-usd, not both")
     given: dict[str, float | None] = {}
     forget = []
     for name in FLAGS:

@@ -78,12 +78,15 @@ def one_view(session: Session, *, read_only: bool = True) -> None:
     PostgreSQL: ``REPEATABLE READ``, read only unless ``read_only`` is false (its default,
     ``READ COMMITTED``, gives each statement a view of its own). SQLite: an explicit ``BEGIN``
     (pysqlite runs reads outside a transaction), whose first read fixes what the transaction
-    sees in WAL mode; a write that follows a commit made beside it fails (``SQLITE_BUSY``)."""
+    sees in WAL mode; ``BEGIN IMMEDIATE`` unless ``read_only``, taking the write lock at once
+    (waiting the busy timeout for it), since a deferred one's first write fails at once
+    (``SQLITE_BUSY_SNAPSHOT``) if another connection wrote since its first read. On SQLite the
+    view also holds the WAL from being checkpointed until the transaction ends."""
     if session.get_bind().dialect.name == "postgresql":
         options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": read_only}
         session.connection(execution_options=options)
     else:
-        session.connection().exec_driver_sql("BEGIN")
+        session.connection().exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 @contextmanager

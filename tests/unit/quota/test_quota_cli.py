@@ -97,6 +97,22 @@ def test_the_usd_flag_works_until_the_price_book_moves_to_another_currency(
     assert (out["currency"], out["overrides"]["tenant"]) == ("EUR", {"cost_per_month": 20})
 
 
+@pytest.mark.parametrize(
+    ("new", "old"), [("5", "inherit"), ("inherit", "5"), ("none", "5"), ("5", "5")]
+)
+def test_both_budget_flags_are_refused_whatever_their_values(
+    capsys: pytest.CaptureFixture[str], configured: str, new: str, old: str
+) -> None:
+    """One's 'inherit' beside the other's number silently removed or set the budget."""
+    args = ("quota", "set", "--tenant", "acme", "--scope", "tenant", "--cost-per-month", "1")
+    assert run(capsys, *args)[0] == 0
+    both = ("--cost-per-month", new, "--cost-per-month-usd", old)
+    code, _, err = run(capsys, *args[:-2], *both)
+    assert code == 2 and "not both" in err
+    shown = run(capsys, "quota", "show", "--tenant", "acme")[1]
+    assert shown["overrides"]["tenant"] == {"cost_per_month": 1}, "left as it was"
+
+
 def test_a_key_gets_its_own_limits(capsys: pytest.CaptureFixture[str], configured: str) -> None:
     assert main(["keys", "create", "--tenant", "acme", "--project", "demo", "--name", "k"]) == 0
     key_id = capsys.readouterr().out.strip().split("_")[1]
