@@ -49,6 +49,9 @@ class WorkerReport:
     live: bool
     """False once the worker stopped (or it was found dead): its gauges no longer count."""
     families: tuple[FamilyReport, ...]
+    started: int | None = None
+    """When its process started (clock ticks since boot; None where unknown): a pid alone
+    may name another process once the worker is gone."""
 
     def stopped(self) -> WorkerReport:
         return replace(self, live=False)
@@ -56,6 +59,7 @@ class WorkerReport:
     def to_json(self) -> bytes:
         families = [[f.name, f.type, f.documentation, f.samples] for f in self.families]
         body = {"pid": self.pid, "written_at": self.written_at, "live": self.live}
+        body["started"] = self.started
         return json.dumps({**body, "families": families}).encode()  # +Inf as Infinity
 
     @classmethod
@@ -65,7 +69,7 @@ class WorkerReport:
             FamilyReport(name, typ, doc, tuple((s, labels, v) for s, labels, v in samples))
             for name, typ, doc, samples in body["families"]
         )
-        return cls(body["pid"], body["written_at"], body["live"], families)
+        return cls(body["pid"], body["written_at"], body["live"], families, body.get("started"))
 
 
 def families_of(metrics: Iterable[Metric]) -> tuple[FamilyReport, ...]:

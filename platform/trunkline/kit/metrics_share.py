@@ -74,6 +74,7 @@ class MetricsShare:
     def __init__(self, directory: Path, *, pid: int | None = None) -> None:
         self.directory = directory
         self.pid = os.getpid() if pid is None else pid
+        self.started = process_start(self.pid)
         # A pid can be reused by a later worker: the file names its start too.
         self.path = directory / f"worker-{self.pid}-{time.time_ns()}.json"
         self._lock = threading.Lock()
@@ -82,7 +83,7 @@ class MetricsShare:
     def write(self, seq: int, families: tuple[FamilyReport, ...], *, live: bool = True) -> None:
         """Replace this worker's file with collection number ``seq``, unless a later one is
         there already (two writes racing must not put an older count over a newer)."""
-        report = WorkerReport(self.pid, time.time(), live, families)
+        report = WorkerReport(self.pid, time.time(), live, families, self.started)
         with self._lock:
             if seq <= self._written:
                 return
@@ -102,7 +103,7 @@ class MetricsShare:
         reports = []
         for path in sorted(self.directory.glob("worker-*.json")):
             report = WorkerReport.from_json(path.read_bytes())
-            if report.live and not _running(report.pid):
+            if report.live and not _running(report.pid, report.started):
                 report = report.stopped()
             reports.append(report)
         return reports
@@ -117,14 +118,28 @@ def _replace(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def _running(pid: int) -> bool:
+def _running(pid: int, started: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (not another
+    process that was given its pid since)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started is None or process_start(pid) in (started, None)
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux's ``/proc``; None
+    elsewhere, or if it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # Fields after the command name, which is in parentheses and may hold anything: the
+    # start time is the 22nd field of the line, the 20th after the name.
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 class _Collected(Collector):

@@ -68,6 +68,20 @@ def test_a_scrape_of_either_worker_shows_both(tmp_path: Path) -> None:
     assert a.scrape() == {"requests_total": 10.0, "in_flight": 1.0}
 
 
+def test_a_worker_whose_pid_another_process_took_counts_as_stopped(tmp_path: Path) -> None:
+    """Its pid alone said it ran while any process had it: its gauges kept counting."""
+    gone = MetricsShare(tmp_path, pid=os.getppid())  # a pid in use, by another process
+    assert gone.started is not None, "Linux: /proc gives when a process started"
+    gone.started -= 1  # the worker that wrote this had the pid before it
+    registry = CollectorRegistry()
+    Counter("requests", "requests", registry=registry).inc(5)
+    Gauge("in_flight", "in flight", registry=registry).set(9)
+    gone.write(0, families_of(registry.collect()))
+    alive = Worker(tmp_path, os.getpid())
+    alive.in_flight.set(1)
+    assert alive.scrape() == {"requests_total": 5.0, "in_flight": 1.0}
+
+
 def test_a_worker_that_died_keeps_its_counts_but_not_its_gauges(tmp_path: Path) -> None:
     dead = MetricsShare(tmp_path, pid=_gone_pid())
     registry = CollectorRegistry()
