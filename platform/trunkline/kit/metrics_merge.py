@@ -58,8 +58,8 @@ class WorkerReport:
 
     def to_json(self) -> bytes:
         families = [[f.name, f.type, f.documentation, f.samples] for f in self.families]
-        body = {"pid": self.pid, "written_at": self.written_at, "live": self.live}
-        body["started"] = self.started
+        body: dict[str, object] = {"pid": self.pid, "written_at": self.written_at}
+        body |= {"live": self.live, "started": self.started}
         return json.dumps({**body, "families": families}).encode()  # +Inf as Infinity
 
     @classmethod

@@ -68,11 +68,8 @@ def test_a_scrape_of_either_worker_shows_both(tmp_path: Path) -> None:
     assert a.scrape() == {"requests_total": 10.0, "in_flight": 1.0}
 
 
-def test_a_worker_whose_pid_another_process_took_counts_as_stopped(tmp_path: Path) -> None:
-    """Its pid alone said it ran while any process had it: its gauges kept counting."""
-    gone = MetricsShare(tmp_path, pid=os.getppid())  # a pid in use, by another process
-    assert gone.started is not None, "Linux: /proc gives when a process started"
-    gone.started -= 1  # the worker that wrote this had the pid before it
+def _stopped_for_gauges(tmp_path: Path, gone: MetricsShare) -> None:
+    """``gone`` wrote counts and a gauge: the counts stay in a scrape, the gauge does not."""
     registry = CollectorRegistry()
     Counter("requests", "requests", registry=registry).inc(5)
     Gauge("in_flight", "in flight", registry=registry).set(9)
@@ -82,15 +79,16 @@ def test_a_worker_whose_pid_another_process_took_counts_as_stopped(tmp_path: Pat
     assert alive.scrape() == {"requests_total": 5.0, "in_flight": 1.0}
 
 
+def test_a_worker_whose_pid_another_process_took_counts_as_stopped(tmp_path: Path) -> None:
+    """Its pid alone said it ran while any process had it: its gauges kept counting."""
+    gone = MetricsShare(tmp_path, pid=os.getppid())  # a pid in use, by another process
+    assert gone.started is not None, "Linux: /proc gives when a process started"
+    gone.started -= 1  # the worker that wrote this had the pid before it
+    _stopped_for_gauges(tmp_path, gone)
+
+
 def test_a_worker_that_died_keeps_its_counts_but_not_its_gauges(tmp_path: Path) -> None:
-    dead = MetricsShare(tmp_path, pid=_gone_pid())
-    registry = CollectorRegistry()
-    Counter("requests", "requests", registry=registry).inc(5)
-    Gauge("in_flight", "in flight", registry=registry).set(9)
-    dead.write(0, families_of(registry.collect()))
-    alive = Worker(tmp_path, os.getpid())
-    alive.in_flight.set(1)
-    assert alive.scrape() == {"requests_total": 5.0, "in_flight": 1.0}
+    _stopped_for_gauges(tmp_path, MetricsShare(tmp_path, pid=_gone_pid()))
 
 
 def test_an_older_collection_never_overwrites_a_newer_one(tmp_path: Path) -> None:
