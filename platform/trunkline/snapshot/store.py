@@ -13,6 +13,7 @@ database says without fetching anything.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import threading
 import time
@@ -25,6 +26,8 @@ import redis.asyncio as aioredis
 
 LEGACY = "whole"
 """The one part of a snapshot an older control plane stored whole (``<prefix>:snapshot``)."""
+CORE_PART = "core"
+"""The part every snapshot in parts has (``snapshot.parts.CORE``)."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,29 @@ def content_digest(digests: Mapping[str, bytes]) -> bytes:
     return whole.digest()
 
 
+class Patched(enum.Enum):
+    """What became of a ``patch``."""
+
+    STORED = "stored"
+    REFUSED = "refused"
+    """A version as new or newer is stored: publish again under a newer one."""
+    NO_BASE = "no_base"
+    """The store holds no whole snapshot of parts to patch (none, an older control plane's
+    whole one, a part gone, or other publishers kept changing it): publish it whole."""
+
+
 class SnapshotPublisher(Protocol):
     def next_version(self) -> int: ...
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
-        """Store ``parts`` as ``version`` unless a newer version is stored."""
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+        """Store ``parts`` as ``version`` unless as new or a newer version is stored: whether
+        it did."""
+        ...
+
+    def patch(
+        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+    ) -> Patched:
+        """Store as ``version`` the parts stored, each exactly as it is stored now, with those
+        ``changed`` replaced (None: removed); unless as new or a newer version is stored."""
         ...
 
     def published_version(self) -> int | None:
@@ -88,11 +110,28 @@ class InMemorySnapshotStore:
             self._counter += 1
             return self._counter
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
         with self._lock:
-            if self._current is None or version > self._current.version:
-                digests = {name: part_digest(blob) for name, blob in parts.items()}
-                self._current = Loaded(version, published_at, digests, dict(parts))
+            if self._current is not None and version <= self._current.version:
+                return False
+            digests = {name: part_digest(blob) for name, blob in parts.items()}
+            self._current = Loaded(version, published_at, digests, dict(parts))
+            return True
+
+    def patch(
+        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+    ) -> Patched:
+        with self._lock:
+            current = self._current
+            if current is None or LEGACY in current.digests:
+                return Patched.NO_BASE
+            if version <= current.version:
+                return Patched.REFUSED
+            parts = {**current.blobs, **changed}
+            blobs = {name: blob for name, blob in parts.items() if blob is not None}
+            digests = {name: part_digest(blob) for name, blob in blobs.items()}
+            self._current = Loaded(version, published_at, digests, blobs)
+            return Patched.STORED
 
     def published_version(self) -> int | None:
         current = self._current
@@ -213,19 +252,54 @@ class RedisSnapshotPublisher:
     def next_version(self) -> int:
         return int(self._next(keys=[self._keys.counter], args=[self._clock_ms()]))
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
         """Sends the bytes of only the parts the store does not hold already."""
-        k = self._keys
         digests = {name: part_digest(blob) for name, blob in parts.items()}
-        stored = {_bytes(n): _bytes(d) for n, d in self._client.hgetall(k.parts).items()}
-        head: list[_Arg] = [version, repr(published_at), content_digest(digests), k.part_prefix]
+        stored = self._stored_digests()
         for send_all in (False, True):
-            args = list(head)
-            for name, blob in parts.items():
-                unchanged = not send_all and stored.get(name.encode()) == digests[name]
-                args += [name, digests[name], b"" if unchanged else blob]
-            if int(self._script(keys=[k.version, k.at, k.digest, k.parts], args=args)) != -1:
-                return
+            sent = {
+                name: b"" if not send_all and stored.get(name) == digests[name] else blob
+                for name, blob in parts.items()
+            }
+            outcome = self._write(version, published_at, digests, sent)
+            if outcome != -1:
+                return outcome == 1
+        return False  # not reached: with every part's bytes the script never answers -1
+
+    PATCH_TRIES = 3
+
+    def patch(
+        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+    ) -> Patched:
+        """Names every stored part by the digest read here, its bytes not sent; the script
+        refuses (-1) if one no longer has it (another publisher wrote in between, or the part
+        is gone), and it is read again."""
+        changed_digests = {n: part_digest(b) for n, b in changed.items() if b is not None}
+        for _ in range(self.PATCH_TRIES):
+            stored = self._stored_digests()
+            if CORE_PART not in stored:
+                return Patched.NO_BASE
+            digests = {n: d for n, d in stored.items() if n not in changed} | changed_digests
+            sent = {n: changed.get(n) or b"" for n in digests}
+            outcome = self._write(version, published_at, digests, sent)
+            if outcome != -1:
+                return Patched.STORED if outcome == 1 else Patched.REFUSED
+        return Patched.NO_BASE
+
+    def _stored_digests(self) -> dict[str, bytes]:
+        listed = self._client.hgetall(self._keys.parts)
+        return {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}
+
+    def _write(
+        self, version: int, published_at: float, digests: dict[str, bytes], sent: dict[str, bytes]
+    ) -> int:
+        """One run of the script: 1 stored, 0 refused (not newer), -1 a part named by its
+        digest alone (``sent`` empty) not stored with it."""
+        k = self._keys
+        args: list[_Arg] = [version, repr(published_at), content_digest(digests), k.part_prefix]
+        for name, digest in digests.items():
+            args += [name, digest, sent[name]]
+        return int(self._script(keys=[k.version, k.at, k.digest, k.parts], args=args))
 
     def published_version(self) -> int | None:
         raw = self._client.get(self._keys.version)
