@@ -28,8 +28,14 @@ _SHARDS = 64
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("api_keys") as batch:
-        batch.add_column(sa.Column("shard", sa.SmallInteger(), nullable=True))
+    # Added NOT NULL with a default, then filled in: making a column NOT NULL afterwards
+    # recreates the table on SQLite, whose DROP TABLE (foreign keys on) deletes every key's
+    # quota document by cascade. SQLite keeps the default (dropping it recreates the table
+    # too); the models give every key inserted through them its shard.
+    op.add_column(
+        "api_keys",
+        sa.Column("shard", sa.SmallInteger(), nullable=False, server_default=sa.text("0")),
+    )
     keys = sa.table("api_keys", sa.column("id"), sa.column("key_id"), sa.column("shard"))
     bind = op.get_bind()
     rows = bind.execute(sa.select(keys.c.id, keys.c.key_id)).all()
@@ -38,14 +44,13 @@ def upgrade() -> None:
             keys.update().where(keys.c.id == sa.bindparam("row")).values(shard=sa.bindparam("n")),
             [{"row": row, "n": zlib.crc32(key_id.encode()) % _SHARDS} for row, key_id in rows],
         )
-    with op.batch_alter_table("api_keys") as batch:
-        batch.alter_column("shard", existing_type=sa.SmallInteger(), nullable=False)
-        batch.create_index("ix_api_keys_shard", ["shard"], unique=False)
-        batch.create_index("ix_api_keys_expires_at", ["expires_at"], unique=False)
+    if bind.dialect.name != "sqlite":
+        op.alter_column("api_keys", "shard", server_default=None)
+    op.create_index("ix_api_keys_shard", "api_keys", ["shard"], unique=False)
+    op.create_index("ix_api_keys_expires_at", "api_keys", ["expires_at"], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("api_keys") as batch:
-        batch.drop_index("ix_api_keys_expires_at")
-        batch.drop_index("ix_api_keys_shard")
-        batch.drop_column("shard")
+    op.drop_index("ix_api_keys_expires_at", table_name="api_keys")
+    op.drop_index("ix_api_keys_shard", table_name="api_keys")
+    op.drop_column("api_keys", "shard")  # SQLite's own DROP COLUMN: no table recreated

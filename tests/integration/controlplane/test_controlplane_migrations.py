@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -70,9 +71,21 @@ def test_migration_0014_gives_existing_keys_the_shard_their_id_is_published_in(
                     ),
                     params | {"row": row.hex if sqlite else str(row), "key_id": key_id},
                 )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO api_key_quotas (api_key_id, limits, updated_at) "
+                    "VALUES (:row, '{}', CURRENT_TIMESTAMP)"
+                ),
+                {"row": row.hex if sqlite else str(row)},
+            )
         upgrade(database_url)
         with engine.connect() as connection:
             rows = connection.execute(sa.text("SELECT key_id, shard FROM api_keys")).all()
         assert {key_id: shard for key_id, shard in rows} == {k: key_shard(k) for k in key_ids}
+        command.downgrade(alembic_config(database_url), "0013")
+        upgrade(database_url)
+        with engine.connect() as connection:  # a table recreated on SQLite cascaded to these
+            quotas = connection.execute(sa.text("SELECT count(*) FROM api_key_quotas")).scalar()
+        assert quotas == 1
     finally:
         engine.dispose()
