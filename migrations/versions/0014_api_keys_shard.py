@@ -30,8 +30,9 @@ _SHARDS = 64
 def upgrade() -> None:
     # Added NOT NULL with a default, then filled in: making a column NOT NULL afterwards
     # recreates the table on SQLite, whose DROP TABLE (foreign keys on) deletes every key's
-    # quota document by cascade. SQLite keeps the default (dropping it recreates the table
-    # too); the models give every key inserted through them its shard.
+    # quota document by cascade. The default stays: a control plane of the version before,
+    # still running during the upgrade, inserts keys without a shard, and shard 0 is read
+    # with every other (``snapshot.key_shards``).
     op.add_column(
         "api_keys",
         sa.Column("shard", sa.SmallInteger(), nullable=False, server_default=sa.text("0")),
@@ -44,8 +45,6 @@ def upgrade() -> None:
             keys.update().where(keys.c.id == sa.bindparam("row")).values(shard=sa.bindparam("n")),
             [{"row": row, "n": zlib.crc32(key_id.encode()) % _SHARDS} for row, key_id in rows],
         )
-    if bind.dialect.name != "sqlite":
-        op.alter_column("api_keys", "shard", server_default=None)
     op.create_index("ix_api_keys_shard", "api_keys", ["shard"], unique=False)
     op.create_index("ix_api_keys_expires_at", "api_keys", ["expires_at"], unique=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, SmallInteger, String
+from sqlalchemy import JSON, ForeignKey, Index, SmallInteger, String, text
 from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -51,9 +51,12 @@ class ApiKey(IdMixin, CreatedMixin, Base):
     rotated_from: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("api_keys.id", ondelete="SET NULL")
     )
-    shard: Mapped[int] = mapped_column(SmallInteger, default=_shard_of_row, index=True)
+    shard: Mapped[int] = mapped_column(
+        SmallInteger, default=_shard_of_row, server_default=text("0"), index=True
+    )
     """``key_shard(key_id)``: a change to a few keys rebuilds their snapshot shards, read by
-    this column, not by reading every key."""
+    this column, not by reading every key. 0 for a row inserted without it (an older control
+    plane during an upgrade, SQL by hand): shard 0 is always read with the others."""
 
 
 class AccessToken(IdMixin, CreatedMixin, Base):

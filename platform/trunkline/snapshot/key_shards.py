@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from trunkline.kit.shards import key_shard
 from trunkline.models import ApiKey, Tenant, Tier
 from trunkline.quota.book import KeyLimitSources, key_limits, tier_priorities
 from trunkline.quota.repository import QuotaRepository
@@ -55,11 +56,18 @@ def build_key_parts(
 ) -> dict[str, bytes | None]:
     """The parts of ``shards`` as the whole build at ``now`` would give them (None: the shard
     holds no key, so it is no part)."""
-    rows = session.execute(
-        select(ApiKey.id, ApiKey.rotated_from, *KEY_COLUMNS).where(
-            ApiKey.shard.in_(sorted(shards)), ApiKey.revoked_at.is_(None)
+    # Shard 0 too: a key inserted without its shard (by an older control plane during an
+    # upgrade, or SQL by hand) has the column's default, 0; each row's shard is its id's.
+    read = sorted(set(shards) | {0})
+    rows = [
+        row
+        for row in session.execute(
+            select(ApiKey.id, ApiKey.rotated_from, *KEY_COLUMNS).where(
+                ApiKey.shard.in_(read), ApiKey.revoked_at.is_(None)
+            )
         )
-    ).all()
+        if key_shard(row.key_id) in shards
+    ]
     keys = key_entries((row[2:] for row in rows), now)
     rotated = {row.id: (row.key_id, row.rotated_from) for row in rows if row.key_id in keys}
     tenant_ids = {uuid.UUID(key.tenant_id) for key in keys.values()}
@@ -84,7 +92,7 @@ def build_key_parts(
 def expired_shards(session: Session, since: datetime, now: datetime) -> set[int]:
     """The shards of the keys (not revoked) that expired after ``since``, up to ``now``: the
     whole build at ``now`` leaves them out, so their shards change."""
-    statement = select(ApiKey.shard).where(
+    statement = select(ApiKey.key_id).where(
         ApiKey.expires_at > since, ApiKey.expires_at <= now, ApiKey.revoked_at.is_(None)
     )
-    return set(session.scalars(statement.distinct()))
+    return {key_shard(key_id) for key_id in session.scalars(statement)}

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from trunkline.apps import publishing
 from trunkline.apps import runtime as runtime_module
@@ -29,6 +30,9 @@ from trunkline.keys.service import (
     revoke_key,
     rotate_key,
 )
+from trunkline.kit.db import transaction
+from trunkline.kit.shards import key_shard
+from trunkline.models import ApiKey
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
 from trunkline.quota.service import set_key_quota, set_tier_quota
 from trunkline.snapshot import InMemorySnapshotStore
@@ -275,3 +279,25 @@ def test_a_whole_build_refused_for_another_process_s_patch_is_published_again(
     keys.assert_whole(["whole", "shards", "whole"])
     served = snapshot(keys.runtime)
     assert served.tenants[str(acme)].tier == "silver" and victim not in served.keys
+
+
+def test_a_key_inserted_without_its_shard_stays_in_its_shard(keys: Keys) -> None:
+    """A control plane of the version before, still running during the upgrade (or SQL by
+    hand), inserts keys without ``shard``: the column's default, 0, is read with every shard,
+    or the next change to the key's own shard would publish it without the key."""
+    made = keys.create(name="template")
+    key_id = next(k for k in (f"legacy{i:06d}" for i in range(99)) if key_shard(k) != 0)
+    columns = ApiKey.__table__.c
+    statement = sa.text(
+        "INSERT INTO api_keys (id, key_id, secret_hash, tenant_id, project_id, name, created_at)"
+        " SELECT :id, :key_id, 'h', tenant_id, project_id, 'legacy', created_at FROM api_keys"
+        " WHERE key_id = :made"
+    ).bindparams(sa.bindparam("id", type_=columns.id.type))
+    with transaction(keys.runtime.session_factory) as session:
+        session.execute(statement, {"id": uuid.uuid4(), "key_id": key_id, "made": made})
+    keys.runtime.publish()  # what the older control plane published: the whole configuration
+    keys.store.writes.clear()
+    with keys.runtime.publishing:
+        keys.runtime.publish_shards({key_shard(key_id)})
+    keys.assert_whole(["shards"])
+    assert key_id in snapshot(keys.runtime).keys
