@@ -64,10 +64,10 @@ class Runtime:
     built_at: datetime | None = None
     """When the last build this process published read the database: every key expired by
     then is out of the snapshot stored (a shard rebuilt since only drops more)."""
-    _pending: list[Change] = field(default_factory=list)
+    _pending: list[Change] = field(init=False, repr=False, default_factory=list)
     """Changes committed, waiting for a publish (guarded by ``_pending_lock``)."""
-    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
-    _carried: set[int] = field(default_factory=set)
+    _pending_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _carried: set[int] = field(init=False, repr=False, default_factory=set)
     """Generations above ``seen``'s that this process published by their keys' shards: once
     every generation up to one is, ``seen`` moves there (a gap is another process's change)."""
 
