@@ -66,7 +66,7 @@ from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.store import QuotaStore
 from trunkline.settings import Settings
-from trunkline.tenancy.changes import config_changed
+from trunkline.tenancy.changes import change_of, config_changed
 from trunkline.tenancy.controllers import (
     MemberController,
     ProjectController,
@@ -248,7 +248,7 @@ def session_provider(runtime: Runtime) -> Any:
         finally:
             await anyio.to_thread.run_sync(session.close)
         if config_changed(session):
-            await anyio.to_thread.run_sync(runtime.publish)
+            await anyio.to_thread.run_sync(runtime.publish, change_of(session))
 
     return provide_db_session
 

@@ -16,7 +16,9 @@ import anyio
 from litestar import Litestar
 
 from trunkline.apps.runtime import Runtime, config_state
+from trunkline.kit.ids import utcnow
 from trunkline.snapshot.builder import current_digest
+from trunkline.snapshot.key_shards import expired_shards
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,9 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
     committed changes, the price book version in force) moved since this process last
     published or checked, or ``thorough``; what it builds is compared with the digest of what
     the store holds, so a change another process published is not published again. A publish
-    under way in this process (``Runtime.publishing``) skips the round: it will look again."""
+    under way in this process (``Runtime.publishing``) skips the round: it will look again.
+    When nothing moved, the shards of keys expired since the last build are published (read
+    by an index: a key that expires is a change to its shard alone)."""
     if not runtime.publishing.acquire(blocking=False):
         return False
     try:
@@ -45,8 +49,10 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
             state = config_state(session)
         unchanged = state == runtime.seen and state.generation is not None
         if unchanged and not thorough and _store_whole_and_current(runtime):
-            return False
-        current = current_digest(runtime.session_factory, cache_secret=runtime.server_secret)
+            return _drop_expired(runtime)
+        current = current_digest(
+            runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
+        )
         if runtime.publisher.published_digest() == current:  # read after it
             runtime.seen = state
             runtime.published_version = runtime.publisher.published_version()  # what it holds
@@ -59,6 +65,19 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
         return True
     finally:
         runtime.publishing.release()
+
+
+def _drop_expired(runtime: Runtime) -> bool:
+    """Publish the shards of the keys that expired since this process last built (the whole
+    build leaves them out): whether there were any. A gateway refuses them already (it checks
+    expiry per request); this keeps the snapshot stored the one the whole build gives."""
+    if runtime.built_at is None:
+        return False
+    with runtime.session_factory() as session:
+        shards = expired_shards(session, runtime.built_at, utcnow())
+    if shards:
+        runtime.publish_shards(shards)
+    return bool(shards)
 
 
 def _store_whole_and_current(runtime: Runtime) -> bool:

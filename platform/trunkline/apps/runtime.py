@@ -6,6 +6,8 @@ import logging
 import os
 import secrets
 import threading
+import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,12 +21,27 @@ from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.ids import utcnow
 from trunkline.kit.migrate import ensure_sqlite_dir, require_current
+from trunkline.kit.shards import SHARDS, key_shard
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
 from trunkline.snapshot.builder import publish_snapshot
-from trunkline.tenancy.changes import config_generation, count_config_changes
+from trunkline.snapshot.key_shards import build_key_parts, expired_shards
+from trunkline.snapshot.store import Patched
+from trunkline.tenancy.changes import (
+    WHOLE,
+    Change,
+    config_generation,
+    count_config_changes,
+)
 
 log = logging.getLogger(__name__)
+
+
+PUBLISH_TRIES = 3
+"""Publishes of one change refused because another process stored a newer version first."""
+
+WHOLE_ABOVE = SHARDS // 4
+"""Keys changed in more shards than this (a batch of them) are published by a whole build."""
 
 
 @dataclass
@@ -44,9 +61,19 @@ class Runtime:
     from a backup (or failed over to a lagging replica) and must be published to again."""
     publishing: threading.Lock = field(default_factory=threading.Lock)
     """Held by whoever builds and publishes: one build at a time in this process."""
+    built_at: datetime | None = None
+    """When the last build this process published read the database: every key expired by
+    then is out of the snapshot stored (a shard rebuilt since only drops more)."""
+    _pending: list[Change] = field(init=False, repr=False, default_factory=list)
+    """Changes committed, waiting for a publish (guarded by ``_pending_lock``)."""
+    _pending_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _carried: set[int] = field(init=False, repr=False, default_factory=set)
+    """Generations above ``seen``'s that this process published by their keys' shards: once
+    every generation up to one is, ``seen`` moves there (a gap is another process's change)."""
 
-    def publish(self) -> None:
-        """Publish the current configuration to every gateway, after a change committed.
+    def publish(self, change: Change = WHOLE) -> None:
+        """Publish ``change`` to every gateway, after it committed: by the shards of its keys
+        when it changed only keys, else the whole configuration again.
 
         A snapshot store that cannot take it (Redis away, read-only) neither fails nor undoes
         the change: a warning says so, and the control plane publishes it once the store
@@ -54,15 +81,17 @@ class Runtime:
         failed (an API caller retrying a key creation would get a second key).
         """
         try:
-            with self.session_factory() as session:
-                committed = config_generation(session)  # the caller's change, at least
+            if change.generation is None:
+                with self.session_factory() as session:  # the caller's change, at least
+                    change = Change(config_generation(session), change.keys, exact=False)
+            with self._pending_lock:
+                self._pending.append(change)
             with self.publishing:
                 # Changes committed in parallel (a bulk of API calls) wait for one build at a
-                # time; one that a build started after its commit already carried is done.
-                seen = self.seen.generation if self.seen is not None else None
-                if seen is not None and committed is not None and seen >= committed:
-                    return
-                self.publish_now()
+                # time, which carries every change waiting when it starts.
+                with self._pending_lock:
+                    waiting, self._pending = self._pending, []
+                self._publish_changes(waiting)
         except redis.RedisError as exc:
             log.warning(
                 "the gateways' snapshot could not be published (%s); what the database holds is "
@@ -70,15 +99,76 @@ class Runtime:
                 exc,
             )
 
+    def _publish_changes(self, changes: list[Change]) -> None:
+        seen = self.seen.generation if self.seen is not None else None
+        # one that a whole build started after its commit already carried is done
+        changes = [
+            c for c in changes if seen is None or c.generation is None or c.generation > seen
+        ]
+        if not changes:
+            return
+        keys: set[str] = set()
+        for change in changes:
+            if change.keys is None:
+                self.publish_now()
+                return
+            keys |= change.keys
+        shards = {key_shard(key_id) for key_id in keys}
+        if len(shards) > WHOLE_ABOVE:
+            self.publish_now()
+            return
+        exact = {c.generation for c in changes if c.exact and c.generation is not None}
+        self.publish_shards(shards, exact)
+
+    def publish_shards(self, shards: set[int], generations: Collection[int] = ()) -> None:
+        """Publish the key ``shards`` rebuilt, with the shards of keys expired since the last
+        build, every other part as the store holds it; published whole when the store holds
+        none to patch. ``generations``: the changes this carries. Raises when the store fails.
+        The caller holds ``publishing``."""
+        for _ in range(PUBLISH_TRIES):
+            version = self.publisher.next_version()  # before the database is read
+            now = utcnow()
+            with self.session_factory() as session:
+                if self.built_at is not None:
+                    shards = shards | expired_shards(session, self.built_at, now)
+                parts = build_key_parts(session, shards, now=now)
+            outcome = self.publisher.patch(version, parts, published_at=time.time())
+            if outcome is Patched.NO_BASE:
+                break
+            if outcome is Patched.STORED:
+                self.published_version, self.built_at = version, now
+                self._carried.update(generations)
+                if self.seen is not None:
+                    self._saw(self.seen)
+                return
+            # REFUSED: another process stored a newer version, which may not hold these
+            # shards' change (it rebuilt others): again, under a newer one
+        self.publish_now()
+
     def publish_now(self) -> None:
-        """Publish the current configuration; raises when the snapshot store fails. The caller
-        holds ``publishing``, or publishes at start before anything else can."""
-        with self.session_factory() as session:
-            state = config_state(session)  # before the build: it has at least this
-        self.published_version = publish_snapshot(
-            self.session_factory, self.publisher, cache_secret=self.server_secret
-        )
-        self.seen = state
+        """Publish the current configuration whole; raises when the snapshot store fails. The
+        caller holds ``publishing``, or publishes at start before anything else can."""
+        for _ in range(PUBLISH_TRIES):
+            now = utcnow()
+            with self.session_factory() as session:
+                state = config_state(session)  # before the build: it has at least this
+            version, stored = publish_snapshot(
+                self.session_factory, self.publisher, cache_secret=self.server_secret, now=now
+            )
+            if stored:  # not when another process stored a newer version meanwhile
+                self.published_version, self.built_at = version, now
+                self._saw(state)
+                return
+        log.warning("other control planes kept publishing newer versions; the check will look")
+
+    def _saw(self, state: ConfigState) -> None:
+        """The store holds at least ``state``, and the changes carried since, in a row."""
+        generation = state.generation
+        if generation is not None:
+            while generation + 1 in self._carried:
+                generation += 1
+            self._carried = {g for g in self._carried if g > generation}
+        self.seen = ConfigState(generation, state.prices_since)
 
     def close(self) -> None:
         self.engine.dispose()

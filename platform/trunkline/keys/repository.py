@@ -80,3 +80,17 @@ class ApiKeyRepository:
 def tenant_of_key(session: Session, key_id: str) -> uuid.UUID | None:
     """The tenant holding ``key_id``; for system callers (the CLI) that name a key alone."""
     return session.scalar(select(ApiKey.tenant_id).where(ApiKey.key_id == key_id))
+
+
+def successors(session: Session, row_id: uuid.UUID) -> set[str]:
+    """The public ids of the keys rotated from the key of row ``row_id``, and from those, on:
+    they keep its own limits unless they have their own."""
+    found: set[str] = set()
+    above = {row_id}
+    while above:
+        rows = session.execute(
+            select(ApiKey.id, ApiKey.key_id).where(ApiKey.rotated_from.in_(above))
+        ).all()
+        above = {row for row, key_id in rows if key_id not in found}
+        found.update(key_id for _row, key_id in rows)
+    return found

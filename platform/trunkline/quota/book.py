@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -24,6 +25,7 @@ from trunkline.models import Model, Tier
 from trunkline.quota.limits import MICRO, Limits, Price, QuotaBook, price_key
 from trunkline.quota.policy import key_tier, resolve, to_limits
 from trunkline.quota.repository import QuotaRepository
+from trunkline.quota.schemas import QuotaLimits, ScopeLimits
 from trunkline.snapshot.schemas import KeyEntry, TenantEntry
 
 log = logging.getLogger(__name__)
@@ -35,36 +37,65 @@ def build_quota_book(
     repository = QuotaRepository(session)
     tier_docs = repository.tier_docs_by_name()
     tenant_docs = repository.all_tenant_docs()
-    key_docs = repository.all_key_docs()
     tenant_limits: dict[str, Limits] = {}
     project_limits: dict[str, Limits] = {}
     for tenant_id, tenant in tenants.items():
         resolved = resolve(tier_docs.get(tenant.tier), tenant_docs.get(tenant_id))
         _keep(tenant_limits, tenant_id, to_limits(resolved.tenant))
         _keep(project_limits, tenant_id, to_limits(resolved.project))
-    priorities = {
-        name: priority for name, priority in session.execute(select(Tier.name, Tier.priority))
-    }
-    key_limits: dict[str, Limits] = {}
+    sources = KeyLimitSources(
+        {tid: t.tier for tid, t in tenants.items()},
+        tier_docs,
+        tenant_docs,
+        repository.all_key_docs(),
+        tier_priorities(session),
+    )
+    prices, billable, currency = _pricing(session)
+    limits = key_limits(keys, sources)
+    return QuotaBook(tenant_limits, project_limits, limits, prices, billable, currency)
+
+
+@dataclass(frozen=True)
+class KeyLimitSources:
+    """What the limits of keys are resolved from: for every key asked about, its tenant's tier
+    and document and its own (or its nearest ancestor's) document; every tier's."""
+
+    tenant_tiers: Mapping[str, str]
+    tier_docs: Mapping[str, QuotaLimits]
+    tenant_docs: Mapping[str, QuotaLimits]
+    key_docs: Mapping[str, ScopeLimits]
+    priorities: Mapping[str, int]
+
+
+def tier_priorities(session: Session) -> dict[str, int]:
+    return {name: priority for name, priority in session.execute(select(Tier.name, Tier.priority))}
+
+
+def key_limits(keys: Mapping[str, KeyEntry], sources: KeyLimitSources) -> dict[str, Limits]:
+    """The limits in force for each of ``keys`` (those it has any of): the whole snapshot's
+    and a few shards' rebuilt alone are resolved by this alone."""
+    limits_of: dict[str, Limits] = {}
     shared: dict[tuple[str, str], Limits] = {}
     """Limits of keys without a document of their own, by tenant and tier: most keys."""
     for key_id, key in keys.items():
-        owner = tenants.get(key.tenant_id)
-        if owner is None:
+        owner_tier = sources.tenant_tiers.get(key.tenant_id)
+        if owner_tier is None:
             continue
-        tier = key_tier(key.tier, owner.tier, priorities)
-        own = key_docs.get(key_id)
+        tier = key_tier(key.tier, owner_tier, sources.priorities)
+        own = sources.key_docs.get(key_id)
         limits = shared.get((key.tenant_id, tier)) if own is None else None
         if limits is None:
             resolved = resolve(
-                tier_docs.get(owner.tier), tenant_docs.get(key.tenant_id), tier_docs.get(tier), own
+                sources.tier_docs.get(owner_tier),
+                sources.tenant_docs.get(key.tenant_id),
+                sources.tier_docs.get(tier),
+                own,
             )
             limits = to_limits(resolved.key)
             if own is None:
                 shared[(key.tenant_id, tier)] = limits
-        _keep(key_limits, key_id, limits)
-    prices, billable, currency = _pricing(session)
-    return QuotaBook(tenant_limits, project_limits, key_limits, prices, billable, currency)
+        _keep(limits_of, key_id, limits)
+    return limits_of
 
 
 def _keep(into: dict[str, Limits], ident: str, limits: Limits) -> None:

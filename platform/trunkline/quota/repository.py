@@ -8,6 +8,7 @@ missing. ``all_*`` read everything, for the snapshot builder alone.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection, Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -111,6 +112,41 @@ class QuotaRepository:
             if isinstance(scope.cost_per_month, float | int)
         ]
 
+    def tenant_docs(self, tenant_ids: Collection[uuid.UUID]) -> dict[str, QuotaLimits]:
+        rows = self._session.execute(
+            select(TenantQuota.tenant_id, TenantQuota.limits).where(
+                TenantQuota.tenant_id.in_(tenant_ids)
+            )
+        )
+        return {str(tenant_id): _load(limits, QuotaLimits) for tenant_id, limits in rows}
+
+    def key_docs(self, keys: Mapping[uuid.UUID, KeyRow]) -> dict[str, ScopeLimits]:
+        """``all_key_docs`` of only ``keys`` (by row id: public id and the row rotated from),
+        reading their ancestors' rows alone."""
+        parent = {row_id: rotated_from for row_id, (_key_id, rotated_from) in keys.items()}
+        above = {up for up in parent.values() if up is not None and up not in parent}
+        while above:
+            rows = self._session.execute(
+                select(ApiKey.id, ApiKey.rotated_from).where(ApiKey.id.in_(above))
+            ).all()
+            parent.update({row_id: rotated_from for row_id, rotated_from in rows})
+            above = {up for _row, up in rows if up is not None and up not in parent}
+        own = {
+            key_row_id: _load(limits, ScopeLimits)
+            for key_row_id, limits in self._session.execute(
+                select(KeyQuota.api_key_id, KeyQuota.limits).where(KeyQuota.api_key_id.in_(parent))
+            )
+        }
+        docs = {}
+        for row_id, (key_id, _rotated_from) in keys.items():
+            if own and (found := _nearest(row_id, own, parent)) is not None:
+                docs[key_id] = found
+        return docs
+
+
+KeyRow = tuple[str, uuid.UUID | None]
+"""A key's public id and the row it was rotated from."""
+
 
 class TenantQuotaRepository:
     def __init__(self, session: Session, tenant_id: uuid.UUID) -> None:
@@ -126,7 +162,7 @@ class TenantQuotaRepository:
 
     def key_doc(self, key_id: str) -> ScopeLimits | None:
         """The document in force for a key of this tenant (its own, or its ancestor's)."""
-        row_id = self._key_row_id(key_id)
+        row_id = self.key_row_id(key_id)
         if row_id is None:
             return None
         keys = self._session.execute(
@@ -143,12 +179,12 @@ class TenantQuotaRepository:
         return _nearest(row_id, own, {row: parent for row, parent in keys})
 
     def set_key_doc(self, key_id: str, doc: ScopeLimits) -> bool:
-        row_id = self._key_row_id(key_id)
+        row_id = self.key_row_id(key_id)
         if row_id is None:
             raise LookupError(key_id)
         return _store(self._session, KeyQuota, row_id, _dump(doc))
 
-    def _key_row_id(self, key_id: str) -> uuid.UUID | None:
+    def key_row_id(self, key_id: str) -> uuid.UUID | None:
         return self._session.scalar(
             select(ApiKey.id).where(ApiKey.tenant_id == self._tenant_id, ApiKey.key_id == key_id)
         )

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from trunkline.auth.principal import Principal
 from trunkline.billing.service import price_book_currency
 from trunkline.errors import NotFound
+from trunkline.keys.repository import successors
 from trunkline.keys.service import get_key
 from trunkline.quota.limits import MONTH_COST, NANO, UNLIMITED
 from trunkline.quota.policy import key_tier, priced, resolve, to_limits
@@ -32,7 +33,7 @@ from trunkline.quota.schemas import (
     TenantQuota,
 )
 from trunkline.quota.windows import Windows, windows_at
-from trunkline.tenancy.changes import mark_config_changed
+from trunkline.tenancy.changes import mark_config_changed, mark_keys_changed
 from trunkline.tenancy.repository import TierRepository
 from trunkline.tenancy.service import tenant_row
 
@@ -132,8 +133,12 @@ def set_key_quota(
 ) -> KeyQuota:
     get_key(session, principal, tenant_id, key_id)
     data = priced(data, price_book_currency(session))
-    if TenantQuotaRepository(session, tenant_id).set_key_doc(key_id, data):
-        mark_config_changed(session)
+    scoped = TenantQuotaRepository(session, tenant_id)
+    if scoped.set_key_doc(key_id, data):
+        # its successors (keys rotated from it) keep its limits unless they have their own
+        row_id = scoped.key_row_id(key_id)
+        successors_of = set() if row_id is None else successors(session, row_id)
+        mark_keys_changed(session, {key_id} | successors_of)
     return key_quota(session, principal, tenant_id, key_id, read_usage)
 
 

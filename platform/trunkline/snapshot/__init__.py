@@ -5,6 +5,7 @@ key hashes, tiers, entitlements, aliases, pools and endpoints.
 """
 
 from trunkline.snapshot.parts import read_snapshot, store_snapshot
+from trunkline.snapshot.redis_store import RedisSnapshotPublisher, RedisSnapshotSource
 from trunkline.snapshot.schemas import (
     AliasEntry,
     CascadeEntry,
@@ -18,8 +19,6 @@ from trunkline.snapshot.schemas import (
 from trunkline.snapshot.store import (
     InMemorySnapshotStore,
     Loaded,
-    RedisSnapshotPublisher,
-    RedisSnapshotSource,
     SnapshotPublisher,
     SnapshotSource,
 )

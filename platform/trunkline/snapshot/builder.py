@@ -25,12 +25,12 @@ from trunkline.models import (
     Tier,
 )
 from trunkline.quota.book import build_quota_book
+from trunkline.snapshot.key_shards import KEY_COLUMNS, key_entries
 from trunkline.snapshot.parts import split, store_snapshot
 from trunkline.snapshot.schemas import (
     AliasEntry,
     CascadeEntry,
     EndpointEntry,
-    KeyEntry,
     PoolEntry,
     Snapshot,
     TenantEntry,
@@ -49,33 +49,18 @@ def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
     return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
 
 
-def build_snapshot(session: Session, version: int, *, cache_secret: bytes) -> Snapshot:
-    """``cache_secret`` keys the tenants' cache salts (the server secret in every process)."""
+def build_snapshot(
+    session: Session, version: int, *, cache_secret: bytes, now: datetime | None = None
+) -> Snapshot:
+    """``cache_secret`` keys the tenants' cache salts (the server secret in every process);
+    keys expired at ``now`` (default: the time it is) are left out."""
     tiers = {
         t.name: TierEntry(t.name, t.priority, t.ttft_slo_ms, t.itl_slo_ms, t.may_use_burst)
         for t in session.scalars(select(Tier))
     }
     tenants = _tenants(session, cache_secret)
-    now = datetime.now(UTC)
-    # Plain rows, not ORM objects: tens of thousands of keys are most of a big snapshot's build.
-    columns = (
-        ApiKey.key_id, ApiKey.secret_hash, ApiKey.tenant_id, ApiKey.project_id,
-        ApiKey.allowed_models, ApiKey.tier_name, ApiKey.expires_at,
-    )  # fmt: skip
-    rows = session.execute(select(*columns).where(ApiKey.revoked_at.is_(None)))
-    keys = {
-        key_id: KeyEntry(
-            key_id=key_id,
-            secret_hash=secret_hash,
-            tenant_id=str(tenant_id),
-            project_id=str(project_id),
-            allowed_aliases=None if allowed is None else frozenset(allowed),
-            tier=tier,
-            expires_at=None if expires_at is None else expires_at.timestamp(),
-        )
-        for key_id, secret_hash, tenant_id, project_id, allowed, tier, expires_at in rows
-        if expires_at is None or expires_at > now
-    }
+    rows = session.execute(select(*KEY_COLUMNS).where(ApiKey.revoked_at.is_(None)))
+    keys = key_entries(rows, datetime.now(UTC) if now is None else now)
     pools = _pools(session)
     aliases = _aliases(session, pools)
     quotas = build_quota_book(session, tenants, keys)
@@ -173,17 +158,24 @@ def digest_of(snapshot: Snapshot) -> bytes:
     return content_digest({name: part_digest(blob) for name, blob in split(snapshot).items()})
 
 
-def current_digest(factory: sessionmaker[Session], *, cache_secret: bytes) -> bytes:
+def current_digest(
+    factory: sessionmaker[Session], *, cache_secret: bytes, now: datetime | None = None
+) -> bytes:
     with factory() as session:
-        return digest_of(build_snapshot(session, 0, cache_secret=cache_secret))
+        return digest_of(build_snapshot(session, 0, cache_secret=cache_secret, now=now))
 
 
 def publish_snapshot(
-    factory: sessionmaker[Session], publisher: SnapshotPublisher, *, cache_secret: bytes
-) -> int:
-    """Read the current configuration and publish it under a fresh version; returns it."""
+    factory: sessionmaker[Session],
+    publisher: SnapshotPublisher,
+    *,
+    cache_secret: bytes,
+    now: datetime | None = None,
+) -> tuple[int, bool]:
+    """Read the current configuration and publish it under a fresh version, allocated before
+    the database is read (so it holds every change whose publisher got an older one): the
+    version, and whether the store took it (not if a newer one was stored meanwhile)."""
     version = publisher.next_version()
     with factory() as session:
-        snapshot = build_snapshot(session, version, cache_secret=cache_secret)
-    store_snapshot(publisher, snapshot)
-    return version
+        snapshot = build_snapshot(session, version, cache_secret=cache_secret, now=now)
+    return version, store_snapshot(publisher, snapshot)

@@ -3,22 +3,23 @@
 At 40,000 keys a snapshot is about 12.5 MB, and a gateway decoding it whole blocks its event
 loop for 50-90 ms: per change, and every key created is one. So the control plane stores it as a
 ``core`` part (tiers, tenants, aliases, pools, every quota limit but the keys') and the keys
-in ``SHARDS`` parts by their id (each key's entry and limits in one). A gateway fetches and
-decodes only the parts whose digest differs from those it holds: a new key is one shard of
-a 64th of the keys. Each part is encoded canonically (maps in sorted order), so the same
-content always has the same digest whatever order the database returned its rows in.
+in ``kit.shards.SHARDS`` parts by their id (each key's entry and limits in one). A gateway
+fetches and decodes only the parts whose digest differs from those it holds: a new key is
+one shard of a 64th of the keys. Each part is encoded canonically (maps in sorted order), so
+the same content always has the same digest whatever order the database returned its rows in.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
+from trunkline.kit.shards import key_shard
 from trunkline.quota.limits import Limits
 from trunkline.snapshot.schemas import KeyEntry, Snapshot
 from trunkline.snapshot.store import (
+    CORE_PART,
     LEGACY,
     IncompleteSnapshot,
     Loaded,
@@ -26,8 +27,7 @@ from trunkline.snapshot.store import (
     SnapshotSource,
 )
 
-SHARDS = 64
-CORE = "core"
+CORE = CORE_PART
 
 
 class KeyShard(msgspec.Struct, frozen=True):
@@ -37,7 +37,11 @@ class KeyShard(msgspec.Struct, frozen=True):
 
 def shard_name(key_id: str) -> str:
     """The part holding ``key_id``: stable across processes and releases (not ``hash()``)."""
-    return f"keys/{zlib.crc32(key_id.encode()) % SHARDS:02d}"
+    return part_of_shard(key_shard(key_id))
+
+
+def part_of_shard(shard: int) -> str:
+    return f"keys/{shard:02d}"
 
 
 _canonical = msgspec.msgpack.Encoder(order="sorted")
@@ -47,15 +51,6 @@ _shard_decoder = msgspec.msgpack.Decoder(KeyShard)
 
 def split(snapshot: Snapshot) -> dict[str, bytes]:
     """The snapshot's parts, without its version and time (the store keeps those)."""
-    shards: dict[str, KeyShard] = {}
-    limits = snapshot.quotas.keys
-    for key_id, entry in snapshot.keys.items():
-        shard = shards.setdefault(shard_name(key_id), KeyShard({}, {}))
-        shard.keys[key_id] = entry
-        if key_id in limits:
-            shard.limits[key_id] = limits[key_id]
-    for key_id in limits.keys() - snapshot.keys.keys():  # none from the builder
-        shards.setdefault(shard_name(key_id), KeyShard({}, {})).limits[key_id] = limits[key_id]
     core = msgspec.structs.replace(
         snapshot,
         version=0,
@@ -63,12 +58,27 @@ def split(snapshot: Snapshot) -> dict[str, bytes]:
         keys={},
         quotas=msgspec.structs.replace(snapshot.quotas, keys={}),
     )
-    return {CORE: _canonical.encode(core)} | {n: _canonical.encode(s) for n, s in shards.items()}
+    return {CORE: _canonical.encode(core)} | key_parts(snapshot.keys, snapshot.quotas.keys)
 
 
-def store_snapshot(publisher: SnapshotPublisher, snapshot: Snapshot) -> None:
-    """Publish ``snapshot`` under its own version and time."""
-    publisher.publish(snapshot.version, split(snapshot), published_at=snapshot.published_at)
+def key_parts(keys: Mapping[str, KeyEntry], limits: Mapping[str, Limits]) -> dict[str, bytes]:
+    """The shards holding ``keys`` and their ``limits``, encoded; a shard with no key is no
+    part. The whole snapshot's and a few shards' rebuilt alone are encoded by this alone, so
+    the same keys give the same bytes either way."""
+    shards: dict[str, KeyShard] = {}
+    for key_id, entry in keys.items():
+        shard = shards.setdefault(shard_name(key_id), KeyShard({}, {}))
+        shard.keys[key_id] = entry
+        if key_id in limits:
+            shard.limits[key_id] = limits[key_id]
+    for key_id in limits.keys() - keys.keys():  # none from the builders
+        shards.setdefault(shard_name(key_id), KeyShard({}, {})).limits[key_id] = limits[key_id]
+    return {name: _canonical.encode(shard) for name, shard in shards.items()}
+
+
+def store_snapshot(publisher: SnapshotPublisher, snapshot: Snapshot) -> bool:
+    """Publish ``snapshot`` under its own version and time: whether the store took it."""
+    return publisher.publish(snapshot.version, split(snapshot), published_at=snapshot.published_at)
 
 
 async def read_snapshot(source: SnapshotSource) -> Snapshot | None:

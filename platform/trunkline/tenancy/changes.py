@@ -8,8 +8,9 @@ miss the change; one built after a rollback would announce what never happened.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, select, update
@@ -21,11 +22,48 @@ from trunkline.kit.db import transaction
 from trunkline.models import CONFIG_ROW, ConfigGeneration
 
 _CHANGED = "trunkline.config_changed"
+_KEYS = "trunkline.changed_keys"
+"""The keys this unit of work changed, while all it changed is keys; None once it changed
+anything else."""
+_GENERATION = "trunkline.config_generation"
+
+
+@dataclass(frozen=True)
+class Change:
+    """A committed change to what gateways must know."""
+
+    generation: int | None
+    """``config_generation`` its commit set (None: not known)."""
+    keys: frozenset[str] | None
+    """The only keys it changed (by public id), or None: not confined to keys."""
+    exact: bool = True
+    """``generation`` is the one its commit set, not one read after it (which may be another
+    process's change)."""
+
+
+WHOLE = Change(None, None)
+"""Some change, not known which: the whole configuration is built again."""
 
 
 def mark_config_changed(session: Session) -> None:
     """Record that this unit of work changes what gateways must know."""
     session.info[_CHANGED] = True
+    session.info[_KEYS] = None
+
+
+def mark_keys_changed(session: Session, key_ids: Iterable[str]) -> None:
+    """Record that this unit of work changes these keys (their row, or the limits resolved
+    for them): if it changes nothing else, gateways learn it by the shards that hold them."""
+    keys = session.info.get(_KEYS, set()) if config_changed(session) else set()
+    if keys is not None:
+        keys.update(key_ids)
+    session.info[_CHANGED], session.info[_KEYS] = True, keys
+
+
+def change_of(session: Session) -> Change:
+    """What the committed unit of work ``session`` changed (``config_changed``)."""
+    keys = session.info.get(_KEYS)
+    return Change(session.info.get(_GENERATION), None if keys is None else frozenset(keys))
 
 
 def config_changed(session: Session) -> bool:
@@ -40,10 +78,11 @@ def count_config_changes(factory: sessionmaker[Session]) -> None:
     def bump(session: Session) -> None:
         if config_changed(session):
             bumped = ConfigGeneration.generation + 1
-            session.execute(
+            session.info[_GENERATION] = session.scalar(
                 update(ConfigGeneration)
                 .where(ConfigGeneration.id == CONFIG_ROW)
                 .values(generation=bumped)
+                .returning(ConfigGeneration.generation)
             )
 
 
@@ -55,8 +94,11 @@ def config_generation(session: Session) -> int | None:
 
 
 @contextmanager
-def unit_of_work(factory: sessionmaker[Session], publish: Callable[[], None]) -> Iterator[Session]:
-    """One transaction; ``publish`` runs after it commits, if it changed gateway config.
+def unit_of_work(
+    factory: sessionmaker[Session], publish: Callable[[Change], None]
+) -> Iterator[Session]:
+    """One transaction; ``publish`` runs after it commits, if it changed gateway config, with
+    what it changed.
 
     For callers outside a request (CLI, embedded launcher), e.g.
     ``with unit_of_work(runtime.session_factory, runtime.publish) as session: ...``.
@@ -64,7 +106,7 @@ def unit_of_work(factory: sessionmaker[Session], publish: Callable[[], None]) ->
     with transaction(factory) as session:
         yield session
     if config_changed(session):
-        publish()
+        publish(change_of(session))
 
 
 def assign(target: object, values: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

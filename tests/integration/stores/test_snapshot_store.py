@@ -16,7 +16,13 @@ from trunkline.snapshot import (
     RedisSnapshotPublisher,
     RedisSnapshotSource,
 )
-from trunkline.snapshot.store import LEGACY, IncompleteSnapshot, content_digest, part_digest
+from trunkline.snapshot.store import (
+    LEGACY,
+    IncompleteSnapshot,
+    Patched,
+    content_digest,
+    part_digest,
+)
 
 
 class Pair:
@@ -235,3 +241,50 @@ async def test_an_older_control_plane_publishing_after_a_newer_one_is_read(
     finally:
         client.delete(*client.keys("back:*"))
         client.close()
+
+
+async def test_a_patch_replaces_its_parts_and_keeps_every_other_as_stored(store: Pair) -> None:
+    _publish(
+        store, store.publisher.next_version(), {"core": b"c", "keys/01": b"a", "keys/02": b"b"}
+    )
+    version = store.publisher.next_version()
+    changed = {"keys/01": b"a2", "keys/02": None, "keys/03": b"new"}
+    assert store.publisher.patch(version, changed, published_at=3.0) is Patched.STORED
+    loaded = await store.source.load()
+    assert loaded is not None and (loaded.version, loaded.published_at) == (version, 3.0)
+    assert loaded.blobs == {"core": b"c", "keys/01": b"a2", "keys/03": b"new"}
+    assert store.publisher.published_digest() == content_digest(loaded.digests)
+
+
+async def test_a_patch_never_moves_the_version_back_nor_patches_no_snapshot(store: Pair) -> None:
+    older, newer = store.publisher.next_version(), store.publisher.next_version()
+    assert store.publisher.patch(older, {"keys/01": b"a"}, published_at=1.0) is Patched.NO_BASE
+    _publish(store, newer, {"core": b"c"})
+    assert store.publisher.patch(older, {"keys/01": b"a"}, published_at=1.0) is Patched.REFUSED
+    assert not store.publisher.publish(older, {"core": b"stale"}, published_at=1.0)
+    loaded = await store.source.load()
+    assert loaded is not None and (loaded.version, loaded.blobs) == (newer, {"core": b"c"})
+
+
+async def test_a_patch_keeps_what_another_publisher_wrote_after_it_looked(redis_url: str) -> None:
+    """A patch names the parts it keeps by the digests it read; a part another control plane
+    rewrote in between is read again, not put back as it was (which would drop that change)."""
+    client = redis.Redis.from_url(redis_url)
+    ours, theirs = RedisSnapshotPublisher(client, "t"), RedisSnapshotPublisher(client, "t")
+    ours.publish(ours.next_version(), {"core": b"c", "keys/01": b"a"}, published_at=1.0)
+    slow, version = theirs.next_version(), ours.next_version()  # theirs publishes late
+    read, looks = ours._stored_digests, []
+
+    def then_another_publishes() -> dict[str, bytes]:
+        looks.append(read())
+        if len(looks) == 1:
+            theirs.publish(slow, {"core": b"c", "keys/01": b"b"}, published_at=2.0)
+        return looks[-1]
+
+    ours._stored_digests = then_another_publishes  # type: ignore[method-assign]
+    assert ours.patch(version, {"keys/02": b"x"}, published_at=3.0) is Patched.STORED
+    assert len(looks) == 2
+    loaded = await RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "t").load()
+    assert loaded is not None and loaded.version == version
+    assert loaded.blobs == {"core": b"c", "keys/01": b"b", "keys/02": b"x"}
+    client.close()

@@ -19,27 +19,37 @@ from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.service import apply_price_book
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
-from trunkline.kit.db import transaction
 from trunkline.quota import book as quota_book
 from trunkline.snapshot import InMemorySnapshotStore
-from trunkline.tenancy.changes import unit_of_work
+from trunkline.snapshot.store import Patched
+from trunkline.tenancy.changes import Change, unit_of_work
 from trunkline.tenancy.manifests import apply_manifests
 
 
 class HeldFirstPublish:
-    """The store, whose first publish waits until ``release`` is set: a slow build."""
+    """The store, whose first write (a whole publish or a patch) waits until ``release`` is
+    set: a slow build."""
 
     def __init__(self, store: InMemorySnapshotStore) -> None:
         self.store = store
         self.entered, self.release = threading.Event(), threading.Event()
-        self.publishes = 0
+        self.writes: list[str] = []
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> None:
-        self.publishes += 1
-        if self.publishes == 1:
+    def _held(self, kind: str) -> None:
+        self.writes.append(kind)
+        if len(self.writes) == 1:
             self.entered.set()
             assert self.release.wait(10)
-        self.store.publish(version, parts, published_at=published_at)
+
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+        self._held("whole")
+        return self.store.publish(version, parts, published_at=published_at)
+
+    def patch(
+        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+    ) -> Patched:
+        self._held("shards")
+        return self.store.patch(version, changed, published_at=published_at)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -47,7 +57,8 @@ class HeldFirstPublish:
 
 def test_keys_created_in_parallel_share_snapshot_builds(world: World) -> None:
     """Each created key rebuilt and published the whole snapshot, one at a time: 0.3 keys/s
-    at 40,000 keys however many callers ran in parallel."""
+    at 40,000 keys however many callers ran in parallel. Now each publishes the shards of
+    the keys waiting when it starts."""
     runtime = world.runtime
     assert runtime.memory_store is not None
     gate = HeldFirstPublish(runtime.memory_store)
@@ -58,16 +69,18 @@ def test_keys_created_in_parallel_share_snapshot_builds(world: World) -> None:
     committed = threading.Semaphore(0)
 
     def create(index: int) -> None:
-        with transaction(runtime.session_factory) as session:
+        def publish(change: Change) -> None:
+            committed.release()
+            runtime.publish(change)
+
+        with unit_of_work(runtime.session_factory, publish) as session:
             data = ApiKeyCreate(project_id=project, name=f"bulk-{index}")
             key = create_key(session, Principal.system(), runtime.server_secret, tenant, data)
             created.append(key.key.key_id)
-        committed.release()
-        runtime.publish()
 
     first = threading.Thread(target=create, args=(0,))
     first.start()
-    assert gate.entered.wait(10)  # its build is being published
+    assert gate.entered.wait(10)  # its shard is being published
     others = [threading.Thread(target=create, args=(i,)) for i in range(1, 6)]
     for thread in others:
         thread.start()
@@ -77,7 +90,7 @@ def test_keys_created_in_parallel_share_snapshot_builds(world: World) -> None:
     for thread in (first, *others):
         thread.join(10)
 
-    assert gate.publishes == 2  # the held one, then one that carried the five others
+    assert gate.writes == ["shards", "shards"]  # the held one, then one carrying five others
     assert set(created) <= set(snapshot(runtime).keys)
 
 

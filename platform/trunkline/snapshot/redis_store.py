@@ -1,0 +1,251 @@
+"""The snapshot store in Redis: one Lua script writes a version's parts, their digests and the
+version (never backwards); readers fetch a version's digests in one transaction, then the parts
+they lack. See ``snapshot.store`` for the contract both stores keep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import redis
+import redis.asyncio as aioredis
+
+from trunkline.snapshot.store import (
+    CORE_PART,
+    LEGACY,
+    IncompleteSnapshot,
+    Loaded,
+    Patched,
+    content_digest,
+    part_digest,
+)
+
+# Publish only when newer than what is stored, atomically: two control-plane replicas
+# publishing at once can never move the version backwards. ARGV: version, time, content
+# digest, the parts' key prefix, then (name, digest, bytes) per part, the bytes empty for a
+# part the publisher found stored with that digest; if it no longer is (another publisher
+# wrote in between, or the part is gone), nothing is written and -1 asks for every part's bytes.
+_PUBLISH_LUA = """
+if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then
+  return 0
+end
+local named = {}
+for i = 5, #ARGV, 3 do
+  named[ARGV[i]] = true
+  if ARGV[i + 2] == '' and (redis.call('HGET', KEYS[4], ARGV[i]) ~= ARGV[i + 1]
+      or redis.call('EXISTS', ARGV[4] .. ARGV[i]) == 0) then
+    return -1
+  end
+end
+for i = 5, #ARGV, 3 do
+  if ARGV[i + 2] ~= '' then
+    redis.call('SET', ARGV[4] .. ARGV[i], ARGV[i + 2])
+    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  end
+end
+for _, name in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if not named[name] then
+    redis.call('HDEL', KEYS[4], name)
+    redis.call('DEL', ARGV[4] .. name)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3])
+return 1
+"""
+
+
+# What the store holds is whole: its content digest, or false when a version lists no part
+# or a listed part is gone (evicted, deleted by hand), so the control plane publishes again.
+_DIGEST_LUA = """
+if not redis.call('GET', KEYS[1]) or not redis.call('GET', KEYS[4]) then
+  return false
+end
+local listed = redis.call('HKEYS', KEYS[3])
+if #listed == 0 then
+  return false
+end
+for _, name in ipairs(listed) do
+  if redis.call('EXISTS', ARGV[1] .. name) == 0 then
+    return false
+  end
+end
+return redis.call('GET', KEYS[2])
+"""
+
+
+# The next version: one more than the last, and never below the publisher's clock in ms, so a
+# Redis that restarted empty (its counter back at 0) still hands out versions above those the
+# gateways hold, and they load the next snapshot instead of taking it for the one they have.
+_NEXT_VERSION_LUA = """
+local version = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if version < floor then
+  redis.call('SET', KEYS[1], floor)
+  version = floor
+end
+return version
+"""
+
+
+class _Keys:
+    """The Redis keys of a prefix's snapshot. ``<prefix>:snapshot`` and its ``:version`` are
+    where control planes before the parts stored a whole snapshot: read until one of these
+    publishes, so gateways may be upgraded first."""
+
+    def __init__(self, prefix: str) -> None:
+        base = f"{prefix}:snapshot:v2"
+        self.version, self.at, self.digest = f"{base}:version", f"{base}:at", f"{base}:digest"
+        self.parts, self.part_prefix = f"{base}:parts", f"{base}:part:"
+        self.counter = f"{prefix}:snapshot:counter"
+        self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
+
+
+class RedisSnapshotPublisher:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "trunkline",
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        self._client = client
+        self._keys = _Keys(prefix)
+        self._script = client.register_script(_PUBLISH_LUA)
+        self._next = client.register_script(_NEXT_VERSION_LUA)
+        self._digest = client.register_script(_DIGEST_LUA)
+        self._clock_ms = clock_ms
+
+    def next_version(self) -> int:
+        return int(self._next(keys=[self._keys.counter], args=[self._clock_ms()]))
+
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+        """Sends the bytes of only the parts the store does not hold already."""
+        digests = {name: part_digest(blob) for name, blob in parts.items()}
+        stored = self._stored_digests()
+        for send_all in (False, True):
+            sent = {
+                name: b"" if not send_all and stored.get(name) == digests[name] else blob
+                for name, blob in parts.items()
+            }
+            outcome = self._write(version, published_at, digests, sent)
+            if outcome != -1:
+                return outcome == 1
+        return False  # not reached: with every part's bytes the script never answers -1
+
+    PATCH_TRIES = 3
+
+    def patch(
+        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+    ) -> Patched:
+        """Names every stored part by the digest read here, its bytes not sent; the script
+        refuses (-1) if one no longer has it (another publisher wrote in between, or the part
+        is gone), and it is read again."""
+        changed_digests = {n: part_digest(b) for n, b in changed.items() if b is not None}
+        for _ in range(self.PATCH_TRIES):
+            stored = self._stored_digests()
+            if CORE_PART not in stored:
+                return Patched.NO_BASE
+            digests = {n: d for n, d in stored.items() if n not in changed} | changed_digests
+            sent = {n: changed.get(n) or b"" for n in digests}
+            outcome = self._write(version, published_at, digests, sent)
+            if outcome != -1:
+                return Patched.STORED if outcome == 1 else Patched.REFUSED
+        return Patched.NO_BASE
+
+    def _stored_digests(self) -> dict[str, bytes]:
+        listed = self._client.hgetall(self._keys.parts)
+        return {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}
+
+    def _write(
+        self, version: int, published_at: float, digests: dict[str, bytes], sent: dict[str, bytes]
+    ) -> int:
+        """One run of the script: 1 stored, 0 refused (not newer), -1 a part named by its
+        digest alone (``sent`` empty) not stored with it."""
+        k = self._keys
+        args: list[_Arg] = [version, repr(published_at), content_digest(digests), k.part_prefix]
+        for name, digest in digests.items():
+            args += [name, digest, sent[name]]
+        return int(self._script(keys=[k.version, k.at, k.digest, k.parts], args=args))
+
+    def published_version(self) -> int | None:
+        raw = self._client.get(self._keys.version)
+        return None if raw is None else int(raw)
+
+    def published_digest(self) -> bytes | None:
+        """None also when a part of the stored version is gone: publishing again restores it."""
+        k = self._keys
+        keys = [k.version, k.digest, k.parts, k.at]
+        digest = self._digest(keys=keys, args=[k.part_prefix])
+        return _bytes(digest) if digest else None
+
+
+class RedisSnapshotSource:
+    """Reads a version's digests in one step, then its parts one command each (Redis serves
+    other clients between them: a 12 MB read in one script held it for 15-76 ms), and keeps
+    a part only if its bytes have the digest listed: a publish in between is read again."""
+
+    TRIES = 3
+
+    def __init__(self, client: aioredis.Redis, prefix: str = "trunkline") -> None:
+        self._client = client
+        self._keys = _Keys(prefix)
+
+    async def version(self) -> int | None:
+        """The newer of the parts' version and an older control plane's whole snapshot's (a
+        rollback, or old and new control planes side by side during an upgrade)."""
+        current, legacy = await self._client.mget(self._keys.version, self._keys.legacy_version)
+        found = [int(raw) for raw in (current, legacy) if raw is not None]
+        return max(found) if found else None
+
+    async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
+        k, held = self._keys, held or {}
+        fetched: dict[str, bytes] = {}  # verified parts, kept from one try to the next
+        for _ in range(self.TRIES):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.get(k.version)
+                pipe.get(k.at)
+                pipe.hgetall(k.parts)
+                pipe.get(k.legacy_version)
+                version, at, listed, legacy = await pipe.execute()
+            if legacy is not None and (version is None or int(legacy) > int(version)):
+                return await self._load_legacy(held)
+            if version is None:
+                return None
+            digests = {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}
+            if not digests or at is None:
+                raise IncompleteSnapshot(f"snapshot version {int(version)} lists no part")
+            fetched = {n: b for n, b in fetched.items() if part_digest(b) == digests.get(n)}
+            wanted = [n for n, d in digests.items() if held.get(n) != d and n not in fetched]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in wanted:
+                    pipe.get(k.part_prefix + name)
+                blobs = await pipe.execute() if wanted else []
+            gone = [n for n, b in zip(wanted, blobs, strict=True) if b is None]
+            if gone:  # lost (or an emptied shard a publish in between dropped: the next poll)
+                raise IncompleteSnapshot(f"snapshot parts missing from Redis: {gone}")
+            for name, blob in zip(wanted, blobs, strict=True):
+                if part_digest(bytes(blob)) == digests[name]:
+                    fetched[name] = bytes(blob)
+            if all(n in fetched for n in wanted):
+                return Loaded(int(version), float(at), digests, fetched)
+        changing = [n for n in wanted if n not in fetched]
+        raise IncompleteSnapshot(f"snapshot parts changing while read: {changing}")
+
+    async def _load_legacy(self, held: Mapping[str, bytes]) -> Loaded | None:
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.legacy_version)
+            pipe.get(self._keys.legacy_blob)
+            version, blob = await pipe.execute()
+        if version is None or blob is None:
+            return None
+        digest = part_digest(bytes(blob))
+        blobs = {} if held.get(LEGACY) == digest else {LEGACY: bytes(blob)}
+        return Loaded(int(version), 0.0, {LEGACY: digest}, blobs)
+
+
+_Arg = bytes | str | int | float
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
