@@ -16,6 +16,8 @@ METRICS = [
     "token_difference",
     "emit_events_per_s",
     "rollup_1m_events_s",
+    "rollup_events_per_s",
+    "rollup_again_events_per_s",
     "export_focus_csv_s",
     "export_focus_csv_rows",
     "export_focus_parquet_s",

@@ -1,17 +1,14 @@
-"""The pure part of rollups: hour buckets, merging tenant-hours into ranges, and the plan that
-turns freshly computed rollups into exactly the inserts, updates and deletes that differ."""
+"""The pure part of rollups: their key and measure columns, hour buckets, and merging
+tenant-hours into ranges."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 HOUR = timedelta(hours=1)
 
-RollupKey = tuple[uuid.UUID, datetime, uuid.UUID, str, str, str, str, str, str, str]
-"""(tenant_id, hour, project_id, api_key_id, model, pool, tier, region, accelerator, outcome)"""
 KEY_COLUMNS = (
     "tenant_id",
     "hour",
@@ -34,30 +31,6 @@ MEASURE_COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Measures:
-    requests: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    slo_eligible: int = 0
-    slo_met: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in MEASURE_COLUMNS}
-
-
-@dataclass
-class RollupPlan:
-    inserts: dict[RollupKey, Measures] = field(default_factory=dict)
-    updates: dict[RollupKey, Measures] = field(default_factory=dict)
-    deletes: list[RollupKey] = field(default_factory=list)
-
-    @property
-    def changed(self) -> int:
-        return len(self.inserts) + len(self.updates) + len(self.deletes)
-
-
 def hour_of(moment: datetime) -> datetime:
     """The start of the UTC hour ``moment`` falls in."""
     if moment.tzinfo is None:
@@ -77,19 +50,3 @@ def hour_ranges(
         else:
             ranges.append((tenant, hour, hour + HOUR))
     return ranges
-
-
-def plan_changes(
-    existing: Mapping[RollupKey, Measures], fresh: Mapping[RollupKey, Measures]
-) -> RollupPlan:
-    """What to write so the stored rollups of the recomputed tenant-hours equal ``fresh``;
-    rows whose measures did not change are left alone."""
-    plan = RollupPlan()
-    for key, measures in fresh.items():
-        before = existing.get(key)
-        if before is None:
-            plan.inserts[key] = measures
-        elif before != measures:
-            plan.updates[key] = measures
-    plan.deletes = [key for key in existing if key not in fresh]
-    return plan

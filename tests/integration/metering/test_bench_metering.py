@@ -48,5 +48,9 @@ def test_bench_metering_writes_runs_ratios_goals_and_a_plot(tmp_path: Path) -> N
     assert goals["events lost"]["met"] and goals["events doubled"]["met"]
     pipeline = result["runs"]["batched-stream"]
     assert pipeline["token_difference"] == 0 and pipeline["export_focus_csv_rows"] > 0
+    # the rollup job against its baseline, on the same month (the bench checks they agree)
+    baseline = result["runs"]["one-row-per-request"]
+    assert baseline["rollup_rows"] == pipeline["rollup_rows"] > 0
+    assert "rollup_events_per_s" in result["ratios"]["batched-stream"]
     assert (out / "metering.png").stat().st_size > 0
     assert "one-row-per-request" in done.stdout and "batched-stream / one-row" in done.stdout

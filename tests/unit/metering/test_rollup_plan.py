@@ -1,4 +1,5 @@
-"""The pure part of rollups: hour buckets, tenant-hour ranges, and the change plan."""
+"""The pure part of rollups: hour buckets and tenant-hour ranges (what a run writes is tested
+through the job, in test_rollups.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from trunkline.metering.rollup_plan import Measures, RollupKey, hour_of, hour_ranges, plan_changes
+from trunkline.metering.rollup_plan import hour_of, hour_ranges
 
 T1, T2 = uuid.UUID(int=1), uuid.UUID(int=2)
 H = datetime(2026, 11, 3, 10, tzinfo=UTC)
@@ -47,34 +48,3 @@ def test_hour_ranges_merge_consecutive_hours_of_a_tenant(
     ranges: list[tuple[uuid.UUID, datetime, datetime]],
 ) -> None:
     assert hour_ranges(tenant_hours) == ranges
-
-
-def key(outcome: str = "completed", tenant: uuid.UUID = T1) -> RollupKey:
-    return (tenant, H, T2, "key", "model", "pool", "gold", "eu", "h100", outcome)
-
-
-@pytest.mark.parametrize(
-    ("existing", "fresh", "inserts", "updates", "deletes"),
-    [
-        ({}, {key(): Measures(1)}, [key()], [], []),
-        ({key(): Measures(1)}, {key(): Measures(1)}, [], [], []),  # a rerun writes nothing
-        ({key(): Measures(1)}, {key(): Measures(2)}, [], [key()], []),
-        (
-            {key(): Measures(1), key("failed"): Measures(1)},
-            {key(): Measures(1), key("failed"): Measures(1, slo_eligible=1)},
-            [],
-            [key("failed")],
-            [],
-        ),
-        ({key(): Measures(1)}, {}, [], [], [key()]),
-    ],
-)
-def test_plan_touches_exactly_what_changed(
-    existing: dict[RollupKey, Measures],
-    fresh: dict[RollupKey, Measures],
-    inserts: list[RollupKey],
-    updates: list[RollupKey],
-    deletes: list[RollupKey],
-) -> None:
-    plan = plan_changes(existing, fresh)
-    assert (list(plan.inserts), list(plan.updates), plan.deletes) == (inserts, updates, deletes)

@@ -1,18 +1,21 @@
-"""Hourly rollups from the ledger: outcomes, SLO attainment counts, idempotent reruns, and late
-events that update exactly their own hour."""
+"""Hourly rollups from the ledger: outcomes, SLO attainment counts, idempotent reruns, late
+events that update exactly the rows they change, runs in chunks, and rows whose events were
+corrected away. ``integration/metering/test_rollups_postgres.py`` runs these on PostgreSQL."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.kit.db import transaction
-from trunkline.metering.rollups import rollup_usage
-from trunkline.models import Tier, UsageRollup, UsageRollupWatermark
+from trunkline.metering.rollups import RollupRun, rollup_usage
+from trunkline.models import Tier, UsageEvent, UsageRollup, UsageRollupWatermark
 from unit.metering.usage_support import Account, at, event, ingest
 
 
@@ -157,3 +160,121 @@ def test_every_emitted_token_is_in_the_rollups(
         sum(e.prompt_tokens for e in events),
         sum(e.completion_tokens for e in events),
     )
+
+
+def test_a_run_in_small_chunks_writes_what_one_chunk_writes(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Seven tenant-hours in chunks of two (the last chunk short) and then again in chunks of
+    one after late events: every chunk's hours rolled up, none twice, none left over."""
+    events = [event(tenants[slug], when=at(3, hour)) for slug in ("acme", "globex")
+              for hour in (1, 2, 3)] + [event(tenants["initech"], when=at(4))]  # fmt: skip
+    ingest(factory, events, rollup=False)
+    run = rollup_usage(factory, chunk=2)
+    assert (run.tenant_hours, run.inserted, run.updated, run.deleted) == (7, 7, 0, 0)
+    assert sum(r["requests"] for r in rollups(factory)) == 7
+    late = [event(tenants["acme"], when=at(3, hour, 30)) for hour in (1, 2)]
+    ingest(factory, late, rollup=False)
+    run = rollup_usage(factory, chunk=1)
+    assert (run.tenant_hours, run.inserted, run.updated, run.deleted) == (2, 0, 2, 0)
+    assert sorted((r["requests"], r["revision"]) for r in rollups(factory)) == [
+        (1, 1)] * 5 + [(2, 2)] * 2  # fmt: skip
+
+
+def test_a_late_event_rewrites_only_the_row_it_changes(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, when=at(3)), event(acme, when=at(3), status=502)])
+    ingest(factory, [event(acme, when=at(3), status=502, prompt=7)])
+    assert [(r["outcome"], r["requests"], r["revision"]) for r in rollups(factory)] == [
+        ("completed", 1, 1),
+        ("failed", 2, 2),
+    ]
+
+
+def mark_changed(factory: sessionmaker[Session], hour: datetime) -> None:
+    """What an operator does after correcting the ledger by hand: the hour is rolled again."""
+    watermark = UsageRollupWatermark
+    with transaction(factory) as session:
+        session.execute(
+            update(watermark)
+            .where(watermark.hour == hour)
+            .values(changed_seq=watermark.changed_seq + 1)
+        )
+
+
+def test_rows_of_an_hour_whose_events_were_corrected_away_are_deleted(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """The 3 pm events, recorded as failed, were answered after all; the 4 pm ones are
+    removed: the failed row of 3 pm and all of 4 pm go, the next hour stays as it was."""
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, when=at(3, 15), status=502), event(acme, when=at(3, 15)),
+                     event(acme, when=at(3, 16)), event(acme, when=at(3, 17))])  # fmt: skip
+    with transaction(factory) as session:
+        session.execute(update(UsageEvent).where(UsageEvent.status == 502).values(status=200))
+        session.execute(delete(UsageEvent).where(UsageEvent.started_at >= at(3, 16, 0),
+                                                 UsageEvent.started_at < at(3, 17, 0)))  # fmt: skip
+    mark_changed(factory, at(3, 15))
+    mark_changed(factory, at(3, 16))
+    run = rollup_usage(factory)
+    assert (run.tenant_hours, run.inserted, run.updated, run.deleted) == (2, 0, 1, 2)
+    assert [(r["hour"], r["outcome"], r["requests"], r["revision"]) for r in rollups(factory)] == [
+        (at(3, 15), "completed", 2, 2),
+        (at(3, 17), "completed", 1, 1),
+    ]
+    assert rollup_usage(factory) == RollupRun()
+
+
+def test_a_corrected_ttft_rewrites_the_slo_counts_alone(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Requests and tokens unchanged, the row is still written: every measure is compared."""
+    ingest(factory, [event(tenants["acme"], "slow", when=at(3), ttft_ms=900.0, stream=True)])
+    with transaction(factory) as session:
+        session.execute(update(UsageEvent).values(ttft_ms=90.0))
+    mark_changed(factory, at(3))
+    run = rollup_usage(factory)
+    assert (run.updated, run.inserted, run.deleted) == (1, 0, 0)
+    [row] = rollups(factory)
+    assert (row["requests"], row["slo_eligible"], row["slo_met"], row["revision"]) == (1, 1, 1, 2)
+
+
+FAILING_INSERT = {
+    "sqlite": [
+        "CREATE TRIGGER refuse BEFORE INSERT ON usage_rollups"
+        " BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'disk full'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON usage_rollups"
+        " FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+DROP_TRIGGER = {
+    "sqlite": "DROP TRIGGER refuse",
+    "postgresql": "DROP TRIGGER refuse ON usage_rollups",
+}
+
+
+def test_a_run_that_failed_half_way_is_done_whole_by_the_next(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """The database refused the rollup rows after the hour's aggregate was computed: nothing
+    of that run stays, and the next run (on the same pooled connection) does all of it."""
+    ingest(factory, [event(tenants["acme"], when=at(3)), event(tenants["globex"], when=at(3))],
+           rollup=False)  # fmt: skip
+    with transaction(factory) as session:
+        dialect = session.get_bind().dialect.name
+        for statement in FAILING_INSERT[dialect]:
+            session.execute(text(statement))
+    with pytest.raises(DBAPIError, match="disk full"):
+        rollup_usage(factory)
+    with transaction(factory) as session:
+        session.execute(text(DROP_TRIGGER[dialect]))
+    assert rollups(factory) == []
+    run = rollup_usage(factory)
+    assert (run.tenant_hours, run.inserted) == (2, 2)
+    assert [r["requests"] for r in rollups(factory)] == [1, 1]
