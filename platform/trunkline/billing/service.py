@@ -47,7 +47,7 @@ from trunkline.models import (
     UsageRollup,
 )
 from trunkline.quota.repository import QuotaRepository
-from trunkline.tenancy.changes import flush_or_conflict, mark_config_changed
+from trunkline.tenancy.changes import flush_or_conflict, hold_config, mark_config_changed
 
 FORMATS = {  # text types without a charset: the HTTP response adds "; charset=utf-8" itself
     "focus-csv": ("text/csv", "csv"),
@@ -86,6 +86,15 @@ def load_price_book(session: Session) -> PriceBook:
     return PriceBook([version_from_document(d) for d in documents])
 
 
+def held_currency(session: Session) -> str:
+    """The price book's currency, held (``hold_config``) until this transaction ends: a budget
+    set in it, and a change of it checked to leave no budget behind, must not interleave, or
+    each passes its check against what the other had not committed (100 dollars read as
+    100 euros)."""
+    hold_config(session)
+    return price_book_currency(session)
+
+
 def price_book_currency(session: Session) -> str:
     """The currency of the price book (every version has the one of the first)."""
     stored = session.scalar(select(PriceBookVersion.currency).limit(1))
@@ -102,7 +111,7 @@ def apply_price_book(
     replaces (the bundled one, until a first is stored) is refused while cost budgets are set,
     unless ``keep_budget_amounts``: each would read as an amount of the new currency.
     """
-    currency_before = price_book_currency(session)
+    currency_before = held_currency(session)
     closed_until = latest_closed_end(session)
     added = []
     for version in book.versions:
@@ -185,7 +194,7 @@ def withdraw_price_version(session: Session, number: int, now: datetime) -> None
     stored = session.get(PriceBookVersion, number)
     if stored is None:
         raise NotFound(f"no price book version {number}", param="version")
-    before = price_book_currency(session)
+    before = held_currency(session)
     if stored.effective_from <= now:
         raise Conflict(
             f"price book version {number} is in force since {stored.effective_from:%Y-%m-%d %H:%M}"

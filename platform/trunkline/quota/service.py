@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
-from trunkline.billing.service import price_book_currency
+from trunkline.billing.service import held_currency, price_book_currency
 from trunkline.errors import NotFound
 from trunkline.keys.repository import successors
 from trunkline.keys.service import get_key
@@ -49,7 +49,7 @@ def get_tier_quota(session: Session, name: str) -> QuotaLimits:
 
 def set_tier_quota(session: Session, name: str, data: QuotaLimits) -> QuotaLimits:
     tier = _tier_id(session, name)
-    data = priced(data, price_book_currency(session))
+    data = priced(data, held_currency(session))
     if QuotaRepository(session).set_tier_doc(tier, data):
         mark_config_changed(session)
     return data
@@ -78,7 +78,7 @@ def set_tenant_quota(
     session: Session, tenant_id: uuid.UUID, data: QuotaLimits, read_usage: UsageReader
 ) -> TenantQuota:
     tenant_row(session, Principal.system(), tenant_id)
-    data = priced(data, price_book_currency(session))
+    data = priced(data, held_currency(session))
     if TenantQuotaRepository(session, tenant_id).set_doc(data):
         mark_config_changed(session)
     return tenant_quota(session, Principal.system(), tenant_id, read_usage)
@@ -132,7 +132,7 @@ def set_key_quota(
     read_usage: UsageReader,
 ) -> KeyQuota:
     get_key(session, principal, tenant_id, key_id)
-    data = priced(data, price_book_currency(session))
+    data = priced(data, held_currency(session))
     scoped = TenantQuotaRepository(session, tenant_id)
     if scoped.set_key_doc(key_id, data):
         # its successors (keys rotated from it) keep its limits unless they have their own

@@ -86,6 +86,19 @@ def count_config_changes(factory: sessionmaker[Session]) -> None:
             )
 
 
+def hold_config(session: Session) -> None:
+    """Hold the configuration's lock until this transaction ends: a check and the write it
+    allows then cannot interleave with another transaction's that holds it too (each would
+    check against what the other had not committed yet). An update that changes nothing:
+    the counter's row lock on PostgreSQL, the database's write lock on SQLite; either waits
+    for a holder to end."""
+    session.execute(
+        update(ConfigGeneration)
+        .where(ConfigGeneration.id == CONFIG_ROW)
+        .values(generation=ConfigGeneration.generation)
+    )
+
+
 def config_generation(session: Session) -> int | None:
     """How many changes to gateway config have committed (None: the counter's row is missing,
     so nothing can be told from it: publish and check as if it moved)."""

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.service import ensure_user
-from trunkline.billing.service import price_book_currency, unpriced_new_model
+from trunkline.billing.service import held_currency, unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest, TrunklineError
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
@@ -195,7 +195,7 @@ def _tier(session: Session, spec: TierSpec, given: frozenset[str], report: Apply
 
 def _priced(session: Session, quota: QuotaLimits | None) -> QuotaLimits | None:
     """``quota`` as stored: its cost budgets are amounts of the price book's currency."""
-    return None if quota is None else priced(quota, price_book_currency(session), "quota.")
+    return None if quota is None else priced(quota, held_currency(session), "quota.")
 
 
 def _flavor(session: Session, spec: FlavorSpec, given: frozenset[str], report: ApplyReport) -> None:
