@@ -22,22 +22,27 @@ from trunkline.snapshot.store import (
 
 # Publish only when newer than what is stored, atomically: two control-plane replicas
 # publishing at once can never move the version backwards. ARGV: version, time, content
-# digest, the parts' key prefix, then (name, digest, bytes) per part, the bytes empty for a
-# part the publisher found stored with that digest; if it no longer is (another publisher
-# wrote in between, or the part is gone), nothing is written and -1 asks for every part's bytes.
+# digest, the parts' key prefix, the content digest a patch was read at ('' for a whole
+# publish), then (name, digest, bytes) per part, the bytes empty for a part the publisher
+# found stored with that digest. If one no longer is (another publisher wrote in between, or
+# the part is gone), or a patch's content moved since it was read (a part added meanwhile,
+# which it would delete), nothing is written and -1 asks to read again.
 _PUBLISH_LUA = """
 if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then
   return 0
 end
+if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
+  return -1
+end
 local named = {}
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   named[ARGV[i]] = true
   if ARGV[i + 2] == '' and (redis.call('HGET', KEYS[4], ARGV[i]) ~= ARGV[i + 1]
       or redis.call('EXISTS', ARGV[4] .. ARGV[i]) == 0) then
     return -1
   end
 end
-for i = 5, #ARGV, 3 do
+for i = 6, #ARGV, 3 do
   if ARGV[i + 2] ~= '' then
     redis.call('SET', ARGV[4] .. ARGV[i], ARGV[i + 2])
     redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
@@ -122,7 +127,7 @@ class RedisSnapshotPublisher:
     def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
         """Sends the bytes of only the parts the store does not hold already."""
         digests = {name: part_digest(blob) for name, blob in parts.items()}
-        stored = self._stored_digests()
+        stored, _content = self._stored_digests()
         for send_all in (False, True):
             sent = {
                 name: b"" if not send_all and stored.get(name) == digests[name] else blob
@@ -143,27 +148,39 @@ class RedisSnapshotPublisher:
         is gone), and it is read again."""
         changed_digests = {n: part_digest(b) for n, b in changed.items() if b is not None}
         for _ in range(self.PATCH_TRIES):
-            stored = self._stored_digests()
-            if CORE_PART not in stored:
+            stored, content = self._stored_digests()
+            if CORE_PART not in stored or content is None:
                 return Patched.NO_BASE
             digests = {n: d for n, d in stored.items() if n not in changed} | changed_digests
             sent = {n: changed.get(n) or b"" for n in digests}
-            outcome = self._write(version, published_at, digests, sent)
+            outcome = self._write(version, published_at, digests, sent, base=content)
             if outcome != -1:
                 return Patched.STORED if outcome == 1 else Patched.REFUSED
         return Patched.NO_BASE
 
-    def _stored_digests(self) -> dict[str, bytes]:
-        listed = self._client.hgetall(self._keys.parts)
-        return {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}
+    def _stored_digests(self) -> tuple[dict[str, bytes], bytes | None]:
+        """The stored parts' digests and the content digest they make, read together."""
+        with self._client.pipeline(transaction=True) as both:
+            both.hgetall(self._keys.parts)
+            both.get(self._keys.digest)
+            listed, content = both.execute()
+        return {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}, content
 
     def _write(
-        self, version: int, published_at: float, digests: dict[str, bytes], sent: dict[str, bytes]
+        self,
+        version: int,
+        published_at: float,
+        digests: dict[str, bytes],
+        sent: dict[str, bytes],
+        *,
+        base: bytes = b"",
     ) -> int:
         """One run of the script: 1 stored, 0 refused (not newer), -1 a part named by its
-        digest alone (``sent`` empty) not stored with it."""
+        digest alone (``sent`` empty) not stored with it, or the content not ``base`` (a
+        patch's, read with its parts) any more."""
         k = self._keys
         args: list[_Arg] = [version, repr(published_at), content_digest(digests), k.part_prefix]
+        args.append(base)
         for name, digest in digests.items():
             args += [name, digest, sent[name]]
         return int(self._script(keys=[k.version, k.at, k.digest, k.parts], args=args))

@@ -275,7 +275,7 @@ async def test_a_patch_keeps_what_another_publisher_wrote_after_it_looked(redis_
     slow, version = theirs.next_version(), ours.next_version()  # theirs publishes late
     read, looks = ours._stored_digests, []
 
-    def then_another_publishes() -> dict[str, bytes]:
+    def then_another_publishes() -> tuple[dict[str, bytes], bytes | None]:
         looks.append(read())
         if len(looks) == 1:
             theirs.publish(slow, {"core": b"c", "keys/01": b"b"}, published_at=2.0)
@@ -287,4 +287,30 @@ async def test_a_patch_keeps_what_another_publisher_wrote_after_it_looked(redis_
     loaded = await RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "t").load()
     assert loaded is not None and loaded.version == version
     assert loaded.blobs == {"core": b"c", "keys/01": b"b", "keys/02": b"x"}
+    client.close()
+
+
+async def test_a_patch_keeps_a_part_another_publisher_added_after_it_looked(
+    redis_url: str,
+) -> None:
+    """A patch checked the parts it had read, not the ones added since: it deleted a shard
+    another control plane had just stored its first key in, after telling that one STORED."""
+    client = redis.Redis.from_url(redis_url)
+    ours, theirs = RedisSnapshotPublisher(client, "t"), RedisSnapshotPublisher(client, "t")
+    ours.publish(ours.next_version(), {"core": b"c", "keys/01": b"a"}, published_at=1.0)
+    first, version = theirs.next_version(), ours.next_version()
+    read, looks = ours._stored_digests, []
+
+    def then_another_adds_a_shard() -> tuple[dict[str, bytes], bytes | None]:
+        looks.append(read())
+        if len(looks) == 1:
+            assert theirs.patch(first, {"keys/07": b"k"}, published_at=2.0) is Patched.STORED
+        return looks[-1]
+
+    ours._stored_digests = then_another_adds_a_shard  # type: ignore[method-assign]
+    assert ours.patch(version, {"keys/01": b"b"}, published_at=3.0) is Patched.STORED
+    assert len(looks) == 2, "read again"
+    loaded = await RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "t").load()
+    assert loaded is not None and loaded.version == version
+    assert loaded.blobs == {"core": b"c", "keys/01": b"b", "keys/07": b"k"}
     client.close()
