@@ -114,17 +114,40 @@ class Runtime:
                 return
             keys |= change.keys
         shards = {key_shard(key_id) for key_id in keys}
-        if len(shards) > WHOLE_ABOVE:
+        exact = {c.generation for c in changes if c.exact and c.generation is not None}
+        if len(shards) > WHOLE_ABOVE or len(exact) < len(changes) or not self._follows(exact):
             self.publish_now()
             return
-        exact = {c.generation for c in changes if c.exact and c.generation is not None}
         self.publish_shards(shards, exact)
+
+    def _follows(self, generations: set[int]) -> bool:
+        """Whether every change committed before ``generations`` is known to be in the store
+        (``seen``, or carried by this process's patches). One that is not is another process's
+        change, perhaps still being published: its whole build, refused by this patch's newer
+        version, would build again, and again while this process kept patching over the core
+        it has not (a tenant's tier change never reaching the gateways). A whole build here
+        carries it; it is also what a change this process committed a moment ago, not yet
+        waiting, costs."""
+        if self.seen is None or self.seen.generation is None:
+            return False
+        done = self.seen.generation
+        while done + 1 in self._carried or done + 1 in generations:
+            done += 1
+        return done >= max(generations)
 
     def publish_shards(self, shards: set[int], generations: Collection[int] = ()) -> None:
         """Publish the key ``shards`` rebuilt, with the shards of keys expired since the last
         build, every other part as the store holds it; published whole when the store holds
         none to patch. ``generations``: the changes this carries. Raises when the store fails.
         The caller holds ``publishing``."""
+        stored = self.publisher.published_version()
+        if self.published_version is not None and (stored or 0) < self.published_version:
+            # Older than what this process published or found stored: Redis restored from a
+            # backup, or failed over to a lagging replica. A patch would serve its other
+            # parts again (keys revoked since) under a newer version.
+            log.warning("the snapshot store holds an older snapshot; publishing it whole")
+            self.publish_now()
+            return
         for _ in range(PUBLISH_TRIES):
             version = self.publisher.next_version()  # before the database is read
             now = utcnow()

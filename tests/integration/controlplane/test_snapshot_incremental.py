@@ -250,8 +250,9 @@ def other(keys: Keys) -> Iterator[Keys]:
 def test_a_patch_refused_for_another_process_s_newer_version_is_published_again(
     keys: Keys, other: Keys
 ) -> None:
-    """The other control plane's newer version rebuilt only its own shards: stopping at the
-    refusal would leave this key unknown to every gateway until the next check."""
+    """The other control plane stored a newer version first (whole: it does not know this
+    key's change to be published): stopping at the refusal would leave this key unknown to
+    every gateway until the next check, had the other not carried it."""
     kept = [keys.create(name=f"k{i}") for i in range(4)]
     keys.store.writes.clear()
 
@@ -262,23 +263,68 @@ def test_a_patch_refused_for_another_process_s_newer_version_is_published_again(
 
     keys.store.before_first_write = meanwhile
     created = keys.create(name="raced")
-    keys.assert_whole(["shards"] * 3)  # ours (refused), theirs, ours again
+    keys.assert_whole(["shards", "whole", "shards"])  # ours (refused), theirs, ours again
     assert set(kept) | {created} <= set(snapshot(keys.runtime).keys)
 
 
 def test_a_whole_build_refused_for_another_process_s_patch_is_published_again(
     keys: Keys, other: Keys
 ) -> None:
-    """The other control plane's patch kept the core stored before: stopping at the refusal
-    would leave the tenant's new tier unknown to every gateway."""
+    """The other control plane stored a newer version first: stopping at the refusal would
+    leave the tenant's new tier unknown to every gateway had the other patched over the core
+    stored before (it builds whole: this change, committed before its own, is not known to
+    be published)."""
     victim = keys.create(name="revoked meanwhile")
     keys.store.writes.clear()
     keys.store.before_first_write = lambda _changed: other.revoke(victim)
     acme = uuid.UUID(keys.world.tenant("acme"))
     keys.change(lambda s: update_tenant(s, acme, TenantUpdate(tier="silver")))
-    keys.assert_whole(["whole", "shards", "whole"])
+    keys.assert_whole(["whole", "whole", "whole"])
     served = snapshot(keys.runtime)
     assert served.tenants[str(acme)].tier == "silver" and victim not in served.keys
+
+
+def test_a_whole_build_is_not_starved_by_another_process_patching_its_keys(
+    keys: Keys, other: Keys
+) -> None:
+    """The other control plane created a key during each of this one's whole builds: each
+    patch, newer, refused the build and kept the core from before it; after three tries this
+    one gave up, and its checks failed the same way, the tenant's new tier never served."""
+    keys.create(name="seed")
+    keys.store.writes.clear()
+    made: list[str] = []
+
+    def another_key(changed: Mapping[str, bytes | None]) -> None:
+        if "core" in changed and len(made) < 12:  # one of this control plane's whole builds
+            made.append(other.create(name=f"busy{len(made)}"))  # (writes without this hook)
+        keys.store.before_first_write = another_key  # and again at the next write
+
+    keys.store.before_first_write = another_key
+    acme = uuid.UUID(keys.world.tenant("acme"))
+    keys.change(lambda s: update_tenant(s, acme, TenantUpdate(tier="silver")))
+    keys.store.before_first_write = None
+    assert snapshot(keys.runtime).tenants[str(acme)].tier == "silver"
+    assert len(made) > 1, "another key came with each whole build"
+
+
+def test_a_patch_over_a_store_gone_back_to_an_older_snapshot_publishes_whole(
+    keys: Keys,
+) -> None:
+    """Redis restored from a backup (or failed over to a lagging replica): a patch took every
+    other part from it under a newer version, and gateways served a key revoked since; the
+    check, seeing that newer version, found nothing wrong."""
+    revoked = keys.create(name="revoked later")
+    backup = keys.store.store._current
+    keys.revoke(revoked)
+    keys.store.store._current = backup  # the store goes back
+    keys.store.writes.clear()
+    elsewhere = next(
+        k for k in iter(lambda: keys.create(name="after"), None)
+        if shard_name(k) != shard_name(revoked)
+    )  # fmt: skip
+    assert keys.store.writes[-1] == "whole"
+    served = snapshot(keys.runtime)
+    assert revoked not in served.keys and elsewhere in served.keys
 
 
 def test_a_key_inserted_without_its_shard_stays_in_its_shard(keys: Keys) -> None:
