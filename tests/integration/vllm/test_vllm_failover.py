@@ -133,7 +133,13 @@ async def _gateway(servers: list[VllmServer]) -> AsyncIterator[Harness]:
     )
     upstream = UpstreamLog()
     app, api_key, usage = gateway_app(servers, settings, transport=upstream)
-    async with serve_on_loopback(app) as url, httpx.AsyncClient(timeout=DEADLINE_S) as http:
+    # Connections idle in the pool for less than uvicorn's 5 s keep-alive: at 5 s (httpx's
+    # default) the server may close one just as a request is sent on it (a ReadError in CI).
+    fresh = httpx.Limits(keepalive_expiry=2.0)
+    async with (
+        serve_on_loopback(app) as url,
+        httpx.AsyncClient(timeout=DEADLINE_S, limits=fresh) as http,
+    ):
         yield Harness(Client(http, url, api_key), app.state.gateway.engines, upstream, usage)
 
 
