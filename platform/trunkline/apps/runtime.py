@@ -43,6 +43,10 @@ PUBLISH_TRIES = 3
 WHOLE_ABOVE = SHARDS // 4
 """Keys changed in more shards than this (a batch of them) are published by a whole build."""
 
+WHOLE_EVERY_S = 2.0
+"""A key change that follows changes not known to be in the store (another process's) is
+published whole if this process stored no whole build for this long (``Runtime._follows``)."""
+
 
 @dataclass
 class Runtime:
@@ -64,6 +68,9 @@ class Runtime:
     built_at: datetime | None = None
     """When the last build this process published read the database: every key expired by
     then is out of the snapshot stored (a shard rebuilt since only drops more)."""
+    whole_every_s: float = WHOLE_EVERY_S
+    _whole_at: float | None = field(init=False, repr=False, default=None)
+    """When (monotonic) this process last stored a whole build."""
     _pending: list[Change] = field(init=False, repr=False, default_factory=list)
     """Changes committed, waiting for a publish (guarded by ``_pending_lock``)."""
     _pending_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
@@ -115,19 +122,30 @@ class Runtime:
             keys |= change.keys
         shards = {key_shard(key_id) for key_id in keys}
         exact = {c.generation for c in changes if c.exact and c.generation is not None}
-        if len(shards) > WHOLE_ABOVE or len(exact) < len(changes) or not self._follows(exact):
+        if len(shards) > WHOLE_ABOVE or len(exact) < len(changes) or not self._may_patch(exact):
             self.publish_now()
             return
         self.publish_shards(shards, exact)
 
+    def _may_patch(self, generations: set[int]) -> bool:
+        """Every change committed before ``generations`` is known to be in the store, or this
+        process stored a whole build less than ``whole_every_s`` ago.
+
+        A change not known so is another process's (or one this process committed a moment
+        ago, not waiting yet), perhaps a tenant or tier change still being published: its whole
+        build, refused by each newer patch, would build again and again while this process
+        kept patching over the core it has not, and never reach the gateways. A whole build
+        here carries it. Another process's patches are never known so (``seen`` moves on this
+        process's whole builds and checks), so with two control planes taking key changes
+        every change would build whole; at most one a ``whole_every_s`` bounds how long such a
+        change can be kept out at little cost."""
+        if self._follows(generations):
+            return True
+        return self._whole_at is not None and time.monotonic() - self._whole_at < self.whole_every_s
+
     def _follows(self, generations: set[int]) -> bool:
         """Whether every change committed before ``generations`` is known to be in the store
-        (``seen``, or carried by this process's patches). One that is not is another process's
-        change, perhaps still being published: its whole build, refused by this patch's newer
-        version, would build again, and again while this process kept patching over the core
-        it has not (a tenant's tier change never reaching the gateways). A whole build here
-        carries it; it is also what a change this process committed a moment ago, not yet
-        waiting, costs."""
+        (``seen``, or carried by this process's patches)."""
         if self.seen is None or self.seen.generation is None:
             return False
         done = self.seen.generation
@@ -180,6 +198,7 @@ class Runtime:
             )
             if stored:  # not when another process stored a newer version meanwhile
                 self.published_version, self.built_at = version, now
+                self._whole_at = time.monotonic()
                 self._saw(state)
                 return
         log.warning("other control planes kept publishing newer versions; the check will look")

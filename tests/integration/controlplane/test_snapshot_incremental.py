@@ -170,6 +170,7 @@ def keys(world: World, monkeypatch: pytest.MonkeyPatch) -> Keys:
     assert runtime.memory_store is not None
     keys = Keys(world, Recorded(runtime.memory_store))
     runtime.publisher = keys.store
+    runtime.whole_every_s = 0  # a change after another process's builds whole: every time
     monkeypatch.setattr(runtime_module, "utcnow", lambda: keys.now)
     monkeypatch.setattr(publishing, "utcnow", lambda: keys.now)
     return keys
@@ -241,7 +242,8 @@ def test_any_sequence_of_key_changes_leaves_what_a_whole_build_gives(keys: Keys)
 @pytest.fixture
 def other(keys: Keys) -> Iterator[Keys]:
     """A second control plane on the same database, publishing to the same store."""
-    runtime = dataclasses.replace(build_runtime(keys.runtime.settings), publisher=keys.store)
+    built = build_runtime(keys.runtime.settings)
+    runtime = dataclasses.replace(built, publisher=keys.store, whole_every_s=0)
     world = dataclasses.replace(keys.world, runtime=runtime)
     yield Keys(world, keys.store, keys.now, keys.active, keys.revoked)
     runtime.close()
@@ -305,6 +307,26 @@ def test_a_whole_build_is_not_starved_by_another_process_patching_its_keys(
     keys.store.before_first_write = None
     assert snapshot(keys.runtime).tenants[str(acme)].tier == "silver"
     assert len(made) > 1, "another key came with each whole build"
+
+
+def test_after_another_process_s_change_a_key_is_patched_while_a_whole_build_is_recent(
+    keys: Keys, other: Keys
+) -> None:
+    """Another control plane's patches are never known to be in the store: each key change
+    after one built whole, and two control planes taking key changes built whole every time
+    (key calls 0.08 s -> 0.5 s at the median in a probe with 5,000 keys)."""
+    keys.runtime.whole_every_s = 3600.0
+    with keys.runtime.publishing:
+        keys.runtime.publish_now()  # a whole build just stored
+    other.create(name="theirs")
+    keys.store.writes.clear()
+    keys.create(name="ours")
+    keys.assert_whole(["shards"])
+    keys.runtime.whole_every_s = 0.0  # the whole build is old: the next one is whole
+    other.create(name="theirs again")
+    keys.store.writes.clear()
+    keys.create(name="ours again")
+    keys.assert_whole(["whole"])
 
 
 def test_a_patch_over_a_store_gone_back_to_an_older_snapshot_publishes_whole(
