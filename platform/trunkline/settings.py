@@ -99,6 +99,11 @@ class KvHashSettings(BaseModel):
     seed: str | None = None
 
 
+KEEP_ALIVE_TIMEOUT_S = 75.0
+"""nginx's ``keepalive_timeout``: above AWS ALB's and ingress-nginx's 60 s idle timeouts toward
+their targets, and far above the clients' (docs/gateway.md, Settings)."""
+
+
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
@@ -106,10 +111,15 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = 4 * 1024 * 1024
     header_timeout_s: float = Field(default=10.0, gt=0)
     """A connection's request head (request line and headers) must arrive whole within this
-    long of the connection opening, or of the previous response on a keep-alive connection;
+    long of the connection opening, or on a kept-alive connection of the head's first byte;
     else the connection is closed (408 if part of a head came). Bytes arriving do not extend
     it: a client sending nothing, or a byte now and then, held a connection for as long as it
     liked. An SDK sends its head in one write, so the default is far beyond a real client's."""
+    keep_alive_timeout_s: float = Field(default=KEEP_ALIVE_TIMEOUT_S, gt=0)
+    """A kept-alive connection idle this long after its last response is closed, silently.
+    Longer than the idle timeout of whatever reuses connections in front (AWS ALB 60 s,
+    ingress-nginx 60 s, httpx and the OpenAI SDK 5 s), or a request it sends as the server
+    closes fails unanswered (docs/gateway.md, Settings)."""
     body_timeout_s: float = Field(default=60.0, gt=0)
     """A request's body must arrive whole within this long of its headers (408 otherwise): a
     client trickling it in held a connection, and its key's check, for as long as it liked."""
@@ -157,7 +167,9 @@ class ControlPlaneSettings(BaseModel):
     port: int = 8081
     header_timeout_s: float = Field(default=10.0, gt=0)
     """As the gateway's: a connection whose request head is not whole this long after it
-    opened (or after the previous response) is closed."""
+    opened (or after the head's first byte, on a kept-alive connection) is closed."""
+    keep_alive_timeout_s: float = Field(default=KEEP_ALIVE_TIMEOUT_S, gt=0)
+    """As the gateway's: a kept-alive connection idle this long is closed."""
     public_gateway_url: str = "http://127.0.0.1:8080/v1"
 
 

@@ -1,6 +1,8 @@
-"""The header-read timeout, over raw sockets to a real gateway app under uvicorn: a connection
-whose request head is late is closed; a request whose head came in time is not cut, however
-slowly its body comes (the body timeout governs that) or however long its answer streams."""
+"""The header-read and keep-alive timeouts, over raw sockets to a real gateway app under
+uvicorn: a connection whose request head is late is closed; a request whose head came in time
+is not cut, however slowly its body comes (the body timeout governs that) or however long its
+answer streams; a kept-alive connection waits for its next request as long as the keep-alive
+timeout says, the header timeout counting only from that request's first byte."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import GatewaySettings
 
 HEADER_TIMEOUT_S = 0.3
+KEEP_ALIVE_TIMEOUT_S = 0.9
 BODY_TIMEOUT_S = 2.0
 GENEROUS_S = 10.0
 """How long a test waits for what should come after a fraction of a second."""
@@ -85,10 +88,17 @@ async def gateway() -> AsyncIterator[Gateway]:
     key = world.add_key()
     world.publish()
     settings = GatewaySettings(
-        snapshot_poll_s=0.05, header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S
+        snapshot_poll_s=0.05,
+        header_timeout_s=HEADER_TIMEOUT_S,
+        keep_alive_timeout_s=KEEP_ALIVE_TIMEOUT_S,
+        body_timeout_s=BODY_TIMEOUT_S,
     )
     app = gateway_app(world, InMemoryUsageStream(), settings, transport=httpx.MockTransport(engine))
-    async with serve_on_loopback(app, header_timeout_s=settings.header_timeout_s) as url:
+    async with serve_on_loopback(
+        app,
+        header_timeout_s=settings.header_timeout_s,
+        keep_alive_timeout_s=settings.keep_alive_timeout_s,
+    ) as url:
         yield Gateway(url, key, release)
     release.set()
 
@@ -117,6 +127,16 @@ async def dribble(writer: asyncio.StreamWriter, byte: bytes) -> None:
             await asyncio.sleep(0.02)
 
 
+async def dribbled_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """What the server answers a request head sent a byte every 20 ms, until it closes."""
+    writer.write(b"GET /livez HTTP/1.1\r\nhost: gateway\r\nx-padding: ")
+    sending = asyncio.create_task(dribble(writer, b"a"))
+    try:
+        return await until_closed(reader)
+    finally:
+        sending.cancel()
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
     async with asyncio.timeout(GENEROUS_S):
         head = (await reader.readuntil(b"\r\n\r\n")).decode()
@@ -138,12 +158,9 @@ async def test_headers_dribbled_byte_by_byte_are_cut_at_the_deadline_with_a_408(
     gateway: Gateway,
 ) -> None:
     reader, writer = await gateway.connect()
-    writer.write(b"GET /livez HTTP/1.1\r\nhost: gateway\r\nx-padding: ")
-    sending = asyncio.create_task(dribble(writer, b"a"))
     try:
-        received = await until_closed(reader)
+        received = await dribbled_head(reader, writer)
     finally:
-        sending.cancel()
         writer.close()
     assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert b"connection: close" in received
@@ -160,8 +177,8 @@ async def test_requests_whose_heads_come_in_time_are_answered_on_a_kept_alive_co
         second = await read_response(reader)
         writer.write(gateway.head("GET", "/livez") * 2)  # pipelined
         third, fourth = await read_response(reader), await read_response(reader)
-        # The next head is due within the timeout of the last answer, not of the first byte
-        # (uvicorn's own keep-alive timeout stops at a first byte).
+        # A head begun is due within the header timeout (uvicorn's own keep-alive timeout
+        # stops at its first byte).
         writer.write(b"GET /livez HTTP/1.1\r\n")
         late = await until_closed(reader)
     finally:
@@ -176,6 +193,50 @@ async def test_requests_whose_heads_come_in_time_are_answered_on_a_kept_alive_co
             headers={"Authorization": f"Bearer {gateway.key}"},
         )
     assert chat.status_code == 200 and chat.json()["choices"][0]["message"]["content"]
+
+
+@contextlib.asynccontextmanager
+async def idle_after_a_request(
+    gateway: Gateway,
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A connection that was answered a request, then idle longer than the header timeout
+    (and, by a margin of the test's own, less than the keep-alive timeout)."""
+    reader, writer = await gateway.connect()
+    try:
+        writer.write(gateway.head("GET", "/livez"))
+        status, _headers, _body = await read_response(reader)
+        assert status == 200
+        await gateway.header_deadline_passed()
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def test_a_kept_alive_connection_idle_past_the_header_timeout_is_still_served(
+    gateway: Gateway,
+) -> None:
+    async with idle_after_a_request(gateway) as (reader, writer):
+        writer.write(gateway.head("GET", "/livez"))
+        status, _headers, _body = await read_response(reader)
+    assert status == 200
+
+
+async def test_an_idle_kept_alive_connection_is_closed_silently_after_the_keep_alive_timeout(
+    gateway: Gateway,
+) -> None:
+    async with idle_after_a_request(gateway) as (reader, _writer):
+        open_past_the_header_timeout = not reader.at_eof()
+        received = await until_closed(reader)
+    assert open_past_the_header_timeout
+    assert received == b""
+
+
+async def test_a_kept_alive_connections_next_head_dribbled_is_cut_with_a_408(
+    gateway: Gateway,
+) -> None:
+    async with idle_after_a_request(gateway) as (reader, writer):
+        received = await dribbled_head(reader, writer)  # each byte stops the keep-alive timer
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
 
 
 async def test_a_body_slower_than_the_header_timeout_is_read_whole(gateway: Gateway) -> None:

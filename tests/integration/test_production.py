@@ -3,6 +3,7 @@ usage worker on real PostgreSQL and Redis, driven by the OpenAI SDK."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
@@ -168,24 +169,52 @@ def test_a_stream_outliving_the_drain_timeout_is_metered_before_the_gateway_exit
     assert row.status == 499
 
 
-def test_the_servers_close_connections_whose_request_head_is_late(platform: Platform) -> None:
-    """The CLI gives each server the header timeout, and each of ``--workers`` processes."""
+def test_the_servers_hold_connections_as_their_header_and_keep_alive_timeouts_say(
+    platform: Platform,
+) -> None:
+    """The CLI gives each server its header and keep-alive timeouts, and each of ``--workers``
+    processes: a late head gets a 408; a kept-alive connection idle is closed at the keep-alive
+    timeout, before one opened after it, which sends nothing, reaches the header timeout."""
     platform.cli("migrate")
     gateway_port, cp_port = free_port(), free_port()
     gateway = platform.spawn(
         "gateway", "gateway", "--workers", "2", TRUNKLINE_GATEWAY__PORT=str(gateway_port),
-        TRUNKLINE_GATEWAY__HEADER_TIMEOUT_S="0.5",
+        TRUNKLINE_GATEWAY__HEADER_TIMEOUT_S="2", TRUNKLINE_GATEWAY__KEEP_ALIVE_TIMEOUT_S="0.3",
     )  # fmt: skip
     controlplane = platform.spawn(
         "controlplane", "controlplane", TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
-        TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S="0.5",
+        TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S="2",
+        TRUNKLINE_CONTROLPLANE__KEEP_ALIVE_TIMEOUT_S="0.3",
     )  # fmt: skip
     gateway.wait_http(f"http://127.0.0.1:{gateway_port}/livez")
     controlplane.wait_http(f"http://127.0.0.1:{cp_port}/schema")
-    for port in [gateway_port] * 4 + [cp_port]:  # the gateway's spread over its workers
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+    ports = [gateway_port] * 4 + [cp_port]  # the gateway's spread over its workers
+    with contextlib.ExitStack() as stack:
+        late = [stack.enter_context(socket.create_connection(("127.0.0.1", p))) for p in ports]
+        for conn in late:
             conn.sendall(b"GET /livez HTTP/1.1\r\n")  # and no more
+        for conn in late:
+            conn.settimeout(30)
             assert conn.recv(1024).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    for port in ports:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=30) as kept,
+            socket.create_connection(("127.0.0.1", port), timeout=30) as fresh,
+        ):
+            kept.sendall(b"GET /livez HTTP/1.1\r\nhost: t\r\n\r\n")
+            answered = _until_closed(kept)
+            fresh.setblocking(False)
+            with pytest.raises(BlockingIOError):  # still open: it closes silently, later
+                fresh.recv(1)
+        assert answered.startswith(b"HTTP/1.1 ") and answered.count(b"HTTP/1.1 ") == 1
+
+
+def _until_closed(conn: socket.socket) -> bytes:
+    """What ``conn`` receives until the server closes it."""
+    received = b""
+    while chunk := conn.recv(4096):
+        received += chunk
+    return received
 
 
 def _read_until_cut(stream: Iterator[object], *, after: int, then: Callable[[], None]) -> int:

@@ -94,6 +94,7 @@ async def _run(
                 settings.controlplane.host,
                 settings.controlplane.port,
                 header_timeout_s=settings.controlplane.header_timeout_s,
+                keep_alive_timeout_s=settings.controlplane.keep_alive_timeout_s,
                 name=serving.CONTROL_PLANE,
             ),
             serving.server(
@@ -101,6 +102,7 @@ async def _run(
                 settings.gateway.host,
                 settings.gateway.port,
                 header_timeout_s=settings.gateway.header_timeout_s,
+                keep_alive_timeout_s=settings.gateway.keep_alive_timeout_s,
                 name=serving.GATEWAY,
             ),
         ]

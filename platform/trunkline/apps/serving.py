@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Generator, Iterable
-from typing import Any, Literal
+from typing import Any
 
 import uvicorn
 
@@ -25,6 +25,22 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+def connection_options(
+    *, header_timeout_s: float | None, keep_alive_timeout_s: float | None, name: str
+) -> dict[str, Any]:
+    """uvicorn's options for how a server holds its connections, for ``uvicorn.Config`` or
+    ``uvicorn.run``: ``header_timeout_s`` closes a connection whose request head is late,
+    counted under ``name``, and ``keep_alive_timeout_s`` one idle after its last response
+    (docs/gateway.md, Settings). None leaves uvicorn's own (test engines: its protocol, and
+    vLLM's keep-alive of 5 s)."""
+    options: dict[str, Any] = {}
+    if header_timeout_s is not None:
+        options["http"] = header_timeout_protocol(header_timeout_s, name)
+    if keep_alive_timeout_s is not None:
+        options["timeout_keep_alive"] = keep_alive_timeout_s  # typed int by uvicorn; a float works
+    return options
+
+
 def server(
     app: Any,
     host: str,
@@ -32,15 +48,16 @@ def server(
     *,
     log_level: str = "warning",
     header_timeout_s: float | None = None,
+    keep_alive_timeout_s: float | None = None,
     name: str = "server",
 ) -> uvicorn.Server:
-    """``header_timeout_s``: close a connection whose request head is late (docs/gateway.md,
-    Settings), counted under ``name``; None leaves uvicorn's own protocol (test engines)."""
-    http: type[asyncio.Protocol] | Literal["auto"] = "auto"
-    if header_timeout_s is not None:
-        http = header_timeout_protocol(header_timeout_s, name)
+    """A server for ``app`` that its owner runs and stops; the timeouts as
+    :func:`connection_options`."""
+    options = connection_options(
+        header_timeout_s=header_timeout_s, keep_alive_timeout_s=keep_alive_timeout_s, name=name
+    )
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False, http=http
+        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False, **options
     )
     return _QuietServer(config)
 

@@ -128,9 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     from trunkline.apps.gateway import create_gateway_app
-    from trunkline.apps.serving import GATEWAY
+    from trunkline.apps.serving import GATEWAY, connection_options
     from trunkline.engines import get_profile
-    from trunkline.kit.header_timeout import header_timeout_protocol
     from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
     from trunkline.metering.stream import InMemoryUsageStream
     from trunkline.settings import Settings
@@ -166,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port,
         log_level="warning",
         access_log=False,
-        http=header_timeout_protocol(settings.header_timeout_s, GATEWAY),
+        **connection_options(
+            header_timeout_s=settings.header_timeout_s,
+            keep_alive_timeout_s=settings.keep_alive_timeout_s,
+            name=GATEWAY,
+        ),
     )
 
 

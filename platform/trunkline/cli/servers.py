@@ -117,14 +117,12 @@ def _uvicorn(
     port: int,
     workers: int,
     *,
-    header_timeout_s: float,
-    server: str,
+    connections: dict[str, Any],
     drain_s: int | None = None,
 ) -> None:
-    """Serve ``factory``'s app as ``server`` (its name in :mod:`trunkline.apps.serving`)."""
+    """Serve ``factory``'s app, ``connections`` held as
+    :func:`trunkline.apps.serving.connection_options` says."""
     import uvicorn
-
-    from trunkline.kit.header_timeout import header_timeout_protocol
 
     uvicorn.run(
         factory,
@@ -135,12 +133,12 @@ def _uvicorn(
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=drain_s,
-        http=header_timeout_protocol(header_timeout_s, server),
+        **connections,
     )
 
 
 def _controlplane(args: argparse.Namespace) -> int:
-    from trunkline.apps.serving import CONTROL_PLANE
+    from trunkline.apps.serving import CONTROL_PLANE, connection_options
     from trunkline.kit.migrate import require_existing
 
     settings = load_settings()
@@ -155,14 +153,17 @@ def _controlplane(args: argparse.Namespace) -> int:
         cp.host,
         cp.port,
         args.workers,
-        header_timeout_s=cp.header_timeout_s,
-        server=CONTROL_PLANE,
+        connections=connection_options(
+            header_timeout_s=cp.header_timeout_s,
+            keep_alive_timeout_s=cp.keep_alive_timeout_s,
+            name=CONTROL_PLANE,
+        ),
     )
     return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from trunkline.apps.serving import GATEWAY
+    from trunkline.apps.serving import GATEWAY, connection_options
 
     settings = load_settings()
     settings.check_production()
@@ -179,8 +180,11 @@ def _gateway(args: argparse.Namespace) -> int:
             gw.host,
             gw.port,
             workers,
-            header_timeout_s=gw.header_timeout_s,
-            server=GATEWAY,
+            connections=connection_options(
+                header_timeout_s=gw.header_timeout_s,
+                keep_alive_timeout_s=gw.keep_alive_timeout_s,
+                name=GATEWAY,
+            ),
             drain_s=gw.drain_timeout_s,
         )
     return 0

@@ -1,12 +1,18 @@
-"""A header-read timeout for uvicorn (slowloris protection): a connection whose request head
-(request line and headers) is not whole within ``header_timeout_s`` of the connection opening,
-or on a keep-alive connection of the previous exchange ending, is closed by the server.
+"""A header-read timeout for uvicorn (slowloris protection), with nginx's split between it and
+the keep-alive timeout: on a new connection the request head (request line and headers) must be
+whole within ``header_timeout_s`` of the connection opening; on a kept-alive connection the
+wait for the next request is uvicorn's keep-alive timeout alone (``timeout_keep_alive``, closed
+silently), and the head must be whole within ``header_timeout_s`` of its first byte.
 
-uvicorn bounds only an idle keep-alive connection (``timeout_keep_alive``), and any byte
-received cancels that: a client sending nothing on a new connection, or a header byte now and
-then, held the connection for as long as it liked. Here the deadline is armed once per request
-head and bytes arriving do not move it; it is cancelled when the head is complete, so a slow body
-(the gateway's ``body_timeout_s`` bounds it) and a long response are not affected.
+uvicorn bounds only an idle keep-alive connection, and any byte received cancels that: a client
+sending nothing on a new connection, or a header byte now and then, held the connection for as
+long as it liked. Here the deadline is armed once per request head and bytes arriving do not
+move it; it is cancelled when the head is complete, so a slow body (the gateway's
+``body_timeout_s`` bounds it) and a long response are not affected. Timing a kept-alive
+connection's head from the previous response's end instead closed idle connections at the
+header timeout whatever the keep-alive timeout said, sooner than the clients and load balancers
+in front expect (their own idle timeout must be the shorter, or a request sent as the server
+closes is lost).
 
 On the deadline a connection that had sent part of a head is answered ``408 Request Timeout``
 with ``Connection: close`` (RFC 9110 15.5.9), as Apache's mod_reqtimeout does, so a slow but
@@ -78,6 +84,9 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._header_timeout_s = header_timeout_s
         self._server_name = server
         self._head_deadline: asyncio.TimerHandle | None = None
+        self._kept_alive = False
+        """Whether a request came on this connection: the wait for the next one is then
+        uvicorn's keep-alive timeout's, not this one's."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -98,16 +107,23 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._follow_head()
 
     def _follow_head(self) -> None:
-        """A deadline while no request is being worked on, none otherwise: their side
-        ``IDLE`` (a new connection, or the previous exchange done), or our response sent while
-        they still send its request's body (an early answer: a 401, the body timeout's 408),
-        which then counts against the next head's time."""
-        waiting = self.conn.their_state is h11.IDLE or self.conn.our_state is h11.DONE
-        if waiting and not self.transport.is_closing():
-            if self._head_deadline is None:  # armed once per head, however many bytes come
-                self._head_deadline = self.loop.call_later(self._header_timeout_s, self._head_late)
-        else:
+        """No deadline while a request is being worked on; one, armed once, while a head is
+        due: on a new connection, on a kept-alive one from the next head's first byte (a
+        pipelined one's too, at the previous response's end), and from our response's end
+        while they still send its request's body (an early answer: a 401, the body timeout's
+        408), which then counts against the next head's time."""
+        their, ours = self.conn.their_state, self.conn.our_state
+        if their is not h11.IDLE and ours is not h11.DONE:
+            self._kept_alive = True
             self._cancel_deadline()
+        elif self._head_deadline is None and not self.transport.is_closing() and self._head_due():
+            self._head_deadline = self.loop.call_later(self._header_timeout_s, self._head_late)
+
+    def _head_due(self) -> bool:
+        if not self._kept_alive or self.conn.their_state is not h11.IDLE:
+            return True
+        received, _closed_by_peer = self.conn.trailing_data
+        return bool(received)
 
     def _cancel_deadline(self) -> None:
         if self._head_deadline is not None:
