@@ -3,6 +3,7 @@ shows the whole gateway, and its totals survive a worker's restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -48,7 +49,13 @@ def _chat(base: str, key: str, count: int) -> None:
 
 
 def _reports(tmp: Path) -> list[WorkerReport]:
-    return [WorkerReport.from_json(p.read_bytes()) for p in tmp.glob("trunkline-*/worker-*.json")]
+    """The running workers' reports, and the dead ones' not yet folded into the retired file
+    (which may take them away as they are read)."""
+    reports = []
+    for path in tmp.glob("trunkline-*/worker-*.json"):
+        with contextlib.suppress(FileNotFoundError):
+            reports.append(WorkerReport.from_json(path.read_bytes()))
+    return reports
 
 
 def _served(report: WorkerReport) -> float:
@@ -141,6 +148,10 @@ def test_a_scrape_of_any_worker_counts_every_worker_and_survives_a_restart(
         scrapes.until(lambda s: s[CHAT] == 34, "the killed worker's counts kept in the total")
         for _ in range(5):
             assert scrapes.take()[CHAT] == 34
+        # The killed worker's file is folded into the retired one (by the replacement as it
+        # started, or by a scrape): a file per worker running, however many died.
+        assert killed not in {r.pid for r in _reports(tmp)} and len(_reports(tmp)) == 2
+        assert len(list(tmp.glob("trunkline-*/retired.json"))) == 1
 
         assert gateway.stop(signal.SIGTERM) == 0
     assert list(tmp.iterdir()) == []  # the shared directory goes with the gateway

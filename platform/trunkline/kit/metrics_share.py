@@ -8,6 +8,9 @@ and pays nothing: the cost is a collection of the registry a second (prometheus_
 multiprocess mode instead writes to a file at every observation, and leaves out the collectors
 that read state at scrape time, which most of a gateway's are). Another worker's figures are at
 most ``every_s`` old; a worker killed outright loses what it counted after its last write.
+The files of workers that are gone are folded into one (:mod:`trunkline.kit.metrics_retire`)
+by the next worker to start or to serve a scrape that met them, so a worker restarting again
+and again does not leave a file per restart for every scrape to read.
 
 The directory must start empty at each start of the server (old files would be summed): the
 parent process makes it (:func:`workers_metrics_dir`) and hands it to its workers in the
@@ -26,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from trunkline.errors import ConfigurationError
 from trunkline.kit.metrics_merge import FamilyReport, GaugeRule, WorkerReport, families_of, merge
+from trunkline.kit.metrics_retire import Retired, fold, locked, read_retired, replace_file, sweep
 
 __all__ = ["WORKERS_METRICS_DIR_ENV", "MetricsShare", "SharedMetrics", "workers_metrics_dir"]
 
@@ -87,35 +92,58 @@ class MetricsShare:
         with self._lock:
             if seq <= self._written:
                 return
-            _replace(self.path, report.to_json())
+            replace_file(self.path, report.to_json())
             self._written = seq
 
-    def retire_earlier(self) -> None:
-        """Mark the files of an earlier worker that had this pid as stopped (it died without
-        saying so; the pid being in use again would keep its gauges counted)."""
-        for path in self.directory.glob(f"worker-{self.pid}-*.json"):
-            if path != self.path:
-                _replace(path, WorkerReport.from_json(path.read_bytes()).stopped().to_json())
+    def read(self) -> Reading:
+        """Every worker's report, the dead ones' folded so far first, then by file name; one
+        whose process is gone counts as stopped."""
+        with locked(self.directory, exclusive=False):
+            retired = read_retired(self.directory)
+            reports = [retired.report] if retired.report.families else []
+            dead = 0
+            for _path, report in self._workers(retired):
+                if not _running(report.pid, report.started):
+                    report, dead = report.stopped(), dead + 1
+                reports.append(report)
+        return Reading(reports, dead)
 
-    def read(self) -> list[WorkerReport]:
-        """Every worker's report, ordered by file name; one whose process is gone counts as
-        stopped."""
-        reports = []
+    def compact(self, *, wait: bool = False, earlier_of_this_pid: bool = False) -> int:
+        """Fold the files of workers whose process is gone into the retired one
+        (:mod:`trunkline.kit.metrics_retire`); with ``earlier_of_this_pid``, also those of
+        earlier workers that had this pid (one died without saying so: where start times are
+        unknown, the pid in use again would keep its gauges counted). Without ``wait``, nothing
+        if another holds the lock. Returns how many it folded."""
+        with locked(self.directory, exclusive=True, wait=wait) as held:
+            if not held:
+                return 0
+            retired = read_retired(self.directory)
+            dead = {
+                path.name: report
+                for path, report in self._workers(retired)
+                if path != self.path
+                and (
+                    not _running(report.pid, report.started)
+                    or (earlier_of_this_pid and report.pid == self.pid)
+                )
+            }
+            if dead:
+                retired = fold(self.directory, retired, dead)
+            sweep(self.directory, retired.absorbed)
+        return len(dead)
+
+    def _workers(self, retired: Retired) -> Iterator[tuple[Path, WorkerReport]]:
+        """The workers' files and reports, by file name, but those already folded."""
         for path in sorted(self.directory.glob("worker-*.json")):
-            report = WorkerReport.from_json(path.read_bytes())
-            if report.live and not _running(report.pid, report.started):
-                report = report.stopped()
-            reports.append(report)
-        return reports
+            if path.name not in retired.absorbed:
+                yield path, WorkerReport.from_json(path.read_bytes())
 
 
-def _replace(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part:
-    files are never removed or half-written while the server runs, or a scrape would miss
-    counts."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+@dataclass(frozen=True)
+class Reading:
+    reports: list[WorkerReport]
+    dead: int
+    """Files of workers whose process is gone, not yet folded into the retired one."""
 
 
 def _running(pid: int, started: int | None) -> bool:
@@ -170,7 +198,8 @@ class SharedMetrics:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._share.retire_earlier)
+        # Earlier workers' files are folded before this one's first is there to be read.
+        await asyncio.to_thread(self._share.compact, wait=True, earlier_of_this_pid=True)
         await self._publish()
         self._task = asyncio.create_task(self._keep_publishing())
 
@@ -194,7 +223,10 @@ class SharedMetrics:
         # Written before reading: a scrape then shows nothing another scrape, of another
         # worker, might not show after it, and counters never seem to go back.
         self._share.write(seq, families)
-        merged = merge(self._share.read(), self._rules, now=time.time())
+        reading = self._share.read()
+        merged = merge(reading.reports, self._rules, now=time.time())
+        if reading.dead:  # for the next scrape; one is enough if several workers see them
+            self._share.compact()
         return generate_latest(_Collected(merged))
 
     async def _publish(self, *, live: bool = True) -> None:

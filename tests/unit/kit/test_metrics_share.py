@@ -97,7 +97,7 @@ def test_an_older_collection_never_overwrites_a_newer_one(tmp_path: Path) -> Non
     newer = families_of(worker.registry.collect())
     worker.share.write(5, newer)
     worker.share.write(4, families_of(CollectorRegistry().collect()))  # raced and lost
-    [report] = worker.share.read()
+    [report] = worker.share.read().reports
     assert report.families == newer
 
 
