@@ -3,6 +3,7 @@ goes back or counts a worker twice, whoever compacts, however many at once, wher
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
 from collections.abc import Callable
@@ -92,16 +93,19 @@ def test_a_scrape_that_meets_dead_workers_files_folds_them_for_the_next(
     assert worker.scrape()["requests_total"] == 6
 
 
+@pytest.mark.parametrize("compactors_are", ["threads", "processes"])
 def test_compactions_racing_each_other_and_scrapes_count_every_worker_once(
-    tmp_path: Path, gone: int
+    tmp_path: Path, gone: int, compactors_are: str
 ) -> None:
-    """Workers die and compact at once, scrapes read meanwhile: every scrape's total is what
-    had been written by then, never less than the one before, and nothing is lost at the end."""
+    """Workers die and compact at once (threads of this process, or processes as a gateway's
+    workers are), scrapes read meanwhile: every scrape's total is what had been written by
+    then, never less than the one before, and nothing is lost at the end."""
     live = _worker_file(tmp_path, os.getpid(), 1)
     compactors, rounds = 4, 30
     seen: list[list[float]] = [[], []]
     errors: list[BaseException] = []
-    start = threading.Barrier(compactors + len(seen))
+    forked = multiprocessing.get_context("fork")
+    start = forked.Barrier(compactors + len(seen))  # threads and forked processes alike
 
     def die_and_compact() -> None:
         start.wait()
@@ -120,14 +124,20 @@ def test_compactions_racing_each_other_and_scrapes_count_every_worker_once(
         except BaseException as exc:  # the test reports it
             errors.append(exc)
 
-    threads = [threading.Thread(target=guarded, args=(die_and_compact,)) for _ in range(compactors)]
-    threads += [threading.Thread(target=guarded, args=(partial(scrape, s),)) for s in seen]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    runners: list[threading.Thread | multiprocessing.process.BaseProcess] = [
+        threading.Thread(target=guarded, args=(die_and_compact,))
+        if compactors_are == "threads"
+        else forked.Process(target=die_and_compact)
+        for _ in range(compactors)
+    ]
+    runners += [threading.Thread(target=guarded, args=(partial(scrape, s),)) for s in seen]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
 
     assert errors == []
+    assert [getattr(r, "exitcode", 0) for r in runners] == [0] * len(runners)
     live.compact(wait=True)
     written = 1 + compactors * rounds
     assert _served(_totals(live)) == written
