@@ -13,10 +13,9 @@ from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, class_mapper
 
+from trunkline.kit.db import chunked, conflict_insert
 from trunkline.models import ApiKey, KeyQuota, Tenant, TenantQuota, Tier, TierQuota
 from trunkline.models.base import _now
 from trunkline.quota.policy import DocT, folded
@@ -120,6 +119,25 @@ class QuotaRepository:
         )
         return {str(tenant_id): _load(limits, QuotaLimits) for tenant_id, limits in rows}
 
+    def stored_tenant_docs(self, tenant_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Stored]:
+        """The documents set of ``tenant_ids``, as stored (see ``stores_anew``), in a statement
+        per ``chunked``."""
+        return {
+            tenant_id: limits
+            for chunk in chunked(tenant_ids)
+            for tenant_id, limits in self._session.execute(
+                select(TenantQuota.tenant_id, TenantQuota.limits).where(
+                    TenantQuota.tenant_id.in_(chunk)
+                )
+            )
+        }
+
+    def set_tenant_docs(self, docs: Mapping[uuid.UUID, QuotaLimits]) -> None:
+        """Store these tenants' documents (by tenant id) in one statement: an apply of
+        thousands of tenants writes them at once (``stores_anew`` tells which differ)."""
+        if docs:
+            _store_many(self._session, TenantQuota, {t: _dump(d) for t, d in docs.items()})
+
     def key_docs(self, keys: Mapping[uuid.UUID, KeyRow]) -> dict[str, ScopeLimits]:
         """``all_key_docs`` of only ``keys`` (by row id: public id and the row rotated from),
         reading their ancestors' rows alone."""
@@ -146,6 +164,15 @@ class QuotaRepository:
 
 KeyRow = tuple[str, uuid.UUID | None]
 """A key's public id and the row it was rotated from."""
+
+
+Stored = dict[str, Any]
+"""A quota document as its row holds it."""
+
+
+def stores_anew(stored: Stored | None, doc: QuotaLimits) -> bool:
+    """Whether setting ``doc`` where ``stored`` is (None: no document) changes what is stored."""
+    return stored != _dump(doc)
 
 
 class TenantQuotaRepository:
@@ -215,15 +242,22 @@ def _store(
     row = session.get(model, ident)
     if row is not None and row.limits == limits:
         return False
-    [key] = class_mapper(model).primary_key
-    insert = (sqlite_insert if session.get_bind().dialect.name == "sqlite" else pg_insert)(model)
-    statement = insert.values({key.name: ident, "limits": limits, "updated_at": _now()})
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[key.name],
-            set_={"limits": statement.excluded.limits, "updated_at": statement.excluded.updated_at},
-        )
-    )
+    _store_many(session, model, {ident: limits})
     if row is not None:
         session.expire(row)  # the statement wrote past the ORM's copy
     return True
+
+
+def _store_many(
+    session: Session, model: type[_Document], documents: Mapping[uuid.UUID, dict[str, Any]]
+) -> None:
+    """Insert or update each of ``documents`` (by row id), in one statement."""
+    [key] = class_mapper(model).primary_key
+    insert = conflict_insert(session, model)
+    statement = insert.on_conflict_do_update(
+        index_elements=[key.name],
+        set_={"limits": insert.excluded.limits, "updated_at": insert.excluded.updated_at},
+    )
+    now = _now()
+    rows = [{key.name: i, "limits": limits, "updated_at": now} for i, limits in documents.items()]
+    session.execute(statement, rows)
