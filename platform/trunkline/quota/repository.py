@@ -112,12 +112,12 @@ class QuotaRepository:
         ]
 
     def tenant_docs(self, tenant_ids: Collection[uuid.UUID]) -> dict[str, QuotaLimits]:
-        rows = self._session.execute(
-            select(TenantQuota.tenant_id, TenantQuota.limits).where(
-                TenantQuota.tenant_id.in_(tenant_ids)
-            )
-        )
-        return {str(tenant_id): _load(limits, QuotaLimits) for tenant_id, limits in rows}
+        """The documents set of ``tenant_ids``, in a statement per ``chunked`` (the tenants of
+        some shards' keys may be more than a statement may list)."""
+        return {
+            str(tenant_id): _load(limits, QuotaLimits)
+            for tenant_id, limits in self.stored_tenant_docs(tenant_ids).items()
+        }
 
     def stored_tenant_docs(self, tenant_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Stored]:
         """The documents set of ``tenant_ids``, as stored (see ``stores_anew``), in a statement
@@ -144,15 +144,20 @@ class QuotaRepository:
         parent = {row_id: rotated_from for row_id, (_key_id, rotated_from) in keys.items()}
         above = {up for up in parent.values() if up is not None and up not in parent}
         while above:
-            rows = self._session.execute(
-                select(ApiKey.id, ApiKey.rotated_from).where(ApiKey.id.in_(above))
-            ).all()
+            rows = [
+                row
+                for chunk in chunked(above)
+                for row in self._session.execute(
+                    select(ApiKey.id, ApiKey.rotated_from).where(ApiKey.id.in_(chunk))
+                )
+            ]
             parent.update({row_id: rotated_from for row_id, rotated_from in rows})
             above = {up for _row, up in rows if up is not None and up not in parent}
         own = {
             key_row_id: _load(limits, ScopeLimits)
+            for chunk in chunked(parent)
             for key_row_id, limits in self._session.execute(
-                select(KeyQuota.api_key_id, KeyQuota.limits).where(KeyQuota.api_key_id.in_(parent))
+                select(KeyQuota.api_key_id, KeyQuota.limits).where(KeyQuota.api_key_id.in_(chunk))
             )
         }
         docs = {}
