@@ -6,8 +6,9 @@ the price book's currency twice, its quota document), 21,000 for a first apply o
 tenants and 11,500 to find nothing changed. Here what the documents' tenants hold is read
 for them all first (``Held``: a statement per table and ``chunked`` list of ids), each
 document is compared and changed in memory, in order, with the errors and report lines one
-at a time gave, and what is new is written at one flush at the end (the unit of work inserts
-each table's rows in batches), the quota documents in one statement.
+at a time gave, and what is new is written in batches (the unit of work inserts a table's
+rows together): the tenants and users added before the documents are gone through, the rest
+at the end, the quota documents in one statement.
 """
 
 from __future__ import annotations
