@@ -30,7 +30,7 @@ class Change:
 @dataclass
 class ApplyReport:
     changes: list[Change] = field(default_factory=list)
-    _created: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+    _created: dict[tuple[str, str], int] = field(default_factory=dict, init=False, repr=False)
     """(kind, name) -> the index of its ``created`` change: details attach to it without a
     search of every change (a first apply of thousands of tenants searched millions)."""
 
