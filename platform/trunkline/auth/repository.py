@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from trunkline.kit.db import chunked
 from trunkline.models import AccessToken, Membership, Role, User
 
 
@@ -20,6 +22,14 @@ class UserRepository:
 
     def by_email(self, email: str) -> User | None:
         return self._session.scalars(select(User).where(User.email == email)).one_or_none()
+
+    def by_emails(self, emails: Collection[str]) -> dict[str, User]:
+        """The users of ``emails`` that exist, by e-mail, in a statement per ``chunked``."""
+        return {
+            user.email: user
+            for chunk in chunked(emails)
+            for user in self._session.scalars(select(User).where(User.email.in_(chunk)))
+        }
 
     def add(self, user: User) -> User:
         self._session.add(user)

@@ -6,6 +6,8 @@ hashes, looked up by their public id and compared in constant time.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
@@ -29,22 +31,39 @@ def normalise_email(email: str) -> str:
 
 
 def ensure_user(
-    session: Session, email: str, name: str = "", *, platform_admin: bool = False
+    session: Session,
+    email: str,
+    name: str = "",
+    *,
+    platform_admin: bool = False,
+    known: dict[str, User] | None = None,
 ) -> User:
-    """The user with this e-mail, created if needed; ``platform_admin`` only ever promotes."""
-    users = UserRepository(session)
-    user = users.by_email(normalise_email(email))
+    """The user with this e-mail, created if needed; ``platform_admin`` only ever promotes.
+
+    ``known``: the users of every e-mail this is called with, by normalised e-mail, read
+    beforehand for many at once (``users_by_email``); nothing is read, a user created is added
+    to it and written at the session's next flush."""
+    users, email = UserRepository(session), normalise_email(email)
+    user = users.by_email(email) if known is None else known.get(email)
     if user is None:
         user = users.add(
-            User(email=normalise_email(email), name=name, is_platform_admin=platform_admin)
+            User(id=uuid.uuid4(), email=email, name=name, is_platform_admin=platform_admin)
         )
-        session.flush()
+        if known is None:
+            session.flush()
+        else:
+            known[email] = user
     else:
         if name and not user.name:
             user.name = name
         if platform_admin and not user.is_platform_admin:
             user.is_platform_admin = True
     return user
+
+
+def users_by_email(session: Session, emails: Iterable[str]) -> dict[str, User]:
+    """The users of these e-mails that exist, by normalised e-mail (for ``ensure_user``)."""
+    return UserRepository(session).by_emails({normalise_email(e) for e in emails})
 
 
 def user_view(session: Session, user: User) -> UserView:

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 import msgspec
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+
+IN_CHUNK = 5_000
+"""Values per ``IN (…)`` list of a statement read in chunks: far below PostgreSQL's 65,535 bind
+parameters per statement (and SQLite's 32,766), few statements for thousands of values."""
+
+
+def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
+    """``values`` in lists of at most ``size``, for an ``IN (…)`` each: one list of every
+    value stops the statement at the database's bind-parameter cap once there are enough."""
+    iterator = iter(values)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
 
 
 def conflict_insert(session: Session, entity: Any) -> Any:

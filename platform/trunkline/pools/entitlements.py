@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy.orm import Session
 
@@ -58,24 +58,30 @@ def revoke_entitlement(session: Session, tenant_id: uuid.UUID, alias: str) -> No
 
 
 def set_entitlements(
-    session: Session, tenant_id: uuid.UUID, aliases: Iterable[str]
+    session: Session,
+    tenant_id: uuid.UUID,
+    aliases: Iterable[str],
+    current: Mapping[str, EntitlementRow],
+    catalog: Mapping[str, ModelAlias],
 ) -> tuple[list[str], list[str]]:
-    """Make ``aliases`` exactly the tenant's entitlements; returns (granted, revoked)."""
+    """Make ``aliases`` exactly the tenant's entitlements; returns (granted, revoked).
+
+    ``current`` (the tenant's entitlements by alias) and ``catalog`` (every alias) are read
+    beforehand, for many tenants at once (``entitlements_of``, ``ModelRepository.aliases``):
+    this reads nothing and writes at the session's next flush.
+    """
     wanted = set(aliases)
-    entitlements = EntitlementRepository(session, tenant_id)
-    current = {a.alias: e for e, a, _m in entitlements.all()}
     granted = sorted(wanted - current.keys())
     revoked = sorted(current.keys() - wanted)
-    models = ModelRepository(session)
+    entitlements = EntitlementRepository(session, tenant_id)
     for alias in granted:
-        row = models.alias(alias)
+        row = catalog.get(alias)
         if row is None:
             raise InvalidRequest(f"unknown alias {alias!r}", param="models")
         entitlements.add(row)
     for alias in revoked:
         entitlements.delete(current[alias])
     if granted or revoked:
-        session.flush()
         mark_config_changed(session)
     return granted, revoked
 

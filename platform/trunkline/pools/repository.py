@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from sqlalchemy import Select, exists, select
 from sqlalchemy.orm import Session
 
-from trunkline.kit.db import conflict_insert
+from trunkline.kit.db import chunked, conflict_insert
 from trunkline.kit.ids import utcnow
 from trunkline.kit.pagination import EVERYTHING, Keyset, Page, PageRequest
 from trunkline.models import (
@@ -61,6 +61,10 @@ class ModelRepository:
         for model_id, alias in self._session.execute(statement):
             found[model_id].append(alias)
         return found
+
+    def aliases(self) -> dict[str, ModelAlias]:
+        """Every alias by name (a few rows: the catalog)."""
+        return {row.alias: row for row in self._session.scalars(select(ModelAlias))}
 
     def alias(self, alias: str) -> ModelAlias | None:
         statement = select(ModelAlias).where(ModelAlias.alias == alias)
@@ -175,6 +179,22 @@ class EntitlementRepository:
 
 def _aliases_with_models() -> Select[ModelAlias, Model]:
     return select(ModelAlias, Model).join(Model, ModelAlias.model_id == Model.id)
+
+
+def entitlements_of(
+    session: Session, tenant_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Entitlement]]:
+    """Each of ``tenant_ids``' entitlements by alias, in a statement per ``chunked``."""
+    found: dict[uuid.UUID, dict[str, Entitlement]] = {t: {} for t in tenant_ids}
+    for chunk in chunked(found):
+        statement = (
+            select(Entitlement, ModelAlias.alias)
+            .join(ModelAlias, Entitlement.alias_id == ModelAlias.id)
+            .where(Entitlement.tenant_id.in_(chunk))
+        )
+        for entitlement, alias in session.execute(statement):
+            found[entitlement.tenant_id][alias] = entitlement
+    return found
 
 
 def entitled_tenants(

@@ -72,11 +72,13 @@ def build_key_parts(
     keys = key_entries((row[2:] for row in rows), now)
     rotated = {row.id: (row.key_id, row.rotated_from) for row in rows if row.key_id in keys}
     tenant_ids = {uuid.UUID(key.tenant_id) for key in keys.values()}
+    # The shards' keys' tenants by what selected the keys, not a list of their ids: a few
+    # shards of a big platform's keys may have more tenants than a statement may list.
+    shards_tenants = select(ApiKey.tenant_id).where(ApiKey.shard.in_(read))
     tiers = session.execute(
         select(Tenant.id, Tier.name)
         .join(Tier, Tenant.tier_id == Tier.id)
-        # Tenant.id.in_ of a few hundred ids: the shards' keys' tenants, not all of them
-        .where(Tenant.id.in_(tenant_ids))
+        .where(Tenant.id.in_(shards_tenants))
     )
     repository = QuotaRepository(session)
     sources = KeyLimitSources(

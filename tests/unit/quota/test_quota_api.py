@@ -129,6 +129,9 @@ def test_tenant_admins_set_key_overrides_developers_read_their_own(world: World)
 
     rotated = world.api("acme-dev").post(f"{T}/{acme}/keys/{mine}/rotate")["key"]["key_id"]
     assert snapshot(world.runtime).quotas.keys[rotated].requests_per_minute == 5
+    again = world.api("acme-dev").post(f"{T}/{acme}/keys/{rotated}/rotate")["key"]["key_id"]
+    view = world.api("acme-dev").get(f"{T}/{acme}/keys/{again}/quota")
+    assert view["overrides"] == {"requests_per_minute": 5, "tokens_per_day": 900}, "inherited"
 
 
 def test_manifests_set_tenant_overrides_and_reapplying_changes_nothing(
