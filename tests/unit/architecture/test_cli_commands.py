@@ -1,0 +1,38 @@
+"""The ``trunkline`` command imports only the module of the command it runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from trunkline.cli.main import MODULES, build_parser
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_each_module_registers_the_commands_it_is_listed_with(name: str) -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    importlib.import_module(f"trunkline.cli.{name}").register(sub)
+    assert tuple(sub.choices) == MODULES[name]
+
+
+def test_help_lists_every_command() -> None:
+    sub = next(a for a in build_parser(["--help"])._actions if a.dest == "command")
+    assert isinstance(sub, argparse._SubParsersAction)
+    assert list(sub.choices) == [c for commands in MODULES.values() for c in commands]
+
+
+def test_starting_the_gateway_loads_neither_the_orm_nor_the_simulator() -> None:
+    # A process of its own: this one has imported everything already.
+    probe = (
+        "import sys; from trunkline.cli.main import build_parser; "
+        "build_parser(['gateway', '--workers', '2']).parse_args(['gateway', '--workers', '2']); "
+        "print(sorted(m for m in ('sqlalchemy.orm', 'trunkline.fleet', 'trunkline.bench.fidelity')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
