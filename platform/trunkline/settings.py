@@ -158,6 +158,9 @@ class ControlPlaneSettings(BaseModel):
     header_timeout_s: float = Field(default=10.0, gt=0)
     """As the gateway's: a connection whose request head is not whole this long after it
     opened (or after the previous response) is closed."""
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    """As the gateway's: a request's body must arrive whole within this long of its headers
+    (408 otherwise), or an authenticated caller trickling one in held a connection for ever."""
     public_gateway_url: str = "http://127.0.0.1:8080/v1"
 
 

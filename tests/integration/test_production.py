@@ -177,15 +177,23 @@ def test_the_servers_close_connections_whose_request_head_is_late(platform: Plat
         TRUNKLINE_GATEWAY__HEADER_TIMEOUT_S="0.5",
     )  # fmt: skip
     controlplane = platform.spawn(
-        "controlplane", "controlplane", TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
+        "controlplane", "controlplane", "--workers", "2", TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
         TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S="0.5",
     )  # fmt: skip
     gateway.wait_http(f"http://127.0.0.1:{gateway_port}/livez")
     controlplane.wait_http(f"http://127.0.0.1:{cp_port}/schema")
-    for port in [gateway_port] * 4 + [cp_port]:  # the gateway's spread over its workers
+    for port in [gateway_port, cp_port] * 4:  # spread over each server's workers
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             conn.sendall(b"GET /livez HTTP/1.1\r\n")  # and no more
             assert conn.recv(1024).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    # Whichever worker takes a scrape shows both workers' counts (the other's as of its last
+    # write, at most a second old).
+    for port in (gateway_port, cp_port):
+        url, deadline = f"http://127.0.0.1:{port}/metrics", time.monotonic() + 30
+        while (closed := samples(url)["trunkline_header_timeouts_total"]) < 4:
+            assert time.monotonic() < deadline, f"{url}: {closed} of the 4 closes counted"
+            time.sleep(0.1)
+        assert closed == 4, url
 
 
 def _read_until_cut(stream: Iterator[object], *, after: int, then: Callable[[], None]) -> int:

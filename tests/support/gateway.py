@@ -18,13 +18,14 @@ __all__ = ["serve_on_loopback", "usage_records"]
 
 
 @contextlib.asynccontextmanager
-async def serve_on_loopback(app: Any, header_timeout_s: float | None = None) -> AsyncIterator[str]:
+async def serve_on_loopback(
+    app: Any, header_timeout_s: float | None = None, name: str = serving.GATEWAY
+) -> AsyncIterator[str]:
     """Serve ``app`` (lifespan included) until the block ends; yields its base URL.
-    ``header_timeout_s``: as ``trunkline gateway`` closes connections whose head is late."""
+    ``header_timeout_s``: as ``trunkline gateway`` closes connections whose head is late,
+    counted under the server ``name``."""
     (port,) = free_loopback_ports(1)
-    server = serving.server(
-        app, LOOPBACK, port, header_timeout_s=header_timeout_s, name=serving.GATEWAY
-    )
+    server = serving.server(app, LOOPBACK, port, header_timeout_s=header_timeout_s, name=name)
     task = asyncio.create_task(server.serve())
     await serving.wait_started([server], [task])
     try:
