@@ -170,6 +170,9 @@ class ControlPlaneSettings(BaseModel):
     opened (or after the head's first byte, on a kept-alive connection) is closed."""
     keep_alive_timeout_s: float = Field(default=KEEP_ALIVE_TIMEOUT_S, gt=0)
     """As the gateway's: a kept-alive connection idle this long is closed."""
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    """As the gateway's: a request's body must arrive whole within this long of its headers
+    (408 otherwise), or an authenticated caller trickling one in held a connection for ever."""
     public_gateway_url: str = "http://127.0.0.1:8080/v1"
 
 

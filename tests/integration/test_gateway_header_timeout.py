@@ -19,14 +19,19 @@ from tests.unit.gateway.conftest import default_world, gateway_app
 from tests.unit.gateway.upstreams import chat_any, sse_events
 
 from support.gateway import serve_on_loopback
+from support.raw_http import (
+    GENEROUS_S,
+    connect,
+    header_deadline_passed,
+    read_response,
+    until_closed,
+)
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import GatewaySettings
 
 HEADER_TIMEOUT_S = 0.3
 KEEP_ALIVE_TIMEOUT_S = 0.9
 BODY_TIMEOUT_S = 2.0
-GENEROUS_S = 10.0
-"""How long a test waits for what should come after a fraction of a second."""
 CHAT = json.dumps({"model": "llama", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
@@ -51,8 +56,7 @@ class Gateway:
     release: asyncio.Event
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        host, port = self.url.removeprefix("http://").split(":")
-        return await asyncio.open_connection(host, int(port))
+        return await connect(self.url)
 
     def head(self, method: str, path: str, *extra: str) -> bytes:
         lines = [f"{method} {path} HTTP/1.1", "host: gateway", *extra]
@@ -64,13 +68,7 @@ class Gateway:
         return self.head("POST", "/v1/chat/completions", auth, kind, f"content-length: {length}")
 
     async def header_deadline_passed(self) -> None:
-        """Returns once a connection opened now was closed for sending no head: any connection
-        opened before it has been open longer than the header timeout by then."""
-        reader, writer = await self.connect()
-        try:
-            assert await until_closed(reader) == b""
-        finally:
-            writer.close()
+        await header_deadline_passed(self.url)
 
 
 @pytest.fixture
@@ -103,21 +101,6 @@ async def gateway() -> AsyncIterator[Gateway]:
     release.set()
 
 
-async def until_closed(reader: asyncio.StreamReader) -> bytes:
-    """What the server sent before it closed the connection; fails if it is still open after
-    ``GENEROUS_S``."""
-    received = b""
-    try:
-        async with asyncio.timeout(GENEROUS_S):
-            while chunk := await reader.read(65536):
-                received += chunk
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        pytest.fail(f"still open after {GENEROUS_S} s; it had sent {received!r}")
-    return received
-
-
 async def dribble(writer: asyncio.StreamWriter, byte: bytes) -> None:
     """``byte`` every 20 ms until well past the test's patience (or the server's close)."""
     with contextlib.suppress(ConnectionError):
@@ -135,15 +118,6 @@ async def dribbled_head(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
         return await until_closed(reader)
     finally:
         sending.cancel()
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    async with asyncio.timeout(GENEROUS_S):
-        head = (await reader.readuntil(b"\r\n\r\n")).decode()
-        status_line, *lines = head.strip().split("\r\n")
-        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-        body = await reader.readexactly(int(headers["content-length"]))
-    return int(status_line.split()[1]), headers, body
 
 
 async def test_a_connection_sending_nothing_is_closed_without_an_answer(gateway: Gateway) -> None:

@@ -182,13 +182,13 @@ def test_the_servers_hold_connections_as_their_header_and_keep_alive_timeouts_sa
         TRUNKLINE_GATEWAY__HEADER_TIMEOUT_S="2", TRUNKLINE_GATEWAY__KEEP_ALIVE_TIMEOUT_S="0.3",
     )  # fmt: skip
     controlplane = platform.spawn(
-        "controlplane", "controlplane", TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
+        "controlplane", "controlplane", "--workers", "2", TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
         TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S="2",
         TRUNKLINE_CONTROLPLANE__KEEP_ALIVE_TIMEOUT_S="0.3",
     )  # fmt: skip
     gateway.wait_http(f"http://127.0.0.1:{gateway_port}/livez")
     controlplane.wait_http(f"http://127.0.0.1:{cp_port}/schema")
-    ports = [gateway_port] * 4 + [cp_port]  # the gateway's spread over its workers
+    ports = [gateway_port, cp_port] * 4  # spread over each server's workers
     with contextlib.ExitStack() as stack:
         late = [stack.enter_context(socket.create_connection(("127.0.0.1", p))) for p in ports]
         for conn in late:
@@ -207,6 +207,15 @@ def test_the_servers_hold_connections_as_their_header_and_keep_alive_timeouts_sa
             with pytest.raises(BlockingIOError):  # still open: it closes silently, later
                 fresh.recv(1)
         assert answered.startswith(b"HTTP/1.1 ") and answered.count(b"HTTP/1.1 ") == 1
+
+    # Whichever worker takes a scrape shows both workers' counts (the other's as of its last
+    # write, at most a second old).
+    for port in (gateway_port, cp_port):
+        url, deadline = f"http://127.0.0.1:{port}/metrics", time.monotonic() + 30
+        while (closed := samples(url)["trunkline_header_timeouts_total"]) < 4:
+            assert time.monotonic() < deadline, f"{url}: {closed} of the 4 closes counted"
+            time.sleep(0.1)
+        assert closed == 4, url
 
 
 def _until_closed(conn: socket.socket) -> bytes:

@@ -19,11 +19,15 @@ __all__ = ["serve_on_loopback", "usage_records"]
 
 @contextlib.asynccontextmanager
 async def serve_on_loopback(
-    app: Any, header_timeout_s: float | None = None, keep_alive_timeout_s: float | None = None
+    app: Any,
+    *,
+    header_timeout_s: float | None = None,
+    keep_alive_timeout_s: float | None = None,
+    name: str = serving.GATEWAY,
 ) -> AsyncIterator[str]:
     """Serve ``app`` (lifespan included) until the block ends; yields its base URL.
     ``header_timeout_s``, ``keep_alive_timeout_s``: as ``trunkline gateway`` holds connections
-    (None: uvicorn's own)."""
+    (None: uvicorn's own), a late head counted under the server ``name``."""
     (port,) = free_loopback_ports(1)
     server = serving.server(
         app,
@@ -31,7 +35,7 @@ async def serve_on_loopback(
         port,
         header_timeout_s=header_timeout_s,
         keep_alive_timeout_s=keep_alive_timeout_s,
-        name=serving.GATEWAY,
+        name=name,
     )
     task = asyncio.create_task(server.serve())
     await serving.wait_started([server], [task])

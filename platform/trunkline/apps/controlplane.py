@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator
 from enum import Enum
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -30,18 +31,25 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import trunkline
+from trunkline.apps.controlplane_metrics import (
+    instrumented,
+    metrics_route,
+    shared_metrics,
+    sharing,
+)
 from trunkline.apps.publishing import SnapshotSync, keeping_published
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.controllers import AuthController, DevLoginController
 from trunkline.auth.guards import provide_principal
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
 from trunkline.billing.controllers import PlatformExportController, TenantExportController
-from trunkline.errors import InvalidRequest, TrunklineError, Unauthenticated
+from trunkline.errors import InvalidRequest, RequestTimeout, TrunklineError, Unauthenticated
 from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.db import driver_message
 from trunkline.kit.ids import new_request_id
@@ -88,6 +96,7 @@ _STATUS_BY_CODE = {
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
+    "request_timeout": 408,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,
@@ -151,6 +160,7 @@ def create_controlplane_app(
     *,
     quota_store: QuotaStore | None = None,
     snapshot_check_s: float = SNAPSHOT_CHECK_S,
+    workers_metrics_dir: Path | None = None,
 ) -> Litestar:
     """The control-plane API over ``runtime``; the development login only where allowed.
 
@@ -158,10 +168,16 @@ def create_controlplane_app(
     by default Redis when ``TRUNKLINE_REDIS__URL`` is set, else this process's memory. Every
     ``snapshot_check_s`` it checks that the snapshot store holds the database's configuration,
     and publishes it if not (:func:`trunkline.apps.publishing.republish_if_stale`).
+    ``workers_metrics_dir``: where the workers of ``--workers N`` share their metrics, so
+    ``/metrics`` shows them all; None: this process's.
     """
     quota = quota_store or default_quota_store(runtime.settings)
     sync = SnapshotSync()
-    handlers: list[Any] = [healthz(runtime, sync), livez, *CONTROLLERS]
+    registry = CollectorRegistry()
+    shared = shared_metrics(registry, workers_metrics_dir)
+    handlers: list[Any] = [
+        healthz(runtime, sync), livez, metrics_route(registry, shared), *CONTROLLERS,
+    ]  # fmt: skip
     if dev_login_enabled(runtime.settings):
         handlers.append(DevLoginController)
     elif runtime.settings.security.dev_login and not runtime.settings.is_production:
@@ -180,7 +196,7 @@ def create_controlplane_app(
             "paging": Provide(provide_paging, sync_to_thread=False),
         },
         on_shutdown=[quota.close],
-        lifespan=[keeping_published(runtime, snapshot_check_s, sync)],
+        lifespan=[keeping_published(runtime, snapshot_check_s, sync), sharing(shared)],
         middleware=[
             DefineMiddleware(
                 AccessTokenMiddleware,
@@ -212,8 +228,11 @@ def create_controlplane_app(
         logging_config=None,
     )
     # Around the router, not among the routes' middleware: unknown routes (404) and methods
-    # (405) are answered before any route's middleware runs, and carry a request id too.
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    # (405) are answered before any route's middleware runs, and carry a request id too (and
+    # are counted).
+    app.asgi_handler = instrumented(
+        RequestContextMiddleware(app.asgi_handler), runtime, sync, registry
+    )
     return app
 
 
@@ -364,7 +383,11 @@ def _trunkline_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
     errors = None
     if exc.param is not None:
         errors = [{"field": exc.param, "message": exc.message}]
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    headers = None
+    if isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, RequestTimeout):  # RFC 9110: the rest of its body is not read
+        headers = {"Connection": "close"}
     return problem(request, status, exc.code, exc.message, errors=errors, headers=headers)
 
 

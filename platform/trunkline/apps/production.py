@@ -77,7 +77,10 @@ def controlplane_app() -> Litestar:
     # A restarted control plane re-publishes what the database says; with Redis not up yet it
     # starts all the same and publishes once Redis answers (republish_if_stale).
     runtime.publish()
-    return create_controlplane_app(runtime)
+    shared_dir = os.environ.get(WORKERS_METRICS_DIR_ENV)  # `trunkline controlplane --workers N`
+    return create_controlplane_app(
+        runtime, workers_metrics_dir=Path(shared_dir) if shared_dir else None
+    )
 
 
 def run_worker(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import anyio
 from litestar import Litestar
 
+from trunkline.apps.publish_metrics import Check
 from trunkline.apps.runtime import Runtime, config_state
 from trunkline.kit.ids import utcnow
 from trunkline.snapshot.builder import current_digest
@@ -43,28 +44,38 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
     When nothing moved, the shards of keys expired since the last build are published (read
     by an index: a key that expires is a change to its shard alone)."""
     if not runtime.publishing.acquire(blocking=False):
+        runtime.metrics.checked("skipped")
         return False
     try:
-        with runtime.session_factory() as session:
-            state = config_state(session)
-        unchanged = state == runtime.seen and state.generation is not None
-        if unchanged and not thorough and _store_whole_and_current(runtime):
-            return _drop_expired(runtime)
-        current = current_digest(
-            runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
-        )
-        if runtime.publisher.published_digest() == current:  # read after it
-            runtime.seen = state
-            runtime.published_version = runtime.publisher.published_version()  # what it holds
-            return False
-        if runtime.publisher.published_version() is None:
-            log.warning("the snapshot store holds no snapshot; publishing it again")
-        else:
-            log.info("the snapshot store does not hold the database's configuration; publishing")
-        runtime.publish_now()
-        return True
+        outcome = _check(runtime, thorough)
+    except Exception:
+        runtime.metrics.checked("failed")
+        raise
     finally:
         runtime.publishing.release()
+    runtime.metrics.checked(outcome)
+    return outcome in ("expired_keys", "published")
+
+
+def _check(runtime: Runtime, thorough: bool) -> Check:
+    with runtime.session_factory() as session:
+        state = config_state(session)
+    unchanged = state == runtime.seen and state.generation is not None
+    if unchanged and not thorough and _store_whole_and_current(runtime):
+        return "expired_keys" if _drop_expired(runtime) else "unchanged"
+    current = current_digest(
+        runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
+    )
+    if runtime.publisher.published_digest() == current:  # read after it
+        runtime.seen = state
+        runtime.published_version = runtime.publisher.published_version()  # what it holds
+        return "current"
+    if runtime.publisher.published_version() is None:
+        log.warning("the snapshot store holds no snapshot; publishing it again")
+    else:
+        log.info("the snapshot store does not hold the database's configuration; publishing")
+    runtime.publish_now()
+    return "published"
 
 
 def _drop_expired(runtime: Runtime) -> bool:

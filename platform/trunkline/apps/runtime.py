@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.apps.publish_metrics import PublishMetrics
 from trunkline.billing.service import prices_in_force_since
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
@@ -69,6 +70,8 @@ class Runtime:
     """When the last build this process published read the database: every key expired by
     then is out of the snapshot stored (a shard rebuilt since only drops more)."""
     whole_every_s: float = WHOLE_EVERY_S
+    metrics: PublishMetrics = field(default_factory=PublishMetrics)
+    """What its publishing did, for the control plane's ``/metrics``."""
     _whole_at: float | None = field(init=False, repr=False, default=None)
     """When (monotonic) this process last stored a whole build."""
     _pending: list[Change] = field(init=False, repr=False, default_factory=list)
@@ -167,13 +170,15 @@ class Runtime:
             self.publish_now()
             return
         for _ in range(PUBLISH_TRIES):
-            version = self.publisher.next_version()  # before the database is read
-            now = utcnow()
-            with self.session_factory() as session:
-                if self.built_at is not None:
-                    shards = shards | expired_shards(session, self.built_at, now)
-                parts = build_key_parts(session, shards, now=now)
-            outcome = self.publisher.patch(version, parts, published_at=time.time())
+            with self.metrics.building("shards") as build:
+                version = build.version = self.publisher.next_version()  # before the reads
+                now = utcnow()
+                with self.session_factory() as session:
+                    if self.built_at is not None:
+                        shards = shards | expired_shards(session, self.built_at, now)
+                    parts = build_key_parts(session, shards, now=now)
+                outcome = self.publisher.patch(version, parts, published_at=time.time())
+                build.outcome = outcome.value
             if outcome is Patched.NO_BASE:
                 break
             if outcome is Patched.STORED:
@@ -193,9 +198,11 @@ class Runtime:
             now = utcnow()
             with self.session_factory() as session:
                 state = config_state(session)  # before the build: it has at least this
-            version, stored = publish_snapshot(
-                self.session_factory, self.publisher, cache_secret=self.server_secret, now=now
-            )
+            with self.metrics.building("whole") as build:
+                version, stored = publish_snapshot(
+                    self.session_factory, self.publisher, cache_secret=self.server_secret, now=now
+                )
+                build.version, build.outcome = version, "stored" if stored else "refused"
             if stored:  # not when another process stored a newer version meanwhile
                 self.published_version, self.built_at = version, now
                 self._whole_at = time.monotonic()

@@ -148,17 +148,20 @@ def _controlplane(args: argparse.Namespace) -> int:
     if busy := busy_ports([("control plane", cp.host, cp.port, "TRUNKLINE_CONTROLPLANE__PORT")]):
         print("error: " + "; ".join(busy), file=sys.stderr)  # before it publishes anything
         return 2
-    _uvicorn(
-        "trunkline.apps.production:controlplane_app",
-        cp.host,
-        cp.port,
-        args.workers,
-        connections=connection_options(
-            header_timeout_s=cp.header_timeout_s,
-            keep_alive_timeout_s=cp.keep_alive_timeout_s,
-            name=CONTROL_PLANE,
-        ),
-    )
+    from trunkline.kit.metrics_share import workers_metrics_dir
+
+    with workers_metrics_dir(args.workers):  # a scrape of any worker shows them all
+        _uvicorn(
+            "trunkline.apps.production:controlplane_app",
+            cp.host,
+            cp.port,
+            args.workers,
+            connections=connection_options(
+                header_timeout_s=cp.header_timeout_s,
+                keep_alive_timeout_s=cp.keep_alive_timeout_s,
+                name=CONTROL_PLANE,
+            ),
+        )
     return 0
 
 

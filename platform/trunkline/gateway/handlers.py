@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -27,10 +26,11 @@ from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.meter import CLIENT_CLOSED
 from trunkline.gateway.pipeline import visible_aliases
-from trunkline.gateway.request_metrics import RequestMetrics
+from trunkline.gateway.request_metrics import gateway_request_metrics
 from trunkline.gateway.service import GatewayService, Reply
 from trunkline.kit import logging as tlog
 from trunkline.kit.asgi import unless_client_leaves
+from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.metrics_share import SharedMetrics
 
@@ -91,14 +91,7 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
         key_id=principal.key.key_id,
     )
     try:
-        try:
-            async with asyncio.timeout(request.app.state.get("body_timeout_s")):
-                raw = await request.body()
-        except TimeoutError:
-            raise RequestTimeout(
-                "The request body did not arrive in time; send it whole, faster.",
-                reason="request_timeout",
-            ) from None
+        raw = await request.body()  # within body_timeout_s of the headers (``_late_body``)
         # A non-streamed answer comes only once it is whole: a client that left meanwhile has
         # it cancelled (the engine's call closed, so the engine aborts) and metered as 499,
         # not generated and billed in full. A stream's reply comes at its first event; from
@@ -256,10 +249,6 @@ def _http_error(
 
 def error_handler(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
-        if exc.status_code in (404, 405):  # the router's own: no route, so no route middleware
-            counted: RequestMetrics | None = request.app.state.get("request_metrics")
-            if counted is not None:
-                counted.count_unrouted(request.url.path, exc.status_code)
         exc = _http_error(exc, request.app.state.get("max_body_bytes"), request)
     if not isinstance(exc, TrunklineError):
         log.exception("unhandled error in the gateway")
@@ -306,19 +295,15 @@ def build_app(
     body_timeout_s: float | None = None,
 ) -> Litestar:
     registry = metrics or CollectorRegistry()
-    requests = RequestMetrics(registry)
     state = {
         "gateway": service,
         "metrics": registry,
         "shared_metrics": shared_metrics,
-        "request_metrics": requests,
         "engines": engines,
         "max_body_bytes": max_body_bytes,
-        "body_timeout_s": body_timeout_s,
     }
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
-        middleware=[requests.middleware],
         state=State(state),
         exception_handlers={Exception: error_handler},
         request_max_body_size=max_body_bytes,
@@ -326,4 +311,15 @@ def build_app(
         openapi_config=None,
         logging_config=None,
         debug=False,
+    )
+    late_body = BodyTimeout(body_timeout_s, _late_body, registry)
+    # Around the router: its own answers (an unknown path, a wrong method) are counted too.
+    app.asgi_handler = gateway_request_metrics(registry).wrap(late_body.wrap(app.asgi_handler))
+    return app
+
+
+def _late_body(_timeout_s: float) -> RequestTimeout:
+    return RequestTimeout(
+        "The request body did not arrive in time; send it whole, faster.",
+        reason="request_timeout",
     )

@@ -49,7 +49,7 @@ def test_each_answer_is_counted_once_by_route_and_status(make_gateway) -> None: 
     }
     first = samples[("trunkline_request_first_byte_seconds_count", (("route", chat),))]
     whole = samples[("trunkline_request_duration_seconds_count", (("route", chat),))]
-    assert first == whole == 3  # the 405 is the router's: no route, no timing
+    assert first == whole == 4  # every answer counted is timed, the router's 405 too
 
 
 def test_routes_are_templates_and_health_and_metrics_are_not_counted() -> None:

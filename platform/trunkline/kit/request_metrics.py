@@ -1,0 +1,137 @@
+"""Prometheus metrics of the HTTP requests an app answers: how many by route and status, how
+long until the answer's first byte (a stream's first event) and until its last.
+
+One ASGI wrapper around the whole app, router included, so the router's own answers (an
+unknown path, a wrong method) are counted with the rest. Labels stay bounded: the route's
+template (``/v1/models/{model}``, ``/api/v1/tenants/{tenant_id}/keys``, never an id or a model
+asked for), the method among the standard ones, the HTTP status; no tenant, key, user or model.
+Per tenant and key, the usage ledger counts. Probes and ``/metrics`` itself are not counted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+__all__ = ["OTHER", "RequestMetrics", "method_of", "route_template"]
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+"""The route label of a path the app does not serve; the method label of a made-up method."""
+
+RouteOf = Callable[[Scope], str]
+"""A request's route label, read once the router has seen it (as the answer starts)."""
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route Litestar's router matched, ``other`` when none did."""
+    template: str | None = scope.get("path_template")
+    return template or OTHER
+
+
+def method_of(scope: Scope) -> str:
+    """The method, or ``other``: any token is a method to the HTTP parser, and a label per
+    made-up method would let a caller grow the metrics without bound."""
+    method: str = cast("HTTPScope", scope)["method"]
+    return method if method in _METHODS else OTHER
+
+
+class RequestMetrics:
+    """``prefix``: the metrics' name prefix (``trunkline`` for the gateway's,
+    ``trunkline_controlplane`` for the control plane's, which a dashboard of inference traffic
+    must not add up with the gateway's). ``by_method``: a method label on every metric.
+    ``first_byte``: also time the answer's first byte (a stream's time to first token)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        route_of: RouteOf,
+        uncounted: frozenset[str],
+        prefix: str = "trunkline",
+        by_method: bool = False,
+        first_byte: bool = True,
+    ) -> None:
+        self._route_of = route_of
+        self._uncounted = uncounted
+        self._by_method = by_method
+        timed = ["route", "method"] if by_method else ["route"]
+        self.requests = Counter(
+            f"{prefix}_requests",
+            f"Requests answered, by route{', method' if by_method else ''} and HTTP status (a "
+            "stream counts its status when it starts; 499: the client left before its answer)",
+            [*timed, "status"],
+            registry=registry,
+        )
+        self.first_byte: Histogram | None = None
+        if first_byte:
+            self.first_byte = Histogram(
+                f"{prefix}_request_first_byte_seconds",
+                "Seconds from a request's arrival to its answer's first byte: a stream's first "
+                "event (its time to first token), a whole answer's start",
+                timed,
+                buckets=_SECONDS,
+                registry=registry,
+            )
+        self.duration = Histogram(
+            f"{prefix}_request_duration_seconds",
+            "Seconds from a request's arrival to its answer's last byte",
+            timed,
+            buckets=_SECONDS,
+            registry=registry,
+        )
+
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        """(requests, first byte, duration) children by (route, method, status): ``labels()``
+        costs more than the observation, on every request."""
+
+    def _of(self, route: str, method: str, status: int) -> tuple[Any, Any, Any]:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            timed = (route, method) if self._by_method else (route,)
+            first = None if self.first_byte is None else self.first_byte.labels(*timed)
+            children = self._children[key] = (
+                self.requests.labels(*timed, str(status)),
+                first,
+                self.duration.labels(*timed),
+            )
+        return children
+
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """``app`` with every HTTP request it answers counted: wrap the app's whole handler
+        (``Litestar.asgi_handler``), outside its router."""
+
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP or scope["path"] in self._uncounted:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            method = method_of(scope) if self._by_method else ""
+            status = 0
+
+            async def watched(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    first = self._of(self._route_of(scope), method, status)[1]
+                    if first is not None:
+                        first.observe(time.perf_counter() - started)
+                await send(message)
+
+            try:
+                await app(scope, receive, watched)
+            finally:
+                # No answer started: the client left before it (the handler was cancelled).
+                route = self._route_of(scope)
+                requests, _first, duration = self._of(route, method, status or 499)
+                requests.inc()
+                duration.observe(time.perf_counter() - started)
+
+        return counted

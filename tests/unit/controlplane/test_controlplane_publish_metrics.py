@@ -1,0 +1,150 @@
+"""What the control plane's ``/metrics`` says of its snapshot publishing: each build by kind,
+what became of it (stored, refused for a newer version, nothing to patch, failed), the version
+stored last, and the periodic check's outcome."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import redis
+from cp_support import World
+
+from trunkline.apps.publishing import republish_if_stale
+from trunkline.apps.runtime import Runtime
+from trunkline.snapshot import InMemorySnapshotStore
+from trunkline.snapshot.store import Patched
+
+COUNTED = ("_total", "_count")
+Counts = dict[tuple[str, ...], float]
+
+
+def counts(runtime: Runtime) -> Counts:
+    return {
+        (sample.name, *sample.labels.values()): sample.value
+        for family in runtime.metrics.collect()
+        for sample in family.samples
+        if not sample.name.endswith(("_created", "_bucket", "_sum"))
+    }
+
+
+def moved(before: Counts, after: Counts) -> Counts:
+    """The counts that moved (the gauges left out)."""
+    changed = {k: v - before.get(k, 0.0) for k, v in after.items() if k[0].endswith(COUNTED)}
+    return {k: v for k, v in changed.items() if v}
+
+
+class AnotherControlPlaneFirst:
+    """The store, where another control plane stores a newer version just before this
+    process's first write (``kind``), which is then refused."""
+
+    def __init__(self, store: InMemorySnapshotStore, kind: str) -> None:
+        self.store, self.kind, self.raced = store, kind, False
+
+    def _race(self, kind: str) -> None:
+        if kind == self.kind and not self.raced:
+            self.raced = True
+            loaded = self.store._current
+            assert loaded is not None
+            self.store.publish(self.store.next_version(), loaded.blobs, published_at=0.0)
+
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+        self._race("whole")
+        return self.store.publish(version, parts, published_at=published_at)
+
+    def patch(
+        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+    ) -> Patched:
+        self._race("shards")
+        return self.store.patch(version, changed, published_at=published_at)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_build_refused_for_a_newer_version_is_counted_and_built_again(world: World) -> None:
+    runtime = world.runtime
+    assert runtime.memory_store is not None
+    runtime.publisher = AnotherControlPlaneFirst(runtime.memory_store, "whole")  # type: ignore[assignment]
+    before = counts(runtime)
+    runtime.publish_now()
+    assert moved(before, counts(runtime)) == {
+        ("trunkline_snapshot_builds_total", "whole"): 2,
+        ("trunkline_snapshot_build_seconds_count", "whole"): 2,
+        ("trunkline_snapshot_publishes_total", "whole", "refused"): 1,
+        ("trunkline_snapshot_publishes_total", "whole", "stored"): 1,
+    }
+    stored = runtime.memory_store.published_version()
+    assert counts(runtime)[("trunkline_snapshot_published_version",)] == stored
+
+
+def test_a_key_change_patched_then_refused_is_patched_again(world: World) -> None:
+    runtime = world.runtime
+    assert runtime.memory_store is not None
+    runtime.publisher = AnotherControlPlaneFirst(runtime.memory_store, "shards")  # type: ignore[assignment]
+    before = counts(runtime)
+    runtime.publish_shards({0, 1})
+    assert moved(before, counts(runtime)) == {
+        ("trunkline_snapshot_builds_total", "shards"): 2,
+        ("trunkline_snapshot_build_seconds_count", "shards"): 2,
+        ("trunkline_snapshot_publishes_total", "shards", "refused"): 1,
+        ("trunkline_snapshot_publishes_total", "shards", "stored"): 1,
+    }
+
+
+def test_a_store_with_nothing_to_patch_is_built_whole(world: World) -> None:
+    runtime = world.runtime
+    # A store holding no snapshot in parts, in a process that has published none yet (a store
+    # older than what it published is published whole without a try).
+    runtime.publisher, runtime.published_version = InMemorySnapshotStore(), None
+    before = counts(runtime)
+    runtime.publish_shards({3})
+    assert moved(before, counts(runtime)) == {
+        ("trunkline_snapshot_builds_total", "shards"): 1,
+        ("trunkline_snapshot_build_seconds_count", "shards"): 1,
+        ("trunkline_snapshot_publishes_total", "shards", "no_base"): 1,
+        ("trunkline_snapshot_builds_total", "whole"): 1,
+        ("trunkline_snapshot_build_seconds_count", "whole"): 1,
+        ("trunkline_snapshot_publishes_total", "whole", "stored"): 1,
+    }
+
+
+class AwayStore:
+    def next_version(self) -> int:
+        raise redis.ConnectionError("Connection refused")
+
+    def __getattr__(self, name: str) -> Any:
+        raise redis.ConnectionError("Connection refused")
+
+
+def test_a_publish_the_store_refuses_is_counted_as_failed(world: World) -> None:
+    runtime = world.runtime
+    runtime.publisher = AwayStore()  # type: ignore[assignment]
+    before = counts(runtime)
+    with pytest.raises(redis.ConnectionError):
+        runtime.publish_now()  # raised to its caller (``publish`` logs it, the check retries)
+    assert moved(before, counts(runtime)) == {
+        ("trunkline_snapshot_builds_total", "whole"): 1,
+        ("trunkline_snapshot_build_seconds_count", "whole"): 1,
+        ("trunkline_snapshot_publishes_total", "whole", "failed"): 1,
+    }
+
+
+def test_the_periodic_checks_outcomes_are_counted(world: World) -> None:
+    runtime = world.runtime
+    before = counts(runtime)
+    assert not republish_if_stale(runtime)  # nothing moved since the last publish
+    assert not republish_if_stale(runtime, thorough=True)  # built: the store holds it
+    runtime.publisher = InMemorySnapshotStore()  # Redis restarted without its data
+    assert republish_if_stale(runtime)
+    runtime.publisher = AwayStore()  # type: ignore[assignment]
+    with pytest.raises(redis.ConnectionError):
+        republish_if_stale(runtime)
+    checks = {k: v for k, v in moved(before, counts(runtime)).items() if "checks" in k[0]}
+    assert checks == {
+        ("trunkline_snapshot_checks_total", "unchanged"): 1,
+        ("trunkline_snapshot_checks_total", "current"): 1,
+        ("trunkline_snapshot_checks_total", "published"): 1,
+        ("trunkline_snapshot_checks_total", "failed"): 1,
+    }
