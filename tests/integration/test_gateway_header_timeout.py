@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -280,6 +283,36 @@ async def test_a_body_still_trickling_after_its_answer_counts_against_the_next_h
     finally:
         writer.close()
     assert status == 401
+
+
+async def test_a_kept_alive_connection_reset_by_its_client_leaves_no_timer_behind(
+    gateway: Gateway,
+) -> None:
+    # uvicorn cancels its keep-alive timer on a clean close only: a reset one kept the timer,
+    # and the connection's objects, for the whole keep-alive timeout (75 s by default).
+    from trunkline.kit.header_timeout import HeaderTimeoutProtocol
+
+    loop = asyncio.get_running_loop()
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.socket() as client:  # a plain socket: its close below sends the RST at once
+        client.setblocking(False)
+        await loop.sock_connect(client, (host, int(port)))
+        await loop.sock_sendall(client, gateway.head("GET", "/livez"))
+        async with asyncio.timeout(GENEROUS_S):
+            while not (await loop.sock_recv(client, 65536)).endswith(b'{"status":"ok"}'):
+                pass
+        [server_side] = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, HeaderTimeoutProtocol) and o.client == client.getsockname()
+        ]
+        assert server_side.timeout_keep_alive_task is not None  # idle, kept alive
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    async with asyncio.timeout(GENEROUS_S):
+        while server_side in server_side.connections:  # noqa: ASYNC110 - polls uvicorn's set
+            await asyncio.sleep(0.01)
+    task = server_side.timeout_keep_alive_task
+    assert task is None or task.cancelled()
 
 
 async def test_a_stream_longer_than_the_header_timeout_is_not_cut(gateway: Gateway) -> None:

@@ -94,6 +94,9 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        # uvicorn cancels its keep-alive timer on a clean close only: a connection reset by its
+        # client left it, and the connection with it, scheduled for the keep-alive timeout.
+        self._unset_keepalive_if_required()
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
