@@ -267,7 +267,7 @@ async def test_a_body_that_stalls_gets_the_body_timeouts_408(gateway: Gateway) -
     assert json.loads(body)["error"]["code"] == "request_timeout"
 
 
-async def test_a_body_still_trickling_after_its_answer_counts_against_the_next_head(
+async def test_a_body_still_trickling_after_its_answer_is_cut_at_the_header_timeout(
     gateway: Gateway,
 ) -> None:
     reader, writer = await gateway.connect()
@@ -283,6 +283,34 @@ async def test_a_body_still_trickling_after_its_answer_counts_against_the_next_h
     finally:
         writer.close()
     assert status == 401
+
+
+async def test_after_an_early_answer_the_idle_connection_waits_the_keep_alive_timeout(
+    gateway: Gateway,
+) -> None:
+    # Refused on its headers, the request's body then comes whole and the connection idles, as
+    # a pooled one does: its wait for the next request is the keep-alive timeout's, as for any
+    # kept-alive connection, not the header timeout's, which closed it (and counted it).
+    from trunkline.apps.serving import GATEWAY
+    from trunkline.kit.header_timeout import closed_connections
+
+    reader, writer = await gateway.connect()
+    body = b" " * 200_000
+    bad_key = gateway.chat_head(len(body)).replace(gateway.key.encode(), b"sk-unknown")
+    try:
+        writer.write(bad_key)
+        status, _headers, _body = await read_response(reader)
+        writer.write(body)
+        await writer.drain()
+        closed_before = closed_connections(GATEWAY)
+        await gateway.header_deadline_passed()  # closes (and counts) a connection of its own
+        closed = closed_connections(GATEWAY) - closed_before
+        writer.write(gateway.head("GET", "/livez"))
+        again, _headers, _body = await read_response(reader)
+    finally:
+        writer.close()
+    assert (status, again) == (401, 200)
+    assert closed == 1
 
 
 async def test_a_kept_alive_connection_reset_by_its_client_leaves_no_timer_behind(
