@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
+import socket
+import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -238,7 +241,7 @@ async def test_a_body_that_stalls_gets_the_body_timeouts_408(gateway: Gateway) -
     assert json.loads(body)["error"]["code"] == "request_timeout"
 
 
-async def test_a_body_still_trickling_after_its_answer_counts_against_the_next_head(
+async def test_a_body_still_trickling_after_its_answer_is_cut_at_the_header_timeout(
     gateway: Gateway,
 ) -> None:
     reader, writer = await gateway.connect()
@@ -254,6 +257,64 @@ async def test_a_body_still_trickling_after_its_answer_counts_against_the_next_h
     finally:
         writer.close()
     assert status == 401
+
+
+async def test_after_an_early_answer_the_idle_connection_waits_the_keep_alive_timeout(
+    gateway: Gateway,
+) -> None:
+    # Refused on its headers, the request's body then comes whole and the connection idles, as
+    # a pooled one does: its wait for the next request is the keep-alive timeout's, as for any
+    # kept-alive connection, not the header timeout's, which closed it (and counted it).
+    from trunkline.apps.serving import GATEWAY
+    from trunkline.kit.header_timeout import closed_connections
+
+    reader, writer = await gateway.connect()
+    body = b" " * 200_000
+    bad_key = gateway.chat_head(len(body)).replace(gateway.key.encode(), b"sk-unknown")
+    try:
+        writer.write(bad_key)
+        status, _headers, _body = await read_response(reader)
+        writer.write(body)
+        await writer.drain()
+        closed_before = closed_connections(GATEWAY)
+        await gateway.header_deadline_passed()  # closes (and counts) a connection of its own
+        closed = closed_connections(GATEWAY) - closed_before
+        writer.write(gateway.head("GET", "/livez"))
+        again, _headers, _body = await read_response(reader)
+    finally:
+        writer.close()
+    assert (status, again) == (401, 200)
+    assert closed == 1
+
+
+async def test_a_kept_alive_connection_reset_by_its_client_leaves_no_timer_behind(
+    gateway: Gateway,
+) -> None:
+    # uvicorn cancels its keep-alive timer on a clean close only: a reset one kept the timer,
+    # and the connection's objects, for the whole keep-alive timeout (75 s by default).
+    from trunkline.kit.header_timeout import HeaderTimeoutProtocol
+
+    loop = asyncio.get_running_loop()
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.socket() as client:  # a plain socket: its close below sends the RST at once
+        client.setblocking(False)
+        await loop.sock_connect(client, (host, int(port)))
+        await loop.sock_sendall(client, gateway.head("GET", "/livez"))
+        async with asyncio.timeout(GENEROUS_S):
+            while not (await loop.sock_recv(client, 65536)).endswith(b'{"status":"ok"}'):
+                pass
+        [server_side] = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, HeaderTimeoutProtocol) and o.client == client.getsockname()
+        ]
+        assert server_side.timeout_keep_alive_task is not None  # idle, kept alive
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    async with asyncio.timeout(GENEROUS_S):
+        while server_side in server_side.connections:  # noqa: ASYNC110 - polls uvicorn's set
+            await asyncio.sleep(0.01)
+    task = server_side.timeout_keep_alive_task
+    assert task is None or task.cancelled()
 
 
 async def test_a_stream_longer_than_the_header_timeout_is_not_cut(gateway: Gateway) -> None:

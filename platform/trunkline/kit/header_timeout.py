@@ -87,6 +87,8 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._kept_alive = False
         """Whether a request came on this connection: the wait for the next one is then
         uvicorn's keep-alive timeout's, not this one's."""
+        self._answered_early = False
+        """Whether the deadline runs from an answer sent before its request's body ended."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -94,6 +96,9 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        # uvicorn cancels its keep-alive timer on a clean close only: a connection reset by its
+        # client left it, and the connection with it, scheduled for the keep-alive timeout.
+        self._unset_keepalive_if_required()
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
@@ -110,14 +115,31 @@ class HeaderTimeoutProtocol(H11Protocol):
         """No deadline while a request is being worked on; one, armed once, while a head is
         due: on a new connection, on a kept-alive one from the next head's first byte (a
         pipelined one's too, at the previous response's end), and from our response's end
-        while they still send its request's body (an early answer: a 401, the body timeout's
-        408), which then counts against the next head's time."""
+        while they still send its request's body (an early answer: a 401, a 413, the body
+        timeout's 408). Once that body ends the connection waits as any kept-alive one."""
         their, ours = self.conn.their_state, self.conn.our_state
         if their is not h11.IDLE and ours is not h11.DONE:
             self._kept_alive = True
             self._cancel_deadline()
-        elif self._head_deadline is None and not self.transport.is_closing() and self._head_due():
+            return
+        if self._answered_early and their is h11.IDLE:
+            self._early_body_ended()
+        if self._head_deadline is None and not self.transport.is_closing() and self._head_due():
             self._head_deadline = self.loop.call_later(self._header_timeout_s, self._head_late)
+            self._answered_early = their is h11.SEND_BODY
+
+    def _early_body_ended(self) -> None:
+        """The body of a request answered early has all come: the answer's deadline stops, and
+        uvicorn's keep-alive timer, which the body's bytes cancelled, runs again unless the
+        next head has begun (that head then has the header timeout from now)."""
+        self._answered_early = False
+        self._cancel_deadline()
+        received, _closed_by_peer = self.conn.trailing_data
+        if not received and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _head_due(self) -> bool:
         if not self._kept_alive or self.conn.their_state is not h11.IDLE:

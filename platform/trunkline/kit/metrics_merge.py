@@ -17,13 +17,22 @@ the reports of every worker the server has run:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from prometheus_client.core import Metric
 
-__all__ = ["FamilyReport", "GaugeRule", "WorkerReport", "families_of", "merge"]
+__all__ = [
+    "FamilyReport",
+    "GaugeRule",
+    "WorkerReport",
+    "exact_partials",
+    "families_of",
+    "merge",
+    "merge_exact",
+]
 
 GaugeRule = Literal["sum", "min", "max", "age"]
 _SUMMED = frozenset({"counter", "histogram", "summary"})
@@ -87,29 +96,89 @@ def merge(
 ) -> list[Metric]:
     """The workers' metrics as one: see the module's docstring. A gauge without a rule is
     summed. Families keep the order they are first seen in; ``reports`` are merged in the order
-    given (sort them for a stable output)."""
+    given (sort them for a stable output). A summed sample is the correctly rounded sum of every
+    value reported for it (``math.fsum``): float addition depends on its order, which folding
+    dead workers changes, and a counter that went back by an ulp would read as a reset."""
+    merged, gathered = _gather(reports, gauge_rules, now)
+    for name, metric in merged.items():
+        for sample_name, labels, rule, values in gathered[name].values():
+            value = math.fsum(values) if rule == "sum" else values[0]
+            metric.add_sample(sample_name, labels, value)
+    return list(merged.values())
+
+
+def merge_exact(reports: Iterable[WorkerReport]) -> tuple[FamilyReport, ...]:
+    """Stopped workers' reports as one (their gauges dropped), a summed sample's total kept
+    exact: as several samples of the same name and labels, the non-overlapping partials whose
+    exact sum is that of every value (:func:`exact_partials`). :func:`merge` adds them up."""
+    merged, gathered = _gather((report.stopped() for report in reports), {}, 0.0)
+    return tuple(
+        FamilyReport(
+            name,
+            metric.type,
+            metric.documentation,
+            tuple(
+                (sample_name, labels, value)
+                for sample_name, labels, rule, values in gathered[name].values()
+                for value in (exact_partials(values) if rule == "sum" else values)
+            ),
+        )
+        for name, metric in merged.items()
+    )
+
+
+def exact_partials(values: Iterable[float]) -> list[float]:
+    """Floats, increasing in magnitude and not overlapping, whose exact sum is that of
+    ``values`` (Shewchuk's algorithm, what ``math.fsum`` keeps inside); ``[0.0]`` for a sum of
+    zero, so the sample stays. A value that is not finite gives its ``fsum`` alone."""
+    values = list(values)
+    if not all(math.isfinite(v) for v in values):
+        return [math.fsum(values)]
+    partials: list[float] = []
+    for x in values:
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            high = x + y
+            low = y - (high - x)
+            if low:
+                partials[i] = low
+                i += 1
+            x = high
+        partials[i:] = [x]
+    return [p for p in partials if p] or [0.0]
+
+
+_Gathered = tuple[str, dict[str, str], GaugeRule, list[float]]
+"""(sample name, labels, rule, values): every value for ``sum``, else the one combined."""
+
+
+def _gather(
+    reports: Iterable[WorkerReport], gauge_rules: Mapping[str, GaugeRule], now: float
+) -> tuple[dict[str, Metric], dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], _Gathered]]]:
     merged: dict[str, Metric] = {}
-    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], Sample]] = {}
+    gathered: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], _Gathered]] = {}
     for report in reports:
         for family in report.families:
             if family.type not in _SUMMED and not report.live:
                 continue
             if family.name not in merged:
                 merged[family.name] = Metric(family.name, family.documentation, family.type)
-                values[family.name] = {}
-            into = values[family.name]
+                gathered[family.name] = {}
+            into = gathered[family.name]
             for name, labels, value in family.samples:
                 rule = _rule_of(family, name, gauge_rules)
                 if rule == "age":
                     value += max(now - report.written_at, 0.0)
                 key = (name, tuple(sorted(labels.items())))
-                if (seen := into.get(key)) is not None:
-                    value = _combine(rule, seen[2], value)
-                into[key] = (name, labels, value)
-    for name, metric in merged.items():
-        for sample_name, labels, value in values[name].values():
-            metric.add_sample(sample_name, labels, value)
-    return list(merged.values())
+                if (seen := into.get(key)) is None:
+                    into[key] = (name, labels, rule, [value])
+                elif rule == "sum":
+                    seen[3].append(value)
+                else:
+                    seen[3][0] = _combine(rule, seen[3][0], value)
+    return merged, gathered
 
 
 def _rule_of(family: FamilyReport, sample: str, gauge_rules: Mapping[str, GaugeRule]) -> GaugeRule:
@@ -119,8 +188,6 @@ def _rule_of(family: FamilyReport, sample: str, gauge_rules: Mapping[str, GaugeR
 
 
 def _combine(rule: GaugeRule, a: float, b: float) -> float:
-    if rule == "sum":
-        return a + b
     if rule == "min":
         return min(a, b)
     return max(a, b)  # max, age

@@ -3,7 +3,12 @@ files as there are running workers, plus one, however often workers die and are 
 (:mod:`trunkline.kit.metrics_share` says who reads and writes the files).
 
 A dead worker's counters, histograms and summaries are added to the retired file's (its
-gauges are dropped, as a scrape drops them); its own file is then removed. Totals never go back
+gauges are dropped, as a scrape drops them); its own file is then removed. A sum is kept exact,
+as the partials :func:`~trunkline.kit.metrics_merge.exact_partials` gives (several samples of
+one name and labels, which a merge adds up with the rest): one rounded float would add up in
+another order than before the fold, and a float total could go back by an ulp, which
+Prometheus reads as a counter reset. A retired file of one sample per name and labels reads
+the same way. Totals never go back
 and never count a worker twice, even with several workers compacting at once, scrapes reading
 meanwhile, or a worker dying half-way:
 
@@ -26,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from trunkline.kit.metrics_merge import WorkerReport, families_of, merge
+from trunkline.kit.metrics_merge import WorkerReport, merge_exact
 
 __all__ = ["RETIRED", "Retired", "fold", "locked", "read_retired", "replace_file", "sweep"]
 
@@ -84,8 +89,7 @@ def fold(directory: Path, retired: Retired, dead: Mapping[str, WorkerReport]) ->
     """Commit ``retired`` with the ``dead`` workers' reports (by file name) added; hold the
     lock exclusively. Names it absorbed whose files are gone are forgotten: no read can meet
     them again."""
-    reports = [retired.report, *(report.stopped() for report in dead.values())]
-    families = families_of(merge(reports, {}, now=time.time()))  # gauges of stopped: dropped
+    families = merge_exact([retired.report, *dead.values()])  # gauges of stopped: dropped
     kept = {name for name in retired.absorbed if (directory / name).exists()}
     folded = Retired(WorkerReport(0, time.time(), False, families), frozenset(kept | dead.keys()))
     replace_file(directory / RETIRED, folded.to_json())

@@ -7,7 +7,14 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from trunkline.kit.metrics_merge import FamilyReport, GaugeRule, WorkerReport, families_of, merge
+from trunkline.kit.metrics_merge import (
+    FamilyReport,
+    GaugeRule,
+    WorkerReport,
+    families_of,
+    merge,
+    merge_exact,
+)
 
 NOW = 1_000.0
 
@@ -99,3 +106,16 @@ def test_a_report_round_trips_through_its_file_format() -> None:
     assert WorkerReport.from_json(report.to_json()).stopped() == _worker(
         42, *report.families, at=12.5, live=False
     )
+
+
+@pytest.mark.parametrize("values", [[0.0, 0.0], [1e16, 1.0, -1e16], [math.inf, 1.0], [0.1] * 10])
+def test_stopped_workers_merged_exactly_add_up_as_every_value_would(values: list[float]) -> None:
+    # What a fold keeps: a counter at zero keeps its sample, one that is not finite its value.
+    folded = _worker(
+        0, *merge_exact([_worker(i, _counter(v, created=1.0)) for i, v in enumerate(values)])
+    )
+    assert _values([folded], {})["requests_total[]"] == math.fsum(values)
+    assert _values([folded, _worker(9, _counter(0.5, created=2.0))], {}) == {
+        "requests_total[]": math.fsum([*values, 0.5]),
+        "requests_created[]": 1.0,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tests.unit.kit.test_metrics_share import Worker, _gone_pid
 
-from trunkline.kit.metrics_merge import WorkerReport, families_of, merge
+from trunkline.kit.metrics_merge import FamilyReport, WorkerReport, families_of, merge
 from trunkline.kit.metrics_retire import RETIRED, fold, locked, read_retired, sweep
 from trunkline.kit.metrics_share import MetricsShare
 
@@ -172,3 +173,43 @@ def test_a_compaction_that_died_before_its_commit_changed_nothing(
     assert _totals(live) == before
     assert live.compact() == len(dead)
     assert _totals(live) == before
+
+
+def _seconds_report(value: float) -> WorkerReport:
+    counter = (FamilyReport("busy_seconds", "counter", "", (("busy_seconds_total", {}, value),)),)
+    return WorkerReport(0, 0.0, True, counter)
+
+
+def _scraped_seconds(reports: list[WorkerReport]) -> float:
+    (metric,) = merge(reports, {}, now=0.0)
+    return sum(sample.value for sample in metric.samples)  # one sample: its value
+
+
+def test_folding_dead_workers_never_makes_a_float_total_go_back(tmp_path: Path) -> None:
+    # Workers whose seconds counters are floats die one or a few at a time, their files folded
+    # (through retired.json); a scrape before and after each fold, with nothing counted in
+    # between, must show no less: Prometheus reads a drop of one ulp as a counter reset. Each
+    # worker's file name, hence where a scrape adds it, is drawn at random, as pids are.
+    rng = random.Random(20261207)
+    for trial in range(1500):
+        directory = tmp_path / str(trial)
+        directory.mkdir()
+        retired = read_retired(directory)
+        files = {f"worker-{rng.randrange(10**6):06d}-{i}": rng.uniform(0, 1000) for i in range(6)}
+        seen = 0.0
+        while files:
+            names = sorted(files)
+            for name in rng.sample(names, rng.randint(0, len(names) - 1)):
+                files[name] += rng.uniform(0, 10)  # the live ones count on
+            for fold_now in (False, True):
+                if fold_now:
+                    dead = {
+                        n: _seconds_report(files.pop(n))
+                        for n in rng.sample(names, rng.randint(1, len(names)))
+                    }
+                    fold(directory, retired, dead)
+                    retired = read_retired(directory)
+                reports = [retired.report, *(_seconds_report(files[n]) for n in sorted(files))]
+                total = _scraped_seconds(reports)
+                assert total >= seen, f"trial {trial}: {seen!r} -> {total!r}"
+                seen = total
