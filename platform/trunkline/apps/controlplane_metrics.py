@@ -95,12 +95,14 @@ def _late_body(timeout_s: float) -> RequestTimeout:
 
 GAUGE_RULES: dict[str, GaugeRule] = {
     "trunkline_snapshot_published_version": "max",
-    "trunkline_snapshot_published_age_seconds": "min",
+    "trunkline_snapshot_published_age_seconds": "youngest_age",
     "trunkline_snapshot_in_sync": "min",
-    "trunkline_snapshot_sync_failing_seconds": "max",
+    "trunkline_snapshot_sync_failing_seconds": "ongoing_age",
 }
 """How the gauges add up over the workers of ``trunkline controlplane --workers N``: the
-newest version any worker stored, and when; out of sync while any worker's check fails."""
+newest version any worker stored, and when; out of sync while any worker's check fails, for
+as long as the longest. A worker that stopped reporting (its event loop blocked) has its ages
+advanced by the time since its report, not frozen at it."""
 
 
 def shared_metrics(registry: CollectorRegistry, directory: Path | None) -> SharedMetrics | None:
