@@ -232,7 +232,7 @@ def create_controlplane_app(
     # (405) are answered before any route's middleware runs, and carry a request id too (and
     # are counted).
     app.asgi_handler = instrumented(
-        RequestContextMiddleware(app.asgi_handler), runtime, sync, registry
+        app, RequestContextMiddleware(app.asgi_handler), runtime, sync, registry
     )
     return app
 

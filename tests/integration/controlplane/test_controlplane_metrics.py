@@ -94,9 +94,12 @@ async def test_requests_are_counted_by_route_template_method_and_status(
         assert (await root.get(f"/api/v1/tenants/{missing}")).status_code == 404
         assert (await root.get("/api/v1/no/such/route")).status_code == 404
         assert (await root.request("BREW", "/api/v1/tiers")).status_code == 405
+        assert (await root.delete("/api/v1/tiers")).status_code == 405
+        assert (await root.request("BREW", f"/api/v1/no/such/{missing}")).status_code == 404
         assert (await nobody.get("/api/v1/tiers")).status_code == 401
         for probe in ("/livez", "/healthz", "/metrics"):
             assert (await nobody.get(probe)).status_code == 200
+            assert (await nobody.get(f"{probe}/")).status_code == 200  # the same, not counted
     async with controlplane.client(None) as scraper:
         text = (await scraper.get("/metrics")).text
 
@@ -106,7 +109,10 @@ async def test_requests_are_counted_by_route_template_method_and_status(
         (projects + "/{project_id}", "GET", "200"): 1,
         ("/api/v1/tenants/{tenant_id}", "GET", "404"): 1,
         ("other", "GET", "404"): 1,
-        ("other", "other", "405"): 1,  # the router's answer: no route matched, no made-up label
+        # The router's answers to a route's wrong method: the route's, no made-up method label.
+        ("/api/v1/tiers", "other", "405"): 1,
+        ("/api/v1/tiers", "DELETE", "405"): 1,
+        ("other", "other", "404"): 1,  # no route at the path
         ("/api/v1/tiers", "GET", "401"): 1,
     }
     durations = samples_of(text)
