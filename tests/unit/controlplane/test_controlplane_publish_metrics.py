@@ -219,3 +219,22 @@ def test_checks_skipped_while_a_publish_hangs_leave_the_store_out_of_sync(world:
         finally:
             runtime.publishing.release()
     assert snapshot["in_sync"] is False and snapshot["failing_s"] >= failing
+
+
+def test_checks_whose_publishes_are_refused_do_not_say_the_store_is_in_sync(world: World) -> None:
+    """The store answers again, but other control planes keep storing newer versions first:
+    nothing of this configuration was stored, so the store is not known to hold it."""
+    runtime = world.runtime
+    app = create_controlplane_app(runtime, snapshot_check_s=0.02)
+    runtime.publisher = AwayStore()  # type: ignore[assignment]
+    with TestClient(app) as client:
+        wait_for(lambda: sync_gauges(client).get("trunkline_snapshot_in_sync") == 0.0)
+        store = InMemorySnapshotStore()
+        store.publish(store.next_version(), {"other": b"other"}, published_at=0.0)
+        # As in a control plane started while the store was away: it has published nothing,
+        # so each check builds and publishes.
+        runtime.seen = runtime.published_version = None
+        runtime.publisher = AlwaysBeaten(store)  # type: ignore[assignment]
+        wait_for(lambda: sync_gauges(client).get("checks_refused", 0.0) >= 2)
+        assert sync_gauges(client)["trunkline_snapshot_in_sync"] == 0.0
+        assert client.get("/healthz").json()["snapshot"]["in_sync"] is False
