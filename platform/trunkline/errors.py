@@ -7,7 +7,8 @@ details). Nothing here knows about HTTP.
     TrunklineError                   internal_error
     ├── InvalidRequest               invalid_request
     │   ├── PayloadTooLarge          payload_too_large
-    │   └── RequestTimeout           request_timeout
+    │   ├── RequestTimeout           request_timeout
+    │   └── ClientClosed             client_closed
     ├── Unauthenticated              unauthenticated
     ├── Forbidden                    forbidden
     ├── NotFound                     not_found
@@ -57,6 +58,13 @@ class RequestTimeout(InvalidRequest):
     """The request's body did not arrive in time."""
 
     code = "request_timeout"
+
+
+class ClientClosed(InvalidRequest):
+    """The client closed its connection before its request's body was whole: nobody is left
+    to answer (each app's 499, "the client left"; nothing to log as a failure)."""
+
+    code = "client_closed"
 
 
 class MethodNotAllowed(InvalidRequest):

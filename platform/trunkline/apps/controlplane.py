@@ -97,6 +97,7 @@ _STATUS_BY_CODE = {
     "method_not_allowed": 405,
     "conflict": 409,
     "request_timeout": 408,
+    "client_closed": 499,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,
@@ -231,7 +232,7 @@ def create_controlplane_app(
     # (405) are answered before any route's middleware runs, and carry a request id too (and
     # are counted).
     app.asgi_handler = instrumented(
-        RequestContextMiddleware(app.asgi_handler), runtime, sync, registry
+        app, RequestContextMiddleware(app.asgi_handler), runtime, sync, registry
     )
     return app
 
@@ -348,7 +349,7 @@ def loggable(text: str) -> str:
 # --- problem details --------------------------------------------------------------------------
 
 
-_TITLES = {"invalid_request": "Invalid request"}
+_TITLES = {"invalid_request": "Invalid request", "client_closed": "Client Closed Request"}
 """A problem type's title where it is not its status's phrase. RFC 9457: the title is the
 type's, the same on every occurrence; what went wrong this time is the ``detail``."""
 

@@ -34,7 +34,7 @@ from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.header_timeout import HeaderTimeoutCollector
 from trunkline.kit.metrics_merge import GaugeRule
 from trunkline.kit.metrics_share import MetricsShare, SharedMetrics
-from trunkline.kit.request_metrics import RequestMetrics, route_template
+from trunkline.kit.request_metrics import RequestMetrics, route_templates
 
 __all__ = ["GAUGE_RULES", "UNCOUNTED", "instrumented", "metrics_route", "shared_metrics", "sharing"]
 
@@ -69,17 +69,21 @@ class SnapshotSyncCollector(Collector):
 
 
 def instrumented(
-    handler: ASGIApp, runtime: Runtime, sync: SnapshotSync, registry: CollectorRegistry
+    app: Litestar,
+    handler: ASGIApp,
+    runtime: Runtime,
+    sync: SnapshotSync,
+    registry: CollectorRegistry,
 ) -> ASGIApp:
-    """The app's whole handler (``Litestar.asgi_handler``) with its requests counted and its
-    request bodies bounded by ``controlplane.body_timeout_s``; the rest of the metrics
-    registered in ``registry``."""
+    """``app``'s whole handler (``handler``: its ``asgi_handler``, perhaps wrapped) with its
+    requests counted by ``app``'s routes and its request bodies bounded by
+    ``controlplane.body_timeout_s``; the rest of the metrics registered in ``registry``."""
     registry.register(runtime.metrics)
     registry.register(SnapshotSyncCollector(sync))
     registry.register(HeaderTimeoutCollector(CONTROL_PLANE))  # counted by the server it runs in
     requests = RequestMetrics(
         registry,
-        route_of=route_template,
+        route_of=route_templates(app),
         uncounted=UNCOUNTED,
         prefix="trunkline_controlplane",
         by_method=True,
@@ -95,12 +99,14 @@ def _late_body(timeout_s: float) -> RequestTimeout:
 
 GAUGE_RULES: dict[str, GaugeRule] = {
     "trunkline_snapshot_published_version": "max",
-    "trunkline_snapshot_published_age_seconds": "min",
+    "trunkline_snapshot_published_age_seconds": "youngest_age",
     "trunkline_snapshot_in_sync": "min",
-    "trunkline_snapshot_sync_failing_seconds": "max",
+    "trunkline_snapshot_sync_failing_seconds": "ongoing_age",
 }
 """How the gauges add up over the workers of ``trunkline controlplane --workers N``: the
-newest version any worker stored, and when; out of sync while any worker's check fails."""
+newest version any worker stored, and when; out of sync while any worker's check fails, for
+as long as the longest. A worker that stopped reporting (its event loop blocked) has its ages
+advanced by the time since its report, not frozen at it."""
 
 
 def shared_metrics(registry: CollectorRegistry, directory: Path | None) -> SharedMetrics | None:

@@ -30,11 +30,17 @@ for a change written to the database without the services (SQL by hand, a restor
 
 
 def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
+    """Whether :func:`check_published` published (see it)."""
+    return check_published(runtime, thorough=thorough) in ("expired_keys", "published")
+
+
+def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
     """Publish the snapshot if the store does not hold the database's configuration: it holds
     none (a Redis restarted without its data), or a change's publish failed (Redis was away
     when an API call or ``trunkline keys revoke`` committed it), which would otherwise stay
-    unknown to every gateway, a revoked key accepted, until the next change. Returns whether
-    it published.
+    unknown to every gateway, a revoked key accepted, until the next change. Returns what the
+    check did (``Check``): ``skipped`` and ``refused`` say nothing of whether the store is in
+    sync.
 
     The snapshot is built only when the configuration state (``config_state``: the count of
     committed changes, the price book version in force) moved since this process last
@@ -45,7 +51,7 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
     by an index: a key that expires is a change to its shard alone)."""
     if not runtime.publishing.acquire(blocking=False):
         runtime.metrics.checked("skipped")
-        return False
+        return "skipped"
     try:
         outcome = _check(runtime, thorough)
     except Exception:
@@ -54,7 +60,7 @@ def republish_if_stale(runtime: Runtime, *, thorough: bool = False) -> bool:
     finally:
         runtime.publishing.release()
     runtime.metrics.checked(outcome)
-    return outcome in ("expired_keys", "published")
+    return outcome
 
 
 def _check(runtime: Runtime, thorough: bool) -> Check:
@@ -62,7 +68,7 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
         state = config_state(session)
     unchanged = state == runtime.seen and state.generation is not None
     if unchanged and not thorough and _store_whole_and_current(runtime):
-        return "expired_keys" if _drop_expired(runtime) else "unchanged"
+        return _drop_expired(runtime)
     current = current_digest(
         runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
     )
@@ -74,21 +80,23 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
         log.warning("the snapshot store holds no snapshot; publishing it again")
     else:
         log.info("the snapshot store does not hold the database's configuration; publishing")
-    runtime.publish_now()
-    return "published"
+    # Refused every time: other control planes kept storing newer versions, which may not
+    # hold this change; the next check looks again.
+    return "published" if runtime.publish_now() else "refused"
 
 
-def _drop_expired(runtime: Runtime) -> bool:
+def _drop_expired(runtime: Runtime) -> Check:
     """Publish the shards of the keys that expired since this process last built (the whole
     build leaves them out): whether there were any. A gateway refuses them already (it checks
-    expiry per request); this keeps the snapshot stored the one the whole build gives."""
+    expiry per request); this keeps the snapshot stored the one the whole build gives.
+    ``unchanged`` when there were none, ``refused`` when no publish of them was stored."""
     if runtime.built_at is None:
-        return False
+        return "unchanged"
     with runtime.session_factory() as session:
         shards = expired_shards(session, runtime.built_at, utcnow())
-    if shards:
-        runtime.publish_shards(shards)
-    return bool(shards)
+    if not shards:
+        return "unchanged"
+    return "expired_keys" if runtime.publish_shards(shards) else "refused"
 
 
 def _store_whole_and_current(runtime: Runtime) -> bool:
@@ -117,6 +125,12 @@ class SnapshotSync:
             log.info("snapshot check succeeded again; the gateways have this configuration")
         self.failing_since, self.error, self.checked = None, None, True
 
+    def checked_with(self, outcome: Check) -> None:
+        """A check that did not raise: a skipped one (a publish under way, perhaps blocked on
+        an away store) or a refused one (nothing stored) says nothing, the state stays."""
+        if outcome not in ("skipped", "refused"):
+            self.succeeded()
+
     def failed(self, error: str) -> None:
         self.failing_since = self.failing_since or time.time()
         self.error, self.checked = error, True
@@ -140,14 +154,14 @@ def keeping_published(
                 await anyio.sleep(every_s)
                 thorough = count % THOROUGH_EVERY == 0
                 try:
-                    await anyio.to_thread.run_sync(
-                        functools.partial(republish_if_stale, runtime, thorough=thorough)
+                    outcome = await anyio.to_thread.run_sync(
+                        functools.partial(check_published, runtime, thorough=thorough)
                     )
                 except Exception as exc:  # the store or the database away: try again later
                     log.warning("snapshot check failed: %s", type(exc).__name__)
                     sync.failed(type(exc).__name__)
                 else:
-                    sync.succeeded()
+                    sync.checked_with(outcome)
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(check)

@@ -156,10 +156,11 @@ class Runtime:
             done += 1
         return done >= max(generations)
 
-    def publish_shards(self, shards: set[int], generations: Collection[int] = ()) -> None:
+    def publish_shards(self, shards: set[int], generations: Collection[int] = ()) -> bool:
         """Publish the key ``shards`` rebuilt, with the shards of keys expired since the last
         build, every other part as the store holds it; published whole when the store holds
-        none to patch. ``generations``: the changes this carries. Raises when the store fails.
+        none to patch. ``generations``: the changes this carries. Whether a publish was stored
+        (``publish_now``'s when it falls back to a whole build); raises when the store fails.
         The caller holds ``publishing``."""
         stored = self.publisher.published_version()
         if self.published_version is not None and (stored or 0) < self.published_version:
@@ -167,8 +168,7 @@ class Runtime:
             # backup, or failed over to a lagging replica. A patch would serve its other
             # parts again (keys revoked since) under a newer version.
             log.warning("the snapshot store holds an older snapshot; publishing it whole")
-            self.publish_now()
-            return
+            return self.publish_now()
         for _ in range(PUBLISH_TRIES):
             with self.metrics.building("shards") as build:
                 version = build.version = self.publisher.next_version()  # before the reads
@@ -186,14 +186,16 @@ class Runtime:
                 self._carried.update(generations)
                 if self.seen is not None:
                     self._saw(self.seen)
-                return
+                return True
             # REFUSED: another process stored a newer version, which may not hold these
             # shards' change (it rebuilt others): again, under a newer one
-        self.publish_now()
+        return self.publish_now()
 
-    def publish_now(self) -> None:
-        """Publish the current configuration whole; raises when the snapshot store fails. The
-        caller holds ``publishing``, or publishes at start before anything else can."""
+    def publish_now(self) -> bool:
+        """Publish the current configuration whole: whether it was stored (False: refused
+        ``PUBLISH_TRIES`` times, other control planes storing newer versions each time); raises
+        when the snapshot store fails. The caller holds ``publishing``, or publishes at start
+        before anything else can."""
         for _ in range(PUBLISH_TRIES):
             now = utcnow()
             with self.session_factory() as session:
@@ -207,8 +209,9 @@ class Runtime:
                 self.published_version, self.built_at = version, now
                 self._whole_at = time.monotonic()
                 self._saw(state)
-                return
+                return True
         log.warning("other control planes kept publishing newer versions; the check will look")
+        return False
 
     def _saw(self, state: ConfigState) -> None:
         """The store holds at least ``state``, and the changes carried since, in a row."""

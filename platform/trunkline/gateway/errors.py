@@ -14,6 +14,7 @@ _STATUS: dict[str, tuple[int, str]] = {
     errors.InvalidRequest.code: (400, "invalid_request_error"),
     errors.PayloadTooLarge.code: (413, "invalid_request_error"),
     errors.RequestTimeout.code: (408, "invalid_request_error"),
+    errors.ClientClosed.code: (499, "invalid_request_error"),  # nobody reads it
     errors.MethodNotAllowed.code: (405, "invalid_request_error"),
     errors.Unauthenticated.code: (401, "authentication_error"),
     errors.Forbidden.code: (403, "permission_error"),

@@ -260,6 +260,8 @@ def error_handler(request: Request[object, object, State], exc: Exception) -> Re
         headers.update(carried)
     if status == 503:
         headers.setdefault("retry-after", "1")
+    elif isinstance(exc, RequestTimeout):  # RFC 9110: the rest of its body is not read
+        headers["connection"] = "close"
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 

@@ -11,7 +11,10 @@ the reports of every worker the server has run:
   worker holds: requests in flight, events held), ``min`` / ``max`` (a state every worker has
   its own view of: the worst one is what an alert needs), ``age`` (seconds since something:
   each worker's figure is advanced by the time since it wrote its report, so a worker that has
-  stopped reporting looks older, not frozen; then the largest).
+  stopped reporting looks older, not frozen; then the largest), ``youngest_age`` (the same
+  advance, then the smallest: seconds since the newest of something any worker did),
+  ``ongoing_age`` (seconds something has lasted, 0 while it does not: advanced only while
+  nonzero, then the largest).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ __all__ = [
     "merge_exact",
 ]
 
-GaugeRule = Literal["sum", "min", "max", "age"]
+GaugeRule = Literal["sum", "min", "max", "age", "youngest_age", "ongoing_age"]
 _SUMMED = frozenset({"counter", "histogram", "summary"})
 
 Sample = tuple[str, dict[str, str], float]
@@ -169,8 +172,7 @@ def _gather(
             into = gathered[family.name]
             for name, labels, value in family.samples:
                 rule = _rule_of(family, name, gauge_rules)
-                if rule == "age":
-                    value += max(now - report.written_at, 0.0)
+                value = _advanced(rule, value, now - report.written_at)
                 key = (name, tuple(sorted(labels.items())))
                 if (seen := into.get(key)) is None:
                     into[key] = (name, labels, rule, [value])
@@ -187,7 +189,15 @@ def _rule_of(family: FamilyReport, sample: str, gauge_rules: Mapping[str, GaugeR
     return gauge_rules.get(family.name, "sum")
 
 
+def _advanced(rule: GaugeRule, value: float, stale_s: float) -> float:
+    """A worker's figure as of now, ``stale_s`` after it wrote its report: an age grows with
+    it, an ongoing one only while it lasts (nonzero)."""
+    if rule in ("age", "youngest_age") or (rule == "ongoing_age" and value):
+        return value + max(stale_s, 0.0)
+    return value
+
+
 def _combine(rule: GaugeRule, a: float, b: float) -> float:
-    if rule == "min":
+    if rule in ("min", "youngest_age"):
         return min(a, b)
-    return max(a, b)  # max, age
+    return max(a, b)  # max, age, ongoing_age

@@ -14,14 +14,19 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from litestar import Litestar
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.exceptions import MethodNotAllowedException, NotFoundException
+from litestar.types import ASGIApp, HTTPScope, Message, Method, Receive, Scope, Send
+from litestar.utils import normalize_path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["OTHER", "RequestMetrics", "method_of", "route_template"]
+__all__ = ["OTHER", "RequestMetrics", "method_of", "route_template", "route_templates"]
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_ROUTED: tuple[Method, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+"""The methods a route may take, tried to find the route at a path refused for its method."""
 OTHER = "other"
 """The route label of a path the app does not serve; the method label of a made-up method."""
 
@@ -33,6 +38,29 @@ def route_template(scope: Scope) -> str:
     """The template of the route Litestar's router matched, ``other`` when none did."""
     template: str | None = scope.get("path_template")
     return template or OTHER
+
+
+def route_templates(app: Litestar) -> RouteOf:
+    """``route_template``, and for a path the router refused for its method (405, answered
+    before any route matched) the template of the route at that path: a route's wrong method
+    is counted with the route, ``other`` stays the paths no route serves. Looked up only for
+    requests the router matched to no route (an unknown path fails the first lookup)."""
+
+    def route_of(scope: Scope) -> str:
+        template: str | None = scope.get("path_template")
+        if template:
+            return template
+        path = normalize_path(scope["path"])
+        for method in _ROUTED:
+            try:
+                return app.asgi_router.handle_routing(path=path, method=method)[4] or OTHER
+            except MethodNotAllowedException:
+                continue
+            except NotFoundException:
+                break
+        return OTHER
+
+    return route_of
 
 
 def method_of(scope: Scope) -> str:
@@ -109,7 +137,8 @@ class RequestMetrics:
         (``Litestar.asgi_handler``), outside its router."""
 
         async def counted(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != ScopeType.HTTP or scope["path"] in self._uncounted:
+            # The router serves ``/metrics/`` (or ``//metrics``) as ``/metrics``: not counted.
+            if scope["type"] != ScopeType.HTTP or normalize_path(scope["path"]) in self._uncounted:
                 await app(scope, receive, send)
                 return
             started = time.perf_counter()

@@ -4,7 +4,9 @@ as it happened, late heads and late bodies counted, and a late body answered as 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.gateway import serve_on_loopback
-from support.raw_http import connect, header_deadline_passed, read_response, until_closed
+from support.raw_http import (
+    GENEROUS_S,
+    connect,
+    header_deadline_passed,
+    read_response,
+    until_closed,
+)
 from trunkline.apps import serving
 from trunkline.apps.controlplane import create_controlplane_app
 from unit.controlplane.cp_support import World
@@ -86,9 +94,12 @@ async def test_requests_are_counted_by_route_template_method_and_status(
         assert (await root.get(f"/api/v1/tenants/{missing}")).status_code == 404
         assert (await root.get("/api/v1/no/such/route")).status_code == 404
         assert (await root.request("BREW", "/api/v1/tiers")).status_code == 405
+        assert (await root.delete("/api/v1/tiers")).status_code == 405
+        assert (await root.request("BREW", f"/api/v1/no/such/{missing}")).status_code == 404
         assert (await nobody.get("/api/v1/tiers")).status_code == 401
         for probe in ("/livez", "/healthz", "/metrics"):
             assert (await nobody.get(probe)).status_code == 200
+            assert (await nobody.get(f"{probe}/")).status_code == 200  # the same, not counted
     async with controlplane.client(None) as scraper:
         text = (await scraper.get("/metrics")).text
 
@@ -98,7 +109,10 @@ async def test_requests_are_counted_by_route_template_method_and_status(
         (projects + "/{project_id}", "GET", "200"): 1,
         ("/api/v1/tenants/{tenant_id}", "GET", "404"): 1,
         ("other", "GET", "404"): 1,
-        ("other", "other", "405"): 1,  # the router's answer: no route matched, no made-up label
+        # The router's answers to a route's wrong method: the route's, no made-up method label.
+        ("/api/v1/tiers", "other", "405"): 1,
+        ("/api/v1/tiers", "DELETE", "405"): 1,
+        ("other", "other", "404"): 1,  # no route at the path
         ("/api/v1/tiers", "GET", "401"): 1,
     }
     durations = samples_of(text)
@@ -210,3 +224,23 @@ async def test_a_slow_body_within_the_limit_is_read_whole(controlplane: ControlP
     assert json.loads(answer)["name"] == "slow-but-fine"
     samples = await controlplane.scrape()
     assert samples.get(("trunkline_body_timeouts_total", ()), 0) == 0
+
+
+async def test_a_client_leaving_mid_body_is_a_499_not_a_logged_failure(
+    controlplane: ControlPlane, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = f"/api/v1/tenants/{controlplane.world.tenant('acme')}/projects"
+    body = json.dumps({"name": "left"}).encode()
+    left = ("/api/v1/tenants/{tenant_id}/projects", "POST", "499")
+    before = requests_counted(await controlplane.scrape())
+    _reader, writer = await connect(controlplane.url)
+    writer.write(post_head(controlplane, path, len(body)) + body[:5])
+    await writer.drain()
+    writer.close()
+    async with asyncio.timeout(GENEROUS_S):  # until the server has seen it go
+        while requests_counted(await controlplane.scrape()).get(left, 0) == before.get(left, 0):  # noqa: ASYNC110 - polls /metrics
+            await asyncio.sleep(0.02)
+    counted = requests_counted(await controlplane.scrape())
+    moved = {k: v - before.get(k, 0) for k, v in counted.items() if v != before.get(k, 0)}
+    assert moved == {left: 1}  # once, and not as a 500 (nor a 400)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

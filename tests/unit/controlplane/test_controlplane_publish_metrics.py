@@ -4,13 +4,17 @@ stored last, and the periodic check's outcome."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 import redis
 from cp_support import World
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
+from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.publishing import republish_if_stale
 from trunkline.apps.runtime import Runtime
 from trunkline.snapshot import InMemorySnapshotStore
@@ -148,3 +152,89 @@ def test_the_periodic_checks_outcomes_are_counted(world: World) -> None:
         ("trunkline_snapshot_checks_total", "published"): 1,
         ("trunkline_snapshot_checks_total", "failed"): 1,
     }
+
+
+class AlwaysBeaten:
+    """The store, where another control plane stores a newer version before each of this
+    process's whole builds: every one is refused."""
+
+    def __init__(self, store: InMemorySnapshotStore) -> None:
+        self.store = store
+
+    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+        self.store.publish(self.store.next_version(), {"other": b"other"}, published_at=0.0)
+        return self.store.publish(version, parts, published_at=published_at)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_check_whose_every_publish_is_refused_is_counted_refused(world: World) -> None:
+    runtime = world.runtime
+    store = InMemorySnapshotStore()
+    store.publish(store.next_version(), {"other": b"other"}, published_at=0.0)
+    runtime.publisher = AlwaysBeaten(store)  # type: ignore[assignment]
+    before = counts(runtime)
+    assert not republish_if_stale(runtime, thorough=True)  # nothing of it stored
+    checks = {k: v for k, v in moved(before, counts(runtime)).items() if "checks" in k[0]}
+    assert checks == {("trunkline_snapshot_checks_total", "refused"): 1}
+
+
+def sync_gauges(client: TestClient[Any]) -> dict[str, float]:
+    """``trunkline_snapshot_in_sync``, and the checks by outcome (``checks_skipped``, …)."""
+    samples = [
+        sample
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for sample in family.samples
+    ]
+    return {s.name: s.value for s in samples if s.name == "trunkline_snapshot_in_sync"} | {
+        f"checks_{s.labels['outcome']}": s.value
+        for s in samples
+        if s.name == "trunkline_snapshot_checks_total"
+    }
+
+
+def wait_for(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.02)
+
+
+def test_checks_skipped_while_a_publish_hangs_leave_the_store_out_of_sync(world: World) -> None:
+    """An API call's publish holds ``publishing``, blocked on an away store: the checks that
+    come round meanwhile skip, and say nothing of the store (it is still away)."""
+    runtime = world.runtime
+    app = create_controlplane_app(runtime, snapshot_check_s=0.02)
+    runtime.publisher = AwayStore()  # type: ignore[assignment]
+    with TestClient(app) as client:
+        wait_for(lambda: sync_gauges(client).get("trunkline_snapshot_in_sync") == 0.0)
+        failing = client.get("/healthz").json()["snapshot"]["failing_s"]
+        assert runtime.publishing.acquire(timeout=5)
+        try:
+            skipped = sync_gauges(client).get("checks_skipped", 0.0)
+            wait_for(lambda: sync_gauges(client).get("checks_skipped", 0.0) >= skipped + 2)
+            assert sync_gauges(client)["trunkline_snapshot_in_sync"] == 0.0
+            snapshot = client.get("/healthz").json()["snapshot"]
+        finally:
+            runtime.publishing.release()
+    assert snapshot["in_sync"] is False and snapshot["failing_s"] >= failing
+
+
+def test_checks_whose_publishes_are_refused_do_not_say_the_store_is_in_sync(world: World) -> None:
+    """The store answers again, but other control planes keep storing newer versions first:
+    nothing of this configuration was stored, so the store is not known to hold it."""
+    runtime = world.runtime
+    app = create_controlplane_app(runtime, snapshot_check_s=0.02)
+    runtime.publisher = AwayStore()  # type: ignore[assignment]
+    with TestClient(app) as client:
+        wait_for(lambda: sync_gauges(client).get("trunkline_snapshot_in_sync") == 0.0)
+        store = InMemorySnapshotStore()
+        store.publish(store.next_version(), {"other": b"other"}, published_at=0.0)
+        # As in a control plane started while the store was away: it has published nothing,
+        # so each check builds and publishes.
+        runtime.seen = runtime.published_version = None
+        runtime.publisher = AlwaysBeaten(store)  # type: ignore[assignment]
+        wait_for(lambda: sync_gauges(client).get("checks_refused", 0.0) >= 2)
+        assert sync_gauges(client)["trunkline_snapshot_in_sync"] == 0.0
+        assert client.get("/healthz").json()["snapshot"]["in_sync"] is False

@@ -105,19 +105,24 @@ def test_a_request_is_served_by_the_configuration_current_when_its_body_came(
     assert reply.headers["x-trunkline-pool"] == "l40s-us"  # its regions now, not then
 
 
-def test_a_body_that_does_not_arrive_in_time_is_a_408_and_reaches_no_engine(
-    make_gateway,
-) -> None:
-    """A client trickling its body in held a connection, and its key's check, for ever."""
-    gw, key = _ready(make_gateway, settings=GatewaySettings(body_timeout_s=0.05))
-    sent: list[dict] = []  # type: ignore[type-arg]
-    scope = {
+def _chat_scope(key: str) -> dict:  # type: ignore[type-arg]
+    """A chat completion's ASGI scope, its body (1000 bytes) to come."""
+    return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
         "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": None,
         "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-length", b"1000"),
                     (b"content-type", b"application/json")],
     }  # fmt: skip
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408_and_reaches_no_engine(
+    make_gateway,
+) -> None:
+    """A client trickling its body in held a connection, and its key's check, for ever."""
+    gw, key = _ready(make_gateway, settings=GatewaySettings(body_timeout_s=0.05))
+    sent: list[dict] = []  # type: ignore[type-arg]
+    scope = _chat_scope(key)
 
     async def trickle() -> None:
         parts = iter([{"type": "http.request", "body": b'{"model": "ll', "more_body": True}])
@@ -135,5 +140,34 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_and_reaches_no_engine(
 
     gw.client.blocking_portal.call(trickle)
     assert sent[0]["status"] == 408
+    # RFC 9110: the rest of the body is not read, so the connection is closed, not kept
+    # reading the client's trickle until the next head's timeout.
+    assert (b"connection", b"close") in sent[0]["headers"]
     error = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["error"]
     assert error["code"] == "request_timeout" and gw.upstream == []
+
+
+def test_a_client_leaving_before_its_body_is_whole_is_a_499_and_not_metered(
+    make_gateway,
+) -> None:
+    """As a client gone before its answer: "the client left", not a 400 for a bad request."""
+    gw, key = _ready(make_gateway)
+    sent: list[dict] = []  # type: ignore[type-arg]
+
+    async def leave() -> None:
+        parts = iter([{"type": "http.request", "body": b'{"model": "ll', "more_body": True}])
+
+        async def receive() -> dict:  # type: ignore[type-arg]
+            return next(parts, {"type": "http.disconnect"})
+
+        async def send(message: dict) -> None:  # type: ignore[type-arg]
+            sent.append(message)
+
+        await gw.client.app(_chat_scope(key), receive, send)
+
+    gw.client.blocking_portal.call(leave)
+    assert sent[0]["status"] == 499 and gw.upstream == []
+    assert gw.drain_usage() == []  # nothing of it reached an engine: nothing to charge
+    page = gw.client.get("/metrics").text
+    assert 'trunkline_requests_total{route="/v1/chat/completions",status="499"} 1.0' in page
+    assert 'status="400"' not in page

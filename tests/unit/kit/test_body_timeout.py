@@ -1,5 +1,6 @@
 """The request-body timeout: a body still arriving at the deadline is the app's error, counted;
-one whole in time is read, and the connection is then watched for as long as the app likes."""
+one whole in time is read, and the connection is then watched for as long as the app likes; a
+client leaving before its body is whole is the app's 499."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from trunkline.errors import RequestTimeout
+from trunkline.errors import ClientClosed, RequestTimeout
 from trunkline.kit.body_timeout import BodyTimeout
 
 SCOPE = {"type": "http", "method": "POST", "path": "/"}
@@ -63,8 +64,20 @@ async def test_once_the_body_is_whole_waiting_for_a_disconnect_is_not_cut() -> N
     assert registry.get_sample_value("trunkline_body_timeouts_total") == 0
 
 
-def test_no_timeout_leaves_the_app_as_it_is() -> None:
-    async def app(_scope: Any, _receive: Any, _send: Any) -> None:
-        pass
+@pytest.mark.parametrize("timeout_s", [None, 5.0])
+async def test_a_client_leaving_mid_body_is_client_closed(timeout_s: float | None) -> None:
+    """Not the framework's "client disconnected prematurely" (a 500, logged as a failure)."""
+    registry = CollectorRegistry()
+    parts = iter([{"type": "http.request", "body": b"{", "more_body": True}])
 
-    assert BodyTimeout(None, RequestTimeout, CollectorRegistry()).wrap(app) is app
+    async def receive() -> dict[str, Any]:
+        return next(parts, {"type": "http.disconnect"})
+
+    async def app(_scope: Any, receive: Any, _send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    bounded = BodyTimeout(timeout_s, RequestTimeout, registry).wrap(app)
+    with pytest.raises(ClientClosed):
+        await bounded(SCOPE, receive, None)  # type: ignore[arg-type]
+    assert registry.get_sample_value("trunkline_body_timeouts_total") == 0
