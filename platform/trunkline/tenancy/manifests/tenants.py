@@ -63,7 +63,7 @@ class Held:
 def read_held(session: Session, specs: list[TenantSpec]) -> Held:
     tenants = {
         tenant.slug: tenant
-        for chunk in chunked(spec.slug for spec in specs)
+        for chunk in chunked(session, [spec.slug for spec in specs])
         for tenant in session.scalars(select(Tenant).where(Tenant.slug.in_(chunk)))
     }
     ids = [tenant.id for tenant in tenants.values()]
@@ -87,7 +87,7 @@ def _by_tenant(
     session: Session, model: type[R], ids: list[uuid.UUID], key: Callable[[R], K]
 ) -> dict[uuid.UUID, dict[K, R]]:
     found: dict[uuid.UUID, dict[K, R]] = {tenant_id: {} for tenant_id in ids}
-    for chunk in chunked(ids):
+    for chunk in chunked(session, ids):
         for row in session.scalars(select(model).where(model.tenant_id.in_(chunk))):
             found[row.tenant_id][key(row)] = row
     return found
