@@ -27,7 +27,7 @@ class UserRepository:
         """The users of ``emails`` that exist, by e-mail, in a statement per ``chunked``."""
         return {
             user.email: user
-            for chunk in chunked(emails)
+            for chunk in chunked(self._session, emails)
             for user in self._session.scalars(select(User).where(User.email.in_(chunk)))
         }
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Dialect, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,16 +19,31 @@ from sqlalchemy.orm import Session, sessionmaker
 T = TypeVar("T")
 
 IN_CHUNK = 5_000
-"""Values per ``IN (…)`` list of a statement read in chunks: far below PostgreSQL's 65,535 bind
-parameters per statement (and SQLite's 32,766), few statements for thousands of values."""
+"""Values per ``IN (…)`` list of a statement read in chunks on PostgreSQL: far below its
+65,535 bind parameters per statement, few statements for thousands of values."""
+
+_SQLITE_OTHER_PARAMETERS = 50
+"""Bind parameters a chunked statement may have besides its list, kept free on SQLite."""
 
 
-def chunked(values: Iterable[T], size: int = IN_CHUNK) -> Iterator[list[T]]:
-    """``values`` in lists of at most ``size``, for an ``IN (…)`` each: one list of every
-    value stops the statement at the database's bind-parameter cap once there are enough."""
+def chunked(session: Session, values: Iterable[T]) -> Iterator[list[T]]:
+    """``values`` in lists small enough for an ``IN (…)`` each on ``session``'s database (one
+    list of every value stops the statement at the database's bind-parameter cap once there
+    are enough): ``IN_CHUNK`` on PostgreSQL; on SQLite under the connection's own cap, 999
+    before SQLite 3.32 (Ubuntu 20.04, RHEL 8), where lists of 5,000 failed ("too many SQL
+    variables")."""
+    size = _in_chunk(session)
     iterator = iter(values)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def _in_chunk(session: Session) -> int:
+    if session.get_bind().dialect.name != "sqlite":
+        return IN_CHUNK
+    driver = session.connection().connection.dbapi_connection
+    cap: int = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
+    return max(1, min(IN_CHUNK, cap - _SQLITE_OTHER_PARAMETERS))
 
 
 def conflict_insert(session: Session, entity: Any) -> Any:
@@ -70,6 +87,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", functools.partial(_sqlite_insert_cap, engine.dialect))
     return engine
 
 
@@ -79,6 +97,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_insert_cap(dialect: Dialect, dbapi_connection: Any, _record: Any) -> None:
+    """Keep the rows inserted in one statement (SQLAlchemy's "insertmanyvalues", up to 32,700
+    bind parameters) under the SQLite library's cap: 999 before 3.32."""
+    cap = dbapi_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    dialect.insertmanyvalues_max_parameters = min(dialect.insertmanyvalues_max_parameters, cap)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

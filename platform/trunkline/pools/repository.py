@@ -186,7 +186,7 @@ def entitlements_of(
 ) -> dict[uuid.UUID, dict[str, Entitlement]]:
     """Each of ``tenant_ids``' entitlements by alias, in a statement per ``chunked``."""
     found: dict[uuid.UUID, dict[str, Entitlement]] = {t: {} for t in tenant_ids}
-    for chunk in chunked(found):
+    for chunk in chunked(session, found):
         statement = (
             select(Entitlement, ModelAlias.alias)
             .join(ModelAlias, Entitlement.alias_id == ModelAlias.id)

@@ -124,7 +124,7 @@ class QuotaRepository:
         per ``chunked``."""
         return {
             tenant_id: limits
-            for chunk in chunked(tenant_ids)
+            for chunk in chunked(self._session, tenant_ids)
             for tenant_id, limits in self._session.execute(
                 select(TenantQuota.tenant_id, TenantQuota.limits).where(
                     TenantQuota.tenant_id.in_(chunk)
@@ -146,7 +146,7 @@ class QuotaRepository:
         while above:
             rows = [
                 row
-                for chunk in chunked(above)
+                for chunk in chunked(self._session, above)
                 for row in self._session.execute(
                     select(ApiKey.id, ApiKey.rotated_from).where(ApiKey.id.in_(chunk))
                 )
@@ -155,7 +155,7 @@ class QuotaRepository:
             above = {up for _row, up in rows if up is not None and up not in parent}
         own = {
             key_row_id: _load(limits, ScopeLimits)
-            for chunk in chunked(parent)
+            for chunk in chunked(self._session, parent)
             for key_row_id, limits in self._session.execute(
                 select(KeyQuota.api_key_id, KeyQuota.limits).where(KeyQuota.api_key_id.in_(chunk))
             )

@@ -21,6 +21,15 @@ MEMBERS = Keyset("members", (User.email,))
 PROJECTS = Keyset("projects", (Project.name,))
 
 
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    """Lock the tenant's row until the transaction ends (SQLite, which has one writer at a
+    time, ignores it): changes to its members and projects made under the lock are serialised,
+    with each other and with `tenants apply` (which locks its tenants' rows as it reads them).
+    ``FOR NO KEY UPDATE``: rows that only refer to the tenant (its keys, its usage) are still
+    inserted meanwhile."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+
+
 class TierRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
@@ -92,12 +101,7 @@ class MembershipRepository:
         self._session.delete(membership)
 
     def lock_tenant(self) -> None:
-        """Lock the tenant's row until the transaction ends (``FOR UPDATE``; SQLite, which
-        has one writer at a time, ignores it): changes to its memberships made under the lock
-        are serialised."""
-        self._session.execute(
-            select(Tenant.id).where(Tenant.id == self._tenant_id).with_for_update()
-        )
+        lock_tenant(self._session, self._tenant_id)
 
     def count_admins(self) -> int:
         statement = select(func.count(Membership.id)).where(

@@ -3,6 +3,13 @@
 Callers have already checked the caller's role (controllers through guards);
 these functions scope every read through the repositories and mark the unit of
 work when the gateway snapshot must be republished after commit.
+
+LOCKS. `tenants apply` holds the configuration's lock (``hold_config``), then its tenants'
+rows (``lock_tenant``), until it commits. A change to a tenant's members or projects takes
+its row's lock before reading what it checks, so it waits for an apply, or an apply for it,
+and neither writes on what it read before the other committed. Whatever takes both locks
+takes them in that order (a tenant's row first and the configuration's at commit would
+deadlock against an apply).
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Membership, RetiredProject, Role, User
 from trunkline.models import Tenant as TenantRow
 from trunkline.models import Tier as TierRow
-from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
+from trunkline.tenancy.changes import assign, flush_or_conflict, hold_config, mark_config_changed
 from trunkline.tenancy.repository import (
     MembershipRepository,
     ProjectRepository,
     TenantRepository,
     TierRepository,
+    lock_tenant,
 )
 from trunkline.tenancy.schemas import (
     Member,
@@ -131,6 +139,7 @@ def create_tenant(session: Session, data: TenantCreate) -> Tenant:
 
 
 def update_tenant(session: Session, tenant_id: uuid.UUID, data: TenantUpdate) -> Tenant:
+    hold_config(session)  # before the tenant's row, as `tenants apply` takes them (LOCKS)
     tenant = tenant_row(session, Principal.system(), tenant_id)
     values = given(data)
     if "tier" in values:
@@ -162,6 +171,7 @@ def list_members(
 def add_member(session: Session, tenant_id: uuid.UUID, data: MemberAdd) -> Member:
     """Add a user (created on first sight of the e-mail) to the tenant with a role."""
     tenant_row(session, Principal.system(), tenant_id)
+    lock_tenant(session, tenant_id)  # before reading who is a member (LOCKS)
     # a user who exists already keeps their name: other tenants show it too, and it is not
     # this tenant's admin's to set
     existing = UserRepository(session).by_email(normalise_email(data.email))
@@ -178,6 +188,7 @@ def update_member(
     session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID, data: MemberUpdate
 ) -> Member:
     members = MembershipRepository(session, tenant_id)
+    members.lock_tenant()  # before writing the membership (LOCKS)
     membership, user = _member(members, user_id)
     demoted = membership.role is Role.TENANT_ADMIN and data.role is not Role.TENANT_ADMIN
     membership.role = data.role
@@ -189,7 +200,9 @@ def update_member(
 def remove_member(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
     """Remove a member and revoke the tenant's keys they created: someone who left the tenant
     must not keep calling its models on its quota. Other members' keys are untouched."""
+    hold_config(session)  # its keys revoked mark a config change (LOCKS)
     members = MembershipRepository(session, tenant_id)
+    members.lock_tenant()
     membership, _user = _member(members, user_id)
     was_admin = membership.role is Role.TENANT_ADMIN
     members.delete(membership)
@@ -209,13 +222,12 @@ def _member(members: MembershipRepository, user_id: uuid.UUID) -> tuple[Membersh
 def _keep_an_admin(session: Session, members: MembershipRepository) -> None:
     """After demoting or removing a tenant_admin: refuse if the tenant has none left.
 
-    The change is written first and the tenant's row locked before counting, so of two
-    concurrent demotions of a tenant's last two admins the second counts after the first
-    committed (PostgreSQL waits on the lock; SQLite lets one writer in at a time) and is
+    The tenant's row was locked before the change and the change is written before counting,
+    so of two concurrent demotions of a tenant's last two admins the second counts after the
+    first committed (PostgreSQL waits on the lock; SQLite lets one writer in at a time) and is
     refused, instead of each seeing the other admin still there.
     """
     session.flush()
-    members.lock_tenant()
     if members.count_admins() < 1:
         raise Conflict("a tenant keeps at least one tenant_admin", reason="last_tenant_admin")
 
@@ -239,6 +251,7 @@ def get_project(session: Session, tenant_id: uuid.UUID, project_id: uuid.UUID) -
 
 def create_project(session: Session, tenant_id: uuid.UUID, data: ProjectCreate) -> Project:
     tenant_row(session, Principal.system(), tenant_id)
+    lock_tenant(session, tenant_id)  # before reading its projects (LOCKS)
     projects = ProjectRepository(session, tenant_id)
     if projects.by_name(data.name) is not None:
         raise Conflict(f"project {data.name!r} already exists", param="name")

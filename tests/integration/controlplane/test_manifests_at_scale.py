@@ -5,6 +5,7 @@ waited on every round trip)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,9 @@ from sqlalchemy import event
 
 from support.platform import REPO
 from trunkline.apps.runtime import Runtime
+from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.kit.migrate import upgrade
+from trunkline.tenancy.changes import count_config_changes
 from trunkline.tenancy.manifests import ApplyReport, apply_manifests, load_manifests
 
 
@@ -90,3 +94,32 @@ def test_a_reapply_finds_what_changed_in_as_many_statements(
     ]
     assert many_count == few_count  # 40 tenants read in the statements 4 take
     assert renamed_count <= few_count + 4  # the two updates, the counter, its hold
+
+
+OLD_SQLITE_CAP = 300
+"""Bind parameters per statement, as a SQLite library built with a lower cap than 32,766 has
+it (999 before 3.32.0: Ubuntu 20.04's 3.31, RHEL 8's 3.26), lower still to need fewer rows."""
+
+
+def test_an_apply_fits_an_older_sqlite_s_cap_on_bind_parameters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+
+    @event.listens_for(engine, "connect", insert=True)  # first, as the library's own cap
+    def cap(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, OLD_SQLITE_CAP)
+
+    factory = make_sessionmaker(engine)
+    count_config_changes(factory)
+    path = _manifests(tmp_path / "m", range(400))
+    try:
+        first = apply_manifests(factory, path)
+        again = apply_manifests(factory, path)
+        renamed = apply_manifests(factory, _manifests(tmp_path / "r", range(400), frozenset({7})))
+    finally:
+        engine.dispose()
+
+    assert len(first.changes) == 400 + 10  # tiers, catalog
+    assert again.lines() == ["no changes"]
+    assert renamed.lines() == ["Tenant t007 updated: name 'Tenant 7' -> 'Tenant 7 renamed'"]
