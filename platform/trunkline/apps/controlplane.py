@@ -74,7 +74,7 @@ from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.store import QuotaStore
 from trunkline.settings import Settings
-from trunkline.tenancy.changes import change_of, config_changed
+from trunkline.tenancy.changes import change_of, config_changed, hold_config
 from trunkline.tenancy.controllers import (
     MemberController,
     ProjectController,
@@ -254,12 +254,20 @@ def default_quota_store(settings: Settings) -> QuotaStore:
     return InMemoryQuotaStore()
 
 
-def session_provider(runtime: Runtime) -> Any:
-    """One session and one transaction per request; publish after a commit that changed config."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods that change nothing: their requests take no lock."""
 
-    async def provide_db_session() -> AsyncGenerator[Session, None]:
+
+def session_provider(runtime: Runtime) -> Any:
+    """One session and one transaction per request; publish after a commit that changed config.
+    A request that may change something holds the configuration's lock first, as every
+    transaction that may change it does (``tenancy.changes.changing``)."""
+
+    async def provide_db_session(request: Request[Any, Any, Any]) -> AsyncGenerator[Session, None]:
         session = runtime.session_factory()
         try:
+            if request.method not in SAFE_METHODS:  # may change the configuration: its lock first
+                await anyio.to_thread.run_sync(hold_config, session)
             yield session
             await anyio.to_thread.run_sync(session.commit)
         except BaseException:

@@ -107,16 +107,32 @@ def config_generation(session: Session) -> int | None:
 
 
 @contextmanager
+def changing(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction that may change the configuration: it holds the configuration's lock
+    (``hold_config``) before anything else.
+
+    Every such transaction takes that lock first, so none of them can deadlock another: a
+    change bumps the counter at its commit anyway, and one that wrote a row (a key, a member,
+    a tier) before waiting there for a transaction that holds the lock and then needs that row
+    (``tenants apply``, which holds it from its start) waited in a cycle. They queue on it for
+    their whole transaction instead of their commit: the control plane's writes are short.
+    """
+    with transaction(factory) as session:
+        hold_config(session)
+        yield session
+
+
+@contextmanager
 def unit_of_work(
     factory: sessionmaker[Session], publish: Callable[[Change], None]
 ) -> Iterator[Session]:
-    """One transaction; ``publish`` runs after it commits, if it changed gateway config, with
-    what it changed.
+    """One transaction that may change the configuration (``changing``); ``publish`` runs
+    after it commits, if it changed gateway config, with what it changed.
 
     For callers outside a request (CLI, embedded launcher), e.g.
     ``with unit_of_work(runtime.session_factory, runtime.publish) as session: ...``.
     """
-    with transaction(factory) as session:
+    with changing(factory) as session:
         yield session
     if config_changed(session):
         publish(change_of(session))

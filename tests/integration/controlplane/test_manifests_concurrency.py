@@ -13,11 +13,12 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from support.platform import REPO
 from trunkline.apps.runtime import Runtime
@@ -65,14 +66,21 @@ def _ids(runtime: Runtime, slug: str, email: str) -> tuple[uuid.UUID, uuid.UUID]
 
 
 def _apply_beside(
-    runtime: Runtime, path: Path, change: Callable[[Session], object]
+    runtime: Runtime,
+    path: Path,
+    change: Callable[[Session], object],
+    within: Callable[[sessionmaker[Session]], AbstractContextManager[Session]] = transaction,
 ) -> tuple[Future[ApplyReport], Future[object]]:
     """Apply ``path`` while ``change`` (the API's) is written but not committed; it commits
-    once the apply waits on a lock or has ended. Returns the apply's and the change's outcome."""
+    once the apply waits on a lock or has ended. Returns the apply's and the change's outcome.
+
+    ``within``: the change's transaction. A plain one by default, as a writer that does not
+    take the configuration's lock first would make it (a control plane of an earlier release
+    during an upgrade); ``changing`` as the API's requests make it."""
     written, commit = threading.Event(), threading.Event()
 
     def api() -> object:
-        with transaction(runtime.session_factory) as session:
+        with within(runtime.session_factory) as session:
             try:
                 return change(session)
             finally:

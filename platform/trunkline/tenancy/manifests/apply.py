@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.service import held_currency, unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest
-from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tier
 from trunkline.pools.aliases import configure_alias
@@ -35,7 +34,7 @@ from trunkline.pools.service import (
 from trunkline.quota.policy import priced
 from trunkline.quota.repository import QuotaRepository
 from trunkline.quota.schemas import QuotaLimits
-from trunkline.tenancy.changes import mark_config_changed
+from trunkline.tenancy.changes import changing, mark_config_changed
 from trunkline.tenancy.manifests.documents import Manifests
 from trunkline.tenancy.manifests.loader import load_manifests
 from trunkline.tenancy.manifests.schemas import (
@@ -68,7 +67,7 @@ def apply_manifests(
     """Validate (``ManifestError`` on any issue), apply in one transaction, then publish the
     gateway snapshot through ``publish`` if, and only if, something changed."""
     manifests = path if isinstance(path, Manifests) else load_manifests(path)
-    with transaction(session_factory) as session:
+    with changing(session_factory) as session:
         report = apply_to_session(session, manifests)
     if report.changed and publish is not None:
         publish()

@@ -1,0 +1,201 @@
+"""Transactions that may change the configuration take its lock first (``changing``: every
+API request that may change something, every CLI unit of work, ``tenants apply``), so two of
+them never wait on each other in a cycle (PostgreSQL). Before, most took it at their commit,
+after their own row locks: a change written before ``tenants apply`` (which holds the lock
+from its start) needed a row the apply had locked, or ``remove_member`` (which took it first)
+beside a key's revocation, deadlocked, and PostgreSQL aborted one of them.
+
+Each test holds the API's change open (written, not committed) in a ``changing``
+transaction, as the API's session provider makes it, runs the other side in a thread, lets
+the change commit once the other waits on a lock, and checks both ended.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from integration.controlplane.test_manifests_concurrency import (
+    DEADLINE_S,
+    TIERS_WITHOUT_QUOTA,
+    _apply_beside,
+    _ids,
+    _manifests,
+    _tenant,
+    _until_waiting_or_done,
+    pg_runtime,
+)
+from trunkline.apps.runtime import Runtime
+from trunkline.auth.principal import Principal
+from trunkline.keys.schemas import ApiKeyCreate
+from trunkline.keys.service import create_key, revoke_key, rotate_key
+from trunkline.models import Project, Role
+from trunkline.pools.entitlements import grant_entitlement, revoke_entitlement
+from trunkline.pools.service import remove_alias
+from trunkline.tenancy.changes import changing
+from trunkline.tenancy.manifests import ApplyReport, apply_manifests
+from trunkline.tenancy.schemas import TenantCreate, TierUpdate
+from trunkline.tenancy.service import create_tenant, delete_project, remove_member, update_tier
+
+__all__ = ["pg_runtime"]
+
+SECRET = b"x" * 32
+SILVER = (
+    "description: Middle priority; under overload queued briefly, then rejected with Retry-After."
+)
+
+
+@pytest.fixture(params=["tiers with quotas", "tiers without"])
+def tiers(request: pytest.FixtureRequest) -> str | None:
+    """With quotas (the shipped tiers), an apply held the lock from its first tier; without,
+    from its tenants."""
+    return None if request.param == "tiers with quotas" else TIERS_WITHOUT_QUOTA
+
+
+def _both_ended(applied: Future[ApplyReport], changed: Future[object]) -> ApplyReport:
+    assert changed.exception() is None, repr(changed.exception())
+    assert applied.exception() is None, repr(applied.exception())
+    return applied.result()
+
+
+def _project(runtime: Runtime, name: str) -> uuid.UUID:
+    with runtime.session_factory() as session:
+        return session.scalars(select(Project.id).where(Project.name == name)).one()
+
+
+def test_an_entitlement_granted_beside_an_apply_granting_it(
+    pg_runtime: Runtime, tmp_path: Path, tiers: str | None
+) -> None:
+    t1 = _tenant("t1", {"a@t.example": "tenant_admin"})
+    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1, tiers))
+    tenant_id, _ = _ids(pg_runtime, "t1", "a@t.example")
+    path = _manifests(tmp_path / "two", t1 + "models: [llama-3.1-8b]\n", tiers)
+    applied, granted = _apply_beside(
+        pg_runtime, path, lambda s: grant_entitlement(s, tenant_id, "llama-3.1-8b"), changing
+    )
+    assert _both_ended(applied, granted).lines() == ["no changes"]
+
+
+def test_an_entitlement_revoked_beside_an_apply_revoking_it(
+    pg_runtime: Runtime, tmp_path: Path, tiers: str | None
+) -> None:
+    t1 = _tenant("t1", {"a@t.example": "tenant_admin"})
+    both = _manifests(tmp_path / "one", t1 + "models: [llama-3.1-8b, bge-small]\n", tiers)
+    apply_manifests(pg_runtime.session_factory, both)
+    tenant_id, _ = _ids(pg_runtime, "t1", "a@t.example")
+    path = _manifests(tmp_path / "two", t1 + "models: [bge-small]\n", tiers)
+    applied, revoked = _apply_beside(
+        pg_runtime, path, lambda s: revoke_entitlement(s, tenant_id, "llama-3.1-8b"), changing
+    )
+    assert _both_ended(applied, revoked).lines() == ["no changes"]
+
+
+def test_a_project_deleted_beside_an_apply_describing_it(
+    pg_runtime: Runtime, tmp_path: Path, tiers: str | None
+) -> None:
+    t1 = _tenant("t1", {"a@t.example": "tenant_admin"})
+    old = t1 + "projects:\n  - {name: p1, description: old}\n"
+    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", old, tiers))
+    tenant_id, _ = _ids(pg_runtime, "t1", "a@t.example")
+    project_id = _project(pg_runtime, "p1")
+    new = t1 + "projects:\n  - {name: p1, description: new}\n"
+    path = _manifests(tmp_path / "two", new, tiers)
+    applied, deleted = _apply_beside(
+        pg_runtime, path, lambda s: delete_project(s, tenant_id, project_id), changing
+    )
+    assert any("+project p1" in line for line in _both_ended(applied, deleted).lines())
+
+
+def test_a_tenant_created_beside_an_apply_creating_it(
+    pg_runtime: Runtime, tmp_path: Path, tiers: str | None
+) -> None:
+    t1 = _tenant("t1", {"a@t.example": "tenant_admin"})
+    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1, tiers))
+    path = _manifests(tmp_path / "two", _tenant("t9", {"a@t.example": "tenant_admin"}), tiers)
+    applied, created = _apply_beside(
+        pg_runtime,
+        path,
+        lambda s: create_tenant(s, TenantCreate(slug="t9", name="From the API", tier="gold")),
+        changing,
+    )
+    lines = _both_ended(applied, created).lines()
+    assert any(line.startswith("Tenant t9 updated: name 'From the API'") for line in lines)
+
+
+def test_an_alias_removed_beside_an_apply_granting_it(
+    pg_runtime: Runtime, tmp_path: Path, tiers: str | None
+) -> None:
+    """The apply puts the alias back (it is in the catalog manifest) and grants it."""
+    t1 = _tenant("t1", {"a@t.example": "tenant_admin"})
+    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1, tiers))
+    path = _manifests(tmp_path / "two", t1 + "models: [bge-small]\n", tiers)
+    applied, removed = _apply_beside(
+        pg_runtime, path, lambda s: remove_alias(s, "bge-small"), changing
+    )
+    _both_ended(applied, removed)
+
+
+def test_a_tier_updated_beside_an_apply_changing_it(pg_runtime: Runtime, tmp_path: Path) -> None:
+    t1 = _tenant("t1", {"a@t.example": "tenant_admin"})
+    one = _manifests(tmp_path / "one", t1)
+    apply_manifests(pg_runtime.session_factory, one)
+    tiers = (one / "tiers.yaml").read_text()
+    assert SILVER in tiers
+    path = _manifests(tmp_path / "two", t1, tiers.replace(SILVER, "description: manifest", 1))
+
+    def from_the_api(session: Session) -> object:
+        tier = update_tier(session, "silver", TierUpdate(description="from the API"))
+        session.flush()  # written, as the commit would write it
+        return tier
+
+    applied, updated = _apply_beside(pg_runtime, path, from_the_api, changing)
+    assert any("description" in line for line in _both_ended(applied, updated).lines())
+
+
+@pytest.mark.parametrize("operation", ["revoke", "rotate"])
+def test_a_members_key_revoked_or_rotated_beside_the_members_removal(
+    pg_runtime: Runtime, tmp_path: Path, operation: str
+) -> None:
+    members = {"a@t.example": "tenant_admin", "d@t.example": "developer"}
+    t1 = _tenant("t1", members, "projects:\n  - {name: p1}\n")
+    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1))
+    tenant_id, d_id = _ids(pg_runtime, "t1", "d@t.example")
+    developer = Principal(
+        user_id=d_id, email="d@t.example", memberships={tenant_id: Role.DEVELOPER}
+    )
+    with changing(pg_runtime.session_factory) as session:
+        made = ApiKeyCreate(project_id=_project(pg_runtime, "p1"), name="k")
+        key_id = create_key(session, developer, SECRET, tenant_id, made).key.key_id
+    operations: dict[str, Callable[[Session], object]] = {
+        "revoke": lambda s: revoke_key(s, developer, tenant_id, key_id),
+        "rotate": lambda s: rotate_key(s, developer, SECRET, tenant_id, key_id),
+    }
+    written, commit = threading.Event(), threading.Event()
+
+    def on_the_key() -> None:
+        with changing(pg_runtime.session_factory) as session:
+            try:
+                operations[operation](session)
+            finally:
+                written.set()
+                commit.wait(DEADLINE_S)
+
+    def remove() -> None:
+        with changing(pg_runtime.session_factory) as session:
+            remove_member(session, tenant_id, d_id)
+
+    with ThreadPoolExecutor(2) as pool:
+        keyed = pool.submit(on_the_key)
+        assert written.wait(DEADLINE_S)
+        removed = pool.submit(remove)
+        _until_waiting_or_done(pg_runtime, removed)
+        commit.set()
+    assert keyed.exception() is None, repr(keyed.exception())
+    assert removed.exception() is None, repr(removed.exception())
