@@ -30,7 +30,7 @@ from trunkline.models import ApiKey as ApiKeyRow
 from trunkline.models import Tenant
 from trunkline.pools.entitlements import entitled_aliases
 from trunkline.tenancy.changes import flush_or_conflict, mark_keys_changed
-from trunkline.tenancy.repository import ProjectRepository, TierRepository
+from trunkline.tenancy.repository import MembershipRepository, ProjectRepository, TierRepository
 from trunkline.tenancy.service import tenant_row
 
 
@@ -65,6 +65,7 @@ def create_key(
     data: ApiKeyCreate,
 ) -> ApiKeyCreated:
     tenant = tenant_row(session, principal, tenant_id)
+    _still_a_member(session, principal, tenant_id)
     project = ProjectRepository(session, tenant_id).get(data.project_id)
     if project is None:
         raise NotFound("project not found", param="project_id")
@@ -79,6 +80,17 @@ def create_key(
         expires_at=expires_at,
     )
     return _issue(session, server_secret, row, project.name)
+
+
+def _still_a_member(session: Session, principal: Principal, tenant_id: uuid.UUID) -> None:
+    """Refuse a caller no longer a member of the tenant, as a non-member. Its memberships were
+    read as its request began, perhaps before a removal that the request's hold on the
+    configuration then waited for: ``remove_member`` revokes the member's keys, and a key
+    issued after it would have stayed live."""
+    if principal.is_platform_admin or principal.user_id is None:
+        return
+    if MembershipRepository(session, tenant_id).get(principal.user_id) is None:
+        raise NotFound("tenant not found", param="tenant_id")
 
 
 def create_keys(

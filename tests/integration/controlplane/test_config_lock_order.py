@@ -34,9 +34,10 @@ from integration.controlplane.test_manifests_concurrency import (
 )
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
+from trunkline.errors import NotFound
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key, revoke_key, rotate_key
-from trunkline.models import Project, Role
+from trunkline.models import ApiKey, Project, Role
 from trunkline.pools.entitlements import grant_entitlement, revoke_entitlement
 from trunkline.pools.service import remove_alias
 from trunkline.tenancy.changes import changing
@@ -159,17 +160,20 @@ def test_a_tier_updated_beside_an_apply_changing_it(pg_runtime: Runtime, tmp_pat
     assert any("description" in line for line in _both_ended(applied, updated).lines())
 
 
+def _a_developer(runtime: Runtime, tmp_path: Path) -> tuple[uuid.UUID, uuid.UUID, Principal]:
+    """Tenant t1 with project p1 and developer d: the tenant's id, d's, and d as a caller."""
+    members = {"a@t.example": "tenant_admin", "d@t.example": "developer"}
+    t1 = _tenant("t1", members, "projects:\n  - {name: p1}\n")
+    apply_manifests(runtime.session_factory, _manifests(tmp_path / "one", t1))
+    tenant_id, d_id = _ids(runtime, "t1", "d@t.example")
+    return tenant_id, d_id, Principal(d_id, "d@t.example", memberships={tenant_id: Role.DEVELOPER})
+
+
 @pytest.mark.parametrize("operation", ["revoke", "rotate"])
 def test_a_members_key_revoked_or_rotated_beside_the_members_removal(
     pg_runtime: Runtime, tmp_path: Path, operation: str
 ) -> None:
-    members = {"a@t.example": "tenant_admin", "d@t.example": "developer"}
-    t1 = _tenant("t1", members, "projects:\n  - {name: p1}\n")
-    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1))
-    tenant_id, d_id = _ids(pg_runtime, "t1", "d@t.example")
-    developer = Principal(
-        user_id=d_id, email="d@t.example", memberships={tenant_id: Role.DEVELOPER}
-    )
+    tenant_id, d_id, developer = _a_developer(pg_runtime, tmp_path)
     with changing(pg_runtime.session_factory) as session:
         made = ApiKeyCreate(project_id=_project(pg_runtime, "p1"), name="k")
         key_id = create_key(session, developer, SECRET, tenant_id, made).key.key_id
@@ -199,3 +203,36 @@ def test_a_members_key_revoked_or_rotated_beside_the_members_removal(
         commit.set()
     assert keyed.exception() is None, repr(keyed.exception())
     assert removed.exception() is None, repr(removed.exception())
+
+
+def test_a_key_a_member_asks_for_while_being_removed_is_refused(
+    pg_runtime: Runtime, tmp_path: Path
+) -> None:
+    """The caller's memberships were read as its request began; its hold on the configuration
+    waits for the removal, which revokes the member's keys, so the key it would then issue must
+    be refused, or it stays live."""
+    tenant_id, d_id, developer = _a_developer(pg_runtime, tmp_path)
+    written, commit = threading.Event(), threading.Event()
+
+    def remove() -> None:
+        with changing(pg_runtime.session_factory) as session:
+            remove_member(session, tenant_id, d_id)
+            written.set()
+            commit.wait(DEADLINE_S)
+
+    def issue() -> str:
+        with changing(pg_runtime.session_factory) as session:
+            made = ApiKeyCreate(project_id=_project(pg_runtime, "p1"), name="late")
+            return create_key(session, developer, SECRET, tenant_id, made).key.key_id
+
+    with ThreadPoolExecutor(2) as pool:
+        removed = pool.submit(remove)
+        assert written.wait(DEADLINE_S)
+        issued = pool.submit(issue)
+        _until_waiting_or_done(pg_runtime, issued)
+        commit.set()
+    assert removed.exception() is None
+    assert isinstance(issued.exception(), NotFound)
+    with pg_runtime.session_factory() as session:
+        live = select(ApiKey.key_id).where(ApiKey.created_by == d_id, ApiKey.revoked_at.is_(None))
+        assert session.scalars(live).all() == []
