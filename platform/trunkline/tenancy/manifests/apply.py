@@ -75,6 +75,8 @@ def apply_manifests(
 
 
 def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
+    """Apply ``manifests`` in ``session``, a transaction that holds the configuration's lock
+    from its start (``changing``)."""
     report = ApplyReport()
     appliers: list[tuple[type[Any], Callable[[Any, frozenset[str]], None]]] = [
         (TierSpec, lambda spec, given: _tier(session, spec, given, report)),

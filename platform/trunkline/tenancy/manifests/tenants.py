@@ -35,7 +35,7 @@ from trunkline.pools.repository import ModelRepository, entitlements_of
 from trunkline.quota.policy import priced
 from trunkline.quota.repository import QuotaRepository, Stored, stores_anew
 from trunkline.quota.schemas import QuotaLimits
-from trunkline.tenancy.changes import assign, flush_or_conflict, hold_config
+from trunkline.tenancy.changes import assign, flush_or_conflict
 from trunkline.tenancy.manifests.documents import Located
 from trunkline.tenancy.manifests.schemas import TenantSpec
 from trunkline.tenancy.manifests.upsert import ApplyReport, given_values, located_at, upsert
@@ -102,10 +102,12 @@ def _by_tenant(
 
 
 def apply_tenants(session: Session, documents: Iterable[Located], report: ApplyReport) -> None:
+    """Apply the tenant documents in ``session``, which holds the configuration's lock
+    (``changing``), as every writer of what it reads does: nothing changes under it between
+    its read of what the tenants hold and its writes, quotas included."""
     specs = [(d, d.spec) for d in documents if isinstance(d.spec, TenantSpec)]
     if not specs:
         return
-    hold_config(session)  # before the quotas are read: the API's set_tenant_quota holds it too
     held = read_held(session, [spec for _document, spec in specs])
     _insert_parents(session, held, [spec for _document, spec in specs])
     for document, spec in specs:
