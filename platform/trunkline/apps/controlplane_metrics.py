@@ -21,7 +21,7 @@ from typing import Any
 
 from litestar import Litestar, Response, get
 from litestar.types import ASGIApp
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -33,13 +33,11 @@ from trunkline.errors import RequestTimeout
 from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.header_timeout import HeaderTimeoutCollector
 from trunkline.kit.metrics_merge import GaugeRule
-from trunkline.kit.metrics_share import MetricsShare, SharedMetrics
+from trunkline.kit.metrics_share import EXPOSITION_TYPE, MetricsShare, SharedMetrics
 from trunkline.kit.request_metrics import RequestMetrics, route_templates
 
 __all__ = ["GAUGE_RULES", "UNCOUNTED", "instrumented", "metrics_route", "shared_metrics", "sharing"]
 
-_EXPOSITION = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
-"""Litestar adds the charset to a text type itself (given one, it said it twice)."""
 UNCOUNTED = frozenset({"/metrics", "/livez", "/healthz"})
 """Scrapes and probes, every few seconds: not API traffic."""
 
@@ -138,6 +136,6 @@ def metrics_route(registry: CollectorRegistry, shared: SharedMetrics | None) -> 
         """Prometheus text format; every worker's with ``--workers N``. No authentication (see
         the module's docstring)."""
         page = generate_latest(registry) if shared is None else await shared.exposition()
-        return Response(page, media_type=_EXPOSITION)
+        return Response(page, media_type=EXPOSITION_TYPE)
 
     return metrics

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.response import Stream
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from trunkline.errors import (
     InvalidRequest,
@@ -32,7 +32,7 @@ from trunkline.kit import logging as tlog
 from trunkline.kit.asgi import unless_client_leaves
 from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.ids import new_request_id
-from trunkline.kit.metrics_share import SharedMetrics
+from trunkline.kit.metrics_share import EXPOSITION_TYPE, SharedMetrics
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +269,9 @@ def error_handler(request: Request[object, object, State], exc: Exception) -> Re
 async def metrics(request: Request[object, object, State]) -> Response[bytes]:
     shared: SharedMetrics | None = request.app.state.shared_metrics
     if shared is not None:  # every worker's
-        return Response(await shared.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await shared.exposition(), media_type=EXPOSITION_TYPE)
     registry: CollectorRegistry = request.app.state.metrics
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry), media_type=EXPOSITION_TYPE)
 
 
 ROUTES = [

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
@@ -40,7 +40,17 @@ from trunkline.errors import ConfigurationError
 from trunkline.kit.metrics_merge import FamilyReport, GaugeRule, WorkerReport, families_of, merge
 from trunkline.kit.metrics_retire import Retired, fold, locked, read_retired, replace_file, sweep
 
-__all__ = ["WORKERS_METRICS_DIR_ENV", "MetricsShare", "SharedMetrics", "workers_metrics_dir"]
+__all__ = [
+    "EXPOSITION_TYPE",
+    "WORKERS_METRICS_DIR_ENV",
+    "MetricsShare",
+    "SharedMetrics",
+    "workers_metrics_dir",
+]
+
+EXPOSITION_TYPE = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+"""A ``/metrics`` page's media type for a Litestar ``Response``, which adds the charset to a
+text type itself (given prometheus_client's, the header said it twice)."""
 
 log = logging.getLogger(__name__)
 

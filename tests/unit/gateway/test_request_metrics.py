@@ -3,6 +3,7 @@ to first byte and to last, and no label that grows with tenants, keys or models.
 
 from __future__ import annotations
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.gateway.conftest import Harness
 from tests.unit.gateway.test_gateway import CHAT, _ready
@@ -57,3 +58,9 @@ def test_routes_are_templates_and_health_and_metrics_are_not_counted() -> None:
     assert route_of("/v1/chat/completions/") == "/v1/chat/completions"
     assert route_of("/v1/responses") == "other"
     assert route_of("/health") is None and route_of("/metrics") is None
+
+
+def test_the_metrics_page_says_its_format_and_charset_once(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw, _key = _ready(make_gateway)
+    kind = gw.client.get("/metrics").headers["content-type"]
+    assert kind == CONTENT_TYPE_LATEST  # "text/plain; version=…; charset=utf-8"
