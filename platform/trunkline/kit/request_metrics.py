@@ -143,13 +143,13 @@ class RequestMetrics:
                 return
             started = time.perf_counter()
             method = method_of(scope) if self._by_method else ""
-            status = 0
+            status, route = 0, ""
 
             async def watched(message: Message) -> None:
-                nonlocal status
+                nonlocal status, route
                 if message["type"] == "http.response.start":
-                    status = message["status"]
-                    first = self._of(self._route_of(scope), method, status)[1]
+                    status, route = message["status"], self._route_of(scope)
+                    first = self._of(route, method, status)[1]
                     if first is not None:
                         first.observe(time.perf_counter() - started)
                 await send(message)
@@ -158,7 +158,7 @@ class RequestMetrics:
                 await app(scope, receive, watched)
             finally:
                 # No answer started: the client left before it (the handler was cancelled).
-                route = self._route_of(scope)
+                route = route or self._route_of(scope)
                 requests, _first, duration = self._of(route, method, status or 499)
                 requests.inc()
                 duration.observe(time.perf_counter() - started)
