@@ -4,12 +4,12 @@ Callers have already checked the caller's role (controllers through guards);
 these functions scope every read through the repositories and mark the unit of
 work when the gateway snapshot must be republished after commit.
 
-LOCKS. `tenants apply` holds the configuration's lock (``hold_config``), then its tenants'
-rows (``lock_tenant``), until it commits. A change to a tenant's members or projects takes
-its row's lock before reading what it checks, so it waits for an apply, or an apply for it,
-and neither writes on what it read before the other committed. Whatever takes both locks
-takes them in that order (a tenant's row first and the configuration's at commit would
-deadlock against an apply).
+LOCKS. Every transaction that may change something holds the configuration's lock before
+anything else (``tenancy.changes.changing``: the API's write requests, the CLI's units of
+work, `tenants apply`), so these functions take no lock of it themselves. `tenants apply` then
+locks its tenants' rows (``lock_tenant``) as it reads them; a change to a tenant's members or
+projects takes its row's lock before reading what it checks, so of two such changes in
+transactions of their own the second sees what the first committed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Membership, RetiredProject, Role, User
 from trunkline.models import Tenant as TenantRow
 from trunkline.models import Tier as TierRow
-from trunkline.tenancy.changes import assign, flush_or_conflict, hold_config, mark_config_changed
+from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
 from trunkline.tenancy.repository import (
     MembershipRepository,
     ProjectRepository,
@@ -139,7 +139,6 @@ def create_tenant(session: Session, data: TenantCreate) -> Tenant:
 
 
 def update_tenant(session: Session, tenant_id: uuid.UUID, data: TenantUpdate) -> Tenant:
-    hold_config(session)  # before the tenant's row, as `tenants apply` takes them (LOCKS)
     tenant = tenant_row(session, Principal.system(), tenant_id)
     values = given(data)
     if "tier" in values:
@@ -200,7 +199,6 @@ def update_member(
 def remove_member(session: Session, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
     """Remove a member and revoke the tenant's keys they created: someone who left the tenant
     must not keep calling its models on its quota. Other members' keys are untouched."""
-    hold_config(session)  # its keys revoked mark a config change (LOCKS)
     members = MembershipRepository(session, tenant_id)
     members.lock_tenant()
     membership, _user = _member(members, user_id)

@@ -28,6 +28,7 @@ from trunkline.models import Membership, Role, Tenant, User
 from trunkline.quota.repository import TenantQuotaRepository
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits
 from trunkline.quota.service import set_tenant_quota
+from trunkline.tenancy.changes import changing
 from trunkline.tenancy.manifests import ApplyReport, apply_manifests
 from trunkline.tenancy.schemas import MemberAdd, MemberUpdate, TenantUpdate
 from trunkline.tenancy.service import add_member, update_member, update_tenant
@@ -227,7 +228,8 @@ def test_a_tenant_quota_the_api_sets_before_the_apply_reads_is_set_back(
 
 def test_an_api_tenant_update_meanwhile_is_no_deadlock(pg_runtime: Runtime, tmp_path: Path) -> None:
     """The API's update of a tenant's row marks a config change; an apply holds the
-    configuration, then its tenants' rows. Both end, one after the other."""
+    configuration, then its tenants' rows. Both end, one after the other: the API's request
+    holds the configuration first too (``changing``)."""
     t1 = _tenant("t1", {"a@t.example": "tenant_admin"})
     apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1))
     tenant_id, _a = _ids(pg_runtime, "t1", "a@t.example")
@@ -236,7 +238,7 @@ def test_an_api_tenant_update_meanwhile_is_no_deadlock(pg_runtime: Runtime, tmp_
     def rename(session: Session) -> object:
         return update_tenant(session, tenant_id, TenantUpdate(name="From the API"))
 
-    applied, renamed = _apply_beside(pg_runtime, path, rename)
+    applied, renamed = _apply_beside(pg_runtime, path, rename, changing)
 
     assert renamed.exception() is None
     assert applied.result().lines() == [
