@@ -125,6 +125,11 @@ class GatewaySettings(BaseModel):
     client trickling it in held a connection, and its key's check, for as long as it liked."""
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 300.0
+    upstream_keep_alive_s: float = Field(default=4.0, ge=0)
+    """How long an idle connection to an engine is kept for the next request. Under the
+    engine server's own idle timeout (vLLM: uvicorn's 5 s, ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``),
+    or the engine may close a connection just as a request is sent on it (sent again on a new
+    one, see docs/gateway.md); raise it with the engines' timeout. 0: a connection a request."""
     stream_idle_timeout_s: float = Field(default=30.0, gt=0)
     """A stream that sent its first event and then nothing for this long is given up: the
     client gets the mid-stream error event. vLLM sends an event every decode step; a vLLM

@@ -87,6 +87,7 @@ def create_gateway_app(
         limits=httpx.Limits(
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_connections,
+            keepalive_expiry=settings.upstream_keep_alive_s,
         ),
     )
     policy = routing_policy(settings.routing_policy)
@@ -201,6 +202,7 @@ def scrape_client(
         limits=httpx.Limits(
             max_connections=engines.scrape_concurrency,
             max_keepalive_connections=engines.scrape_concurrency,
+            keepalive_expiry=settings.upstream_keep_alive_s,
         ),
     )
 
