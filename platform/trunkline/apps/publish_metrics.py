@@ -65,7 +65,8 @@ class PublishMetrics(Collector):
             "trunkline_snapshot_checks",
             "The periodic checks that the store holds the database's configuration, by "
             "outcome: skipped (a publish under way), unchanged (nothing moved), expired_keys "
-            "(expired keys' shards published), current (built: the store held it), published "
+            "(expired keys' shards published), current (the store held it: another process "
+            "published it, known by the state it was built from or by a build), published "
             "(built: the store did not hold it, published whole), refused (every publish refused: "
             "other control planes kept storing newer versions; in_sync left as it was), failed",
             ["outcome"],

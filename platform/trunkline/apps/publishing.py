@@ -42,11 +42,14 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
     check did (``Check``): ``skipped`` and ``refused`` say nothing of whether the store is in
     sync.
 
-    The snapshot is built only when the configuration state (``config_state``: the count of
-    committed changes, the price book version in force) moved since this process last
-    published or checked, or ``thorough``; what it builds is compared with the digest of what
-    the store holds, so a change another process published is not published again. A publish
-    under way in this process (``Runtime.publishing``) skips the round: it will look again.
+    The snapshot is built only on a ``thorough`` check, or when the configuration state
+    (``config_state``: the count of committed changes, the price book version in force) moved
+    since this process last published or checked and the store does not say that its version
+    was built from the state the database is in (``SnapshotPublisher.built_from``: another
+    process published it, so a change through one control plane costs the others no build);
+    what it builds is compared with the digest of what the store holds, so a change another
+    process published is not published again. A publish under way in this process
+    (``Runtime.publishing``) skips the round: it will look again.
     When nothing moved, the shards of keys expired since the last build are published (read
     by an index: a key that expires is a change to its shard alone)."""
     if not runtime.publishing.acquire(blocking=False):
@@ -66,9 +69,13 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
 def _check(runtime: Runtime, thorough: bool) -> Check:
     with runtime.session_factory() as session:
         state = config_state(session)
-    unchanged = state == runtime.seen and state.generation is not None
-    if unchanged and not thorough and _store_whole_and_current(runtime):
-        return _drop_expired(runtime)
+    if state.generation is not None and not thorough and _store_whole_and_current(runtime):
+        if state == runtime.seen:
+            return _drop_expired(runtime)
+        stored = runtime.publisher.built_from()
+        if stored is not None and stored[1] == state.stored():  # another process published it
+            runtime.seen, runtime.published_version = state, stored[0]
+            return "current"
     current = current_digest(
         runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
     )

@@ -27,7 +27,7 @@ from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
 from trunkline.snapshot.builder import publish_snapshot
 from trunkline.snapshot.key_shards import build_key_parts, expired_shards
-from trunkline.snapshot.store import Patched
+from trunkline.snapshot.store import BuiltFrom, Patched, carried_to
 from trunkline.tenancy.changes import (
     WHOLE,
     Change,
@@ -177,7 +177,9 @@ class Runtime:
                     if self.built_at is not None:
                         shards = shards | expired_shards(session, self.built_at, now)
                     parts = build_key_parts(session, shards, now=now)
-                outcome = self.publisher.patch(version, parts, published_at=time.time())
+                outcome = self.publisher.patch(
+                    version, parts, published_at=time.time(), carried=generations
+                )
                 build.outcome = outcome.value
             if outcome is Patched.NO_BASE:
                 break
@@ -202,7 +204,11 @@ class Runtime:
                 state = config_state(session)  # before the build: it has at least this
             with self.metrics.building("whole") as build:
                 version, stored = publish_snapshot(
-                    self.session_factory, self.publisher, cache_secret=self.server_secret, now=now
+                    self.session_factory,
+                    self.publisher,
+                    cache_secret=self.server_secret,
+                    now=now,
+                    built_from=state.stored(),
                 )
                 build.version, build.outcome = version, "stored" if stored else "refused"
             if stored:  # not when another process stored a newer version meanwhile
@@ -217,8 +223,7 @@ class Runtime:
         """The store holds at least ``state``, and the changes carried since, in a row."""
         generation = state.generation
         if generation is not None:
-            while generation + 1 in self._carried:
-                generation += 1
+            generation = carried_to(generation, self._carried)
             self._carried = {g for g in self._carried if g > generation}
         self.seen = ConfigState(generation, state.prices_since)
 
@@ -238,6 +243,14 @@ class ConfigState:
 
     generation: int | None
     prices_since: datetime | None
+
+    def stored(self) -> BuiltFrom | None:
+        """As the snapshot store records it beside a version built after it was read (None:
+        nothing can be told from it)."""
+        if self.generation is None:
+            return None
+        prices = "" if self.prices_since is None else self.prices_since.isoformat()
+        return BuiltFrom(self.generation, prices)
 
 
 def config_state(session: Session) -> ConfigState:

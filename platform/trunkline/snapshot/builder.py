@@ -36,7 +36,7 @@ from trunkline.snapshot.schemas import (
     TenantEntry,
     TierEntry,
 )
-from trunkline.snapshot.store import SnapshotPublisher, content_digest, part_digest
+from trunkline.snapshot.store import BuiltFrom, SnapshotPublisher, content_digest, part_digest
 
 
 def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
@@ -171,11 +171,13 @@ def publish_snapshot(
     *,
     cache_secret: bytes,
     now: datetime | None = None,
+    built_from: BuiltFrom | None = None,
 ) -> tuple[int, bool]:
     """Read the current configuration and publish it under a fresh version, allocated before
     the database is read (so it holds every change whose publisher got an older one): the
-    version, and whether the store took it (not if a newer one was stored meanwhile)."""
+    version, and whether the store took it (not if a newer one was stored meanwhile).
+    ``built_from``: the configuration state read before (``SnapshotPublisher.built_from``)."""
     version = publisher.next_version()
     with factory() as session:
         snapshot = build_snapshot(session, version, cache_secret=cache_secret, now=now)
-    return version, store_snapshot(publisher, snapshot)
+    return version, store_snapshot(publisher, snapshot, built_from)

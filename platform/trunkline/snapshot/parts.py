@@ -21,6 +21,7 @@ from trunkline.snapshot.schemas import KeyEntry, Snapshot
 from trunkline.snapshot.store import (
     CORE_PART,
     LEGACY,
+    BuiltFrom,
     IncompleteSnapshot,
     Loaded,
     SnapshotPublisher,
@@ -76,9 +77,14 @@ def key_parts(keys: Mapping[str, KeyEntry], limits: Mapping[str, Limits]) -> dic
     return {name: _canonical.encode(shard) for name, shard in shards.items()}
 
 
-def store_snapshot(publisher: SnapshotPublisher, snapshot: Snapshot) -> bool:
-    """Publish ``snapshot`` under its own version and time: whether the store took it."""
-    return publisher.publish(snapshot.version, split(snapshot), published_at=snapshot.published_at)
+def store_snapshot(
+    publisher: SnapshotPublisher, snapshot: Snapshot, built_from: BuiltFrom | None = None
+) -> bool:
+    """Publish ``snapshot`` under its own version and time, built from ``built_from`` (None:
+    not known): whether the store took it."""
+    parts = split(snapshot)
+    at = snapshot.published_at
+    return publisher.publish(snapshot.version, parts, published_at=at, built_from=built_from)
 
 
 async def read_snapshot(source: SnapshotSource) -> Snapshot | None:

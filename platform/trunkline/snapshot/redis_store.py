@@ -5,7 +5,7 @@ they lack. See ``snapshot.store`` for the contract both stores keep."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import redis
 import redis.asyncio as aioredis
@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from trunkline.snapshot.store import (
     CORE_PART,
     LEGACY,
+    BuiltFrom,
     IncompleteSnapshot,
     Loaded,
     Patched,
@@ -23,26 +24,31 @@ from trunkline.snapshot.store import (
 # Publish only when newer than what is stored, atomically: two control-plane replicas
 # publishing at once can never move the version backwards. ARGV: version, time, content
 # digest, the parts' key prefix, the content digest a patch was read at ('' for a whole
-# publish), then (name, digest, bytes) per part, the bytes empty for a part the publisher
-# found stored with that digest. If one no longer is (another publisher wrote in between, or
-# the part is gone), or a patch's content moved since it was read (a part added meanwhile,
-# which it would delete), nothing is written and -1 asks to read again.
+# publish), what a whole publish was built from (generation, '' not known, and the rest),
+# the generations a patch carries (space-separated), then (name, digest, bytes) per part, the
+# bytes empty for a part the publisher found stored with that digest. If one no longer is
+# (another publisher wrote in between, or the part is gone), or a patch's content moved since
+# it was read (a part added meanwhile, which it would delete), nothing is written and -1 asks
+# to read again. What a version was built from is kept with the version it came with
+# (KEYS[5]): a patch moves its base's on through the generations it carries, and a version
+# written without it (by an older control plane's script) leaves it naming an older version.
 _PUBLISH_LUA = """
-if tonumber(ARGV[1]) <= tonumber(redis.call('GET', KEYS[1]) or '0') then
+local stored = redis.call('GET', KEYS[1])
+if tonumber(ARGV[1]) <= tonumber(stored or '0') then
   return 0
 end
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
   return -1
 end
 local named = {}
-for i = 6, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   named[ARGV[i]] = true
   if ARGV[i + 2] == '' and (redis.call('HGET', KEYS[4], ARGV[i]) ~= ARGV[i + 1]
       or redis.call('EXISTS', ARGV[4] .. ARGV[i]) == 0) then
     return -1
   end
 end
-for i = 6, #ARGV, 3 do
+for i = 9, #ARGV, 3 do
   if ARGV[i + 2] ~= '' then
     redis.call('SET', ARGV[4] .. ARGV[i], ARGV[i + 2])
     redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
@@ -57,6 +63,26 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3])
+local generation, rest = ARGV[6], ARGV[7]
+if ARGV[5] ~= '' then
+  local base = redis.call('HMGET', KEYS[5], 'version', 'generation', 'rest')
+  generation, rest = '', ''
+  if base[1] == stored and base[2] then
+    local carried, at = {}, tonumber(base[2])
+    for g in string.gmatch(ARGV[8], '%d+') do
+      carried[tonumber(g)] = true
+    end
+    while carried[at + 1] do
+      at = at + 1
+    end
+    generation, rest = string.format('%d', at), base[3] or ''
+  end
+end
+if generation == '' then
+  redis.call('DEL', KEYS[5])
+else
+  redis.call('HSET', KEYS[5], 'version', ARGV[1], 'generation', generation, 'rest', rest)
+end
 return 1
 """
 
@@ -102,6 +128,7 @@ class _Keys:
     def __init__(self, prefix: str) -> None:
         base = f"{prefix}:snapshot:v2"
         self.version, self.at, self.digest = f"{base}:version", f"{base}:at", f"{base}:digest"
+        self.built_from = f"{base}:built_from"
         self.parts, self.part_prefix = f"{base}:parts", f"{base}:part:"
         self.counter = f"{prefix}:snapshot:counter"
         self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
@@ -124,7 +151,14 @@ class RedisSnapshotPublisher:
     def next_version(self) -> int:
         return int(self._next(keys=[self._keys.counter], args=[self._clock_ms()]))
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+    def publish(
+        self,
+        version: int,
+        parts: Mapping[str, bytes],
+        *,
+        published_at: float,
+        built_from: BuiltFrom | None = None,
+    ) -> bool:
         """Sends the bytes of only the parts the store does not hold already."""
         digests = {name: part_digest(blob) for name, blob in parts.items()}
         stored, _content = self._stored_digests()
@@ -133,7 +167,7 @@ class RedisSnapshotPublisher:
                 name: b"" if not send_all and stored.get(name) == digests[name] else blob
                 for name, blob in parts.items()
             }
-            outcome = self._write(version, published_at, digests, sent)
+            outcome = self._write(version, published_at, digests, sent, built_from=built_from)
             if outcome != -1:
                 return outcome == 1
         return False  # not reached: with every part's bytes the script never answers -1
@@ -141,7 +175,12 @@ class RedisSnapshotPublisher:
     PATCH_TRIES = 3
 
     def patch(
-        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+        self,
+        version: int,
+        changed: Mapping[str, bytes | None],
+        *,
+        published_at: float,
+        carried: Collection[int] = (),
     ) -> Patched:
         """Names every stored part by the digest read here, its bytes not sent; the script
         refuses (-1) if one no longer has it (another publisher wrote in between, or the part
@@ -153,7 +192,9 @@ class RedisSnapshotPublisher:
                 return Patched.NO_BASE
             digests = {n: d for n, d in stored.items() if n not in changed} | changed_digests
             sent = {n: changed.get(n) or b"" for n in digests}
-            outcome = self._write(version, published_at, digests, sent, base=content)
+            outcome = self._write(
+                version, published_at, digests, sent, base=content, carried=carried
+            )
             if outcome != -1:
                 return Patched.STORED if outcome == 1 else Patched.REFUSED
         return Patched.NO_BASE
@@ -174,6 +215,8 @@ class RedisSnapshotPublisher:
         sent: dict[str, bytes],
         *,
         base: bytes = b"",
+        built_from: BuiltFrom | None = None,
+        carried: Collection[int] = (),
     ) -> int:
         """One run of the script: 1 stored, 0 refused (not newer), -1 a part named by its
         digest alone (``sent`` empty) not stored with it, or the content not ``base`` (a
@@ -181,9 +224,15 @@ class RedisSnapshotPublisher:
         k = self._keys
         args: list[_Arg] = [version, repr(published_at), content_digest(digests), k.part_prefix]
         args.append(base)
+        if built_from is None:
+            args += ["", ""]
+        else:
+            args += [built_from.generation, built_from.rest]
+        args.append(" ".join(str(generation) for generation in carried))
         for name, digest in digests.items():
             args += [name, digest, sent[name]]
-        return int(self._script(keys=[k.version, k.at, k.digest, k.parts], args=args))
+        keys = [k.version, k.at, k.digest, k.parts, k.built_from]
+        return int(self._script(keys=keys, args=args))
 
     def published_version(self) -> int | None:
         raw = self._client.get(self._keys.version)
@@ -195,6 +244,15 @@ class RedisSnapshotPublisher:
         keys = [k.version, k.digest, k.parts, k.at]
         digest = self._digest(keys=keys, args=[k.part_prefix])
         return _bytes(digest) if digest else None
+
+    def built_from(self) -> tuple[int, BuiltFrom] | None:
+        with self._client.pipeline(transaction=True) as both:
+            both.get(self._keys.version)
+            both.hmget(self._keys.built_from, ["version", "generation", "rest"])
+            version, (tagged, generation, rest) = both.execute()
+        if version is None or tagged != version or generation is None:
+            return None  # none, or written with an older version: not this one's
+        return int(version), BuiltFrom(int(generation), _bytes(rest or b"").decode())
 
 
 class RedisSnapshotSource:

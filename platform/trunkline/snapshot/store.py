@@ -8,7 +8,9 @@ Redis (``snapshot.redis_store``) writes a version's parts and version in one scr
 reads the version's list of digests in one transaction and then each part it lacks, keeping a
 part only if its bytes hash to the listed digest, so it never serves a torn snapshot. Beside
 them ``published_digest`` names the whole content, so a control plane can tell whether the
-store already holds what the database says without fetching anything.
+store already holds what the database says without fetching anything, and ``built_from`` the
+configuration state the version was built from, so another control plane whose database is in
+that state knows without building anything either.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +52,26 @@ def content_digest(digests: Mapping[str, bytes]) -> bytes:
     return whole.digest()
 
 
+@dataclass(frozen=True)
+class BuiltFrom:
+    """The configuration state a stored version was built from, as its publisher read it before
+    reading anything else: the version holds every change counted up to ``generation`` (maybe
+    more), and ``rest`` is the rest of that state, the publisher's to name (the price book
+    version in force). The store keeps it with the version it came with, or none."""
+
+    generation: int
+    rest: str = ""
+
+
+def carried_to(generation: int, carried: Collection[int]) -> int:
+    """A patch over a version built from ``generation`` that carries the changes ``carried``
+    holds every change up to the returned one: a gap stops it (a change not carried, another
+    process's, may not be in it)."""
+    while generation + 1 in carried:
+        generation += 1
+    return generation
+
+
 class Patched(enum.Enum):
     """What became of a ``patch``."""
 
@@ -63,16 +85,30 @@ class Patched(enum.Enum):
 
 class SnapshotPublisher(Protocol):
     def next_version(self) -> int: ...
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
-        """Store ``parts`` as ``version`` unless as new or a newer version is stored: whether
-        it did."""
+    def publish(
+        self,
+        version: int,
+        parts: Mapping[str, bytes],
+        *,
+        published_at: float,
+        built_from: BuiltFrom | None = None,
+    ) -> bool:
+        """Store ``parts`` as ``version``, built from ``built_from`` (None: not known), unless as
+        new or a newer version is stored: whether it did."""
         ...
 
     def patch(
-        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+        self,
+        version: int,
+        changed: Mapping[str, bytes | None],
+        *,
+        published_at: float,
+        carried: Collection[int] = (),
     ) -> Patched:
         """Store as ``version`` the parts stored, each exactly as it is stored now, with those
-        ``changed`` replaced (None: removed); unless as new or a newer version is stored."""
+        ``changed`` replaced (None: removed); unless as new or a newer version is stored. It is
+        built from what the version patched was, moved on by the changes (their generations)
+        it ``carried`` (``carried_to``); from nothing known if that was not known."""
         ...
 
     def published_version(self) -> int | None:
@@ -81,6 +117,11 @@ class SnapshotPublisher(Protocol):
 
     def published_digest(self) -> bytes | None:
         """The ``content_digest`` of what the store holds (None: no snapshot)."""
+        ...
+
+    def built_from(self) -> tuple[int, BuiltFrom] | None:
+        """The version the store holds and what it was built from (None: no version, or not
+        known: stored by a publisher that did not say, such as an older control plane)."""
         ...
 
 
@@ -100,22 +141,37 @@ class InMemorySnapshotStore:
         self._counter = 0
         self._current: Loaded | None = None
         """The version held, with every part's bytes."""
+        self._from: BuiltFrom | None = None
+        """What the version held was built from."""
 
     def next_version(self) -> int:
         with self._lock:
             self._counter += 1
             return self._counter
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+    def publish(
+        self,
+        version: int,
+        parts: Mapping[str, bytes],
+        *,
+        published_at: float,
+        built_from: BuiltFrom | None = None,
+    ) -> bool:
         with self._lock:
             if self._current is not None and version <= self._current.version:
                 return False
             digests = {name: part_digest(blob) for name, blob in parts.items()}
             self._current = Loaded(version, published_at, digests, dict(parts))
+            self._from = built_from
             return True
 
     def patch(
-        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
+        self,
+        version: int,
+        changed: Mapping[str, bytes | None],
+        *,
+        published_at: float,
+        carried: Collection[int] = (),
     ) -> Patched:
         with self._lock:
             current = self._current
@@ -127,6 +183,8 @@ class InMemorySnapshotStore:
             blobs = {name: blob for name, blob in parts.items() if blob is not None}
             digests = {name: part_digest(blob) for name, blob in blobs.items()}
             self._current = Loaded(version, published_at, digests, blobs)
+            if (base := self._from) is not None:
+                self._from = BuiltFrom(carried_to(base.generation, carried), base.rest)
             return Patched.STORED
 
     def published_version(self) -> int | None:
@@ -136,6 +194,12 @@ class InMemorySnapshotStore:
     def published_digest(self) -> bytes | None:
         current = self._current
         return None if current is None else content_digest(current.digests)
+
+    def built_from(self) -> tuple[int, BuiltFrom] | None:
+        with self._lock:
+            if self._current is None or self._from is None:
+                return None
+            return self._current.version, self._from
 
     async def version(self) -> int | None:
         return self.published_version()

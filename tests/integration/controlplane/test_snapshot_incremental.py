@@ -57,15 +57,13 @@ class Recorded:
         self.writes: list[str] = []
         self.before_first_write: Callable[[Mapping[str, bytes | None]], None] | None = None
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+    def publish(self, version: int, parts: Mapping[str, bytes], **kw: Any) -> bool:
         self._wrote("whole", parts)
-        return self.store.publish(version, parts, published_at=published_at)
+        return self.store.publish(version, parts, **kw)
 
-    def patch(
-        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
-    ) -> Patched:
+    def patch(self, version: int, changed: Mapping[str, bytes | None], **kw: Any) -> Patched:
         self._wrote("shards", changed)
-        return self.store.patch(version, changed, published_at=published_at)
+        return self.store.patch(version, changed, **kw)
 
     def _wrote(self, kind: str, parts: Mapping[str, bytes | None]) -> None:
         self.writes.append(kind)

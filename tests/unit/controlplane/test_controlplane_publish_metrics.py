@@ -53,15 +53,13 @@ class AnotherControlPlaneFirst:
             assert loaded is not None
             self.store.publish(self.store.next_version(), loaded.blobs, published_at=0.0)
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+    def publish(self, version: int, parts: Mapping[str, bytes], **kw: Any) -> bool:
         self._race("whole")
-        return self.store.publish(version, parts, published_at=published_at)
+        return self.store.publish(version, parts, **kw)
 
-    def patch(
-        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
-    ) -> Patched:
+    def patch(self, version: int, changed: Mapping[str, bytes | None], **kw: Any) -> Patched:
         self._race("shards")
-        return self.store.patch(version, changed, published_at=published_at)
+        return self.store.patch(version, changed, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -161,9 +159,9 @@ class AlwaysBeaten:
     def __init__(self, store: InMemorySnapshotStore) -> None:
         self.store = store
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+    def publish(self, version: int, parts: Mapping[str, bytes], **kw: Any) -> bool:
         self.store.publish(self.store.next_version(), {"other": b"other"}, published_at=0.0)
-        return self.store.publish(version, parts, published_at=published_at)
+        return self.store.publish(version, parts, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)

@@ -41,15 +41,13 @@ class HeldFirstPublish:
             self.entered.set()
             assert self.release.wait(10)
 
-    def publish(self, version: int, parts: Mapping[str, bytes], *, published_at: float) -> bool:
+    def publish(self, version: int, parts: Mapping[str, bytes], **kw: Any) -> bool:
         self._held("whole")
-        return self.store.publish(version, parts, published_at=published_at)
+        return self.store.publish(version, parts, **kw)
 
-    def patch(
-        self, version: int, changed: Mapping[str, bytes | None], *, published_at: float
-    ) -> Patched:
+    def patch(self, version: int, changed: Mapping[str, bytes | None], **kw: Any) -> Patched:
         self._held("shards")
-        return self.store.patch(version, changed, published_at=published_at)
+        return self.store.patch(version, changed, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
