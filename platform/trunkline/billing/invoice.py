@@ -7,9 +7,11 @@ are allotted so that they add up to it.
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from operator import attrgetter
 
 from trunkline.billing.charges import CREDIT, ChargeLine
 from trunkline.billing.focus import invoice_id
@@ -24,6 +26,8 @@ SECTIONS = {
     "correction": "Corrections to earlier periods",
 }
 WIDTH = 100
+PIECE_CHARS = 65_536
+"""An invoice of every tenant is written or sent in pieces of about this many characters."""
 
 
 def _money(value: Decimal) -> str:
@@ -114,13 +118,25 @@ def render_invoice(lines: list[ChargeLine], period: Period, currency: str, *, fi
     return "\n".join(header + body + footer) + "\n"
 
 
-def render_invoices(lines: list[ChargeLine], period: Period, currency: str, *, final: bool) -> str:
-    """Every tenant's invoice, one after another, tenants in slug order."""
-    by_tenant: dict[str, list[ChargeLine]] = defaultdict(list)
-    for line in lines:
-        by_tenant[line.tenant_slug].append(line)
-    if not by_tenant:
-        return f"No charges in {period.label}.\n"
-    return "\n".join(
-        render_invoice(by_tenant[slug], period, currency, final=final) for slug in sorted(by_tenant)
-    )
+def invoice_chunks(
+    lines: Iterable[ChargeLine], period: Period, currency: str, *, final: bool
+) -> Iterator[bytes]:
+    """Every tenant's invoice, one after another (a blank line between two), in pieces of about
+    ``PIECE_CHARS`` made as ``lines`` come: an invoice of every tenant's month is written (or
+    sent) a few tenants at a time, not held whole. ``lines`` must come a tenant slug's lines
+    together, slugs in order (a statement, or ``statements_by_tenants`` one after another): each
+    run of one slug is that slug's invoice. Lines a renamed tenant carries under its former slug
+    (see ``statements_by_tenants``) come where its group comes, not in that slug's order."""
+    pending: list[str] = []
+    held, made = 0, False
+    for _slug, run in itertools.groupby(lines, key=attrgetter("tenant_slug")):
+        text = render_invoice(list(run), period, currency, final=final)
+        pending.append("\n" + text if made else text)
+        held, made = held + len(pending[-1]), True
+        if held >= PIECE_CHARS:
+            yield "".join(pending).encode("utf-8")
+            pending, held = [], 0
+    if pending:
+        yield "".join(pending).encode("utf-8")
+    if not made:
+        yield f"No charges in {period.label}.\n".encode()

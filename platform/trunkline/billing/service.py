@@ -21,7 +21,7 @@ from trunkline.auth.principal import Principal
 from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
 from trunkline.billing.charges import ChargeLine
 from trunkline.billing.focus import csv_chunks, focus_rows, write_parquet
-from trunkline.billing.invoice import render_invoices
+from trunkline.billing.invoice import invoice_chunks
 from trunkline.billing.lines import require_priced
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import (
@@ -59,8 +59,8 @@ FORMATS = {  # text types without a charset: the HTTP response adds "; charset=u
 @dataclass(slots=True)
 class Export:
     chunks: Iterable[bytes]
-    """The file in pieces, to write or send as they come (a FOCUS CSV of every tenant's month
-    is read and made as it is written); iterated once."""
+    """The file in pieces, to write or send as they come (a FOCUS CSV or the invoices of every
+    tenant's month are read and made as they are written); iterated once."""
     media_type: str
     filename: str
     final: bool
@@ -300,7 +300,7 @@ def export_period(
     """The period's charges in ``fmt`` (see ``FORMATS``): every tenant, or one; an open
     period's as of ``now`` (default: the clock's).
 
-    A FOCUS export of every tenant reads its charge lines a group of tenants at a time
+    An export of every tenant reads its charge lines a group of tenants at a time
     (``statements_by_tenants``) as its chunks are consumed: from a session of ``reader`` if
     given (an API response is sent after its request's session closed), which sees the
     database as of its first read (``one_view``: whether the period is closed, its prices and
@@ -313,7 +313,7 @@ def export_period(
         )
     now = now or utcnow()
     lines: Iterable[ChargeLine]
-    if fmt == "invoice" or tenant_id is not None:
+    if tenant_id is not None:
         book = load_price_book(session)
         final = session.get(BillingPeriod, period.start) is not None
         lines = statement(session, period, book, tenant_id, now=now).lines
@@ -331,8 +331,7 @@ def export_period(
     export = Export(iter(()), media_type, filename, final)
     counted = export.counting(lines)
     if fmt == "invoice":
-        text = render_invoices(list(counted), period, book.currency, final=final)
-        export.chunks = [text.encode("utf-8")]
+        export.chunks = invoice_chunks(counted, period, book.currency, final=final)
     else:
         rows = focus_rows(counted, period, book.currency, final)
         export.chunks = csv_chunks(rows) if fmt == "focus-csv" else [write_parquet(rows)]

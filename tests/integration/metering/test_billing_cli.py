@@ -64,6 +64,14 @@ def test_export_closes_the_month_and_late_events_become_corrections(
 
     invoice = cli(env, "export", "--period", current.label, "--format", "invoice").stdout.decode()
     assert "Corrections to earlier periods" in invoice and "PRELIMINARY" in invoice
+    out = tmp_path / "final.txt"  # written in the export's transaction, not after its commit
+    final = cli(env, "export", "--period", last.label, "--format", "invoice", "--out", str(out))
+    assert b"1 charge lines (final)" in final.stderr  # counted as they are read
+    written = out.read_text()
+    assert written.startswith("=" * 100) and "INVOICE TL-" in written and "acme" in written
+    assert (
+        written == cli(env, "export", "--period", last.label, "--format", "invoice").stdout.decode()
+    )
 
 
 def test_an_export_that_cannot_be_written_leaves_the_month_open(

@@ -11,6 +11,9 @@ from decimal import Decimal
 import pyarrow.parquet as pq
 import pytest
 
+from trunkline.billing import invoice, statements
+from trunkline.kit.db import transaction
+from unit.billing.billing_support import NOV, whole_invoices
 from unit.controlplane.cp_support import World, random_id
 from unit.metering.usage_support import LLAMA, Account, at, event, ingest
 
@@ -117,6 +120,20 @@ def test_finance_exports_every_tenant(world: World, usage: dict[str, str]) -> No
     )
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert {r["BillingAccountId"] for r in rows} == {world.tenant("acme"), world.tenant("globex")}
+
+
+def test_finance_gets_every_tenants_invoice_read_a_tenant_at_a_time_as_made_whole(
+    world: World, usage: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statements, "ROWS_PER_STATEMENT", 1)  # a group per tenant
+    monkeypatch.setattr(invoice, "PIECE_CHARS", 1)  # sent an invoice at a time
+    response = world.admin.client.get(
+        "/api/v1/billing/exports/2026-11", params={"format": "invoice"}, headers=world.admin.headers
+    )
+    assert response.status_code == 200
+    with transaction(world.runtime.session_factory) as session:
+        whole = whole_invoices(session, NOV)
+    assert response.text == whole and whole.count("TOTAL DUE") == 2
 
 
 def answer(world: World, who: str, path: str, params: dict[str, str]) -> tuple[int, str]:

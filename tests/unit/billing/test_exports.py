@@ -102,6 +102,6 @@ def test_an_export_of_every_tenant_that_cannot_be_priced_fails_before_it_is_sent
     with transaction(factory) as session:
         first = load_price_book(session).versions[0].effective_from
     assert first > at(3, month=12, year=2025), "the bundled book starts after this usage"
-    for fmt in ("focus-csv", "focus-parquet"):
+    for fmt in ("focus-csv", "focus-parquet", "invoice"):
         with transaction(factory) as session, pytest.raises(ConfigurationError, match="before"):
             export_period(session, parse_period("2025-12"), fmt)  # not its chunks: the call
