@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from trunkline.auth.principal import Principal
 from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
 from trunkline.billing.charges import ChargeLine
-from trunkline.billing.focus import csv_chunks, focus_rows, write_parquet
+from trunkline.billing.focus import csv_chunks, focus_rows, parquet_chunks
 from trunkline.billing.invoice import invoice_chunks
 from trunkline.billing.lines import require_priced
 from trunkline.billing.periods import Period, month_of
@@ -334,7 +334,7 @@ def export_period(
         export.chunks = invoice_chunks(counted, period, book.currency, final=final)
     else:
         rows = focus_rows(counted, period, book.currency, final)
-        export.chunks = csv_chunks(rows) if fmt == "focus-csv" else [write_parquet(rows)]
+        export.chunks = csv_chunks(rows) if fmt == "focus-csv" else parquet_chunks(rows)
     return export
 
 

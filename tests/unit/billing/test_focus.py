@@ -11,7 +11,7 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -256,7 +256,22 @@ def test_the_csv_comes_in_pieces_that_make_the_same_file() -> None:
 
 def test_parquet_is_written_a_row_group_at_a_time_and_reads_back_whole() -> None:
     rows = _rows(25, text="acme")
-    parquet = pq.ParquetFile(io.BytesIO(focus.write_parquet(iter(rows), batch=10)))
+    taken: list[int] = []
+
+    def read() -> Iterator[tuple[Any, ...]]:
+        for number, row in enumerate(rows, 1):
+            taken.append(number)
+            yield row
+
+    pieces = focus.parquet_chunks(read(), batch=10)
+    first = next(pieces)
+    assert first.startswith(b"PAR1") and len(taken) <= 11, "sent before the rest was read"
+    parquet = pq.ParquetFile(io.BytesIO(first + b"".join(pieces)))
     assert parquet.metadata.num_row_groups == 3
     table = parquet.read()
     assert table.num_rows == 25 and table.column_names == list(COLUMN_NAMES)
+
+
+def test_parquet_of_no_rows_is_a_file_with_its_columns() -> None:
+    table = pq.read_table(io.BytesIO(b"".join(focus.parquet_chunks(iter(())))))
+    assert table.num_rows == 0 and table.column_names == list(COLUMN_NAMES)
