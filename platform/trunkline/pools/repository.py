@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 
-from sqlalchemy import Select, exists, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from trunkline.kit.db import chunked, conflict_insert
@@ -207,18 +207,17 @@ def entitlements_of(
     return found
 
 
-def entitled_tenants(
+def entitled_counts(
     session: Session, tenant_ids: frozenset[uuid.UUID] | None, aliases: Iterable[str]
-) -> dict[str, list[uuid.UUID]]:
-    """Alias (of ``aliases``) → the given tenants entitled to it (``None``: every tenant)."""
+) -> dict[str, int]:
+    """Alias (of ``aliases``) → how many of the given tenants (``None``: every tenant) are
+    entitled to it, counted by the database in one statement."""
     statement = (
-        select(ModelAlias.alias, Entitlement.tenant_id)
+        select(ModelAlias.alias, func.count(Entitlement.id))
         .join(Entitlement, Entitlement.alias_id == ModelAlias.id)
         .where(ModelAlias.alias.in_(list(aliases)))
+        .group_by(ModelAlias.alias)
     )
     if tenant_ids is not None:
         statement = statement.where(Entitlement.tenant_id.in_(tenant_ids))
-    found: dict[str, list[uuid.UUID]] = {}
-    for alias, tenant_id in session.execute(statement):
-        found.setdefault(alias, []).append(tenant_id)
-    return found
+    return {alias: count for alias, count in session.execute(statement).tuples()}

@@ -96,6 +96,13 @@ def _tenants(session: Session, world: World, rows: range) -> None:
         tenancy.create_tenant(session, TenantCreate(slug=f"t-{n:03d}", name=f"T {n}", tier="gold"))
 
 
+def _entitled_tenants(session: Session, world: World, rows: range) -> None:
+    _tenants(session, world, rows)
+    for n in rows:
+        tenant = tenancy.tenant_by_slug(session, f"t-{n:03d}")
+        entitlements.grant_entitlement(session, tenant.id, "bge-small")
+
+
 def _members(session: Session, world: World, rows: range) -> None:
     acme = _acme(world)
     for n in rows:
@@ -168,6 +175,7 @@ LISTINGS = [
     Listing(CATALOG + "/models", _in_a_transaction(_models_with_aliases)),
     Listing(CATALOG + "/pools", _in_a_transaction(_pools_with_endpoints)),
     Listing(T, _in_a_transaction(_tenants)),
+    Listing(T + "?entitled_to=bge-small", _in_a_transaction(_entitled_tenants)),
     Listing(T + "/{acme}/members", _in_a_transaction(_members)),
     Listing(T + "/{acme}/projects", _in_a_transaction(_projects)),
     Listing(T + "/{acme}/keys", _keys),
