@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.runtime import Runtime
 from trunkline.kit.db import transaction
+from trunkline.models import UsageRollup
 from trunkline.pools import aliases, entitlements, service
 from trunkline.pools.schemas import (
     AliasCreate,
@@ -116,11 +118,31 @@ def _projects(session: Session, world: World, rows: range) -> None:
         tenancy.create_project(session, _acme(world), ProjectCreate(name=f"p-{n:03d}"))
 
 
-def _keys(world: World, rows: range) -> None:
+def _keys(world: World, rows: range) -> list[dict[str, Any]]:
     """Keys through the API (a batch), in acme's demo project."""
     project = world.project("acme", "demo")
     batch = {"keys": [{"project_id": project, "name": f"k{n}"} for n in rows]}
-    world.api("acme-admin").post(f"{T}/{world.tenant('acme')}/keys/batch", batch)
+    created: list[dict[str, Any]] = world.api("acme-admin").post(
+        f"{T}/{world.tenant('acme')}/keys/batch", batch
+    )
+    return [c["key"] for c in created]
+
+
+def _usage_of_keys(world: World, rows: range) -> None:
+    """A rolled-up hour of usage for each of new keys, in November 2026."""
+    keys = _keys(world, rows)
+    hour = datetime(2026, 11, 3, 10, tzinfo=UTC)
+    with transaction(world.runtime.session_factory) as session:
+        for key in keys:
+            session.add(
+                UsageRollup(
+                    tenant_id=_acme(world), hour=hour, project_id=uuid.UUID(key["project_id"]),
+                    api_key_id=key["key_id"], model="llama-3.1-8b-instruct", pool="h100-eu-west",
+                    tier="gold", region="eu-west", accelerator="h100", outcome="completed",
+                    requests=1, prompt_tokens=10, cached_tokens=0, completion_tokens=5,
+                    slo_eligible=1, slo_met=1, updated_at=hour,
+                )
+            )  # fmt: skip
 
 
 def _entitled_aliases(session: Session, world: World, rows: range) -> None:
@@ -165,6 +187,8 @@ class Listing:
     path: str
     seed: Seed
     who: str = "root"
+    rows: Callable[[Any], list[Any]] = lambda body: list(body)
+    """The rows of an answer (a report holds them in ``rows``)."""
 
     def __str__(self) -> str:
         return f"{self.who} GET {self.path}"
@@ -183,6 +207,12 @@ LISTINGS = [
     Listing(T + "/{acme}/entitlements", _in_a_transaction(_entitled_aliases), who="acme-dev"),
     Listing("/api/v1/models", _in_a_transaction(_entitled_aliases)),
     Listing("/api/v1/models", _in_a_transaction(_entitled_aliases), who="acme-dev"),
+    Listing(
+        T + "/{acme}/usage?period=2026-11&group_by=key",
+        _usage_of_keys,
+        who="acme-admin",
+        rows=lambda body: body["rows"],
+    ),
     Listing("/api/v1/tiers", _in_a_transaction(_tiers)),
     Listing(CATALOG + "/flavors", _in_a_transaction(_flavors)),
 ]
@@ -202,7 +232,7 @@ def test_a_listing_of_more_rows_takes_no_more_statements(world: World, listing: 
     listing.seed(world, range(FEW, MANY))
     many, many_body = _statements(world, listing)
 
-    assert len(many_body) - len(few_body) == MANY - FEW
+    assert len(listing.rows(many_body)) - len(listing.rows(few_body)) == MANY - FEW
     assert many == few, f"{listing}: {few} statements, then {many} with {MANY - FEW} more rows"
 
 
