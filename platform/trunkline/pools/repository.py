@@ -220,4 +220,4 @@ def entitled_counts(
     )
     if tenant_ids is not None:
         statement = statement.where(Entitlement.tenant_id.in_(tenant_ids))
-    return {alias: count for alias, count in session.execute(statement).tuples()}
+    return {alias: count for alias, count in session.execute(statement)}
