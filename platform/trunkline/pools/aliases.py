@@ -23,13 +23,12 @@ from trunkline.tenancy.schemas import given
 
 
 def list_aliases(session: Session, page: PageRequest = EVERYTHING) -> Page[AliasView]:
-    rows = ModelRepository(session).aliases_with_models(page)
-    return rows.map(lambda row: _view(session, *row))
+    return ModelRepository(session).aliases_with_models(page).map(lambda row: _view(*row))
 
 
 def get_alias(session: Session, alias: str) -> AliasView:
     row = alias_row(session, alias)
-    return _view(session, row, model_row(session, _model_name(session, row)))
+    return _stored_view(session, row, model_row(session, _model_name(session, row)))
 
 
 def create_alias(session: Session, data: AliasCreate) -> AliasView:
@@ -37,7 +36,7 @@ def create_alias(session: Session, data: AliasCreate) -> AliasView:
     row = insert_alias(session, model, data.alias)
     configure_alias(session, row, model, data.pools, data.cascade)
     mark_config_changed(session)
-    return _view(session, row, model)
+    return _stored_view(session, row, model)
 
 
 def update_alias(session: Session, alias: str, data: AliasUpdate) -> AliasView:
@@ -50,7 +49,7 @@ def update_alias(session: Session, alias: str, data: AliasUpdate) -> AliasView:
     if configure_alias(session, row, model, pools, cascade) or moved:
         session.flush()
         mark_config_changed(session)
-    return _view(session, row, model)
+    return _stored_view(session, row, model)
 
 
 def configure_alias(
@@ -77,10 +76,21 @@ def configure_alias(
 
 
 def stored_cascade(session: Session, row: ModelAlias) -> Cascade | None:
+    return _cascade(row, _escalation(session, row))
+
+
+def _escalation(session: Session, row: ModelAlias) -> ModelRow | None:
+    """The model the alias's cascade escalates to; None when it does not cascade."""
     if row.escalate_model_id is None:
         return None
     large = ModelRepository(session).get(row.escalate_model_id)
     assert large is not None  # a foreign key guards it
+    return large
+
+
+def _cascade(row: ModelAlias, large: ModelRow | None) -> Cascade | None:
+    if large is None:
+        return None
     return Cascade(escalate_to=large.name, checks=CascadeChecks.of_stored(row.cascade_checks or {}))
 
 
@@ -114,6 +124,11 @@ def _model_name(session: Session, row: ModelAlias) -> str:
     return model.name
 
 
-def _view(session: Session, row: ModelAlias, model: ModelRow) -> AliasView:
+def _stored_view(session: Session, row: ModelAlias, model: ModelRow) -> AliasView:
+    return _view(row, model, _escalation(session, row))
+
+
+def _view(row: ModelAlias, model: ModelRow, large: ModelRow | None) -> AliasView:
+    """The alias as the API shows it; ``large``: the model its cascade escalates to."""
     pools = None if row.pools is None else list(row.pools)
-    return AliasView(row.alias, model.name, pools, stored_cascade(session, row))
+    return AliasView(row.alias, model.name, pools, _cascade(row, large))

@@ -210,6 +210,7 @@ class AvailableModelController(Controller):
         tenant_id: FromQuery[uuid.UUID | None] = None,
     ) -> Response[list[AvailableModel]]:
         """Aliases the caller's tenants may use, by alias; ``?tenant_id=`` narrows to one
-        tenant."""
+        tenant. Each counts the caller's tenants entitled to it (``tenant_count``);
+        ``GET /tenants?entitled_to=ALIAS`` lists them."""
         found = entitlements.available_models(db_session, principal, tenant_id, paging.request)
         return paging.answer(found)

@@ -13,7 +13,7 @@ from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Entitlement as EntitlementRow
 from trunkline.models import Model as ModelRow
 from trunkline.models import ModelAlias
-from trunkline.pools.repository import EntitlementRepository, ModelRepository, entitled_tenants
+from trunkline.pools.repository import EntitlementRepository, ModelRepository, entitled_counts
 from trunkline.pools.schemas import AvailableModel, Entitlement
 from trunkline.tenancy.changes import mark_config_changed
 from trunkline.tenancy.service import tenant_row
@@ -101,11 +101,11 @@ def available_models(
         principal.require_member(tenant_id)
         visible = frozenset({tenant_id})
     rows = ModelRepository(session).available(visible, page)
-    tenants_by_alias = entitled_tenants(session, visible, (a.alias for a, _m in rows.items))
+    counts = entitled_counts(session, visible, (a.alias for a, _m in rows.items))
 
     def available(row: tuple[ModelAlias, ModelRow]) -> AvailableModel:
         alias, model = row
-        tenants = sorted(tenants_by_alias.get(alias.alias, []), key=str)
-        return AvailableModel(alias.alias, model.name, model.kind, model.context_length, tenants)
+        count = counts.get(alias.alias, 0)
+        return AvailableModel(alias.alias, model.name, model.kind, model.context_length, count)
 
     return rows.map(available)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 
-from sqlalchemy import Select, exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.orm import Session, aliased
 
 from trunkline.kit.db import chunked, conflict_insert
 from trunkline.kit.ids import utcnow
@@ -83,8 +83,18 @@ class ModelRepository:
         rows = self._session.scalars(select(ModelAlias).order_by(ModelAlias.alias))
         return [alias for alias in rows if alias.pools and pool in alias.pools]
 
-    def aliases_with_models(self, request: PageRequest) -> Page[tuple[ModelAlias, Model]]:
-        return ALIASES.page(self._session, _aliases_with_models(), request)
+    def aliases_with_models(
+        self, request: PageRequest
+    ) -> Page[tuple[ModelAlias, Model, Model | None]]:
+        """Each alias with its model and the model its cascade escalates to (None: it does
+        not cascade), joined in the page's one statement: not read an alias at a time."""
+        large = aliased(Model)
+        statement = (
+            _aliases_with_models()
+            .add_columns(large)
+            .outerjoin(large, ModelAlias.escalate_model_id == large.id)
+        )
+        return ALIASES.page(self._session, statement, request)
 
     def available(
         self, tenant_ids: frozenset[uuid.UUID] | None, request: PageRequest
@@ -197,18 +207,17 @@ def entitlements_of(
     return found
 
 
-def entitled_tenants(
+def entitled_counts(
     session: Session, tenant_ids: frozenset[uuid.UUID] | None, aliases: Iterable[str]
-) -> dict[str, list[uuid.UUID]]:
-    """Alias (of ``aliases``) → the given tenants entitled to it (``None``: every tenant)."""
+) -> dict[str, int]:
+    """Alias (of ``aliases``) → how many of the given tenants (``None``: every tenant) are
+    entitled to it, counted by the database in one statement."""
     statement = (
-        select(ModelAlias.alias, Entitlement.tenant_id)
+        select(ModelAlias.alias, func.count(Entitlement.id))
         .join(Entitlement, Entitlement.alias_id == ModelAlias.id)
         .where(ModelAlias.alias.in_(list(aliases)))
+        .group_by(ModelAlias.alias)
     )
     if tenant_ids is not None:
         statement = statement.where(Entitlement.tenant_id.in_(tenant_ids))
-    found: dict[str, list[uuid.UUID]] = {}
-    for alias, tenant_id in session.execute(statement):
-        found.setdefault(alias, []).append(tenant_id)
-    return found
+    return {alias: count for alias, count in session.execute(statement)}

@@ -324,5 +324,7 @@ class AvailableModel(msgspec.Struct):
     model: str
     kind: str
     context_length: int
-    tenant_ids: list[uuid.UUID]
-    """The caller's tenants entitled to this alias."""
+    tenant_count: int
+    """How many of the caller's tenants (every tenant, for a platform admin) are entitled to
+    this alias: ``GET /tenants?entitled_to=ALIAS`` lists them, a page at a time. A count, not
+    the ids: a shared model's entry would carry thousands of them for a platform admin."""

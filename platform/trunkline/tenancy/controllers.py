@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from litestar import Controller, Response, delete, get, patch, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, Parameter
 
 from trunkline.auth.guards import authenticated, platform_admin, tenant_admin, tenant_member
 from trunkline.auth.params import Caller, DbSession, TenantId
@@ -61,10 +62,22 @@ class TenantController(Controller):
 
     @get("/", guards=[authenticated], sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
     def list_tenants(
-        self, db_session: DbSession, principal: Caller, paging: Paging
+        self,
+        db_session: DbSession,
+        principal: Caller,
+        paging: Paging,
+        entitled_to: Annotated[
+            str | None,
+            Parameter(
+                max_length=200,
+                description="only the tenants entitled to this model alias (the `tenant_count` "
+                "of its `GET /models` entry counts them)",
+            ),
+        ] = None,
     ) -> Response[list[Tenant]]:
         """All tenants for a platform admin, the caller's own tenants otherwise; by slug."""
-        return paging.answer(service.list_tenants(db_session, principal, paging.request))
+        found = service.list_tenants(db_session, principal, paging.request, entitled_to)
+        return paging.answer(found)
 
     @post("/", guards=[platform_admin], sync_to_thread=True)
     def create_tenant(self, db_session: DbSession, data: JSONBody[TenantCreate]) -> Tenant:

@@ -10,11 +10,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from trunkline.kit.pagination import Keyset, Page, PageRequest
-from trunkline.models import Membership, Project, Role, Tenant, Tier, User
+from trunkline.models import (
+    Entitlement,
+    Membership,
+    ModelAlias,
+    Project,
+    Role,
+    Tenant,
+    Tier,
+    User,
+)
 
 TENANTS = Keyset("tenants", (Tenant.slug,))
 MEMBERS = Keyset("members", (User.email,))
@@ -57,8 +66,17 @@ class TenantRepository:
             statement = statement.where(Tenant.id.in_(self._visible))
         return statement
 
-    def page(self, request: PageRequest) -> Page[Tenant]:
-        return TENANTS.scalars(self._session, self._select(), request)
+    def page(self, request: PageRequest, entitled_to: str | None = None) -> Page[Tenant]:
+        """The visible tenants, or those of them entitled to the alias ``entitled_to``."""
+        statement = self._select()
+        if entitled_to is not None:
+            entitled = (
+                select(Entitlement.id)
+                .join(ModelAlias, Entitlement.alias_id == ModelAlias.id)
+                .where(Entitlement.tenant_id == Tenant.id, ModelAlias.alias == entitled_to)
+            )
+            statement = statement.where(exists(entitled))
+        return TENANTS.scalars(self._session, statement, request)
 
     def get(self, tenant_id: uuid.UUID) -> Tenant | None:
         return self._session.scalars(self._select().where(Tenant.id == tenant_id)).one_or_none()

@@ -93,10 +93,15 @@ def _tier(session: Session, name: str, *, param: str | None = None) -> TierRow:
 
 
 def list_tenants(
-    session: Session, principal: Principal, page: PageRequest = EVERYTHING
+    session: Session,
+    principal: Principal,
+    page: PageRequest = EVERYTHING,
+    entitled_to: str | None = None,
 ) -> Page[Tenant]:
-    """Every tenant for a platform admin; the caller's own tenants for anyone else."""
-    return TenantRepository(session, principal.visible_tenants()).page(page).map(Tenant.of)
+    """Every tenant for a platform admin; the caller's own tenants for anyone else. With
+    ``entitled_to``, only those of them entitled to that alias."""
+    tenants = TenantRepository(session, principal.visible_tenants())
+    return tenants.page(page, entitled_to).map(Tenant.of)
 
 
 def get_tenant(session: Session, principal: Principal, tenant_id: uuid.UUID) -> Tenant:

@@ -147,7 +147,10 @@ def test_acme_lists_never_include_globex_objects(world: World, who: str) -> None
     assert [k["key_id"] for k in api.get(f"{T}/{ids.a}/keys")] == [acme_key]
     assert api.get(f"{T}/{ids.a}/keys", params={"project_id": ids.project}) == []
     assert {e["tenant_id"] for e in api.get(f"{T}/{ids.a}/entitlements")} == {ids.a}
-    assert {t for m in api.get("/api/v1/models") for t in m["tenant_ids"]} == {ids.a}
+    assert {m["tenant_count"] for m in api.get("/api/v1/models")} == {1}  # globex's not counted
+    for alias in ("llama-3.1-8b", "bge-small"):  # globex is entitled to both too
+        entitled = api.get(T, params={"entitled_to": alias})
+        assert [t["id"] for t in entitled] == [ids.a], alias
     assert [m["tenant_id"] for m in api.get("/api/v1/auth/me")["memberships"]] == [ids.a]
     if who == "acme-admin":
         emails = {m["email"] for m in api.get(f"{T}/{ids.a}/members")}

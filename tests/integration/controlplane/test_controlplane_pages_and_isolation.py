@@ -65,6 +65,8 @@ def keyed(world: World) -> World:
         ("acme-admin", T + "/{acme}/keys"),
         ("acme-dev", T),
         ("globex-admin", T),
+        ("acme-dev", T + "?entitled_to=llama-3.1-8b"),
+        ("globex-admin", T + "?entitled_to=llama-3.1-8b"),
         ("acme-dev", "/api/v1/models"),
         ("globex-admin", "/api/v1/models"),
     ],

@@ -128,10 +128,47 @@ def test_models_lists_what_the_callers_tenants_may_use(world: World) -> None:
 
     models = {m["alias"]: m for m in world.api("acme-dev").get("/api/v1/models")}
     assert set(models) == {"llama-3.1-8b", "bge-small"}
-    assert set(models["llama-3.1-8b"]["tenant_ids"]) == {world.tenant("acme"), initech["id"]}
-    assert models["bge-small"]["tenant_ids"] == [world.tenant("acme")]
+    assert (models["llama-3.1-8b"]["tenant_count"], models["bge-small"]["tenant_count"]) == (2, 1)
+    assert "tenant_ids" not in models["bge-small"]
+    entitled = world.api("acme-dev").get("/api/v1/tenants", params={"entitled_to": "llama-3.1-8b"})
+    assert {t["id"] for t in entitled} == {world.tenant("acme"), initech["id"]}
+    bge = world.api("acme-dev").get("/api/v1/tenants", params={"entitled_to": "bge-small"})
+    assert [t["slug"] for t in bge] == ["acme"]
     assert models["bge-small"]["kind"] == "embedding"
     only_initech = world.api("acme-dev").get("/api/v1/models", params={"tenant_id": initech["id"]})
     assert [m["alias"] for m in only_initech] == ["llama-3.1-8b"]
     assert world.api("outsider").get("/api/v1/models") == []
     assert {m["alias"] for m in world.admin.get("/api/v1/models")} == {"llama-3.1-8b", "bge-small"}
+
+
+def test_a_platform_admin_counts_a_shared_models_tenants_and_pages_through_them(
+    world: World,
+) -> None:
+    """A model every tenant may use: its /models entry stays one count however many tenants
+    share it; the tenants come a page at a time, with the listing's next links."""
+    slugs = [f"shared-{n}" for n in range(7)]
+    for slug in slugs:
+        tenant = world.admin.post("/api/v1/tenants", {"slug": slug, "name": slug, "tier": "gold"})
+        world.admin.put(f"/api/v1/tenants/{tenant['id']}/entitlements/bge-small")
+    entitled = {
+        t["slug"]
+        for t in world.admin.get("/api/v1/tenants")
+        if any(e["alias"] == "bge-small"
+               for e in world.admin.get(f"/api/v1/tenants/{t['id']}/entitlements"))
+    }  # fmt: skip
+    assert set(slugs) < entitled
+
+    models = {m["alias"]: m for m in world.admin.get("/api/v1/models")}
+    assert models["bge-small"]["tenant_count"] == len(entitled)
+    pages = world.admin.pages("/api/v1/tenants", entitled_to="bge-small", limit=3)
+    assert [len(page) for page in pages[:-1]] == [3] * (len(pages) - 1)
+    assert [t["slug"] for page in pages for t in page] == sorted(entitled)
+    assert world.admin.get("/api/v1/tenants", params={"entitled_to": "no-such-alias"}) == []
+
+
+def test_the_openapi_document_describes_the_count_and_the_tenants_filter(world: World) -> None:
+    schema = world.api(None).get("/schema/openapi.json")
+    listing = schema["paths"]["/api/v1/tenants"]["get"]
+    assert "entitled_to" in {p["name"] for p in listing["parameters"]}
+    entry = schema["components"]["schemas"]["AvailableModel"]
+    assert "tenant_count" in entry["required"] and "tenant_ids" not in entry["properties"]
