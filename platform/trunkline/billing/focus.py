@@ -216,7 +216,7 @@ def csv_chunks(rows: Iterable[tuple[Any, ...]], lines: int = 10_000) -> Iterator
         yield ("\r\n".join(pending) + "\r\n").encode("utf-8")
 
 
-def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int = 100_000) -> Iterator[bytes]:
+def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int = 20_000) -> Iterator[bytes]:
     """Parquet with typed columns: decimal128(38, 24), timestamp[s, UTC], string; a row group
     of ``batch`` rows at a time, each written out (or sent) as it is made, and the footer last.
     Held whole, a month of every tenant's charges was the whole compressed file in memory, and
