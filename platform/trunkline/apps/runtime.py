@@ -26,7 +26,7 @@ from trunkline.kit.migrate import ensure_sqlite_dir, require_current
 from trunkline.kit.shards import SHARDS, key_shard
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
-from trunkline.snapshot.builder import publish_snapshot
+from trunkline.snapshot.builder import current_digest, publish_snapshot
 from trunkline.snapshot.key_shards import build_key_parts, expired_shards
 from trunkline.snapshot.store import Patched
 from trunkline.tenancy.changes import (
@@ -238,8 +238,29 @@ class Runtime:
                 self._whole_at = time.monotonic()
                 self._saw(state)
                 return True
-        log.warning("other control planes kept publishing newer versions; the check will look")
+        self._refused_every_time()
         return False
+
+    def _refused_every_time(self) -> None:
+        """Say what a whole publish refused ``PUBLISH_TRIES`` times means: nothing alarming when
+        the store holds what the database says all the same (another control plane stored a
+        whole build read after this change committed, which has it); else that the change may
+        not be at the gateways yet, and what publishes it. The caller holds ``publishing``."""
+        with self.session_factory() as session:
+            state = config_state(session)  # before the build: it has at least this
+        current = current_digest(self.session_factory, cache_secret=self.server_secret)
+        if self.publisher.published_digest() == current:  # read after it
+            self._saw(state)
+            self.published_version = self.publisher.published_version()
+            log.info("other control planes stored newer snapshots, holding this configuration")
+            return
+        log.warning(
+            "the gateways may not have the latest configuration yet: other control planes "
+            "stored newer snapshots before each of this process's %d tries, and the snapshot "
+            "store does not hold what the database says now; it is saved, and the control "
+            "plane's check publishes it within seconds",
+            PUBLISH_TRIES,
+        )
 
     def _saw(self, state: ConfigState) -> None:
         """The store holds at least ``state``, and the changes carried since, in a row."""
