@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.gateway import create_gateway_app
-from trunkline.apps.runtime import build_runtime, require_schema, server_secret
+from trunkline.apps.runtime import REDIS_TIMEOUT_S, build_runtime, require_schema, server_secret
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
@@ -43,10 +43,6 @@ def _redis_url(settings: Settings) -> str:
     if not settings.redis.url:
         raise ConfigurationError("TRUNKLINE_REDIS__URL is required for this process")
     return settings.redis.url
-
-
-REDIS_TIMEOUT_S = 2.0
-"""Socket timeout of the gateway's snapshot and usage-stream calls to Redis."""
 
 
 def gateway_app() -> Litestar:

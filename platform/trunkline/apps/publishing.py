@@ -56,7 +56,8 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
         runtime.metrics.checked("skipped")
         return "skipped"
     try:
-        outcome = _check(runtime, thorough)
+        with runtime.outage.watch():  # whether the store answers, for the publishes after writes
+            outcome = _check(runtime, thorough)
     except Exception:
         runtime.metrics.checked("failed")
         raise

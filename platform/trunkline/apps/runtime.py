@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.apps.publish_metrics import PublishMetrics
+from trunkline.apps.store_outage import StoreOutage
 from trunkline.billing.service import prices_in_force_since
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
@@ -25,7 +26,7 @@ from trunkline.kit.migrate import ensure_sqlite_dir, require_current
 from trunkline.kit.shards import SHARDS, key_shard
 from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, SnapshotPublisher
-from trunkline.snapshot.builder import publish_snapshot
+from trunkline.snapshot.builder import current_digest, publish_snapshot
 from trunkline.snapshot.key_shards import build_key_parts, expired_shards
 from trunkline.snapshot.store import BuiltFrom, Patched, carried_to
 from trunkline.tenancy.changes import (
@@ -43,6 +44,11 @@ PUBLISH_TRIES = 3
 
 WHOLE_ABOVE = SHARDS // 4
 """Keys changed in more shards than this (a batch of them) are published by a whole build."""
+
+REDIS_TIMEOUT_S = 2.0
+"""Socket timeout of the control plane's and the gateway's calls to Redis (the snapshot, the
+gateway's usage stream). A whole snapshot's size at 40,000 keys (12.7 MB in 65 parts) was
+stored in 0.12-0.28 s a call here, Redis's script 30-60 ms of it (2026-12-07)."""
 
 WHOLE_EVERY_S = 2.0
 """A key change that follows changes not known to be in the store (another process's) is
@@ -72,6 +78,9 @@ class Runtime:
     whole_every_s: float = WHOLE_EVERY_S
     metrics: PublishMetrics = field(default_factory=PublishMetrics)
     """What its publishing did, for the control plane's ``/metrics``."""
+    outage: StoreOutage = field(default_factory=StoreOutage)
+    """Whether a call to the snapshot store failed lately: publishes then leave their change
+    to the check (``publish``)."""
     _whole_at: float | None = field(init=False, repr=False, default=None)
     """When (monotonic) this process last stored a whole build."""
     _pending: list[Change] = field(init=False, repr=False, default_factory=list)
@@ -88,7 +97,9 @@ class Runtime:
         A snapshot store that cannot take it (Redis away, read-only) neither fails nor undoes
         the change: a warning says so, and the control plane publishes it once the store
         answers again (``republish_if_stale``). Raising here would report a saved change as
-        failed (an API caller retrying a key creation would get a second key).
+        failed (an API caller retrying a key creation would get a second key). After a call to
+        the store failed (``outage``), the change is left to that check at once: a store that
+        does not answer held each write for the client's timeout.
         """
         try:
             if change.generation is None:
@@ -96,18 +107,35 @@ class Runtime:
                     change = Change(config_generation(session), change.keys, exact=False)
             with self._pending_lock:
                 self._pending.append(change)
+            if self.outage.suspected():
+                self._left_to_the_check()
+                return
             with self.publishing:
+                if self.outage.suspected():  # found by the publish or check waited for
+                    self._left_to_the_check()
+                    return
                 # Changes committed in parallel (a bulk of API calls) wait for one build at a
                 # time, which carries every change waiting when it starts.
                 with self._pending_lock:
                     waiting, self._pending = self._pending, []
-                self._publish_changes(waiting)
+                with self.outage.watch():
+                    self._publish_changes(waiting)
         except redis.RedisError as exc:
             log.warning(
                 "the gateways' snapshot could not be published (%s); what the database holds is "
                 "saved, and the control plane publishes it once the snapshot store answers",
                 exc,
             )
+
+    @staticmethod
+    def _left_to_the_check() -> None:
+        """The change stays waiting (the next publish carries it) and the check publishes it
+        once the store answers (it looks at the database, whatever waits here)."""
+        log.warning(
+            "the gateways' snapshot was not published: the snapshot store failed a call "
+            "moments ago; what the database holds is saved, and the control plane publishes "
+            "it once the store answers"
+        )
 
     def _publish_changes(self, changes: list[Change]) -> None:
         seen = self.seen.generation if self.seen is not None else None
@@ -216,8 +244,29 @@ class Runtime:
                 self._whole_at = time.monotonic()
                 self._saw(state)
                 return True
-        log.warning("other control planes kept publishing newer versions; the check will look")
+        self._refused_every_time()
         return False
+
+    def _refused_every_time(self) -> None:
+        """Say what a whole publish refused ``PUBLISH_TRIES`` times means: nothing alarming when
+        the store holds what the database says all the same (another control plane stored a
+        whole build read after this change committed, which has it); else that the change may
+        not be at the gateways yet, and what publishes it. The caller holds ``publishing``."""
+        with self.session_factory() as session:
+            state = config_state(session)  # before the build: it has at least this
+        current = current_digest(self.session_factory, cache_secret=self.server_secret)
+        if self.publisher.published_digest() == current:  # read after it
+            self._saw(state)
+            self.published_version = self.publisher.published_version()
+            log.info("other control planes stored newer snapshots, holding this configuration")
+            return
+        log.warning(
+            "the gateways may not have the latest configuration yet: other control planes "
+            "stored newer snapshots before each of this process's %d tries, and the snapshot "
+            "store does not hold what the database says now; it is saved, and the control "
+            "plane's check publishes it within seconds",
+            PUBLISH_TRIES,
+        )
 
     def _saw(self, state: ConfigState) -> None:
         """The store holds at least ``state``, and the changes carried since, in a row."""
@@ -286,7 +335,13 @@ def build_runtime(settings: Settings) -> Runtime:
     memory: InMemorySnapshotStore | None = None
     publisher: SnapshotPublisher
     if settings.redis.url:
-        client = redis.Redis.from_url(settings.redis.url)
+        # Bounded: a Redis that stops answering fails a call in seconds, not redis-py's
+        # default of 5 s a call (each write call waited for it, before ``outage``).
+        client = redis.Redis.from_url(
+            settings.redis.url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+        )
         closers.append(client)
         publisher = RedisSnapshotPublisher(client, settings.redis.key_prefix)
     else:

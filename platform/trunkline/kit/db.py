@@ -60,6 +60,19 @@ def driver_message(exc: DBAPIError) -> str:
     return lines[0] if lines and lines[0].strip() else type(exc).__name__
 
 
+UNIQUE_VIOLATION = "23505"
+"""PostgreSQL's SQLSTATE for a unique constraint's refusal."""
+
+
+def unique_violation(exc: DBAPIError) -> bool:
+    """Whether ``exc`` is a unique constraint refusing a row, on PostgreSQL (SQLSTATE 23505)
+    or SQLite (``SQLITE_CONSTRAINT_UNIQUE``): not a foreign key, check or not-null one."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_UNIQUE"
+    return getattr(orig, "sqlstate", None) == UNIQUE_VIOLATION
+
+
 def _normalise(url: str) -> str:
     # Plain postgresql:// would pick psycopg2, which we do not ship.
     if url.startswith("postgresql://"):

@@ -187,6 +187,7 @@ def test_a_user_the_api_creates_meanwhile_refuses_the_apply_whole(
     refused = applied.exception()
     assert isinstance(refused, Conflict), f"not a Conflict: {refused!r}"
     assert "changed while applying; apply again" in refused.message
+    assert 'unique constraint "uq_users_email"' in refused.message  # which row came first
     with pg_runtime.session_factory() as session:
         assert session.scalars(select(Tenant.name).where(Tenant.slug == "t1")).one() == "T1"
     again = apply_manifests(pg_runtime.session_factory, path)

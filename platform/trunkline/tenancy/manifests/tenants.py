@@ -23,19 +23,20 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trunkline.auth.service import ensure_user, users_by_email
 from trunkline.billing.service import held_currency
 from trunkline.errors import Conflict, InvalidRequest
-from trunkline.kit.db import chunked
+from trunkline.kit.db import chunked, driver_message, unique_violation
 from trunkline.models import Entitlement, Membership, ModelAlias, Project, Role, Tenant, Tier, User
 from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import ModelRepository, entitlements_of
 from trunkline.quota.policy import priced
 from trunkline.quota.repository import QuotaRepository, Stored, stores_anew
 from trunkline.quota.schemas import QuotaLimits
-from trunkline.tenancy.changes import assign, flush_or_conflict
+from trunkline.tenancy.changes import assign
 from trunkline.tenancy.manifests.documents import Located
 from trunkline.tenancy.manifests.schemas import TenantSpec
 from trunkline.tenancy.manifests.upsert import ApplyReport, given_values, located_at, upsert
@@ -119,9 +120,20 @@ def apply_tenants(session: Session, documents: Iterable[Located], report: ApplyR
 
 def _flush(session: Session) -> None:
     """Write what is pending. A row the API added since ``read_held`` that no lock covers (a
-    tenant of the same slug, a user of the same e-mail) is refused as a ``Conflict``: the
-    transaction is rolled back whole, and applying again reads it."""
-    flush_or_conflict(session, "the database changed while applying; apply again")
+    tenant of the same slug, a user of the same e-mail) is refused by its unique constraint,
+    as a ``Conflict``: the transaction is rolled back whole, and applying again reads it.
+    Any other refusal (a foreign key, a check) is no such race, and applying again would be
+    refused again: it is raised as it is, the database's own words saying what it refused
+    (``trunkline tenants apply`` prints them on one line)."""
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if not unique_violation(exc):
+            raise
+        raise Conflict(
+            "the database changed while applying; apply again (another writer added a row "
+            f"first: {driver_message(exc)})"
+        ) from exc
 
 
 def _insert_parents(session: Session, held: Held, specs: list[TenantSpec]) -> None:

@@ -1,0 +1,51 @@
+"""After a call to the snapshot store failed, publishes leave their change to the check until
+a call succeeds, or for ``hold_s`` (a process with no check running)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from trunkline.apps.store_outage import StoreOutage
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fail(outage: StoreOutage, error: Exception) -> None:
+    with pytest.raises(type(error)), outage.watch():
+        raise error
+
+
+def test_a_failed_call_is_suspected_until_one_succeeds() -> None:
+    outage = StoreOutage(hold_s=10.0, clock=Clock())
+    assert not outage.suspected()
+    _fail(outage, redis.TimeoutError("Timeout reading from socket"))
+    assert outage.suspected()
+    with outage.watch():
+        pass  # the store answered
+    assert not outage.suspected()
+
+
+def test_a_failure_is_suspected_for_hold_s_only() -> None:
+    clock = Clock()
+    outage = StoreOutage(hold_s=10.0, clock=clock)
+    _fail(outage, redis.ConnectionError("refused"))
+    clock.now += 9.9
+    assert outage.suspected()
+    clock.now += 0.2
+    assert not outage.suspected()
+
+
+def test_an_error_not_the_store_s_says_nothing_of_it() -> None:
+    outage = StoreOutage(hold_s=10.0, clock=Clock())
+    _fail(outage, RuntimeError("the database"))
+    assert not outage.suspected()
+    _fail(outage, redis.TimeoutError("frozen"))
+    _fail(outage, RuntimeError("the database"))
+    assert outage.suspected()
