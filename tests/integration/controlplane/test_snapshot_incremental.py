@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from litestar.testing import TestClient
 
 from trunkline.apps import publishing
 from trunkline.apps import runtime as runtime_module
+from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.publishing import republish_if_stale
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.principal import Principal
@@ -42,7 +44,7 @@ from trunkline.snapshot.store import Patched
 from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.schemas import TenantUpdate
 from trunkline.tenancy.service import update_tenant
-from unit.controlplane.cp_support import World, snapshot
+from unit.controlplane.cp_support import World, build_world, snapshot
 
 SYSTEM = Principal.system()
 
@@ -160,6 +162,15 @@ class Keys:
     def _tenant_of(self, key_id: str) -> uuid.UUID:
         with self.runtime.session_factory() as session:
             return key_tenant(session, key_id)
+
+
+@pytest.fixture
+def world(runtime: Runtime) -> Iterator[World]:
+    """The app without its periodic check: run between a change's commit and its publish, the
+    check builds whole where the change would patch its shards, and the writes these tests
+    expect differ (the tests run the check themselves, ``republish_if_stale``)."""
+    with TestClient[Any](create_controlplane_app(runtime, snapshot_check_s=3600)) as client:
+        yield build_world(runtime, client)
 
 
 @pytest.fixture
