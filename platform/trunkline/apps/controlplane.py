@@ -1,39 +1,29 @@
 """Composition root of the control plane: the REST API over tenancy, keys and the catalog.
 
-Every error leaves as an RFC 9457 problem detail (``application/problem+json``):
-Trunkline's own error codes are mapped to HTTP here, once, and so are
-Litestar's validation errors, malformed bodies, unknown routes and methods, and
-unique-constraint races. Each request runs in one transaction; when it changed
-what gateways must know, the snapshot is published after the commit.
+Every error leaves as an RFC 9457 problem detail (``apps.problems``). Each request runs in one
+transaction; when it changed what gateways must know, the snapshot is published after the
+commit.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import re
-import time
 from collections.abc import AsyncGenerator
-from enum import Enum
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import redis.asyncio as aioredis
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, get
 from litestar.di import Provide
-from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 import trunkline
@@ -43,19 +33,17 @@ from trunkline.apps.controlplane_metrics import (
     shared_metrics,
     sharing,
 )
+from trunkline.apps.problems import HANDLERS
 from trunkline.apps.publishing import SnapshotSync, keeping_published
+from trunkline.apps.request_context import RequestContextMiddleware
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.controllers import AuthController, DevLoginController
 from trunkline.auth.guards import provide_principal
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
 from trunkline.billing.controllers import PlatformExportController, TenantExportController
-from trunkline.errors import InvalidRequest, RequestTimeout, TrunklineError, Unauthenticated
+from trunkline.errors import InvalidRequest
 from trunkline.keys.controllers import ApiKeyController
-from trunkline.kit.db import driver_message
-from trunkline.kit.ids import new_request_id
-from trunkline.kit.logging import bind, reset
 from trunkline.kit.page_links import provide_paging
-from trunkline.kit.text import shown
 from trunkline.metering.controllers import UsageController
 from trunkline.pools.controllers import (
     AvailableModelController,
@@ -88,31 +76,6 @@ MAX_BODY_BYTES = 1024 * 1024
 SNAPSHOT_CHECK_S = 2.0
 """How often the control plane checks that the snapshot store still holds a snapshot."""
 BEARER = SecurityScheme(type="http", scheme="bearer", description="tlu_… access token")
-PROBLEM_JSON = "application/problem+json"
-_STATUS_BY_CODE = {
-    "invalid_request": 400,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "conflict": 409,
-    "request_timeout": 408,
-    "client_closed": 499,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "rate_limited": 429,
-    "quota_exhausted": 429,
-    "unavailable": 503,
-    "upstream_error": 502,
-    "upstream_unavailable": 503,
-    "slo_unattainable": 503,
-}
-_CODE_BY_STATUS = {status: code for code, status in reversed(_STATUS_BY_CODE.items())}
-_FIELD_IN_MESSAGE = re.compile(r"field `([^`]+)`")
-_MISSING_PARAMETER = re.compile(r"^Missing required (\w+) parameter '([^']+)'")
-"""Litestar's message for a missing query, header, cookie or path parameter (no ``extra``)."""
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def dev_login_enabled(settings: Settings) -> bool:
@@ -206,16 +169,7 @@ def create_controlplane_app(
                 exclude=["^/schema"],
             ),
         ],
-        exception_handlers={
-            TrunklineError: _trunkline_error,
-            ValidationException: _validation_error,
-            HTTPException: _http_error,
-            IntegrityError: _integrity_error,
-            OperationalError: _database_unavailable,
-            DataError: _database_refused_value,
-            RecursionError: _too_deep,
-            Exception: _internal_error,
-        },
+        exception_handlers=dict(HANDLERS),
         openapi_config=OpenAPIConfig(
             title="Trunkline control plane",
             version=trunkline.__version__,
@@ -306,179 +260,3 @@ def livez() -> dict[str, str]:
     """Liveness: the process answers, whatever its database does (a liveness probe on
     ``/healthz`` would restart every replica at each database outage). No authentication."""
     return {"status": "ok"}
-
-
-_PROBES = frozenset({"/healthz", "/livez"})
-"""Paths an orchestrator polls: logged at DEBUG, not on every probe at INFO."""
-
-
-class RequestContextMiddleware:
-    """Bind a request id to every log line of the request and echo it as ``x-request-id``."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await self.app(scope, receive, send)
-            return
-        method = str(scope.get("method", ""))
-        presented = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = presented if _REQUEST_ID.match(presented) else new_request_id()
-        token = bind(request_id=request_id)
-        started, status = time.perf_counter(), 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            elapsed_ms = round(1000 * (time.perf_counter() - started), 2)
-            extra = {"status": status, "duration_ms": elapsed_ms}
-            path = scope["path"]
-            level = logging.DEBUG if path in _PROBES else logging.INFO  # every few seconds
-            log.log(level, "%s %s %s", method, loggable(path), status, extra=extra)
-            reset(token)
-
-
-def loggable(text: str) -> str:
-    """``text`` (a decoded path: ``%0A`` is a line break by now) with its control characters
-    escaped, so a caller cannot start a forged log line or send escape sequences to a terminal."""
-    return _CONTROL_CHARACTER.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
-
-
-# --- problem details --------------------------------------------------------------------------
-
-
-_TITLES = {"invalid_request": "Invalid request", "client_closed": "Client Closed Request"}
-"""A problem type's title where it is not its status's phrase. RFC 9457: the title is the
-type's, the same on every occurrence; what went wrong this time is the ``detail``."""
-
-
-def problem(
-    request: Request[Any, Any, Any],
-    status: int,
-    code: str,
-    detail: str,
-    *,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {
-        "type": f"urn:trunkline:problem:{code}",
-        "title": _TITLES.get(code) or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-        "code": code,
-    }
-    if errors:
-        body["errors"] = errors
-    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def _trunkline_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    assert isinstance(exc, TrunklineError)
-    status = _STATUS_BY_CODE.get(exc.code, 500)
-    if status >= 500:
-        log.error("request failed: %s", exc.message, exc_info=exc)
-    errors = None
-    if exc.param is not None:
-        errors = [{"field": exc.param, "message": exc.message}]
-    headers = None
-    if isinstance(exc, Unauthenticated):
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, RequestTimeout):  # RFC 9110: the rest of its body is not read
-        headers = {"Connection": "close"}
-    return problem(request, status, exc.code, exc.message, errors=errors, headers=headers)
-
-
-def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    assert isinstance(exc, ValidationException)
-    errors = []
-    for item in exc.extra if isinstance(exc.extra, list) else []:
-        message = shown(str(item.get("message", "invalid value")))
-        key = str(item.get("key") or "")
-        if key in ("", "data") and (named := _FIELD_IN_MESSAGE.search(message)):
-            key = named.group(1)
-        source = item.get("source", "body")
-        # Litestar names a parameter's source with its ParamType enum: its value is the word.
-        source = str(source.value if isinstance(source, Enum) else source)
-        errors.append({"field": key or "body", "message": message, "source": source})
-    if not errors and (missing := _MISSING_PARAMETER.match(str(exc.detail))):
-        source, field = missing.groups()
-        errors.append({"field": field, "message": "required", "source": source})
-    fields = ", ".join(e["field"] for e in errors) or "the request"
-    return problem(
-        request, 400, "invalid_request", f"invalid value for {fields}", errors=errors,
-    )  # fmt: skip
-
-
-def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """The database refused or dropped the connection: ours to fix, the caller's to retry.
-    One line in the log (the driver's message names the host, never a password)."""
-    assert isinstance(exc, OperationalError)
-    log.error("database unavailable: %s", driver_message(exc))
-    return problem(
-        request, 503, "unavailable", "the database is unavailable; retry shortly",
-        headers={"Retry-After": "2"},
-    )  # fmt: skip
-
-
-def _database_refused_value(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """A value the database cannot store (too long, out of range, a NUL) that no schema caught
-    first: the caller's input, so a 400, never a 500. One line in the log: the statement's
-    parameters stay out of it."""
-    assert isinstance(exc, DataError)
-    reason = driver_message(exc)
-    log.warning("the database refused a value: %s", loggable(reason))
-    return problem(
-        request, 400, "invalid_request", "a value in the request is out of range for the database",
-    )  # fmt: skip
-
-
-def _too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """JSON nested deeper than the decoder recurses: the only input that reaches this depth."""
-    log.warning("refused a request body nested too deeply to decode")
-    return problem(
-        request, 400, "invalid_request", "the body is not valid JSON: it nests too deeply",
-    )  # fmt: skip
-
-
-def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    assert isinstance(exc, HTTPException)
-    status = exc.status_code
-    code = _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "invalid_request")
-    detail = exc.detail
-    if status == 400 and _is_decode_error(exc):
-        detail = f"the body is not valid JSON: {detail}"
-    if status >= 500:
-        log.error("request failed: %s", detail, exc_info=exc)
-        detail = HTTPStatus(status).phrase
-    return problem(request, status, code, detail, headers=exc.headers)
-
-
-def _is_decode_error(exc: HTTPException) -> bool:
-    # Litestar wraps a body that does not decode in a plain ClientException
-    return isinstance(exc.__cause__, SerializationException)
-
-
-def _integrity_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """The constraint's own message only: the exception's text also holds the statement's
-    parameters (e-mail addresses, names, hashes of secrets), which have no place in a log."""
-    assert isinstance(exc, IntegrityError)
-    message = driver_message(exc)
-    log.info("integrity error answered as conflict: %s", loggable(message))
-    return problem(request, 409, "conflict", "the change conflicts with existing data")
-
-
-def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.error("unhandled error", exc_info=exc)
-    return problem(request, 500, "internal_error", "internal server error")

@@ -12,7 +12,7 @@ from litestar.testing import TestClient
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from trunkline.apps.controlplane import _integrity_error
+from trunkline.apps.problems import _integrity_error
 from trunkline.errors import Conflict
 from trunkline.kit.logging import current
 from trunkline.models import Tier, User
