@@ -14,6 +14,7 @@ import pytest
 from tests.unit.gateway.conftest import SECRET, default_world
 
 from support.gateway import serve_on_loopback
+from support.traffic import UpstreamLog
 from trunkline.apps.gateway import create_gateway_app
 from trunkline.engines import create_sim_app, get_profile
 from trunkline.metering.stream import InMemoryUsageStream
@@ -50,8 +51,11 @@ class Live:
         assert response.status_code == 200, response.text
 
 
-@pytest.fixture
-async def live() -> AsyncIterator[Live]:
+@pytest.fixture(params=["own", "watched"])
+async def live(request: pytest.FixtureRequest) -> AsyncIterator[Live]:
+    """A gateway with its own connection pool, or with a transport watching its requests (as
+    the real-vLLM failover test's, ``UpstreamLog``: httpx applies the setting to the transport
+    it makes, not to one it is given)."""
     engine = Connections(create_sim_app(model=MODEL, profile=get_profile("h100"), time_scale=0.05))
     async with serve_on_loopback(engine) as engine_url:
         world = default_world()
@@ -62,9 +66,10 @@ async def live() -> AsyncIterator[Live]:
         key = world.add_key()
         world.publish()
         settings = GatewaySettings(snapshot_poll_s=0.05, upstream_keep_alive_s=KEEP_S)
+        watched = UpstreamLog(settings) if request.param == "watched" else None
         app = create_gateway_app(
             source=world.store, emitter=InMemoryUsageStream(), server_secret=SECRET,
-            settings=settings,
+            settings=settings, transport=watched,
         )  # fmt: skip
         async with serve_on_loopback(app) as url:
             yield Live(url, key, engine)

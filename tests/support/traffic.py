@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 
 from support.vllm import ALIAS
+from trunkline.apps.gateway import upstream_limits
+from trunkline.settings import GatewaySettings
 
 __all__ = ["Client", "Outcome", "UpstreamLog"]
 
@@ -161,11 +163,11 @@ def _take_chunk(chunk: dict[str, Any], outcome: Outcome) -> None:
 
 
 class UpstreamLog(httpx.AsyncBaseTransport):
-    """Real HTTP to the engines (``create_gateway_app(transport=...)``), noting the engine
-    (base URL) each prompt was sent to first."""
+    """Real HTTP to the engines (``create_gateway_app(transport=...)``), pooled as the gateway
+    of ``settings`` pools it, noting the engine (base URL) each prompt was sent to first."""
 
-    def __init__(self) -> None:
-        self._http = httpx.AsyncHTTPTransport()
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._http = httpx.AsyncHTTPTransport(limits=upstream_limits(settings))
         self.first_sent: dict[str, str] = {}
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

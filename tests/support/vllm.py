@@ -29,7 +29,7 @@ import zmq
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from trunkline.apps.gateway import create_gateway_app
+from trunkline.apps.gateway import create_gateway_app, scrape_limits
 from trunkline.bench._gateway_server import POOL, build_snapshot
 from trunkline.bench.vllm_server import (
     BLOCK_SIZE,
@@ -256,13 +256,14 @@ def gateway_app(
     the scrapes keep their own."""
     store, api_key = publish_pool(servers, kv_events=kv_events)
     usage = InMemoryUsageStream()
+    scrape = httpx.AsyncHTTPTransport(limits=scrape_limits(settings))
     app = create_gateway_app(
         source=store,
         emitter=usage,
         server_secret=SECRET,
         settings=settings,
         transport=transport,
-        scrape_transport=httpx.AsyncHTTPTransport() if transport is not None else None,
+        scrape_transport=scrape if transport is not None else None,
     )
     return app, api_key, usage
 

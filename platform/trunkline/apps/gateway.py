@@ -62,7 +62,8 @@ def create_gateway_app(
     admission: Callable[[EngineState], Admission] | None = None,
     workers_metrics_dir: Path | None = None,
 ) -> Litestar:
-    """Build the gateway app; ``transport`` lets tests substitute the upstream.
+    """Build the gateway app; ``transport`` lets tests substitute the upstream (made with
+    :func:`upstream_limits` if it is real HTTP: a given transport keeps its own limits).
 
         Engines' ``/metrics`` are scraped over real HTTP, or over ``scrape_transport``; a test that
         substitutes ``transport`` alone has no engines to scrape, so nothing is scraped then (health
@@ -84,11 +85,7 @@ def create_gateway_app(
     client = httpx.AsyncClient(
         transport=transport,
         timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
-        limits=httpx.Limits(
-            max_connections=settings.max_connections,
-            max_keepalive_connections=settings.max_connections,
-            keepalive_expiry=settings.upstream_keep_alive_s,
-        ),
+        limits=upstream_limits(settings),
     )
     policy = routing_policy(settings.routing_policy)
     scrape = transport is None or scrape_transport is not None
@@ -199,11 +196,28 @@ def scrape_client(
     return httpx.AsyncClient(
         transport=transport,
         timeout=httpx.Timeout(engines.scrape_timeout_s, connect=settings.connect_timeout_s),
-        limits=httpx.Limits(
-            max_connections=engines.scrape_concurrency,
-            max_keepalive_connections=engines.scrape_concurrency,
-            keepalive_expiry=settings.upstream_keep_alive_s,
-        ),
+        limits=scrape_limits(settings),
+    )
+
+
+def upstream_limits(settings: GatewaySettings) -> httpx.Limits:
+    """The pool of connections to the engines. httpx applies a client's limits to the transport
+    it makes, not to one it is given: a transport passed to :func:`create_gateway_app` (a test
+    watching requests) must be made with these."""
+    return httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_connections,
+        keepalive_expiry=settings.upstream_keep_alive_s,
+    )
+
+
+def scrape_limits(settings: GatewaySettings) -> httpx.Limits:
+    """The pool of the engines' ``/metrics`` scrapes (see :func:`upstream_limits`)."""
+    concurrency = settings.engines.scrape_concurrency
+    return httpx.Limits(
+        max_connections=concurrency,
+        max_keepalive_connections=concurrency,
+        keepalive_expiry=settings.upstream_keep_alive_s,
     )
 
 

@@ -131,7 +131,7 @@ async def _gateway(servers: list[VllmServer]) -> AsyncIterator[Harness]:
         connect_timeout_s=10.0,
         engines=EngineStateSettings(scrape_timeout_s=5.0),
     )
-    upstream = UpstreamLog()
+    upstream = UpstreamLog(settings)
     app, api_key, usage = gateway_app(servers, settings, transport=upstream)
     # Connections idle in the pool for less than uvicorn's 5 s keep-alive: at 5 s (httpx's
     # default) the server may close one just as a request is sent on it (a ReadError in CI).
