@@ -125,8 +125,9 @@ def invoice_chunks(
     ``PIECE_CHARS`` made as ``lines`` come: an invoice of every tenant's month is written (or
     sent) a few tenants at a time, not held whole. ``lines`` must come a tenant slug's lines
     together, slugs in order (a statement, or ``statements_by_tenants`` one after another): each
-    run of one slug is that slug's invoice. Lines a renamed tenant carries under its former slug
-    (see ``statements_by_tenants``) come where its group comes, not in that slug's order."""
+    run of one slug is that slug's invoice. No API or manifest changes a tenant's slug; a slug
+    changed by hand in the database after a close leaves the tenant's closed lines under the
+    old one, which then come where the tenant's group comes, not in that slug's order."""
     pending: list[str] = []
     held, made = 0, False
     for _slug, run in itertools.groupby(lines, key=attrgetter("tenant_slug")):

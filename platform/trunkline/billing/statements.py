@@ -250,7 +250,8 @@ def statements_by_tenants(
     """``statement`` of every tenant, a group of tenants at a time (``ROWS_PER_STATEMENT``) in
     the order of their slugs: the lines of every tenant at once held 3 GB for 2.4 million
     lines. Each tenant's lines come in one statement, sorted as ``statement`` sorts them; the
-    whole is sorted alike unless a tenant's lines carry two slugs (renamed after a correction).
+    whole is sorted alike unless a tenant's lines carry two slugs (a slug changed by hand in
+    the database after a close: no API or manifest changes one).
     A tenant's rows are those its statement reads: the period's, and those of the closed
     periods it corrects (read twice: as they are and as they were billed), or its stored
     corrections once closed."""
