@@ -1,0 +1,58 @@
+"""A billing export a client stops reading is closed at once: its database transaction (an
+export of every tenant reads one view of the database) is not left open until the garbage
+collector finds it, which took up to a minute."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+
+import httpx
+from litestar import Litestar, get
+from litestar.response import Stream
+
+from support.gateway import serve_on_loopback
+from trunkline.billing import controllers
+from trunkline.billing.service import Export
+
+
+class Source:
+    """An export's pieces, endless, telling when it is closed (its session with it)."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            while True:
+                yield b"x" * 65_536
+        finally:
+            self.closed.set()
+
+
+async def test_an_export_the_client_leaves_is_closed_at_once() -> None:
+    source = Source()
+
+    @get("/export", sync_to_thread=False)
+    def export() -> Stream:
+        chunks = source.chunks()
+        return controllers._download(Export(chunks, "text/csv", "all.csv", final=False))
+
+    gc.disable()  # only an explicit close counts, not a collection that happens to run
+    try:
+        async with serve_on_loopback(Litestar([export])) as url, httpx.AsyncClient() as client:
+            async with client.stream("GET", f"{url}/export") as response:
+                assert response.status_code == 200
+                async for _piece in response.aiter_bytes():
+                    break  # the client leaves after its first piece
+            closed = await _wait(source.closed)
+    finally:
+        gc.enable()
+    assert closed, "the export was still open 10 s after its client left"
+
+
+async def _wait(event: threading.Event, timeout_s: float = 10.0) -> bool:
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(event.wait, timeout_s)
