@@ -10,13 +10,17 @@ published at its start as every control plane is: ``recorded`` reads what the st
 version was built from, ``built`` does not (what a store written by the code before holds, so
 its check builds the whole snapshot, as every check after a foreign change did before). After
 each change through A (a key created, every third a tenant's tier changed) both check, and
-their times and outcomes are printed, with the medians. Run it with another checkout's
-``platform`` on PYTHONPATH to compare code (there both build).
+their times and outcomes are printed, with the medians. Then ``--rounds`` times two key
+changes at once, through A and a third control plane C, C's patch stored first (the store's
+record stops before A's change), and three through A alone: how often ``recorded`` builds, and
+a gateway's refresh after its first check (``out_of_order``). Run it with another checkout's
+``platform`` on PYTHONPATH to compare code.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import secrets
@@ -28,20 +32,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 from pydantic import SecretStr
 from sqlalchemy import insert, select
 
+from trunkline.apps import publishing
 from trunkline.apps.publishing import check_published
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.bench.servers import start_postgres, start_redis
+from trunkline.gateway.state import SnapshotHolder
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.kit.migrate import upgrade
 from trunkline.kit.shards import key_shard
 from trunkline.models import ApiKey, Project, Tenant
 from trunkline.settings import DatabaseSettings, RedisSettings, SecuritySettings, Settings
-from trunkline.tenancy.changes import unit_of_work
+from trunkline.snapshot import RedisSnapshotSource
+from trunkline.tenancy.changes import Change, unit_of_work
 from trunkline.tenancy.manifests import apply_manifests
 from trunkline.tenancy.schemas import TenantUpdate
 from trunkline.tenancy.service import update_tenant
@@ -58,6 +66,9 @@ class NotRecorded:
 
     def built_from(self) -> None:
         return None
+
+    def vouch(self, *_args: Any) -> bool:
+        return False  # nor says it after a check found it holding the database's state
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._publisher, name)
@@ -116,13 +127,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=40_000)
     parser.add_argument("--changes", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--db", nargs="+", default=["sqlite", "postgresql"])
     args = parser.parse_args()
     for kind in args.db:
-        measure(kind, args.keys, args.changes)
+        measure(kind, args.keys, args.changes, args.rounds)
 
 
-def measure(kind: str, keys: int, changes: int) -> None:
+def measure(kind: str, keys: int, changes: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp)) as url:
         server = start_redis(Path(tmp))
         try:
@@ -157,10 +169,96 @@ def measure(kind: str, keys: int, changes: int) -> None:
                 f"recorded {statistics.median(rows['recorded']) * 1000:.1f} ms",
                 flush=True,
             )
+            out_of_order(kind, settings, a, recorded, (tenant, project), rounds)
             for runtime in (a, recorded, built):
                 runtime.close()
         finally:
             server.destroy()
+
+
+def out_of_order(
+    kind: str,
+    settings: Settings,
+    a: Runtime,
+    b: Runtime,
+    where: tuple[uuid.UUID, uuid.UUID],
+    rounds: int,
+) -> None:
+    """``rounds`` times: A and a third control plane C each create a key at once, C's patch
+    stored before A's (ordinary under concurrent key traffic: the store's record stops before
+    A's change), B and A check; then three keys through A alone, B checking after each. B's
+    builds are counted, and a gateway's refresh after B's first check timed (when B records
+    the state, the version moves with no part changed)."""
+    c = build_runtime(settings)
+    c.publish()  # at its start
+    a.whole_every_s = c.whole_every_s = 3600.0  # key changes patched, as within 2 s of a build
+    builds: list[int] = []
+    counted = publishing.current_digest
+
+    def counting(factory: Any, **kwargs: Any) -> bytes:
+        if factory is b.session_factory:
+            builds.append(1)
+        return counted(factory, **kwargs)
+
+    publishing.current_digest = counting  # type: ignore[assignment]
+    gateway = Gateway(settings)
+    first, after, refreshes = 0, 0, []
+    try:
+        for _ in range(rounds):
+            deferred: list[Change] = []
+            with unit_of_work(a.session_factory, deferred.append) as session:
+                create_key(session, SYSTEM, a.server_secret, where[0], _data(where[1]))
+            with unit_of_work(c.session_factory, c.publish) as session:
+                create_key(session, SYSTEM, c.server_secret, where[0], _data(where[1]))
+            a.publish(deferred[0])
+            gateway.refresh()
+            builds.clear()
+            check_published(b)
+            first += len(builds)
+            refreshes.append(gateway.refresh())
+            check_published(a)
+            builds.clear()
+            for n in range(3):
+                change(a, 3 * n, *where)
+                check_published(b)
+            after += len(builds)
+        print(
+            f"{kind:10} patches out of order, {rounds} times: B's first check built {first} "
+            f"times, its checks after the {3 * rounds} changes through A alone since {after} "
+            f"times; a gateway's refresh after B's first check: {', '.join(refreshes)}",
+            flush=True,
+        )
+    finally:
+        publishing.current_digest = counted  # type: ignore[assignment]
+        gateway.close()
+        c.close()
+
+
+def _data(project: uuid.UUID) -> ApiKeyCreate:
+    return ApiKeyCreate(project_id=project, name="out-of-order")
+
+
+class Gateway:
+    """A gateway's snapshot holder, refreshed on one event loop of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.redis.url is not None
+        self._loop = asyncio.new_event_loop()
+        self._client = aioredis.Redis.from_url(settings.redis.url)
+        self._holder = SnapshotHolder(RedisSnapshotSource(self._client, settings.redis.key_prefix))
+        self._loop.run_until_complete(self._holder.refresh())
+
+    def refresh(self) -> str:
+        """The time it took, and ``+`` when it loaded a new version (``-`` not)."""
+        held = self._holder.current.version
+        started = time.perf_counter()
+        self._loop.run_until_complete(self._holder.refresh())
+        took = (time.perf_counter() - started) * 1000
+        return f"{took:.1f} ms" + ("+" if self._holder.current.version != held else "-")
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
 
 
 if __name__ == "__main__":

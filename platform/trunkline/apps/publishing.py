@@ -16,7 +16,7 @@ import anyio
 from litestar import Litestar
 
 from trunkline.apps.publish_metrics import Check
-from trunkline.apps.runtime import Runtime, config_state
+from trunkline.apps.runtime import ConfigState, Runtime, config_state
 from trunkline.kit.ids import utcnow
 from trunkline.snapshot.builder import current_digest
 from trunkline.snapshot.key_shards import expired_shards
@@ -48,7 +48,8 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
     was built from the state the database is in (``SnapshotPublisher.built_from``: another
     process published it, so a change through one control plane costs the others no build);
     what it builds is compared with the digest of what the store holds, so a change another
-    process published is not published again. A publish under way in this process
+    process published is not published again (and the store is made to say it holds that
+    state, when it did not: ``_vouch``). A publish under way in this process
     (``Runtime.publishing``) skips the round: it will look again.
     When nothing moved, the shards of keys expired since the last build are published (read
     by an index: a key that expires is a change to its shard alone)."""
@@ -73,9 +74,9 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
     if state.generation is not None and not thorough and _store_whole_and_current(runtime):
         if state == runtime.seen:
             return _drop_expired(runtime)
-        stored = runtime.publisher.built_from()
-        if stored is not None and stored[1] == state.stored():  # another process published it
-            runtime.seen, runtime.published_version = state, stored[0]
+        recorded = runtime.publisher.built_from()
+        if recorded is not None and recorded.built_from == state.as_built_from():
+            runtime.seen, runtime.published_version = state, recorded.version  # another's
             return "current"
     current = current_digest(
         runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
@@ -83,6 +84,7 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
     if runtime.publisher.published_digest() == current:  # read after it
         runtime.seen = state
         runtime.published_version = runtime.publisher.published_version()  # what it holds
+        _vouch(runtime, state, current)
         return "current"
     if runtime.publisher.published_version() is None:
         log.warning("the snapshot store holds no snapshot; publishing it again")
@@ -91,6 +93,25 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
     # Refused every time: other control planes kept storing newer versions, which may not
     # hold this change; the next check looks again.
     return "published" if runtime.publish_now() else "refused"
+
+
+def _vouch(runtime: Runtime, state: ConfigState, content: bytes) -> None:
+    """The store holds ``content``, built here from ``state``: when it does not say it was
+    built from ``state``, say so (``SnapshotPublisher.vouch``), so the other control planes'
+    checks need no build of their own. Without it a record stopped by a gap (patches of two
+    processes' changes stored out of order, or a write by an older control plane) never moved
+    again while only keys changed, and every change cost every other control plane a build."""
+    built_from, held = state.as_built_from(), runtime.published_version
+    if built_from is None or held is None:
+        return
+    recorded = runtime.publisher.built_from()
+    if recorded is not None and (
+        recorded.built_from == built_from or recorded.built_from.generation > built_from.generation
+    ):
+        return  # says so already, or names a later state (read since by another process)
+    new = runtime.publisher.next_version()  # after ``state`` was read: see ``vouch``
+    if runtime.publisher.vouch(held, content, new, built_from):
+        runtime.published_version = new
 
 
 def _drop_expired(runtime: Runtime) -> Check:

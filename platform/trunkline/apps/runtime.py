@@ -179,10 +179,7 @@ class Runtime:
         (``seen``, or carried by this process's patches)."""
         if self.seen is None or self.seen.generation is None:
             return False
-        done = self.seen.generation
-        while done + 1 in self._carried or done + 1 in generations:
-            done += 1
-        return done >= max(generations)
+        return carried_to(self.seen.generation, self._carried | generations) >= max(generations)
 
     def publish_shards(self, shards: set[int], generations: Collection[int] = ()) -> bool:
         """Publish the key ``shards`` rebuilt, with the shards of keys expired since the last
@@ -236,7 +233,7 @@ class Runtime:
                     self.publisher,
                     cache_secret=self.server_secret,
                     now=now,
-                    built_from=state.stored(),
+                    built_from=state.as_built_from(),
                 )
                 build.version, build.outcome = version, "stored" if stored else "refused"
             if stored:  # not when another process stored a newer version meanwhile
@@ -293,7 +290,7 @@ class ConfigState:
     generation: int | None
     prices_since: datetime | None
 
-    def stored(self) -> BuiltFrom | None:
+    def as_built_from(self) -> BuiltFrom | None:
         """As the snapshot store records it beside a version built after it was read (None:
         nothing can be told from it)."""
         if self.generation is None:

@@ -1,15 +1,19 @@
-"""The snapshot store in Redis: one Lua script writes a version's parts, their digests and the
-version (never backwards); readers fetch a version's digests in one transaction, then the parts
-they lack. See ``snapshot.store`` for the contract both stores keep."""
+"""The snapshot store in Redis: one Lua script (``snapshot.redis_scripts``) writes a version's
+parts, their digests and the version (never backwards); readers fetch a version's digests in one
+transaction, then the parts they lack. See ``snapshot.store`` for the contract both stores
+keep."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
+from trunkline.snapshot import redis_scripts
+from trunkline.snapshot.redis_scripts import Arg, Script
 from trunkline.snapshot.store import (
     CORE_PART,
     LEGACY,
@@ -17,107 +21,10 @@ from trunkline.snapshot.store import (
     IncompleteSnapshot,
     Loaded,
     Patched,
+    Recorded,
     content_digest,
     part_digest,
 )
-
-# Publish only when newer than what is stored, atomically: two control-plane replicas
-# publishing at once can never move the version backwards. ARGV: version, time, content
-# digest, the parts' key prefix, the content digest a patch was read at ('' for a whole
-# publish), what a whole publish was built from (generation, '' not known, and the rest),
-# the generations a patch carries (space-separated), then (name, digest, bytes) per part, the
-# bytes empty for a part the publisher found stored with that digest. If one no longer is
-# (another publisher wrote in between, or the part is gone), or a patch's content moved since
-# it was read (a part added meanwhile, which it would delete), nothing is written and -1 asks
-# to read again. What a version was built from is kept with the version it came with
-# (KEYS[5]): a patch moves its base's on through the generations it carries, and a version
-# written without it (by an older control plane's script) leaves it naming an older version.
-_PUBLISH_LUA = """
-local stored = redis.call('GET', KEYS[1])
-if tonumber(ARGV[1]) <= tonumber(stored or '0') then
-  return 0
-end
-if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
-  return -1
-end
-local named = {}
-for i = 9, #ARGV, 3 do
-  named[ARGV[i]] = true
-  if ARGV[i + 2] == '' and (redis.call('HGET', KEYS[4], ARGV[i]) ~= ARGV[i + 1]
-      or redis.call('EXISTS', ARGV[4] .. ARGV[i]) == 0) then
-    return -1
-  end
-end
-for i = 9, #ARGV, 3 do
-  if ARGV[i + 2] ~= '' then
-    redis.call('SET', ARGV[4] .. ARGV[i], ARGV[i + 2])
-    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  end
-end
-for _, name in ipairs(redis.call('HKEYS', KEYS[4])) do
-  if not named[name] then
-    redis.call('HDEL', KEYS[4], name)
-    redis.call('DEL', ARGV[4] .. name)
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[3], ARGV[3])
-local generation, rest = ARGV[6], ARGV[7]
-if ARGV[5] ~= '' then
-  local base = redis.call('HMGET', KEYS[5], 'version', 'generation', 'rest')
-  generation, rest = '', ''
-  if base[1] == stored and base[2] then
-    local carried, at = {}, tonumber(base[2])
-    for g in string.gmatch(ARGV[8], '%d+') do
-      carried[tonumber(g)] = true
-    end
-    while carried[at + 1] do
-      at = at + 1
-    end
-    generation, rest = string.format('%d', at), base[3] or ''
-  end
-end
-if generation == '' then
-  redis.call('DEL', KEYS[5])
-else
-  redis.call('HSET', KEYS[5], 'version', ARGV[1], 'generation', generation, 'rest', rest)
-end
-return 1
-"""
-
-
-# What the store holds is whole: its content digest, or false when a version lists no part
-# or a listed part is gone (evicted, deleted by hand), so the control plane publishes again.
-_DIGEST_LUA = """
-if not redis.call('GET', KEYS[1]) or not redis.call('GET', KEYS[4]) then
-  return false
-end
-local listed = redis.call('HKEYS', KEYS[3])
-if #listed == 0 then
-  return false
-end
-for _, name in ipairs(listed) do
-  if redis.call('EXISTS', ARGV[1] .. name) == 0 then
-    return false
-  end
-end
-return redis.call('GET', KEYS[2])
-"""
-
-
-# The next version: one more than the last, and never below the publisher's clock in ms, so a
-# Redis that restarted empty (its counter back at 0) still hands out versions above those the
-# gateways hold, and they load the next snapshot instead of taking it for the one they have.
-_NEXT_VERSION_LUA = """
-local version = redis.call('INCR', KEYS[1])
-local floor = tonumber(ARGV[1])
-if version < floor then
-  redis.call('SET', KEYS[1], floor)
-  version = floor
-end
-return version
-"""
 
 
 class _Keys:
@@ -131,6 +38,15 @@ class _Keys:
         self.built_from = f"{base}:built_from"
         self.parts, self.part_prefix = f"{base}:parts", f"{base}:part:"
         self.counter = f"{prefix}:snapshot:counter"
+        self.named = {
+            "version_key": self.version,
+            "at_key": self.at,
+            "digest_key": self.digest,
+            "parts_key": self.parts,
+            "built_from_key": self.built_from,
+            "counter_key": self.counter,
+        }
+        """Every key a script names, by the name it reads it as."""
         self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
 
 
@@ -143,13 +59,24 @@ class RedisSnapshotPublisher:
     ) -> None:
         self._client = client
         self._keys = _Keys(prefix)
-        self._script = client.register_script(_PUBLISH_LUA)
-        self._next = client.register_script(_NEXT_VERSION_LUA)
-        self._digest = client.register_script(_DIGEST_LUA)
+        self._registered = {
+            script: client.register_script(script.lua)
+            for script in (
+                redis_scripts.PUBLISH,
+                redis_scripts.VOUCH,
+                redis_scripts.DIGEST,
+                redis_scripts.NEXT_VERSION,
+            )
+        }
         self._clock_ms = clock_ms
 
+    def _run(self, script: Script, args: dict[str, Arg], rest: Sequence[Arg] = ()) -> Any:
+        named = {name: key for name, key in self._keys.named.items() if name in script.keys}
+        keys, argv = script.call_args(named, args, rest)
+        return self._registered[script](keys=keys, args=argv)
+
     def next_version(self) -> int:
-        return int(self._next(keys=[self._keys.counter], args=[self._clock_ms()]))
+        return int(self._run(redis_scripts.NEXT_VERSION, {"floor": self._clock_ms()}))
 
     def publish(
         self,
@@ -221,18 +148,18 @@ class RedisSnapshotPublisher:
         """One run of the script: 1 stored, 0 refused (not newer), -1 a part named by its
         digest alone (``sent`` empty) not stored with it, or the content not ``base`` (a
         patch's, read with its parts) any more."""
-        k = self._keys
-        args: list[_Arg] = [version, repr(published_at), content_digest(digests), k.part_prefix]
-        args.append(base)
-        if built_from is None:
-            args += ["", ""]
-        else:
-            args += [built_from.generation, built_from.rest]
-        args.append(" ".join(str(generation) for generation in carried))
-        for name, digest in digests.items():
-            args += [name, digest, sent[name]]
-        keys = [k.version, k.at, k.digest, k.parts, k.built_from]
-        return int(self._script(keys=keys, args=args))
+        args: dict[str, Arg] = {
+            "version": version,
+            "at": repr(published_at),
+            "content": content_digest(digests),
+            "part_prefix": self._keys.part_prefix,
+            "base": base,
+            "generation": "" if built_from is None else built_from.generation,
+            "rest": "" if built_from is None else built_from.rest,
+            "carried": " ".join(str(generation) for generation in carried),
+        }
+        parts = [x for name, digest in digests.items() for x in (name, digest, sent[name])]
+        return int(self._run(redis_scripts.PUBLISH, args, parts))
 
     def published_version(self) -> int | None:
         raw = self._client.get(self._keys.version)
@@ -240,19 +167,27 @@ class RedisSnapshotPublisher:
 
     def published_digest(self) -> bytes | None:
         """None also when a part of the stored version is gone: publishing again restores it."""
-        k = self._keys
-        keys = [k.version, k.digest, k.parts, k.at]
-        digest = self._digest(keys=keys, args=[k.part_prefix])
+        digest = self._run(redis_scripts.DIGEST, {"part_prefix": self._keys.part_prefix})
         return _bytes(digest) if digest else None
 
-    def built_from(self) -> tuple[int, BuiltFrom] | None:
+    def vouch(self, version: int, content: bytes, new: int, built_from: BuiltFrom) -> bool:
+        args: dict[str, Arg] = {
+            "version": version,
+            "content": content,
+            "new": new,
+            "generation": built_from.generation,
+            "rest": built_from.rest,
+        }
+        return bool(self._run(redis_scripts.VOUCH, args))
+
+    def built_from(self) -> Recorded | None:
         with self._client.pipeline(transaction=True) as both:
             both.get(self._keys.version)
             both.hmget(self._keys.built_from, ["version", "generation", "rest"])
             version, (tagged, generation, rest) = both.execute()
         if version is None or tagged != version or generation is None:
             return None  # none, or written with an older version: not this one's
-        return int(version), BuiltFrom(int(generation), _bytes(rest or b"").decode())
+        return Recorded(int(version), BuiltFrom(int(generation), _bytes(rest or b"").decode()))
 
 
 class RedisSnapshotSource:
@@ -317,9 +252,6 @@ class RedisSnapshotSource:
         digest = part_digest(bytes(blob))
         blobs = {} if held.get(LEGACY) == digest else {LEGACY: bytes(blob)}
         return Loaded(int(version), 0.0, {LEGACY: digest}, blobs)
-
-
-_Arg = bytes | str | int | float
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -10,7 +10,8 @@ part only if its bytes hash to the listed digest, so it never serves a torn snap
 them ``published_digest`` names the whole content, so a control plane can tell whether the
 store already holds what the database says without fetching anything, and ``built_from`` the
 configuration state the version was built from, so another control plane whose database is in
-that state knows without building anything either.
+that state knows without building anything either (``vouch``: one that built the content from
+the state it read, and found it stored, says so under a newer version).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import enum
 import hashlib
 import threading
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Protocol
 
 LEGACY = "whole"
 """The one part of a snapshot an older control plane stored whole (``<prefix>:snapshot``)."""
@@ -61,6 +62,13 @@ class BuiltFrom:
 
     generation: int
     rest: str = ""
+
+
+class Recorded(NamedTuple):
+    """The version a store holds and what it was built from (``SnapshotPublisher.built_from``)."""
+
+    version: int
+    built_from: BuiltFrom
 
 
 def carried_to(generation: int, carried: Collection[int]) -> int:
@@ -119,9 +127,20 @@ class SnapshotPublisher(Protocol):
         """The ``content_digest`` of what the store holds (None: no snapshot)."""
         ...
 
-    def built_from(self) -> tuple[int, BuiltFrom] | None:
+    def built_from(self) -> Recorded | None:
         """The version the store holds and what it was built from (None: no version, or not
         known: stored by a publisher that did not say, such as an older control plane)."""
+        ...
+
+    def vouch(self, version: int, content: bytes, new: int, built_from: BuiltFrom) -> bool:
+        """If the store still holds ``version``, its ``content_digest`` ``content``: store it
+        again as ``new``, a newer version, unchanged (a reader fetches no part), built from
+        ``built_from``; whether it did. For a publisher that found the content equal to what it
+        built from that state: ``new`` must be handed out (``next_version``) after the state
+        was read. Never recorded on ``version`` itself: a patch whose version was handed out
+        before a change in that state committed (its shards read without it) can still be
+        stored over ``version``, and would carry the record on, claiming that change; it is
+        refused over ``new``."""
         ...
 
 
@@ -195,11 +214,22 @@ class InMemorySnapshotStore:
         current = self._current
         return None if current is None else content_digest(current.digests)
 
-    def built_from(self) -> tuple[int, BuiltFrom] | None:
+    def built_from(self) -> Recorded | None:
         with self._lock:
             if self._current is None or self._from is None:
                 return None
-            return self._current.version, self._from
+            return Recorded(self._current.version, self._from)
+
+    def vouch(self, version: int, content: bytes, new: int, built_from: BuiltFrom) -> bool:
+        with self._lock:
+            current = self._current
+            if current is None or current.version != version or new <= version:
+                return False
+            if content_digest(current.digests) != content:
+                return False
+            self._current = replace(current, version=new)
+            self._from = built_from
+            return True
 
     async def version(self) -> int | None:
         return self.published_version()

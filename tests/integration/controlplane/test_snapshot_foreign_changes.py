@@ -233,3 +233,28 @@ class _Frozen(datetime):
     @classmethod
     def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
         return datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
+
+
+def test_patches_landing_out_of_order_do_not_cost_every_later_foreign_change_a_build(
+    planes: Planes,
+) -> None:
+    """Two control planes' key changes committed together, the later one's patch stored first
+    (ordinary under concurrent key traffic): the store's record stops before the first
+    (correctly). Every later change through ``a`` alone is published by its shard: the store
+    holds each, and once a check's build found it holding them all it says so, so ``b`` builds
+    no more after each of them."""
+    deferred: list[Change] = []
+    data = ApiKeyCreate(project_id=planes.project, name="key")
+    with unit_of_work(planes.a.session_factory, deferred.append) as session:  # a's, publish late
+        create_key(session, SYSTEM, planes.a.server_secret, planes.tenant, data)
+    planes.b.whole_every_s = 3600.0  # b's change is patched although it does not follow a's
+    with unit_of_work(planes.b.session_factory, planes.b.publish) as session:
+        create_key(session, SYSTEM, planes.b.server_secret, planes.tenant, data)
+    planes.a.publish(deferred[0])  # a's patch now: both changes are in the store
+    assert planes.check() == "current"  # one build to learn it: fair
+    assert check_published(planes.a) == "current"  # a learns it from the store's record
+    planes.builds.clear()
+    for _ in range(3):
+        planes.create()  # through a, patched: the store holds every change counted
+        assert planes.check() == "current"
+    assert planes.builds == []

@@ -4,13 +4,15 @@ configuration without building it, so it must never name more than the version h
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
-from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher
+from trunkline.snapshot import InMemorySnapshotStore, RedisSnapshotPublisher, RedisSnapshotSource
 from trunkline.snapshot.store import BuiltFrom, Patched
 
 PREFIX = "from"
@@ -24,6 +26,15 @@ def publisher(request: pytest.FixtureRequest) -> Iterator[Any]:
     client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
     yield RedisSnapshotPublisher(client, PREFIX)
     client.close()
+
+
+@pytest.fixture
+def source(publisher: Any, request: pytest.FixtureRequest) -> Any:
+    """What a gateway reads ``publisher``'s store through."""
+    if isinstance(publisher, InMemorySnapshotStore):
+        return publisher
+    client = aioredis.Redis.from_url(request.getfixturevalue("redis_url"))
+    return RedisSnapshotSource(client, PREFIX)
 
 
 def _whole(publisher: Any, built_from: BuiltFrom | None) -> int:
@@ -95,3 +106,51 @@ def test_a_version_written_by_an_older_script_is_not_taken_for_the_one_before(
         assert publisher.built_from() is None
     finally:
         client.close()
+
+
+def test_vouching_stores_the_content_again_under_a_newer_version_that_says_so(
+    publisher: Any, source: Any
+) -> None:
+    """A control plane that built the content from the state its database is in, and found it
+    stored already, says so for the others (a record stopped by a gap never moved on else);
+    a gateway holding the version before fetches no part of the new one."""
+    version = _whole(publisher, BuiltFrom(7))
+    _patch(publisher, 9)  # 8 not carried: the record stays at 7
+
+    async def read_vouch_read() -> tuple[Any, Any]:  # one event loop for the Redis reader
+        held = await source.load()
+        content, new = publisher.published_digest(), publisher.next_version()
+        assert publisher.vouch(held.version, content, new, BuiltFrom(9))
+        assert publisher.built_from() == (new, BuiltFrom(9))
+        assert publisher.published_version() == new and publisher.published_digest() == content
+        return held, await source.load(held.digests)
+
+    held, loaded = asyncio.run(read_vouch_read())
+    assert loaded.version > held.version > version
+    assert loaded.digests == held.digests and loaded.blobs == {}
+
+
+def test_vouching_for_content_the_store_no_longer_holds_does_nothing(publisher: Any) -> None:
+    version = _whole(publisher, BuiltFrom(7))
+    content = publisher.published_digest()
+    moved = _patch(publisher, 8)  # another process stored a newer version meanwhile
+    assert not publisher.vouch(version, content, publisher.next_version(), BuiltFrom(9))
+    other = publisher.published_digest()
+    assert not publisher.vouch(moved, b"not it", publisher.next_version(), BuiltFrom(9))
+    assert not publisher.vouch(moved, other, moved, BuiltFrom(9))  # not a newer version
+    assert publisher.built_from() == (moved, BuiltFrom(8))
+
+
+def test_a_patch_read_before_the_state_vouched_for_cannot_carry_the_record(publisher: Any) -> None:
+    """A patch's version handed out before change 8 committed (its shards read without it) and
+    stored after a check vouched for 8: over the vouched version it would move the record on,
+    claiming 8 for content without it (a revoked key accepted, if 8's own publish failed, until
+    the thorough check). Vouching under a version handed out after the state was read refuses
+    it."""
+    version = _whole(publisher, BuiltFrom(7))
+    early = publisher.next_version()  # the patch's, before 8 committed
+    new = publisher.next_version()  # the check's, after it read the state with 8
+    assert publisher.vouch(version, publisher.published_digest(), new, BuiltFrom(8))
+    late = publisher.patch(early, {"keys/01": b"without 8"}, published_at=3.0, carried=(9,))
+    assert late is Patched.REFUSED
+    assert publisher.built_from() == (new, BuiltFrom(8))
