@@ -170,9 +170,22 @@ class Runtime:
         process's whole builds and checks), so with two control planes taking key changes
         every change would build whole; at most one a ``whole_every_s`` bounds how long such a
         change can be kept out at little cost."""
-        if self._follows(generations):
+        if self._follows(generations) or self._store_follows(generations):
             return True
         return self._whole_at is not None and time.monotonic() - self._whole_at < self.whole_every_s
+
+    def _store_follows(self, generations: set[int]) -> bool:
+        """Whether the store's record says it holds every change committed before
+        ``generations`` (``built_from``): with two control planes taking key changes, the other
+        one's are known only so. Every version stored after the recorded one holds what it
+        holds (a whole build reads after its version is handed out, which is after the record's
+        state was read; a patch or a vouch keeps its base's other parts), so a patch of these
+        changes' shards over whatever is stored by then leaves no change before them out."""
+        recorded = self.publisher.built_from()
+        if recorded is None:
+            return False
+        reached = carried_to(recorded.built_from.generation, generations)
+        return reached >= max(generations)
 
     def _follows(self, generations: set[int]) -> bool:
         """Whether every change committed before ``generations`` is known to be in the store
@@ -219,8 +232,9 @@ class Runtime:
         return self.publish_now()
 
     def publish_now(self) -> bool:
-        """Publish the current configuration whole: whether it was stored (False: refused
-        ``PUBLISH_TRIES`` times, other control planes storing newer versions each time); raises
+        """Publish the current configuration whole: whether the store holds it, stored by this
+        process or by another built from this state or later (False: refused ``PUBLISH_TRIES``
+        times, other control planes storing newer versions each time); raises
         when the snapshot store fails. The caller holds ``publishing``, or publishes at start
         before anything else can."""
         for _ in range(PUBLISH_TRIES):
@@ -241,8 +255,27 @@ class Runtime:
                 self._whole_at = time.monotonic()
                 self._saw(state)
                 return True
+            if self._stored_elsewhere(state):
+                return True
         self._refused_every_time()
         return False
+
+    def _stored_elsewhere(self, state: ConfigState) -> bool:
+        """Whether the newer version that refused this process's build says it was built from
+        ``state`` or later (``built_from``): it then holds every change this build would
+        have, and building again to be stored over it would only cost (under key changes
+        through two control planes, each write built whole three times, seconds a write)."""
+        recorded, ours = self.publisher.built_from(), state.as_built_from()
+        if recorded is None or ours is None:
+            return False
+        if (
+            recorded.built_from.generation < ours.generation
+            or recorded.built_from.rest != ours.rest
+        ):
+            return False
+        self.published_version = max(self.published_version or 0, recorded.version)
+        self._saw(state)
+        return True
 
     def _refused_every_time(self) -> None:
         """Say what a whole publish refused ``PUBLISH_TRIES`` times means: nothing alarming when
