@@ -16,7 +16,7 @@ from trunkline.apps.runtime import Runtime, build_runtime, require_schema
 from trunkline.auth.schemas import Email
 from trunkline.auth.service import admin_token, revoke_access_tokens
 from trunkline.billing.service import price_book_currency
-from trunkline.gateway.routing.candidates import stranded
+from trunkline.gateway.routing.candidates import poolless, stranded
 from trunkline.kit.migrate import require_existing
 from trunkline.settings import load_settings
 from trunkline.snapshot.builder import build_snapshot
@@ -156,6 +156,13 @@ def apply_command(args: argparse.Namespace) -> int:
         print(
             f"warning: tenant {tenant.slug} ({tenant.tier}) is entitled to {alias.alias}, but no "
             "pool of it in the tenant's regions serves that tier: its requests get a 403",
+            file=sys.stderr,
+        )
+    for alias, tenants in poolless(configured):
+        print(
+            f"warning: no pool serves {alias.alias} (model {alias.model}), which {tenants} "
+            f"tenant{'s are' if tenants > 1 else ' is'} entitled to: its requests get a 503 "
+            "until a pool of that model is added",
             file=sys.stderr,
         )
     return 0

@@ -346,6 +346,28 @@ def test_apply_warns_of_entitlements_placement_leaves_without_a_pool(
     assert code == 0 and "warning:" not in err
 
 
+def test_apply_warns_of_an_alias_moved_to_a_model_no_pool_serves(
+    capsys: pytest.CaptureFixture[str], configured: str, tmp_path: Path
+) -> None:
+    manifests = tmp_path / "tenants"
+    shutil.copytree(TENANTS_DIR, manifests)
+    code, _, err = run(capsys, "tenants", "apply", str(manifests))
+    assert code == 0 and "warning:" not in err
+    moved = tmp_path / "moved"  # applied alone: tenants/ gives the alias to its own model
+    moved.mkdir()
+    (moved / "model.yaml").write_text(
+        "kind: Model\nname: other-model\ntype: chat\ncontext_length: 4096\nparams_b: 1.0\n"
+        "aliases: [llama-3.1-8b]\n"
+    )
+    code, out, err = run(capsys, "tenants", "apply", str(moved))
+    assert code == 0 and "alias llama-3.1-8b moved here" in out, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: no pool serves llama-3.1-8b (model other-model), which 3 tenants are "
+        "entitled to: its requests get a 503 until a pool of that model is added"
+    ]
+
+
 def test_the_celery_jobs_refuse_a_database_not_at_this_schema(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,7 +15,7 @@ from trunkline.snapshot import (
     TierEntry,
 )
 
-__all__ = ["Candidate", "eligible", "open_pools", "open_to", "placed_away", "stranded"]
+__all__ = ["Candidate", "eligible", "open_pools", "open_to", "placed_away", "poolless", "stranded"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,4 +81,20 @@ def stranded(snapshot: Snapshot) -> list[tuple[TenantEntry, AliasEntry]]:
                 and placed_away(snapshot, alias, tenant, tier)
             ):
                 found.append((tenant, alias))
+    return found
+
+
+def poolless(snapshot: Snapshot) -> list[tuple[AliasEntry, int]]:
+    """Every alias tenants are entitled to that no pool serves (of either model of a cascade),
+    with how many tenants are: their requests get a 503 until a pool of its model is added
+    (an alias moved to a model deployed nowhere yet, or a model's pools removed)."""
+    entitled: dict[str, int] = {}
+    for tenant in snapshot.tenants.values():
+        for name in tenant.aliases:
+            entitled[name] = entitled.get(name, 0) + 1
+    found = []
+    for name in sorted(entitled):
+        alias = snapshot.aliases.get(name)
+        if alias is not None and not alias.pools + (alias.cascade.pools if alias.cascade else ()):
+            found.append((alias, entitled[name]))
     return found
