@@ -47,6 +47,11 @@ def month_of(moment: datetime) -> Period:
 def parse_period(text: str) -> Period:
     """``2026-11`` → November 2026 (UTC)."""
     match = _PERIOD.match(text.strip())
-    if match is None or int(match.group(1)) not in _YEARS or not 1 <= int(match.group(2)) <= 12:
+    if match is None or not 1 <= int(match.group(2)) <= 12:
         raise InvalidRequest(f"period {text!r} must read YYYY-MM, e.g. 2026-11", param="period")
+    if int(match.group(1)) not in _YEARS:
+        raise InvalidRequest(
+            f"period {text!r}: the year must be from {_YEARS.start} to {_YEARS.stop - 1}",
+            param="period",
+        )
     return month_of(datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=UTC))

@@ -69,6 +69,7 @@ class TenantController(Controller):
         entitled_to: Annotated[
             str | None,
             Parameter(
+                min_length=1,
                 max_length=200,
                 description="only the tenants entitled to this model alias (the `tenant_count` "
                 "of its `GET /models` entry counts them)",

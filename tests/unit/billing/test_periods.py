@@ -42,6 +42,11 @@ def test_invalid_periods_are_refused(text: str) -> None:
         parse_period(text)
 
 
+def test_a_period_out_of_the_years_says_so() -> None:
+    with pytest.raises(InvalidRequest, match="the year must be from 1 to 9998"):
+        parse_period("0000-01")
+
+
 def test_month_of_uses_utc() -> None:
     late_evening_in_new_york = datetime(2026, 11, 30, 20, 0, tzinfo=timezone(timedelta(hours=-5)))
     assert month_of(late_evening_in_new_york).label == "2026-12"

@@ -164,6 +164,8 @@ def test_a_platform_admin_counts_a_shared_models_tenants_and_pages_through_them(
     assert [len(page) for page in pages[:-1]] == [3] * (len(pages) - 1)
     assert [t["slug"] for page in pages for t in page] == sorted(entitled)
     assert world.admin.get("/api/v1/tenants", params={"entitled_to": "no-such-alias"}) == []
+    empty = world.admin.get("/api/v1/tenants", params={"entitled_to": ""}, expect=400)
+    assert empty["errors"][0]["field"] == "entitled_to"  # not every tenant, nor none
 
 
 def test_the_openapi_document_describes_the_count_and_the_tenants_filter(world: World) -> None:
