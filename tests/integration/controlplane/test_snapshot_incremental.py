@@ -130,11 +130,7 @@ class Keys:
 
     def limit(self, key_id: str, per_minute: int) -> None:
         doc = ScopeLimits(requests_per_minute=per_minute)
-        self.change(
-            lambda s: set_key_quota(
-                s, SYSTEM, self._tenant_of(key_id), key_id, doc, lambda *_: None
-            )
-        )
+        self.change(lambda s: set_key_quota(s, SYSTEM, self._tenant_of(key_id), key_id, doc))
 
     def stored(self) -> dict[str, bytes]:
         loaded = asyncio.run(self.store.store.load())
