@@ -2,7 +2,8 @@
 
 Every error leaves as an RFC 9457 problem detail (``apps.problems``). Each request runs in one
 transaction; when it changed what gateways must know, the snapshot is published after the
-commit.
+commit. A handler with work to do after its commit (the quota PUTs read usage from Redis, which
+a write must not wait on holding the configuration's lock) takes ``config_writes`` instead.
 """
 
 from __future__ import annotations

@@ -47,8 +47,9 @@ WHOLE_ABOVE = SHARDS // 4
 
 REDIS_TIMEOUT_S = 2.0
 """Socket timeout of the control plane's and the gateway's calls to Redis (the snapshot, the
-gateway's usage stream). A whole snapshot's size at 40,000 keys (12.7 MB in 65 parts) was
-stored in 0.12-0.28 s a call here, Redis's script 30-60 ms of it (2026-12-07)."""
+quota endpoints' usage reads, the gateway's usage stream). A whole snapshot's size at 40,000
+keys (12.7 MB in 65 parts) was stored in 0.12-0.28 s a call here, Redis's script 30-60 ms of it
+(2026-12-07); the whole script call must be sent within it (docs/architecture.md)."""
 
 WHOLE_EVERY_S = 2.0
 """A key change that follows changes not known to be in the store (another process's) is
