@@ -24,7 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 from sqlalchemy.orm import Session
 
-from trunkline.apps.runtime import Runtime
+from trunkline.apps.runtime import REDIS_TIMEOUT_S, Runtime
 from trunkline.auth.principal import Principal
 from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest
@@ -182,7 +182,10 @@ def usage_reader(settings: Settings) -> UsageReader:
         now = system_clock()
 
         async def fetch() -> list[Vector]:
-            store = RedisQuotaStore(aioredis.Redis.from_url(url), prefix)
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+            )
+            store = RedisQuotaStore(client, prefix)
             try:
                 return await store.usage(tenant_id, scopes, now)
             finally:
