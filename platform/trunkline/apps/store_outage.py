@@ -66,7 +66,7 @@ class StoreOutage:
         with self._lock:
             ended, self._failed_at = self._failed_at is not None, None
         if ended:
-            log.warning("%s answers again", self._name)
+            log.info("%s answers again", self._name)
 
     @contextmanager
     def watch(self) -> Iterator[None]:
