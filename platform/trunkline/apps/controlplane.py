@@ -2,14 +2,17 @@
 
 Every error leaves as an RFC 9457 problem detail (``apps.problems``). Each request runs in one
 transaction; when it changed what gateways must know, the snapshot is published after the
-commit.
+commit. A handler with work to do after its commit (the quota PUTs read usage from Redis, which
+a write must not wait on holding the configuration's lock) takes ``config_writes`` instead.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,8 @@ from trunkline.apps.controlplane_metrics import (
 from trunkline.apps.problems import HANDLERS
 from trunkline.apps.publishing import SnapshotSync, keeping_published
 from trunkline.apps.request_context import RequestContextMiddleware
-from trunkline.apps.runtime import Runtime
+from trunkline.apps.runtime import REDIS_TIMEOUT_S, Runtime
+from trunkline.apps.store_outage import StoreOutage
 from trunkline.auth.controllers import AuthController, DevLoginController
 from trunkline.auth.guards import provide_principal
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
@@ -62,7 +66,7 @@ from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.store import QuotaStore
 from trunkline.settings import Settings
-from trunkline.tenancy.changes import change_of, config_changed, hold_config
+from trunkline.tenancy.changes import change_of, config_changed, hold_config, unit_of_work
 from trunkline.tenancy.controllers import (
     MemberController,
     ProjectController,
@@ -156,7 +160,8 @@ def create_controlplane_app(
             "principal": Provide(provide_principal, sync_to_thread=False),
             "server_secret": Provide(secret_provider(runtime), sync_to_thread=False),
             "session_factory": Provide(lambda: runtime.session_factory, sync_to_thread=False),
-            "quota_usage": Provide(usage_reader_provider(quota), sync_to_thread=False),
+            "config_writes": Provide(config_writes(runtime), sync_to_thread=False),
+            "quota_usage": Provide(quota_usage(quota), sync_to_thread=False),
             "paging": Provide(provide_paging, sync_to_thread=False),
         },
         on_shutdown=[quota.close],
@@ -203,9 +208,34 @@ def refuse_nul_parameters(request: Request[Any, Any, Any]) -> None:
 
 def default_quota_store(settings: Settings) -> QuotaStore:
     if settings.redis.url:
-        client = aioredis.Redis.from_url(settings.redis.url)
+        # The control plane's timeouts, not redis-py's 5 s: a Redis that does not answer held
+        # a worker thread that long for each quota GET.
+        client = aioredis.Redis.from_url(
+            settings.redis.url,
+            socket_timeout=REDIS_TIMEOUT_S,
+            socket_connect_timeout=REDIS_TIMEOUT_S,
+        )
         return RedisQuotaStore(client, settings.redis.key_prefix)
     return InMemoryQuotaStore()
+
+
+def quota_usage(store: QuotaStore) -> Any:
+    """The quota endpoints' usage reads from ``store``: bounded by the control plane's Redis
+    timeout, and skipped (``usage: null``) for a while after one failed."""
+    outage = StoreOutage(
+        name="the quota store", meanwhile="the quota endpoints show no usage (usage: null)"
+    )
+    return usage_reader_provider(store, timeout_s=REDIS_TIMEOUT_S, outage=outage)
+
+
+def config_writes(runtime: Runtime) -> Any:
+    """Transactions of a handler's own that may change the configuration, each published after
+    its commit, as a request's (``session_provider``)."""
+
+    def provide_config_writes() -> Callable[[], AbstractContextManager[Session]]:
+        return functools.partial(unit_of_work, runtime.session_factory, runtime.publish)
+
+    return provide_config_writes
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

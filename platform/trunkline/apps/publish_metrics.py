@@ -1,8 +1,9 @@
 """What this process's snapshot publishing did, as Prometheus metrics: builds by kind and how
 long each took, what became of each (stored, refused because another control plane stored a
-newer version first, nothing to patch, failed), the version it last stored and when, and the
-outcomes of its periodic checks. Recorded by ``Runtime`` and ``republish_if_stale`` in the
-threads that publish; read at each scrape of the control plane's ``/metrics``."""
+newer version first, nothing to patch, failed; or left to the check, not built), the version
+it last stored and when, and the outcomes of its periodic checks. Recorded by ``Runtime`` and
+``republish_if_stale`` in the threads that publish; read at each scrape of the control plane's
+``/metrics``."""
 
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ class PublishMetrics(Collector):
             "trunkline_snapshot_publishes",
             "What became of each build, by kind and outcome: stored; refused (another control "
             "plane stored a newer version first: built again); no_base (no snapshot in parts "
-            "stored to patch: built whole); failed (the store or the database raised)",
+            "stored to patch: built whole); failed (the store or the database raised); "
+            "left_to_check (not built: a call to the store failed moments ago, so the change "
+            "after a write waits for the periodic check; kind: what it would have built)",
             ["kind", "outcome"],
             registry=None,
         )
@@ -91,6 +94,10 @@ class PublishMetrics(Collector):
             self._outcomes.labels(kind, build.outcome).inc()
             if build.outcome == "stored" and build.version is not None:
                 self._stored_version(build.version)
+
+    def left_to_check(self, kind: Kind) -> None:
+        """A publish not built: the store failed a call moments ago (``StoreOutage``)."""
+        self._outcomes.labels(kind, "left_to_check").inc()
 
     def _stored_version(self, version: int) -> None:
         with self._lock:  # publishes in parallel threads: the newest version stays

@@ -47,8 +47,9 @@ WHOLE_ABOVE = SHARDS // 4
 
 REDIS_TIMEOUT_S = 2.0
 """Socket timeout of the control plane's and the gateway's calls to Redis (the snapshot, the
-gateway's usage stream). A whole snapshot's size at 40,000 keys (12.7 MB in 65 parts) was
-stored in 0.12-0.28 s a call here, Redis's script 30-60 ms of it (2026-12-07)."""
+quota endpoints' usage reads, the gateway's usage stream). A whole snapshot's size at 40,000
+keys (12.7 MB in 65 parts) was stored in 0.12-0.28 s a call here, Redis's script 30-60 ms of it
+(2026-12-07); the whole script call must be sent within it (docs/architecture.md)."""
 
 WHOLE_EVERY_S = 2.0
 """A key change that follows changes not known to be in the store (another process's) is
@@ -108,11 +109,11 @@ class Runtime:
             with self._pending_lock:
                 self._pending.append(change)
             if self.outage.suspected():
-                self._left_to_the_check()
+                self._left_to_the_check(change)
                 return
             with self.publishing:
                 if self.outage.suspected():  # found by the publish or check waited for
-                    self._left_to_the_check()
+                    self._left_to_the_check(change)
                     return
                 # Changes committed in parallel (a bulk of API calls) wait for one build at a
                 # time, which carries every change waiting when it starts.
@@ -127,15 +128,11 @@ class Runtime:
                 exc,
             )
 
-    @staticmethod
-    def _left_to_the_check() -> None:
+    def _left_to_the_check(self, change: Change) -> None:
         """The change stays waiting (the next publish carries it) and the check publishes it
-        once the store answers (it looks at the database, whatever waits here)."""
-        log.warning(
-            "the gateways' snapshot was not published: the snapshot store failed a call "
-            "moments ago; what the database holds is saved, and the control plane publishes "
-            "it once the store answers"
-        )
+        once the store answers (it looks at the database, whatever waits here). Counted, not
+        logged: ``outage`` logs the outage's start and end once each."""
+        self.metrics.left_to_check("shards" if change.keys is not None else "whole")
 
     def _publish_changes(self, changes: list[Change]) -> None:
         seen = self.seen.generation if self.seen is not None else None
@@ -304,6 +301,10 @@ class Runtime:
         if generation is not None:
             generation = carried_to(generation, self._carried)
             self._carried = {g for g in self._carried if g > generation}
+            with self._pending_lock:  # carried: what waits from an outage need not
+                self._pending = [
+                    c for c in self._pending if c.generation is None or c.generation > generation
+                ]
         self.seen = ConfigState(generation, state.prices_since)
 
     def close(self) -> None:

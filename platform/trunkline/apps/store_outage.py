@@ -1,21 +1,27 @@
-"""Whether the snapshot store failed a call lately, so a publish after an API write does not
-wait on a store that does not answer.
+"""Whether a store failed a call lately, so a request does not wait on a store that does not
+answer.
 
 A Redis that accepts connections but never answers (frozen, a blackholed socket) holds each
 call for the client's socket timeout. A publish after a commit waited for it, every write
 call, one after the other on ``Runtime.publishing``. Once a call failed, publishes leave their
 change to the periodic check (``apps.publishing.check_published``), which publishes what the
-store lacks once it answers; the check's calls, and any publish's, say whether it does.
+store lacks once it answers; the check's calls, and any publish's, say whether it does. The
+quota endpoints skip their usage reads the same way (``quota.controllers``).
+
+The start of an outage and its end are logged once each, not once a request.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import redis
+
+log = logging.getLogger(__name__)
 
 STORE_AWAY_S = 10.0
 """After a failed call, publishes leave their change to the check for this long, unless a
@@ -25,9 +31,15 @@ answer, so this only ends the wait of a process with no check running (the CLI).
 
 class StoreOutage:
     def __init__(
-        self, hold_s: float = STORE_AWAY_S, clock: Callable[[], float] = time.monotonic
+        self,
+        hold_s: float = STORE_AWAY_S,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        name: str = "the snapshot store",
+        meanwhile: str = "publishes after writes are left to the control plane's check",
     ) -> None:
         self.hold_s, self._clock = hold_s, clock
+        self._name, self._meanwhile = name, meanwhile
         self._lock = threading.Lock()
         self._failed_at: float | None = None
 
@@ -37,15 +49,32 @@ class StoreOutage:
             failed_at = self._failed_at
         return failed_at is not None and self._clock() - failed_at < self.hold_s
 
+    def failed(self, error: BaseException) -> None:
+        """A call to the store failed: logged when none had since the last that answered."""
+        with self._lock:
+            started, self._failed_at = self._failed_at is None, self._clock()
+        if started:
+            log.warning(
+                "%s failed a call (%s); until one answers, %s",
+                self._name,
+                type(error).__name__,
+                self._meanwhile,
+            )
+
+    def answered(self) -> None:
+        """A call to the store answered: logged when one had failed before."""
+        with self._lock:
+            ended, self._failed_at = self._failed_at is not None, None
+        if ended:
+            log.info("%s answers again", self._name)
+
     @contextmanager
     def watch(self) -> Iterator[None]:
         """Calls to the store: a Redis error says it failed (re-raised), an end without one
         that it answered."""
         try:
             yield
-        except redis.RedisError:
-            with self._lock:
-                self._failed_at = self._clock()
+        except redis.RedisError as exc:
+            self.failed(exc)
             raise
-        with self._lock:
-            self._failed_at = None
+        self.answered()

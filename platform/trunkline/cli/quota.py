@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 from sqlalchemy.orm import Session
 
-from trunkline.apps.runtime import Runtime
+from trunkline.apps.runtime import REDIS_TIMEOUT_S, Runtime
 from trunkline.auth.principal import Principal
 from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest
@@ -73,26 +74,27 @@ def _subject(parser: argparse.ArgumentParser) -> None:
 def show_command(args: argparse.Namespace) -> int:
     if args.tier and (args.tenant or args.key):
         raise InvalidRequest("--tier shows a tier's limits alone: drop --tenant and --key")
-
-    def work(session: Session, runtime: Runtime) -> msgspec.Struct:
-        read = usage_reader(runtime.settings)
-        if args.tier:
-            return service.get_tier_quota(session, args.tier)
-        if args.key:
-            # With --tenant, the key must be that tenant's (it showed another tenant's key).
-            tenant_id = (
-                tenant_by_slug(session, args.tenant).id
-                if args.tenant
-                else key_tenant(session, args.key)
-            )
-            return service.key_quota(session, Principal.system(), tenant_id, args.key, read)
-        if args.tenant:
-            tenant = tenant_by_slug(session, args.tenant)
-            return service.tenant_quota(session, Principal.system(), tenant.id, read)
-        raise InvalidRequest("name one of --tier, --tenant or --key")
-
-    _print(_run(work))
+    _print(_run(functools.partial(_view, args), changing=False))
     return 0
+
+
+def _view(args: argparse.Namespace, session: Session, runtime: Runtime) -> msgspec.Struct:
+    """What ``show`` prints: a tier's limits, or a key's or a tenant's with their usage."""
+    read = usage_reader(runtime.settings)
+    if args.tier:
+        return service.get_tier_quota(session, args.tier)
+    if args.key:
+        # With --tenant, the key must be that tenant's (it showed another tenant's key).
+        tenant_id = (
+            tenant_by_slug(session, args.tenant).id
+            if args.tenant
+            else key_tenant(session, args.key)
+        )
+        return service.key_quota(session, Principal.system(), tenant_id, args.key, read)
+    if args.tenant:
+        tenant = tenant_by_slug(session, args.tenant)
+        return service.tenant_quota(session, Principal.system(), tenant.id, read)
+    raise InvalidRequest("name one of --tier, --tenant or --key")
 
 
 def _one_target(args: argparse.Namespace) -> None:
@@ -110,30 +112,32 @@ def set_command(args: argparse.Namespace) -> int:
         )
     changes, forget = _changes(args)
 
-    def work(session: Session, runtime: Runtime) -> msgspec.Struct:
-        read = usage_reader(runtime.settings)
+    def work(session: Session, _runtime: Runtime) -> None:
         system = Principal.system()
         if args.key:
             tenant_id = key_tenant(session, args.key)
-            own = service.key_quota(session, system, tenant_id, args.key, read).overrides
-            new = merge(own, changes, forget)
-            return service.set_key_quota(session, system, tenant_id, args.key, new, read)
-        if args.scope is None:
+            own = service.key_quota(session, system, tenant_id, args.key, _no_usage).overrides
+            service.set_key_quota(session, system, tenant_id, args.key, merge(own, changes, forget))
+        elif args.scope is None:
             raise InvalidRequest("--scope is required with --tier or --tenant", param="scope")
-        if args.tier:
+        elif args.tier:
             doc = service.get_tier_quota(session, args.tier)
-            return service.set_tier_quota(
-                session, args.tier, _edit(doc, args.scope, changes, forget)
-            )
-        if args.tenant:
+            service.set_tier_quota(session, args.tier, _edit(doc, args.scope, changes, forget))
+        else:
             tenant = tenant_by_slug(session, args.tenant)
-            doc = service.tenant_quota(session, system, tenant.id, read).overrides
-            new_doc = _edit(doc, args.scope, changes, forget)
-            return service.set_tenant_quota(session, tenant.id, new_doc, read)
-        raise InvalidRequest("name one of --tier, --tenant or --key")
+            doc = service.tenant_quota(session, system, tenant.id, _no_usage).overrides
+            service.set_tenant_quota(session, tenant.id, _edit(doc, args.scope, changes, forget))
 
-    _print(_run(work))
+    _run(work)
+    # Read back after the commit: usage comes from Redis, which the change's transaction,
+    # holding the configuration's lock every write waits for, must not wait on.
+    _print(_run(functools.partial(_view, args), changing=False))
     return 0
+
+
+def _no_usage(_tenant_id: str, _scopes: Sequence[tuple[str, str]]) -> None:
+    """A ``UsageReader`` for views read for their limits alone."""
+    return None
 
 
 def _edit(
@@ -178,7 +182,10 @@ def usage_reader(settings: Settings) -> UsageReader:
         now = system_clock()
 
         async def fetch() -> list[Vector]:
-            store = RedisQuotaStore(aioredis.Redis.from_url(url), prefix)
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+            )
+            store = RedisQuotaStore(client, prefix)
             try:
                 return await store.usage(tenant_id, scopes, now)
             finally:
@@ -192,9 +199,14 @@ def usage_reader(settings: Settings) -> UsageReader:
     return read
 
 
-def _run(work: Any) -> Any:
+def _run(work: Any, *, changing: bool = True) -> Any:
+    """``work(session, runtime)`` in a transaction that may change the configuration (its
+    change published after the commit), or in a session that reads."""
     runtime = open_runtime()
     try:
+        if not changing:
+            with runtime.session_factory() as session:
+                return work(session, runtime)
         with unit_of_work(runtime.session_factory, runtime.publish) as session:
             return work(session, runtime)
     finally:

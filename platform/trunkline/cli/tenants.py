@@ -24,6 +24,7 @@ from trunkline.tenancy import service
 from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.manifests import (
     ManifestError,
+    Manifests,
     apply_manifests,
     load_manifests,
     manifest_json_schema_text,
@@ -141,15 +142,21 @@ def apply_command(args: argparse.Namespace) -> int:
         return _report_issues(exc)
     runtime = open_runtime()
     try:
-        with runtime.session_factory() as session:
-            currency = price_book_currency(session)
-        if issues := budget_issues(manifests, currency):
-            return _report_issues(ManifestError(issues))
-        report = apply_manifests(runtime.session_factory, manifests, publish=runtime.publish)
-        with runtime.session_factory() as session:
-            configured = build_snapshot(session, 0, cache_secret=runtime.server_secret)
+        return apply_over(runtime, manifests)
     finally:
         runtime.close()
+
+
+def apply_over(runtime: Runtime, manifests: Manifests) -> int:
+    """``tenants apply`` of ``manifests`` over ``runtime``: prints what changed, and warns of
+    entitlements no pool serves; the exit code."""
+    with runtime.session_factory() as session:
+        currency = price_book_currency(session)
+    if issues := budget_issues(manifests, currency):
+        return _report_issues(ManifestError(issues))
+    report = apply_manifests(runtime.session_factory, manifests, publish=runtime.publish)
+    with runtime.session_factory() as session:
+        configured = build_snapshot(session, 0, cache_secret=runtime.server_secret)
     for line in report.lines():
         print(line)
     for tenant, alias in stranded(configured):

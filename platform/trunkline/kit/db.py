@@ -64,12 +64,17 @@ UNIQUE_VIOLATION = "23505"
 """PostgreSQL's SQLSTATE for a unique constraint's refusal."""
 
 
+SQLITE_UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+"""SQLite's names for a unique constraint's refusal: a primary key's has its own, where
+PostgreSQL says 23505 for both."""
+
+
 def unique_violation(exc: DBAPIError) -> bool:
-    """Whether ``exc`` is a unique constraint refusing a row, on PostgreSQL (SQLSTATE 23505)
-    or SQLite (``SQLITE_CONSTRAINT_UNIQUE``): not a foreign key, check or not-null one."""
+    """Whether ``exc`` is a unique constraint (a primary key's included) refusing a row, on
+    PostgreSQL (SQLSTATE 23505) or SQLite: not a foreign key, check or not-null one."""
     orig = exc.orig
     if isinstance(orig, sqlite3.Error):
-        return getattr(orig, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_UNIQUE"
+        return getattr(orig, "sqlite_errorname", None) in SQLITE_UNIQUE
     return getattr(orig, "sqlstate", None) == UNIQUE_VIOLATION
 
 

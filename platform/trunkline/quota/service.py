@@ -74,14 +74,15 @@ def tenant_quota(
     )
 
 
-def set_tenant_quota(
-    session: Session, tenant_id: uuid.UUID, data: QuotaLimits, read_usage: UsageReader
-) -> TenantQuota:
+def set_tenant_quota(session: Session, tenant_id: uuid.UUID, data: QuotaLimits) -> QuotaLimits:
+    """Replace the tenant's overrides; what was stored. Read the view back (``tenant_quota``)
+    after the commit: its usage comes from the quota store, which a transaction that changes
+    the configuration must not wait on (it holds the configuration's lock)."""
     tenant_row(session, Principal.system(), tenant_id)
     data = priced(data, held_currency(session))
     if TenantQuotaRepository(session, tenant_id).set_doc(data):
         mark_config_changed(session)
-    return tenant_quota(session, Principal.system(), tenant_id, read_usage)
+    return data
 
 
 def key_quota(
@@ -129,8 +130,9 @@ def set_key_quota(
     tenant_id: uuid.UUID,
     key_id: str,
     data: ScopeLimits,
-    read_usage: UsageReader,
-) -> KeyQuota:
+) -> ScopeLimits:
+    """Replace the key's overrides; what was stored. Read the view back (``key_quota``) after
+    the commit, as ``set_tenant_quota``'s."""
     get_key(session, principal, tenant_id, key_id)
     data = priced(data, held_currency(session))
     scoped = TenantQuotaRepository(session, tenant_id)
@@ -139,7 +141,7 @@ def set_key_quota(
         row_id = scoped.key_row_id(key_id)
         successors_of = set() if row_id is None else successors(session, row_id)
         mark_keys_changed(session, {key_id} | successors_of)
-    return key_quota(session, principal, tenant_id, key_id, read_usage)
+    return data
 
 
 def _tier_id(session: Session, name: str) -> uuid.UUID:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import Conflict
-from trunkline.kit.db import transaction
+from trunkline.kit.db import transaction, unique_violation
 from trunkline.models import CONFIG_ROW, ConfigGeneration
 
 _CHANGED = "trunkline.config_changed"
@@ -149,9 +149,20 @@ def assign(target: object, values: Mapping[str, Any]) -> dict[str, tuple[Any, An
     return changed
 
 
-def flush_or_conflict(session: Session, message: str) -> None:
-    """Flush now so a unique-constraint race surfaces as ``Conflict``, not a server error."""
+def flush_or_conflict(
+    session: Session,
+    message: str | Callable[[IntegrityError], str],
+    *,
+    unique_only: bool = False,
+) -> None:
+    """Flush now so a constraint's refusal surfaces as ``Conflict`` (``message``, or what it
+    says of the refusal), not a server error: a unique constraint's (another writer added the
+    row first), and a foreign key's (a row still named elsewhere: ``pools.service`` relies on
+    it). ``unique_only``: any other refusal is raised as it is, no race that trying again
+    would pass."""
     try:
         session.flush()
     except IntegrityError as exc:
-        raise Conflict(message) from exc
+        if unique_only and not unique_violation(exc):
+            raise
+        raise Conflict(message if isinstance(message, str) else message(exc)) from exc

@@ -214,7 +214,7 @@ def test_a_tenant_quota_the_api_sets_before_the_apply_reads_is_set_back(
 
     def api_sets_7(session: Session) -> object:
         doc = QuotaLimits(tenant=ScopeLimits(requests_per_minute=7))
-        return set_tenant_quota(session, tenant_id, doc, lambda *_: None)
+        return set_tenant_quota(session, tenant_id, doc)
 
     path = _manifests(tmp_path / "two", t2, TIERS_WITHOUT_QUOTA)
     applied, set_7 = _apply_beside(pg_runtime, path, api_sets_7)

@@ -58,11 +58,11 @@ def _stored_keys(url: str) -> set[str]:
     return asyncio.run(load())
 
 
-@pytest.fixture
-def production_like(tmp_path: Path) -> Iterator[tuple[RedisServer, Runtime]]:
-    """A Redis of its own (frozen by the test) and the runtime production builds over it."""
+@contextmanager
+def production_like_on(url: str, tmp_path: Path) -> Iterator[tuple[RedisServer, Runtime]]:
+    """A Redis of its own (frozen by the test) and the runtime production builds over it and
+    the database at ``url``."""
     server = start_redis(tmp_path)
-    url = f"sqlite:///{tmp_path / 'cp.db'}"
     upgrade(url)
     settings = make_settings(url, tmp_path / "state")
     settings.redis = RedisSettings(url=server.url)
@@ -72,6 +72,12 @@ def production_like(tmp_path: Path) -> Iterator[tuple[RedisServer, Runtime]]:
     finally:
         runtime.close()
         server.destroy()
+
+
+@pytest.fixture
+def production_like(tmp_path: Path) -> Iterator[tuple[RedisServer, Runtime]]:
+    with production_like_on(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path) as built:
+        yield built
 
 
 def _new_key(world: World) -> str:

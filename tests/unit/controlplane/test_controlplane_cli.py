@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shutil
@@ -17,13 +18,13 @@ from litestar.testing import TestClient
 from sqlalchemy.exc import DataError
 
 from trunkline.apps.controlplane import create_controlplane_app
-from trunkline.apps.runtime import PUBLISH_TRIES, Runtime, build_runtime
+from trunkline.apps.runtime import PUBLISH_TRIES, Runtime
 from trunkline.cli import tenants as cli_tenants
 from trunkline.cli.main import main
 from trunkline.kit.migrate import upgrade
-from trunkline.settings import Settings
 from trunkline.snapshot import InMemorySnapshotStore
 from trunkline.snapshot.builder import publish_snapshot
+from trunkline.tenancy.manifests import load_manifests
 
 
 @pytest.fixture
@@ -463,38 +464,32 @@ def _whole_build(runtime: Runtime, store: InMemorySnapshotStore) -> Callable[[],
 
 def _older_parts(_runtime: Runtime, store: InMemorySnapshotStore) -> Callable[[], object]:
     """Theirs holds the parts from before the apply (its keys patched over the older core)."""
-    held = store._current
+    held = asyncio.run(store.load())
     assert held is not None
     return lambda: store.publish(store.next_version(), held.blobs, published_at=0.0)
 
 
 def _apply_beside(
-    theirs: Theirs, tmp_path: Path, run_cli: Callable[..., tuple[int, str, str]]
+    theirs: Theirs, url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> OtherControlPlanes:
     """Apply the bundled manifests, then with a tenant moved to another tier (which the
     gateways must learn) beside ``theirs``; it succeeds."""
-    assert run_cli("tenants", "apply", str(TENANTS_DIR))[0] == 0
+    assert run(capsys, "tenants", "apply", str(TENANTS_DIR))[0] == 0
     moved = tmp_path / "moved"
     shutil.copytree(TENANTS_DIR, moved)
     examples = moved / "examples.yaml"
     examples.write_text(examples.read_text().replace("tier: gold", "tier: silver", 1))
-    others: list[OtherControlPlanes] = []
-
-    def beside_others(settings: Settings) -> Runtime:
-        runtime = build_runtime(settings)
-        assert runtime.memory_store is not None
-        runtime.publish_now()  # what the gateways held before the apply
-        others.append(
-            OtherControlPlanes(runtime.memory_store, theirs(runtime, runtime.memory_store))
-        )
-        runtime.publisher = others[-1]  # type: ignore[assignment]
-        return runtime
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_tenants, "build_runtime", beside_others)
-        code, out, _ = run_cli("tenants", "apply", str(moved))
-    assert (code, out) == (0, "Tenant acme updated: tier gold -> silver\n")
-    return others[0]
+    runtime = make_runtime(url, tmp_path / "state")  # as the CLI builds it, its settings given
+    assert runtime.memory_store is not None
+    runtime.publish_now()  # what the gateways held before the apply
+    others = OtherControlPlanes(runtime.memory_store, theirs(runtime, runtime.memory_store))
+    runtime.publisher = others  # type: ignore[assignment]
+    try:
+        code = cli_tenants.apply_over(runtime, load_manifests(moved))
+    finally:
+        runtime.close()
+    assert (code, capsys.readouterr().out) == (0, "Tenant acme updated: tier gold -> silver\n")
+    return others
 
 
 @pytest.fixture
@@ -510,7 +505,7 @@ def test_an_apply_whose_change_another_control_plane_stored_says_nothing_alarmin
     tmp_path: Path,
     shown: Callable[[], list[str]],
 ) -> None:
-    others = _apply_beside(_whole_build, tmp_path, lambda *argv: run(capsys, *argv))
+    others = _apply_beside(_whole_build, configured, tmp_path, capsys)
     assert others.refused == PUBLISH_TRIES
     # before: "other control planes kept publishing newer versions; the check will look"
     assert shown() == []
@@ -522,7 +517,7 @@ def test_an_apply_whose_change_the_store_may_lack_says_what_publishes_it(
     tmp_path: Path,
     shown: Callable[[], list[str]],
 ) -> None:
-    others = _apply_beside(_older_parts, tmp_path, lambda *argv: run(capsys, *argv))
+    others = _apply_beside(_older_parts, configured, tmp_path, capsys)
     assert others.refused == PUBLISH_TRIES
     [warning] = shown()
     assert "the gateways may not have the latest configuration yet" in warning

@@ -49,3 +49,20 @@ def test_an_error_not_the_store_s_says_nothing_of_it() -> None:
     _fail(outage, redis.TimeoutError("frozen"))
     _fail(outage, RuntimeError("the database"))
     assert outage.suspected()
+
+
+def test_an_outage_is_logged_when_it_starts_and_when_it_ends_once_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not once a write: a frozen Redis logged a warning per write (~165 in 10 s)."""
+    outage = StoreOutage(hold_s=10.0, clock=Clock())
+    with caplog.at_level("INFO", logger="trunkline.apps.store_outage"):
+        for _ in range(5):
+            _fail(outage, redis.TimeoutError("Timeout reading from socket"))
+        for _ in range(3):
+            with outage.watch():
+                pass
+    said = [record.getMessage() for record in caplog.records]
+    assert len(said) == 2, said
+    assert "failed a call (TimeoutError)" in said[0]
+    assert "answers again" in said[1]

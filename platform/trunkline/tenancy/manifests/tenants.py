@@ -29,14 +29,14 @@ from sqlalchemy.orm import Session
 from trunkline.auth.service import ensure_user, users_by_email
 from trunkline.billing.service import held_currency
 from trunkline.errors import Conflict, InvalidRequest
-from trunkline.kit.db import chunked, driver_message, unique_violation
+from trunkline.kit.db import chunked, driver_message
 from trunkline.models import Entitlement, Membership, ModelAlias, Project, Role, Tenant, Tier, User
 from trunkline.pools.entitlements import set_entitlements
 from trunkline.pools.repository import ModelRepository, entitlements_of
 from trunkline.quota.policy import priced
 from trunkline.quota.repository import QuotaRepository, Stored, stores_anew
 from trunkline.quota.schemas import QuotaLimits
-from trunkline.tenancy.changes import assign
+from trunkline.tenancy.changes import assign, flush_or_conflict
 from trunkline.tenancy.manifests.documents import Located
 from trunkline.tenancy.manifests.schemas import TenantSpec
 from trunkline.tenancy.manifests.upsert import ApplyReport, given_values, located_at, upsert
@@ -125,15 +125,14 @@ def _flush(session: Session) -> None:
     Any other refusal (a foreign key, a check) is no such race, and applying again would be
     refused again: it is raised as it is, the database's own words saying what it refused
     (``trunkline tenants apply`` prints them on one line)."""
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        if not unique_violation(exc):
-            raise
-        raise Conflict(
-            "the database changed while applying; apply again (another writer added a row "
-            f"first: {driver_message(exc)})"
-        ) from exc
+    flush_or_conflict(session, _raced, unique_only=True)
+
+
+def _raced(exc: IntegrityError) -> str:
+    return (
+        "the database changed while applying; apply again (another writer added a row "
+        f"first: {driver_message(exc)})"
+    )
 
 
 def _insert_parents(session: Session, held: Held, specs: list[TenantSpec]) -> None:
