@@ -16,7 +16,7 @@ import anyio
 from litestar import Litestar
 
 from trunkline.apps.publish_metrics import Check
-from trunkline.apps.runtime import ConfigState, Runtime, config_state
+from trunkline.apps.runtime import ConfigState, Published, Runtime, config_state
 from trunkline.kit.ids import utcnow
 from trunkline.snapshot.builder import current_digest
 from trunkline.snapshot.key_shards import expired_shards
@@ -91,8 +91,13 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
     else:
         log.info("the snapshot store does not hold the database's configuration; publishing")
     # Refused every time: other control planes kept storing newer versions, which may not
-    # hold this change; the next check looks again.
-    return "published" if runtime.publish_now() else "refused"
+    # hold this change; the next check looks again. Held: another's newer version has it.
+    return _CHECKED[runtime.publish_now(counted=not thorough)]
+
+
+_CHECKED: dict[Published, Check] = {"stored": "published", "held": "current", "refused": "refused"}
+"""A check's outcome by what became of its whole publish: ``current`` when another process's
+newer version holds the change."""
 
 
 def _vouch(runtime: Runtime, state: ConfigState, content: bytes) -> None:

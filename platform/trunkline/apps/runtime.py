@@ -11,6 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import redis
 from sqlalchemy import Engine
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 
 PUBLISH_TRIES = 3
+Published = Literal["stored", "held", "refused"]
+"""What became of a whole publish (``Runtime.publish_now``)."""
 """Publishes of one change refused because another process stored a newer version first."""
 
 WHOLE_ABOVE = SHARDS // 4
@@ -145,13 +148,13 @@ class Runtime:
         keys: set[str] = set()
         for change in changes:
             if change.keys is None:
-                self.publish_now()
+                self.publish_now(counted=all(c.exact for c in changes))
                 return
             keys |= change.keys
         shards = {key_shard(key_id) for key_id in keys}
         exact = {c.generation for c in changes if c.exact and c.generation is not None}
         if len(shards) > WHOLE_ABOVE or len(exact) < len(changes) or not self._may_patch(exact):
-            self.publish_now()
+            self.publish_now(counted=len(exact) == len(changes))
             return
         self.publish_shards(shards, exact)
 
@@ -194,16 +197,18 @@ class Runtime:
     def publish_shards(self, shards: set[int], generations: Collection[int] = ()) -> bool:
         """Publish the key ``shards`` rebuilt, with the shards of keys expired since the last
         build, every other part as the store holds it; published whole when the store holds
-        none to patch. ``generations``: the changes this carries. Whether a publish was stored
-        (``publish_now``'s when it falls back to a whole build); raises when the store fails.
-        The caller holds ``publishing``."""
+        none to patch. ``generations``: the changes this carries (none: keys expired, which the
+        change count does not count). Whether the store holds it (``publish_now``'s when it
+        falls back to a whole build); raises when the store fails. The caller holds
+        ``publishing``."""
+        counted = bool(generations)
         stored = self.publisher.published_version()
         if self.published_version is not None and (stored or 0) < self.published_version:
             # Older than what this process published or found stored: Redis restored from a
             # backup, or failed over to a lagging replica. A patch would serve its other
             # parts again (keys revoked since) under a newer version.
             log.warning("the snapshot store holds an older snapshot; publishing it whole")
-            return self.publish_now()
+            return self.publish_now(counted=counted) != "refused"
         for _ in range(PUBLISH_TRIES):
             with self.metrics.building("shards") as build:
                 version = build.version = self.publisher.next_version()  # before the reads
@@ -226,14 +231,16 @@ class Runtime:
                 return True
             # REFUSED: another process stored a newer version, which may not hold these
             # shards' change (it rebuilt others): again, under a newer one
-        return self.publish_now()
+        return self.publish_now(counted=counted) != "refused"
 
-    def publish_now(self) -> bool:
-        """Publish the current configuration whole: whether the store holds it, stored by this
-        process or by another built from this state or later (False: refused ``PUBLISH_TRIES``
-        times, other control planes storing newer versions each time); raises
-        when the snapshot store fails. The caller holds ``publishing``, or publishes at start
-        before anything else can."""
+    def publish_now(self, *, counted: bool = False) -> Published:
+        """Publish the current configuration whole: ``stored`` by this process, ``held`` by a
+        newer version another stored, built from this state or later (only for ``counted``
+        changes, those the change count counts: the store's record is that count, so it cannot
+        vouch for what the count does not see, such as SQL by hand, which a thorough check or
+        the start publishes), or ``refused`` ``PUBLISH_TRIES`` times, other control planes
+        storing newer versions each time; raises when the snapshot store fails. The caller
+        holds ``publishing``, or publishes at start before anything else can."""
         for _ in range(PUBLISH_TRIES):
             now = utcnow()
             with self.session_factory() as session:
@@ -251,11 +258,11 @@ class Runtime:
                 self.published_version, self.built_at = version, now
                 self._whole_at = time.monotonic()
                 self._saw(state)
-                return True
-            if self._stored_elsewhere(state):
-                return True
+                return "stored"
+            if counted and self._stored_elsewhere(state):
+                return "held"
         self._refused_every_time()
-        return False
+        return "refused"
 
     def _stored_elsewhere(self, state: ConfigState) -> bool:
         """Whether the newer version that refused this process's build says it was built from

@@ -55,12 +55,26 @@ async def _sent(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
 def _failing_loudly(chunks: Iterable[bytes]) -> Generator[bytes, None, None]:
     """A failure mid-way must cut the response, not end it: Litestar ends a stream whose
     iterator raises ``ValueError`` (a ``UnicodeEncodeError``, say) as if it were complete, and
-    the client would keep a well-formed, truncated CSV."""
+    the client would keep a well-formed, truncated CSV. Closed, it closes ``chunks`` (their
+    session); a failure to close (a connection lost in the rollback) is no failure of what
+    was sent."""
+    iterator = iter(chunks)
     try:
-        yield from chunks
-    except Exception as exc:
-        log.exception("billing export failed while it was sent")
-        raise RuntimeError("billing export failed while it was sent") from exc
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:
+                log.exception("billing export failed while it was sent")
+                raise RuntimeError("billing export failed while it was sent") from exc
+            yield chunk
+    finally:
+        if isinstance(iterator, Generator):
+            try:
+                iterator.close()
+            except Exception:
+                log.warning("billing export could not be closed cleanly", exc_info=True)
 
 
 class TenantExportController(Controller):

@@ -31,6 +31,7 @@ from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.service import apply_price_book
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key, key_tenant, revoke_key
+from trunkline.kit.shards import key_shard
 from trunkline.models import ApiKey
 from trunkline.quota import book as quota_book
 from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, Snapshot, read_snapshot
@@ -258,3 +259,69 @@ def test_patches_landing_out_of_order_do_not_cost_every_later_foreign_change_a_b
         planes.create()  # through a, patched: the store holds every change counted
         assert planes.check() == "current"
     assert planes.builds == []
+
+
+def test_a_thorough_check_refused_by_another_s_patch_builds_again(planes: Planes) -> None:
+    """The thorough check is for what the change count does not see (SQL by hand, a database
+    restored from a backup). Its whole build refused by ``a``'s patch (a key change through
+    the other control plane, ordinary under key traffic), the store's record (the count, which
+    the hand edit did not move) must not end its tries: the key revoked by hand would stay
+    served until a later thorough check that nobody refuses."""
+    made = [planes.create() for _ in range(6)]
+    edited = made[0]
+    raced = next(k for k in made[1:] if key_shard(k) != key_shard(edited))
+    with planes.a.session_factory() as session, session.begin():  # SQL by hand: not counted
+        revoked = update(ApiKey).where(ApiKey.key_id == edited).values(revoked_at=planes.now)
+        session.execute(revoked)
+    assert planes.check() == "current"  # the store holds every change counted
+    publisher = planes.b.publisher
+    assert isinstance(publisher, RedisSnapshotPublisher)
+    whole = publisher.publish
+    raced_once: list[str] = []
+
+    def refused_once(*args: Any, **kwargs: Any) -> bool:
+        if not raced_once:  # a's key change lands during b's first whole build
+            raced_once.append(raced)
+            planes.revoke(raced)  # patched by a, under a newer version
+        return whole(*args, **kwargs)
+
+    publisher.publish = refused_once  # type: ignore[method-assign]
+    planes.check(thorough=True)
+    keys = planes.served().keys
+    assert raced not in keys
+    assert edited not in keys, "the thorough check left the key revoked by hand served"
+
+
+def test_a_check_counted_published_stored_what_it_built(planes: Planes) -> None:
+    """``published`` is "built: the store did not hold it, published whole"
+    (docs/controlplane.md); "current" is "the store held it: another process published it".
+    A check whose build was refused by another process's newer version holding its state
+    stored nothing (its only build counted ``refused``): that is ``current``."""
+    planes.retier("silver", published=False)  # not in the store: b's check builds
+    publisher = planes.b.publisher
+    assert isinstance(publisher, RedisSnapshotPublisher)
+    whole = publisher.publish
+    raced: list[bool] = []
+
+    def refused_once(*args: Any, **kwargs: Any) -> bool:
+        if not raced:  # a publishes whole (its start, a retry) during b's build
+            raced.append(True)
+            with planes.a.publishing:
+                assert planes.a.publish_now()
+        return whole(*args, **kwargs)
+
+    publisher.publish = refused_once  # type: ignore[method-assign]
+    before = _samples(planes.b, "trunkline_snapshot_publishes_total", outcome="stored")
+    outcome = planes.check()
+    assert planes.served().tenants[str(planes.tenant)].tier == "silver"
+    stored = _samples(planes.b, "trunkline_snapshot_publishes_total", outcome="stored") - before
+    assert outcome == "current" or stored >= 1, (outcome, stored)
+
+
+def _samples(runtime: Runtime, name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for metric in runtime.metrics.collect()
+        for s in metric.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
