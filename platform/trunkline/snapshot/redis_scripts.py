@@ -43,6 +43,35 @@ def _locals(names: tuple[str, ...], table: str) -> str:
     return f"local {', '.join(names)} = {read}"
 
 
+# What a record knows of the generations stored above its own (``ahead``): ``advance`` moves a
+# generation on through them and keeps the rest, at most AHEAD_CAP (dropping one only forgets).
+AHEAD_CAP = 512
+_ADVANCE = f"""
+local function advance(g, lists)
+  local known = {{}}
+  for _, list in ipairs(lists) do
+    for x in string.gmatch(list, '%d+') do
+      known[tonumber(x)] = true
+    end
+  end
+  while known[g + 1] do
+    g = g + 1
+  end
+  local above = {{}}
+  for x, _ in pairs(known) do
+    if x > g then
+      table.insert(above, x)
+    end
+  end
+  table.sort(above)
+  local kept = {{}}
+  for i = 1, math.min(#above, {AHEAD_CAP}) do
+    kept[i] = string.format('%d', above[i])
+  end
+  return string.format('%d', g), table.concat(kept, ' ')
+end
+"""
+
 # Publish only when newer than what is stored, atomically: two control-plane replicas
 # publishing at once can never move the version backwards. ``base`` is the content digest a
 # patch was read at ('' for a whole publish), ``generation`` and ``rest`` what a whole publish
@@ -51,13 +80,17 @@ def _locals(names: tuple[str, ...], table: str) -> str:
 # with that digest. If one no longer is (another publisher wrote in between, or the part is
 # gone), or a patch's content moved since it was read (a part added meanwhile, which it would
 # delete), nothing is written and -1 asks to read again. What a version was built from is kept
-# with the version it came with (``built_from``): a patch moves its base's on through the
-# generations it carries, and a version written without it (by an older control plane's
-# script) leaves it naming an older version.
+# with the version it came with (``built_from``), with the generations known stored above it
+# (``ahead``: what patches carried past a gap, another control plane's change between them):
+# a patch moves its base's on through those and the ones it carries, a whole publish starts
+# from its own or its base's, whichever is further (every later version holds what an earlier
+# one holds), and a version written without it (by an older control plane's script) leaves
+# it naming an older version.
 PUBLISH = Script(
     keys=("version_key", "at_key", "digest_key", "parts_key", "built_from_key"),
     args=("version", "at", "content", "part_prefix", "base", "generation", "rest", "carried"),
-    body="""
+    body=_ADVANCE
+    + """
 local stored = redis.call('GET', version_key)
 if tonumber(version) <= tonumber(stored or '0') then
   return 0
@@ -88,24 +121,23 @@ end
 redis.call('SET', version_key, version)
 redis.call('SET', at_key, at)
 redis.call('SET', digest_key, content)
+local was = redis.call('HMGET', built_from_key, 'version', 'generation', 'rest', 'ahead')
+local known = was[1] == stored and was[2]
+local ahead = ''
 if base ~= '' then
-  local was = redis.call('HMGET', built_from_key, 'version', 'generation', 'rest')
   generation, rest = '', ''
-  if was[1] == stored and was[2] then
-    local carried_set, at_generation = {}, tonumber(was[2])
-    for g in string.gmatch(carried, '%d+') do
-      carried_set[tonumber(g)] = true
-    end
-    while carried_set[at_generation + 1] do
-      at_generation = at_generation + 1
-    end
-    generation, rest = string.format('%d', at_generation), was[3] or ''
+  if known then
+    generation, ahead = advance(tonumber(was[2]), {was[4] or '', carried})
+    rest = was[3] or ''
   end
+elseif generation ~= '' and known then
+  generation, ahead = advance(math.max(tonumber(generation), tonumber(was[2])), {was[4] or ''})
 end
 if generation == '' then
   redis.call('DEL', built_from_key)
 else
-  redis.call('HSET', built_from_key, 'version', version, 'generation', generation, 'rest', rest)
+  redis.call('HSET', built_from_key, 'version', version, 'generation', generation, 'rest', rest,
+    'ahead', ahead)
 end
 return 1
 """,
@@ -119,14 +151,21 @@ return 1
 VOUCH = Script(
     keys=("version_key", "digest_key", "built_from_key"),
     args=("version", "content", "new", "generation", "rest"),
-    body="""
+    body=_ADVANCE
+    + """
 local stored = redis.call('GET', version_key)
 if stored ~= version or redis.call('GET', digest_key) ~= content
     or tonumber(new) <= tonumber(stored) then
   return 0
 end
+local was = redis.call('HMGET', built_from_key, 'version', 'generation', 'ahead')
+local ahead = ''
+if was[1] == stored and was[2] then
+  generation, ahead = advance(math.max(tonumber(generation), tonumber(was[2])), {was[3] or ''})
+end
 redis.call('SET', version_key, new)
-redis.call('HSET', built_from_key, 'version', new, 'generation', generation, 'rest', rest)
+redis.call('HSET', built_from_key, 'version', new, 'generation', generation, 'rest', rest,
+  'ahead', ahead)
 return 1
 """,
 )

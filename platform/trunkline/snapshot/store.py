@@ -71,6 +71,17 @@ class Recorded(NamedTuple):
     built_from: BuiltFrom
 
 
+AHEAD_CAP = 512
+"""How many generations known stored above a record's a store keeps (dropping one forgets)."""
+
+
+def advanced(generation: int, known: Collection[int]) -> tuple[int, frozenset[int]]:
+    """``carried_to``, and the generations of ``known`` still above the one reached (those a
+    record keeps as ``ahead``: stored past a gap, another control plane's change not yet in)."""
+    reached = carried_to(generation, frozenset(known))
+    return reached, frozenset(sorted(g for g in known if g > reached)[:AHEAD_CAP])
+
+
 def carried_to(generation: int, carried: Collection[int]) -> int:
     """A patch over a version built from ``generation`` that carries the changes ``carried``
     holds every change up to the returned one: a gap stops it (a change not carried, another
@@ -162,6 +173,8 @@ class InMemorySnapshotStore:
         """The version held, with every part's bytes."""
         self._from: BuiltFrom | None = None
         """What the version held was built from."""
+        self._ahead: frozenset[int] = frozenset()
+        """Generations known stored above ``_from``'s (see ``advanced``)."""
 
     def next_version(self) -> int:
         with self._lock:
@@ -181,7 +194,7 @@ class InMemorySnapshotStore:
                 return False
             digests = {name: part_digest(blob) for name, blob in parts.items()}
             self._current = Loaded(version, published_at, digests, dict(parts))
-            self._from = built_from
+            self._record(built_from, ())
             return True
 
     def patch(
@@ -202,8 +215,8 @@ class InMemorySnapshotStore:
             blobs = {name: blob for name, blob in parts.items() if blob is not None}
             digests = {name: part_digest(blob) for name, blob in blobs.items()}
             self._current = Loaded(version, published_at, digests, blobs)
-            if (base := self._from) is not None:
-                self._from = BuiltFrom(carried_to(base.generation, carried), base.rest)
+            if self._from is not None:  # else nothing is known of it, nor of this one
+                self._record(self._from, carried)
             return Patched.STORED
 
     def published_version(self) -> int | None:
@@ -228,8 +241,20 @@ class InMemorySnapshotStore:
             if content_digest(current.digests) != content:
                 return False
             self._current = replace(current, version=new)
-            self._from = built_from
+            self._record(built_from, ())
             return True
+
+    def _record(self, built_from: BuiltFrom | None, carried: Collection[int]) -> None:
+        """The new version's record: ``built_from`` moved on through what the held one knew
+        (every later version holds what an earlier one holds) and ``carried``."""
+        if built_from is None:
+            self._from, self._ahead = None, frozenset()
+            return
+        start = built_from.generation
+        if self._from is not None:
+            start = max(start, self._from.generation)
+        reached, self._ahead = advanced(start, self._ahead | frozenset(carried))
+        self._from = BuiltFrom(reached, built_from.rest)
 
     async def version(self) -> int | None:
         return self.published_version()

@@ -87,6 +87,34 @@ def test_a_patch_moves_its_base_on_through_the_changes_it_carries_up_to_a_gap(
     assert publisher.built_from() == (version, BuiltFrom(9, "prices"))
 
 
+def test_patches_interleaved_past_a_gap_move_the_record_on_once_it_fills(
+    publisher: Any,
+) -> None:
+    """Two control planes' key changes, one's patch stored before the other's (a has 10 and
+    12, b 11 and 13): each patch alone carries a gap, yet once every change is stored the
+    record names them all. Stopped at the first gap, every later change looked as if it did
+    not follow, and both built whole, refusing one another's builds."""
+    _whole(publisher, BuiltFrom(9, "prices"))
+    _patch(publisher, 11)  # b's, before a's 10: 11 is stored, past the gap
+    assert publisher.built_from()[1] == BuiltFrom(9, "prices")
+    _patch(publisher, 10)  # a's: 10 and 11 are in
+    _patch(publisher, 13)  # b's again, past a's 12
+    version = _patch(publisher, 12)
+    assert publisher.built_from() == (version, BuiltFrom(13, "prices"))
+
+
+def test_a_whole_publish_keeps_what_its_base_knew_beyond_its_own_state(publisher: Any) -> None:
+    """A whole build read its state before the patches stored meanwhile, and holds them (it
+    reads after its version, handed out after theirs): its record starts from the further."""
+    _whole(publisher, BuiltFrom(9, "prices"))
+    _patch(publisher, 10)
+    _patch(publisher, 12)
+    version = _whole(publisher, BuiltFrom(8, "prices"))
+    _patch(publisher, 11)
+    assert publisher.built_from()[1] == BuiltFrom(12, "prices")
+    assert version < publisher.built_from()[0]
+
+
 def test_a_patch_over_a_version_not_known_leaves_nothing_known(publisher: Any) -> None:
     _whole(publisher, None)
     _patch(publisher, 1, 2, 3)
