@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.service import admin_token, ensure_user, issue_access_token
+from trunkline.cli.main import main
 from trunkline.kit.db import transaction
 from trunkline.kit.migrate import upgrade
 from trunkline.settings import DatabaseSettings, SecuritySettings, Settings
@@ -175,3 +176,21 @@ def build_world(runtime: Runtime, client: TestClient[Any]) -> World:
 
 def random_id() -> str:
     return str(uuid.uuid4())
+
+
+def cli_environment(tmp_path: Path, monkeypatch: Any) -> str:
+    """The environment a CLI user sets: a migrated SQLite database and a key-hash secret; its
+    URL."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", url)
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    return url
+
+
+def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
+    """``trunkline argv``: its exit code, standard output and standard error."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err

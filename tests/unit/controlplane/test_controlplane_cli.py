@@ -2,46 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import shutil
 import socket
 import sqlite3
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cp_support import SERVER_SECRET, TENANTS_DIR, make_runtime
+from cp_support import SERVER_SECRET, TENANTS_DIR, cli_environment, make_runtime, run_cli
 from litestar.testing import TestClient
 from sqlalchemy.exc import DataError
 
 from trunkline.apps.controlplane import create_controlplane_app
-from trunkline.apps.runtime import PUBLISH_TRIES, Runtime
-from trunkline.cli import tenants as cli_tenants
 from trunkline.cli.main import main
 from trunkline.kit.migrate import upgrade
-from trunkline.snapshot import InMemorySnapshotStore
-from trunkline.snapshot.builder import publish_snapshot
-from trunkline.tenancy.manifests import load_manifests
 
 
 @pytest.fixture
 def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The environment a CLI user sets: a migrated SQLite database and a key-hash secret."""
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    upgrade(url)
-    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", url)
-    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
-    return url
+    return cli_environment(tmp_path, monkeypatch)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_schema_prints_the_committed_schema(capsys: pytest.CaptureFixture[str]) -> None:
@@ -434,91 +418,3 @@ def test_a_server_whose_port_is_taken_says_so_before_it_starts_anything(
     assert code == 2
     assert err.startswith(f"error: the {name} cannot listen on 127.0.0.1:{port} (")
     assert f"set {setting}" in err
-
-
-class OtherControlPlanes:
-    """The store, where another control plane stores a newer version (``theirs``) just before
-    each whole publish of this process, which is then refused."""
-
-    def __init__(self, store: InMemorySnapshotStore, theirs: Callable[[], object]) -> None:
-        self.store, self.theirs, self.refused = store, theirs, 0
-
-    def publish(self, version: int, parts: Mapping[str, bytes], **kwargs: Any) -> bool:
-        self.theirs()
-        stored = self.store.publish(version, parts, **kwargs)
-        self.refused += not stored
-        return stored
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-
-Theirs = Callable[[Runtime, InMemorySnapshotStore], Callable[[], object]]
-
-
-def _whole_build(runtime: Runtime, store: InMemorySnapshotStore) -> Callable[[], object]:
-    """Theirs is a whole build, read after the apply committed: it holds the change."""
-    secret = runtime.server_secret
-    return lambda: publish_snapshot(runtime.session_factory, store, cache_secret=secret)
-
-
-def _older_parts(_runtime: Runtime, store: InMemorySnapshotStore) -> Callable[[], object]:
-    """Theirs holds the parts from before the apply (its keys patched over the older core)."""
-    held = asyncio.run(store.load())
-    assert held is not None
-    return lambda: store.publish(store.next_version(), held.blobs, published_at=0.0)
-
-
-def _apply_beside(
-    theirs: Theirs, url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> OtherControlPlanes:
-    """Apply the bundled manifests, then with a tenant moved to another tier (which the
-    gateways must learn) beside ``theirs``; it succeeds."""
-    assert run(capsys, "tenants", "apply", str(TENANTS_DIR))[0] == 0
-    moved = tmp_path / "moved"
-    shutil.copytree(TENANTS_DIR, moved)
-    examples = moved / "examples.yaml"
-    examples.write_text(examples.read_text().replace("tier: gold", "tier: silver", 1))
-    runtime = make_runtime(url, tmp_path / "state")  # as the CLI builds it, its settings given
-    assert runtime.memory_store is not None
-    runtime.publish_now()  # what the gateways held before the apply
-    others = OtherControlPlanes(runtime.memory_store, theirs(runtime, runtime.memory_store))
-    runtime.publisher = others  # type: ignore[assignment]
-    try:
-        code = cli_tenants.apply_over(runtime, load_manifests(moved))
-    finally:
-        runtime.close()
-    assert (code, capsys.readouterr().out) == (0, "Tenant acme updated: tier gold -> silver\n")
-    return others
-
-
-@pytest.fixture
-def shown(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
-    """What was logged at WARNING or above: what a terminal shows of a command's log."""
-    caplog.set_level(logging.INFO, logger="trunkline")
-    return lambda: [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-
-
-def test_an_apply_whose_change_another_control_plane_stored_says_nothing_alarming(
-    capsys: pytest.CaptureFixture[str],
-    configured: str,
-    tmp_path: Path,
-    shown: Callable[[], list[str]],
-) -> None:
-    others = _apply_beside(_whole_build, configured, tmp_path, capsys)
-    assert others.refused == PUBLISH_TRIES
-    # before: "other control planes kept publishing newer versions; the check will look"
-    assert shown() == []
-
-
-def test_an_apply_whose_change_the_store_may_lack_says_what_publishes_it(
-    capsys: pytest.CaptureFixture[str],
-    configured: str,
-    tmp_path: Path,
-    shown: Callable[[], list[str]],
-) -> None:
-    others = _apply_beside(_older_parts, configured, tmp_path, capsys)
-    assert others.refused == PUBLISH_TRIES
-    [warning] = shown()
-    assert "the gateways may not have the latest configuration yet" in warning
-    assert "it is saved, and the control plane's check publishes it" in warning

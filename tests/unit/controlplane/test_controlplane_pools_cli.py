@@ -6,29 +6,21 @@ import json
 from pathlib import Path
 
 import pytest
-from cp_support import SERVER_SECRET, TENANTS_DIR
+from cp_support import TENANTS_DIR, cli_environment, run_cli
 
 from trunkline.cli.main import main
 from trunkline.kit.db import make_engine, make_sessionmaker
-from trunkline.kit.migrate import upgrade
 from trunkline.snapshot.builder import build_snapshot
 
 
 @pytest.fixture
 def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    upgrade(url)
-    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", url)
-    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", SERVER_SECRET)
+    url = cli_environment(tmp_path, monkeypatch)
     assert main(["tenants", "apply", str(TENANTS_DIR)]) == 0
     return url
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def published(url: str):  # type: ignore[no-untyped-def]
