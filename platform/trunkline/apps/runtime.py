@@ -33,6 +33,7 @@ from trunkline.snapshot.store import BuiltFrom, Patched, carried_to
 from trunkline.tenancy.changes import (
     WHOLE,
     Change,
+    changes_keys_only,
     config_generation,
     count_config_changes,
 )
@@ -53,6 +54,10 @@ REDIS_TIMEOUT_S = 2.0
 quota endpoints' usage reads, the gateway's usage stream). A whole snapshot's size at 40,000
 keys (12.7 MB in 65 parts) was stored in 0.12-0.28 s a call here, Redis's script 30-60 ms of it
 (2026-12-07); the whole script call must be sent within it (docs/architecture.md)."""
+
+GAPS_LOOKED_UP = 256
+"""A key change further than this past the store's record is published whole, not patched
+after the kinds of the changes between were read (``Runtime._rest_keys_only``)."""
 
 WHOLE_EVERY_S = 2.0
 """A key change that follows changes not known to be in the store (another process's) is
@@ -159,33 +164,48 @@ class Runtime:
         self.publish_shards(shards, exact)
 
     def _may_patch(self, generations: set[int]) -> bool:
-        """Every change committed before ``generations`` is known to be in the store, or this
-        process stored a whole build less than ``whole_every_s`` ago.
+        """Every change committed before ``generations`` is known to be in the store, or to
+        have changed keys only, or this process stored a whole build less than
+        ``whole_every_s`` ago.
 
         A change not known so is another process's (or one this process committed a moment
         ago, not waiting yet), perhaps a tenant or tier change still being published: its whole
         build, refused by each newer patch, would build again and again while this process
         kept patching over the core it has not, and never reach the gateways. A whole build
-        here carries it. Another process's patches are never known so (``seen`` moves on this
-        process's whole builds and checks), so with two control planes taking key changes
-        every change would build whole; at most one a ``whole_every_s`` bounds how long such a
-        change can be kept out at little cost."""
-        if self._follows(generations) or self._store_follows(generations):
+        here carries it. Another process's key change is patched in by that process, so it
+        holds nothing up (``_rest_keys_only``): with two control planes taking key changes, one
+        of the other's was nearly always committed and not yet stored, and each built whole at
+        every write, refusing the other's builds. At most one whole build a ``whole_every_s``
+        bounds how long another kind of change can be kept out, at little cost."""
+        if self._follows(generations) or self._rest_keys_only(generations):
             return True
         return self._whole_at is not None and time.monotonic() - self._whole_at < self.whole_every_s
 
-    def _store_follows(self, generations: set[int]) -> bool:
-        """Whether the store's record says it holds every change committed before
-        ``generations`` (``built_from``): with two control planes taking key changes, the other
-        one's are known only so. Every version stored after the recorded one holds what it
-        holds (a whole build reads after its version is handed out, which is after the record's
-        state was read; a patch or a vouch keeps its base's other parts), so a patch of these
-        changes' shards over whatever is stored by then leaves no change before them out."""
+    def _rest_keys_only(self, generations: set[int]) -> bool:
+        """Whether every change committed before ``generations`` that the store's record
+        (``built_from``) does not say it holds changed keys only (``config_changes``).
+
+        Every version stored after the recorded one holds what it holds (a whole build reads
+        after its version is handed out, which is after the record's state was read; a patch
+        or a vouch keeps its base's other parts), so a patch of these changes' shards over
+        whatever is stored by then leaves out no change before them but key changes, which the
+        process that committed each publishes by its own shards (or, should it stop first,
+        the control plane's check, which builds when the store's record is not the database's
+        state)."""
         recorded = self.publisher.built_from()
         if recorded is None:
             return False
-        reached = carried_to(recorded.built_from.generation, generations)
-        return reached >= max(generations)
+        floor = recorded.built_from.generation
+        if self.seen is not None and self.seen.generation is not None:
+            floor = max(floor, self.seen.generation)
+        top = max(generations)
+        if top - floor > GAPS_LOOKED_UP:
+            return False
+        rest = set(range(floor + 1, top)) - generations - self._carried
+        if not rest:
+            return True
+        with self.session_factory() as session:
+            return changes_keys_only(session, rest)
 
     def _follows(self, generations: set[int]) -> bool:
         """Whether every change committed before ``generations`` is known to be in the store

@@ -16,7 +16,7 @@ from trunkline.models.catalog import (
     ModelAlias,
     Pool,
 )
-from trunkline.models.config import CONFIG_ROW, ConfigGeneration
+from trunkline.models.config import CONFIG_ROW, ConfigChange, ConfigGeneration
 from trunkline.models.keys import AccessToken, ApiKey
 from trunkline.models.metering import UsageRollup, UsageRollupWatermark
 from trunkline.models.quotas import KeyQuota, TenantQuota, TierQuota
@@ -40,6 +40,7 @@ __all__ = [
     "BilledUsage",
     "BillingCorrection",
     "BillingPeriod",
+    "ConfigChange",
     "ConfigGeneration",
     "DedicatedCapacity",
     "Endpoint",

@@ -1,8 +1,9 @@
-"""A count of the committed changes to what gateways must know (one row)."""
+"""A count of the committed changes to what gateways must know (one row), and what each recent
+change was."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger
+from sqlalchemy import BigInteger, Boolean
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trunkline.models.base import Base
@@ -19,3 +20,17 @@ class ConfigGeneration(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ConfigChange(Base):
+    """What the change that set ``generation`` was, written in its transaction: whether it
+    changed keys only, which the process that committed it publishes by their shards. Another
+    control plane may then patch its own key changes over it (``Runtime._may_patch``) instead
+    of building the whole snapshot. Only the last ``tenancy.changes.CHANGES_KEPT`` are kept; a
+    generation without a row (older, or committed by a control plane before this table) is not
+    known to be keys only."""
+
+    __tablename__ = "config_changes"
+
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    keys_only: Mapped[bool] = mapped_column(Boolean)

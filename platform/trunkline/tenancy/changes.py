@@ -8,18 +8,18 @@ miss the change; one built after a rollback would announce what never happened.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import Conflict
 from trunkline.kit.db import transaction, unique_violation
-from trunkline.models import CONFIG_ROW, ConfigGeneration
+from trunkline.models import CONFIG_ROW, ConfigChange, ConfigGeneration
 
 _CHANGED = "trunkline.config_changed"
 _KEYS = "trunkline.changed_keys"
@@ -78,12 +78,43 @@ def count_config_changes(factory: sessionmaker[Session]) -> None:
     def bump(session: Session) -> None:
         if config_changed(session):
             bumped = ConfigGeneration.generation + 1
-            session.info[_GENERATION] = session.scalar(
+            generation = session.info[_GENERATION] = session.scalar(
                 update(ConfigGeneration)
                 .where(ConfigGeneration.id == CONFIG_ROW)
                 .values(generation=bumped)
                 .returning(ConfigGeneration.generation)
             )
+            if generation is not None:
+                _record_change(session, generation, keys_only=session.info.get(_KEYS) is not None)
+
+
+CHANGES_KEPT = 4096
+"""How many of the latest changes' kinds ``config_changes`` keeps (``changes_keys_only``)."""
+
+_PRUNE_EVERY = 256
+
+
+def _record_change(session: Session, generation: int, *, keys_only: bool) -> None:
+    """Write what the change that set ``generation`` was, in its transaction (which holds the
+    counter's lock: rows are written in generation order), and now and then forget the old."""
+    session.execute(insert(ConfigChange).values(generation=generation, keys_only=keys_only))
+    if generation % _PRUNE_EVERY == 0:
+        session.execute(
+            delete(ConfigChange).where(ConfigChange.generation <= generation - CHANGES_KEPT)
+        )
+
+
+def changes_keys_only(session: Session, generations: Collection[int]) -> bool:
+    """Whether each of these committed changes is known to have changed keys only (False for
+    one older than the ``CHANGES_KEPT`` kept, or committed by a process that did not say)."""
+    if not generations:
+        return True
+    statement = select(func.count()).where(
+        ConfigChange.generation.between(min(generations), max(generations)),
+        ConfigChange.generation.in_(generations),
+        ConfigChange.keys_only.is_(True),
+    )
+    return session.scalar(statement) == len(set(generations))
 
 
 def hold_config(session: Session) -> None:
