@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import anyio
 from litestar import Litestar
 
+from trunkline.apps.change_publisher import ConfigState, Published, config_state
 from trunkline.apps.publish_metrics import Check
-from trunkline.apps.runtime import ConfigState, Published, Runtime, config_state
+from trunkline.apps.runtime import Runtime
 from trunkline.kit.ids import utcnow
 from trunkline.snapshot.builder import current_digest
 from trunkline.snapshot.key_shards import expired_shards
@@ -50,7 +51,7 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
     what it builds is compared with the digest of what the store holds, so a change another
     process published is not published again (and the store is made to say it holds that
     state, when it did not: ``_vouch``). A publish under way in this process
-    (``Runtime.publishing``) skips the round: it will look again.
+    (``ChangePublisher.publishing``) skips the round: it will look again.
     When nothing moved, the shards of keys expired since the last build are published (read
     by an index: a key that expires is a change to its shard alone)."""
     if not runtime.publishing.acquire(blocking=False):

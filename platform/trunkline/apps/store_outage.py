@@ -3,7 +3,7 @@ answer.
 
 A Redis that accepts connections but never answers (frozen, a blackholed socket) holds each
 call for the client's socket timeout. A publish after a commit waited for it, every write
-call, one after the other on ``Runtime.publishing``. Once a call failed, publishes leave their
+call, one after the other on ``ChangePublisher.publishing``. Once a call failed, publishes leave their
 change to the periodic check (``apps.publishing.check_published``), which publishes what the
 store lacks once it answers; the check's calls, and any publish's, say whether it does. The
 quota endpoints skip their usage reads the same way (``quota.controllers``).

@@ -20,8 +20,7 @@ import redis.asyncio as aioredis
 from litestar.testing import TestClient
 from sqlalchemy import update
 
-from trunkline.apps import publishing
-from trunkline.apps import runtime as runtime_module
+from trunkline.apps import change_publisher, publishing
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.publish_metrics import Check
 from trunkline.apps.publishing import check_published
@@ -113,7 +112,7 @@ def planes(runtime: Runtime, redis_url: str, monkeypatch: pytest.MonkeyPatch) ->
         return current_digest(factory, **kwargs)
 
     monkeypatch.setattr(publishing, "current_digest", counted)
-    monkeypatch.setattr(runtime_module, "utcnow", lambda: planes.now)
+    monkeypatch.setattr(change_publisher, "utcnow", lambda: planes.now)
     monkeypatch.setattr(publishing, "utcnow", lambda: planes.now)
     other.publish()  # at its start, as every control plane does
     try:

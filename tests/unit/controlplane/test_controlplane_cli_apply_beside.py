@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from cp_support import TENANTS_DIR, cli_environment, make_runtime, run_cli
 
-from trunkline.apps.runtime import PUBLISH_TRIES, Runtime
+from trunkline.apps.change_publisher import PUBLISH_TRIES
+from trunkline.apps.runtime import Runtime
 from trunkline.cli import tenants as cli_tenants
 from trunkline.snapshot import InMemorySnapshotStore
 from trunkline.snapshot.builder import publish_snapshot

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cp_support import TENANTS_DIR, World, snapshot
 
-from trunkline.apps import runtime as runtime_module
+from trunkline.apps import change_publisher
 from trunkline.apps.publishing import republish_if_stale
 from trunkline.auth.principal import Principal
 from trunkline.billing.pricebook import PriceBook, version_from_document
@@ -129,7 +129,7 @@ def test_a_price_version_taking_effect_is_published_without_any_commit(
         assert apply_price_book(session, book) == [1, 2]
     prices = snapshot(runtime).quotas.prices
     assert not republish_if_stale(runtime)
-    monkeypatch.setattr(runtime_module, "utcnow", lambda: datetime(2030, 1, 1, 0, 1, tzinfo=UTC))
+    monkeypatch.setattr(change_publisher, "utcnow", lambda: datetime(2030, 1, 1, 0, 1, tzinfo=UTC))
     monkeypatch.setattr(quota_book, "datetime", _Frozen)
     assert republish_if_stale(runtime)
     assert snapshot(runtime).quotas.prices != prices
