@@ -48,7 +48,8 @@ after the kinds of the changes between were read (``ChangePublisher._rest_keys_o
 
 WHOLE_EVERY_S = 2.0
 """A key change that follows changes not known to be in the store (another process's) is
-published whole if this process stored no whole build for this long (``ChangePublisher._follows``)."""
+published whole if this process stored no whole build for this long
+(``ChangePublisher._follows``)."""
 
 
 @dataclass(kw_only=True)
@@ -258,7 +259,7 @@ class ChangePublisher:
                     self.publisher,
                     cache_secret=self.server_secret,
                     now=now,
-                    built_from=state.as_built_from(),
+                    built_from=state.as_built_from(alone=not counted),
                 )
                 build.version, build.outcome = version, "stored" if stored else "refused"
             if stored:  # not when another process stored a newer version meanwhile
@@ -331,13 +332,13 @@ class ConfigState:
     generation: int | None
     prices_since: datetime | None
 
-    def as_built_from(self) -> BuiltFrom | None:
+    def as_built_from(self, *, alone: bool = False) -> BuiltFrom | None:
         """As the snapshot store records it beside a version built after it was read (None:
-        nothing can be told from it)."""
+        nothing can be told from it); ``alone``: see ``BuiltFrom``."""
         if self.generation is None:
             return None
         prices = "" if self.prices_since is None else self.prices_since.isoformat()
-        return BuiltFrom(self.generation, prices)
+        return BuiltFrom(self.generation, prices, alone=alone)
 
 
 def config_state(session: Session) -> ConfigState:

@@ -3,10 +3,11 @@ answer.
 
 A Redis that accepts connections but never answers (frozen, a blackholed socket) holds each
 call for the client's socket timeout. A publish after a commit waited for it, every write
-call, one after the other on ``ChangePublisher.publishing``. Once a call failed, publishes leave their
-change to the periodic check (``apps.publishing.check_published``), which publishes what the
-store lacks once it answers; the check's calls, and any publish's, say whether it does. The
-quota endpoints skip their usage reads the same way (``quota.controllers``).
+call, one after the other on ``ChangePublisher.publishing``. Once a call failed, publishes
+leave their change to the periodic check (``apps.publishing.check_published``), which
+publishes what the store lacks once it answers; the check's calls, and any publish's, say
+whether it does. The quota endpoints skip their usage reads the same way
+(``quota.controllers``).
 
 The start of an outage and its end are logged once each, not once a request.
 """

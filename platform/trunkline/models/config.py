@@ -25,10 +25,10 @@ class ConfigGeneration(Base):
 class ConfigChange(Base):
     """What the change that set ``generation`` was, written in its transaction: whether it
     changed keys only, which the process that committed it publishes by their shards. Another
-    control plane may then patch its own key changes over it (``ChangePublisher._may_patch``) instead
-    of building the whole snapshot. Only the last ``tenancy.changes.CHANGES_KEPT`` are kept; a
-    generation without a row (older, or committed by a control plane before this table) is not
-    known to be keys only."""
+    control plane may then patch its own key changes over it
+    (``ChangePublisher._may_patch``) instead of building the whole snapshot. Only the last
+    ``tenancy.changes.CHANGES_KEPT`` are kept; a generation without a row (older, or committed
+    by a control plane before this table) is not known to be keys only."""
 
     __tablename__ = "config_changes"
 

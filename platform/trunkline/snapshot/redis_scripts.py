@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from trunkline.snapshot.store import AHEAD_CAP
+
 Arg = bytes | str | int | float
 """What a script is passed (redis-py sends each as its bytes)."""
 
@@ -45,7 +47,6 @@ def _locals(names: tuple[str, ...], table: str) -> str:
 
 # What a record knows of the generations stored above its own (``ahead``): ``advance`` moves a
 # generation on through them and keeps the rest, at most AHEAD_CAP (dropping one only forgets).
-AHEAD_CAP = 512
 _ADVANCE = f"""
 local function advance(g, lists)
   local known = {{}}
@@ -83,12 +84,23 @@ end
 # with the version it came with (``built_from``), with the generations known stored above it
 # (``ahead``: what patches carried past a gap, another control plane's change between them):
 # a patch moves its base's on through those and the ones it carries, a whole publish starts
-# from its own or its base's, whichever is further (every later version holds what an earlier
-# one holds), and a version written without it (by an older control plane's script) leaves
-# it naming an older version.
+# from the furthest of its own, its base's and what its base knew stored above it (it read the
+# database after those changes committed), unless ``alone`` says to record its own (the
+# database may have gone back: a restored backup), and a version written without it (by an
+# older control plane's script) leaves it naming an older version.
 PUBLISH = Script(
     keys=("version_key", "at_key", "digest_key", "parts_key", "built_from_key"),
-    args=("version", "at", "content", "part_prefix", "base", "generation", "rest", "carried"),
+    args=(
+        "version",
+        "at",
+        "content",
+        "part_prefix",
+        "base",
+        "generation",
+        "rest",
+        "alone",
+        "carried",
+    ),
     body=_ADVANCE
     + """
 local stored = redis.call('GET', version_key)
@@ -130,8 +142,14 @@ if base ~= '' then
     generation, ahead = advance(tonumber(was[2]), {was[4] or '', carried})
     rest = was[3] or ''
   end
-elseif generation ~= '' and known then
-  generation, ahead = advance(math.max(tonumber(generation), tonumber(was[2])), {was[4] or ''})
+elseif generation ~= '' and known and alone == '' then
+  -- read after every change the patches stored before it carried (each got its version
+  -- after they committed, and before this one): every one up to the highest is in it
+  local top = math.max(tonumber(generation), tonumber(was[2]))
+  for x in string.gmatch(was[4] or '', '%d+') do
+    top = math.max(top, tonumber(x))
+  end
+  generation = string.format('%d', top)
 end
 if generation == '' then
   redis.call('DEL', built_from_key)
@@ -150,7 +168,7 @@ return 1
 # ``SnapshotPublisher.vouch``). 1 done, 0 not (the store moved on, or ``new`` is not newer).
 VOUCH = Script(
     keys=("version_key", "digest_key", "built_from_key"),
-    args=("version", "content", "new", "generation", "rest"),
+    args=("version", "content", "new", "generation", "rest", "alone"),
     body=_ADVANCE
     + """
 local stored = redis.call('GET', version_key)
@@ -160,7 +178,7 @@ if stored ~= version or redis.call('GET', digest_key) ~= content
 end
 local was = redis.call('HMGET', built_from_key, 'version', 'generation', 'ahead')
 local ahead = ''
-if was[1] == stored and was[2] then
+if was[1] == stored and was[2] and alone == '' then
   generation, ahead = advance(math.max(tonumber(generation), tonumber(was[2])), {was[3] or ''})
 end
 redis.call('SET', version_key, new)

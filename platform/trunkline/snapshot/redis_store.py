@@ -156,6 +156,7 @@ class RedisSnapshotPublisher:
             "base": base,
             "generation": "" if built_from is None else built_from.generation,
             "rest": "" if built_from is None else built_from.rest,
+            "alone": "1" if built_from is not None and built_from.alone else "",
             "carried": " ".join(str(generation) for generation in carried),
         }
         parts = [x for name, digest in digests.items() for x in (name, digest, sent[name])]
@@ -177,6 +178,7 @@ class RedisSnapshotPublisher:
             "new": new,
             "generation": built_from.generation,
             "rest": built_from.rest,
+            "alone": "1" if built_from.alone else "",
         }
         return bool(self._run(redis_scripts.VOUCH, args))
 

@@ -20,7 +20,7 @@ import enum
 import hashlib
 import threading
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 LEGACY = "whole"
@@ -62,6 +62,11 @@ class BuiltFrom:
 
     generation: int
     rest: str = ""
+    alone: bool = field(default=False, compare=False)
+    """Recorded as it is, not moved on by what the version it replaces was built from: for a
+    publish of what the change count may not see (the start, the thorough check), after which
+    the count may name less than the record did (a database restored from a backup), so that
+    the record comes back to what the database says."""
 
 
 class Recorded(NamedTuple):
@@ -113,7 +118,9 @@ class SnapshotPublisher(Protocol):
         built_from: BuiltFrom | None = None,
     ) -> bool:
         """Store ``parts`` as ``version``, built from ``built_from`` (None: not known), unless as
-        new or a newer version is stored: whether it did."""
+        new or a newer version is stored: whether it did. Its record is ``built_from`` moved on
+        to the replaced version's and the furthest generation stored before it (unless
+        ``built_from.alone``)."""
         ...
 
     def patch(
@@ -194,7 +201,7 @@ class InMemorySnapshotStore:
                 return False
             digests = {name: part_digest(blob) for name, blob in parts.items()}
             self._current = Loaded(version, published_at, digests, dict(parts))
-            self._record(built_from, ())
+            self._record(built_from, (), whole=True)
             return True
 
     def patch(
@@ -244,16 +251,25 @@ class InMemorySnapshotStore:
             self._record(built_from, ())
             return True
 
-    def _record(self, built_from: BuiltFrom | None, carried: Collection[int]) -> None:
+    def _record(
+        self, built_from: BuiltFrom | None, carried: Collection[int], *, whole: bool = False
+    ) -> None:
         """The new version's record: ``built_from`` moved on through what the held one knew
-        (every later version holds what an earlier one holds) and ``carried``."""
+        (every later version holds what an earlier one holds; not when ``alone``) and
+        ``carried``. A ``whole`` build read the database after every change the patches stored
+        before it carried (each got its version after they committed, and before the build's),
+        so it holds every change up to the highest of them."""
         if built_from is None:
             self._from, self._ahead = None, frozenset()
             return
-        start = built_from.generation
-        if self._from is not None:
+        start, known = built_from.generation, frozenset(carried)
+        if self._from is not None and not built_from.alone:
             start = max(start, self._from.generation)
-        reached, self._ahead = advanced(start, self._ahead | frozenset(carried))
+            if whole:
+                start = max([start, *self._ahead])
+            else:
+                known |= self._ahead
+        reached, self._ahead = advanced(start, known)
         self._from = BuiltFrom(reached, built_from.rest)
 
     async def version(self) -> int | None:

@@ -96,7 +96,10 @@ _PRUNE_EVERY = 256
 
 def _record_change(session: Session, generation: int, *, keys_only: bool) -> None:
     """Write what the change that set ``generation`` was, in its transaction (which holds the
-    counter's lock: rows are written in generation order), and now and then forget the old."""
+    counter's lock: rows are written in generation order), and now and then forget the old.
+    Rows at or above it are another history's (the count set back by hand, or restored
+    without this table): they go, and a change is never refused for them."""
+    session.execute(delete(ConfigChange).where(ConfigChange.generation >= generation))
     session.execute(insert(ConfigChange).values(generation=generation, keys_only=keys_only))
     if generation % _PRUNE_EVERY == 0:
         session.execute(

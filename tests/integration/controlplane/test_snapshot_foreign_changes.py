@@ -18,7 +18,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from litestar.testing import TestClient
-from sqlalchemy import update
+from sqlalchemy import delete, select, update
 
 from trunkline.apps import change_publisher, publishing
 from trunkline.apps.controlplane import create_controlplane_app
@@ -31,7 +31,7 @@ from trunkline.billing.service import apply_price_book
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key, key_tenant, revoke_key
 from trunkline.kit.shards import key_shard
-from trunkline.models import ApiKey
+from trunkline.models import CONFIG_ROW, ApiKey, ConfigGeneration
 from trunkline.quota import book as quota_book
 from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, Snapshot, read_snapshot
 from trunkline.snapshot.builder import current_digest
@@ -324,3 +324,51 @@ def _samples(runtime: Runtime, name: str, **labels: str) -> float:
         for s in metric.samples
         if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
     )
+
+
+def test_a_database_restored_from_a_backup_brings_the_store_s_record_back(
+    planes: Planes,
+) -> None:
+    """The database restored to a backup taken at count c0, the store's record at c0+3 (three
+    changes made after the backup, lost with it). The control planes start again and publish
+    from the restored database: kept at c0+3, the record claimed the next three changes, other
+    ones, as they were made; a revocation whose publish failed, then two keys patched through
+    ``a``, and ``b``'s check said "current" while the store served the revoked key (until the
+    thorough check, a minute later)."""
+    kept = planes.create()
+    with planes.a.session_factory() as session:
+        c0 = session.scalar(select(ConfigGeneration.generation))
+    assert c0 is not None
+    lost = [planes.create() for _ in range(3)]
+    recorded = planes.a.publisher.built_from()
+    assert recorded is not None and recorded.built_from.generation == c0 + 3
+    with planes.a.session_factory() as session, session.begin():  # the restore
+        session.execute(delete(ApiKey).where(ApiKey.key_id.in_(lost)))
+        session.execute(
+            update(ConfigGeneration).where(ConfigGeneration.id == CONFIG_ROW).values(generation=c0)
+        )
+    a, b = _restarted(planes), _restarted(planes)
+    try:
+        recorded = a.publisher.built_from()
+        assert recorded is not None and recorded.built_from.generation == c0
+        a.whole_every_s = 3600.0  # a whole build is recent: key changes are patched
+        with unit_of_work(a.session_factory, lambda _change: None) as session:
+            revoke_key(session, SYSTEM, key_tenant(session, kept), kept)
+        for _ in range(2):
+            data = ApiKeyCreate(project_id=planes.project, name="after the restore")
+            with unit_of_work(a.session_factory, a.publish) as session:
+                create_key(session, SYSTEM, a.server_secret, planes.tenant, data)
+        assert check_published(b) == "published"
+        assert kept not in planes.served().keys
+    finally:
+        a.close()
+        b.close()
+
+
+def _restarted(planes: Planes) -> Runtime:
+    """A control plane started afresh on the same database and Redis, publishing at its start
+    as every one does."""
+    fresh = build_runtime(planes.a.settings)
+    fresh = dataclasses.replace(fresh, publisher=RedisSnapshotPublisher(planes.client, PREFIX))
+    fresh.publish()
+    return fresh

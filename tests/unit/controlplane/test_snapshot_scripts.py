@@ -9,14 +9,16 @@ import pytest
 from trunkline.snapshot import redis_scripts
 from trunkline.snapshot.redis_scripts import Script
 
-VOUCH_ARGS = {"version": 3, "content": b"d", "new": 4, "generation": 7, "rest": ""}
+VOUCH_ARGS = {"version": 3, "content": b"d", "new": 4, "generation": 7, "rest": "", "alone": "1"}
 VOUCH_KEYS = {"version_key": "v", "digest_key": "d", "built_from_key": "b"}
 
 
 def test_arguments_are_passed_in_the_order_the_script_reads_them() -> None:
     keys, args = redis_scripts.VOUCH.call_args(VOUCH_KEYS, dict(reversed(VOUCH_ARGS.items())))
-    assert keys == ["v", "d", "b"] and args == [3, b"d", 4, 7, ""]
-    assert "local version, content, new, generation, rest = ARGV[1]" in redis_scripts.VOUCH.lua
+    assert keys == ["v", "d", "b"] and args == [3, b"d", 4, 7, "", "1"]
+    assert (
+        "local version, content, new, generation, rest, alone = ARGV[1]" in redis_scripts.VOUCH.lua
+    )
 
 
 @pytest.mark.parametrize(
