@@ -14,9 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from trunkline.billing import focus as focus_file
 from trunkline.billing import invoice, statements
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.closing import close
+from trunkline.billing.exports import export_period
 from trunkline.billing.focus import focus_rows, write_csv
 from trunkline.billing.periods import parse_period
-from trunkline.billing.service import close, export_period, load_price_book
+from trunkline.billing.pricebook_store import load_price_book
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import transaction
 from unit.billing.billing_support import DEC, NOV, focus, whole_invoices
