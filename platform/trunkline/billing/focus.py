@@ -20,6 +20,7 @@ from typing import Any
 
 from trunkline.billing.charges import CREDIT, ChargeLine
 from trunkline.billing.periods import Period
+from trunkline.kit.batches import batches
 
 PROVIDER = "Trunkline"
 INFERENCE_SERVICE = "Trunkline Model Inference"
@@ -214,14 +215,9 @@ def csv_chunks(rows: Iterable[tuple[Any, ...]], lines: int | None = None) -> Ite
         _decimal_text if column.type == DECIMAL else _Fields().__getitem__ for column in COLUMNS
     ]
     join = ",".join
-    pending = [join(COLUMN_NAMES)]
-    for row in rows:
-        pending.append(join([f(v) for f, v in zip(formatters, row, strict=True)]))
-        if len(pending) >= lines:
-            yield ("\r\n".join(pending) + "\r\n").encode("utf-8")
-            pending = []
-    if pending:
-        yield ("\r\n".join(pending) + "\r\n").encode("utf-8")
+    body = (join([f(v) for f, v in zip(formatters, row, strict=True)]) for row in rows)
+    for piece in batches(itertools.chain([join(COLUMN_NAMES)], body), lines):
+        yield ("\r\n".join(piece) + "\r\n").encode("utf-8")
 
 
 def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int | None = None) -> Iterator[bytes]:
@@ -245,10 +241,9 @@ def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int | None = None) ->
     )
     sink = _Drain()
     with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as writer:
-        rows = iter(rows)
-        first = True
-        while (chunk := list(itertools.islice(rows, batch))) or first:  # no empty row group
-            first = False  # but the one of a file without rows
+        groups = batches(rows, batch)
+        # No empty row group, but the one of a file without rows.
+        for chunk in itertools.chain([next(groups, [])], groups):
             columns = [
                 pa.array([row[i] for row in chunk], type=types[c.type])
                 for i, c in enumerate(COLUMNS)
