@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.apps.publish_metrics import PublishMetrics
 from trunkline.apps.store_outage import StoreOutage
-from trunkline.billing.service import prices_in_force_since
+from trunkline.billing.pricebook_store import prices_in_force_since
 from trunkline.kit.ids import utcnow
 from trunkline.kit.shards import SHARDS, key_shard
 from trunkline.snapshot import SnapshotPublisher

@@ -23,8 +23,8 @@ def measure_export(
 ) -> tuple[Figures, Figures]:
     """(the baseline job's rollup figures, the job's rollup and export figures)."""
     from trunkline.bench._metering_rollup_baseline import recompute_in_python
+    from trunkline.billing.exports import export_period
     from trunkline.billing.periods import parse_period
-    from trunkline.billing.service import export_period
     from trunkline.kit.db import make_engine, make_sessionmaker, transaction
 
     url = prepare_database(pg, "month", universe)

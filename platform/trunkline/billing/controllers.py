@@ -16,13 +16,13 @@ from litestar.response import Stream
 
 from trunkline.auth.guards import platform_admin, tenant_admin
 from trunkline.auth.params import Caller, DbSession, SessionFactory, TenantId
-from trunkline.billing import service
+from trunkline.billing.exports import Export, export_for
 from trunkline.billing.periods import parse_period
 
 log = logging.getLogger(__name__)
 
 
-def _download(export: service.Export) -> Stream:
+def _download(export: Export) -> Stream:
     """Sent as it is made (a FOCUS export of every tenant is read as it is sent)."""
     return Stream(
         _sent(_failing_loudly(export.chunks)),
@@ -93,7 +93,7 @@ class TenantExportController(Controller):
     ) -> Stream:
         """The tenant's charges in ``period`` (``YYYY-MM``): ``focus-csv``, ``focus-parquet``
         or ``invoice``. Final once the period is closed (header ``x-trunkline-billing-final``)."""
-        export = service.export_for(db_session, principal, parse_period(period), format, tenant_id)
+        export = export_for(db_session, principal, parse_period(period), format, tenant_id)
         return _download(export)
 
 
@@ -112,7 +112,7 @@ class PlatformExportController(Controller):
         format: FromQuery[str] = "focus-csv",
     ) -> Stream:
         """Every tenant's charges in ``period``, for finance."""
-        export = service.export_for(
+        export = export_for(
             db_session, principal, parse_period(period), format, None, reader=session_factory
         )
         return _download(export)

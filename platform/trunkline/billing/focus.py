@@ -20,12 +20,20 @@ from typing import Any
 
 from trunkline.billing.charges import CREDIT, ChargeLine
 from trunkline.billing.periods import Period
+from trunkline.kit.batches import batches
 
 PROVIDER = "Trunkline"
 INFERENCE_SERVICE = "Trunkline Model Inference"
 CAPACITY_SERVICE = "Trunkline Dedicated GPU Capacity"
 DECIMAL_SCALE = 24
 """Parquet decimal scale: prices ≤ 6 places x multiplier 4 x discount 4 x quantity 6 x credit 4."""
+
+CSV_PIECE_LINES = 10_000
+"""A CSV is written or sent in pieces of this many lines."""
+ROW_GROUP_ROWS = 20_000
+"""A Parquet file is written or sent a row group of this many rows at a time: its rows are
+held while they are converted (fewer hold less memory, and compress a little less; measured
+in docs/metering.md)."""
 
 STRING, DECIMAL, DATETIME, JSON = "String", "Decimal", "Date/Time", "JSON"
 
@@ -198,29 +206,26 @@ def write_csv(rows: Iterable[tuple[Any, ...]]) -> bytes:
     return b"".join(csv_chunks(rows))
 
 
-def csv_chunks(rows: Iterable[tuple[Any, ...]], lines: int = 10_000) -> Iterator[bytes]:
-    """The CSV of :func:`write_csv` in pieces of ``lines`` lines, each ending with CRLF: a
-    month of every tenant's charges is written out (or sent) as it is made, not held whole
-    (2.4 million lines took 9 GB)."""
+def csv_chunks(rows: Iterable[tuple[Any, ...]], lines: int | None = None) -> Iterator[bytes]:
+    """The CSV of :func:`write_csv` in pieces of ``lines`` lines (``CSV_PIECE_LINES``), each
+    ending with CRLF: a month of every tenant's charges is written out (or sent) as it is
+    made, not held whole (2.4 million lines took 9 GB)."""
+    lines = CSV_PIECE_LINES if lines is None else lines
     formatters = [
         _decimal_text if column.type == DECIMAL else _Fields().__getitem__ for column in COLUMNS
     ]
     join = ",".join
-    pending = [join(COLUMN_NAMES)]
-    for row in rows:
-        pending.append(join([f(v) for f, v in zip(formatters, row, strict=True)]))
-        if len(pending) >= lines:
-            yield ("\r\n".join(pending) + "\r\n").encode("utf-8")
-            pending = []
-    if pending:
-        yield ("\r\n".join(pending) + "\r\n").encode("utf-8")
+    body = (join([f(v) for f, v in zip(formatters, row, strict=True)]) for row in rows)
+    for piece in batches(itertools.chain([join(COLUMN_NAMES)], body), lines):
+        yield ("\r\n".join(piece) + "\r\n").encode("utf-8")
 
 
-def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int = 20_000) -> Iterator[bytes]:
+def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int | None = None) -> Iterator[bytes]:
     """Parquet with typed columns: decimal128(38, 24), timestamp[s, UTC], string; a row group
-    of ``batch`` rows at a time, each written out (or sent) as it is made, and the footer last.
-    Held whole, a month of every tenant's charges was the whole compressed file in memory, and
-    made before the API's first byte."""
+    of ``batch`` rows (``ROW_GROUP_ROWS``) at a time, each written out (or sent) as it is made,
+    and the footer last. Held whole, a month of every tenant's charges was the whole compressed
+    file in memory, and made before the API's first byte."""
+    batch = ROW_GROUP_ROWS if batch is None else batch
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -236,10 +241,9 @@ def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int = 20_000) -> Iter
     )
     sink = _Drain()
     with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as writer:
-        rows = iter(rows)
-        first = True
-        while (chunk := list(itertools.islice(rows, batch))) or first:  # no empty row group
-            first = False  # but the one of a file without rows
+        groups = batches(rows, batch)
+        # No empty row group, but the one of a file without rows.
+        for chunk in itertools.chain([next(groups, [])], groups):
             columns = [
                 pa.array([row[i] for row in chunk], type=types[c.type])
                 for i, c in enumerate(COLUMNS)

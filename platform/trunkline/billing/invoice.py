@@ -17,6 +17,7 @@ from trunkline.billing.charges import CREDIT, ChargeLine
 from trunkline.billing.focus import invoice_id
 from trunkline.billing.periods import Period
 from trunkline.billing.rating import ZERO, exact_sum
+from trunkline.kit.batches import batches
 
 CENT = Decimal("0.01")
 SECTIONS = {
@@ -128,16 +129,13 @@ def invoice_chunks(
     run of one slug is that slug's invoice. No API or manifest changes a tenant's slug; a slug
     changed by hand in the database after a close leaves the tenant's closed lines under the
     old one, which then come where the tenant's group comes, not in that slug's order."""
-    pending: list[str] = []
-    held, made = 0, False
-    for _slug, run in itertools.groupby(lines, key=attrgetter("tenant_slug")):
-        text = render_invoice(list(run), period, currency, final=final)
-        pending.append("\n" + text if made else text)
-        held, made = held + len(pending[-1]), True
-        if held >= PIECE_CHARS:
-            yield "".join(pending).encode("utf-8")
-            pending, held = [], 0
-    if pending:
-        yield "".join(pending).encode("utf-8")
+    runs = itertools.groupby(lines, key=attrgetter("tenant_slug"))
+    invoices = (render_invoice(list(run), period, currency, final=final) for _slug, run in runs)
+    # The first as it is, each after it after a blank line (in the piece's size too).
+    texts = itertools.chain(itertools.islice(invoices, 1), ("\n" + text for text in invoices))
+    made = False
+    for piece in batches(texts, PIECE_CHARS, len):
+        made = True
+        yield "".join(piece).encode("utf-8")
     if not made:
         yield f"No charges in {period.label}.\n".encode()

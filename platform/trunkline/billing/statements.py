@@ -29,6 +29,7 @@ from trunkline.billing.pricebook import PriceBook
 from trunkline.billing.rating import ZERO, exact_difference, exact_sum
 from trunkline.billing.scope import TenantScope, in_scope
 from trunkline.errors import InvalidRequest
+from trunkline.kit.batches import batches
 from trunkline.metering.rollup_plan import KEY_COLUMNS, MEASURE_COLUMNS
 from trunkline.models import (
     BilledUsage,
@@ -269,14 +270,9 @@ def statements_by_tenants(
         )
         by_tenant = session.execute(stored.group_by(BillingCorrection.tenant_id))
         rows.update({tenant: count for tenant, count in by_tenant})
-    group: list[uuid.UUID] = []
-    weight = 0
-    for tenant in ids:
-        group.append(tenant)
-        weight += rows.get(tenant, 0) + 1  # a tenant without rows still has a few lines
-        if weight >= ROWS_PER_STATEMENT or tenant == ids[-1]:
-            yield statement(session, period, book, frozenset(group), now=now, corrected=corrected)
-            group, weight = [], 0
+    # A tenant without rows still has a few lines.
+    for group in batches(ids, ROWS_PER_STATEMENT, lambda tenant: rows.get(tenant, 0) + 1):
+        yield statement(session, period, book, frozenset(group), now=now, corrected=corrected)
 
 
 def _rows_by_tenant(session: Session, source: RollupSource, period: Period) -> Counter[uuid.UUID]:

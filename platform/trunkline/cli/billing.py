@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trunkline.billing import service
+from trunkline.billing import closing, exports, pricebook_store
 from trunkline.billing.capacity import add_capacity
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import load_price_book_file, version_document
@@ -38,7 +38,7 @@ def register(sub: Any) -> None:
         "billed in.",
     )
     export.add_argument("--period", required=True, help="YYYY-MM (UTC month)")
-    export.add_argument("--format", required=True, choices=sorted(service.FORMATS))
+    export.add_argument("--format", required=True, choices=sorted(exports.FORMATS))
     export.add_argument("--tenant", help="one tenant's slug (default: every tenant)")
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
     export.add_argument(
@@ -110,13 +110,13 @@ def export_command(args: argparse.Namespace) -> int:
                 one_view(session, read_only=False)
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
             if args.close and period.end <= utcnow():
-                service.close(session, period, utcnow())
+                closing.close(session, period, utcnow())
             if args.out is not None:  # in the transaction: a failed write leaves it open
-                export = service.export_period(session, period, args.format, tenant_id)
+                export = exports.export_period(session, period, args.format, tenant_id)
                 _write(args.out, export.chunks)
         if args.out is None:  # after the commit: a reader that went (| head) undoes nothing
             with runtime.session_factory() as session:  # read as it is written
-                export = service.export_period(
+                export = exports.export_period(
                     session, period, args.format, tenant_id, reader=runtime.session_factory
                 )
                 for chunk in export.chunks:
@@ -159,7 +159,7 @@ def close_command(args: argparse.Namespace) -> int:
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
-            closed = service.close(session, period, utcnow())
+            closed = closing.close(session, period, utcnow())
     finally:
         runtime.close()
     print(f"{period.label}: {'closed' if closed else 'was already closed'}")
@@ -183,7 +183,7 @@ def prices_apply_command(args: argparse.Namespace) -> int:
     try:
         with unit_of_work(runtime.session_factory, runtime.publish) as session:
             keep = args.keep_budget_amounts
-            added = service.apply_price_book(session, book, keep_budget_amounts=keep)
+            added = pricebook_store.apply_price_book(session, book, keep_budget_amounts=keep)
     finally:
         runtime.close()
     print(f"added versions: {', '.join(map(str, added))}" if added else "no new versions")
@@ -194,7 +194,7 @@ def prices_withdraw_command(args: argparse.Namespace) -> int:
     runtime = open_runtime()
     try:
         with transaction(runtime.session_factory) as session:
-            service.withdraw_price_version(session, args.version, utcnow())
+            pricebook_store.withdraw_price_version(session, args.version, utcnow())
     finally:
         runtime.close()
     print(f"withdrew version {args.version}")
@@ -207,7 +207,7 @@ def prices_show_command(_args: argparse.Namespace) -> int:
     runtime = open_runtime()
     try:
         with transaction(runtime.session_factory) as session:
-            book = service.load_price_book(session)
+            book = pricebook_store.load_price_book(session)
     finally:
         runtime.close()
     print(json.dumps([version_document(v) for v in book.versions], indent=2))
@@ -232,7 +232,7 @@ def capacity_command(args: argparse.Namespace) -> int:
                 args.gpus,
                 _instant(args.start, "start"),
                 _instant(args.end, "end") if args.end else None,
-                prices=service.load_price_book(session),
+                prices=pricebook_store.load_price_book(session),
                 region=args.region,
                 project_id=project_id,
             )

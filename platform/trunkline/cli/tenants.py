@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from trunkline.apps.runtime import Runtime, build_runtime, require_schema
 from trunkline.auth.schemas import Email
 from trunkline.auth.service import admin_token, revoke_access_tokens
-from trunkline.billing.service import price_book_currency
+from trunkline.billing.pricebook_store import price_book_currency
 from trunkline.gateway.routing.candidates import poolless, stranded
 from trunkline.kit.migrate import require_existing
 from trunkline.settings import load_settings

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 from trunkline.auth.principal import Principal
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook
+from trunkline.billing.pricebook_store import load_price_book
 from trunkline.billing.rating import exact_sum, per_million, rate, token_quantities
-from trunkline.billing.service import load_price_book
 from trunkline.metering.repository import UsageRepository
 from trunkline.metering.schemas import GroupBy, UsageReport, UsageRow
 from trunkline.tenancy.service import tenant_row

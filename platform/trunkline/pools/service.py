@@ -12,7 +12,7 @@ from typing import NoReturn
 
 from sqlalchemy.orm import Session
 
-from trunkline.billing.service import unpriced_new_model
+from trunkline.billing.pricebook_store import unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.ids import utcnow
 from trunkline.kit.pagination import EVERYTHING, Page, PageRequest

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trunkline.billing.pricebook import TOKEN_CLASSES
-from trunkline.billing.service import load_price_book, price_book_currency
+from trunkline.billing.pricebook_store import load_price_book, price_book_currency
 from trunkline.errors import TrunklineError
 from trunkline.models import Model, Tier
 from trunkline.quota.limits import MICRO, Limits, Price, QuotaBook, price_key

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
-from trunkline.billing.service import held_currency, price_book_currency
+from trunkline.billing.pricebook_store import held_currency, price_book_currency
 from trunkline.errors import NotFound
 from trunkline.keys.repository import successors
 from trunkline.keys.service import get_key

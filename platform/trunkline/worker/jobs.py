@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.billing.closing import close, due_periods
+from trunkline.billing.exports import export_period
 from trunkline.billing.periods import Period
-from trunkline.billing.service import close, due_periods, export_period
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.consumer import UsageConsumer

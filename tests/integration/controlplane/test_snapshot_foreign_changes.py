@@ -27,7 +27,7 @@ from trunkline.apps.publishing import check_published
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.billing.pricebook import PriceBook, version_from_document
-from trunkline.billing.service import apply_price_book
+from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key, key_tenant, revoke_key
 from trunkline.kit.shards import key_shard

@@ -16,7 +16,7 @@ from litestar.response import Stream
 
 from support.gateway import serve_on_loopback
 from trunkline.billing import controllers
-from trunkline.billing.service import Export
+from trunkline.billing.exports import Export
 
 
 class Source:

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing import statements
-from trunkline.billing.service import export_period
+from trunkline.billing.exports import export_period
 from unit.billing.billing_support import DEC
 from unit.metering.usage_support import accounts, at, event, ingest, migrated
 

@@ -23,8 +23,8 @@ from trunkline.apps import serving
 from trunkline.apps.gateway import create_gateway_app
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
+from trunkline.billing.exports import export_period
 from trunkline.billing.periods import month_of
-from trunkline.billing.service import export_period
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.pricebook import BUNDLED, PriceBook, load_price_book_file
-from trunkline.billing.service import apply_price_book
+from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.quota.repository import QuotaRepository
 from trunkline.quota.schemas import QuotaLimits, ScopeLimits

@@ -12,9 +12,10 @@ from decimal import Decimal
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.charges import ChargeLine
+from trunkline.billing.exports import export_period
 from trunkline.billing.invoice import render_invoice
 from trunkline.billing.periods import Period, parse_period
-from trunkline.billing.service import export_period, load_price_book
+from trunkline.billing.pricebook_store import load_price_book
 from trunkline.billing.statements import statement
 from trunkline.kit.db import transaction
 

@@ -1,6 +1,6 @@
 """Exports of a month: one tenant's alone, every tenant's read a group of tenants at a time
-(the same rows as one statement, groups sized by what each tenant's statement reads), and an
-export that cannot be priced refused before it is sent."""
+(the same rows as one statement, groups sized by what each tenant's statement reads, the same
+bytes as the file made whole), and an export that cannot be priced refused before it is sent."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import uuid
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from trunkline.billing import statements
+from trunkline.billing import focus as focus_file
+from trunkline.billing import invoice, statements
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.closing import close
+from trunkline.billing.exports import export_period
 from trunkline.billing.focus import focus_rows, write_csv
 from trunkline.billing.periods import parse_period
-from trunkline.billing.service import close, export_period, load_price_book
+from trunkline.billing.pricebook_store import load_price_book
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import transaction
-from unit.billing.billing_support import DEC, NOV, focus
+from unit.billing.billing_support import DEC, NOV, focus, whole_invoices
 from unit.metering.usage_support import Account, at, event, ingest
 
 
@@ -105,3 +108,44 @@ def test_an_export_of_every_tenant_that_cannot_be_priced_fails_before_it_is_sent
     for fmt in ("focus-csv", "focus-parquet", "invoice"):
         with transaction(factory) as session, pytest.raises(ConfigurationError, match="before"):
             export_period(session, parse_period("2025-12"), fmt)  # not its chunks: the call
+
+
+@pytest.mark.parametrize("fmt", ["focus-csv", "focus-parquet", "invoice"])
+def test_every_tenants_export_sent_in_pieces_is_the_file_made_whole_byte_for_byte(
+    factory: sessionmaker[Session],
+    tenants: dict[str, Account],
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    """Each format of every tenant's month is read a group of tenants at a time and sent in
+    pieces (CSV lines, Parquet row groups, invoices) as it is made: the file must be, byte for
+    byte, the one made whole from the month's lines read at once, with the closed month's
+    corrections and a tenant without charges among them."""
+    ingest(factory, [event(tenants[s], when=at(3, h)) for s in ("acme", "initech") for h in (1, 2)])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    late = [event(tenants[s], when=at(29), completion=5_000, ttft_ms=9_000.0) for s in tenants]
+    ingest(factory, [*late, event(tenants["acme"], when=at(2, month=12))])
+    now = at(6, month=12)
+    with transaction(factory) as session:  # every tenant's lines at once, made whole
+        book = load_price_book(session)
+        month = statements.statement(session, DEC, book, None, now=now)
+        rows = list(focus_rows(month.lines, DEC, book.currency, month.closed))
+        whole = {
+            "focus-csv": write_csv(rows),
+            "focus-parquet": b"".join(focus_file.parquet_chunks(rows, batch=3)),
+            "invoice": whole_invoices(session, DEC, now).encode(),
+        }[fmt]
+    assert {line.tenant_slug for line in month.lines} == {"acme", "globex", "initech"}
+    assert len(rows) % 3 and (len(rows) + 1) % 3, "pieces of 3 leave some lines over"
+
+    monkeypatch.setattr(statements, "ROWS_PER_STATEMENT", 1)  # a group per tenant
+    monkeypatch.setattr(focus_file, "CSV_PIECE_LINES", 3)  # with its header
+    monkeypatch.setattr(focus_file, "ROW_GROUP_ROWS", 3)  # as made whole: it shapes the file
+    monkeypatch.setattr(invoice, "PIECE_CHARS", 2_000)  # two invoices, then one left over
+    with transaction(factory) as session:
+        export = export_period(session, DEC, fmt, now=now)
+        pieces = list(export.chunks)
+    assert b"".join(pieces) == whole
+    assert len(pieces) > 1 and all(pieces), "sent in pieces, none empty"
+    assert export.lines == len(month.lines)

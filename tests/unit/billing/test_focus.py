@@ -23,9 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing import focus
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.closing import close
+from trunkline.billing.exports import export_period
 from trunkline.billing.focus import COLUMN_NAMES, COLUMNS, csv_chunks
 from trunkline.billing.periods import parse_period
-from trunkline.billing.service import close, export_period, load_price_book
+from trunkline.billing.pricebook_store import load_price_book
 from trunkline.kit.db import transaction
 from unit.metering.usage_support import Account, at, event, ingest
 

@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing import invoice, statements
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.closing import close
+from trunkline.billing.exports import export_period
 from trunkline.billing.invoice import _cents
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import BUNDLED, load_price_book_file
-from trunkline.billing.service import apply_price_book, close, export_period, load_price_book
+from trunkline.billing.pricebook_store import apply_price_book, load_price_book
 from trunkline.kit.db import transaction
 from trunkline.models import Project, Tenant, Tier
 from unit.billing.billing_support import NOV, whole_invoices

@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.principal import Principal
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.closing import close
+from trunkline.billing.exports import export_period
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_document, version_from_document
-from trunkline.billing.service import (
+from trunkline.billing.pricebook_store import (
     apply_price_book,
-    close,
-    export_period,
     load_price_book,
     withdraw_price_version,
 )

@@ -8,8 +8,8 @@ from litestar.exceptions import LitestarException
 
 from trunkline.billing import invoice
 from trunkline.billing.charges import ChargeLine
+from trunkline.billing.exports import export_period
 from trunkline.billing.periods import parse_period
-from trunkline.billing.service import export_period
 from trunkline.kit.db import transaction
 from unit.controlplane.cp_support import World
 from unit.metering.usage_support import Account, at, event, ingest

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from trunkline.apps.runtime import Runtime
 from trunkline.billing.pricebook import BUNDLED, PriceBook, load_price_book_file
-from trunkline.billing.service import apply_price_book
+from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.cli.main import main
 from trunkline.errors import InvalidRequest
 from trunkline.models import Tier

@@ -16,7 +16,7 @@ from trunkline.apps import change_publisher
 from trunkline.apps.publishing import republish_if_stale
 from trunkline.auth.principal import Principal
 from trunkline.billing.pricebook import PriceBook, version_from_document
-from trunkline.billing.service import apply_price_book
+from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.quota import book as quota_book

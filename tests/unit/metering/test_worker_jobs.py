@@ -9,8 +9,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.billing.closing import close
 from trunkline.billing.periods import parse_period
-from trunkline.billing.service import close
 from trunkline.kit.db import transaction
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import BillingPeriod, UsageEvent, UsageRollup

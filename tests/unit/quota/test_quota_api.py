@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trunkline.billing.pricebook import TOKEN_CLASSES
-from trunkline.billing.service import load_price_book
+from trunkline.billing.pricebook_store import load_price_book
 from trunkline.quota.limits import Limits, price_key
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.store import ReserveRequest, Scope

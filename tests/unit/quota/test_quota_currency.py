@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from trunkline.billing.pricebook import BUNDLED, PriceBook, load_price_book_file
-from trunkline.billing.service import (
+from trunkline.billing.pricebook_store import (
     apply_price_book,
     price_book_currency,
     withdraw_price_version,

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from trunkline.billing.service import held_currency, unpriced_new_model
+from trunkline.billing.pricebook_store import held_currency, unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.ids import utcnow
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tier

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from trunkline.auth.service import ensure_user, users_by_email
-from trunkline.billing.service import held_currency
+from trunkline.billing.pricebook_store import held_currency
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.db import chunked, driver_message
 from trunkline.models import Entitlement, Membership, ModelAlias, Project, Role, Tenant, Tier, User
