@@ -132,8 +132,12 @@ class Assembly:
         self, shards: dict[str, KeyShard], changed: Iterable[str]
     ) -> tuple[dict[str, KeyEntry], dict[str, Limits]]:
         """The key and limit maps of ``shards``: those held, copied (a served snapshot is never
-        changed under its requests), with the ``changed`` shards' entries replaced."""
+        changed under its requests), with the ``changed`` shards' entries replaced; those held
+        themselves when none changed (a version another control plane vouched for: copying
+        them took 5-14 ms at 40,000 keys, the gateway's event loop blocked)."""
         changed = list(changed)
+        if not changed:
+            return self._keys, self._limits
         if 2 * len(changed) > len(shards):
             return _gathered(shards.values())
         keys, limits = dict(self._keys), dict(self._limits)

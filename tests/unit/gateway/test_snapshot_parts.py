@@ -120,3 +120,21 @@ def test_a_version_without_its_core_is_refused_not_served_empty() -> None:
     with pytest.raises(IncompleteSnapshot, match="no core"):
         assembly.apply(Loaded(1, 1.0, {}, {}))
     assert assembly.digests == {}
+
+
+async def test_a_version_with_no_part_changed_reuses_the_maps_and_a_later_change_leaves_them() -> (
+    None
+):
+    """A version another control plane vouched for changes no part: the gateway copied its
+    key maps all the same (5-14 ms at 40,000 keys on its event loop). The maps of a snapshot
+    being served must still never change under its requests when a later version does."""
+    store, assembly = InMemorySnapshotStore(), Assembly()
+    before = _snapshot(1)
+    served = assembly.apply(await _publish_and_load(store, assembly, before))
+    vouched = assembly.apply(Loaded(2, 20.0, dict(assembly.digests), {}))
+    assert vouched.version == 2 and vouched.keys is served.keys
+    assert vouched.quotas.keys is served.quotas.keys
+    key_id, entry = next(iter(_snapshot(1, keys=1).keys.items()))
+    after = msgspec.structs.replace(before, version=3, keys={**before.keys, key_id: entry})
+    assert assembly.apply(await _publish_and_load(store, assembly, after)) == after
+    assert key_id not in vouched.keys and vouched.keys == before.keys
