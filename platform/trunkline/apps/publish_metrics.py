@@ -22,7 +22,9 @@ __all__ = ["Build", "Check", "PublishMetrics"]
 
 Kind = Literal["whole", "shards"]
 """A whole build, or the changed keys' shards patched into what the store holds."""
-Check = Literal["skipped", "unchanged", "expired_keys", "current", "published", "refused", "failed"]
+Check = Literal[
+    "skipped", "unchanged", "expired_keys", "current", "vouched", "published", "refused", "failed"
+]
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -69,7 +71,9 @@ class PublishMetrics(Collector):
             "The periodic checks that the store holds the database's configuration, by "
             "outcome: skipped (a publish under way), unchanged (nothing moved), expired_keys "
             "(expired keys' shards published), current (the store held it: another process "
-            "published it, known by the state it was built from or by a build), published "
+            "published it, known by the state it was built from or by a build), vouched (the "
+            "store held it, found by a build, and did not say so: stored again, unchanged, "
+            "under a newer version that says what it was built from), published "
             "(built: the store did not hold it, published whole), refused (every publish refused: "
             "other control planes kept storing newer versions; in_sync left as it was), failed",
             ["outcome"],

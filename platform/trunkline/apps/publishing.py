@@ -85,8 +85,7 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
     if runtime.publisher.published_digest() == current:  # read after it
         runtime.seen = state
         runtime.published_version = runtime.publisher.published_version()  # what it holds
-        _vouch(runtime, state, current, thorough=thorough)
-        return "current"
+        return "vouched" if _vouch(runtime, state, current, thorough=thorough) else "current"
     if runtime.publisher.published_version() is None:
         log.warning("the snapshot store holds no snapshot; publishing it again")
     else:
@@ -101,15 +100,16 @@ _CHECKED: dict[Published, Check] = {"stored": "published", "held": "current", "r
 newer version holds the change."""
 
 
-def _vouch(runtime: Runtime, state: ConfigState, content: bytes, *, thorough: bool) -> None:
+def _vouch(runtime: Runtime, state: ConfigState, content: bytes, *, thorough: bool) -> bool:
     """The store holds ``content``, built here from ``state``: when it does not say it was
     built from ``state``, say so (``SnapshotPublisher.vouch``), so the other control planes'
     checks need no build of their own. Without it a record stopped by a gap (patches of two
     processes' changes stored out of order, or a write by an older control plane) never moved
-    again while only keys changed, and every change cost every other control plane a build."""
+    again while only keys changed, and every change cost every other control plane a build.
+    Whether it stored the new version."""
     built_from, held = state.as_built_from(alone=thorough), runtime.published_version
     if built_from is None or held is None:
-        return
+        return False
     recorded = runtime.publisher.built_from()
     if recorded is not None and (
         recorded.built_from == built_from
@@ -117,10 +117,12 @@ def _vouch(runtime: Runtime, state: ConfigState, content: bytes, *, thorough: bo
     ):
         # Says so already, or names a later state (read since by another process); a thorough
         # check says what it read, alone: the count may have gone back (a restored backup).
-        return
+        return False
     new = runtime.publisher.next_version()  # after ``state`` was read: see ``vouch``
-    if runtime.publisher.vouch(held, content, new, built_from):
-        runtime.published_version = new
+    if not runtime.publisher.vouch(held, content, new, built_from):
+        return False
+    runtime.published_version = new
+    return True
 
 
 def _drop_expired(runtime: Runtime) -> Check:
