@@ -76,8 +76,9 @@ class ChangePublisher:
     metrics: PublishMetrics = field(default_factory=PublishMetrics)
     """What its publishing did, for the control plane's ``/metrics``."""
     outage: StoreOutage = field(default_factory=StoreOutage)
-    """Whether a call to the snapshot store failed lately: publishes then leave their change
-    to the check (``publish``)."""
+    """Whether a call to Redis failed lately: publishes then leave their change to the check
+    (``publish``). The control plane's quota usage reads, on the same Redis, share it
+    (``apps.controlplane.quota_usage``)."""
     _whole_at: float | None = field(init=False, repr=False, default=None)
     """When (monotonic) this process last stored a whole build."""
     _pending: list[Change] = field(init=False, repr=False, default_factory=list)

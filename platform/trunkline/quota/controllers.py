@@ -36,7 +36,8 @@ QuotaUsage: TypeAlias = NamedDependency[UsageReader]
 
 
 class Outage(Protocol):
-    """Whether the quota store failed a call lately (``apps.store_outage.StoreOutage``)."""
+    """Whether the quota store failed a call lately (``apps.store_outage.StoreOutage``: on the
+    control plane, the one its snapshot publishes share, the same Redis)."""
 
     def suspected(self) -> bool: ...
     def failed(self, error: BaseException) -> None: ...

@@ -174,6 +174,20 @@ def build_world(runtime: Runtime, client: TestClient[Any]) -> World:
     return world
 
 
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "code"}
+
+
+def problem_of(response: Any, status: int) -> dict[str, Any]:
+    """``response``'s RFC 9457 problem detail, asserting its status and shape."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body.keys() >= PROBLEM_FIELDS
+    assert body["status"] == status
+    assert body["type"] == f"urn:trunkline:problem:{body['code']}"
+    return body
+
+
 def random_id() -> str:
     return str(uuid.uuid4())
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import pytest
-from cp_support import World
+from cp_support import World, problem_of
 from litestar import Request
 from litestar.testing import TestClient
 from sqlalchemy.exc import DataError, IntegrityError
@@ -17,18 +17,6 @@ from trunkline.errors import Conflict
 from trunkline.kit.logging import current
 from trunkline.models import Tier, User
 from trunkline.tenancy.changes import flush_or_conflict
-
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "instance", "code"}
-
-
-def problem_of(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body.keys() >= PROBLEM_FIELDS
-    assert body["status"] == status
-    assert body["type"] == f"urn:trunkline:problem:{body['code']}"
-    return body
 
 
 def post(world: World, path: str, **kwargs: Any) -> Any:

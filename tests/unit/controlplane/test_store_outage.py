@@ -66,3 +66,20 @@ def test_an_outage_is_logged_when_it_starts_and_when_it_ends_once_each(
     assert len(said) == 2, said
     assert "failed a call (TimeoutError)" in said[0]
     assert "answers again" in said[1]
+
+
+def test_what_waits_for_the_store_is_said_once_each_when_an_outage_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The control plane's publishes and quota usage reads share one Redis, and one outage:
+    its start says what each does meanwhile (an app built twice over one runtime tells it
+    twice)."""
+    outage = StoreOutage(hold_s=10.0, clock=Clock())
+    for _ in range(2):
+        outage.also("the quota endpoints show no usage (usage: null)")
+    with caplog.at_level("WARNING", logger="trunkline.apps.store_outage"):
+        _fail(outage, redis.TimeoutError("Timeout reading from socket"))
+    assert [record.getMessage() for record in caplog.records] == [
+        "Redis failed a call (TimeoutError); until one answers, publishes after writes are "
+        "left to the control plane's check, and the quota endpoints show no usage (usage: null)"
+    ]
