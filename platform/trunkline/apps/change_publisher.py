@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 
 PUBLISH_TRIES = 3
+SHARD_TRIES = 8
+"""A patch refused this many times (another control plane stored a newer version between
+its version and its write, each time) is published whole; a patch costs milliseconds, a whole
+build a second at 19,000 keys, and is refused by the next patch all the same."""
 Published = Literal["stored", "held", "refused"]
 """What became of a whole publish (``ChangePublisher.publish_now``)."""
 """Publishes of one change refused because another process stored a newer version first."""
@@ -84,6 +88,17 @@ class ChangePublisher:
     _pending: list[Change] = field(init=False, repr=False, default_factory=list)
     """Changes committed, waiting for a publish (guarded by ``_pending_lock``)."""
     _pending_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    left: bool = field(init=False, repr=False, default=False)
+    """A change of this process's may not be in the store: its publish failed, was refused
+    every time, or was left to the check while the store did not answer, since the last whole
+    build read the database. The check then builds whatever the store lacks, and a key change
+    is not patched over changes the store lacks (``_rest_keys_only``)."""
+    checks_skipped: int = field(init=False, repr=False, default=0)
+    """Checks in a row that found a publish under way (``apps.publishing``)."""
+    awaited: int | None = field(init=False, repr=False, default=None)
+    """The first change the store's record lacked when the last check left it to the control
+    plane publishing it (``apps.publishing``): the next check that finds it still missing
+    builds it in."""
     _carried: set[int] = field(init=False, repr=False, default_factory=set)
     """Generations above ``seen``'s that this process published by their keys' shards: once
     every generation up to one is, ``seen`` moves there (a gap is another process's change)."""
@@ -119,6 +134,7 @@ class ChangePublisher:
                 with self.outage.watch():
                     self._publish_changes(waiting)
         except redis.RedisError as exc:
+            self.left = True
             log.warning(
                 "the gateways' snapshot could not be published (%s); what the database holds is "
                 "saved, and the control plane publishes it once the snapshot store answers",
@@ -129,6 +145,7 @@ class ChangePublisher:
         """The change stays waiting (the next publish carries it) and the check publishes it
         once the store answers (it looks at the database, whatever waits here). Counted, not
         logged: ``outage`` logs the outage's start and end once each."""
+        self.left = True
         self.metrics.left_to_check("shards" if change.keys is not None else "whole")
 
     def _publish_changes(self, changes: list[Change]) -> None:
@@ -182,7 +199,7 @@ class ChangePublisher:
         the control plane's check, which builds when the store's record is not the database's
         state)."""
         recorded = self.publisher.built_from()
-        if recorded is None:
+        if recorded is None or self.left:  # one of this process's own may be among them
             return False
         floor = recorded.built_from.generation
         if self.seen is not None and self.seen.generation is not None:
@@ -218,7 +235,7 @@ class ChangePublisher:
             # parts again (keys revoked since) under a newer version.
             log.warning("the snapshot store holds an older snapshot; publishing it whole")
             return self.publish_now(counted=counted) != "refused"
-        for _ in range(PUBLISH_TRIES):
+        for _ in range(SHARD_TRIES):
             with self.metrics.building("shards") as build:
                 version = build.version = self.publisher.next_version()  # before the reads
                 now = utcnow()
@@ -250,6 +267,7 @@ class ChangePublisher:
         the start publishes), or ``refused`` ``PUBLISH_TRIES`` times, other control planes
         storing newer versions each time; raises when the snapshot store fails. The caller
         holds ``publishing``, or publishes at start before anything else can."""
+        self.left = False  # what it reads carries every change left so far
         for _ in range(PUBLISH_TRIES):
             now = utcnow()
             with self.session_factory() as session:
@@ -303,6 +321,7 @@ class ChangePublisher:
             self.published_version = self.publisher.published_version()
             log.info("other control planes stored newer snapshots, holding this configuration")
             return
+        self.left = True
         log.warning(
             "the gateways may not have the latest configuration yet: other control planes "
             "stored newer snapshots before each of this process's %d tries, and the snapshot "

@@ -23,7 +23,15 @@ __all__ = ["Build", "Check", "PublishMetrics"]
 Kind = Literal["whole", "shards"]
 """A whole build, or the changed keys' shards patched into what the store holds."""
 Check = Literal[
-    "skipped", "unchanged", "expired_keys", "current", "vouched", "published", "refused", "failed"
+    "skipped",
+    "unchanged",
+    "expired_keys",
+    "current",
+    "vouched",
+    "in_flight",
+    "published",
+    "refused",
+    "failed",
 ]
 _SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -73,7 +81,9 @@ class PublishMetrics(Collector):
             "(expired keys' shards published), current (the store held it: another process "
             "published it, known by the state it was built from or by a build), vouched (the "
             "store held it, found by a build, and did not say so: stored again, unchanged, "
-            "under a newer version that says what it was built from), published "
+            "under a newer version that says what it was built from), in_flight (the store "
+            "lacks only other control planes' key changes, which they are publishing: no "
+            "build; one still missing at the next check is built in), published "
             "(built: the store did not hold it, published whole), refused (every publish refused: "
             "other control planes kept storing newer versions; in_sync left as it was), failed",
             ["outcome"],

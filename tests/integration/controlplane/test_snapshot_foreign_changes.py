@@ -138,10 +138,64 @@ def test_a_change_through_one_control_plane_costs_another_no_build(planes: Plane
 def test_a_change_whose_publish_did_not_reach_the_store_is_built_and_published(
     planes: Planes,
 ) -> None:
+    """``a`` stopped between the revocation's commit and its publish: another control plane's
+    key change not in the store yet is left to it for one check (it is publishing it, as a rule,
+    and the build would be refused by its patch), and built in by the next."""
     key_id = planes.create()
     planes.revoke(key_id, published=False)
+    assert planes.check() == "in_flight"
+    assert planes.builds == [] and key_id in planes.served().keys
     assert planes.check() == "published"
     assert planes.builds == [1] and key_id not in planes.served().keys
+
+
+def test_a_tenant_change_not_in_the_store_yet_is_built_at_once(planes: Planes) -> None:
+    """Only key changes are left for a check to the process publishing them: another change's
+    whole build is refused by each newer patch and may never land without one of the check's."""
+    key_id = planes.create()
+    planes.retier("silver", published=False)
+    planes.revoke(key_id, published=False)
+    assert planes.check() == "published"
+    served = planes.served()
+    assert served.tenants[str(planes.tenant)].tier == "silver" and key_id not in served.keys
+
+
+def test_key_changes_in_flight_that_land_before_the_next_check_cost_no_build(
+    planes: Planes,
+) -> None:
+    deferred: list[Change] = []
+    data = ApiKeyCreate(project_id=planes.project, name="in flight")
+    with unit_of_work(planes.a.session_factory, deferred.append) as session:
+        create_key(session, SYSTEM, planes.a.server_secret, planes.tenant, data)
+    assert planes.check() == "in_flight"
+    planes.a.publish(deferred[0])
+    with unit_of_work(planes.a.session_factory, deferred.append) as session:
+        create_key(session, SYSTEM, planes.a.server_secret, planes.tenant, data)
+    assert planes.check() == "in_flight"  # another one now: a is publishing
+    planes.a.publish(deferred[1])
+    assert planes.check() == "current"
+    assert planes.builds == []
+
+
+def test_this_process_s_own_key_change_whose_publish_failed_is_built_by_its_next_check(
+    planes: Planes,
+) -> None:
+    """Its check does not wait for a publish that already failed."""
+    key_id = planes.create()
+    held = planes.a.publisher
+
+    class Failing:
+        def __getattr__(self, name: str) -> Any:
+            if name in ("patch", "publish"):
+                raise redis.ConnectionError("away")
+            return getattr(held, name)
+
+    planes.a.publisher = Failing()  # type: ignore[assignment]
+    planes.revoke(key_id)  # its publish fails: a warning, the revocation saved
+    planes.a.publisher = held
+    assert planes.a.left
+    assert check_published(planes.a) == "published"
+    assert key_id not in planes.served().keys and not planes.a.left
 
 
 def test_a_key_patched_over_a_change_not_in_the_store_yet_leaves_the_check_building(
@@ -183,6 +237,9 @@ def test_a_store_restored_from_a_backup_is_published_to_again(planes: Planes) ->
     for name, dumped in backup.items():
         planes.client.restore(name, 0, dumped)
     assert key_id in planes.served().keys  # what a gateway started now would serve
+    # b's check takes the revocation for a's key change in flight once (a's own check, which
+    # published a newer version than the store holds, builds at once)
+    assert planes.check() == "in_flight"
     assert planes.check() == "published"
     assert key_id not in planes.served().keys
 
@@ -361,6 +418,7 @@ def test_a_database_restored_from_a_backup_brings_the_store_s_record_back(
             data = ApiKeyCreate(project_id=planes.project, name="after the restore")
             with unit_of_work(a.session_factory, a.publish) as session:
                 create_key(session, SYSTEM, a.server_secret, planes.tenant, data)
+        assert check_published(b) == "in_flight"  # taken for a's key change in flight, once
         assert check_published(b) == "published"
         assert kept not in planes.served().keys
     finally:

@@ -387,6 +387,7 @@ def test_a_key_change_left_unpublished_by_another_process_is_published_by_the_ch
     # (a key in the lost one's shard, 1 in 64, publishes it with its shard)
     assert set(keys.store.writes) == {"shards"} and lost not in snapshot(keys.runtime).keys
     keys.store.writes.clear()
+    assert not republish_if_stale(keys.runtime)  # the other's in flight, for one check
     assert republish_if_stale(keys.runtime)
     keys.assert_whole(["whole"])
     assert lost in snapshot(keys.runtime).keys
@@ -459,3 +460,27 @@ def test_key_changes_through_two_control_planes_interleaved_are_patched(
     other.create(name="theirs, next")
     keys.create(name="ours, next")
     keys.assert_whole(["shards", "shards"])
+
+
+def test_a_revocation_refused_every_time_is_carried_by_this_process_s_next_key_change(
+    keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its publish refused every time (other control planes storing newer versions first), the
+    revocation is this process's to publish again: its next key change, in another shard, was
+    patched over it (the change said keys only), and nothing but a check, which skips its
+    rounds under a stream of writes, published it (found in review)."""
+    victim = keys.create(name="revoked, publish refused")
+    with keys.runtime.publishing:
+        keys.runtime.publish_now()
+    real_patch, real_publish = keys.store.patch, keys.store.publish
+    monkeypatch.setattr(keys.store, "patch", lambda *a, **kw: Patched.REFUSED)
+    monkeypatch.setattr(keys.store, "publish", lambda *a, **kw: False)
+    keys.revoke(victim)  # refused every time
+    monkeypatch.setattr(keys.store, "patch", real_patch)
+    monkeypatch.setattr(keys.store, "publish", real_publish)
+    assert victim in snapshot(keys.runtime).keys
+    next(
+        k for k in iter(lambda: keys.create(name="next"), None)
+        if shard_name(k) != shard_name(victim)
+    )  # fmt: skip
+    assert victim not in snapshot(keys.runtime).keys

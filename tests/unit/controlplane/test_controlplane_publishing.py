@@ -13,7 +13,7 @@ import pytest
 from cp_support import TENANTS_DIR, World, snapshot
 
 from trunkline.apps import change_publisher
-from trunkline.apps.publishing import republish_if_stale
+from trunkline.apps.publishing import check_published, republish_if_stale
 from trunkline.auth.principal import Principal
 from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.pricebook_store import apply_price_book
@@ -139,3 +139,47 @@ class _Frozen(datetime):
     @classmethod
     def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
         return datetime(2030, 1, 1, 0, 1, tzinfo=UTC)
+
+
+class NotedLock:
+    """The publishing lock, saying when a caller waits on it with a timeout."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock, self.waiting = lock, threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if blocking:
+            self.waiting.set()
+        return self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_check_that_skipped_two_rounds_waits_for_the_publish_under_way(world: World) -> None:
+    """Under a stream of writes the check found a publish under way at most rounds and skipped
+    them all (9 of 13 at 10,000 keys in a probe): what only it publishes waited."""
+    runtime = world.runtime
+    lock = NotedLock(runtime.publishing)
+    runtime.publishing = lock  # type: ignore[assignment]
+    released = threading.Event()
+
+    def writer() -> None:  # a publish that holds the lock until the check waits for it
+        assert lock.waiting.wait(10)
+        lock.release()
+        released.set()
+
+    lock.lock.acquire()
+    assert check_published(runtime) == "skipped"
+    assert check_published(runtime) == "skipped"
+    holder = threading.Thread(target=writer)
+    holder.start()
+    assert check_published(runtime) != "skipped"
+    holder.join()
+    assert released.is_set() and runtime.checks_skipped == 0
