@@ -7,6 +7,7 @@ virtual time and the gateway through :class:`AsyncAdmission`. See docs/admission
 """
 
 from trunkline.gateway.admission.adapter import AdmissionResult, AsyncAdmission, LoadSource
+from trunkline.gateway.admission.config import AdmissionConfig
 from trunkline.gateway.admission.decision import (
     ADMITTED,
     DEADLINE_EXCEEDED,
@@ -25,7 +26,7 @@ from trunkline.gateway.admission.errors import (
 )
 from trunkline.gateway.admission.fair_queue import FairQueue, Held
 from trunkline.gateway.admission.metrics import AdmissionMetrics
-from trunkline.gateway.admission.policy import AdmissionConfig, AdmissionPolicy, Release
+from trunkline.gateway.admission.policy import AdmissionPolicy, Release
 from trunkline.gateway.admission.predictor import (
     DEFAULT_RATES,
     PrefixIndex,
