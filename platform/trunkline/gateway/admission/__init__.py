@@ -3,7 +3,9 @@ then admit it, hold it briefly in a per-pool priority queue with fair share betw
 it to a burst pool, or reject it at once with a code and ``Retry-After``.
 
 The policy (:class:`AdmissionPolicy`) is pure and serves both callers: the fleet simulator in
-virtual time and the gateway through :class:`AsyncAdmission`. See docs/admission.md.
+virtual time and the gateway through :class:`AsyncAdmission`, which is an :class:`Admission`,
+what the gateway's request path asks of admission (:class:`AdmitAll`: admission off). See
+docs/admission.md.
 """
 
 from trunkline.gateway.admission.adapter import AdmissionResult, AsyncAdmission, LoadSource
@@ -34,6 +36,7 @@ from trunkline.gateway.admission.predictor import (
     TtftPredictor,
     prior_rates,
 )
+from trunkline.gateway.admission.protocol import Admission, AdmitAll, Admitted
 
 __all__ = [
     "ADMITTED",
@@ -44,12 +47,15 @@ __all__ = [
     "QUEUED",
     "REJECTED",
     "SLO_UNATTAINABLE",
+    "Admission",
     "AdmissionConfig",
     "AdmissionMetrics",
     "AdmissionOverloaded",
     "AdmissionPolicy",
     "AdmissionResult",
     "AdmissionSloUnattainable",
+    "AdmitAll",
+    "Admitted",
     "AsyncAdmission",
     "Decision",
     "FairQueue",
