@@ -13,7 +13,12 @@ from prometheus_client import CollectorRegistry
 
 from trunkline.apps.serving import GATEWAY
 from trunkline.errors import ConfigurationError
-from trunkline.gateway.admission import AdmissionMetrics, AdmissionPolicy, AsyncAdmission
+from trunkline.gateway.admission import (
+    Admission,
+    AdmissionMetrics,
+    AdmissionPolicy,
+    AsyncAdmission,
+)
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.endpoints import (
     EndpointCollector,
@@ -32,7 +37,7 @@ from trunkline.gateway.routing import (
     make_policy,
 )
 from trunkline.gateway.routing.vllm_hashes import VllmHashing
-from trunkline.gateway.service import Admission, GatewayService
+from trunkline.gateway.service import GatewayService
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.gateway.worker_metrics import shared_metrics
 from trunkline.kit.header_timeout import HeaderTimeoutCollector

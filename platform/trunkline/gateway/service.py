@@ -2,9 +2,10 @@
 proxy → settle and meter.
 
 Handlers in ``handlers.py`` turn what this returns into HTTP responses. The pieces live next
-door: ``request_view.py`` (what routing sees of a request), ``meter.py`` (the usage record and
-quota settlement of an attempt), ``cascade/run.py`` (a cascading alias's attempts) and
-``reply.py``.
+door: ``request_view.py`` (what routing sees of a request), ``admission/protocol.py`` (what it
+asks of admission), ``meter.py`` (the usage record and quota settlement of an attempt),
+``plain_answer.py`` and ``stream_relay.py`` (a plain answer finished, a stream relayed),
+``cascade/run.py`` (a cascading alias's attempts) and ``reply.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import httpx
 import msgspec
@@ -28,12 +28,12 @@ from trunkline.errors import (
 )
 from trunkline.gateway import cascade
 from trunkline.gateway.admission.predictor import uncached_tokens
+from trunkline.gateway.admission.protocol import Admission, AdmitAll
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
 from trunkline.gateway.authn import Principal, authenticate, current_principal
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
-from trunkline.gateway.errors import engine_error
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import (
     ParsedRequest,
@@ -42,17 +42,15 @@ from trunkline.gateway.pipeline import (
     parse_body,
     upstream_body,
 )
+from trunkline.gateway.plain_answer import finish_plain
 from trunkline.gateway.prompt_tokens import PromptTokens
 from trunkline.gateway.proxy import (
-    ABORTED,
-    MISCONFIGURED,
     EndpointEjected,
     NotAStream,
     Opened,
     Tally,
     is_event_stream,
     open_upstream,
-    read_usage,
     relay_events,
     unless_ejected,
 )
@@ -76,9 +74,9 @@ from trunkline.quota.estimate import estimate_prompt_tokens
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
 from trunkline.settings import QuotaSettings
-from trunkline.snapshot import AliasEntry, Snapshot, TierEntry
+from trunkline.snapshot import AliasEntry, Snapshot
 
-__all__ = ["Admission", "AdmitAll", "Admitted", "GatewayService", "Reply"]
+__all__ = ["GatewayService", "Reply"]
 
 log = logging.getLogger(__name__)
 
@@ -87,42 +85,6 @@ PATHS = {
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
 }
-
-
-class Admitted(Protocol):
-    """What admission returns for an admitted request."""
-
-    @property
-    def order(self) -> list[int]:
-        """Indices into the ranking, in the order to try them."""
-        ...
-
-    @property
-    def headers(self) -> dict[str, str]: ...
-
-
-class Admission(Protocol):
-    """Admission (step 5): sees the ranked endpoints with their views and loads; returns the
-    order to try them in, or raises a coded :class:`TrunklineError` (with Retry-After)."""
-
-    async def admit(
-        self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
-    ) -> Admitted: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _AllAdmitted:
-    order: list[int]
-    headers: dict[str, str]
-
-
-class AdmitAll:
-    """Admission off: every routed request is admitted, endpoints tried in routing order."""
-
-    async def admit(
-        self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
-    ) -> Admitted:
-        return _AllAdmitted(list(range(len(ranked))), {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +309,7 @@ class GatewayService:
         meter.candidate, meter.flight, meter.engines = candidate, opened.flight, self.engines
         headers = {**route.headers, "x-trunkline-pool": candidate.pool.name}
         if started is None:
-            return await self._finish_plain(response, meter, headers, opened.failure)
+            return await finish_plain(response, meter, headers, opened.failure)
         meter.first_byte()
         events = relay_stream(
             response, meter, *started, holder=self.holder, idle_s=self.stream_idle_timeout_s,
@@ -404,64 +366,6 @@ class GatewayService:
                 offset = index + 1
                 continue
             return index, opened, (first, events)
-
-    async def _finish_plain(
-        self,
-        response: httpx.Response,
-        meter: UsageMeter,
-        headers: dict[str, str],
-        failure: str | None,
-    ) -> Reply:
-        try:
-            payload = await response.aread()
-        except httpx.HTTPError as exc:
-            meter.engine_failed(type(exc).__name__)
-            meter.finish(502, "upstream_error")
-            raise UpstreamError(
-                "The model endpoint failed while answering.", reason="upstream_error"
-            ) from exc
-        except asyncio.CancelledError:  # the client left while the body was read
-            meter.client_left()
-            raise
-        finally:
-            await response.aclose()
-        meter.tally.first_byte = time.perf_counter()
-        meter.first_byte()
-        status = response.status_code
-        if failure == ABORTED:  # by the last endpoint: the others were left
-            meter.finish(502, "upstream_error")
-            raise UpstreamError(
-                "The model endpoint stopped before finishing the answer.", reason="upstream_error"
-            )
-        if status == 200 and not read_usage(payload, meter.tally):
-            meter.engine_failed("not_json")
-            meter.finish(502, "upstream_error")
-            raise UpstreamError(
-                "The model endpoint's answer was not JSON.", reason="upstream_error"
-            )
-        if status >= 500 or status in MISCONFIGURED:
-            # The engine's own 5xx, or an engine set up wrong, is our upstream failure.
-            meter.finish(502, "upstream_error")
-            raise UpstreamError(
-                f"The model endpoint answered HTTP {status}.",
-                reason="upstream_error",
-                extra={"headers": _retry_headers(response)},
-            )
-        if status != 200:
-            meter.finish(status, "upstream_rejected")
-            headers.update(_retry_headers(response))
-            return Reply(status, engine_error(status, payload), None, headers)
-        meter.finish(status, None)
-        return Reply(status, payload, None, headers)
-
-
-_RETRY_HEADERS = ("retry-after", "retry-after-ms")
-
-
-def _retry_headers(response: httpx.Response) -> dict[str, str]:
-    """When the engine (or what fronts it: llm-d's gateway sheds with 429) asked to be retried:
-    its answer reaches the client, so does when to retry."""
-    return {name: response.headers[name] for name in _RETRY_HEADERS if name in response.headers}
 
 
 def _upstream_headers(request_id: str) -> dict[str, str]:

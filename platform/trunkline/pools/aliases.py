@@ -15,9 +15,10 @@ from trunkline.errors import InvalidRequest, NotFound
 from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Model as ModelRow
 from trunkline.models import ModelAlias
+from trunkline.pools.catalog_models import cascade_problem, check_served_name, insert_alias
+from trunkline.pools.lookups import model_row
 from trunkline.pools.repository import ModelRepository, PoolRepository
 from trunkline.pools.schemas import AliasCreate, AliasUpdate, AliasView, Cascade, CascadeChecks
-from trunkline.pools.service import cascade_problem, check_served_name, insert_alias, model_row
 from trunkline.tenancy.changes import assign, mark_config_changed
 from trunkline.tenancy.schemas import given
 

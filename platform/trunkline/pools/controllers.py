@@ -11,7 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from trunkline.auth.guards import authenticated, platform_admin, tenant_member
 from trunkline.auth.params import Caller, DbSession, TenantId
 from trunkline.kit.page_links import NEXT_PAGE_LINK, Paging
-from trunkline.pools import aliases, entitlements, service
+from trunkline.pools import aliases, catalog_models, entitlements, flavors, service
 from trunkline.pools.schemas import (
     AliasCreate,
     AliasUpdate,
@@ -42,11 +42,11 @@ class FlavorController(Controller):
 
     @get("/", sync_to_thread=True)
     def list_flavors(self, db_session: DbSession) -> list[Flavor]:
-        return service.list_flavors(db_session)
+        return flavors.list_flavors(db_session)
 
     @post("/", sync_to_thread=True)
     def create_flavor(self, db_session: DbSession, data: JSONBody[FlavorCreate]) -> Flavor:
-        return service.create_flavor(db_session, data)
+        return flavors.create_flavor(db_session, data)
 
     @patch("/{name:str}", sync_to_thread=True)
     def update_flavor(
@@ -55,12 +55,12 @@ class FlavorController(Controller):
         name: FromPath[str],
         data: JSONBody[FlavorUpdate],
     ) -> Flavor:
-        return service.update_flavor(db_session, name, data)
+        return flavors.update_flavor(db_session, name, data)
 
     @delete("/{name:str}", sync_to_thread=True)
     def delete_flavor(self, db_session: DbSession, name: FromPath[str]) -> None:
         """Refused (409) while a pool uses the flavor."""
-        service.delete_flavor(db_session, name)
+        flavors.delete_flavor(db_session, name)
 
 
 class CatalogModelController(Controller):
@@ -73,33 +73,33 @@ class CatalogModelController(Controller):
     @get("/models", sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
     def list_models(self, db_session: DbSession, paging: Paging) -> Response[list[Model]]:
         """By name."""
-        return paging.answer(service.list_models(db_session, paging.request))
+        return paging.answer(catalog_models.list_models(db_session, paging.request))
 
     @post("/models", sync_to_thread=True)
     def create_model(self, db_session: DbSession, data: JSONBody[ModelCreate]) -> Model:
-        return service.create_model(db_session, data)
+        return catalog_models.create_model(db_session, data)
 
     @get("/models/{name:path}", sync_to_thread=True)
     def get_model(self, db_session: DbSession, name: FromPath[str]) -> Model:
-        return service.get_model(db_session, name.lstrip("/"))
+        return catalog_models.get_model(db_session, name.lstrip("/"))
 
     @patch("/models/{name:path}", sync_to_thread=True)
     def update_model(
         self, db_session: DbSession, name: FromPath[str], data: JSONBody[ModelUpdate]
     ) -> Model:
-        return service.update_model(db_session, name.lstrip("/"), data)
+        return catalog_models.update_model(db_session, name.lstrip("/"), data)
 
     @delete("/models/{name:path}", sync_to_thread=True)
     def delete_model(self, db_session: DbSession, name: FromPath[str]) -> None:
         """Refused (409) while a pool serves the model."""
-        service.delete_model(db_session, name.lstrip("/"))
+        catalog_models.delete_model(db_session, name.lstrip("/"))
 
     @post("/aliases", sync_to_thread=True)
     def add_alias(self, db_session: DbSession, data: JSONBody[AliasCreate]) -> Model:
         """Add a public alias to a model, optionally limited to some of its pools or
         cascading to a larger model; answers the model with all its aliases."""
         aliases.create_alias(db_session, data)
-        return service.get_model(db_session, data.model)
+        return catalog_models.get_model(db_session, data.model)
 
     @get("/aliases", sync_to_thread=True, response_headers=NEXT_PAGE_LINK)
     def list_aliases(self, db_session: DbSession, paging: Paging) -> Response[list[AliasView]]:
@@ -120,7 +120,7 @@ class CatalogModelController(Controller):
     @delete("/aliases/{alias:path}", sync_to_thread=True)
     def remove_alias(self, db_session: DbSession, alias: FromPath[str]) -> None:
         """Remove an alias (and every tenant's entitlement to it)."""
-        service.remove_alias(db_session, alias.lstrip("/"))
+        catalog_models.remove_alias(db_session, alias.lstrip("/"))
 
 
 class PoolController(Controller):

@@ -191,9 +191,9 @@ def flush_or_conflict(
 ) -> None:
     """Flush now so a constraint's refusal surfaces as ``Conflict`` (``message``, or what it
     says of the refusal), not a server error: a unique constraint's (another writer added the
-    row first), and a foreign key's (a row still named elsewhere: ``pools.service`` relies on
-    it). ``unique_only``: any other refusal is raised as it is, no race that trying again
-    would pass."""
+    row first), and a foreign key's (a row still named elsewhere: ``pools.flavors`` and
+    ``pools.catalog_models`` rely on it). ``unique_only``: any other refusal is raised as it
+    is, no race that trying again would pass."""
     try:
         session.flush()
     except IntegrityError as exc:

@@ -38,8 +38,8 @@ from trunkline.errors import NotFound
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key, revoke_key, rotate_key
 from trunkline.models import ApiKey, Project, Role
+from trunkline.pools.catalog_models import remove_alias
 from trunkline.pools.entitlements import grant_entitlement, revoke_entitlement
-from trunkline.pools.service import remove_alias
 from trunkline.tenancy.changes import changing
 from trunkline.tenancy.manifests import ApplyReport, apply_manifests
 from trunkline.tenancy.schemas import TenantCreate, TierUpdate

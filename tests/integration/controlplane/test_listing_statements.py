@@ -20,7 +20,7 @@ from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.runtime import Runtime
 from trunkline.kit.db import transaction
 from trunkline.models import UsageRollup
-from trunkline.pools import aliases, entitlements, service
+from trunkline.pools import aliases, catalog_models, entitlements, flavors, service
 from trunkline.pools.schemas import (
     AliasCreate,
     Cascade,
@@ -65,8 +65,8 @@ def _cascading_aliases(session: Session, world: World, rows: range) -> None:
     """Aliases of their own model each, escalating to a model no alias names (so no page
     loads it by the way), half of them limited to a pool."""
     for n in rows:
-        service.create_model(session, ModelCreate(name=f"small-{n:03d}"))
-        service.create_model(session, ModelCreate(name=f"large-{n:03d}"))
+        catalog_models.create_model(session, ModelCreate(name=f"small-{n:03d}"))
+        catalog_models.create_model(session, ModelCreate(name=f"large-{n:03d}"))
         pools = [f"pool-{n:03d}"] if n % 2 else None
         if pools:
             spec = PoolCreate(name=pools[0], model=f"small-{n:03d}", flavor="l40s", region="eu")
@@ -79,7 +79,7 @@ def _cascading_aliases(session: Session, world: World, rows: range) -> None:
 
 def _models_with_aliases(session: Session, world: World, rows: range) -> None:
     for n in rows:
-        service.create_model(
+        catalog_models.create_model(
             session, ModelCreate(name=f"m-{n:03d}", aliases=[f"m{n}-a", f"m{n}-b"])
         )
 
@@ -168,7 +168,7 @@ def _tiers(session: Session, world: World, rows: range) -> None:
 
 def _flavors(session: Session, world: World, rows: range) -> None:
     for n in rows:
-        service.create_flavor(session, FlavorCreate(name=f"f-{n:03d}"))
+        flavors.create_flavor(session, FlavorCreate(name=f"f-{n:03d}"))
 
 
 Seed = Callable[[World, range], None]

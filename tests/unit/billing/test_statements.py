@@ -27,8 +27,8 @@ from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.db import transaction
 from trunkline.metering.service import usage_report
 from trunkline.models import DedicatedCapacity, Project, Tenant
+from trunkline.pools.catalog_models import create_model
 from trunkline.pools.schemas import ModelCreate
-from trunkline.pools.service import create_model
 from trunkline.tenancy.service import delete_project
 from unit.billing.billing_support import DEC, NOV, billed, focus
 from unit.metering.usage_support import Account, at, event, ingest

@@ -77,7 +77,7 @@ def test_a_clash_with_a_row_added_meanwhile_is_a_conflict(
 
 
 def test_a_foreign_key_refusal_is_a_conflict_unless_unique_only(session: Session) -> None:
-    """``pools.service`` relies on the first (a flavor still used by a pool); the manifests on
+    """``pools.flavors`` relies on the first (a flavor still used by a pool); the manifests on
     the second (applying again would be refused again: no race)."""
     session.add(Child(parent=2))
     with pytest.raises(Conflict, match="FOREIGN KEY"):

@@ -18,17 +18,18 @@ from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.ids import utcnow
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tier
 from trunkline.pools.aliases import configure_alias
+from trunkline.pools.catalog_models import (
+    check_cascades_of,
+    check_name_not_an_alias,
+    check_served_name,
+)
+from trunkline.pools.lookups import flavor_row, model_row
 from trunkline.pools.repository import FlavorRepository, ModelRepository, PoolRepository
 from trunkline.pools.schemas import Cascade, money
 from trunkline.pools.service import (
-    check_cascades_of,
-    check_name_not_an_alias,
     check_not_listed,
     check_prompt_range,
-    check_served_name,
-    flavor_row,
     known_tiers,
-    model_row,
     replace_endpoints,
 )
 from trunkline.quota.policy import priced
