@@ -132,9 +132,12 @@ class ChangePublisher:
                 with self._pending_lock:
                     waiting, self._pending = self._pending, []
                 with self.outage.watch():
-                    self._publish_changes(waiting)
+                    try:
+                        self._publish_changes(waiting)
+                    except Exception:
+                        self.left = True  # before the lock is free: a check waits on it
+                        raise
         except redis.RedisError as exc:
-            self.left = True
             log.warning(
                 "the gateways' snapshot could not be published (%s); what the database holds is "
                 "saved, and the control plane publishes it once the snapshot store answers",
@@ -183,7 +186,11 @@ class ChangePublisher:
         of the other's was nearly always committed and not yet stored, and each built whole at
         every write, refusing the other's builds. At most one whole build a ``whole_every_s``
         bounds how long another kind of change can be kept out, at little cost."""
-        if self._follows(generations) or self._rest_keys_only(generations):
+        if self._follows(generations):
+            return True
+        if self.left:  # one of this process's own may be missing: a whole build carries it
+            return False
+        if self._rest_keys_only(generations):
             return True
         return self._whole_at is not None and time.monotonic() - self._whole_at < self.whole_every_s
 
@@ -199,7 +206,7 @@ class ChangePublisher:
         the control plane's check, which builds when the store's record is not the database's
         state)."""
         recorded = self.publisher.built_from()
-        if recorded is None or self.left:  # one of this process's own may be among them
+        if recorded is None:
             return False
         floor = recorded.built_from.generation
         if self.seen is not None and self.seen.generation is not None:

@@ -24,6 +24,7 @@ Kind = Literal["whole", "shards"]
 """A whole build, or the changed keys' shards patched into what the store holds."""
 Check = Literal[
     "skipped",
+    "stuck",
     "unchanged",
     "expired_keys",
     "current",
@@ -77,9 +78,11 @@ class PublishMetrics(Collector):
         self._checks = Counter(
             "trunkline_snapshot_checks",
             "The periodic checks that the store holds the database's configuration, by "
-            "outcome: skipped (a publish under way), unchanged (nothing moved), expired_keys "
-            "(expired keys' shards published), current (the store held it: another process "
-            "published it, known by the state it was built from or by a build), vouched (the "
+            "outcome: skipped (a publish under way), stuck (one still under way after the "
+            "check waited for it: /healthz says not in sync), unchanged (nothing moved), "
+            "expired_keys (expired keys' shards published), current (the store held it: "
+            "another process published it, known by the state it was built from or by a "
+            "build), vouched (the "
             "store held it, found by a build, and did not say so: stored again, unchanged, "
             "under a newer version that says what it was built from), in_flight (the store "
             "lacks only other control planes' key changes, which they are publishing: no "

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import anyio
 from litestar import Litestar
@@ -19,6 +20,7 @@ from trunkline.apps.change_publisher import GAPS_LOOKED_UP, ConfigState, Publish
 from trunkline.apps.publish_metrics import Check
 from trunkline.apps.runtime import Runtime
 from trunkline.kit.ids import utcnow
+from trunkline.snapshot import InMemorySnapshotStore
 from trunkline.snapshot.builder import current_digest
 from trunkline.snapshot.key_shards import expired_shards
 from trunkline.snapshot.store import BuiltFrom
@@ -28,9 +30,14 @@ log = logging.getLogger(__name__)
 
 
 SKIPS_BEFORE_WAITING = 2
-CHECK_WAIT_S = 5.0
+CHECK_WAIT_S = 2.0
 """How long a check that skipped ``SKIPS_BEFORE_WAITING`` rounds in a row waits for a publish
 under way (``_lock_for_check``)."""
+
+STUCK = "a publish held the publishing lock past the check's wait"
+"""``/healthz``'s error while checks keep finding a publish under way (a build stuck on a
+database that does not answer): nothing this process publishes, nor the changes only its check
+publishes, reaches the gateways meanwhile."""
 
 THOROUGH_EVERY = 30
 """One check in this many builds the snapshot even when ``config_generation`` did not move:
@@ -61,9 +68,10 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
     (``ChangePublisher.publishing``) skips the round: it will look again.
     When nothing moved, the shards of keys expired since the last build are published (read
     by an index: a key that expires is a change to its shard alone)."""
-    if not _lock_for_check(runtime):
-        runtime.metrics.checked("skipped")
-        return "skipped"
+    locked = _lock_for_check(runtime)
+    if locked != "locked":
+        runtime.metrics.checked(locked)
+        return locked
     try:
         with runtime.outage.watch():  # whether the store answers, for the publishes after writes
             outcome = _check(runtime, thorough)
@@ -73,27 +81,23 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
         raise
     finally:
         runtime.publishing.release()
-    if outcome == "refused":
-        runtime.left = True
     runtime.metrics.checked(outcome)
     return outcome
 
 
-def _lock_for_check(runtime: Runtime) -> bool:
+def _lock_for_check(runtime: Runtime) -> Literal["locked", "skipped", "stuck"]:
     """The publishing lock, unless a publish holds it: then the check skips its round, unless
-    it skipped ``SKIPS_BEFORE_WAITING`` in a row, when it waits up to ``CHECK_WAIT_S`` for it.
-    Under a stream of writes the check skipped most rounds (9 of 13 at 10,000 keys in a probe),
-    and what it alone publishes (another process's change whose publish never came) waited."""
-    lock = runtime.publishing
-    if runtime.checks_skipped >= SKIPS_BEFORE_WAITING:
-        locked = lock.acquire(timeout=CHECK_WAIT_S)
-    else:
-        locked = lock.acquire(blocking=False)
-    if locked:
+    it skipped ``SKIPS_BEFORE_WAITING`` in a row, when it waits up to ``CHECK_WAIT_S`` for it
+    (``stuck`` if in vain). Under a stream of writes the check skipped most rounds (9 of 13 at
+    10,000 keys in a probe), and what it alone publishes (another process's change whose
+    publish never came) waited; a publish that never ends (a build on a database that does not
+    answer) held everything while ``/healthz`` said the configuration was in sync."""
+    lock, waits = runtime.publishing, runtime.checks_skipped >= SKIPS_BEFORE_WAITING
+    if lock.acquire(timeout=CHECK_WAIT_S) if waits else lock.acquire(blocking=False):
         runtime.checks_skipped = 0
-        return True
+        return "locked"
     runtime.checks_skipped += 1
-    return False
+    return "stuck" if waits else "skipped"
 
 
 def _check(runtime: Runtime, thorough: bool) -> Check:
@@ -137,6 +141,8 @@ def _others_publishing(runtime: Runtime, recorded: BuiltFrom, state: ConfigState
     publish failed, by this one (``left``)."""
     ours = state.as_built_from()
     if ours is None or ours.rest != recorded.rest or ours.generation <= recorded.generation:
+        return False
+    if isinstance(runtime.publisher, InMemorySnapshotStore):  # no other process publishes to it
         return False
     first = recorded.generation + 1
     if runtime.awaited == first or runtime.left or ours.generation - first >= GAPS_LOOKED_UP:
@@ -220,8 +226,11 @@ class SnapshotSync:
 
     def checked_with(self, outcome: Check) -> None:
         """A check that did not raise: a skipped one (a publish under way, perhaps blocked on
-        an away store) or a refused one (nothing stored) says nothing, the state stays."""
-        if outcome not in ("skipped", "refused"):
+        an away store) or a refused one (nothing stored) says nothing, the state stays; a stuck
+        one (it waited for a publish under way, in vain) fails."""
+        if outcome == "stuck":
+            self.failed(STUCK)
+        elif outcome not in ("skipped", "refused"):
             self.succeeded()
 
     def failed(self, error: str) -> None:
@@ -243,9 +252,10 @@ def keeping_published(
     @asynccontextmanager
     async def keep_published(_app: Litestar) -> AsyncIterator[None]:
         async def check() -> None:
+            thorough_due = False
             for count in itertools.count(1):
                 await anyio.sleep(every_s)
-                thorough = count % THOROUGH_EVERY == 0
+                thorough = thorough_due or count % THOROUGH_EVERY == 0
                 try:
                     outcome = await anyio.to_thread.run_sync(
                         functools.partial(check_published, runtime, thorough=thorough)
@@ -253,8 +263,9 @@ def keeping_published(
                 except Exception as exc:  # the store or the database away: try again later
                     log.warning("snapshot check failed: %s", type(exc).__name__)
                     sync.failed(type(exc).__name__)
-                else:
-                    sync.checked_with(outcome)
+                    continue
+                thorough_due = thorough and outcome in ("skipped", "stuck")  # the next, then
+                sync.checked_with(outcome)
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(check)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ import redis
 import redis.asyncio as aioredis
 from litestar.testing import TestClient
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import OperationalError
 
 from trunkline.apps import change_publisher, publishing
 from trunkline.apps.controlplane import create_controlplane_app
@@ -35,6 +37,7 @@ from trunkline.models import CONFIG_ROW, ApiKey, ConfigGeneration
 from trunkline.quota import book as quota_book
 from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource, Snapshot, read_snapshot
 from trunkline.snapshot.builder import current_digest
+from trunkline.snapshot.store import Patched
 from trunkline.tenancy.changes import Change, unit_of_work
 from trunkline.tenancy.schemas import TenantUpdate
 from trunkline.tenancy.service import update_tenant
@@ -433,3 +436,130 @@ def _restarted(planes: Planes) -> Runtime:
     fresh = dataclasses.replace(fresh, publisher=RedisSnapshotPublisher(planes.client, PREFIX))
     fresh.publish()
     return fresh
+
+
+class _Failing:
+    """``held``, its writes raising ``error``; ``once``: only the first, the store answering
+    again for whatever comes next."""
+
+    def __init__(self, runtime: Runtime, error: Exception, *, once: bool = False) -> None:
+        self.runtime, self.held, self.error, self.once = runtime, runtime.publisher, error, once
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("patch", "publish"):
+            if self.once:
+                self.runtime.publisher = self.held
+            raise self.error
+        return getattr(self.held, name)
+
+
+def test_a_check_waiting_on_a_failing_publish_builds_its_change_at_once(planes: Planes) -> None:
+    """The failed publish said so (``left``) only after it freed the lock: a check waiting on
+    the lock took this process's own revocation for another's in flight, a round more (found
+    in review)."""
+    key_id = planes.create()
+    a, real = planes.a, planes.a.publishing
+    seen: list[str] = []
+
+    class CheckOnRelease:
+        """The publishing lock; its release after the failure runs a's check at once."""
+
+        armed = False
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            return real.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            real.release()
+            if CheckOnRelease.armed:
+                CheckOnRelease.armed = False
+                runner = threading.Thread(target=lambda: seen.append(check_published(a)))
+                runner.start()
+                runner.join()
+
+        def __enter__(self) -> bool:
+            return self.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            self.release()
+
+    a.publishing = CheckOnRelease()  # type: ignore[assignment]
+    a.publisher = _Failing(a, redis.ConnectionError("away"), once=True)  # type: ignore[assignment]
+    CheckOnRelease.armed = True
+    planes.revoke(key_id)
+    assert seen == ["published"] and key_id not in planes.served().keys
+
+
+def test_a_database_error_in_a_publish_leaves_its_change_to_this_process_s_check(
+    planes: Planes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole build starts by taking every change left so far as carried; the database
+    failing under it (not Redis) left them all unsaid (found in review)."""
+    first, second = planes.create(), planes.create()
+    a = planes.a
+    a.publisher = _Failing(a, redis.ConnectionError("away"), once=True)  # type: ignore[assignment]
+    planes.revoke(first)
+    a.outage.answered()  # a call answered since: publishes try again
+    assert a.left
+    monkeypatch.setattr(a.publisher, "patch", lambda *_a, **_k: Patched.REFUSED)
+
+    def database_gone(*_a: Any, **_k: Any) -> Any:
+        raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(change_publisher, "publish_snapshot", database_gone)
+    with pytest.raises(OperationalError):
+        planes.revoke(second)
+    monkeypatch.undo()
+    served = planes.served().keys
+    assert first in served and second in served
+    assert check_published(a) == "published"
+    assert not {first, second} & set(planes.served().keys)
+
+
+def test_a_key_change_is_not_patched_over_this_process_s_refused_one_even_after_a_whole_build(
+    planes: Planes,
+) -> None:
+    """Within ``whole_every_s`` of a whole build, a key change was patched over this process's
+    own revocation refused every time (found in review)."""
+    a = planes.a
+    a.whole_every_s = 3600.0
+    victim = planes.create()
+    with a.publishing:
+        a.publish_now()
+    publisher = a.publisher
+    assert isinstance(publisher, RedisSnapshotPublisher)
+    real_patch, real_publish = publisher.patch, publisher.publish
+    publisher.patch = lambda *_a, **_k: Patched.REFUSED  # type: ignore[method-assign]
+    publisher.publish = lambda *_a, **_k: False  # type: ignore[method-assign]
+    planes.revoke(victim)  # refused every time
+    publisher.patch, publisher.publish = real_patch, real_publish  # type: ignore[method-assign]
+    assert a.left and victim in planes.served().keys
+    next(
+        k for k in iter(planes.create, None) if key_shard(k) != key_shard(victim)
+    )  # fmt: skip
+    assert victim not in planes.served().keys and not a.left
+
+
+def test_a_check_refused_while_the_store_holds_every_change_leaves_nothing_left(
+    planes: Planes,
+) -> None:
+    """Refused every time, but the store holds what the database says (another stored it):
+    nothing of this process's is missing, and its key changes go on being patched (found in
+    review: a refused check set ``left`` all the same)."""
+    planes.retier("silver", published=False)
+    b = planes.b
+    publisher = b.publisher
+    assert isinstance(publisher, RedisSnapshotPublisher)
+    whole = publisher.publish
+
+    def refused(*args: Any, **kwargs: Any) -> bool:
+        with planes.a.publishing:  # a stores the same configuration first, saying nothing
+            planes.a.publish_now()
+        planes.client.delete(f"{PREFIX}:snapshot:v2:built_from")
+        return whole(*args, **kwargs)
+
+    publisher.publish = refused  # type: ignore[method-assign]
+    assert planes.check() == "refused"
+    publisher.publish = whole  # type: ignore[method-assign]
+    assert planes.served().tenants[str(planes.tenant)].tier == "silver"
+    assert not b.left

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from cp_support import TENANTS_DIR, World, snapshot
 
-from trunkline.apps import change_publisher
-from trunkline.apps.publishing import check_published, republish_if_stale
+from trunkline.apps import change_publisher, publishing
+from trunkline.apps.publishing import SnapshotSync, check_published, republish_if_stale
+from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
 from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.pricebook_store import apply_price_book
@@ -162,10 +163,12 @@ class NotedLock:
         self.release()
 
 
-def test_a_check_that_skipped_two_rounds_waits_for_the_publish_under_way(world: World) -> None:
+def test_a_check_that_skipped_two_rounds_waits_for_the_publish_under_way(
+    runtime: Runtime,
+) -> None:
     """Under a stream of writes the check found a publish under way at most rounds and skipped
-    them all (9 of 13 at 10,000 keys in a probe): what only it publishes waited."""
-    runtime = world.runtime
+    them all (9 of 13 at 10,000 keys in a probe): what only it publishes waited. (A runtime
+    with no app, whose own check would share the lock.)"""
     lock = NotedLock(runtime.publishing)
     runtime.publishing = lock  # type: ignore[assignment]
     released = threading.Event()
@@ -183,3 +186,22 @@ def test_a_check_that_skipped_two_rounds_waits_for_the_publish_under_way(world: 
     assert check_published(runtime) != "skipped"
     holder.join()
     assert released.is_set() and runtime.checks_skipped == 0
+
+
+def test_a_check_that_waits_in_vain_for_a_publish_says_the_configuration_is_not_in_sync(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish that never ends (a build on a database connection that does not answer) held
+    every check, each skipped, and ``/healthz`` said in sync while a revocation another process
+    committed never reached the gateways (found in review)."""
+    monkeypatch.setattr(publishing, "CHECK_WAIT_S", 0.01)
+    sync = SnapshotSync()
+    sync.succeeded()
+    with runtime.publishing:  # held, as by a publish stuck on a build
+        outcomes = [check_published(runtime) for _ in range(4)]
+    for outcome in outcomes:
+        sync.checked_with(outcome)
+    assert outcomes == ["skipped", "skipped", "stuck", "stuck"]
+    report = sync.report()
+    assert report["in_sync"] is False and report["error"] == publishing.STUCK
+    assert check_published(runtime) != "skipped"  # free again: the next check runs
