@@ -27,6 +27,7 @@ from trunkline.snapshot.store import BuiltFrom, Patched, carried_to
 from trunkline.tenancy.changes import (
     WHOLE,
     Change,
+    changed_shards,
     changes_keys_only,
     config_generation,
 )
@@ -162,15 +163,29 @@ class ChangePublisher:
         keys: set[str] = set()
         for change in changes:
             if change.keys is None:
-                self.publish_now(counted=all(c.exact for c in changes))
+                self._carry(self.publish_now(counted=all(c.exact for c in changes)) != "refused")
                 return
             keys |= change.keys
         shards = {key_shard(key_id) for key_id in keys}
         exact = {c.generation for c in changes if c.exact and c.generation is not None}
+        if self.left and exact and len(exact) == len(changes):
+            # one of this process's own may be missing: with every change the store lacks up to
+            # these (``key_gap``), a patch carries it; else a whole build does (``_may_patch``)
+            gap = self.key_gap(max(exact))
+            if gap is not None:
+                self.left = False  # the patch reads them, after its version is handed out
+                exact |= set(gap[0])
+                shards |= gap[1]
         if len(shards) > WHOLE_ABOVE or len(exact) < len(changes) or not self._may_patch(exact):
-            self.publish_now(counted=len(exact) == len(changes))
+            self._carry(self.publish_now(counted=len(exact) == len(changes)) != "refused")
             return
-        self.publish_shards(shards, exact)
+        self._carry(self.publish_shards(shards, exact))
+
+    def _carry(self, stored: bool) -> None:
+        """After publishing this process's changes: when nothing was stored (refused every
+        time), they may be missing (``left``)."""
+        if not stored:
+            self.left = True
 
     def _may_patch(self, generations: set[int]) -> bool:
         """Every change committed before ``generations`` is known to be in the store, or to
@@ -219,6 +234,19 @@ class ChangePublisher:
             return True
         with self.session_factory() as session:
             return changes_keys_only(session, rest)
+
+    def key_gap(self, top: int) -> tuple[list[int], set[int]] | None:
+        """The changes up to ``top`` that the store's record does not name, and the key shards
+        they changed, when they all changed keys only (``config_changes``), at most
+        ``GAPS_LOOKED_UP`` of them; else None. A patch of those shards, read after its version
+        is handed out (after they committed), carries them all."""
+        recorded = self.publisher.built_from()
+        if recorded is None or not 0 < top - recorded.built_from.generation <= GAPS_LOOKED_UP:
+            return None
+        missing = list(range(recorded.built_from.generation + 1, top + 1))
+        with self.session_factory() as session:
+            shards = changed_shards(session, missing)
+        return None if shards is None else (missing, shards)
 
     def _follows(self, generations: set[int]) -> bool:
         """Whether every change committed before ``generations`` is known to be in the store
@@ -271,8 +299,9 @@ class ChangePublisher:
         newer version another stored, built from this state or later (only for ``counted``
         changes, those the change count counts: the store's record is that count, so it cannot
         vouch for what the count does not see, such as SQL by hand, which a thorough check or
-        the start publishes), or ``refused`` ``PUBLISH_TRIES`` times, other control planes
-        storing newer versions each time; raises when the snapshot store fails. The caller
+        the start publishes; or refused every time while the store holds what the database
+        says), or ``refused`` ``PUBLISH_TRIES`` times, other control planes storing newer
+        versions each time; raises when the snapshot store fails. The caller
         holds ``publishing``, or publishes at start before anything else can."""
         self.left = False  # what it reads carries every change left so far
         for _ in range(PUBLISH_TRIES):
@@ -295,8 +324,7 @@ class ChangePublisher:
                 return "stored"
             if counted and self._stored_elsewhere(state):
                 return "held"
-        self._refused_every_time()
-        return "refused"
+        return "held" if self._refused_every_time() else "refused"
 
     def _stored_elsewhere(self, state: ConfigState) -> bool:
         """Whether the newer version that refused this process's build says it was built from
@@ -315,11 +343,12 @@ class ChangePublisher:
         self._saw(state)
         return True
 
-    def _refused_every_time(self) -> None:
+    def _refused_every_time(self) -> bool:
         """Say what a whole publish refused ``PUBLISH_TRIES`` times means: nothing alarming when
         the store holds what the database says all the same (another control plane stored a
-        whole build read after this change committed, which has it); else that the change may
-        not be at the gateways yet, and what publishes it. The caller holds ``publishing``."""
+        whole build read after this change committed, which has it: True); else that the change
+        may not be at the gateways yet, and what publishes it. The caller holds
+        ``publishing``."""
         with self.session_factory() as session:
             state = config_state(session)  # before the build: it has at least this
         current = current_digest(self.session_factory, cache_secret=self.server_secret)
@@ -327,8 +356,7 @@ class ChangePublisher:
             self._saw(state)
             self.published_version = self.publisher.published_version()
             log.info("other control planes stored newer snapshots, holding this configuration")
-            return
-        self.left = True
+            return True
         log.warning(
             "the gateways may not have the latest configuration yet: other control planes "
             "stored newer snapshots before each of this process's %d tries, and the snapshot "
@@ -336,6 +364,7 @@ class ChangePublisher:
             "plane's check publishes it within seconds",
             PUBLISH_TRIES,
         )
+        return False
 
     def _saw(self, state: ConfigState) -> None:
         """The store holds at least ``state``, and the changes carried since, in a row."""

@@ -86,9 +86,10 @@ class PublishMetrics(Collector):
             "store held it, found by a build, and did not say so: stored again, unchanged, "
             "under a newer version that says what it was built from), in_flight (the store "
             "lacks only other control planes' key changes, which they are publishing: no "
-            "build; one still missing at the next check is built in), published "
-            "(built: the store did not hold it, published whole), refused (every publish refused: "
-            "other control planes kept storing newer versions; in_sync left as it was), failed",
+            "build; one still missing at the next check has its shards patched in), published "
+            "(the store did not hold it: published whole, or missing key changes' shards), "
+            "refused (every publish refused: other control planes kept storing newer "
+            "versions; in_sync left as it was), failed",
             ["outcome"],
             registry=None,
         )

@@ -16,7 +16,12 @@ from typing import Literal
 import anyio
 from litestar import Litestar
 
-from trunkline.apps.change_publisher import GAPS_LOOKED_UP, ConfigState, Published, config_state
+from trunkline.apps.change_publisher import (
+    WHOLE_ABOVE,
+    ConfigState,
+    Published,
+    config_state,
+)
 from trunkline.apps.publish_metrics import Check
 from trunkline.apps.runtime import Runtime
 from trunkline.kit.ids import utcnow
@@ -24,7 +29,6 @@ from trunkline.snapshot import InMemorySnapshotStore
 from trunkline.snapshot.builder import current_digest
 from trunkline.snapshot.key_shards import expired_shards
 from trunkline.snapshot.store import BuiltFrom
-from trunkline.tenancy.changes import changes_keys_only
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +114,9 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
         if recorded is not None and recorded.built_from == state.as_built_from():
             runtime.seen, runtime.published_version = state, recorded.version  # another's
             return "current"
-        if recorded is not None and _others_publishing(runtime, recorded.built_from, state):
-            return "in_flight"
+        gap = None if recorded is None else _key_gap(runtime, recorded.built_from, state)
+        if gap is not None:
+            return _follow_key_gap(runtime, *gap)
     runtime.awaited, runtime.left = None, False  # the build reads every change committed
     current = current_digest(
         runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
@@ -129,29 +134,36 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
     return _CHECKED[runtime.publish_now(counted=not thorough)]
 
 
-def _others_publishing(runtime: Runtime, recorded: BuiltFrom, state: ConfigState) -> bool:
-    """Whether every change the store's record does not name yet changed keys only, none of
-    them this process's own still waiting, and the first of them is not the one the last check
-    found missing: another control plane's key changes, which it is publishing by their shards.
-    Under key writes through another control plane one of its changes was always committed
-    and not yet stored, so every check built whole (a second at 19,000 keys) and was refused by
-    the other's next patch, three times, holding this process's publishes the while (writes
-    waited 3-7 s in a probe). A change still missing a check later (its publisher stopped, or
-    its publish failed) is built in by that check (``awaited``); one of this process's whose
-    publish failed, by this one (``left``)."""
+def _key_gap(
+    runtime: Runtime, recorded: BuiltFrom, state: ConfigState
+) -> tuple[list[int], set[int]] | None:
+    """The changes the store's record does not name yet and the key shards they changed, when
+    they all changed keys only, in at most ``WHOLE_ABOVE`` shards, and the prices in force are
+    the record's (``ChangePublisher.key_gap``): with another control plane taking key writes,
+    one of its changes is nearly always committed and not yet stored. None when anything else
+    may be missing, which a whole build carries."""
     ours = state.as_built_from()
-    if ours is None or ours.rest != recorded.rest or ours.generation <= recorded.generation:
-        return False
-    if isinstance(runtime.publisher, InMemorySnapshotStore):  # no other process publishes to it
-        return False
-    first = recorded.generation + 1
-    if runtime.awaited == first or runtime.left or ours.generation - first >= GAPS_LOOKED_UP:
-        return False
-    with runtime.session_factory() as session:
-        if not changes_keys_only(session, range(first, ours.generation + 1)):
-            return False
-    runtime.awaited = first
-    return True
+    if ours is None or ours.rest != recorded.rest:
+        return None
+    gap = runtime.key_gap(ours.generation)
+    return None if gap is None or len(gap[1]) > WHOLE_ABOVE else gap
+
+
+def _follow_key_gap(runtime: Runtime, missing: list[int], shards: set[int]) -> Check:
+    """The store lacks only key changes (``_key_gap``). Another control plane's, as a rule,
+    which it is publishing by their shards: ``in_flight``, nothing built. Every check built
+    whole instead (a second at 19,000 keys), was refused by the other's next patch three times,
+    and held this process's publishes the while (writes waited 3-7 s in a probe). The first of
+    them still missing a check later (its publisher stopped, or its publish failed), or one of
+    this process's own whose publish failed (``left``), or a store no other process publishes
+    to: their shards are patched in now, carrying them (the shards are read after the patch's
+    version is handed out, after they committed)."""
+    alone = isinstance(runtime.publisher, InMemorySnapshotStore)  # no other publisher
+    if runtime.awaited != missing[0] and not runtime.left and not alone:
+        runtime.awaited = missing[0]
+        return "in_flight"
+    runtime.awaited, runtime.left = None, False  # what the patch reads carries them
+    return "published" if runtime.publish_shards(shards, missing) else "refused"
 
 
 _CHECKED: dict[Published, Check] = {"stored": "published", "held": "current", "refused": "refused"}

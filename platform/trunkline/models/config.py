@@ -3,7 +3,7 @@ change was."""
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean
+from sqlalchemy import BigInteger, Boolean, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from trunkline.models.base import Base
@@ -34,3 +34,6 @@ class ConfigChange(Base):
 
     generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     keys_only: Mapped[bool] = mapped_column(Boolean)
+    shards: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """The key shards a keys-only change changed (``kit.shards``), space-separated: a process
+    that finds it missing from the store patches them in (``apps.publishing``)."""

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.errors import Conflict
 from trunkline.kit.db import transaction, unique_violation
+from trunkline.kit.shards import key_shard
 from trunkline.models import CONFIG_ROW, ConfigChange, ConfigGeneration
 
 _CHANGED = "trunkline.config_changed"
@@ -85,7 +86,7 @@ def count_config_changes(factory: sessionmaker[Session]) -> None:
                 .returning(ConfigGeneration.generation)
             )
             if generation is not None:
-                _record_change(session, generation, keys_only=session.info.get(_KEYS) is not None)
+                _record_change(session, generation, session.info.get(_KEYS))
 
 
 CHANGES_KEPT = 4096
@@ -94,13 +95,19 @@ CHANGES_KEPT = 4096
 _PRUNE_EVERY = 256
 
 
-def _record_change(session: Session, generation: int, *, keys_only: bool) -> None:
-    """Write what the change that set ``generation`` was, in its transaction (which holds the
-    counter's lock: rows are written in generation order), and now and then forget the old.
-    Rows at or above it are another history's (the count set back by hand, or restored
-    without this table): they go, and a change is never refused for them."""
+def _record_change(session: Session, generation: int, keys: Collection[str] | None) -> None:
+    """Write what the change that set ``generation`` was (the only ``keys`` it changed, or None),
+    in its transaction (which holds the counter's lock: rows are written in generation order),
+    and now and then forget the old. Rows at or above it are another history's (the count set
+    back by hand, or restored without this table): they go, and a change is never refused for
+    them."""
+    shards = None if keys is None else " ".join(map(str, sorted({key_shard(k) for k in keys})))
     session.execute(delete(ConfigChange).where(ConfigChange.generation >= generation))
-    session.execute(insert(ConfigChange).values(generation=generation, keys_only=keys_only))
+    session.execute(
+        insert(ConfigChange).values(
+            generation=generation, keys_only=keys is not None, shards=shards
+        )
+    )
     if generation % _PRUNE_EVERY == 0:
         session.execute(
             delete(ConfigChange).where(ConfigChange.generation <= generation - CHANGES_KEPT)
@@ -200,3 +207,20 @@ def flush_or_conflict(
         if unique_only and not unique_violation(exc):
             raise
         raise Conflict(message if isinstance(message, str) else message(exc)) from exc
+
+
+def changed_shards(session: Session, generations: Collection[int]) -> set[int] | None:
+    """The key shards these committed changes changed, or None when one of them is not known
+    to have changed keys only (``changes_keys_only``)."""
+    if not generations:
+        return set()
+    rows = session.execute(
+        select(ConfigChange.generation, ConfigChange.shards).where(
+            ConfigChange.generation.between(min(generations), max(generations)),
+            ConfigChange.generation.in_(generations),
+            ConfigChange.keys_only.is_(True),
+        )
+    ).all()
+    if len(rows) != len(set(generations)) or any(shards is None for _, shards in rows):
+        return None
+    return {int(shard) for _, shards in rows for shard in str(shards).split()}

@@ -14,9 +14,11 @@ from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key, key_tenant, revoke_key
+from trunkline.kit.shards import key_shard
 from trunkline.models import CONFIG_ROW, ConfigChange, ConfigGeneration
 from trunkline.tenancy.changes import (
     CHANGES_KEPT,
+    changed_shards,
     changes_keys_only,
     config_generation,
     unit_of_work,
@@ -135,3 +137,20 @@ def test_a_count_set_back_by_hand_does_not_refuse_the_changes_after_it(world: Wo
     _create(world)
     assert _generation(runtime) == retiered
     assert _keys_only(runtime, retiered - 1, retiered)  # the tenant change's row is gone
+
+
+def test_a_key_change_records_the_shards_it_changed(world: World) -> None:
+    """What a check patches in when another process's key change never reaches the store."""
+    runtime = world.runtime
+    first = _create(world)
+    created = _generation(runtime)
+    second = _create(world)
+    _retier(world, "silver")
+    with runtime.session_factory() as session:
+        assert changed_shards(session, [created]) == {key_shard(first)}
+        assert changed_shards(session, [created, created + 1]) == {
+            key_shard(first),
+            key_shard(second),
+        }
+        assert changed_shards(session, [created, created + 2]) is None  # the tenant's
+        assert changed_shards(session, []) == set()

@@ -143,13 +143,14 @@ def test_a_change_whose_publish_did_not_reach_the_store_is_built_and_published(
 ) -> None:
     """``a`` stopped between the revocation's commit and its publish: another control plane's
     key change not in the store yet is left to it for one check (it is publishing it, as a rule,
-    and the build would be refused by its patch), and built in by the next."""
+    and a whole build would be refused by its patch), and the next patches its shard in (the
+    shards each change changed are on record, ``config_changes``)."""
     key_id = planes.create()
     planes.revoke(key_id, published=False)
     assert planes.check() == "in_flight"
     assert planes.builds == [] and key_id in planes.served().keys
-    assert planes.check() == "published"
-    assert planes.builds == [1] and key_id not in planes.served().keys
+    assert planes.check() == "published"  # by the key's shard, read now: no whole build
+    assert planes.builds == [] and key_id not in planes.served().keys
 
 
 def test_a_tenant_change_not_in_the_store_yet_is_built_at_once(planes: Planes) -> None:
@@ -516,11 +517,21 @@ def test_a_database_error_in_a_publish_leaves_its_change_to_this_process_s_check
     assert not {first, second} & set(planes.served().keys)
 
 
-def test_a_key_change_is_not_patched_over_this_process_s_refused_one_even_after_a_whole_build(
-    planes: Planes,
+def test_a_key_change_after_this_process_s_refused_one_carries_it_by_its_shard(
+    planes: Planes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Within ``whole_every_s`` of a whole build, a key change was patched over this process's
-    own revocation refused every time (found in review)."""
+    own revocation refused every time (found in review); then every key change after one built
+    whole, refused by the other control plane's patches in turn, for up to 25 s in a probe.
+    The next patch rebuilds the missing change's shard too, and carries it."""
+    wholes: list[int] = []
+    whole_build = change_publisher.publish_snapshot
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        wholes.append(1)
+        return whole_build(*args, **kwargs)
+
+    monkeypatch.setattr(change_publisher, "publish_snapshot", counted)
     a = planes.a
     a.whole_every_s = 3600.0
     victim = planes.create()
@@ -534,10 +545,37 @@ def test_a_key_change_is_not_patched_over_this_process_s_refused_one_even_after_
     planes.revoke(victim)  # refused every time
     publisher.patch, publisher.publish = real_patch, real_publish  # type: ignore[method-assign]
     assert a.left and victim in planes.served().keys
+    wholes.clear()
     next(
         k for k in iter(planes.create, None) if key_shard(k) != key_shard(victim)
     )  # fmt: skip
     assert victim not in planes.served().keys and not a.left
+    assert wholes == []
+
+
+def test_a_check_refused_every_time_leaves_this_process_s_key_changes_patched(
+    planes: Planes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check's whole build, refused by the other control plane's patches, said this
+    process's own changes might be missing (none were): each later key change of it built
+    whole, refused in turn (revocations of 2-9 s for up to 25 s in a probe)."""
+    b = planes.b
+    planes.create()  # a's, published
+    with unit_of_work(planes.a.session_factory, lambda _change: None) as session:
+        create_key(
+            session, SYSTEM, planes.a.server_secret, planes.tenant,
+            ApiKeyCreate(project_id=planes.project, name="a's, in flight"),
+        )  # fmt: skip
+    monkeypatch.setattr(b.publisher, "publish", lambda *_a, **_k: False)  # refused
+    assert planes.check(thorough=True) == "refused"
+    monkeypatch.undo()
+    assert not b.left
+    key_id = planes.create()
+    before = _samples(b, "trunkline_snapshot_publishes_total", kind="whole")
+    with unit_of_work(b.session_factory, b.publish) as session:
+        revoke_key(session, SYSTEM, key_tenant(session, key_id), key_id)
+    assert _samples(b, "trunkline_snapshot_publishes_total", kind="whole") == before  # patched
+    assert key_id not in planes.served().keys
 
 
 def test_a_check_refused_while_the_store_holds_every_change_leaves_nothing_left(
@@ -559,7 +597,7 @@ def test_a_check_refused_while_the_store_holds_every_change_leaves_nothing_left(
         return whole(*args, **kwargs)
 
     publisher.publish = refused  # type: ignore[method-assign]
-    assert planes.check() == "refused"
+    assert planes.check() == "current"  # refused every time, but the store holds it all
     publisher.publish = whole  # type: ignore[method-assign]
     assert planes.served().tenants[str(planes.tenant)].tier == "silver"
     assert not b.left
