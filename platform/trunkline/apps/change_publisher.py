@@ -90,10 +90,13 @@ class ChangePublisher:
     """Changes committed, waiting for a publish (guarded by ``_pending_lock``)."""
     _pending_lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
     left: bool = field(init=False, repr=False, default=False)
-    """A change of this process's may not be in the store: its publish failed, was refused
-    every time, or was left to the check while the store did not answer, since the last whole
-    build read the database. The check then builds whatever the store lacks, and a key change
-    is not patched over changes the store lacks (``_rest_keys_only``)."""
+    """A change of this process's that the change count counts may not be in the store: its
+    publish failed, was refused every time, or was left to the check while the store did not
+    answer. A key change then carries it by the shards of every change the store lacks, if they
+    are all key changes (``key_gap``); else a whole build does."""
+    left_whole: bool = field(init=False, repr=False, default=False)
+    """As ``left``, for what the count may not see (the start's publish, a thorough check's, a
+    change whose generation is not known): only a whole build stored carries it."""
     checks_skipped: int = field(init=False, repr=False, default=0)
     """Checks in a row that found a publish under way (``apps.publishing``)."""
     awaited: int | None = field(init=False, repr=False, default=None)
@@ -135,8 +138,8 @@ class ChangePublisher:
                 with self.outage.watch():
                     try:
                         self._publish_changes(waiting)
-                    except Exception:
-                        self.left = True  # before the lock is free: a check waits on it
+                    except Exception:  # said before the lock is free: a check waits on it
+                        self.mark_left(counted=all(c.exact for c in waiting))
                         raise
         except redis.RedisError as exc:
             log.warning(
@@ -149,7 +152,7 @@ class ChangePublisher:
         """The change stays waiting (the next publish carries it) and the check publishes it
         once the store answers (it looks at the database, whatever waits here). Counted, not
         logged: ``outage`` logs the outage's start and end once each."""
-        self.left = True
+        self.mark_left(counted=change.exact and change.generation is not None)
         self.metrics.left_to_check("shards" if change.keys is not None else "whole")
 
     def _publish_changes(self, changes: list[Change]) -> None:
@@ -161,31 +164,50 @@ class ChangePublisher:
         if not changes:
             return
         keys: set[str] = set()
+        counted = all(c.exact for c in changes)
         for change in changes:
             if change.keys is None:
-                self._carry(self.publish_now(counted=all(c.exact for c in changes)) != "refused")
+                self._carry(self.publish_now(counted=counted) != "refused", counted)
                 return
             keys |= change.keys
         shards = {key_shard(key_id) for key_id in keys}
         exact = {c.generation for c in changes if c.exact and c.generation is not None}
-        if self.left and exact and len(exact) == len(changes):
-            # one of this process's own may be missing: with every change the store lacks up to
-            # these (``key_gap``), a patch carries it; else a whole build does (``_may_patch``)
-            gap = self.key_gap(max(exact))
-            if gap is not None:
-                self.left = False  # the patch reads them, after its version is handed out
-                exact |= set(gap[0])
-                shards |= gap[1]
+        was_left = self._carry_left_too(exact, shards) if counted else False
         if len(shards) > WHOLE_ABOVE or len(exact) < len(changes) or not self._may_patch(exact):
-            self._carry(self.publish_now(counted=len(exact) == len(changes)) != "refused")
+            self._carry(self.publish_now(counted=counted) != "refused", counted, was_left)
             return
-        self._carry(self.publish_shards(shards, exact))
+        self._carry(self.publish_shards(shards, exact), counted, was_left)
 
-    def _carry(self, stored: bool) -> None:
+    def _carry_left_too(self, generations: set[int], shards: set[int]) -> bool:
+        """When one of this process's own counted changes may be missing (``left``, not
+        ``left_whole``) and every change the store lacks up to now is a key change
+        (``key_gap``), add them and their shards to the patch, which carries them (it reads
+        them after its version is handed out); whether ``left`` was so cleared."""
+        if not self.left or self.left_whole:
+            return False
+        with self.session_factory() as session:
+            top = config_generation(session)
+        gap = None if top is None else self.key_gap(top)
+        if gap is None:
+            return False
+        self.left = False
+        generations |= set(gap[0])
+        shards |= gap[1]
+        return True
+
+    def _carry(self, stored: bool, counted: bool, was_left: bool = False) -> None:
         """After publishing this process's changes: when nothing was stored (refused every
-        time), they may be missing (``left``)."""
+        time), they may be missing, and what was left before still is."""
         if not stored:
+            self.left = self.left or was_left
+            self.mark_left(counted=counted)
+
+    def mark_left(self, *, counted: bool) -> None:
+        """A change of this process's may be missing from the store (``left``, ``left_whole``)."""
+        if counted:
             self.left = True
+        else:
+            self.left_whole = True
 
     def _may_patch(self, generations: set[int]) -> bool:
         """Every change committed before ``generations`` is known to be in the store, or to
@@ -203,7 +225,7 @@ class ChangePublisher:
         bounds how long another kind of change can be kept out, at little cost."""
         if self._follows(generations):
             return True
-        if self.left:  # one of this process's own may be missing: a whole build carries it
+        if self.left or self.left_whole:  # one of its own may be missing: a whole build carries it
             return False
         if self._rest_keys_only(generations):
             return True
@@ -303,7 +325,22 @@ class ChangePublisher:
         says), or ``refused`` ``PUBLISH_TRIES`` times, other control planes storing newer
         versions each time; raises when the snapshot store fails. The caller
         holds ``publishing``, or publishes at start before anything else can."""
-        self.left = False  # what it reads carries every change left so far
+        was = self.left, self.left_whole
+        self.left = self.left_whole = False  # what it reads carries every change left so far
+        published: Published = "refused"  # (should it raise)
+        matched = False
+        try:
+            published, matched = self._publish_whole(counted)
+        finally:
+            if published == "refused":  # nothing stored: what was left still is
+                self.left, self.left_whole = self.left or was[0], self.left_whole or was[1]
+            elif published == "held" and not matched:  # a newer version, perhaps a patch
+                self.left_whole = self.left_whole or was[1]
+        return published
+
+    def _publish_whole(self, counted: bool) -> tuple[Published, bool]:
+        """``publish_now``'s outcome, and whether the store was found holding what the database
+        says (a ``held`` that carries even what the change count does not see)."""
         for _ in range(PUBLISH_TRIES):
             now = utcnow()
             with self.session_factory() as session:
@@ -321,10 +358,10 @@ class ChangePublisher:
                 self.published_version, self.built_at = version, now
                 self._whole_at = time.monotonic()
                 self._saw(state)
-                return "stored"
+                return "stored", True
             if counted and self._stored_elsewhere(state):
-                return "held"
-        return "held" if self._refused_every_time() else "refused"
+                return "held", False
+        return ("held", True) if self._refused_every_time() else ("refused", False)
 
     def _stored_elsewhere(self, state: ConfigState) -> bool:
         """Whether the newer version that refused this process's build says it was built from

@@ -80,7 +80,7 @@ def check_published(runtime: Runtime, *, thorough: bool = False) -> Check:
         with runtime.outage.watch():  # whether the store answers, for the publishes after writes
             outcome = _check(runtime, thorough)
     except Exception:
-        runtime.left = True  # what it would have built is still left to a check
+        runtime.mark_left(counted=not thorough)  # what it would have built is still missing
         runtime.metrics.checked("failed")
         raise
     finally:
@@ -117,11 +117,12 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
         gap = None if recorded is None else _key_gap(runtime, recorded.built_from, state)
         if gap is not None:
             return _follow_key_gap(runtime, *gap)
-    runtime.awaited, runtime.left = None, False  # the build reads every change committed
+    runtime.awaited = None
     current = current_digest(
         runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
     )
     if runtime.publisher.published_digest() == current:  # read after it
+        runtime.left = runtime.left_whole = False  # nothing is missing
         runtime.seen = state
         runtime.published_version = runtime.publisher.published_version()  # what it holds
         return "vouched" if _vouch(runtime, state, current, thorough=thorough) else "current"
@@ -143,7 +144,7 @@ def _key_gap(
     one of its changes is nearly always committed and not yet stored. None when anything else
     may be missing, which a whole build carries."""
     ours = state.as_built_from()
-    if ours is None or ours.rest != recorded.rest:
+    if ours is None or ours.rest != recorded.rest or runtime.left_whole:
         return None
     gap = runtime.key_gap(ours.generation)
     return None if gap is None or len(gap[1]) > WHOLE_ABOVE else gap
@@ -162,8 +163,11 @@ def _follow_key_gap(runtime: Runtime, missing: list[int], shards: set[int]) -> C
     if runtime.awaited != missing[0] and not runtime.left and not alone:
         runtime.awaited = missing[0]
         return "in_flight"
-    runtime.awaited, runtime.left = None, False  # what the patch reads carries them
-    return "published" if runtime.publish_shards(shards, missing) else "refused"
+    was_left, runtime.awaited, runtime.left = runtime.left, None, False  # the patch carries them
+    if runtime.publish_shards(shards, missing):
+        return "published"
+    runtime.left = runtime.left or was_left
+    return "refused"
 
 
 _CHECKED: dict[Published, Check] = {"stored": "published", "held": "current", "refused": "refused"}

@@ -30,8 +30,8 @@ from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.pricebook_store import apply_price_book
-from trunkline.keys.schemas import ApiKeyCreate
-from trunkline.keys.service import create_key, key_tenant, revoke_key
+from trunkline.keys.schemas import ApiKeyBatch, ApiKeyCreate
+from trunkline.keys.service import create_key, create_keys, key_tenant, revoke_key
 from trunkline.kit.shards import key_shard
 from trunkline.models import CONFIG_ROW, ApiKey, ConfigGeneration
 from trunkline.quota import book as quota_book
@@ -601,3 +601,94 @@ def test_a_check_refused_while_the_store_holds_every_change_leaves_nothing_left(
     publisher.publish = whole  # type: ignore[method-assign]
     assert planes.served().tenants[str(planes.tenant)].tier == "silver"
     assert not b.left
+
+
+def test_a_refused_check_does_not_forget_this_process_s_missing_revocation(
+    planes: Planes,
+) -> None:
+    """a's revocation refused every time sets ``left``; a's check, whose gap holds b's tenant
+    change, builds whole and is refused too: it cleared ``left`` (the build would have carried
+    it) and did not set it back, so a's next key change was patched over its own missing
+    revocation (found in review)."""
+    a = planes.a
+    a.whole_every_s = 3600.0
+    victim = planes.create()
+    with a.publishing:
+        a.publish_now()
+    publisher = a.publisher
+    assert isinstance(publisher, RedisSnapshotPublisher)
+    real_patch, real_publish = publisher.patch, publisher.publish
+    publisher.patch = lambda *_a, **_k: Patched.REFUSED  # type: ignore[method-assign]
+    publisher.publish = lambda *_a, **_k: False  # type: ignore[method-assign]
+    planes.revoke(victim)  # refused every time
+    assert a.left
+    with unit_of_work(planes.b.session_factory, lambda _change: None) as session:
+        update_tenant(session, planes.tenant, TenantUpdate(tier="silver"))  # b's, in flight
+    assert check_published(a) == "refused"
+    publisher.patch, publisher.publish = real_patch, real_publish  # type: ignore[method-assign]
+    next(k for k in iter(planes.create, None) if key_shard(k) != key_shard(victim))
+    assert victim not in planes.served().keys
+
+
+def test_a_start_publish_refused_is_not_taken_as_carried_by_a_key_gap_patch(
+    planes: Planes,
+) -> None:
+    """A restarted control plane's publish (for what the count does not see, here a revocation
+    by hand) refused every time: its next key change took the gap of counted key changes,
+    patched, and the change by hand was never built in while every check but the thorough
+    said ``current`` (found in review). Only a whole build carries it (``left_whole``)."""
+    victim = planes.create()
+    with planes.a.session_factory() as session, session.begin():
+        session.execute(update(ApiKey).where(ApiKey.key_id == victim).values(revoked_at=planes.now))
+    c = dataclasses.replace(
+        build_runtime(planes.a.settings), publisher=RedisSnapshotPublisher(planes.client, PREFIX)
+    )
+    try:
+        publisher = c.publisher
+        assert isinstance(publisher, RedisSnapshotPublisher)
+        real_publish = publisher.publish
+        publisher.publish = lambda *_a, **_k: False  # type: ignore[method-assign]
+        c.publish()  # at its start, refused every time
+        publisher.publish = real_publish  # type: ignore[method-assign]
+        assert c.left_whole
+        data = ApiKeyCreate(project_id=planes.project, name="c's")
+        for _ in range(20):
+            with unit_of_work(c.session_factory, c.publish) as session:
+                made = create_key(session, SYSTEM, c.server_secret, planes.tenant, data)
+            if key_shard(str(made.key.key_id)) != key_shard(victim):
+                break
+        assert planes.check() == "current"
+        assert victim not in planes.served().keys
+    finally:
+        c.close()
+
+
+def test_a_key_gap_too_wide_to_patch_publishes_whole_as_counted(
+    planes: Planes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``left``, the gap's generations join the patch's; when the shards are then too
+    many the whole publish was asked as not counted although every change was exact: a record
+    of its state alone, and no ``held`` after a refusal (found in review)."""
+    a = planes.a
+    victim = planes.create()
+    publisher = a.publisher
+    assert isinstance(publisher, RedisSnapshotPublisher)
+    real_patch, real_publish = publisher.patch, publisher.publish
+    publisher.patch = lambda *_a, **_k: Patched.REFUSED  # type: ignore[method-assign]
+    publisher.publish = lambda *_a, **_k: False  # type: ignore[method-assign]
+    planes.revoke(victim)  # refused every time
+    publisher.patch, publisher.publish = real_patch, real_publish  # type: ignore[method-assign]
+    assert a.left
+    asked: list[bool] = []
+    real_now = a.publish_now
+
+    def spy(*, counted: bool = False) -> Any:
+        asked.append(counted)
+        return real_now(counted=counted)
+
+    monkeypatch.setattr(a, "publish_now", spy)
+    batch = ApiKeyBatch(
+        keys=[ApiKeyCreate(project_id=planes.project, name=f"k{i}") for i in range(60)]
+    )
+    planes.change(lambda s: create_keys(s, SYSTEM, a.server_secret, planes.tenant, batch))
+    assert asked == [True]
