@@ -15,20 +15,19 @@ from typing import Literal
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.apps.change_gaps import key_gap, rest_keys_only
+from trunkline.apps.config_state import ConfigState, config_state
 from trunkline.apps.publish_metrics import PublishMetrics
 from trunkline.apps.store_outage import StoreOutage
-from trunkline.billing.pricebook_store import prices_in_force_since
 from trunkline.kit.ids import utcnow
 from trunkline.kit.shards import SHARDS, key_shard
 from trunkline.snapshot import SnapshotPublisher
 from trunkline.snapshot.builder import current_digest, publish_snapshot
 from trunkline.snapshot.key_shards import build_key_parts, expired_shards
-from trunkline.snapshot.store import BuiltFrom, Patched, carried_to
+from trunkline.snapshot.store import Patched, carried_to
 from trunkline.tenancy.changes import (
     WHOLE,
     Change,
-    changed_shards,
-    changes_keys_only,
     config_generation,
 )
 
@@ -46,10 +45,6 @@ Published = Literal["stored", "held", "refused"]
 
 WHOLE_ABOVE = SHARDS // 4
 """Keys changed in more shards than this (a batch of them) are published by a whole build."""
-
-GAPS_LOOKED_UP = 256
-"""A key change further than this past the store's record is published whole, not patched
-after the kinds of the changes between were read (``ChangePublisher._rest_keys_only``)."""
 
 WHOLE_EVERY_S = 2.0
 """A key change that follows changes not known to be in the store (another process's) is
@@ -187,7 +182,7 @@ class ChangePublisher:
             return False
         with self.session_factory() as session:
             top = config_generation(session)
-        gap = None if top is None else self.key_gap(top)
+        gap = None if top is None else key_gap(self.publisher, self.session_factory, top)
         if gap is None:
             return False
         self.left = False
@@ -219,7 +214,7 @@ class ChangePublisher:
         build, refused by each newer patch, would build again and again while this process
         kept patching over the core it has not, and never reach the gateways. A whole build
         here carries it. Another process's key change is patched in by that process, so it
-        holds nothing up (``_rest_keys_only``): with two control planes taking key changes, one
+        holds nothing up (``rest_keys_only``): with two control planes taking key changes, one
         of the other's was nearly always committed and not yet stored, and each built whole at
         every write, refusing the other's builds. At most one whole build a ``whole_every_s``
         bounds how long another kind of change can be kept out, at little cost."""
@@ -227,48 +222,12 @@ class ChangePublisher:
             return True
         if self.left or self.left_whole:  # one of its own may be missing: a whole build carries it
             return False
-        if self._rest_keys_only(generations):
+        seen = None if self.seen is None else self.seen.generation
+        if rest_keys_only(
+            self.publisher, self.session_factory, generations, seen=seen, carried=self._carried
+        ):
             return True
         return self._whole_at is not None and time.monotonic() - self._whole_at < self.whole_every_s
-
-    def _rest_keys_only(self, generations: set[int]) -> bool:
-        """Whether every change committed before ``generations`` that the store's record
-        (``built_from``) does not say it holds changed keys only (``config_changes``).
-
-        Every version stored after the recorded one holds what it holds (a whole build reads
-        after its version is handed out, which is after the record's state was read; a patch
-        or a vouch keeps its base's other parts), so a patch of these changes' shards over
-        whatever is stored by then leaves out no change before them but key changes, which the
-        process that committed each publishes by its own shards (or, should it stop first,
-        the control plane's check, which builds when the store's record is not the database's
-        state)."""
-        recorded = self.publisher.built_from()
-        if recorded is None:
-            return False
-        floor = recorded.built_from.generation
-        if self.seen is not None and self.seen.generation is not None:
-            floor = max(floor, self.seen.generation)
-        top = max(generations)
-        if top - floor > GAPS_LOOKED_UP:
-            return False
-        rest = set(range(floor + 1, top)) - generations - self._carried
-        if not rest:
-            return True
-        with self.session_factory() as session:
-            return changes_keys_only(session, rest)
-
-    def key_gap(self, top: int) -> tuple[list[int], set[int]] | None:
-        """The changes up to ``top`` that the store's record does not name, and the key shards
-        they changed, when they all changed keys only (``config_changes``), at most
-        ``GAPS_LOOKED_UP`` of them; else None. A patch of those shards, read after its version
-        is handed out (after they committed), carries them all."""
-        recorded = self.publisher.built_from()
-        if recorded is None or not 0 < top - recorded.built_from.generation <= GAPS_LOOKED_UP:
-            return None
-        missing = list(range(recorded.built_from.generation + 1, top + 1))
-        with self.session_factory() as session:
-            shards = changed_shards(session, missing)
-        return None if shards is None else (missing, shards)
 
     def _follows(self, generations: set[int]) -> bool:
         """Whether every change committed before ``generations`` is known to be in the store
@@ -414,25 +373,3 @@ class ChangePublisher:
                     c for c in self._pending if c.generation is None or c.generation > generation
                 ]
         self.seen = ConfigState(generation, state.prices_since)
-
-
-@dataclass(frozen=True)
-class ConfigState:
-    """What says whether the gateways' configuration may have changed: the count of committed
-    changes, and when the price book version in force took effect (prices change at such
-    instants without a commit)."""
-
-    generation: int | None
-    prices_since: datetime | None
-
-    def as_built_from(self, *, alone: bool = False) -> BuiltFrom | None:
-        """As the snapshot store records it beside a version built after it was read (None:
-        nothing can be told from it); ``alone``: see ``BuiltFrom``."""
-        if self.generation is None:
-            return None
-        prices = "" if self.prices_since is None else self.prices_since.isoformat()
-        return BuiltFrom(self.generation, prices, alone=alone)
-
-
-def config_state(session: Session) -> ConfigState:
-    return ConfigState(config_generation(session), prices_in_force_since(session, utcnow()))

@@ -16,12 +16,9 @@ from typing import Literal
 import anyio
 from litestar import Litestar
 
-from trunkline.apps.change_publisher import (
-    WHOLE_ABOVE,
-    ConfigState,
-    Published,
-    config_state,
-)
+from trunkline.apps.change_gaps import key_gap
+from trunkline.apps.change_publisher import WHOLE_ABOVE, Published
+from trunkline.apps.config_state import ConfigState, config_state
 from trunkline.apps.publish_metrics import Check
 from trunkline.apps.runtime import Runtime
 from trunkline.kit.ids import utcnow
@@ -140,13 +137,13 @@ def _key_gap(
 ) -> tuple[list[int], set[int]] | None:
     """The changes the store's record does not name yet and the key shards they changed, when
     they all changed keys only, in at most ``WHOLE_ABOVE`` shards, and the prices in force are
-    the record's (``ChangePublisher.key_gap``): with another control plane taking key writes,
+    the record's (``change_gaps.key_gap``): with another control plane taking key writes,
     one of its changes is nearly always committed and not yet stored. None when anything else
     may be missing, which a whole build carries."""
     ours = state.as_built_from()
     if ours is None or ours.rest != recorded.rest or runtime.left_whole:
         return None
-    gap = runtime.key_gap(ours.generation)
+    gap = key_gap(runtime.publisher, runtime.session_factory, ours.generation)
     return None if gap is None or len(gap[1]) > WHOLE_ABOVE else gap
 
 

@@ -185,11 +185,13 @@ class RedisSnapshotPublisher:
     def built_from(self) -> Recorded | None:
         with self._client.pipeline(transaction=True) as both:
             both.get(self._keys.version)
-            both.hmget(self._keys.built_from, ["version", "generation", "rest"])
-            version, (tagged, generation, rest) = both.execute()
+            both.hmget(self._keys.built_from, ["version", "generation", "rest", "ahead"])
+            version, (tagged, generation, rest, ahead) = both.execute()
         if version is None or tagged != version or generation is None:
             return None  # none, or written with an older version: not this one's
-        return Recorded(int(version), BuiltFrom(int(generation), _bytes(rest or b"").decode()))
+        built_from = BuiltFrom(int(generation), _bytes(rest or b"").decode())
+        above = frozenset(int(g) for g in _bytes(ahead or b"").split())
+        return Recorded(int(version), built_from, above)
 
 
 class RedisSnapshotSource:

@@ -74,6 +74,9 @@ class Recorded(NamedTuple):
 
     version: int
     built_from: BuiltFrom
+    ahead: frozenset[int] = frozenset()
+    """Generations above ``built_from``'s that patches stored past a gap carried: in the store,
+    where the changes between are not known to be."""
 
 
 AHEAD_CAP = 512
@@ -238,7 +241,7 @@ class InMemorySnapshotStore:
         with self._lock:
             if self._current is None or self._from is None:
                 return None
-            return Recorded(self._current.version, self._from)
+            return Recorded(self._current.version, self._from, self._ahead)
 
     def vouch(self, version: int, content: bytes, new: int, built_from: BuiltFrom) -> bool:
         with self._lock:

@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from litestar.testing import TestClient
 
-from trunkline.apps import change_publisher, publishing
+from trunkline.apps import change_publisher, config_state, publishing
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.publish_metrics import Check
 from trunkline.apps.publishing import check_published
@@ -106,6 +106,7 @@ def planes(runtime: Runtime, redis_url: str, monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(publishing, "current_digest", counted)
     monkeypatch.setattr(change_publisher, "utcnow", lambda: planes.now)
+    monkeypatch.setattr(config_state, "utcnow", lambda: planes.now)
     monkeypatch.setattr(publishing, "utcnow", lambda: planes.now)
     other.publish()  # at its start, as every control plane does
     try:

@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import delete, select, update
 
 from integration.controlplane.planes_support import PREFIX, SYSTEM, Planes, samples
+from trunkline.apps.change_publisher import WHOLE_ABOVE
 from trunkline.apps.publishing import check_published
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.billing.pricebook import PriceBook, version_from_document
@@ -55,6 +56,24 @@ def test_a_change_whose_publish_did_not_reach_the_store_is_built_and_published(
     assert planes.builds == [] and key_id in planes.served().keys
     assert planes.check() == "published"  # by the key's shard, read now: no whole build
     assert planes.builds == [] and key_id not in planes.served().keys
+
+
+def test_a_key_change_missing_behind_many_patched_ones_is_patched_in_not_built_whole(
+    planes: Planes,
+) -> None:
+    """A revocation whose publish never came (the CLI's, Redis away for it), then key changes
+    through ``a`` patched past it in more shards than a patch takes: what the store lacks is
+    the revocation alone, one shard. A check counted the shards of the changes stored past it
+    too, built whole, and under a stream of patches was refused by the next one."""
+    key_id = planes.create()
+    planes.revoke(key_id, published=False)
+    shards: set[int] = set()
+    while len(shards) <= WHOLE_ABOVE:
+        shards.add(key_shard(planes.create()))
+    assert planes.check() == "in_flight"
+    assert planes.check() == "published"  # the revoked key's shard
+    assert planes.builds == [] and key_id not in planes.served().keys
+    assert planes.check() == "current"
 
 
 def test_a_tenant_change_not_in_the_store_yet_is_built_at_once(planes: Planes) -> None:

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from litestar.testing import TestClient
 
-from trunkline.apps import change_publisher, publishing
+from trunkline.apps import change_publisher, config_state, publishing
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.publishing import republish_if_stale
 from trunkline.apps.runtime import Runtime, build_runtime
@@ -181,6 +181,7 @@ def keys(world: World, monkeypatch: pytest.MonkeyPatch) -> Keys:
     runtime.publisher = keys.store
     runtime.whole_every_s = 0  # a change after another process's builds whole: every time
     monkeypatch.setattr(change_publisher, "utcnow", lambda: keys.now)
+    monkeypatch.setattr(config_state, "utcnow", lambda: keys.now)
     monkeypatch.setattr(publishing, "utcnow", lambda: keys.now)
     return keys
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cp_support import TENANTS_DIR, World, snapshot
 
-from trunkline.apps import change_publisher, publishing
+from trunkline.apps import change_publisher, config_state, publishing
 from trunkline.apps.publishing import SnapshotSync, check_published, republish_if_stale
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
@@ -131,6 +131,7 @@ def test_a_price_version_taking_effect_is_published_without_any_commit(
     prices = snapshot(runtime).quotas.prices
     assert not republish_if_stale(runtime)
     monkeypatch.setattr(change_publisher, "utcnow", lambda: datetime(2030, 1, 1, 0, 1, tzinfo=UTC))
+    monkeypatch.setattr(config_state, "utcnow", lambda: datetime(2030, 1, 1, 0, 1, tzinfo=UTC))
     monkeypatch.setattr(quota_book, "datetime", _Frozen)
     assert republish_if_stale(runtime)
     assert snapshot(runtime).quotas.prices != prices
