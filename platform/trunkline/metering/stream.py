@@ -255,8 +255,8 @@ its next read."""
 class RedisUsageReader:
     """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
 
-    An entry that does not decode as a usage event would block the group for ever: it is
-    copied to ``<stream>:dead`` and acked, and the reason is logged. Every
+    An entry that does not decode as a usage event the ledger can store would block the group
+    for ever: it is copied to ``<stream>:dead`` and acked, and the reason is logged. Every
     ``forget_every_s`` a read also removes dead consumers from the group
     (:data:`FORGET_IDLE_CONSUMERS_MS`).
     """
@@ -375,7 +375,8 @@ class RedisUsageReader:
         with self._client.pipeline(transaction=True) as pipe:
             for message_id, fields, exc in poisoned:
                 log.error(
-                    "usage entry is not a usage event; moved to the dead-letter stream",
+                    "usage entry is not a usage event the ledger can store; "
+                    "moved to the dead-letter stream",
                     extra={"message_id": _text(message_id), "error": str(exc)},
                 )
                 pipe.xadd(f"{self._stream}:dead", {**fields, b"error": str(exc)})

@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 import redis
@@ -162,3 +164,35 @@ def test_unfinished_requests_are_in_the_ledger_with_their_tokens(
     emit(redis_url, events)
     UsageConsumer(reader(redis_url, "c"), factory).drain()
     assert_reconciled(factory, events)
+
+
+@pytest.mark.parametrize(
+    "unstorable",
+    [
+        {"prompt_tokens": 3_000_000_000},  # an engine's count past the ledger's integer
+        {"completion_tokens": -40},  # an engine's negative count: tokens off the bill
+        {"model": "llama\x00"},  # PostgreSQL refuses NUL in text
+        {"region": "r" * 65},  # longer than its column
+        {"tenant_id": "acme"},  # not a tenant id
+    ],
+)
+def test_an_event_the_ledger_cannot_store_is_set_aside_not_blocking_the_rest(
+    postgres_url: str, redis_url: str, unstorable: dict[str, object]
+) -> None:
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    good = [event(acme, f"good-{n}", when=at(3)) for n in range(20)]
+    bad = msgspec.structs.replace(event(acme, "bad", when=at(3)), **unstorable)
+    emit(redis_url, [*good[:10], bad, *good[10:]])
+    consumer = UsageConsumer(reader(redis_url, "c"), factory, retry_max_s=0.1)
+    stopper = threading.Timer(20, consumer.stop.set)  # the old code retried the batch for ever
+    stopper.start()
+    try:
+        consumer.drain()
+    finally:
+        stopper.cancel()
+    assert_reconciled(factory, good)
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+        assert client.xlen(STREAM) == 0
+    assert b'"request_id":"bad"' in fields[b"e"]
