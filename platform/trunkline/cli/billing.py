@@ -4,15 +4,14 @@ price book and dedicated capacity, as the platform itself."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from trunkline.billing import closing, exports, pricebook_store
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.export_file import write_file
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import load_price_book_file, version_document
 from trunkline.cli.tenants import open_runtime
@@ -113,7 +112,7 @@ def export_command(args: argparse.Namespace) -> int:
                 closing.close(session, period, utcnow())
             if args.out is not None:  # in the transaction: a failed write leaves it open
                 export = exports.export_period(session, period, args.format, tenant_id)
-                _write(args.out, export.chunks)
+                write_file(args.out, export.chunks)
         if args.out is None:  # after the commit: a reader that went (| head) undoes nothing
             with runtime.session_factory() as session:  # read as it is written
                 export = exports.export_period(
@@ -127,30 +126,6 @@ def export_command(args: argparse.Namespace) -> int:
     state = "final" if export.final else "preliminary"
     print(f"{period.label}: {export.lines} charge lines ({state})", file=sys.stderr)
     return 0
-
-
-def _write(path: Path, chunks: Iterable[bytes]) -> None:
-    """A file is written beside ``path`` and renamed once whole: a failure part-way leaves no
-    file that looks like a complete export. What is not a regular file (``/dev/stdout``, a
-    pipe) is written to as the export comes."""
-    direct = path.exists() and not path.is_file()
-    target = path if direct else path.with_name(path.name + ".partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-        if not direct:
-            target.replace(path)
-    except BaseException as exc:
-        if not direct:
-            with contextlib.suppress(OSError):
-                target.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InvalidRequest(
-                f"cannot write {path}: {exc.strerror or exc}", param="out"
-            ) from exc
-        raise
 
 
 def close_command(args: argparse.Namespace) -> int:
