@@ -134,6 +134,7 @@ def close_command(args: argparse.Namespace) -> int:
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
+            one_view(session, read_only=False)  # see closing.close
             closed = closing.close(session, period, utcnow())
     finally:
         runtime.close()
