@@ -196,13 +196,20 @@ class RedisUsageEmitter:
                 await self._send(batch)
                 return
             except (redis.RedisError, OSError) as exc:
-                if not redis_unavailable(exc):
-                    raise
                 # Keep the events in memory while Redis is away or refuses writes (a replica
                 # after a failover, out of memory); never drop them. A batch Redis applied
                 # before the connection broke is sent again: ingest drops the duplicates on
-                # request id.
-                log.warning("usage stream unavailable, retrying", extra={"events": self.held})
+                # request id. Refused for another reason (the gateway's user lost its
+                # permissions, its password changed), they are kept as well: ending here kept
+                # every later event in memory for good, after Redis took writes again.
+                if redis_unavailable(exc):
+                    log.warning("usage stream unavailable, retrying", extra={"events": self.held})
+                else:
+                    log.error(
+                        "usage stream refused the events, retrying: %s",
+                        exc,
+                        extra={"events": self.held},
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -220,9 +227,7 @@ class RedisUsageEmitter:
             try:
                 await self._send(batch[start : start + self._max_batch])
             except (redis.RedisError, OSError) as exc:
-                if not redis_unavailable(exc):
-                    raise
-                log.error("usage events lost at shutdown", extra={"events": self.held})
+                log.error("usage events lost at shutdown: %s", exc, extra={"events": self.held})
                 return
 
 
