@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from trunkline.billing import closing, exports, pricebook_store
-from trunkline.billing.capacity import add_capacity
+from trunkline.billing.capacity import add_capacity, end_capacity
 from trunkline.billing.export_file import write_file
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import load_price_book_file, version_document
@@ -84,6 +85,12 @@ def register(sub: Any) -> None:
     capacity.add_argument("--start", required=True, help="ISO 8601, e.g. 2026-11-01T00:00:00Z")
     capacity.add_argument("--end", help="ISO 8601 (default: open-ended)")
     capacity.set_defaults(func=capacity_command)
+    capacity_end = commands.add_parser(
+        "capacity-end", help="end a dedicated GPU allocation (its GPUs released)"
+    )
+    capacity_end.add_argument("capacity_id", type=uuid.UUID, help="as `capacity` printed it")
+    capacity_end.add_argument("--end", required=True, help="ISO 8601, e.g. 2026-12-15T00:00:00Z")
+    capacity_end.set_defaults(func=capacity_end_command)
 
 
 def _instant(text: str, param: str) -> datetime:
@@ -187,6 +194,17 @@ def prices_show_command(_args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     print(json.dumps([version_document(v) for v in book.versions], indent=2))
+    return 0
+
+
+def capacity_end_command(args: argparse.Namespace) -> int:
+    runtime = open_runtime()
+    try:
+        with transaction(runtime.session_factory) as session:
+            row = end_capacity(session, args.capacity_id, _instant(args.end, "end"))
+            print(f"capacity {row.id}: ends {row.ends_at:%Y-%m-%dT%H:%M:%SZ}")
+    finally:
+        runtime.close()
     return 0
 
 
