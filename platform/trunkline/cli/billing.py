@@ -112,7 +112,8 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
-            if args.out is not None:  # its groups of tenants agree with each other
+            # Its groups of tenants agree with each other; and see closing.close.
+            if args.out is not None or args.close:
                 one_view(session, read_only=False)
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
             if args.close and period.end <= utcnow():

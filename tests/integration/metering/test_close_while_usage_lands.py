@@ -1,55 +1,81 @@
 """A month closing on PostgreSQL while late usage of it is rolled up beside it: the usage is
 billed once, in the month's snapshot or as a correction of the next month, never lost between
-the two (a close reads the rollups in several statements)."""
+the two (a close reads the rollups in several statements), however the month is closed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing import statements
+from trunkline.billing.periods import Period, month_of
+from trunkline.kit.ids import utcnow
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods
 from unit.billing.billing_support import billed, focus
-from unit.metering.usage_support import accounts, at, event, ingest, migrated
+from unit.controlplane.cp_support import run_cli
+from unit.metering.usage_support import accounts, event, ingest, migrated
+
+ENDED = month_of(utcnow()).previous()
+"""The CLI closes a month that has ended by the clock."""
 
 
 @pytest.fixture
-def factory(postgres_url: str) -> Iterator[sessionmaker[Session]]:
+def factory(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", postgres_url)
     made = migrated(postgres_url)
     yield made
     made.kw["bind"].dispose()
 
 
+def by_the_worker(factory: sessionmaker[Session], period: Period, _capsys: object) -> None:
+    settings = JobSettings(close_grace_hours=0)
+    ctx = JobContext(factory, InMemoryUsageStream, settings, clock=lambda: period.end)
+    assert close_periods(ctx) == [period.label]
+
+
+def by_billing_close(_f: object, period: Period, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(capsys, "billing", "close", "--period", period.label)[0] == 0
+
+
+def by_export_close(_f: object, period: Period, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["export", "--period", period.label, "--format", "focus-csv", "--close"]
+    assert run_cli(capsys, "billing", *args)[0] == 0
+
+
+@pytest.mark.parametrize("closing", [by_the_worker, by_billing_close, by_export_close])
 def test_usage_rolled_up_while_its_month_closes_is_billed_once(
-    factory: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+    factory: sessionmaker[Session],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    closing: Callable[..., None],
 ) -> None:
     acme = accounts(factory)["acme"]
-    ingest(factory, [event(acme, "on-time", when=at(3), prompt=1_000_000, completion=0)])
-    late = event(acme, "late", when=at(30, 23), prompt=2_000_000, completion=0)
+    day = ENDED.start + timedelta(days=2, hours=10)
+    ingest(factory, [event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
+    late = event(acme, "late", when=ENDED.end - timedelta(hours=1), prompt=2_000_000, completion=0)
     watermark = statements._watermark
     landed = []
 
-    def late_usage_lands_first(session: Session, period: object) -> tuple[int, int]:
+    def late_usage_lands_first(session: Session, period: Period) -> tuple[int, int]:
         # Between the close's copy of the rollups and its reading of their watermark, a
         # worker ingests and rolls up a late event of the month (and commits).
         if not landed:
             landed.append(ingest(factory, [late]))
-        return watermark(session, period)  # type: ignore[arg-type]
+        return watermark(session, period)
 
     monkeypatch.setattr(statements, "_watermark", late_usage_lands_first)
-    settings = JobSettings(close_grace_hours=48)
-    ctx = JobContext(factory, InMemoryUsageStream, settings, clock=lambda: at(10, month=12))
-    assert close_periods(ctx) == ["2026-11"]
+    closing(factory, ENDED, capsys)
     assert landed == [1]
     monkeypatch.setattr(statements, "_watermark", watermark)
 
-    november = billed(focus(factory, "2026-11"), BillingAccountName="Acme Corporation")
-    december = focus(factory, "2026-12", now=at(20, month=12))
-    corrections = billed(december, ChargeClass="Correction")
-    # acme is gold: input at 0.30 per million. 1M in November's snapshot; the 2M that landed
-    # while it closed, as a correction billed in December.
-    assert (november, corrections) == (Decimal("0.3"), Decimal("0.6"))
+    month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
+    following = focus(factory, ENDED.next().label, now=ENDED.end + timedelta(days=3))
+    corrections = billed(following, ChargeClass="Correction")
+    # acme is gold: input at 0.30 per million. 1M in the month's snapshot; the 2M that landed
+    # while it closed, as a correction billed in the next month.
+    assert (month, corrections) == (Decimal("0.3"), Decimal("0.6"))
