@@ -38,6 +38,9 @@ class UsageEmitter(Protocol):
 
 
 class UsageReader(Protocol):
+    dead_lettered: int
+    """Entries this reader set aside in the dead-letter stream: events not billed."""
+
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]: ...
     def ack(self, ids: list[str]) -> None: ...
     def backlog(self) -> int:
@@ -58,6 +61,8 @@ class InMemoryUsageStream:
         self.claim_idle_s = claim_idle_s
         self.held = 0
         """Always 0: an event is in the stream as soon as it is emitted."""
+        self.dead_lettered = 0
+        """Always 0: its events are never encoded, so never fail to decode."""
 
     def emit(self, record: UsageRecord) -> None:
         with self._lock:
@@ -108,6 +113,7 @@ class _InMemoryReader:
     def __init__(self, stream: InMemoryUsageStream, claim_idle_s: float) -> None:
         self._stream = stream
         self._claim_idle_s = claim_idle_s
+        self.dead_lettered = 0
 
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
         return self._stream.read_claiming(max_count, self._claim_idle_s)
@@ -288,6 +294,7 @@ class RedisUsageReader:
         self._clock = clock
         self._forget = client.register_script(_FORGET_LUA)
         self._forgot_at: float | None = None
+        self.dead_lettered = 0
         # Replies as Redis sends them (no per-entry dicts): a second client on the same pool,
         # so the caller's client keeps its usual replies.
         self._raw = redis.Redis(connection_pool=client.connection_pool)
@@ -388,6 +395,7 @@ class RedisUsageReader:
                 pipe.xack(self._stream, self._group, message_id)
                 pipe.xdel(self._stream, message_id)
             pipe.execute()
+        self.dead_lettered += len(poisoned)
 
     def ack(self, ids: list[str]) -> None:
         """Done with these entries: acknowledged and deleted. A stream only appended to kept

@@ -14,6 +14,7 @@ import msgspec
 import psycopg
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from integration.metering.pipeline_support import (
     STREAM,
@@ -28,6 +29,7 @@ from support.processes import TRUNKLINE, Proc, trunkline_env
 from support.servers import Database, start_redis
 from trunkline.bench.servers import start_postgres
 from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.ingest import write_usage
 from unit.metering.usage_support import accounts, at, event, migrated
 
@@ -184,7 +186,10 @@ def test_an_event_the_ledger_cannot_store_is_set_aside_not_blocking_the_rest(
     good = [event(acme, f"good-{n}", when=at(3)) for n in range(20)]
     bad = msgspec.structs.replace(event(acme, "bad", when=at(3)), **unstorable)
     emit(redis_url, [*good[:10], bad, *good[10:]])
-    consumer = UsageConsumer(reader(redis_url, "c"), factory, retry_max_s=0.1)
+    set_aside = reader(redis_url, "c")
+    consumer = UsageConsumer(set_aside, factory, retry_max_s=0.1)
+    metrics = CollectorRegistry()
+    metrics.register(ConsumerCollector(consumer, set_aside))
     stopper = threading.Timer(20, consumer.stop.set)  # the old code retried the batch for ever
     stopper.start()
     try:
@@ -196,3 +201,4 @@ def test_an_event_the_ledger_cannot_store_is_set_aside_not_blocking_the_rest(
         [(_id, fields)] = client.xrange(f"{STREAM}:dead")
         assert client.xlen(STREAM) == 0
     assert b'"request_id":"bad"' in fields[b"e"]
+    assert metrics.get_sample_value("trunkline_usage_dead_lettered_events_total") == 1
