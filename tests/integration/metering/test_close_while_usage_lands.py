@@ -9,16 +9,18 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from trunkline.billing import statements
 from trunkline.billing.periods import Period, month_of
 from trunkline.kit.ids import utcnow
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods
 from unit.billing.billing_support import billed, focus
 from unit.controlplane.cp_support import run_cli
-from unit.metering.usage_support import accounts, event, ingest, migrated
+from unit.metering.usage_support import accounts, ingest, migrated
+from unit.metering.usage_support import event as usage_event
 
 ENDED = month_of(utcnow()).previous()
 """The CLI closes a month that has ended by the clock."""
@@ -50,28 +52,30 @@ def by_export_close(_f: object, period: Period, capsys: pytest.CaptureFixture[st
 @pytest.mark.parametrize("closing", [by_the_worker, by_billing_close, by_export_close])
 def test_usage_rolled_up_while_its_month_closes_is_billed_once(
     factory: sessionmaker[Session],
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     closing: Callable[..., None],
 ) -> None:
     acme = accounts(factory)["acme"]
     day = ENDED.start + timedelta(days=2, hours=10)
-    ingest(factory, [event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
-    late = event(acme, "late", when=ENDED.end - timedelta(hours=1), prompt=2_000_000, completion=0)
-    watermark = statements._watermark
+    ingest(factory, [usage_event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
+    late = usage_event(
+        acme, "late", when=ENDED.end - timedelta(hours=1), prompt=2_000_000, completion=0
+    )
     landed = []
 
-    def late_usage_lands_first(session: Session, period: Period) -> tuple[int, int]:
-        # Between the close's copy of the rollups and its reading of their watermark, a
-        # worker ingests and rolls up a late event of the month (and commits).
-        if not landed:
+    def late_usage_lands(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        # Right after the close copied the month's rollups, a worker ingests and rolls up a
+        # late event of the month (and commits) before the close goes on.
+        if statement.lstrip().startswith("INSERT INTO billed_usage") and not landed:
             landed.append(ingest(factory, [late]))
-        return watermark(session, period)
 
-    monkeypatch.setattr(statements, "_watermark", late_usage_lands_first)
-    closing(factory, ENDED, capsys)
+    # On every engine: the CLI closes through an engine of its own.
+    event.listen(Engine, "after_cursor_execute", late_usage_lands)
+    try:
+        closing(factory, ENDED, capsys)
+    finally:
+        event.remove(Engine, "after_cursor_execute", late_usage_lands)
     assert landed == [1]
-    monkeypatch.setattr(statements, "_watermark", watermark)
 
     month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
     following = focus(factory, ENDED.next().label, now=ENDED.end + timedelta(days=3))
