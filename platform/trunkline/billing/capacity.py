@@ -16,7 +16,7 @@ from trunkline.billing.periods import Period
 from trunkline.billing.pricebook import PriceBook, PriceVersion
 from trunkline.billing.rating import rate
 from trunkline.billing.scope import TenantScope, in_scope
-from trunkline.errors import ConfigurationError, Conflict, InvalidRequest
+from trunkline.errors import ConfigurationError, Conflict, InvalidRequest, NotFound
 from trunkline.metering.rollup_plan import HOUR
 from trunkline.models import BillingPeriod, DedicatedCapacity
 
@@ -173,5 +173,28 @@ def add_capacity(
         ends_at=ends_at,
     )
     session.add(row)
+    session.flush()
+    return row
+
+
+def end_capacity(session: Session, capacity_id: uuid.UUID, ends_at: datetime) -> DedicatedCapacity:
+    """End an allocation at ``ends_at`` (its GPUs released): billed for the hours begun before
+    it, no more. Without it, an allocation recorded open-ended was billed every hour for ever.
+
+    Neither its end now nor the new one may fall in a closed billing period: the hours billed
+    there are final (an allocation that ended in one is done)."""
+    row = session.get(DedicatedCapacity, capacity_id, with_for_update=True)
+    if row is None:
+        raise NotFound("capacity not found", param="capacity_id")
+    if ends_at <= row.starts_at:
+        raise InvalidRequest("the allocation must end after it starts", param="ends_at")
+    closed_until = latest_closed_end(session)
+    if closed_until is not None:
+        for end in (row.ends_at, ends_at):
+            if end is not None and end < closed_until:
+                raise Conflict(
+                    f"capacity cannot end before {closed_until:%Y-%m-%d}: that period is closed"
+                )
+    row.ends_at = ends_at
     session.flush()
     return row

@@ -21,7 +21,13 @@ from trunkline.models import BillingPeriod, DedicatedCapacity, PriceBookVersion,
 
 def close(session: Session, period: Period, now: datetime) -> bool:
     """Close ``period``; stores the bundled price book first if none was applied, so the
-    prices a closed period was billed at are on record."""
+    prices a closed period was billed at are on record.
+
+    Call it in a transaction that sees one view of the database (``kit.db.one_view(session,
+    read_only=False)`` before its first query): closing copies the rollups, then reads their
+    watermark, in separate statements, and in PostgreSQL's default isolation usage rolled up
+    between the two was in the watermark and not in the copy, so no later close corrected it:
+    it was billed nowhere."""
     if session.scalar(select(PriceBookVersion.version).limit(1)) is None:
         apply_price_book(session, load_price_book_file(BUNDLED))
     return close_period(session, period, load_price_book(session), now)

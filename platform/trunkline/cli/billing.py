@@ -4,15 +4,15 @@ price book and dedicated capacity, as the platform itself."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterable
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from trunkline.billing import closing, exports, pricebook_store
-from trunkline.billing.capacity import add_capacity
+from trunkline.billing.capacity import add_capacity, end_capacity
+from trunkline.billing.export_file import write_file
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import load_price_book_file, version_document
 from trunkline.cli.tenants import open_runtime
@@ -85,6 +85,12 @@ def register(sub: Any) -> None:
     capacity.add_argument("--start", required=True, help="ISO 8601, e.g. 2026-11-01T00:00:00Z")
     capacity.add_argument("--end", help="ISO 8601 (default: open-ended)")
     capacity.set_defaults(func=capacity_command)
+    capacity_end = commands.add_parser(
+        "capacity-end", help="end a dedicated GPU allocation (its GPUs released)"
+    )
+    capacity_end.add_argument("capacity_id", type=uuid.UUID, help="as `capacity` printed it")
+    capacity_end.add_argument("--end", required=True, help="ISO 8601, e.g. 2026-12-15T00:00:00Z")
+    capacity_end.set_defaults(func=capacity_end_command)
 
 
 def _instant(text: str, param: str) -> datetime:
@@ -106,14 +112,15 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
-            if args.out is not None:  # its groups of tenants agree with each other
+            # Its groups of tenants agree with each other; and see closing.close.
+            if args.out is not None or args.close:
                 one_view(session, read_only=False)
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
             if args.close and period.end <= utcnow():
                 closing.close(session, period, utcnow())
             if args.out is not None:  # in the transaction: a failed write leaves it open
                 export = exports.export_period(session, period, args.format, tenant_id)
-                _write(args.out, export.chunks)
+                write_file(args.out, export.chunks)
         if args.out is None:  # after the commit: a reader that went (| head) undoes nothing
             with runtime.session_factory() as session:  # read as it is written
                 export = exports.export_period(
@@ -129,36 +136,13 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(path: Path, chunks: Iterable[bytes]) -> None:
-    """A file is written beside ``path`` and renamed once whole: a failure part-way leaves no
-    file that looks like a complete export. What is not a regular file (``/dev/stdout``, a
-    pipe) is written to as the export comes."""
-    direct = path.exists() and not path.is_file()
-    target = path if direct else path.with_name(path.name + ".partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-        if not direct:
-            target.replace(path)
-    except BaseException as exc:
-        if not direct:
-            with contextlib.suppress(OSError):
-                target.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise InvalidRequest(
-                f"cannot write {path}: {exc.strerror or exc}", param="out"
-            ) from exc
-        raise
-
-
 def close_command(args: argparse.Namespace) -> int:
     period = parse_period(args.period)
     runtime = open_runtime()
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
+            one_view(session, read_only=False)  # see closing.close
             closed = closing.close(session, period, utcnow())
     finally:
         runtime.close()
@@ -211,6 +195,17 @@ def prices_show_command(_args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     print(json.dumps([version_document(v) for v in book.versions], indent=2))
+    return 0
+
+
+def capacity_end_command(args: argparse.Namespace) -> int:
+    runtime = open_runtime()
+    try:
+        with transaction(runtime.session_factory) as session:
+            row = end_capacity(session, args.capacity_id, _instant(args.end, "end"))
+            print(f"capacity {row.id}: ends {row.ends_at:%Y-%m-%dT%H:%M:%SZ}")
+    finally:
+        runtime.close()
     return 0
 
 

@@ -40,6 +40,12 @@ class ConsumerCollector(Collector):
             "Ledger writes and stream acks this worker had to try again",
             value=stats.write_retries,
         )
+        yield CounterMetricFamily(
+            "trunkline_usage_dead_lettered_events",
+            "Stream entries this worker set aside in the dead-letter stream, not billed: not "
+            "usage events the ledger can store (alert on any)",
+            value=self._reader.dead_lettered,
+        )
         now = time.time()
         for name, at, what in (
             ("read", stats.last_read_at, "the usage stream last answered a read"),

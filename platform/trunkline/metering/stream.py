@@ -38,6 +38,9 @@ class UsageEmitter(Protocol):
 
 
 class UsageReader(Protocol):
+    dead_lettered: int
+    """Entries this reader set aside in the dead-letter stream: events not billed."""
+
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]: ...
     def ack(self, ids: list[str]) -> None: ...
     def backlog(self) -> int:
@@ -58,6 +61,8 @@ class InMemoryUsageStream:
         self.claim_idle_s = claim_idle_s
         self.held = 0
         """Always 0: an event is in the stream as soon as it is emitted."""
+        self.dead_lettered = 0
+        """Always 0: its events are never encoded, so never fail to decode."""
 
     def emit(self, record: UsageRecord) -> None:
         with self._lock:
@@ -108,6 +113,7 @@ class _InMemoryReader:
     def __init__(self, stream: InMemoryUsageStream, claim_idle_s: float) -> None:
         self._stream = stream
         self._claim_idle_s = claim_idle_s
+        self.dead_lettered = 0
 
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
         return self._stream.read_claiming(max_count, self._claim_idle_s)
@@ -196,13 +202,20 @@ class RedisUsageEmitter:
                 await self._send(batch)
                 return
             except (redis.RedisError, OSError) as exc:
-                if not redis_unavailable(exc):
-                    raise
                 # Keep the events in memory while Redis is away or refuses writes (a replica
                 # after a failover, out of memory); never drop them. A batch Redis applied
                 # before the connection broke is sent again: ingest drops the duplicates on
-                # request id.
-                log.warning("usage stream unavailable, retrying", extra={"events": self.held})
+                # request id. Refused for another reason (the gateway's user lost its
+                # permissions, its password changed), they are kept as well: ending here kept
+                # every later event in memory for good, after Redis took writes again.
+                if redis_unavailable(exc):
+                    log.warning("usage stream unavailable, retrying", extra={"events": self.held})
+                else:
+                    log.error(
+                        "usage stream refused the events, retrying: %s",
+                        exc,
+                        extra={"events": self.held},
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -220,9 +233,7 @@ class RedisUsageEmitter:
             try:
                 await self._send(batch[start : start + self._max_batch])
             except (redis.RedisError, OSError) as exc:
-                if not redis_unavailable(exc):
-                    raise
-                log.error("usage events lost at shutdown", extra={"events": self.held})
+                log.error("usage events lost at shutdown: %s", exc, extra={"events": self.held})
                 return
 
 
@@ -255,8 +266,8 @@ its next read."""
 class RedisUsageReader:
     """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
 
-    An entry that does not decode as a usage event would block the group for ever: it is
-    copied to ``<stream>:dead`` and acked, and the reason is logged. Every
+    An entry that does not decode as a usage event the ledger can store would block the group
+    for ever: it is copied to ``<stream>:dead`` and acked, and the reason is logged. Every
     ``forget_every_s`` a read also removes dead consumers from the group
     (:data:`FORGET_IDLE_CONSUMERS_MS`).
     """
@@ -283,6 +294,7 @@ class RedisUsageReader:
         self._clock = clock
         self._forget = client.register_script(_FORGET_LUA)
         self._forgot_at: float | None = None
+        self.dead_lettered = 0
         # Replies as Redis sends them (no per-entry dicts): a second client on the same pool,
         # so the caller's client keeps its usual replies.
         self._raw = redis.Redis(connection_pool=client.connection_pool)
@@ -375,13 +387,15 @@ class RedisUsageReader:
         with self._client.pipeline(transaction=True) as pipe:
             for message_id, fields, exc in poisoned:
                 log.error(
-                    "usage entry is not a usage event; moved to the dead-letter stream",
+                    "usage entry is not a usage event the ledger can store; "
+                    "moved to the dead-letter stream",
                     extra={"message_id": _text(message_id), "error": str(exc)},
                 )
                 pipe.xadd(f"{self._stream}:dead", {**fields, b"error": str(exc)})
                 pipe.xack(self._stream, self._group, message_id)
                 pipe.xdel(self._stream, message_id)
             pipe.execute()
+        self.dead_lettered += len(poisoned)
 
     def ack(self, ids: list[str]) -> None:
         """Done with these entries: acknowledged and deleted. A stream only appended to kept

@@ -14,9 +14,10 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.closing import close, due_periods
+from trunkline.billing.export_file import publish, stage
 from trunkline.billing.exports import export_period
 from trunkline.billing.periods import Period
-from trunkline.kit.db import transaction
+from trunkline.kit.db import one_view, transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.rollups import rollup_usage
@@ -69,7 +70,10 @@ def rollup(ctx: JobContext) -> int:
 
 
 def close_periods(ctx: JobContext) -> list[str]:
-    """Close every month that ended more than the grace period ago."""
+    """Close every month that ended more than the grace period ago, and write its FOCUS files
+    (if ``export_dir`` is set): they appear once the close committed, never before. Written
+    under their names inside the transaction, a file marked final (invoice ids) stayed when
+    the close failed after it and rolled back, for a month still open."""
     now = ctx.clock()
     with transaction(ctx.factory) as session:
         periods = due_periods(session, now, timedelta(hours=ctx.settings.close_grace_hours))
@@ -78,22 +82,39 @@ def close_periods(ctx: JobContext) -> list[str]:
     rollup_usage(ctx.factory, clock=ctx.clock)
     closed = []
     for period in periods:
-        with transaction(ctx.factory) as session:
-            if close(session, period, now):
-                closed.append(period.label)
-                _export(session, period, ctx.settings.export_dir)
+        staged: list[tuple[Path, Path]] = []
+        try:
+            with transaction(ctx.factory) as session:
+                one_view(session, read_only=False)  # see closing.close
+                if close(session, period, now):
+                    staged = _export(session, period, ctx.settings.export_dir)
+                    closed.append(period.label)
+            for partial, path in staged:
+                publish(partial, path)
+        finally:
+            for partial, _path in staged:
+                partial.unlink(missing_ok=True)
     log.info("billing periods closed", extra={"periods": ",".join(closed)})
     return closed
 
 
-def _export(session: Session, period: Period, export_dir: Path | None) -> None:
-    """Write the closed month's FOCUS files for finance, if a directory is configured."""
+def _export(session: Session, period: Period, export_dir: Path | None) -> list[tuple[Path, Path]]:
+    """The closed month's FOCUS files for finance, if a directory is configured: each written
+    beside its path as it is made (a month of every tenant is not held whole), to rename once
+    the close committed; (written, path) pairs."""
     if export_dir is None:
-        return
-    export_dir.mkdir(parents=True, exist_ok=True)
-    for fmt in ("focus-csv", "focus-parquet"):
-        export = export_period(session, period, fmt)
-        (export_dir / export.filename).write_bytes(export.body)
+        return []
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for fmt in ("focus-csv", "focus-parquet"):
+            export = export_period(session, period, fmt)
+            path = export_dir / export.filename
+            staged.append((stage(path, export.chunks), path))
+    except BaseException:
+        for partial, _path in staged:
+            partial.unlink(missing_ok=True)
+        raise
+    return staged
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,39 @@ async def test_closing_while_redis_is_away_counts_every_event_it_loses(
         server.destroy()
     [lost] = [r for r in caplog.records if "lost at shutdown" in r.getMessage()]
     assert lost.events == 8, "the batch being sent is lost too"  # type: ignore[attr-defined]
+
+
+async def test_events_refused_by_redis_for_a_while_are_sent_once_it_takes_them(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis refusing the emitter's writes for a reason that is not an outage (its user's
+    permissions taken away by an ACL change, then given back) must not end the emitter: it
+    kept every later event in memory for good, and its close raised the refusal."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.execute_command("ACL", "SETUSER", "gateway", "on", "nopass", "~*", "+@all")
+    gateway = aioredis.Redis.from_url(redis_url, username="gateway", password="")
+    emitter = RedisUsageEmitter(gateway, STREAM, max_batch=10)
+    await emitter.start()
+    events = [event(ACME, f"acl-{n}", when=at(3)) for n in range(30)]
+    try:
+        admin.execute_command("ACL", "SETUSER", "gateway", "-@all")
+        with caplog.at_level(logging.ERROR, logger="trunkline.metering.stream"):
+            for item in events[:20]:
+                emitter.emit(item)
+            for _ in range(500):  # until the refusal is met (10 s at most)
+                if caplog.records:
+                    break
+                await asyncio.sleep(0.02)
+        admin.execute_command("ACL", "SETUSER", "gateway", "+@all")
+        for item in events[20:]:
+            emitter.emit(item)
+        await emitter.close(timeout_s=10)
+        entries = admin.xrange(STREAM)
+    finally:
+        await gateway.aclose()
+        admin.execute_command("ACL", "DELUSER", "gateway")
+        admin.close()
+    assert "refused" in caplog.records[0].getMessage()
+    assert sorted(decode_usage(fields[b"e"]).request_id for _id, fields in entries) == sorted(
+        e.request_id for e in events
+    )

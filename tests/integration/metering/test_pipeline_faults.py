@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 
 from integration.metering.pipeline_support import (
     STREAM,
@@ -26,6 +29,7 @@ from support.processes import TRUNKLINE, Proc, trunkline_env
 from support.servers import Database, start_redis
 from trunkline.bench.servers import start_postgres
 from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.ingest import write_usage
 from unit.metering.usage_support import accounts, at, event, migrated
 
@@ -162,3 +166,39 @@ def test_unfinished_requests_are_in_the_ledger_with_their_tokens(
     emit(redis_url, events)
     UsageConsumer(reader(redis_url, "c"), factory).drain()
     assert_reconciled(factory, events)
+
+
+@pytest.mark.parametrize(
+    "unstorable",
+    [
+        {"prompt_tokens": 3_000_000_000},  # an engine's count past the ledger's integer
+        {"completion_tokens": -40},  # an engine's negative count: tokens off the bill
+        {"model": "llama\x00"},  # PostgreSQL refuses NUL in text
+        {"region": "r" * 65},  # longer than its column
+        {"tenant_id": "acme"},  # not a tenant id
+    ],
+)
+def test_an_event_the_ledger_cannot_store_is_set_aside_not_blocking_the_rest(
+    postgres_url: str, redis_url: str, unstorable: dict[str, object]
+) -> None:
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    good = [event(acme, f"good-{n}", when=at(3)) for n in range(20)]
+    bad = msgspec.structs.replace(event(acme, "bad", when=at(3)), **unstorable)
+    emit(redis_url, [*good[:10], bad, *good[10:]])
+    set_aside = reader(redis_url, "c")
+    consumer = UsageConsumer(set_aside, factory, retry_max_s=0.1)
+    metrics = CollectorRegistry()
+    metrics.register(ConsumerCollector(consumer, set_aside))
+    stopper = threading.Timer(20, consumer.stop.set)  # the old code retried the batch for ever
+    stopper.start()
+    try:
+        consumer.drain()
+    finally:
+        stopper.cancel()
+    assert_reconciled(factory, good)
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+        assert client.xlen(STREAM) == 0
+    assert b'"request_id":"bad"' in fields[b"e"]
+    assert metrics.get_sample_value("trunkline_usage_dead_lettered_events_total") == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trunkline.cli.billing import _write
+from trunkline.billing.export_file import write_file
 from trunkline.errors import InvalidRequest
 
 
@@ -21,7 +21,7 @@ def _chunks(fail_after: int | None = None) -> Iterator[bytes]:
 
 def test_an_export_file_appears_whole(tmp_path: Path) -> None:
     out = tmp_path / "nested" / "nov.csv"
-    _write(out, _chunks())
+    write_file(out, _chunks())
     assert out.read_bytes() == b"line 0\r\nline 1\r\nline 2\r\n"
     assert list(out.parent.iterdir()) == [out]
 
@@ -29,12 +29,12 @@ def test_an_export_file_appears_whole(tmp_path: Path) -> None:
 def test_an_export_failing_part_way_leaves_no_file_that_looks_complete(tmp_path: Path) -> None:
     out = tmp_path / "nov.csv"
     with pytest.raises(UnicodeEncodeError):
-        _write(out, _chunks(fail_after=2))
+        write_file(out, _chunks(fail_after=2))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_device_is_written_to_directly_and_a_bad_path_is_a_clear_error(tmp_path: Path) -> None:
-    _write(Path("/dev/null"), _chunks())  # as /dev/stdout or a pipe: no ".partial" beside it
+    write_file(Path("/dev/null"), _chunks())  # as /dev/stdout or a pipe: no ".partial" beside it
     (tmp_path / "file").write_text("")
     with pytest.raises(InvalidRequest, match="cannot write"):
-        _write(tmp_path / "file" / "nov.csv", _chunks())  # under a file, not a directory
+        write_file(tmp_path / "file" / "nov.csv", _chunks())  # under a file, not a directory

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.closing import close
 from trunkline.billing.periods import parse_period
+from trunkline.errors import InvalidRequest
 from trunkline.kit.db import transaction
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import BillingPeriod, UsageEvent, UsageRollup
@@ -111,3 +113,31 @@ def test_an_empty_month_closed_by_hand_years_back_makes_no_month_since_due(
     ctx = context(factory, stream)
     drain(ctx)
     assert close_periods(ctx) == ["2026-11"]  # not every month from 2020-02 on
+
+
+def test_a_month_whose_export_cannot_be_written_stays_open_and_leaves_no_final_file(
+    factory: sessionmaker[Session], tenants: dict[str, Account], tmp_path: Path
+) -> None:
+    stream = InMemoryUsageStream()
+    stream.emit(event(tenants["acme"], "nov", when=at(30, 23)))
+    ctx = context(factory, stream)
+    finance = ctx.settings.export_dir = tmp_path / "finance"
+    finance.mkdir()
+    drain(ctx)
+    # The disk is full by the time the Parquet file is written (after the CSV): whatever
+    # name it is written under first is a full device.
+    parquet = "trunkline-focus-parquet-2026-11-all.parquet"
+    full = [finance / parquet, finance / f"{parquet}.partial"]
+    for name in full:
+        name.symlink_to("/dev/full")
+    with pytest.raises((OSError, InvalidRequest)):
+        close_periods(ctx)
+    # The close rolled back: no CSV saying final (invoice ids) for a month still open.
+    assert [p.name for p in finance.iterdir() if not p.is_symlink()] == []
+    with factory() as session:
+        assert session.scalars(select(BillingPeriod.period_start)).all() == []
+    for name in full:
+        name.unlink(missing_ok=True)
+    assert close_periods(ctx) == ["2026-11"]  # the next run closes it, files and all
+    assert "TL-2026-11-acme" in (finance / "trunkline-focus-csv-2026-11-all.csv").read_text()
+    assert len(list(finance.iterdir())) == 2

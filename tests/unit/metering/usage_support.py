@@ -99,11 +99,14 @@ def event(
 def ingest(
     factory: sessionmaker[Session], events: list[UsageRecord], *, rollup: bool = True
 ) -> int:
-    """Through the in-memory stream and the real consumer, then the rollup job."""
-    stream = InMemoryUsageStream(claim_idle_s=0)
+    """Through the in-memory stream and the real consumer, then the rollup job; every event.
+    (With a claim timeout of 0, the consumer's read-ahead claimed the batch it was writing,
+    found it its own, and took the stream for empty: past 5000 events, the rest were left.)"""
+    stream = InMemoryUsageStream(claim_idle_s=3600)
     for item in events:
         stream.emit(item)
     moved = UsageConsumer(stream, factory).drain()
+    assert moved == len(events) and not len(stream), (moved, len(events))
     if rollup:
         rollup_usage(factory)
     return moved
