@@ -24,6 +24,7 @@ from trunkline.errors import (
 )
 from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
+from trunkline.gateway.head import allowed_with_head, head_as_get
 from trunkline.gateway.meter import CLIENT_CLOSED
 from trunkline.gateway.pipeline import visible_aliases
 from trunkline.gateway.request_metrics import gateway_request_metrics
@@ -242,7 +243,7 @@ def _http_error(
         return MethodNotAllowed(
             "Method not allowed on this path.",
             reason="method_not_allowed",
-            extra={"headers": {"allow": allow}} if allow else None,
+            extra={"headers": {"allow": allowed_with_head(allow)}} if allow else None,
         )
     return InvalidRequest(str(exc.detail), reason="invalid_request")
 
@@ -316,7 +317,9 @@ def build_app(
     )
     late_body = BodyTimeout(body_timeout_s, _late_body, registry)
     # Around the router: its own answers (an unknown path, a wrong method) are counted too.
-    app.asgi_handler = gateway_request_metrics(registry).wrap(late_body.wrap(app.asgi_handler))
+    app.asgi_handler = gateway_request_metrics(registry).wrap(
+        late_body.wrap(head_as_get(app.asgi_handler))
+    )
     return app
 
 

@@ -385,6 +385,23 @@ def test_wrong_method_is_405_in_openai_shape_with_the_allowed_one(make_gateway) 
     assert "POST" in answer.headers["allow"]
 
 
+def test_head_is_answered_as_get_without_its_body(make_gateway) -> None:
+    """RFC 9110: a server answers HEAD wherever it answers GET; an uptime monitor probing
+    ``HEAD /health`` (several do by default) read the gateway's 405 as down."""
+    gw, key = _ready(make_gateway)
+    for path in ("/health", "/livez", "/v1/models", "/v1/models/llama"):
+        got = gw.client.get(path, headers=auth(key))
+        head = gw.client.head(path, headers=auth(key))
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == got.headers["content-length"] != "0"
+        assert head.headers["content-type"] == got.headers["content-type"]
+    assert gw.client.head("/v1/models").status_code == 401  # a key all the same
+    refused = gw.client.head("/v1/chat/completions", headers=auth(key))
+    assert refused.status_code == 405 and "HEAD" not in refused.headers["allow"]
+    put = gw.client.put("/v1/models", headers=auth(key))
+    assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD, OPTIONS"
+
+
 def test_a_completion_scoring_its_prompt_with_echo_and_max_tokens_0_goes_through(
     make_gateway,
 ) -> None:
