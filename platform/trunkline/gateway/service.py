@@ -165,11 +165,16 @@ class GatewayService:
             )
         return authenticate(snapshot, authorization, self.server_secret, time.time())
 
-    async def handle(self, kind: str, raw: bytes, principal: Principal, request_id: str) -> Reply:
-        """One request; a cascading alias tries its small model first (docs/cascading.md)."""
+    async def handle(
+        self, kind: str, raw: bytes, principal: Principal, request_id: str,
+        deployment: str | None = None,
+    ) -> Reply:  # fmt: skip
+        """One request (``deployment``: the model an Azure OpenAI path names); a cascading
+        alias tries its small model first (docs/cascading.md)."""
         snapshot = self.holder.current
         principal = current_principal(snapshot, principal, time.time())
-        request = parse_body(kind, raw, cache_salt=principal.tenant.cache_salt)
+        salt = principal.tenant.cache_salt
+        request = parse_body(kind, raw, cache_salt=salt, deployment=deployment)
         alias = entitle(snapshot, principal, request)
         if alias.alias != request.alias:  # called by its served name: metered under the alias
             request = replace(request, alias=alias.alias)
