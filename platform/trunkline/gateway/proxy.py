@@ -18,6 +18,7 @@ import msgspec
 
 from trunkline.errors import UpstreamUnavailable
 from trunkline.gateway.endpoints import EngineState, Flight
+from trunkline.gateway.errors import engine_error
 from trunkline.gateway.routing import Candidate
 
 log = logging.getLogger(__name__)
@@ -382,6 +383,8 @@ async def relay_events(
         out = bytearray()
         for event in events:
             verdict = _verdict(event, tally, keep_usage_chunk)
+            if verdict is _REFUSED:
+                event, verdict = _in_openai_shape(event), _SEND
             if verdict is _SEND:
                 if held:
                     out += held
@@ -406,9 +409,11 @@ class _Verdict(enum.Enum):
     """Sent with the next event sent: if the stream turns out unfinished, it never is."""
     DROP = enum.auto()
     GAVE_UP = enum.auto()
+    REFUSED = enum.auto()
+    """The engine's error event blaming the request (a 4xx): sent, in OpenAI's shape."""
 
 
-_SEND, _HOLD, _GAVE_UP = _Verdict.SEND, _Verdict.HOLD, _Verdict.GAVE_UP  # read per event
+_SEND, _HOLD, _GAVE_UP, _REFUSED = _Verdict.SEND, _Verdict.HOLD, _Verdict.GAVE_UP, _Verdict.REFUSED
 
 
 def _verdict(event: bytes, tally: Tally, keep_usage_chunk: bool) -> _Verdict:
@@ -427,10 +432,10 @@ def _verdict(event: bytes, tally: Tally, keep_usage_chunk: bool) -> _Verdict:
                 return _Verdict.GAVE_UP
             tally.finished = tally.finished or reason is not None
     elif event.startswith(b'data: {"error"'):
-        if _engine_error(event):
+        if _refusal_status(event) is None:
             return _Verdict.GAVE_UP
         tally.finished = True  # by the request's fault: the client reads why
-        return _Verdict.SEND
+        return _Verdict.REFUSED
     if b'"usage":{' not in event and b'"usage": {' not in event:
         return _Verdict.SEND
     try:
@@ -452,14 +457,22 @@ def _finish_reason(event: bytes, at: int) -> bytes | None:
     return value[1:end] if value.startswith(b'"') and end > 0 else None
 
 
-def _engine_error(event: bytes) -> bool:
-    """Whether an error event is the engine's failure, not the request's (a 4xx code): vLLM
-    sends one (``"code": 500``) to the streams it runs when its engine core died."""
+def _refusal_status(event: bytes) -> int | None:
+    """The 4xx ``code`` of an error event blaming the request; None when it is the engine's
+    failure: vLLM sends one (``"code": 500``) to the streams it runs when its engine core
+    died."""
     try:
         code = _error_event_decoder.decode(event[6:]).error.code
     except msgspec.DecodeError:
-        return True
-    return not (isinstance(code, int) and 400 <= code < 500)
+        return None
+    return code if isinstance(code, int) and 400 <= code < 500 else None
+
+
+def _in_openai_shape(event: bytes) -> bytes:
+    """An engine's error event blaming the request as OpenAI words one, as the engine's 4xx
+    answers are (:func:`engine_error`): vLLM's ``"type": "BadRequestError"`` and integer
+    ``code`` reached clients that read ``type`` and ``code`` as OpenAI's."""
+    return b"data: " + engine_error(_refusal_status(event) or 400, event[6:])
 
 
 def error_event(message: str, code: str, *, kind: str = "server_error") -> bytes:

@@ -140,14 +140,32 @@ def test_a_stream_the_engine_gave_up_before_its_first_event_moves_on(
     assert (record.status, record.endpoint) == (200, "http://engine-2")
 
 
-def test_an_error_event_blaming_the_request_reaches_the_client_as_it_came(
-    engine_gateway: Callable[..., Gateway],
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("bad stop sequence", None),
+        ("This model's maximum context length is 2048 tokens.", "context_length_exceeded"),
+    ],
+)
+def test_an_error_event_blaming_the_request_reaches_the_client_in_openais_shape(
+    engine_gateway: Callable[..., Gateway], message: str, code: str | None
 ) -> None:
-    error = {"message": "bad stop sequence", "type": "BadRequestError", "param": "stop"}
+    """As the engine's 4xx answers do: vLLM's ``BadRequestError`` type and integer code reached
+    clients reading ``type`` and ``code`` as OpenAI's (the SDK raises with them)."""
+    error = {"message": message, "type": "BadRequestError", "param": "stop"}
     bad_request = b"data: " + json.dumps({"error": {**error, "code": 400}}).encode()
     gw = engine_gateway(_stream_ending(bad_request, events_before=3))
 
     body = gw.chat(STREAM).text
 
-    assert "bad stop sequence" in body and "upstream_error" not in body
+    [event] = [json.loads(line[6:]) for line in body.splitlines() if '"error"' in line]
+    assert event == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "stop",
+            "code": code,
+        }
+    }
+    assert body.endswith("data: [DONE]\n\n")
     assert gw.service.engines.health_report()[0].request_failures == 0
