@@ -374,4 +374,10 @@ class GatewayService:
 
 
 def _upstream_headers(request_id: str) -> dict[str, str]:
-    return {"content-type": "application/json", "x-request-id": request_id}
+    # Identity: a stream's bytes are relayed as they come, so a compressing proxy in front of
+    # the engines (honouring httpx's default ``gzip, deflate``) sent the client gzip unsaid.
+    return {
+        "content-type": "application/json",
+        "x-request-id": request_id,
+        "accept-encoding": "identity",
+    }

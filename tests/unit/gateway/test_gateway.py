@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import httpx
@@ -291,6 +292,27 @@ def test_engine_dying_mid_stream_ends_with_an_error_event_and_usage_is_kept(make
     assert chunks[-1]["error"]["code"] == "upstream_error"
     [record] = gw.drain_usage()
     assert record.status == 502 and record.completion_tokens == 2
+
+
+def test_a_stream_through_a_compressing_proxy_reaches_the_client_readable(make_gateway) -> None:
+    """What fronts the engines may compress what the request accepts (an Envoy or nginx gzip
+    filter); the gateway relays a stream's bytes as they come, so it must not accept it: it
+    sent ``accept-encoding: gzip, deflate`` and relayed gzip to a client told nothing of it."""
+
+    def compressing(request: httpx.Request) -> httpx.Response:
+        events = b"".join(sse_events("llama-8b-served", True))
+        headers = {"content-type": "text/event-stream"}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["content-encoding"], events = "gzip", gzip.compress(events)
+        return httpx.Response(200, headers=headers, stream=Chunks([events]))
+
+    gw, key = _ready(make_gateway, compressing)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    response = gw.client.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert sse_data(response.text)[-1]["usage"]["completion_tokens"] == 3
+    [record] = gw.drain_usage()
+    assert (record.status, record.completion_tokens) == (200, 3)
 
 
 @pytest.mark.parametrize(
