@@ -372,14 +372,13 @@ async def relay_events(
     event (its engine core died) or ``[DONE]`` alone (docs/real-vllm.md). A usage-only chunk
     goes out with what follows it, so a stream that ends unfinished before its first token
     has sent nothing yet."""
-    buffer = held = b""
+    frames, held = _Frames(), b""
     async for piece in response.aiter_raw():
         if tally.first_byte is None:
             tally.first_byte = time.perf_counter()
-        buffer += piece
-        if b"\n\n" not in buffer:
+        events = frames.feed(piece)
+        if not events:
             continue
-        *events, buffer = buffer.split(b"\n\n")
         out = bytearray()
         for event in events:
             verdict = _verdict(event, tally, keep_usage_chunk)
@@ -399,8 +398,41 @@ async def relay_events(
                 raise EngineGaveUp("the engine ended the stream unfinished")
         if out:
             yield bytes(out)
-    if held or buffer.strip():
-        yield held + buffer
+    rest = frames.rest()
+    if held or rest.strip():
+        yield held + rest
+
+
+class _Frames:
+    """Whole SSE events cut from the pieces a stream arrives in, each byte joined and searched
+    for the blank line that ends its event once: the piece holding an event's end joins those
+    before it. An event arriving in many pieces was searched and copied again at each (vLLM's
+    first event of a completion streamed with ``echo`` and ``logprobs`` carries the whole
+    prompt's log-probabilities: 16 MB in 64 kB pieces held the event loop 2-6 s)."""
+
+    __slots__ = ("_newline", "_pending")
+
+    def __init__(self) -> None:
+        self._pending: list[bytes] = []
+        self._newline = False
+        """The pending bytes end with a newline (an event's end may span two pieces)."""
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        """The events ``piece`` ends (none while an event is still arriving)."""
+        if b"\n\n" not in piece and not (self._newline and piece[:1] == b"\n"):
+            if piece:
+                self._pending.append(piece)
+                self._newline = piece[-1:] == b"\n"
+            return []
+        self._pending.append(piece)
+        *events, rest = b"".join(self._pending).split(b"\n\n")
+        self._pending = [rest] if rest else []
+        self._newline = rest[-1:] == b"\n"
+        return events
+
+    def rest(self) -> bytes:
+        """What came after the last whole event."""
+        return b"".join(self._pending)
 
 
 class _Verdict(enum.Enum):
