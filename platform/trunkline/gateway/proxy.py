@@ -369,7 +369,8 @@ async def relay_events(
     when the client did not ask for it. Raises httpx errors if the engine dies, and
     :class:`EngineGaveUp` where it ends the stream unfinished (what came before still goes
     out): vLLM stopping on SIGTERM ends what it runs with ``finish_reason: "abort"``, an error
-    event (its engine core died) or ``[DONE]`` alone (docs/real-vllm.md). A usage-only chunk
+    event (its engine core died) or ``[DONE]`` alone (docs/real-vllm.md); so is a stream
+    closed with neither a finish nor ``[DONE]``. A usage-only chunk
     goes out with what follows it, so a stream that ends unfinished before its first token
     has sent nothing yet."""
     frames, held = _Frames(), b""
@@ -399,8 +400,19 @@ async def relay_events(
         if out:
             yield bytes(out)
     rest = frames.rest()
+    if not tally.finished and not _finishes(rest, tally):
+        # Closed without a finish or [DONE] (a proxy ending its body where the engine broke
+        # off): unfinished as [DONE] alone is, not an answer that came whole.
+        raise EngineGaveUp("the engine's stream ended unfinished")
     if held or rest.strip():
         yield held + rest
+
+
+def _finishes(tail: bytes, tally: Tally) -> bool:
+    """Whether the stream's last bytes, an event its end cut short of its blank line, finish
+    it (noted on ``tally``)."""
+    event = tail.strip()
+    return bool(event) and _verdict(event, tally, True) is not _GAVE_UP and tally.finished
 
 
 class _Frames:
