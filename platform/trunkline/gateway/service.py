@@ -34,6 +34,7 @@ from trunkline.gateway.authn import Principal, authenticate, current_principal
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
+from trunkline.gateway.engine_answers import NotAStream, Tally, is_event_stream, relay_events
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import (
     ParsedRequest,
@@ -44,16 +45,6 @@ from trunkline.gateway.pipeline import (
 )
 from trunkline.gateway.plain_answer import finish_plain
 from trunkline.gateway.prompt_tokens import PromptTokens
-from trunkline.gateway.proxy import (
-    EndpointEjected,
-    NotAStream,
-    Opened,
-    Tally,
-    is_event_stream,
-    open_upstream,
-    relay_events,
-    unless_ejected,
-)
 from trunkline.gateway.reply import Reply
 from trunkline.gateway.request_view import request_view
 from trunkline.gateway.routing import (
@@ -68,6 +59,7 @@ from trunkline.gateway.routing import (
 from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.gateway.stream_relay import relay_stream
+from trunkline.gateway.upstream import EndpointEjected, Opened, open_upstream, unless_ejected
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
 from trunkline.quota.estimate import estimate_prompt_tokens

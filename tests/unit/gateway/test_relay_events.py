@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from tests.unit.gateway.upstreams import Chunks, sse_events
 
-from trunkline.gateway.proxy import Tally, relay_events
+from trunkline.gateway.engine_answers import Tally, relay_events
 
 EVENTS = sse_events("llama-8b-served", with_usage=True)
 WHOLE = b"".join(EVENTS)
