@@ -9,16 +9,18 @@ import msgspec
 
 from trunkline import errors
 
-# code -> (HTTP status, OpenAI error type)
+# code -> (HTTP status, OpenAI error type). OpenAI types every client error but a 429
+# ``invalid_request_error``, a bad key (401), a model refused (403) or unknown (404) too: there
+# is no ``authentication_error``, ``permission_error`` or ``not_found_error`` in its API.
 _STATUS: dict[str, tuple[int, str]] = {
     errors.InvalidRequest.code: (400, "invalid_request_error"),
     errors.PayloadTooLarge.code: (413, "invalid_request_error"),
     errors.RequestTimeout.code: (408, "invalid_request_error"),
     errors.ClientClosed.code: (499, "invalid_request_error"),  # nobody reads it
     errors.MethodNotAllowed.code: (405, "invalid_request_error"),
-    errors.Unauthenticated.code: (401, "authentication_error"),
-    errors.Forbidden.code: (403, "permission_error"),
-    errors.NotFound.code: (404, "not_found_error"),
+    errors.Unauthenticated.code: (401, "invalid_request_error"),
+    errors.Forbidden.code: (403, "invalid_request_error"),
+    errors.NotFound.code: (404, "invalid_request_error"),
     errors.Conflict.code: (409, "invalid_request_error"),
     errors.RateLimited.code: (429, "rate_limit_error"),
     errors.QuotaExhausted.code: (429, "insufficient_quota"),

@@ -24,6 +24,7 @@ from trunkline.errors import (
 )
 from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
+from trunkline.gateway.head import allowed_with_head, head_as_get
 from trunkline.gateway.meter import CLIENT_CLOSED
 from trunkline.gateway.pipeline import visible_aliases
 from trunkline.gateway.request_metrics import gateway_request_metrics
@@ -78,7 +79,9 @@ def _credentials(request: Request[object, object, State]) -> str | None:
     return authorization
 
 
-async def _serve(kind: str, request: Request[object, object, State]) -> Response[bytes]:
+async def _serve(
+    kind: str, request: Request[object, object, State], deployment: str | None = None
+) -> Response[bytes]:
     started = time.perf_counter()
     service = _service(request.app.state)
     ids = _id_headers(request)
@@ -96,7 +99,7 @@ async def _serve(kind: str, request: Request[object, object, State]) -> Response
         # it cancelled (the engine's call closed, so the engine aborts) and metered as 499,
         # not generated and billed in full. A stream's reply comes at its first event; from
         # there the response itself watches the connection.
-        work = service.handle(kind, raw, principal, request_id)
+        work = service.handle(kind, raw, principal, request_id, deployment)
         reply = await unless_client_leaves(work, request.receive)
         if reply is None:
             log.info("client disconnected before its answer")
@@ -133,14 +136,40 @@ async def embeddings(request: Request[object, object, State]) -> Response[bytes]
     return await _serve("embeddings", request)
 
 
-@get("/v1/models")
+_DEPLOYMENTS = ("/openai/deployments/{deployment:str}", "/v1/deployments/{deployment:str}")
+"""Where Azure OpenAI clients send a model's requests: ``AzureOpenAI(azure_endpoint=…)`` under
+``/openai``, ``AzureOpenAI(base_url=…/v1)`` under the base URL; the deployment is the model."""
+
+
+@post([f"{prefix}/chat/completions" for prefix in _DEPLOYMENTS], status_code=200)
+async def azure_chat_completions(
+    request: Request[object, object, State], deployment: FromPath[str]
+) -> Response[bytes]:
+    return await _serve("chat", request, deployment)
+
+
+@post([f"{prefix}/completions" for prefix in _DEPLOYMENTS], status_code=200)
+async def azure_completions(
+    request: Request[object, object, State], deployment: FromPath[str]
+) -> Response[bytes]:
+    return await _serve("completions", request, deployment)
+
+
+@post([f"{prefix}/embeddings" for prefix in _DEPLOYMENTS], status_code=200)
+async def azure_embeddings(
+    request: Request[object, object, State], deployment: FromPath[str]
+) -> Response[bytes]:
+    return await _serve("embeddings", request, deployment)
+
+
+@get(["/v1/models", "/openai/models"])
 async def list_models(request: Request[object, object, State]) -> Response[bytes]:
     models = _visible_models(request)
     body = msgspec.json.encode({"object": "list", "data": list(models.values())})
     return Response(body, media_type=JSON, headers=_id_headers(request))
 
 
-@get("/v1/models/{model:path}")
+@get(["/v1/models/{model:path}", "/openai/models/{model:path}"])
 async def retrieve_model(
     request: Request[object, object, State], model: FromPath[str]
 ) -> Response[bytes]:
@@ -242,7 +271,7 @@ def _http_error(
         return MethodNotAllowed(
             "Method not allowed on this path.",
             reason="method_not_allowed",
-            extra={"headers": {"allow": allow}} if allow else None,
+            extra={"headers": {"allow": allowed_with_head(allow)}} if allow else None,
         )
     return InvalidRequest(str(exc.detail), reason="invalid_request")
 
@@ -278,6 +307,9 @@ ROUTES = [
     chat_completions,
     completions,
     embeddings,
+    azure_chat_completions,
+    azure_completions,
+    azure_embeddings,
     list_models,
     retrieve_model,
     health,
@@ -316,7 +348,9 @@ def build_app(
     )
     late_body = BodyTimeout(body_timeout_s, _late_body, registry)
     # Around the router: its own answers (an unknown path, a wrong method) are counted too.
-    app.asgi_handler = gateway_request_metrics(registry).wrap(late_body.wrap(app.asgi_handler))
+    app.asgi_handler = gateway_request_metrics(registry).wrap(
+        late_body.wrap(head_as_get(app.asgi_handler))
+    )
     return app
 
 

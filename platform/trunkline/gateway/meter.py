@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.endpoints import EngineState, Flight
+from trunkline.gateway.engine_answers import Tally
 from trunkline.gateway.pipeline import ParsedRequest
-from trunkline.gateway.proxy import Tally
 from trunkline.gateway.routing import Candidate
 from trunkline.metering.outcomes import CLIENT_CLOSED, outcome_of
 from trunkline.metering.schemas import UsageRecord

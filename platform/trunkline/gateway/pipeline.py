@@ -41,8 +41,12 @@ class ParsedRequest:
     """The tenant's prefix-cache salt (``TenantEntry.cache_salt``), set after authentication."""
 
 
-def parse_body(kind: str, raw: bytes, *, cache_salt: str | None = None) -> ParsedRequest:
-    """The checked request; ``cache_salt`` is the caller's tenant's (``TenantEntry``)."""
+def parse_body(
+    kind: str, raw: bytes, *, cache_salt: str | None = None, deployment: str | None = None
+) -> ParsedRequest:
+    """The checked request; ``cache_salt`` is the caller's tenant's (``TenantEntry``). A
+    ``deployment`` (an Azure OpenAI path's) is the model, whatever the body names, as Azure
+    takes it."""
     if not raw.strip():
         raise InvalidRequest(
             "The request body is empty; expected a JSON object.", reason="invalid_json"
@@ -60,6 +64,8 @@ def parse_body(kind: str, raw: bytes, *, cache_salt: str | None = None) -> Parse
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", reason="invalid_json")
+    if deployment is not None:
+        body["model"] = deployment
     model = body.get("model")
     if model is None:
         raise InvalidRequest(

@@ -11,10 +11,11 @@ import time
 import httpx
 
 from trunkline.errors import UpstreamError
+from trunkline.gateway.engine_answers import read_usage
 from trunkline.gateway.errors import engine_error
 from trunkline.gateway.meter import UsageMeter
-from trunkline.gateway.proxy import ABORTED, MISCONFIGURED, read_usage
 from trunkline.gateway.reply import Reply
+from trunkline.gateway.upstream import ABORTED, MISCONFIGURED
 
 __all__ = ["finish_plain"]
 

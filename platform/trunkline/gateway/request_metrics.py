@@ -4,6 +4,8 @@ and that answer is still labelled with the route."""
 
 from __future__ import annotations
 
+import re
+
 from litestar.types import Scope
 from prometheus_client import CollectorRegistry
 
@@ -13,6 +15,10 @@ __all__ = ["UNCOUNTED", "gateway_request_metrics", "route_of"]
 
 _ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
 UNCOUNTED = frozenset({"/health", "/livez", "/metrics"})
+_DEPLOYMENT = re.compile(
+    r"/(openai|v1)/deployments/[^/]+/(chat/completions|completions|embeddings)"
+)
+"""An Azure OpenAI client's path: the deployment (a model) is not a label."""
 
 
 def route_of(path: str) -> str | None:
@@ -24,6 +30,12 @@ def route_of(path: str) -> str | None:
         return trimmed
     if trimmed.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if trimmed == "/openai/models":
+        return trimmed
+    if trimmed.startswith("/openai/models/"):
+        return "/openai/models/{model}"
+    if deployment := _DEPLOYMENT.fullmatch(trimmed):
+        return f"/{deployment[1]}/deployments/{{deployment}}/{deployment[2]}"
     return OTHER
 
 

@@ -34,6 +34,7 @@ from trunkline.gateway.authn import Principal, authenticate, current_principal
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
+from trunkline.gateway.engine_answers import NotAStream, Tally, is_event_stream, relay_events
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import (
     ParsedRequest,
@@ -44,16 +45,6 @@ from trunkline.gateway.pipeline import (
 )
 from trunkline.gateway.plain_answer import finish_plain
 from trunkline.gateway.prompt_tokens import PromptTokens
-from trunkline.gateway.proxy import (
-    EndpointEjected,
-    NotAStream,
-    Opened,
-    Tally,
-    is_event_stream,
-    open_upstream,
-    relay_events,
-    unless_ejected,
-)
 from trunkline.gateway.reply import Reply
 from trunkline.gateway.request_view import request_view
 from trunkline.gateway.routing import (
@@ -68,6 +59,7 @@ from trunkline.gateway.routing import (
 from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.gateway.stream_relay import relay_stream
+from trunkline.gateway.upstream import EndpointEjected, Opened, open_upstream, unless_ejected
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
 from trunkline.quota.estimate import estimate_prompt_tokens
@@ -165,11 +157,16 @@ class GatewayService:
             )
         return authenticate(snapshot, authorization, self.server_secret, time.time())
 
-    async def handle(self, kind: str, raw: bytes, principal: Principal, request_id: str) -> Reply:
-        """One request; a cascading alias tries its small model first (docs/cascading.md)."""
+    async def handle(
+        self, kind: str, raw: bytes, principal: Principal, request_id: str,
+        deployment: str | None = None,
+    ) -> Reply:  # fmt: skip
+        """One request (``deployment``: the model an Azure OpenAI path names); a cascading
+        alias tries its small model first (docs/cascading.md)."""
         snapshot = self.holder.current
         principal = current_principal(snapshot, principal, time.time())
-        request = parse_body(kind, raw, cache_salt=principal.tenant.cache_salt)
+        salt = principal.tenant.cache_salt
+        request = parse_body(kind, raw, cache_salt=salt, deployment=deployment)
         alias = entitle(snapshot, principal, request)
         if alias.alias != request.alias:  # called by its served name: metered under the alias
             request = replace(request, alias=alias.alias)
@@ -369,4 +366,10 @@ class GatewayService:
 
 
 def _upstream_headers(request_id: str) -> dict[str, str]:
-    return {"content-type": "application/json", "x-request-id": request_id}
+    # Identity: a stream's bytes are relayed as they come, so a compressing proxy in front of
+    # the engines (honouring httpx's default ``gzip, deflate``) sent the client gzip unsaid.
+    return {
+        "content-type": "application/json",
+        "x-request-id": request_id,
+        "accept-encoding": "identity",
+    }

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from trunkline.gateway.authn import expired
+from trunkline.gateway.engine_answers import error_event
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
-from trunkline.gateway.proxy import error_event
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.snapshot import KeyEntry, Snapshot
 

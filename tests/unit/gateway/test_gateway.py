@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import httpx
@@ -293,6 +294,27 @@ def test_engine_dying_mid_stream_ends_with_an_error_event_and_usage_is_kept(make
     assert record.status == 502 and record.completion_tokens == 2
 
 
+def test_a_stream_through_a_compressing_proxy_reaches_the_client_readable(make_gateway) -> None:
+    """What fronts the engines may compress what the request accepts (an Envoy or nginx gzip
+    filter); the gateway relays a stream's bytes as they come, so it must not accept it: it
+    sent ``accept-encoding: gzip, deflate`` and relayed gzip to a client told nothing of it."""
+
+    def compressing(request: httpx.Request) -> httpx.Response:
+        events = b"".join(sse_events("llama-8b-served", True))
+        headers = {"content-type": "text/event-stream"}
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["content-encoding"], events = "gzip", gzip.compress(events)
+        return httpx.Response(200, headers=headers, stream=Chunks([events]))
+
+    gw, key = _ready(make_gateway, compressing)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    response = gw.client.post("/v1/chat/completions", json=body, headers=auth(key))
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert sse_data(response.text)[-1]["usage"]["completion_tokens"] == 3
+    [record] = gw.drain_usage()
+    assert (record.status, record.completion_tokens) == (200, 3)
+
+
 @pytest.mark.parametrize(
     ("status", "answer", "expected"),
     [
@@ -383,6 +405,23 @@ def test_wrong_method_is_405_in_openai_shape_with_the_allowed_one(make_gateway) 
     answer = gw.client.get("/v1/chat/completions", headers=auth(key))
     assert_openai_error(answer, 405, "method_not_allowed")
     assert "POST" in answer.headers["allow"]
+
+
+def test_head_is_answered_as_get_without_its_body(make_gateway) -> None:
+    """RFC 9110: a server answers HEAD wherever it answers GET; an uptime monitor probing
+    ``HEAD /health`` (several do by default) read the gateway's 405 as down."""
+    gw, key = _ready(make_gateway)
+    for path in ("/health", "/livez", "/v1/models", "/v1/models/llama"):
+        got = gw.client.get(path, headers=auth(key))
+        head = gw.client.head(path, headers=auth(key))
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-length"] == got.headers["content-length"] != "0"
+        assert head.headers["content-type"] == got.headers["content-type"]
+    assert gw.client.head("/v1/models").status_code == 401  # a key all the same
+    refused = gw.client.head("/v1/chat/completions", headers=auth(key))
+    assert refused.status_code == 405 and "HEAD" not in refused.headers["allow"]
+    put = gw.client.put("/v1/models", headers=auth(key))
+    assert put.status_code == 405 and put.headers["allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_a_completion_scoring_its_prompt_with_echo_and_max_tokens_0_goes_through(

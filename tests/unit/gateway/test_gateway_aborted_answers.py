@@ -140,14 +140,75 @@ def test_a_stream_the_engine_gave_up_before_its_first_event_moves_on(
     assert (record.status, record.endpoint) == (200, "http://engine-2")
 
 
-def test_an_error_event_blaming_the_request_reaches_the_client_as_it_came(
-    engine_gateway: Callable[..., Gateway],
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("bad stop sequence", None),
+        ("This model's maximum context length is 2048 tokens.", "context_length_exceeded"),
+    ],
+)
+def test_an_error_event_blaming_the_request_reaches_the_client_in_openais_shape(
+    engine_gateway: Callable[..., Gateway], message: str, code: str | None
 ) -> None:
-    error = {"message": "bad stop sequence", "type": "BadRequestError", "param": "stop"}
+    """As the engine's 4xx answers do: vLLM's ``BadRequestError`` type and integer code reached
+    clients reading ``type`` and ``code`` as OpenAI's (the SDK raises with them)."""
+    error = {"message": message, "type": "BadRequestError", "param": "stop"}
     bad_request = b"data: " + json.dumps({"error": {**error, "code": 400}}).encode()
     gw = engine_gateway(_stream_ending(bad_request, events_before=3))
 
     body = gw.chat(STREAM).text
 
-    assert "bad stop sequence" in body and "upstream_error" not in body
+    [event] = [json.loads(line[6:]) for line in body.splitlines() if '"error"' in line]
+    assert event == {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "stop",
+            "code": code,
+        }
+    }
+    assert body.endswith("data: [DONE]\n\n")
     assert gw.service.engines.health_report()[0].request_failures == 0
+
+
+def _closed_after(events_before: int) -> Callable[[httpx.Request], httpx.Response]:
+    """A stream whose body ends cleanly after ``events_before`` events, with no finish and no
+    ``[DONE]``: what a proxy in front of the engine sends when it ends its own body where the
+    engine broke off (a close-delimited or re-chunked response)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        stream = Chunks(sse_events("llama-8b-served", False)[:events_before])
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+    return handler
+
+
+def test_a_stream_closed_before_its_finish_ends_with_the_error_event(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """It read as an answer that came whole: a 200 cut short with no word of it, the endpoint
+    counted healthy and the cut answer metered as completed."""
+    gw = engine_gateway(failing_on("engine-1", _closed_after(3)))
+
+    bodies = [gw.chat(STREAM).text for _ in range(3)]  # one to each endpoint
+
+    [cut] = [body for body in bodies if '"upstream_error"' in body]
+    assert '"content": "hi"' in cut and cut.endswith("data: [DONE]\n\n")
+    failed = [r for _id, r in gw.usage.read(10) if r.endpoint == "http://engine-1"]
+    assert [(r.status, r.error_code) for r in failed] == [(502, "upstream_error")]
+    assert gw.service.engines.health_report()[0].request_failures == 1
+
+
+def test_a_stream_closed_before_its_first_event_moves_on(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """An empty 200 stream reached the client as an empty answer, metered as completed."""
+    gw = engine_gateway(failing_on("engine-1", _closed_after(0)))
+
+    response = gw.chat(STREAM)
+
+    assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
+    assert '"finish_reason": "length"' in response.text
+    assert gw.hosts() == ["engine-1", "engine-2"]
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.endpoint) == (200, "http://engine-2")

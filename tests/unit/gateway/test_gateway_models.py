@@ -170,3 +170,29 @@ def test_a_model_is_retrieved_only_by_a_key_that_may_use_it(make_gateway) -> Non
         assert error["param"] == "model" and model in error["message"]
     assert gw.client.get("/v1/models/secret-model", headers=auth(globex)).status_code == 200
     assert_openai_error(gw.client.get("/v1/models/llama"), 401, "invalid_api_key")
+
+
+def test_refusals_of_keys_models_and_paths_carry_openais_error_type(make_gateway) -> None:
+    """OpenAI types a bad key (401), a model refused (403) or unknown (404) and a wrong path or
+    method ``invalid_request_error``; clients and proxies that sort errors by type took
+    ``authentication_error`` / ``permission_error`` / ``not_found_error`` for a foreign API's."""
+    gw, key = _ready(make_gateway)
+    narrow = gw.world.add_key(allowed=frozenset({"bge"}))
+    gw.world.publish()
+    _wait_for_version(gw)
+    post = gw.client.post
+    refusals = [
+        (post("/v1/chat/completions", json=CHAT), 401, "invalid_api_key"),
+        (post("/v1/chat/completions", json=CHAT, headers=auth("tlk_x")), 401, "invalid_api_key"),
+        (post("/v1/chat/completions", json=CHAT, headers=auth(narrow)), 403, "model_not_allowed"),
+        (
+            post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}, headers=auth(key)),
+            404,
+            "model_not_found",
+        ),
+        (gw.client.get("/v1/models/gpt-9", headers=auth(key)), 404, "model_not_found"),
+        (gw.client.get("/v1/nope", headers=auth(key)), 404, "unknown_url"),
+        (gw.client.get("/v1/chat/completions", headers=auth(key)), 405, "method_not_allowed"),
+    ]
+    for response, status, code in refusals:
+        assert assert_openai_error(response, status, code)["type"] == "invalid_request_error"

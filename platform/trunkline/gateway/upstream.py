@@ -1,20 +1,17 @@
-"""Talk to engines: open an upstream call with failover before the first byte (reporting each
-outcome to the engines' health), relay streams event by event without buffering, and read usage
-on the way through."""
+"""Open an engine call for a request: send it to the first endpoint that answers, failing over
+to the next only before any byte was read (so nothing reached the client), and report each
+outcome to the engines' health. What the answer says is read in ``engine_answers.py``."""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
-import msgspec
 
 from trunkline.errors import UpstreamUnavailable
 from trunkline.gateway.endpoints import EngineState, Flight
@@ -33,11 +30,7 @@ _FAILOVER_ERRORS = (
 """Errors after which the engine cannot have started on the request, or dropped it unanswered:
 a connection reset before the response head means the engine is gone (vLLM also aborts a
 request whose connection closed), so sending it elsewhere cannot run it twice."""
-_DONE_EVENT = b"data: [DONE]"
-_DONE = _DONE_EVENT + b"\n\n"
 _ABORTED = (b'"finish_reason":"abort"', b'"finish_reason": "abort"')
-_FINISH_REASON = b'"finish_reason":'
-_FINISH_REASON_LEN = len(_FINISH_REASON)
 T = TypeVar("T")
 ABORTED = "aborted"
 """``Opened.failure`` of a plain answer the engine aborted (:func:`aborted`)."""
@@ -45,17 +38,6 @@ ABORTED = "aborted"
 
 class EndpointEjected(httpx.ReadTimeout):
     """The endpoint was ejected while a request waited on it for its first byte."""
-
-
-class NotAStream(httpx.RemoteProtocolError):
-    """A streamed request was answered 200 without an event stream: what fronts the engine sent
-    a whole answer or an error page. Nothing has reached the client, so the next endpoint is
-    tried, as when an engine fails before its first event."""
-
-
-class EngineGaveUp(httpx.HTTPError):
-    """The engine ended a stream unfinished: an event said it aborted or failed the request,
-    or ``[DONE]`` came before any ``finish_reason``."""
 
 
 def aborted(answer: bytes) -> bool:
@@ -88,63 +70,6 @@ async def unless_ejected(flight: Flight, waiting: Awaitable[T]) -> T:
                 flight.on_ejected = None
     except TimeoutError as exc:
         raise EndpointEjected("endpoint ejected before the first byte") from exc
-
-
-class _Details(msgspec.Struct):
-    cached_tokens: int | None = None
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int | None = 0
-    prompt_tokens_details: _Details | None = None
-
-
-class _WithUsage(msgspec.Struct):
-    usage: _Usage | None = None
-    choices: list[msgspec.Raw] | None = None
-
-
-_usage_decoder = msgspec.json.Decoder(_WithUsage)
-
-
-class _ErrorInfo(msgspec.Struct):
-    code: int | str | None = None
-
-
-class _ErrorEvent(msgspec.Struct):
-    error: _ErrorInfo
-
-
-_error_event_decoder = msgspec.json.Decoder(_ErrorEvent)
-
-
-@dataclass
-class Tally:
-    """What one request used, filled in as the response goes by."""
-
-    started: float = field(default_factory=time.perf_counter)
-    first_byte: float | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    chunks: int = 0
-    usage_seen: bool = False
-    finished: bool = False
-    """A stream's event had a ``finish_reason`` (or an error blaming the request): the engine
-    ended the answer, rather than gave it up."""
-
-    def take_usage(self, usage: _Usage) -> None:
-        self.usage_seen = True
-        self.prompt_tokens = usage.prompt_tokens
-        self.completion_tokens = usage.completion_tokens or 0
-        details = usage.prompt_tokens_details
-        cached = (details.cached_tokens or 0) if details else 0
-        self.cached_tokens = min(max(cached, 0), self.prompt_tokens)  # an engine's miscount
-
-    @property
-    def ttft_ms(self) -> float | None:
-        return None if self.first_byte is None else (self.first_byte - self.started) * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,138 +256,3 @@ def _upstream_url(base: str, path: str) -> httpx.URL:
     """An engine's URL for ``path``, parsed once: httpx copies a parsed URL for a fraction
     of what parsing the string takes on every request."""
     return httpx.URL(base + path)
-
-
-def read_usage(body: bytes, tally: Tally) -> bool:
-    """Take the usage block of a non-streamed JSON response, if it has one; False when the body
-    is not a JSON object at all (not an engine's answer: an HTML page of what fronts it)."""
-    try:
-        parsed = _usage_decoder.decode(body)
-    except msgspec.ValidationError:  # JSON, but its usage is not vLLM's: an answer all the same
-        return _is_json_object(body)
-    except msgspec.DecodeError:
-        return False
-    if parsed.usage is not None:
-        tally.take_usage(parsed.usage)
-    return True
-
-
-def _is_json_object(body: bytes) -> bool:
-    try:
-        return isinstance(msgspec.json.decode(body), dict)
-    except msgspec.DecodeError:
-        return False
-
-
-def is_event_stream(response: httpx.Response) -> bool:
-    """Whether ``response`` is the server-sent events a streamed request must get (vLLM's
-    ``text/event-stream``), not a whole answer or an error page sent with 200."""
-    kind: str = response.headers.get("content-type", "")
-    return kind.split(";")[0].strip().lower() == "text/event-stream"
-
-
-async def relay_events(
-    response: httpx.Response, tally: Tally, *, keep_usage_chunk: bool
-) -> AsyncIterator[bytes]:
-    """Yield whole SSE events as they arrive; note usage; drop the usage-only chunk
-    when the client did not ask for it. Raises httpx errors if the engine dies, and
-    :class:`EngineGaveUp` where it ends the stream unfinished (what came before still goes
-    out): vLLM stopping on SIGTERM ends what it runs with ``finish_reason: "abort"``, an error
-    event (its engine core died) or ``[DONE]`` alone (docs/real-vllm.md). A usage-only chunk
-    goes out with what follows it, so a stream that ends unfinished before its first token
-    has sent nothing yet."""
-    buffer = held = b""
-    async for piece in response.aiter_raw():
-        if tally.first_byte is None:
-            tally.first_byte = time.perf_counter()
-        buffer += piece
-        if b"\n\n" not in buffer:
-            continue
-        *events, buffer = buffer.split(b"\n\n")
-        out = bytearray()
-        for event in events:
-            verdict = _verdict(event, tally, keep_usage_chunk)
-            if verdict is _SEND:
-                if held:
-                    out += held
-                    held = b""
-                out += event
-                out += b"\n\n"
-            elif verdict is _HOLD:
-                held += event + b"\n\n"
-            elif verdict is _GAVE_UP:
-                if out:
-                    yield bytes(out)
-                raise EngineGaveUp("the engine ended the stream unfinished")
-        if out:
-            yield bytes(out)
-    if held or buffer.strip():
-        yield held + buffer
-
-
-class _Verdict(enum.Enum):
-    SEND = enum.auto()
-    HOLD = enum.auto()
-    """Sent with the next event sent: if the stream turns out unfinished, it never is."""
-    DROP = enum.auto()
-    GAVE_UP = enum.auto()
-
-
-_SEND, _HOLD, _GAVE_UP = _Verdict.SEND, _Verdict.HOLD, _Verdict.GAVE_UP  # read per event
-
-
-def _verdict(event: bytes, tally: Tally, keep_usage_chunk: bool) -> _Verdict:
-    """What to do with one event (noting its usage and finish on ``tally``)."""
-    if event == _DONE_EVENT:
-        return _Verdict.SEND if tally.finished else _Verdict.GAVE_UP
-    if not event.startswith(b"data: {"):
-        return _Verdict.SEND
-    tally.chunks += 1
-    at = event.rfind(_FINISH_REASON)  # from the end, where vLLM writes it
-    if at >= 0:
-        at += _FINISH_REASON_LEN
-        if not event.startswith(b"null", at):  # most are (written without a space)
-            reason = _finish_reason(event, at)
-            if reason == b"abort":
-                return _Verdict.GAVE_UP
-            tally.finished = tally.finished or reason is not None
-    elif event.startswith(b'data: {"error"'):
-        if _engine_error(event):
-            return _Verdict.GAVE_UP
-        tally.finished = True  # by the request's fault: the client reads why
-        return _Verdict.SEND
-    if b'"usage":{' not in event and b'"usage": {' not in event:
-        return _Verdict.SEND
-    try:
-        parsed = _usage_decoder.decode(event[6:])
-    except msgspec.DecodeError:
-        return _Verdict.SEND
-    if parsed.usage is not None:
-        tally.take_usage(parsed.usage)
-        if not parsed.choices:
-            return _Verdict.HOLD if keep_usage_chunk else _Verdict.DROP
-    return _Verdict.SEND
-
-
-def _finish_reason(event: bytes, at: int) -> bytes | None:
-    """The ``finish_reason`` string whose value starts at ``at`` (``length``, ``abort``...),
-    None if it is none. A quote inside generated text is escaped, so no text matches."""
-    value = event[at : at + 24].lstrip()
-    end = value.find(b'"', 1)
-    return value[1:end] if value.startswith(b'"') and end > 0 else None
-
-
-def _engine_error(event: bytes) -> bool:
-    """Whether an error event is the engine's failure, not the request's (a 4xx code): vLLM
-    sends one (``"code": 500``) to the streams it runs when its engine core died."""
-    try:
-        code = _error_event_decoder.decode(event[6:]).error.code
-    except msgspec.DecodeError:
-        return True
-    return not (isinstance(code, int) and 400 <= code < 500)
-
-
-def error_event(message: str, code: str, *, kind: str = "server_error") -> bytes:
-    """The event that ends a stream in error (OpenAI's error shape), then ``[DONE]``."""
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return b"data: " + msgspec.json.encode(body) + b"\n\n" + _DONE
