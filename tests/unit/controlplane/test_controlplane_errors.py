@@ -299,10 +299,13 @@ def test_a_nul_in_a_path_or_query_parameter_is_refused_naming_it(world: World, p
     url = path.format(acme=world.tenant("acme"))
     problem = problem_of(world.client.get(url, headers=world.api("root").headers), 400)
     assert problem["code"] == "invalid_request"
-    assert [e["field"] for e in problem["errors"]] == [
+    field = (
         "model" if "model=" in url else "alias" if "aliases" in url else
         "key_id" if "/keys/" in url else "name"
-    ]  # fmt: skip
+    )  # fmt: skip
+    source = "query" if "model=" in url else "path"
+    assert [(e["field"], e["source"]) for e in problem["errors"]] == [(field, source)]
+    assert problem["detail"] == f"invalid value for {field}"
 
 
 def test_an_endpoint_url_with_a_control_character_is_refused(world: World) -> None:
