@@ -61,7 +61,11 @@ def test_allowed_models_must_be_entitled_to_the_tenant(world: World) -> None:
         expect=400,
     )
     assert problem["errors"] == [
-        {"field": "allowed_models", "message": "the tenant is not entitled to bge-small"}
+        {
+            "field": "allowed_models",
+            "message": "the tenant is not entitled to bge-small",
+            "source": "body",
+        }
     ]
 
 
@@ -115,7 +119,9 @@ def test_an_expiry_past_the_last_representable_day_in_utc_is_refused(world: Worl
     body = {"project_id": world.project("acme", "demo"), "name": "k"}
     api = world.api("acme-dev")
     late = api.post(keys_path(world), {**body, "expires_at": "9999-12-31T23:59:59-12:00"}, 400)
-    assert late["errors"] == [{"field": "expires_at", "message": "expires_at is out of range"}]
+    assert late["errors"] == [
+        {"field": "expires_at", "message": "expires_at is out of range", "source": "body"}
+    ]
     year = utcnow().year + 2
     east = api.post(keys_path(world), {**body, "expires_at": f"{year}-01-01T09:00:00+09:00"})
     assert east["key"]["expires_at"] == f"{year}-01-01T00:00:00Z"  # kept, and shown, in UTC
