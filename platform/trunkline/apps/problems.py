@@ -17,6 +17,7 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from trunkline.apps.request_context import loggable
+from trunkline.auth.secrets import redacted
 from trunkline.errors import RequestTimeout, TrunklineError, Unauthenticated
 from trunkline.kit.db import driver_message
 from trunkline.kit.text import shown
@@ -66,7 +67,7 @@ def problem(
         "title": _TITLES.get(code) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": redacted(request.url.path),  # a whole key pasted for its id
         "code": code,
     }
     if errors:
