@@ -31,7 +31,18 @@ Alias = Annotated[
     ),
 ]
 ModelKind = Literal["chat", "completion", "embedding"]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f]+" + END, max_length=500)]
+PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+"""A port a client can connect to, 1 to 65535."""
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[^\s\x00-\x1f\x7f/?#@\[\]:]+)"
+"""A host name or IPv4 address, or an IPv6 address in brackets."""
+URL_PATTERN = (
+    r"^https?://(?:[^\s\x00-\x1f\x7f/?#@\[\]]+@)?" + _HOST + r"(?::" + PORT + r")?"
+    r"(?:[/?#][^\s\x00-\x1f\x7f]*)?" + END
+)
+"""An engine's URL a client can connect to: a host, then a port from 1 to 65535 if any (a
+URL with port 99999, an IPv6 address left open or no host was stored, and every request the
+gateway routed there answered 500)."""
+Url = Annotated[str, msgspec.Meta(pattern=URL_PATTERN, max_length=500)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 BlockSize = Annotated[int, msgspec.Meta(ge=1, le=1024)]
 Capacity = Annotated[
@@ -62,10 +73,12 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
     return None
 
 
-ZMQ_ADDRESS_PATTERN = r"^(tcp://[!-)+\--<>-~]+:[0-9]{1,5}|ipc://[!-)+\--<>-~]+)" + END
+ZMQ_ADDRESS_PATTERN = (
+    r"^(tcp://(?:\[[0-9A-Fa-f:.]+\]|[!-)+\--9;<>-~]+):" + PORT + r"|ipc://[!-)+\--<>-~]+)" + END
+)
 """``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no ``,`` or ``=``
 (the CLI's separators), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect
-there)."""
+there); the port from 1 to 65535, after a host without ``:`` or an IPv6 address in brackets."""
 
 KvEventsAddress = Annotated[
     str,
