@@ -29,7 +29,8 @@ from trunkline.cli.tenants import run_work
 from trunkline.errors import InvalidRequest
 from trunkline.kit.text import shown
 from trunkline.pools import service
-from trunkline.pools.schemas import EndpointSpec, Pool, PoolCreate, PoolUpdate
+from trunkline.pools.endpoint_schemas import EndpointSpec
+from trunkline.pools.schemas import Pool, PoolCreate, PoolUpdate
 
 _FIELDS = (
     "model",

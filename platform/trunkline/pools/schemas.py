@@ -12,6 +12,7 @@ from msgspec import UNSET, UnsetType
 
 from trunkline import models as orm
 from trunkline.kit.text import END, ONE_LINE
+from trunkline.pools.endpoint_schemas import Endpoint
 from trunkline.tenancy.schemas import Name
 
 ModelName = Annotated[
@@ -31,18 +32,6 @@ Alias = Annotated[
     ),
 ]
 ModelKind = Literal["chat", "completion", "embedding"]
-PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
-"""A port a client can connect to, 1 to 65535."""
-_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[^\s\x00-\x1f\x7f/?#@\[\]:]+)"
-"""A host name or IPv4 address, or an IPv6 address in brackets."""
-URL_PATTERN = (
-    r"^https?://(?:[^\s\x00-\x1f\x7f/?#@\[\]]+@)?" + _HOST + r"(?::" + PORT + r")?"
-    r"(?:[/?#][^\s\x00-\x1f\x7f]*)?" + END
-)
-"""An engine's URL a client can connect to: a host, then a port from 1 to 65535 if any (a
-URL with port 99999, an IPv6 address left open or no host was stored, and every request the
-gateway routed there answered 500)."""
-Url = Annotated[str, msgspec.Meta(pattern=URL_PATTERN, max_length=500)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 BlockSize = Annotated[int, msgspec.Meta(ge=1, le=1024)]
 Capacity = Annotated[
@@ -71,34 +60,6 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
     if high is not None and high <= low:
         return f"must exceed min_prompt_tokens ({low})"
     return None
-
-
-ZMQ_ADDRESS_PATTERN = (
-    r"^(tcp://(?:\[[0-9A-Fa-f:.]+\]|[!-)+\--9;<>-~]+):" + PORT + r"|ipc://[!-)+\--<>-~]+)" + END
-)
-"""``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no ``,`` or ``=``
-(the CLI's separators), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect
-there); the port from 1 to 65535, after a host without ``:`` or an IPv6 address in brackets."""
-
-KvEventsAddress = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=ZMQ_ADDRESS_PATTERN,
-        max_length=500,
-        description="ZMQ address of the engine's KV-cache event publisher (tcp://host:port)",
-        examples=["tcp://10.0.0.7:5557"],
-    ),
-]
-KvReplayAddress = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=ZMQ_ADDRESS_PATTERN,
-        max_length=500,
-        description="ZMQ address where that publisher replays missed events (vLLM's "
-        "replay_endpoint); needs kv_events",
-        examples=["tcp://10.0.0.7:5558"],
-    ),
-]
 
 
 def money(value: float) -> Decimal:
@@ -228,14 +189,6 @@ class AliasView(msgspec.Struct):
     cascade: Cascade | None
 
 
-class Endpoint(msgspec.Struct):
-    id: uuid.UUID
-    url: str
-    enabled: bool
-    kv_events: str | None = None
-    kv_replay: str | None = None
-
-
 class Pool(msgspec.Struct):
     id: uuid.UUID
     name: str
@@ -304,25 +257,6 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """``null`` opens the pool to every tier."""
     max_num_batched_tokens: BatchedTokens | UnsetType | None = UNSET
     """``null`` goes back to the flavor's default."""
-
-
-class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: Url
-    kv_events: KvEventsAddress | None = None
-    kv_replay: KvReplayAddress | None = None
-    """Where the engine replays the events a subscriber missed (vLLM's ``replay_endpoint``)."""
-
-    def __post_init__(self) -> None:
-        if self.kv_replay is not None and self.kv_events is None:
-            raise ValueError("`kv_replay` needs `kv_events`: it replays that publisher's events")
-        if self.kv_replay is not None and self.kv_replay == self.kv_events:
-            raise ValueError("`kv_replay` must differ from `kv_events`: they are two sockets")
-
-
-class PoolEndpoints(msgspec.Struct, forbid_unknown_fields=True):
-    urls: list[Url | EndpointSpec]
-    """The pool's complete endpoint list, each a URL or ``{url, kv_events, kv_replay}``;
-    endpoints not listed are removed."""
 
 
 class Entitlement(msgspec.Struct):

@@ -13,8 +13,8 @@ from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict
 from trunkline.kit.text import END
 from trunkline.pools.aliases import alias_row, configure_alias
+from trunkline.pools.endpoint_schemas import ZMQ_ADDRESS_PATTERN
 from trunkline.pools.lookups import model_row
-from trunkline.pools.schemas import ZMQ_ADDRESS_PATTERN
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
 
 EXTRA = """\
