@@ -8,27 +8,11 @@ from typing import Annotated
 
 import msgspec
 
-from trunkline.kit.text import END
+from trunkline.kit.text import URL_PATTERN, ZMQ_ADDRESS_PATTERN
 
-PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
-"""A port a client can connect to, 1 to 65535."""
-_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[^\s\x00-\x1f\x7f/?#@\[\]:]+)"
-"""A host name or IPv4 address, or an IPv6 address in brackets."""
-URL_PATTERN = (
-    r"^https?://(?:[^\s\x00-\x1f\x7f/?#@\[\]]+@)?" + _HOST + r"(?::" + PORT + r")?"
-    r"(?:[/?#][^\s\x00-\x1f\x7f]*)?" + END
-)
-"""An engine's URL a client can connect to: a host, then a port from 1 to 65535 if any (a
-URL with port 99999, an IPv6 address left open or no host was stored, and every request the
-gateway routed there answered 500)."""
 Url = Annotated[str, msgspec.Meta(pattern=URL_PATTERN, max_length=500)]
-
-ZMQ_ADDRESS_PATTERN = (
-    r"^(tcp://(?:\[[0-9A-Fa-f:.]+\]|[!-)+\--9;<>-~]+):" + PORT + r"|ipc://[!-)+\--<>-~]+)" + END
-)
-"""``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no ``,`` or ``=``
-(the CLI's separators), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect
-there); the port from 1 to 65535, after a host without ``:`` or an IPv6 address in brackets."""
+"""An engine's URL a client can connect to (a URL with port 99999, an IPv6 address left open or
+no host was stored, and every request the gateway routed there answered 500)."""
 
 KvEventsAddress = Annotated[
     str,
