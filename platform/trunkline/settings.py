@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trunkline.errors import ConfigurationError
@@ -20,15 +20,42 @@ MIN_SECRET_DISTINCT = 8
 placeholder, not a secret; 32 random hex digits have about 14."""
 
 
+DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqlite")
+"""What Trunkline runs on, with the drivers it ships (``postgres://``, libpq's spelling, or
+``postgresql+psycopg2://`` stopped every process with a traceback from SQLAlchemy)."""
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 class DatabaseSettings(BaseModel):
     url: str = "sqlite:///.trunkline/trunkline.db"
     echo: bool = False
 
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        scheme, _, _ = url.partition("://")
+        if scheme not in DATABASE_SCHEMES:  # the URL is not repeated: it may hold a password
+            raise ValueError(
+                "must be a PostgreSQL or SQLite URL (postgresql+psycopg://USER@HOST/DB or "
+                "sqlite:///PATH)"
+            )
+        return url
+
 
 class RedisSettings(BaseModel):
     url: str | None = None
-    """``redis://…``; unset means in-memory stores (embedded mode only)."""
+    """``redis://…``; unset (or empty) means in-memory stores (embedded mode only)."""
     key_prefix: str = "trunkline"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        scheme, separator, _ = url.partition("://")
+        if not separator or scheme not in REDIS_SCHEMES:
+            raise ValueError("must be a Redis URL (redis://HOST:PORT/DB, rediss:// or unix://)")
+        return url
 
 
 class SecuritySettings(BaseModel):

@@ -73,3 +73,46 @@ def test_a_value_that_does_not_fit_names_its_variable_and_not_the_value(
     assert "TRUNKLINE_GATEWAY__QUOTA__LEASE_S: Input should be greater than 0" in message
     assert "TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S: Input should be a valid integer" in message
     assert "s3cr3t" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TRUNKLINE_DATABASE__URL", "postgres://trunkline:s3cr3t@db/trunkline"),
+        ("TRUNKLINE_DATABASE__URL", "postgresql+psycopg2://trunkline:s3cr3t@db/trunkline"),
+        ("TRUNKLINE_DATABASE__URL", "SQLITE:///s3cr3t.db"),
+        ("TRUNKLINE_REDIS__URL", "redis-host:6379"),
+        ("TRUNKLINE_REDIS__URL", " "),
+        ("TRUNKLINE_REDIS__URL", "http://:s3cr3t@redis:6379/0"),
+    ],
+)
+def test_a_url_no_process_can_use_is_refused_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Every process (and the CLI) stopped on it with a traceback from SQLAlchemy or redis-py
+    once it first connected, after the production checks had let it pass."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert f"{variable}: Value error, must be a" in refused.value.message
+    assert "s3cr3t" not in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("database", "redis"),
+    [
+        ("postgresql://db/trunkline", "rediss://redis:6380/0"),
+        ("postgresql+psycopg://db/trunkline", "unix:///run/redis.sock"),
+        ("sqlite:///x.db", ""),
+        ("sqlite+pysqlite:///x.db", None),
+    ],
+)
+def test_the_urls_trunkline_runs_on_are_taken(
+    monkeypatch: pytest.MonkeyPatch, database: str, redis: str | None
+) -> None:
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", database)
+    if redis is not None:
+        monkeypatch.setenv("TRUNKLINE_REDIS__URL", redis)
+    settings = load_settings()
+    assert settings.database.url == database
+    assert settings.redis.url == (redis or None)  # empty: unset, the in-memory stores

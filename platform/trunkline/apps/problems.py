@@ -17,6 +17,7 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 
 from trunkline.apps.request_context import loggable
+from trunkline.auth.secrets import redacted
 from trunkline.errors import RequestTimeout, TrunklineError, Unauthenticated
 from trunkline.kit.db import driver_message
 from trunkline.kit.text import shown
@@ -66,7 +67,7 @@ def problem(
         "title": _TITLES.get(code) or HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": redacted(request.url.path),  # a whole key pasted for its id
         "code": code,
     }
     if errors:
@@ -81,13 +82,31 @@ def _trunkline_error(request: Request[Any, Any, Any], exc: Exception) -> Respons
         log.error("request failed: %s", exc.message, exc_info=exc)
     errors = None
     if exc.param is not None:
-        errors = [{"field": exc.param, "message": exc.message}]
+        errors = [
+            {"field": exc.param, "message": exc.message, "source": source_of(request, exc.param)}
+        ]
     headers = None
     if isinstance(exc, Unauthenticated):
         headers = {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, RequestTimeout):  # RFC 9110: the rest of its body is not read
         headers = {"Connection": "close"}
     return problem(request, status, exc.code, exc.message, errors=errors, headers=headers)
+
+
+def source_of(request: Request[Any, Any, Any], field: str) -> str:
+    """Where the caller gave the ``field`` a service refused: a path or query parameter of that
+    name, else the body (a service names the value it was given, not where it came from;
+    ``period`` is a path parameter of one route and a query parameter of another)."""
+    if field in (request.scope.get("path_params") or {}):
+        return "path"
+    if field in request.query_params:
+        return "query"
+    return "body"
+
+
+def _body_error(message: str) -> list[dict[str, str]]:
+    """A body that does not decode: the field at fault is the whole of it."""
+    return [{"field": "body", "message": message, "source": "body"}]
 
 
 def _validation_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -137,8 +156,10 @@ def _database_refused_value(request: Request[Any, Any, Any], exc: Exception) -> 
 def _too_deep(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """JSON nested deeper than the decoder recurses: the only input that reaches this depth."""
     log.warning("refused a request body nested too deeply to decode")
+    message = "it nests too deeply"
     return problem(
-        request, 400, "invalid_request", "the body is not valid JSON: it nests too deeply",
+        request, 400, "invalid_request", f"the body is not valid JSON: {message}",
+        errors=_body_error(message),
     )  # fmt: skip
 
 
@@ -146,13 +167,13 @@ def _http_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     assert isinstance(exc, HTTPException)
     status = exc.status_code
     code = _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "invalid_request")
-    detail = exc.detail
+    detail, errors = exc.detail, None
     if status == 400 and _is_decode_error(exc):
-        detail = f"the body is not valid JSON: {detail}"
+        detail, errors = f"the body is not valid JSON: {detail}", _body_error(detail)
     if status >= 500:
         log.error("request failed: %s", detail, exc_info=exc)
         detail = HTTPStatus(status).phrase
-    return problem(request, status, code, detail, headers=exc.headers)
+    return problem(request, status, code, detail, errors=errors, headers=exc.headers)
 
 
 def _is_decode_error(exc: HTTPException) -> bool:

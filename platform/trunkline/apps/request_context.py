@@ -10,6 +10,7 @@ import time
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from trunkline.auth.secrets import redacted
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.logging import bind, reset
 
@@ -53,7 +54,7 @@ class RequestContextMiddleware:
             extra = {"status": status, "duration_ms": elapsed_ms}
             path = scope["path"]
             level = logging.DEBUG if path in _PROBES else logging.INFO  # every few seconds
-            log.log(level, "%s %s %s", method, loggable(path), status, extra=extra)
+            log.log(level, "%s %s %s", method, loggable(redacted(path)), status, extra=extra)
             reset(token)
 
 

@@ -20,15 +20,13 @@ from litestar.exceptions import ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.routes import HTTPRoute
 
-from trunkline.errors import InvalidRequest
-
 __all__ = ["ParameterCheck", "scalar_query_parameters"]
 
 
 class ParameterCheck:
-    """The control plane's ``before_request``: refuses a NUL (``InvalidRequest``) and a
-    repeated single-valued query parameter (a validation error naming it, ``source: query``,
-    as a query parameter of the wrong kind is)."""
+    """The control plane's ``before_request``: refuses a NUL and a repeated single-valued query
+    parameter, each as a validation error naming it and its source (``path`` or ``query``), as
+    a query parameter of the wrong kind is."""
 
     def __init__(self) -> None:
         self._scalars: dict[BaseRouteHandler, frozenset[str]] | None = None
@@ -74,7 +72,15 @@ def refuse_nul(request: Request[Any, Any, Any]) -> None:
     """A path or query parameter holding NUL (``%00``) is refused as a 400 naming it: PostgreSQL
     refuses NUL in text, so looking it up would fail in the database, as a 500. No name,
     id or alias of Trunkline can hold one (the schemas refuse control characters)."""
-    given = [*request.path_params.items(), *request.query_params.multi_items()]
-    for name, value in given:
+    given = [
+        *((name, value, "path") for name, value in request.path_params.items()),
+        *((name, value, "query") for name, value in request.query_params.multi_items()),
+    ]
+    for name, value, source in given:
         if isinstance(value, str) and "\x00" in value:
-            raise InvalidRequest(f"{name} must not contain a NUL character", param=name)
+            raise ValidationException(
+                detail=f"{name} must not contain a NUL character",
+                extra=[
+                    {"key": name, "message": "must not contain a NUL character", "source": source}
+                ],
+            )

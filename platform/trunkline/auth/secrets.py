@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import string
 from typing import NamedTuple
@@ -19,6 +20,12 @@ ID_LENGTH = 12
 SECRET_LENGTH = 40
 API_KEY_PREFIX = "tlk"
 ACCESS_TOKEN_PREFIX = "tlu"  # noqa: S105 - a prefix, not a secret
+
+
+_WHOLE_SECRET = re.compile(
+    rf"(?<![A-Za-z0-9])((?:{API_KEY_PREFIX}|{ACCESS_TOKEN_PREFIX})_[A-Za-z0-9]{{{ID_LENGTH}}}_)"
+    rf"[A-Za-z0-9]{{{SECRET_LENGTH}}}(?![A-Za-z0-9])"
+)
 
 
 class IssuedSecret(NamedTuple):
@@ -61,3 +68,10 @@ def parse(plaintext: str, prefix: str) -> ParsedSecret | None:
 
 def verify(server_secret: bytes, plaintext: str, digest: str) -> bool:
     return hmac.compare_digest(keyed_hash(server_secret, plaintext), digest)
+
+
+def redacted(text: str) -> str:
+    """``text`` with the secret part of every whole key or token in it replaced, its public id
+    kept (``tlk_<id>_…``): for what is written out, a log line or a problem's ``instance``,
+    when a caller pasted a whole key where its id goes."""
+    return _WHOLE_SECRET.sub(r"\1…", text)

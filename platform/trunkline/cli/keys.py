@@ -8,21 +8,25 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-import msgspec
 from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
+from trunkline.cli.options import convert_options, option_of
 from trunkline.cli.tenants import open_runtime
-from trunkline.errors import InvalidRequest, NotFound
+from trunkline.errors import NotFound
 from trunkline.keys import service
 from trunkline.keys.schemas import ApiKey, ApiKeyCreate, ApiKeyCreated
-from trunkline.kit.text import shown
 from trunkline.tenancy.changes import unit_of_work
 from trunkline.tenancy.repository import ProjectRepository
 from trunkline.tenancy.service import tenant_by_slug
 
 T = TypeVar("T")
+
+
+def _key_option(field: str) -> str:
+    """The option of ``keys create`` a field of the key's body comes from."""
+    return {"allowed_models": "--models", "project_id": "--project"}.get(field) or option_of(field)
 
 
 def register(sub: Any) -> None:
@@ -70,10 +74,7 @@ def create_command(args: argparse.Namespace) -> int:
         models = None if args.models is None else [m.strip() for m in args.models.split(",")]
         raw = {"project_id": str(project.id), "name": args.name, "allowed_models": models,
                "tier": args.tier, "ttl_days": args.ttl_days}  # fmt: skip
-        try:
-            data = msgspec.convert(raw, ApiKeyCreate, strict=False)
-        except msgspec.ValidationError as exc:
-            raise InvalidRequest(shown(str(exc))) from exc
+        data = convert_options(raw, ApiKeyCreate, _key_option)
         principal = Principal.system()
         return service.create_key(session, principal, runtime.server_secret, tenant.id, data)
 

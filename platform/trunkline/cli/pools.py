@@ -17,7 +17,6 @@ Changes are published to every gateway after commit. Output is JSON (``show``, `
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import Any
 
@@ -25,11 +24,13 @@ import msgspec
 from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import Runtime
+from trunkline.cli.options import convert_options, option_of
 from trunkline.cli.tenants import run_work
 from trunkline.errors import InvalidRequest
 from trunkline.kit.text import shown
 from trunkline.pools import service
-from trunkline.pools.schemas import EndpointSpec, Pool, PoolCreate, PoolUpdate
+from trunkline.pools.endpoint_schemas import EndpointSpec
+from trunkline.pools.schemas import Pool, PoolCreate, PoolUpdate
 
 _FIELDS = (
     "model",
@@ -127,20 +128,13 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _convert(raw: dict[str, Any], kind: type[msgspec.Struct]) -> Any:
-    try:
-        return msgspec.convert(raw, kind, strict=False)
-    except msgspec.ValidationError as exc:
-        text = _FIELD_AT.sub(lambda found: _option(found["field"]), shown(str(exc)))
-        raise InvalidRequest(text.replace("`", "")) from exc
-
-
-_FIELD_AT = re.compile(r"`\$\.(?P<field>\w+)[^`]*`")
+    return convert_options(raw, kind, _option)
 
 
 def _option(field: str) -> str:
     """How the command line spells a field: the option ``--min-prompt-tokens`` for
     ``min_prompt_tokens``; the pool's name is an argument."""
-    return "the pool name" if field == "name" else "--" + field.replace("_", "-")
+    return "the pool name" if field == "name" else option_of(field)
 
 
 def list_command(_args: argparse.Namespace) -> int:

@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import REDIS_TIMEOUT_S, Runtime
 from trunkline.auth.principal import Principal
+from trunkline.cli.options import convert_options
 from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest
 from trunkline.keys.service import key_tenant
-from trunkline.kit.text import shown
 from trunkline.quota import service
 from trunkline.quota.policy import ALIAS, FIELDS, merge
 from trunkline.quota.redis_store import RedisQuotaStore
@@ -166,10 +166,7 @@ def _changes(args: argparse.Namespace) -> tuple[ScopeLimits, tuple[str, ...]]:
             except ValueError:
                 flag = "--" + name.replace("_", "-")
                 raise InvalidRequest(f"{flag}: expected a number, none or inherit") from None
-    try:
-        return msgspec.convert(given, ScopeLimits), tuple(forget)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(shown(str(exc))) from exc
+    return convert_options(given, ScopeLimits), tuple(forget)
 
 
 def usage_reader(settings: Settings) -> UsageReader:

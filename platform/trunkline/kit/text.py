@@ -1,4 +1,5 @@
-"""Patterns the API's free text must match: no control characters.
+"""Patterns the API's text must match: no control characters in free text, addresses a client
+can connect to.
 
 PostgreSQL refuses NUL in text (an insert would fail as a 500), and the other control characters
 have no place in a name: they hide in logs and terminals. Refusing them at the edge is a 400
@@ -7,7 +8,10 @@ naming the field, on every database.
 
 from __future__ import annotations
 
-__all__ = ["ACCOUNT_NAME", "END", "ONE_LINE", "PARAGRAPHS", "shown"]
+__all__ = [
+    "ACCOUNT_NAME", "END", "ONE_LINE", "PARAGRAPHS", "PORT", "URL_PATTERN", "ZMQ_ADDRESS_PATTERN",
+    "shown",
+]  # fmt: skip
 
 END = r"(?![\s\S])"
 """The end of the text, to close a pattern with. Python's ``$`` also matches before a final line
@@ -39,13 +43,34 @@ PARAGRAPHS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f" + _INVISIBLE + "]*" + END
 """Text that may hold tabs and line breaks: descriptions."""
 
 
+PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+"""A port a client can connect to, 1 to 65535."""
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[^\s\x00-\x1f\x7f/?#@\[\]:]+)"
+"""A host name or IPv4 address, or an IPv6 address in brackets."""
+URL_PATTERN = (
+    r"^https?://(?:[^\s\x00-\x1f\x7f/?#@\[\]]+@)?" + _HOST + r"(?::" + PORT + r")?"
+    r"(?:[/?#][^\s\x00-\x1f\x7f]*)?" + END
+)
+"""An ``http(s)://`` URL a client can connect to: a host, then a port from 1 to 65535 if any."""
+ZMQ_ADDRESS_PATTERN = (
+    r"^(tcp://(?:\[[0-9A-Fa-f:.]+\]|[!-)+\--9;<>-~]+):" + PORT + r"|ipc://[!-)+\--<>-~]+)" + END
+)
+"""``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no ``,`` or ``=``
+(the CLI's separators), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect
+there); the port from 1 to 65535, after a host without ``:`` or an IPv6 address in brackets."""
+
+
 _SAID = {
     ONE_LINE: "one line of text with something to see, without control or invisible characters",
     PARAGRAPHS: "text without control or invisible characters (tabs and line breaks are fine)",
     ACCOUNT_NAME: "one line of text with something to see, without control or invisible "
     "characters, not starting with =, +, - or @ (a spreadsheet would run it as a formula)",
+    URL_PATTERN: "an http:// or https:// URL with a host (an IPv6 address in brackets) and, "
+    "if it gives one, a port from 1 to 65535",
+    ZMQ_ADDRESS_PATTERN: "tcp://HOST:PORT with a port from 1 to 65535, or ipc://PATH, without "
+    "spaces, ',', '=' or '*'",
 }
-"""What the free-text patterns ask, said in words: quoted, each is some 400 characters."""
+"""What the patterns ask, said in words: quoted, each is some 300 or 400 characters."""
 
 
 def shown(message: str) -> str:

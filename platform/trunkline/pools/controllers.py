@@ -12,6 +12,7 @@ from trunkline.auth.guards import authenticated, platform_admin, tenant_member
 from trunkline.auth.params import Caller, DbSession, TenantId
 from trunkline.kit.page_links import NEXT_PAGE_LINK, Paging
 from trunkline.pools import aliases, catalog_models, entitlements, flavors, service
+from trunkline.pools.endpoint_schemas import PoolEndpoints
 from trunkline.pools.schemas import (
     AliasCreate,
     AliasUpdate,
@@ -26,7 +27,6 @@ from trunkline.pools.schemas import (
     ModelUpdate,
     Pool,
     PoolCreate,
-    PoolEndpoints,
     PoolUpdate,
 )
 

@@ -12,6 +12,7 @@ from msgspec import UNSET, UnsetType
 
 from trunkline import models as orm
 from trunkline.kit.text import END, ONE_LINE
+from trunkline.pools.endpoint_schemas import Endpoint
 from trunkline.tenancy.schemas import Name
 
 ModelName = Annotated[
@@ -31,7 +32,6 @@ Alias = Annotated[
     ),
 ]
 ModelKind = Literal["chat", "completion", "embedding"]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f]+" + END, max_length=500)]
 Money = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 BlockSize = Annotated[int, msgspec.Meta(ge=1, le=1024)]
 Capacity = Annotated[
@@ -60,32 +60,6 @@ def prompt_range_problem(low: int, high: int | None) -> str | None:
     if high is not None and high <= low:
         return f"must exceed min_prompt_tokens ({low})"
     return None
-
-
-ZMQ_ADDRESS_PATTERN = r"^(tcp://[!-)+\--<>-~]+:[0-9]{1,5}|ipc://[!-)+\--<>-~]+)" + END
-"""``tcp://HOST:PORT`` or ``ipc://PATH`` to connect to: printable, no spaces, no ``,`` or ``=``
-(the CLI's separators), no ``*`` (vLLM binds ``tcp://*:PORT``; a subscriber cannot connect
-there)."""
-
-KvEventsAddress = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=ZMQ_ADDRESS_PATTERN,
-        max_length=500,
-        description="ZMQ address of the engine's KV-cache event publisher (tcp://host:port)",
-        examples=["tcp://10.0.0.7:5557"],
-    ),
-]
-KvReplayAddress = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=ZMQ_ADDRESS_PATTERN,
-        max_length=500,
-        description="ZMQ address where that publisher replays missed events (vLLM's "
-        "replay_endpoint); needs kv_events",
-        examples=["tcp://10.0.0.7:5558"],
-    ),
-]
 
 
 def money(value: float) -> Decimal:
@@ -215,14 +189,6 @@ class AliasView(msgspec.Struct):
     cascade: Cascade | None
 
 
-class Endpoint(msgspec.Struct):
-    id: uuid.UUID
-    url: str
-    enabled: bool
-    kv_events: str | None = None
-    kv_replay: str | None = None
-
-
 class Pool(msgspec.Struct):
     id: uuid.UUID
     name: str
@@ -291,25 +257,6 @@ class PoolUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """``null`` opens the pool to every tier."""
     max_num_batched_tokens: BatchedTokens | UnsetType | None = UNSET
     """``null`` goes back to the flavor's default."""
-
-
-class EndpointSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    url: Url
-    kv_events: KvEventsAddress | None = None
-    kv_replay: KvReplayAddress | None = None
-    """Where the engine replays the events a subscriber missed (vLLM's ``replay_endpoint``)."""
-
-    def __post_init__(self) -> None:
-        if self.kv_replay is not None and self.kv_events is None:
-            raise ValueError("`kv_replay` needs `kv_events`: it replays that publisher's events")
-        if self.kv_replay is not None and self.kv_replay == self.kv_events:
-            raise ValueError("`kv_replay` must differ from `kv_events`: they are two sockets")
-
-
-class PoolEndpoints(msgspec.Struct, forbid_unknown_fields=True):
-    urls: list[Url | EndpointSpec]
-    """The pool's complete endpoint list, each a URL or ``{url, kv_events, kv_replay}``;
-    endpoints not listed are removed."""
 
 
 class Entitlement(msgspec.Struct):

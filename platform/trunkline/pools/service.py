@@ -19,11 +19,11 @@ from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import AcceleratorFlavor, Endpoint
 from trunkline.models import Model as ModelRow
 from trunkline.models import Pool as PoolRow
+from trunkline.pools.endpoint_schemas import Endpoint as EndpointView
+from trunkline.pools.endpoint_schemas import EndpointSpec
 from trunkline.pools.lookups import flavor_row, model_row, pool_rows
 from trunkline.pools.repository import ModelRepository, PoolRepository
-from trunkline.pools.schemas import Endpoint as EndpointView
 from trunkline.pools.schemas import (
-    EndpointSpec,
     Pool,
     PoolCreate,
     PoolUpdate,

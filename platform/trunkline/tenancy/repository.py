@@ -146,6 +146,12 @@ class ProjectRepository:
     def by_name(self, name: str) -> Project | None:
         return self._session.scalars(self._select().where(Project.name == name)).one_or_none()
 
+    def named_alike(self, name: str) -> Project | None:
+        """The project whose name differs from ``name`` in case at most (names are ASCII, so
+        ``lower`` folds them alike on SQLite and PostgreSQL)."""
+        alike = self._select().where(func.lower(Project.name) == name.lower())
+        return self._session.scalars(alike.order_by(Project.name).limit(1)).first()
+
     def add(self, name: str, description: str = "") -> Project:
         project = Project(tenant_id=self._tenant_id, name=name, description=description)
         self._session.add(project)

@@ -256,11 +256,20 @@ def create_project(session: Session, tenant_id: uuid.UUID, data: ProjectCreate) 
     tenant_row(session, Principal.system(), tenant_id)
     lock_tenant(session, tenant_id)  # before reading its projects (LOCKS)
     projects = ProjectRepository(session, tenant_id)
-    if projects.by_name(data.name) is not None:
-        raise Conflict(f"project {data.name!r} already exists", param="name")
+    if (alike := projects.named_alike(data.name)) is not None:
+        raise Conflict(project_name_taken(data.name, alike.name), param="name")
     project = projects.add(data.name, data.description)
     flush_or_conflict(session, f"project {data.name!r} already exists")
     return Project.of(project)
+
+
+def project_name_taken(name: str, held: str) -> str:
+    """Why a tenant holding a project named ``held`` takes no project ``name``: names that
+    differ only in case would be told apart by nobody (usage by project, bills, the CLI's
+    ``--project``)."""
+    if name == held:
+        return f"project {name!r} already exists"
+    return f"project {name!r} differs only in case from the tenant's project {held!r}"
 
 
 def delete_project(session: Session, tenant_id: uuid.UUID, project_id: uuid.UUID) -> None:

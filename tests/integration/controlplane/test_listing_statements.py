@@ -21,10 +21,10 @@ from trunkline.apps.runtime import Runtime
 from trunkline.kit.db import transaction
 from trunkline.models import UsageRollup
 from trunkline.pools import aliases, catalog_models, entitlements, flavors, service
+from trunkline.pools.endpoint_schemas import EndpointSpec
 from trunkline.pools.schemas import (
     AliasCreate,
     Cascade,
-    EndpointSpec,
     FlavorCreate,
     ModelCreate,
     PoolCreate,

@@ -23,6 +23,7 @@ from integration.stores.test_snapshot_republish import _wait_for_sync
 from support.servers import RedisServer, start_redis
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.runtime import Runtime, build_runtime
+from trunkline.errors import ConfigurationError
 from trunkline.kit.migrate import upgrade
 from trunkline.settings import RedisSettings
 from trunkline.snapshot import RedisSnapshotSource, read_snapshot
@@ -63,14 +64,16 @@ def production_like_on(url: str, tmp_path: Path) -> Iterator[tuple[RedisServer, 
     """A Redis of its own (frozen by the test) and the runtime production builds over it and
     the database at ``url``."""
     server = start_redis(tmp_path)
-    upgrade(url)
-    settings = make_settings(url, tmp_path / "state")
-    settings.redis = RedisSettings(url=server.url)
-    runtime = build_runtime(settings)
-    try:
-        yield server, runtime
+    try:  # a database that refuses the upgrade must not leave this Redis running
+        upgrade(url)
+        settings = make_settings(url, tmp_path / "state")
+        settings.redis = RedisSettings(url=server.url)
+        runtime = build_runtime(settings)
+        try:
+            yield server, runtime
+        finally:
+            runtime.close()
     finally:
-        runtime.close()
         server.destroy()
 
 
@@ -78,6 +81,27 @@ def production_like_on(url: str, tmp_path: Path) -> Iterator[tuple[RedisServer, 
 def production_like(tmp_path: Path) -> Iterator[tuple[RedisServer, Runtime]]:
     with production_like_on(f"sqlite:///{tmp_path / 'cp.db'}", tmp_path) as built:
         yield built
+
+
+def test_production_like_stops_its_redis_when_the_database_cannot_be_upgraded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper started its Redis, then the upgrade raised and the server ran on, orphaned."""
+    started: list[RedisServer] = []
+    start = start_redis
+
+    def recorded(path: Path) -> RedisServer:
+        started.append(start(path))
+        return started[-1]
+
+    monkeypatch.setitem(globals(), "start_redis", recorded)
+    unreachable = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"  # nothing listens there
+    with pytest.raises(ConfigurationError), production_like_on(unreachable, tmp_path):
+        pass  # pragma: no cover - the upgrade fails before anything is yielded
+    (server,) = started
+    if server.is_running():
+        server.destroy()  # the test's own cleanup, so a failure leaks nothing either
+        pytest.fail("the Redis started for the runtime is still running")
 
 
 def _new_key(world: World) -> str:

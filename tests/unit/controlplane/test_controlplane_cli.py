@@ -224,6 +224,25 @@ def test_key_commands_report_bad_input(capsys: pytest.CaptureFixture[str], confi
     assert (code, err) == (2, "error: tenant 'nope' not found\n")
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        (["--ttl-days", "-3"], "error: Expected int >= 1 - at --ttl-days\n"),
+        (["--name", ""], "error: Expected str of length >= 1 - at --name\n"),
+        (["--models", "a b"], " - at --models\n"),
+    ],
+)
+def test_keys_create_names_the_option_a_refused_value_came_from(
+    capsys: pytest.CaptureFixture[str], configured: str, options: list[str], error: str
+) -> None:
+    """It named the request body's field (`$.ttl_days`), which nobody typed."""
+    run(capsys, "tenants", "apply", str(TENANTS_DIR))
+    given = {"--name": "k", **dict(zip(options[::2], options[1::2], strict=True))}
+    argv = [part for option in given.items() for part in option]
+    code, _, err = run(capsys, "keys", "create", "--tenant", "acme", "--project", "demo", *argv)
+    assert code == 2 and err.startswith("error: Expected ") and err.endswith(error), err
+
+
 def test_a_command_without_a_migrated_database_says_what_to_run_and_creates_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,6 +73,38 @@ def test_malformed_json_is_a_problem(world: World, body: bytes) -> None:
     problem = problem_of(response, 400)
     assert problem["code"] == "invalid_request"
     assert problem["detail"].startswith("the body is not valid JSON")
+    (error,) = problem["errors"]  # the field at fault is the whole body
+    assert (error["field"], error["source"]) == ("body", "body")
+    assert error["message"] and error["message"] in problem["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field", "source"),
+    [
+        ("/api/v1/tenants?after=not-a-cursor", None, "after", "query"),
+        ("/api/v1/tenants/{acme}/keys?limit=5&after=WyJ4Il0", None, "after", "query"),
+        ("/api/v1/billing/exports/2026-13", None, "period", "path"),
+        ("/api/v1/billing/exports/2026-11?format=xlsx", None, "format", "query"),
+        ("/api/v1/tenants/{acme}/usage?period=11-2026", None, "period", "query"),
+        ("/api/v1/tenants/{acme}/keys", {"ttl_days": 1, "expires_at": "2099-01-01T00:00:00Z"},
+         "ttl_days", "body"),
+        ("/api/v1/tenants/{acme}/keys", {"project_id": "{other}"}, "project_id", "body"),
+    ],
+)  # fmt: skip
+def test_a_value_the_service_refuses_is_named_with_its_source(
+    world: World, path: str, body: dict[str, Any] | None, field: str, source: str
+) -> None:
+    """As the schemas' refusals are: the field alone did not say whether to look in the
+    path, the query or the body (``period`` is either, by route)."""
+    url = path.format(acme=world.tenant("acme"))
+    if body is None:
+        response = world.client.get(url, headers=world.api("root").headers)
+    else:
+        project = body.get("project_id", world.project("acme", "demo"))
+        project = world.project("globex", "support-bot") if project == "{other}" else project
+        response = post(world, url, json={"name": "k", **body, "project_id": project})
+    problem = problem_of(response, 404 if field == "project_id" else 400)
+    assert [(e["field"], e["source"]) for e in problem["errors"]] == [(field, source)]
 
 
 def test_a_problem_type_has_one_title_whatever_went_wrong(world: World) -> None:
@@ -299,10 +331,13 @@ def test_a_nul_in_a_path_or_query_parameter_is_refused_naming_it(world: World, p
     url = path.format(acme=world.tenant("acme"))
     problem = problem_of(world.client.get(url, headers=world.api("root").headers), 400)
     assert problem["code"] == "invalid_request"
-    assert [e["field"] for e in problem["errors"]] == [
+    field = (
         "model" if "model=" in url else "alias" if "aliases" in url else
         "key_id" if "/keys/" in url else "name"
-    ]  # fmt: skip
+    )  # fmt: skip
+    source = "query" if "model=" in url else "path"
+    assert [(e["field"], e["source"]) for e in problem["errors"]] == [(field, source)]
+    assert problem["detail"] == f"invalid value for {field}"
 
 
 def test_an_endpoint_url_with_a_control_character_is_refused(world: World) -> None:

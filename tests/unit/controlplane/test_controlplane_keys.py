@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
+import pytest
 from cp_support import World, random_id, snapshot
 from sqlalchemy import update
 
@@ -61,7 +63,11 @@ def test_allowed_models_must_be_entitled_to_the_tenant(world: World) -> None:
         expect=400,
     )
     assert problem["errors"] == [
-        {"field": "allowed_models", "message": "the tenant is not entitled to bge-small"}
+        {
+            "field": "allowed_models",
+            "message": "the tenant is not entitled to bge-small",
+            "source": "body",
+        }
     ]
 
 
@@ -115,7 +121,9 @@ def test_an_expiry_past_the_last_representable_day_in_utc_is_refused(world: Worl
     body = {"project_id": world.project("acme", "demo"), "name": "k"}
     api = world.api("acme-dev")
     late = api.post(keys_path(world), {**body, "expires_at": "9999-12-31T23:59:59-12:00"}, 400)
-    assert late["errors"] == [{"field": "expires_at", "message": "expires_at is out of range"}]
+    assert late["errors"] == [
+        {"field": "expires_at", "message": "expires_at is out of range", "source": "body"}
+    ]
     year = utcnow().year + 2
     east = api.post(keys_path(world), {**body, "expires_at": f"{year}-01-01T09:00:00+09:00"})
     assert east["key"]["expires_at"] == f"{year}-01-01T00:00:00Z"  # kept, and shown, in UTC
@@ -252,3 +260,29 @@ def test_keys_created_in_a_batch_are_all_or_none_and_published_once(world: World
     too_many = {"keys": [{"project_id": project, "name": "k"}] * 1001}
     dev.post(f"{keys_path(world)}/batch", too_many, expect=400)
     world.api("globex-admin").post(f"{keys_path(world)}/batch", body, expect=404)  # not theirs
+
+
+def test_a_whole_key_pasted_for_its_id_is_echoed_neither_in_the_answer_nor_in_the_log(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer said to treat the secret as exposed, and the access log line and the
+    problem's ``instance`` wrote it out whole. Its public id stays: it names the key."""
+    created = world.create_key("acme-admin", "acme", "demo")
+    secret, key_id = created["secret"], created["key"]["key_id"]
+    token = world.tokens["acme-admin"]
+    caplog.set_level(logging.INFO, logger="trunkline.controlplane")
+    headers = world.api("acme-admin").headers
+    for method, suffix in (
+        ("GET", ""),
+        ("POST", "/revoke"),
+        ("POST", "/rotate"),
+        ("GET", "/quota"),
+    ):
+        url = f"{keys_path(world)}/{secret}{suffix}"
+        response = world.client.request(method, url, headers=headers)
+        assert response.status_code == 404, response.text
+        assert secret not in response.text and f"tlk_{key_id}_" in response.json()["instance"]
+    world.client.get(f"/api/v1/auth/{token}", headers=headers)  # a token pasted in a path
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"tlk_{key_id}_" in logged
+    assert secret.split("_")[2] not in logged and token.split("_")[2] not in logged

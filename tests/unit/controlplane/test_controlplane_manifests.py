@@ -212,6 +212,40 @@ def test_apply_keeps_a_tenants_last_tenant_admin_like_the_api(
     assert refused.value.message.startswith(f"{examples}:4: Tenant acme: "), refused.value
 
 
+def test_project_names_differing_only_in_case_are_one_name(
+    runtime: Runtime, applied_copy: Path
+) -> None:
+    """Listed together, an issue at validation; beside a project the tenant holds, refused at
+    apply at the project's line. Each had made a project of its own."""
+    tenant = "kind: Tenant\nslug: t\nname: T\ntier: gold\nprojects:\n  - name: a\n  - name: A\n"
+    (applied_copy / "more.yaml").write_text(tenant)
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(applied_copy)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{applied_copy / 'more.yaml'}:7: Tenant t: projects[1]: project 'A' listed twice"
+    ]
+    (applied_copy / "more.yaml").unlink()
+
+    examples = applied_copy / "examples.yaml"
+    examples.write_text(examples.read_text().replace("  - name: demo\n", "  - name: Demo\n", 1))
+    before = snapshot(runtime).version
+    with pytest.raises(Conflict, match="'demo'") as refused:
+        apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)
+    assert refused.value.message.startswith(f"{examples}:10: Tenant acme: "), refused.value
+    assert snapshot(runtime).version == before
+
+
+def test_projects_named_alike_before_the_rule_still_apply_by_their_exact_names(
+    runtime: Runtime, applied_copy: Path
+) -> None:
+    """A database holding demo and Demo from before keeps applying the manifests naming one."""
+    with runtime.session_factory() as session, session.begin():
+        acme = session.scalars(select(Tenant).where(Tenant.slug == "acme")).one()
+        session.add(Project(tenant_id=acme.id, name="Demo", description=""))
+    report = apply_manifests(runtime.session_factory, applied_copy, publish=runtime.publish)
+    assert report.lines() == ["no changes"]
+
+
 def test_a_manifest_schema_is_valid_json_schema() -> None:
     jsonschema.Draft202012Validator.check_schema(json.loads(manifest_json_schema_text()))
 

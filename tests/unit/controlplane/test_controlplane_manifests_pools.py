@@ -11,10 +11,8 @@ from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict
-from trunkline.kit.text import END
 from trunkline.pools.aliases import alias_row, configure_alias
 from trunkline.pools.lookups import model_row
-from trunkline.pools.schemas import ZMQ_ADDRESS_PATTERN
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
 
 EXTRA = """\
@@ -126,8 +124,8 @@ def test_bad_pools_and_cascades_name_file_line_and_field(manifests_dir: Path) ->
     issues = [str(i) for i in caught.value.issues if i.file == str(extra)]
     assert issues == [
         f"{extra}:11: Pool small-eu: capacity: -6 is less than the minimum of 0",
-        f"{extra}:15: Pool small-eu: endpoints[0].kv_events: 'http://x' does not match "
-        + repr(ZMQ_ADDRESS_PATTERN.replace(END, "$")),
+        f"{extra}:15: Pool small-eu: endpoints[0].kv_events: 'http://x' is not tcp://HOST:PORT "
+        "with a port from 1 to 65535, or ipc://PATH, without spaces, ',', '=' or '*'",
         f"{extra}:22: Cascade llama-auto: checks.min_mean_logprob: "
         "3 is greater than the maximum of 0",
         f"{extra}:29: Tenant shared-co: models[0]: unknown model alias 'llama-auto'",

@@ -361,3 +361,40 @@ def test_deleting_a_model_names_what_still_needs_it(world: World) -> None:
     admin.delete(CATALOG + "/models/small-one")  # its cascading alias goes with it
     admin.get(CATALOG + "/aliases/auto", expect=404)
     admin.delete(CATALOG + "/models/large-one")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://10.0.0.1:99999",  # no such port: the gateway answered 500 to every request
+        "http://10.0.0.1:0",
+        "http://[::1:8000",  # an IPv6 address not closed
+        "http://:8000",  # no host
+        "http://",
+        {"url": "http://10.0.0.1:8000", "kv_events": "tcp://10.0.0.1:70000"},
+    ],
+)
+def test_an_endpoint_no_client_can_connect_to_is_refused(
+    world: World, endpoint: str | dict[str, str]
+) -> None:
+    response = world.client.put(
+        "/api/v1/catalog/pools/h100-eu-west/endpoints",
+        headers=world.admin.headers,
+        json={"urls": ["http://10.0.0.2:8000", endpoint]},
+    )
+    assert response.status_code == 400, response.text
+    expected = "urls[1]" if isinstance(endpoint, str) else "urls[1].kv_events"
+    (error,) = response.json()["errors"]
+    assert error["field"] == expected
+    # Said in words: the pattern it quoted is some 300 characters of regular expression.
+    assert "port from 1 to 65535" in error["message"] and "[0-9]" not in error["message"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.1:65535/v1", "https://vllm.example:443", "http://[::1]:8000", "http://a"],
+)
+def test_an_endpoint_of_any_usable_form_is_taken(world: World, url: str) -> None:
+    path = "/api/v1/catalog/pools/h100-eu-west/endpoints"
+    pool = world.admin.put(path, {"urls": [url]})
+    assert [e["url"] for e in pool["endpoints"]] == [url]

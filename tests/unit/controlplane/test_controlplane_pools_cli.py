@@ -147,3 +147,14 @@ def test_tenants_cache_isolation_off_and_on(
     assert run(capsys, "tenants", "cache-isolation", "acme", "on")[0] == 0
     acme = next(t for t in published(configured).tenants.values() if t.slug == "acme")
     assert acme.cache_salt is not None
+
+
+def test_an_endpoint_no_client_can_connect_to_is_said_in_words(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", "http://10.0.0.1:99999")
+    assert code == 2 and err == (
+        "error: endpoint 'http://10.0.0.1:99999': its URL: Expected `str` of an http:// or "
+        "https:// URL with a host (an IPv6 address in brackets) and, if it gives one, a port "
+        "from 1 to 65535\n"
+    )

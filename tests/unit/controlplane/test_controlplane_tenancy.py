@@ -146,6 +146,20 @@ def test_projects_are_created_by_tenant_admins_and_read_by_members(world: World)
     )
 
 
+def test_a_project_name_differing_only_in_case_from_another_is_refused(world: World) -> None:
+    """acme held "demo", "Demo" and "DEMO" side by side: three rows in its usage by project and
+    its bills, and `keys create --project demo` picked one by the letters' case."""
+    acme = world.tenant("acme")
+    for name in ("Demo", "DEMO"):
+        refused = world.api("acme-admin").post(
+            f"/api/v1/tenants/{acme}/projects", {"name": name}, expect=409
+        )
+        assert refused["errors"][0]["field"] == "name"
+        assert "'demo'" in refused["detail"], refused
+    names = [p["name"] for p in world.api("acme-admin").get(f"/api/v1/tenants/{acme}/projects")]
+    assert names == ["demo"]
+
+
 def test_deleting_a_project_removes_its_keys_from_the_gateway(world: World) -> None:
     acme = world.tenant("acme")
     project = world.api("acme-admin").post(f"/api/v1/tenants/{acme}/projects", {"name": "tmp"})

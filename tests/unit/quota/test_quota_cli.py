@@ -168,3 +168,11 @@ def test_mistakes_are_explained(
 ) -> None:
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err
+
+
+def test_a_limit_out_of_range_names_its_option(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    """It named the request body's field (`$.tokens_per_minute`), which nobody typed."""
+    argv = ["quota", "set", "--tier", "gold", "--scope", "tenant", "--tokens-per-minute", "-5"]
+    assert run(capsys, *argv)[::2] == (2, "error: Expected int >= 0 - at --tokens-per-minute\n")

@@ -200,7 +200,9 @@ def test_in_usd_the_old_name_still_sets_the_budget_and_reads_back(world: World) 
 
     both = {"tenant": {"cost_per_month": 1, "cost_per_month_usd": 1}}
     bad = world.admin.put("/api/v1/tiers/gold/quota", both, 400)
-    assert bad["errors"] == [{"field": "tenant.cost_per_month_usd", "message": BOTH}]
+    assert bad["errors"] == [
+        {"field": "tenant.cost_per_month_usd", "message": BOTH, "source": "body"}
+    ]
 
 
 PREVIOUS_RELEASE_FIELDS = {

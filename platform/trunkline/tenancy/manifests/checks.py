@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from trunkline.pools.schemas import prompt_range_problem
 from trunkline.quota.policy import ALIAS, SCOPES, alias_problem
@@ -131,16 +131,20 @@ def _tenant(
         if alias not in aliases:
             issues.append(doc.issue(("models", index), f"unknown model alias {alias!r}"))
     issues += _repeats(doc, "regions", spec.regions, "region")
-    issues += _repeats(doc, "projects", [p.name for p in spec.projects], "project")
+    issues += _repeats(doc, "projects", [p.name for p in spec.projects], "project", str.lower)
     issues += _repeats(doc, "members", [m.email.lower() for m in spec.members], "member")
     return issues
 
 
-def _repeats(doc: Located, field: str, values: list[str], what: str) -> list[ManifestIssue]:
+def _repeats(
+    doc: Located, field: str, values: list[str], what: str, same: Callable[[str], str] = str
+) -> list[ManifestIssue]:
+    """Each of ``values`` listed once, as ``same`` tells them apart (project names that differ
+    only in case name one project)."""
     seen: set[str] = set()
     issues = []
     for index, value in enumerate(values):
-        if value in seen:
+        if same(value) in seen:
             issues.append(doc.issue((field, index), f"{what} {value!r} listed twice"))
-        seen.add(value)
+        seen.add(same(value))
     return issues

@@ -14,6 +14,8 @@ import msgspec
 from trunkline.auth.schemas import Email, PersonName
 from trunkline.kit.text import ONE_LINE
 from trunkline.models import Role
+from trunkline.pools.endpoint_schemas import EndpointSpec
+from trunkline.pools.endpoint_schemas import Url as Url
 from trunkline.pools.schemas import (
     Alias,
     BatchedTokens,
@@ -21,7 +23,6 @@ from trunkline.pools.schemas import (
     Capacity,
     CascadeChecks,
     ContextLength,
-    EndpointSpec,
     ModelKind,
     ModelName,
     Money,
@@ -30,7 +31,6 @@ from trunkline.pools.schemas import (
     TokensPerS,
 )
 from trunkline.pools.schemas import ParamsB as ParamsB
-from trunkline.pools.schemas import Url as Url
 from trunkline.quota.schemas import QuotaLimits
 from trunkline.tenancy.schemas import (
     Description,

@@ -41,6 +41,7 @@ from trunkline.tenancy.manifests.documents import Located
 from trunkline.tenancy.manifests.schemas import TenantSpec
 from trunkline.tenancy.manifests.upsert import ApplyReport, given_values, located_at, upsert
 from trunkline.tenancy.repository import MembershipRepository, ProjectRepository, TierRepository
+from trunkline.tenancy.service import project_name_taken
 
 
 @dataclass
@@ -200,9 +201,13 @@ def _tenant(
 def _projects(session: Session, held: Held, tenant: Tenant, spec: TenantSpec) -> list[str]:
     projects, details = held.projects.setdefault(tenant.id, {}), []
     repository = ProjectRepository(session, tenant.id)
-    for project in spec.projects:
+    for index, project in enumerate(spec.projects):
         row = projects.get(project.name)
         if row is None:
+            held_alike = [name for name in projects if name.lower() == project.name.lower()]
+            if held_alike:
+                taken = project_name_taken(project.name, min(held_alike))
+                raise Conflict(taken, param=f"projects[{index}].name")
             description = project.description or ""
             projects[project.name] = repository.add(project.name, description)
             details.append(f"+project {project.name}")
