@@ -12,7 +12,6 @@ import signal
 import socket
 from pathlib import Path
 
-import redis
 import redis.asyncio as aioredis
 from litestar import Litestar
 from prometheus_client import CollectorRegistry, start_http_server
@@ -25,7 +24,12 @@ from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
-from trunkline.metering.stream import RedisUsageEmitter, RedisUsageReader, stream_name
+from trunkline.metering.stream import (
+    RedisUsageEmitter,
+    RedisUsageReader,
+    reader_client,
+    stream_name,
+)
 from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.redis_store import connect as connect_quota_store
 from trunkline.settings import Settings, load_settings
@@ -85,7 +89,7 @@ def run_worker(
     """Drain the usage stream into the ledger until SIGTERM / SIGINT (or ``max_batches``)."""
     runtime = require_schema(build_runtime(settings))
     jobs = load_job_settings()
-    client = redis.Redis.from_url(_redis_url(settings))
+    client = reader_client(_redis_url(settings))
     consumer_name = f"{socket.gethostname()}-{os.getpid()}"
     reader = RedisUsageReader(
         client,

@@ -146,6 +146,20 @@ def stream_name(key_prefix: str) -> str:
     return f"{key_prefix}:usage"
 
 
+READ_TIMEOUT_S = 5.0
+"""How long a call of a usage reader's client may wait on Redis (its reads never block)."""
+
+
+def reader_client(url: str) -> redis.Redis:
+    """A client for :class:`RedisUsageReader` whose calls give up after ``READ_TIMEOUT_S``: a
+    Redis that stops answering (frozen, a partition leaving the connection half-open) held a
+    read for ever, and the worker looked alive while it ingested nothing; a timeout is an
+    outage the consumer waits out, and its next read connects again."""
+    return redis.Redis.from_url(
+        url, socket_timeout=READ_TIMEOUT_S, socket_connect_timeout=READ_TIMEOUT_S
+    )
+
+
 class RedisUsageEmitter:
     def __init__(self, client: aioredis.Redis, stream: str, *, max_batch: int = 500) -> None:
         self._client = client

@@ -12,14 +12,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Celery
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
-from trunkline.metering.stream import RedisUsageReader, stream_name
+from trunkline.metering.stream import RedisUsageReader, reader_client, stream_name
 from trunkline.settings import Settings
 from trunkline.worker.jobs import JOBS, Job, JobContext, JobSettings
 
@@ -39,7 +38,7 @@ class _ProcessContext:
         if self._context is None or self._pid != os.getpid():
             self._pid = os.getpid()
             engine = make_engine(self._settings.database.url)
-            client = redis.Redis.from_url(self._settings.redis.url or "")
+            client = reader_client(self._settings.redis.url or "")
             consumer = f"celery-{socket.gethostname()}-{self._pid}"
             stream = stream_name(self._settings.redis.key_prefix)
             claim = self._jobs.claim_idle_ms
