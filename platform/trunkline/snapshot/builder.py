@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -13,6 +15,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.kit.text import URL_PATTERN, ZMQ_ADDRESS_PATTERN
 from trunkline.models import (
     AcceleratorFlavor,
     ApiKey,
@@ -37,6 +40,8 @@ from trunkline.snapshot.schemas import (
     TierEntry,
 )
 from trunkline.snapshot.store import BuiltFrom, SnapshotPublisher, content_digest, part_digest
+
+log = logging.getLogger(__name__)
 
 
 def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
@@ -119,10 +124,42 @@ def _aliases(session: Session, pools: Mapping[str, PoolEntry]) -> dict[str, Alia
     return aliases
 
 
+_CONNECTABLE = re.compile(URL_PATTERN)
+_SUBSCRIBABLE = re.compile(ZMQ_ADDRESS_PATTERN)
+
+
+def _endpoint_entry(endpoint: Endpoint) -> EndpointEntry | None:
+    """``endpoint`` as the gateways route to it; None, with a warning, when no client can
+    connect to its URL, and without the KV-event addresses no subscriber can connect to. The
+    API refuses such addresses; rows stored before it did (``http://host:99999``) made every
+    gateway answer 500 to each request routed there, and its scraper log a traceback at every
+    tick."""
+    if not _CONNECTABLE.match(endpoint.url):
+        log.warning(
+            "endpoint %s of pool %s: its URL is not one a client can connect to; left out of "
+            "the gateways' configuration until the pool's endpoints are set again",
+            endpoint.id, endpoint.pool_id,
+        )  # fmt: skip
+        return None
+    events, replay = endpoint.kv_events, endpoint.kv_replay
+    if events is not None and not _SUBSCRIBABLE.match(events):
+        log.warning(
+            "endpoint %s of pool %s: its KV-event address is not one a subscriber can connect "
+            "to; its KV events are not followed until the pool's endpoints are set again",
+            endpoint.id, endpoint.pool_id,
+        )  # fmt: skip
+        events = replay = None
+    if replay is not None and not _SUBSCRIBABLE.match(replay):
+        replay = None
+    return EndpointEntry(str(endpoint.id), endpoint.url, events, replay)
+
+
 def _pools(session: Session) -> dict[str, PoolEntry]:
     endpoints: dict[object, list[EndpointEntry]] = defaultdict(list)
     for e in session.scalars(select(Endpoint).where(Endpoint.enabled).order_by(Endpoint.url)):
-        endpoints[e.pool_id].append(EndpointEntry(str(e.id), e.url, e.kv_events, e.kv_replay))
+        entry = _endpoint_entry(e)
+        if entry is not None:
+            endpoints[e.pool_id].append(entry)
     rows = session.execute(
         select(Pool, Model.name, AcceleratorFlavor)
         .join(Model, Pool.model_id == Model.id)

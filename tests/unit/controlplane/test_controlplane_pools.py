@@ -3,10 +3,14 @@ isolation, through the control-plane API and into the gateway snapshot."""
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import pytest
 from cp_support import SERVER_SECRET, World, snapshot
 
 from trunkline.gateway.routing import eligible
+from trunkline.models import Endpoint
 from trunkline.snapshot import TenantEntry
 from trunkline.snapshot.builder import build_snapshot, tenant_cache_salt
 
@@ -398,3 +402,29 @@ def test_an_endpoint_of_any_usable_form_is_taken(world: World, url: str) -> None
     path = "/api/v1/catalog/pools/h100-eu-west/endpoints"
     pool = world.admin.put(path, {"urls": [url]})
     assert [e["url"] for e in pool["endpoints"]] == [url]
+
+
+def test_an_endpoint_stored_before_its_address_was_checked_is_left_out_of_the_snapshot(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows the API took before it refused such addresses: every gateway answered 500 to each
+    request routed to ``http://10.0.0.1:99999`` (its connect raised), and its scraper logged
+    a traceback at every tick. The builder leaves them out, and the addresses of KV events no
+    subscriber can connect to, and says so."""
+    pool = world.admin.put(
+        CATALOG + "/pools/h100-eu-west/endpoints",
+        {"urls": ["http://10.0.0.2:8000", "http://10.0.0.3:8000", "http://10.0.0.4:8000"]},
+    )
+    ids = {e["url"]: uuid.UUID(e["id"]) for e in pool["endpoints"]}
+    good, bad, deaf = (ids[f"http://10.0.0.{n}:8000"] for n in (2, 3, 4))
+    with world.runtime.session_factory() as session, session.begin():
+        session.get_one(Endpoint, bad).url = "http://10.0.0.3:99999"
+        session.get_one(Endpoint, deaf).kv_events = "tcp://10.0.0.4:70000"
+    with world.runtime.session_factory() as session, caplog.at_level(logging.WARNING):
+        built = build_snapshot(session, 1, cache_secret=SERVER_SECRET.encode())
+    endpoints = {e.id: e for e in built.pools["h100-eu-west"].endpoints}
+    assert set(endpoints) == {str(good), str(deaf)}
+    assert (endpoints[str(deaf)].kv_events, endpoints[str(deaf)].kv_replay) == (None, None)
+    said = caplog.text
+    assert f"endpoint {bad} " in said and "not one a client can connect to" in said
+    assert f"endpoint {deaf} " in said and "not one a subscriber can connect to" in said
