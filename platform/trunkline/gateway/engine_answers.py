@@ -13,6 +13,7 @@ import httpx
 import msgspec
 
 from trunkline.gateway.errors import engine_error
+from trunkline.metering.schemas import Count
 
 _DONE_EVENT = b"data: [DONE]"
 _DONE = _DONE_EVENT + b"\n\n"
@@ -32,12 +33,16 @@ class EngineGaveUp(httpx.HTTPError):
 
 
 class _Details(msgspec.Struct):
-    cached_tokens: int | None = None
+    cached_tokens: Count | None = None
 
 
 class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int | None = 0
+    """An engine's usage block. Counts no engine can mean (negative: tokens off the tenant's
+    quota and bill; past the ledger's integer) fail to decode, and the answer is taken as one
+    without usage: the prompt at the quota's estimate, no completion counted."""
+
+    prompt_tokens: Count = 0
+    completion_tokens: Count | None = 0
     prompt_tokens_details: _Details | None = None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -160,6 +161,33 @@ def test_a_json_answer_whose_usage_is_not_vllm_s_is_still_relayed(
 
     response = engine_gateway(odd_usage).chat()
     assert response.status_code == 200 and response.json()["choices"]
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -40, "completion_tokens": -100},  # would come off quota and bill
+        {"prompt_tokens": 12, "completion_tokens": 3_000_000_000},  # past the ledger's integer
+    ],
+)
+def test_an_engine_s_impossible_token_counts_are_not_taken(
+    engine_gateway: Callable[..., Gateway], usage: dict[str, Any]
+) -> None:
+    """A usage block no engine can mean is taken as none: the prompt is charged at the
+    estimate the quota reserved, as for an answer without usage, and nothing else."""
+
+    answers = [usage, None]  # then the same request answered without usage
+
+    def impossible(request: httpx.Request) -> httpx.Response:
+        answer = json.loads(chat_any(request).content)
+        answer["usage"] = answers.pop(0)
+        return httpx.Response(200, json=answer)
+
+    gw = engine_gateway(impossible)
+    assert [gw.chat().status_code for _ in range(2)] == [200, 200]
+    taken, without = (record for _id, record in gw.usage.read(10))
+    assert (taken.prompt_tokens, taken.completion_tokens) == (without.prompt_tokens, 0)
+    assert taken.prompt_tokens > 0
 
 
 def test_a_stream_answered_200_without_events_moves_to_the_next_endpoint(
