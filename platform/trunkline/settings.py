@@ -6,6 +6,7 @@ groups, e.g. ``TRUNKLINE_DATABASE__URL`` or ``TRUNKLINE_SECURITY__KEY_HASH_SECRE
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -192,6 +193,25 @@ class GatewaySettings(BaseModel):
     template), for routing policies that match prompts to the engines' KV-cache events
     (``precise-prefix``): they need the prompt's token ids. Needs ``transformers``."""
     kv_hash: KvHashSettings = Field(default_factory=KvHashSettings)
+    cors_origins: list[str] = Field(default_factory=list)
+    """Web origins whose pages may call the gateway from a browser (CORS), each
+    ``scheme://host[:port]``, or ``*`` for any (as OpenAI's API answers): keys are sent as
+    headers, never cookies, so no credentials are allowed either way. Empty: no CORS headers,
+    and browsers refuse every cross-origin call."""
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not a web origin: scheme://host[:port], no path, or *"
+                )
+        return origins
+
+
+_ORIGIN = re.compile(r"https?://[^\s/?#@]+")
+"""A web origin as a browser sends it: a scheme and a host (and port), nothing after."""
 
 
 class ControlPlaneSettings(BaseModel):

@@ -160,6 +160,7 @@ def create_gateway_app(
         metrics=registry,
         shared_metrics=shared,
         engines=monitor,
+        cors_origins=settings.cors_origins,
     )
 
 

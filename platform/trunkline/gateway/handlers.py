@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -22,6 +23,7 @@ from trunkline.errors import (
     RequestTimeout,
     TrunklineError,
 )
+from trunkline.gateway.cors import cors_config
 from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.head import allowed_with_head, head_as_get
@@ -327,6 +329,7 @@ def build_app(
     shared_metrics: SharedMetrics | None = None,
     engines: EngineMonitor | None = None,
     body_timeout_s: float | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> Litestar:
     registry = metrics or CollectorRegistry()
     state = {
@@ -345,6 +348,7 @@ def build_app(
         openapi_config=None,
         logging_config=None,
         debug=False,
+        cors_config=cors_config(cors_origins),
     )
     late_body = BodyTimeout(body_timeout_s, _late_body, registry)
     # Around the router: its own answers (an unknown path, a wrong method) are counted too.
