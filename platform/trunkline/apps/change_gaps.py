@@ -10,6 +10,7 @@ from collections.abc import Collection
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.snapshot import SnapshotPublisher
+from trunkline.snapshot.store import Recorded
 from trunkline.tenancy.changes import changed_shards, changes_keys_only
 
 GAPS_LOOKED_UP = 256
@@ -53,7 +54,7 @@ def rest_keys_only(
 
 
 def key_gap(
-    publisher: SnapshotPublisher, session_factory: sessionmaker[Session], top: int
+    recorded: Recorded | None, session_factory: sessionmaker[Session], top: int
 ) -> tuple[list[int], set[int]] | None:
     """The changes up to ``top`` that the store's record does not name (neither up to its
     generation nor stored past a gap: ``ahead``), and the key shards they changed, when they
@@ -61,8 +62,8 @@ def key_gap(
     else None. A patch of those shards, read after its version is handed out (after they
     committed), carries them all. Counting the shards of the changes stored past the gap
     too, a check under a stream of patches through another control plane found more than
-    ``WHOLE_ABOVE`` shards and built whole, refused by the next patch."""
-    recorded = publisher.built_from()
+    ``WHOLE_ABOVE`` shards and built whole, refused by the next patch. ``recorded``: the
+    store's record (``SnapshotPublisher.built_from``), as the caller read it."""
     if recorded is None or not 0 < top - recorded.built_from.generation <= GAPS_LOOKED_UP:
         return None
     above = range(recorded.built_from.generation + 1, top + 1)

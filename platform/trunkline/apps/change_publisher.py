@@ -182,7 +182,8 @@ class ChangePublisher:
             return False
         with self.session_factory() as session:
             top = config_generation(session)
-        gap = None if top is None else key_gap(self.publisher, self.session_factory, top)
+        recorded = self.publisher.built_from()
+        gap = None if top is None else key_gap(recorded, self.session_factory, top)
         if gap is None:
             return False
         self.left = False

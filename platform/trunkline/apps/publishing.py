@@ -25,7 +25,7 @@ from trunkline.kit.ids import utcnow
 from trunkline.snapshot import InMemorySnapshotStore
 from trunkline.snapshot.builder import current_digest
 from trunkline.snapshot.key_shards import expired_shards
-from trunkline.snapshot.store import BuiltFrom
+from trunkline.snapshot.store import Recorded
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +108,16 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
         if state == runtime.seen:
             return _drop_expired(runtime)
         recorded = runtime.publisher.built_from()
+        if recorded is not None and recorded.built_from.generation > state.generation:
+            # Another process stored a newer version after the state was read: read it again
+            # (still behind the record: the database went back, a restored backup, and the
+            # build below publishes what it says). Taken as a gap, it was built whole.
+            with runtime.session_factory() as session:
+                state = config_state(session)
         if recorded is not None and recorded.built_from == state.as_built_from():
             runtime.seen, runtime.published_version = state, recorded.version  # another's
             return "current"
-        gap = None if recorded is None else _key_gap(runtime, recorded.built_from, state)
+        gap = None if recorded is None else _key_gap(runtime, recorded, state)
         if gap is not None:
             return _follow_key_gap(runtime, *gap)
     runtime.awaited = None
@@ -133,7 +139,7 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
 
 
 def _key_gap(
-    runtime: Runtime, recorded: BuiltFrom, state: ConfigState
+    runtime: Runtime, recorded: Recorded, state: ConfigState
 ) -> tuple[list[int], set[int]] | None:
     """The changes the store's record does not name yet and the key shards they changed, when
     they all changed keys only, in at most ``WHOLE_ABOVE`` shards, and the prices in force are
@@ -141,9 +147,9 @@ def _key_gap(
     one of its changes is nearly always committed and not yet stored. None when anything else
     may be missing, which a whole build carries."""
     ours = state.as_built_from()
-    if ours is None or ours.rest != recorded.rest or runtime.left_whole:
+    if ours is None or ours.rest != recorded.built_from.rest or runtime.left_whole:
         return None
-    gap = key_gap(runtime.publisher, runtime.session_factory, ours.generation)
+    gap = key_gap(recorded, runtime.session_factory, ours.generation)
     return None if gap is None or len(gap[1]) > WHOLE_ABOVE else gap
 
 

@@ -16,6 +16,7 @@ import redis
 from sqlalchemy import delete, select, update
 
 from integration.controlplane.planes_support import PREFIX, SYSTEM, Planes, samples
+from trunkline.apps import publishing
 from trunkline.apps.change_publisher import WHOLE_ABOVE
 from trunkline.apps.publishing import check_published
 from trunkline.apps.runtime import Runtime, build_runtime
@@ -74,6 +75,27 @@ def test_a_key_change_missing_behind_many_patched_ones_is_patched_in_not_built_w
     assert planes.check() == "published"  # the revoked key's shard
     assert planes.builds == [] and key_id not in planes.served().keys
     assert planes.check() == "current"
+
+
+def test_a_version_stored_between_the_check_s_two_reads_costs_no_build(
+    planes: Planes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check reads the database's state, then the store's record: ``a`` storing a newer
+    version in between put the record past the state read, which the check took for a gap it
+    could not patch, and built whole (measured under load: such a build held the publishing
+    lock 18 s, and a revocation waited behind it)."""
+    planes.create()  # not seen by b yet
+    real, raced = publishing.config_state, []
+
+    def racing(session: Any) -> Any:
+        state = real(session)
+        if not raced:
+            raced.append(planes.create())  # through a, patched: the record passes the state
+        return state
+
+    monkeypatch.setattr(publishing, "config_state", racing)
+    assert planes.check() == "current"
+    assert planes.builds == [] and raced[0] in planes.served().keys
 
 
 def test_a_tenant_change_not_in_the_store_yet_is_built_at_once(planes: Planes) -> None:

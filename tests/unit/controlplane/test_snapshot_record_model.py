@@ -128,7 +128,7 @@ def key_change(world: World, rng: random.Random) -> Step:
         return
     shards, carried = {shard}, [generation]
     if roll < 0.5:
-        gap = change_gaps.key_gap(world.store, nullcontext, world.generation)  # type: ignore[arg-type]
+        gap = change_gaps.key_gap(world.store.built_from(), nullcontext, world.generation)  # type: ignore[arg-type]
         yield
         if gap is not None:
             carried, shards = sorted({*carried, *gap[0]}), shards | gap[1]
@@ -139,7 +139,7 @@ def check_gap(world: World) -> Step:
     """The check's patch of the key gap (``publishing._follow_key_gap``)."""
     top = world.generation
     yield
-    gap = change_gaps.key_gap(world.store, nullcontext, top)  # type: ignore[arg-type]
+    gap = change_gaps.key_gap(world.store.built_from(), nullcontext, top)  # type: ignore[arg-type]
     yield
     if gap is not None and gap[1]:
         yield from patch(world, gap[1], gap[0])
