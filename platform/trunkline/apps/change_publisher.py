@@ -94,10 +94,11 @@ class ChangePublisher:
     change whose generation is not known): only a whole build stored carries it."""
     checks_skipped: int = field(init=False, repr=False, default=0)
     """Checks in a row that found a publish under way (``apps.publishing``)."""
-    awaited: int | None = field(init=False, repr=False, default=None)
-    """The first change the store's record lacked when the last check left it to the control
-    plane publishing it (``apps.publishing``): the next check that finds it still missing
-    builds it in."""
+    awaited: frozenset[int] = field(init=False, repr=False, default=frozenset())
+    """The changes the store's record lacked when the last check left them to the control
+    plane publishing them (``apps.publishing``): the next check that finds one still missing
+    patches them in. Only the first was remembered: when it landed and another, dead, stayed
+    missing (a CLI's revocation whose publish failed), a third check carried it, 2 s later."""
     _carried: set[int] = field(init=False, repr=False, default_factory=set)
     """Generations above ``seen``'s that this process published by their keys' shards: once
     every generation up to one is, ``seen`` moves there (a gap is another process's change)."""

@@ -120,7 +120,7 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
         gap = None if recorded is None else _key_gap(runtime, recorded, state)
         if gap is not None:
             return _follow_key_gap(runtime, *gap)
-    runtime.awaited = None
+    runtime.awaited = frozenset()
     current = current_digest(
         runtime.session_factory, cache_secret=runtime.server_secret, now=utcnow()
     )
@@ -157,16 +157,16 @@ def _follow_key_gap(runtime: Runtime, missing: list[int], shards: set[int]) -> C
     """The store lacks only key changes (``_key_gap``). Another control plane's, as a rule,
     which it is publishing by their shards: ``in_flight``, nothing built. Every check built
     whole instead (a second at 19,000 keys), was refused by the other's next patch three times,
-    and held this process's publishes the while (writes waited 3-7 s in a probe). The first of
+    and held this process's publishes the while (writes waited 3-7 s in a probe). Any of
     them still missing a check later (its publisher stopped, or its publish failed), or one of
     this process's own whose publish failed (``left``), or a store no other process publishes
     to: their shards are patched in now, carrying them (the shards are read after the patch's
     version is handed out, after they committed)."""
     alone = isinstance(runtime.publisher, InMemorySnapshotStore)  # no other publisher
-    if runtime.awaited != missing[0] and not runtime.left and not alone:
-        runtime.awaited = missing[0]
+    if runtime.awaited.isdisjoint(missing) and not runtime.left and not alone:
+        runtime.awaited = frozenset(missing)
         return "in_flight"
-    was_left, runtime.awaited, runtime.left = runtime.left, None, False  # the patch carries them
+    was_left, runtime.awaited, runtime.left = runtime.left, frozenset(), False  # carried now
     if runtime.publish_shards(shards, missing):
         return "published"
     runtime.left = runtime.left or was_left

@@ -98,6 +98,25 @@ def test_a_version_stored_between_the_check_s_two_reads_costs_no_build(
     assert planes.builds == [] and raced[0] in planes.served().keys
 
 
+def test_a_dead_change_behind_one_that_landed_is_patched_in_at_the_next_check(
+    planes: Planes,
+) -> None:
+    """The check found two key changes missing: ``a``'s, whose publish was under way, and a
+    revocation whose publish never came (the CLI's, Redis away for it). The first landed; the
+    revocation, still missing at the next check, is patched in there, not a check later (the
+    check remembered only the first change missing, saw another first, and waited again)."""
+    key_id = planes.create()
+    deferred: list[Change] = []
+    data = ApiKeyCreate(project_id=planes.project, name="in flight")
+    with unit_of_work(planes.a.session_factory, deferred.append) as session:
+        create_key(session, SYSTEM, planes.a.server_secret, planes.tenant, data)
+    planes.revoke(key_id, published=False)
+    assert planes.check() == "in_flight"
+    planes.a.publish(deferred[0])  # lands; the revocation does not
+    assert planes.check() == "published"
+    assert planes.builds == [] and key_id not in planes.served().keys
+
+
 def test_a_tenant_change_not_in_the_store_yet_is_built_at_once(planes: Planes) -> None:
     """Only key changes are left for a check to the process publishing them: another change's
     whole build is refused by each newer patch and may never land without one of the check's."""
