@@ -91,7 +91,9 @@ class EngineStateSettings(BaseModel):
     docs/gateway.md."""
 
     scrape_interval_s: float = Field(default=0.1, gt=0)
-    """How often each engine's ``/metrics`` is read: figures are at most about twice this old."""
+    """How often each engine's ``/metrics`` is read: figures are at most about twice this old.
+    Each read costs the engine's API server some 5 ms of CPU (vLLM builds the page whole), and
+    every gateway process reads every engine: raise it with many gateway processes."""
     scrape_timeout_s: float = Field(default=1.0, gt=0)
     """A scrape slower than this counts as a failure of the engine."""
     scrape_concurrency: int = Field(default=32, ge=1)
