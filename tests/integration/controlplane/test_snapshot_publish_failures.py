@@ -50,6 +50,16 @@ class _Failing:
         return getattr(self.held, name)
 
 
+def _a_key_after_a_whole_build(planes: Planes) -> str:
+    """A key created through ``a`` once ``a`` stored a whole build recently, so its next key
+    changes are patched."""
+    planes.a.whole_every_s = 3600.0
+    key_id = planes.create()
+    with planes.a.publishing:
+        planes.a.publish_now()
+    return key_id
+
+
 def test_a_check_waiting_on_a_failing_publish_builds_its_change_at_once(planes: Planes) -> None:
     """The failed publish said so (``left``) only after it freed the lock: a check waiting on
     the lock took this process's own revocation for another's in flight, a round more (found
@@ -128,11 +138,7 @@ def test_a_key_change_after_this_process_s_refused_one_carries_it_by_its_shard(
         return whole_build(*args, **kwargs)
 
     monkeypatch.setattr(change_publisher, "publish_snapshot", counted)
-    a = planes.a
-    a.whole_every_s = 3600.0
-    victim = planes.create()
-    with a.publishing:
-        a.publish_now()
+    a, victim = planes.a, _a_key_after_a_whole_build(planes)
     with refusing(a):
         planes.revoke(victim)  # refused every time
     assert a.left and victim in planes.served().keys
@@ -201,11 +207,7 @@ def test_a_refused_check_does_not_forget_this_process_s_missing_revocation(
     change, builds whole and is refused too: it cleared ``left`` (the build would have carried
     it) and did not set it back, so a's next key change was patched over its own missing
     revocation (found in review)."""
-    a = planes.a
-    a.whole_every_s = 3600.0
-    victim = planes.create()
-    with a.publishing:
-        a.publish_now()
+    a, victim = planes.a, _a_key_after_a_whole_build(planes)
     with refusing(a):
         planes.revoke(victim)  # refused every time
         assert a.left
