@@ -16,7 +16,7 @@ import redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.apps.change_gaps import key_gap, rest_keys_only
-from trunkline.apps.config_state import ConfigState, config_state
+from trunkline.apps.config_state import ConfigState, read_config_state
 from trunkline.apps.publish_metrics import PublishMetrics
 from trunkline.apps.store_outage import StoreOutage
 from trunkline.kit.ids import utcnow
@@ -304,8 +304,7 @@ class ChangePublisher:
         says (a ``held`` that carries even what the change count does not see)."""
         for _ in range(PUBLISH_TRIES):
             now = utcnow()
-            with self.session_factory() as session:
-                state = config_state(session)  # before the build: it has at least this
+            state = read_config_state(self.session_factory)  # before the build: it has this
             with self.metrics.building("whole") as build:
                 version, stored = publish_snapshot(
                     self.session_factory,
@@ -347,8 +346,7 @@ class ChangePublisher:
         whole build read after this change committed, which has it: True); else that the change
         may not be at the gateways yet, and what publishes it. The caller holds
         ``publishing``."""
-        with self.session_factory() as session:
-            state = config_state(session)  # before the build: it has at least this
+        state = read_config_state(self.session_factory)  # before the build: it has this
         current = current_digest(self.session_factory, cache_secret=self.server_secret)
         if self.publisher.published_digest() == current:  # read after it
             self._saw(state)

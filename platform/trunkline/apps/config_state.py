@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.pricebook_store import prices_in_force_since
 from trunkline.kit.ids import utcnow
@@ -33,3 +33,9 @@ class ConfigState:
 
 def config_state(session: Session) -> ConfigState:
     return ConfigState(config_generation(session), prices_in_force_since(session, utcnow()))
+
+
+def read_config_state(factory: sessionmaker[Session]) -> ConfigState:
+    """``config_state`` in a session of its own."""
+    with factory() as session:
+        return config_state(session)

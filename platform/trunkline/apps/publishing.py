@@ -18,7 +18,7 @@ from litestar import Litestar
 
 from trunkline.apps.change_gaps import key_gap
 from trunkline.apps.change_publisher import WHOLE_ABOVE, Published
-from trunkline.apps.config_state import ConfigState, config_state
+from trunkline.apps.config_state import ConfigState, read_config_state
 from trunkline.apps.publish_metrics import Check
 from trunkline.apps.runtime import Runtime
 from trunkline.kit.ids import utcnow
@@ -102,8 +102,7 @@ def _lock_for_check(runtime: Runtime) -> Literal["locked", "skipped", "stuck"]:
 
 
 def _check(runtime: Runtime, thorough: bool) -> Check:
-    with runtime.session_factory() as session:
-        state = config_state(session)
+    state = read_config_state(runtime.session_factory)
     if state.generation is not None and not thorough and _store_whole_and_current(runtime):
         if state == runtime.seen:
             return _drop_expired(runtime)
@@ -112,8 +111,7 @@ def _check(runtime: Runtime, thorough: bool) -> Check:
             # Another process stored a newer version after the state was read: read it again
             # (still behind the record: the database went back, a restored backup, and the
             # build below publishes what it says). Taken as a gap, it was built whole.
-            with runtime.session_factory() as session:
-                state = config_state(session)
+            state = read_config_state(runtime.session_factory)
         if recorded is not None and recorded.built_from == state.as_built_from():
             runtime.seen, runtime.published_version = state, recorded.version  # another's
             return "current"

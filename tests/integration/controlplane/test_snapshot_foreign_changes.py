@@ -85,15 +85,15 @@ def test_a_version_stored_between_the_check_s_two_reads_costs_no_build(
     could not patch, and built whole (measured under load: such a build held the publishing
     lock 18 s, and a revocation waited behind it)."""
     planes.create()  # not seen by b yet
-    real, raced = publishing.config_state, []
+    real, raced = publishing.read_config_state, []
 
-    def racing(session: Any) -> Any:
-        state = real(session)
+    def racing(factory: Any) -> Any:
+        state = real(factory)
         if not raced:
             raced.append(planes.create())  # through a, patched: the record passes the state
         return state
 
-    monkeypatch.setattr(publishing, "config_state", racing)
+    monkeypatch.setattr(publishing, "read_config_state", racing)
     assert planes.check() == "current"
     assert planes.builds == [] and raced[0] in planes.served().keys
 
