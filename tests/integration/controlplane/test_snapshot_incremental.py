@@ -379,13 +379,11 @@ def test_a_key_change_left_unpublished_by_another_process_is_published_by_the_ch
     (the other stopped between its commit and its publish), the check patches its shard in."""
     with keys.runtime.publishing:
         keys.runtime.publish_now()
-    lost = other.create(name="theirs, publish lost", published=False)
-    keys.store.writes.clear()
-    next(
-        k for k in iter(lambda: keys.create(name="ours"), None)
-        if shard_name(k) != shard_name(lost)
-    )  # fmt: skip
-    # (a key in the lost one's shard, 1 in 64, publishes it with its shard)
+    while True:  # ours in the lost one's shard (1 in 64) would publish it with that shard
+        lost = other.create(name="theirs, publish lost", published=False)
+        keys.store.writes.clear()
+        if shard_name(keys.create(name="ours")) != shard_name(lost):
+            break
     assert set(keys.store.writes) == {"shards"} and lost not in snapshot(keys.runtime).keys
     keys.store.writes.clear()
     assert not republish_if_stale(keys.runtime)  # the other's in flight, for one check
