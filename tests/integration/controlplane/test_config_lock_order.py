@@ -12,10 +12,9 @@ the change commit once the other waits on a lock, and checks both ended.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from integration.controlplane.test_manifests_concurrency import (
-    DEADLINE_S,
     TIERS_WITHOUT_QUOTA,
     _apply_beside,
     _ids,
     _manifests,
     _tenant,
-    _until_waiting_or_done,
     pg_runtime,
 )
+from support.held_transaction import beside_a_held_transaction
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
 from trunkline.errors import NotFound
@@ -181,26 +179,14 @@ def test_a_members_key_revoked_or_rotated_beside_the_members_removal(
         "revoke": lambda s: revoke_key(s, developer, tenant_id, key_id),
         "rotate": lambda s: rotate_key(s, developer, SECRET, tenant_id, key_id),
     }
-    written, commit = threading.Event(), threading.Event()
-
-    def on_the_key() -> None:
-        with changing(pg_runtime.session_factory) as session:
-            try:
-                operations[operation](session)
-            finally:
-                written.set()
-                commit.wait(DEADLINE_S)
 
     def remove() -> None:
         with changing(pg_runtime.session_factory) as session:
             remove_member(session, tenant_id, d_id)
 
-    with ThreadPoolExecutor(2) as pool:
-        keyed = pool.submit(on_the_key)
-        assert written.wait(DEADLINE_S)
-        removed = pool.submit(remove)
-        _until_waiting_or_done(pg_runtime, removed)
-        commit.set()
+    removed, keyed = beside_a_held_transaction(
+        pg_runtime.session_factory, operations[operation], remove, changing
+    )
     assert keyed.exception() is None, repr(keyed.exception())
     assert removed.exception() is None, repr(removed.exception())
 
@@ -212,25 +198,18 @@ def test_a_key_a_member_asks_for_while_being_removed_is_refused(
     waits for the removal, which revokes the member's keys, so the key it would then issue must
     be refused, or it stays live."""
     tenant_id, d_id, developer = _a_developer(pg_runtime, tmp_path)
-    written, commit = threading.Event(), threading.Event()
-
-    def remove() -> None:
-        with changing(pg_runtime.session_factory) as session:
-            remove_member(session, tenant_id, d_id)
-            written.set()
-            commit.wait(DEADLINE_S)
 
     def issue() -> str:
         with changing(pg_runtime.session_factory) as session:
             made = ApiKeyCreate(project_id=_project(pg_runtime, "p1"), name="late")
             return create_key(session, developer, SECRET, tenant_id, made).key.key_id
 
-    with ThreadPoolExecutor(2) as pool:
-        removed = pool.submit(remove)
-        assert written.wait(DEADLINE_S)
-        issued = pool.submit(issue)
-        _until_waiting_or_done(pg_runtime, issued)
-        commit.set()
+    issued, removed = beside_a_held_transaction(
+        pg_runtime.session_factory,
+        lambda session: remove_member(session, tenant_id, d_id),
+        issue,
+        changing,
+    )
     assert removed.exception() is None
     assert isinstance(issued.exception(), NotFound)
     with pg_runtime.session_factory() as session:

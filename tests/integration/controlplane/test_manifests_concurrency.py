@@ -9,17 +9,17 @@ what both did.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from support.held_transaction import beside_a_held_transaction
 from support.platform import REPO
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict
@@ -33,8 +33,6 @@ from trunkline.tenancy.manifests import ApplyReport, apply_manifests
 from trunkline.tenancy.schemas import MemberAdd, MemberUpdate, TenantUpdate
 from trunkline.tenancy.service import add_member, update_member, update_tenant
 from unit.controlplane.cp_support import make_runtime
-
-DEADLINE_S = 60.0
 
 
 @pytest.fixture
@@ -78,37 +76,10 @@ def _apply_beside(
     ``within``: the change's transaction. A plain one by default, as a writer that does not
     take the configuration's lock first would make it (a control plane of an earlier release
     during an upgrade); ``changing`` as the API's requests make it."""
-    written, commit = threading.Event(), threading.Event()
-
-    def api() -> object:
-        with within(runtime.session_factory) as session:
-            try:
-                return change(session)
-            finally:
-                written.set()
-                commit.wait(DEADLINE_S)
-
-    with ThreadPoolExecutor(2) as pool:
-        changed = pool.submit(api)
-        assert written.wait(DEADLINE_S)
-        applied = pool.submit(apply_manifests, runtime.session_factory, path)
-        _until_waiting_or_done(runtime, applied)
-        commit.set()
-    return applied, changed
-
-
-def _until_waiting_or_done(runtime: Runtime, applied: Future[ApplyReport]) -> None:
-    waiting = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND datname = current_database()"
+    factory = runtime.session_factory
+    return beside_a_held_transaction(
+        factory, change, lambda: apply_manifests(factory, path), within
     )
-    with runtime.session_factory() as session:
-        for _ in range(int(DEADLINE_S / 0.05)):
-            if applied.done() or session.scalar(waiting):
-                return
-            session.rollback()
-            threading.Event().wait(0.05)
-    raise AssertionError("the apply neither waited on a lock nor ended")
 
 
 def _admins(runtime: Runtime, tenant_id: uuid.UUID) -> int:
