@@ -13,23 +13,35 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from trunkline.billing.periods import Period, month_of
-from trunkline.billing.pricebook import BUNDLED, load_price_book_file
-from trunkline.billing.pricebook_store import apply_price_book, load_price_book
+from trunkline.billing.pricebook_store import (
+    hold_price_book,
+    load_price_book,
+    record_bundled_prices,
+)
 from trunkline.billing.statements import close_period
+from trunkline.kit.db import one_view
 from trunkline.models import BillingPeriod, DedicatedCapacity, PriceBookVersion, UsageRollup
 
 
-def close(session: Session, period: Period, now: datetime) -> bool:
-    """Close ``period``; stores the bundled price book first if none was applied, so the
-    prices a closed period was billed at are on record.
+def closing_view(session: Session) -> None:
+    """Begin the transaction of a close: call it before the session's first query.
 
-    Call it in a transaction that sees one view of the database (``kit.db.one_view(session,
-    read_only=False)`` before its first query): closing copies the rollups, then reads their
-    watermark, in separate statements, and in PostgreSQL's default isolation usage rolled up
-    between the two was in the watermark and not in the copy, so no later close corrected it:
-    it was billed nowhere."""
+    It sees one view of the database (``kit.db.one_view``): closing copies the rollups, then
+    reads their watermark, in separate statements, and in PostgreSQL's default isolation usage
+    rolled up between the two was in the watermark and not in the copy, so no later close
+    corrected it: it was billed nowhere. And it holds the price book (``hold_price_book``)
+    first, so the view has any version applied before, and none is stored inside the period
+    before the close commits."""
+    one_view(session, read_only=False)
+    hold_price_book(session)
+
+
+def close(session: Session, period: Period, now: datetime) -> bool:
+    """Close ``period``, in a transaction begun by ``closing_view``; stores the bundled price
+    book first if none was applied, so the prices a closed period was billed at are on
+    record."""
     if session.scalar(select(PriceBookVersion.version).limit(1)) is None:
-        apply_price_book(session, load_price_book_file(BUNDLED))
+        record_bundled_prices(session)
     return close_period(session, period, load_price_book(session), now)
 
 

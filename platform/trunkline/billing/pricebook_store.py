@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
@@ -51,6 +51,22 @@ def price_book_currency(session: Session) -> str:
     return stored or load_price_book_file(BUNDLED).currency
 
 
+def hold_price_book(session: Session) -> None:
+    """Hold the price book's versions until this transaction ends: a version stored, and a
+    billing period closed, then cannot interleave. Applying checks that no new version starts
+    inside a closed period, and a close commits the period it billed with the versions it
+    read; unheld, a version starting inside the month a close was billing passed its check
+    and changed what that month had been billed.
+
+    PostgreSQL: a table lock that SELECTs pass and that writers and other holders wait for;
+    taken before a ``one_view`` transaction's first query, it does not fix that view, which is
+    then taken after a version applied meanwhile committed. SQLite: a close's transaction
+    holds the database's write lock from its start, and applying holds it before its reads
+    (``hold_config``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE price_book_versions IN SHARE ROW EXCLUSIVE MODE"))
+
+
 def apply_price_book(
     session: Session, book: PriceBook, *, keep_budget_amounts: bool = False
 ) -> list[int]:
@@ -62,6 +78,26 @@ def apply_price_book(
     unless ``keep_budget_amounts``: each would read as an amount of the new currency.
     """
     currency_before = held_currency(session)
+    hold_price_book(session)
+    added = _store_versions(session, book)
+    if not keep_budget_amounts:
+        check_budgets_keep_currency(session, currency_before, price_book_currency(session))
+    if added:  # the gateways' cost budgets price with the version in force
+        mark_config_changed(session)
+    return added
+
+
+def record_bundled_prices(session: Session) -> None:
+    """Store the bundled price book, which is in force while none was applied, so a period
+    closed at its prices has them on record. For a close, which holds the book already
+    (``hold_price_book``); the gateways' prices stay the same, so the configuration does not
+    change."""
+    _store_versions(session, load_price_book_file(BUNDLED))
+
+
+def _store_versions(session: Session, book: PriceBook) -> list[int]:
+    """Store the versions of ``book`` not stored yet, checked as ``apply_price_book`` says and
+    to leave nothing that would be billed unpriced; returns their numbers."""
     closed_until = latest_closed_end(session)
     added = []
     for version in book.versions:
@@ -102,10 +138,6 @@ def apply_price_book(
             + f"; price them or add a '{DEFAULT_MODEL}' default",
             param="models",
         )
-    if not keep_budget_amounts:
-        check_budgets_keep_currency(session, currency_before, whole.currency)
-    if added:  # the gateways' cost budgets price with the version in force
-        mark_config_changed(session)
     return added
 
 

@@ -112,8 +112,10 @@ def export_command(args: argparse.Namespace) -> int:
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
-            # Its groups of tenants agree with each other; and see closing.close.
-            if args.out is not None or args.close:
+            # Its groups of tenants agree with each other.
+            if args.close:
+                closing.closing_view(session)
+            elif args.out is not None:
                 one_view(session, read_only=False)
             tenant_id = tenant_by_slug(session, args.tenant).id if args.tenant else None
             if args.close and period.end <= utcnow():
@@ -142,7 +144,7 @@ def close_command(args: argparse.Namespace) -> int:
     try:
         rollup_usage(runtime.session_factory)
         with transaction(runtime.session_factory) as session:
-            one_view(session, read_only=False)  # see closing.close
+            closing.closing_view(session)
             closed = closing.close(session, period, utcnow())
     finally:
         runtime.close()

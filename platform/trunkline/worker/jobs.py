@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
-from trunkline.billing.closing import close, due_periods
+from trunkline.billing.closing import close, closing_view, due_periods
 from trunkline.billing.export_file import publish, stage
 from trunkline.billing.exports import export_period
 from trunkline.billing.periods import Period
-from trunkline.kit.db import one_view, transaction
+from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.rollups import rollup_usage
@@ -85,7 +85,7 @@ def close_periods(ctx: JobContext) -> list[str]:
         staged: list[tuple[Path, Path]] = []
         try:
             with transaction(ctx.factory) as session:
-                one_view(session, read_only=False)  # see closing.close
+                closing_view(session)
                 if close(session, period, now):
                     staged = _export(session, period, ctx.settings.export_dir)
                     closed.append(period.label)

@@ -1,0 +1,172 @@
+"""A month closing on PostgreSQL while others write beside it, however the month is closed:
+late usage of it rolled up is billed once, in the month's snapshot or as a correction of the
+next month, never lost between the two (a close reads the rollups in several statements); a
+price book version applied that starts inside it is refused, not stored to reprice the month
+once closed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
+from decimal import Decimal
+
+import msgspec
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from support.held_transaction import beside_a_held_transaction, until_waiting_or_done
+from trunkline.billing.periods import Period, month_of
+from trunkline.billing.pricebook import BUNDLED, PriceBook, TokenPrices, load_price_book_file
+from trunkline.billing.pricebook_store import apply_price_book
+from trunkline.errors import Conflict
+from trunkline.kit.db import transaction
+from trunkline.kit.ids import utcnow
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.worker.jobs import JobContext, JobSettings, close_periods
+from unit.billing.billing_support import billed, focus
+from unit.controlplane.cp_support import run_cli
+from unit.metering.usage_support import LLAMA, accounts, ingest, migrated
+from unit.metering.usage_support import event as usage_event
+
+ENDED = month_of(utcnow()).previous()
+"""The CLI closes a month that has ended by the clock."""
+
+
+@pytest.fixture
+def factory(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[sessionmaker[Session]]:
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", postgres_url)
+    made = migrated(postgres_url)
+    yield made
+    made.kw["bind"].dispose()
+
+
+def by_the_worker(factory: sessionmaker[Session], period: Period, _capsys: object) -> None:
+    settings = JobSettings(close_grace_hours=0)
+    ctx = JobContext(factory, InMemoryUsageStream, settings, clock=lambda: period.end)
+    assert close_periods(ctx) == [period.label]
+
+
+def by_billing_close(_f: object, period: Period, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(capsys, "billing", "close", "--period", period.label)[0] == 0
+
+
+def by_export_close(_f: object, period: Period, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["export", "--period", period.label, "--format", "focus-csv", "--close"]
+    assert run_cli(capsys, "billing", *args)[0] == 0
+
+
+@pytest.mark.parametrize("closing", [by_the_worker, by_billing_close, by_export_close])
+def test_usage_rolled_up_while_its_month_closes_is_billed_once(
+    factory: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+    closing: Callable[..., None],
+) -> None:
+    acme = accounts(factory)["acme"]
+    day = ENDED.start + timedelta(days=2, hours=10)
+    ingest(factory, [usage_event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
+    late = usage_event(
+        acme, "late", when=ENDED.end - timedelta(hours=1), prompt=2_000_000, completion=0
+    )
+    landed = []
+
+    def late_usage_lands(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        # Right after the close copied the month's rollups, a worker ingests and rolls up a
+        # late event of the month (and commits) before the close goes on.
+        if statement.lstrip().startswith("INSERT INTO billed_usage") and not landed:
+            landed.append(ingest(factory, [late]))
+
+    # On every engine: the CLI closes through an engine of its own.
+    event.listen(Engine, "after_cursor_execute", late_usage_lands)
+    try:
+        closing(factory, ENDED, capsys)
+    finally:
+        event.remove(Engine, "after_cursor_execute", late_usage_lands)
+    assert landed == [1]
+
+    month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
+    following = focus(factory, ENDED.next().label, now=ENDED.end + timedelta(days=3))
+    corrections = billed(following, ChargeClass="Correction")
+    # acme is gold: input at 0.30 per million. 1M in the month's snapshot; the 2M that landed
+    # while it closed, as a correction billed in the next month.
+    assert (month, corrections) == (Decimal("0.3"), Decimal("0.6"))
+
+
+@pytest.mark.parametrize("closing", [by_the_worker, by_billing_close, by_export_close])
+def test_a_price_version_applied_while_its_month_closes_is_refused(
+    factory: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+    closing: Callable[..., None],
+) -> None:
+    with transaction(factory) as session:  # on record: the close stores nothing of it
+        apply_price_book(session, load_price_book_file(BUNDLED))
+    acme = accounts(factory)["acme"]
+    day = ENDED.start + timedelta(days=2, hours=10)
+    ingest(factory, [usage_event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
+    applied: list[Future[list[int]]] = []
+
+    def prices_applied(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        # Right after the close copied the month's rollups, an operator applies a version
+        # starting inside it; the close goes on once the apply waits on a lock or has ended.
+        if statement.lstrip().startswith("INSERT INTO billed_usage") and not applied:
+            applied.append(pool.submit(_apply, factory, _dearer_from_the_second_day()))
+            until_waiting_or_done(factory, applied[0])
+
+    event.listen(Engine, "after_cursor_execute", prices_applied)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            closing(factory, ENDED, capsys)
+    finally:
+        event.remove(Engine, "after_cursor_execute", prices_applied)
+    refused = applied[0].exception()
+    assert isinstance(refused, Conflict), f"stored: version {applied[0].result()}"
+    assert "inside a closed billing period" in refused.message
+    # acme is gold: input at 0.30 per million, as the month was closed (3.00 at the version).
+    month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
+    assert month == Decimal("0.3")
+
+
+@pytest.mark.parametrize("closing", [by_the_worker, by_billing_close, by_export_close])
+def test_a_month_closing_while_a_price_book_is_applied_is_billed_at_it(
+    factory: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+    closing: Callable[..., None],
+) -> None:
+    """The first close stores the bundled price book, none being stored. Applied meanwhile,
+    the operator's book is stored first and the close waits for it; the close then bills the
+    month at it. It failed: its view of the database fixed before it waited, the close was
+    refused at its first write ("could not serialize access due to concurrent update")."""
+    acme = accounts(factory)["acme"]
+    day = ENDED.start + timedelta(days=2, hours=10)
+    ingest(factory, [usage_event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
+    closed, applied = beside_a_held_transaction(
+        factory,
+        lambda session: apply_price_book(session, _dearer_from_the_second_day()),
+        lambda: closing(factory, ENDED, capsys),
+    )
+    assert applied.result() == [1, 2]
+    closed.result()
+    # acme is gold: input at 3.00 per million from the month's second day.
+    month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
+    assert month == Decimal("3")
+
+
+def _dearer_from_the_second_day() -> PriceBook:
+    """The bundled book, and a version from the second day of the month that is closed that
+    prices the llama model at ten times."""
+    (first,) = load_price_book_file(BUNDLED).versions
+    llama = TokenPrices(Decimal("2.00"), Decimal("0.50"), Decimal("6.00"))
+    dearer = msgspec.structs.replace(
+        first,
+        version=2,
+        effective_from=ENDED.start + timedelta(days=1),
+        models={**first.models, LLAMA: llama},
+    )
+    return PriceBook([first, dearer])
+
+
+def _apply(factory: sessionmaker[Session], book: PriceBook) -> list[int]:
+    with transaction(factory) as session:
+        return apply_price_book(session, book)
