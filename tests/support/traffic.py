@@ -41,7 +41,8 @@ class Outcome:
     chunks: int = 0
     """Stream chunks with a choice in them."""
     error: dict[str, Any] | None = None
-    """The error event of a stream, or the error body of a plain answer."""
+    """The error event of a stream, the error body of a plain answer, or the client's error
+    (``transport``) where the connection to the gateway failed."""
     done: bool = False
     """A stream's ``data: [DONE]``."""
 
@@ -111,6 +112,8 @@ class Client:
                 await self._stream(body, outcome, first_chunk or asyncio.Event())
             else:
                 await self._plain(body, outcome)
+        except httpx.TransportError as exc:  # no answer, or a cut one: kept, for the test to judge
+            outcome.error = {"transport": repr(exc)}
         finally:
             outcome.ended_at = time.monotonic()
         return outcome

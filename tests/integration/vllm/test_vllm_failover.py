@@ -272,14 +272,16 @@ async def test_a_replica_stopped_mid_run_costs_no_request_sent_after_it(
     ejected = [(h.endpoint, h.ejections > 0) for h in run.health]
     assert ejected == [(VICTIM, True), (SURVIVOR, False)]
     after = [o for o in run.steady if o.sent_at > run.stopped_at]
-    assert [o for o in after if not o.whole or run.served_by(o) != vllm_server.url] == []
+    failed = [o for o in after if not o.whole or run.served_by(o) != vllm_server.url]
+    assert failed == [], f"stopped at {run.stopped_at}"
     # In flight at the stop, short ones: answered whole, cut with the error event, or at worst
     # refused with a retryable OpenAI error (nothing more is promised for them; a short stream
     # sent 50 ms before a group SIGTERM once got a 503 when its retry met a connection error).
     in_flight = [o for o in run.steady if o.sent_at <= run.stopped_at]
-    assert [
+    failed = [
         o for o in in_flight if not (o.whole or o.cut_with_error_event or o.refused_retryably)
-    ] == []
+    ]
+    assert failed == [], f"stopped at {run.stopped_at}"
     # The long ones: a plain request the victim had moved to the survivor; a stream it had
     # sent a first chunk of ended with an error event.
     plain = [run.long[server.url, False] for server in (victim, vllm_server)]
