@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 import httpx
 import msgspec
 
+from trunkline.errors import UpstreamError
 from trunkline.gateway.errors import engine_error
 from trunkline.metering.schemas import Count
+
+MAX_ANSWER_BYTES = 64 << 20
+"""The most of an engine's answer the gateway holds at once: a plain answer whole, or one event
+of a stream (vLLM's first event of a completion streamed with ``echo`` and ``logprobs`` carries
+the whole prompt's log-probabilities: 16 MB for a long prompt). More, from a broken engine or
+what fronts it, grew the gateway's memory, which every tenant's requests share, without bound;
+the answer ends as the gateway's error instead (``AnswerTooLarge``)."""
 
 _DONE_EVENT = b"data: [DONE]"
 _DONE = _DONE_EVENT + b"\n\n"
@@ -25,6 +33,19 @@ class NotAStream(httpx.RemoteProtocolError):
     """A streamed request was answered 200 without an event stream: what fronts the engine sent
     a whole answer or an error page. Nothing has reached the client, so the next endpoint is
     tried, as when an engine fails before its first event."""
+
+
+class AnswerTooLarge(UpstreamError):
+    """The engine's answer (a plain one whole, or one event of a stream) passed
+    ``MAX_ANSWER_BYTES``. Not the engine's failure: another endpoint would answer the same, so
+    none is tried, and its health is not counted against it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"The model endpoint's {what} was larger than the gateway relays "
+            f"({MAX_ANSWER_BYTES >> 20} MiB); ask for less (max_tokens, n, logprobs, echo).",
+            reason="upstream_error",
+        )
 
 
 class EngineGaveUp(httpx.HTTPError):
@@ -181,10 +202,11 @@ class _Frames:
     first event of a completion streamed with ``echo`` and ``logprobs`` carries the whole
     prompt's log-probabilities: 16 MB in 64 kB pieces held the event loop 2-6 s)."""
 
-    __slots__ = ("_newline", "_pending")
+    __slots__ = ("_newline", "_pending", "_size")
 
     def __init__(self) -> None:
         self._pending: list[bytes] = []
+        self._size = 0
         self._newline = False
         """The pending bytes end with a newline (an event's end may span two pieces)."""
 
@@ -193,11 +215,17 @@ class _Frames:
         if b"\n\n" not in piece and not (self._newline and piece[:1] == b"\n"):
             if piece:
                 self._pending.append(piece)
+                self._size += len(piece)
                 self._newline = piece[-1:] == b"\n"
+                if self._size > MAX_ANSWER_BYTES:  # an event not ended yet
+                    raise AnswerTooLarge("stream event")
             return []
         self._pending.append(piece)
         *events, rest = b"".join(self._pending).split(b"\n\n")
+        if any(len(event) > MAX_ANSWER_BYTES for event in events):
+            raise AnswerTooLarge("stream event")
         self._pending = [rest] if rest else []
+        self._size = len(rest)
         self._newline = rest[-1:] == b"\n"
         return events
 

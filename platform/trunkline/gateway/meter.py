@@ -3,6 +3,7 @@ its quota reservation, exactly once, however the attempt ends."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from trunkline.quota.enforcer import Grant, QuotaEnforcer
 from trunkline.quota.estimate import answers_per_prompt, estimate_prompt_tokens
 
 __all__ = ["CLIENT_CLOSED", "UsageMeter"]
+log = logging.getLogger(__name__)
 GATEWAY_TIMEOUT = 504
 
 
@@ -71,6 +73,20 @@ class UsageMeter:
     def timed_out(self) -> None:
         """A plain answer was not whole by the read timeout."""
         self._unanswered(GATEWAY_TIMEOUT, "upstream_timeout")
+
+    def answer_too_large(self) -> None:
+        """The engine's answer passed the gateway's cap (``engine_answers.AnswerTooLarge``):
+        the endpoint's, logged for the operator to find the engine sending such answers."""
+        self.candidate = self.candidate or self.attempting
+        log.warning(
+            "engine answer past the gateway's cap",
+            extra={
+                "endpoint": self.endpoint_url,
+                "request_id": self.request_id,
+                "tenant_id": self.principal.tenant.id,
+            },
+        )
+        self.finish(502, "upstream_error")
 
     def _unanswered(self, status: int, error_code: str) -> None:
         """Count the request as the endpoint's it was sent to, even if no answer came: that

@@ -34,7 +34,13 @@ from trunkline.gateway.authn import Principal, authenticate, current_principal
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
-from trunkline.gateway.engine_answers import NotAStream, Tally, is_event_stream, relay_events
+from trunkline.gateway.engine_answers import (
+    AnswerTooLarge,
+    NotAStream,
+    Tally,
+    is_event_stream,
+    relay_events,
+)
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.pipeline import (
     ParsedRequest,
@@ -277,6 +283,9 @@ class GatewayService:
             index, opened, started = await self._open(route, request, body, meter, prefill)
         except UpstreamUnavailable as exc:
             meter.finish(503, exc.reason)
+            raise
+        except AnswerTooLarge:  # a stream's first event
+            meter.answer_too_large()
             raise
         except httpx.HTTPError as exc:
             if isinstance(exc, httpx.TimeoutException) and not request.stream:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from trunkline.gateway.authn import expired
-from trunkline.gateway.engine_answers import error_event
+from trunkline.gateway.engine_answers import AnswerTooLarge, error_event
 from trunkline.gateway.meter import CLIENT_CLOSED, UsageMeter
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.snapshot import KeyEntry, Snapshot
@@ -86,6 +86,8 @@ async def relay_stream(
                 "invalid_api_key",
                 kind="invalid_request_error",
             )
+        except AnswerTooLarge as exc:  # not the engine's failure: its health is not counted
+            failure, message = type(exc).__name__, exc.message
         except httpx.HTTPError as exc:
             failure, message = type(exc).__name__, "The model endpoint failed mid-stream."
             meter.engine_failed(failure)
