@@ -162,7 +162,9 @@ class QuotaEnforcer:
                 reason="quota_unavailable",
                 extra={"headers": retry_headers(1000)},
             ) from None
-        headers = rate_limit_headers([s.limits for s in scopes], outcome.used, outcome.windows)
+        # Decided locally, the limits in force are this gateway's share of each.
+        enforced = outcome.local_limits or [s.limits for s in scopes]
+        headers = rate_limit_headers(enforced, outcome.used, outcome.windows)
         decided_by = "local" if outcome.local else "store"
         if not outcome.verdict.admitted or outcome.ticket is None:
             prompt_alone = demand(prompt, price.cost(prompt, 0, 0) if price else 0)
@@ -294,6 +296,8 @@ class QuotaEnforcer:
         bound = scope.limits[verdict.limit]
         used = outcome.used[verdict.scope][verdict.limit]
         wanted = demand(request.tokens, request.cost)[verdict.limit]
+        if outcome.local and wanted <= bound:
+            return self._share_refusal(request, outcome, headers, decided_by, currency)
 
         def show(value: int) -> str:
             return _show(verdict.limit, value, currency)
@@ -350,6 +354,53 @@ class QuotaEnforcer:
             message = f"Rate limit reached for {where}: {numbers}. "
             message += f"Please try again in {wait_ms / 1000:.3g}s."
         return RateLimited(message, reason="rate_limit_exceeded", extra=extra)
+
+    def _share_refusal(
+        self,
+        request: ReserveRequest,
+        outcome: Outcome,
+        headers: dict[str, str],
+        decided_by: str,
+        currency: str,
+    ) -> TrunklineError:
+        """A refusal by this gateway's own limiter (the store unreachable) of a request the
+        whole limit would hold. It enforces a share of each limit (of a budget, of what was
+        left when the store last answered): a budget already spent then stays spent; any other
+        refusal may pass on another gateway or once the store is back, so it is retryable, and
+        never *too large*."""
+        verdict = outcome.verdict
+        assert verdict.limit is not None
+        limit_name = LIMIT_NAMES[verdict.limit]
+        scope = request.scopes[verdict.scope]
+        share = outcome.local_limits[verdict.scope][verdict.limit]
+        values = (
+            share,
+            outcome.used[verdict.scope][verdict.limit],
+            demand(request.tokens, request.cost)[verdict.limit],
+        )
+        shown = [_show(verdict.limit, value, currency) for value in values]
+        numbers = "Limit {}, Used {}, Requested {}".format(*shown)
+        where = f"{_WHO[scope.kind]} on {_WHAT[limit_name].format(currency=currency)}"
+        if verdict.limit in BUDGETS and share == 0:
+            self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()
+            end = outcome.windows.day_end_ms if limit_name == "tokens_per_day" else None
+            return QuotaExhausted(
+                f"You exceeded the budget of {where}, spent when the quota store last answered. "
+                f"It resets at {iso_utc(end or outcome.windows.month_end_ms)}.",
+                reason="insufficient_quota",
+                extra={"headers": {**headers, **retry_headers(None)}, "limit": limit_name},
+            )
+        wait_ms = retry_after_ms(verdict, outcome.windows)
+        if wait_ms is None:  # over the share alone, or a budget's share spent: not the limit
+            wait_ms = CONCURRENCY_RETRY_MS
+        self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
+        return RateLimited(
+            f"Rate limit reached for {where} on this gateway, which admits a share of the limit "
+            f"while the quota store is unreachable: {numbers}. "
+            f"Please try again in {wait_ms / 1000:.3g}s.",
+            reason="rate_limit_exceeded",
+            extra={"headers": {**headers, **retry_headers(wait_ms)}, "limit": limit_name},
+        )
 
 
 def _budget_case(
