@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -50,7 +50,7 @@ from trunkline.quota.store import (
     StoreUnavailable,
     Ticket,
 )
-from trunkline.quota.windows import Clock, iso_utc, system_clock
+from trunkline.quota.windows import Clock, Windows, iso_utc, system_clock
 from trunkline.settings import QuotaSettings
 from trunkline.snapshot.schemas import KeyEntry, Snapshot
 
@@ -81,6 +81,20 @@ class Grant:
     prompt_estimate: int = 0
     price: Price | None = None
     billable_outcomes: tuple[str, ...] = BILLED_BY_DEFAULT
+    limits: Sequence[Vector] = ()
+    """The limits the ``headers`` were read against, per scope, and the counters then."""
+    used: Sequence[Vector] = ()
+    windows: Windows | None = None
+
+    def given_back_headers(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers once its reservation came back whole (the request
+        was never sent, or no engine took it): its tokens are left again; the request still
+        counts in the minute."""
+        if self.ticket is None or self.windows is None:
+            return self.headers
+        back = self.ticket.tokens  # the tokens of the minute (TOKENS), the only ones shown
+        used = [(u[0], u[1] - back, u[2], u[3], u[4], u[5]) for u in self.used]
+        return rate_limit_headers(self.limits, used, self.windows)
 
 
 UNLIMITED_GRANT: Final = Grant(None, {})
@@ -174,7 +188,10 @@ class QuotaEnforcer:
             )
         self.metrics.decisions.labels("admitted", "", decided_by).inc()
         self._inflight[reservation_id] = (outcome.ticket, now)
-        return Grant(outcome.ticket, headers, prompt, price, book.billable_outcomes)
+        return Grant(
+            outcome.ticket, headers, prompt, price, book.billable_outcomes, enforced,
+            outcome.used, outcome.windows,
+        )  # fmt: skip
 
     def settle_soon(
         self, grant: Grant, prompt: int, cached: int, completion: int, *, measured: bool,

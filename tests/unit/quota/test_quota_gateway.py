@@ -325,10 +325,12 @@ def test_a_request_no_engine_took_is_charged_nothing(make_gateway: Any) -> None:
         raise httpx.ConnectError("refused", request=request)
 
     gw: Gateway = make_gateway(down)
-    gw.limit(key=Limits(requests_per_minute=5, concurrent_requests=1))
+    gw.limit(key=Limits(requests_per_minute=5, tokens_per_minute=1000, concurrent_requests=1))
     response = gw.post(CHAT)
     assert response.status_code == 503
     assert response.headers["x-ratelimit-remaining-requests"] == "4"
+    # Its tokens came back: the headers said 962 left, the reservation still taken.
+    assert response.headers["x-ratelimit-remaining-tokens"] == "1000"
     assert gw.counters()[REQUESTS:DAY_TOKENS] == (1, 0, 0)
 
 
