@@ -363,7 +363,7 @@ class QuotaEnforcer:
                 extra=extra,
             )
         self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-        if wait_ms is None and verdict.limit in (REQUESTS, CONCURRENCY):
+        if wait_ms is None and (verdict.limit in (REQUESTS, CONCURRENCY) or bound == 0):
             message = f"Refused by {where}: {numbers}. This limit admits no requests."
         elif wait_ms is None:
             message = f"Request too large for {where}: {numbers}. Lower max_tokens or the prompt."

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 from tests.unit.gateway.upstreams import Chunks, sse_events
 
 from trunkline.gateway.prompt_tokens import PromptTokens
@@ -109,9 +110,18 @@ def test_a_request_larger_than_the_limit_is_told_not_to_retry(make_gateway: Any)
     assert "retry-after" not in refused.headers
 
 
-def test_a_limit_of_zero_requests_says_so_not_to_shorten_the_prompt(make_gateway: Any) -> None:
+@pytest.mark.parametrize(
+    "zero",
+    [
+        Limits(requests_per_minute=0),
+        Limits(concurrent_requests=0),
+        # It said "Request too large ... Limit 0, Used 0, Requested 38. Lower max_tokens".
+        Limits(tokens_per_minute=0),
+    ],
+)
+def test_a_limit_of_zero_says_so_not_to_shorten_the_prompt(make_gateway: Any, zero: Limits) -> None:
     gw: Gateway = make_gateway()
-    gw.limit(key=Limits(requests_per_minute=0))
+    gw.limit(key=zero)
 
     refused = gw.post(CHAT)
 
