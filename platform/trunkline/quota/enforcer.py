@@ -356,9 +356,11 @@ class QuotaEnforcer:
                 )
             self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()
             end = outcome.windows.day_end_ms if limit_name == "tokens_per_day" else None
-            resets = iso_utc(end or outcome.windows.month_end_ms)
+            resets = f"It resets at {iso_utc(end or outcome.windows.month_end_ms)}."
+            if bound == 0:  # no new window helps
+                resets = "This budget admits no requests."
             return QuotaExhausted(
-                f"You exceeded the budget of {where}: {numbers}. It resets at {resets}.",
+                f"You exceeded the budget of {where}: {numbers}. {resets}",
                 reason="insufficient_quota",
                 extra=extra,
             )

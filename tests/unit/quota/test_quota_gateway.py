@@ -145,6 +145,22 @@ def test_spent_monthly_budget_is_insufficient_quota_until_the_month_ends(make_ga
     assert gw.post(CHAT).status_code == 200, "a new month, a new budget"
 
 
+@pytest.mark.parametrize("zero", [Limits(tokens_per_day=0), Limits(cost_per_month=0)])
+def test_a_budget_of_zero_says_it_admits_nothing_not_when_it_resets(
+    make_gateway: Any, zero: Limits
+) -> None:
+    """It said "It resets at 2027-06-16T00:00:00Z": a client waiting for that was refused
+    again then."""
+    gw: Gateway = make_gateway()
+    gw.limit(key=zero, prices={price_key("llama-8b-served", "gold"): Price(1, 1, 1)})
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "insufficient_quota", "insufficient_quota")
+    assert "admits no requests" in error["message"] and "resets" not in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+
+
 def test_a_budget_with_room_for_the_prompt_but_not_max_tokens_says_lower_max_tokens(
     make_gateway: Any,
 ) -> None:
