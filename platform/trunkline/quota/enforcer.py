@@ -431,12 +431,13 @@ def _budget_case(
 
     - ``in_flight``: it fits once they settle, should they use nothing more (or, ``held``
       unread, they may well be what refuses it);
-    - ``too_large``: the prompt fits what is left, its completion reservation does not;
+    - ``too_large``: the prompt fits what is left, its completion reservation does not (or
+      the prompt alone is over the whole budget, which no new window helps);
     - ``spent``: not even the prompt fits."""
     spent = max(used - (held or 0), 0)
     if held is not None and spent + wanted <= bound:
         return "in_flight", spent
-    if spent + prompt <= bound:
+    if spent + prompt <= bound or 0 < bound < prompt:
         return "too_large", spent
     return ("in_flight" if held is None and in_flight else "spent"), spent
 

@@ -178,6 +178,19 @@ def test_a_budget_with_room_for_the_prompt_but_not_max_tokens_says_lower_max_tok
     assert gw.post({**CHAT, "max_tokens": 19}).status_code == 200  # it fits, as it says
 
 
+def test_a_prompt_larger_than_a_whole_budget_is_too_large_not_spent(make_gateway: Any) -> None:
+    """It was insufficient_quota, "It resets at 2027-07-01T00:00:00Z": the next month's budget
+    refused it alike."""
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_month=PROMPT - 1))
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "Request too large" in error["message"] and "resets" not in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+
+
 def test_a_max_tokens_above_the_gateways_reservation_cap_is_reserved_whole(
     make_gateway: Any,
 ) -> None:
