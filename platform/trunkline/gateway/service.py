@@ -270,8 +270,9 @@ class GatewayService:
             route = await self._route(
                 snapshot, principal, request, alias, request_id, prompt_tokens, prompt
             )
-        except BaseException:
+        except BaseException as exc:
             self.quota.release(grant)  # never sent: nothing to meter, nothing to charge
+            _given_back(exc, grant)
             raise
         self._unfinished.add(meter)  # from here on it is metered however it ends
         body = msgspec.json.encode(upstream_body(request, alias.model))
@@ -282,7 +283,8 @@ class GatewayService:
         try:
             index, opened, started = await self._open(route, request, body, meter, prefill)
         except UpstreamUnavailable as exc:
-            meter.finish(503, exc.reason)
+            meter.finish(503, exc.reason)  # no engine took it: its reservation comes back
+            _given_back(exc, grant)
             raise
         except AnswerTooLarge:  # a stream's first event
             meter.answer_too_large()
@@ -382,3 +384,9 @@ def _upstream_headers(request_id: str) -> dict[str, str]:
         "x-request-id": request_id,
         "accept-encoding": "identity",
     }
+
+
+def _given_back(exc: BaseException, grant: Grant) -> None:
+    """Answer ``exc`` with the rate-limit headers of a reservation given back whole."""
+    if isinstance(exc, TrunklineError):
+        exc.extra["headers"] = {**grant.given_back_headers(), **exc.extra.get("headers", {})}

@@ -16,7 +16,7 @@ import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -50,7 +50,7 @@ from trunkline.quota.store import (
     StoreUnavailable,
     Ticket,
 )
-from trunkline.quota.windows import Clock, iso_utc, system_clock
+from trunkline.quota.windows import Clock, Windows, iso_utc, system_clock
 from trunkline.settings import QuotaSettings
 from trunkline.snapshot.schemas import KeyEntry, Snapshot
 
@@ -81,6 +81,20 @@ class Grant:
     prompt_estimate: int = 0
     price: Price | None = None
     billable_outcomes: tuple[str, ...] = BILLED_BY_DEFAULT
+    limits: Sequence[Vector] = ()
+    """The limits the ``headers`` were read against, per scope, and the counters then."""
+    used: Sequence[Vector] = ()
+    windows: Windows | None = None
+
+    def given_back_headers(self) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers once its reservation came back whole (the request
+        was never sent, or no engine took it): its tokens are left again; the request still
+        counts in the minute."""
+        if self.ticket is None or self.windows is None:
+            return self.headers
+        back = self.ticket.tokens  # the tokens of the minute (TOKENS), the only ones shown
+        used = [(u[0], u[1] - back, u[2], u[3], u[4], u[5]) for u in self.used]
+        return rate_limit_headers(self.limits, used, self.windows)
 
 
 UNLIMITED_GRANT: Final = Grant(None, {})
@@ -162,7 +176,9 @@ class QuotaEnforcer:
                 reason="quota_unavailable",
                 extra={"headers": retry_headers(1000)},
             ) from None
-        headers = rate_limit_headers([s.limits for s in scopes], outcome.used, outcome.windows)
+        # Decided locally, the limits in force are this gateway's share of each.
+        enforced = outcome.local_limits or [s.limits for s in scopes]
+        headers = rate_limit_headers(enforced, outcome.used, outcome.windows)
         decided_by = "local" if outcome.local else "store"
         if not outcome.verdict.admitted or outcome.ticket is None:
             prompt_alone = demand(prompt, price.cost(prompt, 0, 0) if price else 0)
@@ -172,7 +188,10 @@ class QuotaEnforcer:
             )
         self.metrics.decisions.labels("admitted", "", decided_by).inc()
         self._inflight[reservation_id] = (outcome.ticket, now)
-        return Grant(outcome.ticket, headers, prompt, price, book.billable_outcomes)
+        return Grant(
+            outcome.ticket, headers, prompt, price, book.billable_outcomes, enforced,
+            outcome.used, outcome.windows,
+        )  # fmt: skip
 
     def settle_soon(
         self, grant: Grant, prompt: int, cached: int, completion: int, *, measured: bool,
@@ -294,6 +313,8 @@ class QuotaEnforcer:
         bound = scope.limits[verdict.limit]
         used = outcome.used[verdict.scope][verdict.limit]
         wanted = demand(request.tokens, request.cost)[verdict.limit]
+        if outcome.local and wanted <= bound:
+            return self._share_refusal(request, outcome, headers, decided_by, currency)
 
         def show(value: int) -> str:
             return _show(verdict.limit, value, currency)
@@ -335,14 +356,16 @@ class QuotaEnforcer:
                 )
             self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()
             end = outcome.windows.day_end_ms if limit_name == "tokens_per_day" else None
-            resets = iso_utc(end or outcome.windows.month_end_ms)
+            resets = f"It resets at {iso_utc(end or outcome.windows.month_end_ms)}."
+            if bound == 0:  # no new window helps
+                resets = "This budget admits no requests."
             return QuotaExhausted(
-                f"You exceeded the budget of {where}: {numbers}. It resets at {resets}.",
+                f"You exceeded the budget of {where}: {numbers}. {resets}",
                 reason="insufficient_quota",
                 extra=extra,
             )
         self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
-        if wait_ms is None and verdict.limit in (REQUESTS, CONCURRENCY):
+        if wait_ms is None and (verdict.limit in (REQUESTS, CONCURRENCY) or bound == 0):
             message = f"Refused by {where}: {numbers}. This limit admits no requests."
         elif wait_ms is None:
             message = f"Request too large for {where}: {numbers}. Lower max_tokens or the prompt."
@@ -350,6 +373,53 @@ class QuotaEnforcer:
             message = f"Rate limit reached for {where}: {numbers}. "
             message += f"Please try again in {wait_ms / 1000:.3g}s."
         return RateLimited(message, reason="rate_limit_exceeded", extra=extra)
+
+    def _share_refusal(
+        self,
+        request: ReserveRequest,
+        outcome: Outcome,
+        headers: dict[str, str],
+        decided_by: str,
+        currency: str,
+    ) -> TrunklineError:
+        """A refusal by this gateway's own limiter (the store unreachable) of a request the
+        whole limit would hold. It enforces a share of each limit (of a budget, of what was
+        left when the store last answered): a budget already spent then stays spent; any other
+        refusal may pass on another gateway or once the store is back, so it is retryable, and
+        never *too large*."""
+        verdict = outcome.verdict
+        assert verdict.limit is not None
+        limit_name = LIMIT_NAMES[verdict.limit]
+        scope = request.scopes[verdict.scope]
+        share = outcome.local_limits[verdict.scope][verdict.limit]
+        values = (
+            share,
+            outcome.used[verdict.scope][verdict.limit],
+            demand(request.tokens, request.cost)[verdict.limit],
+        )
+        shown = [_show(verdict.limit, value, currency) for value in values]
+        numbers = "Limit {}, Used {}, Requested {}".format(*shown)
+        where = f"{_WHO[scope.kind]} on {_WHAT[limit_name].format(currency=currency)}"
+        if verdict.limit in BUDGETS and share == 0:
+            self.metrics.decisions.labels("quota_exhausted", limit_name, decided_by).inc()
+            end = outcome.windows.day_end_ms if limit_name == "tokens_per_day" else None
+            return QuotaExhausted(
+                f"You exceeded the budget of {where}, spent when the quota store last answered. "
+                f"It resets at {iso_utc(end or outcome.windows.month_end_ms)}.",
+                reason="insufficient_quota",
+                extra={"headers": {**headers, **retry_headers(None)}, "limit": limit_name},
+            )
+        wait_ms = retry_after_ms(verdict, outcome.windows)
+        if wait_ms is None:  # over the share alone, or a budget's share spent: not the limit
+            wait_ms = CONCURRENCY_RETRY_MS
+        self.metrics.decisions.labels("rate_limited", limit_name, decided_by).inc()
+        return RateLimited(
+            f"Rate limit reached for {where} on this gateway, which admits a share of the limit "
+            f"while the quota store is unreachable: {numbers}. "
+            f"Please try again in {wait_ms / 1000:.3g}s.",
+            reason="rate_limit_exceeded",
+            extra={"headers": {**headers, **retry_headers(wait_ms)}, "limit": limit_name},
+        )
 
 
 def _budget_case(
@@ -361,12 +431,13 @@ def _budget_case(
 
     - ``in_flight``: it fits once they settle, should they use nothing more (or, ``held``
       unread, they may well be what refuses it);
-    - ``too_large``: the prompt fits what is left, its completion reservation does not;
+    - ``too_large``: the prompt fits what is left, its completion reservation does not (or
+      the prompt alone is over the whole budget, which no new window helps);
     - ``spent``: not even the prompt fits."""
     spent = max(used - (held or 0), 0)
     if held is not None and spent + wanted <= bound:
         return "in_flight", spent
-    if spent + prompt <= bound:
+    if spent + prompt <= bound or 0 < bound < prompt:
         return "too_large", spent
     return ("in_flight" if held is None and in_flight else "spent"), spent
 

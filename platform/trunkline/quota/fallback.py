@@ -103,10 +103,11 @@ class FallbackQuotaStore:
                 return outcome
         if not self._fail_open:
             raise StoreUnavailable("quota store unreachable and quotas fail closed")
-        outcome = await self._local.reserve(self._localized(request))
+        localized = self._localized(request)
+        outcome = await self._local.reserve(localized)
         if outcome.ticket is not None and len(self._decided_locally) < self._max_pending:
             self._decided_locally[request.request_id] = request
-        return outcome._replace(local=True)
+        return outcome._replace(local=True, local_limits=tuple(s.limits for s in localized.scopes))
 
     async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
         if _is_local(ticket):

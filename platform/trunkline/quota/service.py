@@ -182,7 +182,9 @@ def scope_usage(limits: ScopeLimits, used: Vector, windows: Windows, currency: s
         scale = NANO if field == MONTH_COST else 1
         limit = None if bound == UNLIMITED else bound / scale if scale > 1 else bound
         value = count / scale if scale > 1 else count
-        remaining = None if limit is None else max(limit - value, 0)
+        # Subtracted in whole units first: 100.0 - 99.7 reads 0.29999999999999716.
+        left = max(bound - count, 0)
+        remaining = None if limit is None else left / scale if scale > 1 else left
         resets = None if end is None else datetime.fromtimestamp(end / 1000, UTC)
         entries.append(LimitUsage(limit, value, remaining, resets))
     usage = ScopeUsage(*entries)

@@ -79,6 +79,8 @@ class Outcome(NamedTuple):
     windows: Windows
     local: bool = False
     """Decided by a gateway's own limiter while the shared store was unreachable."""
+    local_limits: tuple[Vector, ...] = ()
+    """Decided locally: the limits that limiter enforced per scope (a share of each)."""
 
 
 class QuotaStore(Protocol):

@@ -85,3 +85,15 @@ def test_a_new_request_waits_behind_one_request_per_tenant_of_its_tier_not_every
     assert queue.ahead_of(SILVER.priority, SILVER.name, "peer") == 1 + 1 + 2
     # A tenant passed over while it waits for room does not count.
     assert queue.ahead_of(SILVER.priority, SILVER.name, "new", skip={("silver", "flood")}) == 2
+
+
+def test_a_tier_whose_priority_changed_is_served_at_its_new_priority() -> None:
+    """The queue kept the priority a tier had when it first held a request: a silver raised
+    above gold by the platform still went after gold until the gateway restarted."""
+    queue = FairQueue()
+    queue.push(held(1, "a", SILVER))
+    assert drain(queue) == [1]
+    raised = TierEntry(SILVER.name, GOLD.priority + 1, SILVER.ttft_slo_ms, None, False)
+    queue.push(held(2, "b", GOLD))
+    queue.push(held(3, "c", raised))
+    assert drain(queue) == [3, 2]

@@ -109,6 +109,25 @@ def test_usage_shows_what_the_gateways_counted(world: World, store: InMemoryQuot
     assert view["usage"]["project"]["requests_per_minute"]["limit"] is None
 
 
+def test_what_is_left_of_a_cost_budget_reads_as_the_amount_not_a_float_residue(
+    world: World, store: InMemoryQuotaStore
+) -> None:
+    """It read 0.29999999999999716 of 100 with 99.70 used: the limit and the use were each
+    turned into floats before the subtraction."""
+    acme = world.tenant("acme")
+    world.admin.put(f"{T}/{acme}/quota", {"tenant": {"cost_per_month": 100}})
+    budget = snapshot(world.runtime).quotas.tenants[acme].vector()
+    used = 99_700_000_000  # 99.70 in billionths
+    request = ReserveRequest(
+        "r1", acme, (Scope("tenant", acme, budget),), 10, used, system_clock(), 60_000, 3_600_000
+    )
+    world.client.blocking_portal.call(store.reserve, request)
+
+    cost = world.api("acme-dev").get(f"{T}/{acme}/quota")["usage"]["cost_per_month"]
+
+    assert (cost["limit"], cost["used"], cost["remaining"]) == (100, 99.7, 0.3)
+
+
 def test_tenant_admins_set_key_overrides_developers_read_their_own(world: World) -> None:
     acme = world.tenant("acme")
     mine = world.create_key("acme-dev", "acme", "demo")["key"]["key_id"]

@@ -20,7 +20,7 @@ from trunkline.quota.rules import Vector
 from trunkline.quota.store import Outcome, ReserveRequest, Scope, StoreUnavailable, Ticket
 from trunkline.settings import QuotaSettings
 from unit.quota.conftest import Gateway
-from unit.quota.test_quota_gateway import CHAT, open_stream
+from unit.quota.test_quota_gateway import CHAT, RESERVED, error_of, open_stream
 
 
 class Flaky:
@@ -133,6 +133,58 @@ def test_what_was_used_while_away_counts_in_the_stores_budgets_once_it_is_back(
     assert gw.counters("tenant")[DAY_TOKENS] == 3 * 24 + 18, "every request's usage, once"
     assert gw.counters("tenant")[REQUESTS] == 4
     assert statuses(gw, 1) == [429], "the day is spent, the outage included"
+
+
+def test_a_request_over_this_gateways_share_but_within_the_limit_is_told_to_retry(
+    make_gateway: Any,
+) -> None:
+    """With a local share of 1/4 (four replicas), a request the store would take may not fit
+    one gateway's share: it was told it was too large, never to retry (`x-should-retry:
+    false`), with numbers it fitted ("Limit 114, Used 0, Requested 38"), and headers saying all
+    of the limit was left."""
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky, local_share=0.25)
+    gw.limit(key=Limits(tokens_per_minute=RESERVED * 3))
+    flaky.down = True
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "x-should-retry" not in refused.headers
+    assert refused.headers["retry-after"] == "1" and refused.headers["retry-after-ms"] == "1000"
+    share = RESERVED * 3 // 4
+    assert f"Limit {share}, Used 0, Requested {RESERVED}" in error["message"]
+    assert "quota store is unreachable" in error["message"]
+    assert refused.headers["x-ratelimit-limit-tokens"] == str(share)
+    assert refused.headers["x-ratelimit-remaining-tokens"] == str(share)
+
+    gw.limit(key=Limits(tokens_per_day=RESERVED * 3))
+    refused = gw.post(CHAT)
+    error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert refused.headers["retry-after"] == "1", "a budget's share alike"
+    assert f"Limit {share}, Used 0, Requested {RESERVED}" in refused.json()["error"]["message"]
+
+    gw.limit(key=Limits(tokens_per_minute=RESERVED - 1))
+    refused = gw.post(CHAT)
+    error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert refused.headers["x-should-retry"] == "false", "over the whole limit: never fits"
+
+
+def test_a_budget_spent_when_the_store_last_answered_is_insufficient_quota_while_away(
+    make_gateway: Any,
+) -> None:
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky, local_share=0.5)
+    gw.limit(tenant=Limits(tokens_per_day=24 + RESERVED))
+    assert statuses(gw, 2) == [200, 200]
+    gw.limit(tenant=Limits(tokens_per_day=2 * 24))  # what the two used: spent
+    assert statuses(gw, 1) == [429]
+    flaky.down = True
+
+    refused = gw.post(CHAT)
+
+    error_of(refused, 429, "insufficient_quota", "insufficient_quota")
+    assert refused.headers["x-should-retry"] == "false"
 
 
 def test_fail_closed_refuses_with_503_until_the_store_is_back(make_gateway: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 from tests.unit.gateway.upstreams import Chunks, sse_events
 
 from trunkline.gateway.prompt_tokens import PromptTokens
@@ -109,9 +110,18 @@ def test_a_request_larger_than_the_limit_is_told_not_to_retry(make_gateway: Any)
     assert "retry-after" not in refused.headers
 
 
-def test_a_limit_of_zero_requests_says_so_not_to_shorten_the_prompt(make_gateway: Any) -> None:
+@pytest.mark.parametrize(
+    "zero",
+    [
+        Limits(requests_per_minute=0),
+        Limits(concurrent_requests=0),
+        # It said "Request too large ... Limit 0, Used 0, Requested 38. Lower max_tokens".
+        Limits(tokens_per_minute=0),
+    ],
+)
+def test_a_limit_of_zero_says_so_not_to_shorten_the_prompt(make_gateway: Any, zero: Limits) -> None:
     gw: Gateway = make_gateway()
-    gw.limit(key=Limits(requests_per_minute=0))
+    gw.limit(key=zero)
 
     refused = gw.post(CHAT)
 
@@ -135,6 +145,22 @@ def test_spent_monthly_budget_is_insufficient_quota_until_the_month_ends(make_ga
     assert gw.post(CHAT).status_code == 200, "a new month, a new budget"
 
 
+@pytest.mark.parametrize("zero", [Limits(tokens_per_day=0), Limits(cost_per_month=0)])
+def test_a_budget_of_zero_says_it_admits_nothing_not_when_it_resets(
+    make_gateway: Any, zero: Limits
+) -> None:
+    """It said "It resets at 2027-06-16T00:00:00Z": a client waiting for that was refused
+    again then."""
+    gw: Gateway = make_gateway()
+    gw.limit(key=zero, prices={price_key("llama-8b-served", "gold"): Price(1, 1, 1)})
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "insufficient_quota", "insufficient_quota")
+    assert "admits no requests" in error["message"] and "resets" not in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
+
+
 def test_a_budget_with_room_for_the_prompt_but_not_max_tokens_says_lower_max_tokens(
     make_gateway: Any,
 ) -> None:
@@ -150,6 +176,19 @@ def test_a_budget_with_room_for_the_prompt_but_not_max_tokens_says_lower_max_tok
     assert "Lower max_tokens" in error["message"]
     assert refused.headers["x-should-retry"] == "false"
     assert gw.post({**CHAT, "max_tokens": 19}).status_code == 200  # it fits, as it says
+
+
+def test_a_prompt_larger_than_a_whole_budget_is_too_large_not_spent(make_gateway: Any) -> None:
+    """It was insufficient_quota, "It resets at 2027-07-01T00:00:00Z": the next month's budget
+    refused it alike."""
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_month=PROMPT - 1))
+
+    refused = gw.post(CHAT)
+
+    error = error_of(refused, 429, "rate_limit_exceeded", "rate_limit_error")
+    assert "Request too large" in error["message"] and "resets" not in error["message"]
+    assert refused.headers["x-should-retry"] == "false"
 
 
 def test_a_max_tokens_above_the_gateways_reservation_cap_is_reserved_whole(
@@ -325,10 +364,12 @@ def test_a_request_no_engine_took_is_charged_nothing(make_gateway: Any) -> None:
         raise httpx.ConnectError("refused", request=request)
 
     gw: Gateway = make_gateway(down)
-    gw.limit(key=Limits(requests_per_minute=5, concurrent_requests=1))
+    gw.limit(key=Limits(requests_per_minute=5, tokens_per_minute=1000, concurrent_requests=1))
     response = gw.post(CHAT)
     assert response.status_code == 503
     assert response.headers["x-ratelimit-remaining-requests"] == "4"
+    # Its tokens came back: the headers said 962 left, the reservation still taken.
+    assert response.headers["x-ratelimit-remaining-tokens"] == "1000"
     assert gw.counters()[REQUESTS:DAY_TOKENS] == (1, 0, 0)
 
 

@@ -55,6 +55,7 @@ class FairQueue:
         tier = self._tiers.get(held.tier.name)
         if tier is None:
             tier = self._tiers[held.tier.name] = _Tier(held.tier.priority, {}, deque())
+        tier.priority = held.tier.priority  # the platform may have moved it since
         fifo = tier.tenants.get(held.request.tenant)
         if fifo is None:
             fifo = tier.tenants[held.request.tenant] = deque()
