@@ -44,12 +44,15 @@ def small_engine(content: str, finish: str = "stop", logprob: float = -0.2):  # 
         logprobs = None
         if body.get("logprobs"):
             logprobs = {"content": [{"token": "t", "logprob": logprob, "top_logprobs": []}]}
-        choice = {"index": 0, "message": {"role": "assistant", "content": content},
-                  "logprobs": logprobs, "finish_reason": finish}  # fmt: skip
+        choices = [
+            {"index": index, "message": {"role": "assistant", "content": content},
+             "logprobs": logprobs, "finish_reason": finish}
+            for index in range(body.get("n") or 1)
+        ]  # fmt: skip
         usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
         return httpx.Response(200, json={"id": "c-small", "object": "chat.completion",
                                          "created": 1, "model": "small-served",
-                                         "choices": [choice], "usage": usage})  # fmt: skip
+                                         "choices": choices, "usage": usage})  # fmt: skip
 
     return handler
 
@@ -158,6 +161,17 @@ def test_a_confidence_check_asks_the_small_model_and_hides_its_rating(make_gatew
     asked = json.loads(gw.upstream[0].content)["messages"]
     assert asked[0]["role"] == "system" and "Confidence" in asked[0]["content"]
     assert asked[1:] == CHAT["messages"]
+
+
+def test_every_answer_of_a_kept_reply_loses_its_confidence_line(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """With ``n`` answers, each followed the instruction: none may show the client its line."""
+    checks = CascadeEntry("llama-8b-served", ("h100-eu",), min_confidence=0.6)
+    gw, key = _gateway(make_gateway, small_engine("Paris.\nConfidence: 0.95"), checks)
+    response = gw.client.post("/v1/chat/completions", json={**CHAT, "n": 3}, headers=auth(key))
+
+    assert response.headers["x-trunkline-cascade"] == "first"
+    contents = [c["message"]["content"] for c in response.json()["choices"]]
+    assert contents == ["Paris."] * 3
 
 
 def test_cache_salt_of_the_tenant_goes_upstream_and_replaces_the_clients(make_gateway) -> None:  # type: ignore[no-untyped-def]

@@ -91,8 +91,8 @@ def judge(plan: CascadePlan, payload: bytes) -> Verdict:
     answer = read_answer(plan.request.kind, document)
     confidence = None
     if plan.checks.min_confidence is not None:
-        text, confidence = split_confidence(answer.text)
-        _set_text(document, text)
+        confidence = split_confidence(answer.text)[1]
+        _cut_confidence_lines(document)
     reason = escalation_reason(answer, plan.checks, confidence)
     if not _client_wants_logprobs(plan.request.kind, plan.request.body):
         for choice in document.get("choices") or ():
@@ -137,13 +137,13 @@ def _with_instruction(messages: list[Any]) -> list[Any]:
     return [{"role": "system", "content": CONFIDENCE_INSTRUCTION}, *messages]
 
 
-def _set_text(document: dict[str, Any], text: str) -> None:
-    choices = document.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return
-    message = choices[0].get("message")
-    if isinstance(message, dict) and isinstance(message.get("content"), str):
-        message["content"] = text
+def _cut_confidence_lines(document: dict[str, Any]) -> None:
+    """Cut the ``Confidence: X`` line from every choice's message: with ``n`` > 1 each answer
+    followed the instruction, and the client asked for none of them."""
+    for choice in document.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            message["content"] = split_confidence(message["content"])[0]
 
 
 def placed_alone(
