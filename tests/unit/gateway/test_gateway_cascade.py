@@ -325,6 +325,29 @@ def test_a_request_the_small_engine_refuses_otherwise_is_not_escalated(make_gate
     assert [json.loads(r.content)["model"] for r in gw.upstream] == ["small-served"]
 
 
+def test_a_small_pool_shedding_load_escalates(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A 429 from the small engines says they are busy, not that the request is bad: the
+    large model's pools may well take it."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["model"] != "small-served":
+            return chat_any(request)
+        error = {"message": "too many requests", "type": "RateLimitError", "code": 429}
+        return httpx.Response(429, headers={"retry-after": "3"}, json={"error": error})
+
+    gw, key = _gateway(make_gateway, handler)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "escalated"
+    assert response.headers["x-trunkline-cascade-reason"] == "first_failed"
+    assert response.json()["model"] == "llama-8b-served"
+    records = sorted(gw.drain_usage(), key=lambda r: r.request_id)
+    assert [(r.model, r.status) for r in records] == [
+        ("small-served", 429), ("llama-8b-served", 200),
+    ]  # fmt: skip
+
+
 def test_a_cascade_with_both_models_closed_to_the_tier_is_403(make_gateway) -> None:  # type: ignore[no-untyped-def]
     world = cascade_world()
     for name in ("small-eu", "h100-eu"):
