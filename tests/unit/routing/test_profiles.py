@@ -62,6 +62,14 @@ def test_a_profile_file_builds_the_pipeline_it_describes(tmp_path: Path) -> None
         (("weight: 2,", "weight: lots,"), "scorers[0].weight: Expected `float`"),
         (("weight: 1}", "weight: .inf}"), "scorers[1].weight: must be a finite number"),
         (("headroom: 2", "headroom: .inf"), "balance.headroom: must be a finite number"),
+        (
+            ("[healthy, residency]", "[healthy, residency, healthy]"),
+            "filters[2]: 'healthy' is named twice (first at filters[0])",
+        ),
+        (
+            ("name: queue-depth", "name: prefix-affinity"),
+            "scorers[1].name: 'prefix-affinity' is named twice (first at scorers[0])",
+        ),
     ],
 )
 def test_a_bad_profile_names_the_file_and_the_field(

@@ -105,10 +105,13 @@ def parse_profile(data: Any, *, source: str) -> RoutingProfile:
     for index, name in enumerate(profile.filters):
         if name not in FILTERS:
             raise _error(source, f"filters[{index}]", _unknown("filter", name, FILTERS))
+        _check_once(source, "filters", "", profile.filters, index)
+    scorer_names = [scorer.name for scorer in profile.scorers]
     for index, scorer in enumerate(profile.scorers):
         plugin = SCORERS.get(scorer.name)
         if plugin is None:
             raise _error(source, f"scorers[{index}].name", _unknown("scorer", scorer.name, SCORERS))
+        _check_once(source, "scorers", ".name", scorer_names, index)
         try:
             msgspec.convert(scorer.params, plugin.params)
         except msgspec.ValidationError as exc:
@@ -118,6 +121,15 @@ def parse_profile(data: Any, *, source: str) -> RoutingProfile:
     if profile.picker.name not in PICKERS:
         raise _error(source, "picker.name", _unknown("picker", profile.picker.name, PICKERS))
     return profile
+
+
+def _check_once(source: str, field: str, suffix: str, names: list[str], index: int) -> None:
+    """A plugin named twice is a slip (another one was meant): two scorers of one name weigh
+    it twice unseen, and a second prefix-affinity scorer's index is never fed KV events."""
+    first = names.index(names[index])
+    if first != index:
+        where = f"{field}[{index}]{suffix}"
+        raise _error(source, where, f"{names[index]!r} is named twice (first at {field}[{first}])")
 
 
 def _check_finite(profile: RoutingProfile, source: str) -> None:
