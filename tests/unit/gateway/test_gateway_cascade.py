@@ -163,6 +163,29 @@ def test_a_confidence_check_asks_the_small_model_and_hides_its_rating(make_gatew
     assert asked[1:] == CHAT["messages"]
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "developer", "content": "Be brief."},
+    ],
+)
+def test_the_confidence_instruction_joins_the_clients_own_system_message(
+    make_gateway, opening: dict[str, object]
+) -> None:  # type: ignore[no-untyped-def]
+    """As parts or as a developer message, it is still the conversation's one system message:
+    a second one before it is what strict chat templates refuse with a 400."""
+    checks = CascadeEntry("llama-8b-served", ("h100-eu",), min_confidence=0.6)
+    gw, key = _gateway(make_gateway, small_engine("Paris.\nConfidence: 0.95"), checks)
+    body = {**CHAT, "messages": [opening, *CHAT["messages"]]}
+    response = gw.client.post("/v1/chat/completions", json=body, headers=auth(key))
+
+    assert response.headers["x-trunkline-cascade"] == "first"
+    asked = json.loads(gw.upstream[0].content)["messages"]
+    assert [m["role"] for m in asked] == [opening["role"], "user"]
+    assert "Be brief." in json.dumps(asked[0]) and "Confidence" in json.dumps(asked[0])
+
+
 def test_every_answer_of_a_kept_reply_loses_its_confidence_line(make_gateway) -> None:  # type: ignore[no-untyped-def]
     """With ``n`` answers, each followed the instruction: none may show the client its line."""
     checks = CascadeEntry("llama-8b-served", ("h100-eu",), min_confidence=0.6)

@@ -29,6 +29,8 @@ HEADER = "x-trunkline-cascade"
 """``first`` when the first model's answer was kept, ``escalated`` when the large one answered."""
 REASON_HEADER = "x-trunkline-cascade-reason"
 _MAX_REQUEST_ID = 64
+_SYSTEM_ROLES = ("system", "developer")
+"""Roles of a client's opening message the confidence instruction is joined to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +128,18 @@ def _client_wants_logprobs(kind: str, body: dict[str, Any]) -> bool:
 
 
 def _with_instruction(messages: list[Any]) -> list[Any]:
+    """The instruction joined to the client's own opening system (or developer) message, as
+    text or as one more text part: a second system message is what many chat templates
+    (Mistral's, Gemma's) refuse, and the client would get that 400 for the gateway's doing."""
     first = messages[0] if messages else None
-    if (
-        isinstance(first, dict)
-        and first.get("role") == "system"
-        and isinstance(first.get("content"), str)
-    ):
-        merged = {**first, "content": f"{first['content']}\n\n{CONFIDENCE_INSTRUCTION}"}
-        return [merged, *messages[1:]]
+    if isinstance(first, dict) and first.get("role") in _SYSTEM_ROLES:
+        content = first.get("content")
+        if isinstance(content, str):
+            merged = {**first, "content": f"{content}\n\n{CONFIDENCE_INSTRUCTION}"}
+            return [merged, *messages[1:]]
+        if isinstance(content, list):
+            part = {"type": "text", "text": CONFIDENCE_INSTRUCTION}
+            return [{**first, "content": [*content, part]}, *messages[1:]]
     return [{"role": "system", "content": CONFIDENCE_INSTRUCTION}, *messages]
 
 
