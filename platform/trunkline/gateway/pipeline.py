@@ -269,7 +269,7 @@ def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:
         # vLLM copies these into the sampling parameters' extra_args, where its v1 request
         # reads kv_transfer_params too: the same controls by another door.
         body["vllm_xargs"] = {k: v for k, v in extras.items() if k not in ENGINE_CONTROLS}
-    if request.cache_salt is not None and request.kind != "embeddings":
+    if request.cache_salt is not None:  # embeddings too: vLLM caches causal models' prefixes
         body["cache_salt"] = request.cache_salt
     if request.stream:
         options = dict(body.get("stream_options") or {})

@@ -7,15 +7,14 @@ digits).
 
 from __future__ import annotations
 
-from typing import Any
-
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.routing import PromptView, RequestView
 from trunkline.gateway.routing.text_prompt import TextPrompt
+from trunkline.quota.estimate import completion_maximum
 from trunkline.snapshot import AliasEntry
 
-__all__ = ["max_tokens", "prompt_text", "request_view"]
+__all__ = ["prompt_text", "request_view"]
 
 
 def request_view(
@@ -32,19 +31,13 @@ def request_view(
     return RequestView(
         request_id, tenant.id, tier.name, alias.alias,
         prompt_tokens=prompt_tokens,
-        max_tokens=max_tokens(request.body),
+        max_tokens=completion_maximum(request.kind, request.body),
         prompt=prompt or TextPrompt(prompt_text(request), cache_salt=tenant.cache_salt),
         cache_salt=tenant.cache_salt,
         regions=tenant.regions,
         may_use_burst=tier.may_use_burst,
         model=alias.model,
     )  # fmt: skip
-
-
-def max_tokens(body: dict[str, Any]) -> int | None:
-    """The completion limit the client set (``max_completion_tokens`` first), if an integer."""
-    limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 def prompt_text(request: ParsedRequest) -> str:

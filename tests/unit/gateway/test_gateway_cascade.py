@@ -44,12 +44,15 @@ def small_engine(content: str, finish: str = "stop", logprob: float = -0.2):  # 
         logprobs = None
         if body.get("logprobs"):
             logprobs = {"content": [{"token": "t", "logprob": logprob, "top_logprobs": []}]}
-        choice = {"index": 0, "message": {"role": "assistant", "content": content},
-                  "logprobs": logprobs, "finish_reason": finish}  # fmt: skip
+        choices = [
+            {"index": index, "message": {"role": "assistant", "content": content},
+             "logprobs": logprobs, "finish_reason": finish}
+            for index in range(body.get("n") or 1)
+        ]  # fmt: skip
         usage = {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}
         return httpx.Response(200, json={"id": "c-small", "object": "chat.completion",
                                          "created": 1, "model": "small-served",
-                                         "choices": [choice], "usage": usage})  # fmt: skip
+                                         "choices": choices, "usage": usage})  # fmt: skip
 
     return handler
 
@@ -160,6 +163,40 @@ def test_a_confidence_check_asks_the_small_model_and_hides_its_rating(make_gatew
     assert asked[1:] == CHAT["messages"]
 
 
+@pytest.mark.parametrize(
+    "opening",
+    [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "developer", "content": "Be brief."},
+    ],
+)
+def test_the_confidence_instruction_joins_the_clients_own_system_message(
+    make_gateway, opening: dict[str, object]
+) -> None:  # type: ignore[no-untyped-def]
+    """As parts or as a developer message, it is still the conversation's one system message:
+    a second one before it is what strict chat templates refuse with a 400."""
+    checks = CascadeEntry("llama-8b-served", ("h100-eu",), min_confidence=0.6)
+    gw, key = _gateway(make_gateway, small_engine("Paris.\nConfidence: 0.95"), checks)
+    body = {**CHAT, "messages": [opening, *CHAT["messages"]]}
+    response = gw.client.post("/v1/chat/completions", json=body, headers=auth(key))
+
+    assert response.headers["x-trunkline-cascade"] == "first"
+    asked = json.loads(gw.upstream[0].content)["messages"]
+    assert [m["role"] for m in asked] == [opening["role"], "user"]
+    assert "Be brief." in json.dumps(asked[0]) and "Confidence" in json.dumps(asked[0])
+
+
+def test_every_answer_of_a_kept_reply_loses_its_confidence_line(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """With ``n`` answers, each followed the instruction: none may show the client its line."""
+    checks = CascadeEntry("llama-8b-served", ("h100-eu",), min_confidence=0.6)
+    gw, key = _gateway(make_gateway, small_engine("Paris.\nConfidence: 0.95"), checks)
+    response = gw.client.post("/v1/chat/completions", json={**CHAT, "n": 3}, headers=auth(key))
+
+    assert response.headers["x-trunkline-cascade"] == "first"
+    contents = [c["message"]["content"] for c in response.json()["choices"]]
+    assert contents == ["Paris."] * 3
+
+
 def test_cache_salt_of_the_tenant_goes_upstream_and_replaces_the_clients(make_gateway) -> None:  # type: ignore[no-untyped-def]
     gw, key = _gateway(make_gateway, chat_any)
     body = {"model": "llama", "messages": CHAT["messages"], "cache_salt": "someone-elses-salt"}
@@ -170,7 +207,7 @@ def test_cache_salt_of_the_tenant_goes_upstream_and_replaces_the_clients(make_ga
     assert gw.client.post("/v1/embeddings", json=embedding, headers=auth(key)).status_code == 200
 
     sent = [json.loads(r.content) for r in gw.upstream]
-    assert [b.get("cache_salt") for b in sent] == [SALT_A, SALT_A, None]
+    assert [b.get("cache_salt") for b in sent] == [SALT_A, SALT_A, SALT_A]
 
 
 def test_engine_controls_a_client_sends_never_reach_the_engine(make_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -309,6 +346,29 @@ def test_a_request_the_small_engine_refuses_otherwise_is_not_escalated(make_gate
     assert response.status_code == 400
     assert "x-trunkline-cascade" not in response.headers
     assert [json.loads(r.content)["model"] for r in gw.upstream] == ["small-served"]
+
+
+def test_a_small_pool_shedding_load_escalates(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A 429 from the small engines says they are busy, not that the request is bad: the
+    large model's pools may well take it."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["model"] != "small-served":
+            return chat_any(request)
+        error = {"message": "too many requests", "type": "RateLimitError", "code": 429}
+        return httpx.Response(429, headers={"retry-after": "3"}, json={"error": error})
+
+    gw, key = _gateway(make_gateway, handler)
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "escalated"
+    assert response.headers["x-trunkline-cascade-reason"] == "first_failed"
+    assert response.json()["model"] == "llama-8b-served"
+    records = sorted(gw.drain_usage(), key=lambda r: r.request_id)
+    assert [(r.model, r.status) for r in records] == [
+        ("small-served", 429), ("llama-8b-served", 200),
+    ]  # fmt: skip
 
 
 def test_a_cascade_with_both_models_closed_to_the_tier_is_403(make_gateway) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,8 @@ speaks vLLM's replay protocol)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import pickle
 import sys
 import threading
 from collections.abc import Callable, Hashable, Iterable
@@ -23,6 +25,8 @@ from trunkline.engines.kv_events import REPLAY_END
 from trunkline.engines.kv_publisher import ZmqKvEventPublisher
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.endpoints import KvEventCollector, KvEventSubscriber, kv_subscriber
+from trunkline.gateway.routing.prefix_index import KvEventIndex
+from trunkline.gateway.routing.vllm_hashes import DEFAULT_SEED, VllmHashing
 from trunkline.snapshot import EndpointEntry
 
 
@@ -109,6 +113,33 @@ async def test_events_reach_the_sink_and_a_gap_clears_the_endpoint() -> None:
             ("e1", (3,), (), False),
         ]
         assert subscriber.received["e1"] >= 4
+    finally:
+        await subscriber.close()
+        publisher.close()
+
+
+async def test_blocks_an_engine_names_by_digest_are_found_by_the_gateways_own_names() -> None:
+    """vLLM with ``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0`` sends each block's sha256 digest;
+    the gateway names a prompt's blocks by the int vLLM sends by default: both must match."""
+    hashing = VllmHashing()
+    tokens = list(range(8))
+    digests = []  # what vLLM sends: each block's sha256 of (parent, its tokens, extra keys)
+    parent_digest = hashlib.sha256(pickle.dumps(DEFAULT_SEED, protocol=5)).digest()
+    for start in (0, 4):
+        block = (parent_digest, tuple(tokens[start : start + 4]), None)
+        parent_digest = hashlib.sha256(pickle.dumps(block, protocol=5)).digest()
+        digests.append(parent_digest)
+    publisher, index = Publisher(), KvEventIndex()
+    subscriber = subscribe(index, publisher)  # type: ignore[arg-type]
+    try:
+        announced = {**stored(), "block_hashes": digests, "token_ids": tokens}
+        for seq in range(200):  # ZMQ's slow joiner: publish until the subscription is live
+            publisher.send(seq, [announced])
+            await asyncio.sleep(0.01)
+            if subscriber.received.get("e1"):
+                break
+        assert subscriber.received.get("e1"), "no event reached the subscriber"
+        assert index.matches(hashing.block_hashes(tokens, 4), None, ["e1"]) == [2]
     finally:
         await subscriber.close()
         publisher.close()

@@ -87,11 +87,20 @@ def test_kv_capacity_comes_from_cache_config_info_on_vllm_and_the_simulator() ->
             32000,
         ),
         (b'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1.0\n', None),
+        (b'vllm:cache_config_info{block_size="16",num_gpu_blocks="-1000"} 1.0\n', None),
         (b'vllm:cache_config_info{hash_block_size="16",num_gpu_blocks="1000"} 1.0\n', None),
         (b"vllm:num_requests_running 1\n", None),
         (b"", None),
     ],
-    ids=["one-core", "two-cores", "blocks-unknown", "no-block-size", "no-series", "empty"],
+    ids=[
+        "one-core",
+        "two-cores",
+        "blocks-unknown",
+        "blocks-negative",
+        "no-block-size",
+        "no-series",
+        "empty",
+    ],
 )
 def test_kv_capacity_edge_cases(page: bytes, expected: int | None) -> None:
     assert scan_kv_capacity(page) == expected

@@ -22,7 +22,9 @@ EMBEDDING = {"model": "m", "input": "hi"}
     [
         ("chat", CHAT, "salt-a", "salt-a"),
         ("completions", COMPLETION, "salt-a", "salt-a"),
-        ("embeddings", EMBEDDING, "salt-a", None),
+        # vLLM caches the prefixes of causal embedding models (last-token pooling) too, and
+        # salts them alike: an isolated tenant's embeddings must not be timed by another.
+        ("embeddings", EMBEDDING, "salt-a", "salt-a"),
         ("chat", CHAT, None, None),
         ("chat", {**CHAT, "cache_salt": "salt-b"}, "salt-a", "salt-a"),
         ("chat", {**CHAT, "cache_salt": "salt-b"}, None, None),

@@ -47,25 +47,35 @@ def test_a_profile_file_builds_the_pipeline_it_describes(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "line", "message"),
     [
-        (("weight: 1}", "weight: -1}"), "scorers[1].weight: must be >= 0"),
-        (("queue-depth", "queue-lenght"), "scorers[1].name: unknown scorer 'queue-lenght'"),
-        (("[healthy, residency]", "[healthy, residence]"), "filters[1]: unknown filter"),
-        (("mode: approximate", "mode: exact"), "scorers[0].params.mode: Invalid enum value"),
-        (("capacity_tokens: 1000", "capacity_tokens: 0"), "scorers[0].params.capacity_tokens"),
-        (("capacity_tokens: 1000", "capacity: 1"), "scorers[0].params: Object contains unknown"),
-        (("load_factor: 1.5", "load_factor: 0.5"), "balance.load_factor: must be >= 1"),
-        (("seed: 3", "seed: three"), "picker.seed: Expected `int`"),
-        (("name: max-score", "name: min-score"), "picker.name: unknown picker 'min-score'"),
-        (("name: custom\n", "nom: custom\n"), "Object contains unknown field `nom`"),
-        (("weight: 2,", "weight: lots,"), "scorers[0].weight: Expected `float`"),
-        (("weight: 1}", "weight: .inf}"), "scorers[1].weight: must be a finite number"),
-        (("headroom: 2", "headroom: .inf"), "balance.headroom: must be a finite number"),
+        (("weight: 1}", "weight: -1}"), 6, "scorers[1].weight: must be >= 0"),
+        (("queue-depth", "queue-lenght"), 6, "scorers[1].name: unknown scorer 'queue-lenght'"),
+        (("[healthy, residency]", "[healthy, residence]"), 3, "filters[1]: unknown filter"),
+        (("mode: approximate", "mode: exact"), 5, "scorers[0].params.mode: Invalid enum value"),
+        (("capacity_tokens: 1000", "capacity_tokens: 0"), 5, "scorers[0].params.capacity_tokens"),
+        (("capacity_tokens: 1000", "capacity: 1"), 5, "scorers[0].params: Object contains unknown"),
+        (("load_factor: 1.5", "load_factor: 0.5"), 7, "balance.load_factor: must be >= 1"),
+        (("seed: 3", "seed: three"), 8, "picker.seed: Expected `int`"),
+        (("name: max-score", "name: min-score"), 8, "picker.name: unknown picker 'min-score'"),
+        (("name: custom\n", "nom: custom\n"), 2, "Object contains unknown field `nom`"),
+        (("weight: 2,", "weight: lots,"), 5, "scorers[0].weight: Expected `float`"),
+        (("weight: 1}", "weight: .inf}"), 6, "scorers[1].weight: must be a finite number"),
+        (("headroom: 2", "headroom: .inf"), 7, "balance.headroom: must be a finite number"),
+        (
+            ("[healthy, residency]", "[healthy, residency, healthy]"),
+            3,
+            "filters[2]: 'healthy' is named twice (first at filters[0])",
+        ),
+        (
+            ("name: queue-depth", "name: prefix-affinity"),
+            6,
+            "scorers[1].name: 'prefix-affinity' is named twice (first at scorers[0])",
+        ),
     ],
 )
 def test_a_bad_profile_names_the_file_and_the_field(
-    tmp_path: Path, change: tuple[str, str], message: str
+    tmp_path: Path, change: tuple[str, str], line: int, message: str
 ) -> None:
     old, new = change
     assert old in GOOD
@@ -73,8 +83,42 @@ def test_a_bad_profile_names_the_file_and_the_field(
     path.write_text(GOOD.replace(old, new, 1))
     with pytest.raises(ConfigurationError) as caught:
         load_profile(path)
-    assert str(caught.value).startswith(f"{path}: ")
+    assert str(caught.value).startswith(f"{path}:{line}: ")
     assert message in str(caught.value)
+
+
+BLOCK_STYLE = """\
+name: custom
+scorers:
+  - name: prefix-affinity
+    weight: 3
+    params:
+      mode: exact
+      capacity_tokens: 400000
+  - name: queue-depth
+    weight: 1
+    params: {}
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (BLOCK_STYLE, ":6: scorers[0].params.mode: Invalid enum value 'exact'"),
+        (
+            BLOCK_STYLE.replace("exact", "precise").replace("params: {}", "parms: {}"),
+            ":10: scorers[1]: Object contains unknown field `parms`",
+        ),
+    ],
+)
+def test_a_bad_field_is_named_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
+    """In a profile written out over many lines, the error says which one to look at."""
+    path = tmp_path / "block.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError) as caught:
+        load_profile(path)
+    assert str(caught.value).startswith(f"{path}{expected}")
+    assert caught.value.extra["line"] == int(expected.split(":")[1])
 
 
 def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(

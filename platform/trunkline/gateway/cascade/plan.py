@@ -29,6 +29,8 @@ HEADER = "x-trunkline-cascade"
 """``first`` when the first model's answer was kept, ``escalated`` when the large one answered."""
 REASON_HEADER = "x-trunkline-cascade-reason"
 _MAX_REQUEST_ID = 64
+_SYSTEM_ROLES = ("system", "developer")
+"""Roles of a client's opening message the confidence instruction is joined to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +93,8 @@ def judge(plan: CascadePlan, payload: bytes) -> Verdict:
     answer = read_answer(plan.request.kind, document)
     confidence = None
     if plan.checks.min_confidence is not None:
-        text, confidence = split_confidence(answer.text)
-        _set_text(document, text)
+        confidence = split_confidence(answer.text)[1]
+        _cut_confidence_lines(document)
     reason = escalation_reason(answer, plan.checks, confidence)
     if not _client_wants_logprobs(plan.request.kind, plan.request.body):
         for choice in document.get("choices") or ():
@@ -126,24 +128,28 @@ def _client_wants_logprobs(kind: str, body: dict[str, Any]) -> bool:
 
 
 def _with_instruction(messages: list[Any]) -> list[Any]:
+    """The instruction joined to the client's own opening system (or developer) message, as
+    text or as one more text part: a second system message is what many chat templates
+    (Mistral's, Gemma's) refuse, and the client would get that 400 for the gateway's doing."""
     first = messages[0] if messages else None
-    if (
-        isinstance(first, dict)
-        and first.get("role") == "system"
-        and isinstance(first.get("content"), str)
-    ):
-        merged = {**first, "content": f"{first['content']}\n\n{CONFIDENCE_INSTRUCTION}"}
-        return [merged, *messages[1:]]
+    if isinstance(first, dict) and first.get("role") in _SYSTEM_ROLES:
+        content = first.get("content")
+        if isinstance(content, str):
+            merged = {**first, "content": f"{content}\n\n{CONFIDENCE_INSTRUCTION}"}
+            return [merged, *messages[1:]]
+        if isinstance(content, list):
+            part = {"type": "text", "text": CONFIDENCE_INSTRUCTION}
+            return [{**first, "content": [*content, part]}, *messages[1:]]
     return [{"role": "system", "content": CONFIDENCE_INSTRUCTION}, *messages]
 
 
-def _set_text(document: dict[str, Any], text: str) -> None:
-    choices = document.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return
-    message = choices[0].get("message")
-    if isinstance(message, dict) and isinstance(message.get("content"), str):
-        message["content"] = text
+def _cut_confidence_lines(document: dict[str, Any]) -> None:
+    """Cut the ``Confidence: X`` line from every choice's message: with ``n`` > 1 each answer
+    followed the instruction, and the client asked for none of them."""
+    for choice in document.get("choices") or ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            message["content"] = split_confidence(message["content"])[0]
 
 
 def placed_alone(

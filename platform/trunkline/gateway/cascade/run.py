@@ -15,6 +15,7 @@ from trunkline.gateway.cascade import plan as cascade
 from trunkline.gateway.cascade.replay import replay_events
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.reply import Reply
+from trunkline.gateway.upstream import SHEDDING
 from trunkline.snapshot import AliasEntry
 
 __all__ = ["Attempt", "run_cascade"]
@@ -42,6 +43,8 @@ async def run_cascade(
             verdict = cascade.judge(plan, first.body)
         elif _over_context(first):  # the large model's context may well be longer
             verdict = cascade.Verdict("context_length_exceeded", b"")
+        elif first.status == SHEDDING:  # the small pools shed load; the large one's may not
+            verdict = cascade.Verdict("first_failed", b"")
         else:
             return first  # refused for the request itself: the large model would too
     if first is not None and not verdict.escalate:

@@ -47,6 +47,7 @@ from trunkline.engines.kv_events import (
     decode_kv_event_message,
 )
 from trunkline.errors import ConfigurationError
+from trunkline.gateway.routing.vllm_hashes import event_block_hash
 from trunkline.snapshot import EndpointEntry
 
 __all__ = ["KvEventSink", "KvEventSubscriber", "apply_message"]
@@ -79,12 +80,14 @@ class KvEventSink(Protocol):
 
 
 def apply_message(sink: KvEventSink, endpoint: str, message: KvEventMessage) -> int:
-    """Apply one message's events in order; returns how many events it had."""
+    """Apply one message's events in order; returns how many events it had. A block an engine
+    names by its digest (``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES=0``) is applied as the int it
+    would have sent, which is how the gateway names a prompt's blocks."""
     for event in message.events:
         if isinstance(event, BlockStored):
-            sink.apply(endpoint, stored=event.block_hashes)
+            sink.apply(endpoint, stored=map(event_block_hash, event.block_hashes))
         elif isinstance(event, BlockRemoved):
-            sink.apply(endpoint, removed=event.block_hashes)
+            sink.apply(endpoint, removed=map(event_block_hash, event.block_hashes))
         elif isinstance(event, AllBlocksCleared):
             sink.apply(endpoint, cleared=True)
     return len(message.events)

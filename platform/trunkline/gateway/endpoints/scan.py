@@ -153,16 +153,18 @@ def scan_kv_capacity(page: bytes) -> int | None:
 
 
 def _int_label(labels: bytes, name: bytes) -> int | None:
-    """The integer value of label ``name`` in ``{a="1",b="2"`` (a whole label name only)."""
+    """The integer value of label ``name`` in ``{a="1",b="2"`` (a whole label name only); None
+    when it is not a count (negative, or not an integer)."""
     for before in (b"{", b","):
         key = before + name + b'="'
         at = labels.find(key)
         if at != -1:
             start = at + len(key)
             try:
-                return int(labels[start : labels.find(b'"', start)])
+                value = int(labels[start : labels.find(b'"', start)])
             except ValueError:
                 return None
+            return value if value >= 0 else None  # a negative size would shrink the index
     return None
 
 

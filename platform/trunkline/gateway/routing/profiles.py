@@ -12,14 +12,15 @@ A profile::
 
 The bundled profiles live in ``profiles/*.yaml`` beside this module; any other file loads with
 :func:`load_profile`. A bad profile raises :class:`~trunkline.errors.ConfigurationError` naming
-the file and the field (``prefix-aware.yaml: scorers[1].weight: must be >= 0``). Files are read
-when a policy is first made, never at import.
+the file, the line and the field (``prefix-aware.yaml:6: scorers[1].weight: must be >= 0``).
+Files are read when a policy is first made, never at import.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +31,7 @@ import yaml
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.pipeline import Balance, PipelinePolicy, WeightedScorer
 from trunkline.gateway.routing.registry import FILTERS, PICKERS, SCORERS
-from trunkline.kit.yamlfile import load_strict
+from trunkline.kit.yamlfile import Yaml12Loader, load_strict
 
 __all__ = ["BUNDLED_DIR", "RoutingProfile", "bundled_profile", "load_profile", "parse_profile"]
 
@@ -89,38 +90,74 @@ def load_profile(path: Path) -> RoutingProfile:
         data = load_strict(text)
     except yaml.YAMLError as exc:
         raise ConfigurationError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_profile(data, source=str(path))
+    return parse_profile(data, source=str(path), lines=_field_lines(text))
 
 
-def parse_profile(data: Any, *, source: str) -> RoutingProfile:
-    """Validate a profile's parsed YAML; ``source`` names it in errors."""
+def parse_profile(
+    data: Any, *, source: str, lines: Mapping[str, int] | None = None
+) -> RoutingProfile:
+    """Validate a profile's parsed YAML; ``source`` names it in errors, and ``lines`` (the line
+    of each field, by its path: ``scorers[1].weight``) says where in it."""
+    try:
+        return _validated(data)
+    except _Invalid as invalid:
+        where = invalid.path or "(top level)"
+        line = _line_of(lines, invalid.path, invalid.message) if lines else None
+        at = f"{source}:{line}" if line else source
+        raise ConfigurationError(
+            f"{at}: {where}: {invalid.message}",
+            param=invalid.path or None,
+            extra={"file": source, "line": line},
+        ) from None
+
+
+class _Invalid(Exception):
+    """What is wrong with a profile, and at which field (``""``: the whole of it)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(message)
+        self.path, self.message = path, message
+
+
+def _validated(data: Any) -> RoutingProfile:
     if data is None:  # an empty file, or comments only
-        raise _error(source, "", "the profile is empty; it needs at least a `name`")
+        raise _Invalid("", "the profile is empty; it needs at least a `name`")
     try:
         profile = msgspec.convert(data, RoutingProfile)
     except msgspec.ValidationError as exc:
-        path, message = _split(str(exc))
-        raise _error(source, path, message) from None
-    _check_finite(profile, source)
+        raise _Invalid(*_split(str(exc))) from None
+    _check_finite(profile)
     for index, name in enumerate(profile.filters):
         if name not in FILTERS:
-            raise _error(source, f"filters[{index}]", _unknown("filter", name, FILTERS))
+            raise _Invalid(f"filters[{index}]", _unknown("filter", name, FILTERS))
+        _check_once("filters", "", profile.filters, index)
+    scorer_names = [scorer.name for scorer in profile.scorers]
     for index, scorer in enumerate(profile.scorers):
         plugin = SCORERS.get(scorer.name)
         if plugin is None:
-            raise _error(source, f"scorers[{index}].name", _unknown("scorer", scorer.name, SCORERS))
+            raise _Invalid(f"scorers[{index}].name", _unknown("scorer", scorer.name, SCORERS))
+        _check_once("scorers", ".name", scorer_names, index)
         try:
             msgspec.convert(scorer.params, plugin.params)
         except msgspec.ValidationError as exc:
             path, message = _split(str(exc))
             where = f"scorers[{index}].params" + (f".{path}" if path else "")
-            raise _error(source, where, message) from None
+            raise _Invalid(where, message) from None
     if profile.picker.name not in PICKERS:
-        raise _error(source, "picker.name", _unknown("picker", profile.picker.name, PICKERS))
+        raise _Invalid("picker.name", _unknown("picker", profile.picker.name, PICKERS))
     return profile
 
 
-def _check_finite(profile: RoutingProfile, source: str) -> None:
+def _check_once(field: str, suffix: str, names: list[str], index: int) -> None:
+    """A plugin named twice is a slip (another one was meant): two scorers of one name weigh
+    it twice unseen, and a second prefix-affinity scorer's index is never fed KV events."""
+    first = names.index(names[index])
+    if first != index:
+        where = f"{field}[{index}]{suffix}"
+        raise _Invalid(where, f"{names[index]!r} is named twice (first at {field}[{first}])")
+
+
+def _check_finite(profile: RoutingProfile) -> None:
     """msgspec's bounds let ``.inf`` through: an infinite weight makes every score NaN (and the
     picker fail on each request), an infinite balance term switches the rule off unseen."""
     numbers = [(f"scorers[{i}].weight", s.weight) for i, s in enumerate(profile.scorers)]
@@ -131,9 +168,9 @@ def _check_finite(profile: RoutingProfile, source: str) -> None:
         ]
     for where, value in numbers:
         if not math.isfinite(value):
-            raise _error(source, where, "must be a finite number")
+            raise _Invalid(where, "must be a finite number")
     if not math.isfinite(sum(s.weight for s in profile.scorers)):  # 1e308 + 1e308 is inf
-        raise _error(source, "scorers", "the weights' sum must be a finite number")
+        raise _Invalid("scorers", "the weights' sum must be a finite number")
 
 
 @lru_cache(maxsize=32)
@@ -162,8 +199,37 @@ def _split(text: str) -> tuple[str, str]:
     return path, message
 
 
-def _error(source: str, path: str, message: str) -> ConfigurationError:
-    where = path or "(top level)"
-    return ConfigurationError(
-        f"{source}: {where}: {message}", param=path or None, extra={"file": source}
-    )
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_LAST_STEP = re.compile(r"(?:\.[^.\[]+|\[\d+\])$")
+
+
+def _line_of(lines: Mapping[str, int], path: str, message: str) -> int | None:
+    """The line of the field at ``path`` (of the unknown field the message names, if it does),
+    else of its closest parent written in the file."""
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown:
+        path = f"{path}.{unknown['field']}" if path else unknown["field"]
+    while path not in lines and path:
+        path = _LAST_STEP.sub("", path)
+    return lines.get(path)
+
+
+def _field_lines(text: str) -> dict[str, int]:
+    """The line of every field of a profile's YAML, by its path as errors name it."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: str) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = f"{path}.{key.value}" if path else str(key.value)
+                lines.setdefault(child, key.start_mark.line + 1)
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, f"{path}[{index}]")
+
+    root = yaml.compose(text, Loader=Yaml12Loader)
+    if root is not None:
+        walk(root, "")
+    return lines
