@@ -21,6 +21,9 @@ from trunkline.snapshot import TierEntry
 
 CHAT = {"model": "llama", "messages": [{"role": "user", "content": "hello"}]}
 STREAM = {**CHAT, "stream": True}
+UNHURRIED_S = 60.0
+"""A tokenizer thread's queue wait for tests not about it: on a loaded machine the thread may
+start later than the gateway's 50 ms, and the prompt then goes untokenized."""
 # Ejections long enough that no test outlives one (no half-open probe sneaks in).
 NO_PROBES = EngineStateSettings(ejection_base_s=600.0, ejection_max_s=600.0)
 METRICS = (

@@ -16,6 +16,7 @@ from tests.unit.gateway.conftest import SECRET, TENANT_B, default_world
 from tests.unit.gateway.engines_support import (
     CHAT,
     METRICS,
+    UNHURRIED_S,
     Gateway,
     RecordingAdmission,
 )
@@ -171,7 +172,9 @@ def test_precise_prefix_routes_to_the_endpoint_whose_kv_events_hold_the_prompt(
 ) -> None:
     gw = engine_gateway(chat_any, policy="precise-prefix")
     hashing = VllmHashing()
-    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": _WordTokenizer()}, hashing)
+    gw.service.prompt_tokens = PromptTokens(
+        {"llama-8b-served": _WordTokenizer()}, hashing, max_queue_wait_s=UNHURRIED_S
+    )
     index = kv_event_index(gw.service.policy)
     assert index is not None
     preamble = " ".join(f"word{n}" for n in range(64))  # four 16-token blocks
@@ -190,7 +193,9 @@ def test_with_a_tokenizer_every_policy_sees_the_prompts_exact_tokens(
 ) -> None:
     admission = RecordingAdmission()
     gw = engine_gateway(chat_any, policy="prefix-aware", admission=admission)
-    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": _WordTokenizer()}, VllmHashing())
+    gw.service.prompt_tokens = PromptTokens(
+        {"llama-8b-served": _WordTokenizer()}, VllmHashing(), max_queue_wait_s=UNHURRIED_S
+    )
 
     assert gw.chat(_ask("one two three four five")).status_code == 200
     assert gw.chat({"model": "llama", "messages": [{"role": "user", "content": [

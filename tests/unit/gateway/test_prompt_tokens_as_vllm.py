@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-from tests.unit.gateway.engines_support import Gateway
+from tests.unit.gateway.engines_support import UNHURRIED_S, Gateway
 from tests.unit.gateway.upstreams import chat_any
 
 from trunkline.gateway.prompt_tokens import HfPromptTokenizer, PromptTokens
@@ -124,7 +124,9 @@ def test_prompts_are_tokenized_off_the_event_loop(
     request of the gateway would wait on it."""
     gw = engine_gateway(chat_any, policy="precise-prefix")
     recording = _LoopRecordingTokenizer()
-    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": recording}, VllmHashing())
+    gw.service.prompt_tokens = PromptTokens(
+        {"llama-8b-served": recording}, VllmHashing(), max_queue_wait_s=UNHURRIED_S
+    )
 
     assert gw.chat().status_code == 200
     assert recording.on_event_loop == [False]

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from tests.unit.gateway.engines_support import UNHURRIED_S
 from tests.unit.gateway.upstreams import Chunks, sse_events
 
 from trunkline.gateway.prompt_tokens import PromptTokens
@@ -503,7 +504,8 @@ def test_with_the_models_tokenizer_a_reservation_counts_the_prompt_exactly(
     assert estimate > 10
 
     estimated = gw.post(long_words)
-    gw.service.prompt_tokens = PromptTokens({"llama-8b-served": _OneTokenPerWord()}, VllmHashing())
+    tokenizers = {"llama-8b-served": _OneTokenPerWord()}
+    gw.service.prompt_tokens = PromptTokens(tokenizers, VllmHashing(), max_queue_wait_s=UNHURRIED_S)
     exact = gw.post(long_words)
 
     assert estimated.status_code == exact.status_code == 200
