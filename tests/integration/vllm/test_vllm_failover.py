@@ -133,11 +133,14 @@ async def _gateway(servers: list[VllmServer]) -> AsyncIterator[Harness]:
     )
     upstream = UpstreamLog(settings)
     app, api_key, usage = gateway_app(servers, settings, transport=upstream)
-    # Connections idle in the pool for less than uvicorn's 5 s keep-alive: at 5 s (httpx's
-    # default) the server may close one just as a request is sent on it (a ReadError in CI).
+    # Idle connections are closed by the client, never by the gateway: a server closing one
+    # just as a request is sent on it resets it (a ReadError). The gateway's keep-alive runs
+    # on this event loop too: in one CI run the loop paused 6 s, the gateway's 5 s timer fired
+    # as the loop came back, while the client, which had not yet seen its last answer end,
+    # sent the next request on that connection.
     fresh = httpx.Limits(keepalive_expiry=2.0)
     async with (
-        serve_on_loopback(app) as url,
+        serve_on_loopback(app, keep_alive_timeout_s=DEADLINE_S) as url,
         httpx.AsyncClient(timeout=DEADLINE_S, limits=fresh) as http,
     ):
         yield Harness(Client(http, url, api_key), app.state.gateway.engines, upstream, usage)
