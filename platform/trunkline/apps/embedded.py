@@ -104,6 +104,7 @@ async def _run(
                 header_timeout_s=settings.gateway.header_timeout_s,
                 keep_alive_timeout_s=settings.gateway.keep_alive_timeout_s,
                 name=serving.GATEWAY,
+                drain_s=settings.gateway.drain_timeout_s,  # Ctrl-C ends a long stream, metered
             ),
         ]
         tasks = [asyncio.create_task(s.serve()) for s in servers]
