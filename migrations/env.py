@@ -41,6 +41,13 @@ def run_migrations_online() -> None:
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            # A batch migration recreates a table on SQLite (copy, drop, rename): with foreign
+            # keys enforced, dropping the old table deleted by cascade every row referring to
+            # it (0004 emptied projects, API keys, memberships and entitlements). Set outside
+            # a transaction, where SQLite takes it; the connection is discarded after.
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
         _run(conn)
     engine.dispose()
 
