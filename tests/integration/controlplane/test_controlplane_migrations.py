@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from support.processes import TRUNKLINE, trunkline_env
 from trunkline.kit.db import make_engine
 from trunkline.kit.migrate import alembic_config, upgrade
 from trunkline.kit.shards import key_shard
@@ -142,3 +146,26 @@ def test_migrations_up_and_down_keep_every_row_of_the_tables_they_alter(database
         assert counts() == dict.fromkeys(_ROWS_AT_0003, 1)
     finally:
         engine.dispose()
+
+
+@pytest.mark.integration
+def test_two_migrations_at_once_both_end_at_head(postgres_url: str, tmp_path: Path) -> None:
+    """Two ``trunkline migrate`` at once (an init container per replica, or two deploys): the
+    second created the tables the first was creating and stopped on PostgreSQL's duplicate
+    key, a failed deploy to retry by hand."""
+    env = trunkline_env(TRUNKLINE_DATABASE__URL=postgres_url)
+    migrations = [
+        subprocess.Popen(
+            [*TRUNKLINE, "migrate"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    errors = [migration.communicate(timeout=120)[1] for migration in migrations]
+    assert [migration.returncode for migration in migrations] == [0, 0, 0], errors
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    assert current == ScriptDirectory.from_config(alembic_config(postgres_url)).get_current_head()
