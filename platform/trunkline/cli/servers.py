@@ -63,7 +63,9 @@ def _up(args: argparse.Namespace) -> int:
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     if not args.tenants.is_dir():
-        print(f"error: no manifests directory at {args.tenants} (use --tenants DIR)")
+        print(
+            f"error: no manifests directory at {args.tenants} (use --tenants DIR)", file=sys.stderr
+        )
         return 2
     busy = busy_ports(
         [
