@@ -29,6 +29,8 @@ DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqli
 ``postgresql+psycopg2://`` stopped every process with a traceback from SQLAlchemy)."""
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 """A TCP port to listen on (one beyond it stopped the process with OverflowError's traceback)."""
 
@@ -250,6 +252,13 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     controlplane: ControlPlaneSettings = Field(default_factory=ControlPlaneSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
 
     @property
     def is_production(self) -> bool:

@@ -167,3 +167,17 @@ def test_a_job_setting_that_does_not_fit_names_its_variable_and_not_the_value(
     assert "TRUNKLINE_JOBS__METRICS_PORT: Input should be less than or equal to 65535" in message
     assert "TRUNKLINE_JOBS__ROLLUP_INTERVAL_S: Input should be greater than 0" in message
     assert "s3cr3t" not in message
+
+
+def test_a_log_level_is_one_of_pythons_named_in_either_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``verbose`` passed the settings and stopped every process with logging's traceback."""
+    monkeypatch.setenv("TRUNKLINE_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+    monkeypatch.setenv("TRUNKLINE_LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert "TRUNKLINE_LOG_LEVEL: Value error, must be one of DEBUG, INFO, WARNING, ERROR" in (
+        refused.value.message
+    )
