@@ -6,12 +6,15 @@ groups, e.g. ``TRUNKLINE_DATABASE__URL`` or ``TRUNKLINE_SECURITY__KEY_HASH_SECRE
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, TypeVar, get_origin
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from trunkline.errors import ConfigurationError
 
@@ -25,6 +28,11 @@ DATABASE_SCHEMES = ("postgresql", "postgresql+psycopg", "sqlite", "sqlite+pysqli
 """What Trunkline runs on, with the drivers it ships (``postgres://``, libpq's spelling, or
 ``postgresql+psycopg2://`` stopped every process with a traceback from SQLAlchemy)."""
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+"""A TCP port to listen on (one beyond it stopped the process with OverflowError's traceback)."""
 
 
 class DatabaseSettings(BaseModel):
@@ -136,7 +144,7 @@ their targets, and far above the clients' (docs/gateway.md, Settings)."""
 
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     workers: int = 1
     max_body_bytes: int = 4 * 1024 * 1024
     header_timeout_s: float = Field(default=10.0, gt=0)
@@ -218,7 +226,7 @@ _ORIGIN = re.compile(r"https?://[^\s/?#@]+")
 
 class ControlPlaneSettings(BaseModel):
     host: str = "127.0.0.1"
-    port: int = 8081
+    port: Port = 8081
     header_timeout_s: float = Field(default=10.0, gt=0)
     """As the gateway's: a connection whose request head is not whole this long after it
     opened (or after the head's first byte, on a kept-alive connection) is closed."""
@@ -244,6 +252,13 @@ class Settings(BaseSettings):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     controlplane: ControlPlaneSettings = Field(default_factory=ControlPlaneSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
 
     @property
     def is_production(self) -> bool:
@@ -282,13 +297,59 @@ def weak_secret(value: str) -> bool:
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment; keyword overrides win (used by the CLI). A value
-    that does not fit is a ``ConfigurationError`` naming its variable, not pydantic's trace."""
+    """Read settings from the environment; keyword overrides win (used by the CLI)."""
+    return read_environment(Settings, **overrides)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def read_environment(kind: type[SettingsT], **overrides: object) -> SettingsT:
+    """``kind`` read from the environment. A value that does not fit is a
+    ``ConfigurationError`` naming its variable, not pydantic's trace; the values are not
+    repeated: one may be a secret."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(  # the values are not repeated: one may be a secret
+        problems = "; ".join(
             f"TRUNKLINE_{'__'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
             for error in exc.errors()
         )
-        raise ConfigurationError(f"invalid settings: {problems}") from None
+    except SettingsError:  # a list, mapping or group of settings that is not JSON
+        variables = [
+            name
+            for name in _json_variables(kind, "TRUNKLINE_")
+            if not _is_json(_environ_upper().get(name))
+        ] or ["a list, mapping or group of settings (TRUNKLINE_…)"]
+        problems = "; ".join(
+            f'{name}: must be JSON (a list: ["a", "b"]; a mapping or a group: {{"key": "value"}})'
+            for name in variables
+        )
+    raise ConfigurationError(f"invalid settings: {problems}") from None
+
+
+def _json_variables(model: type[BaseModel], prefix: str) -> Iterator[str]:
+    """The variables whose value pydantic-settings parses as JSON: each group of settings
+    (``TRUNKLINE_GATEWAY``) and each list or mapping (``TRUNKLINE_GATEWAY__CORS_ORIGINS``)."""
+    for name, field in model.model_fields.items():
+        variable, kind = f"{prefix}{name.upper()}", field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            yield variable
+            yield from _json_variables(kind, f"{variable}__")
+        elif get_origin(kind) in (list, dict):
+            yield variable
+
+
+def _environ_upper() -> dict[str, str]:
+    return {name.upper(): value for name, value in os.environ.items()}
+
+
+def _is_json(value: str | None) -> bool:
+    """True for an unset variable too: only a set one can be wrong."""
+    if value is None:
+        return True
+    try:
+        json.loads(value)
+    except ValueError:
+        return False
+    return True

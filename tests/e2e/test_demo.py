@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -19,14 +21,18 @@ from support.servers import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _start(workdir: Path, gateway_port: int, cp_port: int, log: str) -> Proc:
+def _start(
+    workdir: Path, gateway_port: int, cp_port: int, log: str, time_scale: float = 0.02, **more: str
+) -> Proc:
     env = trunkline_env(
         TRUNKLINE_GATEWAY__PORT=str(gateway_port),
         TRUNKLINE_CONTROLPLANE__PORT=str(cp_port),
         TRUNKLINE_GATEWAY__HEADER_TIMEOUT_S="1",
         TRUNKLINE_CONTROLPLANE__HEADER_TIMEOUT_S="1",
+        **more,
     )
-    proc = Proc([*TRUNKLINE, "up", "--time-scale", "0.02"], env, workdir, workdir / log)
+    command = [*TRUNKLINE, "up", "--time-scale", str(time_scale)]
+    proc = Proc(command, env, workdir, workdir / log)
     proc.wait_until(lambda: "Press Ctrl-C to stop." in proc.output(), "the demo banner")
     return proc
 
@@ -92,6 +98,43 @@ def test_demo_serves_the_openai_sdk_and_restarts_on_the_same_database(workdir: P
         assert _sent_before_closing(gateway_port) == _sent_before_closing(cp_port) == b""
     finally:
         assert again.stop(signal.SIGINT) == 0, again.output()
+
+
+def test_ctrl_c_ends_a_long_stream_after_the_drain_timeout_and_meters_it(workdir: Path) -> None:
+    """Ctrl-C waited for every stream in flight to end by itself (minutes for a long one, an
+    engine gone silent up to the read timeout), saying nothing; a second Ctrl-C did not help.
+    It now waits ``TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S`` as ``trunkline gateway`` does, then
+    ends the stream and meters what it streamed."""
+    proc = _start(
+        workdir, free_port(), free_port(), "up.log", time_scale=1.0,
+        TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S="1",
+    )  # fmt: skip
+    try:
+        exports = _exports(proc.output())
+        client = openai.OpenAI(
+            base_url=exports["OPENAI_BASE_URL"], api_key=exports["OPENAI_API_KEY"], max_retries=0
+        )
+        stream = client.chat.completions.create(
+            model="llama-3.1-8b",
+            messages=[{"role": "user", "content": "a long story"}],
+            max_tokens=20_000,  # minutes of decoding at the simulated engine's pace
+            stream=True,
+        )
+        received = 0
+        with contextlib.suppress(openai.APIError, httpx.HTTPError):
+            for _chunk in stream:
+                received += 1
+                if received == 20:
+                    proc.popen.send_signal(signal.SIGINT)
+    finally:
+        assert proc.stop(signal.SIGINT, timeout_s=60) == 0, proc.output()
+    assert received >= 20
+    db = sqlite3.connect(workdir / ".trunkline" / "trunkline.db")
+    [(status, completion)] = db.execute(
+        "select status, completion_tokens from usage_events where stream"
+    ).fetchall()
+    assert status == 499
+    assert completion >= received - 2  # what it streamed (the role chunk has none)
 
 
 def _sent_before_closing(port: int) -> bytes:

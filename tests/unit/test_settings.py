@@ -6,6 +6,7 @@ import pytest
 
 from trunkline.errors import ConfigurationError
 from trunkline.settings import Settings, load_settings
+from trunkline.worker.app import load_job_settings
 
 GOOD = {
     "environment": "production",
@@ -116,3 +117,67 @@ def test_the_urls_trunkline_runs_on_are_taken(
     settings = load_settings()
     assert settings.database.url == database
     assert settings.redis.url == (redis or None)  # empty: unset, the in-memory stores
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TRUNKLINE_GATEWAY__CORS_ORIGINS", "https://app.example"),  # not ["https://app.example"]
+        ("TRUNKLINE_GATEWAY__TOKENIZERS", "llama=/models/s3cr3t"),
+        ("TRUNKLINE_GATEWAY__QUOTA", "s3cr3t"),
+        ("TRUNKLINE_DATABASE", "postgresql://trunkline:s3cr3t@db/trunkline"),
+    ],
+)
+def test_a_list_or_group_that_is_not_json_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """Every process stopped with pydantic-settings' traceback naming only the group
+    (``field "gateway"``), not the variable to fix."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert f"{variable}: must be JSON" in refused.value.message
+    assert "s3cr3t" not in refused.value.message
+
+
+@pytest.mark.parametrize("variable", ["TRUNKLINE_GATEWAY__PORT", "TRUNKLINE_CONTROLPLANE__PORT"])
+def test_a_port_no_socket_can_have_is_refused_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    """``trunkline up``, ``gateway`` and ``controlplane`` stopped on 65536 with OverflowError's
+    traceback from their check of the port."""
+    monkeypatch.setenv(variable, "65536")
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert f"{variable}: Input should be less than or equal to 65535" in refused.value.message
+
+
+def test_a_job_setting_that_does_not_fit_names_its_variable_and_not_the_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``trunkline worker``, ``jobs`` and ``beat`` stopped with pydantic's traceback, which
+    repeats the value."""
+    monkeypatch.setenv("TRUNKLINE_JOBS__INGEST_BATCH", "s3cr3t")
+    monkeypatch.setenv("TRUNKLINE_JOBS__METRICS_PORT", "65536")
+    monkeypatch.setenv("TRUNKLINE_JOBS__ROLLUP_INTERVAL_S", "0")  # beat sent it without a pause
+    with pytest.raises(ConfigurationError) as refused:
+        load_job_settings()
+    message = refused.value.message
+    assert "TRUNKLINE_JOBS__INGEST_BATCH: Input should be a valid integer" in message
+    assert "TRUNKLINE_JOBS__METRICS_PORT: Input should be less than or equal to 65535" in message
+    assert "TRUNKLINE_JOBS__ROLLUP_INTERVAL_S: Input should be greater than 0" in message
+    assert "s3cr3t" not in message
+
+
+def test_a_log_level_is_one_of_pythons_named_in_either_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``verbose`` passed the settings and stopped every process with logging's traceback."""
+    monkeypatch.setenv("TRUNKLINE_LOG_LEVEL", "debug")
+    assert load_settings().log_level == "DEBUG"
+    monkeypatch.setenv("TRUNKLINE_LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert "TRUNKLINE_LOG_LEVEL: Value error, must be one of DEBUG, INFO, WARNING, ERROR" in (
+        refused.value.message
+    )

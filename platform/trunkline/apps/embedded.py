@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 
 from trunkline.apps import serving
 from trunkline.apps.controlplane import create_controlplane_app
@@ -26,7 +26,7 @@ from trunkline.engines import EngineSpec, SimulatedEngines
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction
-from trunkline.kit.migrate import upgrade
+from trunkline.kit.migrate import database_name, upgrade
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import ApiKey, Project, Tenant
 from trunkline.pools.service import set_pool_endpoints
@@ -104,6 +104,7 @@ async def _run(
                 header_timeout_s=settings.gateway.header_timeout_s,
                 keep_alive_timeout_s=settings.gateway.keep_alive_timeout_s,
                 name=serving.GATEWAY,
+                drain_s=settings.gateway.drain_timeout_s,  # Ctrl-C ends a long stream, metered
             ),
         ]
         tasks = [asyncio.create_task(s.serve()) for s in servers]
@@ -215,8 +216,10 @@ def banner(settings: Settings, demo: DemoKey | None, engine_urls: list[str]) -> 
     gw = f"http://{settings.gateway.host}:{settings.gateway.port}/v1"
     cp = f"http://{settings.controlplane.host}:{settings.controlplane.port}"
     key = demo.plaintext if demo else "<create one: trunkline keys create --tenant … --project …>"
+    url = settings.database.url  # its password is not printed
+    database = "SQLite" if make_url(url).get_backend_name() == "sqlite" else "PostgreSQL"
     return f"""
-Trunkline is up (embedded: SQLite at {settings.database.url}, in-memory stores,
+Trunkline is up (embedded: {database} at {database_name(url)}, in-memory stores,
 {len(engine_urls)} simulated vLLM engines).
 
   gateway (OpenAI API)  {gw}

@@ -50,14 +50,23 @@ def server(
     header_timeout_s: float | None = None,
     keep_alive_timeout_s: float | None = None,
     name: str = "server",
+    drain_s: int | None = None,
 ) -> uvicorn.Server:
     """A server for ``app`` that its owner runs and stops; the timeouts as
-    :func:`connection_options`."""
+    :func:`connection_options`. Stopped, it waits ``drain_s`` for the requests in flight,
+    then cancels them (None: until they end by themselves)."""
     options = connection_options(
         header_timeout_s=header_timeout_s, keep_alive_timeout_s=keep_alive_timeout_s, name=name
     )
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, lifespan="on", access_log=False, **options
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=drain_s,
+        **options,
     )
     return _QuietServer(config)
 

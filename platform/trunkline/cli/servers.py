@@ -63,7 +63,9 @@ def _up(args: argparse.Namespace) -> int:
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     if not args.tenants.is_dir():
-        print(f"error: no manifests directory at {args.tenants} (use --tenants DIR)")
+        print(
+            f"error: no manifests directory at {args.tenants} (use --tenants DIR)", file=sys.stderr
+        )
         return 2
     busy = busy_ports(
         [
@@ -198,11 +200,18 @@ def _worker(_args: argparse.Namespace) -> int:
 
     from trunkline.apps.production import run_worker
     from trunkline.kit.migrate import require_existing
+    from trunkline.worker.app import load_job_settings
 
     settings = load_settings()
     settings.check_production()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     require_existing(settings.database.url)
+    jobs = load_job_settings()
+    if jobs.metrics_port is not None:  # found before the worker starts, not as its traceback
+        metrics = ("worker's metrics", jobs.metrics_host, jobs.metrics_port)
+        if busy := busy_ports([(*metrics, "TRUNKLINE_JOBS__METRICS_PORT")]):
+            print("error: " + "; ".join(busy), file=sys.stderr)
+            return 2
     try:
         run_worker(settings)
     except redis.AuthenticationError as exc:

@@ -11,12 +11,17 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import Dialect, Engine, create_engine, event
+from sqlalchemy import Dialect, Engine, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
+
+CONNECT_TIMEOUT_S = 5
+"""libpq's ``connect_timeout`` unless the URL sets one: a PostgreSQL host that takes the
+connection and never answers (frozen, or a proxy before a dead one) held ``/healthz`` and every
+request for as long as the socket lived; now each fails as the database unavailable (503)."""
 
 IN_CHUNK = 5_000
 """Values per ``IN (…)`` list of a statement read in chunks on PostgreSQL: far below its
@@ -102,6 +107,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=10)
+        if "connect_timeout" not in make_url(url).query:
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.metering.stream import RedisUsageReader, reader_client, stream_name
-from trunkline.settings import Settings
+from trunkline.settings import Settings, read_environment
 from trunkline.worker.jobs import JOBS, Job, JobContext, JobSettings
 
 CONSUMER_GROUP = "ingest"
@@ -103,4 +103,4 @@ class _JobEnvironment(BaseSettings):
 
 def load_job_settings() -> JobSettings:
     """``TRUNKLINE_JOBS__*`` from the environment (composition roots only)."""
-    return _JobEnvironment().jobs
+    return read_environment(_JobEnvironment).jobs

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.closing import close, closing_view, due_periods
@@ -22,6 +22,7 @@ from trunkline.kit.ids import utcnow
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.stream import UsageReader
+from trunkline.settings import Port
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,19 @@ log = logging.getLogger(__name__)
 class JobSettings(BaseModel):
     """``TRUNKLINE_JOBS__*``: how often each job runs and how the ingest consumer behaves."""
 
-    ingest_interval_s: float = 1.0
-    ingest_budget_s: float = 5.0
+    ingest_interval_s: float = Field(default=1.0, gt=0)
+    ingest_budget_s: float = Field(default=5.0, gt=0)
     """A run drains the stream for at most this long, then leaves the rest to the next."""
-    ingest_batch: int = 5000
-    claim_idle_ms: int = 30_000
+    ingest_batch: int = Field(default=5000, ge=1)
+    claim_idle_ms: int = Field(default=30_000, ge=1)
     """Messages another consumer left unacked this long are presumed orphaned and claimed."""
-    rollup_interval_s: float = 30.0
-    close_interval_s: float = 3600.0
-    close_grace_hours: float = 72.0
+    rollup_interval_s: float = Field(default=30.0, gt=0)
+    close_interval_s: float = Field(default=3600.0, gt=0)
+    close_grace_hours: float = Field(default=72.0, ge=0)
     """A month is closed this long after it ended, so late events land in it first."""
     export_dir: Path | None = None
     """Where a closed month's FOCUS CSV and Parquet (every tenant) are written, if set."""
-    metrics_port: int | None = None
+    metrics_port: Port | None = None
     """``trunkline worker`` serves its Prometheus metrics (``/metrics``) on this port, if set:
     events ingested, the stream's backlog, when the stream and the ledger last answered."""
     metrics_host: str = "127.0.0.1"

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 from litestar.testing import TestClient
 
 from trunkline.apps.controlplane import create_controlplane_app
+from trunkline.apps.runtime import build_runtime
 from trunkline.bench.servers import start_postgres
-from unit.controlplane.cp_support import build_world, make_runtime
+from unit.controlplane.cp_support import build_world, make_runtime, make_settings
 
 
 def test_a_stopped_database_is_a_503_to_retry_and_recovery_needs_no_restart(
@@ -43,3 +46,28 @@ def test_a_stopped_database_is_a_503_to_retry_and_recovery_needs_no_restart(
         runtime.close()
     finally:
         cluster.destroy()
+
+
+def test_a_database_host_that_never_answers_is_a_503_not_a_probe_that_hangs(
+    tmp_path: Path,
+) -> None:
+    """A PostgreSQL host that takes connections and says nothing (frozen, or a load balancer
+    before a dead one) held ``/healthz``, and every request, for as long as the socket lived:
+    no connect timeout. A readiness probe timing out says nothing of why, and each hung
+    request held one of the threads all requests share."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes the handshake; nothing ever answers
+        url = f"postgresql+psycopg://trunkline@127.0.0.1:{silent.getsockname()[1]}/trunkline"
+        runtime = build_runtime(make_settings(url, tmp_path / "state"))
+        answers: list[int] = []
+
+        def probe() -> None:
+            with TestClient[Any](create_controlplane_app(runtime)) as client:
+                answers.append(client.get("/healthz").status_code)
+
+        prober = threading.Thread(target=probe, daemon=True)
+        prober.start()
+        prober.join(60)  # far beyond the connect timeout: else it waits for ever
+        runtime.close()
+    assert answers == [503]

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from support.processes import TRUNKLINE, trunkline_env
 from trunkline.kit.db import make_engine
 from trunkline.kit.migrate import alembic_config, upgrade
 from trunkline.kit.shards import key_shard
@@ -89,3 +93,79 @@ def test_migration_0014_gives_existing_keys_the_shard_their_id_is_published_in(
         assert quotas == 1
     finally:
         engine.dispose()
+
+
+_ROWS_AT_0003 = {
+    "tiers": "INSERT INTO tiers (id, name, description, priority, ttft_slo_ms, may_use_burst, "
+    "created_at) VALUES (:tier, 'gold', '', 100, 500, true, CURRENT_TIMESTAMP)",
+    "tenants": "INSERT INTO tenants (id, slug, name, tier_id, regions, created_at) "
+    "VALUES (:tenant, 'old', 'Old', :tier, '[]', CURRENT_TIMESTAMP)",
+    "projects": "INSERT INTO projects (id, tenant_id, name, description, created_at) "
+    "VALUES (:project, :tenant, 'p', '', CURRENT_TIMESTAMP)",
+    "api_keys": "INSERT INTO api_keys (id, key_id, secret_hash, tenant_id, project_id, name, "
+    "created_at) VALUES (:key, 'aaaaaaaaaaaa', 'h', :tenant, :project, 'k', CURRENT_TIMESTAMP)",
+    "users": "INSERT INTO users (id, email, name, is_platform_admin, created_at) "
+    "VALUES (:user, 'a@old.example', 'A', false, CURRENT_TIMESTAMP)",
+    "memberships": "INSERT INTO memberships (id, user_id, tenant_id, role, created_at) "
+    "VALUES (:membership, :user, :tenant, 'TENANT_ADMIN', CURRENT_TIMESTAMP)",
+    "models": "INSERT INTO models (id, name, kind, context_length, created_at) "
+    "VALUES (:model, 'm', 'CHAT', 8192, CURRENT_TIMESTAMP)",
+    "model_aliases": "INSERT INTO model_aliases (id, alias, model_id, created_at) "
+    "VALUES (:alias, 'a', :model, CURRENT_TIMESTAMP)",
+    "entitlements": "INSERT INTO entitlements (id, tenant_id, alias_id, created_at) "
+    "VALUES (:entitlement, :tenant, :alias, CURRENT_TIMESTAMP)",
+}
+
+
+def test_migrations_up_and_down_keep_every_row_of_the_tables_they_alter(database_url: str) -> None:
+    """On SQLite, 0004 recreated ``tenants`` and ``model_aliases`` (a column, a foreign key)
+    with foreign keys enforced: dropping the old tables deleted by cascade every project, API
+    key, membership and entitlement. A demo database upgraded from 0003 came back with its
+    tenants and no keys; a downgrade past 0004 did the same."""
+    upgrade(database_url, "0003")
+    engine = make_engine(database_url)
+    sqlite = database_url.startswith("sqlite")
+    names = ("tier", "tenant", "project", "key", "user", "membership", "model", "alias")
+    ids = {name: uuid.uuid4() for name in (*names, "entitlement")}
+    params = {name: value.hex if sqlite else str(value) for name, value in ids.items()}
+
+    def counts() -> dict[str, int | None]:
+        with engine.connect() as connection:
+            return {
+                table: connection.scalar(sa.select(sa.func.count()).select_from(sa.table(table)))
+                for table in _ROWS_AT_0003
+            }
+
+    try:
+        with engine.begin() as connection:
+            for statement in _ROWS_AT_0003.values():
+                connection.execute(sa.text(statement), params)
+        upgrade(database_url)
+        assert counts() == dict.fromkeys(_ROWS_AT_0003, 1)
+        command.downgrade(alembic_config(database_url), "0003")
+        assert counts() == dict.fromkeys(_ROWS_AT_0003, 1)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.integration
+def test_two_migrations_at_once_both_end_at_head(postgres_url: str, tmp_path: Path) -> None:
+    """Two ``trunkline migrate`` at once (an init container per replica, or two deploys): the
+    second created the tables the first was creating and stopped on PostgreSQL's duplicate
+    key, a failed deploy to retry by hand."""
+    env = trunkline_env(TRUNKLINE_DATABASE__URL=postgres_url)
+    migrations = [
+        subprocess.Popen(
+            [*TRUNKLINE, "migrate"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    errors = [migration.communicate(timeout=120)[1] for migration in migrations]
+    assert [migration.returncode for migration in migrations] == [0, 0, 0], errors
+    engine = make_engine(postgres_url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    assert current == ScriptDirectory.from_config(alembic_config(postgres_url)).get_current_head()

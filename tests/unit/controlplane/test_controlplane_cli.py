@@ -387,6 +387,19 @@ def test_the_celery_jobs_refuse_a_database_not_at_this_schema(
         assert f"error: the database {old} is at schema revision 0005" in err
 
 
+def test_up_without_manifests_says_so_on_stderr(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal went to stdout, with what a script reads from it, and nothing to stderr."""
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()  # `up` logs to the stderr capsys closes after the test
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    code, out, err = run(capsys, "up", "--tenants", "missing")
+    assert (code, out) == (2, "")
+    assert err == "error: no manifests directory at missing (use --tenants DIR)\n"
+
+
 def test_up_with_a_port_taken_says_which_and_how_to_move_it_and_starts_nothing(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -412,6 +425,7 @@ def test_up_with_a_port_taken_says_which_and_how_to_move_it_and_starts_nothing(
     [
         ("gateway", "gateway", "TRUNKLINE_GATEWAY__PORT"),
         ("controlplane", "control plane", "TRUNKLINE_CONTROLPLANE__PORT"),
+        ("worker", "worker's metrics", "TRUNKLINE_JOBS__METRICS_PORT"),
     ],
 )
 def test_a_server_whose_port_is_taken_says_so_before_it_starts_anything(
@@ -422,8 +436,10 @@ def test_a_server_whose_port_is_taken_says_so_before_it_starts_anything(
     name: str,
     setting: str,
 ) -> None:
-    """The control plane published a snapshot, then died on its port, as a traceback."""
+    """The control plane published a snapshot, then died on its port, as a traceback; the
+    worker died on its metrics port as one."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRUNKLINE_REDIS__URL", "redis://127.0.0.1:1/0")  # never reached
     root = logging.getLogger()  # `migrate` logs to the stderr capsys closes after the test
     monkeypatch.setattr(root, "handlers", list(root.handlers))
     monkeypatch.setattr(root, "level", root.level)

@@ -1,0 +1,30 @@
+"""What ``trunkline up`` prints once it serves: where everything is, and never a secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trunkline.apps.embedded import DemoKey, banner
+from trunkline.settings import load_settings
+
+
+def test_the_banner_names_a_postgresql_database_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``trunkline up`` on PostgreSQL printed the URL whole, password included, and called it
+    SQLite."""
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", "postgresql+psycopg://trunkline:s3cr3t@db/tl")
+    printed = banner(load_settings(), DemoKey("abc", "tlk_abc_def"), [])
+    assert "s3cr3t" not in printed
+    assert "SQLite" not in printed
+    assert "postgresql+psycopg://trunkline:***@db/tl" in printed
+
+
+def test_the_banner_names_the_sqlite_file_it_serves(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    printed = banner(load_settings(), DemoKey("abc", "tlk_abc_def"), ["http://127.0.0.1:1"])
+    assert f"SQLite at {tmp_path / '.trunkline' / 'trunkline.db'}" in printed
