@@ -29,6 +29,7 @@ class FakeLoads:
         self.current = loads
         self.waiting = asyncio.Event()
         self._changed = asyncio.Event()
+        self.changes = 0
 
     def loads(self) -> dict[str, EndpointLoad]:
         return self.current
@@ -40,6 +41,7 @@ class FakeLoads:
 
     async def publish(self, loads: dict[str, EndpointLoad]) -> None:
         self.current = loads
+        self.changes += 1
         self.waiting.clear()
         self._changed.set()
 
@@ -163,3 +165,40 @@ async def test_metrics_can_live_on_the_gateways_registry() -> None:
         )
         == 1
     )
+
+
+async def test_held_requests_are_judged_once_per_change_of_the_loads_however_many_wake() -> None:
+    """Each held request woken by a change polled the policy, which judges every held one: N
+    held cost N polls of N requests at every scrape and every request's start and end (about
+    3 ms a change with 34 held, measured), on the event loop every request shares."""
+    admission, source, clock = build({"pool/0": IDLE, "pool/1": IDLE})
+    await warm(admission, clock)
+    ranked = [endpoint("pool/0"), endpoint("pool/1")]
+    source.current = {"pool/0": BUSY, "pool/1": BUSY}
+    held = [
+        asyncio.create_task(admission.admit(request(f"held{n}", tenant=f"t{n}"), SILVER, ranked))
+        for n in range(2)
+    ]
+    for _ in range(10):
+        await asyncio.sleep(0)  # each is held and waits
+    assert admission.policy.held() == 2
+    polls = 0
+    judge = admission.policy.poll
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal polls
+        polls += 1
+        return judge(*args, **kwargs)  # type: ignore[arg-type]
+
+    admission.policy.poll = counted  # type: ignore[method-assign]
+    for step in range(1, 4):
+        clock.now = 1.0 + step * 0.01  # within the recheck interval: the change alone wakes them
+        await source.publish({"pool/0": BUSY, "pool/1": BUSY})
+        for _ in range(10):
+            await asyncio.sleep(0)  # every held request woke and waits again
+        assert polls == step
+    assert admission.policy.held() == 2  # still held: each poll judged them both
+    clock.now = 1.25
+    await source.publish({"pool/0": IDLE, "pool/1": IDLE})
+    results = await asyncio.gather(*held)
+    assert all(result.decision.outcome == "admitted" for result in results)

@@ -40,6 +40,11 @@ class LoadSource(Protocol):
         """Return when new loads arrived, or after ``timeout`` seconds."""
         ...
 
+    @property
+    def changes(self) -> int:
+        """How many times the loads changed (each change wakes ``wait_changed``)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionResult:
@@ -66,6 +71,8 @@ class AsyncAdmission:
         self.recheck_s = recheck_s
         """Longest wait between re-evaluations of held requests when loads do not change."""
         self._waiting: dict[int, asyncio.Future[Decision]] = {}
+        self._last_poll: tuple[int, float] | None = None
+        """The source's ``changes`` and the time at the last poll of the held requests."""
 
     async def admit(
         self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
@@ -103,7 +110,16 @@ class AsyncAdmission:
             self.metrics.held.set(self.policy.held())
 
     def _reevaluate(self) -> None:
-        for release in self.policy.poll(self.clock(), self.source.loads()):
+        """Poll the policy, which judges every held request: once per change of the loads,
+        however many held requests wake to it, and otherwise once per ``recheck_s`` (deadlines
+        pass without a change). Each woken request polled: with N held, every scrape and every
+        request's start and end cost N polls of N requests."""
+        changes, now = self.source.changes, self.clock()
+        last = self._last_poll
+        if last is not None and last[0] == changes and now - last[1] < self.recheck_s:
+            return
+        self._last_poll = (changes, now)
+        for release in self.policy.poll(now, self.source.loads()):
             decision, tier = release.decision, release.held.tier.name
             self.metrics.record(tier, decision.outcome, decision.reason)
             waited = self.clock() - release.held.arrival

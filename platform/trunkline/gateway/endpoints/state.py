@@ -197,6 +197,7 @@ class EngineState:
         """Endpoints a snapshot removed: a late outcome of theirs does not track them again.
         (One not synced yet, new in the snapshot a request already used, is tracked.)"""
         self._changed = asyncio.Event()
+        self._changes = 0
         self.probed_by_scrapes = False
         """A scraper runs: it probes endpoints whose ejection ended, and requests wait for it."""
         self.on_restart: Callable[[str], None] | None = None
@@ -278,7 +279,13 @@ class EngineState:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), timeout)
 
+    @property
+    def changes(self) -> int:
+        """How many times any endpoint's load changed (admission's protocol)."""
+        return self._changes
+
     def _notify(self) -> None:
+        self._changes += 1
         self._changed.set()
         self._changed = asyncio.Event()
 
