@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from support.gateway import serve_on_loopback, usage_records
+from support.loop_watchdog import loop_watchdog
 from support.traffic import Client, Outcome, UpstreamLog
 from support.vllm import VllmEnv, VllmServer, gateway_app, pin, start_vllm_replicas
 from trunkline.gateway.endpoints import EngineState
@@ -140,6 +141,7 @@ async def _gateway(servers: list[VllmServer]) -> AsyncIterator[Harness]:
     # sent the next request on that connection.
     fresh = httpx.Limits(keepalive_expiry=2.0)
     async with (
+        loop_watchdog(),  # a stalled loop (one CI run: 6 s) says where it was
         serve_on_loopback(app, keep_alive_timeout_s=DEADLINE_S) as url,
         httpx.AsyncClient(timeout=DEADLINE_S, limits=fresh) as http,
     ):
