@@ -306,3 +306,35 @@ async def _wait_for_restart_seen(service: GatewayService, endpoint: str) -> None
         if load is not None and service.engines._endpoints[endpoint].scan.prompt_tokens == 5:
             return
         await service.engines.wait_changed(timeout=1.0)
+
+
+def test_an_engine_of_another_block_size_shows_in_health_metrics_and_the_log(
+    engine_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pools say block_size 16; engine-1 runs with 32: prefix routing matches none of its
+    cache. The operator reads which endpoint, which pool, both sizes and what to set."""
+
+    def scrape(request: httpx.Request) -> httpx.Response:
+        size = 32 if request.url.host == "engine-1" else 16
+        config = f'vllm:cache_config_info{{block_size="{size}",num_gpu_blocks="100"}} 1\n'
+        return httpx.Response(200, content=METRICS + config.encode())
+
+    with caplog.at_level(logging.WARNING, logger="trunkline.gateway.endpoints.block_sizes"):
+        gw = engine_gateway(chat_any, scrape=scrape)
+        service = gw.service
+        gw.client.blocking_portal.call(_wait_for_scrapes, service, ("e1", "e2", "e3", "e4"))
+        health = gw.client.get("/health").json()
+        exposition = gw.client.get("/metrics").text
+
+    assert health["engines"]["block_size_mismatches"] == [
+        {"endpoint": "e1", "pool": "h100-eu", "engine_block_size": 32, "pool_block_size": 16}
+    ]
+    assert health["status"] == "ok"  # routing still serves it, blind to its cache
+    assert 'trunkline_endpoint_block_size_mismatch{endpoint="e1",pool="h100-eu"} 1.0' in (
+        exposition
+    )
+    assert 'trunkline_endpoint_block_size_mismatch{endpoint="e2",pool="h100-eu"} 0.0' in (
+        exposition
+    )
+    [warning] = [r.getMessage() for r in caplog.records]  # e2, e3, e4 agree: no word of them
+    assert "endpoint e1 of pool h100-eu" in warning and "block_size to 32" in warning
