@@ -102,7 +102,7 @@ def create_gateway_app(
     )
     if (approximate := approximate_index(policy)) is not None:  # KV events tell the precise one
         monitor.state.on_restart = approximate.forget
-    registry.register(EndpointCollector(monitor.state))
+    registry.register(EndpointCollector(monitor.state, monitor.block_sizes))
     registry.register(KvEventCollector(lambda: monitor.kv_subscriber))
     registry.register(GatewayHealthCollector(holder, emitter))
     registry.register(HeaderTimeoutCollector(GATEWAY))  # counted by the server it runs in

@@ -200,8 +200,10 @@ def _visible_models(request: Request[object, object, State]) -> dict[str, dict[s
 
 
 def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
-    """Engine state at a glance: ejected endpoints, the oldest scrape, and per endpoint that
-    publishes KV events, whether its subscription is live and how many events it applied."""
+    """Engine state at a glance: ejected endpoints, the oldest scrape, per endpoint that
+    publishes KV events, whether its subscription is live and how many events it applied, and
+    the endpoints whose engine's KV block size is not their pool's (prefix routing matches none
+    of their cache)."""
     if monitor is None:
         return {}
     state = monitor.state
@@ -215,6 +217,7 @@ def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
         "ejected": sorted(key for key in loads if not state.routable(key)),
         "oldest_scrape_s": round(max(ages), 3) if ages else None,
         "kv_events": kv.summary() if kv is not None else {},
+        "block_size_mismatches": [sizes._asdict() for sizes in monitor.block_sizes.mismatches()],
     }
 
 

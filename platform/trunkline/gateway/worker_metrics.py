@@ -29,6 +29,9 @@ GAUGE_RULES: dict[str, GaugeRule] = {
     "trunkline_endpoint_running": "max",
     "trunkline_endpoint_waiting": "max",
     "trunkline_endpoint_kv_cache_usage": "max",
+    # read by each worker from the same engine; a mismatch any worker sees is one
+    "trunkline_endpoint_block_size": "max",
+    "trunkline_endpoint_block_size_mismatch": "max",
     "trunkline_kv_events_connected": "min",
     # what /health says (gateway/health_metrics.py)
     "trunkline_snapshot_store_reachable": "min",

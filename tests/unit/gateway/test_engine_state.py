@@ -7,7 +7,13 @@ import asyncio
 
 import pytest
 
-from trunkline.gateway.endpoints import EjectionPolicy, EngineState, Health, MetricsScan
+from trunkline.gateway.endpoints import (
+    CacheConfig,
+    EjectionPolicy,
+    EngineState,
+    Health,
+    MetricsScan,
+)
 from trunkline.gateway.endpoints.scan import scan_metrics
 
 POLICY = EjectionPolicy(eject_after=3, base_s=1.0, max_s=8.0)
@@ -181,26 +187,31 @@ def test_a_page_of_figures_no_engine_means_leaves_the_loads_readable() -> None:
         assert (load.running, load.waiting, load.queued_prompt_tokens) == (0, 0, 0)
 
 
-def test_kv_capacity_is_read_once_and_again_after_a_restart() -> None:
+def test_kv_capacity_and_block_size_are_read_once_and_again_after_a_restart() -> None:
     clock = Clock()
     state = EngineState(POLICY, clock)
     state.sync(["a"])
-    reads: list[int] = []
-    capacity = 16000
+    reads: list[CacheConfig] = []
+    told: list[str] = []
+    state.on_cache_config = told.append
+    config = CacheConfig(16000, 16)
 
-    def read() -> int:
-        reads.append(capacity)
-        return capacity
+    def read() -> CacheConfig:
+        reads.append(config)
+        return config
 
     assert state.loads()["a"].kv_capacity_tokens is None  # not scraped yet
+    assert state.health_report()[0].block_size is None and state.block_sizes() == {}
     state.scraped("a", MetricsScan(prompt_tokens=100), clock.now, read)
-    capacity = 32000  # the page would say so only after a restart
+    config = CacheConfig(32000, 32)  # the page would say so only after a restart
     state.scraped("a", MetricsScan(prompt_tokens=200), clock.now, read)
-    assert state.loads()["a"].kv_capacity_tokens == 16000 and reads == [16000]
+    assert state.loads()["a"].kv_capacity_tokens == 16000 and reads == [(16000, 16)]
+    assert state.health_report()[0].block_size == 16 and told == ["a"]
 
     state.scraped("a", MetricsScan(prompt_tokens=5), clock.now, read)  # counters went back
 
-    assert state.loads()["a"].kv_capacity_tokens == 32000 and reads == [16000, 32000]
+    assert state.loads()["a"].kv_capacity_tokens == 32000 and reads == [(16000, 16), config]
+    assert state.block_sizes() == {"a": 32} and told == ["a", "a"]
 
 
 def test_snapshot_changes_add_and_forget_endpoints() -> None:

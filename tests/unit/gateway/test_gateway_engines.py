@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar.testing import TestClient
 from tests.unit.gateway.conftest import SECRET, TENANT_B, default_world
@@ -305,4 +306,60 @@ async def _wait_for_restart_seen(service: GatewayService, endpoint: str) -> None
         load = service.engines.load(endpoint)
         if load is not None and service.engines._endpoints[endpoint].scan.prompt_tokens == 5:
             return
+        await service.engines.wait_changed(timeout=1.0)
+
+
+def test_an_engine_of_another_block_size_shows_in_health_metrics_and_the_log(
+    engine_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pools say block_size 16; engine-1 runs with 32: prefix routing matches none of its
+    cache. The operator reads which endpoint, which pool, both sizes and what to set; setting
+    the pool's block_size is seen when the configuration changes."""
+
+    def scrape(request: httpx.Request) -> httpx.Response:
+        size = 32 if request.url.host == "engine-1" else 16
+        config = f'vllm:cache_config_info{{block_size="{size}",num_gpu_blocks="100"}} 1\n'
+        return httpx.Response(200, content=METRICS + config.encode())
+
+    world = default_world()
+    with caplog.at_level(logging.INFO, logger="trunkline.gateway.endpoints.block_sizes"):
+        gw = engine_gateway(chat_any, world=world, scrape=scrape)
+        service = gw.service
+        gw.client.blocking_portal.call(_wait_for_scrapes, service, ("e1", "e2", "e3", "e4"))
+        health = gw.client.get("/health").json()
+        exposition = gw.client.get("/metrics").text
+        [warning] = [r.getMessage() for r in caplog.records]  # e2, e3, e4 agree: no word
+
+        # The operator sets h100-eu's block_size to 32: e1 agrees, e2 (16) no longer does.
+        pool = world.pools["h100-eu"]
+        world.pools["h100-eu"] = msgspec.structs.replace(pool, block_size=32)
+        world.publish()
+        gw.client.blocking_portal.call(_wait_for_log, service, caplog, 3)
+        after = gw.client.get("/health").json()
+
+    assert health["engines"]["block_size_mismatches"] == [
+        {"endpoint": "e1", "pool": "h100-eu", "engine_block_size": 32, "pool_block_size": 16}
+    ]
+    assert health["status"] == "ok"  # routing still serves it, blind to its cache
+    assert 'trunkline_endpoint_block_size_mismatch{endpoint="e1",pool="h100-eu"} 1.0' in (
+        exposition
+    )
+    assert 'trunkline_endpoint_block_size_mismatch{endpoint="e2",pool="h100-eu"} 0.0' in (
+        exposition
+    )
+    assert "endpoint e1 of pool h100-eu" in warning and "block_size to 32" in warning
+    lines = sorted(r.getMessage() for r in caplog.records[1:])
+    assert "endpoint e1 of pool h100-eu: KV block sizes now agree" in lines[0]
+    assert "endpoint e2 of pool h100-eu: its engine's KV block size is 16" in lines[1]
+    assert after["engines"]["block_size_mismatches"] == [
+        {"endpoint": "e2", "pool": "h100-eu", "engine_block_size": 16, "pool_block_size": 32}
+    ]
+
+
+async def _wait_for_log(
+    service: GatewayService, caplog: pytest.LogCaptureFixture, lines: int
+) -> None:
+    """Until ``lines`` records were logged (checked at each scrape; no deadline: the test's
+    timeout is one)."""
+    while len(caplog.records) < lines:
         await service.engines.wait_changed(timeout=1.0)

@@ -13,10 +13,12 @@ from tests.unit.engines.helpers import run_until_idle, tiny_profile
 
 from trunkline.engines import EngineCore, EngineMetrics, parse_vllm_metrics
 from trunkline.gateway.endpoints import (
+    CacheConfig,
     MetricsScan,
     Rates,
     next_rates,
     restarted,
+    scan_cache_config,
     scan_kv_capacity,
     scan_metrics,
 )
@@ -104,6 +106,30 @@ def test_kv_capacity_comes_from_cache_config_info_on_vllm_and_the_simulator() ->
 )
 def test_kv_capacity_edge_cases(page: bytes, expected: int | None) -> None:
     assert scan_kv_capacity(page) == expected
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (VLLM_PAGE, CacheConfig(524288, 32)),
+        (
+            b'vllm:cache_config_info{block_size="64",engine="0",num_gpu_blocks="10"} 1.0\n'
+            b'vllm:cache_config_info{block_size="64",engine="1",num_gpu_blocks="10"} 1.0\n',
+            CacheConfig(1280, 64),
+        ),
+        # Before the engine sized its cache: the size is unknown, the block size is not.
+        (b'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1.0\n', (None, 16)),
+        (b'vllm:cache_config_info{block_size="None",num_gpu_blocks="10"} 1.0\n', (None, None)),
+        (b'vllm:cache_config_info{hash_block_size="16",num_gpu_blocks="10"} 1.0\n', (None, None)),
+        (b'vllm:cache_config_info{block_size="16",num_gpu_blocks="10"', (None, None)),
+        (b"vllm:num_requests_running 1\n", CacheConfig()),
+    ],
+    ids=["vllm", "two-cores", "blocks-unknown", "size-unknown", "no-block-size", "cut", "none"],
+)
+def test_the_engines_block_size_comes_with_its_kv_capacity(
+    page: bytes, expected: CacheConfig
+) -> None:
+    assert scan_cache_config(page) == expected
 
 
 def test_a_counter_going_backwards_is_a_restart() -> None:

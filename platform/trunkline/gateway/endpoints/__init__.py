@@ -12,8 +12,10 @@ from trunkline.gateway.endpoints.metrics import EndpointCollector, KvEventCollec
 from trunkline.gateway.endpoints.monitor import EngineMonitor, ejection_policy
 from trunkline.gateway.endpoints.rates import Rates, next_rates
 from trunkline.gateway.endpoints.scan import (
+    CacheConfig,
     MetricsScan,
     restarted,
+    scan_cache_config,
     scan_kv_capacity,
     scan_metrics,
 )
@@ -21,6 +23,7 @@ from trunkline.gateway.endpoints.scraper import MetricsScraper
 from trunkline.gateway.endpoints.state import EngineState, Flight
 
 __all__ = [
+    "CacheConfig",
     "EjectionPolicy",
     "EndpointCollector",
     "EngineMonitor",
@@ -37,6 +40,7 @@ __all__ = [
     "ejection_policy",
     "next_rates",
     "restarted",
+    "scan_cache_config",
     "scan_kv_capacity",
     "scan_metrics",
 ]

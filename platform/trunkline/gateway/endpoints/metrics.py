@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from trunkline.gateway.endpoints.block_sizes import BlockSizeCheck
 from trunkline.gateway.endpoints.kv_subscriber import KvEventSubscriber
-from trunkline.gateway.endpoints.state import EngineState
+from trunkline.gateway.endpoints.state import EndpointHealth, EngineState
 
 __all__ = ["EndpointCollector", "KvEventCollector"]
 
@@ -19,10 +20,12 @@ __all__ = ["EndpointCollector", "KvEventCollector"]
 class EndpointCollector(Collector):
     """Per endpoint (label ``endpoint``): in service or ejected, ejections, failures of
     requests and of scrapes, requests in flight from this process, how old its last scraped
-    metrics are, and the load routing reads from them (running, waiting, KV-cache usage)."""
+    metrics are, the load routing reads from them (running, waiting, KV-cache usage) and its
+    engine's KV block size; with ``block_sizes``, whether that is each of its pools'."""
 
-    def __init__(self, engines: EngineState) -> None:
+    def __init__(self, engines: EngineState, block_sizes: BlockSizeCheck | None = None) -> None:
         self._engines = engines
+        self._block_sizes_check = block_sizes
 
     def collect(self) -> Iterator[Metric]:
         labels = ["endpoint"]
@@ -69,7 +72,8 @@ class EndpointCollector(Collector):
             labels=labels,
         )
         loads = self._engines.loads()
-        for health in self._engines.health_report():
+        report = self._engines.health_report()
+        for health in report:
             endpoint = [health.endpoint]
             in_service.add_metric(endpoint, float(health.in_service))
             ejections.add_metric(endpoint, health.ejections)
@@ -84,6 +88,28 @@ class EndpointCollector(Collector):
                 waiting.add_metric(endpoint, load.waiting)
                 kv_usage.add_metric(endpoint, load.kv_usage)
         yield from (in_service, ejections, failures, in_flight, age, running, waiting, kv_usage)
+        yield from self._block_sizes(report)
+
+    def _block_sizes(self, report: list[EndpointHealth]) -> Iterator[Metric]:
+        engine = GaugeMetricFamily(
+            "trunkline_endpoint_block_size",
+            "The engine's KV block size in tokens, as its /metrics page says",
+            labels=["endpoint"],
+        )
+        for health in report:
+            if health.block_size is not None:
+                engine.add_metric([health.endpoint], health.block_size)
+        yield engine
+        if self._block_sizes_check is not None:
+            mismatch = GaugeMetricFamily(
+                "trunkline_endpoint_block_size_mismatch",
+                "1 while the engine's KV block size is not its pool's block_size (prefix routing "
+                "then matches none of its cache: set the pool's block_size), else 0",
+                labels=["endpoint", "pool"],
+            )
+            for sizes in self._block_sizes_check.compare():
+                mismatch.add_metric([sizes.endpoint, sizes.pool], float(not sizes.agree))
+            yield mismatch
 
 
 class KvEventCollector(Collector):

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import httpx
 
+from trunkline.gateway.endpoints.block_sizes import BlockSizeCheck
 from trunkline.gateway.endpoints.health import EjectionPolicy
 from trunkline.gateway.endpoints.kv_subscriber import KvEventSink, KvEventSubscriber
 from trunkline.gateway.endpoints.scraper import MetricsScraper
@@ -56,7 +57,8 @@ class EngineMonitor:
 
     ``client`` is used for scrapes only (``None``: no scraping; health then comes from
     requests alone). ``kv_sink`` receives KV-cache events of endpoints that publish them
-    (``None``: no subscriptions).
+    (``None``: no subscriptions). ``block_sizes`` tells of engines whose KV block size is not
+    their pool's, when a scrape reads it and when the snapshot changes.
     """
 
     def __init__(
@@ -68,6 +70,8 @@ class EngineMonitor:
         kv_sink: KvEventSink | None = None,
     ) -> None:
         self.state = EngineState(ejection_policy(settings), lost_stream_s=settings.lost_stream_s)
+        self.block_sizes = BlockSizeCheck(snapshot, self.state)
+        self.state.on_cache_config = lambda _endpoint: self.block_sizes.check()
         self._settings = settings
         self._endpoints = _Endpoints(snapshot)
         self._client = client
@@ -105,6 +109,7 @@ class EngineMonitor:
                     self.state.sync(e.id for e in endpoints)
                 if self.kv_subscriber is not None:
                     self.kv_subscriber.sync()
+                self.block_sizes.check()  # a pool's block_size may have changed
             await asyncio.sleep(self._settings.scrape_interval_s)
 
     async def close(self) -> None:

@@ -9,15 +9,24 @@ Names are current vLLM's (0.32, V1 engine, no ``gpu_`` prefix); the pre-0.9 ``gp
 ``time_per_output_token_seconds`` are read when the current ones are absent, never both.
 
 The KV-cache size (``vllm:cache_config_info``'s ``num_gpu_blocks`` times ``block_size`` labels)
-changes only when an engine restarts: :func:`scan_kv_capacity` is a separate read, done by the
-scraper only while the capacity is unknown or after a restart (see :func:`restarted`).
+and the engine's block size change only when an engine restarts: :func:`scan_cache_config` is a
+separate read, done by the scraper only while they are unknown or after a restart (see
+:func:`restarted`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-__all__ = ["MetricsScan", "restarted", "scan_kv_capacity", "scan_metrics"]
+__all__ = [
+    "CacheConfig",
+    "MetricsScan",
+    "restarted",
+    "scan_cache_config",
+    "scan_kv_capacity",
+    "scan_metrics",
+]
 
 # slot indices
 _RUNNING, _WAITING, _KV, _KV_OLD = 0, 1, 2, 3
@@ -129,27 +138,49 @@ def scan_metrics(page: bytes) -> MetricsScan:
 _CACHE_CONFIG = b"\nvllm:cache_config_info{"
 
 
-def scan_kv_capacity(page: bytes) -> int | None:
-    """Tokens the engine's KV cache holds: ``num_gpu_blocks`` times ``block_size`` of its
-    ``vllm:cache_config_info``, summed over the page's engine cores; None when the page does not
-    say (no such series, or labels missing or not integers, e.g. ``"None"``)."""
+class CacheConfig(NamedTuple):
+    """What an engine's ``vllm:cache_config_info`` says of its KV cache."""
+
+    kv_capacity_tokens: int | None = None
+    """Tokens it holds, summed over the page's engine cores (None: not said)."""
+    block_size: int | None = None
+    """Tokens per block, in which the engine hashes prompts for its prefix cache (None: not
+    said). Engine cores share one (vLLM's ``--block-size``); the first sample's is read."""
+
+
+def scan_cache_config(page: bytes) -> CacheConfig:
+    """The KV-cache size, ``num_gpu_blocks`` times ``block_size`` of the page's
+    ``vllm:cache_config_info`` summed over its engine cores (None when any sample's labels are
+    missing or not integers, e.g. ``"None"`` before the engine sized its cache), and the block
+    size (known even then)."""
     if not page.startswith(b"\n"):
         page = b"\n" + page
-    total = 0
+    total: int | None = 0
+    first_block_size: int | None = None
     at = page.find(_CACHE_CONFIG)
     while at != -1:
         start = at + len(_CACHE_CONFIG) - 1  # at the "{": every label follows "{" or ","
         end = page.find(b"}", start)
         if end == -1:
-            return None
+            total = None  # a page cut short
+            break
         labels = page[start:end]
         blocks = _int_label(labels, b"num_gpu_blocks")
         block_size = _int_label(labels, b"block_size")
-        if blocks is None or block_size is None:
-            return None
-        total += blocks * block_size
+        if first_block_size is None and block_size:
+            first_block_size = block_size
+        if blocks is None or block_size is None or total is None:
+            total = None
+        else:
+            total += blocks * block_size
         at = page.find(_CACHE_CONFIG, end)
-    return total or None
+    return CacheConfig(total or None, first_block_size)
+
+
+def scan_kv_capacity(page: bytes) -> int | None:
+    """Tokens the engine's KV cache holds (:func:`scan_cache_config`); None when the page does
+    not say."""
+    return scan_cache_config(page).kv_capacity_tokens
 
 
 def _int_label(labels: bytes, name: bytes) -> int | None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import httpx
 
-from trunkline.gateway.endpoints.scan import scan_kv_capacity, scan_metrics
+from trunkline.gateway.endpoints.scan import scan_cache_config, scan_metrics
 from trunkline.gateway.endpoints.state import EngineState
 from trunkline.snapshot import EndpointEntry
 
@@ -133,7 +133,7 @@ class MetricsScraper:
             if failure is not None:
                 self.state.scrape_failed(endpoint.id, failure)
                 return
-            self.state.scraped(endpoint.id, scan, sent_at, lambda: scan_kv_capacity(page))
+            self.state.scraped(endpoint.id, scan, sent_at, lambda: scan_cache_config(page))
 
     async def _fetch(self, url: str) -> tuple[bytes, str | None]:
         """The page, or why there is none (the status, a page too big)."""

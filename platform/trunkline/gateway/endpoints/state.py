@@ -18,8 +18,10 @@ since or not. A scrape that still shows a request waiting whose first token has 
 then no unknown prompt ahead. It is a lower bound: a plain request of ours already running when the
 scrape was taken counts as ours too.
 
-Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) is read from its page once,
-and again only after the engine restarted (a cumulative counter went backwards).
+Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) and block size
+(``EndpointHealth.block_size``, checked against its pools' by
+:class:`~trunkline.gateway.endpoints.block_sizes.BlockSizeCheck`) are read from its page once, and
+again only after the engine restarted (a cumulative counter went backwards).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import NamedTuple
 
 from trunkline.gateway.endpoints.health import EjectionPolicy, Health
 from trunkline.gateway.endpoints.rates import Rates, next_rates
-from trunkline.gateway.endpoints.scan import MetricsScan, restarted
+from trunkline.gateway.endpoints.scan import CacheConfig, MetricsScan, restarted
 from trunkline.gateway.routing.views import EndpointLoad
 
 __all__ = ["EngineState", "Flight"]
@@ -58,6 +60,8 @@ class EndpointHealth(NamedTuple):
     in_flight: int
     scrape_age_s: float | None
     """Seconds since its metrics last answered (None: never scraped)."""
+    block_size: int | None = None
+    """The engine's KV block size, as its page says (None: not read yet, or not said)."""
 
 
 class Flight:
@@ -96,6 +100,7 @@ class Flight:
 
 class _Endpoint:
     __slots__ = (
+        "block_size",
         "capacity_read",
         "flights",
         "health",
@@ -115,6 +120,7 @@ class _Endpoint:
         self.rates = Rates()
         self.flights: set[Flight] = set()
         self.kv_capacity: int | None = None
+        self.block_size: int | None = None
         self.capacity_read = False
         self.left_waiting: deque[tuple[float, float]] = deque(maxlen=_MAX_LEFT_WAITING)
         """(sent, first byte or end) of flights whose first byte came after the last scrape
@@ -203,6 +209,9 @@ class EngineState:
         self.on_restart: Callable[[str], None] | None = None
         """Told the endpoint id when a scrape shows its engine restarted (its prefix cache is
         empty): the approximate routing index forgets what it sent there."""
+        self.on_cache_config: Callable[[str], None] | None = None
+        """Told the endpoint id when its cache config was read (its first scrape, a restart):
+        its block size may now differ from its pools'."""
 
     def now(self) -> float:
         """The clock every time in here is on (monotonic seconds)."""
@@ -266,9 +275,18 @@ class EngineState:
                 scrape_failures=state.health.failures_total["scrape"],
                 in_flight=len(state.flights),
                 scrape_age_s=now - state.scrape_answered_at if state.scrape_answered_at else None,
+                block_size=state.block_size,
             )
             for key, state in sorted(self._endpoints.items())
         ]
+
+    def block_sizes(self) -> dict[str, int]:
+        """The engines' KV block sizes, by endpoint, of those whose page said it."""
+        return {
+            key: state.block_size
+            for key, state in self._endpoints.items()
+            if state.block_size is not None
+        }
 
     def ejections(self, endpoint: str) -> int:
         state = self._endpoints.get(endpoint)
@@ -305,16 +323,19 @@ class EngineState:
         endpoint: str,
         scan: MetricsScan,
         sent_at: float,
-        kv_capacity: Callable[[], int | None] | None = None,
+        cache_config: Callable[[], CacheConfig] | None = None,
     ) -> None:
-        """A scrape's figures; ``kv_capacity`` reads the page's KV-cache size, called only
-        while it is unknown or when this page shows the engine restarted."""
+        """A scrape's figures; ``cache_config`` reads the page's KV-cache size and block size,
+        called only while they are unknown or when this page shows the engine restarted."""
         state = self._endpoints.get(endpoint)
         if state is None:
             return  # left the snapshot while we scraped it
         restart = state.scan is not None and restarted(state.scan, scan)
-        if kv_capacity is not None and (not state.capacity_read or restart):
-            state.kv_capacity, state.capacity_read = kv_capacity(), True
+        if cache_config is not None and (not state.capacity_read or restart):
+            state.kv_capacity, state.block_size = cache_config()
+            state.capacity_read = True
+            if self.on_cache_config is not None:
+                self.on_cache_config(endpoint)
         if restart:
             log.info("engine restarted", extra={"endpoint_id": endpoint})
             if self.on_restart is not None:
