@@ -19,6 +19,7 @@ from trunkline.billing.scope import TenantScope, in_scope
 from trunkline.errors import ConfigurationError, Conflict, InvalidRequest, NotFound
 from trunkline.metering.rollup_plan import HOUR
 from trunkline.models import BillingPeriod, DedicatedCapacity
+from trunkline.tenancy.changes import hold_config
 
 
 def _gpu_hours(
@@ -122,11 +123,14 @@ def hold_price_book(session: Session) -> None:
 
     PostgreSQL: a table lock that SELECTs pass and that writers and other holders wait for;
     taken before a ``one_view`` transaction's first query, it does not fix that view, which is
-    then taken after a version applied meanwhile committed. SQLite: a close's transaction
-    holds the database's write lock from its start, and applying holds it before its reads
-    (``hold_config``)."""
+    then taken after a version applied meanwhile committed. SQLite: the database's write lock
+    (``hold_config``), which a close's transaction holds from its start; the reads after it
+    are in its transaction (pysqlite reads before a write outside any: a check read so, before
+    a close committed, passed, and its write waited for the close and went through)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("LOCK TABLE price_book_versions IN SHARE ROW EXCLUSIVE MODE"))
+    else:
+        hold_config(session)
 
 
 def _in_force(prices: PriceBook, moment: datetime) -> PriceVersion | None:
