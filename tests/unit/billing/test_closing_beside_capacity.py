@@ -47,8 +47,10 @@ def test_capacity_added_inside_a_month_while_it_closes_is_refused(
         # from its second day; the close goes on once that writes (and waits) or has ended.
         if statement.lstrip().startswith("INSERT INTO billed_usage") and not adding:
             adding.append(pool.submit(_capacity, factory, acme))
-            while not (writes.wait(0.05) or adding[0].done()):
-                pass
+            for _ in range(int(DEADLINE_S / 0.05)):
+                if writes.wait(0.05) or adding[0].done():
+                    return
+            raise AssertionError("the capacity neither wrote nor ended")
 
     event.listen(Engine, "before_cursor_execute", first_write)
     event.listen(Engine, "after_cursor_execute", capacity_added)
