@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from trunkline.billing.charges import GPU_HOURS, USAGE, ChargeLine, Names
@@ -19,6 +19,7 @@ from trunkline.billing.scope import TenantScope, in_scope
 from trunkline.errors import ConfigurationError, Conflict, InvalidRequest, NotFound
 from trunkline.metering.rollup_plan import HOUR
 from trunkline.models import BillingPeriod, DedicatedCapacity
+from trunkline.tenancy.changes import hold_config
 
 
 def _gpu_hours(
@@ -112,6 +113,26 @@ def latest_closed_end(session: Session) -> datetime | None:
     return session.scalar(select(func.max(BillingPeriod.period_end)))
 
 
+def hold_price_book(session: Session) -> None:
+    """Hold the price book's versions until this transaction ends: a billing period closed,
+    and a write checked against the closed periods (a price book version stored, capacity
+    added or ended), then cannot interleave. Each such write checks that it changes nothing
+    inside a closed period, and a close commits the period it billed with the versions and
+    capacity it read; unheld, a version or capacity inside the month a close was billing
+    passed its check and changed what that month had been billed.
+
+    PostgreSQL: a table lock that SELECTs pass and that writers and other holders wait for;
+    taken before a ``one_view`` transaction's first query, it does not fix that view, which is
+    then taken after a version applied meanwhile committed. SQLite: the database's write lock
+    (``hold_config``), which a close's transaction holds from its start; the reads after it
+    are in its transaction (pysqlite reads before a write outside any: a check read so, before
+    a close committed, passed, and its write waited for the close and went through)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE price_book_versions IN SHARE ROW EXCLUSIVE MODE"))
+    else:
+        hold_config(session)
+
+
 def _in_force(prices: PriceBook, moment: datetime) -> PriceVersion | None:
     try:
         return prices.at(moment)
@@ -140,8 +161,9 @@ def add_capacity(
     Capacity may not reach into a closed billing period: what was billed there is final, and
     corrections are for late usage, not for rewritten allocations. Every version of ``prices``
     that will price it must have a GPU-hour price for ``flavor``: else every export of those
-    periods would fail.
+    periods would fail. ``prices`` are read after ``hold_price_book``, as this holds it.
     """
+    hold_price_book(session)
     closed_until = latest_closed_end(session)
     if not 1 <= gpus <= MAX_GPUS:
         raise InvalidRequest(f"gpus must be 1 to {MAX_GPUS}", param="gpus")
@@ -183,6 +205,7 @@ def end_capacity(session: Session, capacity_id: uuid.UUID, ends_at: datetime) ->
 
     Neither its end now nor the new one may fall in a closed billing period: the hours billed
     there are final (an allocation that ended in one is done)."""
+    hold_price_book(session)
     row = session.get(DedicatedCapacity, capacity_id, with_for_update=True)
     if row is None:
         raise NotFound("capacity not found", param="capacity_id")

@@ -12,12 +12,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from trunkline.billing.capacity import hold_price_book
 from trunkline.billing.periods import Period, month_of
-from trunkline.billing.pricebook_store import (
-    hold_price_book,
-    load_price_book,
-    record_bundled_prices,
-)
+from trunkline.billing.pricebook_store import load_price_book, record_bundled_prices
 from trunkline.billing.statements import close_period
 from trunkline.kit.db import one_view
 from trunkline.models import BillingPeriod, DedicatedCapacity, PriceBookVersion, UsageRollup

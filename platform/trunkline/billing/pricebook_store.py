@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trunkline.billing.capacity import latest_closed_end, unpriced_capacity
+from trunkline.billing.capacity import hold_price_book, latest_closed_end, unpriced_capacity
 from trunkline.billing.pricebook import (
     BUNDLED,
     DEFAULT_MODEL,
@@ -49,22 +49,6 @@ def price_book_currency(session: Session) -> str:
     """The currency of the price book (every version has the one of the first)."""
     stored = session.scalar(select(PriceBookVersion.currency).limit(1))
     return stored or load_price_book_file(BUNDLED).currency
-
-
-def hold_price_book(session: Session) -> None:
-    """Hold the price book's versions until this transaction ends: a version stored, and a
-    billing period closed, then cannot interleave. Applying checks that no new version starts
-    inside a closed period, and a close commits the period it billed with the versions it
-    read; unheld, a version starting inside the month a close was billing passed its check
-    and changed what that month had been billed.
-
-    PostgreSQL: a table lock that SELECTs pass and that writers and other holders wait for;
-    taken before a ``one_view`` transaction's first query, it does not fix that view, which is
-    then taken after a version applied meanwhile committed. SQLite: a close's transaction
-    holds the database's write lock from its start, and applying holds it before its reads
-    (``hold_config``)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("LOCK TABLE price_book_versions IN SHARE ROW EXCLUSIVE MODE"))
 
 
 def apply_price_book(

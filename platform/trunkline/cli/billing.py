@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trunkline.billing import closing, exports, pricebook_store
-from trunkline.billing.capacity import add_capacity, end_capacity
+from trunkline.billing.capacity import add_capacity, end_capacity, hold_price_book
 from trunkline.billing.export_file import write_file
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import load_price_book_file, version_document
@@ -215,6 +215,7 @@ def capacity_command(args: argparse.Namespace) -> int:
     runtime = open_runtime()
     try:
         with transaction(runtime.session_factory) as session:
+            hold_price_book(session)  # the prices checked are those in force when it is stored
             tenant = tenant_by_slug(session, args.tenant)
             project_id = None
             if args.project:

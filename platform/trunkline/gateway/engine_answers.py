@@ -48,6 +48,35 @@ class AnswerTooLarge(UpstreamError):
         )
 
 
+async def read_whole(response: httpx.Response) -> bytes:
+    """A plain answer's body, read whole (into ``response.content``) and no further than
+    ``MAX_ANSWER_BYTES``: one sent without end was read, and held, for ever."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise AnswerTooLarge("answer")
+    if isinstance(response.stream, httpx.AsyncByteStream):  # not read yet
+        response.stream = _Capped(response.stream)
+    return await response.aread()
+
+
+class _Capped(httpx.AsyncByteStream):
+    """A body that raises ``AnswerTooLarge`` once past ``MAX_ANSWER_BYTES``."""
+
+    def __init__(self, stream: httpx.AsyncByteStream) -> None:
+        self._stream = stream
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for piece in self._stream:
+            size += len(piece)
+            if size > MAX_ANSWER_BYTES:
+                raise AnswerTooLarge("answer")
+            yield piece
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 class EngineGaveUp(httpx.HTTPError):
     """The engine ended a stream unfinished: an event said it aborted or failed the request,
     or ``[DONE]`` came before any ``finish_reason``."""

@@ -11,8 +11,7 @@ import time
 import httpx
 
 from trunkline.errors import UpstreamError
-from trunkline.gateway import engine_answers
-from trunkline.gateway.engine_answers import AnswerTooLarge, read_usage
+from trunkline.gateway.engine_answers import AnswerTooLarge, read_usage, read_whole
 from trunkline.gateway.errors import engine_error
 from trunkline.gateway.meter import UsageMeter
 from trunkline.gateway.reply import Reply
@@ -28,7 +27,7 @@ async def finish_plain(
     failure: str | None,
 ) -> Reply:
     try:
-        payload = await _read_whole(response)
+        payload = await read_whole(response)
     except AnswerTooLarge:
         meter.answer_too_large()
         raise
@@ -69,20 +68,6 @@ async def finish_plain(
         return Reply(status, engine_error(status, payload), None, headers)
     meter.finish(status, None)
     return Reply(status, payload, None, headers)
-
-
-async def _read_whole(response: httpx.Response) -> bytes:
-    """The answer's body, read no further than ``MAX_ANSWER_BYTES``."""
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > engine_answers.MAX_ANSWER_BYTES:
-        raise AnswerTooLarge("answer")
-    pieces, size = [], 0
-    async for piece in response.aiter_bytes():
-        size += len(piece)
-        if size > engine_answers.MAX_ANSWER_BYTES:
-            raise AnswerTooLarge("answer")
-        pieces.append(piece)
-    return b"".join(pieces)
 
 
 _RETRY_HEADERS = ("retry-after", "retry-after-ms")

@@ -286,7 +286,7 @@ class GatewayService:
             meter.finish(503, exc.reason)  # no engine took it: its reservation comes back
             _given_back(exc, grant)
             raise
-        except AnswerTooLarge:  # a stream's first event
+        except AnswerTooLarge:  # a plain 200 answer (read whole), a stream's first event
             meter.answer_too_large()
             raise
         except httpx.HTTPError as exc:

@@ -15,6 +15,7 @@ import httpx
 
 from trunkline.errors import UpstreamUnavailable
 from trunkline.gateway.endpoints import EngineState, Flight
+from trunkline.gateway.engine_answers import read_whole
 from trunkline.gateway.routing import Candidate
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ async def _send(
         response = await post()
     if whole and response.status_code == 200:
         try:
-            await response.aread()
+            await read_whole(response)
         except BaseException:
             await response.aclose()
             raise

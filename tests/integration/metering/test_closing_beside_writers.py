@@ -1,14 +1,15 @@
 """A month closing on PostgreSQL while others write beside it, however the month is closed:
 late usage of it rolled up is billed once, in the month's snapshot or as a correction of the
 next month, never lost between the two (a close reads the rollups in several statements); a
-price book version applied that starts inside it is refused, not stored to reprice the month
-once closed."""
+price book version applied, or dedicated capacity added or ended, inside it is refused, not
+stored to change what the month billed once closed."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import msgspec
@@ -18,9 +19,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from support.held_transaction import beside_a_held_transaction, until_waiting_or_done
+from trunkline.billing.capacity import add_capacity, end_capacity
 from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import BUNDLED, PriceBook, TokenPrices, load_price_book_file
-from trunkline.billing.pricebook_store import apply_price_book
+from trunkline.billing.pricebook_store import apply_price_book, load_price_book
 from trunkline.errors import Conflict
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
@@ -28,9 +30,10 @@ from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods
 from unit.billing.billing_support import billed, focus
 from unit.controlplane.cp_support import run_cli
-from unit.metering.usage_support import LLAMA, accounts, ingest, migrated
+from unit.metering.usage_support import LLAMA, Account, accounts, ingest, migrated
 from unit.metering.usage_support import event as usage_event
 
+HOUR = timedelta(hours=1)
 ENDED = month_of(utcnow()).previous()
 """The CLI closes a month that has ended by the clock."""
 
@@ -129,6 +132,53 @@ def test_a_price_version_applied_while_its_month_closes_is_refused(
 
 
 @pytest.mark.parametrize("closing", [by_the_worker, by_billing_close, by_export_close])
+@pytest.mark.parametrize("change", ["added", "ended"])
+def test_capacity_changed_inside_a_month_while_it_closes_is_refused(
+    factory: sessionmaker[Session],
+    capsys: pytest.CaptureFixture[str],
+    closing: Callable[..., None],
+    change: str,
+) -> None:
+    """Capacity is billed from its rows at every export of the month: one added, or ended,
+    inside it during the close and stored changed the closed month's GPU hours after its
+    files were written (its check read no closed period yet)."""
+    with transaction(factory) as session:  # on record: the close stores nothing of it
+        apply_price_book(session, load_price_book_file(BUNDLED))
+    acme = accounts(factory)["acme"]
+    day = ENDED.start + timedelta(days=2, hours=10)
+    ingest(factory, [usage_event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
+    held = None if change == "added" else _capacity(factory, acme, ENDED.start + timedelta(days=1))
+    changed: list[Future[uuid.UUID]] = []
+
+    def capacity_changed(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        # Right after the close copied the month's rollups, an operator adds capacity held
+        # from the month's second day, or ends the one held since then on it; the close goes
+        # on once that waits on a lock or has ended.
+        if statement.lstrip().startswith("INSERT INTO billed_usage") and not changed:
+            moment = ENDED.start + timedelta(days=2)
+            if held is None:
+                changed.append(pool.submit(_capacity, factory, acme, moment))
+            else:
+                changed.append(pool.submit(_end_capacity, factory, held, moment))
+            until_waiting_or_done(factory, changed[0])
+
+    event.listen(Engine, "after_cursor_execute", capacity_changed)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            closing(factory, ENDED, capsys)
+    finally:
+        event.remove(Engine, "after_cursor_execute", capacity_changed)
+    refused = changed[0].exception()
+    assert isinstance(refused, Conflict), f"stored: capacity {changed[0].result()}"
+    assert "that period is closed" in refused.message
+    # acme is gold: input at 0.30 per million; an h100 at 4.00 an hour, two held from the
+    # second day to the month's end, as the month was closed.
+    hours = 0 if held is None else (ENDED.end - ENDED.start - timedelta(days=1)) // HOUR
+    month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
+    assert month == Decimal("0.3") + 2 * hours * Decimal("4.00")
+
+
+@pytest.mark.parametrize("closing", [by_the_worker, by_billing_close, by_export_close])
 def test_a_month_closing_while_a_price_book_is_applied_is_billed_at_it(
     factory: sessionmaker[Session],
     capsys: pytest.CaptureFixture[str],
@@ -170,3 +220,18 @@ def _dearer_from_the_second_day() -> PriceBook:
 def _apply(factory: sessionmaker[Session], book: PriceBook) -> list[int]:
     with transaction(factory) as session:
         return apply_price_book(session, book)
+
+
+def _capacity(factory: sessionmaker[Session], account: Account, starts_at: datetime) -> uuid.UUID:
+    """Two h100s held by ``account``'s tenant from ``starts_at``."""
+    with transaction(factory) as session:
+        prices = load_price_book(session)
+        tenant = uuid.UUID(account.tenant_id)
+        return add_capacity(session, tenant, "h100", 2, starts_at, prices=prices).id
+
+
+def _end_capacity(
+    factory: sessionmaker[Session], capacity: uuid.UUID, ends_at: datetime
+) -> uuid.UUID:
+    with transaction(factory) as session:
+        return end_capacity(session, capacity, ends_at).id

@@ -7,7 +7,7 @@ not held against the engine's health."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
@@ -116,3 +116,37 @@ def test_a_stream_event_past_the_cap_mid_way_ends_the_stream_with_the_error_even
     assert gw.service.engines.ejections("e1") == 0
     (record,) = [r for _id, r in gw.usage.read(10) if r.endpoint == "http://engine-1"]
     assert (record.status, record.error_code) == (502, "upstream_error")
+
+
+class _WithoutEnd(httpx.AsyncByteStream):
+    """A plain answer's body sent piece after piece far past the cap (a broken engine or proxy
+    sends for ever), counting what the gateway pulled of it."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        piece = b"x" * 1024
+        for _ in range(1024 * CAP // len(piece)):
+            self.pulled += len(piece)
+            yield piece
+
+
+def test_a_plain_answer_without_end_is_read_no_further_than_the_cap(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """The 200 answer a plain request waits for was read whole before its size was judged:
+    without end, for ever, and all of it held."""
+    bodies: list[_WithoutEnd] = []
+
+    def without_end(request: httpx.Request) -> httpx.Response:
+        bodies.append(_WithoutEnd())
+        return httpx.Response(200, stream=bodies[-1], headers={"content-type": "application/json"})
+
+    gw = engine_gateway(failing_on("engine-1", without_end))
+
+    answers = [gw.chat() for _ in range(9)]
+
+    _served(gw, answers)
+    assert len(bodies) == 3
+    assert all(body.pulled <= CAP + 1024 for body in bodies), [body.pulled for body in bodies]
