@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from trunkline.billing.charges import GPU_HOURS, USAGE, ChargeLine, Names
@@ -131,6 +132,29 @@ def hold_price_book(session: Session) -> None:
         session.execute(text("LOCK TABLE price_book_versions IN SHARE ROW EXCLUSIVE MODE"))
     else:
         hold_config(session)
+
+
+def hold_price_book_now(session: Session) -> None:
+    """``hold_price_book`` for a transaction that holds the configuration's lock (applying or
+    withdrawing a price book version): refused at once while a close holds the book, since
+    waiting out the close (which writes the month's exports in its transaction) held every
+    control-plane change queued behind the configuration's lock as long."""
+    if session.get_bind().dialect.name != "postgresql":
+        hold_price_book(session)  # SQLite: the write lock, which that transaction holds already
+        return
+    try:
+        session.execute(text("LOCK TABLE price_book_versions IN SHARE ROW EXCLUSIVE MODE NOWAIT"))
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+            raise
+        raise Conflict(
+            "a billing period is being closed (or dedicated capacity changed) right now, and the "
+            "price book is held until that commits; try again in a moment",
+            reason="price_book_busy",
+        ) from None
+
+
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 def _in_force(prices: PriceBook, moment: datetime) -> PriceVersion | None:

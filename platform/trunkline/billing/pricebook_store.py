@@ -12,7 +12,11 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from trunkline.billing.capacity import hold_price_book, latest_closed_end, unpriced_capacity
+from trunkline.billing.capacity import (
+    hold_price_book_now,
+    latest_closed_end,
+    unpriced_capacity,
+)
 from trunkline.billing.pricebook import (
     BUNDLED,
     DEFAULT_MODEL,
@@ -62,7 +66,7 @@ def apply_price_book(
     unless ``keep_budget_amounts``: each would read as an amount of the new currency.
     """
     currency_before = held_currency(session)
-    hold_price_book(session)
+    hold_price_book_now(session)
     added = _store_versions(session, book)
     if not keep_budget_amounts:
         check_budgets_keep_currency(session, currency_before, price_book_currency(session))
@@ -167,6 +171,7 @@ def withdraw_price_version(session: Session, number: int, now: datetime) -> None
             " UTC: a version in force is never changed; apply a new one instead",
             param="version",
         )
+    hold_price_book_now(session)
     session.delete(stored)
     session.flush()
     # Withdrawing the last stored version brings the bundled book back, perhaps its currency.

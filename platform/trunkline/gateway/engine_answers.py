@@ -16,12 +16,13 @@ from trunkline.errors import UpstreamError
 from trunkline.gateway.errors import engine_error
 from trunkline.metering.schemas import Count
 
-MAX_ANSWER_BYTES = 64 << 20
+MAX_ANSWER_BYTES = 256 << 20
 """The most of an engine's answer the gateway holds at once: a plain answer whole, or one event
-of a stream (vLLM's first event of a completion streamed with ``echo`` and ``logprobs`` carries
-the whole prompt's log-probabilities: 16 MB for a long prompt). More, from a broken engine or
-what fronts it, grew the gateway's memory, which every tenant's requests share, without bound;
-the answer ends as the gateway's error instead (``AnswerTooLarge``)."""
+of a stream. The largest an engine means to send: embeddings of 2,048 inputs (OpenAI's most) of
+a 4,096-dimension model, about 177 MiB as vLLM writes floats (22 bytes each); the first event of
+a completion streamed with ``echo`` and ``logprobs``, about 16 MB for a long prompt. More, from
+a broken engine or what fronts it, grew the gateway's memory, which every tenant's requests
+share, without bound; the answer ends as the gateway's error instead (``AnswerTooLarge``)."""
 
 _DONE_EVENT = b"data: [DONE]"
 _DONE = _DONE_EVENT + b"\n\n"
