@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 import msgspec
 import pytest
@@ -34,6 +35,7 @@ from unit.metering.usage_support import LLAMA, Account, accounts, ingest, migrat
 from unit.metering.usage_support import event as usage_event
 
 HOUR = timedelta(hours=1)
+Changed = TypeVar("Changed")
 ENDED = month_of(utcnow()).previous()
 """The CLI closes a month that has ended by the clock."""
 
@@ -108,28 +110,16 @@ def test_a_price_version_applied_while_its_month_closes_is_refused(
     acme = accounts(factory)["acme"]
     day = ENDED.start + timedelta(days=2, hours=10)
     ingest(factory, [usage_event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
-    applied: list[Future[list[int]]] = []
-    ended_during_the_close: list[bool] = []
-
-    def prices_applied(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        # Right after the close copied the month's rollups, an operator applies a version
-        # starting inside it; the close goes on once the apply waits on a lock or has ended.
-        if statement.lstrip().startswith("INSERT INTO billed_usage") and not applied:
-            applied.append(pool.submit(_apply, factory, _dearer_from_the_second_day()))
-            until_waiting_or_done(factory, applied[0])
-            ended_during_the_close.append(applied[0].done())
-
-    event.listen(Engine, "after_cursor_execute", prices_applied)
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            closing(factory, ENDED, capsys)
-    finally:
-        event.remove(Engine, "after_cursor_execute", prices_applied)
-    refused = applied[0].exception()
-    assert isinstance(refused, Conflict), f"stored: version {applied[0].result()}"
+    # Right after the close copied the month's rollups, an operator applies a version
+    # starting inside it.
+    applied, ended_during_the_close = _beside_the_close(
+        factory, closing, capsys, lambda: _apply(factory, _dearer_from_the_second_day())
+    )
+    refused = applied.exception()
+    assert isinstance(refused, Conflict), f"stored: version {applied.result()}"
     # Refused at once: waiting out the close, it held the configuration's lock, and every
     # control-plane change behind it, as long (found in review).
-    assert ended_during_the_close == [True]
+    assert ended_during_the_close
     assert refused.reason == "price_book_busy" and "being closed" in refused.message
     # acme is gold: input at 0.30 per million, as the month was closed (3.00 at the version).
     month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
@@ -153,28 +143,21 @@ def test_capacity_changed_inside_a_month_while_it_closes_is_refused(
     day = ENDED.start + timedelta(days=2, hours=10)
     ingest(factory, [usage_event(acme, "on-time", when=day, prompt=1_000_000, completion=0)])
     held = None if change == "added" else _capacity(factory, acme, ENDED.start + timedelta(days=1))
-    changed: list[Future[uuid.UUID]] = []
-
-    def capacity_changed(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        # Right after the close copied the month's rollups, an operator adds capacity held
-        # from the month's second day, or ends the one held since then on it; the close goes
-        # on once that waits on a lock or has ended.
-        if statement.lstrip().startswith("INSERT INTO billed_usage") and not changed:
-            moment = ENDED.start + timedelta(days=2)
-            if held is None:
-                changed.append(pool.submit(_capacity, factory, acme, moment))
-            else:
-                changed.append(pool.submit(_end_capacity, factory, held, moment))
-            until_waiting_or_done(factory, changed[0])
-
-    event.listen(Engine, "after_cursor_execute", capacity_changed)
-    try:
-        with ThreadPoolExecutor(1) as pool:
-            closing(factory, ENDED, capsys)
-    finally:
-        event.remove(Engine, "after_cursor_execute", capacity_changed)
-    refused = changed[0].exception()
-    assert isinstance(refused, Conflict), f"stored: capacity {changed[0].result()}"
+    # Right after the close copied the month's rollups, an operator adds capacity held from
+    # the month's second day, or ends the one held since then on it.
+    moment = ENDED.start + timedelta(days=2)
+    changed, _ended = _beside_the_close(
+        factory,
+        closing,
+        capsys,
+        lambda: (
+            _capacity(factory, acme, moment)
+            if held is None
+            else _end_capacity(factory, held, moment)
+        ),
+    )
+    refused = changed.exception()
+    assert isinstance(refused, Conflict), f"stored: capacity {changed.result()}"
     assert "that period is closed" in refused.message
     # acme is gold: input at 0.30 per million; an h100 at 4.00 an hour, two held from the
     # second day to the month's end, as the month was closed.
@@ -206,6 +189,33 @@ def test_a_month_closing_while_a_price_book_is_applied_is_billed_at_it(
     # acme is gold: input at 3.00 per million from the month's second day.
     month = billed(focus(factory, ENDED.label), BillingAccountName="Acme Corporation")
     assert month == Decimal("3")
+
+
+def _beside_the_close(
+    factory: sessionmaker[Session],
+    closing: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    change: Callable[[], Changed],
+) -> tuple[Future[Changed], bool]:
+    """Close the month ``closing``'s way, running ``change`` right after the close copied the
+    month's rollups; the close goes on once ``change`` waits on a lock or has ended. Its
+    outcome, and whether it had ended by then."""
+    started: list[Future[Changed]] = []
+    ended: list[bool] = []
+
+    def meanwhile(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().startswith("INSERT INTO billed_usage") and not started:
+            started.append(pool.submit(change))
+            until_waiting_or_done(factory, started[0])
+            ended.append(started[0].done())
+
+    event.listen(Engine, "after_cursor_execute", meanwhile)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            closing(factory, ENDED, capsys)
+    finally:
+        event.remove(Engine, "after_cursor_execute", meanwhile)
+    return started[0], ended[0]
 
 
 def _dearer_from_the_second_day() -> PriceBook:
