@@ -294,7 +294,9 @@ async def test_a_burst_beyond_the_gateways_connections_waits_for_one(redis_url: 
     """The gateway's client (``connect``): redis-py's own pool refused the 101st call at once
     ("Too many connections"), so a burst of requests read as Redis being down (fail-closed:
     503 quota_unavailable for all but 100 of them)."""
-    store = RedisQuotaStore(connect(redis_url, 1.0), prefix="t")
+    # A wait past POOL_WAIT_S: 400 calls on a loaded machine once outlasted it (CI); what this
+    # pins is that they wait at all.
+    store = RedisQuotaStore(connect(redis_url, 30.0), prefix="t")
     many = [request(f"r{i}", scoped=scopes(Limits(requests_per_minute=1000))) for i in range(400)]
 
     outcomes = await asyncio.gather(*(store.reserve(r) for r in many))
