@@ -58,13 +58,14 @@ def _reports(tmp: Path) -> list[WorkerReport]:
     return reports
 
 
-def _served(report: WorkerReport) -> float:
+def _chats(report: WorkerReport) -> float:
+    """The chat completions one worker answered."""
     return sum(
         value
         for family in report.families
         if family.name == "trunkline_requests"
-        for name, _labels, value in family.samples
-        if name.endswith("_total")
+        for name, labels, value in family.samples
+        if name.endswith("_total") and labels.get("route") == CHAT[1][0][1]
     )
 
 
@@ -126,14 +127,21 @@ def test_a_scrape_of_any_worker_counts_every_worker_and_survives_a_restart(
             "every worker to serve the configuration with the key",
         )
 
-        _chat(base, key, 24)
-        scrapes.until(lambda s: s[CHAT] == 24, "the scraped total to count both workers")
-        assert [_served(r) > 0 for r in _reports(tmp)] == [True, True]  # each served some
+        # The kernel does not promise to spread accepts over the workers (one took all 24 of
+        # a round in CI): rounds until each has answered some, every round counted whole.
+        sent = 0
+        for _ in range(10):
+            _chat(base, key, 24)
+            sent += 24
+            scrapes.until(lambda s, n=sent: s[CHAT] == n, "the scraped total to count both workers")
+            if [_chats(r) > 0 for r in _reports(tmp)] == [True, True]:
+                break
+        assert [_chats(r) > 0 for r in _reports(tmp)] == [True, True]  # each served some
         for _ in range(10):  # whichever worker answers
             series = scrapes.take()
-            assert series[CHAT] == 24
+            assert series[CHAT] == sent
             duration = ("trunkline_request_duration_seconds_count", (("route", CHAT[1][0][1]),))
-            assert series[duration] == 24
+            assert series[duration] == sent
             assert series[("trunkline_snapshot_version", ())] == version
             assert _per_endpoint(series, "trunkline_endpoint_in_service") == {1.0}
             assert _per_endpoint(series, "trunkline_endpoint_requests_in_flight") == {0.0}
@@ -145,9 +153,10 @@ def test_a_scrape_of_any_worker_counts_every_worker_and_survives_a_restart(
             lambda: len({r.pid for r in _reports(tmp)} - {killed}) == 2, "a replacement worker"
         )
         _chat(base, key, 10)
-        scrapes.until(lambda s: s[CHAT] == 34, "the killed worker's counts kept in the total")
+        sent += 10
+        scrapes.until(lambda s: s[CHAT] == sent, "the killed worker's counts kept in the total")
         for _ in range(5):
-            assert scrapes.take()[CHAT] == 34
+            assert scrapes.take()[CHAT] == sent
         # The killed worker's file is folded into the retired one (by the replacement as it
         # started, or by a scrape): a file per worker running, however many died.
         assert killed not in {r.pid for r in _reports(tmp)} and len(_reports(tmp)) == 2
