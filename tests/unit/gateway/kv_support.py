@@ -1,0 +1,88 @@
+"""Test doubles for the KV-event subscriber: a sink recording what reaches the index, and a
+vLLM-like ZMQ publisher speaking its wire format."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from trunkline.gateway.endpoints import KvEventSubscriber
+from trunkline.snapshot import EndpointEntry
+
+
+@dataclass
+class Sink:
+    calls: list[tuple[str, tuple[Hashable, ...], tuple[Hashable, ...], bool]] = field(
+        default_factory=list
+    )
+
+    def apply(
+        self,
+        endpoint: str,
+        stored: Iterable[Hashable] = (),
+        removed: Iterable[Hashable] = (),
+        cleared: bool = False,
+    ) -> None:
+        self.calls.append((endpoint, tuple(stored), tuple(removed), cleared))
+
+
+class Publisher:
+    """A vLLM-like publisher: ``[topic, seq (8 bytes big-endian), msgpack batch]``."""
+
+    def __init__(self) -> None:
+        self._context: Any = zmq.Context()
+        self._socket: Any = self._context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind("tcp://127.0.0.1:*")
+        self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def send(self, seq: int, events: list[object]) -> None:
+        payload = msgspec.msgpack.encode([1.0, events, None])
+        self._socket.send_multipart([b"kv@m", seq.to_bytes(8, "big", signed=True), payload])
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+
+def stored(*hashes: int) -> dict[str, object]:
+    return {
+        "type": "BlockStored",
+        "block_hashes": list(hashes),
+        "parent_block_hash": None,
+        "token_ids": list(range(4 * len(hashes))),
+        "block_size": 4,
+    }
+
+
+def subscribe(sink: Sink, publisher: Publisher) -> KvEventSubscriber:
+    """A subscriber to ``publisher`` as endpoint ``e1``, its task started."""
+    subscriber = KvEventSubscriber(
+        sink, lambda: [EndpointEntry("e1", "http://e1", publisher.address)]
+    )
+    subscriber.sync()
+    return subscriber
+
+
+async def until(condition: Callable[[], bool], tries: int = 500) -> bool:
+    """Whether ``condition`` holds within ``tries`` looks 10 ms apart."""
+    for _ in range(tries):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+def frames(seq: int, events_: list[object]) -> list[bytes]:
+    """One message as vLLM sends it."""
+    return [
+        b"kv@m",
+        seq.to_bytes(8, "big", signed=True),
+        msgspec.msgpack.encode([1.0, events_, None]),
+    ]
