@@ -3,12 +3,15 @@ simulated vLLM engines on loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 from tests.unit.gateway.conftest import TENANT_A, TENANT_B, World, default_world, gateway_app
+from tests.unit.gateway.engines_support import PoolsRefused
 
 from support.gateway import serve_on_loopback, usage_records
 from trunkline.engines import EngineSpec, SimulatedEngines
@@ -70,8 +73,9 @@ def _world(urls: list[str]) -> World:
     return world
 
 
-@pytest.fixture
-async def live() -> AsyncIterator[Live]:
+@contextlib.asynccontextmanager
+async def _serving(**app_options: Any) -> AsyncIterator[Live]:
+    """The gateway over the two simulated engines; ``app_options`` go to its app."""
     specs = [
         EngineSpec("llama-8b-served", "h100", time_scale=0.2),
         EngineSpec("small-served", "l40s", time_scale=0.2),
@@ -81,9 +85,15 @@ async def live() -> AsyncIterator[Live]:
         keys = {tid: world.add_key(tid) for tid in world.tenants}
         world.publish()
         usage = InMemoryUsageStream()
-        app = gateway_app(world, usage)
+        app = gateway_app(world, usage, **app_options)
         async with serve_on_loopback(app) as url:
             yield Live(f"{url}/v1", keys, usage)
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[Live]:
+    async with _serving() as served:
+        yield served
 
 
 def _chat(model: str, content: str, **extra: object) -> dict[str, object]:
@@ -172,3 +182,20 @@ async def test_a_logprob_check_keeps_sure_answers_and_escalates_unsure_ones(live
     assert sorted(r.model for r in records) == sorted(
         ["small-served"] * 2 * len(questions) + ["llama-8b-served"] * escalations
     )
+
+
+async def test_a_small_pool_admission_refuses_escalates_to_the_large_one() -> None:
+    """The small pool cannot start the request within the gold tier's TTFT target: the large
+    model answers it, and only that attempt, the one sent, is metered."""
+    refused = PoolsRefused("small-eu")
+    async with _serving(admission=lambda _engines: refused) as live:
+        response = await live.chat(TENANT_A, _chat("auto-refusal", "Say hello.", max_tokens=8))
+
+        assert response.status_code == 200, response.text
+        assert response.headers["x-trunkline-cascade"] == "escalated"
+        assert response.headers["x-trunkline-cascade-reason"] == "first_not_admitted"
+        assert response.json()["model"] == "llama-8b-served"
+        [record] = await live.records(1)
+        assert (record.request_id, record.model, record.status) == (
+            f"{response.headers['x-request-id']}.escalated", "llama-8b-served", 200,
+        )  # fmt: skip

@@ -9,9 +9,11 @@ import httpx
 import msgspec
 import pytest
 from tests.unit.gateway.conftest import TENANT_A, Harness, World, default_world
+from tests.unit.gateway.engines_support import PoolsRefused
 from tests.unit.gateway.test_gateway import _ready, auth, sse_data
 from tests.unit.gateway.upstreams import chat_any
 
+from trunkline.gateway.admission.decision import DEADLINE_EXCEEDED, OVERLOADED, SLO_UNATTAINABLE
 from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntry, TenantEntry
 
 SALT_A = "5a1f0c0ffee0c0ffee0c0ffee0c0ffee"
@@ -423,3 +425,46 @@ def test_when_both_models_fail_the_client_gets_the_error(make_gateway) -> None: 
     response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("refusal", [SLO_UNATTAINABLE, DEADLINE_EXCEEDED, OVERLOADED])
+def test_a_small_attempt_refused_by_admission_escalates_to_the_large_model(
+    make_gateway, refusal: str, stream: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The small pool cannot start it in time; the large one can: the client gets the large
+    answer, not the small pool's 503 (or 429), and only the attempt sent is metered."""
+    admission = PoolsRefused("small-eu", reason=refusal)
+    gw, key = _ready(
+        make_gateway, small_engine("Paris."), world=cascade_world(),
+        admission=lambda _engines: admission,
+    )  # fmt: skip
+    body = {**CHAT, "stream": True} if stream else CHAT
+    with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
+        text = "".join(r.iter_text())
+        assert r.status_code == 200, text
+        assert r.headers["x-trunkline-cascade"] == "escalated"
+        assert r.headers["x-trunkline-cascade-reason"] == "first_not_admitted"
+        assert r.headers["x-trunkline-pool"] == "h100-eu"
+        request_id = r.headers["x-request-id"]
+
+    models = {c["model"] for c in sse_data(text)} if stream else {json.loads(text)["model"]}
+    assert models == {"llama-8b-served"}
+    assert [json.loads(r.content)["model"] for r in gw.upstream] == ["llama-8b-served"]
+    assert [(r.request_id, r.model, r.status) for r in gw.drain_usage()] == [
+        (f"{request_id}.escalated", "llama-8b-served", 200),
+    ]
+
+
+def test_when_admission_refuses_both_models_the_client_gets_the_refusal(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    admission = PoolsRefused("small-eu", "h100-eu")
+    gw, key = _ready(
+        make_gateway, small_engine("Paris."), world=cascade_world(),
+        admission=lambda _engines: admission,
+    )  # fmt: skip
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "slo_unattainable"
+    assert response.headers["retry-after"] == "2"
+    assert gw.upstream == [] and gw.drain_usage() == []

@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from trunkline.errors import InvalidRequest, UpstreamError
+from trunkline.errors import InvalidRequest, SloUnattainable, UpstreamError
+from trunkline.gateway.admission.errors import AdmissionOverloaded
 from trunkline.gateway.cascade import plan as cascade
 from trunkline.gateway.cascade.replay import replay_events
 from trunkline.gateway.pipeline import ParsedRequest
@@ -22,6 +23,9 @@ __all__ = ["Attempt", "run_cascade"]
 
 Attempt = Callable[[ParsedRequest, AliasEntry, str], Awaitable[Reply]]
 """One upstream attempt: the request to send, the alias to send it to, its request id."""
+NOT_ADMITTED = (SloUnattainable, AdmissionOverloaded)
+"""Admission's refusals (docs/admission.md): about the pools a request would run on, which a
+cascade's other model does not share."""
 
 
 async def run_cascade(
@@ -33,6 +37,8 @@ async def run_cascade(
         first = await attempt(plan.first, plan.first_alias, request_id)
     except UpstreamError:  # UpstreamUnavailable and UpstreamTimeout too
         verdict = cascade.Verdict("first_failed", b"")
+    except NOT_ADMITTED:  # the small pools cannot start it in time; the large ones may
+        verdict = cascade.Verdict("first_not_admitted", b"")
     except InvalidRequest as exc:
         if exc.reason != "context_length_exceeded":
             raise
