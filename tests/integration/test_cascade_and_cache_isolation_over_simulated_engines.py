@@ -4,6 +4,7 @@ simulated vLLM engines on loopback ports."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from tests.unit.gateway.conftest import TENANT_A, TENANT_B, World, default_world
 from tests.unit.gateway.engines_support import PoolsRefused
 
 from support.gateway import serve_on_loopback, usage_records
-from trunkline.engines import EngineSpec, SimulatedEngines
+from trunkline.engines import EngineSpec, SimulatedEngines, get_profile
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntry, TenantEntry
@@ -22,6 +23,8 @@ from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntr
 PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
 TENANT_C = "00000000-0000-0000-0000-00000000000c"
 TENANT_D = "00000000-0000-0000-0000-00000000000d"
+SMALL_CONTEXT = 1024
+"""The small model's context window (the large one's is 131,072 tokens)."""
 ALIASES = frozenset({"llama", "auto-truncation", "auto-refusal", "auto-logprob"})
 
 
@@ -78,7 +81,11 @@ async def _serving(**app_options: Any) -> AsyncIterator[Live]:
     """The gateway over the two simulated engines; ``app_options`` go to its app."""
     specs = [
         EngineSpec("llama-8b-served", "h100", time_scale=0.2),
-        EngineSpec("small-served", "l40s", time_scale=0.2),
+        EngineSpec(
+            "small-served",
+            dataclasses.replace(get_profile("l40s"), max_model_len=SMALL_CONTEXT),
+            time_scale=0.2,
+        ),
     ]
     async with SimulatedEngines(specs) as engines:
         world = _world(engines.urls)
@@ -118,11 +125,13 @@ async def test_tenants_that_opt_out_share_the_prefix_cache(live: Live) -> None:
     assert await _cached(live, TENANT_D, "question three") >= 16 * 10  # shared with C
 
 
-async def test_a_truncated_small_answer_escalates_and_both_attempts_are_metered(
+async def test_an_answer_cut_by_the_small_context_escalates_and_both_attempts_are_metered(
     live: Live,
 ) -> None:
-    response = await live.chat(TENANT_A, _chat("auto-truncation", "Explain 5G slicing.",
-                                               max_tokens=8))  # fmt: skip
+    """The prompt leaves the small model less room than the client's max_tokens: its engine
+    stops short of that limit, and the large model, with a longer context, does not."""
+    question = _chat("auto-truncation", PREAMBLE * 2 + "Explain 5G slicing.", max_tokens=500)
+    response = await live.chat(TENANT_A, question)
 
     assert response.status_code == 200, response.text
     assert response.headers["x-trunkline-cascade"] == "escalated"
@@ -134,7 +143,22 @@ async def test_a_truncated_small_answer_escalates_and_both_attempts_are_metered(
         (request_id, "small-served", "small-eu", 200),
         (f"{request_id}.escalated", "llama-8b-served", "h100-eu", 200),
     ]
-    assert [r.completion_tokens for r in records] == [8, 8]
+    small, large = records
+    assert small.prompt_tokens + small.completion_tokens == SMALL_CONTEXT
+    assert small.completion_tokens < 500 and large.completion_tokens == 500
+
+
+async def test_an_answer_cut_at_the_clients_own_max_tokens_is_kept(live: Live) -> None:
+    """The large model would stop at the same 8 tokens: the small answer is the client's,
+    metered once."""
+    question = _chat("auto-truncation", "Explain 5G slicing.", max_tokens=8)
+    response = await live.chat(TENANT_A, question)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "first"
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+    [record] = await live.records(1)
+    assert (record.model, record.completion_tokens) == ("small-served", 8)
 
 
 async def test_a_kept_small_answer_streams_back_without_escalation(live: Live) -> None:

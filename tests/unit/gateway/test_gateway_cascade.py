@@ -122,6 +122,41 @@ def test_a_failed_check_escalates_to_the_large_model_and_both_are_metered(
     assert records[0].status == (503 if reason == "first_failed" else 200)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_cut_at_the_clients_own_max_tokens_is_kept(make_gateway, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    """The large model gets the same max_tokens and would stop there too: escalating would
+    pay twice for an answer as long."""
+    gw, key = _gateway(make_gateway, small_engine("Paris, the", finish="length"))
+    body = {**CHAT, "max_tokens": 2, **({"stream": True} if stream else {})}
+    with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
+        text = "".join(r.iter_text())
+        assert r.status_code == 200, text
+        assert r.headers["x-trunkline-cascade"] == "first"
+        assert "x-trunkline-cascade-reason" not in r.headers
+
+    if stream:
+        chunks = sse_data(text)
+        assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+        assert {c["model"] for c in chunks} == {"small-served"}
+    else:
+        assert json.loads(text)["choices"][0]["finish_reason"] == "length"
+    assert [json.loads(r.content)["model"] for r in gw.upstream] == ["small-served"]
+    assert [(r.model, r.completion_tokens) for r in gw.drain_usage()] == [("small-served", 2)]
+
+
+def test_an_answer_cut_short_of_the_clients_max_tokens_escalates(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Two tokens of the 100 allowed: the small model's context ran out, and the large
+    model's may well be longer."""
+    gw, key = _gateway(make_gateway, small_engine("Paris, the", finish="length"))
+    body = {**CHAT, "max_tokens": 100}
+    response = gw.client.post("/v1/chat/completions", json=body, headers=auth(key))
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "escalated"
+    assert response.headers["x-trunkline-cascade-reason"] == "truncation"
+    assert [r.model for r in gw.drain_usage()] == ["small-served", "llama-8b-served"]
+
+
 def test_a_streaming_client_gets_the_kept_answer_replayed_as_sse(make_gateway) -> None:  # type: ignore[no-untyped-def]
     gw, key = _gateway(make_gateway, small_engine("Paris."))
     body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
