@@ -18,7 +18,9 @@ from support.gateway import serve_on_loopback, usage_records
 from trunkline.engines import EngineSpec, SimulatedEngines, get_profile
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.quota.limits import Limits, QuotaBook
 from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntry, TenantEntry
+from unit.quota.conftest import QuotaWorld
 
 PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
 TENANT_C = "00000000-0000-0000-0000-00000000000c"
@@ -77,8 +79,9 @@ def _world(urls: list[str]) -> World:
 
 
 @contextlib.asynccontextmanager
-async def _serving(**app_options: Any) -> AsyncIterator[Live]:
-    """The gateway over the two simulated engines; ``app_options`` go to its app."""
+async def _serving(quotas: QuotaBook | None = None, **app_options: Any) -> AsyncIterator[Live]:
+    """The gateway over the two simulated engines, with ``quotas``; ``app_options`` go to its
+    app."""
     specs = [
         EngineSpec("llama-8b-served", "h100", time_scale=0.2),
         EngineSpec(
@@ -89,6 +92,11 @@ async def _serving(**app_options: Any) -> AsyncIterator[Live]:
     ]
     async with SimulatedEngines(specs) as engines:
         world = _world(engines.urls)
+        if quotas is not None:
+            world = QuotaWorld(
+                world.store, world.tiers, world.tenants, world.keys, world.aliases, world.pools,
+                quotas,
+            )  # fmt: skip
         keys = {tid: world.add_key(tid) for tid in world.tenants}
         world.publish()
         usage = InMemoryUsageStream()
@@ -223,3 +231,27 @@ async def test_a_small_pool_admission_refuses_escalates_to_the_large_one() -> No
         assert (record.request_id, record.model, record.status) == (
             f"{response.headers['x-request-id']}.escalated", "llama-8b-served", 200,
         )  # fmt: skip
+
+
+async def test_an_escalation_refused_by_quota_answers_with_the_small_answer() -> None:
+    """The small answer, cut by its context, used most of the tenant's monthly tokens (2,000:
+    its prompt and 500 tokens were reserved, 1,024 used): the escalation's reservation does not
+    fit, and the client gets the small answer it paid for rather than a 429."""
+    budget = QuotaBook(tenants={TENANT_A: Limits(tokens_per_month=2_000)})
+    async with _serving(budget) as live:
+        question = _chat("auto-truncation", PREAMBLE * 2 + "Explain 5G slicing.", max_tokens=500)
+        response = await live.chat(TENANT_A, question)
+
+        assert response.status_code == 200, response.text
+        assert response.headers["x-trunkline-cascade"] == "first"
+        assert response.headers["x-trunkline-cascade-reason"] == "escalation_refused"
+        assert "retry-after" not in response.headers
+        answer = response.json()
+        assert (answer["model"], answer["choices"][0]["finish_reason"]) == (
+            "small-served", "length",
+        )  # fmt: skip
+        [record] = await live.records(1)
+        assert (record.request_id, record.model, record.status) == (
+            response.headers["x-request-id"], "small-served", 200,
+        )  # fmt: skip
+        assert record.prompt_tokens + record.completion_tokens == SMALL_CONTEXT
