@@ -3,22 +3,30 @@ simulated vLLM engines on loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 from tests.unit.gateway.conftest import TENANT_A, TENANT_B, World, default_world, gateway_app
+from tests.unit.gateway.engines_support import PoolsRefused
 
 from support.gateway import serve_on_loopback, usage_records
-from trunkline.engines import EngineSpec, SimulatedEngines
+from trunkline.engines import EngineSpec, SimulatedEngines, get_profile
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.quota.limits import Limits, QuotaBook
 from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntry, TenantEntry
+from unit.quota.conftest import QuotaWorld
 
 PREAMBLE = "You are a helpful support agent for a telecom operator. " * 20
 TENANT_C = "00000000-0000-0000-0000-00000000000c"
 TENANT_D = "00000000-0000-0000-0000-00000000000d"
+SMALL_CONTEXT = 1024
+"""The small model's context window (the large one's is 131,072 tokens)."""
 ALIASES = frozenset({"llama", "auto-truncation", "auto-refusal", "auto-logprob"})
 
 
@@ -70,20 +78,37 @@ def _world(urls: list[str]) -> World:
     return world
 
 
-@pytest.fixture
-async def live() -> AsyncIterator[Live]:
+@contextlib.asynccontextmanager
+async def _serving(quotas: QuotaBook | None = None, **app_options: Any) -> AsyncIterator[Live]:
+    """The gateway over the two simulated engines, with ``quotas``; ``app_options`` go to its
+    app."""
     specs = [
         EngineSpec("llama-8b-served", "h100", time_scale=0.2),
-        EngineSpec("small-served", "l40s", time_scale=0.2),
+        EngineSpec(
+            "small-served",
+            dataclasses.replace(get_profile("l40s"), max_model_len=SMALL_CONTEXT),
+            time_scale=0.2,
+        ),
     ]
     async with SimulatedEngines(specs) as engines:
         world = _world(engines.urls)
+        if quotas is not None:
+            world = QuotaWorld(
+                world.store, world.tiers, world.tenants, world.keys, world.aliases, world.pools,
+                quotas,
+            )  # fmt: skip
         keys = {tid: world.add_key(tid) for tid in world.tenants}
         world.publish()
         usage = InMemoryUsageStream()
-        app = gateway_app(world, usage)
+        app = gateway_app(world, usage, **app_options)
         async with serve_on_loopback(app) as url:
             yield Live(f"{url}/v1", keys, usage)
+
+
+@pytest.fixture
+async def live() -> AsyncIterator[Live]:
+    async with _serving() as served:
+        yield served
 
 
 def _chat(model: str, content: str, **extra: object) -> dict[str, object]:
@@ -108,11 +133,13 @@ async def test_tenants_that_opt_out_share_the_prefix_cache(live: Live) -> None:
     assert await _cached(live, TENANT_D, "question three") >= 16 * 10  # shared with C
 
 
-async def test_a_truncated_small_answer_escalates_and_both_attempts_are_metered(
+async def test_an_answer_cut_by_the_small_context_escalates_and_both_attempts_are_metered(
     live: Live,
 ) -> None:
-    response = await live.chat(TENANT_A, _chat("auto-truncation", "Explain 5G slicing.",
-                                               max_tokens=8))  # fmt: skip
+    """The prompt leaves the small model less room than the client's max_tokens: its engine
+    stops short of that limit, and the large model, with a longer context, does not."""
+    question = _chat("auto-truncation", PREAMBLE * 2 + "Explain 5G slicing.", max_tokens=500)
+    response = await live.chat(TENANT_A, question)
 
     assert response.status_code == 200, response.text
     assert response.headers["x-trunkline-cascade"] == "escalated"
@@ -124,7 +151,22 @@ async def test_a_truncated_small_answer_escalates_and_both_attempts_are_metered(
         (request_id, "small-served", "small-eu", 200),
         (f"{request_id}.escalated", "llama-8b-served", "h100-eu", 200),
     ]
-    assert [r.completion_tokens for r in records] == [8, 8]
+    small, large = records
+    assert small.prompt_tokens + small.completion_tokens == SMALL_CONTEXT
+    assert small.completion_tokens < 500 and large.completion_tokens == 500
+
+
+async def test_an_answer_cut_at_the_clients_own_max_tokens_is_kept(live: Live) -> None:
+    """The large model would stop at the same 8 tokens: the small answer is the client's,
+    metered once."""
+    question = _chat("auto-truncation", "Explain 5G slicing.", max_tokens=8)
+    response = await live.chat(TENANT_A, question)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "first"
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+    [record] = await live.records(1)
+    assert (record.model, record.completion_tokens) == ("small-served", 8)
 
 
 async def test_a_kept_small_answer_streams_back_without_escalation(live: Live) -> None:
@@ -172,3 +214,44 @@ async def test_a_logprob_check_keeps_sure_answers_and_escalates_unsure_ones(live
     assert sorted(r.model for r in records) == sorted(
         ["small-served"] * 2 * len(questions) + ["llama-8b-served"] * escalations
     )
+
+
+async def test_a_small_pool_admission_refuses_escalates_to_the_large_one() -> None:
+    """The small pool cannot start the request within the gold tier's TTFT target: the large
+    model answers it, and only that attempt, the one sent, is metered."""
+    refused = PoolsRefused("small-eu")
+    async with _serving(admission=lambda _engines: refused) as live:
+        response = await live.chat(TENANT_A, _chat("auto-refusal", "Say hello.", max_tokens=8))
+
+        assert response.status_code == 200, response.text
+        assert response.headers["x-trunkline-cascade"] == "escalated"
+        assert response.headers["x-trunkline-cascade-reason"] == "first_not_admitted"
+        assert response.json()["model"] == "llama-8b-served"
+        [record] = await live.records(1)
+        assert (record.request_id, record.model, record.status) == (
+            f"{response.headers['x-request-id']}.escalated", "llama-8b-served", 200,
+        )  # fmt: skip
+
+
+async def test_an_escalation_refused_by_quota_answers_with_the_small_answer() -> None:
+    """The small answer, cut by its context, used most of the tenant's monthly tokens (2,000:
+    its prompt and 500 tokens were reserved, 1,024 used): the escalation's reservation does not
+    fit, and the client gets the small answer it paid for rather than a 429."""
+    budget = QuotaBook(tenants={TENANT_A: Limits(tokens_per_month=2_000)})
+    async with _serving(budget) as live:
+        question = _chat("auto-truncation", PREAMBLE * 2 + "Explain 5G slicing.", max_tokens=500)
+        response = await live.chat(TENANT_A, question)
+
+        assert response.status_code == 200, response.text
+        assert response.headers["x-trunkline-cascade"] == "first"
+        assert response.headers["x-trunkline-cascade-reason"] == "escalation_refused"
+        assert "retry-after" not in response.headers
+        answer = response.json()
+        assert (answer["model"], answer["choices"][0]["finish_reason"]) == (
+            "small-served", "length",
+        )  # fmt: skip
+        [record] = await live.records(1)
+        assert (record.request_id, record.model, record.status) == (
+            response.headers["x-request-id"], "small-served", 200,
+        )  # fmt: skip
+        assert record.prompt_tokens + record.completion_tokens == SMALL_CONTEXT

@@ -80,6 +80,31 @@ def test_escalation_reason(
     assert escalation_reason(answer, checks, confidence) == reason
 
 
+CUT = CascadeEntry("l", ())
+
+
+@pytest.mark.parametrize(
+    ("answer", "client_limit", "reason"),
+    [
+        # Stopped at the client's own limit: the large model would stop there too.
+        (Answer("Paris, the", "length", completion_tokens=8), 8, None),
+        # n answers of 8 tokens each: every one, the first too, reached the limit.
+        (Answer("Paris, the", "length", completion_tokens=24, choices=3), 8, None),
+        # Short of the client's limit: the small model's context ran out, not the limit.
+        (Answer("Paris, the", "length", completion_tokens=5), 8, "truncation"),
+        # 20 tokens over 3 answers: the first may have stopped short of 8.
+        (Answer("Paris, the", "length", completion_tokens=20, choices=3), 8, "truncation"),
+        (Answer("Paris, the", "length"), 8, "truncation"),  # no usage: not known to be the limit
+        (Answer("Paris, the", "length", completion_tokens=8), None, "truncation"),
+        (Answer("I'm sorry, but I can't", "length", completion_tokens=8), 8, "refusal"),
+    ],
+)
+def test_an_answer_stopped_by_the_clients_own_limit_is_not_truncated(
+    answer: Answer, client_limit: int | None, reason: str | None
+) -> None:
+    assert escalation_reason(answer, CUT, None, client_limit) == reason
+
+
 @pytest.mark.parametrize(
     ("text", "kept", "confidence"),
     [
@@ -111,7 +136,7 @@ def _chat_answer(content: str, finish: str = "stop", logprobs: list[float] | Non
 
 def test_read_answer_takes_text_reason_and_logprobs_of_chat_and_completions() -> None:
     chat = read_answer("chat", json.loads(_chat_answer("hi", "length", [-0.5, -1.5])))
-    assert chat == Answer("hi", "length", None, (-0.5, -1.5))
+    assert chat == Answer("hi", "length", None, (-0.5, -1.5), completion_tokens=2)
     assert chat.mean_logprob == -1.0
     text = {"choices": [{"text": "hi", "finish_reason": "stop",
                          "logprobs": {"token_logprobs": [-0.25, None, -0.75]}}]}  # fmt: skip
@@ -198,6 +223,33 @@ def test_judge_escalates_with_the_failed_check(payload: bytes, reason: str) -> N
     plan = plan_cascade(_request(CHAT), AliasEntry("a", "s", "chat", (), ALL))
     assert plan is not None
     assert judge(plan, payload).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "completion_tokens", "reason"),
+    [
+        ("chat", {**CHAT, "max_tokens": 2}, 2, None),
+        ("chat", {**CHAT, "max_completion_tokens": 2, "max_tokens": 50}, 2, None),
+        ("chat", {**CHAT, "max_tokens": 50}, 2, "truncation"),  # cut by the small context
+        ("chat", CHAT, 2, "truncation"),  # no limit of the client's: the engine's own
+        ("completions", {"model": "a", "prompt": "Once"}, 16, None),  # the API's default 16
+        ("completions", {"model": "a", "prompt": "Once", "max_tokens": 40}, 16, "truncation"),
+    ],
+)
+def test_judge_escalates_a_truncation_only_short_of_the_clients_limit(
+    kind: str, body: dict[str, Any], completion_tokens: int, reason: str | None
+) -> None:
+    alias = AliasEntry("a", "s", "chat" if kind == "chat" else "completion", (), CUT)
+    plan = plan_cascade(_request(body, kind), alias)
+    assert plan is not None
+    choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
+    if kind == "chat":
+        choice["message"] = {"role": "assistant", "content": "Once upon"}
+    else:
+        choice["text"] = " upon a time"
+    usage = {"prompt_tokens": 5, "completion_tokens": completion_tokens}
+    answer = {"id": "c1", "model": "s", "choices": [choice], "usage": usage}
+    assert judge(plan, json.dumps(answer).encode()).reason == reason
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The gateway over scripted engines with engine state: the builder behind the conftest's
-``engine_gateway`` fixture, and its handlers and recording admission."""
+``engine_gateway`` fixture, and its handlers, recording admission and pool-refusing
+admission."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from tests.unit.gateway.conftest import Harness, World, default_world
 from tests.unit.gateway.upstreams import chat_any
 
 from trunkline.errors import RateLimited
+from trunkline.gateway.admission import protocol
+from trunkline.gateway.admission.decision import SLO_UNATTAINABLE, Decision
+from trunkline.gateway.admission.errors import rejection_error
 from trunkline.gateway.routing import EndpointView, RequestView
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
@@ -55,6 +59,21 @@ class RecordingAdmission:
         if self.reject:
             raise RateLimited("shed", reason="overloaded", extra={"headers": {"retry-after": "7"}})
         return Admitted(list(reversed(range(len(ranked)))), {"x-trunkline-admission": "ok"})
+
+
+class PoolsRefused:
+    """SLO admission refusing (with ``reason``) whatever would run on ``pools``: as when those
+    pools cannot start a request within the tier's TTFT target."""
+
+    def __init__(self, *pools: str, reason: str = SLO_UNATTAINABLE) -> None:
+        self.pools, self.reason = pools, reason
+
+    async def admit(
+        self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
+    ) -> protocol.Admitted:
+        if ranked[0].pool in self.pools:
+            raise rejection_error(Decision.reject(self.reason, 2.0), tier)
+        return await protocol.AdmitAll().admit(request, tier, ranked)
 
 
 @dataclass

@@ -9,9 +9,11 @@ import httpx
 import msgspec
 import pytest
 from tests.unit.gateway.conftest import TENANT_A, Harness, World, default_world
+from tests.unit.gateway.engines_support import PoolsRefused
 from tests.unit.gateway.test_gateway import _ready, auth, sse_data
 from tests.unit.gateway.upstreams import chat_any
 
+from trunkline.gateway.admission.decision import DEADLINE_EXCEEDED, OVERLOADED, SLO_UNATTAINABLE
 from trunkline.snapshot import AliasEntry, CascadeEntry, EndpointEntry, PoolEntry, TenantEntry
 
 SALT_A = "5a1f0c0ffee0c0ffee0c0ffee0c0ffee"
@@ -118,6 +120,41 @@ def test_a_failed_check_escalates_to_the_large_model_and_both_are_metered(
     ]
     assert records[1].status == 200 and records[1].completion_tokens == 3
     assert records[0].status == (503 if reason == "first_failed" else 200)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_cut_at_the_clients_own_max_tokens_is_kept(make_gateway, stream: bool) -> None:  # type: ignore[no-untyped-def]
+    """The large model gets the same max_tokens and would stop there too: escalating would
+    pay twice for an answer as long."""
+    gw, key = _gateway(make_gateway, small_engine("Paris, the", finish="length"))
+    body = {**CHAT, "max_tokens": 2, **({"stream": True} if stream else {})}
+    with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
+        text = "".join(r.iter_text())
+        assert r.status_code == 200, text
+        assert r.headers["x-trunkline-cascade"] == "first"
+        assert "x-trunkline-cascade-reason" not in r.headers
+
+    if stream:
+        chunks = sse_data(text)
+        assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == "length"
+        assert {c["model"] for c in chunks} == {"small-served"}
+    else:
+        assert json.loads(text)["choices"][0]["finish_reason"] == "length"
+    assert [json.loads(r.content)["model"] for r in gw.upstream] == ["small-served"]
+    assert [(r.model, r.completion_tokens) for r in gw.drain_usage()] == [("small-served", 2)]
+
+
+def test_an_answer_cut_short_of_the_clients_max_tokens_escalates(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Two tokens of the 100 allowed: the small model's context ran out, and the large
+    model's may well be longer."""
+    gw, key = _gateway(make_gateway, small_engine("Paris, the", finish="length"))
+    body = {**CHAT, "max_tokens": 100}
+    response = gw.client.post("/v1/chat/completions", json=body, headers=auth(key))
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-trunkline-cascade"] == "escalated"
+    assert response.headers["x-trunkline-cascade-reason"] == "truncation"
+    assert [r.model for r in gw.drain_usage()] == ["small-served", "llama-8b-served"]
 
 
 def test_a_streaming_client_gets_the_kept_answer_replayed_as_sse(make_gateway) -> None:  # type: ignore[no-untyped-def]
@@ -423,3 +460,46 @@ def test_when_both_models_fail_the_client_gets_the_error(make_gateway) -> None: 
     response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("refusal", [SLO_UNATTAINABLE, DEADLINE_EXCEEDED, OVERLOADED])
+def test_a_small_attempt_refused_by_admission_escalates_to_the_large_model(
+    make_gateway, refusal: str, stream: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """The small pool cannot start it in time; the large one can: the client gets the large
+    answer, not the small pool's 503 (or 429), and only the attempt sent is metered."""
+    admission = PoolsRefused("small-eu", reason=refusal)
+    gw, key = _ready(
+        make_gateway, small_engine("Paris."), world=cascade_world(),
+        admission=lambda _engines: admission,
+    )  # fmt: skip
+    body = {**CHAT, "stream": True} if stream else CHAT
+    with gw.client.stream("POST", "/v1/chat/completions", json=body, headers=auth(key)) as r:
+        text = "".join(r.iter_text())
+        assert r.status_code == 200, text
+        assert r.headers["x-trunkline-cascade"] == "escalated"
+        assert r.headers["x-trunkline-cascade-reason"] == "first_not_admitted"
+        assert r.headers["x-trunkline-pool"] == "h100-eu"
+        request_id = r.headers["x-request-id"]
+
+    models = {c["model"] for c in sse_data(text)} if stream else {json.loads(text)["model"]}
+    assert models == {"llama-8b-served"}
+    assert [json.loads(r.content)["model"] for r in gw.upstream] == ["llama-8b-served"]
+    assert [(r.request_id, r.model, r.status) for r in gw.drain_usage()] == [
+        (f"{request_id}.escalated", "llama-8b-served", 200),
+    ]
+
+
+def test_when_admission_refuses_both_models_the_client_gets_the_refusal(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    admission = PoolsRefused("small-eu", "h100-eu")
+    gw, key = _ready(
+        make_gateway, small_engine("Paris."), world=cascade_world(),
+        admission=lambda _engines: admission,
+    )  # fmt: skip
+    response = gw.client.post("/v1/chat/completions", json=CHAT, headers=auth(key))
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "slo_unattainable"
+    assert response.headers["retry-after"] == "2"
+    assert gw.upstream == [] and gw.drain_usage() == []

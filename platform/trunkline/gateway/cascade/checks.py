@@ -41,6 +41,17 @@ class Answer:
     finish_reason: str | None
     refusal: str | None = None
     token_logprobs: tuple[float, ...] | None = None
+    completion_tokens: int | None = None
+    """The answer's ``usage.completion_tokens``: every choice's together."""
+    choices: int = 1
+
+    def reached(self, limit: int) -> bool:
+        """Whether the first choice has ``limit`` tokens (none has more): usage sums every
+        choice, each of at most ``limit``, so the first has at least the sum less the others'
+        most. Unknown (no usage) reads as not reached."""
+        if self.completion_tokens is None:
+            return False
+        return self.completion_tokens - (self.choices - 1) * limit >= limit
 
     @property
     def mean_logprob(self) -> float | None:
@@ -59,11 +70,15 @@ def read_answer(kind: str, payload: dict[str, Any]) -> Answer:
         text, refusal = message.get("content"), message.get("refusal")
     else:
         text, refusal = choice.get("text"), None
+    usage = payload.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
     return Answer(
         text if isinstance(text, str) else "",
         choice.get("finish_reason"),
         refusal if isinstance(refusal, str) and refusal else None,
         _token_logprobs(choice.get("logprobs")),
+        tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+        len(choices) if isinstance(choices, list) and choices else 1,
     )
 
 
@@ -97,12 +112,24 @@ def is_refusal(answer: Answer) -> bool:
 
 
 def escalation_reason(
-    answer: Answer, cascade: CascadeEntry, confidence: float | None = None
+    answer: Answer,
+    cascade: CascadeEntry,
+    confidence: float | None = None,
+    client_limit: int | None = None,
 ) -> str | None:
     """Why the answer is not good enough (``truncation``, ``refusal``, ``low_logprob``,
     ``low_confidence``), or None to accept it. A check that cannot be evaluated (no
-    log-probabilities, no confidence line) counts as failed: escalating is the safe side."""
-    if cascade.on_truncation and answer.finish_reason == "length":
+    log-probabilities, no confidence line) counts as failed: escalating is the safe side.
+
+    ``client_limit``: the tokens the client's request allows each answer (its own maximum, or
+    the API's default), which the large model gets too. An answer that stopped there is not
+    truncated for the cascade: the large one would stop at the same limit. One that stopped
+    short of it (the small model's context ran out) is."""
+    if (
+        cascade.on_truncation
+        and answer.finish_reason == "length"
+        and (client_limit is None or not answer.reached(client_limit))
+    ):
         return "truncation"
     if cascade.on_refusal and is_refusal(answer):
         return "refusal"

@@ -23,12 +23,15 @@ from trunkline.gateway.cascade.checks import (
 )
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.routing.candidates import open_pools
+from trunkline.quota.estimate import completion_maximum
 from trunkline.snapshot import AliasEntry, CascadeEntry, Snapshot
 
 HEADER = "x-trunkline-cascade"
 """``first`` when the first model's answer was kept, ``escalated`` when the large one answered."""
 REASON_HEADER = "x-trunkline-cascade-reason"
 _MAX_REQUEST_ID = 64
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+"""The answer maximum of a ``/v1/completions`` request that sets none (vLLM's and OpenAI's)."""
 _SYSTEM_ROLES = ("system", "developer")
 """Roles of a client's opening message the confidence instruction is joined to."""
 
@@ -95,12 +98,23 @@ def judge(plan: CascadePlan, payload: bytes) -> Verdict:
     if plan.checks.min_confidence is not None:
         confidence = split_confidence(answer.text)[1]
         _cut_confidence_lines(document)
-    reason = escalation_reason(answer, plan.checks, confidence)
+    limit = client_limit(plan.request.kind, plan.request.body)
+    reason = escalation_reason(answer, plan.checks, confidence, limit)
     if not _client_wants_logprobs(plan.request.kind, plan.request.body):
         for choice in document.get("choices") or ():
             if isinstance(choice, dict):
                 choice["logprobs"] = None
     return Verdict(reason, msgspec.json.encode(document))
+
+
+def client_limit(kind: str, body: dict[str, Any]) -> int | None:
+    """The most tokens the client's request lets each answer have, on both models: its own
+    maximum, else on completions the API's default of 16 (vLLM's and OpenAI's); None on chat
+    without one (the engine's own limit: what its context leaves)."""
+    asked = completion_maximum(kind, body)
+    if asked is None and kind == "completions":
+        return COMPLETIONS_DEFAULT_MAX_TOKENS
+    return asked
 
 
 def attempt_request_id(request_id: str, suffix: str) -> str:
