@@ -23,6 +23,7 @@ from trunkline.apps.publishing import THOROUGH_EVERY, republish_if_stale
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.auth.principal import Principal
 from trunkline.engines import EngineSpec, SimulatedEngines
+from trunkline.errors import ConfigurationError
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction
@@ -56,11 +57,29 @@ async def run_embedded(
     time_scale: float = 1.0,
     ready: asyncio.Event | None = None,
 ) -> None:
+    refuse_outside_development(settings)
     runtime = build_runtime(settings)
     try:
         await _run(runtime, tenants_dir, time_scale, ready)
     finally:
         runtime.close()
+
+
+def refuse_outside_development(settings: Settings) -> None:
+    """Stop ``trunkline up`` before it touches a database it was not meant for: it applies
+    ``tenants/`` (the example tenants), points the simulated pools at its loopback engines and
+    keeps a demo key's plaintext on disk. With production's settings (PostgreSQL, Redis) it
+    did all that to the production database, published it to the gateways, and then failed."""
+    problems = []
+    if settings.is_production:
+        problems.append(
+            "it does not run with TRUNKLINE_ENVIRONMENT=production (run the production "
+            "processes: trunkline controlplane, gateway, worker)"
+        )
+    if settings.redis.url:
+        problems.append("its stores are in memory: unset TRUNKLINE_REDIS__URL")
+    if problems:
+        raise ConfigurationError("trunkline up is the development platform: " + "; ".join(problems))
 
 
 async def _run(

@@ -39,7 +39,14 @@ class AccessTokenMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization")
+        given = connection.headers.getall("authorization", [])
+        if len(given) > 1:  # whichever came first was served: a proxy in front checks another
+            refused = Unauthenticated(
+                f"send one Authorization header; this request has {len(given)}",
+                reason="ambiguous_token",
+            )
+            return AuthenticationResult(user=None, auth=refused)
+        header = given[0] if given else None
         try:
             principal = await anyio.to_thread.run_sync(partial(self._authenticate, header))
         except Unauthenticated as refused:

@@ -8,6 +8,7 @@ against the gateway without that server secret.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -26,6 +27,9 @@ _WHOLE_SECRET = re.compile(
     rf"(?<![A-Za-z0-9])((?:{API_KEY_PREFIX}|{ACCESS_TOKEN_PREFIX})_[A-Za-z0-9]{{{ID_LENGTH}}}_)"
     rf"[A-Za-z0-9]{{{SECRET_LENGTH}}}(?![A-Za-z0-9])"
 )
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
 
 
 class IssuedSecret(NamedTuple):
@@ -75,3 +79,11 @@ def redacted(text: str) -> str:
     kept (``tlk_<id>_…``): for what is written out, a log line or a problem's ``instance``,
     when a caller pasted a whole key where its id goes."""
     return _WHOLE_SECRET.sub(r"\1…", text)
+
+
+@functools.lru_cache(maxsize=4096)
+def without_password(url: str) -> str:
+    """``url`` with the password of its user information replaced (``http://user:…@host``):
+    for what is written out (a log line, the usage ledger) about a URL an operator may have
+    given credentials in, such as an engine endpoint behind a proxy that asks for them."""
+    return _URL_PASSWORD.sub(r"\1:…@", url)

@@ -22,6 +22,7 @@ from trunkline.errors import (
     PayloadTooLarge,
     RequestTimeout,
     TrunklineError,
+    Unauthenticated,
 )
 from trunkline.gateway.cors import cors_config
 from trunkline.gateway.endpoints import EngineMonitor
@@ -74,11 +75,21 @@ def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
 
 def _credentials(request: Request[object, object, State]) -> str | None:
     """The ``Authorization`` header, or Azure OpenAI clients' ``api-key`` header as a bearer
-    token when that is absent (``AzureOpenAI`` sends its key so)."""
-    authorization = request.headers.get("authorization")
-    if authorization is None and (api_key := request.headers.get("api-key")):
-        return f"Bearer {api_key}"
-    return authorization
+    token when that is absent (``AzureOpenAI`` sends its key so). Two of the one taken are
+    refused: serving the first let a proxy in front that checks (or adds) another decide whose
+    key was served."""
+    headers = request.headers
+    for name in ("authorization", "api-key"):
+        given = headers.getall(name, [])
+        if len(given) > 1:
+            raise Unauthenticated(
+                f"Send one {'Authorization' if name == 'authorization' else name} header with "
+                f"your API key; this request has {len(given)}.",
+                reason="invalid_api_key",
+            )
+        if given:
+            return given[0] if name == "authorization" else f"Bearer {given[0]}"
+    return None
 
 
 async def _serve(

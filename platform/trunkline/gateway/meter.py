@@ -61,7 +61,8 @@ class UsageMeter:
 
     @property
     def endpoint_url(self) -> str | None:
-        return None if self.candidate is None else self.candidate.endpoint.url
+        """The endpoint as logged and metered (no password it may hold)."""
+        return None if self.candidate is None else self.candidate.endpoint.shown_url
 
     def attempt(self, candidate: Candidate) -> None:
         self.attempting = candidate

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import httpx
 
+from trunkline.auth.secrets import without_password
 from trunkline.errors import UpstreamUnavailable
 from trunkline.gateway.endpoints import EngineState, Flight
 from trunkline.gateway.engine_answers import read_whole
@@ -124,7 +125,7 @@ async def open_upstream(
     for index, candidate in enumerate(candidates):
         endpoint = candidate.endpoint
         if index and _ejected_meanwhile(engines, candidates, index):
-            reasons.append(f"{endpoint.url}: ejected")
+            reasons.append(f"{endpoint.shown_url}: ejected")
             continue
         tokens = prefill_tokens[index] if index < len(prefill_tokens) else 0
         flight = engines.sent(endpoint.id, tokens, streamed=streamed)
@@ -136,17 +137,17 @@ async def open_upstream(
             response = await unless_ejected(flight, sending)
         except EndpointEjected:
             engines.ended(flight)
-            reasons.append(f"{endpoint.url}: ejected")
-            log.warning("endpoint ejected while awaited", extra={"endpoint": endpoint.url})
+            reasons.append(f"{endpoint.shown_url}: ejected")
+            log.warning("endpoint ejected while awaited", extra={"endpoint": endpoint.shown_url})
             continue
         except _FAILOVER_ERRORS as exc:
             engines.ended(flight)
             if not isinstance(exc, httpx.PoolTimeout):  # our own pool, not the engine's fault
                 engines.failed(endpoint.id, type(exc).__name__)
-            reasons.append(f"{endpoint.url}: {type(exc).__name__}")
+            reasons.append(f"{endpoint.shown_url}: {type(exc).__name__}")
             log.warning(
                 "endpoint did not take the request",
-                extra={"endpoint": endpoint.url, "error": f"{type(exc).__name__}: {exc}"},
+                extra={"endpoint": endpoint.shown_url, "error": f"{type(exc).__name__}: {exc}"},
             )
             continue
         except httpx.TimeoutException as exc:
@@ -154,10 +155,10 @@ async def open_upstream(
             if not retry_read_errors:  # a long generation, as likely as a stuck engine
                 raise
             engines.failed(endpoint.id, type(exc).__name__)
-            reasons.append(f"{endpoint.url}: {type(exc).__name__}")
+            reasons.append(f"{endpoint.shown_url}: {type(exc).__name__}")
             log.warning(
                 "endpoint went silent before answering",
-                extra={"endpoint": endpoint.url, "error": type(exc).__name__},
+                extra={"endpoint": endpoint.shown_url, "error": type(exc).__name__},
             )
             continue
         except BaseException:
@@ -174,7 +175,7 @@ async def open_upstream(
                 shed = shed or shedding
                 engines.ended(flight)
                 await response.aclose()
-                reasons.append(f"{endpoint.url}: {failure}")
+                reasons.append(f"{endpoint.shown_url}: {failure}")
                 continue
         elif response.status_code != 200 or not streamed:
             # A stream's head says nothing yet: it succeeds once whole (or fails on the way).
@@ -220,7 +221,7 @@ async def _send(
         response = await post()
     except _STALE_CONNECTION_ERRORS as exc:
         log.info("connection closed under the request; sending it once more", extra={
-            "endpoint": str(url), "error": type(exc).__name__})  # fmt: skip
+            "endpoint": without_password(str(url)), "error": type(exc).__name__})  # fmt: skip
         response = await post()
     if whole and response.status_code == 200:
         try:

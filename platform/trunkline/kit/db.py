@@ -102,7 +102,12 @@ def _json_loads(text: str | bytes) -> Any:
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     url = _normalise(url)
-    kwargs: dict[str, Any] = {"echo": echo, "future": True, "json_deserializer": _json_loads}
+    # A failed statement's error is logged (unhandled errors, the configuration check, jobs):
+    # its text held the statement's parameters, e-mail addresses and hashes of keys among them.
+    # ``echo`` is asked for by whoever wants to see them.
+    kwargs: dict[str, Any] = {
+        "echo": echo, "hide_parameters": not echo, "future": True, "json_deserializer": _json_loads,
+    }  # fmt: skip
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:

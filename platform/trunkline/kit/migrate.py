@@ -46,11 +46,21 @@ def ensure_sqlite_dir(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
+_PASSWORD_PARAMETERS = ("password", "sslpassword")
+"""libpq's parameters that hold a password, which a URL may give in its query instead."""
+
+
 def database_name(url: str) -> str:
     """The database as messages name it: a SQLite file's absolute path, else the URL without
-    its password."""
+    its password, whether in its user information or in libpq's ``password`` (and
+    ``sslpassword``) parameters."""
     path = sqlite_file(url)
-    return str(path.resolve()) if path else make_url(url).render_as_string(hide_password=True)
+    if path is not None:
+        return str(path.resolve())
+    parsed = make_url(url)
+    hidden = {name: "***" for name in _PASSWORD_PARAMETERS if name in parsed.query}
+    shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    return shown.replace("=%2A%2A%2A", "=***")  # as the user information's is shown
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from trunkline.auth.secrets import without_password
 from trunkline.quota.limits import QuotaBook
 
 
@@ -52,6 +53,12 @@ class EndpointEntry(msgspec.Struct, frozen=True):
     """ZMQ address of the engine's KV-cache event publisher (``tcp://host:port``), if it has one."""
     kv_replay: str | None = None
     """ZMQ address where that publisher replays missed events (vLLM's ``replay_endpoint``)."""
+
+    @property
+    def shown_url(self) -> str:
+        """``url`` as logged and metered: without the password it may hold
+        (``http://user:password@host``, for a proxy in front of the engine)."""
+        return without_password(self.url)
 
 
 class PoolEntry(msgspec.Struct, frozen=True):

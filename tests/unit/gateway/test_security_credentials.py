@@ -1,0 +1,43 @@
+"""A request carries one credential: two ``Authorization`` headers (or, without one, two
+``api-key`` headers) are refused, not served as whichever came first. A proxy in front that
+checks one of them, or adds its own, must not decide whose key the gateway serves."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from tests.unit.gateway.conftest import TENANT_B
+from tests.unit.gateway.test_gateway import _ready, assert_openai_error
+
+
+def _get(app: object, path: str, headers: list[tuple[str, str]]) -> httpx.Response:
+    """``GET path`` with ``headers`` sent as they are: the test client joins repeated headers
+    into one, as a server never sees them."""
+
+    async def sent() -> httpx.Response:
+        transport = httpx.ASGITransport(app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.get(path, headers=headers)
+
+    return asyncio.run(sent())
+
+
+@pytest.mark.parametrize("header", ["Authorization", "api-key"])
+def test_two_credentials_of_one_kind_are_refused_whatever_their_order(
+    make_gateway, header: str
+) -> None:
+    gw, key = _ready(make_gateway)
+    other = gw.world.add_key(TENANT_B)
+    gw.world.publish()
+
+    def sent(value: str) -> str:
+        return f"Bearer {value}" if header == "Authorization" else value
+
+    for first, second in ((key, "not-a-key"), ("not-a-key", key), (key, other), (key, key)):
+        headers = [(header, sent(first)), (header, sent(second))]
+        answer = _get(gw.client.app, "/v1/models", headers)
+        assert_openai_error(answer, 401, "invalid_api_key")
+        assert "one" in answer.json()["error"]["message"]
+    assert _get(gw.client.app, "/v1/models", [(header, sent(key))]).is_success
