@@ -203,7 +203,7 @@ def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
     """Engine state at a glance: ejected endpoints, the oldest scrape, per endpoint that
     publishes KV events, whether its subscription is live and how many events it applied, and
     the endpoints whose engine's KV block size is not their pool's (prefix routing matches none
-    of their cache)."""
+    of their cache), and those whose scrapes find no engine metrics (their load is unknown)."""
     if monitor is None:
         return {}
     state = monitor.state
@@ -218,6 +218,11 @@ def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
         "oldest_scrape_s": round(max(ages), 3) if ages else None,
         "kv_events": kv.summary() if kv is not None else {},
         "block_size_mismatches": [sizes._asdict() for sizes in monitor.block_sizes.mismatches()],
+        "without_metrics": [
+            {"endpoint": h.endpoint, "reason": h.without_metrics}
+            for h in state.health_report()
+            if h.without_metrics is not None
+        ],
     }
 
 
