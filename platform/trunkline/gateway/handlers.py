@@ -28,6 +28,7 @@ from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.head import allowed_with_head, head_as_get
 from trunkline.gateway.meter import CLIENT_CLOSED
+from trunkline.gateway.options import options_with_id
 from trunkline.gateway.pipeline import visible_aliases
 from trunkline.gateway.request_metrics import gateway_request_metrics
 from trunkline.gateway.service import GatewayService, Reply
@@ -361,7 +362,7 @@ def build_app(
     late_body = BodyTimeout(body_timeout_s, _late_body, registry)
     # Around the router: its own answers (an unknown path, a wrong method) are counted too.
     app.asgi_handler = gateway_request_metrics(registry).wrap(
-        late_body.wrap(head_as_get(app.asgi_handler))
+        late_body.wrap(head_as_get(options_with_id(app.asgi_handler)))
     )
     return app
 
