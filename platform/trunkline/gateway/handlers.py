@@ -32,6 +32,7 @@ from trunkline.gateway.options import options_with_id
 from trunkline.gateway.pipeline import visible_aliases
 from trunkline.gateway.request_metrics import gateway_request_metrics
 from trunkline.gateway.service import GatewayService, Reply
+from trunkline.gateway.shutdown import cut_at_shutdown
 from trunkline.kit import logging as tlog
 from trunkline.kit.asgi import unless_client_leaves
 from trunkline.kit.body_timeout import BodyTimeout
@@ -362,7 +363,7 @@ def build_app(
     late_body = BodyTimeout(body_timeout_s, _late_body, registry)
     # Around the router: its own answers (an unknown path, a wrong method) are counted too.
     app.asgi_handler = gateway_request_metrics(registry).wrap(
-        late_body.wrap(head_as_get(options_with_id(app.asgi_handler)))
+        cut_at_shutdown(late_body.wrap(head_as_get(options_with_id(app.asgi_handler))))
     )
     return app
 

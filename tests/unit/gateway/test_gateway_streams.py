@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
@@ -484,6 +485,70 @@ def test_a_gateway_stopping_meters_the_streams_it_cuts_before_its_usage_emitter_
         "gateway_stopped",
     )
     assert service.meter_the_unfinished() == 0  # nothing twice
+
+
+def test_a_stream_cut_at_shutdown_ends_cleanly_and_is_said_so_in_one_line(
+    engine_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the drain time is out uvicorn cancels the requests left: a stream's cancellation
+    came out of the app, and uvicorn logged "Exception in ASGI application" with a traceback
+    (and cut the client off without an end). Now the stream ends with an error event and
+    [DONE], one line says it was cut at shutdown, and it is metered as before."""
+    first = sse_events("llama-8b-served", with_usage=False)[:2]
+    gw = engine_gateway(lambda request: _event_stream(_Endless(first)))
+    app = gw.client.app
+    body = msgspec.json.encode(STREAM)
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "headers": [
+            (b"host", b"gateway"), (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {gw.key}".encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }  # fmt: skip
+    sent: list[dict[str, object]] = []
+
+    async def serve_then_stop() -> None:
+        streaming = asyncio.Event()
+        disconnected = asyncio.Event()
+        bodies = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive() -> dict[str, object]:
+            if (message := next(bodies, None)) is not None:
+                return message
+            await disconnected.wait()  # the client stays: the server stops
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and message.get("body"):
+                streaming.set()
+
+        task = asyncio.create_task(app(scope, receive, send))  # type: ignore[arg-type]
+        await streaming.wait()
+        # What uvicorn does once timeout_graceful_shutdown ran out.
+        task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        await task  # no exception leaves the app: uvicorn has nothing to log a traceback of
+        gw.service.meter_the_unfinished()  # the lifespan's shutdown, as before
+
+    with caplog.at_level(logging.INFO):
+        gw.client.blocking_portal.call(serve_then_stop)
+
+    streamed = b"".join(cast("bytes", m.get("body", b"")) for m in sent[1:])
+    assert sent[0]["status"] == 200
+    assert sent[-1]["more_body"] is False  # ended, not cut off
+    assert streamed.endswith(b"data: [DONE]\n\n")
+    error = msgspec.json.decode(streamed.split(b"data: ")[-2])["error"]
+    assert error["code"] == "gateway_stopped"
+    request_id = dict(cast("list[tuple[bytes, bytes]]", sent[0]["headers"]))[b"x-request-id"]
+    [cut] = [r for r in caplog.records if "cut" in r.getMessage()]
+    assert cut.levelno == logging.WARNING and cut.request_id == request_id.decode()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    [(_id, record)] = gw.usage.read(10)
+    assert (record.status, record.completion_tokens) == (499, 1)  # the token it streamed
 
 
 def test_requests_refused_before_they_were_sent_leave_nothing_to_meter_at_shutdown(
