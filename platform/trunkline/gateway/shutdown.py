@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
@@ -39,13 +40,14 @@ def cut_at_shutdown(app: ASGIApp) -> ASGIApp:
         head: dict[bytes, bytes] | None = None
         ended = False
 
-        async def watched(message: Message) -> None:
+        def watched(message: Message) -> Awaitable[None]:
+            # Not a coroutine of its own: a stream sends one message per event.
             nonlocal head, ended
             if message["type"] == "http.response.start":
                 head = dict(message["headers"])
             elif not message.get("more_body", False):
                 ended = True
-            await send(message)
+            return send(message)
 
         try:
             await app(scope, receive, watched)
