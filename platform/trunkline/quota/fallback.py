@@ -203,6 +203,14 @@ class FallbackQuotaStore:
                     ticket = await self._reserve_admitted(request)
                     if request_id in self._decided_locally:  # not settled meanwhile
                         self._adopted[request_id] = ticket
+            if self._adopted and self._pending:
+                # A reserve that timed out but ran is its request's reservation now: adopted,
+                # it is settled when the request ends, not given back under it.
+                self._pending = deque(
+                    m
+                    for m in self._pending
+                    if m.decided_locally is not None or m.ticket.request_id not in self._adopted
+                )
             in_store = {t.request_id: t for t in self._in_store((*tickets, *self.in_flight()))}
             in_store.update(self._adopted)
             await self._primary.renew(list(in_store.values()), now_ms, lease_ms)

@@ -413,3 +413,25 @@ def test_a_request_admitted_locally_holds_its_slot_in_the_store_once_it_is_back(
     gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
     assert gw.counters()[CONCURRENCY] == 0, "freed when it ended: nothing leaked"
     assert gw.post(CHAT).status_code == 200
+
+
+def test_a_reservation_that_timed_out_but_was_made_is_the_slot_of_its_request_in_flight(
+    make_gateway: Any,
+) -> None:
+    """Its reserve ran in the store although the call timed out, and the request was admitted
+    locally: that reservation is its slot once the store is back, not given back under it."""
+    store = RanButTimedOut()
+    gw: Gateway = make_gateway(store=store)
+    gw.limit(key=Limits(tokens_per_day=10_000, concurrent_requests=1))
+    store.down = True
+    events = gw.call(open_stream, gw)  # decided locally; held in the store all the same
+
+    _recover(gw, store)
+    assert gw.counters()[CONCURRENCY] == 1
+    assert gw.post(CHAT).status_code == 429, "the only slot is the stream's"
+
+    gw.call(events.aclose)
+    gw.call(gw.service.quota.drain)
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+    assert gw.counters()[CONCURRENCY] == 0
+    assert gw.counters()[DAY_TOKENS] == 18, "what it used (the prompt), counted once"
