@@ -61,7 +61,20 @@ def cut_at_shutdown(app: ASGIApp) -> ASGIApp:
 
 async def _end(scope: Scope, head: dict[bytes, bytes] | None, send: Send) -> None:
     headers = head or {}
-    request_id = headers.get(b"x-request-id", b"").decode("latin-1") or None
+    request_id = headers.get(b"x-request-id", b"").decode("latin-1") or (
+        scope.get("state") or {}  # the handler's (``handlers.request_id_of``), if it ran
+    ).get("request_id")
+    try:
+        what = await _answer(head, headers, send)
+    except (asyncio.CancelledError, OSError, RuntimeError):
+        # The event loop closing cancels it again, a client too slow to take the end holds
+        # it: the line still says it was cut.
+        what = "request cut: the gateway stopped (its drain time ran out)"
+    log.warning(what, extra={"request_id": request_id, "path": scope["path"]})
+
+
+async def _answer(head: dict[bytes, bytes] | None, headers: dict[bytes, bytes], send: Send) -> str:
+    """End the answer as far as it can be ended; says what was cut."""
     if head is None:
         what = "request cut before its answer: the gateway stopped (its drain time ran out)"
         status, body = encode_error(Unavailable(_MESSAGE, reason=_CODE))
@@ -83,4 +96,4 @@ async def _end(scope: Scope, head: dict[bytes, bytes] | None, send: Send) -> Non
         await send({"type": "http.response.body", "body": event, "more_body": False})
     else:  # a plain answer half sent (the gateway sends them whole): nothing to end it with
         what = "answer cut: the gateway stopped while it was sent (its drain time ran out)"
-    log.warning(what, extra={"request_id": request_id, "path": scope["path"]})
+    return what
