@@ -167,6 +167,10 @@ def test_a_stream_outliving_the_drain_timeout_is_metered_before_the_gateway_exit
     [row] = rows
     assert row.completion_tokens >= received - 2  # what it streamed (the role chunk has none)
     assert row.status == 499
+    # Said in one line, not as uvicorn's "Exception in ASGI application" and a traceback.
+    logged = gateway.output()
+    assert "stream cut: the gateway stopped" in logged
+    assert "Exception in ASGI application" not in logged and "Traceback" not in logged
 
 
 def test_the_servers_hold_connections_as_their_header_and_keep_alive_timeouts_say(

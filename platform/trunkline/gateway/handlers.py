@@ -29,9 +29,11 @@ from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.head import allowed_with_head, head_as_get
 from trunkline.gateway.meter import CLIENT_CLOSED
+from trunkline.gateway.options import options_with_id
 from trunkline.gateway.pipeline import visible_aliases
 from trunkline.gateway.request_metrics import gateway_request_metrics
 from trunkline.gateway.service import GatewayService, Reply
+from trunkline.gateway.shutdown import cut_at_shutdown
 from trunkline.kit import logging as tlog
 from trunkline.kit.asgi import unless_client_leaves
 from trunkline.kit.body_timeout import BodyTimeout
@@ -214,7 +216,7 @@ def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
     """Engine state at a glance: ejected endpoints, the oldest scrape, per endpoint that
     publishes KV events, whether its subscription is live and how many events it applied, and
     the endpoints whose engine's KV block size is not their pool's (prefix routing matches none
-    of their cache)."""
+    of their cache), and those whose scrapes find no engine metrics (their load is unknown)."""
     if monitor is None:
         return {}
     state = monitor.state
@@ -229,6 +231,11 @@ def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
         "oldest_scrape_s": round(max(ages), 3) if ages else None,
         "kv_events": kv.summary() if kv is not None else {},
         "block_size_mismatches": [sizes._asdict() for sizes in monitor.block_sizes.mismatches()],
+        "without_metrics": [
+            {"endpoint": h.endpoint, "reason": h.without_metrics}
+            for h in state.health_report()
+            if h.without_metrics is not None
+        ],
     }
 
 
@@ -367,7 +374,7 @@ def build_app(
     late_body = BodyTimeout(body_timeout_s, _late_body, registry)
     # Around the router: its own answers (an unknown path, a wrong method) are counted too.
     app.asgi_handler = gateway_request_metrics(registry).wrap(
-        late_body.wrap(head_as_get(app.asgi_handler))
+        cut_at_shutdown(late_body.wrap(head_as_get(options_with_id(app.asgi_handler))))
     )
     return app
 

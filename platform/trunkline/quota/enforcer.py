@@ -24,6 +24,7 @@ from typing import Any, Final
 from trunkline.errors import QuotaExhausted, RateLimited, TrunklineError, UpstreamUnavailable
 from trunkline.metering.outcomes import BILLED_BY_DEFAULT
 from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
+from trunkline.quota.fallback import FallbackQuotaStore
 from trunkline.quota.headers import rate_limit_headers, retry_headers
 from trunkline.quota.limits import (
     CONCURRENCY,
@@ -121,6 +122,8 @@ class QuotaEnforcer:
         # and must not share (or free) another request's concurrency slot by doing so.
         self._ids = itertools.count()
         self._nonce = secrets.token_hex(6)
+        if isinstance(store, FallbackQuotaStore):  # renews them as the store comes back
+            store.in_flight = lambda: [ticket for ticket, _since in self._inflight.values()]
 
     @property
     def degraded(self) -> bool:

@@ -4,12 +4,18 @@
 the ``trunkline_quota_store_degraded`` gauge and, fail-open, decides with a per-process
 in-memory limiter whose limits are ``rules.local_limits`` (a share of each limit, budgets from
 what was left when the store last answered); fail-closed, it refuses. While degraded it probes
-the store again every ``probe_every_ms`` on a real request; the first success ends the outage:
-exact limits again, the local counters are dropped, and settles that could not reach the store
-are replayed (settling is idempotent, so a replay never refunds twice), and so is what the
-requests decided locally used, into the windows they were made in: without it the budgets
-forgot the outage, and a tenant could spend what was left of a month once during it and once
-again after.
+the store again every ``probe_every_ms`` on a real request (or the lease heartbeat); the first
+success ends the outage: exact limits again, the local counters are dropped, and settles that
+could not reach the store are replayed (settling is idempotent, so a replay never refunds
+twice), and so is what the requests decided locally used, into the windows they were made in:
+without it the budgets forgot the outage, and a tenant could spend what was left of a month
+once during it and once again after.
+
+Before the store decides anything again, the requests still in flight get their concurrency
+slots back there: those decided locally are reserved in the store (without limits: they were
+admitted), and every lease is renewed, set again where it expired during the outage (longer
+than ``lease_s``, no renewal reached it). Else the store counted none of them, and admitted as
+many requests more than a concurrency limit until they ended.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final, NamedTuple
 
 from trunkline.quota.limits import Limits
@@ -77,6 +83,12 @@ class FallbackQuotaStore:
         """Local reservations in flight, by request id, to be replayed when they settle."""
         self._max_pending = max_pending_settles
         self._replaying: asyncio.Task[None] | None = None
+        self._adopted: dict[str, Ticket] = {}
+        """Requests decided locally and in flight when the store came back, reserved there
+        since (their slots), by request id: their leases are renewed there."""
+        self.in_flight: Callable[[], Sequence[Ticket]] = tuple
+        """The tickets of the requests in flight (the enforcer's): their leases are renewed as
+        the store comes back."""
 
     @property
     def degraded(self) -> bool:
@@ -84,11 +96,9 @@ class FallbackQuotaStore:
 
     async def reserve(self, request: ReserveRequest) -> Outcome:
         now = request.now_ms
-        if self._degraded_since is None or now >= self._probe_at:
-            if self._degraded_since is not None:
-                # One probe at a time: requests arriving while it waits on an unreachable store
-                # decide locally instead of each waiting for the timeout too.
-                self._probe_at = now + self._probe_every_ms
+        if self._degraded_since is None or (
+            now >= self._probe_at and await self._came_back(now, request.lease_ms, ())
+        ):
             try:
                 outcome = await self._primary.reserve(request)
             except StoreUnavailable as exc:
@@ -98,7 +108,6 @@ class FallbackQuotaStore:
                     # back (nothing happens if it was not).
                     self._keep_for_later(exc.maybe_reserved, 0, 0, now)
             else:
-                self._recovered(now)
                 self._remember(request, outcome)
                 return outcome
         if not self._fail_open:
@@ -112,6 +121,7 @@ class FallbackQuotaStore:
     async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
         if _is_local(ticket):
             await self._local.settle(ticket, tokens, cost, now_ms)
+            self._adopted.pop(ticket.request_id, None)
             decided = self._decided_locally.pop(ticket.request_id, None)
             if decided is not None:  # what it used goes to the store's budgets too
                 self._keep_for_later(ticket, tokens, cost, now_ms, decided)
@@ -130,17 +140,12 @@ class FallbackQuotaStore:
         """Renew leases; while degraded, also probe the store when a probe is due (the
         heartbeat calls this every few seconds), so an idle gateway learns it is back and stops
         saying it is degraded, rather than waiting for its next request."""
-        if self._degraded_since is not None and now_ms >= self._probe_at:
-            self._probe_at = now_ms + self._probe_every_ms
-            try:
-                await self._primary.probe(now_ms)
-            except StoreUnavailable as exc:
-                self._fail("probe", now_ms, exc)
-            else:
-                self._recovered(now_ms)
+        probe_due = self._degraded_since is not None and now_ms >= self._probe_at
+        if probe_due and await self._came_back(now_ms, lease_ms, tickets):
+            return  # every lease in flight was renewed as it came back
         local = [t for t in tickets if _is_local(t)]
         await self._local.renew(local, now_ms, lease_ms)
-        shared = [t for t in tickets if not _is_local(t)]
+        shared = self._in_store(tickets)
         if shared and self._degraded_since is None:
             try:
                 await self._primary.renew(shared, now_ms, lease_ms)
@@ -185,6 +190,42 @@ class FallbackQuotaStore:
             extra={"quota_mode": "open" if self._fail_open else "closed"},
         )
 
+    async def _came_back(self, now_ms: int, lease_ms: int, tickets: Sequence[Ticket]) -> bool:
+        """Probe the degraded store (one probe at a time: requests arriving while it waits on
+        an unreachable store decide locally instead of each waiting for the timeout too). Once
+        it answers, give the requests in flight (``tickets``, and the enforcer's) their slots
+        there before it decides anything, then end the outage. False: still away."""
+        self._probe_at = now_ms + self._probe_every_ms
+        try:
+            await self._primary.probe(now_ms)
+            for request_id, request in list(self._decided_locally.items()):
+                if request_id not in self._adopted:
+                    ticket = await self._reserve_admitted(request)
+                    if request_id in self._decided_locally:  # not settled meanwhile
+                        self._adopted[request_id] = ticket
+            if self._adopted and self._pending:
+                # A reserve that timed out but ran is its request's reservation now: adopted,
+                # it is settled when the request ends, not given back under it.
+                self._pending = deque(
+                    m
+                    for m in self._pending
+                    if m.decided_locally is not None or m.ticket.request_id not in self._adopted
+                )
+            in_store = {t.request_id: t for t in self._in_store((*tickets, *self.in_flight()))}
+            in_store.update(self._adopted)
+            await self._primary.renew(list(in_store.values()), now_ms, lease_ms)
+        except StoreUnavailable as exc:
+            self._fail("probe", now_ms, exc)
+            return False
+        self._recovered(now_ms)
+        return True
+
+    def _in_store(self, tickets: Iterable[Ticket]) -> list[Ticket]:
+        """The store's tickets of these requests: theirs, or those of requests decided locally
+        that were reserved there once it came back."""
+        found = (self._adopted.get(t.request_id) if _is_local(t) else t for t in tickets)
+        return [ticket for ticket in found if ticket is not None]
+
     def _recovered(self, now_ms: int) -> None:
         if self._degraded_since is None:
             return
@@ -218,12 +259,17 @@ class FallbackQuotaStore:
     async def _send(self, missed: _Settle) -> None:
         ticket, request = missed.ticket, missed.decided_locally
         if request is not None:
-            # Reserving again under the same id counts once, if a retry of this replay does.
-            unlimited = tuple(s._replace(limits=_NO_LIMITS) for s in request.scopes)
-            outcome = await self._primary.reserve(request._replace(scopes=unlimited))
-            assert outcome.ticket is not None
-            ticket = outcome.ticket
+            ticket = await self._reserve_admitted(request)
         await self._primary.settle(ticket, missed.tokens, missed.cost, missed.now_ms)
+
+    async def _reserve_admitted(self, request: ReserveRequest) -> Ticket:
+        """Reserve in the store, without its limits, a request decided locally, in the windows
+        it was made in. Reserving again under the same id counts once (a retry, or a request
+        reserved as the store came back and replayed as it ends)."""
+        unlimited = tuple(s._replace(limits=_NO_LIMITS) for s in request.scopes)
+        outcome = await self._primary.reserve(request._replace(scopes=unlimited))
+        assert outcome.ticket is not None
+        return outcome.ticket
 
     def _keep_for_later(
         self, ticket: Ticket, tokens: int, cost: int, now_ms: int,

@@ -97,13 +97,21 @@ end
 return 1
 """
 
-# KEYS: lease sets.  ARGV: expires_at_ms, lease_ms, then one request id per key.
+# KEYS: per lease, its lease set then its request's reservation key.  ARGV: expires_at_ms,
+#       lease_ms, then one request id per lease. A lease is set while its reservation is held,
+#       added again if it expired meanwhile (the gateway could not renew it through an outage
+#       longer than lease_ms; another gateway's reservation dropped it): its request is still in
+#       flight. A settled request's reservation is gone, so a renewal that crossed its settle
+#       takes no slot again.
 RENEW = """
 local expires, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
-for i = 1, #KEYS do
-  if redis.call('ZADD', KEYS[i], 'XX', 'CH', expires, ARGV[i + 2]) == 1 then
+local member = 3
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[i], expires, ARGV[member])
     redis.call('PEXPIRE', KEYS[i], lease * 2)
   end
+  member = member + 1
 end
 return 1
 """

@@ -82,10 +82,11 @@ class InMemoryQuotaStore:
     async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
         with self._lock:
             for ticket in tickets:
-                for key in ticket.lease_keys:
-                    leases = self._leases.get(key)
-                    if leases is not None and ticket.request_id in leases:
-                        leases[ticket.request_id] = now_ms + lease_ms
+                held = self._reservations.get(ticket.reservation_key)
+                if held is None or held[2] <= now_ms:
+                    continue  # settled (or past its settle deadline): its slot is free
+                for key in ticket.lease_keys:  # set again if it expired meanwhile
+                    self._leases.setdefault(key, {})[ticket.request_id] = now_ms + lease_ms
 
     async def usage(
         self, tenant_id: str, scopes: Sequence[tuple[str, str]], now_ms: int

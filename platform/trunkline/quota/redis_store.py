@@ -75,7 +75,7 @@ class RedisQuotaStore:
         members: list[str] = []
         for ticket in tickets:
             for key in ticket.lease_keys:
-                keys.append(key)
+                keys += (key, ticket.reservation_key)
                 members.append(ticket.request_id)
         if keys:
             args: list[str | int] = [now_ms + lease_ms, lease_ms, *members]

@@ -93,7 +93,9 @@ class QuotaStore(Protocol):
         (nothing, once the reservation's settle deadline has passed)."""
 
     async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
-        """Extend the leases and reservations of requests still in flight."""
+        """Extend the leases of requests still in flight (their reservations held): to
+        ``now_ms + lease_ms``, taking the slot again if the lease expired meanwhile (an outage
+        kept it from being renewed); a settled request's lease is not set again."""
 
     async def usage(
         self, tenant_id: str, scopes: Sequence[tuple[str, str]], now_ms: int

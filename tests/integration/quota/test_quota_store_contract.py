@@ -254,6 +254,34 @@ async def test_a_crashed_gateways_slots_expire_and_renewed_ones_do_not(store: Qu
     assert not (await store.reserve(request("r4", later, scoped=limited))).verdict.admitted
 
 
+async def test_a_lease_that_expired_while_its_request_ran_is_taken_again_by_a_renewal(
+    store: QuotaStore,
+) -> None:
+    """A gateway cut off from the store for longer than a lease could not renew it; another
+    reservation then dropped it. Renewing only leases still held left that request uncounted
+    once the gateway was back: the scope admitted one request over its limit."""
+    limited = scopes(Limits(concurrent_requests=1))
+    running = (await store.reserve(request("r1", scoped=limited))).ticket
+    settled = (await store.reserve(request("r2", scoped=scopes(key_id="k2")))).ticket
+    assert running is not None and settled is not None
+    later = NOON + LEASE_MS + 1
+    # Meanwhile another gateway's request came and went: the slot was free (the lease had
+    # expired), and its reservation dropped the lease.
+    other = (await store.reserve(request("r3", later, scoped=limited))).ticket
+    assert other is not None
+    await store.settle(other, 0, 0, later)
+    await store.settle(settled, 0, 0, later)
+
+    await store.renew([running, settled], later, LEASE_MS)  # back: it still runs
+
+    assert (await used(store, later))[0][CONCURRENCY] == 1
+    assert not (await store.reserve(request("r4", later, scoped=limited))).verdict.admitted
+    k2 = await store.usage("t1", [("key", "k2")], later)
+    assert k2[0][CONCURRENCY] == 0, "a settled request's slot is not taken again"
+    await store.settle(running, 0, 0, later)
+    assert (await used(store, later))[0][CONCURRENCY] == 0
+
+
 async def test_what_requests_in_flight_hold_is_read_per_scope(store: QuotaStore) -> None:
     """A budget refused while requests are in flight: spent, or held by them until they
     settle (the gateway answers the two apart)."""

@@ -69,6 +69,26 @@ def test_any_origin_when_configured_so_and_none_by_default(make_gateway) -> None
     assert not any(h.startswith("access-control-") for h in response.headers)
 
 
+def test_options_answers_carry_a_request_id_as_every_other_answer(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A preflight, and any OPTIONS Litestar answers itself, came without ``x-request-id``:
+    nothing to quote when a browser's call failed at its preflight."""
+    gw, _key = _gateway(make_gateway, [PAGE])
+    plain, _ = _ready(make_gateway)
+    answers = [
+        gw.client.options(
+            "/v1/chat/completions",
+            headers={"origin": PAGE, "access-control-request-method": "POST"},
+        ),
+        gw.client.options("/v1/chat/completions"),
+        plain.client.options("/v1/models", headers={"x-request-id": "mine-1"}),
+        plain.client.options("/nope"),  # an error: its own id, once
+    ]
+    ids = [answer.headers.get_list("x-request-id") for answer in answers]
+    assert all(len(found) == 1 and found[0].startswith("req-") for found in ids), ids
+    assert len({found[0] for found in ids}) == len(ids)  # each its own, never the caller's
+    assert answers[2].headers["allow"] == "GET, HEAD, OPTIONS"  # as a 405's Allow says
+
+
 @pytest.mark.parametrize("origin", ["chat.acme.example", "https://chat.acme.example/app", ""])
 def test_an_origin_that_is_not_one_is_refused_at_start(origin: str) -> None:
     with pytest.raises(pydantic.ValidationError, match="not a web origin"):

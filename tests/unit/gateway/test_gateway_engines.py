@@ -369,3 +369,37 @@ def _block_size_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     """What the block-size check logged (the others log too where the root logger says INFO)."""
     checks = "trunkline.gateway.endpoints.block_sizes"
     return [r.getMessage() for r in caplog.records if r.name == checks]
+
+
+def test_engines_serving_no_metrics_keep_serving_and_show_in_health(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """Engines whose servers answer /metrics 404 (not vLLM's, or a proxy passing only /v1 on):
+    their scrapes failed, they were ejected, and every probe failed again, so routing only
+    reached them failing open. Now they are routed with their load unknown, and /health and
+    /metrics say why."""
+    scrapes: dict[str, int] = {}
+
+    def scrape(request: httpx.Request) -> httpx.Response:
+        scrapes[request.url.host] = scrapes.get(request.url.host, 0) + 1
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    gw = engine_gateway(chat_any, scrape=scrape)
+    service = gw.service
+
+    async def scraped_often() -> None:  # EJECT_AFTER_FAILURES (3) times, each endpoint
+        while len(scrapes) < 4 or min(scrapes.values()) < 3:
+            await service.engines.wait_changed(timeout=0.1)
+
+    gw.client.blocking_portal.call(scraped_often)
+    response = gw.chat()
+    engines = gw.client.get("/health").json()["engines"]
+    exposition = gw.client.get("/metrics").text
+
+    assert response.status_code == 200
+    assert engines["ejected"] == []
+    assert engines["without_metrics"] == [
+        {"endpoint": e, "reason": "HTTP 404"} for e in ("e1", "e2", "e3", "e4")
+    ]
+    assert 'trunkline_endpoint_metrics_age_seconds{endpoint="e1"} +Inf' in exposition
+    assert 'trunkline_endpoint_failures_total{endpoint="e1",kind="scrape"} 0.0' in exposition

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ import msgspec
 import pytest
 from tests.unit.gateway.conftest import default_world
 from tests.unit.gateway.engines_support import (
+    CHAT,
     STREAM,
     Gateway,
     Handler,
@@ -484,6 +486,106 @@ def test_a_gateway_stopping_meters_the_streams_it_cuts_before_its_usage_emitter_
         "gateway_stopped",
     )
     assert service.meter_the_unfinished() == 0  # nothing twice
+
+
+def _stopped_while_served(
+    gw: Gateway, request: dict[str, object], under_way: asyncio.Event | None = None
+) -> list[dict[str, object]]:
+    """What the gateway sends for ``request`` when the server stops once ``under_way`` is set
+    (None: once its answer's first bytes went out):
+    uvicorn, its drain time out, cancels the request's task. No exception may leave the app
+    (uvicorn would log "Exception in ASGI application" with its traceback)."""
+    body = msgspec.json.encode(request)
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "headers": [
+            (b"host", b"gateway"), (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {gw.key}".encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }  # fmt: skip
+    sent: list[dict[str, object]] = []
+
+    async def serve_then_stop() -> None:
+        bodies = iter([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def receive() -> dict[str, object]:
+            if (message := next(bodies, None)) is not None:
+                return message
+            await asyncio.Event().wait()  # the client stays: the server stops
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body":
+                answering.set()
+
+        answering = under_way or asyncio.Event()
+        task = asyncio.create_task(gw.client.app(scope, receive, send))  # type: ignore[arg-type]
+        await answering.wait()
+        task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")  # as uvicorn
+        await task
+        gw.service.meter_the_unfinished()  # the lifespan's shutdown, as before
+
+    gw.client.blocking_portal.call(serve_then_stop)
+    return sent
+
+
+def test_a_stream_cut_at_shutdown_ends_cleanly_and_is_said_so_in_one_line(
+    engine_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the drain time is out uvicorn cancels the requests left: a stream's cancellation
+    came out of the app, and uvicorn logged "Exception in ASGI application" with a traceback
+    (and cut the client off without an end). Now the stream ends with an error event and
+    [DONE], one line says it was cut at shutdown, and it is metered as before."""
+    first = sse_events("llama-8b-served", with_usage=False)[:2]
+    gw = engine_gateway(lambda request: _event_stream(_Endless(first)))
+    with caplog.at_level(logging.INFO):  # its head and first event went out
+        sent = _stopped_while_served(gw, STREAM)
+
+    streamed = b"".join(cast("bytes", m.get("body", b"")) for m in sent[1:])
+    assert sent[0]["status"] == 200
+    assert sent[-1]["more_body"] is False  # ended, not cut off
+    assert streamed.endswith(b"data: [DONE]\n\n")
+    error = msgspec.json.decode(streamed.split(b"data: ")[-2])["error"]
+    assert error["code"] == "gateway_stopped"
+    request_id = dict(cast("list[tuple[bytes, bytes]]", sent[0]["headers"]))[b"x-request-id"]
+    [cut] = [r for r in caplog.records if "cut" in r.getMessage()]
+    assert "stream cut" in cut.getMessage() and cut.levelno == logging.WARNING
+    assert cut.request_id == request_id.decode()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    [(_id, record)] = gw.usage.read(10)
+    assert (record.status, record.completion_tokens) == (499, 1)  # the token it streamed
+
+
+def test_a_request_unanswered_at_shutdown_gets_a_503_and_one_line(
+    engine_gateway: Callable[..., Gateway], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain request whose engine was still generating: uvicorn answered the cancellation
+    with its own 500 "Internal Server Error" in plain text, and a traceback."""
+
+    reached = asyncio.Event()
+
+    async def generating(request: httpx.Request) -> httpx.Response:
+        reached.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+    gw = engine_gateway(generating)
+    with caplog.at_level(logging.INFO):
+        sent = _stopped_while_served(gw, CHAT, reached)
+
+    assert sent[0]["status"] == 503
+    assert msgspec.json.decode(cast("bytes", sent[1]["body"]))["error"]["code"] == (
+        "gateway_stopped"
+    )
+    [cut] = [r for r in caplog.records if "cut" in r.getMessage()]
+    assert "request cut before its answer" in cut.getMessage()
+    assert cut.request_id.startswith("req-")
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_requests_refused_before_they_were_sent_leave_nothing_to_meter_at_shutdown(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+import pytest
 
 from trunkline.gateway.endpoints import EjectionPolicy, EngineState, MetricsScraper
 from trunkline.gateway.routing import Candidate, endpoint_view
@@ -179,20 +182,62 @@ async def test_a_page_that_trickles_in_fails_as_a_whole_and_frees_its_slot() -> 
     await scraper.close()
 
 
-async def test_pages_too_big_or_not_vllms_are_failed_scrapes() -> None:
+async def test_a_page_too_big_is_a_failed_scrape() -> None:
     engines = Engines()
     engines.pages = {
         "huge": httpx.Response(200, content=b"vllm:num_requests_running 1\n" * 200_000),
-        "html": httpx.Response(200, content=b"<html><body>Bad Gateway</body></html>"),
         # vLLM with --disable-log-stats: Prometheus text without its gauges, load unknown
         "no-stats": httpx.Response(200, content=b"# TYPE process_cpu_seconds counter\n"),
     }
-    names = ("huge", "html", "no-stats", "a")
+    names = ("huge", "no-stats", "a")
     state, scraper = _scraper(engines, lambda: _entries(*names), Clock())
     for _ in range(2):
         await asyncio.gather(*scraper.tick())
-    assert _scrape_failures(state) == {"huge": 2, "html": 2, "no-stats": 0, "a": 0}
-    assert not state.in_service("huge") and not state.in_service("html")
+    assert _scrape_failures(state) == {"huge": 2, "no-stats": 0, "a": 0}
+    assert not state.in_service("huge")
+    await scraper.close()
+
+
+async def test_an_endpoint_serving_no_metrics_stays_in_service_with_its_load_unknown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An engine behind a server without vLLM's /metrics (404, or a page that is not
+    Prometheus) serves completions: its scrapes failed, and it was ejected for good (every
+    probe failed again). Now it stays routable, with its load unknown, and is told of once."""
+    engines = Engines()
+    engines.pages = {
+        "404": httpx.Response(404, json={"detail": "Not Found"}),
+        "html": httpx.Response(200, content=b"<html><body>It works</body></html>"),
+    }
+    clock = Clock()
+    state, scraper = _scraper(engines, lambda: _entries("404", "html", "a"), clock)
+    with caplog.at_level(logging.INFO, logger="trunkline.gateway.endpoints.state"):
+        for _ in range(5):
+            await asyncio.gather(*scraper.tick())
+    assert _scrape_failures(state) == {"404": 0, "html": 0, "a": 0}
+    assert state.routable("404") and state.routable("html")
+    assert math.isinf(state.loads()["404"].age_s)  # unknown, as before any scrape
+    told = {h.endpoint: h.without_metrics for h in state.health_report()}
+    assert told == {"404": "HTTP 404", "html": "not Prometheus text", "a": None}
+    warnings = [r for r in caplog.records if "no engine metrics" in r.getMessage()]
+    assert sorted(r.endpoint_id for r in warnings) == ["404", "html"]  # once each
+
+    # Its requests judge its health; a scrape that answers, even 404, is the probe.
+    for _ in range(2):
+        state.failed("404", "HTTP 500")
+    assert not state.routable("404")
+    clock.now += 5.0
+    await asyncio.gather(*scraper.tick())
+    assert state.routable("404")
+
+    # Metrics served again: its load is read, and that is said once too.
+    engines.pages.pop("404")
+    engines.running["404"] = 4
+    with caplog.at_level(logging.INFO, logger="trunkline.gateway.endpoints.state"):
+        await asyncio.gather(*scraper.tick())
+    assert state.loads()["404"].running == 4
+    assert [h.without_metrics for h in state.health_report() if h.endpoint == "404"] == [None]
+    assert any("engine metrics again" in r.getMessage() for r in caplog.records)
     await scraper.close()
 
 

@@ -352,3 +352,86 @@ async def test_an_idle_gateway_learns_the_store_is_back_from_its_heartbeat() -> 
     assert await beat(2_000)  # back, but the next probe is not due yet
     assert not await beat(2_600)
     assert registry.get_sample_value("trunkline_quota_store_degraded") == 0
+
+
+def _recover(gw: Gateway, flaky: Flaky) -> None:
+    """The store comes back: the next heartbeat's probe finds it (no request needed)."""
+    flaky.down = False
+    gw.clock.advance(1000)
+    gw.call(gw.service.quota.renew_leases)
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+    assert not gw.service.quota.degraded
+
+
+def test_a_request_in_flight_through_an_outage_longer_than_its_lease_keeps_its_slot(
+    make_gateway: Any,
+) -> None:
+    """Its lease expired in the store while the gateway could not renew it, and a renewal
+    only extended leases the store still held: once the store was back the request ran on
+    uncounted, and the scope admitted one request more than its limit until it ended."""
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky)
+    gw.limit(key=Limits(concurrent_requests=1))
+    events = gw.call(open_stream, gw)
+    flaky.down = True
+    gw.clock.advance(61_000)  # past lease_s (60 s) without a renewal reaching the store
+    gw.call(gw.service.quota.renew_leases)  # the heartbeat finds the store away
+    assert gw.service.quota.degraded
+
+    flaky.down = False
+    gw.clock.advance(1000)
+    # The next request probes the store and finds it back: the store decides it, and must
+    # count the stream still in flight.
+    assert gw.post(CHAT).status_code == 429, "the only slot is still the stream's"
+    assert not gw.service.quota.degraded
+    assert gw.counters()[CONCURRENCY] == 1
+
+    gw.call(events.aclose)
+    gw.call(gw.service.quota.drain)
+    assert gw.counters()[CONCURRENCY] == 0, "freed when it ended: nothing leaked"
+    assert gw.post(CHAT).status_code == 200
+
+
+def test_a_request_admitted_locally_holds_its_slot_in_the_store_once_it_is_back(
+    make_gateway: Any,
+) -> None:
+    """Admitted by this gateway's own limiter, it reached the store only when it ended: until
+    then the store's limit did not count it, and other requests took its slot."""
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky)
+    gw.limit(key=Limits(concurrent_requests=1))
+    flaky.down = True
+    events = gw.call(open_stream, gw)  # decided locally
+    gw.clock.advance(120_000)  # an outage of any length
+
+    _recover(gw, flaky)
+    assert gw.counters()[CONCURRENCY] == 1
+    assert gw.post(CHAT).status_code == 429, "the only slot is the stream's"
+
+    gw.call(events.aclose)
+    gw.call(gw.service.quota.drain)
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+    assert gw.counters()[CONCURRENCY] == 0, "freed when it ended: nothing leaked"
+    assert gw.post(CHAT).status_code == 200
+
+
+def test_a_reservation_that_timed_out_but_was_made_is_the_slot_of_its_request_in_flight(
+    make_gateway: Any,
+) -> None:
+    """Its reserve ran in the store although the call timed out, and the request was admitted
+    locally: that reservation is its slot once the store is back, not given back under it."""
+    store = RanButTimedOut()
+    gw: Gateway = make_gateway(store=store)
+    gw.limit(key=Limits(tokens_per_day=10_000, concurrent_requests=1))
+    store.down = True
+    events = gw.call(open_stream, gw)  # decided locally; held in the store all the same
+
+    _recover(gw, store)
+    assert gw.counters()[CONCURRENCY] == 1
+    assert gw.post(CHAT).status_code == 429, "the only slot is the stream's"
+
+    gw.call(events.aclose)
+    gw.call(gw.service.quota.drain)
+    gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
+    assert gw.counters()[CONCURRENCY] == 0
+    assert gw.counters()[DAY_TOKENS] == 18, "what it used (the prompt), counted once"

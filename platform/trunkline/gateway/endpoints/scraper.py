@@ -5,12 +5,14 @@ it) the scraper starts a scrape of each endpoint of the current snapshot that is
 being scraped (a slow engine skips ticks instead of piling up or delaying the
 others), at most ``concurrency`` at once, each bounded by ``timeout_s`` as a whole (a page
 that trickles in a byte at a time times out too, not only a silent one) and by
-``MAX_PAGE_BYTES``. A failed or timed-out scrape counts as a failure for the endpoint's health,
-and so does a 200 page that is not Prometheus text (what fronts the engine answered: an HTML
-page, a proxy's error); ejected endpoints are scraped again only when their ejection ends, as
-the probe that readmits them. An endpoint leaving the snapshot has its scrape cancelled. Figures
-are at most ``interval_s`` plus one scrape old while an engine answers (``EndpointLoad.age_s``
-says).
+``MAX_PAGE_BYTES``. A failed or timed-out scrape counts as a failure for the endpoint's health;
+ejected endpoints are scraped again only when their ejection ends, as the probe that readmits
+them. An endpoint that answers without engine metrics (404, or a 200 page that is not Prometheus
+text: a server other than vLLM, a proxy that does not pass ``/metrics`` on) is up, as far as a
+scrape can tell, with its load unknown (:meth:`EngineState.unmetered`): ejecting it for that
+took an endpoint that serves completions out of service for good. An endpoint leaving the
+snapshot has its scrape cancelled. Figures are at most ``interval_s`` plus one scrape old while
+an engine answers (``EndpointLoad.age_s`` says).
 """
 
 from __future__ import annotations
@@ -125,25 +127,30 @@ class MetricsScraper:
                 page, failure = b"", "ScrapeTimeout"
             except httpx.HTTPError as exc:
                 page, failure = b"", type(exc).__name__
-            scan = scan_metrics(page)
-            if failure is None and not scan.gauges_found and b"# TYPE " not in page:
-                # Not a Prometheus page at all (what fronts the engine answered). A Prometheus
-                # page without vLLM's gauges (``--disable-log-stats``) reads as unknown load.
-                failure = "not a metrics page"
             if failure is not None:
                 self.state.scrape_failed(endpoint.id, failure)
                 return
+            if page is None:
+                self.state.unmetered(endpoint.id, "HTTP 404")
+                return
+            scan = scan_metrics(page)
+            if not scan.gauges_found and b"# TYPE " not in page:
+                # Not a Prometheus page at all. A Prometheus page without vLLM's gauges
+                # (``--disable-log-stats``) reads as unknown load alike, but of a vLLM.
+                self.state.unmetered(endpoint.id, "not Prometheus text")
+                return
             self.state.scraped(endpoint.id, scan, sent_at, lambda: scan_cache_config(page))
 
-    async def _fetch(self, url: str) -> tuple[bytes, str | None]:
-        """The page, or why there is none (the status, a page too big)."""
+    async def _fetch(self, url: str) -> tuple[bytes | None, str | None]:
+        """The page (None: there is none, 404), or why the scrape failed (the status, a page
+        too big)."""
         async with self._client.stream("GET", url, timeout=self._timeout) as response:
-            if response.status_code != 200:
+            if response.status_code not in (200, 404):
                 return b"", f"HTTP {response.status_code}"
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > MAX_PAGE_BYTES:
                     return b"", f"page over {MAX_PAGE_BYTES} bytes"
-                chunks.append(chunk)
-            return b"".join(chunks), None
+                chunks.append(chunk)  # a 404's too: read whole, its connection is kept
+            return (b"".join(chunks) if response.status_code == 200 else None), None

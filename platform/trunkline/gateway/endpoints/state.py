@@ -62,6 +62,9 @@ class EndpointHealth(NamedTuple):
     """Seconds since its metrics last answered (None: never scraped)."""
     block_size: int | None = None
     """The engine's KV block size, as its page says (None: not read yet, or not said)."""
+    without_metrics: str | None = None
+    """Why its scrapes find no engine metrics (``HTTP 404``, ``not Prometheus text``), while
+    they do not: its load is unknown (None: it serves them, or was not scraped yet)."""
 
 
 class Flight:
@@ -110,6 +113,7 @@ class _Endpoint:
         "scan",
         "scrape_answered_at",
         "scrape_sent_at",
+        "without_metrics",
     )
 
     def __init__(self, policy: EjectionPolicy) -> None:
@@ -122,6 +126,7 @@ class _Endpoint:
         self.kv_capacity: int | None = None
         self.block_size: int | None = None
         self.capacity_read = False
+        self.without_metrics: str | None = None
         self.left_waiting: deque[tuple[float, float]] = deque(maxlen=_MAX_LEFT_WAITING)
         """(sent, first byte or end) of flights whose first byte came after the last scrape
         was sent, oldest first: the scrape may still count them waiting."""
@@ -276,6 +281,7 @@ class EngineState:
                 in_flight=len(state.flights),
                 scrape_age_s=now - state.scrape_answered_at if state.scrape_answered_at else None,
                 block_size=state.block_size,
+                without_metrics=state.without_metrics,
             )
             for key, state in sorted(self._endpoints.items())
         ]
@@ -330,6 +336,9 @@ class EngineState:
         state = self._endpoints.get(endpoint)
         if state is None:
             return  # left the snapshot while we scraped it
+        if state.without_metrics is not None:
+            state.without_metrics = None
+            log.info("endpoint serves engine metrics again", extra={"endpoint_id": endpoint})
         restart = state.scan is not None and restarted(state.scan, scan)
         if cache_config is not None and (not state.capacity_read or restart):
             state.kv_capacity, state.block_size = cache_config()
@@ -369,6 +378,31 @@ class EngineState:
             flight.on_ejected()
         if lost:  # one failure however many: one page said it
             self._failed(endpoint, "idle while a stream awaited its first token", scrape=False)
+
+    def unmetered(self, endpoint: str, reason: str) -> None:
+        """The endpoint answered its scrape without engine metrics (``reason``: a 404, a page
+        that is not Prometheus text): its server is up, a success for its health as any
+        answered scrape (the probe that readmits it), and its load is unknown, as before its
+        first scrape (routing counts what this gateway sent it). Its requests judge its health.
+        Logged once, until a scrape finds metrics again."""
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            return
+        if state.without_metrics is None:
+            log.warning(
+                "endpoint serves no engine metrics (%s): routed with its load unknown, its "
+                "health judged by its requests; serve vLLM's /metrics there for load-aware "
+                "routing and admission",
+                reason,
+                extra={"endpoint_id": endpoint, "reason": reason},
+            )
+        state.without_metrics = reason
+        now = self._clock()
+        if state.scan is not None:  # figures it no longer serves are not its load any more
+            state.scan, state.rates = None, Rates()
+            state.scrape_sent_at = state.scrape_answered_at = 0.0
+            self._notify()
+        self._succeeded(endpoint, state, now, scrape=True)
 
     def scrape_failed(self, endpoint: str, reason: str) -> None:
         if endpoint in self._endpoints:

@@ -1,0 +1,99 @@
+"""Requests cut when the gateway stops: once its drain time (``drain_timeout_s``) is out, uvicorn
+cancels the requests left, and a cancellation leaving the app made it log "Exception in ASGI
+application" with a traceback per request, and cut a stream off without an end. Here each ends
+as the gateway's other failures do, with one log line; metering them is the lifespan's
+(``GatewayService.meter_the_unfinished``), as before.
+
+Nothing else cancels a request's whole task (a client leaving is heard through ``receive``), so
+a cancellation reaching this wrapper is the server stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
+
+from trunkline.errors import Unavailable
+from trunkline.gateway.engine_answers import error_event
+from trunkline.gateway.errors import encode_error
+
+__all__ = ["cut_at_shutdown"]
+
+log = logging.getLogger(__name__)
+
+_MESSAGE = "The gateway stopped before this request ended; retry it."
+_CODE = "gateway_stopped"
+
+
+def cut_at_shutdown(app: ASGIApp) -> ASGIApp:
+    """``app`` whose requests, cancelled as the server stops, end in an answer of the gateway's
+    instead of a traceback: a stream with an error event and ``[DONE]``, a request not answered
+    yet with a 503. Per request it costs one closure; the answers pass by untouched."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        head: dict[bytes, bytes] | None = None
+        ended = False
+
+        def watched(message: Message) -> Awaitable[None]:
+            # Not a coroutine of its own: a stream sends one message per event.
+            nonlocal head, ended
+            if message["type"] == "http.response.start":
+                head = dict(message["headers"])
+            elif not message.get("more_body", False):
+                ended = True
+            return send(message)
+
+        try:
+            await app(scope, receive, watched)
+        except asyncio.CancelledError:
+            if ended:
+                return
+            await _end(scope, head, send)
+
+    return handle
+
+
+async def _end(scope: Scope, head: dict[bytes, bytes] | None, send: Send) -> None:
+    headers = head or {}
+    request_id = headers.get(b"x-request-id", b"").decode("latin-1") or (
+        scope.get("state") or {}  # the handler's (``handlers.request_id_of``), if it ran
+    ).get("request_id")
+    try:
+        what = await _answer(head, headers, send)
+    except (asyncio.CancelledError, OSError, RuntimeError):
+        # The event loop closing cancels it again, a client too slow to take the end holds
+        # it: the line still says it was cut.
+        what = "request cut: the gateway stopped (its drain time ran out)"
+    log.warning(what, extra={"request_id": request_id, "path": scope["path"]})
+
+
+async def _answer(head: dict[bytes, bytes] | None, headers: dict[bytes, bytes], send: Send) -> str:
+    """End the answer as far as it can be ended; says what was cut."""
+    if head is None:
+        what = "request cut before its answer: the gateway stopped (its drain time ran out)"
+        status, body = encode_error(Unavailable(_MESSAGE, reason=_CODE))
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+    elif headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+        what = "stream cut: the gateway stopped before it ended (its drain time ran out)"
+        event = error_event(_MESSAGE, _CODE)
+        await send({"type": "http.response.body", "body": event, "more_body": False})
+    else:  # a plain answer half sent (the gateway sends them whole): nothing to end it with
+        what = "answer cut: the gateway stopped while it was sent (its drain time ran out)"
+    return what
