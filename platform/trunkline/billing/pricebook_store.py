@@ -7,6 +7,7 @@ served model, dedicated capacity) and no cost budget read in another currency.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -38,6 +39,18 @@ def load_price_book(session: Session) -> PriceBook:
     if not documents:
         return load_price_book_file(BUNDLED)
     return PriceBook([version_from_document(d) for d in documents])
+
+
+def prices_start(session: Session) -> datetime:
+    """When the first price book version takes effect (the stored book's, or the bundled
+    one's while none was applied): usage before it cannot be priced."""
+    stored = session.scalar(select(func.min(PriceBookVersion.effective_from)))
+    return stored if stored is not None else _bundled_start()
+
+
+@functools.cache
+def _bundled_start() -> datetime:
+    return load_price_book_file(BUNDLED).versions[0].effective_from
 
 
 def held_currency(session: Session) -> str:

@@ -1,0 +1,91 @@
+"""A gateway whose clock is wrong: its usage events are stamped at the epoch (a clock reset) or
+far ahead. Such an event stopped every billing close ("usage from 1970-01-01 ... comes before
+the first version") or waited, unseen, to be billed in a month to come; it is set aside in the
+dead-letter stream with its reason instead, and usage arriving late by days is billed as
+before, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from integration.metering.pipeline_support import STREAM, assert_reconciled, emit, reader
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.consumer_metrics import ConsumerCollector
+from trunkline.metering.schemas import decode_usage
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.models import UsageEvent
+from trunkline.worker.jobs import JobContext, JobSettings, close_periods, ingest_usage, rollup
+from unit.metering.usage_support import accounts, at, event, migrated
+
+NOW = at(10, month=12)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+    made = migrated(database_url)
+    yield made
+    made.kw["bind"].dispose()
+
+
+def ledger(factory: sessionmaker[Session]) -> list[str]:
+    with factory() as session:
+        return sorted(session.scalars(select(UsageEvent.request_id)))
+
+
+def test_usage_stamped_by_a_wrong_clock_is_set_aside_and_closes_go_on(
+    factory: sessionmaker[Session],
+) -> None:
+    acme = accounts(factory)["acme"]
+    stream = InMemoryUsageStream()
+    for item in [
+        event(acme, "reset-clock", when=EPOCH),
+        event(acme, "ahead", when=NOW + timedelta(days=400)),
+        event(acme, "an-hour-ahead", when=NOW + timedelta(hours=1)),
+        event(acme, "a-little-ahead", when=NOW + timedelta(minutes=2)),  # NTP-sized skew
+        event(acme, "november", when=at(20)),
+        event(acme, "buffered-for-days", when=at(30, 23)),  # a Redis outage, then late
+    ]:
+        stream.emit(item)
+    ctx = JobContext(factory, lambda: stream, JobSettings(close_grace_hours=48), clock=lambda: NOW)
+    assert ingest_usage(ctx) == 6 and not len(stream)
+    rollup(ctx)
+    assert close_periods(ctx) == ["2026-11"]
+    assert ledger(factory) == ["a-little-ahead", "buffered-for-days", "november"]
+    assert stream.dead_lettered == 3
+    reasons = {record.request_id: reason for record, reason in stream.dead}
+    assert reasons.keys() == {"reset-clock", "ahead", "an-hour-ahead"}
+    assert "before the first price book version" in reasons["reset-clock"]
+    assert "ahead of the time it was ingested" in reasons["ahead"]
+
+
+def test_the_dead_letter_stream_keeps_a_misdated_event_whole_with_its_reason(
+    postgres_url: str, redis_url: str
+) -> None:
+    """Through the gateway's emitter and the worker's Redis reader: the event is in
+    ``trunkline:usage:dead`` as it was sent (to replay once understood), counted on the
+    dead-letter metric, and the events around it are billed."""
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    good = [event(acme, f"good-{n}", when=at(3)) for n in range(10)]
+    emit(redis_url, [*good[:5], event(acme, "reset-clock", when=EPOCH), *good[5:]])
+    set_aside = reader(redis_url, "c")
+    consumer = UsageConsumer(set_aside, factory)
+    metrics = CollectorRegistry()
+    metrics.register(ConsumerCollector(consumer, set_aside))
+    assert consumer.drain() == 11
+    assert_reconciled(factory, good)
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+        assert client.xlen(STREAM) == 0
+    assert decode_usage(fields[b"e"]) == event(acme, "reset-clock", when=EPOCH)
+    assert b"before the first price book version" in fields[b"error"]
+    assert metrics.get_sample_value("trunkline_usage_dead_lettered_events_total") == 1
+    assert metrics.get_sample_value("trunkline_usage_ingested_events_total") == 10
