@@ -179,6 +179,23 @@ def stream_name(key_prefix: str) -> str:
     return f"{key_prefix}:usage"
 
 
+def dead_letter_stream(stream: str) -> str:
+    """Where usage the ledger does not take is kept: ``<stream>:dead``, each entry the event
+    as it was sent (field ``e``) and why it was set aside (field ``error``)."""
+    return f"{stream}:dead"
+
+
+def append_dead_letters(
+    client: redis.Redis, stream: str, entries: list[tuple[UsageRecord, str]]
+) -> None:
+    """Keep these (event, why) in the dead-letter stream of ``stream``, in one transaction:
+    for events taken out of the ledger (``metering.set_aside``), not read from the stream."""
+    with client.pipeline(transaction=True) as pipe:
+        for record, reason in entries:
+            pipe.xadd(dead_letter_stream(stream), {b"e": encode_usage(record), b"error": reason})
+        pipe.execute()
+
+
 READ_TIMEOUT_S = 5.0
 """How long a call of a usage reader's client may wait on Redis (its reads never block)."""
 
@@ -448,7 +465,7 @@ class RedisUsageReader:
         and remove them from the stream, in one transaction."""
         with self._client.pipeline(transaction=True) as pipe:
             for message_id, fields, reason in entries:
-                pipe.xadd(f"{self._stream}:dead", {**fields, b"error": reason})
+                pipe.xadd(dead_letter_stream(self._stream), {**fields, b"error": reason})
                 pipe.xack(self._stream, self._group, message_id)
                 pipe.xdel(self._stream, message_id)
             pipe.execute()

@@ -2,13 +2,16 @@
 far ahead. Such an event stopped every billing close ("usage from 1970-01-01 ... comes before
 the first version") or waited, unseen, to be billed in a month to come; it is set aside in the
 dead-letter stream with its reason instead, and usage arriving late by days is billed as
-before, on SQLite and PostgreSQL."""
+before, on SQLite and PostgreSQL. Such usage already in the ledger (ingested before the check)
+is taken out by ``trunkline billing set-aside-misdated``."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
@@ -16,20 +19,27 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from integration.metering.pipeline_support import STREAM, assert_reconciled, emit, reader
+from trunkline.errors import InvalidRequest
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.schemas import decode_usage
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import UsageEvent
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods, ingest_usage, rollup
-from unit.metering.usage_support import accounts, at, event, migrated
+from unit.controlplane.cp_support import run_cli
+from unit.metering.usage_support import accounts, at, event, ingest_unchecked, migrated
 
 NOW = at(10, month=12)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_AHEAD = datetime(2999, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
-def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
+def factory(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[sessionmaker[Session]]:
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", database_url)  # for the CLI
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
     made = migrated(database_url)
     yield made
     made.kw["bind"].dispose()
@@ -89,3 +99,65 @@ def test_the_dead_letter_stream_keeps_a_misdated_event_whole_with_its_reason(
     assert b"before the first price book version" in fields[b"error"]
     assert metrics.get_sample_value("trunkline_usage_dead_lettered_events_total") == 1
     assert metrics.get_sample_value("trunkline_usage_ingested_events_total") == 10
+
+
+def test_misdated_usage_already_in_the_ledger_is_set_aside_and_closes_go_on(
+    factory: sessionmaker[Session], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A ledger written before ingest checked: the CLI takes the events out, into a file where
+    there is no Redis (embedded), and the next close closes what was blocked."""
+    acme = accounts(factory)["acme"]
+    ingest_unchecked(
+        factory,
+        [
+            event(acme, "reset-clock", when=EPOCH),
+            event(acme, "ahead", when=FAR_AHEAD),
+            event(acme, "november", when=at(20)),
+        ],
+    )
+    ctx = JobContext(
+        factory, InMemoryUsageStream, JobSettings(close_grace_hours=48), clock=lambda: NOW
+    )
+    with pytest.raises(InvalidRequest, match="comes before the first version"):
+        close_periods(ctx)
+
+    code, out, err = run_cli(capsys, "billing", "set-aside-misdated", "--dry-run")
+    assert code == 0 and "2 usage events would be set aside" in err
+    assert ledger(factory) == ["ahead", "november", "reset-clock"]
+
+    kept = tmp_path / "set-aside.jsonl"
+    code, out, err = run_cli(capsys, "billing", "set-aside-misdated", "--out", str(kept))
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["reset-clock", "ahead"]
+    assert ledger(factory) == ["november"]
+    assert close_periods(ctx) == ["2026-11"]
+    lines = [msgspec.json.decode(line) for line in kept.read_bytes().splitlines()]
+    assert [decode_usage(msgspec.json.encode(line["e"])) for line in lines] == [
+        event(acme, "reset-clock", when=EPOCH),
+        event(acme, "ahead", when=FAR_AHEAD),
+    ]
+    assert "before the first price book version" in lines[0]["error"]
+
+
+def test_the_cli_keeps_misdated_ledger_usage_in_the_dead_letter_stream(
+    postgres_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", postgres_url)
+    monkeypatch.setenv("TRUNKLINE_REDIS__URL", redis_url)
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    ingest_unchecked(
+        factory, [event(acme, "reset-clock", when=EPOCH), event(acme, "ok", when=at(3))]
+    )
+    code, _out, err = run_cli(capsys, "billing", "set-aside-misdated")
+    assert code == 0 and "1 usage events set aside" in err
+    assert ledger(factory) == ["ok"]
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+    assert decode_usage(fields[b"e"]) == event(acme, "reset-clock", when=EPOCH)
+    assert b"before the first price book version" in fields[b"error"]

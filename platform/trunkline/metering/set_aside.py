@@ -1,0 +1,102 @@
+"""The events the ledger holds that ingest would set aside now (``stamps.misdated``): stamped
+by a gateway's wrong clock before ingest checked. One stamped before the first price book
+version stopped every billing close, and no first version could be applied after it; taking
+them out (``trunkline billing set-aside-misdated``) lets closes go on. They are kept where
+ingest keeps what it sets aside, with the reason, and their hours are rolled up again without
+them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from trunkline.billing.capacity import hold_price_book
+from trunkline.billing.pricebook_store import prices_start
+from trunkline.metering.ingest import mark_changed
+from trunkline.metering.rollup_plan import hour_of
+from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stamps import misdated
+from trunkline.models import UsageEvent
+
+
+def misdated_in_ledger(
+    session: Session, now: datetime, max_ahead_s: float
+) -> list[tuple[UsageRecord, str]]:
+    """The ledger's events stamped before the first price book version, or more than
+    ``max_ahead_s`` after ``now``, with why. Holds the price book (``hold_price_book``) until
+    the transaction ends, so no first version is applied meanwhile."""
+    hold_price_book(session)
+    priced_from = prices_start(session)
+    rows = session.scalars(
+        select(UsageEvent)
+        .where(
+            or_(
+                UsageEvent.started_at < priced_from,
+                UsageEvent.started_at > now + timedelta(seconds=max_ahead_s),
+            )
+        )
+        .order_by(UsageEvent.started_at, UsageEvent.request_id)
+    )
+    found = []
+    for row in rows:
+        record = record_of(row)
+        why = misdated(
+            record.started_at,
+            priced_from=priced_from,
+            now=now.timestamp(),
+            max_ahead_s=max_ahead_s,
+        )
+        if why is not None:
+            found.append((record, why))
+    return found
+
+
+def remove_from_ledger(session: Session, records: list[UsageRecord]) -> None:
+    """Delete these events and mark their tenant-hours changed: the next rollup recomputes
+    those hours without them (and removes their rows)."""
+    if not records:
+        return
+    ids = [record.request_id for record in records]
+    for start in range(0, len(ids), 1000):  # SQLite's bound-parameter limit
+        session.execute(
+            delete(UsageEvent).where(UsageEvent.request_id.in_(ids[start : start + 1000]))
+        )
+    mark_changed(
+        session,
+        {
+            (uuid.UUID(r.tenant_id), hour_of(datetime.fromtimestamp(r.started_at, UTC)))
+            for r in records
+        },
+    )
+
+
+def record_of(row: UsageEvent) -> UsageRecord:
+    """The event as the gateway sent it (the inverse of ingest's row)."""
+    return UsageRecord(
+        request_id=row.request_id,
+        tenant_id=str(row.tenant_id),
+        project_id=str(row.project_id),
+        key_id=row.api_key_id,
+        alias=row.alias,
+        model=row.model,
+        endpoint_kind=row.endpoint_kind,
+        tier=row.tier,
+        stream=row.stream,
+        status=row.status,
+        error_code=row.error_code,
+        pool=row.pool,
+        endpoint=row.endpoint,
+        region=row.region,
+        accelerator=row.accelerator,
+        prompt_tokens=row.prompt_tokens,
+        cached_tokens=row.cached_tokens,
+        completion_tokens=row.completion_tokens,
+        ttft_ms=row.ttft_ms,
+        latency_ms=row.latency_ms,
+        started_at=row.started_at.timestamp(),
+        ttft_slo_ms=row.ttft_slo_ms,
+    )
