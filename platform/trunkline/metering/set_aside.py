@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from trunkline.billing.capacity import hold_price_book
 from trunkline.billing.pricebook_store import prices_start
 from trunkline.metering.ingest import mark_changed
-from trunkline.metering.rollup_plan import hour_of
+from trunkline.metering.rollup_plan import HOUR, hour_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stamps import misdated
-from trunkline.models import UsageEvent
+from trunkline.models import UsageEvent, UsageRollupWatermark
 
 
 def misdated_in_ledger(
@@ -28,30 +28,40 @@ def misdated_in_ledger(
 ) -> list[tuple[UsageRecord, str]]:
     """The ledger's events stamped before the first price book version, or more than
     ``max_ahead_s`` after ``now``, with why. Holds the price book (``hold_price_book``) until
-    the transaction ends, so no first version is applied meanwhile."""
+    the transaction ends, so no first version is applied meanwhile.
+
+    Found through the hours' watermarks (every hour with events has one) and read an hour of a
+    tenant at a time by ``ix_usage_events_tenant_started``: the ledger is not scanned whole."""
     hold_price_book(session)
     priced_from = prices_start(session)
-    rows = session.scalars(
-        select(UsageEvent)
+    hours = session.execute(
+        select(UsageRollupWatermark.tenant_id, UsageRollupWatermark.hour)
         .where(
             or_(
-                UsageEvent.started_at < priced_from,
-                UsageEvent.started_at > now + timedelta(seconds=max_ahead_s),
+                UsageRollupWatermark.hour < priced_from,
+                UsageRollupWatermark.hour >= hour_of(now + timedelta(seconds=max_ahead_s)),
             )
         )
-        .order_by(UsageEvent.started_at, UsageEvent.request_id)
-    )
+        .order_by(UsageRollupWatermark.hour, UsageRollupWatermark.tenant_id)
+    ).all()
     found = []
-    for row in rows:
-        record = record_of(row)
-        why = misdated(
-            record.started_at,
-            priced_from=priced_from,
-            now=now.timestamp(),
-            max_ahead_s=max_ahead_s,
+    for tenant_id, hour in hours:
+        rows = session.scalars(
+            select(UsageEvent)
+            .where(UsageEvent.tenant_id == tenant_id)
+            .where(UsageEvent.started_at >= hour, UsageEvent.started_at < hour + HOUR)
+            .order_by(UsageEvent.started_at, UsageEvent.request_id)
         )
-        if why is not None:
-            found.append((record, why))
+        for row in rows:
+            record = record_of(row)
+            why = misdated(
+                record.started_at,
+                priced_from=priced_from,
+                now=now.timestamp(),
+                max_ahead_s=max_ahead_s,
+            )
+            if why is not None:
+                found.append((record, why))
     return found
 
 

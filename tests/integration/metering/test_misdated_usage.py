@@ -131,6 +131,10 @@ def test_misdated_usage_already_in_the_ledger_is_set_aside_and_closes_go_on(
     assert [line.split("\t")[0] for line in out.splitlines()] == ["reset-clock", "ahead"]
     assert ledger(factory) == ["november"]
     assert close_periods(ctx) == ["2026-11"]
+    code, out, err = run_cli(
+        capsys, "billing", "set-aside-misdated", "--out", str(tmp_path / "again")
+    )
+    assert (code, out) == (0, "") and "0 usage events set aside" in err
     lines = [msgspec.json.decode(line) for line in kept.read_bytes().splitlines()]
     assert [decode_usage(msgspec.json.encode(line["e"])) for line in lines] == [
         event(acme, "reset-clock", when=EPOCH),
