@@ -31,7 +31,8 @@ def register(commands: Any) -> None:
         "(a gateway clock reset to the epoch: every billing close stops on them) or more than "
         "TRUNKLINE_JOBS__USAGE_CLOCK_SKEW_S ahead of now are moved to the usage dead-letter "
         "stream, each with the reason (or to --out, JSON lines, where there is no Redis), and "
-        "their hours are rolled up again without them. Prints one line per event.",
+        "their hours are rolled up again without them. Prints one line per event. Those of a "
+        "closed period are left (billed there).",
     )
     parser.add_argument("--out", type=Path, help="write the events here, not to Redis")
     parser.add_argument("--dry-run", action="store_true", help="print them, change nothing")
@@ -51,7 +52,8 @@ def set_aside_command(args: argparse.Namespace) -> int:
                 param="out",
             )
         with transaction(runtime.session_factory) as session:
-            found = misdated_in_ledger(session, utcnow(), max_ahead_s)
+            misdated = misdated_in_ledger(session, utcnow(), max_ahead_s)
+            found = misdated.open
             if found and not args.dry_run:
                 # Kept before they leave the ledger: a failed commit leaves a copy, never none
                 # (the ledger takes an event again once only, by its request id).
@@ -65,6 +67,13 @@ def set_aside_command(args: argparse.Namespace) -> int:
         print(f"{record.request_id}\t{record.tenant_id}\t{why}")
     done = "would be set aside" if args.dry_run else "set aside"
     print(f"{len(found)} usage events {done}", file=sys.stderr)
+    if misdated.billed:
+        periods = ", ".join(sorted({period for _record, period in misdated.billed}))
+        print(
+            f"{len(misdated.billed)} misdated usage events left in closed periods, billed there "
+            f"({periods}): taken out, every later close would re-rate those periods",
+            file=sys.stderr,
+        )
     return 0
 
 

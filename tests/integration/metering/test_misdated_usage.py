@@ -19,7 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from integration.metering.pipeline_support import STREAM, assert_reconciled, emit, reader
+from trunkline.billing.closing import close, closing_view
+from trunkline.billing.periods import parse_period
+from trunkline.billing.pricebook_store import apply_price_book, load_price_book
 from trunkline.errors import InvalidRequest
+from trunkline.kit.db import transaction
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.schemas import decode_usage
@@ -165,3 +169,31 @@ def test_the_cli_keeps_misdated_ledger_usage_in_the_dead_letter_stream(
         [(_id, fields)] = client.xrange(f"{STREAM}:dead")
     assert decode_usage(fields[b"e"]) == event(acme, "reset-clock", when=EPOCH)
     assert b"before the first price book version" in fields[b"error"]
+
+
+def test_misdated_usage_of_a_closed_period_is_left_where_it_was_billed(
+    factory: sessionmaker[Session], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """With a price book applied before the event came, the worker closed January 1970 (and
+    every month since): taken out of that closed month, the event made every later close fail
+    re-rating it, since no price rates 1970."""
+    acme = accounts(factory)["acme"]
+    with transaction(factory) as session:
+        apply_price_book(session, load_price_book(session))
+    ingest_unchecked(
+        factory,
+        [event(acme, "reset-clock", when=EPOCH), event(acme, "ahead", when=FAR_AHEAD)],
+    )
+    with transaction(factory) as session:
+        closing_view(session)
+        assert close(session, parse_period("1970-01"), NOW)
+    kept = tmp_path / "set-aside.jsonl"
+    code, out, err = run_cli(capsys, "billing", "set-aside-misdated", "--out", str(kept))
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["ahead"]
+    assert "1 misdated usage events left in closed periods, billed there (1970-01)" in err
+    assert ledger(factory) == ["reset-clock"]
+    ingest_unchecked(factory, [event(acme, "november", when=at(20))])
+    with transaction(factory) as session:
+        closing_view(session)
+        assert close(session, parse_period("2026-11"), NOW)
