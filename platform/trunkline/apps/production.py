@@ -97,7 +97,12 @@ def run_worker(
         consumer=consumer_name,
         claim_idle_ms=jobs.claim_idle_ms,
     )
-    consumer = UsageConsumer(reader, runtime.session_factory, batch_size=jobs.ingest_batch)
+    consumer = UsageConsumer(
+        reader,
+        runtime.session_factory,
+        batch_size=jobs.ingest_batch,
+        max_ahead_s=jobs.usage_clock_skew_s,
+    )
     if jobs.metrics_port is not None:
         registry = CollectorRegistry()
         registry.register(ConsumerCollector(consumer, reader))

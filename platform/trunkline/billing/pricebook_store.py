@@ -7,6 +7,7 @@ served model, dedicated capacity) and no cost budget read in another currency.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -27,7 +28,7 @@ from trunkline.billing.pricebook import (
     version_from_document,
 )
 from trunkline.errors import Conflict, InvalidRequest, NotFound
-from trunkline.models import Model, PriceBookVersion, UsageRollup
+from trunkline.models import Model, PriceBookVersion, UsageRollup, UsageRollupWatermark
 from trunkline.quota.repository import QuotaRepository
 from trunkline.tenancy.changes import flush_or_conflict, hold_config, mark_config_changed
 
@@ -38,6 +39,18 @@ def load_price_book(session: Session) -> PriceBook:
     if not documents:
         return load_price_book_file(BUNDLED)
     return PriceBook([version_from_document(d) for d in documents])
+
+
+def prices_start(session: Session) -> datetime:
+    """When the first price book version takes effect (the stored book's, or the bundled
+    one's while none was applied): usage before it cannot be priced."""
+    stored = session.scalar(select(func.min(PriceBookVersion.effective_from)))
+    return stored if stored is not None else _bundled_start()
+
+
+@functools.cache
+def _bundled_start() -> datetime:
+    return load_price_book_file(BUNDLED).versions[0].effective_from
 
 
 def held_currency(session: Session) -> str:
@@ -186,7 +199,7 @@ def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -
     served = set(session.scalars(select(Model.name)))
     problems: list[str] = []
     first = book.versions[0]
-    earliest = session.scalar(select(func.min(UsageRollup.hour)))
+    earliest = _earliest_usage_hour(session)
     if first.version in added and earliest is not None and earliest < first.effective_from:
         problems.append(
             f"usage from {earliest:%Y-%m-%d %H:%M} UTC comes before the first version "
@@ -205,6 +218,18 @@ def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -
             for model in sorted(missing)
         )
     return problems
+
+
+def _earliest_usage_hour(session: Session) -> datetime | None:
+    """The first hour with usage, rolled up or ingested and waiting for its rollup (a pending
+    watermark): checked against the rollups alone, a first version starting after usage
+    ingested in the last 30 s was stored, and every export of that usage's month failed."""
+    pending = UsageRollupWatermark.changed_seq > UsageRollupWatermark.rolled_seq
+    hours = [
+        session.scalar(select(func.min(UsageRollup.hour))),
+        session.scalar(select(func.min(UsageRollupWatermark.hour)).where(pending)),
+    ]
+    return min((hour for hour in hours if hour is not None), default=None)
 
 
 def _unpriced_by(version: PriceVersion, models: set[str]) -> set[str]:

@@ -15,6 +15,7 @@ from trunkline.billing.capacity import add_capacity, end_capacity, hold_price_bo
 from trunkline.billing.export_file import write_file
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import load_price_book_file, version_document
+from trunkline.cli import billing_set_aside
 from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest, NotFound
 from trunkline.kit.db import one_view, transaction
@@ -56,6 +57,7 @@ def register(sub: Any) -> None:
 
     rollup = commands.add_parser("rollup", help="roll up usage events not rolled up yet")
     rollup.set_defaults(func=rollup_command)
+    billing_set_aside.register(commands)
 
     prices = commands.add_parser("prices", help="the price book")
     price_commands = prices.add_subparsers(dest="prices_command", required=True)

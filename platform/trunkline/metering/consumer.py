@@ -4,7 +4,8 @@ A batch is acked only after its transaction committed. While PostgreSQL is unava
 consumer keeps the batch and retries it with backoff, and new events wait in the stream; while
 Redis is unavailable it waits too. A consumer killed at any point leaves its batch pending in
 the group, where another consumer claims it (``XAUTOCLAIM``); a batch that was committed but
-not acked is written again harmlessly (``ON CONFLICT DO NOTHING``).
+not acked is written again harmlessly (``ON CONFLICT DO NOTHING``). An event stamped by a
+wrong clock (``stamps.misdated``) is set aside in the dead-letter stream, not written.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 import redis
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.billing.pricebook_store import prices_start
 from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.metering.ingest import write_usage
 from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stamps import MAX_AHEAD_S, misdated
 from trunkline.metering.stream import UsageReader
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 class ConsumerStats:
     batches: int = 0
     events: int = 0
+    """Events written to the ledger and acked (redeliveries included; not those set aside)."""
     inserted: int = 0
     """Events that were new to the ledger (``events - inserted`` were redeliveries)."""
     write_retries: int = 0
@@ -50,12 +54,19 @@ class UsageConsumer:
         retry_initial_s: float = 0.1,
         retry_max_s: float = 5.0,
         stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+        max_ahead_s: float = MAX_AHEAD_S,
     ) -> None:
+        """``clock`` (Unix seconds) is the time an event is ingested at: one stamped more than
+        ``max_ahead_s`` after it is set aside, as is one stamped before the first price book
+        version."""
         self._reader = reader
         self._factory = factory
         self._batch_size = batch_size
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        self._clock = clock
+        self._max_ahead_s = max_ahead_s
         self.stop = stop or threading.Event()
         self.stats = ConsumerStats()
         self._holding: set[str] = set()
@@ -127,21 +138,41 @@ class UsageConsumer:
         """Write ``batch`` (retrying until it commits) and ack it; 0 if stopped first."""
         if not batch:
             return 0
-        records = [record for _id, record in batch]
-        if not self._retry(lambda: self._write(records), "ledger write"):
+        set_aside: list[tuple[str, UsageRecord, str]] = []
+        if not self._retry(lambda: set_aside.extend(self._write(batch)), "ledger write"):
             return 0  # stopping: the batch stays pending and will be claimed
-        ids = [message_id for message_id, _record in batch]
+        aside = {message_id for message_id, _record, _why in set_aside}
+        ids = [message_id for message_id, _record in batch if message_id not in aside]
+        if set_aside:
+            self._retry(lambda: self._reader.set_aside(set_aside), "dead-letter")
         self._retry(lambda: self._reader.ack(ids), "ack")
         with self._lock:
-            self._holding.difference_update(ids)
+            self._holding.difference_update(message_id for message_id, _record in batch)
         self.stats.batches += 1
-        self.stats.events += len(batch)
+        self.stats.events += len(ids)
         return len(batch)
 
-    def _write(self, records: list[UsageRecord]) -> None:
+    def _write(self, batch: list[tuple[str, UsageRecord]]) -> list[tuple[str, UsageRecord, str]]:
+        """Write the events of ``batch`` stamped at a time the ledger takes, in one
+        transaction; the others, with why (``stamps.misdated``)."""
+        now = self._clock()
         with self._factory() as session, session.begin():
-            self.stats.inserted += write_usage(session, records)
+            priced_from = prices_start(session)
+            stored, set_aside = [], []
+            for message_id, record in batch:
+                why = misdated(
+                    record.started_at,
+                    priced_from=priced_from,
+                    now=now,
+                    max_ahead_s=self._max_ahead_s,
+                )
+                if why is None:
+                    stored.append(record)
+                else:
+                    set_aside.append((message_id, record, why))
+            self.stats.inserted += write_usage(session, stored)
         self.stats.last_commit_at = time.time()
+        return set_aside
 
     def _retry(self, action: Callable[[], None], what: str) -> bool:
         """Run ``action`` until it succeeds (True) or the consumer is stopped (False)."""

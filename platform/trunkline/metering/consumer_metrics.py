@@ -32,7 +32,8 @@ class ConsumerCollector(Collector):
         stats = self._consumer.stats
         yield CounterMetricFamily(
             "trunkline_usage_ingested_events",
-            "Usage events this worker wrote to the ledger and acked (redeliveries included)",
+            "Usage events this worker wrote to the ledger and acked (redeliveries included; "
+            "not those set aside)",
             value=stats.events,
         )
         yield CounterMetricFamily(
@@ -43,7 +44,7 @@ class ConsumerCollector(Collector):
         yield CounterMetricFamily(
             "trunkline_usage_dead_lettered_events",
             "Stream entries this worker set aside in the dead-letter stream, not billed: not "
-            "usage events the ledger can store (alert on any)",
+            "usage events the ledger can store, or stamped by a wrong clock (alert on any)",
             value=self._reader.dead_lettered,
         )
         now = time.time()

@@ -43,6 +43,11 @@ class UsageReader(Protocol):
 
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]: ...
     def ack(self, ids: list[str]) -> None: ...
+    def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
+        """Done with these (id, event, why) entries without billing them: kept in the
+        dead-letter stream with the reason, and removed from the stream."""
+        ...
+
     def backlog(self) -> int:
         """Events in the stream not in the ledger yet: waiting, or read and not acked."""
         ...
@@ -62,7 +67,10 @@ class InMemoryUsageStream:
         self.held = 0
         """Always 0: an event is in the stream as soon as it is emitted."""
         self.dead_lettered = 0
-        """Always 0: its events are never encoded, so never fail to decode."""
+        """Events set aside (``set_aside``; its events are never encoded, so never fail to
+        decode)."""
+        self.dead: list[tuple[UsageRecord, str]] = []
+        """The events set aside and why: the dead-letter stream of the embedded mode."""
 
     def emit(self, record: UsageRecord) -> None:
         with self._lock:
@@ -101,6 +109,14 @@ class InMemoryUsageStream:
             for message_id in ids:
                 self._pending.pop(message_id, None)
 
+    def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
+        for _id, record, reason in entries:
+            log_set_aside(record, reason)
+        with self._lock:
+            self.dead.extend((record, reason) for _id, record, reason in entries)
+            self.dead_lettered += len(entries)
+        self.ack([message_id for message_id, _record, _reason in entries])
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._queue) + len(self._pending)
@@ -121,8 +137,25 @@ class _InMemoryReader:
     def ack(self, ids: list[str]) -> None:
         self._stream.ack(ids)
 
+    def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
+        self._stream.set_aside(entries)
+        self.dead_lettered += len(entries)
+
     def backlog(self) -> int:
         return len(self._stream)
+
+
+def log_set_aside(record: UsageRecord, reason: str) -> None:
+    """The error line of an event set aside: which request and whose (ids, no secret)."""
+    log.error(
+        "usage event set aside in the dead-letter stream, not billed: %s",
+        reason,
+        extra={
+            "request_id": record.request_id,
+            "tenant_id": record.tenant_id,
+            "key_id": record.key_id,
+        },
+    )
 
 
 _APPEND_LUA = """
@@ -144,6 +177,23 @@ _STOP = object()
 def stream_name(key_prefix: str) -> str:
     """The Redis stream gateways append usage events to."""
     return f"{key_prefix}:usage"
+
+
+def dead_letter_stream(stream: str) -> str:
+    """Where usage the ledger does not take is kept: ``<stream>:dead``, each entry the event
+    as it was sent (field ``e``) and why it was set aside (field ``error``)."""
+    return f"{stream}:dead"
+
+
+def append_dead_letters(
+    client: redis.Redis, stream: str, entries: list[tuple[UsageRecord, str]]
+) -> None:
+    """Keep these (event, why) in the dead-letter stream of ``stream``, in one transaction:
+    for events taken out of the ledger (``metering.set_aside``), not read from the stream."""
+    with client.pipeline(transaction=True) as pipe:
+        for record, reason in entries:
+            pipe.xadd(dead_letter_stream(stream), {b"e": encode_usage(record), b"error": reason})
+        pipe.execute()
 
 
 READ_TIMEOUT_S = 5.0
@@ -281,7 +331,8 @@ class RedisUsageReader:
     """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
 
     An entry that does not decode as a usage event the ledger can store would block the group
-    for ever: it is copied to ``<stream>:dead`` and acked, and the reason is logged. Every
+    for ever: it is copied to ``<stream>:dead`` and acked, and the reason is logged; so is an
+    event the consumer sets aside (``set_aside``: stamped by a wrong clock). Every
     ``forget_every_s`` a read also removes dead consumers from the group
     (:data:`FORGET_IDLE_CONSUMERS_MS`).
     """
@@ -353,7 +404,7 @@ class RedisUsageReader:
             self.ensure_group()
             messages = self._read_raw(max_count)
         out = []
-        poisoned: list[tuple[Any, Any, Exception]] = []
+        poisoned: list[tuple[Any, Any, str]] = []
         for message_id, fields in messages:
             if not fields:  # deleted while pending
                 continue
@@ -362,8 +413,13 @@ class RedisUsageReader:
                     raise KeyError("no 'e' field")
                 out.append((message_id.decode(), decode_usage(fields[1])))
             except (KeyError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error(
+                    "usage entry is not a usage event the ledger can store; "
+                    "moved to the dead-letter stream",
+                    extra={"message_id": _text(message_id), "error": str(exc)},
+                )
                 poisoned.append(
-                    (message_id, dict(zip(fields[::2], fields[1::2], strict=True)), exc)
+                    (message_id, dict(zip(fields[::2], fields[1::2], strict=True)), str(exc))
                 )
         if poisoned:
             self._dead_letter(poisoned)
@@ -397,19 +453,23 @@ class RedisUsageReader:
                 messages.extend(items)
         return messages
 
-    def _dead_letter(self, poisoned: list[tuple[Any, Any, Exception]]) -> None:
+    def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
+        for _id, record, reason in entries:
+            log_set_aside(record, reason)
+        self._dead_letter(
+            [(message_id, {b"e": encode_usage(record)}, why) for message_id, record, why in entries]
+        )
+
+    def _dead_letter(self, entries: list[tuple[Any, Any, str]]) -> None:
+        """Copy (id, fields, why) entries to ``<stream>:dead``, the reason as field ``error``,
+        and remove them from the stream, in one transaction."""
         with self._client.pipeline(transaction=True) as pipe:
-            for message_id, fields, exc in poisoned:
-                log.error(
-                    "usage entry is not a usage event the ledger can store; "
-                    "moved to the dead-letter stream",
-                    extra={"message_id": _text(message_id), "error": str(exc)},
-                )
-                pipe.xadd(f"{self._stream}:dead", {**fields, b"error": str(exc)})
+            for message_id, fields, reason in entries:
+                pipe.xadd(dead_letter_stream(self._stream), {**fields, b"error": reason})
                 pipe.xack(self._stream, self._group, message_id)
                 pipe.xdel(self._stream, message_id)
             pipe.execute()
-        self.dead_lettered += len(poisoned)
+        self.dead_lettered += len(entries)
 
     def ack(self, ids: list[str]) -> None:
         """Done with these entries: acknowledged and deleted. A stream only appended to kept

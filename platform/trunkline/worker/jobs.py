@@ -21,6 +21,7 @@ from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.rollups import rollup_usage
+from trunkline.metering.stamps import MAX_AHEAD_S
 from trunkline.metering.stream import UsageReader
 from trunkline.settings import Port
 
@@ -36,6 +37,9 @@ class JobSettings(BaseModel):
     ingest_batch: int = Field(default=5000, ge=1)
     claim_idle_ms: int = Field(default=30_000, ge=1)
     """Messages another consumer left unacked this long are presumed orphaned and claimed."""
+    usage_clock_skew_s: float = Field(default=MAX_AHEAD_S, ge=0)
+    """A usage event stamped more than this ahead of the worker's clock when it is ingested is
+    set aside in the dead-letter stream, not billed (the gateway's clock is ahead)."""
     rollup_interval_s: float = Field(default=30.0, gt=0)
     close_interval_s: float = Field(default=3600.0, gt=0)
     close_grace_hours: float = Field(default=72.0, ge=0)
@@ -60,7 +64,12 @@ class JobContext:
 def ingest_usage(ctx: JobContext) -> int:
     """Drain the usage stream into the ledger (within the run's time budget)."""
     consumer = UsageConsumer(
-        ctx.reader(), ctx.factory, batch_size=ctx.settings.ingest_batch, retry_max_s=1.0
+        ctx.reader(),
+        ctx.factory,
+        batch_size=ctx.settings.ingest_batch,
+        retry_max_s=1.0,
+        clock=lambda: ctx.clock().timestamp(),
+        max_ahead_s=ctx.settings.usage_clock_skew_s,
     )
     return consumer.drain(ctx.settings.ingest_budget_s)
 

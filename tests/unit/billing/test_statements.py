@@ -396,11 +396,13 @@ def test_a_stored_version_missing_a_model_does_not_refuse_the_version_that_price
         assert apply_price_book(session, PriceBook([*stored, *fixed.versions[1:]])) == [3]
 
 
+@pytest.mark.parametrize("rolled_up", [True, False], ids=["rolled-up", "not-rolled-up-yet"])
 def test_a_first_version_starting_after_usage_is_refused(
-    factory: sessionmaker[Session], tenants: dict[str, Account]
+    factory: sessionmaker[Session], tenants: dict[str, Account], rolled_up: bool
 ) -> None:
-    """Every export and close of the earlier usage would fail, until a version 0 came."""
-    ingest(factory, [event(tenants["acme"], when=at(3))])
+    """Every export and close of the earlier usage would fail, until a version 0 came. Usage
+    ingested and not rolled up yet (the rollup runs every 30 s) is earlier usage too."""
+    ingest(factory, [event(tenants["acme"], when=at(3))], rollup=rolled_up)
     with transaction(factory) as session:
         [bundled] = load_price_book(session).versions
     late = {**version_document(bundled), "effective_from": "2027-01-01T00:00:00Z"}

@@ -3,6 +3,8 @@ invoice of every tenant, sent as it is made, fails before its first byte and aft
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from litestar.exceptions import LitestarException
 
@@ -12,7 +14,7 @@ from trunkline.billing.exports import export_period
 from trunkline.billing.periods import parse_period
 from trunkline.kit.db import transaction
 from unit.controlplane.cp_support import World
-from unit.metering.usage_support import Account, at, event, ingest
+from unit.metering.usage_support import Account, at, event, ingest, ingest_unchecked
 
 EVERY_TENANT = "/api/v1/billing/exports"
 
@@ -37,14 +39,15 @@ def test_an_export_states_its_media_type_once(world: World, fmt: str, media_type
     assert response.headers["content-type"] == media_type
 
 
-def _usage(world: World, **when: int) -> None:
-    """An event of acme's and one of globex's, on the 3rd of November 2026 unless ``when``."""
+def _usage(world: World, write: Callable[..., object] = ingest, **when: int) -> None:
+    """An event of acme's and one of globex's, on the 3rd of November 2026 unless ``when``,
+    ingested (or written by ``write``)."""
     accounts = [
         Account(world.tenant("acme"), world.project("acme", "demo"), "gold", "acmekey00000"),
         Account(world.tenant("globex"), world.project("globex", "support-bot"), "silver",
                 "globexkey000"),
     ]  # fmt: skip
-    ingest(world.runtime.session_factory, [event(a, when=at(3, **when)) for a in accounts])
+    write(world.runtime.session_factory, [event(a, when=at(3, **when)) for a in accounts])
 
 
 def _invoices(world: World, period: str) -> tuple[int, str, str]:
@@ -70,7 +73,7 @@ def test_an_invoice_of_every_tenant_that_cannot_be_priced_is_a_problem_not_a_cut
     world: World,
 ) -> None:
     """Usage before the first price version: found before the 200 is sent."""
-    _usage(world, month=12, year=2025)
+    _usage(world, ingest_unchecked, month=12, year=2025)
     status, media_type, text = _invoices(world, "2025-12")
     assert (status, media_type) == (500, "application/problem+json"), text
     assert '"code":"configuration_error"' in text.replace(" ", "")

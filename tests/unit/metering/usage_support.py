@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from trunkline.kit.db import make_engine, make_sessionmaker, transaction
 from trunkline.kit.migrate import upgrade
 from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.ingest import write_usage
 from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
@@ -110,3 +111,12 @@ def ingest(
     if rollup:
         rollup_usage(factory)
     return moved
+
+
+def ingest_unchecked(factory: sessionmaker[Session], events: list[UsageRecord]) -> None:
+    """Into the ledger as they are, then rolled up: usage ingest would set aside an event
+    stamped before the first price book version, but a ledger can hold one still (written
+    before ingest checked, or before a first version was applied that starts after it)."""
+    with transaction(factory) as session:
+        write_usage(session, events)
+    rollup_usage(factory)

@@ -1,0 +1,199 @@
+"""A gateway whose clock is wrong: its usage events are stamped at the epoch (a clock reset) or
+far ahead. Such an event stopped every billing close ("usage from 1970-01-01 ... comes before
+the first version") or waited, unseen, to be billed in a month to come; it is set aside in the
+dead-letter stream with its reason instead, and usage arriving late by days is billed as
+before, on SQLite and PostgreSQL. Such usage already in the ledger (ingested before the check)
+is taken out by ``trunkline billing set-aside-misdated``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis
+from prometheus_client import CollectorRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from integration.metering.pipeline_support import STREAM, assert_reconciled, emit, reader
+from trunkline.billing.closing import close, closing_view
+from trunkline.billing.periods import parse_period
+from trunkline.billing.pricebook_store import apply_price_book, load_price_book
+from trunkline.errors import InvalidRequest
+from trunkline.kit.db import transaction
+from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.consumer_metrics import ConsumerCollector
+from trunkline.metering.schemas import decode_usage
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.models import UsageEvent
+from trunkline.worker.jobs import JobContext, JobSettings, close_periods, ingest_usage, rollup
+from unit.controlplane.cp_support import run_cli
+from unit.metering.usage_support import accounts, at, event, ingest_unchecked, migrated
+
+NOW = at(10, month=12)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_AHEAD = datetime(2999, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def factory(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[sessionmaker[Session]]:
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", database_url)  # for the CLI
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
+    made = migrated(database_url)
+    yield made
+    made.kw["bind"].dispose()
+
+
+def ledger(factory: sessionmaker[Session]) -> list[str]:
+    with factory() as session:
+        return sorted(session.scalars(select(UsageEvent.request_id)))
+
+
+def test_usage_stamped_by_a_wrong_clock_is_set_aside_and_closes_go_on(
+    factory: sessionmaker[Session],
+) -> None:
+    acme = accounts(factory)["acme"]
+    stream = InMemoryUsageStream()
+    for item in [
+        event(acme, "reset-clock", when=EPOCH),
+        event(acme, "ahead", when=NOW + timedelta(days=400)),
+        event(acme, "an-hour-ahead", when=NOW + timedelta(hours=1)),
+        event(acme, "a-little-ahead", when=NOW + timedelta(minutes=2)),  # NTP-sized skew
+        event(acme, "november", when=at(20)),
+        event(acme, "buffered-for-days", when=at(30, 23)),  # a Redis outage, then late
+    ]:
+        stream.emit(item)
+    ctx = JobContext(factory, lambda: stream, JobSettings(close_grace_hours=48), clock=lambda: NOW)
+    assert ingest_usage(ctx) == 6 and not len(stream)
+    rollup(ctx)
+    assert close_periods(ctx) == ["2026-11"]
+    assert ledger(factory) == ["a-little-ahead", "buffered-for-days", "november"]
+    assert stream.dead_lettered == 3
+    reasons = {record.request_id: reason for record, reason in stream.dead}
+    assert reasons.keys() == {"reset-clock", "ahead", "an-hour-ahead"}
+    assert "before the first price book version" in reasons["reset-clock"]
+    assert "ahead of the time it was ingested" in reasons["ahead"]
+
+
+def test_the_dead_letter_stream_keeps_a_misdated_event_whole_with_its_reason(
+    postgres_url: str, redis_url: str
+) -> None:
+    """Through the gateway's emitter and the worker's Redis reader: the event is in
+    ``trunkline:usage:dead`` as it was sent (to replay once understood), counted on the
+    dead-letter metric, and the events around it are billed."""
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    good = [event(acme, f"good-{n}", when=at(3)) for n in range(10)]
+    emit(redis_url, [*good[:5], event(acme, "reset-clock", when=EPOCH), *good[5:]])
+    set_aside = reader(redis_url, "c")
+    consumer = UsageConsumer(set_aside, factory)
+    metrics = CollectorRegistry()
+    metrics.register(ConsumerCollector(consumer, set_aside))
+    assert consumer.drain() == 11
+    assert_reconciled(factory, good)
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+        assert client.xlen(STREAM) == 0
+    assert decode_usage(fields[b"e"]) == event(acme, "reset-clock", when=EPOCH)
+    assert b"before the first price book version" in fields[b"error"]
+    assert metrics.get_sample_value("trunkline_usage_dead_lettered_events_total") == 1
+    assert metrics.get_sample_value("trunkline_usage_ingested_events_total") == 10
+
+
+def test_misdated_usage_already_in_the_ledger_is_set_aside_and_closes_go_on(
+    factory: sessionmaker[Session], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A ledger written before ingest checked: the CLI takes the events out, into a file where
+    there is no Redis (embedded), and the next close closes what was blocked."""
+    acme = accounts(factory)["acme"]
+    ingest_unchecked(
+        factory,
+        [
+            event(acme, "reset-clock", when=EPOCH),
+            event(acme, "ahead", when=FAR_AHEAD),
+            event(acme, "november", when=at(20)),
+        ],
+    )
+    ctx = JobContext(
+        factory, InMemoryUsageStream, JobSettings(close_grace_hours=48), clock=lambda: NOW
+    )
+    with pytest.raises(InvalidRequest, match="comes before the first version"):
+        close_periods(ctx)
+
+    code, out, err = run_cli(capsys, "billing", "set-aside-misdated", "--dry-run")
+    assert code == 0 and "2 usage events would be set aside" in err
+    assert ledger(factory) == ["ahead", "november", "reset-clock"]
+
+    kept = tmp_path / "set-aside.jsonl"
+    code, out, err = run_cli(capsys, "billing", "set-aside-misdated", "--out", str(kept))
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["reset-clock", "ahead"]
+    assert ledger(factory) == ["november"]
+    assert close_periods(ctx) == ["2026-11"]
+    code, out, err = run_cli(
+        capsys, "billing", "set-aside-misdated", "--out", str(tmp_path / "again")
+    )
+    assert (code, out) == (0, "") and "0 usage events set aside" in err
+    lines = [msgspec.json.decode(line) for line in kept.read_bytes().splitlines()]
+    assert [decode_usage(msgspec.json.encode(line["e"])) for line in lines] == [
+        event(acme, "reset-clock", when=EPOCH),
+        event(acme, "ahead", when=FAR_AHEAD),
+    ]
+    assert "before the first price book version" in lines[0]["error"]
+
+
+def test_the_cli_keeps_misdated_ledger_usage_in_the_dead_letter_stream(
+    postgres_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("TRUNKLINE_DATABASE__URL", postgres_url)
+    monkeypatch.setenv("TRUNKLINE_REDIS__URL", redis_url)
+    monkeypatch.setenv("TRUNKLINE_STATE_DIR", str(tmp_path / "state"))
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    ingest_unchecked(
+        factory, [event(acme, "reset-clock", when=EPOCH), event(acme, "ok", when=at(3))]
+    )
+    code, _out, err = run_cli(capsys, "billing", "set-aside-misdated")
+    assert code == 0 and "1 usage events set aside" in err
+    assert ledger(factory) == ["ok"]
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+    assert decode_usage(fields[b"e"]) == event(acme, "reset-clock", when=EPOCH)
+    assert b"before the first price book version" in fields[b"error"]
+
+
+def test_misdated_usage_of_a_closed_period_is_left_where_it_was_billed(
+    factory: sessionmaker[Session], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """With a price book applied before the event came, the worker closed January 1970 (and
+    every month since): taken out of that closed month, the event made every later close fail
+    re-rating it, since no price rates 1970."""
+    acme = accounts(factory)["acme"]
+    with transaction(factory) as session:
+        apply_price_book(session, load_price_book(session))
+    ingest_unchecked(
+        factory,
+        [event(acme, "reset-clock", when=EPOCH), event(acme, "ahead", when=FAR_AHEAD)],
+    )
+    with transaction(factory) as session:
+        closing_view(session)
+        assert close(session, parse_period("1970-01"), NOW)
+    kept = tmp_path / "set-aside.jsonl"
+    code, out, err = run_cli(capsys, "billing", "set-aside-misdated", "--out", str(kept))
+    assert code == 0, err
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["ahead"]
+    assert "1 misdated usage events left in closed periods, billed there (1970-01)" in err
+    assert ledger(factory) == ["reset-clock"]
+    ingest_unchecked(factory, [event(acme, "november", when=at(20))])
+    with transaction(factory) as session:
+        closing_view(session)
+        assert close(session, parse_period("2026-11"), NOW)
