@@ -141,6 +141,10 @@ KEEP_ALIVE_TIMEOUT_S = 75.0
 """nginx's ``keepalive_timeout``: above AWS ALB's and ingress-nginx's 60 s idle timeouts toward
 their targets, and far above the clients' (docs/gateway.md, Settings)."""
 
+DRAIN_TIMEOUT_S = 25
+"""How long a server stopped (SIGTERM, Ctrl-C) waits for its requests in flight before it cuts
+them: under Kubernetes' default grace period of 30 s, whose SIGKILL cuts them unlogged."""
+
 
 class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
@@ -181,7 +185,7 @@ class GatewaySettings(BaseModel):
     stopped on SIGTERM keeps its streams open and silent, and its clients should not wait out
     the long timeout. A stream still flowing on an ejected endpoint (scrapes that time out
     under load) goes on as long as its pauses are shorter."""
-    drain_timeout_s: int = Field(default=25, gt=0)
+    drain_timeout_s: int = Field(default=DRAIN_TIMEOUT_S, gt=0)
     """On SIGTERM the gateway stops accepting and waits this long for its requests in flight;
     then it cancels them, meters each with what it streamed so far and flushes the usage events
     before it exits. Keep it under the orchestrator's grace period (Kubernetes: 30 s), whose
@@ -235,6 +239,12 @@ class ControlPlaneSettings(BaseModel):
     body_timeout_s: float = Field(default=60.0, gt=0)
     """As the gateway's: a request's body must arrive whole within this long of its headers
     (408 otherwise), or an authenticated caller trickling one in held a connection for ever."""
+    drain_timeout_s: int = Field(default=DRAIN_TIMEOUT_S, gt=0)
+    """As the gateway's: on SIGTERM the control plane stops accepting and waits this long for
+    its requests in flight (a billing export streaming to a slow client), then cuts them: a
+    streamed export ends without its last chunk, which clients see as a broken download, and
+    the log says it was not sent whole. Without it, one slow download held the process until
+    the orchestrator's SIGKILL."""
     public_gateway_url: str = "http://127.0.0.1:8080/v1"
 
 

@@ -16,9 +16,13 @@ import openai
 import pytest
 
 from support.processes import TRUNKLINE, Proc, trunkline_env
+from support.raw_http import read_slowly
 from support.servers import free_port
+from trunkline.apps.request_context import CUT
+from unit.metering.usage_support import a_month_of_usage, migrated
 
 REPO = Path(__file__).resolve().parents[2]
+EXPORT = b"GET /api/v1/billing/exports/2026-11 HTTP/1.1\r\nhost: t\r\nauthorization: Bearer "
 
 
 def _start(
@@ -135,6 +139,34 @@ def test_ctrl_c_ends_a_long_stream_after_the_drain_timeout_and_meters_it(workdir
     ).fetchall()
     assert status == 499
     assert completion >= received - 2  # what it streamed (the role chunk has none)
+
+
+def test_ctrl_c_cuts_a_control_plane_export_after_the_drain_timeout(workdir: Path) -> None:
+    """The control plane of ``trunkline up`` waited for an export to a client reading slowly
+    for as long as the client liked; it now waits ``TRUNKLINE_CONTROLPLANE__DRAIN_TIMEOUT_S``
+    as ``trunkline controlplane`` does, then cuts it (its chunked body never ends) and logs so."""
+    (workdir / ".trunkline").mkdir()
+    a_month_of_usage(migrated(f"sqlite:///{workdir / '.trunkline' / 'trunkline.db'}"))
+    cp_port = free_port()
+    proc = _start(
+        workdir, free_port(), cp_port, "up.log", TRUNKLINE_CONTROLPLANE__DRAIN_TIMEOUT_S="1"
+    )
+    try:
+        issued = subprocess.run(
+            [*TRUNKLINE, "tenants", "admin-token", "--email", "ops@example.com"],
+            cwd=workdir, env=trunkline_env(), capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        token = issued.stdout.strip()
+        request = EXPORT + token + b"\r\n\r\n"
+        with read_slowly(cp_port, request) as export:  # megabytes: more than sockets buffer
+            assert export.head.startswith(b"HTTP/1.1 200 "), export.head
+            proc.popen.send_signal(signal.SIGINT)
+            assert proc.popen.wait(60) == 0, proc.output()
+            body = export.until_closed()
+    finally:
+        proc.stop(signal.SIGINT)
+    assert not body.endswith(b"\r\n0\r\n\r\n"), "the export ended as if it were whole"
+    assert f"GET /api/v1/billing/exports/2026-11 200 {CUT}" in proc.output()
 
 
 def _sent_before_closing(port: int) -> bytes:

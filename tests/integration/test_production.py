@@ -16,14 +16,20 @@ from sqlalchemy import func, select
 
 from support.platform import MESSAGES, Platform, issue_key, lists_models, samples
 from support.processes import TRUNKLINE, Proc, trunkline_env
+from support.raw_http import read_slowly
 from support.servers import free_port
+from trunkline.apps.request_context import CUT
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
+from trunkline.auth.service import admin_token
 from trunkline.engines import EngineSpec, start_in_thread
 from trunkline.keys.service import revoke_key
 from trunkline.kit.db import transaction
 from trunkline.models import Tenant, UsageEvent
 from trunkline.pools.service import set_pool_endpoints
+from unit.metering.usage_support import a_month_of_usage, migrated
+
+EXPORT = b"GET /api/v1/billing/exports/2026-11 HTTP/1.1\r\nhost: t\r\nauthorization: Bearer "
 
 
 def _refused(base_url: str, key: str) -> bool:
@@ -171,6 +177,33 @@ def test_a_stream_outliving_the_drain_timeout_is_metered_before_the_gateway_exit
     logged = gateway.output()
     assert "stream cut: the gateway stopped" in logged
     assert "Exception in ASGI application" not in logged and "Traceback" not in logged
+
+
+def test_a_control_plane_export_outliving_the_drain_timeout_is_cut_and_the_process_exits(
+    platform: Platform, postgres_url: str
+) -> None:
+    """SIGTERM waits for the control plane's requests in flight only ``drain_timeout_s``, as
+    for the gateway: a billing export to a client reading slowly held the process for as long
+    as the client liked, until the orchestrator's SIGKILL cut it unlogged. Now it is cut at the
+    drain timeout, visibly (its chunked body never ends), and its access-log line says so."""
+    a_month_of_usage(migrated(postgres_url))
+    with transaction(platform.runtime.session_factory) as session:
+        token = admin_token(session, platform.runtime.server_secret, "ops@example.com")
+    port = free_port()
+    controlplane = platform.spawn(
+        "controlplane", "controlplane", TRUNKLINE_CONTROLPLANE__PORT=str(port),
+        TRUNKLINE_CONTROLPLANE__DRAIN_TIMEOUT_S="1",
+    )  # fmt: skip
+    controlplane.wait_http(f"http://127.0.0.1:{port}/livez")
+    request = EXPORT + token.access_token.encode() + b"\r\n\r\n"
+    with read_slowly(port, request) as export:  # megabytes: more than the sockets buffer
+        assert export.head.startswith(b"HTTP/1.1 200 "), export.head
+        controlplane.popen.terminate()
+        assert controlplane.popen.wait(60) == -signal.SIGTERM  # it exits, as uvicorn does
+        body = export.until_closed()
+    assert b"transfer-encoding: chunked" in body.lower()
+    assert not body.endswith(b"\r\n0\r\n\r\n"), "the export ended as if it were whole"
+    assert f"GET /api/v1/billing/exports/2026-11 200 {CUT}" in controlplane.output()
 
 
 def test_the_servers_hold_connections_as_their_header_and_keep_alive_timeouts_say(

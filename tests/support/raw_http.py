@@ -1,13 +1,26 @@
 """HTTP/1.1 over a raw socket, for tests of what a server does with slow or stalled clients
-(a late head, a late body): what it answers, and when it closes the connection."""
+(a late head, a late body, an answer read slowly): what it answers, and when it closes the
+connection."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
-__all__ = ["GENEROUS_S", "connect", "header_deadline_passed", "read_response", "until_closed"]
+__all__ = [
+    "GENEROUS_S",
+    "HeldResponse",
+    "connect",
+    "header_deadline_passed",
+    "read_response",
+    "read_slowly",
+    "until_closed",
+]
 
 GENEROUS_S = 10.0
 """How long a test waits for what should come after a fraction of a second."""
@@ -50,3 +63,31 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
         headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
         body = await reader.readexactly(int(headers["content-length"]))
     return int(status_line.split()[1]), headers, body
+
+
+@contextlib.contextmanager
+def read_slowly(port: int, request: bytes) -> Iterator[HeldResponse]:
+    """``request`` sent to 127.0.0.1:``port`` by a client that reads the answer's first bytes
+    and then nothing: with a receive buffer of 4 kB, a body of more than a few hundred kB
+    (what the server's socket and uvicorn buffer) keeps the response in flight."""
+    with socket.socket() as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(30)
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(request)
+        yield HeldResponse(conn, conn.recv(1024))
+
+
+@dataclass
+class HeldResponse:
+    conn: socket.socket
+    head: bytes
+    """The answer's first bytes (its status line and some headers)."""
+
+    def until_closed(self) -> bytes:
+        """The whole answer, read until the server closes the connection (a read waiting 30 s
+        fails)."""
+        received = self.head
+        while chunk := self.conn.recv(65536):
+            received += chunk
+        return received

@@ -38,6 +38,7 @@ from trunkline.apps.controlplane_metrics import (
 )
 from trunkline.apps.problems import HANDLERS
 from trunkline.apps.publishing import SnapshotSync, keeping_published
+from trunkline.apps.request_body import BodyCheck
 from trunkline.apps.request_context import RequestContextMiddleware
 from trunkline.apps.request_parameters import ParameterCheck
 from trunkline.apps.runtime import REDIS_TIMEOUT_S, Runtime
@@ -153,6 +154,12 @@ def create_controlplane_app(
             "development login off: the control plane binds %s, not loopback",
             runtime.settings.controlplane.host,
         )
+    parameters, bodies = ParameterCheck(), BodyCheck()
+
+    async def before_request(request: Request[Any, Any, Any]) -> None:
+        parameters(request)
+        await bodies(request)
+
     app = Litestar(
         route_handlers=handlers,
         dependencies={
@@ -183,7 +190,7 @@ def create_controlplane_app(
             components=Components(security_schemes={"accessToken": BEARER}),
             security=[{"accessToken": []}],
         ),
-        before_request=ParameterCheck(),
+        before_request=before_request,
         request_max_body_size=MAX_BODY_BYTES,
         logging_config=None,
     )

@@ -115,6 +115,7 @@ async def _run(
                 header_timeout_s=settings.controlplane.header_timeout_s,
                 keep_alive_timeout_s=settings.controlplane.keep_alive_timeout_s,
                 name=serving.CONTROL_PLANE,
+                drain_s=settings.controlplane.drain_timeout_s,  # Ctrl-C ends a long export
             ),
             serving.server(
                 gateway,

@@ -3,6 +3,7 @@ echoed as ``x-request-id``, and one access-log line per request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -20,6 +21,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _PROBES = frozenset({"/healthz", "/livez"})
 """Paths an orchestrator polls: logged at DEBUG, not on every probe at INFO."""
+CUT = "cut: the server stopped before the response was whole (drain timeout)"
 
 
 class RequestContextMiddleware:
@@ -47,14 +49,21 @@ class RequestContextMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
+        cut = False
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:  # uvicorn's drain timeout ran out (a client's leaving
+            cut = True  # cancels nothing here): the response, if begun, never ends
+            raise
         finally:
             elapsed_ms = round(1000 * (time.perf_counter() - started), 2)
-            extra = {"status": status, "duration_ms": elapsed_ms}
-            path = scope["path"]
-            level = logging.DEBUG if path in _PROBES else logging.INFO  # every few seconds
-            log.log(level, "%s %s %s", method, loggable(redacted(path)), status, extra=extra)
+            extra = {"status": status, "duration_ms": elapsed_ms, "cut": cut}
+            path = loggable(redacted(scope["path"]))
+            if cut:
+                log.warning(f"%s %s %s {CUT}", method, path, status, extra=extra)
+            else:
+                level = logging.DEBUG if scope["path"] in _PROBES else logging.INFO
+                log.log(level, "%s %s %s", method, path, status, extra=extra)
             reset(token)
 
 

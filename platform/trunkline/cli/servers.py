@@ -163,6 +163,7 @@ def _controlplane(args: argparse.Namespace) -> int:
                 keep_alive_timeout_s=cp.keep_alive_timeout_s,
                 name=CONTROL_PLANE,
             ),
+            drain_s=cp.drain_timeout_s,
         )
     return 0
 

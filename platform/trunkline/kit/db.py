@@ -23,6 +23,22 @@ CONNECT_TIMEOUT_S = 5
 connection and never answers (frozen, or a proxy before a dead one) held ``/healthz`` and every
 request for as long as the socket lived; now each fails as the database unavailable (503)."""
 
+LIBPQ_DEFAULTS: dict[str, int] = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
+"""libpq's connection parameters each PostgreSQL connection gets unless the URL sets them. A
+host that vanishes without a reset (powered off, a partition, a failover that moved its
+address) left a pooled connection waiting on its read for the kernel's defaults: keepalive
+probes after 2 h idle, retransmissions for about 15 min. With these, a connection waiting for
+an answer probes the host after 30 s of silence and gives up 10 s after an unanswered probe,
+and one whose statement is not acknowledged gives up after 30 s (``tcp_user_timeout``, in ms,
+which also ends the keepalive probing then): under a minute either way. A live server's kernel
+answers the probes, so a long statement is not cut."""
+
 IN_CHUNK = 5_000
 """Values per ``IN (…)`` list of a statement read in chunks on PostgreSQL: far below its
 65,535 bind parameters per statement, few statements for thousands of values."""
@@ -112,13 +128,18 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
         kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=10)
-        if "connect_timeout" not in make_url(url).query:
-            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+        kwargs["connect_args"] = libpq_defaults(url)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "connect", functools.partial(_sqlite_insert_cap, engine.dialect))
     return engine
+
+
+def libpq_defaults(url: str) -> dict[str, int]:
+    """The ``LIBPQ_DEFAULTS`` that ``url`` leaves unset, as the driver's connect arguments."""
+    query = make_url(url).query
+    return {name: value for name, value in LIBPQ_DEFAULTS.items() if name not in query}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -25,6 +25,14 @@ from trunkline.worker.jobs import JOBS, Job, JobContext, JobSettings
 CONSUMER_GROUP = "ingest"
 
 
+def broker_key_prefix(key_prefix: str) -> str:
+    """What kombu puts before every Redis key and pub/sub channel of Celery's broker (queues,
+    bindings, unacked messages, remote control): under Trunkline's own prefix, so installations
+    sharing one Redis with different ``TRUNKLINE_REDIS__KEY_PREFIX`` never share a queue (one
+    installation's worker ran the other's tasks, on its own database)."""
+    return f"{key_prefix}:celery:"
+
+
 class _ProcessContext:
     """The job context of this process, made on first use."""
 
@@ -64,6 +72,7 @@ def create_celery_app(settings: Settings, jobs: JobSettings | None = None) -> Ce
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
+        broker_transport_options={"global_keyprefix": broker_key_prefix(settings.redis.key_prefix)},
         beat_schedule_filename=str(state_dir / "celerybeat-schedule"),
         beat_schedule={
             job.name: {

@@ -4,6 +4,7 @@ nothing: the next worker claims its batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -21,7 +22,10 @@ from integration.metering.pipeline_support import (
 )
 from support.processes import TRUNKLINE, Proc, trunkline_env
 from support.servers import Database
+from trunkline.kit.migrate import upgrade
 from trunkline.models import UsageRollup
+from trunkline.settings import RedisSettings, Settings
+from trunkline.worker.app import create_celery_app
 from unit.metering.usage_support import accounts, at, event, migrated
 
 
@@ -102,3 +106,37 @@ def test_a_celery_worker_killed_mid_batch_loses_nothing(
         beat.stop(signal.SIGTERM)
     wait_for(lambda: ledger_count(factory) == len(events), "the ledger", 1)
     assert_reconciled(factory, events)
+
+
+def test_installations_sharing_a_redis_keep_their_celery_queues_apart(
+    postgres_database: Database, redis_url: str, tmp_path: Path
+) -> None:
+    """Two installations on one Redis, told apart by ``TRUNKLINE_REDIS__KEY_PREFIX``: a task
+    the other one queued first is not run by this one's worker, and stays in the other's
+    queue; every key either wrote is under its prefix."""
+    upgrade(postgres_database.url)
+    other = create_celery_app(
+        Settings(redis=RedisSettings(url=redis_url, key_prefix="other"), state_dir=tmp_path)
+    )
+    ours = create_celery_app(
+        Settings(redis=RedisSettings(url=redis_url, key_prefix="ours"), state_dir=tmp_path)
+    )
+    theirs = other.send_task("metering.rollup_usage")
+    mine = ours.send_task("metering.rollup_usage")
+    env = env_for(postgres_database, redis_url, tmp_path) | {"TRUNKLINE_REDIS__KEY_PREFIX": "ours"}
+    worker = Proc([*TRUNKLINE, "jobs", "--pool", "solo"], env, tmp_path, tmp_path / "w.log")
+    try:
+        worker.wait_until(lambda: f"[{mine.id}] succeeded" in worker.output(), "our task", 90)
+    finally:
+        worker.stop(signal.SIGTERM)
+    assert theirs.id not in worker.output()
+    with redis.Redis.from_url(redis_url) as client:
+        keys = {key.decode() for key in client.keys("*")}
+        queued = [
+            json.loads(message)["headers"]["id"]
+            for key in keys
+            if key.startswith("other:") and client.type(key) == b"list"
+            for message in client.lrange(key, 0, -1)
+        ]
+    assert queued == [theirs.id]
+    assert keys and all(key.startswith(("ours:", "other:")) for key in keys), sorted(keys)

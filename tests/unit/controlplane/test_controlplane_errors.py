@@ -43,6 +43,53 @@ def test_validation_errors_name_the_field(world: World, body: dict[str, Any], fi
     assert field in problem["detail"]
 
 
+@pytest.mark.parametrize(
+    ("path", "method", "body", "field"),
+    [
+        ("/api/v1/tiers/gold/quota", "PUT", {"tenant": {"tokens_per_minute": "1000"}},
+         "tenant.tokens_per_minute"),
+        ("/api/v1/tiers/gold/quota", "PUT", {"key": {"tokens_per_day": "null"}},
+         "key.tokens_per_day"),  # read as null: the limit removed
+        ("/api/v1/tiers/gold/quota", "PUT", {"key": {"cost_per_month": "12.5"}},
+         "key.cost_per_month"),
+        ("/api/v1/tiers", "POST", {"name": "p", "priority": "1", "ttft_slo_ms": 1}, "priority"),
+        ("/api/v1/tiers", "POST", {"name": "p", "priority": 1, "ttft_slo_ms": 1,
+                                   "may_use_burst": "true"}, "may_use_burst"),
+        ("/api/v1/tiers/gold", "PATCH", {"may_use_burst": 1}, "may_use_burst"),
+    ],
+)  # fmt: skip
+def test_a_number_or_boolean_given_as_another_type_is_refused_not_converted(
+    world: World, path: str, method: str, body: dict[str, Any], field: str
+) -> None:
+    """A quota of ``"1000"`` was stored as 1000, ``"null"`` removed a limit, ``"true"`` and
+    ``1`` were true: Litestar converts request bodies loosely. A body is now read as JSON
+    says (as the manifests are): a refusal naming the field, nothing changed."""
+    quota = world.admin.get("/api/v1/tiers/gold/quota")
+    tier = world.admin.get("/api/v1/tiers/gold")
+    response = world.client.request(method, path, json=body, headers=world.admin.headers)
+
+    problem = problem_of(response, 400)
+    assert problem["code"] == "invalid_request"
+    assert problem["errors"] == [
+        {"field": field, "message": problem["errors"][0]["message"], "source": "body"}
+    ]
+    assert "got `" in problem["errors"][0]["message"]  # what it was given instead
+    assert field in problem["detail"]
+    assert world.admin.get("/api/v1/tiers/gold/quota") == quota
+    assert world.admin.get("/api/v1/tiers/gold") == tier
+
+
+def test_a_number_without_a_fraction_is_an_integer_as_json_schema_says(world: World) -> None:
+    """The OpenAPI document's ``integer`` takes ``60.0`` (JSON Schema), as JavaScript and
+    Python clients may write a whole number."""
+    limits = {"key": {"requests_per_minute": 60.0, "cost_per_month": 12}}
+    world.admin.put("/api/v1/tiers/gold/quota", limits)
+    stored = world.admin.get("/api/v1/tiers/gold/quota")["key"]
+    assert stored == {"requests_per_minute": 60, "cost_per_month": 12.0}
+    assert isinstance(stored["requests_per_minute"], int)
+    world.admin.put("/api/v1/tiers/gold/quota", {"key": {"requests_per_minute": 60.5}}, 400)
+
+
 def test_nested_validation_errors_name_the_field(world: World) -> None:
     project = world.project("acme", "demo")
     path = f"/api/v1/tenants/{world.tenant('acme')}/keys"

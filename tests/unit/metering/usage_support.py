@@ -120,3 +120,17 @@ def ingest_unchecked(factory: sessionmaker[Session], events: list[UsageRecord]) 
     with transaction(factory) as session:
         write_usage(session, events)
     rollup_usage(factory)
+
+
+def a_month_of_usage(factory: sessionmaker[Session]) -> None:
+    """An event an hour for each tenant through November 2026, ingested and rolled up: its
+    FOCUS CSV export of every tenant is a few MB."""
+    ingest(
+        factory,
+        [
+            event(account, when=at(day, hour))
+            for account in accounts(factory).values()
+            for day in range(1, 31)
+            for hour in range(24)
+        ],
+    )
