@@ -435,3 +435,22 @@ def test_a_reservation_that_timed_out_but_was_made_is_the_slot_of_its_request_in
     gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
     assert gw.counters()[CONCURRENCY] == 0
     assert gw.counters()[DAY_TOKENS] == 18, "what it used (the prompt), counted once"
+
+
+def test_a_reservation_that_timed_out_but_was_made_counts_its_request_once(
+    make_gateway: Any,
+) -> None:
+    """Its request, admitted locally, ended during the outage. Once the store was back the
+    reservation was given back (settled at nothing, so gone), then the request's replay
+    reserved it anew: the key's requests per minute counted it twice."""
+    store = RanButTimedOut()
+    gw: Gateway = make_gateway(store=store)
+    gw.limit(key=Limits(requests_per_minute=10, tokens_per_day=10_000))
+    store.down = True
+    assert statuses(gw, 1) == [200], "decided locally; held in the store all the same"
+
+    _recover(gw, store)
+
+    assert gw.counters()[REQUESTS] == 1, "one request"
+    assert gw.counters()[DAY_TOKENS] == 24, "what it used"
+    assert gw.counters()[CONCURRENCY] == 0
