@@ -202,9 +202,7 @@ class FallbackQuotaStore:
             await self._primary.probe(now_ms)
             for request_id, request in list(self._decided_locally.items()):
                 if request_id not in self._adopted:
-                    ticket = await self._reserve_admitted(request)
-                    if request_id in self._decided_locally:  # not settled meanwhile
-                        self._adopted[request_id] = ticket
+                    await self._adopt(request)
             in_store = {t.request_id: t for t in self._in_store((*tickets, *self.in_flight()))}
             in_store.update(self._adopted)
             await self._primary.renew(list(in_store.values()), now_ms, lease_ms)
@@ -213,6 +211,21 @@ class FallbackQuotaStore:
             return False
         self._recovered(now_ms)
         return True
+
+    async def _adopt(self, request: ReserveRequest) -> None:
+        """Reserve in the store a request decided locally and still in flight: its slot."""
+        try:
+            ticket = await self._reserve_admitted(request)
+        except StoreUnavailable:
+            raise
+        except Exception:  # this one cannot be reserved (no outage): the others still can
+            log.exception(
+                "a request decided locally could not be reserved in the quota store",
+                extra={"reservation": request.request_id},
+            )
+            return  # replayed when it ends, as before the store came back
+        if request.request_id in self._decided_locally:  # not settled meanwhile
+            self._adopted[request.request_id] = ticket
 
     def _in_store(self, tickets: Iterable[Ticket]) -> list[Ticket]:
         """The store's tickets of these requests: theirs, or those of requests decided locally
