@@ -19,6 +19,7 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Sc
 from trunkline.errors import Unavailable
 from trunkline.gateway.engine_answers import error_event
 from trunkline.gateway.errors import encode_error
+from trunkline.kit.ids import new_request_id
 
 __all__ = ["cut_at_shutdown"]
 
@@ -62,10 +63,11 @@ def cut_at_shutdown(app: ASGIApp) -> ASGIApp:
 async def _end(scope: Scope, head: dict[bytes, bytes] | None, send: Send) -> None:
     headers = head or {}
     request_id = headers.get(b"x-request-id", b"").decode("latin-1") or (
-        scope.get("state") or {}  # the handler's (``handlers.request_id_of``), if it ran
-    ).get("request_id")
+        (scope.get("state") or {}).get("request_id")  # ``handlers.request_id_of``, if it ran
+        or new_request_id()  # cut before: the 503 carries one all the same, as every answer
+    )
     try:
-        what = await _answer(head, headers, send)
+        what = await _answer(head, headers, request_id, send)
     except (asyncio.CancelledError, OSError, RuntimeError):
         # The event loop closing cancels it again, a client too slow to take the end holds
         # it: the line still says it was cut.
@@ -73,7 +75,9 @@ async def _end(scope: Scope, head: dict[bytes, bytes] | None, send: Send) -> Non
     log.warning(what, extra={"request_id": request_id, "path": scope["path"]})
 
 
-async def _answer(head: dict[bytes, bytes] | None, headers: dict[bytes, bytes], send: Send) -> str:
+async def _answer(
+    head: dict[bytes, bytes] | None, headers: dict[bytes, bytes], request_id: str, send: Send
+) -> str:
     """End the answer as far as it can be ended; says what was cut."""
     if head is None:
         what = "request cut before its answer: the gateway stopped (its drain time ran out)"
@@ -86,6 +90,7 @@ async def _answer(head: dict[bytes, bytes] | None, headers: dict[bytes, bytes], 
                 (b"content-length", str(len(body)).encode()),
                 (b"retry-after", b"1"),
                 (b"connection", b"close"),
+                (b"x-request-id", request_id.encode("latin-1")),
             ],
         }
         await send(start)

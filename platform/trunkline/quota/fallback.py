@@ -96,6 +96,7 @@ class FallbackQuotaStore:
 
     async def reserve(self, request: ReserveRequest) -> Outcome:
         now = request.now_ms
+        maybe_held: Ticket | None = None
         if self._degraded_since is None or (
             now >= self._probe_at and await self._came_back(now, request.lease_ms, ())
         ):
@@ -103,20 +104,21 @@ class FallbackQuotaStore:
                 outcome = await self._primary.reserve(request)
             except StoreUnavailable as exc:
                 self._fail("reserve", now, exc)
-                if exc.maybe_reserved is not None:
-                    # It may have been counted all the same: give it back once the store is
-                    # back (nothing happens if it was not).
-                    self._keep_for_later(exc.maybe_reserved, 0, 0, now)
+                maybe_held = exc.maybe_reserved  # the store may have counted it all the same
             else:
                 self._remember(request, outcome)
                 return outcome
-        if not self._fail_open:
-            raise StoreUnavailable("quota store unreachable and quotas fail closed")
         localized = self._localized(request)
-        outcome = await self._local.reserve(localized)
-        if outcome.ticket is not None and len(self._decided_locally) < self._max_pending:
+        decided = await self._local.reserve(localized) if self._fail_open else None
+        if decided and decided.ticket and len(self._decided_locally) < self._max_pending:
+            # Reserved in the store under its id as the store comes back (or as it ends), which
+            # finds a reservation the store ran meanwhile: counted once, settled when it ends.
             self._decided_locally[request.request_id] = request
-        return outcome._replace(local=True, local_limits=tuple(s.limits for s in localized.scopes))
+        elif maybe_held is not None:  # give it back once the store is back (nothing if not)
+            self._keep_for_later(maybe_held, 0, 0, now)
+        if decided is None:
+            raise StoreUnavailable("quota store unreachable and quotas fail closed")
+        return decided._replace(local=True, local_limits=tuple(s.limits for s in localized.scopes))
 
     async def settle(self, ticket: Ticket, tokens: int, cost: int, now_ms: int) -> None:
         if _is_local(ticket):
@@ -200,17 +202,7 @@ class FallbackQuotaStore:
             await self._primary.probe(now_ms)
             for request_id, request in list(self._decided_locally.items()):
                 if request_id not in self._adopted:
-                    ticket = await self._reserve_admitted(request)
-                    if request_id in self._decided_locally:  # not settled meanwhile
-                        self._adopted[request_id] = ticket
-            if self._adopted and self._pending:
-                # A reserve that timed out but ran is its request's reservation now: adopted,
-                # it is settled when the request ends, not given back under it.
-                self._pending = deque(
-                    m
-                    for m in self._pending
-                    if m.decided_locally is not None or m.ticket.request_id not in self._adopted
-                )
+                    await self._adopt(request)
             in_store = {t.request_id: t for t in self._in_store((*tickets, *self.in_flight()))}
             in_store.update(self._adopted)
             await self._primary.renew(list(in_store.values()), now_ms, lease_ms)
@@ -219,6 +211,21 @@ class FallbackQuotaStore:
             return False
         self._recovered(now_ms)
         return True
+
+    async def _adopt(self, request: ReserveRequest) -> None:
+        """Reserve in the store a request decided locally and still in flight: its slot."""
+        try:
+            ticket = await self._reserve_admitted(request)
+        except StoreUnavailable:
+            raise
+        except Exception:  # this one cannot be reserved (no outage): the others still can
+            log.exception(
+                "a request decided locally could not be reserved in the quota store",
+                extra={"reservation": request.request_id},
+            )
+            return  # replayed when it ends, as before the store came back
+        if request.request_id in self._decided_locally:  # not settled meanwhile
+            self._adopted[request.request_id] = ticket
 
     def _in_store(self, tickets: Iterable[Ticket]) -> list[Ticket]:
         """The store's tickets of these requests: theirs, or those of requests decided locally

@@ -585,6 +585,9 @@ def test_a_request_unanswered_at_shutdown_gets_a_503_and_one_line(
     [cut] = [r for r in caplog.records if "cut" in r.getMessage()]
     assert "request cut before its answer" in cut.getMessage()
     assert cut.request_id.startswith("req-")
+    # The id to quote, as on every other answer: the one its log line and usage record carry.
+    headers = dict(cast("list[tuple[bytes, bytes]]", sent[0]["headers"]))
+    assert headers[b"x-request-id"].decode() == cut.request_id
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 

@@ -435,3 +435,57 @@ def test_a_reservation_that_timed_out_but_was_made_is_the_slot_of_its_request_in
     gw.call(gw.service.quota.store.replayed)  # type: ignore[attr-defined]
     assert gw.counters()[CONCURRENCY] == 0
     assert gw.counters()[DAY_TOKENS] == 18, "what it used (the prompt), counted once"
+
+
+def test_a_reservation_that_timed_out_but_was_made_counts_its_request_once(
+    make_gateway: Any,
+) -> None:
+    """Its request, admitted locally, ended during the outage. Once the store was back the
+    reservation was given back (settled at nothing, so gone), then the request's replay
+    reserved it anew: the key's requests per minute counted it twice."""
+    store = RanButTimedOut()
+    gw: Gateway = make_gateway(store=store)
+    gw.limit(key=Limits(requests_per_minute=10, tokens_per_day=10_000))
+    store.down = True
+    assert statuses(gw, 1) == [200], "decided locally; held in the store all the same"
+
+    _recover(gw, store)
+
+    assert gw.counters()[REQUESTS] == 1, "one request"
+    assert gw.counters()[DAY_TOKENS] == 24, "what it used"
+    assert gw.counters()[CONCURRENCY] == 0
+
+
+class RefusesOneReservation(Flaky):
+    """A store that, back from an outage, fails one request's reservation with an error that is
+    no outage (a bug, a value it cannot take)."""
+
+    async def reserve(self, request: ReserveRequest) -> Outcome:
+        if not self.down and request.request_id == "r1":
+            raise ValueError("value is not an integer or out of range")
+        return await super().reserve(request)
+
+
+async def test_a_request_in_flight_the_store_cannot_take_does_not_keep_it_degraded() -> None:
+    """Requests decided locally are reserved in the store as it comes back. One it refused
+    with an error that is no outage failed every probe: the store stayed degraded (limits per
+    process) for as long as that request ran, and each request that probed it failed (500)."""
+    store = RefusesOneReservation()
+    registry = CollectorRegistry()
+    fallback = FallbackQuotaStore(store, QuotaMetrics(registry), probe_every_ms=1000)
+    scopes = (Scope("key", "k", Limits(concurrent_requests=5).vector()),)
+
+    def request(n: int, at_ms: int) -> ReserveRequest:
+        return ReserveRequest(f"r{n}", "t", scopes, 100, 0, at_ms, 60_000, 3_600_000)
+
+    store.down = True
+    assert (await fallback.reserve(request(1, 0))).local  # decided locally, still in flight
+    assert (await fallback.reserve(request(2, 0))).local
+    store.down = False
+
+    outcome = await fallback.reserve(request(3, 2_000))
+
+    assert not outcome.local and outcome.ticket is not None, "decided by the store, back"
+    assert registry.get_sample_value("trunkline_quota_store_degraded") == 0
+    [used] = await store.usage("t", [("key", "k")], 2_000)
+    assert used[CONCURRENCY] == 2, "r2's slot, and r3's"
