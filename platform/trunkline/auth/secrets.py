@@ -81,9 +81,21 @@ def redacted(text: str) -> str:
     return _WHOLE_SECRET.sub(r"\1…", text)
 
 
+STAND_IN = "…"
+"""What stands for a URL's password wherever the URL is shown."""
+
+
 @functools.lru_cache(maxsize=4096)
 def without_password(url: str) -> str:
     """``url`` with the password of its user information replaced (``http://user:…@host``):
-    for what is written out (a log line, the usage ledger) about a URL an operator may have
-    given credentials in, such as an engine endpoint behind a proxy that asks for them."""
-    return _URL_PASSWORD.sub(r"\1:…@", url)
+    for what is written out (a log line, the usage ledger, an API answer, a change report)
+    about a URL an operator may have given credentials in, such as an engine endpoint behind
+    a proxy that asks for them."""
+    return _URL_PASSWORD.sub(rf"\1:{STAND_IN}@", url)
+
+
+def password_as_shown(url: str) -> bool:
+    """Whether ``url`` carries the stand-in :func:`without_password` shows, not a password
+    (a URL copied from an answer and sent back)."""
+    match = _URL_PASSWORD.match(url)
+    return match is not None and match.group(0).endswith(f":{STAND_IN}@")

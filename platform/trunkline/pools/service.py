@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
+from trunkline.auth.secrets import STAND_IN, password_as_shown, without_password
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import AcceleratorFlavor, Endpoint
@@ -125,22 +126,29 @@ def replace_endpoints(
 ) -> list[str]:
     """Replace a pool's endpoints; returns what changed (``+url`` / ``-url``), empty if nothing."""
     specs = [EndpointSpec(url=e) if isinstance(e, str) else e for e in endpoints]
+    for index, spec in enumerate(specs):
+        if password_as_shown(spec.url):
+            raise InvalidRequest(
+                f"endpoint {without_password(spec.url)} carries the password as answers show it "
+                f"({STAND_IN!r}), which would replace the real one: send the password",
+                param=f"urls[{index}]",
+            )
     wanted = {spec.url: spec for spec in specs}
     current = {e.url: e for e in PoolRepository(session).endpoints([pool.id])[pool.id]}
     changes = []
     for url, endpoint in current.items():
         if url not in wanted:
             session.delete(endpoint)
-            changes.append(f"-{url}")
+            changes.append(f"-{without_password(url)}")
             continue
         if not endpoint.enabled:
             endpoint.enabled = True
-            changes.append(f"+{url}")
+            changes.append(f"+{without_password(url)}")
         for field in ("kv_events", "kv_replay"):
             value = getattr(wanted[url], field)
             if getattr(endpoint, field) != value:
                 setattr(endpoint, field, value)
-                changes.append(f"{url} {field} {value}")
+                changes.append(f"{without_password(url)} {field} {value}")
     for url, spec in wanted.items():
         if url not in current:
             session.add(
@@ -152,7 +160,7 @@ def replace_endpoints(
                     kv_replay=spec.kv_replay,
                 )
             )
-            changes.append(f"+{url}")
+            changes.append(f"+{without_password(url)}")
     if changes:
         flush_or_conflict(session, f"pool {pool.name!r} lists an endpoint twice")
         mark_config_changed(session)
@@ -208,7 +216,10 @@ def _pool_view(
         pool.region,
         pool.burst,
         pool.block_size,
-        [EndpointView(e.id, e.url, e.enabled, e.kv_events, e.kv_replay) for e in endpoints],
+        [
+            EndpointView(e.id, without_password(e.url), e.enabled, e.kv_events, e.kv_replay)
+            for e in endpoints
+        ],
         cost_per_hour=float(flavor.cost_per_hour) if own is None else own,
         own_cost_per_hour=own,
         capacity=pool.capacity,

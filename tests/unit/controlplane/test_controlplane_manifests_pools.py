@@ -286,3 +286,17 @@ def test_a_model_may_not_take_the_name_of_an_alias_applied_from_other_files(
     with pytest.raises(Conflict, match=r"'llama-3\.1-8b' is already an alias"):
         apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
     assert snapshot(runtime).version == before.version
+
+
+def test_an_endpoints_password_is_not_written_in_the_report(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("- http://10.0.0.8:8000", "- http://proxy:s3cret@10.0.0.8:8000"))
+
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert "s3cret" not in "\n".join(report.lines())
+    assert any("+http://proxy:…@10.0.0.8:8000" in line for line in report.lines())
+    urls = [e.url for e in snapshot(runtime).pools["small-eu"].endpoints]
+    assert "http://proxy:s3cret@10.0.0.8:8000" in urls  # the gateway still has it whole

@@ -428,3 +428,19 @@ def test_an_endpoint_stored_before_its_address_was_checked_is_left_out_of_the_sn
     said = caplog.text
     assert f"endpoint {bad} " in said and "not one a client can connect to" in said
     assert f"endpoint {deaf} " in said and "not one a subscriber can connect to" in said
+
+
+def test_an_endpoints_password_is_never_shown_back_nor_taken_as_its_mask(world: World) -> None:
+    admin = world.admin
+    admin.post(CATALOG + "/pools", POOL)
+    url = "http://proxy:s3cret@10.0.0.7:8000"
+    pool = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": [url]})
+    assert [e["url"] for e in pool["endpoints"]] == ["http://proxy:…@10.0.0.7:8000"]
+    assert "s3cret" not in str(admin.get(CATALOG + "/pools/a100-eu"))
+    assert "s3cret" not in str(admin.get(CATALOG + "/pools"))
+
+    # Sent back as shown, the mask would replace the password: refused, nothing changed.
+    shown = pool["endpoints"][0]["url"]
+    problem = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": [shown]}, expect=400)
+    assert "password" in problem["detail"]
+    assert [e.url for e in snapshot(world.runtime).pools["a100-eu"].endpoints] == [url]
