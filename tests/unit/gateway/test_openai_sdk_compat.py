@@ -11,7 +11,7 @@ import openai
 import pytest
 from tests.unit.gateway.conftest import Harness
 from tests.unit.gateway.test_gateway import _ready
-from tests.unit.gateway.upstreams import Chunks
+from tests.unit.gateway.upstreams import Chunks, sse_events
 
 from trunkline.gateway import engine_answers
 
@@ -56,4 +56,29 @@ def test_the_sdk_does_not_send_again_an_answer_too_large_to_relay(
     assert "ask for less" in raised.value.message
     assert raised.value.response.headers["x-should-retry"] == "false"
     assert len(gw.upstream) == 1
+    assert [(r.status, r.error_code) for r in gw.drain_usage()] == [(502, "upstream_error")]
+
+
+def _dies_mid_stream(request: httpx.Request) -> httpx.Response:
+    events = sse_events(json.loads(request.content)["model"], True)
+    return httpx.Response(
+        200, stream=Chunks(events, fail_after=2), headers={"content-type": "text/event-stream"}
+    )
+
+
+def test_an_engine_dying_mid_stream_raises_the_sdks_api_error_with_our_code(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """What the SDK makes of the error event that ends such a stream: an ``APIError`` whose
+    ``code`` and ``body`` are the gateway's, after the text that did come."""
+    gw, key = _ready(make_gateway, _dies_mid_stream)
+    stream = _sdk(gw, key).chat.completions.create(model="llama", messages=HELLO, stream=True)  # type: ignore[arg-type]
+    text: list[str] = []
+
+    def read() -> None:
+        text.extend(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    with pytest.raises(openai.APIError) as raised:
+        read()
+    assert "".join(text) == "hi"
+    assert raised.value.code == "upstream_error"
+    assert isinstance(raised.value.body, dict) and raised.value.body["type"] == "server_error"
     assert [(r.status, r.error_code) for r in gw.drain_usage()] == [(502, "upstream_error")]
