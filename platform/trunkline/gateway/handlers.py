@@ -153,9 +153,10 @@ async def azure_deployments(
     an alias, which may hold ``/`` (``meta-llama/llama-3.1-8b``) and reaches us unescaped (the
     Azure client writes it into the path as it is): so the path is cut at its endpoint, not
     matched segment by segment (an alias with ``/`` was an unknown URL)."""
+    path = route.removeprefix("/")
     for suffix, kind in _DEPLOYMENT_KINDS:
-        deployment = route.removeprefix("/").removesuffix(suffix)
-        if route.endswith(suffix) and deployment and not deployment.endswith("/"):
+        deployment = path[: -len(suffix)]
+        if path.endswith(suffix) and deployment and "" not in deployment.split("/"):
             return await _serve(kind, request, deployment)
     raise _unknown_url(request)
 

@@ -74,3 +74,7 @@ def test_an_alias_holding_a_slash_is_a_deployment_too(make_gateway) -> None:  # 
     path = f"/openai/deployments/{named}/responses"
     refused = gw.client.post(path, json={"input": "hi"}, headers=auth(key))
     assert_openai_error(refused, 404, "unknown_url")
+    # Cut at the endpoint: deployment "chat", its completions, as by path segments before.
+    path = "/openai/deployments/chat/completions"
+    refused = gw.client.post(path, json={"prompt": "hi"}, headers=auth(key))
+    assert "'chat'" in assert_openai_error(refused, 404, "model_not_found")["message"]
