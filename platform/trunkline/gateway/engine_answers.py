@@ -39,13 +39,16 @@ class NotAStream(httpx.RemoteProtocolError):
 class AnswerTooLarge(UpstreamError):
     """The engine's answer (a plain one whole, or one event of a stream) passed
     ``MAX_ANSWER_BYTES``. Not the engine's failure: another endpoint would answer the same, so
-    none is tried, and its health is not counted against it."""
+    none is tried, and its health is not counted against it. Nor is the same request worth
+    sending again: ``x-should-retry: false`` keeps the OpenAI SDKs, which retry a 5xx twice
+    by themselves, from having the engine generate it three times."""
 
     def __init__(self, what: str) -> None:
         super().__init__(
             f"The model endpoint's {what} was larger than the gateway relays "
             f"({MAX_ANSWER_BYTES >> 20} MiB); ask for less (max_tokens, n, logprobs, echo).",
             reason="upstream_error",
+            extra={"headers": {"x-should-retry": "false"}},
         )
 
 

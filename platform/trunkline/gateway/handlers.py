@@ -151,30 +151,27 @@ async def embeddings(request: Request[object, object, State]) -> Response[bytes]
     return await _serve("embeddings", request)
 
 
-_DEPLOYMENTS = ("/openai/deployments/{deployment:str}", "/v1/deployments/{deployment:str}")
+_DEPLOYMENTS = ("/openai/deployments", "/v1/deployments")
 """Where Azure OpenAI clients send a model's requests: ``AzureOpenAI(azure_endpoint=…)`` under
 ``/openai``, ``AzureOpenAI(base_url=…/v1)`` under the base URL; the deployment is the model."""
+_DEPLOYMENT_KINDS = (("/chat/completions", "chat"), ("/completions", "completions"),
+                     ("/embeddings", "embeddings"))  # fmt: skip
 
 
-@post([f"{prefix}/chat/completions" for prefix in _DEPLOYMENTS], status_code=200)
-async def azure_chat_completions(
-    request: Request[object, object, State], deployment: FromPath[str]
+@post([f"{prefix}/{{route:path}}" for prefix in _DEPLOYMENTS], status_code=200)
+async def azure_deployments(
+    request: Request[object, object, State], route: FromPath[str]
 ) -> Response[bytes]:
-    return await _serve("chat", request, deployment)
-
-
-@post([f"{prefix}/completions" for prefix in _DEPLOYMENTS], status_code=200)
-async def azure_completions(
-    request: Request[object, object, State], deployment: FromPath[str]
-) -> Response[bytes]:
-    return await _serve("completions", request, deployment)
-
-
-@post([f"{prefix}/embeddings" for prefix in _DEPLOYMENTS], status_code=200)
-async def azure_embeddings(
-    request: Request[object, object, State], deployment: FromPath[str]
-) -> Response[bytes]:
-    return await _serve("embeddings", request, deployment)
+    """``{deployment}/chat/completions``, ``/completions`` or ``/embeddings``. The deployment is
+    an alias, which may hold ``/`` (``meta-llama/llama-3.1-8b``) and reaches us unescaped (the
+    Azure client writes it into the path as it is): so the path is cut at its endpoint, not
+    matched segment by segment (an alias with ``/`` was an unknown URL)."""
+    path = route.removeprefix("/")
+    for suffix, kind in _DEPLOYMENT_KINDS:
+        deployment = path[: -len(suffix)]
+        if path.endswith(suffix) and deployment and "" not in deployment.split("/"):
+            return await _serve(kind, request, deployment)
+    raise _unknown_url(request)
 
 
 @get(["/v1/models", "/openai/models"])
@@ -284,11 +281,7 @@ def _http_error(
             reason="request_too_large",
         )
     if exc.status_code == 404:
-        path = request.url.path
-        shown = path if len(path) <= 120 else f"{path[:120]}…"
-        return NotFound(
-            f"Unknown request URL: {request.method} {shown}. {_SERVED}", reason="unknown_url"
-        )
+        return _unknown_url(request)
     if exc.status_code == 405:
         allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), None)
         return MethodNotAllowed(
@@ -297,6 +290,14 @@ def _http_error(
             extra={"headers": {"allow": allowed_with_head(allow)}} if allow else None,
         )
     return InvalidRequest(str(exc.detail), reason="invalid_request")
+
+
+def _unknown_url(request: Request[object, object, State]) -> NotFound:
+    path = request.url.path
+    shown = path if len(path) <= 120 else f"{path[:120]}…"
+    return NotFound(
+        f"Unknown request URL: {request.method} {shown}. {_SERVED}", reason="unknown_url"
+    )
 
 
 def error_handler(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
@@ -330,9 +331,7 @@ ROUTES = [
     chat_completions,
     completions,
     embeddings,
-    azure_chat_completions,
-    azure_completions,
-    azure_embeddings,
+    azure_deployments,
     list_models,
     retrieve_model,
     health,

@@ -256,10 +256,10 @@ twin ``ec_transfer_params``; also taken out of ``vllm_xargs``, which vLLM reads 
 
 
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:
-    """The body sent to the engine: the served model name, usage forced on streams, none of
-    the client's :data:`ENGINE_CONTROLS`, and the tenant's prefix-cache salt (none when the
-    tenant shares the cache), so no client can pick the salt of another tenant's cached
-    prompts."""
+    """The body sent to the engine: the served model name, usage forced on streams (in their
+    last chunk only, unless the client asked for more), none of the client's
+    :data:`ENGINE_CONTROLS`, and the tenant's prefix-cache salt (none when the tenant shares
+    the cache), so no client can pick the salt of another tenant's cached prompts."""
     body = dict(request.body)
     body["model"] = served_model
     for field in ENGINE_CONTROLS:
@@ -273,6 +273,11 @@ def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:
         body["cache_salt"] = request.cache_salt
     if request.stream:
         options = dict(body.get("stream_options") or {})
+        if not request.client_wants_usage:
+            # vLLM puts usage in every chunk for ``continuous_usage_stats`` only with
+            # ``include_usage``: forced on for metering, it gave such a client usage it had not
+            # asked for in every chunk (the gateway drops only the last, usage-only, one).
+            options.pop("continuous_usage_stats", None)
         options["include_usage"] = True
         body["stream_options"] = options
     return body

@@ -15,10 +15,9 @@ __all__ = ["UNCOUNTED", "gateway_request_metrics", "route_of"]
 
 _ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
 UNCOUNTED = frozenset({"/health", "/livez", "/metrics"})
-_DEPLOYMENT = re.compile(
-    r"/(openai|v1)/deployments/[^/]+/(chat/completions|completions|embeddings)"
-)
-"""An Azure OpenAI client's path: the deployment (a model) is not a label."""
+_DEPLOYMENT = re.compile(r"/(openai|v1)/deployments/.+?/(chat/completions|completions|embeddings)")
+"""An Azure OpenAI client's path: the deployment (a model, which may hold ``/``) is not a
+label."""
 
 
 def route_of(path: str) -> str | None:

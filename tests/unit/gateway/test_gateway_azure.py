@@ -3,10 +3,12 @@ requests to its deployment's path, which names the model."""
 
 from __future__ import annotations
 
+import msgspec
 import openai
 import pytest
-from tests.unit.gateway.conftest import Harness
-from tests.unit.gateway.test_gateway import _ready, assert_openai_error, auth
+from tests.unit.gateway.conftest import TENANT_A, Harness
+from tests.unit.gateway.test_gateway import _ready, _wait_for_version, assert_openai_error, auth
+from tests.unit.gateway.upstreams import chat_any
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -50,3 +52,29 @@ def test_the_deployment_in_the_path_is_the_model_whatever_the_body_names(make_ga
     refused = gw.client.post(unknown, json={"model": "llama", "messages": HELLO}, headers=auth(key))
     assert_openai_error(refused, 404, "model_not_found")  # not the body's model served instead
     assert len(gw.upstream) == sent
+
+
+def test_an_alias_holding_a_slash_is_a_deployment_too(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Aliases may be named as vLLM serves models, ``org/model``; the Azure client writes the
+    deployment into its path as it is, and every such call was a 404 ``unknown_url``."""
+    gw: Harness = make_gateway(chat_any)
+    named = "meta-llama/llama"
+    gw.world.aliases[named] = msgspec.structs.replace(gw.world.aliases["llama"], alias=named)
+    acme = gw.world.tenants[TENANT_A]
+    gw.world.tenants[TENANT_A] = msgspec.structs.replace(acme, aliases=acme.aliases | {named})
+    key = gw.world.add_key()
+    gw.world.publish()
+    _wait_for_version(gw)
+    for options in ({"azure_endpoint": "http://testserver.local"},
+                    {"base_url": "http://testserver.local/v1"}):  # fmt: skip
+        client = _azure(gw, key, **options)
+        assert client.chat.completions.create(model=named, messages=HELLO).choices  # type: ignore[arg-type]
+        assert client.completions.create(model=named, prompt="hi").choices
+    assert [r.alias for r in gw.drain_usage()] == [named] * 4
+    path = f"/openai/deployments/{named}/responses"
+    refused = gw.client.post(path, json={"input": "hi"}, headers=auth(key))
+    assert_openai_error(refused, 404, "unknown_url")
+    # Cut at the endpoint: deployment "chat", its completions, as by path segments before.
+    path = "/openai/deployments/chat/completions"
+    refused = gw.client.post(path, json={"prompt": "hi"}, headers=auth(key))
+    assert "'chat'" in assert_openai_error(refused, 404, "model_not_found")["message"]

@@ -55,3 +55,25 @@ def test_decoding_a_body_leaves_the_garbage_collector_running(raw: bytes) -> Non
     with contextlib.suppress(InvalidRequest):
         parse_body("chat", raw)
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize(
+    ("options", "sent"),
+    [
+        (None, {"include_usage": True}),
+        ({"include_usage": False}, {"include_usage": True}),
+        # vLLM gives usage in every chunk only with include_usage: a client asking for
+        # continuous_usage_stats alone gets none, and must not through the gateway either.
+        ({"continuous_usage_stats": True}, {"include_usage": True}),
+        (
+            {"include_usage": True, "continuous_usage_stats": True},
+            {"include_usage": True, "continuous_usage_stats": True},
+        ),
+    ],
+)
+def test_a_stream_asks_the_engine_for_the_usage_the_gateway_meters_and_no_more(
+    options: dict[str, bool] | None, sent: dict[str, bool]
+) -> None:
+    body = {**CHAT, "stream": True, "stream_options": options}
+    request = parse_body("chat", json.dumps(body).encode())
+    assert upstream_body(request, "served")["stream_options"] == sent

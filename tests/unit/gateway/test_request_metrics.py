@@ -59,6 +59,7 @@ def test_routes_are_templates_and_health_and_metrics_are_not_counted() -> None:
     assert route_of("/v1/responses") == "other"
     deployed = "/openai/deployments/{deployment}/chat/completions"
     assert route_of("/openai/deployments/llama/chat/completions") == deployed
+    assert route_of("/openai/deployments/meta-llama/llama/chat/completions") == deployed
     assert route_of("/openai/deployments/llama/responses") == "other"
     assert route_of("/health") is None and route_of("/metrics") is None
 
