@@ -39,6 +39,7 @@ from trunkline.kit.asgi import unless_client_leaves
 from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.metrics_share import EXPOSITION_TYPE, SharedMetrics
+from trunkline.snapshot import AliasEntry
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +204,20 @@ def _visible_models(request: Request[object, object, State]) -> dict[str, dict[s
     service = _service(request.app.state)
     principal = service.authenticate(_credentials(request))
     snapshot = service.holder.current
-    return {
-        a.alias: {"id": a.alias, "object": "model", "created": a.created, "owned_by": "trunkline"}
-        for a in visible_aliases(snapshot, principal)
-    }
+    return {a.alias: _model_entry(a) for a in visible_aliases(snapshot, principal)}
+
+
+def _model_entry(alias: AliasEntry) -> dict[str, object]:
+    """One model as OpenAI lists it, with vLLM's ``max_model_len`` where the catalog knows
+    the context (a cascade's: its large model's, where a prompt over the small one's goes)."""
+    entry: dict[str, object] = {
+        "id": alias.alias, "object": "model", "created": alias.created, "owned_by": "trunkline"
+    }  # fmt: skip
+    contexts = [alias.context_length, alias.cascade.context_length if alias.cascade else None]
+    known = [length for length in contexts if length is not None]
+    if known:
+        entry["max_model_len"] = max(known)
+    return entry
 
 
 def _engines(monitor: EngineMonitor | None) -> dict[str, object]:

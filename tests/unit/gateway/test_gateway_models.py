@@ -53,6 +53,28 @@ def test_a_models_created_is_its_alias_and_not_the_last_configuration_change(
     assert [m["created"] for m in listed if m["id"] == "llama"] == [before]
 
 
+def test_a_model_says_how_many_tokens_fit_its_context_as_vllm_does(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """Clients size prompts by vLLM's ``max_model_len``; the gateway's entries had none. A
+    cascade fits what its large model fits (a prompt over the small one's goes there)."""
+    gw: Harness = make_gateway(chat_any)
+    aliases = gw.world.aliases
+    aliases["llama"] = msgspec.structs.replace(aliases["llama"], context_length=8192)
+    small = msgspec.structs.replace(aliases["llama"], alias="auto", context_length=4096)
+    aliases["auto"] = msgspec.structs.replace(
+        small, cascade=CascadeEntry("big-served", aliases["llama"].pools, context_length=131072)
+    )
+    gw.world.tenants[TENANT_A] = msgspec.structs.replace(
+        gw.world.tenants[TENANT_A], aliases=gw.world.tenants[TENANT_A].aliases | {"auto"}
+    )
+    key = gw.world.add_key()
+    gw.world.publish()
+    _wait_for_version(gw)
+    listed = gw.client.get("/v1/models", headers=auth(key)).json()["data"]
+    fits = {m["id"]: m.get("max_model_len") for m in listed}
+    assert fits == {"auto": 131072, "bge": None, "llama": 8192}  # bge: its context not known
+    assert gw.client.get("/v1/models/llama", headers=auth(key)).json()["max_model_len"] == 8192
+
+
 def test_unknown_and_unentitled_models_are_alike_404_and_a_key_narrowing_is_403(
     make_gateway,
 ) -> None:
