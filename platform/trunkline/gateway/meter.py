@@ -3,6 +3,7 @@ its quota reservation, exactly once, however the attempt ends."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from trunkline.gateway.endpoints import EngineState, Flight
 from trunkline.gateway.engine_answers import Tally
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.routing import Candidate
+from trunkline.kit.asgi import left_by_client
 from trunkline.metering.outcomes import CLIENT_CLOSED, outcome_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
@@ -21,6 +23,7 @@ from trunkline.quota.estimate import answers_per_prompt, estimate_prompt_tokens
 __all__ = ["CLIENT_CLOSED", "UsageMeter"]
 log = logging.getLogger(__name__)
 GATEWAY_TIMEOUT = 504
+GATEWAY_STOPPED = 503
 
 
 class UsageMeter:
@@ -70,6 +73,16 @@ class UsageMeter:
     def client_left(self) -> None:
         """The client hung up (a plain answer comes only when whole)."""
         self._unanswered(CLIENT_CLOSED, "client_closed")
+
+    def cancelled(self, cancellation: asyncio.CancelledError) -> None:
+        """The request was cancelled before its answer: its client left, or the gateway
+        stopped (its drain time out), which answers the client 503 ``gateway_stopped`` and
+        says to retry. That one is the gateway's failure, not a client hanging up: metered
+        as 503, an outcome the price book does not bill by default."""
+        if left_by_client(cancellation):
+            self.client_left()
+        else:
+            self._unanswered(GATEWAY_STOPPED, "gateway_stopped")
 
     def timed_out(self) -> None:
         """A plain answer was not whole by the read timeout."""

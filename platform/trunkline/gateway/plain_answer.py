@@ -37,8 +37,8 @@ async def finish_plain(
         raise UpstreamError(
             "The model endpoint failed while answering.", reason="upstream_error"
         ) from exc
-    except asyncio.CancelledError:  # the client left while the body was read
-        meter.client_left()
+    except asyncio.CancelledError as exc:  # the client left, or the gateway stopped
+        meter.cancelled(exc)
         raise
     finally:
         await response.aclose()

@@ -307,7 +307,7 @@ class GatewayService:
             ) from exc
         except BaseException as exc:  # metered (and its quota settled) whatever happened
             if isinstance(exc, asyncio.CancelledError):
-                meter.client_left()
+                meter.cancelled(exc)
             else:
                 meter.finish(500, "internal_error")
             raise

@@ -24,6 +24,7 @@ from tests.unit.gateway.test_gateway_streams import _event_stream
 from tests.unit.gateway.upstreams import chat_any, sse_events
 
 from trunkline.gateway import stream_relay
+from trunkline.metering.outcomes import BILLED_BY_DEFAULT, outcome_of
 
 
 class _RevokedMidway(httpx.AsyncByteStream):
@@ -141,12 +142,14 @@ def test_a_gateway_stopping_meters_the_streams_it_cuts_before_its_usage_emitter_
 
 
 def _stopped_while_served(
-    gw: Gateway, request: dict[str, object], under_way: asyncio.Event | None = None
-) -> list[dict[str, object]]:
+    gw: Gateway, request: dict[str, object], under_way: asyncio.Event | None = None,
+    *, client_leaves: bool = False,
+) -> list[dict[str, object]]:  # fmt: skip
     """What the gateway sends for ``request`` when the server stops once ``under_way`` is set
     (None: once its answer's first bytes went out):
     uvicorn, its drain time out, cancels the request's task. No exception may leave the app
-    (uvicorn would log "Exception in ASGI application" with its traceback)."""
+    (uvicorn would log "Exception in ASGI application" with its traceback). With
+    ``client_leaves`` the client disconnects then instead, and the server runs on."""
     body = msgspec.json.encode(request)
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
@@ -167,7 +170,10 @@ def _stopped_while_served(
         async def receive() -> dict[str, object]:
             if (message := next(bodies, None)) is not None:
                 return message
-            await asyncio.Event().wait()  # the client stays: the server stops
+            if client_leaves:
+                await answering.wait()
+            else:
+                await asyncio.Event().wait()  # the client stays: the server stops
             return {"type": "http.disconnect"}
 
         async def send(message: dict[str, object]) -> None:
@@ -178,7 +184,8 @@ def _stopped_while_served(
         answering = under_way or asyncio.Event()
         task = asyncio.create_task(gw.client.app(scope, receive, send))  # type: ignore[arg-type]
         await answering.wait()
-        task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")  # as uvicorn
+        if not client_leaves:
+            task.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")  # as uvicorn
         await task
         gw.service.meter_the_unfinished()  # the lifespan's shutdown, as before
 
@@ -241,6 +248,33 @@ def test_a_request_unanswered_at_shutdown_gets_a_503_and_one_line(
     headers = dict(cast("list[tuple[bytes, bytes]]", sent[0]["headers"]))
     assert headers[b"x-request-id"].decode() == cut.request_id
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    # Metered as what its client was told, the gateway's failure: it was 499 client_closed,
+    # billed as if the client had hung up.
+    [(_id, record)] = gw.usage.read(10)
+    assert (record.request_id, record.status, record.error_code) == (
+        cut.request_id,
+        503,
+        "gateway_stopped",
+    )
+    assert outcome_of(record.status) not in BILLED_BY_DEFAULT
+
+
+def test_a_request_whose_client_leaves_before_its_answer_is_still_client_closed(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    reached = asyncio.Event()
+
+    async def generating(request: httpx.Request) -> httpx.Response:
+        reached.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+    gw = engine_gateway(generating)
+    sent = _stopped_while_served(gw, CHAT, reached, client_leaves=True)
+
+    assert sent[0]["status"] == 499
+    [(_id, record)] = gw.usage.read(10)
+    assert (record.status, record.error_code) == (499, "client_closed")
 
 
 def test_requests_refused_before_they_were_sent_leave_nothing_to_meter_at_shutdown(
