@@ -24,7 +24,7 @@ from trunkline.errors import (
     TrunklineError,
     Unauthenticated,
 )
-from trunkline.gateway.cors import cors_config
+from trunkline.gateway.cors import cors_config, cors_outside
 from trunkline.gateway.endpoints import EngineMonitor
 from trunkline.gateway.errors import encode_error
 from trunkline.gateway.head import allowed_with_head, head_as_get
@@ -363,6 +363,7 @@ def build_app(
     cors_origins: Sequence[str] = (),
 ) -> Litestar:
     registry = metrics or CollectorRegistry()
+    cors = cors_config(cors_origins)
     state = {
         "gateway": service,
         "metrics": registry,
@@ -379,12 +380,13 @@ def build_app(
         openapi_config=None,
         logging_config=None,
         debug=False,
-        cors_config=cors_config(cors_origins),
+        cors_config=cors,
     )
     late_body = BodyTimeout(body_timeout_s, _late_body, registry)
     # Around the router: its own answers (an unknown path, a wrong method) are counted too.
+    inner = late_body.wrap(head_as_get(options_with_id(app.asgi_handler)))
     app.asgi_handler = gateway_request_metrics(registry).wrap(
-        cut_at_shutdown(late_body.wrap(head_as_get(options_with_id(app.asgi_handler))))
+        cors_outside(cut_at_shutdown(inner), cors)
     )
     return app
 

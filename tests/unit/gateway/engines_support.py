@@ -114,6 +114,7 @@ def engine_gateways(make_gateway: Callable[..., Harness]) -> Callable[..., Gatew
         scrape: Handler | None = None,
         stream_idle_timeout_s: float = 30.0,
         ejected_stream_idle_s: float = 5.0,
+        cors_origins: Sequence[str] = (),
     ) -> Gateway:
         world = world or default_world()
         key = world.add_key(tenant) if tenant else world.add_key()
@@ -127,6 +128,7 @@ def engine_gateways(make_gateway: Callable[..., Harness]) -> Callable[..., Gatew
                 admission="off",
                 stream_idle_timeout_s=stream_idle_timeout_s,
                 ejected_stream_idle_s=ejected_stream_idle_s,
+                cors_origins=list(cors_origins),
             ),
             scrape_transport=httpx.MockTransport(scrape) if scrape else None,
             admission=(lambda _engines: admission) if admission else None,

@@ -143,7 +143,7 @@ def test_a_gateway_stopping_meters_the_streams_it_cuts_before_its_usage_emitter_
 
 def _stopped_while_served(
     gw: Gateway, request: dict[str, object], under_way: asyncio.Event | None = None,
-    *, client_leaves: bool = False,
+    *, client_leaves: bool = False, origin: str | None = None,
 ) -> list[dict[str, object]]:  # fmt: skip
     """What the gateway sends for ``request`` when the server stops once ``under_way`` is set
     (None: once its answer's first bytes went out):
@@ -160,6 +160,7 @@ def _stopped_while_served(
             (b"host", b"gateway"), (b"content-type", b"application/json"),
             (b"authorization", f"Bearer {gw.key}".encode()),
             (b"content-length", str(len(body)).encode()),
+            *([(b"origin", origin.encode())] if origin else []),
         ],
     }  # fmt: skip
     sent: list[dict[str, object]] = []
@@ -288,3 +289,30 @@ def test_requests_refused_before_they_were_sent_leave_nothing_to_meter_at_shutdo
     gw = engine_gateway(chat_any, world=world)
     assert [gw.chat().status_code for _ in range(3)] == [503] * 3  # no endpoint
     assert gw.service.meter_the_unfinished() == 0
+
+
+def test_a_browser_page_can_read_the_503_of_a_request_cut_at_shutdown(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """The 503 is sent outside Litestar's CORS middleware: it came without CORS headers, so
+    the browser hid it (and its retry-after and x-request-id) from the page, as a network
+    error. It carries them now, as every other answer."""
+    reached = asyncio.Event()
+
+    async def generating(request: httpx.Request) -> httpx.Response:
+        reached.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never answers")
+
+    page = "https://chat.acme.example"
+    gw = engine_gateway(generating, cors_origins=[page])
+    sent = _stopped_while_served(gw, CHAT, reached, origin=page)
+
+    assert sent[0]["status"] == 503
+    headers = {
+        name.decode(): value.decode()
+        for name, value in cast("list[tuple[bytes, bytes]]", sent[0]["headers"])
+    }
+    assert headers["access-control-allow-origin"] == page
+    exposed = headers["access-control-expose-headers"]
+    assert "x-request-id" in exposed and "retry-after" in exposed
