@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
@@ -59,8 +60,9 @@ def _scraper(
     clock: Clock,
     *,
     timeout_s: float = 1.0,
+    policy: EjectionPolicy | None = None,
 ) -> tuple[EngineState, MetricsScraper]:
-    state = EngineState(EjectionPolicy(eject_after=2, base_s=5.0, max_s=60.0), clock)
+    state = EngineState(policy or EjectionPolicy(eject_after=2, base_s=5.0, max_s=60.0), clock)
     client = httpx.AsyncClient(transport=httpx.MockTransport(engines))
     return state, MetricsScraper(
         state, client, endpoints, interval_s=0.1, concurrency=4, timeout_s=timeout_s
@@ -230,15 +232,51 @@ async def test_an_endpoint_serving_no_metrics_stays_in_service_with_its_load_unk
     await asyncio.gather(*scraper.tick())
     assert state.routable("404")
 
-    # Metrics served again: its load is read, and that is said once too.
+    # Metrics served again: its load is read (by its next scrape, once its back-off is out),
+    # and that is said once too.
     engines.pages.pop("404")
     engines.running["404"] = 4
+    clock.now += EjectionPolicy().probe_max_s
     with caplog.at_level(logging.INFO, logger="trunkline.gateway.endpoints.state"):
         await asyncio.gather(*scraper.tick())
     assert state.loads()["404"].running == 4
     assert [h.without_metrics for h in state.health_report() if h.endpoint == "404"] == [None]
     assert any("engine metrics again" in r.getMessage() for r in caplog.records)
     await scraper.close()
+
+
+async def test_an_endpoint_serving_no_metrics_is_scraped_ever_less_often_until_it_does() -> None:
+    """Its scrapes went on at the full rate (10 a second) forever, each for nothing. Now they
+    back off, up to the longest probe interval, while it stays listed as serving none; once it
+    serves metrics it is scraped at the full rate again."""
+    engines = Engines()
+    engines.pages = {"404": httpx.Response(404, json={"detail": "Not Found"})}
+    clock = Clock()
+    policy = EjectionPolicy(eject_after=2, base_s=0.5, probe_max_s=4.0)
+    state, scraper = _scraper(engines, lambda: _entries("404", "a"), clock, policy=policy)
+
+    async def ticks(count: int) -> list[float]:
+        """When, over ``count`` ticks 0.1 s apart, "404" was scraped."""
+        scraped_at = []
+        for _ in range(count):
+            clock.now = round(clock.now + 0.1, 6)
+            before = len(engines.scrapes)
+            await asyncio.gather(*scraper.tick())
+            if "404" in engines.scrapes[before:]:
+                scraped_at.append(clock.now)
+        return scraped_at
+
+    scraped_at = await ticks(300)
+    assert engines.scrapes.count("a") == 300  # the metered one: every tick
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(scraped_at)]
+    assert gaps == sorted(gaps) and gaps[0] < gaps[-1] <= policy.probe_max_s
+    assert [h.without_metrics for h in state.health_report()] == ["HTTP 404", None]
+    assert state.routable("404")
+
+    engines.pages.pop("404")  # metrics served: found within the longest back-off
+    found_at = (await ticks(round(policy.probe_max_s / 0.1)))[:1]
+    assert found_at and [h.without_metrics for h in state.health_report()] == [None, None]
+    assert len(await ticks(10)) == 10  # the full rate again
 
 
 async def test_an_endpoint_leaving_the_snapshot_has_its_scrape_cancelled() -> None:

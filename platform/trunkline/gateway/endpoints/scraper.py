@@ -10,7 +10,8 @@ ejected endpoints are scraped again only when their ejection ends, as the probe 
 them. An endpoint that answers without engine metrics (404, or a 200 page that is not Prometheus
 text: a server other than vLLM, a proxy that does not pass ``/metrics`` on) is up, as far as a
 scrape can tell, with its load unknown (:meth:`EngineState.unmetered`): ejecting it for that
-took an endpoint that serves completions out of service for good. An endpoint leaving the
+took an endpoint that serves completions out of service for good; it is scraped ever less
+often, up to the longest probe interval, until it serves them. An endpoint leaving the
 snapshot has its scrape cancelled. Figures are at most ``interval_s`` plus one scrape old while
 an engine answers (``EndpointLoad.age_s`` says).
 """

@@ -109,10 +109,12 @@ class _Endpoint:
         "health",
         "kv_capacity",
         "left_waiting",
+        "next_scrape_at",
         "rates",
         "scan",
         "scrape_answered_at",
         "scrape_sent_at",
+        "unmetered_scrapes",
         "without_metrics",
     )
 
@@ -127,6 +129,10 @@ class _Endpoint:
         self.block_size: int | None = None
         self.capacity_read = False
         self.without_metrics: str | None = None
+        self.unmetered_scrapes = 0
+        """Scrapes in a row that found no engine metrics."""
+        self.next_scrape_at = 0.0
+        """Not scraped before then while in service: an endpoint serving no metrics."""
         self.left_waiting: deque[tuple[float, float]] = deque(maxlen=_MAX_LEFT_WAITING)
         """(sent, first byte or end) of flights whose first byte came after the last scrape
         was sent, oldest first: the scrape may still count them waiting."""
@@ -320,8 +326,13 @@ class EngineState:
         probe), unless requests wait on one for their first byte (every endpoint was ejected,
         and routing tried them all): a failed scrape then tells them to move on."""
         state = self._endpoints.get(endpoint)
-        if state is None or state.health.in_service(self._clock()):
+        if state is None:
             return True
+        now = self._clock()
+        if state.health.in_service(now):
+            # One serving no metrics waits out its back-off (``unmetered``), unless half-open:
+            # its scrape is the probe that readmits it.
+            return now >= state.next_scrape_at or state.health.half_open(now)
         return any(flight.waiting_first_byte for flight in state.flights)
 
     def scraped(
@@ -337,7 +348,7 @@ class EngineState:
         if state is None:
             return  # left the snapshot while we scraped it
         if state.without_metrics is not None:
-            state.without_metrics = None
+            state.without_metrics, state.unmetered_scrapes, state.next_scrape_at = None, 0, 0.0
             log.info("endpoint serves engine metrics again", extra={"endpoint_id": endpoint})
         restart = state.scan is not None and restarted(state.scan, scan)
         if cache_config is not None and (not state.capacity_read or restart):
@@ -384,7 +395,10 @@ class EngineState:
         that is not Prometheus text): its server is up, a success for its health as any
         answered scrape (the probe that readmits it), and its load is unknown, as before its
         first scrape (routing counts what this gateway sent it). Its requests judge its health.
-        Logged once, until a scrape finds metrics again."""
+        Logged once, until a scrape finds metrics again. Its scrapes back off as the probes of
+        an ejected endpoint do, from ``base_s`` doubling to ``probe_max_s`` (5 s): at the
+        scrape interval (10 a second) they cost its server and this gateway for nothing, and
+        metrics it starts serving are still found within that."""
         state = self._endpoints.get(endpoint)
         if state is None:
             return
@@ -398,6 +412,9 @@ class EngineState:
             )
         state.without_metrics = reason
         now = self._clock()
+        state.unmetered_scrapes = min(state.unmetered_scrapes + 1, 32)  # 2**n stays a float
+        backoff = self._policy.base_s * 2 ** (state.unmetered_scrapes - 1)
+        state.next_scrape_at = now + min(backoff, self._policy.probe_max_s)
         if state.scan is not None:  # figures it no longer serves are not its load any more
             state.scan, state.rates = None, Rates()
             state.scrape_sent_at = state.scrape_answered_at = 0.0
@@ -405,7 +422,10 @@ class EngineState:
         self._succeeded(endpoint, state, now, scrape=True)
 
     def scrape_failed(self, endpoint: str, reason: str) -> None:
-        if endpoint in self._endpoints:
+        state = self._endpoints.get(endpoint)
+        if state is not None:
+            # Failing now: scraped at the full rate again, so it is ejected as soon as any.
+            state.unmetered_scrapes, state.next_scrape_at = 0, 0.0
             self._failed(endpoint, f"scrape: {reason}", scrape=True)
 
     # --- what the request path writes ----------------------------------------------------------
