@@ -120,7 +120,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     url = _normalise(url)
     # A failed statement's error is logged (unhandled errors, the configuration check, jobs):
     # its text held the statement's parameters, e-mail addresses and hashes of keys among them.
-    # ``echo`` is asked for by whoever wants to see them.
+    # ``echo`` is asked for by whoever wants to see them. PostgreSQL's own text names a refused
+    # row's values too (its DETAIL): the log formatters leave those out (``kit.logging``).
     kwargs: dict[str, Any] = {
         "echo": echo, "hide_parameters": not echo, "future": True, "json_deserializer": _json_loads,
     }  # fmt: skip

@@ -1,7 +1,8 @@
 """Structured logs that carry the request id, tenant and key id of the work in progress.
 
 Context lives in a contextvar so every log line emitted while serving a request
-carries it without passing it around. Secrets never go in here: only ids.
+carries it without passing it around. Secrets never go in here: only ids. Both formatters
+leave out the row values PostgreSQL's error text names (:func:`without_row_values`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +46,27 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+_DETAIL = re.compile(
+    r"^DETAIL:.*?(?=\n\[SQL: |\n\(Background on this error|\nHINT: |\nCONTEXT: |\n\n|\Z)",
+    re.MULTILINE | re.DOTALL,
+)
+_KEY_COLUMNS = re.compile(r"Key \((?P<columns>[^()\n]*)\)=")
+
+
+def without_row_values(text: str) -> str:
+    """``text`` with the ``DETAIL`` of every PostgreSQL error in it reduced to the columns it
+    names: it carries the refused row's values (``Key (email)=(ann@example.com) already
+    exists``, ``Failing row contains (…)``), which SQLAlchemy's ``hide_parameters`` does not
+    hide, into every log line of an error logged whole (a job's, the configuration check's)."""
+    return _DETAIL.sub(_detail_without_values, text) if "DETAIL:" in text else text
+
+
+def _detail_without_values(detail: re.Match[str]) -> str:
+    key = _KEY_COLUMNS.search(detail.group(0))
+    named = f"Key ({key['columns']})=… " if key else ""
+    return f"DETAIL:  {named}(values left out of the logs)"
+
+
 def _utc_instant(created: float) -> str:
     """RFC 3339 in UTC with milliseconds (``2026-12-06T16:17:22.123Z``): log collectors order
     and join lines from several hosts by it, which local time without an offset defeats."""
@@ -57,14 +80,19 @@ class JsonFormatter(logging.Formatter):
             "ts": _utc_instant(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": without_row_values(record.getMessage()),
         }
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                payload[key] = value
+                payload[key] = without_row_values(value) if isinstance(value, str) else value
         if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
+            payload["exc"] = without_row_values(self.formatException(record.exc_info))
+        return json.dumps(payload, default=_shown)
+
+
+def _shown(value: object) -> str:
+    """A value JSON has no type for, as a log line shows it."""
+    return without_row_values(str(value))
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -75,7 +103,7 @@ class KeyValueFormatter(logging.Formatter):
             for key, value in vars(record).items()
             if key not in _STD_ATTRS and not key.startswith("_")
         ]
-        return base + (" " + " ".join(extras) if extras else "")
+        return without_row_values(base + (" " + " ".join(extras) if extras else ""))
 
 
 def configure(level: str = "INFO", *, json_lines: bool = False) -> None:

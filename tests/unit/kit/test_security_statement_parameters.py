@@ -5,6 +5,8 @@ the statement's parameters (e-mail addresses, names, hashes of keys and tokens).
 from __future__ import annotations
 
 import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from trunkline.kit.db import make_engine
+from trunkline.kit.logging import JsonFormatter, KeyValueFormatter
 
 EMAIL = "someone.private@example.com"
 
@@ -41,3 +44,35 @@ def test_echo_still_shows_the_parameters_to_whoever_asked_for_it(tmp_path: Path)
         connection.execute(text("SELECT * FROM no_such_table WHERE email = :e"), {"e": EMAIL})
     engine.dispose()
     assert EMAIL in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        f"Key (email)=({EMAIL}) already exists.",
+        f"Failing row contains ({EMAIL}, null).",
+        f'Key (email, note)=({EMAIL}, a note\non two lines) is not present in table "people".',
+    ],
+)
+@pytest.mark.parametrize("formatter", [JsonFormatter, KeyValueFormatter])
+def test_postgresqls_detail_is_logged_without_the_rows_values(
+    detail: str, formatter: Callable[[], logging.Formatter]
+) -> None:
+    """What PostgreSQL says of a refused row (its DETAIL, as tests/integration/
+    test_logged_database_errors.py gets it from a real one) names the row's values, which
+    ``hide_parameters`` leaves in; a log line keeps the columns and drops the values."""
+    said = 'duplicate key value violates unique constraint "people_email_key"'
+    sql = "[SQL: INSERT INTO people (email) VALUES (%s)]"
+    error = RuntimeError(f"{said}\nDETAIL:  {detail}\n{sql}")
+    try:
+        raise error
+    except RuntimeError:
+        record = logging.LogRecord(
+            "trunkline.jobs", logging.ERROR, __file__, 1, "job failed: %s", (error,),
+            sys.exc_info(),
+        )  # fmt: skip
+    logged = formatter().format(record)
+    assert EMAIL not in logged and "on two lines" not in logged
+    assert "people_email_key" in logged and "[SQL: INSERT INTO people" in logged
+    if detail.startswith("Key"):
+        assert "Key (email" in logged
