@@ -7,6 +7,7 @@ is taken out by ``trunkline billing set-aside-misdated``."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,8 +27,8 @@ from trunkline.errors import InvalidRequest
 from trunkline.kit.db import transaction
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
-from trunkline.metering.schemas import decode_usage
-from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.metering.schemas import UsageRecord, decode_usage
+from trunkline.metering.stream import InMemoryUsageStream, UsageReader
 from trunkline.models import UsageEvent
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods, ingest_usage, rollup
 from unit.controlplane.cp_support import run_cli
@@ -197,3 +198,49 @@ def test_misdated_usage_of_a_closed_period_is_left_where_it_was_billed(
     with transaction(factory) as session:
         closing_view(session)
         assert close(session, parse_period("2026-11"), NOW)
+
+
+class _DiesBeforeAck:
+    """A worker's reader that dies once its batch committed, before acking it."""
+
+    def __init__(self, reader: UsageReader, stop: threading.Event) -> None:
+        self._reader, self._stop = reader, stop
+        self.dead_lettered = 0
+
+    def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
+        return self._reader.read(max_count)
+
+    def ack(self, ids: list[str]) -> None:
+        self._stop.set()
+        raise ConnectionError("killed between the commit and the ack")
+
+    def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
+        self._reader.set_aside(entries)
+
+    def backlog(self) -> int:
+        return self._reader.backlog()
+
+
+def test_an_event_billed_already_is_not_set_aside_when_another_worker_claims_it(
+    factory: sessionmaker[Session],
+) -> None:
+    """A worker wrote a batch and died before acking it; another worker, whose clock is
+    behind the first's, claimed it. An event stamped within the skew of the first worker's
+    clock and past it of the second's was billed and set aside too: counted on the
+    dead-letter metric and logged as not billed, though it was."""
+    acme = accounts(factory)["acme"]
+    soon = event(acme, "soon", when=NOW + timedelta(minutes=10))
+    stream = InMemoryUsageStream(claim_idle_s=0)
+    stream.emit(soon)
+    stop = threading.Event()
+    first = UsageConsumer(
+        _DiesBeforeAck(stream.reader(3600), stop), factory, stop=stop, clock=NOW.timestamp
+    )
+    first.step()
+    assert ledger(factory) == ["soon"] and len(stream) == 1  # billed, not acked
+    behind = (NOW - timedelta(minutes=10)).timestamp()
+    second = UsageConsumer(stream.reader(0), factory, clock=lambda: behind)
+    assert second.drain() == 1
+    assert ledger(factory) == ["soon"] and not len(stream)
+    assert stream.dead == [] and stream.dead_lettered == 0
+    assert second.stats.events == 1 and second.stats.inserted == 0
