@@ -8,7 +8,9 @@ is taken out by ``trunkline billing set-aside-misdated``."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,16 +22,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from integration.metering.pipeline_support import STREAM, assert_reconciled, emit, reader
+from trunkline.auth.principal import Principal
 from trunkline.billing.closing import close, closing_view
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook_store import apply_price_book, load_price_book
 from trunkline.errors import InvalidRequest
+from trunkline.keys.schemas import ApiKeyCreate
+from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.schemas import UsageRecord, decode_usage
 from trunkline.metering.stream import InMemoryUsageStream, UsageReader
-from trunkline.models import UsageEvent
+from trunkline.models import ApiKey, UsageEvent
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods, ingest_usage, rollup
 from unit.controlplane.cp_support import run_cli
 from unit.metering.usage_support import accounts, at, event, ingest_unchecked, migrated
@@ -244,3 +249,45 @@ def test_an_event_billed_already_is_not_set_aside_when_another_worker_claims_it(
     assert ledger(factory) == ["soon"] and not len(stream)
     assert stream.dead == [] and stream.dead_lettered == 0
     assert second.stats.events == 1 and second.stats.inserted == 0
+
+
+def _key_last_used(factory: sessionmaker[Session], key_id: str) -> datetime | None:
+    with factory() as session:
+        return session.scalars(select(ApiKey.last_used_at).where(ApiKey.key_id == key_id)).one()
+
+
+def test_a_keys_last_use_set_by_a_misdated_event_is_its_last_event_left(
+    factory: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An event stamped in 2999 made its key's "last used" 2999; taken out of the ledger, it
+    left it there, for good (a later use never moves it back). Now a key's last use is that of
+    its latest event left, or none; a key a misdated event did not set keeps its own."""
+    acme = accounts(factory)["acme"]
+    with transaction(factory) as session:
+        project_id = uuid.UUID(acme.project_id)
+        issued = [
+            create_key(
+                session, Principal.system(), b"s" * 32, uuid.UUID(acme.tenant_id),
+                ApiKeyCreate(project_id=project_id, name=name),
+            ).key.key_id
+            for name in ("used", "only-ahead", "reset")
+        ]  # fmt: skip
+    used, only_ahead, reset = (replace(acme, key_id=key_id) for key_id in issued)
+    ingest_unchecked(
+        factory,
+        [
+            event(used, "november", when=at(20)),
+            event(used, "ahead", when=FAR_AHEAD),
+            event(only_ahead, "only-ahead", when=FAR_AHEAD + timedelta(hours=1)),
+            event(reset, "october", when=at(20, month=10)),
+            event(reset, "reset-clock", when=EPOCH),
+        ],
+    )
+    assert _key_last_used(factory, used.key_id) == FAR_AHEAD
+    code, _out, err = run_cli(
+        capsys, "billing", "set-aside-misdated", "--out", str(tmp_path / "aside")
+    )
+    assert code == 0, err
+    assert _key_last_used(factory, used.key_id) == at(20)
+    assert _key_last_used(factory, only_ahead.key_id) is None
+    assert _key_last_used(factory, reset.key_id) == at(20, month=10)
