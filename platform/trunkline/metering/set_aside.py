@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from trunkline.billing.capacity import hold_price_book
 from trunkline.billing.periods import month_of
 from trunkline.billing.pricebook_store import prices_start
+from trunkline.kit.db import chunked
 from trunkline.metering.ingest import mark_changed
 from trunkline.metering.rollup_plan import HOUR, hour_of
 from trunkline.metering.schemas import UsageRecord
@@ -90,11 +91,8 @@ def remove_from_ledger(session: Session, records: list[UsageRecord]) -> None:
     gets its latest event left's (none: never used)."""
     if not records:
         return
-    ids = [record.request_id for record in records]
-    for start in range(0, len(ids), 1000):  # SQLite's bound-parameter limit
-        session.execute(
-            delete(UsageEvent).where(UsageEvent.request_id.in_(ids[start : start + 1000]))
-        )
+    for ids in chunked(session, [record.request_id for record in records]):
+        session.execute(delete(UsageEvent).where(UsageEvent.request_id.in_(ids)))
     mark_changed(
         session,
         {
