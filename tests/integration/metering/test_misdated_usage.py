@@ -297,12 +297,12 @@ def test_a_keys_last_use_set_by_a_misdated_event_is_its_last_event_left(
 
 
 OLD_SQLITE_CAP = 999
-"""Bind parameters per statement before SQLite 3.32 (Ubuntu 20.04's 3.31, RHEL 8's 3.26)."""
+"""Bind parameters per statement of a SQLite library built with the default before 3.32."""
 
 
 def test_misdated_usage_is_taken_out_on_an_older_sqlite(tmp_path: Path) -> None:
-    """Its statements held 1,000 request ids each: over the 999 bind parameters of a SQLite
-    before 3.32, taking 1,000 misdated events out failed ("too many SQL variables")."""
+    """Its statements held 1,000 request ids each: over a cap of 999 bind parameters, taking
+    1,000 misdated events out failed ("too many SQL variables")."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     acme = accounts(migrated(url))["acme"]
     ingest_unchecked(migrated(url), [event(acme, f"reset-{n}", when=EPOCH) for n in range(1000)])
