@@ -62,9 +62,20 @@ def chunked(session: Session, values: Iterable[T]) -> Iterator[list[T]]:
 def _in_chunk(session: Session) -> int:
     if session.get_bind().dialect.name != "sqlite":
         return IN_CHUNK
+    return max(1, min(IN_CHUNK, _sqlite_cap(session) - _SQLITE_OTHER_PARAMETERS))
+
+
+def sqlite_rows_per_insert(session: Session, columns: int, most: int) -> int:
+    """How many rows of ``columns`` values one multi-row ``INSERT`` may hold on ``session``'s
+    SQLite, ``most`` at most: under the library's cap on bind parameters (999 before 3.32,
+    where 1,000 rows of a few values each failed, "too many SQL variables")."""
+    return max(1, min(most, (_sqlite_cap(session) - _SQLITE_OTHER_PARAMETERS) // columns))
+
+
+def _sqlite_cap(session: Session) -> int:
     driver = session.connection().connection.dbapi_connection
     cap: int = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
-    return max(1, min(IN_CHUNK, cap - _SQLITE_OTHER_PARAMETERS))
+    return cap
 
 
 def conflict_insert(session: Session, entity: Any) -> Any:

@@ -5,7 +5,9 @@ consumer keeps the batch and retries it with backoff, and new events wait in the
 Redis is unavailable it waits too. A consumer killed at any point leaves its batch pending in
 the group, where another consumer claims it (``XAUTOCLAIM``); a batch that was committed but
 not acked is written again harmlessly (``ON CONFLICT DO NOTHING``). An event stamped by a
-wrong clock (``stamps.misdated``) is set aside in the dead-letter stream, not written.
+wrong clock (``stamps.misdated``) is set aside in the dead-letter stream, not written, unless
+the ledger holds it already (written by a worker whose clock took it, then claimed): billed,
+it is acked as a redelivery.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.pricebook_store import prices_start
+from trunkline.kit.db import chunked
 from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.metering.ingest import write_usage
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stamps import MAX_AHEAD_S, misdated
 from trunkline.metering.stream import UsageReader
+from trunkline.models import UsageEvent
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +175,11 @@ class UsageConsumer:
                     stored.append(record)
                 else:
                     set_aside.append((message_id, record, why))
+            if set_aside:
+                # Claimed from a worker that wrote it and died before its ack, whose clock
+                # took it (one behind this one's): billed, so acked as a redelivery.
+                billed = in_ledger(session, [record.request_id for _i, record, _w in set_aside])
+                set_aside = [entry for entry in set_aside if entry[1].request_id not in billed]
             self.stats.inserted += write_usage(session, stored)
         self.stats.last_commit_at = time.time()
         return set_aside
@@ -187,3 +197,12 @@ class UsageConsumer:
             if self.stop.wait(delay):
                 return False
             delay = min(delay * 2, self._retry_max_s)
+
+
+def in_ledger(session: Session, request_ids: list[str]) -> set[str]:
+    """Those of ``request_ids`` the ledger holds."""
+    found: set[str] = set()
+    for chunk in chunked(session, request_ids):
+        statement = select(UsageEvent.request_id).where(UsageEvent.request_id.in_(chunk))
+        found.update(session.scalars(statement))
+    return found

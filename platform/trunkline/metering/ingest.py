@@ -16,14 +16,14 @@ from sqlalchemy import update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from trunkline.kit.db import conflict_insert
+from trunkline.kit.db import conflict_insert, sqlite_rows_per_insert
 from trunkline.metering._ledger_pg import write_usage_pg
 from trunkline.metering.rollup_plan import hour_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageReader
 from trunkline.models import ApiKey, UsageEvent, UsageRollupWatermark
 
-_CHUNK = 1000  # rows per INSERT on SQLite (bound-parameter limit)
+_CHUNK = 1000  # rows per INSERT on SQLite, fewer under an older library's cap on bind parameters
 
 
 def _row(record: UsageRecord) -> dict[str, Any]:
@@ -61,8 +61,9 @@ def write_usage(session: Session, records: list[UsageRecord]) -> int:
     if session.get_bind().dialect.name == "postgresql":
         return write_usage_pg(session, records)
     inserted: list[Any] = []
-    for start in range(0, len(records), _CHUNK):
-        rows = [_row(r) for r in records[start : start + _CHUNK]]
+    chunk = sqlite_rows_per_insert(session, len(UsageEvent.__table__.columns), _CHUNK)
+    for start in range(0, len(records), chunk):
+        rows = [_row(r) for r in records[start : start + chunk]]
         statement = (
             sqlite.insert(UsageEvent)
             .values(rows)
@@ -83,13 +84,19 @@ def mark_changed(session: Session, tenant_hours: set[tuple[uuid.UUID, datetime]]
         {"tenant_id": tenant, "hour": hour, "changed_seq": 1, "rolled_seq": 0}
         for tenant, hour in sorted(tenant_hours)
     ]
-    statement = conflict_insert(session, UsageRollupWatermark).values(rows)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["tenant_id", "hour"],
-            set_={"changed_seq": UsageRollupWatermark.changed_seq + 1},
+    chunk = len(rows)
+    if session.get_bind().dialect.name == "sqlite":
+        chunk = sqlite_rows_per_insert(session, len(rows[0]), len(rows))
+    for start in range(0, len(rows), chunk):
+        statement = conflict_insert(session, UsageRollupWatermark).values(
+            rows[start : start + chunk]
         )
-    )
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["tenant_id", "hour"],
+                set_={"changed_seq": UsageRollupWatermark.changed_seq + 1},
+            )
+        )
 
 
 def _touch_keys(session: Session, uses: Iterable[tuple[str, datetime]]) -> None:

@@ -13,17 +13,18 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from trunkline.billing.capacity import hold_price_book
 from trunkline.billing.periods import month_of
 from trunkline.billing.pricebook_store import prices_start
+from trunkline.kit.db import chunked
 from trunkline.metering.ingest import mark_changed
 from trunkline.metering.rollup_plan import HOUR, hour_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stamps import misdated
-from trunkline.models import BillingPeriod, UsageEvent, UsageRollupWatermark
+from trunkline.models import ApiKey, BillingPeriod, UsageEvent, UsageRollupWatermark
 
 
 @dataclass
@@ -86,14 +87,12 @@ def misdated_in_ledger(session: Session, now: datetime, max_ahead_s: float) -> M
 
 def remove_from_ledger(session: Session, records: list[UsageRecord]) -> None:
     """Delete these events and mark their tenant-hours changed: the next rollup recomputes
-    those hours without them (and removes their rows)."""
+    those hours without them (and removes their rows). A key whose last use one of them set
+    gets its latest event left's (none: never used)."""
     if not records:
         return
-    ids = [record.request_id for record in records]
-    for start in range(0, len(ids), 1000):  # SQLite's bound-parameter limit
-        session.execute(
-            delete(UsageEvent).where(UsageEvent.request_id.in_(ids[start : start + 1000]))
-        )
+    for ids in chunked(session, [record.request_id for record in records]):
+        session.execute(delete(UsageEvent).where(UsageEvent.request_id.in_(ids)))
     mark_changed(
         session,
         {
@@ -101,6 +100,30 @@ def remove_from_ledger(session: Session, records: list[UsageRecord]) -> None:
             for r in records
         },
     )
+    _last_uses_left(session, records)
+
+
+def _last_uses_left(session: Session, records: list[UsageRecord]) -> None:
+    """Ingest sets a key's last use to its latest event's start (never back): one stamped
+    ahead left it in the future for good. Each key whose last use is at or after the latest
+    of its events removed gets the latest of those left."""
+    removed: dict[tuple[str, str], float] = {}
+    for r in records:
+        pair = (r.tenant_id, r.key_id)
+        removed[pair] = max(removed.get(pair, r.started_at), r.started_at)
+    for (tenant_id, key_id), latest_removed in sorted(removed.items()):
+        left = session.scalar(
+            select(func.max(UsageEvent.started_at))
+            .where(UsageEvent.tenant_id == uuid.UUID(tenant_id))
+            .where(UsageEvent.api_key_id == key_id)
+        )
+        # The float of a datetime far ahead (2999) is off by a microsecond or so
+        set_by_removed = datetime.fromtimestamp(latest_removed, UTC) - timedelta(milliseconds=1)
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.key_id == key_id, ApiKey.last_used_at >= set_by_removed)
+            .values(last_used_at=left)
+        )
 
 
 def record_of(row: UsageEvent) -> UsageRecord:

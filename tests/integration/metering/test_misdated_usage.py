@@ -7,7 +7,11 @@ is taken out by ``trunkline billing set-aside-misdated``."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,20 +19,25 @@ import msgspec
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from integration.metering.pipeline_support import STREAM, assert_reconciled, emit, reader
+from trunkline.auth.principal import Principal
 from trunkline.billing.closing import close, closing_view
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook_store import apply_price_book, load_price_book
 from trunkline.errors import InvalidRequest
-from trunkline.kit.db import transaction
+from trunkline.keys.schemas import ApiKeyCreate
+from trunkline.keys.service import create_key
+from trunkline.kit.db import make_engine, make_sessionmaker, transaction
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
-from trunkline.metering.schemas import decode_usage
-from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.models import UsageEvent
+from trunkline.metering.schemas import UsageRecord, decode_usage
+from trunkline.metering.set_aside import misdated_in_ledger, remove_from_ledger
+from trunkline.metering.stream import InMemoryUsageStream, UsageReader
+from trunkline.models import ApiKey, UsageEvent
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods, ingest_usage, rollup
 from unit.controlplane.cp_support import run_cli
 from unit.metering.usage_support import accounts, at, event, ingest_unchecked, migrated
@@ -197,3 +206,117 @@ def test_misdated_usage_of_a_closed_period_is_left_where_it_was_billed(
     with transaction(factory) as session:
         closing_view(session)
         assert close(session, parse_period("2026-11"), NOW)
+
+
+class _DiesBeforeAck:
+    """A worker's reader that dies once its batch committed, before acking it."""
+
+    def __init__(self, reader: UsageReader, stop: threading.Event) -> None:
+        self._reader, self._stop = reader, stop
+        self.dead_lettered = 0
+
+    def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
+        return self._reader.read(max_count)
+
+    def ack(self, ids: list[str]) -> None:
+        self._stop.set()
+        raise ConnectionError("killed between the commit and the ack")
+
+    def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
+        self._reader.set_aside(entries)
+
+    def backlog(self) -> int:
+        return self._reader.backlog()
+
+
+def test_an_event_billed_already_is_not_set_aside_when_another_worker_claims_it(
+    factory: sessionmaker[Session],
+) -> None:
+    """A worker wrote a batch and died before acking it; another worker, whose clock is
+    behind the first's, claimed it. An event stamped within the skew of the first worker's
+    clock and past it of the second's was billed and set aside too: counted on the
+    dead-letter metric and logged as not billed, though it was."""
+    acme = accounts(factory)["acme"]
+    soon = event(acme, "soon", when=NOW + timedelta(minutes=10))
+    stream = InMemoryUsageStream(claim_idle_s=0)
+    stream.emit(soon)
+    stop = threading.Event()
+    first = UsageConsumer(
+        _DiesBeforeAck(stream.reader(3600), stop), factory, stop=stop, clock=NOW.timestamp
+    )
+    first.step()
+    assert ledger(factory) == ["soon"] and len(stream) == 1  # billed, not acked
+    behind = (NOW - timedelta(minutes=10)).timestamp()
+    second = UsageConsumer(stream.reader(0), factory, clock=lambda: behind)
+    assert second.drain() == 1
+    assert ledger(factory) == ["soon"] and not len(stream)
+    assert stream.dead == [] and stream.dead_lettered == 0
+    assert second.stats.events == 1 and second.stats.inserted == 0
+
+
+def _key_last_used(factory: sessionmaker[Session], key_id: str) -> datetime | None:
+    with factory() as session:
+        return session.scalars(select(ApiKey.last_used_at).where(ApiKey.key_id == key_id)).one()
+
+
+def test_a_keys_last_use_set_by_a_misdated_event_is_its_last_event_left(
+    factory: sessionmaker[Session], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An event stamped in 2999 made its key's "last used" 2999; taken out of the ledger, it
+    left it there, for good (a later use never moves it back). Now a key's last use is that of
+    its latest event left, or none; a key a misdated event did not set keeps its own."""
+    acme = accounts(factory)["acme"]
+    with transaction(factory) as session:
+        project_id = uuid.UUID(acme.project_id)
+        issued = [
+            create_key(
+                session, Principal.system(), b"s" * 32, uuid.UUID(acme.tenant_id),
+                ApiKeyCreate(project_id=project_id, name=name),
+            ).key.key_id
+            for name in ("used", "only-ahead", "reset")
+        ]  # fmt: skip
+    used, only_ahead, reset = (replace(acme, key_id=key_id) for key_id in issued)
+    ingest_unchecked(
+        factory,
+        [
+            event(used, "november", when=at(20)),
+            event(used, "ahead", when=FAR_AHEAD),
+            event(only_ahead, "only-ahead", when=FAR_AHEAD + timedelta(hours=1)),
+            event(reset, "october", when=at(20, month=10)),
+            event(reset, "reset-clock", when=EPOCH),
+        ],
+    )
+    assert _key_last_used(factory, used.key_id) == FAR_AHEAD
+    code, _out, err = run_cli(
+        capsys, "billing", "set-aside-misdated", "--out", str(tmp_path / "aside")
+    )
+    assert code == 0, err
+    assert _key_last_used(factory, used.key_id) == at(20)
+    assert _key_last_used(factory, only_ahead.key_id) is None
+    assert _key_last_used(factory, reset.key_id) == at(20, month=10)
+
+
+OLD_SQLITE_CAP = 999
+"""Bind parameters per statement of a SQLite library built with the default before 3.32."""
+
+
+def test_misdated_usage_is_taken_out_on_an_older_sqlite(tmp_path: Path) -> None:
+    """Its statements held 1,000 request ids each: over a cap of 999 bind parameters, taking
+    1,000 misdated events out failed ("too many SQL variables")."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    acme = accounts(migrated(url))["acme"]
+    ingest_unchecked(migrated(url), [event(acme, f"reset-{n}", when=EPOCH) for n in range(1000)])
+    engine = make_engine(url)
+
+    @sa_event.listens_for(engine, "connect", insert=True)  # first, as the library's own cap
+    def cap(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, OLD_SQLITE_CAP)
+
+    factory = make_sessionmaker(engine)
+    try:
+        with transaction(factory) as session:
+            found = misdated_in_ledger(session, NOW, 900).open
+            remove_from_ledger(session, [record for record, _why in found])
+        assert len(found) == 1000 and ledger(factory) == []
+    finally:
+        engine.dispose()

@@ -108,6 +108,7 @@ def ingest(
         stream.emit(item)
     moved = UsageConsumer(stream, factory).drain()
     assert moved == len(events) and not len(stream), (moved, len(events))
+    assert not stream.dead, stream.dead
     if rollup:
         rollup_usage(factory)
     return moved
