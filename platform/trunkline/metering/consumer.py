@@ -5,9 +5,9 @@ consumer keeps the batch and retries it with backoff, and new events wait in the
 Redis is unavailable it waits too. A consumer killed at any point leaves its batch pending in
 the group, where another consumer claims it (``XAUTOCLAIM``); a batch that was committed but
 not acked is written again harmlessly (``ON CONFLICT DO NOTHING``). An event stamped by a
-wrong clock (``stamps.misdated``) is set aside in the dead-letter stream, not written, unless
-the ledger holds it already (written by a worker whose clock took it, then claimed): billed,
-it is acked as a redelivery.
+wrong clock (``stamps.misdated``, judged against when it entered the stream) is set aside in
+the dead-letter stream, not written, unless the ledger holds it already (written by a worker
+that took it, then claimed): billed, it is acked as a redelivery.
 """
 
 from __future__ import annotations
@@ -28,7 +28,13 @@ from trunkline.kit.db import chunked
 from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.metering.ingest import write_usage
 from trunkline.metering.schemas import UsageRecord
-from trunkline.metering.stamps import MAX_AHEAD_S, misdated
+from trunkline.metering.stamps import (
+    ENTERED_STREAM,
+    MAX_AHEAD_S,
+    WORKER_CLOCK,
+    entered_stream_at,
+    misdated,
+)
 from trunkline.metering.stream import UsageReader
 from trunkline.models import UsageEvent
 
@@ -62,9 +68,10 @@ class UsageConsumer:
         clock: Callable[[], float] = time.time,
         max_ahead_s: float = MAX_AHEAD_S,
     ) -> None:
-        """``clock`` (Unix seconds) is the time an event is ingested at: one stamped more than
-        ``max_ahead_s`` after it is set aside, as is one stamped before the first price book
-        version."""
+        """An event stamped more than ``max_ahead_s`` after it entered the stream (the stream's
+        clock: ``stamps.entered_stream_at``) is set aside, as is one stamped before the first
+        price book version. ``clock`` (Unix seconds, the worker's) stands for the time it
+        entered where the stream's entry id does not say."""
         self._reader = reader
         self._factory = factory
         self._batch_size = batch_size
@@ -165,10 +172,12 @@ class UsageConsumer:
             priced_from = prices_start(session)
             stored, set_aside = [], []
             for message_id, record in batch:
+                entered = entered_stream_at(message_id)
                 why = misdated(
                     record.started_at,
                     priced_from=priced_from,
-                    now=now,
+                    reference=now if entered is None else entered,
+                    reference_is=WORKER_CLOCK if entered is None else ENTERED_STREAM,
                     max_ahead_s=self._max_ahead_s,
                 )
                 if why is None:
@@ -176,8 +185,9 @@ class UsageConsumer:
                 else:
                     set_aside.append((message_id, record, why))
             if set_aside:
-                # Claimed from a worker that wrote it and died before its ack, whose clock
-                # took it (one behind this one's): billed, so acked as a redelivery.
+                # Claimed from a worker that wrote it and died before its ack, which took it
+                # (allowed a larger skew, or judged by a clock behind this one's where the
+                # stream says no entry time): billed, so acked as a redelivery.
                 billed = in_ledger(session, [record.request_id for _i, record, _w in set_aside])
                 set_aside = [entry for entry in set_aside if entry[1].request_id not in billed]
             self.stats.inserted += write_usage(session, stored)

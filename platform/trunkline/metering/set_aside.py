@@ -23,7 +23,7 @@ from trunkline.kit.db import chunked
 from trunkline.metering.ingest import mark_changed
 from trunkline.metering.rollup_plan import HOUR, hour_of
 from trunkline.metering.schemas import UsageRecord
-from trunkline.metering.stamps import misdated
+from trunkline.metering.stamps import CHECKED, misdated
 from trunkline.models import ApiKey, BillingPeriod, UsageEvent, UsageRollupWatermark
 
 
@@ -41,8 +41,10 @@ class MisdatedUsage:
 
 def misdated_in_ledger(session: Session, now: datetime, max_ahead_s: float) -> MisdatedUsage:
     """The ledger's events stamped before the first price book version, or more than
-    ``max_ahead_s`` after ``now``. Holds the price book (``hold_price_book``) until the
-    transaction ends, so no first version is applied, and no period closed, meanwhile.
+    ``max_ahead_s`` after ``now`` (the ledger keeps no time an event entered the stream: the
+    present stands for it, on this process's clock). Holds the price book
+    (``hold_price_book``) until the transaction ends, so no first version is applied, and no
+    period closed, meanwhile.
 
     Found through the hours' watermarks (every hour with events has one) and read an hour of a
     tenant at a time by ``ix_usage_events_tenant_started``: the ledger is not scanned whole."""
@@ -73,7 +75,8 @@ def misdated_in_ledger(session: Session, now: datetime, max_ahead_s: float) -> M
             why = misdated(
                 record.started_at,
                 priced_from=priced_from,
-                now=now.timestamp(),
+                reference=now.timestamp(),
+                reference_is=CHECKED,
                 max_ahead_s=max_ahead_s,
             )
             if why is None:

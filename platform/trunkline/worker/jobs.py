@@ -38,8 +38,9 @@ class JobSettings(BaseModel):
     claim_idle_ms: int = Field(default=30_000, ge=1)
     """Messages another consumer left unacked this long are presumed orphaned and claimed."""
     usage_clock_skew_s: float = Field(default=MAX_AHEAD_S, ge=0)
-    """A usage event stamped more than this ahead of the worker's clock when it is ingested is
-    set aside in the dead-letter stream, not billed (the gateway's clock is ahead)."""
+    """A usage event stamped more than this ahead of the time it entered the usage stream (the
+    stream's clock; the worker's where the stream does not say) is set aside in the dead-letter
+    stream, not billed (the gateway's clock is ahead)."""
     rollup_interval_s: float = Field(default=30.0, gt=0)
     close_interval_s: float = Field(default=3600.0, gt=0)
     close_grace_hours: float = Field(default=72.0, ge=0)
