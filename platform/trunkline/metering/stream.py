@@ -41,7 +41,10 @@ class UsageReader(Protocol):
     dead_lettered: int
     """Entries this reader set aside in the dead-letter stream: events not billed."""
 
-    def read(self, max_count: int) -> list[tuple[str, UsageRecord]]: ...
+    def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
+        """Up to ``max_count`` (id, event); when each entered: ``stamps.entered_stream_at``."""
+        ...
+
     def ack(self, ids: list[str]) -> None: ...
     def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
         """Done with these (id, event, why) entries without billing them: kept in the
@@ -56,9 +59,13 @@ class UsageReader(Protocol):
 class InMemoryUsageStream:
     """Both ends in one process, with the consumer-group semantics of the Redis stream:
     a read message stays pending until acked, and is handed out again only after it
-    sat unacked for ``claim_idle_s`` (its reader is presumed dead)."""
+    sat unacked for ``claim_idle_s`` (its reader is presumed dead). An entry's id says when it
+    was emitted, ``<ms>-<seq>`` as Redis's, by ``clock``: the process's, its gateway's too."""
 
-    def __init__(self, claim_idle_s: float = 30.0) -> None:
+    def __init__(
+        self, claim_idle_s: float = 30.0, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._queue: deque[tuple[str, UsageRecord]] = deque()
         self._pending: dict[str, tuple[float, UsageRecord]] = {}
@@ -75,7 +82,7 @@ class InMemoryUsageStream:
     def emit(self, record: UsageRecord) -> None:
         with self._lock:
             self._seq += 1
-            self._queue.append((str(self._seq), record))
+            self._queue.append((f"{int(self._clock() * 1000)}-{self._seq}", record))
 
     async def start(self) -> None:
         return None

@@ -4,6 +4,7 @@ ledger on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.migrate import upgrade
 from trunkline.metering.ingest import ingest_once
 from trunkline.metering.schemas import UsageRecord
+from trunkline.metering.stamps import entered_stream_at
 from trunkline.metering.stream import InMemoryUsageStream, RedisUsageEmitter, RedisUsageReader
 from trunkline.models import UsageEvent
 
@@ -112,6 +114,20 @@ async def test_unacked_events_are_delivered_again(stream: Stream) -> None:
     survivor = stream.reader_factory("survivor", 0)
     again = survivor.read(10)
     assert sorted(r.request_id for _m, r in again) == ["a", "b"]
+
+
+async def test_an_entry_says_when_it_entered_the_stream(stream: Stream) -> None:
+    """After it was sent (to the millisecond, as a Redis entry id keeps it) and before the
+    send returned: ingest judges an event stamped ahead against it, so none stamped at the
+    present is, nor one sent late, however late."""
+    sent_from = math.floor(time.time() * 1000) / 1000
+    await stream.emit_all([record("a"), record("b")])
+    sent_by = time.time()
+    read = stream.reader_factory("c1").read(10)
+    assert [r.request_id for _m, r in read] == ["a", "b"]
+    for message_id, _record in read:
+        entered = entered_stream_at(message_id)
+        assert entered is not None and sent_from <= entered <= sent_by, (message_id, sent_by)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
