@@ -29,10 +29,11 @@ def register(commands: Any) -> None:
         help="take usage stamped by a wrong gateway clock out of the ledger",
         description="Usage events in the ledger stamped before the first price book version "
         "(a gateway clock reset to the epoch: every billing close stops on them) or more than "
-        "TRUNKLINE_JOBS__USAGE_CLOCK_SKEW_S ahead of now are moved to the usage dead-letter "
-        "stream, each with the reason (or to --out, JSON lines, where there is no Redis), and "
-        "their hours are rolled up again without them. Prints one line per event. Those of a "
-        "closed period are left (billed there).",
+        "TRUNKLINE_JOBS__USAGE_CLOCK_SKEW_S ahead of now (this machine's clock: the ledger keeps "
+        "no time an event entered the stream, which ingest judges by) are moved to the usage "
+        "dead-letter stream, each with the reason (or to --out, JSON lines, where there is no "
+        "Redis), and their hours are rolled up again without them. Prints one line per event. "
+        "Those of a closed period are left (billed there).",
     )
     parser.add_argument("--out", type=Path, help="write the events here, not to Redis")
     parser.add_argument("--dry-run", action="store_true", help="print them, change nothing")
