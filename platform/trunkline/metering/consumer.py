@@ -186,8 +186,8 @@ class UsageConsumer:
                     set_aside.append((message_id, record, why))
             if set_aside:
                 # Claimed from a worker that wrote it and died before its ack, which took it
-                # (allowed a larger skew, or judged by a clock behind this one's where the
-                # stream says no entry time): billed, so acked as a redelivery.
+                # (allowed a larger skew, or, where the stream says no entry time, judged by a
+                # clock ahead of this one's): billed, so acked as a redelivery.
                 billed = in_ledger(session, [record.request_id for _i, record, _w in set_aside])
                 set_aside = [entry for entry in set_aside if entry[1].request_id not in billed]
             self.stats.inserted += write_usage(session, stored)
