@@ -24,7 +24,7 @@ from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
-from trunkline.metering.stream import (
+from trunkline.metering.redis_stream import (
     RedisUsageEmitter,
     RedisUsageReader,
     reader_client,

@@ -18,7 +18,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from trunkline.bench._metering_load import Universe, records
-from trunkline.metering.stream import RedisUsageEmitter
+from trunkline.metering.redis_stream import RedisUsageEmitter
 
 
 async def _emit(url: str, stream: str, events: list[object]) -> float:

@@ -17,10 +17,10 @@ from trunkline.cli.tenants import open_runtime
 from trunkline.errors import InvalidRequest
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
+from trunkline.metering.redis_stream import READ_TIMEOUT_S, append_dead_letters, stream_name
 from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.set_aside import misdated_in_ledger, remove_from_ledger
-from trunkline.metering.stream import READ_TIMEOUT_S, append_dead_letters, stream_name
 
 
 def register(commands: Any) -> None:

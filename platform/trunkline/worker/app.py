@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
-from trunkline.metering.stream import RedisUsageReader, reader_client, stream_name
+from trunkline.metering.redis_stream import RedisUsageReader, reader_client, stream_name
 from trunkline.settings import Settings, read_environment
 from trunkline.worker.jobs import JOBS, Job, JobContext, JobSettings
 

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.redis_stream import RedisUsageEmitter, RedisUsageReader
 from trunkline.metering.schemas import UsageRecord
-from trunkline.metering.stream import RedisUsageEmitter, RedisUsageReader
 from trunkline.models import UsageEvent, UsageRollup
 
 STREAM = "trunkline:usage"

@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 
 from integration.metering.pipeline_support import STREAM
 from support.servers import start_redis
+from trunkline.metering.redis_stream import RedisUsageEmitter
 from trunkline.metering.schemas import decode_usage
-from trunkline.metering.stream import RedisUsageEmitter
 from unit.metering.usage_support import Account, at, event
 
 ACME = Account(
@@ -57,7 +57,7 @@ async def test_closing_while_redis_is_away_counts_every_event_it_loses(
         await asyncio.sleep(0.1)  # the flusher took the three and is retrying them
         for n in range(5):
             emitter.emit(event(ACME, f"queued-{n}", when=at(3)))
-        with caplog.at_level(logging.ERROR, logger="trunkline.metering.stream"):
+        with caplog.at_level(logging.ERROR, logger="trunkline.metering.redis_stream"):
             await emitter.close(timeout_s=0.3)
     finally:
         await client.aclose()
@@ -80,7 +80,7 @@ async def test_events_refused_by_redis_for_a_while_are_sent_once_it_takes_them(
     events = [event(ACME, f"acl-{n}", when=at(3)) for n in range(30)]
     try:
         admin.execute_command("ACL", "SETUSER", "gateway", "-@all")
-        with caplog.at_level(logging.ERROR, logger="trunkline.metering.stream"):
+        with caplog.at_level(logging.ERROR, logger="trunkline.metering.redis_stream"):
             for item in events[:20]:
                 emitter.emit(item)
             for _ in range(500):  # until the refusal is met (10 s at most)

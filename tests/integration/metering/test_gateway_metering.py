@@ -30,8 +30,8 @@ from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.consumer import UsageConsumer
+from trunkline.metering.redis_stream import RedisUsageEmitter
 from trunkline.metering.rollups import rollup_usage
-from trunkline.metering.stream import RedisUsageEmitter
 from trunkline.models import Project, Tenant, UsageEvent
 from trunkline.pools.service import set_pool_endpoints
 from trunkline.quota.estimate import estimate_prompt_tokens

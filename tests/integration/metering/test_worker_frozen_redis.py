@@ -20,7 +20,7 @@ from integration.stores.test_snapshot_store_frozen import _frozen, production_li
 from support.servers import RedisServer
 from trunkline.apps.production import run_worker
 from trunkline.apps.runtime import Runtime
-from trunkline.metering.stream import READ_TIMEOUT_S
+from trunkline.metering.redis_stream import READ_TIMEOUT_S
 from trunkline.worker.app import _ProcessContext
 from trunkline.worker.jobs import JobSettings
 

@@ -20,9 +20,10 @@ from support.servers import free_port, start_redis
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.kit.migrate import upgrade
 from trunkline.metering.ingest import ingest_once
+from trunkline.metering.redis_stream import RedisUsageEmitter, RedisUsageReader
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stamps import entered_stream_at
-from trunkline.metering.stream import InMemoryUsageStream, RedisUsageEmitter, RedisUsageReader
+from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import UsageEvent
 
 TENANT = str(uuid.uuid4())
