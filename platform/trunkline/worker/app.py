@@ -94,7 +94,9 @@ def _register(app: Celery, job: Job, context: _ProcessContext) -> None:
         return job.run(context.get())
 
     run.__name__ = job.name.replace(".", "_")
-    app.task(name=job.name)(run)
+    # Not shared: Celery gives a shared task to every app made later in the process, and keeps
+    # the first callable of a name, so a second app's jobs ran on the first one's database.
+    app.task(name=job.name, shared=False)(run)
 
 
 def run_celery(app: Celery, argv: list[str]) -> None:
