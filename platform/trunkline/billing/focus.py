@@ -118,14 +118,9 @@ class _RowMaker:
         resource = self._once(
             ("resource", line.model, line.flavor, line.region), lambda: _resource(line)
         )
-        price_id = (
-            self._once(
-                ("price", line.sku_id, line.price_version),
-                lambda: f"{line.sku_id}@v{line.price_version}",
-            )
-            if usage and line.price_version
-            else None
-        )
+        # A SKU has one price at a time (its version's is x_PriceBookVersion): the price id
+        # stays the same when a version changes the price, as FOCUS has it.
+        price_id = line.sku_id if usage else None
         invoice = (
             self._once(
                 ("invoice", line.tenant_slug), lambda: invoice_id(self.period, line.tenant_slug)
