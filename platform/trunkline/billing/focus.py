@@ -25,6 +25,8 @@ from trunkline.kit.batches import batches
 PROVIDER = "Trunkline"
 INFERENCE_SERVICE = "Trunkline Model Inference"
 CAPACITY_SERVICE = "Trunkline Dedicated GPU Capacity"
+TAG_PREFIX = "trunkline/"
+"""FOCUS: provider-defined tag keys carry a prefix the provider publishes (docs/metering.md)."""
 DECIMAL_SCALE = 24
 """Parquet decimal scale: prices ≤ 6 places x multiplier 4 x discount 4 x quantity 6 x credit 4."""
 
@@ -154,12 +156,14 @@ class _RowMaker:
 
 
 def _tags(line: ChargeLine) -> str:
+    """Every tag is Trunkline's own (there are no customer tags): under ``TAG_PREFIX``."""
     tags = {"tenant": line.tenant_slug}
     if line.project_name:
         tags["project"] = line.project_name
     if line.tier:
         tags["tier"] = line.tier
-    return json.dumps(tags, sort_keys=True, separators=(",", ":"))
+    prefixed = {TAG_PREFIX + key: value for key, value in tags.items()}
+    return json.dumps(prefixed, sort_keys=True, separators=(",", ":"))
 
 
 def focus_rows(
@@ -230,8 +234,12 @@ def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int | None = None) ->
         DECIMAL: pa.decimal128(38, DECIMAL_SCALE),
         DATETIME: pa.timestamp("s", tz="UTC"),
     }
+    tag_prefixes = {"ProviderTagPrefixes": json.dumps([TAG_PREFIX])}
     schema = pa.schema(
-        [pa.field(c.name, types[c.type]) for c in COLUMNS],
+        [
+            pa.field(c.name, types[c.type], metadata=tag_prefixes if c.type == JSON else None)
+            for c in COLUMNS
+        ],
         metadata={"focus_version": "1.2", "provider": PROVIDER},
     )
     sink = _Drain()

@@ -6,15 +6,23 @@ The rules are read from the FOCUS 1.2 column and attribute definitions, not from
 
 from __future__ import annotations
 
+import io
+import json
 from decimal import Decimal
 
+import pyarrow.parquet as pq
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.billing.exports import export_period
+from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.kit.db import transaction
 from unit.billing.billing_support import focus
 from unit.metering.usage_support import Account, at, event, ingest
+
+PROVIDER_TAG_PREFIX = "trunkline/"
+"""The prefix docs/metering.md publishes for the tags Trunkline sets."""
 
 
 def _two_prices(input_price: str, later_price: str) -> PriceBook:
@@ -52,3 +60,28 @@ def test_a_sku_price_keeps_its_id_when_its_price_changes(
     assert {Decimal(r["ListUnitPrice"]) for r in rows} == {Decimal(1), Decimal(2)}
     assert len({r["SkuPriceId"] for r in rows}) == 1
     assert {r["x_PriceBookVersion"] for r in rows} == {"1", "2"}
+
+
+def test_tags_are_provider_defined_under_the_published_prefix(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Trunkline sets every tag itself (tenant, project, tier): FOCUS wants provider-defined
+    tag keys under a provider-specified prefix, so they never clash with a customer's own
+    tags once the export is merged with other providers' (``"tenant"`` stood bare). The
+    Parquet file names the prefix as the Tags column's ProviderTagPrefixes metadata."""
+    ingest(factory, [event(tenants["acme"], when=at(3))])
+    rows = focus(factory)
+    assert rows
+    for row in rows:
+        tags = json.loads(row["Tags"])
+        assert tags and all(key.startswith(PROVIDER_TAG_PREFIX) for key in tags), tags
+        assert all(isinstance(v, str | int | float | bool) or v is None for v in tags.values())
+    assert {k.removeprefix(PROVIDER_TAG_PREFIX) for k in json.loads(rows[0]["Tags"])} >= {
+        "tenant",
+        "project",
+        "tier",
+    }
+    with transaction(factory) as session:
+        body = export_period(session, parse_period("2026-11"), "focus-parquet").body
+    field = pq.read_schema(io.BytesIO(body)).field("Tags")
+    assert json.loads((field.metadata or {})[b"ProviderTagPrefixes"]) == [PROVIDER_TAG_PREFIX]
