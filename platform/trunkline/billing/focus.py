@@ -182,11 +182,20 @@ def _decimal_text(value: Decimal | None) -> str:
     return format(value, "f") if "E" in text else text  # never scientific notation
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet opening a CSV runs a cell starting with as a formula."""
+
+
 def _field(value: Any) -> str:
-    """One CSV field (RFC 4180): quoted only when it must be."""
+    """One CSV field (RFC 4180): quoted only when it must be. Text that a spreadsheet would
+    run as a formula (a tenant name kept from before names starting so were refused) starts
+    with ``'``, which spreadsheets read as "text follows" (OWASP's CSV injection advice);
+    numbers (a negative cost) are written elsewhere and never start with it."""
     if value is None:
         return ""
     text = value.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(value, datetime) else str(value)
+    if text.startswith(FORMULA_STARTS):
+        text = "'" + text
     if '"' in text or "," in text or "\n" in text or "\r" in text:
         return '"' + text.replace('"', '""') + '"'
     return text

