@@ -72,6 +72,8 @@ COLUMNS = tuple(
         ("x_Model", STRING), ("x_Tier", STRING), ("x_TokenClass", STRING),
         ("x_AcceleratorFlavor", STRING), ("x_PriceBookVersion", STRING),
         ("x_SloAttainment", DECIMAL),
+        # Last, after the columns of earlier versions: a reader by position reads those still.
+        ("SkuMeter", STRING), ("SkuPriceDetails", JSON),
     )
 )
 # fmt: on
@@ -131,6 +133,7 @@ class _RowMaker:
             else None
         )
         version = str(line.price_version) if line.price_version is not None else None
+        sku = self._once(("sku", line.sku_id, usage), lambda: _sku_meter_and_details(line, usage))
         cost = line.contracted_cost
         # fmt: off
         return (
@@ -151,8 +154,24 @@ class _RowMaker:
             tags,
             line.model, line.tier, line.token_class, line.flavor, version,
             line.slo_attainment,
+            *sku,
         )
         # fmt: on
+
+
+def _sku_meter_and_details(line: ChargeLine, usage: bool) -> tuple[str, str | None]:
+    """SkuMeter, and SkuPriceDetails: a SKU price's properties, each for one pricing unit
+    (a GPU-hour is one GPU's), Trunkline's own under ``x_`` (null without a SkuPriceId)."""
+    details: dict[str, object]
+    if line.flavor is not None:
+        meter, details = "GPU Hours", {"GpuCount": 1, "x_AcceleratorFlavor": line.flavor}
+    elif line.token_class is not None:
+        meter = (line.token_class.replace("_", " ").title()) + " Tokens"
+        details = {"x_Model": line.model, "x_Tier": line.tier, "x_TokenClass": line.token_class}
+    else:
+        meter, details = "SLA Credit", {}
+    text = json.dumps(details, sort_keys=True, separators=(",", ":")) if usage else None
+    return meter, text
 
 
 def _tags(line: ChargeLine) -> str:
@@ -246,7 +265,7 @@ def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int | None = None) ->
     tag_prefixes = {"ProviderTagPrefixes": json.dumps([TAG_PREFIX])}
     schema = pa.schema(
         [
-            pa.field(c.name, types[c.type], metadata=tag_prefixes if c.type == JSON else None)
+            pa.field(c.name, types[c.type], metadata=tag_prefixes if c.name == "Tags" else None)
             for c in COLUMNS
         ],
         metadata={"focus_version": "1.2", "provider": PROVIDER},

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,14 +21,10 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing import focus
-from trunkline.billing.capacity import add_capacity
-from trunkline.billing.closing import close
 from trunkline.billing.exports import export_period
 from trunkline.billing.focus import COLUMN_NAMES, COLUMNS, csv_chunks
 from trunkline.billing.periods import parse_period
-from trunkline.billing.pricebook_store import load_price_book
 from trunkline.kit.db import transaction
-from unit.metering.usage_support import Account, at, event, ingest
 
 Row = dict[str, Any]
 Rule = Callable[[Row], bool]
@@ -102,6 +97,8 @@ SPEC: dict[str, tuple[str, Rule, Rule]] = {
     "SubAccountName": ("String", never, lambda r: r["SubAccountId"] is None),
     "SkuId": ("String", usage_not_correction, never),
     "SkuPriceId": ("String", usage_not_correction, never),
+    "SkuMeter": ("String", never, lambda r: r["SkuId"] is None),
+    "SkuPriceDetails": ("KeyValue", never, lambda r: r["SkuPriceId"] is None),
     "Tags": ("KeyValue", never, never),
 }
 ALLOWED = {
@@ -113,32 +110,6 @@ ALLOWED = {
     "ServiceSubcategory": {"Generative AI", "AI Platforms", "Machine Learning"},
 }
 REQUESTED_EXTENSIONS = {"x_Model", "x_TokenClass"}
-
-
-@pytest.fixture
-def month(factory: sessionmaker[Session], tenants: dict[str, Account]) -> sessionmaker[Session]:
-    acme, globex = tenants["acme"], tenants["globex"]
-    ingest(
-        factory,
-        [
-            event(acme, when=at(3), prompt=5000, cached=3000, completion=700, stream=True),
-            event(acme, when=at(3), status=499, ttft_ms=900.0),  # cancelled, a miss
-            event(acme, when=at(4), status=502, ttft_ms=None),  # failed, a miss
-            event(globex, when=at(5), prompt=10, completion=3, model="bge-small-en"),
-        ],
-    )
-    with transaction(factory) as session:
-        add_capacity(
-            session,
-            uuid.UUID(globex.tenant_id),
-            "l40s",
-            2,
-            at(30, 22),
-            prices=load_price_book(session),
-        )
-        close(session, parse_period("2026-11"), at(2, month=12))
-    ingest(factory, [event(acme, when=at(29), prompt=100, completion=1)])  # late
-    return factory
 
 
 def exported(factory: sessionmaker[Session], period: str, fmt: str) -> bytes:

@@ -21,6 +21,7 @@ from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.kit.db import transaction
 from trunkline.models import Tenant
 from unit.billing.billing_support import focus
+from unit.billing.test_focus import csv_rows, exported
 from unit.metering.usage_support import Account, at, event, ingest
 
 PROVIDER_TAG_PREFIX = "trunkline/"
@@ -105,3 +106,33 @@ def test_a_name_kept_from_before_the_formula_rule_opens_as_text_in_a_spreadsheet
     with transaction(factory) as session:
         body = export_period(session, parse_period("2026-11"), "focus-parquet").body
     assert set(pq.read_table(io.BytesIO(body)).column("BillingAccountName").to_pylist()) == {name}
+
+
+FOCUS_PRICE_PROPERTIES = {"GpuCount", "InstanceType", "InstanceSeries", "MemorySize"}
+"""FOCUS-defined SkuPriceDetails keys that could apply to a model or a GPU; others are x_."""
+
+
+def test_skus_have_a_meter_and_price_details(month: sessionmaker[Session]) -> None:
+    """A provider with a price list must give SkuMeter and SkuPriceDetails (FOCUS 1.1 on):
+    an analyst groups by meter ("Output Tokens", "GPU Hours") across models and flavors, and
+    reads a price's properties without parsing ids. Neither column was there."""
+    for period in ("2026-11", "2026-12"):
+        rows = csv_rows(exported(month, period, "focus-csv"))
+        assert rows and {"SkuMeter", "SkuPriceDetails"} <= set(rows[0])
+        details_of: dict[str, str | None] = {}
+        for row in rows:
+            assert (row["SkuMeter"] is None) == (row["SkuId"] is None), row
+            details = row["SkuPriceDetails"]
+            if row["SkuPriceId"] is None:
+                assert details is None, row
+                continue
+            assert details_of.setdefault(row["SkuPriceId"], details) == details
+            parsed = json.loads(details or "{}")
+            assert parsed and all(
+                k.startswith("x_") or k in FOCUS_PRICE_PROPERTIES for k in parsed
+            ), parsed
+            assert all(not isinstance(v, dict | list) for v in parsed.values())
+        meters = {r["SkuMeter"] for r in rows if r["ChargeCategory"] == "Usage"}
+        assert meters >= ({"GPU Hours"} if period == "2026-12" else {"Output Tokens", "GPU Hours"})
+    gpu = next(r for r in rows if r["x_AcceleratorFlavor"] == "l40s")
+    assert json.loads(gpu["SkuPriceDetails"])["GpuCount"] == 1
