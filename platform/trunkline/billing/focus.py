@@ -85,11 +85,18 @@ def invoice_id(period: Period, tenant_slug: str) -> str:
 
 
 def _resource(line: ChargeLine) -> tuple[str | None, str | None, str | None]:
+    """ResourceId, ResourceName, ResourceType. A model is one resource shared by every tenant;
+    dedicated GPUs are their tenant's (and project's) own: their id says whose, as FOCUS wants
+    an id unique within the provider (two tenants' GPUs of a flavor and region shared one)."""
     if line.model is not None:
         return f"models/{line.model}", line.model, "Model"
     if line.flavor is not None:
         region = line.region or "any"
-        return f"dedicated/{line.flavor}/{region}", f"{line.flavor} ({region})", "GPU Capacity"
+        owner = f"tenants/{line.tenant_id}"
+        if line.project_id is not None:
+            owner += f"/projects/{line.project_id}"
+        resource_id = f"{owner}/dedicated/{line.flavor}/{region}"
+        return resource_id, f"{line.flavor} ({region})", "GPU Capacity"
     return None, None, None
 
 
@@ -120,7 +127,9 @@ class _RowMaker:
             ("tags", line.tenant_slug, line.project_name, line.tier), lambda: _tags(line)
         )
         resource = self._once(
-            ("resource", line.model, line.flavor, line.region), lambda: _resource(line)
+            ("resource", line.model, line.flavor, line.region)
+            + ((line.tenant_id, line.project_id) if line.flavor else ()),
+            lambda: _resource(line),
         )
         # A SKU has one price at a time (its version's is x_PriceBookVersion): the price id
         # stays the same when a version changes the price, as FOCUS has it.

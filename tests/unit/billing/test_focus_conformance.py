@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
+from collections import defaultdict
 from decimal import Decimal
 
 import pyarrow.parquet as pq
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.billing.capacity import add_capacity
 from trunkline.billing.exports import export_period
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_from_document
-from trunkline.billing.pricebook_store import apply_price_book
+from trunkline.billing.pricebook_store import apply_price_book, load_price_book
 from trunkline.kit.db import transaction
 from trunkline.models import Tenant
 from unit.billing.billing_support import focus
@@ -136,3 +139,55 @@ def test_skus_have_a_meter_and_price_details(month: sessionmaker[Session]) -> No
         assert meters >= ({"GPU Hours"} if period == "2026-12" else {"Output Tokens", "GPU Hours"})
     gpu = next(r for r in rows if r["x_AcceleratorFlavor"] == "l40s")
     assert json.loads(gpu["SkuPriceDetails"])["GpuCount"] == 1
+
+
+def test_unit_prices_times_quantities_are_the_costs(month: sessionmaker[Session]) -> None:
+    """FOCUS: ListUnitPrice x PricingQuantity is ListCost and ContractedUnitPrice x
+    PricingQuantity is ContractedCost on every row but a correction's; BilledCost and
+    EffectiveCost are ContractedCost (no commitments to amortize); a credit's costs are
+    negative. Checked to the last digit, in CSV as in Parquet."""
+    for period in ("2026-11", "2026-12"):
+        csv_values = csv_rows(exported(month, period, "focus-csv"))
+        table = pq.read_table(io.BytesIO(exported(month, period, "focus-parquet")))
+        for text, typed in zip(csv_values, table.to_pylist(), strict=True):
+            for row in (
+                {k: Decimal(v) if k.endswith(("Cost", "Price", "Quantity")) and v else v
+                 for k, v in text.items()},
+                typed,
+            ):  # fmt: skip
+                costs = {row[c] for c in ("BilledCost", "EffectiveCost", "ContractedCost")}
+                assert len(costs) == 1, row
+                if row["ChargeCategory"] == "Credit":
+                    assert row["BilledCost"] < 0 and row["ListCost"] < 0, row
+                if row["ChargeClass"] == "Correction" or row["PricingQuantity"] is None:
+                    continue
+                quantity = row["PricingQuantity"]
+                assert quantity * row["ListUnitPrice"] == row["ListCost"], row
+                assert quantity * row["ContractedUnitPrice"] == row["ContractedCost"], row
+
+
+def test_two_tenants_dedicated_gpus_are_two_resources(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """ResourceId "MUST be a unique identifier within the provider": GPUs dedicated to acme
+    and to globex are two resources, but both were ``dedicated/l40s/eu-west``, so an export
+    of every tenant grouped by resource showed one resource billed to two accounts."""
+    with transaction(factory) as session:
+        for slug in ("acme", "globex"):
+            account = tenants[slug]
+            add_capacity(
+                session,
+                uuid.UUID(account.tenant_id),
+                "l40s",
+                1,
+                at(30, 21),
+                prices=load_price_book(session),
+                region="eu-west",
+            )
+    rows = [r for r in focus(factory) if r["x_AcceleratorFlavor"] == "l40s"]
+    by_tenant: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        by_tenant[row["BillingAccountId"]].add(row["ResourceId"])
+    assert len(by_tenant) == 2 and all(len(ids) == 1 for ids in by_tenant.values())
+    acme_ids, globex_ids = by_tenant.values()
+    assert acme_ids != globex_ids
