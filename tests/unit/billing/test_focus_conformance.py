@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 from collections import defaultdict
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import pyarrow.parquet as pq
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.closing import close
 from trunkline.billing.exports import export_period
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook import PriceBook, version_from_document
@@ -191,3 +193,23 @@ def test_two_tenants_dedicated_gpus_are_two_resources(
     assert len(by_tenant) == 2 and all(len(ids) == 1 for ids in by_tenant.values())
     acme_ids, globex_ids = by_tenant.values()
     assert acme_ids != globex_ids
+
+
+def test_each_invoice_is_the_sum_of_its_billed_cost_to_the_cent(
+    month: sessionmaker[Session],
+) -> None:
+    """FOCUS: the BilledCost of an InvoiceId adds up to that invoice. December, once closed,
+    bills a correction of November (usage and its SLA credit) beside a month of dedicated
+    GPUs; November has usage, a credit and GPUs."""
+    with transaction(month) as session:
+        close(session, parse_period("2026-12"), at(2, month=1, year=2027))
+    for period in ("2026-11", "2026-12"):
+        sums: dict[str, Decimal] = defaultdict(Decimal)
+        for row in csv_rows(exported(month, period, "focus-csv")):
+            sums[row["InvoiceId"]] += Decimal(row["BilledCost"])
+        invoices = exported(month, period, "invoice").decode()
+        totals = dict(re.findall(r"INVOICE (\S+).*?TOTAL DUE\s+(\S+)", invoices, re.S))
+        assert set(totals) == set(sums) and len(totals) == 2
+        for invoice_id, total in sums.items():
+            due = total.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
+            assert Decimal(totals[invoice_id].replace(",", "")) == due, invoice_id
