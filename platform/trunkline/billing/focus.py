@@ -67,13 +67,11 @@ COLUMNS = tuple(
         ("ServiceName", STRING), ("ServiceCategory", STRING), ("ServiceSubcategory", STRING),
         ("ResourceId", STRING), ("ResourceName", STRING), ("ResourceType", STRING),
         ("RegionId", STRING), ("RegionName", STRING),
-        ("SkuId", STRING), ("SkuPriceId", STRING),
+        ("SkuId", STRING), ("SkuPriceId", STRING), ("SkuMeter", STRING), ("SkuPriceDetails", JSON),
         ("Tags", JSON),
         ("x_Model", STRING), ("x_Tier", STRING), ("x_TokenClass", STRING),
         ("x_AcceleratorFlavor", STRING), ("x_PriceBookVersion", STRING),
         ("x_SloAttainment", DECIMAL),
-        # Last, after the columns of earlier versions: a reader by position reads those still.
-        ("SkuMeter", STRING), ("SkuPriceDetails", JSON),
     )
 )
 # fmt: on
@@ -159,11 +157,10 @@ class _RowMaker:
             "AI Platforms" if line.flavor else "Generative AI",
             *resource,
             line.region, line.region,
-            line.sku_id, price_id,
+            line.sku_id, price_id, *sku,
             tags,
             line.model, line.tier, line.token_class, line.flavor, version,
             line.slo_attainment,
-            *sku,
         )
         # fmt: on
 

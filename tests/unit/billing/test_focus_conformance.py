@@ -213,3 +213,12 @@ def test_each_invoice_is_the_sum_of_its_billed_cost_to_the_cent(
         for invoice_id, total in sums.items():
             due = total.quantize(Decimal("0.01"), ROUND_HALF_EVEN)
             assert Decimal(totals[invoice_id].replace(",", "")) == due, invoice_id
+
+
+def test_custom_columns_come_after_every_focus_column(month: sessionmaker[Session]) -> None:
+    """FOCUS column order: its own columns first, the x_ ones after them, not intermixed
+    (SkuMeter and SkuPriceDetails, when added, came after the x_ columns)."""
+    header = exported(month, "2026-11", "focus-csv").split(b"\r\n", 1)[0].decode().split(",")
+    custom = [name.startswith("x_") for name in header]
+    first = custom.index(True)
+    assert all(custom[first:]) and not any(custom[:first])
