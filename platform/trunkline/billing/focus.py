@@ -16,15 +16,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
-from trunkline.billing.charges import CREDIT, ChargeLine
+from trunkline.billing.charges import USAGE, ChargeLine
 from trunkline.billing.periods import Period
+from trunkline.billing.rating import ZERO, amount_due, exact_difference, exact_sum
 from trunkline.kit.batches import batches
 
 PROVIDER = "Trunkline"
 INFERENCE_SERVICE = "Trunkline Model Inference"
 CAPACITY_SERVICE = "Trunkline Dedicated GPU Capacity"
+BILLING_SERVICE = "Trunkline Billing"
+"""The service of an invoice's rounding row."""
+ADJUSTMENT = "Adjustment"
 TAG_PREFIX = "trunkline/"
 """FOCUS: provider-defined tag keys carry a prefix the provider publishes (docs/metering.md)."""
 DECIMAL_SCALE = 24
@@ -114,7 +119,7 @@ class _RowMaker:
         return value
 
     def row(self, line: ChargeLine) -> tuple[Any, ...]:
-        usage = line.category != CREDIT
+        usage = line.category == USAGE
         tenant = self._once(("tenant", line.tenant_id), lambda: str(line.tenant_id))
         project = (
             self._once(("project", line.project_id), lambda: str(line.project_id))
@@ -153,11 +158,10 @@ class _RowMaker:
             line.consumed_quantity, line.consumed_unit, line.pricing_quantity, line.pricing_unit,
             "Standard" if usage else None,
             PROVIDER, PROVIDER, PROVIDER, invoice,
-            CAPACITY_SERVICE if line.flavor else INFERENCE_SERVICE, "AI and Machine Learning",
-            "AI Platforms" if line.flavor else "Generative AI",
+            *_service(line),
             *resource,
             line.region, line.region,
-            line.sku_id, price_id, *sku,
+            line.sku_id or None, price_id, *sku,
             tags,
             line.model, line.tier, line.token_class, line.flavor, version,
             line.slo_attainment,
@@ -165,10 +169,21 @@ class _RowMaker:
         # fmt: on
 
 
-def _sku_meter_and_details(line: ChargeLine, usage: bool) -> tuple[str, str | None]:
+def _service(line: ChargeLine) -> tuple[str, str, str]:
+    """ServiceName, ServiceCategory, ServiceSubcategory."""
+    if line.category == ADJUSTMENT:
+        return BILLING_SERVICE, "AI and Machine Learning", "Other (AI and Machine Learning)"
+    if line.flavor:
+        return CAPACITY_SERVICE, "AI and Machine Learning", "AI Platforms"
+    return INFERENCE_SERVICE, "AI and Machine Learning", "Generative AI"
+
+
+def _sku_meter_and_details(line: ChargeLine, usage: bool) -> tuple[str | None, str | None]:
     """SkuMeter, and SkuPriceDetails: a SKU price's properties, each for one pricing unit
     (a GPU-hour is one GPU's), Trunkline's own under ``x_`` (null without a SkuPriceId)."""
     details: dict[str, object]
+    if not line.sku_id:
+        return None, None
     if line.flavor is not None:
         meter, details = "GPU Hours", {"GpuCount": 1, "x_AcceleratorFlavor": line.flavor}
     elif line.token_class is not None:
@@ -195,9 +210,37 @@ def focus_rows(
     lines: Iterable[ChargeLine], period: Period, currency: str, final: bool
 ) -> Iterator[tuple[Any, ...]]:
     """FOCUS rows, values in ``COLUMNS`` order (None for null; Tags as a JSON object text),
-    made as they are read: an export of millions of lines never holds them all."""
+    made as they are read: an export of millions of lines never holds them all. ``lines``
+    come a tenant slug's together (as ``invoice_chunks`` takes them): after each run, an
+    invoice's, a rounding row (``Adjustment``) of its total to the cents it is invoiced in,
+    so its ``BilledCost`` adds up to the invoice, as FOCUS wants (it added up to fractions of
+    a cent the invoice rounds)."""
     maker = _RowMaker(period, currency, final)
-    return (maker.row(line) for line in lines)
+    for _slug, run in itertools.groupby(lines, key=attrgetter("tenant_slug")):
+        total, line = ZERO, None
+        for line in run:
+            total = exact_sum((total, line.contracted_cost))
+            yield maker.row(line)
+        rounding = exact_difference(amount_due(total), total)
+        if rounding and line is not None:
+            yield maker.row(_rounding(line, period, rounding))
+
+
+def _rounding(line: ChargeLine, period: Period, amount: Decimal) -> ChargeLine:
+    """The rounding row of the invoice ``line`` is on (no SKU: FOCUS allows none)."""
+    return ChargeLine(
+        line.tenant_id,
+        line.tenant_slug,
+        line.tenant_name,
+        ADJUSTMENT,
+        period.start,
+        period.end,
+        sku_id="",
+        description="Rounding of the invoice total to the cent",
+        frequency="One-Time",
+        list_cost=amount,
+        contracted_cost=amount,
+    )
 
 
 def _decimal_text(value: Decimal | None) -> str:
