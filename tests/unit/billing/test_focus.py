@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing import focus
 from trunkline.billing.exports import export_period
-from trunkline.billing.focus import COLUMN_NAMES, COLUMNS, csv_chunks
+from trunkline.billing.focus import COLUMN_NAMES, COLUMNS
+from trunkline.billing.focus_files import csv_chunks, parquet_chunks
 from trunkline.billing.periods import parse_period
 from trunkline.kit.db import transaction
 
@@ -243,7 +244,7 @@ def test_parquet_is_written_a_row_group_at_a_time_and_reads_back_whole() -> None
             taken.append(number)
             yield row
 
-    pieces = focus.parquet_chunks(read(), batch=10)
+    pieces = parquet_chunks(read(), batch=10)
     first = next(pieces)
     assert first.startswith(b"PAR1") and len(taken) <= 11, "sent before the rest was read"
     parquet = pq.ParquetFile(io.BytesIO(first + b"".join(pieces)))
@@ -253,5 +254,5 @@ def test_parquet_is_written_a_row_group_at_a_time_and_reads_back_whole() -> None
 
 
 def test_parquet_of_no_rows_is_a_file_with_its_columns() -> None:
-    table = pq.read_table(io.BytesIO(b"".join(focus.parquet_chunks(iter(())))))
+    table = pq.read_table(io.BytesIO(b"".join(parquet_chunks(iter(())))))
     assert table.num_rows == 0 and table.column_names == list(COLUMN_NAMES)
