@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
 from trunkline.billing.charges import ChargeLine
-from trunkline.billing.focus import csv_chunks, focus_rows, parquet_chunks
+from trunkline.billing.focus import focus_rows
+from trunkline.billing.focus_files import csv_chunks, parquet_chunks
 from trunkline.billing.invoice import invoice_chunks
 from trunkline.billing.lines import require_priced
 from trunkline.billing.periods import Period

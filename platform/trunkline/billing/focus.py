@@ -1,40 +1,35 @@
-"""FinOps FOCUS rows from charge lines, written as CSV or Parquet.
+"""FinOps FOCUS rows from charge lines (``focus_files`` writes them as CSV or Parquet).
 
 Column names, types and values follow the FOCUS specification (1.2): costs and quantities
 are exact Decimals in plain notation, date/times are UTC ISO 8601 (``2026-11-01T00:00:00Z``),
 ``Tags`` is a JSON object, and provider-specific columns carry the ``x_`` prefix. A correction to an
 earlier, already invoiced period has ``ChargeClass = "Correction"``; its quantities and costs
-are the differences it makes.
+are the differences it makes. Tags are Trunkline's own, under ``trunkline/``; each invoice's
+rows end with the rounding of its total to cents (``Adjustment``).
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
-from trunkline.billing.charges import CREDIT, ChargeLine
+from trunkline.billing.charges import USAGE, ChargeLine
 from trunkline.billing.periods import Period
-from trunkline.kit.batches import batches
+from trunkline.billing.rating import ZERO, amount_due, exact_difference, exact_sum
 
 PROVIDER = "Trunkline"
 INFERENCE_SERVICE = "Trunkline Model Inference"
 CAPACITY_SERVICE = "Trunkline Dedicated GPU Capacity"
-DECIMAL_SCALE = 24
-"""Parquet decimal scale: prices ≤ 6 places x multiplier 4 x discount 4 x quantity 6 x credit 4."""
-
-CSV_PIECE_LINES = 10_000
-"""A CSV is written or sent in pieces of this many lines."""
-ROW_GROUP_ROWS = 20_000
-"""A Parquet file is written or sent a row group of this many rows at a time: its rows are
-held while they are converted (fewer hold less memory, and compress a little less; measured
-in docs/metering.md)."""
-
+BILLING_SERVICE = "Trunkline Billing"
+"""The service of an invoice's rounding row."""
+ADJUSTMENT = "Adjustment"
+TAG_PREFIX = "trunkline/"
+"""FOCUS: provider-defined tag keys carry a prefix the provider publishes (docs/metering.md)."""
 STRING, DECIMAL, DATETIME, JSON = "String", "Decimal", "Date/Time", "JSON"
 
 
@@ -65,7 +60,7 @@ COLUMNS = tuple(
         ("ServiceName", STRING), ("ServiceCategory", STRING), ("ServiceSubcategory", STRING),
         ("ResourceId", STRING), ("ResourceName", STRING), ("ResourceType", STRING),
         ("RegionId", STRING), ("RegionName", STRING),
-        ("SkuId", STRING), ("SkuPriceId", STRING),
+        ("SkuId", STRING), ("SkuPriceId", STRING), ("SkuMeter", STRING), ("SkuPriceDetails", JSON),
         ("Tags", JSON),
         ("x_Model", STRING), ("x_Tier", STRING), ("x_TokenClass", STRING),
         ("x_AcceleratorFlavor", STRING), ("x_PriceBookVersion", STRING),
@@ -81,11 +76,18 @@ def invoice_id(period: Period, tenant_slug: str) -> str:
 
 
 def _resource(line: ChargeLine) -> tuple[str | None, str | None, str | None]:
+    """ResourceId, ResourceName, ResourceType. A model is one resource shared by every tenant;
+    dedicated GPUs are their tenant's (and project's) own: their id says whose, as FOCUS wants
+    an id unique within the provider (two tenants' GPUs of a flavor and region shared one)."""
     if line.model is not None:
         return f"models/{line.model}", line.model, "Model"
     if line.flavor is not None:
         region = line.region or "any"
-        return f"dedicated/{line.flavor}/{region}", f"{line.flavor} ({region})", "GPU Capacity"
+        owner = f"tenants/{line.tenant_id}"
+        if line.project_id is not None:
+            owner += f"/projects/{line.project_id}"
+        resource_id = f"{owner}/dedicated/{line.flavor}/{region}"
+        return resource_id, f"{line.flavor} ({region})", "GPU Capacity"
     return None, None, None
 
 
@@ -105,7 +107,7 @@ class _RowMaker:
         return value
 
     def row(self, line: ChargeLine) -> tuple[Any, ...]:
-        usage = line.category != CREDIT
+        usage = line.category == USAGE
         tenant = self._once(("tenant", line.tenant_id), lambda: str(line.tenant_id))
         project = (
             self._once(("project", line.project_id), lambda: str(line.project_id))
@@ -116,16 +118,13 @@ class _RowMaker:
             ("tags", line.tenant_slug, line.project_name, line.tier), lambda: _tags(line)
         )
         resource = self._once(
-            ("resource", line.model, line.flavor, line.region), lambda: _resource(line)
+            ("resource", line.model, line.flavor, line.region)
+            + ((line.tenant_id, line.project_id) if line.flavor else ()),
+            lambda: _resource(line),
         )
-        price_id = (
-            self._once(
-                ("price", line.sku_id, line.price_version),
-                lambda: f"{line.sku_id}@v{line.price_version}",
-            )
-            if usage and line.price_version
-            else None
-        )
+        # A SKU has one price at a time (its version's is x_PriceBookVersion): the price id
+        # stays the same when a version changes the price, as FOCUS has it.
+        price_id = line.sku_id if usage else None
         invoice = (
             self._once(
                 ("invoice", line.tenant_slug), lambda: invoice_id(self.period, line.tenant_slug)
@@ -134,6 +133,7 @@ class _RowMaker:
             else None
         )
         version = str(line.price_version) if line.price_version is not None else None
+        sku = self._once(("sku", line.sku_id, usage), lambda: _sku_meter_and_details(line, usage))
         cost = line.contracted_cost
         # fmt: off
         return (
@@ -146,11 +146,10 @@ class _RowMaker:
             line.consumed_quantity, line.consumed_unit, line.pricing_quantity, line.pricing_unit,
             "Standard" if usage else None,
             PROVIDER, PROVIDER, PROVIDER, invoice,
-            CAPACITY_SERVICE if line.flavor else INFERENCE_SERVICE, "AI and Machine Learning",
-            "AI Platforms" if line.flavor else "Generative AI",
+            *_service(line),
             *resource,
             line.region, line.region,
-            line.sku_id, price_id,
+            line.sku_id or None, price_id, *sku,
             tags,
             line.model, line.tier, line.token_class, line.flavor, version,
             line.slo_attainment,
@@ -158,122 +157,75 @@ class _RowMaker:
         # fmt: on
 
 
+def _service(line: ChargeLine) -> tuple[str, str, str]:
+    """ServiceName, ServiceCategory, ServiceSubcategory."""
+    if line.category == ADJUSTMENT:
+        return BILLING_SERVICE, "AI and Machine Learning", "Other (AI and Machine Learning)"
+    if line.flavor:
+        return CAPACITY_SERVICE, "AI and Machine Learning", "AI Platforms"
+    return INFERENCE_SERVICE, "AI and Machine Learning", "Generative AI"
+
+
+def _sku_meter_and_details(line: ChargeLine, usage: bool) -> tuple[str | None, str | None]:
+    """SkuMeter, and SkuPriceDetails: a SKU price's properties, each for one pricing unit
+    (a GPU-hour is one GPU's), Trunkline's own under ``x_`` (null without a SkuPriceId)."""
+    details: dict[str, object]
+    if not line.sku_id:
+        return None, None
+    if line.flavor is not None:
+        meter, details = "GPU Hours", {"GpuCount": 1, "x_AcceleratorFlavor": line.flavor}
+    elif line.token_class is not None:
+        meter = (line.token_class.replace("_", " ").title()) + " Tokens"
+        details = {"x_Model": line.model, "x_Tier": line.tier, "x_TokenClass": line.token_class}
+    else:
+        meter, details = "SLA Credit", {}
+    text = json.dumps(details, sort_keys=True, separators=(",", ":")) if usage else None
+    return meter, text
+
+
 def _tags(line: ChargeLine) -> str:
+    """Every tag is Trunkline's own (there are no customer tags): under ``TAG_PREFIX``."""
     tags = {"tenant": line.tenant_slug}
     if line.project_name:
         tags["project"] = line.project_name
     if line.tier:
         tags["tier"] = line.tier
-    return json.dumps(tags, sort_keys=True, separators=(",", ":"))
+    prefixed = {TAG_PREFIX + key: value for key, value in tags.items()}
+    return json.dumps(prefixed, sort_keys=True, separators=(",", ":"))
 
 
 def focus_rows(
     lines: Iterable[ChargeLine], period: Period, currency: str, final: bool
 ) -> Iterator[tuple[Any, ...]]:
     """FOCUS rows, values in ``COLUMNS`` order (None for null; Tags as a JSON object text),
-    made as they are read: an export of millions of lines never holds them all."""
+    made as they are read: an export of millions of lines never holds them all. ``lines``
+    come a tenant slug's together (as ``invoice_chunks`` takes them): after each run, an
+    invoice's, a rounding row (``Adjustment``) of its total to the cents it is invoiced in,
+    so its ``BilledCost`` adds up to the invoice, as FOCUS wants (it added up to fractions of
+    a cent the invoice rounds)."""
     maker = _RowMaker(period, currency, final)
-    return (maker.row(line) for line in lines)
+    for _slug, run in itertools.groupby(lines, key=attrgetter("tenant_slug")):
+        total, line = ZERO, None
+        for line in run:
+            total = exact_sum((total, line.contracted_cost))
+            yield maker.row(line)
+        rounding = exact_difference(amount_due(total), total)
+        if rounding and line is not None:
+            yield maker.row(_rounding(line, period, rounding))
 
 
-def _decimal_text(value: Decimal | None) -> str:
-    if value is None:
-        return ""
-    text = str(value)
-    return format(value, "f") if "E" in text else text  # never scientific notation
-
-
-def _field(value: Any) -> str:
-    """One CSV field (RFC 4180): quoted only when it must be."""
-    if value is None:
-        return ""
-    text = value.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(value, datetime) else str(value)
-    if '"' in text or "," in text or "\n" in text or "\r" in text:
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-class _Fields(dict[Any, str]):
-    """A column's values as CSV fields, each distinct value formatted once."""
-
-    def __missing__(self, value: Any) -> str:
-        text = self[value] = _field(value)
-        return text
-
-
-def write_csv(rows: Iterable[tuple[Any, ...]]) -> bytes:
-    """RFC 4180 CSV with a header row; null is the empty field."""
-    return b"".join(csv_chunks(rows))
-
-
-def csv_chunks(rows: Iterable[tuple[Any, ...]], lines: int | None = None) -> Iterator[bytes]:
-    """The CSV of :func:`write_csv` in pieces of ``lines`` lines (``CSV_PIECE_LINES``), each
-    ending with CRLF: a month of every tenant's charges is written out (or sent) as it is
-    made, not held whole (2.4 million lines took 9 GB)."""
-    lines = CSV_PIECE_LINES if lines is None else lines
-    formatters = [
-        _decimal_text if column.type == DECIMAL else _Fields().__getitem__ for column in COLUMNS
-    ]
-    join = ",".join
-    body = (join([f(v) for f, v in zip(formatters, row, strict=True)]) for row in rows)
-    for piece in batches(itertools.chain([join(COLUMN_NAMES)], body), lines):
-        yield ("\r\n".join(piece) + "\r\n").encode("utf-8")
-
-
-def parquet_chunks(rows: Iterable[tuple[Any, ...]], batch: int | None = None) -> Iterator[bytes]:
-    """Parquet with typed columns: decimal128(38, 24), timestamp[s, UTC], string; a row group
-    of ``batch`` rows (``ROW_GROUP_ROWS``) at a time, each written out (or sent) as it is made,
-    and the footer last. Held whole, a month of every tenant's charges was the whole compressed
-    file in memory, and made before the API's first byte."""
-    batch = ROW_GROUP_ROWS if batch is None else batch
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    types: dict[str, Any] = {
-        STRING: pa.string(),
-        JSON: pa.string(),
-        DECIMAL: pa.decimal128(38, DECIMAL_SCALE),
-        DATETIME: pa.timestamp("s", tz="UTC"),
-    }
-    schema = pa.schema(
-        [pa.field(c.name, types[c.type]) for c in COLUMNS],
-        metadata={"focus_version": "1.2", "provider": PROVIDER},
+def _rounding(line: ChargeLine, period: Period, amount: Decimal) -> ChargeLine:
+    """The rounding row of the invoice ``line`` is on (no SKU: FOCUS allows none)."""
+    return ChargeLine(
+        line.tenant_id,
+        line.tenant_slug,
+        line.tenant_name,
+        ADJUSTMENT,
+        period.start,
+        period.end,
+        sku_id="",
+        description="Rounding of the invoice total to the cent",
+        frequency="One-Time",
+        list_cost=amount,
+        contracted_cost=amount,
     )
-    sink = _Drain()
-    with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema, compression="zstd") as writer:
-        groups = batches(rows, batch)
-        # No empty row group, but the one of a file without rows.
-        for chunk in itertools.chain([next(groups, [])], groups):
-            columns = [
-                pa.array([row[i] for row in chunk], type=types[c.type])
-                for i, c in enumerate(COLUMNS)
-            ]
-            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-            yield sink.take()
-    yield sink.take()  # the footer
-
-
-class _Drain(io.RawIOBase):
-    """A write-only file whose bytes are taken as they come: it counts what was written, as
-    the Parquet writer's offsets (``tell``) must, not what it still holds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pieces: list[bytes] = []
-        self._written = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        piece = bytes(data)
-        self._pieces.append(piece)
-        self._written += len(piece)
-        return len(piece)
-
-    def tell(self) -> int:
-        return self._written
-
-    def take(self) -> bytes:
-        taken, self._pieces = b"".join(self._pieces), []
-        return taken

@@ -1,8 +1,8 @@
 """The per-tenant invoice summary: the period's charge lines, grouped for a human reader.
 
 Amounts are shown in cents; the total is the exact sum of the FOCUS ``BilledCost`` of the same
-lines, rounded once, so it always equals what the FOCUS export adds up to, and the rows' cents
-are allotted so that they add up to it.
+lines, rounded once (``amount_due``), which the FOCUS export's rounding row takes its sum to,
+and the rows' cents are allotted so that they add up to it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from operator import attrgetter
 from trunkline.billing.charges import CREDIT, ChargeLine
 from trunkline.billing.focus import invoice_id
 from trunkline.billing.periods import Period
-from trunkline.billing.rating import ZERO, exact_sum
+from trunkline.billing.rating import CENT, ZERO, amount_due, exact_sum
 from trunkline.kit.batches import batches
 
-CENT = Decimal("0.01")
 SECTIONS = {
     "tokens": "Token usage on shared pools (unit price per 1M tokens)",
     "gpu": "Dedicated GPU capacity (per GPU-hour, idle included)",
@@ -80,7 +79,7 @@ def _cents(amounts: list[Decimal], total: Decimal) -> list[int]:
     Rounded each on its own, rows of 0.006 + 0.006 showed 0.01 + 0.01 over a total of 0.01."""
     exact = [amount / CENT for amount in amounts]
     floors = [int(value.to_integral_value(ROUND_FLOOR)) for value in exact]
-    left = int((total / CENT).to_integral_value(ROUND_HALF_EVEN)) - sum(floors)
+    left = int(amount_due(total) / CENT) - sum(floors)
     by_loss = sorted(range(len(exact)), key=lambda i: exact[i] - floors[i], reverse=True)
     for index in by_loss[:left]:
         floors[index] += 1
@@ -115,7 +114,8 @@ def render_invoice(lines: list[ChargeLine], period: Period, currency: str, *, fi
     body: list[str] = []
     for title, rows in sections.items():
         body += _section(title, rows)
-    footer = ["", "=" * WIDTH, f"  {'TOTAL DUE':<84}{_money(total):>16} {currency}", "=" * WIDTH]
+    due = _money(amount_due(total))
+    footer = ["", "=" * WIDTH, f"  {'TOTAL DUE':<84}{due:>16} {currency}", "=" * WIDTH]
     return "\n".join(header + body + footer) + "\n"
 
 

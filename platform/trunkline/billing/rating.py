@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Context, Decimal, Inexact
+from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact
 
 MILLION = Decimal(1_000_000)
 ZERO = Decimal(0)
 ONE = Decimal(1)
+CENT = Decimal("0.01")
 _EXACT = Context(prec=60, traps=[Inexact])
 
 
@@ -61,3 +62,9 @@ def exact_product(a: Decimal, b: Decimal) -> Decimal:
 
 def exact_difference(a: Decimal, b: Decimal) -> Decimal:
     return _EXACT.subtract(a, b)
+
+
+def amount_due(total: Decimal) -> Decimal:
+    """An invoice's exact total in cents (half to even): the only rounding of a bill. The
+    FOCUS export adds a row of the difference, so its BilledCost adds up to this."""
+    return total.quantize(CENT, ROUND_HALF_EVEN)

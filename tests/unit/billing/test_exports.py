@@ -11,12 +11,12 @@ import uuid
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from trunkline.billing import focus as focus_file
-from trunkline.billing import invoice, statements
+from trunkline.billing import focus_files, invoice, statements
 from trunkline.billing.capacity import add_capacity
 from trunkline.billing.closing import close
 from trunkline.billing.exports import export_period
-from trunkline.billing.focus import focus_rows, write_csv
+from trunkline.billing.focus import focus_rows
+from trunkline.billing.focus_files import write_csv
 from trunkline.billing.periods import parse_period
 from trunkline.billing.pricebook_store import load_price_book
 from trunkline.errors import ConfigurationError
@@ -133,15 +133,15 @@ def test_every_tenants_export_sent_in_pieces_is_the_file_made_whole_byte_for_byt
         rows = list(focus_rows(month.lines, DEC, book.currency, month.closed))
         whole = {
             "focus-csv": write_csv(rows),
-            "focus-parquet": b"".join(focus_file.parquet_chunks(rows, batch=3)),
+            "focus-parquet": b"".join(focus_files.parquet_chunks(rows, batch=3)),
             "invoice": whole_invoices(session, DEC, now).encode(),
         }[fmt]
     assert {line.tenant_slug for line in month.lines} == {"acme", "globex", "initech"}
     assert len(rows) % 3 and (len(rows) + 1) % 3, "pieces of 3 leave some lines over"
 
     monkeypatch.setattr(statements, "ROWS_PER_STATEMENT", 1)  # a group per tenant
-    monkeypatch.setattr(focus_file, "CSV_PIECE_LINES", 3)  # with its header
-    monkeypatch.setattr(focus_file, "ROW_GROUP_ROWS", 3)  # as made whole: it shapes the file
+    monkeypatch.setattr(focus_files, "CSV_PIECE_LINES", 3)  # with its header
+    monkeypatch.setattr(focus_files, "ROW_GROUP_ROWS", 3)  # as made whole: it shapes the file
     monkeypatch.setattr(invoice, "PIECE_CHARS", 2_000)  # two invoices, then one left over
     with transaction(factory) as session:
         export = export_period(session, DEC, fmt, now=now)

@@ -10,7 +10,6 @@ import csv
 import io
 import json
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -22,14 +21,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing import focus
-from trunkline.billing.capacity import add_capacity
-from trunkline.billing.closing import close
 from trunkline.billing.exports import export_period
-from trunkline.billing.focus import COLUMN_NAMES, COLUMNS, csv_chunks
+from trunkline.billing.focus import COLUMN_NAMES, COLUMNS
+from trunkline.billing.focus_files import csv_chunks, parquet_chunks
 from trunkline.billing.periods import parse_period
-from trunkline.billing.pricebook_store import load_price_book
 from trunkline.kit.db import transaction
-from unit.metering.usage_support import Account, at, event, ingest
 
 Row = dict[str, Any]
 Rule = Callable[[Row], bool]
@@ -102,6 +98,8 @@ SPEC: dict[str, tuple[str, Rule, Rule]] = {
     "SubAccountName": ("String", never, lambda r: r["SubAccountId"] is None),
     "SkuId": ("String", usage_not_correction, never),
     "SkuPriceId": ("String", usage_not_correction, never),
+    "SkuMeter": ("String", never, lambda r: r["SkuId"] is None),
+    "SkuPriceDetails": ("KeyValue", never, lambda r: r["SkuPriceId"] is None),
     "Tags": ("KeyValue", never, never),
 }
 ALLOWED = {
@@ -110,35 +108,14 @@ ALLOWED = {
     "ChargeFrequency": {"One-Time", "Recurring", "Usage-Based"},
     "PricingCategory": {"Standard", "Dynamic", "Committed", "Other"},
     "ServiceCategory": {"AI and Machine Learning", "Compute"},
-    "ServiceSubcategory": {"Generative AI", "AI Platforms", "Machine Learning"},
+    "ServiceSubcategory": {
+        "Generative AI",
+        "AI Platforms",
+        "Machine Learning",
+        "Other (AI and Machine Learning)",
+    },
 }
 REQUESTED_EXTENSIONS = {"x_Model", "x_TokenClass"}
-
-
-@pytest.fixture
-def month(factory: sessionmaker[Session], tenants: dict[str, Account]) -> sessionmaker[Session]:
-    acme, globex = tenants["acme"], tenants["globex"]
-    ingest(
-        factory,
-        [
-            event(acme, when=at(3), prompt=5000, cached=3000, completion=700, stream=True),
-            event(acme, when=at(3), status=499, ttft_ms=900.0),  # cancelled, a miss
-            event(acme, when=at(4), status=502, ttft_ms=None),  # failed, a miss
-            event(globex, when=at(5), prompt=10, completion=3, model="bge-small-en"),
-        ],
-    )
-    with transaction(factory) as session:
-        add_capacity(
-            session,
-            uuid.UUID(globex.tenant_id),
-            "l40s",
-            2,
-            at(30, 22),
-            prices=load_price_book(session),
-        )
-        close(session, parse_period("2026-11"), at(2, month=12))
-    ingest(factory, [event(acme, when=at(29), prompt=100, completion=1)])  # late
-    return factory
 
 
 def exported(factory: sessionmaker[Session], period: str, fmt: str) -> bytes:
@@ -196,11 +173,13 @@ def test_focus_csv_follows_the_specification(month: sessionmaker[Session], perio
 def test_every_kind_of_line_is_in_the_export(month: sessionmaker[Session]) -> None:
     november = csv_rows(exported(month, "2026-11", "focus-csv"))
     december = csv_rows(exported(month, "2026-12", "focus-csv"))
-    assert {r["ChargeCategory"] for r in november} == {"Usage", "Credit"}
+    # and the rounding of each invoice's total to its cents
+    assert {r["ChargeCategory"] for r in november} == {"Usage", "Credit", "Adjustment"}
     assert {r["x_AcceleratorFlavor"] for r in november} >= {"l40s"}
     assert {r["x_TokenClass"] for r in november} >= {"input", "cached_input", "output"}
     # the late event is a correction; the GPUs, still held, are December's own usage
-    assert {(r["ChargeClass"], r["x_AcceleratorFlavor"]) for r in december} == {
+    usage = [r for r in december if r["ChargeCategory"] != "Adjustment"]
+    assert {(r["ChargeClass"], r["x_AcceleratorFlavor"]) for r in usage} == {
         ("Correction", None),
         (None, "l40s"),
     }
@@ -265,7 +244,7 @@ def test_parquet_is_written_a_row_group_at_a_time_and_reads_back_whole() -> None
             taken.append(number)
             yield row
 
-    pieces = focus.parquet_chunks(read(), batch=10)
+    pieces = parquet_chunks(read(), batch=10)
     first = next(pieces)
     assert first.startswith(b"PAR1") and len(taken) <= 11, "sent before the rest was read"
     parquet = pq.ParquetFile(io.BytesIO(first + b"".join(pieces)))
@@ -275,5 +254,5 @@ def test_parquet_is_written_a_row_group_at_a_time_and_reads_back_whole() -> None
 
 
 def test_parquet_of_no_rows_is_a_file_with_its_columns() -> None:
-    table = pq.read_table(io.BytesIO(b"".join(focus.parquet_chunks(iter(())))))
+    table = pq.read_table(io.BytesIO(b"".join(parquet_chunks(iter(())))))
     assert table.num_rows == 0 and table.column_names == list(COLUMN_NAMES)
