@@ -45,6 +45,10 @@ class LoadSource(Protocol):
         """How many times the loads changed (each change wakes ``wait_changed``)."""
         ...
 
+    def routable(self, endpoint: str) -> bool:
+        """Whether requests may be sent to ``endpoint`` now (False while it is ejected)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionResult:
@@ -119,7 +123,10 @@ class AsyncAdmission:
         if last is not None and last[0] == changes and now - last[1] < self.recheck_s:
             return
         self._last_poll = (changes, now)
-        for release in self.policy.poll(now, self.source.loads()):
+        source = self.source
+        loads = source.loads()
+        ejected = {key for key in loads if not source.routable(key)}
+        for release in self.policy.poll(now, loads, ejected):
             decision, tier = release.decision, release.held.tier.name
             self.metrics.record(tier, decision.outcome, decision.reason)
             waited = self.clock() - release.held.arrival

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from trunkline.gateway.admission.config import AdmissionConfig
@@ -51,7 +51,7 @@ from trunkline.gateway.admission.decision import (
     Decision,
 )
 from trunkline.gateway.admission.dispatch import Dispatch
-from trunkline.gateway.admission.endpoint_views import fresh_view, idle_view, pooled_rates
+from trunkline.gateway.admission.endpoint_views import current_views, idle_view, pooled_rates
 from trunkline.gateway.admission.fair_queue import FairQueue, Held
 from trunkline.gateway.admission.predictor import PrefixIndex, TtftPredictor
 from trunkline.gateway.admission.rates import DecayingRates
@@ -143,14 +143,21 @@ class AdmissionPolicy(Dispatch):
     def held(self) -> int:
         return len(self._pool_of)
 
-    def poll(self, now: float, loads: Mapping[str, EndpointLoad]) -> list[Release]:
-        """Re-evaluate every held request against ``loads`` (by endpoint key) at ``now``."""
+    def poll(
+        self,
+        now: float,
+        loads: Mapping[str, EndpointLoad],
+        out_of_service: Collection[str] = (),
+    ) -> list[Release]:
+        """Re-evaluate every held request against ``loads`` (by endpoint key) at ``now``; no
+        held request is sent to an endpoint in ``out_of_service`` (ejected since it was ranked)
+        while another of its ranking is in service."""
         released, self._evicted = self._evicted, []
         for queue in self._queues.values():
             if not len(queue):
                 continue
             released += self._expire(queue, now, loads)
-            released += self._serve(queue, now, loads)
+            released += self._serve(queue, now, loads, out_of_service)
         return released
 
     def cancel(self, ticket: int) -> bool:
@@ -173,12 +180,16 @@ class AdmissionPolicy(Dispatch):
         return out
 
     def _serve(
-        self, queue: FairQueue, now: float, loads: Mapping[str, EndpointLoad]
+        self,
+        queue: FairQueue,
+        now: float,
+        loads: Mapping[str, EndpointLoad],
+        out_of_service: Collection[str],
     ) -> list[Release]:
         out: list[Release] = []
         sent: dict[str, tuple[float, float]] = {}
         for held in queue.in_order():
-            views = pooled_rates([fresh_view(view, loads) for view in held.ranked])
+            views = pooled_rates(current_views(held.ranked, loads, out_of_service))
             heavy = self._heavy(
                 views[0].pool, held.request.tenant, held.tier.name, held.tier.priority, now
             )
