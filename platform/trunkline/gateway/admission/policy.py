@@ -130,7 +130,7 @@ class AdmissionPolicy(Dispatch):
         if len(queue) >= self.config.max_held_per_pool:
             victim = queue.lowest()
             if victim is None or victim.tier.priority >= tier.priority:
-                return Decision.reject(OVERLOADED, self._retry_s(wait_s))
+                return self._refuse(tier, wait_s)  # the top tier is never shed as overloaded
             self._drop(victim.ticket)
             self._evicted.append(Release(victim, self._refuse(victim.tier, wait_s, shed=True)))
         ticket = next(self._tickets)
