@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from tests.unit.admission.helpers import FULL, GOLD, endpoint, request
-from tests.unit.admission.test_policy import warm
+from tests.unit.admission.helpers import FULL, GOLD, SILVER, endpoint, request
+from tests.unit.admission.test_policy import BUSY, warm
 
 from trunkline.gateway.admission import (
+    OVERLOADED,
     QUEUED,
     REJECTED,
     SLO_UNATTAINABLE,
@@ -28,3 +29,25 @@ def test_gold_finding_the_queue_full_of_gold_is_refused_as_slo_unattainable_not_
         "slo_unattainable",
     )
     assert second.retry_after_s is not None and second.retry_after_s >= 1.0
+
+
+def test_a_tenant_filling_its_tiers_queue_makes_room_for_a_tier_mate_with_nothing_held() -> None:
+    """The queue serves a tier's tenants round robin, yet once one tenant's requests filled it,
+    a tier-mate with nothing held was refused (429) while every held request was that tenant's.
+    Now the flooding tenant's newest request gives way."""
+    policy = AdmissionPolicy(AdmissionConfig(max_held_per_pool=4))
+    warm(policy, SILVER, "a", 100, 1.0)
+    warm(policy, SILVER, "b", 100, 1.0)
+    flood = [
+        policy.decide(request(f"a{n}", "a", "silver"), SILVER, [endpoint(load=BUSY)], 1.0)
+        for n in range(4)
+    ]
+    assert [d.outcome for d in flood] == [QUEUED] * 4
+    peer = policy.decide(request("b0", "b", "silver"), SILVER, [endpoint(load=BUSY)], 1.0)
+    assert peer.outcome == QUEUED
+    [evicted] = policy.poll(1.0, {"pool/0": BUSY})
+    assert evicted.held.ticket == flood[-1].ticket  # the flooding tenant's newest
+    assert (evicted.decision.outcome, evicted.decision.reason) == (REJECTED, OVERLOADED)
+    # Between tenants holding alike, nobody is evicted for a newcomer: it is refused.
+    again = policy.decide(request("a4", "a", "silver"), SILVER, [endpoint(load=BUSY)], 1.0)
+    assert (again.outcome, again.reason) == (REJECTED, OVERLOADED)

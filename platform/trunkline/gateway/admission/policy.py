@@ -127,12 +127,10 @@ class AdmissionPolicy(Dispatch):
             return self._refuse(tier, wait_s)  # shed at once: a short hold is for tiers above
         if not now + margin_s <= min(deadline, now + self.config.max_hold_s):
             return self._refuse(tier, wait_s)
-        if len(queue) >= self.config.max_held_per_pool:
-            victim = queue.lowest()
-            if victim is None or victim.tier.priority >= tier.priority:
-                return self._refuse(tier, wait_s)  # the top tier is never shed as overloaded
-            self._drop(victim.ticket)
-            self._evicted.append(Release(victim, self._refuse(victim.tier, wait_s, shed=True)))
+        if len(queue) >= self.config.max_held_per_pool and not self._make_room(
+            queue, tier, request.tenant, wait_s
+        ):
+            return self._refuse(tier, wait_s)  # the top tier is never shed as overloaded
         ticket = next(self._tickets)
         queue.push(Held(ticket, request, tier, tuple(ranked), now, deadline, idle_s))
         self._pool_of[ticket] = pool
@@ -211,6 +209,26 @@ class AdmissionPolicy(Dispatch):
             waited = dataclasses.replace(decision, wait_s=now - held.arrival)
             out.append(Release(held, waited))
         return out
+
+    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, wait_s: float) -> bool:
+        """Shed a held request from a full queue for a new one of ``tenant`` in ``tier``, if one
+        gives way: the newest of the lowest tier's biggest backlog when that tier is below, or
+        a tier-mate holding more than the newcomer would (the queue serves a tier's tenants
+        round robin: a flood must not keep its tier-mates out of it)."""
+        victim = queue.lowest()
+        if victim is None:
+            return False
+        below = victim.tier.priority < tier.priority
+        if not below and not (
+            victim.tier.name == tier.name
+            and queue.held_by(tier.name, victim.request.tenant)
+            > queue.held_by(tier.name, tenant) + 1
+        ):
+            return False
+        self._drop(victim.ticket)
+        # A tier-mate's is refused as its tier is refused (the top tier: never as overloaded).
+        self._evicted.append(Release(victim, self._refuse(victim.tier, wait_s, shed=below)))
+        return True
 
     def _drop(self, ticket: int) -> Held | None:
         pool = self._pool_of.pop(ticket, None)
