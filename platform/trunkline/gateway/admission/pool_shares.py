@@ -95,12 +95,17 @@ class PoolShares:
             return None
         window = config.rate_window_s
         mine = self._rates.rate((pool, tier, tenant), now)
-        others = [
-            rate
-            for other in self._tenants[pool, tier]
-            if other != tenant
-            and (rate := self._rates.rate((pool, tier, other), now)) * window >= 0.5
-        ]
+        others, quiet = [], []
+        tenants = self._tenants[pool, tier]
+        for other in tenants:
+            rate = self._rates.rate((pool, tier, other), now)
+            if rate * window < 0.5:
+                quiet.append(other)
+            elif other != tenant:
+                others.append(rate)
+        # A quiet tenant counts again from its next request (``_observe``): forgetting it keeps
+        # this scan to the tenants active lately, not every tenant the process has seen.
+        tenants.difference_update(quiet)
         if not others:
             return None
         share = sum(others) / len(others)
