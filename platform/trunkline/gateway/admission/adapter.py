@@ -83,10 +83,11 @@ class AsyncAdmission:
     ) -> AdmissionResult:
         loads = self.source.loads()
         views = [fresh_view(view, loads) for view in ranked]
-        decision = self.policy.decide(request, tier, views, self.clock())
+        now = self.clock()
+        decision = self.policy.decide(request, tier, views, now)
         self.metrics.record(tier.name, decision.outcome, decision.reason)
         if decision.outcome == QUEUED:
-            decision = await self._hold(decision)
+            decision = await self._hold(decision, tier.name, now)
         if decision.outcome == REJECTED:
             raise rejection_error(decision, tier)
         assert decision.endpoint is not None
@@ -96,7 +97,7 @@ class AsyncAdmission:
             headers[WAIT_HEADER] = str(round(decision.wait_s * 1000))
         return AdmissionResult(decision, order, headers)
 
-    async def _hold(self, queued: Decision) -> Decision:
+    async def _hold(self, queued: Decision, tier: str, since: float) -> Decision:
         assert queued.ticket is not None
         ticket = queued.ticket
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
@@ -109,8 +110,9 @@ class AsyncAdmission:
             return future.result()
         finally:
             self._waiting.pop(ticket, None)
-            if not future.done():
+            if not future.done():  # the client left (else polls counted how the hold ended)
                 self.policy.cancel(ticket)
+                self.metrics.queue_wait.labels(tier, "cancelled").observe(self.clock() - since)
             self.metrics.held.set(self.policy.held())
 
     def _reevaluate(self) -> None:
