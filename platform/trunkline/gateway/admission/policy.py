@@ -120,17 +120,17 @@ class AdmissionPolicy(Dispatch):
         # What it waits for: the pools it may take (not those holding requests of its rank).
         closed = self._pools_holding(ranked, tier.priority, now)
         open_to_it = [view for view in ranked if view.pool not in closed]
-        wait_s = self._hold_estimate(tier, open_to_it, ahead, now=now)
+        wait_s, retry_s = self._hold_estimate(tier, open_to_it, ahead, now=now)
         # Hold only with margin: a hold that ends in a rejection wastes the client's time.
         margin_s = wait_s * self.config.hold_margin
         if tier.priority < self.config.hold_min_priority:
-            return self._refuse(tier, wait_s)  # shed at once: a short hold is for tiers above
+            return self._refuse(tier, retry_s)  # shed at once: a short hold is for tiers above
         if not now + margin_s <= min(deadline, now + self.config.max_hold_s):
-            return self._refuse(tier, wait_s)
+            return self._refuse(tier, retry_s)
         if len(queue) >= self.config.max_held_per_pool and not self._make_room(
-            queue, tier, request.tenant, wait_s
+            queue, tier, request.tenant, retry_s
         ):
-            return self._refuse(tier, wait_s)  # the top tier is never shed as overloaded
+            return self._refuse(tier, retry_s)  # the top tier is never shed as overloaded
         ticket = next(self._tickets)
         queue.push(Held(ticket, request, tier, tuple(ranked), now, deadline, idle_s))
         self._pool_of[ticket] = pool
@@ -172,7 +172,7 @@ class AdmissionPolicy(Dispatch):
                 self._drop(held.ticket)
                 ahead = queue.held_at_or_above(held.tier.priority)
                 retry = self._retry_s(
-                    self._hold_estimate(held.tier, held.ranked, ahead, loads, now=now)
+                    self._hold_estimate(held.tier, held.ranked, ahead, loads, now=now)[1]
                 )
                 out.append(Release(held, Decision.reject(DEADLINE_EXCEEDED, retry)))
         return out

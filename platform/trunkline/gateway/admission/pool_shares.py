@@ -56,10 +56,12 @@ class PoolShares:
         loads: Mapping[str, EndpointLoad] | None = None,
         *,
         now: float,
-    ) -> float:
+    ) -> tuple[float, float]:
         """Expected hold: the requests ahead (and this one) at the share of the pool's completion
         rate that the tiers above leave, capped by the rate this tier was dispatched at lately
-        (infinite when the tiers above take it all: shed at once)."""
+        (infinite when the tiers above take it all: shed at once); and when to retry, the same
+        but without that cap when it alone makes the hold infinite (a tier quiet lately, or a
+        gateway just started, has no recent dispatches, yet the pool completes requests)."""
         predictor = self.predictor
         completions = 0.0
         views = ranked if loads is None else pooled_rates([fresh_view(v, loads) for v in ranked])
@@ -76,10 +78,13 @@ class PoolShares:
             for (p, name), priority in self._priorities.items()
             if p == pool and priority > tier.priority
         )
-        left = completions - above
+        modelled = completions - above
         # What the model says is left, but no more than this tier actually got lately.
-        left = min(left, self._rates.rate((pool, tier.name, DISPATCHED), now))
-        return (ahead + 1) / left if left > 0 else math.inf
+        left = min(modelled, self._rates.rate((pool, tier.name, DISPATCHED), now))
+        if left > 0:
+            wait_s = (ahead + 1) / left
+            return wait_s, wait_s
+        return math.inf, (ahead + 1) / modelled if modelled > 0 else math.inf
 
     def _observe(self, pool: str, request: RequestView, tier: TierEntry, now: float) -> None:
         self._priorities[pool, tier.name] = tier.priority
