@@ -186,7 +186,11 @@ class AdmissionPolicy(Dispatch):
     ) -> list[Release]:
         out: list[Release] = []
         sent: dict[str, tuple[float, float]] = {}
+        no_room: set[tuple[str, str]] = set()  # heavy tenants (tier, tenant) whose turn failed
         for held in queue.in_order():
+            tenant = held.tier.name, held.request.tenant
+            if tenant in no_room:
+                continue  # its requests leave in its own order: the first has no room yet
             views = pooled_rates(current_views(held.ranked, loads, out_of_service))
             heavy = self._heavy(
                 views[0].pool, held.request.tenant, held.tier.name, held.tier.priority, now
@@ -203,6 +207,7 @@ class AdmissionPolicy(Dispatch):
             )
             if decision is None:
                 if heavy is not None:
+                    no_room.add(tenant)
                     continue  # a heavy tenant waits for room; its peers need not wait for it
                 break  # strict priority: nothing below this request goes first
             self._drop(held.ticket)
