@@ -86,7 +86,8 @@ class AdmissionPolicy(Dispatch):
         self._tickets = itertools.count(1)
         self._rates = DecayingRates(self.config.rate_window_s)
         self._priorities: dict[tuple[str, str], int] = {}  # (pool, tier) -> priority
-        self._tenants: dict[tuple[str, str], set[str]] = {}  # (pool, tier) -> tenants seen
+        self._tenants: dict[tuple[str, str], set[str]] = {}  # (pool, tier) -> active lately
+        self._active_at: dict[tuple[str, str], tuple[float, float, int]] = {}
 
     # -- new requests ------------------------------------------------------------------------
 

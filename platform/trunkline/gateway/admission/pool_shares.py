@@ -32,7 +32,8 @@ class PoolShares:
     _queues: dict[str, FairQueue]
     _rates: DecayingRates
     _priorities: dict[tuple[str, str], int]  # (pool, tier) -> priority
-    _tenants: dict[tuple[str, str], set[str]]  # (pool, tier) -> tenants seen
+    _tenants: dict[tuple[str, str], set[str]]  # (pool, tier) -> tenants active lately
+    _active_at: dict[tuple[str, str], tuple[float, float, int]]  # -> (now, rates, tenants)
 
     def _pools_holding(self, ranked: Sequence[EndpointView], priority: int, now: float) -> set[str]:
         """The pools of ``ranked`` other than its first choice's that hold requests of
@@ -91,6 +92,7 @@ class PoolShares:
         self._rates.observe((pool, tier.name), now)
         self._rates.observe((pool, tier.name, request.tenant), now)
         self._tenants.setdefault((pool, tier.name), set()).add(request.tenant)
+        self._active_at.pop((pool, tier.name), None)  # its rate moved
 
     def _heavy(self, pool: str, tenant: str, tier: str, priority: int, now: float) -> float | None:
         """For a tenant sending far more than the mean of its tier's active tenants, the
@@ -98,25 +100,37 @@ class PoolShares:
         config = self.config
         if priority >= config.top_priority:
             return None
-        window = config.rate_window_s
         mine = self._rates.rate((pool, tier, tenant), now)
-        others, quiet = [], []
-        tenants = self._tenants[pool, tier]
-        for other in tenants:
-            rate = self._rates.rate((pool, tier, other), now)
-            if rate * window < 0.5:
-                quiet.append(other)
-            elif other != tenant:
-                others.append(rate)
-        # A quiet tenant counts again from its next request (``_observe``): forgetting it keeps
-        # this scan to the tenants active lately, not every tenant the process has seen.
-        tenants.difference_update(quiet)
-        if not others:
+        total, active = self._active(pool, tier, now)
+        if mine * config.rate_window_s >= 0.5:  # counted among the active: take it out
+            total, active = total - mine, active - 1
+        if active <= 0:
             return None
-        share = sum(others) / len(others)
+        share = total / active
         if mine <= config.heavy_tenant_factor * share:
             return None
         dispatched = self._rates.rate((pool, tier, tenant, DISPATCHED), now)
         if dispatched < config.heavy_tenant_share * share:
             return config.heavy_tenant_occupancy
         return config.heavy_tenant_idle_occupancy
+
+    def _active(self, pool: str, tier: str, now: float) -> tuple[float, int]:
+        """The summed arrival rate and the number of the tier's tenants active lately (a
+        decayed rate of at least one request per two windows), read once per ``now``: a
+        decision or a poll asks it for every tenant holding requests. A quiet tenant is
+        forgotten here and counted again from its next request (``_observe``)."""
+        cached = self._active_at.get((pool, tier))
+        if cached is not None and cached[0] == now:
+            return cached[1], cached[2]
+        window, rates = self.config.rate_window_s, self._rates
+        total, active, quiet = 0.0, 0, []
+        tenants = self._tenants[pool, tier]
+        for other in tenants:
+            rate = rates.rate((pool, tier, other), now)
+            if rate * window < 0.5:
+                quiet.append(other)
+            else:
+                total, active = total + rate, active + 1
+        tenants.difference_update(quiet)
+        self._active_at[pool, tier] = (now, total, active)
+        return total, active
