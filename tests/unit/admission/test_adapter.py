@@ -35,6 +35,9 @@ class FakeLoads:
     def loads(self) -> dict[str, EndpointLoad]:
         return self.current
 
+    def load(self, endpoint: str) -> EndpointLoad | None:
+        return self.current.get(endpoint)
+
     def routable(self, endpoint: str) -> bool:
         return endpoint not in self.ejected
 

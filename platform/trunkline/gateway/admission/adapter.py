@@ -36,6 +36,11 @@ class LoadSource(Protocol):
         """The latest load of every endpoint, by endpoint id."""
         ...
 
+    def load(self, endpoint: str) -> EndpointLoad | None:
+        """The latest load of one endpoint (None: not known): a decision reads only those it
+        ranks, where ``loads()`` builds every endpoint's."""
+        ...
+
     async def wait_changed(self, timeout: float) -> None:  # noqa: ASYNC109 (the scraper owns it)
         """Return when new loads arrived, or after ``timeout`` seconds."""
         ...
@@ -81,7 +86,8 @@ class AsyncAdmission:
     async def admit(
         self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
     ) -> AdmissionResult:
-        loads = self.source.loads()
+        load = self.source.load
+        loads = {view.key: found for view in ranked if (found := load(view.key)) is not None}
         views = [fresh_view(view, loads) for view in ranked]
         now = self.clock()
         decision = self.policy.decide(request, tier, views, now)
