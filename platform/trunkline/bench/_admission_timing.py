@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from trunkline.gateway.admission import AdmissionConfig, AdmissionPolicy, Decision
@@ -83,7 +83,7 @@ class RecordingPolicy(AdmissionPolicy):
         self,
         now: float,
         loads: Mapping[str, EndpointLoad],
-        out_of_service: Collection[str] = (),
+        out_of_service: Container[str] = (),
     ) -> list[Release]:
         self.events.append(_Poll(now, dict(loads)))
         return super().poll(now, loads, out_of_service)

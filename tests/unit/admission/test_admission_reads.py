@@ -3,8 +3,10 @@ not of every endpoint the gateway tracks."""
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.unit.admission.helpers import FULL, IDLE, SILVER, endpoint, request
-from tests.unit.admission.test_adapter import Clock, FakeLoads
+from tests.unit.admission.test_adapter import BUSY, Clock, FakeLoads
 
 from trunkline.gateway.admission import AdmissionPolicy, AsyncAdmission
 from trunkline.gateway.routing import EndpointLoad
@@ -34,3 +36,25 @@ async def test_a_decision_reads_the_loads_of_its_ranked_endpoints_only() -> None
     result = await admission.admit(request(), SILVER, [endpoint("pool/0"), endpoint("pool/1")])
     assert result.order == [1, 0]  # the ranked endpoints' loads were read, the full one passed
     assert sorted(source.read) == ["pool/0", "pool/1"]
+
+
+async def test_a_poll_of_held_requests_reads_the_loads_of_their_endpoints_only() -> None:
+    """Held requests are judged at every load change; each time, every tracked endpoint's load
+    was built (and its health read), however few the held requests could use."""
+    others = {f"other/{n}": IDLE for n in range(50)}
+    source = CountedLoads({"pool/0": IDLE, **others})
+    clock = Clock()
+    admission = AsyncAdmission(AdmissionPolicy(), source, clock=clock)
+    for n in range(20):  # silver's recent dispatches, so that it may be held
+        clock.now = n / 20
+        await admission.admit(request(f"w{n}"), SILVER, [endpoint()])
+    clock.now = 1.0
+    source.current = {**source.current, "pool/0": BUSY}
+    task = asyncio.create_task(admission.admit(request("held"), SILVER, [endpoint()]))
+    await source.waiting.wait()
+    source.read.clear()
+    clock.now = 1.1
+    await source.publish({**source.current, "pool/0": IDLE})
+    result = await task
+    assert result.order == [0]
+    assert set(source.read) == {"pool/0"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -131,10 +131,8 @@ class AsyncAdmission:
         if last is not None and last[0] == changes and now - last[1] < self.recheck_s:
             return
         self._last_poll = (changes, now)
-        source = self.source
-        loads = source.loads()
-        ejected = {key for key in loads if not source.routable(key)}
-        for release in self.policy.poll(now, loads, ejected):
+        reads = _OnDemand(self.source)
+        for release in self.policy.poll(now, reads, reads.ejected):
             decision, tier = release.decision, release.held.tier.name
             self.metrics.record(tier, decision.outcome, decision.reason)
             waited = self.clock() - release.held.arrival
@@ -142,3 +140,51 @@ class AsyncAdmission:
             future = self._waiting.get(release.held.ticket)
             if future is not None and not future.done():
                 future.set_result(decision)
+
+
+class _OnDemand(Mapping[str, EndpointLoad]):
+    """The loads (and health) of a poll, read from the source as the policy asks for them,
+    each once: the endpoints of the held requests, not every endpoint the gateway tracks."""
+
+    __slots__ = ("_health", "_loads", "_source")
+
+    def __init__(self, source: LoadSource) -> None:
+        self._source = source
+        self._loads: dict[str, EndpointLoad | None] = {}
+        self._health: dict[str, bool] = {}
+
+    def __getitem__(self, key: str) -> EndpointLoad:
+        if key in self._loads:
+            load = self._loads[key]
+        else:
+            load = self._loads[key] = self._source.load(key)
+        if load is None:
+            raise KeyError(key)
+        return load
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source.loads())
+
+    def __len__(self) -> int:
+        return len(self._source.loads())
+
+    @property
+    def ejected(self) -> _Ejected:
+        return _Ejected(self._source, self._health)
+
+
+class _Ejected:
+    """Whether an endpoint is out of service (``key in ejected``), asked of the source once."""
+
+    __slots__ = ("_health", "_source")
+
+    def __init__(self, source: LoadSource, health: dict[str, bool]) -> None:
+        self._source, self._health = source, health
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        routable = self._health.get(key)
+        if routable is None:
+            routable = self._health[key] = self._source.routable(key)
+        return not routable

@@ -4,7 +4,7 @@ pool's mean measured service rates, or idle at their own rates."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from trunkline.gateway.routing.views import EndpointLoad, EndpointView
 
@@ -49,18 +49,18 @@ def fresh_view(view: EndpointView, loads: Mapping[str, EndpointLoad]) -> Endpoin
 def current_views(
     ranked: Sequence[EndpointView],
     loads: Mapping[str, EndpointLoad],
-    out_of_service: Collection[str],
+    out_of_service: Container[str],
 ) -> list[EndpointView]:
     """A held request's ranking as it stands now: latest loads, and the endpoints ejected since
     it was ranked marked unhealthy (an ejected engine is no longer scraped and its requests
     leave it, so its load looks light). When none is in service, each stays as routing marked
     it: routing then tries them all (fail open), and so does a held request."""
     views = [fresh_view(view, loads) for view in ranked]
-    if not out_of_service or all(view.key in out_of_service for view in views):
+    out = [view.key in out_of_service for view in views]
+    if not any(out) or all(out):
         return views
     return [
-        dataclasses.replace(view, healthy=False) if view.key in out_of_service else view
-        for view in views
+        dataclasses.replace(v, healthy=False) if o else v for v, o in zip(views, out, strict=True)
     ]
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import deque
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from trunkline.gateway.admission.config import AdmissionConfig
@@ -146,7 +146,7 @@ class AdmissionPolicy(Dispatch):
         self,
         now: float,
         loads: Mapping[str, EndpointLoad],
-        out_of_service: Collection[str] = (),
+        out_of_service: Container[str] = (),
     ) -> list[Release]:
         """Re-evaluate every held request against ``loads`` (by endpoint key) at ``now``; no
         held request is sent to an endpoint in ``out_of_service`` (ejected since it was ranked)
@@ -183,7 +183,7 @@ class AdmissionPolicy(Dispatch):
         queue: FairQueue,
         now: float,
         loads: Mapping[str, EndpointLoad],
-        out_of_service: Collection[str],
+        out_of_service: Container[str],
     ) -> list[Release]:
         out: list[Release] = []
         sent: dict[str, tuple[float, float]] = {}
