@@ -7,10 +7,12 @@ from tests.unit.admission.helpers import BRONZE, FULL, GOLD, endpoint, request
 from trunkline.gateway.admission import OVERLOADED, REJECTED, AdmissionPolicy
 
 
-def test_a_tier_quiet_lately_is_told_to_retry_soon_where_the_pool_has_completions_left() -> None:
-    """The expected hold is capped by what the tier was dispatched lately; a tier that sent
-    nothing lately (or any tier, just after the gateway started) had an infinite hold, so the
-    first refusals on a busy pool said Retry-After: 30, the maximum, and clients slept 30 s."""
+def test_just_after_the_gateway_started_a_tier_is_told_to_retry_soon_where_the_pool_has_room() -> (
+    None
+):
+    """The expected hold is capped by what the tier was dispatched lately; just after the
+    gateway started no tier had been, so every refusal on a busy pool said Retry-After: 30, the
+    maximum, until one got in (the OpenAI SDKs sleep that long)."""
     policy = AdmissionPolicy()
     refused = policy.decide(request("b", "b", "bronze"), BRONZE, [endpoint(load=FULL)], 1.0)
     assert (refused.outcome, refused.reason) == (REJECTED, OVERLOADED)

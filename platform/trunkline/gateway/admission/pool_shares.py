@@ -61,8 +61,8 @@ class PoolShares:
         """Expected hold: the requests ahead (and this one) at the share of the pool's completion
         rate that the tiers above leave, capped by the rate this tier was dispatched at lately
         (infinite when the tiers above take it all: shed at once); and when to retry, the same
-        but without that cap when it alone makes the hold infinite (a tier quiet lately, or a
-        gateway just started, has no recent dispatches, yet the pool completes requests)."""
+        but without that cap when the tier has no dispatches here to cap by (a gateway just
+        started, a pool new to it), yet the pool completes requests."""
         predictor = self.predictor
         completions = 0.0
         views = ranked if loads is None else pooled_rates([fresh_view(v, loads) for v in ranked])
@@ -80,7 +80,8 @@ class PoolShares:
             if p == pool and priority > tier.priority
         )
         modelled = completions - above
-        # What the model says is left, but no more than this tier actually got lately.
+        # What the model says is left, but no more than this tier actually got lately (0 only
+        # if it never got anything here: a decayed rate stays above 0 for hours).
         left = min(modelled, self._rates.rate((pool, tier.name, DISPATCHED), now))
         if left > 0:
             wait_s = (ahead + 1) / left
