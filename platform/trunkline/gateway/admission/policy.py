@@ -216,7 +216,7 @@ class AdmissionPolicy(Dispatch):
             out.append(Release(held, waited))
         return out
 
-    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, wait_s: float) -> bool:
+    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, retry_s: float) -> bool:
         """Shed a held request from a full queue for a new one of ``tenant`` in ``tier``, if one
         gives way: the newest of the lowest tier's biggest backlog when that tier is below, or
         a tier-mate holding more than the newcomer would (the queue serves a tier's tenants
@@ -233,7 +233,7 @@ class AdmissionPolicy(Dispatch):
             return False
         self._drop(victim.ticket)
         # A tier-mate's is refused as its tier is refused (the top tier: never as overloaded).
-        self._evicted.append(Release(victim, self._refuse(victim.tier, wait_s, shed=below)))
+        self._evicted.append(Release(victim, self._refuse(victim.tier, retry_s, shed=below)))
         return True
 
     def _drop(self, ticket: int) -> Held | None:
