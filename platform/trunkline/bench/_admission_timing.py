@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from trunkline.gateway.admission import AdmissionConfig, AdmissionPolicy, Decision
@@ -79,9 +79,14 @@ class RecordingPolicy(AdmissionPolicy):
         self.events.append(_Decide(request, tier, tuple(ranked), now, decision.outcome))
         return decision
 
-    def poll(self, now: float, loads: Mapping[str, EndpointLoad]) -> list[Release]:
+    def poll(
+        self,
+        now: float,
+        loads: Mapping[str, EndpointLoad],
+        out_of_service: Container[str] = (),
+    ) -> list[Release]:
         self.events.append(_Poll(now, dict(loads)))
-        return super().poll(now, loads)
+        return super().poll(now, loads, out_of_service)
 
 
 def replay_decide_times(recorded: RecordingPolicy, repeats: int = 3) -> list[tuple[str, float]]:

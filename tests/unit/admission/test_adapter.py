@@ -30,9 +30,16 @@ class FakeLoads:
         self.waiting = asyncio.Event()
         self._changed = asyncio.Event()
         self.changes = 0
+        self.ejected: set[str] = set()
 
     def loads(self) -> dict[str, EndpointLoad]:
         return self.current
+
+    def load(self, endpoint: str) -> EndpointLoad | None:
+        return self.current.get(endpoint)
+
+    def routable(self, endpoint: str) -> bool:
+        return endpoint not in self.ejected
 
     async def wait_changed(self, timeout: float) -> None:  # noqa: ASYNC109 (the protocol)
         self.waiting.set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,6 +36,11 @@ class LoadSource(Protocol):
         """The latest load of every endpoint, by endpoint id."""
         ...
 
+    def load(self, endpoint: str) -> EndpointLoad | None:
+        """The latest load of one endpoint (None: not known): a decision reads only those it
+        ranks, where ``loads()`` builds every endpoint's."""
+        ...
+
     async def wait_changed(self, timeout: float) -> None:  # noqa: ASYNC109 (the scraper owns it)
         """Return when new loads arrived, or after ``timeout`` seconds."""
         ...
@@ -43,6 +48,10 @@ class LoadSource(Protocol):
     @property
     def changes(self) -> int:
         """How many times the loads changed (each change wakes ``wait_changed``)."""
+        ...
+
+    def routable(self, endpoint: str) -> bool:
+        """Whether requests may be sent to ``endpoint`` now (False while it is ejected)."""
         ...
 
 
@@ -77,12 +86,14 @@ class AsyncAdmission:
     async def admit(
         self, request: RequestView, tier: TierEntry, ranked: Sequence[EndpointView]
     ) -> AdmissionResult:
-        loads = self.source.loads()
+        load = self.source.load
+        loads = {view.key: found for view in ranked if (found := load(view.key)) is not None}
         views = [fresh_view(view, loads) for view in ranked]
-        decision = self.policy.decide(request, tier, views, self.clock())
+        now = self.clock()
+        decision = self.policy.decide(request, tier, views, now)
         self.metrics.record(tier.name, decision.outcome, decision.reason)
         if decision.outcome == QUEUED:
-            decision = await self._hold(decision)
+            decision = await self._hold(decision, tier.name, now)
         if decision.outcome == REJECTED:
             raise rejection_error(decision, tier)
         assert decision.endpoint is not None
@@ -92,7 +103,7 @@ class AsyncAdmission:
             headers[WAIT_HEADER] = str(round(decision.wait_s * 1000))
         return AdmissionResult(decision, order, headers)
 
-    async def _hold(self, queued: Decision) -> Decision:
+    async def _hold(self, queued: Decision, tier: str, since: float) -> Decision:
         assert queued.ticket is not None
         ticket = queued.ticket
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
@@ -105,8 +116,9 @@ class AsyncAdmission:
             return future.result()
         finally:
             self._waiting.pop(ticket, None)
-            if not future.done():
+            if not future.done():  # the client left (else polls counted how the hold ended)
                 self.policy.cancel(ticket)
+                self.metrics.queue_wait.labels(tier, "cancelled").observe(self.clock() - since)
             self.metrics.held.set(self.policy.held())
 
     def _reevaluate(self) -> None:
@@ -119,7 +131,8 @@ class AsyncAdmission:
         if last is not None and last[0] == changes and now - last[1] < self.recheck_s:
             return
         self._last_poll = (changes, now)
-        for release in self.policy.poll(now, self.source.loads()):
+        reads = _OnDemand(self.source)
+        for release in self.policy.poll(now, reads, reads.ejected):
             decision, tier = release.decision, release.held.tier.name
             self.metrics.record(tier, decision.outcome, decision.reason)
             waited = self.clock() - release.held.arrival
@@ -127,3 +140,51 @@ class AsyncAdmission:
             future = self._waiting.get(release.held.ticket)
             if future is not None and not future.done():
                 future.set_result(decision)
+
+
+class _OnDemand(Mapping[str, EndpointLoad]):
+    """The loads (and health) of a poll, read from the source as the policy asks for them,
+    each once: the endpoints of the held requests, not every endpoint the gateway tracks."""
+
+    __slots__ = ("_health", "_loads", "_source")
+
+    def __init__(self, source: LoadSource) -> None:
+        self._source = source
+        self._loads: dict[str, EndpointLoad | None] = {}
+        self._health: dict[str, bool] = {}
+
+    def __getitem__(self, key: str) -> EndpointLoad:
+        if key in self._loads:
+            load = self._loads[key]
+        else:
+            load = self._loads[key] = self._source.load(key)
+        if load is None:
+            raise KeyError(key)
+        return load
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._source.loads())
+
+    def __len__(self) -> int:
+        return len(self._source.loads())
+
+    @property
+    def ejected(self) -> _Ejected:
+        return _Ejected(self._source, self._health)
+
+
+class _Ejected:
+    """Whether an endpoint is out of service (``key in ejected``), asked of the source once."""
+
+    __slots__ = ("_health", "_source")
+
+    def __init__(self, source: LoadSource, health: dict[str, bool]) -> None:
+        self._source, self._health = source, health
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        routable = self._health.get(key)
+        if routable is None:
+            routable = self._health[key] = self._source.routable(key)
+        return not routable

@@ -4,11 +4,11 @@ pool's mean measured service rates, or idle at their own rates."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from trunkline.gateway.routing.views import EndpointLoad, EndpointView
 
-__all__ = ["fresh_view", "idle_view", "pooled_rates"]
+__all__ = ["current_views", "fresh_view", "idle_view", "pooled_rates"]
 
 
 def pooled_rates(views: Sequence[EndpointView]) -> list[EndpointView]:
@@ -44,6 +44,24 @@ def pooled_rates(views: Sequence[EndpointView]) -> list[EndpointView]:
 def fresh_view(view: EndpointView, loads: Mapping[str, EndpointLoad]) -> EndpointView:
     load = loads.get(view.key)
     return view if load is None else dataclasses.replace(view, load=load)
+
+
+def current_views(
+    ranked: Sequence[EndpointView],
+    loads: Mapping[str, EndpointLoad],
+    out_of_service: Container[str],
+) -> list[EndpointView]:
+    """A held request's ranking as it stands now: latest loads, and the endpoints ejected since
+    it was ranked marked unhealthy (an ejected engine is no longer scraped and its requests
+    leave it, so its load looks light). When none is in service, each stays as routing marked
+    it: routing then tries them all (fail open), and so does a held request."""
+    views = [fresh_view(view, loads) for view in ranked]
+    out = [view.key in out_of_service for view in views]
+    if not any(out) or all(out):
+        return views
+    return [
+        dataclasses.replace(v, healthy=False) if o else v for v, o in zip(views, out, strict=True)
+    ]
 
 
 def idle_view(view: EndpointView) -> EndpointView:

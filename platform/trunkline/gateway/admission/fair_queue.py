@@ -71,6 +71,11 @@ class FairQueue:
             if t.priority >= priority
         )
 
+    def held_by(self, tier: str, tenant: str) -> int:
+        """How many requests ``tenant`` has held in ``tier``."""
+        own = self._tiers.get(tier)
+        return 0 if own is None else len(own.tenants.get(tenant, ()))
+
     def tenants_at_or_above(self, priority: int) -> list[tuple[str, int, str]]:
         """``(tier, priority, tenant)`` of every tenant with something held at ``priority`` or
         above."""

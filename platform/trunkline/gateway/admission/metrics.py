@@ -21,7 +21,8 @@ class AdmissionMetrics:
         )
         self.queue_wait = Histogram(
             "trunkline_admission_queue_wait_seconds",
-            "How long held requests waited before admission or rejection",
+            "How long held requests waited before admission, rejection or their client left "
+            "(outcome admitted, rejected, cancelled)",
             ["tier", "outcome"],
             buckets=_WAIT_BUCKETS,
             registry=self.registry,

@@ -39,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from trunkline.gateway.admission.config import AdmissionConfig
@@ -51,7 +51,7 @@ from trunkline.gateway.admission.decision import (
     Decision,
 )
 from trunkline.gateway.admission.dispatch import Dispatch
-from trunkline.gateway.admission.endpoint_views import fresh_view, idle_view, pooled_rates
+from trunkline.gateway.admission.endpoint_views import current_views, idle_view, pooled_rates
 from trunkline.gateway.admission.fair_queue import FairQueue, Held
 from trunkline.gateway.admission.predictor import PrefixIndex, TtftPredictor
 from trunkline.gateway.admission.rates import DecayingRates
@@ -86,7 +86,8 @@ class AdmissionPolicy(Dispatch):
         self._tickets = itertools.count(1)
         self._rates = DecayingRates(self.config.rate_window_s)
         self._priorities: dict[tuple[str, str], int] = {}  # (pool, tier) -> priority
-        self._tenants: dict[tuple[str, str], set[str]] = {}  # (pool, tier) -> tenants seen
+        self._tenants: dict[tuple[str, str], set[str]] = {}  # (pool, tier) -> active lately
+        self._active_at: dict[tuple[str, str], tuple[float, float, int]] = {}
 
     # -- new requests ------------------------------------------------------------------------
 
@@ -120,19 +121,17 @@ class AdmissionPolicy(Dispatch):
         # What it waits for: the pools it may take (not those holding requests of its rank).
         closed = self._pools_holding(ranked, tier.priority, now)
         open_to_it = [view for view in ranked if view.pool not in closed]
-        wait_s = self._hold_estimate(tier, open_to_it, ahead, now=now)
+        wait_s, retry_s = self._hold_estimate(tier, open_to_it, ahead, now=now)
         # Hold only with margin: a hold that ends in a rejection wastes the client's time.
         margin_s = wait_s * self.config.hold_margin
         if tier.priority < self.config.hold_min_priority:
-            return self._refuse(tier, wait_s)  # shed at once: a short hold is for tiers above
+            return self._refuse(tier, retry_s)  # shed at once: a short hold is for tiers above
         if not now + margin_s <= min(deadline, now + self.config.max_hold_s):
-            return self._refuse(tier, wait_s)
-        if len(queue) >= self.config.max_held_per_pool:
-            victim = queue.lowest()
-            if victim is None or victim.tier.priority >= tier.priority:
-                return Decision.reject(OVERLOADED, self._retry_s(wait_s))
-            self._drop(victim.ticket)
-            self._evicted.append(Release(victim, self._refuse(victim.tier, wait_s, shed=True)))
+            return self._refuse(tier, retry_s)
+        if len(queue) >= self.config.max_held_per_pool and not self._make_room(
+            queue, tier, request.tenant, retry_s
+        ):
+            return self._refuse(tier, retry_s)  # the top tier is never shed as overloaded
         ticket = next(self._tickets)
         queue.push(Held(ticket, request, tier, tuple(ranked), now, deadline, idle_s))
         self._pool_of[ticket] = pool
@@ -143,14 +142,21 @@ class AdmissionPolicy(Dispatch):
     def held(self) -> int:
         return len(self._pool_of)
 
-    def poll(self, now: float, loads: Mapping[str, EndpointLoad]) -> list[Release]:
-        """Re-evaluate every held request against ``loads`` (by endpoint key) at ``now``."""
+    def poll(
+        self,
+        now: float,
+        loads: Mapping[str, EndpointLoad],
+        out_of_service: Container[str] = (),
+    ) -> list[Release]:
+        """Re-evaluate every held request against ``loads`` (by endpoint key) at ``now``; no
+        held request is sent to an endpoint in ``out_of_service`` (ejected since it was ranked)
+        while another of its ranking is in service."""
         released, self._evicted = self._evicted, []
         for queue in self._queues.values():
             if not len(queue):
                 continue
             released += self._expire(queue, now, loads)
-            released += self._serve(queue, now, loads)
+            released += self._serve(queue, now, loads, out_of_service)
         return released
 
     def cancel(self, ticket: int) -> bool:
@@ -167,18 +173,26 @@ class AdmissionPolicy(Dispatch):
                 self._drop(held.ticket)
                 ahead = queue.held_at_or_above(held.tier.priority)
                 retry = self._retry_s(
-                    self._hold_estimate(held.tier, held.ranked, ahead, loads, now=now)
+                    self._hold_estimate(held.tier, held.ranked, ahead, loads, now=now)[1]
                 )
                 out.append(Release(held, Decision.reject(DEADLINE_EXCEEDED, retry)))
         return out
 
     def _serve(
-        self, queue: FairQueue, now: float, loads: Mapping[str, EndpointLoad]
+        self,
+        queue: FairQueue,
+        now: float,
+        loads: Mapping[str, EndpointLoad],
+        out_of_service: Container[str],
     ) -> list[Release]:
         out: list[Release] = []
         sent: dict[str, tuple[float, float]] = {}
+        no_room: set[tuple[str, str]] = set()  # heavy tenants (tier, tenant) whose turn failed
         for held in queue.in_order():
-            views = pooled_rates([fresh_view(view, loads) for view in held.ranked])
+            tenant = held.tier.name, held.request.tenant
+            if tenant in no_room:
+                continue  # its requests leave in its own order: the first has no room yet
+            views = pooled_rates(current_views(held.ranked, loads, out_of_service))
             heavy = self._heavy(
                 views[0].pool, held.request.tenant, held.tier.name, held.tier.priority, now
             )
@@ -194,12 +208,33 @@ class AdmissionPolicy(Dispatch):
             )
             if decision is None:
                 if heavy is not None:
+                    no_room.add(tenant)
                     continue  # a heavy tenant waits for room; its peers need not wait for it
                 break  # strict priority: nothing below this request goes first
             self._drop(held.ticket)
             waited = dataclasses.replace(decision, wait_s=now - held.arrival)
             out.append(Release(held, waited))
         return out
+
+    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, retry_s: float) -> bool:
+        """Shed a held request from a full queue for a new one of ``tenant`` in ``tier``, if one
+        gives way: the newest of the lowest tier's biggest backlog when that tier is below, or
+        a tier-mate holding more than the newcomer would (the queue serves a tier's tenants
+        round robin: a flood must not keep its tier-mates out of it)."""
+        victim = queue.lowest()
+        if victim is None:
+            return False
+        below = victim.tier.priority < tier.priority
+        if not below and not (
+            victim.tier.name == tier.name
+            and queue.held_by(tier.name, victim.request.tenant)
+            > queue.held_by(tier.name, tenant) + 1
+        ):
+            return False
+        self._drop(victim.ticket)
+        # A tier-mate's is refused as its tier is refused (the top tier: never as overloaded).
+        self._evicted.append(Release(victim, self._refuse(victim.tier, retry_s, shed=below)))
+        return True
 
     def _drop(self, ticket: int) -> Held | None:
         pool = self._pool_of.pop(ticket, None)

@@ -32,7 +32,8 @@ class PoolShares:
     _queues: dict[str, FairQueue]
     _rates: DecayingRates
     _priorities: dict[tuple[str, str], int]  # (pool, tier) -> priority
-    _tenants: dict[tuple[str, str], set[str]]  # (pool, tier) -> tenants seen
+    _tenants: dict[tuple[str, str], set[str]]  # (pool, tier) -> tenants active lately
+    _active_at: dict[tuple[str, str], tuple[float, float, int]]  # -> (now, rates, tenants)
 
     def _pools_holding(self, ranked: Sequence[EndpointView], priority: int, now: float) -> set[str]:
         """The pools of ``ranked`` other than its first choice's that hold requests of
@@ -56,10 +57,12 @@ class PoolShares:
         loads: Mapping[str, EndpointLoad] | None = None,
         *,
         now: float,
-    ) -> float:
+    ) -> tuple[float, float]:
         """Expected hold: the requests ahead (and this one) at the share of the pool's completion
         rate that the tiers above leave, capped by the rate this tier was dispatched at lately
-        (infinite when the tiers above take it all: shed at once)."""
+        (infinite when the tiers above take it all: shed at once); and when to retry, the same
+        but without that cap when the tier has no dispatches here to cap by (a gateway just
+        started, a pool new to it), yet the pool completes requests."""
         predictor = self.predictor
         completions = 0.0
         views = ranked if loads is None else pooled_rates([fresh_view(v, loads) for v in ranked])
@@ -76,16 +79,21 @@ class PoolShares:
             for (p, name), priority in self._priorities.items()
             if p == pool and priority > tier.priority
         )
-        left = completions - above
-        # What the model says is left, but no more than this tier actually got lately.
-        left = min(left, self._rates.rate((pool, tier.name, DISPATCHED), now))
-        return (ahead + 1) / left if left > 0 else math.inf
+        modelled = completions - above
+        # What the model says is left, but no more than this tier actually got lately (0 only
+        # if it never got anything here: a decayed rate stays above 0 for hours).
+        left = min(modelled, self._rates.rate((pool, tier.name, DISPATCHED), now))
+        if left > 0:
+            wait_s = (ahead + 1) / left
+            return wait_s, wait_s
+        return math.inf, (ahead + 1) / modelled if modelled > 0 else math.inf
 
     def _observe(self, pool: str, request: RequestView, tier: TierEntry, now: float) -> None:
         self._priorities[pool, tier.name] = tier.priority
         self._rates.observe((pool, tier.name), now)
         self._rates.observe((pool, tier.name, request.tenant), now)
         self._tenants.setdefault((pool, tier.name), set()).add(request.tenant)
+        self._active_at.pop((pool, tier.name), None)  # its rate moved
 
     def _heavy(self, pool: str, tenant: str, tier: str, priority: int, now: float) -> float | None:
         """For a tenant sending far more than the mean of its tier's active tenants, the
@@ -93,20 +101,37 @@ class PoolShares:
         config = self.config
         if priority >= config.top_priority:
             return None
-        window = config.rate_window_s
         mine = self._rates.rate((pool, tier, tenant), now)
-        others = [
-            rate
-            for other in self._tenants[pool, tier]
-            if other != tenant
-            and (rate := self._rates.rate((pool, tier, other), now)) * window >= 0.5
-        ]
-        if not others:
+        total, active = self._active(pool, tier, now)
+        if mine * config.rate_window_s >= 0.5:  # counted among the active: take it out
+            total, active = total - mine, active - 1
+        if active <= 0:
             return None
-        share = sum(others) / len(others)
+        share = total / active
         if mine <= config.heavy_tenant_factor * share:
             return None
         dispatched = self._rates.rate((pool, tier, tenant, DISPATCHED), now)
         if dispatched < config.heavy_tenant_share * share:
             return config.heavy_tenant_occupancy
         return config.heavy_tenant_idle_occupancy
+
+    def _active(self, pool: str, tier: str, now: float) -> tuple[float, int]:
+        """The summed arrival rate and the number of the tier's tenants active lately (a
+        decayed rate of at least one request per two windows), read once per ``now``: a
+        decision or a poll asks it for every tenant holding requests. A quiet tenant is
+        forgotten here and counted again from its next request (``_observe``)."""
+        cached = self._active_at.get((pool, tier))
+        if cached is not None and cached[0] == now:
+            return cached[1], cached[2]
+        window, rates = self.config.rate_window_s, self._rates
+        total, active, quiet = 0.0, 0, []
+        tenants = self._tenants[pool, tier]
+        for other in tenants:
+            rate = rates.rate((pool, tier, other), now)
+            if rate * window < 0.5:
+                quiet.append(other)
+            else:
+                total, active = total + rate, active + 1
+        tenants.difference_update(quiet)
+        self._active_at[pool, tier] = (now, total, active)
+        return total, active

@@ -1,0 +1,86 @@
+"""Held requests and the health of their endpoints: an endpoint ejected while a request waits
+for it is no longer where admission sends it (the engine-state source scripted at the
+boundary)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.unit.admission.helpers import IDLE, SILVER, endpoint, request
+from tests.unit.admission.test_adapter import BUSY, Clock, build, warm
+
+from trunkline.gateway.admission import AdmissionPolicy, AsyncAdmission
+from trunkline.gateway.endpoints.scan import MetricsScan
+from trunkline.gateway.endpoints.state import EngineState
+
+
+async def test_a_request_held_while_its_endpoint_is_ejected_is_not_sent_there() -> None:
+    """An ejected engine stops being scraped and its requests move elsewhere, so its load
+    looks light: held requests were admitted onto it, first in their order, and waited on it
+    or failed there."""
+    admission, source, clock = build({"pool/0": IDLE, "pool/1": IDLE})
+    await warm(admission, clock)
+    source.current = {"pool/0": BUSY, "pool/1": BUSY}
+    ranked = [endpoint("pool/0"), endpoint("pool/1")]
+    task = asyncio.create_task(admission.admit(request("held"), SILVER, ranked))
+    await source.waiting.wait()
+    source.ejected.add("pool/0")
+    clock.now = 1.1
+    await source.publish({"pool/0": IDLE, "pool/1": BUSY})
+    for _ in range(10):
+        await asyncio.sleep(0)  # the held request woke to the change and was judged
+    assert not task.done()  # still held: the only endpoint with room is out of service
+    clock.now = 1.2
+    await source.publish({"pool/0": IDLE, "pool/1": IDLE})
+    result = await task
+    assert result.order[0] == 1
+
+
+async def test_a_request_held_while_every_endpoint_is_ejected_is_judged_as_routing_would() -> None:
+    """Routing tries every endpoint when all are ejected (fail open); so does a held request."""
+    admission, source, clock = build({"pool/0": IDLE, "pool/1": IDLE})
+    await warm(admission, clock)
+    source.current = {"pool/0": BUSY, "pool/1": BUSY}
+    ranked = [endpoint("pool/0"), endpoint("pool/1")]
+    task = asyncio.create_task(admission.admit(request("held"), SILVER, ranked))
+    await source.waiting.wait()
+    source.ejected.update({"pool/0", "pool/1"})
+    clock.now = 1.1
+    await source.publish({"pool/0": BUSY, "pool/1": IDLE})
+    result = await task
+    assert result.order[0] == 1
+
+
+async def test_over_the_gateways_engine_state_a_request_held_is_not_sent_to_an_ejected_engine() -> (
+    None
+):
+    """The same over the gateway's own EngineState: an engine that restarted (its page shows
+    nothing running) and then failed requests until ejected."""
+    clock = Clock()
+    engines = EngineState(clock=clock)
+    engines.sync(["pool/0", "pool/1"])
+    admission = AsyncAdmission(AdmissionPolicy(), engines, clock=clock, recheck_s=60.0)
+    ranked = [endpoint("pool/0"), endpoint("pool/1")]
+    for n in range(20):  # silver's recent dispatches on idle engines, so that it may be held
+        clock.now = n / 20
+        await admission.admit(request(f"w{n}"), SILVER, ranked)
+    clock.now = 1.0
+    busy = MetricsScan(running=235.0, kv_usage=0.6)
+    engines.scraped("pool/0", busy, sent_at=1.0)
+    engines.scraped("pool/1", busy, sent_at=1.0)
+    task = asyncio.create_task(admission.admit(request("held"), SILVER, ranked))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert admission.policy.held() == 1
+    clock.now = 1.1
+    engines.scraped("pool/0", MetricsScan(), sent_at=1.1)  # restarted: nothing running
+    for _ in range(3):
+        engines.failed("pool/0", "ConnectError")
+    assert not engines.routable("pool/0")
+    for _ in range(10):
+        await asyncio.sleep(0)  # the held request woke to each change and was judged
+    assert not task.done()
+    clock.now = 1.2
+    engines.scraped("pool/1", MetricsScan(), sent_at=1.2)
+    result = await task
+    assert result.order[0] == 1
