@@ -24,6 +24,7 @@ import msgspec
 from sqlalchemy.orm import Session
 
 from trunkline.apps.runtime import Runtime
+from trunkline.auth.secrets import without_password
 from trunkline.cli.options import convert_options, option_of
 from trunkline.cli.tenants import run_work
 from trunkline.errors import InvalidRequest
@@ -229,7 +230,8 @@ def _endpoint(text: str) -> EndpointSpec:
     except msgspec.ValidationError as exc:
         reason, _, where = shown(str(exc)).partition(" - at `$.")
         part = _ENDPOINT_PARTS.get(where.rstrip("`"))
-        raise InvalidRequest(f"endpoint {text!r}: {part + ': ' if part else ''}{reason}") from exc
+        named = without_password(text)  # as answers show it: an error may go to a CI log
+        raise InvalidRequest(f"endpoint {named!r}: {part + ': ' if part else ''}{reason}") from exc
     return spec
 
 

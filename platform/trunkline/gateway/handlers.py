@@ -209,14 +209,16 @@ def _visible_models(request: Request[object, object, State]) -> dict[str, dict[s
 
 def _model_entry(alias: AliasEntry) -> dict[str, object]:
     """One model as OpenAI lists it, with vLLM's ``max_model_len`` where the catalog knows
-    the context (a cascade's: its large model's, where a prompt over the small one's goes)."""
+    the context (a cascade's: the longer of its two models', where a prompt over the small
+    one's goes; none where the large one's is not known, as what the alias takes is not)."""
     entry: dict[str, object] = {
         "id": alias.alias, "object": "model", "created": alias.created, "owned_by": "trunkline"
     }  # fmt: skip
-    contexts = [alias.context_length, alias.cascade.context_length if alias.cascade else None]
-    known = [length for length in contexts if length is not None]
-    if known:
-        entry["max_model_len"] = max(known)
+    contexts = [alias.context_length]
+    if alias.cascade is not None:
+        contexts.append(alias.cascade.context_length)
+    if None not in contexts:
+        entry["max_model_len"] = max(length for length in contexts if length is not None)
     return entry
 
 

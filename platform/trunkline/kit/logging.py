@@ -47,7 +47,19 @@ class _ContextFilter(logging.Filter):
 
 
 _DETAIL = re.compile(
-    r"^DETAIL:.*?(?=\n\[SQL: |\n\(Background on this error|\nHINT: |\nCONTEXT: |\n\n|\Z)",
+    # It ends before what follows an error's text: SQLAlchemy's, PostgreSQL's next fields, a
+    # traceback (an error logged as the message), or the next error of a chain; not at any
+    # blank line, which a value may hold.
+    r"^DETAIL:.*?(?=\n\[SQL: |\n\(Background on this error|\nHINT: |\nCONTEXT: "
+    r"|\nTraceback \(most recent call last\):|\n\n(?:The above exception|During handling)|\Z)",
+    re.MULTILINE | re.DOTALL,
+)
+_ESCAPED_DETAIL = re.compile(
+    # The same in an error's ``repr`` (Celery's line of a failed job: ``raised unexpected:
+    # IntegrityError('…\\nDETAIL:  …')``), its newlines escaped, once or more (a repr within a
+    # repr): it ends where the error's text does, at its closing quote.
+    r"(?<=\\n)DETAIL:.*?(?=\\+n(?:\[SQL: |\(Background on this error|HINT: |CONTEXT: "
+    r"|\\+n(?:The above exception|During handling))|\\*['\"](?:[),\]}]|$)|\Z)",
     re.MULTILINE | re.DOTALL,
 )
 _KEY_COLUMNS = re.compile(r"Key \((?P<columns>[^()\n]*)\)=")
@@ -58,7 +70,22 @@ def without_row_values(text: str) -> str:
     names: it carries the refused row's values (``Key (email)=(ann@example.com) already
     exists``, ``Failing row contains (…)``), which SQLAlchemy's ``hide_parameters`` does not
     hide, into every log line of an error logged whole (a job's, the configuration check's)."""
-    return _DETAIL.sub(_detail_without_values, text) if "DETAIL:" in text else text
+    if "DETAIL:" not in text:
+        return text
+    text = _DETAIL.sub(_detail_without_values, text)
+    return _ESCAPED_DETAIL.sub(_detail_without_values, text)
+
+
+def _values_left_out(value: object) -> object:
+    """An extra field with :func:`without_row_values` applied to every text in it (Celery
+    logs a failed job's error and traceback in a dict, ``data``)."""
+    if isinstance(value, str):
+        return without_row_values(value)
+    if isinstance(value, dict):
+        return {key: _values_left_out(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_values_left_out(item) for item in value]
+    return value
 
 
 def _detail_without_values(detail: re.Match[str]) -> str:
@@ -84,7 +111,7 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                payload[key] = without_row_values(value) if isinstance(value, str) else value
+                payload[key] = _values_left_out(value)
         if record.exc_info:
             payload["exc"] = without_row_values(self.formatException(record.exc_info))
         return json.dumps(payload, default=_shown)
@@ -97,13 +124,14 @@ def _shown(value: object) -> str:
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        base = super().format(record)
+        # Each part on its own: a DETAIL ending the traceback would run on over the fields.
+        base = without_row_values(super().format(record))
         extras = [
-            f"{key}={value}"
+            f"{key}={without_row_values(str(value))}"
             for key, value in vars(record).items()
             if key not in _STD_ATTRS and not key.startswith("_")
         ]
-        return without_row_values(base + (" " + " ".join(extras) if extras else ""))
+        return base + (" " + " ".join(extras) if extras else "")
 
 
 def configure(level: str = "INFO", *, json_lines: bool = False) -> None:

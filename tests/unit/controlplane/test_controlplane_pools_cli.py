@@ -134,6 +134,19 @@ def test_pools_bad_input_is_an_error_naming_the_option(
     assert code == 0 and '"url"' not in out
 
 
+def test_an_endpoint_refused_by_the_cli_is_named_without_its_password(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    """The error named the argument whole, password and all, into the terminal or a CI log,
+    where every answer and change report shows it as ``…``."""
+    capsys.readouterr()
+    argument = "http://proxy:s3cret-pw@10.0.0.9:8000=tcp://10.0.0.9"  # the events address: no port
+    code, _, err = run(capsys, "pools", "set-endpoints", "h100-eu-west", argument)
+    assert code == 2
+    assert err.startswith("error: endpoint 'http://proxy:…@10.0.0.9:8000=tcp://10.0.0.9': ")
+    assert "s3cret-pw" not in err
+
+
 def test_tenants_cache_isolation_off_and_on(
     capsys: pytest.CaptureFixture[str], configured: str
 ) -> None:

@@ -75,6 +75,25 @@ def test_a_model_says_how_many_tokens_fit_its_context_as_vllm_does(make_gateway)
     assert gw.client.get("/v1/models/llama", headers=auth(key)).json()["max_model_len"] == 8192
 
 
+def test_a_cascade_whose_large_context_is_unknown_lists_no_max_model_len(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    """A prompt over the small model's context goes to the large one, whose context is not
+    known: the small one's length, listed as the alias's, made clients cut prompts the alias
+    takes."""
+    gw: Harness = make_gateway(chat_any)
+    aliases = gw.world.aliases
+    small = msgspec.structs.replace(aliases["llama"], alias="auto", context_length=4096)
+    aliases["auto"] = msgspec.structs.replace(
+        small, cascade=CascadeEntry("big-served", aliases["llama"].pools, context_length=None)
+    )
+    gw.world.tenants[TENANT_A] = msgspec.structs.replace(
+        gw.world.tenants[TENANT_A], aliases=gw.world.tenants[TENANT_A].aliases | {"auto"}
+    )
+    key = gw.world.add_key()
+    gw.world.publish()
+    _wait_for_version(gw)
+    assert "max_model_len" not in gw.client.get("/v1/models/auto", headers=auth(key)).json()
+
+
 def test_unknown_and_unentitled_models_are_alike_404_and_a_key_narrowing_is_403(
     make_gateway,
 ) -> None:

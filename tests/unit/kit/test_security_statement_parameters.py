@@ -4,12 +4,14 @@ the statement's parameters (e-mail addresses, names, hashes of keys and tokens).
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -52,6 +54,7 @@ def test_echo_still_shows_the_parameters_to_whoever_asked_for_it(tmp_path: Path)
         f"Key (email)=({EMAIL}) already exists.",
         f"Failing row contains ({EMAIL}, null).",
         f'Key (email, note)=({EMAIL}, a note\non two lines) is not present in table "people".',
+        f"Failing row contains (null, a note\n\non two lines, {EMAIL}).",  # a blank line in it
     ],
 )
 @pytest.mark.parametrize("formatter", [JsonFormatter, KeyValueFormatter])
@@ -76,3 +79,57 @@ def test_postgresqls_detail_is_logged_without_the_rows_values(
     assert "people_email_key" in logged and "[SQL: INSERT INTO people" in logged
     if detail.startswith("Key"):
         assert "Key (email" in logged
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, KeyValueFormatter])
+def test_a_job_failing_on_a_refused_row_is_logged_without_its_values(
+    formatter: Callable[[], logging.Formatter],
+) -> None:
+    """Celery logs a failed job (``trunkline jobs``) with the error's ``repr`` in the message,
+    its newlines escaped, and the error and traceback again in an extra dict (``data``): the
+    DETAIL's values went out whole there, though not in the traceback."""
+    jobs = Celery("trunkline", set_as_current=False)
+    detail = f"Key (email)=({EMAIL}) already exists."
+
+    @jobs.task(name="metering.rollup_usage", shared=False)
+    def rollup_usage() -> None:
+        said = 'duplicate key value violates unique constraint "people_email_key"'
+        raise RuntimeError(f"{said}\nDETAIL:  {detail}")
+
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(formatter())
+    log = logging.getLogger("celery.app.trace")
+    log.addHandler(handler)
+    try:
+        rollup_usage.apply()
+    finally:
+        log.removeHandler(handler)
+
+    logged = written.getvalue()
+    assert "raised unexpected" in logged and "people_email_key" in logged
+    assert EMAIL not in logged
+    assert logged.count("Key (email)=") >= 3  # the message, its data, the traceback
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter, KeyValueFormatter])
+def test_what_follows_a_detail_in_a_log_line_is_kept(
+    formatter: Callable[[], logging.Formatter],
+) -> None:
+    """A DETAIL was taken to run to SQLAlchemy's ``[SQL: …]`` or a blank line: where an error's
+    text ends with it (psycopg's own error, logged as the message), the traceback after it
+    went too, and on a key=value line so did the fields after it (``request_id=…``)."""
+    said = 'duplicate key value violates unique constraint "people_email_key"'
+    error = RuntimeError(f"{said}\nDETAIL:  Key (email)=({EMAIL}) already exists.")
+    try:
+        raise error
+    except RuntimeError:
+        record = logging.LogRecord(
+            "trunkline.jobs", logging.ERROR, __file__, 1, "job failed: %s", (error,),
+            sys.exc_info(),
+        )  # fmt: skip
+    record.request_id = "req-0042"
+    logged = formatter().format(record)
+    assert EMAIL not in logged and "Key (email)=" in logged
+    assert "req-0042" in logged
+    assert "test_what_follows_a_detail_in_a_log_line_is_kept" in logged  # the traceback's frame
