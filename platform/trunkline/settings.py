@@ -207,6 +207,10 @@ class GatewaySettings(BaseModel):
     template), for routing policies that match prompts to the engines' KV-cache events
     (``precise-prefix``): they need the prompt's token ids. Needs ``transformers``."""
     kv_hash: KvHashSettings = Field(default_factory=KvHashSettings)
+    metrics_token: SecretStr | None = None
+    """Bearer token a scraper sends for ``/metrics`` and ``/health``'s details (which name
+    pools and endpoints and count every tier's traffic); without it ``/health`` says only its
+    status. Unset: open on a loopback ``host`` only; required in production."""
     cors_origins: list[str] = Field(default_factory=list)
     """Web origins whose pages may call the gateway from a browser (CORS), each
     ``scheme://host[:port]``, or ``*`` for any (as OpenAI's API answers): keys are sent as
@@ -245,6 +249,8 @@ class ControlPlaneSettings(BaseModel):
     streamed export ends without its last chunk, which clients see as a broken download, and
     the log says it was not sent whole. Without it, one slow download held the process until
     the orchestrator's SIGKILL."""
+    metrics_token: SecretStr | None = None
+    """As the gateway's, for ``/metrics`` and ``/healthz``'s ``snapshot`` report."""
     public_gateway_url: str = "http://127.0.0.1:8080/v1"
 
 
@@ -274,8 +280,9 @@ class Settings(BaseSettings):
     def is_production(self) -> bool:
         return self.environment == "production"
 
-    def check_production(self) -> None:
-        """Refuse to start production with development shortcuts."""
+    def check_production(self, serving: Literal["gateway", "controlplane"] | None = None) -> None:
+        """Refuse to start production with development shortcuts; ``serving``: the server this
+        process runs, whose ``/metrics`` must want a scrape token."""
         if not self.is_production:
             return
         problems = []
@@ -296,6 +303,14 @@ class Settings(BaseSettings):
             problems.append(
                 "TRUNKLINE_REDIS__URL must be set (in-memory stores are for one process)"
             )
+        if serving is not None:
+            token = getattr(self, serving).metrics_token
+            if token is None or weak_secret(token.get_secret_value()):
+                problems.append(
+                    f"TRUNKLINE_{serving.upper()}__METRICS_TOKEN must be set to at least "
+                    f"{MIN_SECRET_LENGTH} random characters: the bearer token a scraper sends "
+                    "for /metrics (probes need none)"
+                )
         if problems:
             raise ConfigurationError("production settings refused: " + "; ".join(problems))
 

@@ -53,6 +53,30 @@ def test_production_refuses_each_shortcut(change: dict[str, object], complaint: 
         Settings(**{**GOOD, **change}).check_production()  # type: ignore[arg-type]
 
 
+SCRAPE_TOKEN = "m3Tr1cs-scr4pe-T0ken-0f-en0ugh-length"
+
+
+@pytest.mark.parametrize("server", ["gateway", "controlplane"])
+@pytest.mark.parametrize("token", [None, "short", "x" * 40])
+def test_a_production_server_refuses_to_serve_its_metrics_without_a_scrape_token(
+    server: str, token: str | None
+) -> None:
+    """Production /metrics and /health's details were open to anyone reaching the port: every
+    pool, endpoint and tier's traffic. The gateway and the control plane now refuse to start
+    without a real token; the other processes (worker, migrate) serve no such page."""
+    settings = Settings(**{**GOOD, server: {"metrics_token": token}})  # type: ignore[arg-type]
+    settings.check_production()
+    with pytest.raises(ConfigurationError, match=f"TRUNKLINE_{server.upper()}__METRICS_TOKEN"):
+        settings.check_production(server)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("server", ["gateway", "controlplane"])
+def test_a_production_server_with_a_scrape_token_starts(server: str) -> None:
+    settings = Settings(**{**GOOD, server: {"metrics_token": SCRAPE_TOKEN}})  # type: ignore[arg-type]
+    settings.check_production(server)  # type: ignore[arg-type]
+    assert SCRAPE_TOKEN not in repr(settings)
+
+
 def test_settings_come_from_prefixed_nested_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRUNKLINE_GATEWAY__PORT", "9999")
     monkeypatch.setenv("TRUNKLINE_SECURITY__KEY_HASH_SECRET", "topsecret-value")

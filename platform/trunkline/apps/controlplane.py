@@ -9,7 +9,6 @@ a write must not wait on holding the configuration's lock) takes ``config_writes
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractContextManager
@@ -49,6 +48,7 @@ from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
 from trunkline.billing.controllers import PlatformExportController, TenantExportController
 from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.page_links import provide_paging
+from trunkline.kit.scrape_access import ScrapeAccess, loopback
 from trunkline.metering.controllers import UsageController
 from trunkline.pools.controllers import (
     AvailableModelController,
@@ -90,17 +90,8 @@ def dev_login_enabled(settings: Settings) -> bool:
     return (
         settings.security.dev_login
         and not settings.is_production
-        and _loopback(settings.controlplane.host)
+        and loopback(settings.controlplane.host)
     )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 CONTROLLERS = (
@@ -144,8 +135,11 @@ def create_controlplane_app(
     sync = SnapshotSync()
     registry = CollectorRegistry()
     shared = shared_metrics(registry, workers_metrics_dir)
+    cp = runtime.settings.controlplane
+    access = ScrapeAccess(cp.metrics_token, cp.host, "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN")
     handlers: list[Any] = [
-        healthz(runtime, sync), livez, metrics_route(registry, shared), *CONTROLLERS,
+        healthz(runtime, sync, access), livez, metrics_route(registry, shared, access),
+        *CONTROLLERS,
     ]  # fmt: skip
     if dev_login_enabled(runtime.settings):
         handlers.append(DevLoginController)
@@ -278,14 +272,16 @@ def secret_provider(runtime: Runtime) -> Any:
     return provide_server_secret
 
 
-def healthz(runtime: Runtime, sync: SnapshotSync) -> Any:
+def healthz(runtime: Runtime, sync: SnapshotSync, access: ScrapeAccess) -> Any:
     @get("/healthz", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=True, tags=["health"])
-    def health() -> dict[str, object]:
+    def health(request: Request[Any, Any, Any]) -> dict[str, object]:
         """Readiness: the database answers (503 when not); ``snapshot`` says whether the
         gateways' configuration is kept the database's (``in_sync``; when not, for how long
-        and why). No authentication."""
+        and why), to the holder of the scrape token only (a probe needs none)."""
         with runtime.session_factory() as session:
             session.execute(text("SELECT 1"))
+        if not access.allows(request.headers.getall("authorization", [])):
+            return {"status": "ok"}
         return {"status": "ok", "snapshot": sync.report()}
 
     return health

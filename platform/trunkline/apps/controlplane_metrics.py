@@ -6,9 +6,9 @@ keeps the gateways' configuration the database's, as ``/healthz`` says).
 Its own registry, per app: in embedded mode (``trunkline up``) the gateway beside it keeps its
 own, so neither shows the other's metrics, and the names they share
 (``trunkline_header_timeouts_total``, ``trunkline_body_timeouts_total``) count each server's
-own. No label names a tenant, key, user or id. Served without a token, as the gateway's: a
-scraper holds no user's token (a platform admin's would grant everything), and nothing here
-is any tenant's.
+own. No label names a tenant, key, user or id. Served to the holder of the scrape token
+(``TRUNKLINE_CONTROLPLANE__METRICS_TOKEN``, ``kit.scrape_access``), as the gateway's, not to a
+user's token: a scraper holds no user's token (a platform admin's would grant everything).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.types import ASGIApp
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -35,6 +35,7 @@ from trunkline.kit.header_timeout import HeaderTimeoutCollector
 from trunkline.kit.metrics_merge import GaugeRule
 from trunkline.kit.metrics_share import EXPOSITION_TYPE, MetricsShare, SharedMetrics
 from trunkline.kit.request_metrics import RequestMetrics, route_templates
+from trunkline.kit.scrape_access import ScrapeAccess
 
 __all__ = ["GAUGE_RULES", "UNCOUNTED", "instrumented", "metrics_route", "shared_metrics", "sharing"]
 
@@ -130,11 +131,14 @@ def sharing(
     return share
 
 
-def metrics_route(registry: CollectorRegistry, shared: SharedMetrics | None) -> Any:
+def metrics_route(
+    registry: CollectorRegistry, shared: SharedMetrics | None, access: ScrapeAccess
+) -> Any:
     @get("/metrics", opt={EXCLUDE_FROM_AUTH: True}, include_in_schema=False)
-    async def metrics() -> Response[bytes]:
-        """Prometheus text format; every worker's with ``--workers N``. No authentication (see
-        the module's docstring)."""
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Prometheus text format; every worker's with ``--workers N``. The scrape token, not
+        a user's (see the module's docstring)."""
+        access.check(request.headers.getall("authorization", []))
         page = generate_latest(registry) if shared is None else await shared.exposition()
         return Response(page, media_type=EXPOSITION_TYPE)
 

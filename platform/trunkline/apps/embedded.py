@@ -28,6 +28,7 @@ from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
 from trunkline.kit.db import transaction
 from trunkline.kit.migrate import database_name, upgrade
+from trunkline.kit.scrape_access import loopback
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.models import ApiKey, Project, Tenant
 from trunkline.pools.service import set_pool_endpoints
@@ -232,9 +233,23 @@ def ensure_demo_key(runtime: Runtime, state_dir: Path) -> DemoKey | None:
     return DemoKey(created.key.key_id, created.secret)
 
 
+def _scrape_note(settings: Settings) -> str:
+    """How to read the metrics: nothing on loopback, else the scrape tokens (never shown)."""
+    gateway, controlplane = settings.gateway, settings.controlplane
+    if loopback(gateway.host) and loopback(controlplane.host):
+        return ""
+    indent = "\n" + " " * 24
+    return (
+        f"{indent}(off loopback: send Authorization: Bearer <token>, the token of"
+        f"{indent}TRUNKLINE_GATEWAY__METRICS_TOKEN / TRUNKLINE_CONTROLPLANE__METRICS_TOKEN)"
+    )
+
+
 def banner(settings: Settings, demo: DemoKey | None, engine_urls: list[str]) -> str:
-    gw = f"http://{settings.gateway.host}:{settings.gateway.port}/v1"
+    gw_root = f"http://{settings.gateway.host}:{settings.gateway.port}"
+    gw = f"{gw_root}/v1"
     cp = f"http://{settings.controlplane.host}:{settings.controlplane.port}"
+    scrape = _scrape_note(settings)
     key = demo.plaintext if demo else "<create one: trunkline keys create --tenant … --project …>"
     url = settings.database.url  # its password is not printed
     database = "SQLite" if make_url(url).get_backend_name() == "sqlite" else "PostgreSQL"
@@ -244,6 +259,7 @@ Trunkline is up (embedded: {database} at {database_name(url)}, in-memory stores,
 
   gateway (OpenAI API)  {gw}
   control plane API     {cp}/api/v1   (OpenAPI: {cp}/schema)
+  metrics (Prometheus)  {gw_root}/metrics, {cp}/metrics{scrape}
 
 Paste these lines into a shell (in this directory) to point any OpenAI client at Trunkline;
 the venv has the trunkline command and the openai client:

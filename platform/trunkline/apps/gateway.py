@@ -41,6 +41,7 @@ from trunkline.gateway.service import GatewayService
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.gateway.worker_metrics import shared_metrics
 from trunkline.kit.header_timeout import HeaderTimeoutCollector
+from trunkline.kit.scrape_access import ScrapeAccess
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import QuotaEnforcer
 from trunkline.quota.fallback import FallbackQuotaStore
@@ -161,6 +162,9 @@ def create_gateway_app(
         shared_metrics=shared,
         engines=monitor,
         cors_origins=settings.cors_origins,
+        scrape_access=ScrapeAccess(
+            settings.metrics_token, settings.host, "TRUNKLINE_GATEWAY__METRICS_TOKEN"
+        ),
     )
 
 

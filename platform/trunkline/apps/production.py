@@ -51,7 +51,7 @@ def _redis_url(settings: Settings) -> str:
 
 def gateway_app() -> Litestar:
     settings = load_settings()
-    settings.check_production()
+    settings.check_production("gateway")
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     # Bounded: a Redis that stops answering (frozen, a partition) is noticed in seconds by
     # /health and the usage emitter, not after the client's default of minutes per call.
@@ -72,6 +72,7 @@ def gateway_app() -> Litestar:
 
 def controlplane_app() -> Litestar:
     settings = load_settings()
+    settings.check_production("controlplane")
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     runtime = require_schema(build_runtime(settings))
     # A restarted control plane re-publishes what the database says; with Redis not up yet it

@@ -144,7 +144,7 @@ def _controlplane(args: argparse.Namespace) -> int:
     from trunkline.kit.migrate import require_existing
 
     settings = load_settings()
-    settings.check_production()
+    settings.check_production("controlplane")
     require_existing(settings.database.url)
     cp = settings.controlplane
     if busy := busy_ports([("control plane", cp.host, cp.port, "TRUNKLINE_CONTROLPLANE__PORT")]):
@@ -172,7 +172,7 @@ def _gateway(args: argparse.Namespace) -> int:
     from trunkline.apps.serving import GATEWAY, connection_options
 
     settings = load_settings()
-    settings.check_production()
+    settings.check_production("gateway")
     gw = settings.gateway
     if busy := busy_ports([("gateway", gw.host, gw.port, "TRUNKLINE_GATEWAY__PORT")]):
         print("error: " + "; ".join(busy), file=sys.stderr)

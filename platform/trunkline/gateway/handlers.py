@@ -39,6 +39,7 @@ from trunkline.kit.asgi import unless_client_leaves
 from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.metrics_share import EXPOSITION_TYPE, SharedMetrics
+from trunkline.kit.scrape_access import ScrapeAccess
 from trunkline.snapshot import AliasEntry
 
 log = logging.getLogger(__name__)
@@ -249,10 +250,21 @@ def _engines(monitor: EngineMonitor | None) -> dict[str, object]:
     }
 
 
+def _scrape_access(request: Request[object, object, State]) -> ScrapeAccess:
+    access: ScrapeAccess = request.app.state.scrape_access
+    return access
+
+
 @get("/health", include_in_schema=False)
 async def health(request: Request[object, object, State]) -> Response[bytes]:
+    """Readiness: 200 once a configuration is loaded. Its details (engines, endpoints) go only
+    to a caller with the scrape token; a probe without it gets the status alone."""
     holder = _service(request.app.state).holder
     ok = holder.current.version > 0
+    status = 200 if ok else 503
+    if not _scrape_access(request).allows(request.headers.getall("authorization", [])):
+        return Response(b'{"status":"%s"}' % (b"ok" if ok else b"starting"), status_code=status,
+                        media_type=JSON)  # fmt: skip
     body = msgspec.json.encode(
         {
             "status": "ok" if ok else "starting",
@@ -268,7 +280,7 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
             "engines": _engines(request.app.state.engines),
         }
     )
-    return Response(body, status_code=200 if ok else 503, media_type=JSON)
+    return Response(body, status_code=status, media_type=JSON)
 
 
 _SERVED = (
@@ -333,6 +345,7 @@ def error_handler(request: Request[object, object, State], exc: Exception) -> Re
 
 @get("/metrics", include_in_schema=False)
 async def metrics(request: Request[object, object, State]) -> Response[bytes]:
+    _scrape_access(request).check(request.headers.getall("authorization", []))
     shared: SharedMetrics | None = request.app.state.shared_metrics
     if shared is not None:  # every worker's
         return Response(await shared.exposition(), media_type=EXPOSITION_TYPE)
@@ -363,6 +376,7 @@ def build_app(
     engines: EngineMonitor | None = None,
     body_timeout_s: float | None = None,
     cors_origins: Sequence[str] = (),
+    scrape_access: ScrapeAccess | None = None,
 ) -> Litestar:
     registry = metrics or CollectorRegistry()
     cors = cors_config(cors_origins)
@@ -372,6 +386,7 @@ def build_app(
         "shared_metrics": shared_metrics,
         "engines": engines,
         "max_body_bytes": max_body_bytes,
+        "scrape_access": scrape_access or ScrapeAccess.open(),
     }
     app = Litestar(
         route_handlers=ROUTES,
