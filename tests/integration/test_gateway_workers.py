@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.platform import MESSAGES, Platform, issue_key
+from support.platform import MESSAGES, SCRAPER, Platform, issue_key
 from support.processes import Proc
 from support.servers import free_port
 from trunkline.engines import EngineSpec, start_in_thread
@@ -28,7 +28,9 @@ Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 def _scrape(base: str) -> Series:
     """One scrape on a connection of its own (any worker may accept it)."""
-    text = httpx.get(f"{base}/metrics", timeout=5).text
+    answer = httpx.get(f"{base}/metrics", headers=SCRAPER, timeout=5)
+    assert answer.status_code == 200, answer.text
+    text = answer.text
     series: Series = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -146,6 +148,12 @@ def test_a_scrape_of_any_worker_counts_every_worker_and_survives_a_restart(
             assert _per_endpoint(series, "trunkline_endpoint_in_service") == {1.0}
             assert _per_endpoint(series, "trunkline_endpoint_requests_in_flight") == {0.0}
             assert series[("trunkline_usage_events_held", ())] == 0
+        for _ in range(4):  # whichever worker answers: nothing without the scrape token
+            refused = httpx.get(f"{base}/metrics", timeout=5)
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["error"]["code"] == "invalid_scrape_token"
+            assert "trunkline_" not in refused.text and "h100" not in refused.text
+            assert httpx.get(f"{base}/health", timeout=5).json() == {"status": "ok"}
 
         killed = _reports(tmp)[0].pid
         os.kill(killed, signal.SIGKILL)  # uvicorn starts another in its place

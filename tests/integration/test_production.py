@@ -115,6 +115,8 @@ def _wait_for_ledger(runtime: Runtime, expected: int) -> None:
     [
         ("TRUNKLINE_SECURITY__KEY_HASH_SECRET", "KEY_HASH_SECRET"),
         ("TRUNKLINE_SECURITY__DEV_LOGIN", "development login"),
+        ("TRUNKLINE_GATEWAY__METRICS_TOKEN", "TRUNKLINE_GATEWAY__METRICS_TOKEN"),
+        ("TRUNKLINE_CONTROLPLANE__METRICS_TOKEN", "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN"),
     ],
 )
 def test_production_refuses_development_shortcuts(
@@ -122,7 +124,10 @@ def test_production_refuses_development_shortcuts(
 ) -> None:
     env = dict(platform.env)
     del env[unset]
-    for command in ("gateway", "controlplane"):
+    # A scrape token is the concern of the server that serves /metrics only.
+    server = unset.removeprefix("TRUNKLINE_").partition("__")[0].lower()
+    commands = [server] if server in ("gateway", "controlplane") else ["gateway", "controlplane"]
+    for command in commands:
         proc = Proc(
             [*TRUNKLINE, command],
             trunkline_env(**env),

@@ -25,6 +25,9 @@ from trunkline.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "integration-secret-" + "x" * 32
 MESSAGES = [{"role": "user", "content": "hello"}]
+SCRAPE_TOKEN = "integration-scrape-token-" + "y" * 32
+SCRAPER = {"authorization": f"Bearer {SCRAPE_TOKEN}"}
+"""What Prometheus sends to the production gateway's and control plane's ``/metrics``."""
 
 
 def settings_env(postgres_url: str, redis_url: str) -> dict[str, str]:
@@ -35,6 +38,8 @@ def settings_env(postgres_url: str, redis_url: str) -> dict[str, str]:
         "TRUNKLINE_SECURITY__KEY_HASH_SECRET": SECRET,
         "TRUNKLINE_SECURITY__DEV_LOGIN": "false",
         "TRUNKLINE_GATEWAY__SNAPSHOT_POLL_S": "0.5",
+        "TRUNKLINE_GATEWAY__METRICS_TOKEN": SCRAPE_TOKEN,
+        "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN": SCRAPE_TOKEN,
     }
 
 
@@ -95,7 +100,10 @@ def issue_key(runtime: Runtime) -> str:
 
 
 def samples(url: str) -> dict[str, float]:
-    text = httpx.get(url, timeout=5).text
+    """The metrics at ``url``, scraped as Prometheus is set up to (with the scrape token)."""
+    answer = httpx.get(url, headers=SCRAPER, timeout=5)
+    assert answer.status_code == 200, answer.text
+    text = answer.text
     return {
         sample.name: sample.value
         for family in text_string_to_metric_families(text)
