@@ -28,3 +28,19 @@ def test_the_banner_names_the_sqlite_file_it_serves(
     monkeypatch.chdir(tmp_path)
     printed = banner(load_settings(), DemoKey("abc", "tlk_abc_def"), ["http://127.0.0.1:1"])
     assert f"SQLite at {tmp_path / '.trunkline' / 'trunkline.db'}" in printed
+
+
+def test_the_banner_says_where_the_metrics_are(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On loopback they need nothing; off it the banner names the tokens, never their values."""
+    monkeypatch.chdir(tmp_path)
+    printed = banner(load_settings(), DemoKey("abc", "tlk_abc_def"), [])
+    assert "http://127.0.0.1:8080/metrics, http://127.0.0.1:8081/metrics" in printed
+    assert "METRICS_TOKEN" not in printed
+    monkeypatch.setenv("TRUNKLINE_GATEWAY__HOST", "192.0.2.10")
+    monkeypatch.setenv("TRUNKLINE_GATEWAY__METRICS_TOKEN", "s3cr3t-scrape-token-of-some-length")
+    printed = banner(load_settings(), DemoKey("abc", "tlk_abc_def"), [])
+    assert "http://192.0.2.10:8080/metrics" in printed
+    assert "TRUNKLINE_GATEWAY__METRICS_TOKEN" in printed
+    assert "s3cr3t" not in printed
