@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 
 from pydantic import SecretStr
 
 from trunkline.errors import Unauthenticated
 
 __all__ = ["ScrapeAccess", "loopback"]
+
+log = logging.getLogger(__name__)
 
 
 def loopback(host: str) -> bool:
@@ -39,6 +42,13 @@ class ScrapeAccess:
         self._token = None if token is None else token.get_secret_value().encode()
         self._open = token is None and loopback(host)
         self._variable = variable
+        if token is None and not self._open:
+            log.warning(
+                "%s is unset and this server binds %s, not loopback: its /metrics and health "
+                "details are served to nobody; set it and give it to the scraper",
+                variable,
+                host,
+            )
 
     @classmethod
     def open(cls) -> ScrapeAccess:

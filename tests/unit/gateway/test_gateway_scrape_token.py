@@ -4,6 +4,7 @@ caller holding nothing or a tenant's key; a probe still reads the readiness stat
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -96,10 +97,13 @@ def test_health_tells_a_probe_its_status_and_the_scraper_everything(
 
 
 def test_off_loopback_without_a_token_the_details_are_served_to_nobody(
-    make_gateway: Callable[..., Harness],
+    make_gateway: Callable[..., Harness], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Development settings on a public address (no token set): closed, saying what to set."""
-    gw, _key = _gateway(make_gateway, None)
+    """Development settings on a public address (no token set): closed, saying what to set,
+    at start too."""
+    with caplog.at_level(logging.WARNING, "trunkline.kit.scrape_access"):
+        gw, _key = _gateway(make_gateway, None)
+    assert "TRUNKLINE_GATEWAY__METRICS_TOKEN is unset" in caplog.text
     refused = gw.client.get("/metrics", headers={"authorization": "Bearer anything"})
     error = assert_openai_error(refused, 401, "invalid_scrape_token")
     assert "set TRUNKLINE_GATEWAY__METRICS_TOKEN" in error["message"]
