@@ -261,13 +261,13 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
     to a caller with the scrape token; a probe without it gets the status alone."""
     holder = _service(request.app.state).holder
     ok = holder.current.version > 0
-    status = 200 if ok else 503
+    status = {"status": "ok" if ok else "starting"}
+    code = 200 if ok else 503
     if not _scrape_access(request).allows(request.headers.getall("authorization", [])):
-        return Response(b'{"status":"%s"}' % (b"ok" if ok else b"starting"), status_code=status,
-                        media_type=JSON)  # fmt: skip
+        return Response(msgspec.json.encode(status), status_code=code, media_type=JSON)
     body = msgspec.json.encode(
         {
-            "status": "ok" if ok else "starting",
+            **status,
             "snapshot_version": holder.current.version,
             "snapshot_age_s": round(time.time() - holder.current.published_at, 3) if ok else None,
             "snapshot_store_reachable": holder.reachable,
@@ -280,7 +280,7 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
             "engines": _engines(request.app.state.engines),
         }
     )
-    return Response(body, status_code=status, media_type=JSON)
+    return Response(body, status_code=code, media_type=JSON)
 
 
 _SERVED = (

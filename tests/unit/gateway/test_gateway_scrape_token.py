@@ -14,6 +14,7 @@ from tests.unit.gateway.test_gateway import CHAT, assert_openai_error, auth
 from tests.unit.gateway.upstreams import chat_any
 
 from trunkline.settings import GatewaySettings
+from trunkline.snapshot import Snapshot
 
 TOKEN = "scrape-token-0f-en0ugh-length-for-tests"
 SCRAPER = {"authorization": f"Bearer {TOKEN}"}
@@ -125,3 +126,16 @@ def test_two_authorization_headers_are_refused(make_gateway: Callable[..., Harne
     gw, _key = _gateway(make_gateway, TOKEN)
     headers = [("authorization", f"Bearer {TOKEN}"), ("authorization", "Bearer other")]
     assert_openai_error(gw.client.get("/metrics", headers=headers), 401, "invalid_scrape_token")
+
+
+def test_a_probe_of_a_gateway_without_configuration_gets_503_starting_alone(
+    make_gateway: Callable[..., Harness],
+) -> None:
+    gw, _key = _gateway(make_gateway, TOKEN)
+    holder = gw.client.app.state.gateway.holder
+    gw.client.blocking_portal.call(holder.close)  # no polling: it would load the snapshot again
+    holder.current = Snapshot.empty()
+    probe = gw.client.get("/health")
+    assert (probe.status_code, probe.json()) == (503, {"status": "starting"})
+    detailed = gw.client.get("/health", headers=SCRAPER)
+    assert (detailed.status_code, detailed.json()["snapshot_version"]) == (503, 0)
