@@ -70,6 +70,9 @@ class RedisSettings(BaseModel):
 class SecuritySettings(BaseModel):
     key_hash_secret: SecretStr | None = None
     """HMAC secret for API keys and access tokens; required in production."""
+    previous_key_hash_secrets: list[SecretStr] = Field(default_factory=list)
+    """Secrets ``key_hash_secret`` replaced, still accepted to verify the keys and tokens
+    issued under them (a JSON list); never used to issue. See docs/controlplane.md."""
     dev_login: bool = True
     """Local development login without an identity provider; refused in production."""
 
@@ -285,6 +288,13 @@ class Settings(BaseSettings):
                 f"TRUNKLINE_SECURITY__KEY_HASH_SECRET must be set to at least "
                 f"{MIN_SECRET_LENGTH} random characters, e.g. the output of "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        if any(
+            weak_secret(old.get_secret_value()) for old in self.security.previous_key_hash_secrets
+        ):
+            problems.append(
+                "each of TRUNKLINE_SECURITY__PREVIOUS_KEY_HASH_SECRETS must be a secret as "
+                "strong as TRUNKLINE_SECURITY__KEY_HASH_SECRET"
             )
         if self.security.dev_login:
             problems.append(

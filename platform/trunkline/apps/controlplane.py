@@ -178,6 +178,7 @@ def create_controlplane_app(
                 AccessTokenMiddleware,
                 session_factory=runtime.session_factory,
                 server_secret=runtime.server_secret,
+                previous_secrets=runtime.previous_secrets,
                 exclude=["^/schema"],
             ),
         ],

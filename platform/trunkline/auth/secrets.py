@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 import string
+from collections.abc import Sequence
 from typing import NamedTuple
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -70,8 +71,16 @@ def parse(plaintext: str, prefix: str) -> ParsedSecret | None:
     return ParsedSecret(public_id, plaintext)
 
 
-def verify(server_secret: bytes, plaintext: str, digest: str) -> bool:
-    return hmac.compare_digest(keyed_hash(server_secret, plaintext), digest)
+def verify(
+    server_secret: bytes, plaintext: str, digest: str, previous: Sequence[bytes] = ()
+) -> bool:
+    """Whether ``digest`` is ``plaintext``'s under the server secret or one of the ``previous``
+    ones an operator still accepts while rotating it (keys and tokens issued before keep their
+    hash). Every secret is tried, so the time taken does not say which one matched."""
+    matched = hmac.compare_digest(keyed_hash(server_secret, plaintext), digest)
+    for secret in previous:
+        matched |= hmac.compare_digest(keyed_hash(secret, plaintext), digest)
+    return matched
 
 
 def redacted(text: str) -> str:

@@ -111,11 +111,14 @@ class GatewayService:
         ejected_stream_idle_s: float = 5.0,
         prompt_tokens: PromptTokens | None = None,
         max_held_usage_events: int | None = None,
+        previous_secrets: tuple[bytes, ...] = (),
     ) -> None:
         self.holder = holder
         self.emitter = emitter
         self.client = client
         self.server_secret = server_secret
+        self.previous_secrets = previous_secrets
+        """Server secrets still accepted while an operator rotates it (docs/gateway.md)."""
         self.quota = quota or QuotaEnforcer(InMemoryQuotaStore(), QuotaSettings(), QuotaMetrics())
         self.admission: Admission = admission or AdmitAll()
         self.policy = policy or make_policy("round-robin")
@@ -161,7 +164,9 @@ class GatewayService:
                 "The gateway has not loaded its configuration yet; retry shortly.",
                 reason="gateway_starting",
             )
-        return authenticate(snapshot, authorization, self.server_secret, time.time())
+        return authenticate(
+            snapshot, authorization, self.server_secret, time.time(), self.previous_secrets
+        )
 
     async def handle(
         self, kind: str, raw: bytes, principal: Principal, request_id: str,
