@@ -63,6 +63,43 @@ def create_key(
     server_secret: bytes,
     tenant_id: uuid.UUID,
     data: ApiKeyCreate,
+    *,
+    max_live: int | None = None,
+) -> ApiKeyCreated:
+    """Create a key; ``max_live`` bounds the tenant's live keys (the API's callers; the CLI,
+    an operator, is not bounded)."""
+    _room_for(session, principal, tenant_id, 1, max_live)
+    return _create_key(session, principal, server_secret, tenant_id, data)
+
+
+def _room_for(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    wanted: int,
+    max_live: int | None,
+) -> None:
+    """Refuse ``wanted`` more keys that would take the tenant past ``max_live`` live ones: each
+    live key is in every gateway's configuration, and one member's script creating keys in a
+    loop would otherwise grow it, and its publishes, for every tenant."""
+    if max_live is None:
+        return
+    tenant_row(session, principal, tenant_id)  # a non-member learns nothing of the tenant
+    live = ApiKeyRepository(session, tenant_id).count_live(utcnow())
+    if live + wanted > max_live:
+        raise Conflict(
+            f"the tenant has {live:,} live keys of the {max_live:,} it may have; revoke keys it "
+            "no longer uses, or ask the platform's operators for more",
+            reason="too_many_keys",
+        )
+
+
+def _create_key(
+    session: Session,
+    principal: Principal,
+    server_secret: bytes,
+    tenant_id: uuid.UUID,
+    data: ApiKeyCreate,
 ) -> ApiKeyCreated:
     tenant = tenant_row(session, principal, tenant_id)
     _still_a_member(session, principal, tenant_id)
@@ -99,14 +136,17 @@ def create_keys(
     server_secret: bytes,
     tenant_id: uuid.UUID,
     batch: ApiKeyBatch,
+    *,
+    max_live: int | None = None,
 ) -> list[ApiKeyCreated]:
     """Create every key of ``batch``, or none (the first refusal names ``keys[i]``): one
     transaction, so gateways learn them in one publish (of their shards, or whole when they
-    fall in many)."""
+    fall in many). ``max_live`` as for :func:`create_key`, for the batch as a whole."""
+    _room_for(session, principal, tenant_id, len(batch.keys), max_live)
     created = []
     for index, data in enumerate(batch.keys):
         try:
-            created.append(create_key(session, principal, server_secret, tenant_id, data))
+            created.append(_create_key(session, principal, server_secret, tenant_id, data))
         except TrunklineError as exc:
             where = f"keys[{index}]" + (f".{exc.param}" if exc.param else "")
             raise type(exc)(
