@@ -94,8 +94,14 @@ class ApiKeyController(Controller):
         db_session: DbSession,
         principal: Caller,
         server_secret: ServerSecret,
+        max_live_keys: MaxLiveKeys,
         tenant_id: TenantId,
         key_id: FromPath[str],
+        grace_s: FromQuery[int] = 0,
     ) -> ApiKeyCreated:
-        """Replace the key with a new one of the same scope; the old one is revoked."""
-        return service.rotate_key(db_session, principal, server_secret, tenant_id, key_id)
+        """Replace the key with a new one of the same scope; the old one is revoked, or with
+        ``grace_s`` keeps working that many seconds more (at most 7 days)."""
+        return service.rotate_key(
+            db_session, principal, server_secret, tenant_id, key_id,
+            grace_s=grace_s, max_live=max_live_keys,
+        )  # fmt: skip

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from trunkline.auth import secrets
 from trunkline.auth.principal import Principal
 from trunkline.errors import Conflict, InvalidRequest, NotFound, TrunklineError
-from trunkline.keys.repository import ApiKeyRepository, tenant_of_key
+from trunkline.keys.repository import ApiKeyRepository, successors, tenant_of_key
 from trunkline.keys.schemas import (
     MAX_TTL_DAYS,
     ApiKey,
@@ -171,12 +171,32 @@ def rotate_key(
     server_secret: bytes,
     tenant_id: uuid.UUID,
     key_id: str,
+    *,
+    grace_s: int = 0,
+    max_live: int | None = None,
 ) -> ApiKeyCreated:
-    """Issue a new key with the same scope and revoke the old one, in one transaction."""
+    """Issue a new key with the same scope, in one transaction with the old one's end: revoked
+    at once, or with ``grace_s`` left to expire that many seconds on (sooner if it was to
+    expire sooner), so its clients can move to the new key without an outage. A key has one
+    successor: a second rotation is refused. With a grace, both keys are live meanwhile, so
+    the tenant needs room for one more under ``max_live``."""
+    if not 0 <= grace_s <= MAX_ROTATION_GRACE_S:
+        raise InvalidRequest(
+            f"grace_s must be from 0 to {MAX_ROTATION_GRACE_S} (7 days)", param="grace_s"
+        )
     old, project = _key(session, principal, tenant_id, key_id)
     if status(old) != "active":
         raise Conflict(f"key {key_id} is {status(old)} and cannot be rotated", param="key_id")
-    if not ApiKeyRepository(session, tenant_id).revoke(old, utcnow()):
+    if successors(session, old.id):
+        raise Conflict(f"key {key_id} was rotated already", param="key_id")
+    inherited = old.expires_at  # the successor's, before a grace brings the old one's forward
+    if grace_s:
+        _room_for(session, principal, tenant_id, 1, max_live)
+        end = utcnow() + timedelta(seconds=grace_s)
+        if old.expires_at is None or old.expires_at > end:
+            old.expires_at = end
+            session.flush()
+    elif not ApiKeyRepository(session, tenant_id).revoke(old, utcnow()):
         # a concurrent rotation or revocation got there first: one key has one successor
         raise Conflict(f"key {key_id} is revoked and cannot be rotated", param="key_id")
     mark_keys_changed(session, [old.key_id])
@@ -187,10 +207,14 @@ def rotate_key(
         name=old.name,
         allowed_models=old.allowed_models,
         tier_name=old.tier_name,
-        expires_at=old.expires_at,
+        expires_at=inherited,
         rotated_from=old.id,
     )
     return _issue(session, server_secret, new, project)
+
+
+MAX_ROTATION_GRACE_S = 7 * 24 * 3600
+"""The longest a rotated key may keep working beside its successor."""
 
 
 def key_tenant(session: Session, key_id: str) -> uuid.UUID:

@@ -87,3 +87,12 @@ def test_the_limit_is_per_tenant_and_says_nothing_to_another_tenant(bounded: Wor
     globex = bounded.admin.get(f"/api/v1/tenants/{bounded.tenant('globex')}/projects")[0]
     body = {"project_id": globex["id"], "name": "k"}
     bounded.api("globex-admin").post(_keys(bounded, "globex"), body)
+
+
+def test_a_rotation_with_a_grace_needs_room_for_both_keys(bounded: World) -> None:
+    keys = [bounded.create_key("acme-dev", "acme", "demo")["key"]["key_id"] for _ in range(LIMIT)]
+    refused = bounded.client.post(
+        f"{_keys(bounded)}/{keys[0]}/rotate?grace_s=60", headers=bounded.api("acme-dev").headers
+    )
+    problem_of(refused, 409)
+    assert bounded.api("acme-dev").get(f"{_keys(bounded)}/{keys[0]}")["expires_at"] is None
