@@ -52,6 +52,17 @@ def keyed_hash(server_secret: bytes, plaintext: str) -> str:
     return hmac.new(server_secret, plaintext.encode(), hashlib.sha256).hexdigest()
 
 
+def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
+    """The tenant's prefix-cache salt: a keyed HMAC of its id, never the secret itself.
+
+    Stable across publishes (a tenant keeps its cached prefixes); rotating the secret
+    changes every salt at once, which costs one cold cache and leaks nothing. A gateway
+    recomputes one to tell whether it was given the control plane's secret.
+    """
+    message = b"trunkline/cache-salt/v1:" + tenant_id.encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
 def issue(server_secret: bytes, prefix: str) -> IssuedSecret:
     public_id = _random(ID_LENGTH)
     plaintext = f"{prefix}_{public_id}_{_random(SECRET_LENGTH)}"

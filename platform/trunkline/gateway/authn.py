@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trunkline.auth.secrets import API_KEY_PREFIX, parse, verify
+from trunkline.auth.secrets import API_KEY_PREFIX, parse, tenant_cache_salt, verify
 from trunkline.errors import Unauthenticated
 from trunkline.snapshot import KeyEntry, Snapshot, TenantEntry, TierEntry
 from trunkline.snapshot.schemas import pin_applies
@@ -65,6 +65,16 @@ def current_principal(snapshot: Snapshot, principal: Principal, now: float) -> P
     if entry is None or entry.secret_hash != principal.key.secret_hash:
         raise _refuse(_REVOKED)
     return _principal(snapshot, entry, now)
+
+
+def secret_differs(snapshot: Snapshot, secrets: Sequence[bytes]) -> bool:
+    """Whether ``snapshot`` was built under none of ``secrets``: its cache salts, keyed HMACs
+    under the control plane's server secret, are not what these give. Then every key's hash
+    differs too, and every key is refused. Unknown (False) without a cache-isolated tenant."""
+    for tenant in snapshot.tenants.values():
+        if tenant.cache_salt is not None:
+            return all(tenant_cache_salt(s, tenant.id) != tenant.cache_salt for s in secrets)
+    return False
 
 
 def expired(key: KeyEntry, now: float) -> bool:
