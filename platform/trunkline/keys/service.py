@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from trunkline.auth import secrets
@@ -187,6 +188,15 @@ def rotate_key(
     old, project = _key(session, principal, tenant_id, key_id)
     if status(old) != "active":
         raise Conflict(f"key {key_id} is {status(old)} and cannot be rotated", param="key_id")
+    # Its row locked first, by an update that changes nothing (the row's lock on PostgreSQL,
+    # the database's write lock on SQLite), so a rotation running beside this one (a caller
+    # without the configuration's lock) waits, then sees this one's successor, not none.
+    session.execute(
+        update(ApiKeyRow)
+        .where(ApiKeyRow.id == old.id)
+        .values(name=ApiKeyRow.name)
+        .execution_options(synchronize_session=False)
+    )
     if successors(session, old.id):
         raise Conflict(f"key {key_id} was rotated already", param="key_id")
     inherited = old.expires_at  # the successor's, before a grace brings the old one's forward
