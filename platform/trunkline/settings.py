@@ -70,6 +70,9 @@ class RedisSettings(BaseModel):
 class SecuritySettings(BaseModel):
     key_hash_secret: SecretStr | None = None
     """HMAC secret for API keys and access tokens; required in production."""
+    previous_key_hash_secrets: list[SecretStr] = Field(default_factory=list)
+    """Secrets ``key_hash_secret`` replaced, still accepted to verify the keys and tokens
+    issued under them (a JSON list); never used to issue. See docs/controlplane.md."""
     dev_login: bool = True
     """Local development login without an identity provider; refused in production."""
 
@@ -252,6 +255,9 @@ class ControlPlaneSettings(BaseModel):
     metrics_token: SecretStr | None = None
     """As the gateway's, for ``/metrics`` and ``/healthz``'s ``snapshot`` report."""
     public_gateway_url: str = "http://127.0.0.1:8080/v1"
+    max_live_keys_per_tenant: int = Field(default=10_000, ge=1)
+    """Live (not revoked, not expired) API keys a tenant may have; a creation through the API
+    past it is a 409. Every live key is in every gateway's configuration (docs/controlplane.md)."""
 
 
 class Settings(BaseSettings):
@@ -292,6 +298,13 @@ class Settings(BaseSettings):
                 f"TRUNKLINE_SECURITY__KEY_HASH_SECRET must be set to at least "
                 f"{MIN_SECRET_LENGTH} random characters, e.g. the output of "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        if any(
+            weak_secret(old.get_secret_value()) for old in self.security.previous_key_hash_secrets
+        ):
+            problems.append(
+                "each of TRUNKLINE_SECURITY__PREVIOUS_KEY_HASH_SECRETS must be a secret as "
+                "strong as TRUNKLINE_SECURITY__KEY_HASH_SECRET"
             )
         if self.security.dev_login:
             problems.append(

@@ -164,6 +164,10 @@ def create_controlplane_app(
             "config_writes": Provide(config_writes(runtime), sync_to_thread=False),
             "quota_usage": Provide(quota_usage(quota, runtime), sync_to_thread=False),
             "paging": Provide(provide_paging, sync_to_thread=False),
+            "max_live_keys": Provide(
+                lambda: runtime.settings.controlplane.max_live_keys_per_tenant,
+                sync_to_thread=False,
+            ),
         },
         on_shutdown=[quota.close],
         lifespan=[keeping_published(runtime, snapshot_check_s, sync), sharing(shared)],
@@ -172,6 +176,7 @@ def create_controlplane_app(
                 AccessTokenMiddleware,
                 session_factory=runtime.session_factory,
                 server_secret=runtime.server_secret,
+                previous_secrets=runtime.previous_secrets,
                 exclude=["^/schema"],
             ),
         ],

@@ -105,6 +105,7 @@ async def _run(
             source=runtime.memory_store,
             emitter=stream,
             server_secret=runtime.server_secret,
+            previous_secrets=runtime.previous_secrets,
             settings=settings.gateway,
             quota_store=quotas,
         )

@@ -67,6 +67,7 @@ def create_gateway_app(
     scrape_transport: httpx.AsyncBaseTransport | None = None,
     admission: Callable[[EngineState], Admission] | None = None,
     workers_metrics_dir: Path | None = None,
+    previous_secrets: tuple[bytes, ...] = (),
 ) -> Litestar:
     """Build the gateway app; ``transport`` lets tests substitute the upstream (made with
     :func:`upstream_limits` if it is real HTTP: a given transport keeps its own limits).
@@ -84,6 +85,9 @@ def create_gateway_app(
 
         ``workers_metrics_dir``: where the worker processes of one gateway share their metrics,
         so ``/metrics`` shows them all (``trunkline gateway --workers N``); None: this process's.
+
+        ``previous_secrets``: server secrets a key's hash may still be under while the operator
+        rotates ``server_secret`` (``TRUNKLINE_SECURITY__PREVIOUS_KEY_HASH_SECRETS``).
     """
     registry = CollectorRegistry()
     quota = quota_enforcer(quota_store, settings.quota, QuotaMetrics(registry), clock)
@@ -126,6 +130,7 @@ def create_gateway_app(
         admission=admission(monitor.state) if admission else None,
         prompt_tokens=tokens,
         max_held_usage_events=settings.max_held_usage_events,
+        previous_secrets=previous_secrets,
     )  # fmt: skip
 
     @asynccontextmanager

@@ -18,7 +18,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.gateway import create_gateway_app
-from trunkline.apps.runtime import REDIS_TIMEOUT_S, build_runtime, require_schema, server_secret
+from trunkline.apps.runtime import (
+    REDIS_TIMEOUT_S,
+    build_runtime,
+    previous_secrets,
+    require_schema,
+    server_secret,
+)
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
@@ -64,6 +70,7 @@ def gateway_app() -> Litestar:
         source=RedisSnapshotSource(client, settings.redis.key_prefix),
         emitter=RedisUsageEmitter(client, usage_stream_name(settings)),
         server_secret=server_secret(settings),
+        previous_secrets=previous_secrets(settings),
         settings=settings.gateway,
         quota_store=RedisQuotaStore(quota_client, settings.redis.key_prefix),
         workers_metrics_dir=Path(shared_dir) if shared_dir else None,

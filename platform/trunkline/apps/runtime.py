@@ -32,6 +32,8 @@ class Runtime(ChangePublisher):
     settings: Settings
     engine: Engine
     memory_store: InMemorySnapshotStore | None = None
+    previous_secrets: tuple[bytes, ...] = ()
+    """Server secrets still accepted to verify what was issued under them (see above)."""
     _closers: list[object] = field(default_factory=list)
 
     def close(self) -> None:
@@ -60,6 +62,14 @@ def server_secret(settings: Settings) -> bytes:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(48))
     return path.read_text().strip().encode()
+
+
+def previous_secrets(settings: Settings) -> tuple[bytes, ...]:
+    """The server secrets still accepted to verify keys and tokens issued before the operator
+    rotated it (``TRUNKLINE_SECURITY__PREVIOUS_KEY_HASH_SECRETS``); never used to issue."""
+    return tuple(
+        old.get_secret_value().encode() for old in settings.security.previous_key_hash_secrets
+    )
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -91,6 +101,7 @@ def build_runtime(settings: Settings) -> Runtime:
         session_factory=factory,
         publisher=publisher,
         server_secret=server_secret(settings),
+        previous_secrets=previous_secrets(settings),
         memory_store=memory,
         _closers=closers,
     )

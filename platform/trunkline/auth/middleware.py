@@ -30,11 +30,13 @@ class AccessTokenMiddleware(AbstractAuthenticationMiddleware):
         *,
         session_factory: sessionmaker[Session],
         server_secret: bytes,
+        previous_secrets: tuple[bytes, ...] = (),
         exclude: list[str] | None = None,
     ) -> None:
         super().__init__(app, exclude=exclude, exclude_from_auth_key=EXCLUDE_FROM_AUTH)
         self._session_factory = session_factory
         self._server_secret = server_secret
+        self._previous_secrets = previous_secrets
 
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
@@ -58,4 +60,4 @@ class AccessTokenMiddleware(AbstractAuthenticationMiddleware):
 
     def _authenticate(self, header: str | None) -> Principal:
         with self._session_factory() as session:
-            return authenticate(session, self._server_secret, header)
+            return authenticate(session, self._server_secret, header, self._previous_secrets)

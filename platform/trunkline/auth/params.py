@@ -1,7 +1,8 @@
 """Parameter types of control-plane handlers: what the app injects, and the tenant in the path.
 
 The app provides ``db_session`` (one transaction per request), ``principal``
-(the authenticated caller), ``server_secret``, ``session_factory`` and ``config_writes``; handlers
+(the authenticated caller), ``server_secret``, ``session_factory``, ``config_writes`` and
+``max_live_keys``; handlers
 name them with these types so every signature says where each value comes from.
 """
 
@@ -27,4 +28,7 @@ ConfigWrites: TypeAlias = NamedDependency[Callable[[], AbstractContextManager[Se
 """A transaction of a handler's own that may change the configuration, published after its
 commit (``tenancy.changes.unit_of_work``): for a handler with work to do after the commit,
 which takes no ``db_session`` (a write's holds the configuration's lock until the response)."""
+MaxLiveKeys: TypeAlias = NamedDependency[int]
+"""How many live keys a tenant may have through the API
+(``TRUNKLINE_CONTROLPLANE__MAX_LIVE_KEYS_PER_TENANT``)."""
 TenantId: TypeAlias = FromPath[uuid.UUID]

@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 import string
+from collections.abc import Sequence
 from typing import NamedTuple
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -51,6 +52,17 @@ def keyed_hash(server_secret: bytes, plaintext: str) -> str:
     return hmac.new(server_secret, plaintext.encode(), hashlib.sha256).hexdigest()
 
 
+def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
+    """The tenant's prefix-cache salt: a keyed HMAC of its id, never the secret itself.
+
+    Stable across publishes (a tenant keeps its cached prefixes); rotating the secret
+    changes every salt at once, which costs one cold cache and leaks nothing. A gateway
+    recomputes one to tell whether it was given the control plane's secret.
+    """
+    message = b"trunkline/cache-salt/v1:" + tenant_id.encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
+
+
 def issue(server_secret: bytes, prefix: str) -> IssuedSecret:
     public_id = _random(ID_LENGTH)
     plaintext = f"{prefix}_{public_id}_{_random(SECRET_LENGTH)}"
@@ -70,8 +82,16 @@ def parse(plaintext: str, prefix: str) -> ParsedSecret | None:
     return ParsedSecret(public_id, plaintext)
 
 
-def verify(server_secret: bytes, plaintext: str, digest: str) -> bool:
-    return hmac.compare_digest(keyed_hash(server_secret, plaintext), digest)
+def verify(
+    server_secret: bytes, plaintext: str, digest: str, previous: Sequence[bytes] = ()
+) -> bool:
+    """Whether ``digest`` is ``plaintext``'s under the server secret or one of the ``previous``
+    ones an operator still accepts while rotating it (keys and tokens issued before keep their
+    hash). Every secret is tried, so the time taken does not say which one matched."""
+    matched = hmac.compare_digest(keyed_hash(server_secret, plaintext), digest)
+    for secret in previous:
+        matched |= hmac.compare_digest(keyed_hash(secret, plaintext), digest)
+    return matched
 
 
 def redacted(text: str) -> str:

@@ -131,15 +131,23 @@ def revoke_access_tokens(session: Session, email: str) -> int:
     return AccessTokenRepository(session).revoke_all(user.id, utcnow())
 
 
-def authenticate(session: Session, server_secret: bytes, authorization: str | None) -> Principal:
-    """The principal behind an ``Authorization: Bearer tlu_…`` header, or ``Unauthenticated``."""
+def authenticate(
+    session: Session,
+    server_secret: bytes,
+    authorization: str | None,
+    previous_secrets: tuple[bytes, ...] = (),
+) -> Principal:
+    """The principal behind an ``Authorization: Bearer tlu_…`` header, or ``Unauthenticated``;
+    its hash may be under one of the ``previous_secrets`` the operator still accepts."""
     if not authorization or not authorization.lower().startswith(_BEARER):
         raise Unauthenticated("missing bearer access token", reason="missing_token")
     parsed = secrets.parse(authorization[len(_BEARER) :].strip(), secrets.ACCESS_TOKEN_PREFIX)
     if parsed is None:
         raise Unauthenticated("malformed access token", reason="malformed_token")
     token = AccessTokenRepository(session).by_token_id(parsed.public_id)
-    if token is None or not secrets.verify(server_secret, parsed.plaintext, token.secret_hash):
+    if token is None or not secrets.verify(
+        server_secret, parsed.plaintext, token.secret_hash, previous_secrets
+    ):
         raise Unauthenticated("invalid access token", reason="invalid_token")
     if token.revoked_at is not None:
         raise Unauthenticated("access token revoked", reason="revoked_token")

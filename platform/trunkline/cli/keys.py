@@ -52,6 +52,12 @@ def register(sub: Any) -> None:
 
     rotate = commands.add_parser("rotate", help="replace a key by a new one with the same scope")
     rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--grace-s",
+        type=int,
+        default=0,
+        help="keep the old key working this many seconds more (at most 604800); default: revoke it",
+    )
     rotate.set_defaults(func=rotate_command)
 
 
@@ -107,7 +113,10 @@ def rotate_command(args: argparse.Namespace) -> int:
     def work(session: Session, runtime: Runtime) -> ApiKeyCreated:
         tenant_id = service.key_tenant(session, args.key_id)
         principal = Principal.system()
-        return service.rotate_key(session, principal, runtime.server_secret, tenant_id, args.key_id)
+        return service.rotate_key(
+            session, principal, runtime.server_secret, tenant_id, args.key_id,
+            grace_s=args.grace_s,
+        )  # fmt: skip
 
     created = _run(work)
     print(f"rotated {args.key_id} -> {created.key.key_id}", file=sys.stderr)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trunkline.auth.secrets import API_KEY_PREFIX, keyed_hash, parse
+from trunkline.auth.secrets import API_KEY_PREFIX, parse, tenant_cache_salt, verify
 from trunkline.errors import Unauthenticated
 from trunkline.snapshot import KeyEntry, Snapshot, TenantEntry, TierEntry
 from trunkline.snapshot.schemas import pin_applies
@@ -23,7 +23,11 @@ def _refuse(message: str) -> Unauthenticated:
 
 
 def authenticate(
-    snapshot: Snapshot, authorization: str | None, server_secret: bytes, now: float
+    snapshot: Snapshot,
+    authorization: str | None,
+    server_secret: bytes,
+    now: float,
+    previous_secrets: Sequence[bytes] = (),
 ) -> Principal:
     if not authorization:
         raise _refuse(
@@ -38,8 +42,9 @@ def authenticate(
         raise _refuse("Incorrect API key provided.")
     entry = snapshot.keys.get(parsed.public_id)
     # Hash even when the id is unknown, so timing does not reveal which ids exist.
-    digest = keyed_hash(server_secret, parsed.plaintext)
-    if entry is None or not hmac.compare_digest(digest, entry.secret_hash):
+    digest = entry.secret_hash if entry is not None else ""
+    matched = verify(server_secret, parsed.plaintext, digest, previous_secrets)
+    if entry is None or not matched:
         raise _refuse(_REVOKED)
     return _principal(snapshot, entry, now)
 
@@ -60,6 +65,16 @@ def current_principal(snapshot: Snapshot, principal: Principal, now: float) -> P
     if entry is None or entry.secret_hash != principal.key.secret_hash:
         raise _refuse(_REVOKED)
     return _principal(snapshot, entry, now)
+
+
+def secret_differs(snapshot: Snapshot, secrets: Sequence[bytes]) -> bool:
+    """Whether ``snapshot`` was built under none of ``secrets``: its cache salts, keyed HMACs
+    under the control plane's server secret, are not what these give. Then every key's hash
+    differs too, and every key is refused. Unknown (False) without a cache-isolated tenant."""
+    for tenant in snapshot.tenants.values():
+        if tenant.cache_salt is not None:
+            return all(tenant_cache_salt(s, tenant.id) != tenant.cache_salt for s in secrets)
+    return False
 
 
 def expired(key: KeyEntry, now: float) -> bool:

@@ -21,6 +21,7 @@ import msgspec
 
 from trunkline.errors import (
     TrunklineError,
+    Unauthenticated,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -30,7 +31,7 @@ from trunkline.gateway import cascade
 from trunkline.gateway.admission.predictor import uncached_tokens
 from trunkline.gateway.admission.protocol import Admission, AdmitAll
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
-from trunkline.gateway.authn import Principal, authenticate, current_principal
+from trunkline.gateway.authn import Principal, authenticate, current_principal, secret_differs
 from trunkline.gateway.cascade import plan_cascade
 from trunkline.gateway.cascade.run import run_cascade
 from trunkline.gateway.endpoints import EngineState
@@ -111,11 +112,16 @@ class GatewayService:
         ejected_stream_idle_s: float = 5.0,
         prompt_tokens: PromptTokens | None = None,
         max_held_usage_events: int | None = None,
+        previous_secrets: tuple[bytes, ...] = (),
     ) -> None:
         self.holder = holder
         self.emitter = emitter
         self.client = client
         self.server_secret = server_secret
+        self.previous_secrets = previous_secrets
+        """Server secrets still accepted while an operator rotates it (docs/gateway.md)."""
+        self._secret_checked = 0
+        """The configuration version whose cache salts were last checked against the secret."""
         self.quota = quota or QuotaEnforcer(InMemoryQuotaStore(), QuotaSettings(), QuotaMetrics())
         self.admission: Admission = admission or AdmitAll()
         self.policy = policy or make_policy("round-robin")
@@ -161,7 +167,27 @@ class GatewayService:
                 "The gateway has not loaded its configuration yet; retry shortly.",
                 reason="gateway_starting",
             )
-        return authenticate(snapshot, authorization, self.server_secret, time.time())
+        try:
+            return authenticate(
+                snapshot, authorization, self.server_secret, time.time(), self.previous_secrets
+            )
+        except Unauthenticated:
+            self._check_secret(snapshot)
+            raise
+
+    def _check_secret(self, snapshot: Snapshot) -> None:
+        """Say, once a configuration, when it was built under another server secret than this
+        process's: every key is refused, and a client sees only 'Incorrect API key'."""
+        if snapshot.version == self._secret_checked:
+            return
+        self._secret_checked = snapshot.version
+        if secret_differs(snapshot, (self.server_secret, *self.previous_secrets)):
+            log.error(
+                "every API key is refused: the configuration (version %d) was published under "
+                "another TRUNKLINE_SECURITY__KEY_HASH_SECRET than this gateway's; give it the "
+                "control plane's (docs/controlplane.md#rotating-the-server-secret)",
+                snapshot.version,
+            )
 
     async def handle(
         self, kind: str, raw: bytes, principal: Principal, request_id: str,

@@ -12,7 +12,7 @@ from litestar import Controller, Response, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from trunkline.auth.guards import tenant_member
-from trunkline.auth.params import Caller, DbSession, ServerSecret, TenantId
+from trunkline.auth.params import Caller, DbSession, MaxLiveKeys, ServerSecret, TenantId
 from trunkline.keys import service
 from trunkline.keys.schemas import ApiKey, ApiKeyBatch, ApiKeyCreate, ApiKeyCreated
 from trunkline.kit.page_links import NEXT_PAGE_LINK, Paging
@@ -42,11 +42,14 @@ class ApiKeyController(Controller):
         db_session: DbSession,
         principal: Caller,
         server_secret: ServerSecret,
+        max_live_keys: MaxLiveKeys,
         tenant_id: TenantId,
         data: JSONBody[ApiKeyCreate],
     ) -> ApiKeyCreated:
         """Create a key; the response carries its secret, which is never shown again."""
-        return service.create_key(db_session, principal, server_secret, tenant_id, data)
+        return service.create_key(
+            db_session, principal, server_secret, tenant_id, data, max_live=max_live_keys
+        )
 
     @post("/batch", sync_to_thread=True)
     def create_keys(
@@ -54,12 +57,15 @@ class ApiKeyController(Controller):
         db_session: DbSession,
         principal: Caller,
         server_secret: ServerSecret,
+        max_live_keys: MaxLiveKeys,
         tenant_id: TenantId,
         data: JSONBody[ApiKeyBatch],
     ) -> list[ApiKeyCreated]:
         """Create up to 1,000 keys at once, all or none, in the order given; the response
         carries their secrets, never shown again. Gateways learn them in one publish."""
-        return service.create_keys(db_session, principal, server_secret, tenant_id, data)
+        return service.create_keys(
+            db_session, principal, server_secret, tenant_id, data, max_live=max_live_keys
+        )
 
     @get("/{key_id:str}", sync_to_thread=True)
     def get_key(
@@ -88,8 +94,14 @@ class ApiKeyController(Controller):
         db_session: DbSession,
         principal: Caller,
         server_secret: ServerSecret,
+        max_live_keys: MaxLiveKeys,
         tenant_id: TenantId,
         key_id: FromPath[str],
+        grace_s: FromQuery[int] = 0,
     ) -> ApiKeyCreated:
-        """Replace the key with a new one of the same scope; the old one is revoked."""
-        return service.rotate_key(db_session, principal, server_secret, tenant_id, key_id)
+        """Replace the key with a new one of the same scope; the old one is revoked, or with
+        ``grace_s`` keeps working that many seconds more (at most 7 days)."""
+        return service.rotate_key(
+            db_session, principal, server_secret, tenant_id, key_id,
+            grace_s=grace_s, max_live=max_live_keys,
+        )  # fmt: skip

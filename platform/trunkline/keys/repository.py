@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from trunkline.kit.pagination import Keyset, Page, PageRequest
@@ -45,6 +45,18 @@ class ApiKeyRepository:
     def get(self, key_id: str) -> tuple[ApiKey, str] | None:
         statement = self._select().where(ApiKey.key_id == key_id)
         return self._session.execute(statement).one_or_none()
+
+    def count_live(self, now: datetime) -> int:
+        """How many keys in scope are neither revoked nor expired at ``now``: the ones in the
+        gateways' configuration."""
+        statement = select(func.count()).where(
+            ApiKey.tenant_id == self._tenant_id,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
+        if self._created_by is not None:
+            statement = statement.where(ApiKey.created_by == self._created_by)
+        return int(self._session.scalar(statement) or 0)
 
     def revoke_all(self, at: datetime) -> int:
         """Revoke every key in scope not revoked yet (with ``created_by``: one user's);

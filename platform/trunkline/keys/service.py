@@ -10,12 +10,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from trunkline.auth import secrets
 from trunkline.auth.principal import Principal
 from trunkline.errors import Conflict, InvalidRequest, NotFound, TrunklineError
-from trunkline.keys.repository import ApiKeyRepository, tenant_of_key
+from trunkline.keys.repository import ApiKeyRepository, successors, tenant_of_key
 from trunkline.keys.schemas import (
     MAX_TTL_DAYS,
     ApiKey,
@@ -63,6 +64,43 @@ def create_key(
     server_secret: bytes,
     tenant_id: uuid.UUID,
     data: ApiKeyCreate,
+    *,
+    max_live: int | None = None,
+) -> ApiKeyCreated:
+    """Create a key; ``max_live`` bounds the tenant's live keys (the API's callers; the CLI,
+    an operator, is not bounded)."""
+    _room_for(session, principal, tenant_id, 1, max_live)
+    return _create_key(session, principal, server_secret, tenant_id, data)
+
+
+def _room_for(
+    session: Session,
+    principal: Principal,
+    tenant_id: uuid.UUID,
+    wanted: int,
+    max_live: int | None,
+) -> None:
+    """Refuse ``wanted`` more keys that would take the tenant past ``max_live`` live ones: each
+    live key is in every gateway's configuration, and one member's script creating keys in a
+    loop would otherwise grow it, and its publishes, for every tenant."""
+    if max_live is None:
+        return
+    tenant_row(session, principal, tenant_id)  # a non-member learns nothing of the tenant
+    live = ApiKeyRepository(session, tenant_id).count_live(utcnow())
+    if live + wanted > max_live:
+        raise Conflict(
+            f"the tenant has {live:,} live keys of the {max_live:,} it may have; revoke keys it "
+            "no longer uses, or ask the platform's operators for more",
+            reason="too_many_keys",
+        )
+
+
+def _create_key(
+    session: Session,
+    principal: Principal,
+    server_secret: bytes,
+    tenant_id: uuid.UUID,
+    data: ApiKeyCreate,
 ) -> ApiKeyCreated:
     tenant = tenant_row(session, principal, tenant_id)
     _still_a_member(session, principal, tenant_id)
@@ -99,14 +137,17 @@ def create_keys(
     server_secret: bytes,
     tenant_id: uuid.UUID,
     batch: ApiKeyBatch,
+    *,
+    max_live: int | None = None,
 ) -> list[ApiKeyCreated]:
     """Create every key of ``batch``, or none (the first refusal names ``keys[i]``): one
     transaction, so gateways learn them in one publish (of their shards, or whole when they
-    fall in many)."""
+    fall in many). ``max_live`` as for :func:`create_key`, for the batch as a whole."""
+    _room_for(session, principal, tenant_id, len(batch.keys), max_live)
     created = []
     for index, data in enumerate(batch.keys):
         try:
-            created.append(create_key(session, principal, server_secret, tenant_id, data))
+            created.append(_create_key(session, principal, server_secret, tenant_id, data))
         except TrunklineError as exc:
             where = f"keys[{index}]" + (f".{exc.param}" if exc.param else "")
             raise type(exc)(
@@ -131,12 +172,41 @@ def rotate_key(
     server_secret: bytes,
     tenant_id: uuid.UUID,
     key_id: str,
+    *,
+    grace_s: int = 0,
+    max_live: int | None = None,
 ) -> ApiKeyCreated:
-    """Issue a new key with the same scope and revoke the old one, in one transaction."""
+    """Issue a new key with the same scope, in one transaction with the old one's end: revoked
+    at once, or with ``grace_s`` left to expire that many seconds on (sooner if it was to
+    expire sooner), so its clients can move to the new key without an outage. A key has one
+    successor: a second rotation is refused. With a grace, both keys are live meanwhile, so
+    the tenant needs room for one more under ``max_live``."""
+    if not 0 <= grace_s <= MAX_ROTATION_GRACE_S:
+        raise InvalidRequest(
+            f"grace_s must be from 0 to {MAX_ROTATION_GRACE_S} (7 days)", param="grace_s"
+        )
     old, project = _key(session, principal, tenant_id, key_id)
     if status(old) != "active":
         raise Conflict(f"key {key_id} is {status(old)} and cannot be rotated", param="key_id")
-    if not ApiKeyRepository(session, tenant_id).revoke(old, utcnow()):
+    # Its row locked first, by an update that changes nothing (the row's lock on PostgreSQL,
+    # the database's write lock on SQLite), so a rotation running beside this one (a caller
+    # without the configuration's lock) waits, then sees this one's successor, not none.
+    session.execute(
+        update(ApiKeyRow)
+        .where(ApiKeyRow.id == old.id)
+        .values(name=ApiKeyRow.name)
+        .execution_options(synchronize_session=False)
+    )
+    if successors(session, old.id):
+        raise Conflict(f"key {key_id} was rotated already", param="key_id")
+    inherited = old.expires_at  # the successor's, before a grace brings the old one's forward
+    if grace_s:
+        _room_for(session, principal, tenant_id, 1, max_live)
+        end = utcnow() + timedelta(seconds=grace_s)
+        if old.expires_at is None or old.expires_at > end:
+            old.expires_at = end
+            session.flush()
+    elif not ApiKeyRepository(session, tenant_id).revoke(old, utcnow()):
         # a concurrent rotation or revocation got there first: one key has one successor
         raise Conflict(f"key {key_id} is revoked and cannot be rotated", param="key_id")
     mark_keys_changed(session, [old.key_id])
@@ -147,10 +217,14 @@ def rotate_key(
         name=old.name,
         allowed_models=old.allowed_models,
         tier_name=old.tier_name,
-        expires_at=old.expires_at,
+        expires_at=inherited,
         rotated_from=old.id,
     )
     return _issue(session, server_secret, new, project)
+
+
+MAX_ROTATION_GRACE_S = 7 * 24 * 3600
+"""The longest a rotated key may keep working beside its successor."""
 
 
 def key_tenant(session: Session, key_id: str) -> uuid.UUID:

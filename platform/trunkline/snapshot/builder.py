@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
 import time
@@ -15,6 +13,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from trunkline.auth.secrets import tenant_cache_salt
 from trunkline.kit.text import URL_PATTERN, ZMQ_ADDRESS_PATTERN
 from trunkline.models import (
     AcceleratorFlavor,
@@ -42,16 +41,6 @@ from trunkline.snapshot.schemas import (
 from trunkline.snapshot.store import BuiltFrom, SnapshotPublisher, content_digest, part_digest
 
 log = logging.getLogger(__name__)
-
-
-def tenant_cache_salt(secret: bytes, tenant_id: str) -> str:
-    """The tenant's prefix-cache salt: a keyed HMAC of its id, never the secret itself.
-
-    Stable across publishes (a tenant keeps its cached prefixes); rotating the secret
-    changes every salt at once, which costs one cold cache and leaks nothing.
-    """
-    message = b"trunkline/cache-salt/v1:" + tenant_id.encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:32]
 
 
 def build_snapshot(
