@@ -1,5 +1,5 @@
 """Statements over rollups for the usage API, always scoped to one tenant (and, for
-developers, to the keys they created)."""
+developers, to the keys they created, those deleted with their project included)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
-from trunkline.models import ApiKey, Project, RetiredProject, UsageRollup
+from trunkline.models import ApiKey, Project, RetiredKey, RetiredProject, UsageRollup
 
 
 class UsageRepository:
@@ -49,8 +49,13 @@ class UsageRepository:
             .group_by(*dims)
         )
         if self._created_by is not None:
-            mine = select(ApiKey.key_id).where(
-                ApiKey.tenant_id == self._tenant_id, ApiKey.created_by == self._created_by
+            mine = union_all(
+                *(
+                    select(k.key_id).where(
+                        k.tenant_id == self._tenant_id, k.created_by == self._created_by
+                    )
+                    for k in (ApiKey, RetiredKey)
+                )
             )
             statement = statement.where(r.api_key_id.in_(mine))
         if model is not None:
@@ -74,5 +79,9 @@ class UsageRepository:
         return names
 
     def key_names(self) -> dict[str, str]:
-        statement = select(ApiKey.key_id, ApiKey.name).where(ApiKey.tenant_id == self._tenant_id)
-        return {key: value for key, value in self._session.execute(statement)}
+        """Names of the tenant's keys, those deleted with their project included."""
+        names: dict[str, str] = {}
+        for k in (RetiredKey, ApiKey):
+            statement = select(k.key_id, k.name).where(k.tenant_id == self._tenant_id)
+            names.update({key: value for key, value in self._session.execute(statement)})
+        return names
