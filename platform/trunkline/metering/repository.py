@@ -31,12 +31,19 @@ class UsageRepository:
         project_id: uuid.UUID | None = None,
         key_id: str | None = None,
     ) -> list[Any]:
-        """Sums per (group, model, tier, hour, outcome): what rating needs, and no more."""
+        """Sums per (group, model, tier, outcome) between ``start`` and ``end``, a stretch one
+        price book version prices: what rating needs, and no more. Grouped by day, the group
+        is the hour (a day is made of them). Summed per hour for every group, a month of a
+        tenant with many keys came back as keys x hours rows: 216,000 for 300 keys, 15 s."""
         r = UsageRollup
-        grouped = {"model": r.model, "project": r.project_id, "key": r.api_key_id, "tier": r.tier}
-        dims = [r.model, r.tier, r.hour, r.outcome]
-        if group in grouped:
-            dims.insert(0, grouped[group])
+        grouped = {
+            "model": r.model,
+            "project": r.project_id,
+            "key": r.api_key_id,
+            "tier": r.tier,
+            "day": r.hour,
+        }
+        dims = [grouped[group], r.model, r.tier, r.outcome]
         statement = (
             select(
                 *dims,
