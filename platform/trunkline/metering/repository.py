@@ -10,7 +10,14 @@ from typing import Any
 from sqlalchemy import func, select, union_all
 from sqlalchemy.orm import Session
 
-from trunkline.models import ApiKey, Project, RetiredKey, RetiredProject, UsageRollup
+from trunkline.models import (
+    ApiKey,
+    Project,
+    RetiredKey,
+    RetiredProject,
+    UsageRollup,
+    UsageRollupWatermark,
+)
 
 
 class UsageRepository:
@@ -73,6 +80,17 @@ class UsageRepository:
             statement = statement.where(r.api_key_id == key_id)
         rows: Any = self._session.execute(statement).all()
         return list(rows)
+
+    def pending_hours(self, start: datetime, end: datetime) -> int:
+        """The tenant's hours between ``start`` and ``end`` with usage not rolled up yet."""
+        w = UsageRollupWatermark
+        statement = select(func.count()).where(
+            w.tenant_id == self._tenant_id,
+            w.hour >= start,
+            w.hour < end,
+            w.changed_seq > w.rolled_seq,
+        )
+        return int(self._session.scalar(statement) or 0)
 
     def project_names(self) -> dict[uuid.UUID, str]:
         """Names of the tenant's projects, the deleted ones' included (``retired_projects``),

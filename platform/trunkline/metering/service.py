@@ -61,6 +61,7 @@ def usage_report(
         group_by=group_by,
         rows=ordered,
         total=total,
+        pending_hours=usage.pending_hours(window.start, window.end),
     )
 
 
