@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, union_all
+from sqlalchemy import case, func, select, union_all
 from sqlalchemy.orm import Session
 
 from trunkline.models import (
@@ -56,7 +56,13 @@ class UsageRepository:
                 *dims,
                 func.sum(r.requests),
                 func.sum(r.prompt_tokens),
-                func.sum(r.cached_tokens),
+                # capped at the prompt row by row, as its hour's bill caps them (rows metered
+                # before the gateway capped them may hold more)
+                func.sum(
+                    case(
+                        (r.cached_tokens > r.prompt_tokens, r.prompt_tokens), else_=r.cached_tokens
+                    )
+                ),
                 func.sum(r.completion_tokens),
             )
             .where(r.tenant_id == self._tenant_id, r.hour >= start, r.hour < end)

@@ -16,7 +16,7 @@ from trunkline.billing.pricebook_store import apply_price_book
 from trunkline.kit.db import transaction
 from unit.billing.billing_support import NOV, billed, focus
 from unit.controlplane.cp_support import World
-from unit.metering.usage_support import LLAMA, at, event, ingest
+from unit.metering.usage_support import LLAMA, at, event, ingest, ingest_unchecked
 
 T = "/api/v1/tenants"
 
@@ -68,3 +68,29 @@ def test_usage_is_rated_at_the_version_in_force_in_its_hour(world: World) -> Non
     assert total == Decimal(by_day["total"]["cost"]) == Decimal("6.6")
     tokens = billed(focus(factory), BillingAccountId=acme, ChargeCategory="Usage")
     assert total == tokens
+
+
+def test_cached_tokens_miscounted_past_the_prompt_are_capped_in_their_own_hour(
+    world: World,
+) -> None:
+    """A ledger from before the gateway capped cached tokens at the prompt holds events with
+    more; the usage API caps them as the gateway would have, each rollup row's at its prompt,
+    not the month's sum (which another hour's uncached prompt absorbed, pricing 1M input
+    tokens as cached). The bill keeps them as metered (docs/metering.md)."""
+    factory = world.runtime.session_factory
+    key = world.create_key("acme-admin", "acme", "demo", name="one")["key"]["key_id"]
+    acme_key = account(world, "acme", "demo", key, "gold")
+    ingest_unchecked(
+        factory,
+        [
+            event(acme_key, when=at(3), prompt=1_000_000, cached=2_000_000, completion=0),
+            event(acme_key, when=at(4), prompt=1_000_000, cached=0, completion=0),
+        ],
+    )
+    acme = world.tenant("acme")
+    for group_by in ("model", "key", "day"):
+        report = world.api("acme-admin").get(
+            f"{T}/{acme}/usage", params={"period": "2026-11", "group_by": group_by}
+        )
+        # gold 1.5 x: 1M cached at 0.05, 1M input at 0.20
+        assert Decimal(report["total"]["cost"]) == Decimal("0.375"), group_by
