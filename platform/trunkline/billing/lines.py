@@ -53,7 +53,7 @@ def require_priced(session: Session, source: RollupSource, period: Period, book:
     """Raise what ``period_lines`` would of any tenant's usage or dedicated GPUs before the
     first price book version: an export that streams checks first, since a failure once its
     200 is sent can only cut the file."""
-    for start, end, version in _windows(book, period):
+    for start, end, version in price_windows(book, period):
         held = select(DedicatedCapacity.tenant_id).where(
             DedicatedCapacity.starts_at < end,
             DedicatedCapacity.ends_at.is_(None) | (DedicatedCapacity.ends_at > start),
@@ -85,7 +85,7 @@ def _unpriced(start: datetime) -> ConfigurationError:
     return ConfigurationError(f"usage before the first price book version ({start:%Y-%m-%d})")
 
 
-def _windows(
+def price_windows(
     book: PriceBook, period: Period
 ) -> list[tuple[datetime, datetime, PriceVersion | None]]:
     """The stretches of ``period`` each price book version is in force (None: no version)."""
@@ -115,7 +115,7 @@ def _usage_lines(
     dims = (s.tenant_id, s.project_id, s.hour, s.model, s.tier, s.region)
     scope = [s.hour >= period.start, s.hour < period.end, in_scope(s.tenant_id, tenants)]
     lines: list[ChargeLine] = []
-    for start, end, version in _windows(book, period):
+    for start, end, version in price_windows(book, period):
         _require_version(session, source, start, end, version, tenants)
         if version is None:
             continue

@@ -1,5 +1,5 @@
 """Statements over rollups for the usage API, always scoped to one tenant (and, for
-developers, to the keys they created)."""
+developers, to the keys they created, those deleted with their project included)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, union_all
 from sqlalchemy.orm import Session
 
-from trunkline.models import ApiKey, Project, RetiredProject, UsageRollup
+from trunkline.models import (
+    ApiKey,
+    Project,
+    RetiredKey,
+    RetiredProject,
+    UsageRollup,
+    UsageRollupWatermark,
+)
 
 
 class UsageRepository:
@@ -31,26 +38,44 @@ class UsageRepository:
         project_id: uuid.UUID | None = None,
         key_id: str | None = None,
     ) -> list[Any]:
-        """Sums per (group, model, tier, hour, outcome): what rating needs, and no more."""
+        """Sums per (group, model, tier, outcome) between ``start`` and ``end``, a stretch one
+        price book version prices: what rating needs, and no more. Grouped by day, the group
+        is the hour (a day is made of them). Summed per hour for every group, a month of a
+        tenant with many keys came back as keys x hours rows: 216,000 for 300 keys, 15 s."""
         r = UsageRollup
-        grouped = {"model": r.model, "project": r.project_id, "key": r.api_key_id, "tier": r.tier}
-        dims = [r.model, r.tier, r.hour, r.outcome]
-        if group in grouped:
-            dims.insert(0, grouped[group])
+        grouped = {
+            "model": r.model,
+            "project": r.project_id,
+            "key": r.api_key_id,
+            "tier": r.tier,
+            "day": r.hour,
+        }
+        dims = [grouped[group], r.model, r.tier, r.outcome]
         statement = (
             select(
                 *dims,
                 func.sum(r.requests),
                 func.sum(r.prompt_tokens),
-                func.sum(r.cached_tokens),
+                # capped at the prompt row by row, as its hour's bill caps them (rows metered
+                # before the gateway capped them may hold more)
+                func.sum(
+                    case(
+                        (r.cached_tokens > r.prompt_tokens, r.prompt_tokens), else_=r.cached_tokens
+                    )
+                ),
                 func.sum(r.completion_tokens),
             )
             .where(r.tenant_id == self._tenant_id, r.hour >= start, r.hour < end)
             .group_by(*dims)
         )
         if self._created_by is not None:
-            mine = select(ApiKey.key_id).where(
-                ApiKey.tenant_id == self._tenant_id, ApiKey.created_by == self._created_by
+            mine = union_all(
+                *(
+                    select(k.key_id).where(
+                        k.tenant_id == self._tenant_id, k.created_by == self._created_by
+                    )
+                    for k in (ApiKey, RetiredKey)
+                )
             )
             statement = statement.where(r.api_key_id.in_(mine))
         if model is not None:
@@ -61,6 +86,17 @@ class UsageRepository:
             statement = statement.where(r.api_key_id == key_id)
         rows: Any = self._session.execute(statement).all()
         return list(rows)
+
+    def pending_hours(self, start: datetime, end: datetime) -> int:
+        """The tenant's hours between ``start`` and ``end`` with usage not rolled up yet."""
+        w = UsageRollupWatermark
+        statement = select(func.count()).where(
+            w.tenant_id == self._tenant_id,
+            w.hour >= start,
+            w.hour < end,
+            w.changed_seq > w.rolled_seq,
+        )
+        return int(self._session.scalar(statement) or 0)
 
     def project_names(self) -> dict[uuid.UUID, str]:
         """Names of the tenant's projects, the deleted ones' included (``retired_projects``),
@@ -74,5 +110,9 @@ class UsageRepository:
         return names
 
     def key_names(self) -> dict[str, str]:
-        statement = select(ApiKey.key_id, ApiKey.name).where(ApiKey.tenant_id == self._tenant_id)
-        return {key: value for key, value in self._session.execute(statement)}
+        """Names of the tenant's keys, those deleted with their project included."""
+        names: dict[str, str] = {}
+        for k in (RetiredKey, ApiKey):
+            statement = select(k.key_id, k.name).where(k.tenant_id == self._tenant_id)
+            names.update({key: value for key, value in self._session.execute(statement)})
+        return names

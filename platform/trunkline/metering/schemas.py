@@ -100,3 +100,6 @@ class UsageReport(msgspec.Struct, kw_only=True):
     group_by: GroupBy
     rows: list[UsageRow]
     total: UsageRow
+    pending_hours: int = 0
+    """Hours of the period holding usage ingested but not rolled up yet, which the figures
+    leave out until the next rollup (every few seconds to a minute): 0 when they are whole."""

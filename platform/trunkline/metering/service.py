@@ -10,8 +10,9 @@ from decimal import Decimal
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
+from trunkline.billing.lines import price_windows
 from trunkline.billing.periods import parse_period
-from trunkline.billing.pricebook import PriceBook
+from trunkline.billing.pricebook import PriceVersion
 from trunkline.billing.pricebook_store import load_price_book
 from trunkline.billing.rating import exact_sum, per_million, rate, token_quantities
 from trunkline.metering.repository import UsageRepository
@@ -36,33 +37,18 @@ def usage_report(
     window = parse_period(period)
     mine = None if principal.is_tenant_admin(tenant_id) else principal.user_id or uuid.UUID(int=0)
     usage = UsageRepository(session, tenant_id, created_by=mine)
-    rows = usage.totals(
-        window.start, window.end, group_by, model=model, project_id=project_id, key_id=key_id
-    )
     book = load_price_book(session)
     groups: dict[str, UsageRow] = {}
     costs: dict[str, _Costs] = {}
     labels = _labels(usage, group_by)
-    for row in rows:
-        if group_by == "day":
-            model_name, tier, hour, outcome, *sums = row
-            group = f"{hour:%Y-%m-%d}"
-        else:
-            value, model_name, tier, hour, outcome, *sums = row
-            group = str(value)
-        target = groups.setdefault(group, UsageRow(group=group, label=labels.get(group, group)))
-        spent = costs.setdefault(group, _Costs())
-        _add(
-            target,
-            spent,
-            book,
-            tenant.slug,
-            model_name,
-            tier,
-            hour,
-            outcome,
-            [int(s) for s in sums],
-        )
+    for start, end, version in price_windows(book, window):
+        rows = usage.totals(start, end, group_by, model=model, project_id=project_id, key_id=key_id)
+        for value, model_name, tier, outcome, *sums in rows:
+            group = f"{value:%Y-%m-%d}" if group_by == "day" else str(value)
+            target = groups.setdefault(group, UsageRow(group=group, label=labels.get(group, group)))
+            spent = costs.setdefault(group, _Costs())
+            priced = version or book.at(start)  # raises: no version prices this usage
+            _add(target, spent, priced, tenant.slug, model_name, tier, outcome, sums)
     ordered = [groups[key] for key in sorted(groups)]
     total = _total(ordered)
     for row in ordered:
@@ -75,6 +61,7 @@ def usage_report(
         group_by=group_by,
         rows=ordered,
         total=total,
+        pending_hours=usage.pending_hours(window.start, window.end),
     )
 
 
@@ -105,22 +92,20 @@ def _labels(usage: UsageRepository, group_by: GroupBy) -> dict[str, str]:
 def _add(
     target: UsageRow,
     spent: _Costs,
-    book: PriceBook,
+    version: PriceVersion,
     slug: str,
     model: str,
     tier: str,
-    hour: object,
     outcome: str,
     sums: list[int],
 ) -> None:
-    requests, prompt, cached, completion = sums
+    requests, prompt, cached, completion = (int(v) for v in sums)
     target.requests += requests
     target.prompt_tokens += prompt
     target.cached_tokens += cached
     target.completion_tokens += completion
     if outcome == "failed":
         target.failed_requests += requests
-    version = book.at(hour)  # type: ignore[arg-type]
     if outcome not in version.billable_outcomes:
         return
     discount = version.discount(slug)

@@ -17,7 +17,7 @@ from trunkline.models.catalog import (
     Pool,
 )
 from trunkline.models.config import CONFIG_ROW, ConfigChange, ConfigGeneration
-from trunkline.models.keys import AccessToken, ApiKey
+from trunkline.models.keys import AccessToken, ApiKey, RetiredKey
 from trunkline.models.metering import UsageRollup, UsageRollupWatermark
 from trunkline.models.quotas import KeyQuota, TenantQuota, TierQuota
 from trunkline.models.tenancy import (
@@ -52,6 +52,7 @@ __all__ = [
     "Pool",
     "PriceBookVersion",
     "Project",
+    "RetiredKey",
     "RetiredProject",
     "Role",
     "Tenant",

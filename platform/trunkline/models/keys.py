@@ -70,3 +70,21 @@ class AccessToken(IdMixin, CreatedMixin, Base):
     name: Mapped[str] = mapped_column(String(100), default="")
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class RetiredKey(Base):
+    """A key deleted with its project: its name and creator, kept so the usage it made is
+    still named by the usage API and shown to the developer who created it."""
+
+    __tablename__ = "retired_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """The key's public id, as usage records and rollups name it."""
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    name: Mapped[str] = mapped_column(String(100))
+    deleted_at: Mapped[datetime]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
@@ -26,7 +27,7 @@ from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.keys.repository import ApiKeyRepository
 from trunkline.kit.ids import utcnow
 from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
-from trunkline.models import Membership, RetiredProject, Role, User
+from trunkline.models import ApiKey, Membership, RetiredKey, RetiredProject, Role, User
 from trunkline.models import Tenant as TenantRow
 from trunkline.models import Tier as TierRow
 from trunkline.tenancy.changes import assign, flush_or_conflict, mark_config_changed
@@ -274,14 +275,26 @@ def project_name_taken(name: str, held: str) -> str:
 
 def delete_project(session: Session, tenant_id: uuid.UUID, project_id: uuid.UUID) -> None:
     """Delete a project and, through the foreign key, every API key it holds. Its name is kept
-    (``RetiredProject``) for the chargeback of the usage it had."""
+    (``RetiredProject``) for the chargeback of the usage it had, and its keys' names and
+    creators (``RetiredKey``) for the usage API."""
     projects = ProjectRepository(session, tenant_id)
     project = projects.get(project_id)
     if project is None:
         raise NotFound("project not found", param="project_id")
+    now = utcnow()
     session.merge(
-        RetiredProject(id=project.id, tenant_id=tenant_id, name=project.name, deleted_at=utcnow())
+        RetiredProject(id=project.id, tenant_id=tenant_id, name=project.name, deleted_at=now)
     )
+    keys = select(ApiKey).where(ApiKey.tenant_id == tenant_id, ApiKey.project_id == project.id)
+    for key in session.scalars(keys):
+        retired = RetiredKey(
+            key_id=key.key_id,
+            tenant_id=tenant_id,
+            created_by=key.created_by,
+            name=key.name,
+            deleted_at=now,
+        )
+        session.merge(retired)
     projects.delete(project)
     session.flush()
     mark_config_changed(session)
