@@ -39,6 +39,8 @@ class ScrapeAccess:
     """The scrape token of one server (``variable`` names its setting, for the refusal)."""
 
     def __init__(self, token: SecretStr | None, host: str, variable: str) -> None:
+        if token is not None and not token.get_secret_value().strip():
+            token = None  # set empty (a compose file's blank variable): no token, not ""
         self._token = None if token is None else token.get_secret_value().encode()
         self._open = token is None and loopback(host)
         self._variable = variable

@@ -139,3 +139,17 @@ def test_a_probe_of_a_gateway_without_configuration_gets_503_starting_alone(
     assert (probe.status_code, probe.json()) == (503, {"status": "starting"})
     detailed = gw.client.get("/health", headers=SCRAPER)
     assert (detailed.status_code, detailed.json()["snapshot_version"]) == (503, 0)
+
+
+@pytest.mark.parametrize("sent", ["Bearer ", "Bearer", "bearer   "])
+def test_an_empty_scrape_token_opens_nothing(
+    make_gateway: Callable[..., Harness], sent: str
+) -> None:
+    """``TRUNKLINE_GATEWAY__METRICS_TOKEN=`` (set empty, as a compose file leaves a variable it
+    does not fill) is no token: off loopback the details go to nobody, not to any caller
+    sending an empty bearer."""
+    gw, _key = _gateway(make_gateway, "")
+    refused = gw.client.get("/metrics", headers={"authorization": sent})
+    assert_openai_error(refused, 401, "invalid_scrape_token")
+    _shows_nothing(refused.text)
+    assert gw.client.get("/health", headers={"authorization": sent}).json() == {"status": "ok"}
