@@ -76,3 +76,17 @@ def test_on_loopback_without_a_token_the_metrics_need_nothing(client: TestClient
     """``trunkline up``: only this machine reaches it."""
     assert client.get("/metrics").status_code == 200
     assert "snapshot" in client.get("/healthz").json()
+
+
+def test_an_empty_scrape_token_opens_nothing(runtime: Runtime) -> None:
+    """``TRUNKLINE_CONTROLPLANE__METRICS_TOKEN=`` set empty is no token: off loopback nobody
+    reads the metrics or the snapshot report, a caller sending an empty bearer included."""
+    settings = runtime.settings.controlplane
+    settings.host, settings.metrics_token = "192.0.2.10", SecretStr("")
+    with TestClient(create_controlplane_app(runtime)) as client:
+        for sent in ("Bearer ", "Bearer"):
+            refused = client.get("/metrics", headers={"authorization": sent})
+            assert problem_of(refused, 401)["code"] == "unauthenticated"
+            assert "trunkline_" not in refused.text
+            health = client.get("/healthz", headers={"authorization": sent})
+            assert health.json() == {"status": "ok"}
