@@ -39,12 +39,14 @@ class ScrapeAccess:
     """The scrape token of one server (``variable`` names its setting, for the refusal)."""
 
     def __init__(self, token: SecretStr | None, host: str, variable: str) -> None:
-        if token is not None and not token.get_secret_value().strip():
-            token = None  # set empty (a compose file's blank variable): no token, not ""
-        self._token = None if token is None else token.get_secret_value().encode()
-        self._open = token is None and loopback(host)
+        # A bearer token holds no whitespace: what surrounds it came with the setting (a
+        # Secret's file ending in a newline), and the scraper sends it trimmed. Set empty (a
+        # compose file's blank variable), it is no token, not "".
+        value = "" if token is None else token.get_secret_value().strip()
+        self._token = value.encode() or None
+        self._open = self._token is None and loopback(host)
         self._variable = variable
-        if token is None and not self._open:
+        if self._token is None and not self._open:
             log.warning(
                 "%s is unset and this server binds %s, not loopback: its /metrics and health "
                 "details are served to nobody; set it and give it to the scraper",

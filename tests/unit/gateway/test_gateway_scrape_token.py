@@ -153,3 +153,13 @@ def test_an_empty_scrape_token_opens_nothing(
     assert_openai_error(refused, 401, "invalid_scrape_token")
     _shows_nothing(refused.text)
     assert gw.client.get("/health", headers={"authorization": sent}).json() == {"status": "ok"}
+
+
+def test_a_scrape_token_set_with_a_trailing_newline_is_the_token(
+    make_gateway: Callable[..., Harness],
+) -> None:
+    """A Kubernetes Secret made from a file (``kubectl create secret --from-file``) ends the
+    variable with the file's newline; Prometheus sends its ``credentials_file`` trimmed."""
+    gw, _key = _gateway(make_gateway, f"{TOKEN}\n")
+    assert gw.client.get("/metrics", headers=SCRAPER).status_code == 200
+    assert "engines" in gw.client.get("/health", headers=SCRAPER).json()
