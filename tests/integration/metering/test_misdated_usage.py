@@ -7,7 +7,6 @@ is taken out by ``trunkline billing set-aside-misdated``."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,6 @@ import msgspec
 import pytest
 import redis
 from prometheus_client import CollectorRegistry
-from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,7 +29,7 @@ from trunkline.billing.pricebook_store import apply_price_book, load_price_book
 from trunkline.errors import InvalidRequest
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key
-from trunkline.kit.db import make_engine, make_sessionmaker, transaction
+from trunkline.kit.db import transaction
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.schemas import UsageRecord, decode_usage
@@ -40,7 +38,7 @@ from trunkline.metering.stream import InMemoryUsageStream, UsageReader
 from trunkline.models import ApiKey, UsageEvent
 from trunkline.worker.jobs import JobContext, JobSettings, close_periods, ingest_usage, rollup
 from unit.controlplane.cp_support import run_cli
-from unit.metering.usage_support import accounts, at, event, ingest_unchecked, migrated
+from unit.metering.usage_support import accounts, at, event, ingest_unchecked, migrated, old_sqlite
 
 NOW = at(10, month=12)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -323,27 +321,14 @@ def test_a_keys_last_use_set_by_a_misdated_event_is_its_last_event_left(
     assert _key_last_used(factory, reset.key_id) == at(20, month=10)
 
 
-OLD_SQLITE_CAP = 999
-"""Bind parameters per statement of a SQLite library built with the default before 3.32."""
-
-
 def test_misdated_usage_is_taken_out_on_an_older_sqlite(tmp_path: Path) -> None:
     """Its statements held 1,000 request ids each: over a cap of 999 bind parameters, taking
     1,000 misdated events out failed ("too many SQL variables")."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     acme = accounts(migrated(url))["acme"]
     ingest_unchecked(migrated(url), [event(acme, f"reset-{n}", when=EPOCH) for n in range(1000)])
-    engine = make_engine(url)
-
-    @sa_event.listens_for(engine, "connect", insert=True)  # first, as the library's own cap
-    def cap(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, OLD_SQLITE_CAP)
-
-    factory = make_sessionmaker(engine)
-    try:
+    with old_sqlite(url) as factory:
         with transaction(factory) as session:
             found = misdated_in_ledger(session, NOW, 900).open
             remove_from_ledger(session, [record for record, _why in found])
         assert len(found) == 1000 and ledger(factory) == []
-    finally:
-        engine.dispose()

@@ -3,19 +3,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
-from trunkline.kit.db import make_engine, make_sessionmaker, transaction
+from trunkline.kit.db import transaction
 from trunkline.metering.ingest import write_usage
 from trunkline.models import UsageEvent, UsageRollupWatermark
-from unit.metering.usage_support import accounts, at, event, migrated
-
-OLD_SQLITE_CAP = 999
+from unit.metering.usage_support import accounts, at, event, migrated, old_sqlite
 
 
 def test_a_batch_of_usage_is_ingested_on_an_older_sqlite(tmp_path: Path) -> None:
@@ -23,14 +19,7 @@ def test_a_batch_of_usage_is_ingested_on_an_older_sqlite(tmp_path: Path) -> None
     ("too many SQL variables"), and was retried for ever while the usage waited unbilled."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
     acme = accounts(migrated(url))["acme"]
-    engine = make_engine(url)
-
-    @sa_event.listens_for(engine, "connect", insert=True)  # first, as the library's own cap
-    def cap(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, OLD_SQLITE_CAP)
-
-    factory = make_sessionmaker(engine)
-    try:
+    with old_sqlite(url) as factory:
         late = [event(acme, when=at(1, 0) + timedelta(hours=n)) for n in range(600)]
         with transaction(factory) as session:  # 600 hours: 600 watermarks of 4 values each
             assert write_usage(session, late) == 600
@@ -38,5 +27,3 @@ def test_a_batch_of_usage_is_ingested_on_an_older_sqlite(tmp_path: Path) -> None
             assert session.scalar(select(func.count()).select_from(UsageEvent)) == 600
             marks = select(func.count()).select_from(UsageRollupWatermark)
             assert session.scalar(marks) == 600
-    finally:
-        engine.dispose()

@@ -3,11 +3,15 @@ example tenants of ``tenants/``, usage events for them, and ingest through the r
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -135,3 +139,23 @@ def a_month_of_usage(factory: sessionmaker[Session]) -> None:
             for hour in range(24)
         ],
     )
+
+
+OLD_SQLITE_CAP = 999
+"""Bind parameters per statement of a SQLite library built with the default before 3.32."""
+
+
+@contextlib.contextmanager
+def old_sqlite(url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on ``url`` as a SQLite library capped at ``OLD_SQLITE_CAP`` bind parameters
+    per statement runs them (``kit.db`` allows for such a cap everywhere)."""
+    engine = make_engine(url)
+
+    @sa_event.listens_for(engine, "connect", insert=True)  # first, as the library's own cap
+    def cap(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, OLD_SQLITE_CAP)
+
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
