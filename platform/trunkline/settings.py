@@ -254,7 +254,6 @@ class ControlPlaneSettings(BaseModel):
     the orchestrator's SIGKILL."""
     metrics_token: SecretStr | None = None
     """As the gateway's, for ``/metrics`` and ``/healthz``'s ``snapshot`` report."""
-    public_gateway_url: str = "http://127.0.0.1:8080/v1"
     max_live_keys_per_tenant: int = Field(default=10_000, ge=1)
     """Live (not revoked, not expired) API keys a tenant may have; a creation through the API
     past it is a 409. Every live key is in every gateway's configuration (docs/controlplane.md)."""
