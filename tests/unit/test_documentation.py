@@ -41,6 +41,19 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> It
                 yield from _commands(sub, (*path, name))
 
 
+_METRIC_MADE = re.compile(
+    r"\b(?:Counter|Gauge|Histogram|Summary)(?:MetricFamily)?\(\s*f?\"(trunkline_[\w{}]+)\""
+)
+
+
+def _metric_names() -> Iterator[str]:
+    """Every name given to a Prometheus metric under platform/, as a pattern (an f-string's
+    fields match any word)."""
+    for source in sorted((ROOT / "platform").rglob("*.py")):
+        for match in _METRIC_MADE.finditer(source.read_text()):
+            yield re.sub(r"\{\w+\}", r"\\w+", match.group(1))
+
+
 def _named_commands(text: str) -> set[str]:
     """``trunkline a b`` and the alternatives of ``trunkline keys create/list``."""
     named = set()
@@ -67,3 +80,8 @@ def test_every_setting_is_documented(variable: str) -> None:
 @pytest.mark.parametrize("command", sorted(_commands(build_parser(["--help"]))))
 def test_every_command_is_documented(command: str) -> None:
     assert command in _named_commands(_documentation()), f"trunkline {command}"
+
+
+@pytest.mark.parametrize("metric", sorted(set(_metric_names())))
+def test_every_metric_is_documented(metric: str) -> None:
+    assert re.search(rf"\b{metric}(_total|_bucket|_sum|_count)?\b", _documentation()), metric
