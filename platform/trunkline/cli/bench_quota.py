@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trunkline.cli.arguments import TIME_SCALE_HELP, time_scale
+
 METRICS = [
     "max_admitted_tokens",
     "mean_admitted_tokens",
@@ -38,7 +40,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--gateways", type=int, default=4, help="gateway processes")
     parser.add_argument("--min-tokens", type=int, default=100, help="smallest max_tokens asked")
     parser.add_argument("--max-tokens", type=int, default=250, help="largest max_tokens asked")
-    parser.add_argument("--time-scale", type=float, default=1.0, help="simulated engine speed")
+    parser.add_argument("--time-scale", type=time_scale, default=1.0, help=TIME_SCALE_HELP)
     parser.add_argument("--seed", type=int, default=1)
     parser.set_defaults(func=_quota_accuracy)
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trunkline.cli.arguments import TIME_SCALE_HELP, listen_port, time_scale
 from trunkline.kit import logging as tlog
 from trunkline.settings import load_settings
 
@@ -19,7 +20,7 @@ def register(sub: Any) -> None:
         "up", help="run the whole platform in one process (SQLite, simulated engines)"
     )
     up.add_argument("--tenants", type=Path, default=Path("tenants"), help="manifests to apply")
-    up.add_argument("--time-scale", type=float, default=1.0, help="simulated engine speed factor")
+    up.add_argument("--time-scale", type=time_scale, default=1.0, help=TIME_SCALE_HELP)
     up.set_defaults(func=_up)
 
     migrate = sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
@@ -51,9 +52,9 @@ def register(sub: Any) -> None:
     sim.add_argument("--model", required=True)
     sim.add_argument("--profile", default="h100")
     sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--port", type=listen_port, default=8000)
     sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--time-scale", type=float, default=1.0)
+    sim.add_argument("--time-scale", type=time_scale, default=1.0, help=TIME_SCALE_HELP)
     sim.set_defaults(func=_sim)
 
 

@@ -1,0 +1,38 @@
+"""Options of the commands that start servers: a value out of range is a usage error naming
+the option, not a traceback from the server once it starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from trunkline.cli.main import build_parser
+
+
+def parse(argv: list[str]) -> object:
+    return build_parser(argv).parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["up", "--time-scale", "-1"], "--time-scale"),
+        (["sim", "--model", "m", "--time-scale", "-0.5"], "--time-scale"),
+        (["sim", "--model", "m", "--time-scale", "slow"], "--time-scale"),
+        (["sim", "--model", "m", "--port", "99999"], "--port"),
+        (["sim", "--model", "m", "--port", "0"], "--port"),
+        (["bench", "quota-accuracy", "--out", "o", "--time-scale", "-1"], "--time-scale"),
+    ],
+)
+def test_a_value_out_of_range_is_a_usage_error(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}:" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("scale", ["0", "0.5", "2"])
+def test_a_time_scale_of_zero_or_more_is_taken(scale: str) -> None:
+    assert vars(parse(["sim", "--model", "m", "--time-scale", scale]))["time_scale"] == float(scale)
