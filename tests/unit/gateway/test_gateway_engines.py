@@ -300,6 +300,50 @@ def test_an_engine_that_restarted_is_forgotten_by_the_approximate_index(
     assert len(index) == 0
 
 
+def test_an_endpoint_taken_out_of_the_configuration_is_forgotten_by_the_approximate_index(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """An endpoint disabled (its engine upgraded, restarted) and enabled again under its id
+    comes back with an empty cache: the prompts routed there before must not be sent back to
+    it. Before, the index kept every block of every endpoint that ever left the configuration,
+    so a gateway under autoscaling (endpoints added and removed all day) also grew by each
+    endpoint's whole index, tens of thousands of blocks, for every endpoint it ever saw."""
+    world = default_world()
+    gw = engine_gateway(chat_any, world=world, policy="prefix-aware")
+    service = gw.service
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 20}
+    assert gw.chat({**CHAT, "messages": [preamble]}).status_code == 200
+    [host] = gw.hosts()
+    endpoint = "e" + host[-1]
+    index = _approx_index(service)
+    assert len(index) > 0
+
+    pools = dict(world.pools)
+    for name, pool in pools.items():
+        kept = tuple(e for e in pool.endpoints if e.id != endpoint)
+        world.pools[name] = msgspec.structs.replace(pool, endpoints=kept)
+    world.publish()
+    gw.client.blocking_portal.call(_wait_until_untracked, service, endpoint)
+    assert len(index) == 0
+
+    world.pools.update(pools)  # enabled again: a fresh engine behind the same id
+    world.publish()
+    gw.client.blocking_portal.call(_wait_until_tracked, service, endpoint)
+    assert len(index) == 0
+
+
+async def _wait_until_untracked(service: GatewayService, endpoint: str) -> None:
+    """Until the engine state no longer tracks ``endpoint`` (the snapshot without it seen)."""
+    while service.engines.load(endpoint) is not None:
+        await service.engines.wait_changed(timeout=0.05)
+
+
+async def _wait_until_tracked(service: GatewayService, endpoint: str) -> None:
+    """Until the engine state tracks ``endpoint`` again."""
+    while service.engines.load(endpoint) is None:
+        await service.engines.wait_changed(timeout=0.05)
+
+
 async def _wait_for_restart_seen(service: GatewayService, endpoint: str) -> None:
     """Until a scrape of ``endpoint`` shows its counters back at 5 tokens (the restart)."""
     while True:

@@ -220,6 +220,11 @@ class EngineState:
         self.on_restart: Callable[[str], None] | None = None
         """Told the endpoint id when a scrape shows its engine restarted (its prefix cache is
         empty): the approximate routing index forgets what it sent there."""
+        self.on_removed: Callable[[str], None] | None = None
+        """Told the endpoint id when it left the snapshot (and its last request ended): what
+        the approximate routing index holds of it is forgotten. An endpoint enabled again
+        under its id comes back with another engine (an upgrade, a restart), and a gateway
+        following autoscaled endpoints would otherwise keep every one it ever routed to."""
         self.on_cache_config: Callable[[str], None] | None = None
         """Told the endpoint id when its cache config was read (its first scrape, a restart):
         its block size may now differ from its pools'."""
@@ -236,6 +241,7 @@ class EngineState:
         for gone in self._endpoints.keys() - wanted:
             del self._endpoints[gone]
             self._removed.add(gone)
+            self._forget(gone)
         self._removed -= wanted
         for new in wanted - self._endpoints.keys():
             self._endpoints[new] = _Endpoint(self._policy)
@@ -456,7 +462,12 @@ class EngineState:
                 state.stop_waiting(flight, self._clock())
             if not state.flights and flight.endpoint in self._removed:
                 del self._endpoints[flight.endpoint]  # left the snapshot while in flight
+                self._forget(flight.endpoint)
             self._notify()
+
+    def _forget(self, endpoint: str) -> None:
+        if self.on_removed is not None:
+            self.on_removed(endpoint)
 
     def failed(self, endpoint: str, reason: str) -> None:
         """A request's connect error, 5xx, timeout, or failure before or during its stream."""
