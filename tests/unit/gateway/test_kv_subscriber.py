@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from tests.unit.gateway.kv_support import Publisher, Sink, stored, subscribe, until
+from tests.unit.gateway.kv_support import Blackhole, Publisher, Sink, stored, subscribe, until
 
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.endpoints import KvEventCollector, KvEventSubscriber, kv_subscriber
@@ -187,3 +187,45 @@ def test_a_gateway_without_pyzmq_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "zmq.asyncio", None)
     with pytest.raises(ConfigurationError, match=r"trunkline\[tokenizers\]"):
         KvEventSubscriber(Sink(), lambda: [])
+
+
+async def test_a_publisher_gone_silent_without_closing_is_noticed_and_found_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An engine's host vanished (a node lost, a network partition): no FIN or RST comes,
+    and a SUB socket sends nothing once subscribed, so nothing told it. Before, the
+    subscription said it was connected for good, the index kept the engine's blocks, and
+    once the engine came back at that address (a StatefulSet's pod, rescheduled) its events
+    never reached the gateway: precise routing sent its prompts to a cache it no longer had."""
+    monkeypatch.setattr(kv_subscriber, "HEARTBEAT_S", 0.05)
+    publisher, sink = Publisher(), Sink()
+    relay = Blackhole(publisher.address)
+    await relay.start()
+    subscriber = KvEventSubscriber(sink, lambda: [EndpointEntry("e1", "http://e1", relay.address)])
+    subscriber.sync()
+    try:
+        assert await until(lambda: "e1" in subscriber.connected)
+        for seq in range(100):  # the subscription reaches the publisher a moment later
+            publisher.send(seq, [stored(seq + 1000)])
+            if await until(lambda: bool(sink.calls), tries=5):
+                break
+        assert sink.calls
+        sink.calls.clear()
+
+        relay.silent = True
+
+        assert await until(lambda: "e1" not in subscriber.connected)
+        assert sink.calls == [("e1", (), (), True)]  # what it cached is no longer trusted
+        assert subscriber.clears[("e1", "disconnect")] == 1
+
+        relay.silent = False  # reachable again: the subscription is made anew
+        assert await until(lambda: "e1" in subscriber.connected)
+        for seq in range(100, 200):
+            publisher.send(seq, [stored(seq + 1000)])
+            if await until(lambda: len(sink.calls) > 1, tries=5):
+                break
+        assert sink.calls[1][1], "no event reached the subscriber once it was reachable again"
+    finally:
+        await subscriber.close()
+        await relay.close()
+        publisher.close()

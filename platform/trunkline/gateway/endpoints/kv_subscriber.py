@@ -204,6 +204,14 @@ class KvEventSubscriber:
             socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
+            # A SUB socket sends nothing once subscribed: without heartbeats a publisher whose
+            # host vanished (no FIN, no RST) stays "connected" for good, and once it is back at
+            # that address its events never come. The publisher's I/O thread answers the pings
+            # (ZMTP 3.1), however busy the engine.
+            heartbeat_ms = max(1, round(HEARTBEAT_S * 1000))
+            socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MISSED * heartbeat_ms)
+            socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_MISSED * heartbeat_ms)
             events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             monitor = socket.get_monitor_socket(events)
             socket.connect(address)
@@ -236,6 +244,10 @@ class KvEventSubscriber:
                 socket.close()
 
 
+HEARTBEAT_S = 1.0
+"""How often the subscription pings its publisher; unanswered for :data:`HEARTBEAT_MISSED`
+times that, the connection is taken as lost (the endpoint cleared) and made again."""
+HEARTBEAT_MISSED = 5
 RETRY_MIN_S = 1.0
 """The first wait before a failed subscription is started again."""
 RETRY_MAX_S = 30.0
