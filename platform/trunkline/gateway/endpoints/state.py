@@ -212,7 +212,8 @@ class EngineState:
         self._endpoints: dict[str, _Endpoint] = {}
         self._removed: set[str] = set()
         """Endpoints a snapshot removed: a late outcome of theirs does not track them again.
-        (One not synced yet, new in the snapshot a request already used, is tracked.)"""
+        (One not synced yet, new in the snapshot a request already used, is tracked.) Those
+        with requests still on them stay tracked until the last ends (:meth:`draining`)."""
         self._changed = asyncio.Event()
         self._changes = 0
         self.probed_by_scrapes = False
@@ -236,15 +237,23 @@ class EngineState:
     # --- membership --------------------------------------------------------------------------
 
     def sync(self, endpoint_ids: Iterable[str]) -> None:
-        """Follow the snapshot: track these endpoints, forget the others."""
+        """Follow the snapshot: track these endpoints, forget the others once no request of
+        this gateway is on them. Until then they are still scraped, their failures count and
+        eject them: an engine stopped after it left the configuration (scaled down) may keep
+        its requests open and silent, and its ejection is what moves them on."""
         wanted = set(endpoint_ids)
         for gone in self._endpoints.keys() - wanted:
-            del self._endpoints[gone]
+            if not self._endpoints[gone].flights:
+                del self._endpoints[gone]
             self._removed.add(gone)
             self._forget(gone)
         self._removed -= wanted
         for new in wanted - self._endpoints.keys():
             self._endpoints[new] = _Endpoint(self._policy)
+
+    def draining(self) -> set[str]:
+        """Endpoints the snapshot removed that are tracked until their requests end."""
+        return self._removed & self._endpoints.keys()
 
     def _get(self, endpoint: str) -> _Endpoint:
         state = self._endpoints.get(endpoint)
