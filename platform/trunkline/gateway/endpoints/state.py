@@ -21,7 +21,7 @@ scrape was taken counts as ours too.
 Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) and block size
 (``EndpointHealth.block_size``, checked against its pools' by
 :class:`~trunkline.gateway.endpoints.block_sizes.BlockSizeCheck`) are read from its page once, and
-again only after the engine restarted (a cumulative counter went backwards).
+again only after the engine restarted (:func:`~trunkline.gateway.endpoints.scan.restarted`).
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class _Endpoint:
         "next_scrape_at",
         "rates",
         "scan",
+        "scan_before",
         "scrape_answered_at",
         "scrape_sent_at",
         "unmetered_scrapes",
@@ -121,6 +122,9 @@ class _Endpoint:
     def __init__(self, policy: EjectionPolicy) -> None:
         self.health = Health(policy)
         self.scan: MetricsScan | None = None
+        self.scan_before: MetricsScan | None = None
+        """Its last page with figures while its scrapes find none (:meth:`EngineState.unmetered`):
+        the next that has some shows whether the engine restarted meanwhile."""
         self.scrape_sent_at = 0.0
         self.scrape_answered_at = 0.0
         self.rates = Rates()
@@ -365,7 +369,9 @@ class EngineState:
         if state.without_metrics is not None:
             state.without_metrics, state.unmetered_scrapes, state.next_scrape_at = None, 0, 0.0
             log.info("endpoint serves engine metrics again", extra={"endpoint_id": endpoint})
-        restart = state.scan is not None and restarted(state.scan, scan)
+        before = state.scan or state.scan_before
+        restart = before is not None and restarted(before, scan)
+        state.scan_before = None
         if cache_config is not None and (not state.capacity_read or restart):
             state.kv_capacity, state.block_size = cache_config()
             state.capacity_read = True
@@ -431,7 +437,7 @@ class EngineState:
         backoff = self._policy.base_s * 2 ** (state.unmetered_scrapes - 1)
         state.next_scrape_at = now + min(backoff, self._policy.probe_max_s)
         if state.scan is not None:  # figures it no longer serves are not its load any more
-            state.scan, state.rates = None, Rates()
+            state.scan_before, state.scan, state.rates = state.scan, None, Rates()
             state.scrape_sent_at = state.scrape_answered_at = 0.0
             self._notify()
         self._succeeded(endpoint, state, now, scrape=True)
