@@ -5,9 +5,12 @@ clears it; a failed subscription starts again."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import itertools
 import pickle
 import sys
+import tracemalloc
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -16,7 +19,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.unit.gateway.kv_support import Blackhole, Publisher, Sink, stored, subscribe, until
 
 from trunkline.errors import ConfigurationError
-from trunkline.gateway.endpoints import KvEventCollector, KvEventSubscriber, kv_subscriber
+from trunkline.gateway.endpoints import (
+    EngineState,
+    KvEventCollector,
+    KvEventSubscriber,
+    kv_subscriber,
+)
 from trunkline.gateway.routing.prefix_index import KvEventIndex
 from trunkline.gateway.routing.vllm_hashes import DEFAULT_SEED, VllmHashing
 from trunkline.snapshot import EndpointEntry
@@ -229,3 +237,43 @@ async def test_a_publisher_gone_silent_without_closing_is_noticed_and_found_agai
         await subscriber.close()
         await relay.close()
         publisher.close()
+
+
+async def test_endpoints_churned_all_day_leave_nothing_behind() -> None:
+    """A gateway following autoscaled engines (each new one registered under a new id) kept,
+    for every endpoint it ever followed, its KV-event counts, an empty entry in the precise
+    index and its id among the removed ones: about 500 bytes each, for good."""
+    index = KvEventIndex()
+    current: list[EndpointEntry] = []
+    subscriber = KvEventSubscriber(index, lambda: current)
+    state = EngineState()
+
+    async def churn(endpoints: int) -> int:
+        nonlocal current
+        for number in range(endpoints):
+            endpoint = f"endpoint-{next(ids)}"
+            current = [EndpointEntry(endpoint, "http://x", "tcp://127.0.0.1:1", "tcp://h:2")]
+            state.sync([endpoint])
+            subscriber.sync()
+            index.apply(endpoint, stored=[number])
+            subscriber.clears[(endpoint, "disconnect")] += 1  # what a subscription counts
+            subscriber.replays[(endpoint, "failed")] += 1
+            subscriber.received[endpoint] = 1
+            current = []
+            state.sync([])
+            subscriber.sync()
+        for _ in range(10):  # the cancelled subscriptions end
+            await asyncio.sleep(0)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    ids = itertools.count()
+    tracemalloc.start()
+    try:
+        settled = await churn(2000)  # past every bounded memory
+        after = await churn(2000)
+    finally:
+        tracemalloc.stop()
+        await subscriber.close()
+    assert (after - settled) / 2000 < 50, f"{(after - settled) / 2000:.0f} bytes per endpoint"
+    assert len(index) == 0

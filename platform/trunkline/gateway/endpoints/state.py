@@ -43,6 +43,10 @@ __all__ = ["EngineState", "Flight"]
 
 log = logging.getLogger(__name__)
 
+_MAX_REMOVED = 1024
+"""Endpoints remembered as removed from the snapshot, beyond those still tracked: a request
+routed before the change and sent after it (held by admission meanwhile) does not track its
+endpoint again for good."""
 _MAX_LEFT_WAITING = 1024
 _LEFT_WAITING_HORIZON_S = 2.0
 """Flights that left the waiting queue are remembered until the next scrape is sent, at most
@@ -214,10 +218,11 @@ class EngineState:
         queueing nothing, and which still has no first event, is lost there."""
         self._clock = clock
         self._endpoints: dict[str, _Endpoint] = {}
-        self._removed: set[str] = set()
-        """Endpoints a snapshot removed: a late outcome of theirs does not track them again.
-        (One not synced yet, new in the snapshot a request already used, is tracked.) Those
-        with requests still on them stay tracked until the last ends (:meth:`draining`)."""
+        self._removed: dict[str, None] = {}
+        """Endpoints a snapshot removed, oldest first: a late outcome of theirs does not track
+        them again. (One not synced yet, new in the snapshot a request already used, is
+        tracked.) Those with requests still on them stay tracked until the last ends
+        (:meth:`draining`); of the others only the latest :data:`_MAX_REMOVED` are kept."""
         self._changed = asyncio.Event()
         self._changes = 0
         self.probed_by_scrapes = False
@@ -246,18 +251,25 @@ class EngineState:
         eject them: an engine stopped after it left the configuration (scaled down) may keep
         its requests open and silent, and its ejection is what moves them on."""
         wanted = set(endpoint_ids)
+        removed = self._removed
         for gone in self._endpoints.keys() - wanted:
             if not self._endpoints[gone].flights:
                 del self._endpoints[gone]
-            self._removed.add(gone)
+            removed[gone] = None
             self._forget(gone)
-        self._removed -= wanted
+        for back in wanted & removed.keys():
+            del removed[back]
+        if len(removed) > _MAX_REMOVED:  # a gateway following endpoints churned all day
+            for old in [key for key in removed if key not in self._endpoints]:
+                del removed[old]
+                if len(removed) <= _MAX_REMOVED:
+                    break
         for new in wanted - self._endpoints.keys():
             self._endpoints[new] = _Endpoint(self._policy)
 
     def draining(self) -> set[str]:
         """Endpoints the snapshot removed that are tracked until their requests end."""
-        return self._removed & self._endpoints.keys()
+        return self._removed.keys() & self._endpoints.keys()
 
     def _get(self, endpoint: str) -> _Endpoint:
         state = self._endpoints.get(endpoint)
