@@ -30,11 +30,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from trunkline.gateway.endpoints.health import EjectionPolicy, Health
+from trunkline.gateway.endpoints._tracked import Flight, TrackedEndpoint
+from trunkline.gateway.endpoints.health import EjectionPolicy
 from trunkline.gateway.endpoints.rates import Rates, next_rates
 from trunkline.gateway.endpoints.scan import CacheConfig, MetricsScan, restarted
 from trunkline.gateway.routing.views import EndpointLoad
@@ -47,10 +47,6 @@ _MAX_REMOVED = 1024
 """Endpoints remembered as removed from the snapshot, beyond those still tracked: a request
 routed before the change and sent after it (held by admission meanwhile) does not track its
 endpoint again for good."""
-_MAX_LEFT_WAITING = 1024
-_LEFT_WAITING_HORIZON_S = 2.0
-"""Flights that left the waiting queue are remembered until the next scrape is sent, at most
-this long and this many: bounds for when scrapes stop coming (their figures are stale then)."""
 
 
 class EndpointHealth(NamedTuple):
@@ -71,137 +67,6 @@ class EndpointHealth(NamedTuple):
     they do not: its load is unknown (None: it serves them, or was not scraped yet)."""
 
 
-class Flight:
-    """One request this gateway sent to an endpoint, until it ends."""
-
-    __slots__ = (
-        "endpoint",
-        "head_at",
-        "on_ejected",
-        "prefill_tokens",
-        "sent_at",
-        "streamed",
-        "waiting_first_byte",
-    )
-
-    def __init__(
-        self, endpoint: str, prefill_tokens: int, sent_at: float, *, streamed: bool = True
-    ) -> None:
-        self.endpoint = endpoint
-        self.prefill_tokens = prefill_tokens
-        """Prompt tokens the engine will likely have to prefill (not found in its cache)."""
-        self.sent_at = sent_at
-        self.streamed = streamed
-        """Its first byte is its first token; a plain request's first byte is its whole answer."""
-        self.waiting_first_byte = True
-        self.head_at: float | None = None
-        """When a stream's response head came (vLLM sends it as it hands the request to its
-        engine, before the first token)."""
-        self.on_ejected: Callable[[], None] | None = None
-        """Called if its endpoint is ejected while it is set: by the request waiting for its
-        first byte (a plain request's whole answer, a stream's first event), so it moves on
-        instead of waiting on an engine that stopped (a vLLM whose engine core died before
-        aborting the request keeps the connection open and silent); then by the stream being
-        relayed, so a stream the stopped engine leaves silent ends soon."""
-
-
-class _Endpoint:
-    __slots__ = (
-        "block_size",
-        "capacity_read",
-        "flights",
-        "health",
-        "kv_capacity",
-        "left_waiting",
-        "next_scrape_at",
-        "rates",
-        "scan",
-        "scan_before",
-        "scrape_answered_at",
-        "scrape_sent_at",
-        "unmetered_scrapes",
-        "without_metrics",
-    )
-
-    def __init__(self, policy: EjectionPolicy) -> None:
-        self.health = Health(policy)
-        self.scan: MetricsScan | None = None
-        self.scan_before: MetricsScan | None = None
-        """Its last page with figures while its scrapes find none (:meth:`EngineState.unmetered`):
-        the next that has some shows whether the engine restarted meanwhile."""
-        self.scrape_sent_at = 0.0
-        self.scrape_answered_at = 0.0
-        self.rates = Rates()
-        self.flights: set[Flight] = set()
-        self.kv_capacity: int | None = None
-        self.block_size: int | None = None
-        self.capacity_read = False
-        self.without_metrics: str | None = None
-        self.unmetered_scrapes = 0
-        """Scrapes in a row that found no engine metrics."""
-        self.next_scrape_at = 0.0
-        """Not scraped before then while in service: an endpoint serving no metrics."""
-        self.left_waiting: deque[tuple[float, float]] = deque(maxlen=_MAX_LEFT_WAITING)
-        """(sent, first byte or end) of flights whose first byte came after the last scrape
-        was sent, oldest first: the scrape may still count them waiting."""
-
-    def stop_waiting(self, flight: Flight, now: float) -> None:
-        left = self.left_waiting
-        # Left before the last scrape was sent (not in it), or so long ago that a scrape sent
-        # before is too stale to matter (scrapes failing or off).
-        oldest = max(self.scrape_sent_at, now - _LEFT_WAITING_HORIZON_S)
-        while left and left[0][1] <= oldest:
-            left.popleft()
-        left.append((flight.sent_at, now))
-
-    def load(self, now: float) -> EndpointLoad:
-        scan = self.scan or _EMPTY
-        sent_at, answered = self.scrape_sent_at, self.scrape_answered_at
-        queued = 0
-        newer = 0
-        streams_seen = 0  # streams without a first byte the scrape may count as waiting
-        plain_seen = 0
-        # Ours the scrape may count waiting: sent before its answer came (the engine may have
-        # taken a request in before answering a scrape sent earlier), still waiting then.
-        ours = 0
-        plain: list[Flight] = []
-        for flight in self.flights:
-            seen = flight.sent_at <= sent_at
-            if flight.waiting_first_byte:
-                ours += flight.sent_at <= answered
-                if flight.streamed:
-                    queued += flight.prefill_tokens
-                    streams_seen += seen
-                else:
-                    plain.append(flight)
-                    plain_seen += seen
-            if not seen:
-                newer += 1
-        ours += sum(1 for sent, left in self.left_waiting if sent <= answered and left > sent_at)
-        if plain:
-            # The engine starts requests in order: its waiting ones are the latest sent, less
-            # our streams already counted (and it has not counted those sent since the scrape).
-            waiting = max(int(scan.waiting) - streams_seen, 0)
-            ahead = waiting + len(plain) - plain_seen
-            plain.sort(key=lambda f: f.sent_at, reverse=True)
-            queued += sum(f.prefill_tokens for f in plain[:ahead])
-        return EndpointLoad(
-            running=scan.running,
-            waiting=scan.waiting + newer,
-            kv_usage=scan.kv_usage,
-            queued_prompt_tokens=float(queued),
-            unaccounted_waiting=max(scan.waiting - ours, 0.0),
-            prefill_tokens_per_s=self.rates.prefill_tokens_per_s,
-            decode_step_s=self.rates.decode_step_s,
-            # From when the scrape was sent: the page shows the engine somewhere in between.
-            age_s=now - sent_at if self.scan is not None else float("inf"),
-            kv_capacity_tokens=self.kv_capacity,
-        )
-
-
-_EMPTY = MetricsScan()
-
-
 class EngineState:
     """Load and health of every endpoint of the current snapshot, keyed by endpoint id."""
 
@@ -217,7 +82,7 @@ class EngineState:
         """A stream whose head came this long before a scrape showing its engine running and
         queueing nothing, and which still has no first event, is lost there."""
         self._clock = clock
-        self._endpoints: dict[str, _Endpoint] = {}
+        self._endpoints: dict[str, TrackedEndpoint] = {}
         self._removed: dict[str, None] = {}
         """Endpoints a snapshot removed, oldest first: a late outcome of theirs does not track
         them again. (One not synced yet, new in the snapshot a request already used, is
@@ -265,16 +130,16 @@ class EngineState:
                 if len(removed) <= _MAX_REMOVED:
                     break
         for new in wanted - self._endpoints.keys():
-            self._endpoints[new] = _Endpoint(self._policy)
+            self._endpoints[new] = TrackedEndpoint(self._policy)
 
     def draining(self) -> set[str]:
         """Endpoints the snapshot removed that are tracked until their requests end."""
         return self._removed.keys() & self._endpoints.keys()
 
-    def _get(self, endpoint: str) -> _Endpoint:
+    def _get(self, endpoint: str) -> TrackedEndpoint:
         state = self._endpoints.get(endpoint)
         if state is None:  # a request raced a snapshot change: track it until the next sync
-            state = self._endpoints[endpoint] = _Endpoint(self._policy)
+            state = self._endpoints[endpoint] = TrackedEndpoint(self._policy)
         return state
 
     # --- what routing and admission read -------------------------------------------------------
@@ -402,7 +267,7 @@ class EngineState:
             self._lost_streams(endpoint, state, sent_at - self._lost_stream_s)
         self._notify()
 
-    def _lost_streams(self, endpoint: str, state: _Endpoint, head_before: float) -> None:
+    def _lost_streams(self, endpoint: str, state: TrackedEndpoint, head_before: float) -> None:
         """The engine runs and queues nothing, yet streams whose head came well before the
         scrape still wait for their first token: it lost them (an API server that took the
         request but never handed it on). Each moves to the next endpoint, as on an ejection
@@ -528,7 +393,9 @@ class EngineState:
         if state is not None:
             self._succeeded(endpoint, state, self._clock(), scrape=False)
 
-    def _succeeded(self, endpoint: str, state: _Endpoint, now: float, *, scrape: bool) -> None:
+    def _succeeded(
+        self, endpoint: str, state: TrackedEndpoint, now: float, *, scrape: bool
+    ) -> None:
         if state.health.succeeded(now, scrape=scrape):
             log.info("endpoint readmitted", extra={"endpoint_id": endpoint})
             self._notify()
