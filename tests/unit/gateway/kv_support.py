@@ -86,3 +86,49 @@ def frames(seq: int, events_: list[object]) -> list[bytes]:
         seq.to_bytes(8, "big", signed=True),
         msgspec.msgpack.encode([1.0, events_, None]),
     ]
+
+
+class Blackhole:
+    """A TCP relay to ``target`` (``tcp://host:port``) that can go silent without closing
+    anything: what a subscriber sees of an engine whose host vanished (a node lost, a network
+    partition), where no FIN or RST ever comes."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("tcp://").rsplit(":", 1)
+        self._target = (host, int(port))
+        self.silent = False
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.address = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = f"tcp://127.0.0.1:{port}"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers += [writer, upstream_writer]
+        await asyncio.gather(
+            self._pump(reader, upstream_writer),
+            self._pump(upstream_reader, writer),
+            return_exceptions=True,
+        )
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            if not self.silent:  # silent: read and dropped, the connections left open
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

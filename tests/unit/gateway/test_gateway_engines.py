@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.settings import GatewaySettings
+from trunkline.settings import EngineStateSettings, GatewaySettings
 from trunkline.snapshot import TenantEntry
 
 
@@ -298,6 +299,111 @@ def test_an_engine_that_restarted_is_forgotten_by_the_approximate_index(
     served[host] = 5  # now the one that holds the preamble restarted
     gw.client.blocking_portal.call(_wait_for_restart_seen, service, "e" + host[-1])
     assert len(index) == 0
+
+
+def test_an_engine_restart_its_counters_cannot_show_is_seen_by_its_start_time(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """vLLM with ``--disable-log-stats`` serves no vLLM series at all, so no counter can go
+    back; nor can one across a spell of 404s (a proxy in front while the engine was down).
+    Its page still says when its process started (``process_start_time_seconds``). Before,
+    such a restart went unseen: the approximate index kept sending the prompts it had sent
+    there to the engine's now empty cache."""
+    started = {f"engine-{i}": 1.7e9 for i in range(1, 5)}
+    missing: set[str] = set()
+    scrapes: Counter[str] = Counter()
+
+    def scrape(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        scrapes[host] += 1
+        if host in missing:
+            return httpx.Response(404, text="default backend - 404")
+        page = "# TYPE process_start_time_seconds gauge\n"
+        page += f"process_start_time_seconds {started[host]}\n"
+        return httpx.Response(200, content=page.encode())
+
+    def scraped_again(host: str) -> None:
+        gw.client.blocking_portal.call(_wait_for_scrapes_of, gw.service, scrapes, host)
+
+    # A page without metrics is read again after the probe interval: kept short here.
+    engines = EngineStateSettings(ejection_base_s=0.05, ejection_probe_max_s=0.05)
+    gw = engine_gateway(chat_any, policy="prefix-aware", scrape=scrape, engines=engines)
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 20}
+    for host in started:
+        scraped_again(host)
+    assert gw.chat({**CHAT, "messages": [preamble]}).status_code == 200
+    [host] = gw.hosts()
+    index = _approx_index(gw.service)
+    held = len(index)
+    assert held > 0
+
+    scraped_again(host)
+    assert len(index) == held  # the same process: nothing forgotten
+    started[host] = 1.8e9  # restarted
+    scraped_again(host)
+    assert len(index) == 0
+
+    assert gw.chat({**CHAT, "messages": [preamble]}).status_code == 200
+    [_, host] = gw.hosts()
+    assert len(index) > 0
+    missing.add(host)  # its proxy answers 404 while the engine restarts behind it
+    scraped_again(host)
+    started[host] = 1.9e9
+    missing.clear()
+    scraped_again(host)
+    assert len(index) == 0
+
+
+async def _wait_for_scrapes_of(service: GatewayService, scrapes: Counter[str], host: str) -> None:
+    """Until ``host``'s page was read twice more: the first of them applied (an endpoint is
+    not scraped again before its scrape ended)."""
+    target = scrapes[host] + 2
+    while scrapes[host] < target:
+        await service.engines.wait_changed(timeout=0.05)
+
+
+def test_an_endpoint_taken_out_of_the_configuration_is_forgotten_by_the_approximate_index(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """An endpoint disabled (its engine upgraded, restarted) and enabled again under its id
+    comes back with an empty cache: the prompts routed there before must not be sent back to
+    it. Before, the index kept every block of every endpoint that ever left the configuration,
+    so a gateway under autoscaling (endpoints added and removed all day) also grew by each
+    endpoint's whole index, tens of thousands of blocks, for every endpoint it ever saw."""
+    world = default_world()
+    gw = engine_gateway(chat_any, world=world, policy="prefix-aware")
+    service = gw.service
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 20}
+    assert gw.chat({**CHAT, "messages": [preamble]}).status_code == 200
+    [host] = gw.hosts()
+    endpoint = "e" + host[-1]
+    index = _approx_index(service)
+    assert len(index) > 0
+
+    pools = dict(world.pools)
+    for name, pool in pools.items():
+        kept = tuple(e for e in pool.endpoints if e.id != endpoint)
+        world.pools[name] = msgspec.structs.replace(pool, endpoints=kept)
+    world.publish()
+    gw.client.blocking_portal.call(_wait_until_untracked, service, endpoint)
+    assert len(index) == 0
+
+    world.pools.update(pools)  # enabled again: a fresh engine behind the same id
+    world.publish()
+    gw.client.blocking_portal.call(_wait_until_tracked, service, endpoint)
+    assert len(index) == 0
+
+
+async def _wait_until_untracked(service: GatewayService, endpoint: str) -> None:
+    """Until the engine state no longer tracks ``endpoint`` (the snapshot without it seen)."""
+    while service.engines.load(endpoint) is not None:
+        await service.engines.wait_changed(timeout=0.05)
+
+
+async def _wait_until_tracked(service: GatewayService, endpoint: str) -> None:
+    """Until the engine state tracks ``endpoint`` again."""
+    while service.engines.load(endpoint) is None:
+        await service.engines.wait_changed(timeout=0.05)
 
 
 async def _wait_for_restart_seen(service: GatewayService, endpoint: str) -> None:

@@ -5,18 +5,26 @@ clears it; a failed subscription starts again."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
+import itertools
 import pickle
 import sys
+import tracemalloc
 from collections.abc import Hashable, Iterable
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from tests.unit.gateway.kv_support import Publisher, Sink, stored, subscribe, until
+from tests.unit.gateway.kv_support import Blackhole, Publisher, Sink, stored, subscribe, until
 
 from trunkline.errors import ConfigurationError
-from trunkline.gateway.endpoints import KvEventCollector, KvEventSubscriber, kv_subscriber
+from trunkline.gateway.endpoints import (
+    EngineState,
+    KvEventCollector,
+    KvEventSubscriber,
+    kv_subscriber,
+)
 from trunkline.gateway.routing.prefix_index import KvEventIndex
 from trunkline.gateway.routing.vllm_hashes import DEFAULT_SEED, VllmHashing
 from trunkline.snapshot import EndpointEntry
@@ -187,3 +195,85 @@ def test_a_gateway_without_pyzmq_says_which_extra_to_install(
     monkeypatch.setitem(sys.modules, "zmq.asyncio", None)
     with pytest.raises(ConfigurationError, match=r"trunkline\[tokenizers\]"):
         KvEventSubscriber(Sink(), lambda: [])
+
+
+async def test_a_publisher_gone_silent_without_closing_is_noticed_and_found_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An engine's host vanished (a node lost, a network partition): no FIN or RST comes,
+    and a SUB socket sends nothing once subscribed, so nothing told it. Before, the
+    subscription said it was connected for good, the index kept the engine's blocks, and
+    once the engine came back at that address (a StatefulSet's pod, rescheduled) its events
+    never reached the gateway: precise routing sent its prompts to a cache it no longer had."""
+    monkeypatch.setattr(kv_subscriber, "HEARTBEAT_S", 0.05)
+    publisher, sink = Publisher(), Sink()
+    relay = Blackhole(publisher.address)
+    await relay.start()
+    subscriber = KvEventSubscriber(sink, lambda: [EndpointEntry("e1", "http://e1", relay.address)])
+    subscriber.sync()
+    try:
+        assert await until(lambda: "e1" in subscriber.connected)
+        for seq in range(100):  # the subscription reaches the publisher a moment later
+            publisher.send(seq, [stored(seq + 1000)])
+            if await until(lambda: bool(sink.calls), tries=5):
+                break
+        assert sink.calls
+        sink.calls.clear()
+
+        relay.silent = True
+
+        assert await until(lambda: "e1" not in subscriber.connected)
+        assert sink.calls == [("e1", (), (), True)]  # what it cached is no longer trusted
+        assert subscriber.clears[("e1", "disconnect")] == 1
+
+        relay.silent = False  # reachable again: the subscription is made anew
+        assert await until(lambda: "e1" in subscriber.connected)
+        for seq in range(100, 200):
+            publisher.send(seq, [stored(seq + 1000)])
+            if await until(lambda: len(sink.calls) > 1, tries=5):
+                break
+        assert sink.calls[1][1], "no event reached the subscriber once it was reachable again"
+    finally:
+        await subscriber.close()
+        await relay.close()
+        publisher.close()
+
+
+async def test_endpoints_churned_all_day_leave_nothing_behind() -> None:
+    """A gateway following autoscaled engines (each new one registered under a new id) kept,
+    for every endpoint it ever followed, its KV-event counts, an empty entry in the precise
+    index and its id among the removed ones: about 500 bytes each, for good."""
+    index = KvEventIndex()
+    current: list[EndpointEntry] = []
+    subscriber = KvEventSubscriber(index, lambda: current)
+    state = EngineState()
+
+    async def churn(endpoints: int) -> int:
+        nonlocal current
+        for number in range(endpoints):
+            endpoint = f"endpoint-{next(ids)}"
+            current = [EndpointEntry(endpoint, "http://x", "tcp://127.0.0.1:1", "tcp://h:2")]
+            state.sync([endpoint])
+            subscriber.sync()
+            index.apply(endpoint, stored=[number])
+            subscriber.clears[(endpoint, "disconnect")] += 1  # what a subscription counts
+            subscriber.replays[(endpoint, "failed")] += 1
+            subscriber.received[endpoint] = 1
+            current = []
+            state.sync([])
+            subscriber.sync()
+        for _ in range(10):  # the cancelled subscriptions end
+            await asyncio.sleep(0)
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    ids = itertools.count()
+    tracemalloc.start()
+    try:
+        settled = await churn(2000)  # past every bounded memory
+        after = await churn(2000)
+    finally:
+        tracemalloc.stop()
+        await subscriber.close()
+    assert (after - settled) / 2000 < 50, f"{(after - settled) / 2000:.0f} bytes per endpoint"
+    assert len(index) == 0

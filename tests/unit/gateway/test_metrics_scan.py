@@ -139,6 +139,18 @@ def test_a_counter_going_backwards_is_a_restart() -> None:
     assert restarted(busy, MetricsScan(prompt_tokens=10, prefix_cache_queries=10))
 
 
+def test_a_process_started_at_another_time_is_a_restart_whatever_its_counters() -> None:
+    """Counters a new engine outgrew before it was scraped again (its endpoint ejected while
+    other gateways sent it requests) hid its restart; its start time does not."""
+    old = MetricsScan(prompt_tokens=500, started_at=1.7e9)
+    assert restarted(old, MetricsScan(prompt_tokens=900, started_at=1.8e9))
+    assert not restarted(old, MetricsScan(prompt_tokens=900, started_at=1.7e9))
+    assert restarted(old, MetricsScan(prompt_tokens=10))  # one page does not say: counters
+    assert scan_metrics(VLLM_PAGE).started_at == 1.79545006855e09
+    two = b"process_start_time_seconds 1\nprocess_start_time_seconds 2\n"  # not one process
+    assert scan_metrics(two).started_at == 0.0
+
+
 def test_prefill_time_comes_from_the_prefill_histogram_on_vllm_and_the_simulator() -> None:
     for page in (VLLM_PAGE, _simulated_page()):
         scan, text = scan_metrics(page), page.decode()

@@ -127,6 +127,36 @@ async def test_endpoints_follow_the_snapshot() -> None:
     await scraper.close()
 
 
+async def test_an_endpoint_taken_out_with_requests_on_it_is_watched_until_they_end() -> None:
+    """Taken out of the configuration (scaled down), then stopped with a request still on it:
+    a vLLM stopping on SIGTERM can leave it open and silent. Before, the endpoint was dropped
+    at once and its scrapes with it: nothing ejected it, and a plain request waited out the
+    read timeout (300 s, then a 504), where on an endpoint still configured it moves on as its
+    scrapes fail."""
+    engines = Engines()
+    current = _entries("a", "b")
+    state, scraper = _scraper(engines, lambda: current, Clock())
+    await asyncio.gather(*scraper.tick())
+    moved_on: list[str] = []
+    flight = state.sent("b", 10, streamed=False)
+    flight.on_ejected = lambda: moved_on.append("b")
+
+    current = _entries("a")
+    await asyncio.gather(*scraper.tick())
+    engines.broken.add("b")  # its engine stopped: connections refused
+    for _ in range(2):
+        await asyncio.gather(*scraper.tick())
+    assert moved_on == ["b"]
+
+    state.ended(flight)  # the request went elsewhere: nothing is left on b
+    await asyncio.gather(*scraper.tick())
+    scraped = engines.scrapes.count("b")
+    await asyncio.gather(*scraper.tick())
+    assert engines.scrapes.count("b") == scraped  # no longer scraped
+    assert set(state.loads()) == {"a"}
+    await scraper.close()
+
+
 async def test_the_background_loop_keeps_loads_fresh() -> None:
     engines = Engines()
     state, scraper = _scraper(engines, lambda: _entries("a"), Clock())

@@ -140,6 +140,7 @@ class KvEventSubscriber:
 
     def sync(self) -> None:
         wanted = {(e.id, e.kv_events, e.kv_replay) for e in self._endpoints() if e.kv_events}
+        kept = {key[0] for key in wanted}
         for key in set(self._tasks) - wanted:
             task = self._tasks.pop(key)
             task.cancel()
@@ -147,12 +148,24 @@ class KvEventSubscriber:
             task.add_done_callback(self._retired.discard)
             self.connected.discard(key[0])
             self._sink.apply(key[0], cleared=True)
+            if key[0] not in kept:  # not merely moved to another address
+                self._forget(key[0])
         for key in wanted - set(self._tasks):
             endpoint_id, address, replay = key
             assert address is not None  # filtered above
             self._tasks[key] = asyncio.create_task(
                 self._listen(endpoint_id, address, replay), name=f"kv-events-{endpoint_id}"
             )
+
+    def _forget(self, endpoint: str) -> None:
+        """Drop the counts of an endpoint that left the snapshot: no longer reported, they
+        would otherwise be kept for every endpoint a gateway ever followed."""
+        self.received.pop(endpoint, None)
+        self._handshakes.pop(endpoint, None)
+        for reason in CLEAR_REASONS:
+            self.clears.pop((endpoint, reason), None)
+        for outcome in REPLAY_OUTCOMES:
+            self.replays.pop((endpoint, outcome), None)
 
     async def close(self) -> None:
         tasks = [*self._tasks.values(), *self._retired]
@@ -204,6 +217,14 @@ class KvEventSubscriber:
             socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
+            # A SUB socket sends nothing once subscribed: without heartbeats a publisher whose
+            # host vanished (no FIN, no RST) stays "connected" for good, and once it is back at
+            # that address its events never come. The publisher's I/O thread answers the pings
+            # (ZMTP 3.1), however busy the engine.
+            heartbeat_ms = max(1, round(HEARTBEAT_S * 1000))
+            socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MISSED * heartbeat_ms)
+            socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_MISSED * heartbeat_ms)
             events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             monitor = socket.get_monitor_socket(events)
             socket.connect(address)
@@ -236,6 +257,12 @@ class KvEventSubscriber:
                 socket.close()
 
 
+HEARTBEAT_S = 1.0
+"""How often the subscription pings its publisher; unanswered for :data:`HEARTBEAT_MISSED`
+times that, the connection is taken as lost (the endpoint cleared) and made again."""
+HEARTBEAT_MISSED = 5
+CLEAR_REASONS = ("gap", "disconnect", "restart", "error")
+REPLAY_OUTCOMES = ("complete", "failed")
 RETRY_MIN_S = 1.0
 """The first wait before a failed subscription is started again."""
 RETRY_MAX_S = 30.0

@@ -11,7 +11,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from trunkline.gateway.endpoints.block_sizes import BlockSizeCheck
-from trunkline.gateway.endpoints.kv_subscriber import KvEventSubscriber
+from trunkline.gateway.endpoints.kv_subscriber import (
+    CLEAR_REASONS,
+    REPLAY_OUTCOMES,
+    KvEventSubscriber,
+)
 from trunkline.gateway.endpoints.state import EndpointHealth, EngineState
 
 __all__ = ["EndpointCollector", "KvEventCollector"]
@@ -152,9 +156,9 @@ class KvEventCollector(Collector):
             for endpoint, state in subscriber.summary().items():
                 connected.add_metric([endpoint], float(state["connected"]))
                 applied.add_metric([endpoint], float(state["events"]))
-                for reason in ("gap", "disconnect", "restart", "error"):
+                for reason in CLEAR_REASONS:
                     clears.add_metric([endpoint, reason], subscriber.clears[(endpoint, reason)])
-                for outcome in ("complete", "failed"):
+                for outcome in REPLAY_OUTCOMES:
                     count = subscriber.replays[(endpoint, outcome)]
                     replays.add_metric([endpoint, outcome], count)
         yield from (connected, applied, clears, replays)

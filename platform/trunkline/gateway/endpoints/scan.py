@@ -11,7 +11,8 @@ Names are current vLLM's (0.32, V1 engine, no ``gpu_`` prefix); the pre-0.9 ``gp
 The KV-cache size (``vllm:cache_config_info``'s ``num_gpu_blocks`` times ``block_size`` labels)
 and the engine's block size change only when an engine restarts: :func:`scan_cache_config` is a
 separate read, done by the scraper only while they are unknown or after a restart (see
-:func:`restarted`).
+:func:`restarted`: the process's ``process_start_time_seconds`` changed, or where the page does
+not say it, a cumulative counter went backwards).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ _RUNNING, _WAITING, _KV, _KV_OLD = 0, 1, 2, 3
 _QUERIES, _QUERIES_OLD, _HITS, _HITS_OLD = 4, 5, 6, 7
 _PROMPT, _PREFILL_SUM, _PREFILL_COUNT = 8, 9, 10
 _ITL_SUM, _ITL_COUNT, _TPOT_SUM, _TPOT_COUNT = 11, 12, 13, 14
-_SLOTS = 15
+_STARTED = 15
+_SLOTS = 16
 
 _SERIES: dict[bytes, int] = {
     b"vllm:num_requests_running": _RUNNING,
@@ -51,6 +53,7 @@ _SERIES: dict[bytes, int] = {
     b"vllm:inter_token_latency_seconds_count": _ITL_COUNT,
     b"vllm:time_per_output_token_seconds_sum": _TPOT_SUM,
     b"vllm:time_per_output_token_seconds_count": _TPOT_COUNT,
+    b"process_start_time_seconds": _STARTED,
 }
 _KEYS = tuple((b"\n" + name, slot) for name, slot in _SERIES.items())
 _INF = float("inf")
@@ -76,6 +79,9 @@ class MetricsScan:
     """Summed time between output tokens, and how many such gaps: ``decode_step_s`` is the
     ratio of their increments."""
     itl_count: float = 0.0
+    started_at: float = 0.0
+    """When the server process started (``process_start_time_seconds``, which a page of vLLM
+    has even with ``--disable-log-stats``; 0: not said, as in Prometheus multiprocess mode)."""
     gauges_found: bool = field(default=True, compare=False)
     """The page has vLLM's running or waiting gauge: it is an engine's page (a proxy's HTML
     page answered 200 would read as an idle engine)."""
@@ -131,6 +137,7 @@ def scan_metrics(page: bytes) -> MetricsScan:
         prefill_requests=sums[_PREFILL_COUNT],
         itl_seconds=sums[itl[0]],
         itl_count=sums[itl[1]],
+        started_at=sums[_STARTED] if counts[_STARTED] == 1 else 0.0,
         gauges_found=bool(counts[_RUNNING] or counts[_WAITING]),
     )
 
@@ -200,7 +207,10 @@ def _int_label(labels: bytes, name: bytes) -> int | None:
 
 
 def restarted(previous: MetricsScan, current: MetricsScan) -> bool:
-    """A cumulative counter went backwards: the engine behind the endpoint restarted."""
+    """The engine behind the endpoint restarted: its process started at another time, or a
+    cumulative counter went backwards (a page that does not say when it started)."""
+    if previous.started_at and current.started_at:
+        return current.started_at != previous.started_at
     return (
         current.prompt_tokens < previous.prompt_tokens
         or current.prefix_cache_queries < previous.prefix_cache_queries

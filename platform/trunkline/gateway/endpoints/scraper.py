@@ -7,13 +7,15 @@ others), at most ``concurrency`` at once, each bounded by ``timeout_s`` as a who
 that trickles in a byte at a time times out too, not only a silent one) and by
 ``MAX_PAGE_BYTES``. A failed or timed-out scrape counts as a failure for the endpoint's health;
 ejected endpoints are scraped again only when their ejection ends, as the probe that readmits
-them. An endpoint that answers without engine metrics (404, or a 200 page that is not Prometheus
-text: a server other than vLLM, a proxy that does not pass ``/metrics`` on) is up, as far as a
-scrape can tell, with its load unknown (:meth:`EngineState.unmetered`): ejecting it for that
-took an endpoint that serves completions out of service for good; it is scraped ever less
-often, up to the longest probe interval, until it serves them. An endpoint leaving the
-snapshot has its scrape cancelled. Figures are at most ``interval_s`` plus one scrape old while
-an engine answers (``EndpointLoad.age_s`` says).
+them. An endpoint that answers without engine metrics (404, or a 200 page that is not
+Prometheus text: a server other than vLLM, a proxy that does not pass ``/metrics`` on) is up,
+as far as a scrape can tell, with its load unknown (:meth:`EngineState.unmetered`): ejecting
+it for that took an endpoint that serves completions out of service for good; it is scraped
+ever less often, up to the longest probe interval, until it serves them. An endpoint leaving
+the snapshot with requests of this gateway still on it is scraped until they end (an engine
+stopped meanwhile is ejected, and they move on); the others have their scrape cancelled.
+Figures are at most ``interval_s`` plus one scrape old while an engine answers
+(``EndpointLoad.age_s`` says).
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class MetricsScraper:
         self._busy: dict[str, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._known: tuple[str, ...] = ()
+        self._entries: Sequence[EndpointEntry] = ()
+        self._draining: dict[str, EndpointEntry] = {}
+        """Endpoints the snapshot removed with requests still on them (:meth:`EngineState.sync`):
+        scraped until those end, so a stopped engine is ejected and its requests move on."""
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="engine-metrics-scraper")
@@ -78,10 +84,19 @@ class MetricsScraper:
         """Start the scrapes due now; returns them (tests await them)."""
         endpoints = self._endpoints()
         ids = tuple(e.id for e in endpoints)
-        if ids != self._known:
+        changed = ids != self._known
+        if changed:
+            self._draining.update((e.id, e) for e in self._entries)
             self.state.sync(ids)
-            self._known = ids
-            for gone in self._busy.keys() - set(ids):
+            self._known, self._entries = ids, endpoints
+        if self._draining:
+            draining = self.state.draining()
+            kept = {key: e for key, e in self._draining.items() if key in draining}
+            changed |= len(kept) < len(self._draining)
+            self._draining = kept
+            endpoints = (*endpoints, *kept.values())
+        if changed:
+            for gone in self._busy.keys() - set(ids) - self._draining.keys():
                 self._busy.pop(gone).cancel()  # its slot goes to the endpoints still served
         started = []
         for endpoint in endpoints:

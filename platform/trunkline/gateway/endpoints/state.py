@@ -21,7 +21,7 @@ scrape was taken counts as ours too.
 Each endpoint's KV-cache size (``EndpointLoad.kv_capacity_tokens``) and block size
 (``EndpointHealth.block_size``, checked against its pools' by
 :class:`~trunkline.gateway.endpoints.block_sizes.BlockSizeCheck`) are read from its page once, and
-again only after the engine restarted (a cumulative counter went backwards).
+again only after the engine restarted (:func:`~trunkline.gateway.endpoints.scan.restarted`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
-from trunkline.gateway.endpoints.health import EjectionPolicy, Health
+from trunkline.gateway.endpoints._tracked import Flight, TrackedEndpoint
+from trunkline.gateway.endpoints.health import EjectionPolicy
 from trunkline.gateway.endpoints.rates import Rates, next_rates
 from trunkline.gateway.endpoints.scan import CacheConfig, MetricsScan, restarted
 from trunkline.gateway.routing.views import EndpointLoad
@@ -43,10 +43,10 @@ __all__ = ["EngineState", "Flight"]
 
 log = logging.getLogger(__name__)
 
-_MAX_LEFT_WAITING = 1024
-_LEFT_WAITING_HORIZON_S = 2.0
-"""Flights that left the waiting queue are remembered until the next scrape is sent, at most
-this long and this many: bounds for when scrapes stop coming (their figures are stale then)."""
+_MAX_REMOVED = 1024
+"""Endpoints remembered as removed from the snapshot, beyond those still tracked: a request
+routed before the change and sent after it (held by admission meanwhile) does not track its
+endpoint again for good."""
 
 
 class EndpointHealth(NamedTuple):
@@ -67,133 +67,6 @@ class EndpointHealth(NamedTuple):
     they do not: its load is unknown (None: it serves them, or was not scraped yet)."""
 
 
-class Flight:
-    """One request this gateway sent to an endpoint, until it ends."""
-
-    __slots__ = (
-        "endpoint",
-        "head_at",
-        "on_ejected",
-        "prefill_tokens",
-        "sent_at",
-        "streamed",
-        "waiting_first_byte",
-    )
-
-    def __init__(
-        self, endpoint: str, prefill_tokens: int, sent_at: float, *, streamed: bool = True
-    ) -> None:
-        self.endpoint = endpoint
-        self.prefill_tokens = prefill_tokens
-        """Prompt tokens the engine will likely have to prefill (not found in its cache)."""
-        self.sent_at = sent_at
-        self.streamed = streamed
-        """Its first byte is its first token; a plain request's first byte is its whole answer."""
-        self.waiting_first_byte = True
-        self.head_at: float | None = None
-        """When a stream's response head came (vLLM sends it as it hands the request to its
-        engine, before the first token)."""
-        self.on_ejected: Callable[[], None] | None = None
-        """Called if its endpoint is ejected while it is set: by the request waiting for its
-        first byte (a plain request's whole answer, a stream's first event), so it moves on
-        instead of waiting on an engine that stopped (a vLLM whose engine core died before
-        aborting the request keeps the connection open and silent); then by the stream being
-        relayed, so a stream the stopped engine leaves silent ends soon."""
-
-
-class _Endpoint:
-    __slots__ = (
-        "block_size",
-        "capacity_read",
-        "flights",
-        "health",
-        "kv_capacity",
-        "left_waiting",
-        "next_scrape_at",
-        "rates",
-        "scan",
-        "scrape_answered_at",
-        "scrape_sent_at",
-        "unmetered_scrapes",
-        "without_metrics",
-    )
-
-    def __init__(self, policy: EjectionPolicy) -> None:
-        self.health = Health(policy)
-        self.scan: MetricsScan | None = None
-        self.scrape_sent_at = 0.0
-        self.scrape_answered_at = 0.0
-        self.rates = Rates()
-        self.flights: set[Flight] = set()
-        self.kv_capacity: int | None = None
-        self.block_size: int | None = None
-        self.capacity_read = False
-        self.without_metrics: str | None = None
-        self.unmetered_scrapes = 0
-        """Scrapes in a row that found no engine metrics."""
-        self.next_scrape_at = 0.0
-        """Not scraped before then while in service: an endpoint serving no metrics."""
-        self.left_waiting: deque[tuple[float, float]] = deque(maxlen=_MAX_LEFT_WAITING)
-        """(sent, first byte or end) of flights whose first byte came after the last scrape
-        was sent, oldest first: the scrape may still count them waiting."""
-
-    def stop_waiting(self, flight: Flight, now: float) -> None:
-        left = self.left_waiting
-        # Left before the last scrape was sent (not in it), or so long ago that a scrape sent
-        # before is too stale to matter (scrapes failing or off).
-        oldest = max(self.scrape_sent_at, now - _LEFT_WAITING_HORIZON_S)
-        while left and left[0][1] <= oldest:
-            left.popleft()
-        left.append((flight.sent_at, now))
-
-    def load(self, now: float) -> EndpointLoad:
-        scan = self.scan or _EMPTY
-        sent_at, answered = self.scrape_sent_at, self.scrape_answered_at
-        queued = 0
-        newer = 0
-        streams_seen = 0  # streams without a first byte the scrape may count as waiting
-        plain_seen = 0
-        # Ours the scrape may count waiting: sent before its answer came (the engine may have
-        # taken a request in before answering a scrape sent earlier), still waiting then.
-        ours = 0
-        plain: list[Flight] = []
-        for flight in self.flights:
-            seen = flight.sent_at <= sent_at
-            if flight.waiting_first_byte:
-                ours += flight.sent_at <= answered
-                if flight.streamed:
-                    queued += flight.prefill_tokens
-                    streams_seen += seen
-                else:
-                    plain.append(flight)
-                    plain_seen += seen
-            if not seen:
-                newer += 1
-        ours += sum(1 for sent, left in self.left_waiting if sent <= answered and left > sent_at)
-        if plain:
-            # The engine starts requests in order: its waiting ones are the latest sent, less
-            # our streams already counted (and it has not counted those sent since the scrape).
-            waiting = max(int(scan.waiting) - streams_seen, 0)
-            ahead = waiting + len(plain) - plain_seen
-            plain.sort(key=lambda f: f.sent_at, reverse=True)
-            queued += sum(f.prefill_tokens for f in plain[:ahead])
-        return EndpointLoad(
-            running=scan.running,
-            waiting=scan.waiting + newer,
-            kv_usage=scan.kv_usage,
-            queued_prompt_tokens=float(queued),
-            unaccounted_waiting=max(scan.waiting - ours, 0.0),
-            prefill_tokens_per_s=self.rates.prefill_tokens_per_s,
-            decode_step_s=self.rates.decode_step_s,
-            # From when the scrape was sent: the page shows the engine somewhere in between.
-            age_s=now - sent_at if self.scan is not None else float("inf"),
-            kv_capacity_tokens=self.kv_capacity,
-        )
-
-
-_EMPTY = MetricsScan()
-
-
 class EngineState:
     """Load and health of every endpoint of the current snapshot, keyed by endpoint id."""
 
@@ -209,10 +82,12 @@ class EngineState:
         """A stream whose head came this long before a scrape showing its engine running and
         queueing nothing, and which still has no first event, is lost there."""
         self._clock = clock
-        self._endpoints: dict[str, _Endpoint] = {}
-        self._removed: set[str] = set()
-        """Endpoints a snapshot removed: a late outcome of theirs does not track them again.
-        (One not synced yet, new in the snapshot a request already used, is tracked.)"""
+        self._endpoints: dict[str, TrackedEndpoint] = {}
+        self._removed: dict[str, None] = {}
+        """Endpoints a snapshot removed, oldest first: a late outcome of theirs does not track
+        them again. (One not synced yet, new in the snapshot a request already used, is
+        tracked.) Those with requests still on them stay tracked until the last ends
+        (:meth:`draining`); of the others only the latest :data:`_MAX_REMOVED` are kept."""
         self._changed = asyncio.Event()
         self._changes = 0
         self.probed_by_scrapes = False
@@ -220,6 +95,11 @@ class EngineState:
         self.on_restart: Callable[[str], None] | None = None
         """Told the endpoint id when a scrape shows its engine restarted (its prefix cache is
         empty): the approximate routing index forgets what it sent there."""
+        self.on_removed: Callable[[str], None] | None = None
+        """Told the endpoint id when it left the snapshot (and its last request ended): what
+        the approximate routing index holds of it is forgotten. An endpoint enabled again
+        under its id comes back with another engine (an upgrade, a restart), and a gateway
+        following autoscaled endpoints would otherwise keep every one it ever routed to."""
         self.on_cache_config: Callable[[str], None] | None = None
         """Told the endpoint id when its cache config was read (its first scrape, a restart):
         its block size may now differ from its pools'."""
@@ -231,19 +111,35 @@ class EngineState:
     # --- membership --------------------------------------------------------------------------
 
     def sync(self, endpoint_ids: Iterable[str]) -> None:
-        """Follow the snapshot: track these endpoints, forget the others."""
+        """Follow the snapshot: track these endpoints, forget the others once no request of
+        this gateway is on them. Until then they are still scraped, their failures count and
+        eject them: an engine stopped after it left the configuration (scaled down) may keep
+        its requests open and silent, and its ejection is what moves them on."""
         wanted = set(endpoint_ids)
+        removed = self._removed
         for gone in self._endpoints.keys() - wanted:
-            del self._endpoints[gone]
-            self._removed.add(gone)
-        self._removed -= wanted
+            if not self._endpoints[gone].flights:
+                del self._endpoints[gone]
+            removed[gone] = None
+            self._forget(gone)
+        for back in wanted & removed.keys():
+            del removed[back]
+        if len(removed) > _MAX_REMOVED:  # a gateway following endpoints churned all day
+            for old in [key for key in removed if key not in self._endpoints]:
+                del removed[old]
+                if len(removed) <= _MAX_REMOVED:
+                    break
         for new in wanted - self._endpoints.keys():
-            self._endpoints[new] = _Endpoint(self._policy)
+            self._endpoints[new] = TrackedEndpoint(self._policy)
 
-    def _get(self, endpoint: str) -> _Endpoint:
+    def draining(self) -> set[str]:
+        """Endpoints the snapshot removed that are tracked until their requests end."""
+        return self._removed.keys() & self._endpoints.keys()
+
+    def _get(self, endpoint: str) -> TrackedEndpoint:
         state = self._endpoints.get(endpoint)
         if state is None:  # a request raced a snapshot change: track it until the next sync
-            state = self._endpoints[endpoint] = _Endpoint(self._policy)
+            state = self._endpoints[endpoint] = TrackedEndpoint(self._policy)
         return state
 
     # --- what routing and admission read -------------------------------------------------------
@@ -350,7 +246,9 @@ class EngineState:
         if state.without_metrics is not None:
             state.without_metrics, state.unmetered_scrapes, state.next_scrape_at = None, 0, 0.0
             log.info("endpoint serves engine metrics again", extra={"endpoint_id": endpoint})
-        restart = state.scan is not None and restarted(state.scan, scan)
+        before = state.scan or state.scan_before
+        restart = before is not None and restarted(before, scan)
+        state.scan_before = None
         if cache_config is not None and (not state.capacity_read or restart):
             state.kv_capacity, state.block_size = cache_config()
             state.capacity_read = True
@@ -369,7 +267,7 @@ class EngineState:
             self._lost_streams(endpoint, state, sent_at - self._lost_stream_s)
         self._notify()
 
-    def _lost_streams(self, endpoint: str, state: _Endpoint, head_before: float) -> None:
+    def _lost_streams(self, endpoint: str, state: TrackedEndpoint, head_before: float) -> None:
         """The engine runs and queues nothing, yet streams whose head came well before the
         scrape still wait for their first token: it lost them (an API server that took the
         request but never handed it on). Each moves to the next endpoint, as on an ejection
@@ -416,7 +314,7 @@ class EngineState:
         backoff = self._policy.base_s * 2 ** (state.unmetered_scrapes - 1)
         state.next_scrape_at = now + min(backoff, self._policy.probe_max_s)
         if state.scan is not None:  # figures it no longer serves are not its load any more
-            state.scan, state.rates = None, Rates()
+            state.scan_before, state.scan, state.rates = state.scan, None, Rates()
             state.scrape_sent_at = state.scrape_answered_at = 0.0
             self._notify()
         self._succeeded(endpoint, state, now, scrape=True)
@@ -456,7 +354,12 @@ class EngineState:
                 state.stop_waiting(flight, self._clock())
             if not state.flights and flight.endpoint in self._removed:
                 del self._endpoints[flight.endpoint]  # left the snapshot while in flight
+                self._forget(flight.endpoint)
             self._notify()
+
+    def _forget(self, endpoint: str) -> None:
+        if self.on_removed is not None:
+            self.on_removed(endpoint)
 
     def failed(self, endpoint: str, reason: str) -> None:
         """A request's connect error, 5xx, timeout, or failure before or during its stream."""
@@ -490,7 +393,9 @@ class EngineState:
         if state is not None:
             self._succeeded(endpoint, state, self._clock(), scrape=False)
 
-    def _succeeded(self, endpoint: str, state: _Endpoint, now: float, *, scrape: bool) -> None:
+    def _succeeded(
+        self, endpoint: str, state: TrackedEndpoint, now: float, *, scrape: bool
+    ) -> None:
         if state.health.succeeded(now, scrape=scrape):
             log.info("endpoint readmitted", extra={"endpoint_id": endpoint})
             self._notify()

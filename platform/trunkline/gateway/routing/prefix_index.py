@@ -146,6 +146,8 @@ class KvEventIndex:
             if block_hash not in held:
                 held.add(block_hash)
                 self._holders.setdefault(block_hash, set()).add(endpoint)
+        if not held:  # an endpoint cleared as it left is not kept, empty, for good
+            del self._held[endpoint]
 
     def _forget(self, block_hash: Hashable, endpoint: str) -> None:
         holders = self._holders.get(block_hash)
