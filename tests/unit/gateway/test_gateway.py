@@ -415,8 +415,11 @@ def test_head_is_answered_as_get_without_its_body(make_gateway) -> None:
         got = gw.client.get(path, headers=auth(key))
         head = gw.client.head(path, headers=auth(key))
         assert (head.status_code, head.content) == (200, b""), path
-        assert head.headers["content-length"] == got.headers["content-length"] != "0"
         assert head.headers["content-type"] == got.headers["content-type"]
+        if path == "/health":  # its engines' ages change between two answers, and their digits
+            assert int(head.headers["content-length"]) > 0
+        else:
+            assert head.headers["content-length"] == got.headers["content-length"] != "0"
     assert gw.client.head("/v1/models").status_code == 401  # a key all the same
     refused = gw.client.head("/v1/chat/completions", headers=auth(key))
     assert refused.status_code == 405 and "HEAD" not in refused.headers["allow"]
