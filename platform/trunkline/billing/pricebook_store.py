@@ -127,7 +127,8 @@ def _store_versions(session: Session, book: PriceBook) -> list[int]:
         added.append(version.version)
     flush_or_conflict(session, "a stored price book version starts at the same instant")
     whole = load_price_book(session)  # the stored versions together must still form a book
-    if problems := unpriced_capacity(session, whole):
+    first_added = whole.versions[0].version in added
+    if problems := unpriced_capacity(session, whole, first_added=first_added):
         raise InvalidRequest(
             "invalid price book: dedicated capacity would go unpriced: " + "; ".join(problems),
             param="gpu_hour",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -409,6 +410,61 @@ def test_a_first_version_starting_after_usage_is_refused(
     refused = pytest.raises(InvalidRequest, match="comes before the first version")
     with refused, transaction(factory) as session:
         apply_price_book(session, PriceBook([version_from_document(late)]))
+    with transaction(factory) as session:
+        assert apply_price_book(session, PriceBook([bundled])) == [bundled.version]
+
+
+def test_dedicated_capacity_before_the_first_price_version_is_refused(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """No price bills its hours: every export of December 2025 failed, "usage before the first
+    price book version", and so did the worker's close of it, and with it every later month's."""
+    with transaction(factory) as session:
+        first = load_price_book(session).versions[0].effective_from  # 2026-01-01, bundled
+    refused = pytest.raises(InvalidRequest, match="before 2026-01-01 00:00 UTC")
+    with refused, transaction(factory) as session:
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            1,
+            first - timedelta(hours=2),
+            prices=load_price_book(session),
+        )
+    assert focus(factory, "2025-12") == []
+    with transaction(factory) as session:  # from the first version's hour on, it is priced
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            1,
+            first,
+            first + timedelta(hours=2),
+            prices=load_price_book(session),
+        )
+    assert billed(focus(factory, "2026-01")) == 2 * Decimal("4.00")
+
+
+def test_a_first_version_starting_after_dedicated_capacity_is_refused(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Applied, every export and close of the capacity's months before it failed."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            1,
+            at(10, 0),
+            at(10, 2),
+            prices=load_price_book(session),
+        )
+    late = {**version_document(bundled), "effective_from": "2027-01-01T00:00:00Z"}
+    refused = pytest.raises(InvalidRequest, match="capacity is held from 2026-11-10 00:00 UTC")
+    with refused, transaction(factory) as session:
+        apply_price_book(session, PriceBook([version_from_document(late)]))
+    assert billed(focus(factory)) == 2 * Decimal("4.00")
     with transaction(factory) as session:
         assert apply_price_book(session, PriceBook([bundled])) == [bundled.version]
 
