@@ -78,9 +78,9 @@ class DedicatedCapacity(IdMixin, CreatedMixin, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
-    project_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("projects.id", ondelete="SET NULL")
-    )
+    project_id: Mapped[uuid.UUID | None]
+    """No foreign key: a deleted project's GPU hours stay charged back to it, by the name
+    ``retired_projects`` keeps (as its token usage is), in closed months as billed."""
     flavor: Mapped[str] = mapped_column(String(64))
     region: Mapped[str] = mapped_column(String(64), default="")
     gpus: Mapped[int]

@@ -166,6 +166,34 @@ def test_a_project_deleted_before_its_period_closes_is_still_charged_back_by_nam
     assert [row.label for row in report.rows] == ["demo"]
 
 
+def test_dedicated_gpus_of_a_deleted_project_stay_charged_back_to_it(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Deleting the project emptied its GPU hours' SubAccountId and SubAccountName, in the
+    open month and in the final export of a month closed before, which then read otherwise
+    than the one finance had (and charged the project's GPUs back to nobody)."""
+    acme = tenants["acme"]
+    with transaction(factory) as session:
+        add_capacity(
+            session,
+            uuid.UUID(acme.tenant_id),
+            "h100",
+            1,
+            at(30, 22),
+            prices=load_price_book(session),
+            project_id=uuid.UUID(acme.project_id),
+        )
+        close(session, NOV, at(2, month=12))
+    final_nov = focus(factory)
+    open_dec = focus(factory, "2026-12", now=at(1, 2, month=12))
+    assert {r["SubAccountName"] for r in final_nov + open_dec} == {"demo"}
+    with transaction(factory) as session:
+        delete_project(session, uuid.UUID(acme.tenant_id), uuid.UUID(acme.project_id))
+
+    assert focus(factory) == final_nov
+    assert focus(factory, "2026-12", now=at(1, 2, month=12)) == open_dec
+
+
 def test_a_late_event_can_change_the_sla_credit_of_a_closed_period(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
