@@ -14,7 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.principal import Principal
+from trunkline.billing import corrections, statements
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.charges import ChargeLine
 from trunkline.billing.closing import close
 from trunkline.billing.exports import export_period
 from trunkline.billing.periods import parse_period
@@ -119,6 +121,36 @@ def test_late_event_after_export_is_billed_as_a_correction_next_period(
     assert {r["InvoiceId"] for r in final_december} == {"TL-2026-12-acme"}
     assert [{**r, "InvoiceId": ""} for r in final_december] == december  # the preview, final
     assert focus(factory, "2027-01") == []  # and the correction is billed once
+
+
+def test_closing_re_rates_a_corrected_month_a_group_of_tenants_at_a_time(
+    factory: sessionmaker[Session], tenants: dict[str, Account], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One late event in closed November made December's close re-rate every tenant's whole
+    November at once, twice (as it is and as billed): more than an export of the month holds,
+    as an export reads a group of tenants at a time. The corrections it bills are the same."""
+    ingest(factory, [event(tenants[s], when=at(3, h)) for s in tenants for h in (1, 2)])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    ingest(factory, [event(tenants[s], when=at(29), completion=9) for s in tenants])  # late
+    preview = focus(factory, "2026-12", now=at(2, month=1, year=2027))
+    corrected = {r["BillingAccountId"] for r in preview if r["ChargeClass"] == "Correction"}
+    assert corrected == {account.tenant_id for account in tenants.values()}
+
+    monkeypatch.setattr(statements, "ROWS_PER_STATEMENT", 1)
+    rated = []
+    original = corrections.period_lines
+
+    def recorded(*args: object, **kwargs: object) -> list[ChargeLine]:
+        rated.append(kwargs.get("tenants", args[4] if len(args) > 4 else None))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(corrections, "period_lines", recorded)
+    with transaction(factory) as session:
+        assert close(session, DEC, at(2, month=1, year=2027))
+    assert rated and all(group is not None and len(group) == 1 for group in rated)
+    monkeypatch.setattr(corrections, "period_lines", original)
+    assert [{**r, "InvoiceId": ""} for r in focus(factory, "2026-12")] == preview
 
 
 def test_a_closed_period_keeps_the_names_it_was_billed_under(
