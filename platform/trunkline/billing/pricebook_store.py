@@ -186,10 +186,25 @@ def withdraw_price_version(session: Session, number: int, now: datetime) -> None
             param="version",
         )
     hold_price_book_now(session)
+    first = load_price_book(session).versions[0].version == number
     session.delete(stored)
     session.flush()
+    _check_capacity_priced(session, first=first)
     # Withdrawing the last stored version brings the bundled book back, perhaps its currency.
     check_budgets_keep_currency(session, before, price_book_currency(session))
+
+
+def _check_capacity_priced(session: Session, *, first: bool) -> None:
+    """Refuse a withdrawal that leaves dedicated capacity unpriced: the version before the
+    withdrawn one now prices its hours (capacity recorded for a flavor only the withdrawn
+    version priced), and if it was the first, the next one is first. Withdrawn, every export
+    and close of those hours failed. (Token usage needs no such check: a model is served only
+    once the version in force prices it, which then prices the withdrawn version's hours.)"""
+    if problems := unpriced_capacity(session, load_price_book(session), first_added=first):
+        raise Conflict(
+            "withdrawn, it would leave dedicated capacity unpriced: " + "; ".join(problems),
+            param="version",
+        )
 
 
 def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -> list[str]:

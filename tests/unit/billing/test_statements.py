@@ -554,6 +554,34 @@ def test_a_version_not_in_force_yet_can_be_withdrawn_and_one_in_force_cannot(
         withdraw_price_version(session, 2, now)
 
 
+def test_a_version_pricing_capacity_no_other_does_cannot_be_withdrawn(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Capacity of a flavor only a version not in force yet prices is recorded from its start;
+    withdrawn, the version before it priced those hours and had no price for the flavor: every
+    export and close from then on failed."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    later = {**version_document(bundled), "version": 2, "effective_from": "2027-01-01T00:00:00Z"}
+    later["gpu_hour"] = {**later["gpu_hour"], "mi300x": "3.00"}
+    with transaction(factory) as session:
+        apply_price_book(session, PriceBook([bundled, version_from_document(later)]))
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "mi300x",
+            1,
+            at(1, 0, month=2, year=2027),
+            at(1, 2, month=2, year=2027),
+            prices=load_price_book(session),
+        )
+    refused = pytest.raises(Conflict, match="no GPU-hour price for 'mi300x'")
+    with refused, transaction(factory) as session:
+        withdraw_price_version(session, 2, at(1, month=12))
+    february = focus(factory, "2027-02", now=at(1, 3, month=3, year=2027))
+    assert billed(february) == 2 * Decimal("3.00")
+
+
 def _pricing(bundled: PriceBook, number: int, starts: str, *models: str) -> PriceBook:
     """The bundled version, then version ``number`` from ``starts`` pricing only ``models``."""
     [first] = bundled.versions
