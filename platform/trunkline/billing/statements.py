@@ -27,6 +27,7 @@ from trunkline.billing.corrections import (
     corrected_by,
     moved_periods,
     pending_corrections,
+    reconcile,
     stored_corrections,
     watermark,
 )
@@ -68,18 +69,15 @@ def close_period(session: Session, period: Period, book: PriceBook, now: datetim
         UsageRollup.hour >= period.start, UsageRollup.hour < period.end
     )
     session.execute(insert(BilledUsage).from_select(columns, source))
-    rows, revisions = watermark(session, period)
-    session.add(
-        BillingPeriod(
-            period_start=period.start,
-            period_end=period.end,
-            closed_at=now,
-            reconciled_at=now,
-            reconciled_rows=rows,
-            reconciled_revisions=revisions,
-            names=Names.load(session).to_document(),
-        )
+    closing = BillingPeriod(
+        period_start=period.start,
+        period_end=period.end,
+        closed_at=now,
+        reconciled_at=now,
+        names=Names.load(session).to_document(),
     )
+    reconcile(closing, watermark(session, period))
+    session.add(closing)
     session.flush()
     return True
 
@@ -106,7 +104,7 @@ def _bill_corrections(session: Session, book: PriceBook, period: Period, now: da
                         )
                     )
             session.flush()
-        closed.reconciled_rows, closed.reconciled_revisions = watermark(session, earlier)
+        reconcile(closed, watermark(session, earlier))
         closed.reconciled_at = now
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.principal import Principal
@@ -28,13 +28,14 @@ from trunkline.billing.pricebook_store import (
 )
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.db import transaction
+from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.service import usage_report
-from trunkline.models import DedicatedCapacity, Project, Tenant
+from trunkline.models import DedicatedCapacity, Project, Tenant, UsageEvent
 from trunkline.pools.catalog_models import create_model
 from trunkline.pools.schemas import ModelCreate
 from trunkline.tenancy.service import delete_project
 from unit.billing.billing_support import DEC, NOV, billed, focus
-from unit.metering.usage_support import Account, at, event, ingest
+from unit.metering.usage_support import Account, at, event, ingest, mark_changed
 
 
 def test_cached_tokens_are_priced_as_cached(
@@ -121,6 +122,36 @@ def test_late_event_after_export_is_billed_as_a_correction_next_period(
     assert {r["InvoiceId"] for r in final_december} == {"TL-2026-12-acme"}
     assert [{**r, "InvoiceId": ""} for r in final_december] == december  # the preview, final
     assert focus(factory, "2027-01") == []  # and the correction is billed once
+
+
+def test_an_event_corrected_by_hand_in_a_closed_month_is_billed_as_a_correction(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """November's only request was recorded as failed (not billed) and was answered after all:
+    corrected by hand and rolled again, its hour's failed row went and a completed row came,
+    the month's rollups kept their count and summed revisions, and no close ever billed it."""
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, "fixed", when=at(3), status=502, prompt=1_000_000)])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    assert billed(focus(factory)) == 0
+    with transaction(factory) as session:
+        session.execute(update(UsageEvent).values(status=200))
+    mark_changed(factory, at(3))
+    rollup_usage(factory)
+
+    december = focus(factory, "2026-12", now=at(2, month=12))
+    corrections = [r for r in december if r["ChargeClass"] == "Correction"]
+    assert {
+        (r["ChargePeriodStart"], r["x_TokenClass"], r["ConsumedQuantity"]) for r in corrections
+    } == {
+        ("2026-11-03T10:00:00Z", "input", "1000000"),
+        ("2026-11-03T10:00:00Z", "output", "100"),
+    }
+    with transaction(factory) as session:
+        assert close(session, DEC, at(2, month=1, year=2027))
+    assert [{**r, "InvoiceId": ""} for r in focus(factory, "2026-12")] == december
+    assert focus(factory, "2027-01", now=at(2, month=1, year=2027)) == []  # billed once
 
 
 def test_closing_re_rates_a_corrected_month_a_group_of_tenants_at_a_time(
