@@ -536,6 +536,29 @@ def test_dedicated_capacity_before_the_first_price_version_is_refused(
     assert billed(focus(factory, "2026-01")) == 2 * Decimal("4.00")
 
 
+def test_capacity_recorded_before_the_first_version_before_that_was_refused_closes_no_less(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """A close stores the bundled price book when none was applied; capacity recorded before
+    its first version (which its own month's exports cannot price) must not make that refuse
+    every later month's close."""
+    ingest(factory, [event(tenants["acme"], when=at(3))])
+    with transaction(factory) as session:
+        first = load_price_book(session).versions[0].effective_from
+        session.add(
+            DedicatedCapacity(
+                tenant_id=uuid.UUID(tenants["globex"].tenant_id),
+                flavor="h100",
+                gpus=1,
+                starts_at=first - timedelta(hours=2),
+                ends_at=first,
+            )
+        )
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    assert billed(focus(factory), ChargeCategory="Usage") > 0
+
+
 def test_a_first_version_starting_after_dedicated_capacity_is_refused(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
