@@ -214,6 +214,7 @@ def add_capacity(
         for v in prices.versions
         if flavor not in v.gpu_hour
         and (v.effective_from > starts_at or v is _in_force(prices, starts_at))
+        and (ends_at is None or v.effective_from < ends_at)  # it prices none of its hours
     ]
     if unpriced:
         raise InvalidRequest(

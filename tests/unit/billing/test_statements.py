@@ -608,6 +608,38 @@ def test_a_version_not_in_force_yet_can_be_withdrawn_and_one_in_force_cannot(
         withdraw_price_version(session, 2, now)
 
 
+def test_ended_capacity_needs_no_price_from_versions_after_its_end(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """A version from 2027 dropping the l40s refused recording November's l40s allocation,
+    which it prices no hour of."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    later = {**version_document(bundled), "version": 2, "effective_from": "2027-01-01T00:00:00Z"}
+    later["gpu_hour"] = {f: p for f, p in later["gpu_hour"].items() if f != "l40s"}
+    with transaction(factory) as session:
+        apply_price_book(session, PriceBook([bundled, version_from_document(later)]))
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "l40s",
+            2,
+            at(10, 0),
+            at(10, 3),
+            prices=load_price_book(session),
+        )
+    assert billed(focus(factory)) == 3 * 2 * Decimal("1.40")
+    with pytest.raises(InvalidRequest, match="version\\(s\\) 2"), transaction(factory) as session:
+        add_capacity(  # open-ended, it is billed into 2027
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "l40s",
+            1,
+            at(10, 0),
+            prices=load_price_book(session),
+        )
+
+
 def test_a_version_pricing_capacity_no_other_does_cannot_be_withdrawn(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
