@@ -91,10 +91,19 @@ def capacity_lines(
     return out
 
 
-def unpriced_capacity(session: Session, book: PriceBook) -> list[str]:
+def unpriced_capacity(session: Session, book: PriceBook, *, first_added: bool) -> list[str]:
     """Versions of ``book`` that would price an hour of a recorded allocation without a
-    GPU-hour price for its flavor (every export of those periods would fail on them)."""
+    GPU-hour price for its flavor (every export of those periods would fail on them); and,
+    where its first version is being added (``first_added``), allocations held before it,
+    which no version prices."""
     problems = []
+    first = book.versions[0]
+    held_from = session.scalar(select(func.min(DedicatedCapacity.starts_at)))
+    if first_added and held_from is not None and held_from < first.effective_from:
+        problems.append(
+            f"capacity is held from {held_from:%Y-%m-%d %H:%M} UTC, before the first version "
+            f"({first.version}, from {first.effective_from:%Y-%m-%d %H:%M} UTC)"
+        )
     for held in session.scalars(select(DedicatedCapacity)):
         first_hour = held.starts_at.replace(minute=0, second=0, microsecond=0)
         for version, until in book.spans():
@@ -183,7 +192,9 @@ def add_capacity(
     """Record GPUs held for a tenant from ``starts_at`` (until ``ends_at``, or open-ended).
 
     Capacity may not reach into a closed billing period: what was billed there is final, and
-    corrections are for late usage, not for rewritten allocations. Every version of ``prices``
+    corrections are for late usage, not for rewritten allocations; nor start before the first
+    version of ``prices``: no price bills those hours, so every export of their month failed,
+    and the worker's close of it (and of every month after) with them. Every version of ``prices``
     that will price it must have a GPU-hour price for ``flavor``: else every export of those
     periods would fail. ``prices`` are read after ``hold_price_book``, as this holds it.
     """
@@ -191,11 +202,19 @@ def add_capacity(
     closed_until = latest_closed_end(session)
     if not 1 <= gpus <= MAX_GPUS:
         raise InvalidRequest(f"gpus must be 1 to {MAX_GPUS}", param="gpus")
+    first = prices.versions[0].effective_from
+    if starts_at < first:
+        raise InvalidRequest(
+            f"capacity cannot start before {first:%Y-%m-%d %H:%M} UTC, when the first price "
+            "book version takes effect: no price bills its hours before then",
+            param="starts_at",
+        )
     unpriced = [
         v.version
         for v in prices.versions
         if flavor not in v.gpu_hour
         and (v.effective_from > starts_at or v is _in_force(prices, starts_at))
+        and (ends_at is None or v.effective_from < ends_at)  # it prices none of its hours
     ]
     if unpriced:
         raise InvalidRequest(

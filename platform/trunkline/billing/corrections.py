@@ -23,17 +23,46 @@ from trunkline.billing.periods import Period, month_of
 from trunkline.billing.pricebook import PriceBook
 from trunkline.billing.rating import ZERO, exact_difference, exact_sum
 from trunkline.billing.scope import TenantScope, in_scope
-from trunkline.models import BilledUsage, BillingCorrection, BillingPeriod, UsageRollup
+from trunkline.models import (
+    BilledUsage,
+    BillingCorrection,
+    BillingPeriod,
+    UsageRollup,
+    UsageRollupWatermark,
+)
+
+Watermark = tuple[int, int, int]
 
 
-def watermark(session: Session, period: Period) -> tuple[int, int]:
-    """The row count and summed revisions of ``period``'s rollups, stored when it is reconciled."""
+def watermark(session: Session, period: Period) -> Watermark:
+    """The row count and summed revisions of ``period``'s rollups, and the summed
+    ``rolled_seq`` of its tenant-hours (each rollup of an hour moves it: a row deleted and
+    another inserted, each of revision 1, left the first two as they were), stored when it is
+    reconciled (``reconcile``)."""
     rows, revisions = session.execute(
         select(func.count(), func.coalesce(func.sum(UsageRollup.revision), 0)).where(
             UsageRollup.hour >= period.start, UsageRollup.hour < period.end
         )
     ).one()
-    return int(rows), int(revisions)
+    w = UsageRollupWatermark
+    rolled = session.scalar(
+        select(func.coalesce(func.sum(w.rolled_seq), 0)).where(
+            w.hour >= period.start, w.hour < period.end
+        )
+    )
+    return int(rows), int(revisions), int(rolled or 0)
+
+
+def reconcile(closed: BillingPeriod, mark: Watermark) -> None:
+    """Store ``mark`` as the watermark ``closed`` was billed at."""
+    closed.reconciled_rows, closed.reconciled_revisions, closed.reconciled_seq = mark
+
+
+def _moved(closed: BillingPeriod, mark: Watermark) -> bool:
+    rows, revisions, rolled = mark
+    if (rows, revisions) != (closed.reconciled_rows, closed.reconciled_revisions):
+        return True
+    return closed.reconciled_seq is not None and rolled != closed.reconciled_seq
 
 
 def _closed(session: Session, before: Period | None = None) -> list[BillingPeriod]:
@@ -111,8 +140,7 @@ def moved_periods(session: Session, before: Period) -> list[BillingPeriod]:
     return [
         closed
         for closed in _closed(session, before)
-        if watermark(session, month_of(closed.period_start))
-        != (closed.reconciled_rows, closed.reconciled_revisions)
+        if _moved(closed, watermark(session, month_of(closed.period_start)))
     ]
 
 

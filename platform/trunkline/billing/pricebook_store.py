@@ -93,12 +93,15 @@ def record_bundled_prices(session: Session) -> None:
     closed at its prices has them on record. For a close, which holds the book already
     (``hold_price_book``); the gateways' prices stay the same, so the configuration does not
     change."""
-    _store_versions(session, load_price_book_file(BUNDLED))
+    _store_versions(session, load_price_book_file(BUNDLED), in_force=True)
 
 
-def _store_versions(session: Session, book: PriceBook) -> list[int]:
+def _store_versions(session: Session, book: PriceBook, *, in_force: bool = False) -> list[int]:
     """Store the versions of ``book`` not stored yet, checked as ``apply_price_book`` says and
-    to leave nothing that would be billed unpriced; returns their numbers."""
+    to leave nothing that would be billed unpriced; returns their numbers. ``in_force``: the
+    book prices already (the bundled one, recorded by a close), so storing it changes no
+    price, and capacity recorded before its first version (before that was refused) does not
+    refuse the close."""
     closed_until = latest_closed_end(session)
     added = []
     for version in book.versions:
@@ -127,7 +130,8 @@ def _store_versions(session: Session, book: PriceBook) -> list[int]:
         added.append(version.version)
     flush_or_conflict(session, "a stored price book version starts at the same instant")
     whole = load_price_book(session)  # the stored versions together must still form a book
-    if problems := unpriced_capacity(session, whole):
+    first_added = whole.versions[0].version in added and not in_force
+    if problems := unpriced_capacity(session, whole, first_added=first_added):
         raise InvalidRequest(
             "invalid price book: dedicated capacity would go unpriced: " + "; ".join(problems),
             param="gpu_hour",
@@ -185,10 +189,25 @@ def withdraw_price_version(session: Session, number: int, now: datetime) -> None
             param="version",
         )
     hold_price_book_now(session)
+    first = load_price_book(session).versions[0].version == number
     session.delete(stored)
     session.flush()
+    _check_capacity_priced(session, first=first)
     # Withdrawing the last stored version brings the bundled book back, perhaps its currency.
     check_budgets_keep_currency(session, before, price_book_currency(session))
+
+
+def _check_capacity_priced(session: Session, *, first: bool) -> None:
+    """Refuse a withdrawal that leaves dedicated capacity unpriced: the version before the
+    withdrawn one now prices its hours (capacity recorded for a flavor only the withdrawn
+    version priced), and if it was the first, the next one is first. Withdrawn, every export
+    and close of those hours failed. (Token usage needs no such check: a model is served only
+    once the version in force prices it, which then prices the withdrawn version's hours.)"""
+    if problems := unpriced_capacity(session, load_price_book(session), first_added=first):
+        raise Conflict(
+            "withdrawn, it would leave dedicated capacity unpriced: " + "; ".join(problems),
+            param="version",
+        )
 
 
 def _unpriced_models(session: Session, book: PriceBook, added: frozenset[int]) -> list[str]:

@@ -25,7 +25,9 @@ from sqlalchemy.orm import Session
 from trunkline.billing.charges import ChargeLine, Names
 from trunkline.billing.corrections import (
     corrected_by,
+    moved_periods,
     pending_corrections,
+    reconcile,
     stored_corrections,
     watermark,
 )
@@ -61,39 +63,49 @@ def close_period(session: Session, period: Period, book: PriceBook, now: datetim
         raise InvalidRequest(f"period {period.label} has not ended yet", param="period")
     if session.get(BillingPeriod, period.start) is not None:
         return False
-    for closed, corrections in pending_corrections(session, book, period):
-        for line in corrections:
-            session.add(
-                BillingCorrection(
-                    billed_period_start=period.start,
-                    tenant_id=line.tenant_id,
-                    charge_period_start=line.charge_start,
-                    line=msgspec.to_builtins(line),
-                )
-            )
-        closed.reconciled_rows, closed.reconciled_revisions = watermark(
-            session, month_of(closed.period_start)
-        )
-        closed.reconciled_at = now
+    _bill_corrections(session, book, period, now)
     columns = [*KEY_COLUMNS, *MEASURE_COLUMNS]
     source = select(*(getattr(UsageRollup, c) for c in columns)).where(
         UsageRollup.hour >= period.start, UsageRollup.hour < period.end
     )
     session.execute(insert(BilledUsage).from_select(columns, source))
-    rows, revisions = watermark(session, period)
-    session.add(
-        BillingPeriod(
-            period_start=period.start,
-            period_end=period.end,
-            closed_at=now,
-            reconciled_at=now,
-            reconciled_rows=rows,
-            reconciled_revisions=revisions,
-            names=Names.load(session).to_document(),
-        )
+    closing = BillingPeriod(
+        period_start=period.start,
+        period_end=period.end,
+        closed_at=now,
+        reconciled_at=now,
+        names=Names.load(session).to_document(),
     )
+    reconcile(closing, watermark(session, period))
+    session.add(closing)
     session.flush()
     return True
+
+
+def _bill_corrections(session: Session, book: PriceBook, period: Period, now: datetime) -> None:
+    """Store, as billed by ``period``, the corrections of every earlier closed period whose
+    rollups moved, and mark those reconciled. A group of tenants at a time, as an export
+    reads them: a late event re-rated every tenant's whole month at once, twice (as it is
+    and as billed), which held more than the export of that month did."""
+    ids = sorted(_billable_tenants(session), key=str)
+    for closed in moved_periods(session, period):
+        earlier = month_of(closed.period_start)
+        rows = _rows_by_tenant(session, UsageRollup, earlier)
+        rows.update(_rows_by_tenant(session, BilledUsage, earlier))
+        for group in _groups(ids, rows):
+            for _closed, lines in pending_corrections(session, book, period, group, [closed]):
+                for line in lines:
+                    session.add(
+                        BillingCorrection(
+                            billed_period_start=period.start,
+                            tenant_id=line.tenant_id,
+                            charge_period_start=line.charge_start,
+                            line=msgspec.to_builtins(line),
+                        )
+                    )
+            session.flush()
+        reconcile(closed, watermark(session, earlier))
+        closed.reconciled_at = now
 
 
 def statement(
@@ -155,9 +167,15 @@ def statements_by_tenants(
         )
         by_tenant = session.execute(stored.group_by(BillingCorrection.tenant_id))
         rows.update({tenant: count for tenant, count in by_tenant})
+    for group in _groups(ids, rows):
+        yield statement(session, period, book, group, now=now, corrected=corrected)
+
+
+def _groups(ids: list[uuid.UUID], rows: Counter[uuid.UUID]) -> Iterator[frozenset[uuid.UUID]]:
+    """``ids`` in order, in groups holding about ``ROWS_PER_STATEMENT`` of their ``rows``."""
     # A tenant without rows still has a few lines.
     for group in batches(ids, ROWS_PER_STATEMENT, lambda tenant: rows.get(tenant, 0) + 1):
-        yield statement(session, period, book, frozenset(group), now=now, corrected=corrected)
+        yield frozenset(group)
 
 
 def _rows_by_tenant(session: Session, source: RollupSource, period: Period) -> Counter[uuid.UUID]:

@@ -41,7 +41,12 @@ class BillingPeriod(Base):
     reconciled_rows: Mapped[int] = mapped_column(BigInteger)
     reconciled_revisions: Mapped[int] = mapped_column(BigInteger)
     """Count and summed revisions of the period's rollups when corrections were last recorded:
-    the period's watermark. Any change to its rollups since moves one of them."""
+    with ``reconciled_seq``, the period's watermark."""
+    reconciled_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """The summed ``rolled_seq`` of the period's tenant-hours then: every rollup of an hour
+    moves it, where a row gone and another come (an event corrected by hand from failed to
+    completed) left the count and summed revisions as they were. Null: closed before it was
+    kept, and not reconciled since."""
     names: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """Tenant slugs and names and project names when the period closed, so renaming or deleting
     one later does not change its lines (null: closed before they were kept; names are read
@@ -78,9 +83,9 @@ class DedicatedCapacity(IdMixin, CreatedMixin, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
-    project_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("projects.id", ondelete="SET NULL")
-    )
+    project_id: Mapped[uuid.UUID | None]
+    """No foreign key: a deleted project's GPU hours stay charged back to it, by the name
+    ``retired_projects`` keeps (as its token usage is), in closed months as billed."""
     flavor: Mapped[str] = mapped_column(String(64))
     region: Mapped[str] = mapped_column(String(64), default="")
     gpus: Mapped[int]

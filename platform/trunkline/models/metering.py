@@ -28,6 +28,8 @@ class UsageRollupWatermark(Base):
             postgresql_where=text("changed_seq > rolled_seq"),
             sqlite_where=text("changed_seq > rolled_seq"),
         ),
+        # a closed billing period's watermark sums its hours' rolled_seq (billing/corrections)
+        Index("ix_usage_rollup_watermarks_hour", "hour"),
     )
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from trunkline.kit.db import make_engine
 from trunkline.kit.migrate import alembic_config, upgrade
 from trunkline.kit.shards import key_shard
 from trunkline.models import Base
+from trunkline.models.base import UtcDateTime
 
 
 def test_upgrade_head_leaves_no_difference_from_the_models(database_url: str) -> None:
@@ -91,6 +93,60 @@ def test_migration_0014_gives_existing_keys_the_shard_their_id_is_published_in(
         with engine.connect() as connection:  # a table recreated on SQLite cascaded to these
             quotas = connection.execute(sa.text("SELECT count(*) FROM api_key_quotas")).scalar()
         assert quotas == 1
+    finally:
+        engine.dispose()
+
+
+def test_migration_0018_gives_closed_periods_the_watermark_they_were_billed_at(
+    database_url: str,
+) -> None:
+    """A closed month's summed ``rolled_seq`` is kept from 0018 on: its rollups as they stand
+    are what it was reconciled at (a change since still moved its count or revisions)."""
+    upgrade(database_url, "0017")
+    engine = make_engine(database_url)
+    nov, dec = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+    periods = sa.table(
+        "billing_periods",
+        *(sa.column(c, UtcDateTime()) for c in ("period_start", "period_end")),
+        *(sa.column(c, UtcDateTime()) for c in ("closed_at", "reconciled_at")),
+        sa.column("reconciled_rows", sa.BigInteger()),
+        sa.column("reconciled_revisions", sa.BigInteger()),
+    )
+    marks = sa.table(
+        "usage_rollup_watermarks",
+        sa.column("tenant_id", sa.Uuid()),
+        sa.column("hour", UtcDateTime()),
+        sa.column("changed_seq", sa.BigInteger()),
+        sa.column("rolled_seq", sa.BigInteger()),
+    )
+    tenant = uuid.uuid4()
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                periods.insert(),
+                [
+                    {
+                        "period_start": nov,
+                        "period_end": dec,
+                        "closed_at": dec,
+                        "reconciled_at": dec,
+                        "reconciled_rows": 2,
+                        "reconciled_revisions": 2,
+                    }
+                ],
+            )
+            connection.execute(
+                marks.insert(),
+                [
+                    {"tenant_id": tenant, "hour": hour, "changed_seq": seq, "rolled_seq": seq}
+                    for hour, seq in ((nov, 3), (dec - timedelta(hours=1), 4), (dec, 9))
+                ],
+            )
+        upgrade(database_url)
+        with engine.connect() as connection:
+            kept = connection.execute(sa.text("SELECT reconciled_seq FROM billing_periods")).all()
+        assert kept == [(7,)]  # November's hours, not December's
+        command.downgrade(alembic_config(database_url), "0017")
     finally:
         engine.dispose()
 

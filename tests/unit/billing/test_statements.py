@@ -6,14 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.principal import Principal
+from trunkline.billing import corrections, statements
 from trunkline.billing.capacity import add_capacity
+from trunkline.billing.charges import ChargeLine
 from trunkline.billing.closing import close
 from trunkline.billing.exports import export_period
 from trunkline.billing.periods import parse_period
@@ -25,13 +28,14 @@ from trunkline.billing.pricebook_store import (
 )
 from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.db import transaction
+from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.service import usage_report
-from trunkline.models import DedicatedCapacity, Project, Tenant
+from trunkline.models import DedicatedCapacity, Project, Tenant, UsageEvent
 from trunkline.pools.catalog_models import create_model
 from trunkline.pools.schemas import ModelCreate
 from trunkline.tenancy.service import delete_project
 from unit.billing.billing_support import DEC, NOV, billed, focus
-from unit.metering.usage_support import Account, at, event, ingest
+from unit.metering.usage_support import Account, at, event, ingest, mark_changed
 
 
 def test_cached_tokens_are_priced_as_cached(
@@ -120,6 +124,66 @@ def test_late_event_after_export_is_billed_as_a_correction_next_period(
     assert focus(factory, "2027-01") == []  # and the correction is billed once
 
 
+def test_an_event_corrected_by_hand_in_a_closed_month_is_billed_as_a_correction(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """November's only request was recorded as failed (not billed) and was answered after all:
+    corrected by hand and rolled again, its hour's failed row went and a completed row came,
+    the month's rollups kept their count and summed revisions, and no close ever billed it."""
+    acme = tenants["acme"]
+    ingest(factory, [event(acme, "fixed", when=at(3), status=502, prompt=1_000_000)])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    assert billed(focus(factory)) == 0
+    with transaction(factory) as session:
+        session.execute(update(UsageEvent).values(status=200))
+    mark_changed(factory, at(3))
+    rollup_usage(factory)
+
+    december = focus(factory, "2026-12", now=at(2, month=12))
+    corrections = [r for r in december if r["ChargeClass"] == "Correction"]
+    assert {
+        (r["ChargePeriodStart"], r["x_TokenClass"], r["ConsumedQuantity"]) for r in corrections
+    } == {
+        ("2026-11-03T10:00:00Z", "input", "1000000"),
+        ("2026-11-03T10:00:00Z", "output", "100"),
+    }
+    with transaction(factory) as session:
+        assert close(session, DEC, at(2, month=1, year=2027))
+    assert [{**r, "InvoiceId": ""} for r in focus(factory, "2026-12")] == december
+    assert focus(factory, "2027-01", now=at(2, month=1, year=2027)) == []  # billed once
+
+
+def test_closing_re_rates_a_corrected_month_a_group_of_tenants_at_a_time(
+    factory: sessionmaker[Session], tenants: dict[str, Account], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One late event in closed November made December's close re-rate every tenant's whole
+    November at once, twice (as it is and as billed): more than an export of the month holds,
+    as an export reads a group of tenants at a time. The corrections it bills are the same."""
+    ingest(factory, [event(tenants[s], when=at(3, h)) for s in tenants for h in (1, 2)])
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    ingest(factory, [event(tenants[s], when=at(29), completion=9) for s in tenants])  # late
+    preview = focus(factory, "2026-12", now=at(2, month=1, year=2027))
+    corrected = {r["BillingAccountId"] for r in preview if r["ChargeClass"] == "Correction"}
+    assert corrected == {account.tenant_id for account in tenants.values()}
+
+    monkeypatch.setattr(statements, "ROWS_PER_STATEMENT", 1)
+    rated = []
+    original = corrections.period_lines
+
+    def recorded(*args: object, **kwargs: object) -> list[ChargeLine]:
+        rated.append(kwargs.get("tenants", args[4] if len(args) > 4 else None))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(corrections, "period_lines", recorded)
+    with transaction(factory) as session:
+        assert close(session, DEC, at(2, month=1, year=2027))
+    assert rated and all(group is not None and len(group) == 1 for group in rated)
+    monkeypatch.setattr(corrections, "period_lines", original)
+    assert [{**r, "InvoiceId": ""} for r in focus(factory, "2026-12")] == preview
+
+
 def test_a_closed_period_keeps_the_names_it_was_billed_under(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
@@ -163,6 +227,34 @@ def test_a_project_deleted_before_its_period_closes_is_still_charged_back_by_nam
             session, Principal.system(), uuid.UUID(acme.tenant_id), "2026-11", "project"
         )
     assert [row.label for row in report.rows] == ["demo"]
+
+
+def test_dedicated_gpus_of_a_deleted_project_stay_charged_back_to_it(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Deleting the project emptied its GPU hours' SubAccountId and SubAccountName, in the
+    open month and in the final export of a month closed before, which then read otherwise
+    than the one finance had (and charged the project's GPUs back to nobody)."""
+    acme = tenants["acme"]
+    with transaction(factory) as session:
+        add_capacity(
+            session,
+            uuid.UUID(acme.tenant_id),
+            "h100",
+            1,
+            at(30, 22),
+            prices=load_price_book(session),
+            project_id=uuid.UUID(acme.project_id),
+        )
+        close(session, NOV, at(2, month=12))
+    final_nov = focus(factory)
+    open_dec = focus(factory, "2026-12", now=at(1, 2, month=12))
+    assert {r["SubAccountName"] for r in final_nov + open_dec} == {"demo"}
+    with transaction(factory) as session:
+        delete_project(session, uuid.UUID(acme.tenant_id), uuid.UUID(acme.project_id))
+
+    assert focus(factory) == final_nov
+    assert focus(factory, "2026-12", now=at(1, 2, month=12)) == open_dec
 
 
 def test_a_late_event_can_change_the_sla_credit_of_a_closed_period(
@@ -413,6 +505,84 @@ def test_a_first_version_starting_after_usage_is_refused(
         assert apply_price_book(session, PriceBook([bundled])) == [bundled.version]
 
 
+def test_dedicated_capacity_before_the_first_price_version_is_refused(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """No price bills its hours: every export of December 2025 failed, "usage before the first
+    price book version", and so did the worker's close of it, and with it every later month's."""
+    with transaction(factory) as session:
+        first = load_price_book(session).versions[0].effective_from  # 2026-01-01, bundled
+    refused = pytest.raises(InvalidRequest, match="before 2026-01-01 00:00 UTC")
+    with refused, transaction(factory) as session:
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            1,
+            first - timedelta(hours=2),
+            prices=load_price_book(session),
+        )
+    assert focus(factory, "2025-12") == []
+    with transaction(factory) as session:  # from the first version's hour on, it is priced
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            1,
+            first,
+            first + timedelta(hours=2),
+            prices=load_price_book(session),
+        )
+    assert billed(focus(factory, "2026-01")) == 2 * Decimal("4.00")
+
+
+def test_capacity_recorded_before_the_first_version_before_that_was_refused_closes_no_less(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """A close stores the bundled price book when none was applied; capacity recorded before
+    its first version (which its own month's exports cannot price) must not make that refuse
+    every later month's close."""
+    ingest(factory, [event(tenants["acme"], when=at(3))])
+    with transaction(factory) as session:
+        first = load_price_book(session).versions[0].effective_from
+        session.add(
+            DedicatedCapacity(
+                tenant_id=uuid.UUID(tenants["globex"].tenant_id),
+                flavor="h100",
+                gpus=1,
+                starts_at=first - timedelta(hours=2),
+                ends_at=first,
+            )
+        )
+    with transaction(factory) as session:
+        assert close(session, NOV, at(2, month=12))
+    assert billed(focus(factory), ChargeCategory="Usage") > 0
+
+
+def test_a_first_version_starting_after_dedicated_capacity_is_refused(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Applied, every export and close of the capacity's months before it failed."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "h100",
+            1,
+            at(10, 0),
+            at(10, 2),
+            prices=load_price_book(session),
+        )
+    late = {**version_document(bundled), "effective_from": "2027-01-01T00:00:00Z"}
+    refused = pytest.raises(InvalidRequest, match="capacity is held from 2026-11-10 00:00 UTC")
+    with refused, transaction(factory) as session:
+        apply_price_book(session, PriceBook([version_from_document(late)]))
+    assert billed(focus(factory)) == 2 * Decimal("4.00")
+    with transaction(factory) as session:
+        assert apply_price_book(session, PriceBook([bundled])) == [bundled.version]
+
+
 def test_a_version_not_in_force_yet_can_be_withdrawn_and_one_in_force_cannot(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
@@ -436,6 +606,66 @@ def test_a_version_not_in_force_yet_can_be_withdrawn_and_one_in_force_cannot(
         withdraw_price_version(session, bundled.version, now)
     with pytest.raises(NotFound), transaction(factory) as session:
         withdraw_price_version(session, 2, now)
+
+
+def test_ended_capacity_needs_no_price_from_versions_after_its_end(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """A version from 2027 dropping the l40s refused recording November's l40s allocation,
+    which it prices no hour of."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    later = {**version_document(bundled), "version": 2, "effective_from": "2027-01-01T00:00:00Z"}
+    later["gpu_hour"] = {f: p for f, p in later["gpu_hour"].items() if f != "l40s"}
+    with transaction(factory) as session:
+        apply_price_book(session, PriceBook([bundled, version_from_document(later)]))
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "l40s",
+            2,
+            at(10, 0),
+            at(10, 3),
+            prices=load_price_book(session),
+        )
+    assert billed(focus(factory)) == 3 * 2 * Decimal("1.40")
+    with pytest.raises(InvalidRequest, match="version\\(s\\) 2"), transaction(factory) as session:
+        add_capacity(  # open-ended, it is billed into 2027
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "l40s",
+            1,
+            at(10, 0),
+            prices=load_price_book(session),
+        )
+
+
+def test_a_version_pricing_capacity_no_other_does_cannot_be_withdrawn(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Capacity of a flavor only a version not in force yet prices is recorded from its start;
+    withdrawn, the version before it priced those hours and had no price for the flavor: every
+    export and close from then on failed."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    later = {**version_document(bundled), "version": 2, "effective_from": "2027-01-01T00:00:00Z"}
+    later["gpu_hour"] = {**later["gpu_hour"], "mi300x": "3.00"}
+    with transaction(factory) as session:
+        apply_price_book(session, PriceBook([bundled, version_from_document(later)]))
+        add_capacity(
+            session,
+            uuid.UUID(tenants["globex"].tenant_id),
+            "mi300x",
+            1,
+            at(1, 0, month=2, year=2027),
+            at(1, 2, month=2, year=2027),
+            prices=load_price_book(session),
+        )
+    refused = pytest.raises(Conflict, match="no GPU-hour price for 'mi300x'")
+    with refused, transaction(factory) as session:
+        withdraw_price_version(session, 2, at(1, month=12))
+    february = focus(factory, "2027-02", now=at(1, 3, month=3, year=2027))
+    assert billed(february) == 2 * Decimal("3.00")
 
 
 def _pricing(bundled: PriceBook, number: int, starts: str, *models: str) -> PriceBook:

@@ -4,7 +4,6 @@ corrected away. ``integration/metering/test_rollups_postgres.py`` runs these on 
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -16,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from trunkline.kit.db import transaction
 from trunkline.metering.rollups import RollupRun, rollup_usage
 from trunkline.models import Tier, UsageEvent, UsageRollup, UsageRollupWatermark
-from unit.metering.usage_support import Account, at, event, ingest
+from unit.metering.usage_support import Account, at, event, ingest, mark_changed
 
 
 def rollups(factory: sessionmaker[Session]) -> list[dict[str, Any]]:
@@ -191,17 +190,6 @@ def test_a_late_event_rewrites_only_the_row_it_changes(
         ("completed", 1, 1),
         ("failed", 2, 2),
     ]
-
-
-def mark_changed(factory: sessionmaker[Session], hour: datetime) -> None:
-    """What an operator does after correcting the ledger by hand: the hour is rolled again."""
-    watermark = UsageRollupWatermark
-    with transaction(factory) as session:
-        session.execute(
-            update(watermark)
-            .where(watermark.hour == hour)
-            .values(changed_seq=watermark.changed_seq + 1)
-        )
 
 
 def test_rows_of_an_hour_whose_events_were_corrected_away_are_deleted(

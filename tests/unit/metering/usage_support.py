@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import event as sa_event
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.kit.db import make_engine, make_sessionmaker, transaction
@@ -22,7 +22,7 @@ from trunkline.metering.ingest import write_usage
 from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import InMemoryUsageStream
-from trunkline.models import Project, Tenant
+from trunkline.models import Project, Tenant, UsageRollupWatermark
 from trunkline.tenancy.manifests import apply_manifests
 
 TENANTS_DIR = Path(__file__).resolve().parents[3] / "tenants"
@@ -116,6 +116,17 @@ def ingest(
     if rollup:
         rollup_usage(factory)
     return moved
+
+
+def mark_changed(factory: sessionmaker[Session], hour: datetime) -> None:
+    """What an operator does after correcting the ledger by hand: the hour is rolled again."""
+    watermark = UsageRollupWatermark
+    with transaction(factory) as session:
+        session.execute(
+            update(watermark)
+            .where(watermark.hour == hour)
+            .values(changed_seq=watermark.changed_seq + 1)
+        )
 
 
 def ingest_unchecked(factory: sessionmaker[Session], events: list[UsageRecord]) -> None:
