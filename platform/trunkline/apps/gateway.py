@@ -106,7 +106,7 @@ def create_gateway_app(
         kv_sink=kv_event_index(policy),
     )
     if (approximate := approximate_index(policy)) is not None:  # KV events tell the precise one
-        monitor.state.on_restart = approximate.forget
+        monitor.state.on_restart = monitor.state.on_removed = approximate.forget
     registry.register(EndpointCollector(monitor.state, monitor.block_sizes))
     registry.register(KvEventCollector(lambda: monitor.kv_subscriber))
     registry.register(GatewayHealthCollector(holder, emitter))

@@ -300,6 +300,43 @@ def test_an_engine_that_restarted_is_forgotten_by_the_approximate_index(
     assert len(index) == 0
 
 
+def test_an_endpoint_removed_from_the_configuration_is_forgotten_by_the_approximate_index(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """Replicas come and go (autoscaling, a pool moved): what was sent to one that left must
+    not stay in the gateway's memory for good, up to its KV capacity's worth of blocks for each
+    endpoint it ever routed to."""
+    world = default_world()
+    gw = engine_gateway(
+        chat_any,
+        world=world,
+        policy="prefix-aware",
+        scrape=lambda request: httpx.Response(200, content=METRICS),
+    )
+    service = gw.service
+    gw.client.blocking_portal.call(_wait_for_scrapes, service, ("e1", "e2", "e3", "e4"))
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 20}
+    assert gw.chat({**CHAT, "messages": [preamble]}).status_code == 200
+    [host] = gw.hosts()
+    endpoint = "e" + host[-1]
+    index = _approx_index(service)
+    assert len(index) > 0
+
+    for name, pool in world.pools.items():  # the endpoint leaves its pool
+        kept = tuple(e for e in pool.endpoints if e.id != endpoint)
+        world.pools[name] = msgspec.structs.replace(pool, endpoints=kept)
+    world.publish()
+    gw.client.blocking_portal.call(_wait_for_untracked, service, endpoint)
+
+    assert len(index) == 0
+
+
+async def _wait_for_untracked(service: GatewayService, endpoint: str) -> None:
+    """Until the engine state no longer tracks ``endpoint`` (the snapshot removing it seen)."""
+    while service.engines.load(endpoint) is not None:
+        await service.engines.wait_changed(timeout=0.05)
+
+
 async def _wait_for_restart_seen(service: GatewayService, endpoint: str) -> None:
     """Until a scrape of ``endpoint`` shows its counters back at 5 tokens (the restart)."""
     while True:

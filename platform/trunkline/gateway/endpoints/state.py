@@ -220,6 +220,9 @@ class EngineState:
         self.on_restart: Callable[[str], None] | None = None
         """Told the endpoint id when a scrape shows its engine restarted (its prefix cache is
         empty): the approximate routing index forgets what it sent there."""
+        self.on_removed: Callable[[str], None] | None = None
+        """Told the endpoint id when a snapshot removed it: the approximate routing index
+        forgets what it sent there, which would otherwise stay in memory for good."""
         self.on_cache_config: Callable[[str], None] | None = None
         """Told the endpoint id when its cache config was read (its first scrape, a restart):
         its block size may now differ from its pools'."""
@@ -236,6 +239,8 @@ class EngineState:
         for gone in self._endpoints.keys() - wanted:
             del self._endpoints[gone]
             self._removed.add(gone)
+            if self.on_removed is not None:
+                self.on_removed(gone)
         self._removed -= wanted
         for new in wanted - self._endpoints.keys():
             self._endpoints[new] = _Endpoint(self._policy)
