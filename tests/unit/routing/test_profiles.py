@@ -142,6 +142,18 @@ def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
         load_profile(empty)
 
 
+def test_a_profile_not_in_utf8_names_its_file_and_line(tmp_path: Path) -> None:
+    """Saved by an editor in Latin-1 (an accent in its description): a traceback of the
+    codec's, naming neither the file nor the setting, stopped the gateway."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(
+        GOOD.replace("name: custom", "name: custom\ndescription: café").encode("latin-1")
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        make_policy(str(path))
+    assert str(caught.value).startswith(f"{path}:3: not UTF-8 text")
+
+
 def test_the_gateway_takes_a_profile_file_by_path_where_it_takes_a_policy_name(
     tmp_path: Path,
 ) -> None:

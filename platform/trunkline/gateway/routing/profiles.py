@@ -83,9 +83,17 @@ class RoutingProfile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def load_profile(path: Path) -> RoutingProfile:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read routing profile: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # saved in another encoding (Latin-1, a Windows one)
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigurationError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save it as UTF-8",
+            extra={"file": str(path), "line": line},
+        ) from None
     try:
         data = load_strict(text)
     except yaml.YAMLError as exc:
