@@ -121,6 +121,36 @@ def test_a_bad_field_is_named_with_its_line(tmp_path: Path, text: str, expected:
     assert caught.value.extra["line"] == int(expected.split(":")[1])
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: custom\n<<: {nom: 1}\n", ":2: (top level): Object contains unknown field `nom`"),
+        (
+            "name: custom\nscorers:\n  - <<: {name: queue-depth, wieght: 2}\n    weight: 1\n",
+            ":3: scorers[0]: Object contains unknown field `wieght`",
+        ),
+    ],
+)
+def test_a_field_brought_in_by_a_merge_key_is_named_with_its_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """A misspelt field of a mapping merged in (``<<: *defaults``) is not written under the
+    object it lands in. Looking for its line never ended: the gateway hung at start, a core
+    busy, without a word."""
+    path = tmp_path / "merged.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError) as caught:
+        load_profile(path)
+    assert str(caught.value) == f"{path}{expected}"
+
+
+def test_an_anchor_holding_itself_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "itself.yaml"
+    path.write_text("name: custom\nfilters: &all [healthy, *all]\n")
+    with pytest.raises(ConfigurationError, match=r"itself\.yaml:2: filters\[1\]: Expected `str`"):
+        load_profile(path)
+
+
 def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
     tmp_path: Path,
 ) -> None:

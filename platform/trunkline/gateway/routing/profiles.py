@@ -31,7 +31,7 @@ import yaml
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.pipeline import Balance, PipelinePolicy, WeightedScorer
 from trunkline.gateway.routing.registry import FILTERS, PICKERS, SCORERS
-from trunkline.kit.yamlfile import Yaml12Loader, load_strict
+from trunkline.kit.yamlfile import MERGE_TAG, Yaml12Loader, load_strict
 
 __all__ = ["BUNDLED_DIR", "RoutingProfile", "bundled_profile", "load_profile", "parse_profile"]
 
@@ -218,24 +218,36 @@ def _line_of(lines: Mapping[str, int], path: str, message: str) -> int | None:
     if unknown:
         path = f"{path}.{unknown['field']}" if path else unknown["field"]
     while path not in lines and path:
-        path = _LAST_STEP.sub("", path)
+        parent = _LAST_STEP.sub("", path)
+        path = parent if parent != path else ""  # ``nom``: a top-level field, the root next
     return lines.get(path)
 
 
 def _field_lines(text: str) -> dict[str, int]:
     """The line of every field of a profile's YAML, by its path as errors name it."""
     lines: dict[str, int] = {}
+    walking: set[int] = set()  # the nodes above: an anchor may hold itself (``&a [*a]``)
 
     def walk(node: yaml.Node, path: str) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in walking:
+            return
+        walking.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            merged: list[yaml.Node] = []
             for key, value in node.value:
+                if key.tag == MERGE_TAG:  # its fields land here, unless written here too
+                    merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
+                    continue
                 child = f"{path}.{key.value}" if path else str(key.value)
                 lines.setdefault(child, key.start_mark.line + 1)
                 walk(value, child)
+            for mapping in merged:
+                walk(mapping, path)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 walk(item, f"{path}[{index}]")
+        walking.discard(id(node))
 
     root = yaml.compose(text, Loader=Yaml12Loader)
     if root is not None:
