@@ -62,6 +62,11 @@ def test_a_profile_file_builds_the_pipeline_it_describes(tmp_path: Path) -> None
         (("weight: 2,", "weight: lots,"), 5, "scorers[0].weight: Expected `float`"),
         (("weight: 1}", "weight: .inf}"), 6, "scorers[1].weight: must be a finite number"),
         (("headroom: 2", "headroom: .inf"), 7, "balance.headroom: must be a finite number"),
+        (("weight: 1}", "weight: .nan}"), 6, "scorers[1].weight: must be a finite number"),
+        (("weight: 1}", "16: 1}"), 6, "scorers[1]: key 16 is not a field name"),
+        (("capacity_tokens: 1000", "16: 1000"), 5, "scorers[0].params: key 16 is not a field"),
+        (("balance:", "1: 2\nbalance:"), 7, "(top level): key 1 is not a field name"),
+        (("balance:", "~: 2\nbalance:"), 7, "(top level): key null is not a field name"),
         (
             ("[healthy, residency]", "[healthy, residency, healthy]"),
             3,
