@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -174,8 +175,11 @@ def create_gateway_app(
 
 
 def routing_policy(name: str) -> RoutingPolicy:
+    """This process's policy. Its picker draws its own seed: worker processes and gateway
+    replicas seeded alike would break every tie alike, each sending its k-th tied request to
+    the same endpoint as all the others."""
     try:
-        return make_policy(name)
+        return make_policy(name, seed=secrets.randbits(64))
     except UnknownPolicyError as exc:
         raise ConfigurationError(
             f"TRUNKLINE_GATEWAY__ROUTING_POLICY (gateway.routing_policy): {exc}",

@@ -30,7 +30,7 @@ from trunkline.errors import ConfigurationError
 from trunkline.gateway.admission.adapter import AsyncAdmission
 from trunkline.gateway.admission.policy import AdmissionPolicy
 from trunkline.gateway.prompt_tokens import PromptTokens
-from trunkline.gateway.routing import ApproxPrefixIndex, kv_event_index
+from trunkline.gateway.routing import ApproxPrefixIndex, EndpointView, RequestView, kv_event_index
 from trunkline.gateway.routing.pipeline import PipelinePolicy
 from trunkline.gateway.routing.prefix_index import apply_kv_events
 from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
@@ -138,6 +138,20 @@ def test_an_unknown_routing_policy_names_the_setting() -> None:
             server_secret=SECRET,
             settings=GatewaySettings(routing_policy="nope"),
         )
+
+
+@pytest.mark.parametrize("name", ["prefix-aware", "cost-aware"])
+def test_gateway_processes_break_ties_each_their_own_way(name: str) -> None:
+    """Each worker process (``--workers``) and gateway replica makes its own policy. With the
+    profile's one seed they all drew the same tie-breaks: the first request of every process
+    over idle, equal endpoints went to the same one, and so did every k-th request after."""
+    request = RequestView("r1", "tenant-a", "gold", "llama", prompt_tokens=10)
+    idle = [EndpointView(f"e{i}", "pool", "eu-west", "h100", 16) for i in range(4)]
+    processes = [routing_policy(name) for _ in range(16)]
+
+    firsts = {policy.rank(request, idle)[0] for policy in processes}
+
+    assert len(firsts) > 1  # all 16 alike by chance: one in 4**15
 
 
 def test_a_kv_event_policy_without_tokenizers_is_warned_of(

@@ -67,6 +67,20 @@ def test_least_loaded_rotates_among_equal_endpoints() -> None:
     assert all(policy.rank(REQUEST, views)[-1] == 2 for _ in range(4))
 
 
+@pytest.mark.parametrize("name", ["round-robin", "least-loaded"])
+def test_rotation_shares_an_aliass_endpoints_however_other_aliases_interleave(name: str) -> None:
+    """One gateway serves a chat model and an embedding model, their requests alternating:
+    each model's replicas take turns, not the first replica of each taking every request."""
+    policy = make_policy(name)
+    chat = [EndpointView(f"chat-{i}", "chat", "eu", "h100", 16) for i in range(2)]
+    embed = [EndpointView(f"embed-{i}", "embed", "eu", "l40s", 16) for i in range(2)]
+    firsts = []
+    for _ in range(4):
+        firsts.append(chat[policy.rank(REQUEST, chat)[0]].key)
+        policy.rank(REQUEST, embed)
+    assert sorted(firsts) == ["chat-0", "chat-0", "chat-1", "chat-1"]
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_ranks_nothing_when_there_is_nothing(name: str) -> None:
     assert make_policy(name).rank(REQUEST, []) == []

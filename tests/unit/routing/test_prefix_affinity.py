@@ -42,6 +42,20 @@ def test_approximate_scores_the_share_of_leading_blocks_routed_there(
     assert scorer.score(request(asked), ENDPOINTS) == pytest.approx(expected)
 
 
+def test_endpoints_of_different_block_sizes_score_the_share_of_the_prompt_they_hold() -> None:
+    """An alias over an H100 pool (16-token blocks) and one of larger blocks (32 here; Gaudi's
+    vLLM uses 128): a 48-token prompt is three blocks on the first and one on the second (its
+    last 16 tokens make no full block). Each holding all its own blocks, both scored 1 — a
+    coin toss — though the first holds 48 tokens of it and the second 32."""
+    small, large = endpoint("h100", block_size=16), endpoint("gaudi", block_size=32)
+    scorer = approximate()
+    prompt = text("a", "b", "c")
+    scorer.routed(request(prompt), small)
+    scorer.routed(request(prompt), large)
+
+    assert scorer.score(request(prompt), [small, large]) == pytest.approx([1.0, 2 / 3])
+
+
 def test_a_salted_request_never_matches_blocks_routed_under_another_salt() -> None:
     scorer = approximate()
     scorer.routed(request(text("a", "b"), salt="tenant-1"), ENDPOINTS[0])

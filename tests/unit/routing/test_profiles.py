@@ -62,6 +62,11 @@ def test_a_profile_file_builds_the_pipeline_it_describes(tmp_path: Path) -> None
         (("weight: 2,", "weight: lots,"), 5, "scorers[0].weight: Expected `float`"),
         (("weight: 1}", "weight: .inf}"), 6, "scorers[1].weight: must be a finite number"),
         (("headroom: 2", "headroom: .inf"), 7, "balance.headroom: must be a finite number"),
+        (("weight: 1}", "weight: .nan}"), 6, "scorers[1].weight: must be a finite number"),
+        (("weight: 1}", "16: 1}"), 6, "scorers[1]: key 16 is not a field name"),
+        (("capacity_tokens: 1000", "16: 1000"), 5, "scorers[0].params: key 16 is not a field"),
+        (("balance:", "1: 2\nbalance:"), 7, "(top level): key 1 is not a field name"),
+        (("balance:", "~: 2\nbalance:"), 7, "(top level): key null is not a field name"),
         (
             ("[healthy, residency]", "[healthy, residency, healthy]"),
             3,
@@ -121,6 +126,36 @@ def test_a_bad_field_is_named_with_its_line(tmp_path: Path, text: str, expected:
     assert caught.value.extra["line"] == int(expected.split(":")[1])
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: custom\n<<: {nom: 1}\n", ":2: (top level): Object contains unknown field `nom`"),
+        (
+            "name: custom\nscorers:\n  - <<: {name: queue-depth, wieght: 2}\n    weight: 1\n",
+            ":3: scorers[0]: Object contains unknown field `wieght`",
+        ),
+    ],
+)
+def test_a_field_brought_in_by_a_merge_key_is_named_with_its_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """A misspelt field of a mapping merged in (``<<: *defaults``) is not written under the
+    object it lands in. Looking for its line never ended: the gateway hung at start, a core
+    busy, without a word."""
+    path = tmp_path / "merged.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigurationError) as caught:
+        load_profile(path)
+    assert str(caught.value) == f"{path}{expected}"
+
+
+def test_an_anchor_holding_itself_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "itself.yaml"
+    path.write_text("name: custom\nfilters: &all [healthy, *all]\n")
+    with pytest.raises(ConfigurationError, match=r"itself\.yaml:2: filters\[1\]: Expected `str`"):
+        load_profile(path)
+
+
 def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
     tmp_path: Path,
 ) -> None:
@@ -140,6 +175,18 @@ def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
     expected = "empty.yaml: (top level): the profile is empty"
     with pytest.raises(ConfigurationError, match=re.escape(expected)):
         load_profile(empty)
+
+
+def test_a_profile_not_in_utf8_names_its_file_and_line(tmp_path: Path) -> None:
+    """Saved by an editor in Latin-1 (an accent in its description): a traceback of the
+    codec's, naming neither the file nor the setting, stopped the gateway."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(
+        GOOD.replace("name: custom", "name: custom\ndescription: café").encode("latin-1")
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        make_policy(str(path))
+    assert str(caught.value).startswith(f"{path}:3: not UTF-8 text")
 
 
 def test_the_gateway_takes_a_profile_file_by_path_where_it_takes_a_policy_name(

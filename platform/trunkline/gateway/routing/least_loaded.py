@@ -1,13 +1,15 @@
 """``least-loaded``: fewest requests in the engine (running + waiting), then least KV in use.
 
-Ties — common when engines are idle or the loads are not scraped yet — rotate like round-robin,
-so equal endpoints share the traffic instead of the first one taking it all.
+Ties — common when engines are idle or the loads are not scraped yet — rotate like round-robin
+(one ring per set of endpoints), so equal endpoints share the traffic instead of the first one
+taking it all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trunkline.gateway.routing.round_robin import Rotation
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
 __all__ = ["LeastLoadedPolicy"]
@@ -17,14 +19,13 @@ class LeastLoadedPolicy:
     name = "least-loaded"
 
     def __init__(self) -> None:
-        self._next = 0
+        self._rotation = Rotation()
 
     def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
         count = len(endpoints)
         if count == 0:
             return []
-        start = self._next % count
-        self._next += 1
+        start = self._rotation.start(endpoints)
 
         def key(index: int) -> tuple[float, float, int]:
             load = endpoints[index].load

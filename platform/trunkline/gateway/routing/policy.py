@@ -82,10 +82,22 @@ POLICIES: dict[str, Callable[[], RoutingPolicy]] = {
 PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
-def make_policy(name: str) -> RoutingPolicy:
+def make_policy(name: str, *, seed: int | None = None) -> RoutingPolicy:
     """A fresh policy called ``name`` (each has its own state, such as a round-robin counter),
     or built from the routing profile at that path when it ends in ``.yaml`` / ``.yml``: an
-    operator's own profile, deployed as a file."""
+    operator's own profile, deployed as a file. ``seed`` replaces a pipeline's picker seed
+    (None: the profile's, so a simulated run is reproducible)."""
+    policy = _made(name)
+    if seed is not None:
+        from trunkline.gateway.routing.pipeline import PipelinePolicy
+        from trunkline.gateway.routing.registry import PICKERS
+
+        if isinstance(policy, PipelinePolicy):
+            policy.picker = PICKERS[policy.picker.name](seed)
+    return policy
+
+
+def _made(name: str) -> RoutingPolicy:
     if name.endswith(PROFILE_SUFFIXES):
         from pathlib import Path
 

@@ -1,6 +1,8 @@
 """``prefix-affinity``: the share of the prompt's full blocks an endpoint already caches.
 
-The prompt is hashed at each endpoint's block size (endpoints of different pools may differ)
+The prompt is hashed at each endpoint's block size (endpoints of different pools may differ;
+their shares are then of the tokens in full blocks at the size covering most of the prompt, so
+an endpoint holding more of it scores more whatever its block size)
 through the request's :class:`~trunkline.gateway.routing.views.PromptView`, which caches the
 hashes; the :class:`~trunkline.gateway.routing.prefix_index.PrefixIndex` says how many leading
 blocks each endpoint holds. A request with no prompt view or no full block scores 0 everywhere.
@@ -30,16 +32,21 @@ class PrefixAffinityScorer:
         by_size: dict[int, list[int]] = {}
         for position, endpoint in enumerate(endpoints):
             by_size.setdefault(endpoint.block_size, []).append(position)
+        hashed = {size: prompt.block_hashes(size) for size in by_size}
+        # Shares of the tokens in full blocks at the size that has the most: the same tokens
+        # held score the same whatever the block size (in one size: the share of its blocks).
+        covered = max(len(hashes) * size for size, hashes in hashed.items())
+        if not covered:
+            return scores
         for block_size, positions in by_size.items():
-            hashes = prompt.block_hashes(block_size)
+            hashes = hashed[block_size]
             if not hashes:
                 continue
             keys = [endpoints[p].key for p in positions]
-            total = len(hashes)
             for position, matched in zip(
                 positions, self.index.matches(hashes, request.cache_salt, keys), strict=True
             ):
-                scores[position] = matched / total
+                scores[position] = matched * block_size / covered
         return scores
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:

@@ -31,7 +31,7 @@ import yaml
 from trunkline.errors import ConfigurationError
 from trunkline.gateway.routing.pipeline import Balance, PipelinePolicy, WeightedScorer
 from trunkline.gateway.routing.registry import FILTERS, PICKERS, SCORERS
-from trunkline.kit.yamlfile import Yaml12Loader, load_strict
+from trunkline.kit.yamlfile import MERGE_TAG, Yaml12Loader, load_strict
 
 __all__ = ["BUNDLED_DIR", "RoutingProfile", "bundled_profile", "load_profile", "parse_profile"]
 
@@ -83,9 +83,17 @@ class RoutingProfile(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 def load_profile(path: Path) -> RoutingProfile:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read routing profile: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # saved in another encoding (Latin-1, a Windows one)
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigurationError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save it as UTF-8",
+            extra={"file": str(path), "line": line},
+        ) from None
     try:
         data = load_strict(text)
     except yaml.YAMLError as exc:
@@ -125,7 +133,7 @@ def _validated(data: Any) -> RoutingProfile:
     try:
         profile = msgspec.convert(data, RoutingProfile)
     except msgspec.ValidationError as exc:
-        raise _Invalid(*_split(str(exc))) from None
+        raise _Invalid(*_split(str(exc), data)) from None
     _check_finite(profile)
     for index, name in enumerate(profile.filters):
         if name not in FILTERS:
@@ -140,7 +148,7 @@ def _validated(data: Any) -> RoutingProfile:
         try:
             msgspec.convert(scorer.params, plugin.params)
         except msgspec.ValidationError as exc:
-            path, message = _split(str(exc))
+            path, message = _split(str(exc), scorer.params)
             where = f"scorers[{index}].params" + (f".{path}" if path else "")
             raise _Invalid(where, message) from None
     if profile.picker.name not in PICKERS:
@@ -183,51 +191,96 @@ def _unknown(kind: str, name: str, known: Any) -> str:
     return f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}"
 
 
-_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_AT = re.compile(r"^(?P<message>.*) - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$", re.DOTALL)
 _BOUND = re.compile(r"^Expected `\w+` (?P<op>>=|<=|>|<) (?P<value>\S+)$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
-def _split(text: str) -> tuple[str, str]:
-    """msgspec's ``Expected `float` >= 0.0 - at `$.scorers[1].weight``` → path and message."""
+def _split(text: str, data: Any) -> tuple[str, str]:
+    """msgspec's ``Expected `float` >= 0.0 - at `$.scorers[1].weight``` → path and message;
+    ``data`` is what was validated, for what msgspec's message leaves out (which key is not a
+    name, a bound failed by NaN)."""
     match = _AT.match(text)
     path, message = (match["path"].lstrip("."), match["message"]) if match else ("", text)
+    if match and match["key"]:  # a key such as ``16:`` or ``~:``, read as a number or null
+        keys = _at(data, path)
+        bad = next((k for k in keys if not isinstance(k, str)), None) if keys else None
+        written = "null" if bad is None else str(bad).lower() if isinstance(bad, bool) else bad
+        return path, f"key {written} is not a field name (keys are names, such as `weight`)"
     bound = _BOUND.match(message)
     if bound:
         value = bound["value"]
         value = value[:-2] if value.endswith(".0") else value
         message = f"must be {bound['op']} {value}"
+        number = _at(data, path)
+        if isinstance(number, float) and math.isnan(number):
+            message = "must be a finite number"
     return path, message
 
 
-_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+def _at(data: Any, path: str) -> Any:
+    """The value at ``path`` (``scorers[1].weight``) in parsed YAML; None where there is none."""
+    for name, index in _STEP.findall(f".{path}" if path else path):
+        if name and isinstance(data, dict):
+            data = data.get(name)
+        elif index and isinstance(data, list) and int(index) < len(data):
+            data = data[int(index)]
+        else:
+            return None
+    return data
+
+
+_UNKNOWN_FIELD = re.compile(
+    r"^(?:Object contains unknown field `(?P<field>[^`]+)`|key (?P<key>\S+) is not a field)"
+)
 _LAST_STEP = re.compile(r"(?:\.[^.\[]+|\[\d+\])$")
 
 
 def _line_of(lines: Mapping[str, int], path: str, message: str) -> int | None:
-    """The line of the field at ``path`` (of the unknown field the message names, if it does),
-    else of its closest parent written in the file."""
+    """The line of the field at ``path`` (of the unknown field or the key the message names,
+    if it does), else of its closest parent written in the file."""
     unknown = _UNKNOWN_FIELD.match(message)
     if unknown:
-        path = f"{path}.{unknown['field']}" if path else unknown["field"]
+        field = unknown["field"] or unknown["key"]
+        path = f"{path}.{field}" if path else field
     while path not in lines and path:
-        path = _LAST_STEP.sub("", path)
+        parent = _LAST_STEP.sub("", path)
+        path = parent if parent != path else ""  # ``nom``: a top-level field, the root next
     return lines.get(path)
+
+
+def _key_name(key: yaml.Node) -> str:
+    """A key as errors name it: ``~`` and ``null`` as null, ``True`` as true (see _split)."""
+    kind = key.tag.rsplit(":", 1)[-1]
+    return "null" if kind == "null" else str(key.value).lower() if kind == "bool" else key.value
 
 
 def _field_lines(text: str) -> dict[str, int]:
     """The line of every field of a profile's YAML, by its path as errors name it."""
     lines: dict[str, int] = {}
+    walking: set[int] = set()  # the nodes above: an anchor may hold itself (``&a [*a]``)
 
     def walk(node: yaml.Node, path: str) -> None:
         lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in walking:
+            return
+        walking.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            merged: list[yaml.Node] = []
             for key, value in node.value:
-                child = f"{path}.{key.value}" if path else str(key.value)
+                if key.tag == MERGE_TAG:  # its fields land here, unless written here too
+                    merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
+                    continue
+                name = _key_name(key)
+                child = f"{path}.{name}" if path else name
                 lines.setdefault(child, key.start_mark.line + 1)
                 walk(value, child)
+            for mapping in merged:
+                walk(mapping, path)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 walk(item, f"{path}[{index}]")
+        walking.discard(id(node))
 
     root = yaml.compose(text, Loader=Yaml12Loader)
     if root is not None:

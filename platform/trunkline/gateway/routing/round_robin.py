@@ -1,4 +1,10 @@
-"""``round-robin``: each request starts one endpoint further along the ring."""
+"""``round-robin``: each request starts one endpoint further along the ring.
+
+The ring turns per set of endpoints (:class:`Rotation`): one gateway routes many aliases, and
+tenants of different regions see different endpoints of one alias. A single counter for all
+of them would skip an alias's turns whenever others' requests come in between — with two
+aliases' requests alternating, every request of each would start at its first endpoint.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,28 @@ from collections.abc import Sequence
 
 from trunkline.gateway.routing.views import EndpointView, RequestView
 
-__all__ = ["RoundRobinPolicy"]
+__all__ = ["Rotation", "RoundRobinPolicy"]
+
+
+class Rotation:
+    """Where the next request over each set of endpoints starts, the sets told apart by their
+    endpoints' keys in order. At most ``max_sets`` are remembered (replicas come and go, each
+    change a new set): past that every ring starts over, which costs one uneven turn."""
+
+    def __init__(self, max_sets: int = 4096) -> None:
+        self.max_sets = max_sets
+        self._next: dict[tuple[str, ...], int] = {}
+
+    def start(self, endpoints: Sequence[EndpointView]) -> int:
+        """The index to start at this time (``endpoints`` not empty); the next time, one further."""
+        ring = tuple(e.key for e in endpoints)
+        turn = self._next.get(ring)
+        if turn is None:
+            if len(self._next) >= self.max_sets:
+                self._next.clear()
+            turn = 0
+        self._next[ring] = turn + 1
+        return turn % len(ring)
 
 
 class RoundRobinPolicy:
@@ -15,14 +42,13 @@ class RoundRobinPolicy:
     name = "round-robin"
 
     def __init__(self) -> None:
-        self._next = 0
+        self._rotation = Rotation()
 
     def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
         count = len(endpoints)
         if count == 0:
             return []
-        start = self._next % count
-        self._next += 1
+        start = self._rotation.start(endpoints)
         return [*range(start, count), *range(start)]
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
