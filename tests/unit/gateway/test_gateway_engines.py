@@ -368,6 +368,49 @@ def test_an_engine_restart_its_counters_cannot_show_is_seen_by_its_start_time(
     assert len(index) == 0
 
 
+def test_a_start_time_read_slightly_differently_on_each_page_is_no_restart(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """``process_start_time_seconds`` is worked out from the host's boot time and the
+    process's clock ticks: on some hosts it reads a little differently from one page to the
+    next (the boot time moves by a second as the clock is adjusted, the sum is rounded
+    another way). Before, each such page was taken as a restart, and the approximate index
+    forgot what it had sent the engine at nearly every scrape: prompts whose preamble the
+    engine cached went anywhere. A process started later by more than that is a restart."""
+    started = {f"engine-{i}": 1.7e9 for i in range(1, 5)}
+    jitter = [0.0, 0.01, -1.0, 1.0, 0.99]
+    scrapes: Counter[str] = Counter()
+
+    def scrape(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        scrapes[host] += 1
+        read = started[host] + jitter[scrapes[host] % len(jitter)]
+        page = "# TYPE process_start_time_seconds gauge\n"
+        page += f"process_start_time_seconds {read!r}\n"
+        return httpx.Response(200, content=page.encode())
+
+    def scraped_again(host: str) -> None:
+        gw.client.blocking_portal.call(_wait_for_scrapes_of, gw.service, scrapes, host)
+
+    gw = engine_gateway(chat_any, policy="prefix-aware", scrape=scrape)
+    preamble = {"role": "system", "content": "You answer for a telecom operator. " * 20}
+    for host in started:
+        scraped_again(host)
+    assert gw.chat({**CHAT, "messages": [preamble]}).status_code == 200
+    [host] = gw.hosts()
+    index = _approx_index(gw.service)
+    held = len(index)
+    assert held > 0
+
+    for _ in jitter:  # a page with each reading
+        scraped_again(host)
+    assert len(index) == held  # the same process: nothing forgotten
+
+    started[host] += 30.0  # restarted (an engine takes longer than that to start)
+    scraped_again(host)
+    assert len(index) == 0
+
+
 async def _wait_for_scrapes_of(service: GatewayService, scrapes: Counter[str], host: str) -> None:
     """Until ``host``'s page was read twice more: the first of them applied (an endpoint is
     not scraped again before its scrape ended)."""

@@ -281,3 +281,49 @@ async def test_a_replay_cut_short_is_asked_again_from_where_it_stopped() -> None
     assert stored_blocks(sink) == list(range(16))
     assert subscriber.replays == {("e1", "complete"): 1}
     assert not subscriber.clears
+
+
+async def test_a_busy_engine_is_not_lost_while_its_replay_is_awaited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a replay runs (vLLM's 10,000 messages come in about ten rounds) the subscription
+    reads nothing of its live socket, and a busy engine goes on publishing. Past ZMQ's
+    default 1,000 messages held, the socket stopped reading the connection, the publisher's
+    answers to its pings with it: the engine was taken as lost, its blocks cleared, what it
+    had sent meanwhile dropped, and the replay asked again on reconnecting, for ever if each
+    took as long."""
+    monkeypatch.setattr(kv_subscriber, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(kv_subscriber, "REPLAY_TIMEOUT_S", 60.0)  # answered when the test says
+    context = zmq.Context()
+    publisher = context.socket(zmq.XPUB)  # hears the subscription arrive
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.setsockopt(zmq.SNDHWM, 100_000)  # vLLM's
+    publisher.bind("tcp://127.0.0.1:*")
+    lost = publisher.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:*")
+    addresses = [s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (publisher, router)]
+    sink = Sink()
+    subscriber = KvEventSubscriber(sink, lambda: [EndpointEntry("e1", "http://e1", *addresses)])
+    subscriber.sync()
+    try:
+        assert await until(lambda: bool(publisher.poll(0)))  # subscribed: live from here
+        publisher.recv()
+        assert await until(lambda: bool(router.poll(0)))  # the replay asked on connecting
+        client, _, _start = router.recv_multipart()
+        for seq in range(3_000):  # a busy engine's messages while the replay is awaited
+            publisher.send_multipart(frames(seq, [stored(seq)]))
+        # Twenty heartbeat intervals, four times the silence that counts a publisher lost.
+        await until(lambda: bool(lost.poll(0)), tries=100)
+        router.send_multipart([client, b"", b"", REPLAY_END, b""])
+        assert await until(lambda: subscriber.received.get("e1", 0) >= 3_000)
+    finally:
+        await subscriber.close()
+        publisher.disable_monitor()
+        lost.close()
+        publisher.close()
+        router.close()
+        context.term()
+    assert stored_blocks(sink) == list(range(3_000))
+    assert not subscriber.clears

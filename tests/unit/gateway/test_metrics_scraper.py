@@ -157,6 +157,43 @@ async def test_an_endpoint_taken_out_with_requests_on_it_is_watched_until_they_e
     await scraper.close()
 
 
+async def test_an_endpoint_put_back_while_its_requests_drain_is_tracked_once_and_kept() -> None:
+    """Taken out with a request on it, then put back (a configuration change undone) before
+    the request ended: it is one endpoint, its request still counted, scraped once per round
+    at its address, and kept once that request ends; taken out again, it goes when the next
+    one on it ends, whether it finished, failed or its client left."""
+    engines = Engines()
+    current = _entries("a", "b")
+    state, scraper = _scraper(engines, lambda: current, Clock())
+    forgotten: list[str] = []
+    state.on_removed = forgotten.append
+    await asyncio.gather(*scraper.tick())
+    flight = state.sent("b", 10, streamed=False)
+
+    current = _entries("a")
+    await asyncio.gather(*scraper.tick())
+    assert state.draining() == {"b"}
+    current = _entries("a", "b")
+    before = engines.scrapes.count("b")
+    await asyncio.gather(*scraper.tick())
+    assert state.draining() == set()
+    assert engines.scrapes.count("b") == before + 1
+    assert [h.in_flight for h in state.health_report()] == [0, 1]
+
+    state.ended(flight)
+    await asyncio.gather(*scraper.tick())
+    assert set(state.loads()) == {"a", "b"}
+    assert forgotten == ["b"]  # when it left, not when its request ended after it came back
+
+    cancelled = state.sent("b", 10)  # its client leaves before the first token
+    current = _entries("a")
+    await asyncio.gather(*scraper.tick())
+    state.ended(cancelled)
+    await asyncio.gather(*scraper.tick())
+    assert set(state.loads()) == {"a"} and state.draining() == set()
+    await scraper.close()
+
+
 async def test_the_background_loop_keeps_loads_fresh() -> None:
     engines = Engines()
     state, scraper = _scraper(engines, lambda: _entries("a"), Clock())

@@ -225,6 +225,10 @@ class KvEventSubscriber:
             socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
             socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MISSED * heartbeat_ms)
             socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_MISSED * heartbeat_ms)
+            # The pings' answers come behind the live messages: a socket full of unread ones
+            # (a replay runs, the event loop is busy) stops reading them, and would take a
+            # busy engine as lost within seconds at ZMQ's default 1,000.
+            socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
             events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             monitor = socket.get_monitor_socket(events)
             socket.connect(address)
@@ -261,6 +265,11 @@ HEARTBEAT_S = 1.0
 """How often the subscription pings its publisher; unanswered for :data:`HEARTBEAT_MISSED`
 times that, the connection is taken as lost (the endpoint cleared) and made again."""
 HEARTBEAT_MISSED = 5
+RECEIVE_HWM = 10_000
+"""Live messages a subscription holds unread while it replays or the event loop is busy: as
+many as vLLM keeps for a replay (a gateway further behind could not catch up by one anyway).
+Beyond it the socket stops reading its connection, pings' answers included, and the engine
+is taken as lost after :data:`HEARTBEAT_MISSED` beats."""
 CLEAR_REASONS = ("gap", "disconnect", "restart", "error")
 REPLAY_OUTCOMES = ("complete", "failed")
 RETRY_MIN_S = 1.0

@@ -206,11 +206,18 @@ def _int_label(labels: bytes, name: bytes) -> int | None:
     return None
 
 
+START_TIME_JITTER_S = 2.0
+"""How far apart two readings of one process's ``process_start_time_seconds`` may be: it is
+the host's boot time plus the process's clock ticks, and the boot time moves by a second as
+the clock is adjusted. An engine takes longer than that to start and serve its first page."""
+
+
 def restarted(previous: MetricsScan, current: MetricsScan) -> bool:
-    """The engine behind the endpoint restarted: its process started at another time, or a
-    cumulative counter went backwards (a page that does not say when it started)."""
+    """The engine behind the endpoint restarted: its process started at another time (by more
+    than :data:`START_TIME_JITTER_S`), or a cumulative counter went backwards (a page that does
+    not say when it started)."""
     if previous.started_at and current.started_at:
-        return current.started_at != previous.started_at
+        return abs(current.started_at - previous.started_at) > START_TIME_JITTER_S
     return (
         current.prompt_tokens < previous.prompt_tokens
         or current.prefix_cache_queries < previous.prefix_cache_queries
