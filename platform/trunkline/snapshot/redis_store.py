@@ -38,6 +38,7 @@ class _Keys:
         self.built_from = f"{base}:built_from"
         self.parts, self.part_prefix = f"{base}:parts", f"{base}:part:"
         self.counter = f"{prefix}:snapshot:counter"
+        self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
         self.named = {
             "version_key": self.version,
             "at_key": self.at,
@@ -45,9 +46,9 @@ class _Keys:
             "parts_key": self.parts,
             "built_from_key": self.built_from,
             "counter_key": self.counter,
+            "legacy_version_key": self.legacy_version,
         }
         """Every key a script names, by the name it reads it as."""
-        self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
 
 
 class RedisSnapshotPublisher:
@@ -127,11 +128,17 @@ class RedisSnapshotPublisher:
         return Patched.NO_BASE
 
     def _stored_digests(self) -> tuple[dict[str, bytes], bytes | None]:
-        """The stored parts' digests and the content digest they make, read together."""
-        with self._client.pipeline(transaction=True) as both:
-            both.hgetall(self._keys.parts)
-            both.get(self._keys.digest)
-            listed, content = both.execute()
+        """The stored parts' digests and the content digest they make, read together; no
+        content when an older control plane's whole snapshot is newer (the gateways serve it,
+        and a patch over the parts would put back what it changed)."""
+        with self._client.pipeline(transaction=True) as reads:
+            reads.hgetall(self._keys.parts)
+            reads.get(self._keys.digest)
+            reads.get(self._keys.version)
+            reads.get(self._keys.legacy_version)
+            listed, content, version, legacy = reads.execute()
+        if legacy is not None and int(legacy) > int(version or 0):
+            content = None
         return {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}, content
 
     def _write(
