@@ -133,6 +133,26 @@ def test_versions_stay_above_old_ones_after_redis_loses_its_data(redis_url: str)
         client.close()
 
 
+def test_versions_stay_above_another_publisher_s_after_redis_loses_its_data(redis_url: str) -> None:
+    """Two control planes whose clocks differ by a minute (or a CLI run on a laptop whose clock
+    is ahead): the counter followed the fast one's clock. Once Redis lost its data the other one
+    published again under its own clock, below the version every gateway held, so they kept
+    the old configuration, and ignored every change after it (a revoked key accepted), for
+    that minute. A publisher hands out no version below one it has seen stored."""
+    client = redis.Redis.from_url(redis_url)
+    fast = RedisSnapshotPublisher(client, "skew", clock_ms=lambda: 1_700_000_060_000)
+    slow = RedisSnapshotPublisher(client, "skew", clock_ms=lambda: 1_700_000_000_000)
+    try:
+        held = fast.next_version()  # what the gateways hold
+        fast.publish(held, {"core": b"before"}, published_at=1.0)
+        assert slow.published_version() == held  # as its check reads it
+        client.delete(*client.keys("skew:*"))
+        assert slow.next_version() > held
+    finally:
+        client.delete(*client.keys("skew:*"))
+        client.close()
+
+
 async def test_a_publisher_that_raced_another_sends_every_part(redis_url: str) -> None:
     """A part left out because the store held it must not be replaced meanwhile by another
     control plane's publish: the version would pair one's parts with the other's."""
