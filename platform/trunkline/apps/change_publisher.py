@@ -231,6 +231,12 @@ class ChangePublisher:
             return True
         return self._whole_at is not None and time.monotonic() - self._whole_at < self.whole_every_s
 
+    def known_stored(self, generation: int) -> bool:
+        """Whether the store held the change that set ``generation`` when this process last
+        looked (``seen``) or patched it in (``_carried``)."""
+        seen = None if self.seen is None else self.seen.generation
+        return (seen is not None and generation <= seen) or generation in self._carried
+
     def _follows(self, generations: set[int]) -> bool:
         """Whether every change committed before ``generations`` is known to be in the store
         (``seen``, or carried by this process's patches)."""

@@ -159,9 +159,14 @@ def _follow_key_gap(runtime: Runtime, missing: list[int], shards: set[int]) -> C
     them still missing a check later (its publisher stopped, or its publish failed), or one of
     this process's own whose publish failed (``left``), or a store no other process publishes
     to: their shards are patched in now, carrying them (the shards are read after the patch's
-    version is handed out, after they committed)."""
+    version is handed out, after they committed). So are changes this process knew stored
+    (``ChangePublisher.known_stored``): the store lost them (a failover to a replica that had not
+    received them, a backup restored) and a newer version was stored over it; no one is
+    publishing them, and every gateway is serving the parts from before them (a revoked key
+    accepted again)."""
     alone = isinstance(runtime.publisher, InMemorySnapshotStore)  # no other publisher
-    if runtime.awaited.isdisjoint(missing) and not runtime.left and not alone:
+    lost = any(runtime.known_stored(generation) for generation in missing)
+    if runtime.awaited.isdisjoint(missing) and not (runtime.left or alone or lost):
         runtime.awaited = frozenset(missing)
         return "in_flight"
     was_left, runtime.awaited, runtime.left = runtime.left, frozenset(), False  # carried now

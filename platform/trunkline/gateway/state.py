@@ -53,8 +53,8 @@ class SnapshotHolder:
         if version is None or version <= self.current.version:
             return False  # an older one: versions only move forward (a key revoked stays so)
         loaded = await self._source.load(self._parts.digests)
-        if loaded is None:
-            return False
+        if loaded is None or loaded.version <= self.current.version:
+            return False  # the store went back since its version was read (a failover)
         self.current = self._parts.apply(loaded)
         fetched = {"snapshot_version": self.current.version, "snapshot_parts": len(loaded.blobs)}
         log.info("snapshot loaded", extra=fetched)

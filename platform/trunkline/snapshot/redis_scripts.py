@@ -80,8 +80,10 @@ end
 # then (name, digest, bytes) per part, the bytes empty for a part the publisher found stored
 # with that digest. If one no longer is (another publisher wrote in between, or the part is
 # gone), or a patch's content moved since it was read (a part added meanwhile, which it would
-# delete), nothing is written and -1 asks to read again. What a version was built from is kept
-# with the version it came with (``built_from``), with the generations known stored above it
+# delete), or an older control plane stored a newer whole snapshot (``legacy_version_key``: the
+# gateways serve it, and a patch would put back the parts from before its change), nothing is
+# written and -1 asks to read again. What a version was built from is kept with the version it
+# came with (``built_from``), with the generations known stored above it
 # (``ahead``: what patches carried past a gap, another control plane's change between them):
 # a patch moves its base's on through those and the ones it carries, a whole publish starts
 # from the furthest of its own, its base's and what its base knew stored above it (it read the
@@ -89,7 +91,14 @@ end
 # database may have gone back: a restored backup), and a version written without it (by an
 # older control plane's script) leaves it naming an older version.
 PUBLISH = Script(
-    keys=("version_key", "at_key", "digest_key", "parts_key", "built_from_key"),
+    keys=(
+        "version_key",
+        "at_key",
+        "digest_key",
+        "parts_key",
+        "built_from_key",
+        "legacy_version_key",
+    ),
     args=(
         "version",
         "at",
@@ -107,7 +116,8 @@ local stored = redis.call('GET', version_key)
 if tonumber(version) <= tonumber(stored or '0') then
   return 0
 end
-if base ~= '' and redis.call('GET', digest_key) ~= base then
+if base ~= '' and (redis.call('GET', digest_key) ~= base
+    or tonumber(redis.call('GET', legacy_version_key) or '0') > tonumber(stored or '0')) then
   return -1
 end
 local named = {}

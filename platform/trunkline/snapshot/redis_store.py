@@ -5,6 +5,7 @@ keep."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -38,6 +39,7 @@ class _Keys:
         self.built_from = f"{base}:built_from"
         self.parts, self.part_prefix = f"{base}:parts", f"{base}:part:"
         self.counter = f"{prefix}:snapshot:counter"
+        self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
         self.named = {
             "version_key": self.version,
             "at_key": self.at,
@@ -45,9 +47,9 @@ class _Keys:
             "parts_key": self.parts,
             "built_from_key": self.built_from,
             "counter_key": self.counter,
+            "legacy_version_key": self.legacy_version,
         }
         """Every key a script names, by the name it reads it as."""
-        self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
 
 
 class RedisSnapshotPublisher:
@@ -69,6 +71,22 @@ class RedisSnapshotPublisher:
             )
         }
         self._clock_ms = clock_ms
+        self._seen = 0
+        """The highest version this publisher handed out or read stored: ``next_version``
+        stays above it, whatever its clock says (``_saw``)."""
+        self._seen_lock = threading.Lock()
+
+    def _saw(self, version: int | bytes | str | None) -> int | None:
+        """``version`` (read from the store, or handed out), as an int, remembered when it is
+        the highest yet: another publisher's clock may be ahead of this one's, and a Redis that
+        lost its data would otherwise get versions from this one below those the gateways
+        hold, which they ignore until this clock passes them."""
+        if version is None:
+            return None
+        number = int(version)
+        with self._seen_lock:
+            self._seen = max(self._seen, number)
+        return number
 
     def _run(self, script: Script, args: dict[str, Arg], rest: Sequence[Arg] = ()) -> Any:
         named = {name: key for name, key in self._keys.named.items() if name in script.keys}
@@ -76,7 +94,10 @@ class RedisSnapshotPublisher:
         return self._registered[script](keys=keys, args=argv)
 
     def next_version(self) -> int:
-        return int(self._run(redis_scripts.NEXT_VERSION, {"floor": self._clock_ms()}))
+        floor = max(self._clock_ms(), self._seen + 1)
+        version = int(self._run(redis_scripts.NEXT_VERSION, {"floor": floor}))
+        self._saw(version)
+        return version
 
     def publish(
         self,
@@ -127,11 +148,18 @@ class RedisSnapshotPublisher:
         return Patched.NO_BASE
 
     def _stored_digests(self) -> tuple[dict[str, bytes], bytes | None]:
-        """The stored parts' digests and the content digest they make, read together."""
-        with self._client.pipeline(transaction=True) as both:
-            both.hgetall(self._keys.parts)
-            both.get(self._keys.digest)
-            listed, content = both.execute()
+        """The stored parts' digests and the content digest they make, read together; no
+        content when an older control plane's whole snapshot is newer (the gateways serve it,
+        and a patch over the parts would put back what it changed)."""
+        with self._client.pipeline(transaction=True) as reads:
+            reads.hgetall(self._keys.parts)
+            reads.get(self._keys.digest)
+            reads.get(self._keys.version)
+            reads.get(self._keys.legacy_version)
+            listed, content, version, legacy = reads.execute()
+        self._saw(version)
+        if legacy is not None and int(legacy) > int(version or 0):
+            content = None
         return {_bytes(n).decode(): _bytes(d) for n, d in listed.items()}, content
 
     def _write(
@@ -163,8 +191,7 @@ class RedisSnapshotPublisher:
         return int(self._run(redis_scripts.PUBLISH, args, parts))
 
     def published_version(self) -> int | None:
-        raw = self._client.get(self._keys.version)
-        return None if raw is None else int(raw)
+        return self._saw(self._client.get(self._keys.version))
 
     def published_digest(self) -> bytes | None:
         """None also when a part of the stored version is gone: publishing again restores it."""
@@ -187,6 +214,7 @@ class RedisSnapshotPublisher:
             both.get(self._keys.version)
             both.hmget(self._keys.built_from, ["version", "generation", "rest", "ahead"])
             version, (tagged, generation, rest, ahead) = both.execute()
+        self._saw(version)
         if version is None or tagged != version or generation is None:
             return None  # none, or written with an older version: not this one's
         built_from = BuiltFrom(int(generation), _bytes(rest or b"").decode())

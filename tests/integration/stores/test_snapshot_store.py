@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,21 +26,34 @@ from trunkline.snapshot.store import (
 
 
 class Pair:
-    def __init__(self, publisher: Any, source: Any) -> None:
+    def __init__(
+        self, publisher: Any, source: Any, older_control_plane: Callable[[int, bytes], None]
+    ) -> None:
         self.publisher = publisher
         self.source = source
+        self.older_control_plane = older_control_plane
+        """Store a whole snapshot as a control plane before the parts does, under a version."""
 
 
 @pytest.fixture(params=["memory", "redis"])
 def store(request: pytest.FixtureRequest) -> Iterator[Pair]:
     if request.param == "memory":
         memory = InMemorySnapshotStore()
-        yield Pair(memory, memory)
+        yield Pair(
+            memory, memory, lambda v, blob: memory.publish(v, {LEGACY: blob}, published_at=0.0)
+        )
         return
     url = request.getfixturevalue("redis_url")
     sync = redis.Redis.from_url(url)
+
+    def older_control_plane(version: int, blob: bytes) -> None:
+        sync.set("t:snapshot", blob)
+        sync.set("t:snapshot:version", version)
+
     yield Pair(
-        RedisSnapshotPublisher(sync, "t"), RedisSnapshotSource(aioredis.Redis.from_url(url), "t")
+        RedisSnapshotPublisher(sync, "t"),
+        RedisSnapshotSource(aioredis.Redis.from_url(url), "t"),
+        older_control_plane,
     )
     sync.close()
 
@@ -117,6 +130,26 @@ def test_versions_stay_above_old_ones_after_redis_loses_its_data(redis_url: str)
         assert publisher.next_version() > held
     finally:
         client.delete(*client.keys("wiped:*"))
+        client.close()
+
+
+def test_versions_stay_above_another_publisher_s_after_redis_loses_its_data(redis_url: str) -> None:
+    """Two control planes whose clocks differ by a minute (or a CLI run on a laptop whose clock
+    is ahead): the counter followed the fast one's clock. Once Redis lost its data the other one
+    published again under its own clock, below the version every gateway held, so they kept
+    the old configuration, and ignored every change after it (a revoked key accepted), for
+    that minute. A publisher hands out no version below one it has seen stored."""
+    client = redis.Redis.from_url(redis_url)
+    fast = RedisSnapshotPublisher(client, "skew", clock_ms=lambda: 1_700_000_060_000)
+    slow = RedisSnapshotPublisher(client, "skew", clock_ms=lambda: 1_700_000_000_000)
+    try:
+        held = fast.next_version()  # what the gateways hold
+        fast.publish(held, {"core": b"before"}, published_at=1.0)
+        assert slow.published_version() == held  # as its check reads it
+        client.delete(*client.keys("skew:*"))
+        assert slow.next_version() > held
+    finally:
+        client.delete(*client.keys("skew:*"))
         client.close()
 
 
@@ -266,6 +299,21 @@ async def test_a_patch_never_moves_the_version_back_nor_patches_no_snapshot(stor
     assert loaded is not None and (loaded.version, loaded.blobs) == (newer, {"core": b"c"})
 
 
+async def test_a_patch_is_not_stored_over_a_newer_whole_snapshot_of_an_older_control_plane(
+    store: Pair,
+) -> None:
+    """During an upgrade (or after a rollback) an older control plane stores the snapshot
+    whole, and the gateways serve it. A key change patched over the parts from before it put
+    them back under a newer version: a key the older control plane had revoked was accepted
+    again (for up to a minute, until a thorough check). The change is published whole."""
+    _publish(store, store.publisher.next_version(), {"core": b"c", "keys/01": b"with-k"})
+    store.older_control_plane(store.publisher.next_version(), b"whole, k revoked")
+    patched = store.publisher.next_version()
+    assert store.publisher.patch(patched, {"keys/02": b"j"}, published_at=3.0) is Patched.NO_BASE
+    loaded = await store.source.load()
+    assert loaded is not None and loaded.blobs == {LEGACY: b"whole, k revoked"}
+
+
 async def test_a_patch_keeps_what_another_publisher_wrote_after_it_looked(redis_url: str) -> None:
     """A patch names the parts it keeps by the digests it read; a part another control plane
     rewrote in between is read again, not put back as it was (which would drop that change)."""
@@ -313,4 +361,29 @@ async def test_a_patch_keeps_a_part_another_publisher_added_after_it_looked(
     loaded = await RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "t").load()
     assert loaded is not None and loaded.version == version
     assert loaded.blobs == {"core": b"c", "keys/01": b"b", "keys/07": b"k"}
+    client.close()
+
+
+async def test_a_patch_is_not_stored_over_an_older_control_plane_s_publish_after_it_looked(
+    redis_url: str,
+) -> None:
+    """The same when the older control plane stores its whole snapshot between the patch's read
+    of the parts and its write."""
+    client = redis.Redis.from_url(redis_url)
+    ours = RedisSnapshotPublisher(client, "t")
+    ours.publish(ours.next_version(), {"core": b"c", "keys/01": b"with-k"}, published_at=1.0)
+    theirs, version = ours.next_version(), ours.next_version()
+    read, looks = ours._stored_digests, []
+
+    def then_an_older_control_plane_publishes() -> tuple[dict[str, bytes], bytes | None]:
+        looks.append(read())
+        if len(looks) == 1:
+            client.set("t:snapshot", b"whole, k revoked")
+            client.set("t:snapshot:version", theirs)
+        return looks[-1]
+
+    ours._stored_digests = then_an_older_control_plane_publishes  # type: ignore[method-assign]
+    assert ours.patch(version, {"keys/02": b"j"}, published_at=3.0) is Patched.NO_BASE
+    loaded = await RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "t").load()
+    assert loaded is not None and loaded.blobs == {LEGACY: b"whole, k revoked"}
     client.close()

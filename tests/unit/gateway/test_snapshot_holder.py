@@ -178,3 +178,25 @@ async def test_an_incomplete_snapshot_keeps_the_last_one_served_and_the_store_re
         await holder.close()
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "serving snapshot 3" in warnings[0], warnings
+
+
+async def test_an_older_version_loaded_just_after_a_newer_one_was_polled_is_not_served() -> None:
+    """The store went back between the poll of its version and the load (a failover to a
+    lagging replica, a restore): the load's older version was served, a key revoked since
+    accepted again, for as long as the store stayed behind."""
+    source = ScriptedSource()
+    holder = SnapshotHolder(source, poll_s=60)
+    source.publish(9, ["kept"])
+    assert await holder.refresh()
+    source.publish(10, ["kept"])
+    polled = source.version
+
+    async def then_the_store_goes_back() -> int | None:
+        version = await polled()
+        source.store = InMemorySnapshotStore()
+        source.publish(8, ["kept", "revoked"])
+        return version
+
+    source.version = then_the_store_goes_back  # type: ignore[method-assign]
+    assert not await holder.refresh()
+    assert set(holder.current.keys) == {"kept"} and holder.current.version == 9
