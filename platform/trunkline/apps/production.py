@@ -28,6 +28,7 @@ from trunkline.apps.runtime import (
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
+from trunkline.kit.redis_eviction import warn_if_redis_evicts
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.redis_stream import (
@@ -65,6 +66,7 @@ def gateway_app() -> Litestar:
         _redis_url(settings), socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
     )
     quota_client = connect_quota_store(_redis_url(settings), settings.gateway.quota.store_timeout_s)
+    warn_if_redis_evicts(_redis_url(settings), timeout_s=REDIS_TIMEOUT_S)
     shared_dir = os.environ.get(WORKERS_METRICS_DIR_ENV)  # set by `trunkline gateway --workers N`
     return create_gateway_app(
         source=RedisSnapshotSource(client, settings.redis.key_prefix),
@@ -82,6 +84,8 @@ def controlplane_app() -> Litestar:
     settings.check_production("controlplane")
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     runtime = require_schema(build_runtime(settings))
+    if settings.redis.url:
+        warn_if_redis_evicts(settings.redis.url, timeout_s=REDIS_TIMEOUT_S)
     # A restarted control plane re-publishes what the database says; with Redis not up yet it
     # starts all the same and publishes once Redis answers (republish_if_stale).
     runtime.publish()
@@ -98,6 +102,7 @@ def run_worker(
     runtime = require_schema(build_runtime(settings))
     jobs = load_job_settings()
     client = reader_client(_redis_url(settings))
+    warn_if_redis_evicts(_redis_url(settings), timeout_s=REDIS_TIMEOUT_S)
     consumer_name = f"{socket.gethostname()}-{os.getpid()}"
     reader = RedisUsageReader(
         client,

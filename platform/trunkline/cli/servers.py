@@ -232,6 +232,11 @@ def _celery(argv: list[str]) -> int:
     tlog.configure(settings.log_level, json_lines=settings.log_json)
     require_existing(settings.database.url)
     require_current(settings.database.url)  # every task would fail on another schema
+    if settings.redis.url:
+        from trunkline.apps.runtime import REDIS_TIMEOUT_S
+        from trunkline.kit.redis_eviction import warn_if_redis_evicts
+
+        warn_if_redis_evicts(settings.redis.url, timeout_s=REDIS_TIMEOUT_S)
     run_celery(create_celery_app(settings, load_job_settings()), argv)
     return 0
 
