@@ -158,9 +158,11 @@ class UsageConsumer:
             return 0  # stopping: the batch stays pending and will be claimed
         aside = {message_id for message_id, _record, _why in set_aside}
         ids = [message_id for message_id, _record in batch if message_id not in aside]
+        # Acked first: out of memory, Redis refuses the dead-letter stream's XADD until acks
+        # free some, and set aside first, one event stopped every ack behind it.
+        self._retry(lambda: self._reader.ack(ids), "ack")
         if set_aside:
             self._retry(lambda: self._reader.set_aside(set_aside), "dead-letter")
-        self._retry(lambda: self._reader.ack(ids), "ack")
         with self._lock:
             self._holding.difference_update(message_id for message_id, _record in batch)
         self.stats.batches += 1
