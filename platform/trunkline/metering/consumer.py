@@ -102,22 +102,25 @@ class UsageConsumer:
     def _loop(self, time_is_up: Callable[[], bool], idle_sleep_s: float | None) -> int:
         """Write each batch while the next one is read (the reads run in a second thread, so
         Redis and PostgreSQL work at the same time). ``idle_sleep_s`` None: return once the
-        stream is empty. A prefetched batch that is never written stays pending and is
-        claimed like any other."""
+        stream is empty. Once time is up nothing more is read, and what was read is written:
+        a batch read ahead and left, which the run did not count, stayed pending until
+        claimed, and an embedded shutdown drain, seeing a run move nothing, lost it with the
+        in-memory stream. Stopped, a batch read and not written stays pending and is claimed
+        like any other."""
         moved = 0
         with ThreadPoolExecutor(1, thread_name_prefix="usage-read") as reads:
-            upcoming: Future[list[tuple[str, UsageRecord]]] = reads.submit(self._read)
-            while not self.stop.is_set() and not time_is_up():
+            upcoming: Future[list[tuple[str, UsageRecord]]] | None = reads.submit(self._read)
+            while upcoming is not None and not self.stop.is_set():
                 batch = upcoming.result()
-                if not batch:
-                    if idle_sleep_s is None:
-                        break
-                    self.stop.wait(idle_sleep_s)
+                upcoming = None
+                if batch:
+                    if not time_is_up():
+                        upcoming = reads.submit(self._read)
+                    moved += self._commit(batch)
+                elif idle_sleep_s is not None and not self.stop.wait(idle_sleep_s):
                     upcoming = reads.submit(self._read)
-                    continue
-                upcoming = reads.submit(self._read)
-                moved += self._commit(batch)
-            upcoming.cancel()
+            if upcoming is not None:
+                upcoming.cancel()
         return moved
 
     def _read(self) -> list[tuple[str, UsageRecord]]:
@@ -155,9 +158,11 @@ class UsageConsumer:
             return 0  # stopping: the batch stays pending and will be claimed
         aside = {message_id for message_id, _record, _why in set_aside}
         ids = [message_id for message_id, _record in batch if message_id not in aside]
+        # Acked first: out of memory, Redis refuses the dead-letter stream's XADD until acks
+        # free some, and set aside first, one event stopped every ack behind it.
+        self._retry(lambda: self._reader.ack(ids), "ack")
         if set_aside:
             self._retry(lambda: self._reader.set_aside(set_aside), "dead-letter")
-        self._retry(lambda: self._reader.ack(ids), "ack")
         with self._lock:
             self._holding.difference_update(message_id for message_id, _record in batch)
         self.stats.batches += 1

@@ -191,6 +191,21 @@ FORGET_IDLE_CONSUMERS_MS = 3_600_000
 its next read."""
 
 
+_ACK_LUA = """
+for i = 2, #ARGV, 1000 do
+  local last = math.min(i + 999, #ARGV)
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, last))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, i, last))
+end
+return #ARGV - 1
+"""
+"""Ack and delete entries ``ARGV[2..]`` of group ``ARGV[1]`` together (ids a thousand at a
+time: Lua's ``unpack`` takes no more than a few thousand). A script, not a MULTI: Redis out of
+memory refuses every command queued in a MULTI, XACK and XDEL included, and a backlog that
+filled Redis (no worker ingesting for a while) is exactly when the acks must go through,
+since they are what frees the memory."""
+
+
 class RedisUsageReader:
     """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
 
@@ -222,6 +237,7 @@ class RedisUsageReader:
         self._forget_every_s = forget_every_s
         self._clock = clock
         self._forget = client.register_script(_FORGET_LUA)
+        self._ack = client.register_script(_ACK_LUA)
         self._forgot_at: float | None = None
         self.dead_lettered = 0
         # Replies as Redis sends them (no per-entry dicts): a second client on the same pool,
@@ -318,11 +334,11 @@ class RedisUsageReader:
         return messages
 
     def set_aside(self, entries: list[tuple[str, UsageRecord, str]]) -> None:
-        for _id, record, reason in entries:
-            log_set_aside(record, reason)
         self._dead_letter(
             [(message_id, {b"e": encode_usage(record)}, why) for message_id, record, why in entries]
         )
+        for _id, record, reason in entries:  # once it is done, not at every try
+            log_set_aside(record, reason)
 
     def _dead_letter(self, entries: list[tuple[Any, Any, str]]) -> None:
         """Copy (id, fields, why) entries to ``<stream>:dead``, the reason as field ``error``,
@@ -336,13 +352,11 @@ class RedisUsageReader:
         self.dead_lettered += len(entries)
 
     def ack(self, ids: list[str]) -> None:
-        """Done with these entries: acknowledged and deleted. A stream only appended to kept
-        every event ever ingested (about 670 bytes each) until Redis ran out of memory."""
+        """Done with these entries: acknowledged and deleted (``_ACK_LUA``: out of memory
+        too). A stream only appended to kept every event ever ingested (about 670 bytes each)
+        until Redis ran out of memory."""
         if ids:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.xack(self._stream, self._group, *ids)
-                pipe.xdel(self._stream, *ids)
-                pipe.execute()
+            self._ack(keys=[self._stream], args=[self._group, *ids])
 
     def backlog(self) -> int:
         """The stream's length: an entry leaves it when acked, so all it holds is backlog."""

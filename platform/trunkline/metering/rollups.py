@@ -25,6 +25,7 @@ from sqlalchemy import (
     and_,
     delete,
     exists,
+    func,
     literal,
     or_,
     select,
@@ -70,18 +71,30 @@ def rollup_usage(
     clock: Callable[[], datetime] = utcnow,
     recompute: Recompute | None = None,
 ) -> RollupRun:
-    """Roll up every pending tenant-hour, ``chunk`` of them per transaction (``recompute``:
-    the benchmark's baseline)."""
+    """Roll up the tenant-hours pending when it starts, ``chunk`` of them per transaction
+    (``recompute``: the benchmark's baseline); those that change meanwhile are the next run's.
+    Under steady ingest every tenant-hour active now changes again while a chunk is rolled
+    up: with more of them than a chunk, a run that went on while its chunks came back full
+    never ended, and a Celery worker's processes ended up rolling up, none left to ingest."""
+    with transaction(factory) as session:
+        pending = pending_tenant_hours(session)
     total = RollupRun()
     while True:
         with transaction(factory) as session:
             run = rollup_chunk(session, chunk, clock(), recompute or recompute_in_sql)
         total += run
-        if run.tenant_hours < chunk:
+        if run.tenant_hours < chunk or total.tenant_hours >= pending:
             break
     if total.tenant_hours:
         log.info("usage rolled up", extra=vars_of(total))
     return total
+
+
+def pending_tenant_hours(session: Session) -> int:
+    """How many tenant-hours hold usage not rolled up yet."""
+    mark = UsageRollupWatermark
+    statement = select(func.count()).where(mark.changed_seq > mark.rolled_seq)
+    return int(session.scalar(statement) or 0)
 
 
 def vars_of(run: RollupRun) -> dict[str, int]:

@@ -202,3 +202,39 @@ def test_an_event_the_ledger_cannot_store_is_set_aside_not_blocking_the_rest(
         assert client.xlen(STREAM) == 0
     assert b'"request_id":"bad"' in fields[b"e"]
     assert metrics.get_sample_value("trunkline_usage_dead_lettered_events_total") == 1
+
+
+def test_a_backlog_that_filled_redis_to_maxmemory_is_ingested_and_frees_it(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """No worker ingested until the backlog filled Redis (``maxmemory``, ``noeviction``): the
+    gateways hold their events and then refuse requests. A worker started then must drain it.
+    Its acks went in a MULTI, which Redis refuses out of memory whatever it holds, so it wrote
+    its first batch and retried the ack for ever, and Redis stayed full; and an event set aside
+    first (the dead-letter stream's XADD needs memory) stopped it before any ack."""
+    server = start_redis(tmp_path)
+    try:
+        factory = migrated(postgres_url)
+        acme = accounts(factory)["acme"]
+        events = [event(acme, f"full-{n}", when=at(3)) for n in range(2000)]
+        misdated = msgspec.structs.replace(event(acme, "epoch", when=at(3)), started_at=0.0)
+        consumer = UsageConsumer(reader(server.url, "c"), factory, batch_size=500)
+        emit(server.url, [*events[:10], misdated, *events[10:]])
+        with redis.Redis.from_url(server.url) as client:
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory", used - 1)
+            with pytest.raises(redis.OutOfMemoryError):  # the gateways' XADD is refused
+                client.xadd(STREAM, {"e": b"{}"})
+        stopper = threading.Timer(20, consumer.stop.set)  # the old code retried for ever
+        stopper.start()
+        try:
+            consumer.drain()
+        finally:
+            stopper.cancel()
+        assert_reconciled(factory, events)
+        with redis.Redis.from_url(server.url) as client:
+            assert client.xlen(STREAM) == 0
+            assert client.xlen(f"{STREAM}:dead") == 1
+            client.xadd(STREAM, {"e": b"{}"})  # room again for the gateways' events
+    finally:
+        server.stop()

@@ -107,6 +107,14 @@ async def test_acked_events_leave_the_stream_and_the_rest_stay(stream: Stream) -
     assert stream.held() == 0 and reader.backlog() == 0
 
 
+async def test_a_batch_larger_than_lua_unpacks_at_once_is_acked_whole(stream: Stream) -> None:
+    """``TRUNKLINE_JOBS__INGEST_BATCH`` may be set high: the ack takes the ids in pieces."""
+    await stream.emit_all([record(f"r{i}") for i in range(9000)])
+    reader = stream.reader_factory("c1", 60_000)
+    reader.ack([m for m, _r in reader.read(9000)])
+    assert stream.held() == 0
+
+
 async def test_unacked_events_are_delivered_again(stream: Stream) -> None:
     """A consumer that dies before acking loses nothing: the next read gets the events."""
     await stream.emit_all([record("a"), record("b")])

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.kit.db import transaction
-from trunkline.metering.rollups import RollupRun, rollup_usage
+from trunkline.metering.rollups import RollupRun, recompute_in_sql, rollup_usage
 from trunkline.models import Tier, UsageEvent, UsageRollup, UsageRollupWatermark
 from unit.metering.usage_support import Account, at, event, ingest, mark_changed
 
@@ -178,6 +178,35 @@ def test_a_run_in_small_chunks_writes_what_one_chunk_writes(
     assert (run.tenant_hours, run.inserted, run.updated, run.deleted) == (2, 0, 2, 0)
     assert sorted((r["requests"], r["revision"]) for r in rollups(factory)) == [
         (1, 1)] * 5 + [(2, 2)] * 2  # fmt: skip
+
+
+def test_a_run_ends_while_ingest_keeps_changing_the_hours_it_rolls_up(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Under steady ingest an active tenant-hour changes again while its chunk is rolled up:
+    a run went on while its chunks came back full, and never ended with more such hours than
+    a chunk (a Celery worker's processes all rolling up, none left to ingest). A run rolls up
+    what was pending when it began; what changed since is left to the next."""
+    ingest(factory, [event(tenants["acme"], when=at(3))], rollup=False)
+    chunks = 0
+
+    def ingest_meanwhile(session: Session, ranges: Any, now: datetime) -> tuple[int, int, int]:
+        nonlocal chunks
+        chunks += 1
+        if chunks > 5:
+            raise AssertionError("the run never ends")
+        done = recompute_in_sql(session, ranges, now)
+        mark = UsageRollupWatermark
+        session.execute(update(mark).values(changed_seq=mark.changed_seq + 1))
+        return done
+
+    run = rollup_usage(factory, chunk=1, recompute=ingest_meanwhile)
+    assert (run.tenant_hours, chunks) == (1, 1)
+    assert [r["requests"] for r in rollups(factory)] == [1]
+    rollup_usage(factory)  # the next run
+    with factory() as session:
+        mark = UsageRollupWatermark
+        assert session.scalar(select(func.count()).where(mark.changed_seq > mark.rolled_seq)) == 0
 
 
 def test_a_late_event_rewrites_only_the_row_it_changes(

@@ -59,6 +59,23 @@ def test_shutdown_drains_what_is_left(
     assert totals(factory) == (1, 1)
 
 
+def test_shutdown_drains_a_backlog_longer_than_one_run_s_budget(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    # Each run's budget is spent before its next batch: the batch it had read ahead stayed
+    # pending, unclaimable for claim_idle_s, the run said it moved nothing, and the shutdown
+    # drain stopped there. The embedded stream dies with its process: those events were lost.
+    stream = InMemoryUsageStream(claim_idle_s=1)
+    for n in range(7):
+        stream.emit(event(tenants["acme"], f"e{n}", when=at(3)))
+    ctx = context(factory, stream)
+    ctx.settings.ingest_batch = 2
+    ctx.settings.ingest_budget_s = 1e-9
+    drain(ctx)
+    assert totals(factory) == (7, 7)
+    assert len(stream) == 0
+
+
 def test_months_close_once_their_grace_period_is_over_and_are_exported(
     factory: sessionmaker[Session], tenants: dict[str, Account], tmp_path: Path
 ) -> None:
