@@ -4,6 +4,7 @@ corrected away. ``integration/metering/test_rollups_postgres.py`` runs these on 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
