@@ -51,8 +51,18 @@ class _ProcessContext:
             stream = stream_name(self._settings.redis.key_prefix)
             claim = self._jobs.claim_idle_ms
 
+            readers: list[RedisUsageReader] = []
+
             def reader() -> RedisUsageReader:
-                return RedisUsageReader(client, stream, consumer=consumer, claim_idle_ms=claim)
+                # One for the process, as the usage worker has: made at every run (each
+                # second), a reader created the group again each time, removed dead consumers
+                # each time instead of every ten minutes, and said Redis was not answering at
+                # every run of an outage.
+                if not readers:
+                    readers.append(
+                        RedisUsageReader(client, stream, consumer=consumer, claim_idle_ms=claim)
+                    )
+                return readers[0]
 
             self._context = JobContext(make_sessionmaker(engine), reader, self._jobs)
         return self._context

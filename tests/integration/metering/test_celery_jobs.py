@@ -24,8 +24,9 @@ from support.processes import TRUNKLINE, Proc, trunkline_env
 from support.servers import Database
 from trunkline.kit.migrate import upgrade
 from trunkline.models import UsageRollup
-from trunkline.settings import RedisSettings, Settings
-from trunkline.worker.app import create_celery_app
+from trunkline.settings import DatabaseSettings, RedisSettings, Settings
+from trunkline.worker.app import _ProcessContext, create_celery_app
+from trunkline.worker.jobs import JobSettings, ingest_usage
 from unit.metering.usage_support import accounts, at, event, migrated
 
 
@@ -140,3 +141,26 @@ def test_installations_sharing_a_redis_keep_their_celery_queues_apart(
         ]
     assert queued == [theirs.id]
     assert keys and all(key.startswith(("ours:", "other:")) for key in keys), sorted(keys)
+
+
+def test_a_celery_process_reads_usage_through_one_reader_across_its_runs(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Beat runs the ingest job every second. Each run made a reader of its own, which
+    created the consumer group again (a write to Redis each second), removed dead consumers
+    at every run instead of every ten minutes, and logged an outage at every run of one. The
+    process now keeps one, as the usage worker does."""
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(database)
+    settings = Settings(
+        database=DatabaseSettings(url=database),
+        redis=RedisSettings(url=redis_url),
+        state_dir=tmp_path,
+    )
+    context = _ProcessContext(settings, JobSettings())
+    with redis.Redis.from_url(redis_url) as client:
+        client.config_resetstat()
+        for _ in range(3):
+            assert ingest_usage(context.get()) == 0
+        calls = client.info("commandstats").get("cmdstat_xgroup|create", {}).get("calls", 0)
+    assert calls == 1
