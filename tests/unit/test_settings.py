@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from trunkline.errors import ConfigurationError
 from trunkline.settings import Settings, load_settings
-from trunkline.worker.app import load_job_settings
+from trunkline.worker.jobs import load_job_settings
 
 GOOD = {
     "environment": "production",
@@ -205,3 +207,23 @@ def test_a_log_level_is_one_of_pythons_named_in_either_case(
     assert "TRUNKLINE_LOG_LEVEL: Value error, must be one of DEBUG, INFO, WARNING, ERROR" in (
         refused.value.message
     )
+
+
+def test_the_embedded_mode_runs_its_jobs_as_the_environment_says(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``trunkline up`` ran the worker's jobs on fixed settings: an export directory, a
+    month's close grace or the clock skew allowed, set as for the worker, changed nothing.
+    Ingest and rollups stay quicker than the worker's unless set."""
+    from trunkline.apps.embedded import embedded_job_settings
+
+    assert (embedded_job_settings().ingest_interval_s, embedded_job_settings().export_dir) == (
+        0.5,
+        None,
+    )
+    monkeypatch.setenv("TRUNKLINE_JOBS__EXPORT_DIR", str(tmp_path))
+    monkeypatch.setenv("TRUNKLINE_JOBS__CLOSE_GRACE_HOURS", "1")
+    monkeypatch.setenv("TRUNKLINE_JOBS__ROLLUP_INTERVAL_S", "60")
+    jobs = embedded_job_settings()
+    assert (jobs.export_dir, jobs.close_grace_hours) == (tmp_path, 1.0)
+    assert (jobs.ingest_interval_s, jobs.rollup_interval_s) == (0.5, 60.0)

@@ -37,7 +37,7 @@ from trunkline.settings import Settings
 from trunkline.tenancy.manifests import Manifests, apply_manifests, load_manifests
 from trunkline.worker.inprocess import drain as drain_jobs
 from trunkline.worker.inprocess import run_jobs
-from trunkline.worker.jobs import JobContext, JobSettings
+from trunkline.worker.jobs import JobContext, JobSettings, load_job_settings
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,18 @@ async def _follow_database(runtime: Runtime, every_s: float = 1.0) -> None:
 
 def _job_context(runtime: Runtime, stream: InMemoryUsageStream) -> JobContext:
     """The worker's jobs (ingest, rollups, closing periods) over the in-memory stream."""
-    settings = JobSettings(ingest_interval_s=0.5, rollup_interval_s=5.0)
-    return JobContext(runtime.session_factory, lambda: stream, settings)
+    return JobContext(runtime.session_factory, lambda: stream, embedded_job_settings())
+
+
+def embedded_job_settings() -> JobSettings:
+    """``TRUNKLINE_JOBS__*`` as the worker reads them (a month's close grace, an export
+    directory, the clock skew allowed), with ingest and rollups more often than the worker's
+    defaults unless set: a demo shows its usage within seconds."""
+    jobs = load_job_settings()
+    faster = {"ingest_interval_s": 0.5, "rollup_interval_s": 5.0}
+    return jobs.model_copy(
+        update={k: v for k, v in faster.items() if k not in jobs.model_fields_set}
+    )
 
 
 def ensure_demo_key(runtime: Runtime, state_dir: Path) -> DemoKey | None:

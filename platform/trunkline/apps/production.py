@@ -41,7 +41,7 @@ from trunkline.quota.redis_store import RedisQuotaStore
 from trunkline.quota.redis_store import connect as connect_quota_store
 from trunkline.settings import Settings, load_settings
 from trunkline.snapshot import RedisSnapshotSource
-from trunkline.worker.app import load_job_settings
+from trunkline.worker.jobs import load_job_settings
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ def register(commands: Any) -> None:
 
 
 def set_aside_command(args: argparse.Namespace) -> int:
-    from trunkline.worker.app import load_job_settings  # Celery: imported for this command only
+    from trunkline.worker.jobs import load_job_settings
 
     max_ahead_s = load_job_settings().usage_clock_skew_s
     runtime = open_runtime()

@@ -202,7 +202,7 @@ def _worker(_args: argparse.Namespace) -> int:
 
     from trunkline.apps.production import run_worker
     from trunkline.kit.migrate import require_existing
-    from trunkline.worker.app import load_job_settings
+    from trunkline.worker.jobs import load_job_settings
 
     settings = load_settings()
     settings.check_production()
@@ -225,7 +225,8 @@ def _worker(_args: argparse.Namespace) -> int:
 
 def _celery(argv: list[str]) -> int:
     from trunkline.kit.migrate import require_current, require_existing
-    from trunkline.worker.app import create_celery_app, load_job_settings, run_celery
+    from trunkline.worker.app import create_celery_app, run_celery
+    from trunkline.worker.jobs import load_job_settings
 
     settings = load_settings()
     settings.check_production()

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trunkline.errors import ConfigurationError
 from trunkline.kit.db import make_engine, make_sessionmaker
 from trunkline.metering.redis_stream import RedisUsageReader, reader_client, stream_name
-from trunkline.settings import Settings, read_environment
+from trunkline.settings import Settings
 from trunkline.worker.jobs import JOBS, Job, JobContext, JobSettings
 
 CONSUMER_GROUP = "ingest"
@@ -113,15 +111,3 @@ def run_celery(app: Celery, argv: list[str]) -> None:
     """``argv`` as for the ``celery`` command after the app, e.g. ``["worker", "-B"]``."""
     Path(app.conf.beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)
     app.start(argv)
-
-
-class _JobEnvironment(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="TRUNKLINE_", env_nested_delimiter="__", extra="ignore"
-    )
-    jobs: JobSettings = Field(default_factory=JobSettings)
-
-
-def load_job_settings() -> JobSettings:
-    """``TRUNKLINE_JOBS__*`` from the environment (composition roots only)."""
-    return read_environment(_JobEnvironment).jobs

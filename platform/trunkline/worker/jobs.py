@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.billing.closing import close, closing_view, due_periods
@@ -23,7 +24,7 @@ from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.rollups import rollup_usage
 from trunkline.metering.stamps import MAX_AHEAD_S
 from trunkline.metering.stream import UsageReader
-from trunkline.settings import Port
+from trunkline.settings import Port, read_environment
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,18 @@ class JobSettings(BaseModel):
     events ingested, the stream's backlog, when the stream and the ledger last answered."""
     metrics_host: str = "127.0.0.1"
     """Where the worker's metrics listen (``0.0.0.0`` in a pod scraped from outside)."""
+
+
+class _JobEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRUNKLINE_", env_nested_delimiter="__", extra="ignore"
+    )
+    jobs: JobSettings = Field(default_factory=JobSettings)
+
+
+def load_job_settings() -> JobSettings:
+    """``TRUNKLINE_JOBS__*`` from the environment (composition roots only)."""
+    return read_environment(_JobEnvironment).jobs
 
 
 @dataclass
