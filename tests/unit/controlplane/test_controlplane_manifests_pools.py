@@ -144,6 +144,18 @@ def test_bad_pools_and_cascades_name_file_line_and_field(manifests_dir: Path) ->
     ]
 
 
+def test_a_pool_endpoint_listed_twice_is_an_issue_at_its_line(manifests_dir: Path) -> None:
+    """Applied, one of the two was kept without a word (the last: the KV-event address given
+    with the first was dropped)."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("- http://10.0.0.8:8000", "- http://10.0.0.7:8000"))
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(manifests_dir)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{extra}:16: Pool small-eu: endpoints[1]: endpoint 'http://10.0.0.7:8000' listed twice",
+    ]
+
+
 def test_a_cascade_may_not_reuse_a_model_alias(manifests_dir: Path) -> None:
     extra = manifests_dir / "extra.yaml"
     extra.write_text(

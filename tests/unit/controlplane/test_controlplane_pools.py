@@ -444,3 +444,18 @@ def test_an_endpoints_password_is_never_shown_back_nor_taken_as_its_mask(world: 
     problem = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": [shown]}, expect=400)
     assert "password" in problem["detail"]
     assert [e.url for e in snapshot(world.runtime).pools["a100-eu"].endpoints] == [url]
+
+
+def test_an_endpoint_listed_twice_is_refused_not_merged_into_one(world: World) -> None:
+    """The list kept one of the two without a word: here the last, so the engine's KV-event
+    address given with the first was dropped, and precise prefix routing never heard of it."""
+    admin = world.admin
+    before = admin.put(
+        CATALOG + "/pools/h100-eu-west/endpoints", {"urls": ["http://10.0.0.2:8000"]}
+    )
+    twice = [{"url": "http://10.0.0.7:8000", "kv_events": "tcp://10.0.0.7:5557"},
+             "http://10.0.0.7:8000"]  # fmt: skip
+    problem = admin.put(CATALOG + "/pools/h100-eu-west/endpoints", {"urls": twice}, expect=400)
+    [error] = problem["errors"]
+    assert error["field"] == "urls[1]" and "listed twice" in error["message"]
+    assert admin.get(CATALOG + "/pools/h100-eu-west")["endpoints"] == before["endpoints"]
