@@ -10,7 +10,7 @@ import pytest
 from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
-from trunkline.errors import Conflict
+from trunkline.errors import Conflict, InvalidRequest
 from trunkline.pools.aliases import alias_row, configure_alias
 from trunkline.pools.lookups import model_row
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
@@ -312,3 +312,18 @@ def test_an_endpoints_password_is_not_written_in_the_report(
     assert any("+http://proxy:…@10.0.0.8:8000" in line for line in report.lines())
     urls = [e.url for e in snapshot(runtime).pools["small-eu"].endpoints]
     assert "http://proxy:s3cret@10.0.0.8:8000" in urls  # the gateway still has it whole
+
+
+def test_an_endpoint_copied_from_the_report_with_its_password_masked_is_named_at_its_line(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """The refusal named the API's field (``urls[1]``), which no manifest has, and so the
+    document's first line: the reader had to find the endpoint themselves."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("- http://10.0.0.8:8000", "- http://proxy:…@10.0.0.8:8000"))
+
+    with pytest.raises(InvalidRequest) as caught:
+        apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert caught.value.message.startswith(f"{extra}:16: Pool small-eu: endpoint ")
+    assert caught.value.param == "endpoints[1]"

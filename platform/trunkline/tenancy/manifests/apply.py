@@ -215,7 +215,7 @@ def _pool(session: Session, spec: PoolSpec, given: frozenset[str], report: Apply
     )
     check_prompt_range(pool.min_prompt_tokens, pool.max_prompt_tokens)  # as it now stands
     if spec.endpoints is not None:
-        details += replace_endpoints(session, pool, spec.endpoints)
+        details += replace_endpoints(session, pool, spec.endpoints, field="endpoints")
     report.record("Pool", spec.name, details)
 
 
