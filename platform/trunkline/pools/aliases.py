@@ -34,7 +34,7 @@ def get_alias(session: Session, alias: str) -> AliasView:
 
 def create_alias(session: Session, data: AliasCreate) -> AliasView:
     model = model_row(session, data.model, param="model")
-    row = insert_alias(session, model, data.alias)
+    row = insert_alias(session, model, data.alias, param="alias")
     configure_alias(session, row, model, data.pools, data.cascade)
     mark_config_changed(session)
     return _stored_view(session, row, model)

@@ -330,10 +330,10 @@ def test_an_alias_may_not_take_the_name_another_model_answers_with(world: World)
 
     plain = {"alias": "llama-3.1-8b-instruct", "model": "small-one"}
     problem = admin.post(CATALOG + "/aliases", plain, expect=409)
-    assert problem["errors"][0]["field"] == "aliases"
+    assert problem["errors"][0]["field"] == "alias"
     assert "'llama-3.1-8b-instruct' is the name model" in problem["detail"]
     cascade = {**plain, "cascade": {"escalate_to": "llama-3.1-8b-instruct"}}
-    assert admin.post(CATALOG + "/aliases", cascade, expect=409)["errors"][0]["field"] == "aliases"
+    assert admin.post(CATALOG + "/aliases", cascade, expect=409)["errors"][0]["field"] == "alias"
     named_small = {"alias": "small-one", "model": "small-one", "cascade": cascade["cascade"]}
     assert admin.post(CATALOG + "/aliases", named_small, expect=409)["errors"][0]["field"] == (
         "alias"
@@ -459,3 +459,25 @@ def test_an_endpoint_listed_twice_is_refused_not_merged_into_one(world: World) -
     [error] = problem["errors"]
     assert error["field"] == "urls[1]" and "listed twice" in error["message"]
     assert admin.get(CATALOG + "/pools/h100-eu-west")["endpoints"] == before["endpoints"]
+
+
+def test_a_refused_alias_is_named_by_the_field_the_caller_sent(world: World) -> None:
+    """``POST /catalog/aliases`` named ``aliases``, a field its body does not have; a model
+    created with an alias listed twice was a 409 saying the alias already existed."""
+    admin = world.admin
+    for alias in ("llama-3.1-8b", "bge-small-en"):  # an alias already; another model's name
+        body = {"alias": alias, "model": "llama-3.1-8b-instruct"}
+        problem = admin.post(CATALOG + "/aliases", body, expect=409)
+        assert [e["field"] for e in problem["errors"]] == ["alias"], problem
+
+    body = {"name": "new-chat", "aliases": ["fresh", "llama-3.1-8b"]}
+    problem = admin.post(CATALOG + "/models", body, expect=409)
+    assert [e["field"] for e in problem["errors"]] == ["aliases[1]"], problem
+    body = {"name": "new-chat", "aliases": ["fresh", "bge-small-en"]}
+    problem = admin.post(CATALOG + "/models", body, expect=409)
+    assert [e["field"] for e in problem["errors"]] == ["aliases[1]"], problem
+    body = {"name": "new-chat", "aliases": ["fresh", "fresh"]}
+    problem = admin.post(CATALOG + "/models", body, expect=400)
+    [error] = problem["errors"]
+    assert error["field"] == "aliases[1]" and "listed twice" in error["message"]
+    admin.get(CATALOG + "/models/new-chat", expect=404)
