@@ -327,3 +327,23 @@ def test_an_endpoint_copied_from_the_report_with_its_password_masked_is_named_at
 
     assert caught.value.message.startswith(f"{extra}:16: Pool small-eu: endpoint ")
     assert caught.value.param == "endpoints[1]"
+
+
+def test_a_model_listing_its_own_cascade_as_a_plain_alias_is_refused_not_ignored(
+    runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Listed by another model, the cascade's name was refused; listed by the model the
+    cascade tries first, the apply said "no changes" and the name went on cascading."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    before = snapshot(runtime)
+    alone = tmp_path_factory.mktemp("alone")
+    (alone / "model.yaml").write_text(
+        "kind: Model\nname: llama-3.2-1b-instruct\ncontext_length: 131072\n"
+        "aliases:\n  - llama-3.2-1b\n  - llama-auto\n"
+    )
+    with pytest.raises(Conflict, match="alias 'llama-auto' is a cascade") as caught:
+        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
+    assert caught.value.message.startswith(f"{alone / 'model.yaml'}:6: ")
+    after = snapshot(runtime)
+    assert after.version == before.version and "llama-3.2-1b" not in after.aliases
+    assert after.aliases["llama-auto"].cascade is not None

@@ -155,34 +155,37 @@ def _model(session: Session, spec: ModelSpec, given: frozenset[str], report: App
         create,
         given_values(values, given, {"type": "kind"}),
     )
-    for alias in spec.aliases:
-        check_served_name(session, alias, model, cascading=False, param="aliases")
+    for index, alias in enumerate(spec.aliases):
+        param = f"aliases[{index}]"
+        check_served_name(session, alias, model, cascading=False, param=param)
         row = models.alias(alias)
         if row is None:
             session.add(ModelAlias(alias=alias, model_id=model.id))
             details.append(f"+alias {alias}")
-        elif row.model_id != model.id:
-            _check_alias_moves(row, spec.name)
+        elif row.model_id != model.id or row.escalate_model_id is not None:
+            _check_alias_moves(row, spec.name, param)
             row.model_id = model.id
             details.append(f"alias {alias} moved here")
     session.flush()
     report.record("Model", spec.name, details)
 
 
-def _check_alias_moves(row: ModelAlias, model: str) -> None:
-    """An alias may move to another model only when nothing of it names the old one: the
-    checks see only the files at hand, so the database has the last word (as for cascades)."""
+def _check_alias_moves(row: ModelAlias, model: str, param: str) -> None:
+    """An alias may move to another model only when nothing of it names the old one, and a
+    cascade is no model's plain alias, not even of the model it tries first (which an apply
+    left cascading without a word): the checks see only the files at hand, so the database
+    has the last word (as for cascades)."""
     if row.escalate_model_id is not None:
         raise Conflict(
             f"Model {model}: alias {row.alias!r} is a cascade; a model's alias needs a name of "
             "its own",
-            param="aliases",
+            param=param,
         )
     if row.pools:
         raise Conflict(
             f"Model {model}: alias {row.alias!r} is limited to pools of its current model "
             f"({', '.join(row.pools)}); clear its pools before moving it to {model}",
-            param="aliases",
+            param=param,
         )
 
 
