@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
 
-from trunkline.errors import InvalidRequest, NotFound
+from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Model as ModelRow
 from trunkline.models import ModelAlias
@@ -45,6 +45,12 @@ def update_alias(session: Session, alias: str, data: AliasUpdate) -> AliasView:
     values = given(data)
     model = model_row(session, values.get("model", _model_name(session, row)), param="model")
     pools = values.get("pools", row.pools)
+    if "pools" not in values and pools and model.id != row.model_id:
+        raise Conflict(
+            f"alias {alias!r} is limited to pools of its current model ({', '.join(pools)}): "
+            f"send the pools of {model.name!r} it may use with the model, or null for every one",
+            param="model",
+        )
     cascade = values["cascade"] if "cascade" in values else stored_cascade(session, row)
     moved = bool(assign(row, {"model_id": model.id}))
     if configure_alias(session, row, model, pools, cascade) or moved:

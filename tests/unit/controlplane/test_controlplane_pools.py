@@ -481,3 +481,22 @@ def test_a_refused_alias_is_named_by_the_field_the_caller_sent(world: World) -> 
     [error] = problem["errors"]
     assert error["field"] == "aliases[1]" and "listed twice" in error["message"]
     admin.get(CATALOG + "/models/new-chat", expect=404)
+
+
+def test_moving_an_alias_limited_to_its_models_pools_names_the_model_sent(world: World) -> None:
+    """The refusal named ``pools[0]``, a field the caller had not sent, as a 400 about the
+    body; as moving a listed pool is, it is a 409 naming ``model``, saying what to send."""
+    admin = world.admin
+    admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["h100-eu-west"]})
+    before = snapshot(world.runtime).version
+
+    moved = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"model": "small-one"}, 400)
+    assert moved["errors"][0]["field"] == "model"  # unknown: the body's own field, as before
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    moved = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"model": "small-one"}, 409)
+    assert [e["field"] for e in moved["errors"]] == ["model"]
+    assert "h100-eu-west" in moved["detail"] and "pools" in moved["detail"]
+    assert snapshot(world.runtime).version == before + 1  # the model created, nothing else
+
+    view = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"model": "small-one", "pools": None})
+    assert (view["model"], view["pools"]) == ("small-one", None)
