@@ -500,3 +500,29 @@ def test_moving_an_alias_limited_to_its_models_pools_names_the_model_sent(world:
 
     view = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"model": "small-one", "pools": None})
     assert (view["model"], view["pools"]) == ("small-one", None)
+
+
+@pytest.mark.parametrize("name", ["org/model/", "org//model", "org/../model", "org/./model"])
+def test_a_model_or_alias_name_its_own_url_cannot_reach_is_refused(world: World, name: str) -> None:
+    """``/catalog/models/{name}`` and ``/catalog/aliases/{alias}`` lose a trailing or doubled
+    ``/`` and ``.`` or ``..`` segments (the router, or the client normalising the URL, even
+    as ``%2F``): such a name was taken, and the model or alias could then never be read,
+    changed nor deleted, nor an alias granted or revoked."""
+    admin = world.admin
+    problem = admin.post(CATALOG + "/models", {"name": name}, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["name"]
+    body = {"alias": name, "model": "llama-3.1-8b-instruct"}
+    problem = admin.post(CATALOG + "/aliases", body, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["alias"]
+    body = {"name": "org/model-1.5", "aliases": ["fine", name]}
+    problem = admin.post(CATALOG + "/models", body, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["aliases[1]"]
+
+
+def test_a_model_named_by_organisation_is_reached_at_its_url(world: World) -> None:
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "org/model-1.5", "aliases": ["org/model"]})
+    assert admin.get(CATALOG + "/models/org/model-1.5")["aliases"] == ["org/model"]
+    assert admin.get(CATALOG + "/aliases/org/model")["model"] == "org/model-1.5"
+    admin.delete(CATALOG + "/aliases/org/model")
+    admin.delete(CATALOG + "/models/org/model-1.5")
