@@ -11,8 +11,9 @@ from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict, InvalidRequest
-from trunkline.pools.aliases import alias_row, configure_alias
+from trunkline.pools.aliases import alias_row, configure_alias, stored_cascade
 from trunkline.pools.lookups import model_row
+from trunkline.pools.schemas import Cascade, CascadeChecks
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
 
 EXTRA = """\
@@ -347,3 +348,36 @@ def test_a_model_listing_its_own_cascade_as_a_plain_alias_is_refused_not_ignored
     after = snapshot(runtime)
     assert after.version == before.version and "llama-3.2-1b" not in after.aliases
     assert after.aliases["llama-auto"].cascade is not None
+
+
+def test_a_cascade_left_without_checks_keeps_the_checks_the_api_set(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """A field a document leaves out keeps what the database holds: re-applying (as `trunkline
+    up` does at every start) set a cascade's checks, tuned through the API, back to the
+    defaults."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("checks: {truncation: true, refusal: false, min_mean_logprob: -1.2}\n", "")
+    )
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    tuned = Cascade(
+        escalate_to="llama-3.1-8b-instruct",
+        checks=CascadeChecks(refusal=False, min_confidence=0.7),
+    )
+    with runtime.session_factory() as session, session.begin():
+        row = alias_row(session, "llama-auto")
+        small = model_row(session, "llama-3.2-1b-instruct")
+        configure_alias(session, row, small, None, tuned)
+
+    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert again.lines() == ["no changes"]
+    with runtime.session_factory() as session:
+        assert stored_cascade(session, alias_row(session, "llama-auto")) == tuned
+    # Written out, the checks are the document's.
+    extra.write_text(EXTRA)
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert report.lines() == ["Cascade llama-auto updated: alias llama-auto cascade_checks changed"]
+    cascade = snapshot(runtime).aliases["llama-auto"].cascade
+    assert cascade is not None and (cascade.on_refusal, cascade.min_confidence) == (False, None)

@@ -17,7 +17,7 @@ from trunkline.billing.pricebook_store import held_currency, unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.ids import utcnow
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tier
-from trunkline.pools.aliases import configure_alias
+from trunkline.pools.aliases import configure_alias, stored_cascade
 from trunkline.pools.catalog_models import (
     check_cascades_of,
     check_name_not_an_alias,
@@ -84,7 +84,7 @@ def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
         (FlavorSpec, lambda spec, given: _flavor(session, spec, given, report)),
         (ModelSpec, lambda spec, given: _model(session, spec, given, report)),
         (PoolSpec, lambda spec, given: _pool(session, spec, given, report)),
-        (CascadeSpec, lambda spec, _given: _cascade(session, spec, report)),
+        (CascadeSpec, lambda spec, given: _cascade(session, spec, given, report)),
         # a kind changed above must fit the cascades it is in
         (ModelSpec, lambda spec, _given: check_cascades_of(session, model_row(session, spec.name))),
     ]
@@ -222,7 +222,9 @@ def _pool(session: Session, spec: PoolSpec, given: frozenset[str], report: Apply
     report.record("Pool", spec.name, details)
 
 
-def _cascade(session: Session, spec: CascadeSpec, report: ApplyReport) -> None:
+def _cascade(
+    session: Session, spec: CascadeSpec, given: frozenset[str], report: ApplyReport
+) -> None:
     model = model_row(session, spec.model, param="model")
     row = ModelRepository(session).alias(spec.name)
     if row is not None and row.escalate_model_id is None:
@@ -236,7 +238,9 @@ def _cascade(session: Session, spec: CascadeSpec, report: ApplyReport) -> None:
     create = lambda: ModelAlias(alias=spec.name, model_id=model.id)  # noqa: E731
     values = {"model_id": model.id}
     alias, details = upsert(session, report, "Cascade", spec.name, row, create, values)
-    cascade = Cascade(escalate_to=spec.escalate_to, checks=spec.checks)
+    held = None if row is None or "checks" in given else stored_cascade(session, row)
+    checks = spec.checks if held is None else held.checks  # left out, the stored ones stay
+    cascade = Cascade(escalate_to=spec.escalate_to, checks=checks)
     details += configure_alias(session, alias, model, alias.pools, cascade)
     session.flush()
     report.record("Cascade", spec.name, details)
