@@ -381,3 +381,22 @@ def test_a_cascade_left_without_checks_keeps_the_checks_the_api_set(
     assert report.lines() == ["Cascade llama-auto updated: alias llama-auto cascade_checks changed"]
     cascade = snapshot(runtime).aliases["llama-auto"].cascade
     assert cascade is not None and (cascade.on_refusal, cascade.min_confidence) == (False, None)
+
+
+def test_a_cascade_named_like_a_model_applied_from_other_files_is_named_at_its_name(
+    runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The refusal named the API's field ``alias``, which a Cascade document does not have,
+    and so pointed at the document's first line instead of its ``name``."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    alone = tmp_path_factory.mktemp("alone")
+    (alone / "cascade.yaml").write_text(
+        "kind: Model\nname: llama-3.2-1b-instruct\ncontext_length: 131072\n---\n"
+        "kind: Model\nname: llama-3.1-8b-instruct\ncontext_length: 131072\n---\n"
+        "kind: Cascade\nmodel: llama-3.2-1b-instruct\nescalate_to: llama-3.1-8b-instruct\n"
+        "name: bge-small-en\n"
+    )
+    with pytest.raises(Conflict, match="'bge-small-en' is the name model") as caught:
+        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
+    assert caught.value.message.startswith(f"{alone / 'cascade.yaml'}:12: Cascade bge-small-en: ")
+    assert caught.value.param == "name"

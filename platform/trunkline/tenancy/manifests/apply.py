@@ -235,6 +235,8 @@ def _cascade(
             "a cascade needs a name of its own",
             param="name",
         )
+    # configure_alias checks it too, naming the API's field (``alias``): here, the document's
+    check_served_name(session, spec.name, model, cascading=True, param="name")
     create = lambda: ModelAlias(alias=spec.name, model_id=model.id)  # noqa: E731
     values = {"model_id": model.id}
     alias, details = upsert(session, report, "Cascade", spec.name, row, create, values)
