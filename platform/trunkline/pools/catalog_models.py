@@ -96,12 +96,15 @@ def delete_model(session: Session, name: str) -> None:
     every_pool = PoolRepository(session).page(EVERYTHING).items
     pools = [p.name for p, m, _f in every_pool if m.id == model.id]
     if pools:
-        raise Conflict(f"model {name!r} is served by pools {', '.join(pools)}; delete them first")
+        raise Conflict(
+            f"model {name!r} is served by pools {', '.join(pools)}; delete them first", param="name"
+        )
     for alias in ModelRepository(session).cascades_of(model.id):
         if alias.model_id != model.id:  # the model's own aliases go with it
             raise Conflict(
                 f"model {name!r} is what cascade {alias.alias!r} escalates to; change or "
-                "delete that alias first"
+                "delete that alias first",
+                param="name",
             )
     session.delete(model)
     flush_or_conflict(session, f"model {name!r} is still referenced")

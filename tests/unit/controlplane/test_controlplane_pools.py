@@ -526,3 +526,24 @@ def test_a_model_named_by_organisation_is_reached_at_its_url(world: World) -> No
     assert admin.get(CATALOG + "/aliases/org/model")["model"] == "org/model-1.5"
     admin.delete(CATALOG + "/aliases/org/model")
     admin.delete(CATALOG + "/models/org/model-1.5")
+
+
+def test_every_catalog_delete_refused_names_what_it_was_asked_to_delete(world: World) -> None:
+    """A pool's refusal named its ``name`` (source ``path``); a model's and a flavor's named no
+    field at all."""
+    admin = world.admin
+    admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["h100-eu-west"]})
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    admin.post(CATALOG + "/models", {"name": "large-one"})
+    cascade = {"escalate_to": "large-one"}
+    admin.post(CATALOG + "/aliases", {"alias": "auto", "model": "small-one", "cascade": cascade})
+    for path in (
+        "/pools/h100-eu-west",  # an alias lists it
+        "/models/llama-3.1-8b-instruct",  # pools serve it
+        "/models/large-one",  # a cascade escalates to it
+        "/flavors/h100",  # pools run on it
+    ):
+        problem = admin.delete(CATALOG + path, expect=409)
+        assert problem.get("errors") == [
+            {"field": "name", "message": problem["detail"], "source": "path"}
+        ], path
