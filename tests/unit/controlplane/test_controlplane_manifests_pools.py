@@ -400,3 +400,32 @@ def test_a_cascade_named_like_a_model_applied_from_other_files_is_named_at_its_n
         apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
     assert caught.value.message.startswith(f"{alone / 'cascade.yaml'}:12: Cascade bge-small-en: ")
     assert caught.value.param == "name"
+
+
+def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """It showed the rows' ids and Python's reprs: ``model_id UUID('6f1c…') -> UUID('3c7f…')``,
+    ``cost_per_hour Decimal('3.5000') -> Decimal('3.7500')``."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace(
+            "model: llama-3.2-1b-instruct\nflavor: l40s", "model: small-two\nflavor: h100"
+        )
+        .replace("cost_per_hour: 0.55", "cost_per_hour: 0.6")
+        .replace("model: llama-3.2-1b-instruct\nescalate_to", "model: small-two\nescalate_to")
+        + "---\nkind: Model\nname: small-two\ncontext_length: 8192\n"
+    )
+    catalog = manifests_dir / "catalog.yaml"
+    catalog.write_text(catalog.read_text().replace("cost_per_hour: 3.50", "cost_per_hour: 3.75"))
+
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert report.lines() == [
+        "Flavor h100 updated: cost_per_hour 3.5 -> 3.75",
+        "Model small-two created",
+        "Pool small-eu updated: model 'llama-3.2-1b-instruct' -> 'small-two'; "
+        "flavor 'l40s' -> 'h100'; cost_per_hour 0.55 -> 0.6",
+        "Cascade llama-auto updated: model 'llama-3.2-1b-instruct' -> 'small-two'",
+    ]

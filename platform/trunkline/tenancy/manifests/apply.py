@@ -213,9 +213,12 @@ def _pool(session: Session, spec: PoolSpec, given: frozenset[str], report: Apply
         )
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731
     changed = given_values(values, given, {"model": "model_id", "flavor": "flavor_id"})
-    pool, details = upsert(
-        session, report, "Pool", spec.name, None if found is None else found[0], create, changed
-    )
+    models, flavors = {model.id: model.name}, {flavor.id: flavor.name}  # the report's names
+    if found is not None:
+        models[found[1].id], flavors[found[2].id] = found[1].name, found[2].name
+    named = {"model_id": ("model", models), "flavor_id": ("flavor", flavors)}
+    row = None if found is None else found[0]
+    pool, details = upsert(session, report, "Pool", spec.name, row, create, changed, named=named)
     check_prompt_range(pool.min_prompt_tokens, pool.max_prompt_tokens)  # as it now stands
     if spec.endpoints is not None:
         details += replace_endpoints(session, pool, spec.endpoints, field="endpoints")
@@ -239,7 +242,9 @@ def _cascade(
     check_served_name(session, spec.name, model, cascading=True, param="name")
     create = lambda: ModelAlias(alias=spec.name, model_id=model.id)  # noqa: E731
     values = {"model_id": model.id}
-    alias, details = upsert(session, report, "Cascade", spec.name, row, create, values)
+    was = model if row is None else ModelRepository(session).get(row.model_id)
+    named = {"model_id": ("model", {m.id: m.name for m in (was, model) if m is not None})}
+    alias, details = upsert(session, report, "Cascade", spec.name, row, create, values, named=named)
     held = None if row is None or "checks" in given else stored_cascade(session, row)
     checks = spec.checks if held is None else held.checks  # left out, the stored ones stay
     cascade = Cascade(escalate_to=spec.escalate_to, checks=checks)
