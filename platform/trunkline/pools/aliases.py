@@ -8,6 +8,7 @@ alias asks its model first and escalates to a larger one when a check on the ans
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -79,7 +80,29 @@ def configure_alias(
         "escalate_model_id": escalate_id,
         "cascade_checks": checks,
     }
-    return [f"alias {row.alias} {key} changed" for key in assign(row, values)]
+    changed = assign(row, values)
+    return [said for key, (old, new) in changed.items() for said in _said(session, key, old, new)]
+
+
+_CHECKS = {"on_truncation": "truncation", "on_refusal": "refusal"}
+"""A check's name in a document (``CascadeChecks``) where its stored name differs."""
+
+
+def _said(session: Session, column: str, old: Any, new: Any) -> list[str]:
+    """A change of an alias as a report says it, in the documents' terms: the model a cascade
+    escalates to by name, each check that changed (not the columns that hold them)."""
+    if column == "escalate_model_id":
+        models = ModelRepository(session)
+        was, now = (None if i is None else getattr(models.get(i), "name", None) for i in (old, new))
+        return [f"escalate_to {was!r} -> {now!r}"]
+    if column == "cascade_checks":
+        old, new = old or {}, new or {}
+        return [
+            f"checks.{_CHECKS.get(key, key)} {old.get(key)!r} -> {new.get(key)!r}"
+            for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)
+        ]
+    return [f"{column} {old!r} -> {new!r}"]
 
 
 def stored_cascade(session: Session, row: ModelAlias) -> Cascade | None:

@@ -102,7 +102,7 @@ def test_changing_a_cascade_or_an_endpoint_address_is_reported(
 
     assert report.lines() == [
         "Pool small-eu updated: http://10.0.0.7:8000 kv_events tcp://10.0.0.7:6000",
-        "Cascade llama-auto updated: alias llama-auto cascade_checks changed",
+        "Cascade llama-auto updated: checks.min_mean_logprob -1.2 -> -0.8",
         "Tenant shared-co updated: cache_isolated False -> True",
     ]
     published = snapshot(runtime)
@@ -378,7 +378,10 @@ def test_a_cascade_left_without_checks_keeps_the_checks_the_api_set(
     # Written out, the checks are the document's.
     extra.write_text(EXTRA)
     report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    assert report.lines() == ["Cascade llama-auto updated: alias llama-auto cascade_checks changed"]
+    assert report.lines() == [
+        "Cascade llama-auto updated: checks.min_confidence 0.7 -> None; "
+        "checks.min_mean_logprob None -> -1.2"
+    ]
     cascade = snapshot(runtime).aliases["llama-auto"].cascade
     assert cascade is not None and (cascade.on_refusal, cascade.min_confidence) == (False, None)
 
@@ -407,7 +410,8 @@ def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
 ) -> None:
     """It showed the rows' ids and Python's reprs: ``model_id UUID('6f1c…') -> UUID('3c7f…')``,
     ``cost_per_hour Decimal('3.5000') -> Decimal('3.7500')``."""
-    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    first = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert "Cascade llama-auto created" in first.lines()  # not the columns it set
     extra = manifests_dir / "extra.yaml"
     extra.write_text(
         EXTRA.replace(
@@ -415,6 +419,7 @@ def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
         )
         .replace("cost_per_hour: 0.55", "cost_per_hour: 0.6")
         .replace("model: llama-3.2-1b-instruct\nescalate_to", "model: small-two\nescalate_to")
+        .replace("escalate_to: llama-3.1-8b-instruct", "escalate_to: llama-3.2-1b-instruct")
         + "---\nkind: Model\nname: small-two\ncontext_length: 8192\n"
     )
     catalog = manifests_dir / "catalog.yaml"
@@ -427,5 +432,6 @@ def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
         "Model small-two created",
         "Pool small-eu updated: model 'llama-3.2-1b-instruct' -> 'small-two'; "
         "flavor 'l40s' -> 'h100'; cost_per_hour 0.55 -> 0.6",
-        "Cascade llama-auto updated: model 'llama-3.2-1b-instruct' -> 'small-two'",
+        "Cascade llama-auto updated: model 'llama-3.2-1b-instruct' -> 'small-two'; "
+        "escalate_to 'llama-3.1-8b-instruct' -> 'llama-3.2-1b-instruct'",
     ]

@@ -248,6 +248,7 @@ def _cascade(
     held = None if row is None or "checks" in given else stored_cascade(session, row)
     checks = spec.checks if held is None else held.checks  # left out, the stored ones stay
     cascade = Cascade(escalate_to=spec.escalate_to, checks=checks)
-    details += configure_alias(session, alias, model, alias.pools, cascade)
+    configured = configure_alias(session, alias, model, alias.pools, cascade)
+    details += configured if row is not None else []  # a new one: its document says it all
     session.flush()
     report.record("Cascade", spec.name, details)
