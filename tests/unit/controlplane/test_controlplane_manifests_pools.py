@@ -423,12 +423,17 @@ def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
         + "---\nkind: Model\nname: small-two\ncontext_length: 8192\n"
     )
     catalog = manifests_dir / "catalog.yaml"
-    catalog.write_text(catalog.read_text().replace("cost_per_hour: 3.50", "cost_per_hour: 3.75"))
+    catalog.write_text(
+        catalog.read_text()
+        .replace("cost_per_hour: 3.50", "cost_per_hour: 3.75")
+        .replace("type: chat", "type: completion", 1)  # llama-3.1-8b-instruct, no cascade's now
+    )
 
     report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
 
     assert report.lines() == [
         "Flavor h100 updated: cost_per_hour 3.5 -> 3.75",
+        "Model llama-3.1-8b-instruct updated: type 'chat' -> 'completion'",  # not the column
         "Model small-two created",
         "Pool small-eu updated: model 'llama-3.2-1b-instruct' -> 'small-two'; "
         "flavor 'l40s' -> 'h100'; cost_per_hour 0.55 -> 0.6",

@@ -154,6 +154,7 @@ def _model(session: Session, spec: ModelSpec, given: frozenset[str], report: App
         models.by_name(spec.name),
         create,
         given_values(values, given, {"type": "kind"}),
+        named={"kind": ("type", {})},  # as the document calls it
     )
     for index, alias in enumerate(spec.aliases):
         param = f"aliases[{index}]"
