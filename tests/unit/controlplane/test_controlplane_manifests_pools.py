@@ -440,3 +440,28 @@ def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
         "Cascade llama-auto updated: model 'llama-3.2-1b-instruct' -> 'small-two'; "
         "escalate_to 'llama-3.1-8b-instruct' -> 'llama-3.2-1b-instruct'",
     ]
+
+
+def test_a_cascade_limited_to_pools_is_not_moved_to_another_model_and_the_model_is_named(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """Refused, as a model's alias limited to pools is, but as an invalid ``pools[0]``, a field
+    a Cascade document does not have, at the document's first line."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    with runtime.session_factory() as session, session.begin():
+        row = alias_row(session, "llama-auto")
+        small = model_row(session, "llama-3.2-1b-instruct")
+        configure_alias(session, row, small, ["small-eu"], stored_cascade(session, row))
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("model: llama-3.2-1b-instruct\nescalate_to", "model: small-two\nescalate_to")
+        + "---\nkind: Model\nname: small-two\ncontext_length: 8192\n"
+    )
+    before = snapshot(runtime)
+
+    with pytest.raises(Conflict, match=r"limited to pools of its current model \(small-eu\)") as c:
+        apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert c.value.message.startswith(f"{extra}:20: Cascade llama-auto: ")
+    assert c.value.param == "model"
+    assert snapshot(runtime).version == before.version

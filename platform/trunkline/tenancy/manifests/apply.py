@@ -239,6 +239,12 @@ def _cascade(
             "a cascade needs a name of its own",
             param="name",
         )
+    if row is not None and row.pools and row.model_id != model.id:
+        raise Conflict(  # configure_alias would refuse its pools, a field no document has
+            f"alias {spec.name!r} is limited to pools of its current model "
+            f"({', '.join(row.pools)}); clear its pools before moving it to {spec.model}",
+            param="model",
+        )
     # configure_alias checks it too, naming the API's field (``alias``): here, the document's
     check_served_name(session, spec.name, model, cascading=True, param="name")
     create = lambda: ModelAlias(alias=spec.name, model_id=model.id)  # noqa: E731
