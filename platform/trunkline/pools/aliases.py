@@ -54,7 +54,9 @@ def update_alias(session: Session, alias: str, data: AliasUpdate) -> AliasView:
         )
     cascade = values["cascade"] if "cascade" in values else stored_cascade(session, row)
     moved = bool(assign(row, {"model_id": model.id}))
-    if configure_alias(session, row, model, pools, cascade) or moved:
+    # a cascade the caller did not send refuses the model it sent
+    refused = "cascade.escalate_to" if "cascade" in values else "model"
+    if configure_alias(session, row, model, pools, cascade, cascade_param=refused) or moved:
         session.flush()
         mark_config_changed(session)
     return _stored_view(session, row, model)
@@ -66,14 +68,17 @@ def configure_alias(
     model: ModelRow,
     pools: Sequence[str] | None,
     cascade: Cascade | None,
+    *,
+    cascade_param: str = "cascade.escalate_to",
 ) -> list[str]:
-    """Check and set an alias's pools and cascade; returns what changed, for reports."""
+    """Check and set an alias's pools and cascade; returns what changed, for reports.
+    ``cascade_param``: the field a cascade that does not fit ``model`` is refused at."""
     check_served_name(session, row.alias, model, cascading=cascade is not None, param="alias")
     _check_pools(session, model, pools)
     escalate_id, checks = None, None
     if cascade is not None:
         large = model_row(session, cascade.escalate_to, param="cascade.escalate_to")
-        _check_cascade(model, large)
+        _check_cascade(model, large, cascade_param)
         escalate_id, checks = large.id, cascade.checks.stored()
     values = {
         "pools": None if pools is None else sorted(set(pools)),
@@ -143,9 +148,9 @@ def _check_pools(session: Session, model: ModelRow, pools: Sequence[str] | None)
             )
 
 
-def _check_cascade(small: ModelRow, large: ModelRow) -> None:
+def _check_cascade(small: ModelRow, large: ModelRow, param: str) -> None:
     if (problem := cascade_problem(small, large)) is not None:
-        raise InvalidRequest(problem, param="cascade.escalate_to")
+        raise InvalidRequest(problem, param=param)
 
 
 def _model_name(session: Session, row: ModelAlias) -> str:

@@ -547,3 +547,19 @@ def test_every_catalog_delete_refused_names_what_it_was_asked_to_delete(world: W
         assert problem.get("errors") == [
             {"field": "name", "message": problem["detail"], "source": "path"}
         ], path
+
+
+def test_moving_a_cascade_onto_the_model_it_escalates_to_names_the_model_sent(
+    world: World,
+) -> None:
+    """The refusal named ``cascade.escalate_to``, which the caller had not sent."""
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    cascade = {"escalate_to": "llama-3.1-8b-instruct"}
+    admin.post(CATALOG + "/aliases", {"alias": "auto", "model": "small-one", "cascade": cascade})
+    body = {"model": "llama-3.1-8b-instruct"}
+    problem = admin.patch(CATALOG + "/aliases/auto", body, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["model"]
+    problem = admin.patch(CATALOG + "/aliases/auto", {**body, "cascade": cascade}, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["cascade.escalate_to"]
+    assert admin.get(CATALOG + "/aliases/auto")["model"] == "small-one"
