@@ -9,8 +9,8 @@ naming the field, on every database.
 from __future__ import annotations
 
 __all__ = [
-    "ACCOUNT_NAME", "END", "ONE_LINE", "PARAGRAPHS", "PORT", "URL_PATTERN", "ZMQ_ADDRESS_PATTERN",
-    "shown",
+    "ACCOUNT_NAME", "CATALOG_NAME", "END", "ONE_LINE", "PARAGRAPHS", "PORT", "URL_PATTERN",
+    "ZMQ_ADDRESS_PATTERN", "shown",
 ]  # fmt: skip
 
 END = r"(?![\s\S])"
@@ -60,6 +60,16 @@ ZMQ_ADDRESS_PATTERN = (
 there); the port from 1 to 65535, after a host without ``:`` or an IPv6 address in brackets."""
 
 
+CATALOG_NAME = (
+    r"^[A-Za-z0-9][A-Za-z0-9._:-]*(?:/(?!\.\.?(?:/|" + END + r"))[A-Za-z0-9._:-]+)*" + END
+)
+"""A model's or an alias's name: segments of letters, digits, ``.``, ``_``, ``:`` and ``-``
+joined by single ``/`` (``org/model``). The API's URLs carry it as a path
+(``/catalog/models/{name}``), where a trailing or doubled ``/`` and a ``.`` or ``..`` segment
+do not survive (the router, or the client normalising the URL, drops them): such a name could
+be created and then never read, changed nor deleted."""
+
+
 _SAID = {
     ONE_LINE: "one line of text with something to see, without control or invisible characters",
     PARAGRAPHS: "text without control or invisible characters (tabs and line breaks are fine)",
@@ -69,6 +79,8 @@ _SAID = {
     "if it gives one, a port from 1 to 65535",
     ZMQ_ADDRESS_PATTERN: "tcp://HOST:PORT with a port from 1 to 65535, or ipc://PATH, without "
     "spaces, ',', '=' or '*'",
+    CATALOG_NAME: "a name of letters, digits, '.', '_', ':' and '-', starting with a letter or "
+    "digit, in parts joined by single '/' (org/model), none of them '.' or '..'",
 }
 """What the patterns ask, said in words: quoted, each is some 300 or 400 characters."""
 

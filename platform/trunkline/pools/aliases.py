@@ -8,10 +8,11 @@ alias asks its model first and escalates to a larger one when a check on the ans
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from trunkline.errors import InvalidRequest, NotFound
+from trunkline.errors import Conflict, InvalidRequest, NotFound
 from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import Model as ModelRow
 from trunkline.models import ModelAlias
@@ -34,7 +35,7 @@ def get_alias(session: Session, alias: str) -> AliasView:
 
 def create_alias(session: Session, data: AliasCreate) -> AliasView:
     model = model_row(session, data.model, param="model")
-    row = insert_alias(session, model, data.alias)
+    row = insert_alias(session, model, data.alias, param="alias")
     configure_alias(session, row, model, data.pools, data.cascade)
     mark_config_changed(session)
     return _stored_view(session, row, model)
@@ -45,9 +46,17 @@ def update_alias(session: Session, alias: str, data: AliasUpdate) -> AliasView:
     values = given(data)
     model = model_row(session, values.get("model", _model_name(session, row)), param="model")
     pools = values.get("pools", row.pools)
+    if "pools" not in values and pools and model.id != row.model_id:
+        raise Conflict(
+            f"alias {alias!r} is limited to pools of its current model ({', '.join(pools)}): "
+            f"send the pools of {model.name!r} it may use with the model, or null for every one",
+            param="model",
+        )
     cascade = values["cascade"] if "cascade" in values else stored_cascade(session, row)
     moved = bool(assign(row, {"model_id": model.id}))
-    if configure_alias(session, row, model, pools, cascade) or moved:
+    # a cascade the caller did not send refuses the model it sent
+    refused = "cascade.escalate_to" if "cascade" in values else "model"
+    if configure_alias(session, row, model, pools, cascade, cascade_param=refused) or moved:
         session.flush()
         mark_config_changed(session)
     return _stored_view(session, row, model)
@@ -59,21 +68,46 @@ def configure_alias(
     model: ModelRow,
     pools: Sequence[str] | None,
     cascade: Cascade | None,
+    *,
+    cascade_param: str = "cascade.escalate_to",
 ) -> list[str]:
-    """Check and set an alias's pools and cascade; returns what changed, for reports."""
+    """Check and set an alias's pools and cascade; returns what changed, for reports.
+    ``cascade_param``: the field a cascade that does not fit ``model`` is refused at."""
     check_served_name(session, row.alias, model, cascading=cascade is not None, param="alias")
     _check_pools(session, model, pools)
     escalate_id, checks = None, None
     if cascade is not None:
         large = model_row(session, cascade.escalate_to, param="cascade.escalate_to")
-        _check_cascade(model, large)
+        _check_cascade(model, large, cascade_param)
         escalate_id, checks = large.id, cascade.checks.stored()
     values = {
         "pools": None if pools is None else sorted(set(pools)),
         "escalate_model_id": escalate_id,
         "cascade_checks": checks,
     }
-    return [f"alias {row.alias} {key} changed" for key in assign(row, values)]
+    changed = assign(row, values)
+    return [said for key, (old, new) in changed.items() for said in _said(session, key, old, new)]
+
+
+_CHECKS = {"on_truncation": "truncation", "on_refusal": "refusal"}
+"""A check's name in a document (``CascadeChecks``) where its stored name differs."""
+
+
+def _said(session: Session, column: str, old: Any, new: Any) -> list[str]:
+    """A change of an alias as a report says it, in the documents' terms: the model a cascade
+    escalates to by name, each check that changed (not the columns that hold them)."""
+    if column == "escalate_model_id":
+        models = ModelRepository(session)
+        was, now = (None if i is None else getattr(models.get(i), "name", None) for i in (old, new))
+        return [f"escalate_to {was!r} -> {now!r}"]
+    if column == "cascade_checks":
+        old, new = old or {}, new or {}
+        return [
+            f"checks.{_CHECKS.get(key, key)} {old.get(key)!r} -> {new.get(key)!r}"
+            for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key)
+        ]
+    return [f"{column} {old!r} -> {new!r}"]
 
 
 def stored_cascade(session: Session, row: ModelAlias) -> Cascade | None:
@@ -114,9 +148,9 @@ def _check_pools(session: Session, model: ModelRow, pools: Sequence[str] | None)
             )
 
 
-def _check_cascade(small: ModelRow, large: ModelRow) -> None:
+def _check_cascade(small: ModelRow, large: ModelRow, param: str) -> None:
     if (problem := cascade_problem(small, large)) is not None:
-        raise InvalidRequest(problem, param="cascade.escalate_to")
+        raise InvalidRequest(problem, param=param)
 
 
 def _model_name(session: Session, row: ModelAlias) -> str:

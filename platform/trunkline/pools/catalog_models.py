@@ -37,6 +37,9 @@ def create_model(session: Session, data: ModelCreate) -> Model:
     if ModelRepository(session).by_name(data.name) is not None:
         raise Conflict(f"model {data.name!r} already exists", param="name")
     check_name_not_an_alias(session, data.name)
+    for index, alias in enumerate(data.aliases):
+        if alias in data.aliases[:index]:
+            raise InvalidRequest(f"alias {alias!r} listed twice", param=f"aliases[{index}]")
     if unpriced := unpriced_new_model(session, data.name, utcnow()):
         raise InvalidRequest(unpriced, param="name")
     model = ModelRow(
@@ -44,8 +47,8 @@ def create_model(session: Session, data: ModelCreate) -> Model:
     )
     session.add(model)
     flush_or_conflict(session, f"model {data.name!r} already exists")
-    for alias in data.aliases:
-        insert_alias(session, model, alias)
+    for index, alias in enumerate(data.aliases):
+        insert_alias(session, model, alias, param=f"aliases[{index}]")
     mark_config_changed(session)
     return _model_view(session, model)
 
@@ -93,12 +96,15 @@ def delete_model(session: Session, name: str) -> None:
     every_pool = PoolRepository(session).page(EVERYTHING).items
     pools = [p.name for p, m, _f in every_pool if m.id == model.id]
     if pools:
-        raise Conflict(f"model {name!r} is served by pools {', '.join(pools)}; delete them first")
+        raise Conflict(
+            f"model {name!r} is served by pools {', '.join(pools)}; delete them first", param="name"
+        )
     for alias in ModelRepository(session).cascades_of(model.id):
         if alias.model_id != model.id:  # the model's own aliases go with it
             raise Conflict(
                 f"model {name!r} is what cascade {alias.alias!r} escalates to; change or "
-                "delete that alias first"
+                "delete that alias first",
+                param="name",
             )
     session.delete(model)
     flush_or_conflict(session, f"model {name!r} is still referenced")
@@ -107,7 +113,7 @@ def delete_model(session: Session, name: str) -> None:
 
 def add_alias(session: Session, model_name: str, alias: str) -> Model:
     model = model_row(session, model_name)
-    insert_alias(session, model, alias)
+    insert_alias(session, model, alias, param="alias")
     mark_config_changed(session)
     return _model_view(session, model)
 
@@ -122,10 +128,11 @@ def remove_alias(session: Session, alias: str) -> None:
     mark_config_changed(session)
 
 
-def insert_alias(session: Session, model: ModelRow, alias: str) -> ModelAlias:
+def insert_alias(session: Session, model: ModelRow, alias: str, *, param: str) -> ModelAlias:
+    """Add ``alias`` to ``model``; ``param``: the request's field that names it, for a refusal."""
     if ModelRepository(session).alias(alias) is not None:
-        raise Conflict(f"alias {alias!r} already exists", param="aliases")
-    check_served_name(session, alias, model, cascading=False, param="aliases")
+        raise Conflict(f"alias {alias!r} already exists", param=param)
+    check_served_name(session, alias, model, cascading=False, param=param)
     row = ModelAlias(alias=alias, model_id=model.id)
     session.add(row)
     flush_or_conflict(session, f"alias {alias!r} already exists")

@@ -48,5 +48,5 @@ def update_flavor(session: Session, name: str, data: FlavorUpdate) -> Flavor:
 
 def delete_flavor(session: Session, name: str) -> None:
     session.delete(flavor_row(session, name))
-    flush_or_conflict(session, f"flavor {name!r} is used by a pool")
+    flush_or_conflict(session, f"flavor {name!r} is used by a pool", param="name")
     mark_config_changed(session)

@@ -11,14 +11,15 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from trunkline import models as orm
-from trunkline.kit.text import END, ONE_LINE
+from trunkline.kit.text import CATALOG_NAME, ONE_LINE
 from trunkline.pools.endpoint_schemas import Endpoint
 from trunkline.tenancy.schemas import Name
 
 ModelName = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,199}" + END,
+        pattern=CATALOG_NAME,
+        max_length=200,
         description="the name engines serve the model under (vLLM --served-model-name)",
         examples=["llama-3.1-8b-instruct"],
     ),
@@ -26,7 +27,8 @@ ModelName = Annotated[
 Alias = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,199}" + END,
+        pattern=CATALOG_NAME,
+        max_length=200,
         description="the public model name clients ask for",
         examples=["llama-3.1-8b"],
     ),

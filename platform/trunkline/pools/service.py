@@ -122,18 +122,29 @@ def set_pool_endpoints(
 
 
 def replace_endpoints(
-    session: Session, pool: PoolRow, endpoints: Sequence[str | EndpointSpec]
+    session: Session,
+    pool: PoolRow,
+    endpoints: Sequence[str | EndpointSpec],
+    *,
+    field: str = "urls",
 ) -> list[str]:
-    """Replace a pool's endpoints; returns what changed (``+url`` / ``-url``), empty if nothing."""
+    """Replace a pool's endpoints; returns what changed (``+url`` / ``-url``), empty if nothing.
+    ``field``: what the caller calls the list, to name an endpoint refused (``urls[1]``)."""
     specs = [EndpointSpec(url=e) if isinstance(e, str) else e for e in endpoints]
+    wanted: dict[str, EndpointSpec] = {}
     for index, spec in enumerate(specs):
         if password_as_shown(spec.url):
             raise InvalidRequest(
                 f"endpoint {without_password(spec.url)} carries the password as answers show it "
                 f"({STAND_IN!r}), which would replace the real one: send the password",
-                param=f"urls[{index}]",
+                param=f"{field}[{index}]",
             )
-    wanted = {spec.url: spec for spec in specs}
+        if spec.url in wanted:  # one of the two, and its KV-event addresses, would be lost
+            raise InvalidRequest(
+                f"endpoint {without_password(spec.url)!r} listed twice",
+                param=f"{field}[{index}]",
+            )
+        wanted[spec.url] = spec
     current = {e.url: e for e in PoolRepository(session).endpoints([pool.id])[pool.id]}
     changes = []
     for url, endpoint in current.items():

@@ -195,18 +195,20 @@ def flush_or_conflict(
     message: str | Callable[[IntegrityError], str],
     *,
     unique_only: bool = False,
+    param: str | None = None,
 ) -> None:
     """Flush now so a constraint's refusal surfaces as ``Conflict`` (``message``, or what it
-    says of the refusal), not a server error: a unique constraint's (another writer added the
-    row first), and a foreign key's (a row still named elsewhere: ``pools.flavors`` and
-    ``pools.catalog_models`` rely on it). ``unique_only``: any other refusal is raised as it
-    is, no race that trying again would pass."""
+    says of the refusal; ``param``: the field it names), not a server error: a unique
+    constraint's (another writer added the row first), and a foreign key's (a row still named
+    elsewhere: ``pools.flavors`` and ``pools.catalog_models`` rely on it). ``unique_only``: any
+    other refusal is raised as it is, no race that trying again would pass."""
     try:
         session.flush()
     except IntegrityError as exc:
         if unique_only and not unique_violation(exc):
             raise
-        raise Conflict(message if isinstance(message, str) else message(exc)) from exc
+        said = message if isinstance(message, str) else message(exc)
+        raise Conflict(said, param=param) from exc
 
 
 def changed_shards(session: Session, generations: Collection[int]) -> set[int] | None:

@@ -334,3 +334,12 @@ def test_up_refuses_a_bad_routing_profile_before_it_changes_the_database(tmp_pat
     with pytest.raises(ConfigurationError, match="unknown scorer 'nope'"):
         asyncio.run(run_embedded(settings, TENANTS_DIR))
     assert not database.exists()
+
+
+def test_a_model_name_the_api_cannot_address_is_an_issue(tmp_path: Path) -> None:
+    """``org/model/`` was applied, and no URL of the API could then reach the model."""
+    issues = issues_of(tmp_path, "kind: Model\nname: org/model/\naliases: [fine, org//model]\n")
+    assert [issue.split(": ")[1:3] for issue in issues] == [
+        ["Model org/model/", "name"],
+        ["Model org/model/", "aliases[1]"],
+    ]

@@ -10,9 +10,10 @@ import pytest
 from cp_support import TENANTS_DIR, snapshot
 
 from trunkline.apps.runtime import Runtime
-from trunkline.errors import Conflict
-from trunkline.pools.aliases import alias_row, configure_alias
+from trunkline.errors import Conflict, InvalidRequest
+from trunkline.pools.aliases import alias_row, configure_alias, stored_cascade
 from trunkline.pools.lookups import model_row
+from trunkline.pools.schemas import Cascade, CascadeChecks
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
 
 EXTRA = """\
@@ -101,7 +102,7 @@ def test_changing_a_cascade_or_an_endpoint_address_is_reported(
 
     assert report.lines() == [
         "Pool small-eu updated: http://10.0.0.7:8000 kv_events tcp://10.0.0.7:6000",
-        "Cascade llama-auto updated: alias llama-auto cascade_checks changed",
+        "Cascade llama-auto updated: checks.min_mean_logprob -1.2 -> -0.8",
         "Tenant shared-co updated: cache_isolated False -> True",
     ]
     published = snapshot(runtime)
@@ -141,6 +142,18 @@ def test_bad_pools_and_cascades_name_file_line_and_field(manifests_dir: Path) ->
         f"{extra}:13: Pool small-eu: max_prompt_tokens: must exceed min_prompt_tokens (0)",
         f"{extra}:21: Cascade llama-auto: escalate_to: model 'bge-small-en' serves embeddings, "
         "not text",
+    ]
+
+
+def test_a_pool_endpoint_listed_twice_is_an_issue_at_its_line(manifests_dir: Path) -> None:
+    """Applied, one of the two was kept without a word (the last: the KV-event address given
+    with the first was dropped)."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("- http://10.0.0.8:8000", "- http://10.0.0.7:8000"))
+    with pytest.raises(ManifestError) as caught:
+        load_manifests(manifests_dir)
+    assert [str(i) for i in caught.value.issues] == [
+        f"{extra}:16: Pool small-eu: endpoints[1]: endpoint 'http://10.0.0.7:8000' listed twice",
     ]
 
 
@@ -300,3 +313,155 @@ def test_an_endpoints_password_is_not_written_in_the_report(
     assert any("+http://proxy:…@10.0.0.8:8000" in line for line in report.lines())
     urls = [e.url for e in snapshot(runtime).pools["small-eu"].endpoints]
     assert "http://proxy:s3cret@10.0.0.8:8000" in urls  # the gateway still has it whole
+
+
+def test_an_endpoint_copied_from_the_report_with_its_password_masked_is_named_at_its_line(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """The refusal named the API's field (``urls[1]``), which no manifest has, and so the
+    document's first line: the reader had to find the endpoint themselves."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("- http://10.0.0.8:8000", "- http://proxy:…@10.0.0.8:8000"))
+
+    with pytest.raises(InvalidRequest) as caught:
+        apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert caught.value.message.startswith(f"{extra}:16: Pool small-eu: endpoint ")
+    assert caught.value.param == "endpoints[1]"
+
+
+def test_a_model_listing_its_own_cascade_as_a_plain_alias_is_refused_not_ignored(
+    runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Listed by another model, the cascade's name was refused; listed by the model the
+    cascade tries first, the apply said "no changes" and the name went on cascading."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    before = snapshot(runtime)
+    alone = tmp_path_factory.mktemp("alone")
+    (alone / "model.yaml").write_text(
+        "kind: Model\nname: llama-3.2-1b-instruct\ncontext_length: 131072\n"
+        "aliases:\n  - llama-3.2-1b\n  - llama-auto\n"
+    )
+    with pytest.raises(Conflict, match="alias 'llama-auto' is a cascade") as caught:
+        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
+    assert caught.value.message.startswith(f"{alone / 'model.yaml'}:6: ")
+    after = snapshot(runtime)
+    assert after.version == before.version and "llama-3.2-1b" not in after.aliases
+    assert after.aliases["llama-auto"].cascade is not None
+
+
+def test_a_cascade_left_without_checks_keeps_the_checks_the_api_set(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """A field a document leaves out keeps what the database holds: re-applying (as `trunkline
+    up` does at every start) set a cascade's checks, tuned through the API, back to the
+    defaults."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("checks: {truncation: true, refusal: false, min_mean_logprob: -1.2}\n", "")
+    )
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    tuned = Cascade(
+        escalate_to="llama-3.1-8b-instruct",
+        checks=CascadeChecks(refusal=False, min_confidence=0.7),
+    )
+    with runtime.session_factory() as session, session.begin():
+        row = alias_row(session, "llama-auto")
+        small = model_row(session, "llama-3.2-1b-instruct")
+        configure_alias(session, row, small, None, tuned)
+
+    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert again.lines() == ["no changes"]
+    with runtime.session_factory() as session:
+        assert stored_cascade(session, alias_row(session, "llama-auto")) == tuned
+    # Written out, the checks are the document's.
+    extra.write_text(EXTRA)
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert report.lines() == [
+        "Cascade llama-auto updated: checks.min_confidence 0.7 -> None; "
+        "checks.min_mean_logprob None -> -1.2"
+    ]
+    cascade = snapshot(runtime).aliases["llama-auto"].cascade
+    assert cascade is not None and (cascade.on_refusal, cascade.min_confidence) == (False, None)
+
+
+def test_a_cascade_named_like_a_model_applied_from_other_files_is_named_at_its_name(
+    runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The refusal named the API's field ``alias``, which a Cascade document does not have,
+    and so pointed at the document's first line instead of its ``name``."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    alone = tmp_path_factory.mktemp("alone")
+    (alone / "cascade.yaml").write_text(
+        "kind: Model\nname: llama-3.2-1b-instruct\ncontext_length: 131072\n---\n"
+        "kind: Model\nname: llama-3.1-8b-instruct\ncontext_length: 131072\n---\n"
+        "kind: Cascade\nmodel: llama-3.2-1b-instruct\nescalate_to: llama-3.1-8b-instruct\n"
+        "name: bge-small-en\n"
+    )
+    with pytest.raises(Conflict, match="'bge-small-en' is the name model") as caught:
+        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
+    assert caught.value.message.startswith(f"{alone / 'cascade.yaml'}:12: Cascade bge-small-en: ")
+    assert caught.value.param == "name"
+
+
+def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """It showed the rows' ids and Python's reprs: ``model_id UUID('6f1c…') -> UUID('3c7f…')``,
+    ``cost_per_hour Decimal('3.5000') -> Decimal('3.7500')``."""
+    first = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert "Cascade llama-auto created" in first.lines()  # not the columns it set
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace(
+            "model: llama-3.2-1b-instruct\nflavor: l40s", "model: small-two\nflavor: h100"
+        )
+        .replace("cost_per_hour: 0.55", "cost_per_hour: 0.6")
+        .replace("model: llama-3.2-1b-instruct\nescalate_to", "model: small-two\nescalate_to")
+        .replace("escalate_to: llama-3.1-8b-instruct", "escalate_to: llama-3.2-1b-instruct")
+        + "---\nkind: Model\nname: small-two\ncontext_length: 8192\n"
+    )
+    catalog = manifests_dir / "catalog.yaml"
+    catalog.write_text(
+        catalog.read_text()
+        .replace("cost_per_hour: 3.50", "cost_per_hour: 3.75")
+        .replace("type: chat", "type: completion", 1)  # llama-3.1-8b-instruct, no cascade's now
+    )
+
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert report.lines() == [
+        "Flavor h100 updated: cost_per_hour 3.5 -> 3.75",
+        "Model llama-3.1-8b-instruct updated: type 'chat' -> 'completion'",  # not the column
+        "Model small-two created",
+        "Pool small-eu updated: model 'llama-3.2-1b-instruct' -> 'small-two'; "
+        "flavor 'l40s' -> 'h100'; cost_per_hour 0.55 -> 0.6",
+        "Cascade llama-auto updated: model 'llama-3.2-1b-instruct' -> 'small-two'; "
+        "escalate_to 'llama-3.1-8b-instruct' -> 'llama-3.2-1b-instruct'",
+    ]
+
+
+def test_a_cascade_limited_to_pools_is_not_moved_to_another_model_and_the_model_is_named(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """Refused, as a model's alias limited to pools is, but as an invalid ``pools[0]``, a field
+    a Cascade document does not have, at the document's first line."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    with runtime.session_factory() as session, session.begin():
+        row = alias_row(session, "llama-auto")
+        small = model_row(session, "llama-3.2-1b-instruct")
+        configure_alias(session, row, small, ["small-eu"], stored_cascade(session, row))
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(
+        EXTRA.replace("model: llama-3.2-1b-instruct\nescalate_to", "model: small-two\nescalate_to")
+        + "---\nkind: Model\nname: small-two\ncontext_length: 8192\n"
+    )
+    before = snapshot(runtime)
+
+    with pytest.raises(Conflict, match=r"limited to pools of its current model \(small-eu\)") as c:
+        apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert c.value.message.startswith(f"{extra}:20: Cascade llama-auto: ")
+    assert c.value.param == "model"
+    assert snapshot(runtime).version == before.version

@@ -330,10 +330,10 @@ def test_an_alias_may_not_take_the_name_another_model_answers_with(world: World)
 
     plain = {"alias": "llama-3.1-8b-instruct", "model": "small-one"}
     problem = admin.post(CATALOG + "/aliases", plain, expect=409)
-    assert problem["errors"][0]["field"] == "aliases"
+    assert problem["errors"][0]["field"] == "alias"
     assert "'llama-3.1-8b-instruct' is the name model" in problem["detail"]
     cascade = {**plain, "cascade": {"escalate_to": "llama-3.1-8b-instruct"}}
-    assert admin.post(CATALOG + "/aliases", cascade, expect=409)["errors"][0]["field"] == "aliases"
+    assert admin.post(CATALOG + "/aliases", cascade, expect=409)["errors"][0]["field"] == "alias"
     named_small = {"alias": "small-one", "model": "small-one", "cascade": cascade["cascade"]}
     assert admin.post(CATALOG + "/aliases", named_small, expect=409)["errors"][0]["field"] == (
         "alias"
@@ -444,3 +444,122 @@ def test_an_endpoints_password_is_never_shown_back_nor_taken_as_its_mask(world: 
     problem = admin.put(CATALOG + "/pools/a100-eu/endpoints", {"urls": [shown]}, expect=400)
     assert "password" in problem["detail"]
     assert [e.url for e in snapshot(world.runtime).pools["a100-eu"].endpoints] == [url]
+
+
+def test_an_endpoint_listed_twice_is_refused_not_merged_into_one(world: World) -> None:
+    """The list kept one of the two without a word: here the last, so the engine's KV-event
+    address given with the first was dropped, and precise prefix routing never heard of it."""
+    admin = world.admin
+    before = admin.put(
+        CATALOG + "/pools/h100-eu-west/endpoints", {"urls": ["http://10.0.0.2:8000"]}
+    )
+    twice = [{"url": "http://10.0.0.7:8000", "kv_events": "tcp://10.0.0.7:5557"},
+             "http://10.0.0.7:8000"]  # fmt: skip
+    problem = admin.put(CATALOG + "/pools/h100-eu-west/endpoints", {"urls": twice}, expect=400)
+    [error] = problem["errors"]
+    assert error["field"] == "urls[1]" and "listed twice" in error["message"]
+    assert admin.get(CATALOG + "/pools/h100-eu-west")["endpoints"] == before["endpoints"]
+
+
+def test_a_refused_alias_is_named_by_the_field_the_caller_sent(world: World) -> None:
+    """``POST /catalog/aliases`` named ``aliases``, a field its body does not have; a model
+    created with an alias listed twice was a 409 saying the alias already existed."""
+    admin = world.admin
+    for alias in ("llama-3.1-8b", "bge-small-en"):  # an alias already; another model's name
+        body = {"alias": alias, "model": "llama-3.1-8b-instruct"}
+        problem = admin.post(CATALOG + "/aliases", body, expect=409)
+        assert [e["field"] for e in problem["errors"]] == ["alias"], problem
+
+    body = {"name": "new-chat", "aliases": ["fresh", "llama-3.1-8b"]}
+    problem = admin.post(CATALOG + "/models", body, expect=409)
+    assert [e["field"] for e in problem["errors"]] == ["aliases[1]"], problem
+    body = {"name": "new-chat", "aliases": ["fresh", "bge-small-en"]}
+    problem = admin.post(CATALOG + "/models", body, expect=409)
+    assert [e["field"] for e in problem["errors"]] == ["aliases[1]"], problem
+    body = {"name": "new-chat", "aliases": ["fresh", "fresh"]}
+    problem = admin.post(CATALOG + "/models", body, expect=400)
+    [error] = problem["errors"]
+    assert error["field"] == "aliases[1]" and "listed twice" in error["message"]
+    admin.get(CATALOG + "/models/new-chat", expect=404)
+
+
+def test_moving_an_alias_limited_to_its_models_pools_names_the_model_sent(world: World) -> None:
+    """The refusal named ``pools[0]``, a field the caller had not sent, as a 400 about the
+    body; as moving a listed pool is, it is a 409 naming ``model``, saying what to send."""
+    admin = world.admin
+    admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["h100-eu-west"]})
+    before = snapshot(world.runtime).version
+
+    moved = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"model": "small-one"}, 400)
+    assert moved["errors"][0]["field"] == "model"  # unknown: the body's own field, as before
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    moved = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"model": "small-one"}, 409)
+    assert [e["field"] for e in moved["errors"]] == ["model"]
+    assert "h100-eu-west" in moved["detail"] and "pools" in moved["detail"]
+    assert snapshot(world.runtime).version == before + 1  # the model created, nothing else
+
+    view = admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"model": "small-one", "pools": None})
+    assert (view["model"], view["pools"]) == ("small-one", None)
+
+
+@pytest.mark.parametrize("name", ["org/model/", "org//model", "org/../model", "org/./model"])
+def test_a_model_or_alias_name_its_own_url_cannot_reach_is_refused(world: World, name: str) -> None:
+    """``/catalog/models/{name}`` and ``/catalog/aliases/{alias}`` lose a trailing or doubled
+    ``/`` and ``.`` or ``..`` segments (the router, or the client normalising the URL, even
+    as ``%2F``): such a name was taken, and the model or alias could then never be read,
+    changed nor deleted, nor an alias granted or revoked."""
+    admin = world.admin
+    problem = admin.post(CATALOG + "/models", {"name": name}, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["name"]
+    body = {"alias": name, "model": "llama-3.1-8b-instruct"}
+    problem = admin.post(CATALOG + "/aliases", body, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["alias"]
+    body = {"name": "org/model-1.5", "aliases": ["fine", name]}
+    problem = admin.post(CATALOG + "/models", body, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["aliases[1]"]
+
+
+def test_a_model_named_by_organisation_is_reached_at_its_url(world: World) -> None:
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "org/model-1.5", "aliases": ["org/model"]})
+    assert admin.get(CATALOG + "/models/org/model-1.5")["aliases"] == ["org/model"]
+    assert admin.get(CATALOG + "/aliases/org/model")["model"] == "org/model-1.5"
+    admin.delete(CATALOG + "/aliases/org/model")
+    admin.delete(CATALOG + "/models/org/model-1.5")
+
+
+def test_every_catalog_delete_refused_names_what_it_was_asked_to_delete(world: World) -> None:
+    """A pool's refusal named its ``name`` (source ``path``); a model's and a flavor's named no
+    field at all."""
+    admin = world.admin
+    admin.patch(CATALOG + "/aliases/llama-3.1-8b", {"pools": ["h100-eu-west"]})
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    admin.post(CATALOG + "/models", {"name": "large-one"})
+    cascade = {"escalate_to": "large-one"}
+    admin.post(CATALOG + "/aliases", {"alias": "auto", "model": "small-one", "cascade": cascade})
+    for path in (
+        "/pools/h100-eu-west",  # an alias lists it
+        "/models/llama-3.1-8b-instruct",  # pools serve it
+        "/models/large-one",  # a cascade escalates to it
+        "/flavors/h100",  # pools run on it
+    ):
+        problem = admin.delete(CATALOG + path, expect=409)
+        assert problem.get("errors") == [
+            {"field": "name", "message": problem["detail"], "source": "path"}
+        ], path
+
+
+def test_moving_a_cascade_onto_the_model_it_escalates_to_names_the_model_sent(
+    world: World,
+) -> None:
+    """The refusal named ``cascade.escalate_to``, which the caller had not sent."""
+    admin = world.admin
+    admin.post(CATALOG + "/models", {"name": "small-one"})
+    cascade = {"escalate_to": "llama-3.1-8b-instruct"}
+    admin.post(CATALOG + "/aliases", {"alias": "auto", "model": "small-one", "cascade": cascade})
+    body = {"model": "llama-3.1-8b-instruct"}
+    problem = admin.patch(CATALOG + "/aliases/auto", body, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["model"]
+    problem = admin.patch(CATALOG + "/aliases/auto", {**body, "cascade": cascade}, expect=400)
+    assert [e["field"] for e in problem["errors"]] == ["cascade.escalate_to"]
+    assert admin.get(CATALOG + "/aliases/auto")["model"] == "small-one"

@@ -17,7 +17,7 @@ from trunkline.billing.pricebook_store import held_currency, unpriced_new_model
 from trunkline.errors import Conflict, InvalidRequest
 from trunkline.kit.ids import utcnow
 from trunkline.models import AcceleratorFlavor, Model, ModelAlias, Pool, Tier
-from trunkline.pools.aliases import configure_alias
+from trunkline.pools.aliases import configure_alias, stored_cascade
 from trunkline.pools.catalog_models import (
     check_cascades_of,
     check_name_not_an_alias,
@@ -84,7 +84,7 @@ def apply_to_session(session: Session, manifests: Manifests) -> ApplyReport:
         (FlavorSpec, lambda spec, given: _flavor(session, spec, given, report)),
         (ModelSpec, lambda spec, given: _model(session, spec, given, report)),
         (PoolSpec, lambda spec, given: _pool(session, spec, given, report)),
-        (CascadeSpec, lambda spec, _given: _cascade(session, spec, report)),
+        (CascadeSpec, lambda spec, given: _cascade(session, spec, given, report)),
         # a kind changed above must fit the cascades it is in
         (ModelSpec, lambda spec, _given: check_cascades_of(session, model_row(session, spec.name))),
     ]
@@ -154,35 +154,39 @@ def _model(session: Session, spec: ModelSpec, given: frozenset[str], report: App
         models.by_name(spec.name),
         create,
         given_values(values, given, {"type": "kind"}),
+        named={"kind": ("type", {})},  # as the document calls it
     )
-    for alias in spec.aliases:
-        check_served_name(session, alias, model, cascading=False, param="aliases")
+    for index, alias in enumerate(spec.aliases):
+        param = f"aliases[{index}]"
+        check_served_name(session, alias, model, cascading=False, param=param)
         row = models.alias(alias)
         if row is None:
             session.add(ModelAlias(alias=alias, model_id=model.id))
             details.append(f"+alias {alias}")
-        elif row.model_id != model.id:
-            _check_alias_moves(row, spec.name)
+        elif row.model_id != model.id or row.escalate_model_id is not None:
+            _check_alias_moves(row, spec.name, param)
             row.model_id = model.id
             details.append(f"alias {alias} moved here")
     session.flush()
     report.record("Model", spec.name, details)
 
 
-def _check_alias_moves(row: ModelAlias, model: str) -> None:
-    """An alias may move to another model only when nothing of it names the old one: the
-    checks see only the files at hand, so the database has the last word (as for cascades)."""
+def _check_alias_moves(row: ModelAlias, model: str, param: str) -> None:
+    """An alias may move to another model only when nothing of it names the old one, and a
+    cascade is no model's plain alias, not even of the model it tries first (which an apply
+    left cascading without a word): the checks see only the files at hand, so the database
+    has the last word (as for cascades)."""
     if row.escalate_model_id is not None:
         raise Conflict(
             f"Model {model}: alias {row.alias!r} is a cascade; a model's alias needs a name of "
             "its own",
-            param="aliases",
+            param=param,
         )
     if row.pools:
         raise Conflict(
             f"Model {model}: alias {row.alias!r} is limited to pools of its current model "
             f"({', '.join(row.pools)}); clear its pools before moving it to {model}",
-            param="aliases",
+            param=param,
         )
 
 
@@ -210,16 +214,21 @@ def _pool(session: Session, spec: PoolSpec, given: frozenset[str], report: Apply
         )
     create = lambda: Pool(name=spec.name, **values)  # noqa: E731
     changed = given_values(values, given, {"model": "model_id", "flavor": "flavor_id"})
-    pool, details = upsert(
-        session, report, "Pool", spec.name, None if found is None else found[0], create, changed
-    )
+    models, flavors = {model.id: model.name}, {flavor.id: flavor.name}  # the report's names
+    if found is not None:
+        models[found[1].id], flavors[found[2].id] = found[1].name, found[2].name
+    named = {"model_id": ("model", models), "flavor_id": ("flavor", flavors)}
+    row = None if found is None else found[0]
+    pool, details = upsert(session, report, "Pool", spec.name, row, create, changed, named=named)
     check_prompt_range(pool.min_prompt_tokens, pool.max_prompt_tokens)  # as it now stands
     if spec.endpoints is not None:
-        details += replace_endpoints(session, pool, spec.endpoints)
+        details += replace_endpoints(session, pool, spec.endpoints, field="endpoints")
     report.record("Pool", spec.name, details)
 
 
-def _cascade(session: Session, spec: CascadeSpec, report: ApplyReport) -> None:
+def _cascade(
+    session: Session, spec: CascadeSpec, given: frozenset[str], report: ApplyReport
+) -> None:
     model = model_row(session, spec.model, param="model")
     row = ModelRepository(session).alias(spec.name)
     if row is not None and row.escalate_model_id is None:
@@ -230,10 +239,23 @@ def _cascade(session: Session, spec: CascadeSpec, report: ApplyReport) -> None:
             "a cascade needs a name of its own",
             param="name",
         )
+    if row is not None and row.pools and row.model_id != model.id:
+        raise Conflict(  # configure_alias would refuse its pools, a field no document has
+            f"alias {spec.name!r} is limited to pools of its current model "
+            f"({', '.join(row.pools)}); clear its pools before moving it to {spec.model}",
+            param="model",
+        )
+    # configure_alias checks it too, naming the API's field (``alias``): here, the document's
+    check_served_name(session, spec.name, model, cascading=True, param="name")
     create = lambda: ModelAlias(alias=spec.name, model_id=model.id)  # noqa: E731
     values = {"model_id": model.id}
-    alias, details = upsert(session, report, "Cascade", spec.name, row, create, values)
-    cascade = Cascade(escalate_to=spec.escalate_to, checks=spec.checks)
-    details += configure_alias(session, alias, model, alias.pools, cascade)
+    was = model if row is None else ModelRepository(session).get(row.model_id)
+    named = {"model_id": ("model", {m.id: m.name for m in (was, model) if m is not None})}
+    alias, details = upsert(session, report, "Cascade", spec.name, row, create, values, named=named)
+    held = None if row is None or "checks" in given else stored_cascade(session, row)
+    checks = spec.checks if held is None else held.checks  # left out, the stored ones stay
+    cascade = Cascade(escalate_to=spec.escalate_to, checks=checks)
+    configured = configure_alias(session, alias, model, alias.pools, cascade)
+    details += configured if row is not None else []  # a new one: its document says it all
     session.flush()
     report.record("Cascade", spec.name, details)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -91,10 +92,12 @@ def upsert(
     values: Mapping[str, Any],
     *,
     flush: bool = True,
+    named: Mapping[str, tuple[str, Mapping[Any, str]]] | None = None,
 ) -> tuple[Any, list[str]]:
     """Create ``row`` or update its ``values``; returns the row and the details logged so far.
     ``flush=False``: a row created is written at the session's next flush (its id must be set
-    by ``create``), with the others of its kind at once."""
+    by ``create``), with the others of its kind at once. ``named``: a column holding another
+    row's id -> the field the document names it by and the names of its old and new ids."""
     details: list[str] = []
     if row is None:
         row = create()
@@ -103,5 +106,23 @@ def upsert(
             session.flush()
         report.created(kind, name)
     elif diff := assign(row, values):
-        details += [f"{key} {old!r} -> {new!r}" for key, (old, new) in diff.items()]
+        details += [_change(key, old, new, named or {}) for key, (old, new) in diff.items()]
     return row, details
+
+
+def _change(
+    column: str, old: Any, new: Any, named: Mapping[str, tuple[str, Mapping[Any, str]]]
+) -> str:
+    """A change as the report says it: a row named as the document names it (``model 'a' ->
+    'b'``, not its id), an amount of money as written (``3.5``, not ``Decimal('3.5000')``)."""
+    field = column
+    if column in named:
+        field, names = named[column]
+        old, new = names.get(old, old), names.get(new, new)
+    return f"{field} {_shown(old)} -> {_shown(new)}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return f"{value.normalize():f}"
+    return repr(value)
