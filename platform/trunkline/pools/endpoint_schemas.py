@@ -35,6 +35,17 @@ KvReplayAddress = Annotated[
 ]
 
 
+def engine_url(url: str) -> str:
+    """``url`` as the gateway joins its paths to it (``/v1/chat/completions``, ``/metrics``):
+    without trailing slashes. ``http://host:8000/`` was stored as given, and the gateway then
+    asked for ``//metrics`` and ``//v1/...``, which vLLM answers 404: the endpoint was ejected
+    and every request routed there answered 502; listed with and without the slash, one engine
+    was two endpoints."""
+    if "?" in url or "#" in url:  # the URL pattern's business, not a base to join paths to
+        return url
+    return url.rstrip("/")
+
+
 class Endpoint(msgspec.Struct):
     id: uuid.UUID
     url: str

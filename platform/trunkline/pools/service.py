@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+import msgspec
 from sqlalchemy.orm import Session
 
 from trunkline.auth.secrets import STAND_IN, password_as_shown, without_password
@@ -21,7 +22,7 @@ from trunkline.models import AcceleratorFlavor, Endpoint
 from trunkline.models import Model as ModelRow
 from trunkline.models import Pool as PoolRow
 from trunkline.pools.endpoint_schemas import Endpoint as EndpointView
-from trunkline.pools.endpoint_schemas import EndpointSpec
+from trunkline.pools.endpoint_schemas import EndpointSpec, engine_url
 from trunkline.pools.lookups import flavor_row, model_row, pool_rows
 from trunkline.pools.repository import ModelRepository, PoolRepository
 from trunkline.pools.schemas import (
@@ -130,7 +131,12 @@ def replace_endpoints(
 ) -> list[str]:
     """Replace a pool's endpoints; returns what changed (``+url`` / ``-url``), empty if nothing.
     ``field``: what the caller calls the list, to name an endpoint refused (``urls[1]``)."""
-    specs = [EndpointSpec(url=e) if isinstance(e, str) else e for e in endpoints]
+    specs = [
+        EndpointSpec(url=engine_url(e))
+        if isinstance(e, str)
+        else msgspec.structs.replace(e, url=engine_url(e.url))
+        for e in endpoints
+    ]
     wanted: dict[str, EndpointSpec] = {}
     for index, spec in enumerate(specs):
         if password_as_shown(spec.url):

@@ -26,6 +26,7 @@ from trunkline.models import (
     Tenant,
     Tier,
 )
+from trunkline.pools.endpoint_schemas import engine_url
 from trunkline.quota.book import build_quota_book
 from trunkline.snapshot.key_shards import KEY_COLUMNS, key_entries
 from trunkline.snapshot.parts import split, store_snapshot
@@ -140,7 +141,7 @@ def _endpoint_entry(endpoint: Endpoint) -> EndpointEntry | None:
         events = replay = None
     if replay is not None and not _SUBSCRIBABLE.match(replay):
         replay = None
-    return EndpointEntry(str(endpoint.id), endpoint.url, events, replay)
+    return EndpointEntry(str(endpoint.id), engine_url(endpoint.url), events, replay)
 
 
 def _pools(session: Session) -> dict[str, PoolEntry]:

@@ -461,6 +461,30 @@ def test_an_endpoint_listed_twice_is_refused_not_merged_into_one(world: World) -
     assert admin.get(CATALOG + "/pools/h100-eu-west")["endpoints"] == before["endpoints"]
 
 
+def test_an_endpoint_url_is_kept_without_its_trailing_slash(world: World) -> None:
+    """``http://host:8000/`` was stored as given: the gateway asked the engine for
+    ``//metrics`` and ``//v1/...``, which vLLM answers 404, so the endpoint was ejected and every
+    request routed there answered 502. Listed with and without the slash, one engine was two."""
+    admin = world.admin
+    url = CATALOG + "/pools/h100-eu-west/endpoints"
+    pool = admin.put(url, {"urls": ["http://10.0.0.7:8000/", "http://10.0.0.8:8000/vllm//"]})
+    assert [e["url"] for e in pool["endpoints"]] == [
+        "http://10.0.0.7:8000",
+        "http://10.0.0.8:8000/vllm",
+    ]
+    twice = ["http://10.0.0.7:8000", "http://10.0.0.7:8000/"]
+    problem = admin.put(url, {"urls": twice}, expect=400)
+    [error] = problem["errors"]
+    assert error["field"] == "urls[1]" and "listed twice" in error["message"]
+
+    # A row stored with its slash before: the gateways get the URL they can join paths to.
+    [first] = [e for e in pool["endpoints"] if e["url"] == "http://10.0.0.7:8000"]
+    with world.runtime.session_factory() as session, session.begin():
+        session.get_one(Endpoint, uuid.UUID(first["id"])).url = "http://10.0.0.7:8000/"
+    served = {e.id: e.url for e in snapshot(world.runtime).pools["h100-eu-west"].endpoints}
+    assert served[first["id"]] == "http://10.0.0.7:8000"
+
+
 def test_a_refused_alias_is_named_by_the_field_the_caller_sent(world: World) -> None:
     """``POST /catalog/aliases`` named ``aliases``, a field its body does not have; a model
     created with an alias listed twice was a 409 saying the alias already existed."""

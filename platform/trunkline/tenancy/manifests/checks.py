@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from trunkline.auth.secrets import without_password
+from trunkline.pools.endpoint_schemas import engine_url
 from trunkline.pools.schemas import prompt_range_problem
 from trunkline.quota.policy import ALIAS, SCOPES, alias_problem
 from trunkline.tenancy.manifests.documents import Located, ManifestIssue, Manifests
@@ -106,7 +107,7 @@ def _pool(
     issues += _repeats(doc, "tiers", spec.tiers or [], "tier")
     urls: set[str] = set()
     for index, endpoint in enumerate(spec.endpoints or ()):
-        url = endpoint if isinstance(endpoint, str) else endpoint.url
+        url = engine_url(endpoint if isinstance(endpoint, str) else endpoint.url)
         if url in urls:  # applied, one of the two (and its KV-event addresses) was lost
             message = f"endpoint {without_password(url)!r} listed twice"
             issues.append(doc.issue(("endpoints", index), message))
