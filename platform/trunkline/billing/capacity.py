@@ -104,18 +104,30 @@ def unpriced_capacity(session: Session, book: PriceBook, *, first_added: bool) -
             f"capacity is held from {held_from:%Y-%m-%d %H:%M} UTC, before the first version "
             f"({first.version}, from {first.effective_from:%Y-%m-%d %H:%M} UTC)"
         )
-    for held in session.scalars(select(DedicatedCapacity)):
+    unpriced: dict[tuple[int, str], list[uuid.UUID]] = defaultdict(list)
+    for held in session.scalars(select(DedicatedCapacity).order_by(DedicatedCapacity.starts_at)):
         first_hour = held.starts_at.replace(minute=0, second=0, microsecond=0)
         for version, until in book.spans():
             overlaps = (until is None or first_hour < until) and (
                 held.ends_at is None or held.ends_at > version.effective_from
             )
             if overlaps and held.flavor not in version.gpu_hour:
-                problems.append(
-                    f"version {version.version} has no GPU-hour price for {held.flavor!r}, "
-                    f"held by capacity {held.id}"
-                )
+                unpriced[(version.version, held.flavor)].append(held.id)
+    for (number, flavor), ids in unpriced.items():
+        problems.append(f"version {number} has no GPU-hour price for {flavor!r}, {_held_by(ids)}")
     return problems
+
+
+SHOWN = 5
+"""Allocations an error names of a flavor left unpriced (hundreds made it hundreds of clauses)."""
+
+
+def _held_by(ids: list[uuid.UUID]) -> str:
+    if len(ids) == 1:
+        return f"held by capacity {ids[0]}"
+    shown = ", ".join(map(str, ids[:SHOWN]))
+    more = f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else ""
+    return f"held by {len(ids)} allocations ({shown}{more})"
 
 
 def latest_closed_end(session: Session) -> datetime | None:

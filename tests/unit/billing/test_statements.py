@@ -691,6 +691,33 @@ def test_a_version_pricing_capacity_no_other_does_cannot_be_withdrawn(
     assert billed(february) == 2 * Decimal("3.00")
 
 
+def test_a_refused_withdrawal_names_the_flavor_and_its_allocations_once(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Refused, a withdrawal repeated 'version 1 has no GPU-hour price for ...' for every
+    allocation of the flavor, without saying which version alone prices it: hundreds of
+    allocations made an error of hundreds of clauses."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    later = {**version_document(bundled), "version": 2, "effective_from": "2027-01-01T00:00:00Z"}
+    later["gpu_hour"] = {**later["gpu_hour"], "mi300x": "3.00"}
+    tenant = uuid.UUID(tenants["globex"].tenant_id)
+    with transaction(factory) as session:
+        apply_price_book(session, PriceBook([bundled, version_from_document(later)]))
+        prices = load_price_book(session)
+        held = [
+            add_capacity(session, tenant, "mi300x", 1, at(1, month=2, year=2027), prices=prices)
+            for _ in range(7)
+        ]
+    with pytest.raises(Conflict) as refused, transaction(factory) as session:
+        withdraw_price_version(session, 2, at(1, month=12))
+    message = refused.value.message
+    assert message.count("no GPU-hour price for 'mi300x'") == 1
+    assert "7 allocations" in message and "and 2 more" in message
+    assert sum(str(row.id) in message for row in held) == 5
+    assert "version 2" in message
+
+
 def _pricing(bundled: PriceBook, number: int, starts: str, *models: str) -> PriceBook:
     """The bundled version, then version ``number`` from ``starts`` pricing only ``models``."""
     [first] = bundled.versions
