@@ -2,11 +2,11 @@
 
 Closing a period copies its rollups to ``billed_usage`` and keeps the names of its tenants and
 projects: its lines can then be produced again, identically, however late events change the
-live rollups and whatever is renamed or deleted. For every earlier closed period
-whose rollups moved since it was last reconciled (its watermark: row count and summed
-revisions), the difference between its lines now and what was billed (the snapshot plus the
-corrections already billed) becomes ``Correction`` lines of the period being closed
-(``corrections``).
+live rollups and whatever is renamed or deleted. For every earlier closed period whose rollups
+moved since it was last reconciled (its watermark: row count and summed revisions of its
+rollups, summed ``rolled_seq`` of its hours), the difference between its lines now and what was
+billed (the snapshot plus the corrections already billed) becomes ``Correction`` lines of the
+period being closed (``corrections``).
 """
 
 from __future__ import annotations
