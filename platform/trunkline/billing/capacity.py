@@ -104,18 +104,30 @@ def unpriced_capacity(session: Session, book: PriceBook, *, first_added: bool) -
             f"capacity is held from {held_from:%Y-%m-%d %H:%M} UTC, before the first version "
             f"({first.version}, from {first.effective_from:%Y-%m-%d %H:%M} UTC)"
         )
-    for held in session.scalars(select(DedicatedCapacity)):
+    unpriced: dict[tuple[int, str], list[uuid.UUID]] = defaultdict(list)
+    for held in session.scalars(select(DedicatedCapacity).order_by(DedicatedCapacity.starts_at)):
         first_hour = held.starts_at.replace(minute=0, second=0, microsecond=0)
         for version, until in book.spans():
             overlaps = (until is None or first_hour < until) and (
                 held.ends_at is None or held.ends_at > version.effective_from
             )
             if overlaps and held.flavor not in version.gpu_hour:
-                problems.append(
-                    f"version {version.version} has no GPU-hour price for {held.flavor!r}, "
-                    f"held by capacity {held.id}"
-                )
+                unpriced[(version.version, held.flavor)].append(held.id)
+    for (number, flavor), ids in unpriced.items():
+        problems.append(f"version {number} has no GPU-hour price for {flavor!r}, {_held_by(ids)}")
     return problems
+
+
+SHOWN = 5
+"""Allocations an error names of a flavor left unpriced (hundreds made it hundreds of clauses)."""
+
+
+def _held_by(ids: list[uuid.UUID]) -> str:
+    if len(ids) == 1:
+        return f"held by capacity {ids[0]}"
+    shown = ", ".join(map(str, ids[:SHOWN]))
+    more = f" and {len(ids) - SHOWN} more" if len(ids) > SHOWN else ""
+    return f"held by {len(ids)} allocations ({shown}{more})"
 
 
 def latest_closed_end(session: Session) -> datetime | None:
@@ -173,6 +185,27 @@ def _in_force(prices: PriceBook, moment: datetime) -> PriceVersion | None:
         return None
 
 
+def _require_priced(
+    prices: PriceBook, flavor: str, starts_at: datetime, ends_at: datetime | None, *, param: str
+) -> None:
+    """Refuse an allocation of ``flavor`` held from ``starts_at`` until ``ends_at`` that a
+    version of ``prices`` without a GPU-hour price for it would bill an hour of: every export
+    and close of those hours would fail. A version from the allocation's end on prices none."""
+    unpriced = [
+        v.version
+        for v in prices.versions
+        if flavor not in v.gpu_hour
+        and (v.effective_from > starts_at or v is _in_force(prices, starts_at))
+        and (ends_at is None or v.effective_from < ends_at)
+    ]
+    if unpriced:
+        raise InvalidRequest(
+            f"flavor {flavor!r} has no GPU-hour price in price book version(s) "
+            f"{', '.join(map(str, unpriced))}: add one first (trunkline billing prices apply)",
+            param=param,
+        )
+
+
 MAX_GPUS = 1_000_000
 """GPUs one allocation may hold (the column is a 32-bit integer: more failed in the database)."""
 
@@ -209,19 +242,7 @@ def add_capacity(
             "book version takes effect: no price bills its hours before then",
             param="starts_at",
         )
-    unpriced = [
-        v.version
-        for v in prices.versions
-        if flavor not in v.gpu_hour
-        and (v.effective_from > starts_at or v is _in_force(prices, starts_at))
-        and (ends_at is None or v.effective_from < ends_at)  # it prices none of its hours
-    ]
-    if unpriced:
-        raise InvalidRequest(
-            f"flavor {flavor!r} has no GPU-hour price in price book version(s) "
-            f"{', '.join(map(str, unpriced))}: add one first (trunkline billing prices apply)",
-            param="flavor",
-        )
+    _require_priced(prices, flavor, starts_at, ends_at, param="flavor")
     if ends_at is not None and ends_at <= starts_at:
         raise InvalidRequest("the allocation must end after it starts", param="ends_at")
     if closed_until is not None and starts_at < closed_until:
@@ -242,18 +263,25 @@ def add_capacity(
     return row
 
 
-def end_capacity(session: Session, capacity_id: uuid.UUID, ends_at: datetime) -> DedicatedCapacity:
+def end_capacity(
+    session: Session, capacity_id: uuid.UUID, ends_at: datetime, *, prices: PriceBook
+) -> DedicatedCapacity:
     """End an allocation at ``ends_at`` (its GPUs released): billed for the hours begun before
     it, no more. Without it, an allocation recorded open-ended was billed every hour for ever.
 
     Neither its end now nor the new one may fall in a closed billing period: the hours billed
-    there are final (an allocation that ended in one is done)."""
+    there are final (an allocation that ended in one is done). A later end than it had must be
+    priced as ``add_capacity`` says: an allocation recorded ended before a version without its
+    flavor, then ended after that version's start, failed every export of those hours.
+    ``prices`` are read after ``hold_price_book``, as this holds it."""
     hold_price_book(session)
     row = session.get(DedicatedCapacity, capacity_id, with_for_update=True)
     if row is None:
         raise NotFound("capacity not found", param="capacity_id")
     if ends_at <= row.starts_at:
         raise InvalidRequest("the allocation must end after it starts", param="ends_at")
+    if row.ends_at is not None and ends_at > row.ends_at:  # an earlier end bills no new hour
+        _require_priced(prices, row.flavor, row.starts_at, ends_at, param="ends_at")
     closed_until = latest_closed_end(session)
     if closed_until is not None:
         for end in (row.ends_at, ends_at):

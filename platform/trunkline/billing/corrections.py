@@ -1,9 +1,10 @@
 """Corrections: what late usage changes in closed billing periods.
 
-A closed period's watermark (its rollups' row count and summed revisions) is stored when it is
-reconciled; when it moved, the difference between the period's lines now and what was billed
-(the snapshot plus the corrections already billed) becomes ``Correction`` lines, billed by the
-next period to close after it (``statements.close_period``) and shown in that period's preview.
+A closed period's watermark (its rollups' row count and summed revisions, and its hours' summed
+``rolled_seq``) is stored when it is reconciled; when it moved, the difference between the
+period's lines now and what was billed (the snapshot plus the corrections already billed)
+becomes ``Correction`` lines, billed by the next period to close after it
+(``statements.close_period``) and shown in that period's preview.
 """
 
 from __future__ import annotations

@@ -192,12 +192,12 @@ def withdraw_price_version(session: Session, number: int, now: datetime) -> None
     first = load_price_book(session).versions[0].version == number
     session.delete(stored)
     session.flush()
-    _check_capacity_priced(session, first=first)
+    _check_capacity_priced(session, number, first=first)
     # Withdrawing the last stored version brings the bundled book back, perhaps its currency.
     check_budgets_keep_currency(session, before, price_book_currency(session))
 
 
-def _check_capacity_priced(session: Session, *, first: bool) -> None:
+def _check_capacity_priced(session: Session, number: int, *, first: bool) -> None:
     """Refuse a withdrawal that leaves dedicated capacity unpriced: the version before the
     withdrawn one now prices its hours (capacity recorded for a flavor only the withdrawn
     version priced), and if it was the first, the next one is first. Withdrawn, every export
@@ -205,7 +205,8 @@ def _check_capacity_priced(session: Session, *, first: bool) -> None:
     once the version in force prices it, which then prices the withdrawn version's hours.)"""
     if problems := unpriced_capacity(session, load_price_book(session), first_added=first):
         raise Conflict(
-            "withdrawn, it would leave dedicated capacity unpriced: " + "; ".join(problems),
+            f"price book version {number} cannot be withdrawn: without it, dedicated capacity "
+            "would go unpriced: " + "; ".join(problems),
             param="version",
         )
 

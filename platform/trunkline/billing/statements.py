@@ -2,11 +2,11 @@
 
 Closing a period copies its rollups to ``billed_usage`` and keeps the names of its tenants and
 projects: its lines can then be produced again, identically, however late events change the
-live rollups and whatever is renamed or deleted. For every earlier closed period
-whose rollups moved since it was last reconciled (its watermark: row count and summed
-revisions), the difference between its lines now and what was billed (the snapshot plus the
-corrections already billed) becomes ``Correction`` lines of the period being closed
-(``corrections``).
+live rollups and whatever is renamed or deleted. For every earlier closed period whose rollups
+moved since it was last reconciled (its watermark: row count and summed revisions of its
+rollups, summed ``rolled_seq`` of its hours), the difference between its lines now and what was
+billed (the snapshot plus the corrections already billed) becomes ``Correction`` lines of the
+period being closed (``corrections``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from trunkline.billing.pricebook import PriceBook
 from trunkline.billing.scope import TenantScope
 from trunkline.errors import InvalidRequest
 from trunkline.kit.batches import batches
+from trunkline.kit.db import chunked
 from trunkline.metering.rollup_plan import KEY_COLUMNS, MEASURE_COLUMNS
 from trunkline.models import (
     BilledUsage,
@@ -92,7 +93,7 @@ def _bill_corrections(session: Session, book: PriceBook, period: Period, now: da
         earlier = month_of(closed.period_start)
         rows = _rows_by_tenant(session, UsageRollup, earlier)
         rows.update(_rows_by_tenant(session, BilledUsage, earlier))
-        for group in _groups(ids, rows):
+        for group in _groups(session, ids, rows):
             for _closed, lines in pending_corrections(session, book, period, group, [closed]):
                 for line in lines:
                     session.add(
@@ -167,15 +168,21 @@ def statements_by_tenants(
         )
         by_tenant = session.execute(stored.group_by(BillingCorrection.tenant_id))
         rows.update({tenant: count for tenant, count in by_tenant})
-    for group in _groups(ids, rows):
+    for group in _groups(session, ids, rows):
         yield statement(session, period, book, group, now=now, corrected=corrected)
 
 
-def _groups(ids: list[uuid.UUID], rows: Counter[uuid.UUID]) -> Iterator[frozenset[uuid.UUID]]:
-    """``ids`` in order, in groups holding about ``ROWS_PER_STATEMENT`` of their ``rows``."""
+def _groups(
+    session: Session, ids: list[uuid.UUID], rows: Counter[uuid.UUID]
+) -> Iterator[frozenset[uuid.UUID]]:
+    """``ids`` in order, in groups holding about ``ROWS_PER_STATEMENT`` of their ``rows``, and
+    few enough for the ``IN (…)`` each read of a group names them in (``chunked``): up to
+    20,000 tenants with little usage made a group, over the 999 bind parameters of a SQLite
+    before 3.32, where every export of the month and close correcting it failed."""
     # A tenant without rows still has a few lines.
     for group in batches(ids, ROWS_PER_STATEMENT, lambda tenant: rows.get(tenant, 0) + 1):
-        yield frozenset(group)
+        for part in chunked(session, group):
+            yield frozenset(part)
 
 
 def _rows_by_tenant(session: Session, source: RollupSource, period: Period) -> Counter[uuid.UUID]:

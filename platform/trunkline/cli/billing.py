@@ -206,7 +206,9 @@ def capacity_end_command(args: argparse.Namespace) -> int:
     runtime = open_runtime()
     try:
         with transaction(runtime.session_factory) as session:
-            row = end_capacity(session, args.capacity_id, _instant(args.end, "end"))
+            hold_price_book(session)  # the prices checked are those in force when it is stored
+            prices = pricebook_store.load_price_book(session)
+            row = end_capacity(session, args.capacity_id, _instant(args.end, "end"), prices=prices)
             print(f"capacity {row.id}: ends {row.ends_at:%Y-%m-%dT%H:%M:%SZ}")
     finally:
         runtime.close()

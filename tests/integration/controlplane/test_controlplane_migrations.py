@@ -170,6 +170,13 @@ _ROWS_AT_0003 = {
     "VALUES (:alias, 'a', :model, CURRENT_TIMESTAMP)",
     "entitlements": "INSERT INTO entitlements (id, tenant_id, alias_id, created_at) "
     "VALUES (:entitlement, :tenant, :alias, CURRENT_TIMESTAMP)",
+    # recreated on SQLite by 0017 (its foreign key to projects) and 0018's downgrade
+    "dedicated_capacity": "INSERT INTO dedicated_capacity (id, tenant_id, project_id, flavor, "
+    "region, gpus, starts_at, created_at) VALUES (:capacity, :tenant, :project, 'h100', '', 2, "
+    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)",
+    "billing_periods": "INSERT INTO billing_periods (period_start, period_end, closed_at, "
+    "reconciled_at, reconciled_rows, reconciled_revisions) VALUES (CURRENT_TIMESTAMP, "
+    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 0, 0)",
 }
 
 
@@ -182,7 +189,7 @@ def test_migrations_up_and_down_keep_every_row_of_the_tables_they_alter(database
     engine = make_engine(database_url)
     sqlite = database_url.startswith("sqlite")
     names = ("tier", "tenant", "project", "key", "user", "membership", "model", "alias")
-    ids = {name: uuid.uuid4() for name in (*names, "entitlement")}
+    ids = {name: uuid.uuid4() for name in (*names, "entitlement", "capacity")}
     params = {name: value.hex if sqlite else str(value) for name, value in ids.items()}
 
     def counts() -> dict[str, int | None]:

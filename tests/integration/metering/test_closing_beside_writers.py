@@ -249,4 +249,4 @@ def _end_capacity(
     factory: sessionmaker[Session], capacity: uuid.UUID, ends_at: datetime
 ) -> uuid.UUID:
     with transaction(factory) as session:
-        return end_capacity(session, capacity, ends_at).id
+        return end_capacity(session, capacity, ends_at, prices=load_price_book(session)).id

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from trunkline.auth.principal import Principal
 from trunkline.billing import corrections, statements
-from trunkline.billing.capacity import add_capacity
+from trunkline.billing.capacity import add_capacity, end_capacity
 from trunkline.billing.charges import ChargeLine
 from trunkline.billing.closing import close
 from trunkline.billing.exports import export_period
@@ -640,6 +640,29 @@ def test_ended_capacity_needs_no_price_from_versions_after_its_end(
         )
 
 
+def test_an_allocation_cannot_be_extended_into_a_version_without_its_price(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """November's l40s allocation, recorded ended since version 2 (from 2027) drops the l40s,
+    was given a later end in 2027 by ``capacity-end``: January's hours had no price, and every
+    export and close of January failed ('no GPU-hour price')."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    later = {**version_document(bundled), "version": 2, "effective_from": "2027-01-01T00:00:00Z"}
+    later["gpu_hour"] = {f: p for f, p in later["gpu_hour"].items() if f != "l40s"}
+    with transaction(factory) as session:
+        apply_price_book(session, PriceBook([bundled, version_from_document(later)]))
+        prices = load_price_book(session)
+        tenant = uuid.UUID(tenants["globex"].tenant_id)
+        held = add_capacity(session, tenant, "l40s", 2, at(10, 0), at(10, 3), prices=prices).id
+    with pytest.raises(InvalidRequest, match="version\\(s\\) 2"), transaction(factory) as session:
+        end_capacity(session, held, at(1, 2, month=2, year=2027), prices=load_price_book(session))
+    assert focus(factory, "2027-01", now=at(1, month=2, year=2027)) == []
+    with transaction(factory) as session:  # a later end the versions it reaches price is fine
+        end_capacity(session, held, at(31, 23, month=12), prices=load_price_book(session))
+    assert billed(focus(factory)) == 2 * 21 * 24 * Decimal("1.40")  # the 10th on
+
+
 def test_a_version_pricing_capacity_no_other_does_cannot_be_withdrawn(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
@@ -666,6 +689,33 @@ def test_a_version_pricing_capacity_no_other_does_cannot_be_withdrawn(
         withdraw_price_version(session, 2, at(1, month=12))
     february = focus(factory, "2027-02", now=at(1, 3, month=3, year=2027))
     assert billed(february) == 2 * Decimal("3.00")
+
+
+def test_a_refused_withdrawal_names_the_flavor_and_its_allocations_once(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """Refused, a withdrawal repeated 'version 1 has no GPU-hour price for ...' for every
+    allocation of the flavor, without saying which version alone prices it: hundreds of
+    allocations made an error of hundreds of clauses."""
+    with transaction(factory) as session:
+        [bundled] = load_price_book(session).versions
+    later = {**version_document(bundled), "version": 2, "effective_from": "2027-01-01T00:00:00Z"}
+    later["gpu_hour"] = {**later["gpu_hour"], "mi300x": "3.00"}
+    tenant = uuid.UUID(tenants["globex"].tenant_id)
+    with transaction(factory) as session:
+        apply_price_book(session, PriceBook([bundled, version_from_document(later)]))
+        prices = load_price_book(session)
+        held = [
+            add_capacity(session, tenant, "mi300x", 1, at(1, month=2, year=2027), prices=prices)
+            for _ in range(7)
+        ]
+    with pytest.raises(Conflict) as refused, transaction(factory) as session:
+        withdraw_price_version(session, 2, at(1, month=12))
+    message = refused.value.message
+    assert message.count("no GPU-hour price for 'mi300x'") == 1
+    assert "7 allocations" in message and "and 2 more" in message
+    assert sum(str(row.id) in message for row in held) == 5
+    assert "version 2" in message
 
 
 def _pricing(bundled: PriceBook, number: int, starts: str, *models: str) -> PriceBook:
