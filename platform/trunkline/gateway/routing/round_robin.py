@@ -8,6 +8,7 @@ aliases' requests alternating, every request of each would start at its first en
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from trunkline.gateway.routing.views import EndpointView, RequestView
@@ -18,11 +19,14 @@ __all__ = ["Rotation", "RoundRobinPolicy"]
 class Rotation:
     """Where the next request over each set of endpoints starts, the sets told apart by their
     endpoints' keys in order. At most ``max_sets`` are remembered (replicas come and go, each
-    change a new set): past that every ring starts over, which costs one uneven turn."""
+    change a new set): past that the ring turned longest ago is forgotten, so a busy alias's
+    ring is never reset by sets seen once. A new ring starts where the rings made before it
+    leave off, not at its first endpoint."""
 
     def __init__(self, max_sets: int = 4096) -> None:
         self.max_sets = max_sets
-        self._next: dict[tuple[str, ...], int] = {}
+        self._next: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._made = 0
 
     def start(self, endpoints: Sequence[EndpointView]) -> int:
         """The index to start at this time (``endpoints`` not empty); the next time, one further."""
@@ -30,8 +34,10 @@ class Rotation:
         turn = self._next.get(ring)
         if turn is None:
             if len(self._next) >= self.max_sets:
-                self._next.clear()
-            turn = 0
+                self._next.popitem(last=False)
+            turn, self._made = self._made, self._made + 1
+        else:
+            self._next.move_to_end(ring)
         self._next[ring] = turn + 1
         return turn % len(ring)
 
