@@ -110,6 +110,18 @@ def test_more_aliases_than_rings_remembered_still_share_their_replicas(name: str
     assert 0.4 < firsts.count(0) / len(firsts) < 0.6
 
 
+@pytest.mark.parametrize("name", ["round-robin", "least-loaded"])
+def test_an_ejected_endpoints_turns_are_shared_by_the_others(name: str) -> None:
+    """The gateway drops ejected endpoints from the ranking. Their turns went to the next one
+    along the ring: with one of four ejected, its neighbour took twice the others' share."""
+    policy = make_policy(name)
+    views = [EndpointView(f"e{i}", "pool", "eu", "h100", 16, healthy=i != 1) for i in range(4)]
+    firsts = []
+    for _ in range(6):
+        firsts.append(next(i for i in policy.rank(REQUEST, views) if views[i].healthy))
+    assert sorted(firsts) == [0, 0, 2, 2, 3, 3]
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_ranks_nothing_when_there_is_nothing(name: str) -> None:
     assert make_policy(name).rank(REQUEST, []) == []

@@ -28,8 +28,21 @@ class Rotation:
         self._next: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self._made = 0
 
-    def start(self, endpoints: Sequence[EndpointView]) -> int:
-        """The index to start at this time (``endpoints`` not empty); the next time, one further."""
+    def order(self, endpoints: Sequence[EndpointView]) -> list[int]:
+        """Every index of ``endpoints`` (not empty): those in service from this turn's start,
+        then the ejected ones. The ring is the set's, ejected endpoints included, so an
+        ejection does not restart it; the turns go round the endpoints in service only, so an
+        ejected one's turns are shared by all the others, not taken by its neighbour."""
+        turn = self._turn(endpoints)
+        up = [i for i, e in enumerate(endpoints) if e.healthy]
+        if len(up) in (0, len(endpoints)):
+            start = turn % len(endpoints)
+            return [*range(start, len(endpoints)), *range(start)]
+        start = turn % len(up)
+        return up[start:] + up[:start] + [i for i, e in enumerate(endpoints) if not e.healthy]
+
+    def _turn(self, endpoints: Sequence[EndpointView]) -> int:
+        """How many turns the ring of ``endpoints`` has had; the next time, one more."""
         ring = tuple(e.key for e in endpoints)
         turn = self._next.get(ring)
         if turn is None:
@@ -39,7 +52,7 @@ class Rotation:
         else:
             self._next.move_to_end(ring)
         self._next[ring] = turn + 1
-        return turn % len(ring)
+        return turn
 
 
 class RoundRobinPolicy:
@@ -51,11 +64,7 @@ class RoundRobinPolicy:
         self._rotation = Rotation()
 
     def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
-        count = len(endpoints)
-        if count == 0:
-            return []
-        start = self._rotation.start(endpoints)
-        return [*range(start, count), *range(start)]
+        return self._rotation.order(endpoints) if endpoints else []
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
         return None
