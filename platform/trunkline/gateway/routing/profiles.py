@@ -250,9 +250,16 @@ def _line_of(lines: Mapping[str, int], path: str, message: str) -> int | None:
 
 
 def _key_name(key: yaml.Node) -> str:
-    """A key as errors name it: ``~`` and ``null`` as null, ``True`` as true (see _split)."""
+    """A key as errors name it (see _split): ``~`` and ``null`` as null, ``True`` as true, a
+    number as Python writes it (``1e3`` as 1000.0, ``0x10`` as 16)."""
     kind = key.tag.rsplit(":", 1)[-1]
-    return "null" if kind == "null" else str(key.value).lower() if kind == "bool" else key.value
+    if kind == "null":
+        return "null"
+    if kind == "bool":
+        return str(key.value).lower()
+    if kind in ("int", "float") and isinstance(key, yaml.ScalarNode):
+        return str(load_strict(key.value))
+    return str(key.value)
 
 
 def _field_lines(text: str) -> dict[str, int]:
