@@ -177,6 +177,16 @@ def test_an_anchor_holding_itself_is_a_configuration_error(tmp_path: Path) -> No
         load_profile(path)
 
 
+def test_anchors_nested_in_anchors_are_refused_at_once(tmp_path: Path) -> None:
+    """Each list holding the one above twice: a few lines that name a field by 2**64 paths.
+    Looking for the line of the error walked every one of them: the gateway hung at start."""
+    nested = [f"  - &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 64)]
+    path = tmp_path / "nested.yaml"
+    path.write_text("\n".join(["name: custom", "filters:", "  - &a0 [healthy, healthy]", *nested]))
+    with pytest.raises(ConfigurationError, match=r"nested\.yaml:3: filters\[0\]: Expected `str`"):
+        load_profile(path)
+
+
 def test_a_profile_that_is_not_yaml_or_not_there_is_a_configuration_error(
     tmp_path: Path,
 ) -> None:

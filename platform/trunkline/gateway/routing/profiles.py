@@ -262,12 +262,23 @@ def _key_name(key: yaml.Node) -> str:
     return str(key.value)
 
 
+_MAX_STEPS = 100_000
+"""Nodes visited at most when placing fields: lists of anchors holding the one above twice
+(``&b [*a, *a]``, ``&c [*b, *b]``…) name a field by exponentially many paths. A profile is
+far smaller; past this, an error is placed at the nearest field already placed."""
+
+
 def _field_lines(text: str) -> dict[str, int]:
     """The line of every field of a profile's YAML, by its path as errors name it."""
     lines: dict[str, int] = {}
     walking: set[int] = set()  # the nodes above: an anchor may hold itself (``&a [*a]``)
+    steps = 0
 
     def walk(node: yaml.Node, path: str) -> None:
+        nonlocal steps
+        steps += 1
+        if steps > _MAX_STEPS:
+            return
         lines.setdefault(path, node.start_mark.line + 1)
         if id(node) in walking:
             return
