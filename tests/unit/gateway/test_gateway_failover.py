@@ -65,6 +65,23 @@ def test_a_failing_endpoint_is_retried_elsewhere_then_ejected(
     assert 'trunkline_endpoint_in_service{endpoint="e1"} 0.0' in metrics
 
 
+def test_an_ejected_endpoints_share_goes_to_every_other_endpoint_alike(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """Round-robin over three engines, engine-1 ejected: engine-2, next along the ring, took
+    engine-1's turns as well as its own, twice engine-3's requests."""
+    gw = engine_gateway(failing_on("engine-1", _503))
+    while not gw.service.engines.ejections("e1"):
+        assert gw.chat().status_code == 200
+    before = len(gw.hosts())
+
+    for _ in range(12):
+        assert gw.chat().status_code == 200
+
+    after = gw.hosts()[before:]
+    assert (after.count("engine-2"), after.count("engine-3")) == (6, 6)
+
+
 class _ClosedUnderTheRequest:
     """engine-1 closed the pooled connection the gateway reused (vLLM's server drops
     keep-alive connections idle for 5 s) ``times`` times, then answers."""

@@ -81,6 +81,47 @@ def test_rotation_shares_an_aliass_endpoints_however_other_aliases_interleave(na
     assert sorted(firsts) == ["chat-0", "chat-0", "chat-1", "chat-1"]
 
 
+@pytest.mark.parametrize("name", ["round-robin", "least-loaded"])
+def test_a_busy_aliass_replicas_keep_taking_turns_however_many_other_sets_pass(name: str) -> None:
+    """A gateway following autoscaled engines (each new one a new id) sees thousands of sets of
+    endpoints in a day. Past 4,096 every ring started over, the busy alias's too: its first
+    replica took the turns of the others at every reset."""
+    policy = make_policy(name)
+    chat = [EndpointView(f"chat-{i}", "chat", "eu", "h100", 16) for i in range(3)]
+    firsts = []
+    for turn in range(6):
+        firsts.append(chat[policy.rank(REQUEST, chat)[0]].key)
+        for other in range(2_000):  # sets seen once each between two chat requests
+            policy.rank(REQUEST, [EndpointView(f"gone-{turn}-{other}", "x", "eu", "h100", 16)])
+    assert sorted(firsts) == ["chat-0", "chat-0", "chat-1", "chat-1", "chat-2", "chat-2"]
+
+
+@pytest.mark.parametrize("name", ["round-robin", "least-loaded"])
+def test_more_aliases_than_rings_remembered_still_share_their_replicas(name: str) -> None:
+    """5,000 aliases of two replicas each, their requests in turn: more rings than remembered,
+    so each request finds its ring forgotten. A ring made anew must not send every request of
+    every alias to its first replica."""
+    policy = make_policy(name)
+    aliases = [
+        [EndpointView(f"a{a}-{i}", f"a{a}", "eu", "h100", 16) for i in range(2)]
+        for a in range(5_000)
+    ]
+    firsts = [policy.rank(REQUEST, views)[0] for _ in range(2) for views in aliases]
+    assert 0.4 < firsts.count(0) / len(firsts) < 0.6
+
+
+@pytest.mark.parametrize("name", ["round-robin", "least-loaded"])
+def test_an_ejected_endpoints_turns_are_shared_by_the_others(name: str) -> None:
+    """The gateway drops ejected endpoints from the ranking. Their turns went to the next one
+    along the ring: with one of four ejected, its neighbour took twice the others' share."""
+    policy = make_policy(name)
+    views = [EndpointView(f"e{i}", "pool", "eu", "h100", 16, healthy=i != 1) for i in range(4)]
+    firsts = []
+    for _ in range(6):
+        firsts.append(next(i for i in policy.rank(REQUEST, views) if views[i].healthy))
+    assert sorted(firsts) == [0, 0, 2, 2, 3, 3]
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_ranks_nothing_when_there_is_nothing(name: str) -> None:
     assert make_policy(name).rank(REQUEST, []) == []

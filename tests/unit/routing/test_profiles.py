@@ -114,6 +114,27 @@ scorers:
             BLOCK_STYLE.replace("exact", "precise").replace("params: {}", "parms: {}"),
             ":10: scorers[1]: Object contains unknown field `parms`",
         ),
+        (
+            BLOCK_STYLE.replace("exact", "approximate").replace("400000", "[1, 2]"),
+            ":7: scorers[0].params.capacity_tokens: Expected `int`, got `array`",
+        ),
+        (
+            BLOCK_STYLE.replace("exact", "approximate").replace("    weight: 1\n", "    1e3: 1\n"),
+            ":9: scorers[1]: key 1000.0 is not a field name",
+        ),
+        (
+            BLOCK_STYLE.replace("exact", "approximate").replace("weight: 3", "0x10: 3"),
+            ":4: scorers[0]: key 16 is not a field name",
+        ),
+        (
+            "name: custom\nfilters:\n  - healthy\n  - residence\n",
+            ":4: filters[1]: unknown filter 'residence'",
+        ),
+        (
+            "name: custom\nscorers:\n  - &q {name: queue-depth, weight: 1}\n"
+            "  - <<: *q\n    name: kv-usage\n    weight: -2\n",
+            ":6: scorers[1].weight: must be >= 0",
+        ),
     ],
 )
 def test_a_bad_field_is_named_with_its_line(tmp_path: Path, text: str, expected: str) -> None:
@@ -153,6 +174,16 @@ def test_an_anchor_holding_itself_is_a_configuration_error(tmp_path: Path) -> No
     path = tmp_path / "itself.yaml"
     path.write_text("name: custom\nfilters: &all [healthy, *all]\n")
     with pytest.raises(ConfigurationError, match=r"itself\.yaml:2: filters\[1\]: Expected `str`"):
+        load_profile(path)
+
+
+def test_anchors_nested_in_anchors_are_refused_at_once(tmp_path: Path) -> None:
+    """Each list holding the one above twice: a few lines that name a field by 2**64 paths.
+    Looking for the line of the error walked every one of them: the gateway hung at start."""
+    nested = [f"  - &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 64)]
+    path = tmp_path / "nested.yaml"
+    path.write_text("\n".join(["name: custom", "filters:", "  - &a0 [healthy, healthy]", *nested]))
+    with pytest.raises(ConfigurationError, match=r"nested\.yaml:3: filters\[0\]: Expected `str`"):
         load_profile(path)
 
 

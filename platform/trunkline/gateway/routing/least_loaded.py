@@ -22,16 +22,16 @@ class LeastLoadedPolicy:
         self._rotation = Rotation()
 
     def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
-        count = len(endpoints)
-        if count == 0:
+        if not endpoints:
             return []
-        start = self._rotation.start(endpoints)
+        # Ties go in the ring's order this turn: ejected endpoints after those in service.
+        turn = {index: place for place, index in enumerate(self._rotation.order(endpoints))}
 
         def key(index: int) -> tuple[float, float, int]:
             load = endpoints[index].load
-            return (load.running + load.waiting, load.kv_usage, (index - start) % count)
+            return (load.running + load.waiting, load.kv_usage, turn[index])
 
-        return sorted(range(count), key=key)
+        return sorted(turn, key=key)
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
         return None

@@ -250,17 +250,35 @@ def _line_of(lines: Mapping[str, int], path: str, message: str) -> int | None:
 
 
 def _key_name(key: yaml.Node) -> str:
-    """A key as errors name it: ``~`` and ``null`` as null, ``True`` as true (see _split)."""
+    """A key as errors name it (see _split): ``~`` and ``null`` as null, ``True`` as true, a
+    number as Python writes it (``1e3`` as 1000.0, ``0x10`` as 16)."""
     kind = key.tag.rsplit(":", 1)[-1]
-    return "null" if kind == "null" else str(key.value).lower() if kind == "bool" else key.value
+    if kind == "null":
+        return "null"
+    if kind == "bool":
+        return str(key.value).lower()
+    if kind in ("int", "float") and isinstance(key, yaml.ScalarNode):
+        return str(load_strict(key.value))
+    return str(key.value)
+
+
+_MAX_STEPS = 100_000
+"""Nodes visited at most when placing fields: lists of anchors holding the one above twice
+(``&b [*a, *a]``, ``&c [*b, *b]``…) name a field by exponentially many paths. A profile is
+far smaller; past this, an error is placed at the nearest field already placed."""
 
 
 def _field_lines(text: str) -> dict[str, int]:
     """The line of every field of a profile's YAML, by its path as errors name it."""
     lines: dict[str, int] = {}
     walking: set[int] = set()  # the nodes above: an anchor may hold itself (``&a [*a]``)
+    steps = 0
 
     def walk(node: yaml.Node, path: str) -> None:
+        nonlocal steps
+        steps += 1
+        if steps > _MAX_STEPS:
+            return
         lines.setdefault(path, node.start_mark.line + 1)
         if id(node) in walking:
             return

@@ -8,6 +8,7 @@ aliases' requests alternating, every request of each would start at its first en
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from trunkline.gateway.routing.views import EndpointView, RequestView
@@ -18,22 +19,40 @@ __all__ = ["Rotation", "RoundRobinPolicy"]
 class Rotation:
     """Where the next request over each set of endpoints starts, the sets told apart by their
     endpoints' keys in order. At most ``max_sets`` are remembered (replicas come and go, each
-    change a new set): past that every ring starts over, which costs one uneven turn."""
+    change a new set): past that the ring turned longest ago is forgotten, so a busy alias's
+    ring is never reset by sets seen once. A new ring starts where the rings made before it
+    leave off, not at its first endpoint."""
 
     def __init__(self, max_sets: int = 4096) -> None:
         self.max_sets = max_sets
-        self._next: dict[tuple[str, ...], int] = {}
+        self._next: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._made = 0
 
-    def start(self, endpoints: Sequence[EndpointView]) -> int:
-        """The index to start at this time (``endpoints`` not empty); the next time, one further."""
+    def order(self, endpoints: Sequence[EndpointView]) -> list[int]:
+        """Every index of ``endpoints`` (not empty): those in service from this turn's start,
+        then the ejected ones. The ring is the set's, ejected endpoints included, so an
+        ejection does not restart it; the turns go round the endpoints in service only, so an
+        ejected one's turns are shared by all the others, not taken by its neighbour."""
+        turn = self._turn(endpoints)
+        up = [i for i, e in enumerate(endpoints) if e.healthy]
+        if len(up) in (0, len(endpoints)):
+            start = turn % len(endpoints)
+            return [*range(start, len(endpoints)), *range(start)]
+        start = turn % len(up)
+        return up[start:] + up[:start] + [i for i, e in enumerate(endpoints) if not e.healthy]
+
+    def _turn(self, endpoints: Sequence[EndpointView]) -> int:
+        """How many turns the ring of ``endpoints`` has had; the next time, one more."""
         ring = tuple(e.key for e in endpoints)
         turn = self._next.get(ring)
         if turn is None:
             if len(self._next) >= self.max_sets:
-                self._next.clear()
-            turn = 0
+                self._next.popitem(last=False)
+            turn, self._made = self._made, self._made + 1
+        else:
+            self._next.move_to_end(ring)
         self._next[ring] = turn + 1
-        return turn % len(ring)
+        return turn
 
 
 class RoundRobinPolicy:
@@ -45,11 +64,7 @@ class RoundRobinPolicy:
         self._rotation = Rotation()
 
     def rank(self, request: RequestView, endpoints: Sequence[EndpointView]) -> list[int]:
-        count = len(endpoints)
-        if count == 0:
-            return []
-        start = self._rotation.start(endpoints)
-        return [*range(start, count), *range(start)]
+        return self._rotation.order(endpoints) if endpoints else []
 
     def routed(self, request: RequestView, endpoint: EndpointView) -> None:
         return None
