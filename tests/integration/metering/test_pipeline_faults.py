@@ -278,3 +278,36 @@ def test_a_full_redis_whose_first_batch_is_all_set_aside_is_drained(
             assert client.xpending(STREAM, "ingest")["pending"] == 0
     finally:
         server.stop()
+
+
+class _Died(BaseException):
+    """The process ending there (no ``except Exception`` of the consumer retries it)."""
+
+
+def test_a_worker_dying_between_its_acks_and_its_set_aside_loses_nothing(
+    postgres_url: str, redis_url: str
+) -> None:
+    """The acks go first: the events set aside are not among them, so they stay pending in
+    the stream, and the worker that claims them sets them aside; none is billed, none lost."""
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    events = [event(acme, f"good-{n}", when=at(3)) for n in range(20)]
+    misdated = msgspec.structs.replace(event(acme, "epoch", when=at(3)), started_at=0.0)
+    emit(redis_url, [*events[:10], misdated, *events[10:]])
+    dying = reader(redis_url, "dying")
+
+    def die(_entries: object) -> None:
+        raise _Died
+
+    dying.set_aside = die  # type: ignore[method-assign]
+    with pytest.raises(_Died):
+        UsageConsumer(dying, factory).drain()
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xlen(STREAM) == 1  # the good ones acked, the misdated one left
+    UsageConsumer(reader(redis_url, "survivor", claim_idle_ms=0), factory).drain()
+    assert_reconciled(factory, events)
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+        assert client.xlen(STREAM) == 0
+        assert client.xpending(STREAM, "ingest")["pending"] == 0
+    assert b'"request_id":"epoch"' in fields[b"e"]
