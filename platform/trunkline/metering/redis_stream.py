@@ -206,7 +206,8 @@ filled Redis (no worker ingesting for a while) is exactly when the acks must go 
 since they are what frees the memory."""
 
 
-_DEAD_LETTER_LUA = """#!lua flags=allow-oom
+_DEAD_LETTER_LUA = """
+redis.call('XACK', KEYS[1], ARGV[1], '0-0')
 local i = 2
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 1])
@@ -220,9 +221,12 @@ return 0
 """Move entries of stream ``KEYS[1]`` (group ``ARGV[1]``) to the dead-letter stream
 ``KEYS[2]``: ``ARGV[2..]`` is, per entry, its id, how many field arguments follow, and those.
 Each is added there before it is acked and deleted here, so a failure leaves it in the stream,
-never in neither. Allowed out of memory (Redis 7): a batch of events set aside has no ack that
-frees room first, and refused, its worker retried it for ever while the backlog that filled
-Redis waited behind it; what it adds there it takes from the stream."""
+never in neither. Out of memory too: Redis refuses a command that needs memory only as a
+script's first write (it cannot stop one half way), so the script begins with a write that
+needs none and changes nothing (an ack of ``0-0``), as ``#!lua flags=allow-oom``, Redis 7's
+way of saying it, would fail to load on Redis 6. Refused, a batch of events set aside (no ack
+of its own to free room first) was retried for ever while the backlog that filled Redis waited
+behind it; what the script adds there it takes from the stream."""
 
 
 class RedisUsageReader:
