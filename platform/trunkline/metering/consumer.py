@@ -158,8 +158,8 @@ class UsageConsumer:
             return 0  # stopping: the batch stays pending and will be claimed
         aside = {message_id for message_id, _record, _why in set_aside}
         ids = [message_id for message_id, _record in batch if message_id not in aside]
-        # Acked first: out of memory, Redis refuses the dead-letter stream's XADD until acks
-        # free some, and set aside first, one event stopped every ack behind it.
+        # Those set aside are not acked here: moved to the dead-letter stream in one script,
+        # they stay pending if the worker dies before, to be claimed and set aside again.
         self._retry(lambda: self._reader.ack(ids), "ack")
         if set_aside:
             self._retry(lambda: self._reader.set_aside(set_aside), "dead-letter")

@@ -206,6 +206,29 @@ filled Redis (no worker ingesting for a while) is exactly when the acks must go 
 since they are what frees the memory."""
 
 
+_DEAD_LETTER_LUA = """
+redis.call('XACK', KEYS[1], ARGV[1], '0-0')
+local i = 2
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + n))
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  i = i + 2 + n
+end
+return 0
+"""
+"""Move entries of stream ``KEYS[1]`` (group ``ARGV[1]``) to the dead-letter stream
+``KEYS[2]``: ``ARGV[2..]`` is, per entry, its id, how many field arguments follow, and those.
+Each is added there before it is acked and deleted here, so a failure leaves it in the stream,
+never in neither. Out of memory too: Redis refuses a command that needs memory only as a
+script's first write (it cannot stop one half way), so the script begins with a write that
+needs none and changes nothing (an ack of ``0-0``), as ``#!lua flags=allow-oom``, Redis 7's
+way of saying it, would fail to load on Redis 6. Refused, a batch of events set aside (no ack
+of its own to free room first) was retried for ever while the backlog that filled Redis waited
+behind it; what the script adds there it takes from the stream."""
+
+
 class RedisUsageReader:
     """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
 
@@ -238,6 +261,7 @@ class RedisUsageReader:
         self._clock = clock
         self._forget = client.register_script(_FORGET_LUA)
         self._ack = client.register_script(_ACK_LUA)
+        self._move_dead = client.register_script(_DEAD_LETTER_LUA)
         self._forgot_at: float | None = None
         self.dead_lettered = 0
         # Replies as Redis sends them (no per-entry dicts): a second client on the same pool,
@@ -341,14 +365,13 @@ class RedisUsageReader:
             log_set_aside(record, reason)
 
     def _dead_letter(self, entries: list[tuple[Any, Any, str]]) -> None:
-        """Copy (id, fields, why) entries to ``<stream>:dead``, the reason as field ``error``,
-        and remove them from the stream, in one transaction."""
-        with self._client.pipeline(transaction=True) as pipe:
-            for message_id, fields, reason in entries:
-                pipe.xadd(dead_letter_stream(self._stream), {**fields, b"error": reason})
-                pipe.xack(self._stream, self._group, message_id)
-                pipe.xdel(self._stream, message_id)
-            pipe.execute()
+        """Move (id, fields, why) entries to ``<stream>:dead``, the reason as field ``error``
+        (``_DEAD_LETTER_LUA``: out of memory too)."""
+        args: list[Any] = [self._group]
+        for message_id, fields, reason in entries:
+            flat = [part for pair in {**fields, b"error": reason}.items() for part in pair]
+            args += [message_id, len(flat), *flat]
+        self._move_dead(keys=[self._stream, dead_letter_stream(self._stream)], args=args)
         self.dead_lettered += len(entries)
 
     def ack(self, ids: list[str]) -> None:

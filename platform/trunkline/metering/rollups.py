@@ -13,6 +13,7 @@ through the driver to compare it took most of a run's time.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +26,6 @@ from sqlalchemy import (
     and_,
     delete,
     exists,
-    func,
     literal,
     or_,
     select,
@@ -71,54 +71,62 @@ def rollup_usage(
     clock: Callable[[], datetime] = utcnow,
     recompute: Recompute | None = None,
 ) -> RollupRun:
-    """Roll up the tenant-hours pending when it starts, ``chunk`` of them per transaction
-    (``recompute``: the benchmark's baseline); those that change meanwhile are the next run's.
-    Under steady ingest every tenant-hour active now changes again while a chunk is rolled
-    up: with more of them than a chunk, a run that went on while its chunks came back full
-    never ended, and a Celery worker's processes ended up rolling up, none left to ingest."""
-    with transaction(factory) as session:
-        pending = pending_tenant_hours(session)
-    total = RollupRun()
+    """Roll up the pending tenant-hours once each, in (hour, tenant) order, ``chunk`` of them
+    per transaction (``recompute``: the benchmark's baseline); those that change behind it
+    are the next run's. Under steady ingest every tenant-hour active now changes again while
+    a chunk is rolled up: a run that went on while its chunks came back full never ended,
+    and one that stopped after as many as were pending took the first ones again each chunk,
+    so tenants past the first chunk waited for their hour to go quiet."""
+    total, after = RollupRun(), None
     while True:
         with transaction(factory) as session:
-            run = rollup_chunk(session, chunk, clock(), recompute or recompute_in_sql)
+            run, after = rollup_chunk(session, chunk, clock(), recompute or recompute_in_sql, after)
         total += run
-        if run.tenant_hours < chunk or total.tenant_hours >= pending:
+        if run.tenant_hours < chunk:
             break
     if total.tenant_hours:
         log.info("usage rolled up", extra=vars_of(total))
     return total
 
 
-def pending_tenant_hours(session: Session) -> int:
-    """How many tenant-hours hold usage not rolled up yet."""
-    mark = UsageRollupWatermark
-    statement = select(func.count()).where(mark.changed_seq > mark.rolled_seq)
-    return int(session.scalar(statement) or 0)
-
-
 def vars_of(run: RollupRun) -> dict[str, int]:
     return {"tenant_hours": run.tenant_hours, "inserted": run.inserted, "updated": run.updated}
 
 
-def rollup_chunk(session: Session, limit: int, now: datetime, recompute: Recompute) -> RollupRun:
+TenantHour = tuple[datetime, uuid.UUID]
+
+
+def rollup_chunk(
+    session: Session,
+    limit: int,
+    now: datetime,
+    recompute: Recompute,
+    after: TenantHour | None = None,
+) -> tuple[RollupRun, TenantHour | None]:
+    """Roll up up to ``limit`` pending tenant-hours past ``after`` (hour, tenant); what it
+    did, and the last it took (``after`` if none)."""
     mark = UsageRollupWatermark
+    statement = select(mark.tenant_id, mark.hour, mark.changed_seq).where(
+        mark.changed_seq > mark.rolled_seq
+    )
+    if after is not None:
+        hour, tenant = after
+        statement = statement.where(
+            or_(mark.hour > hour, and_(mark.hour == hour, mark.tenant_id > tenant))
+        )
     marks = session.execute(
-        select(mark.tenant_id, mark.hour, mark.changed_seq)
-        .where(mark.changed_seq > mark.rolled_seq)
-        .order_by(mark.hour, mark.tenant_id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        statement.order_by(mark.hour, mark.tenant_id).limit(limit).with_for_update(skip_locked=True)
     ).all()
     if not marks:
-        return RollupRun()
+        return RollupRun(), after
     ranges = hour_ranges((tenant, hour) for tenant, hour, _seq in marks)
     inserted, updated, deleted = recompute(session, ranges, now)
     session.execute(
         update(mark),
         [{"tenant_id": t, "hour": h, "rolled_seq": seq} for t, h, seq in marks],
     )
-    return RollupRun(len(marks), inserted, updated, deleted)
+    last_tenant, last_hour, _seq = marks[-1]
+    return RollupRun(len(marks), inserted, updated, deleted), (last_hour, last_tenant)
 
 
 def recompute_in_sql(session: Session, ranges: Ranges, now: datetime) -> tuple[int, int, int]:

@@ -238,3 +238,76 @@ def test_a_backlog_that_filled_redis_to_maxmemory_is_ingested_and_frees_it(
             client.xadd(STREAM, {"e": b"{}"})  # room again for the gateways' events
     finally:
         server.stop()
+
+
+def test_a_full_redis_whose_first_batch_is_all_set_aside_is_drained(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A gateway whose clock reset stamped a whole batch 1970 while no worker ingested, and the
+    backlog filled Redis. That batch has nothing to ack, so nothing freed room for its
+    dead-letter XADD: the worker retried it for ever and the rest of the backlog waited with
+    it. Set aside, an event leaves the stream and enters the dead-letter one at once, out of
+    memory too; and a poisoned entry in the backlog is no longer a read failing for ever."""
+    server = start_redis(tmp_path)
+    try:
+        factory = migrated(postgres_url)
+        acme = accounts(factory)["acme"]
+        epoch = [
+            msgspec.structs.replace(event(acme, f"epoch-{n}", when=at(3)), started_at=0.0)
+            for n in range(50)
+        ]
+        events = [event(acme, f"full-{n}", when=at(3)) for n in range(1000)]
+        consumer = UsageConsumer(reader(server.url, "c"), factory, batch_size=50)
+        emit(server.url, [*epoch, *events])
+        with redis.Redis.from_url(server.url) as client:
+            client.xadd(STREAM, {"x": b"not a usage event"})
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory", used - 1)
+            with pytest.raises(redis.OutOfMemoryError):  # the gateways' XADD is refused
+                client.xadd(STREAM, {"e": b"{}"})
+        stopper = threading.Timer(20, consumer.stop.set)  # the old code retried for ever
+        stopper.start()
+        try:
+            consumer.drain()
+        finally:
+            stopper.cancel()
+        assert_reconciled(factory, events)
+        with redis.Redis.from_url(server.url) as client:
+            assert client.xlen(STREAM) == 0
+            assert client.xlen(f"{STREAM}:dead") == len(epoch) + 1
+            assert client.xpending(STREAM, "ingest")["pending"] == 0
+    finally:
+        server.stop()
+
+
+class _Died(BaseException):
+    """The process ending there (no ``except Exception`` of the consumer retries it)."""
+
+
+def test_a_worker_dying_between_its_acks_and_its_set_aside_loses_nothing(
+    postgres_url: str, redis_url: str
+) -> None:
+    """The acks go first: the events set aside are not among them, so they stay pending in
+    the stream, and the worker that claims them sets them aside; none is billed, none lost."""
+    factory = migrated(postgres_url)
+    acme = accounts(factory)["acme"]
+    events = [event(acme, f"good-{n}", when=at(3)) for n in range(20)]
+    misdated = msgspec.structs.replace(event(acme, "epoch", when=at(3)), started_at=0.0)
+    emit(redis_url, [*events[:10], misdated, *events[10:]])
+    dying = reader(redis_url, "dying")
+
+    def die(_entries: object) -> None:
+        raise _Died
+
+    dying.set_aside = die  # type: ignore[method-assign]
+    with pytest.raises(_Died):
+        UsageConsumer(dying, factory).drain()
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xlen(STREAM) == 1  # the good ones acked, the misdated one left
+    UsageConsumer(reader(redis_url, "survivor", claim_idle_ms=0), factory).drain()
+    assert_reconciled(factory, events)
+    with redis.Redis.from_url(redis_url) as client:
+        [(_id, fields)] = client.xrange(f"{STREAM}:dead")
+        assert client.xlen(STREAM) == 0
+        assert client.xpending(STREAM, "ingest")["pending"] == 0
+    assert b'"request_id":"epoch"' in fields[b"e"]

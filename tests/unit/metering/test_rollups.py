@@ -210,6 +210,26 @@ def test_a_run_ends_while_ingest_keeps_changing_the_hours_it_rolls_up(
         assert session.scalar(select(func.count()).where(mark.changed_seq > mark.rolled_seq)) == 0
 
 
+def test_a_run_rolls_up_every_hour_pending_when_it_began_while_ingest_goes_on(
+    factory: sessionmaker[Session], tenants: dict[str, Account]
+) -> None:
+    """A run counted the tenant-hours it rolled up against those pending when it began, and
+    each chunk took the first pending ones again, changed meanwhile: with more active tenants
+    than a chunk, those past the first chunk (in id order) were rolled up by no run until
+    their hour went quiet, and their usage stayed an hour behind. Each is rolled up once."""
+    ingest(factory, [event(account, when=at(3)) for account in tenants.values()], rollup=False)
+
+    def ingest_meanwhile(session: Session, ranges: Any, now: datetime) -> tuple[int, int, int]:
+        done = recompute_in_sql(session, ranges, now)
+        mark = UsageRollupWatermark
+        session.execute(update(mark).values(changed_seq=mark.changed_seq + 1))
+        return done
+
+    run = rollup_usage(factory, chunk=1, recompute=ingest_meanwhile)
+    assert run.tenant_hours == len(tenants) > 1
+    assert sum(r["requests"] for r in rollups(factory)) == len(tenants)
+
+
 def test_a_late_event_rewrites_only_the_row_it_changes(
     factory: sessionmaker[Session], tenants: dict[str, Account]
 ) -> None:
