@@ -28,12 +28,14 @@ from trunkline.apps.runtime import (
 from trunkline.errors import ConfigurationError
 from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
+from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.kit.redis_eviction import warn_if_redis_evicts
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.redis_stream import (
     RedisUsageEmitter,
     RedisUsageReader,
+    create_usage_group,
     reader_client,
     stream_name,
 )
@@ -86,6 +88,7 @@ def controlplane_app() -> Litestar:
     runtime = require_schema(build_runtime(settings))
     if settings.redis.url:
         warn_if_redis_evicts(settings.redis.url, timeout_s=REDIS_TIMEOUT_S)
+        prepare_usage_stream(settings.redis.url, usage_stream_name(settings))
     # A restarted control plane re-publishes what the database says; with Redis not up yet it
     # starts all the same and publishes once Redis answers (republish_if_stale).
     runtime.publish()
@@ -93,6 +96,21 @@ def controlplane_app() -> Litestar:
     return create_controlplane_app(
         runtime, workers_metrics_dir=Path(shared_dir) if shared_dir else None
     )
+
+
+def prepare_usage_stream(url: str, stream: str) -> None:
+    """The usage stream's consumer group, made before any gateway writes (a fresh install's
+    gateways may fill Redis before the first worker runs, and Redis refuses a group then);
+    best effort: a Redis not up yet gets it from the first worker, as before."""
+    client = reader_client(url)
+    try:
+        create_usage_group(client, stream)
+    except Exception as exc:
+        if not redis_unavailable(exc):
+            raise
+        log.info("usage stream's consumer group not made now (%s); the workers make it", exc)
+    finally:
+        client.close()
 
 
 def run_worker(

@@ -229,6 +229,22 @@ of its own to free room first) was retried for ever while the backlog that fille
 behind it; what the script adds there it takes from the stream."""
 
 
+USAGE_GROUP = "ingest"
+"""The consumer group the usage workers read the stream through."""
+
+
+def create_usage_group(client: redis.Redis, stream: str, group: str = USAGE_GROUP) -> None:
+    """Create the usage stream's consumer group (and the stream) unless it exists, reading
+    from the stream's start. Redis refuses it at ``maxmemory``, as every command that may
+    grow memory: made only by a worker, a backlog that filled Redis before any worker ever
+    ran could never be read. The control plane makes it at its start too."""
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
 class RedisUsageReader:
     """Consumer-group reader; claims messages idle longer than ``claim_idle_ms``.
 
@@ -244,7 +260,7 @@ class RedisUsageReader:
         client: redis.Redis,
         stream: str,
         *,
-        group: str = "ingest",
+        group: str = USAGE_GROUP,
         consumer: str = "ingest-1",
         claim_idle_ms: int = 30_000,
         forget_idle_ms: int = FORGET_IDLE_CONSUMERS_MS,
@@ -280,11 +296,7 @@ class RedisUsageReader:
 
     def ensure_group(self) -> None:
         """Create the group (and stream) if missing: a Redis restarted without its data."""
-        try:
-            self._client.xgroup_create(self._stream, self._group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        create_usage_group(self._client, self._stream, self._group)
 
     def forget_dead_consumers(self) -> list[str]:
         """Remove the group's other consumers holding nothing that have not read for

@@ -27,6 +27,7 @@ from integration.metering.pipeline_support import (
 )
 from support.processes import TRUNKLINE, Proc, trunkline_env
 from support.servers import Database, start_redis
+from trunkline.apps.production import prepare_usage_stream
 from trunkline.bench.servers import start_postgres
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
@@ -236,6 +237,39 @@ def test_a_backlog_that_filled_redis_to_maxmemory_is_ingested_and_frees_it(
             assert client.xlen(STREAM) == 0
             assert client.xlen(f"{STREAM}:dead") == 1
             client.xadd(STREAM, {"e": b"{}"})  # room again for the gateways' events
+    finally:
+        server.stop()
+
+
+def test_a_backlog_that_filled_redis_before_any_worker_ran_is_drained(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A fresh install whose gateways filled Redis before the first worker ever ran: the
+    consumer group did not exist, and Redis refuses to make one at ``maxmemory``, so no worker
+    could read the backlog and the gateways kept refusing requests. The control plane makes the
+    group at its start (``prepare_usage_stream``), before any gateway writes."""
+    server = start_redis(tmp_path)
+    try:
+        factory = migrated(postgres_url)
+        acme = accounts(factory)["acme"]
+        events = [event(acme, f"first-{n}", when=at(3)) for n in range(1000)]
+        prepare_usage_stream(server.url, STREAM)
+        emit(server.url, events)
+        with redis.Redis.from_url(server.url) as client:
+            client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1)
+            with pytest.raises(redis.OutOfMemoryError):  # the gateways' XADD is refused
+                client.xadd(STREAM, {"e": b"{}"})
+        consumer = UsageConsumer(reader(server.url, "first"), factory, batch_size=200)
+        stopper = threading.Timer(20, consumer.stop.set)  # without the group: for ever
+        stopper.start()
+        try:
+            consumer.drain()
+        finally:
+            stopper.cancel()
+        assert_reconciled(factory, events)
+        with redis.Redis.from_url(server.url) as client:
+            assert client.xlen(STREAM) == 0
+        prepare_usage_stream(server.url, STREAM)  # a restarted control plane: no harm
     finally:
         server.stop()
 
