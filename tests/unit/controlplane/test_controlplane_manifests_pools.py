@@ -386,6 +386,37 @@ def test_a_cascade_left_without_checks_keeps_the_checks_the_api_set(
     assert cascade is not None and (cascade.on_refusal, cascade.min_confidence) == (False, None)
 
 
+def test_a_cascade_written_with_empty_checks_goes_back_to_the_default_checks(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """Left out, ``checks`` keeps what the database holds; ``checks: null`` is refused (not an
+    object), so ``checks: {}`` is how a document resets them, as docs/cascading.md says; and
+    ``checks`` written is whole: a check it leaves out takes its default."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA)
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    extra.write_text(EXTRA.replace("min_mean_logprob: -1.2}", "min_confidence: 0.6}"))
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert report.lines() == [
+        "Cascade llama-auto updated: checks.min_confidence None -> 0.6; "
+        "checks.min_mean_logprob -1.2 -> None"
+    ]
+    extra.write_text(
+        EXTRA.replace("{truncation: true, refusal: false, min_mean_logprob: -1.2}", "{}")
+    )
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert report.lines() == [
+        "Cascade llama-auto updated: checks.min_confidence 0.6 -> None; "
+        "checks.refusal False -> True"
+    ]
+    with runtime.session_factory() as session:
+        held = stored_cascade(session, alias_row(session, "llama-auto"))
+    assert held is not None and held.checks == CascadeChecks()
+    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert again.lines() == ["no changes"]
+
+
 def test_a_cascade_named_like_a_model_applied_from_other_files_is_named_at_its_name(
     runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
