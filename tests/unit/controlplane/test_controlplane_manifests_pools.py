@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from cp_support import TENANTS_DIR, snapshot
+from sqlalchemy import select
 
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict, InvalidRequest
+from trunkline.models import Endpoint, Pool
 from trunkline.pools.aliases import alias_row, configure_alias, stored_cascade
 from trunkline.pools.lookups import model_row
 from trunkline.pools.schemas import Cascade, CascadeChecks
@@ -496,3 +498,37 @@ def test_a_cascade_limited_to_pools_is_not_moved_to_another_model_and_the_model_
     assert c.value.message.startswith(f"{extra}:20: Cascade llama-auto: ")
     assert c.value.param == "model"
     assert snapshot(runtime).version == before.version
+
+
+def test_an_endpoint_stored_with_a_trailing_slash_keeps_its_id_when_applied_again(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """Rows stored before URLs were kept without trailing slashes: applying the same list (as
+    `trunkline up` does at every start) removed each and added it anew under another id, so
+    the gateways' state of the engine (its load, requests in flight) started over, and one
+    engine stored with and without its slash stayed two rows until then."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    with runtime.session_factory() as session, session.begin():
+        [pool] = session.scalars(select(Pool).where(Pool.name == "small-eu"))
+        rows = {
+            e.url: e for e in session.scalars(select(Endpoint).where(Endpoint.pool_id == pool.id))
+        }
+        rows["http://10.0.0.7:8000"].url = "http://10.0.0.7:8000/"
+        session.add(Endpoint(pool_id=pool.id, url="http://10.0.0.8:8000//", enabled=True))
+        ids = {url.rstrip("/") + "/": row.id for url, row in rows.items()}
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("http://10.0.0.8:8000\n", "http://10.0.0.8:8000/\n"))
+
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert report.lines() == [
+        "Pool small-eu updated: -http://10.0.0.8:8000//; "
+        "http://10.0.0.7:8000/ -> http://10.0.0.7:8000"
+    ]
+    served = snapshot(runtime).pools["small-eu"].endpoints
+    assert [(e.id, e.url, e.kv_events) for e in served] == [
+        (str(ids["http://10.0.0.7:8000/"]), "http://10.0.0.7:8000", "tcp://10.0.0.7:5557"),
+        (str(ids["http://10.0.0.8:8000/"]), "http://10.0.0.8:8000", None),
+    ]
+    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert again.lines() == ["no changes"]
