@@ -198,6 +198,7 @@ def test_a_model_or_alias_named_as_no_url_reaches_is_deleted_from_the_command_li
     """``/catalog/models/org/model/`` reaches ``org/model`` (the router drops the trailing
     ``/``, even sent as ``%2F``): the command line, which names no URL, is the way out."""
     _store_as_an_older_version_did(configured, "org/model/", "org//model")
+    assert {"org//model", "org//model/x//"} <= set(published(configured).aliases)  # served
     capsys.readouterr()
     code, _, err = run(capsys, "catalog", "delete-alias", "org//model/x//")
     assert (code, err) == (0, "")
