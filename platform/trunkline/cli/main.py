@@ -15,6 +15,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "tenants": ("tenants",),
     "keys": ("keys",),
     "pools": ("pools",),
+    "catalog": ("catalog",),
     "quota": ("quota",),
     "bench": ("bench",),
     "billing": ("billing",),

@@ -151,13 +151,15 @@ def replace_endpoints(
                 param=f"{field}[{index}]",
             )
         wanted[spec.url] = spec
-    current = {e.url: e for e in PoolRepository(session).endpoints([pool.id])[pool.id]}
-    changes = []
+    current, changes = _held_endpoints(session, pool)
     for url, endpoint in current.items():
         if url not in wanted:
             session.delete(endpoint)
-            changes.append(f"-{without_password(url)}")
+            changes.append(f"-{without_password(endpoint.url)}")
             continue
+        if endpoint.url != url:  # stored with trailing slashes: the same engine, same id
+            changes.append(f"{without_password(endpoint.url)} -> {without_password(url)}")
+            endpoint.url = url
         if not endpoint.enabled:
             endpoint.enabled = True
             changes.append(f"+{without_password(url)}")
@@ -182,6 +184,24 @@ def replace_endpoints(
         flush_or_conflict(session, f"pool {pool.name!r} lists an endpoint twice")
         mark_config_changed(session)
     return changes
+
+
+def _held_endpoints(session: Session, pool: PoolRow) -> tuple[dict[str, Endpoint], list[str]]:
+    """The pool's endpoints by URL as the gateways join paths to it (``engine_url``), and the
+    removal of each row stored before as a second spelling of one (``http://h:8000`` beside
+    ``http://h:8000/``): listed again, a row stored with trailing slashes keeps its id, so the
+    gateways' state of the engine (its load, requests in flight) goes on."""
+    rows = PoolRepository(session).endpoints([pool.id])[pool.id]
+    held: dict[str, Endpoint] = {}
+    removed = []
+    for endpoint in sorted(rows, key=lambda e: (e.url != engine_url(e.url), e.url)):
+        url = engine_url(endpoint.url)
+        if url in held:
+            session.delete(endpoint)
+            removed.append(f"-{without_password(endpoint.url)}")
+        else:
+            held[url] = endpoint
+    return held, removed
 
 
 def check_not_listed(

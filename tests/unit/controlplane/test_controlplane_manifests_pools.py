@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from cp_support import TENANTS_DIR, snapshot
+from sqlalchemy import select
 
 from trunkline.apps.runtime import Runtime
 from trunkline.errors import Conflict, InvalidRequest
+from trunkline.models import Endpoint, Pool
 from trunkline.pools.aliases import alias_row, configure_alias, stored_cascade
 from trunkline.pools.lookups import model_row
 from trunkline.pools.schemas import Cascade, CascadeChecks
@@ -386,6 +388,37 @@ def test_a_cascade_left_without_checks_keeps_the_checks_the_api_set(
     assert cascade is not None and (cascade.on_refusal, cascade.min_confidence) == (False, None)
 
 
+def test_a_cascade_written_with_empty_checks_goes_back_to_the_default_checks(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """Left out, ``checks`` keeps what the database holds; ``checks: null`` is refused (not an
+    object), so ``checks: {}`` is how a document resets them, as docs/cascading.md says; and
+    ``checks`` written is whole: a check it leaves out takes its default."""
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA)
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    extra.write_text(EXTRA.replace("min_mean_logprob: -1.2}", "min_confidence: 0.6}"))
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert report.lines() == [
+        "Cascade llama-auto updated: checks.min_confidence None -> 0.6; "
+        "checks.min_mean_logprob -1.2 -> None"
+    ]
+    extra.write_text(
+        EXTRA.replace("{truncation: true, refusal: false, min_mean_logprob: -1.2}", "{}")
+    )
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert report.lines() == [
+        "Cascade llama-auto updated: checks.min_confidence 0.6 -> None; "
+        "checks.refusal False -> True"
+    ]
+    with runtime.session_factory() as session:
+        held = stored_cascade(session, alias_row(session, "llama-auto"))
+    assert held is not None and held.checks == CascadeChecks()
+    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert again.lines() == ["no changes"]
+
+
 def test_a_cascade_named_like_a_model_applied_from_other_files_is_named_at_its_name(
     runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -465,3 +498,37 @@ def test_a_cascade_limited_to_pools_is_not_moved_to_another_model_and_the_model_
     assert c.value.message.startswith(f"{extra}:20: Cascade llama-auto: ")
     assert c.value.param == "model"
     assert snapshot(runtime).version == before.version
+
+
+def test_an_endpoint_stored_with_a_trailing_slash_keeps_its_id_when_applied_again(
+    runtime: Runtime, manifests_dir: Path
+) -> None:
+    """Rows stored before URLs were kept without trailing slashes: applying the same list (as
+    `trunkline up` does at every start) removed each and added it anew under another id, so
+    the gateways' state of the engine (its load, requests in flight) started over, and one
+    engine stored with and without its slash stayed two rows until then."""
+    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    with runtime.session_factory() as session, session.begin():
+        [pool] = session.scalars(select(Pool).where(Pool.name == "small-eu"))
+        rows = {
+            e.url: e for e in session.scalars(select(Endpoint).where(Endpoint.pool_id == pool.id))
+        }
+        rows["http://10.0.0.7:8000"].url = "http://10.0.0.7:8000/"
+        session.add(Endpoint(pool_id=pool.id, url="http://10.0.0.8:8000//", enabled=True))
+        ids = {url.rstrip("/") + "/": row.id for url, row in rows.items()}
+    extra = manifests_dir / "extra.yaml"
+    extra.write_text(EXTRA.replace("http://10.0.0.8:8000\n", "http://10.0.0.8:8000/\n"))
+
+    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+
+    assert report.lines() == [
+        "Pool small-eu updated: -http://10.0.0.8:8000//; "
+        "http://10.0.0.7:8000/ -> http://10.0.0.7:8000"
+    ]
+    served = snapshot(runtime).pools["small-eu"].endpoints
+    assert [(e.id, e.url, e.kv_events) for e in served] == [
+        (str(ids["http://10.0.0.7:8000/"]), "http://10.0.0.7:8000", "tcp://10.0.0.7:5557"),
+        (str(ids["http://10.0.0.8:8000/"]), "http://10.0.0.8:8000", None),
+    ]
+    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
+    assert again.lines() == ["no changes"]

@@ -1,4 +1,5 @@
-"""``trunkline pools`` and ``trunkline tenants cache-isolation`` against the configured database."""
+"""``trunkline pools``, ``trunkline catalog`` and ``trunkline tenants cache-isolation`` against the
+configured database."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import pytest
 from cp_support import TENANTS_DIR, cli_environment, run_cli
+from sqlalchemy import select
 
 from trunkline.cli.main import main
 from trunkline.kit.db import make_engine, make_sessionmaker
+from trunkline.models import Model, ModelAlias
 from trunkline.snapshot.builder import build_snapshot
 
 
@@ -171,3 +174,39 @@ def test_an_endpoint_no_client_can_connect_to_is_said_in_words(
         "https:// URL with a host (an IPv6 address in brackets) and, if it gives one, a port "
         "from 1 to 65535\n"
     )
+
+
+def _store_as_an_older_version_did(url: str, model: str, alias: str) -> None:
+    """A model and an alias named as no URL of the API reaches them (trailing or doubled
+    ``/``): taken before 2026-12-07, they are still in upgraded databases."""
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            row = Model(name=model, kind="chat", context_length=8192)
+            session.add(row)
+            session.flush()
+            session.add(ModelAlias(alias=alias, model_id=row.id))
+            good = session.scalars(select(Model).where(Model.name == "llama-3.1-8b-instruct"))
+            session.add(ModelAlias(alias=alias + "/x//", model_id=good.one().id))
+    finally:
+        engine.dispose()
+
+
+def test_a_model_or_alias_named_as_no_url_reaches_is_deleted_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], configured: str
+) -> None:
+    """``/catalog/models/org/model/`` reaches ``org/model`` (the router drops the trailing
+    ``/``, even sent as ``%2F``): the command line, which names no URL, is the way out."""
+    _store_as_an_older_version_did(configured, "org/model/", "org//model")
+    assert {"org//model", "org//model/x//"} <= set(published(configured).aliases)  # served
+    capsys.readouterr()
+    code, _, err = run(capsys, "catalog", "delete-alias", "org//model/x//")
+    assert (code, err) == (0, "")
+    code, _, err = run(capsys, "catalog", "delete-model", "org/model/")
+    assert (code, err) == (0, "")
+    aliases = published(configured).aliases
+    assert not [a for a in aliases if a.startswith("org/")]  # its own alias went with it
+    code, _, err = run(capsys, "catalog", "delete-model", "org/model/")
+    assert code == 2 and "model 'org/model/' not found" in err
+    code, _, err = run(capsys, "catalog", "delete-model", "llama-3.1-8b-instruct")
+    assert code == 2 and "served by pools" in err  # the API's refusals, as they say them
