@@ -387,3 +387,23 @@ async def test_a_patch_is_not_stored_over_an_older_control_plane_s_publish_after
     loaded = await RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "t").load()
     assert loaded is not None and loaded.blobs == {LEGACY: b"whole, k revoked"}
     client.close()
+
+
+async def test_versions_stay_above_one_gateways_report_serving(redis_url: str) -> None:
+    """No publisher remembers the version the gateways serve (Redis lost its data and every
+    control plane restarted): a gateway reports it, and the next versions are above it; a lower
+    report (another gateway's, behind) does not lower it."""
+    client = redis.Redis.from_url(redis_url)
+    gateway = aioredis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "served", clock_ms=lambda: 1_700_000_000_000)
+    try:
+        assert publisher.served_version() is None
+        source = RedisSnapshotSource(gateway, "served")
+        await source.report_served(1_700_000_086_400_000)
+        await source.report_served(1_700_000_000_500)
+        assert publisher.served_version() == 1_700_000_086_400_000
+        assert publisher.next_version() > 1_700_000_086_400_000
+    finally:
+        client.delete(*client.keys("served:*"))
+        client.close()
+        await gateway.aclose()
