@@ -18,6 +18,7 @@ from trunkline.snapshot.redis_scripts import Arg, Script
 from trunkline.snapshot.store import (
     CORE_PART,
     LEGACY,
+    MAX_VERSION,
     BuiltFrom,
     IncompleteSnapshot,
     Loaded,
@@ -86,8 +87,9 @@ class RedisSnapshotPublisher:
         if version is None:
             return None
         number = int(version)
-        with self._seen_lock:
-            self._seen = max(self._seen, number)
+        if number <= MAX_VERSION:  # else not handed out: above it, versions go wrong
+            with self._seen_lock:
+                self._seen = max(self._seen, number)
         return number
 
     def _run(self, script: Script, args: dict[str, Arg], rest: Sequence[Arg] = ()) -> Any:
@@ -198,7 +200,8 @@ class RedisSnapshotPublisher:
         return self._saw(version)
 
     def served_version(self) -> int | None:
-        return self._saw(self._client.get(self._keys.served))
+        served = self._saw(self._client.get(self._keys.served))
+        return None if served is None or served > MAX_VERSION else served
 
     def published_digest(self) -> bytes | None:
         """None also when a part of the stored version is gone: publishing again restores it."""

@@ -27,6 +27,11 @@ LEGACY = "whole"
 """The one part of a snapshot an older control plane stored whole (``<prefix>:snapshot``)."""
 CORE_PART = "core"
 """The part every snapshot in parts has (``snapshot.parts.CORE``)."""
+MAX_VERSION = 2**53 - 1
+"""The highest version the Redis store's scripts compare exactly (Lua numbers are doubles).
+Versions are a clock in ms, which reaches it in the year 287,000: one above was written by
+hand or by a tool (in nanoseconds, say), not handed out, and is not served (a gateway would
+then ignore every version handed out) nor handed out above."""
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -407,3 +408,28 @@ async def test_versions_stay_above_one_gateways_report_serving(redis_url: str) -
         client.delete(*client.keys("served:*"))
         client.close()
         await gateway.aclose()
+
+
+def test_a_version_written_beyond_any_handed_out_stops_no_publish_once_deleted(
+    redis_url: str,
+) -> None:
+    """A tool wrote the version in nanoseconds, beyond what the scripts compare exactly (Lua
+    numbers are doubles): a publisher that had read it handed out the same version again and
+    again, or a negative one, then failed every call, even after the key was deleted, until
+    every control plane restarted. It is not taken for a version handed out."""
+    client = redis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "bogus")
+    try:
+        held = publisher.next_version()
+        assert publisher.publish(held, {"core": b"before"}, published_at=1.0)
+        client.set("bogus:snapshot:v2:version", time.time_ns())
+        publisher.published_version()  # as its check reads it
+        client.delete("bogus:snapshot:v2:version")
+        for content in (b"after", b"later"):
+            version = publisher.next_version()
+            assert version > held
+            assert publisher.publish(version, {"core": content}, published_at=2.0)
+            held = version
+    finally:
+        client.delete(*client.keys("bogus:*"))
+        client.close()

@@ -230,3 +230,24 @@ async def test_a_store_behind_is_told_the_version_served_at_each_poll_and_warned
     source.publish(10, ["kept"])
     assert await holder.refresh() and holder.current.version == 10
     assert source.reported == [9, 9, 9], "not behind any more"
+
+
+async def test_a_version_beyond_any_a_control_plane_hands_out_is_not_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tool wrote a version in nanoseconds to the store: the gateway served it, then ignored
+    every version the control planes handed out after (a key revoked since accepted) until it
+    restarted, the key deleted or not. It keeps what it serves, and says so once."""
+    source = ScriptedSource()
+    holder = SnapshotHolder(source, poll_s=60)
+    source.publish(9, ["kept"])
+    await holder.refresh()
+    source.publish(time.time_ns(), ["kept", "revoked"])
+    with caplog.at_level(logging.WARNING, logger="trunkline.gateway.state"):
+        for _ in range(3):
+            assert not await holder.refresh()
+    assert set(holder.current.keys) == {"kept"} and holder.current.version == 9
+    assert len(caplog.records) == 1 and "keeping 9" in caplog.records[0].getMessage()
+    source.store = InMemorySnapshotStore()  # the key deleted: the control plane publishes
+    source.publish(10, ["kept"])
+    assert await holder.refresh() and holder.current.version == 10
