@@ -449,3 +449,31 @@ async def test_gateways_holding_a_version_no_control_plane_remembers_get_newer_o
     finally:
         restarted.close()
         await client.aclose()
+
+
+async def test_a_key_change_is_not_patched_over_a_store_behind_what_gateways_serve(
+    planes: Planes,
+) -> None:
+    """Redis restored from a backup taken before ``a`` revoked a key, which the gateways serve
+    revoked: ``b``, not knowing the store went back, patched its key change over the parts
+    from before, under a newer version, and every gateway loaded it and accepted the revoked
+    key again until ``a``'s next check. A gateway that polled since said what it serves, and
+    ``b`` publishes whole."""
+    key_id = planes.create()
+    backup = {name: planes.client.dump(name) for name in planes.client.keys(f"{PREFIX}:*")}
+    planes.revoke(key_id)
+    client = aioredis.Redis.from_url(planes.url)
+    gateway = SnapshotHolder(RedisSnapshotSource(client, PREFIX))
+    try:
+        assert await gateway.refresh() and key_id not in gateway.current.keys
+        planes.client.delete(*planes.client.keys(f"{PREFIX}:*"))
+        for name, dumped in backup.items():
+            planes.client.restore(name, 0, dumped)
+        assert not await gateway.refresh()  # finds the store behind
+        data = ApiKeyCreate(project_id=planes.project, name="through b")
+        with unit_of_work(planes.b.session_factory, planes.b.publish) as session:
+            create_key(session, SYSTEM, planes.b.server_secret, planes.tenant, data)
+        await gateway.refresh()
+        assert key_id not in gateway.current.keys
+    finally:
+        await client.aclose()
