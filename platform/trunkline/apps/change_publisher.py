@@ -252,11 +252,13 @@ class ChangePublisher:
         falls back to a whole build); raises when the store fails. The caller holds
         ``publishing``."""
         counted = bool(generations)
-        stored = self.publisher.published_version()
-        if self.published_version is not None and (stored or 0) < self.published_version:
-            # Older than what this process published or found stored: Redis restored from a
-            # backup, or failed over to a lagging replica. A patch would serve its other
-            # parts again (keys revoked since) under a newer version.
+        stored, served = self.publisher.published_version(), self.publisher.served_version()
+        held = max(self.published_version or 0, served or 0)
+        if held and (stored or 0) < held:
+            # Older than what this process published or found stored, or than a gateway serves
+            # (another process published it): Redis restored from a backup, or failed over to
+            # a lagging replica. A patch would serve its other parts again (keys revoked
+            # since) under a newer version.
             log.warning("the snapshot store holds an older snapshot; publishing it whole")
             return self.publish_now(counted=counted) != "refused"
         for _ in range(SHARD_TRIES):

@@ -102,6 +102,8 @@ def _lock_for_check(runtime: Runtime) -> Literal["locked", "skipped", "stuck"]:
 
 
 def _check(runtime: Runtime, thorough: bool) -> Check:
+    if _gateways_ahead(runtime):
+        return _CHECKED[runtime.publish_now()]
     state = read_config_state(runtime.session_factory)
     if state.generation is not None and not thorough and _store_whole_and_current(runtime):
         if state == runtime.seen:
@@ -218,6 +220,23 @@ def _drop_expired(runtime: Runtime) -> Check:
     if not shards:
         return "unchanged"
     return "expired_keys" if runtime.publish_shards(shards) else "refused"
+
+
+def _gateways_ahead(runtime: Runtime) -> bool:
+    """Whether gateways reported serving a newer version than the store holds, one no control
+    plane remembered (Redis lost its data and every one restarted, that version handed out
+    under a clock that was ahead): they ignore every version below it, keys revoked since
+    accepted, so the configuration is published whole above it (``served_version``)."""
+    served = runtime.publisher.served_version()
+    stored = runtime.publisher.published_version()
+    if served is None or (stored is not None and stored >= served):
+        return False
+    log.warning(
+        "gateways serve snapshot version %s, newer than the %s stored; publishing above it",
+        served,
+        stored,
+    )
+    return True
 
 
 def _store_whole_and_current(runtime: Runtime) -> bool:

@@ -9,7 +9,7 @@ import time
 
 from trunkline.snapshot import Snapshot, SnapshotSource
 from trunkline.snapshot.parts import Assembly
-from trunkline.snapshot.store import IncompleteSnapshot
+from trunkline.snapshot.store import MAX_VERSION, IncompleteSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class SnapshotHolder:
         self._parts = Assembly()
         self._incomplete = False
         self._behind = False
+        self._beyond_seen: int | None = None
 
     async def refresh(self) -> bool:
         """Load the snapshot if its version changed (fetching and decoding only the parts that
@@ -43,22 +44,61 @@ class SnapshotHolder:
         version = await self._source.version()
         self.reachable = True
         self.checked_at = time.monotonic()
-        if version is not None and version < self.current.version and not self._behind:
-            log.warning(  # a Redis restored from a backup: the control plane publishes anew
-                "the snapshot store holds version %s, older than the %s served; keeping it",
-                version,
-                self.current.version,
-            )
-        self._behind = version is not None and version < self.current.version
-        if version is None or version <= self.current.version:
+        if version is not None and version < self.current.version:
+            await self._behind_by(version)
+        else:
+            self._behind = False
+        if version is None or version <= self.current.version or self._beyond(version):
             return False  # an older one: versions only move forward (a key revoked stays so)
         loaded = await self._source.load(self._parts.digests)
         if loaded is None or loaded.version <= self.current.version:
             return False  # the store went back since its version was read (a failover)
+        if self._beyond(loaded.version):
+            return False
         self.current = self._parts.apply(loaded)
         fetched = {"snapshot_version": self.current.version, "snapshot_parts": len(loaded.blobs)}
         log.info("snapshot loaded", extra=fetched)
         return True
+
+    def _beyond(self, version: int) -> bool:
+        """Whether ``version`` is beyond any a control plane hands out (``MAX_VERSION``):
+        written by hand or by a tool. Served, it would have every version handed out after it
+        ignored until the gateway restarted; one warning says so."""
+        beyond = version > MAX_VERSION
+        if beyond and version != self._beyond_seen:
+            log.warning(
+                "the snapshot store holds version %s, beyond any a control plane hands out "
+                "(written by hand or by another tool?); keeping %s until it is replaced",
+                version,
+                self.current.version,
+            )
+        self._beyond_seen = version if beyond else None
+        return beyond
+
+    async def _behind_by(self, stored: int) -> None:
+        """The store holds ``stored``, older than the version served (a Redis restored from a
+        backup, failed over to a lagging replica, or that lost its data): keep serving ours,
+        and tell the control planes, at every poll while it lasts. One that published ours
+        publishes anew at its next check anyway; but none may remember it (every one restarted
+        since, ours handed out under a clock that was ahead), and the gateways would ignore
+        every version below it, a key revoked since accepted, until that clock passed it."""
+        first, self._behind = not self._behind, True
+        if first:
+            log.warning(
+                "the snapshot store holds version %s, older than the %s served; keeping it "
+                "until a control plane stores a newer one",
+                stored,
+                self.current.version,
+            )
+        try:
+            await self._source.report_served(self.current.version)
+        except Exception as exc:  # a read-only replica: serving goes on, the store answered
+            if first:
+                log.warning(
+                    "could not tell the control planes the version served: %s: %s",
+                    type(exc).__name__,
+                    exc,
+                )
 
     async def start(self) -> None:
         try:

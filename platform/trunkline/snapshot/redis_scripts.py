@@ -235,3 +235,17 @@ end
 return next_version
 """,
 )
+
+# A gateway serving ``version`` found the store holding an older one: raise what gateways are
+# known to serve (``served_key``) to it, never lower it (gateways report each poll while behind).
+REPORT_SERVED = Script(
+    keys=("served_key",),
+    args=("version",),
+    body="""
+local held = redis.call('GET', served_key)
+if not held or tonumber(held) < tonumber(version) then
+  redis.call('SET', served_key, version)
+end
+return 1
+""",
+)

@@ -18,6 +18,7 @@ from trunkline.snapshot.redis_scripts import Arg, Script
 from trunkline.snapshot.store import (
     CORE_PART,
     LEGACY,
+    MAX_VERSION,
     BuiltFrom,
     IncompleteSnapshot,
     Loaded,
@@ -39,6 +40,7 @@ class _Keys:
         self.built_from = f"{base}:built_from"
         self.parts, self.part_prefix = f"{base}:parts", f"{base}:part:"
         self.counter = f"{prefix}:snapshot:counter"
+        self.served = f"{prefix}:snapshot:served"
         self.legacy_blob, self.legacy_version = f"{prefix}:snapshot", f"{prefix}:snapshot:version"
         self.named = {
             "version_key": self.version,
@@ -48,6 +50,7 @@ class _Keys:
             "built_from_key": self.built_from,
             "counter_key": self.counter,
             "legacy_version_key": self.legacy_version,
+            "served_key": self.served,
         }
         """Every key a script names, by the name it reads it as."""
 
@@ -84,8 +87,9 @@ class RedisSnapshotPublisher:
         if version is None:
             return None
         number = int(version)
-        with self._seen_lock:
-            self._seen = max(self._seen, number)
+        if number <= MAX_VERSION:  # else not handed out: above it, versions go wrong
+            with self._seen_lock:
+                self._seen = max(self._seen, number)
         return number
 
     def _run(self, script: Script, args: dict[str, Arg], rest: Sequence[Arg] = ()) -> Any:
@@ -191,7 +195,13 @@ class RedisSnapshotPublisher:
         return int(self._run(redis_scripts.PUBLISH, args, parts))
 
     def published_version(self) -> int | None:
-        return self._saw(self._client.get(self._keys.version))
+        version, served = self._client.mget(self._keys.version, self._keys.served)
+        self._saw(served)
+        return self._saw(version)
+
+    def served_version(self) -> int | None:
+        served = self._saw(self._client.get(self._keys.served))
+        return None if served is None or served > MAX_VERSION else served
 
     def published_digest(self) -> bytes | None:
         """None also when a part of the stored version is gone: publishing again restores it."""
@@ -232,6 +242,13 @@ class RedisSnapshotSource:
     def __init__(self, client: aioredis.Redis, prefix: str = "trunkline") -> None:
         self._client = client
         self._keys = _Keys(prefix)
+        self._report = client.register_script(redis_scripts.REPORT_SERVED.lua)
+
+    async def report_served(self, version: int) -> None:
+        keys, args = redis_scripts.REPORT_SERVED.call_args(
+            {"served_key": self._keys.served}, {"version": version}
+        )
+        await self._report(keys=keys, args=args)
 
     async def version(self) -> int | None:
         """The newer of the parts' version and an older control plane's whole snapshot's (a

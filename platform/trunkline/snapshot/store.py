@@ -27,6 +27,11 @@ LEGACY = "whole"
 """The one part of a snapshot an older control plane stored whole (``<prefix>:snapshot``)."""
 CORE_PART = "core"
 """The part every snapshot in parts has (``snapshot.parts.CORE``)."""
+MAX_VERSION = 2**53 - 1
+"""The highest version the Redis store's scripts compare exactly (Lua numbers are doubles).
+Versions are a clock in ms, which reaches it in the year 287,000: one above was written by
+hand or by a tool (in nanoseconds, say), not handed out, and is not served (a gateway would
+then ignore every version handed out) nor handed out above."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,14 @@ class SnapshotPublisher(Protocol):
         """The ``content_digest`` of what the store holds (None: no snapshot)."""
         ...
 
+    def served_version(self) -> int | None:
+        """The highest version a gateway reported serving while the store held an older one
+        (``SnapshotSource.report_served``; None: none reported). No publisher may remember it
+        (Redis lost its data and every control plane restarted, the version handed out under a
+        clock that was ahead): the gateways keep it until one newer is stored, and the next
+        versions handed out are above it."""
+        ...
+
     def built_from(self) -> Recorded | None:
         """The version the store holds and what it was built from (None: no version, or not
         known: stored by a publisher that did not say, such as an older control plane)."""
@@ -170,6 +183,11 @@ class SnapshotSource(Protocol):
     async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
         """The stored version, with the bytes of each part whose digest is not the one
         ``held`` names (None: no snapshot)."""
+        ...
+
+    async def report_served(self, version: int) -> None:
+        """Tell the publishers that a gateway serves ``version`` while the store holds an older
+        one (``SnapshotPublisher.served_version``)."""
         ...
 
 
@@ -237,6 +255,9 @@ class InMemorySnapshotStore:
         current = self._current
         return None if current is None else content_digest(current.digests)
 
+    def served_version(self) -> int | None:
+        return None  # its versions never go back: its readers live and die with it
+
     def built_from(self) -> Recorded | None:
         with self._lock:
             if self._current is None or self._from is None:
@@ -277,6 +298,9 @@ class InMemorySnapshotStore:
 
     async def version(self) -> int | None:
         return self.published_version()
+
+    async def report_served(self, version: int) -> None:
+        pass  # never behind: see ``served_version``
 
     async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
         current = self._current

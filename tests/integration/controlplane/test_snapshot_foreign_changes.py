@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from sqlalchemy import delete, select, update
 
 from integration.controlplane.planes_support import PREFIX, SYSTEM, Planes, samples
@@ -22,12 +23,13 @@ from trunkline.apps.publishing import check_published
 from trunkline.apps.runtime import Runtime, build_runtime
 from trunkline.billing.pricebook import PriceBook, version_from_document
 from trunkline.billing.pricebook_store import apply_price_book
+from trunkline.gateway.state import SnapshotHolder
 from trunkline.keys.schemas import ApiKeyCreate
 from trunkline.keys.service import create_key, key_tenant, revoke_key
 from trunkline.kit.shards import key_shard
 from trunkline.models import CONFIG_ROW, ApiKey, ConfigGeneration
 from trunkline.quota import book as quota_book
-from trunkline.snapshot import RedisSnapshotPublisher
+from trunkline.snapshot import RedisSnapshotPublisher, RedisSnapshotSource
 from trunkline.tenancy.changes import Change, unit_of_work
 
 
@@ -414,3 +416,64 @@ def _restarted(planes: Planes) -> Runtime:
     fresh = dataclasses.replace(fresh, publisher=RedisSnapshotPublisher(planes.client, PREFIX))
     fresh.publish()
     return fresh
+
+
+async def test_gateways_holding_a_version_no_control_plane_remembers_get_newer_ones(
+    planes: Planes,
+) -> None:
+    """A CLI run on a laptop whose clock was a day ahead published a key: every gateway served
+    its version, a day ahead. Then Redis lost its data and every control plane restarted: they
+    published under their own clocks, below it, and the gateways kept the old configuration
+    and ignored every change after it (a key revoked since accepted, a key created refused) for
+    the day, or until restarted. A gateway says which version it serves when the store holds an
+    older one, and the control planes' next check publishes above it."""
+    ahead_ms = int(planes.now.timestamp() * 1000) + 86_400_000
+    laptop = dataclasses.replace(
+        planes.a, publisher=RedisSnapshotPublisher(planes.client, PREFIX, clock_ms=lambda: ahead_ms)
+    )
+    revoked = planes.create()
+    laptop.publish()
+    client = aioredis.Redis.from_url(planes.url)
+    gateway = SnapshotHolder(RedisSnapshotSource(client, PREFIX))
+    assert await gateway.refresh() and gateway.current.version >= ahead_ms
+    planes.client.delete(*planes.client.keys(f"{PREFIX}:*"))  # Redis lost its data
+    restarted = _restarted(planes)
+    try:
+        with unit_of_work(restarted.session_factory, restarted.publish) as session:
+            revoke_key(session, SYSTEM, key_tenant(session, revoked), revoked)
+        assert restarted.publisher.published_version() is not None  # the revocation, stored
+        await gateway.refresh()  # finds the store behind the version it serves
+        check_published(restarted)
+        await gateway.refresh()
+        assert revoked not in gateway.current.keys
+    finally:
+        restarted.close()
+        await client.aclose()
+
+
+async def test_a_key_change_is_not_patched_over_a_store_behind_what_gateways_serve(
+    planes: Planes,
+) -> None:
+    """Redis restored from a backup taken before ``a`` revoked a key, which the gateways serve
+    revoked: ``b``, not knowing the store went back, patched its key change over the parts
+    from before, under a newer version, and every gateway loaded it and accepted the revoked
+    key again until ``a``'s next check. A gateway that polled since said what it serves, and
+    ``b`` publishes whole."""
+    key_id = planes.create()
+    backup = {name: planes.client.dump(name) for name in planes.client.keys(f"{PREFIX}:*")}
+    planes.revoke(key_id)
+    client = aioredis.Redis.from_url(planes.url)
+    gateway = SnapshotHolder(RedisSnapshotSource(client, PREFIX))
+    try:
+        assert await gateway.refresh() and key_id not in gateway.current.keys
+        planes.client.delete(*planes.client.keys(f"{PREFIX}:*"))
+        for name, dumped in backup.items():
+            planes.client.restore(name, 0, dumped)
+        assert not await gateway.refresh()  # finds the store behind
+        data = ApiKeyCreate(project_id=planes.project, name="through b")
+        with unit_of_work(planes.b.session_factory, planes.b.publish) as session:
+            create_key(session, SYSTEM, planes.b.server_secret, planes.tenant, data)
+        await gateway.refresh()
+        assert key_id not in gateway.current.keys
+    finally:
+        await client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -387,3 +388,48 @@ async def test_a_patch_is_not_stored_over_an_older_control_plane_s_publish_after
     loaded = await RedisSnapshotSource(aioredis.Redis.from_url(redis_url), "t").load()
     assert loaded is not None and loaded.blobs == {LEGACY: b"whole, k revoked"}
     client.close()
+
+
+async def test_versions_stay_above_one_gateways_report_serving(redis_url: str) -> None:
+    """No publisher remembers the version the gateways serve (Redis lost its data and every
+    control plane restarted): a gateway reports it, and the next versions are above it; a lower
+    report (another gateway's, behind) does not lower it."""
+    client = redis.Redis.from_url(redis_url)
+    gateway = aioredis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "served", clock_ms=lambda: 1_700_000_000_000)
+    try:
+        assert publisher.served_version() is None
+        source = RedisSnapshotSource(gateway, "served")
+        await source.report_served(1_700_000_086_400_000)
+        await source.report_served(1_700_000_000_500)
+        assert publisher.served_version() == 1_700_000_086_400_000
+        assert publisher.next_version() > 1_700_000_086_400_000
+    finally:
+        client.delete(*client.keys("served:*"))
+        client.close()
+        await gateway.aclose()
+
+
+def test_a_version_written_beyond_any_handed_out_stops_no_publish_once_deleted(
+    redis_url: str,
+) -> None:
+    """A tool wrote the version in nanoseconds, beyond what the scripts compare exactly (Lua
+    numbers are doubles): a publisher that had read it handed out the same version again and
+    again, or a negative one, then failed every call, even after the key was deleted, until
+    every control plane restarted. It is not taken for a version handed out."""
+    client = redis.Redis.from_url(redis_url)
+    publisher = RedisSnapshotPublisher(client, "bogus")
+    try:
+        held = publisher.next_version()
+        assert publisher.publish(held, {"core": b"before"}, published_at=1.0)
+        client.set("bogus:snapshot:v2:version", time.time_ns())
+        publisher.published_version()  # as its check reads it
+        client.delete("bogus:snapshot:v2:version")
+        for content in (b"after", b"later"):
+            version = publisher.next_version()
+            assert version > held
+            assert publisher.publish(version, {"core": content}, published_at=2.0)
+            held = version
+    finally:
+        client.delete(*client.keys("bogus:*"))
+        client.close()

@@ -126,6 +126,8 @@ class ScriptedSource:
         self.store = InMemorySnapshotStore()
         self.incomplete = False
         self.loads = Calls()
+        self.reported: list[int] = []
+        """The versions the holder said it serves, the store holding an older one."""
 
     async def loaded(self, count: int) -> None:
         """Return once the holder tried ``count`` more loads."""
@@ -138,6 +140,9 @@ class ScriptedSource:
 
     async def version(self) -> int | None:
         return self.store.published_version()
+
+    async def report_served(self, version: int) -> None:
+        self.reported.append(version)
 
     async def load(self, held: Mapping[str, bytes] | None = None) -> Loaded | None:
         self.loads.tick()
@@ -200,3 +205,49 @@ async def test_an_older_version_loaded_just_after_a_newer_one_was_polled_is_not_
     source.version = then_the_store_goes_back  # type: ignore[method-assign]
     assert not await holder.refresh()
     assert set(holder.current.keys) == {"kept"} and holder.current.version == 9
+
+
+async def test_a_store_behind_is_told_the_version_served_at_each_poll_and_warned_of_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store went back below the version served, and no control plane remembered it (Redis
+    lost its data and every one restarted): the gateway ignored every version below it, keys
+    revoked since accepted, and said nothing but a warning promising a publish that never came.
+    It tells the control planes what it serves until a newer version is stored."""
+    source = ScriptedSource()
+    holder = SnapshotHolder(source, poll_s=60)
+    source.publish(9, ["kept"])
+    await holder.refresh()
+    source.store = InMemorySnapshotStore()
+    source.publish(8, ["kept", "revoked"])
+    with caplog.at_level(logging.WARNING, logger="trunkline.gateway.state"):
+        for _ in range(3):
+            assert not await holder.refresh()
+    assert source.reported == [9, 9, 9]
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "the snapshot store holds version 8, older than the 9 served"
+    ]
+    source.publish(10, ["kept"])
+    assert await holder.refresh() and holder.current.version == 10
+    assert source.reported == [9, 9, 9], "not behind any more"
+
+
+async def test_a_version_beyond_any_a_control_plane_hands_out_is_not_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tool wrote a version in nanoseconds to the store: the gateway served it, then ignored
+    every version the control planes handed out after (a key revoked since accepted) until it
+    restarted, the key deleted or not. It keeps what it serves, and says so once."""
+    source = ScriptedSource()
+    holder = SnapshotHolder(source, poll_s=60)
+    source.publish(9, ["kept"])
+    await holder.refresh()
+    source.publish(time.time_ns(), ["kept", "revoked"])
+    with caplog.at_level(logging.WARNING, logger="trunkline.gateway.state"):
+        for _ in range(3):
+            assert not await holder.refresh()
+    assert set(holder.current.keys) == {"kept"} and holder.current.version == 9
+    assert len(caplog.records) == 1 and "keeping 9" in caplog.records[0].getMessage()
+    source.store = InMemorySnapshotStore()  # the key deleted: the control plane publishes
+    source.publish(10, ["kept"])
+    assert await holder.refresh() and holder.current.version == 10
