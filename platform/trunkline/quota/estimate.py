@@ -134,8 +134,10 @@ def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
                 for part in value:
                     if _is_media(part):
                         media += 1
+                    elif isinstance(part, dict):  # its text, under "text", "refusal"...
+                        size += sum(_text_bytes(v) for k, v in part.items() if k != "type")
                     else:
-                        size += _text_bytes(part.get("text") if isinstance(part, dict) else part)
+                        size += _text_bytes(part)
             else:
                 size += _text_bytes(value)
     size += sum(_json_bytes(definitions) for definitions in tools if definitions)
@@ -147,9 +149,20 @@ def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
     )
 
 
+_TEXT_PARTS: Final = frozenset(
+    {"text", "input_text", "output_text", "refusal", "thinking", "tool_reference"}
+)
+"""Content part types vLLM renders as text (``renderers/chat_utils.py``): the Responses API's
+``input_text`` and ``output_text``, an assistant's ``refusal`` and ``thinking`` parts as
+clients send their history back, and ``tool_reference`` (a tool's name)."""
+
+
 def _is_media(part: object) -> bool:
     """A typed content part that is not text: ``image_url``, ``input_audio``, ``video_url``…"""
-    return isinstance(part, dict) and part.get("type") not in (None, "text")
+    if not isinstance(part, dict):
+        return False
+    kind = part.get("type")
+    return kind is not None and (not isinstance(kind, str) or kind not in _TEXT_PARTS)
 
 
 def _json_bytes(value: object) -> int:

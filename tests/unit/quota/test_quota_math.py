@@ -153,6 +153,14 @@ def image(url: str) -> dict[str, object]:
          4 + MEDIA_PART_TOKENS + 8 + 8),
         ("chat", {"messages": [user([image("https://x/a.png"), image("https://x/b.png")])]},
          2 * MEDIA_PART_TOKENS + 8 + 8),
+        # Text by other part types vLLM renders as text (a Responses-style history, an
+        # assistant's refusal or thinking sent back) is counted as text, not as an image each.
+        ("chat", {"messages": [user([{"type": "input_text", "text": "abcdef"}]),
+                               {"role": "assistant", "content": [
+                                   {"type": "output_text", "text": "abc"},
+                                   {"type": "refusal", "refusal": "abcdef"},
+                                   {"type": "thinking", "thinking": "abc"}]}]},
+         2 + 1 + 2 + 1 + 2 * 8 + 8),
         # Tool calls and their results are rendered: arguments and results count, the role not.
         ("chat", {"messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function",
