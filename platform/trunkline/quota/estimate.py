@@ -29,6 +29,9 @@ MAX_COMPLETION_BUDGET: Final = 2**31 - 1
 """The most completion tokens one request reserves, whatever ``max_tokens`` and ``n`` say: far
 above what any engine generates, and small enough that the Redis counters stay integers (a
 ``max_tokens`` of 10**20 made the reserve script fail, a 500 for tenants without a token limit)."""
+COMPLETIONS_DEFAULT_MAX_TOKENS: Final = 16
+"""The answer maximum of a ``/v1/completions`` request without ``max_tokens`` (vLLM's and
+OpenAI's default); one that sends ``max_tokens: null`` has none (what the context leaves)."""
 _PAYLOAD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 _TOOL_KEYS = ("tools", "functions")
 """Tool definitions a chat template renders into the prompt (``functions``: the legacy name)."""
@@ -45,8 +48,9 @@ def completion_budget(
     kind: str, body: dict[str, Any], cap: int, *, context_length: int | None = None
 ) -> int:
     """Completion tokens to reserve: the maximum the engine will generate per answer, times
-    ``n`` and the number of prompts; ``cap`` per answer when the client set no maximum. The
-    maximum is :func:`completion_maximum`. Embeddings generate none.
+    ``n`` and the number of prompts; ``cap`` per answer when there is no maximum (chat without
+    one, completions with ``max_tokens: null``). The maximum is :func:`completion_maximum`.
+    Embeddings generate none.
 
     A maximum the client set is reserved whole (as OpenAI counts it; at most
     :data:`MAX_COMPLETION_BUDGET`): the engine generates up to it, and a reservation below it
@@ -83,9 +87,12 @@ def completion_field(kind: str, body: dict[str, Any]) -> str | None:
 
 
 def completion_maximum(kind: str, body: dict[str, Any]) -> int | None:
-    """The most tokens the client lets one answer have (:func:`completion_field`); None when
-    unset (or not a positive integer, which the gateway refuses before it reserves)."""
+    """The most tokens the client lets one answer have (:func:`completion_field`), on
+    completions without ``max_tokens`` their default of 16; None when unset (or not a positive
+    integer, which the gateway refuses before it reserves)."""
     field = completion_field(kind, body)
+    if kind == "completions" and "max_tokens" not in body:
+        return COMPLETIONS_DEFAULT_MAX_TOKENS
     asked = None if field is None else body.get(field)
     if asked == 0 and kind == "completions" and body.get("echo") is True:
         return 1  # a prompt scored (echoed, nothing shown): vLLM generates one token all the same

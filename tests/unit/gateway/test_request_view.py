@@ -27,7 +27,9 @@ ALIAS = AliasEntry("m", "served", "chat", ("pool",))
         ("chat", {"messages": [], "max_tokens": 10}, 10),
         # vLLM's completions read max_tokens alone: the other field is ignored there.
         ("completions", {"prompt": "x", "max_tokens": 10, "max_completion_tokens": 4000}, 10),
-        ("completions", {"prompt": "x", "max_completion_tokens": 4000}, None),
+        # ...and without it end at 16 tokens, vLLM's default; null is no maximum.
+        ("completions", {"prompt": "x", "max_completion_tokens": 4000}, 16),
+        ("completions", {"prompt": "x", "max_tokens": None}, None),
         ("completions", {"prompt": "x", "echo": True, "max_tokens": 0}, 1),  # scored: one token
         ("embeddings", {"input": "x", "max_tokens": 10}, None),
     ],

@@ -202,7 +202,13 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
         # Completions read max_tokens alone: a small max_completion_tokens beside a larger
         # max_tokens must not shrink the reservation below what vLLM generates.
         ("completions", {"prompt": "hi", "max_completion_tokens": 1, "max_tokens": 300}, 300),
-        ("completions", {"prompt": "hi", "max_completion_tokens": 1}, 4096),
+        ("completions", {"prompt": "hi", "max_completion_tokens": 1, "max_tokens": None}, 4096),
+        # Without max_tokens a completion's answer ends at 16 tokens (vLLM's and OpenAI's
+        # default): reserving 4,096 each refused such requests under a token limit they fit.
+        ("completions", {"prompt": "hi"}, 16),
+        ("completions", {"prompt": ["a", "b"], "n": 2}, 4 * 16),
+        # max_tokens null is no maximum: vLLM generates up to what the context leaves.
+        ("completions", {"prompt": "hi", "max_tokens": None}, 4096),
         # One answer per prompt of a list (texts or token-id lists), times n.
         ("completions", {"prompt": ["a", "b", "c"], "max_tokens": 100}, 300),
         ("completions", {"prompt": [[1, 2], [3]], "max_tokens": 100, "n": 2}, 400),
@@ -222,7 +228,7 @@ def test_completion_budget(kind: str, body: dict, budget: int) -> None:  # type:
         ("chat", {"max_tokens": 5000, "n": 3}, 3000),
         ("chat", {}, 1000),
         ("chat", {"n": 3}, 3000),
-        ("completions", {"prompt": ["a", "b"]}, 2000),
+        ("completions", {"prompt": ["a", "b"], "max_tokens": None}, 2000),
         ("completions", {"prompt": ["a", "b"], "max_tokens": 10}, 20),
         ("embeddings", {}, 0),
     ],
