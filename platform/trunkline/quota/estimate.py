@@ -37,11 +37,32 @@ _TOOL_KEYS = ("tools", "functions")
 """Tool definitions a chat template renders into the prompt (``functions``: the legacy name)."""
 
 
-def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
+def estimate_prompt_tokens(
+    kind: str, body: dict[str, Any], *, context_length: int | None = None
+) -> int:
+    """The prompt estimate, each prompt at most :func:`prompt_limit` of the body."""
     payload = body.get(_PAYLOAD[kind])
+    limit = prompt_limit(body, context_length)
     if kind == "chat" and isinstance(payload, list):
-        return _chat_tokens(payload, [body.get(key) for key in _TOOL_KEYS])
-    return _prompt_tokens(payload)
+        return _at_most(_chat_tokens(payload, [body.get(key) for key in _TOOL_KEYS]), limit)
+    return sum(_at_most(tokens, limit) for tokens in _prompt_lengths(payload))
+
+
+def prompt_limit(body: dict[str, Any], context_length: int | None) -> int | None:
+    """The most tokens the engine runs of one prompt: vLLM truncates it to the request's
+    ``truncate_prompt_tokens`` (-1: to the context window), and refuses, unrun, one longer than
+    the model's ``context_length``. An embeddings client sends whole documents with
+    ``truncate_prompt_tokens: 512``: counted whole, a batch of them was refused as larger than a
+    token limit it fitted. None: no limit known."""
+    truncate = body.get("truncate_prompt_tokens")
+    limits = [context_length] if context_length is not None else []
+    if _positive_int(truncate):
+        limits.append(truncate)
+    return min(limits, default=None)
+
+
+def _at_most(tokens: int, limit: int | None) -> int:
+    return tokens if limit is None else min(tokens, limit)
 
 
 def completion_budget(
@@ -111,22 +132,24 @@ def _positive_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _prompt_tokens(payload: object) -> int:
-    """A completions ``prompt`` or an embeddings ``input``: text, texts, token ids or lists
-    of token ids."""
+def _prompt_lengths(payload: object) -> list[int]:
+    """The estimate of each prompt of a completions ``prompt`` or an embeddings ``input``:
+    a text, texts, token ids (one prompt) or lists of token ids."""
     if isinstance(payload, str):
-        return _tokens(_utf8_len(payload))
+        return [_tokens(_utf8_len(payload))]
     if not isinstance(payload, list):
-        return 0
-    total = 0
+        return []
+    if all(isinstance(item, int) for item in payload):
+        return [len(payload)]  # one prompt as token ids
+    lengths = []
     for item in payload:
         if isinstance(item, int):
-            total += 1
+            lengths.append(1)
         elif isinstance(item, list):
-            total += len(item)
+            lengths.append(len(item))
         elif isinstance(item, str):
-            total += _tokens(_utf8_len(item))
-    return total
+            lengths.append(_tokens(_utf8_len(item)))
+    return lengths
 
 
 def _chat_tokens(messages: list[Any], tools: list[object]) -> int:

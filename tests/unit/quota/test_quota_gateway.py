@@ -183,6 +183,23 @@ def test_a_completion_without_max_tokens_reserves_the_16_tokens_it_may_generate(
     assert answered.headers["x-ratelimit-remaining-tokens"] == str(1000 - 2 - 16)
 
 
+def test_documents_embedded_with_truncate_prompt_tokens_reserve_what_the_engine_runs(
+    make_gateway: Any,
+) -> None:
+    """vLLM embeds the first 512 tokens of each; reserved whole (some 3,000 tokens each), a
+    batch of eight was refused as larger than a limit of 10,000 tokens a minute."""
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_minute=10_000))
+    documents = ["lorem ipsum " * 800] * 8
+
+    answered = gw.post(
+        {"model": "bge", "input": documents, "truncate_prompt_tokens": 512}, "/v1/embeddings"
+    )
+
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["x-ratelimit-remaining-tokens"] == str(10_000 - 8 * 512)
+
+
 def test_a_prompt_larger_than_a_whole_budget_is_too_large_not_spent(make_gateway: Any) -> None:
     """It was insufficient_quota, "It resets at 2027-07-01T00:00:00Z": the next month's budget
     refused it alike."""

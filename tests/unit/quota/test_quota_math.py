@@ -183,6 +183,30 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
 
 
 @pytest.mark.parametrize(
+    ("kind", "body", "tokens"),
+    [
+        # vLLM runs a prompt's first truncate_prompt_tokens (-1: the context window, here
+        # 1,000), each prompt of a list on its own, and refuses unrun one over the window.
+        ("embeddings", {"input": ["x" * 3000, "y" * 300], "truncate_prompt_tokens": 512},
+         512 + 100),
+        ("embeddings", {"input": "x" * 6000, "truncate_prompt_tokens": -1}, 1000),
+        ("embeddings", {"input": "x" * 6000}, 1000),
+        ("completions", {"prompt": [list(range(700)), [1, 2]], "truncate_prompt_tokens": 600},
+         600 + 2),
+        ("completions", {"prompt": list(range(700)), "truncate_prompt_tokens": 600}, 600),
+        ("chat", {"messages": [user("x" * 6000)], "truncate_prompt_tokens": 50}, 50),
+        ("chat", {"messages": [user("x" * 300)], "truncate_prompt_tokens": True}, 100 + 8 + 8),
+    ],
+)  # fmt: skip
+def test_prompt_estimate_counts_what_the_engine_runs(
+    kind: str,
+    body: dict,  # type: ignore[type-arg]
+    tokens: int,
+) -> None:
+    assert estimate_prompt_tokens(kind, body, context_length=1000) == tokens
+
+
+@pytest.mark.parametrize(
     ("kind", "body", "budget"),
     [
         ("chat", {"max_tokens": 100}, 100),
