@@ -14,7 +14,7 @@ from trunkline.errors import Forbidden, InvalidRequest, NotFound
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.routing.candidates import placed_away
 from trunkline.kit.collector import collector_paused
-from trunkline.quota.estimate import completion_field, completion_maximum
+from trunkline.quota.estimate import chat_conversations, completion_field, completion_maximum
 from trunkline.snapshot import AliasEntry, Snapshot
 
 _json_decoder = msgspec.json.Decoder()
@@ -112,6 +112,16 @@ def _decode_json(raw: bytes) -> Any:
 def _check_payload(kind: str, body: dict[str, Any]) -> None:
     field = _REQUIRED[kind]
     value = body.get(field)
+    if kind == "embeddings" and value is None and body.get("messages") is not None:
+        # vLLM's chat embeddings: a conversation (or a list of them) its template renders.
+        if chat_conversations(kind, body) is None:
+            raise InvalidRequest(
+                "'messages' must be a non-empty array of messages (objects with a string "
+                "'role'), or an array of such arrays",
+                param="messages",
+                reason="invalid_type",
+            )
+        value = body["messages"]
     if value is None:
         raise InvalidRequest(
             f"Missing required parameter: '{field}'.",

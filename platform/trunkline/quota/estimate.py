@@ -41,11 +41,41 @@ def estimate_prompt_tokens(
     kind: str, body: dict[str, Any], *, context_length: int | None = None
 ) -> int:
     """The prompt estimate, each prompt at most :func:`prompt_limit` of the body."""
-    payload = body.get(_PAYLOAD[kind])
     limit = prompt_limit(body, context_length)
-    if kind == "chat" and isinstance(payload, list):
-        return _at_most(_chat_tokens(payload, [body.get(key) for key in _TOOL_KEYS]), limit)
+    conversations = chat_conversations(kind, body)
+    if conversations is not None:
+        tools = [body.get(key) for key in _TOOL_KEYS]
+        return sum(_at_most(_chat_tokens(c, tools), limit) for c in conversations)
+    payload = body.get(_PAYLOAD[kind])
     return sum(_at_most(tokens, limit) for tokens in _prompt_lengths(payload))
+
+
+def chat_conversations(kind: str, body: dict[str, Any]) -> list[list[Any]] | None:
+    """The conversations a request has rendered by a chat template: a chat's ``messages``;
+    on embeddings (vLLM's chat embeddings), ``messages`` or an ``input`` of messages, one
+    conversation or a list of them. None: the prompt is text or token ids."""
+    if kind == "chat":
+        messages = body.get("messages")
+        return [messages] if isinstance(messages, list) else None
+    if kind != "embeddings":
+        return None
+    payload = body.get("messages")
+    if payload is None:
+        payload = body.get("input")
+    if is_conversation(payload):
+        return [payload]
+    if isinstance(payload, list) and payload and all(is_conversation(c) for c in payload):
+        return payload
+    return None
+
+
+def is_conversation(value: object) -> TypeGuard[list[Any]]:
+    """A non-empty list of chat messages (objects with a string ``role``), as vLLM tells one."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+    )
 
 
 def prompt_limit(body: dict[str, Any], context_length: int | None) -> int | None:

@@ -170,6 +170,35 @@ def test_completions_and_embeddings(make_gateway) -> None:
 
 
 @pytest.mark.parametrize(
+    "payload",
+    [
+        {"messages": [{"role": "user", "content": "a red bicycle"}]},
+        {"messages": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]},
+        {"input": [{"role": "user", "content": "a red bicycle"}]},
+    ],
+    ids=["messages", "conversations", "input-of-messages"],
+)
+def test_chat_embeddings_reach_the_engine(make_gateway, payload: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    """vLLM embeds conversations (its template renders them; multimodal embedding models take
+    images so): ``messages`` was refused as a missing 'input'."""
+    gw, key = _ready(make_gateway)
+    response = gw.client.post("/v1/embeddings", json={"model": "bge", **payload}, headers=auth(key))
+    assert response.status_code == 200, response.text
+    sent = json.loads(gw.upstream[-1].content)
+    assert {k: sent[k] for k in payload} == payload
+
+
+def test_embeddings_messages_that_are_no_conversation_are_refused(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    gw, key = _ready(make_gateway)
+    response = gw.client.post(
+        "/v1/embeddings", json={"model": "bge", "messages": ["hi"]}, headers=auth(key)
+    )
+    assert_openai_error(response, 400, "invalid_type")
+    assert response.json()["error"]["param"] == "messages"
+    assert gw.upstream == []
+
+
+@pytest.mark.parametrize(
     ("body", "param", "code"),
     [
         (b"{not json", None, "invalid_json"),

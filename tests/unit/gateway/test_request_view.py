@@ -9,7 +9,7 @@ import pytest
 
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.pipeline import parse_body
-from trunkline.gateway.request_view import request_view
+from trunkline.gateway.request_view import prompt_text, request_view
 from trunkline.snapshot import AliasEntry, KeyEntry, TenantEntry, TierEntry
 
 PRINCIPAL = Principal(
@@ -42,3 +42,13 @@ def test_the_answer_maximum_is_the_field_the_engine_reads(
     request = parse_body(kind, json.dumps({"model": "m", **body}).encode())
     view = request_view("r", PRINCIPAL, ALIAS, request, prompt_tokens=1)
     assert view.max_tokens == expected
+
+
+def test_an_embedded_conversation_is_routed_by_its_messages_text() -> None:
+    """vLLM's chat embeddings: routed by their text like a chat, not as an empty prompt."""
+    messages = [
+        {"role": "system", "content": "policy"},
+        {"role": "user", "content": [{"type": "text", "text": "question"}]},
+    ]
+    request = parse_body("embeddings", json.dumps({"model": "m", "messages": messages}).encode())
+    assert prompt_text(request) == "policy\nquestion"

@@ -176,6 +176,12 @@ def image(url: str) -> dict[str, object]:
         ("completions", {"prompt": [1, 2, 3, 4]}, 4),
         ("completions", {"prompt": [[1, 2], [3], "abc"]}, 4),
         ("embeddings", {"input": ["hello world!", "x"]}, 5),
+        # vLLM's chat embeddings render conversations (messages, or an input of messages) by
+        # the template: counted as a chat's, where an input of messages counted nothing.
+        ("embeddings", {"input": [user("hello")]}, 2 + 8 + 8),
+        ("embeddings", {"messages": [user("hello")]}, 2 + 8 + 8),
+        ("embeddings", {"messages": [[user("hello")], [user("x" * 300)]]},
+         (2 + 8 + 8) + (100 + 8 + 8)),
     ],
 )  # fmt: skip
 def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: ignore[type-arg]
