@@ -5,7 +5,8 @@ The estimate errs high on purpose (one token per three UTF-8 bytes, plus a chat 
 overhead per message): what a reservation over-estimates is refunded at settle, what it
 under-estimates is what lets concurrent requests overshoot a limit. A chat request counts every
 text the template renders: message contents, tool calls and their results, and the ``tools``
-definitions as JSON. Media parts count a fixed :data:`MEDIA_PART_TOKENS`, not their bytes.
+definitions and ``documents`` as JSON. Media parts count a fixed :data:`MEDIA_PART_TOKENS`, not
+their bytes.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ COMPLETIONS_DEFAULT_MAX_TOKENS: Final = 16
 """The answer maximum of a ``/v1/completions`` request without ``max_tokens`` (vLLM's and
 OpenAI's default); one that sends ``max_tokens: null`` has none (what the context leaves)."""
 _PAYLOAD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
-_TOOL_KEYS = ("tools", "functions")
-"""Tool definitions a chat template renders into the prompt (``functions``: the legacy name)."""
+_RENDERED_KEYS = ("tools", "functions", "documents")
+"""Request fields a chat template renders into the prompt besides the messages: tool
+definitions (``functions``: the legacy name) and a RAG template's ``documents``."""
 
 
 def estimate_prompt_tokens(
@@ -44,7 +46,7 @@ def estimate_prompt_tokens(
     limit = prompt_limit(body, context_length)
     conversations = chat_conversations(kind, body)
     if conversations is not None:
-        tools = [body.get(key) for key in _TOOL_KEYS]
+        tools = [body.get(key) for key in _RENDERED_KEYS]
         return sum(_at_most(_chat_tokens(c, tools), limit) for c in conversations)
     payload = body.get(_PAYLOAD[kind])
     return sum(_at_most(tokens, limit) for tokens in _prompt_lengths(payload))

@@ -171,6 +171,9 @@ def image(url: str) -> dict[str, object]:
         ("chat", {"messages": [user("hi")], "tools": [{"type": "function",
                                                        "function": {"name": "f"}}]},
          -(-(2 + len('[{"type":"function","function":{"name":"f"}}]')) // 3) + 8 + 8),
+        # A RAG template renders the documents (as JSON here: keys included, erring high).
+        ("chat", {"messages": [user("hi")], "documents": [{"text": "x" * 300}]},
+         -(-(2 + len('[{"text":""}]') + 300) // 3) + 8 + 8),
         ("chat", {"messages": [user("ééé"), {"role": "user"}]}, 2 + 16 + 8),
         ("completions", {"prompt": "abcdefghi"}, 3),
         ("completions", {"prompt": [1, 2, 3, 4]}, 4),
