@@ -46,8 +46,8 @@ def estimate_prompt_tokens(
     limit = prompt_limit(body, context_length)
     conversations = chat_conversations(kind, body)
     if conversations is not None:
-        tools = [body.get(key) for key in _RENDERED_KEYS]
-        return sum(_at_most(_chat_tokens(c, tools), limit) for c in conversations)
+        rendered = [body.get(key) for key in _RENDERED_KEYS]
+        return sum(_at_most(_chat_tokens(c, rendered), limit) for c in conversations)
     payload = body.get(_PAYLOAD[kind])
     return sum(_at_most(tokens, limit) for tokens in _prompt_lengths(payload))
 
@@ -184,7 +184,7 @@ def _prompt_lengths(payload: object) -> list[int]:
     return lengths
 
 
-def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
+def _chat_tokens(messages: list[Any], rendered: list[object]) -> int:
     size = media = 0
     for message in messages:
         if not isinstance(message, dict):
@@ -202,7 +202,7 @@ def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
                         size += _text_bytes(part)
             else:
                 size += _text_bytes(value)
-    size += sum(_json_bytes(definitions) for definitions in tools if definitions)
+    size += sum(_json_bytes(field) for field in rendered if field)
     return (
         _tokens(size)
         + MEDIA_PART_TOKENS * media
