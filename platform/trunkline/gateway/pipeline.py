@@ -256,13 +256,18 @@ def reachable(snapshot: Snapshot, alias: AliasEntry, principal: Principal) -> bo
     return not placed_away(snapshot, alias, principal.tenant, principal.tier)
 
 
-ENGINE_CONTROLS = ("cache_salt", "priority", "kv_transfer_params", "ec_transfer_params")
+ENGINE_CONTROLS = (
+    "cache_salt", "priority", "kv_transfer_params", "ec_transfer_params", "kv_cache_report_mode"
+)  # fmt: skip
 """vLLM request fields that act on other tenants' work, which the gateway never passes on from a
 client: the prefix-cache salt (another tenant's salt reads its cached prompts), the scheduling
 ``priority`` (on an engine run with ``--scheduling-policy priority``, a bronze caller would
 jump gold's queue; tiers are the gateway's to enforce), ``kv_transfer_params`` (in a
 prefill/decode split, they name the remote KV blocks an engine loads) and its encoder-cache
-twin ``ec_transfer_params``; also taken out of ``vllm_xargs``, which vLLM reads them from."""
+twin ``ec_transfer_params``; also taken out of ``vllm_xargs``, which vLLM reads them from, as
+is ``kv_cache_report_mode`` (read there only): ``"full"`` has vLLM 0.32 publish a
+``BlockStored`` event again for every cached block a request reuses, a flood on the KV-event
+stream every gateway's prefix index reads (past ZMQ's queue, other tenants' events are lost)."""
 
 
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:
