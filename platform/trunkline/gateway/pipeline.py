@@ -23,6 +23,8 @@ MAX_N = 128
 
 # endpoint kind -> (required field, alias kinds it may call)
 _REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+_ENCODINGS = (None, "float", "base64")
+"""The embeddings ``encoding_format`` values whose answers are JSON (OpenAI's)."""
 _MODEL_KINDS = {
     "chat": frozenset({"chat"}),
     "completions": frozenset({"chat", "completion"}),
@@ -143,6 +145,15 @@ def _check_payload(kind: str, body: dict[str, Any]) -> None:
     elif not isinstance(value, str | list) or (isinstance(value, list) and not value):
         raise InvalidRequest(
             f"'{field}' must be a string or a non-empty array", param=field, reason="invalid_type"
+        )
+    if kind == "embeddings" and body.get("encoding_format") not in _ENCODINGS:
+        # vLLM also answers "bytes" and "bytes_only": raw floats, usage in a header or none.
+        # Not JSON, the answer was a 502 counted against the engine's health: any key holder
+        # could have healthy engines ejected.
+        raise InvalidRequest(
+            "'encoding_format' must be 'float' or 'base64'",
+            param="encoding_format",
+            reason="invalid_value",
         )
     # Legacy completions score a prompt with ``echo`` and ``max_tokens`` 0 (the prompt's
     # log-probabilities, nothing generated), which vLLM takes.
