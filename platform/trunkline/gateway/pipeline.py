@@ -14,7 +14,7 @@ from trunkline.errors import Forbidden, InvalidRequest, NotFound
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.routing.candidates import placed_away
 from trunkline.kit.collector import collector_paused
-from trunkline.quota.estimate import completion_field, completion_maximum
+from trunkline.quota.estimate import chat_conversations, completion_field, completion_maximum
 from trunkline.snapshot import AliasEntry, Snapshot
 
 _json_decoder = msgspec.json.Decoder()
@@ -23,6 +23,8 @@ MAX_N = 128
 
 # endpoint kind -> (required field, alias kinds it may call)
 _REQUIRED = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
+_ENCODINGS = (None, "float", "base64")
+"""The embeddings ``encoding_format`` values whose answers are JSON (OpenAI's)."""
 _MODEL_KINDS = {
     "chat": frozenset({"chat"}),
     "completions": frozenset({"chat", "completion"}),
@@ -112,6 +114,16 @@ def _decode_json(raw: bytes) -> Any:
 def _check_payload(kind: str, body: dict[str, Any]) -> None:
     field = _REQUIRED[kind]
     value = body.get(field)
+    if kind == "embeddings" and value is None and body.get("messages") is not None:
+        # vLLM's chat embeddings: a conversation (or a list of them) its template renders.
+        if chat_conversations(kind, body) is None:
+            raise InvalidRequest(
+                "'messages' must be a non-empty array of messages (objects with a string "
+                "'role'), or an array of such arrays",
+                param="messages",
+                reason="invalid_type",
+            )
+        value = body["messages"]
     if value is None:
         raise InvalidRequest(
             f"Missing required parameter: '{field}'.",
@@ -133,6 +145,15 @@ def _check_payload(kind: str, body: dict[str, Any]) -> None:
     elif not isinstance(value, str | list) or (isinstance(value, list) and not value):
         raise InvalidRequest(
             f"'{field}' must be a string or a non-empty array", param=field, reason="invalid_type"
+        )
+    if kind == "embeddings" and body.get("encoding_format") not in _ENCODINGS:
+        # vLLM also answers "bytes" and "bytes_only": raw floats, usage in a header or none.
+        # Not JSON, the answer was a 502 counted against the engine's health: any key holder
+        # could have healthy engines ejected.
+        raise InvalidRequest(
+            "'encoding_format' must be 'float' or 'base64'",
+            param="encoding_format",
+            reason="invalid_value",
         )
     # Legacy completions score a prompt with ``echo`` and ``max_tokens`` 0 (the prompt's
     # log-probabilities, nothing generated), which vLLM takes.
@@ -246,13 +267,18 @@ def reachable(snapshot: Snapshot, alias: AliasEntry, principal: Principal) -> bo
     return not placed_away(snapshot, alias, principal.tenant, principal.tier)
 
 
-ENGINE_CONTROLS = ("cache_salt", "priority", "kv_transfer_params", "ec_transfer_params")
+ENGINE_CONTROLS = (
+    "cache_salt", "priority", "kv_transfer_params", "ec_transfer_params", "kv_cache_report_mode"
+)  # fmt: skip
 """vLLM request fields that act on other tenants' work, which the gateway never passes on from a
 client: the prefix-cache salt (another tenant's salt reads its cached prompts), the scheduling
 ``priority`` (on an engine run with ``--scheduling-policy priority``, a bronze caller would
 jump gold's queue; tiers are the gateway's to enforce), ``kv_transfer_params`` (in a
 prefill/decode split, they name the remote KV blocks an engine loads) and its encoder-cache
-twin ``ec_transfer_params``; also taken out of ``vllm_xargs``, which vLLM reads them from."""
+twin ``ec_transfer_params``; also taken out of ``vllm_xargs``, which vLLM reads them from, as
+is ``kv_cache_report_mode`` (read there only): ``"full"`` has vLLM 0.32 publish a
+``BlockStored`` event again for every cached block a request reuses, a flood on the KV-event
+stream every gateway's prefix index reads (past ZMQ's queue, other tenants' events are lost)."""
 
 
 def upstream_body(request: ParsedRequest, served_model: str) -> dict[str, Any]:

@@ -119,13 +119,21 @@ def _template_options(body: Mapping[str, Any]) -> dict[str, Any] | None:
     if body.get("chat_template") is not None:
         return None
     continuing = body.get("continue_final_message") is True
-    fields = {
+    fields: dict[str, Any] = {
         "add_generation_prompt": body.get("add_generation_prompt", True) is not False
         and not continuing,
         "continue_final_message": continuing,
     }
-    tools = vllm_tools(body.get("tools"))
     unset = (None, "auto")  # vLLM's merge_kwargs skips these
+    # Rendered by templates that use them: a RAG template's documents, often most of the
+    # prompt; a reasoning model's effort, and whether it thinks, which vLLM derives from it.
+    fields.update(
+        (k, body[k]) for k in ("documents", "reasoning_effort") if body.get(k) not in unset
+    )
+    effort = body.get("reasoning_effort")
+    if effort is not None and "enable_thinking" not in kwargs:
+        fields["enable_thinking"] = effort != "none"
+    tools = vllm_tools(body.get("tools"))
     options: dict[str, Any] = {"tools": tools}
     options.update((k, v) for k, v in kwargs.items() if v not in unset)
     options.update(fields)

@@ -11,7 +11,7 @@ from trunkline.gateway.authn import Principal
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.routing import PromptView, RequestView
 from trunkline.gateway.routing.text_prompt import TextPrompt
-from trunkline.quota.estimate import completion_maximum
+from trunkline.quota.estimate import chat_conversations, completion_maximum
 from trunkline.snapshot import AliasEntry
 
 __all__ = ["prompt_text", "request_view"]
@@ -42,10 +42,18 @@ def request_view(
 
 def prompt_text(request: ParsedRequest) -> str:
     """The prompt's text for prefix affinity: chat messages' contents in order (text parts of
-    multi-part contents), or the completions prompt / embeddings input (token ids as digits)."""
+    multi-part contents; an embeddings request's messages too), or the completions prompt /
+    embeddings input (token ids as digits)."""
+    conversations = chat_conversations(request.kind, request.body)
+    if conversations is not None:
+        return "\n".join(
+            _content_text(m.get("content"))
+            for messages in conversations
+            for m in messages
+            if isinstance(m, dict)
+        )
     if request.kind == "chat":
-        messages = request.body.get("messages") or ()
-        return "\n".join(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
+        return ""
     payload = request.body.get("prompt" if request.kind == "completions" else "input")
     return _content_text(payload)
 

@@ -291,7 +291,9 @@ class GatewayService:
             self.emitter, self.quota, grant, principal, request, alias.model, request_id,
             on_finish=self._unfinished.discard,
         )  # fmt: skip
-        prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(request.kind, request.body)
+        prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(
+            request.kind, request.body, context_length=alias.context_length
+        )
         try:
             route = await self._route(
                 snapshot, principal, request, alias, request_id, prompt_tokens, prompt

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from trunkline.errors import QuotaExhausted, RateLimited, TrunklineError, UpstreamUnavailable
 from trunkline.metering.outcomes import BILLED_BY_DEFAULT
-from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens
+from trunkline.quota.estimate import completion_budget, estimate_prompt_tokens, prompt_limit
 from trunkline.quota.fallback import FallbackQuotaStore
 from trunkline.quota.headers import rate_limit_headers, retry_headers
 from trunkline.quota.limits import (
@@ -143,6 +143,9 @@ class QuotaEnforcer:
         key_limits = book.keys.get(key.key_id)
         project_limits = book.projects.get(key.tenant_id)
         tenant_limits = book.tenants.get(key.tenant_id)
+        if prompt_tokens is not None:  # the whole prompt's: the engine may run less of it
+            limit = prompt_limit(body, context_length)
+            prompt_tokens = prompt_tokens if limit is None else min(prompt_tokens, limit)
         if key_limits is None and project_limits is None and tenant_limits is None:
             return UNLIMITED_GRANT if prompt_tokens is None else Grant(None, {}, prompt_tokens)
         scopes = tuple(
@@ -154,7 +157,10 @@ class QuotaEnforcer:
             )
             if limits is not None
         )
-        prompt = estimate_prompt_tokens(kind, body) if prompt_tokens is None else prompt_tokens
+        if prompt_tokens is None:
+            prompt = estimate_prompt_tokens(kind, body, context_length=context_length)
+        else:
+            prompt = prompt_tokens
         completion = completion_budget(kind, body, self._cap, context_length=context_length)
         price = book.prices.get(price_key(model, tier))
         cost = price.cost(prompt, 0, completion) if price else 0

@@ -5,7 +5,8 @@ The estimate errs high on purpose (one token per three UTF-8 bytes, plus a chat 
 overhead per message): what a reservation over-estimates is refunded at settle, what it
 under-estimates is what lets concurrent requests overshoot a limit. A chat request counts every
 text the template renders: message contents, tool calls and their results, and the ``tools``
-definitions as JSON. Media parts count a fixed :data:`MEDIA_PART_TOKENS`, not their bytes.
+definitions and ``documents`` as JSON. Media parts count a fixed :data:`MEDIA_PART_TOKENS`, not
+their bytes.
 """
 
 from __future__ import annotations
@@ -29,24 +30,80 @@ MAX_COMPLETION_BUDGET: Final = 2**31 - 1
 """The most completion tokens one request reserves, whatever ``max_tokens`` and ``n`` say: far
 above what any engine generates, and small enough that the Redis counters stay integers (a
 ``max_tokens`` of 10**20 made the reserve script fail, a 500 for tenants without a token limit)."""
+COMPLETIONS_DEFAULT_MAX_TOKENS: Final = 16
+"""The answer maximum of a ``/v1/completions`` request without ``max_tokens`` (vLLM's and
+OpenAI's default); one that sends ``max_tokens: null`` has none (what the context leaves)."""
 _PAYLOAD = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
-_TOOL_KEYS = ("tools", "functions")
-"""Tool definitions a chat template renders into the prompt (``functions``: the legacy name)."""
+_RENDERED_KEYS = ("tools", "functions", "documents")
+"""Request fields a chat template renders into the prompt besides the messages: tool
+definitions (``functions``: the legacy name) and a RAG template's ``documents``."""
 
 
-def estimate_prompt_tokens(kind: str, body: dict[str, Any]) -> int:
+def estimate_prompt_tokens(
+    kind: str, body: dict[str, Any], *, context_length: int | None = None
+) -> int:
+    """The prompt estimate, each prompt at most :func:`prompt_limit` of the body."""
+    limit = prompt_limit(body, context_length)
+    conversations = chat_conversations(kind, body)
+    if conversations is not None:
+        rendered = [body.get(key) for key in _RENDERED_KEYS]
+        return sum(_at_most(_chat_tokens(c, rendered), limit) for c in conversations)
     payload = body.get(_PAYLOAD[kind])
-    if kind == "chat" and isinstance(payload, list):
-        return _chat_tokens(payload, [body.get(key) for key in _TOOL_KEYS])
-    return _prompt_tokens(payload)
+    return sum(_at_most(tokens, limit) for tokens in _prompt_lengths(payload))
+
+
+def chat_conversations(kind: str, body: dict[str, Any]) -> list[list[Any]] | None:
+    """The conversations a request has rendered by a chat template: a chat's ``messages``;
+    on embeddings (vLLM's chat embeddings), ``messages`` or an ``input`` of messages, one
+    conversation or a list of them. None: the prompt is text or token ids."""
+    if kind == "chat":
+        messages = body.get("messages")
+        return [messages] if isinstance(messages, list) else None
+    if kind != "embeddings":
+        return None
+    payload = body.get("messages")
+    if payload is None:
+        payload = body.get("input")
+    if is_conversation(payload):
+        return [payload]
+    if isinstance(payload, list) and payload and all(is_conversation(c) for c in payload):
+        return payload
+    return None
+
+
+def is_conversation(value: object) -> TypeGuard[list[Any]]:
+    """A non-empty list of chat messages (objects with a string ``role``), as vLLM tells one."""
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+    )
+
+
+def prompt_limit(body: dict[str, Any], context_length: int | None) -> int | None:
+    """The most tokens the engine runs of one prompt: vLLM truncates it to the request's
+    ``truncate_prompt_tokens`` (-1: to the context window), and refuses, unrun, one longer than
+    the model's ``context_length``. An embeddings client sends whole documents with
+    ``truncate_prompt_tokens: 512``: counted whole, a batch of them was refused as larger than a
+    token limit it fitted. None: no limit known."""
+    truncate = body.get("truncate_prompt_tokens")
+    limits = [context_length] if context_length is not None else []
+    if _positive_int(truncate):
+        limits.append(truncate)
+    return min(limits, default=None)
+
+
+def _at_most(tokens: int, limit: int | None) -> int:
+    return tokens if limit is None else min(tokens, limit)
 
 
 def completion_budget(
     kind: str, body: dict[str, Any], cap: int, *, context_length: int | None = None
 ) -> int:
     """Completion tokens to reserve: the maximum the engine will generate per answer, times
-    ``n`` and the number of prompts; ``cap`` per answer when the client set no maximum. The
-    maximum is :func:`completion_maximum`. Embeddings generate none.
+    ``n`` and the number of prompts; ``cap`` per answer when there is no maximum (chat without
+    one, completions with ``max_tokens: null``). The maximum is :func:`completion_maximum`.
+    Embeddings generate none.
 
     A maximum the client set is reserved whole (as OpenAI counts it; at most
     :data:`MAX_COMPLETION_BUDGET`): the engine generates up to it, and a reservation below it
@@ -83,9 +140,12 @@ def completion_field(kind: str, body: dict[str, Any]) -> str | None:
 
 
 def completion_maximum(kind: str, body: dict[str, Any]) -> int | None:
-    """The most tokens the client lets one answer have (:func:`completion_field`); None when
-    unset (or not a positive integer, which the gateway refuses before it reserves)."""
+    """The most tokens the client lets one answer have (:func:`completion_field`), on
+    completions without ``max_tokens`` their default of 16; None when unset (or not a positive
+    integer, which the gateway refuses before it reserves)."""
     field = completion_field(kind, body)
+    if kind == "completions" and "max_tokens" not in body:
+        return COMPLETIONS_DEFAULT_MAX_TOKENS
     asked = None if field is None else body.get(field)
     if asked == 0 and kind == "completions" and body.get("echo") is True:
         return 1  # a prompt scored (echoed, nothing shown): vLLM generates one token all the same
@@ -104,25 +164,27 @@ def _positive_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _prompt_tokens(payload: object) -> int:
-    """A completions ``prompt`` or an embeddings ``input``: text, texts, token ids or lists
-    of token ids."""
+def _prompt_lengths(payload: object) -> list[int]:
+    """The estimate of each prompt of a completions ``prompt`` or an embeddings ``input``:
+    a text, texts, token ids (one prompt) or lists of token ids."""
     if isinstance(payload, str):
-        return _tokens(_utf8_len(payload))
+        return [_tokens(_utf8_len(payload))]
     if not isinstance(payload, list):
-        return 0
-    total = 0
+        return []
+    if all(isinstance(item, int) for item in payload):
+        return [len(payload)]  # one prompt as token ids
+    lengths = []
     for item in payload:
         if isinstance(item, int):
-            total += 1
+            lengths.append(1)
         elif isinstance(item, list):
-            total += len(item)
+            lengths.append(len(item))
         elif isinstance(item, str):
-            total += _tokens(_utf8_len(item))
-    return total
+            lengths.append(_tokens(_utf8_len(item)))
+    return lengths
 
 
-def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
+def _chat_tokens(messages: list[Any], rendered: list[object]) -> int:
     size = media = 0
     for message in messages:
         if not isinstance(message, dict):
@@ -134,11 +196,13 @@ def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
                 for part in value:
                     if _is_media(part):
                         media += 1
+                    elif isinstance(part, dict):  # its text, under "text", "refusal"...
+                        size += sum(_text_bytes(v) for k, v in part.items() if k != "type")
                     else:
-                        size += _text_bytes(part.get("text") if isinstance(part, dict) else part)
+                        size += _text_bytes(part)
             else:
                 size += _text_bytes(value)
-    size += sum(_json_bytes(definitions) for definitions in tools if definitions)
+    size += sum(_json_bytes(field) for field in rendered if field)
     return (
         _tokens(size)
         + MEDIA_PART_TOKENS * media
@@ -147,9 +211,20 @@ def _chat_tokens(messages: list[Any], tools: list[object]) -> int:
     )
 
 
+_TEXT_PARTS: Final = frozenset(
+    {"text", "input_text", "output_text", "refusal", "thinking", "tool_reference"}
+)
+"""Content part types vLLM renders as text (``renderers/chat_utils.py``): the Responses API's
+``input_text`` and ``output_text``, an assistant's ``refusal`` and ``thinking`` parts as
+clients send their history back, and ``tool_reference`` (a tool's name)."""
+
+
 def _is_media(part: object) -> bool:
     """A typed content part that is not text: ``image_url``, ``input_audio``, ``video_url``…"""
-    return isinstance(part, dict) and part.get("type") not in (None, "text")
+    if not isinstance(part, dict):
+        return False
+    kind = part.get("type")
+    return kind is not None and (not isinstance(kind, str) or kind not in _TEXT_PARTS)
 
 
 def _json_bytes(value: object) -> int:

@@ -49,6 +49,14 @@ def test_no_engine_control_reaches_the_engine_at_the_top_or_inside_vllm_xargs() 
     assert upstream["vllm_xargs"] == {"my_plugin": "on"}  # the rest of the extensions' fields stay
 
 
+def test_a_client_cannot_have_the_engine_publish_its_cached_blocks_again() -> None:
+    """``kv_cache_report_mode: "full"`` in vllm_xargs has vLLM 0.32 publish a BlockStored event
+    for every cached block each request reuses, on the KV-event stream the gateways share."""
+    body = {**CHAT, "vllm_xargs": {"kv_cache_report_mode": "full", "my_plugin": "on"}}
+    upstream = upstream_body(parse_body("chat", json.dumps(body).encode()), "served")
+    assert upstream["vllm_xargs"] == {"my_plugin": "on"}
+
+
 @pytest.mark.parametrize("raw", [json.dumps({**CHAT, "x": [[[0]]] * 1000}).encode(), b"{"])
 def test_decoding_a_body_leaves_the_garbage_collector_running(raw: bytes) -> None:
     assert gc.isenabled()

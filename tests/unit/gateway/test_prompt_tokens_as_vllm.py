@@ -101,6 +101,37 @@ def test_the_requests_own_fields_win_over_its_chat_template_kwargs(
     assert rendered(tokenizer, body) == "user:hello\nassistant:"
 
 
+RAG_TEMPLATE = (
+    "{% for d in documents or [] %}doc:{{ d['text'] }}\n{% endfor %}"
+    "{% if reasoning_effort %}effort:{{ reasoning_effort }}\n{% endif %}"
+    "{% for m in messages %}{{ m['role'] }}:{{ m['content'] }}\n{% endfor %}"
+    "{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        # A RAG template renders the documents, often most of the prompt: without them the
+        # quota reserved the messages alone, and no block matched the engine's.
+        ({"documents": [{"text": "a"}, {"text": "b"}]}, "doc:a\ndoc:b\nuser:hello\n"),
+        # vLLM hands the template reasoning_effort, and enable_thinking derived from it.
+        ({"reasoning_effort": "none"}, "effort:none\nuser:hello\n<think></think>"),
+        ({"reasoning_effort": "high"}, "effort:high\nuser:hello\n"),
+        # ...unless the client set enable_thinking itself.
+        (
+            {"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": True}},
+            "effort:none\nuser:hello\n",
+        ),
+    ],
+)
+def test_documents_and_reasoning_effort_reach_the_template_as_in_vllm(
+    tmp_path_factory: pytest.TempPathFactory, fields: dict[str, Any], text: str
+) -> None:
+    tokenizer = byte_tokenizer(tmp_path_factory, RAG_TEMPLATE)
+    assert rendered(tokenizer, {"messages": HELLO, **fields}) == text
+
+
 class _LoopRecordingTokenizer:
     """One token per word; notes whether it ran on an event loop."""
 

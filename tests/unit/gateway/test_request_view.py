@@ -9,7 +9,7 @@ import pytest
 
 from trunkline.gateway.authn import Principal
 from trunkline.gateway.pipeline import parse_body
-from trunkline.gateway.request_view import request_view
+from trunkline.gateway.request_view import prompt_text, request_view
 from trunkline.snapshot import AliasEntry, KeyEntry, TenantEntry, TierEntry
 
 PRINCIPAL = Principal(
@@ -27,7 +27,9 @@ ALIAS = AliasEntry("m", "served", "chat", ("pool",))
         ("chat", {"messages": [], "max_tokens": 10}, 10),
         # vLLM's completions read max_tokens alone: the other field is ignored there.
         ("completions", {"prompt": "x", "max_tokens": 10, "max_completion_tokens": 4000}, 10),
-        ("completions", {"prompt": "x", "max_completion_tokens": 4000}, None),
+        # ...and without it end at 16 tokens, vLLM's default; null is no maximum.
+        ("completions", {"prompt": "x", "max_completion_tokens": 4000}, 16),
+        ("completions", {"prompt": "x", "max_tokens": None}, None),
         ("completions", {"prompt": "x", "echo": True, "max_tokens": 0}, 1),  # scored: one token
         ("embeddings", {"input": "x", "max_tokens": 10}, None),
     ],
@@ -40,3 +42,13 @@ def test_the_answer_maximum_is_the_field_the_engine_reads(
     request = parse_body(kind, json.dumps({"model": "m", **body}).encode())
     view = request_view("r", PRINCIPAL, ALIAS, request, prompt_tokens=1)
     assert view.max_tokens == expected
+
+
+def test_an_embedded_conversation_is_routed_by_its_messages_text() -> None:
+    """vLLM's chat embeddings: routed by their text like a chat, not as an empty prompt."""
+    messages = [
+        {"role": "system", "content": "policy"},
+        {"role": "user", "content": [{"type": "text", "text": "question"}]},
+    ]
+    request = parse_body("embeddings", json.dumps({"model": "m", "messages": messages}).encode())
+    assert prompt_text(request) == "policy\nquestion"

@@ -167,6 +167,39 @@ def test_a_budget_with_room_for_the_prompt_but_not_max_tokens_says_lower_max_tok
     assert gw.post({**CHAT, "max_tokens": 19}).status_code == 200  # it fits, as it says
 
 
+def test_a_completion_without_max_tokens_reserves_the_16_tokens_it_may_generate(
+    make_gateway: Any,
+) -> None:
+    """vLLM (as OpenAI) ends such an answer at 16 tokens. The gateway reserved its 4,096 cap
+    for it: under a limit of 1,000 tokens a minute, every such request was refused as too
+    large, and 'Lower max_tokens' told the client to lower what it had not set."""
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_minute=1000))
+
+    answered = gw.post({"model": "llama", "prompt": "hello"}, "/v1/completions")
+
+    assert answered.status_code == 200, answered.text
+    # It reserved its prompt estimate (2) and the 16 tokens its answer may have.
+    assert answered.headers["x-ratelimit-remaining-tokens"] == str(1000 - 2 - 16)
+
+
+def test_documents_embedded_with_truncate_prompt_tokens_reserve_what_the_engine_runs(
+    make_gateway: Any,
+) -> None:
+    """vLLM embeds the first 512 tokens of each; reserved whole (some 3,000 tokens each), a
+    batch of eight was refused as larger than a limit of 10,000 tokens a minute."""
+    gw: Gateway = make_gateway()
+    gw.limit(tenant=Limits(tokens_per_minute=10_000))
+    documents = ["lorem ipsum " * 800] * 8
+
+    answered = gw.post(
+        {"model": "bge", "input": documents, "truncate_prompt_tokens": 512}, "/v1/embeddings"
+    )
+
+    assert answered.status_code == 200, answered.text
+    assert answered.headers["x-ratelimit-remaining-tokens"] == str(10_000 - 8 * 512)
+
+
 def test_a_prompt_larger_than_a_whole_budget_is_too_large_not_spent(make_gateway: Any) -> None:
     """It was insufficient_quota, "It resets at 2027-07-01T00:00:00Z": the next month's budget
     refused it alike."""

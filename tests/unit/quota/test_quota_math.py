@@ -153,6 +153,14 @@ def image(url: str) -> dict[str, object]:
          4 + MEDIA_PART_TOKENS + 8 + 8),
         ("chat", {"messages": [user([image("https://x/a.png"), image("https://x/b.png")])]},
          2 * MEDIA_PART_TOKENS + 8 + 8),
+        # Text by other part types vLLM renders as text (a Responses-style history, an
+        # assistant's refusal or thinking sent back) is counted as text, not as an image each.
+        ("chat", {"messages": [user([{"type": "input_text", "text": "abcdef"}]),
+                               {"role": "assistant", "content": [
+                                   {"type": "output_text", "text": "abc"},
+                                   {"type": "refusal", "refusal": "abcdef"},
+                                   {"type": "thinking", "thinking": "abc"}]}]},
+         2 + 1 + 2 + 1 + 2 * 8 + 8),
         # Tool calls and their results are rendered: arguments and results count, the role not.
         ("chat", {"messages": [{"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function",
@@ -163,15 +171,48 @@ def image(url: str) -> dict[str, object]:
         ("chat", {"messages": [user("hi")], "tools": [{"type": "function",
                                                        "function": {"name": "f"}}]},
          -(-(2 + len('[{"type":"function","function":{"name":"f"}}]')) // 3) + 8 + 8),
+        # A RAG template renders the documents (as JSON here: keys included, erring high).
+        ("chat", {"messages": [user("hi")], "documents": [{"text": "x" * 300}]},
+         -(-(2 + len('[{"text":""}]') + 300) // 3) + 8 + 8),
         ("chat", {"messages": [user("ééé"), {"role": "user"}]}, 2 + 16 + 8),
         ("completions", {"prompt": "abcdefghi"}, 3),
         ("completions", {"prompt": [1, 2, 3, 4]}, 4),
         ("completions", {"prompt": [[1, 2], [3], "abc"]}, 4),
         ("embeddings", {"input": ["hello world!", "x"]}, 5),
+        # vLLM's chat embeddings render conversations (messages, or an input of messages) by
+        # the template: counted as a chat's, where an input of messages counted nothing.
+        ("embeddings", {"input": [user("hello")]}, 2 + 8 + 8),
+        ("embeddings", {"messages": [user("hello")]}, 2 + 8 + 8),
+        ("embeddings", {"messages": [[user("hello")], [user("x" * 300)]]},
+         (2 + 8 + 8) + (100 + 8 + 8)),
     ],
 )  # fmt: skip
 def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: ignore[type-arg]
     assert estimate_prompt_tokens(kind, body) == tokens
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "tokens"),
+    [
+        # vLLM runs a prompt's first truncate_prompt_tokens (-1: the context window, here
+        # 1,000), each prompt of a list on its own, and refuses unrun one over the window.
+        ("embeddings", {"input": ["x" * 3000, "y" * 300], "truncate_prompt_tokens": 512},
+         512 + 100),
+        ("embeddings", {"input": "x" * 6000, "truncate_prompt_tokens": -1}, 1000),
+        ("embeddings", {"input": "x" * 6000}, 1000),
+        ("completions", {"prompt": [list(range(700)), [1, 2]], "truncate_prompt_tokens": 600},
+         600 + 2),
+        ("completions", {"prompt": list(range(700)), "truncate_prompt_tokens": 600}, 600),
+        ("chat", {"messages": [user("x" * 6000)], "truncate_prompt_tokens": 50}, 50),
+        ("chat", {"messages": [user("x" * 300)], "truncate_prompt_tokens": True}, 100 + 8 + 8),
+    ],
+)  # fmt: skip
+def test_prompt_estimate_counts_what_the_engine_runs(
+    kind: str,
+    body: dict,  # type: ignore[type-arg]
+    tokens: int,
+) -> None:
+    assert estimate_prompt_tokens(kind, body, context_length=1000) == tokens
 
 
 @pytest.mark.parametrize(
@@ -194,7 +235,13 @@ def test_prompt_estimate(kind: str, body: dict, tokens: int) -> None:  # type: i
         # Completions read max_tokens alone: a small max_completion_tokens beside a larger
         # max_tokens must not shrink the reservation below what vLLM generates.
         ("completions", {"prompt": "hi", "max_completion_tokens": 1, "max_tokens": 300}, 300),
-        ("completions", {"prompt": "hi", "max_completion_tokens": 1}, 4096),
+        ("completions", {"prompt": "hi", "max_completion_tokens": 1, "max_tokens": None}, 4096),
+        # Without max_tokens a completion's answer ends at 16 tokens (vLLM's and OpenAI's
+        # default): reserving 4,096 each refused such requests under a token limit they fit.
+        ("completions", {"prompt": "hi"}, 16),
+        ("completions", {"prompt": ["a", "b"], "n": 2}, 4 * 16),
+        # max_tokens null is no maximum: vLLM generates up to what the context leaves.
+        ("completions", {"prompt": "hi", "max_tokens": None}, 4096),
         # One answer per prompt of a list (texts or token-id lists), times n.
         ("completions", {"prompt": ["a", "b", "c"], "max_tokens": 100}, 300),
         ("completions", {"prompt": [[1, 2], [3]], "max_tokens": 100, "n": 2}, 400),
@@ -214,7 +261,7 @@ def test_completion_budget(kind: str, body: dict, budget: int) -> None:  # type:
         ("chat", {"max_tokens": 5000, "n": 3}, 3000),
         ("chat", {}, 1000),
         ("chat", {"n": 3}, 3000),
-        ("completions", {"prompt": ["a", "b"]}, 2000),
+        ("completions", {"prompt": ["a", "b"], "max_tokens": None}, 2000),
         ("completions", {"prompt": ["a", "b"], "max_tokens": 10}, 20),
         ("embeddings", {}, 0),
     ],

@@ -30,8 +30,6 @@ HEADER = "x-trunkline-cascade"
 """``first`` when the first model's answer was kept, ``escalated`` when the large one answered."""
 REASON_HEADER = "x-trunkline-cascade-reason"
 _MAX_REQUEST_ID = 64
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-"""The answer maximum of a ``/v1/completions`` request that sets none (vLLM's and OpenAI's)."""
 _SYSTEM_ROLES = ("system", "developer")
 """Roles of a client's opening message the confidence instruction is joined to."""
 
@@ -109,12 +107,9 @@ def judge(plan: CascadePlan, payload: bytes) -> Verdict:
 
 def client_limit(kind: str, body: dict[str, Any]) -> int | None:
     """The most tokens the client's request lets each answer have, on both models: its own
-    maximum, else on completions the API's default of 16 (vLLM's and OpenAI's); None on chat
-    without one (the engine's own limit: what its context leaves)."""
-    asked = completion_maximum(kind, body)
-    if asked is None and kind == "completions":
-        return COMPLETIONS_DEFAULT_MAX_TOKENS
-    return asked
+    maximum, else on completions the API's default of 16 (vLLM's and OpenAI's); None without
+    one (the engine's own limit: what its context leaves)."""
+    return completion_maximum(kind, body)
 
 
 def attempt_request_id(request_id: str, suffix: str) -> str:
