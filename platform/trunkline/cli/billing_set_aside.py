@@ -14,7 +14,7 @@ import redis
 
 from trunkline.billing.export_file import write_file
 from trunkline.cli.tenants import open_runtime
-from trunkline.errors import InvalidRequest
+from trunkline.errors import InvalidRequest, Unavailable
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.redis_stream import READ_TIMEOUT_S, append_dead_letters, stream_name
@@ -91,5 +91,10 @@ def _keep(
     )
     try:
         append_dead_letters(client, stream_name(prefix), found)
+    except redis.RedisError as exc:  # the events stay in the ledger: the transaction rolls back
+        raise Unavailable(
+            f"Redis did not take the events ({exc}); nothing was set aside: run it again once "
+            "Redis answers, or give --out FILE"
+        ) from exc
     finally:
         client.close()
