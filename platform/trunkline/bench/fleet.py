@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from trunkline.bench.report import BenchResult, GoalSpec, Metrics, Runs, print_table, write_result
+from trunkline.cli.arguments import output_dir
 from trunkline.kit.collector import collector_paused
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ def register(commands: Any) -> None:
         default="round-robin,least-loaded",
         help="comma-separated routing policies; the first is the baseline",
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     parser.add_argument("--replicas", type=int, default=8, help="simulated engines")
     parser.add_argument("--profile", default="h100", help="accelerator profile of every engine")
     parser.add_argument("--seed", type=int, default=1, help="workload and engine seed")
