@@ -191,6 +191,8 @@ def usage_reader(settings: Settings) -> UsageReader:
         try:
             return now, asyncio.run(fetch())
         except StoreUnavailable:
+            # Said: "usage": null alone reads as embedded mode's, where there is none to read.
+            print("warning: Redis did not answer: usage is not shown", file=sys.stderr)
             return None
 
     return read
