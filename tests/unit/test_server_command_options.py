@@ -1,5 +1,6 @@
-"""Options of the commands that start servers: a value out of range is a usage error naming
-the option, not a traceback from the server once it starts."""
+"""Options of the commands that start servers or run benchmarks (and of ``keys rotate``): a value
+out of range is a usage error naming the option, not a traceback from the server once it starts,
+nor from the benchmark once it has run."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def parse(argv: list[str]) -> object:
         (["sim", "--model", "m", "--port", "99999"], "--port"),
         (["sim", "--model", "m", "--port", "0"], "--port"),
         (["bench", "quota-accuracy", "--out", "o", "--time-scale", "-1"], "--time-scale"),
+        (["keys", "rotate", "KEY", "--grace-s", "-1"], "--grace-s"),
+        (["keys", "rotate", "KEY", "--grace-s", "604801"], "--grace-s"),
     ],
 )
 def test_a_value_out_of_range_is_a_usage_error(
