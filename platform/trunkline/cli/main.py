@@ -41,8 +41,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        # Importing a command's module takes up to 2 s: Ctrl-C then is no traceback either.
+        args = build_parser(argv).parse_args(argv)
+    except KeyboardInterrupt:
+        return 130
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The parsed command's exit code; a refusal or the database's is one line on stderr."""
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, where a reader that left (BrokenPipeError) is caught

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from support.processes import trunkline_env
 from trunkline.cli.main import MODULES, build_parser
 
 
@@ -34,5 +35,30 @@ def test_starting_the_gateway_loads_neither_the_orm_nor_the_simulator() -> None:
         "print(sorted(m for m in ('sqlalchemy.orm', 'trunkline.fleet', 'trunkline.bench.fidelity')"
         " if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=trunkline_env(),
+    )
     assert out.stdout.strip() == "[]"
+
+
+def test_ctrl_c_while_a_command_loads_is_no_traceback() -> None:
+    """Ctrl-C in the second a command's module takes to import printed a traceback through
+    importlib (the interrupt stands for it here, raised as the keys module is looked up)."""
+    probe = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'trunkline.cli.keys':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from trunkline.cli.main import main\n"
+        "sys.exit(main(['keys', 'list', '--tenant', 'acme']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=trunkline_env()
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (130, "", "")
