@@ -70,6 +70,9 @@ def _documents(
         line = file.read_bytes()[: exc.start].count(b"\n") + 1
         issues.append(ManifestIssue(str(file), line, "", f"not UTF-8 text: {exc.reason}"))
         return
+    except OSError as exc:  # not readable by this user: a problem listed with the others
+        issues.append(ManifestIssue(str(file), 1, "", f"cannot read it: {exc.strerror or exc}"))
+        return
     loader = Yaml12Loader(text)
     try:
         while loader.check_node():
