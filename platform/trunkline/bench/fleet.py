@@ -77,6 +77,10 @@ class FleetBenchConfig:
             raise ValueError("name at least one routing policy")
         if self.replicas < 1:
             raise ValueError("--replicas must be at least 1")
+        if self.limit is not None and self.limit < 1:  # a run of no request measures nothing
+            raise ValueError("--limit must be at least 1")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ValueError("--duration must be more than 0 seconds")
 
     @property
     def whole_trace(self) -> bool:
