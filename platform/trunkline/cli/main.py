@@ -51,9 +51,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """The parsed command's exit code; a refusal or the database's is one line on stderr."""
+    if sys.stdout is None and args.command not in MODULES["servers"]:
+        # Started with it closed (`>&-`): what the command is for (a key's secret) would be
+        # lost. A server (its log is on stderr) runs all the same.
+        print("error: standard output is closed: nothing could be shown", file=sys.stderr)
+        return 2
     try:
         code = int(args.func(args) or 0)
-        sys.stdout.flush()  # here, where a reader that left (BrokenPipeError) is caught
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a reader that left (BrokenPipeError) is caught
         return code
     except TrunklineError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

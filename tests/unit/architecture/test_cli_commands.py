@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from support.processes import trunkline_env
 from trunkline.cli.main import MODULES, build_parser
+from trunkline.models import ApiKey
+from unit.metering.usage_support import migrated
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -62,3 +67,30 @@ def test_ctrl_c_while_a_command_loads_is_no_traceback() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, env=trunkline_env()
     )
     assert (out.returncode, out.stdout, out.stderr) == (130, "", "")
+
+
+def test_a_command_run_with_its_output_closed_refuses_before_it_does_anything(
+    tmp_path: Path,
+) -> None:
+    """Started with standard output closed (`>&-`, a supervisor's child), every command ended
+    on AttributeError's traceback, after doing its work: `keys create` made a key whose secret
+    went nowhere."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    factory = migrated(url)
+    env = trunkline_env(TRUNKLINE_DATABASE__URL=url, TRUNKLINE_STATE_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-m", "trunkline.cli.main", "keys", "create",
+         "--tenant", "acme", "--project", "demo", "--name", "k"],
+        capture_output=True, text=True, env=env, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr == "error: standard output is closed: nothing could be shown\n"
+    with factory() as session:
+        assert session.scalar(select(func.count()).select_from(ApiKey)) == 0
+    factory.kw["bind"].dispose()
+    # A server runs: its log is on stderr (migrate, the one that ends, ended on a traceback).
+    migrate = [sys.executable, "-m", "trunkline.cli.main", "migrate"]
+    out = subprocess.run(
+        migrate, capture_output=True, text=True, env=env, preexec_fn=lambda: os.close(1)
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr
