@@ -416,6 +416,14 @@ def register(commands: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.measurements is not None:  # what is wrong with them, in a line, not a traceback
+        from trunkline.bench._fidelity_record import Recording
+
+        try:
+            Recording.load(args.measurements)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     result = run_fidelity(
         args.out, seed=args.seed, progress=sys.stderr, measurements=args.measurements
     )
