@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -20,6 +21,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "billing": ("billing",),
 }
 """The commands each module of ``trunkline.cli`` registers, in the order ``--help`` lists them."""
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""What a write to a file on a full disk (or past a quota or size limit) fails with."""
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -69,7 +73,15 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         # The reader left (`| head`): what is left to write goes nowhere, not into a traceback
         # when Python flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
+        return 1
+    except OSError as exc:
+        # A full disk behind `> file`: the files commands write themselves (export --out)
+        # are named in their errors, standard output's has no name.
+        if exc.errno not in _FULL or exc.filename is not None:
+            raise
+        print(f"error: cannot write standard output: {exc.strerror}", file=sys.stderr)
+        _discard_stdout()
         return 1
     except Exception as exc:
         refused = database_refusal(exc)
@@ -77,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"error: the database refused it: {refused}", file=sys.stderr)
         return 2
+
+
+def _discard_stdout() -> None:
+    """What is left for standard output goes nowhere, not into a traceback at exit."""
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def database_refusal(exc: BaseException) -> str | None:

@@ -94,3 +94,16 @@ def test_a_command_run_with_its_output_closed_refuses_before_it_does_anything(
         migrate, capture_output=True, text=True, env=env, preexec_fn=lambda: os.close(1)
     )
     assert out.returncode == 0 and "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_output_to_a_full_disk_is_one_line() -> None:
+    """`trunkline ... > file` on a full disk ended on OSError's traceback (twice: again as
+    Python flushed at exit)."""
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(
+            [sys.executable, "-m", "trunkline.cli.main", "tenants", "schema"],
+            stdout=full, stderr=subprocess.PIPE, text=True, env=trunkline_env(),
+        )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr == "error: cannot write standard output: No space left on device\n"
