@@ -67,6 +67,21 @@ def test_a_manifest_that_cannot_be_read_is_a_problem_not_a_traceback(
     assert err.endswith("1 problem(s) found\n")
 
 
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/nonexistent/tenants", "no such file or directory"),
+        ("/dev/null", "not a file or a directory of manifests"),
+    ],
+)
+def test_a_path_holding_no_manifests_says_what_it_is(
+    capsys: pytest.CaptureFixture[str], path: str, said: str
+) -> None:
+    """/dev/null (or /dev/stdin, a pipe) was said not to exist."""
+    code, out, err = run(capsys, "tenants", "validate", path)
+    assert (code, out, err) == (2, "", f"error: {path}: {said}\n")
+
+
 def test_apply_twice_says_the_second_run_changed_nothing(
     capsys: pytest.CaptureFixture[str], configured: str
 ) -> None:

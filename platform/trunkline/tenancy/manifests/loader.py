@@ -40,7 +40,9 @@ def manifest_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise InvalidRequest(f"{path}: no such file or directory", param="path")
+        exists = path.exists()  # /dev/null, a pipe
+        what = "not a file or a directory of manifests" if exists else "no such file or directory"
+        raise InvalidRequest(f"{path}: {what}", param="path")
     return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
