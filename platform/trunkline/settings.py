@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -64,6 +65,15 @@ class RedisSettings(BaseModel):
         scheme, separator, _ = url.partition("://")
         if not separator or scheme not in REDIS_SCHEMES:
             raise ValueError("must be a Redis URL (redis://HOST:PORT/DB, rediss:// or unix://)")
+        try:  # as redis-py reads it, on the first connection (its error may quote the password)
+            port = urlsplit(url).port
+        except ValueError:
+            port = -1
+        if port == -1:
+            raise ValueError(
+                "must be a Redis URL whose host and port can be read (a port from 1 to 65535; "
+                "'/', '@', '[' and ']' in a password written %2F, %40, %5B and %5D)"
+            )
         return url
 
 

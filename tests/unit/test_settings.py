@@ -111,6 +111,10 @@ def test_a_value_that_does_not_fit_names_its_variable_and_not_the_value(
         ("TRUNKLINE_REDIS__URL", "redis-host:6379"),
         ("TRUNKLINE_REDIS__URL", " "),
         ("TRUNKLINE_REDIS__URL", "http://:s3cr3t@redis:6379/0"),
+        ("TRUNKLINE_REDIS__URL", "redis://:s3cr3t@[redis:6379/0"),
+        ("TRUNKLINE_REDIS__URL", "redis://redis:s3cr3t/0"),
+        ("TRUNKLINE_REDIS__URL", "redis://redis:65536/0"),
+        ("TRUNKLINE_REDIS__URL", "redis://:pass/s3cr3t@redis:6379/0"),  # '/' not encoded
     ],
 )
 def test_a_url_no_process_can_use_is_refused_naming_its_variable(

@@ -44,6 +44,7 @@ from trunkline.bench._fidelity_host import (
     pinned,
 )
 from trunkline.bench.report import BenchResult, GoalSpec, Runs, print_table, write_result
+from trunkline.cli.arguments import output_dir
 from trunkline.engines.calibration import REFINED_FIELDS as STEP_FIELDS
 
 if TYPE_CHECKING:
@@ -403,7 +404,7 @@ def register(commands: Any) -> None:
         help="the engine simulator against real vLLM on this CPU (calibrate, then held-out loads)",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated loads")
     parser.add_argument(
         "--measurements",
@@ -415,6 +416,14 @@ def register(commands: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.measurements is not None:  # what is wrong with them, in a line, not a traceback
+        from trunkline.bench._fidelity_record import Recording
+
+        try:
+            Recording.load(args.measurements)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     result = run_fidelity(
         args.out, seed=args.seed, progress=sys.stderr, measurements=args.measurements
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from trunkline.bench.report import BenchResult, GoalSpec, Metrics, Runs, print_table, write_result
+from trunkline.cli.arguments import output_dir
 from trunkline.kit.collector import collector_paused
 
 if TYPE_CHECKING:
@@ -76,6 +77,10 @@ class FleetBenchConfig:
             raise ValueError("name at least one routing policy")
         if self.replicas < 1:
             raise ValueError("--replicas must be at least 1")
+        if self.limit is not None and self.limit < 1:  # a run of no request measures nothing
+            raise ValueError("--limit must be at least 1")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ValueError("--duration must be more than 0 seconds")
 
     @property
     def whole_trace(self) -> bool:
@@ -227,7 +232,7 @@ def register(commands: Any) -> None:
         default="round-robin,least-loaded",
         help="comma-separated routing policies; the first is the baseline",
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     parser.add_argument("--replicas", type=int, default=8, help="simulated engines")
     parser.add_argument("--profile", default="h100", help="accelerator profile of every engine")
     parser.add_argument("--seed", type=int, default=1, help="workload and engine seed")

@@ -5,7 +5,8 @@ leaves a file that looks like a complete export."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from trunkline.errors import InvalidRequest
@@ -28,6 +29,22 @@ def write_file(path: Path, chunks: Iterable[bytes]) -> None:
         _write_to(path, path, chunks)
     else:
         publish(stage(path, chunks), path)
+
+
+def append_file(path: Path, chunks: Iterable[bytes]) -> None:
+    """``chunks`` after what ``path`` holds, the whole appearing at once as :func:`write_file`
+    writes it: a failure part-way leaves the file as it was."""
+    if path.is_file():
+        chunks = itertools.chain(_read(path), chunks)
+    write_file(path, chunks)
+
+
+def _read(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as kept:
+            yield from iter(lambda: kept.read(1 << 20), b"")
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}", param="out") from exc
 
 
 def publish(staged: Path, path: Path) -> None:

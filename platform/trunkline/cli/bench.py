@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from trunkline.bench import fidelity as bench_fidelity
 from trunkline.bench import fleet as bench_fleet
 from trunkline.cli import bench_admission, bench_metering, bench_quota, bench_routing
+from trunkline.cli.arguments import output_dir
 
 
 def register(sub: Any) -> None:
@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
             "process), interleaved in blocks, and compare the latencies."
         ),
     )
-    overhead.add_argument("--out", type=Path, required=True, help="directory for the results")
+    overhead.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     overhead.add_argument(
         "-n", "--requests", type=int, default=1000, help="measured requests per variant"
     )

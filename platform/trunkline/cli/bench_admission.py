@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
+
+from trunkline.cli.arguments import output_dir
 
 
 def register(commands: Any) -> None:
@@ -19,7 +20,7 @@ def register(commands: Any) -> None:
             "rejections, decision time, fairness and a noisy tenant's effect."
         ),
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     parser.add_argument("--profile", default="l40s", help="accelerator profile of every engine")
     parser.add_argument("--replicas", type=int, default=2, help="simulated engines")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals per run")

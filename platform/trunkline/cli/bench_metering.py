@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
+
+from trunkline.cli.arguments import output_dir
 
 METRICS = [
     "events_per_s",
@@ -34,7 +35,7 @@ def register(commands: Any) -> None:
             "both ledgers, then roll up and export a month of events to FOCUS CSV and Parquet."
         ),
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     parser.add_argument("-n", "--events", type=int, default=200_000, help="events (pipeline)")
     parser.add_argument("--baseline-events", type=int, default=20_000, help="events (baseline)")
     parser.add_argument("--writers", type=int, default=8, help="baseline connections")

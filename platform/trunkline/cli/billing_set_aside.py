@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 import redis
 
-from trunkline.billing.export_file import write_file
+from trunkline.billing.export_file import append_file
 from trunkline.cli.tenants import open_runtime
-from trunkline.errors import InvalidRequest
+from trunkline.errors import InvalidRequest, Unavailable
 from trunkline.kit.db import transaction
 from trunkline.kit.ids import utcnow
 from trunkline.metering.redis_stream import READ_TIMEOUT_S, append_dead_letters, stream_name
@@ -35,7 +35,9 @@ def register(commands: Any) -> None:
         "Redis), and their hours are rolled up again without them. Prints one line per event. "
         "Those of a closed period are left (billed there).",
     )
-    parser.add_argument("--out", type=Path, help="write the events here, not to Redis")
+    parser.add_argument(
+        "--out", type=Path, help="add the events to this file (JSON lines), not to Redis"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print them, change nothing")
     parser.set_defaults(func=set_aside_command)
 
@@ -83,7 +85,7 @@ def _keep(
 ) -> None:
     if out is not None:
         lines = (msgspec.json.encode({"e": record, "error": why}) + b"\n" for record, why in found)
-        write_file(out, lines)
+        append_file(out, lines)  # the only copy: what an earlier run kept there stays
         return
     assert url is not None
     client = redis.Redis.from_url(
@@ -91,5 +93,10 @@ def _keep(
     )
     try:
         append_dead_letters(client, stream_name(prefix), found)
+    except redis.RedisError as exc:  # the events stay in the ledger: the transaction rolls back
+        raise Unavailable(
+            f"Redis did not take the events ({exc}); nothing was set aside: run it again once "
+            "Redis answers, or give --out FILE"
+        ) from exc
     finally:
         client.close()

@@ -54,11 +54,25 @@ def register(sub: Any) -> None:
     rotate.add_argument("key_id")
     rotate.add_argument(
         "--grace-s",
-        type=int,
+        type=_grace_s,
         default=0,
         help="keep the old key working this many seconds more (at most 604800); default: revoke it",
     )
     rotate.set_defaults(func=rotate_command)
+
+
+def _grace_s(text: str) -> int:
+    """Seconds the old key of a rotation keeps working: a usage error naming ``--grace-s``
+    (the service's refusal named the API's ``grace_s``, and only once the key was found)."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 0 <= seconds <= service.MAX_ROTATION_GRACE_S:
+        raise argparse.ArgumentTypeError(
+            f"must be from 0 to {service.MAX_ROTATION_GRACE_S} (7 days), not {seconds}"
+        )
+    return seconds
 
 
 def _run(work: Callable[[Session, Runtime], T]) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -21,6 +22,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "billing": ("billing",),
 }
 """The commands each module of ``trunkline.cli`` registers, in the order ``--help`` lists them."""
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""What a write to a file on a full disk (or past a quota or size limit) fails with."""
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -42,11 +46,25 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    try:
+        # Importing a command's module takes up to 2 s: Ctrl-C then is no traceback either.
+        args = build_parser(argv).parse_args(argv)
+    except KeyboardInterrupt:
+        return 130
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The parsed command's exit code; a refusal or the database's is one line on stderr."""
+    if sys.stdout is None and args.command not in MODULES["servers"]:
+        # Started with it closed (`>&-`): what the command is for (a key's secret) would be
+        # lost. A server (its log is on stderr) runs all the same.
+        print("error: standard output is closed: nothing could be shown", file=sys.stderr)
+        return 2
     try:
         code = int(args.func(args) or 0)
-        sys.stdout.flush()  # here, where a reader that left (BrokenPipeError) is caught
+        if sys.stdout is not None:
+            sys.stdout.flush()  # here, where a reader that left (BrokenPipeError) is caught
         return code
     except TrunklineError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -56,7 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader left (`| head`): what is left to write goes nowhere, not into a traceback
         # when Python flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
+        return 1
+    except OSError as exc:
+        # A full disk behind `> file`: the files commands write themselves (export --out)
+        # are named in their errors, standard output's has no name.
+        if exc.errno not in _FULL or exc.filename is not None:
+            raise
+        print(f"error: cannot write standard output: {exc.strerror}", file=sys.stderr)
+        _discard_stdout()
         return 1
     except Exception as exc:
         refused = database_refusal(exc)
@@ -64,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: the database refused it: {refused}", file=sys.stderr)
         return 2
+
+
+def _discard_stdout() -> None:
+    """What is left for standard output goes nowhere, not into a traceback at exit."""
+    if sys.stdout is not None:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def database_refusal(exc: BaseException) -> str | None:

@@ -190,7 +190,9 @@ def usage_reader(settings: Settings) -> UsageReader:
 
         try:
             return now, asyncio.run(fetch())
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
+            # Said: "usage": null alone reads as embedded mode's, where there is none to read.
+            print(f"warning: usage is not shown: {exc}", file=sys.stderr)
             return None
 
     return read

@@ -46,6 +46,14 @@ def _email(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not an e-mail address: {text!r}") from None
 
 
+def _currency(text: str) -> str:
+    """A currency as a price book names it (ISO 4217: three letters, in either case)."""
+    code = text.strip().upper()
+    if not (len(code) == 3 and code.isascii() and code.isalpha()):
+        raise argparse.ArgumentTypeError(f"not an ISO 4217 currency code: {text!r}")
+    return code
+
+
 def _ttl_days(text: str) -> int:
     """0 (never expires) to :data:`MAX_TTL_DAYS`; anything else is a usage error."""
     try:
@@ -65,7 +73,7 @@ def register(sub: Any) -> None:
     validate.add_argument("path", help="a manifest file or a directory of *.yaml files")
     validate.add_argument(
         "--currency",
-        type=str.upper,
+        type=_currency,
         help="the price book's currency (ISO 4217): check cost budgets against it as apply does",
     )
     validate.set_defaults(func=validate_command)

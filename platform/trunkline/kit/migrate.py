@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, make_url
+from sqlalchemy import URL, Engine, make_url
 from sqlalchemy.exc import OperationalError
 
 from trunkline.errors import ConfigurationError
@@ -30,10 +30,22 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def parse_url(url: str) -> URL:
+    """``url`` as SQLAlchemy reads it; a ``ConfigurationError`` when it cannot. SQLAlchemy's
+    own error quotes what followed the host (a password's characters, in a mistyped URL)."""
+    try:
+        return make_url(url)
+    except ValueError:
+        raise ConfigurationError(
+            "TRUNKLINE_DATABASE__URL cannot be read: what follows HOST: must be a port "
+            "number (an '@' in a password is written %40)"
+        ) from None
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file of a SQLite database URL (relative to the working directory as SQLite takes
     it), None for other databases and in-memory SQLite."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
@@ -57,7 +69,7 @@ def database_name(url: str) -> str:
     path = sqlite_file(url)
     if path is not None:
         return str(path.resolve())
-    parsed = make_url(url)
+    parsed = parse_url(url)
     hidden = {name: "***" for name in _PASSWORD_PARAMETERS if name in parsed.query}
     shown = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
     return shown.replace("=%2A%2A%2A", "=***")  # as the user information's is shown

@@ -10,6 +10,7 @@ import pytest
 from trunkline.bench._engine_side import CpuTimes, EngineTotals
 from trunkline.bench._fidelity_record import Recording
 from trunkline.bench._fidelity_replay import RealRun
+from trunkline.cli.main import main
 from trunkline.workloads.driver import Measured
 
 SPEC = ["poisson-1rps-p256", 1.0, 30, 256, 0, 32]
@@ -62,3 +63,18 @@ def test_a_file_that_is_not_a_recording_says_so(tmp_path: Path, text: str) -> No
     path.write_text(text)
     with pytest.raises(ValueError, match="measurements"):
         Recording.load(path)
+
+
+@pytest.mark.parametrize("text", [None, "not json", '{"format": "something else"}'])
+def test_the_command_refuses_measurements_it_cannot_read_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None
+) -> None:
+    """`bench fidelity --measurements` of a missing or foreign file stopped on the ValueError's
+    traceback, its message (which said what was wrong) at the bottom of it."""
+    path = tmp_path / "measurements.json"
+    if text is not None:
+        path.write_text(text)
+    out = tmp_path / "out"
+    assert main(["bench", "fidelity", "--out", str(out), "--measurements", str(path)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {path}: ") and "measurements" in line

@@ -50,6 +50,38 @@ def test_validate_reports_ok_or_every_issue(
     assert f"{bad}:3: Tier gold: priority: 'x' is not of type 'integer'" in err
 
 
+UNREADABLE = Path("/proc/self/mem")
+"""A regular file whose first read fails (EIO) even for root, as an unreadable manifest's
+(EACCES) does for anyone else."""
+
+
+@pytest.mark.skipif(not UNREADABLE.is_file(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", ["validate", "apply"])
+def test_a_manifest_that_cannot_be_read_is_a_problem_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """It stopped both commands (and ``trunkline up``) on OSError's traceback."""
+    code, out, err = run(capsys, "tenants", command, str(UNREADABLE))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"{UNREADABLE}:1: (document): cannot read it: ")
+    assert err.endswith("1 problem(s) found\n")
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/nonexistent/tenants", "no such file or directory"),
+        ("/dev/null", "not a file or a directory of manifests"),
+    ],
+)
+def test_a_path_holding_no_manifests_says_what_it_is(
+    capsys: pytest.CaptureFixture[str], path: str, said: str
+) -> None:
+    """/dev/null (or /dev/stdin, a pipe) was said not to exist."""
+    code, out, err = run(capsys, "tenants", "validate", path)
+    assert (code, out, err) == (2, "", f"error: {path}: {said}\n")
+
+
 def test_apply_twice_says_the_second_run_changed_nothing(
     capsys: pytest.CaptureFixture[str], configured: str
 ) -> None:

@@ -100,3 +100,16 @@ def test_the_cli_reports_it_as_a_manifest_issue(
     in_euros(runtime)
     assert main(["tenants", "apply", str(manifests)]) == 1
     assert issue in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("currency", ["usd1", "EURO", "$", ""])
+def test_validate_refuses_a_currency_that_is_no_iso_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], currency: str
+) -> None:
+    """It was taken: a typo of USD ("usd1") called every cost_per_month_usd a budget in
+    another currency, and one of EUR ("EURO") passed those the price book would refuse."""
+    (tmp_path / "t.yaml").write_text(OLD)
+    with pytest.raises(SystemExit) as exited:
+        main(["tenants", "validate", str(tmp_path), "--currency", currency])
+    assert exited.value.code == 2
+    assert "argument --currency: not an ISO 4217 currency code" in capsys.readouterr().err

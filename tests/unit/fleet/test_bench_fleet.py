@@ -65,3 +65,18 @@ def test_the_command_prints_the_table_and_refuses_no_policy(
         main(["bench", "fleet", "--workload", "care", "--policies", ",", "--out", str(tmp_path)])
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--limit", "0"), ("--limit", "-1"), ("--duration", "-5")]
+)
+def test_a_run_of_no_requests_is_refused_naming_its_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str
+) -> None:
+    """--limit -1 stopped on islice's ValueError traceback; --limit 0 and a negative
+    --duration replayed no request and wrote a result of nothing, exit 0."""
+    out = tmp_path / "out"
+    argv = ["bench", "fleet", "--workload", "care", option, value, "--out", str(out)]
+    assert main(argv) == 2
+    assert option in capsys.readouterr().err
+    assert not out.exists()

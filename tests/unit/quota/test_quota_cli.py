@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,19 @@ def test_a_limit_out_of_range_names_its_option(
     """It named the request body's field (`$.tokens_per_minute`), which nobody typed."""
     argv = ["quota", "set", "--tier", "gold", "--scope", "tenant", "--tokens-per-minute", "-5"]
     assert run(capsys, *argv)[::2] == (2, "error: Expected int >= 0 - at --tokens-per-minute\n")
+
+
+def test_usage_redis_does_not_give_is_said_to_be_missing(
+    capsys: pytest.CaptureFixture[str], configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis down, "usage": null was all it showed, as in embedded mode where there is no
+    usage to read: an operator took the tenant for one that had used nothing."""
+    with socket.socket() as refusing:  # bound, not listening: a connection is refused
+        refusing.bind(("127.0.0.1", 0))
+        port = refusing.getsockname()[1]
+        monkeypatch.setenv("TRUNKLINE_REDIS__URL", f"redis://:s3cret@127.0.0.1:{port}/0")
+        code, out, err = run(capsys, "quota", "show", "--tenant", "acme")
+    assert code == 0 and out["usage"] is None and out["limits"]["tenant"]
+    [line] = err.splitlines()
+    assert line.startswith("warning: usage is not shown: quota store un")
+    assert "s3cret" not in line

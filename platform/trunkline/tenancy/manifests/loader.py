@@ -40,7 +40,9 @@ def manifest_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise InvalidRequest(f"{path}: no such file or directory", param="path")
+        exists = path.exists()  # /dev/null, a pipe
+        what = "not a file or a directory of manifests" if exists else "no such file or directory"
+        raise InvalidRequest(f"{path}: {what}", param="path")
     return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
@@ -69,6 +71,9 @@ def _documents(
     except UnicodeDecodeError as exc:
         line = file.read_bytes()[: exc.start].count(b"\n") + 1
         issues.append(ManifestIssue(str(file), line, "", f"not UTF-8 text: {exc.reason}"))
+        return
+    except OSError as exc:  # not readable by this user: a problem listed with the others
+        issues.append(ManifestIssue(str(file), 1, "", f"cannot read it: {exc.strerror or exc}"))
         return
     loader = Yaml12Loader(text)
     try:
