@@ -209,7 +209,8 @@ def capacity_end_command(args: argparse.Namespace) -> int:
             hold_price_book(session)  # the prices checked are those in force when it is stored
             prices = pricebook_store.load_price_book(session)
             row = end_capacity(session, args.capacity_id, _instant(args.end, "end"), prices=prices)
-            print(f"capacity {row.id}: ends {row.ends_at:%Y-%m-%dT%H:%M:%SZ}")
+            said = f"capacity {row.id}: ends {row.ends_at:%Y-%m-%dT%H:%M:%SZ}"
+        print(said)  # once committed: a commit that fails said nothing was done
     finally:
         runtime.close()
     return 0
@@ -238,7 +239,8 @@ def capacity_command(args: argparse.Namespace) -> int:
                 region=args.region,
                 project_id=project_id,
             )
-            print(f"capacity {row.id}: {row.gpus} x {row.flavor} for {args.tenant}")
+            said = f"capacity {row.id}: {row.gpus} x {row.flavor} for {args.tenant}"
+        print(said)  # once committed
     finally:
         runtime.close()
     return 0
