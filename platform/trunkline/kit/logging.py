@@ -20,7 +20,15 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
     "trunkline_log_context", default=_EMPTY
 )
 
-_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's message again, with terminal colour codes
+}
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+"""uvicorn's loggers, which its default configuration gives a plain-text handler of its own
+(``WARNING:  Invalid HTTP request received.``, a multi-line traceback): they go through the
+root's handler instead, so every line a server writes has the format configured."""
 
 
 def bind(**fields: str | None) -> contextvars.Token[dict[str, str]]:
@@ -135,7 +143,9 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
-    """Install one handler on the root logger (idempotent)."""
+    """Install one handler on the root logger (idempotent), uvicorn's loggers writing through
+    it. A uvicorn server made afterwards must be given ``log_config=None``: its default
+    configuration puts its own plain-text handler back."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     handler.setFormatter(
@@ -150,5 +160,10 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     handler._trunkline = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in _SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        for existing in list(server_logger.handlers):
+            server_logger.removeHandler(existing)
+        server_logger.propagate = True
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
