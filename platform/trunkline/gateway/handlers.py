@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -121,6 +122,8 @@ async def _serve(
         if reply is None:
             log.info("client disconnected before its answer")
             reply = Reply(CLIENT_CLOSED, b"", None, {})  # nobody is left to read it
+        elif reply.events is not None:  # relayed once this returns: its lines name it too
+            reply = dataclasses.replace(reply, events=tlog.Carried(reply.events, tlog.current()))
     finally:
         tlog.reset(token)
     # As OpenAI's: how long the answer took to start (a stream's first event), for clients and

@@ -12,13 +12,16 @@ import json
 import logging
 import re
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 _EMPTY: dict[str, str] = {}
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
     "trunkline_log_context", default=_EMPTY
 )
+
+T = TypeVar("T")
 
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {
     "message",
@@ -44,6 +47,34 @@ def reset(token: contextvars.Token[dict[str, str]]) -> None:
 
 def current() -> dict[str, str]:
     return _context.get()
+
+
+class Carried(Generic[T]):
+    """``items`` with ``fields`` in the log context of each step, wherever it is iterated: a
+    streamed answer is relayed after its handler returned and reset the request's context."""
+
+    def __init__(self, items: AsyncIterator[T], fields: dict[str, str]) -> None:
+        self._items = items
+        self._fields = fields
+
+    def __aiter__(self) -> Carried[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        token = _context.set(self._fields)
+        try:
+            return await anext(self._items)
+        finally:
+            _context.reset(token)
+
+    async def aclose(self) -> None:
+        closing = getattr(self._items, "aclose", None)
+        if closing is not None:
+            token = _context.set(self._fields)
+            try:
+                await closing()
+            finally:
+                _context.reset(token)
 
 
 class _ContextFilter(logging.Filter):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
+from support.json_logs import json_log_lines
 from trunkline.apps.serving import server
-from trunkline.kit.logging import JsonFormatter, configure
+from trunkline.kit.logging import JsonFormatter
 
 
 def test_a_json_line_carries_a_utc_millisecond_instant_and_its_fields() -> None:
@@ -33,42 +33,25 @@ async def _app(scope: object, receive: object, send: object) -> None:
     """An app the server is made for (never run)."""
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """The logging configuration as it was, back after the test."""
-    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
-    saved = [
-        (logger, list(logger.handlers), logger.level, logger.propagate)
-        for logger in map(logging.getLogger, names)
-    ]
-    yield
-    for logger, handlers, level, propagate in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
+def _made_server() -> None:
+    server(_app, "127.0.0.1", 0)
 
 
-@pytest.mark.usefixtures("root_logging")
 @pytest.mark.parametrize("server_first", [False, True], ids=["trunkline up", "--workers N"])
-def test_the_http_servers_own_lines_are_json_lines(
-    server_first: bool, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_the_http_servers_own_lines_are_json_lines(server_first: bool) -> None:
     # trunkline up configures the logs, then makes its servers; a worker of
     # ``trunkline gateway --workers N`` is handed a server already made, then loads the app,
     # which configures them.
-    if server_first:
-        server(_app, "127.0.0.1", 0)
-    configure("WARNING", json_lines=True)
-    if not server_first:
-        server(_app, "127.0.0.1", 0)
-    uvicorn_log = logging.getLogger("uvicorn.error")
-    uvicorn_log.warning("Invalid HTTP request received.")
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        uvicorn_log.exception("Exception in ASGI application\n")
-    lines = capsys.readouterr().err.splitlines()
-    records = [json.loads(line) for line in lines]
+    with json_log_lines(before=_made_server if server_first else lambda: None) as lines:
+        if not server_first:
+            _made_server()
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.warning("Invalid HTTP request received.")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            uvicorn_log.exception("Exception in ASGI application\n")
+        records = lines()
     assert [(r["level"], r["logger"], r["msg"]) for r in records] == [
         ("warning", "uvicorn.error", "Invalid HTTP request received."),
         ("error", "uvicorn.error", "Exception in ASGI application\n"),
