@@ -345,3 +345,26 @@ def test_a_streams_log_lines_name_its_request_tenant_and_key(
     assert line["request_id"] == answer.headers["x-request-id"]
     assert line["client_request_id"] == "job-7"
     assert (line["tenant"], line["key_id"]) == ("acme", gw.key.split("_")[1])
+
+
+def test_an_unhandled_errors_line_names_its_request_tenant_and_key(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """The one line an operator has of a 500 is found by the x-request-id its client got."""
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a defect of the gateway's")
+
+    gw = engine_gateway(broken)
+    with json_log_lines() as lines:
+        answer = gw.client.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {gw.key}", "x-client-request-id": "job-8"},
+        )
+        [line] = [r for r in lines() if r["msg"] == "unhandled error in the gateway"]
+    assert answer.status_code == 500
+    assert "RuntimeError: a defect of the gateway's" in line["exc"]
+    assert line["request_id"] == answer.headers["x-request-id"]
+    assert line["client_request_id"] == "job-8"
+    assert (line["tenant"], line["key_id"]) == ("acme", gw.key.split("_")[1])
