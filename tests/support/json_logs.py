@@ -11,7 +11,7 @@ from typing import Any
 
 from trunkline.kit.logging import configure
 
-_LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+_LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "py.warnings")
 """The loggers ``configure`` sets up, restored afterwards."""
 
 
@@ -34,6 +34,7 @@ def json_log_lines(
             configure("INFO", json_lines=True)
             yield lambda: [json.loads(line) for line in written.getvalue().splitlines()]
     finally:
+        logging.captureWarnings(False)
         for logger, handlers, level, propagate in saved:
             logger.handlers[:] = handlers
             logger.setLevel(level)

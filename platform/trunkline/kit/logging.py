@@ -174,9 +174,9 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
-    """Install one handler on the root logger (idempotent), uvicorn's loggers writing through
-    it. A uvicorn server made afterwards must be given ``log_config=None``: its default
-    configuration puts its own plain-text handler back."""
+    """Install one handler on the root logger (idempotent), uvicorn's loggers and Python's
+    warnings writing through it. A uvicorn server made afterwards must be given
+    ``log_config=None``: its default configuration puts its own plain-text handler back."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     handler.setFormatter(
@@ -191,6 +191,9 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     handler._trunkline = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python's warnings (a library's, e.g. Celery's as root) as log lines, not several lines
+    # of plain text among them.
+    logging.captureWarnings(True)
     for name in _SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
         for existing in list(server_logger.handlers):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from datetime import UTC, datetime
 
 import pytest
@@ -57,3 +58,13 @@ def test_the_http_servers_own_lines_are_json_lines(server_first: bool) -> None:
         ("error", "uvicorn.error", "Exception in ASGI application\n"),
     ]
     assert "RuntimeError: boom" in records[1]["exc"]
+
+
+def test_a_warning_of_pythons_is_a_json_line() -> None:
+    # Celery warns so at every start of a worker run as root (as in most containers): four
+    # lines of plain text among the JSON ones.
+    with json_log_lines() as lines:
+        warnings.warn("You're running the worker with superuser privileges", UserWarning, 1)
+        [record] = lines()
+    assert (record["level"], record["logger"]) == ("warning", "py.warnings")
+    assert "UserWarning: You're running the worker with superuser privileges" in record["msg"]
