@@ -6,6 +6,8 @@ import contextlib
 import io
 import json
 import logging
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +29,7 @@ def json_log_lines(
         (logger, list(logger.handlers), logger.level, logger.propagate)
         for logger in map(logging.getLogger, _LOGGERS)
     ]
+    hooks = sys.excepthook, threading.excepthook
     written = io.StringIO()
     try:
         with contextlib.redirect_stderr(written):
@@ -34,6 +37,7 @@ def json_log_lines(
             configure("INFO", json_lines=True)
             yield lambda: [json.loads(line) for line in written.getvalue().splitlines()]
     finally:
+        sys.excepthook, threading.excepthook = hooks
         logging.captureWarnings(False)
         for logger, handlers, level, propagate in saved:
             logger.handlers[:] = handlers

@@ -12,8 +12,10 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 _EMPTY: dict[str, str] = {}
@@ -173,6 +175,26 @@ class KeyValueFormatter(logging.Formatter):
         return base + (" " + " ".join(extras) if extras else "")
 
 
+def _uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    """``sys.excepthook``: the error that stops the process, as a log line."""
+    logging.getLogger("trunkline").critical(
+        "uncaught error: the process stops", exc_info=(kind, error, traceback)
+    )
+
+
+def _uncaught_in_thread(uncaught: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: the error that ended a thread, as a log line naming it."""
+    if uncaught.exc_type is SystemExit:
+        return
+    logging.getLogger("trunkline").critical(
+        "uncaught error: a thread stopped",
+        exc_info=uncaught.exc_value,  # its traceback with it
+        extra={"thread_name": getattr(uncaught.thread, "name", None)},
+    )
+
+
 def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     """Install one handler on the root logger (idempotent), uvicorn's loggers and Python's
     warnings writing through it. A uvicorn server made afterwards must be given
@@ -192,8 +214,11 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Python's warnings (a library's, e.g. Celery's as root) as log lines, not several lines
-    # of plain text among them.
+    # of plain text among them; with JSON lines, so is the traceback of an error that stops
+    # the process or a thread.
     logging.captureWarnings(True)
+    if json_lines:
+        sys.excepthook, threading.excepthook = _uncaught, _uncaught_in_thread
     for name in _SERVER_LOGGERS:
         server_logger = logging.getLogger(name)
         for existing in list(server_logger.handlers):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 import warnings
 from datetime import UTC, datetime
 
@@ -68,3 +70,32 @@ def test_a_warning_of_pythons_is_a_json_line() -> None:
         [record] = lines()
     assert (record["level"], record["logger"]) == ("warning", "py.warnings")
     assert "UserWarning: You're running the worker with superuser privileges" in record["msg"]
+
+
+def test_an_error_that_stops_the_process_or_a_thread_is_a_json_line() -> None:
+    # What a crash leaves: Python's traceback was the one multi-line text in the JSON lines.
+    with json_log_lines() as lines:
+        for fail in (_uncaught, _uncaught_in_a_thread):
+            fail(RuntimeError("the ledger's schema is newer than this release"))
+        records = lines()
+    assert [(r["level"], "RuntimeError: the ledger's schema" in r["exc"]) for r in records] == [
+        ("critical", True),
+        ("critical", True),
+    ]
+    assert records[1]["thread_name"] == "ingest"
+
+
+def _uncaught(error: Exception) -> None:
+    try:
+        raise error
+    except RuntimeError:
+        sys.excepthook(*sys.exc_info())
+
+
+def _uncaught_in_a_thread(error: Exception) -> None:
+    def fail() -> None:
+        raise error
+
+    thread = threading.Thread(target=fail, name="ingest")
+    thread.start()
+    thread.join()
