@@ -63,6 +63,7 @@ def server(
         host=host,
         port=port,
         log_level=log_level,
+        log_config=None,  # its lines in the format trunkline.kit.logging configured
         lifespan="on",
         access_log=False,
         timeout_graceful_shutdown=drain_s,

@@ -134,6 +134,7 @@ def _uvicorn(
         port=port,
         workers=workers,
         log_level="warning",
+        log_config=None,  # its lines (the supervisor's of --workers N too) as tlog configured
         access_log=False,
         timeout_graceful_shutdown=drain_s,
         **connections,
@@ -145,6 +146,7 @@ def _controlplane(args: argparse.Namespace) -> int:
     from trunkline.kit.migrate import require_existing
 
     settings = load_settings()
+    tlog.configure(settings.log_level, json_lines=settings.log_json)
     settings.check_production("controlplane")
     require_existing(settings.database.url)
     cp = settings.controlplane
@@ -173,6 +175,7 @@ def _gateway(args: argparse.Namespace) -> int:
     from trunkline.apps.serving import GATEWAY, connection_options
 
     settings = load_settings()
+    tlog.configure(settings.log_level, json_lines=settings.log_json)
     settings.check_production("gateway")
     gw = settings.gateway
     if busy := busy_ports([("gateway", gw.host, gw.port, "TRUNKLINE_GATEWAY__PORT")]):

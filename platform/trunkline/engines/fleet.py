@@ -106,6 +106,7 @@ class SimulatedEngines:
             interface="asgi3",
             lifespan="on",
             log_level="warning",
+            log_config=None,  # its lines in the format trunkline.kit.logging configured
             access_log=False,
             timeout_graceful_shutdown=1,
         )

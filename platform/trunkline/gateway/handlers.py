@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -121,6 +122,14 @@ async def _serve(
         if reply is None:
             log.info("client disconnected before its answer")
             reply = Reply(CLIENT_CLOSED, b"", None, {})  # nobody is left to read it
+        elif reply.events is not None:  # relayed once this returns: its lines name it too
+            reply = dataclasses.replace(reply, events=tlog.Carried(reply.events, tlog.current()))
+    except (TrunklineError, HTTPException):
+        raise
+    except Exception as exc:  # logged here, where its line names the request (error_handler's
+        # would not: the request's log context is reset by then)
+        log.exception(_UNHANDLED)
+        raise TrunklineError("The gateway failed to handle the request.") from exc
     finally:
         tlog.reset(token)
     # As OpenAI's: how long the answer took to start (a stream's first event), for clients and
@@ -325,11 +334,14 @@ def _unknown_url(request: Request[object, object, State]) -> NotFound:
     )
 
 
+_UNHANDLED = "unhandled error in the gateway"
+
+
 def error_handler(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     if isinstance(exc, HTTPException):
         exc = _http_error(exc, request.app.state.get("max_body_bytes"), request)
     if not isinstance(exc, TrunklineError):
-        log.exception("unhandled error in the gateway")
+        log.exception(_UNHANDLED)
         exc = TrunklineError("The gateway failed to handle the request.")
     status, body = encode_error(exc)
     headers = _id_headers(request)

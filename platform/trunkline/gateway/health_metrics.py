@@ -34,13 +34,15 @@ class GatewayHealthCollector(Collector):
             "Version of the configuration this process serves (0: none loaded yet)",
             value=float(snapshot.version),
         )
-        if self._holder.checked_at is not None:
-            yield GaugeMetricFamily(
-                "trunkline_snapshot_checked_age_seconds",
-                "Seconds since the configuration store last answered this process's poll: how "
-                "stale its configuration may be (alert on this, not on the publication's age)",
-                value=max(time.monotonic() - self._holder.checked_at, 0.0),
-            )
+        checked_at = self._holder.checked_at
+        since = self._holder.created_at if checked_at is None else checked_at
+        yield GaugeMetricFamily(
+            "trunkline_snapshot_checked_age_seconds",
+            "Seconds since the configuration store last answered this process's poll (since "
+            "the process started, before it first did): how stale its configuration may be "
+            "(alert on this, not on the publication's age)",
+            value=max(time.monotonic() - since, 0.0),
+        )
         if snapshot.version > 0:
             yield GaugeMetricFamily(
                 "trunkline_snapshot_age_seconds",

@@ -32,6 +32,9 @@ class SnapshotHolder:
         """When (``time.monotonic()``) the store last answered a poll: the configuration served
         is known current as of then. Its publication's age says nothing of that: the control
         plane publishes only on change."""
+        self.created_at = time.monotonic()
+        """When this holder was made (``time.monotonic()``), with the process: how stale the
+        configuration may be is counted from then until the store first answers."""
         self._task: asyncio.Task[None] | None = None
         self._parts = Assembly()
         self._incomplete = False

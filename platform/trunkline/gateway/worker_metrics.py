@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from trunkline.kit.metrics_merge import GaugeRule
 from trunkline.kit.metrics_share import MetricsShare, SharedMetrics
 
-__all__ = ["GAUGE_RULES", "shared_metrics"]
+__all__ = ["GAUGE_RULES", "PER_ENDPOINT", "shared_metrics"]
 
 GAUGE_RULES: dict[str, GaugeRule] = {
     # per endpoint (gateway/endpoints/metrics.py)
@@ -45,5 +45,18 @@ GAUGE_RULES: dict[str, GaugeRule] = {
 }
 
 
+PER_ENDPOINT = frozenset(
+    {
+        "trunkline_endpoint_ejections",
+        "trunkline_endpoint_failures",
+        "trunkline_kv_events_applied",
+        "trunkline_kv_event_clears",
+        "trunkline_kv_event_replays",
+    }
+)
+"""The counters of an endpoint the workers serve: a stopped worker's counts of an endpoint
+leave the scrape once it left the configuration (``metrics_merge.merge``'s ``scoped``)."""
+
+
 def shared_metrics(registry: CollectorRegistry, directory: Path) -> SharedMetrics:
-    return SharedMetrics(registry, MetricsShare(directory), GAUGE_RULES)
+    return SharedMetrics(registry, MetricsShare(directory), GAUGE_RULES, scoped=PER_ENDPOINT)

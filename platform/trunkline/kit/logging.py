@@ -12,15 +12,28 @@ import json
 import logging
 import re
 import sys
+import threading
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 _EMPTY: dict[str, str] = {}
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar(
     "trunkline_log_context", default=_EMPTY
 )
 
-_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+T = TypeVar("T")
+
+_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's message again, with terminal colour codes
+}
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+"""uvicorn's loggers, which its default configuration gives a plain-text handler of its own
+(``WARNING:  Invalid HTTP request received.``, a multi-line traceback): they go through the
+root's handler instead, so every line a server writes has the format configured."""
 
 
 def bind(**fields: str | None) -> contextvars.Token[dict[str, str]]:
@@ -36,6 +49,34 @@ def reset(token: contextvars.Token[dict[str, str]]) -> None:
 
 def current() -> dict[str, str]:
     return _context.get()
+
+
+class Carried(Generic[T]):
+    """``items`` with ``fields`` in the log context of each step, wherever it is iterated: a
+    streamed answer is relayed after its handler returned and reset the request's context."""
+
+    def __init__(self, items: AsyncIterator[T], fields: dict[str, str]) -> None:
+        self._items = items
+        self._fields = fields
+
+    def __aiter__(self) -> Carried[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        token = _context.set(self._fields)
+        try:
+            return await anext(self._items)
+        finally:
+            _context.reset(token)
+
+    async def aclose(self) -> None:
+        closing = getattr(self._items, "aclose", None)
+        if closing is not None:
+            token = _context.set(self._fields)
+            try:
+                await closing()
+            finally:
+                _context.reset(token)
 
 
 class _ContextFilter(logging.Filter):
@@ -134,8 +175,30 @@ class KeyValueFormatter(logging.Formatter):
         return base + (" " + " ".join(extras) if extras else "")
 
 
+def _uncaught(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    """``sys.excepthook``: the error that stops the process, as a log line."""
+    logging.getLogger("trunkline").critical(
+        "uncaught error: the process stops", exc_info=(kind, error, traceback)
+    )
+
+
+def _uncaught_in_thread(uncaught: threading.ExceptHookArgs) -> None:
+    """``threading.excepthook``: the error that ended a thread, as a log line naming it."""
+    if uncaught.exc_type is SystemExit:
+        return
+    logging.getLogger("trunkline").critical(
+        "uncaught error: a thread stopped",
+        exc_info=uncaught.exc_value,  # its traceback with it
+        extra={"thread_name": getattr(uncaught.thread, "name", None)},
+    )
+
+
 def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
-    """Install one handler on the root logger (idempotent)."""
+    """Install one handler on the root logger (idempotent), uvicorn's loggers and Python's
+    warnings writing through it. A uvicorn server made afterwards must be given
+    ``log_config=None``: its default configuration puts its own plain-text handler back."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     handler.setFormatter(
@@ -150,5 +213,16 @@ def configure(level: str = "INFO", *, json_lines: bool = False) -> None:
     handler._trunkline = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python's warnings (a library's, e.g. Celery's as root) as log lines, not several lines
+    # of plain text among them; with JSON lines, so is the traceback of an error that stops
+    # the process or a thread.
+    logging.captureWarnings(True)
+    if json_lines:
+        sys.excepthook, threading.excepthook = _uncaught, _uncaught_in_thread
+    for name in _SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        for existing in list(server_logger.handlers):
+            server_logger.removeHandler(existing)
+        server_logger.propagate = True
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

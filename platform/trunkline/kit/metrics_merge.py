@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -95,19 +95,60 @@ def families_of(metrics: Iterable[Metric]) -> tuple[FamilyReport, ...]:
 
 
 def merge(
-    reports: Iterable[WorkerReport], gauge_rules: Mapping[str, GaugeRule], *, now: float
+    reports: Iterable[WorkerReport],
+    gauge_rules: Mapping[str, GaugeRule],
+    *,
+    now: float,
+    scoped: Collection[str] = (),
 ) -> list[Metric]:
     """The workers' metrics as one: see the module's docstring. A gauge without a rule is
     summed. Families keep the order they are first seen in; ``reports`` are merged in the order
     given (sort them for a stable output). A summed sample is the correctly rounded sum of every
     value reported for it (``math.fsum``): float addition depends on its order, which folding
-    dead workers changes, and a counter that went back by an ulp would read as a reset."""
+    dead workers changes, and a counter that went back by an ulp would read as a reset.
+
+    ``scoped``: families whose series are those of what the workers serve now (an endpoint's):
+    a stopped worker's sample of them counts only while a running worker reports its series.
+    Once no running worker does (the endpoint left the configuration), it leaves the scrape
+    with theirs, rather than stay forever at the stopped worker's count, lower than the total
+    it was in: a counter going back, which Prometheus reads as a reset."""
+    reports = list(reports)
+    if scoped:
+        reports = _served_only(reports, frozenset(scoped))
     merged, gathered = _gather(reports, gauge_rules, now)
     for name, metric in merged.items():
         for sample_name, labels, rule, values in gathered[name].values():
             value = math.fsum(values) if rule == "sum" else values[0]
             metric.add_sample(sample_name, labels, value)
     return list(merged.values())
+
+
+def _served_only(reports: list[WorkerReport], scoped: frozenset[str]) -> list[WorkerReport]:
+    """``reports`` with the stopped workers' samples of ``scoped`` families that no running
+    worker reports left out."""
+    served = {
+        (family.name, name, tuple(sorted(labels.items())))
+        for report in reports
+        if report.live
+        for family in report.families
+        if family.name in scoped
+        for name, labels, _value in family.samples
+    }
+
+    def kept(family: FamilyReport) -> FamilyReport:
+        if family.name not in scoped:
+            return family
+        samples = tuple(
+            sample
+            for sample in family.samples
+            if (family.name, sample[0], tuple(sorted(sample[1].items()))) in served
+        )
+        return replace(family, samples=samples)
+
+    return [
+        report if report.live else replace(report, families=tuple(map(kept, report.families)))
+        for report in reports
+    ]
 
 
 def merge_exact(reports: Iterable[WorkerReport]) -> tuple[FamilyReport, ...]:

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,7 +190,8 @@ class _Collected(Collector):
 
 class SharedMetrics:
     """A worker's ``registry`` shared through ``share``: :meth:`start` it with the app,
-    :meth:`close` it when the app stops, and answer scrapes with :meth:`exposition`."""
+    :meth:`close` it when the app stops, and answer scrapes with :meth:`exposition`.
+    ``gauge_rules`` and ``scoped`` as :func:`~trunkline.kit.metrics_merge.merge` takes them."""
 
     def __init__(
         self,
@@ -198,11 +199,13 @@ class SharedMetrics:
         share: MetricsShare,
         gauge_rules: Mapping[str, GaugeRule],
         *,
+        scoped: Collection[str] = (),
         every_s: float = 1.0,
     ) -> None:
         self._registry = registry
         self._share = share
         self._rules = gauge_rules
+        self._scoped = scoped
         self._every_s = every_s
         self._seq = itertools.count()
         self._task: asyncio.Task[None] | None = None
@@ -234,7 +237,7 @@ class SharedMetrics:
         # worker, might not show after it, and counters never seem to go back.
         self._share.write(seq, families)
         reading = self._share.read()
-        merged = merge(reading.reports, self._rules, now=time.time())
+        merged = merge(reading.reports, self._rules, now=time.time(), scoped=self._scoped)
         if reading.dead:  # for the next scrape; one is enough if several workers see them
             self._share.compact()
         return generate_latest(_Collected(merged))

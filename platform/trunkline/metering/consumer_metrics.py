@@ -24,9 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class ConsumerCollector(Collector):
-    def __init__(self, consumer: UsageConsumer, reader: UsageReader) -> None:
+    """``started_at``: when the worker started (Unix seconds; now by default), which the ages
+    count from until the stream first answers and the ledger first commits: left out until
+    then, they never showed a worker that could not reach either since its start."""
+
+    def __init__(
+        self, consumer: UsageConsumer, reader: UsageReader, *, started_at: float | None = None
+    ) -> None:
         self._consumer = consumer
         self._reader = reader
+        self._started_at = time.time() if started_at is None else started_at
 
     def collect(self) -> Iterator[Metric]:
         stats = self._consumer.stats
@@ -52,12 +59,11 @@ class ConsumerCollector(Collector):
             ("read", stats.last_read_at, "the usage stream last answered a read"),
             ("commit", stats.last_commit_at, "the ledger last committed a batch"),
         ):
-            if at is not None:
-                yield GaugeMetricFamily(
-                    f"trunkline_usage_ingest_last_{name}_age_seconds",
-                    f"Seconds since {what}",
-                    value=max(now - at, 0.0),
-                )
+            yield GaugeMetricFamily(
+                f"trunkline_usage_ingest_last_{name}_age_seconds",
+                f"Seconds since {what} (since this worker started, before it first did)",
+                value=max(now - (self._started_at if at is None else at), 0.0),
+            )
         try:
             backlog = self._reader.backlog()
         except Exception as exc:  # Redis away: the read age grows meanwhile

@@ -23,6 +23,7 @@ from tests.unit.gateway.engines_support import (
 from tests.unit.gateway.test_gateway_streams import _event_stream
 from tests.unit.gateway.upstreams import chat_any, sse_events
 
+from support.json_logs import json_log_lines
 from trunkline.gateway import stream_relay
 from trunkline.metering.outcomes import BILLED_BY_DEFAULT, outcome_of
 
@@ -316,3 +317,54 @@ def test_a_browser_page_can_read_the_503_of_a_request_cut_at_shutdown(
     assert headers["access-control-allow-origin"] == page
     exposed = headers["access-control-expose-headers"]
     assert "x-request-id" in exposed and "retry-after" in exposed
+
+
+def test_a_streams_log_lines_name_its_request_tenant_and_key(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """A stream's events are relayed after its handler returned: its lines (here, its key
+    revoked mid-way) carry the request's ids as every other line about it does."""
+    world, gateway = default_world(), []
+
+    async def revoke() -> None:
+        del world.keys[gateway[0].key.split("_")[1]]
+        world.publish()
+        await gateway[0].service.holder.refresh()
+
+    events = sse_events("llama-8b-served", with_usage=False)
+    gw = engine_gateway(lambda request: _event_stream(_RevokedMidway(events, revoke)), world=world)
+    gateway.append(gw)
+    with json_log_lines() as lines:
+        answer = gw.client.post(
+            "/v1/chat/completions",
+            json=STREAM,
+            headers={"authorization": f"Bearer {gw.key}", "x-client-request-id": "job-7"},
+        )
+        [line] = [r for r in lines() if r["msg"] == "stream ended: its API key was revoked"]
+    assert "invalid_api_key" in answer.text
+    assert line["request_id"] == answer.headers["x-request-id"]
+    assert line["client_request_id"] == "job-7"
+    assert (line["tenant"], line["key_id"]) == ("acme", gw.key.split("_")[1])
+
+
+def test_an_unhandled_errors_line_names_its_request_tenant_and_key(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """The one line an operator has of a 500 is found by the x-request-id its client got."""
+
+    def broken(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a defect of the gateway's")
+
+    gw = engine_gateway(broken)
+    with json_log_lines() as lines:
+        answer = gw.client.post(
+            "/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {gw.key}", "x-client-request-id": "job-8"},
+        )
+        [line] = [r for r in lines() if r["msg"] == "unhandled error in the gateway"]
+    assert answer.status_code == 500
+    assert "RuntimeError: a defect of the gateway's" in line["exc"]
+    assert line["request_id"] == answer.headers["x-request-id"]
+    assert line["client_request_id"] == "job-8"
+    assert (line["tenant"], line["key_id"]) == ("acme", gw.key.split("_")[1])

@@ -3,6 +3,9 @@ to first byte and to last, and no label that grows with tenants, keys or models.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.gateway.conftest import Harness
@@ -68,3 +71,18 @@ def test_the_metrics_page_says_its_format_and_charset_once(make_gateway) -> None
     gw, _key = _ready(make_gateway)
     kind = gw.client.get("/metrics").headers["content-type"]
     assert kind == CONTENT_TYPE_LATEST  # "text/plain; version=…; charset=utf-8"
+
+
+def test_time_to_first_byte_has_a_bucket_at_each_bundled_tiers_ttft_slo(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    # A dashboard reads the share of requests within a tier's SLO from the bucket at it
+    # (rate(…_bucket{le="2.0"}) / rate(…_count)); between two buckets it can only guess.
+    gw, key = _ready(make_gateway)
+    assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth_headers(key)).is_success
+    bounds = {
+        float(dict(labels)["le"])
+        for (name, labels), _value in _samples(gw).items()
+        if name == "trunkline_request_first_byte_seconds_bucket"
+    }
+    tiers = (Path(__file__).resolve().parents[3] / "tenants" / "tiers.yaml").read_text()
+    slos = {tier["ttft_slo_ms"] / 1000 for tier in yaml.safe_load_all(tiers)}
+    assert slos and slos <= bounds, f"no bucket at {sorted(slos - bounds)} s"

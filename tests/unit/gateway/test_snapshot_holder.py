@@ -118,6 +118,27 @@ async def test_metrics_show_the_store_away_and_the_usage_events_held() -> None:
         await holder.close()
 
 
+async def test_a_gateway_that_never_reached_the_store_shows_its_checked_age_since_its_start() -> (
+    None
+):
+    """The age to alert on is there for a gateway started while Redis was away, as for one
+    that lost it later: it counts from the gateway's start until the store first answers."""
+    source = FlakySource()
+    source.down = True
+    started = time.monotonic()
+    holder = SnapshotHolder(source, poll_s=0.001)
+    registry = CollectorRegistry()
+    registry.register(GatewayHealthCollector(holder, object()))
+    await holder.start()
+    try:
+        await source.polled(2)
+        checked_age = registry.get_sample_value("trunkline_snapshot_checked_age_seconds")
+        assert checked_age is not None and 0 <= checked_age <= time.monotonic() - started
+        assert registry.get_sample_value("trunkline_snapshot_store_reachable") == 0.0
+    finally:
+        await holder.close()
+
+
 class ScriptedSource:
     """A store whose version and parts a test sets: ``parts`` None raises what a store with
     a part gone raises."""

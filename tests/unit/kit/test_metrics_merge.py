@@ -7,6 +7,7 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from trunkline.gateway.worker_metrics import GAUGE_RULES, PER_ENDPOINT
 from trunkline.kit.metrics_merge import (
     FamilyReport,
     GaugeRule,
@@ -119,3 +120,29 @@ def test_stopped_workers_merged_exactly_add_up_as_every_value_would(values: list
         "requests_total[]": math.fsum([*values, 0.5]),
         "requests_created[]": 1.0,
     }
+
+
+def _failures(value: float, endpoint: str) -> FamilyReport:
+    labels = {"endpoint": endpoint, "kind": "request"}
+    samples = (("trunkline_endpoint_failures_total", labels, value),)
+    return FamilyReport("trunkline_endpoint_failures", "counter", "failures", samples)
+
+
+def test_a_stopped_workers_counts_of_an_endpoint_leave_the_scrape_with_the_endpoint() -> None:
+    """A worker's counts stay in the totals once it stopped, but only while the endpoint they
+    count is served: after it left the configuration they would stay forever (one series per
+    endpoint ever removed), having gone back from every worker's total to the stopped one's,
+    which Prometheus reads as a reset (``increase()`` jumps by what the stopped worker had)."""
+    stopped = _worker(3, _failures(50, "e1"), _failures(4, "e2"), live=False)
+    served = [_worker(1, _failures(100, "e1"), _failures(1, "e2")), stopped]
+    removed = [_worker(1, _failures(1, "e2")), stopped]  # e1 left the configuration
+
+    def failures(reports: list[WorkerReport]) -> dict[str, float]:
+        return {
+            sample.labels["endpoint"]: sample.value
+            for metric in merge(reports, GAUGE_RULES, now=NOW, scoped=PER_ENDPOINT)
+            for sample in metric.samples
+        }
+
+    assert failures(served) == {"e1": 150, "e2": 5}
+    assert failures(removed) == {"e2": 5}

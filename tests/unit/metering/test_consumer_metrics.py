@@ -25,7 +25,6 @@ def test_the_metrics_follow_what_the_worker_ingested_and_what_is_left(
     for n in range(3):
         stream.emit(event(tenants["acme"], f"r{n}", when=at(3)))
     assert value("trunkline_usage_stream_backlog") == 3
-    assert value("trunkline_usage_ingest_last_read_age_seconds") is None  # never read yet
     before = time.time()
     assert consumer.step() == 2
     assert value("trunkline_usage_ingested_events_total") == 2
@@ -48,3 +47,17 @@ def test_a_backlog_it_cannot_read_is_left_out_not_a_failed_scrape(
     registry.register(ConsumerCollector(UsageConsumer(stream, factory), stream))
     assert registry.get_sample_value("trunkline_usage_stream_backlog") is None
     assert registry.get_sample_value("trunkline_usage_ingested_events_total") == 0
+
+
+def test_a_worker_that_never_reached_the_stream_or_the_ledger_shows_ages_since_its_start(
+    factory: sessionmaker[Session],
+) -> None:
+    """An alert on the ages (a stalled worker) fires for a worker started while Redis or the
+    database was away as for one that lost them later: the ages are never left out."""
+    stream = _Unreachable()
+    registry = CollectorRegistry()
+    started = time.time() - 120
+    registry.register(ConsumerCollector(UsageConsumer(stream, factory), stream, started_at=started))
+    for what in ("read", "commit"):
+        age = registry.get_sample_value(f"trunkline_usage_ingest_last_{what}_age_seconds")
+        assert age is not None and 120 <= age <= time.time() - started
