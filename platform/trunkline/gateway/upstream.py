@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 _FAILOVER_ERRORS = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
-    httpx.PoolTimeout,
     httpx.RemoteProtocolError,
     httpx.ReadError,
     httpx.WriteError,
@@ -108,7 +107,8 @@ async def open_upstream(
     on the endpoint's ejection while that is awaited (an engine that stopped answers no one;
     :func:`unless_ejected`), and on a 5xx answer, one in ``MISCONFIGURED``, a 429 (load shed:
     not counted against the endpoint) or a plain answer the engine aborted (see
-    :func:`aborted`) while another candidate remains. A read timeout before
+    :func:`aborted`) while another candidate remains; never on the gateway's own pool of
+    connections staying full (``UpstreamUnavailable`` ``gateway_busy``). A read timeout before
     the response head is retried only with ``retry_read_errors`` (streams: vLLM sends the head
     at once, so silence means a stuck engine, and it counts against the endpoint; a plain
     request may still be generating: sending it again would run it twice, and a long answer is
@@ -140,10 +140,12 @@ async def open_upstream(
             reasons.append(f"{endpoint.shown_url}: ejected")
             log.warning("endpoint ejected while awaited", extra={"endpoint": endpoint.shown_url})
             continue
+        except httpx.PoolTimeout:
+            engines.ended(flight)
+            raise _pool_full() from None
         except _FAILOVER_ERRORS as exc:
             engines.ended(flight)
-            if not isinstance(exc, httpx.PoolTimeout):  # our own pool, not the engine's fault
-                engines.failed(endpoint.id, type(exc).__name__)
+            engines.failed(endpoint.id, type(exc).__name__)
             reasons.append(f"{endpoint.shown_url}: {type(exc).__name__}")
             log.warning(
                 "endpoint did not take the request",
@@ -185,6 +187,22 @@ async def open_upstream(
         "No model endpoint could take the request; try again shortly.",
         reason="upstream_unavailable",
         extra={"attempts": reasons},
+    )
+
+
+def _pool_full() -> UpstreamUnavailable:
+    """Every connection of the gateway's pool to the engines stayed in use for the pool timeout
+    (``__MAX_CONNECTIONS``, held by streams). Not the engine's fault, and not another endpoint's
+    to take: the pool is one for them all, so the next would wait as long again (it did, once
+    per endpoint, and then said no model endpoint could take the request, while they were
+    idle)."""
+    log.warning(
+        "no connection to the engines came free within the pool timeout: every one of "
+        "TRUNKLINE_GATEWAY__MAX_CONNECTIONS is in use (streams hold theirs to their end)"
+    )
+    return UpstreamUnavailable(
+        "The gateway has all its connections to the model endpoints in use; try again shortly.",
+        reason="gateway_busy",
     )
 
 

@@ -251,6 +251,31 @@ def test_an_endpoint_shedding_load_sends_the_request_on_and_is_not_ejected(
     }  # fmt: skip
 
 
+@pytest.mark.parametrize("request_body", [CHAT, STREAM], ids=["plain", "stream"])
+def test_a_full_connection_pool_is_the_gateways_own_503_after_one_wait(
+    engine_gateway: Callable[..., Gateway], request_body: dict[str, Any]
+) -> None:
+    """Every connection to the engines in use (``__MAX_CONNECTIONS``, held by long streams):
+    httpx waits for one (the pool timeout), then raises ``PoolTimeout``. The request waited so
+    once per endpoint, though the pool is one for them all (300 s each, by default), and was
+    then told "No model endpoint could take the request" while every engine was idle."""
+
+    def pool_full(request: httpx.Request) -> httpx.Response:
+        raise httpx.PoolTimeout("no connection free in the pool", request=request)
+
+    gw = engine_gateway(pool_full)
+    response = gw.chat(request_body)
+
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    error = response.json()["error"]
+    assert error["code"] == "gateway_busy"
+    assert "gateway" in error["message"] and "connections" in error["message"]
+    assert len(gw.hosts()) == 1  # waited once: any other endpoint waits on the same pool
+    assert all(gw.service.engines.routable(e) for e in ("e1", "e2", "e3"))
+    [(_id, record)] = gw.usage.read(10)
+    assert (record.status, record.error_code, record.endpoint) == (503, "gateway_busy", None)
+
+
 @pytest.mark.parametrize(("status", "expected"), [(429, 429), (503, 502)])
 def test_the_engines_retry_after_reaches_the_client(
     engine_gateway: Callable[..., Gateway], status: int, expected: int
