@@ -205,6 +205,24 @@ def test_an_event_the_ledger_cannot_store_is_set_aside_not_blocking_the_rest(
     assert metrics.get_sample_value("trunkline_usage_dead_lettered_events_total") == 1
 
 
+def fill_to_maxmemory(url: str) -> None:
+    """Redis at ``maxmemory`` (``noeviction``): the gateways' next XADD is refused."""
+    with redis.Redis.from_url(url) as client:
+        client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1)
+        with pytest.raises(redis.OutOfMemoryError):
+            client.xadd(STREAM, {"e": b"{}"})
+
+
+def drain_within(consumer: UsageConsumer, seconds: float) -> None:
+    """``consumer.drain()``, stopped after ``seconds`` should it retry for ever."""
+    stopper = threading.Timer(seconds, consumer.stop.set)
+    stopper.start()
+    try:
+        consumer.drain()
+    finally:
+        stopper.cancel()
+
+
 def test_a_backlog_that_filled_redis_to_maxmemory_is_ingested_and_frees_it(
     postgres_url: str, tmp_path: Path
 ) -> None:
@@ -221,17 +239,8 @@ def test_a_backlog_that_filled_redis_to_maxmemory_is_ingested_and_frees_it(
         misdated = msgspec.structs.replace(event(acme, "epoch", when=at(3)), started_at=0.0)
         consumer = UsageConsumer(reader(server.url, "c"), factory, batch_size=500)
         emit(server.url, [*events[:10], misdated, *events[10:]])
-        with redis.Redis.from_url(server.url) as client:
-            used = int(client.info("memory")["used_memory"])
-            client.config_set("maxmemory", used - 1)
-            with pytest.raises(redis.OutOfMemoryError):  # the gateways' XADD is refused
-                client.xadd(STREAM, {"e": b"{}"})
-        stopper = threading.Timer(20, consumer.stop.set)  # the old code retried for ever
-        stopper.start()
-        try:
-            consumer.drain()
-        finally:
-            stopper.cancel()
+        fill_to_maxmemory(server.url)
+        drain_within(consumer, 20)  # the old code retried for ever
         assert_reconciled(factory, events)
         with redis.Redis.from_url(server.url) as client:
             assert client.xlen(STREAM) == 0
@@ -255,17 +264,9 @@ def test_a_backlog_that_filled_redis_before_any_worker_ran_is_drained(
         events = [event(acme, f"first-{n}", when=at(3)) for n in range(1000)]
         prepare_usage_stream(server.url, STREAM)
         emit(server.url, events)
-        with redis.Redis.from_url(server.url) as client:
-            client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 1)
-            with pytest.raises(redis.OutOfMemoryError):  # the gateways' XADD is refused
-                client.xadd(STREAM, {"e": b"{}"})
+        fill_to_maxmemory(server.url)
         consumer = UsageConsumer(reader(server.url, "first"), factory, batch_size=200)
-        stopper = threading.Timer(20, consumer.stop.set)  # without the group: for ever
-        stopper.start()
-        try:
-            consumer.drain()
-        finally:
-            stopper.cancel()
+        drain_within(consumer, 20)  # without the group: for ever
         assert_reconciled(factory, events)
         with redis.Redis.from_url(server.url) as client:
             assert client.xlen(STREAM) == 0
@@ -295,16 +296,8 @@ def test_a_full_redis_whose_first_batch_is_all_set_aside_is_drained(
         emit(server.url, [*epoch, *events])
         with redis.Redis.from_url(server.url) as client:
             client.xadd(STREAM, {"x": b"not a usage event"})
-            used = int(client.info("memory")["used_memory"])
-            client.config_set("maxmemory", used - 1)
-            with pytest.raises(redis.OutOfMemoryError):  # the gateways' XADD is refused
-                client.xadd(STREAM, {"e": b"{}"})
-        stopper = threading.Timer(20, consumer.stop.set)  # the old code retried for ever
-        stopper.start()
-        try:
-            consumer.drain()
-        finally:
-            stopper.cancel()
+        fill_to_maxmemory(server.url)
+        drain_within(consumer, 20)  # the old code retried for ever
         assert_reconciled(factory, events)
         with redis.Redis.from_url(server.url) as client:
             assert client.xlen(STREAM) == 0
