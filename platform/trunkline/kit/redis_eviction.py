@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import redis
 
 from trunkline.kit.redis_errors import redis_unavailable
+from trunkline.kit.redis_replies import reply_text
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,8 @@ def eviction_warning(client: _ConfigReader) -> str | None:
         if redis_unavailable(exc):
             return None
         raise
-    policy = _text(found.get("maxmemory-policy") or found.get(b"maxmemory-policy"))
-    memory = _text(found.get("maxmemory") or found.get(b"maxmemory"))
+    policy = reply_text(found.get("maxmemory-policy") or found.get(b"maxmemory-policy") or "")
+    memory = reply_text(found.get("maxmemory") or found.get(b"maxmemory") or "")
     if not policy or policy == SAFE_POLICY or memory in ("", "0"):
         return None  # without maxmemory Redis never evicts
     return (
@@ -62,9 +63,3 @@ def warn_if_redis_evicts(url: str, *, timeout_s: float) -> str | None:
     if warning:
         log.warning("%s", warning)
     return warning
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return "" if value is None else str(value)

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from trunkline.kit.redis_errors import redis_unavailable
+from trunkline.kit.redis_replies import reply_text
 from trunkline.metering.schemas import UsageRecord, decode_usage, encode_usage
 from trunkline.metering.stream import log_set_aside
 
@@ -304,7 +305,7 @@ class RedisUsageReader:
         names: Any = self._forget(
             keys=[self._stream], args=[self._group, self._consumer, self._forget_idle_ms]
         )
-        return [_text(name) for name in names]
+        return [reply_text(name) for name in names]
 
     def read(self, max_count: int) -> list[tuple[str, UsageRecord]]:
         now = self._clock()
@@ -332,7 +333,7 @@ class RedisUsageReader:
                 log.error(
                     "usage entry is not a usage event the ledger can store; "
                     "moved to the dead-letter stream",
-                    extra={"message_id": _text(message_id), "error": str(exc)},
+                    extra={"message_id": reply_text(message_id), "error": str(exc)},
                 )
                 poisoned.append(
                     (message_id, dict(zip(fields[::2], fields[1::2], strict=True)), str(exc))
@@ -396,10 +397,6 @@ class RedisUsageReader:
     def backlog(self) -> int:
         """The stream's length: an entry leaves it when acked, so all it holds is backlog."""
         return int(self._client.xlen(self._stream))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _as_sent(response: Any, **_options: Any) -> Any:

@@ -17,6 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from trunkline.kit.redis_errors import redis_unavailable
+from trunkline.kit.redis_replies import reply_text
 from trunkline.quota import lua
 from trunkline.quota.rules import ADMITTED, Vector, Verdict
 from trunkline.quota.store import (
@@ -110,14 +111,14 @@ class RedisQuotaStore:
             members = cast("list[bytes | str]", found)  # request ids (no scores asked)
             if not members:
                 return []
-            names = [self._space.reservation_key(tenant_id, _text(m)) for m in members]
+            names = [self._space.reservation_key(tenant_id, reply_text(m)) for m in members]
             return list(await self._client.mget(names))
 
         tokens = cost = count = 0
         for record in await _call(read):
             if record is None:
                 continue  # settled (or expired) since the lease was read
-            reserved, charged, deadline = (int(part) for part in _text(record).split(":"))
+            reserved, charged, deadline = (int(part) for part in reply_text(record).split(":"))
             if deadline > now_ms:
                 tokens, cost, count = tokens + reserved, cost + charged, count + 1
         return tokens, cost, count
@@ -170,7 +171,3 @@ def _vectors(flat: Sequence[Any]) -> tuple[Vector, ...]:
         (numbers[i], numbers[i + 1], numbers[i + 2], numbers[i + 3], numbers[i + 4], numbers[i + 5])
         for i in range(0, len(numbers), COUNTERS_PER_SCOPE)
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
