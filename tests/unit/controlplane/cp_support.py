@@ -29,6 +29,9 @@ SERVER_SECRET = "control-plane-tests-key-hash-secret-0123456789"
 REPO = Path(__file__).resolve().parents[3]
 TENANTS_DIR = REPO / "tenants"
 PLATFORM_ADMIN = "root@platform.example"
+CATALOG = "/api/v1/catalog"
+POOL = {"name": "a100-eu", "model": "llama-3.1-8b-instruct", "flavor": "h100", "region": "eu-west"}
+"""A pool of the bundled catalog's model and flavor, in a region no bundled pool serves."""
 
 
 def make_settings(url: str, state_dir: Path, *, dev_login: bool = True) -> Settings:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from cp_support import World, snapshot
+from cp_support import CATALOG, World, snapshot
 
 from trunkline.pools.service import set_pool_endpoints
 from trunkline.tenancy.changes import unit_of_work
-
-CATALOG = "/api/v1/catalog"
 
 
 def test_catalog_administration_needs_a_platform_admin(world: World) -> None:
