@@ -17,7 +17,9 @@ from trunkline.errors import RateLimited
 from trunkline.gateway.admission import protocol
 from trunkline.gateway.admission.decision import SLO_UNATTAINABLE, Decision
 from trunkline.gateway.admission.errors import rejection_error
-from trunkline.gateway.routing import EndpointView, RequestView
+from trunkline.gateway.routing import ApproxPrefixIndex, EndpointView, RequestView
+from trunkline.gateway.routing.pipeline import PipelinePolicy
+from trunkline.gateway.routing.prefix_scorer import PrefixAffinityScorer
 from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import EngineStateSettings, GatewaySettings
@@ -143,3 +145,26 @@ def failing_on(host: str, failure: Callable[[httpx.Request], httpx.Response]) ->
         return failure(request) if request.url.host == host else chat_any(request)
 
     return handler
+
+
+def approx_index(service: GatewayService) -> ApproxPrefixIndex:
+    """The approximate prefix index of ``service``'s routing policy (its prefix scorer's)."""
+    assert isinstance(service.policy, PipelinePolicy)
+    [index] = [
+        s.scorer.index
+        for s in service.policy.scorers
+        if isinstance(s.scorer, PrefixAffinityScorer)
+        and isinstance(s.scorer.index, ApproxPrefixIndex)
+    ]
+    return index
+
+
+async def wait_for_scrapes(service: GatewayService, endpoints: tuple[str, ...]) -> None:
+    """Until every one of ``endpoints`` was scraped (no deadline: the test's timeout is one)."""
+
+    def scraped() -> bool:
+        loads = service.engines.loads()
+        return all(e in loads and loads[e].running > 0 for e in endpoints)
+
+    while not scraped():
+        await service.engines.wait_changed(timeout=1.0)
