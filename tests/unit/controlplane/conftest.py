@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cp_support import World, build_world, make_runtime
+from cp_support import EXTRA, TENANTS_DIR, World, build_world, make_runtime
 from litestar.testing import TestClient
 
 from trunkline.apps.controlplane import create_controlplane_app
@@ -35,3 +36,12 @@ def client(runtime: Runtime) -> Iterator[TestClient[Any]]:
 @pytest.fixture
 def world(runtime: Runtime, client: TestClient[Any]) -> World:
     return build_world(runtime, client)
+
+
+@pytest.fixture
+def manifests_dir(tmp_path: Path) -> Path:
+    """The bundled manifests and ``EXTRA`` (as extra.yaml) in a directory of their own."""
+    for file in TENANTS_DIR.glob("*.yaml"):
+        shutil.copy(file, tmp_path / file.name)
+    (tmp_path / "extra.yaml").write_text(EXTRA)
+    return tmp_path

@@ -211,3 +211,38 @@ def run_cli(capsys: Any, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+EXTRA = """\
+kind: Model
+name: llama-3.2-1b-instruct
+context_length: 131072
+---
+kind: Pool
+name: small-eu
+model: llama-3.2-1b-instruct
+flavor: l40s
+region: eu-west
+cost_per_hour: 0.55
+capacity: 6
+tokens_per_s: 5200
+max_prompt_tokens: 4096
+endpoints:
+  - {url: "http://10.0.0.7:8000", kv_events: "tcp://10.0.0.7:5557", kv_replay: "tcp://10.0.0.7:5558"}
+  - http://10.0.0.8:8000
+---
+kind: Cascade
+name: llama-auto
+model: llama-3.2-1b-instruct
+escalate_to: llama-3.1-8b-instruct
+checks: {truncation: true, refusal: false, min_mean_logprob: -1.2}
+---
+kind: Tenant
+slug: shared-co
+name: Shared Co
+tier: bronze
+cache_isolated: false
+models: [llama-auto]
+"""
+"""A model, a pool with KV-event endpoints, a cascade and a tenant sharing its cache, added to the
+bundled manifests."""

@@ -3,11 +3,10 @@ isolation: checked with file, line and field, applied idempotently."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from cp_support import TENANTS_DIR, snapshot
+from cp_support import EXTRA, TENANTS_DIR, snapshot
 from sqlalchemy import select
 
 from trunkline.apps.runtime import Runtime
@@ -15,48 +14,7 @@ from trunkline.errors import Conflict, InvalidRequest
 from trunkline.models import Endpoint, Pool
 from trunkline.pools.aliases import alias_row, configure_alias, stored_cascade
 from trunkline.pools.lookups import model_row
-from trunkline.pools.schemas import Cascade, CascadeChecks
 from trunkline.tenancy.manifests import ManifestError, apply_manifests, load_manifests
-
-EXTRA = """\
-kind: Model
-name: llama-3.2-1b-instruct
-context_length: 131072
----
-kind: Pool
-name: small-eu
-model: llama-3.2-1b-instruct
-flavor: l40s
-region: eu-west
-cost_per_hour: 0.55
-capacity: 6
-tokens_per_s: 5200
-max_prompt_tokens: 4096
-endpoints:
-  - {url: "http://10.0.0.7:8000", kv_events: "tcp://10.0.0.7:5557", kv_replay: "tcp://10.0.0.7:5558"}
-  - http://10.0.0.8:8000
----
-kind: Cascade
-name: llama-auto
-model: llama-3.2-1b-instruct
-escalate_to: llama-3.1-8b-instruct
-checks: {truncation: true, refusal: false, min_mean_logprob: -1.2}
----
-kind: Tenant
-slug: shared-co
-name: Shared Co
-tier: bronze
-cache_isolated: false
-models: [llama-auto]
-"""
-
-
-@pytest.fixture
-def manifests_dir(tmp_path: Path) -> Path:
-    for file in TENANTS_DIR.glob("*.yaml"):
-        shutil.copy(file, tmp_path / file.name)
-    (tmp_path / "extra.yaml").write_text(EXTRA)
-    return tmp_path
 
 
 def test_pools_cascades_and_cache_isolation_apply_once(
@@ -330,112 +288,6 @@ def test_an_endpoint_copied_from_the_report_with_its_password_masked_is_named_at
 
     assert caught.value.message.startswith(f"{extra}:16: Pool small-eu: endpoint ")
     assert caught.value.param == "endpoints[1]"
-
-
-def test_a_model_listing_its_own_cascade_as_a_plain_alias_is_refused_not_ignored(
-    runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """Listed by another model, the cascade's name was refused; listed by the model the
-    cascade tries first, the apply said "no changes" and the name went on cascading."""
-    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    before = snapshot(runtime)
-    alone = tmp_path_factory.mktemp("alone")
-    (alone / "model.yaml").write_text(
-        "kind: Model\nname: llama-3.2-1b-instruct\ncontext_length: 131072\n"
-        "aliases:\n  - llama-3.2-1b\n  - llama-auto\n"
-    )
-    with pytest.raises(Conflict, match="alias 'llama-auto' is a cascade") as caught:
-        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
-    assert caught.value.message.startswith(f"{alone / 'model.yaml'}:6: ")
-    after = snapshot(runtime)
-    assert after.version == before.version and "llama-3.2-1b" not in after.aliases
-    assert after.aliases["llama-auto"].cascade is not None
-
-
-def test_a_cascade_left_without_checks_keeps_the_checks_the_api_set(
-    runtime: Runtime, manifests_dir: Path
-) -> None:
-    """A field a document leaves out keeps what the database holds: re-applying (as `trunkline
-    up` does at every start) set a cascade's checks, tuned through the API, back to the
-    defaults."""
-    extra = manifests_dir / "extra.yaml"
-    extra.write_text(
-        EXTRA.replace("checks: {truncation: true, refusal: false, min_mean_logprob: -1.2}\n", "")
-    )
-    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    tuned = Cascade(
-        escalate_to="llama-3.1-8b-instruct",
-        checks=CascadeChecks(refusal=False, min_confidence=0.7),
-    )
-    with runtime.session_factory() as session, session.begin():
-        row = alias_row(session, "llama-auto")
-        small = model_row(session, "llama-3.2-1b-instruct")
-        configure_alias(session, row, small, None, tuned)
-
-    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-
-    assert again.lines() == ["no changes"]
-    with runtime.session_factory() as session:
-        assert stored_cascade(session, alias_row(session, "llama-auto")) == tuned
-    # Written out, the checks are the document's.
-    extra.write_text(EXTRA)
-    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    assert report.lines() == [
-        "Cascade llama-auto updated: checks.min_confidence 0.7 -> None; "
-        "checks.min_mean_logprob None -> -1.2"
-    ]
-    cascade = snapshot(runtime).aliases["llama-auto"].cascade
-    assert cascade is not None and (cascade.on_refusal, cascade.min_confidence) == (False, None)
-
-
-def test_a_cascade_written_with_empty_checks_goes_back_to_the_default_checks(
-    runtime: Runtime, manifests_dir: Path
-) -> None:
-    """Left out, ``checks`` keeps what the database holds; ``checks: null`` is refused (not an
-    object), so ``checks: {}`` is how a document resets them, as docs/cascading.md says; and
-    ``checks`` written is whole: a check it leaves out takes its default."""
-    extra = manifests_dir / "extra.yaml"
-    extra.write_text(EXTRA)
-    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-
-    extra.write_text(EXTRA.replace("min_mean_logprob: -1.2}", "min_confidence: 0.6}"))
-    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    assert report.lines() == [
-        "Cascade llama-auto updated: checks.min_confidence None -> 0.6; "
-        "checks.min_mean_logprob -1.2 -> None"
-    ]
-    extra.write_text(
-        EXTRA.replace("{truncation: true, refusal: false, min_mean_logprob: -1.2}", "{}")
-    )
-    report = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    assert report.lines() == [
-        "Cascade llama-auto updated: checks.min_confidence 0.6 -> None; "
-        "checks.refusal False -> True"
-    ]
-    with runtime.session_factory() as session:
-        held = stored_cascade(session, alias_row(session, "llama-auto"))
-    assert held is not None and held.checks == CascadeChecks()
-    again = apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    assert again.lines() == ["no changes"]
-
-
-def test_a_cascade_named_like_a_model_applied_from_other_files_is_named_at_its_name(
-    runtime: Runtime, manifests_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """The refusal named the API's field ``alias``, which a Cascade document does not have,
-    and so pointed at the document's first line instead of its ``name``."""
-    apply_manifests(runtime.session_factory, manifests_dir, publish=runtime.publish)
-    alone = tmp_path_factory.mktemp("alone")
-    (alone / "cascade.yaml").write_text(
-        "kind: Model\nname: llama-3.2-1b-instruct\ncontext_length: 131072\n---\n"
-        "kind: Model\nname: llama-3.1-8b-instruct\ncontext_length: 131072\n---\n"
-        "kind: Cascade\nmodel: llama-3.2-1b-instruct\nescalate_to: llama-3.1-8b-instruct\n"
-        "name: bge-small-en\n"
-    )
-    with pytest.raises(Conflict, match="'bge-small-en' is the name model") as caught:
-        apply_manifests(runtime.session_factory, alone, publish=runtime.publish)
-    assert caught.value.message.startswith(f"{alone / 'cascade.yaml'}:12: Cascade bge-small-en: ")
-    assert caught.value.param == "name"
 
 
 def test_the_report_names_models_and_flavors_and_shows_prices_as_written(
