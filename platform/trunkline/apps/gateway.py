@@ -21,6 +21,7 @@ from trunkline.gateway.admission import (
     AsyncAdmission,
 )
 from trunkline.gateway.admission.routing_cache import routing_prefix_cache
+from trunkline.gateway.connection_pool import engine_transport
 from trunkline.gateway.endpoints import (
     EndpointCollector,
     EngineMonitor,
@@ -94,9 +95,9 @@ def create_gateway_app(
     quota = quota_enforcer(quota_store, settings.quota, QuotaMetrics(registry), clock)
     holder = SnapshotHolder(source, settings.snapshot_poll_s)
     client = httpx.AsyncClient(
-        transport=transport,
+        transport=transport or engine_transport(upstream_limits(settings)),
         timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
-        limits=upstream_limits(settings),
+        limits=upstream_limits(settings),  # for the proxies httpx mounts from the environment
     )
     policy = routing_policy(settings.routing_policy)
     scrape = transport is None or scrape_transport is not None
@@ -213,7 +214,7 @@ def scrape_client(
     behind requests for a connection, nor requests behind scrapes."""
     engines = settings.engines
     return httpx.AsyncClient(
-        transport=transport,
+        transport=transport or engine_transport(scrape_limits(settings)),
         timeout=httpx.Timeout(engines.scrape_timeout_s, connect=settings.connect_timeout_s),
         limits=scrape_limits(settings),
     )

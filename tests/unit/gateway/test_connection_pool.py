@@ -1,0 +1,132 @@
+"""The engines' connection pool keeps its slots when a request waiting for one is cancelled
+just as a new connection is made for it (encode/httpcore#1093): the leak that, repeated, left
+a gateway answering ``gateway_busy`` while its engines sat idle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpcore
+import httpx
+import pytest
+from tests.unit.gateway.conftest import SECRET, default_world
+
+from trunkline.apps.gateway import create_gateway_app, scrape_client
+from trunkline.gateway.connection_pool import ReclaimingConnectionPool, engine_transport
+from trunkline.gateway.service import GatewayService
+from trunkline.metering.stream import InMemoryUsageStream
+from trunkline.settings import GatewaySettings
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[str]:
+    """An HTTP server that answers every request with the first part of a chunked body and
+    then holds the connection until the client closes it (a stream being generated)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            await writer.drain()
+            await reader.read()  # until the client closes
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+
+
+async def cancel_as_connection_is_handed_over(client: httpx.AsyncClient, url: str) -> None:
+    """With the only connection held by a stream, a second request waits for it; the stream
+    is closed half-read (so is its connection: a new one is made for the waiting request) and
+    the waiting request is cancelled before it could run, as when its client leaves."""
+    holding = await client.send(client.build_request("POST", url), stream=True)
+    waiting = asyncio.create_task(client.send(client.build_request("POST", url), stream=True))
+    await queued(pool_of(client), 2)  # the second request waits for the connection
+    await holding.aclose()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+
+async def queued(pool: httpcore.AsyncConnectionPool, requests: int) -> None:
+    """Once the pool holds ``requests`` requests (the event loop is given turns until then)."""
+    for _ in range(1000):
+        if len(pool._requests) >= requests:
+            return
+        await asyncio.sleep(0)  # a turn of the event loop, not a wait
+    raise AssertionError(f"{requests} requests never reached the pool")
+
+
+def pool_of(client: httpx.AsyncClient) -> httpcore.AsyncConnectionPool:
+    pool = client._transport._pool  # type: ignore[attr-defined]
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    return pool
+
+
+LIMITS = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+
+async def test_httpx_own_pool_loses_the_slot(engine: str) -> None:
+    """What the gateway's pool guards against, shown on httpx's own: the slot stays taken by
+    a connection nobody opens (were this fixed upstream, this test would say so)."""
+    async with httpx.AsyncClient(limits=LIMITS) as client:
+        await cancel_as_connection_is_handed_over(client, engine)
+        assert [c.info() for c in pool_of(client).connections] == ["CONNECTING"]
+        with pytest.raises(httpx.PoolTimeout):
+            await client.post(engine, timeout=httpx.Timeout(5.0, pool=0.0))
+
+
+async def test_the_gateway_pool_gives_the_slot_back(engine: str) -> None:
+    transport = engine_transport(LIMITS)
+    async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+        assert isinstance(pool_of(client), ReclaimingConnectionPool)
+        await cancel_as_connection_is_handed_over(client, engine)
+        assert pool_of(client).connections == []
+        async with client.stream("POST", engine) as answer:
+            assert answer.status_code == 200
+            assert await anext(answer.aiter_raw()) == b"hello"
+
+
+async def test_a_request_queued_behind_the_orphan_gets_the_slot(engine: str) -> None:
+    """A third request already waiting when the second is cancelled is handed the slot the
+    orphan held, not left waiting for another request to end."""
+    transport = engine_transport(LIMITS)
+    async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+        holding = await client.send(client.build_request("POST", engine), stream=True)
+        second = asyncio.create_task(client.send(client.build_request("POST", engine)))
+        third = asyncio.create_task(client.send(client.build_request("POST", engine), stream=True))
+        pool = pool_of(client)
+        await queued(pool, 3)
+        await holding.aclose()
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        answer = await third
+        try:
+            assert answer.status_code == 200
+            assert [c.info() for c in pool.connections] != ["CONNECTING"]
+        finally:
+            await answer.aclose()
+
+
+def test_the_gateway_sends_and_scrapes_through_reclaiming_pools() -> None:
+    settings = GatewaySettings(max_connections=7)
+    app = create_gateway_app(
+        source=default_world().store,
+        emitter=InMemoryUsageStream(),
+        server_secret=SECRET,
+        settings=settings,
+    )
+    service: GatewayService = app.state.gateway
+    sending = pool_of(service.client)
+    assert isinstance(sending, ReclaimingConnectionPool)
+    assert sending._max_connections == 7
+    scraping = pool_of(scrape_client(settings, None))
+    assert isinstance(scraping, ReclaimingConnectionPool)
+    assert scraping._max_connections == settings.engines.scrape_concurrency
