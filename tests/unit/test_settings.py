@@ -108,6 +108,8 @@ def test_a_value_that_does_not_fit_names_its_variable_and_not_the_value(
         ("TRUNKLINE_DATABASE__URL", "postgres://trunkline:s3cr3t@db/trunkline"),
         ("TRUNKLINE_DATABASE__URL", "postgresql+psycopg2://trunkline:s3cr3t@db/trunkline"),
         ("TRUNKLINE_DATABASE__URL", "SQLITE:///s3cr3t.db"),
+        # '@' not encoded: the connection error named the host "s3cr3t@db"
+        ("TRUNKLINE_DATABASE__URL", "postgresql+psycopg://trunkline:pa@s3cr3t@db/trunkline"),
         ("TRUNKLINE_REDIS__URL", "redis-host:6379"),
         ("TRUNKLINE_REDIS__URL", " "),
         ("TRUNKLINE_REDIS__URL", "http://:s3cr3t@redis:6379/0"),
@@ -134,6 +136,7 @@ def test_a_url_no_process_can_use_is_refused_naming_its_variable(
     [
         ("postgresql://db/trunkline", "rediss://redis:6380/0"),
         ("postgresql+psycopg://db/trunkline", "unix:///run/redis.sock"),
+        ("postgresql://trunkline:pa%40ss/w:rd@db:5432/trunkline", "redis://:p@ss@redis:6379/0"),
         ("sqlite:///x.db", ""),
         ("sqlite+pysqlite:///x.db", None),
     ],
