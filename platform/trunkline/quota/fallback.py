@@ -86,6 +86,9 @@ class FallbackQuotaStore:
         self._adopted: dict[str, Ticket] = {}
         """Requests decided locally and in flight when the store came back, reserved there
         since (their slots), by request id: their leases are renewed there."""
+        self._latecomers: list[ReserveRequest] = []
+        """Requests decided locally while the store was being found back (its probe and the
+        others' adoption under way), to be reserved there as the replay starts."""
         self.in_flight: Callable[[], Sequence[Ticket]] = tuple
         """The tickets of the requests in flight (the enforcer's): their leases are renewed as
         the store comes back."""
@@ -200,7 +203,8 @@ class FallbackQuotaStore:
         self._probe_at = now_ms + self._probe_every_ms
         try:
             await self._primary.probe(now_ms)
-            for request_id, request in list(self._decided_locally.items()):
+            known = list(self._decided_locally.items())
+            for request_id, request in known:
                 if request_id not in self._adopted:
                     await self._adopt(request)
             in_store = {t.request_id: t for t in self._in_store((*tickets, *self.in_flight()))}
@@ -209,6 +213,11 @@ class FallbackQuotaStore:
         except StoreUnavailable as exc:
             self._fail("probe", now_ms, exc)
             return False
+        # Requests that arrived while this awaited the store were decided locally: reserved
+        # there by the replay, which starts now (adopting them here, one by one while more
+        # came, might never end under load).
+        tried = dict(known)
+        self._latecomers = [r for i, r in self._decided_locally.items() if i not in tried]
         self._recovered(now_ms)
         return True
 
@@ -248,10 +257,22 @@ class FallbackQuotaStore:
         self._replay_soon()
 
     def _replay_soon(self) -> None:
-        if self._pending and (self._replaying is None or self._replaying.done()):
+        work = self._pending or self._latecomers
+        if work and (self._replaying is None or self._replaying.done()):
             self._replaying = asyncio.create_task(self._replay(), name="quota-settle-replay")
 
     async def _replay(self) -> None:
+        # First the latecomers' slots, before any settle: one that ended meanwhile is replayed
+        # after its adoption (its reservation found held, settled once), never before it.
+        while self._latecomers and self._degraded_since is None:
+            request = self._latecomers.pop(0)
+            if request.request_id not in self._decided_locally:
+                continue  # ended already: its replay reserves and settles it
+            try:
+                await self._adopt(request)
+            except StoreUnavailable as exc:
+                self._latecomers.clear()  # still decided locally: adopted as it comes back
+                self._fail("reserve", request.now_ms, exc)
         while self._pending and self._degraded_since is None:
             missed = self._pending.popleft()
             try:

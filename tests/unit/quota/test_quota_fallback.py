@@ -489,3 +489,49 @@ async def test_a_request_in_flight_the_store_cannot_take_does_not_keep_it_degrad
     assert registry.get_sample_value("trunkline_quota_store_degraded") == 0
     [used] = await store.usage("t", [("key", "k")], 2_000)
     assert used[CONCURRENCY] == 2, "r2's slot, and r3's"
+
+
+class SlowToRenew(Flaky):
+    """A store back from an outage whose renewals answer only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewing = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
+        self._reachable()
+        self.renewing.set()
+        await self.answer.wait()
+        await self.inner.renew(tickets, now_ms, lease_ms)
+
+
+async def test_a_request_decided_locally_while_the_store_is_found_back_gets_its_slot_there() -> (
+    None
+):
+    """The store answered the probe; while the requests in flight were given their slots there
+    (a call each, then their leases renewed), requests arriving meanwhile were still decided
+    locally, and were left out: the store never counted them until they ended, and a scope
+    admitted as many requests over its concurrent_requests."""
+    store = SlowToRenew()
+    fallback = FallbackQuotaStore(store, QuotaMetrics(CollectorRegistry()), probe_every_ms=1000)
+    scopes = (Scope("key", "k", Limits(concurrent_requests=3).vector()),)
+
+    def request(n: int, at_ms: int) -> ReserveRequest:
+        return ReserveRequest(f"r{n}", "t", scopes, 100, 0, at_ms, 60_000, 3_600_000)
+
+    store.down = True
+    assert (await fallback.reserve(request(1, 0))).local  # the outage starts
+    store.down = False
+    finding = asyncio.ensure_future(fallback.reserve(request(2, 2_000)))  # probes: back
+    await store.renewing.wait()
+    meanwhile = await fallback.reserve(request(3, 2_001))
+    assert meanwhile.local, "decided locally while the store is being found back"
+    store.answer.set()
+    assert (await finding).verdict.admitted
+    await fallback.replayed()
+
+    [used] = await store.usage("t", [("key", "k")], 2_002)
+    assert used[CONCURRENCY] == 3, "r1's slot, r2's and r3's"
+    refused = await fallback.reserve(request(4, 2_002))
+    assert not refused.local and not refused.verdict.admitted, "the limit of 3 is full"
