@@ -29,7 +29,7 @@ from typing import Final, NamedTuple
 from trunkline.quota.limits import Limits
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
-from trunkline.quota.rules import Vector, local_limits
+from trunkline.quota.rules import Vector, local_limits, still_used
 from trunkline.quota.store import (
     KeySpace,
     Outcome,
@@ -39,6 +39,7 @@ from trunkline.quota.store import (
     StoreUnavailable,
     Ticket,
 )
+from trunkline.quota.windows import Windows, windows_at
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class FallbackQuotaStore:
         self._local = InMemoryQuotaStore(KeySpace(_LOCAL_PREFIX))
         self._degraded_since: int | None = None
         self._probe_at = 0
-        self._last_used: dict[tuple[str, str, str], Vector] = {}
+        self._last_used: dict[tuple[str, str, str], tuple[Vector, Windows]] = {}
+        """What each scope had used when the store last answered, and in which windows."""
         self._pending: deque[_Settle] = deque()
         self._decided_locally: dict[str, ReserveRequest] = {}
         """Local reservations in flight, by request id, to be replayed when they settle."""
@@ -312,19 +314,17 @@ class FallbackQuotaStore:
         if len(self._last_used) > _MAX_REMEMBERED_SCOPES:
             self._last_used.clear()
         for scope, used in zip(request.scopes, outcome.used, strict=True):
-            self._last_used[(request.tenant_id, scope.kind, scope.ident)] = used
+            self._last_used[(request.tenant_id, scope.kind, scope.ident)] = (used, outcome.windows)
 
     def _localized(self, request: ReserveRequest) -> ReserveRequest:
-        scopes = tuple(
-            Scope(
-                s.kind,
-                s.ident,
-                local_limits(
-                    s.limits, self._share, self._last_used.get((request.tenant_id, s.kind, s.ident))
-                ),
-            )
-            for s in request.scopes
-        )
+        now = windows_at(request.now_ms)
+
+        def limits_of(scope: Scope) -> Vector:
+            last = self._last_used.get((request.tenant_id, scope.kind, scope.ident))
+            used = None if last is None else still_used(last[0], last[1], now)
+            return local_limits(scope.limits, self._share, used)
+
+        scopes = tuple(s._replace(limits=limits_of(s)) for s in request.scopes)
         return request._replace(scopes=scopes)
 
 

@@ -19,7 +19,7 @@ from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import Vector
 from trunkline.quota.store import Outcome, ReserveRequest, Scope, StoreUnavailable, Ticket
 from trunkline.settings import QuotaSettings
-from unit.quota.conftest import Gateway
+from unit.quota.conftest import Gateway, ms
 from unit.quota.test_quota_gateway import CHAT, RESERVED, error_of, open_stream
 
 
@@ -185,6 +185,31 @@ def test_a_budget_spent_when_the_store_last_answered_is_insufficient_quota_while
 
     error_of(refused, 429, "insufficient_quota", "insufficient_quota")
     assert refused.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("budget", "spent_at", "away_at"),
+    [
+        ("tokens_per_day", ms(2027, 6, 15, 23, 59, 0), ms(2027, 6, 16, 0, 0, 30)),
+        ("tokens_per_month", ms(2027, 6, 30, 23, 59, 0), ms(2027, 7, 1, 0, 0, 30)),
+    ],
+)
+def test_a_budget_spent_before_a_new_window_is_not_spent_in_it_while_away(
+    make_gateway: Any, budget: str, spent_at: int, away_at: int
+) -> None:
+    """The store went away once a day's (a month's) budget was spent, and stayed away past
+    midnight: the new day's requests were refused as insufficient_quota, 'It resets at' the
+    next midnight, for as long as the outage lasted, from a count of the day before."""
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky, now_ms=spent_at)
+    gw.limit(tenant=Limits(**{budget: 24 + RESERVED}))
+    assert statuses(gw, 2) == [200, 200]
+    gw.limit(tenant=Limits(**{budget: 2 * 24}))  # what the two used: spent
+    assert statuses(gw, 1) == [429]
+    flaky.down = True
+    gw.clock.advance(away_at - spent_at)
+
+    assert statuses(gw, 2) == [200, 429], "decided locally, from the new window's whole budget"
 
 
 def test_fail_closed_refuses_with_503_until_the_store_is_back(make_gateway: Any) -> None:
