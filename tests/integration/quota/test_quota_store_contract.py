@@ -113,6 +113,8 @@ async def test_every_limit_is_reached_and_refuses_without_counting(
     counters = await used(store)
     assert counters[1][REQUESTS] == admitted, "a refused request must not be counted"
     assert counters[0] == counters[1], "nor counted in the scope that would have admitted it"
+    # What the gateway's refusal says was used (its message, x-ratelimit-remaining-*).
+    assert list(outcomes[-1].used) == counters
 
 
 async def test_budgets_are_checked_before_rate_limits_and_the_narrow_scope_first(
@@ -335,6 +337,12 @@ async def test_tenants_and_keys_are_counted_apart(store: QuotaStore) -> None:
     assert (await store.reserve(request("r2", scoped=other_key))).verdict.admitted
     assert (await store.reserve(request("r3", scoped=limited, tenant="t2"))).verdict.admitted
     assert not (await store.reserve(request("r4", scoped=limited))).verdict.admitted
+
+
+async def test_a_probe_answers_while_the_store_takes_writes(store: QuotaStore) -> None:
+    """How a gateway learns the store is back: a probe that answers, on either store."""
+    await store.probe(NOON)
+    assert await used(store) == [(0, 0, 0, 0, 0, 0)] * 2, "and counts nothing"
 
 
 async def test_a_burst_beyond_the_gateways_connections_waits_for_one(redis_url: str) -> None:
