@@ -264,18 +264,12 @@ class FallbackQuotaStore:
             self._replaying = asyncio.create_task(self._replay(), name="quota-settle-replay")
 
     async def _replay(self) -> None:
-        # First the latecomers' slots, before any settle: one that ended meanwhile is replayed
-        # after its adoption (its reservation found held, settled once), never before it.
-        while self._latecomers and self._degraded_since is None:
-            request = self._latecomers.pop(0)
-            if request.request_id not in self._decided_locally:
-                continue  # ended already: its replay reserves and settles it
-            try:
-                await self._adopt(request)
-            except StoreUnavailable as exc:
-                self._latecomers.clear()  # still decided locally: adopted as it comes back
-                self._fail("reserve", request.now_ms, exc)
-        while self._pending and self._degraded_since is None:
+        # The latecomers' slots before any settle: one that ended meanwhile is replayed after
+        # its adoption (its reservation found held, settled once), never before it.
+        while (self._latecomers or self._pending) and self._degraded_since is None:
+            if self._latecomers:
+                await self._adopt_latecomer(self._latecomers.pop(0))
+                continue
             missed = self._pending.popleft()
             try:
                 await self._send(missed)
@@ -285,6 +279,15 @@ class FallbackQuotaStore:
             except Exception:  # this one cannot be replayed; the rest still can
                 self._metrics.lost_settles.inc()
                 log.exception("a missed quota settle could not be replayed; dropped")
+
+    async def _adopt_latecomer(self, request: ReserveRequest) -> None:
+        if request.request_id not in self._decided_locally:
+            return  # ended already: its replay reserves and settles it
+        try:
+            await self._adopt(request)
+        except StoreUnavailable as exc:
+            self._latecomers.clear()  # still decided locally: adopted as the store comes back
+            self._fail("reserve", request.now_ms, exc)
 
     async def _send(self, missed: _Settle) -> None:
         ticket, request = missed.ticket, missed.decided_locally
