@@ -220,7 +220,10 @@ class GatewayService:
             except TrunklineError as exc:
                 exc.extra["headers"] = {**grant.headers, **exc.extra.get("headers", {})}
                 raise
-            reply.headers.update(grant.headers)
+            # An answer other than 200 is the engine's refusal (its 4xx): it did no work, and
+            # the reservation came back whole, as the headers say.
+            ok = reply.status == 200
+            reply.headers.update(grant.headers if ok else grant.given_back_headers())
             return reply
 
         plan = plan_cascade(request, alias)

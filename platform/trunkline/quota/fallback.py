@@ -29,7 +29,7 @@ from typing import Final, NamedTuple
 from trunkline.quota.limits import Limits
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.metrics import QuotaMetrics
-from trunkline.quota.rules import Vector, local_limits
+from trunkline.quota.rules import Vector, local_limits, still_used
 from trunkline.quota.store import (
     KeySpace,
     Outcome,
@@ -39,6 +39,7 @@ from trunkline.quota.store import (
     StoreUnavailable,
     Ticket,
 )
+from trunkline.quota.windows import Windows, windows_at
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ class FallbackQuotaStore:
         self._local = InMemoryQuotaStore(KeySpace(_LOCAL_PREFIX))
         self._degraded_since: int | None = None
         self._probe_at = 0
-        self._last_used: dict[tuple[str, str, str], Vector] = {}
+        self._last_used: dict[tuple[str, str, str], tuple[Vector, Windows]] = {}
+        """What each scope had used when the store last answered, and in which windows."""
         self._pending: deque[_Settle] = deque()
         self._decided_locally: dict[str, ReserveRequest] = {}
         """Local reservations in flight, by request id, to be replayed when they settle."""
@@ -86,6 +88,9 @@ class FallbackQuotaStore:
         self._adopted: dict[str, Ticket] = {}
         """Requests decided locally and in flight when the store came back, reserved there
         since (their slots), by request id: their leases are renewed there."""
+        self._latecomers: list[ReserveRequest] = []
+        """Requests decided locally while the store was being found back (its probe and the
+        others' adoption under way), to be reserved there as the replay starts."""
         self.in_flight: Callable[[], Sequence[Ticket]] = tuple
         """The tickets of the requests in flight (the enforcer's): their leases are renewed as
         the store comes back."""
@@ -200,7 +205,8 @@ class FallbackQuotaStore:
         self._probe_at = now_ms + self._probe_every_ms
         try:
             await self._primary.probe(now_ms)
-            for request_id, request in list(self._decided_locally.items()):
+            known = list(self._decided_locally.items())
+            for request_id, request in known:
                 if request_id not in self._adopted:
                     await self._adopt(request)
             in_store = {t.request_id: t for t in self._in_store((*tickets, *self.in_flight()))}
@@ -209,6 +215,11 @@ class FallbackQuotaStore:
         except StoreUnavailable as exc:
             self._fail("probe", now_ms, exc)
             return False
+        # Requests that arrived while this awaited the store were decided locally: reserved
+        # there by the replay, which starts now (adopting them here, one by one while more
+        # came, might never end under load).
+        tried = dict(known)
+        self._latecomers = [r for i, r in self._decided_locally.items() if i not in tried]
         self._recovered(now_ms)
         return True
 
@@ -248,11 +259,17 @@ class FallbackQuotaStore:
         self._replay_soon()
 
     def _replay_soon(self) -> None:
-        if self._pending and (self._replaying is None or self._replaying.done()):
+        work = self._pending or self._latecomers
+        if work and (self._replaying is None or self._replaying.done()):
             self._replaying = asyncio.create_task(self._replay(), name="quota-settle-replay")
 
     async def _replay(self) -> None:
-        while self._pending and self._degraded_since is None:
+        # The latecomers' slots before any settle: one that ended meanwhile is replayed after
+        # its adoption (its reservation found held, settled once), never before it.
+        while (self._latecomers or self._pending) and self._degraded_since is None:
+            if self._latecomers:
+                await self._adopt_latecomer(self._latecomers.pop(0))
+                continue
             missed = self._pending.popleft()
             try:
                 await self._send(missed)
@@ -262,6 +279,15 @@ class FallbackQuotaStore:
             except Exception:  # this one cannot be replayed; the rest still can
                 self._metrics.lost_settles.inc()
                 log.exception("a missed quota settle could not be replayed; dropped")
+
+    async def _adopt_latecomer(self, request: ReserveRequest) -> None:
+        if request.request_id not in self._decided_locally:
+            return  # ended already: its replay reserves and settles it
+        try:
+            await self._adopt(request)
+        except StoreUnavailable as exc:
+            self._latecomers.clear()  # still decided locally: adopted as the store comes back
+            self._fail("reserve", request.now_ms, exc)
 
     async def _send(self, missed: _Settle) -> None:
         ticket, request = missed.ticket, missed.decided_locally
@@ -291,19 +317,17 @@ class FallbackQuotaStore:
         if len(self._last_used) > _MAX_REMEMBERED_SCOPES:
             self._last_used.clear()
         for scope, used in zip(request.scopes, outcome.used, strict=True):
-            self._last_used[(request.tenant_id, scope.kind, scope.ident)] = used
+            self._last_used[(request.tenant_id, scope.kind, scope.ident)] = (used, outcome.windows)
 
     def _localized(self, request: ReserveRequest) -> ReserveRequest:
-        scopes = tuple(
-            Scope(
-                s.kind,
-                s.ident,
-                local_limits(
-                    s.limits, self._share, self._last_used.get((request.tenant_id, s.kind, s.ident))
-                ),
-            )
-            for s in request.scopes
-        )
+        now = windows_at(request.now_ms)
+
+        def limits_of(scope: Scope) -> Vector:
+            last = self._last_used.get((request.tenant_id, scope.kind, scope.ident))
+            used = None if last is None else still_used(last[0], last[1], now)
+            return local_limits(scope.limits, self._share, used)
+
+        scopes = tuple(s._replace(limits=limits_of(s)) for s in request.scopes)
         return request._replace(scopes=scopes)
 
 

@@ -69,7 +69,10 @@ for i = 1, n do
     used[i][f] = used[i][f] + need[f]
   end
 end
-redis.call('SET', KEYS[#KEYS], tokens .. ':' .. cost .. ':' .. (now + res_ttl), 'PX', res_ttl)
+-- Written as sent: Lua prints a number of 15 digits or more as 1.2884901882e+14 (a costly
+-- reservation's cost), which neither SETTLE nor the held read could parse back.
+local deadline = string.format('%d', now + res_ttl)
+redis.call('SET', KEYS[#KEYS], ARGV[4] .. ':' .. ARGV[5] .. ':' .. deadline, 'PX', res_ttl)
 return reply(-1, -1, 0)
 """
 

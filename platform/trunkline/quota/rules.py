@@ -87,6 +87,18 @@ def retry_after_ms(verdict: Verdict, windows: Windows) -> int | None:
     return windows.minute_end_ms - windows.now_ms
 
 
+def still_used(used: Vector, read: Windows, now: Windows) -> Vector:
+    """The budgets of ``used``, counters read in ``read``'s windows, as they stand in ``now``'s:
+    a day's or a month's that has ended since counts nothing any more (a limiter that last
+    heard of the store before midnight must not refuse the new day from the old one's count).
+    Per-minute counters and concurrency are left as they were (``local_limits`` ignores them)."""
+    day = used[DAY_TOKENS] if read.day == now.day else 0
+    month_tokens, month_cost = (
+        (used[MONTH_TOKENS], used[MONTH_COST]) if read.month == now.month else (0, 0)
+    )
+    return (used[0], used[1], used[2], day, month_tokens, month_cost)
+
+
 def local_limits(limits: Vector, share: float, last_used: Vector | None) -> Vector:
     """The limits one gateway process enforces alone while the shared store is unreachable.
 
@@ -122,4 +134,5 @@ __all__ = [
     "local_limits",
     "plus",
     "retry_after_ms",
+    "still_used",
 ]

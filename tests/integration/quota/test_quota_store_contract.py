@@ -19,11 +19,13 @@ from trunkline.quota.limits import (
     CONCURRENCY,
     DAY_TOKENS,
     LIMIT_NAMES,
+    MICRO,
     MONTH_COST,
     MONTH_TOKENS,
     REQUESTS,
     TOKENS,
     Limits,
+    Price,
 )
 from trunkline.quota.memory import InMemoryQuotaStore
 from trunkline.quota.redis_store import RedisQuotaStore, connect
@@ -111,6 +113,8 @@ async def test_every_limit_is_reached_and_refuses_without_counting(
     counters = await used(store)
     assert counters[1][REQUESTS] == admitted, "a refused request must not be counted"
     assert counters[0] == counters[1], "nor counted in the scope that would have admitted it"
+    # What the gateway's refusal says was used (its message, x-ratelimit-remaining-*).
+    assert list(outcomes[-1].used) == counters
 
 
 async def test_budgets_are_checked_before_rate_limits_and_the_narrow_scope_first(
@@ -188,6 +192,23 @@ async def test_the_largest_completion_budget_is_reserved_and_counted(store: Quot
     assert (await used(store))[0][TOKENS] == tokens
     await store.settle(outcome.ticket, 10, 0, NOON + 10)
     assert (await used(store, NOON + 10))[0][TOKENS] == 10
+
+
+async def test_the_costliest_reservation_is_settled_to_what_was_used(store: QuotaStore) -> None:
+    """The largest completion budget at $60 per million output tokens (a model the catalog
+    gives no context length) costs 128,849 dollars: 1.3e14 billionths. Redis's script wrote
+    it into the reservation's record as 1.2884901882e+14, which its settle could not read:
+    the settle failed and left the reservation charged whole, 2.1 billion tokens of a
+    month's budget for a request that used 10."""
+    tokens = completion_budget("chat", {"max_tokens": 2**31 - 1}, cap=4096)
+    cost = Price(input=60 * MICRO, cached_input=0, output=60 * MICRO).cost(0, 0, tokens)
+    outcome = await store.reserve(request("r1", tokens=tokens, cost=cost))
+    assert outcome.verdict.admitted and outcome.ticket is not None
+    assert await store.held("t1", "key", "k1", NOON) == (tokens, cost, 1)
+
+    await store.settle(outcome.ticket, 10, 600, NOON + 10)
+
+    assert (await used(store, NOON + 10))[0] == (1, 10, 0, 10, 10, 600)
 
 
 async def test_a_late_settle_corrects_the_window_the_reservation_was_made_in(
@@ -316,6 +337,12 @@ async def test_tenants_and_keys_are_counted_apart(store: QuotaStore) -> None:
     assert (await store.reserve(request("r2", scoped=other_key))).verdict.admitted
     assert (await store.reserve(request("r3", scoped=limited, tenant="t2"))).verdict.admitted
     assert not (await store.reserve(request("r4", scoped=limited))).verdict.admitted
+
+
+async def test_a_probe_answers_while_the_store_takes_writes(store: QuotaStore) -> None:
+    """How a gateway learns the store is back: a probe that answers, on either store."""
+    await store.probe(NOON)
+    assert await used(store) == [(0, 0, 0, 0, 0, 0)] * 2, "and counts nothing"
 
 
 async def test_a_burst_beyond_the_gateways_connections_waits_for_one(redis_url: str) -> None:

@@ -19,7 +19,7 @@ from trunkline.quota.metrics import QuotaMetrics
 from trunkline.quota.rules import Vector
 from trunkline.quota.store import Outcome, ReserveRequest, Scope, StoreUnavailable, Ticket
 from trunkline.settings import QuotaSettings
-from unit.quota.conftest import Gateway
+from unit.quota.conftest import Gateway, ms
 from unit.quota.test_quota_gateway import CHAT, RESERVED, error_of, open_stream
 
 
@@ -185,6 +185,31 @@ def test_a_budget_spent_when_the_store_last_answered_is_insufficient_quota_while
 
     error_of(refused, 429, "insufficient_quota", "insufficient_quota")
     assert refused.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("budget", "spent_at", "away_at"),
+    [
+        ("tokens_per_day", ms(2027, 6, 15, 23, 59, 0), ms(2027, 6, 16, 0, 0, 30)),
+        ("tokens_per_month", ms(2027, 6, 30, 23, 59, 0), ms(2027, 7, 1, 0, 0, 30)),
+    ],
+)
+def test_a_budget_spent_before_a_new_window_is_not_spent_in_it_while_away(
+    make_gateway: Any, budget: str, spent_at: int, away_at: int
+) -> None:
+    """The store went away once a day's (a month's) budget was spent, and stayed away past
+    midnight: the new day's requests were refused as insufficient_quota, 'It resets at' the
+    next midnight, for as long as the outage lasted, from a count of the day before."""
+    flaky = Flaky()
+    gw: Gateway = make_gateway(store=flaky, now_ms=spent_at)
+    gw.limit(tenant=Limits(**{budget: 24 + RESERVED}))
+    assert statuses(gw, 2) == [200, 200]
+    gw.limit(tenant=Limits(**{budget: 2 * 24}))  # what the two used: spent
+    assert statuses(gw, 1) == [429]
+    flaky.down = True
+    gw.clock.advance(away_at - spent_at)
+
+    assert statuses(gw, 2) == [200, 429], "decided locally, from the new window's whole budget"
 
 
 def test_fail_closed_refuses_with_503_until_the_store_is_back(make_gateway: Any) -> None:
@@ -489,3 +514,49 @@ async def test_a_request_in_flight_the_store_cannot_take_does_not_keep_it_degrad
     assert registry.get_sample_value("trunkline_quota_store_degraded") == 0
     [used] = await store.usage("t", [("key", "k")], 2_000)
     assert used[CONCURRENCY] == 2, "r2's slot, and r3's"
+
+
+class SlowToRenew(Flaky):
+    """A store back from an outage whose renewals answer only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewing = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def renew(self, tickets: Sequence[Ticket], now_ms: int, lease_ms: int) -> None:
+        self._reachable()
+        self.renewing.set()
+        await self.answer.wait()
+        await self.inner.renew(tickets, now_ms, lease_ms)
+
+
+async def test_a_request_decided_locally_while_the_store_is_found_back_gets_its_slot_there() -> (
+    None
+):
+    """The store answered the probe; while the requests in flight were given their slots there
+    (a call each, then their leases renewed), requests arriving meanwhile were still decided
+    locally, and were left out: the store never counted them until they ended, and a scope
+    admitted as many requests over its concurrent_requests."""
+    store = SlowToRenew()
+    fallback = FallbackQuotaStore(store, QuotaMetrics(CollectorRegistry()), probe_every_ms=1000)
+    scopes = (Scope("key", "k", Limits(concurrent_requests=3).vector()),)
+
+    def request(n: int, at_ms: int) -> ReserveRequest:
+        return ReserveRequest(f"r{n}", "t", scopes, 100, 0, at_ms, 60_000, 3_600_000)
+
+    store.down = True
+    assert (await fallback.reserve(request(1, 0))).local  # the outage starts
+    store.down = False
+    finding = asyncio.ensure_future(fallback.reserve(request(2, 2_000)))  # probes: back
+    await store.renewing.wait()
+    meanwhile = await fallback.reserve(request(3, 2_001))
+    assert meanwhile.local, "decided locally while the store is being found back"
+    store.answer.set()
+    assert (await finding).verdict.admitted
+    await fallback.replayed()
+
+    [used] = await store.usage("t", [("key", "k")], 2_002)
+    assert used[CONCURRENCY] == 3, "r1's slot, r2's and r3's"
+    refused = await fallback.reserve(request(4, 2_002))
+    assert not refused.local and not refused.verdict.admitted, "the limit of 3 is full"

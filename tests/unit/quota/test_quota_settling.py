@@ -122,10 +122,14 @@ def test_a_request_the_engine_refuses_is_charged_nothing(make_gateway: Any) -> N
 
     gw: Gateway = make_gateway(refuses)
     gw.limit(key=Limits(requests_per_minute=5, tokens_per_minute=1000, tokens_per_day=10_000))
-    for stream in (False, True):
+    for left, stream in ((4, False), (3, True)):
         response = gw.post({**CHAT, "stream": stream})
         assert response.status_code == 400
         assert "maximum context length" in response.text
+        # Its tokens came back: a client pacing itself by the headers is not told they did not
+        # (it read 962 of 1000 left, the reservation still taken).
+        assert response.headers["x-ratelimit-remaining-tokens"] == "1000"
+        assert response.headers["x-ratelimit-remaining-requests"] == str(left)
     gw.call(gw.service.quota.drain)
     # Both requests count as requests; their token reservations all came back.
     assert gw.counters()[REQUESTS:DAY_TOKENS] == (2, 0, 0)
