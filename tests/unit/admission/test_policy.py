@@ -392,3 +392,19 @@ def test_a_noisy_tenants_held_excess_does_not_shed_the_tier_below() -> None:
     # Bronze is never held: were the noisy tenant's excess ahead of it, it would be shed.
     bronze = policy.decide(request("b", "b", "bronze"), BRONZE, third_full, 5.0)
     assert bronze.outcome == ADMITTED
+
+
+def test_a_request_is_held_only_if_its_first_token_can_still_come_in_time_after_the_hold() -> None:
+    """The hold (with its margin) was checked against the deadline itself, but the first token
+    comes an idle TTFT after the hold at best: a long prompt was held for a wait it could not
+    afford, then rejected ``deadline_exceeded`` once it ran out of time — its client kept
+    waiting for a refusal it could have had at once."""
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    hold(policy, SILVER, 1.0, "first")
+    long = request("long", "second", "silver", prompt_tokens=8000)
+    decision = policy.decide(long, SILVER, [endpoint(load=BUSY)], 1.0)
+    assert (decision.outcome, decision.reason) == (REJECTED, OVERLOADED)
+    # Each would have been held: a short prompt's first token still comes in time after it.
+    short = request("short", "third", "silver")
+    assert policy.decide(short, SILVER, [endpoint(load=BUSY)], 1.0).outcome == QUEUED

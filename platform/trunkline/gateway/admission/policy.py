@@ -122,11 +122,12 @@ class AdmissionPolicy(Dispatch):
         closed = self._pools_holding(ranked, tier.priority, now)
         open_to_it = [view for view in ranked if view.pool not in closed]
         wait_s, retry_s = self._hold_estimate(tier, open_to_it, ahead, now=now)
-        # Hold only with margin: a hold that ends in a rejection wastes the client's time.
+        # Hold only with margin: a hold that ends in a rejection wastes the client's time. Its
+        # first token comes an idle TTFT after the hold at best (when ``poll`` expires it).
         margin_s = wait_s * self.config.hold_margin
         if tier.priority < self.config.hold_min_priority:
             return self._refuse(tier, retry_s)  # shed at once: a short hold is for tiers above
-        if not now + margin_s <= min(deadline, now + self.config.max_hold_s):
+        if not now + margin_s <= min(deadline - idle_s, now + self.config.max_hold_s):
             return self._refuse(tier, retry_s)
         if len(queue) >= self.config.max_held_per_pool and not self._make_room(
             queue, tier, request.tenant, retry_s
