@@ -408,3 +408,30 @@ def test_a_request_is_held_only_if_its_first_token_can_still_come_in_time_after_
     # Each would have been held: a short prompt's first token still comes in time after it.
     short = request("short", "third", "silver")
     assert policy.decide(short, SILVER, [endpoint(load=BUSY)], 1.0).outcome == QUEUED
+
+
+def test_a_poll_serves_the_pool_queue_holding_gold_first_and_counts_what_it_sent() -> None:
+    """Requests wait in their first choice's queue, and their rankings reach other pools. A
+    poll served the queues in the order the pools were first seen, each blind to what the
+    others had just sent: silver held for pool a took a's room, then gold held for pool b
+    (full) was sent to a as if silver were not ahead of it there — predicted within its SLO,
+    in fact past it."""
+    policy = AdmissionPolicy()
+    a, b = endpoint("a/0", pool="a"), endpoint("b/0", pool="b")
+    for index in range(20):  # pool a serves silver, pool b gold: each tier's recent rate
+        policy.decide(request(f"s{index}", "s", "silver"), SILVER, [a], index / 20)
+    for index in range(60):
+        policy.decide(request(f"g{index}", "g", "gold", prompt_tokens=2000), GOLD, [b], index / 60)
+    full_a, full_b = (dataclasses.replace(view, load=FULL) for view in (a, b))
+    silver = policy.decide(request("silver", "x", "silver"), SILVER, [full_a, full_b], 1.0)
+    gold_request = request("gold", "y", "gold", prompt_tokens=2000)
+    gold = policy.decide(gold_request, GOLD, [full_b, full_a], 1.0)
+    assert (silver.outcome, gold.outcome) == (QUEUED, QUEUED)
+
+    # Room on a for one of them (b still full).
+    room = EndpointLoad(queued_prompt_tokens=2800.0, waiting=1.0)
+    [release] = policy.poll(1.1, {"a/0": room, "b/0": FULL})
+
+    assert release.held.ticket == gold.ticket
+    assert (release.decision.outcome, release.decision.endpoint) == (ADMITTED, 1)  # a/0
+    assert policy.held() == 1  # silver waits for the room gold took

@@ -154,10 +154,18 @@ class AdmissionPolicy(Dispatch):
         while another of its ranking is in service."""
         released, self._evicted = self._evicted, []
         for queue in self._queues.values():
-            if not len(queue):
-                continue
-            released += self._expire(queue, now, loads)
-            released += self._serve(queue, now, loads, out_of_service)
+            if len(queue):
+                released += self._expire(queue, now, loads)
+        # A ranking may reach other pools than its queue's: the queue holding the highest tier
+        # is served first, and each sees what the others sent in this poll.
+        by_priority: list[tuple[int, FairQueue]] = []
+        for queue in self._queues.values():
+            if (head := queue.next()) is not None:
+                by_priority.append((head.tier.priority, queue))
+        by_priority.sort(key=lambda pair: -pair[0])
+        sent: dict[str, tuple[float, float]] = {}
+        for _, queue in by_priority:
+            released += self._serve(queue, now, loads, out_of_service, sent)
         return released
 
     def cancel(self, ticket: int) -> bool:
@@ -185,9 +193,9 @@ class AdmissionPolicy(Dispatch):
         now: float,
         loads: Mapping[str, EndpointLoad],
         out_of_service: Container[str],
+        sent: dict[str, tuple[float, float]],
     ) -> list[Release]:
         out: list[Release] = []
-        sent: dict[str, tuple[float, float]] = {}
         no_room: set[tuple[str, str]] = set()  # heavy tenants (tier, tenant) whose turn failed
         for held in queue.in_order():
             tenant = held.tier.name, held.request.tenant
