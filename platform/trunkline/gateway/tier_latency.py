@@ -22,8 +22,8 @@ class TierLatency:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.ttft = Histogram(
             "trunkline_tier_ttft_seconds",
-            "Seconds from a streamed request's arrival (admission hold included) to its first "
-            "token, by the caller's tier",
+            "Seconds from routing a streamed request (after its quota check; any admission "
+            "hold included) to its first token, as its usage record's ttft_ms, by tier",
             ["tier"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
