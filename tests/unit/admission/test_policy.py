@@ -435,3 +435,17 @@ def test_a_poll_serves_the_pool_queue_holding_gold_first_and_counts_what_it_sent
     assert release.held.ticket == gold.ticket
     assert (release.decision.outcome, release.decision.endpoint) == (ADMITTED, 1)  # a/0
     assert policy.held() == 1  # silver waits for the room gold took
+
+
+def test_a_tenant_whose_first_held_client_left_keeps_its_turn() -> None:
+    """A held request leaving the queue unserved (its client went away, or its deadline came)
+    passed its tenant's turn on as if it had been served: the tenant's next request went to
+    the back of the round, behind every tier-mate."""
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    first = hold(policy, SILVER, 1.0, "a")
+    second = policy.decide(request("a2", "a", "silver"), SILVER, [endpoint(load=BUSY)], 1.0)
+    other = hold(policy, SILVER, 1.0, "b")
+    assert first.ticket is not None and policy.cancel(first.ticket)
+    released = policy.poll(1.1, {"pool/0": IDLE})
+    assert [r.held.ticket for r in released] == [second.ticket, other.ticket]

@@ -220,7 +220,7 @@ class AdmissionPolicy(Dispatch):
                     no_room.add(tenant)
                     continue  # a heavy tenant waits for room; its peers need not wait for it
                 break  # strict priority: nothing below this request goes first
-            self._drop(held.ticket)
+            self._drop(held.ticket, served=True)
             waited = dataclasses.replace(decision, wait_s=now - held.arrival)
             out.append(Release(held, waited))
         return out
@@ -245,9 +245,9 @@ class AdmissionPolicy(Dispatch):
         self._evicted.append(Release(victim, self._refuse(victim.tier, retry_s, shed=below)))
         return True
 
-    def _drop(self, ticket: int) -> Held | None:
+    def _drop(self, ticket: int, *, served: bool = False) -> Held | None:
         pool = self._pool_of.pop(ticket, None)
-        return None if pool is None else self._queues[pool].remove(ticket)
+        return None if pool is None else self._queues[pool].remove(ticket, served=served)
 
     # -- the rules ---------------------------------------------------------------------------
 
