@@ -151,7 +151,9 @@ class UsageMeter:
         latency_s = time.perf_counter() - tally.started
         ttft_ms = tally.ttft_ms if self.request.stream else None
         if self._latency is not None and ttft_ms is not None and tally.chunks:
-            whole = completion if error_code is None else None
+            # Tokens of one answer: ``n`` answers are generated side by side.
+            per_answer = completion // answers_per_prompt(self.request.body)
+            whole = per_answer if error_code is None else None
             self._latency.observe(self.principal.tier.name, ttft_ms / 1000, latency_s, whole)
         self.quota.settle_soon(
             self.grant, tally.prompt_tokens, tally.cached_tokens, completion,

@@ -62,3 +62,18 @@ def test_each_bundled_tiers_slos_are_bucket_bounds(make_gateway) -> None:  # typ
     )
     assert {t["ttft_slo_ms"] / 1000 for t in tiers} <= bounds["ttft"]
     assert {t["itl_slo_ms"] / 1000 for t in tiers if t.get("itl_slo_ms")} <= bounds["tpot"]
+
+
+def test_the_time_per_output_token_is_of_one_answer_when_several_are_asked_for(
+    make_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    # The engine generates n answers side by side: 3 tokens counted over n=3 is one token
+    # each, no time between tokens to count.
+    gw, key = _ready(make_gateway)
+    stream = {**CHAT, "stream": True, "n": 3}
+    with gw.client.stream("POST", "/v1/chat/completions", json=stream, headers=auth_headers(key)):
+        pass
+    samples = _tier_samples(gw)
+    gold = (("tier", "gold"),)
+    assert samples[("trunkline_tier_ttft_seconds_count", gold)] == 1
+    assert samples.get(("trunkline_tier_tpot_seconds_count", gold), 0) == 0
