@@ -449,3 +449,21 @@ def test_a_tenant_whose_first_held_client_left_keeps_its_turn() -> None:
     assert first.ticket is not None and policy.cancel(first.ticket)
     released = policy.poll(1.1, {"pool/0": IDLE})
     assert [r.held.ticket for r in released] == [second.ticket, other.ticket]
+
+
+def test_a_request_shed_from_a_full_queue_is_told_when_its_own_tier_may_retry() -> None:
+    """Silver evicted for a gold arrival was told gold's expected hold (short: nothing is
+    above gold) as its Retry-After, sooner than a silver request refused at that moment."""
+    policy = AdmissionPolicy(AdmissionConfig(max_held_per_pool=1))
+    warm(policy, SILVER, "s", 20, 1.0)
+    for index in range(60):  # gold's recent rate: gold may be held
+        policy.decide(request(f"g{index}", "g", "gold"), GOLD, [endpoint()], index / 60)
+    full = [endpoint(load=FULL)]
+    assert policy.decide(request("s1", "a", "silver"), SILVER, full, 1.0).outcome == QUEUED
+    assert policy.decide(request("gold", "x", "gold"), GOLD, full, 1.0).outcome == QUEUED
+
+    [evicted] = policy.poll(1.0, {"pool/0": FULL})
+    refused = policy.decide(request("s2", "b", "silver"), SILVER, full, 1.0)
+
+    assert (evicted.decision.reason, refused.reason) == (OVERLOADED, OVERLOADED)
+    assert evicted.decision.retry_after_s == pytest.approx(refused.retry_after_s)

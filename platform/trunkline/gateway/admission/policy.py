@@ -130,7 +130,7 @@ class AdmissionPolicy(Dispatch):
         if not now + margin_s <= min(deadline - idle_s, now + self.config.max_hold_s):
             return self._refuse(tier, retry_s)
         if len(queue) >= self.config.max_held_per_pool and not self._make_room(
-            queue, tier, request.tenant, retry_s
+            queue, tier, request.tenant, now
         ):
             return self._refuse(tier, retry_s)  # the top tier is never shed as overloaded
         ticket = next(self._tickets)
@@ -225,7 +225,7 @@ class AdmissionPolicy(Dispatch):
             out.append(Release(held, waited))
         return out
 
-    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, retry_s: float) -> bool:
+    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, now: float) -> bool:
         """Shed a held request from a full queue for a new one of ``tenant`` in ``tier``, if one
         gives way: the newest of the lowest tier's biggest backlog when that tier is below, or
         a tier-mate holding more than the newcomer would (the queue serves a tier's tenants
@@ -241,8 +241,13 @@ class AdmissionPolicy(Dispatch):
         ):
             return False
         self._drop(victim.ticket)
-        # A tier-mate's is refused as its tier is refused (the top tier: never as overloaded).
-        self._evicted.append(Release(victim, self._refuse(victim.tier, retry_s, shed=below)))
+        # Told when its own tier may retry, the newcomer ahead of it (a silver request shed for
+        # a gold one was told gold's short wait); a tier-mate's is refused as its tier is
+        # refused (the top tier: never as overloaded).
+        victim_tier, victim_tenant = victim.tier, victim.request.tenant
+        ahead = queue.ahead_of(victim_tier.priority, victim_tier.name, victim_tenant) + 1
+        wait_s = self._hold_estimate(victim_tier, victim.ranked, ahead, now=now)[1]
+        self._evicted.append(Release(victim, self._refuse(victim_tier, wait_s, shed=below)))
         return True
 
     def _drop(self, ticket: int, *, served: bool = False) -> Held | None:
