@@ -41,6 +41,7 @@ from trunkline.gateway.routing import (
 from trunkline.gateway.routing.vllm_hashes import VllmHashing
 from trunkline.gateway.service import GatewayService
 from trunkline.gateway.state import SnapshotHolder
+from trunkline.gateway.tier_latency import TierLatency
 from trunkline.gateway.worker_metrics import shared_metrics
 from trunkline.kit.header_timeout import HeaderTimeoutCollector
 from trunkline.kit.scrape_access import ScrapeAccess
@@ -133,6 +134,7 @@ def create_gateway_app(
         prompt_tokens=tokens,
         max_held_usage_events=settings.max_held_usage_events,
         previous_secrets=previous_secrets,
+        latency=TierLatency(registry),
     )  # fmt: skip
 
     @asynccontextmanager

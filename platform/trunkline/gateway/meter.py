@@ -13,6 +13,7 @@ from trunkline.gateway.endpoints import EngineState, Flight
 from trunkline.gateway.engine_answers import Tally
 from trunkline.gateway.pipeline import ParsedRequest
 from trunkline.gateway.routing import Candidate
+from trunkline.gateway.tier_latency import TierLatency
 from trunkline.kit.asgi import left_by_client
 from trunkline.metering.outcomes import CLIENT_CLOSED, outcome_of
 from trunkline.metering.schemas import UsageRecord
@@ -44,6 +45,7 @@ class UsageMeter:
         request_id: str,
         *,
         on_finish: Callable[[UsageMeter], None] | None = None,
+        latency: TierLatency | None = None,
     ) -> None:
         self.emitter = emitter
         self.quota = quota
@@ -61,6 +63,7 @@ class UsageMeter:
         self.wall_start = time.time()
         self._done = False
         self._on_finish = on_finish
+        self._latency = latency
 
     @property
     def endpoint_url(self) -> str | None:
@@ -145,6 +148,13 @@ class UsageMeter:
             prompt = self.grant.prompt_estimate or estimate_prompt_tokens(
                 self.request.kind, self.request.body
             )
+        latency_s = time.perf_counter() - tally.started
+        ttft_ms = tally.ttft_ms if self.request.stream else None
+        if self._latency is not None and ttft_ms is not None and tally.chunks:
+            # Tokens of one answer: ``n`` answers are generated side by side.
+            per_answer = completion // answers_per_prompt(self.request.body)
+            whole = per_answer if error_code is None else None
+            self._latency.observe(self.principal.tier.name, ttft_ms / 1000, latency_s, whole)
         self.quota.settle_soon(
             self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
             measured=tally.usage_seen, reached_engine=worked, outcome=outcome_of(status),
@@ -172,9 +182,9 @@ class UsageMeter:
                 # Only a stream's first byte is its first token: a plain answer's (an
                 # embedding, a whole unstreamed generation) is its full latency, which the
                 # tier's TTFT SLO does not measure and SLA credits must not be paid on.
-                ttft_ms=tally.ttft_ms if self.request.stream else None,
+                ttft_ms=ttft_ms,
                 ttft_slo_ms=self.principal.tier.ttft_slo_ms,
-                latency_ms=(time.perf_counter() - tally.started) * 1000,
+                latency_ms=latency_s * 1000,
                 started_at=self.wall_start,
             )
         )

@@ -66,6 +66,7 @@ from trunkline.gateway.routing import (
 from trunkline.gateway.routing.token_prompt import TokenPrompt
 from trunkline.gateway.state import SnapshotHolder
 from trunkline.gateway.stream_relay import relay_stream
+from trunkline.gateway.tier_latency import TierLatency
 from trunkline.gateway.upstream import EndpointEjected, Opened, open_upstream, unless_ejected
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
@@ -113,6 +114,7 @@ class GatewayService:
         prompt_tokens: PromptTokens | None = None,
         max_held_usage_events: int | None = None,
         previous_secrets: tuple[bytes, ...] = (),
+        latency: TierLatency | None = None,
     ) -> None:
         self.holder = holder
         self.emitter = emitter
@@ -135,6 +137,8 @@ class GatewayService:
         """Usage events this process may hold in memory, waiting for the usage stream, before
         it refuses requests it could not meter (None: no limit)."""
         self._unfinished: set[UsageMeter] = set()
+        self.latency = latency
+        """Where each streamed answer's TTFT and TPOT are counted by tier (None: nowhere)."""
         """Meters of the requests sent upstream and not metered yet."""
 
     def _check_usage_room(self) -> None:
@@ -292,7 +296,7 @@ class GatewayService:
     ) -> Reply:  # fmt: skip
         meter = UsageMeter(
             self.emitter, self.quota, grant, principal, request, alias.model, request_id,
-            on_finish=self._unfinished.discard,
+            on_finish=self._unfinished.discard, latency=self.latency,
         )  # fmt: skip
         prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(
             request.kind, request.body, context_length=alias.context_length

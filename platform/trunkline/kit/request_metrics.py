@@ -21,9 +21,16 @@ from litestar.types import ASGIApp, HTTPScope, Message, Method, Receive, Scope, 
 from litestar.utils import normalize_path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-__all__ = ["OTHER", "RequestMetrics", "method_of", "route_template", "route_templates"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "OTHER",
+    "RequestMetrics",
+    "method_of",
+    "route_template",
+    "route_templates",
+]
 
-_SECONDS = (
+LATENCY_BUCKETS = (
     *(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5),
     *(5.0, 10.0, 30.0, 60.0, 300.0),
 )
@@ -109,14 +116,14 @@ class RequestMetrics:
                 "Seconds from a request's arrival to its answer's first byte: a stream's first "
                 "event (its time to first token), a whole answer's start",
                 timed,
-                buckets=_SECONDS,
+                buckets=LATENCY_BUCKETS,
                 registry=registry,
             )
         self.duration = Histogram(
             f"{prefix}_request_duration_seconds",
             "Seconds from a request's arrival to its answer's last byte",
             timed,
-            buckets=_SECONDS,
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
 

@@ -84,3 +84,25 @@ async def test_over_the_gateways_engine_state_a_request_held_is_not_sent_to_an_e
     engines.scraped("pool/1", MetricsScan(), sent_at=1.2)
     result = await task
     assert result.order[0] == 1
+
+
+async def test_a_request_held_while_its_endpoint_leaves_the_configuration_is_not_sent_there() -> (
+    None
+):
+    """An endpoint removed from the configuration while a request waited (a reload, a scale
+    down) is no longer tracked, so its load stayed what it was when the request arrived: the
+    held request was admitted onto it, an engine the gateway no longer serves."""
+    admission, source, clock = build({"pool/0": IDLE, "pool/1": IDLE})
+    await warm(admission, clock)
+    source.current = {"pool/0": IDLE, "pool/1": BUSY}
+    first = asyncio.create_task(admission.admit(request("a", "a"), SILVER, [endpoint("pool/1")]))
+    await source.waiting.wait()
+    ranked = [endpoint("pool/0"), endpoint("pool/1")]
+    second = asyncio.create_task(admission.admit(request("b", "b"), SILVER, ranked))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert admission.policy.held() == 2  # the second waits its turn behind the first
+    clock.now = 1.1
+    await source.publish({"pool/1": IDLE})  # pool/0 left the configuration
+    assert (await first).order == [0]
+    assert (await second).order[0] == 1

@@ -392,3 +392,78 @@ def test_a_noisy_tenants_held_excess_does_not_shed_the_tier_below() -> None:
     # Bronze is never held: were the noisy tenant's excess ahead of it, it would be shed.
     bronze = policy.decide(request("b", "b", "bronze"), BRONZE, third_full, 5.0)
     assert bronze.outcome == ADMITTED
+
+
+def test_a_request_is_held_only_if_its_first_token_can_still_come_in_time_after_the_hold() -> None:
+    """The hold (with its margin) was checked against the deadline itself, but the first token
+    comes an idle TTFT after the hold at best: a long prompt was held for a wait it could not
+    afford, then rejected ``deadline_exceeded`` once it ran out of time — its client kept
+    waiting for a refusal it could have had at once."""
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    hold(policy, SILVER, 1.0, "first")
+    long = request("long", "second", "silver", prompt_tokens=8000)
+    decision = policy.decide(long, SILVER, [endpoint(load=BUSY)], 1.0)
+    assert (decision.outcome, decision.reason) == (REJECTED, OVERLOADED)
+    # Each would have been held: a short prompt's first token still comes in time after it.
+    short = request("short", "third", "silver")
+    assert policy.decide(short, SILVER, [endpoint(load=BUSY)], 1.0).outcome == QUEUED
+
+
+def test_a_poll_serves_the_pool_queue_holding_gold_first_and_counts_what_it_sent() -> None:
+    """Requests wait in their first choice's queue, and their rankings reach other pools. A
+    poll served the queues in the order the pools were first seen, each blind to what the
+    others had just sent: silver held for pool a took a's room, then gold held for pool b
+    (full) was sent to a as if silver were not ahead of it there — predicted within its SLO,
+    in fact past it."""
+    policy = AdmissionPolicy()
+    a, b = endpoint("a/0", pool="a"), endpoint("b/0", pool="b")
+    for index in range(20):  # pool a serves silver, pool b gold: each tier's recent rate
+        policy.decide(request(f"s{index}", "s", "silver"), SILVER, [a], index / 20)
+    for index in range(60):
+        policy.decide(request(f"g{index}", "g", "gold", prompt_tokens=2000), GOLD, [b], index / 60)
+    full_a, full_b = (dataclasses.replace(view, load=FULL) for view in (a, b))
+    silver = policy.decide(request("silver", "x", "silver"), SILVER, [full_a, full_b], 1.0)
+    gold_request = request("gold", "y", "gold", prompt_tokens=2000)
+    gold = policy.decide(gold_request, GOLD, [full_b, full_a], 1.0)
+    assert (silver.outcome, gold.outcome) == (QUEUED, QUEUED)
+
+    # Room on a for one of them (b still full).
+    room = EndpointLoad(queued_prompt_tokens=2800.0, waiting=1.0)
+    [release] = policy.poll(1.1, {"a/0": room, "b/0": FULL})
+
+    assert release.held.ticket == gold.ticket
+    assert (release.decision.outcome, release.decision.endpoint) == (ADMITTED, 1)  # a/0
+    assert policy.held() == 1  # silver waits for the room gold took
+
+
+def test_a_tenant_whose_first_held_client_left_keeps_its_turn() -> None:
+    """A held request leaving the queue unserved (its client went away, or its deadline came)
+    passed its tenant's turn on as if it had been served: the tenant's next request went to
+    the back of the round, behind every tier-mate."""
+    policy = AdmissionPolicy()
+    warm(policy, SILVER, "s", 20, 1.0)
+    first = hold(policy, SILVER, 1.0, "a")
+    second = policy.decide(request("a2", "a", "silver"), SILVER, [endpoint(load=BUSY)], 1.0)
+    other = hold(policy, SILVER, 1.0, "b")
+    assert first.ticket is not None and policy.cancel(first.ticket)
+    released = policy.poll(1.1, {"pool/0": IDLE})
+    assert [r.held.ticket for r in released] == [second.ticket, other.ticket]
+
+
+def test_a_request_shed_from_a_full_queue_is_told_when_its_own_tier_may_retry() -> None:
+    """Silver evicted for a gold arrival was told gold's expected hold (short: nothing is
+    above gold) as its Retry-After, sooner than a silver request refused at that moment."""
+    policy = AdmissionPolicy(AdmissionConfig(max_held_per_pool=1))
+    warm(policy, SILVER, "s", 20, 1.0)
+    for index in range(60):  # gold's recent rate: gold may be held
+        policy.decide(request(f"g{index}", "g", "gold"), GOLD, [endpoint()], index / 60)
+    full = [endpoint(load=FULL)]
+    assert policy.decide(request("s1", "a", "silver"), SILVER, full, 1.0).outcome == QUEUED
+    assert policy.decide(request("gold", "x", "gold"), GOLD, full, 1.0).outcome == QUEUED
+
+    [evicted] = policy.poll(1.0, {"pool/0": FULL})
+    refused = policy.decide(request("s2", "b", "silver"), SILVER, full, 1.0)
+
+    assert (evicted.decision.reason, refused.reason) == (OVERLOADED, OVERLOADED)
+    assert evicted.decision.retry_after_s == pytest.approx(refused.retry_after_s)

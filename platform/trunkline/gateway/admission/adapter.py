@@ -168,23 +168,26 @@ class _OnDemand(Mapping[str, EndpointLoad]):
     def __len__(self) -> int:
         return len(self._source.loads())
 
+    def out_of_service(self, key: str) -> bool:
+        """Ejected, or no longer tracked: it left the configuration while a request was held
+        for it (its load would stay what it was at the request's arrival)."""
+        routable = self._health.get(key)
+        if routable is None:
+            routable = self._health[key] = self._source.routable(key) and key in self
+        return not routable
+
     @property
     def ejected(self) -> _Ejected:
-        return _Ejected(self._source, self._health)
+        return _Ejected(self)
 
 
 class _Ejected:
-    """Whether an endpoint is out of service (``key in ejected``), asked of the source once."""
+    """``key in ejected``: whether an endpoint is out of service, asked of the source once."""
 
-    __slots__ = ("_health", "_source")
+    __slots__ = ("_reads",)
 
-    def __init__(self, source: LoadSource, health: dict[str, bool]) -> None:
-        self._source, self._health = source, health
+    def __init__(self, reads: _OnDemand) -> None:
+        self._reads = reads
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        routable = self._health.get(key)
-        if routable is None:
-            routable = self._health[key] = self._source.routable(key)
-        return not routable
+        return isinstance(key, str) and self._reads.out_of_service(key)

@@ -133,15 +133,17 @@ class FairQueue:
     def items(self) -> Iterator[Held]:
         return iter(list(self._by_ticket.values()))
 
-    def remove(self, ticket: int) -> Held | None:
-        """Take ``ticket`` out; if it was its tenant's turn, the turn passes to the next one."""
+    def remove(self, ticket: int, *, served: bool = True) -> Held | None:
+        """Take ``ticket`` out; if it was served in its tenant's turn, the turn passes to the
+        next one (one leaving unserved, cancelled or expired, leaves the turn to its tenant's
+        next request)."""
         held = self._by_ticket.pop(ticket, None)
         if held is None:
             return None
         tier = self._tiers[held.tier.name]
         tenant = held.request.tenant
         fifo = tier.tenants[tenant]
-        served_turn = bool(tier.ring) and tier.ring[0] == tenant and fifo[0] is held
+        served_turn = served and bool(tier.ring) and tier.ring[0] == tenant and fifo[0] is held
         fifo.remove(held)
         if not fifo:
             del tier.tenants[tenant]

@@ -122,14 +122,15 @@ class AdmissionPolicy(Dispatch):
         closed = self._pools_holding(ranked, tier.priority, now)
         open_to_it = [view for view in ranked if view.pool not in closed]
         wait_s, retry_s = self._hold_estimate(tier, open_to_it, ahead, now=now)
-        # Hold only with margin: a hold that ends in a rejection wastes the client's time.
+        # Hold only with margin: a hold that ends in a rejection wastes the client's time. Its
+        # first token comes an idle TTFT after the hold at best (when ``poll`` expires it).
         margin_s = wait_s * self.config.hold_margin
         if tier.priority < self.config.hold_min_priority:
             return self._refuse(tier, retry_s)  # shed at once: a short hold is for tiers above
-        if not now + margin_s <= min(deadline, now + self.config.max_hold_s):
+        if not now + margin_s <= min(deadline - idle_s, now + self.config.max_hold_s):
             return self._refuse(tier, retry_s)
         if len(queue) >= self.config.max_held_per_pool and not self._make_room(
-            queue, tier, request.tenant, retry_s
+            queue, tier, request.tenant, now
         ):
             return self._refuse(tier, retry_s)  # the top tier is never shed as overloaded
         ticket = next(self._tickets)
@@ -153,10 +154,18 @@ class AdmissionPolicy(Dispatch):
         while another of its ranking is in service."""
         released, self._evicted = self._evicted, []
         for queue in self._queues.values():
-            if not len(queue):
-                continue
-            released += self._expire(queue, now, loads)
-            released += self._serve(queue, now, loads, out_of_service)
+            if len(queue):
+                released += self._expire(queue, now, loads)
+        # A ranking may reach other pools than its queue's: the queue holding the highest tier
+        # is served first, and each sees what the others sent in this poll.
+        by_priority: list[tuple[int, FairQueue]] = []
+        for queue in self._queues.values():
+            if (head := queue.next()) is not None:
+                by_priority.append((head.tier.priority, queue))
+        by_priority.sort(key=lambda pair: -pair[0])
+        sent: dict[str, tuple[float, float]] = {}
+        for _, queue in by_priority:
+            released += self._serve(queue, now, loads, out_of_service, sent)
         return released
 
     def cancel(self, ticket: int) -> bool:
@@ -184,9 +193,9 @@ class AdmissionPolicy(Dispatch):
         now: float,
         loads: Mapping[str, EndpointLoad],
         out_of_service: Container[str],
+        sent: dict[str, tuple[float, float]],
     ) -> list[Release]:
         out: list[Release] = []
-        sent: dict[str, tuple[float, float]] = {}
         no_room: set[tuple[str, str]] = set()  # heavy tenants (tier, tenant) whose turn failed
         for held in queue.in_order():
             tenant = held.tier.name, held.request.tenant
@@ -211,12 +220,12 @@ class AdmissionPolicy(Dispatch):
                     no_room.add(tenant)
                     continue  # a heavy tenant waits for room; its peers need not wait for it
                 break  # strict priority: nothing below this request goes first
-            self._drop(held.ticket)
+            self._drop(held.ticket, served=True)
             waited = dataclasses.replace(decision, wait_s=now - held.arrival)
             out.append(Release(held, waited))
         return out
 
-    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, retry_s: float) -> bool:
+    def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, now: float) -> bool:
         """Shed a held request from a full queue for a new one of ``tenant`` in ``tier``, if one
         gives way: the newest of the lowest tier's biggest backlog when that tier is below, or
         a tier-mate holding more than the newcomer would (the queue serves a tier's tenants
@@ -232,13 +241,18 @@ class AdmissionPolicy(Dispatch):
         ):
             return False
         self._drop(victim.ticket)
-        # A tier-mate's is refused as its tier is refused (the top tier: never as overloaded).
-        self._evicted.append(Release(victim, self._refuse(victim.tier, retry_s, shed=below)))
+        # Told when its own tier may retry, the newcomer ahead of it (a silver request shed for
+        # a gold one was told gold's short wait); a tier-mate's is refused as its tier is
+        # refused (the top tier: never as overloaded).
+        victim_tier, victim_tenant = victim.tier, victim.request.tenant
+        ahead = queue.ahead_of(victim_tier.priority, victim_tier.name, victim_tenant) + 1
+        wait_s = self._hold_estimate(victim_tier, victim.ranked, ahead, now=now)[1]
+        self._evicted.append(Release(victim, self._refuse(victim_tier, wait_s, shed=below)))
         return True
 
-    def _drop(self, ticket: int) -> Held | None:
+    def _drop(self, ticket: int, *, served: bool = False) -> Held | None:
         pool = self._pool_of.pop(ticket, None)
-        return None if pool is None else self._queues[pool].remove(ticket)
+        return None if pool is None else self._queues[pool].remove(ticket, served=served)
 
     # -- the rules ---------------------------------------------------------------------------
 

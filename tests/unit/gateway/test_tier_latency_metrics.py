@@ -1,0 +1,79 @@
+"""Time to first token and per output token by tier: what an operator reads to see whether a
+tier gets its SLOs, with no label that grows with tenants, keys or models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from tests.unit.gateway.conftest import Harness
+from tests.unit.gateway.test_gateway import CHAT, _ready
+from tests.unit.gateway.test_gateway import auth as auth_headers
+
+
+def _tier_samples(gw: Harness) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = gw.client.get("/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("trunkline_tier_")
+    }
+
+
+def test_a_streamed_answer_counts_its_ttft_and_tpot_under_its_tier_a_plain_one_does_not(
+    make_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    """Before, the only first-byte histogram was by route: gold's and bronze's first tokens in
+    one, so nobody could tell whether gold met its SLO."""
+    gw, key = _ready(make_gateway)
+    stream = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    with gw.client.stream(
+        "POST", "/v1/chat/completions", json=stream, headers=auth_headers(key)
+    ) as response:
+        assert response.status_code == 200
+        response.read()
+    assert gw.client.post("/v1/chat/completions", json=CHAT, headers=auth_headers(key)).is_success
+
+    samples = _tier_samples(gw)
+    gold = (("tier", "gold"),)
+    assert samples[("trunkline_tier_ttft_seconds_count", gold)] == 1  # the stream's only
+    assert samples[("trunkline_tier_tpot_seconds_count", gold)] == 1
+    assert samples[("trunkline_tier_ttft_seconds_sum", gold)] > 0
+    labels = {name for (_, pairs) in samples for name, _ in pairs}
+    assert labels == {"tier", "le"}
+
+
+def test_each_bundled_tiers_slos_are_bucket_bounds(make_gateway) -> None:  # type: ignore[no-untyped-def]
+    # The share of a tier's requests within its SLO is read from the bucket at the SLO.
+    gw, key = _ready(make_gateway)
+    stream = {**CHAT, "stream": True}
+    with gw.client.stream("POST", "/v1/chat/completions", json=stream, headers=auth_headers(key)):
+        pass
+    bounds: dict[str, set[float]] = {"ttft": set(), "tpot": set()}
+    for (name, labels), _ in _tier_samples(gw).items():
+        if name.endswith("_bucket"):
+            bounds[name.split("_")[2]].add(float(dict(labels)["le"]))
+    tiers = list(
+        yaml.safe_load_all(
+            (Path(__file__).resolve().parents[3] / "tenants" / "tiers.yaml").read_text()
+        )
+    )
+    assert {t["ttft_slo_ms"] / 1000 for t in tiers} <= bounds["ttft"]
+    assert {t["itl_slo_ms"] / 1000 for t in tiers if t.get("itl_slo_ms")} <= bounds["tpot"]
+
+
+def test_the_time_per_output_token_is_of_one_answer_when_several_are_asked_for(
+    make_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    # The engine generates n answers side by side: 3 tokens counted over n=3 is one token
+    # each, no time between tokens to count.
+    gw, key = _ready(make_gateway)
+    stream = {**CHAT, "stream": True, "n": 3}
+    with gw.client.stream("POST", "/v1/chat/completions", json=stream, headers=auth_headers(key)):
+        pass
+    samples = _tier_samples(gw)
+    gold = (("tier", "gold"),)
+    assert samples[("trunkline_tier_ttft_seconds_count", gold)] == 1
+    assert samples.get(("trunkline_tier_tpot_seconds_count", gold), 0) == 0
