@@ -131,6 +131,39 @@ def check_multi_answer_stream(kind: str, fields: dict[str, Any], events: list[An
         assert choices[-1]["finish_reason"] == "length"
 
 
+CONTINUOUS_USAGE_CASES: list[tuple[str, dict[str, Any]]] = [
+    # (endpoint, request fields): streams whose client asked for usage in every chunk
+    # (stream_options.continuous_usage_stats), which the gateway passes on when the client also
+    # asked for include_usage; answers of ANSWER_TOKENS tokens (ignore_eos)
+    ("chat", {"messages": [{"role": "user", "content": "hi there"}]}),
+    ("chat", {"messages": [{"role": "user", "content": "hi there"}], "n": 2}),
+    ("completions", {"prompt": ["a b", "c d e f"]}),
+]
+
+
+def check_continuous_usage(kind: str, events: list[Any], *, include_usage: bool) -> None:
+    """With ``include_usage``, as vLLM 0.32 streams ``continuous_usage_stats``: every chunk
+    carries its choice's usage so far (its prompt, the tokens sent; a chat role chunk 0), and
+    the stream ends with the usage of the whole request; without it, no chunk has usage."""
+    if not include_usage:
+        assert all("usage" not in event for event in events), events
+        return
+    *chunks, last = events
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0, last
+    by_index: dict[int, list[dict[str, Any]]] = {}
+    for chunk in chunks:
+        (choice,) = chunk["choices"]
+        by_index.setdefault(choice["index"], []).append(chunk["usage"])
+    for usages in by_index.values():
+        counts = [usage["completion_tokens"] for usage in usages]
+        assert counts == sorted(counts) and counts[-1] == ANSWER_TOKENS, usages
+        assert (counts[0] == 0) is (kind == "chat"), usages  # a chat answer's role chunk
+        assert len({usage["prompt_tokens"] for usage in usages}) == 1, usages
+        for usage in usages:
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert last["usage"]["completion_tokens"] == ANSWER_TOKENS * len(by_index), last
+
+
 ECHO_CASES: list[dict[str, Any]] = [
     # completions' echo, as vLLM 0.32 answers it: each answer starts with its prompt; with
     # max_tokens 0 the answer is the prompt alone, though one token is generated and counted

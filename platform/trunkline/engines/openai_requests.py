@@ -71,6 +71,9 @@ class GenerateParams:
     max_tokens: int
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False
+    """``stream_options.continuous_usage_stats`` with ``include_usage``: as vLLM, every chunk
+    carries its choice's usage so far."""
     cache_salt: str | None = None
     seed: int | None = None
     ends_at_max: bool = False
@@ -311,6 +314,9 @@ def _generate_params(
         more_prompts=tuple(zip(prompts[1:], limits[1:], strict=True)),
         stream=stream,
         include_usage=bool(options and options.get("include_usage")),
+        continuous_usage=bool(
+            options and options.get("include_usage") and options.get("continuous_usage_stats")
+        ),
         cache_salt=_optional(body, "cache_salt", str),
         seed=_integer(body, "seed"),
         ends_at_max=ends_naturally and all(body.get(name) is None for name in names),

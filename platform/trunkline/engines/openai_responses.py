@@ -159,23 +159,42 @@ class Reply:
         first: bool,
         logprobs: Json | None = None,
         index: int = 0,
+        running: tuple[int, int] | None = None,
     ) -> list[Json]:
         """SSE payloads for one token of choice ``index`` (with its ``logprobs``, when asked
-        for); a chat answer's first token is preceded by its role chunk."""
+        for); a chat answer's first token is preceded by its role chunk. ``running`` (the
+        choice's prompt tokens and tokens sent, this one included) puts that usage in every
+        payload, as vLLM's ``continuous_usage_stats`` do."""
         payloads: list[Json] = []
         if self.kind == "chat":
             if first:
                 delta = {"role": "assistant", "content": ""}
-                payloads.append(
-                    self._envelope([self._stream_choice(index, "delta", delta, None)], chunk=True)
+                role = self._envelope(
+                    [self._stream_choice(index, "delta", delta, None)], chunk=True
                 )
+                if running is not None:
+                    role["usage"] = self._running_usage(running[0], 0)
+                payloads.append(role)
             content = {"content": text}
             choice = self._stream_choice(index, "delta", content, finish_reason, logprobs)
         else:
             choice = self._stream_choice(index, "text", text, finish_reason, logprobs)
             choice.setdefault("stop_reason", None)
-        payloads.append(self._envelope([choice], chunk=True))
+        payload = self._envelope([choice], chunk=True)
+        if running is not None:
+            payload["usage"] = self._running_usage(*running)
+        payloads.append(payload)
         return payloads
+
+    def _running_usage(self, prompt_tokens: int, completion_tokens: int) -> Json:
+        usage: Json = {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+        }
+        if self.kind == "chat":  # vLLM's chat chunks say it, its completion chunks do not
+            usage["completion_tokens_details"] = None
+        return usage
 
     @staticmethod
     def _stream_choice(

@@ -271,10 +271,11 @@ class SimApp:
 
         tasks = [asyncio.create_task(forward(i, s)) for i, s in enumerate(streams)]
         seeds = _logprob_seeds(params)
+        choices = [
+            _StreamedChoice(index, seeds[index] if seeds else b"", len(prompt))
+            for index, (prompt, _max_tokens) in enumerate(params.answers())
+        ]
         try:
-            position = [0] * len(streams)  # per choice: the answer's tokens and characters sent
-            sent = [0] * len(streams)
-            usages: list[RequestUsage | None] = [None] * len(streams)
             running = len(streams)
             while running:
                 index, event = await events.get()
@@ -283,27 +284,9 @@ class SimApp:
                 if event is None:
                     running -= 1
                     continue
-                text = detokenize((event.token_id,))
-                if event.first:  # the echoed prompt leads the first chunk, as vLLM sends it
-                    text = params.answer_text(index, text)
-                elif params.echo_only:
-                    text = ""
-                logprobs = None
-                if params.logprobs is not None:
-                    token = answer_logprobs(
-                        seeds[index], (event.token_id,), params.logprobs, position[index]
-                    )
-                    logprobs = logprobs_body(reply.kind, token, sent[index])
-                position[index] += 1
-                sent[index] += len(text)
-                chunks = reply.chunks(
-                    text, event.finish_reason, first=event.first, logprobs=logprobs, index=index
-                )
-                for payload in chunks:
+                for payload in choices[index].payloads(event, reply, params):
                     await _send_event(send, payload)
-                if event.usage is not None:
-                    usages[index] = event.usage
-            finished = [usage for usage in usages if usage is not None]
+            finished = [choice.usage for choice in choices if choice.usage is not None]
             if params.include_usage and len(finished) == len(streams):
                 await _send_event(send, reply.usage_chunk(_usage(finished, params.n)))
         finally:
@@ -311,6 +294,43 @@ class SimApp:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await send({"type": "http.response.body", "body": _DONE})
+
+
+@dataclasses.dataclass(slots=True)
+class _StreamedChoice:
+    """One choice of a stream: what it has sent so far."""
+
+    index: int
+    seed: bytes
+    """What draws its made-up log-probabilities (empty when none were asked for)."""
+    prompt_tokens: int
+    tokens: int = 0
+    characters: int = 0
+    usage: RequestUsage | None = None
+
+    def payloads(self, event: TokenEvent, reply: Reply, params: GenerateParams) -> list[Any]:
+        """The SSE payloads of its next token."""
+        text = detokenize((event.token_id,))
+        if event.first:  # the echoed prompt leads the first chunk, as vLLM sends it
+            text = params.answer_text(self.index, text)
+        elif params.echo_only:
+            text = ""
+        logprobs = None
+        if params.logprobs is not None:
+            token = answer_logprobs(self.seed, (event.token_id,), params.logprobs, self.tokens)
+            logprobs = logprobs_body(reply.kind, token, self.characters)
+        self.tokens += 1
+        self.characters += len(text)
+        if event.usage is not None:
+            self.usage = event.usage
+        return reply.chunks(
+            text,
+            event.finish_reason,
+            first=event.first,
+            logprobs=logprobs,
+            index=self.index,
+            running=(self.prompt_tokens, self.tokens) if params.continuous_usage else None,
+        )
 
 
 def _logprob_seeds(params: GenerateParams) -> list[bytes]:

@@ -11,9 +11,11 @@ import pytest
 
 from support.engine_contract import (
     ANSWER_TOKENS,
+    CONTINUOUS_USAGE_CASES,
     ECHO_CASES,
     MULTI_ANSWER_CASES,
     check_context_answer,
+    check_continuous_usage,
     check_echo,
     check_echo_stream,
     check_multi_answer,
@@ -72,3 +74,20 @@ def test_echo_answers_start_with_their_prompt_and_max_tokens_0_scores_it(
         lines = [line[len("data: ") :] for line in response.iter_lines() if line]
     assert lines[-1] == "[DONE]"
     check_echo_stream(fields, [json.loads(line) for line in lines[:-1]])
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize(("kind", "fields"), CONTINUOUS_USAGE_CASES)
+def test_continuous_usage_stats_put_usage_in_every_chunk(
+    vllm_server: VllmServer, kind: str, fields: dict[str, Any], include_usage: bool
+) -> None:
+    url = vllm_server.url + ("/v1/chat/completions" if kind == "chat" else "/v1/completions")
+    options = {"include_usage": include_usage, "continuous_usage_stats": True}
+    body = {"model": vllm_server.model_name, "max_tokens": ANSWER_TOKENS, "ignore_eos": True}
+    stream = {**body, **fields, "stream": True, "stream_options": options}
+    with httpx.stream("POST", url, json=stream, timeout=120.0) as response:
+        lines = [line[len("data: ") :] for line in response.iter_lines() if line]
+    assert lines[-1] == "[DONE]"
+    check_continuous_usage(
+        kind, [json.loads(line) for line in lines[:-1]], include_usage=include_usage
+    )

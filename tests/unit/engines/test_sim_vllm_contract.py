@@ -19,10 +19,12 @@ from tests.unit.engines.test_sim_server import (
 from support.engine_contract import (
     ACCEPTED,
     ANSWER_TOKENS,
+    CONTINUOUS_USAGE_CASES,
     ECHO_CASES,
     MULTI_ANSWER_CASES,
     REFUSED,
     check_context_answer,
+    check_continuous_usage,
     check_echo,
     check_echo_stream,
     check_multi_answer,
@@ -99,3 +101,18 @@ async def test_echo_answers_start_with_their_prompt_and_max_tokens_0_scores_it(
     *events, done = sse_payloads(response.text)
     assert done == "[DONE]"
     check_echo_stream(fields, events)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+@pytest.mark.parametrize(("kind", "fields"), CONTINUOUS_USAGE_CASES)
+async def test_continuous_usage_stats_put_usage_in_every_chunk_as_vllm_does(
+    sim: Sim, kind: str, fields: dict[str, Any], include_usage: bool
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
+    options = {"include_usage": include_usage, "continuous_usage_stats": True}
+    body = {"model": MODEL, "max_tokens": ANSWER_TOKENS, "ignore_eos": True, **fields}
+    response = await sim.client.post(path, json={**body, "stream": True, "stream_options": options})
+    *events, done = sse_payloads(response.text)
+    assert done == "[DONE]"
+    check_continuous_usage(kind, events, include_usage=include_usage)
