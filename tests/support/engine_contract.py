@@ -78,6 +78,33 @@ def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], 
     ]
 
 
+def prompt_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], str, str]]:
+    """Prompts that leave no room for an answer in the context window ``max_model_len``, as
+    vLLM 0.32 refuses them: (endpoint, request fields, the error's param, a part of its
+    message). A prompt over the window is counted (a text prompt only up to one token past it,
+    "at least"); one filling it exactly leaves ``max_tokens`` 0."""
+    window = max_model_len
+    words = [{"role": "user", "content": "hello " * (window + 1)}]
+    return [
+        ("completions", {"prompt": [7] * (window + 5)}, "input_tokens", f"contains {window + 5} "),
+        ("chat", {"messages": words}, "input_tokens", f"contains at least {window + 1} input"),
+        ("completions", {"prompt": [7] * window, "max_tokens": 1}, "max_tokens", "got 0."),
+        ("completions", {"prompt": [7] * window}, "max_tokens", "max_tokens must be at least 1"),
+    ]
+
+
+def check_prompt_window_refusal(
+    status: int, body: dict[str, Any], param: str, message: str, max_model_len: int
+) -> None:
+    """The answer to a :func:`prompt_window_cases` case."""
+    assert status == 400, body
+    error = body["error"]
+    assert (error["param"], error["code"], error["type"]) == (param, 400, "BadRequestError")
+    assert message in error["message"], error
+    if param == "input_tokens":  # what the gateway reads as context_length_exceeded
+        assert f"maximum context length is {max_model_len} tokens" in error["message"], error
+
+
 MULTI_ANSWER_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = [
     # (endpoint, request fields, the same prompts one request each): n answers per prompt, a
     # list of prompts answered each, as vLLM 0.32 answers them (ignore_eos: every answer is

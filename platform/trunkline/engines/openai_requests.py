@@ -153,33 +153,53 @@ def _token_ids(value: object, name: str) -> list[int] | None:
     return list(value)
 
 
+def _check_prompt_length(tokens: list[int], served: ServedModel, *, text: bool) -> None:
+    """Refuse a prompt over the context window, counted as vLLM counts it: a text prompt is
+    tokenized only up to one token past the window ("at least" that many)."""
+    limit = served.max_model_len
+    if len(tokens) <= limit:
+        return
+    count = min(len(tokens), limit + 1) if text else len(tokens)
+    qualifier = "at least " if count == limit + 1 else ""
+    raise _refused(
+        f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+        f"{qualifier}{count} input tokens, which exceeds this limit even without any output "
+        "tokens. Please reduce the length of the input prompt.",
+        "input_tokens",
+        count,
+    )
+
+
 def _max_tokens(
     body: Json, names: tuple[str, ...], prompt_len: int, served: ServedModel, *, echo: bool = False
 ) -> int:
     limit = served.max_model_len
-    if prompt_len >= limit:
-        raise _bad(
-            f"This model's maximum context length is {limit} tokens. However, your request has "
-            f"{prompt_len} input tokens. Please reduce the length of the input messages.",
-            "input_tokens",
-        )
     name = next((name for name in names if body.get(name) is not None), names[-1])
     requested = body.get(name)
     if requested is None:
-        return min(DEFAULT_MAX_TOKENS, limit - prompt_len)
-    if not isinstance(requested, int) or isinstance(requested, bool):
+        allowed = min(DEFAULT_MAX_TOKENS, limit - prompt_len)
+    elif not isinstance(requested, int) or isinstance(requested, bool):
         raise _bad("max_tokens must be an integer.", "max_tokens")
-    if requested == 0 and echo:
+    elif requested == 0 and echo:
         return 1  # the prompt echoed alone; vLLM generates (and counts) one token all the same
-    if requested < 1:
-        raise _bad(f"max_tokens must be at least 1, got {requested}.", "max_tokens")
-    if requested > limit:
-        raise _bad(
+    elif requested > limit:
+        raise _refused(
             f"{name}={requested} cannot be greater than max_model_len={limit}. Please request "
-            f"fewer output tokens. (parameter={name}, value={requested})",
+            "fewer output tokens.",
             name,
+            requested,
         )
-    return min(requested, limit - prompt_len)  # vLLM clamps it to what the prompt leaves
+    else:  # vLLM clamps it to what the prompt leaves: a prompt filling the window leaves 0
+        allowed = min(requested, limit - prompt_len)
+    if allowed < 1:
+        raise _refused(f"max_tokens must be at least 1, got {allowed}.", "max_tokens", allowed)
+    return allowed
+
+
+def _refused(message: str, param: str, value: object = None) -> ApiError:
+    """vLLM's refusal by one of its own checks, which names the parameter (and its value)."""
+    shown = param if value is None else f"{param}, value={value}"
+    return _bad(f"{message} (parameter={shown})", param)
 
 
 def _invalid(name: str, kind: str, msg: str, value: object) -> ApiError:
@@ -357,13 +377,14 @@ def parse_chat(body: object, served: ServedModel) -> GenerateParams:
     prompt = apply_chat_template(
         _message_text(message, index) for index, message in enumerate(messages)
     )
+    _check_prompt_length(prompt, served, text=True)
     # Without a maximum, a chat answer ends at the model's end-of-sequence token (completions
     # keep OpenAI's legacy default of 16 tokens, cut with "length", as vLLM does).
     names = ("max_completion_tokens", "max_tokens")
     return _generate_params(request, [prompt], names, served, ends_naturally=True, chat=True)
 
 
-def _prompts(value: object, name: str) -> list[list[int]]:
+def _prompts(value: object, name: str, served: ServedModel) -> list[list[int]]:
     """A completions ``prompt``: a text, token ids, or a list of either (one answer each)."""
     if isinstance(value, str) or _token_ids(value, name) is not None:
         items: list[object] = [value]
@@ -381,6 +402,7 @@ def _prompts(value: object, name: str) -> list[list[int]]:
             raise _bad(f"Every item of '{name}' must be a string or a list of token ids.", name)
         if not tokens:
             raise _bad("The prompt must not be empty.", name)
+        _check_prompt_length(tokens, served, text=isinstance(item, str))
         prompts.append(tokens)
     return prompts
 
@@ -391,7 +413,7 @@ def parse_completion(body: object, served: ServedModel) -> GenerateParams:
     if request.get("prompt") is None:
         raise _bad("Field required: 'prompt'.", "prompt")
     _check_model(request, served)
-    prompts = _prompts(request["prompt"], "prompt")
+    prompts = _prompts(request["prompt"], "prompt", served)
     echo = None
     if _optional(request, "echo", bool):
         raw = request["prompt"]

@@ -20,7 +20,9 @@ from support.engine_contract import (
     check_echo_stream,
     check_multi_answer,
     check_multi_answer_stream,
+    check_prompt_window_refusal,
     context_window_cases,
+    prompt_window_cases,
 )
 from support.vllm import VllmServer
 
@@ -90,4 +92,16 @@ def test_continuous_usage_stats_put_usage_in_every_chunk(
     assert lines[-1] == "[DONE]"
     check_continuous_usage(
         kind, [json.loads(line) for line in lines[:-1]], include_usage=include_usage
+    )
+
+
+@pytest.mark.parametrize(("kind", "fields", "param", "message"), prompt_window_cases(MAX_MODEL_LEN))
+def test_prompts_leaving_no_room_for_an_answer_are_refused(
+    vllm_server: VllmServer, kind: str, fields: dict[str, Any], param: str, message: str
+) -> None:
+    path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+    body = {"model": vllm_server.model_name, **fields}
+    response = httpx.post(f"{vllm_server.url}{path}", json=body, timeout=120.0)
+    check_prompt_window_refusal(
+        response.status_code, response.json(), param, message, MAX_MODEL_LEN
     )

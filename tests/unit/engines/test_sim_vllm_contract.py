@@ -29,7 +29,9 @@ from support.engine_contract import (
     check_echo_stream,
     check_multi_answer,
     check_multi_answer_stream,
+    check_prompt_window_refusal,
     context_window_cases,
+    prompt_window_cases,
 )
 
 __all__ = ["sim"]  # the fixture, shared with test_sim_server
@@ -116,3 +118,13 @@ async def test_continuous_usage_stats_put_usage_in_every_chunk_as_vllm_does(
     *events, done = sse_payloads(response.text)
     assert done == "[DONE]"
     check_continuous_usage(kind, events, include_usage=include_usage)
+
+
+@pytest.mark.parametrize(("kind", "fields", "param", "message"), prompt_window_cases(512))
+async def test_prompts_leaving_no_room_for_an_answer_are_refused_as_vllm_does(
+    sim: Sim, kind: str, fields: dict[str, Any], param: str, message: str
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
+    response = await sim.client.post(path, json={"model": MODEL, **fields})
+    check_prompt_window_refusal(response.status_code, response.json(), param, message, 512)
