@@ -61,6 +61,38 @@ ACCEPTED: list[dict[str, Any]] = [
 ]
 
 
+COMPLETION_REFUSED: list[tuple[dict[str, Any], str, str]] = [
+    # (fields replacing a completions body's, the error's param, a part of its message), as
+    # vLLM 0.32 answers a model without fill-in-the-middle rendering
+    ({"suffix": ""}, "suffix", "suffix is only supported for models with FIM completion"),
+    ({"suffix": 5}, "body.suffix", "Input should be a valid string"),
+    ({"logprobs": "2"}, "logprobs", "`logprobs` must be an integer. (parameter=logprobs"),
+]
+
+COMPLETION_LOGPROBS: list[tuple[dict[str, Any], int]] = [
+    # (fields, how many tokens each position lists): vLLM's request model reads a boolean
+    # `logprobs` as an integer, so false lists the sampled token alone
+    ({"logprobs": True}, 2),
+    ({"logprobs": False}, 1),
+    ({"logprobs": 2.0}, 3),
+    ({"suffix": None, "logprobs": None}, 0),
+]
+
+
+def check_completion_logprobs(choice: dict[str, Any], listed: int) -> None:
+    """A completion choice for a :data:`COMPLETION_LOGPROBS` case: no logprobs (0), or at each
+    position the sampled token and at most ``listed`` tokens in all (the sampled one may also
+    be one of the likeliest)."""
+    logprobs = choice["logprobs"]
+    if not listed:
+        assert logprobs is None, choice
+        return
+    for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True):
+        assert token in top and len(top) <= listed, logprobs
+    if listed == 1:
+        assert all(len(top) == 1 for top in logprobs["top_logprobs"]), logprobs
+
+
 def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], str | None]]:
     """Answer maximums against the model's context window ``max_model_len``, as vLLM 0.32
     takes them: (endpoint, request fields, the refused param or None when served). A maximum

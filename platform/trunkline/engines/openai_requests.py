@@ -286,8 +286,8 @@ def _logprobs(body: Json, chat: bool) -> int | None:
         value = body.get("logprobs")
         if value is None:
             return None
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise _bad("`logprobs` must be an integer.", "logprobs")
+        if not isinstance(value, int | float):  # a boolean is an integer to vLLM: false is 0
+            raise _refused("`logprobs` must be an integer.", "logprobs", value)
         count = _integer(body, "logprobs") or 0
         if count < -1:
             raise _bad("`logprobs` must be a positive value or -1.", "logprobs")
@@ -413,6 +413,11 @@ def parse_completion(body: object, served: ServedModel) -> GenerateParams:
     if request.get("prompt") is None:
         raise _bad("Field required: 'prompt'.", "prompt")
     _check_model(request, served)
+    suffix = request.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise _invalid("suffix", "string_type", "Input should be a valid string", suffix)
+    if suffix is not None:  # the simulated model, like the tests' real one, has no FIM template
+        raise _bad("suffix is only supported for models with FIM completion rendering", "suffix")
     prompts = _prompts(request["prompt"], "prompt", served)
     echo = None
     if _optional(request, "echo", bool):

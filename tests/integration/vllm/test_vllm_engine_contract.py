@@ -11,9 +11,12 @@ import pytest
 
 from support.engine_contract import (
     ANSWER_TOKENS,
+    COMPLETION_LOGPROBS,
+    COMPLETION_REFUSED,
     CONTINUOUS_USAGE_CASES,
     ECHO_CASES,
     MULTI_ANSWER_CASES,
+    check_completion_logprobs,
     check_context_answer,
     check_continuous_usage,
     check_echo,
@@ -105,3 +108,25 @@ def test_prompts_leaving_no_room_for_an_answer_are_refused(
     check_prompt_window_refusal(
         response.status_code, response.json(), param, message, MAX_MODEL_LEN
     )
+
+
+@pytest.mark.parametrize(("bad", "param", "message"), COMPLETION_REFUSED)
+def test_completion_bodies_it_refuses(
+    vllm_server: VllmServer, bad: dict[str, Any], param: str, message: str
+) -> None:
+    body = {"model": vllm_server.model_name, "prompt": "hi there", "max_tokens": 2, **bad}
+    response = httpx.post(f"{vllm_server.url}/v1/completions", json=body, timeout=120.0)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, 400)
+    assert message in error["message"]
+
+
+@pytest.mark.parametrize(("fields", "listed"), COMPLETION_LOGPROBS)
+def test_completion_logprobs_as_it_reads_them(
+    vllm_server: VllmServer, fields: dict[str, Any], listed: int
+) -> None:
+    body = {"model": vllm_server.model_name, "prompt": "hi there", "max_tokens": 2, **fields}
+    response = httpx.post(f"{vllm_server.url}/v1/completions", json=body, timeout=120.0)
+    assert response.status_code == 200, response.text
+    check_completion_logprobs(response.json()["choices"][0], listed)

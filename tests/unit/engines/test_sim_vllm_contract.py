@@ -19,10 +19,13 @@ from tests.unit.engines.test_sim_server import (
 from support.engine_contract import (
     ACCEPTED,
     ANSWER_TOKENS,
+    COMPLETION_LOGPROBS,
+    COMPLETION_REFUSED,
     CONTINUOUS_USAGE_CASES,
     ECHO_CASES,
     MULTI_ANSWER_CASES,
     REFUSED,
+    check_completion_logprobs,
     check_context_answer,
     check_continuous_usage,
     check_echo,
@@ -128,3 +131,27 @@ async def test_prompts_leaving_no_room_for_an_answer_are_refused_as_vllm_does(
     path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
     response = await sim.client.post(path, json={"model": MODEL, **fields})
     check_prompt_window_refusal(response.status_code, response.json(), param, message, 512)
+
+
+@pytest.mark.parametrize(("bad", "param", "message"), COMPLETION_REFUSED)
+async def test_completion_bodies_vllm_refuses_get_its_errors(
+    sim: Sim, bad: dict[str, Any], param: str, message: str
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    body = {"model": MODEL, "prompt": "hi there", "max_tokens": 2, **bad}
+    response = await sim.client.post(COMPLETIONS_PATH, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, 400)
+    assert message in error["message"]
+
+
+@pytest.mark.parametrize(("fields", "listed"), COMPLETION_LOGPROBS)
+async def test_completion_logprobs_are_read_as_vllm_reads_them(
+    sim: Sim, fields: dict[str, Any], listed: int
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    body = {"model": MODEL, "prompt": "hi there", "max_tokens": 2, **fields}
+    response = await sim.client.post(COMPLETIONS_PATH, json=body)
+    assert response.status_code == 200, response.text
+    check_completion_logprobs(response.json()["choices"][0], listed)
