@@ -103,6 +103,11 @@ class AsyncEngine:
         elapsed = (self._clock() - self._anchor_wall) / self.time_scale
         return min(self._anchor + elapsed, self._cap)
 
+    @property
+    def closed(self) -> bool:
+        """The engine stopped: it takes no request and finishes none."""
+        return self._closed
+
     def submit(
         self,
         prompt_tokens: Sequence[int],

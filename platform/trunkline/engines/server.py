@@ -4,6 +4,8 @@ Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completion
 ``POST /v1/embeddings``, ``GET /health``, ``GET /metrics``. Generation goes through an
 :class:`~trunkline.engines.runner.AsyncEngine`; a client that disconnects mid-request has its
 request aborted in the engine, freeing its batch slot and KV blocks, as vLLM does.
+An engine that stopped answers as vLLM's dead engine core does: a stream's last event is an
+error (code 500) before ``[DONE]``, other requests get a 500, and ``/health`` a 503.
 
 The engine driver starts with the first request, on the loop serving it, so the app also works
 under clients that send no lifespan events (``httpx.ASGITransport``); it stops at lifespan
@@ -40,7 +42,7 @@ from trunkline.engines.openai_responses import (
     model_list_body,
 )
 from trunkline.engines.profiles import AcceleratorProfile
-from trunkline.engines.runner import AsyncEngine, RequestStream
+from trunkline.engines.runner import AsyncEngine, EngineClosedError, RequestStream
 from trunkline.engines.tokens import answer_logprobs, detokenize, embed_tokens, logprob_seed
 from trunkline.kit.asgi import unless_client_leaves
 
@@ -55,6 +57,12 @@ _Handler = Callable[[bytes, Send, Receive], Awaitable[None]]
 _JSON = b"application/json"
 _SSE = b"text/event-stream; charset=utf-8"
 _DONE = b"data: [DONE]\n\n"
+_ENGINE_DEAD = ApiError(
+    500,
+    "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+    kind="InternalServerError",
+)
+"""What vLLM answers, plain or as a stream's last event, when its engine core has died."""
 EMBEDDING_DIMENSIONS = 256
 
 
@@ -168,11 +176,13 @@ class SimApp:
             await handler(body, send, receive)
         except ApiError as error:
             await _respond_json(send, error.status, error.body())
+        except EngineClosedError:  # before the response started: streams end on their own
+            await _respond_json(send, _ENGINE_DEAD.status, _ENGINE_DEAD.body())
 
     # -- simple routes -----------------------------------------------------------------------
 
     async def _health(self, body: bytes, send: Send, receive: Receive) -> None:
-        await _respond(send, 200, b"", b"text/plain")
+        await _respond(send, 503 if self.engine.closed else 200, b"", b"text/plain")
 
     async def _metrics(self, body: bytes, send: Send, receive: Receive) -> None:
         await _respond(send, 200, self.metrics.render(), METRICS_CONTENT_TYPE.encode())
@@ -279,6 +289,9 @@ class SimApp:
             running = len(streams)
             while running:
                 index, event = await events.get()
+                if isinstance(event, EngineClosedError):  # vLLM's last words, then [DONE]
+                    await _send_event(send, _ENGINE_DEAD.body())
+                    break
                 if isinstance(event, BaseException):
                     raise event
                 if event is None:
@@ -287,7 +300,7 @@ class SimApp:
                 for payload in choices[index].payloads(event, reply, params):
                     await _send_event(send, payload)
             finished = [choice.usage for choice in choices if choice.usage is not None]
-            if params.include_usage and len(finished) == len(streams):
+            if params.include_usage and not running and len(finished) == len(streams):
                 await _send_event(send, reply.usage_chunk(_usage(finished, params.n)))
         finally:
             for task in tasks:
