@@ -93,6 +93,13 @@ def check_completion_logprobs(choice: dict[str, Any], listed: int) -> None:
         assert all(len(top) == 1 for top in logprobs["top_logprobs"]), logprobs
 
 
+CHAT_MESSAGE_FIELDS = frozenset(
+    {"role", "content", "refusal", "annotations", "audio", "function_call", "reasoning"}
+)
+"""The fields of a plain (no tool call) chat answer's ``message``, as vLLM 0.32 writes them:
+its reasoning as ``reasoning``, an empty ``tool_calls`` left out."""
+
+
 def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], str | None]]:
     """Answer maximums against the model's context window ``max_model_len``, as vLLM 0.32
     takes them: (endpoint, request fields, the refused param or None when served). A maximum

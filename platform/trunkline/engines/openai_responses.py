@@ -233,8 +233,7 @@ class Reply:
                     "annotations": None,
                     "audio": None,
                     "function_call": None,
-                    "tool_calls": [],
-                    "reasoning_content": None,
+                    "reasoning": None,  # vLLM leaves out an empty tool_calls
                 }
                 choice: Json = {"index": index, "message": message, "logprobs": answer.logprobs}
             else:

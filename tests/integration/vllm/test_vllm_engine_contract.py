@@ -11,6 +11,7 @@ import pytest
 
 from support.engine_contract import (
     ANSWER_TOKENS,
+    CHAT_MESSAGE_FIELDS,
     COMPLETION_LOGPROBS,
     COMPLETION_REFUSED,
     CONTINUOUS_USAGE_CASES,
@@ -130,3 +131,13 @@ def test_completion_logprobs_as_it_reads_them(
     response = httpx.post(f"{vllm_server.url}/v1/completions", json=body, timeout=120.0)
     assert response.status_code == 200, response.text
     check_completion_logprobs(response.json()["choices"][0], listed)
+
+
+def test_a_chat_answer_has_these_message_fields(vllm_server: VllmServer) -> None:
+    body = {
+        "model": vllm_server.model_name,
+        "messages": [{"role": "user", "content": "hi there"}],
+        "max_tokens": 2,
+    }
+    response = httpx.post(f"{vllm_server.url}/v1/chat/completions", json=body, timeout=120.0)
+    assert set(response.json()["choices"][0]["message"]) == CHAT_MESSAGE_FIELDS

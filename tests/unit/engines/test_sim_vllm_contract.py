@@ -19,6 +19,7 @@ from tests.unit.engines.test_sim_server import (
 from support.engine_contract import (
     ACCEPTED,
     ANSWER_TOKENS,
+    CHAT_MESSAGE_FIELDS,
     COMPLETION_LOGPROBS,
     COMPLETION_REFUSED,
     CONTINUOUS_USAGE_CASES,
@@ -155,3 +156,9 @@ async def test_completion_logprobs_are_read_as_vllm_reads_them(
     response = await sim.client.post(COMPLETIONS_PATH, json=body)
     assert response.status_code == 200, response.text
     check_completion_logprobs(response.json()["choices"][0], listed)
+
+
+async def test_a_chat_answer_has_the_message_fields_of_vllm(sim: Sim) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    response = await sim.chat(max_tokens=2)
+    assert set(response.json()["choices"][0]["message"]) == CHAT_MESSAGE_FIELDS
