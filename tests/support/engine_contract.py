@@ -29,6 +29,8 @@ REFUSED: list[tuple[dict[str, Any], str | None, str]] = [
     ({"top_k": 2.5}, "body.top_k", "Input should be a valid integer"),
     ({"stop": 5}, "body.stop", "Input should be a valid string"),
     ({"stop": ["a", 5]}, "body.stop", "Input should be a valid string"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "body.stop", "List should have at most 4 items"),
+    ({"max_tokens": 2, "min_tokens": 3}, None, "min_tokens must be less than or equal to"),
     ({"top_logprobs": 2}, "top_logprobs", "`logprobs` must be set to true"),
     ({"logprobs": True, "top_logprobs": -2}, "top_logprobs", "must be a positive value or -1"),
     ({"logprobs": True, "top_logprobs": 21}, "logprobs", "greater than max allowed: 20"),
@@ -50,6 +52,9 @@ ACCEPTED: list[dict[str, Any]] = [
     {"presence_penalty": -2},
     {"stop": "x"},
     {"stop": ["x", "y"]},
+    {"stop": ["a", "b", "c", "d"]},
+    {"min_tokens": 2},
+    {"stream_options": {}},  # not streamed: vLLM refuses only stream options that say something
     {"seed": "3"},
     {"seed": 3.0},
     {"logprobs": True},

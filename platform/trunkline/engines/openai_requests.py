@@ -262,7 +262,13 @@ def _check_sampling(body: Json) -> None:
     strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(strings, list) or not all(isinstance(item, str) for item in strings):
         raise _invalid("stop", "string_type", "Input should be a valid string", stop)
+    if len(strings) > MAX_STOP_STRINGS:
+        message = f"List should have at most {MAX_STOP_STRINGS} items after validation, not "
+        raise _invalid("stop", "too_long", f"{message}{len(strings)}", stop)
 
+
+MAX_STOP_STRINGS = 4
+"""The most ``stop`` strings vLLM's request model takes (OpenAI's limit)."""
 
 MAX_LOGPROBS = 20
 """vLLM's default ``--max-logprobs``."""
@@ -313,7 +319,7 @@ def _generate_params(
 ) -> GenerateParams:
     stream = bool(_optional(body, "stream", bool))
     options = _optional(body, "stream_options", dict)
-    if options is not None and not stream:
+    if options and not stream:  # an empty object says nothing: vLLM lets it pass
         raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
     n = body.get("n")
     if n is None:
@@ -327,6 +333,11 @@ def _generate_params(
     _check_sampling(body)
     echoing = echo is not None
     limits = [_max_tokens(body, names, len(prompt), served, echo=echoing) for prompt in prompts]
+    min_tokens = _integer(body, "min_tokens")
+    if min_tokens is not None and min_tokens > min(limits):
+        raise _bad(
+            f"min_tokens must be less than or equal to max_tokens={min(limits)}, got {min_tokens}."
+        )
     return GenerateParams(
         prompt_tokens=prompts[0],
         max_tokens=limits[0],
