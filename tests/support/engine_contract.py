@@ -34,6 +34,7 @@ REFUSED: list[tuple[dict[str, Any], str | None, str]] = [
     ({"top_logprobs": 2}, "top_logprobs", "`logprobs` must be set to true"),
     ({"logprobs": True, "top_logprobs": -2}, "top_logprobs", "must be a positive value or -1"),
     ({"logprobs": True, "top_logprobs": 21}, "logprobs", "greater than max allowed: 20"),
+    ({"logprobs": "maybe"}, "body.logprobs", "Input should be a valid boolean"),
     (
         {"messages": [{"role": "user", "content": None}]},
         "body.messages.0.ChatCompletionDeveloperMessageParam.content",
@@ -60,6 +61,7 @@ ACCEPTED: list[dict[str, Any]] = [
     {"logprobs": True},
     {"logprobs": False, "top_logprobs": 0},
     {"logprobs": True, "top_logprobs": 20},
+    {"logprobs": "yes"},  # a boolean read laxly: "yes", "true", 1...
     # an assistant turn with no content (a tool call's), and a role vLLM does not know
     {"messages": [{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]},
     {"messages": [{"role": "wizard", "content": "hi"}]},
@@ -72,7 +74,10 @@ COMPLETION_REFUSED: list[tuple[dict[str, Any], str, str]] = [
     ({"suffix": ""}, "suffix", "suffix is only supported for models with FIM completion"),
     ({"suffix": 5}, "body.suffix", "Input should be a valid string"),
     ({"logprobs": "2"}, "logprobs", "`logprobs` must be an integer. (parameter=logprobs"),
+    ({"echo": "maybe"}, "body.echo", "Input should be a valid boolean"),
 ]
+
+COMPLETION_ACCEPTED: list[dict[str, Any]] = [{"echo": "yes"}, {"echo": 1}, {"echo": "false"}]
 
 COMPLETION_LOGPROBS: list[tuple[dict[str, Any], int]] = [
     # (fields, how many tokens each position lists): vLLM's request model reads a boolean

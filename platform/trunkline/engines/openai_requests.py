@@ -142,6 +142,24 @@ def _optional(body: Json, name: str, kind: type) -> Any:
     return value
 
 
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _flag(body: Json, name: str) -> bool | None:
+    """A boolean field as vLLM's request model reads it: laxly, so 0, 1, "yes", "off"... pass;
+    anything else is its validation error."""
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    message = "Input should be a valid boolean, unable to interpret input"
+    raise _invalid(name, "bool_parsing", message, value)
+
+
 def _token_ids(value: object, name: str) -> list[int] | None:
     if not isinstance(value, list) or not all(
         isinstance(item, int) and not isinstance(item, bool) for item in value
@@ -279,7 +297,7 @@ def _logprobs(body: Json, chat: bool) -> int | None:
     vLLM's checks: chat's ``logprobs`` (bool) and ``top_logprobs``, completions' ``logprobs``
     (the count of alternatives; the sampled token comes on top)."""
     if chat:
-        wanted = _optional(body, "logprobs", bool)
+        wanted = _flag(body, "logprobs")
         top = _integer(body, "top_logprobs")
         if top is not None and top < -1:
             raise _bad("`top_logprobs` must be a positive value or -1.", "top_logprobs")
@@ -317,7 +335,7 @@ def _generate_params(
     chat: bool = False,
     echo: tuple[str, ...] | None = None,
 ) -> GenerateParams:
-    stream = bool(_optional(body, "stream", bool))
+    stream = bool(_flag(body, "stream"))
     options = _optional(body, "stream_options", dict)
     if options and not stream:  # an empty object says nothing: vLLM lets it pass
         raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
@@ -431,7 +449,7 @@ def parse_completion(body: object, served: ServedModel) -> GenerateParams:
         raise _bad("suffix is only supported for models with FIM completion rendering", "suffix")
     prompts = _prompts(request["prompt"], "prompt", served)
     echo = None
-    if _optional(request, "echo", bool):
+    if _flag(request, "echo"):
         raw = request["prompt"]
         items = [raw] if isinstance(raw, str) or _token_ids(raw, "prompt") is not None else raw
         echo = tuple(i if isinstance(i, str) else detokenize(i) for i in items)

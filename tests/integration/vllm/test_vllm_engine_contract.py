@@ -12,6 +12,7 @@ import pytest
 from support.engine_contract import (
     ANSWER_TOKENS,
     CHAT_MESSAGE_FIELDS,
+    COMPLETION_ACCEPTED,
     COMPLETION_LOGPROBS,
     COMPLETION_REFUSED,
     CONTINUOUS_USAGE_CASES,
@@ -141,3 +142,10 @@ def test_a_chat_answer_has_these_message_fields(vllm_server: VllmServer) -> None
     }
     response = httpx.post(f"{vllm_server.url}/v1/chat/completions", json=body, timeout=120.0)
     assert set(response.json()["choices"][0]["message"]) == CHAT_MESSAGE_FIELDS
+
+
+def test_completion_bodies_it_accepts(vllm_server: VllmServer) -> None:
+    for fine in COMPLETION_ACCEPTED:
+        body = {"model": vllm_server.model_name, "prompt": "hi there", "max_tokens": 2, **fine}
+        response = httpx.post(f"{vllm_server.url}/v1/completions", json=body, timeout=120.0)
+        assert response.status_code == 200, (fine, response.text)

@@ -20,6 +20,7 @@ from support.engine_contract import (
     ACCEPTED,
     ANSWER_TOKENS,
     CHAT_MESSAGE_FIELDS,
+    COMPLETION_ACCEPTED,
     COMPLETION_LOGPROBS,
     COMPLETION_REFUSED,
     CONTINUOUS_USAGE_CASES,
@@ -162,3 +163,10 @@ async def test_a_chat_answer_has_the_message_fields_of_vllm(sim: Sim) -> None:
     """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
     response = await sim.chat(max_tokens=2)
     assert set(response.json()["choices"][0]["message"]) == CHAT_MESSAGE_FIELDS
+
+
+async def test_completion_bodies_vllm_accepts_are_accepted(sim: Sim) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    for fine in COMPLETION_ACCEPTED:
+        body = {"model": MODEL, "prompt": "hi there", "max_tokens": 2, **fine}
+        assert (await sim.client.post(COMPLETIONS_PATH, json=body)).status_code == 200, fine
