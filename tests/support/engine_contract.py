@@ -110,6 +110,24 @@ CHAT_MESSAGE_FIELDS = frozenset(
 its reasoning as ``reasoning``, an empty ``tool_calls`` left out."""
 
 
+STOP_CASES: list[tuple[str, dict[str, Any]]] = [
+    # (endpoint, request fields): a stop string the answer meets (a space, in nearly every
+    # answer of 40 tokens, the random model's too); the answer ends before it
+    ("chat", {"messages": [{"role": "user", "content": "hi there"}], "stop": " "}),
+    ("completions", {"prompt": "hi there", "stop": ["zzzz", " "]}),
+]
+STOP_MAX_TOKENS = 40
+
+
+def check_stopped(choice_text: str, finish_reason: str, stop_reason: object, tokens: int) -> None:
+    """An answer of a :data:`STOP_CASES` case, as vLLM 0.32 ends it: its text up to the stop
+    string, which it leaves out, ``finish_reason`` stop naming the string in ``stop_reason``,
+    and only the tokens generated up to it counted."""
+    assert " " not in choice_text, choice_text
+    assert (finish_reason, stop_reason) == ("stop", " ")
+    assert 1 <= tokens < STOP_MAX_TOKENS
+
+
 def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], str | None]]:
     """Answer maximums against the model's context window ``max_model_len``, as vLLM 0.32
     takes them: (endpoint, request fields, the refused param or None when served). A maximum

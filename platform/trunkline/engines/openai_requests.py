@@ -90,6 +90,9 @@ class GenerateParams:
     what each prompt leaves of the context)."""
     echo: tuple[str, ...] | None = None
     """Completions' ``echo``: per prompt, its text, which each of its answers starts with."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: an answer ends before the first it meets (``finish_reason`` stop, the
+    string in ``stop_reason``)."""
     echo_only: bool = False
     """``echo`` with ``max_tokens`` 0 (scoring a prompt): as vLLM, one token is generated (and
     counted in the usage) but the answer is the prompt alone."""
@@ -98,6 +101,14 @@ class GenerateParams:
         """(prompt, max_tokens) of every choice, in vLLM's order: each prompt's ``n`` answers."""
         prompts = [(self.prompt_tokens, self.max_tokens), *self.more_prompts]
         return [prompt for prompt in prompts for _ in range(self.n)]
+
+    def cut_at_stop(self, generated: str) -> tuple[str, str | None]:
+        """An answer's text up to the first stop string in it, and that string (None: none)."""
+        found = [(at, text) for text in self.stop if (at := generated.find(text)) >= 0]
+        if not found:
+            return generated, None
+        at, text = min(found)
+        return generated[:at], text
 
     def answer_text(self, index: int, generated: str) -> str:
         """What choice ``index`` says, its echoed prompt first."""
@@ -372,7 +383,15 @@ def _generate_params(
         logprobs=_logprobs(body, chat),
         echo=echo,
         echo_only=echoing and body.get("max_tokens") == 0,
+        stop=_stop_strings(body),
     )
+
+
+def _stop_strings(body: Json) -> tuple[str, ...]:
+    """The request's stop strings (checked by :func:`_check_sampling`); empty ones mean none."""
+    stop = body.get("stop")
+    strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    return tuple(text for text in strings if text)
 
 
 def _message_text(message: object, index: int) -> ChatMessage:

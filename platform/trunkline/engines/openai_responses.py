@@ -124,6 +124,7 @@ class Answer:
     text: str
     finish_reason: str
     logprobs: Json | None = None
+    stop_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,7 @@ class Reply:
         logprobs: Json | None = None,
         index: int = 0,
         running: tuple[int, int] | None = None,
+        stop_reason: str | None = None,
     ) -> list[Json]:
         """SSE payloads for one token of choice ``index`` (with its ``logprobs``, when asked
         for); a chat answer's first token is preceded by its role chunk. ``running`` (the
@@ -180,6 +182,8 @@ class Reply:
         else:
             choice = self._stream_choice(index, "text", text, finish_reason, logprobs)
             choice.setdefault("stop_reason", None)
+        if stop_reason is not None:
+            choice["stop_reason"] = stop_reason
         payload = self._envelope([choice], chunk=True)
         if running is not None:
             payload["usage"] = self._running_usage(*running)
@@ -238,7 +242,7 @@ class Reply:
                 choice: Json = {"index": index, "message": message, "logprobs": answer.logprobs}
             else:
                 choice = {"index": index, "text": answer.text, "logprobs": answer.logprobs}
-            choice.update(finish_reason=answer.finish_reason, stop_reason=None)
+            choice.update(finish_reason=answer.finish_reason, stop_reason=answer.stop_reason)
             choices.append(choice)
         body = self._envelope(choices, chunk=False)
         body["usage"] = usage_body(

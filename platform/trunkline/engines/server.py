@@ -224,6 +224,7 @@ class SimApp:
                 cache_salt=params.cache_salt,
                 seed=None if params.seed is None else params.seed + index % params.n,
                 ends_at_max=params.ends_at_max,
+                stop_texts=params.stop,
             )
             for index, (prompt, max_tokens) in enumerate(params.answers())
         ]
@@ -251,8 +252,9 @@ class SimApp:
             if params.logprobs is not None:
                 tokens_logprobs = answer_logprobs(seeds[index], tokens, params.logprobs)
                 logprobs = logprobs_body(reply.kind, tokens_logprobs)
-            text = params.answer_text(index, detokenize(tokens))
-            return Answer(text, last.finish_reason, logprobs), last.usage
+            generated, stop_reason = params.cut_at_stop(detokenize(tokens))
+            text = params.answer_text(index, generated)
+            return Answer(text, last.finish_reason, logprobs, stop_reason), last.usage
 
         done = await asyncio.gather(*(answer(i, s) for i, s in enumerate(streams)))
         body = reply.full([a for a, _ in done], _usage([u for _, u in done], params.n))
@@ -320,10 +322,13 @@ class _StreamedChoice:
     tokens: int = 0
     characters: int = 0
     usage: RequestUsage | None = None
+    generated: str = ""
+    """With stop strings: its answer's text so far, of which ``shown`` characters were sent."""
+    shown: int = 0
 
     def payloads(self, event: TokenEvent, reply: Reply, params: GenerateParams) -> list[Any]:
         """The SSE payloads of its next token."""
-        text = detokenize((event.token_id,))
+        text, stop_reason = self._next_text(event, params)
         if event.first:  # the echoed prompt leads the first chunk, as vLLM sends it
             text = params.answer_text(self.index, text)
         elif params.echo_only:
@@ -343,7 +348,25 @@ class _StreamedChoice:
             logprobs=logprobs,
             index=self.index,
             running=(self.prompt_tokens, self.tokens) if params.continuous_usage else None,
+            stop_reason=stop_reason,
         )
+
+    def _next_text(self, event: TokenEvent, params: GenerateParams) -> tuple[str, str | None]:
+        """The answer's text to send with this token, and the stop string it met (if any).
+        As vLLM, with stop strings it holds back the text that could begin one (the longest
+        less a character) until the answer ends, and never sends a stop string."""
+        if not params.stop:
+            return detokenize((event.token_id,)), None
+        self.generated += detokenize((event.token_id,))
+        stop_reason = None
+        if event.finished:
+            ready, stop_reason = params.cut_at_stop(self.generated)
+        else:
+            held = max(len(text) for text in params.stop) - 1
+            ready = self.generated[: len(self.generated) - held]
+        text = ready[self.shown :]
+        self.shown += len(text)
+        return text, stop_reason
 
 
 def _logprob_seeds(params: GenerateParams) -> list[bytes]:

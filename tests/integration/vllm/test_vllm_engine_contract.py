@@ -18,6 +18,8 @@ from support.engine_contract import (
     CONTINUOUS_USAGE_CASES,
     ECHO_CASES,
     MULTI_ANSWER_CASES,
+    STOP_CASES,
+    STOP_MAX_TOKENS,
     check_completion_logprobs,
     check_context_answer,
     check_continuous_usage,
@@ -26,6 +28,7 @@ from support.engine_contract import (
     check_multi_answer,
     check_multi_answer_stream,
     check_prompt_window_refusal,
+    check_stopped,
     context_window_cases,
     prompt_window_cases,
 )
@@ -149,3 +152,33 @@ def test_completion_bodies_it_accepts(vllm_server: VllmServer) -> None:
         body = {"model": vllm_server.model_name, "prompt": "hi there", "max_tokens": 2, **fine}
         response = httpx.post(f"{vllm_server.url}/v1/completions", json=body, timeout=120.0)
         assert response.status_code == 200, (fine, response.text)
+
+
+@pytest.mark.parametrize(("kind", "fields"), STOP_CASES)
+def test_an_answer_ends_before_its_stop_string(
+    vllm_server: VllmServer, kind: str, fields: dict[str, Any]
+) -> None:
+    url = vllm_server.url + ("/v1/chat/completions" if kind == "chat" else "/v1/completions")
+    body = {
+        "model": vllm_server.model_name,
+        "max_tokens": STOP_MAX_TOKENS,
+        "ignore_eos": True,
+        **fields,
+    }
+    full = httpx.post(url, json=body, timeout=120.0).json()
+    (choice,) = full["choices"]
+    text = choice["message"]["content"] if kind == "chat" else choice["text"]
+    usage = full["usage"]["completion_tokens"]
+    check_stopped(text, choice["finish_reason"], choice["stop_reason"], usage)
+
+    stream = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", url, json=stream, timeout=120.0) as response:
+        lines = [line[len("data: ") :] for line in response.iter_lines() if line]
+    *chunks, last = [json.loads(line) for line in lines[:-1]]
+    choices = [chunk["choices"][0] for chunk in chunks]
+    streamed = "".join(
+        c["delta"].get("content", "") if kind == "chat" else c["text"] for c in choices
+    )
+    final = choices[-1]
+    tokens = last["usage"]["completion_tokens"]
+    check_stopped(streamed, final["finish_reason"], final["stop_reason"], tokens)

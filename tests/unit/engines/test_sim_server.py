@@ -374,6 +374,34 @@ async def test_the_same_seed_gives_the_same_answers() -> None:
     assert first_run[0] != first_run[1]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_ends_at_its_stop_string_and_so_does_the_engine(
+    sim: Sim, stream: bool
+) -> None:
+    """Before, stop strings were taken and ignored: the answer ran to max_tokens, all of them
+    counted. As vLLM, the answer now ends before the first stop string it meets, and its
+    engine request ends with the token that completed it."""
+    plain = (await sim.chat(max_tokens=12, seed=7)).json()["choices"][0]["message"]["content"]
+    stop = plain.split(" ")[4][:2]  # a piece of the fourth word: met there or before
+    generated = sim.app.core.counters.generation_tokens
+    body = {"max_tokens": 12, "seed": 7, "stop": ["never said", stop], "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    response = await sim.chat(**body)
+    if stream:
+        *chunks, last, _done = sse_payloads(response.text)
+        choices = [chunk["choices"][0] for chunk in chunks]
+        text = "".join(choice["delta"]["content"] for choice in choices)
+        choice, usage = choices[-1], last["usage"]
+    else:
+        (choice,) = response.json()["choices"]
+        text, usage = choice["message"]["content"], response.json()["usage"]
+    assert text == plain[: plain.find(stop)]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
+    assert usage["completion_tokens"] < 12
+    assert sim.app.core.counters.generation_tokens - generated == usage["completion_tokens"]
+
+
 async def test_latency_metrics_are_modelled_time_not_scaled_wall_time() -> None:
     profile = small_h100()
     app = create_sim_app(model=MODEL, profile=profile, time_scale=0.001)

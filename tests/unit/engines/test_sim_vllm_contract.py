@@ -27,6 +27,8 @@ from support.engine_contract import (
     ECHO_CASES,
     MULTI_ANSWER_CASES,
     REFUSED,
+    STOP_CASES,
+    STOP_MAX_TOKENS,
     check_completion_logprobs,
     check_context_answer,
     check_continuous_usage,
@@ -35,6 +37,7 @@ from support.engine_contract import (
     check_multi_answer,
     check_multi_answer_stream,
     check_prompt_window_refusal,
+    check_stopped,
     context_window_cases,
     prompt_window_cases,
 )
@@ -170,3 +173,29 @@ async def test_completion_bodies_vllm_accepts_are_accepted(sim: Sim) -> None:
     for fine in COMPLETION_ACCEPTED:
         body = {"model": MODEL, "prompt": "hi there", "max_tokens": 2, **fine}
         assert (await sim.client.post(COMPLETIONS_PATH, json=body)).status_code == 200, fine
+
+
+@pytest.mark.parametrize(("kind", "fields"), STOP_CASES)
+async def test_an_answer_ends_before_its_stop_string_as_vllms_do(
+    sim: Sim, kind: str, fields: dict[str, Any]
+) -> None:
+    """As vLLM 0.32 (tests/integration/vllm/test_vllm_engine_contract.py)."""
+    path = CHAT_PATH if kind == "chat" else COMPLETIONS_PATH
+    body = {"model": MODEL, "max_tokens": STOP_MAX_TOKENS, "ignore_eos": True, **fields}
+    full = (await sim.client.post(path, json=body)).json()
+    (choice,) = full["choices"]
+    text = choice["message"]["content"] if kind == "chat" else choice["text"]
+    usage = full["usage"]["completion_tokens"]
+    check_stopped(text, choice["finish_reason"], choice["stop_reason"], usage)
+
+    options = {"include_usage": True}
+    response = await sim.client.post(path, json={**body, "stream": True, "stream_options": options})
+    *chunks, last, done = sse_payloads(response.text)
+    assert done == "[DONE]"
+    choices = [chunk["choices"][0] for chunk in chunks]
+    streamed = "".join(
+        c["delta"].get("content", "") if kind == "chat" else c["text"] for c in choices
+    )
+    final = choices[-1]
+    tokens = last["usage"]["completion_tokens"]
+    check_stopped(streamed, final["finish_reason"], final["stop_reason"], tokens)
