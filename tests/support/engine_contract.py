@@ -35,6 +35,7 @@ REFUSED: list[tuple[dict[str, Any], str | None, str]] = [
     ({"logprobs": True, "top_logprobs": -2}, "top_logprobs", "must be a positive value or -1"),
     ({"logprobs": True, "top_logprobs": 21}, "logprobs", "greater than max allowed: 20"),
     ({"logprobs": "maybe"}, "body.logprobs", "Input should be a valid boolean"),
+    ({"logprobs": True, "top_logprobs": "2"}, "top_logprobs", "`top_logprobs` must be an integer"),
     (
         {"messages": [{"role": "user", "content": None}]},
         "body.messages.0.ChatCompletionDeveloperMessageParam.content",
@@ -62,6 +63,7 @@ ACCEPTED: list[dict[str, Any]] = [
     {"logprobs": False, "top_logprobs": 0},
     {"logprobs": True, "top_logprobs": 20},
     {"logprobs": "yes"},  # a boolean read laxly: "yes", "true", 1...
+    {"logprobs": True, "top_logprobs": 2.0},
     # an assistant turn with no content (a tool call's), and a role vLLM does not know
     {"messages": [{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]},
     {"messages": [{"role": "wizard", "content": "hi"}]},

@@ -309,6 +309,10 @@ def _logprobs(body: Json, chat: bool) -> int | None:
     (the count of alternatives; the sampled token comes on top)."""
     if chat:
         wanted = _flag(body, "logprobs")
+        if isinstance(body.get("top_logprobs"), str):  # vLLM reads no number from a string here
+            raise _refused(
+                "`top_logprobs` must be an integer.", "top_logprobs", body["top_logprobs"]
+            )
         top = _integer(body, "top_logprobs")
         if top is not None and top < -1:
             raise _bad("`top_logprobs` must be a positive value or -1.", "top_logprobs")
