@@ -29,9 +29,13 @@ REFUSED: list[tuple[dict[str, Any], str | None, str]] = [
     ({"top_k": 2.5}, "body.top_k", "Input should be a valid integer"),
     ({"stop": 5}, "body.stop", "Input should be a valid string"),
     ({"stop": ["a", 5]}, "body.stop", "Input should be a valid string"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "body.stop", "List should have at most 4 items"),
+    ({"max_tokens": 2, "min_tokens": 3}, None, "min_tokens must be less than or equal to"),
     ({"top_logprobs": 2}, "top_logprobs", "`logprobs` must be set to true"),
     ({"logprobs": True, "top_logprobs": -2}, "top_logprobs", "must be a positive value or -1"),
     ({"logprobs": True, "top_logprobs": 21}, "logprobs", "greater than max allowed: 20"),
+    ({"logprobs": "maybe"}, "body.logprobs", "Input should be a valid boolean"),
+    ({"logprobs": True, "top_logprobs": "2"}, "top_logprobs", "`top_logprobs` must be an integer"),
     (
         {"messages": [{"role": "user", "content": None}]},
         "body.messages.0.ChatCompletionDeveloperMessageParam.content",
@@ -50,15 +54,80 @@ ACCEPTED: list[dict[str, Any]] = [
     {"presence_penalty": -2},
     {"stop": "x"},
     {"stop": ["x", "y"]},
+    {"stop": ["a", "b", "c", "d"]},
+    {"min_tokens": 2},
+    {"stream_options": {}},  # not streamed: vLLM refuses only stream options that say something
     {"seed": "3"},
     {"seed": 3.0},
     {"logprobs": True},
     {"logprobs": False, "top_logprobs": 0},
     {"logprobs": True, "top_logprobs": 20},
+    {"logprobs": "yes"},  # a boolean read laxly: "yes", "true", 1...
+    {"logprobs": True, "top_logprobs": 2.0},
     # an assistant turn with no content (a tool call's), and a role vLLM does not know
     {"messages": [{"role": "assistant", "content": None}, {"role": "user", "content": "hi"}]},
     {"messages": [{"role": "wizard", "content": "hi"}]},
 ]
+
+
+COMPLETION_REFUSED: list[tuple[dict[str, Any], str, str]] = [
+    # (fields replacing a completions body's, the error's param, a part of its message), as
+    # vLLM 0.32 answers a model without fill-in-the-middle rendering
+    ({"suffix": ""}, "suffix", "suffix is only supported for models with FIM completion"),
+    ({"suffix": 5}, "body.suffix", "Input should be a valid string"),
+    ({"logprobs": "2"}, "logprobs", "`logprobs` must be an integer. (parameter=logprobs"),
+    ({"echo": "maybe"}, "body.echo", "Input should be a valid boolean"),
+]
+
+COMPLETION_ACCEPTED: list[dict[str, Any]] = [{"echo": "yes"}, {"echo": 1}, {"echo": "false"}]
+
+COMPLETION_LOGPROBS: list[tuple[dict[str, Any], int]] = [
+    # (fields, how many tokens each position lists): vLLM's request model reads a boolean
+    # `logprobs` as an integer, so false lists the sampled token alone
+    ({"logprobs": True}, 2),
+    ({"logprobs": False}, 1),
+    ({"logprobs": 2.0}, 3),
+    ({"suffix": None, "logprobs": None}, 0),
+]
+
+
+def check_completion_logprobs(choice: dict[str, Any], listed: int) -> None:
+    """A completion choice for a :data:`COMPLETION_LOGPROBS` case: no logprobs (0), or at each
+    position the sampled token and at most ``listed`` tokens in all (the sampled one may also
+    be one of the likeliest)."""
+    logprobs = choice["logprobs"]
+    if not listed:
+        assert logprobs is None, choice
+        return
+    for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"], strict=True):
+        assert token in top and len(top) <= listed, logprobs
+    if listed == 1:
+        assert all(len(top) == 1 for top in logprobs["top_logprobs"]), logprobs
+
+
+CHAT_MESSAGE_FIELDS = frozenset(
+    {"role", "content", "refusal", "annotations", "audio", "function_call", "reasoning"}
+)
+"""The fields of a plain (no tool call) chat answer's ``message``, as vLLM 0.32 writes them:
+its reasoning as ``reasoning``, an empty ``tool_calls`` left out."""
+
+
+STOP_CASES: list[tuple[str, dict[str, Any]]] = [
+    # (endpoint, request fields): a stop string the answer meets (a space, in nearly every
+    # answer of 40 tokens, the random model's too); the answer ends before it
+    ("chat", {"messages": [{"role": "user", "content": "hi there"}], "stop": " "}),
+    ("completions", {"prompt": "hi there", "stop": ["zzzz", " "]}),
+]
+STOP_MAX_TOKENS = 40
+
+
+def check_stopped(choice_text: str, finish_reason: str, stop_reason: object, tokens: int) -> None:
+    """An answer of a :data:`STOP_CASES` case, as vLLM 0.32 ends it: its text up to the stop
+    string, which it leaves out, ``finish_reason`` stop naming the string in ``stop_reason``,
+    and only the tokens generated up to it counted."""
+    assert " " not in choice_text, choice_text
+    assert (finish_reason, stop_reason) == ("stop", " ")
+    assert 1 <= tokens < STOP_MAX_TOKENS
 
 
 def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], str | None]]:
@@ -76,6 +145,33 @@ def context_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], 
         # a prompt of token ids leaving 8 tokens, asking 100
         ("completions", {"prompt": [7] * (window - 8), "max_tokens": 100}, None),
     ]
+
+
+def prompt_window_cases(max_model_len: int) -> list[tuple[str, dict[str, Any], str, str]]:
+    """Prompts that leave no room for an answer in the context window ``max_model_len``, as
+    vLLM 0.32 refuses them: (endpoint, request fields, the error's param, a part of its
+    message). A prompt over the window is counted (a text prompt only up to one token past it,
+    "at least"); one filling it exactly leaves ``max_tokens`` 0."""
+    window = max_model_len
+    words = [{"role": "user", "content": "hello " * (window + 1)}]
+    return [
+        ("completions", {"prompt": [7] * (window + 5)}, "input_tokens", f"contains {window + 5} "),
+        ("chat", {"messages": words}, "input_tokens", f"contains at least {window + 1} input"),
+        ("completions", {"prompt": [7] * window, "max_tokens": 1}, "max_tokens", "got 0."),
+        ("completions", {"prompt": [7] * window}, "max_tokens", "max_tokens must be at least 1"),
+    ]
+
+
+def check_prompt_window_refusal(
+    status: int, body: dict[str, Any], param: str, message: str, max_model_len: int
+) -> None:
+    """The answer to a :func:`prompt_window_cases` case."""
+    assert status == 400, body
+    error = body["error"]
+    assert (error["param"], error["code"], error["type"]) == (param, 400, "BadRequestError")
+    assert message in error["message"], error
+    if param == "input_tokens":  # what the gateway reads as context_length_exceeded
+        assert f"maximum context length is {max_model_len} tokens" in error["message"], error
 
 
 MULTI_ANSWER_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]]]] = [
@@ -129,6 +225,39 @@ def check_multi_answer_stream(kind: str, fields: dict[str, Any], events: list[An
         # vLLM may hold back a token that ends inside a UTF-8 character: at most one chunk each
         assert 1 <= len(choices) <= ANSWER_TOKENS, choices
         assert choices[-1]["finish_reason"] == "length"
+
+
+CONTINUOUS_USAGE_CASES: list[tuple[str, dict[str, Any]]] = [
+    # (endpoint, request fields): streams whose client asked for usage in every chunk
+    # (stream_options.continuous_usage_stats), which the gateway passes on when the client also
+    # asked for include_usage; answers of ANSWER_TOKENS tokens (ignore_eos)
+    ("chat", {"messages": [{"role": "user", "content": "hi there"}]}),
+    ("chat", {"messages": [{"role": "user", "content": "hi there"}], "n": 2}),
+    ("completions", {"prompt": ["a b", "c d e f"]}),
+]
+
+
+def check_continuous_usage(kind: str, events: list[Any], *, include_usage: bool) -> None:
+    """With ``include_usage``, as vLLM 0.32 streams ``continuous_usage_stats``: every chunk
+    carries its choice's usage so far (its prompt, the tokens sent; a chat role chunk 0), and
+    the stream ends with the usage of the whole request; without it, no chunk has usage."""
+    if not include_usage:
+        assert all("usage" not in event for event in events), events
+        return
+    *chunks, last = events
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0, last
+    by_index: dict[int, list[dict[str, Any]]] = {}
+    for chunk in chunks:
+        (choice,) = chunk["choices"]
+        by_index.setdefault(choice["index"], []).append(chunk["usage"])
+    for usages in by_index.values():
+        counts = [usage["completion_tokens"] for usage in usages]
+        assert counts == sorted(counts) and counts[-1] == ANSWER_TOKENS, usages
+        assert (counts[0] == 0) is (kind == "chat"), usages  # a chat answer's role chunk
+        assert len({usage["prompt_tokens"] for usage in usages}) == 1, usages
+        for usage in usages:
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert last["usage"]["completion_tokens"] == ANSWER_TOKENS * len(by_index), last
 
 
 ECHO_CASES: list[dict[str, Any]] = [

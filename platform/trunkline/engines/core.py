@@ -101,6 +101,7 @@ class EngineCore:
         block_hashes: Sequence[BlockHash] | None = None,
         ends_at_max: bool = False,
         remote_prefill: bool = False,
+        stop_texts: Sequence[str] = (),
     ) -> None:
         """Queue a request; it is scheduled by the next :meth:`step`.
 
@@ -110,7 +111,8 @@ class EngineCore:
         :func:`~trunkline.engines.kv_cache.prefix_block_hashes` gives for this block size.
         ``ends_at_max``: the answer ends there with an end-of-sequence token (finish reason
         ``stop``, not ``length``). ``remote_prefill``: another engine prefilled the prompt and
-        its KV is here (see :attr:`EngineRequest.remote_prefill`).
+        its KV is here (see :attr:`EngineRequest.remote_prefill`). ``stop_texts``: the answer
+        ends (finish reason ``stop``) with the token that completes one of them.
         """
         if req_id in self.requests:
             raise ValueError(f"request {req_id!r} already exists")
@@ -129,6 +131,7 @@ class EngineCore:
             output_tokens=output_tokens,
             ends_at_max=ends_at_max,
             remote_prefill=remote_prefill,
+            stop_texts=stop_texts,
         )
         if self.enable_prefix_caching:
             if block_hashes is not None:

@@ -42,6 +42,8 @@ def run_decode(core: EngineCore, now: float, until: float) -> DecodeRun | None:
         num_tokens = len(req.token_ids)
         if req.num_computed_tokens != num_tokens - 1 or num_tokens == req.num_prompt_tokens:
             return None  # still prefilling
+        if req.stop_texts:
+            return None  # where its answer ends is known only token by token
         steps = min(steps, req.tokens_left)
         context += num_tokens
     steps = _fit_in_free_blocks(core, steps)

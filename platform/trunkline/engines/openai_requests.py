@@ -71,6 +71,9 @@ class GenerateParams:
     max_tokens: int
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False
+    """``stream_options.continuous_usage_stats`` with ``include_usage``: as vLLM, every chunk
+    carries its choice's usage so far."""
     cache_salt: str | None = None
     seed: int | None = None
     ends_at_max: bool = False
@@ -87,6 +90,9 @@ class GenerateParams:
     what each prompt leaves of the context)."""
     echo: tuple[str, ...] | None = None
     """Completions' ``echo``: per prompt, its text, which each of its answers starts with."""
+    stop: tuple[str, ...] = ()
+    """Stop strings: an answer ends before the first it meets (``finish_reason`` stop, the
+    string in ``stop_reason``)."""
     echo_only: bool = False
     """``echo`` with ``max_tokens`` 0 (scoring a prompt): as vLLM, one token is generated (and
     counted in the usage) but the answer is the prompt alone."""
@@ -95,6 +101,14 @@ class GenerateParams:
         """(prompt, max_tokens) of every choice, in vLLM's order: each prompt's ``n`` answers."""
         prompts = [(self.prompt_tokens, self.max_tokens), *self.more_prompts]
         return [prompt for prompt in prompts for _ in range(self.n)]
+
+    def cut_at_stop(self, generated: str) -> tuple[str, str | None]:
+        """An answer's text up to the first stop string in it, and that string (None: none)."""
+        found = [(at, text) for text in self.stop if (at := generated.find(text)) >= 0]
+        if not found:
+            return generated, None
+        at, text = min(found)
+        return generated[:at], text
 
     def answer_text(self, index: int, generated: str) -> str:
         """What choice ``index`` says, its echoed prompt first."""
@@ -139,6 +153,24 @@ def _optional(body: Json, name: str, kind: type) -> Any:
     return value
 
 
+_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+
+
+def _flag(body: Json, name: str) -> bool | None:
+    """A boolean field as vLLM's request model reads it: laxly, so 0, 1, "yes", "off"... pass;
+    anything else is its validation error."""
+    value = body.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    message = "Input should be a valid boolean, unable to interpret input"
+    raise _invalid(name, "bool_parsing", message, value)
+
+
 def _token_ids(value: object, name: str) -> list[int] | None:
     if not isinstance(value, list) or not all(
         isinstance(item, int) and not isinstance(item, bool) for item in value
@@ -150,33 +182,53 @@ def _token_ids(value: object, name: str) -> list[int] | None:
     return list(value)
 
 
+def _check_prompt_length(tokens: list[int], served: ServedModel, *, text: bool) -> None:
+    """Refuse a prompt over the context window, counted as vLLM counts it: a text prompt is
+    tokenized only up to one token past the window ("at least" that many)."""
+    limit = served.max_model_len
+    if len(tokens) <= limit:
+        return
+    count = min(len(tokens), limit + 1) if text else len(tokens)
+    qualifier = "at least " if count == limit + 1 else ""
+    raise _refused(
+        f"This model's maximum context length is {limit} tokens. However, your prompt contains "
+        f"{qualifier}{count} input tokens, which exceeds this limit even without any output "
+        "tokens. Please reduce the length of the input prompt.",
+        "input_tokens",
+        count,
+    )
+
+
 def _max_tokens(
     body: Json, names: tuple[str, ...], prompt_len: int, served: ServedModel, *, echo: bool = False
 ) -> int:
     limit = served.max_model_len
-    if prompt_len >= limit:
-        raise _bad(
-            f"This model's maximum context length is {limit} tokens. However, your request has "
-            f"{prompt_len} input tokens. Please reduce the length of the input messages.",
-            "input_tokens",
-        )
     name = next((name for name in names if body.get(name) is not None), names[-1])
     requested = body.get(name)
     if requested is None:
-        return min(DEFAULT_MAX_TOKENS, limit - prompt_len)
-    if not isinstance(requested, int) or isinstance(requested, bool):
+        allowed = min(DEFAULT_MAX_TOKENS, limit - prompt_len)
+    elif not isinstance(requested, int) or isinstance(requested, bool):
         raise _bad("max_tokens must be an integer.", "max_tokens")
-    if requested == 0 and echo:
+    elif requested == 0 and echo:
         return 1  # the prompt echoed alone; vLLM generates (and counts) one token all the same
-    if requested < 1:
-        raise _bad(f"max_tokens must be at least 1, got {requested}.", "max_tokens")
-    if requested > limit:
-        raise _bad(
+    elif requested > limit:
+        raise _refused(
             f"{name}={requested} cannot be greater than max_model_len={limit}. Please request "
-            f"fewer output tokens. (parameter={name}, value={requested})",
+            "fewer output tokens.",
             name,
+            requested,
         )
-    return min(requested, limit - prompt_len)  # vLLM clamps it to what the prompt leaves
+    else:  # vLLM clamps it to what the prompt leaves: a prompt filling the window leaves 0
+        allowed = min(requested, limit - prompt_len)
+    if allowed < 1:
+        raise _refused(f"max_tokens must be at least 1, got {allowed}.", "max_tokens", allowed)
+    return allowed
+
+
+def _refused(message: str, param: str, value: object = None) -> ApiError:
+    """vLLM's refusal by one of its own checks, which names the parameter (and its value)."""
+    shown = param if value is None else f"{param}, value={value}"
+    return _bad(f"{message} (parameter={shown})", param)
 
 
 def _invalid(name: str, kind: str, msg: str, value: object) -> ApiError:
@@ -239,7 +291,13 @@ def _check_sampling(body: Json) -> None:
     strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(strings, list) or not all(isinstance(item, str) for item in strings):
         raise _invalid("stop", "string_type", "Input should be a valid string", stop)
+    if len(strings) > MAX_STOP_STRINGS:
+        message = f"List should have at most {MAX_STOP_STRINGS} items after validation, not "
+        raise _invalid("stop", "too_long", f"{message}{len(strings)}", stop)
 
+
+MAX_STOP_STRINGS = 4
+"""The most ``stop`` strings vLLM's request model takes (OpenAI's limit)."""
 
 MAX_LOGPROBS = 20
 """vLLM's default ``--max-logprobs``."""
@@ -250,7 +308,11 @@ def _logprobs(body: Json, chat: bool) -> int | None:
     vLLM's checks: chat's ``logprobs`` (bool) and ``top_logprobs``, completions' ``logprobs``
     (the count of alternatives; the sampled token comes on top)."""
     if chat:
-        wanted = _optional(body, "logprobs", bool)
+        wanted = _flag(body, "logprobs")
+        if isinstance(body.get("top_logprobs"), str):  # vLLM reads no number from a string here
+            raise _refused(
+                "`top_logprobs` must be an integer.", "top_logprobs", body["top_logprobs"]
+            )
         top = _integer(body, "top_logprobs")
         if top is not None and top < -1:
             raise _bad("`top_logprobs` must be a positive value or -1.", "top_logprobs")
@@ -263,8 +325,8 @@ def _logprobs(body: Json, chat: bool) -> int | None:
         value = body.get("logprobs")
         if value is None:
             return None
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise _bad("`logprobs` must be an integer.", "logprobs")
+        if not isinstance(value, int | float):  # a boolean is an integer to vLLM: false is 0
+            raise _refused("`logprobs` must be an integer.", "logprobs", value)
         count = _integer(body, "logprobs") or 0
         if count < -1:
             raise _bad("`logprobs` must be a positive value or -1.", "logprobs")
@@ -288,9 +350,9 @@ def _generate_params(
     chat: bool = False,
     echo: tuple[str, ...] | None = None,
 ) -> GenerateParams:
-    stream = bool(_optional(body, "stream", bool))
+    stream = bool(_flag(body, "stream"))
     options = _optional(body, "stream_options", dict)
-    if options is not None and not stream:
+    if options and not stream:  # an empty object says nothing: vLLM lets it pass
         raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
     n = body.get("n")
     if n is None:
@@ -304,6 +366,11 @@ def _generate_params(
     _check_sampling(body)
     echoing = echo is not None
     limits = [_max_tokens(body, names, len(prompt), served, echo=echoing) for prompt in prompts]
+    min_tokens = _integer(body, "min_tokens")
+    if min_tokens is not None and min_tokens > min(limits):
+        raise _bad(
+            f"min_tokens must be less than or equal to max_tokens={min(limits)}, got {min_tokens}."
+        )
     return GenerateParams(
         prompt_tokens=prompts[0],
         max_tokens=limits[0],
@@ -311,13 +378,24 @@ def _generate_params(
         more_prompts=tuple(zip(prompts[1:], limits[1:], strict=True)),
         stream=stream,
         include_usage=bool(options and options.get("include_usage")),
+        continuous_usage=bool(
+            options and options.get("include_usage") and options.get("continuous_usage_stats")
+        ),
         cache_salt=_optional(body, "cache_salt", str),
         seed=_integer(body, "seed"),
         ends_at_max=ends_naturally and all(body.get(name) is None for name in names),
         logprobs=_logprobs(body, chat),
         echo=echo,
         echo_only=echoing and body.get("max_tokens") == 0,
+        stop=_stop_strings(body),
     )
+
+
+def _stop_strings(body: Json) -> tuple[str, ...]:
+    """The request's stop strings (checked by :func:`_check_sampling`); empty ones mean none."""
+    stop = body.get("stop")
+    strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    return tuple(text for text in strings if text)
 
 
 def _message_text(message: object, index: int) -> ChatMessage:
@@ -351,13 +429,14 @@ def parse_chat(body: object, served: ServedModel) -> GenerateParams:
     prompt = apply_chat_template(
         _message_text(message, index) for index, message in enumerate(messages)
     )
+    _check_prompt_length(prompt, served, text=True)
     # Without a maximum, a chat answer ends at the model's end-of-sequence token (completions
     # keep OpenAI's legacy default of 16 tokens, cut with "length", as vLLM does).
     names = ("max_completion_tokens", "max_tokens")
     return _generate_params(request, [prompt], names, served, ends_naturally=True, chat=True)
 
 
-def _prompts(value: object, name: str) -> list[list[int]]:
+def _prompts(value: object, name: str, served: ServedModel) -> list[list[int]]:
     """A completions ``prompt``: a text, token ids, or a list of either (one answer each)."""
     if isinstance(value, str) or _token_ids(value, name) is not None:
         items: list[object] = [value]
@@ -375,6 +454,7 @@ def _prompts(value: object, name: str) -> list[list[int]]:
             raise _bad(f"Every item of '{name}' must be a string or a list of token ids.", name)
         if not tokens:
             raise _bad("The prompt must not be empty.", name)
+        _check_prompt_length(tokens, served, text=isinstance(item, str))
         prompts.append(tokens)
     return prompts
 
@@ -385,9 +465,14 @@ def parse_completion(body: object, served: ServedModel) -> GenerateParams:
     if request.get("prompt") is None:
         raise _bad("Field required: 'prompt'.", "prompt")
     _check_model(request, served)
-    prompts = _prompts(request["prompt"], "prompt")
+    suffix = request.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise _invalid("suffix", "string_type", "Input should be a valid string", suffix)
+    if suffix is not None:  # the simulated model, like the tests' real one, has no FIM template
+        raise _bad("suffix is only supported for models with FIM completion rendering", "suffix")
+    prompts = _prompts(request["prompt"], "prompt", served)
     echo = None
-    if _optional(request, "echo", bool):
+    if _flag(request, "echo"):
         raw = request["prompt"]
         items = [raw] if isinstance(raw, str) or _token_ids(raw, "prompt") is not None else raw
         echo = tuple(i if isinstance(i, str) else detokenize(i) for i in items)

@@ -124,6 +124,7 @@ class Answer:
     text: str
     finish_reason: str
     logprobs: Json | None = None
+    stop_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,23 +160,45 @@ class Reply:
         first: bool,
         logprobs: Json | None = None,
         index: int = 0,
+        running: tuple[int, int] | None = None,
+        stop_reason: str | None = None,
     ) -> list[Json]:
         """SSE payloads for one token of choice ``index`` (with its ``logprobs``, when asked
-        for); a chat answer's first token is preceded by its role chunk."""
+        for); a chat answer's first token is preceded by its role chunk. ``running`` (the
+        choice's prompt tokens and tokens sent, this one included) puts that usage in every
+        payload, as vLLM's ``continuous_usage_stats`` do."""
         payloads: list[Json] = []
         if self.kind == "chat":
             if first:
                 delta = {"role": "assistant", "content": ""}
-                payloads.append(
-                    self._envelope([self._stream_choice(index, "delta", delta, None)], chunk=True)
+                role = self._envelope(
+                    [self._stream_choice(index, "delta", delta, None)], chunk=True
                 )
+                if running is not None:
+                    role["usage"] = self._running_usage(running[0], 0)
+                payloads.append(role)
             content = {"content": text}
             choice = self._stream_choice(index, "delta", content, finish_reason, logprobs)
         else:
             choice = self._stream_choice(index, "text", text, finish_reason, logprobs)
             choice.setdefault("stop_reason", None)
-        payloads.append(self._envelope([choice], chunk=True))
+        if stop_reason is not None:
+            choice["stop_reason"] = stop_reason
+        payload = self._envelope([choice], chunk=True)
+        if running is not None:
+            payload["usage"] = self._running_usage(*running)
+        payloads.append(payload)
         return payloads
+
+    def _running_usage(self, prompt_tokens: int, completion_tokens: int) -> Json:
+        usage: Json = {
+            "prompt_tokens": prompt_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": completion_tokens,
+        }
+        if self.kind == "chat":  # vLLM's chat chunks say it, its completion chunks do not
+            usage["completion_tokens_details"] = None
+        return usage
 
     @staticmethod
     def _stream_choice(
@@ -214,13 +237,12 @@ class Reply:
                     "annotations": None,
                     "audio": None,
                     "function_call": None,
-                    "tool_calls": [],
-                    "reasoning_content": None,
+                    "reasoning": None,  # vLLM leaves out an empty tool_calls
                 }
                 choice: Json = {"index": index, "message": message, "logprobs": answer.logprobs}
             else:
                 choice = {"index": index, "text": answer.text, "logprobs": answer.logprobs}
-            choice.update(finish_reason=answer.finish_reason, stop_reason=None)
+            choice.update(finish_reason=answer.finish_reason, stop_reason=answer.stop_reason)
             choices.append(choice)
         body = self._envelope(choices, chunk=False)
         body["usage"] = usage_body(

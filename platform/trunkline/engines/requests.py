@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from trunkline.engines.events import FinishReason, RequestUsage
 from trunkline.engines.kv_cache import BlockHash
-from trunkline.engines.tokens import FIRST_ORDINARY_ID, VOCAB_SIZE
+from trunkline.engines.tokens import FIRST_ORDINARY_ID, VOCAB_SIZE, detokenize
 
 __all__ = ["EngineRequest", "check_request"]
 
@@ -43,6 +43,9 @@ class EngineRequest:
     ends_at_max: bool = False
     """Its ``max_tokens`` is where the model's answer ends (an end-of-sequence token), not a
     cap it hit: the simulated server's stand-in for a chat answer with no maximum set."""
+    stop_texts: tuple[str, ...] = ()
+    """Stop strings: the answer ends with the token that completes one of them (vLLM checks
+    them as it detokenizes, and aborts the request in its engine core)."""
     remote_prefill: bool = False
     """Its prompt's KV comes from another engine's prefill (prefill/decode disaggregation, vLLM's
     ``kv_transfer_params`` with ``do_remote_prefill``): when first scheduled, the whole prompt
@@ -74,6 +77,7 @@ class EngineRequest:
         output_tokens: Sequence[int] | None,
         ends_at_max: bool = False,
         remote_prefill: bool = False,
+        stop_texts: Sequence[str] = (),
     ) -> EngineRequest:
         return cls(
             req_id=req_id,
@@ -86,6 +90,7 @@ class EngineRequest:
             output_tokens=output_tokens,
             ends_at_max=ends_at_max,
             remote_prefill=remote_prefill,
+            stop_texts=tuple(text for text in stop_texts if text),
         )
 
     @property
@@ -111,11 +116,21 @@ class EngineRequest:
     def finish_reason(self) -> FinishReason | None:
         """Why the request ends after its latest token, if it does."""
         generated = self.num_output_tokens
+        if self.stop_texts and self._stop_text_met():
+            return "stop"
         if generated >= self.max_tokens:
             return "stop" if self.ends_at_max else "length"
         if self.output_tokens is not None and generated >= len(self.output_tokens):
             return "stop"
         return None
+
+    def _stop_text_met(self) -> bool:
+        """A stop string ends in the latest tokens' text (one that ended earlier would have
+        stopped the request then); every token reads as one character at least."""
+        longest = max(len(text) for text in self.stop_texts)
+        start = max(self.num_prompt_tokens, len(self.token_ids) - longest)
+        tail = detokenize(self.token_ids[start:])
+        return any(text in tail for text in self.stop_texts)
 
     def usage(self, now: float) -> RequestUsage:
         return RequestUsage(

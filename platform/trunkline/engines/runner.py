@@ -103,6 +103,11 @@ class AsyncEngine:
         elapsed = (self._clock() - self._anchor_wall) / self.time_scale
         return min(self._anchor + elapsed, self._cap)
 
+    @property
+    def closed(self) -> bool:
+        """The engine stopped: it takes no request and finishes none."""
+        return self._closed
+
     def submit(
         self,
         prompt_tokens: Sequence[int],
@@ -111,6 +116,7 @@ class AsyncEngine:
         cache_salt: str | None = None,
         seed: int | None = None,
         ends_at_max: bool = False,
+        stop_texts: Sequence[str] = (),
     ) -> RequestStream:
         """Queue a request (raises ``ValueError`` when the core rejects it)."""
         if self._closed:
@@ -125,6 +131,7 @@ class AsyncEngine:
             cache_salt=cache_salt,
             seed=seed,
             ends_at_max=ends_at_max,
+            stop_texts=stop_texts,
         )
         if self._cap == math.inf:
             # An idle engine starts its next step at the arrival: the driver's wake-up latency,

@@ -4,6 +4,8 @@ Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completion
 ``POST /v1/embeddings``, ``GET /health``, ``GET /metrics``. Generation goes through an
 :class:`~trunkline.engines.runner.AsyncEngine`; a client that disconnects mid-request has its
 request aborted in the engine, freeing its batch slot and KV blocks, as vLLM does.
+An engine that stopped answers as vLLM's dead engine core does: a stream's last event is an
+error (code 500) before ``[DONE]``, other requests get a 500, and ``/health`` a 503.
 
 The engine driver starts with the first request, on the loop serving it, so the app also works
 under clients that send no lifespan events (``httpx.ASGITransport``); it stops at lifespan
@@ -40,7 +42,7 @@ from trunkline.engines.openai_responses import (
     model_list_body,
 )
 from trunkline.engines.profiles import AcceleratorProfile
-from trunkline.engines.runner import AsyncEngine, RequestStream
+from trunkline.engines.runner import AsyncEngine, EngineClosedError, RequestStream
 from trunkline.engines.tokens import answer_logprobs, detokenize, embed_tokens, logprob_seed
 from trunkline.kit.asgi import unless_client_leaves
 
@@ -55,6 +57,12 @@ _Handler = Callable[[bytes, Send, Receive], Awaitable[None]]
 _JSON = b"application/json"
 _SSE = b"text/event-stream; charset=utf-8"
 _DONE = b"data: [DONE]\n\n"
+_ENGINE_DEAD = ApiError(
+    500,
+    "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+    kind="InternalServerError",
+)
+"""What vLLM answers, plain or as a stream's last event, when its engine core has died."""
 EMBEDDING_DIMENSIONS = 256
 
 
@@ -168,11 +176,13 @@ class SimApp:
             await handler(body, send, receive)
         except ApiError as error:
             await _respond_json(send, error.status, error.body())
+        except EngineClosedError:  # before the response started: streams end on their own
+            await _respond_json(send, _ENGINE_DEAD.status, _ENGINE_DEAD.body())
 
     # -- simple routes -----------------------------------------------------------------------
 
     async def _health(self, body: bytes, send: Send, receive: Receive) -> None:
-        await _respond(send, 200, b"", b"text/plain")
+        await _respond(send, 503 if self.engine.closed else 200, b"", b"text/plain")
 
     async def _metrics(self, body: bytes, send: Send, receive: Receive) -> None:
         await _respond(send, 200, self.metrics.render(), METRICS_CONTENT_TYPE.encode())
@@ -214,6 +224,7 @@ class SimApp:
                 cache_salt=params.cache_salt,
                 seed=None if params.seed is None else params.seed + index % params.n,
                 ends_at_max=params.ends_at_max,
+                stop_texts=params.stop,
             )
             for index, (prompt, max_tokens) in enumerate(params.answers())
         ]
@@ -241,8 +252,9 @@ class SimApp:
             if params.logprobs is not None:
                 tokens_logprobs = answer_logprobs(seeds[index], tokens, params.logprobs)
                 logprobs = logprobs_body(reply.kind, tokens_logprobs)
-            text = params.answer_text(index, detokenize(tokens))
-            return Answer(text, last.finish_reason, logprobs), last.usage
+            generated, stop_reason = params.cut_at_stop(detokenize(tokens))
+            text = params.answer_text(index, generated)
+            return Answer(text, last.finish_reason, logprobs, stop_reason), last.usage
 
         done = await asyncio.gather(*(answer(i, s) for i, s in enumerate(streams)))
         body = reply.full([a for a, _ in done], _usage([u for _, u in done], params.n))
@@ -271,46 +283,90 @@ class SimApp:
 
         tasks = [asyncio.create_task(forward(i, s)) for i, s in enumerate(streams)]
         seeds = _logprob_seeds(params)
+        choices = [
+            _StreamedChoice(index, seeds[index] if seeds else b"", len(prompt))
+            for index, (prompt, _max_tokens) in enumerate(params.answers())
+        ]
         try:
-            position = [0] * len(streams)  # per choice: the answer's tokens and characters sent
-            sent = [0] * len(streams)
-            usages: list[RequestUsage | None] = [None] * len(streams)
             running = len(streams)
             while running:
                 index, event = await events.get()
+                if isinstance(event, EngineClosedError):  # vLLM's last words, then [DONE]
+                    await _send_event(send, _ENGINE_DEAD.body())
+                    break
                 if isinstance(event, BaseException):
                     raise event
                 if event is None:
                     running -= 1
                     continue
-                text = detokenize((event.token_id,))
-                if event.first:  # the echoed prompt leads the first chunk, as vLLM sends it
-                    text = params.answer_text(index, text)
-                elif params.echo_only:
-                    text = ""
-                logprobs = None
-                if params.logprobs is not None:
-                    token = answer_logprobs(
-                        seeds[index], (event.token_id,), params.logprobs, position[index]
-                    )
-                    logprobs = logprobs_body(reply.kind, token, sent[index])
-                position[index] += 1
-                sent[index] += len(text)
-                chunks = reply.chunks(
-                    text, event.finish_reason, first=event.first, logprobs=logprobs, index=index
-                )
-                for payload in chunks:
+                for payload in choices[index].payloads(event, reply, params):
                     await _send_event(send, payload)
-                if event.usage is not None:
-                    usages[index] = event.usage
-            finished = [usage for usage in usages if usage is not None]
-            if params.include_usage and len(finished) == len(streams):
+            finished = [choice.usage for choice in choices if choice.usage is not None]
+            if params.include_usage and not running and len(finished) == len(streams):
                 await _send_event(send, reply.usage_chunk(_usage(finished, params.n)))
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await send({"type": "http.response.body", "body": _DONE})
+
+
+@dataclasses.dataclass(slots=True)
+class _StreamedChoice:
+    """One choice of a stream: what it has sent so far."""
+
+    index: int
+    seed: bytes
+    """What draws its made-up log-probabilities (empty when none were asked for)."""
+    prompt_tokens: int
+    tokens: int = 0
+    characters: int = 0
+    usage: RequestUsage | None = None
+    generated: str = ""
+    """With stop strings: its answer's text so far, of which ``shown`` characters were sent."""
+    shown: int = 0
+
+    def payloads(self, event: TokenEvent, reply: Reply, params: GenerateParams) -> list[Any]:
+        """The SSE payloads of its next token."""
+        text, stop_reason = self._next_text(event, params)
+        if event.first:  # the echoed prompt leads the first chunk, as vLLM sends it
+            text = params.answer_text(self.index, text)
+        elif params.echo_only:
+            text = ""
+        logprobs = None
+        if params.logprobs is not None:
+            token = answer_logprobs(self.seed, (event.token_id,), params.logprobs, self.tokens)
+            logprobs = logprobs_body(reply.kind, token, self.characters)
+        self.tokens += 1
+        self.characters += len(text)
+        if event.usage is not None:
+            self.usage = event.usage
+        return reply.chunks(
+            text,
+            event.finish_reason,
+            first=event.first,
+            logprobs=logprobs,
+            index=self.index,
+            running=(self.prompt_tokens, self.tokens) if params.continuous_usage else None,
+            stop_reason=stop_reason,
+        )
+
+    def _next_text(self, event: TokenEvent, params: GenerateParams) -> tuple[str, str | None]:
+        """The answer's text to send with this token, and the stop string it met (if any).
+        As vLLM, with stop strings it holds back the text that could begin one (the longest
+        less a character) until the answer ends, and never sends a stop string."""
+        if not params.stop:
+            return detokenize((event.token_id,)), None
+        self.generated += detokenize((event.token_id,))
+        stop_reason = None
+        if event.finished:
+            ready, stop_reason = params.cut_at_stop(self.generated)
+        else:
+            held = max(len(text) for text in params.stop) - 1
+            ready = self.generated[: len(self.generated) - held]
+        text = ready[self.shown :]
+        self.shown += len(text)
+        return text, stop_reason
 
 
 def _logprob_seeds(params: GenerateParams) -> list[bytes]:

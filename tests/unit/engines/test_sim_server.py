@@ -21,7 +21,6 @@ from support.engine_contract import (
 )
 from trunkline.engines import (
     ChatMessage,
-    EngineClosedError,
     SimApp,
     apply_chat_template,
     create_sim_app,
@@ -285,18 +284,33 @@ async def test_bad_requests_get_vllm_errors_and_never_reach_the_engine(
     assert not sim.app.core.has_unfinished_requests()
 
 
+@pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("n", [1, 2])
-async def test_a_stream_ends_when_its_engine_closes(n: int) -> None:
-    """With one reader task per answer, an engine that closed left the response open for ever:
-    the reader died before saying it was done."""
+async def test_an_engine_that_closes_mid_answer_says_so_as_vllm_does(n: int, stream: bool) -> None:
+    """As vLLM when its engine core dies: a stream ends with an error event (code 500) and
+    ``[DONE]``, a plain request gets a 500 in vLLM's error shape, and ``/health`` turns 503.
+    Before, the response was cut off (and at first, with one reader task per answer, left open
+    for ever), and /health kept answering 200."""
     app = create_sim_app(model=MODEL, profile=small_h100(max_model_len=512), seed=3, time_scale=1.0)
     async with open_sim(app) as sim:
-        body = {"model": MODEL, "prompt": "hi there", "max_tokens": 400, "stream": True, "n": n}
+        body = {"model": MODEL, "prompt": "hi there", "max_tokens": 400, "stream": stream, "n": n}
         request = asyncio.create_task(sim.client.post(COMPLETIONS_PATH, json=body))
         await app.engine.wait_for(lambda core: core.has_unfinished_requests())
         await app.engine.aclose()
-        with pytest.raises(EngineClosedError):
-            await asyncio.wait_for(request, 10)
+        response = await asyncio.wait_for(request, 10)
+        if stream:
+            assert response.status_code == 200
+            *_, failed, done = sse_payloads(response.text)
+            assert done == "[DONE]"
+            error = failed["error"]
+        else:
+            assert response.status_code == 500, response.text
+            error = response.json()["error"]
+        assert (error["type"], error["code"], error["param"]) == ("InternalServerError", 500, None)
+        assert "EngineCore encountered an issue" in error["message"]
+        assert (await sim.client.get("/health")).status_code == 503
+        late = await sim.client.post(COMPLETIONS_PATH, json={**body, "stream": False})
+        assert (late.status_code, late.json()["error"]["code"]) == (500, 500)
 
 
 async def test_an_unknown_model_is_named_in_the_error(sim: Sim) -> None:
@@ -358,6 +372,34 @@ async def test_the_same_seed_gives_the_same_answers() -> None:
     first_run = await answers()
     assert first_run == await answers()
     assert first_run[0] != first_run[1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_ends_at_its_stop_string_and_so_does_the_engine(
+    sim: Sim, stream: bool
+) -> None:
+    """Before, stop strings were taken and ignored: the answer ran to max_tokens, all of them
+    counted. As vLLM, the answer now ends before the first stop string it meets, and its
+    engine request ends with the token that completed it."""
+    plain = (await sim.chat(max_tokens=12, seed=7)).json()["choices"][0]["message"]["content"]
+    stop = plain.split(" ")[4][:2]  # a piece of the fourth word: met there or before
+    generated = sim.app.core.counters.generation_tokens
+    body = {"max_tokens": 12, "seed": 7, "stop": ["never said", stop], "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    response = await sim.chat(**body)
+    if stream:
+        *chunks, last, _done = sse_payloads(response.text)
+        choices = [chunk["choices"][0] for chunk in chunks]
+        text = "".join(choice["delta"]["content"] for choice in choices)
+        choice, usage = choices[-1], last["usage"]
+    else:
+        (choice,) = response.json()["choices"]
+        text, usage = choice["message"]["content"], response.json()["usage"]
+    assert text == plain[: plain.find(stop)]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
+    assert usage["completion_tokens"] < 12
+    assert sim.app.core.counters.generation_tokens - generated == usage["completion_tokens"]
 
 
 async def test_latency_metrics_are_modelled_time_not_scaled_wall_time() -> None:
