@@ -56,10 +56,14 @@ def encode_error(exc: errors.TrunklineError) -> tuple[int, bytes]:
 
 
 _CONTEXT_LENGTH = re.compile(
-    r"maximum (context|model) length|greater than max_model_len", re.IGNORECASE
+    r"maximum (context|model) length|greater than max_model_len"
+    r"|max_tokens must be at least 1, got (0|-)",
+    re.IGNORECASE,
 )
-"""vLLM's words for a prompt over ``max_model_len`` (both wordings of its versions), and for an
-answer maximum over it."""
+"""vLLM's words for a prompt over ``max_model_len`` (both wordings of its versions), for an
+answer maximum over it, and (0.32) for a prompt that leaves no room for an answer: vLLM clamps
+the maximum to what the prompt leaves, and refuses 0. A client's own maximum under 1 never
+reaches an engine (``pipeline._check_payload`` refuses it)."""
 _ENGINE_TYPES = {429: "rate_limit_error"}
 """OpenAI's error type per engine status; any other 4xx is an ``invalid_request_error``."""
 

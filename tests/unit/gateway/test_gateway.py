@@ -317,6 +317,24 @@ def test_a_stream_through_a_compressing_proxy_reaches_the_client_readable(make_g
                 "code": "context_length_exceeded",
             },
         ),
+        (  # vLLM 0.32's word for a prompt that fills the window: its clamped maximum is 0
+            400,
+            {
+                "error": {
+                    "message": "max_tokens must be at least 1, got 0. "
+                    "(parameter=max_tokens, value=0)",
+                    "type": "BadRequestError",
+                    "param": "max_tokens",
+                    "code": 400,
+                }
+            },
+            {
+                "message": "max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)",
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": "context_length_exceeded",
+            },
+        ),
         (  # older vLLM: the fields at the top level
             400,
             {"object": "error", "message": "bad top_p", "type": "BadRequestError", "code": 400,
