@@ -304,12 +304,13 @@ def _pinned_tier(session: Session, tenant: Tenant, name: str | None) -> str | No
 
 
 def _not_found(key_id: str) -> NotFound:
-    """A key not found, named unless what was given is a whole key, secret included (pasted
-    in place of its id): never echoed, into a terminal, a response or a log."""
-    if secrets.parse(key_id, secrets.API_KEY_PREFIX) is not None:
+    """A key not found, named unless what was given holds a whole key or access token, secret
+    included (pasted in place of its id): never echoed, into a terminal, a response or a log."""
+    if secrets.redacted(key_id) != key_id:
         return NotFound(
-            "key not found: that is a whole key, secret included, not a key id (the part "
-            f"between '{secrets.API_KEY_PREFIX}_' and the next '_'); treat the secret as exposed",
+            "key not found: that is a whole key or token, secret included, not a key id (the "
+            f"part between '{secrets.API_KEY_PREFIX}_' and the next '_'); treat the secret as "
+            "exposed",
             param="key_id",
         )
     return NotFound(f"key {key_id} not found", param="key_id")
