@@ -124,7 +124,8 @@ def _still_a_member(session: Session, principal: Principal, tenant_id: uuid.UUID
     """Refuse a caller no longer a member of the tenant, as a non-member. Its memberships were
     read as its request began, perhaps before a removal that the request's hold on the
     configuration then waited for: ``remove_member`` revokes the member's keys, and a key
-    issued after it would have stayed live."""
+    issued after it would have stayed live, or, rotated from another member's key by a removed
+    tenant admin, been handed to someone outside the tenant."""
     if principal.is_platform_admin or principal.user_id is None:
         return
     if MembershipRepository(session, tenant_id).get(principal.user_id) is None:
@@ -186,6 +187,7 @@ def rotate_key(
             f"grace_s must be from 0 to {MAX_ROTATION_GRACE_S} (7 days)", param="grace_s"
         )
     old, project = _key(session, principal, tenant_id, key_id)
+    _still_a_member(session, principal, tenant_id)  # the new key's secret is theirs to see
     if status(old) != "active":
         raise Conflict(f"key {key_id} is {status(old)} and cannot be rotated", param="key_id")
     # Its row locked first, by an update that changes nothing (the row's lock on PostgreSQL,

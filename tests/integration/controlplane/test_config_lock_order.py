@@ -215,3 +215,37 @@ def test_a_key_a_member_asks_for_while_being_removed_is_refused(
     with pg_runtime.session_factory() as session:
         live = select(ApiKey.key_id).where(ApiKey.created_by == d_id, ApiKey.revoked_at.is_(None))
         assert session.scalars(live).all() == []
+
+
+def test_a_key_a_tenant_admin_rotates_while_being_removed_is_refused(
+    pg_runtime: Runtime, tmp_path: Path
+) -> None:
+    """A tenant admin rotating a developer's key as another admin removes them: the rotation
+    waited for the removal, then issued the new key (the developer's, so the removal left it
+    live) and handed its secret to someone no longer in the tenant."""
+    members = {"a@t.example": "tenant_admin", "b@t.example": "tenant_admin"}
+    t1 = _tenant("t1", members | {"d@t.example": "developer"}, "projects:\n  - {name: p1}\n")
+    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1))
+    tenant_id, a_id = _ids(pg_runtime, "t1", "a@t.example")
+    _, d_id = _ids(pg_runtime, "t1", "d@t.example")
+    admin = Principal(a_id, "a@t.example", memberships={tenant_id: Role.TENANT_ADMIN})
+    developer = Principal(d_id, "d@t.example", memberships={tenant_id: Role.DEVELOPER})
+    with changing(pg_runtime.session_factory) as session:
+        made = ApiKeyCreate(project_id=_project(pg_runtime, "p1"), name="d's")
+        key_id = create_key(session, developer, SECRET, tenant_id, made).key.key_id
+
+    def rotate() -> str:
+        with changing(pg_runtime.session_factory) as session:
+            return rotate_key(session, admin, SECRET, tenant_id, key_id).key.key_id
+
+    rotated, removed = beside_a_held_transaction(
+        pg_runtime.session_factory,
+        lambda session: remove_member(session, tenant_id, a_id),
+        rotate,
+        changing,
+    )
+    assert removed.exception() is None
+    assert isinstance(rotated.exception(), NotFound)
+    with pg_runtime.session_factory() as session:
+        live = select(ApiKey.key_id).where(ApiKey.tenant_id == tenant_id)
+        assert session.scalars(live.where(ApiKey.revoked_at.is_(None))).all() == [key_id]
