@@ -40,8 +40,14 @@ from trunkline.pools.catalog_models import remove_alias
 from trunkline.pools.entitlements import grant_entitlement, revoke_entitlement
 from trunkline.tenancy.changes import changing
 from trunkline.tenancy.manifests import ApplyReport, apply_manifests
-from trunkline.tenancy.schemas import TenantCreate, TierUpdate
-from trunkline.tenancy.service import create_tenant, delete_project, remove_member, update_tier
+from trunkline.tenancy.schemas import MemberUpdate, TenantCreate, TierUpdate
+from trunkline.tenancy.service import (
+    create_tenant,
+    delete_project,
+    remove_member,
+    update_member,
+    update_tier,
+)
 
 __all__ = ["pg_runtime"]
 
@@ -217,12 +223,14 @@ def test_a_key_a_member_asks_for_while_being_removed_is_refused(
         assert session.scalars(live).all() == []
 
 
-def test_a_key_a_tenant_admin_rotates_while_being_removed_is_refused(
-    pg_runtime: Runtime, tmp_path: Path
+@pytest.mark.parametrize("change", ["removed", "demoted"])
+def test_a_key_a_tenant_admin_rotates_while_being_removed_or_demoted_is_refused(
+    pg_runtime: Runtime, tmp_path: Path, change: str
 ) -> None:
-    """A tenant admin rotating a developer's key as another admin removes them: the rotation
-    waited for the removal, then issued the new key (the developer's, so the removal left it
-    live) and handed its secret to someone no longer in the tenant."""
+    """A tenant admin rotating a developer's key as another admin removes them, or makes them a
+    developer: the rotation waited for the change, then issued the new key (the developer's,
+    so a removal left it live) and handed its secret to someone no longer in the tenant, or no
+    longer allowed to see another's keys."""
     members = {"a@t.example": "tenant_admin", "b@t.example": "tenant_admin"}
     t1 = _tenant("t1", members | {"d@t.example": "developer"}, "projects:\n  - {name: p1}\n")
     apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1))
@@ -238,13 +246,16 @@ def test_a_key_a_tenant_admin_rotates_while_being_removed_is_refused(
         with changing(pg_runtime.session_factory) as session:
             return rotate_key(session, admin, SECRET, tenant_id, key_id).key.key_id
 
-    rotated, removed = beside_a_held_transaction(
-        pg_runtime.session_factory,
-        lambda session: remove_member(session, tenant_id, a_id),
-        rotate,
-        changing,
+    def take_away(session: Session) -> None:
+        if change == "removed":
+            remove_member(session, tenant_id, a_id)
+        else:
+            update_member(session, tenant_id, a_id, MemberUpdate(role=Role.DEVELOPER))
+
+    rotated, changed = beside_a_held_transaction(
+        pg_runtime.session_factory, take_away, rotate, changing
     )
-    assert removed.exception() is None
+    assert changed.exception() is None
     assert isinstance(rotated.exception(), NotFound)
     with pg_runtime.session_factory() as session:
         live = select(ApiKey.key_id).where(ApiKey.tenant_id == tenant_id)
