@@ -43,7 +43,7 @@ from trunkline.apps.request_parameters import ParameterCheck
 from trunkline.apps.runtime import REDIS_TIMEOUT_S, Runtime
 from trunkline.apps.store_outage import StoreOutage
 from trunkline.auth.controllers import AuthController, DevLoginController
-from trunkline.auth.guards import provide_principal
+from trunkline.auth.guards import guard_again, memberships_moved, provide_principal
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
 from trunkline.billing.controllers import PlatformExportController, TenantExportController
 from trunkline.keys.controllers import ApiKeyController
@@ -257,6 +257,9 @@ def session_provider(runtime: Runtime) -> Any:
         try:
             if request.method not in SAFE_METHODS:  # may change the configuration: its lock first
                 await anyio.to_thread.run_sync(hold_config, session)
+                # the caller's role as it is now that no other change can commit meanwhile
+                if await anyio.to_thread.run_sync(memberships_moved, session, request):
+                    await guard_again(request)
             yield session
             await anyio.to_thread.run_sync(session.commit)
         except BaseException:

@@ -11,12 +11,16 @@ Guards raise domain errors; the app maps them to problem details once.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers.base import BaseRouteHandler
+from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
+from trunkline.auth.repository import UserRepository
 from trunkline.errors import NotFound, Unauthenticated
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
@@ -63,3 +67,25 @@ def tenant_member(connection: AnyConnection, _handler: BaseRouteHandler) -> None
 
 def tenant_admin(connection: AnyConnection, _handler: BaseRouteHandler) -> None:
     current_principal(connection).require_tenant_admin(_tenant_id(connection))
+
+
+def memberships_moved(session: Session, connection: AnyConnection) -> bool:
+    """Whether the caller's memberships, as ``session`` reads them, differ from those its
+    request began with; if so the caller on the connection has them now, for ``guard_again``."""
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal) or principal.user_id is None:
+        return False
+    now = UserRepository(session).memberships(principal.user_id)
+    if now == dict(principal.memberships):
+        return False
+    connection.scope["user"] = replace(principal, memberships=MappingProxyType(now))
+    return True
+
+
+async def guard_again(connection: AnyConnection) -> None:
+    """Run the route's guards again (after ``memberships_moved``). A write's guards saw the
+    memberships read before it waited on the configuration's lock, perhaps for the caller's
+    removal or demotion: a tenant admin removed meanwhile still added members."""
+    handler = connection.route_handler
+    for guard in handler.resolve_guards():
+        await guard(connection, handler)

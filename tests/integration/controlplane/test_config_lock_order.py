@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
+from litestar.testing import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,6 +32,7 @@ from integration.controlplane.test_manifests_concurrency import (
     pg_runtime,
 )
 from support.held_transaction import beside_a_held_transaction
+from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
 from trunkline.errors import NotFound
@@ -48,6 +51,7 @@ from trunkline.tenancy.service import (
     update_member,
     update_tier,
 )
+from unit.controlplane.cp_support import build_world
 
 __all__ = ["pg_runtime"]
 
@@ -260,3 +264,40 @@ def test_a_key_a_tenant_admin_rotates_while_being_removed_or_demoted_is_refused(
     with pg_runtime.session_factory() as session:
         live = select(ApiKey.key_id).where(ApiKey.tenant_id == tenant_id)
         assert session.scalars(live.where(ApiKey.revoked_at.is_(None))).all() == [key_id]
+
+
+@pytest.mark.parametrize("change", ["removed", "demoted"])
+def test_a_tenant_admin_removed_or_demoted_while_their_write_waits_is_refused(
+    pg_runtime: Runtime, change: str
+) -> None:
+    """The route's role was checked on the memberships read as the request began; the write then
+    waited on the configuration's lock for the removal or demotion and ran all the same: a
+    tenant admin being removed added a tenant_admin of their own, and kept the tenant."""
+    with TestClient[Any](create_controlplane_app(pg_runtime)) as client:
+        world = build_world(pg_runtime, client)
+        acme = world.tenant("acme")
+        admin_id, dev_id = (
+            world.user_id("acme", f"{who}@acme.example") for who in ("admin", "dev")
+        )
+        world.admin.patch(f"/api/v1/tenants/{acme}/members/{dev_id}", {"role": "tenant_admin"})
+
+        def take_away(session: Session) -> None:
+            if change == "removed":
+                remove_member(session, uuid.UUID(acme), uuid.UUID(admin_id))
+            else:
+                update_member(
+                    session, uuid.UUID(acme), uuid.UUID(admin_id), MemberUpdate(Role.DEVELOPER)
+                )
+
+        def add_an_accomplice() -> Any:
+            body = {"email": "accomplice@elsewhere.example", "role": "tenant_admin"}
+            path = f"/api/v1/tenants/{acme}/members"
+            return world.client.post(path, json=body, headers=world.api("acme-admin").headers)
+
+        added, changed = beside_a_held_transaction(
+            pg_runtime.session_factory, take_away, add_an_accomplice, changing
+        )
+        assert changed.exception() is None
+        assert added.result().status_code == (404 if change == "removed" else 403)
+        emails = {m["email"] for m in world.admin.get(f"/api/v1/tenants/{acme}/members")}
+        assert "accomplice@elsewhere.example" not in emails
