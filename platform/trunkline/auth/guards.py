@@ -69,23 +69,20 @@ def tenant_admin(connection: AnyConnection, _handler: BaseRouteHandler) -> None:
     current_principal(connection).require_tenant_admin(_tenant_id(connection))
 
 
-def memberships_moved(session: Session, connection: AnyConnection) -> bool:
-    """Whether the caller's memberships, as ``session`` reads them, differ from those its
-    request began with; if so the caller on the connection has them now, for ``guard_again``."""
+
+def guard_again(session: Session, connection: AnyConnection) -> None:
+    """Run the route's guards again when the caller's memberships, as ``session`` reads them,
+    differ from those its request began with. A write's guards saw the memberships read
+    before it waited on the configuration's lock, perhaps for the caller's removal or
+    demotion: a tenant admin removed meanwhile still added members. The guards here are
+    plain functions, run as they are (Litestar wraps them to run in a thread)."""
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal) or principal.user_id is None:
-        return False
+        return
     now = UserRepository(session).memberships(principal.user_id)
     if now == dict(principal.memberships):
-        return False
+        return
     connection.scope["user"] = replace(principal, memberships=MappingProxyType(now))
-    return True
-
-
-async def guard_again(connection: AnyConnection) -> None:
-    """Run the route's guards again (after ``memberships_moved``). A write's guards saw the
-    memberships read before it waited on the configuration's lock, perhaps for the caller's
-    removal or demotion: a tenant admin removed meanwhile still added members."""
     handler = connection.route_handler
     for guard in handler.resolve_guards():
-        await guard(connection, handler)
+        getattr(guard, "func", guard)(connection, handler)

@@ -301,3 +301,35 @@ def test_a_tenant_admin_removed_or_demoted_while_their_write_waits_is_refused(
         assert added.result().status_code == (404 if change == "removed" else 403)
         emails = {m["email"] for m in world.admin.get(f"/api/v1/tenants/{acme}/members")}
         assert "accomplice@elsewhere.example" not in emails
+
+
+def test_a_tenant_admin_demoted_while_their_quota_write_waits_is_refused(
+    pg_runtime: Runtime,
+) -> None:
+    """The quota PUTs take a transaction of their own (``config_writes``), not the request's:
+    a tenant admin made a developer meanwhile still lifted their own key's limits."""
+    with TestClient[Any](create_controlplane_app(pg_runtime)) as client:
+        world = build_world(pg_runtime, client)
+        acme = world.tenant("acme")
+        admin_id, dev_id = (
+            world.user_id("acme", f"{who}@acme.example") for who in ("admin", "dev")
+        )
+        world.admin.patch(f"/api/v1/tenants/{acme}/members/{dev_id}", {"role": "tenant_admin"})
+        key_id = world.create_key("acme-admin", "acme", "demo")["key"]["key_id"]
+        path = f"/api/v1/tenants/{acme}/keys/{key_id}/quota"
+
+        def lift() -> Any:
+            body = {"tokens_per_minute": 10_000_000}
+            return world.client.put(path, json=body, headers=world.api("acme-admin").headers)
+
+        def demote(session: Session) -> None:
+            update_member(
+                session, uuid.UUID(acme), uuid.UUID(admin_id), MemberUpdate(Role.DEVELOPER)
+            )
+
+        lifted, demoted = beside_a_held_transaction(
+            pg_runtime.session_factory, demote, lift, changing
+        )
+        assert demoted.exception() is None
+        assert lifted.result().status_code == 403, lifted.result().text
+        assert world.admin.get(path)["overrides"].get("tokens_per_minute") is None
