@@ -69,7 +69,6 @@ def tenant_admin(connection: AnyConnection, _handler: BaseRouteHandler) -> None:
     current_principal(connection).require_tenant_admin(_tenant_id(connection))
 
 
-
 def guard_again(session: Session, connection: AnyConnection) -> None:
     """Run the route's guards again when the caller's memberships, as ``session`` reads them,
     differ from those its request began with. A write's guards saw the memberships read
