@@ -353,8 +353,19 @@ class Settings(BaseSettings):
                     f"{MIN_SECRET_LENGTH} random characters: the bearer token a scraper sends "
                     "for /metrics (probes need none)"
                 )
+            elif _is_key_hash_secret(token.get_secret_value(), self.security):
+                problems.append(
+                    f"TRUNKLINE_{serving.upper()}__METRICS_TOKEN must not be the key-hash secret "
+                    "(TRUNKLINE_SECURITY__KEY_HASH_SECRET or one of its previous ones): the "
+                    "scraper holding it could compute every tenant's cache salt"
+                )
         if problems:
             raise ConfigurationError("production settings refused: " + "; ".join(problems))
+
+
+def _is_key_hash_secret(token: str, security: SecuritySettings) -> bool:
+    secrets = [security.key_hash_secret, *security.previous_key_hash_secrets]
+    return any(s is not None and s.get_secret_value().strip() == token.strip() for s in secrets)
 
 
 def weak_secret(value: str) -> bool:

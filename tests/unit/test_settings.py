@@ -234,3 +234,20 @@ def test_the_embedded_mode_runs_its_jobs_as_the_environment_says(
     jobs = embedded_job_settings()
     assert (jobs.export_dir, jobs.close_grace_hours) == (tmp_path, 1.0)
     assert (jobs.ingest_interval_s, jobs.rollup_interval_s) == (0.5, 60.0)
+
+
+@pytest.mark.parametrize("server", ["gateway", "controlplane"])
+@pytest.mark.parametrize("reused", ["key_hash_secret", "previous_key_hash_secrets"])
+def test_a_production_server_refuses_the_key_hash_secret_as_its_scrape_token(
+    server: str, reused: str
+) -> None:
+    """The scrape token goes to the scraper's configuration; the key-hash secret, given as one,
+    went with it: whoever read it could compute every tenant's cache salt (and the hash of
+    any key). Refused at start, naming the two variables, never the value."""
+    secret = str(GOOD["security"]["key_hash_secret"])  # type: ignore[index]
+    security = {**GOOD["security"], "previous_key_hash_secrets": [SCRAPE_TOKEN]}  # type: ignore[dict-item]
+    token = secret if reused == "key_hash_secret" else SCRAPE_TOKEN
+    settings = Settings(**{**GOOD, "security": security, server: {"metrics_token": token}})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="KEY_HASH_SECRET") as refused:
+        settings.check_production(server)  # type: ignore[arg-type]
+    assert token not in str(refused.value)

@@ -8,10 +8,9 @@ a write must not wait on holding the configuration's lock) takes ``config_writes
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import AsyncGenerator, Callable
-from contextlib import AbstractContextManager
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from trunkline.apps.request_parameters import ParameterCheck
 from trunkline.apps.runtime import REDIS_TIMEOUT_S, Runtime
 from trunkline.apps.store_outage import StoreOutage
 from trunkline.auth.controllers import AuthController, DevLoginController
-from trunkline.auth.guards import provide_principal
+from trunkline.auth.guards import guard_again, provide_principal
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH, AccessTokenMiddleware
 from trunkline.billing.controllers import PlatformExportController, TenantExportController
 from trunkline.keys.controllers import ApiKeyController
@@ -237,8 +236,18 @@ def config_writes(runtime: Runtime) -> Any:
     """Transactions of a handler's own that may change the configuration, each published after
     its commit, as a request's (``session_provider``)."""
 
-    def provide_config_writes() -> Callable[[], AbstractContextManager[Session]]:
-        return functools.partial(unit_of_work, runtime.session_factory, runtime.publish)
+    def provide_config_writes(
+        request: Request[Any, Any, Any],
+    ) -> Callable[[], AbstractContextManager[Session]]:
+        @contextmanager
+        def writes() -> Iterator[Session]:
+            with unit_of_work(runtime.session_factory, runtime.publish) as session:
+                # as a request's own transaction does (``session_provider``); handlers run
+                # in a worker thread
+                guard_again(session, request)
+                yield session
+
+        return writes
 
     return provide_config_writes
 
@@ -257,6 +266,8 @@ def session_provider(runtime: Runtime) -> Any:
         try:
             if request.method not in SAFE_METHODS:  # may change the configuration: its lock first
                 await anyio.to_thread.run_sync(hold_config, session)
+                # the caller's role as it is now that no other change can commit meanwhile
+                await anyio.to_thread.run_sync(guard_again, session, request)
             yield session
             await anyio.to_thread.run_sync(session.commit)
         except BaseException:

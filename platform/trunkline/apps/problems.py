@@ -62,16 +62,17 @@ def problem(
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response[dict[str, Any]]:
+    # A whole key or token pasted where an id or a name goes is repeated with its secret cut.
     body: dict[str, Any] = {
         "type": f"urn:trunkline:problem:{code}",
         "title": _TITLES.get(code) or HTTPStatus(status).phrase,
         "status": status,
-        "detail": detail,
-        "instance": redacted(request.url.path),  # a whole key pasted for its id
+        "detail": redacted(detail),
+        "instance": redacted(request.url.path),
         "code": code,
     }
     if errors:
-        body["errors"] = errors
+        body["errors"] = [{k: redacted(v) for k, v in error.items()} for error in errors]
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 

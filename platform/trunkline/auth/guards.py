@@ -11,12 +11,16 @@ Guards raise domain errors; the app maps them to problem details once.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers.base import BaseRouteHandler
+from sqlalchemy.orm import Session
 
 from trunkline.auth.principal import Principal
+from trunkline.auth.repository import UserRepository
 from trunkline.errors import NotFound, Unauthenticated
 
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
@@ -63,3 +67,21 @@ def tenant_member(connection: AnyConnection, _handler: BaseRouteHandler) -> None
 
 def tenant_admin(connection: AnyConnection, _handler: BaseRouteHandler) -> None:
     current_principal(connection).require_tenant_admin(_tenant_id(connection))
+
+
+def guard_again(session: Session, connection: AnyConnection) -> None:
+    """Run the route's guards again when the caller's memberships, as ``session`` reads them,
+    differ from those its request began with. A write's guards saw the memberships read
+    before it waited on the configuration's lock, perhaps for the caller's removal or
+    demotion: a tenant admin removed meanwhile still added members. The guards here are
+    plain functions, run as they are (Litestar wraps them to run in a thread)."""
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal) or principal.user_id is None:
+        return
+    now = UserRepository(session).memberships(principal.user_id)
+    if now == dict(principal.memberships):
+        return
+    connection.scope["user"] = replace(principal, memberships=MappingProxyType(now))
+    handler = connection.route_handler
+    for guard in handler.resolve_guards():
+        getattr(guard, "func", guard)(connection, handler)

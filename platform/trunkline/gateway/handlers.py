@@ -80,21 +80,30 @@ def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
 
 def _credentials(request: Request[object, object, State]) -> str | None:
     """The ``Authorization`` header, or Azure OpenAI clients' ``api-key`` header as a bearer
-    token when that is absent (``AzureOpenAI`` sends its key so). Two of the one taken are
-    refused: serving the first let a proxy in front that checks (or adds) another decide whose
-    key was served."""
+    token when that is absent (``AzureOpenAI`` sends its key so). Two of one kind, or both
+    kinds naming different keys, are refused: serving one of them let a proxy in front that
+    checks (or adds) the other decide whose key was served."""
     headers = request.headers
-    for name in ("authorization", "api-key"):
-        given = headers.getall(name, [])
+    authorization, api_key = headers.getall("authorization", []), headers.getall("api-key", [])
+    for name, given in (("Authorization", authorization), ("api-key", api_key)):
         if len(given) > 1:
             raise Unauthenticated(
-                f"Send one {'Authorization' if name == 'authorization' else name} header with "
-                f"your API key; this request has {len(given)}.",
+                f"Send one {name} header with your API key; this request has {len(given)}.",
                 reason="invalid_api_key",
             )
-        if given:
-            return given[0] if name == "authorization" else f"Bearer {given[0]}"
-    return None
+    if authorization and api_key and _bearer_token(authorization[0]) != api_key[0].strip():
+        raise Unauthenticated(
+            "Send one API key: this request's Authorization and api-key headers name two.",
+            reason="invalid_api_key",
+        )
+    if authorization:
+        return authorization[0]
+    return f"Bearer {api_key[0]}" if api_key else None
+
+
+def _bearer_token(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else authorization
 
 
 async def _serve(

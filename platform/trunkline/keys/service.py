@@ -28,7 +28,7 @@ from trunkline.keys.schemas import (
 from trunkline.kit.ids import utcnow
 from trunkline.kit.pagination import EVERYTHING, Page, PageRequest
 from trunkline.models import ApiKey as ApiKeyRow
-from trunkline.models import Tenant
+from trunkline.models import Role, Tenant
 from trunkline.pools.entitlements import entitled_aliases
 from trunkline.tenancy.changes import flush_or_conflict, mark_keys_changed
 from trunkline.tenancy.repository import MembershipRepository, ProjectRepository, TierRepository
@@ -36,10 +36,28 @@ from trunkline.tenancy.service import tenant_row
 
 
 def _keys(session: Session, principal: Principal, tenant_id: uuid.UUID) -> ApiKeyRepository:
+    """The keys the caller may manage, by its role as the database holds it now (see
+    ``_role_now``): a tenant admin's every key of the tenant, a developer's their own."""
     tenant_row(session, principal, tenant_id)
-    if principal.is_tenant_admin(tenant_id):
+    if principal.is_platform_admin or _role_now(session, principal, tenant_id) is Role.TENANT_ADMIN:
         return ApiKeyRepository(session, tenant_id)
     return ApiKeyRepository(session, tenant_id, created_by=principal.user_id or uuid.UUID(int=0))
+
+
+def _role_now(session: Session, principal: Principal, tenant_id: uuid.UUID) -> Role:
+    """The caller's role in the tenant now; a caller no longer a member is told the tenant does
+    not exist. Its memberships were read as its request began, perhaps before a removal or a
+    demotion that the request's hold on the configuration then waited for: a key issued after
+    a removal stayed live (``remove_member`` revokes the member's keys before), and one rotated
+    from another member's key by a tenant admin removed or made a developer meanwhile handed
+    its secret to someone no longer allowed to see it."""
+    found = None
+    if principal.user_id is not None:
+        found = MembershipRepository(session, tenant_id).get(principal.user_id)
+    if found is None:
+        raise NotFound("tenant not found", param="tenant_id")
+    membership, _user = found
+    return membership.role
 
 
 def list_keys(
@@ -121,14 +139,10 @@ def _create_key(
 
 
 def _still_a_member(session: Session, principal: Principal, tenant_id: uuid.UUID) -> None:
-    """Refuse a caller no longer a member of the tenant, as a non-member. Its memberships were
-    read as its request began, perhaps before a removal that the request's hold on the
-    configuration then waited for: ``remove_member`` revokes the member's keys, and a key
-    issued after it would have stayed live."""
+    """Refuse a caller no longer a member of the tenant, as a non-member (``_role_now``)."""
     if principal.is_platform_admin or principal.user_id is None:
         return
-    if MembershipRepository(session, tenant_id).get(principal.user_id) is None:
-        raise NotFound("tenant not found", param="tenant_id")
+    _role_now(session, principal, tenant_id)
 
 
 def create_keys(
@@ -185,7 +199,7 @@ def rotate_key(
         raise InvalidRequest(
             f"grace_s must be from 0 to {MAX_ROTATION_GRACE_S} (7 days)", param="grace_s"
         )
-    old, project = _key(session, principal, tenant_id, key_id)
+    old, project = _key(session, principal, tenant_id, key_id)  # by the caller's role now
     if status(old) != "active":
         raise Conflict(f"key {key_id} is {status(old)} and cannot be rotated", param="key_id")
     # Its row locked first, by an update that changes nothing (the row's lock on PostgreSQL,
@@ -304,12 +318,13 @@ def _pinned_tier(session: Session, tenant: Tenant, name: str | None) -> str | No
 
 
 def _not_found(key_id: str) -> NotFound:
-    """A key not found, named unless what was given is a whole key, secret included (pasted
-    in place of its id): never echoed, into a terminal, a response or a log."""
-    if secrets.parse(key_id, secrets.API_KEY_PREFIX) is not None:
+    """A key not found, named unless what was given holds a whole key or access token, secret
+    included (pasted in place of its id): never echoed, into a terminal, a response or a log."""
+    if secrets.redacted(key_id) != key_id:
         return NotFound(
-            "key not found: that is a whole key, secret included, not a key id (the part "
-            f"between '{secrets.API_KEY_PREFIX}_' and the next '_'); treat the secret as exposed",
+            "key not found: that is a whole key or token, secret included, not a key id (the "
+            f"part between '{secrets.API_KEY_PREFIX}_' and the next '_'); treat the secret as "
+            "exposed",
             param="key_id",
         )
     return NotFound(f"key {key_id} not found", param="key_id")

@@ -16,8 +16,10 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
+from litestar.testing import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -30,6 +32,7 @@ from integration.controlplane.test_manifests_concurrency import (
     pg_runtime,
 )
 from support.held_transaction import beside_a_held_transaction
+from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.runtime import Runtime
 from trunkline.auth.principal import Principal
 from trunkline.errors import NotFound
@@ -40,8 +43,15 @@ from trunkline.pools.catalog_models import remove_alias
 from trunkline.pools.entitlements import grant_entitlement, revoke_entitlement
 from trunkline.tenancy.changes import changing
 from trunkline.tenancy.manifests import ApplyReport, apply_manifests
-from trunkline.tenancy.schemas import TenantCreate, TierUpdate
-from trunkline.tenancy.service import create_tenant, delete_project, remove_member, update_tier
+from trunkline.tenancy.schemas import MemberUpdate, TenantCreate, TierUpdate
+from trunkline.tenancy.service import (
+    create_tenant,
+    delete_project,
+    remove_member,
+    update_member,
+    update_tier,
+)
+from unit.controlplane.cp_support import build_world
 
 __all__ = ["pg_runtime"]
 
@@ -215,3 +225,111 @@ def test_a_key_a_member_asks_for_while_being_removed_is_refused(
     with pg_runtime.session_factory() as session:
         live = select(ApiKey.key_id).where(ApiKey.created_by == d_id, ApiKey.revoked_at.is_(None))
         assert session.scalars(live).all() == []
+
+
+@pytest.mark.parametrize("change", ["removed", "demoted"])
+def test_a_key_a_tenant_admin_rotates_while_being_removed_or_demoted_is_refused(
+    pg_runtime: Runtime, tmp_path: Path, change: str
+) -> None:
+    """A tenant admin rotating a developer's key as another admin removes them, or makes them a
+    developer: the rotation waited for the change, then issued the new key (the developer's,
+    so a removal left it live) and handed its secret to someone no longer in the tenant, or no
+    longer allowed to see another's keys."""
+    members = {"a@t.example": "tenant_admin", "b@t.example": "tenant_admin"}
+    t1 = _tenant("t1", members | {"d@t.example": "developer"}, "projects:\n  - {name: p1}\n")
+    apply_manifests(pg_runtime.session_factory, _manifests(tmp_path / "one", t1))
+    tenant_id, a_id = _ids(pg_runtime, "t1", "a@t.example")
+    _, d_id = _ids(pg_runtime, "t1", "d@t.example")
+    admin = Principal(a_id, "a@t.example", memberships={tenant_id: Role.TENANT_ADMIN})
+    developer = Principal(d_id, "d@t.example", memberships={tenant_id: Role.DEVELOPER})
+    with changing(pg_runtime.session_factory) as session:
+        made = ApiKeyCreate(project_id=_project(pg_runtime, "p1"), name="d's")
+        key_id = create_key(session, developer, SECRET, tenant_id, made).key.key_id
+
+    def rotate() -> str:
+        with changing(pg_runtime.session_factory) as session:
+            return rotate_key(session, admin, SECRET, tenant_id, key_id).key.key_id
+
+    def take_away(session: Session) -> None:
+        if change == "removed":
+            remove_member(session, tenant_id, a_id)
+        else:
+            update_member(session, tenant_id, a_id, MemberUpdate(role=Role.DEVELOPER))
+
+    rotated, changed = beside_a_held_transaction(
+        pg_runtime.session_factory, take_away, rotate, changing
+    )
+    assert changed.exception() is None
+    assert isinstance(rotated.exception(), NotFound)
+    with pg_runtime.session_factory() as session:
+        live = select(ApiKey.key_id).where(ApiKey.tenant_id == tenant_id)
+        assert session.scalars(live.where(ApiKey.revoked_at.is_(None))).all() == [key_id]
+
+
+@pytest.mark.parametrize("change", ["removed", "demoted"])
+def test_a_tenant_admin_removed_or_demoted_while_their_write_waits_is_refused(
+    pg_runtime: Runtime, change: str
+) -> None:
+    """The route's role was checked on the memberships read as the request began; the write then
+    waited on the configuration's lock for the removal or demotion and ran all the same: a
+    tenant admin being removed added a tenant_admin of their own, and kept the tenant."""
+    with TestClient[Any](create_controlplane_app(pg_runtime)) as client:
+        world = build_world(pg_runtime, client)
+        acme = world.tenant("acme")
+        admin_id, dev_id = (
+            world.user_id("acme", f"{who}@acme.example") for who in ("admin", "dev")
+        )
+        world.admin.patch(f"/api/v1/tenants/{acme}/members/{dev_id}", {"role": "tenant_admin"})
+
+        def take_away(session: Session) -> None:
+            if change == "removed":
+                remove_member(session, uuid.UUID(acme), uuid.UUID(admin_id))
+            else:
+                update_member(
+                    session, uuid.UUID(acme), uuid.UUID(admin_id), MemberUpdate(Role.DEVELOPER)
+                )
+
+        def add_an_accomplice() -> Any:
+            body = {"email": "accomplice@elsewhere.example", "role": "tenant_admin"}
+            path = f"/api/v1/tenants/{acme}/members"
+            return world.client.post(path, json=body, headers=world.api("acme-admin").headers)
+
+        added, changed = beside_a_held_transaction(
+            pg_runtime.session_factory, take_away, add_an_accomplice, changing
+        )
+        assert changed.exception() is None
+        assert added.result().status_code == (404 if change == "removed" else 403)
+        emails = {m["email"] for m in world.admin.get(f"/api/v1/tenants/{acme}/members")}
+        assert "accomplice@elsewhere.example" not in emails
+
+
+def test_a_tenant_admin_demoted_while_their_quota_write_waits_is_refused(
+    pg_runtime: Runtime,
+) -> None:
+    """The quota PUTs take a transaction of their own (``config_writes``), not the request's:
+    a tenant admin made a developer meanwhile still lifted their own key's limits."""
+    with TestClient[Any](create_controlplane_app(pg_runtime)) as client:
+        world = build_world(pg_runtime, client)
+        acme = world.tenant("acme")
+        admin_id, dev_id = (
+            world.user_id("acme", f"{who}@acme.example") for who in ("admin", "dev")
+        )
+        world.admin.patch(f"/api/v1/tenants/{acme}/members/{dev_id}", {"role": "tenant_admin"})
+        key_id = world.create_key("acme-admin", "acme", "demo")["key"]["key_id"]
+        path = f"/api/v1/tenants/{acme}/keys/{key_id}/quota"
+
+        def lift() -> Any:
+            body = {"tokens_per_minute": 10_000_000}
+            return world.client.put(path, json=body, headers=world.api("acme-admin").headers)
+
+        def demote(session: Session) -> None:
+            update_member(
+                session, uuid.UUID(acme), uuid.UUID(admin_id), MemberUpdate(Role.DEVELOPER)
+            )
+
+        lifted, demoted = beside_a_held_transaction(
+            pg_runtime.session_factory, demote, lift, changing
+        )
+        assert demoted.exception() is None
+        assert lifted.result().status_code == 403, lifted.result().text
+        assert world.admin.get(path)["overrides"].get("tokens_per_minute") is None

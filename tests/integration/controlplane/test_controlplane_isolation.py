@@ -8,6 +8,7 @@ nothing about B leaks and nothing of B changes. Lists never include B's objects.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from unit.controlplane.cp_support import World, random_id
 
 T = "/api/v1/tenants"
+PERIOD = "2026-12"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,13 @@ def cases(ids: Ids) -> list[Case]:
         Case("PUT", f"{T}/{b}/entitlements/llama-3.1-8b"),
         Case("DELETE", f"{T}/{b}/entitlements/bge-small"),
         Case("GET", f"/api/v1/models?tenant_id={b}"),
+        Case("POST", f"{T}/{b}/keys/batch", {"keys": [{"project_id": p, "name": "spy"}]}),
+        Case("GET", f"{T}/{b}/keys/{k}/quota"),
+        Case("PUT", f"{T}/{b}/keys/{k}/quota", {}),
+        Case("GET", f"{T}/{b}/quota"),
+        Case("PUT", f"{T}/{b}/quota", {}),
+        Case("GET", f"{T}/{b}/usage?period={PERIOD}"),
+        Case("GET", f"{T}/{b}/billing/exports/{PERIOD}"),
         Case("GET", f"{T}/{a}/projects/{p}", foreign_tenant=False),
         Case("DELETE", f"{T}/{a}/projects/{p}", role="tenant_admin", foreign_tenant=False),
         Case("PATCH", f"{T}/{a}/members/{u}", {"role": "developer"}, "tenant_admin", False),
@@ -69,7 +78,26 @@ def cases(ids: Ids) -> list[Case]:
         Case("POST", f"{T}/{a}/keys/{k}/revoke", foreign_tenant=False),
         Case("POST", f"{T}/{a}/keys/{k}/rotate", foreign_tenant=False),
         Case("POST", f"{T}/{a}/keys", {"project_id": p, "name": "spy"}, foreign_tenant=False),
+        Case("GET", f"{T}/{a}/keys/{k}/quota", foreign_tenant=False),
+        Case("PUT", f"{T}/{a}/keys/{k}/quota", {}, "tenant_admin", False),
     ]
+
+
+def test_the_cases_reach_every_route_under_a_tenant(world: World) -> None:
+    """A route added under ``/tenants/{tenant_id}`` without a case here would go unchecked."""
+    ids = Ids(
+        a=random_id(), b=random_id(), project=random_id(), key="NoSuchKey123", user=random_id()
+    )
+    reached = {(c.method, c.path.split("?")[0]) for c in cases(ids) if c.foreign_tenant}
+    missing = []
+    for route in world.client.app.routes:
+        if not route.path.startswith(T + "/{tenant_id"):
+            continue
+        pattern = re.compile(re.sub(r"\\{[^}]*\\}", "[^/]+", re.escape(route.path)) + "/?")
+        for method in sorted(set(route.methods) - {"HEAD", "OPTIONS"}):
+            if not any(m == method and pattern.fullmatch(path) for m, path in reached):
+                missing.append(f"{method} {route.path}")
+    assert not missing, "no isolation case for:\n" + "\n".join(missing)
 
 
 def globex_ids(world: World) -> Ids:
@@ -95,7 +123,9 @@ def made_up(case: Case, ids: Ids) -> Case:
     for real, fake in replace.items():
         path = path.replace(real, fake)
         body = {k: fake if v == real else v for k, v in body.items()}
-    return Case(case.method, path, body or None, case.role, case.foreign_tenant)
+    return Case(
+        case.method, path, None if case.body is None else body, case.role, case.foreign_tenant
+    )
 
 
 def answer(world: World, who: str, case: Case) -> tuple[int, str]:

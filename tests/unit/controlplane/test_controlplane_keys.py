@@ -286,3 +286,16 @@ def test_a_whole_key_pasted_for_its_id_is_echoed_neither_in_the_answer_nor_in_th
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"tlk_{key_id}_" in logged
     assert secret.split("_")[2] not in logged and token.split("_")[2] not in logged
+
+
+def test_an_access_token_pasted_for_a_key_id_is_not_echoed_in_the_answer(world: World) -> None:
+    """The caller's own access token (tlu_…), pasted where a key id goes, came back whole in the
+    problem's ``detail`` and ``errors``, with no word that it is exposed."""
+    token = world.tokens["acme-admin"]
+    for method, suffix in (("GET", ""), ("POST", "/revoke"), ("GET", "/quota")):
+        response = world.client.request(
+            method, f"{keys_path(world)}/{token}{suffix}", headers=world.api("acme-admin").headers
+        )
+        assert response.status_code == 404, response.text
+        assert token.split("_")[2] not in response.text
+        assert "treat the secret as exposed" in response.json()["detail"]

@@ -30,3 +30,14 @@ def test_two_authorization_headers_are_refused(world: World) -> None:
         assert "one Authorization header" in response.json()["detail"]
     one = [("Authorization", f"Bearer {root}")]
     assert _get(world.client.app, "/api/v1/tenants", one).status_code == 200
+
+
+def test_a_token_pasted_where_a_name_goes_is_not_echoed_in_the_problem(world: World) -> None:
+    """A tier's or an alias's name is repeated in its 404 (``tier '…' not found``): an access
+    token pasted there came back whole in ``detail`` and in ``errors``."""
+    token = world.tokens["root"]
+    for path in (f"/api/v1/tiers/{token}", f"/api/v1/catalog/aliases/{token}"):
+        response = world.client.get(path, headers=world.admin.headers)
+        assert response.status_code == 404, response.text
+        assert token.split("_")[2] not in response.text
+        assert f"tlu_{token.split('_')[1]}_" in response.json()["detail"]  # the id still names it

@@ -41,3 +41,19 @@ def test_two_credentials_of_one_kind_are_refused_whatever_their_order(
         assert_openai_error(answer, 401, "invalid_api_key")
         assert "one" in answer.json()["error"]["message"]
     assert _get(gw.client.app, "/v1/models", [(header, sent(key))]).is_success
+
+
+def test_an_authorization_and_an_api_key_naming_two_keys_are_refused(make_gateway) -> None:
+    """Both headers, each with its own key: the gateway served Authorization's, whichever key
+    a proxy in front had checked or added as ``api-key``. The same key in both is served."""
+    gw, key = _ready(make_gateway)
+    other = gw.world.add_key(TENANT_B)
+    gw.world.publish()
+
+    for authorization, api_key in ((key, other), (other, key), (key, "not-a-key")):
+        headers = [("Authorization", f"Bearer {authorization}"), ("api-key", api_key)]
+        answer = _get(gw.client.app, "/v1/models", headers)
+        assert_openai_error(answer, 401, "invalid_api_key")
+        assert "one" in answer.json()["error"]["message"]
+    same = [("Authorization", f"Bearer {key}"), ("api-key", key)]
+    assert _get(gw.client.app, "/v1/models", same).is_success
