@@ -264,6 +264,9 @@ class ControlPlaneSettings(BaseModel):
     the orchestrator's SIGKILL."""
     metrics_token: SecretStr | None = None
     """As the gateway's, for ``/metrics`` and ``/healthz``'s ``snapshot`` report."""
+    readiness_timeout_s: float = Field(default=1.0, gt=0)
+    """How long ``/healthz`` waits for the database to answer, on a connection of its own,
+    before it answers 503: under a probe's own timeout (Kubernetes: 1 s by default)."""
     max_live_keys_per_tenant: int = Field(default=10_000, ge=1)
     """Live (not revoked, not expired) API keys a tenant may have; a creation through the API
     past it is a 409. Every live key is in every gateway's configuration (docs/controlplane.md)."""

@@ -25,7 +25,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 import trunkline
@@ -37,6 +36,7 @@ from trunkline.apps.controlplane_metrics import (
 )
 from trunkline.apps.problems import HANDLERS
 from trunkline.apps.publishing import SnapshotSync, keeping_published
+from trunkline.apps.readiness import DatabaseReadiness, healthz
 from trunkline.apps.request_body import BodyCheck
 from trunkline.apps.request_context import RequestContextMiddleware
 from trunkline.apps.request_parameters import ParameterCheck
@@ -137,8 +137,9 @@ def create_controlplane_app(
     shared = shared_metrics(registry, workers_metrics_dir)
     cp = runtime.settings.controlplane
     access = ScrapeAccess(cp.metrics_token, cp.host, "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN")
+    readiness = DatabaseReadiness(runtime.settings.database.url, timeout_s=cp.readiness_timeout_s)
     handlers: list[Any] = [
-        healthz(runtime, sync, access), livez, metrics_route(registry, shared, access),
+        healthz(readiness, sync, access), livez, metrics_route(registry, shared, access),
         *CONTROLLERS,
     ]  # fmt: skip
     if dev_login_enabled(runtime.settings):
@@ -169,7 +170,7 @@ def create_controlplane_app(
                 sync_to_thread=False,
             ),
         },
-        on_shutdown=[quota.close],
+        on_shutdown=[quota.close, readiness.close],
         lifespan=[keeping_published(runtime, snapshot_check_s, sync), sharing(shared)],
         middleware=[
             DefineMiddleware(
@@ -275,21 +276,6 @@ def secret_provider(runtime: Runtime) -> Any:
         return runtime.server_secret
 
     return provide_server_secret
-
-
-def healthz(runtime: Runtime, sync: SnapshotSync, access: ScrapeAccess) -> Any:
-    @get("/healthz", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=True, tags=["health"])
-    def health(request: Request[Any, Any, Any]) -> dict[str, object]:
-        """Readiness: the database answers (503 when not); ``snapshot`` says whether the
-        gateways' configuration is kept the database's (``in_sync``; when not, for how long
-        and why), to the holder of the scrape token only (a probe needs none)."""
-        with runtime.session_factory() as session:
-            session.execute(text("SELECT 1"))
-        if not access.allows(request.headers.getall("authorization", [])):
-            return {"status": "ok"}
-        return {"status": "ok", "snapshot": sync.report()}
-
-    return health
 
 
 @get("/livez", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=False, tags=["health"])
