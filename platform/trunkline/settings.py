@@ -7,6 +7,7 @@ groups, e.g. ``TRUNKLINE_DATABASE__URL`` or ``TRUNKLINE_SECURITY__KEY_HASH_SECRE
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -203,6 +204,19 @@ class GatewaySettings(BaseModel):
     then it cancels them, meters each with what it streamed so far and flushes the usage events
     before it exits. Keep it under the orchestrator's grace period (Kubernetes: 30 s), whose
     SIGKILL would otherwise cut long streams unmetered."""
+    shutdown_delay_s: float = Field(default=5.0, ge=0)
+    """On SIGTERM ``/health`` answers 503 ``draining`` at once, while the gateway goes on
+    accepting and serving for this long (load balancers stop routing to it meanwhile); then it
+    stops accepting. Counted within ``drain_timeout_s`` (at most all of it), which still bounds
+    the whole stop. 0: stop accepting at once, as before."""
+
+    def drain_after_delay_s(self) -> int:
+        """uvicorn's graceful shutdown, once the delay is over: what is left of the drain."""
+        return max(0, self.drain_timeout_s - math.ceil(self.effective_shutdown_delay_s()))
+
+    def effective_shutdown_delay_s(self) -> float:
+        return min(self.shutdown_delay_s, float(self.drain_timeout_s))
+
     max_held_usage_events: int | None = Field(default=1_000_000, gt=0)
     """Usage events a gateway process holds in memory while the usage stream (Redis) does not
     take them (about 0.5 KB each) before it refuses requests with 503 ``usage_unavailable``:

@@ -30,6 +30,7 @@ from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
 from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.kit.redis_eviction import warn_if_redis_evicts
+from trunkline.kit.shutdown_delay import ShutdownDelay
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.redis_stream import (
@@ -78,6 +79,7 @@ def gateway_app() -> Litestar:
         settings=settings.gateway,
         quota_store=RedisQuotaStore(quota_client, settings.redis.key_prefix),
         workers_metrics_dir=Path(shared_dir) if shared_dir else None,
+        shutdown_delay=ShutdownDelay(settings.gateway.effective_shutdown_delay_s()),
     )
 
 

@@ -195,7 +195,7 @@ def _gateway(args: argparse.Namespace) -> int:
                 keep_alive_timeout_s=gw.keep_alive_timeout_s,
                 name=GATEWAY,
             ),
-            drain_s=gw.drain_timeout_s,
+            drain_s=gw.drain_after_delay_s(),  # the shutdown delay served first
         )
     return 0
 

@@ -1,0 +1,67 @@
+"""Readiness that ends before serving does: on SIGTERM a server keeps accepting and answering
+for a delay while its readiness probe says it is draining, then stops as it did before.
+
+Kubernetes sends SIGTERM while the load balancers in front (kube-proxy, an ingress controller,
+a cloud load balancer) still route to the pod for a moment: a server that closed its listener
+at once had those requests refused. Here the server's own SIGTERM handler (uvicorn's) is wrapped
+in the process's main thread, from the app's lifespan: the first SIGTERM starts the delay and
+reaches the server when it ends; a second one, or SIGINT (Ctrl-C), reaches it at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+__all__ = ["ShutdownDelay"]
+
+log = logging.getLogger(__name__)
+
+
+class ShutdownDelay:
+    """``draining`` from the first SIGTERM on; the server hears it ``delay_s`` later."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.draining = False
+        self._server_handler: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def install(self) -> None:
+        """Wrap the server's SIGTERM handler; call on the server's event loop, once the server
+        handles signals (an app's lifespan startup). Nothing without a delay, off the main
+        thread, or when no Python handler (a server's) is installed."""
+        if self.delay_s <= 0 or threading.current_thread() is not threading.main_thread():
+            return
+        server_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(server_handler):
+            return
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm(sig: int, frame: FrameType | None) -> None:
+            if self.draining:  # told twice: stop now
+                server_handler(sig, frame)
+                return
+            self.draining = True
+            log.warning(
+                "SIGTERM: draining; readiness now fails, serving on for %gs before stopping",
+                self.delay_s,
+            )
+            loop.call_soon_threadsafe(self._start_timer, loop, server_handler, sig)
+
+        self._server_handler = server_handler
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _start_timer(self, loop: asyncio.AbstractEventLoop, handler: Any, sig: int) -> None:
+        self._timer = loop.call_later(self.delay_s, handler, sig, None)
+
+    def uninstall(self) -> None:
+        """Give the server its handler back (the app stops)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._server_handler is not None:
+            signal.signal(signal.SIGTERM, self._server_handler)
+            self._server_handler = None

@@ -1,0 +1,78 @@
+"""``trunkline gateway`` told to stop (SIGTERM, as Kubernetes does): its readiness probe fails
+at once while it goes on serving for its shutdown delay, so the load balancers in front stop
+sending it requests before it stops accepting them. Run under a real uvicorn server on loopback,
+with the signal raised in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+from tests.unit.gateway.conftest import default_world, gateway_app
+
+from support.servers import free_port
+from trunkline.kit.shutdown_delay import ShutdownDelay
+from trunkline.metering.stream import InMemoryUsageStream
+
+
+@asynccontextmanager
+async def serving(delay: ShutdownDelay) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
+    """The gateway under uvicorn (signals and all) at a loopback URL, and the task serving it.
+    SIGTERM is this test's own while it runs: uvicorn raises the signals it handled again
+    once it stopped, for the default handler to end the process."""
+    world = default_world()
+    world.publish()
+    engines = httpx.MockTransport(lambda _request: httpx.Response(500))
+    app = gateway_app(world, InMemoryUsageStream(), shutdown_delay=delay, transport=engines)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    heard: list[int] = []
+    own: Callable[..., Any] = lambda sig, _frame: heard.append(sig)  # noqa: E731
+    before = signal.signal(signal.SIGTERM, own)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "the server did not start"
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}", task
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+        signal.signal(signal.SIGTERM, before)
+
+
+async def test_sigterm_fails_readiness_at_once_and_the_gateway_serves_on() -> None:
+    """Before, SIGTERM closed the listener at once: requests the load balancers still sent
+    for a moment were refused, and ``/health`` said ``ok`` to the end."""
+    delay = ShutdownDelay(3600.0)  # ended by a second SIGTERM below
+    async with serving(delay) as (url, task), httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/health")).json()["status"] == "ok"
+
+        signal.raise_signal(signal.SIGTERM)
+
+        ready = await client.get("/health", headers={"connection": "close"})
+        assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+        async with httpx.AsyncClient(base_url=url) as fresh:  # a new connection is taken
+            assert (await fresh.get("/livez")).status_code == 200
+            models = await fresh.get("/v1/models")
+            assert models.status_code == 401  # served: answered as ever (no key here)
+        assert not task.done()
+
+        signal.raise_signal(signal.SIGTERM)  # told again: it stops now
+
+        await asyncio.wait_for(task, 30)
+
+
+async def test_the_gateway_stops_by_itself_once_its_delay_is_over() -> None:
+    delay = ShutdownDelay(0.2)
+    async with serving(delay) as (_url, task):
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.wait_for(task, 30)  # no second signal: the delay ran out
+        assert delay.draining
