@@ -170,7 +170,10 @@ def create_controlplane_app(
                 sync_to_thread=False,
             ),
         },
-        on_shutdown=[quota.close, readiness.close],
+        on_shutdown=[
+            quota.close,
+            lambda: readiness.close(),
+        ],  # Litestar passes itself to one of arguments
         lifespan=[keeping_published(runtime, snapshot_check_s, sync), sharing(shared)],
         middleware=[
             DefineMiddleware(

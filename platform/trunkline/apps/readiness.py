@@ -36,7 +36,7 @@ class DatabaseReadiness:
         self.timeout_s = timeout_s
         self._engine = make_engine(url, connections=1)
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "database-readiness")
-        self._check: concurrent.futures.Future[None] | None = None
+        self._check: asyncio.Future[None] | None = None
 
     def _select_one(self) -> None:
         with self._engine.connect() as connection:
@@ -46,16 +46,26 @@ class DatabaseReadiness:
         """True once the database answered; False if it did not within ``timeout_s`` (the check
         goes on, and the next call waits for it). What the database raised, it raises."""
         if self._check is None or self._check.done():
-            self._check = self._thread.submit(self._select_one)
+            self._check = asyncio.wrap_future(self._thread.submit(self._select_one))
+            # Read here: a check failing after every probe waiting on it timed out had asyncio
+            # log "Future exception was never retrieved" with a traceback.
+            self._check.add_done_callback(_retrieve)
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._check)), self.timeout_s)
+            await asyncio.wait_for(asyncio.shield(self._check), self.timeout_s)
         except TimeoutError:
             return False
         return True
 
-    def close(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
+    def close(self, *, wait: bool = False) -> None:
+        """Free the connection; ``wait`` for a check under way (else a database that does not
+        answer holds no shutdown)."""
+        self._thread.shutdown(wait=wait, cancel_futures=True)
         self._engine.dispose()
+
+
+def _retrieve(check: asyncio.Future[None]) -> None:
+    if not check.cancelled():
+        check.exception()
 
 
 def healthz(readiness: DatabaseReadiness, sync: SnapshotSync, access: ScrapeAccess) -> Any:

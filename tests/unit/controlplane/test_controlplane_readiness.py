@@ -4,12 +4,16 @@ touches the database."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from contextlib import ExitStack
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 from sqlalchemy import Connection
 
+from trunkline.apps.readiness import DatabaseReadiness
 from trunkline.apps.runtime import Runtime
 
 
@@ -34,3 +38,27 @@ def test_readiness_answers_while_the_api_holds_every_database_connection(
         ready = client.get("/healthz")
         assert (ready.status_code, ready.json()["status"]) == (200, "ok")
         assert client.get("/livez").status_code == 200
+
+
+async def test_probes_of_a_database_that_does_not_answer_wait_on_one_check() -> None:
+    """A PostgreSQL host that takes connections and says nothing: each probe took a thread and
+    a connection of the API's for libpq's connect timeout (5 s), probes every few seconds piling
+    up on them. Now a probe answers not ready within the readiness timeout, and those arriving
+    while the check still waits wait on that one check: one connection, one thread."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    silent.settimeout(10)
+    url = f"postgresql+psycopg://trunkline@127.0.0.1:{silent.getsockname()[1]}/trunkline"
+    readiness = DatabaseReadiness(url, timeout_s=0.05)
+    try:
+        answers = [await readiness.answered() for _ in range(5)]
+        taken, _ = await asyncio.to_thread(silent.accept)
+        taken.close()
+        silent.settimeout(0)
+        with pytest.raises(BlockingIOError):  # nothing else connected meanwhile
+            silent.accept()
+        assert answers == [False] * 5
+    finally:
+        silent.close()  # refused from now on: the check ends
+        readiness.close(wait=True)
