@@ -41,7 +41,7 @@ from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.metrics_share import EXPOSITION_TYPE, SharedMetrics
 from trunkline.kit.scrape_access import ScrapeAccess
-from trunkline.kit.shutdown_delay import ShutdownDelay
+from trunkline.kit.shutdown_delay import ShutdownDelay, closing_while_draining
 from trunkline.snapshot import AliasEntry
 
 log = logging.getLogger(__name__)
@@ -423,6 +423,8 @@ def build_app(
     app.asgi_handler = gateway_request_metrics(registry).wrap(
         cors_outside(cut_at_shutdown(inner), cors)
     )
+    if shutdown_delay is not None:
+        app.asgi_handler = closing_while_draining(app.asgi_handler, shutdown_delay)
     return app
 
 
