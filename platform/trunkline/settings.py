@@ -7,7 +7,6 @@ groups, e.g. ``TRUNKLINE_DATABASE__URL`` or ``TRUNKLINE_SECURITY__KEY_HASH_SECRE
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -210,13 +209,6 @@ class GatewaySettings(BaseModel):
     stops accepting. Counted within ``drain_timeout_s`` (at most all of it), which still bounds
     the whole stop. 0: stop accepting at once, as before."""
 
-    def drain_after_delay_s(self) -> int:
-        """uvicorn's graceful shutdown, once the delay is over: what is left of the drain."""
-        return max(0, self.drain_timeout_s - math.ceil(self.effective_shutdown_delay_s()))
-
-    def effective_shutdown_delay_s(self) -> float:
-        return min(self.shutdown_delay_s, float(self.drain_timeout_s))
-
     max_held_usage_events: int | None = Field(default=1_000_000, gt=0)
     """Usage events a gateway process holds in memory while the usage stream (Redis) does not
     take them (about 0.5 KB each) before it refuses requests with 503 ``usage_unavailable``:
@@ -276,6 +268,9 @@ class ControlPlaneSettings(BaseModel):
     streamed export ends without its last chunk, which clients see as a broken download, and
     the log says it was not sent whole. Without it, one slow download held the process until
     the orchestrator's SIGKILL."""
+    shutdown_delay_s: float = Field(default=5.0, ge=0)
+    """As the gateway's: on SIGTERM ``/healthz`` answers 503 at once while the control plane
+    serves on for this long, within ``drain_timeout_s``."""
     metrics_token: SecretStr | None = None
     """As the gateway's, for ``/metrics`` and ``/healthz``'s ``snapshot`` report."""
     readiness_timeout_s: float = Field(default=1.0, gt=0)

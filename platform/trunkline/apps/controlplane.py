@@ -49,6 +49,7 @@ from trunkline.billing.controllers import PlatformExportController, TenantExport
 from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.page_links import provide_paging
 from trunkline.kit.scrape_access import ScrapeAccess, loopback
+from trunkline.kit.shutdown_delay import ShutdownDelay, closing_while_draining
 from trunkline.metering.controllers import UsageController
 from trunkline.pools.controllers import (
     AvailableModelController,
@@ -121,6 +122,7 @@ def create_controlplane_app(
     quota_store: QuotaStore | None = None,
     snapshot_check_s: float = SNAPSHOT_CHECK_S,
     workers_metrics_dir: Path | None = None,
+    shutdown_delay: ShutdownDelay | None = None,
 ) -> Litestar:
     """The control-plane API over ``runtime``; the development login only where allowed.
 
@@ -130,6 +132,8 @@ def create_controlplane_app(
     and publishes it if not (:func:`trunkline.apps.publishing.republish_if_stale`).
     ``workers_metrics_dir``: where the workers of ``--workers N`` share their metrics, so
     ``/metrics`` shows them all; None: this process's.
+    ``shutdown_delay``: on SIGTERM, ``/healthz`` fails while the server serves on for its
+    delay (``trunkline controlplane``); None: SIGTERM is the server's alone.
     """
     quota = quota_store or default_quota_store(runtime.settings)
     sync = SnapshotSync()
@@ -139,7 +143,8 @@ def create_controlplane_app(
     access = ScrapeAccess(cp.metrics_token, cp.host, "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN")
     readiness = DatabaseReadiness(runtime.settings.database.url, timeout_s=cp.readiness_timeout_s)
     handlers: list[Any] = [
-        healthz(readiness, sync, access), livez, metrics_route(registry, shared, access),
+        healthz(readiness, sync, access, shutdown_delay), livez,
+        metrics_route(registry, shared, access),
         *CONTROLLERS,
     ]  # fmt: skip
     if dev_login_enabled(runtime.settings):
@@ -174,7 +179,11 @@ def create_controlplane_app(
             quota.close,
             lambda: readiness.close(),
         ],  # Litestar passes itself to one of arguments
-        lifespan=[keeping_published(runtime, snapshot_check_s, sync), sharing(shared)],
+        lifespan=[
+            keeping_published(runtime, snapshot_check_s, sync),
+            sharing(shared),
+            *([shutdown_delay.installed] if shutdown_delay is not None else []),
+        ],
         middleware=[
             DefineMiddleware(
                 AccessTokenMiddleware,
@@ -203,6 +212,8 @@ def create_controlplane_app(
     app.asgi_handler = instrumented(
         app, RequestContextMiddleware(app.asgi_handler), runtime, sync, registry
     )
+    if shutdown_delay is not None:
+        app.asgi_handler = closing_while_draining(app.asgi_handler, shutdown_delay)
     return app
 
 

@@ -23,6 +23,7 @@ from trunkline.apps.publishing import SnapshotSync
 from trunkline.auth.middleware import EXCLUDE_FROM_AUTH
 from trunkline.kit.db import make_engine
 from trunkline.kit.scrape_access import ScrapeAccess
+from trunkline.kit.shutdown_delay import ShutdownDelay
 
 __all__ = ["DatabaseReadiness", "healthz"]
 
@@ -68,13 +69,23 @@ def _retrieve(check: asyncio.Future[None]) -> None:
         check.exception()
 
 
-def healthz(readiness: DatabaseReadiness, sync: SnapshotSync, access: ScrapeAccess) -> Any:
+def healthz(
+    readiness: DatabaseReadiness,
+    sync: SnapshotSync,
+    access: ScrapeAccess,
+    shutdown_delay: ShutdownDelay | None = None,
+) -> Any:
     @get("/healthz", opt={EXCLUDE_FROM_AUTH: True}, tags=["health"])
     async def health(request: Request[Any, Any, Any]) -> Response[Any] | dict[str, object]:
         """Readiness: the database answers (503 when not, or not within the readiness timeout);
         ``snapshot`` says whether the gateways' configuration is kept the database's
         (``in_sync``; when not, for how long and why), to the holder of the scrape token only
         (a probe needs none)."""
+        if shutdown_delay is not None and shutdown_delay.draining:  # SIGTERM: serving on
+            return problem(
+                request, 503, "unavailable", "the control plane is stopping (draining)",
+                headers={"Retry-After": "2"},
+            )  # fmt: skip
         if not await readiness.answered():
             log.warning("readiness: the database did not answer within %ss", readiness.timeout_s)
             return problem(

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ShutdownDelay", "closing_while_draining"]
+__all__ = ["ShutdownDelay", "closing_while_draining", "drain_after_delay_s"]
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,8 @@ log = logging.getLogger(__name__)
 class ShutdownDelay:
     """``draining`` from the first SIGTERM on; the server hears it ``delay_s`` later."""
 
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
+    def __init__(self, delay_s: float, *, drain_timeout_s: float | None = None) -> None:
+        self.delay_s = delay_s if drain_timeout_s is None else min(delay_s, drain_timeout_s)
         self.draining = False
         self._server_handler: Any = None
         self._timer: asyncio.TimerHandle | None = None
@@ -61,6 +64,15 @@ class ShutdownDelay:
     def _start_timer(self, loop: asyncio.AbstractEventLoop, handler: Any, sig: int) -> None:
         self._timer = loop.call_later(self.delay_s, handler, sig, None)
 
+    @asynccontextmanager
+    async def installed(self, _app: object) -> AsyncIterator[None]:
+        """The delay installed for an app's lifespan (a Litestar ``lifespan`` entry)."""
+        self.install()
+        try:
+            yield
+        finally:
+            self.uninstall()
+
     def uninstall(self) -> None:
         """Give the server its handler back (the app stops)."""
         if self._timer is not None:
@@ -68,6 +80,12 @@ class ShutdownDelay:
         if self._server_handler is not None:
             signal.signal(signal.SIGTERM, self._server_handler)
             self._server_handler = None
+
+
+def drain_after_delay_s(delay_s: float, drain_timeout_s: int) -> int:
+    """The server's graceful shutdown once a delay of ``delay_s`` is over: what is left of
+    ``drain_timeout_s``, which bounds the whole stop from SIGTERM on."""
+    return max(0, drain_timeout_s - math.ceil(min(delay_s, drain_timeout_s)))
 
 
 def closing_while_draining(app: ASGIApp, delay: ShutdownDelay) -> ASGIApp:

@@ -5,16 +5,21 @@ touches the database."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from contextlib import ExitStack
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import TestClient
 from sqlalchemy import Connection
 
+from support.in_process_server import serving_signals
+from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.readiness import DatabaseReadiness
 from trunkline.apps.runtime import Runtime
+from trunkline.kit.shutdown_delay import ShutdownDelay
 
 
 def _take_every_connection(runtime: Runtime, stack: ExitStack) -> list[Connection]:
@@ -62,3 +67,27 @@ async def test_probes_of_a_database_that_does_not_answer_wait_on_one_check() -> 
     finally:
         silent.close()  # refused from now on: the check ends
         readiness.close(wait=True)
+
+
+async def test_sigterm_fails_readiness_at_once_and_the_control_plane_serves_on(
+    runtime: Runtime,
+) -> None:
+    """As the gateway: SIGTERM closed the listener at once, the ingress's requests of that
+    moment refused. Now ``/healthz`` fails at once, the API serves on for the delay (answers
+    saying ``Connection: close``), and a second SIGTERM stops it."""
+    app = create_controlplane_app(runtime, shutdown_delay=ShutdownDelay(3600.0))
+    async with serving_signals(app) as (url, task), httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/healthz")).status_code == 200
+
+        signal.raise_signal(signal.SIGTERM)
+
+        ready = await client.get("/healthz")
+        assert (ready.status_code, ready.json()["code"]) == (503, "unavailable")
+        assert ready.headers["connection"] == "close"
+        async with httpx.AsyncClient(base_url=url) as fresh:
+            assert (await fresh.get("/api/v1/tiers")).status_code == 401  # served: no token
+        assert not task.done()
+
+        signal.raise_signal(signal.SIGTERM)
+
+        await asyncio.wait_for(task, 30)

@@ -7,45 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
-import uvicorn
 from tests.unit.gateway.conftest import default_world, gateway_app
 
-from support.servers import free_port
+from support.in_process_server import serving_signals
 from trunkline.kit.shutdown_delay import ShutdownDelay
 from trunkline.metering.stream import InMemoryUsageStream
 
 
 @asynccontextmanager
 async def serving(delay: ShutdownDelay) -> AsyncIterator[tuple[str, asyncio.Task[None]]]:
-    """The gateway under uvicorn (signals and all) at a loopback URL, and the task serving it.
-    SIGTERM is this test's own while it runs: uvicorn raises the signals it handled again
-    once it stopped, for the default handler to end the process."""
+    """The gateway, its shutdown delay ``delay``, under uvicorn (signals and all)."""
     world = default_world()
     world.publish()
     engines = httpx.MockTransport(lambda _request: httpx.Response(500))
     app = gateway_app(world, InMemoryUsageStream(), shutdown_delay=delay, transport=engines)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    heard: list[int] = []
-    own: Callable[..., Any] = lambda sig, _frame: heard.append(sig)  # noqa: E731
-    before = signal.signal(signal.SIGTERM, own)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "the server did not start"
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}", task
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        signal.signal(signal.SIGTERM, before)
+    async with serving_signals(app) as served:
+        yield served
 
 
 async def test_sigterm_fails_readiness_at_once_and_the_gateway_serves_on() -> None:
