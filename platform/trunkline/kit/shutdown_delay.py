@@ -52,16 +52,17 @@ class ShutdownDelay:
                 server_handler(sig, frame)
                 return
             self.draining = True
-            log.warning(
-                "SIGTERM: draining; readiness now fails, serving on for %gs before stopping",
-                self.delay_s,
-            )
             loop.call_soon_threadsafe(self._start_timer, loop, server_handler, sig)
 
         self._server_handler = server_handler
         signal.signal(signal.SIGTERM, on_sigterm)
 
     def _start_timer(self, loop: asyncio.AbstractEventLoop, handler: Any, sig: int) -> None:
+        # On the event loop, not in the signal handler, which may have interrupted a log call.
+        log.warning(
+            "SIGTERM: draining; readiness now fails, serving on for %gs before stopping",
+            self.delay_s,
+        )
         self._timer = loop.call_later(self.delay_s, handler, sig, None)
 
     @asynccontextmanager
