@@ -223,6 +223,12 @@ class GatewaySettings(BaseModel):
     then it cancels them, meters each with what it streamed so far and flushes the usage events
     before it exits. Keep it under the orchestrator's grace period (Kubernetes: 30 s), whose
     SIGKILL would otherwise cut long streams unmetered."""
+    shutdown_delay_s: float = Field(default=5.0, ge=0)
+    """On SIGTERM ``/health`` answers 503 ``draining`` at once, while the gateway goes on
+    accepting and serving for this long (load balancers stop routing to it meanwhile); then it
+    stops accepting. Counted within ``drain_timeout_s`` (at most all of it), which still bounds
+    the whole stop. 0: stop accepting at once, as before."""
+
     max_held_usage_events: int | None = Field(default=1_000_000, gt=0)
     """Usage events a gateway process holds in memory while the usage stream (Redis) does not
     take them (about 0.5 KB each) before it refuses requests with 503 ``usage_unavailable``:
@@ -282,8 +288,14 @@ class ControlPlaneSettings(BaseModel):
     streamed export ends without its last chunk, which clients see as a broken download, and
     the log says it was not sent whole. Without it, one slow download held the process until
     the orchestrator's SIGKILL."""
+    shutdown_delay_s: float = Field(default=5.0, ge=0)
+    """As the gateway's: on SIGTERM ``/healthz`` answers 503 at once while the control plane
+    serves on for this long, within ``drain_timeout_s``."""
     metrics_token: SecretStr | None = None
     """As the gateway's, for ``/metrics`` and ``/healthz``'s ``snapshot`` report."""
+    readiness_timeout_s: float = Field(default=1.0, gt=0)
+    """How long ``/healthz`` waits for the database to answer, on a connection of its own,
+    before it answers 503: under a probe's own timeout (Kubernetes: 1 s by default)."""
     max_live_keys_per_tenant: int = Field(default=10_000, ge=1)
     """Live (not revoked, not expired) API keys a tenant may have; a creation through the API
     past it is a 409. Every live key is in every gateway's configuration (docs/controlplane.md)."""

@@ -24,7 +24,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 import trunkline
@@ -36,6 +35,7 @@ from trunkline.apps.controlplane_metrics import (
 )
 from trunkline.apps.problems import HANDLERS
 from trunkline.apps.publishing import SnapshotSync, keeping_published
+from trunkline.apps.readiness import DatabaseReadiness, healthz
 from trunkline.apps.request_body import BodyCheck
 from trunkline.apps.request_context import RequestContextMiddleware
 from trunkline.apps.request_parameters import ParameterCheck
@@ -48,6 +48,7 @@ from trunkline.billing.controllers import PlatformExportController, TenantExport
 from trunkline.keys.controllers import ApiKeyController
 from trunkline.kit.page_links import provide_paging
 from trunkline.kit.scrape_access import ScrapeAccess, loopback
+from trunkline.kit.shutdown_delay import ShutdownDelay, closing_while_draining
 from trunkline.metering.controllers import UsageController
 from trunkline.pools.controllers import (
     AvailableModelController,
@@ -120,6 +121,7 @@ def create_controlplane_app(
     quota_store: QuotaStore | None = None,
     snapshot_check_s: float = SNAPSHOT_CHECK_S,
     workers_metrics_dir: Path | None = None,
+    shutdown_delay: ShutdownDelay | None = None,
 ) -> Litestar:
     """The control-plane API over ``runtime``; the development login only where allowed.
 
@@ -129,6 +131,8 @@ def create_controlplane_app(
     and publishes it if not (:func:`trunkline.apps.publishing.republish_if_stale`).
     ``workers_metrics_dir``: where the workers of ``--workers N`` share their metrics, so
     ``/metrics`` shows them all; None: this process's.
+    ``shutdown_delay``: on SIGTERM, ``/healthz`` fails while the server serves on for its
+    delay (``trunkline controlplane``); None: SIGTERM is the server's alone.
     """
     quota = quota_store or default_quota_store(runtime.settings)
     sync = SnapshotSync()
@@ -136,8 +140,10 @@ def create_controlplane_app(
     shared = shared_metrics(registry, workers_metrics_dir)
     cp = runtime.settings.controlplane
     access = ScrapeAccess(cp.metrics_token, cp.host, "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN")
+    readiness = DatabaseReadiness(runtime.settings.database.url, timeout_s=cp.readiness_timeout_s)
     handlers: list[Any] = [
-        healthz(runtime, sync, access), livez, metrics_route(registry, shared, access),
+        healthz(readiness, sync, access, shutdown_delay), livez,
+        metrics_route(registry, shared, access),
         *CONTROLLERS,
     ]  # fmt: skip
     if dev_login_enabled(runtime.settings):
@@ -168,8 +174,15 @@ def create_controlplane_app(
                 sync_to_thread=False,
             ),
         },
-        on_shutdown=[quota.close],
-        lifespan=[keeping_published(runtime, snapshot_check_s, sync), sharing(shared)],
+        on_shutdown=[
+            quota.close,
+            lambda: readiness.close(),
+        ],  # Litestar passes itself to one of arguments
+        lifespan=[
+            keeping_published(runtime, snapshot_check_s, sync),
+            sharing(shared),
+            *([shutdown_delay.installed] if shutdown_delay is not None else []),
+        ],
         middleware=[
             DefineMiddleware(
                 AccessTokenMiddleware,
@@ -198,6 +211,8 @@ def create_controlplane_app(
     app.asgi_handler = instrumented(
         app, RequestContextMiddleware(app.asgi_handler), runtime, sync, registry
     )
+    if shutdown_delay is not None:
+        app.asgi_handler = closing_while_draining(app.asgi_handler, shutdown_delay)
     return app
 
 
@@ -286,21 +301,6 @@ def secret_provider(runtime: Runtime) -> Any:
         return runtime.server_secret
 
     return provide_server_secret
-
-
-def healthz(runtime: Runtime, sync: SnapshotSync, access: ScrapeAccess) -> Any:
-    @get("/healthz", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=True, tags=["health"])
-    def health(request: Request[Any, Any, Any]) -> dict[str, object]:
-        """Readiness: the database answers (503 when not); ``snapshot`` says whether the
-        gateways' configuration is kept the database's (``in_sync``; when not, for how long
-        and why), to the holder of the scrape token only (a probe needs none)."""
-        with runtime.session_factory() as session:
-            session.execute(text("SELECT 1"))
-        if not access.allows(request.headers.getall("authorization", [])):
-            return {"status": "ok"}
-        return {"status": "ok", "snapshot": sync.report()}
-
-    return health
 
 
 @get("/livez", opt={EXCLUDE_FROM_AUTH: True}, sync_to_thread=False, tags=["health"])

@@ -45,6 +45,7 @@ from trunkline.gateway.tier_latency import TierLatency
 from trunkline.gateway.worker_metrics import shared_metrics
 from trunkline.kit.header_timeout import HeaderTimeoutCollector
 from trunkline.kit.scrape_access import ScrapeAccess
+from trunkline.kit.shutdown_delay import ShutdownDelay
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import QuotaEnforcer
 from trunkline.quota.fallback import FallbackQuotaStore
@@ -71,6 +72,7 @@ def create_gateway_app(
     admission: Callable[[EngineState], Admission] | None = None,
     workers_metrics_dir: Path | None = None,
     previous_secrets: tuple[bytes, ...] = (),
+    shutdown_delay: ShutdownDelay | None = None,
 ) -> Litestar:
     """Build the gateway app; ``transport`` lets tests substitute the upstream (made with
     :func:`upstream_limits` if it is real HTTP: a given transport keeps its own limits).
@@ -91,6 +93,9 @@ def create_gateway_app(
 
         ``previous_secrets``: server secrets a key's hash may still be under while the operator
         rotates ``server_secret`` (``TRUNKLINE_SECURITY__PREVIOUS_KEY_HASH_SECRETS``).
+
+        ``shutdown_delay``: on SIGTERM, ``/health`` says it is draining while the server serves
+        on for its delay (``trunkline gateway``); None: SIGTERM is the server's alone.
     """
     registry = CollectorRegistry()
     quota = quota_enforcer(quota_store, settings.quota, QuotaMetrics(registry), clock)
@@ -145,9 +150,13 @@ def create_gateway_app(
         await monitor.start()
         if shared is not None:
             await shared.start()
+        if shutdown_delay is not None:
+            shutdown_delay.install()
         try:
             yield
         finally:
+            if shutdown_delay is not None:
+                shutdown_delay.uninstall()
             if cut := service.meter_the_unfinished():
                 log.warning("stopped with %d requests unfinished; metered as cut", cut)
             if shared is not None:
@@ -170,6 +179,7 @@ def create_gateway_app(
         metrics=registry,
         shared_metrics=shared,
         engines=monitor,
+        shutdown_delay=shutdown_delay,
         cors_origins=settings.cors_origins,
         scrape_access=ScrapeAccess(
             settings.metrics_token, settings.host, "TRUNKLINE_GATEWAY__METRICS_TOKEN"

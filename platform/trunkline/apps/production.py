@@ -30,6 +30,7 @@ from trunkline.kit import logging as tlog
 from trunkline.kit.metrics_share import WORKERS_METRICS_DIR_ENV
 from trunkline.kit.redis_errors import redis_unavailable
 from trunkline.kit.redis_eviction import warn_if_redis_evicts
+from trunkline.kit.shutdown_delay import ShutdownDelay
 from trunkline.metering.consumer import UsageConsumer
 from trunkline.metering.consumer_metrics import ConsumerCollector
 from trunkline.metering.redis_stream import (
@@ -78,6 +79,9 @@ def gateway_app() -> Litestar:
         settings=settings.gateway,
         quota_store=RedisQuotaStore(quota_client, settings.redis.key_prefix),
         workers_metrics_dir=Path(shared_dir) if shared_dir else None,
+        shutdown_delay=ShutdownDelay(
+            settings.gateway.shutdown_delay_s, drain_timeout_s=settings.gateway.drain_timeout_s
+        ),
     )
 
 
@@ -93,8 +97,11 @@ def controlplane_app() -> Litestar:
     # starts all the same and publishes once Redis answers (republish_if_stale).
     runtime.publish()
     shared_dir = os.environ.get(WORKERS_METRICS_DIR_ENV)  # `trunkline controlplane --workers N`
+    cp = settings.controlplane
     return create_controlplane_app(
-        runtime, workers_metrics_dir=Path(shared_dir) if shared_dir else None
+        runtime,
+        workers_metrics_dir=Path(shared_dir) if shared_dir else None,
+        shutdown_delay=ShutdownDelay(cp.shutdown_delay_s, drain_timeout_s=cp.drain_timeout_s),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -46,12 +47,34 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        argv = utf8_arguments(sys.argv[1:])
+    escape_what_cannot_be_shown()
     try:
         # Importing a command's module takes up to 2 s: Ctrl-C then is no traceback either.
         args = build_parser(argv).parse_args(argv)
     except KeyboardInterrupt:
         return 130
     return run(args)
+
+
+def utf8_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` read as UTF-8 where the locale's encoding is another (``LANG=C`` with Python's
+    UTF-8 mode off: ASCII), as Python reads them by default under the C locale: ``--name clé``
+    came as escapes of its bytes, which the database refused with a traceback. An argument that
+    is not UTF-8 either is left as Python gave it."""
+    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return list(argv)
+    return [os.fsencode(arg).decode("utf-8", "surrogateescape") for arg in argv]
+
+
+def escape_what_cannot_be_shown() -> None:
+    """Standard output and error print what their encoding cannot show as ``\\xe9`` escapes:
+    under an ASCII locale a key or tenant named outside ASCII ended the command on
+    UnicodeEncodeError's traceback (stderr escapes by default; stdout did not)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors != "backslashreplace":
+            stream.reconfigure(errors="backslashreplace")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -144,6 +144,7 @@ def _uvicorn(
 def _controlplane(args: argparse.Namespace) -> int:
     from trunkline.apps.serving import CONTROL_PLANE, connection_options
     from trunkline.kit.migrate import require_existing
+    from trunkline.kit.shutdown_delay import drain_after_delay_s
 
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
@@ -166,13 +167,14 @@ def _controlplane(args: argparse.Namespace) -> int:
                 keep_alive_timeout_s=cp.keep_alive_timeout_s,
                 name=CONTROL_PLANE,
             ),
-            drain_s=cp.drain_timeout_s,
+            drain_s=drain_after_delay_s(cp.shutdown_delay_s, cp.drain_timeout_s),
         )
     return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
     from trunkline.apps.serving import GATEWAY, connection_options
+    from trunkline.kit.shutdown_delay import drain_after_delay_s
 
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
@@ -195,7 +197,7 @@ def _gateway(args: argparse.Namespace) -> int:
                 keep_alive_timeout_s=gw.keep_alive_timeout_s,
                 name=GATEWAY,
             ),
-            drain_s=gw.drain_timeout_s,
+            drain_s=drain_after_delay_s(gw.shutdown_delay_s, gw.drain_timeout_s),
         )
     return 0
 

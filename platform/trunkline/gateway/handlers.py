@@ -41,6 +41,7 @@ from trunkline.kit.body_timeout import BodyTimeout
 from trunkline.kit.ids import new_request_id
 from trunkline.kit.metrics_share import EXPOSITION_TYPE, SharedMetrics
 from trunkline.kit.scrape_access import ScrapeAccess
+from trunkline.kit.shutdown_delay import ShutdownDelay, closing_while_draining
 from trunkline.snapshot import AliasEntry
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,9 @@ async def health(request: Request[object, object, State]) -> Response[bytes]:
     """Readiness: 200 once a configuration is loaded. Its details (engines, endpoints) go only
     to a caller with the scrape token; a probe without it gets the status alone."""
     holder = _service(request.app.state).holder
+    delay: ShutdownDelay | None = request.app.state.get("shutdown_delay")
+    if delay is not None and delay.draining:  # SIGTERM: out of the load balancers, serving on
+        return Response(b'{"status":"draining"}', status_code=503, media_type=JSON)
     ok = holder.current.version > 0
     status = {"status": "ok" if ok else "starting"}
     code = 200 if ok else 503
@@ -398,6 +402,7 @@ def build_app(
     body_timeout_s: float | None = None,
     cors_origins: Sequence[str] = (),
     scrape_access: ScrapeAccess | None = None,
+    shutdown_delay: ShutdownDelay | None = None,
 ) -> Litestar:
     registry = metrics or CollectorRegistry()
     cors = cors_config(cors_origins)
@@ -408,6 +413,7 @@ def build_app(
         "engines": engines,
         "max_body_bytes": max_body_bytes,
         "scrape_access": scrape_access or ScrapeAccess.open(),
+        "shutdown_delay": shutdown_delay,
     }
     app = Litestar(
         route_handlers=ROUTES,
@@ -426,6 +432,8 @@ def build_app(
     app.asgi_handler = gateway_request_metrics(registry).wrap(
         cors_outside(cut_at_shutdown(inner), cors)
     )
+    if shutdown_delay is not None:
+        app.asgi_handler = closing_while_draining(app.asgi_handler, shutdown_delay)
     return app
 
 

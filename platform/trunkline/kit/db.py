@@ -127,7 +127,9 @@ def _json_loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, connections: int = 20) -> Engine:
+    """An engine for ``url`` holding up to ``connections`` PostgreSQL connections (half of
+    them kept open when idle)."""
     url = _normalise(url)
     # A failed statement's error is logged (unhandled errors, the configuration check, jobs):
     # its text held the statement's parameters, e-mail addresses and hashes of keys among them.
@@ -139,7 +141,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
-        kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=10)
+        kept = max(1, connections // 2)
+        kwargs.update(pool_pre_ping=True, pool_size=kept, max_overflow=connections - kept)
         kwargs["connect_args"] = libpq_defaults(url)
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):

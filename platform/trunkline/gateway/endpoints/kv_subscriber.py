@@ -214,21 +214,7 @@ class KvEventSubscriber:
         monitor: Any = None
         stream = _Stream(endpoint, self, self._context, replay)
         try:
-            socket = self._context.socket(zmq.SUB)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
-            # A SUB socket sends nothing once subscribed: without heartbeats a publisher whose
-            # host vanished (no FIN, no RST) stays "connected" for good, and once it is back at
-            # that address its events never come. The publisher's I/O thread answers the pings
-            # (ZMTP 3.1), however busy the engine.
-            heartbeat_ms = max(1, round(HEARTBEAT_S * 1000))
-            socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
-            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MISSED * heartbeat_ms)
-            socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_MISSED * heartbeat_ms)
-            # The pings' answers come behind the live messages: a socket full of unread ones
-            # (a replay runs, the event loop is busy) stops reading them, and would take a
-            # busy engine as lost within seconds at ZMQ's default 1,000.
-            socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+            socket = subscription_socket(self._context)
             events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             monitor = socket.get_monitor_socket(events)
             socket.connect(address)
@@ -261,10 +247,41 @@ class KvEventSubscriber:
                 socket.close()
 
 
+def subscription_socket(context: Any) -> Any:
+    """A SUB socket of ``context`` taking every message, set up to notice a lost publisher;
+    not connected yet."""
+    import zmq
+
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SUBSCRIBE, b"")  # vLLM's topic is "kv@<model>": take them all
+    # A SUB socket sends nothing once subscribed: without heartbeats a publisher whose
+    # host vanished (no FIN, no RST) stays "connected" for good, and once it is back at
+    # that address its events never come. The publisher's I/O thread answers the pings
+    # (ZMTP 3.1), however busy the engine.
+    heartbeat_ms = max(1, round(HEARTBEAT_S * 1000))
+    socket.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_MISSED * heartbeat_ms)
+    socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_MISSED * heartbeat_ms)
+    # The pings' answers come behind the live messages: a socket full of unread ones
+    # (a replay runs, the event loop is busy) stops reading them, and would take a
+    # busy engine as lost within seconds at ZMQ's default 1,000.
+    socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+    # Heartbeats start once connected: a connect whose SYNs go unanswered (the engine's host
+    # gone) waited for the kernel to give up, about 127 s, before ZMQ tried again and resolved
+    # the name anew (a StatefulSet pod rescheduled at another address).
+    socket.setsockopt(zmq.CONNECT_TIMEOUT, max(1, round(CONNECT_TIMEOUT_S * 1000)))
+    return socket
+
+
 HEARTBEAT_S = 1.0
 """How often the subscription pings its publisher; unanswered for :data:`HEARTBEAT_MISSED`
 times that, the connection is taken as lost (the endpoint cleared) and made again."""
 HEARTBEAT_MISSED = 5
+CONNECT_TIMEOUT_S = 2.0
+"""How long a subscription's TCP connect may wait for its publisher's answer before it is
+made again (ZMQ's own reconnect interval, 0.1 s, after it): as long as the gateway's connect
+to an engine (``TRUNKLINE_GATEWAY__CONNECT_TIMEOUT_S``'s default)."""
 RECEIVE_HWM = 10_000
 """Live messages a subscription holds unread while it replays or the event loop is busy: as
 many as vLLM keeps for a replay (a gateway further behind could not catch up by one anyway).
