@@ -15,6 +15,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from trunkline.apps.request_context import loggable
 from trunkline.auth.secrets import redacted
@@ -142,6 +143,17 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     )  # fmt: skip
 
 
+def _pool_exhausted(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Every connection of the API's pool stayed in use for the pool's timeout (a burst of slow
+    requests): the control plane's load, not a fault, so no traceback; the caller retries."""
+    log.warning("no database connection came free within the pool's timeout: %s", exc)
+    return problem(
+        request, 503, "unavailable",
+        "the control plane has all its database connections in use; retry shortly",
+        headers={"Retry-After": "2"},
+    )  # fmt: skip
+
+
 def _database_refused_value(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """A value the database cannot store (too long, out of range, a NUL) that no schema caught
     first: the caller's input, so a 400, never a 500. One line in the log: the statement's
@@ -202,6 +214,7 @@ HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_error,
     IntegrityError: _integrity_error,
     OperationalError: _database_unavailable,
+    PoolTimeout: _pool_exhausted,
     DataError: _database_refused_value,
     RecursionError: _too_deep,
     Exception: _internal_error,

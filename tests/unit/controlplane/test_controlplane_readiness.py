@@ -14,6 +14,7 @@ import httpx
 import pytest
 from litestar.testing import TestClient
 from sqlalchemy import Connection
+from tests.unit.controlplane.cp_support import World, problem_of
 
 from support.in_process_server import serving_signals
 from trunkline.apps.controlplane import create_controlplane_app
@@ -91,3 +92,20 @@ async def test_sigterm_fails_readiness_at_once_and_the_control_plane_serves_on(
         signal.raise_signal(signal.SIGTERM)
 
         await asyncio.wait_for(task, 30)
+
+
+def test_an_api_request_finding_every_connection_in_use_is_told_to_retry(
+    runtime: Runtime, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request waiting out the pool's timeout with every connection in use (a burst of slow
+    requests) got a 500 ``internal_error`` and a traceback in the log; it is the control
+    plane's load, not a fault: 503 ``unavailable`` with Retry-After, as a database outage."""
+    token = world.tokens["root"]
+    with ExitStack() as stack:
+        _take_every_connection(runtime, stack)
+        monkeypatch.setattr(runtime.engine.pool, "_timeout", 0.05)  # QueuePool's wait
+        answer = world.client.get("/api/v1/tenants", headers={"Authorization": f"Bearer {token}"})
+    body = problem_of(answer, 503)
+    assert body["code"] == "unavailable"
+    assert answer.headers["retry-after"] == "2"
+    assert "connections" in body["detail"]
