@@ -1,5 +1,10 @@
-"""What the control plane refuses in a request's JSON body before Litestar converts it: a
-value of another JSON type than its field's, which Litestar would convert.
+"""What the control plane refuses in a request's JSON body before Litestar converts it: a body
+declared as another media type than JSON, and a value of another JSON type than its field's,
+which Litestar would convert.
+
+Litestar reads a route's body as JSON whatever its ``Content-Type`` says: JSON sent as
+``text/plain`` or XML was stored, and a form (``curl -d`` without ``-H``) answered "not valid
+JSON". A body of a type given that is not JSON is refused as 415, naming the type to send.
 
 Litestar converts every handler's arguments, the body included, with msgspec's loose rules,
 made for path and query parameters, which are text: ``"1000"`` became a quota of 1000,
@@ -21,6 +26,8 @@ from litestar.exceptions import SerializationException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.routes import HTTPRoute
 
+from trunkline.errors import UnsupportedMediaType
+
 __all__ = ["BodyCheck", "body_types"]
 
 _AT = re.compile(r"^(?P<message>.*) - at `\$\.?(?P<field>[^`]*)`$", re.DOTALL)
@@ -39,12 +46,28 @@ class BodyCheck:
         target = self._types.get(request.route_handler)
         if target is None:
             return
+        refuse_media_type(request.headers.get("content-type"))
         try:
             value = await request.json()  # kept: the handler's reading decodes it no more
         except SerializationException:  # not JSON: Litestar's own reading answers it so
             return
         if (refusal := strict_refusal(value, target)) is not None:
             raise refusal
+
+
+def refuse_media_type(content_type: str | None) -> None:
+    """Raise unless ``content_type`` is JSON's: ``application/json`` or a ``+json`` type
+    (``application/merge-patch+json``), with any parameters. A body sent without one is read
+    as JSON, as it always was."""
+    if content_type is None:
+        return
+    media_type = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    if kind == "application" and (subtype == "json" or subtype.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"the body must be JSON, sent as Content-Type: application/json, not {media_type[:100]}"
+    )
 
 
 def body_types(app: Litestar) -> dict[BaseRouteHandler, Any]:

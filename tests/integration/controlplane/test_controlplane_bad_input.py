@@ -5,6 +5,7 @@ on PostgreSQL, whose refusals differ (a NUL, a number or text too large for its 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from litestar.routes import HTTPRoute
 from sqlalchemy import select
 
 from trunkline.models.base import Base
-from unit.controlplane.cp_support import World
+from unit.controlplane.cp_support import World, problem_of
 
 PROBLEM_STATUSES = {400, 404, 409, 413, 415, 422}
 BAD_VALUES: list[Any] = [
@@ -217,4 +218,32 @@ def test_path_and_query_parameters_out_of_range_are_problems_never_500s(world: W
                 url = _filled(template.path_format, values | {parameter: value})
                 for method in set(template.methods) - {"HEAD", "OPTIONS"}:
                     walk.check(Route(method, url), json={})
+    assert not walk.wrong, walk.wrong
+
+
+def test_every_body_of_another_media_type_than_json_is_refused_as_415(world: World) -> None:
+    """Each body route read any body as JSON whatever its ``Content-Type`` said: JSON sent as
+    ``text/plain`` or XML was stored, a form (``curl -d`` without ``-H``) was "not valid JSON".
+    JSON (``application/json``, any ``+json`` type, or no type given) is taken."""
+    found, bodies = routes(world, path_values(world)), valid_bodies(world)
+    walk = Walk(world)
+    for route in (r for r in found if r.body is not None):
+        body = json.dumps(bodies[route.body.__name__]).encode()
+        for media_type in ("text/plain", "application/x-www-form-urlencoded", "application/xml",
+                           "multipart/form-data; boundary=x", "application/jsonx"):  # fmt: skip
+            refused = world.client.request(
+                route.method, route.url, content=body,
+                headers=world.admin.headers | {"content-type": media_type},
+            )  # fmt: skip
+            if refused.status_code != 415:
+                walk.wrong.append(f"{route.method} {route.url} {media_type}: {refused.status_code}")
+                continue
+            problem = problem_of(refused, 415)
+            assert problem["code"] == "unsupported_media_type"
+            assert media_type.split(";")[0] in problem["detail"], problem
+            assert "application/json" in problem["detail"], problem
+        for media_type in ("application/json; charset=utf-8", "APPLICATION/JSON",
+                           "application/merge-patch+json"):  # fmt: skip
+            if walk.check(route, content=b"[]", headers={"content-type": media_type}) != 400:
+                walk.wrong.append(f"{route.method} {route.url} {media_type} not read as JSON")
     assert not walk.wrong, walk.wrong
