@@ -17,6 +17,7 @@ from sqlalchemy import select
 from trunkline.models.base import Base
 from unit.controlplane.cp_support import World, problem_of
 
+JSON = "application/json"
 PROBLEM_STATUSES = {400, 404, 409, 413, 415, 422}
 BAD_VALUES: list[Any] = [
     None, True, -1, 1.5, 1e308, -1e308, 2**70, "", "x" * 20_000, "a\x00b", "\u202e", "1",
@@ -246,4 +247,31 @@ def test_every_body_of_another_media_type_than_json_is_refused_as_415(world: Wor
                            "application/merge-patch+json"):  # fmt: skip
             if walk.check(route, content=b"[]", headers={"content-type": media_type}) != 400:
                 walk.wrong.append(f"{route.method} {route.url} {media_type} not read as JSON")
+    assert not walk.wrong, walk.wrong
+
+
+def test_every_body_giving_a_field_twice_is_refused_naming_it(world: World) -> None:
+    """``{"priority": 1, "priority": 1000}`` was read as its last value, silently: a proxy or
+    log reading the first saw another request than the one served. Now a 400 naming the field,
+    at any depth, and nothing changed."""
+    found, bodies = routes(world, path_values(world)), valid_bodies(world)
+    walk = Walk(world)
+    for route in (r for r in found if r.body is not None):
+        body = json.dumps(bodies[route.body.__name__])
+        field, value = next(iter(bodies[route.body.__name__].items()))
+        twice = body[:-1] + f", {json.dumps(field)}: {json.dumps(value)}}}"
+        nested = json.dumps({"outer": [{"a": 1}]}).replace('{"a": 1}', '{"a": 1, "a": 2}')
+        for given, named in ((twice, field), (body[:-1] + f', "extra": {nested}}}', "a")):
+            status = walk.check(route, content=given.encode(), headers={"content-type": JSON})
+            if status != 400:
+                walk.wrong.append(f"{route.method} {route.url} {given[:60]}: {status}")
+                continue
+            refused = world.client.request(
+                route.method, route.url, content=given.encode(),
+                headers=world.admin.headers | {"content-type": JSON},
+            )  # fmt: skip
+            errors = problem_of(refused, 400)["errors"]
+            expected = {"field": named, "message": "given 2 times; give it once", "source": "body"}
+            if errors != [expected]:
+                walk.wrong.append(f"{route.method} {route.url} {given[:60]}: {errors}")
     assert not walk.wrong, walk.wrong
