@@ -71,6 +71,12 @@ class MethodNotAllowed(InvalidRequest):
     code = "method_not_allowed"
 
 
+class UnsupportedMediaType(InvalidRequest):
+    """A request's body is of a media type (``Content-Type``) the route does not read."""
+
+    code = "unsupported_media_type"
+
+
 class Unauthenticated(TrunklineError):
     code = "unauthenticated"
 

@@ -1,5 +1,10 @@
-"""What the control plane refuses in a request's JSON body before Litestar converts it: a
-value of another JSON type than its field's, which Litestar would convert.
+"""What the control plane refuses in a request's JSON body before Litestar converts it: a body
+declared as another media type than JSON, a member given twice in one object, and a value of
+another JSON type than its field's, which Litestar would convert.
+
+Litestar reads a route's body as JSON whatever its ``Content-Type`` says: JSON sent as
+``text/plain`` or XML was stored, and a form (``curl -d`` without ``-H``) answered "not valid
+JSON". A body of a type given that is not JSON is refused as 415, naming the type to send.
 
 Litestar converts every handler's arguments, the body included, with msgspec's loose rules,
 made for path and query parameters, which are text: ``"1000"`` became a quota of 1000,
@@ -12,7 +17,9 @@ loose rules refuse too is left to Litestar, whose problems name the field alread
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -20,6 +27,8 @@ from litestar import Litestar, Request
 from litestar.exceptions import SerializationException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.routes import HTTPRoute
+
+from trunkline.errors import UnsupportedMediaType
 
 __all__ = ["BodyCheck", "body_types"]
 
@@ -39,12 +48,57 @@ class BodyCheck:
         target = self._types.get(request.route_handler)
         if target is None:
             return
+        refuse_media_type(request.headers.get("content-type"))
         try:
             value = await request.json()  # kept: the handler's reading decodes it no more
         except SerializationException:  # not JSON: Litestar's own reading answers it so
             return
+        refuse_repeated_names(await request.body())
         if (refusal := strict_refusal(value, target)) is not None:
             raise refusal
+
+
+def refuse_repeated_names(body: bytes) -> None:
+    """Raise when an object of ``body`` (JSON that decodes) gives a member twice, naming it.
+
+    The decoder keeps the last value and drops the others, silently: ``{"priority": 1,
+    "priority": 1000}`` was served as 1000, while a proxy or an audit log reading the first
+    saw another request. Read a second time for this alone: the control plane's bodies are
+    small (1 MiB at most) and its requests few."""
+
+    def pairs(members: list[tuple[str, Any]]) -> dict[str, Any]:
+        given = Counter(name for name, _ in members)
+        repeated = [(name, count) for name, count in given.items() if count > 1]
+        if repeated:
+            name, count = repeated[0]
+            raise ValidationException(
+                detail=f"invalid value for {name}",
+                extra=[{"key": name, "message": f"given {count} times; give it once",
+                        "source": "body"}],
+            )  # fmt: skip
+        return dict(members)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except ValidationException:  # a ValueError too
+        raise
+    except ValueError:  # JSON the decoder took but this reading does not: nothing to say
+        return
+
+
+def refuse_media_type(content_type: str | None) -> None:
+    """Raise unless ``content_type`` is JSON's: ``application/json`` or a ``+json`` type
+    (``application/merge-patch+json``), with any parameters. A body sent without one is read
+    as JSON, as it always was."""
+    if content_type is None:
+        return
+    media_type = content_type.partition(";")[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    if kind == "application" and (subtype == "json" or subtype.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"the body must be JSON, sent as Content-Type: application/json, not {media_type[:100]}"
+    )
 
 
 def body_types(app: Litestar) -> dict[BaseRouteHandler, Any]:

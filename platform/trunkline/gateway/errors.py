@@ -18,6 +18,7 @@ _STATUS: dict[str, tuple[int, str]] = {
     errors.RequestTimeout.code: (408, "invalid_request_error"),
     errors.ClientClosed.code: (499, "invalid_request_error"),  # nobody reads it
     errors.MethodNotAllowed.code: (405, "invalid_request_error"),
+    errors.UnsupportedMediaType.code: (415, "invalid_request_error"),
     errors.Unauthenticated.code: (401, "invalid_request_error"),
     errors.Forbidden.code: (403, "invalid_request_error"),
     errors.NotFound.code: (404, "invalid_request_error"),
