@@ -156,16 +156,17 @@ class AdmissionPolicy(Dispatch):
         for queue in self._queues.values():
             if len(queue):
                 released += self._expire(queue, now, loads)
-        # A ranking may reach other pools than its queue's: the queue holding the highest tier
-        # is served first, and each sees what the others sent in this poll.
-        by_priority: list[tuple[int, FairQueue]] = []
-        for queue in self._queues.values():
-            if (head := queue.next()) is not None:
-                by_priority.append((head.tier.priority, queue))
-        by_priority.sort(key=lambda pair: -pair[0])
+        # A ranking may reach other pools than its queue's: a poll serves tier by tier across
+        # every queue (gold held for one pool before silver held for another, even behind gold
+        # in its own), and each queue sees what the others sent in this poll.
+        lines = [
+            (deque(queue.in_order()), set[tuple[str, str]]()) for queue in self._queues.values()
+        ]
+        tiers = sorted({held.tier.priority for line, _ in lines for held in line}, reverse=True)
         sent: dict[str, tuple[float, float]] = {}
-        for _, queue in by_priority:
-            released += self._serve(queue, now, loads, out_of_service, sent)
+        for priority in tiers:
+            for line, no_room in lines:
+                released += self._serve(line, priority, now, loads, out_of_service, sent, no_room)
         return released
 
     def cancel(self, ticket: int) -> bool:
@@ -189,15 +190,19 @@ class AdmissionPolicy(Dispatch):
 
     def _serve(
         self,
-        queue: FairQueue,
+        line: deque[Held],
+        priority: int,
         now: float,
         loads: Mapping[str, EndpointLoad],
         out_of_service: Container[str],
         sent: dict[str, tuple[float, float]],
+        no_room: set[tuple[str, str]],
     ) -> list[Release]:
+        """Serve the requests of ``priority`` at the front of one queue's ``line`` (its held
+        requests in order); ``no_room``: its heavy tenants (tier, tenant) whose turn failed."""
         out: list[Release] = []
-        no_room: set[tuple[str, str]] = set()  # heavy tenants (tier, tenant) whose turn failed
-        for held in queue.in_order():
+        while line and line[0].tier.priority == priority:
+            held = line.popleft()
             tenant = held.tier.name, held.request.tenant
             if tenant in no_room:
                 continue  # its requests leave in its own order: the first has no room yet
@@ -219,7 +224,8 @@ class AdmissionPolicy(Dispatch):
                 if heavy is not None:
                     no_room.add(tenant)
                     continue  # a heavy tenant waits for room; its peers need not wait for it
-                break  # strict priority: nothing below this request goes first
+                line.clear()  # strict priority: nothing below this request goes first
+                break
             self._drop(held.ticket, served=True)
             waited = dataclasses.replace(decision, wait_s=now - held.arrival)
             out.append(Release(held, waited))
