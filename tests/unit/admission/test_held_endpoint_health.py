@@ -106,3 +106,37 @@ async def test_a_request_held_while_its_endpoint_leaves_the_configuration_is_not
     await source.publish({"pool/1": IDLE})  # pool/0 left the configuration
     assert (await first).order == [0]
     assert (await second).order[0] == 1
+
+
+async def test_a_held_request_is_not_sent_to_an_endpoint_removed_while_it_drains() -> None:
+    """An endpoint that left the configuration while requests of this gateway were still on it
+    stays tracked (and scraped) until they end: it counted as in service, and the request held
+    for it was admitted onto an engine the gateway no longer serves, once it drained."""
+    clock = Clock()
+    engines = EngineState(clock=clock)
+    engines.sync(["pool/0", "pool/1"])
+    admission = AsyncAdmission(AdmissionPolicy(), engines, clock=clock, recheck_s=60.0)
+    ranked = [endpoint("pool/0"), endpoint("pool/1")]
+    for n in range(20):  # silver's recent dispatches on idle engines, so that it may be held
+        clock.now = n / 20
+        await admission.admit(request(f"w{n}"), SILVER, ranked)
+    clock.now = 1.0
+    busy = MetricsScan(running=235.0, kv_usage=0.6)
+    engines.scraped("pool/0", busy, sent_at=1.0)
+    engines.scraped("pool/1", busy, sent_at=1.0)
+    still_on_it = engines.sent("pool/0", 1000)
+    task = asyncio.create_task(admission.admit(request("held"), SILVER, ranked))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert admission.policy.held() == 1
+    clock.now = 1.1
+    engines.sync(["pool/1"])  # scaled down: pool/0 drains its one request
+    engines.first_byte(still_on_it)
+    engines.scraped("pool/0", MetricsScan(running=1.0), sent_at=1.1)
+    for _ in range(10):
+        await asyncio.sleep(0)  # the held request woke to each change and was judged
+    assert not task.done()
+    clock.now = 1.2
+    engines.scraped("pool/1", MetricsScan(), sent_at=1.2)
+    result = await task
+    assert result.order[0] == 1

@@ -54,6 +54,11 @@ class LoadSource(Protocol):
         """Whether requests may be sent to ``endpoint`` now (False while it is ejected)."""
         ...
 
+    def serves(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` is in the configuration the gateway follows (False once it
+        left it, while this gateway's last requests on it drain, and when never tracked)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionResult:
@@ -169,11 +174,13 @@ class _OnDemand(Mapping[str, EndpointLoad]):
         return len(self._source.loads())
 
     def out_of_service(self, key: str) -> bool:
-        """Ejected, or no longer tracked: it left the configuration while a request was held
-        for it (its load would stay what it was at the request's arrival)."""
+        """Ejected, or it left the configuration while a request was held for it (no longer
+        tracked, its load would stay what it was at the request's arrival; still draining this
+        gateway's requests, it is tracked and scraped, and looks in service all the same)."""
         routable = self._health.get(key)
         if routable is None:
-            routable = self._health[key] = self._source.routable(key) and key in self
+            source = self._source
+            routable = self._health[key] = source.routable(key) and source.serves(key)
         return not routable
 
     @property
