@@ -19,7 +19,7 @@ from trunkline.metering.outcomes import CLIENT_CLOSED, outcome_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
-from trunkline.quota.estimate import answers_per_prompt, estimate_prompt_tokens
+from trunkline.quota.estimate import answer_count, answers_per_prompt, estimate_prompt_tokens
 
 __all__ = ["CLIENT_CLOSED", "UsageMeter"]
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ class UsageMeter:
         latency_s = time.perf_counter() - tally.started
         ttft_ms = tally.ttft_ms if self.request.stream else None
         if self._latency is not None and ttft_ms is not None and tally.chunks:
-            # Tokens of one answer: ``n`` answers are generated side by side.
-            per_answer = completion // answers_per_prompt(self.request.body)
+            # Tokens of one answer: ``n`` answers (of each prompt) are generated side by side.
+            per_answer = completion // answer_count(self.request.kind, self.request.body)
             whole = per_answer if error_code is None else None
             self._latency.observe(self.principal.tier.name, ttft_ms / 1000, latency_s, whole)
         self.quota.settle_soon(

@@ -77,3 +77,27 @@ def test_the_time_per_output_token_is_of_one_answer_when_several_are_asked_for(
     gold = (("tier", "gold"),)
     assert samples[("trunkline_tier_ttft_seconds_count", gold)] == 1
     assert samples.get(("trunkline_tier_tpot_seconds_count", gold), 0) == 0
+
+
+def test_the_time_per_output_token_is_of_one_answer_when_several_prompts_are_sent(
+    make_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    # /v1/completions generates one answer per prompt of a list, side by side: 3 tokens over
+    # 3 prompts is one token each, no time between tokens to count (counted as one answer of
+    # 3 tokens, every batch of prompts made the tier's decode look that many times faster).
+    gw, key = _ready(make_gateway)
+    batch = {
+        "model": "llama",
+        "prompt": ["one", "two", "three"],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with gw.client.stream(
+        "POST", "/v1/completions", json=batch, headers=auth_headers(key)
+    ) as response:
+        assert response.status_code == 200
+        response.read()
+    samples = _tier_samples(gw)
+    gold = (("tier", "gold"),)
+    assert samples[("trunkline_tier_ttft_seconds_count", gold)] == 1
+    assert samples.get(("trunkline_tier_tpot_seconds_count", gold), 0) == 0
