@@ -46,6 +46,7 @@ class UsageMeter:
         *,
         on_finish: Callable[[UsageMeter], None] | None = None,
         latency: TierLatency | None = None,
+        latency_since: float | None = None,
     ) -> None:
         self.emitter = emitter
         self.quota = quota
@@ -64,6 +65,9 @@ class UsageMeter:
         self._done = False
         self._on_finish = on_finish
         self._latency = latency
+        self._latency_since = latency_since
+        """When the client's wait began, if before this attempt (``perf_counter``): a cascade's
+        escalation is timed for its tier from the first attempt, as its client waited."""
 
     @property
     def endpoint_url(self) -> str | None:
@@ -154,7 +158,10 @@ class UsageMeter:
             # Tokens of one answer: ``n`` answers (of each prompt) are generated side by side.
             per_answer = completion // answer_count(self.request.kind, self.request.body)
             whole = per_answer if error_code is None else None
-            self._latency.observe(self.principal.tier.name, ttft_ms / 1000, latency_s, whole)
+            since = self._latency_since
+            lead_s = 0.0 if since is None else max(tally.started - since, 0.0)
+            tier = self.principal.tier.name
+            self._latency.observe(tier, lead_s + ttft_ms / 1000, lead_s + latency_s, whole)
         self.quota.settle_soon(
             self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
             measured=tally.usage_seen, reached_engine=worked, outcome=outcome_of(status),
