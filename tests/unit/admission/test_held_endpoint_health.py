@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from tests.unit.admission.helpers import IDLE, SILVER, endpoint, request
 from tests.unit.admission.test_adapter import BUSY, Clock, build, warm
 
-from trunkline.gateway.admission import AdmissionPolicy, AsyncAdmission
+from trunkline.gateway.admission import AdmissionPolicy, AdmissionSloUnattainable, AsyncAdmission
 from trunkline.gateway.endpoints.scan import MetricsScan
 from trunkline.gateway.endpoints.state import EngineState
 
@@ -140,3 +141,27 @@ async def test_a_held_request_is_not_sent_to_an_endpoint_removed_while_it_drains
     engines.scraped("pool/1", MetricsScan(), sent_at=1.2)
     result = await task
     assert result.order[0] == 1
+
+
+async def test_a_request_held_while_every_endpoint_of_its_ranking_leaves_is_refused_at_once() -> (
+    None
+):
+    """Failing open when every endpoint is out is for ejections (routing tries them all); an
+    endpoint that left the configuration is not routed to again. A request held while all of
+    its ranking left was judged on their loads as of its arrival and admitted onto an engine
+    the gateway no longer serves. Now it is refused, to be retried on today's endpoints."""
+    admission, source, clock = build({"pool/0": IDLE, "pool/1": IDLE})
+    await warm(admission, clock)
+    source.current = {"pool/0": IDLE, "pool/1": BUSY}
+    first = asyncio.create_task(admission.admit(request("a", "a"), SILVER, [endpoint("pool/1")]))
+    await source.waiting.wait()
+    second = asyncio.create_task(admission.admit(request("b", "b"), SILVER, [endpoint("pool/0")]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert admission.policy.held() == 2  # the second waits its turn behind the first
+    clock.now = 1.1
+    await source.publish({"pool/1": IDLE})  # pool/0 left the configuration
+    assert (await first).order == [0]
+    with pytest.raises(AdmissionSloUnattainable) as refused:
+        await second
+    assert refused.value.extra["headers"]["retry-after"] == "1"
