@@ -165,3 +165,27 @@ async def test_a_request_held_while_every_endpoint_of_its_ranking_leaves_is_refu
     with pytest.raises(AdmissionSloUnattainable) as refused:
         await second
     assert refused.value.extra["headers"]["retry-after"] == "1"
+
+
+async def test_a_request_held_for_an_endpoint_not_tracked_yet_is_served_there() -> None:
+    """Engine state follows a new configuration at its next scrape tick: an endpoint routing
+    took from it may not be tracked yet. It has not left the configuration, so a request held
+    for it is not refused as if it had."""
+    clock = Clock()
+    engines = EngineState(clock=clock)
+    engines.sync(["pool/0"])
+    admission = AsyncAdmission(AdmissionPolicy(), engines, clock=clock, recheck_s=60.0)
+    for n in range(20):  # silver's recent dispatches on idle engines, so that it may be held
+        clock.now = n / 20
+        await admission.admit(request(f"w{n}"), SILVER, [endpoint("pool/0")])
+    clock.now = 1.0
+    engines.scraped("pool/0", MetricsScan(running=235.0, kv_usage=0.6), sent_at=1.0)
+    first = asyncio.create_task(admission.admit(request("a", "a"), SILVER, [endpoint("pool/0")]))
+    second = asyncio.create_task(admission.admit(request("b", "b"), SILVER, [endpoint("pool/1")]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert admission.policy.held() == 2  # the second waits its turn behind the first
+    clock.now = 1.1
+    engines.scraped("pool/0", MetricsScan(), sent_at=1.1)
+    assert (await first).order == [0]
+    assert (await second).order == [0]

@@ -56,7 +56,7 @@ class LoadSource(Protocol):
 
     def serves(self, endpoint: str) -> bool:
         """Whether ``endpoint`` is in the configuration the gateway follows (False once it
-        left it, while this gateway's last requests on it drain, and when never tracked)."""
+        left it, while this gateway's last requests on it drain too)."""
         ...
 
 
