@@ -63,6 +63,8 @@ class UsageMeter:
         self.tally = Tally()
         self.wall_start = time.time()
         self._done = False
+        self._relayed = False
+        """A stream's first event went on to the client (the engines before may have failed)."""
         self._on_finish = on_finish
         self._latency = latency
         self._latency_since = latency_since
@@ -116,6 +118,8 @@ class UsageMeter:
         self.finish(status, error_code)
 
     def first_byte(self) -> None:
+        """The answer starts going to the client (a stream: its first event)."""
+        self._relayed = True
         if self.flight is not None and self.engines is not None:
             self.engines.first_byte(self.flight)
 
@@ -154,7 +158,7 @@ class UsageMeter:
             )
         latency_s = time.perf_counter() - tally.started
         ttft_ms = tally.ttft_ms if self.request.stream else None
-        if self._latency is not None and ttft_ms is not None and tally.chunks:
+        if self._latency is not None and ttft_ms is not None and self._relayed and tally.chunks:
             # Tokens of one answer: ``n`` answers (of each prompt) are generated side by side.
             per_answer = completion // answer_count(self.request.kind, self.request.body)
             whole = per_answer if error_code is None else None

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from tests.unit.gateway.conftest import Harness
 from tests.unit.gateway.test_gateway import CHAT, _ready
 from tests.unit.gateway.test_gateway import auth as auth_headers
+from tests.unit.gateway.test_gateway_aborted_answers import _ENGINE_DEAD, _stream_ending
 from tests.unit.gateway.test_gateway_cascade import CHAT as CASCADE
 from tests.unit.gateway.test_gateway_cascade import _gateway as cascade_gateway
 from tests.unit.gateway.test_gateway_cascade import small_engine
@@ -145,3 +147,22 @@ def test_an_escalated_streams_first_token_counts_from_the_small_attempt(make_gat
     assert samples[("trunkline_tier_ttft_seconds_count", gold)] == 1
     waited_s = (small.latency_ms + large.ttft_ms) / 1000
     assert samples[("trunkline_tier_ttft_seconds_sum", gold)] >= waited_s
+
+
+@pytest.mark.parametrize("last", [_ENGINE_DEAD, None], ids=["engine-dead", "done-alone"])
+def test_a_stream_no_engine_sent_a_first_event_of_counts_no_first_token(
+    make_gateway,  # type: ignore[no-untyped-def]
+    last: bytes | None,
+) -> None:
+    """Every engine gave up before its first event (vLLM stopping: an error event, or [DONE]
+    alone): the client got a 502 and no token, but the bytes of the last engine's refusal
+    were counted as the tier's first token, a fast one."""
+    gw, key = _ready(make_gateway, _stream_ending(last, events_before=0))
+    stream = {**CHAT, "stream": True}
+    response = gw.client.post("/v1/chat/completions", json=stream, headers=auth_headers(key))
+    assert response.status_code == 502
+    [record] = gw.drain_usage()
+    assert record.status == 502  # metered, as a failure
+
+    samples = _tier_samples(gw)
+    assert samples.get(("trunkline_tier_ttft_seconds_count", (("tier", "gold"),)), 0) == 0
