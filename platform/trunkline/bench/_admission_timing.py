@@ -84,9 +84,10 @@ class RecordingPolicy(AdmissionPolicy):
         now: float,
         loads: Mapping[str, EndpointLoad],
         out_of_service: Container[str] = (),
+        gone: Container[str] = (),
     ) -> list[Release]:
         self.events.append(_Poll(now, dict(loads)))
-        return super().poll(now, loads, out_of_service)
+        return super().poll(now, loads, out_of_service, gone)
 
 
 def replay_decide_times(recorded: RecordingPolicy, repeats: int = 3) -> list[tuple[str, float]]:

@@ -19,7 +19,7 @@ from trunkline.metering.outcomes import CLIENT_CLOSED, outcome_of
 from trunkline.metering.schemas import UsageRecord
 from trunkline.metering.stream import UsageEmitter
 from trunkline.quota.enforcer import Grant, QuotaEnforcer
-from trunkline.quota.estimate import answers_per_prompt, estimate_prompt_tokens
+from trunkline.quota.estimate import answer_count, answers_per_prompt, estimate_prompt_tokens
 
 __all__ = ["CLIENT_CLOSED", "UsageMeter"]
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class UsageMeter:
         *,
         on_finish: Callable[[UsageMeter], None] | None = None,
         latency: TierLatency | None = None,
+        latency_since: float | None = None,
     ) -> None:
         self.emitter = emitter
         self.quota = quota
@@ -62,8 +63,13 @@ class UsageMeter:
         self.tally = Tally()
         self.wall_start = time.time()
         self._done = False
+        self._relayed = False
+        """A stream's first event went on to the client (the engines before may have failed)."""
         self._on_finish = on_finish
         self._latency = latency
+        self._latency_since = latency_since
+        """When the client's wait began, if before this attempt (``perf_counter``): a cascade's
+        escalation is timed for its tier from the first attempt, as its client waited."""
 
     @property
     def endpoint_url(self) -> str | None:
@@ -112,6 +118,8 @@ class UsageMeter:
         self.finish(status, error_code)
 
     def first_byte(self) -> None:
+        """The answer starts going to the client (a stream: its first event)."""
+        self._relayed = True
         if self.flight is not None and self.engines is not None:
             self.engines.first_byte(self.flight)
 
@@ -150,11 +158,14 @@ class UsageMeter:
             )
         latency_s = time.perf_counter() - tally.started
         ttft_ms = tally.ttft_ms if self.request.stream else None
-        if self._latency is not None and ttft_ms is not None and tally.chunks:
-            # Tokens of one answer: ``n`` answers are generated side by side.
-            per_answer = completion // answers_per_prompt(self.request.body)
+        if self._latency is not None and ttft_ms is not None and self._relayed and tally.chunks:
+            # Tokens of one answer: ``n`` answers (of each prompt) are generated side by side.
+            per_answer = completion // answer_count(self.request.kind, self.request.body)
             whole = per_answer if error_code is None else None
-            self._latency.observe(self.principal.tier.name, ttft_ms / 1000, latency_s, whole)
+            since = self._latency_since
+            lead_s = 0.0 if since is None else max(tally.started - since, 0.0)
+            tier = self.principal.tier.name
+            self._latency.observe(tier, lead_s + ttft_ms / 1000, lead_s + latency_s, whole)
         self.quota.settle_soon(
             self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
             measured=tally.usage_seen, reached_engine=worked, outcome=outcome_of(status),

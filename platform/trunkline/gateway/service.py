@@ -207,6 +207,7 @@ class GatewayService:
         if alias.alias != request.alias:  # called by its served name: metered under the alias
             request = replace(request, alias=alias.alias)
         self._check_usage_room()
+        since: float | None = None  # a cascade's: its first attempt began, the client's wait
 
         async def attempt(sent: ParsedRequest, target: AliasEntry, attempt_id: str) -> Reply:
             # Each attempt reserves and settles its own quota and emits its own usage event.
@@ -219,7 +220,7 @@ class GatewayService:
             )  # fmt: skip
             try:
                 reply = await self._serve(
-                    snapshot, principal, sent, target, attempt_id, grant, prompt
+                    snapshot, principal, sent, target, attempt_id, grant, prompt, since
                 )
             except TrunklineError as exc:
                 exc.extra["headers"] = {**grant.headers, **exc.extra.get("headers", {})}
@@ -238,7 +239,15 @@ class GatewayService:
             reply = await attempt(request, alone[0], request_id)
             reply.headers[cascade.HEADER], reply.headers[cascade.REASON_HEADER] = alone[1:]
             return reply
-        return await run_cascade(plan, request, request_id, attempt)
+        since = time.perf_counter()
+        reply = await run_cascade(plan, request, request_id, attempt)
+        kept = reply.headers.get(cascade.HEADER) == "first"
+        if request.stream and kept and self.latency is not None:
+            # The small answer, judged whole, replayed now: its first token is the client's
+            # (its tokens come at once, with no time between them to count).
+            waited_s = time.perf_counter() - since
+            self.latency.observe(principal.tier.name, waited_s, waited_s, None)
+        return reply
 
     async def _token_view(
         self, alias: AliasEntry, request: ParsedRequest, principal: Principal
@@ -293,10 +302,13 @@ class GatewayService:
     async def _serve(
         self, snapshot: Snapshot, principal: Principal, request: ParsedRequest,
         alias: AliasEntry, request_id: str, grant: Grant, prompt: TokenPrompt | None,
+        since: float | None = None,
     ) -> Reply:  # fmt: skip
+        """One upstream attempt; ``since``: when the client's wait began, if before it (a
+        cascade's escalation: when its first attempt began), for the tier's latencies."""
         meter = UsageMeter(
             self.emitter, self.quota, grant, principal, request, alias.model, request_id,
-            on_finish=self._unfinished.discard, latency=self.latency,
+            on_finish=self._unfinished.discard, latency=self.latency, latency_since=since,
         )  # fmt: skip
         prompt_tokens = grant.prompt_estimate or estimate_prompt_tokens(
             request.kind, request.body, context_length=alias.context_length

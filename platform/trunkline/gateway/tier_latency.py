@@ -23,7 +23,7 @@ class TierLatency:
         self.ttft = Histogram(
             "trunkline_tier_ttft_seconds",
             "Seconds from routing a streamed request (after its quota check; any admission "
-            "hold included) to its first token, as its usage record's ttft_ms, by tier",
+            "hold included; a cascade's first attempt) to its first token, by tier",
             ["tier"],
             buckets=LATENCY_BUCKETS,
             registry=registry,

@@ -112,9 +112,7 @@ def completion_budget(
     the model's ``context_length`` (prompt included), so none reserves more than that."""
     if kind == "embeddings":
         return 0
-    count = answers_per_prompt(body)
-    if kind == "completions":
-        count *= _prompt_count(body.get("prompt"))
+    count = answer_count(kind, body)
     asked = completion_maximum(kind, body)
     budget = min((cap if asked is None else asked) * count, MAX_COMPLETION_BUDGET)
     if context_length is not None:
@@ -127,6 +125,15 @@ def answers_per_prompt(body: dict[str, Any]) -> int:
     integer says otherwise)."""
     choices = body.get("n")
     return choices if _positive_int(choices) else 1
+
+
+def answer_count(kind: str, body: dict[str, Any]) -> int:
+    """How many answers the engine generates side by side: ``n`` for each prompt, and on
+    completions one prompt per item of a list of them."""
+    count = answers_per_prompt(body)
+    if kind == "completions":
+        count *= _prompt_count(body.get("prompt"))
+    return count
 
 
 def completion_field(kind: str, body: dict[str, Any]) -> str | None:

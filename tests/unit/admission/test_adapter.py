@@ -41,6 +41,9 @@ class FakeLoads:
     def routable(self, endpoint: str) -> bool:
         return endpoint not in self.ejected
 
+    def serves(self, endpoint: str) -> bool:
+        return endpoint in self.current
+
     async def wait_changed(self, timeout: float) -> None:  # noqa: ASYNC109 (the protocol)
         self.waiting.set()
         await self._changed.wait()  # the test decides when time moves on

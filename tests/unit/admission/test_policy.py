@@ -467,3 +467,34 @@ def test_a_request_shed_from_a_full_queue_is_told_when_its_own_tier_may_retry() 
 
     assert (evicted.decision.reason, refused.reason) == (OVERLOADED, OVERLOADED)
     assert evicted.decision.retry_after_s == pytest.approx(refused.retry_after_s)
+
+
+def test_a_poll_serves_gold_held_for_any_pool_before_silver_held_behind_gold_in_another() -> None:
+    """The queues were served one after the other, highest head first: a queue whose head was
+    gold served its silver too before the next queue's gold. Silver held for pool a took a/1's
+    room, and gold held for pool b (full), whose ranking reaches a/1, waited behind it."""
+    policy = AdmissionPolicy()
+    a0, a1, b0 = endpoint("a/0", pool="a"), endpoint("a/1", pool="a"), endpoint("b/0", pool="b")
+    for index in range(20):  # each tier's recent rate on each pool
+        policy.decide(request(f"s{index}", "s", "silver"), SILVER, [a0, a1], index / 20)
+    for pool in (b0, a0):
+        for index in range(60):
+            gold_warm = request(f"{pool.key}-{index}", "g", "gold", prompt_tokens=2000)
+            policy.decide(gold_warm, GOLD, [pool], index / 60)
+    full_a0, full_a1, full_b0 = (dataclasses.replace(view, load=FULL) for view in (a0, a1, b0))
+    first_gold = request("gold-a", "x", "gold", prompt_tokens=2000)
+    second_gold = request("gold-b", "z", "gold", prompt_tokens=2000)
+    held = [
+        policy.decide(first_gold, GOLD, [full_a0], 1.0),
+        policy.decide(request("silver-a", "y", "silver"), SILVER, [full_a0, full_a1], 1.0),
+        policy.decide(second_gold, GOLD, [full_b0, full_a1], 1.0),
+    ]
+    assert [decision.outcome for decision in held] == [QUEUED] * 3
+
+    # Room on a/0 and a/1 for one request each (b/0 still full).
+    room = EndpointLoad(queued_prompt_tokens=2800.0, waiting=1.0)
+    released = policy.poll(1.1, {"a/0": room, "a/1": room, "b/0": FULL})
+
+    sent = {r.held.request.request_id: r.decision.endpoint for r in released}
+    assert sent == {"gold-a": 0, "gold-b": 1}  # silver waits for the room gold took
+    assert policy.held() == 1

@@ -54,6 +54,11 @@ class LoadSource(Protocol):
         """Whether requests may be sent to ``endpoint`` now (False while it is ejected)."""
         ...
 
+    def serves(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` is in the configuration the gateway follows (False once it
+        left it, while this gateway's last requests on it drain too)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionResult:
@@ -132,7 +137,7 @@ class AsyncAdmission:
             return
         self._last_poll = (changes, now)
         reads = _OnDemand(self.source)
-        for release in self.policy.poll(now, reads, reads.ejected):
+        for release in self.policy.poll(now, reads, reads.ejected, reads.gone):
             decision, tier = release.decision, release.held.tier.name
             self.metrics.record(tier, decision.outcome, decision.reason)
             waited = self.clock() - release.held.arrival
@@ -146,12 +151,13 @@ class _OnDemand(Mapping[str, EndpointLoad]):
     """The loads (and health) of a poll, read from the source as the policy asks for them,
     each once: the endpoints of the held requests, not every endpoint the gateway tracks."""
 
-    __slots__ = ("_health", "_loads", "_source")
+    __slots__ = ("_health", "_loads", "_served", "_source")
 
     def __init__(self, source: LoadSource) -> None:
         self._source = source
         self._loads: dict[str, EndpointLoad | None] = {}
         self._health: dict[str, bool] = {}
+        self._served: dict[str, bool] = {}
 
     def __getitem__(self, key: str) -> EndpointLoad:
         if key in self._loads:
@@ -169,25 +175,38 @@ class _OnDemand(Mapping[str, EndpointLoad]):
         return len(self._source.loads())
 
     def out_of_service(self, key: str) -> bool:
-        """Ejected, or no longer tracked: it left the configuration while a request was held
-        for it (its load would stay what it was at the request's arrival)."""
+        """Ejected, or :meth:`left`."""
         routable = self._health.get(key)
         if routable is None:
-            routable = self._health[key] = self._source.routable(key) and key in self
+            routable = self._health[key] = not self.left(key) and self._source.routable(key)
         return not routable
 
+    def left(self, key: str) -> bool:
+        """It left the configuration while a request was held for it (no longer tracked, its
+        load would stay what it was at the request's arrival; still draining this gateway's
+        requests, it is tracked and scraped, and looks in service all the same)."""
+        served = self._served.get(key)
+        if served is None:
+            served = self._served[key] = self._source.serves(key)
+        return not served
+
     @property
-    def ejected(self) -> _Ejected:
-        return _Ejected(self)
+    def ejected(self) -> _Asked:
+        return _Asked(self.out_of_service)
+
+    @property
+    def gone(self) -> _Asked:
+        return _Asked(self.left)
 
 
-class _Ejected:
-    """``key in ejected``: whether an endpoint is out of service, asked of the source once."""
+class _Asked:
+    """``key in it``: whether an endpoint is out of service (or gone), asked of the source
+    once."""
 
-    __slots__ = ("_reads",)
+    __slots__ = ("_ask",)
 
-    def __init__(self, reads: _OnDemand) -> None:
-        self._reads = reads
+    def __init__(self, ask: Callable[[str], bool]) -> None:
+        self._ask = ask
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._reads.out_of_service(key)
+        return isinstance(key, str) and self._ask(key)

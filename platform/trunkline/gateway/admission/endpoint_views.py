@@ -50,14 +50,18 @@ def current_views(
     ranked: Sequence[EndpointView],
     loads: Mapping[str, EndpointLoad],
     out_of_service: Container[str],
+    gone: Container[str] = (),
 ) -> list[EndpointView]:
-    """A held request's ranking as it stands now: latest loads, and the endpoints ejected since
-    it was ranked marked unhealthy (an ejected engine is no longer scraped and its requests
-    leave it, so its load looks light). When none is in service, each stays as routing marked
-    it: routing then tries them all (fail open), and so does a held request."""
+    """A held request's ranking as it stands now: latest loads, and the endpoints out of
+    service since it was ranked marked unhealthy (an ejected engine is no longer scraped and its
+    requests leave it, so its load looks light). When none is in service, those only ejected
+    stay as routing marked them: routing then tries them all (fail open), and so does a held
+    request; those ``gone`` from the configuration (in ``out_of_service`` too) never are."""
     views = [fresh_view(view, loads) for view in ranked]
     out = [view.key in out_of_service for view in views]
-    if not any(out) or all(out):
+    if all(out):
+        out = [view.key in gone for view in views]
+    if not any(out):
         return views
     return [
         dataclasses.replace(v, healthy=False) if o else v for v, o in zip(views, out, strict=True)

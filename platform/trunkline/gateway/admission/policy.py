@@ -148,24 +148,30 @@ class AdmissionPolicy(Dispatch):
         now: float,
         loads: Mapping[str, EndpointLoad],
         out_of_service: Container[str] = (),
+        gone: Container[str] = (),
     ) -> list[Release]:
         """Re-evaluate every held request against ``loads`` (by endpoint key) at ``now``; no
-        held request is sent to an endpoint in ``out_of_service`` (ejected since it was ranked)
-        while another of its ranking is in service."""
+        held request is sent to an endpoint in ``out_of_service`` (ejected since it was ranked,
+        or ``gone``: it left the configuration) while another of its ranking is in service, nor
+        ever to one gone: one whose whole ranking is gone is refused (to retry on the endpoints
+        of today's configuration)."""
         released, self._evicted = self._evicted, []
         for queue in self._queues.values():
             if len(queue):
-                released += self._expire(queue, now, loads)
-        # A ranking may reach other pools than its queue's: the queue holding the highest tier
-        # is served first, and each sees what the others sent in this poll.
-        by_priority: list[tuple[int, FairQueue]] = []
-        for queue in self._queues.values():
-            if (head := queue.next()) is not None:
-                by_priority.append((head.tier.priority, queue))
-        by_priority.sort(key=lambda pair: -pair[0])
+                released += self._expire(queue, now, loads, gone)
+        # A ranking may reach other pools than its queue's: a poll serves tier by tier across
+        # every queue (gold held for one pool before silver held for another, even behind gold
+        # in its own), and each queue sees what the others sent in this poll.
+        lines = [
+            (deque(queue.in_order()), set[tuple[str, str]]()) for queue in self._queues.values()
+        ]
+        tiers = sorted({held.tier.priority for line, _ in lines for held in line}, reverse=True)
         sent: dict[str, tuple[float, float]] = {}
-        for _, queue in by_priority:
-            released += self._serve(queue, now, loads, out_of_service, sent)
+        for priority in tiers:
+            for line, no_room in lines:
+                released += self._serve(
+                    line, priority, now, loads, (out_of_service, gone), sent, no_room
+                )
         return released
 
     def cancel(self, ticket: int) -> bool:
@@ -173,10 +179,19 @@ class AdmissionPolicy(Dispatch):
         return self._drop(ticket) is not None
 
     def _expire(
-        self, queue: FairQueue, now: float, loads: Mapping[str, EndpointLoad]
+        self,
+        queue: FairQueue,
+        now: float,
+        loads: Mapping[str, EndpointLoad],
+        gone: Container[str] = (),
     ) -> list[Release]:
         out = []
         for held in queue.items():
+            if all(view.key in gone for view in held.ranked):
+                self._drop(held.ticket)
+                retry = self.config.min_retry_after_s
+                out.append(Release(held, Decision.reject(SLO_UNATTAINABLE, retry)))
+                continue
             # Even dispatched now on an idle engine its first token would come too late.
             if now + held.min_ttft_s > held.deadline or now - held.arrival > self.config.max_hold_s:
                 self._drop(held.ticket)
@@ -189,19 +204,24 @@ class AdmissionPolicy(Dispatch):
 
     def _serve(
         self,
-        queue: FairQueue,
+        line: deque[Held],
+        priority: int,
         now: float,
         loads: Mapping[str, EndpointLoad],
-        out_of_service: Container[str],
+        out: tuple[Container[str], Container[str]],
         sent: dict[str, tuple[float, float]],
+        no_room: set[tuple[str, str]],
     ) -> list[Release]:
-        out: list[Release] = []
-        no_room: set[tuple[str, str]] = set()  # heavy tenants (tier, tenant) whose turn failed
-        for held in queue.in_order():
+        """Serve the requests of ``priority`` at the front of one queue's ``line`` (its held
+        requests in order); ``out``: endpoints out of service, and those of them gone;
+        ``no_room``: its heavy tenants (tier, tenant) whose turn failed."""
+        released: list[Release] = []
+        while line and line[0].tier.priority == priority:
+            held = line.popleft()
             tenant = held.tier.name, held.request.tenant
             if tenant in no_room:
                 continue  # its requests leave in its own order: the first has no room yet
-            views = pooled_rates(current_views(held.ranked, loads, out_of_service))
+            views = pooled_rates(current_views(held.ranked, loads, *out))
             heavy = self._heavy(
                 views[0].pool, held.request.tenant, held.tier.name, held.tier.priority, now
             )
@@ -219,11 +239,12 @@ class AdmissionPolicy(Dispatch):
                 if heavy is not None:
                     no_room.add(tenant)
                     continue  # a heavy tenant waits for room; its peers need not wait for it
-                break  # strict priority: nothing below this request goes first
+                line.clear()  # strict priority: nothing below this request goes first
+                break
             self._drop(held.ticket, served=True)
             waited = dataclasses.replace(decision, wait_s=now - held.arrival)
-            out.append(Release(held, waited))
-        return out
+            released.append(Release(held, waited))
+        return released
 
     def _make_room(self, queue: FairQueue, tier: TierEntry, tenant: str, now: float) -> bool:
         """Shed a held request from a full queue for a new one of ``tenant`` in ``tier``, if one

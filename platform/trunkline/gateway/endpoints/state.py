@@ -132,6 +132,12 @@ class EngineState:
         for new in wanted - self._endpoints.keys():
             self._endpoints[new] = TrackedEndpoint(self._policy)
 
+    def serves(self, endpoint: str) -> bool:
+        """Not removed from the snapshot (a removed endpoint is tracked while requests of this
+        gateway drain from it): what admission may still send held requests to. One not
+        tracked yet (a snapshot newer than the last sync) is: routing took it from there."""
+        return endpoint not in self._removed
+
     def draining(self) -> set[str]:
         """Endpoints the snapshot removed that are tracked until their requests end."""
         return self._removed.keys() & self._endpoints.keys()
