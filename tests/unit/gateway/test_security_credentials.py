@@ -57,3 +57,15 @@ def test_an_authorization_and_an_api_key_naming_two_keys_are_refused(make_gatewa
         assert "one" in answer.json()["error"]["message"]
     same = [("Authorization", f"Bearer {key}"), ("api-key", key)]
     assert _get(gw.client.app, "/v1/models", same).is_success
+
+
+def test_a_key_pasted_into_the_url_is_not_echoed_in_the_404(make_gateway) -> None:
+    """A base URL with the key in it (``…/v1/<key>``) reached no route, and the 404's message
+    (``Unknown request URL: …``) wrote the path out, key and secret. Its public id stays."""
+    gw, key = _ready(make_gateway)
+    public, secret = key.split("_")[1:]
+    for path in (f"/v1/{key}/chat/completions", f"/{key}"):
+        answer = gw.client.get(path, headers=[("Authorization", f"Bearer {key}")])
+        message = assert_openai_error(answer, 404, "unknown_url")["message"]
+        assert f"tlk_{public}_" in message
+        assert secret not in answer.text
