@@ -10,11 +10,14 @@ Guards raise domain errors; the app maps them to problem details once.
 
 from __future__ import annotations
 
+import inspect
 import uuid
+from collections.abc import Awaitable
 from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+import anyio.from_thread
 from litestar.connection import ASGIConnection, Request
 from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy.orm import Session
@@ -73,8 +76,10 @@ def guard_again(session: Session, connection: AnyConnection) -> None:
     """Run the route's guards again when the caller's memberships, as ``session`` reads them,
     differ from those its request began with. A write's guards saw the memberships read
     before it waited on the configuration's lock, perhaps for the caller's removal or
-    demotion: a tenant admin removed meanwhile still added members. The guards here are
-    plain functions, run as they are (Litestar wraps them to run in a thread)."""
+    demotion: a tenant admin removed meanwhile still added members. Called in a worker
+    thread: a plain function guard runs as it is (Litestar wraps it to run in a thread), an
+    ``async def`` one on the event loop that thread was sent from (called and not awaited, it
+    ran nothing and the write went on)."""
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal) or principal.user_id is None:
         return
@@ -84,4 +89,10 @@ def guard_again(session: Session, connection: AnyConnection) -> None:
     connection.scope["user"] = replace(principal, memberships=MappingProxyType(now))
     handler = connection.route_handler
     for guard in handler.resolve_guards():
-        getattr(guard, "func", guard)(connection, handler)
+        checked = getattr(guard, "func", guard)(connection, handler)
+        if inspect.isawaitable(checked):
+            anyio.from_thread.run(_awaited, checked)
+
+
+async def _awaited(checked: Awaitable[None]) -> None:
+    await checked

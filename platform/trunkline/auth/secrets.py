@@ -24,10 +24,15 @@ API_KEY_PREFIX = "tlk"
 ACCESS_TOKEN_PREFIX = "tlu"  # noqa: S105 - a prefix, not a secret
 
 
+SHOWN_SECRET_LENGTH = 20
+"""From how many characters of a secret on :func:`redacted` cuts them: a shorter piece leaves
+120 bits or more to guess, and a name such as ``tlk_experiment12_v2`` stays as written."""
 _WHOLE_SECRET = re.compile(
-    rf"(?<![A-Za-z0-9])((?:{API_KEY_PREFIX}|{ACCESS_TOKEN_PREFIX})_[A-Za-z0-9]{{{ID_LENGTH}}}_)"
-    rf"[A-Za-z0-9]{{{SECRET_LENGTH}}}(?![A-Za-z0-9])"
+    rf"((?:{API_KEY_PREFIX}|{ACCESS_TOKEN_PREFIX})_[A-Za-z0-9]{{{ID_LENGTH}}}_)"
+    rf"[A-Za-z0-9]{{{SHOWN_SECRET_LENGTH},{SECRET_LENGTH}}}"
 )
+"""A key's or token's secret part after its id, whatever stands around it: a key pasted twice
+(``…secret1tlk_…``), beside a letter or cut short by a character was written out whole."""
 
 
 _URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/?#@:]*):[^/?#@]*@")
@@ -95,9 +100,10 @@ def verify(
 
 
 def redacted(text: str) -> str:
-    """``text`` with the secret part of every whole key or token in it replaced, its public id
-    kept (``tlk_<id>_…``): for what is written out, a log line or a problem's ``instance``,
-    when a caller pasted a whole key where its id goes."""
+    """``text`` with the secret part of every key or token in it replaced (from
+    ``SHOWN_SECRET_LENGTH`` of its characters on), its public id kept (``tlk_<id>_…``): for what
+    is written out, a log line or a problem's ``instance``, when a caller pasted a whole key
+    where its id goes."""
     return _WHOLE_SECRET.sub(r"\1…", text)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from trunkline import errors
+from trunkline.auth.secrets import redacted
 
 # code -> (HTTP status, OpenAI error type). OpenAI types every client error but a 429
 # ``invalid_request_error``, a bad key (401), a model refused (403) or unknown (404) too: there
@@ -48,6 +49,8 @@ def status_and_body(exc: errors.TrunklineError) -> tuple[int, OpenAIErrorBody]:
     status, kind = _STATUS.get(exc.code, (500, "server_error"))
     # ``reason`` carries the OpenAI-level code (e.g. invalid_api_key, model_not_found).
     message = exc.message if status < 500 or exc.code != "internal_error" else "internal error"
+    # a key sent where a name goes (the model, the URL) is repeated with its secret cut
+    message = redacted(message)
     return status, OpenAIErrorBody(OpenAIError(message, kind, exc.param, exc.reason or exc.code))
 
 

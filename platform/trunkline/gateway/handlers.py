@@ -16,6 +16,7 @@ from litestar.params import FromPath
 from litestar.response import Stream
 from prometheus_client import CollectorRegistry, generate_latest
 
+from trunkline.auth.secrets import redacted
 from trunkline.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -340,7 +341,7 @@ def _http_error(
 
 
 def _unknown_url(request: Request[object, object, State]) -> NotFound:
-    path = request.url.path
+    path = redacted(request.url.path)  # a base URL with the key in it
     shown = path if len(path) <= 120 else f"{path[:120]}…"
     return NotFound(
         f"Unknown request URL: {request.method} {shown}. {_SERVED}", reason="unknown_url"

@@ -4,8 +4,10 @@ refused, not served as whichever came first."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
+import pytest
 from cp_support import World
 
 
@@ -41,3 +43,25 @@ def test_a_token_pasted_where_a_name_goes_is_not_echoed_in_the_problem(world: Wo
         assert response.status_code == 404, response.text
         assert token.split("_")[2] not in response.text
         assert f"tlu_{token.split('_')[1]}_" in response.json()["detail"]  # the id still names it
+
+
+def test_a_token_pasted_twice_or_cut_short_is_not_echoed_in_the_problem_nor_logged(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a token standing alone, whole, had its secret cut: pasted twice, with a character
+    more, or with its last one left behind, it came back in the problem's detail and instance
+    and in the access log, all of it or all but one character. A name that merely looks like
+    one (``tlk_``, twelve letters, ``_``) is shown as it is."""
+    token = world.tokens["root"]
+    public, secret = token.split("_")[1:]
+    caplog.set_level(logging.INFO, logger="trunkline.controlplane")
+    for pasted in (token + token, token + "x", token[:-1]):
+        response = world.client.get(f"/api/v1/tiers/{pasted}", headers=world.admin.headers)
+        assert response.status_code == 404, response.text
+        assert secret[:-1] not in response.text
+        assert f"tlu_{public}_" in response.json()["detail"]  # the id still names it
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"tlu_{public}_" in logged and secret[:-1] not in logged
+    ordinary = "tlk_experiment12_v2"
+    response = world.client.get(f"/api/v1/tiers/{ordinary}", headers=world.admin.headers)
+    assert response.status_code == 404 and ordinary in response.json()["detail"]

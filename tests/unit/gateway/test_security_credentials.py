@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import pytest
 from tests.unit.gateway.conftest import TENANT_B
-from tests.unit.gateway.test_gateway import _ready, assert_openai_error
+from tests.unit.gateway.test_gateway import _ready, assert_openai_error, auth
 
 
 def _get(app: object, path: str, headers: list[tuple[str, str]]) -> httpx.Response:
@@ -57,3 +57,30 @@ def test_an_authorization_and_an_api_key_naming_two_keys_are_refused(make_gatewa
         assert "one" in answer.json()["error"]["message"]
     same = [("Authorization", f"Bearer {key}"), ("api-key", key)]
     assert _get(gw.client.app, "/v1/models", same).is_success
+
+
+def test_a_key_pasted_into_the_url_is_not_echoed_in_the_404(make_gateway) -> None:
+    """A base URL with the key in it (``…/v1/<key>``) reached no route, and the 404's message
+    (``Unknown request URL: …``) wrote the path out, key and secret. Its public id stays."""
+    gw, key = _ready(make_gateway)
+    public, secret = key.split("_")[1:]
+    for path in (f"/v1/{key}/chat/completions", f"/{key}"):
+        answer = gw.client.get(path, headers=[("Authorization", f"Bearer {key}")])
+        message = assert_openai_error(answer, 404, "unknown_url")["message"]
+        assert f"tlk_{public}_" in message
+        assert secret not in answer.text
+
+
+def test_a_key_pasted_as_the_model_is_not_echoed_in_the_404(make_gateway) -> None:
+    """The key sent as ``model`` (two settings swapped) came back whole in the answer's message
+    (``The model '…' does not exist …``), as for any other name."""
+    gw, key = _ready(make_gateway)
+    secret = key.split("_")[2]
+    body = {"model": key, "messages": [{"role": "user", "content": "hi"}]}
+    answers = (
+        gw.client.post("/v1/chat/completions", json=body, headers=auth(key)),
+        gw.client.get(f"/v1/models/{key}", headers=auth(key)),
+    )
+    for answer in answers:
+        assert_openai_error(answer, 404, "model_not_found")
+        assert secret not in answer.text
