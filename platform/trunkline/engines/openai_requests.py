@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trunkline.engines.requests import find_stop
 from trunkline.engines.tokens import (
     VOCAB_SIZE,
     ChatMessage,
@@ -93,6 +94,8 @@ class GenerateParams:
     stop: tuple[str, ...] = ()
     """Stop strings: an answer ends before the first it meets (``finish_reason`` stop, the
     string in ``stop_reason``)."""
+    min_tokens: int = 0
+    """Stop strings are looked for only past an answer's first ``min_tokens`` tokens."""
     echo_only: bool = False
     """``echo`` with ``max_tokens`` 0 (scoring a prompt): as vLLM, one token is generated (and
     counted in the usage) but the answer is the prompt alone."""
@@ -102,12 +105,13 @@ class GenerateParams:
         prompts = [(self.prompt_tokens, self.max_tokens), *self.more_prompts]
         return [prompt for prompt in prompts for _ in range(self.n)]
 
-    def cut_at_stop(self, generated: str) -> tuple[str, str | None]:
-        """An answer's text up to the first stop string in it, and that string (None: none)."""
-        found = [(at, text) for text in self.stop if (at := generated.find(text)) >= 0]
-        if not found:
+    def cut_at_stop(self, generated: str, last_chars: int, tokens: int) -> tuple[str, str | None]:
+        """An answer's whole text (``tokens`` of them, the last ``last_chars`` characters long)
+        up to the stop string its last token completed, and that string (None: none)."""
+        found = find_stop(generated, last_chars, self.stop) if tokens > self.min_tokens else None
+        if found is None:
             return generated, None
-        at, text = min(found)
+        text, at = found
         return generated[:at], text
 
     def answer_text(self, index: int, generated: str) -> str:
@@ -388,6 +392,7 @@ def _generate_params(
         echo=echo,
         echo_only=echoing and body.get("max_tokens") == 0,
         stop=_stop_strings(body),
+        min_tokens=min_tokens or 0,
     )
 
 

@@ -225,6 +225,7 @@ class SimApp:
                 seed=None if params.seed is None else params.seed + index % params.n,
                 ends_at_max=params.ends_at_max,
                 stop_texts=params.stop,
+                min_tokens=params.min_tokens,
             )
             for index, (prompt, max_tokens) in enumerate(params.answers())
         ]
@@ -252,7 +253,8 @@ class SimApp:
             if params.logprobs is not None:
                 tokens_logprobs = answer_logprobs(seeds[index], tokens, params.logprobs)
                 logprobs = logprobs_body(reply.kind, tokens_logprobs)
-            generated, stop_reason = params.cut_at_stop(detokenize(tokens))
+            last_chars = len(detokenize(tokens[-1:]))
+            generated, stop_reason = params.cut_at_stop(detokenize(tokens), last_chars, len(tokens))
             text = params.answer_text(index, generated)
             return Answer(text, last.finish_reason, logprobs, stop_reason), last.usage
 
@@ -357,10 +359,11 @@ class _StreamedChoice:
         less a character) until the answer ends, and never sends a stop string."""
         if not params.stop:
             return detokenize((event.token_id,)), None
-        self.generated += detokenize((event.token_id,))
+        latest = detokenize((event.token_id,))
+        self.generated += latest
         stop_reason = None
         if event.finished:
-            ready, stop_reason = params.cut_at_stop(self.generated)
+            ready, stop_reason = params.cut_at_stop(self.generated, len(latest), self.tokens + 1)
         else:
             held = max(len(text) for text in params.stop) - 1
             ready = self.generated[: len(self.generated) - held]
