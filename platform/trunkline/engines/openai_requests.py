@@ -96,6 +96,9 @@ class GenerateParams:
     string in ``stop_reason``)."""
     min_tokens: int = 0
     """Stop strings are looked for only past an answer's first ``min_tokens`` tokens."""
+    include_stop: bool = False
+    """``include_stop_str_in_output``: an answer ends with the stop string it met, not before
+    it (and a stream holds nothing back)."""
     echo_only: bool = False
     """``echo`` with ``max_tokens`` 0 (scoring a prompt): as vLLM, one token is generated (and
     counted in the usage) but the answer is the prompt alone."""
@@ -112,7 +115,14 @@ class GenerateParams:
         if found is None:
             return generated, None
         text, at = found
-        return generated[:at], text
+        return generated[: at + len(text) if self.include_stop else at], text
+
+    def stop_held(self) -> int:
+        """The characters a stream holds back, as vLLM does: what could begin a stop string
+        it leaves out of the text."""
+        if not self.stop or self.include_stop:
+            return 0
+        return max(len(text) for text in self.stop) - 1
 
     def answer_text(self, index: int, generated: str) -> str:
         """What choice ``index`` says, its echoed prompt first."""
@@ -393,6 +403,7 @@ def _generate_params(
         echo_only=echoing and body.get("max_tokens") == 0,
         stop=_stop_strings(body),
         min_tokens=min_tokens or 0,
+        include_stop=bool(_flag(body, "include_stop_str_in_output")),
     )
 
 

@@ -356,7 +356,8 @@ class _StreamedChoice:
     def _next_text(self, event: TokenEvent, params: GenerateParams) -> tuple[str, str | None]:
         """The answer's text to send with this token, and the stop string it met (if any).
         As vLLM, with stop strings it holds back the text that could begin one (the longest
-        less a character) until the answer ends, and never sends a stop string."""
+        less a character) until the answer ends, and sends a stop string only when
+        ``include_stop_str_in_output`` asks for it."""
         if not params.stop:
             return detokenize((event.token_id,)), None
         latest = detokenize((event.token_id,))
@@ -365,8 +366,7 @@ class _StreamedChoice:
         if event.finished:
             ready, stop_reason = params.cut_at_stop(self.generated, len(latest), self.tokens + 1)
         else:
-            held = max(len(text) for text in params.stop) - 1
-            ready = self.generated[: len(self.generated) - held]
+            ready = self.generated[: len(self.generated) - params.stop_held()]
         text = ready[self.shown :]
         self.shown += len(text)
         return text, stop_reason

@@ -418,6 +418,18 @@ async def test_stop_strings_are_not_looked_for_before_min_tokens(sim: Sim, strea
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", " ")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_include_stop_str_in_output_keeps_the_stop_string(sim: Sim, stream: bool) -> None:
+    """Before, the simulated engine took include_stop_str_in_output and left the stop string
+    out all the same; vLLM ends the answer with it."""
+    plain = (await sim.chat(max_tokens=12, seed=7)).json()["choices"][0]["message"]["content"]
+    stop = plain.split(" ")[4][:2]
+    body = {"max_tokens": 12, "seed": 7, "stop": [stop], "include_stop_str_in_output": True}
+    text, choice, _usage = await _answer(sim, body, stream)
+    assert text == plain[: plain.find(stop) + len(stop)]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
+
+
 async def test_latency_metrics_are_modelled_time_not_scaled_wall_time() -> None:
     profile = small_h100()
     app = create_sim_app(model=MODEL, profile=profile, time_scale=0.001)
