@@ -215,20 +215,7 @@ class SimApp:
     async def _generate(
         self, params: GenerateParams, reply: Reply, send: Send, receive: Receive
     ) -> None:
-        # One engine request per choice, as vLLM runs n > 1 and a list of prompts; the n
-        # answers of a prompt sample with seed, seed + 1, ... when a seed is given.
-        streams = [
-            self.engine.submit(
-                prompt,
-                max_tokens,
-                cache_salt=params.cache_salt,
-                seed=None if params.seed is None else params.seed + index % params.n,
-                ends_at_max=params.ends_at_max,
-                stop_texts=params.stop,
-                min_tokens=params.min_tokens,
-            )
-            for index, (prompt, max_tokens) in enumerate(params.answers())
-        ]
+        streams = self._submit(params)
         if params.stream:
             work = self._send_stream(streams, reply, params, send)
         else:
@@ -238,6 +225,31 @@ class SimApp:
         finally:  # the response is complete or the client went away: free the engine
             for stream in streams:
                 stream.abort()
+
+    def _submit(self, params: GenerateParams) -> list[RequestStream]:
+        """One engine request per choice, as vLLM runs n > 1 and a list of prompts; the n
+        answers of a prompt sample with seed, seed + 1, ... when a seed is given. One the
+        engine refuses is vLLM's 400 (its serving code answers a ValueError so), the
+        choices already queued withdrawn."""
+        streams: list[RequestStream] = []
+        try:
+            for index, (prompt, max_tokens) in enumerate(params.answers()):
+                seed = None if params.seed is None else params.seed + index % params.n
+                stream = self.engine.submit(
+                    prompt,
+                    max_tokens,
+                    cache_salt=params.cache_salt,
+                    seed=seed,
+                    ends_at_max=params.ends_at_max,
+                    stop_texts=params.stop,
+                    min_tokens=params.min_tokens,
+                )
+                streams.append(stream)
+        except ValueError as exc:
+            for queued in streams:
+                queued.abort()
+            raise ApiError(400, str(exc)) from None
+        return streams
 
     async def _send_full(
         self, streams: list[RequestStream], reply: Reply, params: GenerateParams, send: Send

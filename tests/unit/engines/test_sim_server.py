@@ -430,6 +430,22 @@ async def test_include_stop_str_in_output_keeps_the_stop_string(sim: Sim, stream
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
 
 
+async def test_an_echo_without_room_for_its_one_token_is_a_400_not_a_crash(sim: Sim) -> None:
+    """A completions echo with max_tokens 0 generates one token, as vLLM does. With a prompt
+    filling the context window that token does not fit: the engine refused it and the server,
+    not expecting that, failed with a bare 500 (which the gateway takes for the engine's
+    failure: the request sent to every endpoint, each counted against its health)."""
+    prompts = [[100, 101], list(range(100, 100 + 512))]  # the second fills max_model_len
+    body = {"model": MODEL, "prompt": prompts, "echo": True, "max_tokens": 0}
+
+    response = await sim.client.post("/v1/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "BadRequestError"
+    assert "max_model_len 512" in response.json()["error"]["message"]
+    assert not sim.app.core.requests  # the first prompt's request went with it
+
+
 async def test_latency_metrics_are_modelled_time_not_scaled_wall_time() -> None:
     profile = small_h100()
     app = create_sim_app(model=MODEL, profile=profile, time_scale=0.001)
