@@ -102,6 +102,7 @@ class EngineCore:
         ends_at_max: bool = False,
         remote_prefill: bool = False,
         stop_texts: Sequence[str] = (),
+        min_tokens: int = 0,
     ) -> None:
         """Queue a request; it is scheduled by the next :meth:`step`.
 
@@ -112,7 +113,8 @@ class EngineCore:
         ``ends_at_max``: the answer ends there with an end-of-sequence token (finish reason
         ``stop``, not ``length``). ``remote_prefill``: another engine prefilled the prompt and
         its KV is here (see :attr:`EngineRequest.remote_prefill`). ``stop_texts``: the answer
-        ends (finish reason ``stop``) with the token that completes one of them.
+        ends (finish reason ``stop``) with the token that completes one of them, past its
+        first ``min_tokens``.
         """
         if req_id in self.requests:
             raise ValueError(f"request {req_id!r} already exists")
@@ -132,6 +134,7 @@ class EngineCore:
             ends_at_max=ends_at_max,
             remote_prefill=remote_prefill,
             stop_texts=stop_texts,
+            min_tokens=min_tokens,
         )
         if self.enable_prefix_caching:
             if block_hashes is not None:

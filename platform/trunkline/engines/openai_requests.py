@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trunkline.engines.requests import find_stop
 from trunkline.engines.tokens import (
     VOCAB_SIZE,
     ChatMessage,
@@ -93,6 +94,11 @@ class GenerateParams:
     stop: tuple[str, ...] = ()
     """Stop strings: an answer ends before the first it meets (``finish_reason`` stop, the
     string in ``stop_reason``)."""
+    min_tokens: int = 0
+    """Stop strings are looked for only past an answer's first ``min_tokens`` tokens."""
+    include_stop: bool = False
+    """``include_stop_str_in_output``: an answer ends with the stop string it met, not before
+    it (and a stream holds nothing back)."""
     echo_only: bool = False
     """``echo`` with ``max_tokens`` 0 (scoring a prompt): as vLLM, one token is generated (and
     counted in the usage) but the answer is the prompt alone."""
@@ -102,13 +108,21 @@ class GenerateParams:
         prompts = [(self.prompt_tokens, self.max_tokens), *self.more_prompts]
         return [prompt for prompt in prompts for _ in range(self.n)]
 
-    def cut_at_stop(self, generated: str) -> tuple[str, str | None]:
-        """An answer's text up to the first stop string in it, and that string (None: none)."""
-        found = [(at, text) for text in self.stop if (at := generated.find(text)) >= 0]
-        if not found:
+    def cut_at_stop(self, generated: str, last_chars: int, tokens: int) -> tuple[str, str | None]:
+        """An answer's whole text (``tokens`` of them, the last ``last_chars`` characters long)
+        up to the stop string its last token completed, and that string (None: none)."""
+        found = find_stop(generated, last_chars, self.stop) if tokens > self.min_tokens else None
+        if found is None:
             return generated, None
-        at, text = min(found)
-        return generated[:at], text
+        text, at = found
+        return generated[: at + len(text) if self.include_stop else at], text
+
+    def stop_held(self) -> int:
+        """The characters a stream holds back, as vLLM does: what could begin a stop string
+        it leaves out of the text."""
+        if not self.stop or self.include_stop:
+            return 0
+        return max(len(text) for text in self.stop) - 1
 
     def answer_text(self, index: int, generated: str) -> str:
         """What choice ``index`` says, its echoed prompt first."""
@@ -388,6 +402,8 @@ def _generate_params(
         echo=echo,
         echo_only=echoing and body.get("max_tokens") == 0,
         stop=_stop_strings(body),
+        min_tokens=min_tokens or 0,
+        include_stop=bool(_flag(body, "include_stop_str_in_output")),
     )
 
 

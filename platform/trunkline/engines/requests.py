@@ -10,7 +10,7 @@ from trunkline.engines.events import FinishReason, RequestUsage
 from trunkline.engines.kv_cache import BlockHash
 from trunkline.engines.tokens import FIRST_ORDINARY_ID, VOCAB_SIZE, detokenize
 
-__all__ = ["EngineRequest", "check_request"]
+__all__ = ["EngineRequest", "check_request", "find_stop"]
 
 _SPAN = VOCAB_SIZE - FIRST_ORDINARY_ID
 
@@ -46,6 +46,8 @@ class EngineRequest:
     stop_texts: tuple[str, ...] = ()
     """Stop strings: the answer ends with the token that completes one of them (vLLM checks
     them as it detokenizes, and aborts the request in its engine core)."""
+    min_tokens: int = 0
+    """Stop strings are looked for only in the tokens after the first ``min_tokens``."""
     remote_prefill: bool = False
     """Its prompt's KV comes from another engine's prefill (prefill/decode disaggregation, vLLM's
     ``kv_transfer_params`` with ``do_remote_prefill``): when first scheduled, the whole prompt
@@ -78,6 +80,7 @@ class EngineRequest:
         ends_at_max: bool = False,
         remote_prefill: bool = False,
         stop_texts: Sequence[str] = (),
+        min_tokens: int = 0,
     ) -> EngineRequest:
         return cls(
             req_id=req_id,
@@ -91,6 +94,7 @@ class EngineRequest:
             ends_at_max=ends_at_max,
             remote_prefill=remote_prefill,
             stop_texts=tuple(text for text in stop_texts if text),
+            min_tokens=min_tokens,
         )
 
     @property
@@ -125,12 +129,15 @@ class EngineRequest:
         return None
 
     def _stop_text_met(self) -> bool:
-        """A stop string ends in the latest tokens' text (one that ended earlier would have
-        stopped the request then); every token reads as one character at least."""
+        """A stop string ends in the latest token's text, past ``min_tokens`` (every token
+        reads as one character at least: the last ``longest`` tokens hold any such string)."""
+        if self.num_output_tokens <= self.min_tokens:
+            return False
         longest = max(len(text) for text in self.stop_texts)
         start = max(self.num_prompt_tokens, len(self.token_ids) - longest)
         tail = detokenize(self.token_ids[start:])
-        return any(text in tail for text in self.stop_texts)
+        latest = len(detokenize(self.token_ids[-1:]))
+        return find_stop(tail, latest, self.stop_texts) is not None
 
     def usage(self, now: float) -> RequestUsage:
         return RequestUsage(
@@ -142,3 +149,15 @@ class EngineRequest:
             ttft=self.first_token_time - self.arrival_time,
             engine_ttft=self.first_token_time - self.queued_time,
         )
+
+
+def find_stop(text: str, new_chars: int, stop_texts: Sequence[str]) -> tuple[str, int] | None:
+    """The stop string that ``text``'s last ``new_chars`` characters complete, and where it
+    starts; as vLLM's detokenizer, the first such in the request's order (None: none)."""
+    if not new_chars:
+        return None
+    for stop in stop_texts:
+        at = text.find(stop, max(len(text) + 1 - new_chars - len(stop), 0))
+        if at >= 0:
+            return stop, at
+    return None

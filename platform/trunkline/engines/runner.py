@@ -117,6 +117,7 @@ class AsyncEngine:
         seed: int | None = None,
         ends_at_max: bool = False,
         stop_texts: Sequence[str] = (),
+        min_tokens: int = 0,
     ) -> RequestStream:
         """Queue a request (raises ``ValueError`` when the core rejects it)."""
         if self._closed:
@@ -132,6 +133,7 @@ class AsyncEngine:
             seed=seed,
             ends_at_max=ends_at_max,
             stop_texts=stop_texts,
+            min_tokens=min_tokens,
         )
         if self._cap == math.inf:
             # An idle engine starts its next step at the arrival: the driver's wake-up latency,

@@ -215,19 +215,7 @@ class SimApp:
     async def _generate(
         self, params: GenerateParams, reply: Reply, send: Send, receive: Receive
     ) -> None:
-        # One engine request per choice, as vLLM runs n > 1 and a list of prompts; the n
-        # answers of a prompt sample with seed, seed + 1, ... when a seed is given.
-        streams = [
-            self.engine.submit(
-                prompt,
-                max_tokens,
-                cache_salt=params.cache_salt,
-                seed=None if params.seed is None else params.seed + index % params.n,
-                ends_at_max=params.ends_at_max,
-                stop_texts=params.stop,
-            )
-            for index, (prompt, max_tokens) in enumerate(params.answers())
-        ]
+        streams = self._submit(params)
         if params.stream:
             work = self._send_stream(streams, reply, params, send)
         else:
@@ -237,6 +225,31 @@ class SimApp:
         finally:  # the response is complete or the client went away: free the engine
             for stream in streams:
                 stream.abort()
+
+    def _submit(self, params: GenerateParams) -> list[RequestStream]:
+        """One engine request per choice, as vLLM runs n > 1 and a list of prompts; the n
+        answers of a prompt sample with seed, seed + 1, ... when a seed is given. One the
+        engine refuses is vLLM's 400 (its serving code answers a ValueError so), the
+        choices already queued withdrawn."""
+        streams: list[RequestStream] = []
+        try:
+            for index, (prompt, max_tokens) in enumerate(params.answers()):
+                seed = None if params.seed is None else params.seed + index % params.n
+                stream = self.engine.submit(
+                    prompt,
+                    max_tokens,
+                    cache_salt=params.cache_salt,
+                    seed=seed,
+                    ends_at_max=params.ends_at_max,
+                    stop_texts=params.stop,
+                    min_tokens=params.min_tokens,
+                )
+                streams.append(stream)
+        except ValueError as exc:
+            for queued in streams:
+                queued.abort()
+            raise ApiError(400, str(exc)) from None
+        return streams
 
     async def _send_full(
         self, streams: list[RequestStream], reply: Reply, params: GenerateParams, send: Send
@@ -252,7 +265,8 @@ class SimApp:
             if params.logprobs is not None:
                 tokens_logprobs = answer_logprobs(seeds[index], tokens, params.logprobs)
                 logprobs = logprobs_body(reply.kind, tokens_logprobs)
-            generated, stop_reason = params.cut_at_stop(detokenize(tokens))
+            last_chars = len(detokenize(tokens[-1:]))
+            generated, stop_reason = params.cut_at_stop(detokenize(tokens), last_chars, len(tokens))
             text = params.answer_text(index, generated)
             return Answer(text, last.finish_reason, logprobs, stop_reason), last.usage
 
@@ -354,16 +368,17 @@ class _StreamedChoice:
     def _next_text(self, event: TokenEvent, params: GenerateParams) -> tuple[str, str | None]:
         """The answer's text to send with this token, and the stop string it met (if any).
         As vLLM, with stop strings it holds back the text that could begin one (the longest
-        less a character) until the answer ends, and never sends a stop string."""
+        less a character) until the answer ends, and sends a stop string only when
+        ``include_stop_str_in_output`` asks for it."""
         if not params.stop:
             return detokenize((event.token_id,)), None
-        self.generated += detokenize((event.token_id,))
+        latest = detokenize((event.token_id,))
+        self.generated += latest
         stop_reason = None
         if event.finished:
-            ready, stop_reason = params.cut_at_stop(self.generated)
+            ready, stop_reason = params.cut_at_stop(self.generated, len(latest), self.tokens + 1)
         else:
-            held = max(len(text) for text in params.stop) - 1
-            ready = self.generated[: len(self.generated) - held]
+            ready = self.generated[: len(self.generated) - params.stop_held()]
         text = ready[self.shown :]
         self.shown += len(text)
         return text, stop_reason

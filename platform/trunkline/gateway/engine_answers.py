@@ -108,6 +108,13 @@ class _WithUsage(msgspec.Struct):
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
 
 
+class _Choice(msgspec.Struct):
+    index: int = 0
+
+
+_choice_decoder = msgspec.json.Decoder(_Choice)
+
+
 class _ErrorInfo(msgspec.Struct):
     code: int | str | None = None
 
@@ -130,21 +137,41 @@ class Tally:
     completion_tokens: int = 0
     chunks: int = 0
     usage_seen: bool = False
+    answers_per_prompt: int = 1
+    """``n``: choices ``0 .. n - 1`` answer the first prompt, ``n ..`` the next."""
+    so_far: dict[int, _Usage] = field(default_factory=dict)
+    """Per choice, the usage its last chunk carried (vLLM's ``continuous_usage_stats``): its
+    own tokens so far and its prompt, until the response's usage comes."""
     finished: bool = False
     """A stream's event had a ``finish_reason`` (or an error blaming the request): the engine
     ended the answer, rather than gave it up."""
 
-    def take_usage(self, usage: _Usage) -> None:
+    def take_usage(self, usage: _Usage, choice: int | None = None) -> None:
+        """Note the response's usage, or (``choice``) the usage so far of one of its choices,
+        which counts that choice's tokens alone: the response's so far is then every choice's
+        tokens and each prompt once (a stream cut short is billed all it sent)."""
         self.usage_seen = True
-        self.prompt_tokens = usage.prompt_tokens
-        self.completion_tokens = usage.completion_tokens or 0
-        details = usage.prompt_tokens_details
-        cached = (details.cached_tokens or 0) if details else 0
+        if choice is None:
+            self.so_far.clear()
+            usages, prompts = [usage], [usage]
+        else:
+            self.so_far[choice] = usage
+            usages = list(self.so_far.values())
+            by_prompt = {at // self.answers_per_prompt: u for at, u in self.so_far.items()}
+            prompts = list(by_prompt.values())
+        self.prompt_tokens = sum(u.prompt_tokens for u in prompts)
+        self.completion_tokens = sum(u.completion_tokens or 0 for u in usages)
+        cached = sum(_cached(u) for u in prompts)
         self.cached_tokens = min(max(cached, 0), self.prompt_tokens)  # an engine's miscount
 
     @property
     def ttft_ms(self) -> float | None:
         return None if self.first_byte is None else (self.first_byte - self.started) * 1000
+
+
+def _cached(usage: _Usage) -> int:
+    details = usage.prompt_tokens_details
+    return (details.cached_tokens or 0) if details else 0
 
 
 def read_usage(body: bytes, tally: Tally) -> bool:
@@ -306,11 +333,21 @@ def _verdict(event: bytes, tally: Tally, keep_usage_chunk: bool) -> _Verdict:
         parsed = _usage_decoder.decode(event[6:])
     except msgspec.DecodeError:
         return _Verdict.SEND
-    if parsed.usage is not None:
+    if parsed.usage is None:
+        return _Verdict.SEND
+    if not parsed.choices:
         tally.take_usage(parsed.usage)
-        if not parsed.choices:
-            return _Verdict.HOLD if keep_usage_chunk else _Verdict.DROP
+        return _Verdict.HOLD if keep_usage_chunk else _Verdict.DROP
+    # A choice's chunk with usage: vLLM's continuous_usage_stats, that choice's so far.
+    tally.take_usage(parsed.usage, _choice_index(parsed.choices[0]))
     return _Verdict.SEND
+
+
+def _choice_index(choice: msgspec.Raw) -> int:
+    try:
+        return _choice_decoder.decode(choice).index
+    except msgspec.DecodeError:
+        return 0
 
 
 def _finish_reason(event: bytes, at: int) -> bytes | None:

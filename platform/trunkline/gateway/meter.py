@@ -60,7 +60,7 @@ class UsageMeter:
         """The endpoint the request was last sent to, before any answer came."""
         self.flight: Flight | None = None
         self.engines: EngineState | None = None
-        self.tally = Tally()
+        self.tally = Tally(answers_per_prompt=answers_per_prompt(request.body))
         self.wall_start = time.time()
         self._done = False
         self._relayed = False

@@ -417,7 +417,10 @@ class GatewayService:
                 if index + 1 >= len(candidates):
                     raise
                 log.warning("engine failed before its first event; trying the next one")
-                meter.tally = Tally(started=meter.tally.started)
+                meter.tally = Tally(
+                    started=meter.tally.started,
+                    answers_per_prompt=meter.tally.answers_per_prompt,
+                )
                 offset = index + 1
                 continue
             return index, opened, (first, events)

@@ -384,22 +384,66 @@ async def test_an_answer_ends_at_its_stop_string_and_so_does_the_engine(
     plain = (await sim.chat(max_tokens=12, seed=7)).json()["choices"][0]["message"]["content"]
     stop = plain.split(" ")[4][:2]  # a piece of the fourth word: met there or before
     generated = sim.app.core.counters.generation_tokens
-    body = {"max_tokens": 12, "seed": 7, "stop": ["never said", stop], "stream": stream}
-    if stream:
-        body["stream_options"] = {"include_usage": True}
-    response = await sim.chat(**body)
-    if stream:
-        *chunks, last, _done = sse_payloads(response.text)
-        choices = [chunk["choices"][0] for chunk in chunks]
-        text = "".join(choice["delta"]["content"] for choice in choices)
-        choice, usage = choices[-1], last["usage"]
-    else:
-        (choice,) = response.json()["choices"]
-        text, usage = choice["message"]["content"], response.json()["usage"]
+    body = {"max_tokens": 12, "seed": 7, "stop": ["never said", stop]}
+    text, choice, usage = await _answer(sim, body, stream)
     assert text == plain[: plain.find(stop)]
     assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
     assert usage["completion_tokens"] < 12
     assert sim.app.core.counters.generation_tokens - generated == usage["completion_tokens"]
+
+
+async def _answer(sim: Sim, body: dict[str, Any], stream: bool) -> tuple[str, Any, Any]:
+    """A one-choice chat answer's text, its (last) choice and its usage, plain or streamed."""
+    if stream:
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    response = await sim.chat(**body)
+    if not stream:
+        (choice,) = response.json()["choices"]
+        return choice["message"]["content"], choice, response.json()["usage"]
+    *chunks, last, _done = sse_payloads(response.text)
+    choices = [chunk["choices"][0] for chunk in chunks]
+    return "".join(c["delta"]["content"] for c in choices), choices[-1], last["usage"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_stop_strings_are_not_looked_for_before_min_tokens(sim: Sim, stream: bool) -> None:
+    """Before, a stop string in the first min_tokens tokens ended the answer (a space: at the
+    first token, an empty answer); vLLM looks for stop strings only past min_tokens, and the
+    ones met before stay in the text."""
+    plain = (await sim.chat(max_tokens=30, seed=7)).json()["choices"][0]["message"]["content"]
+    body = {"max_tokens": 30, "seed": 7, "stop": " ", "min_tokens": 5}
+    text, choice, usage = await _answer(sim, body, stream)
+    assert usage["completion_tokens"] > 5
+    assert plain.startswith(text) and plain[len(text)] == " " and " " in text
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", " ")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_include_stop_str_in_output_keeps_the_stop_string(sim: Sim, stream: bool) -> None:
+    """Before, the simulated engine took include_stop_str_in_output and left the stop string
+    out all the same; vLLM ends the answer with it."""
+    plain = (await sim.chat(max_tokens=12, seed=7)).json()["choices"][0]["message"]["content"]
+    stop = plain.split(" ")[4][:2]
+    body = {"max_tokens": 12, "seed": 7, "stop": [stop], "include_stop_str_in_output": True}
+    text, choice, _usage = await _answer(sim, body, stream)
+    assert text == plain[: plain.find(stop) + len(stop)]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", stop)
+
+
+async def test_an_echo_without_room_for_its_one_token_is_a_400_not_a_crash(sim: Sim) -> None:
+    """A completions echo with max_tokens 0 generates one token, as vLLM does. With a prompt
+    filling the context window that token does not fit: the engine refused it and the server,
+    not expecting that, failed with a bare 500 (which the gateway takes for the engine's
+    failure: the request sent to every endpoint, each counted against its health)."""
+    prompts = [[100, 101], list(range(100, 100 + 512))]  # the second fills max_model_len
+    body = {"model": MODEL, "prompt": prompts, "echo": True, "max_tokens": 0}
+
+    response = await sim.client.post("/v1/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "BadRequestError"
+    assert "max_model_len 512" in response.json()["error"]["message"]
+    assert not sim.app.core.requests  # the first prompt's request went with it
 
 
 async def test_latency_metrics_are_modelled_time_not_scaled_wall_time() -> None:

@@ -212,3 +212,35 @@ def test_a_stream_closed_before_its_first_event_moves_on(
     assert gw.hosts() == ["engine-1", "engine-2"]
     [record] = [record for _id, record in gw.usage.read(10)]
     assert (record.status, record.endpoint) == (200, "http://engine-2")
+
+
+def _two_answers_dying(request: httpx.Request) -> httpx.Response:
+    """vLLM streaming ``n: 2`` with ``continuous_usage_stats`` (each chunk carries its own
+    choice's usage so far, as vLLM's serving code writes it), its engine core dying after two
+    tokens of each answer."""
+
+    def chunk(index: int, delta: dict[str, str], tokens: int) -> bytes:
+        usage = {"prompt_tokens": 21, "completion_tokens": tokens, "total_tokens": 21 + tokens}
+        choice = {"index": index, "delta": delta, "finish_reason": None}
+        return _compact({"object": "chat.completion.chunk", "choices": [choice], "usage": usage})
+
+    role = {"role": "assistant", "content": ""}
+    events = [chunk(0, role, 0), chunk(1, role, 0)]
+    events += [chunk(i, {"content": "hi"}, tokens) for tokens in (1, 2) for i in (0, 1)]
+    stream = Chunks([event + b"\n\n" for event in [*events, _ENGINE_DEAD, b"data: [DONE]"]])
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+
+def test_a_stream_of_n_answers_with_usage_in_every_chunk_cut_short_bills_every_answer(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """With usage in every chunk, a stream the engine gave up was billed the usage of the last
+    chunk alone: one answer's tokens so far (2 of the 4 streamed), the others' forgotten."""
+    gw = engine_gateway(_two_answers_dying)
+    options = {"include_usage": True, "continuous_usage_stats": True}
+
+    body = gw.chat({**STREAM, "n": 2, "stream_options": options}).text
+
+    assert '"upstream_error"' in body
+    [record] = [record for _id, record in gw.usage.read(10)]
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == (502, 21, 4)
