@@ -82,11 +82,13 @@ def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
 
 def _credentials(request: Request[object, object, State]) -> str | None:
     """The ``Authorization`` header, or Azure OpenAI clients' ``api-key`` header as a bearer
-    token when that is absent (``AzureOpenAI`` sends its key so). Two of one kind, or both
-    kinds naming different keys, are refused: serving one of them let a proxy in front that
+    token when that is absent (``AzureOpenAI`` sends its key so); an empty ``api-key`` counts as
+    none. Two of one kind, or both kinds naming different keys, are refused: serving one of them let a proxy in front that
     checks (or adds) the other decide whose key was served."""
     headers = request.headers
-    authorization, api_key = headers.getall("authorization", []), headers.getall("api-key", [])
+    authorization = headers.getall("authorization", [])
+    # an empty api-key (a client's placeholder beside the key a proxy adds) names no key
+    api_key = [value for value in headers.getall("api-key", []) if value.strip()]
     for name, given in (("Authorization", authorization), ("api-key", api_key)):
         if len(given) > 1:
             raise Unauthenticated(

@@ -57,6 +57,10 @@ def test_an_authorization_and_an_api_key_naming_two_keys_are_refused(make_gatewa
         assert "one" in answer.json()["error"]["message"]
     same = [("Authorization", f"Bearer {key}"), ("api-key", key)]
     assert _get(gw.client.app, "/v1/models", same).is_success
+    # an empty api-key names no key: a client's placeholder beside what a proxy adds
+    for blank in ("", " "):
+        beside = [("Authorization", f"Bearer {key}"), ("api-key", blank)]
+        assert _get(gw.client.app, "/v1/models", beside).is_success
 
 
 def test_a_key_pasted_into_the_url_is_not_echoed_in_the_404(make_gateway) -> None:
