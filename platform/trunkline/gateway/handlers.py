@@ -83,8 +83,8 @@ def _id_headers(request: Request[object, object, State]) -> dict[str, str]:
 def _credentials(request: Request[object, object, State]) -> str | None:
     """The ``Authorization`` header, or Azure OpenAI clients' ``api-key`` header as a bearer
     token when that is absent (``AzureOpenAI`` sends its key so); an empty ``api-key`` counts as
-    none. Two of one kind, or both kinds naming different keys, are refused: serving one of them let a proxy in front that
-    checks (or adds) the other decide whose key was served."""
+    none. Two of one kind, or both kinds naming different keys, are refused: serving one of
+    them let a proxy in front that checks (or adds) the other decide whose key was served."""
     headers = request.headers
     authorization = headers.getall("authorization", [])
     # an empty api-key (a client's placeholder beside the key a proxy adds) names no key
