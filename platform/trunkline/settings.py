@@ -49,7 +49,7 @@ class DatabaseSettings(BaseModel):
                 "must be a PostgreSQL or SQLite URL (postgresql+psycopg://USER@HOST/DB or "
                 "sqlite:///PATH)"
             )
-        if scheme.startswith("postgresql") and url.count("@") > 1:
+        if scheme.startswith("postgresql") and "@" in _after_password(url):
             # SQLAlchemy ends the password at its first '@' and reads the rest of it as the
             # host, the port or the database (whichever of '/', ':', '?' follows), so the
             # connection error showed it. Every part after the password may write '@' as %40.
@@ -58,6 +58,19 @@ class DatabaseSettings(BaseModel):
                 "from it holds the rest of the password, which a connection error would show)"
             )
         return url
+
+
+_USER_INFO = re.compile(r"[^:/]*(?::[^@]*)?@")
+"""A URL's user and password as SQLAlchemy reads them: the user up to ':' (it may hold '@'),
+the password up to its first '@'."""
+
+
+def _after_password(url: str) -> str:
+    """What follows the user and password of ``url`` (nothing when it has none: no password
+    to show)."""
+    rest = url.partition("://")[2]
+    found = _USER_INFO.match(rest)
+    return rest[found.end() :] if found else ""
 
 
 class RedisSettings(BaseModel):

@@ -142,6 +142,8 @@ def test_a_url_no_process_can_use_is_refused_naming_its_variable(
         ("postgresql://db/trunkline", "rediss://redis:6380/0"),
         ("postgresql+psycopg://db/trunkline", "unix:///run/redis.sock"),
         ("postgresql://trunkline:pa%40ss/w:rd@db:5432/trunkline", "redis://:p@ss@redis:6379/0"),
+        ("postgresql://trunkline@myserver:pass@db/trunkline", None),  # '@' in the user: read so
+        ("postgresql://db/trunkline?application_name=a@b", None),
         ("sqlite:///x.db", ""),
         ("sqlite+pysqlite:///x.db", None),
     ],
