@@ -49,7 +49,10 @@ class DatabaseSettings(BaseModel):
                 "must be a PostgreSQL or SQLite URL (postgresql+psycopg://USER@HOST/DB or "
                 "sqlite:///PATH)"
             )
-        if "@" in _database_host(url):  # SQLAlchemy ends the password at its first '@'
+        if scheme.startswith("postgresql") and "@" in _after_password(url):
+            # SQLAlchemy ends the password at its first '@' and reads the rest of it as the
+            # host, the port or the database (whichever of '/', ':', '?' follows), so the
+            # connection error showed it. Every part after the password may write '@' as %40.
             raise ValueError(
                 "must be a PostgreSQL URL whose password writes '@' as %40 (the host read "
                 "from it holds the rest of the password, which a connection error would show)"
@@ -57,19 +60,17 @@ class DatabaseSettings(BaseModel):
         return url
 
 
-def _database_host(url: str) -> str:
-    """The host SQLAlchemy reads from ``url`` (empty when it reads none, or cannot read it:
-    that is reported where the URL is used). SQLAlchemy is imported only here: a gateway
-    reads settings and never a database."""
-    if not url.startswith("postgresql"):
-        return ""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+_USER_INFO = re.compile(r"[^:/]*(?::[^@]*)?@")
+"""A URL's user and password as SQLAlchemy reads them: the user up to ':' (it may hold '@'),
+the password up to its first '@'."""
 
-    try:
-        return make_url(url).host or ""
-    except (ArgumentError, ValueError):
-        return ""
+
+def _after_password(url: str) -> str:
+    """What follows the user and password of ``url`` (nothing when it has none: no password
+    to show)."""
+    rest = url.partition("://")[2]
+    found = _USER_INFO.match(rest)
+    return rest[found.end() :] if found else ""
 
 
 class RedisSettings(BaseModel):

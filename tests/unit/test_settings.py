@@ -110,6 +110,11 @@ def test_a_value_that_does_not_fit_names_its_variable_and_not_the_value(
         ("TRUNKLINE_DATABASE__URL", "SQLITE:///s3cr3t.db"),
         # '@' not encoded: the connection error named the host "s3cr3t@db"
         ("TRUNKLINE_DATABASE__URL", "postgresql+psycopg://trunkline:pa@s3cr3t@db/trunkline"),
+        # ... and with a '/', ':' or '?' after it, which ended the host SQLAlchemy read: it tried
+        # host "s3cr3t", or stopped on port "x@db" (a ValueError naming it)
+        ("TRUNKLINE_DATABASE__URL", "postgresql+psycopg://trunkline:pa@s3cr3t/x@db/trunkline"),
+        ("TRUNKLINE_DATABASE__URL", "postgresql+psycopg://trunkline:pa@s3cr3t:x@db/trunkline"),
+        ("TRUNKLINE_DATABASE__URL", "postgresql+psycopg://trunkline:pa@s3cr3t?x@db/trunkline"),
         ("TRUNKLINE_REDIS__URL", "redis-host:6379"),
         ("TRUNKLINE_REDIS__URL", " "),
         ("TRUNKLINE_REDIS__URL", "http://:s3cr3t@redis:6379/0"),
@@ -137,6 +142,8 @@ def test_a_url_no_process_can_use_is_refused_naming_its_variable(
         ("postgresql://db/trunkline", "rediss://redis:6380/0"),
         ("postgresql+psycopg://db/trunkline", "unix:///run/redis.sock"),
         ("postgresql://trunkline:pa%40ss/w:rd@db:5432/trunkline", "redis://:p@ss@redis:6379/0"),
+        ("postgresql://trunkline@myserver:pass@db/trunkline", None),  # '@' in the user: read so
+        ("postgresql://db/trunkline?application_name=a@b", None),
         ("sqlite:///x.db", ""),
         ("sqlite+pysqlite:///x.db", None),
     ],

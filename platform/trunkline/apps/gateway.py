@@ -103,8 +103,7 @@ def create_gateway_app(
     client = httpx.AsyncClient(
         transport=transport or engine_transport(upstream_limits(settings)),
         timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
-        limits=upstream_limits(settings),  # for the proxies httpx mounts from the environment
-    )
+    )  # given a transport, httpx mounts none from HTTP(S)_PROXY: engines are reached directly
     policy = routing_policy(settings.routing_policy)
     scrape = transport is None or scrape_transport is not None
     monitor = EngineMonitor(
@@ -228,7 +227,6 @@ def scrape_client(
     return httpx.AsyncClient(
         transport=transport or engine_transport(scrape_limits(settings)),
         timeout=httpx.Timeout(engines.scrape_timeout_s, connect=settings.connect_timeout_s),
-        limits=scrape_limits(settings),
     )
 
 

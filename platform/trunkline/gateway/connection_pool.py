@@ -13,11 +13,18 @@ request waits on it (``upstream.unless_ejected``), a scrape timing out.
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 import httpcore
 import httpx
 
 log = logging.getLogger(__name__)
+
+_READ_RELEASES: Final = frozenset({"1.0.9"})
+"""The httpcore releases whose pool and connection this module was checked against: how they
+keep their requests (each ``connection``) and connections, and what ``info()`` says. Another
+release may keep them otherwise (an attribute gone would fail every request), so its pool is
+left as httpx made it, with the warning, until it is read and added here."""
 
 _NEVER_USED = "CONNECTING"
 """``AsyncHTTPConnection.info()`` of a connection that no request has begun to open."""
@@ -40,8 +47,9 @@ def engine_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
 
     httpx builds the pool from its own settings (TLS context, limits, keep-alive); the pool is
     then given this module's class, which adds a method and no state. Should a release of httpx
-    or httpcore build it otherwise, the transport is returned as httpx made it, with a warning
-    (a unit test checks the installed versions are covered)."""
+    or httpcore build it otherwise, or an httpcore release not read (``_READ_RELEASES``) be
+    installed, the transport is returned as httpx made it, with a warning (the unit tests say
+    when the installed versions are not covered)."""
     transport = httpx.AsyncHTTPTransport(limits=limits)
     pool = getattr(transport, "_pool", None)
     if type(pool) is httpcore.AsyncConnectionPool and _reclaimable(pool):
@@ -57,7 +65,10 @@ def engine_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
 
 
 def _reclaimable(pool: httpcore.AsyncConnectionPool) -> bool:
-    """Whether ``pool`` keeps its requests and connections where the subclass looks."""
-    return isinstance(getattr(pool, "_requests", None), list) and isinstance(
-        getattr(pool, "_connections", None), list
+    """Whether ``pool`` is of a release read, keeping its requests and connections where the
+    subclass looks."""
+    return (
+        httpcore.__version__ in _READ_RELEASES
+        and isinstance(getattr(pool, "_requests", None), list)
+        and isinstance(getattr(pool, "_connections", None), list)
     )

@@ -23,6 +23,9 @@ local res_ttl = tonumber(ARGV[6])
 local ttl = {tonumber(ARGV[7]), tonumber(ARGV[7]), 0, tonumber(ARGV[8]),
              tonumber(ARGV[9]), tonumber(ARGV[9])}
 local n = (#KEYS - 1) / 6
+-- Numbers go to commands as integers written out: Redis 7.2.0 to 7.2.4 write a script's
+-- number 300000000 as 3e+08, which INCRBY and PEXPIRE refuse (redis/redis#13113).
+local function int(x) return string.format('%d', x) end
 local need = {1, tokens, 1, tokens, tokens, cost}
 local used = {}
 for i = 1, n do
@@ -61,18 +64,18 @@ for i = 1, n do
   for f = 1, 6 do
     if f == 3 then
       redis.call('ZADD', KEYS[k + 3], now + lease, rid)
-      redis.call('PEXPIRE', KEYS[k + 3], lease * 2)
+      redis.call('PEXPIRE', KEYS[k + 3], int(lease * 2))
     else
-      redis.call('INCRBY', KEYS[k + f], need[f])
-      redis.call('PEXPIRE', KEYS[k + f], ttl[f])
+      redis.call('INCRBY', KEYS[k + f], int(need[f]))
+      redis.call('PEXPIRE', KEYS[k + f], int(ttl[f]))
     end
     used[i][f] = used[i][f] + need[f]
   end
 end
 -- Written as sent: Lua prints a number of 15 digits or more as 1.2884901882e+14 (a costly
 -- reservation's cost), which neither SETTLE nor the held read could parse back.
-local deadline = string.format('%d', now + res_ttl)
-redis.call('SET', KEYS[#KEYS], ARGV[4] .. ':' .. ARGV[5] .. ':' .. deadline, 'PX', res_ttl)
+local deadline = int(now + res_ttl)
+redis.call('SET', KEYS[#KEYS], ARGV[4] .. ':' .. ARGV[5] .. ':' .. deadline, 'PX', int(res_ttl))
 return reply(-1, -1, 0)
 """
 
@@ -93,7 +96,7 @@ for i = 1, n do
   local k = (i - 1) * 6
   for _, f in ipairs({2, 4, 5, 6}) do
     if delta[f] ~= 0 and redis.call('EXISTS', KEYS[k + f]) == 1 then
-      redis.call('INCRBY', KEYS[k + f], delta[f])
+      redis.call('INCRBY', KEYS[k + f], string.format('%d', delta[f]))  -- as RESERVE's int
     end
   end
 end
@@ -112,7 +115,7 @@ local member = 3
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i + 1]) == 1 then
     redis.call('ZADD', KEYS[i], expires, ARGV[member])
-    redis.call('PEXPIRE', KEYS[i], lease * 2)
+    redis.call('PEXPIRE', KEYS[i], string.format('%d', lease * 2))  -- as RESERVE's int
   end
   member = member + 1
 end

@@ -211,6 +211,21 @@ async def test_the_costliest_reservation_is_settled_to_what_was_used(store: Quot
     assert (await used(store, NOON + 10))[0] == (1, 10, 0, 10, 10, 600)
 
 
+async def test_a_reservation_of_whole_tenths_is_counted_and_settled(store: QuotaStore) -> None:
+    """Costs of whole tenths of the currency: 0.30 reserved, 0.10 used (3 x 10^8 and 10^8
+    billionths; given back: -2 x 10^8). Redis 7.2.0 to 7.2.4 hand a script's numbers to its
+    commands as 3e+08, which INCRBY refuses ('value is not an integer'): such a request was
+    refused with an error, and such a settle failed after dropping the reservation, leaving it
+    charged whole. (Redis 6, 7.0 and 7.2.5+ write them out: this passes there either way.)"""
+    outcome = await store.reserve(request("r1", tokens=100, cost=3 * 10**8))
+    assert outcome.ticket is not None
+    assert (await used(store))[0][MONTH_COST] == 3 * 10**8
+
+    await store.settle(outcome.ticket, 10, 10**8, NOON + 10)
+
+    assert (await used(store, NOON + 10))[0] == (1, 10, 0, 10, 10, 10**8)
+
+
 async def test_a_late_settle_corrects_the_window_the_reservation_was_made_in(
     store: QuotaStore,
 ) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,28 @@ def test_the_gateway_process_never_loads_the_orm() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _distribution(requirement: str) -> str:
+    name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_library_the_platform_imports_is_a_declared_dependency() -> None:
+    """A library installed only as another's dependency goes when that one stops needing it:
+    ``gateway/connection_pool.py`` imports httpcore, which only httpx brought; an httpx
+    without it would have stopped the gateway at import, where it is meant to warn that
+    orphaned connections are not reclaimed."""
+    project = tomllib.loads((PLATFORM.parent / "pyproject.toml").read_text())["project"]
+    extras = [r for group in project["optional-dependencies"].values() for r in group]
+    declared = {_distribution(r) for r in (*project["dependencies"], *extras)}
+    providers = importlib.metadata.packages_distributions()
+    undeclared = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name in _imports(path):
+            top = name.partition(".")[0]
+            if top in sys.stdlib_module_names or top == "trunkline":
+                continue
+            if not {_distribution(d) for d in providers.get(top, [top])} & declared:
+                undeclared.add(f"{path.relative_to(PACKAGE)} imports {top}")
+    assert sorted(undeclared) == []

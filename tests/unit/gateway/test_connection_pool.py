@@ -5,6 +5,7 @@ a gateway answering ``gateway_busy`` while its engines sat idle."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import httpcore
@@ -130,3 +131,17 @@ def test_the_gateway_sends_and_scrapes_through_reclaiming_pools() -> None:
     scraping = pool_of(scrape_client(settings, None))
     assert isinstance(scraping, ReclaimingConnectionPool)
     assert scraping._max_connections == settings.engines.scrape_concurrency
+
+
+def test_an_httpcore_release_not_read_is_left_as_httpx_made_it_and_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pool's subclass reads httpcore's private state (its requests' ``connection``, a
+    connection's ``info()``) as 1.0.9 keeps it. A later release keeping it otherwise had the
+    subclass all the same, so long as two lists were still there: it then reclaimed nothing,
+    unsaid, or failed every request to the engines on an attribute gone."""
+    monkeypatch.setattr(httpcore, "__version__", "1.0.10")
+    with caplog.at_level(logging.WARNING, logger="trunkline.gateway.connection_pool"):
+        transport = engine_transport(LIMITS)
+    assert type(transport._pool) is httpcore.AsyncConnectionPool  # type: ignore[attr-defined]
+    assert "not reclaimed" in caplog.text
