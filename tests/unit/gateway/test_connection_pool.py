@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpcore
 import httpx
 import pytest
+from httpcore._async.connection import AsyncHTTPConnection
+from httpcore._async.connection_pool import AsyncPoolRequest
 from tests.unit.gateway.conftest import SECRET, default_world
 
 from trunkline.apps.gateway import create_gateway_app, scrape_client
@@ -145,3 +149,87 @@ def test_an_httpcore_release_not_read_is_left_as_httpx_made_it_and_said(
         transport = engine_transport(LIMITS)
     assert type(transport._pool) is httpcore.AsyncConnectionPool  # type: ignore[attr-defined]
     assert "not reclaimed" in caplog.text
+
+
+class _Connection:
+    """A connection in a given state, as a pool's hand-out reads it."""
+
+    def __init__(self, rng: random.Random, origins: list[httpcore.Origin]) -> None:
+        self.origin = rng.choice(origins)
+        self.state = rng.choice(["idle", "active", "closed", "expired", "connecting"])
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        return origin == self.origin
+
+    def is_available(self) -> bool:
+        return self.state == "idle"
+
+    def is_idle(self) -> bool:
+        return self.state in ("idle", "expired")
+
+    def is_closed(self) -> bool:
+        return self.state == "closed"
+
+    def has_expired(self) -> bool:
+        return self.state == "expired"
+
+    def info(self) -> str:
+        return "CONNECTING" if self.state == "connecting" else self.state
+
+
+def _hand_out(
+    pool: httpcore.AsyncConnectionPool, connections: list[Any], requests: list[Any]
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """What a hand-out leaves: the connections kept, those to close, each request's connection
+    (the new ones made as ``"new <origin>"``)."""
+    pool._connections = list(connections)
+    pool._requests = requests
+    closing = pool._assign_requests_to_connections()
+
+    def named(connection: Any) -> Any:
+        if isinstance(connection, AsyncHTTPConnection):
+            return f"new {connection._origin}"
+        return connection
+
+    owners = [named(request.connection) for request in requests]
+    return [named(c) for c in pool._connections], closing, owners
+
+
+@pytest.mark.parametrize("seed", range(300))
+async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) -> None:
+    """The pool's linear hand-out keeps, closes and assigns what httpcore's own does, for pools
+    keeping alive as many connections as they hold (the gateway's), orphans aside: those it
+    forgets, and httpcore keeps for good."""
+    rng = random.Random(seed)
+    origins = [httpcore.Origin(b"http", f"engine-{i}".encode(), 8000) for i in range(3)]
+    most = rng.randint(1, 8)
+    connections: list[Any] = [_Connection(rng, origins) for _ in range(rng.randint(0, most))]
+    in_flight = [c for c in connections if c.state in ("active", "connecting")]
+    orphans = {id(c) for c in in_flight if rng.random() < 0.3 and c.state == "connecting"}
+
+    def requests() -> list[Any]:
+        made = []
+        for connection in in_flight:
+            if id(connection) not in orphans:
+                request = AsyncPoolRequest(httpcore.Request("POST", "http://x/"))
+                request.connection = connection
+                made.append(request)
+        for _ in range(rng.randint(0, 4)):
+            origin = rng.choice(origins)
+            url = f"http://{origin.host.decode()}:{origin.port}/v1/chat/completions"
+            made.append(AsyncPoolRequest(httpcore.Request("POST", url)))
+        return made
+
+    state = rng.getstate()
+    ours = _hand_out(
+        ReclaimingConnectionPool(max_connections=most, max_keepalive_connections=most),
+        connections,
+        requests(),
+    )
+    rng.setstate(state)
+    theirs = _hand_out(
+        httpcore.AsyncConnectionPool(max_connections=most, max_keepalive_connections=most),
+        [c for c in connections if id(c) not in orphans],  # httpcore's would keep them
+        requests(),
+    )
+    assert ours == theirs
