@@ -40,6 +40,10 @@ def settings_env(postgres_url: str, redis_url: str) -> dict[str, str]:
         "TRUNKLINE_GATEWAY__SNAPSHOT_POLL_S": "0.5",
         "TRUNKLINE_GATEWAY__METRICS_TOKEN": SCRAPE_TOKEN,
         "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN": SCRAPE_TOKEN,
+        # Every test stops its servers with SIGTERM: without these each would serve on 5 s
+        # first. The delay's own tests (tests/unit, in-process) set theirs.
+        "TRUNKLINE_GATEWAY__SHUTDOWN_DELAY_S": "0",
+        "TRUNKLINE_CONTROLPLANE__SHUTDOWN_DELAY_S": "0",
     }
 
 
