@@ -69,7 +69,7 @@ class Platform:
         return proc.output()
 
     def spawn(self, name: str, *args: str, **extra: str) -> Proc:
-        env = trunkline_env(**self.env, **extra)
+        env = trunkline_env(**{**self.env, **extra})  # extra's settings over the platform's
         proc = Proc([*TRUNKLINE, *args], env, self.tmp, self.tmp / f"{name}.log")
         self.procs.append(proc)
         return proc
