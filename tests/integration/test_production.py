@@ -4,10 +4,12 @@ usage worker on real PostgreSQL and Redis, driven by the OpenAI SDK."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -279,3 +281,47 @@ def _read_until_cut(stream: Iterator[object], *, after: int, then: Callable[[], 
     except (openai.APIError, httpx.HTTPError):
         return received
     raise AssertionError(f"the stream ended whole after {received} chunks")
+
+
+def _workers(supervisor: int) -> list[int]:
+    """The ``--workers`` processes of the server whose supervisor is ``supervisor``."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [
+        int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+
+
+def test_every_worker_drains_at_sigterm_and_the_supervisor_waits_for_them(
+    platform: Platform,
+) -> None:
+    """``trunkline gateway --workers 2`` at SIGTERM (Kubernetes'), sent to the supervisor: its
+    workers each hear it from the supervisor, each answers ``/health`` 503 draining while it
+    serves on for the shutdown delay, and the supervisor exits only once they did."""
+    platform.cli("migrate")
+    platform.runtime.publish_now()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    gateway = platform.spawn(
+        "gateway", "gateway", "--workers", "2", TRUNKLINE_GATEWAY__PORT=str(port),
+        TRUNKLINE_GATEWAY__SHUTDOWN_DELAY_S="3600",  # ended below by a SIGTERM to each worker
+        TRUNKLINE_GATEWAY__DRAIN_TIMEOUT_S="3600",
+    )  # fmt: skip
+    gateway.wait_http(f"{base}/health")
+    workers = _workers(gateway.popen.pid)
+    assert len(workers) == 2
+
+    gateway.popen.terminate()
+
+    def draining() -> bool:
+        return httpx.get(f"{base}/health").status_code == 503
+
+    gateway.wait_until(draining, "/health to say draining", 30)
+    for _ in range(20):  # fresh connections, spread over both workers
+        answer = httpx.get(f"{base}/health")
+        assert (answer.status_code, answer.json()) == (503, {"status": "draining"})
+        assert httpx.get(f"{base}/livez").status_code == 200  # serving on
+    assert gateway.popen.poll() is None  # the supervisor waits for its workers
+
+    for worker in workers:
+        os.kill(worker, signal.SIGTERM)  # told again: each stops now
+    assert gateway.popen.wait(60) == 0

@@ -40,6 +40,10 @@ def settings_env(postgres_url: str, redis_url: str) -> dict[str, str]:
         "TRUNKLINE_GATEWAY__SNAPSHOT_POLL_S": "0.5",
         "TRUNKLINE_GATEWAY__METRICS_TOKEN": SCRAPE_TOKEN,
         "TRUNKLINE_CONTROLPLANE__METRICS_TOKEN": SCRAPE_TOKEN,
+        # Every test stops its servers with SIGTERM: without these each would serve on 5 s
+        # first. The delay's own tests (tests/unit, in-process) set theirs.
+        "TRUNKLINE_GATEWAY__SHUTDOWN_DELAY_S": "0",
+        "TRUNKLINE_CONTROLPLANE__SHUTDOWN_DELAY_S": "0",
     }
 
 
@@ -65,7 +69,7 @@ class Platform:
         return proc.output()
 
     def spawn(self, name: str, *args: str, **extra: str) -> Proc:
-        env = trunkline_env(**self.env, **extra)
+        env = trunkline_env(**{**self.env, **extra})  # extra's settings over the platform's
         proc = Proc([*TRUNKLINE, *args], env, self.tmp, self.tmp / f"{name}.log")
         self.procs.append(proc)
         return proc

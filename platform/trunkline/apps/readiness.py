@@ -11,8 +11,9 @@ does not answer pile up neither threads nor connections."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import logging
+import threading
 from typing import Any
 
 from litestar import Request, Response, get
@@ -36,7 +37,7 @@ class DatabaseReadiness:
     def __init__(self, url: str, *, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._engine = make_engine(url, connections=1)
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, "database-readiness")
+        self._thread: threading.Thread | None = None
         self._check: asyncio.Future[None] | None = None
 
     def _select_one(self) -> None:
@@ -47,7 +48,7 @@ class DatabaseReadiness:
         """True once the database answered; False if it did not within ``timeout_s`` (the check
         goes on, and the next call waits for it). What the database raised, it raises."""
         if self._check is None or self._check.done():
-            self._check = asyncio.wrap_future(self._thread.submit(self._select_one))
+            self._check = self._start_check()
             # Read here: a check failing after every probe waiting on it timed out had asyncio
             # log "Future exception was never retrieved" with a traceback.
             self._check.add_done_callback(_retrieve)
@@ -57,10 +58,39 @@ class DatabaseReadiness:
             return False
         return True
 
+    def _start_check(self) -> asyncio.Future[None]:
+        """``SELECT 1`` on a daemon thread: a check the database never answers (a server frozen
+        mid-statement, whose kernel still acknowledges libpq's keepalives) is left behind at
+        exit. An executor's thread held the process after its shutdown, until SIGKILL."""
+        loop = asyncio.get_running_loop()
+        check: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if check.done():
+                return
+            if error is None:
+                check.set_result(None)
+            else:
+                check.set_exception(error)
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                self._select_one()
+            except BaseException as exc:  # handed to the probes waiting on the check
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, error)
+
+        self._thread = threading.Thread(target=run, name="database-readiness", daemon=True)
+        self._thread.start()
+        return check
+
     def close(self, *, wait: bool = False) -> None:
         """Free the connection; ``wait`` for a check under way (else a database that does not
         answer holds no shutdown)."""
-        self._thread.shutdown(wait=wait, cancel_futures=True)
+        if wait and self._thread is not None:
+            self._thread.join()
         self._engine.dispose()
 
 

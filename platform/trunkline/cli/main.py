@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import importlib
 import io
@@ -59,11 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def utf8_arguments(argv: Sequence[str]) -> list[str]:
-    """``argv`` read as UTF-8 where the locale's encoding is another (``LANG=C`` with Python's
-    UTF-8 mode off: ASCII), as Python reads them by default under the C locale: ``--name clé``
-    came as escapes of its bytes, which the database refused with a traceback. An argument that
+    """``argv`` read as UTF-8 where the locale's encoding is ASCII (``LANG=C`` with Python's
+    UTF-8 mode off), as Python reads them by default under the C locale: ``--name clé`` came as
+    escapes of its bytes, which the database refused with a traceback. Another locale's
+    encoding (Latin-1) is the one its shell passes, and Python read it right. An argument that
     is not UTF-8 either is left as Python gave it."""
-    if sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+    if codecs.lookup(sys.getfilesystemencoding()).name != "ascii":
         return list(argv)
     return [os.fsencode(arg).decode("utf-8", "surrogateescape") for arg in argv]
 

@@ -92,17 +92,20 @@ def drain_after_delay_s(delay_s: float, drain_timeout_s: int) -> int:
 def closing_while_draining(app: ASGIApp, delay: ShutdownDelay) -> ASGIApp:
     """``app`` whose answers, once ``delay`` is draining, carry ``Connection: close``: a client
     (a load balancer's pooled connection) leaves a kept-alive connection for another replica
-    while this one still serves, instead of racing the close that ends the delay. Per request
-    it costs one attribute read."""
+    while this one still serves, instead of racing the close that ends the delay. Decided as
+    each answer starts, so one to a request begun before SIGTERM (a completion in flight)
+    says it too."""
 
     async def handle(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or not delay.draining:
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
 
         async def closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and not any(
-                name.lower() == b"connection" for name, _ in message["headers"]
+            if (
+                message["type"] == "http.response.start"
+                and delay.draining
+                and not any(name.lower() == b"connection" for name, _ in message["headers"])
             ):
                 headers = [*message["headers"], (b"connection", b"close")]
                 message = {**message, "headers": headers}

@@ -4,11 +4,15 @@ are no traceback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support.processes import trunkline_env
+from trunkline.cli.main import utf8_arguments
 from unit.metering.usage_support import migrated
 
 NAME = "clé Ü 鍵"
@@ -48,3 +52,15 @@ def test_a_key_named_outside_ascii_is_created_and_listed_under_the_c_locale(
         capture_output=True, env={**env, "PYTHONUTF8": "1"},
     )  # fmt: skip
     assert NAME.encode() in utf8.stdout
+
+
+def test_arguments_under_a_locale_of_another_encoding_are_read_in_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a Latin-1 locale (``LANG=de_DE.ISO-8859-1``) the shell passes ``--name clé`` in
+    Latin-1, which Python decoded right; reading every non-UTF-8 locale's arguments as UTF-8
+    made it ``cl\\udce9``, a name the database refused as under ``LANG=C`` before. Only an
+    ASCII locale's (where Python's own default reads UTF-8) are read as UTF-8."""
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    monkeypatch.setattr(os, "fsencode", lambda arg: arg.encode("iso8859-1", "surrogateescape"))
+    assert utf8_arguments(["--name", "clé"]) == ["--name", "clé"]

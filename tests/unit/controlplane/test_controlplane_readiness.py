@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import subprocess
+import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +20,7 @@ from sqlalchemy import Connection
 from tests.unit.controlplane.cp_support import World, problem_of
 
 from support.in_process_server import serving_signals
+from support.processes import trunkline_env
 from trunkline.apps.controlplane import create_controlplane_app
 from trunkline.apps.readiness import DatabaseReadiness
 from trunkline.apps.runtime import Runtime
@@ -109,3 +113,33 @@ def test_an_api_request_finding_every_connection_in_use_is_told_to_retry(
     assert body["code"] == "unavailable"
     assert answer.headers["retry-after"] == "2"
     assert "connections" in body["detail"]
+
+
+def test_a_check_that_never_ends_does_not_hold_the_process_at_exit(tmp_path: Path) -> None:
+    """A database that never answers the readiness check (a PostgreSQL frozen mid-statement,
+    whose kernel still acknowledges the keepalives: libpq waits on): the check's thread held
+    the process at exit, after its shutdown, until the orchestrator's SIGKILL. It no longer
+    does; the check is abandoned with the process."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    url = f"postgresql+psycopg://trunkline@127.0.0.1:{port}/trunkline?connect_timeout=3600"
+    script = tmp_path / "probe_then_exit.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from trunkline.apps.readiness import DatabaseReadiness\n"
+        "async def main() -> None:\n"
+        "    readiness = DatabaseReadiness(sys.argv[1], timeout_s=0.05)\n"
+        "    assert not await readiness.answered()\n"
+        "    readiness.close()  # as the control plane's shutdown does\n"
+        "asyncio.run(main())\n"
+    )
+    try:
+        exited = subprocess.run(
+            [sys.executable, str(script), url], env=trunkline_env(), capture_output=True,
+            timeout=60,  # the check waits an hour
+        )  # fmt: skip
+    finally:
+        silent.close()
+    assert exited.returncode == 0, exited.stderr.decode()
