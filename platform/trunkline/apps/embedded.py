@@ -18,6 +18,7 @@ from sqlalchemy import make_url, select
 
 from trunkline.apps import serving
 from trunkline.apps.controlplane import create_controlplane_app
+from trunkline.apps.embedded_lock import only_instance
 from trunkline.apps.gateway import create_gateway_app, routing_policy
 from trunkline.apps.publishing import THOROUGH_EVERY, republish_if_stale
 from trunkline.apps.runtime import Runtime, build_runtime
@@ -59,11 +60,12 @@ async def run_embedded(
     ready: asyncio.Event | None = None,
 ) -> None:
     refuse_outside_development(settings)
-    runtime = build_runtime(settings)
-    try:
-        await _run(runtime, tenants_dir, time_scale, ready)
-    finally:
-        runtime.close()
+    with only_instance(settings.database.url):  # before anything touches the database
+        runtime = build_runtime(settings)
+        try:
+            await _run(runtime, tenants_dir, time_scale, ready)
+        finally:
+            runtime.close()
 
 
 def refuse_outside_development(settings: Settings) -> None:

@@ -60,6 +60,7 @@ def register(sub: Any) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     from trunkline.apps.embedded import run_embedded
+    from trunkline.apps.embedded_lock import running_instance
 
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
@@ -67,6 +68,9 @@ def _up(args: argparse.Namespace) -> int:
         print(
             f"error: no manifests directory at {args.tenants} (use --tenants DIR)", file=sys.stderr
         )
+        return 2
+    if running := running_instance(settings.database.url):
+        print(f"error: {running}", file=sys.stderr)  # rather than its ports, taken
         return 2
     busy = busy_ports(
         [
