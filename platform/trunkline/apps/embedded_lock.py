@@ -71,6 +71,6 @@ def _refusal(url: str, fd: int) -> str:
     return (
         f"another `trunkline up`{holder} is serving the database {database_name(url)}: stop "
         "it first (Ctrl-C), or give this one its own state and database, e.g. "
-        "TRUNKLINE_STATE_DIR=.trunkline-2 "
-        "TRUNKLINE_DATABASE__URL=sqlite:///.trunkline-2/trunkline.db (and other ports)"
+        "TRUNKLINE_STATE_DIR=.trunkline/2 "
+        "TRUNKLINE_DATABASE__URL=sqlite:///.trunkline/2/trunkline.db (and other ports)"
     )
