@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from trunkline.errors import TrunklineError
 
@@ -29,6 +30,24 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """What a write to a file on a full disk (or past a quota or size limit) fails with."""
 
 
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Sub-commands whose own ``--help`` begins with what their parent's list says of them."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("help"):
+            kwargs.setdefault("description", kwargs["help"])
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose sub-commands (and theirs, created of this class) are :class:`_Commands`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: with a known command first, only its module's commands.
 
@@ -38,9 +57,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     first = next(iter(sys.argv[1:] if argv is None else argv), None)
     chosen = [name for name, commands in MODULES.items() if first in commands] or list(MODULES)
-    parser = argparse.ArgumentParser(
-        prog="trunkline", description="Trunkline: multitenant Models-as-a-Service."
-    )
+    parser = _Parser(prog="trunkline", description="Trunkline: multitenant Models-as-a-Service.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in chosen:
         importlib.import_module(f"trunkline.cli.{name}").register(sub)
