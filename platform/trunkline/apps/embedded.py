@@ -142,8 +142,8 @@ async def _run(
                 ready.set()
             await _until_stopped(stop, tasks)
         finally:
-            for s in servers:
-                s.should_exit = True
+            drain_s = max(settings.gateway.drain_timeout_s, settings.controlplane.drain_timeout_s)
+            serving.stop(servers, drain_s)
             await asyncio.gather(*tasks, return_exceptions=True)
             for task in (ingest, follow):
                 task.cancel()
