@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 from collections.abc import Iterator
 
 import pytest
@@ -72,3 +73,19 @@ def test_every_option_of_the_first_commands_says_what_it_is(path: tuple[str, ...
         if not action.help and not isinstance(action, argparse._HelpAction)
     ]
     assert bare == []
+
+
+def test_trunkline_alone_lists_its_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """It said only "the following arguments are required: COMMAND"."""
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "API keys for the gateway" in err
+    assert "run the whole platform in one process" in err
+
+
+def test_trunkline_version_says_which_trunkline_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """It was an error: "the following arguments are required: COMMAND"."""
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"trunkline {importlib.metadata.version('trunkline')}\n"

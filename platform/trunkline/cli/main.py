@@ -7,6 +7,7 @@ import atexit
 import errno
 import gc
 import importlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     first = next(iter(sys.argv[1:] if argv is None else argv), None)
     chosen = [name for name, commands in MODULES.items() if first in commands] or list(MODULES)
     parser = _Parser(prog="trunkline", description="Trunkline: multitenant Models-as-a-Service.")
+    parser.add_argument("--version", action="version", version=f"trunkline {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in chosen:
         importlib.import_module(f"trunkline.cli.{name}").register(sub)
@@ -74,10 +76,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         atexit.register(gc.freeze)
     try:
         # Importing a command's module takes up to 2 s: Ctrl-C then is no traceback either.
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        if not (sys.argv[1:] if argv is None else argv):  # what there is to run
+            parser.print_help(sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
     except KeyboardInterrupt:
         return 130
     return run(args)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("trunkline")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "(not installed)"
 
 
 def run(args: argparse.Namespace) -> int:
