@@ -287,11 +287,19 @@ def _sim(args: argparse.Namespace) -> int:
 
     from trunkline.engines import create_sim_app, get_profile
 
+    profile = get_profile(args.profile)
+    if busy := busy_ports([("simulated engine", args.host, args.port, "--port")]):
+        print("error: " + "; ".join(busy), file=sys.stderr)
+        return 2
     app = create_sim_app(
-        model=args.model,
-        profile=get_profile(args.profile),
-        seed=args.seed,
-        time_scale=args.time_scale,
+        model=args.model, profile=profile, seed=args.seed, time_scale=args.time_scale
+    )
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(  # uvicorn's own lines are off (warnings only): without it, nothing said it serves
+        f"simulated vLLM engine ({profile.name}) serving {args.model} at "
+        f"http://{host}:{args.port}/v1; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
