@@ -259,9 +259,9 @@ def _scrape_note(settings: Settings) -> str:
 
 
 def banner(settings: Settings, demo: DemoKey | None, engine_urls: list[str]) -> str:
-    gw_root = f"http://{settings.gateway.host}:{settings.gateway.port}"
+    gw_root = serving.base_url(settings.gateway.host, settings.gateway.port)
     gw = f"{gw_root}/v1"
-    cp = f"http://{settings.controlplane.host}:{settings.controlplane.port}"
+    cp = serving.base_url(settings.controlplane.host, settings.controlplane.port)
     scrape = _scrape_note(settings)
     key = demo.plaintext if demo else "<create one: trunkline keys create --tenant … --project …>"
     url = settings.database.url  # its password is not printed

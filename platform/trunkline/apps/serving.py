@@ -25,6 +25,11 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+def base_url(host: str, port: int) -> str:
+    """``http://host:port`` of a server listening on ``host``, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def connection_options(
     *, header_timeout_s: float | None, keep_alive_timeout_s: float | None, name: str
 ) -> dict[str, Any]:

@@ -285,6 +285,7 @@ def _beat(_args: argparse.Namespace) -> int:
 def _sim(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from trunkline.apps.serving import base_url
     from trunkline.engines import create_sim_app, get_profile
 
     profile = get_profile(args.profile)
@@ -294,10 +295,9 @@ def _sim(args: argparse.Namespace) -> int:
     app = create_sim_app(
         model=args.model, profile=profile, seed=args.seed, time_scale=args.time_scale
     )
-    host = f"[{args.host}]" if ":" in args.host else args.host
     print(  # uvicorn's own lines are off (warnings only): without it, nothing said it serves
         f"simulated vLLM engine ({profile.name}) serving {args.model} at "
-        f"http://{host}:{args.port}/v1; Ctrl-C to stop",
+        f"{base_url(args.host, args.port)}/v1; Ctrl-C to stop",
         file=sys.stderr,
         flush=True,
     )
