@@ -90,8 +90,8 @@ async def _run(
 ) -> None:
     settings = runtime.settings
     routing_policy(settings.gateway.routing_policy)  # a bad profile stops it before any change
+    manifests = load_manifests(tenants_dir)  # a mistake in them stops it before any database
     await asyncio.to_thread(upgrade, settings.database.url)
-    manifests = load_manifests(tenants_dir)
     report = await asyncio.to_thread(apply_manifests, runtime.session_factory, manifests)
     log.info("manifests applied", extra={"changes": len(report.changes)})
     stream = InMemoryUsageStream(claim_idle_s=1.0)
