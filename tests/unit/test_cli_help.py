@@ -58,6 +58,8 @@ FIRST_RUN = {
     ("keys", "list"),
     ("keys", "revoke"),
     ("keys", "rotate"),
+    ("quota", "show"),
+    ("quota", "set"),
 }
 """What the README and the banner of `trunkline up` send a new user to."""
 
