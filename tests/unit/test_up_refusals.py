@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 from pathlib import Path
@@ -13,6 +14,14 @@ from trunkline.bench.processes import free_loopback_ports
 from trunkline.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`up` logs to the stderr capsys closes after the test: the next tests' lines would not."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
 
 
 def test_a_second_up_in_the_same_directory_names_the_first_not_its_ports(
