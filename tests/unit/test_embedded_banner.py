@@ -44,3 +44,16 @@ def test_the_banner_says_where_the_metrics_are(
     assert "http://192.0.2.10:8080/metrics" in printed
     assert "TRUNKLINE_GATEWAY__METRICS_TOKEN" in printed
     assert "s3cr3t" not in printed
+
+
+def test_the_banner_writes_an_ipv6_address_as_a_url_takes_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On ::1 it printed `export OPENAI_BASE_URL=http://::1:8080/v1`, which no client takes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRUNKLINE_GATEWAY__HOST", "::1")
+    monkeypatch.setenv("TRUNKLINE_CONTROLPLANE__HOST", "::1")
+    printed = banner(load_settings(), DemoKey("abc", "tlk_abc_def"), [])
+    assert "export OPENAI_BASE_URL=http://[::1]:8080/v1\n" in printed
+    assert "http://[::1]:8081/api/v1" in printed
+    assert "http://::1" not in printed

@@ -18,6 +18,7 @@ from sqlalchemy import make_url, select
 
 from trunkline.apps import serving
 from trunkline.apps.controlplane import create_controlplane_app
+from trunkline.apps.embedded_lock import only_instance
 from trunkline.apps.gateway import create_gateway_app, routing_policy
 from trunkline.apps.publishing import THOROUGH_EVERY, republish_if_stale
 from trunkline.apps.runtime import Runtime, build_runtime
@@ -59,11 +60,12 @@ async def run_embedded(
     ready: asyncio.Event | None = None,
 ) -> None:
     refuse_outside_development(settings)
-    runtime = build_runtime(settings)
-    try:
-        await _run(runtime, tenants_dir, time_scale, ready)
-    finally:
-        runtime.close()
+    with only_instance(settings.database.url):  # before anything touches the database
+        runtime = build_runtime(settings)
+        try:
+            await _run(runtime, tenants_dir, time_scale, ready)
+        finally:
+            runtime.close()
 
 
 def refuse_outside_development(settings: Settings) -> None:
@@ -88,8 +90,8 @@ async def _run(
 ) -> None:
     settings = runtime.settings
     routing_policy(settings.gateway.routing_policy)  # a bad profile stops it before any change
+    manifests = load_manifests(tenants_dir)  # a mistake in them stops it before any database
     await asyncio.to_thread(upgrade, settings.database.url)
-    manifests = load_manifests(tenants_dir)
     report = await asyncio.to_thread(apply_manifests, runtime.session_factory, manifests)
     log.info("manifests applied", extra={"changes": len(report.changes)})
     stream = InMemoryUsageStream(claim_idle_s=1.0)
@@ -140,8 +142,8 @@ async def _run(
                 ready.set()
             await _until_stopped(stop, tasks)
         finally:
-            for s in servers:
-                s.should_exit = True
+            drain_s = max(settings.gateway.drain_timeout_s, settings.controlplane.drain_timeout_s)
+            serving.stop(servers, drain_s)
             await asyncio.gather(*tasks, return_exceptions=True)
             for task in (ingest, follow):
                 task.cancel()
@@ -257,9 +259,9 @@ def _scrape_note(settings: Settings) -> str:
 
 
 def banner(settings: Settings, demo: DemoKey | None, engine_urls: list[str]) -> str:
-    gw_root = f"http://{settings.gateway.host}:{settings.gateway.port}"
+    gw_root = serving.base_url(settings.gateway.host, settings.gateway.port)
     gw = f"{gw_root}/v1"
-    cp = f"http://{settings.controlplane.host}:{settings.controlplane.port}"
+    cp = serving.base_url(settings.controlplane.host, settings.controlplane.port)
     scrape = _scrape_note(settings)
     key = demo.plaintext if demo else "<create one: trunkline keys create --tenant … --project …>"
     url = settings.database.url  # its password is not printed

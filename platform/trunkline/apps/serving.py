@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import uvicorn
@@ -23,6 +23,11 @@ class _QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+
+def base_url(host: str, port: int) -> str:
+    """``http://host:port`` of a server listening on ``host``, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def connection_options(
@@ -85,7 +90,34 @@ async def wait_started(servers: Iterable[uvicorn.Server], tasks: list[asyncio.Ta
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
+    on_stop_signal(stop.set)
+
+
+def on_stop_signal(callback: Callable[[], None]) -> None:
+    """Call ``callback`` on Ctrl-C or SIGTERM, from now on (in place of what was called)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, callback)
+
+
+def stop(servers: list[uvicorn.Server], drain_s: int) -> None:
+    """Stop ``servers``: each waits up to ``drain_s`` for its requests in flight, which a
+    second Ctrl-C cuts now. Said when there are any: else the wait looks like a hang."""
+    for s in servers:
+        s.should_exit = True
+    on_stop_signal(lambda: cut_requests(servers))
+    if waiting := sum(len(s.server_state.tasks) for s in servers):
+        print(
+            f"Stopping: waiting up to {drain_s} s for {waiting} request(s) in flight; "
+            "Ctrl-C again to cut them now.",
+            flush=True,
+        )
+
+
+def cut_requests(servers: Iterable[uvicorn.Server]) -> None:
+    """End a stop's drain now: cancel the requests in flight, as its timeout would (a stream
+    ends with the gateway's ``gateway_stopped`` error, metered as cut)."""
+    for s in servers:
+        for task in list(s.server_state.tasks):
+            task.cancel(msg="cut: stopped again while its requests drained")

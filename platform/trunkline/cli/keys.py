@@ -47,11 +47,15 @@ def register(sub: Any) -> None:
     listing.set_defaults(func=list_command)
 
     revoke = commands.add_parser("revoke", help="revoke a key")
-    revoke.add_argument("key_id")
+    revoke.add_argument(
+        "key_id", help="the key id: the 12 characters after tlk_ (trunkline keys list shows it)"
+    )
     revoke.set_defaults(func=revoke_command)
 
     rotate = commands.add_parser("rotate", help="replace a key by a new one with the same scope")
-    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "key_id", help="the key id: the 12 characters after tlk_ (trunkline keys list shows it)"
+    )
     rotate.add_argument(
         "--grace-s",
         type=_grace_s,

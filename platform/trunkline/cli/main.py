@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import codecs
 import errno
+import gc
 import importlib
+import importlib.metadata
 import io
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from trunkline.errors import TrunklineError
 
@@ -29,6 +33,24 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 """What a write to a file on a full disk (or past a quota or size limit) fails with."""
 
 
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Sub-commands whose own ``--help`` begins with what their parent's list says of them."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("help"):
+            kwargs.setdefault("description", kwargs["help"])
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose sub-commands (and theirs, created of this class) are :class:`_Commands`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser for ``argv``: with a known command first, only its module's commands.
 
@@ -38,9 +60,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """
     first = next(iter(sys.argv[1:] if argv is None else argv), None)
     chosen = [name for name, commands in MODULES.items() if first in commands] or list(MODULES)
-    parser = argparse.ArgumentParser(
-        prog="trunkline", description="Trunkline: multitenant Models-as-a-Service."
-    )
+    parser = _Parser(prog="trunkline", description="Trunkline: multitenant Models-as-a-Service.")
+    parser.add_argument("--version", action="version", version=f"trunkline {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in chosen:
         importlib.import_module(f"trunkline.cli.{name}").register(sub)
@@ -48,12 +69,22 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The exit code of the command in ``argv`` (the ``trunkline`` command's: ``sys.argv``)."""
     if argv is None:
+        # The process ends after the command. Python's exit then ran full garbage collections
+        # over every object of ~1,400 modules (SQLAlchemy, Litestar...): a second or two
+        # after the answer before the prompt came back ("Trunkline stopped." after Ctrl-C,
+        # `keys list`). What is frozen is left to the operating system to free.
+        atexit.register(gc.freeze)
         argv = utf8_arguments(sys.argv[1:])
     escape_what_cannot_be_shown()
     try:
         # Importing a command's module takes up to 2 s: Ctrl-C then is no traceback either.
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        if not (sys.argv[1:] if argv is None else argv):  # what there is to run
+            parser.print_help(sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
     except KeyboardInterrupt:
         return 130
     return run(args)
@@ -77,6 +108,13 @@ def escape_what_cannot_be_shown() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper) and stream.errors != "backslashreplace":
             stream.reconfigure(errors="backslashreplace")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("trunkline")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return "(not installed)"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -55,11 +55,19 @@ def register(sub: Any) -> None:
     _subject(show)
     show.set_defaults(func=show_command)
 
-    change = commands.add_parser("set", help="change some limits, keep the others")
+    change = commands.add_parser(
+        "set",
+        help="change some limits, keep the others",
+        description="Change the limits named, keep the others. A limit is N (a number; "
+        "cost in the price book's currency), none (no limit) or inherit (no override: "
+        "what the level above sets, the tier's defaults for a tenant or key).",
+    )
     _subject(change)
     change.add_argument("--scope", choices=SCOPES, help="scope to change (tier, tenant)")
     for name in FIELDS:
-        change.add_argument("--" + name.replace("_", "-"), metavar="N|none|inherit")
+        change.add_argument(
+            "--" + name.replace("_", "-"), metavar="N|none|inherit", help=name.replace("_", " ")
+        )
     deprecated = "deprecated: --cost-per-month, while the price book is in USD"
     change.add_argument("--cost-per-month-usd", metavar="N|none|inherit", help=deprecated)
     change.set_defaults(func=set_command)

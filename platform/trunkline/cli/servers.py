@@ -19,7 +19,13 @@ def register(sub: Any) -> None:
     up = sub.add_parser(
         "up", help="run the whole platform in one process (SQLite, simulated engines)"
     )
-    up.add_argument("--tenants", type=Path, default=Path("tenants"), help="manifests to apply")
+    up.add_argument(
+        "--tenants",
+        type=Path,
+        default=Path("tenants"),
+        metavar="DIR",
+        help="the manifests to apply: tiers, catalog, tenants (default: tenants)",
+    )
     up.add_argument("--time-scale", type=time_scale, default=1.0, help=TIME_SCALE_HELP)
     up.set_defaults(func=_up)
 
@@ -27,11 +33,16 @@ def register(sub: Any) -> None:
     migrate.set_defaults(func=_migrate)
 
     cp = sub.add_parser("controlplane", help="run the control plane REST API")
-    cp.add_argument("--workers", type=int, default=1)
+    cp.add_argument("--workers", type=int, default=1, help="server processes (default: 1)")
     cp.set_defaults(func=_controlplane)
 
     gw = sub.add_parser("gateway", help="run the OpenAI-compatible gateway (needs Redis)")
-    gw.add_argument("--workers", type=int, default=None)
+    gw.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes (default: TRUNKLINE_GATEWAY__WORKERS, 1)",
+    )
     gw.set_defaults(func=_gateway)
 
     worker = sub.add_parser("worker", help="drain the usage stream into the ledger")
@@ -41,25 +52,39 @@ def register(sub: Any) -> None:
         "jobs", help="run Celery workers: usage ingest, rollups, closing billing periods"
     )
     jobs.add_argument("--beat", action="store_true", help="also run the beat scheduler")
-    jobs.add_argument("--concurrency", type=int, default=2)
-    jobs.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    jobs.add_argument("--concurrency", type=int, default=2, help="Celery's (default: 2)")
+    jobs.add_argument(
+        "--pool",
+        default="prefork",
+        choices=["prefork", "solo", "threads"],
+        help="Celery's execution pool (default: prefork)",
+    )
     jobs.set_defaults(func=_jobs)
 
     beat = sub.add_parser("beat", help="run the Celery beat scheduler (one per deployment)")
     beat.set_defaults(func=_beat)
 
     sim = sub.add_parser("sim", help="serve one simulated vLLM engine")
-    sim.add_argument("--model", required=True)
-    sim.add_argument("--profile", default="h100")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=listen_port, default=8000)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--model", required=True, help="the model name it serves and answers as")
+    sim.add_argument(
+        "--profile",
+        default="h100",
+        help="the accelerator it models (default: h100; an unknown one lists them)",
+    )
+    sim.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    sim.add_argument(
+        "--port", type=listen_port, default=8000, help="port to listen on (default: %(default)s)"
+    )
+    sim.add_argument("--seed", type=int, default=0, help="seed of its generated text (default: 0)")
     sim.add_argument("--time-scale", type=time_scale, default=1.0, help=TIME_SCALE_HELP)
     sim.set_defaults(func=_sim)
 
 
 def _up(args: argparse.Namespace) -> int:
     from trunkline.apps.embedded import run_embedded
+    from trunkline.apps.embedded_lock import running_instance
 
     settings = load_settings()
     tlog.configure(settings.log_level, json_lines=settings.log_json)
@@ -67,6 +92,9 @@ def _up(args: argparse.Namespace) -> int:
         print(
             f"error: no manifests directory at {args.tenants} (use --tenants DIR)", file=sys.stderr
         )
+        return 2
+    if running := running_instance(settings.database.url):
+        print(f"error: {running}", file=sys.stderr)  # rather than its ports, taken
         return 2
     busy = busy_ports(
         [
@@ -259,13 +287,21 @@ def _beat(_args: argparse.Namespace) -> int:
 def _sim(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from trunkline.apps.serving import base_url
     from trunkline.engines import create_sim_app, get_profile
 
+    profile = get_profile(args.profile)
+    if busy := busy_ports([("simulated engine", args.host, args.port, "--port")]):
+        print("error: " + "; ".join(busy), file=sys.stderr)
+        return 2
     app = create_sim_app(
-        model=args.model,
-        profile=get_profile(args.profile),
-        seed=args.seed,
-        time_scale=args.time_scale,
+        model=args.model, profile=profile, seed=args.seed, time_scale=args.time_scale
+    )
+    print(  # uvicorn's own lines are off (warnings only): without it, nothing said it serves
+        f"simulated vLLM engine ({profile.name}) serving {args.model} at "
+        f"{base_url(args.host, args.port)}/v1; Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

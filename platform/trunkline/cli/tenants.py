@@ -88,7 +88,7 @@ def register(sub: Any) -> None:
     token = commands.add_parser(
         "admin-token", help="print an access token for a platform admin (created if needed)"
     )
-    token.add_argument("--email", required=True, type=_email)
+    token.add_argument("--email", required=True, type=_email, help="the admin's e-mail address")
     token.add_argument(
         "--ttl-days",
         type=_ttl_days,
@@ -100,7 +100,7 @@ def register(sub: Any) -> None:
     revoke = commands.add_parser(
         "revoke-tokens", help="revoke every access token of a user (a leaked token, a leaver)"
     )
-    revoke.add_argument("--email", required=True, type=_email)
+    revoke.add_argument("--email", required=True, type=_email, help="the user's e-mail address")
     revoke.set_defaults(func=revoke_tokens_command)
 
     isolation = commands.add_parser(
@@ -108,7 +108,7 @@ def register(sub: Any) -> None:
         help="give a tenant its own prefix cache on shared engines (on), or share it (off)",
     )
     isolation.add_argument("slug", help="tenant slug")
-    isolation.add_argument("state", choices=("on", "off"))
+    isolation.add_argument("state", choices=("on", "off"), help="on: its own cache; off: shared")
     isolation.set_defaults(func=cache_isolation_command)
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 _MESSAGE = "The gateway stopped before this request ended; retry it."
 _CODE = "gateway_stopped"
+_WHY = "its drain time ran out, or a second Ctrl-C cut it short"
 
 
 def cut_at_shutdown(app: ASGIApp) -> ASGIApp:
@@ -71,7 +72,7 @@ async def _end(scope: Scope, head: dict[bytes, bytes] | None, send: Send) -> Non
     except (asyncio.CancelledError, OSError, RuntimeError):
         # The event loop closing cancels it again, a client too slow to take the end holds
         # it: the line still says it was cut.
-        what = "request cut: the gateway stopped (its drain time ran out)"
+        what = f"request cut: the gateway stopped ({_WHY})"
     log.warning(what, extra={"request_id": request_id, "path": scope["path"]})
 
 
@@ -80,7 +81,7 @@ async def _answer(
 ) -> str:
     """End the answer as far as it can be ended; says what was cut."""
     if head is None:
-        what = "request cut before its answer: the gateway stopped (its drain time ran out)"
+        what = f"request cut before its answer: the gateway stopped ({_WHY})"
         status, body = encode_error(Unavailable(_MESSAGE, reason=_CODE))
         start: HTTPResponseStartEvent = {
             "type": "http.response.start",
@@ -96,9 +97,9 @@ async def _answer(
         await send(start)
         await send({"type": "http.response.body", "body": body, "more_body": False})
     elif headers.get(b"content-type", b"").startswith(b"text/event-stream"):
-        what = "stream cut: the gateway stopped before it ended (its drain time ran out)"
+        what = f"stream cut: the gateway stopped before it ended ({_WHY})"
         event = error_event(_MESSAGE, _CODE)
         await send({"type": "http.response.body", "body": event, "more_body": False})
     else:  # a plain answer half sent (the gateway sends them whole): nothing to end it with
-        what = "answer cut: the gateway stopped while it was sent (its drain time ran out)"
+        what = f"answer cut: the gateway stopped while it was sent ({_WHY})"
     return what

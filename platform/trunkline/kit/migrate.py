@@ -122,8 +122,9 @@ def require_existing(url: str) -> None:
     path = sqlite_file(url)
     if path is not None and not path.exists():
         raise ConfigurationError(
-            f"no Trunkline database at {path.resolve()}: run `trunkline up` in the directory "
-            "you started it from, or set TRUNKLINE_DATABASE__URL (then `trunkline migrate`)"
+            f"no Trunkline database at {path.resolve()}: run this command where `trunkline up` "
+            "was started (or start it here), or set TRUNKLINE_DATABASE__URL (then `trunkline "
+            "migrate`)"
         )
 
 

@@ -282,6 +282,9 @@ def test_a_command_without_a_migrated_database_says_what_to_run_and_creates_noth
     code, _, err = run(capsys, "pools", "list")
     assert code == 2
     assert f"no Trunkline database at {tmp_path / '.trunkline' / 'trunkline.db'}" in err
+    # It said to run `trunkline up` "in the directory you started it from": where `up` runs
+    # already, a command typed in another directory is what has to move.
+    assert "run this command where `trunkline up` was started" in err
     assert list(tmp_path.iterdir()) == []
 
     old = tmp_path / "old.db"
