@@ -139,9 +139,13 @@ class Tally:
     usage_seen: bool = False
     answers_per_prompt: int = 1
     """``n``: choices ``0 .. n - 1`` answer the first prompt, ``n ..`` the next."""
-    so_far: dict[int, _Usage] = field(default_factory=dict)
-    """Per choice, the usage its last chunk carried (vLLM's ``continuous_usage_stats``): its
-    own tokens so far and its prompt, until the response's usage comes."""
+    so_far: dict[int, int] = field(default_factory=dict)
+    """Per choice, the completion tokens its last chunk's usage counted (vLLM's
+    ``continuous_usage_stats``): its own tokens so far, until the response's usage comes."""
+    prompts_so_far: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Per prompt, the prompt and cached tokens its choices' last usage counted."""
+    cached_so_far: int = 0
+    """The sum of :attr:`prompts_so_far`'s cached tokens, before the miscount guard."""
     finished: bool = False
     """A stream's event had a ``finish_reason`` (or an error blaming the request): the engine
     ended the answer, rather than gave it up."""
@@ -151,17 +155,28 @@ class Tally:
         which counts that choice's tokens alone: the response's so far is then every choice's
         tokens and each prompt once (a stream cut short is billed all it sent)."""
         self.usage_seen = True
+        completion, prompt, cached = (
+            usage.completion_tokens or 0,
+            usage.prompt_tokens,
+            _cached(usage),
+        )
         if choice is None:
             self.so_far.clear()
-            usages, prompts = [usage], [usage]
+            self.prompts_so_far.clear()
+            self.completion_tokens, self.prompt_tokens = completion, prompt
         else:
-            self.so_far[choice] = usage
-            usages = list(self.so_far.values())
-            by_prompt = {at // self.answers_per_prompt: u for at, u in self.so_far.items()}
-            prompts = list(by_prompt.values())
-        self.prompt_tokens = sum(u.prompt_tokens for u in prompts)
-        self.completion_tokens = sum(u.completion_tokens or 0 for u in usages)
-        cached = sum(_cached(u) for u in prompts)
+            if not self.so_far:  # the first choice's (or one after the response's usage)
+                self.completion_tokens = self.prompt_tokens = self.cached_so_far = 0
+            # Each chunk moves the totals by what it changed, in constant time: a stream of a
+            # thousand prompts is a thousand choices, each chunk of which is one choice's.
+            self.completion_tokens += completion - self.so_far.get(choice, 0)
+            self.so_far[choice] = completion
+            at = choice // self.answers_per_prompt
+            before = self.prompts_so_far.get(at, (0, 0))
+            self.prompts_so_far[at] = (prompt, cached)
+            self.prompt_tokens += prompt - before[0]
+            self.cached_so_far += cached - before[1]
+            cached = self.cached_so_far
         self.cached_tokens = min(max(cached, 0), self.prompt_tokens)  # an engine's miscount
 
     @property

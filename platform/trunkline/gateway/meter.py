@@ -132,6 +132,14 @@ class UsageMeter:
         if self.candidate is not None and self.engines is not None:
             self.engines.succeeded(self.candidate.endpoint.id)
 
+    def _prompt_count(self) -> int:
+        """Prompts of the request whose usage chunks may come one by one: a completions list's
+        (0 when the response's usage came: it counts them all)."""
+        if not self.tally.prompts_so_far:
+            return 0
+        body = self.request.body
+        return answer_count(self.request.kind, body) // answers_per_prompt(body)
+
     def finish(self, status: int, error_code: str | None) -> None:
         if self._done:
             return
@@ -150,12 +158,15 @@ class UsageMeter:
         # reservation goes back whole, as for a request that never left the gateway.
         worked = self.candidate is not None and error_code != "upstream_rejected"
         prompt = tally.prompt_tokens
-        if worked and not tally.usage_seen:
-            # The client left or the engine died before reporting usage; the prompt was
-            # prefilled all the same, so the record carries the estimate the quota charges.
-            prompt = self.grant.prompt_estimate or estimate_prompt_tokens(
+        unreported = not tally.usage_seen or len(tally.prompts_so_far) < self._prompt_count()
+        if worked and unreported:
+            # The client left or the engine died before reporting usage (with it in every
+            # chunk, of some prompts); the prompts were prefilled all the same, so the record
+            # carries (at least) the estimate the quota charges a stream without usage.
+            estimate = self.grant.prompt_estimate or estimate_prompt_tokens(
                 self.request.kind, self.request.body
             )
+            prompt = max(prompt, estimate) if tally.usage_seen else estimate
         latency_s = time.perf_counter() - tally.started
         ttft_ms = tally.ttft_ms if self.request.stream else None
         if self._latency is not None and ttft_ms is not None and self._relayed and tally.chunks:
@@ -167,7 +178,7 @@ class UsageMeter:
             tier = self.principal.tier.name
             self._latency.observe(tier, lead_s + ttft_ms / 1000, lead_s + latency_s, whole)
         self.quota.settle_soon(
-            self.grant, tally.prompt_tokens, tally.cached_tokens, completion,
+            self.grant, prompt, tally.cached_tokens, completion,
             measured=tally.usage_seen, reached_engine=worked, outcome=outcome_of(status),
         )  # fmt: skip
         self.emitter.emit(

@@ -189,3 +189,32 @@ async def test_a_request_held_for_an_endpoint_not_tracked_yet_is_served_there() 
     engines.scraped("pool/0", MetricsScan(), sent_at=1.1)
     assert (await first).order == [0]
     assert (await second).order == [0]
+
+
+async def test_a_request_held_for_an_endpoint_back_in_the_configuration_is_served_there() -> None:
+    """An endpoint removed from the configuration and back in it (disabled, enabled again)
+    still counted as gone until engine state's next scrape tick: a request routing sent to it
+    alone was refused with 503, that engine in service."""
+    clock = Clock()
+    engines = EngineState(clock=clock)
+    configuration = {"pool/0", "pool/1"}
+    engines.in_snapshot = configuration.__contains__  # as the engine monitor tells it
+    engines.sync(configuration)
+    configuration.discard("pool/1")
+    engines.sync(configuration)
+    configuration.add("pool/1")  # back, before the next tick syncs engine state
+    admission = AsyncAdmission(AdmissionPolicy(), engines, clock=clock, recheck_s=60.0)
+    for n in range(20):  # silver's recent dispatches on idle engines, so that it may be held
+        clock.now = n / 20
+        await admission.admit(request(f"w{n}"), SILVER, [endpoint("pool/0")])
+    clock.now = 1.0
+    engines.scraped("pool/0", MetricsScan(running=235.0, kv_usage=0.6), sent_at=1.0)
+    first = asyncio.create_task(admission.admit(request("a", "a"), SILVER, [endpoint("pool/0")]))
+    second = asyncio.create_task(admission.admit(request("b", "b"), SILVER, [endpoint("pool/1")]))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert admission.policy.held() == 2  # the second waits its turn behind the first
+    clock.now = 1.1
+    engines.scraped("pool/0", MetricsScan(), sent_at=1.1)
+    assert (await first).order == [0]
+    assert (await second).order == [0]

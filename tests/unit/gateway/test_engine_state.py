@@ -14,7 +14,10 @@ from trunkline.gateway.endpoints import (
     Health,
     MetricsScan,
 )
+from trunkline.gateway.endpoints.monitor import EngineMonitor
 from trunkline.gateway.endpoints.scan import scan_metrics
+from trunkline.settings import EngineStateSettings
+from trunkline.snapshot import EndpointEntry, PoolEntry, Snapshot
 
 POLICY = EjectionPolicy(eject_after=3, base_s=1.0, max_s=8.0)
 
@@ -461,3 +464,25 @@ def test_an_engine_that_answers_nothing_is_probed_every_few_seconds_not_every_30
             health.failed(at, scrape=health is dead)
     assert waits[id(dead)] == [1, 2, 4, 5, 5, 5]
     assert waits[id(failing)] == [1, 2, 4, 8, 16, 30]
+
+
+def _snapshot(version: int, *endpoints: str) -> Snapshot:
+    entries = tuple(EndpointEntry(e, f"http://{e}") for e in endpoints)
+    pool = PoolEntry("pool", "m", "h100", "us", False, 16, entries)
+    return Snapshot(version, 0.0, {}, {}, {}, {}, {"pool": pool})
+
+
+def test_an_endpoint_back_in_the_snapshot_is_served_before_the_next_sync() -> None:
+    """Removed, then back in the configuration: admission may send held requests there at
+    once, not from engine state's next sync on (until then they were refused)."""
+    current = _snapshot(1, "pool/0", "pool/1")
+    monitor = EngineMonitor(lambda: current, EngineStateSettings(), client=None)
+    engines = monitor.state
+    engines.sync(["pool/0", "pool/1"])
+    current = _snapshot(2, "pool/0")
+    engines.sync(["pool/0"])
+    assert not engines.serves("pool/1")
+
+    current = _snapshot(3, "pool/0", "pool/1")
+
+    assert engines.serves("pool/1")

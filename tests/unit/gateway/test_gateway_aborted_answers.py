@@ -244,3 +244,41 @@ def test_a_stream_of_n_answers_with_usage_in_every_chunk_cut_short_bills_every_a
     assert '"upstream_error"' in body
     [record] = [record for _id, record in gw.usage.read(10)]
     assert (record.status, record.prompt_tokens, record.completion_tokens) == (502, 21, 4)
+
+
+def _prompts_dying(request: httpx.Request) -> httpx.Response:
+    """vLLM completing a list of prompts, its engine core dying after the first prompt's first
+    token, before the others' came; with ``continuous_usage_stats`` that token's chunk carries
+    the first prompt's usage so far (its prompt tokens alone)."""
+    options = json.loads(request.content).get("stream_options") or {}
+    data: dict[str, object] = {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": "hi", "logprobs": None, "finish_reason": None}],
+    }
+    if options.get("continuous_usage_stats"):
+        data["usage"] = {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5}
+    stream = Chunks([event + b"\n\n" for event in [_compact(data), _ENGINE_DEAD, b"data: [DONE]"]])
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+
+
+def test_a_list_of_prompts_cut_short_with_usage_in_every_chunk_bills_every_prompt(
+    engine_gateway: Callable[..., Gateway],
+) -> None:
+    """With usage in every chunk, a stream cut before some prompts' first token was billed the
+    prompts whose chunks came alone (one of three here); without, every prompt's estimate: a
+    client asking for usage in every chunk and leaving early paid for a third of its prompts."""
+    gw = engine_gateway(_prompts_dying)
+    prompts = ["tell me a story about a lighthouse keeper and the sea"] * 3
+    batch = {"model": "llama", "prompt": prompts, "stream": True}
+    every_chunk = {"include_usage": True, "continuous_usage_stats": True}
+
+    for options in ({"include_usage": True}, every_chunk):
+        gw.client.post(
+            "/v1/completions",
+            json={**batch, "stream_options": options},
+            headers={"authorization": f"Bearer {gw.key}"},
+        )
+
+    last_chunk, every = [record for _id, record in gw.usage.read(10)]
+    assert (last_chunk.status, every.status) == (502, 502)
+    assert every.prompt_tokens >= last_chunk.prompt_tokens > 4

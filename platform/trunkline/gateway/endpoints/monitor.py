@@ -36,6 +36,7 @@ class _Endpoints:
         self._snapshot = snapshot
         self._version = -1
         self._endpoints: tuple[EndpointEntry, ...] = ()
+        self._ids: frozenset[str] = frozenset()
 
     def __call__(self) -> tuple[EndpointEntry, ...]:
         snapshot = self._snapshot()
@@ -45,7 +46,13 @@ class _Endpoints:
                 for endpoint in pool.endpoints:
                     seen.setdefault(endpoint.id, endpoint)
             self._endpoints, self._version = tuple(seen.values()), snapshot.version
+            self._ids = frozenset(seen)
         return self._endpoints
+
+    def has(self, endpoint_id: str) -> bool:
+        """Whether the current snapshot has the endpoint."""
+        self()
+        return endpoint_id in self._ids
 
     @property
     def version(self) -> int:
@@ -74,6 +81,7 @@ class EngineMonitor:
         self.state.on_cache_config = lambda _endpoint: self.block_sizes.check()
         self._settings = settings
         self._endpoints = _Endpoints(snapshot)
+        self.state.in_snapshot = self._endpoints.has
         self._client = client
         self._kv_sink = kv_sink
         self.scraper: MetricsScraper | None = None

@@ -100,6 +100,9 @@ class EngineState:
         the approximate routing index holds of it is forgotten. An endpoint enabled again
         under its id comes back with another engine (an upgrade, a restart), and a gateway
         following autoscaled endpoints would otherwise keep every one it ever routed to."""
+        self.in_snapshot: Callable[[str], bool] | None = None
+        """Asked an endpoint id, whether the snapshot the gateway follows has it now, ahead of
+        the next :meth:`sync` (None: only syncs tell)."""
         self.on_cache_config: Callable[[str], None] | None = None
         """Told the endpoint id when its cache config was read (its first scrape, a restart):
         its block size may now differ from its pools'."""
@@ -135,8 +138,12 @@ class EngineState:
     def serves(self, endpoint: str) -> bool:
         """Not removed from the snapshot (a removed endpoint is tracked while requests of this
         gateway drain from it): what admission may still send held requests to. One not
-        tracked yet (a snapshot newer than the last sync) is: routing took it from there."""
-        return endpoint not in self._removed
+        tracked yet (a snapshot newer than the last sync) is: routing took it from there; so is
+        one removed and back in the snapshot since (disabled, then enabled again)."""
+        if endpoint not in self._removed:
+            return True
+        in_snapshot = self.in_snapshot
+        return in_snapshot is not None and in_snapshot(endpoint)
 
     def draining(self) -> set[str]:
         """Endpoints the snapshot removed that are tracked until their requests end."""
