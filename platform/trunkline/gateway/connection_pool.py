@@ -3,9 +3,11 @@ cancelled request given back to the pool.
 
 httpcore 1.0.9 (the current release) loses a connection slot for good when a request waiting
 for a connection is cancelled in the instant after the pool made a new connection for it and
-before it started to use it (encode/httpcore#1093): the connection is neither idle, closed nor
-expired, so nothing reclaims it, and once ``max_connections`` of them are lost every request
-waits the pool timeout (the gateway answers 503 ``gateway_busy`` while its engines sit idle).
+before it started to use it (encode/httpcore#1093), or in the instant after it opened that
+connection and before it sent anything on it (the connection's lock yields a turn): the
+connection is neither idle, closed nor expired, so nothing reclaims it, and once
+``max_connections`` of them are lost every request waits the pool timeout (the gateway answers
+503 ``gateway_busy`` while its engines sit idle).
 The gateway cancels such waits all the time: a client leaving, an endpoint ejected while a
 request waits on it (``upstream.unless_ejected``), a scrape timing out.
 """
@@ -22,18 +24,16 @@ log = logging.getLogger(__name__)
 
 _READ_RELEASES: Final = frozenset({"1.0.9"})
 """The httpcore releases whose pool and connection this module was checked against: how they
-keep their requests (each ``connection``) and connections, and what ``info()`` says. Another
-release may keep them otherwise (an attribute gone would fail every request), so its pool is
-left as httpx made it, with the warning, until it is read and added here."""
-
-_NEVER_USED = "CONNECTING"
-"""``AsyncHTTPConnection.info()`` of a connection that no request has begun to open."""
+keep their requests (each ``connection``) and connections, and that a connection no request
+holds is idle or closed unless orphaned. Another release may keep them otherwise (an attribute
+gone would fail every request), so its pool is left as httpx made it, with the warning, until
+it is read and added here."""
 
 
 class ReclaimingConnectionPool(httpcore.AsyncConnectionPool):
-    """httpcore's pool, dropping the connections that were made for a request and are owned by
-    none (never opened: there is nothing to close), and handing out connections in time linear
-    in the pool's size.
+    """httpcore's pool, closing the connections that no request holds and that are not idle
+    (made or opened for a request cancelled before it used them: nothing else would ever
+    release them), and handing out connections in time linear in the pool's size.
 
     httpcore 1.0.9 counts every connection once per idle one at each hand-out (a request's
     start and end): with the gateway's 1,000 connections, after a burst left a few hundred
@@ -52,9 +52,9 @@ class ReclaimingConnectionPool(httpcore.AsyncConnectionPool):
         for connection in self._connections:
             if connection.is_closed():
                 continue
-            if connection.has_expired():
+            if connection.has_expired() or not (id(connection) in owned or connection.is_idle()):
                 closing.append(connection)
-            elif id(connection) in owned or connection.info() != _NEVER_USED:
+            else:
                 kept.append(connection)
         surplus = len(kept) - self._max_keepalive_connections
         if surplus > 0:

@@ -120,6 +120,35 @@ async def test_a_request_queued_behind_the_orphan_gets_the_slot(engine: str) -> 
             await answer.aclose()
 
 
+async def test_a_request_cancelled_between_connecting_and_sending_gives_the_slot_back(
+    engine: str,
+) -> None:
+    """A request cancelled once its new connection is open and before it sent anything on it
+    (the connection's one turn of the event loop at the start of a request) left that
+    connection open and unused, owned by no request: a slot lost for good, as a connection
+    never opened was."""
+    transport = engine_transport(LIMITS)
+    async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+        pool = pool_of(client)
+        sending = asyncio.create_task(client.post(engine))
+        await opened_and_unused(pool)
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        async with client.stream("POST", engine, timeout=httpx.Timeout(5.0, pool=0.0)) as answer:
+            assert answer.status_code == 200
+            assert await anext(answer.aiter_raw()) == b"hello"
+
+
+async def opened_and_unused(pool: httpcore.AsyncConnectionPool) -> None:
+    """Once the pool holds a connection open and not yet used (HTTP/1.1's ``NEW``)."""
+    for _ in range(1000):
+        if any(", NEW, " in connection.info() for connection in pool.connections):
+            return
+        await asyncio.sleep(0)  # a turn of the event loop, not a wait
+    raise AssertionError("no connection was ever open and unused")
+
+
 def test_the_gateway_sends_and_scrapes_through_reclaiming_pools() -> None:
     settings = GatewaySettings(max_connections=7)
     app = create_gateway_app(
@@ -199,7 +228,7 @@ def _hand_out(
 async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) -> None:
     """The pool's linear hand-out keeps, closes and assigns what httpcore's own does, for pools
     keeping alive as many connections as they hold (the gateway's), orphans aside: those it
-    forgets, and httpcore keeps for good."""
+    closes, and httpcore keeps for good."""
     rng = random.Random(seed)
     origins = [httpcore.Origin(b"http", f"engine-{i}".encode(), 8000) for i in range(3)]
     most = rng.randint(1, 8)
@@ -232,4 +261,6 @@ async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) ->
         [c for c in connections if id(c) not in orphans],  # httpcore's would keep them
         requests(),
     )
-    assert ours == theirs
+    kept, closing, owners = ours
+    assert orphans <= {id(c) for c in closing}
+    assert (kept, [c for c in closing if id(c) not in orphans], owners) == theirs
