@@ -40,10 +40,12 @@ class ReclaimingConnectionPool(httpcore.AsyncConnectionPool):
     idle, each request held the event loop for milliseconds (200 idle: 2.6 ms a hand-out; 500:
     22 ms; 1,000: 66 ms, measured on this machine's core), stalling every stream it relays.
     The rules are httpcore's: closed connections are forgotten, expired ones closed, idle ones
-    beyond ``max_keepalive_connections`` closed (the gateway keeps as many as it may hold, so
-    none are), and each queued request, in arrival order, gets an available connection to its
-    origin, else a new one while under ``max_connections``, else a new one in place of an
-    idle one, else waits."""
+    closed while the pool holds more than ``max_keepalive_connections`` connections, busy or
+    idle (the gateway keeps as many as it may hold, so none are; httpcore also counts the
+    closed and expired ones it has not yet removed, so may close more), and each queued
+    request, in arrival order, gets an available connection to its origin (the same one to
+    several: all but the first find it taken and queue again), else a new one while under
+    ``max_connections``, else a new one in place of an idle one, else waits."""
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
         owned = {id(request.connection) for request in self._requests}

@@ -181,29 +181,32 @@ def test_an_httpcore_release_not_read_is_left_as_httpx_made_it_and_said(
 
 
 class _Connection:
-    """A connection in a given state, as a pool's hand-out reads it."""
+    """A connection in a given state, as a pool's hand-out reads it: httpcore 1.0.9's
+    ``AsyncHTTPConnection`` over HTTP/1.1 (``new``: open, no request sent yet) or HTTP/2
+    (``shared``: carrying streams, open to more). An expired one is idle (HTTP/1.1 sets the
+    expiry as a connection turns idle; a server's close is seen only on an idle one), a failed
+    one (its connect failed) closed, idle and expired at once."""
+
+    STATES = ("idle", "active", "shared", "closed", "failed", "expired", "connecting", "new")
 
     def __init__(self, rng: random.Random, origins: list[httpcore.Origin]) -> None:
         self.origin = rng.choice(origins)
-        self.state = rng.choice(["idle", "active", "closed", "expired", "connecting"])
+        self.state = rng.choice(self.STATES)
 
     def can_handle_request(self, origin: httpcore.Origin) -> bool:
         return origin == self.origin
 
     def is_available(self) -> bool:
-        return self.state == "idle"
+        return self.state in ("idle", "shared", "expired")
 
     def is_idle(self) -> bool:
-        return self.state in ("idle", "expired")
+        return self.state in ("idle", "failed", "expired")
 
     def is_closed(self) -> bool:
-        return self.state == "closed"
+        return self.state in ("closed", "failed")
 
     def has_expired(self) -> bool:
-        return self.state == "expired"
-
-    def info(self) -> str:
-        return "CONNECTING" if self.state == "connecting" else self.state
+        return self.state in ("failed", "expired")
 
 
 def _hand_out(
@@ -226,15 +229,18 @@ def _hand_out(
 
 @pytest.mark.parametrize("seed", range(300))
 async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) -> None:
-    """The pool's linear hand-out keeps, closes and assigns what httpcore's own does, for pools
-    keeping alive as many connections as they hold (the gateway's), orphans aside: those it
-    closes, and httpcore keeps for good."""
+    """The pool's linear hand-out keeps, closes and assigns what httpcore's own does, orphans
+    aside: those it closes, and httpcore keeps for good. With fewer connections kept alive than
+    held, both close idle ones while the pool holds more than that many connections, busy or
+    not; httpcore also counts the closed and expired ones it has not reached yet (given first
+    to it here, it counts none)."""
     rng = random.Random(seed)
     origins = [httpcore.Origin(b"http", f"engine-{i}".encode(), 8000) for i in range(3)]
-    most = rng.randint(1, 8)
-    connections: list[Any] = [_Connection(rng, origins) for _ in range(rng.randint(0, most))]
-    in_flight = [c for c in connections if c.state in ("active", "connecting")]
-    orphans = {id(c) for c in in_flight if rng.random() < 0.3 and c.state == "connecting"}
+    most = rng.choice([None, rng.randint(1, 8)])
+    alive = rng.choice([most, rng.randint(0, most or 8)])
+    connections: list[Any] = [_Connection(rng, origins) for _ in range(rng.randint(0, most or 8))]
+    in_flight = [c for c in connections if c.state in ("active", "shared", "connecting", "new")]
+    orphans = {id(c) for c in in_flight if rng.random() < 0.3 and c.state != "shared"}
 
     def requests() -> list[Any]:
         made = []
@@ -251,14 +257,15 @@ async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) ->
 
     state = rng.getstate()
     ours = _hand_out(
-        ReclaimingConnectionPool(max_connections=most, max_keepalive_connections=most),
+        ReclaimingConnectionPool(max_connections=most, max_keepalive_connections=alive),
         connections,
         requests(),
     )
     rng.setstate(state)
+    gone = [c for c in connections if c.is_closed() or c.has_expired()]
     theirs = _hand_out(
-        httpcore.AsyncConnectionPool(max_connections=most, max_keepalive_connections=most),
-        [c for c in connections if id(c) not in orphans],  # httpcore's would keep them
+        httpcore.AsyncConnectionPool(max_connections=most, max_keepalive_connections=alive),
+        gone + [c for c in connections if c not in gone and id(c) not in orphans],
         requests(),
     )
     kept, closing, owners = ours
