@@ -5,6 +5,7 @@ a gateway answering ``gateway_busy`` while its engines sat idle."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -238,7 +239,8 @@ async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) ->
     origins = [httpcore.Origin(b"http", f"engine-{i}".encode(), 8000) for i in range(3)]
     most = rng.choice([None, rng.randint(1, 8)])
     alive = rng.choice([most, rng.randint(0, most or 8)])
-    connections: list[Any] = [_Connection(rng, origins) for _ in range(rng.randint(0, most or 8))]
+    held = rng.choice([most or 8, rng.randint(0, most or 8)])  # full half the time
+    connections: list[Any] = [_Connection(rng, origins) for _ in range(held)]
     in_flight = [c for c in connections if c.state in ("active", "shared", "connecting", "new")]
     orphans = {id(c) for c in in_flight if rng.random() < 0.3 and c.state != "shared"}
 
@@ -249,7 +251,7 @@ async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) ->
                 request = AsyncPoolRequest(httpcore.Request("POST", "http://x/"))
                 request.connection = connection
                 made.append(request)
-        for _ in range(rng.randint(0, 4)):
+        for _ in range(rng.randint(0, 8)):
             origin = rng.choice(origins)
             url = f"http://{origin.host.decode()}:{origin.port}/v1/chat/completions"
             made.append(AsyncPoolRequest(httpcore.Request("POST", url)))
@@ -271,3 +273,54 @@ async def test_a_hand_out_decides_as_httpcores_own_but_for_orphans(seed: int) ->
     kept, closing, owners = ours
     assert orphans <= {id(c) for c in closing}
     assert (kept, [c for c in closing if id(c) not in orphans], owners) == theirs
+
+
+class _Counted(_Connection):
+    """A connection that counts what a hand-out asks it."""
+
+    def __init__(self, rng: random.Random, origins: list[httpcore.Origin], state: str) -> None:
+        super().__init__(rng, origins)
+        self.state = state
+        self.asked: collections.Counter[str] = collections.Counter()
+
+    def can_handle_request(self, origin: httpcore.Origin) -> bool:
+        self.asked[f"can_handle_request {origin}"] += 1
+        return super().can_handle_request(origin)
+
+    def is_available(self) -> bool:
+        self.asked["is_available"] += 1
+        return super().is_available()
+
+    def is_idle(self) -> bool:
+        self.asked["is_idle"] += 1
+        return super().is_idle()
+
+
+async def test_a_full_pool_asks_each_connection_once_however_many_requests_wait() -> None:
+    """With the pool full (the gateway at its ``max_connections``), each request waiting for a
+    connection had every connection asked whether it could take it, at each request's start and
+    end: 100 waiting behind 1,000 connections held the event loop 20 ms a
+    hand-out, 500 waiting 130 ms, stalling every stream relayed. Each connection is now asked
+    once per origin the waiting requests go to."""
+    rng = random.Random(0)
+    origins = [httpcore.Origin(b"http", f"engine-{i}".encode(), 8000) for i in range(3)]
+    connections = [_Counted(rng, origins, rng.choice(["active", "idle"])) for _ in range(50)]
+    pool = ReclaimingConnectionPool(max_connections=50)
+    requests = []
+    for connection in connections:
+        request = AsyncPoolRequest(httpcore.Request("POST", "http://x/"))
+        request.connection = connection
+        requests.append(request)
+    for _ in range(100):
+        origin = rng.choice(origins)
+        url = f"http://{origin.host.decode()}:{origin.port}/v1/chat/completions"
+        requests.append(AsyncPoolRequest(httpcore.Request("POST", url)))
+    pool._connections = list(connections)
+    pool._requests = requests
+    pool._assign_requests_to_connections()
+    asked = collections.Counter[str]()
+    for connection in connections:
+        asked |= connection.asked
+    assert max(asked[f"can_handle_request {origin}"] for origin in origins) == 1
+    assert asked["is_available"] <= len(origins)
+    assert asked["is_idle"] <= 3  # sorting out closed, idle and surplus ones; then handing out
