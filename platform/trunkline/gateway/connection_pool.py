@@ -5,9 +5,10 @@ httpcore 1.0.9 (the current release) loses a connection slot for good when a req
 for a connection is cancelled in the instant after the pool made a new connection for it and
 before it started to use it (encode/httpcore#1093), or in the instant after it opened that
 connection and before it sent anything on it (the connection's lock yields a turn): the
-connection is neither idle, closed nor expired, so nothing reclaims it, and once
-``max_connections`` of them are lost every request waits the pool timeout (the gateway answers
-503 ``gateway_busy`` while its engines sit idle).
+connection is neither idle, closed nor expired, so nothing reclaims it; or in the instant its
+answer, read in full, was being closed: the request stays in the pool, its connection busy.
+Once ``max_connections`` of them are lost every request waits the pool timeout (the gateway
+answers 503 ``gateway_busy`` while its engines sit idle).
 The gateway cancels such waits all the time: a client leaving, an endpoint ejected while a
 request waits on it (``upstream.unless_ejected``), a scrape timing out.
 """
@@ -15,19 +16,21 @@ request waits on it (``upstream.unless_ejected``), a scrape timing out.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Final
 
 import httpcore
 import httpx
+from httpcore._async.connection_pool import PoolByteStream
 
 log = logging.getLogger(__name__)
 
 _READ_RELEASES: Final = frozenset({"1.0.9"})
 """The httpcore releases whose pool and connection this module was checked against: how they
-keep their requests (each ``connection``) and connections, and that a connection no request
-holds is idle or closed unless orphaned. Another release may keep them otherwise (an attribute
-gone would fail every request), so its pool is left as httpx made it, with the warning, until
-it is read and added here."""
+keep their requests (each ``connection``) and connections, an answer's body its request and
+pool, and that a connection no request holds is idle or closed unless orphaned. Another
+release may keep them otherwise (an attribute gone would fail every request), so its pool is
+left as httpx made it, with the warning, until it is read and added here."""
 
 
 class ReclaimingConnectionPool(httpcore.AsyncConnectionPool):
@@ -48,6 +51,12 @@ class ReclaimingConnectionPool(httpcore.AsyncConnectionPool):
     request, in arrival order, gets an available connection to its origin (the same one to
     several: all but the first find it taken and queue again), else a new one while under
     ``max_connections``, else a new one in place of an idle one, else waits."""
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        response = await super().handle_async_request(request)
+        if isinstance(response.stream, PoolByteStream):
+            response.stream = _LettingGo(response.stream)
+        return response
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
         owned = {id(request.connection) for request in self._requests}
@@ -144,11 +153,44 @@ class _HandOut:
         return [each for each in self._connections if id(each) not in self._replaced]
 
 
+class _LettingGo:
+    """An answer's body as httpcore's pool gives it, whose closing lets go of its request even
+    when cancelled. httpcore shields that closing from anyio's cancellation, not from asyncio's
+    own (``Task.cancel``, ``asyncio.timeout``): cancelled in the instant its connection was being
+    made idle again, the request stayed in the pool and the connection busy, a slot lost for
+    good. Let go of, that connection is held by no request and not idle, so the hand-out that
+    follows closes it (:meth:`ReclaimingConnectionPool._assign_requests_to_connections`)."""
+
+    def __init__(self, stream: PoolByteStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        except BaseException:
+            # This call was closing it (one made after another started returns at once): no
+            # other is under way to let go of the request.
+            await self._let_go()
+            raise
+
+    async def _let_go(self) -> None:
+        pool, request = self._stream._pool, self._stream._pool_request
+        with pool._optional_thread_lock:
+            if request not in pool._requests:
+                return
+            pool._requests.remove(request)
+            closing = pool._assign_requests_to_connections()
+        await pool._close_connections(closing)
+
+
 def engine_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
     """httpx's transport with ``limits``, its pool reclaiming orphaned connections.
 
     httpx builds the pool from its own settings (TLS context, limits, keep-alive); the pool is
-    then given this module's class, which adds a method and no state. Should a release of httpx
+    then given this module's class, which adds methods and no state. Should a release of httpx
     or httpcore build it otherwise, or an httpcore release not read (``_READ_RELEASES``) be
     installed, the transport is returned as httpx made it, with a warning (the unit tests say
     when the installed versions are not covered)."""

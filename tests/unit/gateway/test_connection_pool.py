@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -148,6 +149,53 @@ async def opened_and_unused(pool: httpcore.AsyncConnectionPool) -> None:
             return
         await asyncio.sleep(0)  # a turn of the event loop, not a wait
     raise AssertionError("no connection was ever open and unused")
+
+
+@pytest.fixture
+async def answering_engine() -> AsyncIterator[str]:
+    """An HTTP server answering each request at once, keeping its connection alive."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}/v1/models"
+
+
+@pytest.mark.parametrize("reused", [False, True], ids=["new connection", "reused connection"])
+async def test_a_request_cancelled_at_any_point_gives_its_slot_back(
+    answering_engine: str, reused: bool
+) -> None:
+    """A request cancelled at each turn of the event loop in its life in turn, from waiting for
+    a connection to closing the answer read in full: the pool is left holding no request and
+    no connection busy, and its one slot serves the next request. Cancelled as it closed its
+    answer, a request stayed in the pool and its connection busy for good."""
+    for turns in range(40):
+        transport = engine_transport(LIMITS)
+        async with httpx.AsyncClient(transport=transport, timeout=5.0) as client:
+            pool = pool_of(client)
+            if reused:
+                await client.get(answering_engine)
+            sending = asyncio.create_task(client.get(answering_engine))
+            for _ in range(turns):
+                await asyncio.sleep(0)  # a turn of the event loop, not a wait
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+            assert pool._requests == [], f"cancelled after {turns} turns"
+            assert all(c.is_idle() or c.is_closed() for c in pool.connections), turns
+            answer = await client.get(answering_engine, timeout=httpx.Timeout(5.0, pool=0.0))
+            assert answer.text == "ok"
 
 
 def test_the_gateway_sends_and_scrapes_through_reclaiming_pools() -> None:
