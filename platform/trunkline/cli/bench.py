@@ -39,6 +39,14 @@ def register(sub: Any) -> None:
     overhead.add_argument("--max-tokens", type=int, default=16, help="completion tokens asked")
     overhead.add_argument("--prompt", help="user message to send (default: a short question)")
     overhead.set_defaults(func=_overhead)
+    pool = commands.add_parser(
+        "pool",
+        help="time the engine connection pool's hand-out: httpcore's against the gateway's",
+    )
+    pool.add_argument("--out", type=output_dir, required=True, help="directory for the results")
+    pool.add_argument("--times", type=int, default=20, help="hand-outs timed per round")
+    pool.add_argument("--rounds", type=int, default=3, help="rounds per pool (the best is kept)")
+    pool.set_defaults(func=_pool)
     bench_metering.register(commands)
     bench_quota.register(commands)
     bench_fleet.register(commands)
@@ -69,4 +77,19 @@ def _overhead(args: argparse.Namespace) -> int:
         result = run_overhead(config, args.out, progress=sys.stderr)
     print_table(result, metrics=["p50_ms", "p90_ms", "p99_ms", "mean_ms"], unit="ms")
     print(f"wrote {args.out / 'result.json'} and {args.out / 'latency.png'}")
+    return 0
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from trunkline.bench.pool_handout import run_pool_bench
+    from trunkline.bench.report import print_table, write_result
+
+    try:
+        result = run_pool_bench(args.out, times=args.times, rounds=args.rounds)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = write_result(args.out, result)
+    print_table(result, unit="ms")
+    print(f"wrote {path} and {args.out / 'handout.png'}")
     return 0

@@ -43,7 +43,8 @@ class ReclaimingConnectionPool(httpcore.AsyncConnectionPool):
     idle, each request held the event loop for milliseconds (200 idle: 2.6 ms a hand-out; 500:
     22 ms; 1,000: 66 ms, measured on this machine's core), stalling every stream it relays;
     and, the pool full, asks every connection once per request waiting (1,000 busy: 20 ms a
-    hand-out with 100 waiting, 120 ms with 500; ours 0.8 and 1.5 ms, one ad-hoc run).
+    hand-out with 100 waiting, 120 ms with 500; ours 0.8 and 1.5 ms, one ad-hoc run;
+    ``trunkline bench pool`` times both side by side).
     The rules are httpcore's: closed connections are forgotten, expired ones closed, idle ones
     closed while the pool holds more than ``max_keepalive_connections`` connections, busy or
     idle (the gateway keeps as many as it may hold, so none are; httpcore also counts the
