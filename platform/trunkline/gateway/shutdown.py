@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 
+from trunkline.auth.secrets import redacted
 from trunkline.errors import Unavailable
 from trunkline.gateway.engine_answers import error_event
 from trunkline.gateway.errors import encode_error
@@ -73,7 +74,8 @@ async def _end(scope: Scope, head: dict[bytes, bytes] | None, send: Send) -> Non
         # The event loop closing cancels it again, a client too slow to take the end holds
         # it: the line still says it was cut.
         what = f"request cut: the gateway stopped ({_WHY})"
-    log.warning(what, extra={"request_id": request_id, "path": scope["path"]})
+    # a key pasted into the path (as an Azure deployment name) keeps its secret out of the log
+    log.warning(what, extra={"request_id": request_id, "path": redacted(scope["path"])})
 
 
 async def _answer(

@@ -5,11 +5,14 @@ checks one of them, or adds its own, must not decide whose key the gateway serve
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import pytest
 from tests.unit.gateway.conftest import TENANT_B
 from tests.unit.gateway.test_gateway import _ready, assert_openai_error, auth
+
+from trunkline.gateway.shutdown import cut_at_shutdown
 
 
 def _get(app: object, path: str, headers: list[tuple[str, str]]) -> httpx.Response:
@@ -88,3 +91,36 @@ def test_a_key_pasted_as_the_model_is_not_echoed_in_the_404(make_gateway) -> Non
     for answer in answers:
         assert_openai_error(answer, 404, "model_not_found")
         assert secret not in answer.text
+
+
+def test_a_key_in_the_path_of_a_request_cut_at_shutdown_is_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The line saying a request was cut at shutdown wrote its path as sent: a key pasted as an
+    Azure deployment name, its body still coming when the gateway stopped, went whole into the
+    log."""
+    key = "tlk_" + "a" * 12 + "_" + "S" * 40
+    path = f"/openai/deployments/{key}/chat/completions"
+
+    async def waiting(scope: object, receive: object, send: object) -> None:
+        await asyncio.Event().wait()
+
+    async def cut() -> list[dict[str, object]]:
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "path": path, "headers": []}
+        task = asyncio.create_task(cut_at_shutdown(waiting)(scope, None, send))  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # the request under way
+        task.cancel()
+        await task
+        return sent
+
+    with caplog.at_level(logging.WARNING):
+        sent = asyncio.run(cut())
+    assert sent[0]["status"] == 503
+    [line] = [r for r in caplog.records if "cut" in r.getMessage()]
+    assert "S" * 20 not in str(line.path)
+    assert str(line.path).startswith("/openai/deployments/tlk_" + "a" * 12 + "_")
