@@ -8,8 +8,20 @@ with vLLM's messages where the gateway or a client might match on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
+from trunkline.engines.openai_fields import (
+    ApiError,
+    Json,
+    bad_request,
+    invalid_field,
+    json_object,
+    read_flag,
+    read_integer,
+    read_number,
+    read_optional,
+    refused,
+)
 from trunkline.engines.requests import find_stop
 from trunkline.engines.tokens import (
     VOCAB_SIZE,
@@ -31,33 +43,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKENS = 16
-Json = dict[str, Any]
-
-
-class ApiError(Exception):
-    """A request the server refuses, rendered in vLLM's error shape."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, kind: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.kind = kind
-        """vLLM's error ``type`` when not the status's usual one (its request-model validation
-        says ``Bad Request``)."""
-
-    def body(self) -> Json:
-        kind = self.kind or {404: "NotFoundError"}.get(self.status, "BadRequestError")
-        return {
-            "error": {
-                "message": self.message,
-                "type": kind,
-                "param": self.param,
-                "code": self.status,
-            }
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,48 +126,10 @@ class EmbeddingParams:
     encoding_format: Literal["float", "base64"] = "float"
 
 
-def _bad(message: str, param: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param)
-
-
-def _object(body: object) -> Json:
-    if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.")
-    return body
-
-
 def _check_model(body: Json, served: ServedModel) -> None:
     model = body.get("model")
     if model is not None and model != served.name:
         raise ApiError(404, f"The model `{model}` does not exist.", param="model")
-
-
-def _optional(body: Json, name: str, kind: type) -> Any:
-    value = body.get(name)
-    # bool is an int subclass; JSON true is never a valid integer here.
-    if value is not None and (
-        not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)
-    ):
-        raise _bad(f"Invalid type for '{name}'.", name)
-    return value
-
-
-_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
-_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
-
-
-def _flag(body: Json, name: str) -> bool | None:
-    """A boolean field as vLLM's request model reads it: laxly, so 0, 1, "yes", "off"... pass;
-    anything else is its validation error."""
-    value = body.get(name)
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-        return value.lower() in _TRUE
-    message = "Input should be a valid boolean, unable to interpret input"
-    raise _invalid(name, "bool_parsing", message, value)
 
 
 def _token_ids(value: object, name: str) -> list[int] | None:
@@ -192,7 +139,7 @@ def _token_ids(value: object, name: str) -> list[int] | None:
         return None
     for item in value:
         if not 0 <= item < VOCAB_SIZE:
-            raise _bad(f"Token id {item} is out of vocabulary", name)
+            raise bad_request(f"Token id {item} is out of vocabulary", name)
     return list(value)
 
 
@@ -204,7 +151,7 @@ def _check_prompt_length(tokens: list[int], served: ServedModel, *, text: bool) 
         return
     count = min(len(tokens), limit + 1) if text else len(tokens)
     qualifier = "at least " if count == limit + 1 else ""
-    raise _refused(
+    raise refused(
         f"This model's maximum context length is {limit} tokens. However, your prompt contains "
         f"{qualifier}{count} input tokens, which exceeds this limit even without any output "
         "tokens. Please reduce the length of the input prompt.",
@@ -222,11 +169,11 @@ def _max_tokens(
     if requested is None:
         allowed = min(DEFAULT_MAX_TOKENS, limit - prompt_len)
     elif not isinstance(requested, int) or isinstance(requested, bool):
-        raise _bad("max_tokens must be an integer.", "max_tokens")
+        raise bad_request("max_tokens must be an integer.", "max_tokens")
     elif requested == 0 and echo:
         return 1  # the prompt echoed alone; vLLM generates (and counts) one token all the same
     elif requested > limit:
-        raise _refused(
+        raise refused(
             f"{name}={requested} cannot be greater than max_model_len={limit}. Please request "
             "fewer output tokens.",
             name,
@@ -235,79 +182,38 @@ def _max_tokens(
     else:  # vLLM clamps it to what the prompt leaves: a prompt filling the window leaves 0
         allowed = min(requested, limit - prompt_len)
     if allowed < 1:
-        raise _refused(f"max_tokens must be at least 1, got {allowed}.", "max_tokens", allowed)
+        raise refused(f"max_tokens must be at least 1, got {allowed}.", "max_tokens", allowed)
     return allowed
-
-
-def _refused(message: str, param: str, value: object = None) -> ApiError:
-    """vLLM's refusal by one of its own checks, which names the parameter (and its value)."""
-    shown = param if value is None else f"{param}, value={value}"
-    return _bad(f"{message} (parameter={shown})", param)
-
-
-def _invalid(name: str, kind: str, msg: str, value: object) -> ApiError:
-    """vLLM's request-model (pydantic) validation error for one field."""
-    shown = f"<list of {len(value)} items>" if isinstance(value, list) else value
-    detail = {"type": kind, "loc": f"body.{name}", "msg": msg, "input": shown}
-    return ApiError(
-        400, f"1 validation error:\n  {detail}", param=f"body.{name}", kind="Bad Request"
-    )
-
-
-def _number(body: Json, name: str) -> float | None:
-    """A float field as vLLM's request model reads it: lax, so numeric strings and booleans
-    pass; anything else is its validation error."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, list | dict):
-        raise _invalid(name, "float_type", "Input should be a valid number", value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        message = "Input should be a valid number, unable to parse string as a number"
-        raise _invalid(name, "float_parsing", message, value) from None
-
-
-def _integer(body: Json, name: str) -> int | None:
-    """An int field read as laxly: ``"3"`` and ``3.0`` pass, ``2.5`` and ``"x"`` do not."""
-    value = _number(body, name)
-    if value is None:
-        return None
-    if not value.is_integer():
-        message = "Input should be a valid integer, got a number with a fractional part"
-        raise _invalid(name, "int_from_float", message, body[name])
-    return int(value)
 
 
 def _check_sampling(body: Json) -> None:
     """vLLM's checks on the sampling parameters it validates (its messages and params)."""
-    temperature = _number(body, "temperature")
+    temperature = read_number(body, "temperature")
     if temperature is not None and not 0 <= temperature <= 2:
         rule = "must be non-negative" if temperature < 0 else "must be in [0, 2]"
-        raise _bad(
+        raise bad_request(
             f"temperature {rule}, got {temperature}. (parameter=temperature, value={temperature})",
             "temperature",
         )
-    top_p = _number(body, "top_p")
+    top_p = read_number(body, "top_p")
     if top_p is not None and not 0 < top_p <= 1:
-        raise _bad(
+        raise bad_request(
             f"top_p must be in (0, 1], got {top_p}. (parameter=top_p, value={top_p})", "top_p"
         )
     for name in ("presence_penalty", "frequency_penalty"):
-        penalty = _number(body, name)
+        penalty = read_number(body, name)
         if penalty is not None and not -2 <= penalty <= 2:
-            raise _bad(f"{name} must be in [-2, 2], got {penalty}.")
-    top_k = _integer(body, "top_k")
+            raise bad_request(f"{name} must be in [-2, 2], got {penalty}.")
+    top_k = read_integer(body, "top_k")
     if top_k is not None and top_k < -1:  # -1 is vLLM's old spelling of 0 (disabled)
-        raise _bad(f"top_k must be 0 (disable), or at least 1, got {top_k}.")
+        raise bad_request(f"top_k must be 0 (disable), or at least 1, got {top_k}.")
     stop = body.get("stop")
     strings = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(strings, list) or not all(isinstance(item, str) for item in strings):
-        raise _invalid("stop", "string_type", "Input should be a valid string", stop)
+        raise invalid_field("stop", "string_type", "Input should be a valid string", stop)
     if len(strings) > MAX_STOP_STRINGS:
         message = f"List should have at most {MAX_STOP_STRINGS} items after validation, not "
-        raise _invalid("stop", "too_long", f"{message}{len(strings)}", stop)
+        raise invalid_field("stop", "too_long", f"{message}{len(strings)}", stop)
 
 
 MAX_STOP_STRINGS = 4
@@ -322,16 +228,18 @@ def _logprobs(body: Json, chat: bool) -> int | None:
     vLLM's checks: chat's ``logprobs`` (bool) and ``top_logprobs``, completions' ``logprobs``
     (the count of alternatives; the sampled token comes on top)."""
     if chat:
-        wanted = _flag(body, "logprobs")
+        wanted = read_flag(body, "logprobs")
         if isinstance(body.get("top_logprobs"), str):  # vLLM reads no number from a string here
-            raise _refused(
+            raise refused(
                 "`top_logprobs` must be an integer.", "top_logprobs", body["top_logprobs"]
             )
-        top = _integer(body, "top_logprobs")
+        top = read_integer(body, "top_logprobs")
         if top is not None and top < -1:
-            raise _bad("`top_logprobs` must be a positive value or -1.", "top_logprobs")
+            raise bad_request("`top_logprobs` must be a positive value or -1.", "top_logprobs")
         if top is not None and top != 0 and not wanted:
-            raise _bad("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+            raise bad_request(
+                "when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs"
+            )
         if not wanted:
             return None
         count = top or 0
@@ -340,13 +248,13 @@ def _logprobs(body: Json, chat: bool) -> int | None:
         if value is None:
             return None
         if not isinstance(value, int | float):  # a boolean is an integer to vLLM: false is 0
-            raise _refused("`logprobs` must be an integer.", "logprobs", value)
-        count = _integer(body, "logprobs") or 0
+            raise refused("`logprobs` must be an integer.", "logprobs", value)
+        count = read_integer(body, "logprobs") or 0
         if count < -1:
-            raise _bad("`logprobs` must be a positive value or -1.", "logprobs")
+            raise bad_request("`logprobs` must be a positive value or -1.", "logprobs")
     requested = VOCAB_SIZE if count == -1 else count
     if requested > MAX_LOGPROBS:
-        raise _bad(
+        raise bad_request(
             f"Requested sample logprobs of {requested}, which is greater than max allowed: "
             f"{MAX_LOGPROBS}",
             "logprobs",
@@ -364,25 +272,27 @@ def _generate_params(
     chat: bool = False,
     echo: tuple[str, ...] | None = None,
 ) -> GenerateParams:
-    stream = bool(_flag(body, "stream"))
-    options = _optional(body, "stream_options", dict)
+    stream = bool(read_flag(body, "stream"))
+    options = read_optional(body, "stream_options", dict)
     if options and not stream:  # an empty object says nothing: vLLM lets it pass
-        raise _bad("Stream options can only be defined when `stream=True`.", "stream_options")
+        raise bad_request(
+            "Stream options can only be defined when `stream=True`.", "stream_options"
+        )
     n = body.get("n")
     if n is None:
         n = 1
     if not isinstance(n, int) or isinstance(n, bool):
-        raise _invalid("n", "int_type", "Input should be a valid integer", n)
+        raise invalid_field("n", "int_type", "Input should be a valid integer", n)
     if n < 1:
-        raise _bad(f"n must be at least 1, got {n}.", "n")
+        raise bad_request(f"n must be at least 1, got {n}.", "n")
     if n > MAX_N:
-        raise _bad(f"The simulator generates at most {MAX_N} answers per prompt.", "n")
+        raise bad_request(f"The simulator generates at most {MAX_N} answers per prompt.", "n")
     _check_sampling(body)
     echoing = echo is not None
     limits = [_max_tokens(body, names, len(prompt), served, echo=echoing) for prompt in prompts]
-    min_tokens = _integer(body, "min_tokens")
+    min_tokens = read_integer(body, "min_tokens")
     if min_tokens is not None and min_tokens > min(limits):
-        raise _bad(
+        raise bad_request(
             f"min_tokens must be less than or equal to max_tokens={min(limits)}, got {min_tokens}."
         )
     return GenerateParams(
@@ -395,15 +305,15 @@ def _generate_params(
         continuous_usage=bool(
             options and options.get("include_usage") and options.get("continuous_usage_stats")
         ),
-        cache_salt=_optional(body, "cache_salt", str),
-        seed=_integer(body, "seed"),
+        cache_salt=read_optional(body, "cache_salt", str),
+        seed=read_integer(body, "seed"),
         ends_at_max=ends_naturally and all(body.get(name) is None for name in names),
         logprobs=_logprobs(body, chat),
         echo=echo,
         echo_only=echoing and body.get("max_tokens") == 0,
         stop=_stop_strings(body),
         min_tokens=min_tokens or 0,
-        include_stop=bool(_flag(body, "include_stop_str_in_output")),
+        include_stop=bool(read_flag(body, "include_stop_str_in_output")),
     )
 
 
@@ -417,10 +327,10 @@ def _stop_strings(body: Json) -> tuple[str, ...]:
 def _message_text(message: object, index: int) -> ChatMessage:
     param = f"messages[{index}]"
     if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-        raise _bad(f"{param} must be an object with a string 'role'.", param)
+        raise bad_request(f"{param} must be an object with a string 'role'.", param)
     content = message.get("content")
     if content is None and message["role"] != "assistant":
-        raise _invalid(
+        raise invalid_field(
             f"messages.{index}.ChatCompletionDeveloperMessageParam.content",
             "string_type",
             "Input should be a valid string",
@@ -432,15 +342,15 @@ def _message_text(message: object, index: int) -> ChatMessage:
         texts = [part.get("text") for part in content if isinstance(part, dict)]
         if len(texts) == len(content) and all(isinstance(text, str) for text in texts):
             return ChatMessage(message["role"], "\n".join(str(text) for text in texts))
-    raise _bad(f"{param}.content must be a string or a list of text parts.", param)
+    raise bad_request(f"{param}.content must be a string or a list of text parts.", param)
 
 
 def parse_chat(body: object, served: ServedModel) -> GenerateParams:
     """Check a ``/v1/chat/completions`` body and apply the chat template."""
-    request = _object(body)
+    request = json_object(body)
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("Field required: 'messages' must be a non-empty list.", "messages")
+        raise bad_request("Field required: 'messages' must be a non-empty list.", "messages")
     _check_model(request, served)
     prompt = apply_chat_template(
         _message_text(message, index) for index, message in enumerate(messages)
@@ -459,7 +369,7 @@ def _prompts(value: object, name: str, served: ServedModel) -> list[list[int]]:
     elif isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
         items = list(value)
     else:
-        raise _bad(
+        raise bad_request(
             f"'{name}' must be a string, a list of token ids, or a non-empty list of either.",
             name,
         )
@@ -467,9 +377,11 @@ def _prompts(value: object, name: str, served: ServedModel) -> list[list[int]]:
     for item in items:
         tokens = tokenize(item) if isinstance(item, str) else _token_ids(item, name)
         if tokens is None:
-            raise _bad(f"Every item of '{name}' must be a string or a list of token ids.", name)
+            raise bad_request(
+                f"Every item of '{name}' must be a string or a list of token ids.", name
+            )
         if not tokens:
-            raise _bad("The prompt must not be empty.", name)
+            raise bad_request("The prompt must not be empty.", name)
         _check_prompt_length(tokens, served, text=isinstance(item, str))
         prompts.append(tokens)
     return prompts
@@ -477,18 +389,20 @@ def _prompts(value: object, name: str, served: ServedModel) -> list[list[int]]:
 
 def parse_completion(body: object, served: ServedModel) -> GenerateParams:
     """Check a ``/v1/completions`` body and tokenize its prompt."""
-    request = _object(body)
+    request = json_object(body)
     if request.get("prompt") is None:
-        raise _bad("Field required: 'prompt'.", "prompt")
+        raise bad_request("Field required: 'prompt'.", "prompt")
     _check_model(request, served)
     suffix = request.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
-        raise _invalid("suffix", "string_type", "Input should be a valid string", suffix)
+        raise invalid_field("suffix", "string_type", "Input should be a valid string", suffix)
     if suffix is not None:  # the simulated model, like the tests' real one, has no FIM template
-        raise _bad("suffix is only supported for models with FIM completion rendering", "suffix")
+        raise bad_request(
+            "suffix is only supported for models with FIM completion rendering", "suffix"
+        )
     prompts = _prompts(request["prompt"], "prompt", served)
     echo = None
-    if _flag(request, "echo"):
+    if read_flag(request, "echo"):
         raw = request["prompt"]
         items = [raw] if isinstance(raw, str) or _token_ids(raw, "prompt") is not None else raw
         echo = tuple(i if isinstance(i, str) else detokenize(i) for i in items)
@@ -497,13 +411,13 @@ def parse_completion(body: object, served: ServedModel) -> GenerateParams:
 
 def parse_embeddings(body: object, served: ServedModel) -> EmbeddingParams:
     """Check a ``/v1/embeddings`` body and tokenize every input."""
-    request = _object(body)
+    request = json_object(body)
     raw = request.get("input")
     if raw is None or raw == [] or raw == "":
-        raise _bad("Field required: 'input' must be non-empty.", "input")
+        raise bad_request("Field required: 'input' must be non-empty.", "input")
     _check_model(request, served)
     if request.get("dimensions") is not None:
-        raise _bad(
+        raise bad_request(
             f'Model "{served.name}" does not support matryoshka representation, '
             "changing output dimensions will lead to poor results.",
             "dimensions",
@@ -515,20 +429,20 @@ def parse_embeddings(body: object, served: ServedModel) -> EmbeddingParams:
         case "base64":
             encoding = "base64"
         case _:
-            raise _bad("encoding_format must be 'float' or 'base64'.", "encoding_format")
+            raise bad_request("encoding_format must be 'float' or 'base64'.", "encoding_format")
     if isinstance(raw, str) or _token_ids(raw, "input") is not None:
         items: list[object] = [raw]
     elif isinstance(raw, list):
         items = list(raw)
     else:
-        raise _bad("'input' must be a string, a list of strings or token id lists.", "input")
+        raise bad_request("'input' must be a string, a list of strings or token id lists.", "input")
     inputs: list[list[int]] = []
     for item in items:
         tokens = tokenize(item) if isinstance(item, str) else _token_ids(item, "input")
         if not tokens:
-            raise _bad("Every input must be a non-empty string or token id list.", "input")
+            raise bad_request("Every input must be a non-empty string or token id list.", "input")
         if len(tokens) > served.max_model_len:
-            raise _bad(
+            raise bad_request(
                 f"This model's maximum context length is {served.max_model_len} tokens. However,"
                 f" you requested {len(tokens)} tokens in the input for embedding generation. "
                 "Please reduce the length of the input.",
