@@ -72,13 +72,10 @@ class ReclaimingConnectionPool(httpcore.AsyncConnectionPool):
                 kept.append(connection)
         surplus = len(kept) - self._max_keepalive_connections
         if surplus > 0:
-            idle = {id(connection) for connection in kept if connection.is_idle()}
-            surplus_idle: set[int] = set()
-            for connection in kept:
-                if len(surplus_idle) < surplus and id(connection) in idle:
-                    surplus_idle.add(id(connection))
-                    closing.append(connection)
-            kept = [connection for connection in kept if id(connection) not in surplus_idle]
+            idle = [connection for connection in kept if connection.is_idle()][:surplus]
+            closing.extend(idle)
+            dropped = {id(connection) for connection in idle}
+            kept = [connection for connection in kept if id(connection) not in dropped]
         hand_out = _HandOut(self, kept, closing)
         for request in self._requests:
             if request.is_queued():

@@ -137,9 +137,9 @@ class GatewayService:
         """Usage events this process may hold in memory, waiting for the usage stream, before
         it refuses requests it could not meter (None: no limit)."""
         self._unfinished: set[UsageMeter] = set()
+        """Meters of the requests sent upstream and not metered yet."""
         self.latency = latency
         """Where each streamed answer's TTFT and TPOT are counted by tier (None: nowhere)."""
-        """Meters of the requests sent upstream and not metered yet."""
 
     def _check_usage_room(self) -> None:
         """Refuse a request whose usage this process could not keep: the usage stream (Redis)

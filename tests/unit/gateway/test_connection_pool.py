@@ -9,7 +9,8 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpcore
@@ -25,18 +26,16 @@ from trunkline.gateway.service import GatewayService
 from trunkline.metering.stream import InMemoryUsageStream
 from trunkline.settings import GatewaySettings
 
+Talk = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
-@pytest.fixture
-async def engine() -> AsyncIterator[str]:
-    """An HTTP server that answers every request with the first part of a chunked body and
-    then holds the connection until the client closes it (a stream being generated)."""
+
+@asynccontextmanager
+async def serving(talk: Talk, path: str) -> AsyncIterator[str]:
+    """A loopback HTTP server holding each connection to ``talk``; the URL of ``path`` on it."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-            await writer.drain()
-            await reader.read()  # until the client closes
+            await talk(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -45,7 +44,22 @@ async def engine() -> AsyncIterator[str]:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        yield f"http://127.0.0.1:{port}/v1/chat/completions"
+        yield f"http://127.0.0.1:{port}{path}"
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[str]:
+    """An HTTP server that answers every request with the first part of a chunked body and
+    then holds the connection until the client closes it (a stream being generated)."""
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    async with serving(talk, "/v1/chat/completions") as url:
+        yield url
 
 
 async def cancel_as_connection_is_handed_over(client: httpx.AsyncClient, url: str) -> None:
@@ -155,21 +169,14 @@ async def opened_and_unused(pool: httpcore.AsyncConnectionPool) -> None:
 async def answering_engine() -> AsyncIterator[str]:
     """An HTTP server answering each request at once, keeping its connection alive."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield f"http://127.0.0.1:{port}/v1/models"
+    async with serving(talk, "/v1/models") as url:
+        yield url
 
 
 @pytest.mark.parametrize("reused", [False, True], ids=["new connection", "reused connection"])
