@@ -7,14 +7,6 @@ from typing import Any
 
 import pytest
 from tests.unit.engines.helpers import sse_payloads
-from tests.unit.engines.test_sim_server import (
-    CHAT_PATH,
-    COMPLETIONS_PATH,
-    MESSAGES,
-    MODEL,
-    Sim,
-    sim,
-)
 
 from support.engine_contract import (
     ACCEPTED,
@@ -41,8 +33,7 @@ from support.engine_contract import (
     context_window_cases,
     prompt_window_cases,
 )
-
-__all__ = ["sim"]  # the fixture, shared with test_sim_server
+from unit.engines.sim_client import CHAT_PATH, COMPLETIONS_PATH, MESSAGES, MODEL, Sim
 
 
 @pytest.mark.parametrize(("kind", "fields", "alone"), MULTI_ANSWER_CASES)
